@@ -1,0 +1,114 @@
+//! Error types, one per operation.
+//!
+//! Every error is `#[non_exhaustive]` and carries structure rather than
+//! strings. Failures of authentication are deliberately opaque
+//! ([`DecryptError::Unauthenticated`]): telling a forger *which* check failed
+//! would help them.
+
+use thiserror::Error;
+
+/// Bytes from the wire or from a store that do not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input is empty.
+    #[error("empty input")]
+    Empty,
+    /// The input is longer than the limit for its kind.
+    #[error("input of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The leading version byte (wire) or version field (storage) is not one
+    /// this release understands.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u32),
+    /// The protobuf encoding is invalid.
+    #[error("invalid protobuf encoding")]
+    Protobuf,
+    /// The envelope carries no message kind this release knows.
+    #[error("unknown message kind")]
+    UnknownKind,
+    /// A required field is missing or empty.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// A field has the wrong length.
+    #[error("field `{field}` has {actual} bytes, expected {expected}")]
+    InvalidLength {
+        /// The field.
+        field: &'static str,
+        /// The length it must have.
+        expected: usize,
+        /// The length it has.
+        actual: usize,
+    },
+    /// A field's value is out of range or the record breaks an invariant of
+    /// the protocol (for example more skipped keys than the limit).
+    #[error("invalid value in `{0}`")]
+    InvalidValue(&'static str),
+}
+
+impl From<prost::DecodeError> for DecodeError {
+    fn from(_: prost::DecodeError) -> Self {
+        Self::Protobuf
+    }
+}
+
+/// Why a message could not be encrypted. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EncryptError {
+    /// The plaintext is longer than [`MAX_PLAINTEXT_LEN`](crate::limits::MAX_PLAINTEXT_LEN).
+    #[error("plaintext of {len} bytes exceeds the limit of {max}")]
+    MessageTooLarge {
+        /// Length of the plaintext.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The responder of a session cannot send before it has received the
+    /// initiator's first message (the sending chain does not exist yet).
+    #[error("no sending chain yet: wait for the peer's first message")]
+    NoSendingChain,
+    /// The sending chain has used every counter (2^32 messages without a reply).
+    #[error("sending chain exhausted")]
+    ChainExhausted,
+}
+
+/// Why a message could not be decrypted. In every case the session is left
+/// exactly as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecryptError {
+    /// The bytes are not a well-formed message.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The message was already decrypted (its key was used and deleted). Also
+    /// reported for a message whose skipped key was evicted under
+    /// [`MAX_STORED_SKIPPED_KEYS`](crate::limits::MAX_STORED_SKIPPED_KEYS): its
+    /// header is authentic but its key is gone.
+    #[error("duplicate message (counter {counter})")]
+    Duplicate {
+        /// The message's counter on its chain.
+        counter: u32,
+    },
+    /// The message would make the session skip more message keys in one gap
+    /// than [`MAX_SKIP`](crate::limits::MAX_SKIP).
+    #[error("message is {gap} messages ahead, more than the limit of {max}")]
+    TooFarAhead {
+        /// How many keys it would skip.
+        gap: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The message does not authenticate: it was forged or altered, belongs to
+    /// another session or to a chain this session no longer keeps, or breaks
+    /// the protocol in a way only a forger or a broken peer would. Opaque on
+    /// purpose, like `aead::Error`: which check failed is not for an attacker
+    /// to learn.
+    #[error("message failed authentication")]
+    Unauthenticated,
+}

@@ -1,0 +1,38 @@
+//! Every limit of the protocol, in one place.
+//!
+//! A message or stored state that would cross one of these limits is rejected
+//! with a typed error and changes nothing. Each limit is covered by a test that
+//! pushes against it.
+
+/// The most message keys one message may make the receiver skip on one chain
+/// (the Signal specification's `MAX_SKIP`). A message further ahead than this is
+/// rejected with [`DecryptError::TooFarAhead`](crate::DecryptError::TooFarAhead).
+pub const MAX_SKIP: u32 = 2_000;
+
+/// The most skipped message keys a session keeps in total, over all its
+/// receiving chains. When a message would store more, the oldest keys are
+/// evicted first; a message whose key was evicted can no longer be decrypted.
+pub const MAX_STORED_SKIPPED_KEYS: usize = 2_000;
+
+/// The most receiving chains a session keeps: the current one and up to four
+/// previous ones. The oldest chain (with its skipped keys) is dropped when a
+/// new one starts.
+pub const MAX_RECEIVING_CHAINS: usize = 5;
+
+/// The most archived session states kept per peer (besides the current one).
+pub const MAX_ARCHIVED_STATES: usize = 10;
+
+/// The largest encoded message, version byte included (256 KiB).
+pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
+
+/// The largest plaintext one message may carry (240 KiB). Padded and sealed,
+/// with the largest header, it still fits in [`MAX_MESSAGE_LEN`].
+pub const MAX_PLAINTEXT_LEN: usize = 240 * 1024;
+
+/// The largest serialized session state accepted from a store (1 MiB). A state
+/// within every other limit is far smaller (about 90 KiB with every skipped key
+/// slot in use).
+pub const MAX_STATE_LEN: usize = 1024 * 1024;
+
+/// The largest associated data a session may bind into its messages.
+pub const MAX_ASSOCIATED_DATA_LEN: usize = 1024;

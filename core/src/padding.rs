@@ -1,0 +1,113 @@
+//! Plaintext padding, so that ciphertext lengths leak little.
+//!
+//! A plaintext of `n` bytes is followed by one `0x80` byte and then zero bytes
+//! up to the bucket size `b(n + 1)`:
+//!
+//! - `b(m) = 64` for `m <= 64`;
+//! - the next power of two for `64 < m <= 4096`;
+//! - the next multiple of 4096 above that.
+//!
+//! So a ciphertext reveals the length class of the message, never its exact
+//! length. Removing the padding checks it exactly; a padding that does not
+//! verify is reported by the caller as an authentication failure, never as an
+//! error an attacker could tell apart.
+
+use zeroize::Zeroizing;
+
+use crate::limits::MAX_PLAINTEXT_LEN;
+
+/// The smallest bucket.
+pub(crate) const MIN_BUCKET: usize = 64;
+/// Above this size buckets grow linearly rather than by powers of two.
+pub(crate) const LINEAR_STEP: usize = 4096;
+/// The byte that ends the plaintext.
+const MARKER: u8 = 0x80;
+
+/// The padded length of a plaintext of `len` bytes.
+pub(crate) fn padded_len(len: usize) -> usize {
+    let needed = len.saturating_add(1);
+    if needed <= MIN_BUCKET {
+        MIN_BUCKET
+    } else if needed <= LINEAR_STEP {
+        needed.next_power_of_two()
+    } else {
+        needed.div_ceil(LINEAR_STEP).saturating_mul(LINEAR_STEP)
+    }
+}
+
+/// Pads `plaintext`; `None` if it is longer than [`MAX_PLAINTEXT_LEN`].
+pub(crate) fn pad(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if plaintext.len() > MAX_PLAINTEXT_LEN {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(padded_len(plaintext.len())));
+    out.extend_from_slice(plaintext);
+    out.push(MARKER);
+    out.resize(padded_len(plaintext.len()), 0);
+    Some(out)
+}
+
+/// Removes the padding; `None` unless `padded` is exactly what [`pad`] makes.
+pub(crate) fn unpad(padded: &[u8]) -> Option<&[u8]> {
+    let end = padded.iter().rposition(|&b| b != 0)?;
+    let (content, rest) = padded.split_at(end);
+    if rest.first() != Some(&MARKER) || padded.len() != padded_len(content.len()) {
+        return None;
+    }
+    Some(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn bucket_sizes() {
+        assert_eq!(padded_len(0), 64);
+        assert_eq!(padded_len(63), 64);
+        assert_eq!(padded_len(64), 128);
+        assert_eq!(padded_len(127), 128);
+        assert_eq!(padded_len(128), 256);
+        assert_eq!(padded_len(4095), 4096);
+        assert_eq!(padded_len(4096), 8192);
+        assert_eq!(padded_len(8191), 8192);
+        assert_eq!(padded_len(8192), 12288);
+    }
+
+    #[test]
+    fn too_long_is_refused() {
+        assert!(pad(&vec![0; MAX_PLAINTEXT_LEN]).is_some());
+        assert!(pad(&vec![0; MAX_PLAINTEXT_LEN + 1]).is_none());
+    }
+
+    #[test]
+    fn malformed_padding_is_rejected() {
+        assert_eq!(unpad(&[]), None);
+        assert_eq!(unpad(&[0; 64]), None);
+        let mut p = pad(b"hi").unwrap();
+        p[2] = 0x81;
+        assert_eq!(unpad(&p), None, "wrong marker");
+        let p = pad(b"hi").unwrap();
+        assert_eq!(unpad(&p[..63]), None, "wrong bucket");
+        let mut long = p.to_vec();
+        long.extend_from_slice(&[0; 64]);
+        assert_eq!(unpad(&long), None, "too much padding");
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..9000)) {
+            let p = pad(&data).unwrap();
+            prop_assert_eq!(p.len(), padded_len(data.len()));
+            prop_assert!(p.len() > data.len());
+            prop_assert_eq!(unpad(&p), Some(&data[..]));
+        }
+
+        #[test]
+        fn unpad_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = unpad(&data);
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The Double Ratchet with header encryption (the Signal specification,
+//! sections 3 and 4), with the key derivations of [`crate::kdf`].
+//!
+//! This layer owns one session state: the root chain, our sending chain, and
+//! up to [`MAX_RECEIVING_CHAINS`] receiving chains with their skipped message
+//! keys. It does not own identities, the handshake that produced its first
+//! keys, or storage: [`DoubleRatchet::to_bytes`] and
+//! [`DoubleRatchet::from_bytes`] hand the state to whoever stores it.
+//!
+//! Every decryption is computed first on borrowed state (a *plan*) and applied
+//! only after the message authenticated, so a failed decryption leaves the
+//! state exactly as it was.
+//!
+//! # Example
+//!
+//! ```
+//! use samizdat::ratchet::{DoubleRatchet, RatchetInit};
+//! use samizdat::keys::X25519Secret;
+//! # use rand_core::{Rng, SeedableRng};
+//! # let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]);
+//!
+//! // In a real session these come from the PQXDH handshake.
+//! let (mut rk, mut hka, mut hkb) = ([0u8; 32], [0u8; 32], [0u8; 32]);
+//! rng.fill_bytes(&mut rk);
+//! rng.fill_bytes(&mut hka);
+//! rng.fill_bytes(&mut hkb);
+//! let ad = b"alice and bob";
+//! let bob_ratchet_key = X25519Secret::generate(&mut rng);
+//! let bob_public = bob_ratchet_key.public_key();
+//!
+//! let mut alice = DoubleRatchet::new_initiator(&mut rng, RatchetInit::new(rk, hka, hkb, ad)?, &bob_public)?;
+//! let mut bob = DoubleRatchet::new_responder(RatchetInit::new(rk, hka, hkb, ad)?, bob_ratchet_key);
+//!
+//! let message = alice.encrypt(&mut rng, b"hello")?;
+//! assert_eq!(bob.decrypt(&mut rng, &message)?, b"hello");
+//! let reply = bob.encrypt(&mut rng, b"hi")?;
+//! assert_eq!(alice.decrypt(&mut rng, &reply)?, b"hi");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub(crate) mod chain;
+pub(crate) mod header;
+pub(crate) mod message_key;
+pub(crate) mod receiver;
+pub(crate) mod root;
+
+use std::{collections::VecDeque, fmt};
+
+use prost::Message as _;
+use rand_core::CryptoRng;
+use samizdat_proto::storage;
+use zeroize::Zeroizing;
+
+pub use self::header::ENCRYPTED_HEADER_LEN;
+use self::{
+    chain::ChainKey,
+    header::{Header, HeaderKey},
+    message_key::MessageKey,
+    receiver::ReceivingChain,
+    root::RootKey,
+};
+use crate::{
+    DecodeError, DecryptError, EncryptError,
+    keys::{Secret32, X25519PublicKey, X25519Secret},
+    limits::{MAX_ASSOCIATED_DATA_LEN, MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_STATE_LEN, MAX_STORED_SKIPPED_KEYS},
+    padding,
+    wire::RatchetMessage,
+};
+
+/// The format version of a serialized [`DoubleRatchet`].
+pub const STATE_VERSION: u32 = 1;
+
+/// What a handshake hands to the ratchet: the first root key, the two initial
+/// header keys, and the session's associated data.
+///
+/// In the Signal specification's terms: `SK`, `shared_hka` (the initiator's
+/// first sending header key) and `shared_nhkb` (the responder's first
+/// sending header key), plus the `AD` bound into every message.
+pub struct RatchetInit {
+    root_key: Secret32,
+    initiator_header_key: Secret32,
+    responder_header_key: Secret32,
+    associated_data: Vec<u8>,
+}
+
+impl RatchetInit {
+    /// Collects the handshake's output.
+    ///
+    /// # Errors
+    /// [`InitError::AssociatedDataTooLong`] if `associated_data` is longer
+    /// than [`MAX_ASSOCIATED_DATA_LEN`].
+    pub fn new(
+        root_key: [u8; 32],
+        initiator_header_key: [u8; 32],
+        responder_header_key: [u8; 32],
+        associated_data: &[u8],
+    ) -> Result<Self, InitError> {
+        let init = Self {
+            root_key: Secret32::new(root_key),
+            initiator_header_key: Secret32::new(initiator_header_key),
+            responder_header_key: Secret32::new(responder_header_key),
+            associated_data: associated_data.to_vec(),
+        };
+        if associated_data.len() > MAX_ASSOCIATED_DATA_LEN {
+            return Err(InitError::AssociatedDataTooLong { len: associated_data.len(), max: MAX_ASSOCIATED_DATA_LEN });
+        }
+        Ok(init)
+    }
+}
+
+impl fmt::Debug for RatchetInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RatchetInit").finish_non_exhaustive()
+    }
+}
+
+/// Why a ratchet could not be initialized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The associated data is longer than [`MAX_ASSOCIATED_DATA_LEN`].
+    #[error("associated data of {len} bytes exceeds the limit of {max}")]
+    AssociatedDataTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The responder's ratchet key has small order (the X25519 output is all zeros).
+    #[error("the peer's ratchet key is invalid")]
+    InvalidRatchetKey,
+}
+
+/// One Double Ratchet session state.
+///
+/// Secrets are zeroized when it is dropped; `Debug` shows only counters.
+pub struct DoubleRatchet {
+    associated_data: Vec<u8>,
+    root_key: RootKey,
+    sending: SendingChain,
+    /// Oldest first; the last one is the current receiving chain.
+    receiving: VecDeque<ReceivingChain>,
+    next_receiving_header_key: HeaderKey,
+}
+
+/// Our ratchet key pair `DHs` and sending chain.
+#[derive(Clone)]
+struct SendingChain {
+    ratchet_key: X25519Secret,
+    /// `(CKs, HKs)`; `None` for a responder that has not received yet.
+    chain: Option<(ChainKey, HeaderKey)>,
+    next_header_key: HeaderKey,
+    previous_counter: u32,
+}
+
+/// A decryption computed against the current state but not yet applied.
+pub(crate) struct DecryptPlan {
+    kind: PlanKind,
+}
+
+enum PlanKind {
+    /// The key was a skipped one: delete it.
+    Skipped { chain: usize, position: usize },
+    /// Advance the current receiving chain, keeping the keys it skips.
+    Advance { chain_key: ChainKey, skipped: Vec<MessageKey> },
+    /// A DH ratchet step.
+    Step(Box<StepPlan>),
+}
+
+struct StepPlan {
+    /// Keys skipped on the chain being closed, up to the peer's `PN`, and its final chain key.
+    closing: Option<(Vec<MessageKey>, ChainKey)>,
+    root_key: RootKey,
+    receiving: ReceivingChain,
+    sending: SendingChain,
+    next_receiving_header_key: HeaderKey,
+}
+
+impl DoubleRatchet {
+    /// `RatchetInitAliceHE`: the initiator's state, from the handshake output
+    /// and the responder's ratchet public key (its signed prekey). The
+    /// initiator can send at once.
+    ///
+    /// # Errors
+    /// [`InitError::InvalidRatchetKey`] if `responder_ratchet_key` has small order.
+    pub fn new_initiator<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+        init: RatchetInit,
+        responder_ratchet_key: &X25519PublicKey,
+    ) -> Result<Self, InitError> {
+        let ratchet_key = X25519Secret::generate(rng);
+        let dh = ratchet_key.diffie_hellman(responder_ratchet_key).ok_or(InitError::InvalidRatchetKey)?;
+        let (root_key, chain_key, next_header_key) = RootKey::new(init.root_key.clone()).advance(&dh);
+        Ok(Self {
+            associated_data: init.associated_data.clone(),
+            root_key,
+            sending: SendingChain {
+                ratchet_key,
+                chain: Some((chain_key, HeaderKey::new(init.initiator_header_key.clone()))),
+                next_header_key,
+                previous_counter: 0,
+            },
+            receiving: VecDeque::new(),
+            next_receiving_header_key: HeaderKey::new(init.responder_header_key.clone()),
+        })
+    }
+
+    /// `RatchetInitBobHE`: the responder's state, from the handshake output
+    /// and its ratchet key pair (the signed prekey the initiator used). The
+    /// responder can send only after it has decrypted a first message.
+    pub fn new_responder(init: RatchetInit, ratchet_key: X25519Secret) -> Self {
+        Self {
+            associated_data: init.associated_data.clone(),
+            root_key: RootKey::new(init.root_key.clone()),
+            sending: SendingChain {
+                ratchet_key,
+                chain: None,
+                next_header_key: HeaderKey::new(init.responder_header_key.clone()),
+                previous_counter: 0,
+            },
+            receiving: VecDeque::new(),
+            next_receiving_header_key: HeaderKey::new(init.initiator_header_key.clone()),
+        }
+    }
+
+    /// The associated data bound into every message of this session.
+    pub fn associated_data(&self) -> &[u8] {
+        &self.associated_data
+    }
+
+    /// Whether this state can encrypt (false for a responder that has not
+    /// received a message yet).
+    pub fn can_send(&self) -> bool {
+        self.sending.chain.is_some()
+    }
+
+    /// Our current ratchet public key `DHs`.
+    pub fn ratchet_public_key(&self) -> X25519PublicKey {
+        self.sending.ratchet_key.public_key()
+    }
+
+    /// How many skipped message keys are stored, over all receiving chains.
+    pub fn stored_skipped_keys(&self) -> usize {
+        self.receiving.iter().map(|c| c.skipped.len()).sum()
+    }
+
+    /// How many receiving chains are kept (at most [`MAX_RECEIVING_CHAINS`]).
+    pub fn receiving_chains(&self) -> usize {
+        self.receiving.len()
+    }
+
+    /// `RatchetEncryptHE`: seals `plaintext` (padded first) and advances the
+    /// sending chain. The state is changed only on success.
+    ///
+    /// # Errors
+    /// - [`EncryptError::MessageTooLarge`] over [`MAX_PLAINTEXT_LEN`](crate::limits::MAX_PLAINTEXT_LEN);
+    /// - [`EncryptError::NoSendingChain`] for a responder that has not received yet;
+    /// - [`EncryptError::ChainExhausted`] after 2^32 - 1 messages on one chain.
+    pub fn encrypt<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        plaintext: &[u8],
+    ) -> Result<RatchetMessage, EncryptError> {
+        let padded = padding::pad(plaintext)
+            .ok_or(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN })?;
+        let Some((chain_key, header_key)) = &mut self.sending.chain else {
+            return Err(EncryptError::NoSendingChain);
+        };
+        let next = chain_key.next().ok_or(EncryptError::ChainExhausted)?;
+        let message_key = chain_key.message_key();
+        let header = Header {
+            ratchet_key: self.sending.ratchet_key.public_key(),
+            previous_counter: self.sending.previous_counter,
+            counter: chain_key.index(),
+        };
+        let encrypted_header = header_key.seal(rng, header, &self.associated_data);
+        let body = message_key.seal(&padded, &body_associated_data(&self.associated_data, &encrypted_header));
+        *chain_key = next;
+        Ok(RatchetMessage::new(encrypted_header, body))
+    }
+
+    /// `RatchetDecryptHE`: opens `message` and advances the state. On any
+    /// error the state is exactly as it was.
+    ///
+    /// # Errors
+    /// [`DecryptError::Duplicate`] for a message already decrypted,
+    /// [`DecryptError::TooFarAhead`] past [`MAX_SKIP`], and
+    /// [`DecryptError::Unauthenticated`] for anything forged or altered.
+    pub fn decrypt<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        message: &RatchetMessage,
+    ) -> Result<Vec<u8>, DecryptError> {
+        let (plaintext, plan) = self.plan_decrypt(rng, message)?;
+        self.apply(plan);
+        Ok(plaintext)
+    }
+
+    /// Computes the decryption of `message` without changing the state.
+    pub(crate) fn plan_decrypt<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        message: &RatchetMessage,
+    ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
+        let (message_key, plan) = self.find_key(rng, message)?;
+        let ad = body_associated_data(&self.associated_data, message.header());
+        let padded = message_key.open(message.body(), &ad).ok_or(DecryptError::Unauthenticated)?;
+        let plaintext = padding::unpad(&padded).ok_or(DecryptError::Unauthenticated)?;
+        Ok((plaintext.to_vec(), plan))
+    }
+
+    /// Applies a plan made by [`Self::plan_decrypt`] on this very state. Infallible.
+    pub(crate) fn apply(&mut self, plan: DecryptPlan) {
+        match plan.kind {
+            PlanKind::Skipped { chain, position } => {
+                if let Some(chain) = self.receiving.get_mut(chain) {
+                    chain.skipped.remove(position);
+                }
+            }
+            PlanKind::Advance { chain_key, skipped } => {
+                if let Some(current) = self.receiving.back_mut() {
+                    current.skipped.extend(skipped);
+                    current.set_chain_key(chain_key);
+                }
+            }
+            PlanKind::Step(step) => {
+                let StepPlan { closing, root_key, receiving, sending, next_receiving_header_key } = *step;
+                if let (Some(current), Some((skipped, chain_key))) = (self.receiving.back_mut(), closing) {
+                    current.skipped.extend(skipped);
+                    current.set_chain_key(chain_key);
+                }
+                if let Some(current) = self.receiving.back_mut() {
+                    current.close();
+                }
+                self.receiving.push_back(receiving);
+                while self.receiving.len() > MAX_RECEIVING_CHAINS {
+                    self.receiving.pop_front();
+                }
+                self.root_key = root_key;
+                self.sending = sending;
+                self.next_receiving_header_key = next_receiving_header_key;
+            }
+        }
+        self.evict_skipped_keys();
+    }
+
+    /// Drops the oldest skipped keys until at most [`MAX_STORED_SKIPPED_KEYS`] remain.
+    fn evict_skipped_keys(&mut self) {
+        let mut excess = self.stored_skipped_keys().saturating_sub(MAX_STORED_SKIPPED_KEYS);
+        for chain in &mut self.receiving {
+            if excess == 0 {
+                break;
+            }
+            let n = excess.min(chain.skipped.len());
+            chain.skipped.drain(..n);
+            excess -= n;
+        }
+    }
+
+    /// Finds the header key that opens the header, then the message key.
+    /// Trial order: each kept receiving chain, newest first (its skipped keys
+    /// and its chain), then the next header key, which starts a DH step.
+    fn find_key<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        message: &RatchetMessage,
+    ) -> Result<(MessageKey, DecryptPlan), DecryptError> {
+        let ad = &self.associated_data;
+        for (index, chain) in self.receiving.iter().enumerate().rev() {
+            if let Some(header) = chain.header_key.open(message.header(), ad) {
+                if header.ratchet_key != chain.ratchet_key {
+                    return Err(DecryptError::Unauthenticated);
+                }
+                return Self::plan_on_chain(index, chain, header.counter);
+            }
+        }
+        match self.next_receiving_header_key.open(message.header(), ad) {
+            Some(header) => self.plan_step(rng, header),
+            None => Err(DecryptError::Unauthenticated),
+        }
+    }
+
+    fn plan_on_chain(
+        index: usize,
+        chain: &ReceivingChain,
+        counter: u32,
+    ) -> Result<(MessageKey, DecryptPlan), DecryptError> {
+        if counter < chain.next_counter() {
+            return match chain.find_skipped(counter) {
+                Some((position, key)) => {
+                    Ok((key.clone(), DecryptPlan { kind: PlanKind::Skipped { chain: index, position } }))
+                }
+                None => Err(DecryptError::Duplicate { counter }),
+            };
+        }
+        // Only the current chain keeps a chain key; a closed chain ends at the
+        // peer's PN, and a header past it is a protocol violation.
+        let chain_key = chain.chain_key().ok_or(DecryptError::Unauthenticated)?;
+        let (skipped, message_key, chain_key) = advance(chain_key, counter)?;
+        Ok((message_key, DecryptPlan { kind: PlanKind::Advance { chain_key, skipped } }))
+    }
+
+    fn plan_step<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        header: Header,
+    ) -> Result<(MessageKey, DecryptPlan), DecryptError> {
+        if header.counter > MAX_SKIP {
+            return Err(DecryptError::TooFarAhead { gap: header.counter, max: MAX_SKIP });
+        }
+        let closing = match self.receiving.back().and_then(ReceivingChain::chain_key) {
+            Some(chain_key) if header.previous_counter > chain_key.index() => {
+                Some(skip_to(chain_key, header.previous_counter)?)
+            }
+            _ => None,
+        };
+        let dh_receive =
+            self.sending.ratchet_key.diffie_hellman(&header.ratchet_key).ok_or(DecryptError::Unauthenticated)?;
+        let (root_key, receiving_chain_key, next_receiving_header_key) = self.root_key.advance(&dh_receive);
+        let (skipped, message_key, receiving_chain_key) = advance(&receiving_chain_key, header.counter)?;
+
+        let ratchet_key = X25519Secret::generate(rng);
+        let dh_send = ratchet_key.diffie_hellman(&header.ratchet_key).ok_or(DecryptError::Unauthenticated)?;
+        let (root_key, sending_chain_key, next_sending_header_key) = root_key.advance(&dh_send);
+
+        let step = StepPlan {
+            closing,
+            root_key,
+            receiving: ReceivingChain::new(
+                header.ratchet_key,
+                self.next_receiving_header_key.clone(),
+                Some(receiving_chain_key),
+                0,
+                skipped.into(),
+            ),
+            sending: SendingChain {
+                ratchet_key,
+                chain: Some((sending_chain_key, self.sending.next_header_key.clone())),
+                next_header_key: next_sending_header_key,
+                previous_counter: self.sending.chain.as_ref().map_or(0, |(ck, _)| ck.index()),
+            },
+            next_receiving_header_key,
+        };
+        Ok((message_key, DecryptPlan { kind: PlanKind::Step(Box::new(step)) }))
+    }
+
+    /// Serializes the state (storage protobuf `RatchetState`, version
+    /// [`STATE_VERSION`]). The bytes hold secrets: store them sealed.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let record = Zeroizing::new(self.to_record());
+        let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
+        // Encoding into a Vec cannot run out of space.
+        let _ = record.encode(&mut *out);
+        out
+    }
+
+    /// Parses a state serialized by [`Self::to_bytes`], checking every length
+    /// and invariant.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming what is wrong; nothing is half-built.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_STATE_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_STATE_LEN });
+        }
+        let record = Zeroizing::new(storage::RatchetState::decode(bytes)?);
+        Self::from_record(&record)
+    }
+
+    pub(crate) fn to_record(&self) -> storage::RatchetState {
+        let (chain_key, counter, header_key) = match &self.sending.chain {
+            Some((ck, hk)) => (ck.as_secret().as_bytes().to_vec(), ck.index(), hk.as_secret().as_bytes().to_vec()),
+            None => (Vec::new(), 0, Vec::new()),
+        };
+        storage::RatchetState {
+            version: STATE_VERSION,
+            associated_data: self.associated_data.clone(),
+            root_key: self.root_key.as_secret().as_bytes().to_vec(),
+            sending: Some(storage::SendingChain {
+                ratchet_secret: self.sending.ratchet_key.to_bytes().to_vec(),
+                chain_key,
+                counter,
+                header_key,
+                next_header_key: self.sending.next_header_key.as_secret().as_bytes().to_vec(),
+                previous_counter: self.sending.previous_counter,
+            }),
+            receiving: self
+                .receiving
+                .iter()
+                .map(|chain| storage::ReceivingChain {
+                    ratchet_key: chain.ratchet_key.as_bytes().to_vec(),
+                    header_key: chain.header_key.as_secret().as_bytes().to_vec(),
+                    chain_key: chain.chain_key().map(|ck| ck.as_secret().as_bytes().to_vec()).unwrap_or_default(),
+                    counter: chain.next_counter(),
+                    skipped: chain
+                        .skipped
+                        .iter()
+                        .map(|key| storage::SkippedKey { counter: key.counter(), seed: key.seed().as_bytes().to_vec() })
+                        .collect(),
+                })
+                .collect(),
+            next_receiving_header_key: self.next_receiving_header_key.as_secret().as_bytes().to_vec(),
+        }
+    }
+
+    pub(crate) fn from_record(record: &storage::RatchetState) -> Result<Self, DecodeError> {
+        if record.version != STATE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(record.version));
+        }
+        if record.associated_data.len() > MAX_ASSOCIATED_DATA_LEN {
+            return Err(DecodeError::InvalidValue("associated_data"));
+        }
+        let sending = record.sending.as_ref().ok_or(DecodeError::MissingField("sending"))?;
+        let chain = match (sending.chain_key.is_empty(), sending.header_key.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((
+                ChainKey::new(Secret32::from_slice(&sending.chain_key, "sending.chain_key")?, sending.counter),
+                HeaderKey::new(Secret32::from_slice(&sending.header_key, "sending.header_key")?),
+            )),
+            _ => return Err(DecodeError::InvalidValue("sending")),
+        };
+        let secret = crate::keys::fixed::<32>(&sending.ratchet_secret, "sending.ratchet_secret")?;
+        let sending = SendingChain {
+            ratchet_key: X25519Secret::from_bytes(secret),
+            chain,
+            next_header_key: HeaderKey::new(Secret32::from_slice(&sending.next_header_key, "sending.next_header_key")?),
+            previous_counter: sending.previous_counter,
+        };
+        if record.receiving.len() > MAX_RECEIVING_CHAINS {
+            return Err(DecodeError::InvalidValue("receiving"));
+        }
+        let mut receiving = VecDeque::with_capacity(record.receiving.len());
+        let mut total_skipped = 0usize;
+        for (i, chain) in record.receiving.iter().enumerate() {
+            let is_current = i + 1 == record.receiving.len();
+            let chain_key = if chain.chain_key.is_empty() {
+                None
+            } else if is_current {
+                Some(ChainKey::new(Secret32::from_slice(&chain.chain_key, "receiving.chain_key")?, chain.counter))
+            } else {
+                return Err(DecodeError::InvalidValue("receiving.chain_key"));
+            };
+            total_skipped = total_skipped.saturating_add(chain.skipped.len());
+            if total_skipped > MAX_STORED_SKIPPED_KEYS {
+                return Err(DecodeError::InvalidValue("receiving.skipped"));
+            }
+            let mut skipped = VecDeque::with_capacity(chain.skipped.len());
+            let mut previous: Option<u32> = None;
+            for key in &chain.skipped {
+                if key.counter >= chain.counter || previous.is_some_and(|p| p >= key.counter) {
+                    return Err(DecodeError::InvalidValue("receiving.skipped.counter"));
+                }
+                previous = Some(key.counter);
+                skipped.push_back(MessageKey::new(
+                    Secret32::from_slice(&key.seed, "receiving.skipped.seed")?,
+                    key.counter,
+                ));
+            }
+            receiving.push_back(ReceivingChain::new(
+                X25519PublicKey::from_slice(&chain.ratchet_key, "receiving.ratchet_key")?,
+                HeaderKey::new(Secret32::from_slice(&chain.header_key, "receiving.header_key")?),
+                chain_key,
+                chain.counter,
+                skipped,
+            ));
+        }
+        Ok(Self {
+            associated_data: record.associated_data.clone(),
+            root_key: RootKey::new(Secret32::from_slice(&record.root_key, "root_key")?),
+            sending,
+            receiving,
+            next_receiving_header_key: HeaderKey::new(Secret32::from_slice(
+                &record.next_receiving_header_key,
+                "next_receiving_header_key",
+            )?),
+        })
+    }
+}
+
+impl fmt::Debug for DoubleRatchet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DoubleRatchet")
+            .field("sending_counter", &self.sending.chain.as_ref().map(|(ck, _)| ck.index()))
+            .field("previous_counter", &self.sending.previous_counter)
+            .field("receiving_chains", &self.receiving)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body's AEAD associated data: the session's `AD || encrypted header`.
+fn body_associated_data(ad: &[u8], encrypted_header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ad.len() + encrypted_header.len());
+    out.extend_from_slice(ad);
+    out.extend_from_slice(encrypted_header);
+    out
+}
+
+/// Derives every key of `chain_key`'s chain up to (not including) `counter`,
+/// then the key of `counter`, and the chain key after it.
+fn advance(chain_key: &ChainKey, counter: u32) -> Result<(Vec<MessageKey>, MessageKey, ChainKey), DecryptError> {
+    let (skipped, chain_key) = skip_to(chain_key, counter)?;
+    let message_key = chain_key.message_key();
+    let next = chain_key.next().ok_or(DecryptError::Unauthenticated)?;
+    Ok((skipped, message_key, next))
+}
+
+/// Derives the keys of `chain_key.index()..counter`, bounded by [`MAX_SKIP`].
+fn skip_to(chain_key: &ChainKey, counter: u32) -> Result<(Vec<MessageKey>, ChainKey), DecryptError> {
+    let gap = counter.saturating_sub(chain_key.index());
+    if gap > MAX_SKIP {
+        return Err(DecryptError::TooFarAhead { gap, max: MAX_SKIP });
+    }
+    let mut skipped = Vec::with_capacity(gap as usize);
+    let mut chain_key = chain_key.clone();
+    while chain_key.index() < counter {
+        skipped.push(chain_key.message_key());
+        chain_key = chain_key.next().ok_or(DecryptError::Unauthenticated)?;
+    }
+    Ok((skipped, chain_key))
+}

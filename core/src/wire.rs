@@ -1,0 +1,164 @@
+//! The wire envelope: protobuf to typed values, in one place.
+//!
+//! Every encoded message is one version byte ([`WIRE_VERSION`]) followed by a
+//! protobuf `samizdat.wire.v1.Envelope`. Decoding checks the size limit first,
+//! then the version, then parses the envelope and every field's length. The
+//! generated protobuf types never leave this module.
+
+use prost::Message as _;
+use samizdat_proto::wire as pb;
+
+use crate::{DecodeError, limits::MAX_MESSAGE_LEN, padding::MIN_BUCKET, ratchet::ENCRYPTED_HEADER_LEN};
+
+/// The version byte that starts every message of protocol v1.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Length of a Poly1305 tag.
+const TAG_LEN: usize = 16;
+
+/// A Double Ratchet message: the encrypted header and the encrypted body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RatchetMessage {
+    header: [u8; ENCRYPTED_HEADER_LEN],
+    body: Vec<u8>,
+}
+
+impl RatchetMessage {
+    pub(crate) fn new(header: [u8; ENCRYPTED_HEADER_LEN], body: Vec<u8>) -> Self {
+        Self { header, body }
+    }
+
+    /// The encrypted header (nonce, sealed header, tag).
+    pub fn header(&self) -> &[u8; ENCRYPTED_HEADER_LEN] {
+        &self.header
+    }
+
+    /// The encrypted, padded body with its tag.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Encodes the message for the wire: version byte, then the envelope.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_envelope(pb::envelope::Body::Ratchet(self.to_proto()))
+    }
+
+    /// Decodes a message encoded by [`Self::to_bytes`].
+    ///
+    /// # Errors
+    /// A [`DecodeError`] if the bytes are not a well-formed ratchet message
+    /// (including an envelope of another kind: [`DecodeError::UnknownKind`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match decode_envelope(bytes)? {
+            pb::envelope::Body::Ratchet(message) => Self::from_proto(&message),
+            _ => Err(DecodeError::UnknownKind),
+        }
+    }
+
+    fn to_proto(&self) -> pb::RatchetMessage {
+        pb::RatchetMessage { header: self.header.to_vec(), body: self.body.clone() }
+    }
+
+    fn from_proto(message: &pb::RatchetMessage) -> Result<Self, DecodeError> {
+        let header = crate::keys::fixed::<ENCRYPTED_HEADER_LEN>(&message.header, "ratchet.header")?;
+        if message.body.len() < MIN_BUCKET + TAG_LEN {
+            return Err(DecodeError::InvalidLength {
+                field: "ratchet.body",
+                expected: MIN_BUCKET + TAG_LEN,
+                actual: message.body.len(),
+            });
+        }
+        Ok(Self { header, body: message.body.clone() })
+    }
+}
+
+impl std::fmt::Debug for RatchetMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RatchetMessage").field("body_len", &self.body.len()).finish_non_exhaustive()
+    }
+}
+
+fn encode_envelope(body: pb::envelope::Body) -> Vec<u8> {
+    let envelope = pb::Envelope { body: Some(body) };
+    let mut out = Vec::with_capacity(1 + envelope.encoded_len());
+    out.push(WIRE_VERSION);
+    // Encoding into a Vec cannot run out of space.
+    let _ = envelope.encode(&mut out);
+    out
+}
+
+/// Checks size and version, then parses the envelope and returns its body.
+fn decode_envelope(bytes: &[u8]) -> Result<pb::envelope::Body, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_MESSAGE_LEN });
+    }
+    let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(DecodeError::UnsupportedVersion(u32::from(version)));
+    }
+    pb::Envelope::decode(rest)?.body.ok_or(DecodeError::UnknownKind)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sample() -> RatchetMessage {
+        RatchetMessage::new([0x11; ENCRYPTED_HEADER_LEN], vec![0x22; 80])
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let bytes = sample().to_bytes();
+        assert_eq!(bytes[0], WIRE_VERSION);
+        // Envelope field 2 (ratchet), length-delimited.
+        assert_eq!(bytes[1], 0x12);
+        assert_eq!(RatchetMessage::from_bytes(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn typed_errors() {
+        assert_eq!(RatchetMessage::from_bytes(&[]), Err(DecodeError::Empty));
+        let mut bytes = sample().to_bytes();
+        bytes[0] = 2;
+        assert_eq!(RatchetMessage::from_bytes(&bytes), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(RatchetMessage::from_bytes(&[1]), Err(DecodeError::UnknownKind));
+        // An envelope whose only field is one this release does not know (field 9).
+        assert_eq!(RatchetMessage::from_bytes(&[1, 0x4a, 0x00]), Err(DecodeError::UnknownKind));
+        assert_eq!(RatchetMessage::from_bytes(&[1, 0x12, 0x05, 0x0a]), Err(DecodeError::Protobuf));
+        let big = vec![1u8; MAX_MESSAGE_LEN + 1];
+        assert_eq!(
+            RatchetMessage::from_bytes(&big),
+            Err(DecodeError::TooLarge { len: MAX_MESSAGE_LEN + 1, max: MAX_MESSAGE_LEN })
+        );
+        let short = RatchetMessage::new([0; ENCRYPTED_HEADER_LEN], vec![0; 79]).to_bytes();
+        assert!(matches!(
+            RatchetMessage::from_bytes(&short),
+            Err(DecodeError::InvalidLength { field: "ratchet.body", .. })
+        ));
+        let bad_header = encode_envelope(pb::envelope::Body::Ratchet(pb::RatchetMessage {
+            header: vec![0; ENCRYPTED_HEADER_LEN - 1],
+            body: vec![0; 80],
+        }));
+        assert!(matches!(
+            RatchetMessage::from_bytes(&bad_header),
+            Err(DecodeError::InvalidLength { field: "ratchet.header", .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = RatchetMessage::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_envelopes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut framed = vec![WIRE_VERSION];
+            framed.extend_from_slice(&bytes);
+            let _ = RatchetMessage::from_bytes(&framed);
+        }
+    }
+}
