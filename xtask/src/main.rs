@@ -1,1 +1,55 @@
-fn main() {}
+//! Project chores, run as `cargo xtask <command>`.
+//!
+//! - `test`: the full test run (format check, clippy with warnings denied,
+//!   every test of the workspace, doc tests included). `.ci/run` calls this.
+
+use std::{
+    env,
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        _ => {
+            eprintln!("usage: cargo xtask test");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(step) => {
+            eprintln!("xtask: step failed: {step}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Runs `program args` in the workspace root, failing with the step's name.
+fn run(step: &str, program: &str, args: &[&str]) -> Result<(), String> {
+    eprintln!("==> {step}: {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program).args(args).current_dir(root()).status().map_err(|e| format!("{step}: {e}"))?;
+    eprintln!("<== {step}: {:.1} s", started.elapsed().as_secs_f64());
+    if status.success() { Ok(()) } else { Err(step.to_owned()) }
+}
+
+fn test() -> Result<(), String> {
+    let started = Instant::now();
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run("format", &cargo, &["fmt", "--all", "--", "--check"])?;
+    run("clippy", &cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run("tests", &cargo, &["test", "--workspace", "--all-targets"])?;
+    run("doc tests", &cargo, &["test", "--workspace", "--doc"])?;
+    eprintln!("xtask test: all steps passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

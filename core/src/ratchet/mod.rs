@@ -618,3 +618,7 @@ fn skip_to(chain_key: &ChainKey, counter: u32) -> Result<(Vec<MessageKey>, Chain
     }
     Ok((skipped, chain_key))
 }
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests;
