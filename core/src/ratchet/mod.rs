@@ -167,12 +167,30 @@ enum PlanKind {
     Step(Box<StepPlan>),
 }
 
+/// A DH step, complete.
 struct StepPlan {
     /// Keys skipped on the chain being closed, up to the peer's `PN`, and its final chain key.
     closing: Option<(Vec<MessageKey>, ChainKey)>,
     root_key: RootKey,
     receiving: ReceivingChain,
     sending: SendingChain,
+    next_receiving_header_key: HeaderKey,
+}
+
+/// Where a message's key was found, before the body is opened.
+enum Found {
+    Skipped { chain: usize, position: usize },
+    Advance { chain_key: ChainKey, skipped: Vec<MessageKey> },
+    Step(Box<ReceiveStep>),
+}
+
+/// The receiving half of a DH step: computed before the body is opened,
+/// without randomness.
+struct ReceiveStep {
+    closing: Option<(Vec<MessageKey>, ChainKey)>,
+    /// The root key after the receiving root step.
+    root_key: RootKey,
+    receiving: ReceivingChain,
     next_receiving_header_key: HeaderKey,
 }
 
@@ -297,16 +315,45 @@ impl DoubleRatchet {
     }
 
     /// Computes the decryption of `message` without changing the state.
+    ///
+    /// Randomness (the new ratchet key of a DH step) is drawn only after the
+    /// body authenticated, so a rejected message consumes none.
     pub(crate) fn plan_decrypt<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         message: &RatchetMessage,
     ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
-        let (message_key, plan) = self.find_key(rng, message)?;
+        let (message_key, found) = self.find_key(message)?;
         let ad = body_associated_data(&self.associated_data, message.header());
         let padded = message_key.open(message.body(), &ad).ok_or(DecryptError::Unauthenticated)?;
         let plaintext = padding::unpad(&padded).ok_or(DecryptError::Unauthenticated)?;
-        Ok((plaintext.to_vec(), plan))
+        let kind = match found {
+            Found::Skipped { chain, position } => PlanKind::Skipped { chain, position },
+            Found::Advance { chain_key, skipped } => PlanKind::Advance { chain_key, skipped },
+            Found::Step(step) => PlanKind::Step(Box::new(self.complete_step(rng, *step)?)),
+        };
+        Ok((plaintext.to_vec(), DecryptPlan { kind }))
+    }
+
+    /// The second half of a DH step: a fresh `DHs`, the root step with it,
+    /// and the new sending chain (`PN := Ns`, `HKs := NHKs`).
+    fn complete_step<R: CryptoRng + ?Sized>(&self, rng: &mut R, step: ReceiveStep) -> Result<StepPlan, DecryptError> {
+        let ratchet_key = X25519Secret::generate(rng);
+        let dh_send = ratchet_key.diffie_hellman(&step.receiving.ratchet_key).ok_or(DecryptError::Unauthenticated)?;
+        let (root_key, chain_key, next_header_key) = step.root_key.advance(&dh_send);
+        let sending = SendingChain {
+            ratchet_key,
+            chain: Some((chain_key, self.sending.next_header_key.clone())),
+            next_header_key,
+            previous_counter: self.sending.chain.as_ref().map_or(0, |(ck, _)| ck.index()),
+        };
+        Ok(StepPlan {
+            closing: step.closing,
+            root_key,
+            receiving: step.receiving,
+            sending,
+            next_receiving_header_key: step.next_receiving_header_key,
+        })
     }
 
     /// Applies a plan made by [`Self::plan_decrypt`] on this very state. Infallible.
@@ -360,11 +407,7 @@ impl DoubleRatchet {
     /// Finds the header key that opens the header, then the message key.
     /// Trial order: each kept receiving chain, newest first (its skipped keys
     /// and its chain), then the next header key, which starts a DH step.
-    fn find_key<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        message: &RatchetMessage,
-    ) -> Result<(MessageKey, DecryptPlan), DecryptError> {
+    fn find_key(&self, message: &RatchetMessage) -> Result<(MessageKey, Found), DecryptError> {
         let ad = &self.associated_data;
         for (index, chain) in self.receiving.iter().enumerate().rev() {
             if let Some(header) = chain.header_key.open(message.header(), ad) {
@@ -375,7 +418,7 @@ impl DoubleRatchet {
             }
         }
         match self.next_receiving_header_key.open(message.header(), ad) {
-            Some(header) => self.plan_step(rng, header),
+            Some(header) => self.plan_step(header),
             None => Err(DecryptError::Unauthenticated),
         }
     }
@@ -384,12 +427,10 @@ impl DoubleRatchet {
         index: usize,
         chain: &ReceivingChain,
         counter: u32,
-    ) -> Result<(MessageKey, DecryptPlan), DecryptError> {
+    ) -> Result<(MessageKey, Found), DecryptError> {
         if counter < chain.next_counter() {
             return match chain.find_skipped(counter) {
-                Some((position, key)) => {
-                    Ok((key.clone(), DecryptPlan { kind: PlanKind::Skipped { chain: index, position } }))
-                }
+                Some((position, key)) => Ok((key.clone(), Found::Skipped { chain: index, position })),
                 None => Err(DecryptError::Duplicate { counter }),
             };
         }
@@ -397,14 +438,10 @@ impl DoubleRatchet {
         // peer's PN, and a header past it is a protocol violation.
         let chain_key = chain.chain_key().ok_or(DecryptError::Unauthenticated)?;
         let (skipped, message_key, chain_key) = advance(chain_key, counter)?;
-        Ok((message_key, DecryptPlan { kind: PlanKind::Advance { chain_key, skipped } }))
+        Ok((message_key, Found::Advance { chain_key, skipped }))
     }
 
-    fn plan_step<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        header: Header,
-    ) -> Result<(MessageKey, DecryptPlan), DecryptError> {
+    fn plan_step(&self, header: Header) -> Result<(MessageKey, Found), DecryptError> {
         if header.counter > MAX_SKIP {
             return Err(DecryptError::TooFarAhead { gap: header.counter, max: MAX_SKIP });
         }
@@ -418,12 +455,7 @@ impl DoubleRatchet {
             self.sending.ratchet_key.diffie_hellman(&header.ratchet_key).ok_or(DecryptError::Unauthenticated)?;
         let (root_key, receiving_chain_key, next_receiving_header_key) = self.root_key.advance(&dh_receive);
         let (skipped, message_key, receiving_chain_key) = advance(&receiving_chain_key, header.counter)?;
-
-        let ratchet_key = X25519Secret::generate(rng);
-        let dh_send = ratchet_key.diffie_hellman(&header.ratchet_key).ok_or(DecryptError::Unauthenticated)?;
-        let (root_key, sending_chain_key, next_sending_header_key) = root_key.advance(&dh_send);
-
-        let step = StepPlan {
+        let step = ReceiveStep {
             closing,
             root_key,
             receiving: ReceivingChain::new(
@@ -433,15 +465,9 @@ impl DoubleRatchet {
                 0,
                 skipped.into(),
             ),
-            sending: SendingChain {
-                ratchet_key,
-                chain: Some((sending_chain_key, self.sending.next_header_key.clone())),
-                next_header_key: next_sending_header_key,
-                previous_counter: self.sending.chain.as_ref().map_or(0, |(ck, _)| ck.index()),
-            },
             next_receiving_header_key,
         };
-        Ok((message_key, DecryptPlan { kind: PlanKind::Step(Box::new(step)) }))
+        Ok((message_key, Found::Step(Box::new(step))))
     }
 
     /// Serializes the state (storage protobuf `RatchetState`, version
@@ -563,6 +589,13 @@ impl DoubleRatchet {
                 chain.counter,
                 skipped,
             ));
+        }
+        // After any DH step the newest chain is current and we can send.
+        if receiving.back().is_some_and(|chain| chain.chain_key().is_none()) {
+            return Err(DecodeError::InvalidValue("receiving.chain_key"));
+        }
+        if !receiving.is_empty() && sending.chain.is_none() {
+            return Err(DecodeError::InvalidValue("sending"));
         }
         Ok(Self {
             associated_data: record.associated_data.clone(),
