@@ -112,3 +112,63 @@ pub enum DecryptError {
     #[error("message failed authentication")]
     Unauthenticated,
 }
+
+/// Which of a device's prekeys a message named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PreKeyKind {
+    /// A signed X25519 prekey.
+    Signed,
+    /// A one-time X25519 prekey.
+    OneTime,
+    /// An ML-KEM-1024 prekey (one-time or last resort).
+    Pq,
+}
+
+/// Why a session operation failed. In every case the session record is
+/// left exactly as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The bytes are not a well-formed message.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The peer's bundle was rejected.
+    #[error("invalid bundle: {0}")]
+    Bundle(#[from] crate::prekeys::BundleError),
+    /// Encryption failed.
+    #[error(transparent)]
+    Encrypt(#[from] EncryptError),
+    /// Decryption failed (duplicate, too far ahead, or unauthenticated).
+    #[error(transparent)]
+    Decrypt(#[from] DecryptError),
+    /// There is no session with this peer to encrypt with or to decrypt a
+    /// ratchet message with.
+    #[error("no session")]
+    NoSession,
+    /// The peer's identity key differs from the one trusted for this address.
+    /// Nothing is sent to or accepted from it until the app calls
+    /// [`SessionRecord::trust_identity`](crate::session::SessionRecord::trust_identity).
+    #[error("the peer's identity key changed")]
+    UntrustedIdentity {
+        /// The new identity key.
+        identity: crate::keys::IdentityKey,
+    },
+    /// A prekey message names a prekey this device does not have (never
+    /// had, or already consumed or rotated away).
+    #[error("unknown {kind:?} prekey {id}")]
+    UnknownPreKey {
+        /// The kind of prekey.
+        kind: PreKeyKind,
+        /// Its id.
+        id: u32,
+    },
+    /// A prekey message that was already processed (its base key is known)
+    /// and whose session state is no longer kept.
+    #[error("duplicate prekey message")]
+    DuplicatePreKeyMessage,
+    /// A pending decryption was committed to a record that changed since it
+    /// was made; decrypt again.
+    #[error("the session changed since this decryption was made")]
+    StalePending,
+}

@@ -20,6 +20,68 @@ pub(crate) const CHAIN_MESSAGE_SEED_INPUT: u8 = 0x01;
 /// HMAC input that derives the next chain key from a chain key.
 pub(crate) const CHAIN_NEXT_INPUT: u8 = 0x02;
 
+/// Signature label of a signed X25519 prekey.
+pub(crate) const SIGNED_PREKEY_LABEL: &[u8] = b"samizdat/v1/prekey/x25519-signed";
+/// Signature label of a one-time ML-KEM-1024 prekey.
+pub(crate) const PQ_ONE_TIME_PREKEY_LABEL: &[u8] = b"samizdat/v1/prekey/mlkem1024-one-time";
+/// Signature label of a last-resort ML-KEM-1024 prekey.
+pub(crate) const PQ_LAST_RESORT_PREKEY_LABEL: &[u8] = b"samizdat/v1/prekey/mlkem1024-last-resort";
+/// HKDF `info` prefix of the PQXDH key derivation (followed by the transcript hash).
+pub(crate) const PQXDH_LABEL: &[u8] = b"samizdat/v1/pqxdh";
+/// Prefix of a session's associated data (followed by both identity keys).
+pub(crate) const SESSION_AD_LABEL: &[u8] = b"samizdat/v1/session-ad";
+/// The 32 bytes of 0xFF that start the PQXDH input key material (as in X3DH,
+/// so it can never be mistaken for an X25519 output or an Ed25519 input).
+pub(crate) const PQXDH_IKM_PREFIX: [u8; 32] = [0xff; 32];
+
+/// The bytes an Ed25519 prekey signature covers: `label || u32-BE id || public key`.
+pub(crate) fn prekey_signature_input(label: &[u8], id: u32, public_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(label.len() + 4 + public_key.len());
+    out.extend_from_slice(label);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(public_key);
+    out
+}
+
+/// Output of PQXDH: `RK_0 || HKa || NHKb`.
+pub(crate) struct HandshakeSecrets {
+    pub(crate) root_key: [u8; 32],
+    pub(crate) initiator_header_key: [u8; 32],
+    pub(crate) responder_header_key: [u8; 32],
+}
+
+impl Drop for HandshakeSecrets {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.root_key.zeroize();
+        self.initiator_header_key.zeroize();
+        self.responder_header_key.zeroize();
+    }
+}
+
+/// `SK = HKDF(salt = 0^32, ikm = 0xFF^32 || DH1 || DH2 || DH3 [|| DH4] || SS,
+/// info = PQXDH_LABEL || SHA-256(transcript))`, 96 bytes split into the first
+/// root key, the initiator's header key and the responder's next header key.
+pub(crate) fn pqxdh(dh_outputs: &[&[u8; 32]], kem_secret: &[u8; 32], transcript_hash: &[u8; 32]) -> HandshakeSecrets {
+    let mut ikm = Zeroizing::new(Vec::with_capacity(32 * (dh_outputs.len() + 2)));
+    ikm.extend_from_slice(&PQXDH_IKM_PREFIX);
+    for dh in dh_outputs {
+        ikm.extend_from_slice(dh.as_slice());
+    }
+    ikm.extend_from_slice(kem_secret);
+    let mut info = Vec::with_capacity(PQXDH_LABEL.len() + 32);
+    info.extend_from_slice(PQXDH_LABEL);
+    info.extend_from_slice(transcript_hash);
+    let okm = hkdf_expand::<96>(&[0; 32], &ikm, &info);
+    let mut out = HandshakeSecrets { root_key: [0; 32], initiator_header_key: [0; 32], responder_header_key: [0; 32] };
+    let (rk, rest) = okm.split_at(32);
+    let (hka, hkb) = rest.split_at(32);
+    out.root_key.copy_from_slice(rk);
+    out.initiator_header_key.copy_from_slice(hka);
+    out.responder_header_key.copy_from_slice(hkb);
+    out
+}
+
 /// Output of the root step: `RK' || CK || NHK`.
 pub(crate) struct RootStepOutput {
     pub(crate) root_key: Zeroizing<[u8; 32]>,
@@ -144,7 +206,16 @@ mod tests {
 
     #[test]
     fn labels_are_distinct_and_prefixed() {
-        let labels = [ROOT_LABEL, MESSAGE_KEY_LABEL];
+        let labels = [
+            ROOT_LABEL,
+            MESSAGE_KEY_LABEL,
+            SIGNED_PREKEY_LABEL,
+            PQ_ONE_TIME_PREKEY_LABEL,
+            PQ_LAST_RESORT_PREKEY_LABEL,
+            PQXDH_LABEL,
+            SESSION_AD_LABEL,
+            crate::fingerprint::SAFETY_NUMBER_LABEL,
+        ];
         for (i, a) in labels.iter().enumerate() {
             assert!(a.starts_with(b"samizdat/v1/"));
             for b in &labels[i + 1..] {

@@ -1,15 +1,24 @@
-//! Key types: X25519 ratchet keys and the Diffie-Hellman function.
+//! Key types: the Ed25519 identity, X25519 keys and ML-KEM-1024 keys.
 //!
 //! Secret keys zeroize on drop, are never printed by `Debug`, and have no
 //! `Display`. A Diffie-Hellman output that is all zeros (the peer sent a key of
-//! small order) is rejected, never used.
+//! small order) is rejected, never used; public keys of small order are
+//! rejected when they are parsed from a bundle or a prekey message.
+//!
+//! A device's identity is one Ed25519 key pair. Its X25519 form (the secret is
+//! the clamped scalar of SHA-512(seed), the public key the Montgomery form of
+//! the Edwards point) is used for the handshake's Diffie-Hellman, so a peer is
+//! one 32-byte key and one safety number. PROTOCOL.md ("Identity keys") argues
+//! why this is sound here.
 
 use std::fmt;
 
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use libcrux_ml_kem::mlkem1024;
 use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use x25519_dalek::StaticSecret;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Length of an X25519 key.
 pub const X25519_KEY_LEN: usize = 32;
@@ -33,6 +42,14 @@ impl X25519PublicKey {
 
     pub(crate) fn from_slice(bytes: &[u8], field: &'static str) -> Result<Self, crate::DecodeError> {
         Ok(Self(fixed::<X25519_KEY_LEN>(bytes, field)?))
+    }
+
+    /// Whether the key has small order (any encoding of a point of order 1, 2,
+    /// 4 or 8). Every clamped scalar is a multiple of 8, so such a point, and
+    /// only such a point, maps to the all-zero output.
+    pub fn is_small_order(&self) -> bool {
+        let out = x25519_dalek::x25519([9; 32], self.0);
+        bool::from(out.ct_eq(&[0u8; 32]))
     }
 }
 
@@ -59,7 +76,9 @@ impl X25519Secret {
         Self::from_secret(StaticSecret::random_from_rng(rng))
     }
 
-    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+    /// The key pair of a 32-byte secret scalar (clamped on use, RFC 7748).
+    /// Meant for test vectors; generate keys with [`Self::generate`].
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self::from_secret(StaticSecret::from(bytes))
     }
 
@@ -95,6 +114,282 @@ impl Clone for X25519Secret {
 impl fmt::Debug for X25519Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("X25519Secret").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+/// Length of an Ed25519 public key.
+pub const IDENTITY_KEY_LEN: usize = 32;
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Why a public key was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The bytes have the wrong length.
+    #[error("key has {actual} bytes, expected {expected}")]
+    InvalidLength {
+        /// The length it must have.
+        expected: usize,
+        /// The length it has.
+        actual: usize,
+    },
+    /// The bytes are not a valid point encoding.
+    #[error("invalid key encoding")]
+    InvalidEncoding,
+    /// The key has small order: it would contribute nothing to a key exchange.
+    #[error("key of small order")]
+    SmallOrder,
+}
+
+/// A device's identity public key: an Ed25519 verifying key of full order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdentityKey(VerifyingKey);
+
+impl IdentityKey {
+    /// Parses and checks a 32-byte Ed25519 public key.
+    ///
+    /// # Errors
+    /// [`KeyError::InvalidEncoding`] if the bytes are not a point,
+    /// [`KeyError::SmallOrder`] for a weak key.
+    pub fn from_bytes(bytes: &[u8; IDENTITY_KEY_LEN]) -> Result<Self, KeyError> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidEncoding)?;
+        if key.is_weak() {
+            return Err(KeyError::SmallOrder);
+        }
+        // A key of mixed order (a torsion component) also has a small-order
+        // Montgomery image after clamping only if it is weak, which is checked
+        // above; the X25519 form is checked again below for robustness.
+        if X25519PublicKey(key.to_montgomery().to_bytes()).is_small_order() {
+            return Err(KeyError::SmallOrder);
+        }
+        Ok(Self(key))
+    }
+
+    /// Parses a slice (see [`Self::from_bytes`]).
+    ///
+    /// # Errors
+    /// As [`Self::from_bytes`], plus [`KeyError::InvalidLength`].
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        let bytes: &[u8; IDENTITY_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyError::InvalidLength { expected: IDENTITY_KEY_LEN, actual: bytes.len() })?;
+        Self::from_bytes(bytes)
+    }
+
+    /// The 32 bytes of the key.
+    pub fn as_bytes(&self) -> &[u8; IDENTITY_KEY_LEN] {
+        self.0.as_bytes()
+    }
+
+    /// The X25519 form of the key (the Montgomery form of the point).
+    pub fn to_x25519(&self) -> X25519PublicKey {
+        X25519PublicKey(self.0.to_montgomery().to_bytes())
+    }
+
+    /// Strict Ed25519 verification (RFC 8032 with the checks of
+    /// `verify_strict`: canonical `S`, no small-order `R` or key).
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+        self.0.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
+    }
+}
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityKey(")?;
+        for b in self.as_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl std::hash::Hash for IdentityKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+/// A device's identity key pair (Ed25519). Zeroized on drop; `Debug` shows
+/// only the public key.
+pub struct IdentityKeyPair {
+    signing: SigningKey,
+    public: IdentityKey,
+}
+
+impl IdentityKeyPair {
+    /// A fresh identity from `rng`.
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        Self::from_signing(SigningKey::generate(rng))
+    }
+
+    /// The identity of a 32-byte Ed25519 seed (for stored identities and test vectors).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self::from_signing(SigningKey::from_bytes(seed))
+    }
+
+    fn from_signing(signing: SigningKey) -> Self {
+        // A key from a seed has full order with overwhelming probability; the
+        // check in `IdentityKey::from_bytes` is for keys that come from outside.
+        let public = IdentityKey(signing.verifying_key());
+        Self { signing, public }
+    }
+
+    /// The 32-byte seed, for storage. Seal it before it leaves memory.
+    pub fn to_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
+    }
+
+    /// The public identity key.
+    pub fn public_key(&self) -> IdentityKey {
+        self.public
+    }
+
+    /// Signs `message` (Ed25519, deterministic).
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// The X25519 form of the identity: the clamped scalar of SHA-512(seed).
+    pub(crate) fn to_x25519(&self) -> X25519Secret {
+        let mut scalar = self.signing.to_scalar_bytes();
+        let secret = X25519Secret::from_bytes(scalar);
+        scalar.zeroize();
+        secret
+    }
+}
+
+impl fmt::Debug for IdentityKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityKeyPair").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+/// Length of an ML-KEM-1024 encapsulation (public) key.
+pub const MLKEM_PUBLIC_KEY_LEN: usize = 1568;
+/// Length of an ML-KEM-1024 decapsulation (secret) key.
+pub const MLKEM_SECRET_KEY_LEN: usize = 3168;
+/// Length of an ML-KEM-1024 ciphertext.
+pub const MLKEM_CIPHERTEXT_LEN: usize = 1568;
+
+/// An ML-KEM-1024 encapsulation key, checked as FIPS 203 requires (the
+/// encoded coefficients are reduced modulo q).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MlKemPublicKey(Box<[u8; MLKEM_PUBLIC_KEY_LEN]>);
+
+impl MlKemPublicKey {
+    /// Parses and validates an encapsulation key.
+    ///
+    /// # Errors
+    /// [`KeyError::InvalidLength`] or [`KeyError::InvalidEncoding`].
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        let array: [u8; MLKEM_PUBLIC_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyError::InvalidLength { expected: MLKEM_PUBLIC_KEY_LEN, actual: bytes.len() })?;
+        if !mlkem1024::validate_public_key(&mlkem1024::MlKem1024PublicKey::from(&array)) {
+            return Err(KeyError::InvalidEncoding);
+        }
+        Ok(Self(Box::new(array)))
+    }
+
+    /// The encoded key.
+    pub fn as_bytes(&self) -> &[u8; MLKEM_PUBLIC_KEY_LEN] {
+        &self.0
+    }
+
+    /// `ML-KEM.Encaps`: a ciphertext and a 32-byte shared secret, from 32
+    /// bytes of `rng` output.
+    pub(crate) fn encapsulate<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+    ) -> (Box<[u8; MLKEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
+        let mut randomness = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(randomness.as_mut_slice());
+        let public = mlkem1024::MlKem1024PublicKey::from(&*self.0);
+        let (ciphertext, shared) = mlkem1024::encapsulate(&public, *randomness);
+        let mut ct = Box::new([0u8; MLKEM_CIPHERTEXT_LEN]);
+        ct.copy_from_slice(ciphertext.as_ref());
+        (ct, Zeroizing::new(shared))
+    }
+}
+
+impl fmt::Debug for MlKemPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MlKemPublicKey(")?;
+        for b in self.0.iter().take(8) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+/// An ML-KEM-1024 key pair. The secret key is zeroized on drop.
+pub(crate) struct MlKemKeyPair {
+    /// Exactly [`MLKEM_SECRET_KEY_LEN`] bytes.
+    secret: Zeroizing<Vec<u8>>,
+    public: MlKemPublicKey,
+}
+
+impl MlKemKeyPair {
+    /// `ML-KEM.KeyGen` from 64 bytes of `rng` output (d || z).
+    pub(crate) fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut seed = Zeroizing::new([0u8; libcrux_ml_kem::KEY_GENERATION_SEED_SIZE]);
+        rng.fill_bytes(seed.as_mut_slice());
+        let pair = mlkem1024::generate_key_pair(*seed);
+        let (secret, public) = pair.into_parts();
+        let mut secret_bytes: [u8; MLKEM_SECRET_KEY_LEN] = secret.into();
+        let boxed = Zeroizing::new(secret_bytes.to_vec());
+        secret_bytes.zeroize();
+        let public: [u8; MLKEM_PUBLIC_KEY_LEN] = public.into();
+        Self { secret: boxed, public: MlKemPublicKey(Box::new(public)) }
+    }
+
+    /// Rebuilds a stored key pair.
+    pub(crate) fn from_bytes(secret: &[u8], public: &[u8]) -> Result<Self, crate::DecodeError> {
+        if secret.len() != MLKEM_SECRET_KEY_LEN {
+            return Err(crate::DecodeError::InvalidLength {
+                field: "mlkem.secret",
+                expected: MLKEM_SECRET_KEY_LEN,
+                actual: secret.len(),
+            });
+        }
+        let boxed = Zeroizing::new(secret.to_vec());
+        let public =
+            MlKemPublicKey::from_slice(public).map_err(|_| crate::DecodeError::InvalidValue("mlkem.public"))?;
+        Ok(Self { secret: boxed, public })
+    }
+
+    pub(crate) fn public_key(&self) -> &MlKemPublicKey {
+        &self.public
+    }
+
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// `ML-KEM.Decaps`. ML-KEM rejects implicitly: a wrong ciphertext yields
+    /// a pseudorandom secret, and the handshake then fails to authenticate.
+    pub(crate) fn decapsulate(&self, ciphertext: &[u8; MLKEM_CIPHERTEXT_LEN]) -> Zeroizing<[u8; 32]> {
+        let mut array = Zeroizing::new([0u8; MLKEM_SECRET_KEY_LEN]);
+        array.copy_from_slice(&self.secret);
+        let secret = mlkem1024::MlKem1024PrivateKey::from(&*array);
+        let ct = mlkem1024::MlKem1024Ciphertext::from(ciphertext);
+        let shared = Zeroizing::new(mlkem1024::decapsulate(&secret, &ct));
+        let mut copy: [u8; MLKEM_SECRET_KEY_LEN] = secret.into();
+        copy.zeroize();
+        shared
+    }
+}
+
+impl Clone for MlKemKeyPair {
+    fn clone(&self) -> Self {
+        Self { secret: self.secret.clone(), public: self.public.clone() }
+    }
+}
+
+impl fmt::Debug for MlKemKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MlKemKeyPair").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
@@ -201,6 +496,63 @@ mod tests {
         assert!(printed.starts_with("X25519Secret { public: X25519PublicKey("), "{printed}");
         assert!(printed.ends_with(", .. }"), "{printed}");
         assert!(!printed.contains("cdcdcdcd"));
+    }
+
+    #[test]
+    fn identity_x25519_form_matches() {
+        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed([3; 32]);
+        let a = IdentityKeyPair::generate(&mut rng);
+        let b = IdentityKeyPair::generate(&mut rng);
+        // The X25519 secret's public key is the Montgomery form of the Ed25519 key.
+        assert_eq!(a.to_x25519().public_key(), a.public_key().to_x25519());
+        let ab = a.to_x25519().diffie_hellman(&b.public_key().to_x25519()).unwrap();
+        let ba = b.to_x25519().diffie_hellman(&a.public_key().to_x25519()).unwrap();
+        assert_eq!(*ab, *ba);
+        let restored = IdentityKeyPair::from_seed(&a.to_seed());
+        assert_eq!(restored.public_key(), a.public_key());
+        let sig = a.sign(b"msg");
+        assert!(a.public_key().verify(b"msg", &sig));
+        assert!(!a.public_key().verify(b"msh", &sig));
+        assert!(!b.public_key().verify(b"msg", &sig));
+    }
+
+    #[test]
+    fn weak_identity_keys_are_rejected() {
+        // The Edwards identity point (0, 1) and a point of order 2 (0, -1).
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(IdentityKey::from_bytes(&identity), Err(KeyError::SmallOrder));
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        assert_eq!(IdentityKey::from_bytes(&minus_one), Err(KeyError::SmallOrder));
+        assert_eq!(IdentityKey::from_slice(&[0; 31]), Err(KeyError::InvalidLength { expected: 32, actual: 31 }));
+    }
+
+    #[test]
+    fn mlkem_round_trip_and_validation() {
+        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed([4; 32]);
+        let pair = MlKemKeyPair::generate(&mut rng);
+        let (ct, ss) = pair.public_key().encapsulate(&mut rng);
+        assert_eq!(*pair.decapsulate(&ct), *ss);
+        let restored = MlKemKeyPair::from_bytes(pair.secret_bytes(), pair.public_key().as_bytes()).unwrap();
+        assert_eq!(*restored.decapsulate(&ct), *ss);
+        // A coefficient of 0xfff (>= q = 3329) is not a valid encoding.
+        let mut bad = *pair.public_key().as_bytes();
+        bad[0] = 0xff;
+        bad[1] |= 0x0f;
+        assert_eq!(MlKemPublicKey::from_slice(&bad), Err(KeyError::InvalidEncoding));
+        assert!(matches!(MlKemPublicKey::from_slice(&bad[..100]), Err(KeyError::InvalidLength { .. })));
+        // Implicit rejection: a modified ciphertext gives another secret.
+        let mut ct2 = *ct;
+        ct2[0] ^= 1;
+        assert_ne!(*pair.decapsulate(&ct2), *ss);
+    }
+
+    #[test]
+    fn small_order_public_keys_are_detected() {
+        assert!(X25519PublicKey::from_bytes([0; 32]).is_small_order());
+        assert!(!X25519Secret::from_bytes([7; 32]).public_key().is_small_order());
     }
 
     #[test]

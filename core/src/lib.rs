@@ -19,15 +19,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod address;
 mod error;
+pub mod fingerprint;
+mod handshake;
 mod kdf;
 pub mod keys;
 pub mod limits;
 mod padding;
+pub mod prekeys;
 pub mod ratchet;
+pub mod session;
 pub mod wire;
 
-pub use error::{DecodeError, DecryptError, EncryptError};
+pub use error::{DecodeError, DecryptError, EncryptError, PreKeyKind, SessionError};
 pub use rand_core;
 
 /// The operating system's random number generator, as a [`rand_core::CryptoRng`].

@@ -36,3 +36,18 @@ pub const MAX_STATE_LEN: usize = 1024 * 1024;
 
 /// The largest associated data a session may bind into its messages.
 pub const MAX_ASSOCIATED_DATA_LEN: usize = 1024;
+
+/// The most signed X25519 prekeys a device keeps: the current one and the
+/// previous ones that messages in flight may still name.
+pub const MAX_SIGNED_PREKEYS: usize = 3;
+
+/// The most last-resort ML-KEM prekeys a device keeps (current and previous).
+pub const MAX_LAST_RESORT_PREKEYS: usize = 3;
+
+/// The most one-time prekeys of each kind (X25519, ML-KEM) a device holds.
+pub const MAX_ONE_TIME_PREKEYS: usize = 200;
+
+/// The most base keys of processed prekey messages a session record
+/// remembers, to recognise a replayed first message after its session state
+/// was archived away.
+pub const MAX_SEEN_BASE_KEYS: usize = 1_000;

@@ -8,7 +8,13 @@
 use prost::Message as _;
 use samizdat_proto::wire as pb;
 
-use crate::{DecodeError, limits::MAX_MESSAGE_LEN, padding::MIN_BUCKET, ratchet::ENCRYPTED_HEADER_LEN};
+use crate::{
+    DecodeError,
+    keys::{IdentityKey, MLKEM_CIPHERTEXT_LEN, X25519PublicKey, fixed},
+    limits::MAX_MESSAGE_LEN,
+    padding::MIN_BUCKET,
+    ratchet::ENCRYPTED_HEADER_LEN,
+};
 
 /// The version byte that starts every message of protocol v1.
 pub const WIRE_VERSION: u8 = 1;
@@ -49,9 +55,9 @@ impl RatchetMessage {
     /// A [`DecodeError`] if the bytes are not a well-formed ratchet message
     /// (including an envelope of another kind: [`DecodeError::UnknownKind`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match decode_envelope(bytes)? {
-            pb::envelope::Body::Ratchet(message) => Self::from_proto(&message),
-            _ => Err(DecodeError::UnknownKind),
+        match Message::from_bytes(bytes)? {
+            Message::Ratchet(message) => Ok(message),
+            Message::PreKey(_) => Err(DecodeError::UnknownKind),
         }
     }
 
@@ -60,7 +66,7 @@ impl RatchetMessage {
     }
 
     fn from_proto(message: &pb::RatchetMessage) -> Result<Self, DecodeError> {
-        let header = crate::keys::fixed::<ENCRYPTED_HEADER_LEN>(&message.header, "ratchet.header")?;
+        let header = fixed::<ENCRYPTED_HEADER_LEN>(&message.header, "ratchet.header")?;
         if message.body.len() < MIN_BUCKET + TAG_LEN {
             return Err(DecodeError::InvalidLength {
                 field: "ratchet.body",
@@ -75,6 +81,127 @@ impl RatchetMessage {
 impl std::fmt::Debug for RatchetMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RatchetMessage").field("body_len", &self.body.len()).finish_non_exhaustive()
+    }
+}
+
+/// The PQXDH values an initiator sends with its messages until it hears back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreKeyHeader {
+    pub(crate) identity_key: IdentityKey,
+    pub(crate) base_key: X25519PublicKey,
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) one_time_prekey_id: Option<u32>,
+    pub(crate) pq_prekey_id: u32,
+    pub(crate) pq_ciphertext: Box<[u8; MLKEM_CIPHERTEXT_LEN]>,
+}
+
+impl PreKeyHeader {
+    /// The initiator's identity key.
+    pub fn identity_key(&self) -> IdentityKey {
+        self.identity_key
+    }
+
+    /// The initiator's ephemeral key `EK_A` (the "base key").
+    pub fn base_key(&self) -> X25519PublicKey {
+        self.base_key
+    }
+
+    /// Ids of the responder's prekeys used: `(signed, one-time X25519, ML-KEM)`.
+    pub fn prekey_ids(&self) -> (u32, Option<u32>, u32) {
+        (self.signed_prekey_id, self.one_time_prekey_id, self.pq_prekey_id)
+    }
+}
+
+impl std::fmt::Debug for PreKeyHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreKeyHeader")
+            .field("identity_key", &self.identity_key)
+            .field("base_key", &self.base_key)
+            .field("prekey_ids", &self.prekey_ids())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A first message of a session: the prekey header and a ratchet message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PreKeyMessage {
+    pub(crate) header: PreKeyHeader,
+    pub(crate) message: RatchetMessage,
+}
+
+impl PreKeyMessage {
+    /// The prekey header.
+    pub fn header(&self) -> &PreKeyHeader {
+        &self.header
+    }
+
+    /// The ratchet message it carries.
+    pub fn message(&self) -> &RatchetMessage {
+        &self.message
+    }
+}
+
+/// Any message of the one-to-one protocol.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Message {
+    /// A message carrying the PQXDH prekey header.
+    PreKey(PreKeyMessage),
+    /// A message of an established session.
+    Ratchet(RatchetMessage),
+}
+
+impl Message {
+    /// Encodes the message: version byte, then the envelope.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Ratchet(message) => message.to_bytes(),
+            Self::PreKey(prekey) => {
+                let h = &prekey.header;
+                encode_envelope(pb::envelope::Body::Prekey(pb::PreKeyMessage {
+                    identity_key: h.identity_key.as_bytes().to_vec(),
+                    base_key: h.base_key.as_bytes().to_vec(),
+                    signed_prekey_id: h.signed_prekey_id,
+                    one_time_prekey_id: h.one_time_prekey_id,
+                    pq_prekey_id: h.pq_prekey_id,
+                    pq_ciphertext: h.pq_ciphertext.to_vec(),
+                    message: Some(prekey.message.to_proto()),
+                }))
+            }
+        }
+    }
+
+    /// Decodes any message, checking the size limit, the version, the kind
+    /// and every field (lengths; the identity key is a full-order Ed25519 key;
+    /// the base key is not of small order).
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match decode_envelope(bytes)? {
+            pb::envelope::Body::Ratchet(message) => Ok(Self::Ratchet(RatchetMessage::from_proto(&message)?)),
+            pb::envelope::Body::Prekey(prekey) => {
+                let identity_key = IdentityKey::from_slice(&prekey.identity_key)
+                    .map_err(|_| DecodeError::InvalidValue("prekey.identity_key"))?;
+                let base_key = X25519PublicKey::from_slice(&prekey.base_key, "prekey.base_key")?;
+                if base_key.is_small_order() {
+                    return Err(DecodeError::InvalidValue("prekey.base_key"));
+                }
+                let pq_ciphertext =
+                    Box::new(fixed::<MLKEM_CIPHERTEXT_LEN>(&prekey.pq_ciphertext, "prekey.pq_ciphertext")?);
+                let message = prekey.message.as_ref().ok_or(DecodeError::MissingField("prekey.message"))?;
+                Ok(Self::PreKey(PreKeyMessage {
+                    header: PreKeyHeader {
+                        identity_key,
+                        base_key,
+                        signed_prekey_id: prekey.signed_prekey_id,
+                        one_time_prekey_id: prekey.one_time_prekey_id,
+                        pq_prekey_id: prekey.pq_prekey_id,
+                        pq_ciphertext,
+                    },
+                    message: RatchetMessage::from_proto(message)?,
+                }))
+            }
+        }
     }
 }
 

@@ -423,11 +423,7 @@ impl DoubleRatchet {
         }
     }
 
-    fn plan_on_chain(
-        index: usize,
-        chain: &ReceivingChain,
-        counter: u32,
-    ) -> Result<(MessageKey, Found), DecryptError> {
+    fn plan_on_chain(index: usize, chain: &ReceivingChain, counter: u32) -> Result<(MessageKey, Found), DecryptError> {
         if counter < chain.next_counter() {
             return match chain.find_skipped(counter) {
                 Some((position, key)) => Ok((key.clone(), Found::Skipped { chain: index, position })),

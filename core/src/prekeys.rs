@@ -1,0 +1,571 @@
+//! Prekeys and bundles.
+//!
+//! A device publishes, through its server, a *bundle*: its identity key, a
+//! signed X25519 prekey, possibly a one-time X25519 prekey, and a signed
+//! ML-KEM-1024 prekey (one-time, or the last-resort key that is reused until
+//! rotated). Every signature covers a label naming the key's kind, the key's
+//! id and its bytes ([`kdf::prekey_signature_input`]), so a signature on one
+//! kind of key never verifies as another kind.
+//!
+//! [`PreKeyBundle::from_bytes`] parses *and verifies* a bundle: there is no
+//! unverified bundle type to misuse. [`PreKeySet`] holds the secret halves on
+//! the device that published them.
+
+use std::{collections::BTreeMap, fmt};
+
+use prost::Message as _;
+use rand_core::CryptoRng;
+use samizdat_proto::{storage, wire as pb};
+use zeroize::Zeroizing;
+
+use crate::{
+    DecodeError,
+    address::Address,
+    kdf,
+    keys::{
+        IdentityKey, IdentityKeyPair, KeyError, MlKemKeyPair, MlKemPublicKey, SIGNATURE_LEN, X25519PublicKey,
+        X25519Secret, fixed,
+    },
+    limits::{MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_SIGNED_PREKEYS},
+    wire::WIRE_VERSION,
+};
+
+/// The largest encoded bundle accepted.
+pub const MAX_BUNDLE_LEN: usize = 4096;
+
+/// Why a bundle was rejected. One variant per field, so a test (and an app's
+/// log) can tell which check failed; a bundle comes from the server, which
+/// learns nothing from the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// The bytes are not a well-formed bundle.
+    #[error("malformed bundle: {0}")]
+    Decode(#[from] DecodeError),
+    /// The identity key is invalid or weak.
+    #[error("invalid identity key: {0}")]
+    IdentityKey(KeyError),
+    /// The signed prekey is invalid or of small order.
+    #[error("invalid signed prekey: {0}")]
+    SignedPreKey(KeyError),
+    /// The signed prekey's signature does not verify.
+    #[error("signed prekey signature does not verify")]
+    SignedPreKeySignature,
+    /// The one-time prekey is invalid or of small order.
+    #[error("invalid one-time prekey: {0}")]
+    OneTimePreKey(KeyError),
+    /// The ML-KEM prekey is not a valid encapsulation key.
+    #[error("invalid ML-KEM prekey: {0}")]
+    PqPreKey(KeyError),
+    /// The ML-KEM prekey's signature does not verify.
+    #[error("ML-KEM prekey signature does not verify")]
+    PqPreKeySignature,
+}
+
+/// Whether an ML-KEM prekey is used once or is the last-resort key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PqPreKeyKind {
+    /// Deleted once a session used it.
+    OneTime,
+    /// Reused until rotated; the fallback when no one-time key is left.
+    LastResort,
+}
+
+impl PqPreKeyKind {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::OneTime => kdf::PQ_ONE_TIME_PREKEY_LABEL,
+            Self::LastResort => kdf::PQ_LAST_RESORT_PREKEY_LABEL,
+        }
+    }
+
+    /// The byte that stands for this kind in the handshake transcript.
+    pub(crate) fn transcript_byte(self) -> u8 {
+        match self {
+            Self::OneTime => 0x01,
+            Self::LastResort => 0x02,
+        }
+    }
+}
+
+/// A verified bundle: everything a device needs to start a session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreKeyBundle {
+    pub(crate) address: Address,
+    pub(crate) identity_key: IdentityKey,
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) signed_prekey: X25519PublicKey,
+    pub(crate) signed_prekey_signature: [u8; SIGNATURE_LEN],
+    pub(crate) one_time_prekey: Option<(u32, X25519PublicKey)>,
+    pub(crate) pq_prekey_id: u32,
+    pub(crate) pq_prekey_kind: PqPreKeyKind,
+    pub(crate) pq_prekey: MlKemPublicKey,
+    pub(crate) pq_prekey_signature: [u8; SIGNATURE_LEN],
+}
+
+impl PreKeyBundle {
+    /// The owner's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The owner's identity key.
+    pub fn identity_key(&self) -> IdentityKey {
+        self.identity_key
+    }
+
+    /// The id of the one-time X25519 prekey, if the bundle has one.
+    pub fn one_time_prekey_id(&self) -> Option<u32> {
+        self.one_time_prekey.map(|(id, _)| id)
+    }
+
+    /// The id and kind of the ML-KEM prekey.
+    pub fn pq_prekey(&self) -> (u32, PqPreKeyKind) {
+        (self.pq_prekey_id, self.pq_prekey_kind)
+    }
+
+    /// Encodes the bundle: version byte, then the protobuf `PreKeyBundle`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let message = pb::PreKeyBundle {
+            identity_key: self.identity_key.as_bytes().to_vec(),
+            user_id: self.address.user_id().to_owned(),
+            device_id: self.address.device_id(),
+            signed_prekey: Some(pb::SignedPreKey {
+                id: self.signed_prekey_id,
+                public_key: self.signed_prekey.as_bytes().to_vec(),
+                signature: self.signed_prekey_signature.to_vec(),
+            }),
+            one_time_prekey: self
+                .one_time_prekey
+                .map(|(id, key)| pb::OneTimePreKey { id, public_key: key.as_bytes().to_vec() }),
+            pq_prekey: Some(pb::PqPreKey {
+                id: self.pq_prekey_id,
+                public_key: self.pq_prekey.as_bytes().to_vec(),
+                signature: self.pq_prekey_signature.to_vec(),
+                last_resort: self.pq_prekey_kind == PqPreKeyKind::LastResort,
+            }),
+        };
+        let mut out = Vec::with_capacity(1 + message.encoded_len());
+        out.push(WIRE_VERSION);
+        // Encoding into a Vec cannot run out of space.
+        let _ = message.encode(&mut out);
+        out
+    }
+
+    /// Parses and verifies a bundle completely: lengths, the identity key
+    /// (not weak), the X25519 prekeys (not of small order), the ML-KEM key
+    /// (FIPS 203 encapsulation-key check), and both signatures (strict
+    /// Ed25519, over the kind's label, the id and the key).
+    ///
+    /// # Errors
+    /// A [`BundleError`] naming the first field that failed.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_BUNDLE_LEN }.into());
+        }
+        let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(u32::from(version)).into());
+        }
+        let message = pb::PreKeyBundle::decode(rest).map_err(DecodeError::from)?;
+        let identity_key = IdentityKey::from_slice(&message.identity_key).map_err(BundleError::IdentityKey)?;
+        let address = Address::new(message.user_id, message.device_id)?;
+
+        let spk = message.signed_prekey.ok_or(DecodeError::MissingField("signed_prekey"))?;
+        let signed_prekey = x25519_public(&spk.public_key).map_err(BundleError::SignedPreKey)?;
+        let signed_prekey_signature = fixed::<SIGNATURE_LEN>(&spk.signature, "signed_prekey.signature")?;
+        let input = kdf::prekey_signature_input(kdf::SIGNED_PREKEY_LABEL, spk.id, signed_prekey.as_bytes());
+        if !identity_key.verify(&input, &signed_prekey_signature) {
+            return Err(BundleError::SignedPreKeySignature);
+        }
+
+        let one_time_prekey = match message.one_time_prekey {
+            Some(opk) => Some((opk.id, x25519_public(&opk.public_key).map_err(BundleError::OneTimePreKey)?)),
+            None => None,
+        };
+
+        let pq = message.pq_prekey.ok_or(DecodeError::MissingField("pq_prekey"))?;
+        let pq_prekey = MlKemPublicKey::from_slice(&pq.public_key).map_err(BundleError::PqPreKey)?;
+        let pq_prekey_signature = fixed::<SIGNATURE_LEN>(&pq.signature, "pq_prekey.signature")?;
+        let pq_prekey_kind = if pq.last_resort { PqPreKeyKind::LastResort } else { PqPreKeyKind::OneTime };
+        let input = kdf::prekey_signature_input(pq_prekey_kind.label(), pq.id, pq_prekey.as_bytes());
+        if !identity_key.verify(&input, &pq_prekey_signature) {
+            return Err(BundleError::PqPreKeySignature);
+        }
+
+        Ok(Self {
+            address,
+            identity_key,
+            signed_prekey_id: spk.id,
+            signed_prekey,
+            signed_prekey_signature,
+            one_time_prekey,
+            pq_prekey_id: pq.id,
+            pq_prekey_kind,
+            pq_prekey,
+            pq_prekey_signature,
+        })
+    }
+}
+
+impl fmt::Debug for PreKeyBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreKeyBundle")
+            .field("address", &self.address)
+            .field("identity_key", &self.identity_key)
+            .field("signed_prekey_id", &self.signed_prekey_id)
+            .field("one_time_prekey_id", &self.one_time_prekey_id())
+            .field("pq_prekey", &self.pq_prekey())
+            .finish_non_exhaustive()
+    }
+}
+
+fn x25519_public(bytes: &[u8]) -> Result<X25519PublicKey, KeyError> {
+    let bytes: [u8; 32] =
+        bytes.try_into().map_err(|_| KeyError::InvalidLength { expected: 32, actual: bytes.len() })?;
+    let key = X25519PublicKey::from_bytes(bytes);
+    if key.is_small_order() {
+        return Err(KeyError::SmallOrder);
+    }
+    Ok(key)
+}
+
+/// The prekeys a handshake used up: deleted together with storing the new
+/// session, never before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumedPreKeys {
+    /// The one-time X25519 prekey, if one was used.
+    pub one_time: Option<u32>,
+    /// The one-time ML-KEM prekey, if one was used (a last-resort key is never consumed).
+    pub pq_one_time: Option<u32>,
+}
+
+impl ConsumedPreKeys {
+    /// Whether nothing was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.one_time.is_none() && self.pq_one_time.is_none()
+    }
+}
+
+/// Why prekeys could not be generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreKeyError {
+    /// The set would hold more keys of this kind than its limit.
+    #[error("at most {max} prekeys of this kind may be held")]
+    LimitReached {
+        /// The limit.
+        max: usize,
+    },
+    /// Prekey ids are exhausted (2^32 keys made by one device).
+    #[error("prekey ids exhausted")]
+    IdsExhausted,
+}
+
+pub(crate) struct SignedPreKeyPair {
+    pub(crate) id: u32,
+    pub(crate) key: X25519Secret,
+    signature: [u8; SIGNATURE_LEN],
+    created_at: u64,
+}
+
+pub(crate) struct PqPreKeyPair {
+    pub(crate) id: u32,
+    pub(crate) key: MlKemKeyPair,
+    signature: [u8; SIGNATURE_LEN],
+    created_at: u64,
+}
+
+/// A device's own prekeys: the secret halves of what it publishes.
+///
+/// Holds the current signed prekey and a few previous ones (messages made
+/// from an older bundle may still be in flight), up to
+/// [`MAX_ONE_TIME_PREKEYS`] one-time keys of each kind, and the last-resort
+/// ML-KEM key with a few previous ones. Ids are unique across all kinds.
+pub struct PreKeySet {
+    /// Oldest first; the last is current.
+    signed: Vec<SignedPreKeyPair>,
+    one_time: BTreeMap<u32, X25519Secret>,
+    pq_one_time: BTreeMap<u32, PqPreKeyPair>,
+    /// Oldest first; the last is current.
+    last_resort: Vec<PqPreKeyPair>,
+    next_id: u32,
+}
+
+impl PreKeySet {
+    /// A new set with a signed prekey and a last-resort ML-KEM prekey, made
+    /// at `now` (seconds since the Unix epoch, as the app counts them).
+    pub fn new<R: CryptoRng + ?Sized>(rng: &mut R, identity: &IdentityKeyPair, now: u64) -> Self {
+        let mut set = Self {
+            signed: Vec::new(),
+            one_time: BTreeMap::new(),
+            pq_one_time: BTreeMap::new(),
+            last_resort: Vec::new(),
+            next_id: 1,
+        };
+        // A fresh set has every id free; these cannot fail.
+        let _ = set.rotate_signed_prekey(rng, identity, now);
+        let _ = set.rotate_last_resort_prekey(rng, identity, now);
+        set
+    }
+
+    fn take_id(&mut self) -> Result<u32, PreKeyError> {
+        let id = self.next_id;
+        self.next_id = id.checked_add(1).ok_or(PreKeyError::IdsExhausted)?;
+        Ok(id)
+    }
+
+    /// Makes a new signed prekey the current one; keeps the previous ones up
+    /// to [`MAX_SIGNED_PREKEYS`] in all.
+    ///
+    /// # Errors
+    /// [`PreKeyError::IdsExhausted`].
+    pub fn rotate_signed_prekey<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        now: u64,
+    ) -> Result<u32, PreKeyError> {
+        let id = self.take_id()?;
+        let key = X25519Secret::generate(rng);
+        let signature =
+            identity.sign(&kdf::prekey_signature_input(kdf::SIGNED_PREKEY_LABEL, id, key.public_key().as_bytes()));
+        self.signed.push(SignedPreKeyPair { id, key, signature, created_at: now });
+        if self.signed.len() > MAX_SIGNED_PREKEYS {
+            self.signed.remove(0);
+        }
+        Ok(id)
+    }
+
+    /// Makes a new last-resort ML-KEM prekey the current one; keeps the
+    /// previous ones up to [`MAX_LAST_RESORT_PREKEYS`] in all.
+    ///
+    /// # Errors
+    /// [`PreKeyError::IdsExhausted`].
+    pub fn rotate_last_resort_prekey<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        now: u64,
+    ) -> Result<u32, PreKeyError> {
+        let id = self.take_id()?;
+        let pair = Self::pq_pair(rng, identity, id, PqPreKeyKind::LastResort, now);
+        self.last_resort.push(pair);
+        if self.last_resort.len() > MAX_LAST_RESORT_PREKEYS {
+            self.last_resort.remove(0);
+        }
+        Ok(id)
+    }
+
+    fn pq_pair<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        id: u32,
+        kind: PqPreKeyKind,
+        now: u64,
+    ) -> PqPreKeyPair {
+        let key = MlKemKeyPair::generate(rng);
+        let signature = identity.sign(&kdf::prekey_signature_input(kind.label(), id, key.public_key().as_bytes()));
+        PqPreKeyPair { id, key, signature, created_at: now }
+    }
+
+    /// Adds `count` one-time X25519 prekeys and `count` one-time ML-KEM
+    /// prekeys; returns the new ids of each kind.
+    ///
+    /// # Errors
+    /// [`PreKeyError::LimitReached`] if either kind would exceed
+    /// [`MAX_ONE_TIME_PREKEYS`]; nothing is added then.
+    pub fn add_one_time_prekeys<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        count: usize,
+        now: u64,
+    ) -> Result<(Vec<u32>, Vec<u32>), PreKeyError> {
+        if self.one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS
+            || self.pq_one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS
+        {
+            return Err(PreKeyError::LimitReached { max: MAX_ONE_TIME_PREKEYS });
+        }
+        let (mut classic, mut pq) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        for _ in 0..count {
+            let id = self.take_id()?;
+            self.one_time.insert(id, X25519Secret::generate(rng));
+            classic.push(id);
+            let id = self.take_id()?;
+            self.pq_one_time.insert(id, Self::pq_pair(rng, identity, id, PqPreKeyKind::OneTime, now));
+            pq.push(id);
+        }
+        Ok((classic, pq))
+    }
+
+    /// How many one-time prekeys are left: `(X25519, ML-KEM)`.
+    pub fn one_time_counts(&self) -> (usize, usize) {
+        (self.one_time.len(), self.pq_one_time.len())
+    }
+
+    /// Creation time of the current signed prekey and of the current
+    /// last-resort key, for the app's rotation schedule.
+    pub fn current_created_at(&self) -> (Option<u64>, Option<u64>) {
+        (self.signed.last().map(|k| k.created_at), self.last_resort.last().map(|k| k.created_at))
+    }
+
+    /// A bundle offering the current signed prekey, the lowest-numbered
+    /// one-time X25519 prekey (if any) and the lowest-numbered one-time
+    /// ML-KEM prekey, or the last-resort key when none is left.
+    ///
+    /// Offering a key does not consume it: keys are consumed when a prekey
+    /// message that used them is committed.
+    pub fn bundle(&self, identity: &IdentityKeyPair, address: &Address) -> Option<PreKeyBundle> {
+        self.bundle_skipping(identity, address, 0)
+    }
+
+    /// Like [`Self::bundle`], offering the `n`-th one-time keys (0-based) so
+    /// that a server can be given several distinct bundles.
+    pub fn bundle_skipping(&self, identity: &IdentityKeyPair, address: &Address, n: usize) -> Option<PreKeyBundle> {
+        let signed = self.signed.last()?;
+        let pq = self.pq_one_time.values().nth(n).map(|p| (p, PqPreKeyKind::OneTime));
+        let (pq, pq_kind) = pq.or_else(|| self.last_resort.last().map(|p| (p, PqPreKeyKind::LastResort)))?;
+        Some(PreKeyBundle {
+            address: address.clone(),
+            identity_key: identity.public_key(),
+            signed_prekey_id: signed.id,
+            signed_prekey: signed.key.public_key(),
+            signed_prekey_signature: signed.signature,
+            one_time_prekey: self.one_time.iter().nth(n).map(|(id, key)| (*id, key.public_key())),
+            pq_prekey_id: pq.id,
+            pq_prekey_kind: pq_kind,
+            pq_prekey: pq.key.public_key().clone(),
+            pq_prekey_signature: pq.signature,
+        })
+    }
+
+    pub(crate) fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        self.signed.iter().find(|k| k.id == id)
+    }
+
+    pub(crate) fn one_time_prekey(&self, id: u32) -> Option<&X25519Secret> {
+        self.one_time.get(&id)
+    }
+
+    pub(crate) fn pq_prekey(&self, id: u32) -> Option<(&PqPreKeyPair, PqPreKeyKind)> {
+        self.pq_one_time
+            .get(&id)
+            .map(|p| (p, PqPreKeyKind::OneTime))
+            .or_else(|| self.last_resort.iter().find(|p| p.id == id).map(|p| (p, PqPreKeyKind::LastResort)))
+    }
+
+    /// Deletes the prekeys a committed handshake used.
+    pub fn consume(&mut self, consumed: &ConsumedPreKeys) {
+        if let Some(id) = consumed.one_time {
+            self.one_time.remove(&id);
+        }
+        if let Some(id) = consumed.pq_one_time {
+            self.pq_one_time.remove(&id);
+        }
+    }
+
+    /// Serializes the set (storage protobuf `PreKeySet`). Seal the bytes.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let pq_record = |p: &PqPreKeyPair| storage::PqPreKeyRecord {
+            id: p.id,
+            secret: p.key.secret_bytes().to_vec(),
+            public_key: p.key.public_key().as_bytes().to_vec(),
+            signature: p.signature.to_vec(),
+            created_at: p.created_at,
+        };
+        let record = Zeroizing::new(storage::PreKeySet {
+            version: 1,
+            signed: self
+                .signed
+                .iter()
+                .map(|k| storage::SignedPreKeyRecord {
+                    id: k.id,
+                    secret: k.key.to_bytes().to_vec(),
+                    signature: k.signature.to_vec(),
+                    created_at: k.created_at,
+                })
+                .collect(),
+            one_time: self
+                .one_time
+                .iter()
+                .map(|(id, k)| storage::OneTimePreKeyRecord { id: *id, secret: k.to_bytes().to_vec() })
+                .collect(),
+            pq_one_time: self.pq_one_time.values().map(pq_record).collect(),
+            last_resort: self.last_resort.iter().map(pq_record).collect(),
+            next_id: self.next_id,
+        });
+        let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
+        let _ = record.encode(&mut *out);
+        out
+    }
+
+    /// Parses a set serialized by [`Self::to_bytes`].
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let record = Zeroizing::new(storage::PreKeySet::decode(bytes)?);
+        if record.version != 1 {
+            return Err(DecodeError::UnsupportedVersion(record.version));
+        }
+        if record.signed.is_empty() || record.signed.len() > MAX_SIGNED_PREKEYS {
+            return Err(DecodeError::InvalidValue("signed"));
+        }
+        if record.last_resort.is_empty() || record.last_resort.len() > MAX_LAST_RESORT_PREKEYS {
+            return Err(DecodeError::InvalidValue("last_resort"));
+        }
+        if record.one_time.len() > MAX_ONE_TIME_PREKEYS || record.pq_one_time.len() > MAX_ONE_TIME_PREKEYS {
+            return Err(DecodeError::InvalidValue("one_time"));
+        }
+        let pq_pair = |p: &storage::PqPreKeyRecord| -> Result<PqPreKeyPair, DecodeError> {
+            Ok(PqPreKeyPair {
+                id: p.id,
+                key: MlKemKeyPair::from_bytes(&p.secret, &p.public_key)?,
+                signature: fixed::<SIGNATURE_LEN>(&p.signature, "pq.signature")?,
+                created_at: p.created_at,
+            })
+        };
+        let mut ids = std::collections::BTreeSet::new();
+        let mut check_id = |id: u32| {
+            if id >= record.next_id || !ids.insert(id) { Err(DecodeError::InvalidValue("id")) } else { Ok(()) }
+        };
+        let mut signed = Vec::with_capacity(record.signed.len());
+        for k in &record.signed {
+            check_id(k.id)?;
+            signed.push(SignedPreKeyPair {
+                id: k.id,
+                key: X25519Secret::from_bytes(fixed::<32>(&k.secret, "signed.secret")?),
+                signature: fixed::<SIGNATURE_LEN>(&k.signature, "signed.signature")?,
+                created_at: k.created_at,
+            });
+        }
+        let mut one_time = BTreeMap::new();
+        for k in &record.one_time {
+            check_id(k.id)?;
+            one_time.insert(k.id, X25519Secret::from_bytes(fixed::<32>(&k.secret, "one_time.secret")?));
+        }
+        let mut pq_one_time = BTreeMap::new();
+        for p in &record.pq_one_time {
+            check_id(p.id)?;
+            pq_one_time.insert(p.id, pq_pair(p)?);
+        }
+        let mut last_resort = Vec::with_capacity(record.last_resort.len());
+        for p in &record.last_resort {
+            check_id(p.id)?;
+            last_resort.push(pq_pair(p)?);
+        }
+        Ok(Self { signed, one_time, pq_one_time, last_resort, next_id: record.next_id })
+    }
+}
+
+impl fmt::Debug for PreKeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreKeySet")
+            .field("signed", &self.signed.iter().map(|k| k.id).collect::<Vec<_>>())
+            .field("one_time", &self.one_time.len())
+            .field("pq_one_time", &self.pq_one_time.len())
+            .field("last_resort", &self.last_resort.iter().map(|k| k.id).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}

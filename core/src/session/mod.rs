@@ -1,0 +1,488 @@
+//! Sessions with one peer device: a record of a current state and up to
+//! [`MAX_ARCHIVED_STATES`] archived ones.
+//!
+//! A [`SessionRecord`] owns everything this device knows about one peer
+//! device: the identity key it trusts for that peer, the session state it
+//! sends with, older states it still accepts messages on (simultaneous
+//! initiation, a peer that restarted a session), and the base keys of prekey
+//! messages already processed (so a replayed first message is a duplicate,
+//! never a second session). It does not own our identity, our prekeys or
+//! storage: callers pass the first two in and persist the record with
+//! [`SessionRecord::to_bytes`].
+//!
+//! Decryption is two-phase: [`SessionRecord::decrypt`] returns a
+//! [`PendingDecrypt`] with the plaintext and changes nothing; the caller
+//! stores the plaintext, then [`SessionRecord::commit`]s, deleting the
+//! consumed prekeys ([`PendingDecrypt::consumed_prekeys`]) in the same
+//! transaction.
+//!
+//! # Example
+//!
+//! ```
+//! use samizdat::{address::Address, keys::IdentityKeyPair, prekeys::PreKeySet, session::SessionRecord};
+//! # use rand_core::SeedableRng;
+//! # let mut rng = chacha20::ChaCha20Rng::from_seed([1; 32]);
+//! let alice = IdentityKeyPair::generate(&mut rng);
+//! let bob = IdentityKeyPair::generate(&mut rng);
+//! let mut bob_prekeys = PreKeySet::new(&mut rng, &bob, 0);
+//! bob_prekeys.add_one_time_prekeys(&mut rng, &bob, 10, 0)?;
+//! let bundle = bob_prekeys.bundle(&bob, &Address::new("bob", 1)?).expect("a signed prekey");
+//!
+//! // Alice starts a session from Bob's bundle (as the server would send it).
+//! let bundle = samizdat::prekeys::PreKeyBundle::from_bytes(&bundle.to_bytes())?;
+//! let mut alice_record = SessionRecord::new();
+//! alice_record.initiate(&mut rng, &alice, &bundle)?;
+//! let wire = alice_record.encrypt(&mut rng, b"hello Bob")?;
+//!
+//! // Bob decrypts: first the plaintext and the prekeys to delete, then the commit.
+//! let mut bob_record = SessionRecord::new();
+//! let pending = bob_record.decrypt(&mut rng, &bob, &bob_prekeys, &wire)?;
+//! assert_eq!(pending.plaintext(), b"hello Bob");
+//! bob_prekeys.consume(&pending.consumed_prekeys());
+//! bob_record.commit(pending)?;
+//! let reply = bob_record.encrypt(&mut rng, b"hi Alice")?;
+//! let (plaintext, _) = alice_record.decrypt_and_commit(&mut rng, &alice, &PreKeySet::new(&mut rng, &alice, 0), &reply)?;
+//! assert_eq!(plaintext, b"hi Alice");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod state;
+
+use std::{collections::VecDeque, fmt};
+
+use prost::Message as _;
+use rand_core::CryptoRng;
+use samizdat_proto::storage;
+use zeroize::Zeroizing;
+
+use self::state::SessionState;
+use crate::{
+    DecodeError, DecryptError, SessionError,
+    handshake::pqxdh,
+    keys::{IdentityKey, IdentityKeyPair, X25519PublicKey},
+    limits::{MAX_ARCHIVED_STATES, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
+    prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeySet},
+    ratchet::DecryptPlan,
+    wire::{Message, PreKeyMessage, RatchetMessage},
+};
+
+/// The format version of a serialized [`SessionRecord`].
+pub const RECORD_VERSION: u32 = 1;
+
+/// The largest serialized record accepted: every state at its largest, plus
+/// the remembered base keys.
+pub const MAX_RECORD_LEN: usize = (MAX_ARCHIVED_STATES + 1) * MAX_STATE_LEN / 8 + MAX_SEEN_BASE_KEYS * 40;
+
+/// Everything this device knows about one peer device.
+#[derive(Default)]
+pub struct SessionRecord {
+    trusted_identity: Option<IdentityKey>,
+    current: Option<SessionState>,
+    /// Most recently used first.
+    archived: VecDeque<SessionState>,
+    /// Oldest first.
+    seen_base_keys: VecDeque<X25519PublicKey>,
+    generation: u64,
+}
+
+/// Which state of a record a message decrypted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Current,
+    Archived(usize),
+}
+
+enum Change {
+    Existing { slot: Slot, plan: DecryptPlan },
+    New(Box<SessionState>),
+}
+
+/// A decryption that has not been committed: the plaintext, the prekeys to
+/// delete, and the change to the record. Dropping it changes nothing, and the
+/// same message will decrypt again.
+pub struct PendingDecrypt {
+    plaintext: Zeroizing<Vec<u8>>,
+    sender: IdentityKey,
+    consumed: ConsumedPreKeys,
+    generation: u64,
+    change: Change,
+}
+
+impl PendingDecrypt {
+    /// The decrypted plaintext.
+    pub fn plaintext(&self) -> &[u8] {
+        &self.plaintext
+    }
+
+    /// The sender's identity key.
+    pub fn sender_identity(&self) -> IdentityKey {
+        self.sender
+    }
+
+    /// The prekeys to delete in the same transaction as the commit (only for
+    /// a prekey message that started a new session).
+    pub fn consumed_prekeys(&self) -> ConsumedPreKeys {
+        self.consumed
+    }
+
+    /// Whether this message started a new session.
+    pub fn is_new_session(&self) -> bool {
+        matches!(self.change, Change::New(_))
+    }
+}
+
+impl fmt::Debug for PendingDecrypt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingDecrypt")
+            .field("plaintext_len", &self.plaintext.len())
+            .field("consumed", &self.consumed)
+            .field("new_session", &self.is_new_session())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionRecord {
+    /// An empty record: no trusted identity, no session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The identity key trusted for this peer, if any.
+    pub fn trusted_identity(&self) -> Option<IdentityKey> {
+        self.trusted_identity
+    }
+
+    /// Whether there is a state to encrypt with.
+    pub fn has_session(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// How many archived states are kept (at most [`MAX_ARCHIVED_STATES`]).
+    pub fn archived_states(&self) -> usize {
+        self.archived.len()
+    }
+
+    /// The base key of the current state's handshake: two records use the
+    /// same session exactly when their current base keys are equal.
+    pub fn current_base_key(&self) -> Option<X25519PublicKey> {
+        self.current.as_ref().map(|s| s.base_key)
+    }
+
+    /// The app's explicit decision to trust `identity` for this peer (after
+    /// [`SessionError::UntrustedIdentity`], typically once the user compared
+    /// safety numbers). States built with another identity are dropped.
+    pub fn trust_identity(&mut self, identity: IdentityKey) {
+        self.trusted_identity = Some(identity);
+        if self.current.as_ref().is_some_and(|s| s.remote_identity != identity) {
+            self.current = None;
+        }
+        self.archived.retain(|s| s.remote_identity == identity);
+        if self.current.is_none() {
+            self.current = self.archived.pop_front();
+        }
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    fn check_identity(&self, identity: IdentityKey) -> Result<(), SessionError> {
+        match self.trusted_identity {
+            Some(trusted) if trusted != identity => Err(SessionError::UntrustedIdentity { identity }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a new session from the peer's verified bundle; it becomes the
+    /// current state and the previous one is archived. An identity is
+    /// trusted on first use; a different one later is refused.
+    ///
+    /// # Errors
+    /// [`SessionError::UntrustedIdentity`] if the bundle's identity differs
+    /// from the trusted one; [`SessionError::Bundle`] for a bundle whose keys
+    /// give an all-zero agreement.
+    pub fn initiate<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        ours: &IdentityKeyPair,
+        bundle: &PreKeyBundle,
+    ) -> Result<(), SessionError> {
+        self.check_identity(bundle.identity_key())?;
+        let initiated = pqxdh::initiate(rng, ours, bundle)?;
+        let state = SessionState {
+            ratchet: initiated.ratchet,
+            remote_identity: bundle.identity_key(),
+            base_key: initiated.header.base_key,
+            initiator: true,
+            pending_prekey: Some(initiated.header),
+        };
+        self.install(state);
+        Ok(())
+    }
+
+    /// Makes `state` current, archiving the previous one.
+    fn install(&mut self, state: SessionState) {
+        self.trusted_identity = Some(state.remote_identity);
+        if let Some(previous) = self.current.replace(state) {
+            self.archived.push_front(previous);
+            self.archived.truncate(MAX_ARCHIVED_STATES);
+        }
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Encrypts with the current state and returns the wire bytes: a prekey
+    /// message until the peer's first reply decrypted, a ratchet message
+    /// after. The record is advanced before the bytes are returned, so a key
+    /// is never used twice: persist it before sending.
+    ///
+    /// # Errors
+    /// [`SessionError::NoSession`], or [`SessionError::Encrypt`].
+    pub fn encrypt<R: CryptoRng + ?Sized>(&mut self, rng: &mut R, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let state = self.current.as_mut().ok_or(SessionError::NoSession)?;
+        let message = state.ratchet.encrypt(rng, plaintext)?;
+        self.generation = self.generation.wrapping_add(1);
+        Ok(match &state.pending_prekey {
+            Some(header) => Message::PreKey(PreKeyMessage { header: header.clone(), message }).to_bytes(),
+            None => Message::Ratchet(message).to_bytes(),
+        })
+    }
+
+    /// Decrypts `bytes` without changing the record: see [`PendingDecrypt`].
+    ///
+    /// A ratchet message is tried on the current state, then on the archived
+    /// ones. A prekey message whose base key is known goes to that state; an
+    /// unknown one runs the responder's side of PQXDH with `ours` and
+    /// `prekeys`.
+    ///
+    /// # Errors
+    /// [`SessionError::Decrypt`] with [`DecryptError::Duplicate`] for a
+    /// message already decrypted, [`SessionError::DuplicatePreKeyMessage`],
+    /// [`SessionError::UntrustedIdentity`], [`SessionError::UnknownPreKey`],
+    /// [`SessionError::NoSession`], [`SessionError::Malformed`], and
+    /// [`DecryptError::Unauthenticated`] for anything forged.
+    pub fn decrypt<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        ours: &IdentityKeyPair,
+        prekeys: &PreKeySet,
+        bytes: &[u8],
+    ) -> Result<PendingDecrypt, SessionError> {
+        match Message::from_bytes(bytes)? {
+            Message::Ratchet(message) => self.decrypt_existing(rng, &message, None),
+            Message::PreKey(prekey) => self.decrypt_prekey(rng, ours, prekeys, &prekey),
+        }
+    }
+
+    fn decrypt_prekey<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        ours: &IdentityKeyPair,
+        prekeys: &PreKeySet,
+        prekey: &PreKeyMessage,
+    ) -> Result<PendingDecrypt, SessionError> {
+        let header = prekey.header();
+        self.check_identity(header.identity_key)?;
+        if let Some(slot) = self.slot_of_base_key(&header.base_key, header.identity_key) {
+            return self.decrypt_existing(rng, prekey.message(), Some(slot));
+        }
+        if self.seen_base_keys.contains(&header.base_key) {
+            return Err(SessionError::DuplicatePreKeyMessage);
+        }
+        let (mut ratchet, consumed) = pqxdh::respond(ours, prekeys, header)?;
+        let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message())?;
+        ratchet.apply(plan);
+        let state = SessionState {
+            ratchet,
+            remote_identity: header.identity_key,
+            base_key: header.base_key,
+            initiator: false,
+            pending_prekey: None,
+        };
+        Ok(PendingDecrypt {
+            plaintext: Zeroizing::new(plaintext),
+            sender: header.identity_key,
+            consumed,
+            generation: self.generation,
+            change: Change::New(Box::new(state)),
+        })
+    }
+
+    fn state(&self, slot: Slot) -> Option<&SessionState> {
+        match slot {
+            Slot::Current => self.current.as_ref(),
+            Slot::Archived(i) => self.archived.get(i),
+        }
+    }
+
+    fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.current.iter().map(|_| Slot::Current).chain((0..self.archived.len()).map(Slot::Archived))
+    }
+
+    fn slot_of_base_key(&self, base_key: &X25519PublicKey, identity: IdentityKey) -> Option<Slot> {
+        self.slots().find(|slot| {
+            self.state(*slot).is_some_and(|s| !s.initiator && s.base_key == *base_key && s.remote_identity == identity)
+        })
+    }
+
+    fn decrypt_existing<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        message: &RatchetMessage,
+        only: Option<Slot>,
+    ) -> Result<PendingDecrypt, SessionError> {
+        let mut best_error: Option<DecryptError> = None;
+        let slots: Vec<Slot> = match only {
+            Some(slot) => vec![slot],
+            None => self.slots().collect(),
+        };
+        for slot in slots {
+            let Some(state) = self.state(slot) else { continue };
+            match state.ratchet.plan_decrypt(rng, message) {
+                Ok((plaintext, plan)) => {
+                    return Ok(PendingDecrypt {
+                        plaintext: Zeroizing::new(plaintext),
+                        sender: state.remote_identity,
+                        consumed: ConsumedPreKeys::default(),
+                        generation: self.generation,
+                        change: Change::Existing { slot, plan },
+                    });
+                }
+                // A header that opened says more than one that did not: keep
+                // the first such error.
+                Err(DecryptError::Unauthenticated) => {}
+                Err(e) => {
+                    best_error.get_or_insert(e);
+                }
+            }
+        }
+        match best_error {
+            Some(e) => Err(e.into()),
+            None if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession),
+            None => Err(DecryptError::Unauthenticated.into()),
+        }
+    }
+
+    /// Applies a pending decryption made on this record.
+    ///
+    /// # Errors
+    /// [`SessionError::StalePending`] if the record changed since the
+    /// decryption was made (nothing is applied then; decrypt again).
+    pub fn commit(&mut self, pending: PendingDecrypt) -> Result<(), SessionError> {
+        if pending.generation != self.generation {
+            return Err(SessionError::StalePending);
+        }
+        match pending.change {
+            Change::New(state) => {
+                self.seen_base_keys.push_back(state.base_key);
+                while self.seen_base_keys.len() > MAX_SEEN_BASE_KEYS {
+                    self.seen_base_keys.pop_front();
+                }
+                self.install(*state);
+            }
+            Change::Existing { slot, plan } => {
+                let state = match slot {
+                    Slot::Current => self.current.as_mut(),
+                    Slot::Archived(i) => self.archived.get_mut(i),
+                };
+                if let Some(state) = state {
+                    state.ratchet.apply(plan);
+                    // A message on a state we initiated is the peer's reply:
+                    // stop sending the prekey header.
+                    state.pending_prekey = None;
+                }
+                if let Slot::Archived(i) = slot {
+                    if let Some(promoted) = self.archived.remove(i) {
+                        if let Some(previous) = self.current.replace(promoted) {
+                            self.archived.push_front(previous);
+                        }
+                    }
+                }
+                self.generation = self.generation.wrapping_add(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::decrypt`] then [`Self::commit`], for callers that persist the
+    /// plaintext and the record together. Returns the plaintext and the
+    /// prekeys to delete.
+    ///
+    /// # Errors
+    /// As [`Self::decrypt`].
+    pub fn decrypt_and_commit<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        ours: &IdentityKeyPair,
+        prekeys: &PreKeySet,
+        bytes: &[u8],
+    ) -> Result<(Vec<u8>, ConsumedPreKeys), SessionError> {
+        let pending = self.decrypt(rng, ours, prekeys, bytes)?;
+        let plaintext = pending.plaintext.to_vec();
+        let consumed = pending.consumed;
+        self.commit(pending)?;
+        Ok((plaintext, consumed))
+    }
+
+    /// Serializes the record (storage protobuf `SessionRecord`, version
+    /// [`RECORD_VERSION`]). The bytes hold secrets: store them sealed.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let record = Zeroizing::new(storage::SessionRecord {
+            version: RECORD_VERSION,
+            trusted_identity: self.trusted_identity.map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
+            current: self.current.as_ref().map(SessionState::to_record),
+            archived: self.archived.iter().map(SessionState::to_record).collect(),
+            seen_base_keys: self.seen_base_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            generation: self.generation,
+        });
+        let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
+        let _ = record.encode(&mut *out);
+        out
+    }
+
+    /// Parses a record serialized by [`Self::to_bytes`].
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_RECORD_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_RECORD_LEN });
+        }
+        let record = Zeroizing::new(storage::SessionRecord::decode(bytes)?);
+        if record.version != RECORD_VERSION {
+            return Err(DecodeError::UnsupportedVersion(record.version));
+        }
+        if record.archived.len() > MAX_ARCHIVED_STATES {
+            return Err(DecodeError::InvalidValue("archived"));
+        }
+        if record.seen_base_keys.len() > MAX_SEEN_BASE_KEYS {
+            return Err(DecodeError::InvalidValue("seen_base_keys"));
+        }
+        if record.current.is_none() && !record.archived.is_empty() {
+            return Err(DecodeError::InvalidValue("current"));
+        }
+        let trusted_identity = if record.trusted_identity.is_empty() {
+            None
+        } else {
+            Some(
+                IdentityKey::from_slice(&record.trusted_identity)
+                    .map_err(|_| DecodeError::InvalidValue("trusted_identity"))?,
+            )
+        };
+        let current = record.current.as_ref().map(SessionState::from_record).transpose()?;
+        let archived = record.archived.iter().map(SessionState::from_record).collect::<Result<_, _>>()?;
+        let seen_base_keys = record
+            .seen_base_keys
+            .iter()
+            .map(|k| X25519PublicKey::from_slice(k, "seen_base_keys"))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { trusted_identity, current, archived, seen_base_keys, generation: record.generation })
+    }
+}
+
+impl fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("trusted_identity", &self.trusted_identity)
+            .field("current", &self.current)
+            .field("archived", &self.archived.len())
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
