@@ -1,70 +1,102 @@
-//! Quickstart: two parties exchange messages over the Double Ratchet, some of
-//! them out of order, one duplicated and one tampered with.
+//! Quickstart: Alice fetches Bob's prekey bundle, opens a post-quantum
+//! (PQXDH) session, and they converse over the Double Ratchet: some messages
+//! arrive out of order, one twice, one tampered with. Both print the same
+//! safety number.
 //!
 //! Run with `cargo run --example quickstart`.
 
 use samizdat::{
-    DecryptError,
-    keys::X25519Secret,
-    ratchet::{DoubleRatchet, RatchetInit},
-    wire::RatchetMessage,
+    DecryptError, SessionError,
+    address::Address,
+    fingerprint::SafetyNumber,
+    keys::IdentityKeyPair,
+    prekeys::{PreKeyBundle, PreKeySet},
+    session::SessionRecord,
 };
+
+/// One device: an identity, its prekeys, and a session record for its peer.
+struct Device {
+    name: &'static str,
+    identity: IdentityKeyPair,
+    prekeys: PreKeySet,
+    peer: SessionRecord,
+}
+
+impl Device {
+    fn new(name: &'static str, rng: &mut samizdat::OsRng) -> Result<Self, Box<dyn std::error::Error>> {
+        let identity = IdentityKeyPair::generate(rng);
+        let mut prekeys = PreKeySet::new(rng, &identity, now());
+        prekeys.add_one_time_prekeys(rng, &identity, 5, now())?;
+        Ok(Self { name, identity, prekeys, peer: SessionRecord::new() })
+    }
+
+    /// Decrypts, then (after the app would have stored the plaintext) commits
+    /// and deletes the prekeys the message consumed.
+    fn receive(&mut self, rng: &mut samizdat::OsRng, wire: &[u8]) -> Result<String, SessionError> {
+        let pending = self.peer.decrypt(rng, &self.identity, &self.prekeys, wire)?;
+        let text = String::from_utf8_lossy(pending.plaintext()).into_owned();
+        self.prekeys.consume(&pending.consumed_prekeys());
+        self.peer.commit(pending)?;
+        Ok(text)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = samizdat::os_rng();
+    let mut alice = Device::new("alice", &mut rng)?;
+    let mut bob = Device::new("bob", &mut rng)?;
 
-    // Until the handshake lands, the two parties start from shared secrets
-    // chosen here; PQXDH will produce them.
-    let mut secrets = [[0u8; 32]; 3];
-    for s in &mut secrets {
-        rand_core::Rng::fill_bytes(&mut rng, s);
-    }
-    let [root, alice_header, bob_header] = secrets;
-    let ad = b"quickstart: alice <-> bob";
-    let bob_ratchet = X25519Secret::generate(&mut rng);
-    let bob_public = bob_ratchet.public_key();
-    let mut alice =
-        DoubleRatchet::new_initiator(&mut rng, RatchetInit::new(root, alice_header, bob_header, ad)?, &bob_public)?;
-    let mut bob = DoubleRatchet::new_responder(RatchetInit::new(root, alice_header, bob_header, ad)?, bob_ratchet);
+    // Bob's server hands Alice a bundle; she verifies it completely and opens a session.
+    let served = bob.prekeys.bundle(&bob.identity, &Address::new(bob.name, 1)?).ok_or("no signed prekey")?.to_bytes();
+    let bundle = PreKeyBundle::from_bytes(&served)?;
+    println!("alice :  fetched bob's bundle ({} bytes), signatures verified", served.len());
+    alice.peer.initiate(&mut rng, &alice.identity, &bundle)?;
 
     // Alice sends three messages; the network delivers them 3, 1, 2.
-    let first = alice.encrypt(&mut rng, b"Hi Bob!")?.to_bytes();
-    let second = alice.encrypt(&mut rng, b"Are you there?")?.to_bytes();
-    let third = alice.encrypt(&mut rng, b"Meet at noon.")?.to_bytes();
+    let first = alice.peer.encrypt(&mut rng, b"Hi Bob!")?;
+    let second = alice.peer.encrypt(&mut rng, b"Are you there?")?;
+    let third = alice.peer.encrypt(&mut rng, b"Meet at noon.")?;
     for (n, wire) in [(3, &third), (1, &first), (2, &second)] {
-        let plaintext = bob.decrypt(&mut rng, &RatchetMessage::from_bytes(wire)?)?;
-        println!("bob   <- alice #{n} ({} bytes on the wire): {}", wire.len(), String::from_utf8_lossy(&plaintext));
+        let text = bob.receive(&mut rng, wire)?;
+        println!("bob   <- alice #{n} ({} bytes on the wire, with the PQXDH header): {text}", wire.len());
     }
+    let (x25519_left, mlkem_left) = bob.prekeys.one_time_counts();
+    println!("bob   :  one-time prekeys left: {x25519_left} X25519, {mlkem_left} ML-KEM");
 
-    // A redelivery is reported as a duplicate, not decrypted twice.
-    match bob.decrypt(&mut rng, &RatchetMessage::from_bytes(&first)?) {
-        Err(DecryptError::Duplicate { counter }) => {
+    // A redelivery is reported as a duplicate, never decrypted twice.
+    match bob.receive(&mut rng, &first) {
+        Err(SessionError::Decrypt(DecryptError::Duplicate { counter })) => {
             println!("bob   :  message #1 redelivered: duplicate (counter {counter})")
         }
         other => return Err(format!("expected a duplicate, got {other:?}").into()),
     }
 
-    // Bob replies (a DH ratchet step); a tampered copy is rejected and changes nothing.
-    let reply = bob.encrypt(&mut rng, b"Noon works.")?.to_bytes();
+    // Bob replies; a tampered copy is rejected and changes nothing.
+    let reply = bob.peer.encrypt(&mut rng, b"Noon works.")?;
     let mut tampered = reply.clone();
     if let Some(last) = tampered.last_mut() {
         *last ^= 0x01;
     }
-    match alice.decrypt(&mut rng, &RatchetMessage::from_bytes(&tampered)?) {
-        Err(DecryptError::Unauthenticated) => println!("alice :  tampered reply rejected"),
+    match alice.receive(&mut rng, &tampered) {
+        Err(SessionError::Decrypt(DecryptError::Unauthenticated)) => println!("alice :  tampered reply rejected"),
         other => return Err(format!("expected a rejection, got {other:?}").into()),
     }
-    let plaintext = alice.decrypt(&mut rng, &RatchetMessage::from_bytes(&reply)?)?;
-    println!("alice <- bob   ({} bytes on the wire): {}", reply.len(), String::from_utf8_lossy(&plaintext));
+    println!("alice <- bob   ({} bytes on the wire): {}", reply.len(), alice.receive(&mut rng, &reply)?);
 
-    // The state survives serialization (a store would seal these bytes).
-    let saved = alice.to_bytes();
-    let mut alice = DoubleRatchet::from_bytes(&saved)?;
-    let next = alice.encrypt(&mut rng, b"See you.")?;
-    println!(
-        "bob   <- alice (after alice reloaded a {}-byte state): {}",
-        saved.len(),
-        String::from_utf8_lossy(&bob.decrypt(&mut rng, &next)?)
-    );
+    // Now that Alice heard back, her messages no longer carry the prekey header.
+    let next = alice.peer.encrypt(&mut rng, b"See you.")?;
+    println!("bob   <- alice ({} bytes on the wire): {}", next.len(), bob.receive(&mut rng, &next)?);
+
+    // Both compare safety numbers, read aloud or scanned.
+    let on_alice = SafetyNumber::new(alice.name, &alice.identity.public_key(), bob.name, &bundle.identity_key());
+    let on_bob = SafetyNumber::new(bob.name, &bob.identity.public_key(), alice.name, &alice.identity.public_key());
+    println!("alice :  safety number {}", on_alice.display());
+    println!("bob   :  safety number {}", on_bob.display());
+    on_alice.compare_scanned(&on_bob.scannable())?;
+    println!("alice :  scanned bob's code: match");
     Ok(())
 }
