@@ -41,7 +41,8 @@
 //! bob_prekeys.consume(&pending.consumed_prekeys());
 //! bob_record.commit(pending)?;
 //! let reply = bob_record.encrypt(&mut rng, b"hi Alice")?;
-//! let (plaintext, _) = alice_record.decrypt_and_commit(&mut rng, &alice, &PreKeySet::new(&mut rng, &alice, 0), &reply)?;
+//! let alice_prekeys = PreKeySet::new(&mut rng, &alice, 0);
+//! let (plaintext, _) = alice_record.decrypt_and_commit(&mut rng, &alice, &alice_prekeys, &reply)?;
 //! assert_eq!(plaintext, b"hi Alice");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
