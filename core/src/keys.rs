@@ -144,7 +144,10 @@ pub enum KeyError {
 
 /// A device's identity public key: an Ed25519 verifying key of full order.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct IdentityKey(VerifyingKey);
+/// Holds the 32-byte encoding, checked on construction; the point is
+/// decompressed again when it is used (a few microseconds, once per
+/// handshake or bundle), which keeps the type small and `Copy`.
+pub struct IdentityKey([u8; IDENTITY_KEY_LEN]);
 
 impl IdentityKey {
     /// Parses and checks a 32-byte Ed25519 public key.
@@ -163,7 +166,7 @@ impl IdentityKey {
         if X25519PublicKey(key.to_montgomery().to_bytes()).is_small_order() {
             return Err(KeyError::SmallOrder);
         }
-        Ok(Self(key))
+        Ok(Self(key.to_bytes()))
     }
 
     /// Parses a slice (see [`Self::from_bytes`]).
@@ -179,18 +182,20 @@ impl IdentityKey {
 
     /// The 32 bytes of the key.
     pub fn as_bytes(&self) -> &[u8; IDENTITY_KEY_LEN] {
-        self.0.as_bytes()
+        &self.0
     }
 
     /// The X25519 form of the key (the Montgomery form of the point).
     pub fn to_x25519(&self) -> X25519PublicKey {
-        X25519PublicKey(self.0.to_montgomery().to_bytes())
+        // Checked on construction: the bytes decompress.
+        VerifyingKey::from_bytes(&self.0).map_or(X25519PublicKey([0; 32]), |k| X25519PublicKey(k.to_montgomery().to_bytes()))
     }
 
     /// Strict Ed25519 verification (RFC 8032 with the checks of
     /// `verify_strict`: canonical `S`, no small-order `R` or key).
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
-        self.0.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
+        VerifyingKey::from_bytes(&self.0)
+            .is_ok_and(|key| key.verify_strict(message, &Signature::from_bytes(signature)).is_ok())
     }
 }
 
@@ -231,7 +236,7 @@ impl IdentityKeyPair {
     fn from_signing(signing: SigningKey) -> Self {
         // A key from a seed has full order with overwhelming probability; the
         // check in `IdentityKey::from_bytes` is for keys that come from outside.
-        let public = IdentityKey(signing.verifying_key());
+        let public = IdentityKey(signing.verifying_key().to_bytes());
         Self { signing, public }
     }
 
@@ -269,6 +274,8 @@ impl fmt::Debug for IdentityKeyPair {
 pub const MLKEM_PUBLIC_KEY_LEN: usize = 1568;
 /// Length of an ML-KEM-1024 decapsulation (secret) key.
 pub const MLKEM_SECRET_KEY_LEN: usize = 3168;
+/// Length of the K-PKE secret at the start of an ML-KEM-1024 decapsulation key.
+const MLKEM_DK_PKE_LEN: usize = 1536;
 /// Length of an ML-KEM-1024 ciphertext.
 pub const MLKEM_CIPHERTEXT_LEN: usize = 1568;
 
@@ -356,6 +363,21 @@ impl MlKemKeyPair {
         let boxed = Zeroizing::new(secret.to_vec());
         let public =
             MlKemPublicKey::from_slice(public).map_err(|_| crate::DecodeError::InvalidValue("mlkem.public"))?;
+        // FIPS 203 decapsulation key: dk_PKE (1536) || ek (1568) || H(ek) (32) || z (32).
+        // The embedded ek must be `public`, and H(ek) must match (the "hash check" of 7.3).
+        if secret.get(MLKEM_DK_PKE_LEN..MLKEM_DK_PKE_LEN + MLKEM_PUBLIC_KEY_LEN) != Some(public.as_bytes().as_slice()) {
+            return Err(crate::DecodeError::InvalidValue("mlkem.secret"));
+        }
+        let mut array = Zeroizing::new([0u8; MLKEM_SECRET_KEY_LEN]);
+        array.copy_from_slice(secret);
+        let check = mlkem1024::MlKem1024PrivateKey::from(&*array);
+        // The ciphertext argument is only there for its length; the check reads the key alone.
+        let valid = mlkem1024::validate_private_key(&check, &mlkem1024::MlKem1024Ciphertext::default());
+        let mut copy: [u8; MLKEM_SECRET_KEY_LEN] = check.into();
+        copy.zeroize();
+        if !valid {
+            return Err(crate::DecodeError::InvalidValue("mlkem.secret"));
+        }
         Ok(Self { secret: boxed, public })
     }
 
@@ -547,6 +569,19 @@ mod tests {
         let mut ct2 = *ct;
         ct2[0] ^= 1;
         assert_ne!(*pair.decapsulate(&ct2), *ss);
+    }
+
+    #[test]
+    fn mismatched_mlkem_pairs_are_rejected() {
+        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed([5; 32]);
+        let (a, b) = (MlKemKeyPair::generate(&mut rng), MlKemKeyPair::generate(&mut rng));
+        assert_eq!(
+            MlKemKeyPair::from_bytes(a.secret_bytes(), b.public_key().as_bytes()).unwrap_err(),
+            crate::DecodeError::InvalidValue("mlkem.secret")
+        );
+        let mut corrupt = a.secret_bytes().to_vec();
+        corrupt[MLKEM_DK_PKE_LEN + MLKEM_PUBLIC_KEY_LEN] ^= 1;
+        assert!(MlKemKeyPair::from_bytes(&corrupt, a.public_key().as_bytes()).is_err());
     }
 
     #[test]

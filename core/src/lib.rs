@@ -47,3 +47,6 @@ pub fn os_rng() -> OsRng {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod wycheproof_tests;

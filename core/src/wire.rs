@@ -145,7 +145,7 @@ impl PreKeyMessage {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Message {
     /// A message carrying the PQXDH prekey header.
-    PreKey(PreKeyMessage),
+    PreKey(Box<PreKeyMessage>),
     /// A message of an established session.
     Ratchet(RatchetMessage),
 }
@@ -189,7 +189,7 @@ impl Message {
                 let pq_ciphertext =
                     Box::new(fixed::<MLKEM_CIPHERTEXT_LEN>(&prekey.pq_ciphertext, "prekey.pq_ciphertext")?);
                 let message = prekey.message.as_ref().ok_or(DecodeError::MissingField("prekey.message"))?;
-                Ok(Self::PreKey(PreKeyMessage {
+                Ok(Self::PreKey(Box::new(PreKeyMessage {
                     header: PreKeyHeader {
                         identity_key,
                         base_key,
@@ -199,7 +199,7 @@ impl Message {
                         pq_ciphertext,
                     },
                     message: RatchetMessage::from_proto(message)?,
-                }))
+                })))
             }
         }
     }

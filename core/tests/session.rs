@@ -46,7 +46,12 @@ impl Device {
     }
 
     /// Decrypts and commits, deleting consumed prekeys in the same step.
-    fn receive(&mut self, rng: &mut ChaCha20Rng, record: &mut SessionRecord, wire: &[u8]) -> Result<Vec<u8>, SessionError> {
+    fn receive(
+        &mut self,
+        rng: &mut ChaCha20Rng,
+        record: &mut SessionRecord,
+        wire: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
         let pending = record.decrypt(rng, &self.identity, &self.prekeys, wire)?;
         let plaintext = pending.plaintext().to_vec();
         self.prekeys.consume(&pending.consumed_prekeys());
@@ -100,7 +105,10 @@ fn handshake(one_time: usize, use_last_resort: bool) {
     assert_eq!(a.current_base_key(), b.current_base_key());
 
     // Replays of the first message are duplicates, not new sessions.
-    assert_eq!(bob.receive(&mut rng, &mut b, &first), Err(SessionError::Decrypt(DecryptError::Duplicate { counter: 0 })));
+    assert_eq!(
+        bob.receive(&mut rng, &mut b, &first),
+        Err(SessionError::Decrypt(DecryptError::Duplicate { counter: 0 }))
+    );
     assert_eq!(b.archived_states(), 0);
 }
 
@@ -305,10 +313,10 @@ fn tampered_prekey_messages_fail_and_change_nothing() {
     for i in (0..first.len()).step_by(7) {
         let mut bad = first.clone();
         bad[i] ^= 0x10;
-        if let Ok(Message::PreKey(m)) = Message::from_bytes(&bad) {
-            if Message::PreKey(m).to_bytes() == first {
-                continue;
-            }
+        if let Ok(m @ Message::PreKey(_)) = Message::from_bytes(&bad)
+            && m.to_bytes() == first
+        {
+            continue;
         }
         assert!(b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &bad).is_err(), "flip at {i} accepted");
     }
@@ -457,10 +465,7 @@ fn bundle_signed_prekey_fields() {
         reject(|p| p.signed_prekey.as_mut().unwrap().public_key = ORDER_8.to_vec()),
         BundleError::SignedPreKey(KeyError::SmallOrder)
     );
-    assert_eq!(
-        reject(|p| p.signed_prekey.as_mut().unwrap().public_key[5] ^= 1),
-        BundleError::SignedPreKeySignature
-    );
+    assert_eq!(reject(|p| p.signed_prekey.as_mut().unwrap().public_key[5] ^= 1), BundleError::SignedPreKeySignature);
     assert_eq!(reject(|p| p.signed_prekey.as_mut().unwrap().id += 1), BundleError::SignedPreKeySignature);
     assert_eq!(reject(|p| p.signed_prekey.as_mut().unwrap().signature[0] ^= 1), BundleError::SignedPreKeySignature);
     assert!(matches!(

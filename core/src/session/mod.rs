@@ -240,7 +240,7 @@ impl SessionRecord {
         let message = state.ratchet.encrypt(rng, plaintext)?;
         self.generation = self.generation.wrapping_add(1);
         Ok(match &state.pending_prekey {
-            Some(header) => Message::PreKey(PreKeyMessage { header: header.clone(), message }).to_bytes(),
+            Some(header) => Message::PreKey(Box::new(PreKeyMessage { header: header.clone(), message })).to_bytes(),
             None => Message::Ratchet(message).to_bytes(),
         })
     }
@@ -388,12 +388,11 @@ impl SessionRecord {
                     // stop sending the prekey header.
                     state.pending_prekey = None;
                 }
-                if let Slot::Archived(i) = slot {
-                    if let Some(promoted) = self.archived.remove(i) {
-                        if let Some(previous) = self.current.replace(promoted) {
-                            self.archived.push_front(previous);
-                        }
-                    }
+                if let Slot::Archived(i) = slot
+                    && let Some(promoted) = self.archived.remove(i)
+                    && let Some(previous) = self.current.replace(promoted)
+                {
+                    self.archived.push_front(previous);
                 }
                 self.generation = self.generation.wrapping_add(1);
             }
