@@ -43,6 +43,13 @@ pub(crate) fn prekey_signature_input(label: &[u8], id: u32, public_key: &[u8]) -
     out
 }
 
+/// HKDF `info` of the store's row-sealing key (from the app's storage key).
+pub(crate) const STORE_SEAL_LABEL: &[u8] = b"samizdat/v1/store/seal";
+/// HKDF `info` of the store's address-hashing key (from the app's storage key).
+pub(crate) const STORE_ADDRESS_LABEL: &[u8] = b"samizdat/v1/store/address";
+/// Prefix of a sealed row's associated data (then the table and the row key).
+pub(crate) const STORE_ROW_LABEL: &[u8] = b"samizdat/v1/store/row";
+
 /// Output of PQXDH: `RK_0 || HKa || NHKb`.
 pub(crate) struct HandshakeSecrets {
     pub(crate) root_key: [u8; 32],
@@ -215,6 +222,9 @@ mod tests {
             PQXDH_LABEL,
             SESSION_AD_LABEL,
             crate::fingerprint::SAFETY_NUMBER_LABEL,
+            STORE_SEAL_LABEL,
+            STORE_ADDRESS_LABEL,
+            STORE_ROW_LABEL,
         ];
         for (i, a) in labels.iter().enumerate() {
             assert!(a.starts_with(b"samizdat/v1/"));

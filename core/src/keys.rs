@@ -188,7 +188,8 @@ impl IdentityKey {
     /// The X25519 form of the key (the Montgomery form of the point).
     pub fn to_x25519(&self) -> X25519PublicKey {
         // Checked on construction: the bytes decompress.
-        VerifyingKey::from_bytes(&self.0).map_or(X25519PublicKey([0; 32]), |k| X25519PublicKey(k.to_montgomery().to_bytes()))
+        VerifyingKey::from_bytes(&self.0)
+            .map_or(X25519PublicKey([0; 32]), |k| X25519PublicKey(k.to_montgomery().to_bytes()))
     }
 
     /// Strict Ed25519 verification (RFC 8032 with the checks of

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod device;
 mod error;
 pub mod fingerprint;
 mod handshake;
@@ -30,6 +31,7 @@ mod padding;
 pub mod prekeys;
 pub mod ratchet;
 pub mod session;
+pub mod store;
 pub mod wire;
 
 pub use error::{DecodeError, DecryptError, EncryptError, PreKeyKind, SessionError};

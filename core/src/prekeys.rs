@@ -455,6 +455,16 @@ impl PreKeySet {
             .or_else(|| self.last_resort.iter().find(|p| p.id == id).map(|p| (p, PqPreKeyKind::LastResort)))
     }
 
+    /// Whether the one-time X25519 prekey `id` is still held.
+    pub fn has_one_time_prekey(&self, id: u32) -> bool {
+        self.one_time.contains_key(&id)
+    }
+
+    /// Whether the one-time ML-KEM prekey `id` is still held.
+    pub fn has_pq_one_time_prekey(&self, id: u32) -> bool {
+        self.pq_one_time.contains_key(&id)
+    }
+
     /// Deletes the prekeys a committed handshake used.
     pub fn consume(&mut self, consumed: &ConsumedPreKeys) {
         if let Some(id) = consumed.one_time {

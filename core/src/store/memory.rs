@@ -1,0 +1,50 @@
+//! An in-memory backend, for tests and ephemeral devices.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use super::{Backend, StoreError, Table, Write};
+
+/// Rows in memory. Batches apply atomically under one lock.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    rows: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Table, Vec<u8>), Vec<u8>>> {
+        // A panic while holding the lock cannot leave a half-applied batch
+        // (batches are applied to a copy first), so a poisoned lock is safe to reuse.
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every row, for tests that compare a whole store before and after.
+    pub fn snapshot(&self) -> BTreeMap<(Table, Vec<u8>), Vec<u8>> {
+        self.rows().clone()
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.rows().get(&(table, key.to_vec())).cloned())
+    }
+
+    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self.rows().iter().filter(|((t, _), _)| *t == table).map(|((_, k), v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut rows = self.rows();
+        for write in writes {
+            match &write.value {
+                Some(value) => rows.insert((write.table, write.key.clone()), value.clone()),
+                None => rows.remove(&(write.table, write.key.clone())),
+            };
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! Storage: a small byte-level [`Backend`] trait, and the sealing layer that
+//! every backend shares.
+//!
+//! The unit of work is a transaction: a high-level call reads what it needs,
+//! computes every change in memory, and hands the backend one batch of
+//! [`Write`]s that it applies atomically ([`Backend::apply`]). Nothing is
+//! written before everything succeeded.
+//!
+//! Encryption at rest is done here, above the backend, so every backend
+//! gets it: each value is sealed with XChaCha20-Poly1305 under a key derived
+//! from the app's 32-byte storage key, with the table and the row's key as
+//! associated data (a sealed row moved to another row or table no longer
+//! opens), and peer addresses are stored only as keyed hashes. The backends
+//! see table names, hashed keys and sealed bytes, nothing else.
+//!
+//! Backends: [`MemoryBackend`] (tests, ephemeral devices) and
+//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, a busy timeout,
+//! a versioned schema, and an exclusive lock so a second process gets
+//! [`StoreError::Locked`] instead of a corrupted database).
+
+mod memory;
+mod sqlite;
+
+use chacha20poly1305::{
+    Key, KeyInit, XChaCha20Poly1305, XNonce,
+    aead::{Aead, Payload},
+};
+use hmac::{Hmac, Mac};
+use rand_core::CryptoRng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+pub use self::{
+    memory::MemoryBackend,
+    sqlite::{SCHEMA_VERSION, SqliteBackend},
+};
+use crate::{address::Address, kdf, keys::Secret32};
+
+/// The logical tables of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Table {
+    /// Store metadata (the storage-key check value).
+    Meta,
+    /// The device's identity and address (one row).
+    Identity,
+    /// The device's prekeys (one row).
+    PreKeys,
+    /// One session record per peer device, keyed by the keyed hash of its address.
+    Sessions,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 4] = [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions];
+
+    /// The table's name (also its SQL table name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Identity => "identity",
+            Self::PreKeys => "prekeys",
+            Self::Sessions => "sessions",
+        }
+    }
+}
+
+/// One change of a batch: set `key` to `value`, or delete it (`None`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The table.
+    pub table: Table,
+    /// The row's key.
+    pub key: Vec<u8>,
+    /// The new (sealed) value, or `None` to delete the row.
+    pub value: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Write")
+            .field("table", &self.table)
+            .field("value_len", &self.value.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the store failed. A failed call changed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The storage key does not open this store.
+    #[error("wrong storage key")]
+    WrongKey,
+    /// Another process (or another handle in this one) has the store open.
+    #[error("the store is in use by another process")]
+    Locked,
+    /// No device exists in this store yet (open it with a create call).
+    #[error("no device in this store")]
+    NotFound,
+    /// A device already exists in this store.
+    #[error("a device already exists in this store")]
+    AlreadyExists,
+    /// The store was written by a newer release.
+    #[error("schema version {found} is newer than the supported {supported}")]
+    SchemaTooNew {
+        /// The schema version found.
+        found: u32,
+        /// The newest this release understands.
+        supported: u32,
+    },
+    /// A row does not open or does not parse: the file was altered or damaged.
+    #[error("corrupt row in table `{}`", .table.name())]
+    Corrupt {
+        /// The table.
+        table: Table,
+    },
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file could not be opened or locked.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A write point failed on purpose (tests of failure injection).
+    #[error("injected failure")]
+    Injected,
+}
+
+/// A byte-level key-value store with atomic batches. Implement it to bring
+/// your own storage; sealing, hashing and the protocol stay in this crate.
+pub trait Backend: Send + Sync {
+    /// Reads one row.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Reads every row of a table.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Applies every write, or none: one transaction, durable when this
+    /// returns `Ok`.
+    ///
+    /// # Errors
+    /// A backend failure; then nothing was applied.
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
+}
+
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(table, key)
+    }
+    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        (**self).scan(table)
+    }
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        (**self).apply(writes)
+    }
+}
+
+/// The version byte of a sealed value.
+const SEALED_VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+/// The plaintext of the storage-key check row.
+const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
+/// The key of the storage-key check row in [`Table::Meta`].
+pub(crate) const KEY_CHECK_ROW: &[u8] = b"key-check";
+
+/// Seals and opens rows, and hashes addresses, under keys derived from the
+/// app's storage key.
+pub(crate) struct Sealer {
+    seal_key: Secret32,
+    address_key: Secret32,
+}
+
+impl Sealer {
+    /// Derives the sealing key and the address-hashing key from the storage key.
+    pub(crate) fn new(storage_key: &[u8; 32]) -> Self {
+        let seal = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_SEAL_LABEL);
+        let address = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_ADDRESS_LABEL);
+        Self { seal_key: Secret32::from_zeroizing(&seal), address_key: Secret32::from_zeroizing(&address) }
+    }
+
+    fn associated_data(table: Table, key: &[u8]) -> Vec<u8> {
+        let name = table.name().as_bytes();
+        let mut ad = Vec::with_capacity(kdf::STORE_ROW_LABEL.len() + 2 + name.len() + key.len());
+        ad.extend_from_slice(kdf::STORE_ROW_LABEL);
+        ad.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        ad.extend_from_slice(name);
+        ad.extend_from_slice(key);
+        ad
+    }
+
+    /// `0x01 || nonce (24) || XChaCha20-Poly1305(plaintext, AD = label || len(table) || table || key)`.
+    pub(crate) fn seal<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        table: Table,
+        key: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let cipher = XChaCha20Poly1305::new(&Key::from(*self.seal_key.as_bytes()));
+        let ad = Self::associated_data(table, key);
+        let sealed = cipher.encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &ad }).unwrap_or_default();
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(SEALED_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens a sealed row; [`StoreError::Corrupt`] if it does not authenticate at this place.
+    pub(crate) fn open(&self, table: Table, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let corrupt = || StoreError::Corrupt { table };
+        let (&version, rest) = sealed.split_first().ok_or_else(corrupt)?;
+        if version != SEALED_VERSION || rest.len() < NONCE_LEN + 16 {
+            return Err(corrupt());
+        }
+        let (nonce, body) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
+        let cipher = XChaCha20Poly1305::new(&Key::from(*self.seal_key.as_bytes()));
+        let ad = Self::associated_data(table, key);
+        cipher.decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &ad }).map(Zeroizing::new).map_err(|_| corrupt())
+    }
+
+    /// The row key of a peer: `HMAC-SHA256(address key, u32(len(user id)) || user id || u32(device id))`.
+    pub(crate) fn address_key(&self, address: &Address) -> Vec<u8> {
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.address_key.as_bytes()) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        let user = address.user_id().as_bytes();
+        mac.update(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
+        mac.update(user);
+        mac.update(&address.device_id().to_be_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The sealed check value written when a store is created.
+    pub(crate) fn key_check<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Write {
+        Write {
+            table: Table::Meta,
+            key: KEY_CHECK_ROW.to_vec(),
+            value: Some(self.seal(rng, Table::Meta, KEY_CHECK_ROW, KEY_CHECK_PLAINTEXT)),
+        }
+    }
+
+    /// Checks the storage key against a store's check value.
+    pub(crate) fn verify_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+        let opened = self.open(Table::Meta, KEY_CHECK_ROW, sealed).map_err(|_| StoreError::WrongKey)?;
+        if bool::from(opened.as_slice().ct_eq(KEY_CHECK_PLAINTEXT)) { Ok(()) } else { Err(StoreError::WrongKey) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chacha20::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn rows_open_only_where_they_were_sealed() {
+        let mut rng = ChaCha20Rng::from_seed([1; 32]);
+        let sealer = Sealer::new(&[7; 32]);
+        let sealed = sealer.seal(&mut rng, Table::Sessions, b"row-a", b"secret state");
+        assert_eq!(sealer.open(Table::Sessions, b"row-a", &sealed).unwrap().as_slice(), b"secret state");
+        assert!(matches!(sealer.open(Table::Sessions, b"row-b", &sealed), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(sealer.open(Table::PreKeys, b"row-a", &sealed), Err(StoreError::Corrupt { .. })));
+        assert!(Sealer::new(&[8; 32]).open(Table::Sessions, b"row-a", &sealed).is_err());
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(sealer.open(Table::Sessions, b"row-a", &bad).is_err());
+        }
+        assert!(sealer.open(Table::Sessions, b"row-a", &sealed[..20]).is_err());
+    }
+
+    #[test]
+    fn key_check_and_address_hashes() {
+        let mut rng = ChaCha20Rng::from_seed([2; 32]);
+        let sealer = Sealer::new(&[7; 32]);
+        let check = sealer.key_check(&mut rng).value.unwrap();
+        assert!(sealer.verify_key_check(&check).is_ok());
+        assert!(matches!(Sealer::new(&[9; 32]).verify_key_check(&check), Err(StoreError::WrongKey)));
+        let a = sealer.address_key(&Address::new("alice", 1).unwrap());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, sealer.address_key(&Address::new("alice", 2).unwrap()));
+        assert_ne!(a, Sealer::new(&[9; 32]).address_key(&Address::new("alice", 1).unwrap()));
+        assert!(!a.windows(5).any(|w| w == b"alice"));
+    }
+}
