@@ -112,12 +112,15 @@ impl fmt::Debug for PendingMessage {
     }
 }
 
+/// A peer's address, its record as loaded (serialized), and the record as changed.
+type LoadedRecord = (Address, Zeroizing<Vec<u8>>, SessionRecord);
+
 /// The result of [`Device::decrypt_batch`]: one result per message, in
 /// order, and the changes to commit with [`Device::commit_batch`].
 pub struct PendingBatch {
     results: Vec<Result<Vec<u8>, SessionError>>,
     /// Row key -> (peer, the record as loaded, the record after the batch).
-    records: BTreeMap<Vec<u8>, (Address, Zeroizing<Vec<u8>>, SessionRecord)>,
+    records: BTreeMap<Vec<u8>, LoadedRecord>,
     /// The prekey set as loaded and after the batch, if a message consumed prekeys.
     prekeys: Option<(Zeroizing<Vec<u8>>, PreKeySet)>,
 }
@@ -302,14 +305,17 @@ impl<B: Backend> Device<B> {
         Ok(self.prekey_bundles(1)?.into_iter().next().unwrap_or_default())
     }
 
-    /// `count` bundles with distinct one-time prekeys (as far as there are
-    /// any), for a server to hand out one per requester.
+    /// Up to `count` bundles with distinct one-time prekeys, for a server to
+    /// hand out one per requester. There are as many as there are one-time
+    /// prekeys (of either kind), and at least one: when none is left, the one
+    /// bundle offers only the signed and the last-resort keys.
     ///
     /// # Errors
     /// A store error.
     pub fn prekey_bundles(&self, count: usize) -> Result<Vec<Vec<u8>>, DeviceError> {
         let (_, prekeys) = self.load_prekeys()?;
-        Ok((0..count)
+        let (classic, pq) = prekeys.one_time_counts();
+        Ok((0..count.min(classic.max(pq).max(1)))
             .filter_map(|n| prekeys.bundle_skipping(&self.identity, &self.address, n))
             .map(|bundle| bundle.to_bytes())
             .collect())
@@ -530,7 +536,7 @@ impl<B: Backend> Device<B> {
     /// A store error; per-message failures are in [`PendingBatch::results`].
     pub fn decrypt_batch(&self, messages: &[(Address, Vec<u8>)]) -> Result<PendingBatch, DeviceError> {
         let mut rng = crate::os_rng();
-        let mut records: BTreeMap<Vec<u8>, (Address, Zeroizing<Vec<u8>>, SessionRecord)> = BTreeMap::new();
+        let mut records: BTreeMap<Vec<u8>, LoadedRecord> = BTreeMap::new();
         let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
         let mut prekeys_changed = false;
         let mut results = Vec::with_capacity(messages.len());

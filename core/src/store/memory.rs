@@ -2,12 +2,14 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use super::{Backend, StoreError, Table, Write};
+use super::{Backend, Row, StoreError, Table, Write};
+
+type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
 /// Rows in memory. Batches apply atomically under one lock.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
-    rows: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    rows: Mutex<Rows>,
 }
 
 impl MemoryBackend {
@@ -16,7 +18,7 @@ impl MemoryBackend {
         Self::default()
     }
 
-    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Table, Vec<u8>), Vec<u8>>> {
+    fn rows(&self) -> std::sync::MutexGuard<'_, Rows> {
         // A panic while holding the lock cannot leave a half-applied batch
         // (batches are applied to a copy first), so a poisoned lock is safe to reuse.
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -33,7 +35,7 @@ impl Backend for MemoryBackend {
         Ok(self.rows().get(&(table, key.to_vec())).cloned())
     }
 
-    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
         Ok(self.rows().iter().filter(|((t, _), _)| *t == table).map(|((_, k), v)| (k.clone(), v.clone())).collect())
     }
 

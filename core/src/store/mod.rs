@@ -66,6 +66,9 @@ impl Table {
     }
 }
 
+/// A row: its key and its (sealed) value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
 /// One change of a batch: set `key` to `value`, or delete it (`None`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Write {
@@ -140,7 +143,7 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// A backend failure.
-    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError>;
 
     /// Applies every write, or none: one transaction, durable when this
     /// returns `Ok`.
@@ -154,7 +157,7 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         (**self).get(table, key)
     }
-    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
         (**self).scan(table)
     }
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, StoreError, Table, Write};
+use super::{Backend, Row, StoreError, Table, Write};
 
 /// The schema version this release writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -103,7 +103,7 @@ impl Backend for SqliteBackend {
         Ok(connection.prepare_cached(&sql)?.query_row(params![key], |row| row.get(0)).optional()?)
     }
 
-    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
         let connection = self.connection();
         let sql = format!("SELECT key, value FROM {} ORDER BY key", table.name());
         let mut statement = connection.prepare_cached(&sql)?;

@@ -1,0 +1,383 @@
+//! The Device API over the memory and SQLite stores: encryption at rest,
+//! two-phase decryption across restarts, batches, failure injection,
+//! concurrency, prekey maintenance and identity changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use samizdat::{
+    DecryptError, SessionError,
+    address::Address,
+    device::{Device, DeviceError},
+    store::{Backend, MemoryBackend, Row, StoreError, Table, Write},
+};
+
+fn addr(name: &str) -> Address {
+    Address::new(name, 1).unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("samizdat-device-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn is_duplicate(e: &DeviceError) -> bool {
+    matches!(e, DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
+}
+
+/// Bob receives: decrypt, (store), commit.
+fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
+    let pending = to.decrypt(from, wire)?;
+    let plaintext = pending.plaintext().to_vec();
+    to.commit(pending)?;
+    Ok(plaintext)
+}
+
+#[test]
+fn conversation_on_sqlite_leaves_no_secret_or_name_on_disk() {
+    let dir = temp_dir("at-rest");
+    let (ka, kb) = ([0x5a; 32], [0xa5; 32]);
+    let secrets: Vec<Vec<u8>> = {
+        let alice = Device::create(dir.join("alice.db"), &ka, addr("alice-user-7341"), 0).unwrap();
+        let bob = Device::create(dir.join("bob.db"), &kb, addr("bob-user-9925"), 0).unwrap();
+        alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+        let mut plaintexts = Vec::new();
+        for i in 0..20 {
+            let text = format!("attack at dawn, plan number {i:04}").into_bytes();
+            let wire = alice.encrypt(bob.address(), &text).unwrap();
+            assert_eq!(receive(&bob, alice.address(), &wire).unwrap(), text);
+            let reply = format!("confirmed, plan number {i:04} in motion").into_bytes();
+            let wire = bob.encrypt(alice.address(), &reply).unwrap();
+            assert_eq!(receive(&alice, bob.address(), &wire).unwrap(), reply);
+            plaintexts.push(text);
+            plaintexts.push(reply);
+        }
+        let mut secrets = plaintexts;
+        secrets.push(b"alice-user-7341".to_vec());
+        secrets.push(b"bob-user-9925".to_vec());
+        secrets.push(alice.identity_key().as_bytes().to_vec());
+        secrets.push(bob.identity_key().as_bytes().to_vec());
+        secrets.push(ka.to_vec());
+        secrets.push(kb.to_vec());
+        // Scan while open (the WAL holds recent pages), then again after closing.
+        scan_files(&dir, &secrets);
+        secrets
+    };
+    scan_files(&dir, &secrets);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn scan_files(dir: &Path, secrets: &[Vec<u8>]) {
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                "{} contains {:?}",
+                path.display(),
+                String::from_utf8_lossy(secret)
+            );
+            // Any 16-byte slice of a key must not appear either.
+            if secret.len() == 32 {
+                assert!(!bytes.windows(16).any(|w| w == &secret[8..24]), "{} contains key bytes", path.display());
+            }
+        }
+    }
+    assert!(scanned > 8192, "nothing scanned");
+}
+
+#[test]
+fn wrong_storage_key_is_refused_and_changes_nothing() {
+    let dir = temp_dir("wrong-key");
+    let path = dir.join("d.db");
+    drop(Device::create(&path, &[1; 32], addr("me"), 0).unwrap());
+    let before = std::fs::read(&path).unwrap();
+    assert!(matches!(Device::open(&path, &[2; 32]), Err(DeviceError::Store(StoreError::WrongKey))));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(matches!(
+        Device::create(&path, &[1; 32], addr("me"), 0),
+        Err(DeviceError::Store(StoreError::AlreadyExists))
+    ));
+    let device = Device::open(&path, &[1; 32]).unwrap();
+    assert_eq!(device.address(), &addr("me"));
+    assert!(matches!(Device::open(&path, &[1; 32]), Err(DeviceError::Store(StoreError::Locked))));
+    drop(device);
+    assert!(matches!(Device::open(dir.join("empty.db"), &[1; 32]), Err(DeviceError::Store(StoreError::NotFound))));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_phase_decrypt_survives_a_restart() {
+    let dir = temp_dir("two-phase");
+    let (pa, pb) = (dir.join("a.db"), dir.join("b.db"));
+    let alice = Device::create(&pa, &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create(&pb, &[2; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let first = alice.encrypt(bob.address(), b"one").unwrap();
+    let second = alice.encrypt(bob.address(), b"two").unwrap();
+    let counts_before = bob.prekey_counts().unwrap();
+
+    // Decrypted but not committed, then the process "restarts".
+    let pending = bob.decrypt(alice.address(), &first).unwrap();
+    assert_eq!(pending.plaintext(), b"one");
+    drop(pending);
+    drop(bob);
+    let bob = Device::open(&pb, &[2; 32]).unwrap();
+    assert!(!bob.has_session(alice.address()).unwrap());
+    assert_eq!(bob.prekey_counts().unwrap(), counts_before);
+    // Redelivered: decrypts again; committed: a redelivery is a duplicate.
+    assert_eq!(receive(&bob, alice.address(), &first).unwrap(), b"one");
+    drop(bob);
+    let bob = Device::open(&pb, &[2; 32]).unwrap();
+    assert!(is_duplicate(&receive(&bob, alice.address(), &first).unwrap_err()));
+    assert_eq!(receive(&bob, alice.address(), &second).unwrap(), b"two");
+    assert!(bob.has_session(alice.address()).unwrap());
+    // A stale pending commit is refused.
+    let third = alice.encrypt(bob.address(), b"three").unwrap();
+    let fourth = alice.encrypt(bob.address(), b"four").unwrap();
+    let p3 = bob.decrypt(alice.address(), &third).unwrap();
+    let p4 = bob.decrypt(alice.address(), &fourth).unwrap();
+    bob.commit(p3).unwrap();
+    assert!(matches!(bob.commit(p4), Err(DeviceError::Session(SessionError::StalePending))));
+    assert_eq!(receive(&bob, alice.address(), &fourth).unwrap(), b"four");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn batch_of_a_thousand_queued_messages() {
+    let dir = temp_dir("batch");
+    let alice = Device::create(dir.join("a.db"), &[1; 32], addr("alice"), 0).unwrap();
+    let carol = Device::create(dir.join("c.db"), &[3; 32], addr("carol"), 0).unwrap();
+    let bob = Device::create(dir.join("b.db"), &[2; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    carol.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let mut queue = Vec::new();
+    for i in 0..1000u32 {
+        let (from, text) = if i % 3 == 0 { (&carol, format!("c{i}")) } else { (&alice, format!("a{i}")) };
+        queue.push((from.address().clone(), from.encrypt(bob.address(), text.as_bytes()).unwrap(), text));
+    }
+    // One forged message in the middle fails alone.
+    queue[500].1[60] ^= 1;
+    let messages: Vec<(Address, Vec<u8>)> = queue.iter().map(|(a, w, _)| (a.clone(), w.clone())).collect();
+    let batch = bob.decrypt_batch(&messages).unwrap();
+    for (i, (result, (_, _, text))) in batch.results().iter().zip(&queue).enumerate() {
+        if i == 500 {
+            assert!(result.is_err());
+        } else {
+            assert_eq!(result.as_ref().unwrap(), text.as_bytes(), "message {i}");
+        }
+    }
+    // Nothing was written before the commit: the batch decrypts again.
+    let again = bob.decrypt_batch(&messages[..10]).unwrap();
+    assert!(again.results().iter().all(Result::is_ok));
+    drop(again);
+    bob.commit_batch(batch).unwrap();
+    let redelivered = bob.decrypt_batch(&messages[..10]).unwrap();
+    assert!(
+        redelivered.results().iter().all(|r| matches!(r, Err(SessionError::Decrypt(DecryptError::Duplicate { .. }))))
+    );
+    // A batch made before another commit is stale.
+    let next = alice.encrypt(bob.address(), b"next").unwrap();
+    let stale = bob.decrypt_batch(&[(alice.address().clone(), next.clone())]).unwrap();
+    receive(&bob, alice.address(), &next).unwrap();
+    assert!(matches!(bob.commit_batch(stale), Err(DeviceError::Session(SessionError::StalePending))));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A backend that fails the n-th `apply` (0-based), to inject a failure at
+/// each durable write point.
+struct Failing {
+    inner: MemoryBackend,
+    fail_at: AtomicUsize,
+    applies: AtomicUsize,
+}
+
+impl Failing {
+    fn new() -> Self {
+        Self { inner: MemoryBackend::new(), fail_at: AtomicUsize::new(usize::MAX), applies: AtomicUsize::new(0) }
+    }
+    fn fail_next(&self) {
+        self.fail_at.store(self.applies.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Backend for Failing {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key)
+    }
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
+        self.inner.scan(table)
+    }
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let n = self.applies.fetch_add(1, Ordering::SeqCst);
+        if n == self.fail_at.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected);
+        }
+        self.inner.apply(writes)
+    }
+}
+
+/// Runs `op` with a failure injected at its write: it must fail with the
+/// injected error and leave every row as it was; then it must succeed.
+fn at_write_point<T>(device: &Device<Arc<Failing>>, name: &str, op: impl Fn() -> Result<T, DeviceError>) -> T {
+    let before = device.backend().inner.snapshot();
+    device.backend().fail_next();
+    match op() {
+        Err(DeviceError::Store(StoreError::Injected)) => {}
+        other => panic!("{name}: expected the injected failure, got {:?}", other.err()),
+    }
+    assert_eq!(device.backend().inner.snapshot(), before, "{name} changed the store");
+    op().unwrap_or_else(|e| panic!("{name} after the failure: {e}"))
+}
+
+#[test]
+fn injected_failures_at_every_write_point_change_nothing() {
+    let a_store = Arc::new(Failing::new());
+    let b_store = Arc::new(Failing::new());
+    // Write point: creation (identity, prekeys and key check in one batch).
+    b_store.fail_next();
+    assert!(matches!(
+        Device::create_in(b_store.clone(), &[2; 32], addr("bob"), 0),
+        Err(DeviceError::Store(StoreError::Injected))
+    ));
+    assert!(b_store.inner.snapshot().is_empty());
+    let alice = Device::create_in(a_store.clone(), &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create_in(b_store.clone(), &[2; 32], addr("bob"), 0).unwrap();
+    // Write point: prekey refill and rotation.
+    assert_eq!(at_write_point(&bob, "refill", || bob.refill_prekeys(5, 10, 10)), 10);
+    at_write_point(&bob, "rotate", || bob.rotate_prekeys(100_000, 1_000));
+    // Write point: starting a session.
+    let bundle = bob.prekey_bundle().unwrap();
+    at_write_point(&alice, "start_session", || alice.start_session(&bundle));
+    // Write point: encrypt (the ciphertext is only returned once committed).
+    let first = at_write_point(&alice, "encrypt", || alice.encrypt(bob.address(), b"hello"));
+    // Write point: commit of a prekey message (session + consumed prekeys).
+    let counts = bob.prekey_counts().unwrap();
+    let pending = bob.decrypt(alice.address(), &first).unwrap();
+    let before = b_store.inner.snapshot();
+    b_store.fail_next();
+    assert!(matches!(bob.commit(pending), Err(DeviceError::Store(StoreError::Injected))));
+    assert_eq!(b_store.inner.snapshot(), before);
+    assert_eq!(bob.prekey_counts().unwrap(), counts);
+    assert_eq!(receive(&bob, alice.address(), &first).unwrap(), b"hello");
+    assert_eq!(bob.prekey_counts().unwrap(), (counts.0 - 1, counts.1 - 1));
+    // Write point: batch commit.
+    let m = alice.encrypt(bob.address(), b"batched").unwrap();
+    let batch = bob.decrypt_batch(&[(alice.address().clone(), m.clone())]).unwrap();
+    let before = b_store.inner.snapshot();
+    b_store.fail_next();
+    assert!(matches!(bob.commit_batch(batch), Err(DeviceError::Store(StoreError::Injected))));
+    assert_eq!(b_store.inner.snapshot(), before);
+    let batch = bob.decrypt_batch(&[(alice.address().clone(), m)]).unwrap();
+    bob.commit_batch(batch).unwrap();
+    // Write point: trust decision.
+    let identity = alice.identity_key();
+    at_write_point(&bob, "trust_identity", || bob.trust_identity(alice.address(), identity));
+    // The conversation continues.
+    let reply = bob.encrypt(alice.address(), b"still here").unwrap();
+    assert_eq!(receive(&alice, bob.address(), &reply).unwrap(), b"still here");
+}
+
+#[test]
+fn a_device_is_shared_across_threads() {
+    let hub = Arc::new(Device::create_in(MemoryBackend::new(), &[9; 32], addr("hub"), 0).unwrap());
+    let peers: Vec<Device<MemoryBackend>> = (0..4)
+        .map(|i| Device::create_in(MemoryBackend::new(), &[i; 32], addr(&format!("peer{i}")), 0).unwrap())
+        .collect();
+    hub.refill_prekeys(10, 10, 0).unwrap();
+    for peer in &peers {
+        hub.start_session(&peer.prekey_bundle().unwrap()).unwrap();
+    }
+    let peers = Arc::new(peers);
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (hub, peers) = (hub.clone(), peers.clone());
+            std::thread::spawn(move || {
+                let peer = &peers[i];
+                for n in 0..25 {
+                    let text = format!("to peer {i}: {n}");
+                    let wire = hub.encrypt(peer.address(), text.as_bytes()).unwrap();
+                    assert_eq!(receive(peer, hub.address(), &wire).unwrap(), text.as_bytes());
+                    let back = peer.encrypt(hub.address(), text.as_bytes()).unwrap();
+                    assert_eq!(receive(&*hub, peer.address(), &back).unwrap(), text.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    // Many threads encrypting to the same peer never reuse a counter: all decrypt, once each.
+    let target = peers[0].address().clone();
+    let wires: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let (hub, target) = (&hub, &target);
+                s.spawn(move || (0..10u8).map(|n| hub.encrypt(target, &[t, n]).unwrap()).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let mut seen = std::collections::HashSet::new();
+    for wire in &wires {
+        assert!(seen.insert(receive(&peers[0], hub.address(), wire).unwrap()));
+    }
+    assert_eq!(seen.len(), 40);
+}
+
+#[test]
+fn prekeys_are_refilled_and_rotated() {
+    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 1_000).unwrap();
+    assert_eq!(bob.prekey_counts().unwrap(), (0, 0));
+    assert_eq!(bob.refill_prekeys(3, 8, 1_000).unwrap(), 8);
+    assert_eq!(bob.refill_prekeys(3, 8, 1_000).unwrap(), 0, "above the threshold: nothing to do");
+    assert_eq!(bob.prekey_bundles(20).unwrap().len(), 8);
+    assert!(matches!(bob.refill_prekeys(300, 300, 0), Err(DeviceError::PreKey(_))));
+    let rotated = bob.rotate_prekeys(1_500, 1_000).unwrap();
+    assert!(!rotated.signed_prekey && !rotated.last_resort_prekey);
+    let old_bundle = bob.prekey_bundle().unwrap();
+    let rotated = bob.rotate_prekeys(2_000, 1_000).unwrap();
+    assert!(rotated.signed_prekey && rotated.last_resort_prekey);
+    assert_ne!(bob.prekey_bundle().unwrap(), old_bundle);
+    // A session started from the previous bundle still works (old keys are kept a while).
+    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    alice.start_session(&old_bundle).unwrap();
+    let wire = alice.encrypt(bob.address(), b"from an old bundle").unwrap();
+    assert_eq!(receive(&bob, alice.address(), &wire).unwrap(), b"from an old bundle");
+    assert_eq!(bob.prekey_counts().unwrap(), (7, 7));
+}
+
+#[test]
+fn identity_changes_need_a_decision_and_safety_numbers_match() {
+    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let wire = alice.encrypt(bob.address(), b"hi").unwrap();
+    receive(&bob, alice.address(), &wire).unwrap();
+    assert_eq!(
+        alice.safety_number(bob.address()).unwrap().digits(),
+        bob.safety_number(alice.address()).unwrap().digits()
+    );
+    // Bob reinstalls with a new identity under the same address.
+    let new_bob = Device::create_in(MemoryBackend::new(), &[3; 32], addr("bob"), 0).unwrap();
+    let err = alice.start_session(&new_bob.prekey_bundle().unwrap()).unwrap_err();
+    assert!(
+        matches!(err, DeviceError::Session(SessionError::UntrustedIdentity { identity }) if identity == new_bob.identity_key())
+    );
+    alice.trust_identity(bob.address(), new_bob.identity_key()).unwrap();
+    alice.start_session(&new_bob.prekey_bundle().unwrap()).unwrap();
+    let wire = alice.encrypt(bob.address(), b"hi again").unwrap();
+    assert_eq!(receive(&new_bob, alice.address(), &wire).unwrap(), b"hi again");
+    assert!(Address::new("", 1).is_err());
+}
