@@ -1,102 +1,131 @@
-//! Quickstart: Alice fetches Bob's prekey bundle, opens a post-quantum
-//! (PQXDH) session, and they converse over the Double Ratchet: some messages
-//! arrive out of order, one twice, one tampered with. Both print the same
-//! safety number.
+//! Quickstart: two devices, Alice and Bob, each in its own encrypted SQLite
+//! store. Alice fetches Bob's prekey bundle, opens a post-quantum (PQXDH)
+//! session, and they converse over the Double Ratchet: messages arrive out
+//! of order, one twice, one tampered with; Bob decrypts in two phases and a
+//! whole queue in one batch. Both print the same safety number.
 //!
-//! Run with `cargo run --example quickstart`.
+//! Run it again and the conversation continues from disk.
+//!
+//! ```sh
+//! cargo run --example quickstart              # stores in target/quickstart
+//! cargo run --example quickstart -- /tmp/qs   # or in a directory you name
+//! ```
 
+use std::path::{Path, PathBuf};
+
+use rand_core::Rng;
 use samizdat::{
     DecryptError, SessionError,
     address::Address,
-    fingerprint::SafetyNumber,
-    keys::IdentityKeyPair,
-    prekeys::{PreKeyBundle, PreKeySet},
-    session::SessionRecord,
+    device::{Device, DeviceError},
 };
-
-/// One device: an identity, its prekeys, and a session record for its peer.
-struct Device {
-    name: &'static str,
-    identity: IdentityKeyPair,
-    prekeys: PreKeySet,
-    peer: SessionRecord,
-}
-
-impl Device {
-    fn new(name: &'static str, rng: &mut samizdat::OsRng) -> Result<Self, Box<dyn std::error::Error>> {
-        let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, now());
-        prekeys.add_one_time_prekeys(rng, &identity, 5, now())?;
-        Ok(Self { name, identity, prekeys, peer: SessionRecord::new() })
-    }
-
-    /// Decrypts, then (after the app would have stored the plaintext) commits
-    /// and deletes the prekeys the message consumed.
-    fn receive(&mut self, rng: &mut samizdat::OsRng, wire: &[u8]) -> Result<String, SessionError> {
-        let pending = self.peer.decrypt(rng, &self.identity, &self.prekeys, wire)?;
-        let text = String::from_utf8_lossy(pending.plaintext()).into_owned();
-        self.prekeys.consume(&pending.consumed_prekeys());
-        self.peer.commit(pending)?;
-        Ok(text)
-    }
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut rng = samizdat::os_rng();
-    let mut alice = Device::new("alice", &mut rng)?;
-    let mut bob = Device::new("bob", &mut rng)?;
+/// The 32-byte storage key. A real app keeps it in the platform keystore
+/// (Android Keystore, iOS Keychain); this example keeps it in a file next to
+/// the database, which is only a stand-in.
+fn storage_key(dir: &Path, name: &str) -> std::io::Result<[u8; 32]> {
+    let path = dir.join(format!("{name}.key"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    samizdat::os_rng().fill_bytes(&mut key);
+    std::fs::write(&path, key)?;
+    Ok(key)
+}
 
-    // Bob's server hands Alice a bundle; she verifies it completely and opens a session.
-    let served = bob.prekeys.bundle(&bob.identity, &Address::new(bob.name, 1)?).ok_or("no signed prekey")?.to_bytes();
-    let bundle = PreKeyBundle::from_bytes(&served)?;
-    println!("alice :  fetched bob's bundle ({} bytes), signatures verified", served.len());
-    alice.peer.initiate(&mut rng, &alice.identity, &bundle)?;
+fn open(dir: &Path, name: &str) -> Result<Device, Box<dyn std::error::Error>> {
+    let key = storage_key(dir, name)?;
+    Ok(Device::open_or_create(dir.join(format!("{name}.db")), &key, Address::new(name, 1)?, now())?)
+}
+
+/// Decrypts, "stores" the plaintext (prints it), then commits.
+fn receive(to: &Device, from: &Device, wire: &[u8], label: &str) -> Result<(), DeviceError> {
+    let pending = to.decrypt(from.address(), wire)?;
+    println!(
+        "{:<5} <- {:<5} {label} ({} bytes): {}",
+        to.address().user_id(),
+        from.address().user_id(),
+        wire.len(),
+        String::from_utf8_lossy(pending.plaintext())
+    );
+    to.commit(pending)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::args().nth(1).map_or_else(|| PathBuf::from("target/quickstart"), PathBuf::from);
+    std::fs::create_dir_all(&dir)?;
+    let alice = open(&dir, "alice")?;
+    let bob = open(&dir, "bob")?;
+    bob.refill_prekeys(5, 20, now())?;
+
+    if alice.has_session(bob.address())? {
+        println!("alice :  session with bob found in {}: continuing the conversation", dir.display());
+    } else {
+        // Bob's server hands Alice a bundle; it is verified completely before use.
+        let bundle = bob.prekey_bundle()?;
+        alice.start_session(&bundle)?;
+        println!("alice :  fetched bob's bundle ({} bytes), verified it, opened a PQXDH session", bundle.len());
+    }
 
     // Alice sends three messages; the network delivers them 3, 1, 2.
-    let first = alice.peer.encrypt(&mut rng, b"Hi Bob!")?;
-    let second = alice.peer.encrypt(&mut rng, b"Are you there?")?;
-    let third = alice.peer.encrypt(&mut rng, b"Meet at noon.")?;
-    for (n, wire) in [(3, &third), (1, &first), (2, &second)] {
-        let text = bob.receive(&mut rng, wire)?;
-        println!("bob   <- alice #{n} ({} bytes on the wire, with the PQXDH header): {text}", wire.len());
+    let stamp = now();
+    let texts = [format!("Hi Bob! ({stamp})"), "Are you there?".to_owned(), "Meet at noon.".to_owned()];
+    let sent: Vec<Vec<u8>> =
+        texts.iter().map(|t| alice.encrypt(bob.address(), t.as_bytes())).collect::<Result<_, _>>()?;
+    for n in [2, 0, 1] {
+        if let Some(wire) = sent.get(n) {
+            receive(&bob, &alice, wire, &format!("#{}", n + 1))?;
+        }
     }
-    let (x25519_left, mlkem_left) = bob.prekeys.one_time_counts();
+    let (x25519_left, mlkem_left) = bob.prekey_counts()?;
     println!("bob   :  one-time prekeys left: {x25519_left} X25519, {mlkem_left} ML-KEM");
 
-    // A redelivery is reported as a duplicate, never decrypted twice.
-    match bob.receive(&mut rng, &first) {
-        Err(SessionError::Decrypt(DecryptError::Duplicate { counter })) => {
-            println!("bob   :  message #1 redelivered: duplicate (counter {counter})")
+    // A redelivery after the commit is a duplicate, never decrypted twice.
+    if let Some(first) = sent.first() {
+        match bob.decrypt(alice.address(), first) {
+            Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { counter }))) => {
+                println!("bob   :  #1 redelivered: duplicate (counter {counter})")
+            }
+            other => return Err(format!("expected a duplicate, got {other:?}").into()),
         }
-        other => return Err(format!("expected a duplicate, got {other:?}").into()),
     }
 
     // Bob replies; a tampered copy is rejected and changes nothing.
-    let reply = bob.peer.encrypt(&mut rng, b"Noon works.")?;
+    let reply = bob.encrypt(alice.address(), b"Noon works.")?;
     let mut tampered = reply.clone();
     if let Some(last) = tampered.last_mut() {
         *last ^= 0x01;
     }
-    match alice.receive(&mut rng, &tampered) {
-        Err(SessionError::Decrypt(DecryptError::Unauthenticated)) => println!("alice :  tampered reply rejected"),
+    match alice.decrypt(bob.address(), &tampered) {
+        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Unauthenticated))) => {
+            println!("alice :  tampered reply rejected")
+        }
         other => return Err(format!("expected a rejection, got {other:?}").into()),
     }
-    println!("alice <- bob   ({} bytes on the wire): {}", reply.len(), alice.receive(&mut rng, &reply)?);
+    receive(&alice, &bob, &reply, "reply")?;
 
-    // Now that Alice heard back, her messages no longer carry the prekey header.
-    let next = alice.peer.encrypt(&mut rng, b"See you.")?;
-    println!("bob   <- alice ({} bytes on the wire): {}", next.len(), bob.receive(&mut rng, &next)?);
+    // Bob was offline: five queued messages are decrypted and committed in one transaction.
+    let queue: Vec<(Address, Vec<u8>)> = (1..=5)
+        .map(|i| Ok((alice.address().clone(), alice.encrypt(bob.address(), format!("queued {i}").as_bytes())?)))
+        .collect::<Result<_, DeviceError>>()?;
+    let batch = bob.decrypt_batch(&queue)?;
+    let delivered = batch.results().iter().filter(|r| r.is_ok()).count();
+    bob.commit_batch(batch)?;
+    println!("bob   :  decrypted and committed a batch of {delivered} queued messages in one transaction");
 
     // Both compare safety numbers, read aloud or scanned.
-    let on_alice = SafetyNumber::new(alice.name, &alice.identity.public_key(), bob.name, &bundle.identity_key());
-    let on_bob = SafetyNumber::new(bob.name, &bob.identity.public_key(), alice.name, &alice.identity.public_key());
+    let on_alice = alice.safety_number(bob.address())?;
+    let on_bob = bob.safety_number(alice.address())?;
     println!("alice :  safety number {}", on_alice.display());
     println!("bob   :  safety number {}", on_bob.display());
     on_alice.compare_scanned(&on_bob.scannable())?;
-    println!("alice :  scanned bob's code: match");
+    println!("alice :  scanned bob's code: match. Run again to continue from {}", dir.display());
     Ok(())
 }
