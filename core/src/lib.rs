@@ -24,6 +24,8 @@ pub mod device;
 mod error;
 pub mod fingerprint;
 mod handshake;
+#[cfg(feature = "hazmat")]
+pub mod hazmat;
 mod kdf;
 pub mod keys;
 pub mod limits;

@@ -1,0 +1,619 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+//! Crash consistency, tested for real: a scripted two-device conversation
+//! runs in a child process on SQLite, and the parent kills it with SIGKILL at
+//! random points and restarts it, hundreds of times. Afterwards the durable
+//! state must show that no message was lost, none reached the app twice, no
+//! message key encrypted two plaintexts, and the conversation goes on.
+//!
+//! The child is this test binary itself, re-executed on the test
+//! [`crash_child`] with an environment variable naming its directory. It is
+//! idempotent: every run resumes from what is on disk.
+//!
+//! - Devices: `a.db` (alice) and `b.db` (bob), SQLite stores of the library.
+//! - The "server" and the "app": `app.db` (rusqlite, WAL, `synchronous=FULL`):
+//!   `network` (the server's queue, one row per enqueued ciphertext with its
+//!   sequence number and the content it carries), `cursor` (each receiver's
+//!   ack pointer), `inbox` (the app's stored plaintexts, keyed by sequence
+//!   number), `outbox` (encryption attempts), `stats`, `violations`.
+//!
+//! `SAMIZDAT_CRASH_ITERATIONS` sets the number of kills (200 by default),
+//! `SAMIZDAT_CRASH_SEED` the seed of the kill delays.
+#![cfg(unix)]
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use samizdat::{
+    DecryptError, SessionError,
+    address::Address,
+    device::{Device, DeviceError},
+    rand_core::Rng,
+    store::StoreError,
+    wire::Message,
+};
+
+/// Set in a child process: the directory of the conversation to run.
+const CHILD_ENV: &str = "SAMIZDAT_CRASH_CHILD";
+/// Set in a child process: a database to try to open while the parent holds it.
+const LOCK_CHILD_ENV: &str = "SAMIZDAT_LOCK_CHILD";
+const ITERATIONS_ENV: &str = "SAMIZDAT_CRASH_ITERATIONS";
+const SEED_ENV: &str = "SAMIZDAT_CRASH_SEED";
+const DEFAULT_ITERATIONS: u64 = 200;
+const DEFAULT_SEED: u64 = 0x5a31_2dad_c7a5_4e01;
+
+/// Steps of the scripted conversation.
+const STEPS: usize = 150;
+const KEY_A: [u8; 32] = [0xa1; 32];
+const KEY_B: [u8; 32] = [0xb2; 32];
+
+/// Exit code of a child that found a violation (also recorded in `violations`).
+const EXIT_VIOLATION: i32 = 3;
+/// Exit codes of the lock child.
+const EXIT_LOCKED: i32 = 10;
+const EXIT_OPENED: i32 = 11;
+const EXIT_OPENED_NO_SESSION: i32 = 12;
+const EXIT_OTHER_ERROR: i32 = 13;
+
+const APP_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS network (
+        seq INTEGER PRIMARY KEY, dir INTEGER NOT NULL, idx INTEGER NOT NULL,
+        ciphertext BLOB NOT NULL, content BLOB NOT NULL, UNIQUE (dir, idx));
+    CREATE TABLE IF NOT EXISTS cursor (dir INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY, dir INTEGER NOT NULL, content BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS outbox (
+        dir INTEGER NOT NULL, idx INTEGER NOT NULL, attempts INTEGER NOT NULL, PRIMARY KEY (dir, idx));
+    CREATE TABLE IF NOT EXISTS stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS violations (id INTEGER PRIMARY KEY, what TEXT NOT NULL);
+";
+
+fn alice() -> Address {
+    Address::new("alice", 1).unwrap()
+}
+
+fn bob() -> Address {
+    Address::new("bob", 1).unwrap()
+}
+
+/// A direction of the conversation: 0 is alice -> bob, 1 is bob -> alice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    AliceToBob = 0,
+    BobToAlice = 1,
+}
+
+impl Dir {
+    fn from_index(index: i64) -> Self {
+        if index == 0 { Self::AliceToBob } else { Self::BobToAlice }
+    }
+
+    fn index(self) -> i64 {
+        self as i64
+    }
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::AliceToBob => ("alice", "bob"),
+            Self::BobToAlice => ("bob", "alice"),
+        }
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Step `s` of the script: who sends, and how many messages (1 to 3).
+fn step(s: usize) -> (Dir, u64) {
+    let mut state = 0xc0ff_ee00 ^ s as u64;
+    let h = splitmix(&mut state);
+    // Bob can send only after alice's first message reached him.
+    let dir = if s == 0 || h & 1 == 0 { Dir::AliceToBob } else { Dir::BobToAlice };
+    (dir, 1 + (h >> 1) % 3)
+}
+
+/// How many messages each direction has enqueued once step `s` is done.
+fn enqueued_after(s: usize) -> [u64; 2] {
+    let mut totals = [0u64; 2];
+    for t in 0..=s {
+        let (dir, k) = step(t);
+        totals[dir.index() as usize] += k;
+    }
+    totals
+}
+
+fn open_app(dir: &Path) -> Connection {
+    let app = Connection::open(dir.join("app.db")).unwrap();
+    app.busy_timeout(Duration::from_secs(5)).unwrap();
+    app.pragma_update(None, "journal_mode", "WAL").unwrap();
+    app.pragma_update(None, "synchronous", "FULL").unwrap();
+    app.execute_batch(APP_SCHEMA).unwrap();
+    app
+}
+
+fn stat(app: &Connection, key: &str) -> i64 {
+    app.query_row("SELECT value FROM stats WHERE key = ?1", params![key], |r| r.get(0)).optional().unwrap().unwrap_or(0)
+}
+
+fn add_stat(app: &Connection, key: &str, by: i64) -> rusqlite::Result<usize> {
+    app.execute(
+        "INSERT INTO stats (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = value + ?2",
+        params![key, by],
+    )
+}
+
+fn violations(app: &Connection) -> Vec<String> {
+    let mut statement = app.prepare("SELECT what FROM violations ORDER BY id").unwrap();
+    statement.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+// ---------------------------------------------------------------- the child
+
+/// The child's entry point: a no-op in a normal test run.
+#[test]
+fn crash_child() {
+    if let Some(path) = std::env::var_os(LOCK_CHILD_ENV) {
+        lock_child(Path::new(&path));
+    }
+    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+    let dir = PathBuf::from(dir);
+    let app = open_app(&dir);
+    if let Err(what) = conversation(&dir, &app) {
+        // Durable before the exit, so the parent sees it whatever happens next.
+        app.execute("INSERT INTO violations (what) VALUES (?1)", params![what]).unwrap();
+        eprintln!("violation: {what}");
+        std::process::exit(EXIT_VIOLATION);
+    }
+}
+
+/// Runs (or resumes) the whole script; `Err` is a violation of the contract.
+fn conversation(dir: &Path, app: &Connection) -> Result<(), String> {
+    if stat(app, "done") != 0 {
+        return Ok(());
+    }
+    let a = Device::open_or_create(dir.join("a.db"), &KEY_A, alice(), 0).map_err(|e| format!("open alice: {e:?}"))?;
+    let b = Device::open_or_create(dir.join("b.db"), &KEY_B, bob(), 0).map_err(|e| format!("open bob: {e:?}"))?;
+    if !a.has_session(&bob()).map_err(|e| format!("has_session: {e:?}"))? {
+        let bundle = b.prekey_bundle().map_err(|e| format!("bundle: {e:?}"))?;
+        a.start_session(&bundle).map_err(|e| format!("start_session: {e:?}"))?;
+    }
+    let first = usize::try_from(stat(app, "step")).unwrap();
+    for s in first..STEPS {
+        let (dir, _) = step(s);
+        let (sender, receiver) = match dir {
+            Dir::AliceToBob => (&a, &b),
+            Dir::BobToAlice => (&b, &a),
+        };
+        send(app, sender, receiver.address(), dir, enqueued_after(s)[dir.index() as usize])?;
+        receive(app, receiver, sender.address(), dir)?;
+        app.execute("INSERT OR REPLACE INTO stats (key, value) VALUES ('step', ?1)", params![s as i64 + 1])
+            .map_err(|e| e.to_string())?;
+    }
+    app.execute("INSERT OR REPLACE INTO stats (key, value) VALUES ('done', 1)", []).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Sends until `dir` has `target` messages on the network. The next index is
+/// what the network holds: a ciphertext lost in a crash (encrypted, never
+/// enqueued) is simply made again, with a new key and a new attempt nonce.
+fn send(app: &Connection, sender: &Device, to: &Address, dir: Dir, target: u64) -> Result<(), String> {
+    let (from_name, to_name) = dir.names();
+    loop {
+        let next: i64 = app
+            .query_row("SELECT COUNT(*) FROM network WHERE dir = ?1", params![dir.index()], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        if next as u64 >= target {
+            return Ok(());
+        }
+        app.execute(
+            "INSERT INTO outbox (dir, idx, attempts) VALUES (?1, ?2, 1)
+             ON CONFLICT (dir, idx) DO UPDATE SET attempts = attempts + 1",
+            params![dir.index(), next],
+        )
+        .map_err(|e| e.to_string())?;
+        let nonce = samizdat::os_rng().next_u64();
+        let content = format!("{from_name}->{to_name} #{next} {nonce:016x}");
+        let ciphertext =
+            sender.encrypt(to, content.as_bytes()).map_err(|e| format!("encrypt {dir:?} #{next}: {e:?}"))?;
+        app.execute(
+            "INSERT INTO network (dir, idx, ciphertext, content) VALUES (?1, ?2, ?3, ?4)",
+            params![dir.index(), next, ciphertext, content.as_bytes()],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+}
+
+/// Receives everything queued for `dir` past the receiver's ack pointer:
+/// decrypt, store in the inbox, commit, ack.
+fn receive(app: &Connection, receiver: &Device, from: &Address, dir: Dir) -> Result<(), String> {
+    let cursor: i64 = app
+        .query_row("SELECT seq FROM cursor WHERE dir = ?1", params![dir.index()], |r| r.get(0))
+        .optional()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    let queued: Vec<(i64, Vec<u8>, Vec<u8>)> = {
+        let mut statement = app
+            .prepare("SELECT seq, ciphertext, content FROM network WHERE dir = ?1 AND seq > ?2 ORDER BY seq")
+            .map_err(|e| e.to_string())?;
+        statement
+            .query_map(params![dir.index(), cursor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| e.to_string())?
+    };
+    let ack = |seq: i64, stat: &str| -> Result<(), String> {
+        let tx = app.unchecked_transaction().map_err(|e| e.to_string())?;
+        tx.execute("INSERT OR REPLACE INTO cursor (dir, seq) VALUES (?1, ?2)", params![dir.index(), seq])
+            .map_err(|e| e.to_string())?;
+        add_stat(&tx, stat, 1).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())
+    };
+    for (seq, ciphertext, content) in queued {
+        match receiver.decrypt(from, &ciphertext) {
+            Ok(pending) => {
+                if pending.plaintext() != content.as_slice() {
+                    return Err(format!("seq {seq} decrypted to something else than was sent"));
+                }
+                let stored = app
+                    .execute(
+                        "INSERT OR IGNORE INTO inbox (seq, dir, content) VALUES (?1, ?2, ?3)",
+                        params![seq, dir.index(), pending.plaintext()],
+                    )
+                    .map_err(|e| e.to_string())?;
+                if stored == 0 {
+                    // Stored before a crash that hit before the commit: the
+                    // documented redelivery. The app's idempotent store absorbs it.
+                    let kept: Vec<u8> = app
+                        .query_row("SELECT content FROM inbox WHERE seq = ?1", params![seq], |r| r.get(0))
+                        .map_err(|e| e.to_string())?;
+                    if kept != content {
+                        return Err(format!("seq {seq}: inbox holds another plaintext"));
+                    }
+                    add_stat(app, "redecrypted", 1).map_err(|e| e.to_string())?;
+                }
+                receiver.commit(pending).map_err(|e| format!("commit seq {seq}: {e:?}"))?;
+                ack(seq, "received")?;
+            }
+            Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. }))) => {
+                // Committed before a crash that hit before the ack: the app
+                // must have stored it, or the message is lost.
+                let kept: Option<Vec<u8>> = app
+                    .query_row("SELECT content FROM inbox WHERE seq = ?1", params![seq], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| e.to_string())?;
+                match kept {
+                    Some(kept) if kept == content => ack(seq, "duplicates")?,
+                    Some(_) => return Err(format!("seq {seq}: duplicate, and the inbox holds another plaintext")),
+                    None => return Err(format!("seq {seq}: reported duplicate but never stored: lost")),
+                }
+            }
+            Err(e) => return Err(format!("decrypt {dir:?} seq {seq}: {e:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Tries to open a database the parent holds and says by exit code what happened.
+fn lock_child(path: &Path) -> ! {
+    let code = match Device::open(path, &KEY_A) {
+        Err(DeviceError::Store(StoreError::Locked)) => EXIT_LOCKED,
+        Ok(device) => match device.has_session(&bob()) {
+            Ok(true) => EXIT_OPENED,
+            _ => EXIT_OPENED_NO_SESSION,
+        },
+        Err(e) => {
+            eprintln!("lock child: {e:?}");
+            EXIT_OTHER_ERROR
+        }
+    };
+    std::process::exit(code)
+}
+
+// --------------------------------------------------------------- the parent
+
+fn child_command(var: &str, value: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .env_remove(if var == CHILD_ENV { LOCK_CHILD_ENV } else { CHILD_ENV })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+enum Outcome {
+    Killed,
+    Finished,
+}
+
+/// Runs the child on `dir`, killing it after `delay` (or letting it finish).
+fn run_child(dir: &Path, delay: Option<Duration>) -> Outcome {
+    let mut child = child_command(CHILD_ENV, dir).spawn().unwrap();
+    if let Some(delay) = delay {
+        std::thread::sleep(delay);
+        // SIGKILL; a child that already exited is reaped below all the same.
+        child.kill().unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let app = open_app(dir);
+    let found = violations(&app);
+    assert!(found.is_empty(), "violations in {}: {found:#?}\nchild stderr:\n{stderr}", dir.display());
+    match (output.status.code(), output.status.signal()) {
+        (Some(0), _) => {
+            assert_eq!(stat(&app, "done"), 1, "the child exited without finishing:\n{stderr}");
+            Outcome::Finished
+        }
+        (None, Some(9)) => Outcome::Killed,
+        (code, signal) => panic!("child failed (code {code:?}, signal {signal:?}):\n{stderr}"),
+    }
+}
+
+/// Where the conversation stands, to see that kills keep making progress.
+fn progress(dir: &Path) -> i64 {
+    let app = open_app(dir);
+    let network: i64 = app.query_row("SELECT COUNT(*) FROM network", [], |r| r.get(0)).unwrap();
+    let acked: i64 = app.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0)).unwrap();
+    let cursors: i64 = app.query_row("SELECT COALESCE(SUM(seq), 0) FROM cursor", [], |r| r.get(0)).unwrap();
+    let attempts: i64 = app.query_row("SELECT COALESCE(SUM(attempts), 0) FROM outbox", [], |r| r.get(0)).unwrap();
+    network + acked + cursors + attempts + stat(&app, "step")
+}
+
+#[derive(Debug, Default)]
+struct RoundStats {
+    messages: u64,
+    duplicates: u64,
+    redecrypted: u64,
+    reencrypted: u64,
+    redelivered_refused: u64,
+}
+
+/// Checks a finished conversation from its durable tables and its stores.
+fn verify(dir: &Path) -> RoundStats {
+    let app = open_app(dir);
+    assert!(violations(&app).is_empty());
+    assert_eq!(stat(&app, "done"), 1);
+
+    type Row = (i64, i64, i64, Vec<u8>, Vec<u8>);
+    let network: Vec<Row> = {
+        let mut statement = app.prepare("SELECT seq, dir, idx, ciphertext, content FROM network ORDER BY seq").unwrap();
+        statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let inbox: BTreeMap<i64, (i64, Vec<u8>)> = {
+        let mut statement = app.prepare("SELECT seq, dir, content FROM inbox").unwrap();
+        statement.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+
+    // The script ran in full: every index of each direction, once.
+    let expected = enqueued_after(STEPS - 1);
+    for d in [Dir::AliceToBob, Dir::BobToAlice] {
+        let indices: Vec<i64> = network.iter().filter(|m| m.1 == d.index()).map(|m| m.2).collect();
+        assert_eq!(indices, (0..expected[d.index() as usize] as i64).collect::<Vec<_>>(), "{d:?}");
+        let last = network.iter().filter(|m| m.1 == d.index()).map(|m| m.0).max().unwrap();
+        let cursor: i64 =
+            app.query_row("SELECT seq FROM cursor WHERE dir = ?1", params![d.index()], |r| r.get(0)).unwrap();
+        assert_eq!(cursor, last, "{d:?}: everything was acknowledged");
+    }
+
+    // 1. Nothing lost: every enqueued message is in the inbox with its content.
+    // 2. Nothing twice: one inbox row per message, no content twice.
+    assert_eq!(inbox.len(), network.len(), "inbox rows that no network message explains");
+    for (seq, d, _, _, content) in &network {
+        let (inbox_dir, stored) = inbox.get(seq).unwrap_or_else(|| panic!("seq {seq} lost"));
+        assert_eq!((inbox_dir, stored), (d, content), "seq {seq}");
+    }
+    let distinct: HashSet<&Vec<u8>> = inbox.values().map(|(_, c)| c).collect();
+    assert_eq!(distinct.len(), inbox.len(), "a plaintext delivered twice");
+
+    // 3. No key or nonce used twice: no two ciphertexts alike, and no two
+    // bodies whose XOR is the XOR of their padded plaintexts.
+    let distinct: HashSet<&Vec<u8>> = network.iter().map(|m| &m.3).collect();
+    assert_eq!(distinct.len(), network.len(), "two identical ciphertexts");
+    let bodies: Vec<(i64, Vec<u8>, Vec<u8>)> = network
+        .iter()
+        .map(|(_, d, _, ciphertext, content)| {
+            let body = match Message::from_bytes(ciphertext).unwrap() {
+                Message::Ratchet(m) => m.body().to_vec(),
+                Message::PreKey(p) => p.message().body().to_vec(),
+            };
+            let mut padded = content.clone();
+            padded.push(0x80);
+            padded.resize(body.len() - 16, 0);
+            (*d, body, padded)
+        })
+        .collect();
+    for (i, (d1, body1, pad1)) in bodies.iter().enumerate() {
+        for (d2, body2, pad2) in &bodies[i + 1..] {
+            let len = body1.len().min(body2.len()) - 16;
+            let same_keystream = (0..len).all(|k| body1[k] ^ body2[k] == pad1[k] ^ pad2[k]);
+            assert!(!same_keystream, "two messages ({d1} and {d2}) encrypted with the same key and nonce");
+        }
+    }
+
+    let stats = RoundStats {
+        messages: network.len() as u64,
+        duplicates: stat(&app, "duplicates") as u64,
+        redecrypted: stat(&app, "redecrypted") as u64,
+        reencrypted: app
+            .query_row("SELECT COALESCE(SUM(attempts - 1), 0) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64,
+        redelivered_refused: network.len() as u64,
+    };
+    drop(app);
+
+    // A redelivery of any acknowledged message never decrypts again, and
+    // 4. the conversation continues, both ways.
+    let a = Device::open(dir.join("a.db"), &KEY_A).unwrap();
+    let b = Device::open(dir.join("b.db"), &KEY_B).unwrap();
+    for (_, d, _, ciphertext, _) in &network {
+        let result = match Dir::from_index(*d) {
+            Dir::AliceToBob => b.decrypt(&alice(), ciphertext),
+            Dir::BobToAlice => a.decrypt(&bob(), ciphertext),
+        };
+        assert!(result.is_err(), "an acknowledged message decrypted again: {result:?}");
+    }
+    let wire = a.encrypt(&bob(), b"after the crashes, alice").unwrap();
+    let pending = b.decrypt(&alice(), &wire).unwrap();
+    assert_eq!(pending.plaintext(), b"after the crashes, alice");
+    b.commit(pending).unwrap();
+    let wire = b.encrypt(&alice(), b"after the crashes, bob").unwrap();
+    let pending = a.decrypt(&bob(), &wire).unwrap();
+    assert_eq!(pending.plaintext(), b"after the crashes, bob");
+    a.commit(pending).unwrap();
+    stats
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    let value = value.trim();
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => value.parse().ok(),
+    }
+}
+
+fn fresh_dir(base: &Path, round: u64) -> PathBuf {
+    let dir = base.join(format!("round-{round}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn killed_at_random_points_nothing_is_lost_or_decrypted_twice() {
+    let started = Instant::now();
+    let iterations = env_u64(ITERATIONS_ENV).unwrap_or(DEFAULT_ITERATIONS);
+    let seed = env_u64(SEED_ENV).unwrap_or(DEFAULT_SEED);
+    let mut rng = seed;
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+
+    let mut round = 0;
+    let mut dir = fresh_dir(&base, round);
+    let mut kills = 0u64;
+    let mut kills_before_first_message = 0u64;
+    let mut finished_rounds = 0u64;
+    let mut totals = RoundStats::default();
+    let mut stalled = 0u32;
+    let mut last_progress = progress(&dir);
+    let add = |totals: &mut RoundStats, stats: RoundStats| {
+        totals.messages += stats.messages;
+        totals.duplicates += stats.duplicates;
+        totals.redecrypted += stats.redecrypted;
+        totals.reencrypted += stats.reencrypted;
+        totals.redelivered_refused += stats.redelivered_refused;
+    };
+
+    while kills < iterations {
+        // Mostly short delays, so kills land in start-up, device creation,
+        // session setup and every phase of a step; now and then a longer one,
+        // so rounds also finish. A run of kills without progress (a slow
+        // machine) lengthens them.
+        let r = splitmix(&mut rng);
+        let mut millis = if r % 8 == 0 { 40 + (r >> 8) % 120 } else { 2 + (r >> 8) % 39 };
+        millis <<= stalled / 8;
+        match run_child(&dir, Some(Duration::from_millis(millis))) {
+            Outcome::Killed => {
+                kills += 1;
+                let now = progress(&dir);
+                if now == 0 {
+                    kills_before_first_message += 1;
+                }
+                stalled = if now == last_progress { stalled + 1 } else { 0 };
+                last_progress = now;
+            }
+            Outcome::Finished => {
+                add(&mut totals, verify(&dir));
+                finished_rounds += 1;
+                round += 1;
+                dir = fresh_dir(&base, round);
+                stalled = 0;
+                last_progress = progress(&dir);
+            }
+        }
+    }
+    // The last round runs to completion without a kill, then is checked.
+    assert!(matches!(run_child(&dir, None), Outcome::Finished));
+    add(&mut totals, verify(&dir));
+    let rounds = finished_rounds + 1;
+
+    println!(
+        "crash test: seed {seed:#x}, {kills} kills ({kills_before_first_message} before any message was sent), \
+         {rounds} rounds ({finished_rounds} finished between kills), {} messages, {} duplicates reported after \
+         a crash between commit and ack, {} re-decryptions after a crash between store and commit, {} \
+         re-encryptions after a crash between attempt and enqueue, {} redeliveries refused; {:.1} s",
+        totals.messages,
+        totals.duplicates,
+        totals.redecrypted,
+        totals.reencrypted,
+        totals.redelivered_refused,
+        started.elapsed().as_secs_f64(),
+    );
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn a_second_process_gets_locked_out() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("held.db");
+    let try_open = || {
+        let output = child_command(LOCK_CHILD_ENV, &path).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    let a = Device::create(&path, &KEY_A, alice(), 0).unwrap();
+    let b = Device::create(dir.join("b.db"), &KEY_B, bob(), 0).unwrap();
+    a.start_session(&b.prekey_bundle().unwrap()).unwrap();
+
+    let (code, stderr) = try_open();
+    assert_eq!(code, Some(EXIT_LOCKED), "a second process must get StoreError::Locked:\n{stderr}");
+
+    // The holder goes on undisturbed, in both directions.
+    for i in 0..3 {
+        let wire = a.encrypt(&bob(), format!("to bob {i}").as_bytes()).unwrap();
+        let pending = b.decrypt(&alice(), &wire).unwrap();
+        b.commit(pending).unwrap();
+        let wire = b.encrypt(&alice(), format!("to alice {i}").as_bytes()).unwrap();
+        let pending = a.decrypt(&bob(), &wire).unwrap();
+        assert_eq!(pending.plaintext(), format!("to alice {i}").as_bytes());
+        a.commit(pending).unwrap();
+    }
+    let (code, stderr) = try_open();
+    assert_eq!(code, Some(EXIT_LOCKED), "still locked:\n{stderr}");
+    let check = Connection::open(&path).unwrap();
+    let integrity: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(integrity, "ok");
+    drop(check);
+
+    // Released with the device: another process opens it, session intact.
+    drop(a);
+    let (code, stderr) = try_open();
+    assert_eq!(code, Some(EXIT_OPENED), "after the holder closed it:\n{stderr}");
+    let a = Device::open(&path, &KEY_A).unwrap();
+    let wire = a.encrypt(&bob(), b"still here").unwrap();
+    assert_eq!(b.decrypt(&alice(), &wire).unwrap().plaintext(), b"still here");
+    drop((a, b));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
