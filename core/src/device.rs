@@ -423,7 +423,7 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         let (_, mut record) = self.load_record(&row)?;
-        record.initiate(&mut crate::os_rng(), &self.identity, &bundle)?;
+        record.initiate(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
         self.backend.apply(&[self.record_write(&row, &peer, &record)])?;
         Ok(peer)
     }
@@ -496,7 +496,8 @@ impl<B: Backend> Device<B> {
         let row = self.sealer.address_key(peer);
         let (_, record) = self.load_record(&row)?;
         let (_, prekeys) = self.load_prekeys()?;
-        let pending = record.decrypt(&mut crate::os_rng(), &self.identity, &prekeys, ciphertext)?;
+        let pending =
+            record.decrypt(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, ciphertext)?;
         Ok(PendingMessage { peer: peer.clone(), pending })
     }
 
@@ -547,16 +548,18 @@ impl<B: Backend> Device<B> {
                 records.insert(row.clone(), (peer.clone(), loaded, record));
             }
             let Some((_, _, record)) = records.get_mut(&row) else { continue };
-            let result = record.decrypt(&mut rng, &self.identity, &prekeys, ciphertext).and_then(|pending| {
-                let plaintext = pending.plaintext().to_vec();
-                let consumed = pending.consumed_prekeys();
-                record.commit(pending)?;
-                if !consumed.is_empty() {
-                    prekeys.consume(&consumed);
-                    prekeys_changed = true;
-                }
-                Ok(plaintext)
-            });
+            let result = record.decrypt(&mut rng, &self.identity, &self.address, peer, &prekeys, ciphertext).and_then(
+                |pending| {
+                    let plaintext = pending.plaintext().to_vec();
+                    let consumed = pending.consumed_prekeys();
+                    record.commit(pending)?;
+                    if !consumed.is_empty() {
+                        prekeys.consume(&consumed);
+                        prekeys_changed = true;
+                    }
+                    Ok(plaintext)
+                },
+            );
             results.push(result);
         }
         Ok(PendingBatch { results, records, prekeys: prekeys_changed.then_some((loaded_prekeys, prekeys)) })
@@ -614,6 +617,11 @@ fn consume_checked(prekeys: &mut PreKeySet, consumed: &ConsumedPreKeys) -> Resul
         && !prekeys.has_pq_one_time_prekey(id)
     {
         return Err(SessionError::UnknownPreKey { kind: PreKeyKind::Pq, id });
+    }
+    if let Some((spk, base_key)) = &consumed.base_key
+        && prekeys.has_seen_base_key(*spk, base_key)
+    {
+        return Err(SessionError::DuplicatePreKeyMessage);
     }
     prekeys.consume(consumed);
     Ok(())

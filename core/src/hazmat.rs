@@ -175,6 +175,10 @@ pub struct TranscriptInput<'a> {
     pub base_key: &'a [u8; 32],
     /// `CT` (1568 bytes).
     pub pq_ciphertext: &'a [u8],
+    /// The initiator's address.
+    pub initiator_address: &'a crate::address::Address,
+    /// The responder's address.
+    pub responder_address: &'a crate::address::Address,
 }
 
 /// The PQXDH transcript bytes; `None` if a key is malformed.
@@ -197,6 +201,8 @@ pub fn pqxdh_transcript(input: &TranscriptInput<'_>) -> Option<Vec<u8>> {
         pq_prekey: &pq_prekey,
         base_key: &base,
         pq_ciphertext: &ct,
+        initiator_address: input.initiator_address,
+        responder_address: input.responder_address,
     };
     Some(transcript.to_bytes())
 }

@@ -51,3 +51,11 @@ pub const MAX_ONE_TIME_PREKEYS: usize = 200;
 /// remembers, to recognise a replayed first message after its session state
 /// was archived away.
 pub const MAX_SEEN_BASE_KEYS: usize = 1_000;
+
+/// The most base keys a device remembers for handshakes that used no one-time
+/// X25519 prekey (only the signed and possibly the last-resort keys), across
+/// all peers. Such a first message carries nothing that is used up, so its
+/// base key is the only thing that stops a replay from building a second
+/// session; entries go when their signed prekey is rotated away, and the
+/// oldest go first past this limit.
+pub const MAX_REMEMBERED_BASE_KEYS: usize = 10_000;

@@ -11,7 +11,10 @@
 //! unverified bundle type to misuse. [`PreKeySet`] holds the secret halves on
 //! the device that published them.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+};
 
 use prost::Message as _;
 use rand_core::CryptoRng;
@@ -26,7 +29,7 @@ use crate::{
         IdentityKey, IdentityKeyPair, KeyError, MlKemKeyPair, MlKemPublicKey, SIGNATURE_LEN, X25519PublicKey,
         X25519Secret, fixed,
     },
-    limits::{MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_SIGNED_PREKEYS},
+    limits::{MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_REMEMBERED_BASE_KEYS, MAX_SIGNED_PREKEYS},
     wire::WIRE_VERSION,
 };
 
@@ -112,6 +115,11 @@ impl PreKeyBundle {
     /// The owner's identity key.
     pub fn identity_key(&self) -> IdentityKey {
         self.identity_key
+    }
+
+    /// The id of the signed X25519 prekey.
+    pub fn signed_prekey_id(&self) -> u32 {
+        self.signed_prekey_id
     }
 
     /// The id of the one-time X25519 prekey, if the bundle has one.
@@ -230,20 +238,25 @@ fn x25519_public(bytes: &[u8]) -> Result<X25519PublicKey, KeyError> {
     Ok(key)
 }
 
-/// The prekeys a handshake used up: deleted together with storing the new
-/// session, never before.
+/// What a handshake used up, applied to the prekey set together with
+/// storing the new session, never before: one-time prekeys to delete, and
+/// for a handshake without a one-time X25519 prekey, its base key to
+/// remember (with the id of the signed prekey it used).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumedPreKeys {
     /// The one-time X25519 prekey, if one was used.
     pub one_time: Option<u32>,
     /// The one-time ML-KEM prekey, if one was used (a last-resort key is never consumed).
     pub pq_one_time: Option<u32>,
+    /// `(signed prekey id, base key)` to remember, for a handshake that used
+    /// no one-time X25519 prekey.
+    pub base_key: Option<(u32, X25519PublicKey)>,
 }
 
 impl ConsumedPreKeys {
     /// Whether nothing was consumed.
     pub fn is_empty(&self) -> bool {
-        self.one_time.is_none() && self.pq_one_time.is_none()
+        self.one_time.is_none() && self.pq_one_time.is_none() && self.base_key.is_none()
     }
 }
 
@@ -290,6 +303,8 @@ pub struct PreKeySet {
     /// Oldest first; the last is current.
     last_resort: Vec<PqPreKeyPair>,
     next_id: u32,
+    /// `(signed prekey id, base key)`, oldest first (see [`MAX_REMEMBERED_BASE_KEYS`]).
+    seen_base_keys: VecDeque<(u32, X25519PublicKey)>,
 }
 
 impl PreKeySet {
@@ -302,6 +317,7 @@ impl PreKeySet {
             pq_one_time: BTreeMap::new(),
             last_resort: Vec::new(),
             next_id: 1,
+            seen_base_keys: VecDeque::new(),
         };
         // A fresh set has every id free; these cannot fail.
         let _ = set.rotate_signed_prekey(rng, identity, now);
@@ -332,7 +348,9 @@ impl PreKeySet {
             identity.sign(&kdf::prekey_signature_input(kdf::SIGNED_PREKEY_LABEL, id, key.public_key().as_bytes()));
         self.signed.push(SignedPreKeyPair { id, key, signature, created_at: now });
         if self.signed.len() > MAX_SIGNED_PREKEYS {
-            self.signed.remove(0);
+            let gone = self.signed.remove(0);
+            // A message naming a signed prekey that is gone fails anyway.
+            self.seen_base_keys.retain(|(spk, _)| *spk != gone.id);
         }
         Ok(id)
     }
@@ -465,13 +483,28 @@ impl PreKeySet {
         self.pq_one_time.contains_key(&id)
     }
 
-    /// Deletes the prekeys a committed handshake used.
+    /// Whether a handshake with this base key and signed prekey, and no
+    /// one-time X25519 prekey, was already committed.
+    pub fn has_seen_base_key(&self, signed_prekey_id: u32, base_key: &X25519PublicKey) -> bool {
+        self.seen_base_keys.iter().any(|(spk, key)| *spk == signed_prekey_id && key == base_key)
+    }
+
+    /// Applies what a committed handshake used: deletes its one-time
+    /// prekeys and remembers its base key if it had no one-time X25519 prekey.
     pub fn consume(&mut self, consumed: &ConsumedPreKeys) {
         if let Some(id) = consumed.one_time {
             self.one_time.remove(&id);
         }
         if let Some(id) = consumed.pq_one_time {
             self.pq_one_time.remove(&id);
+        }
+        if let Some((spk, base_key)) = consumed.base_key
+            && !self.has_seen_base_key(spk, &base_key)
+        {
+            self.seen_base_keys.push_back((spk, base_key));
+            while self.seen_base_keys.len() > MAX_REMEMBERED_BASE_KEYS {
+                self.seen_base_keys.pop_front();
+            }
         }
     }
 
@@ -504,6 +537,11 @@ impl PreKeySet {
             pq_one_time: self.pq_one_time.values().map(pq_record).collect(),
             last_resort: self.last_resort.iter().map(pq_record).collect(),
             next_id: self.next_id,
+            seen_base_keys: self
+                .seen_base_keys
+                .iter()
+                .map(|(spk, key)| storage::SeenBaseKey { signed_prekey_id: *spk, base_key: key.as_bytes().to_vec() })
+                .collect(),
         });
         let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
         let _ = record.encode(&mut *out);
@@ -565,7 +603,15 @@ impl PreKeySet {
             check_id(p.id)?;
             last_resort.push(pq_pair(p)?);
         }
-        Ok(Self { signed, one_time, pq_one_time, last_resort, next_id: record.next_id })
+        if record.seen_base_keys.len() > MAX_REMEMBERED_BASE_KEYS {
+            return Err(DecodeError::InvalidValue("seen_base_keys"));
+        }
+        let seen_base_keys = record
+            .seen_base_keys
+            .iter()
+            .map(|k| Ok((k.signed_prekey_id, X25519PublicKey::from_slice(&k.base_key, "seen_base_keys.base_key")?)))
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(Self { signed, one_time, pq_one_time, last_resort, next_id: record.next_id, seen_base_keys })
     }
 }
 

@@ -50,9 +50,10 @@ impl Device {
         &mut self,
         rng: &mut ChaCha20Rng,
         record: &mut SessionRecord,
+        from: &Address,
         wire: &[u8],
     ) -> Result<Vec<u8>, SessionError> {
-        let pending = record.decrypt(rng, &self.identity, &self.prekeys, wire)?;
+        let pending = record.decrypt(rng, &self.identity, &self.address, from, &self.prekeys, wire)?;
         let plaintext = pending.plaintext().to_vec();
         self.prekeys.consume(&pending.consumed_prekeys());
         record.commit(pending)?;
@@ -73,12 +74,12 @@ fn handshake(one_time: usize, use_last_resort: bool) {
     assert_eq!(bundle.pq_prekey().1, expected_kind);
 
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bundle).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bundle).unwrap();
     let first = a.encrypt(&mut rng, b"hello bob").unwrap();
     assert!(matches!(Message::from_bytes(&first).unwrap(), Message::PreKey(_)));
 
     let mut b = SessionRecord::new();
-    let pending = b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &first).unwrap();
+    let pending = b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &first).unwrap();
     assert_eq!(pending.plaintext(), b"hello bob");
     assert!(pending.is_new_session());
     assert_eq!(pending.sender_identity(), alice.identity.public_key());
@@ -94,19 +95,19 @@ fn handshake(one_time: usize, use_last_resort: bool) {
     // Alice keeps sending prekey messages until Bob's reply arrives; Bob takes them as ordinary messages.
     let second = a.encrypt(&mut rng, b"still there?").unwrap();
     assert!(matches!(Message::from_bytes(&second).unwrap(), Message::PreKey(_)));
-    assert_eq!(bob.receive(&mut rng, &mut b, &second).unwrap(), b"still there?");
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &second).unwrap(), b"still there?");
     let reply = b.encrypt(&mut rng, b"hi alice").unwrap();
     assert!(matches!(Message::from_bytes(&reply).unwrap(), Message::Ratchet(_)));
     let mut alice = alice;
-    assert_eq!(alice.receive(&mut rng, &mut a, &reply).unwrap(), b"hi alice");
+    assert_eq!(alice.receive(&mut rng, &mut a, &bob.address, &reply).unwrap(), b"hi alice");
     let third = a.encrypt(&mut rng, b"got it").unwrap();
     assert!(matches!(Message::from_bytes(&third).unwrap(), Message::Ratchet(_)));
-    assert_eq!(bob.receive(&mut rng, &mut b, &third).unwrap(), b"got it");
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &third).unwrap(), b"got it");
     assert_eq!(a.current_base_key(), b.current_base_key());
 
     // Replays of the first message are duplicates, not new sessions.
     assert_eq!(
-        bob.receive(&mut rng, &mut b, &first),
+        bob.receive(&mut rng, &mut b, &alice.address, &first),
         Err(SessionError::Decrypt(DecryptError::Duplicate { counter: 0 }))
     );
     assert_eq!(b.archived_states(), 0);
@@ -134,16 +135,16 @@ fn handshake_with_pq_one_time_but_no_x25519_one_time_prekey() {
         (vec![b1.one_time_prekey_id().unwrap(), b2.one_time_prekey_id().unwrap()], ())
     };
     for id in ids {
-        bob.prekeys.consume(&samizdat::prekeys::ConsumedPreKeys { one_time: Some(id), pq_one_time: None });
+        bob.prekeys.consume(&samizdat::prekeys::ConsumedPreKeys { one_time: Some(id), ..Default::default() });
     }
     let bundle = bob.bundle();
     assert_eq!(bundle.one_time_prekey_id(), None);
     assert_eq!(bundle.pq_prekey().1, PqPreKeyKind::OneTime);
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bundle).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bundle).unwrap();
     let first = a.encrypt(&mut rng, b"x").unwrap();
     let mut b = SessionRecord::new();
-    assert_eq!(bob.receive(&mut rng, &mut b, &first).unwrap(), b"x");
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &first).unwrap(), b"x");
 }
 
 #[test]
@@ -156,20 +157,20 @@ fn consumed_or_unknown_prekeys_are_typed_errors() {
     let (opk, pq) = (bundle.one_time_prekey_id().unwrap(), bundle.pq_prekey().0);
 
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bundle).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bundle).unwrap();
     let from_alice = a.encrypt(&mut rng, b"a").unwrap();
     let mut c = SessionRecord::new();
-    c.initiate(&mut rng, &carol.identity, &bundle).unwrap();
+    c.initiate(&mut rng, &carol.identity, &carol.address, &bundle).unwrap();
     let from_carol = c.encrypt(&mut rng, b"c").unwrap();
 
     // Alice's message is processed first and consumes both one-time keys.
     let mut b_alice = SessionRecord::new();
-    bob.receive(&mut rng, &mut b_alice, &from_alice).unwrap();
+    bob.receive(&mut rng, &mut b_alice, &alice.address, &from_alice).unwrap();
     // Carol's message names the same, now consumed, one-time prekey.
     let mut b_carol = SessionRecord::new();
     let before = b_carol.to_bytes();
     assert_eq!(
-        bob.receive(&mut rng, &mut b_carol, &from_carol),
+        bob.receive(&mut rng, &mut b_carol, &carol.address, &from_carol),
         Err(SessionError::UnknownPreKey { kind: PreKeyKind::OneTime, id: opk })
     );
     assert_eq!(*b_carol.to_bytes(), *before);
@@ -179,7 +180,7 @@ fn consumed_or_unknown_prekeys_are_typed_errors() {
     let mut dave = Device::new(&mut rng, "dave", 0);
     let bundle = dave.bundle();
     let mut a2 = SessionRecord::new();
-    a2.initiate(&mut rng, &alice.identity, &bundle).unwrap();
+    a2.initiate(&mut rng, &alice.identity, &alice.address, &bundle).unwrap();
     let msg = a2.encrypt(&mut rng, b"late").unwrap();
     for _ in 0..samizdat::limits::MAX_SIGNED_PREKEYS {
         let identity = IdentityKeyPair::from_seed(&dave.identity.to_seed());
@@ -187,7 +188,7 @@ fn consumed_or_unknown_prekeys_are_typed_errors() {
     }
     let mut d = SessionRecord::new();
     assert!(matches!(
-        dave.receive(&mut rng, &mut d, &msg),
+        dave.receive(&mut rng, &mut d, &alice.address, &msg),
         Err(SessionError::UnknownPreKey { kind: PreKeyKind::Signed, .. })
     ));
 }
@@ -202,19 +203,72 @@ fn replayed_prekey_message_after_its_state_was_archived_away_is_a_duplicate() {
     // Alice starts 12 sessions with Bob's last-resort key; Bob keeps 1 + 10 states.
     for i in 0..12u8 {
         let mut a = SessionRecord::new();
-        a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
+        a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
         let m = a.encrypt(&mut rng, &[i]).unwrap();
-        assert_eq!(bob.receive(&mut rng, &mut b, &m).unwrap(), vec![i]);
+        assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &m).unwrap(), vec![i]);
         firsts.push(m);
     }
     assert_eq!(b.archived_states(), samizdat::limits::MAX_ARCHIVED_STATES);
     let before = b.to_bytes();
-    assert_eq!(bob.receive(&mut rng, &mut b, &firsts[0]), Err(SessionError::DuplicatePreKeyMessage));
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &firsts[0]), Err(SessionError::DuplicatePreKeyMessage));
     assert_eq!(
-        bob.receive(&mut rng, &mut b, &firsts[11]),
+        bob.receive(&mut rng, &mut b, &alice.address, &firsts[11]),
         Err(SessionError::Decrypt(DecryptError::Duplicate { counter: 0 }))
     );
     assert_eq!(*b.to_bytes(), *before);
+}
+
+#[test]
+fn a_first_message_relabelled_with_another_sender_address_does_not_decrypt() {
+    let mut rng = rng(20);
+    let alice = Device::new(&mut rng, "alice", 0);
+    let carol = Device::new(&mut rng, "carol", 0);
+    let bob = Device::new(&mut rng, "bob", 1);
+    let mut a = SessionRecord::new();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
+    let first = a.encrypt(&mut rng, b"from alice").unwrap();
+    // The server claims the message comes from carol: the handshake binds
+    // both addresses, so Bob derives other keys and the message fails.
+    let b = SessionRecord::new();
+    assert_eq!(
+        b.decrypt(&mut rng, &bob.identity, &bob.address, &carol.address, &bob.prekeys, &first).unwrap_err(),
+        SessionError::Decrypt(DecryptError::Unauthenticated)
+    );
+    // Or delivers it to another device of Bob's user: also refused.
+    let other_bob_address = Address::new("bob", 2).unwrap();
+    assert_eq!(
+        b.decrypt(&mut rng, &bob.identity, &other_bob_address, &alice.address, &bob.prekeys, &first).unwrap_err(),
+        SessionError::Decrypt(DecryptError::Unauthenticated)
+    );
+    assert!(b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &first).is_ok());
+}
+
+#[test]
+fn a_replayed_first_message_without_one_time_prekey_is_a_duplicate_device_wide() {
+    let mut rng = rng(21);
+    let alice = Device::new(&mut rng, "alice", 0);
+    let mut bob = Device::new(&mut rng, "bob", 0);
+    let mut a = SessionRecord::new();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
+    let first = a.encrypt(&mut rng, b"once").unwrap();
+    let mut b = SessionRecord::new();
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &first).unwrap(), b"once");
+    // The record is lost (or the state archived away): the prekey set still
+    // remembers the base key, because nothing else was used up.
+    let mut fresh = SessionRecord::new();
+    let prekeys_before = bob.prekeys.to_bytes();
+    assert_eq!(bob.receive(&mut rng, &mut fresh, &alice.address, &first), Err(SessionError::DuplicatePreKeyMessage));
+    assert_eq!(*bob.prekeys.to_bytes(), *prekeys_before);
+    // It survives serialization, and goes when the signed prekey is rotated away.
+    let restored = PreKeySet::from_bytes(&bob.prekeys.to_bytes()).unwrap();
+    assert_eq!(*restored.to_bytes(), *bob.prekeys.to_bytes());
+    for _ in 0..samizdat::limits::MAX_SIGNED_PREKEYS {
+        bob.prekeys.rotate_signed_prekey(&mut rng, &bob.identity, 5_000).unwrap();
+    }
+    assert!(matches!(
+        bob.receive(&mut rng, &mut fresh, &alice.address, &first),
+        Err(SessionError::UnknownPreKey { kind: PreKeyKind::Signed, .. })
+    ));
 }
 
 #[test]
@@ -223,7 +277,7 @@ fn identity_change_needs_an_explicit_decision() {
     let alice = Device::new(&mut rng, "alice", 0);
     let mut bob = Device::new(&mut rng, "bob", 0);
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
     assert_eq!(a.trusted_identity(), Some(bob.identity.public_key()));
 
     // Bob reinstalls: a new identity for the same address.
@@ -231,7 +285,7 @@ fn identity_change_needs_an_explicit_decision() {
     let new_bundle = new_bob.bundle();
     let before = a.to_bytes();
     assert_eq!(
-        a.initiate(&mut rng, &alice.identity, &new_bundle),
+        a.initiate(&mut rng, &alice.identity, &alice.address, &new_bundle),
         Err(SessionError::UntrustedIdentity { identity: new_bob.identity.public_key() })
     );
     assert_eq!(*a.to_bytes(), *before);
@@ -239,20 +293,20 @@ fn identity_change_needs_an_explicit_decision() {
     // A prekey message from an unexpected identity is refused as well.
     let mut b = SessionRecord::new();
     let m = a.encrypt(&mut rng, b"hi").unwrap();
-    bob.receive(&mut rng, &mut b, &m).unwrap();
+    bob.receive(&mut rng, &mut b, &alice.address, &m).unwrap();
     let mut mallory_record = SessionRecord::new();
     let mallory = Device::new(&mut rng, "alice", 0);
-    mallory_record.initiate(&mut rng, &mallory.identity, &bob.bundle()).unwrap();
+    mallory_record.initiate(&mut rng, &mallory.identity, &mallory.address, &bob.bundle()).unwrap();
     let forged = mallory_record.encrypt(&mut rng, b"it's me").unwrap();
     assert_eq!(
-        bob.receive(&mut rng, &mut b, &forged),
+        bob.receive(&mut rng, &mut b, &mallory.address, &forged),
         Err(SessionError::UntrustedIdentity { identity: mallory.identity.public_key() })
     );
 
     // After the app's decision the new identity works.
     a.trust_identity(new_bob.identity.public_key());
     assert!(!a.has_session());
-    a.initiate(&mut rng, &alice.identity, &new_bundle).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &new_bundle).unwrap();
     assert!(a.has_session());
 }
 
@@ -262,18 +316,18 @@ fn stale_pending_and_uncommitted_decrypts() {
     let alice = Device::new(&mut rng, "alice", 0);
     let bob = Device::new(&mut rng, "bob", 1);
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
     let m1 = a.encrypt(&mut rng, b"one").unwrap();
     let m2 = a.encrypt(&mut rng, b"two").unwrap();
     let mut b = SessionRecord::new();
     // Not committed: the same message decrypts again, and nothing changed.
-    let p = b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &m1).unwrap();
+    let p = b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &m1).unwrap();
     drop(p);
-    let p1 = b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &m1).unwrap();
-    let p1_again = b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &m1).unwrap();
+    let p1 = b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &m1).unwrap();
+    let p1_again = b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &m1).unwrap();
     b.commit(p1).unwrap();
     assert_eq!(b.commit(p1_again).unwrap_err(), SessionError::StalePending);
-    let p2 = b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &m2).unwrap();
+    let p2 = b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &m2).unwrap();
     assert_eq!(p2.plaintext(), b"two");
     assert!(!p2.is_new_session());
     b.commit(p2).unwrap();
@@ -287,12 +341,15 @@ fn no_session_and_malformed() {
     assert_eq!(b.encrypt(&mut rng, b"x").unwrap_err(), SessionError::NoSession);
     let alice = Device::new(&mut rng, "alice", 0);
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
     let Message::PreKey(pk) = Message::from_bytes(&a.encrypt(&mut rng, b"x").unwrap()).unwrap() else { panic!() };
     let ratchet_only = Message::Ratchet(pk.message().clone()).to_bytes();
-    assert_eq!(b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &ratchet_only).unwrap_err(), SessionError::NoSession);
     assert_eq!(
-        b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &[]).unwrap_err(),
+        b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &ratchet_only).unwrap_err(),
+        SessionError::NoSession
+    );
+    assert_eq!(
+        b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &[]).unwrap_err(),
         SessionError::Malformed(DecodeError::Empty)
     );
 }
@@ -303,7 +360,7 @@ fn tampered_prekey_messages_fail_and_change_nothing() {
     let alice = Device::new(&mut rng, "alice", 0);
     let mut bob = Device::new(&mut rng, "bob", 1);
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
     let first = a.encrypt(&mut rng, b"hello").unwrap();
     let mut b = SessionRecord::new();
     let before = b.to_bytes();
@@ -318,11 +375,14 @@ fn tampered_prekey_messages_fail_and_change_nothing() {
         {
             continue;
         }
-        assert!(b.decrypt(&mut rng, &bob.identity, &bob.prekeys, &bad).is_err(), "flip at {i} accepted");
+        assert!(
+            b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &bad).is_err(),
+            "flip at {i} accepted"
+        );
     }
     assert_eq!(*b.to_bytes(), *before);
     assert_eq!(*bob.prekeys.to_bytes(), *prekeys_before);
-    assert_eq!(bob.receive(&mut rng, &mut b, &first).unwrap(), b"hello");
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &first).unwrap(), b"hello");
 }
 
 #[test]
@@ -331,18 +391,18 @@ fn simultaneous_initiation_converges() {
     let mut alice = Device::new(&mut rng, "alice", 2);
     let mut bob = Device::new(&mut rng, "bob", 2);
     let (mut a, mut b) = (SessionRecord::new(), SessionRecord::new());
-    a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
-    b.initiate(&mut rng, &bob.identity, &alice.bundle()).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
+    b.initiate(&mut rng, &bob.identity, &bob.address, &alice.bundle()).unwrap();
     let from_a = a.encrypt(&mut rng, b"a0").unwrap();
     let from_b = b.encrypt(&mut rng, b"b0").unwrap();
-    assert_eq!(bob.receive(&mut rng, &mut b, &from_a).unwrap(), b"a0");
-    assert_eq!(alice.receive(&mut rng, &mut a, &from_b).unwrap(), b"b0");
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &from_a).unwrap(), b"a0");
+    assert_eq!(alice.receive(&mut rng, &mut a, &bob.address, &from_b).unwrap(), b"b0");
     assert_ne!(a.current_base_key(), b.current_base_key());
     for i in 0..10 {
         let m = a.encrypt(&mut rng, format!("a{i}").as_bytes()).unwrap();
-        assert_eq!(bob.receive(&mut rng, &mut b, &m).unwrap(), format!("a{i}").as_bytes());
+        assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &m).unwrap(), format!("a{i}").as_bytes());
         let m = b.encrypt(&mut rng, format!("b{i}").as_bytes()).unwrap();
-        assert_eq!(alice.receive(&mut rng, &mut a, &m).unwrap(), format!("b{i}").as_bytes());
+        assert_eq!(alice.receive(&mut rng, &mut a, &bob.address, &m).unwrap(), format!("b{i}").as_bytes());
         if i >= 1 {
             assert_eq!(a.current_base_key(), b.current_base_key(), "not converged after {} exchanges", i + 1);
         }
@@ -355,13 +415,13 @@ fn records_serialize_exactly_and_sizes() {
     let mut alice = Device::new(&mut rng, "alice", 0);
     let mut bob = Device::new(&mut rng, "bob", 1);
     let mut a = SessionRecord::new();
-    a.initiate(&mut rng, &alice.identity, &bob.bundle()).unwrap();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
     let first = a.encrypt(&mut rng, &[0x42; 64]).unwrap();
     println!("prekey message with a 64-byte plaintext: {} bytes", first.len());
     let mut b = SessionRecord::new();
-    bob.receive(&mut rng, &mut b, &first).unwrap();
+    bob.receive(&mut rng, &mut b, &alice.address, &first).unwrap();
     let reply = b.encrypt(&mut rng, &[0x43; 64]).unwrap();
-    alice.receive(&mut rng, &mut a, &reply).unwrap();
+    alice.receive(&mut rng, &mut a, &bob.address, &reply).unwrap();
     let (sa, sb) = (a.to_bytes(), b.to_bytes());
     println!("session record after one round trip: initiator {} bytes, responder {} bytes", sa.len(), sb.len());
     for bytes in [&sa, &sb] {

@@ -178,6 +178,8 @@ struct PartyModel {
 /// the same base key.
 struct Session {
     base_key: X25519PublicKey,
+    /// The responder's signed prekey its handshake named.
+    signed_prekey_id: u32,
     initiator: Party,
     /// The responder's one-time prekeys its handshake named.
     one_time: Option<u32>,
@@ -489,13 +491,14 @@ impl World {
         }
 
         let device = &mut self.devices[who.index()];
-        device.record.initiate(&mut self.rng, &device.identity, &bundle).map_err(|e| fail(&e))?;
+        device.record.initiate(&mut self.rng, &device.identity, &device.address, &bundle).map_err(|e| fail(&e))?;
         let base_key = device.record.current_base_key().expect("a session after initiating");
         prop_assert!(self.sessions.iter().all(|s| s.base_key != base_key), "a base key was used twice");
         let mut held = [false; 2];
         held[who.index()] = true;
         self.sessions.push(Session {
             base_key,
+            signed_prekey_id: bundle.signed_prekey_id(),
             initiator: who,
             one_time,
             pq_one_time,
@@ -591,7 +594,12 @@ impl World {
         let sender_identity = self.devices[from.index()].identity.public_key();
         let s = &self.sessions[m.session];
         let expected_consumed = if expected == Expect::NewSession {
-            ConsumedPreKeys { one_time: s.one_time, pq_one_time: s.pq_one_time }
+            // Without a one-time X25519 prekey the base key is remembered too.
+            ConsumedPreKeys {
+                one_time: s.one_time,
+                pq_one_time: s.pq_one_time,
+                base_key: s.one_time.is_none().then_some((s.signed_prekey_id, s.base_key)),
+            }
         } else {
             ConsumedPreKeys::default()
         };
@@ -602,10 +610,18 @@ impl World {
             )
         };
 
+        let from_address = self.devices[from.index()].address.clone();
         let device = &mut self.devices[to.index()];
         let record_before = device.record.to_bytes();
         let prekeys_before = device.prekeys.to_bytes();
-        let result = device.record.decrypt(&mut self.rng, &device.identity, &device.prekeys, &m.bytes);
+        let result = device.record.decrypt(
+            &mut self.rng,
+            &device.identity,
+            &device.address,
+            &from_address,
+            &device.prekeys,
+            &m.bytes,
+        );
         match (expected.error(), result) {
             (None, Ok(pending)) => {
                 prop_assert_eq!(pending.plaintext(), &m.plaintext[..], "{}", context());

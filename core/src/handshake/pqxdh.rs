@@ -18,7 +18,9 @@ use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    DecryptError, PreKeyKind, SessionError, kdf,
+    DecryptError, PreKeyKind, SessionError,
+    address::Address,
+    kdf,
     keys::{IdentityKey, IdentityKeyPair, MLKEM_CIPHERTEXT_LEN, MlKemPublicKey, X25519PublicKey, X25519Secret},
     prekeys::{ConsumedPreKeys, PqPreKeyKind, PreKeyBundle, PreKeySet},
     ratchet::{DoubleRatchet, RatchetInit},
@@ -37,6 +39,12 @@ pub(crate) struct Transcript<'a> {
     pub(crate) pq_prekey: &'a MlKemPublicKey,
     pub(crate) base_key: &'a X25519PublicKey,
     pub(crate) pq_ciphertext: &'a [u8; MLKEM_CIPHERTEXT_LEN],
+    /// The initiator's address (never sent: each side knows it, from itself
+    /// or from the transport). Binding it stops a server from relabelling a
+    /// first message as coming from another address.
+    pub(crate) initiator_address: &'a Address,
+    /// The responder's address (from the bundle, or its own).
+    pub(crate) responder_address: &'a Address,
 }
 
 impl Transcript<'_> {
@@ -48,6 +56,7 @@ impl Transcript<'_> {
     ///  | 0x01 || u32(OPK id) || OPK_B (32) (with one)
     /// || kind (0x01 one-time, 0x02 last resort) || u32(PQPK id) || PQPK_B (1568)
     /// || EK_A (32) || CT (1568)
+    /// || addr(A) || addr(B)    where addr = u32(len(user id)) || user id || u32(device id)
     /// ```
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(3300);
@@ -68,6 +77,13 @@ impl Transcript<'_> {
         out.extend_from_slice(self.pq_prekey.as_bytes());
         out.extend_from_slice(self.base_key.as_bytes());
         out.extend_from_slice(self.pq_ciphertext);
+        for address in [self.initiator_address, self.responder_address] {
+            let user = address.user_id().as_bytes();
+            // User ids are at most MAX_USER_ID_LEN (256) bytes.
+            out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(user);
+            out.extend_from_slice(&address.device_id().to_be_bytes());
+        }
         out
     }
 
@@ -109,6 +125,7 @@ pub(crate) struct Initiated {
 pub(crate) fn initiate<R: CryptoRng + ?Sized>(
     rng: &mut R,
     ours: &IdentityKeyPair,
+    our_address: &Address,
     bundle: &PreKeyBundle,
 ) -> Result<Initiated, SessionError> {
     let weak = || SessionError::Bundle(crate::prekeys::BundleError::SignedPreKey(crate::keys::KeyError::SmallOrder));
@@ -135,6 +152,8 @@ pub(crate) fn initiate<R: CryptoRng + ?Sized>(
         pq_prekey: &bundle.pq_prekey,
         base_key: &base_key,
         pq_ciphertext: &ciphertext,
+        initiator_address: our_address,
+        responder_address: &bundle.address,
     };
     let mut dh: Vec<&[u8; 32]> = vec![&dh1, &dh2, &dh3];
     if let Some(dh4) = &dh4 {
@@ -164,6 +183,8 @@ pub(crate) fn initiate<R: CryptoRng + ?Sized>(
 /// Diffie-Hellman output is all zeros.
 pub(crate) fn respond(
     ours: &IdentityKeyPair,
+    our_address: &Address,
+    peer_address: &Address,
     prekeys: &PreKeySet,
     header: &PreKeyHeader,
 ) -> Result<(DoubleRatchet, ConsumedPreKeys), SessionError> {
@@ -171,6 +192,11 @@ pub(crate) fn respond(
     let forged = || SessionError::Decrypt(DecryptError::Unauthenticated);
     let signed =
         prekeys.signed_prekey(header.signed_prekey_id).ok_or(unknown(PreKeyKind::Signed, header.signed_prekey_id))?;
+    // Without a one-time prekey nothing is used up: the remembered base key
+    // is what stops a replayed first message, from any address.
+    if header.one_time_prekey_id.is_none() && prekeys.has_seen_base_key(signed.id, &header.base_key) {
+        return Err(SessionError::DuplicatePreKeyMessage);
+    }
     let one_time = match header.one_time_prekey_id {
         Some(id) => Some((id, prekeys.one_time_prekey(id).ok_or(unknown(PreKeyKind::OneTime, id))?)),
         None => None,
@@ -200,6 +226,8 @@ pub(crate) fn respond(
         pq_prekey: pq.key.public_key(),
         base_key: &header.base_key,
         pq_ciphertext: &header.pq_ciphertext,
+        initiator_address: peer_address,
+        responder_address: our_address,
     };
     let mut dh: Vec<&[u8; 32]> = vec![&dh1, &dh2, &dh3];
     if let Some(dh4) = &dh4 {
@@ -210,6 +238,7 @@ pub(crate) fn respond(
     let consumed = ConsumedPreKeys {
         one_time: header.one_time_prekey_id,
         pq_one_time: (pq_kind == PqPreKeyKind::OneTime).then_some(pq.id),
+        base_key: header.one_time_prekey_id.is_none().then_some((signed.id, header.base_key)),
     };
     Ok((ratchet, consumed))
 }

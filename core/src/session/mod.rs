@@ -30,19 +30,21 @@
 //!
 //! // Alice starts a session from Bob's bundle (as the server would send it).
 //! let bundle = samizdat::prekeys::PreKeyBundle::from_bytes(&bundle.to_bytes())?;
+//! let (alice_address, bob_address) = (Address::new("alice", 1)?, Address::new("bob", 1)?);
 //! let mut alice_record = SessionRecord::new();
-//! alice_record.initiate(&mut rng, &alice, &bundle)?;
+//! alice_record.initiate(&mut rng, &alice, &alice_address, &bundle)?;
 //! let wire = alice_record.encrypt(&mut rng, b"hello Bob")?;
 //!
 //! // Bob decrypts: first the plaintext and the prekeys to delete, then the commit.
 //! let mut bob_record = SessionRecord::new();
-//! let pending = bob_record.decrypt(&mut rng, &bob, &bob_prekeys, &wire)?;
+//! let pending = bob_record.decrypt(&mut rng, &bob, &bob_address, &alice_address, &bob_prekeys, &wire)?;
 //! assert_eq!(pending.plaintext(), b"hello Bob");
 //! bob_prekeys.consume(&pending.consumed_prekeys());
 //! bob_record.commit(pending)?;
 //! let reply = bob_record.encrypt(&mut rng, b"hi Alice")?;
 //! let alice_prekeys = PreKeySet::new(&mut rng, &alice, 0);
-//! let (plaintext, _) = alice_record.decrypt_and_commit(&mut rng, &alice, &alice_prekeys, &reply)?;
+//! let (plaintext, _) =
+//!     alice_record.decrypt_and_commit(&mut rng, &alice, &alice_address, &bob_address, &alice_prekeys, &reply)?;
 //! assert_eq!(plaintext, b"hi Alice");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -59,6 +61,7 @@ use zeroize::Zeroizing;
 use self::state::SessionState;
 use crate::{
     DecodeError, DecryptError, SessionError,
+    address::Address,
     handshake::pqxdh,
     keys::{IdentityKey, IdentityKeyPair, X25519PublicKey},
     limits::{MAX_ARCHIVED_STATES, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
@@ -195,6 +198,10 @@ impl SessionRecord {
     /// current state and the previous one is archived. An identity is
     /// trusted on first use; a different one later is refused.
     ///
+    /// Both addresses (ours, and the bundle's) are bound into the handshake:
+    /// the peer must decrypt with the same two addresses, so a message
+    /// relabelled by a server as coming from someone else does not decrypt.
+    ///
     /// # Errors
     /// [`SessionError::UntrustedIdentity`] if the bundle's identity differs
     /// from the trusted one; [`SessionError::Bundle`] for a bundle whose keys
@@ -203,10 +210,11 @@ impl SessionRecord {
         &mut self,
         rng: &mut R,
         ours: &IdentityKeyPair,
+        our_address: &Address,
         bundle: &PreKeyBundle,
     ) -> Result<(), SessionError> {
         self.check_identity(bundle.identity_key())?;
-        let initiated = pqxdh::initiate(rng, ours, bundle)?;
+        let initiated = pqxdh::initiate(rng, ours, our_address, bundle)?;
         let state = SessionState {
             ratchet: initiated.ratchet,
             remote_identity: bundle.identity_key(),
@@ -245,12 +253,13 @@ impl SessionRecord {
         })
     }
 
-    /// Decrypts `bytes` without changing the record: see [`PendingDecrypt`].
+    /// Decrypts `bytes` from `peer` (the address the transport gave) without
+    /// changing the record: see [`PendingDecrypt`].
     ///
     /// A ratchet message is tried on the current state, then on the archived
     /// ones. A prekey message whose base key is known goes to that state; an
-    /// unknown one runs the responder's side of PQXDH with `ours` and
-    /// `prekeys`.
+    /// unknown one runs the responder's side of PQXDH with `ours`,
+    /// `our_address`, `peer` and `prekeys`.
     ///
     /// # Errors
     /// [`SessionError::Decrypt`] with [`DecryptError::Duplicate`] for a
@@ -262,19 +271,22 @@ impl SessionRecord {
         &self,
         rng: &mut R,
         ours: &IdentityKeyPair,
+        our_address: &Address,
+        peer: &Address,
         prekeys: &PreKeySet,
         bytes: &[u8],
     ) -> Result<PendingDecrypt, SessionError> {
         match Message::from_bytes(bytes)? {
             Message::Ratchet(message) => self.decrypt_existing(rng, &message, None),
-            Message::PreKey(prekey) => self.decrypt_prekey(rng, ours, prekeys, &prekey),
+            Message::PreKey(prekey) => self.decrypt_prekey(rng, (ours, our_address), peer, prekeys, &prekey),
         }
     }
 
     fn decrypt_prekey<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
-        ours: &IdentityKeyPair,
+        (ours, our_address): (&IdentityKeyPair, &Address),
+        peer: &Address,
         prekeys: &PreKeySet,
         prekey: &PreKeyMessage,
     ) -> Result<PendingDecrypt, SessionError> {
@@ -286,7 +298,7 @@ impl SessionRecord {
         if self.seen_base_keys.contains(&header.base_key) {
             return Err(SessionError::DuplicatePreKeyMessage);
         }
-        let (mut ratchet, consumed) = pqxdh::respond(ours, prekeys, header)?;
+        let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
         let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message())?;
         ratchet.apply(plan);
         let state = SessionState {
@@ -410,10 +422,12 @@ impl SessionRecord {
         &mut self,
         rng: &mut R,
         ours: &IdentityKeyPair,
+        our_address: &Address,
+        peer: &Address,
         prekeys: &PreKeySet,
         bytes: &[u8],
     ) -> Result<(Vec<u8>, ConsumedPreKeys), SessionError> {
-        let pending = self.decrypt(rng, ours, prekeys, bytes)?;
+        let pending = self.decrypt(rng, ours, our_address, peer, prekeys, bytes)?;
         let plaintext = pending.plaintext.to_vec();
         let consumed = pending.consumed;
         self.commit(pending)?;
