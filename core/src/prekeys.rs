@@ -33,6 +33,11 @@ use crate::{
     wire::WIRE_VERSION,
 };
 
+/// The largest serialized prekey set accepted: every key at its limit
+/// (ML-KEM pairs are about 4.8 KB each) plus the remembered base keys.
+pub const MAX_PREKEY_SET_LEN: usize =
+    (MAX_ONE_TIME_PREKEYS + MAX_LAST_RESORT_PREKEYS + 1) * 5_000 + MAX_REMEMBERED_BASE_KEYS * 48 + 64 * 1024;
+
 /// The largest encoded bundle accepted.
 pub const MAX_BUNDLE_LEN: usize = 4096;
 
@@ -405,6 +410,11 @@ impl PreKeySet {
         {
             return Err(PreKeyError::LimitReached { max: MAX_ONE_TIME_PREKEYS });
         }
+        // Two ids per pair: check they exist before adding anything.
+        let needed = u32::try_from(count).ok().and_then(|c| c.checked_mul(2)).ok_or(PreKeyError::IdsExhausted)?;
+        if self.next_id.checked_add(needed).is_none() {
+            return Err(PreKeyError::IdsExhausted);
+        }
         let (mut classic, mut pq) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for _ in 0..count {
             let id = self.take_id()?;
@@ -553,6 +563,9 @@ impl PreKeySet {
     /// # Errors
     /// A [`DecodeError`] naming what is wrong.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_PREKEY_SET_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_PREKEY_SET_LEN });
+        }
         let record = Zeroizing::new(storage::PreKeySet::decode(bytes)?);
         if record.version != 1 {
             return Err(DecodeError::UnsupportedVersion(record.version));
