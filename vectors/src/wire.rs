@@ -1,0 +1,356 @@
+//! Wire encodings of every message kind, and the decoders' errors.
+
+use chacha20::ChaCha20Rng;
+use samizdat::{
+    address::Address,
+    hazmat::{self, FixedBytes},
+    keys::{IdentityKeyPair, KeyError},
+    prekeys::{BundleError, PreKeyBundle},
+    session::SessionRecord,
+    wire::{Message, RatchetMessage},
+};
+use samizdat_proto::{Message as _, wire as pb};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    bundles::{PqOffer, PreKeyRandomness, device},
+    format::{Meta, VectorSet},
+    util::{R, VErr, array, bytes, decode_error, err, h, random, random_vec},
+};
+
+/// `wire.json`.
+pub(crate) struct Wire;
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub(crate) enum WireCase {
+    /// Encode a ratchet message from its parts.
+    EncodeRatchetMessage {
+        name: String,
+        header: String,
+        body: String,
+        #[serde(default)]
+        encoded: String,
+    },
+    /// Decode bytes with one of the decoders.
+    Decode {
+        name: String,
+        decoder: Decoder,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input_repeat: Option<Repeat>,
+        #[serde(default)]
+        result: Value,
+        #[serde(default)]
+        reencoded: Option<String>,
+    },
+}
+
+/// Which decoder a case uses.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Decoder {
+    /// Expects a ratchet message (`RatchetMessage::from_bytes`, PROTOCOL.md 12.4).
+    RatchetMessage,
+    /// Any message of the one-to-one protocol (`Message::from_bytes`).
+    Message,
+    /// A bundle (`PreKeyBundle::from_bytes`): parses and verifies.
+    Bundle,
+}
+
+/// An input too long to list: `prefix`, then `byte` repeated up to `len` bytes in all.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct Repeat {
+    prefix: String,
+    byte: String,
+    len: usize,
+}
+
+impl VectorSet for Wire {
+    type Case = WireCase;
+    const META: Meta = Meta {
+        file: "wire.json",
+        section: "12 Wire format (12.1 framing, 12.3 encoding, 12.4 decoding); 8.8 The prekey message; 7.2 Parsing and verification (bundles); 14.4 DecodeError; 14.5 KeyError; 14.6 BundleError",
+        description: "`encode_ratchet_message`: the canonical encoding 0x01 || protobuf Envelope { ratchet = \
+            RatchetMessage { header, body } }. `decode`: the bytes `input` (or `input_repeat`: `prefix`, then `byte` \
+            repeated up to `len` bytes in all) given to one decoder: `ratchet_message` (expects a ratchet message), \
+            `message` (a prekey or a ratchet message) or `bundle` (parses and verifies a bundle). `result` is the \
+            decoded message (`kind` ratchet, prekey or bundle, with its fields) or the error (`error` and its \
+            fields, named as the variants of DecodeError and BundleError in snake case); `reencoded` is the \
+            canonical encoding of what was decoded (it differs from the input when the input was not canonical).",
+        seed: 13,
+        inputs: &["operation", "name", "header", "body", "decoder", "input", "input_repeat"],
+    };
+
+    fn inputs(rng: &mut ChaCha20Rng) -> Result<Vec<WireCase>, VErr> {
+        let header = random::<81>(rng);
+        let body = random_vec(rng, 80);
+        let smallest = hazmat::ratchet_message(header, body.clone()).to_bytes();
+        let mut cases = vec![
+            WireCase::EncodeRatchetMessage {
+                name: "smallest_ratchet_message".to_owned(),
+                header: h(header),
+                body: h(&body),
+                encoded: String::new(),
+            },
+            WireCase::EncodeRatchetMessage {
+                name: "ratchet_message_bucket_128".to_owned(),
+                header: h(random::<81>(rng)),
+                body: h(random_vec(rng, 144)),
+                encoded: String::new(),
+            },
+        ];
+        let decode = |name: &str, decoder: Decoder, input: &[u8]| WireCase::Decode {
+            name: name.to_owned(),
+            decoder,
+            input: Some(h(input)),
+            input_repeat: None,
+            result: Value::Null,
+            reencoded: None,
+        };
+        let repeat = |name: &str, decoder: Decoder, len: usize| WireCase::Decode {
+            name: name.to_owned(),
+            decoder,
+            input: None,
+            input_repeat: Some(Repeat { prefix: "01".to_owned(), byte: "00".to_owned(), len }),
+            result: Value::Null,
+            reencoded: None,
+        };
+        let framed = |envelope: pb::Envelope| {
+            let mut out = vec![0x01];
+            out.extend_from_slice(&envelope.encode_to_vec());
+            out
+        };
+        let ratchet = |header: Vec<u8>, body: Vec<u8>| {
+            framed(pb::Envelope { body: Some(pb::envelope::Body::Ratchet(pb::RatchetMessage { header, body })) })
+        };
+        // Body before header, and an unknown field 15 (varint 1) inside the ratchet message.
+        let mut inner = vec![0x12, 0x50];
+        inner.extend_from_slice(&body);
+        inner.extend_from_slice(&[0x0a, 0x51]);
+        inner.extend_from_slice(&header);
+        inner.extend_from_slice(&[0x78, 0x01]);
+        let mut reordered = vec![0x01, 0x12, 0xa7, 0x01];
+        reordered.extend_from_slice(&inner);
+        let mut unknown_envelope_field = smallest.clone();
+        unknown_envelope_field.extend_from_slice(&[0x4a, 0x00]);
+        let with_first = |mut bytes: Vec<u8>, value: u8| {
+            if let Some(b) = bytes.first_mut() {
+                *b = value;
+            }
+            bytes
+        };
+        use Decoder::{Bundle, Message as Any, RatchetMessage as Ratchet};
+        cases.extend([
+            decode("ratchet_smallest", Ratchet, &smallest),
+            decode("ratchet_non_canonical_field_order_and_unknown_field", Ratchet, &reordered),
+            decode("ratchet_unknown_envelope_field", Ratchet, &unknown_envelope_field),
+            decode("ratchet_via_message_decoder", Any, &smallest),
+            decode("empty", Ratchet, b""),
+            decode("version_0", Ratchet, &with_first(smallest.clone(), 0x00)),
+            decode("version_2", Ratchet, &with_first(smallest.clone(), 0x02)),
+            decode("version_255", Any, &with_first(smallest.clone(), 0xff)),
+            decode("no_body", Ratchet, &[0x01]),
+            decode("unknown_kind_field_9", Ratchet, &[0x01, 0x4a, 0x00]),
+            decode("unknown_kind_field_3_sender_key", Any, &[0x01, 0x1a, 0x00]),
+            decode("bad_protobuf", Ratchet, &[0x01, 0x12, 0x05, 0x0a]),
+            decode("header_80_bytes", Ratchet, &ratchet(vec![0; 80], vec![0; 80])),
+            decode("body_79_bytes", Ratchet, &ratchet(vec![0; 81], vec![0; 79])),
+            decode("missing_header", Ratchet, &ratchet(Vec::new(), vec![0; 80])),
+            repeat("too_large", Ratchet, 262_145),
+            repeat("at_size_limit_then_bad_protobuf", Ratchet, 262_144),
+        ]);
+
+        // A real prekey message and bundle, and altered copies.
+        let (prekey_message, bundle) = handshake(rng)?;
+        let envelope = pb::Envelope::decode(prekey_message.get(1..).unwrap_or_default())
+            .map_err(|e| err("input", e.to_string()))?;
+        let Some(pb::envelope::Body::Prekey(prekey)) = envelope.body else {
+            return Err(err("input", "not a prekey message"));
+        };
+        let prekey_with = |change: &dyn Fn(&mut pb::PreKeyMessage)| {
+            let mut p = prekey.clone();
+            change(&mut p);
+            framed(pb::Envelope { body: Some(pb::envelope::Body::Prekey(p)) })
+        };
+        let bundle_pb =
+            pb::PreKeyBundle::decode(bundle.get(1..).unwrap_or_default()).map_err(|e| err("input", e.to_string()))?;
+        let bundle_with = |change: &dyn Fn(&mut pb::PreKeyBundle)| {
+            let mut b = bundle_pb.clone();
+            change(&mut b);
+            let mut out = vec![0x01];
+            out.extend_from_slice(&b.encode_to_vec());
+            out
+        };
+        cases.extend([
+            decode("prekey_message", Any, &prekey_message),
+            decode("prekey_message_to_ratchet_decoder", Ratchet, &prekey_message),
+            decode("prekey_small_order_base_key", Any, &prekey_with(&|p| p.base_key = vec![0; 32])),
+            decode("prekey_invalid_identity_key", Any, &prekey_with(&|p| p.identity_key = vec![0; 32])),
+            decode("prekey_short_ciphertext", Any, &prekey_with(&|p| p.pq_ciphertext.truncate(1567))),
+            decode("prekey_missing_message", Any, &prekey_with(&|p| p.message = None)),
+            decode("bundle", Bundle, &bundle),
+            decode("bundle_version_2", Bundle, &with_first(bundle.clone(), 0x02)),
+            decode(
+                "bundle_altered_signed_prekey_signature",
+                Bundle,
+                &bundle_with(&|b| {
+                    if let Some(s) = b.signed_prekey.as_mut().and_then(|k| k.signature.first_mut()) {
+                        *s ^= 0x01;
+                    }
+                }),
+            ),
+            decode(
+                "bundle_one_time_pq_key_claimed_last_resort",
+                Bundle,
+                &bundle_with(&|b| {
+                    if let Some(pq) = b.pq_prekey.as_mut() {
+                        pq.last_resort = !pq.last_resort;
+                    }
+                }),
+            ),
+            decode(
+                "bundle_small_order_signed_prekey",
+                Bundle,
+                &bundle_with(&|b| {
+                    if let Some(k) = b.signed_prekey.as_mut() {
+                        k.public_key = vec![0; 32];
+                    }
+                }),
+            ),
+            decode("bundle_missing_pq_prekey", Bundle, &bundle_with(&|b| b.pq_prekey = None)),
+            repeat("bundle_too_large", Bundle, 4097),
+        ]);
+        Ok(cases)
+    }
+
+    fn compute(case: &WireCase) -> R<WireCase> {
+        match case {
+            WireCase::EncodeRatchetMessage { name, header, body, .. } => Ok(WireCase::EncodeRatchetMessage {
+                name: name.clone(),
+                header: header.clone(),
+                body: body.clone(),
+                encoded: h(hazmat::ratchet_message(array::<81>("header", header)?, bytes("body", body)?).to_bytes()),
+            }),
+            WireCase::Decode { name, decoder, input, input_repeat, .. } => {
+                let data = match (input, input_repeat) {
+                    (Some(text), None) => bytes("input", text)?,
+                    (None, Some(r)) => {
+                        let mut data = bytes("input_repeat.prefix", &r.prefix)?;
+                        let [byte] = array::<1>("input_repeat.byte", &r.byte)?;
+                        data.resize(r.len.max(data.len()), byte);
+                        data
+                    }
+                    _ => return Err(err("input", "give exactly one of input and input_repeat")),
+                };
+                let (result, reencoded) = decode_with(*decoder, &data)?;
+                Ok(WireCase::Decode {
+                    name: name.clone(),
+                    decoder: *decoder,
+                    input: input.clone(),
+                    input_repeat: input_repeat.clone(),
+                    result,
+                    reencoded: reencoded.map(h),
+                })
+            }
+        }
+    }
+}
+
+fn ratchet_json(m: &RatchetMessage) -> Value {
+    json!({"kind": "ratchet", "header": h(m.header()), "body": h(m.body())})
+}
+
+fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
+    Ok(match decoder {
+        Decoder::RatchetMessage => match RatchetMessage::from_bytes(data) {
+            Ok(m) => (ratchet_json(&m), Some(m.to_bytes())),
+            Err(e) => (decode_error(&e), None),
+        },
+        Decoder::Message => match Message::from_bytes(data) {
+            Ok(Message::Ratchet(m)) => (ratchet_json(&m), Some(m.to_bytes())),
+            Ok(message @ Message::PreKey(_)) => {
+                let Message::PreKey(p) = &message else { return Err(err("result", "unreachable")) };
+                // The ciphertext has no getter: read it from the protobuf.
+                let ciphertext = match pb::Envelope::decode(data.get(1..).unwrap_or_default()).map(|e| e.body) {
+                    Ok(Some(pb::envelope::Body::Prekey(pb))) => pb.pq_ciphertext,
+                    _ => Vec::new(),
+                };
+                let header = p.header();
+                let (signed, one_time, pq) = header.prekey_ids();
+                let value = json!({
+                    "kind": "prekey",
+                    "identity_key": h(header.identity_key().as_bytes()),
+                    "base_key": h(header.base_key().as_bytes()),
+                    "signed_prekey_id": signed,
+                    "one_time_prekey_id": one_time,
+                    "pq_prekey_id": pq,
+                    "pq_ciphertext": h(ciphertext),
+                    "header": h(p.message().header()),
+                    "body": h(p.message().body()),
+                });
+                (value, Some(message.to_bytes()))
+            }
+            Err(e) => (decode_error(&e), None),
+        },
+        Decoder::Bundle => match PreKeyBundle::from_bytes(data) {
+            Ok(b) => {
+                let (pq_id, pq_kind) = b.pq_prekey();
+                let value = json!({
+                    "kind": "bundle",
+                    "identity_key": h(b.identity_key().as_bytes()),
+                    "user_id": b.address().user_id(),
+                    "device_id": b.address().device_id(),
+                    "one_time_prekey_id": b.one_time_prekey_id(),
+                    "pq_prekey_id": pq_id,
+                    "pq_prekey_last_resort": pq_kind == samizdat::prekeys::PqPreKeyKind::LastResort,
+                });
+                (value, Some(b.to_bytes()))
+            }
+            Err(e) => (bundle_error(&e), None),
+        },
+    })
+}
+
+fn key_error(e: &KeyError) -> Value {
+    match e {
+        KeyError::InvalidLength { expected, actual } => {
+            json!({"error": "invalid_length", "expected": expected, "actual": actual})
+        }
+        KeyError::InvalidEncoding => json!({"error": "invalid_encoding"}),
+        KeyError::SmallOrder => json!({"error": "small_order"}),
+        other => json!({"error": format!("{other:?}")}),
+    }
+}
+
+fn bundle_error(e: &BundleError) -> Value {
+    match e {
+        BundleError::Decode(d) => json!({"error": "decode", "cause": decode_error(d)}),
+        BundleError::IdentityKey(k) => json!({"error": "identity_key", "cause": key_error(k)}),
+        BundleError::SignedPreKey(k) => json!({"error": "signed_prekey", "cause": key_error(k)}),
+        BundleError::SignedPreKeySignature => json!({"error": "signed_prekey_signature"}),
+        BundleError::OneTimePreKey(k) => json!({"error": "one_time_prekey", "cause": key_error(k)}),
+        BundleError::PqPreKey(k) => json!({"error": "pq_prekey", "cause": key_error(k)}),
+        BundleError::PqPreKeySignature => json!({"error": "pq_prekey_signature"}),
+        other => json!({"error": format!("{other:?}")}),
+    }
+}
+
+/// A bundle and the first message of a session started from it.
+fn handshake(rng: &mut ChaCha20Rng) -> R<(Vec<u8>, Vec<u8>)> {
+    let bob_seed = random::<32>(rng);
+    let address = Address::new("bob", 7).map_err(|e| err("input", e.to_string()))?;
+    let bob = device("input", &bob_seed, &address, &PreKeyRandomness::draw(rng), true, PqOffer::OneTime)?;
+    let bundle = bob.bundle.to_bytes();
+    let alice = IdentityKeyPair::from_seed(&random::<32>(rng));
+    let mut record = SessionRecord::new();
+    let parsed = PreKeyBundle::from_bytes(&bundle).map_err(|e| err("input", e.to_string()))?;
+    let mut fixed = FixedBytes::new(&random_vec(rng, 96));
+    let alice_address = Address::new("alice", 1).map_err(|e| err("input", e.to_string()))?;
+    record.initiate(&mut fixed, &alice, &alice_address, &parsed).map_err(|e| err("input", e.to_string()))?;
+    let mut fixed = FixedBytes::new(&random_vec(rng, 24));
+    let first = record.encrypt(&mut fixed, b"hello").map_err(|e| err("input", e.to_string()))?;
+    Ok((first, bundle))
+}
