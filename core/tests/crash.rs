@@ -34,13 +34,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use samizdat::{
     DecryptError, SessionError,
     address::Address,
     device::{Device, DeviceError},
     rand_core::Rng,
-    store::StoreError,
+    store::{Backend, MemoryBackend, StoreError, Table, Write},
     wire::Message,
 };
 
@@ -53,8 +53,14 @@ const SEED_ENV: &str = "SAMIZDAT_CRASH_SEED";
 const DEFAULT_ITERATIONS: u64 = 200;
 const DEFAULT_SEED: u64 = 0x5a31_2dad_c7a5_4e01;
 
-/// Steps of the scripted conversation.
-const STEPS: usize = 150;
+/// Steps of the scripted conversation (about 200 messages).
+const STEPS: usize = 100;
+/// After this many kills a round is run to completion and checked, and the
+/// next round starts afresh (so kills also land in device creation and
+/// session setup).
+const KILLS_PER_ROUND: u64 = 50;
+/// The first kills of each round, aimed at its set-up.
+const EARLY_KILLS: u64 = 6;
 const KEY_A: [u8; 32] = [0xa1; 32];
 const KEY_B: [u8; 32] = [0xb2; 32];
 
@@ -365,14 +371,58 @@ fn run_child(dir: &Path, delay: Option<Duration>) -> Outcome {
     }
 }
 
-/// Where the conversation stands, to see that kills keep making progress.
-fn progress(dir: &Path) -> i64 {
+/// Where a killed conversation stands.
+struct Snapshot {
+    /// How far the set-up got: 0 nothing, 1 alice's store exists, 2 alice is
+    /// created, 3 bob is created, 4 alice has a session, 5 a message was attempted.
+    setup: usize,
+    /// Grows with every durable step of the app, to see that kills keep making progress.
+    progress: i64,
+    /// An encryption was attempted and its ciphertext is not on the network:
+    /// the kill hit between the outbox write and the enqueue (in `encrypt`).
+    in_encrypt_window: bool,
+    /// A plaintext is stored but not acknowledged: the kill hit between the
+    /// inbox write and the ack (in `commit`).
+    in_commit_window: bool,
+}
+
+fn snapshot(dir: &Path) -> Snapshot {
     let app = open_app(dir);
-    let network: i64 = app.query_row("SELECT COUNT(*) FROM network", [], |r| r.get(0)).unwrap();
-    let acked: i64 = app.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0)).unwrap();
-    let cursors: i64 = app.query_row("SELECT COALESCE(SUM(seq), 0) FROM cursor", [], |r| r.get(0)).unwrap();
-    let attempts: i64 = app.query_row("SELECT COALESCE(SUM(attempts), 0) FROM outbox", [], |r| r.get(0)).unwrap();
-    network + acked + cursors + attempts + stat(&app, "step")
+    let count = |sql: &str| -> i64 { app.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let network = count("SELECT COUNT(*) FROM network");
+    let stored = count("SELECT COUNT(*) FROM inbox");
+    let cursors = count("SELECT COALESCE(SUM(seq), 0) FROM cursor");
+    let attempts = count("SELECT COALESCE(SUM(attempts), 0) FROM outbox");
+    let unsent =
+        count("SELECT COUNT(*) FROM outbox o WHERE o.idx >= (SELECT COUNT(*) FROM network n WHERE n.dir = o.dir)");
+    let unacked =
+        count("SELECT COUNT(*) FROM inbox i WHERE i.seq > COALESCE((SELECT seq FROM cursor c WHERE c.dir = i.dir), 0)");
+    let progress = network + stored + cursors + attempts + stat(&app, "step");
+    // Read the device stores directly (the child is dead; nothing holds them).
+    let rows = |file: &str, table: &str| -> Option<i64> {
+        let path = dir.join(file);
+        if !path.exists() {
+            return None;
+        }
+        // Read-only, so that closing it does not checkpoint the WAL the
+        // killed child left: recovering from that is the next child's job.
+        let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        db.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).ok()
+    };
+    let setup = if progress > 0 {
+        5
+    } else if rows("a.db", "sessions").unwrap_or(0) > 0 {
+        4
+    } else if rows("b.db", "meta").unwrap_or(0) > 0 {
+        3
+    } else if rows("a.db", "meta").unwrap_or(0) > 0 {
+        2
+    } else if dir.join("a.db").exists() {
+        1
+    } else {
+        0
+    };
+    Snapshot { setup, progress, in_encrypt_window: unsent > 0, in_commit_window: unacked > 0 }
 }
 
 #[derive(Debug, Default)]
@@ -381,7 +431,30 @@ struct RoundStats {
     duplicates: u64,
     redecrypted: u64,
     reencrypted: u64,
-    redelivered_refused: u64,
+}
+
+/// The encrypted, padded body (with its 16-byte tag) of a message.
+fn body(ciphertext: &[u8]) -> Vec<u8> {
+    match Message::from_bytes(ciphertext).unwrap() {
+        Message::Ratchet(m) => m.body().to_vec(),
+        Message::PreKey(p) => p.message().body().to_vec(),
+    }
+}
+
+/// A plaintext as padded before encryption (`core/src/padding.rs`): the
+/// content, `0x80`, then zeros (as many as any comparison needs).
+fn padded(content: &[u8]) -> Vec<u8> {
+    let mut padded = content.to_vec();
+    padded.push(0x80);
+    padded.resize(padded.len().max(64), 0);
+    padded
+}
+
+/// Whether two bodies were encrypted with the same ChaCha20 keystream: then
+/// the XOR of the ciphertexts is the XOR of the padded plaintexts.
+fn same_keystream(body1: &[u8], padded1: &[u8], body2: &[u8], padded2: &[u8]) -> bool {
+    let len = (body1.len().min(body2.len()) - 16).min(padded1.len()).min(padded2.len());
+    (0..len).all(|k| body1[k] ^ body2[k] == padded1[k] ^ padded2[k])
 }
 
 /// Checks a finished conversation from its durable tables and its stores.
@@ -429,24 +502,14 @@ fn verify(dir: &Path) -> RoundStats {
     // bodies whose XOR is the XOR of their padded plaintexts.
     let distinct: HashSet<&Vec<u8>> = network.iter().map(|m| &m.3).collect();
     assert_eq!(distinct.len(), network.len(), "two identical ciphertexts");
-    let bodies: Vec<(i64, Vec<u8>, Vec<u8>)> = network
-        .iter()
-        .map(|(_, d, _, ciphertext, content)| {
-            let body = match Message::from_bytes(ciphertext).unwrap() {
-                Message::Ratchet(m) => m.body().to_vec(),
-                Message::PreKey(p) => p.message().body().to_vec(),
-            };
-            let mut padded = content.clone();
-            padded.push(0x80);
-            padded.resize(body.len() - 16, 0);
-            (*d, body, padded)
-        })
-        .collect();
-    for (i, (d1, body1, pad1)) in bodies.iter().enumerate() {
-        for (d2, body2, pad2) in &bodies[i + 1..] {
-            let len = body1.len().min(body2.len()) - 16;
-            let same_keystream = (0..len).all(|k| body1[k] ^ body2[k] == pad1[k] ^ pad2[k]);
-            assert!(!same_keystream, "two messages ({d1} and {d2}) encrypted with the same key and nonce");
+    let bodies: Vec<(i64, Vec<u8>, Vec<u8>)> =
+        network.iter().map(|(seq, _, _, ciphertext, content)| (*seq, body(ciphertext), padded(content))).collect();
+    for (i, (seq1, body1, pad1)) in bodies.iter().enumerate() {
+        for (seq2, body2, pad2) in &bodies[i + 1..] {
+            assert!(
+                !same_keystream(body1, pad1, body2, pad2),
+                "messages {seq1} and {seq2} encrypted with the same key and nonce"
+            );
         }
     }
 
@@ -457,7 +520,6 @@ fn verify(dir: &Path) -> RoundStats {
         reencrypted: app
             .query_row("SELECT COALESCE(SUM(attempts - 1), 0) FROM outbox", [], |r| r.get::<_, i64>(0))
             .unwrap() as u64,
-        redelivered_refused: network.len() as u64,
     };
     drop(app);
 
@@ -507,69 +569,142 @@ fn killed_at_random_points_nothing_is_lost_or_decrypted_twice() {
     let mut rng = seed;
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
+    // Shown if the test fails: rerun with the same seed; the directory is kept.
+    println!("crash test: seed {seed:#x}, {iterations} kills, in {}", base.display());
 
     let mut round = 0;
     let mut dir = fresh_dir(&base, round);
     let mut kills = 0u64;
-    let mut kills_before_first_message = 0u64;
-    let mut finished_rounds = 0u64;
+    let mut round_kills = 0u64;
+    let mut kills_in_setup = [0u64; 5];
+    let mut kills_in_encrypt_window = 0u64;
+    let mut kills_in_commit_window = 0u64;
+    let mut rounds = 0u64;
+    let mut finished_between_kills = 0u64;
     let mut totals = RoundStats::default();
     let mut stalled = 0u32;
-    let mut last_progress = progress(&dir);
+    let mut early_max = 20;
+    let mut last_progress = 0;
     let add = |totals: &mut RoundStats, stats: RoundStats| {
         totals.messages += stats.messages;
         totals.duplicates += stats.duplicates;
         totals.redecrypted += stats.redecrypted;
         totals.reencrypted += stats.reencrypted;
-        totals.redelivered_refused += stats.redelivered_refused;
     };
 
     while kills < iterations {
-        // Mostly short delays, so kills land in start-up, device creation,
-        // session setup and every phase of a step; now and then a longer one,
-        // so rounds also finish. A run of kills without progress (a slow
-        // machine) lengthens them.
+        // The first kills of a round aim at its set-up (start-up, device
+        // creation, session): it takes 10 to 50 ms depending on the machine
+        // and its load, so their range adapts to where the earlier ones
+        // landed. Then mostly short delays, so kills land in every phase of
+        // a step, and now and then a longer one. A run of kills without
+        // progress (a slow machine) lengthens them.
         let r = splitmix(&mut rng);
-        let mut millis = if r % 8 == 0 { 40 + (r >> 8) % 120 } else { 2 + (r >> 8) % 39 };
-        millis <<= stalled / 8;
-        match run_child(&dir, Some(Duration::from_millis(millis))) {
+        let early = round_kills < EARLY_KILLS;
+        let mut millis = if early {
+            1 + (r >> 8) % early_max
+        } else if r.is_multiple_of(8) {
+            40 + (r >> 8) % 120
+        } else {
+            2 + (r >> 8) % 39
+        };
+        millis <<= (stalled / 8).min(4);
+        let finished = match run_child(&dir, Some(Duration::from_millis(millis))) {
             Outcome::Killed => {
                 kills += 1;
-                let now = progress(&dir);
-                if now == 0 {
-                    kills_before_first_message += 1;
+                round_kills += 1;
+                let now = snapshot(&dir);
+                if let Some(count) = kills_in_setup.get_mut(now.setup) {
+                    *count += 1;
                 }
-                stalled = if now == last_progress { stalled + 1 } else { 0 };
-                last_progress = now;
+                kills_in_encrypt_window += u64::from(now.in_encrypt_window);
+                kills_in_commit_window += u64::from(now.in_commit_window);
+                if early {
+                    early_max = if now.setup == 5 { (millis * 3 / 4).max(3) } else { (early_max + 4).min(80) };
+                }
+                stalled = if now.progress == last_progress { stalled + 1 } else { 0 };
+                last_progress = now.progress;
+                false
             }
             Outcome::Finished => {
-                add(&mut totals, verify(&dir));
-                finished_rounds += 1;
-                round += 1;
+                finished_between_kills += 1;
+                true
+            }
+        };
+        if finished || round_kills == KILLS_PER_ROUND || kills == iterations {
+            // The round runs to completion without a kill, then is checked.
+            assert!(matches!(run_child(&dir, None), Outcome::Finished));
+            add(&mut totals, verify(&dir));
+            rounds += 1;
+            round += 1;
+            round_kills = 0;
+            stalled = 0;
+            last_progress = 0;
+            if kills < iterations {
+                std::fs::remove_dir_all(&dir).unwrap();
                 dir = fresh_dir(&base, round);
-                stalled = 0;
-                last_progress = progress(&dir);
             }
         }
     }
-    // The last round runs to completion without a kill, then is checked.
-    assert!(matches!(run_child(&dir, None), Outcome::Finished));
-    add(&mut totals, verify(&dir));
-    let rounds = finished_rounds + 1;
 
     println!(
-        "crash test: seed {seed:#x}, {kills} kills ({kills_before_first_message} before any message was sent), \
-         {rounds} rounds ({finished_rounds} finished between kills), {} messages, {} duplicates reported after \
-         a crash between commit and ack, {} re-decryptions after a crash between store and commit, {} \
-         re-encryptions after a crash between attempt and enqueue, {} redeliveries refused; {:.1} s",
+        "crash test: seed {seed:#x}; {kills} kills; before the first message: {} in start-up, {} creating \
+         alice, {} creating bob, {} starting the session, {} with the session started; then \
+         {kills_in_encrypt_window} left an encryption attempted but not enqueued, {kills_in_commit_window} a \
+         plaintext stored but not acked; {rounds} rounds \
+         ({finished_between_kills} finished between kills), {} messages; after restarts: {} duplicates \
+         (committed, not acked), {} re-decryptions (stored, not committed), {} re-encryptions (attempted, not \
+         enqueued); redeliveries of all {} acked messages refused; {:.1} s",
+        kills_in_setup[0],
+        kills_in_setup[1],
+        kills_in_setup[2],
+        kills_in_setup[3],
+        kills_in_setup[4],
         totals.messages,
         totals.duplicates,
         totals.redecrypted,
         totals.reencrypted,
-        totals.redelivered_refused,
+        totals.messages,
         started.elapsed().as_secs_f64(),
     );
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// The key-reuse check of [`verify`] does see a reused key: a device
+/// restored from a copy of its store taken before an encryption (what a
+/// non-durable encrypt would leave after a crash) encrypts with the same key
+/// again.
+#[test]
+fn the_keystream_check_sees_a_reused_key() {
+    let a = Device::create_in(MemoryBackend::new(), &KEY_A, alice(), 0).unwrap();
+    let b = Device::create_in(MemoryBackend::new(), &KEY_B, bob(), 0).unwrap();
+    a.start_session(&b.prekey_bundle().unwrap()).unwrap();
+    let first = a.encrypt(&bob(), b"hello").unwrap();
+    b.commit(b.decrypt(&alice(), &first).unwrap()).unwrap();
+    let reply = b.encrypt(&alice(), b"hi").unwrap();
+    a.commit(a.decrypt(&bob(), &reply).unwrap()).unwrap();
+
+    let copy = MemoryBackend::new();
+    let rows: Vec<Write> = Table::ALL
+        .iter()
+        .flat_map(|&table| {
+            a.backend().scan(table).unwrap().into_iter().map(move |(key, value)| Write {
+                table,
+                key,
+                value: Some(value),
+            })
+        })
+        .collect();
+    copy.apply(&rows).unwrap();
+    let restored = Device::open_in(copy, &KEY_A).unwrap();
+
+    let (p1, p2, p3) = (b"alice->bob #1 0011223344556677", b"alice->bob #1 8899aabbccddeeff", b"alice->bob #2");
+    let c1 = body(&a.encrypt(&bob(), p1).unwrap());
+    let c2 = body(&restored.encrypt(&bob(), p2).unwrap());
+    let c3 = body(&a.encrypt(&bob(), p3).unwrap());
+    assert!(same_keystream(&c1, &padded(p1), &c2, &padded(p2)), "the same key, seen");
+    assert!(!same_keystream(&c1, &padded(p1), &c3, &padded(p3)), "the next key, not confused with it");
+    assert!(!same_keystream(&c2, &padded(p2), &c3, &padded(p3)));
 }
 
 #[test]
