@@ -329,9 +329,9 @@ impl<B: Backend> Device<B> {
         Ok(self.load_prekeys()?.1.one_time_counts())
     }
 
-    /// If fewer than `threshold` one-time prekeys of a kind are left, adds
-    /// enough of each kind to reach `target`; returns how many were added.
-    /// Upload new bundles afterwards.
+    /// If fewer than `threshold` one-time prekeys of either kind are left,
+    /// adds prekeys of each kind until each has `target`; returns how many
+    /// were added in all. Upload new bundles afterwards.
     ///
     /// # Errors
     /// [`PreKeyError::LimitReached`] if `target` is above
@@ -340,14 +340,15 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&self.prekey_lock);
         let (_, mut prekeys) = self.load_prekeys()?;
         let (classic, pq) = prekeys.one_time_counts();
-        let low = classic.min(pq);
-        if low >= threshold || low >= target {
+        if classic.min(pq) >= threshold {
             return Ok(0);
         }
-        let add = target - classic.max(pq);
-        prekeys.add_one_time_prekeys(&mut crate::os_rng(), &self.identity, add, now)?;
-        self.backend.apply(&[self.prekeys_write(&prekeys)])?;
-        Ok(add)
+        let (added_classic, added_pq) =
+            prekeys.top_up_one_time_prekeys(&mut crate::os_rng(), &self.identity, target, now)?;
+        if added_classic + added_pq > 0 {
+            self.backend.apply(&[self.prekeys_write(&prekeys)])?;
+        }
+        Ok(added_classic + added_pq)
     }
 
     /// Rotates the signed prekey and the last-resort ML-KEM prekey if they

@@ -427,6 +427,41 @@ impl PreKeySet {
         Ok((classic, pq))
     }
 
+    /// Adds one-time prekeys of each kind until each kind has `target`
+    /// (the two counts can differ: a server may hand out a bundle without
+    /// its X25519 one-time key). Returns how many of each were added.
+    ///
+    /// # Errors
+    /// [`PreKeyError::LimitReached`] if `target` is above
+    /// [`MAX_ONE_TIME_PREKEYS`]; [`PreKeyError::IdsExhausted`]. Nothing is
+    /// added then.
+    pub fn top_up_one_time_prekeys<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        target: usize,
+        now: u64,
+    ) -> Result<(usize, usize), PreKeyError> {
+        if target > MAX_ONE_TIME_PREKEYS {
+            return Err(PreKeyError::LimitReached { max: MAX_ONE_TIME_PREKEYS });
+        }
+        let classic = target.saturating_sub(self.one_time.len());
+        let pq = target.saturating_sub(self.pq_one_time.len());
+        let needed = u32::try_from(classic + pq).map_err(|_| PreKeyError::IdsExhausted)?;
+        if self.next_id.checked_add(needed).is_none() {
+            return Err(PreKeyError::IdsExhausted);
+        }
+        for _ in 0..classic {
+            let id = self.take_id()?;
+            self.one_time.insert(id, X25519Secret::generate(rng));
+        }
+        for _ in 0..pq {
+            let id = self.take_id()?;
+            self.pq_one_time.insert(id, Self::pq_pair(rng, identity, id, PqPreKeyKind::OneTime, now));
+        }
+        Ok((classic, pq))
+    }
+
     /// How many one-time prekeys are left: `(X25519, ML-KEM)`.
     pub fn one_time_counts(&self) -> (usize, usize) {
         (self.one_time.len(), self.pq_one_time.len())

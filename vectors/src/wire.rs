@@ -72,7 +72,7 @@ impl VectorSet for Wire {
     type Case = WireCase;
     const META: Meta = Meta {
         file: "wire.json",
-        section: "12 Wire format (12.1 framing, 12.3 encoding, 12.4 decoding); 8.8 The prekey message; 7.2 Parsing and verification (bundles); 14.4 DecodeError; 14.5 KeyError; 14.6 BundleError",
+        section: "12 Wire format (12.1 framing, 12.3 encoding, 12.4 decoding); 8.8 The prekey message; 7.2 Parsing and verification (bundles); 15.4 DecodeError; 15.5 KeyError; 15.6 BundleError",
         description: "`encode_ratchet_message`: the canonical encoding 0x01 || protobuf Envelope { ratchet = \
             RatchetMessage { header, body } }. `decode`: the bytes `input` (or `input_repeat`: `prefix`, then `byte` \
             repeated up to `len` bytes in all) given to one decoder: `ratchet_message` (expects a ratchet message), \
