@@ -2,6 +2,11 @@
 //!
 //! - `test`: the full test run (format check, clippy with warnings denied,
 //!   every test of the workspace, doc tests included). `.ci/run` calls this.
+//! - `bindings`: build the FFI library and generate the Kotlin and Swift sources.
+
+mod bench;
+mod bindings;
+mod vectors;
 
 use std::{
     env,
@@ -14,6 +19,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("bindings") => bindings::generate(),
+        Some("bench") => bench::bench(),
+        Some("vectors") => vectors::generate(),
         _ => {
             eprintln!("usage: cargo xtask test");
             return ExitCode::from(2);
@@ -50,6 +58,7 @@ fn test() -> Result<(), String> {
     run("clippy", &cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     run("tests", &cargo, &["test", "--workspace", "--all-targets"])?;
     run("doc tests", &cargo, &["test", "--workspace", "--doc"])?;
+    bindings::test()?;
     eprintln!("xtask test: all steps passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -1,0 +1,507 @@
+//! samizdat beside vodozemac, and the primitives that make up the floor of each operation, in one
+//! criterion run. `cargo xtask bench` runs it with short times and writes `BENCHMARKS.md`;
+//! `cargo test --all-targets` runs each routine once (criterion's test mode).
+//!
+//! The floors are composed in `benches/src/lib.rs`; every primitive they name is measured in the
+//! `floor` group below, with the same crates samizdat uses (RustCrypto, dalek, libcrux).
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
+
+use chacha20::ChaCha20Rng;
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit, XChaCha20Poly1305,
+    aead::{Aead, Payload},
+};
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, measurement::WallTime};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use libcrux_ml_kem::mlkem1024;
+use rand_core::{Rng, SeedableRng};
+use samizdat::{
+    session::SessionRecord,
+    store::{Backend, MemoryBackend, SqliteBackend},
+};
+use samizdat_benches::{
+    BATCH, BODY_AD_LEN, DeviceSetup, Figures, HEADER_LEN, PAYLOAD_SIZES, PQ_SIGNED_LEN, PQXDH_IKM_LEN, Pair,
+    ROW_AD_LEN, SESSION_AD_LEN, SPK_SIGNED_LEN, TRANSCRIPT_LEN, TempDir, VzPair, bench_mode, figures, padded_len, prim,
+    vz_signed_otk, vz_wire, write_meta,
+};
+use sha2::{Digest, Sha256};
+use vodozemac::{
+    megolm::{GroupSession, InboundGroupSession, MegolmMessage},
+    olm::{Account, OlmMessage, Session, SessionConfig, SessionPickle},
+};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// Messages made ahead (untimed) before a timed run of receipts: few, so that they are still in
+/// the cache as a message just received would be (16 x 20 KiB fits in L2).
+const CHUNK: u64 = 16;
+
+/// Times `consume` over `iters` values made by `make`, `chunk` at a time; the making is not timed.
+fn timed_in_chunks<S, M>(
+    iters: u64,
+    chunk: u64,
+    state: &mut S,
+    mut make: impl FnMut(&mut S) -> M,
+    mut consume: impl FnMut(&mut S, M),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let k = left.min(chunk);
+        let made: Vec<M> = (0..k).map(|_| make(state)).collect();
+        let start = Instant::now();
+        for m in made {
+            consume(state, black_box(m));
+        }
+        total += start.elapsed();
+        left -= k;
+    }
+    total
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    vec![0x5a; n]
+}
+
+// ---------------------------------------------------------------- the floor's primitives
+
+/// Benchmarks `full_id` (`floor/<name>[/<parameter>]`) in the `floor` group, so that criterion's
+/// id is `full_id`.
+fn bench_prim<O>(g: &mut BenchmarkGroup<'_, WallTime>, full_id: &str, mut f: impl FnMut() -> O) {
+    let name = full_id.strip_prefix("floor/").unwrap_or(full_id);
+    match name.split_once('/') {
+        Some((function, parameter)) => g.bench_function(BenchmarkId::new(function, parameter), |b| b.iter(&mut f)),
+        None => g.bench_function(name, |b| b.iter(&mut f)),
+    };
+}
+
+fn floor(c: &mut Criterion, figures: &Figures) {
+    let mut g = c.benchmark_group("floor");
+    let mut rng = ChaCha20Rng::from_seed([11; 32]);
+
+    let secret = StaticSecret::random_from_rng(&mut rng);
+    let peer = PublicKey::from(&StaticSecret::random_from_rng(&mut rng));
+    bench_prim(&mut g, prim::X25519_DH, || black_box(&secret).diffie_hellman(black_box(&peer)));
+    bench_prim(&mut g, prim::X25519_KEYGEN, || {
+        let s = StaticSecret::random_from_rng(&mut rng);
+        (PublicKey::from(&s), s)
+    });
+
+    let signing = SigningKey::generate(&mut rng);
+    let verifying = signing.verifying_key();
+    let identity = verifying.to_bytes();
+    bench_prim(&mut g, prim::ED_TO_X, || {
+        VerifyingKey::from_bytes(black_box(&identity)).map(|k| k.to_montgomery().to_bytes())
+    });
+    let short = vec![0x33; SPK_SIGNED_LEN];
+    bench_prim(&mut g, prim::ED_SIGN, || signing.sign(black_box(&short)));
+    for len in [SPK_SIGNED_LEN, PQ_SIGNED_LEN] {
+        let message = vec![0x33; len];
+        let signature = signing.sign(&message);
+        bench_prim(&mut g, &prim::ed_verify(len), || verifying.verify_strict(black_box(&message), &signature));
+    }
+
+    let mut seed = [0u8; 64];
+    rng.fill_bytes(&mut seed);
+    bench_prim(&mut g, prim::MLKEM_KEYGEN, || mlkem1024::generate_key_pair(black_box(seed)));
+    let pair = mlkem1024::generate_key_pair(seed);
+    let mut m = [0u8; 32];
+    rng.fill_bytes(&mut m);
+    bench_prim(&mut g, prim::MLKEM_ENCAPS, || mlkem1024::encapsulate(pair.public_key(), black_box(m)));
+    let (ciphertext, _) = mlkem1024::encapsulate(pair.public_key(), m);
+    bench_prim(&mut g, prim::MLKEM_DECAPS, || mlkem1024::decapsulate(pair.private_key(), black_box(&ciphertext)));
+    bench_prim(&mut g, prim::MLKEM_EK_CHECK, || mlkem1024::validate_public_key(black_box(pair.public_key())));
+
+    let key = [0x42u8; 32];
+    bench_prim(&mut g, prim::HMAC, || {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&key)).expect("any key length");
+        mac.update(&[0x01]);
+        mac.finalize().into_bytes()
+    });
+    let salt = [0u8; 32];
+    let hkdf = |ikm: &[u8], info: &[u8], okm: &mut [u8]| {
+        Hkdf::<Sha256>::new(Some(&salt), black_box(ikm)).expand(info, okm).expect("short output");
+    };
+    bench_prim(&mut g, prim::HKDF_44, || {
+        let mut okm = [0u8; 44];
+        hkdf(&key, b"samizdat/v1/ratchet/message-key", &mut okm);
+        okm
+    });
+    bench_prim(&mut g, prim::HKDF_96, || {
+        let mut okm = [0u8; 96];
+        hkdf(&key, b"samizdat/v1/ratchet/root", &mut okm);
+        okm
+    });
+    let ikm = vec![0x24; PQXDH_IKM_LEN];
+    let info = vec![0x25; 17 + 32];
+    bench_prim(&mut g, prim::HKDF_PQXDH, || {
+        let mut okm = [0u8; 96];
+        hkdf(&ikm, &info, &mut okm);
+        okm
+    });
+    let transcript = vec![0x26; TRANSCRIPT_LEN];
+    bench_prim(&mut g, prim::SHA256_TRANSCRIPT, || Sha256::digest(black_box(&transcript)));
+
+    // Body: ChaCha20-Poly1305 with the key set up per message, as each message has its own key.
+    let body_ad = vec![0x27; BODY_AD_LEN];
+    let nonce = [0x28u8; 12];
+    for n in PAYLOAD_SIZES {
+        let padded = vec![0x29; padded_len(n)];
+        bench_prim(&mut g, &prim::chacha_seal(padded.len()), || {
+            ChaCha20Poly1305::new(&black_box(key).into())
+                .encrypt(&nonce.into(), Payload { msg: &padded, aad: &body_ad })
+                .expect("seal")
+        });
+        let sealed = ChaCha20Poly1305::new(&key.into())
+            .encrypt(&nonce.into(), Payload { msg: &padded, aad: &body_ad })
+            .expect("seal");
+        bench_prim(&mut g, &prim::chacha_open(padded.len()), || {
+            ChaCha20Poly1305::new(&black_box(key).into())
+                .decrypt(&nonce.into(), Payload { msg: &sealed, aad: &body_ad })
+                .expect("open")
+        });
+    }
+
+    // Header and store rows: XChaCha20-Poly1305 with a random 24-byte nonce.
+    let xnonce = [0x2a_u8; 24];
+    let mut xchacha = |g: &mut BenchmarkGroup<'_, WallTime>, len: usize, ad_len: usize| {
+        let plain = vec![0x2b; len];
+        let ad = vec![0x2c; ad_len];
+        bench_prim(g, &prim::xchacha_seal(len), || {
+            let mut nonce = [0u8; 24];
+            rng.fill_bytes(&mut nonce);
+            XChaCha20Poly1305::new(&black_box(key).into()).encrypt(&nonce.into(), Payload { msg: &plain, aad: &ad })
+        });
+        let sealed = XChaCha20Poly1305::new(&key.into())
+            .encrypt(&xnonce.into(), Payload { msg: &plain, aad: &ad })
+            .expect("seal");
+        bench_prim(g, &prim::xchacha_open(len), || {
+            XChaCha20Poly1305::new(&black_box(key).into())
+                .decrypt(&xnonce.into(), Payload { msg: &sealed, aad: &ad })
+                .expect("open")
+        });
+        sealed
+    };
+    let header = xchacha(&mut g, HEADER_LEN, SESSION_AD_LEN);
+    xchacha(&mut g, figures.row_len, ROW_AD_LEN);
+    if figures.session_len != figures.row_len {
+        xchacha(&mut g, figures.session_len, ROW_AD_LEN);
+    }
+    let wrong = [0x43u8; 32];
+    let ad = vec![0x2c; SESSION_AD_LEN];
+    bench_prim(&mut g, prim::XCHACHA_OPEN_FAIL, || {
+        XChaCha20Poly1305::new(&black_box(wrong).into()).decrypt(&xnonce.into(), Payload { msg: &header, aad: &ad })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------- one-to-one sessions
+
+fn chain(c: &mut Criterion) {
+    let mut g = c.benchmark_group("chain");
+    for n in PAYLOAD_SIZES {
+        let p = payload(n);
+        let mut pair = Pair::new(1);
+        g.bench_function(BenchmarkId::new("samizdat_send", n), |b| b.iter(|| pair.a_to_b(black_box(&p))));
+        let mut pair = Pair::new(2);
+        g.bench_function(BenchmarkId::new("samizdat_recv", n), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(iters, CHUNK, &mut pair, |s| s.a_to_b(&p), |s, m| assert_eq!(s.b_receive(&m), n))
+            });
+        });
+        let mut pair = Pair::new(3);
+        g.bench_function(BenchmarkId::new("samizdat_both", n), |b| {
+            b.iter(|| {
+                let m = pair.a_to_b(black_box(&p));
+                pair.b_receive(&m)
+            });
+        });
+
+        let mut vz = VzPair::new();
+        g.bench_function(BenchmarkId::new("vodozemac_send", n), |b| {
+            b.iter(|| vz_wire(&vz.a.encrypt(black_box(&p)).expect("encrypt")));
+        });
+        let mut vz = VzPair::new();
+        g.bench_function(BenchmarkId::new("vodozemac_recv", n), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(
+                    iters,
+                    CHUNK,
+                    &mut vz,
+                    |s| vz_wire(&s.a.encrypt(&p).expect("encrypt")),
+                    |s, (kind, bytes)| {
+                        let message = OlmMessage::from_parts(kind, &bytes).expect("decode");
+                        assert_eq!(s.b.decrypt(&message).expect("decrypt").len(), n);
+                    },
+                )
+            });
+        });
+        let mut vz = VzPair::new();
+        g.bench_function(BenchmarkId::new("vodozemac_both", n), |b| {
+            b.iter(|| {
+                let (kind, bytes) = vz_wire(&vz.a.encrypt(black_box(&p)).expect("encrypt"));
+                vz.b.decrypt(&OlmMessage::from_parts(kind, &bytes).expect("decode")).expect("decrypt")
+            });
+        });
+    }
+    g.finish();
+}
+
+fn ping_pong(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pingpong");
+    for n in PAYLOAD_SIZES {
+        let p = payload(n);
+        let mut pair = Pair::new(4);
+        let mut turn = false;
+        g.bench_function(BenchmarkId::new("samizdat", n), |b| {
+            b.iter(|| {
+                turn = !turn;
+                if turn {
+                    let m = pair.a_to_b(black_box(&p));
+                    pair.b_receive(&m)
+                } else {
+                    let m = pair.b_to_a(black_box(&p));
+                    pair.a_receive(&m)
+                }
+            });
+        });
+        let mut vz = VzPair::new();
+        let mut turn = false;
+        g.bench_function(BenchmarkId::new("vodozemac", n), |b| {
+            b.iter(|| {
+                turn = !turn;
+                let (from, to) = if turn { (&mut vz.a, &mut vz.b) } else { (&mut vz.b, &mut vz.a) };
+                let (kind, bytes) = vz_wire(&from.encrypt(black_box(&p)).expect("encrypt"));
+                to.decrypt(&OlmMessage::from_parts(kind, &bytes).expect("decode")).expect("decrypt")
+            });
+        });
+    }
+    g.finish();
+}
+
+/// vodozemac's handshake state: the two accounts.
+struct VzAccounts {
+    alice: Account,
+    bob: Account,
+}
+
+fn handshake(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake");
+    for n in PAYLOAD_SIZES {
+        let p = payload(n);
+        let mut pair = Pair::new(5);
+        g.bench_function(BenchmarkId::new("samizdat", n), |b| b.iter(|| pair.handshake(black_box(&p))));
+
+        // vodozemac: verify the signed one-time key (as a Matrix client does), create the outbound
+        // session, encrypt the first message; the responder creates the inbound session from it
+        // (which decrypts it). One-time keys are made untimed, a chunk ahead (an account keeps 100).
+        let mut accounts = VzAccounts { alice: Account::new(), bob: Account::new() };
+        let config = SessionConfig::version_1();
+        g.bench_function(BenchmarkId::new("vodozemac", n), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(
+                    iters,
+                    CHUNK,
+                    &mut accounts,
+                    |s| {
+                        let otk = s.bob.generate_one_time_keys(1).created[0];
+                        s.bob.mark_keys_as_published();
+                        let (text, signature) = vz_signed_otk(&s.bob, otk);
+                        (otk, text, signature)
+                    },
+                    |s, (otk, text, signature)| {
+                        s.bob.ed25519_key().verify(text.as_bytes(), &signature).expect("signed one-time key");
+                        let mut session =
+                            s.alice.create_outbound_session(config, s.bob.curve25519_key(), otk).expect("outbound");
+                        let (kind, bytes) = vz_wire(&session.encrypt(&p).expect("encrypt"));
+                        let OlmMessage::PreKey(first) = OlmMessage::from_parts(kind, &bytes).expect("decode") else {
+                            panic!("a pre-key message")
+                        };
+                        let inbound =
+                            s.bob.create_inbound_session(config, s.alice.curve25519_key(), &first).expect("inbound");
+                        assert_eq!(inbound.plaintext.len(), n);
+                    },
+                )
+            });
+        });
+    }
+    g.finish();
+}
+
+fn session(c: &mut Criterion) {
+    let mut g = c.benchmark_group("session");
+    let mut pair = Pair::new(6);
+    pair.ping_pong(10);
+    let record = &pair.b;
+    let bytes = record.to_bytes();
+    g.bench_function("samizdat_serialize", |b| b.iter(|| black_box(record).to_bytes()));
+    g.bench_function("samizdat_deserialize", |b| {
+        b.iter(|| SessionRecord::from_bytes(black_box(&bytes)).expect("record"))
+    });
+
+    // Sealed as the store seals a row: XChaCha20-Poly1305, random nonce, row associated data.
+    let cipher = XChaCha20Poly1305::new(&[0x44u8; 32].into());
+    let ad = vec![0x2c; ROW_AD_LEN];
+    let mut rng = ChaCha20Rng::from_seed([12; 32]);
+    let mut seal = |plain: &[u8]| {
+        let mut nonce = [0u8; 24];
+        rng.fill_bytes(&mut nonce);
+        let sealed = cipher.encrypt(&nonce.into(), Payload { msg: plain, aad: &ad }).expect("seal");
+        let mut out = Vec::with_capacity(1 + 24 + sealed.len());
+        out.push(1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    };
+    let sealed = seal(&bytes);
+    g.bench_function("samizdat_serialize_sealed", |b| b.iter(|| seal(&black_box(record).to_bytes())));
+    g.bench_function("samizdat_deserialize_sealed", |b| {
+        b.iter(|| {
+            let (nonce, body) = black_box(&sealed)[1..].split_at(24);
+            let nonce: [u8; 24] = nonce.try_into().expect("nonce");
+            let plain = cipher.decrypt(&nonce.into(), Payload { msg: body, aad: &ad }).expect("open");
+            SessionRecord::from_bytes(&plain).expect("record")
+        });
+    });
+
+    let mut vz = VzPair::new();
+    vz.ping_pong(10);
+    let key = [0x45u8; 32];
+    let pickled = vz.b.pickle().encrypt(&key);
+    g.bench_function("vodozemac_pickle", |b| b.iter(|| black_box(&vz.b).pickle().encrypt(&key)));
+    g.bench_function("vodozemac_unpickle", |b| {
+        b.iter(|| Session::from_pickle(SessionPickle::from_encrypted(black_box(&pickled), &key).expect("pickle")))
+    });
+    g.finish();
+}
+
+fn group(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group");
+    for n in PAYLOAD_SIZES {
+        let p = payload(n);
+        let config = vodozemac::megolm::SessionConfig::version_1();
+        let mut outbound = GroupSession::new(config);
+        g.bench_function(BenchmarkId::new("vodozemac_encrypt", n), |b| {
+            b.iter(|| outbound.encrypt(black_box(&p)).to_bytes());
+        });
+        let outbound = GroupSession::new(config);
+        let inbound = InboundGroupSession::new(&outbound.session_key(), config);
+        let mut state = (outbound, inbound);
+        g.bench_function(BenchmarkId::new("vodozemac_decrypt", n), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(
+                    iters,
+                    CHUNK,
+                    &mut state,
+                    |(out, _)| out.encrypt(&p).to_bytes(),
+                    |(_, inb), bytes| {
+                        let message = MegolmMessage::from_bytes(&bytes).expect("decode");
+                        assert_eq!(inb.decrypt(&message).expect("decrypt").plaintext.len(), n);
+                    },
+                )
+            });
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------- devices over a store
+
+fn device_ops<B: Backend>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, devices: &mut DeviceSetup<B>, n: usize) {
+    let p = payload(n);
+    g.bench_function(BenchmarkId::new(format!("{name}_encrypt"), n), |b| {
+        b.iter(|| devices.bob_sends(black_box(&p)));
+    });
+    g.bench_function(BenchmarkId::new(format!("{name}_decrypt"), n), |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(iters, CHUNK, devices, |d| d.to_bob(&p), |d, m| assert_eq!(d.bob_receives(&m), n))
+        });
+    });
+}
+
+fn device_batch<B: Backend>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, devices: &mut DeviceSetup<B>, n: usize) {
+    let p = payload(n);
+    g.bench_function(BenchmarkId::new(name, n), |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(
+                iters,
+                1,
+                devices,
+                |d| (0..BATCH).map(|_| (d.alice.address.clone(), d.to_bob(&p))).collect::<Vec<_>>(),
+                |d, messages| {
+                    let batch = d.bob.decrypt_batch(&messages).expect("batch");
+                    assert!(batch.results().iter().all(Result::is_ok));
+                    d.bob.commit_batch(batch).expect("commit");
+                },
+            )
+        });
+    });
+}
+
+fn device(c: &mut Criterion) {
+    let dir = TempDir::new("device");
+    let sqlite = |name: &str| SqliteBackend::open(dir.path().join(format!("{name}.db"))).expect("sqlite");
+    {
+        let mut g = c.benchmark_group("device");
+        // One SQLite commit (with its fsync) per call: fewer samples keep the run short.
+        g.sample_size(20);
+        let mut on_sqlite = DeviceSetup::new(sqlite("single"));
+        let mut in_memory = DeviceSetup::new(MemoryBackend::new());
+        for n in PAYLOAD_SIZES {
+            device_ops(&mut g, "sqlite", &mut on_sqlite, n);
+            device_ops(&mut g, "memory", &mut in_memory, n);
+        }
+        // The same with 100 one-time prekeys of each kind held (every decrypt loads them).
+        let mut loaded = DeviceSetup::new(MemoryBackend::new());
+        loaded.bob.refill_prekeys(100, 100, 0).expect("refill");
+        let p = payload(64);
+        g.bench_function(BenchmarkId::new("memory_decrypt_100prekeys", 64), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(iters, CHUNK, &mut loaded, |d| d.to_bob(&p), |d, m| assert_eq!(d.bob_receives(&m), 64))
+            });
+        });
+        g.finish();
+    }
+    let mut g = c.benchmark_group("device_batch");
+    g.sample_size(10);
+    let mut on_sqlite = DeviceSetup::new(sqlite("batch"));
+    let mut in_memory = DeviceSetup::new(MemoryBackend::new());
+    for n in PAYLOAD_SIZES {
+        device_batch(&mut g, "sqlite", &mut on_sqlite, n);
+        device_batch(&mut g, "memory", &mut in_memory, n);
+    }
+    g.finish();
+}
+
+fn main() {
+    let figures = figures();
+    let mut c = Criterion::default().configure_from_args();
+    floor(&mut c, &figures);
+    chain(&mut c);
+    ping_pong(&mut c);
+    handshake(&mut c);
+    session(&mut c);
+    group(&mut c);
+    device(&mut c);
+    c.final_summary();
+
+    println!("\nSizes (bytes): samizdat / vodozemac");
+    for (label, ours, theirs) in &figures.sizes {
+        println!("  {label}: {ours:?} / {theirs:?}");
+    }
+    println!("Wire overhead per message (ciphertext - plaintext, bytes): samizdat / vodozemac");
+    for (label, ours, theirs) in &figures.overhead {
+        println!("  {label}: {ours:?} / {theirs:?}");
+    }
+    if bench_mode()
+        && let Some(path) = std::env::var_os("SAMIZDAT_BENCH_META")
+    {
+        write_meta(std::path::Path::new(&path), &figures).expect("write the report's metadata");
+    }
+}

@@ -1,0 +1,509 @@
+//! # samizdat-ffi
+//!
+//! The [`samizdat`] Device API for Kotlin, Swift and Python, through UniFFI
+//! proc-macros. This layer only translates: every method converts its
+//! arguments, calls [`samizdat::device::Device`], and maps the error into the
+//! one [`SamizdatError`]. Logic belongs in `samizdat` (core).
+//!
+//! - Objects ([`Device`], [`PendingMessage`], [`PendingBatch`],
+//!   [`SafetyNumber`]) are `Arc<Self>` and safe to call from any thread: the
+//!   core device locks internally; the pending objects hold their core value
+//!   in a `Mutex<Option<_>>` so that a commit takes it exactly once.
+//! - Plain data are records ([`Address`], [`PrekeyCounts`], [`Rotated`],
+//!   [`IncomingMessage`], [`BatchResult`]); bytes are `Vec<u8>`.
+//! - No async runtime: every call is synchronous (each is one SQLite
+//!   transaction; run it off the UI thread).
+//!
+//! The code `setup_scaffolding!` and the derives generate is FFI glue that
+//! needs `unsafe`, hence no `#![forbid(unsafe_code)]` here, unlike core. The
+//! workspace's `deny(unsafe_code)` still holds for the code written here: it
+//! does not fire on the macros' output, and this file has no `unsafe` of its own.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use samizdat::{
+    DecryptError, EncryptError, SessionError,
+    device::{self, DeviceError},
+    fingerprint::{self, ScanError},
+    keys::IdentityKey,
+    store::StoreError,
+};
+use zeroize::Zeroizing;
+
+uniffi::setup_scaffolding!("samizdat");
+
+/// Every failure of the bindings, one variant per thing an app can do about it.
+///
+/// Kotlin: `SamizdatException.Duplicate` etc.; Swift: `SamizdatError.Duplicate`;
+/// Python: `samizdat.SamizdatError.Duplicate`.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum SamizdatError {
+    /// The peer's identity key changed (a reinstall, or an attacker). Nothing
+    /// is sent to or accepted from it until the app calls
+    /// [`Device::trust_identity`] with `identity`.
+    #[error("the peer's identity key changed")]
+    UntrustedIdentity {
+        /// The new identity key (32 bytes).
+        identity: Vec<u8>,
+    },
+    /// The message was already decrypted and committed: drop it (and ack it).
+    #[error("duplicate message")]
+    Duplicate,
+    /// The message is malformed, forged or altered, or too far ahead of the
+    /// session: drop it. Opaque on purpose: which check failed is not for a
+    /// forger to learn.
+    #[error("invalid message")]
+    InvalidMessage,
+    /// The prekey bundle is malformed or its signatures do not verify.
+    #[error("invalid prekey bundle")]
+    InvalidBundle,
+    /// There is no session with this peer: start one from its bundle.
+    #[error("no session with this peer")]
+    NoSession,
+    /// A prekey message names a prekey this device no longer has (consumed by
+    /// another session, or rotated away): the sender must start again from a
+    /// fresh bundle.
+    #[error("unknown prekey")]
+    UnknownPrekey,
+    /// The session changed since this decryption was made: decrypt the
+    /// message again (it was not consumed).
+    #[error("the session changed since this decryption was made")]
+    StalePending,
+    /// This pending message or batch was already committed.
+    #[error("already committed")]
+    AlreadyCommitted,
+    /// The plaintext is longer than the limit.
+    #[error("plaintext of {len} bytes exceeds the limit of {max}")]
+    MessageTooLarge {
+        /// Length of the plaintext.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A scanned safety number does not match: do not mark the peer verified.
+    #[error("safety number mismatch")]
+    SafetyNumberMismatch {
+        /// Which identity differs.
+        side: MismatchedSide,
+    },
+    /// The storage key does not open this store (nothing was changed).
+    #[error("wrong storage key")]
+    WrongStorageKey,
+    /// Another process or handle has this store open: close it first.
+    #[error("the store is in use")]
+    StoreLocked,
+    /// The store holds no device: create one.
+    #[error("no device in this store")]
+    NoDevice,
+    /// The store already holds a device: open it.
+    #[error("a device already exists in this store")]
+    DeviceExists,
+    /// The store failed (I/O, SQLite, a corrupt row, a newer schema).
+    #[error("store error: {reason}")]
+    StoreError {
+        /// What failed.
+        reason: String,
+    },
+    /// An argument is invalid (an empty user id, a storage key that is not
+    /// 32 bytes, a malformed identity key, a limit exceeded).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A failure this version of the bindings does not classify.
+    #[error("{reason}")]
+    Other {
+        /// The core error's text.
+        reason: String,
+    },
+}
+
+/// Which identity differs between a scanned code and our safety number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum MismatchedSide {
+    /// The peer holds a different identity for us.
+    Local,
+    /// We hold a different identity for the peer.
+    Remote,
+    /// Both differ (for example a code from another conversation).
+    Both,
+}
+
+/// A device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Address {
+    /// The app's stable user id (1 to 256 bytes of UTF-8).
+    pub user_id: String,
+    /// The device id.
+    pub device_id: u32,
+}
+
+/// How many one-time prekeys are left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct PrekeyCounts {
+    /// One-time X25519 prekeys.
+    pub one_time: u64,
+    /// One-time ML-KEM prekeys.
+    pub pq_one_time: u64,
+}
+
+/// What [`Device::rotate_prekeys`] replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct Rotated {
+    /// Whether the signed prekey was rotated.
+    pub signed_prekey: bool,
+    /// Whether the last-resort ML-KEM prekey was rotated.
+    pub last_resort_prekey: bool,
+}
+
+/// A queued message for [`Device::decrypt_batch`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct IncomingMessage {
+    /// The sender, as the app's transport names it.
+    pub sender: Address,
+    /// The message as received.
+    pub ciphertext: Vec<u8>,
+}
+
+/// One message's outcome in a [`PendingBatch`]: a plaintext or an error.
+#[derive(Debug, uniffi::Record)]
+pub struct BatchResult {
+    /// The plaintext, if the message decrypted.
+    pub plaintext: Option<Vec<u8>>,
+    /// Why it did not (a failed message changes nothing).
+    pub error: Option<SamizdatError>,
+}
+
+/// One installation: an identity, its prekeys and its sessions in an
+/// encrypted SQLite store. Close it (`close()` in Kotlin, `del` in Python)
+/// to release the store.
+#[derive(uniffi::Object)]
+pub struct Device {
+    inner: device::Device,
+}
+
+/// A decrypted message waiting for [`Device::commit`]. Store the plaintext,
+/// commit, then acknowledge the message to the server.
+#[derive(uniffi::Object)]
+pub struct PendingMessage {
+    plaintext: Vec<u8>,
+    sender: Address,
+    sender_identity: Vec<u8>,
+    inner: Mutex<Option<device::PendingMessage>>,
+}
+
+/// Decrypted queued messages waiting for [`Device::commit_batch`].
+#[derive(uniffi::Object)]
+pub struct PendingBatch {
+    inner: Mutex<Option<device::PendingBatch>>,
+}
+
+/// The safety number of a conversation: 60 digits to read aloud, or a code
+/// to scan.
+#[derive(uniffi::Object)]
+pub struct SafetyNumber {
+    inner: fingerprint::SafetyNumber,
+}
+
+#[uniffi::export]
+impl Device {
+    /// Creates a new device in a new SQLite database at `path`.
+    #[uniffi::constructor]
+    pub fn create(
+        path: String,
+        storage_key: Vec<u8>,
+        user_id: String,
+        device_id: u32,
+        now: u64,
+    ) -> Result<Arc<Self>, SamizdatError> {
+        let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
+        Ok(Arc::new(Self { inner: device::Device::create(path, &key, address, now)? }))
+    }
+
+    /// Opens the device in the SQLite database at `path`.
+    #[uniffi::constructor]
+    pub fn open(path: String, storage_key: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
+        Ok(Arc::new(Self { inner: device::Device::open(path, &*key32(storage_key)?)? }))
+    }
+
+    /// Opens the device at `path`, creating it first if there is none.
+    #[uniffi::constructor]
+    pub fn open_or_create(
+        path: String,
+        storage_key: Vec<u8>,
+        user_id: String,
+        device_id: u32,
+        now: u64,
+    ) -> Result<Arc<Self>, SamizdatError> {
+        let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
+        Ok(Arc::new(Self { inner: device::Device::open_or_create(path, &key, address, now)? }))
+    }
+
+    /// This device's address.
+    pub fn address(&self) -> Address {
+        self.inner.address().into()
+    }
+
+    /// This device's identity key (32 bytes).
+    pub fn identity_key(&self) -> Vec<u8> {
+        self.inner.identity_key().as_bytes().to_vec()
+    }
+
+    /// A prekey bundle to upload.
+    pub fn prekey_bundle(&self) -> Result<Vec<u8>, SamizdatError> {
+        Ok(self.inner.prekey_bundle()?)
+    }
+
+    /// Up to `count` bundles with distinct one-time prekeys.
+    pub fn prekey_bundles(&self, count: u32) -> Result<Vec<Vec<u8>>, SamizdatError> {
+        Ok(self.inner.prekey_bundles(count as usize)?)
+    }
+
+    /// How many one-time prekeys are left.
+    pub fn prekey_counts(&self) -> Result<PrekeyCounts, SamizdatError> {
+        let (one_time, pq_one_time) = self.inner.prekey_counts()?;
+        Ok(PrekeyCounts { one_time: one_time as u64, pq_one_time: pq_one_time as u64 })
+    }
+
+    /// Below `threshold` one-time prekeys of either kind, tops each kind up
+    /// to `target`; returns how many were added in all.
+    pub fn refill_prekeys(&self, threshold: u32, target: u32, now: u64) -> Result<u64, SamizdatError> {
+        Ok(self.inner.refill_prekeys(threshold as usize, target as usize, now)? as u64)
+    }
+
+    /// Rotates the signed and last-resort prekeys older than `max_age` seconds.
+    pub fn rotate_prekeys(&self, now: u64, max_age: u64) -> Result<Rotated, SamizdatError> {
+        let rotated = self.inner.rotate_prekeys(now, max_age)?;
+        Ok(Rotated { signed_prekey: rotated.signed_prekey, last_resort_prekey: rotated.last_resort_prekey })
+    }
+
+    /// Starts a session from a peer's bundle; returns the peer's address.
+    pub fn start_session(&self, bundle: Vec<u8>) -> Result<Address, SamizdatError> {
+        Ok(self.inner.start_session(&bundle)?.into())
+    }
+
+    /// Whether there is a session with `peer`.
+    pub fn has_session(&self, peer: Address) -> Result<bool, SamizdatError> {
+        Ok(self.inner.has_session(&peer.to_core()?)?)
+    }
+
+    /// The identity key trusted for `peer`, if any.
+    pub fn peer_identity(&self, peer: Address) -> Result<Option<Vec<u8>>, SamizdatError> {
+        Ok(self.inner.peer_identity(&peer.to_core()?)?.map(|key| key.as_bytes().to_vec()))
+    }
+
+    /// The safety number with `peer`.
+    pub fn safety_number(&self, peer: Address) -> Result<Arc<SafetyNumber>, SamizdatError> {
+        Ok(Arc::new(SafetyNumber { inner: self.inner.safety_number(&peer.to_core()?)? }))
+    }
+
+    /// Trusts `identity` for `peer` (after [`SamizdatError::UntrustedIdentity`]).
+    pub fn trust_identity(&self, peer: Address, identity: Vec<u8>) -> Result<(), SamizdatError> {
+        let identity = IdentityKey::from_slice(&identity).map_err(invalid_argument)?;
+        Ok(self.inner.trust_identity(&peer.to_core()?, identity)?)
+    }
+
+    /// Encrypts for `peer`; the session is committed before this returns.
+    pub fn encrypt(&self, peer: Address, plaintext: Vec<u8>) -> Result<Vec<u8>, SamizdatError> {
+        Ok(self.inner.encrypt(&peer.to_core()?, &plaintext)?)
+    }
+
+    /// Decrypts a message from `sender` without changing anything.
+    pub fn decrypt(&self, sender: Address, ciphertext: Vec<u8>) -> Result<Arc<PendingMessage>, SamizdatError> {
+        Ok(Arc::new(self.inner.decrypt(&sender.to_core()?, &ciphertext)?.into()))
+    }
+
+    /// Commits a decryption (after the app stored the plaintext).
+    pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<(), SamizdatError> {
+        Ok(self.inner.commit(take(&pending.inner)?)?)
+    }
+
+    /// Decrypts queued messages in order; nothing is written until
+    /// [`Self::commit_batch`].
+    pub fn decrypt_batch(&self, messages: Vec<IncomingMessage>) -> Result<Arc<PendingBatch>, SamizdatError> {
+        let messages = messages
+            .into_iter()
+            .map(|m| Ok((m.sender.to_core()?, m.ciphertext)))
+            .collect::<Result<Vec<_>, SamizdatError>>()?;
+        Ok(Arc::new(PendingBatch { inner: Mutex::new(Some(self.inner.decrypt_batch(&messages)?)) }))
+    }
+
+    /// Commits a batch in one transaction.
+    pub fn commit_batch(&self, batch: Arc<PendingBatch>) -> Result<(), SamizdatError> {
+        Ok(self.inner.commit_batch(take(&batch.inner)?)?)
+    }
+}
+
+#[uniffi::export]
+impl PendingMessage {
+    /// The plaintext.
+    pub fn plaintext(&self) -> Vec<u8> {
+        self.plaintext.clone()
+    }
+
+    /// The sender, as the app named it.
+    pub fn sender(&self) -> Address {
+        self.sender.clone()
+    }
+
+    /// The sender's identity key (32 bytes).
+    pub fn sender_identity(&self) -> Vec<u8> {
+        self.sender_identity.clone()
+    }
+}
+
+#[uniffi::export]
+impl PendingBatch {
+    /// One result per message, in the order given (empty once committed).
+    pub fn results(&self) -> Vec<BatchResult> {
+        let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let results = guard.as_ref().map(device::PendingBatch::results).unwrap_or_default();
+        results.iter().map(|r| r.clone().map_err(SamizdatError::from).into()).collect()
+    }
+}
+
+#[uniffi::export]
+impl SafetyNumber {
+    /// The 60 digits, with no separator.
+    pub fn digits(&self) -> String {
+        self.inner.digits().to_owned()
+    }
+
+    /// The digits in 12 groups of 5, as users read them.
+    pub fn display(&self) -> String {
+        self.inner.display()
+    }
+
+    /// The bytes a QR code on this screen carries.
+    pub fn scannable(&self) -> Vec<u8> {
+        self.inner.scannable()
+    }
+
+    /// Checks a code scanned from the peer's screen.
+    pub fn compare_scanned(&self, scanned: Vec<u8>) -> Result<(), SamizdatError> {
+        Ok(self.inner.compare_scanned(&scanned)?)
+    }
+}
+
+impl Address {
+    fn to_core(&self) -> Result<samizdat::address::Address, SamizdatError> {
+        samizdat::address::Address::new(self.user_id.clone(), self.device_id).map_err(invalid_argument)
+    }
+}
+
+impl From<&samizdat::address::Address> for Address {
+    fn from(address: &samizdat::address::Address) -> Self {
+        Self { user_id: address.user_id().to_owned(), device_id: address.device_id() }
+    }
+}
+
+impl From<samizdat::address::Address> for Address {
+    fn from(address: samizdat::address::Address) -> Self {
+        (&address).into()
+    }
+}
+
+impl From<device::PendingMessage> for PendingMessage {
+    fn from(pending: device::PendingMessage) -> Self {
+        Self {
+            plaintext: pending.plaintext().to_vec(),
+            sender: pending.peer().into(),
+            sender_identity: pending.sender_identity().as_bytes().to_vec(),
+            inner: Mutex::new(Some(pending)),
+        }
+    }
+}
+
+impl From<Result<Vec<u8>, SamizdatError>> for BatchResult {
+    fn from(result: Result<Vec<u8>, SamizdatError>) -> Self {
+        let (plaintext, error) = match result {
+            Ok(plaintext) => (Some(plaintext), None),
+            Err(error) => (None, Some(error)),
+        };
+        Self { plaintext, error }
+    }
+}
+
+/// Takes a pending value out of its slot, once.
+fn take<T>(slot: &Mutex<Option<T>>) -> Result<T, SamizdatError> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take().ok_or(SamizdatError::AlreadyCommitted)
+}
+
+/// The storage key as the core takes it; the copies are zeroized on drop.
+fn key32(key: Vec<u8>) -> Result<Zeroizing<[u8; 32]>, SamizdatError> {
+    let key = Zeroizing::new(key);
+    let array = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| SamizdatError::InvalidArgument {
+        reason: format!("the storage key has {} bytes, expected 32", key.len()),
+    })?;
+    Ok(Zeroizing::new(array))
+}
+
+fn invalid_argument(error: impl std::fmt::Display) -> SamizdatError {
+    SamizdatError::InvalidArgument { reason: error.to_string() }
+}
+
+impl From<DeviceError> for SamizdatError {
+    fn from(error: DeviceError) -> Self {
+        match error {
+            DeviceError::Session(e) => e.into(),
+            DeviceError::Store(e) => e.into(),
+            DeviceError::PreKey(e) => invalid_argument(e),
+            DeviceError::InvalidArgument(e) => invalid_argument(e),
+            e => Self::Other { reason: e.to_string() },
+        }
+    }
+}
+
+impl From<SessionError> for SamizdatError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::Malformed(_) => Self::InvalidMessage,
+            SessionError::Bundle(_) => Self::InvalidBundle,
+            SessionError::Encrypt(EncryptError::MessageTooLarge { len, max }) => {
+                Self::MessageTooLarge { len: len as u64, max: max as u64 }
+            }
+            SessionError::Decrypt(DecryptError::Duplicate { .. }) | SessionError::DuplicatePreKeyMessage => {
+                Self::Duplicate
+            }
+            SessionError::Decrypt(_) => Self::InvalidMessage,
+            SessionError::NoSession => Self::NoSession,
+            SessionError::UntrustedIdentity { identity } => {
+                Self::UntrustedIdentity { identity: identity.as_bytes().to_vec() }
+            }
+            SessionError::UnknownPreKey { .. } => Self::UnknownPrekey,
+            SessionError::StalePending => Self::StalePending,
+            e => Self::Other { reason: e.to_string() },
+        }
+    }
+}
+
+impl From<StoreError> for SamizdatError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::WrongKey => Self::WrongStorageKey,
+            StoreError::Locked => Self::StoreLocked,
+            StoreError::NotFound => Self::NoDevice,
+            StoreError::AlreadyExists => Self::DeviceExists,
+            e => Self::StoreError { reason: e.to_string() },
+        }
+    }
+}
+
+impl From<ScanError> for SamizdatError {
+    fn from(error: ScanError) -> Self {
+        match error {
+            ScanError::Mismatch(fingerprint::MismatchedSide::Local) => {
+                Self::SafetyNumberMismatch { side: MismatchedSide::Local }
+            }
+            ScanError::Mismatch(fingerprint::MismatchedSide::Remote) => {
+                Self::SafetyNumberMismatch { side: MismatchedSide::Remote }
+            }
+            ScanError::Mismatch(fingerprint::MismatchedSide::Both) => {
+                Self::SafetyNumberMismatch { side: MismatchedSide::Both }
+            }
+            e => invalid_argument(e),
+        }
+    }
+}

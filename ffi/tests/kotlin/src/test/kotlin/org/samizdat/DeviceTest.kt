@@ -1,0 +1,264 @@
+// The samizdat bindings on the JVM: the same scenarios as ffi/tests/python/test_device.py.
+package org.samizdat
+
+import com.sun.jna.Native
+import java.io.File
+import java.nio.file.Path
+import org.junit.jupiter.api.Assertions.assertArrayEquals
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertNotNull
+import org.junit.jupiter.api.Assertions.assertNull
+import org.junit.jupiter.api.Assertions.assertThrows
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.io.TempDir
+
+class DeviceTest {
+    private val aliceKey = ByteArray(32) { 1 }
+    private val bobKey = ByteArray(32) { 2 }
+
+    private fun device(dir: Path, name: String, key: ByteArray): Device =
+        Device.openOrCreate(dir.resolve("$name.db").toString(), key, name, 1u, 0uL)
+
+    /** Decrypt, "store", commit: what an app does with each message. */
+    private fun receive(to: Device, from: Address, wire: ByteArray): String {
+        to.decrypt(from, wire).use { pending ->
+            val text = pending.plaintext().decodeToString()
+            to.commit(pending)
+            return text
+        }
+    }
+
+    @Test
+    fun readmeConversation(@TempDir dir: Path) {
+        // README-BEGIN
+        val aliceKey = ByteArray(32) { 1 } // from the platform keystore in a real app
+        val bobKey = ByteArray(32) { 2 }
+        Device.openOrCreate("$dir/alice.db", aliceKey, "alice", 1u, 0uL).use { alice ->
+            Device.openOrCreate("$dir/bob.db", bobKey, "bob", 1u, 0uL).use { bob ->
+                // Bob's bundle travels through a server; Alice verifies it and opens a session.
+                val bobAddress = alice.startSession(bob.prekeyBundle())
+                val wire = alice.encrypt(bobAddress, "hello".encodeToByteArray())
+
+                // Two-phase decrypt: store the plaintext, then commit, then ack to the server.
+                bob.decrypt(alice.address(), wire).use { pending ->
+                    assertEquals("hello", pending.plaintext().decodeToString())
+                    bob.commit(pending)
+                }
+                assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), wire) }
+                assertEquals(
+                    alice.safetyNumber(bobAddress).use { it.digits() },
+                    bob.safetyNumber(alice.address()).use { it.digits() },
+                )
+            }
+        }
+        // README-END
+    }
+
+    @Test
+    fun conversationWithOutOfOrderDelivery(@TempDir dir: Path) {
+        device(dir, "alice", aliceKey).use { alice ->
+            device(dir, "bob", bobKey).use { bob ->
+                val bobAddress = alice.startSession(bob.prekeyBundle())
+                assertEquals(Address("bob", 1u), bobAddress)
+                assertTrue(alice.hasSession(bobAddress))
+                val wires = (1..4).map { alice.encrypt(bobAddress, "m$it".encodeToByteArray()) }
+                // Delivered 3, 1, 4, 2.
+                for (i in listOf(2, 0, 3, 1)) assertEquals("m${i + 1}", receive(bob, alice.address(), wires[i]))
+                // Bob answers twice; Alice receives the answers in reverse order.
+                val replies = (1..2).map { bob.encrypt(alice.address(), "r$it".encodeToByteArray()) }
+                assertEquals("r2", receive(alice, bobAddress, replies[1]))
+                assertEquals("r1", receive(alice, bobAddress, replies[0]))
+                // Both sides see the same safety number; a scan of the other screen matches.
+                alice.safetyNumber(bobAddress).use { onAlice ->
+                    bob.safetyNumber(alice.address()).use { onBob ->
+                        assertEquals(onAlice.digits(), onBob.digits())
+                        assertEquals(71, onAlice.display().length)
+                        onAlice.compareScanned(onBob.scannable())
+                        assertArrayEquals(bob.identityKey(), alice.peerIdentity(bobAddress))
+                    }
+                }
+            }
+        }
+    }
+
+    @Test
+    fun twoPhaseDecryptSurvivesARestart(@TempDir dir: Path) {
+        val alice = device(dir, "alice", aliceKey)
+        var bob = device(dir, "bob", bobKey)
+        alice.startSession(bob.prekeyBundle())
+        val first = alice.encrypt(bob.address(), "one".encodeToByteArray())
+
+        // Decrypted but not committed, then the app "restarts".
+        bob.decrypt(alice.address(), first).use { assertEquals("one", it.plaintext().decodeToString()) }
+        bob.close()
+        bob = device(dir, "bob", bobKey)
+        assertFalse(bob.hasSession(alice.address()))
+        // Redelivered: decrypts again; committed, then a redelivery after a restart is a duplicate.
+        assertEquals("one", receive(bob, alice.address(), first))
+        bob.close()
+        bob = device(dir, "bob", bobKey)
+        assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), first) }
+
+        // Two pendings from the same state: the second commit is stale; committing twice is refused.
+        val third = alice.encrypt(bob.address(), "three".encodeToByteArray())
+        val fourth = alice.encrypt(bob.address(), "four".encodeToByteArray())
+        val p3 = bob.decrypt(alice.address(), third)
+        val p4 = bob.decrypt(alice.address(), fourth)
+        bob.commit(p3)
+        assertThrows(SamizdatException.AlreadyCommitted::class.java) { bob.commit(p3) }
+        assertThrows(SamizdatException.StalePending::class.java) { bob.commit(p4) }
+        assertEquals("four", receive(bob, alice.address(), fourth))
+        listOf(p3, p4, bob, alice).forEach { it.close() }
+    }
+
+    @Test
+    fun everyExceptionClass(@TempDir dir: Path) {
+        val alicePath = dir.resolve("alice.db").toString()
+        device(dir, "alice", aliceKey).use { alice ->
+            device(dir, "bob", bobKey).use { bob ->
+                // The store: locked while open, refused with the wrong key, no device, already a device.
+                assertThrows(SamizdatException.StoreLocked::class.java) { Device.open(alicePath, aliceKey) }
+                assertThrows(SamizdatException.NoDevice::class.java) {
+                    Device.open(dir.resolve("empty.db").toString(), aliceKey)
+                }
+                // Arguments.
+                val e = assertThrows(SamizdatException.InvalidArgument::class.java) {
+                    Device.create(dir.resolve("x.db").toString(), ByteArray(31), "x", 1u, 0uL)
+                }
+                assertTrue(e.reason.contains("32"))
+                assertThrows(SamizdatException.InvalidArgument::class.java) { alice.hasSession(Address("", 1u)) }
+                assertThrows(SamizdatException.InvalidBundle::class.java) { alice.startSession(ByteArray(10)) }
+
+                // No session yet.
+                assertThrows(SamizdatException.NoSession::class.java) {
+                    alice.encrypt(bob.address(), "x".encodeToByteArray())
+                }
+                assertThrows(SamizdatException.NoSession::class.java) { alice.safetyNumber(bob.address()) }
+                alice.startSession(bob.prekeyBundle())
+                val wire = alice.encrypt(bob.address(), "hi".encodeToByteArray())
+                // Forged (one bit flipped) and malformed messages.
+                val forged = wire.copyOf().also { it[it.size - 1] = (it[it.size - 1].toInt() xor 1).toByte() }
+                assertThrows(SamizdatException.InvalidMessage::class.java) { bob.decrypt(alice.address(), forged) }
+                assertThrows(SamizdatException.InvalidMessage::class.java) {
+                    bob.decrypt(alice.address(), ByteArray(5))
+                }
+                assertThrows(SamizdatException.MessageTooLarge::class.java) {
+                    alice.encrypt(bob.address(), ByteArray(300 * 1024))
+                }
+                assertEquals("hi", receive(bob, alice.address(), wire))
+                assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), wire) }
+
+                // A scan from another conversation does not match.
+                device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
+                    carol.startSession(bob.prekeyBundle())
+                    val mismatch = assertThrows(SamizdatException.SafetyNumberMismatch::class.java) {
+                        alice.safetyNumber(bob.address()).use { a ->
+                            carol.safetyNumber(bob.address()).use { c -> a.compareScanned(c.scannable()) }
+                        }
+                    }
+                    assertEquals(MismatchedSide.BOTH, mismatch.side)
+                }
+
+                // Bob reinstalls under the same address: his new identity is not trusted until Alice decides.
+                val newBob = Device.create(dir.resolve("bob2.db").toString(), bobKey, "bob", 1u, 0uL)
+                newBob.use {
+                    val untrusted = assertThrows(SamizdatException.UntrustedIdentity::class.java) {
+                        alice.startSession(newBob.prekeyBundle())
+                    }
+                    assertArrayEquals(newBob.identityKey(), untrusted.identity)
+                    alice.trustIdentity(bob.address(), untrusted.identity)
+                    alice.startSession(newBob.prekeyBundle())
+                    assertEquals("again", receive(newBob, alice.address(), alice.encrypt(bob.address(), "again".encodeToByteArray())))
+                }
+            }
+        }
+        // The store was released by close(): it opens again; with the wrong key it is refused.
+        assertThrows(SamizdatException.WrongStorageKey::class.java) { Device.open(alicePath, bobKey) }
+        assertThrows(SamizdatException.DeviceExists::class.java) { Device.create(alicePath, aliceKey, "alice", 1u, 0uL) }
+        Device.open(alicePath, aliceKey).use { assertEquals(Address("alice", 1u), it.address()) }
+    }
+
+    @Test
+    fun aOneTimePrekeyIsUsedOnce(@TempDir dir: Path) {
+        device(dir, "bob", bobKey).use { bob ->
+            assertEquals(PrekeyCounts(0uL, 0uL), bob.prekeyCounts())
+            assertEquals(8uL, bob.refillPrekeys(2u, 4u, 0uL)) // 4 of each kind
+            assertEquals(4, bob.prekeyBundles(10u).size)
+            val bundle = bob.prekeyBundle()
+            device(dir, "alice", aliceKey).use { alice ->
+                device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
+                    // Two senders were handed the same bundle: the first one consumes its one-time prekey.
+                    alice.startSession(bundle)
+                    carol.startSession(bundle)
+                    assertEquals("a", receive(bob, alice.address(), alice.encrypt(bob.address(), "a".encodeToByteArray())))
+                    assertEquals(PrekeyCounts(3uL, 3uL), bob.prekeyCounts())
+                    val fromCarol = carol.encrypt(bob.address(), "c".encodeToByteArray())
+                    assertThrows(SamizdatException.UnknownPrekey::class.java) { bob.decrypt(carol.address(), fromCarol) }
+                }
+            }
+            assertEquals(Rotated(false, false), bob.rotatePrekeys(10uL, 1000uL))
+            assertEquals(Rotated(true, true), bob.rotatePrekeys(5000uL, 1000uL))
+        }
+    }
+
+    @Test
+    fun aBatchDecryptsInOneTransaction(@TempDir dir: Path) {
+        device(dir, "alice", aliceKey).use { alice ->
+            device(dir, "bob", bobKey).use { bob ->
+                alice.startSession(bob.prekeyBundle())
+                val queue = (1..5).map { IncomingMessage(alice.address(), alice.encrypt(bob.address(), "q$it".encodeToByteArray())) }
+                val withForgery = queue + IncomingMessage(alice.address(), ByteArray(40))
+                bob.decryptBatch(withForgery).use { batch ->
+                    val results = batch.results()
+                    assertEquals((1..5).map { "q$it" }, results.take(5).map { it.plaintext!!.decodeToString() })
+                    assertNull(results[5].plaintext)
+                    assertTrue(results[5].error is SamizdatException.InvalidMessage)
+                    bob.commitBatch(batch)
+                    assertThrows(SamizdatException.AlreadyCommitted::class.java) { bob.commitBatch(batch) }
+                }
+                val again = bob.decryptBatch(queue.take(1)).use { it.results() }
+                assertTrue(again[0].error is SamizdatException.Duplicate)
+            }
+        }
+    }
+
+    @Test
+    fun closeReleasesTheNativeObjects(@TempDir dir: Path) {
+        val path = dir.resolve("alice.db").toString()
+        val alice = Device.create(path, aliceKey, "alice", 1u, 0uL)
+        alice.close()
+        alice.close() // idempotent
+        assertThrows(IllegalStateException::class.java) { alice.address() }
+        // The store lock went with the native object: the same path opens again, repeatedly.
+        repeat(3) { Device.open(path, aliceKey).use { assertEquals("alice", it.address().userId) } }
+    }
+
+    @Test
+    fun theJarCarriesTheNativeLibraryWhereJnaFindsIt() {
+        val resource = "${com.sun.jna.Platform.RESOURCE_PREFIX}/libsamizdat_ffi.so"
+        assertNotNull(javaClass.classLoader.getResource(resource), "missing classpath resource $resource")
+        // JNA's own lookup on the classpath (what a consumer of the jar gets without jna.library.path).
+        val extracted = Native.extractFromResourcePath("samizdat_ffi")
+        val built = File(System.getProperty("samizdat.native.library"))
+        assertEquals(built.length(), extracted.length())
+    }
+
+    @Test
+    fun costOfOneRound(@TempDir dir: Path) {
+        device(dir, "alice", aliceKey).use { alice ->
+            device(dir, "bob", bobKey).use { bob ->
+                alice.startSession(bob.prekeyBundle())
+                val message = ByteArray(100)
+                fun round() = receive(bob, alice.address(), alice.encrypt(bob.address(), message))
+                repeat(20) { round() } // warm-up (JIT, page cache)
+                val rounds = 200
+                val started = System.nanoTime()
+                repeat(rounds) { round() }
+                val perRound = (System.nanoTime() - started) / 1000.0 / rounds
+                println("kotlin: one encrypt+decrypt+commit round (SQLite, 100 bytes): %.0f us".format(perRound))
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+"""The samizdat bindings in Python: the same scenarios as ffi/tests/kotlin (DeviceTest.kt).
+
+Run by `cargo xtask test`, against the wheel that maturin built and pip installed.
+A device releases its store when its last reference goes (`del device`).
+"""
+
+import gc
+import time
+
+import pytest
+
+import samizdat
+from samizdat import Address, Device, IncomingMessage, MismatchedSide, PrekeyCounts, Rotated, SamizdatError
+
+ALICE_KEY = bytes([1] * 32)
+BOB_KEY = bytes([2] * 32)
+CAROL_KEY = bytes([3] * 32)
+
+
+def device(tmp_path, name, key):
+    return Device.open_or_create(str(tmp_path / f"{name}.db"), key, name, 1, 0)
+
+
+def receive(to, sender, wire):
+    """Decrypt, "store", commit: what an app does with each message."""
+    pending = to.decrypt(sender, wire)
+    text = pending.plaintext().decode()
+    to.commit(pending)
+    return text
+
+
+def release():
+    """Free what the caller deleted: CPython frees at once; collect cycles to be sure."""
+    gc.collect()
+
+
+def test_readme_conversation(tmp_path):
+    # README-BEGIN
+    alice_key = bytes([1] * 32)  # from the platform keystore in a real app
+    bob_key = bytes([2] * 32)
+    alice = Device.open_or_create(f"{tmp_path}/alice.db", alice_key, "alice", 1, 0)
+    bob = Device.open_or_create(f"{tmp_path}/bob.db", bob_key, "bob", 1, 0)
+
+    # Bob's bundle travels through a server; Alice verifies it and opens a session.
+    bob_address = alice.start_session(bob.prekey_bundle())
+    wire = alice.encrypt(bob_address, b"hello")
+
+    # Two-phase decrypt: store the plaintext, then commit, then ack to the server.
+    pending = bob.decrypt(alice.address(), wire)
+    assert pending.plaintext() == b"hello"
+    bob.commit(pending)
+    with pytest.raises(samizdat.SamizdatError.Duplicate):
+        bob.decrypt(alice.address(), wire)
+    assert alice.safety_number(bob_address).digits() == bob.safety_number(alice.address()).digits()
+    del alice, bob  # closes both stores
+    # README-END
+
+
+def test_conversation_with_out_of_order_delivery(tmp_path):
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    bob_address = alice.start_session(bob.prekey_bundle())
+    assert bob_address == Address(user_id="bob", device_id=1)
+    assert alice.has_session(bob_address)
+    wires = [alice.encrypt(bob_address, f"m{i}".encode()) for i in range(1, 5)]
+    for i in [2, 0, 3, 1]:  # delivered 3, 1, 4, 2
+        assert receive(bob, alice.address(), wires[i]) == f"m{i + 1}"
+    replies = [bob.encrypt(alice.address(), f"r{i}".encode()) for i in (1, 2)]
+    assert receive(alice, bob_address, replies[1]) == "r2"
+    assert receive(alice, bob_address, replies[0]) == "r1"
+    on_alice, on_bob = alice.safety_number(bob_address), bob.safety_number(alice.address())
+    assert on_alice.digits() == on_bob.digits()
+    assert len(on_alice.display()) == 71
+    on_alice.compare_scanned(on_bob.scannable())
+    assert alice.peer_identity(bob_address) == bob.identity_key()
+
+
+def test_two_phase_decrypt_survives_a_restart(tmp_path):
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    alice.start_session(bob.prekey_bundle())
+    first = alice.encrypt(bob.address(), b"one")
+
+    # Decrypted but not committed, then the app "restarts".
+    assert bob.decrypt(alice.address(), first).plaintext() == b"one"
+    del bob
+    release()
+    bob = device(tmp_path, "bob", BOB_KEY)
+    assert not bob.has_session(alice.address())
+    # Redelivered: decrypts again; committed, then a redelivery after a restart is a duplicate.
+    assert receive(bob, alice.address(), first) == "one"
+    del bob
+    release()
+    bob = device(tmp_path, "bob", BOB_KEY)
+    with pytest.raises(SamizdatError.Duplicate):
+        bob.decrypt(alice.address(), first)
+
+    # Two pendings from the same state: the second commit is stale; committing twice is refused.
+    third, fourth = alice.encrypt(bob.address(), b"three"), alice.encrypt(bob.address(), b"four")
+    p3, p4 = bob.decrypt(alice.address(), third), bob.decrypt(alice.address(), fourth)
+    bob.commit(p3)
+    with pytest.raises(SamizdatError.AlreadyCommitted):
+        bob.commit(p3)
+    with pytest.raises(SamizdatError.StalePending):
+        bob.commit(p4)
+    assert receive(bob, alice.address(), fourth) == "four"
+
+
+def test_every_exception_class(tmp_path):
+    alice_path = str(tmp_path / "alice.db")
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    # The store: locked while open, no device.
+    with pytest.raises(SamizdatError.StoreLocked):
+        Device.open(alice_path, ALICE_KEY)
+    with pytest.raises(SamizdatError.NoDevice):
+        Device.open(str(tmp_path / "empty.db"), ALICE_KEY)
+    # Arguments.
+    with pytest.raises(SamizdatError.InvalidArgument) as error:
+        Device.create(str(tmp_path / "x.db"), bytes(31), "x", 1, 0)
+    assert "32" in error.value.reason
+    with pytest.raises(SamizdatError.InvalidArgument):
+        alice.has_session(Address(user_id="", device_id=1))
+    with pytest.raises(SamizdatError.InvalidBundle):
+        alice.start_session(bytes(10))
+
+    # No session yet.
+    with pytest.raises(SamizdatError.NoSession):
+        alice.encrypt(bob.address(), b"x")
+    with pytest.raises(SamizdatError.NoSession):
+        alice.safety_number(bob.address())
+    alice.start_session(bob.prekey_bundle())
+    wire = alice.encrypt(bob.address(), b"hi")
+    # Forged (one bit flipped) and malformed messages.
+    forged = wire[:-1] + bytes([wire[-1] ^ 1])
+    with pytest.raises(SamizdatError.InvalidMessage):
+        bob.decrypt(alice.address(), forged)
+    with pytest.raises(SamizdatError.InvalidMessage):
+        bob.decrypt(alice.address(), bytes(5))
+    with pytest.raises(SamizdatError.MessageTooLarge):
+        alice.encrypt(bob.address(), bytes(300 * 1024))
+    assert receive(bob, alice.address(), wire) == "hi"
+    with pytest.raises(SamizdatError.Duplicate):
+        bob.decrypt(alice.address(), wire)
+
+    # A scan from another conversation does not match.
+    carol = device(tmp_path, "carol", CAROL_KEY)
+    carol.start_session(bob.prekey_bundle())
+    with pytest.raises(SamizdatError.SafetyNumberMismatch) as mismatch:
+        alice.safety_number(bob.address()).compare_scanned(carol.safety_number(bob.address()).scannable())
+    assert mismatch.value.side == MismatchedSide.BOTH
+
+    # Bob reinstalls under the same address: his new identity is not trusted until Alice decides.
+    new_bob = Device.create(str(tmp_path / "bob2.db"), BOB_KEY, "bob", 1, 0)
+    with pytest.raises(SamizdatError.UntrustedIdentity) as untrusted:
+        alice.start_session(new_bob.prekey_bundle())
+    identity = untrusted.value.identity
+    assert identity == new_bob.identity_key()
+    del untrusted  # its traceback holds a reference to alice
+    alice.trust_identity(bob.address(), identity)
+    alice.start_session(new_bob.prekey_bundle())
+    assert receive(new_bob, alice.address(), alice.encrypt(bob.address(), b"again")) == "again"
+
+    # Once released, the store opens again; with the wrong key it is refused.
+    del alice, error, mismatch
+    release()
+    with pytest.raises(SamizdatError.WrongStorageKey):
+        Device.open(alice_path, BOB_KEY)
+    with pytest.raises(SamizdatError.DeviceExists):
+        Device.create(alice_path, ALICE_KEY, "alice", 1, 0)
+    assert Device.open(alice_path, ALICE_KEY).address() == Address(user_id="alice", device_id=1)
+
+
+def test_a_one_time_prekey_is_used_once(tmp_path):
+    bob = device(tmp_path, "bob", BOB_KEY)
+    assert bob.prekey_counts() == PrekeyCounts(one_time=0, pq_one_time=0)
+    assert bob.refill_prekeys(2, 4, 0) == 8  # 4 of each kind
+    assert len(bob.prekey_bundles(10)) == 4
+    bundle = bob.prekey_bundle()
+    alice, carol = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "carol", CAROL_KEY)
+    # Two senders were handed the same bundle: the first one consumes its one-time prekey.
+    alice.start_session(bundle)
+    carol.start_session(bundle)
+    assert receive(bob, alice.address(), alice.encrypt(bob.address(), b"a")) == "a"
+    assert bob.prekey_counts() == PrekeyCounts(one_time=3, pq_one_time=3)
+    from_carol = carol.encrypt(bob.address(), b"c")
+    with pytest.raises(SamizdatError.UnknownPrekey):
+        bob.decrypt(carol.address(), from_carol)
+    assert bob.rotate_prekeys(10, 1000) == Rotated(signed_prekey=False, last_resort_prekey=False)
+    assert bob.rotate_prekeys(5000, 1000) == Rotated(signed_prekey=True, last_resort_prekey=True)
+
+
+def test_a_batch_decrypts_in_one_transaction(tmp_path):
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    alice.start_session(bob.prekey_bundle())
+    queue = [
+        IncomingMessage(sender=alice.address(), ciphertext=alice.encrypt(bob.address(), f"q{i}".encode()))
+        for i in range(1, 6)
+    ]
+    batch = bob.decrypt_batch(queue + [IncomingMessage(sender=alice.address(), ciphertext=bytes(40))])
+    results = batch.results()
+    assert [r.plaintext for r in results[:5]] == [f"q{i}".encode() for i in range(1, 6)]
+    assert results[5].plaintext is None
+    assert isinstance(results[5].error, SamizdatError.InvalidMessage)
+    bob.commit_batch(batch)
+    with pytest.raises(SamizdatError.AlreadyCommitted):
+        bob.commit_batch(batch)
+    again = bob.decrypt_batch(queue[:1]).results()
+    assert isinstance(again[0].error, SamizdatError.Duplicate)
+
+
+def test_dropping_a_device_releases_its_store(tmp_path):
+    path = str(tmp_path / "alice.db")
+    alice = Device.create(path, ALICE_KEY, "alice", 1, 0)
+    del alice
+    release()
+    for _ in range(3):
+        assert Device.open(path, ALICE_KEY).address().user_id == "alice"
+
+
+def test_cost_of_one_round(tmp_path):
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    alice.start_session(bob.prekey_bundle())
+    message = bytes(100)
+
+    def one_round():
+        receive(bob, alice.address(), alice.encrypt(bob.address(), message))
+
+    for _ in range(20):
+        one_round()
+    rounds = 200
+    started = time.perf_counter()
+    for _ in range(rounds):
+        one_round()
+    per_round = (time.perf_counter() - started) / rounds * 1e6
+    print(f"python: one encrypt+decrypt+commit round (SQLite, 100 bytes): {per_round:.0f} us")

@@ -1,0 +1,363 @@
+//! The bindings: build `libsamizdat_ffi` (debug: the dependencies are
+//! already optimised by the workspace profile, and a release build of SQLite
+//! alone takes about a minute), generate the Kotlin and Swift sources with
+//! the workspace's own `uniffi-bindgen`, then test them.
+//!
+//! - `cargo xtask bindings`: build and generate only. Writes the Kotlin
+//!   sources to `target/bindings/kotlin` and refreshes the Swift package
+//!   sources shipped in `ffi/swift/Sources`.
+//! - `cargo xtask test` (through [`test`]): the above (the Swift sources are
+//!   checked against the shipped ones instead of written), then
+//!   - Swift: the header declares every symbol the library exports, and the
+//!     Swift file calls each one and declares every method and type (there is
+//!     no Swift toolchain here to compile it);
+//!   - Kotlin: `mvn -B -q package` in `ffi/tests/kotlin` (JUnit 5 on the JVM,
+//!     JNA; Maven fetches its own dependencies), then checks that the jar
+//!     carries the native library under JNA's resource prefix;
+//!   - Python: a venv in `target/py-venv` with pinned maturin and pytest, a
+//!     wheel built by maturin, installed, and pytest on `ffi/tests/python`;
+//!   - the cost of one encrypt + decrypt + commit round in Rust, Kotlin and
+//!     Python, printed side by side (measured, not asserted).
+//!
+//! Needs `python3` (with `venv`), a JDK 17+ and Maven 3 on the `PATH`.
+
+use std::{
+    collections::BTreeSet,
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use super::{root, run};
+
+/// Pinned Python tools (PyPI).
+const MATURIN: &str = "maturin==1.16.0";
+const PYTEST: &str = "pytest==9.2.0";
+
+/// The cdylib, as cargo names it on this platform.
+const LIBRARY: &str = "libsamizdat_ffi.so";
+/// JNA's resource prefix for this platform (`com.sun.jna.Platform.RESOURCE_PREFIX`).
+const JNA_PREFIX: &str = "linux-x86-64";
+/// The C symbols' prefixes: scaffolding functions, and the runtime's helpers.
+const SYMBOL_PREFIXES: [&str; 2] = ["uniffi_samizdat_ffi_", "ffi_samizdat_ffi_"];
+
+/// `cargo xtask bindings`: builds the library and generates the sources.
+pub(crate) fn generate() -> Result<(), String> {
+    let started = Instant::now();
+    build_and_generate()?;
+    copy_dir(&target().join("bindings/swift"), &swift_sources())?;
+    eprintln!(
+        "xtask bindings: Kotlin in target/bindings/kotlin, Swift in ffi/swift/Sources ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The bindings' part of `cargo xtask test`.
+pub(crate) fn test() -> Result<(), String> {
+    let started = Instant::now();
+    build_and_generate()?;
+    let swift = check_swift()?;
+    let kotlin = test_kotlin()?;
+    let python = test_python()?;
+    let rust = rust_round_cost()?;
+    eprintln!("bindings: one encrypt+decrypt+commit round on SQLite (debug library; not asserted):");
+    for line in [&rust, &kotlin.cost, &python.cost] {
+        eprintln!("bindings:   {line}");
+    }
+    eprintln!(
+        "bindings: kotlin {} passed, {} failed; python {} passed, {} failed; swift {swift}; {:.0} s",
+        kotlin.passed,
+        kotlin.failed,
+        python.passed,
+        python.failed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn target() -> PathBuf {
+    root().join("target")
+}
+
+fn swift_sources() -> PathBuf {
+    root().join("ffi/swift/Sources")
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn path_str(path: &Path) -> Result<&str, String> {
+    path.to_str().ok_or_else(|| format!("not UTF-8: {}", path.display()))
+}
+
+/// Builds the cdylib and the generator, and generates Kotlin and Swift into `target/bindings`.
+///
+/// The generator runs as `cargo run --bin …` without `-p`, exactly as maturin
+/// runs it, so that both use one build of it (with `-p` cargo would resolve
+/// its dependencies' features differently and build them a second time).
+fn build_and_generate() -> Result<(), String> {
+    let cargo = cargo();
+    run("bindings: build", &cargo, &["build", "-p", "samizdat-ffi"])?;
+    let library = target().join("debug").join(LIBRARY);
+    let library = path_str(&library)?;
+    let out = target().join("bindings");
+    for dir in ["kotlin", "swift"] {
+        let _ = fs::remove_dir_all(out.join(dir));
+    }
+    let kotlin = out.join("kotlin");
+    let bindgen = ["run", "-q", "--bin", "uniffi-bindgen", "--", "generate", "--no-format", "--language", "kotlin"];
+    let args = [&bindgen[..], &["--out-dir", path_str(&kotlin)?, "--library", library]].concat();
+    run("bindings: kotlin sources", &cargo, &args)?;
+    let swift_args = ["run", "-q", "--bin", "uniffi-bindgen-swift", "--"];
+    let sources = out.join("swift/Samizdat");
+    let args = [&swift_args[..], &["--swift-sources", library, path_str(&sources)?]].concat();
+    run("bindings: swift sources", &cargo, &args)?;
+    let ffi = out.join("swift/samizdatFFI");
+    let c_args =
+        ["--headers", "--modulemap", "--module-name", "samizdatFFI", "--modulemap-filename", "module.modulemap"];
+    let args = [&swift_args[..], &c_args[..], &[library, path_str(&ffi)?]].concat();
+    run("bindings: swift header and modulemap", &cargo, &args)
+}
+
+/// Copies the files of `from` (one level of directories) into `to`.
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    for (relative, bytes) in read_tree(from)? {
+        let path = to.join(&relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Every file under `dir` (two levels), as (relative path, contents).
+fn read_tree(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    let list = |dir: &Path| -> Result<Vec<PathBuf>, String> {
+        let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        entries.sort();
+        Ok(entries)
+    };
+    for sub in list(dir)? {
+        for file in list(&sub)? {
+            let relative = file.strip_prefix(dir).map_err(|e| e.to_string())?.to_path_buf();
+            files.push((relative, fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?));
+        }
+    }
+    Ok(files)
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Checks the generated Swift as far as this machine can, and that the
+/// shipped sources are the generated ones.
+fn check_swift() -> Result<String, String> {
+    let generated = target().join("bindings/swift");
+    if read_tree(&generated)? != read_tree(&swift_sources())? {
+        return Err("swift: ffi/swift/Sources differ from the generated sources: run `cargo xtask bindings`".into());
+    }
+    let header = read_text(&generated.join("samizdatFFI/samizdatFFI.h"))?;
+    let swift = read_text(&generated.join("Samizdat/Samizdat.swift"))?;
+    let symbols = exported_symbols(&target().join("debug").join(LIBRARY))?;
+    let mut missing: Vec<String> = symbols.iter().filter(|s| !header.contains(s.as_str())).cloned().collect();
+    for symbol in symbols.iter().filter(|s| s.starts_with("uniffi_samizdat_ffi_fn_")) {
+        if !swift.contains(symbol.as_str()) {
+            missing.push(format!("{symbol} (not called in Samizdat.swift)"));
+        }
+        if let Some(name) = method_name(symbol)
+            && !swift.contains(&format!("func {name}("))
+            && !swift.contains(&format!("func `{name}`("))
+        {
+            missing.push(format!("func {name} (for {symbol})"));
+        }
+    }
+    let lib = read_text(&root().join("ffi/src/lib.rs"))?;
+    for name in exported_types(&lib) {
+        let declared = ["struct", "class", "enum"].iter().any(|kind| swift.contains(&format!("{kind} {name}")));
+        if !declared {
+            missing.push(format!("type {name}"));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!("swift: the generated sources lack: {}", missing.join(", ")));
+    }
+    Ok(format!("generated and checked ({} symbols; not compiled: no Swift toolchain on this machine)", symbols.len()))
+}
+
+/// The UniFFI symbols a shared library exports: every identifier in its
+/// bytes that starts with one of [`SYMBOL_PREFIXES`] (the dynamic string table
+/// holds them all).
+fn exported_symbols(library: &Path) -> Result<BTreeSet<String>, String> {
+    let bytes = fs::read(library).map_err(|e| format!("{}: {e}", library.display()))?;
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut symbols = BTreeSet::new();
+    for start in 0..bytes.len() {
+        if start > 0 && bytes.get(start - 1).copied().is_some_and(is_ident) {
+            continue;
+        }
+        let Some(rest) = bytes.get(start..) else { continue };
+        if SYMBOL_PREFIXES.iter().any(|p| rest.starts_with(p.as_bytes())) {
+            let len = rest.iter().take_while(|&&b| is_ident(b)).count();
+            symbols.insert(String::from_utf8_lossy(rest.get(..len).unwrap_or_default()).into_owned());
+        }
+    }
+    if symbols.is_empty() {
+        return Err(format!("{}: no UniFFI symbols found", library.display()));
+    }
+    Ok(symbols)
+}
+
+/// `uniffi_samizdat_ffi_fn_method_device_open_or_create` → `openOrCreate`
+/// (the Swift name of a method or constructor; objects here have one-word names).
+fn method_name(symbol: &str) -> Option<String> {
+    let rest = symbol
+        .strip_prefix("uniffi_samizdat_ffi_fn_method_")
+        .or_else(|| symbol.strip_prefix("uniffi_samizdat_ffi_fn_constructor_"))?;
+    let (_object, name) = rest.split_once('_')?;
+    let mut camel = String::new();
+    for (i, word) in name.split('_').enumerate() {
+        let mut chars = word.chars();
+        if i > 0
+            && let Some(first) = chars.next()
+        {
+            camel.extend(first.to_uppercase());
+            camel.push_str(chars.as_str());
+        } else {
+            camel.push_str(word);
+        }
+    }
+    Some(camel)
+}
+
+/// The `pub struct` and `pub enum` names of the FFI crate.
+fn exported_types(lib: &str) -> Vec<String> {
+    lib.lines()
+        .filter_map(|line| line.strip_prefix("pub struct ").or_else(|| line.strip_prefix("pub enum ")))
+        .filter_map(|rest| rest.split(|c: char| !c.is_alphanumeric() && c != '_').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Counts from a JUnit XML report, and the timing line the tests printed.
+struct Outcome {
+    passed: u64,
+    failed: u64,
+    cost: String,
+}
+
+/// Reads `name="N"` from the first element that has it.
+fn xml_count(xml: &str, name: &str) -> u64 {
+    let key = format!(" {name}=\"");
+    xml.find(&key)
+        .and_then(|at| xml.get(at + key.len()..))
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn outcome(reports: &[String], cost_prefix: &str) -> Outcome {
+    let sum = |name: &str| reports.iter().map(|xml| xml_count(xml, name)).sum::<u64>();
+    let (tests, failed) = (sum("tests"), sum("failures") + sum("errors"));
+    let cost = reports
+        .iter()
+        .find_map(|text| text.find(cost_prefix).and_then(|at| text.get(at..)))
+        .and_then(|line| line.lines().next())
+        .map_or_else(|| format!("{cost_prefix} (no timing printed)"), |line| line.trim().to_owned());
+    Outcome { passed: tests.saturating_sub(failed + sum("skipped")), failed, cost }
+}
+
+fn test_kotlin() -> Result<Outcome, String> {
+    let maven = target().join("maven");
+    let reports = maven.join("surefire-reports");
+    let _ = fs::remove_dir_all(&reports);
+    let pom = root().join("ffi/tests/kotlin/pom.xml");
+    run("bindings: kotlin (maven)", "mvn", &["-B", "-q", "-f", path_str(&pom)?, "package"])?;
+    let jar = maven.join("samizdat-kotlin-0.1.0.jar");
+    let entry = format!("{JNA_PREFIX}/{LIBRARY}");
+    let bytes = fs::read(&jar).map_err(|e| format!("{}: {e}", jar.display()))?;
+    if !bytes.windows(entry.len()).any(|w| w == entry.as_bytes()) {
+        return Err(format!("kotlin: {} does not carry {entry}", jar.display()));
+    }
+    let mut texts = Vec::new();
+    for entry in fs::read_dir(&reports).map_err(|e| format!("{}: {e}", reports.display()))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".xml") || name.ends_with("-output.txt") {
+            texts.push(read_text(&entry.path())?);
+        }
+    }
+    // The output file has no counts; the XML reports have no " tests=" in the output text.
+    Ok(outcome(&texts, "kotlin: one "))
+}
+
+fn test_python() -> Result<Outcome, String> {
+    let venv = target().join("py-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run("bindings: python venv", "python3", &["-m", "venv", path_str(&venv)?])?;
+    }
+    let python = path_str(&python)?;
+    let quiet = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
+    run("bindings: python tools", python, &[&quiet[..], &[MATURIN, PYTEST]].concat())?;
+    let wheels = target().join("wheels");
+    let _ = fs::remove_dir_all(&wheels);
+    let maturin = venv.join("bin/maturin");
+    let manifest = root().join("ffi/Cargo.toml");
+    let args = ["build", "-m", path_str(&manifest)?, "--out", path_str(&wheels)?];
+    run("bindings: python wheel (maturin)", path_str(&maturin)?, &args)?;
+    let wheel = fs::read_dir(&wheels)
+        .map_err(|e| format!("{}: {e}", wheels.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
+        .ok_or("maturin built no wheel")?;
+    let install = ["--force-reinstall", "--no-deps", path_str(&wheel)?];
+    run("bindings: python install", python, &[&quiet[..], &install[..]].concat())?;
+    let report = target().join("pytest-report.xml");
+    let junit = format!("--junitxml={}", path_str(&report)?);
+    let tests = root().join("ffi/tests/python");
+    let pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_logging=system-out", &junit];
+    run("bindings: python (pytest)", python, &[&pytest[..], &[path_str(&tests)?]].concat())?;
+    Ok(outcome(&[read_text(&report)?], "python: one "))
+}
+
+fn rust_round_cost() -> Result<String, String> {
+    eprintln!("==> bindings: rust round cost: cargo run -p samizdat-ffi --example round_cost");
+    let output = Command::new(cargo())
+        .args(["run", "-q", "-p", "samizdat-ffi", "--example", "round_cost"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("round_cost: {e}"))?;
+    if !output.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        return Err("bindings: rust round cost".into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_are_camel_case() {
+        assert_eq!(method_name("uniffi_samizdat_ffi_fn_method_device_open_or_create").as_deref(), Some("openOrCreate"));
+        assert_eq!(method_name("uniffi_samizdat_ffi_fn_constructor_device_open").as_deref(), Some("open"));
+        assert_eq!(method_name("uniffi_samizdat_ffi_fn_free_device"), None);
+    }
+
+    #[test]
+    fn junit_counts() {
+        let xml = r#"<testsuite name="pytest" errors="0" failures="1" skipped="0" tests="8">"#;
+        let outcome = outcome(&[xml.to_owned(), "x\npython: 12 us\n".to_owned()], "python: ");
+        assert_eq!((outcome.passed, outcome.failed, outcome.cost.as_str()), (7, 1, "python: 12 us"));
+    }
+}
