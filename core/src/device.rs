@@ -57,6 +57,7 @@ use crate::{
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeyError, PreKeySet},
     session::{PendingDecrypt, SessionRecord},
     store::{Backend, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+    wire::MessageKind,
 };
 
 /// The row key of the identity and prekey rows (each table has one row).
@@ -496,7 +497,12 @@ impl<B: Backend> Device<B> {
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         let row = self.sealer.address_key(peer);
         let (_, record) = self.load_record(&row)?;
-        let (_, prekeys) = self.load_prekeys()?;
+        // Only a prekey message needs the prekeys: loading them (ML-KEM keys
+        // are checked on load) costs milliseconds when many are held.
+        let prekeys = match MessageKind::of(ciphertext).map_err(SessionError::from)? {
+            MessageKind::PreKey => self.load_prekeys()?.1,
+            MessageKind::Ratchet => PreKeySet::empty(),
+        };
         let pending =
             record.decrypt(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, ciphertext)?;
         Ok(PendingMessage { peer: peer.clone(), pending })

@@ -330,6 +330,19 @@ impl PreKeySet {
         set
     }
 
+    /// A set with no keys at all, for decrypting messages that need none
+    /// (every prekey lookup in it fails).
+    pub(crate) fn empty() -> Self {
+        Self {
+            signed: Vec::new(),
+            one_time: BTreeMap::new(),
+            pq_one_time: BTreeMap::new(),
+            last_resort: Vec::new(),
+            next_id: 1,
+            seen_base_keys: VecDeque::new(),
+        }
+    }
+
     fn take_id(&mut self) -> Result<u32, PreKeyError> {
         let id = self.next_id;
         self.next_id = id.checked_add(1).ok_or(PreKeyError::IdsExhausted)?;
