@@ -199,9 +199,26 @@ fn t(count: u32, prim: impl Into<String>) -> Term {
 pub struct Floor {
     /// The key rows refer to.
     pub key: String,
+    /// How the terms come about, for the report.
+    pub what: &'static str,
     /// The terms.
     pub terms: Vec<Term>,
 }
+
+const CHAIN_SEND: &str = "chain step (2 HMAC), message key (HKDF to 44 B), header seal (XChaCha20-Poly1305, 41 B), \
+                          body seal (ChaCha20-Poly1305, padded payload)";
+const CHAIN_RECV: &str = "header open under HKr (first trial succeeds), chain step (2 HMAC), message key, body open";
+const PINGPONG: &str = "the send on the sender's new chain; the receipt: a failed header trial under HKr, the open \
+                        under NHKr, both halves of the DH step (2 X25519, 1 key generation, 2 root-step HKDF), chain \
+                        step, message key, body open";
+const HANDSHAKE: &str = "bundle: 2 signature verifications and the ML-KEM key check; initiator: IK_B to X25519, EK_A \
+                         and the first ratchet key (2 key generations), DH1..DH4 and the ratchet DH (5 X25519), \
+                         encapsulation, transcript hash, PQXDH HKDF, root step; the first message's send; responder: \
+                         IK_A to X25519, DH1..DH4, decapsulation, transcript hash, PQXDH HKDF, then the first \
+                         message's receipt with both DH-step halves (header under NHKb, no failed trial)";
+const DEVICE: &str = "the session operation, plus the row key (HMAC of the address), one open and one seal of the \
+                      session row";
+const BATCH_WHAT: &str = "1,000 chain receipts, then one row key, one open and one seal of the session row";
 
 /// Sending a message on an established chain: chain step (2 HMAC), message key (HKDF to 44 B),
 /// header seal (XChaCha20-Poly1305, 41 B), body seal (ChaCha20-Poly1305, padded payload).
@@ -283,26 +300,42 @@ pub fn handshake(n: usize) -> Vec<Term> {
 /// Every floor, by key, at the lengths of `figures`.
 pub fn floors(figures: &Figures) -> Vec<Floor> {
     let (row_len, session_len) = (figures.row_len, figures.session_len);
-    let f = |key: String, terms: Vec<Term>| Floor { key, terms };
+    let f = |key: String, what: &'static str, terms: Vec<Term>| Floor { key, what, terms };
     let mut out = Vec::new();
     for n in PAYLOAD_SIZES {
-        out.push(f(format!("chain_send/{n}"), chain_send(n)));
-        out.push(f(format!("chain_recv/{n}"), chain_recv(n)));
-        out.push(f(format!("chain_both/{n}"), [chain_send(n), chain_recv(n)].concat()));
+        out.push(f(format!("chain_send/{n}"), CHAIN_SEND, chain_send(n)));
+        out.push(f(format!("chain_recv/{n}"), CHAIN_RECV, chain_recv(n)));
+        out.push(f(format!("chain_both/{n}"), "chain send + chain receive", [chain_send(n), chain_recv(n)].concat()));
+    }
+    for n in PAYLOAD_SIZES {
         // One ping-pong message: its send on the sender's fresh chain, and its receipt (a DH step).
-        out.push(f(format!("pingpong/{n}"), [chain_send(n), step_recv(n)].concat()));
-        out.push(f(format!("handshake/{n}"), handshake(n)));
-        // The store: the row key (HMAC of the address), open the session row, seal it again.
-        let store = vec![t(1, prim::HMAC), t(1, prim::xchacha_open(row_len)), t(1, prim::xchacha_seal(row_len))];
-        out.push(f(format!("device_encrypt/{n}"), [chain_send(n), store.clone()].concat()));
-        out.push(f(format!("device_decrypt/{n}"), [chain_recv(n), store.clone()].concat()));
+        out.push(f(format!("pingpong/{n}"), PINGPONG, [chain_send(n), step_recv(n)].concat()));
+    }
+    for n in PAYLOAD_SIZES {
+        out.push(f(format!("handshake/{n}"), HANDSHAKE, handshake(n)));
+    }
+    out.push(f(
+        "session_seal".to_owned(),
+        "one seal of the serialized session",
+        vec![t(1, prim::xchacha_seal(session_len))],
+    ));
+    out.push(f(
+        "session_open".to_owned(),
+        "one open of the serialized session",
+        vec![t(1, prim::xchacha_open(session_len))],
+    ));
+    // The store: the row key (HMAC of the address), open the session row, seal it again.
+    let store = vec![t(1, prim::HMAC), t(1, prim::xchacha_open(row_len)), t(1, prim::xchacha_seal(row_len))];
+    for n in PAYLOAD_SIZES {
+        out.push(f(format!("device_encrypt/{n}"), DEVICE, [chain_send(n), store.clone()].concat()));
+        out.push(f(format!("device_decrypt/{n}"), DEVICE, [chain_recv(n), store.clone()].concat()));
+    }
+    for n in PAYLOAD_SIZES {
         // A batch: every message's receipt, then one row open and one row seal for the peer.
         let mut batch: Vec<Term> = chain_recv(n).into_iter().map(|term| t(term.count * BATCH_U32, term.prim)).collect();
-        batch.extend(store);
-        out.push(f(format!("device_batch/{n}"), batch));
+        batch.extend(store.clone());
+        out.push(f(format!("device_batch/{n}"), BATCH_WHAT, batch));
     }
-    out.push(f("session_seal".to_owned(), vec![t(1, prim::xchacha_seal(session_len))]));
-    out.push(f("session_open".to_owned(), vec![t(1, prim::xchacha_open(session_len))]));
     out
 }
 
@@ -948,6 +981,7 @@ pub fn figures() -> Figures {
 ///
 /// ```text
 /// prim      <id> <description>
+/// floordesc <key> <how the terms come about>
 /// floor     <key> <count> <primitive id>          (one line per term)
 /// row       <section> <label> <ours id|-> <vodozemac id|-> <floor key|-> <per> <target|->
 /// target    <name> <description> floor <max>
@@ -968,6 +1002,7 @@ pub fn write_meta(path: &Path, figures: &Figures) -> std::io::Result<()> {
         let _ = writeln!(s, "prim\t{id}\t{what}");
     }
     for floor in floors(figures) {
+        let _ = writeln!(s, "floordesc\t{}\t{}", floor.key, floor.what);
         for term in floor.terms {
             let _ = writeln!(s, "floor\t{}\t{}\t{}", floor.key, term.count, term.prim);
         }

@@ -85,8 +85,10 @@ fn run_benchmarks(
 struct Meta {
     /// Primitive id -> description, in order.
     prims: Vec<(String, String)>,
-    /// Floor key -> terms `(count, primitive id)`.
-    floors: BTreeMap<String, Vec<(f64, String)>>,
+    /// Floor key -> terms `(count, primitive id)`, in the order of the file.
+    floors: Vec<(String, Vec<(f64, String)>)>,
+    /// Floor key -> how its terms come about.
+    floor_descriptions: BTreeMap<String, String>,
     rows: Vec<MetaRow>,
     targets: Vec<Target>,
     sizes: Vec<(String, String, String)>,
@@ -132,7 +134,16 @@ impl Meta {
             let num = |i: usize| get(i).parse::<f64>().unwrap_or(f64::NAN);
             match get(0) {
                 "prim" => meta.prims.push((get(1).to_owned(), get(2).to_owned())),
-                "floor" => meta.floors.entry(get(1).to_owned()).or_default().push((num(2), get(3).to_owned())),
+                "floordesc" => {
+                    meta.floor_descriptions.insert(get(1).to_owned(), get(2).to_owned());
+                }
+                "floor" => {
+                    let term = (num(2), get(3).to_owned());
+                    match meta.floors.iter_mut().find(|(key, _)| key == get(1)) {
+                        Some((_, terms)) => terms.push(term),
+                        None => meta.floors.push((get(1).to_owned(), vec![term])),
+                    }
+                }
                 "row" => meta.rows.push(MetaRow {
                     section: get(1).to_owned(),
                     label: get(2).to_owned(),
@@ -286,8 +297,8 @@ struct Report {
     outcomes: Vec<Outcome>,
     /// Primitive id -> value.
     prims: Vec<(String, String, Option<Value>)>,
-    /// Floor key -> (value, "2 x A + 1 x B" text).
-    floors: BTreeMap<String, (Option<f64>, String)>,
+    /// Floor key -> (value, "2 x A + 1 x B" text), in the order of the hand-over file.
+    floors: Vec<(String, Option<f64>, String)>,
     stale: bool,
 }
 
@@ -296,15 +307,23 @@ impl Report {
         let prims: Vec<(String, String, Option<Value>)> =
             meta.prims.iter().map(|(id, what)| (id.clone(), what.clone(), estimates.get(id))).collect();
         let prim_ns = |id: &str| prims.iter().find(|(p, _, _)| p == id).and_then(|(_, _, v)| v.map(|v| v.ns));
-        let mut floors = BTreeMap::new();
+        let mut floors = Vec::new();
         for (key, terms) in &meta.floors {
             let value = terms.iter().map(|(count, id)| prim_ns(id).map(|ns| count * ns)).sum::<Option<f64>>();
-            let text = terms
+            // Like terms merged, in order of first appearance.
+            let mut merged: Vec<(f64, &str)> = Vec::new();
+            for (count, id) in terms {
+                match merged.iter_mut().find(|(_, m)| m == id) {
+                    Some((c, _)) => *c += count,
+                    None => merged.push((*count, id)),
+                }
+            }
+            let text = merged
                 .iter()
                 .map(|(count, id)| format!("{count} × {}", meta.prim_name(id)))
                 .collect::<Vec<_>>()
                 .join(" + ");
-            floors.insert(key.clone(), (value, text));
+            floors.push((key.clone(), value, text));
         }
         let lines: Vec<Line> = meta
             .rows
@@ -313,7 +332,11 @@ impl Report {
                 row: row.clone(),
                 ours: row.ours.as_deref().and_then(|id| estimates.get(id)),
                 vodozemac: row.vodozemac.as_deref().and_then(|id| estimates.get(id)),
-                floor: row.floor.as_ref().and_then(|key| floors.get(key)).and_then(|(v, _)| *v),
+                floor: row
+                    .floor
+                    .as_ref()
+                    .and_then(|key| floors.iter().find(|(k, _, _)| k == key))
+                    .and_then(|(_, v, _)| *v),
             })
             .collect();
         let stale = lines.iter().flat_map(|l| [l.ours, l.vodozemac]).flatten().any(|v| !v.fresh)
@@ -385,6 +408,15 @@ impl Report {
              `SessionRecord` with a seeded ChaCha20 generator; device rows use `Device` (OS randomness, \
              sealed rows). vodozemac rows include the encoding and decoding of its wire messages.\n"
         );
+        let _ = writeln!(
+            md,
+            "What the two libraries do differs: vodozemac's Olm is Matrix's 3DH (three X25519, no \
+             post-quantum KEM, no prekey signatures in the library: the benchmark adds one Ed25519 \
+             verification of the signed one-time key, as a Matrix client does), AES-256-CBC with a \
+             truncated HMAC-SHA-256, clear headers and no padding; samizdat runs PQXDH (four X25519, \
+             ML-KEM-1024, two prekey signatures, the transcript hash) and a Double Ratchet with \
+             encrypted headers and padded bodies. The floor is samizdat's own.\n"
+        );
         let mut section = "";
         for line in &self.lines {
             if line.row.section != section {
@@ -447,8 +479,9 @@ impl Report {
              `core/src/handshake/pqxdh.rs`). Not in any floor: encoding, allocation, copies, \
              zeroization, randomness, SQLite, and work the protocol does not require.\n"
         );
-        for (key, (value, text)) in &self.floors {
-            let _ = writeln!(md, "- `{key}` = {text} = **{}**", value.map_or_else(|| "?".to_owned(), fmt_time));
+        for (key, value, text) in &self.floors {
+            let what = meta.floor_descriptions.get(key).map_or_else(String::new, |w| format!(" ({w})"));
+            let _ = writeln!(md, "- `{key}`{what}: {text} = **{}**", value.map_or_else(|| "?".to_owned(), fmt_time));
         }
         let _ = writeln!(md, "\n## Primitives\n");
         let _ = writeln!(md, "| primitive | criterion id | mean |");
@@ -784,7 +817,7 @@ mod tests {
             "prim\tfloor/a\tA\nfloor\tk\t2\tfloor/a\nrow\tS\tL\tg/x\t-\tk\t1\tchain\n\
              target\tchain\tdesc\tfloor\t1.3\ntarget\tb\td\tpairs\t2\tg/x\tg/y\nsize\tS1\t900\t-\n",
         );
-        assert_eq!(meta.floors.get("k").map(Vec::len), Some(1));
+        assert_eq!(meta.floors.first().map(|(key, terms)| (key.as_str(), terms.len())), Some(("k", 1)));
         assert_eq!(meta.rows.first().and_then(|r| r.vodozemac.clone()), None);
         assert!(matches!(meta.targets.get(1).map(|t| &t.judge), Some(Judge::Pairs(_, p)) if p.len() == 1));
         assert_eq!(meta.size("S1"), Some(900.0));
