@@ -142,7 +142,8 @@ pub enum KeyError {
     SmallOrder,
 }
 
-/// A device's identity public key: an Ed25519 verifying key of full order.
+/// A device's identity public key: an Ed25519 verifying key that is not of
+/// small order (weak keys are rejected; see PROTOCOL.md 6.1).
 #[derive(Clone, Copy, PartialEq, Eq)]
 /// Holds the 32-byte encoding, checked on construction; the point is
 /// decompressed again when it is used (a few microseconds, once per

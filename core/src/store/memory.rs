@@ -19,8 +19,8 @@ impl MemoryBackend {
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, Rows> {
-        // A panic while holding the lock cannot leave a half-applied batch
-        // (batches are applied to a copy first), so a poisoned lock is safe to reuse.
+        // Nothing in a batch can panic midway (inserts and removes on a map), so
+        // a poisoned lock cannot hide a half-applied batch and is safe to reuse.
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
