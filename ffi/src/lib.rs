@@ -11,6 +11,8 @@
 //!   in a `Mutex<Option<_>>` so that a commit takes it exactly once.
 //! - Plain data are records ([`Address`], [`PrekeyCounts`], [`Rotated`],
 //!   [`IncomingMessage`], [`BatchResult`]); bytes are `Vec<u8>`.
+//! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
+//!   replays the published ratchet vectors; see that module.
 //! - No async runtime: every call is synchronous (each is one SQLite
 //!   transaction; run it off the UI thread).
 //!
@@ -31,6 +33,9 @@ use samizdat::{
 use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
+
+#[cfg(feature = "hazmat")]
+pub mod hazmat;
 
 /// Every failure of the bindings, one variant per thing an app can do about it.
 ///

@@ -11,11 +11,16 @@
 //!   - Swift: the header declares every symbol the library exports, and the
 //!     Swift file calls each one and declares every method and type (there is
 //!     no Swift toolchain here to compile it);
+//!   - the library is built again with the `hazmat` feature (which adds
+//!     `VectorRatchet`, for replaying `vectors/ratchet_transcript.json`) and
+//!     the Kotlin sources generated from it: the test builds below use it,
+//!     the shipped Swift sources never do;
 //!   - Kotlin: `mvn -B -q package` in `ffi/tests/kotlin` (JUnit 5 on the JVM,
 //!     JNA; Maven fetches its own dependencies), then checks that the jar
 //!     carries the native library under JNA's resource prefix;
 //!   - Python: a venv in `target/py-venv` with pinned maturin and pytest, a
-//!     wheel built by maturin, installed, and pytest on `ffi/tests/python`;
+//!     wheel built by maturin (with `hazmat`), installed, and pytest on
+//!     `ffi/tests/python`;
 //!   - the cost of one encrypt + decrypt + commit round in Rust, Kotlin and
 //!     Python, printed side by side (measured, not asserted).
 //!
@@ -45,7 +50,7 @@ const SYMBOL_PREFIXES: [&str; 2] = ["uniffi_samizdat_ffi_", "ffi_samizdat_ffi_"]
 /// `cargo xtask bindings`: builds the library and generates the sources.
 pub(crate) fn generate() -> Result<(), String> {
     let started = Instant::now();
-    build_and_generate()?;
+    build_and_generate(Features::Shipped)?;
     copy_dir(&target().join("bindings/swift"), &swift_sources())?;
     eprintln!(
         "xtask bindings: Kotlin in target/bindings/kotlin, Swift in ffi/swift/Sources ({:.0} s)",
@@ -57,11 +62,12 @@ pub(crate) fn generate() -> Result<(), String> {
 /// The bindings' part of `cargo xtask test`.
 pub(crate) fn test() -> Result<(), String> {
     let started = Instant::now();
-    build_and_generate()?;
+    build_and_generate(Features::Shipped)?;
     let swift = check_swift()?;
+    let rust = rust_round_cost()?;
+    build_and_generate(Features::Hazmat)?;
     let kotlin = test_kotlin()?;
     let python = test_python()?;
-    let rust = rust_round_cost()?;
     eprintln!("bindings: one encrypt+decrypt+commit round on SQLite (debug library; not asserted):");
     for line in [&rust, &kotlin.cost, &python.cost] {
         eprintln!("bindings:   {line}");
@@ -93,24 +99,46 @@ fn path_str(path: &Path) -> Result<&str, String> {
     path.to_str().ok_or_else(|| format!("not UTF-8: {}", path.display()))
 }
 
+/// Which build of the library: the one apps get, or the test build.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Features {
+    /// Default features: what the shipped sources and packages are made from.
+    Shipped,
+    /// With `hazmat` (`VectorRatchet`): for the Kotlin and Python tests only.
+    Hazmat,
+}
+
+impl Features {
+    fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Shipped => &[],
+            Self::Hazmat => &["--features", "hazmat"],
+        }
+    }
+}
+
 /// Builds the cdylib and the generator, and generates Kotlin and Swift into `target/bindings`.
 ///
 /// The generator runs as `cargo run --bin …` without `-p`, exactly as maturin
 /// runs it, so that both use one build of it (with `-p` cargo would resolve
 /// its dependencies' features differently and build them a second time).
-fn build_and_generate() -> Result<(), String> {
+fn build_and_generate(features: Features) -> Result<(), String> {
     let cargo = cargo();
-    run("bindings: build", &cargo, &["build", "-p", "samizdat-ffi"])?;
+    let build = [&["build", "-p", "samizdat-ffi"][..], features.cargo_args()].concat();
+    run("bindings: build", &cargo, &build)?;
     let library = target().join("debug").join(LIBRARY);
     let library = path_str(&library)?;
     let out = target().join("bindings");
-    for dir in ["kotlin", "swift"] {
-        let _ = fs::remove_dir_all(out.join(dir));
-    }
     let kotlin = out.join("kotlin");
+    let _ = fs::remove_dir_all(&kotlin);
     let bindgen = ["run", "-q", "--bin", "uniffi-bindgen", "--", "generate", "--no-format", "--language", "kotlin"];
     let args = [&bindgen[..], &["--out-dir", path_str(&kotlin)?, "--library", library]].concat();
     run("bindings: kotlin sources", &cargo, &args)?;
+    if features == Features::Hazmat {
+        // The Swift sources are only ever the shipped ones.
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(out.join("swift"));
     let swift_args = ["run", "-q", "--bin", "uniffi-bindgen-swift", "--"];
     let sources = out.join("swift/Samizdat");
     let args = [&swift_args[..], &["--swift-sources", library, path_str(&sources)?]].concat();
@@ -311,7 +339,8 @@ fn test_python() -> Result<Outcome, String> {
     let _ = fs::remove_dir_all(&wheels);
     let maturin = venv.join("bin/maturin");
     let manifest = root().join("ffi/Cargo.toml");
-    let args = ["build", "-m", path_str(&manifest)?, "--out", path_str(&wheels)?];
+    let args = [&["build", "-m", path_str(&manifest)?, "--out", path_str(&wheels)?][..], Features::Hazmat.cargo_args()]
+        .concat();
     run("bindings: python wheel (maturin)", path_str(&maturin)?, &args)?;
     let wheel = fs::read_dir(&wheels)
         .map_err(|e| format!("{}: {e}", wheels.display()))?

@@ -55,7 +55,7 @@ fn test() -> Result<(), String> {
     let started = Instant::now();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run("format", &cargo, &["fmt", "--all", "--", "--check"])?;
-    run("clippy", &cargo, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run("clippy", &cargo, &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
     run("tests", &cargo, &["test", "--workspace", "--all-targets"])?;
     run("doc tests", &cargo, &["test", "--workspace", "--doc"])?;
     bindings::test()?;
