@@ -131,9 +131,9 @@ impl VectorRatchet {
         let mut ratchet = self.lock();
         let before = ratchet.to_bytes();
         let mut rng = FixedBytes::new(&random);
-        let message = ratchet.encrypt(&mut rng, &plaintext).map_err(|e: EncryptError| {
-            VectorRatchetError::CannotEncrypt { reason: e.to_string() }
-        })?;
+        let message = ratchet
+            .encrypt(&mut rng, &plaintext)
+            .map_err(|e: EncryptError| VectorRatchetError::CannotEncrypt { reason: e.to_string() })?;
         restore_unless_exact(&mut ratchet, &before, &rng, random.len())?;
         Ok(message.to_bytes())
     }
