@@ -44,14 +44,57 @@ impl X25519PublicKey {
         Ok(Self(fixed::<X25519_KEY_LEN>(bytes, field)?))
     }
 
-    /// Whether the key has small order (any encoding of a point of order 1, 2,
-    /// 4 or 8). Every clamped scalar is a multiple of 8, so such a point, and
-    /// only such a point, maps to the all-zero output.
+    /// Whether the key has small order: it encodes a point of order 1, 2, 4
+    /// or 8 on the curve or its twist, the keys that make every X25519 output
+    /// all zeros (every clamped scalar is a multiple of 8).
+    ///
+    /// Those points have five u-coordinates (0, 1, -1 and the two of order 8),
+    /// and with the non-canonical encodings `p` and `p + 1` of 0 and 1 they
+    /// have seven encodings once the ignored top bit is masked
+    /// ([`SMALL_ORDER_ENCODINGS`]). The key is compared with each in constant
+    /// time: no scalar multiplication.
     pub fn is_small_order(&self) -> bool {
-        let out = x25519_dalek::x25519([9; 32], self.0);
-        bool::from(out.ct_eq(&[0u8; 32]))
+        let mut masked = self.0;
+        if let Some(last) = masked.last_mut() {
+            *last &= 0x7f;
+        }
+        let found = SMALL_ORDER_ENCODINGS.iter().fold(subtle::Choice::from(0), |found, bad| found | masked.ct_eq(bad));
+        bool::from(found)
     }
 }
+
+/// The encodings, top bit clear, of the X25519 public keys of small order
+/// (see [`X25519PublicKey::is_small_order`]); little-endian u-coordinates.
+const SMALL_ORDER_ENCODINGS: [[u8; X25519_KEY_LEN]; 7] = {
+    const fn le(last: u8, first: u8, fill: u8) -> [u8; 32] {
+        let mut bytes = [fill; 32];
+        bytes[0] = first;
+        bytes[31] = last;
+        bytes
+    }
+    [
+        // 0 (order 2; with the point at infinity, the X25519 output of order 1).
+        le(0x00, 0x00, 0x00),
+        // 1 (order 4).
+        le(0x00, 0x01, 0x00),
+        // 3256062509...7233504 (order 8).
+        [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09,
+            0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00,
+        ],
+        // 3938235723...3445705823 (order 8).
+        [
+            0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef, 0x5b, 0x04, 0x44,
+            0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f, 0x11, 0x57,
+        ],
+        // p - 1 = -1 (order 4).
+        le(0x7f, 0xec, 0xff),
+        // p, a non-canonical 0.
+        le(0x7f, 0xed, 0xff),
+        // p + 1, a non-canonical 1.
+        le(0x7f, 0xee, 0xff),
+    ]
+};
 
 impl fmt::Debug for X25519PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,9 +108,13 @@ impl fmt::Debug for X25519PublicKey {
 
 /// An X25519 secret key with its public key. Zeroized on drop; `Debug` shows
 /// only the public key.
+///
+/// The public key of a key loaded from storage is computed on first use (a
+/// base-point multiplication), not on load: most stored keys (archived
+/// sessions, one-time prekeys) are never asked for theirs.
 pub struct X25519Secret {
     secret: StaticSecret,
-    public: X25519PublicKey,
+    public: std::sync::OnceLock<X25519PublicKey>,
 }
 
 impl X25519Secret {
@@ -77,19 +124,23 @@ impl X25519Secret {
     }
 
     /// The key pair of a 32-byte secret scalar (clamped on use, RFC 7748).
-    /// Meant for test vectors; generate keys with [`Self::generate`].
+    /// Meant for test vectors and storage; generate keys with [`Self::generate`].
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self::from_secret(StaticSecret::from(bytes))
     }
 
     fn from_secret(secret: StaticSecret) -> Self {
-        let public = X25519PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
-        Self { secret, public }
+        Self { secret, public: std::sync::OnceLock::new() }
     }
 
-    /// The public key.
+    /// A secret whose public key the caller already knows.
+    fn with_public(secret: StaticSecret, public: X25519PublicKey) -> Self {
+        Self { secret, public: std::sync::OnceLock::from(public) }
+    }
+
+    /// The public key (computed on the first call).
     pub fn public_key(&self) -> X25519PublicKey {
-        self.public
+        *self.public.get_or_init(|| X25519PublicKey(x25519_dalek::PublicKey::from(&self.secret).to_bytes()))
     }
 
     pub(crate) fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
@@ -107,13 +158,13 @@ impl X25519Secret {
 
 impl Clone for X25519Secret {
     fn clone(&self) -> Self {
-        Self { secret: self.secret.clone(), public: self.public }
+        Self { secret: self.secret.clone(), public: self.public.clone() }
     }
 }
 
 impl fmt::Debug for X25519Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("X25519Secret").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("X25519Secret").field("public", &self.public_key()).finish_non_exhaustive()
     }
 }
 
@@ -168,6 +219,18 @@ impl IdentityKey {
             return Err(KeyError::SmallOrder);
         }
         Ok(Self(key.to_bytes()))
+    }
+
+    /// A key read back from this library's own storage: the length is
+    /// checked, the point is not. Every stored identity key passed
+    /// [`Self::from_bytes`] before it was stored, and a store authenticates
+    /// its rows; re-checking on every load cost a decompression and an
+    /// inversion per key per session load. Should a stored key still not be
+    /// a point, it fails where it is used: [`Self::to_x25519`] gives the
+    /// all-zero key, which every Diffie-Hellman rejects, and no signature
+    /// verifies under it.
+    pub(crate) fn from_stored_slice(bytes: &[u8], field: &'static str) -> Result<Self, crate::DecodeError> {
+        Ok(Self(fixed::<IDENTITY_KEY_LEN>(bytes, field)?))
     }
 
     /// Parses a slice (see [`Self::from_bytes`]).
@@ -257,12 +320,15 @@ impl IdentityKeyPair {
         self.signing.sign(message).to_bytes()
     }
 
-    /// The X25519 form of the identity: the clamped scalar of SHA-512(seed).
+    /// The X25519 form of the identity: the clamped scalar of SHA-512(seed),
+    /// with the Montgomery form of the public point (held decompressed by
+    /// the signing key: no scalar multiplication, no decompression).
     pub(crate) fn to_x25519(&self) -> X25519Secret {
         let mut scalar = self.signing.to_scalar_bytes();
-        let secret = X25519Secret::from_bytes(scalar);
+        let secret = StaticSecret::from(scalar);
         scalar.zeroize();
-        secret
+        let public = X25519PublicKey(self.signing.verifying_key().to_montgomery().to_bytes());
+        X25519Secret::with_public(secret, public)
     }
 }
 
@@ -590,6 +656,67 @@ mod tests {
     fn small_order_public_keys_are_detected() {
         assert!(X25519PublicKey::from_bytes([0; 32]).is_small_order());
         assert!(!X25519Secret::from_bytes([7; 32]).public_key().is_small_order());
+    }
+
+    /// Stored identity keys are checked for length only; one that is not a
+    /// point (a store altered under its own key) is useless, never usable.
+    #[test]
+    fn stored_identity_keys_that_are_not_points_cannot_be_used() {
+        let not_a_point = (2u8..)
+            .map(|k| {
+                let mut bytes = [0u8; 32];
+                bytes[0] = k;
+                bytes
+            })
+            .find(|bytes| IdentityKey::from_bytes(bytes) == Err(KeyError::InvalidEncoding))
+            .unwrap();
+        let stored = IdentityKey::from_stored_slice(&not_a_point, "remote_identity").unwrap();
+        assert_eq!(stored.to_x25519().as_bytes(), &[0u8; 32]);
+        let ours = X25519Secret::from_bytes([7; 32]);
+        assert!(ours.diffie_hellman(&stored.to_x25519()).is_none());
+        assert!(!stored.verify(b"message", &[0; 64]));
+        assert_eq!(
+            IdentityKey::from_stored_slice(&[1; 31], "remote_identity"),
+            Err(crate::DecodeError::InvalidLength { field: "remote_identity", expected: 32, actual: 31 })
+        );
+    }
+
+    /// The table agrees with the definition: a key is of small order exactly
+    /// when a clamped scalar (a multiple of 8) maps it to zero, computed here
+    /// by a full X25519 ladder. Checked for every listed encoding with either
+    /// top bit, their neighbours, and random keys.
+    #[test]
+    fn small_order_table_matches_the_ladder() {
+        let by_ladder = |key: [u8; 32]| x25519_dalek::x25519([9; 32], key) == [0u8; 32];
+        let mut keys = Vec::new();
+        for bad in SMALL_ORDER_ENCODINGS {
+            for top in [0x00, 0x80] {
+                let mut key = bad;
+                key[31] |= top;
+                keys.push(key);
+                let mut next = key;
+                next[0] = next[0].wrapping_add(1);
+                keys.push(next);
+                let mut previous = key;
+                previous[0] = previous[0].wrapping_sub(1);
+                keys.push(previous);
+            }
+        }
+        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed([8; 32]);
+        for _ in 0..2_000 {
+            let mut key = [0u8; 32];
+            rand_core::Rng::fill_bytes(&mut rng, &mut key);
+            keys.push(key);
+        }
+        let mut small = 0;
+        for key in keys {
+            let public = X25519PublicKey::from_bytes(key);
+            assert_eq!(public.is_small_order(), by_ladder(key), "{public:?}");
+            small += usize::from(by_ladder(key));
+        }
+        // The 14 listed encodings, and the 12 neighbours that are listed too
+        // (0 and 1, p - 1, p and p + 1 are adjacent); no random key.
+        assert_eq!(small, 14 + 12);
     }
 
     #[test]

@@ -12,8 +12,6 @@
 //! verify is reported by the caller as an authentication failure, never as an
 //! error an attacker could tell apart.
 
-use zeroize::Zeroizing;
-
 use crate::limits::MAX_PLAINTEXT_LEN;
 
 /// The smallest bucket.
@@ -36,22 +34,45 @@ pub(crate) fn padded_len(len: usize) -> usize {
 }
 
 /// Pads `plaintext`; `None` if it is longer than [`MAX_PLAINTEXT_LEN`].
-pub(crate) fn pad(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+#[cfg(any(test, feature = "hazmat"))]
+pub(crate) fn pad(plaintext: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    pad_with_room(plaintext, 0).map(zeroize::Zeroizing::new)
+}
+
+/// Pads `plaintext` into a buffer with `room` spare bytes of capacity (for
+/// an AEAD tag appended in place, so that the buffer never moves while it
+/// holds plaintext). The caller wipes or encrypts it.
+pub(crate) fn pad_with_room(plaintext: &[u8], room: usize) -> Option<Vec<u8>> {
     if plaintext.len() > MAX_PLAINTEXT_LEN {
         return None;
     }
-    let mut out = Zeroizing::new(Vec::with_capacity(padded_len(plaintext.len())));
+    let len = padded_len(plaintext.len());
+    let mut out = Vec::with_capacity(len.saturating_add(room));
     out.extend_from_slice(plaintext);
     out.push(MARKER);
-    out.resize(padded_len(plaintext.len()), 0);
+    out.resize(len, 0);
     Some(out)
 }
 
 /// Removes the padding; `None` unless `padded` is exactly what [`pad`] makes.
+#[cfg(any(test, feature = "hazmat"))]
 pub(crate) fn unpad(padded: &[u8]) -> Option<&[u8]> {
-    let end = padded.iter().rposition(|&b| b != 0)?;
-    let (content, rest) = padded.split_at(end);
-    if rest.first() != Some(&MARKER) || padded.len() != padded_len(content.len()) {
+    padded.get(..unpadded_len(padded)?)
+}
+
+/// The length of the plaintext inside `padded`; `None` unless `padded` is
+/// exactly what [`pad_with_room`] makes.
+pub(crate) fn unpadded_len(padded: &[u8]) -> Option<usize> {
+    // The last non-zero byte: skip zero words first (the padding can be 4 KiB).
+    let mut end = padded.len();
+    for word in padded.rchunks_exact(8) {
+        if word != [0u8; 8] {
+            break;
+        }
+        end = end.saturating_sub(8);
+    }
+    let content = padded.get(..end)?.iter().rposition(|&b| b != 0)?;
+    if padded.get(content) != Some(&MARKER) || padded.len() != padded_len(content) {
         return None;
     }
     Some(content)

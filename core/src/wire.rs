@@ -46,7 +46,12 @@ impl RatchetMessage {
 
     /// Encodes the message for the wire: version byte, then the envelope.
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode_envelope(pb::envelope::Body::Ratchet(self.to_proto()))
+        self.clone().into_bytes()
+    }
+
+    /// As [`Self::to_bytes`], without copying the body first.
+    pub fn into_bytes(self) -> Vec<u8> {
+        encode_envelope(pb::envelope::Body::Ratchet(self.into_proto()))
     }
 
     /// Decodes a message encoded by [`Self::to_bytes`].
@@ -61,11 +66,11 @@ impl RatchetMessage {
         }
     }
 
-    fn to_proto(&self) -> pb::RatchetMessage {
-        pb::RatchetMessage { header: self.header.to_vec(), body: self.body.clone() }
+    fn into_proto(self) -> pb::RatchetMessage {
+        pb::RatchetMessage { header: self.header.to_vec(), body: self.body }
     }
 
-    fn from_proto(message: &pb::RatchetMessage) -> Result<Self, DecodeError> {
+    fn from_proto(message: pb::RatchetMessage) -> Result<Self, DecodeError> {
         let header = fixed::<ENCRYPTED_HEADER_LEN>(&message.header, "ratchet.header")?;
         if message.body.len() < MIN_BUCKET + TAG_LEN {
             return Err(DecodeError::InvalidLength {
@@ -74,7 +79,7 @@ impl RatchetMessage {
                 actual: message.body.len(),
             });
         }
-        Ok(Self { header, body: message.body.clone() })
+        Ok(Self { header, body: message.body })
     }
 }
 
@@ -153,10 +158,15 @@ pub enum Message {
 impl Message {
     /// Encodes the message: version byte, then the envelope.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.clone().into_bytes()
+    }
+
+    /// As [`Self::to_bytes`], without copying the body first.
+    pub fn into_bytes(self) -> Vec<u8> {
         match self {
-            Self::Ratchet(message) => message.to_bytes(),
+            Self::Ratchet(message) => message.into_bytes(),
             Self::PreKey(prekey) => {
-                let h = &prekey.header;
+                let PreKeyMessage { header: h, message } = *prekey;
                 encode_envelope(pb::envelope::Body::Prekey(pb::PreKeyMessage {
                     identity_key: h.identity_key.as_bytes().to_vec(),
                     base_key: h.base_key.as_bytes().to_vec(),
@@ -164,7 +174,7 @@ impl Message {
                     one_time_prekey_id: h.one_time_prekey_id,
                     pq_prekey_id: h.pq_prekey_id,
                     pq_ciphertext: h.pq_ciphertext.to_vec(),
-                    message: Some(prekey.message.to_proto()),
+                    message: Some(message.into_proto()),
                 }))
             }
         }
@@ -178,7 +188,7 @@ impl Message {
     /// A [`DecodeError`] naming what is wrong.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         match decode_envelope(bytes)? {
-            pb::envelope::Body::Ratchet(message) => Ok(Self::Ratchet(RatchetMessage::from_proto(&message)?)),
+            pb::envelope::Body::Ratchet(message) => Ok(Self::Ratchet(RatchetMessage::from_proto(message)?)),
             pb::envelope::Body::Prekey(prekey) => {
                 let identity_key = IdentityKey::from_slice(&prekey.identity_key)
                     .map_err(|_| DecodeError::InvalidValue("prekey.identity_key"))?;
@@ -188,7 +198,7 @@ impl Message {
                 }
                 let pq_ciphertext =
                     Box::new(fixed::<MLKEM_CIPHERTEXT_LEN>(&prekey.pq_ciphertext, "prekey.pq_ciphertext")?);
-                let message = prekey.message.as_ref().ok_or(DecodeError::MissingField("prekey.message"))?;
+                let message = prekey.message.ok_or(DecodeError::MissingField("prekey.message"))?;
                 Ok(Self::PreKey(Box::new(PreKeyMessage {
                     header: PreKeyHeader {
                         identity_key,

@@ -2,11 +2,8 @@
 
 use std::fmt;
 
-use chacha20poly1305::{
-    ChaCha20Poly1305, Key, KeyInit, Nonce,
-    aead::{Aead, Payload},
-};
-use zeroize::Zeroizing;
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag, aead::inout::InOutBuf};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{kdf, keys::Secret32};
 
@@ -38,20 +35,36 @@ impl MessageKey {
         (cipher, Nonce::from(material.nonce))
     }
 
-    /// Seals the padded plaintext with associated data `ad`.
-    pub(crate) fn seal(&self, padded: &[u8], ad: &[u8]) -> Vec<u8> {
+    /// Seals the padded plaintext in `buffer` in place with associated data
+    /// `ad` and appends the 16-byte tag: `buffer` becomes the body. Give it
+    /// [`TAG_LEN`] spare bytes of capacity so that it never moves (a move
+    /// would leave a copy of the plaintext behind).
+    pub(crate) fn seal_in_place(&self, buffer: &mut Vec<u8>, ad: &[u8]) {
         let (cipher, nonce) = self.cipher();
-        // ChaCha20-Poly1305 fails only for inputs over 256 GiB; ours are capped
-        // far below by MAX_PLAINTEXT_LEN.
-        cipher.encrypt(&nonce, Payload { msg: padded, aad: ad }).unwrap_or_default()
+        match cipher.encrypt_inout_detached(&nonce, ad, buffer.as_mut_slice().into()) {
+            Ok(tag) => buffer.extend_from_slice(&tag),
+            // ChaCha20-Poly1305 fails only for inputs over 256 GiB; ours are
+            // capped far below by MAX_PLAINTEXT_LEN. Never leave plaintext.
+            Err(_) => buffer.zeroize(),
+        }
     }
 
-    /// Opens a body; `None` if the tag does not verify.
+    /// Opens a body, decrypting straight from it into a new buffer; `None`
+    /// if the tag does not verify (then nothing was decrypted). The buffer
+    /// holds plaintext: wipe it if it is not handed to the app.
     pub(crate) fn open(&self, body: &[u8], ad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let (ciphertext, tag) = body.split_at_checked(body.len().checked_sub(TAG_LEN)?)?;
+        let tag = Tag::try_from(tag).ok()?;
+        let mut out = Zeroizing::new(vec![0u8; ciphertext.len()]);
         let (cipher, nonce) = self.cipher();
-        cipher.decrypt(&nonce, Payload { msg: body, aad: ad }).ok().map(Zeroizing::new)
+        let buffer = InOutBuf::new(ciphertext, out.as_mut_slice()).ok()?;
+        cipher.decrypt_inout_detached(&nonce, ad, buffer, &tag).ok()?;
+        Some(out)
     }
 }
+
+/// Length of the ChaCha20-Poly1305 tag that ends a body.
+pub(crate) const TAG_LEN: usize = 16;
 
 impl fmt::Debug for MessageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -55,7 +55,7 @@ pub use self::header::ENCRYPTED_HEADER_LEN;
 use self::{
     chain::ChainKey,
     header::{Header, HeaderKey},
-    message_key::MessageKey,
+    message_key::{MessageKey, TAG_LEN},
     receiver::ReceivingChain,
     root::RootKey,
 };
@@ -279,8 +279,9 @@ impl DoubleRatchet {
         rng: &mut R,
         plaintext: &[u8],
     ) -> Result<RatchetMessage, EncryptError> {
-        let padded = padding::pad(plaintext)
-            .ok_or(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN })?;
+        if plaintext.len() > crate::limits::MAX_PLAINTEXT_LEN {
+            return Err(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN });
+        }
         let Some((chain_key, header_key)) = &mut self.sending.chain else {
             return Err(EncryptError::NoSendingChain);
         };
@@ -292,7 +293,11 @@ impl DoubleRatchet {
             counter: chain_key.index(),
         };
         let encrypted_header = header_key.seal(rng, header, &self.associated_data);
-        let body = message_key.seal(&padded, &body_associated_data(&self.associated_data, &encrypted_header));
+        // Padded and sealed in one buffer, which becomes the body: no copy of
+        // the plaintext is left behind.
+        let mut body = padding::pad_with_room(plaintext, TAG_LEN)
+            .ok_or(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN })?;
+        message_key.seal_in_place(&mut body, &body_associated_data(&self.associated_data, &encrypted_header));
         *chain_key = next;
         Ok(RatchetMessage::new(encrypted_header, body))
     }
@@ -325,14 +330,18 @@ impl DoubleRatchet {
     ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
         let (message_key, found) = self.find_key(message)?;
         let ad = body_associated_data(&self.associated_data, message.header());
-        let padded = message_key.open(message.body(), &ad).ok_or(DecryptError::Unauthenticated)?;
-        let plaintext = padding::unpad(&padded).ok_or(DecryptError::Unauthenticated)?;
+        // Decrypted into a wiping buffer; on success the plaintext is moved
+        // out of it, so it is neither copied nor wiped on the way to the app.
+        let mut padded = message_key.open(message.body(), &ad).ok_or(DecryptError::Unauthenticated)?;
+        let len = padding::unpadded_len(&padded).ok_or(DecryptError::Unauthenticated)?;
         let kind = match found {
             Found::Skipped { chain, position } => PlanKind::Skipped { chain, position },
             Found::Advance { chain_key, skipped } => PlanKind::Advance { chain_key, skipped },
             Found::Step(step) => PlanKind::Step(Box::new(self.complete_step(rng, *step)?)),
         };
-        Ok((plaintext.to_vec(), DecryptPlan { kind }))
+        // The bytes past `len` are the padding: a marker and zeros.
+        padded.truncate(len);
+        Ok((std::mem::take(&mut *padded), DecryptPlan { kind }))
     }
 
     /// The second half of a DH step: a fresh `DHs`, the root step with it,

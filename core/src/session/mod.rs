@@ -248,8 +248,8 @@ impl SessionRecord {
         let message = state.ratchet.encrypt(rng, plaintext)?;
         self.generation = self.generation.wrapping_add(1);
         Ok(match &state.pending_prekey {
-            Some(header) => Message::PreKey(Box::new(PreKeyMessage { header: header.clone(), message })).to_bytes(),
-            None => Message::Ratchet(message).to_bytes(),
+            Some(header) => Message::PreKey(Box::new(PreKeyMessage { header: header.clone(), message })).into_bytes(),
+            None => message.into_bytes(),
         })
     }
 
@@ -427,8 +427,9 @@ impl SessionRecord {
         prekeys: &PreKeySet,
         bytes: &[u8],
     ) -> Result<(Vec<u8>, ConsumedPreKeys), SessionError> {
-        let pending = self.decrypt(rng, ours, our_address, peer, prekeys, bytes)?;
-        let plaintext = pending.plaintext.to_vec();
+        let mut pending = self.decrypt(rng, ours, our_address, peer, prekeys, bytes)?;
+        // Moved out: the caller owns the plaintext from here.
+        let plaintext = std::mem::take(&mut *pending.plaintext);
         let consumed = pending.consumed;
         self.commit(pending)?;
         Ok((plaintext, consumed))
@@ -474,10 +475,7 @@ impl SessionRecord {
         let trusted_identity = if record.trusted_identity.is_empty() {
             None
         } else {
-            Some(
-                IdentityKey::from_slice(&record.trusted_identity)
-                    .map_err(|_| DecodeError::InvalidValue("trusted_identity"))?,
-            )
+            Some(IdentityKey::from_stored_slice(&record.trusted_identity, "trusted_identity")?)
         };
         let current = record.current.as_ref().map(SessionState::from_record).transpose()?;
         let archived = record.archived.iter().map(SessionState::from_record).collect::<Result<_, _>>()?;

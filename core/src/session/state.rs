@@ -41,14 +41,12 @@ impl SessionState {
 
     pub(crate) fn from_record(record: &storage::SessionState) -> Result<Self, DecodeError> {
         let ratchet = DoubleRatchet::from_record(record.ratchet.as_ref().ok_or(DecodeError::MissingField("ratchet"))?)?;
-        let remote_identity = IdentityKey::from_slice(&record.remote_identity)
-            .map_err(|_| DecodeError::InvalidValue("remote_identity"))?;
+        let remote_identity = IdentityKey::from_stored_slice(&record.remote_identity, "remote_identity")?;
         let base_key = X25519PublicKey::from_slice(&record.base_key, "base_key")?;
         let pending_prekey = match &record.pending_prekey {
             None => None,
             Some(p) if record.initiator => Some(PreKeyHeader {
-                identity_key: IdentityKey::from_slice(&p.identity_key)
-                    .map_err(|_| DecodeError::InvalidValue("pending_prekey.identity_key"))?,
+                identity_key: IdentityKey::from_stored_slice(&p.identity_key, "pending_prekey.identity_key")?,
                 base_key,
                 signed_prekey_id: p.signed_prekey_id,
                 one_time_prekey_id: p.one_time_prekey_id,
