@@ -67,7 +67,7 @@ impl RatchetMessage {
     }
 
     fn into_proto(self) -> pb::RatchetMessage {
-        pb::RatchetMessage { header: self.header.to_vec(), body: self.body }
+        pb::RatchetMessage { header: self.header.to_vec(), body: self.body.into() }
     }
 
     fn from_proto(message: pb::RatchetMessage) -> Result<Self, DecodeError> {
@@ -79,7 +79,8 @@ impl RatchetMessage {
                 actual: message.body.len(),
             });
         }
-        Ok(Self { header, body: message.body })
+        // The decoder's own copy, unshared: converted without a copy.
+        Ok(Self { header, body: message.body.into() })
     }
 }
 
@@ -295,7 +296,7 @@ mod tests {
         ));
         let bad_header = encode_envelope(pb::envelope::Body::Ratchet(pb::RatchetMessage {
             header: vec![0; ENCRYPTED_HEADER_LEN - 1],
-            body: vec![0; 80],
+            body: vec![0; 80].into(),
         }));
         assert!(matches!(
             RatchetMessage::from_bytes(&bad_header),

@@ -124,7 +124,9 @@ impl VectorSet for Wire {
             out
         };
         let ratchet = |header: Vec<u8>, body: Vec<u8>| {
-            framed(pb::Envelope { body: Some(pb::envelope::Body::Ratchet(pb::RatchetMessage { header, body })) })
+            framed(pb::Envelope {
+                body: Some(pb::envelope::Body::Ratchet(pb::RatchetMessage { header, body: body.into() })),
+            })
         };
         // Body before header, and an unknown field 15 (varint 1) inside the ratchet message.
         let mut inner = vec![0x12, 0x50];

@@ -413,23 +413,41 @@ impl DoubleRatchet {
         }
     }
 
-    /// Finds the header key that opens the header, then the message key.
-    /// Trial order: each kept receiving chain, newest first (its skipped keys
-    /// and its chain), then the next header key, which starts a DH step.
+    /// Finds the header key that opens the header, then the message key
+    /// (PROTOCOL.md 4.6.1): on a kept receiving chain (its skipped keys and
+    /// its chain), or the next header key, which starts a DH step.
     fn find_key(&self, message: &RatchetMessage) -> Result<(MessageKey, Found), DecryptError> {
+        // A header opens under at most one of these keys, so the order of the
+        // trials changes only their cost: the current chain first (messages in
+        // order), then the next header key (a DH step: every message of a
+        // ping-pong), then the older chains, newest first (late messages).
         let ad = &self.associated_data;
-        for (index, chain) in self.receiving.iter().enumerate().rev() {
-            if let Some(header) = chain.header_key.open(message.header(), ad) {
-                if header.ratchet_key != chain.ratchet_key {
-                    return Err(DecryptError::Unauthenticated);
-                }
-                return Self::plan_on_chain(index, chain, header.counter);
-            }
+        let mut chains = self.receiving.iter().enumerate().rev();
+        if let Some((index, current)) = chains.next()
+            && let Some(found) = Self::try_chain(index, current, message, ad)
+        {
+            return found;
         }
-        match self.next_receiving_header_key.open(message.header(), ad) {
-            Some(header) => self.plan_step(header),
-            None => Err(DecryptError::Unauthenticated),
+        if let Some(header) = self.next_receiving_header_key.open(message.header(), ad) {
+            return self.plan_step(header);
         }
+        chains
+            .find_map(|(index, chain)| Self::try_chain(index, chain, message, ad))
+            .unwrap_or(Err(DecryptError::Unauthenticated))
+    }
+
+    /// The key of `message` on receiving chain `index`, if its header opens under the chain's header key.
+    fn try_chain(
+        index: usize,
+        chain: &ReceivingChain,
+        message: &RatchetMessage,
+        ad: &[u8],
+    ) -> Option<Result<(MessageKey, Found), DecryptError>> {
+        let header = chain.header_key.open(message.header(), ad)?;
+        if header.ratchet_key != chain.ratchet_key {
+            return Some(Err(DecryptError::Unauthenticated));
+        }
+        Some(Self::plan_on_chain(index, chain, header.counter))
     }
 
     fn plan_on_chain(index: usize, chain: &ReceivingChain, counter: u32) -> Result<(MessageKey, Found), DecryptError> {
