@@ -8,7 +8,7 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid> | head -60
 //! ```
 //!
-//! Operations: `chain-send`, `chain-recv`, `pingpong`, `handshake`, `serialize`, `deserialize`,
+//! Operations: `chain-send`, `chain-recv`, `chain-both`, `pingpong`, `handshake`, `serialize`, `deserialize`,
 //! `device-encrypt`, `device-decrypt`, `device-decrypt-100prekeys` (the devices in memory), and
 //! `floor <key>`: the primitives of a floor composition of `benches/src/lib.rs` (for example
 //! `floor handshake/64 200`), executed with the same crates, so that callgrind compares an
@@ -146,6 +146,7 @@ impl Primitives {
 enum Op {
     ChainSend(Pair),
     ChainRecv(Pair, Vec<Vec<u8>>),
+    ChainBoth(Pair),
     PingPong(Pair),
     Handshake(Pair),
     Serialize(Pair),
@@ -165,6 +166,12 @@ fn run(op: &mut Op, n: usize, payload: &[u8]) {
         }
         Op::ChainRecv(pair, messages) => {
             for m in messages.drain(..) {
+                black_box(pair.b_receive(&m));
+            }
+        }
+        Op::ChainBoth(pair) => {
+            for _ in 0..n {
+                let m = pair.a_to_b(payload);
                 black_box(pair.b_receive(&m));
             }
         }
@@ -236,6 +243,7 @@ fn main() {
             let messages = (0..n).map(|_| pair.a_to_b(&payload)).collect();
             Op::ChainRecv(pair, messages)
         }
+        "chain-both" => Op::ChainBoth(Pair::new(1)),
         "pingpong" => {
             let mut pair = Pair::new(1);
             pair.ping_pong(10);

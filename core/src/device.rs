@@ -88,6 +88,11 @@ pub enum DeviceError {
 pub struct PendingMessage {
     peer: Address,
     pending: PendingDecrypt,
+    /// The session row as read (sealed), and the record parsed from it: if
+    /// the row is unchanged at commit, the record is not read and parsed
+    /// again.
+    loaded: Option<Vec<u8>>,
+    record: SessionRecord,
 }
 
 impl PendingMessage {
@@ -113,8 +118,9 @@ impl fmt::Debug for PendingMessage {
     }
 }
 
-/// A peer's address, its record as loaded (serialized), and the record as changed.
-type LoadedRecord = (Address, Zeroizing<Vec<u8>>, SessionRecord);
+/// A peer's address, its session row as loaded (sealed; `None` if there was
+/// none), and the record as changed.
+type LoadedRecord = (Address, Option<Vec<u8>>, SessionRecord);
 
 /// The result of [`Device::decrypt_batch`]: one result per message, in
 /// order, and the changes to commit with [`Device::commit_batch`].
@@ -383,20 +389,21 @@ impl<B: Backend> Device<B> {
         lock(&self.peer_locks).entry(row.to_vec()).or_default().clone()
     }
 
-    fn load_record(&self, row: &[u8]) -> Result<(Zeroizing<Vec<u8>>, SessionRecord), StoreError> {
+    /// The session record of `row`, and the row as read (sealed; `None` if
+    /// there is none, which is an empty record). Every rewrite of a row seals
+    /// it with a fresh nonce, so the sealed bytes tell whether it changed.
+    fn load_record(&self, row: &[u8]) -> Result<(Option<Vec<u8>>, SessionRecord), StoreError> {
         let corrupt = || StoreError::Corrupt { table: Table::Sessions };
-        match self.backend.get(Table::Sessions, row)? {
-            None => Ok((Zeroizing::new(Vec::new()), SessionRecord::new())),
-            Some(sealed) => {
-                let bytes = self.sealer.open(Table::Sessions, row, &sealed)?;
-                let parsed = Zeroizing::new(storage::SessionRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
-                if parsed.version != ROW_VERSION {
-                    return Err(corrupt());
-                }
-                let record = SessionRecord::from_bytes(&parsed.record).map_err(|_| corrupt())?;
-                Ok((Zeroizing::new(parsed.record.clone()), record))
-            }
+        let Some(sealed) = self.backend.get(Table::Sessions, row)? else {
+            return Ok((None, SessionRecord::new()));
+        };
+        let bytes = self.sealer.open(Table::Sessions, row, &sealed)?;
+        let parsed = Zeroizing::new(storage::SessionRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
+        if parsed.version != ROW_VERSION {
+            return Err(corrupt());
         }
+        let record = SessionRecord::from_bytes(&parsed.record).map_err(|_| corrupt())?;
+        Ok((Some(sealed), record))
     }
 
     fn record_write(&self, row: &[u8], peer: &Address, record: &SessionRecord) -> Write {
@@ -496,7 +503,7 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::NoSession`], a store error.
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         let row = self.sealer.address_key(peer);
-        let (_, record) = self.load_record(&row)?;
+        let (loaded, record) = self.load_record(&row)?;
         // Only a prekey message needs the prekeys: loading them (ML-KEM keys
         // are checked on load) costs milliseconds when many are held.
         let prekeys = match MessageKind::of(ciphertext).map_err(SessionError::from)? {
@@ -505,7 +512,7 @@ impl<B: Backend> Device<B> {
         };
         let pending =
             record.decrypt(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, ciphertext)?;
-        Ok(PendingMessage { peer: peer.clone(), pending })
+        Ok(PendingMessage { peer: peer.clone(), pending, loaded, record })
     }
 
     /// Commits a decryption: the session advances and the prekeys it used
@@ -517,13 +524,18 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::UnknownPreKey`] if another session consumed the same
     /// one-time prekey first; a store error (nothing written).
     pub fn commit(&self, message: PendingMessage) -> Result<(), DeviceError> {
-        let row = self.sealer.address_key(&message.peer);
+        let PendingMessage { peer, pending, loaded, record } = message;
+        let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
-        let (_, mut record) = self.load_record(&row)?;
-        let consumed = message.pending.consumed_prekeys();
-        record.commit(message.pending)?;
-        let mut writes = vec![self.record_write(&row, &message.peer, &record)];
+        // The record the decryption saw, if the row still holds it; else the
+        // row as it is now, against which the pending is checked (it is stale
+        // if the session changed).
+        let mut record =
+            if self.backend.get(Table::Sessions, &row)? == loaded { record } else { self.load_record(&row)?.1 };
+        let consumed = pending.consumed_prekeys();
+        record.commit(pending)?;
+        let mut writes = vec![self.record_write(&row, &peer, &record)];
         let _prekey_guard;
         if !consumed.is_empty() {
             _prekey_guard = lock(&self.prekey_lock);
@@ -576,17 +588,19 @@ impl<B: Backend> Device<B> {
     /// plaintexts.
     ///
     /// # Errors
-    /// [`SessionError::StalePending`] if a session or the prekeys changed
-    /// since [`Self::decrypt_batch`] (nothing is written: decrypt the batch
-    /// again); a store error (nothing written).
+    /// [`SessionError::StalePending`] if a session row was rewritten (even with
+    /// the same record) or the prekeys changed since [`Self::decrypt_batch`]
+    /// (nothing is written: decrypt the batch again); a store error (nothing
+    /// written).
     pub fn commit_batch(&self, batch: PendingBatch) -> Result<(), DeviceError> {
         let locks: Vec<_> = batch.records.keys().map(|row| self.peer_lock(row)).collect();
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);
         let mut writes = Vec::with_capacity(batch.records.len() + 1);
         for (row, (peer, loaded, record)) in &batch.records {
-            let (current, _) = self.load_record(row)?;
-            if *current != **loaded {
+            // Any rewrite of the row since the batch was decrypted (even of
+            // the same record) makes the batch stale.
+            if self.backend.get(Table::Sessions, row)? != *loaded {
                 return Err(SessionError::StalePending.into());
             }
             writes.push(self.record_write(row, peer, record));

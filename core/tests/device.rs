@@ -151,6 +151,19 @@ fn two_phase_decrypt_survives_a_restart() {
     bob.commit(p3).unwrap();
     assert!(matches!(bob.commit(p4), Err(DeviceError::Session(SessionError::StalePending))));
     assert_eq!(receive(&bob, alice.address(), &fourth).unwrap(), b"four");
+    // So is one made before Bob encrypted to Alice (committing it would roll
+    // back his sending chain), and the reply still decrypts.
+    let fifth = alice.encrypt(bob.address(), b"five").unwrap();
+    let p5 = bob.decrypt(alice.address(), &fifth).unwrap();
+    let reply = bob.encrypt(alice.address(), b"reply").unwrap();
+    assert!(matches!(bob.commit(p5), Err(DeviceError::Session(SessionError::StalePending))));
+    assert_eq!(receive(&bob, alice.address(), &fifth).unwrap(), b"five");
+    assert_eq!(receive(&alice, bob.address(), &reply).unwrap(), b"reply");
+    // A pending whose row did not change commits (the record decrypt parsed is reused).
+    let sixth = alice.encrypt(bob.address(), b"six").unwrap();
+    let p6 = bob.decrypt(alice.address(), &sixth).unwrap();
+    bob.commit(p6).unwrap();
+    assert!(is_duplicate(&receive(&bob, alice.address(), &sixth).unwrap_err()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -12,6 +12,7 @@
 //! they are written down once. Hand-written analysis lives in `benches/NOTES.md`, which is
 //! copied into `BENCHMARKS.md`.
 
+use super::instructions::{self, Count, fmt_count};
 use std::{
     collections::BTreeMap,
     env,
@@ -33,18 +34,24 @@ pub(crate) fn bench() -> Result<(), String> {
     let root = super::root();
     let criterion_home = root.join("target").join("criterion");
     let meta_path = criterion_home.join("samizdat-meta.tsv");
+    let counts_path = criterion_home.join("samizdat-instructions.tsv");
     let extra: Vec<String> = env::args().skip(2).collect();
     let started = Instant::now();
-    let run_start = if extra.first().is_some_and(|a| a == "--report") {
+    let (run_start, counts) = if extra.first().is_some_and(|a| a == "--report") {
         // Rewrite the report from the last run's results, without running anything.
-        SystemTime::UNIX_EPOCH
+        (SystemTime::UNIX_EPOCH, instructions::read(&counts_path))
     } else {
-        run_benchmarks(&root, &criterion_home, &meta_path, extra)?
+        let filtered = !extra.is_empty();
+        let run_start = run_benchmarks(&root, &criterion_home, &meta_path, extra)?;
+        // A filtered run keeps the counts of the last full run.
+        let counts =
+            if filtered { instructions::read(&counts_path) } else { instructions::measure(&root, &counts_path)? };
+        (run_start, counts)
     };
     let meta =
         Meta::parse(&fs::read_to_string(&meta_path).map_err(|e| format!("bench: {}: {e}", meta_path.display()))?);
     let estimates = Estimates::index(&criterion_home, run_start);
-    let report = Report::build(&meta, &estimates);
+    let report = Report::build(&meta, &estimates, counts.unwrap_or_default());
     println!("{}", report.text_table());
     let machine = Machine::detect();
     let notes = fs::read_to_string(root.join("benches").join("NOTES.md")).unwrap_or_default();
@@ -303,11 +310,13 @@ struct Report {
     prims: Vec<(String, String, Option<Value>)>,
     /// Floor key -> (value, "2 x A + 1 x B" text), in the order of the hand-over file.
     floors: Vec<(String, Option<f64>, String)>,
+    /// Instruction counts (callgrind) of the ratio targets' operations, if measured.
+    counts: Vec<Count>,
     stale: bool,
 }
 
 impl Report {
-    fn build(meta: &Meta, estimates: &Estimates) -> Self {
+    fn build(meta: &Meta, estimates: &Estimates, counts: Vec<Count>) -> Self {
         let prims: Vec<(String, String, Option<Value>)> =
             meta.prims.iter().map(|(id, what)| (id.clone(), what.clone(), estimates.get(id))).collect();
         let prim_ns = |id: &str| prims.iter().find(|(p, _, _)| p == id).and_then(|(_, _, v)| v.map(|v| v.ns));
@@ -345,8 +354,8 @@ impl Report {
             .collect();
         let stale = lines.iter().flat_map(|l| [l.ours, l.vodozemac]).flatten().any(|v| !v.fresh)
             || prims.iter().filter_map(|(_, _, v)| *v).any(|v| !v.fresh);
-        let outcomes = meta.targets.iter().map(|t| judge(t, &lines, meta, estimates)).collect();
-        Report { lines, outcomes, prims, floors, stale }
+        let outcomes = meta.targets.iter().map(|t| judge(t, &lines, meta, estimates, &counts)).collect();
+        Report { lines, outcomes, prims, floors, counts, stale }
     }
 
     fn text_table(&self) -> String {
@@ -372,6 +381,23 @@ impl Report {
                 ratio(line.to_floor()),
                 ratio(line.to_vodozemac()),
             );
+        }
+        if !self.counts.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<62} {:>11} {:>11} {:>8}",
+                "instructions (callgrind)", "samizdat", "floor", "/floor"
+            );
+            for c in &self.counts {
+                let _ = writeln!(
+                    out,
+                    "{:<62} {:>11} {:>11} {:>8}",
+                    c.label,
+                    fmt_count(c.ours),
+                    fmt_count(c.floor),
+                    ratio(Some(c.ratio()))
+                );
+            }
         }
         let _ = writeln!(out, "\nTargets:");
         for o in &self.outcomes {
@@ -450,6 +476,31 @@ impl Report {
             let _ = writeln!(md, "| {} | **{}** | {} |", o.target.what, verdict(o.met), o.detail);
         }
         let _ = writeln!(md, "\nTargets are judged here, never asserted in timed tests.\n");
+        if !self.counts.is_empty() {
+            let _ = writeln!(md, "### Instruction counts (callgrind)\n");
+            let _ = writeln!(
+                md,
+                "The ratio targets are judged on these counts, measured by the same command: timings on \
+                 a shared VM move by tens of per cent between runs, instruction counts do not. \
+                 `valgrind --tool=callgrind` runs `benches/examples/profile.rs` on each operation and on \
+                 the primitives of its floor (same crates, sizes and compositions), counting only inside \
+                 its `run` function; per operation. Under valgrind SHA-256 takes its software path, \
+                 which weighs on HMAC/HKDF in both columns alike.\n"
+            );
+            let _ = writeln!(md, "| operation | samizdat | floor | /floor |");
+            let _ = writeln!(md, "| --- | ---: | ---: | ---: |");
+            for c in &self.counts {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    c.label,
+                    fmt_count(c.ours),
+                    fmt_count(c.floor),
+                    ratio(Some(c.ratio()))
+                );
+            }
+            let _ = writeln!(md);
+        }
         let _ = writeln!(md, "## Sizes (computed, not timed)\n");
         let _ = writeln!(
             md,
@@ -622,8 +673,30 @@ impl Report {
     }
 }
 
-fn judge(target: &Target, lines: &[Line], meta: &Meta, estimates: &Estimates) -> Outcome {
+fn judge(target: &Target, lines: &[Line], meta: &Meta, estimates: &Estimates, counts: &[Count]) -> Outcome {
     let (met, detail) = match &target.judge {
+        Judge::Floor(max) if counts.iter().any(|c| c.target == target.name) => {
+            let ours: Vec<&Count> = counts.iter().filter(|c| c.target == target.name).collect();
+            let worst = ours.iter().copied().max_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+            let over: Vec<String> =
+                ours.iter().filter(|c| c.ratio() > *max).map(|c| format!("{} {:.2}x", c.label, c.ratio())).collect();
+            let timed = lines
+                .iter()
+                .filter(|l| l.row.target.as_deref() == Some(target.name.as_str()))
+                .filter_map(|l| l.to_floor().map(|r| (l.row.label.as_str(), r)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let mut detail = format!("bound {max}x, judged on instructions");
+            if let Some(w) = worst {
+                let _ = write!(detail, "; worst {:.2}x ({})", w.ratio(), w.label);
+            }
+            if !over.is_empty() {
+                let _ = write!(detail, "; over: {}", over.join(", "));
+            }
+            if let Some((label, r)) = timed {
+                let _ = write!(detail, " (this run's timings: worst {r:.2}x, {label})");
+            }
+            (Some(over.is_empty()), detail)
+        }
         Judge::Floor(max) => {
             let ratios: Vec<(String, Option<f64>)> = lines
                 .iter()

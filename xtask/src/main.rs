@@ -6,6 +6,7 @@
 
 mod bench;
 mod bindings;
+mod instructions;
 mod vectors;
 
 use std::{
