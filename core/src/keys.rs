@@ -133,6 +133,12 @@ impl X25519Secret {
         Self { secret, public: std::sync::OnceLock::new() }
     }
 
+    /// A stored secret with its stored public key, taken as given (not
+    /// checked: that would cost the scalar multiplication it saves).
+    pub(crate) fn from_bytes_and_public(bytes: [u8; 32], public: X25519PublicKey) -> Self {
+        Self::with_public(StaticSecret::from(bytes), public)
+    }
+
     /// A secret whose public key the caller already knows.
     fn with_public(secret: StaticSecret, public: X25519PublicKey) -> Self {
         Self { secret, public: std::sync::OnceLock::from(public) }

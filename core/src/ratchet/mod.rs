@@ -532,6 +532,7 @@ impl DoubleRatchet {
                 header_key,
                 next_header_key: self.sending.next_header_key.as_secret().as_bytes().to_vec(),
                 previous_counter: self.sending.previous_counter,
+                ratchet_public: self.sending.ratchet_key.public_key().as_bytes().to_vec(),
             }),
             receiving: self
                 .receiving
@@ -569,8 +570,16 @@ impl DoubleRatchet {
             _ => return Err(DecodeError::InvalidValue("sending")),
         };
         let secret = crate::keys::fixed::<32>(&sending.ratchet_secret, "sending.ratchet_secret")?;
+        // The stored public key is taken as given (a store authenticates its
+        // rows); a state without one computes it when it is first needed.
+        let ratchet_key = if sending.ratchet_public.is_empty() {
+            X25519Secret::from_bytes(secret)
+        } else {
+            let public = X25519PublicKey::from_slice(&sending.ratchet_public, "sending.ratchet_public")?;
+            X25519Secret::from_bytes_and_public(secret, public)
+        };
         let sending = SendingChain {
-            ratchet_key: X25519Secret::from_bytes(secret),
+            ratchet_key,
             chain,
             next_header_key: HeaderKey::new(Secret32::from_slice(&sending.next_header_key, "sending.next_header_key")?),
             previous_counter: sending.previous_counter,

@@ -316,4 +316,33 @@ fn state_invariants_are_checked_on_load() {
         DecodeError::InvalidValue("receiving.skipped"),
     );
     check(&|r| r.associated_data = vec![0; MAX_ASSOCIATED_DATA_LEN + 1], DecodeError::InvalidValue("associated_data"));
+    check(
+        &|r| r.sending.as_mut().unwrap().ratchet_public.push(0),
+        DecodeError::InvalidLength { field: "sending.ratchet_public", expected: 32, actual: 33 },
+    );
+}
+
+/// The public half of `DHs` is stored, so that a load costs no scalar
+/// multiplication; a state written without it (before it existed) computes
+/// it, and the two load to the same state.
+#[test]
+fn the_sending_public_key_is_stored_or_computed() {
+    let mut rng = ChaCha20Rng::from_seed([9; 32]);
+    let (mut alice, mut bob) = pair(&mut rng);
+    let m = alice.encrypt(&mut rng, b"x").unwrap();
+    bob.decrypt(&mut rng, &m).unwrap();
+    let record = bob.to_record();
+    let sending = record.sending.as_ref().unwrap();
+    let secret: [u8; 32] = sending.ratchet_secret.as_slice().try_into().unwrap();
+    assert_eq!(sending.ratchet_public, X25519Secret::from_bytes(secret).public_key().as_bytes());
+    let mut without = record.clone();
+    without.sending.as_mut().unwrap().ratchet_public.clear();
+    let mut bytes = Vec::new();
+    without.encode(&mut bytes).unwrap();
+    let mut loaded = DoubleRatchet::from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.ratchet_public_key(), bob.ratchet_public_key());
+    assert_eq!(loaded.to_bytes(), bob.to_bytes());
+    // And it still talks: the reply's header carries the right key.
+    let reply = loaded.encrypt(&mut rng, b"reply").unwrap();
+    assert_eq!(alice.decrypt(&mut rng, &reply).unwrap(), b"reply");
 }
