@@ -126,7 +126,7 @@ type LoadedRecord = (Address, Option<Vec<u8>>, SessionRecord);
 /// order, and the changes to commit with [`Device::commit_batch`].
 pub struct PendingBatch {
     results: Vec<Result<Vec<u8>, SessionError>>,
-    /// Row key -> (peer, the record as loaded, the record after the batch).
+    /// Row key -> (peer, the row as loaded (sealed), the record after the batch).
     records: BTreeMap<Vec<u8>, LoadedRecord>,
     /// The prekey set as loaded and after the batch, if a message consumed prekeys.
     prekeys: Option<(Zeroizing<Vec<u8>>, PreKeySet)>,

@@ -202,9 +202,10 @@ pub enum KeyError {
 /// A device's identity public key: an Ed25519 verifying key that is not of
 /// small order (weak keys are rejected; see PROTOCOL.md 6.1).
 #[derive(Clone, Copy, PartialEq, Eq)]
-/// Holds the 32-byte encoding, checked on construction; the point is
-/// decompressed again when it is used (a few microseconds, once per
-/// handshake or bundle), which keeps the type small and `Copy`.
+/// Holds the 32-byte encoding, checked in full when it comes from outside
+/// ([`Self::from_bytes`]) and for length only when read back from storage;
+/// the point is decompressed again when it is used (a few microseconds, once
+/// per handshake or bundle), which keeps the type small and `Copy`.
 pub struct IdentityKey([u8; IDENTITY_KEY_LEN]);
 
 impl IdentityKey {
@@ -257,7 +258,9 @@ impl IdentityKey {
 
     /// The X25519 form of the key (the Montgomery form of the point).
     pub fn to_x25519(&self) -> X25519PublicKey {
-        // Checked on construction: the bytes decompress.
+        // Checked when it arrived; a stored key that is not a point (a store
+        // altered under its own key) gives the all-zero key, which every
+        // Diffie-Hellman rejects.
         VerifyingKey::from_bytes(&self.0)
             .map_or(X25519PublicKey([0; 32]), |k| X25519PublicKey(k.to_montgomery().to_bytes()))
     }

@@ -13,14 +13,11 @@ use crate::{
     keys::{IdentityKey, MLKEM_CIPHERTEXT_LEN, X25519PublicKey, fixed},
     limits::MAX_MESSAGE_LEN,
     padding::MIN_BUCKET,
-    ratchet::ENCRYPTED_HEADER_LEN,
+    ratchet::{ENCRYPTED_HEADER_LEN, message_key::TAG_LEN},
 };
 
 /// The version byte that starts every message of protocol v1.
 pub const WIRE_VERSION: u8 = 1;
-
-/// Length of a Poly1305 tag.
-const TAG_LEN: usize = 16;
 
 /// A Double Ratchet message: the encrypted header and the encrypted body.
 #[derive(Clone, PartialEq, Eq)]

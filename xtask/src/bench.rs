@@ -37,19 +37,21 @@ pub(crate) fn bench() -> Result<(), String> {
     let counts_path = criterion_home.join("samizdat-instructions.tsv");
     let extra: Vec<String> = env::args().skip(2).collect();
     let started = Instant::now();
-    let (run_start, counts) = if extra.first().is_some_and(|a| a == "--report") {
-        // Rewrite the report from the last run's results, without running anything.
-        (SystemTime::UNIX_EPOCH, instructions::read(&counts_path))
+    // `--report` rewrites the report from the last run's results without running anything; a
+    // filtered run keeps the instruction counts of the last full run.
+    let full_run = extra.is_empty();
+    let run_start = if extra.first().is_some_and(|a| a == "--report") {
+        SystemTime::UNIX_EPOCH
     } else {
-        let filtered = !extra.is_empty();
-        let run_start = run_benchmarks(&root, &criterion_home, &meta_path, extra)?;
-        // A filtered run keeps the counts of the last full run.
-        let counts =
-            if filtered { instructions::read(&counts_path) } else { instructions::measure(&root, &counts_path)? };
-        (run_start, counts)
+        run_benchmarks(&root, &criterion_home, &meta_path, extra)?
     };
     let meta =
         Meta::parse(&fs::read_to_string(&meta_path).map_err(|e| format!("bench: {}: {e}", meta_path.display()))?);
+    let counts = if full_run {
+        instructions::measure(&root, &counts_path, &meta.profiled())?
+    } else {
+        instructions::read(&counts_path)
+    };
     let estimates = Estimates::index(&criterion_home, run_start);
     let report = Report::build(&meta, &estimates, counts.unwrap_or_default());
     println!("{}", report.text_table());
@@ -186,6 +188,20 @@ impl Meta {
             }
         }
         meta
+    }
+
+    /// `(target, row label, floor key)` of every row a floor-ratio target covers: what the
+    /// instruction counts measure.
+    fn profiled(&self) -> Vec<(String, String, String)> {
+        let floor_targets: Vec<&str> =
+            self.targets.iter().filter(|t| matches!(t.judge, Judge::Floor(_))).map(|t| t.name.as_str()).collect();
+        self.rows
+            .iter()
+            .filter_map(|row| {
+                let target = row.target.as_deref().filter(|t| floor_targets.contains(t))?;
+                Some((target.to_owned(), row.label.clone(), row.floor.clone()?))
+            })
+            .collect()
     }
 
     fn size(&self, label: &str) -> Option<f64> {
@@ -898,5 +914,7 @@ mod tests {
         assert_eq!(meta.rows.first().and_then(|r| r.vodozemac.clone()), None);
         assert!(matches!(meta.targets.get(1).map(|t| &t.judge), Some(Judge::Pairs(_, p)) if p.len() == 1));
         assert_eq!(meta.size("S1"), Some(900.0));
+        // The row of the floor-ratio target is profiled, under its floor key.
+        assert_eq!(meta.profiled(), vec![("chain".to_owned(), "L".to_owned(), "k".to_owned())]);
     }
 }

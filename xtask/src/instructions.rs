@@ -19,48 +19,16 @@ use std::{
     time::Instant,
 };
 
-/// One profiled operation: the target it counts for, its row label in the report, the profile
-/// operation and payload size, its floor key (`benches/src/lib.rs`) and how many to run.
-struct Case {
-    target: &'static str,
-    label: &'static str,
-    op: &'static str,
-    size: &'static str,
-    floor: &'static str,
-    count: u32,
+/// How many operations to count: few, since callgrind runs some fifty times slower than the
+/// machine. The count per operation does not depend on it: setup runs outside `run` and every
+/// iteration does the same work.
+fn iterations(operation: &str) -> u32 {
+    match operation {
+        "handshake" => 2,
+        "pingpong" => 10,
+        _ => 30,
+    }
 }
-
-const fn case(
-    target: &'static str,
-    label: &'static str,
-    op: &'static str,
-    size: &'static str,
-    floor: &'static str,
-    count: u32,
-) -> Case {
-    Case { target, label, op, size, floor, count }
-}
-
-/// Every operation a ratio target covers, at each payload size of the criterion run. Counts are
-/// kept small (callgrind runs some fifty times slower than the machine); the count per operation
-/// does not depend on them, since setup runs outside `run` and every iteration does the same work.
-const CASES: [Case; 15] = [
-    case("chain", "chain send, 64 B", "chain-send", "64", "chain_send/64", 40),
-    case("chain", "chain receive, 64 B", "chain-recv", "64", "chain_recv/64", 40),
-    case("chain", "chain send, 1 KiB", "chain-send", "1024", "chain_send/1024", 40),
-    case("chain", "chain receive, 1 KiB", "chain-recv", "1024", "chain_recv/1024", 40),
-    case("chain", "chain send, 16 KiB", "chain-send", "16384", "chain_send/16384", 20),
-    case("chain", "chain receive, 16 KiB", "chain-recv", "16384", "chain_recv/16384", 20),
-    case("chain", "chain send + receive, 64 B", "chain-both", "64", "chain_both/64", 40),
-    case("chain", "chain send + receive, 1 KiB", "chain-both", "1024", "chain_both/1024", 40),
-    case("chain", "chain send + receive, 16 KiB", "chain-both", "16384", "chain_both/16384", 20),
-    case("pingpong", "ping-pong message, 64 B", "pingpong", "64", "pingpong/64", 10),
-    case("pingpong", "ping-pong message, 1 KiB", "pingpong", "1024", "pingpong/1024", 10),
-    case("pingpong", "ping-pong message, 16 KiB", "pingpong", "16384", "pingpong/16384", 10),
-    case("handshake", "handshake + first message, 64 B", "handshake", "64", "handshake/64", 2),
-    case("handshake", "handshake + first message, 1 KiB", "handshake", "1024", "handshake/1024", 2),
-    case("handshake", "handshake + first message, 16 KiB", "handshake", "16384", "handshake/16384", 2),
-];
 
 /// Instructions per operation, ours and the floor's.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,8 +45,14 @@ impl Count {
     }
 }
 
-/// Builds the profiler and counts every case; `Ok(None)` without valgrind.
-pub(crate) fn measure(root: &Path, out: &Path) -> Result<Option<Vec<Count>>, String> {
+/// Builds the profiler and counts each `(target, row label, floor key)` of `rows`, the operation
+/// being named by its floor key (`chain_recv/16384`: `profile chain-recv <n> 16384`); `Ok(None)`
+/// without valgrind.
+pub(crate) fn measure(
+    root: &Path,
+    out: &Path,
+    rows: &[(String, String, String)],
+) -> Result<Option<Vec<Count>>, String> {
     let has_valgrind = Command::new("valgrind")
         .arg("--version")
         .stdout(Stdio::null())
@@ -100,16 +74,18 @@ pub(crate) fn measure(root: &Path, out: &Path) -> Result<Option<Vec<Count>>, Str
     let profile = root.join("target/release/examples/profile");
     let profile = profile.to_str().ok_or("target path is not UTF-8")?;
     let mut counts = Vec::new();
-    for case in &CASES {
-        let count = case.count.to_string();
-        let ours = collected(profile, &[case.op, &count, case.size])?;
-        let floor = collected(profile, &["floor", case.floor, &count])?;
-        let n = f64::from(case.count);
+    for (target, label, floor_key) in rows {
+        let (operation, size) = floor_key.split_once('/').ok_or_else(|| format!("bench: floor key {floor_key}"))?;
+        let operation = operation.replace('_', "-");
+        let n = iterations(&operation);
+        let count = n.to_string();
+        let ours = collected(profile, &[&operation, &count, size])?;
+        let floor = collected(profile, &["floor", floor_key, &count])?;
         counts.push(Count {
-            target: case.target.to_owned(),
-            label: case.label.to_owned(),
-            ours: ours / n,
-            floor: floor / n,
+            target: target.clone(),
+            label: label.clone(),
+            ours: ours / f64::from(n),
+            floor: floor / f64::from(n),
         });
     }
     fs::write(out, to_tsv(&counts)).map_err(|e| format!("bench: {}: {e}", out.display()))?;
