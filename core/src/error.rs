@@ -95,6 +95,18 @@ pub enum DecryptError {
         /// The message's counter on its chain.
         counter: u32,
     },
+    /// The sender's state went backwards: the message's header is authentic
+    /// (only the peer can make it), but its counter was already used by
+    /// another message, or lies past the end of a chain the peer had closed.
+    /// A sender restored from a backup, cloned or forked makes such messages;
+    /// its message keys differ from the originals' (they are salted by the
+    /// header nonce), so nothing was encrypted twice under one key, but this
+    /// message cannot be decrypted: its counter's key is gone.
+    #[error("the sender's state went backwards (counter {counter} reused)")]
+    Rollback {
+        /// The message's counter on its chain.
+        counter: u32,
+    },
     /// The message would make the session skip more message keys in one gap
     /// than [`MAX_SKIP`](crate::limits::MAX_SKIP).
     #[error("message is {gap} messages ahead, more than the limit of {max}")]

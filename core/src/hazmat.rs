@@ -37,9 +37,10 @@ pub fn chain_step(chain_key: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
     (*kdf::chain_message_seed(chain_key), *kdf::chain_next(chain_key))
 }
 
-/// The ChaCha20-Poly1305 key and nonce of a message key seed.
-pub fn message_key(seed: &[u8; 32]) -> ([u8; 32], [u8; 12]) {
-    let out = kdf::message_key(seed);
+/// The ChaCha20-Poly1305 key and nonce of a message key seed, salted by the
+/// message's 24-byte header nonce.
+pub fn message_key(seed: &[u8; 32], header_nonce: &[u8; 24]) -> ([u8; 32], [u8; 12]) {
+    let out = kdf::message_key(seed, header_nonce);
     (*out.key, out.nonce)
 }
 
@@ -65,7 +66,7 @@ pub fn seal_header(
 ) -> [u8; ENCRYPTED_HEADER_LEN] {
     let key = HeaderKey::new(crate::keys::Secret32::new(*header_key));
     let header = Header { ratchet_key: X25519PublicKey::from_bytes(*ratchet_key), previous_counter, counter };
-    key.seal(&mut FixedBytes::new(&nonce), header, associated_data)
+    key.seal(nonce, header, associated_data)
 }
 
 /// Opens a sealed header: `(DHs, PN, N)`.

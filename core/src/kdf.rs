@@ -130,10 +130,21 @@ pub(crate) struct MessageKeyMaterial {
     pub(crate) nonce: [u8; 12],
 }
 
-/// HKDF-SHA256 with salt 32 zero bytes, ikm the message key seed, info
-/// [`MESSAGE_KEY_LABEL`]: 44 bytes, the first 32 the key, the last 12 the nonce.
-pub(crate) fn message_key(seed: &[u8; 32]) -> MessageKeyMaterial {
-    let okm = hkdf_expand::<44>(&[0; 32], seed, MESSAGE_KEY_LABEL);
+/// Length of the salt of [`message_key`]: the random nonce that starts the
+/// message's encrypted header.
+pub(crate) const MESSAGE_KEY_SALT_LEN: usize = 24;
+
+/// `MESSAGE_KEY(seed, salt)`: HKDF-SHA256 with salt the message's 24-byte
+/// header nonce, ikm the message key seed, info [`MESSAGE_KEY_LABEL`]: 44
+/// bytes, the first 32 the ChaCha20-Poly1305 key, the last 12 its nonce.
+///
+/// The seed depends on the chain position alone; the salt is fresh
+/// randomness that travels with the message. A sender whose state was
+/// rolled back, cloned or forked reaches the same position again, but with
+/// another header nonce, so it never encrypts two plaintexts under one key
+/// and nonce.
+pub(crate) fn message_key(seed: &[u8; 32], salt: &[u8; MESSAGE_KEY_SALT_LEN]) -> MessageKeyMaterial {
+    let okm = hkdf_expand::<44>(salt, seed, MESSAGE_KEY_LABEL);
     let mut out = MessageKeyMaterial { key: Zeroizing::new([0; 32]), nonce: [0; 12] };
     let (key, nonce) = okm.split_at(32);
     out.key.copy_from_slice(key);
@@ -204,11 +215,15 @@ mod tests {
     }
 
     #[test]
-    fn message_key_and_nonce_are_one_expansion() {
-        let mk = message_key(&[3; 32]);
-        let okm = hkdf_expand::<44>(&[0; 32], &[3; 32], MESSAGE_KEY_LABEL);
+    fn message_key_and_nonce_are_one_expansion_salted_by_the_header_nonce() {
+        let mk = message_key(&[3; 32], &[4; 24]);
+        let okm = hkdf_expand::<44>(&[4; 24], &[3; 32], MESSAGE_KEY_LABEL);
         assert_eq!(mk.key.as_slice(), &okm[..32]);
         assert_eq!(&mk.nonce, &okm[32..]);
+        // Another header nonce, another key and nonce for the same seed.
+        let other = message_key(&[3; 32], &[5; 24]);
+        assert_ne!(*other.key, *mk.key);
+        assert_ne!(other.nonce, mk.nonce);
     }
 
     #[test]

@@ -14,6 +14,15 @@ pub const MAX_SKIP: u32 = 2_000;
 /// evicted first; a message whose key was evicted can no longer be decrypted.
 pub const MAX_STORED_SKIPPED_KEYS: usize = 2_000;
 
+/// The most decrypted counters a session state remembers, each with a tag of
+/// the message that used it (over all its receiving chains; the oldest are
+/// forgotten first). They tell a replay of a decrypted message
+/// ([`DecryptError::Duplicate`](crate::DecryptError::Duplicate)) from another
+/// message on the same counter, which only a sender whose state went
+/// backwards can make ([`DecryptError::Rollback`](crate::DecryptError::Rollback)).
+/// A message on a forgotten counter is reported as a duplicate.
+pub const MAX_USED_COUNTERS: usize = 128;
+
 /// The most receiving chains a session keeps: the current one and up to four
 /// previous ones. The oldest chain (with its skipped keys) is dropped when a
 /// new one starts.
@@ -21,6 +30,12 @@ pub const MAX_RECEIVING_CHAINS: usize = 5;
 
 /// The most archived session states kept per peer (besides the current one).
 pub const MAX_ARCHIVED_STATES: usize = 10;
+
+/// How many heals an archived state's kept keys outlive. A heal is a DH step
+/// the current state takes on a message from the peer; at each, every other
+/// state is cut down to its skipped message keys (for messages still in
+/// flight), and kept keys this many heals old are dropped.
+pub const MAX_KEPT_STATE_HEALS: u64 = 20;
 
 /// The largest encoded message, version byte included (256 KiB).
 pub const MAX_MESSAGE_LEN: usize = 256 * 1024;

@@ -230,3 +230,164 @@ fn an_unanswered_initiation_from_a_stolen_record_cannot_be_answered_after_healin
     assert_eq!(accepted, 0, "Bob accepted a forged reply to a stolen initiator state after the session healed");
     round_trip(&mut rng, &mut alice, &mut bob, 1);
 }
+
+/// Messages in flight on an archived state when the session heals: their
+/// skipped keys are kept (and only those), they decrypt without the state
+/// becoming current again, the state is dropped once its last key is used,
+/// and nothing else of it can be derived.
+#[test]
+fn kept_keys_decrypt_messages_in_flight_and_nothing_more() {
+    let mut rng = rng(4444);
+    let mut alice = Party::new(&mut rng, "alice");
+    let mut bob = Party::new(&mut rng, "bob");
+    let a = alice.address.clone();
+
+    alice.initiate(&mut rng, &bob);
+    let first = alice.send(&mut rng, b"hello");
+    bob.receive(&mut rng, &a, &first).unwrap();
+    round_trip(&mut rng, &mut alice, &mut bob, 1);
+    // Three messages on the first session; Bob gets only the last (the
+    // first two are skipped), then Alice's new session.
+    let late: Vec<_> = (0..3).map(|i| alice.send(&mut rng, format!("late {i}").as_bytes())).collect();
+    let after = alice.send(&mut rng, b"after the skipped ones");
+    bob.receive(&mut rng, &a, &late[2]).unwrap();
+    alice.initiate(&mut rng, &bob);
+    let second = alice.send(&mut rng, b"second session");
+    bob.receive(&mut rng, &a, &second).unwrap();
+    assert_eq!(bob.record.kept_states(), 0);
+    // Bob heals when a message from Alice makes his current state take a DH
+    // step: the second round trip (the first starts on Alice's first chain).
+    round_trip(&mut rng, &mut alice, &mut bob, 1);
+    assert_eq!(bob.record.kept_states(), 0);
+    round_trip(&mut rng, &mut alice, &mut bob, 1);
+    // The heal cut the first session down to its two skipped keys.
+    assert_eq!((bob.record.archived_states(), bob.record.kept_states()), (1, 1));
+    let current = bob.record.current_base_key();
+
+    // A message past what Bob derived is gone with the chain key.
+    let before = bob.record.to_bytes();
+    assert_eq!(bob.receive(&mut rng, &a, &after), Err(SessionError::Decrypt(DecryptError::Unauthenticated)));
+    assert_eq!(*bob.record.to_bytes(), *before);
+    // The kept keys decrypt the late messages, without promotion.
+    assert_eq!(bob.receive(&mut rng, &a, &late[0]).unwrap(), b"late 0");
+    assert_eq!(bob.record.current_base_key(), current);
+    assert_eq!(bob.receive(&mut rng, &a, &late[0]), Err(SessionError::Decrypt(DecryptError::Duplicate { counter: 0 })));
+    assert_eq!(bob.receive(&mut rng, &a, &late[1]).unwrap(), b"late 1");
+    // Its last key used, the kept state is dropped.
+    assert_eq!(bob.record.archived_states(), 0);
+    assert_eq!(bob.receive(&mut rng, &a, &late[1]), Err(SessionError::Decrypt(DecryptError::Unauthenticated)));
+    round_trip(&mut rng, &mut alice, &mut bob, 1);
+}
+
+/// Kept keys expire after `MAX_KEPT_STATE_HEALS` heals.
+#[test]
+fn kept_keys_expire_after_the_limit_of_heals() {
+    let mut rng = rng(4545);
+    let mut alice = Party::new(&mut rng, "alice");
+    let mut bob = Party::new(&mut rng, "bob");
+    let a = alice.address.clone();
+    alice.initiate(&mut rng, &bob);
+    let first = alice.send(&mut rng, b"hello");
+    bob.receive(&mut rng, &a, &first).unwrap();
+    let skipped = alice.send(&mut rng, b"skipped");
+    let received = alice.send(&mut rng, b"received");
+    bob.receive(&mut rng, &a, &received).unwrap();
+    alice.initiate(&mut rng, &bob);
+    let second = alice.send(&mut rng, b"second session");
+    bob.receive(&mut rng, &a, &second).unwrap();
+    // From the second round trip on, each is one heal on Bob's side.
+    round_trip(&mut rng, &mut alice, &mut bob, 2);
+    assert_eq!(bob.record.kept_states(), 1, "cut at the first heal");
+    let limit = usize::try_from(samizdat::limits::MAX_KEPT_STATE_HEALS).unwrap();
+    round_trip(&mut rng, &mut alice, &mut bob, limit - 1);
+    assert_eq!(bob.record.kept_states(), 1, "kept {} heals after the cut", limit - 1);
+    round_trip(&mut rng, &mut alice, &mut bob, 1);
+    assert_eq!(bob.record.kept_states(), 0, "dropped {limit} heals after the cut");
+    // (It was sent before Alice heard back, so it carries the prekey header:
+    // its state gone, its base key is still remembered.)
+    assert_eq!(bob.receive(&mut rng, &a, &skipped), Err(SessionError::DuplicatePreKeyMessage));
+}
+
+/// A record with kept states round-trips exactly; stored states that break
+/// the rules of kept states are refused.
+#[test]
+fn records_with_kept_states_serialize_and_are_checked_on_load() {
+    let mut rng = rng(4646);
+    let mut alice = Party::new(&mut rng, "alice");
+    let mut bob = Party::new(&mut rng, "bob");
+    let a = alice.address.clone();
+    alice.initiate(&mut rng, &bob);
+    let first = alice.send(&mut rng, b"hello");
+    bob.receive(&mut rng, &a, &first).unwrap();
+    let _skipped = alice.send(&mut rng, b"skipped");
+    let received = alice.send(&mut rng, b"received");
+    bob.receive(&mut rng, &a, &received).unwrap();
+    alice.initiate(&mut rng, &bob);
+    let second = alice.send(&mut rng, b"second session");
+    bob.receive(&mut rng, &a, &second).unwrap();
+    round_trip(&mut rng, &mut alice, &mut bob, 2);
+    assert_eq!(bob.record.kept_states(), 1);
+    let bytes = bob.record.to_bytes();
+    assert_eq!(*SessionRecord::from_bytes(&bytes).unwrap().to_bytes(), *bytes);
+
+    let record = storage::SessionRecord::decode(bytes.as_slice()).unwrap();
+    let refused = |edit: &dyn Fn(&mut storage::SessionRecord)| {
+        let mut bad = record.clone();
+        edit(&mut bad);
+        SessionRecord::from_bytes(&bad.encode_to_vec()).map(|_| ()).unwrap_err()
+    };
+    // A kept state cannot be current.
+    refused(&|r| r.current = Some(r.archived[0].clone()));
+    // A kept state has no root key and keeps at least one key.
+    refused(&|r| r.archived[0].ratchet = r.current.as_ref().unwrap().ratchet.clone());
+    refused(&|r| r.archived[0].kept.as_mut().unwrap().receiving.iter_mut().for_each(|c| c.skipped.clear()));
+    // No kept chain has a chain key.
+    refused(&|r| {
+        let key = r.current.as_ref().unwrap().ratchet.as_ref().unwrap().root_key.clone();
+        r.archived[0].kept.as_mut().unwrap().receiving.last_mut().unwrap().chain_key = key;
+    });
+    // It was cut at a heal that happened.
+    refused(&|r| r.archived[0].kept_since = r.heals + 1);
+    // Remembered counters: 12-byte entries, below the chain's counter, not skipped, once each.
+    fn chain(r: &mut storage::SessionRecord) -> &mut storage::ReceivingChain {
+        r.current.as_mut().unwrap().ratchet.as_mut().unwrap().receiving.last_mut().unwrap()
+    }
+    assert!(!chain(&mut record.clone()).used.is_empty());
+    refused(&|r| chain(r).used.push(0));
+    refused(&|r| {
+        let c = chain(r);
+        let n = c.counter;
+        c.used.splice(0..4, n.to_be_bytes());
+    });
+    refused(&|r| {
+        let c = chain(r);
+        let entry = c.used[..12].to_vec();
+        c.used.extend(entry);
+    });
+}
+
+/// A pending decryption made on one record cannot be committed to another,
+/// even one at the same generation.
+#[test]
+fn a_pending_decryption_of_another_record_is_refused() {
+    let mut rng = rng(4747);
+    let mut alice = Party::new(&mut rng, "alice");
+    let mut bob = Party::new(&mut rng, "bob");
+    let mut carol = Party::new(&mut rng, "carol");
+    let a = alice.address.clone();
+    // Alice talks to Bob and to Carol with two records.
+    alice.initiate(&mut rng, &bob);
+    let to_bob = alice.send(&mut rng, b"to bob");
+    let mut alice_carol = SessionRecord::new();
+    alice_carol.initiate(&mut rng, &alice.identity, &alice.address, &carol.bundle()).unwrap();
+    let to_carol = alice_carol.encrypt(&mut rng, b"to carol").unwrap();
+    bob.receive(&mut rng, &a, &to_bob).unwrap();
+    carol.receive(&mut rng, &a, &to_carol).unwrap();
+    let m_bob = alice.send(&mut rng, b"second to bob");
+    let m_carol = alice_carol.encrypt(&mut rng, b"second to carol").unwrap();
+    let pending = bob.record.decrypt(&mut rng, &bob.identity, &bob.address, &a, &bob.prekeys, &m_bob).unwrap();
+    let before = carol.record.to_bytes();
+    assert_eq!(carol.record.commit(pending), Err(SessionError::StalePending));
+    assert_eq!(*carol.record.to_bytes(), *before);
+    assert_eq!(carol.receive(&mut rng, &a, &m_carol).unwrap(), b"second to carol");
+}

@@ -162,6 +162,7 @@ pub(crate) struct MessageKey;
 pub(crate) struct MessageKeyCase {
     name: String,
     message_key_seed: String,
+    header_nonce: String,
     key: String,
     nonce: String,
 }
@@ -171,33 +172,43 @@ impl VectorSet for MessageKey {
     const META: Meta = Meta {
         file: "message_key.json",
         section: "4.2.3 Message key expansion",
-        description: "MESSAGE_KEY(seed) = HKDF-SHA256(salt = 32 zero bytes, ikm = message_key_seed, info = \
-            \"samizdat/v1/ratchet/message-key\", L = 44): the first 32 bytes are the ChaCha20-Poly1305 key, the last \
-            12 its nonce.",
+        description: "MESSAGE_KEY(seed, header_nonce) = HKDF-SHA256(salt = header_nonce (the 24-byte nonce that \
+            starts the message's encrypted header), ikm = message_key_seed, info = \"samizdat/v1/ratchet/message-key\", \
+            L = 44): the first 32 bytes are the ChaCha20-Poly1305 key, the last 12 its nonce. The same seed with \
+            another header nonce gives another key and nonce.",
         seed: 6,
-        inputs: &["name", "message_key_seed"],
+        inputs: &["name", "message_key_seed", "header_nonce"],
     };
 
     fn inputs(rng: &mut ChaCha20Rng) -> Result<Vec<MessageKeyCase>, VErr> {
-        let case = |name: &str, seed: String| MessageKeyCase {
+        let case = |name: &str, seed: String, header_nonce: String| MessageKeyCase {
             name: name.to_owned(),
             message_key_seed: seed,
+            header_nonce,
             ..MessageKeyCase::default()
         };
         let (seed_of_zero_chain, _) = hazmat::chain_step(&[0u8; 32]);
+        let random_seed = random_hex(rng, 32);
         Ok(vec![
-            case("zero_seed", h([0u8; 32])),
-            case("seed_of_zero_chain_key", h(seed_of_zero_chain)),
-            case("random_1", random_hex(rng, 32)),
-            case("random_2", random_hex(rng, 32)),
+            case("zero_seed_zero_nonce", h([0u8; 32]), h([0u8; 24])),
+            case("seed_of_zero_chain_key", h(seed_of_zero_chain), random_hex(rng, 24)),
+            case("random_1", random_seed.clone(), random_hex(rng, 24)),
+            // The same seed under another header nonce: another key and nonce
+            // (a sender restored from a copy that reaches this counter again).
+            case("random_1_other_header_nonce", random_seed, random_hex(rng, 24)),
+            case("random_2", random_hex(rng, 32), random_hex(rng, 24)),
         ])
     }
 
     fn compute(case: &MessageKeyCase) -> R<MessageKeyCase> {
-        let (key, nonce) = hazmat::message_key(&array::<32>("message_key_seed", &case.message_key_seed)?);
+        let (key, nonce) = hazmat::message_key(
+            &array::<32>("message_key_seed", &case.message_key_seed)?,
+            &array::<24>("header_nonce", &case.header_nonce)?,
+        );
         Ok(MessageKeyCase {
             name: case.name.clone(),
             message_key_seed: case.message_key_seed.clone(),
+            header_nonce: case.header_nonce.clone(),
             key: h(key),
             nonce: h(nonce),
         })

@@ -278,7 +278,7 @@ impl VectorSet for Pqxdh {
         let init_dh = dh("alice_init_dh", &ratchet_secret, &spk_b)?;
         let (rk1, ck0, nhks) = hazmat::root_step(&array::<32>("root_key", &h(root_key))?, &init_dh);
         let (seed, _) = hazmat::chain_step(&ck0);
-        let (mk, mn) = hazmat::message_key(&seed);
+        let (mk, mn) = hazmat::message_key(&seed, &nonce);
         let mut header = vec![0x01];
         header.extend_from_slice(&alice_ratchet_key);
         header.extend_from_slice(&[0; 8]);

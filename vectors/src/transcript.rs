@@ -380,7 +380,7 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
                 let header_key = array::<32>(&field("header_key"), &h(&sending.header_key))?;
                 let chain_key = array::<32>(&field("chain_key"), &h(&sending.chain_key))?;
                 let (seed, _) = hazmat::chain_step(&chain_key);
-                let (mk, mn) = hazmat::message_key(&seed);
+                let (mk, mn) = hazmat::message_key(&seed, &nonce);
                 let eh = hazmat::seal_header(
                     &header_key,
                     nonce,

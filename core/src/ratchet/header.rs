@@ -31,6 +31,20 @@ pub(crate) const HEADER_NONCE_LEN: usize = 24;
 /// Length of an encrypted header: nonce, sealed header, tag.
 pub const ENCRYPTED_HEADER_LEN: usize = HEADER_NONCE_LEN + HEADER_LEN + 16;
 
+/// 24 random bytes for [`HeaderKey::seal`]: a header key lives for a whole
+/// chain, so its nonces are random, never counters.
+pub(crate) fn fresh_nonce<R: CryptoRng + ?Sized>(rng: &mut R) -> [u8; HEADER_NONCE_LEN] {
+    let mut nonce = [0u8; HEADER_NONCE_LEN];
+    rng.fill_bytes(&mut nonce);
+    nonce
+}
+
+/// The nonce that starts an encrypted header (in the clear on the wire).
+pub(crate) fn nonce_of(encrypted: &[u8; ENCRYPTED_HEADER_LEN]) -> [u8; HEADER_NONCE_LEN] {
+    // An encrypted header is longer than its nonce: the chunk always exists.
+    encrypted.first_chunk::<HEADER_NONCE_LEN>().copied().unwrap_or_default()
+}
+
 /// A message header in the clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
@@ -88,15 +102,10 @@ impl HeaderKey {
         XChaCha20Poly1305::new(&Key::from(*self.0.as_bytes()))
     }
 
-    /// `HENCRYPT(HK, header)` with associated data `ad`.
-    pub(crate) fn seal<R: CryptoRng + ?Sized>(
-        &self,
-        rng: &mut R,
-        header: Header,
-        ad: &[u8],
-    ) -> [u8; ENCRYPTED_HEADER_LEN] {
-        let mut nonce = [0u8; HEADER_NONCE_LEN];
-        rng.fill_bytes(&mut nonce);
+    /// `HENCRYPT(HK, header)` with associated data `ad`, under `nonce`: 24
+    /// fresh random bytes ([`fresh_nonce`]), which also salt the message's
+    /// body key.
+    pub(crate) fn seal(&self, nonce: [u8; HEADER_NONCE_LEN], header: Header, ad: &[u8]) -> [u8; ENCRYPTED_HEADER_LEN] {
         let sealed = self
             .cipher()
             .encrypt(&XNonce::from(nonce), Payload { msg: &header.to_bytes(), aad: ad })
@@ -152,7 +161,7 @@ mod tests {
     fn seal_open_and_reject() {
         let mut rng = ChaCha20Rng::from_seed([1; 32]);
         let hk = HeaderKey::new(Secret32::new([9; 32]));
-        let sealed = hk.seal(&mut rng, header(), b"ad");
+        let sealed = hk.seal(fresh_nonce(&mut rng), header(), b"ad");
         assert_eq!(hk.open(&sealed, b"ad"), Some(header()));
         assert_eq!(hk.open(&sealed, b"other ad"), None);
         assert_eq!(HeaderKey::new(Secret32::new([8; 32])).open(&sealed, b"ad"), None);
@@ -162,7 +171,8 @@ mod tests {
             assert_eq!(hk.open(&bad, b"ad"), None, "bit flip at byte {i}");
         }
         // Fresh nonce each time: two seals of the same header differ.
-        assert_ne!(hk.seal(&mut rng, header(), b"ad"), sealed);
+        assert_ne!(hk.seal(fresh_nonce(&mut rng), header(), b"ad"), sealed);
+        assert_eq!(nonce_of(&sealed), sealed[..HEADER_NONCE_LEN]);
     }
 
     #[test]

@@ -5,10 +5,12 @@ use std::fmt;
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag, aead::inout::InOutBuf};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::header::HEADER_NONCE_LEN;
 use crate::{kdf, keys::Secret32};
 
 /// The seed `HMAC(CK_i, 0x01)` of message `i`, from which its AEAD key and
-/// nonce are expanded. Skipped keys are stored in this form.
+/// nonce are expanded, salted by the message's header nonce. Skipped keys are
+/// stored in this form.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct MessageKey {
     seed: Secret32,
@@ -28,8 +30,10 @@ impl MessageKey {
         &self.seed
     }
 
-    fn cipher(&self) -> (ChaCha20Poly1305, Nonce) {
-        let material = kdf::message_key(self.seed.as_bytes());
+    /// The AEAD key and nonce of this message: the seed expanded with the
+    /// message's header nonce as salt ([`kdf::message_key`]).
+    fn cipher(&self, header_nonce: &[u8; HEADER_NONCE_LEN]) -> (ChaCha20Poly1305, Nonce) {
+        let material = kdf::message_key(self.seed.as_bytes(), header_nonce);
         let key = Key::from(*material.key);
         let cipher = ChaCha20Poly1305::new(&key);
         (cipher, Nonce::from(material.nonce))
@@ -38,9 +42,10 @@ impl MessageKey {
     /// Seals the padded plaintext in `buffer` in place with associated data
     /// `ad` and appends the 16-byte tag: `buffer` becomes the body. Give it
     /// [`TAG_LEN`] spare bytes of capacity so that it never moves (a move
-    /// would leave a copy of the plaintext behind).
-    pub(crate) fn seal_in_place(&self, buffer: &mut Vec<u8>, ad: &[u8]) {
-        let (cipher, nonce) = self.cipher();
+    /// would leave a copy of the plaintext behind). `header_nonce` is the
+    /// random nonce of the message's encrypted header.
+    pub(crate) fn seal_in_place(&self, buffer: &mut Vec<u8>, ad: &[u8], header_nonce: &[u8; HEADER_NONCE_LEN]) {
+        let (cipher, nonce) = self.cipher(header_nonce);
         match cipher.encrypt_inout_detached(&nonce, ad, buffer.as_mut_slice().into()) {
             Ok(tag) => buffer.extend_from_slice(&tag),
             // ChaCha20-Poly1305 fails only for inputs over 256 GiB; ours are
@@ -52,11 +57,16 @@ impl MessageKey {
     /// Opens a body, decrypting straight from it into a new buffer; `None`
     /// if the tag does not verify (then nothing was decrypted). The buffer
     /// holds plaintext: wipe it if it is not handed to the app.
-    pub(crate) fn open(&self, body: &[u8], ad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(
+        &self,
+        body: &[u8],
+        ad: &[u8],
+        header_nonce: &[u8; HEADER_NONCE_LEN],
+    ) -> Option<Zeroizing<Vec<u8>>> {
         let (ciphertext, tag) = body.split_at_checked(body.len().checked_sub(TAG_LEN)?)?;
         let tag = Tag::try_from(tag).ok()?;
         let mut out = Zeroizing::new(vec![0u8; ciphertext.len()]);
-        let (cipher, nonce) = self.cipher();
+        let (cipher, nonce) = self.cipher(header_nonce);
         let buffer = InOutBuf::new(ciphertext, out.as_mut_slice()).ok()?;
         cipher.decrypt_inout_detached(&nonce, ad, buffer, &tag).ok()?;
         Some(out)

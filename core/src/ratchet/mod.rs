@@ -40,6 +40,7 @@
 
 pub(crate) mod chain;
 pub(crate) mod header;
+mod kept;
 pub(crate) mod message_key;
 pub(crate) mod receiver;
 pub(crate) mod root;
@@ -52,17 +53,21 @@ use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
 pub use self::header::ENCRYPTED_HEADER_LEN;
+pub(crate) use self::kept::KeptKeys;
 use self::{
     chain::ChainKey,
-    header::{Header, HeaderKey},
+    header::{Header, HeaderKey, fresh_nonce, nonce_of},
     message_key::{MessageKey, TAG_LEN},
-    receiver::ReceivingChain,
+    receiver::{NONCE_TAG_LEN, NonceTag, ReceivingChain, nonce_tag},
     root::RootKey,
 };
 use crate::{
     DecodeError, DecryptError, EncryptError,
     keys::{Secret32, X25519PublicKey, X25519Secret},
-    limits::{MAX_ASSOCIATED_DATA_LEN, MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_STATE_LEN, MAX_STORED_SKIPPED_KEYS},
+    limits::{
+        MAX_ASSOCIATED_DATA_LEN, MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_STATE_LEN, MAX_STORED_SKIPPED_KEYS,
+        MAX_USED_COUNTERS,
+    },
     padding,
     wire::RatchetMessage,
 };
@@ -156,6 +161,15 @@ struct SendingChain {
 /// A decryption computed against the current state but not yet applied.
 pub(crate) struct DecryptPlan {
     kind: PlanKind,
+    /// The counter the message used and its tag, remembered on its chain.
+    used: (u32, NonceTag),
+}
+
+impl DecryptPlan {
+    /// Whether applying the plan takes a DH ratchet step.
+    pub(crate) fn is_step(&self) -> bool {
+        matches!(self.kind, PlanKind::Step(_))
+    }
 }
 
 enum PlanKind {
@@ -292,12 +306,15 @@ impl DoubleRatchet {
             previous_counter: self.sending.previous_counter,
             counter: chain_key.index(),
         };
-        let encrypted_header = header_key.seal(rng, header, &self.associated_data);
+        // The header nonce also salts the body key: a sender that comes back
+        // to this counter (restored, cloned, forked) uses another key.
+        let nonce = fresh_nonce(rng);
+        let encrypted_header = header_key.seal(nonce, header, &self.associated_data);
         // Padded and sealed in one buffer, which becomes the body: no copy of
         // the plaintext is left behind.
         let mut body = padding::pad_with_room(plaintext, TAG_LEN)
             .ok_or(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN })?;
-        message_key.seal_in_place(&mut body, &body_associated_data(&self.associated_data, &encrypted_header));
+        message_key.seal_in_place(&mut body, &body_associated_data(&self.associated_data, &encrypted_header), &nonce);
         *chain_key = next;
         Ok(RatchetMessage::new(encrypted_header, body))
     }
@@ -307,6 +324,8 @@ impl DoubleRatchet {
     ///
     /// # Errors
     /// [`DecryptError::Duplicate`] for a message already decrypted,
+    /// [`DecryptError::Rollback`] for another message on a counter already
+    /// used (a sender whose state went backwards),
     /// [`DecryptError::TooFarAhead`] past [`MAX_SKIP`], and
     /// [`DecryptError::Unauthenticated`] for anything forged or altered.
     pub fn decrypt<R: CryptoRng + ?Sized>(
@@ -314,12 +333,15 @@ impl DoubleRatchet {
         rng: &mut R,
         message: &RatchetMessage,
     ) -> Result<Vec<u8>, DecryptError> {
-        let (plaintext, plan) = self.plan_decrypt(rng, message)?;
+        let (plaintext, plan) = self.plan_decrypt(rng, message, true)?;
         self.apply(plan);
         Ok(plaintext)
     }
 
-    /// Computes the decryption of `message` without changing the state.
+    /// Computes the decryption of `message` without changing the state. With
+    /// `allow_step` false, a message that would start a DH step (a header
+    /// that opens under `NHKr`) is refused as unauthenticated: the state only
+    /// decrypts on the receiving chains it has.
     ///
     /// Randomness (the new ratchet key of a DH step) is drawn only after the
     /// body authenticated, so a rejected message consumes none.
@@ -327,21 +349,36 @@ impl DoubleRatchet {
         &self,
         rng: &mut R,
         message: &RatchetMessage,
+        allow_step: bool,
     ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
-        let (message_key, found) = self.find_key(message)?;
-        let ad = body_associated_data(&self.associated_data, message.header());
-        // Decrypted into a wiping buffer; on success the plaintext is moved
-        // out of it, so it is neither copied nor wiped on the way to the app.
-        let mut padded = message_key.open(message.body(), &ad).ok_or(DecryptError::Unauthenticated)?;
-        let len = padding::unpadded_len(&padded).ok_or(DecryptError::Unauthenticated)?;
+        let tag = nonce_tag(&nonce_of(message.header()));
+        let (message_key, found) = self.find_key(message, &tag, allow_step)?;
+        let (plaintext, counter) = open_body(&self.associated_data, message, &message_key)?;
         let kind = match found {
             Found::Skipped { chain, position } => PlanKind::Skipped { chain, position },
             Found::Advance { chain_key, skipped } => PlanKind::Advance { chain_key, skipped },
             Found::Step(step) => PlanKind::Step(Box::new(self.complete_step(rng, *step)?)),
         };
-        // The bytes past `len` are the padding: a marker and zeros.
-        padded.truncate(len);
-        Ok((std::mem::take(&mut *padded), DecryptPlan { kind }))
+        Ok((plaintext, DecryptPlan { kind, used: (counter, tag) }))
+    }
+
+    /// Whether a DH step has ever been taken on a message from the peer:
+    /// false only for an initiator whose first messages are unanswered (and
+    /// for a responder before its first message, which it never is once
+    /// stored).
+    pub(crate) fn has_received(&self) -> bool {
+        !self.receiving.is_empty()
+    }
+
+    /// What an archived state keeps once the session healed: its receiving
+    /// chains, closed, with their skipped keys and remembered counters. The
+    /// root key, our ratchet key pair, the sending chain and the next header
+    /// keys are dropped: nothing can be derived from what is kept.
+    pub(crate) fn into_kept_keys(mut self) -> KeptKeys {
+        for chain in &mut self.receiving {
+            chain.close();
+        }
+        KeptKeys::new(std::mem::take(&mut self.associated_data), std::mem::take(&mut self.receiving))
     }
 
     /// The second half of a DH step: a fresh `DHs`, the root step with it,
@@ -367,16 +404,19 @@ impl DoubleRatchet {
 
     /// Applies a plan made by [`Self::plan_decrypt`] on this very state. Infallible.
     pub(crate) fn apply(&mut self, plan: DecryptPlan) {
+        let used = plan.used;
         match plan.kind {
             PlanKind::Skipped { chain, position } => {
                 if let Some(chain) = self.receiving.get_mut(chain) {
                     chain.skipped.remove(position);
+                    chain.used.push_back(used);
                 }
             }
             PlanKind::Advance { chain_key, skipped } => {
                 if let Some(current) = self.receiving.back_mut() {
                     current.skipped.extend(skipped);
                     current.set_chain_key(chain_key);
+                    current.used.push_back(used);
                 }
             }
             PlanKind::Step(step) => {
@@ -388,6 +428,8 @@ impl DoubleRatchet {
                 if let Some(current) = self.receiving.back_mut() {
                     current.close();
                 }
+                let mut receiving = receiving;
+                receiving.used.push_back(used);
                 self.receiving.push_back(receiving);
                 while self.receiving.len() > MAX_RECEIVING_CHAINS {
                     self.receiving.pop_front();
@@ -397,26 +439,18 @@ impl DoubleRatchet {
                 self.next_receiving_header_key = next_receiving_header_key;
             }
         }
-        self.evict_skipped_keys();
-    }
-
-    /// Drops the oldest skipped keys until at most [`MAX_STORED_SKIPPED_KEYS`] remain.
-    fn evict_skipped_keys(&mut self) {
-        let mut excess = self.stored_skipped_keys().saturating_sub(MAX_STORED_SKIPPED_KEYS);
-        for chain in &mut self.receiving {
-            if excess == 0 {
-                break;
-            }
-            let n = excess.min(chain.skipped.len());
-            chain.skipped.drain(..n);
-            excess -= n;
-        }
+        evict(&mut self.receiving);
     }
 
     /// Finds the header key that opens the header, then the message key
     /// (PROTOCOL.md 4.6.1): on a kept receiving chain (its skipped keys and
     /// its chain), or the next header key, which starts a DH step.
-    fn find_key(&self, message: &RatchetMessage) -> Result<(MessageKey, Found), DecryptError> {
+    fn find_key(
+        &self,
+        message: &RatchetMessage,
+        tag: &NonceTag,
+        allow_step: bool,
+    ) -> Result<(MessageKey, Found), DecryptError> {
         // A header opens under at most one of these keys, so the order of the
         // trials changes only their cost: the current chain first (messages in
         // order), then the next header key (a DH step: every message of a
@@ -424,44 +458,17 @@ impl DoubleRatchet {
         let ad = &self.associated_data;
         let mut chains = self.receiving.iter().enumerate().rev();
         if let Some((index, current)) = chains.next()
-            && let Some(found) = Self::try_chain(index, current, message, ad)
+            && let Some(found) = try_chain(index, current, message, ad, tag)
         {
             return found;
         }
         if let Some(header) = self.next_receiving_header_key.open(message.header(), ad) {
-            return self.plan_step(header);
+            // A state that may not step treats the header as one it cannot open.
+            return if allow_step { self.plan_step(header) } else { Err(DecryptError::Unauthenticated) };
         }
         chains
-            .find_map(|(index, chain)| Self::try_chain(index, chain, message, ad))
+            .find_map(|(index, chain)| try_chain(index, chain, message, ad, tag))
             .unwrap_or(Err(DecryptError::Unauthenticated))
-    }
-
-    /// The key of `message` on receiving chain `index`, if its header opens under the chain's header key.
-    fn try_chain(
-        index: usize,
-        chain: &ReceivingChain,
-        message: &RatchetMessage,
-        ad: &[u8],
-    ) -> Option<Result<(MessageKey, Found), DecryptError>> {
-        let header = chain.header_key.open(message.header(), ad)?;
-        if header.ratchet_key != chain.ratchet_key {
-            return Some(Err(DecryptError::Unauthenticated));
-        }
-        Some(Self::plan_on_chain(index, chain, header.counter))
-    }
-
-    fn plan_on_chain(index: usize, chain: &ReceivingChain, counter: u32) -> Result<(MessageKey, Found), DecryptError> {
-        if counter < chain.next_counter() {
-            return match chain.find_skipped(counter) {
-                Some((position, key)) => Ok((key.clone(), Found::Skipped { chain: index, position })),
-                None => Err(DecryptError::Duplicate { counter }),
-            };
-        }
-        // Only the current chain keeps a chain key; a closed chain ends at the
-        // peer's PN, and a header past it is a protocol violation.
-        let chain_key = chain.chain_key().ok_or(DecryptError::Unauthenticated)?;
-        let (skipped, message_key, chain_key) = advance(chain_key, counter)?;
-        Ok((message_key, Found::Advance { chain_key, skipped }))
     }
 
     fn plan_step(&self, header: Header) -> Result<(MessageKey, Found), DecryptError> {
@@ -487,6 +494,7 @@ impl DoubleRatchet {
                 Some(receiving_chain_key),
                 0,
                 skipped.into(),
+                VecDeque::new(),
             ),
             next_receiving_header_key,
         };
@@ -534,21 +542,7 @@ impl DoubleRatchet {
                 previous_counter: self.sending.previous_counter,
                 ratchet_public: self.sending.ratchet_key.public_key().as_bytes().to_vec(),
             }),
-            receiving: self
-                .receiving
-                .iter()
-                .map(|chain| storage::ReceivingChain {
-                    ratchet_key: chain.ratchet_key.as_bytes().to_vec(),
-                    header_key: chain.header_key.as_secret().as_bytes().to_vec(),
-                    chain_key: chain.chain_key().map(|ck| ck.as_secret().as_bytes().to_vec()).unwrap_or_default(),
-                    counter: chain.next_counter(),
-                    skipped: chain
-                        .skipped
-                        .iter()
-                        .map(|key| storage::SkippedKey { counter: key.counter(), seed: key.seed().as_bytes().to_vec() })
-                        .collect(),
-                })
-                .collect(),
+            receiving: self.receiving.iter().map(chain_to_record).collect(),
             next_receiving_header_key: self.next_receiving_header_key.as_secret().as_bytes().to_vec(),
         }
     }
@@ -584,44 +578,7 @@ impl DoubleRatchet {
             next_header_key: HeaderKey::new(Secret32::from_slice(&sending.next_header_key, "sending.next_header_key")?),
             previous_counter: sending.previous_counter,
         };
-        if record.receiving.len() > MAX_RECEIVING_CHAINS {
-            return Err(DecodeError::InvalidValue("receiving"));
-        }
-        let mut receiving = VecDeque::with_capacity(record.receiving.len());
-        let mut total_skipped = 0usize;
-        for (i, chain) in record.receiving.iter().enumerate() {
-            let is_current = i + 1 == record.receiving.len();
-            let chain_key = if chain.chain_key.is_empty() {
-                None
-            } else if is_current {
-                Some(ChainKey::new(Secret32::from_slice(&chain.chain_key, "receiving.chain_key")?, chain.counter))
-            } else {
-                return Err(DecodeError::InvalidValue("receiving.chain_key"));
-            };
-            total_skipped = total_skipped.saturating_add(chain.skipped.len());
-            if total_skipped > MAX_STORED_SKIPPED_KEYS {
-                return Err(DecodeError::InvalidValue("receiving.skipped"));
-            }
-            let mut skipped = VecDeque::with_capacity(chain.skipped.len());
-            let mut previous: Option<u32> = None;
-            for key in &chain.skipped {
-                if key.counter >= chain.counter || previous.is_some_and(|p| p >= key.counter) {
-                    return Err(DecodeError::InvalidValue("receiving.skipped.counter"));
-                }
-                previous = Some(key.counter);
-                skipped.push_back(MessageKey::new(
-                    Secret32::from_slice(&key.seed, "receiving.skipped.seed")?,
-                    key.counter,
-                ));
-            }
-            receiving.push_back(ReceivingChain::new(
-                X25519PublicKey::from_slice(&chain.ratchet_key, "receiving.ratchet_key")?,
-                HeaderKey::new(Secret32::from_slice(&chain.header_key, "receiving.header_key")?),
-                chain_key,
-                chain.counter,
-                skipped,
-            ));
-        }
+        let receiving = chains_from_record(&record.receiving, true)?;
         // After any DH step the newest chain is current and we can send.
         if receiving.back().is_some_and(|chain| chain.chain_key().is_none()) {
             return Err(DecodeError::InvalidValue("receiving.chain_key"));
@@ -658,6 +615,174 @@ fn body_associated_data(ad: &[u8], encrypted_header: &[u8]) -> Vec<u8> {
     out.extend_from_slice(ad);
     out.extend_from_slice(encrypted_header);
     out
+}
+
+/// Opens the body of `message` with `message_key` and removes the padding;
+/// returns the plaintext and the message's counter.
+fn open_body(ad: &[u8], message: &RatchetMessage, message_key: &MessageKey) -> Result<(Vec<u8>, u32), DecryptError> {
+    let body_ad = body_associated_data(ad, message.header());
+    // Decrypted into a wiping buffer; on success the plaintext is moved out
+    // of it, so it is neither copied nor wiped on the way to the app.
+    let mut padded =
+        message_key.open(message.body(), &body_ad, &nonce_of(message.header())).ok_or(DecryptError::Unauthenticated)?;
+    let len = padding::unpadded_len(&padded).ok_or(DecryptError::Unauthenticated)?;
+    // The bytes past `len` are the padding: a marker and zeros.
+    padded.truncate(len);
+    Ok((std::mem::take(&mut *padded), message_key.counter()))
+}
+
+/// The key of `message` on receiving chain `index`, if its header opens
+/// under the chain's header key (PROTOCOL.md 4.6.2).
+fn try_chain(
+    index: usize,
+    chain: &ReceivingChain,
+    message: &RatchetMessage,
+    ad: &[u8],
+    tag: &NonceTag,
+) -> Option<Result<(MessageKey, Found), DecryptError>> {
+    let header = chain.header_key.open(message.header(), ad)?;
+    if header.ratchet_key != chain.ratchet_key {
+        return Some(Err(DecryptError::Unauthenticated));
+    }
+    Some(plan_on_chain(index, chain, header.counter, tag))
+}
+
+/// The key of message `counter` (with tag `tag`) on `chain`, whose header
+/// key opened the message's header: the message is the peer's.
+fn plan_on_chain(
+    index: usize,
+    chain: &ReceivingChain,
+    counter: u32,
+    tag: &NonceTag,
+) -> Result<(MessageKey, Found), DecryptError> {
+    if counter < chain.next_counter() {
+        if let Some((position, key)) = chain.find_skipped(counter) {
+            return Ok((key.clone(), Found::Skipped { chain: index, position }));
+        }
+        // The counter was used: by this very message (a replay), or by
+        // another one, which only a sender that went backwards makes. A
+        // forgotten counter (or an evicted skipped key) is a duplicate.
+        return match chain.used_tag(counter) {
+            Some(used) if !bool::from(subtle::ConstantTimeEq::ct_eq(used.as_slice(), tag.as_slice())) => {
+                Err(DecryptError::Rollback { counter })
+            }
+            _ => Err(DecryptError::Duplicate { counter }),
+        };
+    }
+    // Only the current chain keeps a chain key. A closed chain ends at the
+    // peer's PN: an authentic header past it comes from a sender that went
+    // back to a chain it had left.
+    let Some(chain_key) = chain.chain_key() else {
+        return Err(DecryptError::Rollback { counter });
+    };
+    let (skipped, message_key, chain_key) = advance(chain_key, counter)?;
+    Ok((message_key, Found::Advance { chain_key, skipped }))
+}
+
+/// Drops the oldest skipped keys until at most [`MAX_STORED_SKIPPED_KEYS`]
+/// remain, then the oldest remembered counters until at most
+/// [`MAX_USED_COUNTERS`] remain: oldest chain first, lowest counter (or
+/// earliest use) first within a chain.
+fn evict(chains: &mut VecDeque<ReceivingChain>) {
+    let mut excess = chains.iter().map(|c| c.skipped.len()).sum::<usize>().saturating_sub(MAX_STORED_SKIPPED_KEYS);
+    for chain in chains.iter_mut() {
+        let n = excess.min(chain.skipped.len());
+        chain.skipped.drain(..n);
+        excess -= n;
+    }
+    let mut excess = chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_USED_COUNTERS);
+    for chain in chains.iter_mut() {
+        let n = excess.min(chain.used.len());
+        chain.used.drain(..n);
+        excess -= n;
+    }
+}
+
+/// Length of one remembered counter in storage: `u32be(counter) || tag`.
+const USED_ENTRY_LEN: usize = 4 + NONCE_TAG_LEN;
+
+fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
+    let mut used = Vec::with_capacity(chain.used.len() * USED_ENTRY_LEN);
+    for (counter, tag) in &chain.used {
+        used.extend_from_slice(&counter.to_be_bytes());
+        used.extend_from_slice(tag);
+    }
+    storage::ReceivingChain {
+        ratchet_key: chain.ratchet_key.as_bytes().to_vec(),
+        header_key: chain.header_key.as_secret().as_bytes().to_vec(),
+        chain_key: chain.chain_key().map(|ck| ck.as_secret().as_bytes().to_vec()).unwrap_or_default(),
+        counter: chain.next_counter(),
+        skipped: chain
+            .skipped
+            .iter()
+            .map(|key| storage::SkippedKey { counter: key.counter(), seed: key.seed().as_bytes().to_vec() })
+            .collect(),
+        used,
+    }
+}
+
+/// Parses stored receiving chains, checking every length and invariant.
+/// Only the last chain may keep a chain key, and only if `may_have_current`.
+fn chains_from_record(
+    records: &[storage::ReceivingChain],
+    may_have_current: bool,
+) -> Result<VecDeque<ReceivingChain>, DecodeError> {
+    if records.len() > MAX_RECEIVING_CHAINS {
+        return Err(DecodeError::InvalidValue("receiving"));
+    }
+    let mut receiving = VecDeque::with_capacity(records.len());
+    let (mut total_skipped, mut total_used) = (0usize, 0usize);
+    for (i, chain) in records.iter().enumerate() {
+        let is_current = may_have_current && i + 1 == records.len();
+        let chain_key = if chain.chain_key.is_empty() {
+            None
+        } else if is_current {
+            Some(ChainKey::new(Secret32::from_slice(&chain.chain_key, "receiving.chain_key")?, chain.counter))
+        } else {
+            return Err(DecodeError::InvalidValue("receiving.chain_key"));
+        };
+        total_skipped = total_skipped.saturating_add(chain.skipped.len());
+        if total_skipped > MAX_STORED_SKIPPED_KEYS {
+            return Err(DecodeError::InvalidValue("receiving.skipped"));
+        }
+        let mut skipped = VecDeque::with_capacity(chain.skipped.len());
+        let mut previous: Option<u32> = None;
+        for key in &chain.skipped {
+            if key.counter >= chain.counter || previous.is_some_and(|p| p >= key.counter) {
+                return Err(DecodeError::InvalidValue("receiving.skipped.counter"));
+            }
+            previous = Some(key.counter);
+            skipped.push_back(MessageKey::new(Secret32::from_slice(&key.seed, "receiving.skipped.seed")?, key.counter));
+        }
+        if chain.used.len() % USED_ENTRY_LEN != 0 {
+            return Err(DecodeError::InvalidValue("receiving.used"));
+        }
+        total_used = total_used.saturating_add(chain.used.len() / USED_ENTRY_LEN);
+        if total_used > MAX_USED_COUNTERS {
+            return Err(DecodeError::InvalidValue("receiving.used"));
+        }
+        let mut used: VecDeque<(u32, NonceTag)> = VecDeque::with_capacity(chain.used.len() / USED_ENTRY_LEN);
+        for entry in chain.used.chunks_exact(USED_ENTRY_LEN) {
+            let (counter, tag) = entry.split_first_chunk::<4>().ok_or(DecodeError::InvalidValue("receiving.used"))?;
+            let counter = u32::from_be_bytes(*counter);
+            let tag: NonceTag = tag.try_into().map_err(|_| DecodeError::InvalidValue("receiving.used"))?;
+            // A used counter was derived, is not skipped, and is used once.
+            let skipped_too = skipped.binary_search_by_key(&counter, MessageKey::counter).is_ok();
+            if counter >= chain.counter || skipped_too || used.iter().any(|(c, _)| *c == counter) {
+                return Err(DecodeError::InvalidValue("receiving.used.counter"));
+            }
+            used.push_back((counter, tag));
+        }
+        receiving.push_back(ReceivingChain::new(
+            X25519PublicKey::from_slice(&chain.ratchet_key, "receiving.ratchet_key")?,
+            HeaderKey::new(Secret32::from_slice(&chain.header_key, "receiving.header_key")?),
+            chain_key,
+            chain.counter,
+            skipped,
+            used,
+        ));
+    }
+    Ok(receiving)
 }
 
 /// Derives every key of `chain_key`'s chain up to (not including) `counter`,

@@ -6,11 +6,35 @@
 //! is `(DHr, HKr, CKr, Nr, skipped keys)`. Only the current (newest) chain
 //! keeps its chain key; when a DH step closes a chain, its keys up to the
 //! peer's `PN` are derived and stored, and the chain key is dropped.
+//!
+//! A chain also remembers, for the counters it decrypted most recently, a
+//! [`NonceTag`] of the message that used each: a replay of that message is a
+//! duplicate, while another message on the same counter can only come from a
+//! sender whose state went backwards (restored, cloned or forked): a
+//! rollback.
 
 use std::{collections::VecDeque, fmt};
 
-use super::{chain::ChainKey, header::HeaderKey, message_key::MessageKey};
+use super::{
+    chain::ChainKey,
+    header::{HEADER_NONCE_LEN, HeaderKey},
+    message_key::MessageKey,
+};
 use crate::keys::X25519PublicKey;
+
+/// Length of a [`NonceTag`].
+pub(crate) const NONCE_TAG_LEN: usize = 8;
+
+/// What a chain remembers of a message it decrypted: the first 8 bytes of its
+/// header nonce. The nonce is fresh randomness sealed into the authenticated
+/// header, so only the sender can make another message with the same counter,
+/// and then (but with probability 2^-64) with another tag.
+pub(crate) type NonceTag = [u8; NONCE_TAG_LEN];
+
+/// The tag of a message with header nonce `nonce`.
+pub(crate) fn nonce_tag(nonce: &[u8; HEADER_NONCE_LEN]) -> NonceTag {
+    nonce.first_chunk::<NONCE_TAG_LEN>().copied().unwrap_or_default()
+}
 
 /// One receiving chain.
 #[derive(Clone)]
@@ -25,6 +49,10 @@ pub(crate) struct ReceivingChain {
     closed_at: u32,
     /// Skipped message keys, in increasing counter order.
     pub(crate) skipped: VecDeque<MessageKey>,
+    /// Counters decrypted on this chain and the tags of their messages, in
+    /// the order they were decrypted (bounded per state by
+    /// [`MAX_USED_COUNTERS`](crate::limits::MAX_USED_COUNTERS)).
+    pub(crate) used: VecDeque<(u32, NonceTag)>,
 }
 
 impl ReceivingChain {
@@ -34,8 +62,9 @@ impl ReceivingChain {
         chain_key: Option<ChainKey>,
         closed_at: u32,
         skipped: VecDeque<MessageKey>,
+        used: VecDeque<(u32, NonceTag)>,
     ) -> Self {
-        Self { ratchet_key, header_key, chain_key, closed_at, skipped }
+        Self { ratchet_key, header_key, chain_key, closed_at, skipped, used }
     }
 
     /// `Nr`: the counter of the next message not yet derived on this chain.
@@ -63,6 +92,11 @@ impl ReceivingChain {
         let position = self.skipped.binary_search_by_key(&counter, MessageKey::counter).ok()?;
         self.skipped.get(position).map(|key| (position, key))
     }
+
+    /// The tag of the message that used `counter`, if still remembered.
+    pub(crate) fn used_tag(&self, counter: u32) -> Option<&NonceTag> {
+        self.used.iter().find(|(c, _)| *c == counter).map(|(_, tag)| tag)
+    }
 }
 
 impl fmt::Debug for ReceivingChain {
@@ -71,6 +105,7 @@ impl fmt::Debug for ReceivingChain {
             .field("next_counter", &self.next_counter())
             .field("current", &self.chain_key.is_some())
             .field("skipped", &self.skipped.len())
+            .field("used", &self.used.len())
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,24 @@
 //! Sessions with one peer device: a record of a current state and up to
 //! [`MAX_ARCHIVED_STATES`] archived ones.
 //!
+//! # Archived states and post-compromise security
+//!
+//! A record holds several states after a re-initiation (a second
+//! [`SessionRecord::initiate`], a peer's new prekey message, both sides
+//! initiating at once). Any state that decrypts a message becomes current
+//! (that is how two devices that initiated at once settle on one session).
+//! What keeps a stolen copy of the record from being useful after the
+//! session healed is the *cut*: each time the current state takes a DH step
+//! on a message from the peer, every other state is cut down to its skipped
+//! message keys (a state without any is dropped). A cut state has no root
+//! key, ratchet key pair, chain key or next header key: it decrypts only the
+//! messages in flight whose keys it kept, derives nothing and can never
+//! become current again. Kept keys expire after
+//! [`MAX_KEPT_STATE_HEALS`] more heals. PROTOCOL.md 9.9 argues why this
+//! gives post-compromise security to archived states, and why it lets full
+//! archived states take DH steps (DESIGN.md's rule that only an unanswered
+//! initiator state may step makes crossing sessions deadlock).
+//!
 //! A [`SessionRecord`] owns everything this device knows about one peer
 //! device: the identity key it trusts for that peer, the session state it
 //! sends with, older states it still accepts messages on (simultaneous
@@ -58,13 +76,13 @@ use rand_core::CryptoRng;
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
-use self::state::SessionState;
+use self::state::{Keys, SessionState};
 use crate::{
     DecodeError, DecryptError, SessionError,
     address::Address,
     handshake::pqxdh,
     keys::{IdentityKey, IdentityKeyPair, X25519PublicKey},
-    limits::{MAX_ARCHIVED_STATES, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
+    limits::{MAX_ARCHIVED_STATES, MAX_KEPT_STATE_HEALS, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeySet},
     ratchet::DecryptPlan,
     wire::{Message, PreKeyMessage, RatchetMessage},
@@ -87,6 +105,8 @@ pub struct SessionRecord {
     /// Oldest first.
     seen_base_keys: VecDeque<X25519PublicKey>,
     generation: u64,
+    /// How many times the current state took a DH step on a peer's message.
+    heals: u64,
 }
 
 /// Which state of a record a message decrypted with.
@@ -108,7 +128,10 @@ pub struct PendingDecrypt {
     plaintext: Zeroizing<Vec<u8>>,
     sender: IdentityKey,
     consumed: ConsumedPreKeys,
+    /// The record this was made against: its generation, and the base key of
+    /// the state the change applies to (the current one for a new session).
     generation: u64,
+    base_key: Option<X25519PublicKey>,
     change: Change,
 }
 
@@ -161,9 +184,15 @@ impl SessionRecord {
         self.current.is_some()
     }
 
-    /// How many archived states are kept (at most [`MAX_ARCHIVED_STATES`]).
+    /// How many archived states are kept (at most [`MAX_ARCHIVED_STATES`]),
+    /// full ones and those cut down to their kept keys.
     pub fn archived_states(&self) -> usize {
         self.archived.len()
+    }
+
+    /// How many archived states were cut down to their kept keys.
+    pub fn kept_states(&self) -> usize {
+        self.archived.iter().filter(|s| !s.is_full()).count()
     }
 
     /// The base key of the current state's handshake: two records use the
@@ -182,7 +211,12 @@ impl SessionRecord {
         }
         self.archived.retain(|s| s.remote_identity == identity);
         if self.current.is_none() {
-            self.current = self.archived.pop_front();
+            // The most recent full state sends; without one, kept keys alone
+            // are of no use.
+            match self.archived.iter().position(SessionState::is_full) {
+                Some(i) => self.current = self.archived.remove(i),
+                None => self.archived.clear(),
+            }
         }
         self.generation = self.generation.wrapping_add(1);
     }
@@ -216,11 +250,12 @@ impl SessionRecord {
         self.check_identity(bundle.identity_key())?;
         let initiated = pqxdh::initiate(rng, ours, our_address, bundle)?;
         let state = SessionState {
-            ratchet: initiated.ratchet,
+            keys: Keys::Full(initiated.ratchet),
             remote_identity: bundle.identity_key(),
             base_key: initiated.header.base_key,
             initiator: true,
             pending_prekey: Some(initiated.header),
+            kept_since: 0,
         };
         self.install(state);
         Ok(())
@@ -245,7 +280,9 @@ impl SessionRecord {
     /// [`SessionError::NoSession`], or [`SessionError::Encrypt`].
     pub fn encrypt<R: CryptoRng + ?Sized>(&mut self, rng: &mut R, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
         let state = self.current.as_mut().ok_or(SessionError::NoSession)?;
-        let message = state.ratchet.encrypt(rng, plaintext)?;
+        // The current state is always full (cut states are never current).
+        let Keys::Full(ratchet) = &mut state.keys else { return Err(SessionError::NoSession) };
+        let message = ratchet.encrypt(rng, plaintext)?;
         self.generation = self.generation.wrapping_add(1);
         Ok(match &state.pending_prekey {
             Some(header) => Message::PreKey(Box::new(PreKeyMessage { header: header.clone(), message })).into_bytes(),
@@ -257,13 +294,16 @@ impl SessionRecord {
     /// changing the record: see [`PendingDecrypt`].
     ///
     /// A ratchet message is tried on the current state, then on the archived
-    /// ones. A prekey message whose base key is known goes to that state; an
+    /// ones (full ones may take a DH step; cut ones use only their kept
+    /// keys). A prekey message whose base key is known goes to that state; an
     /// unknown one runs the responder's side of PQXDH with `ours`,
     /// `our_address`, `peer` and `prekeys`.
     ///
     /// # Errors
     /// [`SessionError::Decrypt`] with [`DecryptError::Duplicate`] for a
-    /// message already decrypted, [`SessionError::DuplicatePreKeyMessage`],
+    /// message already decrypted, [`DecryptError::Rollback`] for another
+    /// message on a counter already used (a sender that went backwards),
+    /// [`SessionError::DuplicatePreKeyMessage`],
     /// [`SessionError::UntrustedIdentity`], [`SessionError::UnknownPreKey`],
     /// [`SessionError::NoSession`], [`SessionError::Malformed`], and
     /// [`DecryptError::Unauthenticated`] for anything forged.
@@ -299,20 +339,22 @@ impl SessionRecord {
             return Err(SessionError::DuplicatePreKeyMessage);
         }
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
-        let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message())?;
+        let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message(), true)?;
         ratchet.apply(plan);
         let state = SessionState {
-            ratchet,
+            keys: Keys::Full(ratchet),
             remote_identity: header.identity_key,
             base_key: header.base_key,
             initiator: false,
             pending_prekey: None,
+            kept_since: 0,
         };
         Ok(PendingDecrypt {
             plaintext: Zeroizing::new(plaintext),
             sender: header.identity_key,
             consumed,
             generation: self.generation,
+            base_key: self.current_base_key(),
             change: Change::New(Box::new(state)),
         })
     }
@@ -347,13 +389,14 @@ impl SessionRecord {
         };
         for slot in slots {
             let Some(state) = self.state(slot) else { continue };
-            match state.ratchet.plan_decrypt(rng, message) {
+            match state.plan_decrypt(rng, message) {
                 Ok((plaintext, plan)) => {
                     return Ok(PendingDecrypt {
                         plaintext: Zeroizing::new(plaintext),
                         sender: state.remote_identity,
                         consumed: ConsumedPreKeys::default(),
                         generation: self.generation,
+                        base_key: Some(state.base_key),
                         change: Change::Existing { slot, plan },
                     });
                 }
@@ -374,15 +417,23 @@ impl SessionRecord {
 
     /// Applies a pending decryption made on this record.
     ///
+    /// The state that decrypted becomes current. If it already was and the
+    /// message made it take a DH step, the session has healed: every other
+    /// state is cut down to its skipped keys (PROTOCOL.md 9.9).
+    ///
     /// # Errors
     /// [`SessionError::StalePending`] if the record changed since the
-    /// decryption was made (nothing is applied then; decrypt again).
+    /// decryption was made, or the pending value was made on another record
+    /// (nothing is applied then; decrypt again).
     pub fn commit(&mut self, pending: PendingDecrypt) -> Result<(), SessionError> {
         if pending.generation != self.generation {
             return Err(SessionError::StalePending);
         }
         match pending.change {
             Change::New(state) => {
+                if pending.base_key != self.current_base_key() {
+                    return Err(SessionError::StalePending);
+                }
                 self.seen_base_keys.push_back(state.base_key);
                 while self.seen_base_keys.len() > MAX_SEEN_BASE_KEYS {
                     self.seen_base_keys.pop_front();
@@ -394,22 +445,47 @@ impl SessionRecord {
                     Slot::Current => self.current.as_mut(),
                     Slot::Archived(i) => self.archived.get_mut(i),
                 };
-                if let Some(state) = state {
-                    state.ratchet.apply(plan);
-                    // A message on a state we initiated is the peer's reply:
-                    // stop sending the prekey header.
-                    state.pending_prekey = None;
-                }
-                if let Slot::Archived(i) = slot
-                    && let Some(promoted) = self.archived.remove(i)
-                    && let Some(previous) = self.current.replace(promoted)
-                {
-                    self.archived.push_front(previous);
+                let Some(state) = state.filter(|s| Some(s.base_key) == pending.base_key) else {
+                    return Err(SessionError::StalePending);
+                };
+                let heals = slot == Slot::Current && plan.is_step();
+                state.apply(plan);
+                match slot {
+                    Slot::Current if heals => self.heal(),
+                    Slot::Current => {}
+                    Slot::Archived(i) => self.after_archived_decrypt(i),
                 }
                 self.generation = self.generation.wrapping_add(1);
             }
         }
         Ok(())
+    }
+
+    /// The current state took a DH step on a message from the peer: cut
+    /// every other state down to its kept keys, and drop kept keys older
+    /// than [`MAX_KEPT_STATE_HEALS`] heals.
+    fn heal(&mut self) {
+        self.heals = self.heals.saturating_add(1);
+        let heals = self.heals;
+        self.archived = std::mem::take(&mut self.archived)
+            .into_iter()
+            .filter_map(|state| state.cut(heals))
+            .filter(|state| heals.saturating_sub(state.kept_since) < MAX_KEPT_STATE_HEALS)
+            .collect();
+    }
+
+    /// Archived state `i` decrypted a message: a full state becomes current
+    /// (the peer sends on it); a cut state that used its last key is dropped.
+    fn after_archived_decrypt(&mut self, i: usize) {
+        if self.archived.get(i).is_some_and(SessionState::is_full) {
+            if let Some(promoted) = self.archived.remove(i)
+                && let Some(previous) = self.current.replace(promoted)
+            {
+                self.archived.push_front(previous);
+            }
+        } else if self.archived.get(i).is_some_and(SessionState::is_spent) {
+            self.archived.remove(i);
+        }
     }
 
     /// [`Self::decrypt`] then [`Self::commit`], for callers that persist the
@@ -445,6 +521,7 @@ impl SessionRecord {
             archived: self.archived.iter().map(SessionState::to_record).collect(),
             seen_base_keys: self.seen_base_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             generation: self.generation,
+            heals: self.heals,
         });
         let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
         let _ = record.encode(&mut *out);
@@ -478,13 +555,27 @@ impl SessionRecord {
             Some(IdentityKey::from_stored_slice(&record.trusted_identity, "trusted_identity")?)
         };
         let current = record.current.as_ref().map(SessionState::from_record).transpose()?;
-        let archived = record.archived.iter().map(SessionState::from_record).collect::<Result<_, _>>()?;
+        if current.as_ref().is_some_and(|state| !state.is_full()) {
+            return Err(DecodeError::InvalidValue("current"));
+        }
+        let archived: VecDeque<SessionState> =
+            record.archived.iter().map(SessionState::from_record).collect::<Result<_, _>>()?;
+        if archived.iter().any(|s| !s.is_full() && s.kept_since > record.heals) {
+            return Err(DecodeError::InvalidValue("kept_since"));
+        }
         let seen_base_keys = record
             .seen_base_keys
             .iter()
             .map(|k| X25519PublicKey::from_slice(k, "seen_base_keys"))
             .collect::<Result<_, _>>()?;
-        Ok(Self { trusted_identity, current, archived, seen_base_keys, generation: record.generation })
+        Ok(Self {
+            trusted_identity,
+            current,
+            archived,
+            seen_base_keys,
+            generation: record.generation,
+            heals: record.heals,
+        })
     }
 }
 

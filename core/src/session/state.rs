@@ -1,31 +1,101 @@
-//! One session state: a Double Ratchet and what the handshake bound it to.
+//! One session state: a Double Ratchet (or what is kept of it) and what the
+//! handshake bound it to.
 
 use std::fmt;
 
+use rand_core::CryptoRng;
 use samizdat_proto::storage;
 
 use crate::{
-    DecodeError,
+    DecodeError, DecryptError,
     keys::{IdentityKey, MLKEM_CIPHERTEXT_LEN, X25519PublicKey, fixed},
-    ratchet::DoubleRatchet,
-    wire::PreKeyHeader,
+    ratchet::{DecryptPlan, DoubleRatchet, KeptKeys},
+    wire::{PreKeyHeader, RatchetMessage},
 };
+
+/// The keys of a state.
+pub(crate) enum Keys {
+    /// A full ratchet: it can encrypt, decrypt and take DH steps.
+    Full(DoubleRatchet),
+    /// An archived state cut down once the session healed: it decrypts only
+    /// with the skipped keys it kept.
+    Kept(KeptKeys),
+}
 
 /// A session state.
 pub(crate) struct SessionState {
-    pub(crate) ratchet: DoubleRatchet,
+    pub(crate) keys: Keys,
     pub(crate) remote_identity: IdentityKey,
     /// The initiator's ephemeral key of the handshake that built this state.
     pub(crate) base_key: X25519PublicKey,
     pub(crate) initiator: bool,
     /// The prekey header to send until the first reply decrypts (initiator only).
     pub(crate) pending_prekey: Option<PreKeyHeader>,
+    /// The record's heal count when the state was cut down to its kept keys.
+    pub(crate) kept_since: u64,
 }
 
 impl SessionState {
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(self.keys, Keys::Full(_))
+    }
+
+    /// Decrypts `message` without changing the state: a full state may take
+    /// a DH step, a kept one only uses its kept keys.
+    pub(crate) fn plan_decrypt<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        message: &RatchetMessage,
+    ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
+        match &self.keys {
+            Keys::Full(ratchet) => ratchet.plan_decrypt(rng, message, true),
+            Keys::Kept(kept) => kept.plan_decrypt(message),
+        }
+    }
+
+    /// Applies a plan made by [`Self::plan_decrypt`] on this very state.
+    pub(crate) fn apply(&mut self, plan: DecryptPlan) {
+        match &mut self.keys {
+            Keys::Full(ratchet) => {
+                ratchet.apply(plan);
+                // A message on a state we initiated is the peer's reply:
+                // stop sending the prekey header.
+                self.pending_prekey = None;
+            }
+            Keys::Kept(kept) => kept.apply(plan),
+        }
+    }
+
+    /// Cuts a full state down to its kept keys (at heal number `heals`);
+    /// `None` if it would keep no key (it is then dropped).
+    pub(crate) fn cut(self, heals: u64) -> Option<Self> {
+        let Self { keys, remote_identity, base_key, initiator, pending_prekey: _, kept_since } = self;
+        let (kept, kept_since) = match keys {
+            Keys::Full(ratchet) => (ratchet.into_kept_keys(), heals),
+            Keys::Kept(kept) => (kept, kept_since),
+        };
+        (kept.stored_skipped_keys() > 0).then_some(Self {
+            keys: Keys::Kept(kept),
+            remote_identity,
+            base_key,
+            initiator,
+            pending_prekey: None,
+            kept_since,
+        })
+    }
+
+    /// Whether a kept state has used up its keys (it is then dropped).
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(&self.keys, Keys::Kept(kept) if kept.stored_skipped_keys() == 0)
+    }
+
     pub(crate) fn to_record(&self) -> storage::SessionState {
+        let (ratchet, kept) = match &self.keys {
+            Keys::Full(ratchet) => (Some(ratchet.to_record()), None),
+            Keys::Kept(kept) => (None, Some(kept.to_record())),
+        };
         storage::SessionState {
-            ratchet: Some(self.ratchet.to_record()),
+            ratchet,
             remote_identity: self.remote_identity.as_bytes().to_vec(),
             base_key: self.base_key.as_bytes().to_vec(),
             initiator: self.initiator,
@@ -36,16 +106,30 @@ impl SessionState {
                 pq_ciphertext: h.pq_ciphertext.to_vec(),
                 identity_key: h.identity_key.as_bytes().to_vec(),
             }),
+            kept,
+            kept_since: self.kept_since,
         }
     }
 
     pub(crate) fn from_record(record: &storage::SessionState) -> Result<Self, DecodeError> {
-        let ratchet = DoubleRatchet::from_record(record.ratchet.as_ref().ok_or(DecodeError::MissingField("ratchet"))?)?;
+        let keys = match (&record.ratchet, &record.kept) {
+            (Some(ratchet), None) if record.kept_since == 0 => Keys::Full(DoubleRatchet::from_record(ratchet)?),
+            (None, Some(kept)) => {
+                let kept = KeptKeys::from_record(kept)?;
+                if kept.stored_skipped_keys() == 0 {
+                    return Err(DecodeError::InvalidValue("kept"));
+                }
+                Keys::Kept(kept)
+            }
+            (None, None) => return Err(DecodeError::MissingField("ratchet")),
+            _ => return Err(DecodeError::InvalidValue("ratchet")),
+        };
         let remote_identity = IdentityKey::from_stored_slice(&record.remote_identity, "remote_identity")?;
         let base_key = X25519PublicKey::from_slice(&record.base_key, "base_key")?;
         let pending_prekey = match &record.pending_prekey {
             None => None,
-            Some(p) if record.initiator => Some(PreKeyHeader {
+            // Only a full initiator state that has not heard back sends it.
+            Some(p) if record.initiator && matches!(&keys, Keys::Full(r) if !r.has_received()) => Some(PreKeyHeader {
                 identity_key: IdentityKey::from_stored_slice(&p.identity_key, "pending_prekey.identity_key")?,
                 base_key,
                 signed_prekey_id: p.signed_prekey_id,
@@ -58,17 +142,27 @@ impl SessionState {
             }),
             Some(_) => return Err(DecodeError::InvalidValue("pending_prekey")),
         };
-        Ok(Self { ratchet, remote_identity, base_key, initiator: record.initiator, pending_prekey })
+        Ok(Self {
+            keys,
+            remote_identity,
+            base_key,
+            initiator: record.initiator,
+            pending_prekey,
+            kept_since: record.kept_since,
+        })
     }
 }
 
 impl fmt::Debug for SessionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionState")
-            .field("remote_identity", &self.remote_identity)
+        let mut s = f.debug_struct("SessionState");
+        s.field("remote_identity", &self.remote_identity)
             .field("initiator", &self.initiator)
-            .field("pending_prekey", &self.pending_prekey.is_some())
-            .field("ratchet", &self.ratchet)
-            .finish_non_exhaustive()
+            .field("pending_prekey", &self.pending_prekey.is_some());
+        match &self.keys {
+            Keys::Full(ratchet) => s.field("ratchet", ratchet),
+            Keys::Kept(kept) => s.field("kept", kept),
+        };
+        s.finish_non_exhaustive()
     }
 }
