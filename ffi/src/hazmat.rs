@@ -32,6 +32,13 @@ pub enum VectorRatchetError {
         /// The message's counter on its chain, from its authenticated header.
         counter: u32,
     },
+    /// Another message on a counter already used, from a sender whose state
+    /// went backwards (restored from a backup, cloned, forked).
+    #[error("the sender's state went backwards (counter {counter} reused)")]
+    Rollback {
+        /// The message's counter on its chain, from its authenticated header.
+        counter: u32,
+    },
     /// The message does not authenticate (forged, altered, another session).
     #[error("message failed authentication")]
     Unauthenticated,
@@ -148,6 +155,7 @@ impl VectorRatchet {
         let mut rng = FixedBytes::new(&random);
         let plaintext = ratchet.decrypt(&mut rng, &message).map_err(|e| match e {
             DecryptError::Duplicate { counter } => VectorRatchetError::Duplicate { counter },
+            DecryptError::Rollback { counter } => VectorRatchetError::Rollback { counter },
             DecryptError::TooFarAhead { gap, max } => VectorRatchetError::TooFarAhead { gap, max },
             DecryptError::Malformed(e) => malformed(e),
             _ => VectorRatchetError::Unauthenticated,

@@ -99,6 +99,14 @@ pub(crate) enum Event {
         #[serde(default)]
         receiving_chains: usize,
     },
+    /// `party` goes back to the state it had right after event `after_event`
+    /// (a restored backup, a cloned store): `state` is that stored state.
+    Restore {
+        party: Party,
+        after_event: usize,
+        #[serde(default)]
+        state: String,
+    },
 }
 
 /// Where a delivered message's key came from.
@@ -122,6 +130,7 @@ pub(crate) struct Summary {
     from_skipped_keys: usize,
     duplicates: usize,
     unauthenticated: usize,
+    rollbacks: usize,
 }
 
 impl VectorSet for RatchetTranscript {
@@ -139,10 +148,12 @@ impl VectorSet for RatchetTranscript {
             body and the encoded RatchetMessage (`wire`). Sends are numbered by `message` from 0. A `deliver` event \
             gives message `message`'s wire bytes (or `altered_wire`, a copy with one byte changed) to `to`, whose \
             generator gives exactly `random`: 32 bytes when the decryption performs a DH step (the new ratchet \
-            secret), else nothing. It lists the plaintext or the error (duplicate with its counter, unauthenticated), \
+            secret), else nothing. It lists the plaintext or the error (duplicate with its counter, rollback with its \
+            counter: another message on a counter already used, from a sender that went backwards; unauthenticated), \
             where the key came from (chain: the current receiving chain; skipped: a stored skipped key; dh_step: a header that opened under NHKr), the receiver's new ratchet public key after a DH step, \
-            and the receiver's number of stored skipped keys and receiving chains afterwards. The final states are \
-            the stored RatchetState encodings (13.1, 13.2).",
+            and the receiver's number of stored skipped keys and receiving chains afterwards. A `restore` event puts \
+            `party` back in the state it had right after event `after_event` (a restored backup): `state` is that \
+            stored RatchetState. The final states are the stored RatchetState encodings (13.1, 13.2).",
         seed: 12,
         inputs: &[
             "name",
@@ -159,6 +170,8 @@ impl VectorSet for RatchetTranscript {
             "events[].random",
             "events[].plaintext",
             "events[].altered_wire",
+            "events[].party",
+            "events[].after_event",
         ],
     };
 
@@ -193,6 +206,7 @@ impl VectorSet for RatchetTranscript {
             || s.from_skipped_keys < 5
             || s.duplicates < 3
             || s.unauthenticated < 3
+            || s.rollbacks < 3
         {
             return Err(err("events", "the schedule does not cover every case (change it)"));
         }
@@ -301,6 +315,47 @@ fn schedule(rng: &mut ChaCha20Rng) -> R<Vec<Event>> {
         }
     }
     events.push(deliver(HELD_FOREVER, Party::Bob, random_hex(rng, 32), None));
+
+    // Alice is restored from a backup taken before her last three messages,
+    // all of which Bob decrypted. Her next three messages reuse their
+    // counters (with other header nonces, so other keys): Bob reports each
+    // as a rollback; a replay of an original is still a duplicate; her
+    // fourth message is past what Bob had and decrypts.
+    let mut send = |events: &mut Vec<Event>, rng: &mut ChaCha20Rng| {
+        let message = sent;
+        sent += 1;
+        events.push(Event::Send {
+            message,
+            sender: Party::Alice,
+            random: random_hex(rng, 24),
+            plaintext: h(plaintext(rng, Party::Alice, message)),
+            ratchet_key: String::new(),
+            previous_counter: 0,
+            counter: 0,
+            header_key: String::new(),
+            chain_key: String::new(),
+            message_key_seed: String::new(),
+            message_key: String::new(),
+            message_nonce: String::new(),
+            encrypted_header: String::new(),
+            body: String::new(),
+            wire: String::new(),
+        });
+        message
+    };
+    let backup = events.len().saturating_sub(1);
+    let originals: Vec<usize> = (0..3).map(|_| send(&mut events, rng)).collect();
+    for &message in &originals {
+        events.push(deliver(message, Party::Bob, random_hex(rng, 32), None));
+    }
+    events.push(Event::Restore { party: Party::Alice, after_event: backup, state: String::new() });
+    for _ in 0..4 {
+        let message = send(&mut events, rng);
+        events.push(deliver(message, Party::Bob, random_hex(rng, 32), None));
+    }
+    if let Some(&first) = originals.first() {
+        events.push(deliver(first, Party::Bob, random_hex(rng, 32), None));
+    }
     Ok(events)
 }
 
@@ -355,9 +410,23 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
     let mut events = Vec::with_capacity(case.events.len());
     let mut drawn = Vec::with_capacity(case.events.len());
     let mut summary = Summary::default();
+    // Each party's stored state after each event, for `restore`.
+    let mut snapshots: Vec<[Vec<u8>; 2]> = Vec::with_capacity(case.events.len());
     for (i, event) in case.events.iter().enumerate() {
         let field = |name: &str| format!("events[{i}].{name}");
         match event {
+            Event::Restore { party, after_event, .. } => {
+                let stored = snapshots
+                    .get(*after_event)
+                    .ok_or_else(|| err(field("after_event"), "not an earlier event"))?
+                    .get(usize::from(*party == Party::Bob))
+                    .cloned()
+                    .unwrap_or_default();
+                *parties.get(*party) =
+                    DoubleRatchet::from_bytes(&stored).map_err(|e| err(field("state"), e.to_string()))?;
+                drawn.push(0);
+                events.push(Event::Restore { party: *party, after_event: *after_event, state: h(&stored) });
+            }
             Event::Send { message, sender, random, plaintext, .. } => {
                 if *message != wires.len() {
                     return Err(err(
@@ -451,6 +520,7 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
                     let kind = e.get("error").and_then(Value::as_str);
                     summary.duplicates += usize::from(kind == Some("duplicate"));
                     summary.unauthenticated += usize::from(kind == Some("unauthenticated"));
+                    summary.rollbacks += usize::from(kind == Some("rollback"));
                 }
                 events.push(Event::Deliver {
                     message: *message,
@@ -466,6 +536,7 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
                 });
             }
         }
+        snapshots.push([parties.alice.to_bytes().to_vec(), parties.bob.to_bytes().to_vec()]);
     }
     Ok((
         TranscriptCase {

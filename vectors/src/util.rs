@@ -100,6 +100,7 @@ pub(crate) fn decode_error(e: &DecodeError) -> Value {
 pub(crate) fn decrypt_error(e: &DecryptError) -> Value {
     match e {
         DecryptError::Duplicate { counter } => json!({"error": "duplicate", "counter": counter}),
+        DecryptError::Rollback { counter } => json!({"error": "rollback", "counter": counter}),
         DecryptError::TooFarAhead { gap, max } => json!({"error": "too_far_ahead", "gap": gap, "max": max}),
         DecryptError::Unauthenticated => json!({"error": "unauthenticated"}),
         DecryptError::Malformed(inner) => json!({"error": "malformed", "cause": decode_error(inner)}),

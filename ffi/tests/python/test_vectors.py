@@ -57,7 +57,7 @@ def test_transcript_replays_byte_for_byte(case):
     sent = {}
     counts = Counter()
     for i, event in enumerate(case["events"]):
-        where = f"event {i} ({event['event']} of message {event['message']})"
+        where = f"event {i} ({event['event']} of message {event.get('message')})"
         if event["event"] == "send":
             sender = event["sender"]
             wire = parties[sender].encrypt(b(event["plaintext"]), b(event["random"]))
@@ -87,6 +87,11 @@ def test_transcript_replays_byte_for_byte(case):
                         party.decrypt(wire, b(event["random"]))
                     assert raised.value.counter == event["error"]["counter"], where
                     counts["duplicates"] += 1
+                elif kind == "rollback":
+                    with pytest.raises(VectorRatchetError.Rollback) as raised:
+                        party.decrypt(wire, b(event["random"]))
+                    assert raised.value.counter == event["error"]["counter"], where
+                    counts["rollbacks"] += 1
                 elif kind == "unauthenticated":
                     with pytest.raises(VectorRatchetError.Unauthenticated):
                         party.decrypt(wire, b(event["random"]))
@@ -97,6 +102,9 @@ def test_transcript_replays_byte_for_byte(case):
                 assert party.state() == state_before, where
             assert party.stored_skipped_keys() == event["skipped_keys"], where
             assert party.receiving_chains() == event["receiving_chains"], where
+        elif event["event"] == "restore":
+            # A restored backup: the party's state as it was after an earlier event.
+            parties[event["party"]] = VectorRatchet.from_state(b(event["state"]))
         else:
             pytest.fail(f"{where}: unknown event")
         if i % 25 == 24:

@@ -65,7 +65,7 @@ class VectorTest {
         val events = case.getJSONArray("events")
         for (i in 0 until events.length()) {
             val event = events.getJSONObject(i)
-            val where = "event $i (${event.getString("event")} of message ${event.getInt("message")})"
+            val where = "event $i (${event.getString("event")} of message ${event.opt("message")})"
             when (event.getString("event")) {
                 "send" -> {
                     val sender = event.getString("sender")
@@ -105,6 +105,13 @@ class VectorTest {
                                 assertEquals(error.getInt("counter").toUInt(), thrown.counter, where)
                                 counts["duplicates"] = counts.getValue("duplicates") + 1
                             }
+                            "rollback" -> {
+                                val thrown = assertThrows(VectorRatchetException.Rollback::class.java) {
+                                    party.decrypt(wire, event.bytes("random"))
+                                }
+                                assertEquals(error.getInt("counter").toUInt(), thrown.counter, where)
+                                counts["rollbacks"] = counts.getValue("rollbacks") + 1
+                            }
                             "unauthenticated" -> {
                                 assertThrows(VectorRatchetException.Unauthenticated::class.java) {
                                     party.decrypt(wire, event.bytes("random"))
@@ -118,6 +125,11 @@ class VectorTest {
                     }
                     assertEquals(event.getInt("skipped_keys").toUInt(), party.storedSkippedKeys(), where)
                     assertEquals(event.getInt("receiving_chains").toUInt(), party.receivingChains(), where)
+                }
+                "restore" -> {
+                    // A restored backup: the party's state as it was after an earlier event.
+                    parties.getValue(event.getString("party")).close()
+                    parties[event.getString("party")] = VectorRatchet.fromState(event.bytes("state"))
                 }
                 else -> error("$where: unknown event")
             }
