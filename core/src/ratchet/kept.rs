@@ -1,6 +1,6 @@
 //! What an archived session state keeps once the session healed: its
 //! receiving chains, closed, with their skipped message keys and remembered
-//! counters (PROTOCOL.md 9.9).
+//! counters (PROTOCOL.md 9.6, 9.10).
 //!
 //! A [`KeptKeys`] decrypts only a message whose key it still holds (a
 //! message in flight when the session moved on). It has no root key, no

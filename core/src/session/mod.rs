@@ -14,7 +14,7 @@
 //! key, ratchet key pair, chain key or next header key: it decrypts only the
 //! messages in flight whose keys it kept, derives nothing and can never
 //! become current again. Kept keys expire after
-//! [`MAX_KEPT_STATE_HEALS`] more heals. PROTOCOL.md 9.9 argues why this
+//! [`MAX_KEPT_STATE_HEALS`] more heals. PROTOCOL.md 9.10 argues why this
 //! gives post-compromise security to archived states, and why it lets full
 //! archived states take DH steps (DESIGN.md's rule that only an unanswered
 //! initiator state may step makes crossing sessions deadlock).
@@ -419,7 +419,7 @@ impl SessionRecord {
     ///
     /// The state that decrypted becomes current. If it already was and the
     /// message made it take a DH step, the session has healed: every other
-    /// state is cut down to its skipped keys (PROTOCOL.md 9.9).
+    /// state is cut down to its skipped keys (PROTOCOL.md 9.6, 9.10).
     ///
     /// # Errors
     /// [`SessionError::StalePending`] if the record changed since the
