@@ -54,3 +54,5 @@ struct ReadmeDoctests;
 
 #[cfg(test)]
 mod wycheproof_tests;
+#[cfg(test)]
+mod zeroize_tests;

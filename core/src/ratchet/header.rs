@@ -15,7 +15,7 @@
 use std::fmt;
 
 use chacha20poly1305::{
-    Key, KeyInit, XChaCha20Poly1305, XNonce,
+    KeyInit, XChaCha20Poly1305, XNonce,
     aead::{Aead, Payload},
 };
 use rand_core::CryptoRng;
@@ -99,7 +99,10 @@ impl HeaderKey {
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(&Key::from(*self.0.as_bytes()))
+        // Keyed from the secret itself (no copy on the stack); the cipher wipes
+        // its own copy on drop.
+        XChaCha20Poly1305::new_from_slice(self.0.as_bytes())
+            .unwrap_or_else(|_| unreachable!("an XChaCha20-Poly1305 key is 32 bytes"))
     }
 
     /// `HENCRYPT(HK, header)` with associated data `ad`, under `nonce`: 24

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag, aead::inout::InOutBuf};
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag, aead::inout::InOutBuf};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::header::HEADER_NONCE_LEN;
@@ -34,8 +34,10 @@ impl MessageKey {
     /// message's header nonce as salt ([`kdf::message_key`]).
     fn cipher(&self, header_nonce: &[u8; HEADER_NONCE_LEN]) -> (ChaCha20Poly1305, Nonce) {
         let material = kdf::message_key(self.seed.as_bytes(), header_nonce);
-        let key = Key::from(*material.key);
-        let cipher = ChaCha20Poly1305::new(&key);
+        // Keyed from the wiping buffer itself: no unwiped copy of the key on
+        // the stack. The cipher wipes its own copy on drop (`zeroize` feature).
+        let cipher = ChaCha20Poly1305::new_from_slice(material.key.as_slice())
+            .unwrap_or_else(|_| unreachable!("a ChaCha20-Poly1305 key is 32 bytes"));
         (cipher, Nonce::from(material.nonce))
     }
 
