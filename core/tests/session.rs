@@ -584,3 +584,72 @@ fn a_signature_moved_to_another_key_kind_does_not_verify() {
         BundleError::SignedPreKeySignature
     );
 }
+
+/// Attack 1 of issue 12: a server relabels Mallory's genuine first message as
+/// Alice's, or puts random identity bytes in a prekey header. Neither
+/// authenticates under the identity it offers, so neither may raise
+/// `UntrustedIdentity` (whose advice is to ask the user, then trust the key,
+/// which would drop Alice's real sessions): both are forgeries and change
+/// nothing. A genuine new identity still raises it.
+#[test]
+fn untrusted_identity_only_for_a_message_that_authenticates_under_it() {
+    let mut rng = rng(17);
+    let alice = Device::new(&mut rng, "alice", 0);
+    let mut bob = Device::new(&mut rng, "bob", 5);
+    let mallory = Device::new(&mut rng, "mallory", 0);
+    let mut a = SessionRecord::new();
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
+    let mut b = SessionRecord::new();
+    let hello = a.encrypt(&mut rng, b"hello").unwrap();
+    bob.receive(&mut rng, &mut b, &alice.address, &hello).unwrap();
+    let reply = b.encrypt(&mut rng, b"hi").unwrap();
+    let mut alice_prekeys = PreKeySet::new(&mut rng, &alice.identity, 0);
+    a.decrypt_and_commit(&mut rng, &alice.identity, &alice.address, &bob.address, &mut alice_prekeys, &reply)
+        .unwrap();
+    let forged = || SessionError::Decrypt(DecryptError::Unauthenticated);
+
+    // Mallory's own genuine first message, relabelled by the server as Alice's.
+    let mut m = SessionRecord::new();
+    m.initiate(&mut rng, &mallory.identity, &mallory.address, &bob.bundle()).unwrap();
+    let relabelled = m.encrypt(&mut rng, b"it's alice, trust me").unwrap();
+    let before = (b.to_bytes(), bob.prekeys.to_bytes());
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &relabelled), Err(forged()));
+    assert_eq!((b.to_bytes(), bob.prekeys.to_bytes()), before);
+
+    // A prekey header with random identity bytes (a valid point).
+    let Message::PreKey(_) = Message::from_bytes(&relabelled).unwrap() else { panic!() };
+    let mut proto = pb::Envelope::decode(&relabelled[1..]).unwrap();
+    let Some(pb::envelope::Body::Prekey(prekey)) = proto.body.as_mut() else { panic!() };
+    let mut random_identity = None;
+    for seed in 0u8..=255 {
+        let candidate = IdentityKeyPair::from_seed(&[seed; 32]).public_key();
+        if candidate != alice.identity.public_key() {
+            random_identity = Some(candidate);
+            break;
+        }
+    }
+    prekey.identity_key = random_identity.unwrap().as_bytes().to_vec();
+    let mut random = vec![1u8];
+    proto.encode(&mut random).unwrap();
+    assert!(Message::from_bytes(&random).is_ok());
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &random), Err(forged()));
+    assert_eq!((b.to_bytes(), bob.prekeys.to_bytes()), before);
+    assert_eq!(b.trusted_identity(), Some(alice.identity.public_key()));
+
+    // Alice's genuine next session still works.
+    a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
+    let again = a.encrypt(&mut rng, b"a new session").unwrap();
+    assert_eq!(bob.receive(&mut rng, &mut b, &alice.address, &again).unwrap(), b"a new session");
+
+    // A real reinstall (a new identity key that authenticates) still raises it.
+    let new_alice = Device::new(&mut rng, "alice", 0);
+    let mut n = SessionRecord::new();
+    n.initiate(&mut rng, &new_alice.identity, &new_alice.address, &bob.bundle()).unwrap();
+    let reinstalled = n.encrypt(&mut rng, b"new phone").unwrap();
+    let before = (b.to_bytes(), bob.prekeys.to_bytes());
+    assert_eq!(
+        bob.receive(&mut rng, &mut b, &alice.address, &reinstalled),
+        Err(SessionError::UntrustedIdentity { identity: new_alice.identity.public_key() })
+    );
+    assert_eq!((b.to_bytes(), bob.prekeys.to_bytes()), before);
+}
