@@ -331,7 +331,6 @@ impl SessionRecord {
         prekey: &PreKeyMessage,
     ) -> Result<PendingDecrypt, SessionError> {
         let header = prekey.header();
-        self.check_identity(header.identity_key)?;
         if let Some(slot) = self.slot_of_base_key(&header.base_key, header.identity_key) {
             return self.decrypt_existing(rng, prekey.message(), Some(slot));
         }
@@ -340,6 +339,11 @@ impl SessionRecord {
         }
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
         let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message(), true)?;
+        // Only now, with the first message authenticated under the identity
+        // key it offers, is that key a trust decision: anything that does not
+        // authenticate (relabelled, random identity bytes) failed above as a
+        // forgery, so a server cannot make the app drop a trusted identity.
+        self.check_identity(header.identity_key)?;
         ratchet.apply(plan);
         let state = SessionState {
             keys: Keys::Full(ratchet),
