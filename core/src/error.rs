@@ -49,6 +49,10 @@ pub enum DecodeError {
     /// the protocol (for example more skipped keys than the limit).
     #[error("invalid value in `{0}`")]
     InvalidValue(&'static str),
+    /// The bytes parse, but are not the one canonical encoding of what they
+    /// say (for a signed bundle: unknown fields, or another encoding).
+    #[error("not the canonical encoding")]
+    NonCanonical,
 }
 
 impl From<prost::DecodeError> for DecodeError {

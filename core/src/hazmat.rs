@@ -132,6 +132,29 @@ pub fn prekey_signature_input(kind: SignedKind, id: u32, public_key: &[u8]) -> V
     kdf::prekey_signature_input(label, id, public_key)
 }
 
+/// The bytes a bundle's own signature covers (PROTOCOL.md 7.1): the label,
+/// the identity key, the address, the signed prekey, the one-time prekey if
+/// any, and the ML-KEM prekey with its kind (`last_resort`).
+pub fn bundle_signature_input(
+    identity_key: &[u8; 32],
+    user_id: &str,
+    device_id: u32,
+    signed_prekey: (u32, &[u8; 32]),
+    one_time_prekey: Option<(u32, &[u8; 32])>,
+    pq_prekey: (bool, u32, &[u8]),
+) -> Vec<u8> {
+    let (last_resort, pq_id, pq_key) = pq_prekey;
+    let kind = if last_resort { PqPreKeyKind::LastResort } else { PqPreKeyKind::OneTime };
+    kdf::bundle_signature_input(&kdf::BundleFields {
+        identity_key,
+        user_id,
+        device_id,
+        signed_prekey,
+        one_time_prekey,
+        pq_prekey: (kind.transcript_byte(), pq_id, pq_key),
+    })
+}
+
 /// ML-KEM-1024 key generation from `d || z`: `(decapsulation key, encapsulation key)`.
 pub fn mlkem_keygen(d_z: &[u8; 64]) -> (Vec<u8>, Vec<u8>) {
     let pair = MlKemKeyPair::generate(&mut FixedBytes::new(d_z));

@@ -43,6 +43,57 @@ pub(crate) fn prekey_signature_input(label: &[u8], id: u32, public_key: &[u8]) -
     out
 }
 
+/// Signature label of a whole bundle (followed by [`bundle_signature_input`]'s fields).
+pub(crate) const BUNDLE_LABEL: &[u8] = b"samizdat/v1/bundle";
+
+/// What a bundle's own signature covers: everything the bundle says.
+///
+/// ```text
+/// BUNDLE_LABEL || IK (32) || u32(len(user id)) || user id || u32(device id)
+///   || u32(spk id) || SPK (32)
+///   || 0x00                               (no one-time X25519 prekey)
+///    | 0x01 || u32(opk id) || OPK (32)
+///   || kind byte (0x01 one-time, 0x02 last resort) || u32(pq id) || PQPK (1568)
+/// ```
+///
+/// Integers are big-endian. Built by this function, never by re-encoding
+/// the protobuf.
+pub(crate) struct BundleFields<'a> {
+    pub(crate) identity_key: &'a [u8; 32],
+    pub(crate) user_id: &'a str,
+    pub(crate) device_id: u32,
+    pub(crate) signed_prekey: (u32, &'a [u8; 32]),
+    pub(crate) one_time_prekey: Option<(u32, &'a [u8; 32])>,
+    pub(crate) pq_prekey: (u8, u32, &'a [u8]),
+}
+
+/// The bytes a bundle's signature covers (see [`BundleFields`]).
+pub(crate) fn bundle_signature_input(fields: &BundleFields<'_>) -> Vec<u8> {
+    let user = fields.user_id.as_bytes();
+    let (pq_kind, pq_id, pq_key) = fields.pq_prekey;
+    let mut out = Vec::with_capacity(BUNDLE_LABEL.len() + 32 + 8 + user.len() + 36 + 37 + 5 + pq_key.len());
+    out.extend_from_slice(BUNDLE_LABEL);
+    out.extend_from_slice(fields.identity_key);
+    out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(user);
+    out.extend_from_slice(&fields.device_id.to_be_bytes());
+    let (spk_id, spk) = fields.signed_prekey;
+    out.extend_from_slice(&spk_id.to_be_bytes());
+    out.extend_from_slice(spk);
+    match fields.one_time_prekey {
+        None => out.push(0x00),
+        Some((id, key)) => {
+            out.push(0x01);
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(key);
+        }
+    }
+    out.push(pq_kind);
+    out.extend_from_slice(&pq_id.to_be_bytes());
+    out.extend_from_slice(pq_key);
+    out
+}
+
 /// HKDF `info` of the store's row-sealing key (from the app's storage key).
 pub(crate) const STORE_SEAL_LABEL: &[u8] = b"samizdat/v1/store/seal";
 /// HKDF `info` of the store's address-hashing key (from the app's storage key).
@@ -234,6 +285,7 @@ mod tests {
             SIGNED_PREKEY_LABEL,
             PQ_ONE_TIME_PREKEY_LABEL,
             PQ_LAST_RESORT_PREKEY_LABEL,
+            BUNDLE_LABEL,
             PQXDH_LABEL,
             SESSION_AD_LABEL,
             crate::fingerprint::SAFETY_NUMBER_LABEL,

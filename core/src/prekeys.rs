@@ -68,6 +68,10 @@ pub enum BundleError {
     /// The ML-KEM prekey's signature does not verify.
     #[error("ML-KEM prekey signature does not verify")]
     PqPreKeySignature,
+    /// The bundle's own signature, over everything it says (the address
+    /// and the one-time prekey included), does not verify.
+    #[error("bundle signature does not verify")]
+    Signature,
 }
 
 /// Whether an ML-KEM prekey is used once or is the last-resort key.
@@ -109,6 +113,8 @@ pub struct PreKeyBundle {
     pub(crate) pq_prekey_kind: PqPreKeyKind,
     pub(crate) pq_prekey: MlKemPublicKey,
     pub(crate) pq_prekey_signature: [u8; SIGNATURE_LEN],
+    /// By the identity key, over [`kdf::bundle_signature_input`].
+    pub(crate) signature: [u8; SIGNATURE_LEN],
 }
 
 impl PreKeyBundle {
@@ -157,6 +163,7 @@ impl PreKeyBundle {
                 signature: self.pq_prekey_signature.to_vec(),
                 last_resort: self.pq_prekey_kind == PqPreKeyKind::LastResort,
             }),
+            signature: self.signature.to_vec(),
         };
         let mut out = Vec::with_capacity(1 + message.encoded_len());
         out.push(WIRE_VERSION);
@@ -167,8 +174,11 @@ impl PreKeyBundle {
 
     /// Parses and verifies a bundle completely: lengths, the identity key
     /// (not weak), the X25519 prekeys (not of small order), the ML-KEM key
-    /// (FIPS 203 encapsulation-key check), and both signatures (strict
-    /// Ed25519, over the kind's label, the id and the key).
+    /// (FIPS 203 encapsulation-key check), both prekey signatures (strict
+    /// Ed25519, over the kind's label, the id and the key), the bundle's own
+    /// signature over everything it says (address and one-time prekey
+    /// included), and that the bytes are the canonical encoding of what
+    /// they say: a bundle altered in any bit is refused.
     ///
     /// # Errors
     /// A [`BundleError`] naming the first field that failed.
@@ -206,7 +216,8 @@ impl PreKeyBundle {
             return Err(BundleError::PqPreKeySignature);
         }
 
-        Ok(Self {
+        let signature = fixed::<SIGNATURE_LEN>(&message.signature, "signature")?;
+        let bundle = Self {
             address,
             identity_key,
             signed_prekey_id: spk.id,
@@ -217,6 +228,28 @@ impl PreKeyBundle {
             pq_prekey_kind,
             pq_prekey,
             pq_prekey_signature,
+            signature,
+        };
+        if !identity_key.verify(&bundle.signature_input(), &bundle.signature) {
+            return Err(BundleError::Signature);
+        }
+        // Everything the bytes say is now signed; they must also say it in
+        // the one canonical way (no unknown fields, no other encoding).
+        if bundle.to_bytes() != bytes {
+            return Err(DecodeError::NonCanonical.into());
+        }
+        Ok(bundle)
+    }
+
+    /// The bytes the bundle's own signature covers.
+    fn signature_input(&self) -> Vec<u8> {
+        kdf::bundle_signature_input(&kdf::BundleFields {
+            identity_key: self.identity_key.as_bytes(),
+            user_id: self.address.user_id(),
+            device_id: self.address.device_id(),
+            signed_prekey: (self.signed_prekey_id, self.signed_prekey.as_bytes()),
+            one_time_prekey: self.one_time_prekey.as_ref().map(|(id, key)| (*id, key.as_bytes())),
+            pq_prekey: (self.pq_prekey_kind.transcript_byte(), self.pq_prekey_id, self.pq_prekey.as_bytes()),
         })
     }
 }
@@ -502,7 +535,7 @@ impl PreKeySet {
         let signed = self.signed.last()?;
         let pq = self.pq_one_time.values().nth(n).map(|p| (p, PqPreKeyKind::OneTime));
         let (pq, pq_kind) = pq.or_else(|| self.last_resort.last().map(|p| (p, PqPreKeyKind::LastResort)))?;
-        Some(PreKeyBundle {
+        let mut bundle = PreKeyBundle {
             address: address.clone(),
             identity_key: identity.public_key(),
             signed_prekey_id: signed.id,
@@ -513,7 +546,10 @@ impl PreKeySet {
             pq_prekey_kind: pq_kind,
             pq_prekey: pq.key.public_key().clone(),
             pq_prekey_signature: pq.signature,
-        })
+            signature: [0; SIGNATURE_LEN],
+        };
+        bundle.signature = identity.sign(&bundle.signature_input());
+        Some(bundle)
     }
 
     pub(crate) fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {

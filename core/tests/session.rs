@@ -603,9 +603,8 @@ fn untrusted_identity_only_for_a_message_that_authenticates_under_it() {
     let hello = a.encrypt(&mut rng, b"hello").unwrap();
     bob.receive(&mut rng, &mut b, &alice.address, &hello).unwrap();
     let reply = b.encrypt(&mut rng, b"hi").unwrap();
-    let mut alice_prekeys = PreKeySet::new(&mut rng, &alice.identity, 0);
-    a.decrypt_and_commit(&mut rng, &alice.identity, &alice.address, &bob.address, &mut alice_prekeys, &reply)
-        .unwrap();
+    let alice_prekeys = PreKeySet::new(&mut rng, &alice.identity, 0);
+    a.decrypt_and_commit(&mut rng, &alice.identity, &alice.address, &bob.address, &alice_prekeys, &reply).unwrap();
     let forged = || SessionError::Decrypt(DecryptError::Unauthenticated);
 
     // Mallory's own genuine first message, relabelled by the server as Alice's.
@@ -652,4 +651,62 @@ fn untrusted_identity_only_for_a_message_that_authenticates_under_it() {
         Err(SessionError::UntrustedIdentity { identity: new_alice.identity.public_key() })
     );
     assert_eq!((b.to_bytes(), bob.prekeys.to_bytes()), before);
+}
+
+/// Attack 2 of issue 12: a bundle's address and one-time prekey were outside
+/// every signature (75 of 3,652 bit flips of a bundle were accepted, and a
+/// relabelled bundle pinned the owner's key under another name). Now every
+/// bit of a bundle is covered: each single-bit flip is refused.
+#[test]
+fn every_bit_flip_of_a_bundle_is_refused() {
+    let mut rng = rng(18);
+    let bob = Device::new(&mut rng, "bob", 2);
+    for bundle in [bob.bundle().to_bytes(), {
+        // Without a one-time prekey, and with the last-resort ML-KEM key.
+        let empty = Device::new(&mut rng, "carol", 0);
+        empty.bundle().to_bytes()
+    }] {
+        assert!(PreKeyBundle::from_bytes(&bundle).is_ok());
+        let mut accepted = Vec::new();
+        for bit in 0..bundle.len() * 8 {
+            let mut flipped = bundle.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            if PreKeyBundle::from_bytes(&flipped).is_ok() {
+                accepted.push(bit);
+            }
+        }
+        assert!(accepted.is_empty(), "{} of {} flips accepted: {accepted:?}", accepted.len(), bundle.len() * 8);
+    }
+}
+
+/// A bundle relabelled with another address (or another one-time prekey) by
+/// the server is refused before anything is pinned or stored.
+#[test]
+fn a_relabelled_bundle_is_refused_before_anything_is_pinned() {
+    let mut rng = rng(19);
+    let alice = Device::new(&mut rng, "alice", 0);
+    let bob = Device::new(&mut rng, "bob", 2);
+    let genuine = bob.bundle().to_bytes();
+    let mut proto = pb::PreKeyBundle::decode(&genuine[1..]).unwrap();
+    proto.user_id = "carol".to_owned();
+    let relabelled = encode(&proto);
+    assert_eq!(PreKeyBundle::from_bytes(&relabelled).unwrap_err(), BundleError::Signature);
+    let mut proto = pb::PreKeyBundle::decode(&genuine[1..]).unwrap();
+    proto.device_id = 2;
+    assert_eq!(PreKeyBundle::from_bytes(&encode(&proto)).unwrap_err(), BundleError::Signature);
+    let mut proto = pb::PreKeyBundle::decode(&genuine[1..]).unwrap();
+    proto.one_time_prekey.as_mut().unwrap().id += 1;
+    assert_eq!(PreKeyBundle::from_bytes(&encode(&proto)).unwrap_err(), BundleError::Signature);
+    proto.one_time_prekey = None;
+    assert_eq!(PreKeyBundle::from_bytes(&encode(&proto)).unwrap_err(), BundleError::Signature);
+    // Unknown fields, or any other encoding of the same content, are refused too.
+    let mut extended = genuine.clone();
+    extended.extend_from_slice(&[0x40, 0x01]); // field 8, varint 1
+    assert_eq!(PreKeyBundle::from_bytes(&extended).unwrap_err(), BundleError::Decode(DecodeError::NonCanonical));
+    let mut record = SessionRecord::new();
+    assert!(matches!(
+        PreKeyBundle::from_bytes(&relabelled).map(|b| record.initiate(&mut rng, &alice.identity, &alice.address, &b)),
+        Err(BundleError::Signature)
+    ));
+    assert_eq!(record.trusted_identity(), None);
 }

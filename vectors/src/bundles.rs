@@ -217,6 +217,8 @@ pub(crate) struct BundleCase {
     pq_prekey_last_resort: bool,
     pq_prekey_public: String,
     pq_prekey_signature: String,
+    bundle_signature_input: String,
+    bundle_signature: String,
     encoded: String,
 }
 
@@ -230,7 +232,11 @@ impl VectorSet for Bundles {
             with ids 1 (signed prekey), 2 (last-resort key), 3 (one-time X25519 key), 4 (one-time ML-KEM key). \
             `encoded` is the bundle as a server hands it out: 0x01 then the protobuf samizdat.wire.v1.PreKeyBundle \
             (canonical: fields in order, defaults omitted). Public keys are X25519(secret, 9) and ML-KEM.KeyGen(d, z); \
-            signatures as in prekey_signatures.json. The encoded bundle must parse and verify.",
+            signatures as in prekey_signatures.json. bundle_signature_input = \"samizdat/v1/bundle\" || identity_key || \
+            u32be(len(user_id)) || user_id || u32be(device_id) || u32be(signed_prekey_id) || signed_prekey || (0x00, \
+            or 0x01 || u32be(one_time_prekey_id) || one_time_prekey) || (0x01 one-time or 0x02 last resort) || \
+            u32be(pq_prekey_id) || pq_prekey_public; bundle_signature is its Ed25519 signature by the identity. The \
+            encoded bundle must parse and verify.",
         seed: 10,
         inputs: &[
             "name",
@@ -300,6 +306,19 @@ impl VectorSet for Bundles {
             let secret = array::<32>("prekey_randomness.one_time_prekey_secret", &random.one_time_prekey_secret)?;
             agree("one_time_prekey", &opk.public_key, &hazmat::x25519_public(&secret))?;
         }
+        let one_time = match &message.one_time_prekey {
+            Some(opk) => Some((opk.id, array::<32>("one_time_prekey", &h(&opk.public_key))?)),
+            None => None,
+        };
+        let bundle_input = hazmat::bundle_signature_input(
+            &array::<32>("identity_key", &h(&message.identity_key))?,
+            &message.user_id,
+            message.device_id,
+            (spk.id, &array::<32>("signed_prekey", &h(&spk.public_key))?),
+            one_time.as_ref().map(|(id, key)| (*id, key)),
+            (pq.last_resort, pq.id, &pq.public_key),
+        );
+        agree("bundle_signature", &message.signature, &hazmat::sign(&seed, &bundle_input))?;
         Ok(BundleCase {
             name: case.name.clone(),
             identity_seed: case.identity_seed.clone(),
@@ -318,6 +337,8 @@ impl VectorSet for Bundles {
             pq_prekey_last_resort: pq.last_resort,
             pq_prekey_public: h(&pq.public_key),
             pq_prekey_signature: h(&pq.signature),
+            bundle_signature_input: h(&bundle_input),
+            bundle_signature: h(&message.signature),
             encoded: h(&encoded),
         })
     }

@@ -223,6 +223,15 @@ impl VectorSet for Wire {
                 }),
             ),
             decode("bundle_missing_pq_prekey", Bundle, &bundle_with(&|b| b.pq_prekey = None)),
+            decode("bundle_relabelled_user_id", Bundle, &bundle_with(&|b| b.user_id = "mallory".to_owned())),
+            decode("bundle_relabelled_device_id", Bundle, &bundle_with(&|b| b.device_id ^= 1)),
+            decode("bundle_one_time_prekey_removed", Bundle, &bundle_with(&|b| b.one_time_prekey = None)),
+            decode("bundle_missing_signature", Bundle, &bundle_with(&|b| b.signature.clear())),
+            decode("bundle_unknown_field", Bundle, &{
+                let mut extended = bundle.clone();
+                extended.extend_from_slice(&[0x40, 0x01]); // field 8, varint 1: not in the signed content
+                extended
+            }),
             repeat("bundle_too_large", Bundle, 4097),
         ]);
         Ok(cases)
@@ -336,6 +345,7 @@ fn bundle_error(e: &BundleError) -> Value {
         BundleError::OneTimePreKey(k) => json!({"error": "one_time_prekey", "cause": key_error(k)}),
         BundleError::PqPreKey(k) => json!({"error": "pq_prekey", "cause": key_error(k)}),
         BundleError::PqPreKeySignature => json!({"error": "pq_prekey_signature"}),
+        BundleError::Signature => json!({"error": "signature"}),
         other => json!({"error": format!("{other:?}")}),
     }
 }
