@@ -55,6 +55,13 @@ pub enum SamizdatError {
     /// The message was already decrypted and committed: drop it (and ack it).
     #[error("duplicate message")]
     Duplicate,
+    /// The sender's device went back to an older state (a restored backup, a
+    /// copied or forked app): this message reuses a counter it had already
+    /// used, so it cannot be decrypted (nothing was encrypted twice under one
+    /// key). Ack and drop it; the sender must send it again (session healing
+    /// will ask for it). It is authentic: only the peer can make one.
+    #[error("the sender's state went backwards")]
+    SenderRolledBack,
     /// The message is malformed, forged or altered, or too far ahead of the
     /// session: drop it. Opaque on purpose: which check failed is not for a
     /// forger to learn.
@@ -193,7 +200,9 @@ pub struct Device {
 /// commit, then acknowledge the message to the server.
 #[derive(uniffi::Object)]
 pub struct PendingMessage {
-    plaintext: Vec<u8>,
+    /// Wiped when the object is freed. (The copies handed to Kotlin, Swift or
+    /// Python are byte arrays of those runtimes, out of the library's reach.)
+    plaintext: Zeroizing<Vec<u8>>,
     sender: Address,
     sender_identity: Vec<u8>,
     inner: Mutex<Option<device::PendingMessage>>,
@@ -345,7 +354,7 @@ impl Device {
 impl PendingMessage {
     /// The plaintext.
     pub fn plaintext(&self) -> Vec<u8> {
-        self.plaintext.clone()
+        self.plaintext.to_vec()
     }
 
     /// The sender, as the app named it.
@@ -413,7 +422,7 @@ impl From<samizdat::address::Address> for Address {
 impl From<device::PendingMessage> for PendingMessage {
     fn from(pending: device::PendingMessage) -> Self {
         Self {
-            plaintext: pending.plaintext().to_vec(),
+            plaintext: Zeroizing::new(pending.plaintext().to_vec()),
             sender: pending.peer().into(),
             sender_identity: pending.sender_identity().as_bytes().to_vec(),
             inner: Mutex::new(Some(pending)),
@@ -472,6 +481,7 @@ impl From<SessionError> for SamizdatError {
             SessionError::Decrypt(DecryptError::Duplicate { .. }) | SessionError::DuplicatePreKeyMessage => {
                 Self::Duplicate
             }
+            SessionError::Decrypt(DecryptError::Rollback { .. }) => Self::SenderRolledBack,
             SessionError::Decrypt(_) => Self::InvalidMessage,
             SessionError::NoSession => Self::NoSession,
             SessionError::UntrustedIdentity { identity } => {
