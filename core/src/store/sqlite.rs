@@ -1,8 +1,35 @@
 //! The SQLite backend (rusqlite with its bundled SQLite).
 //!
 //! - WAL journal and `synchronous=FULL`: a committed batch survives a crash
-//!   or a power loss.
+//!   or a power loss. (`synchronous=NORMAL` would be cheaper, but a power
+//!   loss could then roll back the latest commits, and a ratchet rolled back
+//!   re-encrypts under keys it already used.)
 //! - A busy timeout of 5 s for readers inside this process.
+//! - Forward secrecy at rest: a rewritten row must not leave its previous
+//!   sealed value in any file, or the storage key of a seized phone opens the
+//!   keys the protocol deleted. Every write re-seals a whole row, so SQLite
+//!   would keep the old value in two places: the WAL (until a checkpoint
+//!   copies it back and the log restarts, and past that in the log's tail)
+//!   and the freed page or cell in the database file. Measured
+//!   (TOOLCHAIN.md 8: 2,000 rewrites, every 32-byte window of every
+//!   superseded value searched for), the cheapest setting that leaves none,
+//!   with the connection open or closed, is
+//!   - `secure_delete=ON`: freed cells and pages are overwritten with zeros;
+//!   - `wal_autocheckpoint=1`: every commit checkpoints its frames into the
+//!     database at once (a passive checkpoint, which never waits for or
+//!     blocks another writer), so the next write restarts the log;
+//!   - `journal_size_limit=0`: a restarted log is truncated, so no old frame
+//!     survives in its tail.
+//!
+//!   It costs about 2.9x a bare write (a truncating checkpoint after every
+//!   transaction costs 4.4x and can starve a second writer; a rollback
+//!   journal 5-6x). On open a truncating checkpoint empties a log that a
+//!   crash left behind (with a short busy timeout: if another handle is
+//!   reading, the log is left to that handle's checkpoints).
+//!   What no setting reaches: blocks that the file system freed, flash
+//!   wear-levelling and file-system snapshots keep whatever was written. The
+//!   robust answer there is to seal under a storage key that rotates, the old
+//!   one destroyed in the platform keystore (PROTOCOL.md 16.6).
 //! - One process at a time: an exclusive lock on `<path>-lock` is taken on
 //!   open and held until the backend is dropped (the OS releases it if the
 //!   process dies). A second opener gets [`StoreError::Locked`] at once.
@@ -22,6 +49,9 @@ use super::{Backend, Row, StoreError, Table, Write};
 
 /// The schema version this release writes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// How long a call waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: [&str; 1] = ["
@@ -63,10 +93,14 @@ impl SqliteBackend {
             Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Io(e)),
         }
         let mut connection = Connection::open(&path)?;
-        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "secure_delete", "ON")?;
+        connection.pragma_update(None, "wal_autocheckpoint", 1)?;
+        connection.pragma_update(None, "journal_size_limit", 0)?;
         migrate(&mut connection)?;
+        truncate_wal(&connection)?;
         Ok(Self { connection: Mutex::new(connection), path, _lock: lock })
     }
 
@@ -79,6 +113,26 @@ impl SqliteBackend {
         // SQLite rolls back an unfinished transaction itself, so a poisoned
         // lock leaves a consistent database.
         self.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How long the checkpoint on open waits for another handle's readers.
+const OPEN_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Copies the whole WAL into the database and truncates it to zero bytes;
+/// returns whether it did (`false`: another connection is reading, and the
+/// log stays for the checkpoints of later commits).
+fn truncate_wal(connection: &Connection) -> Result<bool, StoreError> {
+    connection.busy_timeout(OPEN_CHECKPOINT_TIMEOUT)?;
+    // (busy, frames in the log, frames checkpointed). Blocked by a reader,
+    // SQLite reports busy = 1 in the row, not as an error.
+    let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    match result {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -134,6 +188,36 @@ impl Backend for SqliteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wal_len(path: &Path) -> u64 {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn the_checkpoint_on_open_reports_a_reader_and_truncates_without_one() {
+        let dir = std::env::temp_dir().join(format!("samizdat-sqlite-wal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        let db = SqliteBackend::open(&path).unwrap();
+        let put = |value: &[u8]| Write { table: Table::Sessions, key: b"a".to_vec(), value: Some(value.to_vec()) };
+        db.apply(&[put(b"1")]).unwrap();
+        // Another connection in a read transaction: the log cannot be emptied.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        db.apply(&[put(b"2")]).unwrap();
+        assert!(!truncate_wal(&db.connection()).unwrap(), "a reader holds the log");
+        assert!(wal_len(&path) > 0);
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(truncate_wal(&db.connection()).unwrap());
+        assert_eq!(wal_len(&path), 0, "the log is truncated");
+        assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"2".to_vec()));
+        drop((db, reader));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn batches_are_atomic_durable_and_locked() {
