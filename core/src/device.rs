@@ -19,6 +19,15 @@
 //! A `Device` is `Send + Sync`: calls for different peers run in parallel
 //! (each peer has its own lock; the database serializes only the writes).
 //!
+//! Several handles may share one store (two `Device`s over one database, in
+//! one process or several, or over one `Arc<MemoryBackend>`). Every write is
+//! conditional on its rows still holding the sealed bytes the call read
+//! ([`Expected`]): when another handle wrote first, a call that has handed
+//! nothing out reads again and recomputes (at most [`MAX_WRITE_ATTEMPTS`]
+//! times), and a commit of a decryption made on the old row is refused as
+//! stale. No two encryptions ever build on the same state, so no message key
+//! is used twice.
+//!
 //! # Example
 //!
 //! ```
@@ -54,9 +63,10 @@ use crate::{
     address::Address,
     fingerprint::SafetyNumber,
     keys::{IdentityKey, IdentityKeyPair, fixed},
+    limits::MAX_WRITE_ATTEMPTS,
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeyError, PreKeySet},
     session::{PendingDecrypt, SessionRecord},
-    store::{Backend, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
     wire::MessageKind,
 };
 
@@ -88,9 +98,10 @@ pub enum DeviceError {
 pub struct PendingMessage {
     peer: Address,
     pending: PendingDecrypt,
-    /// The session row as read (sealed), and the record parsed from it: if
-    /// the row is unchanged at commit, the record is not read and parsed
-    /// again.
+    /// The session row as read (sealed; `None`: absent), and the record
+    /// parsed from it. The commit requires the row to hold exactly these
+    /// bytes still, and then applies the decryption to this record (it is
+    /// not read and parsed again).
     loaded: Option<Vec<u8>>,
     record: SessionRecord,
 }
@@ -122,14 +133,18 @@ impl fmt::Debug for PendingMessage {
 /// none), and the record as changed.
 type LoadedRecord = (Address, Option<Vec<u8>>, SessionRecord);
 
+/// The prekey row as loaded (sealed), and the set it holds.
+type LoadedPreKeys = (Vec<u8>, PreKeySet);
+
 /// The result of [`Device::decrypt_batch`]: one result per message, in
 /// order, and the changes to commit with [`Device::commit_batch`].
 pub struct PendingBatch {
     results: Vec<Result<Vec<u8>, SessionError>>,
     /// Row key -> (peer, the row as loaded (sealed), the record after the batch).
     records: BTreeMap<Vec<u8>, LoadedRecord>,
-    /// The prekey set as loaded and after the batch, if a message consumed prekeys.
-    prekeys: Option<(Zeroizing<Vec<u8>>, PreKeySet)>,
+    /// The prekey row as loaded (sealed) and the set after the batch, if a
+    /// message consumed prekeys.
+    prekeys: Option<LoadedPreKeys>,
 }
 
 impl PendingBatch {
@@ -174,6 +189,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Runs `attempt` (read, compute, conditional write) again while its write
+/// is refused because another handle wrote the rows it read, at most
+/// [`MAX_WRITE_ATTEMPTS`] times in all. Only for calls whose result has not
+/// been handed out: a refused attempt wrote nothing and its result is dropped.
+fn retry_on_conflict<T>(mut attempt: impl FnMut() -> Result<T, DeviceError>) -> Result<T, DeviceError> {
+    let mut attempts = 1;
+    loop {
+        match attempt() {
+            Err(DeviceError::Store(StoreError::Conflict { .. })) if attempts < MAX_WRITE_ATTEMPTS => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
 impl Device<SqliteBackend> {
     /// Creates a new device in a new SQLite database at `path`.
     ///
@@ -209,11 +238,16 @@ impl Device<SqliteBackend> {
         now: u64,
     ) -> Result<Self, DeviceError> {
         let backend = SqliteBackend::open(path)?;
-        if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_some() {
-            Self::open_in(backend, storage_key)
-        } else {
-            Self::create_in(backend, storage_key, address, now)
+        if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
+            let sealer = Sealer::new(storage_key);
+            match retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now)) {
+                Ok(identity) => return Ok(Self::assemble(backend, sealer, identity, address)),
+                // Another handle created it meanwhile: open that one.
+                Err(DeviceError::Store(StoreError::AlreadyExists)) => {}
+                Err(e) => return Err(e),
+            }
         }
+        Self::open_in(backend, storage_key)
     }
 }
 
@@ -222,13 +256,21 @@ impl<B: Backend> Device<B> {
     /// last-resort ML-KEM prekey) in an empty backend, in one transaction.
     ///
     /// # Errors
-    /// [`StoreError::AlreadyExists`] if the backend already holds a device.
+    /// [`StoreError::AlreadyExists`] if the backend already holds a device
+    /// (also when another handle created one meanwhile).
     pub fn create_in(backend: B, storage_key: &[u8; 32], address: Address, now: u64) -> Result<Self, DeviceError> {
+        let sealer = Sealer::new(storage_key);
+        let identity = retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now))?;
+        Ok(Self::assemble(backend, sealer, identity, address))
+    }
+
+    /// Writes a new device's rows into a backend that has none (each write
+    /// conditional on its row being absent) and returns its identity.
+    fn create_rows(backend: &B, sealer: &Sealer, address: &Address, now: u64) -> Result<IdentityKeyPair, DeviceError> {
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_some() {
             return Err(StoreError::AlreadyExists.into());
         }
         let mut rng = crate::os_rng();
-        let sealer = Sealer::new(storage_key);
         let identity = IdentityKeyPair::generate(&mut rng);
         let prekeys = PreKeySet::new(&mut rng, &identity, now);
         let row = Zeroizing::new(storage::IdentityRow {
@@ -241,11 +283,11 @@ impl<B: Backend> Device<B> {
             table: Table::Identity,
             key: SINGLE_ROW.to_vec(),
             value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encode(&*row))),
+            expected: Expected::Absent,
         };
-        let device = Self::assemble(backend, sealer, identity, address);
-        let prekeys_write = device.prekeys_write(&prekeys);
-        device.backend.apply(&[device.sealer.key_check(&mut rng), identity_write, prekeys_write])?;
-        Ok(device)
+        let prekeys_write = prekeys_write(sealer, &prekeys, Expected::Absent);
+        backend.apply(&[sealer.key_check(&mut rng), identity_write, prekeys_write])?;
+        Ok(identity)
     }
 
     /// Opens the device in `backend`.
@@ -290,17 +332,13 @@ impl<B: Backend> Device<B> {
 
     // ---- prekeys ----
 
-    fn load_prekeys(&self) -> Result<(Zeroizing<Vec<u8>>, PreKeySet), StoreError> {
+    /// The prekey row as read (sealed) and the set it holds.
+    fn load_prekeys(&self) -> Result<LoadedPreKeys, StoreError> {
         let sealed =
             self.backend.get(Table::PreKeys, SINGLE_ROW)?.ok_or(StoreError::Corrupt { table: Table::PreKeys })?;
         let bytes = self.sealer.open(Table::PreKeys, SINGLE_ROW, &sealed)?;
         let set = PreKeySet::from_bytes(&bytes).map_err(|_| StoreError::Corrupt { table: Table::PreKeys })?;
-        Ok((bytes, set))
-    }
-
-    fn prekeys_write(&self, prekeys: &PreKeySet) -> Write {
-        let value = self.sealer.seal(&mut crate::os_rng(), Table::PreKeys, SINGLE_ROW, &prekeys.to_bytes());
-        Write { table: Table::PreKeys, key: SINGLE_ROW.to_vec(), value: Some(value) }
+        Ok((sealed, set))
     }
 
     /// A bundle to upload: the current signed prekey, the lowest one-time
@@ -345,17 +383,19 @@ impl<B: Backend> Device<B> {
     /// [`MAX_ONE_TIME_PREKEYS`](crate::limits::MAX_ONE_TIME_PREKEYS); a store error.
     pub fn refill_prekeys(&self, threshold: usize, target: usize, now: u64) -> Result<usize, DeviceError> {
         let _guard = lock(&self.prekey_lock);
-        let (_, mut prekeys) = self.load_prekeys()?;
-        let (classic, pq) = prekeys.one_time_counts();
-        if classic.min(pq) >= threshold {
-            return Ok(0);
-        }
-        let (added_classic, added_pq) =
-            prekeys.top_up_one_time_prekeys(&mut crate::os_rng(), &self.identity, target, now)?;
-        if added_classic + added_pq > 0 {
-            self.backend.apply(&[self.prekeys_write(&prekeys)])?;
-        }
-        Ok(added_classic + added_pq)
+        retry_on_conflict(|| {
+            let (loaded, mut prekeys) = self.load_prekeys()?;
+            let (classic, pq) = prekeys.one_time_counts();
+            if classic.min(pq) >= threshold {
+                return Ok(0);
+            }
+            let (added_classic, added_pq) =
+                prekeys.top_up_one_time_prekeys(&mut crate::os_rng(), &self.identity, target, now)?;
+            if added_classic + added_pq > 0 {
+                self.backend.apply(&[prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded))])?;
+            }
+            Ok(added_classic + added_pq)
+        })
     }
 
     /// Rotates the signed prekey and the last-resort ML-KEM prekey if they
@@ -366,21 +406,23 @@ impl<B: Backend> Device<B> {
     /// A store error.
     pub fn rotate_prekeys(&self, now: u64, max_age: u64) -> Result<Rotated, DeviceError> {
         let _guard = lock(&self.prekey_lock);
-        let (_, mut prekeys) = self.load_prekeys()?;
-        let (signed_at, last_resort_at) = prekeys.current_created_at();
-        let due = |at: Option<u64>| at.is_none_or(|at| now.saturating_sub(at) >= max_age);
-        let mut rng = crate::os_rng();
-        let rotated = Rotated { signed_prekey: due(signed_at), last_resort_prekey: due(last_resort_at) };
-        if rotated.signed_prekey {
-            prekeys.rotate_signed_prekey(&mut rng, &self.identity, now)?;
-        }
-        if rotated.last_resort_prekey {
-            prekeys.rotate_last_resort_prekey(&mut rng, &self.identity, now)?;
-        }
-        if rotated.signed_prekey || rotated.last_resort_prekey {
-            self.backend.apply(&[self.prekeys_write(&prekeys)])?;
-        }
-        Ok(rotated)
+        retry_on_conflict(|| {
+            let (loaded, mut prekeys) = self.load_prekeys()?;
+            let (signed_at, last_resort_at) = prekeys.current_created_at();
+            let due = |at: Option<u64>| at.is_none_or(|at| now.saturating_sub(at) >= max_age);
+            let mut rng = crate::os_rng();
+            let rotated = Rotated { signed_prekey: due(signed_at), last_resort_prekey: due(last_resort_at) };
+            if rotated.signed_prekey {
+                prekeys.rotate_signed_prekey(&mut rng, &self.identity, now)?;
+            }
+            if rotated.last_resort_prekey {
+                prekeys.rotate_last_resort_prekey(&mut rng, &self.identity, now)?;
+            }
+            if rotated.signed_prekey || rotated.last_resort_prekey {
+                self.backend.apply(&[prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded))])?;
+            }
+            Ok(rotated)
+        })
     }
 
     // ---- sessions ----
@@ -406,7 +448,9 @@ impl<B: Backend> Device<B> {
         Ok((Some(sealed), record))
     }
 
-    fn record_write(&self, row: &[u8], peer: &Address, record: &SessionRecord) -> Write {
+    /// The write of a session row, conditional on the row holding `loaded`
+    /// (the sealed bytes the call read; `None`: it must be absent).
+    fn record_write(&self, row: &[u8], peer: &Address, record: &SessionRecord, loaded: Option<Vec<u8>>) -> Write {
         let bytes = Zeroizing::new(encode(&storage::SessionRow {
             version: ROW_VERSION,
             user_id: peer.user_id().to_owned(),
@@ -414,7 +458,7 @@ impl<B: Backend> Device<B> {
             record: record.to_bytes().to_vec(),
         }));
         let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, row, &bytes);
-        Write { table: Table::Sessions, key: row.to_vec(), value: Some(value) }
+        Write { table: Table::Sessions, key: row.to_vec(), value: Some(value), expected: Expected::read(loaded) }
     }
 
     /// Starts a session from a peer's bundle (as its server sent it: it is
@@ -431,9 +475,12 @@ impl<B: Backend> Device<B> {
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
-        let (_, mut record) = self.load_record(&row)?;
-        record.initiate(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
-        self.backend.apply(&[self.record_write(&row, &peer, &record)])?;
+        retry_on_conflict(|| {
+            let (loaded, mut record) = self.load_record(&row)?;
+            record.initiate(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
+            self.backend.apply(&[self.record_write(&row, &peer, &record, loaded)])?;
+            Ok(())
+        })?;
         Ok(peer)
     }
 
@@ -472,10 +519,12 @@ impl<B: Backend> Device<B> {
         let row = self.sealer.address_key(peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
-        let (_, mut record) = self.load_record(&row)?;
-        record.trust_identity(identity);
-        self.backend.apply(&[self.record_write(&row, peer, &record)])?;
-        Ok(())
+        retry_on_conflict(|| {
+            let (loaded, mut record) = self.load_record(&row)?;
+            record.trust_identity(identity);
+            self.backend.apply(&[self.record_write(&row, peer, &record, loaded)])?;
+            Ok(())
+        })
     }
 
     /// Encrypts `plaintext` for `peer`. The advanced session is committed
@@ -483,15 +532,20 @@ impl<B: Backend> Device<B> {
     /// was written and nothing may be sent.
     ///
     /// # Errors
-    /// [`SessionError::NoSession`], [`SessionError::Encrypt`], a store error.
+    /// [`SessionError::NoSession`], [`SessionError::Encrypt`], a store error
+    /// ([`StoreError::Conflict`] if other handles kept writing the session
+    /// for [`MAX_WRITE_ATTEMPTS`] attempts).
     pub fn encrypt(&self, peer: &Address, plaintext: &[u8]) -> Result<Vec<u8>, DeviceError> {
         let row = self.sealer.address_key(peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
-        let (_, mut record) = self.load_record(&row)?;
-        let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
-        self.backend.apply(&[self.record_write(&row, peer, &record)])?;
-        Ok(ciphertext)
+        retry_on_conflict(|| {
+            let (loaded, mut record) = self.load_record(&row)?;
+            let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
+            // A ciphertext whose write is refused is dropped, never returned.
+            self.backend.apply(&[self.record_write(&row, peer, &record, loaded)])?;
+            Ok(ciphertext)
+        })
     }
 
     /// Decrypts a message from `peer` (the sender as the app's transport
@@ -518,33 +572,42 @@ impl<B: Backend> Device<B> {
     /// Commits a decryption: the session advances and the prekeys it used
     /// are deleted, in one transaction. Call it after the plaintext is stored.
     ///
+    /// The session row must still hold the sealed bytes the decryption read
+    /// (any rewrite since, through any handle, makes the pending stale), and
+    /// the write is conditional on it. The prekey write is conditional on the
+    /// prekey row as this call read it; when another handle changed the
+    /// prekeys meanwhile, they are read and checked again.
+    ///
     /// # Errors
     /// [`SessionError::StalePending`] if the session changed since the
     /// decryption (decrypt again: the message was not consumed);
     /// [`SessionError::UnknownPreKey`] if another session consumed the same
     /// one-time prekey first; a store error (nothing written).
     pub fn commit(&self, message: PendingMessage) -> Result<(), DeviceError> {
-        let PendingMessage { peer, pending, loaded, record } = message;
+        let PendingMessage { peer, pending, loaded, mut record } = message;
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
-        // The record the decryption saw, if the row still holds it; else the
-        // row as it is now, against which the pending is checked (it is stale
-        // if the session changed).
-        let mut record =
-            if self.backend.get(Table::Sessions, &row)? == loaded { record } else { self.load_record(&row)?.1 };
+        // Checked first, so that a stale pending is reported as such rather
+        // than by what the prekey checks make of it.
+        if self.backend.get(Table::Sessions, &row)? != loaded {
+            return Err(SessionError::StalePending.into());
+        }
         let consumed = pending.consumed_prekeys();
         record.commit(pending)?;
-        let mut writes = vec![self.record_write(&row, &peer, &record)];
-        let _prekey_guard;
-        if !consumed.is_empty() {
-            _prekey_guard = lock(&self.prekey_lock);
-            let (_, mut prekeys) = self.load_prekeys()?;
-            consume_checked(&mut prekeys, &consumed)?;
-            writes.push(self.prekeys_write(&prekeys));
+        let session_write = self.record_write(&row, &peer, &record, loaded);
+        if consumed.is_empty() {
+            return self.backend.apply(&[session_write]).map_err(|e| stale_on_session_conflict(e.into()));
         }
-        self.backend.apply(&writes)?;
-        Ok(())
+        let _prekey_guard = lock(&self.prekey_lock);
+        retry_on_conflict(|| {
+            let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
+            consume_checked(&mut prekeys, &consumed)?;
+            let prekeys_write = prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded_prekeys));
+            // A conflict on the session row is final (stale); one on the
+            // prekey row alone is retried with the prekeys read again.
+            self.backend.apply(&[session_write.clone(), prekeys_write]).map_err(|e| stale_on_session_conflict(e.into()))
+        })
     }
 
     /// Decrypts many queued messages (a device coming back online) and
@@ -585,35 +648,29 @@ impl<B: Backend> Device<B> {
     }
 
     /// Commits a batch in one transaction, after the app stored the
-    /// plaintexts.
+    /// plaintexts. Every write is conditional on its row still holding the
+    /// sealed bytes [`Self::decrypt_batch`] read.
     ///
     /// # Errors
-    /// [`SessionError::StalePending`] if a session row was rewritten (even with
-    /// the same record) or the prekeys changed since [`Self::decrypt_batch`]
-    /// (nothing is written: decrypt the batch again); a store error (nothing
-    /// written).
+    /// [`SessionError::StalePending`] if a session row or the prekey row was
+    /// rewritten since [`Self::decrypt_batch`] (even with the same content;
+    /// through any handle): nothing is written, decrypt the batch again; a
+    /// store error (nothing written).
     pub fn commit_batch(&self, batch: PendingBatch) -> Result<(), DeviceError> {
         let locks: Vec<_> = batch.records.keys().map(|row| self.peer_lock(row)).collect();
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);
         let mut writes = Vec::with_capacity(batch.records.len() + 1);
         for (row, (peer, loaded, record)) in &batch.records {
-            // Any rewrite of the row since the batch was decrypted (even of
-            // the same record) makes the batch stale.
-            if self.backend.get(Table::Sessions, row)? != *loaded {
-                return Err(SessionError::StalePending.into());
-            }
-            writes.push(self.record_write(row, peer, record));
+            writes.push(self.record_write(row, peer, record, loaded.clone()));
         }
         if let Some((loaded, prekeys)) = &batch.prekeys {
-            let (current, _) = self.load_prekeys()?;
-            if *current != **loaded {
-                return Err(SessionError::StalePending.into());
-            }
-            writes.push(self.prekeys_write(prekeys));
+            writes.push(prekeys_write(&self.sealer, prekeys, Expected::Value(loaded.clone())));
         }
-        self.backend.apply(&writes)?;
-        Ok(())
+        match self.backend.apply(&writes) {
+            Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
+            result => Ok(result?),
+        }
     }
 }
 
@@ -646,6 +703,21 @@ fn consume_checked(prekeys: &mut PreKeySet, consumed: &ConsumedPreKeys) -> Resul
     }
     prekeys.consume(consumed);
     Ok(())
+}
+
+/// A commit's session write refused because the row changed: the pending
+/// decryption is stale.
+fn stale_on_session_conflict(error: DeviceError) -> DeviceError {
+    match error {
+        DeviceError::Store(StoreError::Conflict { table: Table::Sessions }) => SessionError::StalePending.into(),
+        error => error,
+    }
+}
+
+/// The write of the prekey row, conditional on `expected`.
+fn prekeys_write(sealer: &Sealer, prekeys: &PreKeySet, expected: Expected) -> Write {
+    let value = sealer.seal(&mut crate::os_rng(), Table::PreKeys, SINGLE_ROW, &prekeys.to_bytes());
+    Write { table: Table::PreKeys, key: SINGLE_ROW.to_vec(), value: Some(value), expected }
 }
 
 fn encode<M: prost::Message>(message: &M) -> Vec<u8> {

@@ -40,7 +40,7 @@ use samizdat::{
     address::Address,
     device::{Device, DeviceError},
     rand_core::Rng,
-    store::{Backend, MemoryBackend, StoreError, Table, Write},
+    store::{Backend, Expected, MemoryBackend, StoreError, Table, Write},
     wire::Message,
 };
 
@@ -692,6 +692,7 @@ fn the_keystream_check_sees_a_reused_key() {
                 table,
                 key,
                 value: Some(value),
+                expected: Expected::Absent,
             })
         })
         .collect();

@@ -45,7 +45,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, Row, StoreError, Table, Write};
+use super::{Backend, Expected, Row, StoreError, Table, Write};
 
 /// The schema version this release writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -167,7 +167,21 @@ impl Backend for SqliteBackend {
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut connection = self.connection();
+        // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
+        // read here cannot change before the commit, whoever else writes.
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for write in writes {
+            if write.expected == Expected::Any {
+                continue;
+            }
+            let sql = format!("SELECT value FROM {} WHERE key = ?1", write.table.name());
+            let current: Option<Vec<u8>> =
+                tx.prepare_cached(&sql)?.query_row(params![write.key], |row| row.get(0)).optional()?;
+            if !write.expected.holds(current.as_deref()) {
+                // Dropping the transaction rolls it back: nothing was written.
+                return Err(StoreError::Conflict { table: write.table });
+            }
+        }
         for write in writes {
             match &write.value {
                 Some(value) => {
@@ -202,7 +216,12 @@ mod tests {
         let path = dir.join("t.db");
         let _ = std::fs::remove_file(&path);
         let db = SqliteBackend::open(&path).unwrap();
-        let put = |value: &[u8]| Write { table: Table::Sessions, key: b"a".to_vec(), value: Some(value.to_vec()) };
+        let put = |value: &[u8]| Write {
+            table: Table::Sessions,
+            key: b"a".to_vec(),
+            value: Some(value.to_vec()),
+            expected: Expected::Any,
+        };
         db.apply(&[put(b"1")]).unwrap();
         // Another connection in a read transaction: the log cannot be emptied.
         let reader = Connection::open(&path).unwrap();
@@ -229,16 +248,31 @@ mod tests {
             let db = SqliteBackend::open(&path).unwrap();
             assert!(matches!(SqliteBackend::open(&path), Err(StoreError::Locked)));
             db.apply(&[
-                Write { table: Table::Sessions, key: b"a".to_vec(), value: Some(b"1".to_vec()) },
-                Write { table: Table::Sessions, key: b"b".to_vec(), value: Some(b"2".to_vec()) },
+                Write {
+                    table: Table::Sessions,
+                    key: b"a".to_vec(),
+                    value: Some(b"1".to_vec()),
+                    expected: Expected::Absent,
+                },
+                Write {
+                    table: Table::Sessions,
+                    key: b"b".to_vec(),
+                    value: Some(b"2".to_vec()),
+                    expected: Expected::Any,
+                },
             ])
             .unwrap();
             // A batch with a bad write applies nothing: a NOT NULL violation
             // cannot be expressed through `Write`, so drop the table under it.
             db.connection().execute_batch("ALTER TABLE prekeys RENAME TO gone").unwrap();
             let result = db.apply(&[
-                Write { table: Table::Sessions, key: b"a".to_vec(), value: None },
-                Write { table: Table::PreKeys, key: b"p".to_vec(), value: Some(b"x".to_vec()) },
+                Write { table: Table::Sessions, key: b"a".to_vec(), value: None, expected: Expected::Any },
+                Write {
+                    table: Table::PreKeys,
+                    key: b"p".to_vec(),
+                    value: Some(b"x".to_vec()),
+                    expected: Expected::Any,
+                },
             ]);
             assert!(matches!(result, Err(StoreError::Sqlite(_))));
             assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"1".to_vec()));
