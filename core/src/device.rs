@@ -207,8 +207,8 @@ impl Device<SqliteBackend> {
     /// Creates a new device in a new SQLite database at `path`.
     ///
     /// # Errors
-    /// [`StoreError::AlreadyExists`] if the database already holds a device,
-    /// [`StoreError::Locked`] if another process has it open.
+    /// [`StoreError::AlreadyExists`] if the database already holds a device;
+    /// as [`SqliteBackend::open`].
     pub fn create(
         path: impl AsRef<Path>,
         storage_key: &[u8; 32],
@@ -222,7 +222,8 @@ impl Device<SqliteBackend> {
     ///
     /// # Errors
     /// [`StoreError::NotFound`] if it holds no device, [`StoreError::WrongKey`]
-    /// for the wrong storage key (nothing is changed), [`StoreError::Locked`].
+    /// for the wrong storage key (nothing is changed); as
+    /// [`SqliteBackend::open`].
     pub fn open(path: impl AsRef<Path>, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
         Self::open_in(SqliteBackend::open(path)?, storage_key)
     }

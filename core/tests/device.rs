@@ -111,8 +111,11 @@ fn wrong_storage_key_is_refused_and_changes_nothing() {
     ));
     let device = Device::open(&path, &[1; 32]).unwrap();
     assert_eq!(device.address(), &addr("me"));
-    assert!(matches!(Device::open(&path, &[1; 32]), Err(DeviceError::Store(StoreError::Locked))));
-    drop(device);
+    // A second handle on the same store is fine (its writes are conditional).
+    let second = Device::open(&path, &[1; 32]).unwrap();
+    assert_eq!(second.identity_key(), device.identity_key());
+    assert!(matches!(Device::open(&path, &[2; 32]), Err(DeviceError::Store(StoreError::WrongKey))));
+    drop((device, second));
     assert!(matches!(Device::open(dir.join("empty.db"), &[1; 32]), Err(DeviceError::Store(StoreError::NotFound))));
     std::fs::remove_dir_all(&dir).unwrap();
 }

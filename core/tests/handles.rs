@@ -1,8 +1,9 @@
 //! Several handles on one store never reuse a message key (PROTOCOL.md 14.9,
-//! 14.11): two `Device`s over one database (through a symbolic link) and
-//! over one shared `MemoryBackend`, hammered from threads that encrypt to
-//! the same peer and commit decryptions; and each write point raced by
-//! another handle between its read and its write, deterministically.
+//! 14.11): two `Device`s over one database (by one path, or through a
+//! symbolic link) and over one shared `MemoryBackend`, hammered from threads
+//! that encrypt to the same peer and commit decryptions; each write point
+//! raced by another handle between its read and its write, deterministically;
+//! and a second name of the database file (a hard link) refused.
 //!
 //! Key reuse is checked on the ciphertexts themselves: a body is
 //! `ChaCha20-Poly1305(padded plaintext)`, so `body XOR padded(plaintext)` is
@@ -193,6 +194,49 @@ fn two_handles_through_a_symbolic_link() {
     std::os::unix::fs::symlink(&path, &link).unwrap();
     let first = Device::create(&path, &KEY, addr("alice"), 0).unwrap();
     let second = Device::open(&link, &KEY).unwrap();
+    hammer(&first, &second);
+    drop((first, second));
+    integrity_ok(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_handles_on_one_path() {
+    let dir = temp_dir("same-path");
+    let path = dir.join("alice.db");
+    let first = Device::create(&path, &KEY, addr("alice"), 0).unwrap();
+    let second = Device::open(&path, &KEY).unwrap();
+    hammer(&first, &second);
+    drop((first, second));
+    integrity_ok(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A hard link gives the file a second name, and SQLite would give that name
+/// its own WAL and index: a handle through either name is refused, and so are
+/// the open handle's writes while the link exists. Nothing is lost, and once
+/// the link is gone two handles go on.
+#[test]
+fn a_second_name_by_hard_link_is_refused() {
+    let dir = temp_dir("hardlink");
+    let path = dir.join("alice.db");
+    let link = dir.join("link.db");
+    let first = Device::create(&path, &KEY, addr("alice"), 0).unwrap();
+    let carol = Device::create_in(MemoryBackend::new(), &[0xc0; 32], addr("carol"), 0).unwrap();
+    first.start_session(&carol.prekey_bundle().unwrap()).unwrap();
+    let before = first.encrypt(carol.address(), b"before the link").unwrap();
+
+    std::fs::hard_link(&path, &link).unwrap();
+    for name in [&link, &path] {
+        let result = Device::open(name, &KEY);
+        assert!(matches!(result, Err(DeviceError::Store(StoreError::MovedOrLinked))), "{result:?}");
+    }
+    let result = first.encrypt(carol.address(), b"while linked");
+    assert!(matches!(result, Err(DeviceError::Store(StoreError::MovedOrLinked))), "{result:?}");
+    std::fs::remove_file(&link).unwrap();
+
+    assert_eq!(carol.decrypt(first.address(), &before).unwrap().plaintext(), b"before the link");
+    let second = Device::open(&path, &KEY).unwrap();
     hammer(&first, &second);
     drop((first, second));
     integrity_ok(&path);

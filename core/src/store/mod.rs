@@ -18,9 +18,9 @@
 //! see table names, hashed keys and sealed bytes, nothing else.
 //!
 //! Backends: [`MemoryBackend`] (tests, ephemeral devices) and
-//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, a busy timeout,
-//! a versioned schema, and an exclusive lock so a second process gets
-//! [`StoreError::Locked`] instead of a corrupted database).
+//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, settings that
+//! leave no superseded row in the files, a busy timeout, a versioned schema;
+//! any number of handles and processes, through SQLite's own locks).
 
 mod memory;
 mod sqlite;
@@ -146,8 +146,10 @@ pub enum StoreError {
     /// The storage key does not open this store.
     #[error("wrong storage key")]
     WrongKey,
-    /// Another process (or another handle in this one) has the store open.
-    #[error("the store is in use by another process")]
+    /// Another connection (another handle or process, or a tool) held the
+    /// database's lock for longer than the busy timeout (5 s). Nothing was
+    /// written; try again.
+    #[error("the store stayed locked by another connection")]
     Locked,
     /// No device exists in this store yet (open it with a create call).
     #[error("no device in this store")]
@@ -172,7 +174,14 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// A file could not be opened or locked.
+    /// The database file has more than one name (a hard link), or its path
+    /// no longer names the file this handle opened (renamed, replaced or
+    /// deleted since). SQLite finds the WAL and its index by the path, so two
+    /// names of one file would not see each other's writes: refused, nothing
+    /// written. Remove the extra link, or open the store by its new path.
+    #[error("the database file has another name, or was moved")]
+    MovedOrLinked,
+    /// The file system failed (finding the database file's identity).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     /// A write point failed on purpose (tests of failure injection).

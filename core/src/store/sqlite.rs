@@ -4,7 +4,26 @@
 //!   or a power loss. (`synchronous=NORMAL` would be cheaper, but a power
 //!   loss could then roll back the latest commits, and a ratchet rolled back
 //!   re-encrypts under keys it already used.)
-//! - A busy timeout of 5 s for readers inside this process.
+//! - Any number of handles, in this process or others, may have the store
+//!   open. SQLite's own locks serialize them: every batch is one
+//!   `BEGIN IMMEDIATE` transaction, which takes the database's write lock
+//!   before it reads the rows its preconditions name ([`Backend::apply`]),
+//!   and a call waits up to 5 s (the busy timeout) for another connection's
+//!   lock, then fails with [`StoreError::Locked`]. These locks are taken on
+//!   the database file and on its `-shm` index; SQLite resolves symbolic
+//!   links first, so every path that reaches the file through links of that
+//!   kind shares them.
+//! - One name per file. SQLite finds the WAL and the `-shm` index by the
+//!   database's path: two names of one file (a hard link, or the file
+//!   renamed while a handle has it open) would each get their own log and
+//!   index, so a write through one name is invisible to, or lost under, a
+//!   write through the other, and the preconditions compare against the
+//!   wrong rows (measured: two processes through a hard link lost 500 of
+//!   1,000 increments; in one process SQLite failed with `SQLITE_IOERR`).
+//!   So a file with more than one link is refused on open, and every write
+//!   transaction first checks that the path (symbolic links resolved) still
+//!   names the file this handle opened, with one link:
+//!   [`StoreError::MovedOrLinked`] otherwise, nothing written.
 //! - Forward secrecy at rest: a rewritten row must not leave its previous
 //!   sealed value in any file, or the storage key of a seized phone opens the
 //!   keys the protocol deleted. Every write re-seals a whole row, so SQLite
@@ -30,20 +49,16 @@
 //!   wear-levelling and file-system snapshots keep whatever was written. The
 //!   robust answer there is to seal under a storage key that rotates, the old
 //!   one destroyed in the platform keystore (PROTOCOL.md 16.6).
-//! - One process at a time: an exclusive lock on `<path>-lock` is taken on
-//!   open and held until the backend is dropped (the OS releases it if the
-//!   process dies). A second opener gets [`StoreError::Locked`] at once.
 //! - A versioned schema (`PRAGMA user_version`) with migrations applied in
 //!   one transaction; a newer schema is refused.
 
 use std::{
-    fs::{File, OpenOptions},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::{Backend, Expected, Row, StoreError, Table, Write};
 
@@ -64,9 +79,45 @@ const MIGRATIONS: [&str; 1] = ["
 /// A store in one SQLite database file.
 pub struct SqliteBackend {
     connection: Mutex<Connection>,
+    /// The path as the app gave it.
     path: PathBuf,
-    /// Held for the backend's lifetime: the process-level exclusive lock.
-    _lock: File,
+    /// The path with every symbolic link resolved (as SQLite resolves it to
+    /// name the WAL and the index), and the file it named when opened.
+    canonical: PathBuf,
+    file: FileId,
+}
+
+/// Which file a path names: device and inode numbers (on Unix; elsewhere
+/// nothing is compared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    device: u64,
+    inode: u64,
+}
+
+impl FileId {
+    /// The file `path` names, refused if it has more than one link (or, once
+    /// opened, if it is gone).
+    fn of(path: &Path) -> Result<Self, StoreError> {
+        let metadata = match std::fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::MovedOrLinked),
+            Err(e) => return Err(e.into()),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if metadata.nlink() > 1 {
+                return Err(StoreError::MovedOrLinked);
+            }
+            Ok(Self { device: metadata.dev(), inode: metadata.ino() })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = metadata;
+            Ok(Self { device: 0, inode: 0 })
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -76,23 +127,27 @@ impl std::fmt::Debug for SqliteBackend {
 }
 
 impl SqliteBackend {
-    /// Opens (or creates) the database at `path`, locks it for this process,
-    /// and migrates its schema.
+    /// Opens (or creates) the database at `path` and migrates its schema.
+    /// Other handles may have it open too, in this process or others.
     ///
     /// # Errors
-    /// [`StoreError::Locked`] if another handle has it open,
-    /// [`StoreError::SchemaTooNew`], or an I/O or SQLite error.
+    /// [`StoreError::MovedOrLinked`] if the file has more than one link,
+    /// [`StoreError::SchemaTooNew`], [`StoreError::Locked`] if another
+    /// connection held the database's lock past the busy timeout, or an I/O
+    /// or SQLite error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let mut lock_path = path.clone().into_os_string();
-        lock_path.push("-lock");
-        let lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked),
-            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Io(e)),
+        Self::open_connection(path.as_ref()).map_err(locked_if_busy)
+    }
+
+    fn open_connection(path: &Path) -> Result<Self, StoreError> {
+        // Refused before SQLite opens a second name of the file at all.
+        if path.exists() {
+            FileId::of(path)?;
         }
-        let mut connection = Connection::open(&path)?;
+        let mut connection = Connection::open(path)?;
+        // The file exists now: its identity, by the name SQLite resolved.
+        let canonical = std::fs::canonicalize(path)?;
+        let file = FileId::of(&canonical)?;
         connection.busy_timeout(BUSY_TIMEOUT)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
@@ -101,7 +156,7 @@ impl SqliteBackend {
         connection.pragma_update(None, "journal_size_limit", 0)?;
         migrate(&mut connection)?;
         truncate_wal(&connection)?;
-        Ok(Self { connection: Mutex::new(connection), path, _lock: lock })
+        Ok(Self { connection: Mutex::new(connection), path: path.to_path_buf(), canonical, file })
     }
 
     /// The database file's path.
@@ -109,67 +164,24 @@ impl SqliteBackend {
         &self.path
     }
 
-    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn connection(&self) -> MutexGuard<'_, Connection> {
         // SQLite rolls back an unfinished transaction itself, so a poisoned
         // lock leaves a consistent database.
-        self.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// How long the checkpoint on open waits for another handle's readers.
-const OPEN_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(50);
-
-/// Copies the whole WAL into the database and truncates it to zero bytes;
-/// returns whether it did (`false`: another connection is reading, and the
-/// log stays for the checkpoints of later commits).
-fn truncate_wal(connection: &Connection) -> Result<bool, StoreError> {
-    connection.busy_timeout(OPEN_CHECKPOINT_TIMEOUT)?;
-    // (busy, frames in the log, frames checkpointed). Blocked by a reader,
-    // SQLite reports busy = 1 in the row, not as an error.
-    let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
-    connection.busy_timeout(BUSY_TIMEOUT)?;
-    match result {
-        Ok(0) => Ok(true),
-        Ok(_) => Ok(false),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-    let found: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
-    }
-    for (version, migration) in (1..=SCHEMA_VERSION).zip(MIGRATIONS.iter()).skip(found as usize) {
-        tx.execute_batch(migration)?;
-        tx.pragma_update(None, "user_version", version)?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-impl Backend for SqliteBackend {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let connection = self.connection();
-        let sql = format!("SELECT value FROM {} WHERE key = ?1", table.name());
-        Ok(connection.prepare_cached(&sql)?.query_row(params![key], |row| row.get(0)).optional()?)
+        self.connection.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
-        let connection = self.connection();
-        let sql = format!("SELECT key, value FROM {} ORDER BY key", table.name());
-        let mut statement = connection.prepare_cached(&sql)?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// Refuses to write unless the path still names the file this handle
+    /// opened, with no other name.
+    fn check_file(&self) -> Result<(), StoreError> {
+        if FileId::of(&self.canonical)? == self.file { Ok(()) } else { Err(StoreError::MovedOrLinked) }
     }
 
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+    fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut connection = self.connection();
         // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
         // read here cannot change before the commit, whoever else writes.
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.check_file()?;
         for write in writes {
             if write.expected == Expected::Any {
                 continue;
@@ -199,6 +211,77 @@ impl Backend for SqliteBackend {
     }
 }
 
+/// SQLite still busy (another connection holding its lock) after the busy
+/// timeout is [`StoreError::Locked`].
+fn locked_if_busy(error: StoreError) -> StoreError {
+    match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
+        {
+            StoreError::Locked
+        }
+        error => error,
+    }
+}
+
+/// How long the checkpoint on open waits for another handle's readers.
+const OPEN_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Copies the whole WAL into the database and truncates it to zero bytes;
+/// returns whether it did (`false`: another connection is reading, and the
+/// log stays for the checkpoints of later commits).
+fn truncate_wal(connection: &Connection) -> Result<bool, StoreError> {
+    connection.busy_timeout(OPEN_CHECKPOINT_TIMEOUT)?;
+    // (busy, frames in the log, frames checkpointed). Blocked by a reader,
+    // SQLite reports busy = 1 in the row, not as an error.
+    let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    match result {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::DatabaseBusy => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let found: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (version, migration) in (1..=SCHEMA_VERSION).zip(MIGRATIONS.iter()).skip(found as usize) {
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", version)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Backend for SqliteBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let connection = self.connection();
+        let sql = format!("SELECT value FROM {} WHERE key = ?1", table.name());
+        let read = || connection.prepare_cached(&sql)?.query_row(params![key], |row| row.get(0)).optional();
+        read().map_err(|e| locked_if_busy(e.into()))
+    }
+
+    fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
+        let connection = self.connection();
+        let sql = format!("SELECT key, value FROM {} ORDER BY key", table.name());
+        let read = || {
+            let mut statement = connection.prepare_cached(&sql)?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()
+        };
+        read().map_err(|e| locked_if_busy(e.into()))
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        self.write(writes).map_err(locked_if_busy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +290,46 @@ mod tests {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_second_name_or_a_moved_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("samizdat-sqlite-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, link, moved, symlink) =
+            (dir.join("t.db"), dir.join("link.db"), dir.join("moved.db"), dir.join("s.db"));
+        let put = |key: &[u8]| {
+            [Write { table: Table::Sessions, key: key.to_vec(), value: Some(b"v".to_vec()), expected: Expected::Any }]
+        };
+        let db = SqliteBackend::open(&path).unwrap();
+        db.apply(&put(b"a")).unwrap();
+        // A symbolic link names the same file: a second handle through it is fine.
+        std::os::unix::fs::symlink(&path, &symlink).unwrap();
+        let through_symlink = SqliteBackend::open(&symlink).unwrap();
+        through_symlink.apply(&put(b"b")).unwrap();
+        assert_eq!(db.get(Table::Sessions, b"b").unwrap(), Some(b"v".to_vec()));
+        // A hard link: refused by either name, and writes are refused while it exists.
+        std::fs::hard_link(&path, &link).unwrap();
+        assert!(matches!(SqliteBackend::open(&link), Err(StoreError::MovedOrLinked)));
+        assert!(matches!(SqliteBackend::open(&path), Err(StoreError::MovedOrLinked)));
+        assert!(matches!(db.apply(&put(b"c")), Err(StoreError::MovedOrLinked)));
+        assert!(matches!(through_symlink.apply(&put(b"c")), Err(StoreError::MovedOrLinked)));
+        assert_eq!(db.get(Table::Sessions, b"c").unwrap(), None);
+        std::fs::remove_file(&link).unwrap();
+        db.apply(&put(b"c")).unwrap();
+        // Renamed while open: this handle's path names nothing (or another file).
+        std::fs::rename(&path, &moved).unwrap();
+        assert!(matches!(db.apply(&put(b"d")), Err(StoreError::MovedOrLinked)));
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(db.apply(&put(b"d")), Err(StoreError::MovedOrLinked)));
+        drop((db, through_symlink));
+        std::fs::remove_file(&path).unwrap();
+        let reopened = SqliteBackend::open(&moved).unwrap();
+        assert_eq!(reopened.scan(Table::Sessions).unwrap().len(), 3);
+        drop(reopened);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -239,14 +362,14 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_atomic_durable_and_locked() {
+    fn batches_are_atomic_and_durable_and_handles_share_them() {
         let dir = std::env::temp_dir().join(format!("samizdat-sqlite-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
         let _ = std::fs::remove_file(&path);
         {
             let db = SqliteBackend::open(&path).unwrap();
-            assert!(matches!(SqliteBackend::open(&path), Err(StoreError::Locked)));
+            let other = SqliteBackend::open(&path).unwrap();
             db.apply(&[
                 Write {
                     table: Table::Sessions,
@@ -262,6 +385,15 @@ mod tests {
                 },
             ])
             .unwrap();
+            assert_eq!(other.get(Table::Sessions, b"b").unwrap(), Some(b"2".to_vec()));
+            // A connection that holds the write lock past the busy timeout.
+            db.connection().busy_timeout(Duration::from_millis(20)).unwrap();
+            other.connection().execute_batch("BEGIN IMMEDIATE").unwrap();
+            let result =
+                db.apply(&[Write { table: Table::Sessions, key: b"c".to_vec(), value: None, expected: Expected::Any }]);
+            assert!(matches!(result, Err(StoreError::Locked)), "{result:?}");
+            other.connection().execute_batch("ROLLBACK").unwrap();
+            drop(other);
             // A batch with a bad write applies nothing: a NOT NULL violation
             // cannot be expressed through `Write`, so drop the table under it.
             db.connection().execute_batch("ALTER TABLE prekeys RENAME TO gone").unwrap();
