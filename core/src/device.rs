@@ -28,6 +28,12 @@
 //! stale. No two encryptions ever build on the same state, so no message key
 //! is used twice.
 //!
+//! A `Device` belongs to the process that made it: in a child of `fork`,
+//! every call that touches its state fails with [`DeviceError::Forked`]
+//! before it reaches the store (the child would otherwise encrypt from a copy
+//! of the state, or through the parent's database connection). The child
+//! opens the device again.
+//!
 //! # Example
 //!
 //! ```
@@ -92,6 +98,11 @@ pub enum DeviceError {
     /// An argument is invalid (for example an empty user id).
     #[error("invalid argument: {0}")]
     InvalidArgument(DecodeError),
+    /// This device was made in another process: this one is a child of
+    /// `fork` that inherited it. Nothing was read or written; open the device
+    /// again in this process.
+    #[error("the device belongs to the process that opened it, not to this forked child")]
+    Forked,
 }
 
 /// A decrypted message waiting for [`Device::commit`].
@@ -181,6 +192,8 @@ pub struct Device<B: Backend = SqliteBackend> {
     address: Address,
     peer_locks: Mutex<HashMap<Vec<u8>, Arc<Mutex<()>>>>,
     prekey_lock: Mutex<()>,
+    /// The process that made this device.
+    pid: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -313,7 +326,22 @@ impl<B: Backend> Device<B> {
     }
 
     fn assemble(backend: B, sealer: Sealer, identity: IdentityKeyPair, address: Address) -> Self {
-        Self { backend, sealer, identity, address, peer_locks: Mutex::new(HashMap::new()), prekey_lock: Mutex::new(()) }
+        Self {
+            backend,
+            sealer,
+            identity,
+            address,
+            peer_locks: Mutex::new(HashMap::new()),
+            prekey_lock: Mutex::new(()),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Refuses every call that touches state in a forked child, before any
+    /// lock or store access (a lock may have been held by another thread of
+    /// the parent when it forked).
+    fn check_process(&self) -> Result<(), DeviceError> {
+        if std::process::id() == self.pid { Ok(()) } else { Err(DeviceError::Forked) }
     }
 
     /// The backend (for tests and tools).
@@ -359,6 +387,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error.
     pub fn prekey_bundles(&self, count: usize) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.check_process()?;
         let (_, prekeys) = self.load_prekeys()?;
         let (classic, pq) = prekeys.one_time_counts();
         Ok((0..count.min(classic.max(pq).max(1)))
@@ -372,6 +401,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error.
     pub fn prekey_counts(&self) -> Result<(usize, usize), DeviceError> {
+        self.check_process()?;
         Ok(self.load_prekeys()?.1.one_time_counts())
     }
 
@@ -383,6 +413,7 @@ impl<B: Backend> Device<B> {
     /// [`PreKeyError::LimitReached`] if `target` is above
     /// [`MAX_ONE_TIME_PREKEYS`](crate::limits::MAX_ONE_TIME_PREKEYS); a store error.
     pub fn refill_prekeys(&self, threshold: usize, target: usize, now: u64) -> Result<usize, DeviceError> {
+        self.check_process()?;
         let _guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
             let (loaded, mut prekeys) = self.load_prekeys()?;
@@ -406,6 +437,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error.
     pub fn rotate_prekeys(&self, now: u64, max_age: u64) -> Result<Rotated, DeviceError> {
+        self.check_process()?;
         let _guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
             let (loaded, mut prekeys) = self.load_prekeys()?;
@@ -471,6 +503,7 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::Bundle`] for a bad bundle,
     /// [`SessionError::UntrustedIdentity`], a store error.
     pub fn start_session(&self, bundle: &[u8]) -> Result<Address, DeviceError> {
+        self.check_process()?;
         let bundle = PreKeyBundle::from_bytes(bundle).map_err(SessionError::from)?;
         let peer = bundle.address().clone();
         let row = self.sealer.address_key(&peer);
@@ -490,6 +523,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error.
     pub fn has_session(&self, peer: &Address) -> Result<bool, DeviceError> {
+        self.check_process()?;
         Ok(self.load_record(&self.sealer.address_key(peer))?.1.has_session())
     }
 
@@ -498,6 +532,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error.
     pub fn peer_identity(&self, peer: &Address) -> Result<Option<IdentityKey>, DeviceError> {
+        self.check_process()?;
         Ok(self.load_record(&self.sealer.address_key(peer))?.1.trusted_identity())
     }
 
@@ -517,6 +552,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error.
     pub fn trust_identity(&self, peer: &Address, identity: IdentityKey) -> Result<(), DeviceError> {
+        self.check_process()?;
         let row = self.sealer.address_key(peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -537,6 +573,7 @@ impl<B: Backend> Device<B> {
     /// ([`StoreError::Conflict`] if other handles kept writing the session
     /// for [`MAX_WRITE_ATTEMPTS`] attempts).
     pub fn encrypt(&self, peer: &Address, plaintext: &[u8]) -> Result<Vec<u8>, DeviceError> {
+        self.check_process()?;
         let row = self.sealer.address_key(peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -557,6 +594,7 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::UntrustedIdentity`], [`SessionError::UnknownPreKey`],
     /// [`SessionError::NoSession`], a store error.
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
+        self.check_process()?;
         let row = self.sealer.address_key(peer);
         let (loaded, record) = self.load_record(&row)?;
         // Only a prekey message needs the prekeys: loading them (ML-KEM keys
@@ -585,6 +623,7 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::UnknownPreKey`] if another session consumed the same
     /// one-time prekey first; a store error (nothing written).
     pub fn commit(&self, message: PendingMessage) -> Result<(), DeviceError> {
+        self.check_process()?;
         let PendingMessage { peer, pending, loaded, mut record } = message;
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
@@ -619,6 +658,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// A store error; per-message failures are in [`PendingBatch::results`].
     pub fn decrypt_batch(&self, messages: &[(Address, Vec<u8>)]) -> Result<PendingBatch, DeviceError> {
+        self.check_process()?;
         let mut rng = crate::os_rng();
         let mut records: BTreeMap<Vec<u8>, LoadedRecord> = BTreeMap::new();
         let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
@@ -658,6 +698,7 @@ impl<B: Backend> Device<B> {
     /// through any handle): nothing is written, decrypt the batch again; a
     /// store error (nothing written).
     pub fn commit_batch(&self, batch: PendingBatch) -> Result<(), DeviceError> {
+        self.check_process()?;
         let locks: Vec<_> = batch.records.keys().map(|row| self.peer_lock(row)).collect();
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);

@@ -3,7 +3,8 @@
 //! symbolic link) and over one shared `MemoryBackend`, hammered from threads
 //! that encrypt to the same peer and commit decryptions; each write point
 //! raced by another handle between its read and its write, deterministically;
-//! and a second name of the database file (a hard link) refused.
+//! a second name of the database file (a hard link) refused; and a device
+//! inherited through `fork` refused in the child, the parent going on.
 //!
 //! Key reuse is checked on the ciphertexts themselves: a body is
 //! `ChaCha20-Poly1305(padded plaintext)`, so `body XOR padded(plaintext)` is
@@ -24,7 +25,7 @@ use samizdat::{
     address::Address,
     device::{Device, DeviceError, PendingMessage},
     limits::MAX_WRITE_ATTEMPTS,
-    store::{Backend, MemoryBackend, Row, StoreError, Table, Write},
+    store::{Backend, MemoryBackend, Row, SqliteBackend, StoreError, Table, Write},
     wire::Message,
 };
 
@@ -384,4 +385,118 @@ fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
     let result = Device::create_in(racing, &KEY, addr("alice"), 0);
     assert!(matches!(result, Err(DeviceError::Store(StoreError::AlreadyExists))), "{result:?}");
     assert_eq!(Device::open_in(shared, &KEY).unwrap().address(), &addr("other"));
+}
+
+/// Whether a call made in a forked child was refused as it must be.
+fn refused_in_child<T>(result: &Result<T, DeviceError>) -> bool {
+    matches!(result, Err(DeviceError::Forked))
+}
+
+/// Forks, runs `child` in the child (which exits with the code it returns,
+/// without running destructors of the parent's state or flushing anything),
+/// and returns the child's exit code.
+#[allow(unsafe_code)]
+fn in_forked_child(child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only runs `child`, which calls the device (whose
+    // refusal comes before any lock or store access) and drops it, then
+    // `_exit`s; the parent waits for it.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = child();
+        // SAFETY: ends the child at once, as a child of fork must.
+        unsafe { libc::_exit(code) }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid);
+    assert!(libc::WIFEXITED(status), "the child did not exit normally: status {status}");
+    libc::WEXITSTATUS(status)
+}
+
+/// Every call that touches state, on a device inherited through `fork`: 0 if
+/// all were refused, else 10 plus the index of the first that was not.
+fn calls_in_child<B: Backend>(device: &Device<B>, bob: &Address, pending: PendingMessage, wire: &[u8]) -> i32 {
+    let results = [
+        refused_in_child(&device.encrypt(bob, b"from the child")),
+        refused_in_child(&device.decrypt(bob, wire)),
+        refused_in_child(&device.commit(pending)),
+        refused_in_child(&device.decrypt_batch(&[(bob.clone(), wire.to_vec())])),
+        refused_in_child(&device.has_session(bob)),
+        refused_in_child(&device.peer_identity(bob)),
+        refused_in_child(&device.safety_number(bob)),
+        refused_in_child(&device.trust_identity(bob, device.identity_key())),
+        refused_in_child(&device.prekey_bundle()),
+        refused_in_child(&device.prekey_bundles(2)),
+        refused_in_child(&device.prekey_counts()),
+        refused_in_child(&device.refill_prekeys(10, 10, 0)),
+        refused_in_child(&device.rotate_prekeys(1 << 40, 0)),
+        refused_in_child(&device.start_session(b"not a bundle")),
+    ];
+    results.iter().position(|refused| !refused).map_or(0, |i| i32::try_from(i).map_or(99, |i| 10 + i))
+}
+
+/// Forks with `alice` open: in the child every call is refused (and
+/// `backend_refused` holds of the inherited backend); the parent goes on.
+fn fork_leaves_the_parent_intact<B: Backend>(
+    alice: Device<B>,
+    backend_refused: impl Fn(&B) -> bool,
+    check: impl Fn(&Device<B>),
+) {
+    let bob = Device::create_in(MemoryBackend::new(), &[0xb0; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let hello = alice.encrypt(bob.address(), b"hello").unwrap();
+    bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
+    let first = bob.encrypt(alice.address(), b"first").unwrap();
+    let second = bob.encrypt(alice.address(), b"second").unwrap();
+    let pending = alice.decrypt(bob.address(), &first).unwrap();
+    let child_pending = alice.decrypt(bob.address(), &first).unwrap();
+
+    let mut alice = Some(alice);
+    let code = in_forked_child(|| {
+        let device = alice.as_ref().unwrap();
+        let code = calls_in_child(device, bob.address(), child_pending, &second);
+        let code = if code == 0 && !backend_refused(device.backend()) { 9 } else { code };
+        // Dropping the device in the child must not close the parent's connection.
+        drop(alice.take());
+        code
+    });
+    let alice = alice.unwrap();
+    assert_ne!(code, 9, "the backend was used in the child");
+    assert_eq!(code, 0, "call {} of calls_in_child was not refused in the child", code - 10);
+
+    // The parent goes on: what it decrypted before the fork commits, and the
+    // conversation continues both ways.
+    alice.commit(pending).unwrap();
+    let pending = alice.decrypt(bob.address(), &second).unwrap();
+    assert_eq!(pending.plaintext(), b"second");
+    alice.commit(pending).unwrap();
+    let wire = alice.encrypt(bob.address(), b"after the fork").unwrap();
+    let pending = bob.decrypt(alice.address(), &wire).unwrap();
+    assert_eq!(pending.plaintext(), b"after the fork");
+    bob.commit(pending).unwrap();
+    check(&alice);
+}
+
+#[test]
+fn a_forked_child_is_refused_and_the_parent_goes_on() {
+    let dir = temp_dir("fork");
+    let path = dir.join("alice.db");
+    let refused = |backend: &SqliteBackend| matches!(backend.get(Table::Meta, b"key-check"), Err(StoreError::Forked));
+    fork_leaves_the_parent_intact(Device::create(&path, &KEY, addr("alice"), 0).unwrap(), refused, |alice| {
+        assert!(alice.has_session(&addr("bob")).unwrap());
+        // The child did not close the parent's connection (which could have
+        // removed the log and the index from under it).
+        assert!(dir.join("alice.db-wal").exists() && dir.join("alice.db-shm").exists());
+        integrity_ok(&path);
+    });
+    integrity_ok(&path);
+    let reopened = Device::open(&path, &KEY).unwrap();
+    assert!(reopened.has_session(&addr("bob")).unwrap());
+    drop(reopened);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let memory = Device::create_in(MemoryBackend::new(), &KEY, addr("alice"), 0).unwrap();
+    fork_leaves_the_parent_intact(memory, |_| true, |_| {});
 }

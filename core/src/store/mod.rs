@@ -181,6 +181,11 @@ pub enum StoreError {
     /// written. Remove the extra link, or open the store by its new path.
     #[error("the database file has another name, or was moved")]
     MovedOrLinked,
+    /// The store was opened in another process: this one is a child of
+    /// `fork` that inherited it. Nothing was read or written; open the store
+    /// again in this process.
+    #[error("the store belongs to the process that opened it, not to this forked child")]
+    Forked,
     /// The file system failed (finding the database file's identity).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -51,10 +51,16 @@
 //!   one destroyed in the platform keystore (PROTOCOL.md 16.6).
 //! - A versioned schema (`PRAGMA user_version`) with migrations applied in
 //!   one transaction; a newer schema is refused.
+//! - Not across `fork`: a backend remembers the process that opened it, and
+//!   in a forked child every call fails with [`StoreError::Forked`] before it
+//!   touches the connection (SQLite's locks belong to a process, so a child
+//!   using the parent's connection could corrupt the database). Dropped in a
+//!   child, the backend leaks the connection rather than close it: closing
+//!   could checkpoint the parent's WAL or delete it. The child opens its own.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, PoisonError},
     time::Duration,
 };
 
@@ -78,7 +84,10 @@ const MIGRATIONS: [&str; 1] = ["
 
 /// A store in one SQLite database file.
 pub struct SqliteBackend {
-    connection: Mutex<Connection>,
+    /// `None` only while a forked child drops the backend.
+    connection: Mutex<Option<Connection>>,
+    /// The process that opened the connection.
+    pid: u32,
     /// The path as the app gave it.
     path: PathBuf,
     /// The path with every symbolic link resolved (as SQLite resolves it to
@@ -156,7 +165,13 @@ impl SqliteBackend {
         connection.pragma_update(None, "journal_size_limit", 0)?;
         migrate(&mut connection)?;
         truncate_wal(&connection)?;
-        Ok(Self { connection: Mutex::new(connection), path: path.to_path_buf(), canonical, file })
+        Ok(Self {
+            connection: Mutex::new(Some(connection)),
+            pid: std::process::id(),
+            path: path.to_path_buf(),
+            canonical,
+            file,
+        })
     }
 
     /// The database file's path.
@@ -164,10 +179,16 @@ impl SqliteBackend {
         &self.path
     }
 
-    fn connection(&self) -> MutexGuard<'_, Connection> {
+    /// Runs `f` on the connection, in the process that opened it only.
+    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if std::process::id() != self.pid {
+            return Err(StoreError::Forked);
+        }
         // SQLite rolls back an unfinished transaction itself, so a poisoned
         // lock leaves a consistent database.
-        self.connection.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut guard = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        let connection = guard.as_mut().ok_or(StoreError::Forked)?;
+        f(connection).map_err(locked_if_busy)
     }
 
     /// Refuses to write unless the path still names the file this handle
@@ -176,8 +197,7 @@ impl SqliteBackend {
         if FileId::of(&self.canonical)? == self.file { Ok(()) } else { Err(StoreError::MovedOrLinked) }
     }
 
-    fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+    fn write(&self, connection: &mut Connection, writes: &[Write]) -> Result<(), StoreError> {
         // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
         // read here cannot change before the commit, whoever else writes.
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -260,25 +280,40 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 
 impl Backend for SqliteBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let connection = self.connection();
-        let sql = format!("SELECT value FROM {} WHERE key = ?1", table.name());
-        let read = || connection.prepare_cached(&sql)?.query_row(params![key], |row| row.get(0)).optional();
-        read().map_err(|e| locked_if_busy(e.into()))
+        self.with_connection(|connection| {
+            let sql = format!("SELECT value FROM {} WHERE key = ?1", table.name());
+            Ok(connection.prepare_cached(&sql)?.query_row(params![key], |row| row.get(0)).optional()?)
+        })
     }
 
     fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
-        let connection = self.connection();
-        let sql = format!("SELECT key, value FROM {} ORDER BY key", table.name());
-        let read = || {
+        self.with_connection(|connection| {
+            let sql = format!("SELECT key, value FROM {} ORDER BY key", table.name());
             let mut statement = connection.prepare_cached(&sql)?;
             let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect::<Result<_, _>>()
-        };
-        read().map_err(|e| locked_if_busy(e.into()))
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.write(writes).map_err(locked_if_busy)
+        self.with_connection(|connection| self.write(connection, writes))
+    }
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child: the connection is the parent's. Closing it would
+            // run SQLite's last-connection steps with the parent's state (a
+            // checkpoint of the parent's WAL, its deletion), as if no one else
+            // had the database open, since SQLite's locks belong to a process
+            // and the child holds none. Leaked instead: the OS closes the
+            // descriptors when the child exits, which releases no lock of the
+            // parent's.
+            let connection = self.connection.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+            #[allow(clippy::mem_forget)]
+            std::mem::forget(connection);
+        }
     }
 }
 
@@ -351,10 +386,10 @@ mod tests {
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
         db.apply(&[put(b"2")]).unwrap();
-        assert!(!truncate_wal(&db.connection()).unwrap(), "a reader holds the log");
+        assert!(!db.with_connection(|c| truncate_wal(c)).unwrap(), "a reader holds the log");
         assert!(wal_len(&path) > 0);
         reader.execute_batch("COMMIT").unwrap();
-        assert!(truncate_wal(&db.connection()).unwrap());
+        assert!(db.with_connection(|c| truncate_wal(c)).unwrap());
         assert_eq!(wal_len(&path), 0, "the log is truncated");
         assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"2".to_vec()));
         drop((db, reader));
@@ -387,16 +422,16 @@ mod tests {
             .unwrap();
             assert_eq!(other.get(Table::Sessions, b"b").unwrap(), Some(b"2".to_vec()));
             // A connection that holds the write lock past the busy timeout.
-            db.connection().busy_timeout(Duration::from_millis(20)).unwrap();
-            other.connection().execute_batch("BEGIN IMMEDIATE").unwrap();
+            db.with_connection(|c| Ok(c.busy_timeout(Duration::from_millis(20))?)).unwrap();
+            other.with_connection(|c| Ok(c.execute_batch("BEGIN IMMEDIATE")?)).unwrap();
             let result =
                 db.apply(&[Write { table: Table::Sessions, key: b"c".to_vec(), value: None, expected: Expected::Any }]);
             assert!(matches!(result, Err(StoreError::Locked)), "{result:?}");
-            other.connection().execute_batch("ROLLBACK").unwrap();
+            other.with_connection(|c| Ok(c.execute_batch("ROLLBACK")?)).unwrap();
             drop(other);
             // A batch with a bad write applies nothing: a NOT NULL violation
             // cannot be expressed through `Write`, so drop the table under it.
-            db.connection().execute_batch("ALTER TABLE prekeys RENAME TO gone").unwrap();
+            db.with_connection(|c| Ok(c.execute_batch("ALTER TABLE prekeys RENAME TO gone")?)).unwrap();
             let result = db.apply(&[
                 Write { table: Table::Sessions, key: b"a".to_vec(), value: None, expected: Expected::Any },
                 Write {
@@ -408,11 +443,11 @@ mod tests {
             ]);
             assert!(matches!(result, Err(StoreError::Sqlite(_))));
             assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"1".to_vec()));
-            db.connection().execute_batch("ALTER TABLE gone RENAME TO prekeys").unwrap();
+            db.with_connection(|c| Ok(c.execute_batch("ALTER TABLE gone RENAME TO prekeys")?)).unwrap();
         }
         let db = SqliteBackend::open(&path).unwrap();
         assert_eq!(db.scan(Table::Sessions).unwrap().len(), 2);
-        db.connection().pragma_update(None, "user_version", 9).unwrap();
+        db.with_connection(|c| Ok(c.pragma_update(None, "user_version", 9)?)).unwrap();
         drop(db);
         assert!(matches!(SqliteBackend::open(&path), Err(StoreError::SchemaTooNew { found: 9, supported: 1 })));
         std::fs::remove_dir_all(&dir).unwrap();
