@@ -103,10 +103,28 @@ pub enum DeviceError {
     /// again in this process.
     #[error("the device belongs to the process that opened it, not to this forked child")]
     Forked,
+    /// A [`PendingMessage`] or [`PendingBatch`] made by another device was
+    /// given to this one's commit. Nothing was written; commit it on the
+    /// device that decrypted it.
+    #[error("this pending decryption was made by another device")]
+    ForeignPending,
 }
 
 /// A decrypted message waiting for [`Device::commit`].
+///
+/// It is bound to the device that made it, by that device's identity key:
+/// the value every handle of one store shares (it is the store's identity
+/// row) and that tells two devices apart (each identity comes from its own
+/// random seed), public, and checked before anything is read. A pending
+/// committed on another device is refused with [`DeviceError::ForeignPending`].
+/// It is also bound to the session row it was made from (its sealed bytes):
+/// any rewrite of that row since, through any handle, makes it stale. (A
+/// copy of a store opened as a second store has the same identity; there the
+/// row's sealed bytes decide, and a commit they allow is exactly the one the
+/// original store would have made.)
 pub struct PendingMessage {
+    /// The identity key of the device that made it.
+    device: IdentityKey,
     peer: Address,
     pending: PendingDecrypt,
     /// The session row as read (sealed; `None`: absent), and the record
@@ -148,8 +166,11 @@ type LoadedRecord = (Address, Option<Vec<u8>>, SessionRecord);
 type LoadedPreKeys = (Vec<u8>, PreKeySet);
 
 /// The result of [`Device::decrypt_batch`]: one result per message, in
-/// order, and the changes to commit with [`Device::commit_batch`].
+/// order, and the changes to commit with [`Device::commit_batch`]. Bound to
+/// its device and to the rows it read, as a [`PendingMessage`] is.
 pub struct PendingBatch {
+    /// The identity key of the device that made it.
+    device: IdentityKey,
     results: Vec<Result<Vec<u8>, SessionError>>,
     /// Row key -> (peer, the row as loaded (sealed), the record after the batch).
     records: BTreeMap<Vec<u8>, LoadedRecord>,
@@ -605,7 +626,7 @@ impl<B: Backend> Device<B> {
         };
         let pending =
             record.decrypt(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, ciphertext)?;
-        Ok(PendingMessage { peer: peer.clone(), pending, loaded, record })
+        Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
     }
 
     /// Commits a decryption: the session advances and the prekeys it used
@@ -618,13 +639,17 @@ impl<B: Backend> Device<B> {
     /// prekeys meanwhile, they are read and checked again.
     ///
     /// # Errors
+    /// [`DeviceError::ForeignPending`] if another device made it;
     /// [`SessionError::StalePending`] if the session changed since the
     /// decryption (decrypt again: the message was not consumed);
     /// [`SessionError::UnknownPreKey`] if another session consumed the same
     /// one-time prekey first; a store error (nothing written).
     pub fn commit(&self, message: PendingMessage) -> Result<(), DeviceError> {
         self.check_process()?;
-        let PendingMessage { peer, pending, loaded, mut record } = message;
+        let PendingMessage { device, peer, pending, loaded, mut record } = message;
+        if device != self.identity.public_key() {
+            return Err(DeviceError::ForeignPending);
+        }
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -685,7 +710,12 @@ impl<B: Backend> Device<B> {
             );
             results.push(result);
         }
-        Ok(PendingBatch { results, records, prekeys: prekeys_changed.then_some((loaded_prekeys, prekeys)) })
+        Ok(PendingBatch {
+            device: self.identity.public_key(),
+            results,
+            records,
+            prekeys: prekeys_changed.then_some((loaded_prekeys, prekeys)),
+        })
     }
 
     /// Commits a batch in one transaction, after the app stored the
@@ -693,12 +723,16 @@ impl<B: Backend> Device<B> {
     /// sealed bytes [`Self::decrypt_batch`] read.
     ///
     /// # Errors
+    /// [`DeviceError::ForeignPending`] if another device made it;
     /// [`SessionError::StalePending`] if a session row or the prekey row was
     /// rewritten since [`Self::decrypt_batch`] (even with the same content;
     /// through any handle): nothing is written, decrypt the batch again; a
     /// store error (nothing written).
     pub fn commit_batch(&self, batch: PendingBatch) -> Result<(), DeviceError> {
         self.check_process()?;
+        if batch.device != self.identity.public_key() {
+            return Err(DeviceError::ForeignPending);
+        }
         let locks: Vec<_> = batch.records.keys().map(|row| self.peer_lock(row)).collect();
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);

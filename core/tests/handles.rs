@@ -348,6 +348,9 @@ fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
     assert!(matches!(result, Err(DeviceError::Session(SessionError::StalePending))), "{result:?}");
     let pending = first.decrypt(bob.address(), &reply).unwrap();
     first.commit(pending).unwrap();
+    // A pending made through one handle commits through the other: one device.
+    let reply = bob.encrypt(&alice, b"reply 2").unwrap();
+    second.commit(first.decrypt(bob.address(), &reply).unwrap()).unwrap();
 
     // commit of a new session: the prekey row changes (the other handle
     // refills) between the read and the write; the prekeys are read again.
