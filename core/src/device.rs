@@ -62,7 +62,7 @@ use std::{
 
 use prost::Message as _;
 use samizdat_proto::storage;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     DecodeError, PreKeyKind, SessionError,
@@ -184,6 +184,15 @@ impl PendingBatch {
     /// did not decrypt (a failed message changes nothing).
     pub fn results(&self) -> &[Result<Vec<u8>, SessionError>] {
         &self.results
+    }
+}
+
+impl Drop for PendingBatch {
+    fn drop(&mut self) {
+        // The plaintexts are handed out by reference only: wipe them here.
+        for plaintext in self.results.iter_mut().flatten() {
+            plaintext.zeroize();
+        }
     }
 }
 
@@ -314,10 +323,12 @@ impl<B: Backend> Device<B> {
             user_id: address.user_id().to_owned(),
             device_id: address.device_id(),
         });
+        // The seed is in `row` (wiped on drop) and in its encoding (wiped too).
+        let encoded = Zeroizing::new(encode(&*row));
         let identity_write = Write {
             table: Table::Identity,
             key: SINGLE_ROW.to_vec(),
-            value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encode(&*row))),
+            value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encoded)),
             expected: Expected::Absent,
         };
         let prekeys_write = prekeys_write(sealer, &prekeys, Expected::Absent);
@@ -505,12 +516,16 @@ impl<B: Backend> Device<B> {
     /// The write of a session row, conditional on the row holding `loaded`
     /// (the sealed bytes the call read; `None`: it must be absent).
     fn record_write(&self, row: &[u8], peer: &Address, record: &SessionRecord, loaded: Option<Vec<u8>>) -> Write {
-        let bytes = Zeroizing::new(encode(&storage::SessionRow {
+        // The serialized record moves into the row (no copy), and the row and
+        // its encoding are wiped on drop.
+        let mut serialized = record.to_bytes();
+        let session_row = Zeroizing::new(storage::SessionRow {
             version: ROW_VERSION,
             user_id: peer.user_id().to_owned(),
             device_id: peer.device_id(),
-            record: record.to_bytes().to_vec(),
-        }));
+            record: std::mem::take(&mut *serialized),
+        });
+        let bytes = Zeroizing::new(encode(&*session_row));
         let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, row, &bytes);
         Write { table: Table::Sessions, key: row.to_vec(), value: Some(value), expected: Expected::read(loaded) }
     }
@@ -796,6 +811,9 @@ fn prekeys_write(sealer: &Sealer, prekeys: &PreKeySet, expected: Expected) -> Wr
     Write { table: Table::PreKeys, key: SINGLE_ROW.to_vec(), value: Some(value), expected }
 }
 
+/// The encoding of `message`, in a buffer of exactly its length (it is never
+/// reallocated, so no copy of a secret is left behind); the caller wraps it
+/// in `Zeroizing` when it holds secrets.
 fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.encoded_len());
     // Encoding into a Vec cannot run out of space.

@@ -15,7 +15,7 @@ use samizdat::{
     DecryptError, SessionError,
     address::Address,
     device::{Device, DeviceError},
-    store::{Backend, MemoryBackend, Row, StoreError, Table, Write},
+    store::{Backend, Expected, MemoryBackend, Row, StoreError, Table, Write},
 };
 
 fn addr(name: &str) -> Address {
@@ -451,4 +451,30 @@ fn a_pending_decryption_commits_only_on_its_own_device() {
     assert_eq!(dave.backend().snapshot(), dave_before);
     assert!(!dave.has_session(alice.address()).unwrap());
     assert_eq!(receive(&erin, alice.address(), &first).unwrap(), b"hello erin");
+}
+
+/// What the device and store layers print never holds a plaintext, a sealed
+/// value or a key: only lengths, tables and public keys.
+#[test]
+fn debug_output_is_redacted() {
+    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let secret = "SECRET-PLAINTEXT-0123456789";
+    let wire = alice.encrypt(bob.address(), secret.as_bytes()).unwrap();
+    let pending = bob.decrypt(alice.address(), &wire).unwrap();
+    let batch = bob.decrypt_batch(&[(alice.address().clone(), wire.clone())]).unwrap();
+    let sealed = bob.backend().scan(Table::PreKeys).unwrap().remove(0).1;
+    let write = Write {
+        table: Table::PreKeys,
+        key: b"self".to_vec(),
+        value: Some(sealed.clone()),
+        expected: Expected::Value(sealed.clone()),
+    };
+    let printed = format!("{bob:?} {pending:?} {batch:?} {write:?} {:?}", Expected::Value(sealed.clone()));
+    assert!(!printed.contains(secret), "{printed}");
+    assert!(printed.contains(&format!("value_len: Some({})", sealed.len())), "{printed}");
+    let as_listed = |bytes: &[u8]| bytes.iter().map(|b| format!("{b}")).collect::<Vec<_>>().join(", ");
+    assert!(!printed.contains(&as_listed(&sealed[..8])), "a sealed value printed: {printed}");
+    assert!(!printed.contains(&as_listed(&secret.as_bytes()[..8])), "{printed}");
 }

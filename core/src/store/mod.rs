@@ -26,7 +26,7 @@ mod memory;
 mod sqlite;
 
 use chacha20poly1305::{
-    Key, KeyInit, XChaCha20Poly1305, XNonce,
+    KeyInit, XChaCha20Poly1305, XNonce,
     aead::{Aead, Payload},
 };
 use hmac::{Hmac, Mac};
@@ -257,7 +257,9 @@ const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
 pub(crate) const KEY_CHECK_ROW: &[u8] = b"key-check";
 
 /// Seals and opens rows, and hashes addresses, under keys derived from the
-/// app's storage key.
+/// app's storage key. Both keys are [`Secret32`]s (boxed, wiped on drop); the
+/// derivation's outputs are `Zeroizing` and wiped once copied in; the
+/// plaintext [`Self::open`] returns is `Zeroizing`.
 pub(crate) struct Sealer {
     seal_key: Secret32,
     address_key: Secret32,
@@ -269,6 +271,13 @@ impl Sealer {
         let seal = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_SEAL_LABEL);
         let address = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_ADDRESS_LABEL);
         Self { seal_key: Secret32::from_zeroizing(&seal), address_key: Secret32::from_zeroizing(&address) }
+    }
+
+    /// The sealing cipher, keyed from the boxed key without a copy on the
+    /// stack (`Key::from(*bytes)` would leave one); the cipher wipes its own
+    /// copy when dropped (`chacha20poly1305`'s `zeroize` feature).
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(self.seal_key.as_bytes().into())
     }
 
     fn associated_data(table: Table, key: &[u8]) -> Vec<u8> {
@@ -291,7 +300,7 @@ impl Sealer {
     ) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let cipher = XChaCha20Poly1305::new(&Key::from(*self.seal_key.as_bytes()));
+        let cipher = self.cipher();
         let ad = Self::associated_data(table, key);
         let sealed = cipher.encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &ad }).unwrap_or_default();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
@@ -310,7 +319,7 @@ impl Sealer {
         }
         let (nonce, body) = rest.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
-        let cipher = XChaCha20Poly1305::new(&Key::from(*self.seal_key.as_bytes()));
+        let cipher = self.cipher();
         let ad = Self::associated_data(table, key);
         cipher.decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &ad }).map(Zeroizing::new).map_err(|_| corrupt())
     }
