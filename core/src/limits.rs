@@ -74,3 +74,11 @@ pub const MAX_SEEN_BASE_KEYS: usize = 1_000;
 /// session; entries go when their signed prekey is rotated away, and the
 /// oldest go first past this limit.
 pub const MAX_REMEMBERED_BASE_KEYS: usize = 10_000;
+
+/// The most times a device call that has handed nothing out yet (an
+/// encryption, a new session, a trust decision, a prekey change, a creation)
+/// reads its rows, computes and tries its conditional write, when another
+/// handle on the same store keeps writing those rows first. Past it the call
+/// fails with [`StoreError::Conflict`](crate::store::StoreError::Conflict),
+/// having written nothing; the app may call again.
+pub const MAX_WRITE_ATTEMPTS: usize = 8;

@@ -40,14 +40,14 @@ use samizdat::{
     address::Address,
     device::{Device, DeviceError},
     rand_core::Rng,
-    store::{Backend, MemoryBackend, StoreError, Table, Write},
+    store::{Backend, Expected, MemoryBackend, StoreError, Table, Write},
     wire::Message,
 };
 
 /// Set in a child process: the directory of the conversation to run.
 const CHILD_ENV: &str = "SAMIZDAT_CRASH_CHILD";
-/// Set in a child process: a database to try to open while the parent holds it.
-const LOCK_CHILD_ENV: &str = "SAMIZDAT_LOCK_CHILD";
+/// Set in a child process: a database to use while the parent has it open.
+const SHARE_CHILD_ENV: &str = "SAMIZDAT_SHARE_CHILD";
 const ITERATIONS_ENV: &str = "SAMIZDAT_CRASH_ITERATIONS";
 const SEED_ENV: &str = "SAMIZDAT_CRASH_SEED";
 const DEFAULT_ITERATIONS: u64 = 200;
@@ -66,11 +66,12 @@ const KEY_B: [u8; 32] = [0xb2; 32];
 
 /// Exit code of a child that found a violation (also recorded in `violations`).
 const EXIT_VIOLATION: i32 = 3;
-/// Exit codes of the lock child.
-const EXIT_LOCKED: i32 = 10;
-const EXIT_OPENED: i32 = 11;
+/// Exit codes of the sharing child.
+const EXIT_SENT: i32 = 11;
 const EXIT_OPENED_NO_SESSION: i32 = 12;
 const EXIT_OTHER_ERROR: i32 = 13;
+/// Messages the sharing child encrypts.
+const SHARED_MESSAGES: usize = 5;
 
 const APP_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS network (
@@ -173,8 +174,8 @@ fn violations(app: &Connection) -> Vec<String> {
 /// The child's entry point: a no-op in a normal test run.
 #[test]
 fn crash_child() {
-    if let Some(path) = std::env::var_os(LOCK_CHILD_ENV) {
-        lock_child(Path::new(&path));
+    if let Some(path) = std::env::var_os(SHARE_CHILD_ENV) {
+        share_child(Path::new(&path));
     }
     let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
     let dir = PathBuf::from(dir);
@@ -313,19 +314,30 @@ fn receive(app: &Connection, receiver: &Device, from: &Address, dir: Dir) -> Res
     Ok(())
 }
 
-/// Tries to open a database the parent holds and says by exit code what happened.
-fn lock_child(path: &Path) -> ! {
-    let code = match Device::open(path, &KEY_A) {
-        Err(DeviceError::Store(StoreError::Locked)) => EXIT_LOCKED,
-        Ok(device) => match device.has_session(&bob()) {
-            Ok(true) => EXIT_OPENED,
-            _ => EXIT_OPENED_NO_SESSION,
-        },
-        Err(e) => {
-            eprintln!("lock child: {e:?}");
-            EXIT_OTHER_ERROR
+/// Opens a database the parent has open, encrypts to bob, writes the
+/// ciphertexts next to it (`<path>-child`, each length-prefixed), and says by
+/// exit code what happened.
+fn share_child(path: &Path) -> ! {
+    let run = || -> Result<i32, DeviceError> {
+        let device = Device::open(path, &KEY_A)?;
+        if !device.has_session(&bob())? {
+            return Ok(EXIT_OPENED_NO_SESSION);
         }
+        let mut out = Vec::new();
+        for i in 0..SHARED_MESSAGES {
+            let wire = device.encrypt(&bob(), format!("from the second process {i}").as_bytes())?;
+            out.extend_from_slice(&(wire.len() as u32).to_be_bytes());
+            out.extend_from_slice(&wire);
+        }
+        let mut name = path.as_os_str().to_owned();
+        name.push("-child");
+        std::fs::write(name, out).map_err(StoreError::Io)?;
+        Ok(EXIT_SENT)
     };
+    let code = run().unwrap_or_else(|e| {
+        eprintln!("share child: {e:?}");
+        EXIT_OTHER_ERROR
+    });
     std::process::exit(code)
 }
 
@@ -336,7 +348,7 @@ fn child_command(var: &str, value: &Path) -> Command {
     command
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(var, value)
-        .env_remove(if var == CHILD_ENV { LOCK_CHILD_ENV } else { CHILD_ENV })
+        .env_remove(if var == CHILD_ENV { SHARE_CHILD_ENV } else { CHILD_ENV })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -695,6 +707,7 @@ fn a_restored_device_never_reuses_a_keystream_and_the_check_sees_reuse() {
                 table,
                 key,
                 value: Some(value),
+                expected: Expected::Absent,
             })
         })
         .collect();
@@ -718,48 +731,58 @@ fn a_restored_device_never_reuses_a_keystream_and_the_check_sees_reuse() {
     assert!(same_keystream(&c1, &pad1, &reused, &pad2), "the check must see a reused keystream");
 }
 
+/// A second process uses the store while this one has it open (nothing
+/// excludes it any more: every write is conditional on what it read), both
+/// encrypting to bob at once. Every message decrypts once, none shares a key
+/// with another, and the database is intact.
 #[test]
-fn a_second_process_gets_locked_out() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lock-{}", std::process::id()));
+fn a_second_process_shares_the_store() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("share-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("held.db");
-    let try_open = || {
-        let output = child_command(LOCK_CHILD_ENV, &path).output().unwrap();
-        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
-    };
+    let path = dir.join("shared.db");
 
     let a = Device::create(&path, &KEY_A, alice(), 0).unwrap();
     let b = Device::create(dir.join("b.db"), &KEY_B, bob(), 0).unwrap();
     a.start_session(&b.prekey_bundle().unwrap()).unwrap();
 
-    let (code, stderr) = try_open();
-    assert_eq!(code, Some(EXIT_LOCKED), "a second process must get StoreError::Locked:\n{stderr}");
-
-    // The holder goes on undisturbed, in both directions.
-    for i in 0..3 {
-        let wire = a.encrypt(&bob(), format!("to bob {i}").as_bytes()).unwrap();
-        let pending = b.decrypt(&alice(), &wire).unwrap();
-        b.commit(pending).unwrap();
-        let wire = b.encrypt(&alice(), format!("to alice {i}").as_bytes()).unwrap();
-        let pending = a.decrypt(&bob(), &wire).unwrap();
-        assert_eq!(pending.plaintext(), format!("to alice {i}").as_bytes());
-        a.commit(pending).unwrap();
+    // The child encrypts while this process does.
+    let child = child_command(SHARE_CHILD_ENV, &path).spawn().unwrap();
+    let mut sent: Vec<(Vec<u8>, Vec<u8>)> = (0..SHARED_MESSAGES)
+        .map(|i| {
+            let text = format!("from the first process {i}").into_bytes();
+            let wire = a.encrypt(&bob(), &text).unwrap();
+            (text, wire)
+        })
+        .collect();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(EXIT_SENT), "the second process:\n{stderr}");
+    let mut name = path.as_os_str().to_owned();
+    name.push("-child");
+    let mut written = std::fs::read(name).unwrap().into_iter();
+    for i in 0..SHARED_MESSAGES {
+        let len = u32::from_be_bytes(std::array::from_fn(|_| written.next().unwrap())) as usize;
+        let wire: Vec<u8> = written.by_ref().take(len).collect();
+        sent.push((format!("from the second process {i}").into_bytes(), wire));
     }
-    let (code, stderr) = try_open();
-    assert_eq!(code, Some(EXIT_LOCKED), "still locked:\n{stderr}");
+    let wire = a.encrypt(&bob(), b"after the child").unwrap();
+    sent.push((b"after the child".to_vec(), wire));
+
+    // Bob decrypts each once; no two share a keystream.
+    for (text, wire) in &sent {
+        let pending = b.decrypt(&alice(), wire).unwrap_or_else(|e| panic!("{}: {e:?}", String::from_utf8_lossy(text)));
+        assert_eq!(pending.plaintext(), text.as_slice());
+        b.commit(pending).unwrap();
+    }
+    for (i, (text1, wire1)) in sent.iter().enumerate() {
+        for (text2, wire2) in &sent[i + 1..] {
+            assert!(!same_keystream(&body(wire1), &padded(text1), &body(wire2), &padded(text2)));
+        }
+    }
     let check = Connection::open(&path).unwrap();
     let integrity: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(integrity, "ok");
-    drop(check);
-
-    // Released with the device: another process opens it, session intact.
-    drop(a);
-    let (code, stderr) = try_open();
-    assert_eq!(code, Some(EXIT_OPENED), "after the holder closed it:\n{stderr}");
-    let a = Device::open(&path, &KEY_A).unwrap();
-    let wire = a.encrypt(&bob(), b"still here").unwrap();
-    assert_eq!(b.decrypt(&alice(), &wire).unwrap().plaintext(), b"still here");
-    drop((a, b));
+    drop((check, a, b));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -15,7 +15,7 @@ use samizdat::{
     DecryptError, SessionError,
     address::Address,
     device::{Device, DeviceError},
-    store::{Backend, MemoryBackend, Row, StoreError, Table, Write},
+    store::{Backend, Expected, MemoryBackend, Row, StoreError, Table, Write},
 };
 
 fn addr(name: &str) -> Address {
@@ -111,8 +111,11 @@ fn wrong_storage_key_is_refused_and_changes_nothing() {
     ));
     let device = Device::open(&path, &[1; 32]).unwrap();
     assert_eq!(device.address(), &addr("me"));
-    assert!(matches!(Device::open(&path, &[1; 32]), Err(DeviceError::Store(StoreError::Locked))));
-    drop(device);
+    // A second handle on the same store is fine (its writes are conditional).
+    let second = Device::open(&path, &[1; 32]).unwrap();
+    assert_eq!(second.identity_key(), device.identity_key());
+    assert!(matches!(Device::open(&path, &[2; 32]), Err(DeviceError::Store(StoreError::WrongKey))));
+    drop((device, second));
     assert!(matches!(Device::open(dir.join("empty.db"), &[1; 32]), Err(DeviceError::Store(StoreError::NotFound))));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -397,4 +400,81 @@ fn identity_changes_need_a_decision_and_safety_numbers_match() {
     let wire = alice.encrypt(bob.address(), b"hi again").unwrap();
     assert_eq!(receive(&new_bob, alice.address(), &wire).unwrap(), b"hi again");
     assert!(Address::new("", 1).is_err());
+}
+
+/// A pending decryption belongs to the device that made it: committed on
+/// another device (an app with several accounts mixing them up), it is
+/// refused and neither store changes.
+#[test]
+fn a_pending_decryption_commits_only_on_its_own_device() {
+    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    let carol = Device::create_in(MemoryBackend::new(), &[3; 32], addr("carol"), 0).unwrap();
+    // Bob and Carol each have a session with Alice, in the same steps.
+    for peer in [&bob, &carol] {
+        alice.start_session(&peer.prekey_bundle().unwrap()).unwrap();
+        let wire = alice.encrypt(peer.address(), b"hello").unwrap();
+        receive(peer, alice.address(), &wire).unwrap();
+        let wire = peer.encrypt(alice.address(), b"hi").unwrap();
+        receive(&alice, peer.address(), &wire).unwrap();
+    }
+    let to_bob = alice.encrypt(bob.address(), b"for bob only").unwrap();
+    let to_carol = alice.encrypt(carol.address(), b"for carol only").unwrap();
+    let (bob_before, carol_before) = (bob.backend().snapshot(), carol.backend().snapshot());
+
+    let pending = bob.decrypt(alice.address(), &to_bob).unwrap();
+    let result = carol.commit(pending);
+    assert!(matches!(result, Err(DeviceError::ForeignPending)), "Carol committed Bob's pending decryption: {result:?}");
+    let batch = bob.decrypt_batch(&[(alice.address().clone(), to_bob.clone())]).unwrap();
+    let result = carol.commit_batch(batch);
+    assert!(matches!(result, Err(DeviceError::ForeignPending)), "Carol committed Bob's batch: {result:?}");
+    assert_eq!(bob.backend().snapshot(), bob_before);
+    assert_eq!(carol.backend().snapshot(), carol_before);
+
+    // Both sessions go on.
+    assert_eq!(receive(&bob, alice.address(), &to_bob).unwrap(), b"for bob only");
+    assert_eq!(receive(&carol, alice.address(), &to_carol).unwrap(), b"for carol only");
+
+    // A first message (a new session, made from no row at all) committed on
+    // a device that has no session with its sender either.
+    let erin = Device::create_in(MemoryBackend::new(), &[5; 32], addr("erin"), 0).unwrap();
+    let dave = Device::create_in(MemoryBackend::new(), &[4; 32], addr("dave"), 0).unwrap();
+    erin.refill_prekeys(5, 5, 0).unwrap();
+    dave.refill_prekeys(5, 5, 0).unwrap();
+    alice.start_session(&erin.prekey_bundle().unwrap()).unwrap();
+    let first = alice.encrypt(erin.address(), b"hello erin").unwrap();
+    let (erin_before, dave_before) = (erin.backend().snapshot(), dave.backend().snapshot());
+    let pending = erin.decrypt(alice.address(), &first).unwrap();
+    let result = dave.commit(pending);
+    assert!(matches!(result, Err(DeviceError::ForeignPending)), "Dave committed Erin's new session: {result:?}");
+    assert_eq!(erin.backend().snapshot(), erin_before);
+    assert_eq!(dave.backend().snapshot(), dave_before);
+    assert!(!dave.has_session(alice.address()).unwrap());
+    assert_eq!(receive(&erin, alice.address(), &first).unwrap(), b"hello erin");
+}
+
+/// What the device and store layers print never holds a plaintext, a sealed
+/// value or a key: only lengths, tables and public keys.
+#[test]
+fn debug_output_is_redacted() {
+    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let secret = "SECRET-PLAINTEXT-0123456789";
+    let wire = alice.encrypt(bob.address(), secret.as_bytes()).unwrap();
+    let pending = bob.decrypt(alice.address(), &wire).unwrap();
+    let batch = bob.decrypt_batch(&[(alice.address().clone(), wire.clone())]).unwrap();
+    let sealed = bob.backend().scan(Table::PreKeys).unwrap().remove(0).1;
+    let write = Write {
+        table: Table::PreKeys,
+        key: b"self".to_vec(),
+        value: Some(sealed.clone()),
+        expected: Expected::Value(sealed.clone()),
+    };
+    let printed = format!("{bob:?} {pending:?} {batch:?} {write:?} {:?}", Expected::Value(sealed.clone()));
+    assert!(!printed.contains(secret), "{printed}");
+    assert!(printed.contains(&format!("value_len: Some({})", sealed.len())), "{printed}");
+    let as_listed = |bytes: &[u8]| bytes.iter().map(|b| format!("{b}")).collect::<Vec<_>>().join(", ");
+    assert!(!printed.contains(&as_listed(&sealed[..8])), "a sealed value printed: {printed}");
+    assert!(!printed.contains(&as_listed(&secret.as_bytes()[..8])), "{printed}");
 }

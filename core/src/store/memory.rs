@@ -6,7 +6,8 @@ use super::{Backend, Row, StoreError, Table, Write};
 
 type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
-/// Rows in memory. Batches apply atomically under one lock.
+/// Rows in memory. Batches apply atomically under one lock, preconditions
+/// included: share it between handles as an `Arc<MemoryBackend>`.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     rows: Mutex<Rows>,
@@ -41,6 +42,13 @@ impl Backend for MemoryBackend {
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut rows = self.rows();
+        // Every precondition is checked before anything is written, under the
+        // one lock that every handle on this backend shares.
+        if let Some(failed) =
+            writes.iter().find(|w| !w.expected.holds(rows.get(&(w.table, w.key.clone())).map(Vec::as_slice)))
+        {
+            return Err(StoreError::Conflict { table: failed.table });
+        }
         for write in writes {
             match &write.value {
                 Some(value) => rows.insert((write.table, write.key.clone()), value.clone()),

@@ -4,7 +4,11 @@
 //! The unit of work is a transaction: a high-level call reads what it needs,
 //! computes every change in memory, and hands the backend one batch of
 //! [`Write`]s that it applies atomically ([`Backend::apply`]). Nothing is
-//! written before everything succeeded.
+//! written before everything succeeded. Each write carries a precondition
+//! ([`Expected`]): the row must still hold what the call read. So however
+//! many handles share a store (threads, processes, an app and its extension),
+//! two calls can never both build on the same row: the second one's batch is
+//! refused with [`StoreError::Conflict`], and it reads again.
 //!
 //! Encryption at rest is done here, above the backend, so every backend
 //! gets it: each value is sealed with XChaCha20-Poly1305 under a key derived
@@ -14,15 +18,15 @@
 //! see table names, hashed keys and sealed bytes, nothing else.
 //!
 //! Backends: [`MemoryBackend`] (tests, ephemeral devices) and
-//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, a busy timeout,
-//! a versioned schema, and an exclusive lock so a second process gets
-//! [`StoreError::Locked`] instead of a corrupted database).
+//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, settings that
+//! leave no superseded row in the files, a busy timeout, a versioned schema;
+//! any number of handles and processes, through SQLite's own locks).
 
 mod memory;
 mod sqlite;
 
 use chacha20poly1305::{
-    Key, KeyInit, XChaCha20Poly1305, XNonce,
+    KeyInit, XChaCha20Poly1305, XNonce,
     aead::{Aead, Payload},
 };
 use hmac::{Hmac, Mac};
@@ -69,7 +73,50 @@ impl Table {
 /// A row: its key and its (sealed) value.
 pub type Row = (Vec<u8>, Vec<u8>);
 
-/// One change of a batch: set `key` to `value`, or delete it (`None`).
+/// What a [`Write`] requires its row to hold when the batch is applied.
+/// Backends check it with [`Expected::holds`].
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expected {
+    /// Nothing: the write applies whatever the row holds.
+    Any,
+    /// The row must not exist.
+    Absent,
+    /// The row must hold exactly these (sealed) bytes: those the call read.
+    /// Every write seals with a fresh nonce, so any rewrite since the read,
+    /// even of the same content, fails the comparison.
+    Value(Vec<u8>),
+}
+
+impl Expected {
+    /// The precondition that the row still holds what a read returned:
+    /// [`Self::Value`] of it, or [`Self::Absent`] if there was none.
+    pub fn read(value: Option<Vec<u8>>) -> Self {
+        value.map_or(Self::Absent, Self::Value)
+    }
+
+    /// Whether a row holding `current` (`None`: absent) meets this precondition.
+    pub fn holds(&self, current: Option<&[u8]>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Absent => current.is_none(),
+            Self::Value(value) => current == Some(value.as_slice()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("Any"),
+            Self::Absent => f.write_str("Absent"),
+            Self::Value(value) => f.debug_struct("Value").field("len", &value.len()).finish_non_exhaustive(),
+        }
+    }
+}
+
+/// One change of a batch: set `key` to `value`, or delete it (`None`), if
+/// the row meets `expected`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Write {
     /// The table.
@@ -78,6 +125,8 @@ pub struct Write {
     pub key: Vec<u8>,
     /// The new (sealed) value, or `None` to delete the row.
     pub value: Option<Vec<u8>>,
+    /// What the row must hold for the batch to apply.
+    pub expected: Expected,
 }
 
 impl std::fmt::Debug for Write {
@@ -85,6 +134,7 @@ impl std::fmt::Debug for Write {
         f.debug_struct("Write")
             .field("table", &self.table)
             .field("value_len", &self.value.as_ref().map(Vec::len))
+            .field("expected", &self.expected)
             .finish_non_exhaustive()
     }
 }
@@ -96,8 +146,10 @@ pub enum StoreError {
     /// The storage key does not open this store.
     #[error("wrong storage key")]
     WrongKey,
-    /// Another process (or another handle in this one) has the store open.
-    #[error("the store is in use by another process")]
+    /// Another connection (another handle or process, or a tool) held the
+    /// database's lock for longer than the busy timeout (5 s). Nothing was
+    /// written; try again.
+    #[error("the store stayed locked by another connection")]
     Locked,
     /// No device exists in this store yet (open it with a create call).
     #[error("no device in this store")]
@@ -122,12 +174,32 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// A file could not be opened or locked.
+    /// The database file has more than one name (a hard link), or its path
+    /// no longer names the file this handle opened (renamed, replaced or
+    /// deleted since). SQLite finds the WAL and its index by the path, so two
+    /// names of one file would not see each other's writes: refused, nothing
+    /// written. Remove the extra link, or open the store by its new path.
+    #[error("the database file has another name, or was moved")]
+    MovedOrLinked,
+    /// The store was opened in another process: this one is a child of
+    /// `fork` that inherited it. Nothing was read or written; open the store
+    /// again in this process.
+    #[error("the store belongs to the process that opened it, not to this forked child")]
+    Forked,
+    /// The file system failed (finding the database file's identity).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     /// A write point failed on purpose (tests of failure injection).
     #[error("injected failure")]
     Injected,
+    /// A row of the batch no longer holds what the call read (its
+    /// [`Write::expected`]): another handle on the same store wrote it first.
+    /// Nothing was applied; read again and recompute.
+    #[error("row of table `{}` changed since it was read", .table.name())]
+    Conflict {
+        /// The table of the first write, in batch order, whose precondition failed.
+        table: Table,
+    },
 }
 
 /// A byte-level key-value store with atomic batches. Implement it to bring
@@ -148,8 +220,19 @@ pub trait Backend: Send + Sync {
     /// Applies every write, or none: one transaction, durable when this
     /// returns `Ok`.
     ///
+    /// The contract every backend must keep, atomically with respect to
+    /// every other `apply` on the same store (through any handle, in any
+    /// process): first check the precondition of every write
+    /// ([`Write::expected`]) against the row as it is now, before anything
+    /// of the batch is written; if one fails, apply nothing and return
+    /// [`StoreError::Conflict`] naming the table of the first failing write
+    /// in batch order; otherwise apply every write, in order. A backend that
+    /// checks and writes in two steps without one lock or transaction around
+    /// both breaks the guarantee that no message key is used twice.
+    ///
     /// # Errors
-    /// A backend failure; then nothing was applied.
+    /// [`StoreError::Conflict`] if a precondition fails; a backend failure.
+    /// Either way nothing was applied.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
 }
 
@@ -174,7 +257,9 @@ const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
 pub(crate) const KEY_CHECK_ROW: &[u8] = b"key-check";
 
 /// Seals and opens rows, and hashes addresses, under keys derived from the
-/// app's storage key.
+/// app's storage key. Both keys are [`Secret32`]s (boxed, wiped on drop); the
+/// derivation's outputs are `Zeroizing` and wiped once copied in; the
+/// plaintext [`Self::open`] returns is `Zeroizing`.
 pub(crate) struct Sealer {
     seal_key: Secret32,
     address_key: Secret32,
@@ -186,6 +271,13 @@ impl Sealer {
         let seal = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_SEAL_LABEL);
         let address = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_ADDRESS_LABEL);
         Self { seal_key: Secret32::from_zeroizing(&seal), address_key: Secret32::from_zeroizing(&address) }
+    }
+
+    /// The sealing cipher, keyed from the boxed key without a copy on the
+    /// stack (`Key::from(*bytes)` would leave one); the cipher wipes its own
+    /// copy when dropped (`chacha20poly1305`'s `zeroize` feature).
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(self.seal_key.as_bytes().into())
     }
 
     fn associated_data(table: Table, key: &[u8]) -> Vec<u8> {
@@ -208,7 +300,7 @@ impl Sealer {
     ) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let cipher = XChaCha20Poly1305::new(&Key::from(*self.seal_key.as_bytes()));
+        let cipher = self.cipher();
         let ad = Self::associated_data(table, key);
         let sealed = cipher.encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &ad }).unwrap_or_default();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
@@ -227,7 +319,7 @@ impl Sealer {
         }
         let (nonce, body) = rest.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
-        let cipher = XChaCha20Poly1305::new(&Key::from(*self.seal_key.as_bytes()));
+        let cipher = self.cipher();
         let ad = Self::associated_data(table, key);
         cipher.decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &ad }).map(Zeroizing::new).map_err(|_| corrupt())
     }
@@ -244,12 +336,14 @@ impl Sealer {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// The sealed check value written when a store is created.
+    /// The sealed check value written when a store is created (only into a
+    /// store that has none).
     pub(crate) fn key_check<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Write {
         Write {
             table: Table::Meta,
             key: KEY_CHECK_ROW.to_vec(),
             value: Some(self.seal(rng, Table::Meta, KEY_CHECK_ROW, KEY_CHECK_PLAINTEXT)),
+            expected: Expected::Absent,
         }
     }
 
@@ -282,6 +376,69 @@ mod tests {
             assert!(sealer.open(Table::Sessions, b"row-a", &bad).is_err());
         }
         assert!(sealer.open(Table::Sessions, b"row-a", &sealed[..20]).is_err());
+    }
+
+    /// The contract of `apply`: every precondition checked before anything
+    /// is written; a failed one applies nothing and names its table.
+    fn conditional_batches(backend: &dyn Backend) {
+        let write = |table, key: &[u8], value: Option<&[u8]>, expected| Write {
+            table,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+            expected,
+        };
+        let all = |backend: &dyn Backend| Table::ALL.iter().map(|&t| backend.scan(t).unwrap()).collect::<Vec<_>>();
+        backend.apply(&[write(Table::Sessions, b"a", Some(b"1"), Expected::Absent)]).unwrap();
+        // A row that exists is not absent; a value that differs does not hold.
+        let before = all(backend);
+        for expected in [Expected::Absent, Expected::Value(b"2".to_vec()), Expected::Value(b"".to_vec())] {
+            let result = backend.apply(&[write(Table::Sessions, b"a", Some(b"x"), expected)]);
+            assert!(matches!(result, Err(StoreError::Conflict { table: Table::Sessions })));
+        }
+        // An absent row holds no value.
+        let result = backend.apply(&[write(Table::PreKeys, b"p", Some(b"x"), Expected::Value(b"1".to_vec()))]);
+        assert!(matches!(result, Err(StoreError::Conflict { table: Table::PreKeys })));
+        // The last write's precondition fails: the first, met, is not applied either.
+        let result = backend.apply(&[
+            write(Table::Sessions, b"a", Some(b"2"), Expected::Value(b"1".to_vec())),
+            write(Table::Sessions, b"b", None, Expected::Any),
+            write(Table::PreKeys, b"p", Some(b"x"), Expected::Value(b"0".to_vec())),
+        ]);
+        assert!(matches!(result, Err(StoreError::Conflict { table: Table::PreKeys })));
+        // The first failing write in batch order is the one named.
+        let result = backend.apply(&[
+            write(Table::Identity, b"self", Some(b"i"), Expected::Value(b"0".to_vec())),
+            write(Table::PreKeys, b"p", Some(b"x"), Expected::Value(b"0".to_vec())),
+        ]);
+        assert!(matches!(result, Err(StoreError::Conflict { table: Table::Identity })));
+        assert_eq!(all(backend), before, "a refused batch changed nothing");
+        // Met preconditions apply, in order; a delete may be conditional too.
+        backend
+            .apply(&[
+                write(Table::Sessions, b"a", Some(b"2"), Expected::Value(b"1".to_vec())),
+                write(Table::PreKeys, b"p", Some(b"x"), Expected::Absent),
+                write(Table::Sessions, b"c", Some(b"3"), Expected::Any),
+            ])
+            .unwrap();
+        backend.apply(&[write(Table::Sessions, b"c", None, Expected::Value(b"3".to_vec()))]).unwrap();
+        assert_eq!(backend.get(Table::Sessions, b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(backend.get(Table::PreKeys, b"p").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(backend.get(Table::Sessions, b"c").unwrap(), None);
+    }
+
+    #[test]
+    fn conditional_batches_in_memory() {
+        conditional_batches(&MemoryBackend::new());
+    }
+
+    #[test]
+    fn conditional_batches_on_sqlite() {
+        let dir = std::env::temp_dir().join(format!("samizdat-conditional-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        conditional_batches(&SqliteBackend::open(&path).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
