@@ -102,9 +102,21 @@ pub enum SamizdatError {
     /// The storage key does not open this store (nothing was changed).
     #[error("wrong storage key")]
     WrongStorageKey,
-    /// Another process or handle has this store open: close it first.
-    #[error("the store is in use")]
-    StoreLocked,
+    /// The store stayed busy (another handle or process writing) longer than
+    /// the wait, or changed under this call more often than it retried:
+    /// nothing was written; call again.
+    #[error("the store is busy")]
+    StoreBusy,
+    /// This object was inherited through `fork()` (Python's `multiprocessing`
+    /// on Linux forks by default): nothing was read or written. Open the
+    /// store again in this process.
+    #[error("the device belongs to the process that opened it")]
+    ForkedProcess,
+    /// A pending message or batch made by another device was given to this
+    /// one's commit: nothing was written; commit it on the device that
+    /// decrypted it.
+    #[error("this pending message belongs to another device")]
+    WrongDevice,
     /// The store holds no device: create one.
     #[error("no device in this store")]
     NoDevice,
@@ -329,7 +341,9 @@ impl Device {
         Ok(Arc::new(self.inner.decrypt(&sender.to_core()?, &ciphertext)?.into()))
     }
 
-    /// Commits a decryption (after the app stored the plaintext).
+    /// Commits a decryption (after the app stored the plaintext). Any commit
+    /// attempt uses up `pending`: after an error nothing was written, and the
+    /// message decrypts again.
     pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<(), SamizdatError> {
         Ok(self.inner.commit(take(&pending.inner)?)?)
     }
@@ -465,6 +479,8 @@ impl From<DeviceError> for SamizdatError {
             DeviceError::Store(e) => e.into(),
             DeviceError::PreKey(e) => invalid_argument(e),
             DeviceError::InvalidArgument(e) => invalid_argument(e),
+            DeviceError::Forked => Self::ForkedProcess,
+            DeviceError::ForeignPending => Self::WrongDevice,
             e => Self::Other { reason: e.to_string() },
         }
     }
@@ -498,7 +514,8 @@ impl From<StoreError> for SamizdatError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::WrongKey => Self::WrongStorageKey,
-            StoreError::Locked => Self::StoreLocked,
+            StoreError::Locked | StoreError::Conflict { .. } => Self::StoreBusy,
+            StoreError::Forked => Self::ForkedProcess,
             StoreError::NotFound => Self::NoDevice,
             StoreError::AlreadyExists => Self::DeviceExists,
             e => Self::StoreError { reason: e.to_string() },

@@ -5,6 +5,8 @@ A device releases its store when its last reference goes (`del device`).
 """
 
 import gc
+import os
+import shutil
 import time
 
 import pytest
@@ -107,9 +109,15 @@ def test_two_phase_decrypt_survives_a_restart(tmp_path):
 def test_every_exception_class(tmp_path):
     alice_path = str(tmp_path / "alice.db")
     alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
-    # The store: locked while open, no device.
-    with pytest.raises(SamizdatError.StoreLocked):
-        Device.open(alice_path, ALICE_KEY)
+    # The store: a second handle shares it; a second name (hard link) is refused; no device.
+    second = Device.open(alice_path, ALICE_KEY)
+    assert second.identity_key() == alice.identity_key()
+    del second
+    os.link(alice_path, str(tmp_path / "alice-link.db"))
+    with pytest.raises(SamizdatError.StoreError) as error:
+        Device.open(str(tmp_path / "alice-link.db"), ALICE_KEY)
+    assert "name" in error.value.reason or "link" in error.value.reason
+    os.unlink(str(tmp_path / "alice-link.db"))
     with pytest.raises(SamizdatError.NoDevice):
         Device.open(str(tmp_path / "empty.db"), ALICE_KEY)
     # Arguments.
@@ -213,6 +221,79 @@ def test_dropping_a_device_releases_its_store(tmp_path):
     release()
     for _ in range(3):
         assert Device.open(path, ALICE_KEY).address().user_id == "alice"
+
+
+def test_a_restored_sender_never_reuses_a_key_and_is_reported(tmp_path):
+    """Issue 11, attack 3: Alice's store is restored from a backup; her next message reuses a counter."""
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    bob_address = alice.start_session(bob.prekey_bundle())
+    assert receive(bob, alice.address(), alice.encrypt(bob_address, b"hello")) == "hello"
+    assert receive(alice, bob_address, bob.encrypt(alice.address(), b"hi")) == "hi"
+    alice_path = str(tmp_path / "alice.db")
+    del alice
+    release()
+    shutil.copyfile(alice_path, str(tmp_path / "backup.db"))  # the backup, taken while closed
+    alice = Device.open(alice_path, ALICE_KEY)
+    original = alice.encrypt(bob_address, b"sent before the restore")
+    assert receive(bob, alice.address(), original) == "sent before the restore"
+    del alice
+    release()
+    shutil.copyfile(str(tmp_path / "backup.db"), alice_path)  # restored
+    alice = Device.open(alice_path, ALICE_KEY)
+    again = alice.encrypt(bob_address, b"sent after the restore")
+    with pytest.raises(SamizdatError.SenderRolledBack):
+        bob.decrypt(alice.address(), again)
+    with pytest.raises(SamizdatError.Duplicate):
+        bob.decrypt(alice.address(), original)
+    # The restored sender goes on: its next message decrypts.
+    assert receive(bob, alice.address(), alice.encrypt(bob_address, b"next")) == "next"
+
+
+def test_a_pending_message_commits_only_on_its_own_device(tmp_path):
+    """Issue 11, attack 5: Carol's device must refuse Bob's pending decryption."""
+    alice, bob, carol = (device(tmp_path, n, k) for n, k in [("alice", ALICE_KEY), ("bob", BOB_KEY), ("carol", CAROL_KEY)])
+    alice.start_session(bob.prekey_bundle())
+    alice.start_session(carol.prekey_bundle())
+    assert receive(carol, alice.address(), alice.encrypt(carol.address(), b"to carol")) == "to carol"
+    to_bob = alice.encrypt(bob.address(), b"to bob")
+    pending = bob.decrypt(alice.address(), to_bob)
+    with pytest.raises(SamizdatError.WrongDevice):
+        carol.commit(pending)
+    # Nothing was written: Bob decrypts it again and commits (a commit attempt uses up its pending).
+    assert receive(bob, alice.address(), to_bob) == "to bob"
+
+
+def test_a_second_handle_shares_the_store_without_reusing_keys(tmp_path):
+    """Issue 11, attack 4: two handles on one database never encrypt twice from one state."""
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    bob_address = alice.start_session(bob.prekey_bundle())
+    second = Device.open(str(tmp_path / "alice.db"), ALICE_KEY)
+    wires = []
+    for i in range(10):
+        handle = alice if i % 2 == 0 else second
+        wires.append(handle.encrypt(bob_address, f"m{i}".encode()))
+    assert len(set(wires)) == 10
+    assert [receive(bob, alice.address(), w) for w in wires] == [f"m{i}" for i in range(10)]
+
+
+def test_a_forked_child_is_refused(tmp_path):
+    """Issue 11, attack 4: a device inherited through fork() (multiprocessing's default on Linux)."""
+    alice, bob = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "bob", BOB_KEY)
+    bob_address = alice.start_session(bob.prekey_bundle())
+    pid = os.fork()
+    if pid == 0:  # the child: every call that touches the store is refused
+        try:
+            alice.encrypt(bob_address, b"from the child")
+            status = 1
+        except SamizdatError.ForkedProcess:
+            status = 0
+        except BaseException:
+            status = 2
+        os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    # The parent goes on.
+    assert receive(bob, alice.address(), alice.encrypt(bob_address, b"from the parent")) == "from the parent"
 
 
 def test_cost_of_one_round(tmp_path):

@@ -598,7 +598,9 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func address()  -> Address
     
     /**
-     * Commits a decryption (after the app stored the plaintext).
+     * Commits a decryption (after the app stored the plaintext). Any commit
+     * attempt uses up `pending`: after an error nothing was written, and the
+     * message decrypts again.
      */
     func commit(pending: PendingMessage) throws 
     
@@ -796,7 +798,9 @@ open func address() -> Address  {
 }
     
     /**
-     * Commits a decryption (after the app stored the plaintext).
+     * Commits a decryption (after the app stored the plaintext). Any commit
+     * attempt uses up `pending`: after an error nothing was written, and the
+     * message decrypts again.
      */
 open func commit(pending: PendingMessage)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
@@ -1985,6 +1989,14 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      */
     case Duplicate
     /**
+     * The sender's device went back to an older state (a restored backup, a
+     * copied or forked app): this message reuses a counter it had already
+     * used, so it cannot be decrypted (nothing was encrypted twice under one
+     * key). Ack and drop it; the sender must send it again (session healing
+     * will ask for it). It is authentic: only the peer can make one.
+     */
+    case SenderRolledBack
+    /**
      * The message is malformed, forged or altered, or too far ahead of the
      * session: drop it. Opaque on purpose: which check failed is not for a
      * forger to learn.
@@ -2037,9 +2049,23 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      */
     case WrongStorageKey
     /**
-     * Another process or handle has this store open: close it first.
+     * The store stayed busy (another handle or process writing) longer than
+     * the wait, or changed under this call more often than it retried:
+     * nothing was written; call again.
      */
-    case StoreLocked
+    case StoreBusy
+    /**
+     * This object was inherited through `fork()` (Python's `multiprocessing`
+     * on Linux forks by default): nothing was read or written. Open the
+     * store again in this process.
+     */
+    case ForkedProcess
+    /**
+     * A pending message or batch made by another device was given to this
+     * one's commit: nothing was written; commit it on the device that
+     * decrypted it.
+     */
+    case WrongDevice
     /**
      * The store holds no device: create one.
      */
@@ -2106,30 +2132,33 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
             identity: try FfiConverterData.read(from: &buf)
             )
         case 2: return .Duplicate
-        case 3: return .InvalidMessage
-        case 4: return .InvalidBundle
-        case 5: return .NoSession
-        case 6: return .UnknownPrekey
-        case 7: return .StalePending
-        case 8: return .AlreadyCommitted
-        case 9: return .MessageTooLarge(
+        case 3: return .SenderRolledBack
+        case 4: return .InvalidMessage
+        case 5: return .InvalidBundle
+        case 6: return .NoSession
+        case 7: return .UnknownPrekey
+        case 8: return .StalePending
+        case 9: return .AlreadyCommitted
+        case 10: return .MessageTooLarge(
             len: try FfiConverterUInt64.read(from: &buf), 
             max: try FfiConverterUInt64.read(from: &buf)
             )
-        case 10: return .SafetyNumberMismatch(
+        case 11: return .SafetyNumberMismatch(
             side: try FfiConverterTypeMismatchedSide.read(from: &buf)
             )
-        case 11: return .WrongStorageKey
-        case 12: return .StoreLocked
-        case 13: return .NoDevice
-        case 14: return .DeviceExists
-        case 15: return .StoreError(
+        case 12: return .WrongStorageKey
+        case 13: return .StoreBusy
+        case 14: return .ForkedProcess
+        case 15: return .WrongDevice
+        case 16: return .NoDevice
+        case 17: return .DeviceExists
+        case 18: return .StoreError(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 16: return .InvalidArgument(
+        case 19: return .InvalidArgument(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 17: return .Other(
+        case 20: return .Other(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -2153,69 +2182,81 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(2))
         
         
-        case .InvalidMessage:
+        case .SenderRolledBack:
             writeInt(&buf, Int32(3))
         
         
-        case .InvalidBundle:
+        case .InvalidMessage:
             writeInt(&buf, Int32(4))
         
         
-        case .NoSession:
+        case .InvalidBundle:
             writeInt(&buf, Int32(5))
         
         
-        case .UnknownPrekey:
+        case .NoSession:
             writeInt(&buf, Int32(6))
         
         
-        case .StalePending:
+        case .UnknownPrekey:
             writeInt(&buf, Int32(7))
         
         
-        case .AlreadyCommitted:
+        case .StalePending:
             writeInt(&buf, Int32(8))
         
         
-        case let .MessageTooLarge(len,max):
+        case .AlreadyCommitted:
             writeInt(&buf, Int32(9))
+        
+        
+        case let .MessageTooLarge(len,max):
+            writeInt(&buf, Int32(10))
             FfiConverterUInt64.write(len, into: &buf)
             FfiConverterUInt64.write(max, into: &buf)
             
         
         case let .SafetyNumberMismatch(side):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
             FfiConverterTypeMismatchedSide.write(side, into: &buf)
             
         
         case .WrongStorageKey:
-            writeInt(&buf, Int32(11))
-        
-        
-        case .StoreLocked:
             writeInt(&buf, Int32(12))
         
         
-        case .NoDevice:
+        case .StoreBusy:
             writeInt(&buf, Int32(13))
         
         
-        case .DeviceExists:
+        case .ForkedProcess:
             writeInt(&buf, Int32(14))
         
         
-        case let .StoreError(reason):
+        case .WrongDevice:
             writeInt(&buf, Int32(15))
+        
+        
+        case .NoDevice:
+            writeInt(&buf, Int32(16))
+        
+        
+        case .DeviceExists:
+            writeInt(&buf, Int32(17))
+        
+        
+        case let .StoreError(reason):
+            writeInt(&buf, Int32(18))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .InvalidArgument(reason):
-            writeInt(&buf, Int32(16))
+            writeInt(&buf, Int32(19))
             FfiConverterString.write(reason, into: &buf)
             
         
         case let .Other(reason):
-            writeInt(&buf, Int32(17))
+            writeInt(&buf, Int32(20))
             FfiConverterString.write(reason, into: &buf)
             
         }
@@ -2378,7 +2419,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_address() != 1504) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 12524) {
+    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 8218) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_commit_batch() != 52880) {

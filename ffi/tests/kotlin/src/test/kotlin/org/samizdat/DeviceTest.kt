@@ -118,8 +118,14 @@ class DeviceTest {
         val alicePath = dir.resolve("alice.db").toString()
         device(dir, "alice", aliceKey).use { alice ->
             device(dir, "bob", bobKey).use { bob ->
-                // The store: locked while open, refused with the wrong key, no device, already a device.
-                assertThrows(SamizdatException.StoreLocked::class.java) { Device.open(alicePath, aliceKey) }
+                // The store: a second handle shares it, a second name (hard link) is refused, no device.
+                Device.open(alicePath, aliceKey).use { second ->
+                    assertArrayEquals(alice.identityKey(), second.identityKey())
+                }
+                val link = dir.resolve("alice-link.db")
+                java.nio.file.Files.createLink(link, dir.resolve("alice.db"))
+                assertThrows(SamizdatException.StoreException::class.java) { Device.open(link.toString(), aliceKey) }
+                java.nio.file.Files.delete(link)
                 assertThrows(SamizdatException.NoDevice::class.java) {
                     Device.open(dir.resolve("empty.db").toString(), aliceKey)
                 }
@@ -243,6 +249,60 @@ class DeviceTest {
         val extracted = Native.extractFromResourcePath("samizdat_ffi")
         val built = File(System.getProperty("samizdat.native.library"))
         assertEquals(built.length(), extracted.length())
+    }
+
+    /** Issue 11, attack 3: Alice's store is restored from a backup; her next message reuses a counter. */
+    @Test
+    fun aRestoredSenderNeverReusesAKeyAndIsReported(@TempDir dir: Path) {
+        val alicePath = dir.resolve("alice.db")
+        val backup = dir.resolve("backup.db")
+        device(dir, "bob", bobKey).use { bob ->
+            val bobAddress = device(dir, "alice", aliceKey).use { alice ->
+                val bobAddress = alice.startSession(bob.prekeyBundle())
+                assertEquals("hello", receive(bob, alice.address(), alice.encrypt(bobAddress, "hello".encodeToByteArray())))
+                assertEquals("hi", receive(alice, bobAddress, bob.encrypt(alice.address(), "hi".encodeToByteArray())))
+                bobAddress
+            }
+            java.nio.file.Files.copy(alicePath, backup) // the backup, taken while closed
+            val original = Device.open(alicePath.toString(), aliceKey).use { alice ->
+                alice.encrypt(bobAddress, "sent before the restore".encodeToByteArray()).also {
+                    assertEquals("sent before the restore", receive(bob, alice.address(), it))
+                }
+            }
+            java.nio.file.Files.copy(backup, alicePath, java.nio.file.StandardCopyOption.REPLACE_EXISTING)
+            Device.open(alicePath.toString(), aliceKey).use { alice ->
+                val again = alice.encrypt(bobAddress, "sent after the restore".encodeToByteArray())
+                assertThrows(SamizdatException.SenderRolledBack::class.java) { bob.decrypt(alice.address(), again) }
+                assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), original) }
+                assertEquals("next", receive(bob, alice.address(), alice.encrypt(bobAddress, "next".encodeToByteArray())))
+            }
+        }
+    }
+
+    /** Issue 11, attacks 4 and 5: a second handle shares the store; a pending commits only on its own device. */
+    @Test
+    fun handlesShareTheStoreAndPendingsStayOnTheirDevice(@TempDir dir: Path) {
+        device(dir, "alice", aliceKey).use { alice ->
+            device(dir, "bob", bobKey).use { bob ->
+                device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
+                    val bobAddress = alice.startSession(bob.prekeyBundle())
+                    alice.startSession(carol.prekeyBundle())
+                    Device.open(dir.resolve("alice.db").toString(), aliceKey).use { second ->
+                        val wires = (0 until 10).map { i ->
+                            (if (i % 2 == 0) alice else second).encrypt(bobAddress, "m$i".encodeToByteArray())
+                        }
+                        assertEquals((0 until 10).map { "m$it" }, wires.map { receive(bob, alice.address(), it) })
+                    }
+                    assertEquals("c", receive(carol, alice.address(), alice.encrypt(carol.address(), "c".encodeToByteArray())))
+                    val toBob = alice.encrypt(bobAddress, "to bob".encodeToByteArray())
+                    bob.decrypt(alice.address(), toBob).use { pending ->
+                        assertThrows(SamizdatException.WrongDevice::class.java) { carol.commit(pending) }
+                    }
+                    // Nothing was written: Bob decrypts it again and commits (a commit attempt uses up its pending).
+                    assertEquals("to bob", receive(bob, alice.address(), toBob))
+                }
+            }
+        }
     }
 
     @Test
