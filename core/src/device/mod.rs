@@ -1,0 +1,321 @@
+//! The device: the high-level API over an encrypted store.
+//!
+//! A [`Device`] is one installation of an app: an identity, its prekeys, and
+//! a session record per peer device, all kept in a [`Backend`] and sealed
+//! under the app's 32-byte storage key. Every call is one transaction: it
+//! reads what it needs, computes in memory, and writes once.
+//!
+//! - [`Device::encrypt`] commits the advanced session before it returns the
+//!   ciphertext, so a message key is never used twice, even across a crash.
+//! - [`Device::decrypt`] is two-phase: it returns a [`PendingMessage`] with
+//!   the plaintext and changes nothing. The app stores the plaintext (keyed
+//!   by its transport's message id, so that storing twice is harmless), then
+//!   calls [`Device::commit`], then acknowledges the message to its server.
+//!   Before the commit the same ciphertext decrypts again; after it, a
+//!   redelivery is reported as a duplicate.
+//! - [`Device::decrypt_batch`] does the same for many queued messages in one
+//!   transaction.
+//!
+//! A `Device` is `Send + Sync`: calls for different peers run in parallel
+//! (each peer has its own lock; the database serializes only the writes).
+//!
+//! Several handles may share one store (two `Device`s over one database, in
+//! one process or several, or over one `Arc<MemoryBackend>`). Every write is
+//! conditional on its rows still holding the sealed bytes the call read
+//! ([`Expected`]): when another handle wrote first, a call that has handed
+//! nothing out reads again and recomputes (at most [`MAX_WRITE_ATTEMPTS`]
+//! times), and a commit of a decryption made on the old row is refused as
+//! stale. No two encryptions ever build on the same state, so no message key
+//! is used twice.
+//!
+//! A `Device` belongs to the process that made it: in a child of `fork`,
+//! every call that touches its state fails with [`DeviceError::Forked`]
+//! before it reaches the store (the child would otherwise encrypt from a copy
+//! of the state, or through the parent's database connection). The child
+//! opens the device again.
+//!
+//! # Example
+//!
+//! ```
+//! use samizdat::{address::Address, device::Device, store::MemoryBackend};
+//!
+//! let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
+//! let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+//!
+//! let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
+//! let wire = alice.encrypt(&bob_address, b"hello")?;
+//!
+//! let pending = bob.decrypt(alice.address(), &wire)?;
+//! assert_eq!(pending.plaintext(), b"hello");
+//! // ... the app stores the plaintext durably here ...
+//! bob.commit(pending)?;
+//! // ... and only then acknowledges the message to its server.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod pending;
+mod prekeys;
+mod sessions;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use prost::Message as _;
+use samizdat_proto::storage;
+use zeroize::Zeroizing;
+
+use crate::{
+    DecodeError, SessionError,
+    address::Address,
+    keys::{IdentityKey, IdentityKeyPair, fixed},
+    limits::MAX_WRITE_ATTEMPTS,
+    prekeys::{PreKeyError, PreKeySet},
+    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+};
+
+pub use self::pending::{PendingBatch, PendingMessage};
+use self::prekeys::prekeys_write;
+
+/// The row key of the identity and prekey rows (each table has one row).
+const SINGLE_ROW: &[u8] = b"self";
+/// Format version of the identity and session rows.
+const ROW_VERSION: u32 = 1;
+
+/// Why a device call failed. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The session layer refused (duplicate, forged, untrusted identity, no
+    /// session, unknown prekey, ...).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The store failed or was opened with the wrong key.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Prekeys could not be generated.
+    #[error(transparent)]
+    PreKey(#[from] PreKeyError),
+    /// An argument is invalid (for example an empty user id).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(DecodeError),
+    /// This device was made in another process: this one is a child of
+    /// `fork` that inherited it. Nothing was read or written; open the device
+    /// again in this process.
+    #[error("the device belongs to the process that opened it, not to this forked child")]
+    Forked,
+    /// A [`PendingMessage`] or [`PendingBatch`] made by another device was
+    /// given to this one's commit. Nothing was written; commit it on the
+    /// device that decrypted it.
+    #[error("this pending decryption was made by another device")]
+    ForeignPending,
+}
+
+/// What [`Device::rotate_prekeys`] replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotated {
+    /// Whether the signed prekey was rotated.
+    pub signed_prekey: bool,
+    /// Whether the last-resort ML-KEM prekey was rotated.
+    pub last_resort_prekey: bool,
+}
+
+/// One installation: an identity, its prekeys and its sessions, in a store.
+pub struct Device<B: Backend = SqliteBackend> {
+    backend: B,
+    sealer: Sealer,
+    identity: IdentityKeyPair,
+    address: Address,
+    peer_locks: Mutex<HashMap<Vec<u8>, Arc<Mutex<()>>>>,
+    prekey_lock: Mutex<()>,
+    /// The process that made this device.
+    pid: u32,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every guarded value here is `()` or a map of locks: nothing can be
+    // left half-updated by a panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `attempt` (read, compute, conditional write) again while its write
+/// is refused because another handle wrote the rows it read, at most
+/// [`MAX_WRITE_ATTEMPTS`] times in all. Only for calls whose result has not
+/// been handed out: a refused attempt wrote nothing and its result is dropped.
+fn retry_on_conflict<T>(mut attempt: impl FnMut() -> Result<T, DeviceError>) -> Result<T, DeviceError> {
+    let mut attempts = 1;
+    loop {
+        match attempt() {
+            Err(DeviceError::Store(StoreError::Conflict { .. })) if attempts < MAX_WRITE_ATTEMPTS => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
+impl Device<SqliteBackend> {
+    /// Creates a new device in a new SQLite database at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] if the database already holds a device;
+    /// as [`SqliteBackend::open`].
+    pub fn create(
+        path: impl AsRef<Path>,
+        storage_key: &[u8; 32],
+        address: Address,
+        now: u64,
+    ) -> Result<Self, DeviceError> {
+        Self::create_in(SqliteBackend::open(path)?, storage_key, address, now)
+    }
+
+    /// Opens the device in the SQLite database at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if it holds no device, [`StoreError::WrongKey`]
+    /// for the wrong storage key (nothing is changed); as
+    /// [`SqliteBackend::open`].
+    pub fn open(path: impl AsRef<Path>, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
+        Self::open_in(SqliteBackend::open(path)?, storage_key)
+    }
+
+    /// Opens the device at `path`, creating it first if the database holds none.
+    ///
+    /// # Errors
+    /// As [`Self::open`] and [`Self::create`].
+    pub fn open_or_create(
+        path: impl AsRef<Path>,
+        storage_key: &[u8; 32],
+        address: Address,
+        now: u64,
+    ) -> Result<Self, DeviceError> {
+        let backend = SqliteBackend::open(path)?;
+        if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
+            let sealer = Sealer::new(storage_key);
+            match retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now)) {
+                Ok(identity) => return Ok(Self::assemble(backend, sealer, identity, address)),
+                // Another handle created it meanwhile: open that one.
+                Err(DeviceError::Store(StoreError::AlreadyExists)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Self::open_in(backend, storage_key)
+    }
+}
+
+impl<B: Backend> Device<B> {
+    /// Creates a new device (a fresh identity, a signed prekey and a
+    /// last-resort ML-KEM prekey) in an empty backend, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] if the backend already holds a device
+    /// (also when another handle created one meanwhile).
+    pub fn create_in(backend: B, storage_key: &[u8; 32], address: Address, now: u64) -> Result<Self, DeviceError> {
+        let sealer = Sealer::new(storage_key);
+        let identity = retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now))?;
+        Ok(Self::assemble(backend, sealer, identity, address))
+    }
+
+    /// Writes a new device's rows into a backend that has none (each write
+    /// conditional on its row being absent) and returns its identity.
+    fn create_rows(backend: &B, sealer: &Sealer, address: &Address, now: u64) -> Result<IdentityKeyPair, DeviceError> {
+        if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_some() {
+            return Err(StoreError::AlreadyExists.into());
+        }
+        let mut rng = crate::os_rng();
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let prekeys = PreKeySet::new(&mut rng, &identity, now);
+        let row = Zeroizing::new(storage::IdentityRow {
+            version: ROW_VERSION,
+            seed: identity.to_seed().to_vec(),
+            user_id: address.user_id().to_owned(),
+            device_id: address.device_id(),
+        });
+        // The seed is in `row` (wiped on drop) and in its encoding (wiped too).
+        let encoded = Zeroizing::new(encode(&*row));
+        let identity_write = Write {
+            table: Table::Identity,
+            key: SINGLE_ROW.to_vec(),
+            value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encoded)),
+            expected: Expected::Absent,
+        };
+        let prekeys_write = prekeys_write(sealer, &prekeys, Expected::Absent);
+        backend.apply(&[sealer.key_check(&mut rng), identity_write, prekeys_write])?;
+        Ok(identity)
+    }
+
+    /// Opens the device in `backend`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::WrongKey`] (nothing changed),
+    /// or [`StoreError::Corrupt`].
+    pub fn open_in(backend: B, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
+        let sealer = Sealer::new(storage_key);
+        let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
+        sealer.verify_key_check(&check)?;
+        let sealed = backend.get(Table::Identity, SINGLE_ROW)?.ok_or(StoreError::Corrupt { table: Table::Identity })?;
+        let bytes = sealer.open(Table::Identity, SINGLE_ROW, &sealed)?;
+        let corrupt = || StoreError::Corrupt { table: Table::Identity };
+        let row = Zeroizing::new(storage::IdentityRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
+        let seed = Zeroizing::new(fixed::<32>(&row.seed, "seed").map_err(|_| corrupt())?);
+        let address = Address::new(row.user_id.clone(), row.device_id).map_err(|_| corrupt())?;
+        if row.version != ROW_VERSION {
+            return Err(StoreError::Corrupt { table: Table::Identity }.into());
+        }
+        Ok(Self::assemble(backend, sealer, IdentityKeyPair::from_seed(&seed), address))
+    }
+
+    fn assemble(backend: B, sealer: Sealer, identity: IdentityKeyPair, address: Address) -> Self {
+        Self {
+            backend,
+            sealer,
+            identity,
+            address,
+            peer_locks: Mutex::new(HashMap::new()),
+            prekey_lock: Mutex::new(()),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Refuses every call that touches state in a forked child, before any
+    /// lock or store access (a lock may have been held by another thread of
+    /// the parent when it forked).
+    fn check_process(&self) -> Result<(), DeviceError> {
+        if std::process::id() == self.pid { Ok(()) } else { Err(DeviceError::Forked) }
+    }
+
+    /// The backend (for tests and tools).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// This device's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// This device's identity key.
+    pub fn identity_key(&self) -> IdentityKey {
+        self.identity.public_key()
+    }
+}
+
+impl<B: Backend> fmt::Debug for Device<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Device")
+            .field("address", &self.address)
+            .field("identity", &self.identity.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The encoding of `message`, in a buffer of exactly its length (it is never
+/// reallocated, so no copy of a secret is left behind); the caller wraps it
+/// in `Zeroizing` when it holds secrets.
+fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.encoded_len());
+    // Encoding into a Vec cannot run out of space.
+    let _ = message.encode(&mut out);
+    out
+}

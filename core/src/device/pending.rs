@@ -1,0 +1,109 @@
+//! Decryptions waiting for their commit: bound to the device that made them
+//! and to the rows they read.
+
+use std::{collections::BTreeMap, fmt};
+
+use zeroize::Zeroize;
+
+use crate::{
+    SessionError,
+    address::Address,
+    keys::IdentityKey,
+    prekeys::PreKeySet,
+    session::{PendingDecrypt, SessionRecord},
+};
+
+/// A decrypted message waiting for [`Device::commit`](super::Device::commit).
+///
+/// It is bound to the device that made it, by that device's identity key:
+/// the value every handle of one store shares (it is the store's identity
+/// row) and that tells two devices apart (each identity comes from its own
+/// random seed), public, and checked before anything is read. A pending
+/// committed on another device is refused with [`DeviceError::ForeignPending`](super::DeviceError::ForeignPending).
+/// It is also bound to the session row it was made from (its sealed bytes):
+/// any rewrite of that row since, through any handle, makes it stale. (A
+/// copy of a store opened as a second store has the same identity; there the
+/// row's sealed bytes decide, and a commit they allow is exactly the one the
+/// original store would have made.)
+pub struct PendingMessage {
+    /// The identity key of the device that made it.
+    pub(super) device: IdentityKey,
+    pub(super) peer: Address,
+    pub(super) pending: PendingDecrypt,
+    /// The session row as read (sealed; `None`: absent), and the record
+    /// parsed from it. The commit requires the row to hold exactly these
+    /// bytes still, and then applies the decryption to this record (it is
+    /// not read and parsed again).
+    pub(super) loaded: Option<Vec<u8>>,
+    pub(super) record: SessionRecord,
+}
+
+impl PendingMessage {
+    /// The plaintext.
+    pub fn plaintext(&self) -> &[u8] {
+        self.pending.plaintext()
+    }
+
+    /// The peer it came from (as the app named it).
+    pub fn peer(&self) -> &Address {
+        &self.peer
+    }
+
+    /// The sender's identity key.
+    pub fn sender_identity(&self) -> IdentityKey {
+        self.pending.sender_identity()
+    }
+}
+
+impl fmt::Debug for PendingMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingMessage").field("peer", &self.peer).field("pending", &self.pending).finish()
+    }
+}
+
+/// A peer's address, its session row as loaded (sealed; `None` if there was
+/// none), and the record as changed.
+pub(super) type LoadedRecord = (Address, Option<Vec<u8>>, SessionRecord);
+
+/// The prekey row as loaded (sealed), and the set it holds.
+pub(super) type LoadedPreKeys = (Vec<u8>, PreKeySet);
+
+/// The result of [`Device::decrypt_batch`](super::Device::decrypt_batch): one result per message, in
+/// order, and the changes to commit with [`Device::commit_batch`](super::Device::commit_batch). Bound to
+/// its device and to the rows it read, as a [`PendingMessage`] is.
+pub struct PendingBatch {
+    /// The identity key of the device that made it.
+    pub(super) device: IdentityKey,
+    pub(super) results: Vec<Result<Vec<u8>, SessionError>>,
+    /// Row key -> (peer, the row as loaded (sealed), the record after the batch).
+    pub(super) records: BTreeMap<Vec<u8>, LoadedRecord>,
+    /// The prekey row as loaded (sealed) and the set after the batch, if a
+    /// message consumed prekeys.
+    pub(super) prekeys: Option<LoadedPreKeys>,
+}
+
+impl PendingBatch {
+    /// One result per message, in the order given: the plaintext, or why it
+    /// did not decrypt (a failed message changes nothing).
+    pub fn results(&self) -> &[Result<Vec<u8>, SessionError>] {
+        &self.results
+    }
+}
+
+impl Drop for PendingBatch {
+    fn drop(&mut self) {
+        // The plaintexts are handed out by reference only: wipe them here.
+        for plaintext in self.results.iter_mut().flatten() {
+            plaintext.zeroize();
+        }
+    }
+}
+
+impl fmt::Debug for PendingBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingBatch")
+            .field("messages", &self.results.len())
+            .field("peers", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
