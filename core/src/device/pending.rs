@@ -34,7 +34,7 @@ pub struct PendingMessage {
     /// parsed from it. The commit requires the row to hold exactly these
     /// bytes still, and then applies the decryption to this record (it is
     /// not read and parsed again).
-    pub(super) loaded: Option<Vec<u8>>,
+    pub(super) loaded: LoadedRows,
     pub(super) record: SessionRecord,
 }
 
@@ -61,9 +61,16 @@ impl fmt::Debug for PendingMessage {
     }
 }
 
-/// A peer's address, its session row as loaded (sealed; `None` if there was
-/// none), and the record as changed.
-pub(super) type LoadedRecord = (Address, Option<Vec<u8>>, SessionRecord);
+/// What a call read of a peer's session: its session row (sealed; `None` if
+/// there was none), and the row of its skipped keys' seeds if the call read
+/// it (`None`: not read; `Some(None)`: read, absent).
+pub(super) struct LoadedRows {
+    pub(super) record: Option<Vec<u8>>,
+    pub(super) seeds: Option<Option<Vec<u8>>>,
+}
+
+/// A peer's address, what the call read of its session, and the record as changed.
+pub(super) type LoadedRecord = (Address, LoadedRows, SessionRecord);
 
 /// The prekey row as loaded (sealed), and the set it holds.
 pub(super) type LoadedPreKeys = (Vec<u8>, PreKeySet);

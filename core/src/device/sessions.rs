@@ -11,51 +11,103 @@ use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
 use crate::{
-    SessionError,
+    DecryptError, SessionError,
     address::Address,
     fingerprint::SafetyNumber,
-    keys::IdentityKey,
+    keys::{IdentityKey, IdentityKeyPair},
     prekeys::{PreKeyBundle, PreKeySet},
-    session::SessionRecord,
+    session::{Attempt, PendingDecrypt, SessionRecord},
     store::{Backend, Expected, StoreError, Table, Write},
     wire::MessageKind,
 };
 
 use super::{
     Device, DeviceError, PendingBatch, PendingMessage, ROW_VERSION, encode, lock,
-    pending::LoadedRecord,
+    pending::{LoadedRecord, LoadedRows},
     prekeys::{consume_checked, prekeys_write},
     retry_on_conflict,
 };
+
+/// The row key of the seeds of a peer's skipped keys: its session row's key
+/// followed by this suffix (PROTOCOL.md 14.7).
+const SEEDS_ROW_SUFFIX: &[u8] = b"/seeds";
+
+fn seeds_key(row: &[u8]) -> Vec<u8> {
+    [row, SEEDS_ROW_SUFFIX].concat()
+}
 
 impl<B: Backend> Device<B> {
     fn peer_lock(&self, row: &[u8]) -> Arc<Mutex<()>> {
         lock(&self.peer_locks).entry(row.to_vec()).or_default().clone()
     }
 
-    /// The session record of `row`, and the row as read (sealed; `None` if
-    /// there is none, which is an empty record). Every rewrite of a row seals
-    /// it with a fresh nonce, so the sealed bytes tell whether it changed.
-    fn load_record(&self, row: &[u8]) -> Result<(Option<Vec<u8>>, SessionRecord), StoreError> {
+    /// The session record of `row` without its skipped keys' seeds (they
+    /// are in their own row, read only when a call needs them), and the row
+    /// as read (sealed; `None` if there is none, which is an empty record).
+    /// Every rewrite of a row seals it with a fresh nonce, so the sealed bytes
+    /// tell whether it changed.
+    fn load_record(&self, row: &[u8]) -> Result<(LoadedRows, SessionRecord), StoreError> {
         let corrupt = || StoreError::Corrupt { table: Table::Sessions };
         let Some(sealed) = self.backend.get(Table::Sessions, row)? else {
-            return Ok((None, SessionRecord::new()));
+            return Ok((LoadedRows { record: None, seeds: None }, SessionRecord::new()));
         };
         let bytes = self.sealer.open(Table::Sessions, row, &sealed)?;
         let parsed = Zeroizing::new(storage::SessionRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
         if parsed.version != ROW_VERSION {
             return Err(corrupt());
         }
-        let record = SessionRecord::from_bytes(&parsed.record).map_err(|_| corrupt())?;
-        Ok((Some(sealed), record))
+        let record = SessionRecord::from_hot_bytes(&parsed.record).map_err(|_| corrupt())?;
+        Ok((LoadedRows { record: Some(sealed), seeds: None }, record))
     }
 
-    /// The write of a session row, conditional on the row holding `loaded`
-    /// (the sealed bytes the call read; `None`: it must be absent).
-    fn record_write(&self, row: &[u8], peer: &Address, record: &SessionRecord, loaded: Option<Vec<u8>>) -> Write {
+    /// Reads the seeds row of `row` and gives `record`'s skipped keys their
+    /// seeds; remembers in `loaded` what it read. The seeds row is written
+    /// only with the session row, so it matches a session row read before.
+    fn load_seeds(&self, row: &[u8], loaded: &mut LoadedRows, record: &mut SessionRecord) -> Result<(), StoreError> {
+        let key = seeds_key(row);
+        let sealed = self.backend.get(Table::Sessions, &key)?;
+        if let Some(sealed) = &sealed {
+            let bytes = self.sealer.open(Table::Sessions, &key, sealed)?;
+            record.attach_seeds(&bytes).map_err(|_| StoreError::Corrupt { table: Table::Sessions })?;
+        } else if !record.has_all_seeds() {
+            return Err(StoreError::Corrupt { table: Table::Sessions });
+        }
+        loaded.seeds = Some(sealed);
+        Ok(())
+    }
+
+    /// The writes of a session record: its row, conditional on the row
+    /// holding what `loaded` says was read; and, when its skipped keys
+    /// changed, the row of their seeds (read first if the call had not read
+    /// it), rewritten or deleted, conditional likewise.
+    fn record_writes(
+        &self,
+        row: &[u8],
+        peer: &Address,
+        record: &mut SessionRecord,
+        loaded: &mut LoadedRows,
+    ) -> Result<Vec<Write>, StoreError> {
+        let mut writes = Vec::with_capacity(2);
+        if record.skipped_changed() {
+            if loaded.seeds.is_none() {
+                self.load_seeds(row, loaded, record)?;
+            }
+            let key = seeds_key(row);
+            let value = match record.seeds_to_bytes() {
+                Some(bytes) if record.skipped_count() > 0 => {
+                    Some(self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &bytes))
+                }
+                Some(_) => None,
+                None => return Err(StoreError::Corrupt { table: Table::Sessions }),
+            };
+            let read = loaded.seeds.clone().flatten();
+            if value.is_some() || read.is_some() {
+                writes.push(Write { table: Table::Sessions, key, value, expected: Expected::read(read) });
+            }
+        }
         // The serialized record moves into the row (no copy), and the row and
         // its encoding are wiped on drop.
-        let mut serialized = record.to_bytes();
+        let mut serialized = record.to_hot_bytes();
         let session_row = Zeroizing::new(storage::SessionRow {
             version: ROW_VERSION,
             user_id: peer.user_id().to_owned(),
@@ -64,7 +116,44 @@ impl<B: Backend> Device<B> {
         });
         let bytes = Zeroizing::new(encode(&*session_row));
         let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, row, &bytes);
-        Write { table: Table::Sessions, key: row.to_vec(), value: Some(value), expected: Expected::read(loaded) }
+        writes.push(Write {
+            table: Table::Sessions,
+            key: row.to_vec(),
+            value: Some(value),
+            expected: Expected::read(loaded.record.clone()),
+        });
+        Ok(writes)
+    }
+
+    /// Decrypts on a record loaded without its seeds; if the message needs
+    /// one, reads them and decrypts again.
+    #[allow(clippy::too_many_arguments)]
+    fn decrypt_loading_seeds(
+        &self,
+        row: &[u8],
+        loaded: &mut LoadedRows,
+        record: &mut SessionRecord,
+        ours: &IdentityKeyPair,
+        peer: &Address,
+        prekeys: &PreKeySet,
+        ciphertext: &[u8],
+    ) -> Result<Result<PendingDecrypt, SessionError>, StoreError> {
+        let mut rng = crate::os_rng();
+        let attempt = |record: &SessionRecord, rng: &mut crate::OsRng| {
+            record.decrypt_attempt(rng, ours, &self.address, peer, prekeys, ciphertext)
+        };
+        Ok(match attempt(record, &mut rng) {
+            Ok(pending) => Ok(pending),
+            Err(Attempt::Failed(error)) => Err(error),
+            Err(Attempt::NeedSeeds) => {
+                self.load_seeds(row, loaded, record)?;
+                attempt(record, &mut rng).map_err(|attempt| match attempt {
+                    Attempt::Failed(error) => error,
+                    // Every seed is loaded now.
+                    Attempt::NeedSeeds => DecryptError::Unauthenticated.into(),
+                })
+            }
+        })
     }
 
     /// Starts a session from a peer's bundle (as its server sent it: it is
@@ -83,9 +172,9 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
-            let (loaded, mut record) = self.load_record(&row)?;
+            let (mut loaded, mut record) = self.load_record(&row)?;
             record.initiate(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
-            self.backend.apply(&[self.record_write(&row, &peer, &record, loaded)])?;
+            self.backend.apply(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
             Ok(())
         })?;
         Ok(peer)
@@ -130,9 +219,9 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
-            let (loaded, mut record) = self.load_record(&row)?;
+            let (mut loaded, mut record) = self.load_record(&row)?;
             record.trust_identity(identity);
-            self.backend.apply(&[self.record_write(&row, peer, &record, loaded)])?;
+            self.backend.apply(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
             Ok(())
         })
     }
@@ -151,10 +240,10 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
-            let (loaded, mut record) = self.load_record(&row)?;
+            let (mut loaded, mut record) = self.load_record(&row)?;
             let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
             // A ciphertext whose write is refused is dropped, never returned.
-            self.backend.apply(&[self.record_write(&row, peer, &record, loaded)])?;
+            self.backend.apply(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
             Ok(ciphertext)
         })
     }
@@ -169,7 +258,7 @@ impl<B: Backend> Device<B> {
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         self.check_process()?;
         let row = self.sealer.address_key(peer);
-        let (loaded, record) = self.load_record(&row)?;
+        let (mut loaded, mut record) = self.load_record(&row)?;
         // Only a prekey message needs the prekeys: loading them (ML-KEM keys
         // are checked on load) costs milliseconds when many are held.
         let prekeys = match MessageKind::of(ciphertext).map_err(SessionError::from)? {
@@ -177,7 +266,7 @@ impl<B: Backend> Device<B> {
             MessageKind::Ratchet => PreKeySet::empty(),
         };
         let pending =
-            record.decrypt(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, ciphertext)?;
+            self.decrypt_loading_seeds(&row, &mut loaded, &mut record, &self.identity, peer, &prekeys, ciphertext)??;
         Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
     }
 
@@ -198,7 +287,7 @@ impl<B: Backend> Device<B> {
     /// one-time prekey first; a store error (nothing written).
     pub fn commit(&self, message: PendingMessage) -> Result<(), DeviceError> {
         self.check_process()?;
-        let PendingMessage { device, peer, pending, loaded, mut record } = message;
+        let PendingMessage { device, peer, pending, mut loaded, mut record } = message;
         if device != self.identity.public_key() {
             return Err(DeviceError::ForeignPending);
         }
@@ -207,14 +296,14 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&peer_lock);
         // Checked first, so that a stale pending is reported as such rather
         // than by what the prekey checks make of it.
-        if self.backend.get(Table::Sessions, &row)? != loaded {
+        if self.backend.get(Table::Sessions, &row)? != loaded.record {
             return Err(SessionError::StalePending.into());
         }
         let consumed = pending.consumed_prekeys();
         record.commit(pending)?;
-        let session_write = self.record_write(&row, &peer, &record, loaded);
+        let session_writes = self.record_writes(&row, &peer, &mut record, &mut loaded)?;
         if consumed.is_empty() {
-            return self.backend.apply(&[session_write]).map_err(|e| stale_on_session_conflict(e.into()));
+            return self.backend.apply(&session_writes).map_err(|e| stale_on_session_conflict(e.into()));
         }
         let _prekey_guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
@@ -223,7 +312,8 @@ impl<B: Backend> Device<B> {
             let prekeys_write = prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded_prekeys));
             // A conflict on the session row is final (stale); one on the
             // prekey row alone is retried with the prekeys read again.
-            self.backend.apply(&[session_write.clone(), prekeys_write]).map_err(|e| stale_on_session_conflict(e.into()))
+            let writes: Vec<Write> = session_writes.iter().cloned().chain([prekeys_write]).collect();
+            self.backend.apply(&writes).map_err(|e| stale_on_session_conflict(e.into()))
         })
     }
 
@@ -236,7 +326,6 @@ impl<B: Backend> Device<B> {
     /// A store error; per-message failures are in [`PendingBatch::results`].
     pub fn decrypt_batch(&self, messages: &[(Address, Vec<u8>)]) -> Result<PendingBatch, DeviceError> {
         self.check_process()?;
-        let mut rng = crate::os_rng();
         let mut records: BTreeMap<Vec<u8>, LoadedRecord> = BTreeMap::new();
         let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
         let mut prekeys_changed = false;
@@ -247,19 +336,19 @@ impl<B: Backend> Device<B> {
                 let (loaded, record) = self.load_record(&row)?;
                 records.insert(row.clone(), (peer.clone(), loaded, record));
             }
-            let Some((_, _, record)) = records.get_mut(&row) else { continue };
-            let result = record.decrypt(&mut rng, &self.identity, &self.address, peer, &prekeys, ciphertext).and_then(
-                |pending| {
-                    let plaintext = pending.plaintext().to_vec();
-                    let consumed = pending.consumed_prekeys();
-                    record.commit(pending)?;
-                    if !consumed.is_empty() {
-                        prekeys.consume(&consumed);
-                        prekeys_changed = true;
-                    }
-                    Ok(plaintext)
-                },
-            );
+            let Some((_, loaded, record)) = records.get_mut(&row) else { continue };
+            let decrypted =
+                self.decrypt_loading_seeds(&row, loaded, record, &self.identity, peer, &prekeys, ciphertext)?;
+            let result = decrypted.and_then(|pending| {
+                let plaintext = pending.plaintext().to_vec();
+                let consumed = pending.consumed_prekeys();
+                record.commit(pending)?;
+                if !consumed.is_empty() {
+                    prekeys.consume(&consumed);
+                    prekeys_changed = true;
+                }
+                Ok(plaintext)
+            });
             results.push(result);
         }
         Ok(PendingBatch {
@@ -280,7 +369,7 @@ impl<B: Backend> Device<B> {
     /// rewritten since [`Self::decrypt_batch`] (even with the same content;
     /// through any handle): nothing is written, decrypt the batch again; a
     /// store error (nothing written).
-    pub fn commit_batch(&self, batch: PendingBatch) -> Result<(), DeviceError> {
+    pub fn commit_batch(&self, mut batch: PendingBatch) -> Result<(), DeviceError> {
         self.check_process()?;
         if batch.device != self.identity.public_key() {
             return Err(DeviceError::ForeignPending);
@@ -289,8 +378,8 @@ impl<B: Backend> Device<B> {
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);
         let mut writes = Vec::with_capacity(batch.records.len() + 1);
-        for (row, (peer, loaded, record)) in &batch.records {
-            writes.push(self.record_write(row, peer, record, loaded.clone()));
+        for (row, (peer, loaded, record)) in &mut batch.records {
+            writes.extend(self.record_writes(row, peer, record, loaded)?);
         }
         if let Some((loaded, prekeys)) = &batch.prekeys {
             writes.push(prekeys_write(&self.sealer, prekeys, Expected::Value(loaded.clone())));

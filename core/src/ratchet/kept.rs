@@ -13,7 +13,7 @@ use std::{collections::VecDeque, fmt};
 use samizdat_proto::storage;
 
 use super::{
-    DecryptPlan, Found, PlanKind, chain_to_record, chains_from_record, evict,
+    DecryptPlan, Found, PlanError, PlanKind, Seeds, chain_to_record, chains_from_record, evict,
     header::nonce_of,
     open_body,
     receiver::{ReceivingChain, nonce_tag},
@@ -33,13 +33,23 @@ impl KeptKeys {
         Self { associated_data, receiving }
     }
 
+    /// The receiving chains, oldest first.
+    pub(crate) fn chains(&self) -> &VecDeque<ReceivingChain> {
+        &self.receiving
+    }
+
+    /// The receiving chains, to attach seeds stored apart.
+    pub(crate) fn chains_mut(&mut self) -> &mut VecDeque<ReceivingChain> {
+        &mut self.receiving
+    }
+
     /// How many skipped message keys are kept.
     pub(crate) fn stored_skipped_keys(&self) -> usize {
         self.receiving.iter().map(|c| c.skipped.len()).sum()
     }
 
     /// Decrypts `message` with a kept key, without changing anything.
-    pub(crate) fn plan_decrypt(&self, message: &RatchetMessage) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
+    pub(crate) fn plan_decrypt(&self, message: &RatchetMessage) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
         let tag = nonce_tag(&nonce_of(message.header()));
         let ad = &self.associated_data;
         let last = self.receiving.len().saturating_sub(1);
@@ -49,21 +59,21 @@ impl KeptKeys {
             .enumerate()
             .rev()
             .find_map(|(index, chain)| try_chain(index, chain, message, ad, &tag))
-            .unwrap_or(Err(DecryptError::Unauthenticated))
+            .unwrap_or(Err(DecryptError::Unauthenticated.into()))
             .map_err(|error| match error {
                 // The newest chain was cut where we had got to, not where the
                 // peer stopped: a message past it is one whose key was never
                 // derived, not a rollback.
-                DecryptError::Rollback { counter }
+                PlanError::Decrypt(DecryptError::Rollback { counter })
                     if self.receiving.get(last).is_some_and(|chain| counter >= chain.next_counter()) =>
                 {
-                    DecryptError::Unauthenticated
+                    DecryptError::Unauthenticated.into()
                 }
                 error => error,
             })?;
         // Every chain is closed: a key is found among the skipped ones, or not at all.
         let Found::Skipped { chain, position } = found else {
-            return Err(DecryptError::Unauthenticated);
+            return Err(DecryptError::Unauthenticated.into());
         };
         let (plaintext, counter) = open_body(ad, message, &message_key)?;
         Ok((plaintext, DecryptPlan { kind: PlanKind::Skipped { chain, position }, used: (counter, tag) }))
@@ -87,11 +97,11 @@ impl KeptKeys {
         }
     }
 
-    pub(crate) fn from_record(record: &storage::KeptKeys) -> Result<Self, DecodeError> {
+    pub(crate) fn from_record(record: &storage::KeptKeys, seeds: Seeds) -> Result<Self, DecodeError> {
         if record.associated_data.len() > MAX_ASSOCIATED_DATA_LEN {
             return Err(DecodeError::InvalidValue("kept.associated_data"));
         }
-        let receiving = chains_from_record(&record.receiving, false)?;
+        let receiving = chains_from_record(&record.receiving, false, seeds)?;
         Ok(Self { associated_data: record.associated_data.clone(), receiving })
     }
 }

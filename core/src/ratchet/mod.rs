@@ -53,14 +53,14 @@ use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
 pub use self::header::ENCRYPTED_HEADER_LEN;
-pub(crate) use self::kept::KeptKeys;
 use self::{
     chain::ChainKey,
     header::{Header, HeaderKey, fresh_nonce, nonce_of},
     message_key::{MessageKey, TAG_LEN},
-    receiver::{NONCE_TAG_LEN, NonceTag, ReceivingChain, nonce_tag},
+    receiver::{NONCE_TAG_LEN, NonceTag, nonce_tag},
     root::RootKey,
 };
+pub(crate) use self::{kept::KeptKeys, receiver::ReceivingChain};
 use crate::{
     DecodeError, DecryptError, EncryptError,
     keys::{Secret32, X25519PublicKey, X25519Secret},
@@ -158,6 +158,29 @@ struct SendingChain {
     previous_counter: u32,
 }
 
+/// Why a decryption could not be planned: a decryption error, or a skipped
+/// key whose seed is stored apart and must be loaded first (only for states
+/// loaded from a device's session row; the public loaders load every seed).
+#[derive(Debug)]
+pub(crate) enum PlanError {
+    Decrypt(DecryptError),
+    SeedApart,
+}
+
+impl From<DecryptError> for PlanError {
+    fn from(error: DecryptError) -> Self {
+        Self::Decrypt(error)
+    }
+}
+
+/// Whether the seeds of a stored state's skipped keys are in the state, or
+/// stored apart (and loaded on demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seeds {
+    In,
+    Apart,
+}
+
 /// A decryption computed against the current state but not yet applied.
 pub(crate) struct DecryptPlan {
     kind: PlanKind,
@@ -169,6 +192,17 @@ impl DecryptPlan {
     /// Whether applying the plan takes a DH ratchet step.
     pub(crate) fn is_step(&self) -> bool {
         matches!(self.kind, PlanKind::Step(_))
+    }
+
+    /// Whether applying the plan uses or adds skipped keys.
+    pub(crate) fn touches_skipped(&self) -> bool {
+        match &self.kind {
+            PlanKind::Skipped { .. } => true,
+            PlanKind::Advance { skipped, .. } => !skipped.is_empty(),
+            PlanKind::Step(step) => {
+                step.closing.as_ref().is_some_and(|(keys, _)| !keys.is_empty()) || !step.receiving.skipped.is_empty()
+            }
+        }
     }
 }
 
@@ -333,7 +367,12 @@ impl DoubleRatchet {
         rng: &mut R,
         message: &RatchetMessage,
     ) -> Result<Vec<u8>, DecryptError> {
-        let (plaintext, plan) = self.plan_decrypt(rng, message, true)?;
+        // A state from the public loaders holds every seed: `SeedApart`
+        // cannot happen here.
+        let (plaintext, plan) = self.plan_decrypt(rng, message, true).map_err(|error| match error {
+            PlanError::Decrypt(error) => error,
+            PlanError::SeedApart => DecryptError::Unauthenticated,
+        })?;
         self.apply(plan);
         Ok(plaintext)
     }
@@ -350,7 +389,7 @@ impl DoubleRatchet {
         rng: &mut R,
         message: &RatchetMessage,
         allow_step: bool,
-    ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
+    ) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
         let tag = nonce_tag(&nonce_of(message.header()));
         let (message_key, found) = self.find_key(message, &tag, allow_step)?;
         let (plaintext, counter) = open_body(&self.associated_data, message, &message_key)?;
@@ -370,6 +409,16 @@ impl DoubleRatchet {
         !self.receiving.is_empty()
     }
 
+    /// The receiving chains, oldest first.
+    pub(crate) fn chains(&self) -> &VecDeque<ReceivingChain> {
+        &self.receiving
+    }
+
+    /// The receiving chains, to attach seeds stored apart.
+    pub(crate) fn chains_mut(&mut self) -> &mut VecDeque<ReceivingChain> {
+        &mut self.receiving
+    }
+
     /// What an archived state keeps once the session healed: its receiving
     /// chains, closed, with their skipped keys and remembered counters. The
     /// root key, our ratchet key pair, the sending chain and the next header
@@ -383,7 +432,7 @@ impl DoubleRatchet {
 
     /// The second half of a DH step: a fresh `DHs`, the root step with it,
     /// and the new sending chain (`PN := Ns`, `HKs := NHKs`).
-    fn complete_step<R: CryptoRng + ?Sized>(&self, rng: &mut R, step: ReceiveStep) -> Result<StepPlan, DecryptError> {
+    fn complete_step<R: CryptoRng + ?Sized>(&self, rng: &mut R, step: ReceiveStep) -> Result<StepPlan, PlanError> {
         let ratchet_key = X25519Secret::generate(rng);
         let dh_send = ratchet_key.diffie_hellman(&step.receiving.ratchet_key).ok_or(DecryptError::Unauthenticated)?;
         let (root_key, chain_key, next_header_key) = step.root_key.advance(&dh_send);
@@ -450,7 +499,7 @@ impl DoubleRatchet {
         message: &RatchetMessage,
         tag: &NonceTag,
         allow_step: bool,
-    ) -> Result<(MessageKey, Found), DecryptError> {
+    ) -> Result<(MessageKey, Found), PlanError> {
         // A header opens under at most one of these keys, so the order of the
         // trials changes only their cost: the current chain first (messages in
         // order), then the next header key (a DH step: every message of a
@@ -464,11 +513,11 @@ impl DoubleRatchet {
         }
         if let Some(header) = self.next_receiving_header_key.open(message.header(), ad) {
             // A state that may not step treats the header as one it cannot open.
-            return if allow_step { self.plan_step(header) } else { Err(DecryptError::Unauthenticated) };
+            return if allow_step { Ok(self.plan_step(header)?) } else { Err(DecryptError::Unauthenticated.into()) };
         }
         chains
             .find_map(|(index, chain)| try_chain(index, chain, message, ad, tag))
-            .unwrap_or(Err(DecryptError::Unauthenticated))
+            .unwrap_or(Err(DecryptError::Unauthenticated.into()))
     }
 
     fn plan_step(&self, header: Header) -> Result<(MessageKey, Found), DecryptError> {
@@ -548,6 +597,12 @@ impl DoubleRatchet {
     }
 
     pub(crate) fn from_record(record: &storage::RatchetState) -> Result<Self, DecodeError> {
+        Self::from_record_with(record, Seeds::In)
+    }
+
+    /// As [`Self::from_record`], with the skipped keys' seeds in the state or
+    /// stored apart (then each stored seed must be empty).
+    pub(crate) fn from_record_with(record: &storage::RatchetState, seeds: Seeds) -> Result<Self, DecodeError> {
         if record.version != STATE_VERSION {
             return Err(DecodeError::UnsupportedVersion(record.version));
         }
@@ -578,7 +633,7 @@ impl DoubleRatchet {
             next_header_key: HeaderKey::new(Secret32::from_slice(&sending.next_header_key, "sending.next_header_key")?),
             previous_counter: sending.previous_counter,
         };
-        let receiving = chains_from_record(&record.receiving, true)?;
+        let receiving = chains_from_record(&record.receiving, true, seeds)?;
         // After any DH step the newest chain is current and we can send.
         if receiving.back().is_some_and(|chain| chain.chain_key().is_none()) {
             return Err(DecodeError::InvalidValue("receiving.chain_key"));
@@ -639,10 +694,10 @@ fn try_chain(
     message: &RatchetMessage,
     ad: &[u8],
     tag: &NonceTag,
-) -> Option<Result<(MessageKey, Found), DecryptError>> {
+) -> Option<Result<(MessageKey, Found), PlanError>> {
     let header = chain.header_key.open(message.header(), ad)?;
     if header.ratchet_key != chain.ratchet_key {
-        return Some(Err(DecryptError::Unauthenticated));
+        return Some(Err(DecryptError::Unauthenticated.into()));
     }
     Some(plan_on_chain(index, chain, header.counter, tag))
 }
@@ -654,9 +709,12 @@ fn plan_on_chain(
     chain: &ReceivingChain,
     counter: u32,
     tag: &NonceTag,
-) -> Result<(MessageKey, Found), DecryptError> {
+) -> Result<(MessageKey, Found), PlanError> {
     if counter < chain.next_counter() {
         if let Some((position, key)) = chain.find_skipped(counter) {
+            if !key.has_seed() {
+                return Err(PlanError::SeedApart);
+            }
             return Ok((key.clone(), Found::Skipped { chain: index, position }));
         }
         // The counter was used: by this very message (a replay), or by
@@ -664,16 +722,16 @@ fn plan_on_chain(
         // forgotten counter (or an evicted skipped key) is a duplicate.
         return match chain.used_tag(counter) {
             Some(used) if !bool::from(subtle::ConstantTimeEq::ct_eq(used.as_slice(), tag.as_slice())) => {
-                Err(DecryptError::Rollback { counter })
+                Err(DecryptError::Rollback { counter }.into())
             }
-            _ => Err(DecryptError::Duplicate { counter }),
+            _ => Err(DecryptError::Duplicate { counter }.into()),
         };
     }
     // Only the current chain keeps a chain key. A closed chain ends at the
     // peer's PN: an authentic header past it comes from a sender that went
     // back to a chain it had left.
     let Some(chain_key) = chain.chain_key() else {
-        return Err(DecryptError::Rollback { counter });
+        return Err(DecryptError::Rollback { counter }.into());
     };
     let (skipped, message_key, chain_key) = advance(chain_key, counter)?;
     Ok((message_key, Found::Advance { chain_key, skipped }))
@@ -715,7 +773,11 @@ fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
         skipped: chain
             .skipped
             .iter()
-            .map(|key| storage::SkippedKey { counter: key.counter(), seed: key.seed().as_bytes().to_vec() })
+            // A seed stored apart is written as empty bytes (13.4).
+            .map(|key| storage::SkippedKey {
+                counter: key.counter(),
+                seed: key.seed().map(|seed| seed.as_bytes().to_vec()).unwrap_or_default(),
+            })
             .collect(),
         used,
     }
@@ -726,6 +788,7 @@ fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
 fn chains_from_record(
     records: &[storage::ReceivingChain],
     may_have_current: bool,
+    seeds: Seeds,
 ) -> Result<VecDeque<ReceivingChain>, DecodeError> {
     if records.len() > MAX_RECEIVING_CHAINS {
         return Err(DecodeError::InvalidValue("receiving"));
@@ -752,7 +815,11 @@ fn chains_from_record(
                 return Err(DecodeError::InvalidValue("receiving.skipped.counter"));
             }
             previous = Some(key.counter);
-            skipped.push_back(MessageKey::new(Secret32::from_slice(&key.seed, "receiving.skipped.seed")?, key.counter));
+            skipped.push_back(match seeds {
+                Seeds::In => MessageKey::new(Secret32::from_slice(&key.seed, "receiving.skipped.seed")?, key.counter),
+                Seeds::Apart if key.seed.is_empty() => MessageKey::apart(key.counter),
+                Seeds::Apart => return Err(DecodeError::InvalidValue("receiving.skipped.seed")),
+            });
         }
         if chain.used.len() % USED_ENTRY_LEN != 0 {
             return Err(DecodeError::InvalidValue("receiving.used"));

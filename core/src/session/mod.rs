@@ -74,22 +74,30 @@ use std::{collections::VecDeque, fmt};
 use prost::Message as _;
 use rand_core::CryptoRng;
 use samizdat_proto::storage;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use self::state::{Keys, SessionState};
 use crate::{
     DecodeError, DecryptError, SessionError,
     address::Address,
     handshake::pqxdh,
-    keys::{IdentityKey, IdentityKeyPair, X25519PublicKey},
+    keys::{IdentityKey, IdentityKeyPair, Secret32, X25519PublicKey},
+    limits::MAX_STORED_SKIPPED_KEYS,
     limits::{MAX_ARCHIVED_STATES, MAX_KEPT_STATE_HEALS, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeySet},
-    ratchet::DecryptPlan,
+    ratchet::{DecryptPlan, PlanError, Seeds, message_key::MessageKey},
     wire::{Message, PreKeyMessage, RatchetMessage},
 };
 
 /// The format version of a serialized [`SessionRecord`].
 pub const RECORD_VERSION: u32 = 1;
+
+/// The format version of a record's skipped keys' seeds stored apart.
+const SEEDS_VERSION: u32 = 1;
+
+/// The largest seeds-apart row accepted: [`MAX_STORED_SKIPPED_KEYS`] keys
+/// (about 40 bytes each encoded) and a header per chain of each state.
+const MAX_SEEDS_LEN: usize = MAX_STORED_SKIPPED_KEYS * 48 + (MAX_ARCHIVED_STATES + 1) * 5 * 80 + 64;
 
 /// The largest serialized record accepted: every state at its largest, plus
 /// the remembered base keys.
@@ -107,6 +115,35 @@ pub struct SessionRecord {
     generation: u64,
     /// How many times the current state took a DH step on a peer's message.
     heals: u64,
+    /// Whether the skipped keys (which ones there are) changed since the
+    /// record was loaded: then a device rewrites their seeds' row. Not stored.
+    skipped_changed: bool,
+}
+
+/// Why a decryption attempt on a record loaded with its seeds apart did not
+/// give a pending decryption.
+pub(crate) enum Attempt {
+    /// It failed (nothing changed).
+    Failed(SessionError),
+    /// The message needs a skipped key whose seed is stored apart: attach
+    /// the seeds ([`SessionRecord::attach_seeds`]) and decrypt again.
+    NeedSeeds,
+}
+
+impl<E: Into<SessionError>> From<E> for Attempt {
+    fn from(error: E) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+impl From<PlanError> for SessionError {
+    /// Only for states that hold every seed (the public loaders').
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::Decrypt(error) => error.into(),
+            PlanError::SeedApart => DecryptError::Unauthenticated.into(),
+        }
+    }
 }
 
 /// Which state of a record a message decrypted with.
@@ -205,6 +242,7 @@ impl SessionRecord {
     /// [`SessionError::UntrustedIdentity`], typically once the user compared
     /// safety numbers). States built with another identity are dropped.
     pub fn trust_identity(&mut self, identity: IdentityKey) {
+        let skipped_before = self.skipped_count();
         self.trusted_identity = Some(identity);
         if self.current.as_ref().is_some_and(|s| s.remote_identity != identity) {
             self.current = None;
@@ -218,6 +256,7 @@ impl SessionRecord {
                 None => self.archived.clear(),
             }
         }
+        self.skipped_changed |= self.skipped_count() != skipped_before;
         self.generation = self.generation.wrapping_add(1);
     }
 
@@ -266,6 +305,9 @@ impl SessionRecord {
         self.trusted_identity = Some(state.remote_identity);
         if let Some(previous) = self.current.replace(state) {
             self.archived.push_front(previous);
+            if let Some(dropped) = self.archived.get(MAX_ARCHIVED_STATES) {
+                self.skipped_changed |= dropped.skipped_count() > 0;
+            }
             self.archived.truncate(MAX_ARCHIVED_STATES);
         }
         self.generation = self.generation.wrapping_add(1);
@@ -316,6 +358,24 @@ impl SessionRecord {
         prekeys: &PreKeySet,
         bytes: &[u8],
     ) -> Result<PendingDecrypt, SessionError> {
+        // A record from the public loader holds every seed: no `NeedSeeds`.
+        self.decrypt_attempt(rng, ours, our_address, peer, prekeys, bytes).map_err(|attempt| match attempt {
+            Attempt::Failed(error) => error,
+            Attempt::NeedSeeds => DecryptError::Unauthenticated.into(),
+        })
+    }
+
+    /// [`Self::decrypt`] on a record that may have been loaded with its
+    /// skipped keys' seeds apart ([`Self::from_hot`]).
+    pub(crate) fn decrypt_attempt<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        ours: &IdentityKeyPair,
+        our_address: &Address,
+        peer: &Address,
+        prekeys: &PreKeySet,
+        bytes: &[u8],
+    ) -> Result<PendingDecrypt, Attempt> {
         match Message::from_bytes(bytes)? {
             Message::Ratchet(message) => self.decrypt_existing(rng, &message, None),
             Message::PreKey(prekey) => self.decrypt_prekey(rng, (ours, our_address), peer, prekeys, &prekey),
@@ -329,16 +389,16 @@ impl SessionRecord {
         peer: &Address,
         prekeys: &PreKeySet,
         prekey: &PreKeyMessage,
-    ) -> Result<PendingDecrypt, SessionError> {
+    ) -> Result<PendingDecrypt, Attempt> {
         let header = prekey.header();
         if let Some(slot) = self.slot_of_base_key(&header.base_key, header.identity_key) {
             return self.decrypt_existing(rng, prekey.message(), Some(slot));
         }
         if self.seen_base_keys.contains(&header.base_key) {
-            return Err(SessionError::DuplicatePreKeyMessage);
+            return Err(SessionError::DuplicatePreKeyMessage.into());
         }
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
-        let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message(), true)?;
+        let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message(), true).map_err(SessionError::from)?;
         // Only now, with the first message authenticated under the identity
         // key it offers, is that key a trust decision: anything that does not
         // authenticate (relabelled, random identity bytes) failed above as a
@@ -385,7 +445,7 @@ impl SessionRecord {
         rng: &mut R,
         message: &RatchetMessage,
         only: Option<Slot>,
-    ) -> Result<PendingDecrypt, SessionError> {
+    ) -> Result<PendingDecrypt, Attempt> {
         let mut best_error: Option<DecryptError> = None;
         let slots: Vec<Slot> = match only {
             Some(slot) => vec![slot],
@@ -404,17 +464,19 @@ impl SessionRecord {
                         change: Change::Existing { slot, plan },
                     });
                 }
+                // The answer needs a seed stored apart: load it and try again.
+                Err(PlanError::SeedApart) => return Err(Attempt::NeedSeeds),
                 // A header that opened says more than one that did not: keep
                 // the first such error.
-                Err(DecryptError::Unauthenticated) => {}
-                Err(e) => {
+                Err(PlanError::Decrypt(DecryptError::Unauthenticated)) => {}
+                Err(PlanError::Decrypt(e)) => {
                     best_error.get_or_insert(e);
                 }
             }
         }
         match best_error {
             Some(e) => Err(e.into()),
-            None if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession),
+            None if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession.into()),
             None => Err(DecryptError::Unauthenticated.into()),
         }
     }
@@ -433,6 +495,11 @@ impl SessionRecord {
         if pending.generation != self.generation {
             return Err(SessionError::StalePending);
         }
+        let skipped_before = self.skipped_count();
+        let touched = match &pending.change {
+            Change::Existing { plan, .. } => plan.touches_skipped(),
+            Change::New(state) => state.skipped_count() > 0,
+        };
         match pending.change {
             Change::New(state) => {
                 if pending.base_key != self.current_base_key() {
@@ -462,7 +529,36 @@ impl SessionRecord {
                 self.generation = self.generation.wrapping_add(1);
             }
         }
+        self.evict_across_states();
+        self.skipped_changed |= touched || self.skipped_count() != skipped_before;
         Ok(())
+    }
+
+    /// How many skipped keys the record holds, over all its states.
+    pub(crate) fn skipped_count(&self) -> usize {
+        self.current.iter().chain(self.archived.iter()).map(SessionState::skipped_count).sum()
+    }
+
+    /// Keeps at most [`MAX_STORED_SKIPPED_KEYS`] skipped keys over all the
+    /// record's states, so that what a peer can make us store, and what a
+    /// call on its record may have to read, does not grow with the number of
+    /// states: the excess goes from the least recently used archived state
+    /// first, then the next, the current state last; within a state, from
+    /// the oldest chain first, lowest counter first. A kept state left
+    /// without keys is dropped.
+    fn evict_across_states(&mut self) {
+        let mut excess = self.skipped_count().saturating_sub(MAX_STORED_SKIPPED_KEYS);
+        if excess == 0 {
+            return;
+        }
+        for state in self.archived.iter_mut().rev().chain(self.current.iter_mut()) {
+            for chain in state.chains_mut().iter_mut() {
+                let n = excess.min(chain.skipped.len());
+                chain.skipped.drain(..n);
+                excess -= n;
+            }
+        }
+        self.archived.retain(|state| !state.is_spent());
     }
 
     /// The current state took a DH step on a message from the peer: cut
@@ -518,7 +614,18 @@ impl SessionRecord {
     /// Serializes the record (storage protobuf `SessionRecord`, version
     /// [`RECORD_VERSION`]). The bytes hold secrets: store them sealed.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let record = Zeroizing::new(storage::SessionRecord {
+        self.encode(Seeds::In)
+    }
+
+    /// The record without the seeds of its skipped keys (`seeds_apart`): what
+    /// a device stores in the peer's session row. The seeds go to their own
+    /// row ([`Self::seeds_to_bytes`]).
+    pub(crate) fn to_hot_bytes(&self) -> Zeroizing<Vec<u8>> {
+        self.encode(Seeds::Apart)
+    }
+
+    fn encode(&self, seeds: Seeds) -> Zeroizing<Vec<u8>> {
+        let mut record = Zeroizing::new(storage::SessionRecord {
             version: RECORD_VERSION,
             trusted_identity: self.trusted_identity.map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
             current: self.current.as_ref().map(SessionState::to_record),
@@ -526,10 +633,102 @@ impl SessionRecord {
             seen_base_keys: self.seen_base_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             generation: self.generation,
             heals: self.heals,
+            seeds_apart: seeds == Seeds::Apart,
         });
+        if seeds == Seeds::Apart {
+            let storage::SessionRecord { current, archived, .. } = &mut *record;
+            for state in current.iter_mut().chain(archived.iter_mut()) {
+                let chains = match (&mut state.ratchet, &mut state.kept) {
+                    (Some(ratchet), _) => &mut ratchet.receiving,
+                    (None, Some(kept)) => &mut kept.receiving,
+                    (None, None) => continue,
+                };
+                for key in chains.iter_mut().flat_map(|chain| chain.skipped.iter_mut()) {
+                    key.seed.zeroize();
+                }
+            }
+        }
         let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
         let _ = record.encode(&mut *out);
         out
+    }
+
+    /// The seeds of every skipped key (storage protobuf `SkippedSeeds`), to
+    /// store apart from [`Self::to_hot_bytes`]; `None` if some seed was not
+    /// loaded (attach them first).
+    pub(crate) fn seeds_to_bytes(&self) -> Option<Zeroizing<Vec<u8>>> {
+        let mut chains = Vec::new();
+        for state in self.current.iter().chain(self.archived.iter()) {
+            for chain in state.chains().iter().filter(|chain| !chain.skipped.is_empty()) {
+                let keys = chain
+                    .skipped
+                    .iter()
+                    .map(|key| {
+                        let seed = key.seed()?;
+                        Some(storage::SkippedKey { counter: key.counter(), seed: seed.as_bytes().to_vec() })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                chains.push(storage::ChainSeeds {
+                    base_key: state.base_key.as_bytes().to_vec(),
+                    header_key: chain.header_key.as_secret().as_bytes().to_vec(),
+                    keys,
+                });
+            }
+        }
+        let seeds = Zeroizing::new(storage::SkippedSeeds { version: SEEDS_VERSION, chains });
+        let mut out = Zeroizing::new(Vec::with_capacity(seeds.encoded_len()));
+        let _ = seeds.encode(&mut *out);
+        Some(out)
+    }
+
+    /// Whether every skipped key's seed is loaded.
+    pub(crate) fn has_all_seeds(&self) -> bool {
+        self.current
+            .iter()
+            .chain(self.archived.iter())
+            .flat_map(|state| state.chains().iter())
+            .all(|chain| chain.skipped.iter().all(MessageKey::has_seed))
+    }
+
+    /// Whether the set of skipped keys changed since the record was loaded
+    /// (a device then rewrites the row of their seeds).
+    pub(crate) fn skipped_changed(&self) -> bool {
+        self.skipped_changed
+    }
+
+    /// Gives the skipped keys of a record loaded with [`Self::from_hot_bytes`]
+    /// their seeds, from bytes made by [`Self::seeds_to_bytes`] (seeds of
+    /// keys the record no longer has are ignored).
+    ///
+    /// # Errors
+    /// A [`DecodeError`] if the bytes do not parse, or leave a skipped key
+    /// without its seed.
+    pub(crate) fn attach_seeds(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        if bytes.len() > MAX_SEEDS_LEN {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_SEEDS_LEN });
+        }
+        let seeds = Zeroizing::new(storage::SkippedSeeds::decode(bytes)?);
+        if seeds.version != SEEDS_VERSION {
+            return Err(DecodeError::UnsupportedVersion(seeds.version));
+        }
+        for state in self.current.iter_mut().chain(self.archived.iter_mut()) {
+            let base_key = state.base_key;
+            for chain in state.chains_mut().iter_mut() {
+                let header_key = chain.header_key.as_secret().as_bytes().to_owned();
+                let Some(stored) = seeds.chains.iter().find(|c| {
+                    c.base_key.as_slice() == base_key.as_bytes().as_slice()
+                        && c.header_key.as_slice() == header_key.as_slice()
+                }) else {
+                    continue;
+                };
+                for key in chain.skipped.iter_mut().filter(|key| !key.has_seed()) {
+                    if let Some(entry) = stored.keys.iter().find(|entry| entry.counter == key.counter()) {
+                        key.attach(Secret32::from_slice(&entry.seed, "seeds.seed")?);
+                    }
+                }
+            }
+        }
+        if self.has_all_seeds() { Ok(()) } else { Err(DecodeError::InvalidValue("seeds")) }
     }
 
     /// Parses a record serialized by [`Self::to_bytes`].
@@ -537,12 +736,25 @@ impl SessionRecord {
     /// # Errors
     /// A [`DecodeError`] naming what is wrong.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode(bytes, Seeds::In)
+    }
+
+    /// Parses a record serialized by [`Self::to_hot_bytes`]: its skipped keys
+    /// have no seeds until [`Self::attach_seeds`].
+    pub(crate) fn from_hot_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode(bytes, Seeds::Apart)
+    }
+
+    fn decode(bytes: &[u8], seeds: Seeds) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_RECORD_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_RECORD_LEN });
         }
         let record = Zeroizing::new(storage::SessionRecord::decode(bytes)?);
         if record.version != RECORD_VERSION {
             return Err(DecodeError::UnsupportedVersion(record.version));
+        }
+        if record.seeds_apart != (seeds == Seeds::Apart) {
+            return Err(DecodeError::InvalidValue("seeds_apart"));
         }
         if record.archived.len() > MAX_ARCHIVED_STATES {
             return Err(DecodeError::InvalidValue("archived"));
@@ -558,12 +770,12 @@ impl SessionRecord {
         } else {
             Some(IdentityKey::from_stored_slice(&record.trusted_identity, "trusted_identity")?)
         };
-        let current = record.current.as_ref().map(SessionState::from_record).transpose()?;
+        let current = record.current.as_ref().map(|state| SessionState::from_record(state, seeds)).transpose()?;
         if current.as_ref().is_some_and(|state| !state.is_full()) {
             return Err(DecodeError::InvalidValue("current"));
         }
         let archived: VecDeque<SessionState> =
-            record.archived.iter().map(SessionState::from_record).collect::<Result<_, _>>()?;
+            record.archived.iter().map(|state| SessionState::from_record(state, seeds)).collect::<Result<_, _>>()?;
         if archived.iter().any(|s| !s.is_full() && s.kept_since > record.heals) {
             return Err(DecodeError::InvalidValue("kept_since"));
         }
@@ -572,14 +784,19 @@ impl SessionRecord {
             .iter()
             .map(|k| X25519PublicKey::from_slice(k, "seen_base_keys"))
             .collect::<Result<_, _>>()?;
-        Ok(Self {
+        let record = Self {
             trusted_identity,
             current,
             archived,
             seen_base_keys,
             generation: record.generation,
             heals: record.heals,
-        })
+            skipped_changed: false,
+        };
+        if record.skipped_count() > MAX_STORED_SKIPPED_KEYS {
+            return Err(DecodeError::InvalidValue("skipped"));
+        }
+        Ok(record)
     }
 }
 

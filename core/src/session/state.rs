@@ -6,10 +6,12 @@ use std::fmt;
 use rand_core::CryptoRng;
 use samizdat_proto::storage;
 
+use std::collections::VecDeque;
+
 use crate::{
-    DecodeError, DecryptError,
+    DecodeError,
     keys::{IdentityKey, MLKEM_CIPHERTEXT_LEN, X25519PublicKey, fixed},
-    ratchet::{DecryptPlan, DoubleRatchet, KeptKeys},
+    ratchet::{DecryptPlan, DoubleRatchet, KeptKeys, PlanError, ReceivingChain, Seeds},
     wire::{PreKeyHeader, RatchetMessage},
 };
 
@@ -46,7 +48,7 @@ impl SessionState {
         &self,
         rng: &mut R,
         message: &RatchetMessage,
-    ) -> Result<(Vec<u8>, DecryptPlan), DecryptError> {
+    ) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
         match &self.keys {
             Keys::Full(ratchet) => ratchet.plan_decrypt(rng, message, true),
             Keys::Kept(kept) => kept.plan_decrypt(message),
@@ -84,6 +86,26 @@ impl SessionState {
         })
     }
 
+    /// The receiving chains (with their skipped keys).
+    pub(crate) fn chains(&self) -> &VecDeque<ReceivingChain> {
+        match &self.keys {
+            Keys::Full(ratchet) => ratchet.chains(),
+            Keys::Kept(kept) => kept.chains(),
+        }
+    }
+
+    pub(crate) fn chains_mut(&mut self) -> &mut VecDeque<ReceivingChain> {
+        match &mut self.keys {
+            Keys::Full(ratchet) => ratchet.chains_mut(),
+            Keys::Kept(kept) => kept.chains_mut(),
+        }
+    }
+
+    /// How many skipped keys the state holds, over all its chains.
+    pub(crate) fn skipped_count(&self) -> usize {
+        self.chains().iter().map(|chain| chain.skipped.len()).sum()
+    }
+
     /// Whether a kept state has used up its keys (it is then dropped).
     pub(crate) fn is_spent(&self) -> bool {
         matches!(&self.keys, Keys::Kept(kept) if kept.stored_skipped_keys() == 0)
@@ -111,11 +133,13 @@ impl SessionState {
         }
     }
 
-    pub(crate) fn from_record(record: &storage::SessionState) -> Result<Self, DecodeError> {
+    pub(crate) fn from_record(record: &storage::SessionState, seeds: Seeds) -> Result<Self, DecodeError> {
         let keys = match (&record.ratchet, &record.kept) {
-            (Some(ratchet), None) if record.kept_since == 0 => Keys::Full(DoubleRatchet::from_record(ratchet)?),
+            (Some(ratchet), None) if record.kept_since == 0 => {
+                Keys::Full(DoubleRatchet::from_record_with(ratchet, seeds)?)
+            }
             (None, Some(kept)) => {
-                let kept = KeptKeys::from_record(kept)?;
+                let kept = KeptKeys::from_record(kept, seeds)?;
                 if kept.stored_skipped_keys() == 0 {
                     return Err(DecodeError::InvalidValue("kept"));
                 }
