@@ -57,8 +57,10 @@ mod pending;
 mod prekeys;
 mod sessions;
 
+use self::sessions::RefusedHeader;
+
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     path::Path,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -131,6 +133,9 @@ pub struct Device<B: Backend = SqliteBackend> {
     address: Address,
     peer_locks: Mutex<HashMap<Vec<u8>, Arc<Mutex<()>>>>,
     prekey_lock: Mutex<()>,
+    /// Headers whose forged bodies were costly to refuse, with the key that
+    /// opens their bodies (see [`sessions`]): in memory only, bounded.
+    refused: Mutex<VecDeque<RefusedHeader>>,
     /// The process that made this device.
     pid: u32,
 }
@@ -274,6 +279,7 @@ impl<B: Backend> Device<B> {
             address,
             peer_locks: Mutex::new(HashMap::new()),
             prekey_lock: Mutex::new(()),
+            refused: Mutex::new(VecDeque::new()),
             pid: std::process::id(),
         }
     }

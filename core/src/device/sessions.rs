@@ -16,9 +16,10 @@ use crate::{
     fingerprint::SafetyNumber,
     keys::{IdentityKey, IdentityKeyPair},
     prekeys::{PreKeyBundle, PreKeySet},
+    ratchet::{ENCRYPTED_HEADER_LEN, header, message_key::MessageKey},
     session::{Attempt, PendingDecrypt, SessionRecord},
     store::{Backend, Expected, StoreError, Table, Write},
-    wire::MessageKind,
+    wire::{Message, MessageKind, RatchetMessage},
 };
 
 use super::{
@@ -34,6 +35,22 @@ const SEEDS_ROW_SUFFIX: &[u8] = b"/seeds";
 
 fn seeds_key(row: &[u8]) -> Vec<u8> {
     [row, SEEDS_ROW_SUFFIX].concat()
+}
+
+/// The most headers a device remembers as costly to refuse.
+const MAX_REFUSED_HEADERS: usize = 32;
+
+/// A header (of a peer's session row) that came with a forged body after
+/// costing many chain steps to find its key (a counter far ahead), and that
+/// key. A replay of the header with another broken body is refused by one
+/// AEAD with it instead of deriving the key again; a body that opens under it
+/// (the genuine message, delivered after a broken copy) is decrypted as usual.
+/// The key is the header's own: it never lets anything else through.
+pub(super) struct RefusedHeader {
+    row: Vec<u8>,
+    header: [u8; ENCRYPTED_HEADER_LEN],
+    key: Box<MessageKey>,
+    associated_data: Vec<u8>,
 }
 
 impl<B: Backend> Device<B> {
@@ -138,22 +155,67 @@ impl<B: Backend> Device<B> {
         prekeys: &PreKeySet,
         ciphertext: &[u8],
     ) -> Result<Result<PendingDecrypt, SessionError>, StoreError> {
+        let forged = || SessionError::from(DecryptError::Unauthenticated);
+        let message = match Message::from_bytes(ciphertext) {
+            Ok(Message::Ratchet(message)) => Some(message),
+            Ok(Message::PreKey(prekey)) => Some(prekey.message().clone()),
+            Err(_) => None,
+        };
+        if let Some(message) = &message
+            && self.refused_again(row, message)
+        {
+            return Ok(Err(forged()));
+        }
         let mut rng = crate::os_rng();
         let attempt = |record: &SessionRecord, rng: &mut crate::OsRng| {
             record.decrypt_attempt(rng, ours, &self.address, peer, prekeys, ciphertext)
         };
-        Ok(match attempt(record, &mut rng) {
+        let mut result = attempt(record, &mut rng);
+        if matches!(result, Err(Attempt::NeedSeeds)) {
+            self.load_seeds(row, loaded, record)?;
+            result = attempt(record, &mut rng);
+        }
+        Ok(match result {
             Ok(pending) => Ok(pending),
             Err(Attempt::Failed(error)) => Err(error),
-            Err(Attempt::NeedSeeds) => {
-                self.load_seeds(row, loaded, record)?;
-                attempt(record, &mut rng).map_err(|attempt| match attempt {
-                    Attempt::Failed(error) => error,
-                    // Every seed is loaded now.
-                    Attempt::NeedSeeds => DecryptError::Unauthenticated.into(),
-                })
+            Err(Attempt::Costly { key, associated_data }) => {
+                if let Some(message) = message {
+                    self.remember_refused(row, *message.header(), key, associated_data);
+                }
+                Err(forged())
             }
+            // Every seed is loaded now.
+            Err(Attempt::NeedSeeds) => Err(forged()),
         })
+    }
+
+    /// Whether `message` has a header remembered as costly to refuse, and a
+    /// body that does not open under its key: a replay with a broken body.
+    fn refused_again(&self, row: &[u8], message: &RatchetMessage) -> bool {
+        let refused = lock(&self.refused);
+        let Some(entry) = refused.iter().find(|entry| entry.row == row && entry.header == *message.header()) else {
+            return false;
+        };
+        let mut ad = entry.associated_data.clone();
+        ad.extend_from_slice(message.header());
+        entry.key.open(message.body(), &ad, &header::nonce_of(message.header())).is_none()
+    }
+
+    fn remember_refused(
+        &self,
+        row: &[u8],
+        header: [u8; ENCRYPTED_HEADER_LEN],
+        key: Box<MessageKey>,
+        associated_data: Vec<u8>,
+    ) {
+        let mut refused = lock(&self.refused);
+        if refused.iter().any(|entry| entry.row == row && entry.header == header) {
+            return;
+        }
+        if refused.len() >= MAX_REFUSED_HEADERS {
+            refused.pop_front();
+        }
+        refused.push_back(RefusedHeader { row: row.to_vec(), header, key, associated_data });
     }
 
     /// Starts a session from a peer's bundle (as its server sent it: it is
@@ -397,5 +459,51 @@ fn stale_on_session_conflict(error: DeviceError) -> DeviceError {
     match error {
         DeviceError::Store(StoreError::Conflict { table: Table::Sessions }) => SessionError::StalePending.into(),
         error => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ratchet::chain::STEPS, store::MemoryBackend};
+
+    fn steps() -> usize {
+        STEPS.with(std::cell::Cell::get)
+    }
+
+    /// Issue 12, item 3: a genuine header far ahead with a broken body used
+    /// to cost its thousands of chain steps again at every replay. A replay
+    /// with any broken body is now refused without a chain step, and the
+    /// genuine message still decrypts.
+    #[test]
+    fn a_replayed_far_ahead_header_costs_no_chain_step() {
+        let address = |name: &str| Address::new(name, 1).unwrap();
+        let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
+        let bob = Device::create_in(MemoryBackend::new(), &[2; 32], address("bob"), 0).unwrap();
+        alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+        let first = alice.encrypt(&address("bob"), b"first").unwrap();
+        bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();
+        let mut genuine = Vec::new();
+        for i in 0..1_000 {
+            genuine = alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap();
+        }
+        let broken = |flip: usize| {
+            let mut bytes = genuine.clone();
+            let at = bytes.len() - 1 - flip;
+            bytes[at] ^= 1;
+            bytes
+        };
+        let forged = || DeviceError::Session(SessionError::Decrypt(DecryptError::Unauthenticated));
+        let before = steps();
+        assert!(matches!(bob.decrypt(&address("alice"), &broken(0)), Err(e) if e.to_string() == forged().to_string()));
+        assert!(steps() - before >= 999, "the first refusal derives the keys: {}", steps() - before);
+        for flip in 0..20 {
+            let before = steps();
+            assert!(bob.decrypt(&address("alice"), &broken(flip)).is_err());
+            assert_eq!(steps() - before, 0, "replay {flip} derived keys again");
+        }
+        let pending = bob.decrypt(&address("alice"), &genuine).unwrap();
+        assert_eq!(pending.plaintext(), b"m999");
+        bob.commit(pending).unwrap();
     }
 }

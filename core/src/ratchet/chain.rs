@@ -31,6 +31,8 @@ impl ChainKey {
     /// `CK_{i+1} = HMAC(CK_i, 0x02)`; `None` when the index would overflow.
     pub(crate) fn next(&self) -> Option<ChainKey> {
         let index = self.index.checked_add(1)?;
+        #[cfg(test)]
+        STEPS.with(|steps| steps.set(steps.get() + 1));
         Some(ChainKey { key: Secret32::from_zeroizing(&kdf::chain_next(self.key.as_bytes())), index })
     }
 
@@ -43,4 +45,11 @@ impl fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChainKey").field("index", &self.index).finish_non_exhaustive()
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Chain steps taken by this thread: what unit tests count to check that
+    /// a refusal did not derive keys again.
+    pub(crate) static STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }

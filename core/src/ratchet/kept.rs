@@ -33,6 +33,11 @@ impl KeptKeys {
         Self { associated_data, receiving }
     }
 
+    /// The session's associated data.
+    pub(crate) fn associated_data(&self) -> &[u8] {
+        &self.associated_data
+    }
+
     /// The receiving chains, oldest first.
     pub(crate) fn chains(&self) -> &VecDeque<ReceivingChain> {
         &self.receiving

@@ -165,7 +165,16 @@ struct SendingChain {
 pub(crate) enum PlanError {
     Decrypt(DecryptError),
     SeedApart,
+    /// The body did not authenticate (`Unauthenticated`) after its key cost
+    /// at least [`COSTLY_DERIVATIONS`] chain steps: here is the key that
+    /// opens this header's body, so that a replay of the header with another
+    /// broken body can be refused without deriving it again.
+    Costly(Box<MessageKey>),
 }
+
+/// A message whose key needs at least this many chain steps (a far-ahead
+/// counter, a DH step that closes a chain far ahead) is costly to refuse.
+pub(crate) const COSTLY_DERIVATIONS: usize = 64;
 
 impl From<DecryptError> for PlanError {
     fn from(error: DecryptError) -> Self {
@@ -371,7 +380,7 @@ impl DoubleRatchet {
         // cannot happen here.
         let (plaintext, plan) = self.plan_decrypt(rng, message, true).map_err(|error| match error {
             PlanError::Decrypt(error) => error,
-            PlanError::SeedApart => DecryptError::Unauthenticated,
+            PlanError::SeedApart | PlanError::Costly(_) => DecryptError::Unauthenticated,
         })?;
         self.apply(plan);
         Ok(plaintext)
@@ -392,7 +401,18 @@ impl DoubleRatchet {
     ) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
         let tag = nonce_tag(&nonce_of(message.header()));
         let (message_key, found) = self.find_key(message, &tag, allow_step)?;
-        let (plaintext, counter) = open_body(&self.associated_data, message, &message_key)?;
+        let derived = match &found {
+            Found::Skipped { .. } => 0,
+            Found::Advance { skipped, .. } => skipped.len(),
+            Found::Step(step) => step.receiving.skipped.len() + step.closing.as_ref().map_or(0, |(keys, _)| keys.len()),
+        };
+        let (plaintext, counter) = match open_body(&self.associated_data, message, &message_key) {
+            Ok(opened) => opened,
+            Err(DecryptError::Unauthenticated) if derived >= COSTLY_DERIVATIONS => {
+                return Err(PlanError::Costly(Box::new(message_key)));
+            }
+            Err(error) => return Err(error.into()),
+        };
         let kind = match found {
             Found::Skipped { chain, position } => PlanKind::Skipped { chain, position },
             Found::Advance { chain_key, skipped } => PlanKind::Advance { chain_key, skipped },

@@ -128,6 +128,16 @@ pub(crate) enum Attempt {
     /// The message needs a skipped key whose seed is stored apart: attach
     /// the seeds ([`SessionRecord::attach_seeds`]) and decrypt again.
     NeedSeeds,
+    /// A forgery (`Unauthenticated`) whose refusal cost many chain steps:
+    /// `key`, with the session's associated data, opens the body of any
+    /// message with this header, so that a device can refuse a replay of the
+    /// header with another broken body at the cost of one AEAD.
+    Costly {
+        /// The message key of the header.
+        key: Box<MessageKey>,
+        /// The associated data of the state whose chain it is on.
+        associated_data: Vec<u8>,
+    },
 }
 
 impl<E: Into<SessionError>> From<E> for Attempt {
@@ -141,7 +151,7 @@ impl From<PlanError> for SessionError {
     fn from(error: PlanError) -> Self {
         match error {
             PlanError::Decrypt(error) => error.into(),
-            PlanError::SeedApart => DecryptError::Unauthenticated.into(),
+            PlanError::SeedApart | PlanError::Costly(_) => DecryptError::Unauthenticated.into(),
         }
     }
 }
@@ -361,7 +371,7 @@ impl SessionRecord {
         // A record from the public loader holds every seed: no `NeedSeeds`.
         self.decrypt_attempt(rng, ours, our_address, peer, prekeys, bytes).map_err(|attempt| match attempt {
             Attempt::Failed(error) => error,
-            Attempt::NeedSeeds => DecryptError::Unauthenticated.into(),
+            Attempt::NeedSeeds | Attempt::Costly { .. } => DecryptError::Unauthenticated.into(),
         })
     }
 
@@ -447,6 +457,7 @@ impl SessionRecord {
         only: Option<Slot>,
     ) -> Result<PendingDecrypt, Attempt> {
         let mut best_error: Option<DecryptError> = None;
+        let mut costly: Option<(Box<MessageKey>, Vec<u8>)> = None;
         let slots: Vec<Slot> = match only {
             Some(slot) => vec![slot],
             None => self.slots().collect(),
@@ -466,6 +477,11 @@ impl SessionRecord {
                 }
                 // The answer needs a seed stored apart: load it and try again.
                 Err(PlanError::SeedApart) => return Err(Attempt::NeedSeeds),
+                // A forgery like any other, but remember the key it cost.
+                Err(PlanError::Costly(key)) => {
+                    let ad = state.ratchet_associated_data().to_vec();
+                    costly.get_or_insert((key, ad));
+                }
                 // A header that opened says more than one that did not: keep
                 // the first such error.
                 Err(PlanError::Decrypt(DecryptError::Unauthenticated)) => {}
@@ -474,10 +490,11 @@ impl SessionRecord {
                 }
             }
         }
-        match best_error {
-            Some(e) => Err(e.into()),
-            None if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession.into()),
-            None => Err(DecryptError::Unauthenticated.into()),
+        match (best_error, costly) {
+            (Some(e), _) => Err(e.into()),
+            (None, Some((key, associated_data))) => Err(Attempt::Costly { key, associated_data }),
+            (None, None) if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession.into()),
+            (None, None) => Err(DecryptError::Unauthenticated.into()),
         }
     }
 

@@ -86,6 +86,14 @@ impl SessionState {
         })
     }
 
+    /// The session's associated data.
+    pub(crate) fn ratchet_associated_data(&self) -> &[u8] {
+        match &self.keys {
+            Keys::Full(ratchet) => ratchet.associated_data(),
+            Keys::Kept(kept) => kept.associated_data(),
+        }
+    }
+
     /// The receiving chains (with their skipped keys).
     pub(crate) fn chains(&self) -> &VecDeque<ReceivingChain> {
         match &self.keys {
