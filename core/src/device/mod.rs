@@ -109,6 +109,13 @@ pub enum DeviceError {
     /// again in this process.
     #[error("the device belongs to the process that opened it, not to this forked child")]
     Forked,
+    /// The store holds the device of another address than the one asked for
+    /// (two stores swapped, for example): it was not opened.
+    #[error("the store holds the device of {found:?}")]
+    OtherDevice {
+        /// The address of the device the store holds.
+        found: Address,
+    },
     /// A [`PendingMessage`] or [`PendingBatch`] made by another device was
     /// given to this one's commit. Nothing was written; commit it on the
     /// device that decrypted it.
@@ -175,26 +182,36 @@ impl Device<SqliteBackend> {
         Self::create_in(SqliteBackend::open(path)?, storage_key, address, now)
     }
 
-    /// Opens the device in the SQLite database at `path`.
+    /// Opens the device in the SQLite database at `path`. Nothing is
+    /// created: a missing or empty file holds no device.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] if it holds no device, [`StoreError::WrongKey`]
     /// for the wrong storage key (nothing is changed); as
     /// [`SqliteBackend::open`].
     pub fn open(path: impl AsRef<Path>, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
-        Self::open_in(SqliteBackend::open(path)?, storage_key)
+        Self::open_in(SqliteBackend::open_existing(path)?, storage_key)
     }
 
-    /// Opens the device at `path`, creating it first if the database holds none.
+    /// Opens the device at `path`, which must be the device of `address`,
+    /// creating it first if there is no database file there (or one that
+    /// holds no device yet).
     ///
     /// # Errors
-    /// As [`Self::open`] and [`Self::create`].
+    /// [`StoreError::EmptyFile`] for an existing empty file (a truncated
+    /// store: nothing is created over it); [`DeviceError::OtherDevice`] if the
+    /// database holds the device of another address (two stores swapped, for
+    /// example); as [`Self::open`] and [`Self::create`].
     pub fn open_or_create(
         path: impl AsRef<Path>,
         storage_key: &[u8; 32],
         address: Address,
         now: u64,
     ) -> Result<Self, DeviceError> {
+        let path = path.as_ref();
+        if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
+            return Err(StoreError::EmptyFile.into());
+        }
         let backend = SqliteBackend::open(path)?;
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
             let sealer = Sealer::new(storage_key);
@@ -205,7 +222,11 @@ impl Device<SqliteBackend> {
                 Err(e) => return Err(e),
             }
         }
-        Self::open_in(backend, storage_key)
+        let device = Self::open_in(backend, storage_key)?;
+        if device.address != address {
+            return Err(DeviceError::OtherDevice { found: device.address.clone() });
+        }
+        Ok(device)
     }
 }
 

@@ -186,6 +186,20 @@ pub enum StoreError {
     /// again in this process.
     #[error("the store belongs to the process that opened it, not to this forked child")]
     Forked,
+    /// The path names no database file: an empty path, SQLite's `:memory:`,
+    /// or a `file:` URI. Nothing was opened or created. (An in-memory device
+    /// is made on purpose, with a [`MemoryBackend`].)
+    #[error("the path names no database file")]
+    InvalidPath,
+    /// The database file exists but is empty: the store was truncated, or
+    /// its creation never completed. Nothing was created over it: delete the
+    /// file to make a new device there, knowing any identity it held is gone.
+    #[error("the database file is empty")]
+    EmptyFile,
+    /// SQLite's integrity check failed on open, or SQLite found the file
+    /// malformed or not a database: the file was altered or damaged.
+    #[error("the database file is damaged")]
+    CorruptDatabase,
     /// The file system failed (finding the database file's identity).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

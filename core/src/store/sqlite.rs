@@ -148,7 +148,25 @@ impl SqliteBackend {
         Self::open_connection(path.as_ref()).map_err(locked_if_busy)
     }
 
+    /// Opens the database at `path`, which must exist and not be empty (a
+    /// missing or empty file holds no device: [`StoreError::NotFound`]);
+    /// nothing is created.
+    ///
+    /// # Errors
+    /// As [`Self::open`], and [`StoreError::NotFound`].
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        check_path(path)?;
+        match std::fs::metadata(path) {
+            Ok(metadata) if metadata.len() > 0 => Self::open(path),
+            Ok(_) => Err(StoreError::NotFound),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn open_connection(path: &Path) -> Result<Self, StoreError> {
+        check_path(path)?;
         // Refused before SQLite opens a second name of the file at all.
         if path.exists() {
             FileId::of(path)?;
@@ -163,6 +181,13 @@ impl SqliteBackend {
         connection.pragma_update(None, "secure_delete", "ON")?;
         connection.pragma_update(None, "wal_autocheckpoint", 1)?;
         connection.pragma_update(None, "journal_size_limit", 0)?;
+        // Damage is reported as such: checked on open (the structure of every
+        // page), and on every read of a cell.
+        connection.pragma_update(None, "cell_size_check", "ON")?;
+        let check: String = connection.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::CorruptDatabase);
+        }
         migrate(&mut connection)?;
         truncate_wal(&connection)?;
         Ok(Self {
@@ -240,8 +265,25 @@ fn locked_if_busy(error: StoreError) -> StoreError {
         {
             StoreError::Locked
         }
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
+        {
+            StoreError::CorruptDatabase
+        }
         error => error,
     }
+}
+
+/// Refuses paths that name no file: SQLite would make a throwaway database
+/// in memory (`:memory:`, `file:` URIs with `mode=memory`) or a temporary
+/// one (the empty path), and a device in it would get a new identity at
+/// every open.
+fn check_path(path: &Path) -> Result<(), StoreError> {
+    let text = path.to_string_lossy();
+    if text.is_empty() || text == ":memory:" || text.starts_with("file:") {
+        return Err(StoreError::InvalidPath);
+    }
+    Ok(())
 }
 
 /// How long the checkpoint on open waits for another handle's readers.

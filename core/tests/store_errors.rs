@@ -1,0 +1,146 @@
+//! A store that says what is wrong (issue 12, item 4): damage is a store
+//! error, never a vanished session; paths that name no file, empty files and
+//! swapped stores are refused with typed errors, and nothing is created over
+//! them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+use std::path::{Path, PathBuf};
+
+use samizdat::{
+    address::Address,
+    device::{Device, DeviceError},
+    store::StoreError,
+};
+
+const KEY: [u8; 32] = [7; 32];
+
+fn address(name: &str) -> Address {
+    Address::new(name, 1).unwrap()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("store-errors-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn store_error(result: Result<Device, DeviceError>) -> StoreError {
+    match result {
+        Err(DeviceError::Store(e)) => e,
+        Err(e) => panic!("not a store error: {e:?}"),
+        Ok(_) => panic!("opened"),
+    }
+}
+
+#[test]
+fn paths_that_name_no_file_are_refused() {
+    let dir = dir("paths");
+    let before: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    for path in ["", ":memory:", "file::memory:?cache=shared", "file:x.db?mode=memory"] {
+        assert!(
+            matches!(store_error(Device::create(path, &KEY, address("a"), 0)), StoreError::InvalidPath),
+            "{path:?}"
+        );
+        assert!(matches!(store_error(Device::open(path, &KEY)), StoreError::InvalidPath), "{path:?}");
+        assert!(
+            matches!(store_error(Device::open_or_create(path, &KEY, address("a"), 0)), StoreError::InvalidPath),
+            "{path:?}"
+        );
+    }
+    // Nothing was left behind, here or in the working directory.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before.len());
+    assert!(!Path::new(":memory:").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_empty_file_is_not_a_place_for_a_new_identity() {
+    let dir = dir("empty");
+    let path = dir.join("truncated.db");
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(store_error(Device::open_or_create(&path, &KEY, address("a"), 0)), StoreError::EmptyFile));
+    assert!(matches!(store_error(Device::open(&path, &KEY)), StoreError::NotFound));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing was written over it");
+    // Opening a missing file creates nothing either.
+    let missing = dir.join("missing.db");
+    assert!(matches!(store_error(Device::open(&missing, &KEY)), StoreError::NotFound));
+    assert!(!missing.exists());
+    // A new path is created as before.
+    let fresh = dir.join("fresh.db");
+    let device = Device::open_or_create(&fresh, &KEY, address("a"), 0).unwrap();
+    drop(device);
+    assert_eq!(Device::open_or_create(&fresh, &KEY, address("a"), 0).unwrap().address(), &address("a"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn swapped_stores_are_detected() {
+    let dir = dir("swapped");
+    let (a, b) = (dir.join("a.db"), dir.join("b.db"));
+    drop(Device::create(&a, &KEY, address("alice"), 0).unwrap());
+    drop(Device::create(&b, &KEY, address("bob"), 0).unwrap());
+    let tmp = dir.join("tmp.db");
+    std::fs::rename(&a, &tmp).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    assert!(matches!(
+        Device::open_or_create(&a, &KEY, address("alice"), 0),
+        Err(DeviceError::OtherDevice { found }) if found == address("bob")
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Overwrites 16 bytes at many places of a closed store: each time, the
+/// store opens and the session is intact, or a call fails with a store
+/// error. Never does the session quietly vanish (`NoSession`), never a panic.
+#[test]
+fn damage_is_a_store_error_never_a_vanished_session() {
+    let dir = dir("damage");
+    let path = dir.join("bob.db");
+    let alice = Device::create(dir.join("alice.db"), &[1; 32], address("alice"), 0).unwrap();
+    {
+        let bob = Device::create(&path, &KEY, address("bob"), 0).unwrap();
+        alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+        let first = alice.encrypt(&address("bob"), b"hello").unwrap();
+        bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();
+        let reply = bob.encrypt(&address("alice"), b"hi").unwrap();
+        alice.commit(alice.decrypt(&address("bob"), &reply).unwrap()).unwrap();
+    }
+    let pristine = std::fs::read(&path).unwrap();
+    let next = alice.encrypt(&address("bob"), b"next").unwrap();
+    let (mut intact, mut refused) = (0, 0);
+    let mut vanished = Vec::new();
+    for offset in (0..pristine.len().saturating_sub(16)).step_by(97) {
+        let mut damaged = pristine.clone();
+        for (i, byte) in damaged[offset..offset + 16].iter_mut().enumerate() {
+            *byte ^= 0x5a ^ i as u8;
+        }
+        std::fs::write(&path, &damaged).unwrap();
+        let _ = std::fs::remove_file(dir.join("bob.db-wal"));
+        let _ = std::fs::remove_file(dir.join("bob.db-shm"));
+        let outcome = Device::open(&path, &KEY).map_err(|e| format!("{e:?}")).and_then(|bob| {
+            let has = bob.has_session(&address("alice")).map_err(|e| format!("{e:?}"))?;
+            if !has {
+                return Ok(false);
+            }
+            bob.decrypt(&address("alice"), &next).map(|p| p.plaintext() == b"next").map_err(|e| format!("{e:?}"))
+        });
+        match outcome {
+            Ok(true) => intact += 1,
+            Ok(false) => vanished.push(offset),
+            Err(e) if e.starts_with("Store(") => refused += 1,
+            Err(e) => panic!("offset {offset}: {e}"),
+        }
+    }
+    println!("damage: {intact} intact, {refused} refused as store errors, {} vanished", vanished.len());
+    assert!(vanished.is_empty(), "the session vanished after damage at offsets {vanished:?}");
+    assert!(refused > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
