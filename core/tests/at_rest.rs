@@ -225,3 +225,36 @@ fn superseded_rows_leave_no_trace_in_the_files() {
     check(&dir, &seen, "stores closed");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Sealed values are padded to size classes (issue 12, item 5): a copy of
+/// the store no longer tells the length of our own user id, and session rows
+/// come in a few sizes only.
+#[test]
+fn sealed_values_are_padded_to_size_classes() {
+    use samizdat::store::MemoryBackend;
+    let identity_size = |user: &str| {
+        let device = Device::create_in(MemoryBackend::new(), &[3; 32], Address::new(user, 1).unwrap(), 0).unwrap();
+        device.backend().scan(Table::Identity).unwrap()[0].1.len()
+    };
+    let short = identity_size("a");
+    assert_eq!(identity_size(&"x".repeat(100)), short);
+    assert_eq!(identity_size(&"y".repeat(256)), short, "the user id's length shows in the identity row");
+    // Every sealed value: version, nonce, a padded plaintext of a bucket size, tag.
+    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    for i in 0..50 {
+        let wire = alice.encrypt(&addr("bob"), format!("message {i}").as_bytes()).unwrap();
+        bob.commit(bob.decrypt(&addr("alice"), &wire).unwrap()).unwrap();
+        for table in Table::ALL {
+            for (_, value) in bob.backend().scan(table).unwrap() {
+                let padded = value.len() - 1 - 24 - 16;
+                assert!(
+                    padded >= 512 && (padded.is_power_of_two() || padded % 4096 == 0),
+                    "{table:?}: a sealed value of {} bytes",
+                    value.len()
+                );
+            }
+        }
+    }
+}

@@ -62,11 +62,20 @@ pub enum SamizdatError {
     /// will ask for it). It is authentic: only the peer can make one.
     #[error("the sender's state went backwards")]
     SenderRolledBack,
-    /// The message is malformed, forged or altered, or too far ahead of the
-    /// session: drop it. Opaque on purpose: which check failed is not for a
-    /// forger to learn.
+    /// The message is malformed, forged or altered: drop it. Opaque on
+    /// purpose: which check failed is not for a forger to learn.
     #[error("invalid message")]
     InvalidMessage,
+    /// The message is authentic but further ahead of its chain than the
+    /// skip limit (more than `max` earlier messages are missing). Do not ack
+    /// it: decrypt it again once the earlier messages have arrived.
+    #[error("message is {gap} messages ahead, more than the limit of {max}")]
+    TooFarAhead {
+        /// How many earlier messages are missing on its chain.
+        gap: u32,
+        /// The limit.
+        max: u32,
+    },
     /// The prekey bundle is malformed or its signatures do not verify.
     #[error("invalid prekey bundle")]
     InvalidBundle,
@@ -498,6 +507,7 @@ impl From<SessionError> for SamizdatError {
                 Self::Duplicate
             }
             SessionError::Decrypt(DecryptError::Rollback { .. }) => Self::SenderRolledBack,
+            SessionError::Decrypt(DecryptError::TooFarAhead { gap, max }) => Self::TooFarAhead { gap, max },
             SessionError::Decrypt(_) => Self::InvalidMessage,
             SessionError::NoSession => Self::NoSession,
             SessionError::UntrustedIdentity { identity } => {

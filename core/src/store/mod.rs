@@ -39,7 +39,7 @@ pub use self::{
     memory::MemoryBackend,
     sqlite::{SCHEMA_VERSION, SqliteBackend},
 };
-use crate::{address::Address, kdf, keys::Secret32};
+use crate::{address::Address, kdf, keys::Secret32, padding};
 
 /// The logical tables of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -262,8 +262,11 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
 }
 
-/// The version byte of a sealed value.
-const SEALED_VERSION: u8 = 1;
+/// The version byte of a sealed value: its plaintext is padded (14.4).
+const SEALED_VERSION: u8 = 2;
+/// The version byte of a sealed value written before padding (release 0.1):
+/// still read, never written.
+const UNPADDED_SEALED_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 /// The plaintext of the storage-key check row.
 const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
@@ -316,7 +319,11 @@ impl Sealer {
         rng.fill_bytes(&mut nonce);
         let cipher = self.cipher();
         let ad = Self::associated_data(table, key);
-        let sealed = cipher.encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &ad }).unwrap_or_default();
+        // Padded to a size class first, so that a sealed value's length says
+        // little about what it holds (14.4).
+        let padded = padding::pad_row(plaintext, 0);
+        let sealed =
+            cipher.encrypt(&XNonce::from(nonce), Payload { msg: padded.as_slice(), aad: &ad }).unwrap_or_default();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(SEALED_VERSION);
         out.extend_from_slice(&nonce);
@@ -328,14 +335,22 @@ impl Sealer {
     pub(crate) fn open(&self, table: Table, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let corrupt = || StoreError::Corrupt { table };
         let (&version, rest) = sealed.split_first().ok_or_else(corrupt)?;
-        if version != SEALED_VERSION || rest.len() < NONCE_LEN + 16 {
+        if !(version == SEALED_VERSION || version == UNPADDED_SEALED_VERSION) || rest.len() < NONCE_LEN + 16 {
             return Err(corrupt());
         }
         let (nonce, body) = rest.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
         let cipher = self.cipher();
         let ad = Self::associated_data(table, key);
-        cipher.decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &ad }).map(Zeroizing::new).map_err(|_| corrupt())
+        let mut opened = cipher
+            .decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &ad })
+            .map(Zeroizing::new)
+            .map_err(|_| corrupt())?;
+        if version == SEALED_VERSION {
+            let len = padding::unpadded_row_len(&opened).ok_or_else(corrupt)?;
+            opened.truncate(len);
+        }
+        Ok(opened)
     }
 
     /// The row key of a peer: `HMAC-SHA256(address key, u32(len(user id)) || user id || u32(device id))`.
@@ -374,6 +389,28 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn values_sealed_before_padding_still_open_and_padding_is_checked() {
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let sealer = Sealer::new(&[7; 32]);
+        // Release 0.1's format: version 1, the plaintext sealed as it is.
+        let ad = Sealer::associated_data(Table::Sessions, b"row");
+        let nonce = [9u8; NONCE_LEN];
+        let body = sealer.cipher().encrypt(&XNonce::from(nonce), Payload { msg: b"old row", aad: &ad }).unwrap();
+        let old = [&[UNPADDED_SEALED_VERSION][..], &nonce, &body].concat();
+        assert_eq!(sealer.open(Table::Sessions, b"row", &old).unwrap().as_slice(), b"old row");
+        // Now: padded to a bucket, and a padding that does not verify is corrupt.
+        let sealed = sealer.seal(&mut rng, Table::Sessions, b"row", b"new row");
+        assert_eq!(sealed.len(), 1 + NONCE_LEN + padding::MIN_ROW_BUCKET + 16);
+        assert_eq!(sealer.open(Table::Sessions, b"row", &sealed).unwrap().as_slice(), b"new row");
+        let bad = sealer
+            .cipher()
+            .encrypt(&XNonce::from(nonce), Payload { msg: &[0u8; padding::MIN_ROW_BUCKET], aad: &ad })
+            .unwrap();
+        let bad = [&[SEALED_VERSION][..], &nonce, &bad].concat();
+        assert!(matches!(sealer.open(Table::Sessions, b"row", &bad), Err(StoreError::Corrupt { .. })));
+    }
 
     #[test]
     fn rows_open_only_where_they_were_sealed() {

@@ -147,6 +147,13 @@ def test_every_exception_class(tmp_path):
     assert receive(bob, alice.address(), wire) == "hi"
     with pytest.raises(SamizdatError.Duplicate):
         bob.decrypt(alice.address(), wire)
+    # A message more than 2,000 ahead: retryable, not a forgery.
+    for _ in range(2001):
+        far = alice.encrypt(bob.address(), b"far")
+    with pytest.raises(SamizdatError.TooFarAhead) as ahead:
+        bob.decrypt(alice.address(), far)
+    assert (ahead.value.gap, ahead.value.max) == (2001, 2000)
+    del ahead
 
     # A scan from another conversation does not match.
     carol = device(tmp_path, "carol", CAROL_KEY)

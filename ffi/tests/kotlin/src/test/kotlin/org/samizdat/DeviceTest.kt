@@ -155,6 +155,12 @@ class DeviceTest {
                 }
                 assertEquals("hi", receive(bob, alice.address(), wire))
                 assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), wire) }
+                // A message more than 2,000 ahead: retryable, not a forgery.
+                var far = ByteArray(0)
+                repeat(2001) { far = alice.encrypt(bob.address(), "far".encodeToByteArray()) }
+                val ahead = assertThrows(SamizdatException.TooFarAhead::class.java) { bob.decrypt(alice.address(), far) }
+                assertEquals(2001u, ahead.gap)
+                assertEquals(2000u, ahead.max)
 
                 // A scan from another conversation does not match.
                 device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
