@@ -4,7 +4,9 @@
 use crate::{
     PreKeyKind, SessionError,
     prekeys::{ConsumedPreKeys, PreKeySet},
+    session::SessionRecord,
     store::{Backend, Expected, Sealer, StoreError, Table, Write},
+    wire::Message,
 };
 
 use super::{Device, DeviceError, Rotated, SINGLE_ROW, lock, pending::LoadedPreKeys, retry_on_conflict};
@@ -17,6 +19,17 @@ impl<B: Backend> Device<B> {
         let bytes = self.sealer.open(Table::PreKeys, SINGLE_ROW, &sealed)?;
         let set = PreKeySet::from_bytes(&bytes).map_err(|_| StoreError::Corrupt { table: Table::PreKeys })?;
         Ok((sealed, set))
+    }
+
+    /// The prekeys `message` needs: none for a ratchet message, or for a
+    /// prekey message that its record takes without them
+    /// ([`SessionRecord::needs_prekeys`]: it goes to a state of the record,
+    /// or its base key is one the record remembers); the set otherwise.
+    pub(super) fn prekeys_for(&self, record: &SessionRecord, message: &Message) -> Result<PreKeySet, StoreError> {
+        match message {
+            Message::PreKey(prekey) if record.needs_prekeys(prekey.header()) => Ok(self.load_prekeys()?.1),
+            _ => Ok(PreKeySet::empty()),
+        }
     }
 
     /// A bundle to upload: the current signed prekey, the lowest one-time

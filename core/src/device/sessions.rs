@@ -15,10 +15,10 @@ use crate::{
     address::Address,
     fingerprint::SafetyNumber,
     keys::IdentityKey,
-    prekeys::{PreKeyBundle, PreKeySet},
+    prekeys::PreKeyBundle,
     session::SessionRecord,
     store::{Backend, Expected, StoreError, Table, Write},
-    wire::MessageKind,
+    wire::Message,
 };
 
 use super::{
@@ -168,16 +168,13 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::NoSession`], a store error.
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         self.check_process()?;
+        // Decoded in full first: junk reads nothing.
+        let message = Message::from_bytes(ciphertext).map_err(SessionError::from)?;
         let row = self.sealer.address_key(peer);
         let (loaded, record) = self.load_record(&row)?;
-        // Only a prekey message needs the prekeys: loading them (ML-KEM keys
-        // are checked on load) costs milliseconds when many are held.
-        let prekeys = match MessageKind::of(ciphertext).map_err(SessionError::from)? {
-            MessageKind::PreKey => self.load_prekeys()?.1,
-            MessageKind::Ratchet => PreKeySet::empty(),
-        };
+        let prekeys = self.prekeys_for(&record, &message)?;
         let pending =
-            record.decrypt(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, ciphertext)?;
+            record.decrypt_decoded(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, &message)?;
         Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
     }
 
