@@ -453,6 +453,12 @@ impl PreKeySet {
         Self { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys }
     }
 
+    /// The set's parts.
+    pub(crate) fn into_parts(self) -> PreKeyParts {
+        let Self { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys } = self;
+        PreKeyParts { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys }
+    }
+
     fn take_id(&mut self) -> Result<u32, PreKeyError> {
         let id = self.next_id;
         self.next_id = id.checked_add(1).ok_or(PreKeyError::IdsExhausted)?;

@@ -22,10 +22,8 @@ use crate::{
 };
 
 use super::{
-    Device, DeviceError, PendingBatch, PendingMessage, ROW_VERSION, encode, lock,
-    pending::LoadedRecord,
-    prekeys::{consume_checked, prekeys_write},
-    retry_on_conflict,
+    Device, DeviceError, PendingBatch, PendingMessage, ROW_VERSION, encode, lock, pending::LoadedRecord,
+    prekeys::PreKeyRows, retry_on_conflict,
 };
 
 impl<B: Backend> Device<B> {
@@ -172,7 +170,8 @@ impl<B: Backend> Device<B> {
         let message = Message::from_bytes(ciphertext).map_err(SessionError::from)?;
         let row = self.sealer.address_key(peer);
         let (loaded, record) = self.load_record(&row)?;
-        let prekeys = self.prekeys_for(&record, &message)?;
+        // Only the prekey rows the message needs (PROTOCOL.md 14.9).
+        let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
         let pending =
             record.decrypt_decoded(&mut crate::os_rng(), &self.identity, &self.address, peer, &prekeys, &message)?;
         Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
@@ -183,9 +182,10 @@ impl<B: Backend> Device<B> {
     ///
     /// The session row must still hold the sealed bytes the decryption read
     /// (any rewrite since, through any handle, makes the pending stale), and
-    /// the write is conditional on it. The prekey write is conditional on the
-    /// prekey row as this call read it; when another handle changed the
-    /// prekeys meanwhile, they are read and checked again.
+    /// the write is conditional on it. The prekey writes (the consumed
+    /// one-time prekeys deleted, the base key remembered, the index row) are
+    /// conditional on those rows as this call read them; when another handle
+    /// changed them meanwhile, they are read and checked again.
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
@@ -215,12 +215,11 @@ impl<B: Backend> Device<B> {
         }
         let _prekey_guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
-            let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
-            consume_checked(&mut prekeys, &consumed)?;
-            let prekeys_write = prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded_prekeys));
+            let mut writes = vec![session_write.clone()];
+            writes.extend(self.consume_writes(&consumed)?);
             // A conflict on the session row is final (stale); one on the
-            // prekey row alone is retried with the prekeys read again.
-            self.backend.apply(&[session_write.clone(), prekeys_write]).map_err(|e| stale_on_session_conflict(e.into()))
+            // prekey rows alone is retried with them read again.
+            self.backend.apply(&writes).map_err(|e| stale_on_session_conflict(e.into()))
         })
     }
 
@@ -235,8 +234,7 @@ impl<B: Backend> Device<B> {
         self.check_process()?;
         let mut rng = crate::os_rng();
         let mut records: BTreeMap<Vec<u8>, LoadedRecord> = BTreeMap::new();
-        let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
-        let mut prekeys_changed = false;
+        let mut prekeys = PreKeyRows::default();
         let mut results = Vec::with_capacity(messages.len());
         for (peer, ciphertext) in messages {
             let row = self.sealer.address_key(peer);
@@ -245,26 +243,9 @@ impl<B: Backend> Device<B> {
                 records.insert(row.clone(), (peer.clone(), loaded, record));
             }
             let Some((_, _, record)) = records.get_mut(&row) else { continue };
-            let result = record.decrypt(&mut rng, &self.identity, &self.address, peer, &prekeys, ciphertext).and_then(
-                |pending| {
-                    let plaintext = pending.plaintext().to_vec();
-                    let consumed = pending.consumed_prekeys();
-                    record.commit(pending)?;
-                    if !consumed.is_empty() {
-                        prekeys.consume(&consumed);
-                        prekeys_changed = true;
-                    }
-                    Ok(plaintext)
-                },
-            );
-            results.push(result);
+            results.push(self.decrypt_in_batch(&mut rng, &mut prekeys, record, peer, ciphertext)?);
         }
-        Ok(PendingBatch {
-            device: self.identity.public_key(),
-            results,
-            records,
-            prekeys: prekeys_changed.then_some((loaded_prekeys, prekeys)),
-        })
+        Ok(PendingBatch { device: self.identity.public_key(), results, records, prekeys })
     }
 
     /// Commits a batch in one transaction, after the app stored the
@@ -273,8 +254,8 @@ impl<B: Backend> Device<B> {
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
-    /// [`SessionError::StalePending`] if a session row or the prekey row was
-    /// rewritten since [`Self::decrypt_batch`] (even with the same content;
+    /// [`SessionError::StalePending`] if a session row or a prekey row the
+    /// batch changes was rewritten since [`Self::decrypt_batch`] (even with the same content;
     /// through any handle): nothing is written, decrypt the batch again; a
     /// store error (nothing written).
     pub fn commit_batch(&self, batch: PendingBatch) -> Result<(), DeviceError> {
@@ -289,9 +270,7 @@ impl<B: Backend> Device<B> {
         for (row, (peer, loaded, record)) in &batch.records {
             writes.push(self.record_write(row, peer, record, loaded.clone()));
         }
-        if let Some((loaded, prekeys)) = &batch.prekeys {
-            writes.push(prekeys_write(&self.sealer, prekeys, Expected::Value(loaded.clone())));
-        }
+        writes.extend(batch.prekeys.writes(&self.sealer));
         match self.backend.apply(&writes) {
             Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
             result => Ok(result?),
