@@ -23,13 +23,15 @@ use hmac::{Hmac, Mac};
 use libcrux_ml_kem::mlkem1024;
 use rand_core::{Rng, SeedableRng};
 use samizdat::{
+    address::Address,
+    device::Device,
     session::SessionRecord,
     store::{Backend, MemoryBackend, SqliteBackend},
 };
 use samizdat_benches::{
     BATCH, BODY_AD_LEN, DeviceSetup, Figures, HEADER_LEN, PAYLOAD_SIZES, PQ_SIGNED_LEN, PQXDH_IKM_LEN, Pair,
-    ROW_AD_LEN, SESSION_AD_LEN, SPK_SIGNED_LEN, TRANSCRIPT_LEN, TempDir, VzPair, bench_mode, figures, padded_len, prim,
-    vz_signed_otk, vz_wire, write_meta,
+    PreKeySetup, ROW_AD_LEN, SESSION_AD_LEN, SPK_SIGNED_LEN, TRANSCRIPT_LEN, TempDir, VzPair, bench_mode, copy_store,
+    figures, padded_len, prim, vz_signed_otk, vz_wire, write_meta,
 };
 use sha2::{Digest, Sha256};
 use vodozemac::{
@@ -479,6 +481,48 @@ fn device(c: &mut Criterion) {
     g.finish();
 }
 
+/// Prekey messages on SQLite: each is the first message of a new session from a new peer, and its
+/// cost should not depend on how many prekeys and remembered base keys the device holds
+/// (PROTOCOL.md 14.7). `minimal`: one one-time prekey of each kind held (refilled, untimed, after
+/// each message); `200+200`: 200 of each; `10000_base_keys`: no one-time prekey and 10,000
+/// remembered base keys (each message uses the signed and last-resort prekeys, and its commit
+/// remembers one more, evicting the oldest). `junk` is a 3-byte prekey envelope on the `200+200`
+/// device: what a hostile sender can make the device do for free.
+fn device_prekeys(c: &mut Criterion) {
+    let dir = TempDir::new("prekeys");
+    let sqlite = |name: &str| SqliteBackend::open(dir.path().join(format!("{name}.db"))).expect("sqlite");
+    let mut minimal = PreKeySetup::new(sqlite("minimal"), 1);
+    let mut full = PreKeySetup::new(sqlite("full"), 200);
+    // 10,000 handshakes without a one-time prekey, made in memory (faster), then copied.
+    let mut remembered = PreKeySetup::new(MemoryBackend::new(), 0);
+    let count = if bench_mode() { 10_000 } else { 10 };
+    for _ in 0..count {
+        let message = remembered.first_message();
+        remembered.receive(&message);
+    }
+    let on_disk = sqlite("base_keys");
+    copy_store(remembered.bob.backend(), &on_disk);
+    let mut remembered = remembered.with_device(Device::open_in(on_disk, &[2; 32]).expect("open"));
+
+    let mut g = c.benchmark_group("device_prekey");
+    g.sample_size(10);
+    for (name, setup) in [("minimal", &mut minimal), ("200+200", &mut full), ("10000_base_keys", &mut remembered)] {
+        let (peer, wire) = setup.first_message();
+        g.bench_function(BenchmarkId::new("sqlite_decrypt", name), |b| {
+            b.iter(|| setup.bob.decrypt(&peer, black_box(&wire)).expect("decrypt"));
+        });
+        g.bench_function(BenchmarkId::new("sqlite_decrypt_commit", name), |b| {
+            b.iter_custom(|iters| timed_in_chunks(iters, 1, setup, PreKeySetup::first_message, |s, m| s.receive(&m)));
+        });
+    }
+    let junk = [1, 0x0a, 0x00];
+    let peer = Address::new("mallory", 1).expect("address");
+    g.bench_function(BenchmarkId::new("sqlite_junk", "200+200"), |b| {
+        b.iter(|| assert!(full.bob.decrypt(&peer, black_box(&junk)).is_err()));
+    });
+    g.finish();
+}
+
 fn main() {
     let figures = figures();
     let mut c = Criterion::default().configure_from_args();
@@ -489,6 +533,7 @@ fn main() {
     session(&mut c);
     group(&mut c);
     device(&mut c);
+    device_prekeys(&mut c);
     c.final_summary();
 
     println!("\nSizes (bytes): samizdat / vodozemac");

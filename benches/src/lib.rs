@@ -37,7 +37,7 @@ use samizdat::{
     keys::IdentityKeyPair,
     prekeys::{PreKeyBundle, PreKeySet},
     session::SessionRecord,
-    store::{Backend, MemoryBackend, Table},
+    store::{Backend, Expected, MemoryBackend, Table, Write},
     wire::Message,
 };
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
@@ -793,6 +793,86 @@ impl<B: Backend> DeviceSetup<B> {
     pub fn bob_sends(&self, plaintext: &[u8]) -> Vec<u8> {
         self.bob.encrypt(&self.alice.address, plaintext).expect("encrypt")
     }
+}
+
+/// Bob as a [`Device`] under test for prekey messages: each message is the first one of a new
+/// session from a new peer (`peer-0`, `peer-1`, ..., one identity for all), made from Bob's current
+/// bundle. Bob holds `one_time` one-time prekeys of each kind, refilled (untimed) before each message;
+/// with none, every message uses the signed and the last-resort prekeys, and its commit remembers
+/// its base key.
+pub struct PreKeySetup<B: Backend> {
+    /// Bob, the device under test.
+    pub bob: Device<B>,
+    rng: ChaCha20Rng,
+    identity: IdentityKeyPair,
+    next_peer: u32,
+    one_time: usize,
+}
+
+impl<B: Backend> PreKeySetup<B> {
+    /// Bob's device in `backend`, with `one_time` one-time prekeys of each kind.
+    pub fn new(backend: B, one_time: usize) -> Self {
+        let bob = Device::create_in(backend, &[2; 32], Address::new("bob", 1).expect("address"), 0).expect("bob");
+        Self::from_device(bob, one_time)
+    }
+
+    /// The same over an existing device.
+    pub fn from_device(bob: Device<B>, one_time: usize) -> Self {
+        let mut rng = ChaCha20Rng::from_seed([22; 32]);
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let setup = Self { bob, rng, identity, next_peer: 0, one_time };
+        setup.refill();
+        setup
+    }
+
+    /// The same peers (they go on with new addresses and fresh base keys)
+    /// with another device: Bob's store copied to another backend, reopened.
+    pub fn with_device<C: Backend>(self, bob: Device<C>) -> PreKeySetup<C> {
+        let Self { rng, identity, next_peer, one_time, .. } = self;
+        PreKeySetup { bob, rng, identity, next_peer, one_time }
+    }
+
+    /// Tops Bob's one-time prekeys up to the setup's count.
+    pub fn refill(&self) {
+        if self.one_time > 0 {
+            self.bob.refill_prekeys(self.one_time, self.one_time, 0).expect("refill");
+        }
+    }
+
+    /// Refills, then makes the first message of a new session from a new peer.
+    pub fn first_message(&mut self) -> (Address, Vec<u8>) {
+        self.refill();
+        let peer = Address::new(format!("peer-{}", self.next_peer), 1).expect("address");
+        self.next_peer += 1;
+        let bundle = PreKeyBundle::from_bytes(&self.bob.prekey_bundle().expect("bundle")).expect("valid bundle");
+        let mut record = SessionRecord::new();
+        record.initiate(&mut self.rng, &self.identity, &peer, &bundle).expect("initiate");
+        let wire = record.encrypt(&mut self.rng, b"hello").expect("encrypt");
+        (peer, wire)
+    }
+
+    /// Bob decrypts a first message and commits it.
+    pub fn receive(&self, (peer, wire): &(Address, Vec<u8>)) {
+        let pending = self.bob.decrypt(peer, wire).expect("decrypt");
+        assert_eq!(pending.plaintext(), b"hello");
+        self.bob.commit(pending).expect("commit");
+    }
+}
+
+/// Copies every row of `from` into the empty store `to`, in one batch.
+pub fn copy_store(from: &impl Backend, to: &impl Backend) {
+    let writes: Vec<Write> = Table::ALL
+        .iter()
+        .flat_map(|&table| {
+            from.scan(table).expect("scan").into_iter().map(move |(key, value)| Write {
+                table,
+                key,
+                value: Some(value),
+                expected: Expected::Absent,
+            })
+        })
+        .collect();
+    to.apply(&writes).expect("copy");
 }
 
 // ---------------------------------------------------------------- vodozemac setups

@@ -98,6 +98,9 @@ pub(crate) fn bundle_signature_input(fields: &BundleFields<'_>) -> Vec<u8> {
 pub(crate) const STORE_SEAL_LABEL: &[u8] = b"samizdat/v1/store/seal";
 /// HKDF `info` of the store's address-hashing key (from the app's storage key).
 pub(crate) const STORE_ADDRESS_LABEL: &[u8] = b"samizdat/v1/store/address";
+/// HKDF `info` of the store's key that hashes remembered base keys into row
+/// keys (from the app's storage key).
+pub(crate) const STORE_BASE_KEY_LABEL: &[u8] = b"samizdat/v1/store/base-key";
 /// Prefix of a sealed row's associated data (then the table and the row key).
 pub(crate) const STORE_ROW_LABEL: &[u8] = b"samizdat/v1/store/row";
 
@@ -291,6 +294,7 @@ mod tests {
             crate::fingerprint::SAFETY_NUMBER_LABEL,
             STORE_SEAL_LABEL,
             STORE_ADDRESS_LABEL,
+            STORE_BASE_KEY_LABEL,
             STORE_ROW_LABEL,
         ];
         for (i, a) in labels.iter().enumerate() {

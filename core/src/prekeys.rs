@@ -320,11 +320,85 @@ pub(crate) struct SignedPreKeyPair {
     created_at: u64,
 }
 
+impl SignedPreKeyPair {
+    /// The storage record (it holds the secret: wrap it in `Zeroizing`).
+    pub(crate) fn to_record(&self) -> storage::SignedPreKeyRecord {
+        storage::SignedPreKeyRecord {
+            id: self.id,
+            secret: self.key.to_bytes().to_vec(),
+            signature: self.signature.to_vec(),
+            created_at: self.created_at,
+        }
+    }
+
+    /// Loads a storage record: `secret` is 32 bytes, then `signature` is 64
+    /// (PROTOCOL.md 13.5, check 7a). The id is not checked here.
+    pub(crate) fn from_record(record: &storage::SignedPreKeyRecord) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: record.id,
+            key: X25519Secret::from_bytes(*Zeroizing::new(fixed::<32>(&record.secret, "signed.secret")?)),
+            signature: fixed::<SIGNATURE_LEN>(&record.signature, "signed.signature")?,
+            created_at: record.created_at,
+        })
+    }
+}
+
 pub(crate) struct PqPreKeyPair {
     pub(crate) id: u32,
     pub(crate) key: MlKemKeyPair,
     signature: [u8; SIGNATURE_LEN],
     created_at: u64,
+}
+
+impl PqPreKeyPair {
+    /// The storage record (it holds the secret: wrap it in `Zeroizing`).
+    pub(crate) fn to_record(&self) -> storage::PqPreKeyRecord {
+        storage::PqPreKeyRecord {
+            id: self.id,
+            secret: self.key.secret_bytes().to_vec(),
+            public_key: self.key.public_key().as_bytes().to_vec(),
+            signature: self.signature.to_vec(),
+            created_at: self.created_at,
+        }
+    }
+
+    /// Loads a storage record: the key pair (PROTOCOL.md 13.5, check 7c),
+    /// then the signature's length. The id is not checked here.
+    pub(crate) fn from_record(record: &storage::PqPreKeyRecord) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: record.id,
+            key: MlKemKeyPair::from_bytes(&record.secret, &record.public_key)?,
+            signature: fixed::<SIGNATURE_LEN>(&record.signature, "pq.signature")?,
+            created_at: record.created_at,
+        })
+    }
+}
+
+/// The storage record of a one-time X25519 prekey (it holds the secret:
+/// wrap it in `Zeroizing`).
+pub(crate) fn one_time_record(id: u32, key: &X25519Secret) -> storage::OneTimePreKeyRecord {
+    storage::OneTimePreKeyRecord { id, secret: key.to_bytes().to_vec() }
+}
+
+/// Loads the storage record of a one-time X25519 prekey: `secret` is 32
+/// bytes (PROTOCOL.md 13.5, check 7b). The id is not checked here.
+pub(crate) fn one_time_from_record(record: &storage::OneTimePreKeyRecord) -> Result<(u32, X25519Secret), DecodeError> {
+    Ok((record.id, X25519Secret::from_bytes(*Zeroizing::new(fixed::<32>(&record.secret, "one_time.secret")?))))
+}
+
+/// The parts of a [`PreKeySet`], for a store that keeps each key in its own
+/// row: a set built from some of them holds only those (PROTOCOL.md 14.7).
+#[derive(Default)]
+pub(crate) struct PreKeyParts {
+    /// Oldest first; the last is current.
+    pub(crate) signed: Vec<SignedPreKeyPair>,
+    pub(crate) one_time: BTreeMap<u32, X25519Secret>,
+    pub(crate) pq_one_time: BTreeMap<u32, PqPreKeyPair>,
+    /// Oldest first; the last is current.
+    pub(crate) last_resort: Vec<PqPreKeyPair>,
+    pub(crate) next_id: u32,
+    /// `(signed prekey id, base key)`, oldest first.
+    pub(crate) seen_base_keys: VecDeque<(u32, X25519PublicKey)>,
 }
 
 /// A device's own prekeys: the secret halves of what it publishes.
@@ -366,14 +440,23 @@ impl PreKeySet {
     /// A set with no keys at all, for decrypting messages that need none
     /// (every prekey lookup in it fails).
     pub(crate) fn empty() -> Self {
-        Self {
-            signed: Vec::new(),
-            one_time: BTreeMap::new(),
-            pq_one_time: BTreeMap::new(),
-            last_resort: Vec::new(),
-            next_id: 1,
-            seen_base_keys: VecDeque::new(),
-        }
+        Self::from_parts(PreKeyParts { next_id: 1, ..PreKeyParts::default() })
+    }
+
+    /// A set of exactly these parts, unchecked: a *partial* set, holding
+    /// only the keys a device read from its rows (those a prekey header
+    /// names, those a bundle offers), or none, to make new keys from
+    /// `next_id` on. Lookups of any other key fail as they would in a set
+    /// that does not hold it.
+    pub(crate) fn from_parts(parts: PreKeyParts) -> Self {
+        let PreKeyParts { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys } = parts;
+        Self { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys }
+    }
+
+    /// The set's parts.
+    pub(crate) fn into_parts(self) -> PreKeyParts {
+        let Self { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys } = self;
+        PreKeyParts { signed, one_time, pq_one_time, last_resort, next_id, seen_base_keys }
     }
 
     fn take_id(&mut self) -> Result<u32, PreKeyError> {
@@ -488,11 +571,26 @@ impl PreKeySet {
         target: usize,
         now: u64,
     ) -> Result<(usize, usize), PreKeyError> {
+        let held = (self.one_time.len(), self.pq_one_time.len());
+        self.top_up_from(rng, identity, held, target, now)
+    }
+
+    /// [`Self::top_up_one_time_prekeys`] for a set that holds `held` one-time
+    /// prekeys `(X25519, ML-KEM)` elsewhere (a partial set): adds the new
+    /// keys to this one.
+    pub(crate) fn top_up_from<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        (held_classic, held_pq): (usize, usize),
+        target: usize,
+        now: u64,
+    ) -> Result<(usize, usize), PreKeyError> {
         if target > MAX_ONE_TIME_PREKEYS {
             return Err(PreKeyError::LimitReached { max: MAX_ONE_TIME_PREKEYS });
         }
-        let classic = target.saturating_sub(self.one_time.len());
-        let pq = target.saturating_sub(self.pq_one_time.len());
+        let classic = target.saturating_sub(held_classic);
+        let pq = target.saturating_sub(held_pq);
         let needed = u32::try_from(classic + pq).map_err(|_| PreKeyError::IdsExhausted)?;
         if self.next_id.checked_add(needed).is_none() {
             return Err(PreKeyError::IdsExhausted);
@@ -604,32 +702,12 @@ impl PreKeySet {
 
     /// Serializes the set (storage protobuf `PreKeySet`). Seal the bytes.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let pq_record = |p: &PqPreKeyPair| storage::PqPreKeyRecord {
-            id: p.id,
-            secret: p.key.secret_bytes().to_vec(),
-            public_key: p.key.public_key().as_bytes().to_vec(),
-            signature: p.signature.to_vec(),
-            created_at: p.created_at,
-        };
         let record = Zeroizing::new(storage::PreKeySet {
             version: 1,
-            signed: self
-                .signed
-                .iter()
-                .map(|k| storage::SignedPreKeyRecord {
-                    id: k.id,
-                    secret: k.key.to_bytes().to_vec(),
-                    signature: k.signature.to_vec(),
-                    created_at: k.created_at,
-                })
-                .collect(),
-            one_time: self
-                .one_time
-                .iter()
-                .map(|(id, k)| storage::OneTimePreKeyRecord { id: *id, secret: k.to_bytes().to_vec() })
-                .collect(),
-            pq_one_time: self.pq_one_time.values().map(pq_record).collect(),
-            last_resort: self.last_resort.iter().map(pq_record).collect(),
+            signed: self.signed.iter().map(SignedPreKeyPair::to_record).collect(),
+            one_time: self.one_time.iter().map(|(id, k)| one_time_record(*id, k)).collect(),
+            pq_one_time: self.pq_one_time.values().map(PqPreKeyPair::to_record).collect(),
+            last_resort: self.last_resort.iter().map(PqPreKeyPair::to_record).collect(),
             next_id: self.next_id,
             seen_base_keys: self
                 .seen_base_keys
@@ -663,14 +741,6 @@ impl PreKeySet {
         if record.one_time.len() > MAX_ONE_TIME_PREKEYS || record.pq_one_time.len() > MAX_ONE_TIME_PREKEYS {
             return Err(DecodeError::InvalidValue("one_time"));
         }
-        let pq_pair = |p: &storage::PqPreKeyRecord| -> Result<PqPreKeyPair, DecodeError> {
-            Ok(PqPreKeyPair {
-                id: p.id,
-                key: MlKemKeyPair::from_bytes(&p.secret, &p.public_key)?,
-                signature: fixed::<SIGNATURE_LEN>(&p.signature, "pq.signature")?,
-                created_at: p.created_at,
-            })
-        };
         let mut ids = std::collections::BTreeSet::new();
         let mut check_id = |id: u32| {
             if id >= record.next_id || !ids.insert(id) { Err(DecodeError::InvalidValue("id")) } else { Ok(()) }
@@ -678,27 +748,23 @@ impl PreKeySet {
         let mut signed = Vec::with_capacity(record.signed.len());
         for k in &record.signed {
             check_id(k.id)?;
-            signed.push(SignedPreKeyPair {
-                id: k.id,
-                key: X25519Secret::from_bytes(fixed::<32>(&k.secret, "signed.secret")?),
-                signature: fixed::<SIGNATURE_LEN>(&k.signature, "signed.signature")?,
-                created_at: k.created_at,
-            });
+            signed.push(SignedPreKeyPair::from_record(k)?);
         }
         let mut one_time = BTreeMap::new();
         for k in &record.one_time {
             check_id(k.id)?;
-            one_time.insert(k.id, X25519Secret::from_bytes(fixed::<32>(&k.secret, "one_time.secret")?));
+            let (id, key) = one_time_from_record(k)?;
+            one_time.insert(id, key);
         }
         let mut pq_one_time = BTreeMap::new();
         for p in &record.pq_one_time {
             check_id(p.id)?;
-            pq_one_time.insert(p.id, pq_pair(p)?);
+            pq_one_time.insert(p.id, PqPreKeyPair::from_record(p)?);
         }
         let mut last_resort = Vec::with_capacity(record.last_resort.len());
         for p in &record.last_resort {
             check_id(p.id)?;
-            last_resort.push(pq_pair(p)?);
+            last_resort.push(PqPreKeyPair::from_record(p)?);
         }
         if record.seen_base_keys.len() > MAX_REMEMBERED_BASE_KEYS {
             return Err(DecodeError::InvalidValue("seen_base_keys"));

@@ -213,24 +213,6 @@ impl Message {
     }
 }
 
-/// The kind of a message, read from its envelope without checking its fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MessageKind {
-    PreKey,
-    Ratchet,
-}
-
-impl MessageKind {
-    /// The kind of an encoded message (size, version and envelope checked;
-    /// the fields are checked by [`Message::from_bytes`]).
-    pub(crate) fn of(bytes: &[u8]) -> Result<Self, DecodeError> {
-        Ok(match decode_envelope(bytes)? {
-            pb::envelope::Body::Prekey(_) => Self::PreKey,
-            pb::envelope::Body::Ratchet(_) => Self::Ratchet,
-        })
-    }
-}
-
 fn encode_envelope(body: pb::envelope::Body) -> Vec<u8> {
     let envelope = pb::Envelope { body: Some(body) };
     let mut out = Vec::with_capacity(1 + envelope.encoded_len());

@@ -7,7 +7,8 @@
 //! the backend and keeps each sealed value it sees. Then it searches the
 //! database, `-wal`, `-shm` and `-journal` files, while the stores are open
 //! and again after they are closed, for 32-byte windows taken at several
-//! places of each superseded value (a value larger than a page is split over
+//! places of each superseded value, and of every value of a deleted row (a
+//! consumed one-time prekey; a value larger than a page is split over
 //! overflow pages, so no single window need be contiguous in a file): none may
 //! be there. As a control, every current value must be found.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -43,7 +44,8 @@ fn receive(to: &Device, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceEr
     Ok(plaintext)
 }
 
-/// Every sealed value each row of each store ever held, in the order seen.
+/// Every sealed value each row of each store ever held, in the order seen;
+/// an empty value marks the row deleted (a consumed or rotated-out prekey).
 #[derive(Default)]
 struct Seen {
     rows: BTreeMap<(String, Table, Vec<u8>), Vec<Vec<u8>>>,
@@ -52,7 +54,18 @@ struct Seen {
 impl Seen {
     fn record(&mut self, name: &str, device: &Device) {
         for table in Table::ALL {
-            for (key, value) in device.backend().scan(table).unwrap() {
+            let rows = device.backend().scan(table).unwrap();
+            let present: HashSet<&Vec<u8>> = rows.iter().map(|(key, _)| key).collect();
+            for ((owner, t, key), versions) in &mut self.rows {
+                if owner == name
+                    && *t == table
+                    && !present.contains(key)
+                    && versions.last().is_some_and(|v| !v.is_empty())
+                {
+                    versions.push(Vec::new());
+                }
+            }
+            for (key, value) in rows {
                 let versions = self.rows.entry((name.to_owned(), table, key)).or_default();
                 if versions.last() != Some(&value) {
                     assert!(!versions.contains(&value), "a sealed value came back");
@@ -62,14 +75,17 @@ impl Seen {
         }
     }
 
-    /// The last value of each row, and every value before it.
+    /// The last value of each row that exists, and every other value (all
+    /// those of a deleted row).
     fn split(&self) -> (Vec<&Vec<u8>>, Vec<&Vec<u8>>) {
         let mut current = Vec::new();
         let mut superseded = Vec::new();
         for versions in self.rows.values() {
             let (last, older) = versions.split_last().unwrap();
-            current.push(last);
-            superseded.extend(older);
+            if !last.is_empty() {
+                current.push(last);
+            }
+            superseded.extend(older.iter().filter(|v| !v.is_empty()));
         }
         (current, superseded)
     }

@@ -1246,21 +1246,40 @@ mod at_rest {
         out
     }
 
-    /// Every version of every row, as seen.
+    /// Every version of every row, as seen, and the rows seen deleted (all
+    /// of whose versions are superseded).
     #[derive(Default)]
-    pub(crate) struct Versions(pub(crate) BTreeMap<(String, Vec<u8>), Vec<Vec<u8>>>);
+    pub(crate) struct Versions {
+        pub(crate) rows: BTreeMap<(String, Vec<u8>), Vec<Vec<u8>>>,
+        pub(crate) gone: std::collections::BTreeSet<(String, Vec<u8>)>,
+    }
 
     impl Versions {
         pub(crate) fn see(&mut self, table: &str, key: &[u8], value: &[u8]) {
-            let v = self.0.entry((table.to_owned(), key.to_vec())).or_default();
+            let id = (table.to_owned(), key.to_vec());
+            self.gone.remove(&id);
+            let v = self.rows.entry(id).or_default();
             if v.last().map(Vec::as_slice) != Some(value) {
                 v.push(value.to_vec());
             }
         }
 
+        /// Marks every row of `table` that is not in `present` as deleted.
+        pub(crate) fn keep_only(&mut self, table: &str, present: &std::collections::BTreeSet<Vec<u8>>) {
+            for (t, key) in self.rows.keys() {
+                if t == table && !present.contains(key) {
+                    self.gone.insert((t.clone(), key.clone()));
+                }
+            }
+        }
+
         pub(crate) fn split(&self) -> (Vec<&Vec<u8>>, Vec<&Vec<u8>>) {
             let (mut current, mut superseded) = (Vec::new(), Vec::new());
-            for v in self.0.values() {
+            for (id, v) in &self.rows {
+                if self.gone.contains(id) {
+                    superseded.extend(v);
+                    continue;
+                }
                 let (last, older) = v.split_last().unwrap();
                 current.push(last);
                 superseded.extend(older);
@@ -1448,7 +1467,7 @@ fn leaked_secrets(dir: &std::path::Path, versions: &at_rest::Versions, storage_k
     };
     let files = at_rest::files(dir);
     let mut leaks = Vec::new();
-    for ((table, _), history) in &versions.0 {
+    for ((table, _), history) in &versions.rows {
         if table != "sessions" {
             continue;
         }
@@ -1498,9 +1517,12 @@ fn leaked_secrets(dir: &std::path::Path, versions: &at_rest::Versions, storage_k
 /// Records every row of a device's store.
 fn see_store<B: samizdat::store::Backend>(versions: &mut at_rest::Versions, device: &samizdat::device::Device<B>) {
     for table in samizdat::store::Table::ALL {
+        let mut present = std::collections::BTreeSet::new();
         for (key, value) in device.backend().scan(table).unwrap() {
             versions.see(table.name(), &key, &value);
+            present.insert(key);
         }
+        versions.keep_only(table.name(), &present);
     }
 }
 

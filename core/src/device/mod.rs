@@ -80,9 +80,9 @@ use crate::{
 };
 
 pub use self::pending::{PendingBatch, PendingMessage};
-use self::prekeys::prekeys_write;
+use self::prekeys::set_rows;
 
-/// The row key of the identity and prekey rows (each table has one row).
+/// The row key of the identity row (the table has one row).
 const SINGLE_ROW: &[u8] = b"self";
 /// Format version of the identity and session rows.
 const ROW_VERSION: u32 = 1;
@@ -266,16 +266,20 @@ impl<B: Backend> Device<B> {
             value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encoded)),
             expected: Expected::Absent,
         };
-        let prekeys_write = prekeys_write(sealer, &prekeys, Expected::Absent);
-        backend.apply(&[sealer.key_check(&mut rng), identity_write, prekeys_write])?;
+        let mut writes = vec![sealer.key_check(&mut rng), identity_write];
+        writes.extend(set_rows(sealer, prekeys).writes(sealer));
+        backend.apply(&writes)?;
         Ok(identity)
     }
 
-    /// Opens the device in `backend`.
+    /// Opens the device in `backend`. A store written before prekeys were
+    /// kept one row per key has its single prekey row converted, in one
+    /// transaction (PROTOCOL.md 14.6, 14.7); opening writes nothing else.
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::WrongKey`] (nothing changed),
-    /// or [`StoreError::Corrupt`].
+    /// or [`StoreError::Corrupt`]; a store error of the conversion (nothing
+    /// converted).
     pub fn open_in(backend: B, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
         let sealer = Sealer::new(storage_key);
         let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
@@ -289,7 +293,10 @@ impl<B: Backend> Device<B> {
         if row.version != ROW_VERSION {
             return Err(StoreError::Corrupt { table: Table::Identity }.into());
         }
-        Ok(Self::assemble(backend, sealer, IdentityKeyPair::from_seed(&seed), address))
+        let device = Self::assemble(backend, sealer, IdentityKeyPair::from_seed(&seed), address);
+        // A store of the previous format: its prekeys, one row, become rows.
+        retry_on_conflict(|| device.migrate_prekeys())?;
+        Ok(device)
     }
 
     fn assemble(backend: B, sealer: Sealer, identity: IdentityKeyPair, address: Address) -> Self {

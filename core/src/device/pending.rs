@@ -9,9 +9,10 @@ use crate::{
     SessionError,
     address::Address,
     keys::IdentityKey,
-    prekeys::PreKeySet,
     session::{PendingDecrypt, SessionRecord},
 };
+
+use super::prekeys::PreKeyRows;
 
 /// A decrypted message waiting for [`Device::commit`](super::Device::commit).
 ///
@@ -72,9 +73,6 @@ pub(super) struct LoadedRows {
 /// A peer's address, what the call read of its session, and the record as changed.
 pub(super) type LoadedRecord = (Address, LoadedRows, SessionRecord);
 
-/// The prekey row as loaded (sealed), and the set it holds.
-pub(super) type LoadedPreKeys = (Vec<u8>, PreKeySet);
-
 /// The result of [`Device::decrypt_batch`](super::Device::decrypt_batch): one result per message, in
 /// order, and the changes to commit with [`Device::commit_batch`](super::Device::commit_batch). Bound to
 /// its device and to the rows it read, as a [`PendingMessage`] is.
@@ -84,9 +82,9 @@ pub struct PendingBatch {
     pub(super) results: Vec<Result<Vec<u8>, SessionError>>,
     /// Row key -> (peer, the row as loaded (sealed), the record after the batch).
     pub(super) records: BTreeMap<Vec<u8>, LoadedRecord>,
-    /// The prekey row as loaded (sealed) and the set after the batch, if a
-    /// message consumed prekeys.
-    pub(super) prekeys: Option<LoadedPreKeys>,
+    /// The prekey rows the batch read (sealed) and what its messages
+    /// consumed, to write conditionally on them.
+    pub(super) prekeys: PreKeyRows,
 }
 
 impl PendingBatch {

@@ -1,22 +1,540 @@
-//! The device's own prekeys: bundles to upload, upkeep, and what a
-//! committed handshake consumes.
+//! The device's own prekeys, one row per key: bundles to upload, upkeep,
+//! the rows a prekey message names, and what a committed handshake consumes.
+//!
+//! Table `prekeys` holds (PROTOCOL.md 14.7): one row per prekey
+//! (`signed/<id>`, `one-time/<id>`, `pq-one-time/<id>`, `last-resort/<id>`,
+//! ids as 4 big-endian bytes), an index row `meta` (the id counter, the ids
+//! held, the creation times the rotation needs, the next ring slot), and the
+//! remembered base keys: a lookup row per pair, keyed by a keyed hash
+//! (`base-key/<hash>`), and a ring of [`MAX_REMEMBERED_BASE_KEYS`] slot rows
+//! (`ring/<slot>`) that says, oldest first, which lookup row to delete when
+//! a slot is reused. So a prekey message reads the few rows its header names,
+//! and a new session writes the rows it consumes, the index and one slot,
+//! whatever the device holds.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message as _;
+use samizdat_proto::storage;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{Device, DeviceError, Rotated, encode, lock, pending::LoadedRows, retry_on_conflict};
 use crate::{
     PreKeyKind, SessionError,
-    prekeys::{ConsumedPreKeys, PreKeySet},
+    address::Address,
+    keys::{X25519PublicKey, X25519Secret},
+    limits::{MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_REMEMBERED_BASE_KEYS, MAX_SIGNED_PREKEYS},
+    prekeys::{
+        ConsumedPreKeys, PqPreKeyPair, PreKeyParts, PreKeySet, SignedPreKeyPair, one_time_from_record, one_time_record,
+    },
+    session::SessionRecord,
     store::{Backend, Expected, Sealer, StoreError, Table, Write},
+    wire::Message,
 };
 
-use super::{Device, DeviceError, Rotated, SINGLE_ROW, lock, pending::LoadedPreKeys, retry_on_conflict};
+/// The index row.
+const META_ROW: &[u8] = b"meta";
+/// The single row of the format before this one: the whole set (migrated on open).
+pub(super) const LEGACY_ROW: &[u8] = b"self";
+/// Row key prefixes; a prekey's id follows as 4 big-endian bytes, a ring
+/// slot's number likewise, a lookup row's keyed hash as 32 bytes.
+const SIGNED: &[u8] = b"signed/";
+const ONE_TIME: &[u8] = b"one-time/";
+const PQ_ONE_TIME: &[u8] = b"pq-one-time/";
+const LAST_RESORT: &[u8] = b"last-resort/";
+const BASE_KEY: &[u8] = b"base-key/";
+const RING: &[u8] = b"ring/";
+/// Format version of the index row.
+const META_VERSION: u32 = 1;
+/// The ring's slots, one per remembered pair.
+const RING_SLOTS: u32 = {
+    assert!(MAX_REMEMBERED_BASE_KEYS > 0 && MAX_REMEMBERED_BASE_KEYS <= u32::MAX as usize);
+    #[allow(clippy::cast_possible_truncation)]
+    let slots = MAX_REMEMBERED_BASE_KEYS as u32;
+    slots
+};
+
+fn id_row(prefix: &[u8], id: u32) -> Vec<u8> {
+    [prefix, &id.to_be_bytes()].concat()
+}
+
+fn corrupt() -> StoreError {
+    StoreError::Corrupt { table: Table::PreKeys }
+}
+
+fn decode<M: prost::Message + Default + Zeroize>(bytes: &[u8]) -> Result<Zeroizing<M>, StoreError> {
+    M::decode(bytes).map(Zeroizing::new).map_err(|_| corrupt())
+}
+
+/// The encoding of a record that may hold secrets, wiped on drop.
+fn encode_secret<M: prost::Message>(message: &M) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(encode(message))
+}
+
+/// The lookup row of a remembered pair: `"base-key/" || HMAC-SHA256(base
+/// key key, u32be(spk id) || EK_A)`, so that the store reveals no base key.
+fn base_key_row(sealer: &Sealer, signed_prekey_id: u32, base_key: &X25519PublicKey) -> Vec<u8> {
+    [BASE_KEY, &sealer.base_key_hash(signed_prekey_id, base_key)].concat()
+}
+
+/// The index row, as a call reads and changes it.
+#[derive(Default)]
+struct Meta {
+    next_id: u32,
+    /// `(id, created_at)`, oldest first; the last is current.
+    signed: Vec<(u32, u64)>,
+    /// `(id, created_at)`, oldest first; the last is current.
+    last_resort: Vec<(u32, u64)>,
+    one_time: BTreeSet<u32>,
+    pq_one_time: BTreeSet<u32>,
+    /// The ring slot of the next remembered pair.
+    next_slot: u32,
+}
+
+impl Meta {
+    /// Parses and checks the index row (PROTOCOL.md 14.7); any failure is
+    /// `Corrupt`.
+    fn from_row(bytes: &[u8]) -> Result<Self, StoreError> {
+        let row = storage::PreKeyMeta::decode(bytes).map_err(|_| corrupt())?;
+        let increasing = |ids: &[u32]| ids.windows(2).all(|w| matches!(w, [a, b] if a < b));
+        if row.version != META_VERSION
+            || !(1..=MAX_SIGNED_PREKEYS).contains(&row.signed.len())
+            || !(1..=MAX_LAST_RESORT_PREKEYS).contains(&row.last_resort.len())
+            || row.one_time.len() > MAX_ONE_TIME_PREKEYS
+            || row.pq_one_time.len() > MAX_ONE_TIME_PREKEYS
+            || !increasing(&row.one_time)
+            || !increasing(&row.pq_one_time)
+            || row.next_base_key_slot >= RING_SLOTS
+        {
+            return Err(corrupt());
+        }
+        let entries =
+            |entries: &[storage::PreKeyEntry]| entries.iter().map(|e| (e.id, e.created_at)).collect::<Vec<_>>();
+        let meta = Self {
+            next_id: row.next_id,
+            signed: entries(&row.signed),
+            last_resort: entries(&row.last_resort),
+            one_time: row.one_time.iter().copied().collect(),
+            pq_one_time: row.pq_one_time.iter().copied().collect(),
+            next_slot: row.next_base_key_slot,
+        };
+        // Ids are unique across kinds and below the counter.
+        let ids = meta.ids().collect::<Vec<_>>();
+        let distinct = ids.iter().collect::<BTreeSet<_>>();
+        if distinct.len() != ids.len() || ids.iter().any(|id| *id >= meta.next_id) {
+            return Err(corrupt());
+        }
+        Ok(meta)
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let entries = self.signed.iter().chain(&self.last_resort).map(|(id, _)| *id);
+        entries.chain(self.one_time.iter().copied()).chain(self.pq_one_time.iter().copied())
+    }
+
+    fn to_row(&self) -> Zeroizing<Vec<u8>> {
+        let entries = |entries: &[(u32, u64)]| {
+            entries.iter().map(|(id, created_at)| storage::PreKeyEntry { id: *id, created_at: *created_at }).collect()
+        };
+        encode_secret(&storage::PreKeyMeta {
+            version: META_VERSION,
+            next_id: self.next_id,
+            signed: entries(&self.signed),
+            last_resort: entries(&self.last_resort),
+            one_time: self.one_time.iter().copied().collect(),
+            pq_one_time: self.pq_one_time.iter().copied().collect(),
+            next_base_key_slot: self.next_slot,
+        })
+    }
+
+    /// The rows of `parts`' keys (each a new row) and their entries in the
+    /// index; the counter moves to `parts.next_id`. Remembered pairs are not
+    /// rows of this kind: see [`set_rows`].
+    fn add_keys(&mut self, parts: &PreKeyParts) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for key in &parts.signed {
+            let record = Zeroizing::new(key.to_record());
+            self.signed.push((key.id, record.created_at));
+            changes.push((id_row(SIGNED, key.id), Some(encode_secret(&*record))));
+        }
+        for (id, key) in &parts.one_time {
+            self.one_time.insert(*id);
+            changes.push((id_row(ONE_TIME, *id), Some(encode_secret(&*Zeroizing::new(one_time_record(*id, key))))));
+        }
+        for pair in parts.pq_one_time.values() {
+            self.pq_one_time.insert(pair.id);
+            changes.push((id_row(PQ_ONE_TIME, pair.id), Some(encode_secret(&*Zeroizing::new(pair.to_record())))));
+        }
+        for pair in &parts.last_resort {
+            let record = Zeroizing::new(pair.to_record());
+            self.last_resort.push((pair.id, record.created_at));
+            changes.push((id_row(LAST_RESORT, pair.id), Some(encode_secret(&*record))));
+        }
+        self.next_id = self.next_id.max(parts.next_id);
+        changes
+    }
+}
+
+/// A change to one row: its new plaintext, or `None` to delete it.
+type Change = (Vec<u8>, Option<Zeroizing<Vec<u8>>>);
+
+/// A row as read: sealed (for the write's precondition) and opened.
+type ReadRow = (Vec<u8>, Zeroizing<Vec<u8>>);
+
+/// The prekey rows one call read, and the changes it makes to them. Each row
+/// is read once (later reads see the call's own changes), and
+/// [`Self::writes`] makes every write conditional on the row as read: its
+/// sealed bytes, or `Absent` for a row found absent or created under a fresh
+/// id or hash.
+#[derive(Default)]
+pub(super) struct PreKeyRows {
+    /// Row key -> the row as read, or `None`: absent.
+    read: BTreeMap<Vec<u8>, Option<ReadRow>>,
+    /// Row key -> its new plaintext, or `None`: deleted.
+    changed: BTreeMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>>,
+}
+
+impl PreKeyRows {
+    /// The plaintext of row `key` as this call sees it.
+    fn get<B: Backend>(
+        &mut self,
+        backend: &B,
+        sealer: &Sealer,
+        key: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        if let Some(changed) = self.changed.get(key) {
+            return Ok(changed.clone());
+        }
+        if !self.read.contains_key(key) {
+            let row = match backend.get(Table::PreKeys, key)? {
+                Some(sealed) => {
+                    let plaintext = sealer.open(Table::PreKeys, key, &sealed)?;
+                    Some((sealed, plaintext))
+                }
+                None => None,
+            };
+            self.read.insert(key.to_vec(), row);
+        }
+        Ok(self.read.get(key).and_then(Option::as_ref).map(|(_, plaintext)| plaintext.clone()))
+    }
+
+    fn apply(&mut self, changes: Vec<Change>) {
+        self.changed.extend(changes);
+    }
+
+    /// The conditional writes of every change (none for a row created and
+    /// deleted by the same call).
+    pub(super) fn writes(&self, sealer: &Sealer) -> Vec<Write> {
+        let mut rng = crate::os_rng();
+        self.changed
+            .iter()
+            .filter_map(|(key, value)| {
+                let read = self.read.get(key).and_then(Option::as_ref).map(|(sealed, _)| sealed.clone());
+                if read.is_none() && value.is_none() {
+                    return None;
+                }
+                Some(Write {
+                    table: Table::PreKeys,
+                    key: key.clone(),
+                    value: value.as_ref().map(|v| sealer.seal(&mut rng, Table::PreKeys, key, v)),
+                    expected: Expected::read(read),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Every row of a whole set, each created (`Absent`): a new device's, or the
+/// single row of an older store migrated. Its remembered pairs, oldest first,
+/// take ring slots 0, 1, ... (a repeated pair is kept once).
+pub(super) fn set_rows(sealer: &Sealer, set: PreKeySet) -> PreKeyRows {
+    let parts = set.into_parts();
+    let mut meta = Meta::default();
+    let mut changes = meta.add_keys(&parts);
+    let mut lookups = BTreeSet::new();
+    let mut slot = 0;
+    for (signed_prekey_id, base_key) in &parts.seen_base_keys {
+        let lookup = base_key_row(sealer, *signed_prekey_id, base_key);
+        if slot >= RING_SLOTS || !lookups.insert(lookup.clone()) {
+            continue;
+        }
+        let pair = encode_secret(&storage::SeenBaseKey {
+            signed_prekey_id: *signed_prekey_id,
+            base_key: base_key.as_bytes().to_vec(),
+        });
+        changes.push((lookup, Some(pair.clone())));
+        changes.push((id_row(RING, slot), Some(pair)));
+        slot += 1;
+    }
+    meta.next_slot = slot % RING_SLOTS;
+    changes.push((META_ROW.to_vec(), Some(meta.to_row())));
+    let mut rows = PreKeyRows::default();
+    rows.apply(changes);
+    rows
+}
 
 impl<B: Backend> Device<B> {
-    /// The prekey row as read (sealed) and the set it holds.
-    pub(super) fn load_prekeys(&self) -> Result<LoadedPreKeys, StoreError> {
-        let sealed =
-            self.backend.get(Table::PreKeys, SINGLE_ROW)?.ok_or(StoreError::Corrupt { table: Table::PreKeys })?;
-        let bytes = self.sealer.open(Table::PreKeys, SINGLE_ROW, &sealed)?;
-        let set = PreKeySet::from_bytes(&bytes).map_err(|_| StoreError::Corrupt { table: Table::PreKeys })?;
-        Ok((sealed, set))
+    fn row(&self, rows: &mut PreKeyRows, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        rows.get(&self.backend, &self.sealer, key)
+    }
+
+    fn meta(&self, rows: &mut PreKeyRows) -> Result<Meta, StoreError> {
+        Meta::from_row(&self.row(rows, META_ROW)?.ok_or_else(corrupt)?)
+    }
+
+    fn signed_prekey(&self, rows: &mut PreKeyRows, id: u32) -> Result<Option<SignedPreKeyPair>, StoreError> {
+        let Some(bytes) = self.row(rows, &id_row(SIGNED, id))? else { return Ok(None) };
+        let record = decode::<storage::SignedPreKeyRecord>(&bytes)?;
+        match SignedPreKeyPair::from_record(&record) {
+            Ok(pair) if pair.id == id => Ok(Some(pair)),
+            _ => Err(corrupt()),
+        }
+    }
+
+    fn one_time_prekey(&self, rows: &mut PreKeyRows, id: u32) -> Result<Option<X25519Secret>, StoreError> {
+        let Some(bytes) = self.row(rows, &id_row(ONE_TIME, id))? else { return Ok(None) };
+        let record = decode::<storage::OneTimePreKeyRecord>(&bytes)?;
+        match one_time_from_record(&record) {
+            Ok((record_id, key)) if record_id == id => Ok(Some(key)),
+            _ => Err(corrupt()),
+        }
+    }
+
+    /// An ML-KEM prekey (`kind`: [`PQ_ONE_TIME`] or [`LAST_RESORT`]).
+    fn pq_prekey(&self, rows: &mut PreKeyRows, kind: &[u8], id: u32) -> Result<Option<PqPreKeyPair>, StoreError> {
+        let Some(bytes) = self.row(rows, &id_row(kind, id))? else { return Ok(None) };
+        let record = decode::<storage::PqPreKeyRecord>(&bytes)?;
+        match PqPreKeyPair::from_record(&record) {
+            Ok(pair) if pair.id == id => Ok(Some(pair)),
+            _ => Err(corrupt()),
+        }
+    }
+
+    /// The pair of row `key` (a lookup row or a ring slot), if present.
+    fn pair(&self, rows: &mut PreKeyRows, key: &[u8]) -> Result<Option<(u32, X25519PublicKey)>, StoreError> {
+        let Some(bytes) = self.row(rows, key)? else { return Ok(None) };
+        let pair = decode::<storage::SeenBaseKey>(&bytes)?;
+        let base_key = X25519PublicKey::from_slice(&pair.base_key, "base_key").map_err(|_| corrupt())?;
+        Ok(Some((pair.signed_prekey_id, base_key)))
+    }
+
+    /// Whether the pair is remembered: its lookup row exists (and names it).
+    fn remembered(
+        &self,
+        rows: &mut PreKeyRows,
+        signed_prekey_id: u32,
+        base_key: &X25519PublicKey,
+    ) -> Result<bool, StoreError> {
+        match self.pair(rows, &base_key_row(&self.sealer, signed_prekey_id, base_key))? {
+            None => Ok(false),
+            Some(pair) if pair == (signed_prekey_id, *base_key) => Ok(true),
+            Some(_) => Err(corrupt()),
+        }
+    }
+
+    /// The prekeys `message` needs, read from their rows: none for a ratchet
+    /// message, an undecodable one (the caller decoded it first) or a prekey
+    /// message that its record takes without them
+    /// ([`SessionRecord::needs_prekeys`]); otherwise a partial set of the
+    /// rows its header names, read in the order of `Respond`'s checks
+    /// (PROTOCOL.md 8.5): the signed prekey, then the remembered pair (no
+    /// one-time X25519 prekey named) or the one-time X25519 prekey, then the
+    /// ML-KEM prekey (one-time, else last-resort), stopping at the first
+    /// that the handshake would refuse.
+    pub(super) fn prekeys_for(
+        &self,
+        rows: &mut PreKeyRows,
+        record: &SessionRecord,
+        message: &Message,
+    ) -> Result<PreKeySet, StoreError> {
+        let Message::PreKey(prekey) = message else { return Ok(PreKeySet::empty()) };
+        let header = prekey.header();
+        if !record.needs_prekeys(header) {
+            return Ok(PreKeySet::empty());
+        }
+        let (signed_id, one_time_id, pq_id) = header.prekey_ids();
+        let mut parts = PreKeyParts::default();
+        let Some(signed) = self.signed_prekey(rows, signed_id)? else { return Ok(PreKeySet::from_parts(parts)) };
+        parts.signed.push(signed);
+        match one_time_id {
+            None if self.remembered(rows, signed_id, &header.base_key())? => {
+                parts.seen_base_keys.push_back((signed_id, header.base_key()));
+                return Ok(PreKeySet::from_parts(parts));
+            }
+            None => {}
+            Some(id) => match self.one_time_prekey(rows, id)? {
+                Some(key) => {
+                    parts.one_time.insert(id, key);
+                }
+                None => return Ok(PreKeySet::from_parts(parts)),
+            },
+        }
+        if let Some(pair) = self.pq_prekey(rows, PQ_ONE_TIME, pq_id)? {
+            parts.pq_one_time.insert(pq_id, pair);
+        } else if let Some(pair) = self.pq_prekey(rows, LAST_RESORT, pq_id)? {
+            parts.last_resort.push(pair);
+        }
+        Ok(PreKeySet::from_parts(parts))
+    }
+
+    /// The changes that apply what a committed handshake consumed (PROTOCOL.md
+    /// 6.11, 14.9), checked first: a one-time prekey already gone is
+    /// `UnknownPreKey` (`OneTime` before `Pq`), a pair already remembered is
+    /// `DuplicatePreKeyMessage`. Deletes the consumed one-time rows; for a
+    /// pair, creates its lookup row and writes it to the next ring slot,
+    /// deleting the lookup row of the pair that slot held; rewrites the index.
+    fn plan_consume(
+        &self,
+        rows: &mut PreKeyRows,
+        consumed: &ConsumedPreKeys,
+    ) -> Result<Result<Vec<Change>, SessionError>, StoreError> {
+        let mut meta = self.meta(rows)?;
+        let mut changes = Vec::new();
+        if let Some(id) = consumed.one_time {
+            if self.row(rows, &id_row(ONE_TIME, id))?.is_none() {
+                return Ok(Err(SessionError::UnknownPreKey { kind: PreKeyKind::OneTime, id }));
+            }
+            meta.one_time.remove(&id);
+            changes.push((id_row(ONE_TIME, id), None));
+        }
+        if let Some(id) = consumed.pq_one_time {
+            if self.row(rows, &id_row(PQ_ONE_TIME, id))?.is_none() {
+                return Ok(Err(SessionError::UnknownPreKey { kind: PreKeyKind::Pq, id }));
+            }
+            meta.pq_one_time.remove(&id);
+            changes.push((id_row(PQ_ONE_TIME, id), None));
+        }
+        if let Some((signed_prekey_id, base_key)) = consumed.base_key {
+            if self.remembered(rows, signed_prekey_id, &base_key)? {
+                return Ok(Err(SessionError::DuplicatePreKeyMessage));
+            }
+            let slot = id_row(RING, meta.next_slot);
+            if let Some((old_id, old_key)) = self.pair(rows, &slot)? {
+                // The oldest pair: its lookup row must be there, naming it.
+                if !self.remembered(rows, old_id, &old_key)? {
+                    return Err(corrupt());
+                }
+                changes.push((base_key_row(&self.sealer, old_id, &old_key), None));
+            }
+            let pair =
+                encode_secret(&storage::SeenBaseKey { signed_prekey_id, base_key: base_key.as_bytes().to_vec() });
+            changes.push((base_key_row(&self.sealer, signed_prekey_id, &base_key), Some(pair.clone())));
+            changes.push((slot, Some(pair)));
+            meta.next_slot = (meta.next_slot + 1) % RING_SLOTS;
+        }
+        changes.push((META_ROW.to_vec(), Some(meta.to_row())));
+        Ok(Ok(changes))
+    }
+
+    /// The prekey writes of a commit: what `consumed` deletes and adds,
+    /// conditional on the rows as this call reads them now.
+    ///
+    /// # Errors
+    /// `UnknownPreKey` or `DuplicatePreKeyMessage` as [`Self::plan_consume`]; a store error.
+    pub(super) fn consume_writes(&self, consumed: &ConsumedPreKeys) -> Result<Vec<Write>, DeviceError> {
+        let mut rows = PreKeyRows::default();
+        let changes = self.plan_consume(&mut rows, consumed)??;
+        rows.apply(changes);
+        Ok(rows.writes(&self.sealer))
+    }
+
+    /// Decrypts one message of a batch against `record` and the batch's
+    /// prekey rows, and commits it to both in memory: later messages see the
+    /// one-time prekeys it consumed as gone and its pair as remembered.
+    /// Returns the message's own result (a failed message changes nothing);
+    /// a store error fails the whole batch.
+    pub(super) fn decrypt_in_batch(
+        &self,
+        rows: &mut PreKeyRows,
+        (row, loaded, record): (&[u8], &mut LoadedRows, &mut SessionRecord),
+        peer: &Address,
+        ciphertext: &[u8],
+    ) -> Result<Result<Vec<u8>, SessionError>, StoreError> {
+        let message = match Message::from_bytes(ciphertext) {
+            Ok(message) => message,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let prekeys = self.prekeys_for(rows, record, &message)?;
+        let pending = match self.decrypt_loading_seeds((row, loaded, record), peer, &prekeys, &message)? {
+            Ok(pending) => pending,
+            Err(e) => return Ok(Err(e)),
+        };
+        let consumed = pending.consumed_prekeys();
+        let changes = if consumed.is_empty() {
+            Vec::new()
+        } else {
+            match self.plan_consume(rows, &consumed)? {
+                Ok(changes) => changes,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+        let plaintext = pending.plaintext().to_vec();
+        if let Err(e) = record.commit(pending) {
+            return Ok(Err(e));
+        }
+        rows.apply(changes);
+        Ok(Ok(plaintext))
+    }
+
+    /// Converts the single prekey row of a store written before prekeys were
+    /// kept one row per key (PROTOCOL.md 14.7) into rows, in one transaction;
+    /// does nothing when there is none.
+    pub(super) fn migrate_prekeys(&self) -> Result<(), DeviceError> {
+        let Some(sealed) = self.backend.get(Table::PreKeys, LEGACY_ROW)? else { return Ok(()) };
+        let bytes = self.sealer.open(Table::PreKeys, LEGACY_ROW, &sealed)?;
+        let set = PreKeySet::from_bytes(&bytes).map_err(|_| corrupt())?;
+        if self.backend.get(Table::PreKeys, META_ROW)?.is_some() {
+            // Both formats at once: no release writes that.
+            return Err(corrupt().into());
+        }
+        let mut writes = set_rows(&self.sealer, set).writes(&self.sealer);
+        writes.push(Write {
+            table: Table::PreKeys,
+            key: LEGACY_ROW.to_vec(),
+            value: None,
+            expected: Expected::Value(sealed),
+        });
+        self.backend.apply(&writes)?;
+        Ok(())
+    }
+
+    /// A partial set for the first `k` bundles (PROTOCOL.md 6.10): the
+    /// current signed prekey, the `k` lowest one-time prekeys of each kind,
+    /// and the current last-resort key if fewer than `k` one-time ML-KEM
+    /// prekeys are held.
+    fn bundle_set(&self, rows: &mut PreKeyRows, meta: &Meta, k: usize) -> Result<PreKeySet, StoreError> {
+        let mut parts = PreKeyParts::default();
+        let (signed_id, _) = meta.signed.last().ok_or_else(corrupt)?;
+        parts.signed.push(self.signed_prekey(rows, *signed_id)?.ok_or_else(corrupt)?);
+        for &id in meta.one_time.iter().take(k) {
+            parts.one_time.insert(id, self.one_time_prekey(rows, id)?.ok_or_else(corrupt)?);
+        }
+        for &id in meta.pq_one_time.iter().take(k) {
+            parts.pq_one_time.insert(id, self.pq_prekey(rows, PQ_ONE_TIME, id)?.ok_or_else(corrupt)?);
+        }
+        if meta.pq_one_time.len() < k {
+            let (last_resort_id, _) = meta.last_resort.last().ok_or_else(corrupt)?;
+            parts.last_resort.push(self.pq_prekey(rows, LAST_RESORT, *last_resort_id)?.ok_or_else(corrupt)?);
+        }
+        Ok(PreKeySet::from_parts(parts))
+    }
+
+    /// Deletes the oldest entries of `entries` (rows of `kind`) beyond `max`.
+    fn prune(
+        &self,
+        rows: &mut PreKeyRows,
+        entries: &mut Vec<(u32, u64)>,
+        kind: &[u8],
+        max: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut changes = Vec::new();
+        while entries.len() > max {
+            let (id, _) = entries.remove(0);
+            // Read, so that the delete is conditional on the row as read.
+            self.row(rows, &id_row(kind, id))?.ok_or_else(corrupt)?;
+            changes.push((id_row(kind, id), None));
+        }
+        Ok(changes)
     }
 
     /// A bundle to upload: the current signed prekey, the lowest one-time
@@ -37,9 +555,14 @@ impl<B: Backend> Device<B> {
     /// A store error.
     pub fn prekey_bundles(&self, count: usize) -> Result<Vec<Vec<u8>>, DeviceError> {
         self.check_process()?;
-        let (_, prekeys) = self.load_prekeys()?;
-        let (classic, pq) = prekeys.one_time_counts();
-        Ok((0..count.min(classic.max(pq).max(1)))
+        let mut rows = PreKeyRows::default();
+        let meta = self.meta(&mut rows)?;
+        let k = count.min(meta.one_time.len().max(meta.pq_one_time.len()).max(1));
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let prekeys = self.bundle_set(&mut rows, &meta, k)?;
+        Ok((0..k)
             .filter_map(|n| prekeys.bundle_skipping(&self.identity, &self.address, n))
             .map(|bundle| bundle.to_bytes())
             .collect())
@@ -51,7 +574,8 @@ impl<B: Backend> Device<B> {
     /// A store error.
     pub fn prekey_counts(&self) -> Result<(usize, usize), DeviceError> {
         self.check_process()?;
-        Ok(self.load_prekeys()?.1.one_time_counts())
+        let meta = self.meta(&mut PreKeyRows::default())?;
+        Ok((meta.one_time.len(), meta.pq_one_time.len()))
     }
 
     /// If fewer than `threshold` one-time prekeys of either kind are left,
@@ -60,20 +584,25 @@ impl<B: Backend> Device<B> {
     ///
     /// # Errors
     /// [`PreKeyError::LimitReached`](crate::prekeys::PreKeyError::LimitReached) if `target` is above
-    /// [`MAX_ONE_TIME_PREKEYS`](crate::limits::MAX_ONE_TIME_PREKEYS); a store error.
+    /// [`MAX_ONE_TIME_PREKEYS`]; a store error.
     pub fn refill_prekeys(&self, threshold: usize, target: usize, now: u64) -> Result<usize, DeviceError> {
         self.check_process()?;
         let _guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
-            let (loaded, mut prekeys) = self.load_prekeys()?;
-            let (classic, pq) = prekeys.one_time_counts();
-            if classic.min(pq) >= threshold {
+            let mut rows = PreKeyRows::default();
+            let mut meta = self.meta(&mut rows)?;
+            let held = (meta.one_time.len(), meta.pq_one_time.len());
+            if held.0.min(held.1) >= threshold {
                 return Ok(0);
             }
+            let mut fresh = PreKeySet::from_parts(PreKeyParts { next_id: meta.next_id, ..PreKeyParts::default() });
             let (added_classic, added_pq) =
-                prekeys.top_up_one_time_prekeys(&mut crate::os_rng(), &self.identity, target, now)?;
+                fresh.top_up_from(&mut crate::os_rng(), &self.identity, held, target, now)?;
             if added_classic + added_pq > 0 {
-                self.backend.apply(&[prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded))])?;
+                let mut changes = meta.add_keys(&fresh.into_parts());
+                changes.push((META_ROW.to_vec(), Some(meta.to_row())));
+                rows.apply(changes);
+                self.backend.apply(&rows.writes(&self.sealer))?;
             }
             Ok(added_classic + added_pq)
         })
@@ -89,49 +618,182 @@ impl<B: Backend> Device<B> {
         self.check_process()?;
         let _guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
-            let (loaded, mut prekeys) = self.load_prekeys()?;
-            let (signed_at, last_resort_at) = prekeys.current_created_at();
-            let due = |at: Option<u64>| at.is_none_or(|at| now.saturating_sub(at) >= max_age);
+            let mut rows = PreKeyRows::default();
+            let mut meta = self.meta(&mut rows)?;
+            let due = |current: Option<&(u32, u64)>| current.is_none_or(|(_, at)| now.saturating_sub(*at) >= max_age);
+            let rotated =
+                Rotated { signed_prekey: due(meta.signed.last()), last_resort_prekey: due(meta.last_resort.last()) };
+            if !rotated.signed_prekey && !rotated.last_resort_prekey {
+                return Ok(rotated);
+            }
             let mut rng = crate::os_rng();
-            let rotated = Rotated { signed_prekey: due(signed_at), last_resort_prekey: due(last_resort_at) };
+            let mut fresh = PreKeySet::from_parts(PreKeyParts { next_id: meta.next_id, ..PreKeyParts::default() });
             if rotated.signed_prekey {
-                prekeys.rotate_signed_prekey(&mut rng, &self.identity, now)?;
+                fresh.rotate_signed_prekey(&mut rng, &self.identity, now)?;
             }
             if rotated.last_resort_prekey {
-                prekeys.rotate_last_resort_prekey(&mut rng, &self.identity, now)?;
+                fresh.rotate_last_resort_prekey(&mut rng, &self.identity, now)?;
             }
-            if rotated.signed_prekey || rotated.last_resort_prekey {
-                self.backend.apply(&[prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded))])?;
-            }
+            let mut changes = meta.add_keys(&fresh.into_parts());
+            // A signed prekey rotated out leaves its remembered pairs in the
+            // ring until they are evicted: a message naming it fails with
+            // `UnknownPreKey` before they are looked up (PROTOCOL.md 6.11).
+            changes.extend(self.prune(&mut rows, &mut meta.signed, SIGNED, MAX_SIGNED_PREKEYS)?);
+            changes.extend(self.prune(&mut rows, &mut meta.last_resort, LAST_RESORT, MAX_LAST_RESORT_PREKEYS)?);
+            changes.push((META_ROW.to_vec(), Some(meta.to_row())));
+            rows.apply(changes);
+            self.backend.apply(&rows.writes(&self.sealer))?;
             Ok(rotated)
         })
     }
 }
 
-/// Deletes consumed prekeys, refusing if one is already gone (another session
-/// used the same one-time key first).
-pub(super) fn consume_checked(prekeys: &mut PreKeySet, consumed: &ConsumedPreKeys) -> Result<(), SessionError> {
-    if let Some(id) = consumed.one_time
-        && !prekeys.has_one_time_prekey(id)
-    {
-        return Err(SessionError::UnknownPreKey { kind: PreKeyKind::OneTime, id });
-    }
-    if let Some(id) = consumed.pq_one_time
-        && !prekeys.has_pq_one_time_prekey(id)
-    {
-        return Err(SessionError::UnknownPreKey { kind: PreKeyKind::Pq, id });
-    }
-    if let Some((spk, base_key)) = &consumed.base_key
-        && prekeys.has_seen_base_key(*spk, base_key)
-    {
-        return Err(SessionError::DuplicatePreKeyMessage);
-    }
-    prekeys.consume(consumed);
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use chacha20::ChaCha20Rng;
+    use rand_core::SeedableRng;
 
-/// The write of the prekey row, conditional on `expected`.
-pub(super) fn prekeys_write(sealer: &Sealer, prekeys: &PreKeySet, expected: Expected) -> Write {
-    let value = sealer.seal(&mut crate::os_rng(), Table::PreKeys, SINGLE_ROW, &prekeys.to_bytes());
-    Write { table: Table::PreKeys, key: SINGLE_ROW.to_vec(), value: Some(value), expected }
+    use super::*;
+    use crate::{SessionError, store::MemoryBackend};
+
+    /// Replaces a device's prekey rows by `set` in the single row of the
+    /// previous format, written as the previous release wrote it:
+    /// `SealRow(prekeys, "self", set.to_bytes())`.
+    fn write_legacy_row<B: Backend>(device: &Device<B>, set: &PreKeySet) {
+        let mut writes: Vec<Write> = device
+            .backend
+            .scan(Table::PreKeys)
+            .unwrap()
+            .into_iter()
+            .map(|(key, value)| Write { table: Table::PreKeys, key, value: None, expected: Expected::Value(value) })
+            .collect();
+        let value = device.sealer.seal(&mut crate::os_rng(), Table::PreKeys, LEGACY_ROW, &set.to_bytes());
+        writes.push(Write {
+            table: Table::PreKeys,
+            key: LEGACY_ROW.to_vec(),
+            value: Some(value),
+            expected: Expected::Absent,
+        });
+        device.backend.apply(&writes).unwrap();
+    }
+
+    /// A first message to `bob` from a new peer, from the bundle `n` of `set`.
+    fn first_message(
+        rng: &mut ChaCha20Rng,
+        bob: &Device<impl Backend>,
+        set: &PreKeySet,
+        n: usize,
+        name: &str,
+    ) -> (Address, Vec<u8>) {
+        let peer = Address::new(name, 1).unwrap();
+        let identity = crate::keys::IdentityKeyPair::generate(rng);
+        let bundle = set.bundle_skipping(&bob.identity, &bob.address, n).unwrap();
+        let mut record = SessionRecord::new();
+        record.initiate(rng, &identity, &peer, &bundle).unwrap();
+        (peer.clone(), record.encrypt(rng, name.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_store_with_the_single_prekey_row_is_converted_when_opened() {
+        let dir = std::env::temp_dir().join(format!("samizdat-prekey-migration-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bob.db");
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        let bob = Device::create(&path, &[2; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
+        // The previous format's prekey set: three one-time pairs, one used by
+        // a committed handshake (Dave's), and the pair of a committed
+        // handshake without a one-time prekey remembered (Carol's).
+        let mut set = PreKeySet::new(&mut rng, &bob.identity, 0);
+        set.add_one_time_prekeys(&mut rng, &bob.identity, 3, 0).unwrap();
+        let dave = first_message(&mut rng, &bob, &set, 0, "dave");
+        let carol = first_message(&mut rng, &bob, &set, 3, "carol");
+        for (peer, wire) in [&dave, &carol] {
+            let mut record = SessionRecord::new();
+            let (_, consumed) =
+                record.decrypt_and_commit(&mut rng, &bob.identity, &bob.address, peer, &set, wire).unwrap();
+            set.consume(&consumed);
+        }
+        let erin = first_message(&mut rng, &bob, &set, 0, "erin");
+        write_legacy_row(&bob, &set);
+        let before = bob.backend.scan(Table::PreKeys).unwrap();
+        assert_eq!(before.len(), 1);
+        drop(bob);
+
+        let bob = Device::open(&path, &[2; 32]).unwrap();
+        let rows = bob.backend.scan(Table::PreKeys).unwrap();
+        assert!(rows.iter().all(|(key, _)| key != LEGACY_ROW), "the single row is gone");
+        // signed, last-resort, two pairs of one-time prekeys, the meta row,
+        // and Carol's pair (a lookup row and ring slot 0).
+        assert_eq!(rows.len(), 9, "{:?}", rows.iter().map(|(k, _)| k).collect::<Vec<_>>());
+        assert!(rows.iter().any(|(key, _)| *key == id_row(RING, 0)));
+        assert_eq!(bob.prekey_counts().unwrap(), (2, 2));
+        // Opening again changes nothing.
+        drop(bob);
+        let bob = Device::open(&path, &[2; 32]).unwrap();
+        assert_eq!(bob.backend.scan(Table::PreKeys).unwrap(), rows);
+        // The converted set works: Erin's message (made from the old set)
+        // decrypts; Carol's replay is a duplicate device-wide, Dave's names a
+        // one-time prekey that is gone.
+        let pending = bob.decrypt(&erin.0, &erin.1).unwrap();
+        assert_eq!(pending.plaintext(), b"erin");
+        bob.commit(pending).unwrap();
+        assert_eq!(bob.prekey_counts().unwrap(), (1, 1));
+        assert!(matches!(
+            bob.decrypt(&carol.0, &carol.1),
+            Err(DeviceError::Session(SessionError::DuplicatePreKeyMessage))
+        ));
+        assert!(matches!(
+            bob.decrypt(&dave.0, &dave.1),
+            Err(DeviceError::Session(SessionError::UnknownPreKey { kind: PreKeyKind::OneTime, .. }))
+        ));
+        // The next remembered pair takes ring slot 1.
+        let frank = first_message(&mut rng, &bob, &set, 5, "frank");
+        bob.commit(bob.decrypt(&frank.0, &frank.1).unwrap()).unwrap();
+        assert!(bob.backend.get(Table::PreKeys, &id_row(RING, 1)).unwrap().is_some());
+        drop(bob);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_with_both_formats_is_corrupt() {
+        let store = std::sync::Arc::new(MemoryBackend::new());
+        let bob = Device::create_in(store.clone(), &[2; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
+        let set = PreKeySet::new(&mut crate::os_rng(), &bob.identity, 0);
+        let value = bob.sealer.seal(&mut crate::os_rng(), Table::PreKeys, LEGACY_ROW, &set.to_bytes());
+        store
+            .apply(&[Write {
+                table: Table::PreKeys,
+                key: LEGACY_ROW.to_vec(),
+                value: Some(value),
+                expected: Expected::Absent,
+            }])
+            .unwrap();
+        let before = store.snapshot();
+        let result = Device::open_in(store.clone(), &[2; 32]);
+        assert!(matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::PreKeys }))), "{result:?}");
+        assert_eq!(store.snapshot(), before);
+    }
+
+    #[test]
+    fn a_damaged_index_is_a_store_error() {
+        let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
+        let mut rows = PreKeyRows::default();
+        let meta = bob.meta(&mut rows).unwrap();
+        // An index whose id is not below the counter, or whose ring slot is
+        // out of range.
+        for bad in [
+            Meta { next_id: 2, signed: meta.signed.clone(), last_resort: meta.last_resort.clone(), ..Meta::default() },
+            Meta {
+                next_id: meta.next_id,
+                signed: meta.signed.clone(),
+                last_resort: meta.last_resort.clone(),
+                next_slot: RING_SLOTS,
+                ..Meta::default()
+            },
+        ] {
+            assert!(matches!(Meta::from_row(&bad.to_row()), Err(StoreError::Corrupt { table: Table::PreKeys })));
+        }
+        assert!(Meta::from_row(&meta.to_row()).is_ok());
+    }
 }

@@ -14,18 +14,18 @@ use crate::{
     DecryptError, SessionError,
     address::Address,
     fingerprint::SafetyNumber,
-    keys::{IdentityKey, IdentityKeyPair},
+    keys::IdentityKey,
     prekeys::{PreKeyBundle, PreKeySet},
     ratchet::{ENCRYPTED_HEADER_LEN, header, message_key::MessageKey},
     session::{Attempt, PendingDecrypt, SessionRecord},
     store::{Backend, Expected, StoreError, Table, Write},
-    wire::{Message, MessageKind, RatchetMessage},
+    wire::{Message, RatchetMessage},
 };
 
 use super::{
     Device, DeviceError, PendingBatch, PendingMessage, ROW_VERSION, encode, lock,
     pending::{LoadedRecord, LoadedRows},
-    prekeys::{consume_checked, prekeys_write},
+    prekeys::PreKeyRows,
     retry_on_conflict,
 };
 
@@ -144,31 +144,24 @@ impl<B: Backend> Device<B> {
 
     /// Decrypts on a record loaded without its seeds; if the message needs
     /// one, reads them and decrypts again.
-    #[allow(clippy::too_many_arguments)]
-    fn decrypt_loading_seeds(
+    pub(super) fn decrypt_loading_seeds(
         &self,
-        row: &[u8],
-        loaded: &mut LoadedRows,
-        record: &mut SessionRecord,
-        ours: &IdentityKeyPair,
+        (row, loaded, record): (&[u8], &mut LoadedRows, &mut SessionRecord),
         peer: &Address,
         prekeys: &PreKeySet,
-        ciphertext: &[u8],
+        decoded: &Message,
     ) -> Result<Result<PendingDecrypt, SessionError>, StoreError> {
         let forged = || SessionError::from(DecryptError::Unauthenticated);
-        let message = match Message::from_bytes(ciphertext) {
-            Ok(Message::Ratchet(message)) => Some(message),
-            Ok(Message::PreKey(prekey)) => Some(prekey.message().clone()),
-            Err(_) => None,
+        let message = match decoded {
+            Message::Ratchet(message) => message,
+            Message::PreKey(prekey) => prekey.message(),
         };
-        if let Some(message) = &message
-            && self.refused_again(row, message)
-        {
+        if self.refused_again(row, message) {
             return Ok(Err(forged()));
         }
         let mut rng = crate::os_rng();
         let attempt = |record: &SessionRecord, rng: &mut crate::OsRng| {
-            record.decrypt_attempt(rng, ours, &self.address, peer, prekeys, ciphertext)
+            record.decrypt_decoded(rng, &self.identity, &self.address, peer, prekeys, decoded)
         };
         let mut result = attempt(record, &mut rng);
         if matches!(result, Err(Attempt::NeedSeeds)) {
@@ -179,9 +172,7 @@ impl<B: Backend> Device<B> {
             Ok(pending) => Ok(pending),
             Err(Attempt::Failed(error)) => Err(error),
             Err(Attempt::Costly { key, associated_data }) => {
-                if let Some(message) = message {
-                    self.remember_refused(row, *message.header(), key, associated_data);
-                }
+                self.remember_refused(row, *message.header(), key, associated_data);
                 Err(forged())
             }
             // Every seed is loaded now.
@@ -319,16 +310,13 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::NoSession`], a store error.
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         self.check_process()?;
+        // Decoded in full first: junk reads nothing.
+        let message = Message::from_bytes(ciphertext).map_err(SessionError::from)?;
         let row = self.sealer.address_key(peer);
         let (mut loaded, mut record) = self.load_record(&row)?;
-        // Only a prekey message needs the prekeys: loading them (ML-KEM keys
-        // are checked on load) costs milliseconds when many are held.
-        let prekeys = match MessageKind::of(ciphertext).map_err(SessionError::from)? {
-            MessageKind::PreKey => self.load_prekeys()?.1,
-            MessageKind::Ratchet => PreKeySet::empty(),
-        };
-        let pending =
-            self.decrypt_loading_seeds(&row, &mut loaded, &mut record, &self.identity, peer, &prekeys, ciphertext)??;
+        // Only the prekey rows the message needs (PROTOCOL.md 14.9).
+        let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
+        let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
         Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
     }
 
@@ -337,9 +325,10 @@ impl<B: Backend> Device<B> {
     ///
     /// The session row must still hold the sealed bytes the decryption read
     /// (any rewrite since, through any handle, makes the pending stale), and
-    /// the write is conditional on it. The prekey write is conditional on the
-    /// prekey row as this call read it; when another handle changed the
-    /// prekeys meanwhile, they are read and checked again.
+    /// the write is conditional on it. The prekey writes (the consumed
+    /// one-time prekeys deleted, the base key remembered, the index row) are
+    /// conditional on those rows as this call read them; when another handle
+    /// changed them meanwhile, they are read and checked again.
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
@@ -369,12 +358,10 @@ impl<B: Backend> Device<B> {
         }
         let _prekey_guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
-            let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
-            consume_checked(&mut prekeys, &consumed)?;
-            let prekeys_write = prekeys_write(&self.sealer, &prekeys, Expected::Value(loaded_prekeys));
+            let mut writes = session_writes.clone();
+            writes.extend(self.consume_writes(&consumed)?);
             // A conflict on the session row is final (stale); one on the
-            // prekey row alone is retried with the prekeys read again.
-            let writes: Vec<Write> = session_writes.iter().cloned().chain([prekeys_write]).collect();
+            // prekey rows alone is retried with them read again.
             self.backend.apply(&writes).map_err(|e| stale_on_session_conflict(e.into()))
         })
     }
@@ -389,8 +376,7 @@ impl<B: Backend> Device<B> {
     pub fn decrypt_batch(&self, messages: &[(Address, Vec<u8>)]) -> Result<PendingBatch, DeviceError> {
         self.check_process()?;
         let mut records: BTreeMap<Vec<u8>, LoadedRecord> = BTreeMap::new();
-        let (loaded_prekeys, mut prekeys) = self.load_prekeys()?;
-        let mut prekeys_changed = false;
+        let mut prekeys = PreKeyRows::default();
         let mut results = Vec::with_capacity(messages.len());
         for (peer, ciphertext) in messages {
             let row = self.sealer.address_key(peer);
@@ -399,26 +385,9 @@ impl<B: Backend> Device<B> {
                 records.insert(row.clone(), (peer.clone(), loaded, record));
             }
             let Some((_, loaded, record)) = records.get_mut(&row) else { continue };
-            let decrypted =
-                self.decrypt_loading_seeds(&row, loaded, record, &self.identity, peer, &prekeys, ciphertext)?;
-            let result = decrypted.and_then(|pending| {
-                let plaintext = pending.plaintext().to_vec();
-                let consumed = pending.consumed_prekeys();
-                record.commit(pending)?;
-                if !consumed.is_empty() {
-                    prekeys.consume(&consumed);
-                    prekeys_changed = true;
-                }
-                Ok(plaintext)
-            });
-            results.push(result);
+            results.push(self.decrypt_in_batch(&mut prekeys, (&row, loaded, record), peer, ciphertext)?);
         }
-        Ok(PendingBatch {
-            device: self.identity.public_key(),
-            results,
-            records,
-            prekeys: prekeys_changed.then_some((loaded_prekeys, prekeys)),
-        })
+        Ok(PendingBatch { device: self.identity.public_key(), results, records, prekeys })
     }
 
     /// Commits a batch in one transaction, after the app stored the
@@ -427,8 +396,8 @@ impl<B: Backend> Device<B> {
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
-    /// [`SessionError::StalePending`] if a session row or the prekey row was
-    /// rewritten since [`Self::decrypt_batch`] (even with the same content;
+    /// [`SessionError::StalePending`] if a session row or a prekey row the
+    /// batch changes was rewritten since [`Self::decrypt_batch`] (even with the same content;
     /// through any handle): nothing is written, decrypt the batch again; a
     /// store error (nothing written).
     pub fn commit_batch(&self, mut batch: PendingBatch) -> Result<(), DeviceError> {
@@ -443,9 +412,7 @@ impl<B: Backend> Device<B> {
         for (row, (peer, loaded, record)) in &mut batch.records {
             writes.extend(self.record_writes(row, peer, record, loaded)?);
         }
-        if let Some((loaded, prekeys)) = &batch.prekeys {
-            writes.push(prekeys_write(&self.sealer, prekeys, Expected::Value(loaded.clone())));
-        }
+        writes.extend(batch.prekeys.writes(&self.sealer));
         match self.backend.apply(&writes) {
             Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
             result => Ok(result?),

@@ -86,7 +86,7 @@ use crate::{
     limits::{MAX_ARCHIVED_STATES, MAX_KEPT_STATE_HEALS, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeySet},
     ratchet::{DecryptPlan, PlanError, Seeds, message_key::MessageKey},
-    wire::{Message, PreKeyMessage, RatchetMessage},
+    wire::{Message, PreKeyHeader, PreKeyMessage, RatchetMessage},
 };
 
 /// The format version of a serialized [`SessionRecord`].
@@ -368,28 +368,42 @@ impl SessionRecord {
         prekeys: &PreKeySet,
         bytes: &[u8],
     ) -> Result<PendingDecrypt, SessionError> {
+        let message = Message::from_bytes(bytes)?;
         // A record from the public loader holds every seed: no `NeedSeeds`.
-        self.decrypt_attempt(rng, ours, our_address, peer, prekeys, bytes).map_err(|attempt| match attempt {
+        self.decrypt_decoded(rng, ours, our_address, peer, prekeys, &message).map_err(|attempt| match attempt {
             Attempt::Failed(error) => error,
             Attempt::NeedSeeds | Attempt::Costly { .. } => DecryptError::Unauthenticated.into(),
         })
     }
 
-    /// [`Self::decrypt`] on a record that may have been loaded with its
-    /// skipped keys' seeds apart ([`Self::from_hot`]).
-    pub(crate) fn decrypt_attempt<R: CryptoRng + ?Sized>(
+    /// [`Self::decrypt`] of a message already decoded (by
+    /// [`Message::from_bytes`]) on a record that may have been loaded with
+    /// its skipped keys' seeds apart ([`Self::from_hot_bytes`]).
+    pub(crate) fn decrypt_decoded<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         ours: &IdentityKeyPair,
         our_address: &Address,
         peer: &Address,
         prekeys: &PreKeySet,
-        bytes: &[u8],
+        message: &Message,
     ) -> Result<PendingDecrypt, Attempt> {
-        match Message::from_bytes(bytes)? {
-            Message::Ratchet(message) => self.decrypt_existing(rng, &message, None),
-            Message::PreKey(prekey) => self.decrypt_prekey(rng, (ours, our_address), peer, prekeys, &prekey),
+        match message {
+            Message::Ratchet(message) => self.decrypt_existing(rng, message, None),
+            Message::PreKey(prekey) => self.decrypt_prekey(rng, (ours, our_address), peer, prekeys, prekey),
         }
+    }
+
+    /// Whether [`Self::decrypt`] of a prekey message with this header would
+    /// use the prekeys: `false` when the header goes to a state of this
+    /// record (its base key and identity are those of a state we responded
+    /// to) or its base key is one this record remembers (a duplicate). These
+    /// are the checks a prekey message meets first (PROTOCOL.md 9.5, steps 2
+    /// and 3); a caller that keeps its prekeys in a store loads none for such
+    /// a message.
+    pub fn needs_prekeys(&self, header: &PreKeyHeader) -> bool {
+        self.slot_of_base_key(&header.base_key, header.identity_key).is_none()
+            && !self.seen_base_keys.contains(&header.base_key)
     }
 
     fn decrypt_prekey<R: CryptoRng + ?Sized>(

@@ -39,7 +39,12 @@ pub use self::{
     memory::MemoryBackend,
     sqlite::{SCHEMA_VERSION, SqliteBackend},
 };
-use crate::{address::Address, kdf, keys::Secret32, padding};
+use crate::{
+    address::Address,
+    kdf,
+    keys::{Secret32, X25519PublicKey},
+    padding,
+};
 
 /// The logical tables of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,7 +54,8 @@ pub enum Table {
     Meta,
     /// The device's identity and address (one row).
     Identity,
-    /// The device's prekeys (one row).
+    /// The device's prekeys: one row per key, an index row and the
+    /// remembered base keys (PROTOCOL.md 14.7).
     PreKeys,
     /// One session record per peer device, keyed by the keyed hash of its address.
     Sessions,
@@ -280,14 +286,21 @@ pub(crate) const KEY_CHECK_ROW: &[u8] = b"key-check";
 pub(crate) struct Sealer {
     seal_key: Secret32,
     address_key: Secret32,
+    base_key_key: Secret32,
 }
 
 impl Sealer {
-    /// Derives the sealing key and the address-hashing key from the storage key.
+    /// Derives the sealing key, the address-hashing key and the
+    /// base-key-hashing key from the storage key.
     pub(crate) fn new(storage_key: &[u8; 32]) -> Self {
         let seal = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_SEAL_LABEL);
         let address = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_ADDRESS_LABEL);
-        Self { seal_key: Secret32::from_zeroizing(&seal), address_key: Secret32::from_zeroizing(&address) }
+        let base_key = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_BASE_KEY_LABEL);
+        Self {
+            seal_key: Secret32::from_zeroizing(&seal),
+            address_key: Secret32::from_zeroizing(&address),
+            base_key_key: Secret32::from_zeroizing(&base_key),
+        }
     }
 
     /// The sealing cipher, keyed from the boxed key without a copy on the
@@ -363,6 +376,17 @@ impl Sealer {
         mac.update(user);
         mac.update(&address.device_id().to_be_bytes());
         mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The keyed hash of a remembered base key and the id of the signed
+    /// prekey its handshake used: `HMAC-SHA256(base key key, u32be(spk id) || EK_A)`.
+    pub(crate) fn base_key_hash(&self, signed_prekey_id: u32, base_key: &X25519PublicKey) -> [u8; 32] {
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.base_key_key.as_bytes()) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        mac.update(&signed_prekey_id.to_be_bytes());
+        mac.update(base_key.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// The sealed check value written when a store is created (only into a
@@ -504,5 +528,22 @@ mod tests {
         assert_ne!(a, sealer.address_key(&Address::new("alice", 2).unwrap()));
         assert_ne!(a, Sealer::new(&[9; 32]).address_key(&Address::new("alice", 1).unwrap()));
         assert!(!a.windows(5).any(|w| w == b"alice"));
+    }
+
+    /// The known answers of PROTOCOL.md 14.3 and 14.7.
+    #[test]
+    fn base_key_hashes_known_answer() {
+        let sealer = Sealer::new(&[7; 32]);
+        assert_eq!(
+            hex::encode(sealer.base_key_key.as_bytes()),
+            "b1bda8634f0813715a72ff16c6e71a3abadc9959a2a56675fd1e4b0aef75bf4b"
+        );
+        let base_key = X25519PublicKey::from_bytes([9; 32]);
+        assert_eq!(
+            hex::encode(sealer.base_key_hash(1, &base_key)),
+            "a1719a3baeed64d241055959a957c9f5d546251954469af313c20b4b3bc5a0d2"
+        );
+        assert_ne!(sealer.base_key_hash(2, &base_key), sealer.base_key_hash(1, &base_key));
+        assert_ne!(Sealer::new(&[8; 32]).base_key_hash(1, &base_key), sealer.base_key_hash(1, &base_key));
     }
 }
