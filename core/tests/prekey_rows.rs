@@ -354,7 +354,9 @@ fn prekey_upkeep_touches_only_the_rows_it_changes() {
     // and a one-time ML-KEM prekey.
     bob.prekey_bundle().unwrap();
     let bundle = bob.backend().take();
-    assert!(bundle.rows_read <= 4 && bundle.bytes_read < 10_000, "a bundle read {bundle:?}");
+    // (Sealed values are padded to size classes, PROTOCOL.md 14.4: up to
+    // about 12% more than their content.)
+    assert!(bundle.rows_read <= 4 && bundle.bytes_read < 12_000, "a bundle read {bundle:?}");
     // A refill of one pair: reads the meta row, writes two new rows and the meta row.
     let mut peers = Peers::new();
     new_session(&bob, &mut peers);

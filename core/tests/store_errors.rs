@@ -80,6 +80,69 @@ fn an_empty_file_is_not_a_place_for_a_new_identity() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A new store is made under a temporary name and named only once whole, so
+/// a crash never leaves an empty file (which a later open refuses, above)
+/// where the store should be. What a crash leaves under the temporary name is
+/// finished if it is the device asked for, and replaced if it is anything
+/// else. (`crash.rs` kills creations at random points.)
+#[test]
+fn a_creation_that_crashed_leaves_no_file_in_the_way() {
+    let dir = dir("creating");
+    let path = dir.join("store.db");
+    let building = dir.join("store.db.samizdat-new");
+    // Killed after SQLite made the file, before the schema: an empty file.
+    std::fs::write(&building, b"").unwrap();
+    let device = Device::open_or_create(&path, &KEY, address("a"), 0).unwrap();
+    assert_eq!(device.address(), &address("a"));
+    let identity = device.identity_key();
+    drop(device);
+    assert!(!building.exists(), "the temporary file is gone");
+    assert_eq!(Device::open(&path, &KEY).unwrap().identity_key(), identity);
+    std::fs::remove_file(&path).unwrap();
+
+    // Killed after the device was made, before it was named: that device
+    // is the one opened (nothing is lost: it may have been handed out).
+    drop(Device::create(&building, &KEY, address("a"), 0).unwrap());
+    let left = Device::open(&building, &KEY).unwrap().identity_key();
+    let device = Device::open_or_create(&path, &KEY, address("a"), 0).unwrap();
+    assert_eq!(device.identity_key(), left);
+    drop(device);
+    assert!(!building.exists());
+    std::fs::remove_file(&path).unwrap();
+
+    // Left by a creation under another storage key, or for another
+    // address: replaced by a new device.
+    for (key, other) in [([9; 32], address("a")), (KEY, address("b"))] {
+        drop(Device::create(&building, &key, other.clone(), 0).unwrap());
+        let device = Device::create(&path, &KEY, address("a"), 0).unwrap();
+        assert_eq!(device.address(), &address("a"));
+        drop(device);
+        assert!(Device::open(&path, &KEY).is_ok());
+        assert!(!building.exists());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    // Killed between naming the store and removing its temporary name: the
+    // store has two names, and the temporary one is removed on open.
+    let identity = Device::create(&path, &KEY, address("a"), 0).unwrap().identity_key();
+    std::fs::hard_link(&path, &building).unwrap();
+    assert_eq!(Device::open(&path, &KEY).unwrap().identity_key(), identity);
+    assert!(!building.exists());
+    // A second name that is not the temporary one is still refused.
+    let other = dir.join("other-name.db");
+    std::fs::hard_link(&path, &other).unwrap();
+    assert!(matches!(store_error(Device::open(&path, &KEY)), StoreError::MovedOrLinked));
+    std::fs::remove_file(&other).unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    // `create` over an existing store still fails.
+    drop(Device::create(&path, &KEY, address("a"), 0).unwrap());
+    assert!(matches!(store_error(Device::create(&path, &KEY, address("a"), 0)), StoreError::AlreadyExists));
+    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries, ["store.db"], "nothing else is left in the directory");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn swapped_stores_are_detected() {
     let dir = dir("swapped");

@@ -76,7 +76,7 @@ use crate::{
     keys::{IdentityKey, IdentityKeyPair, fixed},
     limits::MAX_WRITE_ATTEMPTS,
     prekeys::{PreKeyError, PreKeySet},
-    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+    store::{Backend, Built, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
 };
 
 pub use self::pending::{PendingBatch, PendingMessage};
@@ -179,7 +179,36 @@ impl Device<SqliteBackend> {
         address: Address,
         now: u64,
     ) -> Result<Self, DeviceError> {
-        Self::create_in(SqliteBackend::open(path)?, storage_key, address, now)
+        let path = path.as_ref();
+        if path.exists() {
+            return Self::create_in(SqliteBackend::open(path)?, storage_key, address, now);
+        }
+        if !SqliteBackend::create_new(path, |backend| Self::build(backend, storage_key, &address, now))? {
+            return Err(StoreError::AlreadyExists.into());
+        }
+        Self::open_in(SqliteBackend::open(path)?, storage_key)
+    }
+
+    /// Makes `backend` (a store under its temporary name, 14.8) hold the
+    /// device of `address` under `storage_key`: creates it if it is empty;
+    /// a device left there by a creation that crashed is kept if it is that
+    /// device, discarded otherwise.
+    fn build(
+        backend: &SqliteBackend,
+        storage_key: &[u8; 32],
+        address: &Address,
+        now: u64,
+    ) -> Result<Built, DeviceError> {
+        let sealer = Sealer::new(storage_key);
+        match retry_on_conflict(|| Self::create_rows(backend, &sealer, address, now)) {
+            Ok(_) | Err(DeviceError::Store(StoreError::AlreadyExists)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(match read_identity(backend, &sealer) {
+            Ok((_, found)) if found == *address => Built::Complete,
+            Ok(_) | Err(DeviceError::Store(StoreError::WrongKey | StoreError::Corrupt { .. })) => Built::Discard,
+            Err(e) => return Err(e),
+        })
     }
 
     /// Opens the device in the SQLite database at `path`. Nothing is
@@ -212,6 +241,9 @@ impl Device<SqliteBackend> {
         if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
             return Err(StoreError::EmptyFile.into());
         }
+        // A new store is made whole under a temporary name, then named: a
+        // crash never leaves an empty or half-made file at `path`.
+        SqliteBackend::create_new(path, |backend| Self::build(backend, storage_key, &address, now))?;
         let backend = SqliteBackend::open(path)?;
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
             let sealer = Sealer::new(storage_key);
@@ -228,6 +260,23 @@ impl Device<SqliteBackend> {
         }
         Ok(device)
     }
+}
+
+/// Checks the storage key against `backend`'s key-check row and reads the
+/// device's identity and address.
+fn read_identity<B: Backend>(backend: &B, sealer: &Sealer) -> Result<(IdentityKeyPair, Address), DeviceError> {
+    let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
+    sealer.verify_key_check(&check)?;
+    let corrupt = || StoreError::Corrupt { table: Table::Identity };
+    let sealed = backend.get(Table::Identity, SINGLE_ROW)?.ok_or_else(corrupt)?;
+    let bytes = sealer.open(Table::Identity, SINGLE_ROW, &sealed)?;
+    let row = Zeroizing::new(storage::IdentityRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
+    let seed = Zeroizing::new(fixed::<32>(&row.seed, "seed").map_err(|_| corrupt())?);
+    let address = Address::new(row.user_id.clone(), row.device_id).map_err(|_| corrupt())?;
+    if row.version != ROW_VERSION {
+        return Err(corrupt().into());
+    }
+    Ok((IdentityKeyPair::from_seed(&seed), address))
 }
 
 impl<B: Backend> Device<B> {
@@ -282,18 +331,8 @@ impl<B: Backend> Device<B> {
     /// converted).
     pub fn open_in(backend: B, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
         let sealer = Sealer::new(storage_key);
-        let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
-        sealer.verify_key_check(&check)?;
-        let sealed = backend.get(Table::Identity, SINGLE_ROW)?.ok_or(StoreError::Corrupt { table: Table::Identity })?;
-        let bytes = sealer.open(Table::Identity, SINGLE_ROW, &sealed)?;
-        let corrupt = || StoreError::Corrupt { table: Table::Identity };
-        let row = Zeroizing::new(storage::IdentityRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
-        let seed = Zeroizing::new(fixed::<32>(&row.seed, "seed").map_err(|_| corrupt())?);
-        let address = Address::new(row.user_id.clone(), row.device_id).map_err(|_| corrupt())?;
-        if row.version != ROW_VERSION {
-            return Err(StoreError::Corrupt { table: Table::Identity }.into());
-        }
-        let device = Self::assemble(backend, sealer, IdentityKeyPair::from_seed(&seed), address);
+        let (identity, address) = read_identity(&backend, &sealer)?;
+        let device = Self::assemble(backend, sealer, identity, address);
         // A store of the previous format: its prekeys, one row, become rows.
         retry_on_conflict(|| device.migrate_prekeys())?;
         Ok(device)

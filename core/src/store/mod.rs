@@ -24,6 +24,7 @@
 
 mod memory;
 mod sqlite;
+mod sqlite_create;
 
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
@@ -35,6 +36,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+pub(crate) use self::sqlite_create::Built;
 pub use self::{
     memory::MemoryBackend,
     sqlite::{SCHEMA_VERSION, SqliteBackend},

@@ -167,6 +167,7 @@ impl SqliteBackend {
 
     fn open_connection(path: &Path) -> Result<Self, StoreError> {
         check_path(path)?;
+        super::sqlite_create::finish_interrupted(path)?;
         // Refused before SQLite opens a second name of the file at all.
         if path.exists() {
             FileId::of(path)?;
@@ -278,7 +279,7 @@ fn locked_if_busy(error: StoreError) -> StoreError {
 /// in memory (`:memory:`, `file:` URIs with `mode=memory`) or a temporary
 /// one (the empty path), and a device in it would get a new identity at
 /// every open.
-fn check_path(path: &Path) -> Result<(), StoreError> {
+pub(super) fn check_path(path: &Path) -> Result<(), StoreError> {
     let text = path.to_string_lossy();
     if text.is_empty() || text == ":memory:" || text.starts_with("file:") {
         return Err(StoreError::InvalidPath);
