@@ -410,6 +410,9 @@ fn audit_1_an_archived_state_stepped_by_the_attacker_does_not_survive_the_heal()
     let mut forger = impersonators(&mut rng, &copy).pop().unwrap();
     let forged = forger.encrypt(&mut rng, b"forged").unwrap();
     assert_eq!(bob.receive(&mut rng, &a, &forged.to_bytes()).unwrap(), b"forged", "control: before the heal");
+    // Before the heal a copy is as good as the record: the first session was
+    // displaced by Alice's new one, and a DH step on it brings it back
+    // (PROTOCOL.md 9.10, rule 4), once.
     let leaked = bob.send(&mut rng, b"bob on the attacker's state");
     assert_eq!(forger.decrypt(&mut rng, &ratchet_of(&leaked)).unwrap(), b"bob on the attacker's state");
     // Alice's next message promotes her session back; the session heals.
@@ -433,7 +436,9 @@ fn audit_1_an_archived_state_stepped_by_the_attacker_does_not_survive_the_heal()
     assert!(accepted_forgeries(&mut rng, &copy, &mut bob, &a).is_empty());
 }
 
-/// BROKEN: the peer's side of attack 1. Bob's record is copied while it
+/// Found broken by the audit (archived full states could step and any
+/// decryption promoted them), fixed by the rules of PROTOCOL.md 9.10: the
+/// peer's side of attack 1. Bob's record is copied while it
 /// holds an archived full state A whose twin is archived, full, in Alice's
 /// record (their sessions crossed: Alice restarted while Bob was still
 /// sending on A). Then both sides take DH steps with fresh keys on the new
@@ -448,7 +453,7 @@ fn audit_1_an_archived_state_stepped_by_the_attacker_does_not_survive_the_heal()
 /// attacker is out; 9.10/16.2: "once the current state has healed, no state
 /// of an older copy of the record can be used to get a message accepted".
 #[test]
-fn audit_1_broken_a_pre_heal_copy_of_bob_reenters_alices_archived_state_after_bob_healed() {
+fn audit_1_a_pre_heal_copy_of_bob_cannot_reenter_alices_archived_state_after_bob_healed() {
     let (mut rng, mut alice, mut bob) = talking(1201);
     let (a, b) = (alice.address.clone(), bob.address.clone());
     // Bob sends on A while Alice restarts the session (C): the two cross.
@@ -494,7 +499,8 @@ fn audit_1_broken_a_pre_heal_copy_of_bob_reenters_alices_archived_state_after_bo
     );
 }
 
-/// BROKEN: attack 1 without the heal ever coming. With a copy holding an
+/// Found broken by the audit (as above), fixed by the rules of PROTOCOL.md
+/// 9.10: attack 1 without the heal ever coming. With a copy holding an
 /// archived full state, the attacker injects one message on it (a DH step)
 /// before each genuine message of Alice's. Each injection promotes the
 /// attacker's state; each genuine message then promotes C back by a DH step
@@ -505,7 +511,7 @@ fn audit_1_broken_a_pre_heal_copy_of_bob_reenters_alices_archived_state_after_bo
 /// attacker, for as long as it keeps injecting. With a single state the same
 /// attacker forks the session, and Alice's messages fail: here nothing shows.
 #[test]
-fn audit_1_broken_an_active_attacker_with_a_copy_postpones_the_heal_for_ever() {
+fn audit_1_an_active_attacker_with_a_copy_cannot_postpone_the_heal() {
     let (mut rng, mut alice, mut bob) = talking(1301);
     let (a, b) = (alice.address.clone(), bob.address.clone());
     alice.initiate(&mut rng, &bob);
@@ -545,7 +551,8 @@ fn audit_1_broken_an_active_attacker_with_a_copy_postpones_the_heal_for_ever() {
 // Claim 5: a pending decryption is bound to its record (session layer)
 // ---------------------------------------------------------------------------
 
-/// PROTOCOL.md 9.6: "Two records (of two peers, or of two devices) can have
+/// Found broken by the audit, fixed by binding a pending decryption to the
+/// record object it was made on. PROTOCOL.md 9.6: "Two records (of two peers, or of two devices) can have
 /// equal generations; the base key check binds a pending decryption to the
 /// state it was made on ..., so one made on another record is refused too."
 /// A first message makes a pending *new session* whose base key is "no
@@ -555,7 +562,7 @@ fn audit_1_broken_an_active_attacker_with_a_copy_postpones_the_heal_for_ever() {
 /// holds Bob's session (keys from Bob's identity and prekeys), and what
 /// Carol sends Alice decrypts at Alice as Bob's.
 #[test]
-fn audit_5_broken_a_pending_new_session_commits_into_another_empty_record() {
+fn audit_5_a_pending_new_session_never_commits_into_another_empty_record() {
     let mut rng = rng(5001);
     let mut alice = Party::new(&mut rng, "alice");
     let bob = Party::new(&mut rng, "bob");

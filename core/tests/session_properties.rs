@@ -13,11 +13,14 @@
 //! the end, everything in flight arrives and a few exchanges must make both
 //! sides converge on one session.
 //!
-//! The model includes the cut of archived states (PROTOCOL.md 9.9): when a
-//! party's current state takes a DH step on a message from the other, every
-//! other state it holds keeps only the message keys it had derived and not
-//! used (a state with none is dropped), and those decrypt only their own
-//! messages, with no promotion; kept keys expire after
+//! The model includes the rules of archived states (PROTOCOL.md 9.9, 9.10):
+//! an archived state decrypts only on the receiving chains it has, except
+//! our initiation that the peer had not answered, which takes the DH step of
+//! its first answer; it becomes current again only by the rules of
+//! [`World::promotes`]. When a party's current state takes a DH step on a
+//! message from the other, every other state it holds keeps only the message
+//! keys it had derived and not used (a state with none is dropped), and those
+//! decrypt only their own messages, with no promotion; kept keys expire after
 //! `MAX_KEPT_STATE_HEALS` heals.
 
 mod support;
@@ -209,6 +212,10 @@ struct Session {
     highest: [Option<u32>; 2],
     /// Messages sent per (party, chain).
     sent_on_chain: HashMap<(Party, u32), u32>,
+    /// Per party: whether its full state was displaced by a new session of
+    /// the other party's while it was current and had heard from it (it may
+    /// then still step, and a step makes it current again), until a cut.
+    displaced: [bool; 2],
 }
 
 impl Session {
@@ -319,6 +326,8 @@ struct Stats {
     existing: usize,
     /// Decryptions on an archived state, which became current again.
     promoted: usize,
+    /// Decryptions on an archived full state, which stayed archived.
+    archived_decryptions: usize,
     /// Heals that cut or dropped at least one other state.
     cuts: usize,
     /// States dropped at a heal (no key to keep) or once their kept keys were used or expired.
@@ -368,6 +377,7 @@ impl Stats {
         self.new_sessions += other.new_sessions;
         self.existing += other.existing;
         self.promoted += other.promoted;
+        self.archived_decryptions += other.archived_decryptions;
         self.cuts += other.cuts;
         self.dropped += other.dropped;
         self.kept_decryptions += other.kept_decryptions;
@@ -458,7 +468,7 @@ impl World {
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         if std::env::var_os("SAMIZDAT_MODEL_TRACE").is_some() {
-            eprintln!("op {op:?}");
+            eprintln!("op {op:?}  (currents: {:?})", self.model.iter().map(|m| m.current).collect::<Vec<_>>());
         }
         match *op {
             Op::Initiate(who) => {
@@ -492,7 +502,10 @@ impl World {
                     if outcome == Expect::Stale {
                         self.stats.stale_replay_ops += 1;
                     }
-                    prop_assert!(!outcome.decrypts(), "replayed message {} decrypted again", id);
+                    // A message refused before (on an archived state that
+                    // could not step) may decrypt once its state is current;
+                    // one that decrypted never does again.
+                    prop_assert!(!(decrypted_before && outcome.decrypts()), "replayed message {} decrypted again", id);
                     // Only the messages that once decrypted are replays in the
                     // strict sense: they are duplicates, or stale.
                     prop_assert!(
@@ -573,6 +586,7 @@ impl World {
             ever_held,
             highest: [None; 2],
             sent_on_chain: HashMap::new(),
+            displaced: [false; 2],
         });
         self.model[who.index()].current = Some(self.sessions.len() - 1);
         self.stats.initiations += 1;
@@ -632,7 +646,13 @@ impl World {
         let kept_chain = s.highest[to.index()].is_none_or(|h| h < m.chain + MAX_RECEIVING_CHAINS as u32);
         match &s.held[to.index()] {
             Held::Full => {
-                return Ok(if !kept_chain {
+                let current = self.model[to.index()].current == Some(m.session);
+                // A chain the state does not have yet: a DH step, which only
+                // the current state and an unanswered initiation may take.
+                let step = s.highest[to.index()].is_none_or(|h| m.chain > h);
+                let unanswered = s.initiator == to && s.highest[to.index()].is_none();
+                let displaced = s.displaced[to.index()];
+                return Ok(if !kept_chain || (step && !current && !unanswered && !displaced) {
                     Expect::Stale
                 } else if self.decrypted.contains(&id) {
                     Expect::Duplicate { counter: m.counter }
@@ -695,6 +715,41 @@ impl World {
         keys
     }
 
+    /// Whether `party`'s archived full state of `session`, decrypting a
+    /// message (with a prekey header if `prekey`, with a DH step if `step`),
+    /// becomes current (PROTOCOL.md 9.10), the model's own statement of the
+    /// rules: without a current state, yes. An unanswered initiation of
+    /// `party`'s: while the current state is one too, if it is the later of
+    /// the two or the current one offered the same one-time prekey;
+    /// otherwise if its base key is the smaller. Nothing else while the
+    /// current state is an unanswered initiation. A state displaced by a new
+    /// session, on a DH step. A session the other party initiated and sent
+    /// on only on its first chain, on a message with a prekey header. Any
+    /// other if its base key is the smaller.
+    fn promotes(&self, party: Party, session: usize, prekey: bool, step: bool) -> bool {
+        let Some(current) = self.model[party.index()].current else { return true };
+        let unanswered = |s: &Session| s.initiator == party && s.highest[party.index()].is_none();
+        let (s, c) = (&self.sessions[session], &self.sessions[current]);
+        let smaller = s.base_key.as_bytes() < c.base_key.as_bytes();
+        if unanswered(s) {
+            if !unanswered(c) {
+                return smaller;
+            }
+            let dead = c.one_time.is_some() && c.one_time == s.one_time;
+            return dead || session > current;
+        }
+        if unanswered(c) {
+            return false;
+        }
+        if s.displaced[party.index()] && step {
+            return true;
+        }
+        if prekey && s.initiator != party && s.highest[party.index()] == Some(0) {
+            return true;
+        }
+        smaller
+    }
+
     /// `party`'s current state took a DH step: every other state it holds is
     /// cut down to its kept keys (dropped if none), and kept keys that are
     /// `MAX_KEPT_STATE_HEALS` heals old are dropped.
@@ -724,6 +779,7 @@ impl World {
             if held == Held::No {
                 self.stats.dropped += 1;
             }
+            self.sessions[session].displaced[party.index()] = false;
             changed = true;
             self.sessions[session].held[party.index()] = held;
         }
@@ -793,6 +849,10 @@ impl World {
                 self.decrypted.insert(id);
 
                 let was_current = self.model[to.index()].current == Some(m.session);
+                let prekey = matches!(Message::from_bytes(&m.bytes), Ok(Message::PreKey(_)));
+                let step_here = self.sessions[m.session].highest[to.index()].is_none_or(|h| m.chain > h);
+                let promoted =
+                    expected == Expect::Existing && !was_current && self.promotes(to, m.session, prekey, step_here);
                 let s = &mut self.sessions[m.session];
                 if expected == Expect::Kept {
                     // A kept key: used up, no promotion, no DH step.
@@ -810,6 +870,13 @@ impl World {
                 let steps = highest.is_none_or(|h| m.chain > h);
                 *highest = Some(highest.map_or(m.chain, |h| h.max(m.chain)));
                 if expected == Expect::NewSession {
+                    // The state it replaces may still step until a cut, if it
+                    // had heard from the other party.
+                    if let Some(previous) = self.model[to.index()].current {
+                        let p = &mut self.sessions[previous];
+                        p.displaced[to.index()] = p.highest[to.index()].is_some();
+                    }
+                    let s = &mut self.sessions[m.session];
                     s.held[to.index()] = Held::Full;
                     s.ever_held[to.index()] = true;
                     let receiver = &mut self.model[to.index()];
@@ -820,13 +887,20 @@ impl World {
                         receiver.pq_one_time.remove(&k);
                     }
                     self.stats.new_sessions += 1;
+                    self.model[to.index()].current = Some(m.session);
                 } else {
-                    if !was_current {
+                    if promoted {
                         self.stats.promoted += 1;
+                        if let Some(previous) = self.model[to.index()].current {
+                            self.sessions[previous].displaced[to.index()] = false;
+                        }
+                        self.sessions[m.session].displaced[to.index()] = false;
+                        self.model[to.index()].current = Some(m.session);
+                    } else if !was_current {
+                        self.stats.archived_decryptions += 1;
                     }
                     self.stats.existing += 1;
                 }
-                self.model[to.index()].current = Some(m.session);
                 if was_current && steps && expected == Expect::Existing {
                     self.heal(to);
                 }
@@ -947,6 +1021,9 @@ impl World {
                         prop_assert!(recoveries < MAX_RECOVERIES, "more than {} recoveries", MAX_RECOVERIES);
                         recoveries += 1;
                         self.stats.recoveries += 1;
+                        if std::env::var_os("SAMIZDAT_MODEL_TRACE").is_some() {
+                            eprintln!("recovery: {who:?}'s message did not decrypt: {outcome:?}");
+                        }
                         self.initiate(who.other())?;
                     }
                 }
@@ -968,8 +1045,9 @@ impl World {
         self.stats.exchanges_to_converge[exchanges] += 1;
         // Every message delivered once more: nothing decrypts again.
         for id in self.delivered.clone() {
+            let decrypted_before = self.decrypted.contains(&id);
             let outcome = self.deliver(id)?;
-            prop_assert!(!outcome.decrypts());
+            prop_assert!(!(decrypted_before && outcome.decrypts()), "message {} decrypted again", id);
         }
         self.check_invariants()
     }
@@ -985,6 +1063,9 @@ fn fail(error: &dyn std::fmt::Debug) -> TestCaseError {
 }
 
 fn run_schedule(seed: u64, ops: &[Op]) -> Result<Stats, TestCaseError> {
+    if std::env::var_os("SAMIZDAT_MODEL_TRACE").is_some() {
+        eprintln!("=== schedule: seed {seed}, {} ops", ops.len());
+    }
     let mut world = World::new(seed);
     world.run(ops)?;
     Ok(world.stats)
@@ -1034,6 +1115,7 @@ fn random_initiation_orders_reach_every_outcome() {
     assert!(total.no_session_sends > 0, "{total:#?}");
     assert!(total.new_sessions > 0, "{total:#?}");
     assert!(total.promoted > 0, "{total:#?}");
+    assert!(total.archived_decryptions > 0, "{total:#?}");
     assert!(total.cuts > 0, "{total:#?}");
     assert!(total.dropped > 0, "{total:#?}");
     assert!(total.kept_decryptions > 0, "{total:#?}");

@@ -69,7 +69,11 @@
 
 mod state;
 
-use std::{collections::VecDeque, fmt};
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use prost::Message as _;
 use rand_core::CryptoRng;
@@ -103,8 +107,16 @@ const MAX_SEEDS_LEN: usize = MAX_STORED_SKIPPED_KEYS * 48 + (MAX_ARCHIVED_STATES
 /// the remembered base keys.
 pub const MAX_RECORD_LEN: usize = (MAX_ARCHIVED_STATES + 1) * MAX_STATE_LEN / 8 + MAX_SEEN_BASE_KEYS * 40;
 
+/// Gives every record object its own number, so that a pending decryption
+/// commits only into the object it was made on (two empty records, of two
+/// peers or two devices, are otherwise alike).
+static RECORD_OBJECTS: AtomicU64 = AtomicU64::new(1);
+
+fn next_object() -> u64 {
+    RECORD_OBJECTS.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Everything this device knows about one peer device.
-#[derive(Default)]
 pub struct SessionRecord {
     trusted_identity: Option<IdentityKey>,
     current: Option<SessionState>,
@@ -115,6 +127,10 @@ pub struct SessionRecord {
     generation: u64,
     /// How many times the current state took a DH step on a peer's message.
     heals: u64,
+    /// How many sessions we initiated with the peer.
+    initiations: u64,
+    /// This object's number (not stored): see [`RECORD_OBJECTS`].
+    object: u64,
     /// Whether the skipped keys (which ones there are) changed since the
     /// record was loaded: then a device rewrites their seeds' row. Not stored.
     skipped_changed: bool,
@@ -164,7 +180,13 @@ enum Slot {
 }
 
 enum Change {
-    Existing { slot: Slot, plan: DecryptPlan },
+    /// A message of an existing state; `prekey` if it came with a prekey
+    /// header (its sender has not had our answer on that state yet).
+    Existing {
+        slot: Slot,
+        plan: DecryptPlan,
+        prekey: bool,
+    },
     New(Box<SessionState>),
 }
 
@@ -179,6 +201,8 @@ pub struct PendingDecrypt {
     /// the state the change applies to (the current one for a new session).
     generation: u64,
     base_key: Option<X25519PublicKey>,
+    /// The record object it was made on ([`SessionRecord::object`]).
+    object: u64,
     change: Change,
 }
 
@@ -212,6 +236,22 @@ impl fmt::Debug for PendingDecrypt {
             .field("consumed", &self.consumed)
             .field("new_session", &self.is_new_session())
             .finish_non_exhaustive()
+    }
+}
+
+impl Default for SessionRecord {
+    fn default() -> Self {
+        Self {
+            trusted_identity: None,
+            current: None,
+            archived: VecDeque::new(),
+            seen_base_keys: VecDeque::new(),
+            generation: 0,
+            heals: 0,
+            initiations: 0,
+            object: next_object(),
+            skipped_changed: false,
+        }
     }
 }
 
@@ -262,7 +302,12 @@ impl SessionRecord {
             // The most recent full state sends; without one, kept keys alone
             // are of no use.
             match self.archived.iter().position(SessionState::is_full) {
-                Some(i) => self.current = self.archived.remove(i),
+                Some(i) => {
+                    self.current = self.archived.remove(i);
+                    if let Some(current) = &mut self.current {
+                        current.displaced = false;
+                    }
+                }
                 None => self.archived.clear(),
             }
         }
@@ -298,6 +343,7 @@ impl SessionRecord {
     ) -> Result<(), SessionError> {
         self.check_identity(bundle.identity_key())?;
         let initiated = pqxdh::initiate(rng, ours, our_address, bundle)?;
+        self.initiations = self.initiations.saturating_add(1);
         let state = SessionState {
             keys: Keys::Full(initiated.ratchet),
             remote_identity: bundle.identity_key(),
@@ -305,6 +351,8 @@ impl SessionRecord {
             initiator: true,
             pending_prekey: Some(initiated.header),
             kept_since: 0,
+            initiated: self.initiations,
+            displaced: false,
         };
         self.install(state);
         Ok(())
@@ -436,6 +484,8 @@ impl SessionRecord {
             initiator: false,
             pending_prekey: None,
             kept_since: 0,
+            initiated: 0,
+            displaced: false,
         };
         Ok(PendingDecrypt {
             plaintext: Zeroizing::new(plaintext),
@@ -443,6 +493,7 @@ impl SessionRecord {
             consumed,
             generation: self.generation,
             base_key: self.current_base_key(),
+            object: self.object,
             change: Change::New(Box::new(state)),
         })
     }
@@ -478,7 +529,11 @@ impl SessionRecord {
         };
         for slot in slots {
             let Some(state) = self.state(slot) else { continue };
-            match state.plan_decrypt(rng, message) {
+            // An archived state decrypts on the chains it has; only our
+            // unanswered initiation may take a DH step (its first answer),
+            // and a state a new session of the peer's displaced.
+            let allow_step = slot == Slot::Current || state.is_unanswered_initiation() || state.displaced;
+            match state.plan_decrypt(rng, message, allow_step) {
                 Ok((plaintext, plan)) => {
                     return Ok(PendingDecrypt {
                         plaintext: Zeroizing::new(plaintext),
@@ -486,7 +541,8 @@ impl SessionRecord {
                         consumed: ConsumedPreKeys::default(),
                         generation: self.generation,
                         base_key: Some(state.base_key),
-                        change: Change::Existing { slot, plan },
+                        object: self.object,
+                        change: Change::Existing { slot, plan, prekey: only.is_some() },
                     });
                 }
                 // The answer needs a seed stored apart: load it and try again.
@@ -523,7 +579,7 @@ impl SessionRecord {
     /// decryption was made, or the pending value was made on another record
     /// (nothing is applied then; decrypt again).
     pub fn commit(&mut self, pending: PendingDecrypt) -> Result<(), SessionError> {
-        if pending.generation != self.generation {
+        if pending.generation != self.generation || pending.object != self.object {
             return Err(SessionError::StalePending);
         }
         let skipped_before = self.skipped_count();
@@ -540,22 +596,36 @@ impl SessionRecord {
                 while self.seen_base_keys.len() > MAX_SEEN_BASE_KEYS {
                     self.seen_base_keys.pop_front();
                 }
+                // The peer started a new session; but its prekey message may
+                // be one it sent long ago, on a session it has since left for
+                // the current one: until the next heal, the current one may
+                // still step, and a step brings it back.
+                if let Some(current) = &mut self.current {
+                    current.displaced = !current.is_unanswered_initiation();
+                }
                 self.install(*state);
             }
-            Change::Existing { slot, plan } => {
-                let state = match slot {
+            Change::Existing { slot, plan, prekey } => {
+                if self.state(slot).is_none_or(|s| Some(s.base_key) != pending.base_key) {
+                    return Err(SessionError::StalePending);
+                }
+                let step = plan.is_step();
+                // Decided before the plan clears the pending prekey header.
+                let promote = match slot {
+                    Slot::Archived(i) => self.promotes(i, prekey, step),
+                    Slot::Current => false,
+                };
+                let Some(state) = (match slot {
                     Slot::Current => self.current.as_mut(),
                     Slot::Archived(i) => self.archived.get_mut(i),
-                };
-                let Some(state) = state.filter(|s| Some(s.base_key) == pending.base_key) else {
+                }) else {
                     return Err(SessionError::StalePending);
                 };
-                let heals = slot == Slot::Current && plan.is_step();
                 state.apply(plan);
                 match slot {
-                    Slot::Current if heals => self.heal(),
+                    Slot::Current if step => self.heal(),
                     Slot::Current => {}
-                    Slot::Archived(i) => self.after_archived_decrypt(i),
+                    Slot::Archived(i) => self.after_archived_decrypt(i, promote),
                 }
                 self.generation = self.generation.wrapping_add(1);
             }
@@ -605,14 +675,81 @@ impl SessionRecord {
             .collect();
     }
 
-    /// Archived state `i` decrypted a message: a full state becomes current
-    /// (the peer sends on it); a cut state that used its last key is dropped.
-    fn after_archived_decrypt(&mut self, i: usize) {
-        if self.archived.get(i).is_some_and(SessionState::is_full) {
-            if let Some(promoted) = self.archived.remove(i)
-                && let Some(previous) = self.current.replace(promoted)
-            {
-                self.archived.push_front(previous);
+    /// Whether archived state `i`, which decrypted a message of the peer
+    /// (with a prekey header if `prekey`, with a DH step if `step`), becomes
+    /// current (PROTOCOL.md 9.10). The peer sends only on its current state,
+    /// so the message says which session the peer was on when it sent it;
+    /// but it may have been in flight for long, and a copy of an old record
+    /// can make more on the chains it holds. The rules, which both sides
+    /// apply alike, in order:
+    ///
+    /// 1. Without a current state, it does.
+    /// 2. Our initiation that the peer had not answered, answered by this
+    ///    message: while the current state is another such initiation, it
+    ///    replaces it only if it is the later of the two, or if the current
+    ///    one offered the same one-time prekey (which the peer consumed
+    ///    answering this one: the current one can never be answered).
+    ///    Otherwise (both sides initiated at once), if its base key is the
+    ///    smaller, bytewise: the peer, holding the same two sessions the
+    ///    other way round, picks the same.
+    /// 3. Nothing else replaces our unanswered initiation: we wait for the
+    ///    peer's answer, which its prekey message makes the peer's current
+    ///    state.
+    /// 4. A state a new session of the peer's displaced (it had heard from
+    ///    the peer), on a DH step: the peer answered our latest message on
+    ///    it, so the new session's prekey message was one it sent long ago
+    ///    and has left behind.
+    /// 5. A state the peer initiated and has sent on only with its first
+    ///    chain, on a message with a prekey header: the peer is still
+    ///    waiting for our answer on it, and will wait (rule 3 on its side).
+    /// 6. Any other, if its base key is the smaller: the peer is on it, and
+    ///    holding the same two sessions, picks the same.
+    ///
+    /// Rule 6 moves only to a smaller base key, so a record cannot be moved
+    /// back and forth by it: a copy of an old record can use it at most once
+    /// per state it holds, and a round trip on the state it moved to takes a
+    /// DH step on each side (a heal, which cuts every other state). Rules 2
+    /// and 5 need messages of a state the peer has not answered or not
+    /// stepped on, which a heal cuts too; rule 4 needs a new session of the
+    /// peer's, which no copy of a record can make.
+    fn promotes(&self, i: usize, prekey: bool, step: bool) -> bool {
+        let Some(state) = self.archived.get(i) else { return false };
+        if !state.is_full() {
+            return false;
+        }
+        let Some(current) = &self.current else { return true };
+        let smaller = state.base_key.as_bytes() < current.base_key.as_bytes();
+        if state.is_unanswered_initiation() {
+            if !current.is_unanswered_initiation() {
+                return smaller;
+            }
+            let one_time = |s: &SessionState| s.pending_prekey.as_ref().and_then(|h| h.one_time_prekey_id);
+            let dead = one_time(current).is_some() && one_time(current) == one_time(state);
+            return dead || state.initiated > current.initiated;
+        }
+        if current.is_unanswered_initiation() {
+            return false;
+        }
+        if state.displaced && step {
+            return true;
+        }
+        if prekey && !state.initiator && state.chains().len() == 1 {
+            return true;
+        }
+        smaller
+    }
+
+    /// Archived state `i` decrypted a message: it becomes current if
+    /// `promote` ([`Self::promotes`]); a cut state that used its last key is
+    /// dropped.
+    fn after_archived_decrypt(&mut self, i: usize, promote: bool) {
+        if promote {
+            if let Some(mut promoted) = self.archived.remove(i) {
+                promoted.displaced = false;
+                if let Some(mut previous) = self.current.replace(promoted) {
+                    previous.displaced = false;
+                    self.archived.push_front(previous);
+                }
             }
         } else if self.archived.get(i).is_some_and(SessionState::is_spent) {
             self.archived.remove(i);
@@ -665,6 +802,7 @@ impl SessionRecord {
             generation: self.generation,
             heals: self.heals,
             seeds_apart: seeds == Seeds::Apart,
+            initiations: self.initiations,
         });
         if seeds == Seeds::Apart {
             let storage::SessionRecord { current, archived, .. } = &mut *record;
@@ -802,13 +940,16 @@ impl SessionRecord {
             Some(IdentityKey::from_stored_slice(&record.trusted_identity, "trusted_identity")?)
         };
         let current = record.current.as_ref().map(|state| SessionState::from_record(state, seeds)).transpose()?;
-        if current.as_ref().is_some_and(|state| !state.is_full()) {
+        if current.as_ref().is_some_and(|state| !state.is_full() || state.displaced) {
             return Err(DecodeError::InvalidValue("current"));
         }
         let archived: VecDeque<SessionState> =
             record.archived.iter().map(|state| SessionState::from_record(state, seeds)).collect::<Result<_, _>>()?;
         if archived.iter().any(|s| !s.is_full() && s.kept_since > record.heals) {
             return Err(DecodeError::InvalidValue("kept_since"));
+        }
+        if current.iter().chain(archived.iter()).any(|s| s.initiated > record.initiations) {
+            return Err(DecodeError::InvalidValue("initiated"));
         }
         let seen_base_keys = record
             .seen_base_keys
@@ -822,6 +963,8 @@ impl SessionRecord {
             seen_base_keys,
             generation: record.generation,
             heals: record.heals,
+            initiations: record.initiations,
+            object: next_object(),
             skipped_changed: false,
         };
         if record.skipped_count() > MAX_STORED_SKIPPED_KEYS {

@@ -35,6 +35,13 @@ pub(crate) struct SessionState {
     pub(crate) pending_prekey: Option<PreKeyHeader>,
     /// The record's heal count when the state was cut down to its kept keys.
     pub(crate) kept_since: u64,
+    /// For a state we initiated, the record's initiation count just after
+    /// (the later of two initiations has the larger); 0 for one we responded to.
+    pub(crate) initiated: u64,
+    /// Whether this archived state was current, and had heard from the peer,
+    /// when the peer's new session replaced it: it may still step, and a
+    /// step makes it current again (PROTOCOL.md 9.10). Cleared by a cut.
+    pub(crate) displaced: bool,
 }
 
 impl SessionState {
@@ -42,15 +49,23 @@ impl SessionState {
         matches!(self.keys, Keys::Full(_))
     }
 
+    /// Whether this is a state we initiated whose first messages the peer
+    /// has not answered yet (it still sends the prekey header): the only
+    /// kind of archived state a message can make current again.
+    pub(crate) fn is_unanswered_initiation(&self) -> bool {
+        self.pending_prekey.is_some()
+    }
+
     /// Decrypts `message` without changing the state: a full state may take
-    /// a DH step, a kept one only uses its kept keys.
+    /// a DH step if `allow_step`, a kept one only uses its kept keys.
     pub(crate) fn plan_decrypt<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         message: &RatchetMessage,
+        allow_step: bool,
     ) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
         match &self.keys {
-            Keys::Full(ratchet) => ratchet.plan_decrypt(rng, message, true),
+            Keys::Full(ratchet) => ratchet.plan_decrypt(rng, message, allow_step),
             Keys::Kept(kept) => kept.plan_decrypt(message),
         }
     }
@@ -71,7 +86,8 @@ impl SessionState {
     /// Cuts a full state down to its kept keys (at heal number `heals`);
     /// `None` if it would keep no key (it is then dropped).
     pub(crate) fn cut(self, heals: u64) -> Option<Self> {
-        let Self { keys, remote_identity, base_key, initiator, pending_prekey: _, kept_since } = self;
+        let Self { keys, remote_identity, base_key, initiator, pending_prekey: _, kept_since, initiated, displaced: _ } =
+            self;
         let (kept, kept_since) = match keys {
             Keys::Full(ratchet) => (ratchet.into_kept_keys(), heals),
             Keys::Kept(kept) => (kept, kept_since),
@@ -83,6 +99,8 @@ impl SessionState {
             initiator,
             pending_prekey: None,
             kept_since,
+            initiated,
+            displaced: false,
         })
     }
 
@@ -138,6 +156,8 @@ impl SessionState {
             }),
             kept,
             kept_since: self.kept_since,
+            initiated: self.initiated,
+            displaced: self.displaced,
         }
     }
 
@@ -174,6 +194,12 @@ impl SessionState {
             }),
             Some(_) => return Err(DecodeError::InvalidValue("pending_prekey")),
         };
+        if !record.initiator && record.initiated != 0 {
+            return Err(DecodeError::InvalidValue("initiated"));
+        }
+        if record.displaced && (pending_prekey.is_some() || !matches!(keys, Keys::Full(_))) {
+            return Err(DecodeError::InvalidValue("displaced"));
+        }
         Ok(Self {
             keys,
             remote_identity,
@@ -181,6 +207,8 @@ impl SessionState {
             initiator: record.initiator,
             pending_prekey,
             kept_since: record.kept_since,
+            initiated: record.initiated,
+            displaced: record.displaced,
         })
     }
 }
