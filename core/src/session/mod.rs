@@ -5,19 +5,20 @@
 //!
 //! A record holds several states after a re-initiation (a second
 //! [`SessionRecord::initiate`], a peer's new prekey message, both sides
-//! initiating at once). Any state that decrypts a message becomes current
-//! (that is how two devices that initiated at once settle on one session).
-//! What keeps a stolen copy of the record from being useful after the
-//! session healed is the *cut*: each time the current state takes a DH step
-//! on a message from the peer, every other state is cut down to its skipped
-//! message keys (a state without any is dropped). A cut state has no root
-//! key, ratchet key pair, chain key or next header key: it decrypts only the
-//! messages in flight whose keys it kept, derives nothing and can never
-//! become current again. Kept keys expire after
-//! [`MAX_KEPT_STATE_HEALS`] more heals. PROTOCOL.md 9.10 argues why this
-//! gives post-compromise security to archived states, and why it lets full
-//! archived states take DH steps (DESIGN.md's rule that only an unanswered
-//! initiator state may step makes crossing sessions deadlock).
+//! initiating at once). Only the current state is a full ratchet in every
+//! respect. An archived state decrypts the messages of the chains it has
+//! (messages in flight); it may take a DH step only if it is our initiation
+//! the peer had not answered, or the state the peer's new session displaced
+//! (until the next heal); and it becomes current again only by the rules of
+//! `SessionRecord::promotes`, which both sides apply alike and which a copy
+//! of an old record cannot use to move a record back and forth. Each time
+//! the current state takes a DH step on a message from the peer (a heal),
+//! every other state is cut down to its skipped message keys (a state
+//! without any is dropped): a cut state has no root key, ratchet key pair,
+//! chain key or next header key, derives nothing and never becomes current
+//! again. Kept keys expire after [`MAX_KEPT_STATE_HEALS`] more heals.
+//! PROTOCOL.md 9.10 gives the argument, and why this follows DESIGN.md's
+//! rule for archived states with one addition (the displaced state).
 //!
 //! A [`SessionRecord`] owns everything this device knows about one peer
 //! device: the identity key it trusts for that peer, the session state it
