@@ -25,13 +25,14 @@ use rand_core::{Rng, SeedableRng};
 use samizdat::{
     address::Address,
     device::Device,
+    limits::MAX_SKIP,
     session::SessionRecord,
     store::{Backend, MemoryBackend, SqliteBackend},
 };
 use samizdat_benches::{
     BATCH, BODY_AD_LEN, DeviceSetup, Figures, HEADER_LEN, PAYLOAD_SIZES, PQ_SIGNED_LEN, PQXDH_IKM_LEN, Pair,
     PreKeySetup, ROW_AD_LEN, SESSION_AD_LEN, SPK_SIGNED_LEN, TRANSCRIPT_LEN, TempDir, VzPair, bench_mode, copy_store,
-    figures, padded_len, prim, vz_signed_otk, vz_wire, write_meta,
+    figures, flip_in_body, flip_in_header, padded_len, prim, vz_signed_otk, vz_wire, write_meta,
 };
 use sha2::{Digest, Sha256};
 use vodozemac::{
@@ -515,11 +516,104 @@ fn device_prekeys(c: &mut Criterion) {
             b.iter_custom(|iters| timed_in_chunks(iters, 1, setup, PreKeySetup::first_message, |s, m| s.receive(&m)));
         });
     }
+    // A prekey message whose body was altered: the handshake runs in full (its keys are real),
+    // then the first message fails.
+    let (peer, wire) = full.first_message();
+    let forged = flip_in_body(&wire);
+    g.bench_function(BenchmarkId::new("sqlite_forged_body", "200+200"), |b| {
+        b.iter(|| assert!(full.bob.decrypt(&peer, black_box(&forged)).is_err()));
+    });
     let junk = [1, 0x0a, 0x00];
     let peer = Address::new("mallory", 1).expect("address");
     g.bench_function(BenchmarkId::new("sqlite_junk", "200+200"), |b| {
         b.iter(|| assert!(full.bob.decrypt(&peer, black_box(&junk)).is_err()));
     });
+    g.finish();
+}
+
+/// What one hostile message costs the receiver (Bob, a device on SQLite), beside a genuine one:
+/// `decrypt` alone (a failed message commits nothing; the genuine one is decrypted again and again
+/// without a commit, for the same work). On an ordinary session (`normal`) and on a peer whose
+/// record holds 2,000 skipped keys (`2000_skipped`, what a hostile peer can make us store):
+/// random bytes, a message whose encrypted header no key opens, one whose header opens and whose
+/// body does not, a replay of a message already decrypted, and a header 2,000 messages ahead
+/// with a broken body, the first time and replayed (with another broken body).
+fn device_hostile(c: &mut Criterion) {
+    let dir = TempDir::new("hostile");
+    let sqlite = |name: &str| SqliteBackend::open(dir.path().join(format!("{name}.db"))).expect("sqlite");
+    let skipped = if bench_mode() { MAX_SKIP } else { 20 };
+    let mut normal = DeviceSetup::new(sqlite("normal"));
+    let mut loaded = DeviceSetup::with_skipped(sqlite("loaded"), skipped);
+    let mut g = c.benchmark_group("device_hostile");
+    g.sample_size(20);
+    let garbage: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+    for (name, setup) in [("normal", &mut normal), ("2000_skipped", &mut loaded)] {
+        let genuine = setup.to_bob(b"genuine");
+        let peer = setup.alice.address.clone();
+        g.bench_function(BenchmarkId::new("sqlite_genuine_decrypt", name), |b| {
+            b.iter(|| setup.bob.decrypt(&peer, black_box(&genuine)).expect("decrypt"));
+        });
+        let attempts: [(&str, Vec<u8>); 3] = [
+            ("sqlite_garbage", garbage.clone()),
+            ("sqlite_forged_header", flip_in_header(&genuine)),
+            ("sqlite_forged_body", flip_in_body(&genuine)),
+        ];
+        for (id, bytes) in attempts {
+            g.bench_function(BenchmarkId::new(id, name), |b| {
+                b.iter(|| assert!(setup.bob.decrypt(&peer, black_box(&bytes)).is_err()));
+            });
+        }
+        setup.bob_receives(&genuine);
+        g.bench_function(BenchmarkId::new("sqlite_duplicate", name), |b| {
+            b.iter(|| assert!(setup.bob.decrypt(&peer, black_box(&genuine)).is_err()));
+        });
+    }
+    // Far ahead: each first-time forgery costs its sender 2,000 encryptions (untimed).
+    let ahead = if bench_mode() { MAX_SKIP - 1 } else { 20 };
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("sqlite_far_ahead_first", "normal"), |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(
+                iters,
+                1,
+                &mut normal,
+                |d| d.far_ahead_forgery(ahead),
+                |d, m| assert!(d.bob.decrypt(&d.alice.address, &m).is_err()),
+            )
+        });
+    });
+    let refused = normal.far_ahead_forgery(ahead);
+    let peer = normal.alice.address.clone();
+    assert!(normal.bob.decrypt(&peer, &refused).is_err());
+    let replay = flip_in_body(&flip_in_body(&refused));
+    g.bench_function(BenchmarkId::new("sqlite_far_ahead_replay", "normal"), |b| {
+        b.iter(|| assert!(normal.bob.decrypt(&peer, black_box(&replay)).is_err()));
+    });
+    g.finish();
+}
+
+/// Encrypting and decrypting in order must not cost more because a peer made us store skipped
+/// keys (they are in a row of their own, PROTOCOL.md 14.7): Bob on SQLite, with none and with
+/// 2,000 stored for the peer.
+fn device_scale(c: &mut Criterion) {
+    let dir = TempDir::new("scale");
+    let sqlite = |name: &str| SqliteBackend::open(dir.path().join(format!("{name}.db"))).expect("sqlite");
+    let skipped = if bench_mode() { MAX_SKIP } else { 20 };
+    let mut g = c.benchmark_group("device_scale");
+    g.sample_size(20);
+    let p = payload(64);
+    for (name, mut setup) in
+        [("0", DeviceSetup::new(sqlite("empty"))), ("2000", DeviceSetup::with_skipped(sqlite("skipped"), skipped))]
+    {
+        g.bench_function(BenchmarkId::new("sqlite_encrypt", name), |b| {
+            b.iter(|| setup.bob_sends(black_box(&p)));
+        });
+        g.bench_function(BenchmarkId::new("sqlite_decrypt", name), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(iters, CHUNK, &mut setup, |d| d.to_bob(&p), |d, m| assert_eq!(d.bob_receives(&m), 64))
+            });
+        });
+    }
     g.finish();
 }
 
@@ -534,6 +628,8 @@ fn main() {
     group(&mut c);
     device(&mut c);
     device_prekeys(&mut c);
+    device_hostile(&mut c);
+    device_scale(&mut c);
     c.final_summary();
 
     println!("\nSizes (bytes): samizdat / vodozemac");

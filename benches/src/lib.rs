@@ -38,7 +38,7 @@ use samizdat::{
     prekeys::{PreKeyBundle, PreKeySet},
     session::SessionRecord,
     store::{Backend, Expected, MemoryBackend, Table, Write},
-    wire::Message,
+    wire::{Message, RatchetMessage},
 };
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
 
@@ -495,6 +495,57 @@ pub fn rows() -> Vec<Row> {
         None,
         Some("device_decrypt/64".to_owned()),
     ));
+    let hostile = "Hostile messages: the receiver's cost of one message (device on SQLite, decrypt only)";
+    for (name, peer) in [("normal", "ordinary session"), ("2000_skipped", "peer with 2,000 stored skipped keys")] {
+        for (id, what) in [
+            ("sqlite_genuine_decrypt", "genuine message (for comparison)"),
+            ("sqlite_garbage", "200 random bytes"),
+            ("sqlite_forged_header", "a header no key opens"),
+            ("sqlite_forged_body", "a header that opens, a broken body"),
+            ("sqlite_duplicate", "a message already decrypted"),
+        ] {
+            out.push(row(hostile, format!("{what}, {peer}"), Some(format!("device_hostile/{id}/{name}")), None, None));
+        }
+    }
+    out.push(row(
+        hostile,
+        "a header 2,000 ahead with a broken body, first time, ordinary session".to_owned(),
+        Some("device_hostile/sqlite_far_ahead_first/normal".to_owned()),
+        None,
+        None,
+    ));
+    out.push(row(
+        hostile,
+        "the same header again, another broken body".to_owned(),
+        Some("device_hostile/sqlite_far_ahead_replay/normal".to_owned()),
+        None,
+        None,
+    ));
+    for (id, what) in [
+        ("sqlite_decrypt/minimal", "genuine first message, minimal prekey set (for comparison)"),
+        ("sqlite_forged_body/200+200", "a prekey message with a broken body, 200+200 one-time prekeys held"),
+        ("sqlite_junk/200+200", "a 3-byte prekey envelope, 200+200 one-time prekeys held"),
+    ] {
+        out.push(row(hostile, what.to_owned(), Some(format!("device_prekey/{id}")), None, None));
+    }
+    let scale = "Scale: what a device holds does not slow its calls (SQLite)";
+    for (id, what) in [
+        ("device_prekey/sqlite_decrypt/minimal", "prekey message, decrypt, minimal prekey set"),
+        ("device_prekey/sqlite_decrypt/200+200", "prekey message, decrypt, 200+200 one-time prekeys"),
+        ("device_prekey/sqlite_decrypt/10000_base_keys", "prekey message, decrypt, 10,000 remembered base keys"),
+        ("device_prekey/sqlite_decrypt_commit/minimal", "prekey message, decrypt + commit, minimal prekey set"),
+        ("device_prekey/sqlite_decrypt_commit/200+200", "prekey message, decrypt + commit, 200+200 one-time prekeys"),
+        (
+            "device_prekey/sqlite_decrypt_commit/10000_base_keys",
+            "prekey message, decrypt + commit, 10,000 remembered base keys",
+        ),
+        ("device_scale/sqlite_encrypt/0", "encrypt + commit, 64 B, no skipped key stored"),
+        ("device_scale/sqlite_encrypt/2000", "encrypt + commit, 64 B, 2,000 skipped keys stored"),
+        ("device_scale/sqlite_decrypt/0", "in-order decrypt + commit, 64 B, no skipped key stored"),
+        ("device_scale/sqlite_decrypt/2000", "in-order decrypt + commit, 64 B, 2,000 skipped keys stored"),
+    ] {
+        out.push(row(scale, what.to_owned(), Some(id.to_owned()), None, None));
+    }
     for n in PAYLOAD_SIZES {
         for backend in ["sqlite", "memory"] {
             let name = if backend == "sqlite" { "SQLite" } else { "memory" };
@@ -559,6 +610,32 @@ pub fn targets() -> Vec<(&'static str, String, Judge)> {
             "size",
             "a steady-state session under 1 KiB serialized".to_owned(),
             Judge::Size { label: STEADY_RESPONDER.to_owned(), max: 1024 },
+        ),
+        (
+            "prekey_scale",
+            "a prekey message within 1.5x of its cost with a minimal prekey set, whatever is held (issue 12)"
+                .to_owned(),
+            Judge::Pairs {
+                pairs: ["200+200", "10000_base_keys"]
+                    .iter()
+                    .flat_map(|held| {
+                        ["sqlite_decrypt", "sqlite_decrypt_commit"]
+                            .map(|op| (format!("device_prekey/{op}/{held}"), format!("device_prekey/{op}/minimal")))
+                    })
+                    .collect(),
+                max: 1.5,
+            },
+        ),
+        (
+            "skipped_scale",
+            "encrypt and in-order decrypt within 1.2x of their cost with no skipped key stored (issue 12)".to_owned(),
+            Judge::Pairs {
+                pairs: ["sqlite_encrypt", "sqlite_decrypt"]
+                    .iter()
+                    .map(|op| (format!("device_scale/{op}/2000"), format!("device_scale/{op}/0")))
+                    .collect(),
+                max: 1.2,
+            },
         ),
         (
             "batch",
@@ -793,6 +870,63 @@ impl<B: Backend> DeviceSetup<B> {
     pub fn bob_sends(&self, plaintext: &[u8]) -> Vec<u8> {
         self.bob.encrypt(&self.alice.address, plaintext).expect("encrypt")
     }
+}
+
+impl<B: Backend> DeviceSetup<B> {
+    /// The same, then Alice skips `skipped` messages of a new chain and sends the next: Bob
+    /// stores `skipped` skipped keys (and decrypts later messages in order, without them).
+    pub fn with_skipped(backend: B, skipped: u32) -> Self {
+        let mut setup = Self::new(backend);
+        if skipped > 0 {
+            for _ in 0..skipped {
+                setup.to_bob(b"never delivered");
+            }
+            let message = setup.to_bob(b"far ahead");
+            setup.bob_receives(&message);
+        }
+        setup
+    }
+
+    /// A message from Alice `ahead` messages ahead of the next one Bob expects, with its body
+    /// broken (one bit flipped): what a replayed genuine header with a broken body costs Bob.
+    /// Alice is restored afterwards, so each call makes another such message (another header
+    /// nonce) for the same counter.
+    pub fn far_ahead_forgery(&mut self, ahead: u32) -> Vec<u8> {
+        let saved = self.alice.record.to_bytes();
+        for _ in 0..ahead {
+            self.to_bob(b"skipped");
+        }
+        let message = self.to_bob(b"far ahead");
+        self.alice.record = SessionRecord::from_bytes(&saved).expect("restore Alice");
+        flip_in_body(&message)
+    }
+}
+
+/// `wire` (a ratchet or prekey message) with one bit of its encrypted header flipped: it still
+/// decodes, and no header key opens it.
+pub fn flip_in_header(wire: &[u8]) -> Vec<u8> {
+    let message = ratchet_part(wire);
+    flip_inside(wire, message.header())
+}
+
+/// `wire` with one bit of its body flipped: it decodes and its header opens, its body does not.
+pub fn flip_in_body(wire: &[u8]) -> Vec<u8> {
+    let message = ratchet_part(wire);
+    flip_inside(wire, message.body())
+}
+
+fn ratchet_part(wire: &[u8]) -> RatchetMessage {
+    match Message::from_bytes(wire).expect("a message") {
+        Message::Ratchet(message) => message,
+        Message::PreKey(prekey) => prekey.message().clone(),
+    }
+}
+
+fn flip_inside(wire: &[u8], part: &[u8]) -> Vec<u8> {
+    let at = wire.windows(part.len()).position(|w| w == part).expect("the part is in the message");
+    let mut out = wire.to_vec();
+    out[at + part.len() / 2] ^= 0x01;
+    out
 }
 
 /// Bob as a [`Device`] under test for prekey messages: each message is the first one of a new
