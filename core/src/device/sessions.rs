@@ -73,7 +73,7 @@ impl<B: Backend> Device<B> {
         if parsed.version != ROW_VERSION {
             return Err(corrupt());
         }
-        let record = SessionRecord::from_hot_bytes(&parsed.record).map_err(|_| corrupt())?;
+        let record = SessionRecord::from_stored_bytes(&parsed.record).map_err(|_| corrupt())?;
         Ok((LoadedRows { record: Some(sealed), seeds: None }, record))
     }
 
@@ -472,5 +472,86 @@ mod tests {
         let pending = bob.decrypt(&address("alice"), &genuine).unwrap();
         assert_eq!(pending.plaintext(), b"m999");
         bob.commit(pending).unwrap();
+    }
+
+    /// Bob's row for Alice after Alice skipped `skipped` messages: the
+    /// devices, the messages Alice did not deliver, and the row's record.
+    fn skipped_setup(skipped: usize) -> (Device<MemoryBackend>, Device<MemoryBackend>, Vec<Vec<u8>>) {
+        let address = |name: &str| Address::new(name, 1).unwrap();
+        let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
+        let bob = Device::create_in(MemoryBackend::new(), &[2; 32], address("bob"), 0).unwrap();
+        alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+        let held: Vec<Vec<u8>> =
+            (0..skipped).map(|i| alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap()).collect();
+        let last = alice.encrypt(&address("bob"), b"last").unwrap();
+        bob.commit(bob.decrypt(&address("alice"), &last).unwrap()).unwrap();
+        (alice, bob, held)
+    }
+
+    fn stored_record(bob: &Device<MemoryBackend>) -> storage::SessionRecord {
+        let row = bob.sealer.address_key(&Address::new("alice", 1).unwrap());
+        let sealed = bob.backend.get(Table::Sessions, &row).unwrap().unwrap();
+        let opened = bob.sealer.open(Table::Sessions, &row, &sealed).unwrap();
+        let parsed = storage::SessionRow::decode(opened.as_slice()).unwrap();
+        storage::SessionRecord::decode(parsed.record.as_slice()).unwrap()
+    }
+
+    /// The session row holds the skipped keys' counters packed
+    /// (`skipped_apart`), not one `SkippedKey` message each: what every call
+    /// parses stays small however many keys are stored.
+    #[test]
+    fn the_session_row_holds_skipped_counters_packed() {
+        let (_, bob, _) = skipped_setup(500);
+        let record = stored_record(&bob);
+        assert!(record.seeds_apart);
+        let chains = &record.current.as_ref().unwrap().ratchet.as_ref().unwrap().receiving;
+        let counters: Vec<u32> = chains.iter().flat_map(|c| c.skipped_apart.iter().copied()).collect();
+        assert_eq!(counters, (0..500).collect::<Vec<u32>>());
+        assert!(chains.iter().all(|c| c.skipped.is_empty()));
+        // About two bytes per key, not a nested message of 4 or more.
+        let row = bob.backend.get(Table::Sessions, &bob.sealer.address_key(&Address::new("alice", 1).unwrap()));
+        assert!(row.unwrap().unwrap().len() < 2 * 1024 + 500 * 2, "row of {} bytes", record.encoded_len());
+    }
+
+    /// A session row written by a release that kept the seeds in the record
+    /// (`seeds_apart` false) still loads; its skipped keys decrypt, and its
+    /// next commit stores it the current way (counters packed, seeds in their
+    /// own row).
+    #[test]
+    fn a_row_with_its_seeds_inside_is_read_and_converted() {
+        let (_, bob, held) = skipped_setup(3);
+        let address = Address::new("alice", 1).unwrap();
+        let row = bob.sealer.address_key(&address);
+        // Rewrite Bob's rows as the previous release stored them: the whole
+        // record, seeds included, and no seeds row.
+        let (_, record) = bob.load_record(&row).unwrap();
+        let mut loaded = LoadedRows { record: None, seeds: None };
+        let mut record = record;
+        bob.load_seeds(&row, &mut loaded, &mut record).unwrap();
+        let legacy = storage::SessionRow {
+            version: ROW_VERSION,
+            user_id: "alice".to_owned(),
+            device_id: 1,
+            record: record.to_bytes().to_vec(),
+        };
+        let sealed = bob.sealer.seal(&mut crate::os_rng(), Table::Sessions, &row, &encode(&legacy));
+        bob.backend
+            .apply(&[
+                Write { table: Table::Sessions, key: row.clone(), value: Some(sealed), expected: Expected::Any },
+                Write { table: Table::Sessions, key: seeds_key(&row), value: None, expected: Expected::Any },
+            ])
+            .unwrap();
+        assert!(!stored_record(&bob).seeds_apart);
+        let pending = bob.decrypt(&address, &held[1]).unwrap();
+        assert_eq!(pending.plaintext(), b"m1");
+        bob.commit(pending).unwrap();
+        let converted = stored_record(&bob);
+        assert!(converted.seeds_apart);
+        assert!(bob.backend.get(Table::Sessions, &seeds_key(&row)).unwrap().is_some());
+        for (i, message) in [(0, &held[0]), (2, &held[2])] {
+            let pending = bob.decrypt(&address, message).unwrap();
+            assert_eq!(pending.plaintext(), format!("m{i}").as_bytes());
+            bob.commit(pending).unwrap();
+        }
     }
 }

@@ -790,15 +790,17 @@ fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
         header_key: chain.header_key.as_secret().as_bytes().to_vec(),
         chain_key: chain.chain_key().map(|ck| ck.as_secret().as_bytes().to_vec()).unwrap_or_default(),
         counter: chain.next_counter(),
+        // A seed not loaded is written as empty bytes; a record stored with
+        // its seeds apart moves the counters to `skipped_apart` (13.4).
         skipped: chain
             .skipped
             .iter()
-            // A seed stored apart is written as empty bytes (13.4).
             .map(|key| storage::SkippedKey {
                 counter: key.counter(),
                 seed: key.seed().map(|seed| seed.as_bytes().to_vec()).unwrap_or_default(),
             })
             .collect(),
+        skipped_apart: Vec::new(),
         used,
     }
 }
@@ -824,22 +826,38 @@ fn chains_from_record(
         } else {
             return Err(DecodeError::InvalidValue("receiving.chain_key"));
         };
-        total_skipped = total_skipped.saturating_add(chain.skipped.len());
+        // Stored with their seeds, or (seeds apart) as packed counters only.
+        let stored = match seeds {
+            Seeds::In if chain.skipped_apart.is_empty() => chain.skipped.len(),
+            Seeds::Apart if chain.skipped.is_empty() => chain.skipped_apart.len(),
+            Seeds::In => return Err(DecodeError::InvalidValue("receiving.skipped_apart")),
+            Seeds::Apart => return Err(DecodeError::InvalidValue("receiving.skipped")),
+        };
+        total_skipped = total_skipped.saturating_add(stored);
         if total_skipped > MAX_STORED_SKIPPED_KEYS {
             return Err(DecodeError::InvalidValue("receiving.skipped"));
         }
-        let mut skipped = VecDeque::with_capacity(chain.skipped.len());
+        let mut skipped = VecDeque::with_capacity(stored);
         let mut previous: Option<u32> = None;
-        for key in &chain.skipped {
-            if key.counter >= chain.counter || previous.is_some_and(|p| p >= key.counter) {
+        let mut check = |counter: u32| {
+            if counter >= chain.counter || previous.is_some_and(|p| p >= counter) {
                 return Err(DecodeError::InvalidValue("receiving.skipped.counter"));
             }
-            previous = Some(key.counter);
-            skipped.push_back(match seeds {
-                Seeds::In => MessageKey::new(Secret32::from_slice(&key.seed, "receiving.skipped.seed")?, key.counter),
-                Seeds::Apart if key.seed.is_empty() => MessageKey::apart(key.counter),
-                Seeds::Apart => return Err(DecodeError::InvalidValue("receiving.skipped.seed")),
-            });
+            previous = Some(counter);
+            Ok(counter)
+        };
+        match seeds {
+            Seeds::In => {
+                for key in &chain.skipped {
+                    let counter = check(key.counter)?;
+                    skipped.push_back(MessageKey::new(Secret32::from_slice(&key.seed, "receiving.skipped.seed")?, counter));
+                }
+            }
+            Seeds::Apart => {
+                for &counter in &chain.skipped_apart {
+                    skipped.push_back(MessageKey::apart(check(counter)?));
+                }
+            }
         }
         if chain.used.len() % USED_ENTRY_LEN != 0 {
             return Err(DecodeError::InvalidValue("receiving.used"));

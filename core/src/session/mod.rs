@@ -813,8 +813,10 @@ impl SessionRecord {
                     (None, Some(kept)) => &mut kept.receiving,
                     (None, None) => continue,
                 };
-                for key in chains.iter_mut().flat_map(|chain| chain.skipped.iter_mut()) {
-                    key.seed.zeroize();
+                // Only the counters, packed; the seeds go to their own row.
+                for chain in chains.iter_mut() {
+                    chain.skipped_apart = chain.skipped.iter().map(|key| key.counter).collect();
+                    chain.skipped.zeroize();
                 }
             }
         }
@@ -913,6 +915,22 @@ impl SessionRecord {
     /// have no seeds until [`Self::attach_seeds`].
     pub(crate) fn from_hot_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         Self::decode(bytes, Seeds::Apart)
+    }
+
+    /// Parses a device's stored record: one written with its seeds apart
+    /// ([`Self::to_hot_bytes`]), or one written by a release that kept them
+    /// in the record (`seeds_apart` false), which is then marked so that its
+    /// next commit writes its seeds to their own row and the record without
+    /// them.
+    pub(crate) fn from_stored_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match Self::decode(bytes, Seeds::Apart) {
+            Err(DecodeError::InvalidValue("seeds_apart")) => {
+                let mut record = Self::decode(bytes, Seeds::In)?;
+                record.skipped_changed = true;
+                Ok(record)
+            }
+            result => result,
+        }
     }
 
     fn decode(bytes: &[u8], seeds: Seeds) -> Result<Self, DecodeError> {
