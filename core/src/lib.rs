@@ -53,6 +53,8 @@ pub fn os_rng() -> OsRng {
 struct ReadmeDoctests;
 
 #[cfg(test)]
+mod loader_checks_tests;
+#[cfg(test)]
 mod wycheproof_tests;
 #[cfg(test)]
 mod zeroize_tests;
