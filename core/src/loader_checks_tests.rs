@@ -847,11 +847,23 @@ fn the_seeds_row_checks() {
         SessionRecord::from_hot_bytes(&encode(&base)).map(|_| ()).unwrap_err(),
         DecodeError::InvalidValue("seeds_apart")
     );
-    let mut with_seed = hot_record.clone();
-    with_seed.archived[0].kept.as_mut().unwrap().receiving[0].skipped[0].seed = vec![1; 32];
+    // Stored apart, the skipped keys are packed counters only: a `SkippedKey`
+    // there is refused, and packed counters in a record with its seeds too.
+    let chain = hot_record.archived[0].kept.as_ref().unwrap().receiving[0].clone();
+    assert!(chain.skipped.is_empty() && !chain.skipped_apart.is_empty());
+    let mut with_key = hot_record.clone();
+    with_key.archived[0].kept.as_mut().unwrap().receiving[0]
+        .skipped
+        .push(storage::SkippedKey { counter: chain.skipped_apart[0], seed: Vec::new() });
     assert_eq!(
-        SessionRecord::from_hot_bytes(&encode(&with_seed)).map(|_| ()).unwrap_err(),
-        DecodeError::InvalidValue("receiving.skipped.seed")
+        SessionRecord::from_hot_bytes(&encode(&with_key)).map(|_| ()).unwrap_err(),
+        DecodeError::InvalidValue("receiving.skipped")
+    );
+    let mut packed_in_whole = base.clone();
+    packed_in_whole.archived[0].kept.as_mut().unwrap().receiving[0].skipped_apart.push(1);
+    assert_eq!(
+        SessionRecord::from_bytes(&encode(&packed_in_whole)).map(|_| ()).unwrap_err(),
+        DecodeError::InvalidValue("receiving.skipped_apart")
     );
     let fresh = || {
         let loaded = SessionRecord::from_hot_bytes(&hot).unwrap();
