@@ -543,6 +543,14 @@ pub fn rows() -> Vec<Row> {
         ("device_scale/sqlite_encrypt/2000", "encrypt + commit, 64 B, 2,000 skipped keys stored"),
         ("device_scale/sqlite_decrypt/0", "in-order decrypt + commit, 64 B, no skipped key stored"),
         ("device_scale/sqlite_decrypt/2000", "in-order decrypt + commit, 64 B, 2,000 skipped keys stored"),
+        (
+            "device_scale/sqlite_encrypt/1000_fragmented",
+            "encrypt + commit, 64 B, 1,000 skipped keys stored, every other one delivered",
+        ),
+        (
+            "device_scale/sqlite_decrypt/1000_fragmented",
+            "in-order decrypt + commit, 64 B, 1,000 skipped keys stored, every other one delivered",
+        ),
     ] {
         out.push(row(scale, what.to_owned(), Some(id.to_owned()), None, None));
     }
@@ -632,7 +640,10 @@ pub fn targets() -> Vec<(&'static str, String, Judge)> {
             Judge::Pairs {
                 pairs: ["sqlite_encrypt", "sqlite_decrypt"]
                     .iter()
-                    .map(|op| (format!("device_scale/{op}/2000"), format!("device_scale/{op}/0")))
+                    .flat_map(|op| {
+                        ["2000", "1000_fragmented"]
+                            .map(|held| (format!("device_scale/{op}/{held}"), format!("device_scale/{op}/0")))
+                    })
                     .collect(),
                 max: 1.2,
             },
@@ -876,13 +887,29 @@ impl<B: Backend> DeviceSetup<B> {
     /// The same, then Alice skips `skipped` messages of a new chain and sends the next: Bob
     /// stores `skipped` skipped keys (and decrypts later messages in order, without them).
     pub fn with_skipped(backend: B, skipped: u32) -> Self {
+        Self::skipping(backend, skipped, false)
+    }
+
+    /// The same, then Alice delivers every other skipped message: Bob keeps half the keys, in as
+    /// many runs as keys (the most fragmented a peer can make them).
+    pub fn with_fragmented_skipped(backend: B, skipped: u32) -> Self {
+        Self::skipping(backend, skipped, true)
+    }
+
+    fn skipping(backend: B, skipped: u32, fragment: bool) -> Self {
         let mut setup = Self::new(backend);
+        // In the same chain as what follows: no DH step in the messages measured.
+        let warm = setup.to_bob(b"warm");
+        setup.bob_receives(&warm);
+        let held: Vec<Vec<u8>> = (0..skipped).map(|_| setup.to_bob(b"held back")).collect();
         if skipped > 0 {
-            for _ in 0..skipped {
-                setup.to_bob(b"never delivered");
-            }
             let message = setup.to_bob(b"far ahead");
             setup.bob_receives(&message);
+        }
+        if fragment {
+            for message in held.iter().skip(1).step_by(2) {
+                setup.bob_receives(message);
+            }
         }
         setup
     }

@@ -805,6 +805,64 @@ fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
     }
 }
 
+/// The skipped keys' counters of a chain stored with its seeds apart, as
+/// ranges (13.1): for each maximal run of consecutive counters, the distance
+/// from the end of the previous run (from 0 for the first; at least 1 after
+/// it) and the run's length (at least 1). A gap leaves one run however long
+/// it is; a peer that delivers every other message of a gap leaves one run
+/// per key, two small numbers each.
+pub(crate) fn to_ranges(counters: impl IntoIterator<Item = u32>) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut end = 0u32;
+    let mut run: Option<(u32, u32)> = None;
+    for counter in counters {
+        run = match run {
+            Some((start, len)) if start.checked_add(len) == Some(counter) => Some((start, len + 1)),
+            Some((start, len)) => {
+                out.extend([start - end, len]);
+                end = start + len;
+                Some((counter, 1))
+            }
+            None => Some((counter, 1)),
+        };
+    }
+    if let Some((start, len)) = run {
+        out.extend([start - end, len]);
+    }
+    out
+}
+
+/// How many counters `ranges` (of [`to_ranges`]) holds, checking its form.
+fn ranges_len(ranges: &[u32]) -> Result<usize, DecodeError> {
+    let invalid = || DecodeError::InvalidValue("receiving.skipped_apart");
+    if ranges.len() % 2 != 0 {
+        return Err(invalid());
+    }
+    let mut total = 0usize;
+    let mut end = 0u32;
+    for (i, pair) in ranges.chunks_exact(2).enumerate() {
+        let (distance, len) = (pair[0], pair[1]);
+        if len == 0 || (i > 0 && distance == 0) {
+            return Err(invalid());
+        }
+        end = end.checked_add(distance).and_then(|start| start.checked_add(len)).ok_or_else(invalid)?;
+        total = total.saturating_add(len as usize);
+    }
+    Ok(total)
+}
+
+/// The counters of `ranges`, already checked by [`ranges_len`].
+fn skipped_ranges(ranges: &[u32]) -> Result<impl Iterator<Item = u32> + '_, DecodeError> {
+    let mut end = 0u32;
+    let mut runs = Vec::with_capacity(ranges.len() / 2);
+    for pair in ranges.chunks_exact(2) {
+        let start = end.checked_add(pair[0]).ok_or(DecodeError::InvalidValue("receiving.skipped_apart"))?;
+        end = start.checked_add(pair[1]).ok_or(DecodeError::InvalidValue("receiving.skipped_apart"))?;
+        runs.push(start..end);
+    }
+    Ok(runs.into_iter().flatten())
+}
+
 /// Parses stored receiving chains, checking every length and invariant.
 /// Only the last chain may keep a chain key, and only if `may_have_current`.
 fn chains_from_record(
@@ -826,10 +884,10 @@ fn chains_from_record(
         } else {
             return Err(DecodeError::InvalidValue("receiving.chain_key"));
         };
-        // Stored with their seeds, or (seeds apart) as packed counters only.
+        // Stored with their seeds, or (seeds apart) as ranges of counters only.
         let stored = match seeds {
             Seeds::In if chain.skipped_apart.is_empty() => chain.skipped.len(),
-            Seeds::Apart if chain.skipped.is_empty() => chain.skipped_apart.len(),
+            Seeds::Apart if chain.skipped.is_empty() => ranges_len(&chain.skipped_apart)?,
             Seeds::In => return Err(DecodeError::InvalidValue("receiving.skipped_apart")),
             Seeds::Apart => return Err(DecodeError::InvalidValue("receiving.skipped")),
         };
@@ -850,11 +908,14 @@ fn chains_from_record(
             Seeds::In => {
                 for key in &chain.skipped {
                     let counter = check(key.counter)?;
-                    skipped.push_back(MessageKey::new(Secret32::from_slice(&key.seed, "receiving.skipped.seed")?, counter));
+                    skipped.push_back(MessageKey::new(
+                        Secret32::from_slice(&key.seed, "receiving.skipped.seed")?,
+                        counter,
+                    ));
                 }
             }
             Seeds::Apart => {
-                for &counter in &chain.skipped_apart {
+                for counter in skipped_ranges(&chain.skipped_apart)? {
                     skipped.push_back(MessageKey::apart(check(counter)?));
                 }
             }

@@ -348,3 +348,25 @@ fn the_sending_public_key_is_stored_or_computed() {
     let reply = loaded.encrypt(&mut rng, b"reply").unwrap();
     assert_eq!(alice.decrypt(&mut rng, &reply).unwrap(), b"reply");
 }
+
+/// The ranges of skipped counters stored apart (13.1): runs, the distance
+/// between them, and the forms a loader refuses.
+#[test]
+fn skipped_counters_as_ranges() {
+    assert_eq!(to_ranges([]), Vec::<u32>::new());
+    assert_eq!(to_ranges(0..2_000), vec![0, 2_000]);
+    assert_eq!(to_ranges([5, 6, 7, 10, 12, 13]), vec![5, 3, 2, 1, 1, 2]);
+    let alternate: Vec<u32> = (0..2_000).step_by(2).collect();
+    let ranges = to_ranges(alternate.iter().copied());
+    assert_eq!(ranges.len(), 2_000);
+    assert_eq!(ranges_len(&ranges).unwrap(), 1_000);
+    assert_eq!(skipped_ranges(&ranges).unwrap().collect::<Vec<_>>(), alternate);
+    let near_max = [u32::MAX - 3, u32::MAX - 2, u32::MAX - 1];
+    assert_eq!(skipped_ranges(&to_ranges(near_max)).unwrap().collect::<Vec<_>>(), near_max);
+    let invalid = Err(DecodeError::InvalidValue("receiving.skipped_apart"));
+    assert_eq!(ranges_len(&[1]), invalid);
+    assert_eq!(ranges_len(&[1, 0]), invalid, "an empty run");
+    assert_eq!(ranges_len(&[1, 2, 0, 3]), invalid, "two runs that touch are one");
+    assert_eq!(ranges_len(&[u32::MAX, 2]), invalid, "past the last counter");
+    assert_eq!(ranges_len(&[0, 1, 4, 2]), Ok(3));
+}

@@ -815,7 +815,7 @@ impl SessionRecord {
                 };
                 // Only the counters, packed; the seeds go to their own row.
                 for chain in chains.iter_mut() {
-                    chain.skipped_apart = chain.skipped.iter().map(|key| key.counter).collect();
+                    chain.skipped_apart = crate::ratchet::to_ranges(chain.skipped.iter().map(|key| key.counter));
                     chain.skipped.zeroize();
                 }
             }
@@ -923,7 +923,7 @@ impl SessionRecord {
     /// next commit writes its seeds to their own row and the record without
     /// them.
     pub(crate) fn from_stored_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match Self::decode(bytes, Seeds::Apart) {
+        match Self::from_hot_bytes(bytes) {
             Err(DecodeError::InvalidValue("seeds_apart")) => {
                 let mut record = Self::decode(bytes, Seeds::In)?;
                 record.skipped_changed = true;
