@@ -16,6 +16,8 @@
     clippy::panic,
     clippy::cast_possible_truncation
 )]
+// The attacks need `samizdat::hazmat`; without it their helpers are unused.
+#![cfg_attr(not(feature = "hazmat"), allow(dead_code, unused_imports))]
 
 mod support;
 
@@ -305,8 +307,19 @@ mod attacker {
 /// N, S archived and displaced). Returns the parties and Alice's first
 /// prekey message on N, with (S, N).
 fn reinitiated_with_smaller_old_session(first_seed: u64) -> (ChaCha20Rng, Party, Party, Vec<u8>, [u8; 32], [u8; 32]) {
+    let (rng, alice, bob, p1, s, n, _) = reinitiated_with_a_copy_before(first_seed);
+    (rng, alice, bob, p1, s, n)
+}
+
+/// As [`reinitiated_with_smaller_old_session`], with a copy of Bob's record
+/// taken on S, before Alice re-initiated.
+#[allow(clippy::type_complexity)]
+fn reinitiated_with_a_copy_before(
+    first_seed: u64,
+) -> (ChaCha20Rng, Party, Party, Vec<u8>, [u8; 32], [u8; 32], Vec<u8>) {
     for seed in first_seed..first_seed + 64 {
         let (mut rng, mut alice, mut bob) = talking(seed);
+        let before = bob.copy();
         let s = bob.current();
         alice.initiate(&mut rng, &bob);
         let n = alice.current();
@@ -316,7 +329,7 @@ fn reinitiated_with_smaller_old_session(first_seed: u64) -> (ChaCha20Rng, Party,
         let p1 = alice.send(&mut rng, b"alice starts N");
         bob.receive(&mut rng, &alice.address.clone(), &p1).unwrap();
         assert_eq!(bob.current(), n);
-        return (rng, alice, bob, p1, s, n);
+        return (rng, alice, bob, p1, s, n, before);
     }
     unreachable!("one seed in 64 gives the order")
 }
@@ -411,6 +424,48 @@ fn audit2_1_broken_rules_5_and_6_alternate_for_ever_after_a_reinitiation() {
         is_prekey(&alice.send(&mut rng, b"still prekey?")),
         refused.len(),
         leaked.len(),
+    );
+}
+
+/// BROKEN. As above, with a copy of Bob's record made while Alice and Bob
+/// were still on S, before Alice re-initiated (an old backup): the copy holds
+/// nothing of N, yet it postpones the heal for ever and reads every message
+/// Bob sends. 9.10: "A copy made before the heal ... can impersonate and read
+/// until the state heals" -- here the heal never comes.
+#[cfg(feature = "hazmat")]
+#[test]
+fn audit2_1_broken_a_copy_made_before_the_reinitiation_also_postpones_the_heal() {
+    let (mut rng, mut alice, mut bob, _, s, _, copy) = reinitiated_with_a_copy_before(2150);
+    let (a, b) = (alice.address.clone(), bob.address.clone());
+    let forge_on = attacker::receiving(&copy, &s);
+    let bob_on_s = attacker::sending(&copy, &s);
+    let (mut leaked, mut refused) = (Vec::new(), Vec::new());
+    const ROUNDS: u32 = 8;
+    for round in 0..ROUNDS {
+        let forged = attacker::forge(&mut rng, &forge_on, forge_on.counter + round, b"ok");
+        if let Err(e) = bob.receive(&mut rng, &a, &forged.to_bytes()) {
+            refused.push(format!("forgery {round}: {e:?}"));
+        }
+        let text = format!("bob's secret {round}");
+        let reply = bob.send(&mut rng, text.as_bytes());
+        if attacker::read(&bob_on_s, &ratchet_of(&reply)).is_some() {
+            leaked.push(round);
+        }
+        if let Err(e) = alice.receive(&mut rng, &b, &reply) {
+            refused.push(format!("bob {round}: {e:?}"));
+        }
+        let message = alice.send(&mut rng, format!("alice {round}").as_bytes());
+        if let Err(e) = bob.receive(&mut rng, &a, &message) {
+            refused.push(format!("alice {round}: {e:?}"));
+        }
+    }
+    let late: Vec<_> = leaked.iter().filter(|round| **round >= 3).collect();
+    assert!(
+        late.is_empty(),
+        "a copy of Bob's record from before Alice's new session read Bob's replies of rounds {leaked:?} of \
+         {ROUNDS}; refused: {refused:?}; Bob healed: {}, Alice healed: {}",
+        all_archived_kept(&bob),
+        all_archived_kept(&alice)
     );
 }
 
@@ -604,10 +659,7 @@ fn audit2_1_replayed_genuine_prekey_messages_flip_nothing() {
     assert_eq!(bob.current(), s, "control: rule 6 moved Bob to S");
     for _ in 0..3 {
         let before = bob.record.to_bytes();
-        assert!(matches!(
-            bob.receive(&mut rng, &a, &p1),
-            Err(SessionError::Decrypt(DecryptError::Duplicate { .. }))
-        ));
+        assert!(matches!(bob.receive(&mut rng, &a, &p1), Err(SessionError::Decrypt(DecryptError::Duplicate { .. }))));
         assert_eq!(*bob.record.to_bytes(), *before);
     }
     // A genuine one not yet delivered does (rule 5), once.
@@ -752,10 +804,14 @@ fn settle(rng: &mut ChaCha20Rng, alice: &mut Party, bob: &mut Party, trips: usiz
 
 fn check(failures: &mut Vec<String>, label: &str, ending: &Ending) {
     if !(ending.same && ending.healed) {
-        failures.push(format!("{label}: same {}, healed {}, refused {}", ending.same, ending.healed, ending.refused.len()));
+        failures.push(format!(
+            "{label}: same {}, healed {}, refused {}",
+            ending.same,
+            ending.healed,
+            ending.refused.len()
+        ));
     }
 }
-
 
 /// Realistic schedules: simultaneous initiation with each side's second
 /// prekey message delayed past the first answers (rule 5 on a delayed
@@ -796,7 +852,11 @@ fn audit2_3_realistic_schedules_converge_and_heal() {
                 bob.reload();
             }
             let ending = settle(&mut rng, &mut alice, &mut bob, 4);
-            check(&mut failures, &format!("simultaneous, delayed prekey messages, seed {seed}, reload {reload}"), &ending);
+            check(
+                &mut failures,
+                &format!("simultaneous, delayed prekey messages, seed {seed}, reload {reload}"),
+                &ending,
+            );
 
             // Both re-initiate at once over S (both saw failures), with one
             // S message each in flight, delivered in the middle.
@@ -874,7 +934,10 @@ fn audit2_3_broken_one_late_message_of_the_old_session_deadlocks_both_sides() {
             ));
         }
     }
-    assert!(failures.is_empty(), "one reordered message of the old session left both sides unable to talk: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "one reordered message of the old session left both sides unable to talk: {failures:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -895,9 +958,7 @@ fn audit2_4_pending_decryptions_commit_only_where_they_were_made() {
     let mut bobs_carol = SessionRecord::new();
     carol.initiate(&mut rng, &bob);
     let hello = carol.send(&mut rng, b"hello bob");
-    bobs_carol
-        .decrypt_and_commit(&mut rng, &bob.identity, &bob.address, &carol.address, &bob.prekeys, &hello)
-        .unwrap();
+    bobs_carol.decrypt_and_commit(&mut rng, &bob.identity, &bob.address, &carol.address, &bob.prekeys, &hello).unwrap();
     let m1 = alice.send(&mut rng, b"m1");
     let m2 = alice.send(&mut rng, b"m2");
     let decrypt = |bob: &Party, wire: &[u8], rng: &mut ChaCha20Rng| {
@@ -954,13 +1015,11 @@ fn audit2_4_pending_new_sessions_stay_with_their_object() {
     alice.initiate(&mut rng, &bob);
     let first = alice.send(&mut rng, b"hello");
     let a = alice.address.clone();
-    let pending =
-        bob.record.decrypt(&mut rng, &bob.identity, &bob.address, &a, &bob.prekeys, &first).unwrap();
+    let pending = bob.record.decrypt(&mut rng, &bob.identity, &bob.address, &a, &bob.prekeys, &first).unwrap();
     let mut reloaded = SessionRecord::from_bytes(&bob.record.to_bytes()).unwrap();
     assert_eq!(reloaded.commit(pending), Err(SessionError::StalePending));
     assert!(!reloaded.has_session());
-    let pending =
-        bob.record.decrypt(&mut rng, &bob.identity, &bob.address, &a, &bob.prekeys, &first).unwrap();
+    let pending = bob.record.decrypt(&mut rng, &bob.identity, &bob.address, &a, &bob.prekeys, &first).unwrap();
     let mut fresh = SessionRecord::new();
     assert_eq!(fresh.commit(pending), Err(SessionError::StalePending));
     // Two pending new sessions from one record: the second is stale.
@@ -1011,7 +1070,8 @@ fn load(record: &storage::SessionRecord) -> Result<SessionRecord, DecodeError> {
 fn audit2_6_the_loader_refuses_records_that_break_the_invariants_of_9_1() {
     let base = record_with_every_kind();
     assert!(load(&base).is_ok(), "control");
-    let cases: Vec<(&str, Box<dyn Fn(&mut storage::SessionRecord)>, DecodeError)> = vec![
+    type Mutation = Box<dyn Fn(&mut storage::SessionRecord)>;
+    let cases: Vec<(&str, Mutation, DecodeError)> = vec![
         (
             "S9 before 8a: a displaced current unanswered initiation",
             Box::new(|r| r.current.as_mut().unwrap().displaced = true),
@@ -1189,9 +1249,11 @@ fn audit2_5_a_directory_at_the_temporary_name_is_refused_and_left_alone() {
     let building = store::building(&path);
     std::fs::create_dir(&building).unwrap();
     std::fs::write(building.join("keep"), b"user data").unwrap();
-    let e = store::open_or_create(&path, store::alice()).err().expect("refused");
+    let Err(e) = store::open_or_create(&path, store::alice()) else { panic!("open_or_create over a directory") };
     assert!(store::is_store_error(&e), "{e:?}");
-    let e = samizdat::device::Device::create(&path, &store::KEY, store::alice(), 0).err().expect("refused");
+    let Err(e) = samizdat::device::Device::create(&path, &store::KEY, store::alice(), 0) else {
+        panic!("create over a directory")
+    };
     assert!(store::is_store_error(&e), "{e:?}");
     assert!(!path.exists());
     assert_eq!(std::fs::read(building.join("keep")).unwrap(), b"user data");
@@ -1293,7 +1355,8 @@ fn audit2_5_broken_a_second_creator_in_its_build_makes_creation_fail_with_a_disk
     };
     let first_identity = first.as_ref().map(|d| d.identity_key()).map_err(|e| format!("{e:?}"));
     drop(first);
-    let again = samizdat::device::Device::open(&path, &store::KEY).map(|d| d.identity_key()).map_err(|e| format!("{e:?}"));
+    let again =
+        samizdat::device::Device::open(&path, &store::KEY).map(|d| d.identity_key()).map_err(|e| format!("{e:?}"));
     assert!(
         documented && first_identity.is_ok() == again.is_ok() && first_identity.as_ref().ok() == again.as_ref().ok(),
         "a concurrent creator holding the temporary database: open_or_create gave {first_identity:?}; \
