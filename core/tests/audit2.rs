@@ -1363,3 +1363,58 @@ fn audit2_5_broken_a_second_creator_in_its_build_makes_creation_fail_with_a_disk
          opening the store afterwards gives {again:?}",
     );
 }
+
+/// BROKEN. 9.10 point 1 and 16.2: after the heal nothing of a copy gets a
+/// message accepted "except the keys of messages already sent when it was
+/// made", which 16.2 bounds by "the counter at which the peer closed it (its
+/// `PN`)". Keys the attacker makes Bob *store* before the heal are not so
+/// bounded:
+///
+/// 1. Bob receives Alice's message on her chain C; the attacker copies Bob.
+/// 2. Bob replies; Alice steps and sends on a new chain, closing C at `PN`
+///    (she never sends on C again).
+/// 3. Before that message reaches Bob, the attacker delivers a forgery on C
+///    (copied chain key) at counter `PN + 1,999`: Bob's current state
+///    decrypts it and stores skipped keys for every counter from `PN` on.
+/// 4. Alice's message arrives: Bob's current state steps (a heal) and keeps
+///    C's skipped keys, although the header says C ended at `PN`. Round
+///    trips follow; Bob heals again and again.
+/// 5. After the heals, the attacker gets forgeries accepted under counters
+///    `PN ..` (up to `MAX_SKIP` = 2,000 of them), none of which Alice ever
+///    sent, as long as C stays among Bob's receiving chains.
+///
+/// Suggested fix: at a DH step, drop the skipped keys of the closed chain at
+/// and past the header's `PN` (no genuine message has them); and document
+/// that keys planted before the heal outlive it otherwise.
+#[cfg(feature = "hazmat")]
+#[test]
+fn audit2_2_broken_keys_planted_past_pn_before_the_heal_stay_forgeable_after_it() {
+    let (mut rng, mut alice, mut bob) = talking(2600);
+    let (a, b) = (alice.address.clone(), bob.address.clone());
+    let m = alice.send(&mut rng, b"on chain C");
+    bob.receive(&mut rng, &a, &m).unwrap();
+    let copy = bob.copy();
+    let c = attacker::receiving(&copy, &bob.current());
+    let r = bob.send(&mut rng, b"bob");
+    alice.receive(&mut rng, &b, &r).unwrap();
+    let next = alice.send(&mut rng, b"alice on a new chain: PN closes C"); // PN = c.counter
+    let planted = attacker::forge(&mut rng, &c, c.counter + 1_999, b"planted");
+    let planted_result = bob.receive(&mut rng, &a, &planted.to_bytes());
+    bob.receive(&mut rng, &a, &next).unwrap();
+    round_trip(&mut rng, &mut alice, &mut bob, 2);
+    let mut accepted = Vec::new();
+    for counter in [c.counter, c.counter + 1, c.counter + 2, c.counter + 1_000, c.counter + 1_998] {
+        let forged = attacker::forge(&mut rng, &c, counter, b"after the heal");
+        if bob.receive(&mut rng, &a, &forged.to_bytes()).is_ok() {
+            accepted.push(counter);
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "before the heal the attacker's message at counter {} was {:?}; after two round trips (Bob healed) Bob \
+         accepted forgeries at counters {accepted:?}, all at or past C's PN = {}: Alice never sent them",
+        c.counter + 1_999,
+        planted_result.map(|_| "accepted"),
+        c.counter
+    );
+}
