@@ -216,6 +216,9 @@ struct Session {
     /// the other party's while it was current and had heard from it (it may
     /// then still step, and a step makes it current again), until a cut.
     displaced: [bool; 2],
+    /// Per party: whether its state came back (was promoted) since its last
+    /// heal; rules 5 and 6 bring a state back only once between heals.
+    came_back: [bool; 2],
 }
 
 impl Session {
@@ -587,6 +590,7 @@ impl World {
             highest: [None; 2],
             sent_on_chain: HashMap::new(),
             displaced: [false; 2],
+            came_back: [false; 2],
         });
         self.model[who.index()].current = Some(self.sessions.len() - 1);
         self.stats.initiations += 1;
@@ -723,31 +727,41 @@ impl World {
     /// the two or the current one offered the same one-time prekey;
     /// otherwise if its base key is the smaller. Nothing else while the
     /// current state is an unanswered initiation. A state displaced by a new
-    /// session, on a DH step. A session the other party initiated and sent
-    /// on only on its first chain, on a message with a prekey header. Any
-    /// other if its base key is the smaller.
-    fn promotes(&self, party: Party, session: usize, prekey: bool, step: bool) -> bool {
-        let Some(current) = self.model[party.index()].current else { return true };
+    /// session, on a DH step, unless it came back since the last heal (the
+    /// current one is then displaced in turn). A session the other party initiated and sent on
+    /// only on its first chain, on a message with a prekey header, unless it
+    /// came back since the last heal. Any other if its base key is the
+    /// smaller, unless the current session is one the other party initiated
+    /// and `party` has not answered yet.
+    /// Returns whether it does, and whether by rule 4 (the state it leaves is
+    /// then displaced in turn).
+    fn promotes(&self, party: Party, session: usize, prekey: bool, step: bool) -> (bool, bool) {
+        let (plain, back) = ((true, false), (true, true));
+        let no = (false, false);
+        let Some(current) = self.model[party.index()].current else { return plain };
         let unanswered = |s: &Session| s.initiator == party && s.highest[party.index()].is_none();
         let (s, c) = (&self.sessions[session], &self.sessions[current]);
         let smaller = s.base_key.as_bytes() < c.base_key.as_bytes();
         if unanswered(s) {
             if !unanswered(c) {
-                return smaller;
+                return (smaller, false);
             }
             let dead = c.one_time.is_some() && c.one_time == s.one_time;
-            return dead || session > current;
+            return (dead || session > current, false);
         }
         if unanswered(c) {
-            return false;
+            return no;
         }
-        if s.displaced[party.index()] && step {
-            return true;
+        if s.displaced[party.index()] && step && !s.came_back[party.index()] {
+            return back;
         }
-        if prekey && s.initiator != party && s.highest[party.index()] == Some(0) {
-            return true;
+        if prekey && s.initiator != party && s.highest[party.index()] == Some(0) && !s.came_back[party.index()] {
+            return plain;
         }
-        smaller
+        let owes = c.initiator != party
+            && c.highest[party.index()] == Some(0)
+            && c.sent_on_chain.get(&(party, 0)).copied().unwrap_or(0) == 0;
+        (!owes && smaller, false)
     }
 
     /// `party`'s current state took a DH step: every other state it holds is
@@ -757,6 +771,9 @@ impl World {
         let model = &mut self.model[party.index()];
         model.heals += 1;
         let (heals, current) = (model.heals, model.current);
+        if let Some(current) = current {
+            self.sessions[current].came_back[party.index()] = false;
+        }
         let mut changed = false;
         for session in 0..self.sessions.len() {
             if Some(session) == current {
@@ -851,8 +868,11 @@ impl World {
                 let was_current = self.model[to.index()].current == Some(m.session);
                 let prekey = matches!(Message::from_bytes(&m.bytes), Ok(Message::PreKey(_)));
                 let step_here = self.sessions[m.session].highest[to.index()].is_none_or(|h| m.chain > h);
-                let promoted =
-                    expected == Expect::Existing && !was_current && self.promotes(to, m.session, prekey, step_here);
+                let (promoted, back) = if expected == Expect::Existing && !was_current {
+                    self.promotes(to, m.session, prekey, step_here)
+                } else {
+                    (false, false)
+                };
                 let s = &mut self.sessions[m.session];
                 if expected == Expect::Kept {
                     // A kept key: used up, no promotion, no DH step.
@@ -892,9 +912,13 @@ impl World {
                     if promoted {
                         self.stats.promoted += 1;
                         if let Some(previous) = self.model[to.index()].current {
-                            self.sessions[previous].displaced[to.index()] = false;
+                            let p = &mut self.sessions[previous];
+                            // Rule 4: the state it leaves is displaced in turn
+                            // (unless it is an unanswered initiation).
+                            p.displaced[to.index()] = back && p.highest[to.index()].is_some();
                         }
                         self.sessions[m.session].displaced[to.index()] = false;
+                        self.sessions[m.session].came_back[to.index()] = true;
                         self.model[to.index()].current = Some(m.session);
                     } else if !was_current {
                         self.stats.archived_decryptions += 1;

@@ -80,66 +80,93 @@ fn an_empty_file_is_not_a_place_for_a_new_identity() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A new store is made under a temporary name and named only once whole, so
-/// a crash never leaves an empty file (which a later open refuses, above)
-/// where the store should be. What a crash leaves under the temporary name is
-/// finished if it is the device asked for, and replaced if it is anything
-/// else. (`crash.rs` kills creations at random points.)
+/// A new store is made under a temporary name of its own and named only once
+/// whole, so a crash never leaves an empty file (which a later open refuses,
+/// above) where the store should be (`crash.rs` kills creations at random
+/// points). What crashes leave under temporary names is removed once stale;
+/// a second name left by a kill between naming and unlinking is removed on
+/// open; nothing planted at a temporary name is ever opened or followed.
 #[test]
 fn a_creation_that_crashed_leaves_no_file_in_the_way() {
     let dir = dir("creating");
     let path = dir.join("store.db");
-    let building = dir.join("store.db.samizdat-new");
-    // Killed after SQLite made the file, before the schema: an empty file.
-    std::fs::write(&building, b"").unwrap();
+    let stale = |name: &str| {
+        let file = std::fs::File::options().write(true).open(dir.join(name)).unwrap();
+        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3_600)).unwrap();
+    };
+    // Left by crashes: an empty file, a complete device under another key
+    // (with its log), both an hour old.
+    std::fs::write(dir.join("store.db.samizdat-new-11-0"), b"").unwrap();
+    drop(Device::create(dir.join("store.db.samizdat-new-12-3"), &[9; 32], address("a"), 0).unwrap());
+    std::fs::write(dir.join("store.db.samizdat-new-12-3-wal"), b"log").unwrap();
+    stale("store.db.samizdat-new-11-0");
+    stale("store.db.samizdat-new-12-3");
+    // A recent one (another creator may be building in it) and a symbolic
+    // link to a file elsewhere: left alone, never opened.
+    std::fs::write(dir.join("store.db.samizdat-new-13-0"), b"").unwrap();
+    let elsewhere = dir.join("elsewhere.db");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&elsewhere, dir.join("store.db.samizdat-new-0-0")).unwrap();
+
     let device = Device::open_or_create(&path, &KEY, address("a"), 0).unwrap();
-    assert_eq!(device.address(), &address("a"));
     let identity = device.identity_key();
     drop(device);
-    assert!(!building.exists(), "the temporary file is gone");
     assert_eq!(Device::open(&path, &KEY).unwrap().identity_key(), identity);
-    std::fs::remove_file(&path).unwrap();
-
-    // Killed after the device was made, before it was named: that device
-    // is the one opened (nothing is lost: it may have been handed out).
-    drop(Device::create(&building, &KEY, address("a"), 0).unwrap());
-    let left = Device::open(&building, &KEY).unwrap().identity_key();
-    let device = Device::open_or_create(&path, &KEY, address("a"), 0).unwrap();
-    assert_eq!(device.identity_key(), left);
-    drop(device);
-    assert!(!building.exists());
-    std::fs::remove_file(&path).unwrap();
-
-    // Left by a creation under another storage key, or for another
-    // address: replaced by a new device.
-    for (key, other) in [([9; 32], address("a")), (KEY, address("b"))] {
-        drop(Device::create(&building, &key, other.clone(), 0).unwrap());
-        let device = Device::create(&path, &KEY, address("a"), 0).unwrap();
-        assert_eq!(device.address(), &address("a"));
-        drop(device);
-        assert!(Device::open(&path, &KEY).is_ok());
-        assert!(!building.exists());
-        std::fs::remove_file(&path).unwrap();
+    assert!(!elsewhere.exists(), "nothing was created through the link");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    entries.sort();
+    let mut expected = vec!["store.db", "store.db.samizdat-new-13-0"];
+    if cfg!(unix) {
+        expected.insert(1, "store.db.samizdat-new-0-0");
     }
+    assert_eq!(entries, expected, "the stale leftovers are gone, the rest left alone");
 
     // Killed between naming the store and removing its temporary name: the
     // store has two names, and the temporary one is removed on open.
-    let identity = Device::create(&path, &KEY, address("a"), 0).unwrap().identity_key();
-    std::fs::hard_link(&path, &building).unwrap();
+    std::fs::hard_link(&path, dir.join("store.db.samizdat-new-14-0")).unwrap();
     assert_eq!(Device::open(&path, &KEY).unwrap().identity_key(), identity);
-    assert!(!building.exists());
-    // A second name that is not the temporary one is still refused.
+    assert!(!dir.join("store.db.samizdat-new-14-0").exists());
+    // A second name that is not a temporary one is still refused.
     let other = dir.join("other-name.db");
     std::fs::hard_link(&path, &other).unwrap();
     assert!(matches!(store_error(Device::open(&path, &KEY)), StoreError::MovedOrLinked));
     std::fs::remove_file(&other).unwrap();
-    std::fs::remove_file(&path).unwrap();
 
     // `create` over an existing store still fails.
-    drop(Device::create(&path, &KEY, address("a"), 0).unwrap());
     assert!(matches!(store_error(Device::create(&path, &KEY, address("a"), 0)), StoreError::AlreadyExists));
-    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(entries, ["store.db"], "nothing else is left in the directory");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two handles creating one store at once (two threads; two processes would
+/// do the same): each builds under its own temporary name, one names its
+/// store, the other opens that one. Both end with the same device, and no
+/// temporary file is left.
+#[test]
+fn handles_creating_one_store_at_once_end_with_one_device() {
+    let dir = dir("racing");
+    for round in 0..10 {
+        let path = dir.join(format!("store-{round}.db"));
+        let barrier = std::sync::Barrier::new(2);
+        let identities: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        Device::open_or_create(&path, &KEY, address("a"), 0).map(|device| device.identity_key())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let identities: Vec<_> = identities.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(identities[0], identities[1], "round {round}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.contains(".samizdat-new-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

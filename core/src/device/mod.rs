@@ -76,7 +76,7 @@ use crate::{
     keys::{IdentityKey, IdentityKeyPair, fixed},
     limits::MAX_WRITE_ATTEMPTS,
     prekeys::{PreKeyError, PreKeySet},
-    store::{Backend, Built, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
 };
 
 pub use self::pending::{PendingBatch, PendingMessage};
@@ -189,26 +189,10 @@ impl Device<SqliteBackend> {
         Self::open_in(SqliteBackend::open(path)?, storage_key)
     }
 
-    /// Makes `backend` (a store under its temporary name, 14.8) hold the
-    /// device of `address` under `storage_key`: creates it if it is empty;
-    /// a device left there by a creation that crashed is kept if it is that
-    /// device, discarded otherwise.
-    fn build(
-        backend: &SqliteBackend,
-        storage_key: &[u8; 32],
-        address: &Address,
-        now: u64,
-    ) -> Result<Built, DeviceError> {
-        let sealer = Sealer::new(storage_key);
-        match retry_on_conflict(|| Self::create_rows(backend, &sealer, address, now)) {
-            Ok(_) | Err(DeviceError::Store(StoreError::AlreadyExists)) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(match read_identity(backend, &sealer) {
-            Ok((_, found)) if found == *address => Built::Complete,
-            Ok(_) | Err(DeviceError::Store(StoreError::WrongKey | StoreError::Corrupt { .. })) => Built::Discard,
-            Err(e) => return Err(e),
-        })
+    /// Creates the device of `address` under `storage_key` in `backend` (a
+    /// new, empty store under its temporary name, 14.6).
+    fn build(backend: &SqliteBackend, storage_key: &[u8; 32], address: &Address, now: u64) -> Result<(), DeviceError> {
+        Self::create_rows(backend, &Sealer::new(storage_key), address, now).map(|_| ())
     }
 
     /// Opens the device in the SQLite database at `path`. Nothing is

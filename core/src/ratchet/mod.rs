@@ -228,6 +228,8 @@ enum PlanKind {
 struct StepPlan {
     /// Keys skipped on the chain being closed, up to the peer's `PN`, and its final chain key.
     closing: Option<(Vec<MessageKey>, ChainKey)>,
+    /// The peer's `PN`: where the chain being closed ends.
+    previous_counter: u32,
     root_key: RootKey,
     receiving: ReceivingChain,
     sending: SendingChain,
@@ -245,6 +247,7 @@ enum Found {
 /// without randomness.
 struct ReceiveStep {
     closing: Option<(Vec<MessageKey>, ChainKey)>,
+    previous_counter: u32,
     /// The root key after the receiving root step.
     root_key: RootKey,
     receiving: ReceivingChain,
@@ -429,6 +432,12 @@ impl DoubleRatchet {
         !self.receiving.is_empty()
     }
 
+    /// Whether this state has sent on its current sending chain yet (false
+    /// for a responder that has not answered its first receiving chain).
+    pub(crate) fn has_sent_on_chain(&self) -> bool {
+        self.sending.chain.as_ref().is_some_and(|(chain_key, _)| chain_key.index() > 0)
+    }
+
     /// The receiving chains, oldest first.
     pub(crate) fn chains(&self) -> &VecDeque<ReceivingChain> {
         &self.receiving
@@ -464,6 +473,7 @@ impl DoubleRatchet {
         };
         Ok(StepPlan {
             closing: step.closing,
+            previous_counter: step.previous_counter,
             root_key,
             receiving: step.receiving,
             sending,
@@ -489,13 +499,17 @@ impl DoubleRatchet {
                 }
             }
             PlanKind::Step(step) => {
-                let StepPlan { closing, root_key, receiving, sending, next_receiving_header_key } = *step;
+                let StepPlan { closing, previous_counter, root_key, receiving, sending, next_receiving_header_key } =
+                    *step;
                 if let (Some(current), Some((skipped, chain_key))) = (self.receiving.back_mut(), closing) {
                     current.skipped.extend(skipped);
                     current.set_chain_key(chain_key);
                 }
+                // The peer sent `PN` messages on the chain it closed: keys at
+                // or past it were derived for messages it never sent (a
+                // forgery far ahead, from a copy of the chain key), and go.
                 if let Some(current) = self.receiving.back_mut() {
-                    current.close();
+                    current.close_at(previous_counter);
                 }
                 let mut receiving = receiving;
                 receiving.used.push_back(used);
@@ -556,6 +570,7 @@ impl DoubleRatchet {
         let (skipped, message_key, receiving_chain_key) = advance(&receiving_chain_key, header.counter)?;
         let step = ReceiveStep {
             closing,
+            previous_counter: header.previous_counter,
             root_key,
             receiving: ReceivingChain::new(
                 header.ratchet_key,

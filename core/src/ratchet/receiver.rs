@@ -87,6 +87,18 @@ impl ReceivingChain {
         }
     }
 
+    /// Closes the chain where the peer closed it (its `PN`, up to which the
+    /// chain key was derived first): the skipped keys and used counters at
+    /// or past `end` are dropped (only forgeries made them), and the chain
+    /// ends there.
+    pub(crate) fn close_at(&mut self, end: u32) {
+        self.skipped.retain(|key| key.counter() < end);
+        self.used.retain(|(counter, _)| *counter < end);
+        if let Some(ck) = self.chain_key.take() {
+            self.closed_at = ck.index().min(end);
+        }
+    }
+
     /// The position and key of the skipped message `counter`, if kept.
     pub(crate) fn find_skipped(&self, counter: u32) -> Option<(usize, &MessageKey)> {
         let position = self.skipped.binary_search_by_key(&counter, MessageKey::counter).ok()?;

@@ -180,6 +180,15 @@ enum Slot {
     Archived(usize),
 }
 
+/// How an archived state became current (`SessionRecord::promotes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promotion {
+    /// By rule 4: the state it leaves is displaced in turn.
+    Back,
+    /// By any other rule.
+    Plain,
+}
+
 enum Change {
     /// A message of an existing state; `prekey` if it came with a prekey
     /// header (its sender has not had our answer on that state yet).
@@ -354,6 +363,7 @@ impl SessionRecord {
             kept_since: 0,
             initiated: self.initiations,
             displaced: false,
+            came_back: false,
         };
         self.install(state);
         Ok(())
@@ -487,6 +497,7 @@ impl SessionRecord {
             kept_since: 0,
             initiated: 0,
             displaced: false,
+            came_back: false,
         };
         Ok(PendingDecrypt {
             plaintext: Zeroizing::new(plaintext),
@@ -614,7 +625,7 @@ impl SessionRecord {
                 // Decided before the plan clears the pending prekey header.
                 let promote = match slot {
                     Slot::Archived(i) => self.promotes(i, prekey, step),
-                    Slot::Current => false,
+                    Slot::Current => None,
                 };
                 let Some(state) = (match slot {
                     Slot::Current => self.current.as_mut(),
@@ -668,6 +679,9 @@ impl SessionRecord {
     /// than [`MAX_KEPT_STATE_HEALS`] heals.
     fn heal(&mut self) {
         self.heals = self.heals.saturating_add(1);
+        if let Some(current) = &mut self.current {
+            current.came_back = false;
+        }
         let heals = self.heals;
         self.archived = std::mem::take(&mut self.archived)
             .into_iter()
@@ -698,8 +712,11 @@ impl SessionRecord {
     ///    state.
     /// 4. A state a new session of the peer's displaced (it had heard from
     ///    the peer), on a DH step: the peer answered our latest message on
-    ///    it, so the new session's prekey message was one it sent long ago
-    ///    and has left behind.
+    ///    it, so the new session's prekey message may be one it sent long
+    ///    ago and has left behind. Once between heals; the state it leaves is
+    ///    displaced in turn, so that if the step was an old message of the
+    ///    peer's (sent before its new session), the peer's next step on the
+    ///    new session brings that one back.
     /// 5. A state the peer initiated and has sent on only with its first
     ///    chain, on a message with a prekey header: the peer is still
     ///    waiting for our answer on it, and will wait (rule 3 on its side).
@@ -713,42 +730,51 @@ impl SessionRecord {
     /// and 5 need messages of a state the peer has not answered or not
     /// stepped on, which a heal cuts too; rule 4 needs a new session of the
     /// peer's, which no copy of a record can make.
-    fn promotes(&self, i: usize, prekey: bool, step: bool) -> bool {
-        let Some(state) = self.archived.get(i) else { return false };
-        if !state.is_full() {
-            return false;
-        }
-        let Some(current) = &self.current else { return true };
+    fn promotes(&self, i: usize, prekey: bool, step: bool) -> Option<Promotion> {
+        let promote = |yes: bool| yes.then_some(Promotion::Plain);
+        let state = self.archived.get(i).filter(|state| state.is_full())?;
+        let Some(current) = &self.current else { return Some(Promotion::Plain) };
         let smaller = state.base_key.as_bytes() < current.base_key.as_bytes();
         if state.is_unanswered_initiation() {
             if !current.is_unanswered_initiation() {
-                return smaller;
+                return promote(smaller);
             }
             let one_time = |s: &SessionState| s.pending_prekey.as_ref().and_then(|h| h.one_time_prekey_id);
             let dead = one_time(current).is_some() && one_time(current) == one_time(state);
-            return dead || state.initiated > current.initiated;
+            return promote(dead || state.initiated > current.initiated);
         }
         if current.is_unanswered_initiation() {
-            return false;
+            return None;
         }
-        if state.displaced && step {
-            return true;
+        // Rule 4, once per state between heals; the state it leaves is then
+        // displaced in turn (one late message of the old session must not
+        // strand us there: audit2_3_*).
+        if state.displaced && step && !state.came_back {
+            return Some(Promotion::Back);
         }
-        if prekey && !state.initiator && state.chains().len() == 1 {
-            return true;
+        // Rule 5 brings a state back at most once between heals: a copy of an
+        // old record can forge its messages (the header is public, the chain
+        // key copied), and alternating it with rule 6 would otherwise
+        // postpone the heal for ever (audit2_1_*).
+        if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back {
+            return Some(Promotion::Plain);
         }
-        smaller
+        // Rule 6 never leaves a session the peer waits for us to answer.
+        promote(!current.owes_an_answer() && smaller)
     }
 
     /// Archived state `i` decrypted a message: it becomes current if
     /// `promote` ([`Self::promotes`]); a cut state that used its last key is
     /// dropped.
-    fn after_archived_decrypt(&mut self, i: usize, promote: bool) {
-        if promote {
+    fn after_archived_decrypt(&mut self, i: usize, promote: Option<Promotion>) {
+        if let Some(promotion) = promote {
             if let Some(mut promoted) = self.archived.remove(i) {
+                // (Set for rule 2 too: such a state cannot come back by it
+                // again anyway.)
+                promoted.came_back = true;
                 promoted.displaced = false;
                 if let Some(mut previous) = self.current.replace(promoted) {
-                    previous.displaced = false;
+                    previous.displaced = promotion == Promotion::Back && !previous.is_unanswered_initiation();
                     self.archived.push_front(previous);
                 }
             }

@@ -42,11 +42,23 @@ pub(crate) struct SessionState {
     /// when the peer's new session replaced it: it may still step, and a
     /// step makes it current again (PROTOCOL.md 9.10). Cleared by a cut.
     pub(crate) displaced: bool,
+    /// Whether the state became current again by rule 5 or 6 of
+    /// `SessionRecord::promotes` since the last heal (once only).
+    pub(crate) came_back: bool,
 }
 
 impl SessionState {
     pub(crate) fn is_full(&self) -> bool {
         matches!(self.keys, Keys::Full(_))
+    }
+
+    /// Whether this is a state the peer initiated that we have not answered
+    /// yet: a responder state with only the peer's first chain, on which we
+    /// have not sent. The peer waits for our answer on it (it keeps a
+    /// session it initiated until it is answered).
+    pub(crate) fn owes_an_answer(&self) -> bool {
+        !self.initiator
+            && matches!(&self.keys, Keys::Full(ratchet) if ratchet.chains().len() == 1 && !ratchet.has_sent_on_chain())
     }
 
     /// Whether this is a state we initiated whose first messages the peer
@@ -86,8 +98,17 @@ impl SessionState {
     /// Cuts a full state down to its kept keys (at heal number `heals`);
     /// `None` if it would keep no key (it is then dropped).
     pub(crate) fn cut(self, heals: u64) -> Option<Self> {
-        let Self { keys, remote_identity, base_key, initiator, pending_prekey: _, kept_since, initiated, displaced: _ } =
-            self;
+        let Self {
+            keys,
+            remote_identity,
+            base_key,
+            initiator,
+            pending_prekey: _,
+            kept_since,
+            initiated,
+            displaced: _,
+            came_back: _,
+        } = self;
         let (kept, kept_since) = match keys {
             Keys::Full(ratchet) => (ratchet.into_kept_keys(), heals),
             Keys::Kept(kept) => (kept, kept_since),
@@ -101,6 +122,7 @@ impl SessionState {
             kept_since,
             initiated,
             displaced: false,
+            came_back: false,
         })
     }
 
@@ -158,6 +180,7 @@ impl SessionState {
             kept_since: self.kept_since,
             initiated: self.initiated,
             displaced: self.displaced,
+            came_back: self.came_back,
         }
     }
 
@@ -200,6 +223,9 @@ impl SessionState {
         if record.displaced && (pending_prekey.is_some() || !matches!(keys, Keys::Full(_))) {
             return Err(DecodeError::InvalidValue("displaced"));
         }
+        if record.came_back && !matches!(keys, Keys::Full(_)) {
+            return Err(DecodeError::InvalidValue("came_back"));
+        }
         Ok(Self {
             keys,
             remote_identity,
@@ -209,6 +235,7 @@ impl SessionState {
             kept_since: record.kept_since,
             initiated: record.initiated,
             displaced: record.displaced,
+            came_back: record.came_back,
         })
     }
 }

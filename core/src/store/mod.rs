@@ -36,7 +36,6 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-pub(crate) use self::sqlite_create::Built;
 pub use self::{
     memory::MemoryBackend,
     sqlite::{SCHEMA_VERSION, SqliteBackend},

@@ -1,64 +1,110 @@
 //! Making a new SQLite store so that a crash never leaves a half-made file
-//! under the store's name: it is built under a temporary name beside it and
-//! gets its name only once complete.
+//! under the store's name: it is built under a temporary name of its own
+//! beside it and gets its name only once complete (PROTOCOL.md 14.6).
 
 use std::{
     ffi::OsString,
     io::ErrorKind,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
 };
 
 use super::{SqliteBackend, StoreError};
 
-/// The suffix of the temporary name a store is built under.
-const BUILDING_SUFFIX: &str = ".samizdat-new";
+/// What follows the store's file name in a temporary name:
+/// `<name>.samizdat-new-<process id>-<number>`.
+const BUILDING_MARK: &str = ".samizdat-new-";
 
-/// How many times a creation starts over when another handle, creating the
-/// same store at the same moment, took the temporary file away.
-const CREATE_ATTEMPTS: usize = 3;
+/// A temporary file older than this is what a creation that crashed left:
+/// creating a store takes milliseconds.
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
-/// What the builder found in the temporary file.
-pub(crate) enum Built {
-    /// The temporary store holds what it must: give it its name.
-    Complete,
-    /// The temporary store holds something else (left by a creation that
-    /// crashed, under another key or for another address): delete it and
-    /// start over.
-    Discard,
+/// How many temporary names a creation tries before giving up (each is new,
+/// so only files planted at every one of them can exhaust it).
+const NAME_ATTEMPTS: usize = 8;
+
+/// Numbers the temporary names of this process.
+static BUILDS: AtomicU64 = AtomicU64::new(0);
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
-/// The temporary name of the store at `path`, and the names of the log and
-/// shared-memory index SQLite keeps beside it.
-fn building_names(path: &Path) -> [PathBuf; 3] {
-    let with = |suffix: &str| {
-        let mut name = OsString::from(path.as_os_str());
-        name.push(BUILDING_SUFFIX);
-        name.push(suffix);
-        PathBuf::from(name)
+/// The temporary names left beside `path` (by any process), as found in its
+/// directory: only files of this store, never anything else.
+fn temporaries(path: &Path) -> Vec<PathBuf> {
+    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { return Vec::new() };
+    let prefix = format!("{file_name}{BUILDING_MARK}");
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     };
-    [with(""), with("-wal"), with("-shm")]
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry.file_name().to_str().is_some_and(|name| {
+                // The database itself, not its `-wal`/`-shm` (removed with it).
+                name.starts_with(&prefix) && !name.ends_with("-wal") && !name.ends_with("-shm")
+            })
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
-fn remove_if_present(path: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
+/// Removes `name` and the log and index SQLite keeps beside it.
+fn remove_with_companions(name: &Path) -> Result<(), StoreError> {
+    for file in [name.to_path_buf(), with_suffix(name, "-wal"), with_suffix(name, "-shm")] {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
-/// Removes the temporary name of the store at `path` if it is a second name
-/// of that very file: a creation was killed between naming the store and
-/// removing the temporary name (the store is complete; with two names it
-/// would be refused, [`StoreError::MovedOrLinked`]).
+/// Removes what creations that crashed left beside `path`: temporary names
+/// older than [`STALE_AFTER`] (a symbolic link is removed, never followed).
+fn remove_stale(path: &Path) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    for name in temporaries(path) {
+        let Ok(metadata) = std::fs::symlink_metadata(&name) else { continue };
+        let age = metadata.modified().ok().and_then(|t| now.duration_since(t).ok());
+        if metadata.is_dir() || age.is_none_or(|age| age < STALE_AFTER) {
+            continue;
+        }
+        remove_with_companions(&name)?;
+    }
+    Ok(())
+}
+
+/// Removes a temporary name that is a second name of the store at `path`:
+/// a creation was killed between naming the store and removing its
+/// temporary name, or another handle opens the store in that instant. (The
+/// store is complete; with two names it would be refused,
+/// [`StoreError::MovedOrLinked`].) Any other second name is left alone.
 pub(super) fn finish_interrupted(path: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let [building, _, _] = building_names(path);
-        if let (Ok(named), Ok(temporary)) = (std::fs::metadata(path), std::fs::metadata(&building))
-            && (named.dev(), named.ino()) == (temporary.dev(), temporary.ino())
-        {
-            remove_if_present(&building)?;
+        let Ok(named) = std::fs::metadata(path) else { return Ok(()) };
+        if named.nlink() < 2 {
+            return Ok(());
+        }
+        for name in temporaries(path) {
+            if let Ok(temporary) = std::fs::symlink_metadata(&name)
+                && temporary.is_file()
+                && (named.dev(), named.ino()) == (temporary.dev(), temporary.ino())
+            {
+                match std::fs::remove_file(&name) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
     }
     #[cfg(not(unix))]
@@ -68,57 +114,60 @@ pub(super) fn finish_interrupted(path: &Path) -> Result<(), StoreError> {
 
 impl SqliteBackend {
     /// Makes the store at `path` unless a file is there already, without
-    /// ever leaving an incomplete file under that name: `build` fills a
-    /// store opened under a temporary name beside `path` (`<path>.samizdat-new`,
-    /// reused if a crash left one: `build` sees what it holds), which is
-    /// closed and then linked to `path` (an atomic step that fails if `path`
-    /// exists) and unlinked. On return, `path` names a store: ours (`true`),
-    /// or one that was there already or that another handle made meanwhile
-    /// (`false`).
-    ///
-    /// Another handle opening `path` in the instant between the link and
-    /// the unlink sees a file with two names and is refused
-    /// ([`StoreError::MovedOrLinked`]); it can open again.
+    /// ever leaving an incomplete file under that name. `build` fills a new
+    /// store under a temporary name beside `path` that no one else uses:
+    /// `<path>.samizdat-new-<process>-<number>`, created exclusively (it
+    /// fails if anything is there, a symbolic link included, and another
+    /// name is tried). The store is closed, linked to `path` (an atomic step
+    /// that fails if `path` exists), and its temporary name removed. On
+    /// return, `path` names a store: ours (`true`), or one that was there
+    /// already or that another handle made meanwhile (`false`). Temporary
+    /// files more than a minute old, left by creations that crashed, are
+    /// removed first.
     ///
     /// # Errors
     /// What `build` returns; a store error; [`StoreError::Io`] if the
-    /// directory cannot be written; [`StoreError::Locked`] if other creators
-    /// took the temporary file away [`CREATE_ATTEMPTS`] times.
+    /// directory cannot be written, or if files are planted at every
+    /// temporary name tried.
     pub(crate) fn create_new<E: From<StoreError>>(
         path: &Path,
-        mut build: impl FnMut(&SqliteBackend) -> Result<Built, E>,
+        build: impl FnOnce(&SqliteBackend) -> Result<(), E>,
     ) -> Result<bool, E> {
         super::sqlite::check_path(path)?;
-        let [building, wal, shm] = building_names(path);
-        for _ in 0..CREATE_ATTEMPTS {
-            if path.exists() {
-                return Ok(false);
-            }
-            let backend = SqliteBackend::open(&building)?;
-            let built = build(&backend)?;
-            // The last connection closes: SQLite moves its log into the file
-            // and deletes it.
-            drop(backend);
-            if let Built::Discard = built {
-                for name in [&building, &wal, &shm] {
-                    remove_if_present(name)?;
-                }
-                continue;
-            }
-            let ours = match std::fs::hard_link(&building, path) {
-                Ok(()) => true,
-                // Someone gave `path` a file first: ours is not needed.
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
-                // Another creator published and removed the temporary file
-                // while we built in it: start over.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Io(e).into()),
-            };
-            for name in [&building, &wal, &shm] {
-                remove_if_present(name)?;
-            }
-            return Ok(ours);
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Ok(false);
         }
-        Err(StoreError::Locked.into())
+        remove_stale(path)?;
+        let building = reserve(path)?;
+        let built = SqliteBackend::open(&building).map_err(E::from).and_then(|backend| build(&backend));
+        // The last connection has closed: SQLite moved its log into the file
+        // and deleted it.
+        if let Err(e) = built {
+            remove_with_companions(&building)?;
+            return Err(e);
+        }
+        let linked = std::fs::hard_link(&building, path);
+        remove_with_companions(&building)?;
+        match linked {
+            Ok(()) => Ok(true),
+            // Someone gave `path` a file first: ours is not needed.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::Io(e).into()),
+        }
     }
+}
+
+/// Creates an empty file at a temporary name of `path` that did not exist.
+fn reserve(path: &Path) -> Result<PathBuf, StoreError> {
+    let mut last = None;
+    for _ in 0..NAME_ATTEMPTS {
+        let number = BUILDS.fetch_add(1, Ordering::Relaxed);
+        let name = with_suffix(path, &format!("{BUILDING_MARK}{}-{number}", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&name) {
+            Ok(_) => return Ok(name),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or(StoreError::Locked, StoreError::Io))
 }
