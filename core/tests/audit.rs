@@ -2076,38 +2076,69 @@ fn audit_1_keys_derived_after_the_copy_from_a_copied_chain_key_are_forgeable_unt
     round_trip(&mut rng, &mut alice, &mut bob, 1);
 }
 
-/// BROKEN (minor): `PendingBatch::results` says "a failed message changes
-/// nothing", but `commit_batch` writes a row for every peer the batch named,
-/// also when every message from it failed. A server that queues forgeries
-/// "from" made-up addresses makes the app store one (empty) session row per
-/// address: the store grows without bound, and its row count (which a copy
-/// of the files shows, 16.6) no longer tells anything, or tells the server's
-/// story.
+/// Found broken (minor): `PendingBatch::results` says "a failed message
+/// changes nothing", but `commit_batch` wrote a row for every peer the batch
+/// named, also when every message from it failed. A server that queues
+/// forgeries "from" made-up addresses made the app store one (empty) session
+/// row per address: the store grew without bound, and its row count (which a
+/// copy of the files shows, 16.6) no longer told anything, or told the
+/// server's story. Now a batch writes only the records it changed: no row
+/// for a made-up sender, and the row of a known peer whose messages all
+/// failed is left as it was (its sealed bytes unchanged), while a genuine
+/// message in the same batch is committed.
 #[test]
-fn audit_6_broken_a_batch_of_failed_messages_writes_rows() {
+fn audit_6_a_batch_of_failed_messages_writes_no_rows() {
     use samizdat::{
         device::Device,
         store::{Backend, MemoryBackend, Table},
     };
     let (mut rng, mut alice, bob) = talking(6101);
     let device = Device::create_in(MemoryBackend::new(), &[0x42; 32], Address::new("victim", 1).unwrap(), 0).unwrap();
+    let carol = Device::create_in(MemoryBackend::new(), &[0x43; 32], Address::new("carol", 1).unwrap(), 0).unwrap();
+    let dave = Device::create_in(MemoryBackend::new(), &[0x44; 32], Address::new("dave", 1).unwrap(), 0).unwrap();
+    for peer in [&carol, &dave] {
+        peer.start_session(&device.prekey_bundle().unwrap()).unwrap();
+        let hello = peer.encrypt(device.address(), b"hello").unwrap();
+        device.commit(device.decrypt(peer.address(), &hello).unwrap()).unwrap();
+    }
     // Well-framed ratchet messages that authenticate under nothing.
-    let forged: Vec<_> = (0..50)
+    let mut forged: Vec<_> = (0..50)
         .map(|i| {
             let genuine = alice.send(&mut rng, b"x");
             (Address::new(format!("nobody{i}"), 1).unwrap(), genuine)
         })
         .collect();
+    // Carol's row exists; her messages in the batch all fail (a forgery and
+    // garbage). Dave's message is genuine.
+    forged.push((carol.address().clone(), alice.send(&mut rng, b"x")));
+    forged.push((carol.address().clone(), b"garbage".to_vec()));
+    let genuine = dave.encrypt(device.address(), b"genuine").unwrap();
+    forged.push((dave.address().clone(), genuine.clone()));
     let _ = bob;
+    let before = device.backend().snapshot();
     let rows_before = device.backend().scan(Table::Sessions).unwrap().len();
     let batch = device.decrypt_batch(&forged).unwrap();
-    assert!(batch.results().iter().all(Result::is_err));
+    let (last, failed) = batch.results().split_last().unwrap();
+    assert!(failed.iter().all(Result::is_err));
+    assert_eq!(last.as_deref().unwrap(), b"genuine");
     device.commit_batch(batch).unwrap();
+    let after = device.backend().snapshot();
     let rows_after = device.backend().scan(Table::Sessions).unwrap().len();
     assert_eq!(
         rows_after,
         rows_before,
         "a batch whose every message failed wrote {} session rows for made-up senders",
         rows_after - rows_before
+    );
+    let changed: Vec<_> = after.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+    assert_eq!(changed.len(), 1, "only Dave's row is rewritten: {changed:?}");
+    // Dave's message was committed: a redelivery is a duplicate.
+    let redelivered = device.decrypt(dave.address(), &genuine);
+    assert!(
+        matches!(
+            redelivered,
+            Err(samizdat::device::DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
+        ),
+        "{redelivered:?}"
     );
 }

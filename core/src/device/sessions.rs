@@ -382,17 +382,20 @@ impl<B: Backend> Device<B> {
             let row = self.sealer.address_key(peer);
             if !records.contains_key(&row) {
                 let (loaded, record) = self.load_record(&row)?;
-                records.insert(row.clone(), (peer.clone(), loaded, record));
+                let as_loaded = record.to_hot_bytes();
+                records.insert(row.clone(), LoadedRecord { peer: peer.clone(), loaded, as_loaded, record });
             }
-            let Some((_, loaded, record)) = records.get_mut(&row) else { continue };
+            let Some(LoadedRecord { loaded, record, .. }) = records.get_mut(&row) else { continue };
             results.push(self.decrypt_in_batch(&mut prekeys, (&row, loaded, record), peer, ciphertext)?);
         }
         Ok(PendingBatch { device: self.identity.public_key(), results, records, prekeys })
     }
 
     /// Commits a batch in one transaction, after the app stored the
-    /// plaintexts. Every write is conditional on its row still holding the
-    /// sealed bytes [`Self::decrypt_batch`] read.
+    /// plaintexts. Only the session records the batch changed are written (a
+    /// peer all of whose messages failed gets no row written or created),
+    /// with the prekey rows its messages consumed. Every write is conditional
+    /// on its row still holding the sealed bytes [`Self::decrypt_batch`] read.
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
@@ -409,7 +412,10 @@ impl<B: Backend> Device<B> {
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);
         let mut writes = Vec::with_capacity(batch.records.len() + 1);
-        for (row, (peer, loaded, record)) in &mut batch.records {
+        // Only the records the batch changed: a peer all of whose messages
+        // failed keeps its rows as they are (none is created for it).
+        for (row, entry) in batch.records.iter_mut().filter(|(_, entry)| entry.changed()) {
+            let LoadedRecord { peer, loaded, record, .. } = entry;
             writes.extend(self.record_writes(row, peer, record, loaded)?);
         }
         writes.extend(batch.prekeys.writes(&self.sealer));
