@@ -42,9 +42,21 @@
 //!
 //!   It costs about 2.9x a bare write (a truncating checkpoint after every
 //!   transaction costs 4.4x and can starve a second writer; a rollback
-//!   journal 5-6x). On open a truncating checkpoint empties a log that a
-//!   crash left behind (with a short busy timeout: if another handle is
-//!   reading, the log is left to that handle's checkpoints).
+//!   journal 5-6x).
+//!
+//!   A reader leaves a gap, closed here. A checkpoint cannot copy frames
+//!   past another connection's read transaction, and a commit cannot restart
+//!   a log whose frames are not all copied (or that a reader is using). So
+//!   after each commit a passive checkpoint reports whether every frame is
+//!   in the database, and the log's header (its salts change at each
+//!   restart) tells whether this commit restarted the log. If it did not, a
+//!   truncating checkpoint runs after it; while a reader still keeps frames
+//!   from the database, the truncation is owed and tried after each later
+//!   commit of this handle and when it is dropped, with a short busy
+//!   timeout. None of this ever fails a commit. On open a truncating
+//!   checkpoint empties a log that a crash left behind (with a short busy
+//!   timeout: if another handle is reading, the truncation is owed).
+//!
 //!   What no setting reaches: blocks that the file system freed, flash
 //!   wear-levelling and file-system snapshots keep whatever was written. The
 //!   robust answer there is to seal under a storage key that rotates, the old
@@ -59,6 +71,7 @@
 //!   could checkpoint the parent's WAL or delete it. The child opens its own.
 
 use std::{
+    io::Read,
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::Duration,
@@ -85,7 +98,7 @@ const MIGRATIONS: [&str; 1] = ["
 /// A store in one SQLite database file.
 pub struct SqliteBackend {
     /// `None` only while a forked child drops the backend.
-    connection: Mutex<Option<Connection>>,
+    handle: Mutex<Option<Handle>>,
     /// The process that opened the connection.
     pid: u32,
     /// The path as the app gave it.
@@ -94,6 +107,30 @@ pub struct SqliteBackend {
     /// name the WAL and the index), and the file it named when opened.
     canonical: PathBuf,
     file: FileId,
+}
+
+/// The connection, and what this handle still owes the files (see
+/// "Forward secrecy at rest" in the module docs).
+struct Handle {
+    connection: Connection,
+    /// The log, by the name SQLite gives it: the database's path, as SQLite
+    /// resolved it, and `-wal`.
+    log: PathBuf,
+    /// The log may hold values that later commits superseded (a reader kept
+    /// a checkpoint from copying every frame, or the log could not restart):
+    /// a truncating checkpoint is tried after every commit, and on drop,
+    /// until one succeeds.
+    truncate_owed: bool,
+}
+
+impl Handle {
+    /// Runs a truncating checkpoint that waits at most `timeout` for other
+    /// connections; records whether the log is still owed one.
+    fn truncate(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        let done = truncate_wal(&self.connection, timeout)?;
+        self.truncate_owed = !done;
+        Ok(done)
+    }
 }
 
 /// Which file a path names: device and inode numbers (on Unix; elsewhere
@@ -189,9 +226,12 @@ impl SqliteBackend {
             return Err(StoreError::CorruptDatabase);
         }
         migrate(&mut connection)?;
-        truncate_wal(&connection)?;
+        let log = PathBuf::from(format!("{}-wal", connection.path().unwrap_or_default()));
+        let mut handle = Handle { connection, log, truncate_owed: false };
+        // A log that a crash left behind.
+        handle.truncate(QUIET_CHECKPOINT_TIMEOUT)?;
         Ok(Self {
-            connection: Mutex::new(Some(connection)),
+            handle: Mutex::new(Some(handle)),
             pid: std::process::id(),
             path: path.to_path_buf(),
             canonical,
@@ -204,16 +244,49 @@ impl SqliteBackend {
         &self.path
     }
 
-    /// Runs `f` on the connection, in the process that opened it only.
-    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Runs `f` on the handle, in the process that opened it only.
+    fn with_handle<T>(&self, f: impl FnOnce(&mut Handle) -> Result<T, StoreError>) -> Result<T, StoreError> {
         if std::process::id() != self.pid {
             return Err(StoreError::Forked);
         }
         // SQLite rolls back an unfinished transaction itself, so a poisoned
         // lock leaves a consistent database.
-        let mut guard = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
-        let connection = guard.as_mut().ok_or(StoreError::Forked)?;
-        f(connection).map_err(locked_if_busy)
+        let mut guard = self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        let handle = guard.as_mut().ok_or(StoreError::Forked)?;
+        f(handle).map_err(locked_if_busy)
+    }
+
+    /// Runs `f` on the connection, in the process that opened it only.
+    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with_handle(|handle| f(&mut handle.connection))
+    }
+
+    /// What a commit owes the files, done after it, never failing it:
+    /// - checks that its checkpoint copied every frame into the database
+    ///   (`wal_checkpoint(PASSIVE)`: nothing left to copy, so it only reads
+    ///   the log's index). If a reader kept it from doing so, the log and the
+    ///   database file keep values this and earlier commits superseded: a
+    ///   truncating checkpoint is owed, tried after each later commit (and on
+    ///   drop) once nothing is left uncopied;
+    /// - if the commit could not restart the log (`appended`: frames left
+    ///   uncopied, or a reader using the log, when it wrote its own) or a
+    ///   truncation is owed, runs a truncating checkpoint now, waiting at most
+    ///   [`COMMIT_CHECKPOINT_TIMEOUT`] for readers.
+    fn after_commit(handle: &mut Handle, appended: bool) {
+        match all_copied(&handle.connection) {
+            Ok(true) => {}
+            // A reader: a truncating checkpoint would wait for it.
+            Ok(false) | Err(_) => {
+                handle.truncate_owed = true;
+                return;
+            }
+        }
+        if appended || handle.truncate_owed {
+            // Busy or failed: owed, and tried again after the next commit.
+            if handle.truncate(COMMIT_CHECKPOINT_TIMEOUT).is_err() {
+                handle.truncate_owed = true;
+            }
+        }
     }
 
     /// Refuses to write unless the path still names the file this handle
@@ -222,11 +295,14 @@ impl SqliteBackend {
         if FileId::of(&self.canonical)? == self.file { Ok(()) } else { Err(StoreError::MovedOrLinked) }
     }
 
-    fn write(&self, connection: &mut Connection, writes: &[Write]) -> Result<(), StoreError> {
+    fn write(&self, handle: &mut Handle, writes: &[Write]) -> Result<(), StoreError> {
         // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
         // read here cannot change before the commit, whoever else writes.
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.check_file()?;
+        // The log as this commit finds it. Only a writer restarts the log,
+        // and this transaction holds the write lock.
+        let before = log_header(&handle.log);
         for write in writes {
             if write.expected == Expected::Any {
                 continue;
@@ -252,8 +328,50 @@ impl SqliteBackend {
             }
         }
         tx.commit()?;
+        // The log restarted (its header's salts change) unless frames of
+        // earlier commits were still there: it then holds their values too.
+        let appended = match (before, log_header(&handle.log)) {
+            (Ok(None), _) | (Ok(Some(_)), Ok(None)) => false,
+            (Ok(Some(before)), Ok(Some(after))) => before == after,
+            // Unreadable: assume the worst.
+            _ => true,
+        };
+        Self::after_commit(handle, appended);
         Ok(())
     }
+}
+
+/// The length of the log's header. Its salts change whenever the log
+/// restarts (SQLite's file format, "WAL file format").
+const LOG_HEADER_LEN: usize = 32;
+
+/// The header of the log at `path`, if the log holds a frame.
+fn log_header(path: &Path) -> std::io::Result<Option<[u8; LOG_HEADER_LEN]>> {
+    // Read through a descriptor of its own: SQLite takes no lock on the log
+    // (its locks are on the database file and the `-shm` index), so closing
+    // this one releases none of them.
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() <= LOG_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let mut header = [0; LOG_HEADER_LEN];
+    file.read_exact(&mut header)?;
+    Ok(Some(header))
+}
+
+/// Whether every frame of the log is in the database file: a passive
+/// checkpoint (it waits for no one; after a commit's own, it has nothing
+/// left to copy and only reads the log's index), which reports
+/// `(busy, frames in the log, frames copied)`.
+fn all_copied(connection: &Connection) -> Result<bool, StoreError> {
+    let (busy, log, copied) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    })?;
+    Ok(busy == 0 && copied >= log)
 }
 
 /// SQLite still busy (another connection holding its lock) after the busy
@@ -286,14 +404,20 @@ fn check_path(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// How long the checkpoint on open waits for another handle's readers.
-const OPEN_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long the truncating checkpoint on open, and on drop, waits for
+/// another connection's readers.
+const QUIET_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Copies the whole WAL into the database and truncates it to zero bytes;
-/// returns whether it did (`false`: another connection is reading, and the
-/// log stays for the checkpoints of later commits).
-fn truncate_wal(connection: &Connection) -> Result<bool, StoreError> {
-    connection.busy_timeout(OPEN_CHECKPOINT_TIMEOUT)?;
+/// How long the truncating checkpoint after a commit waits for another
+/// connection's readers (it is tried only when no reader keeps frames from
+/// the database file).
+const COMMIT_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// Copies the whole WAL into the database and truncates it to zero bytes,
+/// waiting at most `timeout` for other connections; returns whether it did
+/// (`false`: another connection is reading or writing, and the log stays).
+fn truncate_wal(connection: &Connection, timeout: Duration) -> Result<bool, StoreError> {
+    connection.busy_timeout(timeout)?;
     // (busy, frames in the log, frames checkpointed). Blocked by a reader,
     // SQLite reports busy = 1 in the row, not as an error.
     let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
@@ -338,7 +462,7 @@ impl Backend for SqliteBackend {
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.with_connection(|connection| self.write(connection, writes))
+        self.with_handle(|handle| self.write(handle, writes))
     }
 }
 
@@ -352,9 +476,17 @@ impl Drop for SqliteBackend {
             // and the child holds none. Leaked instead: the OS closes the
             // descriptors when the child exits, which releases no lock of the
             // parent's.
-            let connection = self.connection.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+            let handle = self.handle.get_mut().unwrap_or_else(PoisonError::into_inner).take();
             #[allow(clippy::mem_forget)]
-            std::mem::forget(connection);
+            std::mem::forget(handle);
+            return;
+        }
+        // What this handle still owes the log: tried once more, briefly.
+        // (The last connection to close also checkpoints and deletes the log.)
+        if let Some(mut handle) = self.handle.get_mut().unwrap_or_else(PoisonError::into_inner).take()
+            && handle.truncate_owed
+        {
+            let _ = handle.truncate(QUIET_CHECKPOINT_TIMEOUT);
         }
     }
 }
@@ -367,6 +499,46 @@ mod tests {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn temp_db(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("samizdat-sqlite-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        (dir, path)
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> Write {
+        Write { table: Table::Sessions, key: key.to_vec(), value: Some(value.to_vec()), expected: Expected::Any }
+    }
+
+    fn owes_truncation(db: &SqliteBackend) -> bool {
+        db.with_handle(|h| Ok(h.truncate_owed)).unwrap()
+    }
+
+    /// A commit that finds frames of another handle's commit still in the
+    /// log (a reader kept them from the database when that commit was made)
+    /// cannot restart the log, and appends: it truncates the log after it,
+    /// though this handle owed nothing.
+    #[test]
+    fn a_commit_that_could_not_restart_the_log_truncates_it() {
+        let (dir, path) = temp_db("append");
+        let (x, y) = (SqliteBackend::open(&path).unwrap(), SqliteBackend::open(&path).unwrap());
+        x.apply(&[put(b"a", b"1")]).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        x.apply(&[put(b"a", b"2")]).unwrap();
+        assert!(owes_truncation(&x) && !owes_truncation(&y), "x owes a truncation, y nothing");
+        reader.execute_batch("COMMIT").unwrap();
+        let header = log_header(&y.with_handle(|h| Ok(h.log.clone())).unwrap()).unwrap();
+        assert!(header.is_some());
+        y.apply(&[put(b"b", b"1")]).unwrap();
+        assert_eq!(wal_len(&path), 0, "y's commit appended, and truncated the log");
+        assert!(!owes_truncation(&y));
+        drop((x, y, reader));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]
@@ -428,10 +600,10 @@ mod tests {
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
         db.apply(&[put(b"2")]).unwrap();
-        assert!(!db.with_connection(|c| truncate_wal(c)).unwrap(), "a reader holds the log");
+        assert!(!db.with_connection(|c| truncate_wal(c, QUIET_CHECKPOINT_TIMEOUT)).unwrap(), "a reader holds the log");
         assert!(wal_len(&path) > 0);
         reader.execute_batch("COMMIT").unwrap();
-        assert!(db.with_connection(|c| truncate_wal(c)).unwrap());
+        assert!(db.with_connection(|c| truncate_wal(c, QUIET_CHECKPOINT_TIMEOUT)).unwrap());
         assert_eq!(wal_len(&path), 0, "the log is truncated");
         assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"2".to_vec()));
         drop((db, reader));
