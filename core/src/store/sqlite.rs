@@ -93,7 +93,6 @@
 //!   could checkpoint the parent's WAL or delete it. The child opens its own.
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::Duration,
@@ -136,9 +135,8 @@ pub struct SqliteBackend {
 /// "Forward secrecy at rest" in the module docs).
 struct Handle {
     connection: Connection,
-    /// The log, by the name SQLite gives it: the database's path, as SQLite
-    /// resolved it, and `-wal`.
-    log: PathBuf,
+    /// The log, read for its header.
+    log: Log,
     /// Bytes of rows (keys and values) written through this handle since its
     /// last scrub.
     written: u64,
@@ -155,6 +153,66 @@ struct Handle {
     /// Scrubs that ran to the end.
     #[cfg(test)]
     scrubs: u64,
+}
+
+/// The log, by the name SQLite gives it (the database's path, as SQLite
+/// resolved it, and `-wal`), read for its header: the first
+/// [`LOG_HEADER_LEN`] bytes, whose salts change whenever the log restarts
+/// (SQLite's file format, "WAL file format").
+struct Log {
+    path: PathBuf,
+    /// Opened at the first read that finds the log, then kept (one read per
+    /// header, no open and close). SQLite takes no lock on the log (its locks
+    /// are on the database file and the `-shm` index), so this descriptor
+    /// releases none of them when it closes; and SQLite deletes the log only
+    /// when the last connection closes, which cannot happen while this
+    /// handle's is open. (Were it ever another file, its header would never
+    /// change: every commit would then truncate the log, slower but safe.)
+    file: Option<std::fs::File>,
+}
+
+impl Log {
+    /// The log's header, or `None` if there is no log or it is empty.
+    fn header(&mut self) -> std::io::Result<Option<[u8; LOG_HEADER_LEN]>> {
+        if self.file.is_none() {
+            match std::fs::File::open(&self.path) {
+                Ok(file) => self.file = Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(file) = &self.file else { return Ok(None) };
+        let mut header = [0; LOG_HEADER_LEN];
+        let mut read = 0;
+        while read < LOG_HEADER_LEN {
+            let Some(rest) = header.get_mut(read..) else { break };
+            match read_at(file, rest, read as u64)? {
+                0 => return Ok(None),
+                n => read += n,
+            }
+        }
+        Ok(Some(header))
+    }
+}
+
+/// One positioned read.
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+/// One positioned read.
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+/// One positioned read.
+#[cfg(not(any(unix, windows)))]
+fn read_at(mut file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    file.read(buf)
 }
 
 impl Handle {
@@ -265,7 +323,7 @@ impl SqliteBackend {
             return Err(StoreError::CorruptDatabase);
         }
         migrate(&mut connection)?;
-        let log = PathBuf::from(format!("{}-wal", connection.path().unwrap_or_default()));
+        let log = Log { path: PathBuf::from(format!("{}-wal", connection.path().unwrap_or_default())), file: None };
         let handle = Handle {
             connection,
             log,
@@ -411,7 +469,7 @@ impl SqliteBackend {
         self.check_file()?;
         // The log as this commit finds it. Only a writer restarts the log,
         // and this transaction holds the write lock.
-        let before = log_header(&handle.log);
+        let before = handle.log.header();
         for write in writes {
             if write.expected == Expected::Any {
                 continue;
@@ -439,7 +497,7 @@ impl SqliteBackend {
         tx.commit()?;
         // The log restarted (its header's salts change) unless frames of
         // earlier commits were still there: it then holds their values too.
-        let appended = match (before, log_header(&handle.log)) {
+        let appended = match (before, handle.log.header()) {
             (Ok(None), _) | (Ok(Some(_)), Ok(None)) => false,
             (Ok(Some(before)), Ok(Some(after))) => before == after,
             // Unreadable: assume the worst.
@@ -451,27 +509,8 @@ impl SqliteBackend {
     }
 }
 
-/// The length of the log's header. Its salts change whenever the log
-/// restarts (SQLite's file format, "WAL file format").
+/// The length of the log's header.
 const LOG_HEADER_LEN: usize = 32;
-
-/// The header of the log at `path`, if the log holds a frame.
-fn log_header(path: &Path) -> std::io::Result<Option<[u8; LOG_HEADER_LEN]>> {
-    // Read through a descriptor of its own: SQLite takes no lock on the log
-    // (its locks are on the database file and the `-shm` index), so closing
-    // this one releases none of them.
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if file.metadata()?.len() <= LOG_HEADER_LEN as u64 {
-        return Ok(None);
-    }
-    let mut header = [0; LOG_HEADER_LEN];
-    file.read_exact(&mut header)?;
-    Ok(Some(header))
-}
 
 /// Whether SQLite was busy: another connection held a lock past the busy
 /// timeout.
@@ -732,8 +771,7 @@ mod tests {
         x.apply(&[put(b"a", b"2")]).unwrap();
         assert!(state(&x).4 && !state(&y).4, "x owes a truncation, y nothing");
         reader.execute_batch("COMMIT").unwrap();
-        let header = log_header(&y.with_handle(|h| Ok(h.log.clone())).unwrap()).unwrap();
-        assert!(header.is_some());
+        assert!(y.with_handle(|h| Ok(h.log.header()?)).unwrap().is_some());
         y.apply(&[put(b"b", b"1")]).unwrap();
         assert_eq!(wal_len(&path), 0, "y's commit appended, and truncated the log");
         assert!(!state(&y).4);
