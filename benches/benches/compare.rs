@@ -26,7 +26,7 @@ use samizdat::{
     address::Address,
     device::Device,
     session::SessionRecord,
-    store::{Backend, MemoryBackend, SqliteBackend},
+    store::{Backend, MemoryBackend, Scrub, SqliteBackend},
 };
 use samizdat_benches::{
     BATCH, BODY_AD_LEN, DeviceSetup, Figures, HEADER_LEN, PAYLOAD_SIZES, PQ_SIGNED_LEN, PQXDH_IKM_LEN, Pair,
@@ -523,6 +523,34 @@ fn device_prekeys(c: &mut Criterion) {
     g.finish();
 }
 
+/// One scrub of a SQLite store (`Device::scrub`: `VACUUM`, then a truncating checkpoint;
+/// PROTOCOL.md 14.8) holding the sessions of 1,000 peers: Bob after a first message from each
+/// (1,000 session rows, 1,000 remembered base keys), made in memory and copied. What opening the
+/// store adds, and what a handle pays once per budget of writes (`MIN_SCRUB_BUDGET`, or the
+/// database's size if larger).
+fn device_scrub(c: &mut Criterion) {
+    let dir = TempDir::new("scrub");
+    let peers = if bench_mode() { 1_000 } else { 10 };
+    let mut setup = PreKeySetup::new(MemoryBackend::new(), 0);
+    for _ in 0..peers {
+        let message = setup.first_message();
+        setup.receive(&message);
+    }
+    let path = dir.path().join("peers.db");
+    let on_disk = SqliteBackend::open(&path).expect("sqlite");
+    copy_store(setup.bob.backend(), &on_disk);
+    let bob = Device::open_in(on_disk, &[2; 32]).expect("open");
+    assert_eq!(bob.scrub().expect("scrub"), Scrub::Done);
+    let size = std::fs::metadata(&path).expect("database").len();
+    println!("device_scrub: {peers} peers, a database of {size} bytes");
+    let mut g = c.benchmark_group("device_scrub");
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("sqlite_scrub", format!("{peers}_peers")), |b| {
+        b.iter(|| assert_eq!(bob.scrub().expect("scrub"), Scrub::Done));
+    });
+    g.finish();
+}
+
 fn main() {
     let figures = figures();
     let mut c = Criterion::default().configure_from_args();
@@ -534,6 +562,7 @@ fn main() {
     group(&mut c);
     device(&mut c);
     device_prekeys(&mut c);
+    device_scrub(&mut c);
     c.final_summary();
 
     println!("\nSizes (bytes): samizdat / vodozemac");
