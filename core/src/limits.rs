@@ -82,3 +82,13 @@ pub const MAX_REMEMBERED_BASE_KEYS: usize = 10_000;
 /// fails with [`StoreError::Conflict`](crate::store::StoreError::Conflict),
 /// having written nothing; the app may call again.
 pub const MAX_WRITE_ATTEMPTS: usize = 8;
+
+/// The fewest bytes of rows (keys and sealed values) a handle on a SQLite
+/// store writes between two scrubs it runs by itself (1 MiB). Its budget is
+/// the larger of this and the database's size after its last scrub: a scrub
+/// rewrites the whole database, so its cost stays in proportion to what was
+/// written since the last one. A fragment of a superseded row that SQLite
+/// leaves in a rebuilt page survives until the scrub after the commit that
+/// takes the handle past its budget ([`Backend::scrub`](crate::store::Backend::scrub),
+/// PROTOCOL.md 14.8, 16.6).
+pub const MIN_SCRUB_BUDGET: u64 = 1024 * 1024;

@@ -1294,6 +1294,11 @@ mod at_rest {
             (current, superseded)
         }
 
+        /// How many superseded values have a fragment in the files of `dir`.
+        pub(crate) fn stale(&self, dir: &Path) -> usize {
+            found(&files(dir), &self.split().1).len()
+        }
+
         /// Panics if a superseded value has a fragment in the files of `dir`
         /// (and checks, as a control, that every current value is found).
         pub(crate) fn check(&self, dir: &Path, when: &str) {
@@ -1320,71 +1325,125 @@ mod at_rest {
     }
 }
 
-/// BROKEN: the store's own SQLite settings, many rows. A device with many
-/// peers (session rows of a few hundred bytes to a few KiB, rewritten in
+/// Found broken: the store's own SQLite settings, many rows. A device with
+/// many peers (session rows of a few hundred bytes to a few KiB, rewritten in
 /// any order, new peers added) makes SQLite split, merge and rebuild b-tree
 /// pages, which the three-device conversation of `at_rest.rs` (two session
 /// rows per store: a single leaf page) never does. `secure_delete` zeroes
 /// freed cells and pages, but a page rebuilt by a rebalance (`rebuildPage`
 /// in SQLite 3.54, unlike `defragmentPage`) does not zero its unallocated
 /// gap, which keeps a copy of cells that moved; when such a row is rewritten
-/// later, the copy survives it. Every superseded value must be gone from the
-/// files (checked every 100 writes: a phone is seized at any moment).
+/// later, the copy survives it (before the fix: after write 399, a
+/// superseded value in `store.db`).
+///
+/// The fix is a scrub: `VACUUM` (a new database built in memory and copied
+/// back page by page) and a truncating checkpoint. It runs when the store is
+/// opened, after the commit that takes a handle's bytes written past its
+/// budget (`MIN_SCRUB_BUDGET`, or the database's size if larger), and on
+/// demand (`Backend::scrub`). The window, exactly: between two scrubs a
+/// fragment of a superseded value may survive in the database file (this
+/// schedule leaves some, counted before each scrub: if none were ever seen,
+/// the schedule would no longer exercise page rebuilds and the test would
+/// prove nothing); right after a scrub none does, whether it ran by itself
+/// after the budget, on demand, or on opening the store again.
 #[test]
-fn audit_2_broken_page_rebuilds_keep_superseded_rows_in_the_database_file() {
+fn audit_2_a_scrub_leaves_no_superseded_row_in_the_database_file() {
     use rand_core::Rng;
-    use samizdat::store::{Backend, Expected, SqliteBackend, Table, Write};
+    use samizdat::{
+        limits::MIN_SCRUB_BUDGET,
+        store::{Backend, Expected, Scrub, SqliteBackend, Table, Write},
+    };
     let dir = at_rest::temp_dir("many-rows");
+    let path = dir.join("store.db");
     let mut versions = at_rest::Versions::default();
     let mut rng = rng(2001);
+    let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut write = |db: &SqliteBackend, versions: &mut at_rest::Versions, step: u32| -> u64 {
+        if rows.len() < 80 && (rows.is_empty() || step.is_multiple_of(10)) {
+            let mut key = vec![0u8; 32];
+            rng.fill_bytes(&mut key);
+            rows.push((key, None));
+        }
+        let i = (rng.next_u32() as usize) % rows.len();
+        let len = 300 + (rng.next_u32() as usize) % 5_000;
+        let mut value = vec![0u8; len];
+        rng.fill_bytes(&mut value);
+        let (key, old) = &mut rows[i];
+        db.apply(&[Write {
+            table: Table::Sessions,
+            key: key.clone(),
+            value: Some(value.clone()),
+            expected: Expected::read(old.clone()),
+        }])
+        .unwrap();
+        versions.see("sessions", key, &value);
+        *old = Some(value);
+        (key.len() + len) as u64
+    };
+    let mut seen_between_scrubs = Vec::new();
     {
-        let db = SqliteBackend::open(dir.join("store.db")).unwrap();
-        let mut rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let db = SqliteBackend::open(&path).unwrap();
+        // No scrub on demand: the handle scrubs by itself after the commit
+        // that takes its bytes written since it was opened past the budget
+        // (the minimum: the database stays smaller).
+        let mut written = 0;
+        let mut automatic = None;
         for step in 0..600u32 {
-            if rows.len() < 80 && (rows.is_empty() || step % 10 == 0) {
-                let mut key = vec![0u8; 32];
-                rng.fill_bytes(&mut key);
-                rows.push((key, None));
-            }
-            let i = (rng.next_u32() as usize) % rows.len();
-            let len = 300 + (rng.next_u32() as usize) % 5_000;
-            let mut value = vec![0u8; len];
-            rng.fill_bytes(&mut value);
-            let (key, old) = &mut rows[i];
-            db.apply(&[Write {
-                table: Table::Sessions,
-                key: key.clone(),
-                value: Some(value.clone()),
-                expected: Expected::read(old.clone()),
-            }])
-            .unwrap();
-            versions.see("sessions", key, &value);
-            *old = Some(value);
-            if step % 100 == 99 {
-                versions.check(&dir, &format!("after write {step}"));
+            written += write(&db, &mut versions, step);
+            if written > MIN_SCRUB_BUDGET && automatic.is_none() {
+                assert!(std::fs::metadata(&path).unwrap().len() < MIN_SCRUB_BUDGET);
+                automatic = Some(step);
+                versions.check(&dir, &format!("right after write {step}, which took the handle past its budget"));
+            } else if step % 50 == 49 {
+                seen_between_scrubs.push(versions.stale(&dir));
             }
         }
-        versions.check(&dir, "store open");
+        assert!(automatic.is_some(), "the schedule writes more than the budget");
+        // Scrubs on demand, every 100 writes.
+        for step in 600..1_200u32 {
+            write(&db, &mut versions, step);
+            if step % 100 == 99 {
+                seen_between_scrubs.push(versions.stale(&dir));
+                assert_eq!(db.scrub().unwrap(), Scrub::Done);
+                versions.check(&dir, &format!("scrubbed after write {step}"));
+            }
+        }
+        // Writes after the last scrub: the store is closed with them.
+        for step in 1_200..1_300u32 {
+            write(&db, &mut versions, step);
+        }
     }
-    versions.check(&dir, "store closed");
+    seen_between_scrubs.push(versions.stale(&dir));
+    // Opening the store scrubs it.
+    drop(SqliteBackend::open(&path).unwrap());
+    versions.check(&dir, "reopened and closed");
+    assert!(
+        seen_between_scrubs.iter().any(|&n| n > 0),
+        "no fragment was ever found between scrubs ({seen_between_scrubs:?}): the schedule no longer makes SQLite \
+         rebuild pages, or SQLite now zeroes them (then PROTOCOL.md 16.6 can say so)"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// BROKEN: the same at the device level: Bob on SQLite with 100 peers (one
-/// session row each) and ordinary traffic (some messages lost, so rows grow
-/// and shrink). A fragment found is opened with the storage key (a seized,
-/// unlocked phone) to show what comes back: with this schedule, after 400
-/// steps, the first 367 bytes of a superseded session row, which give back
-/// that state's root key, ratchet secret, sending chain key and header key.
+/// Found broken: the same at the device level: Bob on SQLite with 100 peers
+/// (one session row each) and ordinary traffic (some messages lost, so rows
+/// grow and shrink). A fragment found is opened with the storage key (a
+/// seized, unlocked phone) to show what comes back: before the fix, after
+/// 400 steps, the first 367 bytes of a superseded session row, which gave
+/// back that state's root key, ratchet secret, sending chain key and header
+/// key. Now a phone seized right after `Device::scrub` (every 100 steps
+/// here), or after the store was closed and opened again, gives back nothing
+/// superseded; between scrubs it may (counted, and printed).
 #[test]
-fn audit_2_broken_a_device_with_many_peers_keeps_an_old_root_key_on_disk() {
+fn audit_2_a_device_with_many_peers_keeps_no_old_root_key_after_a_scrub() {
     use rand_core::Rng;
-    use samizdat::{device::Device, store::MemoryBackend};
+    use samizdat::{device::Device, store::MemoryBackend, store::Scrub};
     const STORAGE_KEY: [u8; 32] = [0x5a; 32];
     let (peer_count, steps) = (100, 1_000);
     let dir = at_rest::temp_dir("many-peers");
     let mut versions = at_rest::Versions::default();
     let mut rng = rng(22);
+    let mut leaks_between_scrubs = Vec::new();
     {
         let bob = Device::create(dir.join("bob.db"), &STORAGE_KEY, Address::new("bob", 1).unwrap(), 0).unwrap();
         bob.refill_prekeys(10, 10, 0).unwrap();
@@ -1422,14 +1481,18 @@ fn audit_2_broken_a_device_with_many_peers_keeps_an_old_root_key_on_disk() {
                 bob.refill_prekeys(10, 10, 0).unwrap();
                 see_store(&mut versions, &bob);
             }
-            // A phone is seized at any moment, not only at the end.
+            // A phone is seized at any moment; right after a scrub, it
+            // gives back nothing superseded.
             if step % 100 == 99 {
-                seized(&dir, &versions, &STORAGE_KEY, &format!("after step {step}"));
+                leaks_between_scrubs.push(leaked_secrets(&dir, &versions, &STORAGE_KEY).len());
+                assert_eq!(bob.scrub().unwrap(), Scrub::Done);
+                seized(&dir, &versions, &STORAGE_KEY, &format!("scrubbed after step {step}"));
             }
         }
         seized(&dir, &versions, &STORAGE_KEY, "at the end, store open");
     }
     seized(&dir, &versions, &STORAGE_KEY, "store closed");
+    println!("superseded session rows readable before each scrub: {leaks_between_scrubs:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1473,49 +1536,71 @@ fn leaked_secrets(dir: &std::path::Path, versions: &at_rest::Versions, storage_k
         body.iter().zip(stream).map(|(c, k)| c ^ k).collect()
     };
     let files = at_rest::files(dir);
-    let mut leaks = Vec::new();
-    for ((table, _), history) in &versions.rows {
+    // The superseded session rows (every version of a deleted row; of
+    // another, all but the last), by their first bytes.
+    type Owners<'a> = Vec<(&'a [u8], &'a Vec<u8>)>;
+    let mut heads: std::collections::HashMap<&[u8], Owners> = std::collections::HashMap::new();
+    for (id, history) in &versions.rows {
+        let (table, key) = id;
         if table != "sessions" {
             continue;
         }
-        for old in &history[..history.len() - 1] {
-            // The longest prefix of the old value that is somewhere in the files.
-            let head = &old[..at_rest::WINDOW];
-            for (name, bytes) in &files {
-                let Some(pos) = bytes.windows(head.len()).position(|w| w == head) else { continue };
-                let n = old.iter().zip(&bytes[pos..]).take_while(|(a, b)| a == b).count();
-                let recovered = open_prefix(&bytes[pos..pos + n]);
-                let row = open_prefix(old);
-                let row = storage::SessionRow::decode(&row[..row.len() - 16]).unwrap();
-                let record = storage::SessionRecord::decode(row.record.as_slice()).unwrap();
-                let mut secrets = Vec::new();
-                if let Some(r) = record.current.as_ref().and_then(|s| s.ratchet.as_ref()) {
-                    let s = r.sending.as_ref().unwrap();
-                    for (what, key) in [
-                        ("root key", &r.root_key),
-                        ("ratchet secret", &s.ratchet_secret),
-                        ("sending chain key", &s.chain_key),
-                        ("sending header key", &s.header_key),
-                        ("receiving header key", &r.next_receiving_header_key),
-                    ] {
-                        if key.len() == 32 && recovered.windows(32).any(|w| w == key.as_slice()) {
-                            secrets.push(what);
-                        }
-                    }
-                    for c in &r.receiving {
-                        if c.chain_key.len() == 32 && recovered.windows(32).any(|w| w == c.chain_key.as_slice()) {
-                            secrets.push("receiving chain key");
-                        }
-                    }
-                }
+        let superseded = if versions.gone.contains(id) { &history[..] } else { &history[..history.len() - 1] };
+        for old in superseded {
+            heads.entry(&old[..at_rest::WINDOW]).or_default().push((key, old));
+        }
+    }
+    let mut leaks = Vec::new();
+    for (name, bytes) in &files {
+        // Where the first bytes of a superseded row are, and the longest
+        // prefix of the row that survives there.
+        let starts = bytes.windows(at_rest::WINDOW).enumerate().filter_map(|(pos, w)| Some((pos, heads.get(w)?)));
+        for (pos, (key, old)) in starts.flat_map(|(pos, owners)| owners.iter().map(move |o| (pos, *o))) {
+            let n = old.iter().zip(&bytes[pos..]).take_while(|(a, b)| a == b).count();
+            let recovered = open_prefix(&bytes[pos..pos + n]);
+            if key.ends_with(b"/seeds") {
                 leaks.push(format!(
-                    "{name}, offset {pos}: a superseded session row ({} bytes) of peer {:?}: its first {n} bytes \
-                     survive; opened with the storage key they give back {} bytes of the old record, with its {secrets:?}",
+                    "{name}, offset {pos}: a superseded row of skipped-key seeds ({} bytes): its first {n} \
+                     bytes survive; opened with the storage key they give back {} bytes of seeds",
                     old.len(),
-                    row.user_id,
                     recovered.len()
                 ));
+                continue;
             }
+            // The sealed plaintext is padded: the row, a 0x80 marker, zeros.
+            let row = open_prefix(old);
+            let padded = &row[..row.len() - 16];
+            let end = padded.iter().rposition(|&b| b != 0).unwrap();
+            assert_eq!(padded[end], 0x80, "padding marker");
+            let row = storage::SessionRow::decode(&padded[..end]).unwrap();
+            let record = storage::SessionRecord::decode(row.record.as_slice()).unwrap();
+            let mut secrets = Vec::new();
+            if let Some(r) = record.current.as_ref().and_then(|s| s.ratchet.as_ref()) {
+                let s = r.sending.as_ref().unwrap();
+                for (what, key) in [
+                    ("root key", &r.root_key),
+                    ("ratchet secret", &s.ratchet_secret),
+                    ("sending chain key", &s.chain_key),
+                    ("sending header key", &s.header_key),
+                    ("receiving header key", &r.next_receiving_header_key),
+                ] {
+                    if key.len() == 32 && recovered.windows(32).any(|w| w == key.as_slice()) {
+                        secrets.push(what);
+                    }
+                }
+                for c in &r.receiving {
+                    if c.chain_key.len() == 32 && recovered.windows(32).any(|w| w == c.chain_key.as_slice()) {
+                        secrets.push("receiving chain key");
+                    }
+                }
+            }
+            leaks.push(format!(
+                "{name}, offset {pos}: a superseded session row ({} bytes) of peer {:?}: its first {n} bytes \
+                 survive; opened with the storage key they give back {} bytes of the old record, with its {secrets:?}",
+                old.len(),
+                row.user_id,
+                recovered.len()
+            ));
         }
     }
     leaks
@@ -1621,16 +1706,24 @@ fn audit_2_two_handles_batches_and_reopening_leave_no_superseded_value() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// BROKEN (documentation, and a real delay): PROTOCOL.md 14.8: "while
-/// another handle holds a read transaction, the frames of later commits (and
-/// the values they superseded) stay in the log until a commit after that
-/// read ends". Another connection (the app's own, a backup tool) reads for a
-/// while; Bob encrypts meanwhile; the read ends; Bob encrypts once more. The
-/// commit after the read checkpoints every frame but does not restart the
-/// log (only the next writer does), so the superseded rows stay in `-wal`
-/// until a *second* commit: for ever on a device that goes quiet.
+/// Found broken (documentation, and a real delay): PROTOCOL.md 14.8 said
+/// "while another handle holds a read transaction, the frames of later
+/// commits (and the values they superseded) stay in the log until a commit
+/// after that read ends". Another connection (the app's own, a backup tool)
+/// reads for a while; Bob encrypts meanwhile; the read ends; Bob encrypts
+/// once more. That commit checkpointed every frame but did not restart the
+/// log (only the next writer did), so the superseded rows stayed in `-wal`
+/// until a *second* commit: for ever on a device that went quiet.
+///
+/// Now every commit checks that its checkpoint copied every frame
+/// (`wal_checkpoint(PASSIVE)`) and whether it restarted the log; if not, a
+/// truncating checkpoint runs after it, or, while a reader still keeps
+/// frames from the database, after each later commit of the handle and when
+/// the handle is dropped. The window, exactly: from a commit made during
+/// another connection's read transaction until the first commit of this
+/// handle after that read ended, or the handle's drop (or a scrub).
 #[test]
-fn audit_2_broken_superseded_rows_outlive_the_first_commit_after_a_long_read() {
+fn audit_2_superseded_rows_leave_the_log_at_the_first_commit_after_a_long_read() {
     use samizdat::{device::Device, store::MemoryBackend};
     const KEY: [u8; 32] = [0x6c; 32];
     let dir = at_rest::temp_dir("long-read");
@@ -1648,18 +1741,33 @@ fn audit_2_broken_superseded_rows_outlive_the_first_commit_after_a_long_read() {
     }
     versions.check(&dir, "control: no reader");
 
-    let reader = rusqlite::Connection::open(&path).unwrap();
-    reader.execute_batch("BEGIN").unwrap();
-    let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
-    for _ in 0..5 {
-        let _ = bob.encrypt(alice.address(), b"during the read").unwrap();
-        see_store(&mut versions, &bob);
-    }
-    reader.execute_batch("COMMIT").unwrap();
-    drop(reader);
+    let long_read = |bob: &Device, versions: &mut at_rest::Versions| {
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        for _ in 0..5 {
+            let _ = bob.encrypt(alice.address(), b"during the read").unwrap();
+            see_store(versions, bob);
+        }
+        // The window: while the read lasts, the superseded values are in the files.
+        assert!(versions.stale(&dir) > 0, "control: the reader keeps superseded values in the files");
+        reader.execute_batch("COMMIT").unwrap();
+    };
+    long_read(&bob, &mut versions);
     let _ = bob.encrypt(alice.address(), b"the first commit after the read").unwrap();
     see_store(&mut versions, &bob);
     versions.check(&dir, "one commit after the read ended");
+
+    // A device that goes quiet after the read: its drop empties the log
+    // (another connection is open, so closing Bob's is not the last close,
+    // which would empty it anyway).
+    long_read(&bob, &mut versions);
+    let other = rusqlite::Connection::open(&path).unwrap();
+    let _: i64 = other.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
+    drop(bob);
+    assert!(std::fs::metadata(dir.join("bob.db-wal")).is_ok(), "control: closing Bob's was not the last close");
+    versions.check(&dir, "Bob's handle dropped after the read, another connection open");
+    drop(other);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -2083,38 +2191,69 @@ fn audit_1_keys_derived_after_the_copy_from_a_copied_chain_key_are_forgeable_unt
     round_trip(&mut rng, &mut alice, &mut bob, 1);
 }
 
-/// BROKEN (minor): `PendingBatch::results` says "a failed message changes
-/// nothing", but `commit_batch` writes a row for every peer the batch named,
-/// also when every message from it failed. A server that queues forgeries
-/// "from" made-up addresses makes the app store one (empty) session row per
-/// address: the store grows without bound, and its row count (which a copy
-/// of the files shows, 16.6) no longer tells anything, or tells the server's
-/// story.
+/// Found broken (minor): `PendingBatch::results` says "a failed message
+/// changes nothing", but `commit_batch` wrote a row for every peer the batch
+/// named, also when every message from it failed. A server that queues
+/// forgeries "from" made-up addresses made the app store one (empty) session
+/// row per address: the store grew without bound, and its row count (which a
+/// copy of the files shows, 16.6) no longer told anything, or told the
+/// server's story. Now a batch writes only the records it changed: no row
+/// for a made-up sender, and the row of a known peer whose messages all
+/// failed is left as it was (its sealed bytes unchanged), while a genuine
+/// message in the same batch is committed.
 #[test]
-fn audit_6_broken_a_batch_of_failed_messages_writes_rows() {
+fn audit_6_a_batch_of_failed_messages_writes_no_rows() {
     use samizdat::{
         device::Device,
         store::{Backend, MemoryBackend, Table},
     };
     let (mut rng, mut alice, bob) = talking(6101);
     let device = Device::create_in(MemoryBackend::new(), &[0x42; 32], Address::new("victim", 1).unwrap(), 0).unwrap();
+    let carol = Device::create_in(MemoryBackend::new(), &[0x43; 32], Address::new("carol", 1).unwrap(), 0).unwrap();
+    let dave = Device::create_in(MemoryBackend::new(), &[0x44; 32], Address::new("dave", 1).unwrap(), 0).unwrap();
+    for peer in [&carol, &dave] {
+        peer.start_session(&device.prekey_bundle().unwrap()).unwrap();
+        let hello = peer.encrypt(device.address(), b"hello").unwrap();
+        device.commit(device.decrypt(peer.address(), &hello).unwrap()).unwrap();
+    }
     // Well-framed ratchet messages that authenticate under nothing.
-    let forged: Vec<_> = (0..50)
+    let mut forged: Vec<_> = (0..50)
         .map(|i| {
             let genuine = alice.send(&mut rng, b"x");
             (Address::new(format!("nobody{i}"), 1).unwrap(), genuine)
         })
         .collect();
+    // Carol's row exists; her messages in the batch all fail (a forgery and
+    // garbage). Dave's message is genuine.
+    forged.push((carol.address().clone(), alice.send(&mut rng, b"x")));
+    forged.push((carol.address().clone(), b"garbage".to_vec()));
+    let genuine = dave.encrypt(device.address(), b"genuine").unwrap();
+    forged.push((dave.address().clone(), genuine.clone()));
     let _ = bob;
+    let before = device.backend().snapshot();
     let rows_before = device.backend().scan(Table::Sessions).unwrap().len();
     let batch = device.decrypt_batch(&forged).unwrap();
-    assert!(batch.results().iter().all(Result::is_err));
+    let (last, failed) = batch.results().split_last().unwrap();
+    assert!(failed.iter().all(Result::is_err));
+    assert_eq!(last.as_deref().unwrap(), b"genuine");
     device.commit_batch(batch).unwrap();
+    let after = device.backend().snapshot();
     let rows_after = device.backend().scan(Table::Sessions).unwrap().len();
     assert_eq!(
         rows_after,
         rows_before,
         "a batch whose every message failed wrote {} session rows for made-up senders",
         rows_after - rows_before
+    );
+    let changed: Vec<_> = after.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+    assert_eq!(changed.len(), 1, "only Dave's row is rewritten: {changed:?}");
+    // Dave's message was committed: a redelivery is a duplicate.
+    let redelivered = device.decrypt(dave.address(), &genuine);
+    assert!(
+        matches!(
+            redelivered,
+            Err(samizdat::device::DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
+        ),
+        "{redelivered:?}"
     );
 }

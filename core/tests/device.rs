@@ -102,9 +102,21 @@ fn wrong_storage_key_is_refused_and_changes_nothing() {
     let dir = temp_dir("wrong-key");
     let path = dir.join("d.db");
     drop(Device::create(&path, &[1; 32], addr("me"), 0).unwrap());
-    let before = std::fs::read(&path).unwrap();
+    // Every row, as stored. (Not the file's bytes: opening a SQLite store
+    // scrubs it, PROTOCOL.md 14.8, which rewrites the file and no row.)
+    let rows = || {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let mut rows = Vec::new();
+        for table in Table::ALL {
+            let mut statement = db.prepare(&format!("SELECT key, value FROM {} ORDER BY key", table.name())).unwrap();
+            let found = statement.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))).unwrap();
+            rows.push(found.collect::<Result<Vec<_>, _>>().unwrap());
+        }
+        rows
+    };
+    let before = rows();
     assert!(matches!(Device::open(&path, &[2; 32]), Err(DeviceError::Store(StoreError::WrongKey))));
-    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(rows(), before);
     assert!(matches!(
         Device::create(&path, &[1; 32], addr("me"), 0),
         Err(DeviceError::Store(StoreError::AlreadyExists))

@@ -76,7 +76,7 @@ use crate::{
     keys::{IdentityKey, IdentityKeyPair, fixed},
     limits::MAX_WRITE_ATTEMPTS,
     prekeys::{PreKeyError, PreKeySet},
-    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+    store::{Backend, Expected, KEY_CHECK_ROW, Scrub, Sealer, SqliteBackend, StoreError, Table, Write},
 };
 
 pub use self::pending::{PendingBatch, PendingMessage};
@@ -355,6 +355,47 @@ impl<B: Backend> Device<B> {
     /// This device's identity key.
     pub fn identity_key(&self) -> IdentityKey {
         self.identity.public_key()
+    }
+
+    /// Removes from the store's files every byte of a superseded row (a
+    /// session or prekey row overwritten or deleted), so that the storage
+    /// key of a seized phone opens none of the keys the protocol deleted.
+    /// Changes no row.
+    ///
+    /// On SQLite ([`Backend::scrub`]) this rewrites the database and empties
+    /// its log; the store also does it by itself when opened and after the
+    /// commits that pass a budget of bytes written (PROTOCOL.md 14.8, 16.6),
+    /// so calling it is needed only to close the window between those
+    /// scrubs now: before the app goes to the background, or after deleting
+    /// sessions, say. It costs about as much as copying the database twice.
+    /// Another handle or process that holds the store's write lock, or
+    /// reads, past the busy timeout (5 s) makes it [`Scrub::Deferred`],
+    /// never an error: nothing is lost, and the store tries again after its
+    /// next commits and when it is dropped. A
+    /// [`MemoryBackend`](crate::store::MemoryBackend) has no files:
+    /// [`Scrub::Unsupported`].
+    ///
+    /// # Errors
+    /// [`DeviceError::Forked`] in a forked child; a store error (nothing is
+    /// lost: the rows are as they were).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use samizdat::{address::Address, device::Device, store::Scrub};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("samizdat-scrub-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let alice = Device::create(dir.join("alice.db"), &[1; 32], Address::new("alice", 1)?, 0)?;
+    /// alice.refill_prekeys(10, 20, 0)?;
+    /// assert_eq!(alice.scrub()?, Scrub::Done);
+    /// # drop(alice);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scrub(&self) -> Result<Scrub, DeviceError> {
+        self.check_process()?;
+        Ok(self.backend.scrub()?)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     SessionError,
@@ -70,8 +70,29 @@ pub(super) struct LoadedRows {
     pub(super) seeds: Option<Option<Vec<u8>>>,
 }
 
-/// A peer's address, what the call read of its session, and the record as changed.
-pub(super) type LoadedRecord = (Address, LoadedRows, SessionRecord);
+/// A peer's session in a batch: what the batch read of it, and the record
+/// as the batch's messages changed it.
+pub(super) struct LoadedRecord {
+    /// The peer (as the app named it).
+    pub(super) peer: Address,
+    /// The rows as read (sealed).
+    pub(super) loaded: LoadedRows,
+    /// The record as loaded, serialized without its seeds
+    /// ([`SessionRecord::to_hot_bytes`]; an empty record's if there was no
+    /// row): the batch writes the peer's rows only if the record no longer
+    /// serializes to this, so a peer all of whose messages failed (unknown
+    /// senders, garbage) gets no row written, and none created.
+    pub(super) as_loaded: Zeroizing<Vec<u8>>,
+    /// The record after the batch.
+    pub(super) record: SessionRecord,
+}
+
+impl LoadedRecord {
+    /// Whether the batch changed the record (its skipped keys included).
+    pub(super) fn changed(&self) -> bool {
+        self.record.skipped_changed() || self.record.to_hot_bytes().as_slice() != self.as_loaded.as_slice()
+    }
+}
 
 /// The result of [`Device::decrypt_batch`](super::Device::decrypt_batch): one result per message, in
 /// order, and the changes to commit with [`Device::commit_batch`](super::Device::commit_batch). Bound to
@@ -80,7 +101,7 @@ pub struct PendingBatch {
     /// The identity key of the device that made it.
     pub(super) device: IdentityKey,
     pub(super) results: Vec<Result<Vec<u8>, SessionError>>,
-    /// Row key -> (peer, the row as loaded (sealed), the record after the batch).
+    /// Row key -> the peer's session as loaded and as changed.
     pub(super) records: BTreeMap<Vec<u8>, LoadedRecord>,
     /// The prekey rows the batch read (sealed) and what its messages
     /// consumed, to write conditionally on them.

@@ -11,7 +11,7 @@ use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
 use crate::{
-    DecryptError, SessionError,
+    DecodeError, DecryptError, SessionError,
     address::Address,
     fingerprint::SafetyNumber,
     keys::IdentityKey,
@@ -78,16 +78,28 @@ impl<B: Backend> Device<B> {
     }
 
     /// Reads the seeds row of `row` and gives `record`'s skipped keys their
-    /// seeds; remembers in `loaded` what it read. The seeds row is written
-    /// only with the session row, so it matches a session row read before.
+    /// seeds; remembers in `loaded` what it read.
+    ///
+    /// The seeds row is written only with the session row, but read after
+    /// it: another handle may rewrite both in between (and a backend's reads
+    /// need not be fresh). Seeds that open and parse but leave a skipped key
+    /// of `record` without its seed (or no seeds row, when the record needs
+    /// one) are then of another version of the session row than the one
+    /// read: [`StoreError::Conflict`], and the call reads again. A seeds row
+    /// that does not open or parse is `Corrupt`.
     fn load_seeds(&self, row: &[u8], loaded: &mut LoadedRows, record: &mut SessionRecord) -> Result<(), StoreError> {
+        let changed = StoreError::Conflict { table: Table::Sessions };
         let key = seeds_key(row);
         let sealed = self.backend.get(Table::Sessions, &key)?;
         if let Some(sealed) = &sealed {
             let bytes = self.sealer.open(Table::Sessions, &key, sealed)?;
-            record.attach_seeds(&bytes).map_err(|_| StoreError::Corrupt { table: Table::Sessions })?;
+            match record.attach_seeds(&bytes) {
+                Ok(()) => {}
+                Err(DecodeError::InvalidValue("seeds")) => return Err(changed),
+                Err(_) => return Err(StoreError::Corrupt { table: Table::Sessions }),
+            }
         } else if !record.has_all_seeds() {
-            return Err(StoreError::Corrupt { table: Table::Sessions });
+            return Err(changed);
         }
         loaded.seeds = Some(sealed);
         Ok(())
@@ -307,17 +319,26 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// [`SessionError::Decrypt`] (duplicate, forged, too far ahead),
     /// [`SessionError::UntrustedIdentity`], [`SessionError::UnknownPreKey`],
-    /// [`SessionError::NoSession`], a store error.
+    /// [`SessionError::NoSession`], a store error ([`StoreError::Conflict`]
+    /// if other handles kept rewriting the session between its reads for
+    /// [`MAX_WRITE_ATTEMPTS`](crate::limits::MAX_WRITE_ATTEMPTS) attempts).
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         self.check_process()?;
         // Decoded in full first: junk reads nothing.
         let message = Message::from_bytes(ciphertext).map_err(SessionError::from)?;
         let row = self.sealer.address_key(peer);
-        let (mut loaded, mut record) = self.load_record(&row)?;
-        // Only the prekey rows the message needs (PROTOCOL.md 14.9).
-        let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
-        let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
-        Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
+        // Read again if the seeds row turns out to be of another version of
+        // the session row (rewritten between the two reads).
+        let mut read = Vec::new();
+        let result = retry_on_conflict(|| {
+            let (mut loaded, mut record) = self.load_record(&row)?;
+            read.push(loaded.record.clone());
+            // Only the prekey rows the message needs (PROTOCOL.md 14.9).
+            let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
+            let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
+            Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
+        });
+        corrupt_if_unchanged(result, &read)
     }
 
     /// Commits a decryption: the session advances and the prekeys it used
@@ -352,7 +373,10 @@ impl<B: Backend> Device<B> {
         }
         let consumed = pending.consumed_prekeys();
         record.commit(pending)?;
-        let session_writes = self.record_writes(&row, &peer, &mut record, &mut loaded)?;
+        // Seeds of another version of the row: it changed since the decryption.
+        let session_writes = self
+            .record_writes(&row, &peer, &mut record, &mut loaded)
+            .map_err(|e| stale_on_session_conflict(e.into()))?;
         if consumed.is_empty() {
             return self.backend.apply(&session_writes).map_err(|e| stale_on_session_conflict(e.into()));
         }
@@ -375,6 +399,21 @@ impl<B: Backend> Device<B> {
     /// A store error; per-message failures are in [`PendingBatch::results`].
     pub fn decrypt_batch(&self, messages: &[(Address, Vec<u8>)]) -> Result<PendingBatch, DeviceError> {
         self.check_process()?;
+        // Read again if a seeds row turns out to be of another version of its
+        // session row (rewritten between the two reads).
+        let mut read = Vec::new();
+        let result = retry_on_conflict(|| self.decrypt_batch_once(messages, &mut read));
+        corrupt_if_unchanged(result, &read)
+    }
+
+    /// One attempt of [`Self::decrypt_batch`]; pushes the session rows it
+    /// read (sealed, in the order read) to `read`.
+    fn decrypt_batch_once(
+        &self,
+        messages: &[(Address, Vec<u8>)],
+        read: &mut Vec<Vec<Option<Vec<u8>>>>,
+    ) -> Result<PendingBatch, DeviceError> {
+        read.push(Vec::new());
         let mut records: BTreeMap<Vec<u8>, LoadedRecord> = BTreeMap::new();
         let mut prekeys = PreKeyRows::default();
         let mut results = Vec::with_capacity(messages.len());
@@ -382,17 +421,23 @@ impl<B: Backend> Device<B> {
             let row = self.sealer.address_key(peer);
             if !records.contains_key(&row) {
                 let (loaded, record) = self.load_record(&row)?;
-                records.insert(row.clone(), (peer.clone(), loaded, record));
+                if let Some(rows) = read.last_mut() {
+                    rows.push(loaded.record.clone());
+                }
+                let as_loaded = record.to_hot_bytes();
+                records.insert(row.clone(), LoadedRecord { peer: peer.clone(), loaded, as_loaded, record });
             }
-            let Some((_, loaded, record)) = records.get_mut(&row) else { continue };
+            let Some(LoadedRecord { loaded, record, .. }) = records.get_mut(&row) else { continue };
             results.push(self.decrypt_in_batch(&mut prekeys, (&row, loaded, record), peer, ciphertext)?);
         }
         Ok(PendingBatch { device: self.identity.public_key(), results, records, prekeys })
     }
 
     /// Commits a batch in one transaction, after the app stored the
-    /// plaintexts. Every write is conditional on its row still holding the
-    /// sealed bytes [`Self::decrypt_batch`] read.
+    /// plaintexts. Only the session records the batch changed are written (a
+    /// peer all of whose messages failed gets no row written or created),
+    /// with the prekey rows its messages consumed. Every write is conditional
+    /// on its row still holding the sealed bytes [`Self::decrypt_batch`] read.
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
@@ -409,14 +454,36 @@ impl<B: Backend> Device<B> {
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);
         let mut writes = Vec::with_capacity(batch.records.len() + 1);
-        for (row, (peer, loaded, record)) in &mut batch.records {
-            writes.extend(self.record_writes(row, peer, record, loaded)?);
+        // Only the records the batch changed: a peer all of whose messages
+        // failed keeps its rows as they are (none is created for it).
+        for (row, entry) in batch.records.iter_mut().filter(|(_, entry)| entry.changed()) {
+            let LoadedRecord { peer, loaded, record, .. } = entry;
+            // Seeds of another version of the row: it changed since the batch.
+            writes.extend(
+                self.record_writes(row, peer, record, loaded).map_err(|e| stale_on_session_conflict(e.into()))?,
+            );
         }
         writes.extend(batch.prekeys.writes(&self.sealer));
         match self.backend.apply(&writes) {
             Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
             result => Ok(result?),
         }
+    }
+}
+
+/// A call that writes nothing, refused [`MAX_WRITE_ATTEMPTS`](crate::limits::MAX_WRITE_ATTEMPTS) times with a
+/// `Conflict` on the sessions table (a seeds row that does not match its
+/// session row, PROTOCOL.md 13.4) although every attempt read the very same
+/// session rows: nobody rewrote them meanwhile, so the seeds row is damaged
+/// or missing, and the store is `Corrupt`.
+fn corrupt_if_unchanged<T, R: PartialEq>(result: Result<T, DeviceError>, read: &[R]) -> Result<T, DeviceError> {
+    match result {
+        Err(DeviceError::Store(StoreError::Conflict { table: Table::Sessions }))
+            if read.len() >= crate::limits::MAX_WRITE_ATTEMPTS && read.windows(2).all(|w| w[0] == w[1]) =>
+        {
+            Err(StoreError::Corrupt { table: Table::Sessions }.into())
+        }
+        result => result,
     }
 }
 
@@ -432,10 +499,90 @@ fn stale_on_session_conflict(error: DeviceError) -> DeviceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ratchet::chain::STEPS, store::MemoryBackend};
+    use crate::{
+        ratchet::chain::STEPS,
+        store::{Backend, MemoryBackend},
+    };
 
     fn steps() -> usize {
         STEPS.with(std::cell::Cell::get)
+    }
+
+    /// A backend over a shared store that runs a closure, once, just before
+    /// its first read of a seeds row: another handle acting between a
+    /// call's read of a session row and its read of the seeds row.
+    struct Interleaved {
+        store: Arc<MemoryBackend>,
+        before_seeds: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Backend for Interleaved {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            if key.ends_with(SEEDS_ROW_SUFFIX)
+                && let Some(hook) = lock(&self.before_seeds).take()
+            {
+                hook();
+            }
+            self.store.get(table, key)
+        }
+        fn scan(&self, table: Table) -> Result<Vec<crate::store::Row>, StoreError> {
+            self.store.scan(table)
+        }
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            self.store.apply(writes)
+        }
+    }
+
+    /// Another handle rewrites a session row and its seeds row between a
+    /// decryption's read of the one and of the other: the seeds no longer
+    /// cover the record read. That is a race, not damage: the decryption
+    /// reads again and succeeds (it used to fail with `Corrupt`), and so do
+    /// a batch and a commit that needs the seeds.
+    #[test]
+    fn seeds_rewritten_between_the_two_reads_are_read_again_not_corrupt() {
+        let address = |name: &str| Address::new(name, 1).unwrap();
+        let store = Arc::new(MemoryBackend::new());
+        let other = Arc::new(Device::create_in(store.clone(), &[2; 32], address("bob"), 0).unwrap());
+        let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
+        alice.start_session(&other.prekey_bundle().unwrap()).unwrap();
+        let wire: Vec<_> =
+            (0..7).map(|i| alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap()).collect();
+        // The last first: m1 to m5 are skipped, their seeds in the seeds row.
+        other.commit(other.decrypt(&address("alice"), &wire[0]).unwrap()).unwrap();
+        other.commit(other.decrypt(&address("alice"), &wire[6]).unwrap()).unwrap();
+        let interleaved = |then: Vec<u8>| {
+            let other = other.clone();
+            let hook: Box<dyn FnOnce() + Send> = Box::new(move || {
+                other.commit(other.decrypt(&address("alice"), &then).unwrap()).unwrap();
+            });
+            Interleaved { store: store.clone(), before_seeds: Mutex::new(Some(hook)) }
+        };
+        // decrypt: the other handle consumes m2's key meanwhile.
+        let bob = Device::open_in(interleaved(wire[2].clone()), &[2; 32]).unwrap();
+        let pending = bob.decrypt(&address("alice"), &wire[1]).unwrap();
+        assert_eq!(pending.plaintext(), b"m1");
+        bob.commit(pending).unwrap();
+        // decrypt_batch: m4's key consumed meanwhile.
+        let bob = Device::open_in(interleaved(wire[4].clone()), &[2; 32]).unwrap();
+        let batch = bob.decrypt_batch(&[(address("alice"), wire[3].clone())]).unwrap();
+        assert_eq!(batch.results()[0].as_deref().unwrap(), b"m3");
+        bob.commit_batch(batch).unwrap();
+        // commit: a message ahead on the current chain needs no seed to
+        // decrypt, but its commit adds skipped keys, so it reads the seeds
+        // row to rewrite it; the other handle consumes m5's key meanwhile.
+        // The row changed since the decryption: stale (it used to be
+        // `Corrupt`), and decrypting again works.
+        let next: Vec<_> =
+            (0..3).map(|i| alice.encrypt(&address("bob"), format!("n{i}").as_bytes()).unwrap()).collect();
+        let bob = Device::open_in(interleaved(wire[5].clone()), &[2; 32]).unwrap();
+        let pending = bob.decrypt(&address("alice"), &next[2]).unwrap();
+        assert!(lock(&bob.backend().before_seeds).is_some(), "the decryption read no seeds");
+        let result = bob.commit(pending);
+        assert!(matches!(result, Err(DeviceError::Session(SessionError::StalePending))), "{result:?}");
+        assert!(lock(&bob.backend().before_seeds).is_none());
+        let pending = bob.decrypt(&address("alice"), &next[2]).unwrap();
+        assert_eq!(pending.plaintext(), b"n2");
+        bob.commit(pending).unwrap();
     }
 
     /// Issue 12, item 3: a genuine header far ahead with a broken body used

@@ -2,12 +2,16 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use super::{Backend, Row, StoreError, Table, Write};
+use super::{Backend, Row, Scrub, StoreError, Table, Write};
 
 type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
 /// Rows in memory. Batches apply atomically under one lock, preconditions
 /// included: share it between handles as an `Arc<MemoryBackend>`.
+///
+/// It has no files, so [`Backend::scrub`] does nothing
+/// ([`Scrub::Unsupported`]). Superseded values are dropped from the map;
+/// their heap memory is freed, not wiped (they are sealed, like every row).
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     rows: Mutex<Rows>,
@@ -56,5 +60,10 @@ impl Backend for MemoryBackend {
             };
         }
         Ok(())
+    }
+
+    /// Does nothing: the rows are in memory, there are no files to scrub.
+    fn scrub(&self) -> Result<Scrub, StoreError> {
+        Ok(Scrub::Unsupported)
     }
 }

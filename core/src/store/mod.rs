@@ -18,9 +18,10 @@
 //! see table names, hashed keys and sealed bytes, nothing else.
 //!
 //! Backends: [`MemoryBackend`] (tests, ephemeral devices) and
-//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, settings that
-//! leave no superseded row in the files, a busy timeout, a versioned schema;
-//! any number of handles and processes, through SQLite's own locks).
+//! [`SqliteBackend`] (the default: WAL, `synchronous=FULL`, settings and a
+//! scrub that leave no superseded row in the files past a bounded window
+//! ([`Backend::scrub`]), a busy timeout, a versioned schema; any number of
+//! handles and processes, through SQLite's own locks).
 
 mod memory;
 mod sqlite;
@@ -223,6 +224,25 @@ pub enum StoreError {
     },
 }
 
+/// What [`Backend::scrub`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scrub {
+    /// The backend's files hold no byte of a superseded row (an overwritten
+    /// or deleted value) any more: the store was rewritten and its log
+    /// emptied. Later writes may leave fragments again, until the next scrub.
+    Done,
+    /// Another connection kept the scrub from running (it held the write
+    /// lock) or from finishing (a read transaction kept the rewritten pages
+    /// from the database file) within the backend's short wait. Nothing was
+    /// lost; the handle tries again after its next commits, and when it is
+    /// dropped. Call again later to know it is done.
+    Deferred,
+    /// The backend does not scrub: [`MemoryBackend`] (it has no files), and
+    /// any backend that keeps the trait's default.
+    Unsupported,
+}
+
 /// A byte-level key-value store with atomic batches. Implement it to bring
 /// your own storage; sealing, hashing and the protocol stay in this crate.
 pub trait Backend: Send + Sync {
@@ -255,6 +275,23 @@ pub trait Backend: Send + Sync {
     /// [`StoreError::Conflict`] if a precondition fails; a backend failure.
     /// Either way nothing was applied.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
+
+    /// Removes what the backend's files keep of superseded rows (values
+    /// overwritten or deleted), without changing any row. Forward secrecy at
+    /// rest depends on it: a superseded sealed value left in a file is opened
+    /// by the storage key of a seized phone (PROTOCOL.md 16.6).
+    ///
+    /// [`SqliteBackend`] rewrites the database (`VACUUM`) and empties its log;
+    /// it also scrubs by itself when opened and after the commits that pass
+    /// a budget of bytes written (PROTOCOL.md 14.8). The default does nothing
+    /// and returns [`Scrub::Unsupported`]: right for a backend without files;
+    /// a backend that has files should say what they keep.
+    ///
+    /// # Errors
+    /// A backend failure; nothing was lost (the rows are as they were).
+    fn scrub(&self) -> Result<Scrub, StoreError> {
+        Ok(Scrub::Unsupported)
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
@@ -266,6 +303,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         (**self).apply(writes)
+    }
+    fn scrub(&self) -> Result<Scrub, StoreError> {
+        (**self).scrub()
     }
 }
 

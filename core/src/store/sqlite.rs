@@ -42,9 +42,43 @@
 //!
 //!   It costs about 2.9x a bare write (a truncating checkpoint after every
 //!   transaction costs 4.4x and can starve a second writer; a rollback
-//!   journal 5-6x). On open a truncating checkpoint empties a log that a
-//!   crash left behind (with a short busy timeout: if another handle is
-//!   reading, the log is left to that handle's checkpoints).
+//!   journal 5-6x).
+//!
+//!   Two gaps remain, closed here:
+//!   - A reader. A checkpoint cannot copy frames past another connection's
+//!     read transaction, and a commit cannot restart a log whose frames are
+//!     not all copied (or that a reader is using). So after each commit a
+//!     passive checkpoint reports whether every frame is in the database,
+//!     and the log's header (its salts change at each restart) tells whether
+//!     this commit restarted the log. If it did not, a truncating checkpoint
+//!     runs after it; while a reader still keeps frames from the database, the
+//!     truncation is owed and tried after each later commit of this handle
+//!     and when it is dropped, with a short busy timeout.
+//!   - Page rebuilds. When SQLite rebalances a b-tree it rebuilds pages
+//!     (`rebuildPage`), and the gap between a rebuilt page's cell pointers
+//!     and its cells is not zeroed, whatever `secure_delete` says: it keeps
+//!     copies of cells that moved, which survive their row's next rewrite. A
+//!     scrub closes that: `VACUUM` (a new database built in memory,
+//!     `temp_store=MEMORY`, every page copied back through the log) and a
+//!     truncating checkpoint (every page into the database file, which
+//!     shrinks to its new size; the log cut to zero bytes). It runs when the
+//!     store is opened (also emptying a log that a crash left behind), after
+//!     the commit that takes the bytes this handle wrote since its last scrub
+//!     past a budget (the larger of [`MIN_SCRUB_BUDGET`] and the database's
+//!     size, so that its cost stays in proportion to the writes), and on
+//!     demand ([`Backend::scrub`]). Between two scrubs such a fragment may
+//!     survive in the database file.
+//!
+//!   Neither ever fails a call or loses a row: `VACUUM` and the checkpoints
+//!   are transactions of their own, run after the commit they follow. When
+//!   another connection holds the write lock, or a reader keeps the rewritten
+//!   pages from the database file, past the short busy timeout, the scrub is
+//!   owed and tried again after this handle's next commits and when it is
+//!   dropped (the one the app asks for waits the full busy timeout, and then
+//!   reports [`Scrub::Deferred`]). Any other failure of a scrub the app did
+//!   not ask for (a full disk: `VACUUM` needs room for a copy of the
+//!   database in the log) is dropped, and the scrub waits for another budget
+//!   of writes.
 //!   What no setting reaches: blocks that the file system freed, flash
 //!   wear-levelling and file-system snapshots keep whatever was written. The
 //!   robust answer there is to seal under a storage key that rotates, the old
@@ -66,7 +100,8 @@ use std::{
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, Expected, Row, StoreError, Table, Write};
+use super::{Backend, Expected, Row, Scrub, StoreError, Table, Write};
+use crate::limits::MIN_SCRUB_BUDGET;
 
 /// The schema version this release writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -85,7 +120,7 @@ const MIGRATIONS: [&str; 1] = ["
 /// A store in one SQLite database file.
 pub struct SqliteBackend {
     /// `None` only while a forked child drops the backend.
-    connection: Mutex<Option<Connection>>,
+    handle: Mutex<Option<Handle>>,
     /// The process that opened the connection.
     pid: u32,
     /// The path as the app gave it.
@@ -94,6 +129,100 @@ pub struct SqliteBackend {
     /// name the WAL and the index), and the file it named when opened.
     canonical: PathBuf,
     file: FileId,
+}
+
+/// The connection, and what this handle still owes the files (see
+/// "Forward secrecy at rest" in the module docs).
+struct Handle {
+    connection: Connection,
+    /// The log, read for its header.
+    log: Log,
+    /// Bytes of rows (keys and values) written through this handle since its
+    /// last scrub.
+    written: u64,
+    /// A scrub runs after the commit that takes `written` past this.
+    budget: u64,
+    /// The last scrub could not run (another connection held the write
+    /// lock): tried again after every commit, and on drop.
+    scrub_owed: bool,
+    /// The log may hold values that later commits superseded (a reader kept
+    /// a checkpoint from copying every frame, or the log could not restart):
+    /// a truncating checkpoint is tried after every commit, and on drop,
+    /// until one succeeds.
+    truncate_owed: bool,
+    /// Scrubs that ran to the end.
+    #[cfg(test)]
+    scrubs: u64,
+}
+
+/// The log, by the name SQLite gives it (the database's path, as SQLite
+/// resolved it, and `-wal`), read for its header: the first
+/// [`LOG_HEADER_LEN`] bytes, whose salts change whenever the log restarts
+/// (SQLite's file format, "WAL file format").
+struct Log {
+    path: PathBuf,
+    /// Opened at the first read that finds the log, then kept (one read per
+    /// header, no open and close). SQLite takes no lock on the log (its locks
+    /// are on the database file and the `-shm` index), so this descriptor
+    /// releases none of them when it closes; and SQLite deletes the log only
+    /// when the last connection closes, which cannot happen while this
+    /// handle's is open. (Were it ever another file, its header would never
+    /// change: every commit would then truncate the log, slower but safe.)
+    file: Option<std::fs::File>,
+}
+
+impl Log {
+    /// The log's header, or `None` if there is no log or it is empty.
+    fn header(&mut self) -> std::io::Result<Option<[u8; LOG_HEADER_LEN]>> {
+        if self.file.is_none() {
+            match std::fs::File::open(&self.path) {
+                Ok(file) => self.file = Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(file) = &self.file else { return Ok(None) };
+        let mut header = [0; LOG_HEADER_LEN];
+        let mut read = 0;
+        while read < LOG_HEADER_LEN {
+            let Some(rest) = header.get_mut(read..) else { break };
+            match read_at(file, rest, read as u64)? {
+                0 => return Ok(None),
+                n => read += n,
+            }
+        }
+        Ok(Some(header))
+    }
+}
+
+/// One positioned read.
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+/// One positioned read.
+#[cfg(windows)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+/// One positioned read.
+#[cfg(not(any(unix, windows)))]
+fn read_at(mut file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    file.read(buf)
+}
+
+impl Handle {
+    /// Runs a truncating checkpoint that waits at most `timeout` for other
+    /// connections; records whether the log is still owed one.
+    fn truncate(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        let done = truncate_wal(&self.connection, timeout)?;
+        self.truncate_owed = !done;
+        Ok(done)
+    }
 }
 
 /// Which file a path names: device and inode numbers (on Unix; elsewhere
@@ -136,8 +265,10 @@ impl std::fmt::Debug for SqliteBackend {
 }
 
 impl SqliteBackend {
-    /// Opens (or creates) the database at `path` and migrates its schema.
-    /// Other handles may have it open too, in this process or others.
+    /// Opens (or creates) the database at `path`, migrates its schema and
+    /// scrubs it (see the module docs: when another connection keeps the
+    /// scrub from running, it is left for later, never an error). Other
+    /// handles may have it open too, in this process or others.
     ///
     /// # Errors
     /// [`StoreError::MovedOrLinked`] if the file has more than one link,
@@ -185,19 +316,35 @@ impl SqliteBackend {
         // Damage is reported as such: checked on open (the structure of every
         // page), and on every read of a cell.
         connection.pragma_update(None, "cell_size_check", "ON")?;
+        // The scrub's `VACUUM` builds the new database in a temporary one:
+        // in memory, so that no temporary file holds the rows.
+        connection.pragma_update(None, "temp_store", "MEMORY")?;
         let check: String = connection.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
         if check != "ok" {
             return Err(StoreError::CorruptDatabase);
         }
         migrate(&mut connection)?;
-        truncate_wal(&connection)?;
-        Ok(Self {
-            connection: Mutex::new(Some(connection)),
+        let log = Log { path: PathBuf::from(format!("{}-wal", connection.path().unwrap_or_default())), file: None };
+        let handle = Handle {
+            connection,
+            log,
+            written: 0,
+            budget: MIN_SCRUB_BUDGET,
+            scrub_owed: false,
+            truncate_owed: false,
+            #[cfg(test)]
+            scrubs: 0,
+        };
+        let backend = Self {
+            handle: Mutex::new(Some(handle)),
             pid: std::process::id(),
             path: path.to_path_buf(),
             canonical,
             file,
-        })
+        };
+        // Whatever an earlier handle, or a crash, left in the files.
+        backend.with_handle(|handle| Ok(backend.scrub_quietly(handle)))?;
+        Ok(backend)
     }
 
     /// The database file's path.
@@ -205,16 +352,109 @@ impl SqliteBackend {
         &self.path
     }
 
-    /// Runs `f` on the connection, in the process that opened it only.
-    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Runs `f` on the handle, in the process that opened it only.
+    fn with_handle<T>(&self, f: impl FnOnce(&mut Handle) -> Result<T, StoreError>) -> Result<T, StoreError> {
         if std::process::id() != self.pid {
             return Err(StoreError::Forked);
         }
         // SQLite rolls back an unfinished transaction itself, so a poisoned
         // lock leaves a consistent database.
-        let mut guard = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
-        let connection = guard.as_mut().ok_or(StoreError::Forked)?;
-        f(connection).map_err(locked_if_busy)
+        let mut guard = self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+        let handle = guard.as_mut().ok_or(StoreError::Forked)?;
+        f(handle).map_err(locked_if_busy)
+    }
+
+    /// Runs `f` on the connection, in the process that opened it only.
+    fn with_connection<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with_handle(|handle| f(&mut handle.connection))
+    }
+
+    /// Rewrites the database so that no freed byte survives in it, then
+    /// empties the log: `VACUUM` (SQLite builds a new database in memory,
+    /// `temp_store=MEMORY`, and copies every page of it back through the
+    /// log), then a truncating checkpoint (every page into the database file,
+    /// which shrinks to the new size, and the log cut to zero bytes). Each
+    /// waits at most `timeout` for other connections: `VACUUM` for the write
+    /// lock, the checkpoint for readers. Busy, it is left for later
+    /// ([`Scrub::Deferred`]): a `VACUUM` that could not start changed
+    /// nothing, and one whose pages a reader kept from the database file
+    /// leaves them in the log, complete, for the next checkpoint.
+    fn scrub_handle(&self, handle: &mut Handle, timeout: Duration) -> Result<Scrub, StoreError> {
+        // As for a write: never through a second name of the file.
+        self.check_file()?;
+        handle.connection.busy_timeout(timeout)?;
+        let vacuumed = handle.connection.execute_batch("VACUUM");
+        handle.connection.busy_timeout(BUSY_TIMEOUT)?;
+        match vacuumed {
+            Ok(()) => {}
+            Err(e) if is_busy(&e) => {
+                handle.scrub_owed = true;
+                return Ok(Scrub::Deferred);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        handle.scrub_owed = false;
+        handle.written = 0;
+        handle.budget = scrub_budget(&handle.connection)?;
+        if !handle.truncate(timeout)? {
+            return Ok(Scrub::Deferred);
+        }
+        #[cfg(test)]
+        {
+            handle.scrubs += 1;
+        }
+        Ok(Scrub::Done)
+    }
+
+    /// A scrub that is not the app's call (on open, after a commit, on drop):
+    /// it never fails the call that runs it. Another connection busy leaves
+    /// it owed (tried again after the next commit); any other failure (a full
+    /// disk: `VACUUM` needs room for a copy of the database in the log) waits
+    /// for another budget of writes. Returns whether it ran to the end.
+    fn scrub_quietly(&self, handle: &mut Handle) -> bool {
+        match self.scrub_handle(handle, QUIET_SCRUB_TIMEOUT) {
+            Ok(Scrub::Done) => true,
+            Ok(_) => false,
+            Err(_) => {
+                handle.scrub_owed = false;
+                handle.written = 0;
+                false
+            }
+        }
+    }
+
+    /// What a commit owes the files, done after it, never failing it:
+    /// - counts its bytes, and scrubs past the budget (or when a scrub is
+    ///   owed);
+    /// - checks that its checkpoint copied every frame into the database
+    ///   (`wal_checkpoint(PASSIVE)`: nothing left to copy, so it only reads
+    ///   the log's index). If a reader kept it from doing so, the log and the
+    ///   database file keep values this and earlier commits superseded: a
+    ///   truncating checkpoint is owed, tried after each later commit (and on
+    ///   drop) once nothing is left uncopied;
+    /// - if the commit could not restart the log (`appended`: frames left
+    ///   uncopied, or a reader using the log, when it wrote its own) or a
+    ///   truncation is owed, runs a truncating checkpoint now, waiting at most
+    ///   [`COMMIT_CHECKPOINT_TIMEOUT`] for readers.
+    fn after_commit(&self, handle: &mut Handle, appended: bool, written: u64) {
+        handle.written = handle.written.saturating_add(written);
+        if (handle.scrub_owed || handle.written > handle.budget) && self.scrub_quietly(handle) {
+            return;
+        }
+        match all_copied(&handle.connection) {
+            Ok(true) => {}
+            // A reader: a truncating checkpoint would wait for it.
+            Ok(false) | Err(_) => {
+                handle.truncate_owed = true;
+                return;
+            }
+        }
+        if appended || handle.truncate_owed {
+            // Busy or failed: owed, and tried again after the next commit.
+            if handle.truncate(COMMIT_CHECKPOINT_TIMEOUT).is_err() {
+                handle.truncate_owed = true;
+            }
+        }
     }
 
     /// Refuses to write unless the path still names the file this handle
@@ -223,11 +463,14 @@ impl SqliteBackend {
         if FileId::of(&self.canonical)? == self.file { Ok(()) } else { Err(StoreError::MovedOrLinked) }
     }
 
-    fn write(&self, connection: &mut Connection, writes: &[Write]) -> Result<(), StoreError> {
+    fn write(&self, handle: &mut Handle, writes: &[Write]) -> Result<(), StoreError> {
         // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
         // read here cannot change before the commit, whoever else writes.
-        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.check_file()?;
+        // The log as this commit finds it. Only a writer restarts the log,
+        // and this transaction holds the write lock.
+        let before = handle.log.header();
         for write in writes {
             if write.expected == Expected::Any {
                 continue;
@@ -253,8 +496,47 @@ impl SqliteBackend {
             }
         }
         tx.commit()?;
+        // The log restarted (its header's salts change) unless frames of
+        // earlier commits were still there: it then holds their values too.
+        let appended = match (before, handle.log.header()) {
+            (Ok(None), _) | (Ok(Some(_)), Ok(None)) => false,
+            (Ok(Some(before)), Ok(Some(after))) => before == after,
+            // Unreadable: assume the worst.
+            _ => true,
+        };
+        let written = writes.iter().map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
+        self.after_commit(handle, appended, u64::try_from(written).unwrap_or(u64::MAX));
         Ok(())
     }
+}
+
+/// The length of the log's header.
+const LOG_HEADER_LEN: usize = 32;
+
+/// Whether SQLite was busy: another connection held a lock past the busy
+/// timeout.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+/// The scrub budget after a scrub: the larger of the database's size and
+/// [`MIN_SCRUB_BUDGET`].
+fn scrub_budget(connection: &Connection) -> Result<u64, StoreError> {
+    let pages: i64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+    let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let size = u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0);
+    Ok(size.max(MIN_SCRUB_BUDGET))
+}
+
+/// Whether every frame of the log is in the database file: a passive
+/// checkpoint (it waits for no one; after a commit's own, it has nothing
+/// left to copy and only reads the log's index), which reports
+/// `(busy, frames in the log, frames copied)`.
+fn all_copied(connection: &Connection) -> Result<bool, StoreError> {
+    let (busy, log, copied) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+    })?;
+    Ok(busy == 0 && copied >= log)
 }
 
 /// SQLite still busy (another connection holding its lock) after the busy
@@ -287,14 +569,21 @@ pub(super) fn check_path(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// How long the checkpoint on open waits for another handle's readers.
-const OPEN_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a scrub that is not the app's call (on open, after a commit, on
+/// drop) waits for another connection's write lock, and then for its
+/// readers. The app's [`Backend::scrub`] waits [`BUSY_TIMEOUT`].
+const QUIET_SCRUB_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Copies the whole WAL into the database and truncates it to zero bytes;
-/// returns whether it did (`false`: another connection is reading, and the
-/// log stays for the checkpoints of later commits).
-fn truncate_wal(connection: &Connection) -> Result<bool, StoreError> {
-    connection.busy_timeout(OPEN_CHECKPOINT_TIMEOUT)?;
+/// How long the truncating checkpoint after a commit waits for another
+/// connection's readers (it is tried only when no reader keeps frames from
+/// the database file).
+const COMMIT_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// Copies the whole WAL into the database and truncates it to zero bytes,
+/// waiting at most `timeout` for other connections; returns whether it did
+/// (`false`: another connection is reading or writing, and the log stays).
+fn truncate_wal(connection: &Connection, timeout: Duration) -> Result<bool, StoreError> {
+    connection.busy_timeout(timeout)?;
     // (busy, frames in the log, frames checkpointed). Blocked by a reader,
     // SQLite reports busy = 1 in the row, not as an error.
     let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
@@ -339,7 +628,13 @@ impl Backend for SqliteBackend {
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.with_connection(|connection| self.write(connection, writes))
+        self.with_handle(|handle| self.write(handle, writes))
+    }
+
+    /// Scrubs now, waiting up to the busy timeout (5 s) for another
+    /// connection's write lock, then for its readers: see the module docs.
+    fn scrub(&self) -> Result<Scrub, StoreError> {
+        self.with_handle(|handle| self.scrub_handle(handle, BUSY_TIMEOUT))
     }
 }
 
@@ -353,9 +648,19 @@ impl Drop for SqliteBackend {
             // and the child holds none. Leaked instead: the OS closes the
             // descriptors when the child exits, which releases no lock of the
             // parent's.
-            let connection = self.connection.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+            let handle = self.handle.get_mut().unwrap_or_else(PoisonError::into_inner).take();
             #[allow(clippy::mem_forget)]
-            std::mem::forget(connection);
+            std::mem::forget(handle);
+            return;
+        }
+        // What this handle still owes the files: tried once more, briefly.
+        // (The last connection to close also checkpoints and deletes the log.)
+        if let Some(mut handle) = self.handle.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            if handle.scrub_owed {
+                self.scrub_quietly(&mut handle);
+            } else if handle.truncate_owed {
+                let _ = handle.truncate(QUIET_SCRUB_TIMEOUT);
+            }
         }
     }
 }
@@ -368,6 +673,156 @@ mod tests {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn temp_db(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("samizdat-sqlite-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        (dir, path)
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> Write {
+        Write { table: Table::Sessions, key: key.to_vec(), value: Some(value.to_vec()), expected: Expected::Any }
+    }
+
+    fn state(db: &SqliteBackend) -> (u64, u64, u64, bool, bool) {
+        db.with_handle(|h| Ok((h.scrubs, h.written, h.budget, h.scrub_owed, h.truncate_owed))).unwrap()
+    }
+
+    /// `MIN_SCRUB_BUDGET`: a handle scrubs when opened, then after the
+    /// commit that takes its bytes written (keys and values) past its
+    /// budget, which is the larger of the limit and the database's size.
+    #[test]
+    fn scrubs_run_on_open_and_after_the_commit_past_the_budget() {
+        let (dir, path) = temp_db("budget");
+        let db = SqliteBackend::open(&path).unwrap();
+        assert_eq!(state(&db), (1, 0, MIN_SCRUB_BUDGET, false, false), "scrubbed on open");
+        // Up to the budget exactly: no scrub.
+        let value = vec![7u8; 64 * 1024 - 1];
+        let row = |i: u64| i.to_be_bytes();
+        let per_write = 8 + value.len() as u64;
+        let below = MIN_SCRUB_BUDGET / per_write;
+        for i in 0..below {
+            db.apply(&[put(&row(i), &value)]).unwrap();
+        }
+        let rest = usize::try_from(MIN_SCRUB_BUDGET - below * per_write - 8).unwrap();
+        db.apply(&[put(&row(below), &value[..rest])]).unwrap();
+        assert_eq!(state(&db), (1, MIN_SCRUB_BUDGET, MIN_SCRUB_BUDGET, false, false));
+        // One byte more: the commit scrubs, and the database is now larger
+        // than the limit, so its size is the next budget.
+        db.apply(&[put(b"x", b"")]).unwrap();
+        let (scrubs, written, budget, _, _) = state(&db);
+        assert_eq!((scrubs, written), (2, 0));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size > MIN_SCRUB_BUDGET && budget == size, "budget {budget}, database {size}");
+        assert_eq!(wal_len(&path), 0, "the scrub empties the log");
+        assert_eq!(db.scan(Table::Sessions).unwrap().len(), usize::try_from(below).unwrap() + 2);
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Another connection holding the write lock defers a scrub without
+    /// failing anything; the next commit runs it. A reader that keeps the
+    /// rewritten pages from the database file defers its end: the log is
+    /// truncated once the read is over (here, when the handle drops).
+    #[test]
+    fn a_busy_database_defers_the_scrub_and_never_fails_a_commit() {
+        let (dir, path) = temp_db("busy");
+        let db = SqliteBackend::open(&path).unwrap();
+        db.apply(&[put(b"a", b"1")]).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let short = Duration::from_millis(10);
+        assert_eq!(db.with_handle(|h| db.scrub_handle(h, short)).unwrap(), Scrub::Deferred);
+        assert_eq!(state(&db), (1, 2, MIN_SCRUB_BUDGET, true, false), "owed");
+        other.execute_batch("ROLLBACK").unwrap();
+        db.apply(&[put(b"a", b"2")]).unwrap();
+        assert_eq!(state(&db), (2, 0, MIN_SCRUB_BUDGET, false, false), "run after the next commit");
+        // A reader: the rewrite is done, its pages stay in the log.
+        other.execute_batch("BEGIN").unwrap();
+        let _: i64 = other.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        assert_eq!(db.with_handle(|h| db.scrub_handle(h, short)).unwrap(), Scrub::Deferred);
+        assert!(state(&db).4, "a truncation is owed");
+        assert!(wal_len(&path) > 0);
+        db.apply(&[put(b"a", b"3")]).unwrap();
+        assert!(state(&db).4, "still owed while the read lasts");
+        other.execute_batch("COMMIT").unwrap();
+        drop(db);
+        assert!(path.exists() && wal_len(&path) == 0, "truncated on drop");
+        let reopened = SqliteBackend::open(&path).unwrap();
+        assert_eq!(reopened.get(Table::Sessions, b"a").unwrap(), Some(b"3".to_vec()));
+        drop((reopened, other));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A commit that finds frames of another handle's commit still in the
+    /// log (a reader kept them from the database when that commit was made)
+    /// cannot restart the log, and appends: it truncates the log after it,
+    /// though this handle owed nothing.
+    #[test]
+    fn a_commit_that_could_not_restart_the_log_truncates_it() {
+        let (dir, path) = temp_db("append");
+        let (x, y) = (SqliteBackend::open(&path).unwrap(), SqliteBackend::open(&path).unwrap());
+        x.apply(&[put(b"a", b"1")]).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
+        x.apply(&[put(b"a", b"2")]).unwrap();
+        assert!(state(&x).4 && !state(&y).4, "x owes a truncation, y nothing");
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(y.with_handle(|h| Ok(h.log.header()?)).unwrap().is_some());
+        y.apply(&[put(b"b", b"1")]).unwrap();
+        assert_eq!(wal_len(&path), 0, "y's commit appended, and truncated the log");
+        assert!(!state(&y).4);
+        drop((x, y, reader));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Scrubs on one handle, in a loop, while another handle keeps making
+    /// conditional read-modify-write commits: every commit lands, none is
+    /// refused because of a scrub, and the database stays sound.
+    #[test]
+    fn scrubs_never_break_another_handle() {
+        let (dir, path) = temp_db("concurrent");
+        let (writer, scrubber) = (SqliteBackend::open(&path).unwrap(), SqliteBackend::open(&path).unwrap());
+        let n = 200u32;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let scrubs = s.spawn(|| {
+                let mut outcomes = (0, 0);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    match scrubber.scrub().unwrap() {
+                        Scrub::Done => outcomes.0 += 1,
+                        _ => outcomes.1 += 1,
+                    }
+                }
+                outcomes
+            });
+            for i in 0..n {
+                let current = writer.get(Table::Sessions, b"counter").unwrap();
+                let next = current.as_deref().map_or(0, |v| u32::from_be_bytes(v.try_into().unwrap())) + 1;
+                assert_eq!(next, i + 1);
+                writer
+                    .apply(&[Write {
+                        table: Table::Sessions,
+                        key: b"counter".to_vec(),
+                        value: Some(next.to_be_bytes().to_vec()),
+                        expected: Expected::read(current),
+                    }])
+                    .unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (done_scrubs, _) = scrubs.join().unwrap();
+            assert!(done_scrubs > 0);
+        });
+        assert_eq!(scrubber.get(Table::Sessions, b"counter").unwrap(), Some(n.to_be_bytes().to_vec()));
+        let check: String =
+            scrubber.with_connection(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(check, "ok");
+        drop((writer, scrubber));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]
@@ -429,10 +884,10 @@ mod tests {
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader.query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0)).unwrap();
         db.apply(&[put(b"2")]).unwrap();
-        assert!(!db.with_connection(|c| truncate_wal(c)).unwrap(), "a reader holds the log");
+        assert!(!db.with_connection(|c| truncate_wal(c, QUIET_SCRUB_TIMEOUT)).unwrap(), "a reader holds the log");
         assert!(wal_len(&path) > 0);
         reader.execute_batch("COMMIT").unwrap();
-        assert!(db.with_connection(|c| truncate_wal(c)).unwrap());
+        assert!(db.with_connection(|c| truncate_wal(c, QUIET_SCRUB_TIMEOUT)).unwrap());
         assert_eq!(wal_len(&path), 0, "the log is truncated");
         assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"2".to_vec()));
         drop((db, reader));
