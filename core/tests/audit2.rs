@@ -1213,10 +1213,6 @@ mod store {
     pub(crate) fn open_or_create(path: &Path, address: Address) -> Result<Device, DeviceError> {
         Device::open_or_create(path, &KEY, address, 0)
     }
-
-    pub(crate) fn is_store_error(e: &DeviceError) -> bool {
-        matches!(e, DeviceError::Store(_))
-    }
 }
 
 /// Found broken (fixed: a temporary name is created exclusively, so nothing

@@ -479,7 +479,7 @@ impl<B: Backend> Device<B> {
 fn corrupt_if_unchanged<T, R: PartialEq>(result: Result<T, DeviceError>, read: &[R]) -> Result<T, DeviceError> {
     match result {
         Err(DeviceError::Store(StoreError::Conflict { table: Table::Sessions }))
-            if read.len() >= crate::limits::MAX_WRITE_ATTEMPTS && read.windows(2).all(|w| w[0] == w[1]) =>
+            if read.len() >= crate::limits::MAX_WRITE_ATTEMPTS && read.iter().all(|r| Some(r) == read.first()) =>
         {
             Err(StoreError::Corrupt { table: Table::Sessions }.into())
         }

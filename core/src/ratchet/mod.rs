@@ -850,13 +850,13 @@ pub(crate) fn to_ranges(counters: impl IntoIterator<Item = u32>) -> Vec<u32> {
 /// How many counters `ranges` (of [`to_ranges`]) holds, checking its form.
 fn ranges_len(ranges: &[u32]) -> Result<usize, DecodeError> {
     let invalid = || DecodeError::InvalidValue("receiving.skipped_apart");
-    if ranges.len() % 2 != 0 {
+    if !ranges.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let mut total = 0usize;
     let mut end = 0u32;
     for (i, pair) in ranges.chunks_exact(2).enumerate() {
-        let (distance, len) = (pair[0], pair[1]);
+        let &[distance, len] = pair else { return Err(invalid()) };
         if len == 0 || (i > 0 && distance == 0) {
             return Err(invalid());
         }
@@ -870,9 +870,11 @@ fn ranges_len(ranges: &[u32]) -> Result<usize, DecodeError> {
 fn skipped_ranges(ranges: &[u32]) -> Result<impl Iterator<Item = u32> + '_, DecodeError> {
     let mut end = 0u32;
     let mut runs = Vec::with_capacity(ranges.len() / 2);
+    let invalid = DecodeError::InvalidValue("receiving.skipped_apart");
     for pair in ranges.chunks_exact(2) {
-        let start = end.checked_add(pair[0]).ok_or(DecodeError::InvalidValue("receiving.skipped_apart"))?;
-        end = start.checked_add(pair[1]).ok_or(DecodeError::InvalidValue("receiving.skipped_apart"))?;
+        let &[distance, len] = pair else { return Err(invalid) };
+        let start = end.checked_add(distance).ok_or(invalid.clone())?;
+        end = start.checked_add(len).ok_or(invalid.clone())?;
         runs.push(start..end);
     }
     Ok(runs.into_iter().flatten())
