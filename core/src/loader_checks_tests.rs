@@ -685,6 +685,14 @@ fn session_state_checks_s1_to_s9() {
         }),
         DecodeError::InvalidValue("displaced")
     );
+    // S10: a state that came back is full (current or archived)
+    record_loads(&base, |r| current(r).came_back = true);
+    record_loads(&base, |r| {
+        let mut back = r.current.clone().unwrap();
+        back.came_back = true;
+        r.archived.push(back);
+    });
+    assert_eq!(record_error(&base, |r| kept(r).came_back = true), DecodeError::InvalidValue("came_back"));
 }
 
 #[test]

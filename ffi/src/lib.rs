@@ -28,7 +28,7 @@ use samizdat::{
     device::{self, DeviceError},
     fingerprint::{self, ScanError},
     keys::IdentityKey,
-    store::StoreError,
+    store::{Scrub, StoreError},
 };
 use zeroize::Zeroizing;
 
@@ -162,6 +162,19 @@ pub enum MismatchedSide {
     Remote,
     /// Both differ (for example a code from another conversation).
     Both,
+}
+
+/// What [`Device::scrub`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ScrubResult {
+    /// The store's files hold no byte of an overwritten or deleted row any
+    /// more (until later writes; the store scrubs itself again after a
+    /// budget of writes).
+    Done,
+    /// Another connection to the database kept the scrub from finishing:
+    /// nothing is lost, the device retries after its next writes; call
+    /// again later to know it is done.
+    Deferred,
 }
 
 /// A device of a user.
@@ -370,6 +383,20 @@ impl Device {
     /// Commits a batch in one transaction.
     pub fn commit_batch(&self, batch: Arc<PendingBatch>) -> Result<(), SamizdatError> {
         Ok(self.inner.commit_batch(take(&batch.inner)?)?)
+    }
+
+    /// Rewrites the store's files so that no copy of an overwritten or
+    /// deleted row (a used key, an old ratchet state) is left in them: call
+    /// it when the app goes to the background or locks. The store also does
+    /// it by itself when opened and after each budget of writes.
+    pub fn scrub(&self) -> Result<ScrubResult, SamizdatError> {
+        match self.inner.scrub()? {
+            Scrub::Done => Ok(ScrubResult::Done),
+            Scrub::Deferred => Ok(ScrubResult::Deferred),
+            // A SQLite store always scrubs; a new kind of result is not for
+            // the app to guess at.
+            other => Err(SamizdatError::Other { reason: format!("scrub: {other:?}") }),
+        }
     }
 }
 

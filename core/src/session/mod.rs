@@ -713,23 +713,26 @@ impl SessionRecord {
     /// 4. A state a new session of the peer's displaced (it had heard from
     ///    the peer), on a DH step: the peer answered our latest message on
     ///    it, so the new session's prekey message may be one it sent long
-    ///    ago and has left behind. Once between heals; the state it leaves is
-    ///    displaced in turn, so that if the step was an old message of the
-    ///    peer's (sent before its new session), the peer's next step on the
-    ///    new session brings that one back.
+    ///    ago and has left behind. Not for a state that came back since the
+    ///    last heal; the state it leaves is displaced in turn, so that if the
+    ///    step was an old message of the peer's (sent before its new
+    ///    session), the peer's next step on the new session brings that one
+    ///    back (`Promotion::Back`).
     /// 5. A state the peer initiated and has sent on only with its first
     ///    chain, on a message with a prekey header: the peer is still
     ///    waiting for our answer on it, and will wait (rule 3 on its side).
-    /// 6. Any other, if its base key is the smaller: the peer is on it, and
-    ///    holding the same two sessions, picks the same.
+    ///    Not for a state that came back since the last heal: a copy of the
+    ///    record can forge such messages.
+    /// 6. Any other, if its base key is the smaller, unless the current state
+    ///    is a session the peer initiated and waits for us to answer on
+    ///    (`owes_an_answer`): the peer is on it, and holding the same two
+    ///    sessions, picks the same.
     ///
-    /// Rule 6 moves only to a smaller base key, so a record cannot be moved
-    /// back and forth by it: a copy of an old record can use it at most once
-    /// per state it holds, and a round trip on the state it moved to takes a
-    /// DH step on each side (a heal, which cuts every other state). Rules 2
-    /// and 5 need messages of a state the peer has not answered or not
-    /// stepped on, which a heal cuts too; rule 4 needs a new session of the
-    /// peer's, which no copy of a record can make.
+    /// Between two heals a copy of an old record can therefore move the
+    /// record a bounded number of times: by rules 4 and 5 once per state, by
+    /// rule 6 only down the order of base keys, by rules 1 to 3 only on
+    /// states a copy cannot make. The peer's next DH step on the state it
+    /// lands on heals, and a heal cuts every other state (PROTOCOL.md 9.10).
     fn promotes(&self, i: usize, prekey: bool, step: bool) -> Option<Promotion> {
         let promote = |yes: bool| yes.then_some(Promotion::Plain);
         let state = self.archived.get(i).filter(|state| state.is_full())?;

@@ -42,8 +42,8 @@ pub(crate) struct SessionState {
     /// when the peer's new session replaced it: it may still step, and a
     /// step makes it current again (PROTOCOL.md 9.10). Cleared by a cut.
     pub(crate) displaced: bool,
-    /// Whether the state became current again by rule 5 or 6 of
-    /// `SessionRecord::promotes` since the last heal (once only).
+    /// Whether the state became current again by `SessionRecord::promotes`
+    /// since the last heal: rules 4 and 5 bring a state back once only.
     pub(crate) came_back: bool,
 }
 

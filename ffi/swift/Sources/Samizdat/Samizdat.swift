@@ -672,6 +672,14 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func safetyNumber(peer: Address) throws  -> SafetyNumber
     
     /**
+     * Rewrites the store's files so that no copy of an overwritten or
+     * deleted row (a used key, an old ratchet state) is left in them: call
+     * it when the app goes to the background or locks. The store also does
+     * it by itself when opened and after each budget of writes.
+     */
+    func scrub() throws  -> ScrubResult
+    
+    /**
      * Starts a session from a peer's bundle; returns the peer's address.
      */
     func startSession(bundle: Data) throws  -> Address
@@ -979,6 +987,21 @@ open func safetyNumber(peer: Address)throws  -> SafetyNumber  {
     uniffi_samizdat_ffi_fn_method_device_safety_number(
             self.uniffiCloneHandle(),
         FfiConverterTypeAddress_lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Rewrites the store's files so that no copy of an overwritten or
+     * deleted row (a used key, an old ratchet state) is left in them: call
+     * it when the app goes to the background or locks. The store also does
+     * it by itself when opened and after each budget of writes.
+     */
+open func scrub()throws  -> ScrubResult  {
+    return try  FfiConverterTypeScrubResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_scrub(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -1997,11 +2020,23 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      */
     case SenderRolledBack
     /**
-     * The message is malformed, forged or altered, or too far ahead of the
-     * session: drop it. Opaque on purpose: which check failed is not for a
-     * forger to learn.
+     * The message is malformed, forged or altered: drop it. Opaque on
+     * purpose: which check failed is not for a forger to learn.
      */
     case InvalidMessage
+    /**
+     * The message is authentic but further ahead of its chain than the
+     * skip limit (more than `max` earlier messages are missing). Do not ack
+     * it: decrypt it again once the earlier messages have arrived.
+     */
+    case TooFarAhead(
+        /**
+         * How many earlier messages are missing on its chain.
+         */gap: UInt32, 
+        /**
+         * The limit.
+         */max: UInt32
+    )
     /**
      * The prekey bundle is malformed or its signatures do not verify.
      */
@@ -2134,31 +2169,35 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
         case 2: return .Duplicate
         case 3: return .SenderRolledBack
         case 4: return .InvalidMessage
-        case 5: return .InvalidBundle
-        case 6: return .NoSession
-        case 7: return .UnknownPrekey
-        case 8: return .StalePending
-        case 9: return .AlreadyCommitted
-        case 10: return .MessageTooLarge(
+        case 5: return .TooFarAhead(
+            gap: try FfiConverterUInt32.read(from: &buf), 
+            max: try FfiConverterUInt32.read(from: &buf)
+            )
+        case 6: return .InvalidBundle
+        case 7: return .NoSession
+        case 8: return .UnknownPrekey
+        case 9: return .StalePending
+        case 10: return .AlreadyCommitted
+        case 11: return .MessageTooLarge(
             len: try FfiConverterUInt64.read(from: &buf), 
             max: try FfiConverterUInt64.read(from: &buf)
             )
-        case 11: return .SafetyNumberMismatch(
+        case 12: return .SafetyNumberMismatch(
             side: try FfiConverterTypeMismatchedSide.read(from: &buf)
             )
-        case 12: return .WrongStorageKey
-        case 13: return .StoreBusy
-        case 14: return .ForkedProcess
-        case 15: return .WrongDevice
-        case 16: return .NoDevice
-        case 17: return .DeviceExists
-        case 18: return .StoreError(
+        case 13: return .WrongStorageKey
+        case 14: return .StoreBusy
+        case 15: return .ForkedProcess
+        case 16: return .WrongDevice
+        case 17: return .NoDevice
+        case 18: return .DeviceExists
+        case 19: return .StoreError(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 19: return .InvalidArgument(
+        case 20: return .InvalidArgument(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 20: return .Other(
+        case 21: return .Other(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -2190,73 +2229,79 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(4))
         
         
-        case .InvalidBundle:
+        case let .TooFarAhead(gap,max):
             writeInt(&buf, Int32(5))
+            FfiConverterUInt32.write(gap, into: &buf)
+            FfiConverterUInt32.write(max, into: &buf)
+            
         
-        
-        case .NoSession:
+        case .InvalidBundle:
             writeInt(&buf, Int32(6))
         
         
-        case .UnknownPrekey:
+        case .NoSession:
             writeInt(&buf, Int32(7))
         
         
-        case .StalePending:
+        case .UnknownPrekey:
             writeInt(&buf, Int32(8))
         
         
-        case .AlreadyCommitted:
+        case .StalePending:
             writeInt(&buf, Int32(9))
         
         
-        case let .MessageTooLarge(len,max):
+        case .AlreadyCommitted:
             writeInt(&buf, Int32(10))
+        
+        
+        case let .MessageTooLarge(len,max):
+            writeInt(&buf, Int32(11))
             FfiConverterUInt64.write(len, into: &buf)
             FfiConverterUInt64.write(max, into: &buf)
             
         
         case let .SafetyNumberMismatch(side):
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(12))
             FfiConverterTypeMismatchedSide.write(side, into: &buf)
             
         
         case .WrongStorageKey:
-            writeInt(&buf, Int32(12))
-        
-        
-        case .StoreBusy:
             writeInt(&buf, Int32(13))
         
         
-        case .ForkedProcess:
+        case .StoreBusy:
             writeInt(&buf, Int32(14))
         
         
-        case .WrongDevice:
+        case .ForkedProcess:
             writeInt(&buf, Int32(15))
         
         
-        case .NoDevice:
+        case .WrongDevice:
             writeInt(&buf, Int32(16))
         
         
-        case .DeviceExists:
+        case .NoDevice:
             writeInt(&buf, Int32(17))
         
         
-        case let .StoreError(reason):
+        case .DeviceExists:
             writeInt(&buf, Int32(18))
-            FfiConverterString.write(reason, into: &buf)
-            
         
-        case let .InvalidArgument(reason):
+        
+        case let .StoreError(reason):
             writeInt(&buf, Int32(19))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Other(reason):
+        case let .InvalidArgument(reason):
             writeInt(&buf, Int32(20))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Other(reason):
+            writeInt(&buf, Int32(21))
             FfiConverterString.write(reason, into: &buf)
             
         }
@@ -2277,6 +2322,85 @@ public func FfiConverterTypeSamizdatError_lift(_ buf: RustBuffer) throws -> Sami
 public func FfiConverterTypeSamizdatError_lower(_ value: SamizdatError) -> RustBuffer {
     return FfiConverterTypeSamizdatError.lower(value)
 }
+
+
+/**
+ * What [`Device::scrub`] did.
+ */
+
+public enum ScrubResult: Equatable, Hashable {
+    
+    /**
+     * The store's files hold no byte of an overwritten or deleted row any
+     * more (until later writes; the store scrubs itself again after a
+     * budget of writes).
+     */
+    case done
+    /**
+     * Another connection to the database kept the scrub from finishing:
+     * nothing is lost, the device retries after its next writes; call
+     * again later to know it is done.
+     */
+    case deferred
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ScrubResult: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeScrubResult: FfiConverterRustBuffer {
+    typealias SwiftType = ScrubResult
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ScrubResult {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .done
+        
+        case 2: return .deferred
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ScrubResult, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .done:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .deferred:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeScrubResult_lift(_ buf: RustBuffer) throws -> ScrubResult {
+    return try FfiConverterTypeScrubResult.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeScrubResult_lower(_ value: ScrubResult) -> RustBuffer {
+    return FfiConverterTypeScrubResult.lower(value)
+}
+
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -2459,6 +2583,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 32228) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_scrub() != 61568) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_start_session() != 12585) {

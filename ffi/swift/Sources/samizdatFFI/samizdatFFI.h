@@ -343,6 +343,11 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_rotate_prekeys(uint64_t ptr, uin
 uint64_t uniffi_samizdat_ffi_fn_method_device_safety_number(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SCRUB
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SCRUB
+RustBuffer uniffi_samizdat_ffi_fn_method_device_scrub(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_START_SESSION
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_START_SESSION
 RustBuffer uniffi_samizdat_ffi_fn_method_device_start_session(uint64_t ptr, RustBuffer bundle, RustCallStatus *_Nonnull out_status
@@ -770,6 +775,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SAFETY_NUMBER
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SAFETY_NUMBER
 uint16_t uniffi_samizdat_ffi_checksum_method_device_safety_number(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SCRUB
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SCRUB
+uint16_t uniffi_samizdat_ffi_checksum_method_device_scrub(void
     
 );
 #endif

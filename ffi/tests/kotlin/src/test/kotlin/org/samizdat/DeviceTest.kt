@@ -285,6 +285,28 @@ class DeviceTest {
         }
     }
 
+    /** Issue 11, item 2: scrub() rewrites the store, empties its log, and the device goes on. */
+    @Test
+    fun scrubEmptiesTheLogAndTheDeviceGoesOn(@TempDir dir: Path) {
+        device(dir, "alice", aliceKey).use { alice ->
+            device(dir, "bob", bobKey).use { bob ->
+                val bobAddress = alice.startSession(bob.prekeyBundle())
+                for (i in 0 until 20) {
+                    assertEquals("a$i", receive(bob, alice.address(), alice.encrypt(bobAddress, "a$i".encodeToByteArray())))
+                    assertEquals("b$i", receive(alice, bobAddress, bob.encrypt(alice.address(), "b$i".encodeToByteArray())))
+                }
+                val database = dir.resolve("alice.db").toFile()
+                val before = database.length()
+                assertEquals(ScrubResult.DONE, alice.scrub())
+                val log = File("$database-wal")
+                assertTrue(!log.exists() || log.length() == 0L, "the log is empty after a scrub")
+                assertTrue(database.length() <= before, "a scrub never grows the database")
+                assertEquals(ScrubResult.DONE, alice.scrub())
+                assertEquals("after", receive(bob, alice.address(), alice.encrypt(bobAddress, "after".encodeToByteArray())))
+            }
+        }
+    }
+
     /** Issue 11, attacks 4 and 5: a second handle shares the store; a pending commits only on its own device. */
     @Test
     fun handlesShareTheStoreAndPendingsStayOnTheirDevice(@TempDir dir: Path) {
