@@ -3,6 +3,8 @@
 //! - `test`: the full test run (format check, clippy with warnings denied,
 //!   every test of the workspace, doc tests included). `.ci/run` calls this.
 //! - `bindings`: build the FFI library and generate the Kotlin and Swift sources.
+//! - `bindings-test`: the bindings' step of `test` alone (Kotlin, Python, Swift
+//!   sources checked), after a change to `ffi/` or its tests.
 
 mod bench;
 mod bindings;
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("bindings") => bindings::generate(),
+        Some("bindings-test") => bindings::test(),
         Some("bench") => bench::bench(),
         Some("vectors") => vectors::generate(),
         _ => {

@@ -155,9 +155,10 @@ class DeviceTest {
                 }
                 assertEquals("hi", receive(bob, alice.address(), wire))
                 assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), wire) }
-                // A message more than 2,000 ahead: retryable, not a forgery.
+                // A message more than 2,000 ahead: retryable, not a forgery. Bob has received
+                // counter 0 (Nr = 1); counter 2002 leaves 2,001 missing.
                 var far = ByteArray(0)
-                repeat(2001) { far = alice.encrypt(bob.address(), "far".encodeToByteArray()) }
+                repeat(2002) { far = alice.encrypt(bob.address(), "far".encodeToByteArray()) }
                 val ahead = assertThrows(SamizdatException.TooFarAhead::class.java) { bob.decrypt(alice.address(), far) }
                 assertEquals(2001u, ahead.gap)
                 assertEquals(2000u, ahead.max)
