@@ -95,10 +95,12 @@ impl KeptKeys {
         evict(&mut self.receiving);
     }
 
-    pub(crate) fn to_record(&self) -> storage::KeptKeys {
+    /// The stored form, with the seeds in it or apart (as
+    /// [`super::DoubleRatchet::to_record_with`]).
+    pub(crate) fn to_record_with(&self, seeds: Seeds) -> storage::KeptKeys {
         storage::KeptKeys {
             associated_data: self.associated_data.clone(),
-            receiving: self.receiving.iter().map(chain_to_record).collect(),
+            receiving: self.receiving.iter().map(|chain| chain_to_record(chain, seeds)).collect(),
         }
     }
 

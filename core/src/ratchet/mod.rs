@@ -609,6 +609,12 @@ impl DoubleRatchet {
     }
 
     pub(crate) fn to_record(&self) -> storage::RatchetState {
+        self.to_record_with(Seeds::In)
+    }
+
+    /// The stored form, with the skipped keys' seeds in it or apart (then
+    /// only their counters, as ranges: 13.1).
+    pub(crate) fn to_record_with(&self, seeds: Seeds) -> storage::RatchetState {
         let (chain_key, counter, header_key) = match &self.sending.chain {
             Some((ck, hk)) => (ck.as_secret().as_bytes().to_vec(), ck.index(), hk.as_secret().as_bytes().to_vec()),
             None => (Vec::new(), 0, Vec::new()),
@@ -626,7 +632,7 @@ impl DoubleRatchet {
                 previous_counter: self.sending.previous_counter,
                 ratchet_public: self.sending.ratchet_key.public_key().as_bytes().to_vec(),
             }),
-            receiving: self.receiving.iter().map(chain_to_record).collect(),
+            receiving: self.receiving.iter().map(|chain| chain_to_record(chain, seeds)).collect(),
             next_receiving_header_key: self.next_receiving_header_key.as_secret().as_bytes().to_vec(),
         }
     }
@@ -794,7 +800,7 @@ fn evict(chains: &mut VecDeque<ReceivingChain>) {
 /// Length of one remembered counter in storage: `u32be(counter) || tag`.
 const USED_ENTRY_LEN: usize = 4 + NONCE_TAG_LEN;
 
-fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
+fn chain_to_record(chain: &ReceivingChain, seeds: Seeds) -> storage::ReceivingChain {
     let mut used = Vec::with_capacity(chain.used.len() * USED_ENTRY_LEN);
     for (counter, tag) in &chain.used {
         used.extend_from_slice(&counter.to_be_bytes());
@@ -805,17 +811,24 @@ fn chain_to_record(chain: &ReceivingChain) -> storage::ReceivingChain {
         header_key: chain.header_key.as_secret().as_bytes().to_vec(),
         chain_key: chain.chain_key().map(|ck| ck.as_secret().as_bytes().to_vec()).unwrap_or_default(),
         counter: chain.next_counter(),
-        // A seed not loaded is written as empty bytes; a record stored with
-        // its seeds apart moves the counters to `skipped_apart` (13.4).
-        skipped: chain
-            .skipped
-            .iter()
-            .map(|key| storage::SkippedKey {
-                counter: key.counter(),
-                seed: key.seed().map(|seed| seed.as_bytes().to_vec()).unwrap_or_default(),
-            })
-            .collect(),
-        skipped_apart: Vec::new(),
+        // With the seeds in: a seed not loaded is written as empty bytes.
+        // Apart: only the counters, packed (13.4), built straight from the
+        // chain (no per-key allocation: this runs at every write).
+        skipped: match seeds {
+            Seeds::In => chain
+                .skipped
+                .iter()
+                .map(|key| storage::SkippedKey {
+                    counter: key.counter(),
+                    seed: key.seed().map(|seed| seed.as_bytes().to_vec()).unwrap_or_default(),
+                })
+                .collect(),
+            Seeds::Apart => Vec::new(),
+        },
+        skipped_apart: match seeds {
+            Seeds::In => Vec::new(),
+            Seeds::Apart => to_ranges(chain.skipped.iter().map(MessageKey::counter)),
+        },
         used,
     }
 }

@@ -79,7 +79,7 @@ use std::{
 use prost::Message as _;
 use rand_core::CryptoRng;
 use samizdat_proto::storage;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use self::state::{Keys, SessionState};
 use crate::{
@@ -823,32 +823,17 @@ impl SessionRecord {
     }
 
     fn encode(&self, seeds: Seeds) -> Zeroizing<Vec<u8>> {
-        let mut record = Zeroizing::new(storage::SessionRecord {
+        let record = Zeroizing::new(storage::SessionRecord {
             version: RECORD_VERSION,
             trusted_identity: self.trusted_identity.map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
-            current: self.current.as_ref().map(SessionState::to_record),
-            archived: self.archived.iter().map(SessionState::to_record).collect(),
+            current: self.current.as_ref().map(|state| state.to_record(seeds)),
+            archived: self.archived.iter().map(|state| state.to_record(seeds)).collect(),
             seen_base_keys: self.seen_base_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             generation: self.generation,
             heals: self.heals,
             seeds_apart: seeds == Seeds::Apart,
             initiations: self.initiations,
         });
-        if seeds == Seeds::Apart {
-            let storage::SessionRecord { current, archived, .. } = &mut *record;
-            for state in current.iter_mut().chain(archived.iter_mut()) {
-                let chains = match (&mut state.ratchet, &mut state.kept) {
-                    (Some(ratchet), _) => &mut ratchet.receiving,
-                    (None, Some(kept)) => &mut kept.receiving,
-                    (None, None) => continue,
-                };
-                // Only the counters, packed; the seeds go to their own row.
-                for chain in chains.iter_mut() {
-                    chain.skipped_apart = crate::ratchet::to_ranges(chain.skipped.iter().map(|key| key.counter));
-                    chain.skipped.zeroize();
-                }
-            }
-        }
         let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
         let _ = record.encode(&mut *out);
         out

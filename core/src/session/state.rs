@@ -159,10 +159,10 @@ impl SessionState {
         matches!(&self.keys, Keys::Kept(kept) if kept.stored_skipped_keys() == 0)
     }
 
-    pub(crate) fn to_record(&self) -> storage::SessionState {
+    pub(crate) fn to_record(&self, seeds: Seeds) -> storage::SessionState {
         let (ratchet, kept) = match &self.keys {
-            Keys::Full(ratchet) => (Some(ratchet.to_record()), None),
-            Keys::Kept(kept) => (None, Some(kept.to_record())),
+            Keys::Full(ratchet) => (Some(ratchet.to_record_with(seeds)), None),
+            Keys::Kept(kept) => (None, Some(kept.to_record_with(seeds))),
         };
         storage::SessionState {
             ratchet,
