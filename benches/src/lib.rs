@@ -551,6 +551,10 @@ pub fn rows() -> Vec<Row> {
             "device_scale/sqlite_decrypt/1000_fragmented",
             "in-order decrypt + commit, 64 B, 1,000 skipped keys stored, every other one delivered",
         ),
+        (
+            "device_scrub/sqlite_scrub/1000_peers",
+            "scrub (VACUUM, truncating checkpoint): a store with 1,000 peers, once per budget of writes",
+        ),
     ] {
         out.push(row(scale, what.to_owned(), Some(id.to_owned()), None, None));
     }
