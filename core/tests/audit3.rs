@@ -24,7 +24,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use chacha20::ChaCha20Rng;
 use samizdat::{
     SessionError,
     address::Address,
@@ -33,7 +32,6 @@ use samizdat::{
     prekeys::{PreKeyBundle, PreKeySet},
     session::SessionRecord,
     store::{Backend, Expected, MemoryBackend, Scrub, StoreError, Table, Write},
-    wire::{Message, RatchetMessage},
 };
 use support::rng;
 
@@ -455,10 +453,8 @@ fn audit3_a_kill_during_scrubs_loses_nothing() {
         assert!(!status.success(), "kill {k}: the child ran to an end ({status:?})");
         let bob = Device::open(&path, &[0x22; 32]).unwrap();
         assert_eq!(bob.backend().scan(Table::Sessions).unwrap(), sessions, "kill {k}: the sessions changed");
-        let check: String = rusqlite::Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
+        let check: String =
+            rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(check, "ok", "kill {k}");
         assert_eq!(bob.scrub().unwrap(), Scrub::Done, "kill {k}");
     }
@@ -469,4 +465,352 @@ fn audit3_a_kill_during_scrubs_loses_nothing() {
     }
     drop(bob);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// 3. Store creation under a temporary name
+// ---------------------------------------------------------------------------
+
+/// Sets the modification time of the file `path` two minutes back.
+fn age(path: &Path) {
+    let old = SystemTime::now() - Duration::from_secs(120);
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_modified(old).unwrap();
+}
+
+/// BROKEN. PROTOCOL.md 14.8 "Creating a store" and the code's own
+/// documentation of `temporaries` ("only files of this store, never anything
+/// else"): stale removal deletes files that are not temporaries of a
+/// creation at all.
+///
+/// Attack (or accident): the user (or another program) keeps a file beside
+/// the store whose name merely starts with `<store name>.samizdat-new-`,
+/// e.g. `bob.db.samizdat-new-notes.txt` or a manual backup
+/// `bob.db.samizdat-new-backup`, last modified more than a minute ago.
+/// `Device::create` (or `open_or_create`) of `bob.db` calls `remove_stale`,
+/// which takes every directory entry with that prefix (only `-wal`/`-shm`
+/// endings excluded) and older than 60 s as a crashed creation's leftover,
+/// and deletes it, together with `<that name>-wal` and `<that name>-shm`.
+/// The user's unrelated files are gone. (Anyone who can make the app create a
+/// store in a shared directory can likewise have it delete such files.)
+///
+/// Suggested fix: remove only names of the exact form
+/// `<name>.samizdat-new-<digits>-<digits>` (parse them), and only regular
+/// files that are empty or start with the SQLite header
+/// (`SQLite format 3\0`); leave anything else alone.
+#[cfg(unix)]
+#[test]
+fn audit3_broken_create_deletes_unrelated_files_that_share_the_temporary_prefix() {
+    let dir = temp_dir("create-user-files");
+    let path = dir.join("bob.db");
+    let notes = dir.join("bob.db.samizdat-new-notes.txt");
+    let backup = dir.join("bob.db.samizdat-new-backup");
+    let backup_wal = dir.join("bob.db.samizdat-new-backup-wal");
+    for file in [&notes, &backup, &backup_wal] {
+        std::fs::write(file, b"the user's own data, not SQLite").unwrap();
+        age(file);
+    }
+    let bob = Device::create(&path, &[0x22; 32], addr("bob"), 0).unwrap();
+    drop(bob);
+    let gone: Vec<String> = [&notes, &backup, &backup_wal]
+        .iter()
+        .filter(|f| !f.exists())
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(gone.is_empty(), "Device::create deleted the user's files {gone:?}");
+}
+
+/// 14.8: symbolic links at temporary names (of the next names this process
+/// will try, and a `-wal` beside one) pointing to an old user file: never
+/// followed, the target survives untouched and the store is made.
+#[cfg(unix)]
+#[test]
+fn audit3_stale_links_at_temporary_names_are_never_followed() {
+    let dir = temp_dir("create-links");
+    let path = dir.join("bob.db");
+    let target = dir.join("precious.txt");
+    std::fs::write(&target, b"precious").unwrap();
+    age(&target);
+    let name = dir.join(format!("bob.db.samizdat-new-{}-999", std::process::id()));
+    std::os::unix::fs::symlink(&target, &name).unwrap();
+    let wal = dir.join(format!("bob.db.samizdat-new-{}-999-wal", std::process::id()));
+    std::os::unix::fs::symlink(&target, &wal).unwrap();
+    let bob = Device::create(&path, &[0x22; 32], addr("bob"), 0).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    drop(bob);
+    assert!(Device::open(&path, &[0x22; 32]).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// 14.8: concurrent creators of one store (threads of one process): exactly
+/// one makes it, the others get `AlreadyExists`, no temporary name is left,
+/// and the store opens with the winner's key.
+#[test]
+fn audit3_concurrent_creators_make_one_store_and_leave_nothing() {
+    let dir = temp_dir("create-race");
+    let path = dir.join("bob.db");
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u8)
+            .map(|k| {
+                let path = path.clone();
+                s.spawn(move || {
+                    Device::create(&path, &[k + 1; 32], addr("bob"), 0).map(drop).map_err(|e| format!("{e:?}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    // A loser that found the store already there opens it with its own key:
+    // `AlreadyExists` or `WrongKey`, never anything else.
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(r.contains("AlreadyExists") || r.contains("WrongKey"), "{r}");
+    }
+    assert!(winners >= 1, "{results:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("samizdat-new"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let opened = (1..=4u8).filter(|k| Device::open(&path, &[*k; 32]).is_ok()).count();
+    assert_eq!(opened, 1, "one key opens the store ({results:?})");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// 4. Seeds rows
+// ---------------------------------------------------------------------------
+
+/// Bob with a peer whose messages 0..n were skipped (their seeds in the seeds
+/// row); returns the unread wires.
+fn bob_with_skipped(path: &Path) -> (Device, Device<MemoryBackend>, Vec<Vec<u8>>) {
+    let bob = Device::create(path, &[0x22; 32], addr("bob"), 0).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &[0x11; 32], addr("alice"), 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let wires: Vec<Vec<u8>> =
+        (0..12).map(|i| alice.encrypt(bob.address(), format!("m{i}").as_bytes()).unwrap()).collect();
+    assert_eq!(receive(&bob, alice.address(), &wires[11]).unwrap(), b"m11");
+    (bob, alice, wires)
+}
+
+/// 14.7, 13.4: two handles on one store decrypting, from two threads, the
+/// skipped messages of one peer (each commit rewrites the session row and
+/// its seeds row): a healthy store never reports `Corrupt`; every message is
+/// delivered exactly once.
+#[test]
+fn audit3_two_handles_using_skipped_keys_never_see_corrupt() {
+    let dir = temp_dir("seeds-race");
+    let path = dir.join("bob.db");
+    let (bob, alice, wires) = bob_with_skipped(&path);
+    let other = Device::open(&path, &[0x22; 32]).unwrap();
+    let delivered = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (h, handle) in [&bob, &other].into_iter().enumerate() {
+            let (wires, delivered, alice) = (&wires, &delivered, alice.address());
+            s.spawn(move || {
+                for k in 0..11 {
+                    let i = if h == 0 { k } else { 10 - k };
+                    loop {
+                        match handle.decrypt(alice, &wires[i]) {
+                            Ok(pending) => {
+                                let text = pending.plaintext().to_vec();
+                                match handle.commit(pending) {
+                                    Ok(()) => {
+                                        delivered.lock().unwrap().push(text);
+                                        break;
+                                    }
+                                    Err(DeviceError::Session(SessionError::StalePending)) => continue,
+                                    Err(e) => panic!("commit {i}: {e:?}"),
+                                }
+                            }
+                            Err(DeviceError::Session(SessionError::Decrypt(_))) => break, // the other got it
+                            Err(DeviceError::Store(StoreError::Conflict { .. })) => continue,
+                            Err(e) => panic!("decrypt {i} on handle {h}: {e:?}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut delivered = delivered.into_inner().unwrap();
+    delivered.sort();
+    let mut expected: Vec<Vec<u8>> = (0..11).map(|i| format!("m{i}").into_bytes()).collect();
+    expected.sort();
+    assert_eq!(delivered, expected, "each skipped message exactly once");
+    drop((bob, other));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// 14.7, 13.4: a missing or damaged seeds row (a damaged store) is reported
+/// as `Corrupt` by a decryption that needs it, after a bounded number of
+/// attempts, with no panic; messages that need no seed still decrypt.
+#[test]
+fn audit3_a_damaged_seeds_row_is_corrupt_not_a_loop() {
+    let dir = temp_dir("seeds-damaged");
+    let path = dir.join("bob.db");
+    let (bob, alice, wires) = bob_with_skipped(&path);
+    let rows = bob.backend().scan(Table::Sessions).unwrap();
+    assert_eq!(rows.len(), 2, "a session row and its seeds row");
+    let seeds_key = rows.iter().map(|(k, _)| k.clone()).find(|k| k.ends_with(b"/seeds")).unwrap();
+    let original = bob.backend().get(Table::Sessions, &seeds_key).unwrap().unwrap();
+    for damage in [None, Some(vec![0u8; original.len()]), Some(original[..original.len() - 1].to_vec())] {
+        bob.backend()
+            .apply(&[Write {
+                table: Table::Sessions,
+                key: seeds_key.clone(),
+                value: damage.clone(),
+                expected: Expected::Any,
+            }])
+            .unwrap();
+        let started = std::time::Instant::now();
+        let result = bob.decrypt(alice.address(), &wires[3]);
+        assert!(
+            matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Sessions }))),
+            "damage {:?}: {result:?}",
+            damage.as_ref().map(Vec::len)
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A new message needs no seed.
+        let fresh = alice.encrypt(bob.address(), b"fresh").unwrap();
+        let pending = bob.decrypt(alice.address(), &fresh).unwrap();
+        assert_eq!(pending.plaintext(), b"fresh");
+    }
+    drop(bob);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// 2 and 5. Sessions (records directly)
+// ---------------------------------------------------------------------------
+
+struct Party {
+    identity: IdentityKeyPair,
+    prekeys: PreKeySet,
+    address: Address,
+    record: SessionRecord,
+}
+
+impl Party {
+    fn new(rng: &mut chacha20::ChaCha20Rng, name: &str) -> Self {
+        let identity = IdentityKeyPair::generate(rng);
+        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
+        prekeys.add_one_time_prekeys(rng, &identity, 40, 1_000).unwrap();
+        Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
+    }
+
+    fn bundle(&self) -> PreKeyBundle {
+        PreKeyBundle::from_bytes(&self.prekeys.bundle(&self.identity, &self.address).unwrap().to_bytes()).unwrap()
+    }
+
+    fn initiate(&mut self, rng: &mut chacha20::ChaCha20Rng, peer: &Party) {
+        self.record.initiate(rng, &self.identity, &self.address, &peer.bundle()).unwrap();
+    }
+
+    fn send(&mut self, rng: &mut chacha20::ChaCha20Rng, text: &[u8]) -> Vec<u8> {
+        self.record.encrypt(rng, text).unwrap()
+    }
+
+    fn receive(
+        &mut self,
+        rng: &mut chacha20::ChaCha20Rng,
+        from: &Address,
+        wire: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
+        let pending = self.record.decrypt(rng, &self.identity, &self.address, from, &self.prekeys, wire)?;
+        let plaintext = pending.plaintext().to_vec();
+        self.prekeys.consume(&pending.consumed_prekeys());
+        self.record.commit(pending)?;
+        Ok(plaintext)
+    }
+}
+
+/// 4.6.3 step 8b, 4.7: skipped keys past `PN` are dropped at a DH step, but
+/// no genuine message is ever past `PN`. Alice sends bursts on three chains
+/// (each after a reply of Bob's made her step); Bob receives each burst's
+/// last message or a later chain's first, and the rest of every burst
+/// arrives afterwards in reverse order, after two more DH steps, with
+/// reloads in between: every genuine message decrypts, once.
+#[test]
+fn audit3_no_genuine_in_flight_message_is_lost_at_a_dh_step() {
+    let mut rng = rng(3_001);
+    let mut alice = Party::new(&mut rng, "alice");
+    let mut bob = Party::new(&mut rng, "bob");
+    let (a, b) = (alice.address.clone(), bob.address.clone());
+    alice.initiate(&mut rng, &bob);
+    let mut late = Vec::new();
+    for chain in 0..4 {
+        let burst: Vec<(String, Vec<u8>)> = (0..6)
+            .map(|i| {
+                let text = format!("chain {chain} message {i}");
+                let wire = alice.send(&mut rng, text.as_bytes());
+                (text, wire)
+            })
+            .collect();
+        // Only the middle one now (Bob skips 0..2, and 4..5 stay in flight
+        // past the next DH step, with counters up to PN - 1).
+        assert_eq!(bob.receive(&mut rng, &a, &burst[3].1).unwrap(), burst[3].0.as_bytes());
+        late.extend(burst.into_iter().enumerate().filter(|(i, _)| *i != 3).map(|(_, m)| m));
+        let reply = bob.send(&mut rng, format!("bob {chain}").as_bytes());
+        assert_eq!(alice.receive(&mut rng, &b, &reply).unwrap(), format!("bob {chain}").as_bytes());
+        bob.record = SessionRecord::from_bytes(&bob.record.to_bytes()).unwrap();
+    }
+    let last = alice.send(&mut rng, b"last");
+    assert_eq!(bob.receive(&mut rng, &a, &last).unwrap(), b"last");
+    let mut lost = Vec::new();
+    for (text, wire) in late.iter().rev() {
+        match bob.receive(&mut rng, &a, wire) {
+            Ok(p) => assert_eq!(p, text.as_bytes()),
+            Err(e) => lost.push(format!("{text}: {e:?}")),
+        }
+    }
+    assert!(lost.is_empty(), "genuine in-flight messages lost: {lost:?}");
+    for (text, wire) in &late {
+        assert!(bob.receive(&mut rng, &a, wire).is_err(), "{text} delivered twice");
+    }
+}
+
+/// 9.9, 9.10: simultaneous initiation with crossing messages, delayed prekey
+/// messages delivered late, and a re-initiation: honest peers converge on one
+/// session within a few round trips, and every message of the final
+/// exchanges decrypts both ways.
+#[test]
+fn audit3_simultaneous_and_crossing_sessions_converge() {
+    let mut failures = Vec::new();
+    for seed in 0..24u64 {
+        let mut rng = rng(3_100 + seed);
+        let mut alice = Party::new(&mut rng, "alice");
+        let mut bob = Party::new(&mut rng, "bob");
+        let (a, b) = (alice.address.clone(), bob.address.clone());
+        alice.initiate(&mut rng, &bob);
+        bob.initiate(&mut rng, &alice);
+        let from_alice: Vec<_> = (0..2).map(|i| alice.send(&mut rng, format!("a{i}").as_bytes())).collect();
+        let from_bob: Vec<_> = (0..2).map(|i| bob.send(&mut rng, format!("b{i}").as_bytes())).collect();
+        // Crossing: each gets the other's first; the second ones come late.
+        let _ = bob.receive(&mut rng, &a, &from_alice[0]);
+        let _ = alice.receive(&mut rng, &b, &from_bob[0]);
+        if seed % 3 == 0 {
+            // Alice re-initiates meanwhile.
+            alice.initiate(&mut rng, &bob);
+            let again = alice.send(&mut rng, b"again");
+            let _ = bob.receive(&mut rng, &a, &again);
+        }
+        let _ = bob.receive(&mut rng, &a, &from_alice[1]);
+        let _ = alice.receive(&mut rng, &b, &from_bob[1]);
+        let mut ok_trips = 0;
+        for trip in 0..10 {
+            let wire = alice.send(&mut rng, format!("alice {trip}").as_bytes());
+            let ab = bob.receive(&mut rng, &a, &wire).is_ok();
+            let wire = bob.send(&mut rng, format!("bob {trip}").as_bytes());
+            let ba = alice.receive(&mut rng, &b, &wire).is_ok();
+            ok_trips = if ab && ba { ok_trips + 1 } else { 0 };
+            if ok_trips >= 3 {
+                break;
+            }
+        }
+        if ok_trips < 3 || alice.record.current_base_key() != bob.record.current_base_key() {
+            failures.push(seed);
+        }
+    }
+    assert!(failures.is_empty(), "seeds that did not converge within ten round trips: {failures:?}");
 }
