@@ -477,10 +477,11 @@ fn age(path: &Path) {
     std::fs::OpenOptions::new().write(true).open(path).unwrap().set_modified(old).unwrap();
 }
 
-/// BROKEN. PROTOCOL.md 14.8 "Creating a store" and the code's own
-/// documentation of `temporaries` ("only files of this store, never anything
-/// else"): stale removal deletes files that are not temporaries of a
-/// creation at all.
+/// Found broken (fixed: only names of the exact form, regular files, empty
+/// or SQLite databases, are removed). PROTOCOL.md 14.8 "Creating a store"
+/// and the code's own documentation of `temporaries` ("only files of this
+/// store, never anything else"): stale removal deleted files that are not
+/// temporaries of a creation at all.
 ///
 /// Attack (or accident): the user (or another program) keeps a file beside
 /// the store whose name merely starts with `<store name>.samizdat-new-`,
@@ -499,25 +500,44 @@ fn age(path: &Path) {
 /// (`SQLite format 3\0`); leave anything else alone.
 #[cfg(unix)]
 #[test]
-fn audit3_broken_create_deletes_unrelated_files_that_share_the_temporary_prefix() {
+fn audit3_create_never_deletes_unrelated_files_that_share_the_temporary_prefix() {
     let dir = temp_dir("create-user-files");
     let path = dir.join("bob.db");
     let notes = dir.join("bob.db.samizdat-new-notes.txt");
     let backup = dir.join("bob.db.samizdat-new-backup");
     let backup_wal = dir.join("bob.db.samizdat-new-backup-wal");
-    for file in [&notes, &backup, &backup_wal] {
+    // Even at a name of the exact form, a file that is not a database stays.
+    let lookalike = dir.join("bob.db.samizdat-new-1-2");
+    for file in [&notes, &backup, &backup_wal, &lookalike] {
         std::fs::write(file, b"the user's own data, not SQLite").unwrap();
         age(file);
     }
     let bob = Device::create(&path, &[0x22; 32], addr("bob"), 0).unwrap();
     drop(bob);
-    let gone: Vec<String> = [&notes, &backup, &backup_wal]
+    let gone: Vec<String> = [&notes, &backup, &backup_wal, &lookalike]
         .iter()
         .filter(|f| !f.exists())
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(gone.is_empty(), "Device::create deleted the user's files {gone:?}");
+    // What a crashed creation leaves (an empty reserved name, a database
+    // with its log) is removed once stale, by the next creation.
+    let other = dir.join("carol.db");
+    let reserved = dir.join("carol.db.samizdat-new-7-8");
+    let built = dir.join("carol.db.samizdat-new-9-10");
+    let built_wal = dir.join("carol.db.samizdat-new-9-10-wal");
+    std::fs::write(&reserved, b"").unwrap();
+    let mut database = b"SQLite format 3\0".to_vec();
+    database.resize(4096, 0);
+    std::fs::write(&built, &database).unwrap();
+    std::fs::write(&built_wal, b"log").unwrap();
+    for file in [&reserved, &built, &built_wal] {
+        age(file);
+    }
+    drop(Device::create(&other, &[0x22; 32], addr("carol"), 0).unwrap());
+    let left: Vec<_> = [&reserved, &built, &built_wal].into_iter().filter(|f| f.exists()).collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(left.is_empty(), "stale leftovers stayed: {left:?}");
 }
 
 /// 14.8: symbolic links at temporary names (of the next names this process

@@ -47,9 +47,14 @@ fn temporaries(path: &Path) -> Vec<PathBuf> {
     entries
         .flatten()
         .filter(|entry| {
-            entry.file_name().to_str().is_some_and(|name| {
-                // The database itself, not its `-wal`/`-shm` (removed with it).
-                name.starts_with(&prefix) && !name.ends_with("-wal") && !name.ends_with("-shm")
+            // Exactly `<name>.samizdat-new-<digits>-<digits>`: the database
+            // itself (its `-wal`/`-shm` are removed with it), never another
+            // file that merely starts the same way.
+            entry.file_name().to_str().and_then(|name| name.strip_prefix(&prefix)).is_some_and(|rest| {
+                let mut parts = rest.split('-');
+                let digits =
+                    |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
             })
         })
         .map(|entry| entry.path())
@@ -67,6 +72,18 @@ fn remove_with_companions(name: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether the regular file `name` of `len` bytes can be what a creation
+/// left: empty (reserved, never built) or a SQLite database.
+fn is_ours(name: &Path, len: u64) -> bool {
+    use std::io::Read;
+    if len == 0 {
+        return true;
+    }
+    let mut header = [0u8; 16];
+    std::fs::File::open(name).and_then(|mut file| file.read_exact(&mut header)).is_ok()
+        && &header == b"SQLite format 3\0"
+}
+
 /// Removes what creations that crashed left beside `path`: temporary names
 /// older than [`STALE_AFTER`] (a symbolic link is removed, never followed).
 fn remove_stale(path: &Path) -> Result<(), StoreError> {
@@ -74,7 +91,7 @@ fn remove_stale(path: &Path) -> Result<(), StoreError> {
     for name in temporaries(path) {
         let Ok(metadata) = std::fs::symlink_metadata(&name) else { continue };
         let age = metadata.modified().ok().and_then(|t| now.duration_since(t).ok());
-        if metadata.is_dir() || age.is_none_or(|age| age < STALE_AFTER) {
+        if !metadata.is_file() || age.is_none_or(|age| age < STALE_AFTER) || !is_ours(&name, metadata.len()) {
             continue;
         }
         remove_with_companions(&name)?;
