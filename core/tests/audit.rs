@@ -17,84 +17,19 @@ use prost::Message as _;
 use samizdat::{
     DecryptError, SessionError,
     address::Address,
-    keys::{IdentityKeyPair, X25519PublicKey},
-    prekeys::{PreKeyBundle, PreKeySet},
-    ratchet::{DoubleRatchet, RatchetInit},
+    ratchet::DoubleRatchet,
     session::SessionRecord,
     wire::{Message, RatchetMessage},
 };
 use samizdat_proto::storage;
-use support::rng;
+use support::{
+    party::{Party, impersonators, round_trip},
+    rng,
+};
 
 // ---------------------------------------------------------------------------
 // Parties at the session layer, and what an attacker does with a stolen record
 // ---------------------------------------------------------------------------
-
-struct Party {
-    identity: IdentityKeyPair,
-    prekeys: PreKeySet,
-    address: Address,
-    record: SessionRecord,
-}
-
-impl Party {
-    fn new(rng: &mut ChaCha20Rng, name: &str) -> Self {
-        let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
-        prekeys.add_one_time_prekeys(rng, &identity, 40, 1_000).unwrap();
-        Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
-    }
-
-    fn bundle(&self) -> PreKeyBundle {
-        PreKeyBundle::from_bytes(&self.prekeys.bundle(&self.identity, &self.address).unwrap().to_bytes()).unwrap()
-    }
-
-    fn initiate(&mut self, rng: &mut ChaCha20Rng, peer: &Party) {
-        let bundle = peer.bundle();
-        self.record.initiate(rng, &self.identity, &self.address, &bundle).unwrap();
-    }
-
-    fn send(&mut self, rng: &mut ChaCha20Rng, text: &[u8]) -> Vec<u8> {
-        self.record.encrypt(rng, text).unwrap()
-    }
-
-    fn receive(&mut self, rng: &mut ChaCha20Rng, from: &Address, wire: &[u8]) -> Result<Vec<u8>, SessionError> {
-        let pending = self.record.decrypt(rng, &self.identity, &self.address, from, &self.prekeys, wire)?;
-        let plaintext = pending.plaintext().to_vec();
-        self.prekeys.consume(&pending.consumed_prekeys());
-        self.record.commit(pending)?;
-        Ok(plaintext)
-    }
-
-    /// A stolen copy of the record (a seized phone, a backup).
-    fn copy(&self) -> Vec<u8> {
-        self.record.to_bytes().to_vec()
-    }
-
-    /// This party with its record as `record` (a restored backup, or the
-    /// attacker's view of the copy for control experiments).
-    fn with_record(&self, record: &[u8]) -> Party {
-        Party {
-            identity: IdentityKeyPair::from_seed(&self.identity.to_seed()),
-            prekeys: PreKeySet::from_bytes(&self.prekeys.to_bytes()).unwrap(),
-            address: self.address.clone(),
-            record: SessionRecord::from_bytes(record).unwrap(),
-        }
-    }
-}
-
-/// A full round trip: Alice to Bob, Bob to Alice.
-fn round_trip(rng: &mut ChaCha20Rng, alice: &mut Party, bob: &mut Party, n: usize) {
-    let (a, b) = (alice.address.clone(), bob.address.clone());
-    for i in 0..n {
-        let text = format!("alice {i}");
-        let wire = alice.send(rng, text.as_bytes());
-        assert_eq!(bob.receive(rng, &a, &wire).unwrap(), text.as_bytes());
-        let text = format!("bob {i}");
-        let wire = bob.send(rng, text.as_bytes());
-        assert_eq!(alice.receive(rng, &b, &wire).unwrap(), text.as_bytes());
-    }
-}
 
 /// The ratchet message inside wire bytes (a prekey message's too).
 fn ratchet_of(wire: &[u8]) -> RatchetMessage {
@@ -114,31 +49,6 @@ fn stolen_ratchets(record: &[u8]) -> Vec<DoubleRatchet> {
         .chain(record.archived.iter())
         .filter_map(|state| state.ratchet.as_ref())
         .map(|ratchet| DoubleRatchet::from_bytes(&ratchet.encode_to_vec()).unwrap())
-        .collect()
-}
-
-/// What an attacker takes out of one full state of a stolen record to make
-/// the owner's state take a DH step on a message of its own (as in
-/// `core/tests/pcs.rs`): root key, next header keys, ratchet public key, AD.
-fn impersonators(rng: &mut ChaCha20Rng, record: &[u8]) -> Vec<DoubleRatchet> {
-    let record = storage::SessionRecord::decode(record).unwrap();
-    record
-        .current
-        .iter()
-        .chain(record.archived.iter())
-        .filter_map(|state| {
-            let ratchet = state.ratchet.as_ref()?;
-            let sending = ratchet.sending.as_ref()?;
-            let init = RatchetInit::new(
-                ratchet.root_key.as_slice().try_into().ok()?,
-                ratchet.next_receiving_header_key.as_slice().try_into().ok()?,
-                sending.next_header_key.as_slice().try_into().ok()?,
-                &ratchet.associated_data,
-            )
-            .ok()?;
-            let public = X25519PublicKey::from_bytes(sending.ratchet_public.as_slice().try_into().ok()?);
-            DoubleRatchet::new_initiator(rng, init, &public).ok()
-        })
         .collect()
 }
 

@@ -25,80 +25,19 @@ use chacha20::ChaCha20Rng;
 use prost::Message as _;
 use samizdat::{
     DecodeError, DecryptError, SessionError,
-    address::Address,
-    keys::{IdentityKeyPair, X25519PublicKey},
-    prekeys::{PreKeyBundle, PreKeySet},
-    ratchet::{DoubleRatchet, RatchetInit},
+    ratchet::DoubleRatchet,
     session::SessionRecord,
     wire::{Message, RatchetMessage},
 };
 use samizdat_proto::storage;
-use support::rng;
+use support::{
+    party::{Party, impersonators, round_trip},
+    rng,
+};
 
 // ---------------------------------------------------------------------------
-// Parties (as in audit.rs)
+// Parties (`support::party`)
 // ---------------------------------------------------------------------------
-
-struct Party {
-    identity: IdentityKeyPair,
-    prekeys: PreKeySet,
-    address: Address,
-    record: SessionRecord,
-}
-
-impl Party {
-    fn new(rng: &mut ChaCha20Rng, name: &str) -> Self {
-        let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
-        prekeys.add_one_time_prekeys(rng, &identity, 40, 1_000).unwrap();
-        Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
-    }
-
-    fn bundle(&self) -> PreKeyBundle {
-        PreKeyBundle::from_bytes(&self.prekeys.bundle(&self.identity, &self.address).unwrap().to_bytes()).unwrap()
-    }
-
-    fn initiate(&mut self, rng: &mut ChaCha20Rng, peer: &Party) {
-        let bundle = peer.bundle();
-        self.record.initiate(rng, &self.identity, &self.address, &bundle).unwrap();
-    }
-
-    fn send(&mut self, rng: &mut ChaCha20Rng, text: &[u8]) -> Vec<u8> {
-        self.record.encrypt(rng, text).unwrap()
-    }
-
-    fn receive(&mut self, rng: &mut ChaCha20Rng, from: &Address, wire: &[u8]) -> Result<Vec<u8>, SessionError> {
-        let pending = self.record.decrypt(rng, &self.identity, &self.address, from, &self.prekeys, wire)?;
-        let plaintext = pending.plaintext().to_vec();
-        self.prekeys.consume(&pending.consumed_prekeys());
-        self.record.commit(pending)?;
-        Ok(plaintext)
-    }
-
-    fn copy(&self) -> Vec<u8> {
-        self.record.to_bytes().to_vec()
-    }
-
-    fn current(&self) -> [u8; 32] {
-        *self.record.current_base_key().unwrap().as_bytes()
-    }
-
-    fn reload(&mut self) {
-        self.record = SessionRecord::from_bytes(&self.record.to_bytes()).unwrap();
-    }
-}
-
-fn round_trip(rng: &mut ChaCha20Rng, alice: &mut Party, bob: &mut Party, n: usize) {
-    let (a, b) = (alice.address.clone(), bob.address.clone());
-    for i in 0..n {
-        let text = format!("alice {i}");
-        let wire = alice.send(rng, text.as_bytes());
-        assert_eq!(bob.receive(rng, &a, &wire).unwrap(), text.as_bytes());
-        let text = format!("bob {i}");
-        let wire = bob.send(rng, text.as_bytes());
-        assert_eq!(alice.receive(rng, &b, &wire).unwrap(), text.as_bytes());
-    }
-}
 
 fn ratchet_of(wire: &[u8]) -> RatchetMessage {
     match Message::from_bytes(wire).unwrap() {
@@ -127,29 +66,6 @@ fn talking(seed: u64) -> (ChaCha20Rng, Party, Party) {
 
 fn all_archived_kept(party: &Party) -> bool {
     party.record.archived_states() == party.record.kept_states()
-}
-
-/// DH steps on every full state of a stolen record (as in audit.rs).
-fn impersonators(rng: &mut ChaCha20Rng, record: &[u8]) -> Vec<DoubleRatchet> {
-    let record = storage::SessionRecord::decode(record).unwrap();
-    record
-        .current
-        .iter()
-        .chain(record.archived.iter())
-        .filter_map(|state| {
-            let ratchet = state.ratchet.as_ref()?;
-            let sending = ratchet.sending.as_ref()?;
-            let init = RatchetInit::new(
-                ratchet.root_key.as_slice().try_into().ok()?,
-                ratchet.next_receiving_header_key.as_slice().try_into().ok()?,
-                sending.next_header_key.as_slice().try_into().ok()?,
-                &ratchet.associated_data,
-            )
-            .ok()?;
-            let public = X25519PublicKey::from_bytes(sending.ratchet_public.as_slice().try_into().ok()?);
-            DoubleRatchet::new_initiator(rng, init, &public).ok()
-        })
-        .collect()
 }
 
 /// The impersonator of the state with `base_key` in a stolen record.

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod party;
+
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use samizdat::{
