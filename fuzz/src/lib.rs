@@ -1,0 +1,49 @@
+//! Shared pieces of the fuzz targets (`fuzz_targets/`) and of the seed
+//! corpus generator (`examples/seed_corpus.rs`).
+//!
+//! - [`input`]: a byte-driven reader of fuzz inputs, and the writer the
+//!   generator uses to make inputs of the same layout;
+//! - [`seal`]: the store's row sealing, written again from PROTOCOL.md 14.3
+//!   to 14.5, so that a target can put rows of its choice into a
+//!   [`MemoryBackend`](samizdat::store::MemoryBackend) that the library
+//!   opens as its own;
+//! - [`rows`]: the checks of a whole store against `samizdat::limits` and
+//!   the row invariants of PROTOCOL.md 14.7;
+//! - [`scenario`]: sessions built deterministically (seeded generator) with
+//!   messages in flight, for the `decrypt` target;
+//! - [`store_input`]: the layout of the `decode_store` target's inputs;
+//! - [`world`]: devices, a network and a model, for the `interaction` target.
+//!
+//! Everything here uses the public API of `samizdat` (with `hazmat`) and the
+//! public protobuf types of `samizdat-proto`, nothing else.
+
+pub mod input;
+pub mod rows;
+pub mod scenario;
+pub mod seal;
+pub mod store_input;
+pub mod wire;
+pub mod world;
+
+/// Asserts that `decode` accepts `encode`'s output of what it decoded, and
+/// that the two together are idempotent: decoding the re-encoding gives a
+/// value that encodes to the same bytes again. With the `canonical`
+/// feature, also that the re-encoding is the input itself (only the
+/// canonical encoding is accepted).
+pub fn assert_round_trip<T, E: std::fmt::Debug>(
+    what: &str,
+    input: &[u8],
+    value: &T,
+    encode: impl Fn(&T) -> Vec<u8>,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+) {
+    let first = encode(value);
+    let again = match decode(&first) {
+        Ok(again) => again,
+        Err(error) => panic!("{what}: its own re-encoding does not decode: {error:?}"),
+    };
+    assert!(encode(&again) == first, "{what}: decode(encode(x)) encodes differently");
+    if cfg!(feature = "canonical") {
+        assert!(first == input, "{what}: accepted an encoding that is not the canonical one");
+    }
+}
