@@ -26,8 +26,11 @@ pub enum DecodeError {
     /// this release understands.
     #[error("unsupported format version {0}")]
     UnsupportedVersion(u32),
-    /// The protobuf encoding is invalid.
-    #[error("invalid protobuf encoding")]
+    /// The bytes are not the one canonical protobuf encoding of a value of
+    /// the expected type: malformed, or another encoding of a well-formed
+    /// value (unknown, reordered or repeated fields, non-minimal varints,
+    /// out-of-range values, trailing bytes). PROTOCOL.md 12.3 and 12.4.
+    #[error("not a canonical protobuf encoding")]
     Protobuf,
     /// The envelope carries no message kind this release knows.
     #[error("unknown message kind")]
@@ -49,10 +52,6 @@ pub enum DecodeError {
     /// the protocol (for example more skipped keys than the limit).
     #[error("invalid value in `{0}`")]
     InvalidValue(&'static str),
-    /// The bytes parse, but are not the one canonical encoding of what they
-    /// say (for a signed bundle: unknown fields, or another encoding).
-    #[error("not the canonical encoding")]
-    NonCanonical,
 }
 
 impl From<prost::DecodeError> for DecodeError {

@@ -21,6 +21,7 @@
 
 pub mod address;
 pub mod device;
+mod codec;
 mod error;
 pub mod fingerprint;
 mod handshake;

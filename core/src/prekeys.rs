@@ -190,7 +190,7 @@ impl PreKeyBundle {
         if version != WIRE_VERSION {
             return Err(DecodeError::UnsupportedVersion(u32::from(version)).into());
         }
-        let message = pb::PreKeyBundle::decode(rest).map_err(DecodeError::from)?;
+        let message = crate::codec::decode::<pb::PreKeyBundle>(rest)?;
         let identity_key = IdentityKey::from_slice(&message.identity_key).map_err(BundleError::IdentityKey)?;
         let address = Address::new(message.user_id, message.device_id)?;
 
@@ -232,11 +232,6 @@ impl PreKeyBundle {
         };
         if !identity_key.verify(&bundle.signature_input(), &bundle.signature) {
             return Err(BundleError::Signature);
-        }
-        // Everything the bytes say is now signed; they must also say it in
-        // the one canonical way (no unknown fields, no other encoding).
-        if bundle.to_bytes() != bytes {
-            return Err(DecodeError::NonCanonical.into());
         }
         Ok(bundle)
     }
@@ -728,7 +723,7 @@ impl PreKeySet {
         if bytes.len() > MAX_PREKEY_SET_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_PREKEY_SET_LEN });
         }
-        let record = Zeroizing::new(storage::PreKeySet::decode(bytes)?);
+        let record = crate::codec::decode_secret::<storage::PreKeySet>(bytes)?;
         if record.version != 1 {
             return Err(DecodeError::UnsupportedVersion(record.version));
         }

@@ -231,7 +231,33 @@ fn decode_envelope(bytes: &[u8]) -> Result<pb::envelope::Body, DecodeError> {
     if version != WIRE_VERSION {
         return Err(DecodeError::UnsupportedVersion(u32::from(version)));
     }
-    pb::Envelope::decode(rest)?.body.ok_or(DecodeError::UnknownKind)
+    if is_unknown_kind(rest) {
+        return Err(DecodeError::UnknownKind);
+    }
+    crate::codec::decode::<pb::Envelope>(rest)?.body.ok_or(DecodeError::UnknownKind)
+}
+
+/// Whether `envelope` is one well-formed length-delimited field whose number
+/// is not a message kind of this release (PROTOCOL.md 12.4 check 5): a kind
+/// added by a later version. Its content is not looked at.
+fn is_unknown_kind(envelope: &[u8]) -> bool {
+    let Some((key, rest)) = read_varint(envelope) else { return false };
+    let Some((len, rest)) = read_varint(rest) else { return false };
+    let (field, wire_type) = (key >> 3, key & 7);
+    wire_type == 2 && field > 2 && field < 0x2000_0000 && usize::try_from(len).is_ok_and(|len| len == rest.len())
+}
+
+/// Reads one minimally encoded varint of at most 5 bytes (a value below
+/// 2^35, enough for a field key or a length within the size limit).
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let last = bytes.iter().take(5).position(|byte| byte & 0x80 == 0)?;
+    let (groups, rest) = bytes.split_at_checked(last.checked_add(1)?)?;
+    if let [_, .., 0] = groups {
+        return None; // a final group of zero: not minimal
+    }
+    // At most 5 groups of 7 bits: no bit is shifted out of the u64.
+    let value = groups.iter().rev().fold(0u64, |value, byte| value.wrapping_shl(7) | u64::from(byte & 0x7f));
+    Some((value, rest))
 }
 
 #[cfg(test)]

@@ -702,7 +702,7 @@ fn a_relabelled_bundle_is_refused_before_anything_is_pinned() {
     // Unknown fields, or any other encoding of the same content, are refused too.
     let mut extended = genuine.clone();
     extended.extend_from_slice(&[0x40, 0x01]); // field 8, varint 1
-    assert_eq!(PreKeyBundle::from_bytes(&extended).unwrap_err(), BundleError::Decode(DecodeError::NonCanonical));
+    assert_eq!(PreKeyBundle::from_bytes(&extended).unwrap_err(), BundleError::Decode(DecodeError::Protobuf));
     let mut record = SessionRecord::new();
     assert!(matches!(
         PreKeyBundle::from_bytes(&relabelled).map(|b| record.initiate(&mut rng, &alice.identity, &alice.address, &b)),

@@ -92,7 +92,6 @@ pub(crate) fn decode_error(e: &DecodeError) -> Value {
             json!({"error": "invalid_length", "field": field, "expected": expected, "actual": actual})
         }
         DecodeError::InvalidValue(field) => json!({"error": "invalid_value", "field": field}),
-        DecodeError::NonCanonical => json!({"error": "non_canonical"}),
         other => json!({"error": format!("{other:?}")}),
     }
 }

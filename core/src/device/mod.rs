@@ -66,7 +66,6 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use prost::Message as _;
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
@@ -254,7 +253,7 @@ fn read_identity<B: Backend>(backend: &B, sealer: &Sealer) -> Result<(IdentityKe
     let corrupt = || StoreError::Corrupt { table: Table::Identity };
     let sealed = backend.get(Table::Identity, SINGLE_ROW)?.ok_or_else(corrupt)?;
     let bytes = sealer.open(Table::Identity, SINGLE_ROW, &sealed)?;
-    let row = Zeroizing::new(storage::IdentityRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
+    let row = crate::codec::decode_secret::<storage::IdentityRow>(bytes.as_slice()).map_err(|_| corrupt())?;
     let seed = Zeroizing::new(fixed::<32>(&row.seed, "seed").map_err(|_| corrupt())?);
     let address = Address::new(row.user_id.clone(), row.device_id).map_err(|_| corrupt())?;
     if row.version != ROW_VERSION {

@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost::Message as _;
 use samizdat_proto::storage;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -63,7 +62,7 @@ fn corrupt() -> StoreError {
 }
 
 fn decode<M: prost::Message + Default + Zeroize>(bytes: &[u8]) -> Result<Zeroizing<M>, StoreError> {
-    M::decode(bytes).map(Zeroizing::new).map_err(|_| corrupt())
+    crate::codec::decode_secret::<M>(bytes).map_err(|_| corrupt())
 }
 
 /// The encoding of a record that may hold secrets, wiped on drop.
@@ -95,7 +94,7 @@ impl Meta {
     /// Parses and checks the index row (PROTOCOL.md 14.7); any failure is
     /// `Corrupt`.
     fn from_row(bytes: &[u8]) -> Result<Self, StoreError> {
-        let row = storage::PreKeyMeta::decode(bytes).map_err(|_| corrupt())?;
+        let row = crate::codec::decode_secret::<storage::PreKeyMeta>(bytes).map_err(|_| corrupt())?;
         let increasing = |ids: &[u32]| ids.windows(2).all(|w| matches!(w, [a, b] if a < b));
         if row.version != META_VERSION
             || !(1..=MAX_SIGNED_PREKEYS).contains(&row.signed.len())

@@ -6,7 +6,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use prost::Message as _;
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
@@ -69,7 +68,7 @@ impl<B: Backend> Device<B> {
             return Ok((LoadedRows { record: None, seeds: None }, SessionRecord::new()));
         };
         let bytes = self.sealer.open(Table::Sessions, row, &sealed)?;
-        let parsed = Zeroizing::new(storage::SessionRow::decode(bytes.as_slice()).map_err(|_| corrupt())?);
+        let parsed = crate::codec::decode_secret::<storage::SessionRow>(bytes.as_slice()).map_err(|_| corrupt())?;
         if parsed.version != ROW_VERSION {
             return Err(corrupt());
         }
@@ -498,6 +497,8 @@ fn stale_on_session_conflict(error: DeviceError) -> DeviceError {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
     use crate::{
         ratchet::chain::STEPS,

@@ -604,7 +604,7 @@ impl DoubleRatchet {
         if bytes.len() > MAX_STATE_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_STATE_LEN });
         }
-        let record = Zeroizing::new(storage::RatchetState::decode(bytes)?);
+        let record = crate::codec::decode_secret::<storage::RatchetState>(bytes)?;
         Self::from_record(&record)
     }
 

@@ -893,7 +893,7 @@ impl SessionRecord {
         if bytes.len() > MAX_SEEDS_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_SEEDS_LEN });
         }
-        let seeds = Zeroizing::new(storage::SkippedSeeds::decode(bytes)?);
+        let seeds = crate::codec::decode_secret::<storage::SkippedSeeds>(bytes)?;
         if seeds.version != SEEDS_VERSION {
             return Err(DecodeError::UnsupportedVersion(seeds.version));
         }
@@ -951,7 +951,7 @@ impl SessionRecord {
         if bytes.len() > MAX_RECORD_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_RECORD_LEN });
         }
-        let record = Zeroizing::new(storage::SessionRecord::decode(bytes)?);
+        let record = crate::codec::decode_secret::<storage::SessionRecord>(bytes)?;
         if record.version != RECORD_VERSION {
             return Err(DecodeError::UnsupportedVersion(record.version));
         }
