@@ -86,8 +86,8 @@ fuzz_target!(|data: &[u8]| {
             "a correct signature was refused: {result:?}"
         );
         assert!(
-            !matches!(result, Err(BundleError::Decode(samizdat::DecodeError::NonCanonical))),
-            "a canonical encoding was refused as non-canonical"
+            !matches!(result, Err(BundleError::Decode(samizdat::DecodeError::Protobuf))),
+            "a canonical encoding was refused as malformed protobuf"
         );
     }
 });
