@@ -5,9 +5,12 @@
 //! - `bindings`: build the FFI library and generate the Kotlin and Swift sources.
 //! - `bindings-test`: the bindings' step of `test` alone (Kotlin, Python, Swift
 //!   sources checked), after a change to `ffi/` or its tests.
+//! - `fuzz [--seconds N] [target...]`: the fuzz targets of `fuzz/`, N
+//!   seconds each (see `fuzz.rs`).
 
 mod bench;
 mod bindings;
+mod fuzz;
 mod instructions;
 mod vectors;
 
@@ -26,8 +29,9 @@ fn main() -> ExitCode {
         Some("bindings-test") => bindings::test(),
         Some("bench") => bench::bench(),
         Some("vectors") => vectors::generate(),
+        Some("fuzz") => fuzz::fuzz(args.get(1..).unwrap_or_default()),
         _ => {
-            eprintln!("usage: cargo xtask test");
+            eprintln!("usage: cargo xtask test | cargo xtask fuzz [--seconds N] [target...]");
             return ExitCode::from(2);
         }
     };
@@ -63,6 +67,7 @@ fn test() -> Result<(), String> {
     run("tests", &cargo, &["test", "--workspace", "--all-targets"])?;
     run("doc tests", &cargo, &["test", "--workspace", "--doc"])?;
     bindings::test()?;
+    fuzz::test()?;
     eprintln!("xtask test: all steps passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
