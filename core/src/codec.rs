@@ -109,10 +109,7 @@ mod tests {
         // The secret-holding variant applies the same rule.
         let seen = storage::SeenBaseKey::default();
         assert!(decode_secret::<storage::SeenBaseKey>(&seen.encode_to_vec()).is_ok());
-        assert_eq!(
-            decode_secret::<storage::SeenBaseKey>(&[0xf8, 0x01, 0x00]).map(|_| ()),
-            Err(DecodeError::Protobuf)
-        );
+        assert_eq!(decode_secret::<storage::SeenBaseKey>(&[0xf8, 0x01, 0x00]).map(|_| ()), Err(DecodeError::Protobuf));
     }
 
     #[test]

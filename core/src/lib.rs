@@ -20,8 +20,8 @@
 #![deny(missing_docs)]
 
 pub mod address;
-pub mod device;
 mod codec;
+pub mod device;
 mod error;
 pub mod fingerprint;
 mod handshake;

@@ -5,7 +5,7 @@ use chacha20::{ChaCha20Rng, rand_core::SeedableRng};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::{Failure, Report, bundles, kdf, keys, padding, pqxdh, safety, transcript, util::VErr, wire};
+use crate::{Failure, Report, bundles, kdf, keys, limits, padding, pqxdh, safety, transcript, util::VErr, wire};
 
 /// What a file says about itself.
 pub(crate) struct Meta {
@@ -78,6 +78,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<bundles::Bundles>(),
     entry::<pqxdh::Pqxdh>(),
     entry::<transcript::RatchetTranscript>(),
+    entry::<limits::RatchetLimits>(),
     entry::<wire::Wire>(),
     entry::<safety::SafetyNumbers>(),
 ];

@@ -19,6 +19,7 @@ mod bundles;
 mod format;
 mod kdf;
 mod keys;
+mod limits;
 mod padding;
 mod pqxdh;
 mod safety;

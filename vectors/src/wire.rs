@@ -234,6 +234,7 @@ impl VectorSet for Wire {
             }),
             repeat("bundle_too_large", Bundle, 4097),
         ]);
+        cases.extend(canonical_cases(&header, &body, &prekey, &bundle_pb)?);
         Ok(cases)
     }
 
@@ -348,6 +349,193 @@ fn bundle_error(e: &BundleError) -> Value {
         BundleError::Signature => json!({"error": "signature"}),
         other => json!({"error": format!("{other:?}")}),
     }
+}
+
+/// A protobuf varint (PROTOCOL.md 12.3), minimal.
+#[allow(clippy::cast_possible_truncation)] // masked to 7 bits first
+fn varint(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while value >= 0x80 {
+        out.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push((value & 0x7f) as u8);
+    out
+}
+
+/// The same value as [`varint`], one byte longer: a final group of zero.
+fn non_minimal_varint(value: u64) -> Vec<u8> {
+    let mut out = varint(value);
+    if let Some(last) = out.last_mut() {
+        *last |= 0x80;
+    }
+    out.push(0x00);
+    out
+}
+
+/// A length-delimited field: key (wire type 2), length, payload.
+fn field(number: u64, payload: &[u8]) -> Vec<u8> {
+    [varint(number << 3 | 2), varint(payload.len() as u64), payload.to_vec()].concat()
+}
+
+/// A varint field: key (wire type 0), then the value's varint.
+fn varint_field(number: u64, value: u64) -> Vec<u8> {
+    [varint(number << 3), varint(value)].concat()
+}
+
+/// Other encodings of well-formed values, and malformed encodings: each is
+/// accepted by some plausible lenient reading of proto3, and each must be
+/// refused (`protobuf`), except the few canonical ones listed first, which
+/// must be accepted as they are (12.3, 12.4).
+fn canonical_cases(
+    header: &[u8; 81],
+    body: &[u8],
+    prekey: &pb::PreKeyMessage,
+    bundle: &pb::PreKeyBundle,
+) -> R<Vec<WireCase>> {
+    let decode = |name: &str, decoder: Decoder, input: &[u8]| WireCase::Decode {
+        name: name.to_owned(),
+        decoder,
+        input: Some(h(input)),
+        input_repeat: None,
+        result: Value::Null,
+        reencoded: None,
+    };
+    let message = |envelope: &[u8]| [&[0x01][..], envelope].concat();
+    let ratchet_inner = [field(1, header), field(2, body)].concat();
+    let ratchet = |inner: &[u8]| message(&field(2, inner));
+    let canonical = ratchet(&ratchet_inner);
+    let with_key_prefix = |bytes: &[u8], old: &[u8], new: &[u8]| -> R<Vec<u8>> {
+        let rest = bytes.strip_prefix(old).ok_or_else(|| err("input", "unexpected prefix"))?;
+        Ok([new, rest].concat())
+    };
+
+    // A prekey message rebuilt field by field: `before` are fields 1 and 2,
+    // `after` fields 4 to 7, so that field 3 can be written by hand.
+    let prekey_bytes = |p: &pb::PreKeyMessage| message(&field(1, &p.encode_to_vec()));
+    let split_prekey = |signed_prekey_id: &[u8]| {
+        let before = pb::PreKeyMessage {
+            identity_key: prekey.identity_key.clone(),
+            base_key: prekey.base_key.clone(),
+            ..Default::default()
+        };
+        let after =
+            pb::PreKeyMessage { signed_prekey_id: 0, identity_key: Vec::new(), base_key: Vec::new(), ..prekey.clone() };
+        message(&field(1, &[before.encode_to_vec(), signed_prekey_id.to_vec(), after.encode_to_vec()].concat()))
+    };
+    let prekey_with = |change: &dyn Fn(&mut pb::PreKeyMessage)| {
+        let mut p = prekey.clone();
+        change(&mut p);
+        prekey_bytes(&p)
+    };
+
+    // A bundle rebuilt with its field 3 (device id) or 6 (ML-KEM prekey) by hand.
+    let bundle_bytes = |device_id: &[u8], pq: &[u8]| {
+        let head = pb::PreKeyBundle {
+            identity_key: bundle.identity_key.clone(),
+            user_id: bundle.user_id.clone(),
+            ..Default::default()
+        };
+        let middle = pb::PreKeyBundle {
+            signed_prekey: bundle.signed_prekey.clone(),
+            one_time_prekey: bundle.one_time_prekey.clone(),
+            ..Default::default()
+        };
+        [&[0x01][..], &head.encode_to_vec(), device_id, &middle.encode_to_vec(), pq, &field(7, &bundle.signature)]
+            .concat()
+    };
+    let device_id = varint_field(3, u64::from(bundle.device_id));
+    let pq = bundle.pq_prekey.clone().ok_or_else(|| err("input", "bundle without an ML-KEM prekey"))?;
+    let pq_field = |bytes: &[u8]| field(6, bytes);
+    let pq_canonical = pq.encode_to_vec();
+    let pq_bool_2 = [pb::PqPreKey { last_resort: false, ..pq.clone() }.encode_to_vec(), vec![0x20, 0x02]].concat();
+    let signed = bundle.signed_prekey.clone().ok_or_else(|| err("input", "bundle without a signed prekey"))?;
+
+    use Decoder::{Bundle, Message as Any, RatchetMessage as Ratchet};
+    Ok(vec![
+        // Canonical, built here field by field: accepted.
+        decode("canonical_ratchet_by_hand", Ratchet, &canonical),
+        decode("canonical_prekey_one_time_prekey_id_0_present", Any, &prekey_with(&|p| p.one_time_prekey_id = Some(0))),
+        decode("canonical_prekey_one_time_prekey_id_absent", Any, &prekey_with(&|p| p.one_time_prekey_id = None)),
+        decode("canonical_bundle_by_hand", Bundle, &bundle_bytes(&device_id, &pq_field(&pq_canonical))),
+        // Another encoding of the same ratchet message.
+        decode("ratchet_fields_reordered", Ratchet, &ratchet(&[field(2, body), field(1, header)].concat())),
+        decode("ratchet_header_given_twice", Ratchet, &ratchet(&[field(1, &[0; 81]), ratchet_inner.clone()].concat())),
+        decode(
+            "ratchet_body_given_twice",
+            Ratchet,
+            &ratchet(&[field(1, header), field(2, &[0; 80]), field(2, body)].concat()),
+        ),
+        decode("ratchet_unknown_field_15", Ratchet, &ratchet(&[ratchet_inner.clone(), vec![0x78, 0x01]].concat())),
+        decode("ratchet_non_minimal_key", Ratchet, &ratchet(&with_key_prefix(&ratchet_inner, &[0x0a], &[0x8a, 0x00])?)),
+        decode(
+            "ratchet_non_minimal_header_length",
+            Ratchet,
+            &ratchet(&with_key_prefix(&ratchet_inner, &[0x0a, 0x51], &[0x0a, 0xd1, 0x00])?),
+        ),
+        decode(
+            "envelope_non_minimal_length",
+            Ratchet,
+            &message(&[vec![0x12], non_minimal_varint(ratchet_inner.len() as u64), ratchet_inner.clone()].concat()),
+        ),
+        decode(
+            "envelope_ratchet_given_twice",
+            Ratchet,
+            &message(&[field(2, &ratchet_inner), field(2, &ratchet_inner)].concat()),
+        ),
+        decode(
+            "envelope_prekey_then_ratchet",
+            Ratchet,
+            &message(&[field(1, &prekey.encode_to_vec()), field(2, &ratchet_inner)].concat()),
+        ),
+        decode("ratchet_trailing_zero_bytes", Ratchet, &[canonical.clone(), vec![0x00, 0x00]].concat()),
+        // Malformed: a known field with another wire type, field number 0, a
+        // group, a varint of 11 bytes.
+        decode("ratchet_header_as_varint", Ratchet, &ratchet(&[ratchet_inner.clone(), vec![0x08, 0x00]].concat())),
+        decode("ratchet_body_as_fixed32", Ratchet, &ratchet(&[ratchet_inner.clone(), vec![0x15, 0, 0, 0, 0]].concat())),
+        decode("ratchet_field_number_0", Ratchet, &ratchet(&[ratchet_inner.clone(), vec![0x02, 0x00]].concat())),
+        decode("ratchet_group_field_3", Ratchet, &ratchet(&[ratchet_inner.clone(), vec![0x1b, 0x1c]].concat())),
+        decode(
+            "ratchet_varint_of_11_bytes",
+            Ratchet,
+            &ratchet(&[ratchet_inner.clone(), vec![0x18], vec![0xff; 10], vec![0x01]].concat()),
+        ),
+        // Unknown kinds: only one well-formed length-delimited field of an
+        // unknown number is `unknown_kind`; its content is not examined.
+        decode("unknown_kind_field_4_with_content", Any, &[0x01, 0x22, 0x03, 0xde, 0xad, 0xbe]),
+        decode("unknown_kind_field_536870911", Any, &[0x01, 0xfa, 0xff, 0xff, 0xff, 0x0f, 0x00]),
+        decode("unknown_kind_field_9_as_varint", Any, &[0x01, 0x48, 0x00]),
+        decode("unknown_kind_field_9_non_minimal_length", Any, &[0x01, 0x4a, 0x80, 0x00]),
+        decode("unknown_kind_field_9_twice", Any, &[0x01, 0x4a, 0x00, 0x4a, 0x00]),
+        decode("unknown_kind_then_ratchet", Ratchet, &message(&[vec![0x4a, 0x00], field(2, &ratchet_inner)].concat())),
+        decode("unknown_kind_length_past_end", Any, &[0x01, 0x4a, 0x05, 0x00]),
+        // Prekey messages: default values, optional fields, ranges.
+        decode("prekey_signed_prekey_id_0_given", Any, &split_prekey(&[0x18, 0x00])),
+        decode(
+            "prekey_signed_prekey_id_plus_2_pow_32",
+            Any,
+            &split_prekey(&varint_field(3, u64::from(prekey.signed_prekey_id) + (1 << 32))),
+        ),
+        decode(
+            "prekey_signed_prekey_id_non_minimal",
+            Any,
+            &split_prekey(&[vec![0x18], non_minimal_varint(u64::from(prekey.signed_prekey_id))].concat()),
+        ),
+        decode("prekey_empty_ratchet_message", Any, &prekey_with(&|p| p.message = Some(pb::RatchetMessage::default()))),
+        // Bundles: a value out of range that a lenient reading would
+        // truncate (and then verify), a bool of 2, a repeated embedded message.
+        decode(
+            "bundle_device_id_plus_2_pow_32",
+            Bundle,
+            &bundle_bytes(&varint_field(3, u64::from(bundle.device_id) + (1 << 32)), &pq_field(&pq_canonical)),
+        ),
+        decode("bundle_last_resort_2", Bundle, &bundle_bytes(&device_id, &pq_field(&pq_bool_2))),
+        decode(
+            "bundle_signed_prekey_given_twice",
+            Bundle,
+            &bundle_bytes(&device_id, &[field(4, &signed.encode_to_vec()), pq_field(&pq_canonical)].concat()),
+        ),
+    ])
 }
 
 /// A bundle and the first message of a session started from it.
