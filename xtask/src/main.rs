@@ -7,6 +7,8 @@
 //!   sources checked), after a change to `ffi/` or its tests.
 //! - `fuzz [--seconds N] [target...]`: the fuzz targets of `fuzz/`, N
 //!   seconds each (see `fuzz.rs`).
+//! - `fuzz-test`: the fuzz step of `test` alone (build, every corpus
+//!   replayed, every target for a few seconds).
 
 mod bench;
 mod bindings;
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(),
         Some("vectors") => vectors::generate(),
         Some("fuzz") => fuzz::fuzz(args.get(1..).unwrap_or_default()),
+        Some("fuzz-test") => fuzz::test(),
         _ => {
             eprintln!("usage: cargo xtask test | cargo xtask fuzz [--seconds N] [target...]");
             return ExitCode::from(2);
