@@ -44,7 +44,7 @@ fn call(device: &mut Device<Store>, backend: &Store, reader: &mut Reader<'_>) {
             device.encrypt(&to, &vec![0x61; usize::from(len)]).map(drop)
         }
         Call::Decrypt => {
-            let (from, bytes, commit) = (peer(reader.u8()), reader.chunk(), reader.u8() % 2 == 0);
+            let (from, bytes, commit) = (peer(reader.u8()), reader.chunk(), reader.u8().is_multiple_of(2));
             match device.decrypt(&from, bytes) {
                 Ok(pending) => {
                     unchanged("decrypt");
