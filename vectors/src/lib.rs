@@ -16,8 +16,10 @@
 //! The file format is described in `vectors/README.md`.
 
 mod bundles;
+mod curve_model;
 mod format;
 mod kdf;
+mod key_checks;
 mod keys;
 mod limits;
 mod padding;

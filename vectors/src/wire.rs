@@ -275,7 +275,7 @@ fn ratchet_json(m: &RatchetMessage) -> Value {
     json!({"kind": "ratchet", "header": h(m.header()), "body": h(m.body())})
 }
 
-fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
+pub(crate) fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
     Ok(match decoder {
         Decoder::RatchetMessage => match RatchetMessage::from_bytes(data) {
             Ok(m) => (ratchet_json(&m), Some(m.to_bytes())),
@@ -326,7 +326,7 @@ fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
     })
 }
 
-fn key_error(e: &KeyError) -> Value {
+pub(crate) fn key_error(e: &KeyError) -> Value {
     match e {
         KeyError::InvalidLength { expected, actual } => {
             json!({"error": "invalid_length", "expected": expected, "actual": actual})
@@ -337,7 +337,7 @@ fn key_error(e: &KeyError) -> Value {
     }
 }
 
-fn bundle_error(e: &BundleError) -> Value {
+pub(crate) fn bundle_error(e: &BundleError) -> Value {
     match e {
         BundleError::Decode(d) => json!({"error": "decode", "cause": decode_error(d)}),
         BundleError::IdentityKey(k) => json!({"error": "identity_key", "cause": key_error(k)}),
