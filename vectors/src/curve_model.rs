@@ -332,7 +332,7 @@ pub(crate) fn set_coefficient(bytes: &mut [u8], index: usize, value: u16) {
     let at = index / 2 * 3;
     let Some(chunk) = bytes.get_mut(at..at + 3) else { return };
     let mut word = chunk.iter().rev().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
-    let shift = if index % 2 == 0 { 0 } else { 12 };
+    let shift = if index.is_multiple_of(2) { 0 } else { 12 };
     word = (word & !(0xfff << shift)) | (u32::from(value & 0xfff) << shift);
     for (i, b) in chunk.iter_mut().enumerate() {
         *b = word.to_le_bytes().get(i).copied().unwrap_or(0);
@@ -358,8 +358,10 @@ mod tests {
     #[test]
     fn base_point_round_trip_and_order() {
         // RFC 8032's B: y = 4/5.
-        let encoded: [u8; 32] =
-            hex::decode("5866666666666666666666666666666666666666666666666666666666666666").unwrap().try_into().unwrap();
+        let encoded: [u8; 32] = hex::decode("5866666666666666666666666666666666666666666666666666666666666666")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let b = Point::decode(&encoded).unwrap();
         assert!(b.is_canonical_encoding(&encoded));
         assert!(!b.has_small_order());

@@ -8,9 +8,9 @@
 //! wrong (`vectors/tests/misreadings_keys.rs` shows which). Three things must
 //! agree before a case is written: what the construction says the result is,
 //! what the library returns, and an independent model of the rule. For
-//! signatures the model is 6.1's four checks on `curve25519-dalek` points.
-//! For the decoding and order of points it is `curve_model`, our own field
-//! arithmetic. For X25519 keys it is 6.4's definition, `X25519(k0, u)`, on
+//! signatures the model is 6.1's four checks, one by one: the decoding and
+//! order of points on `curve_model` (our own field arithmetic, also the model
+//! of the identity-key check), the equation on `curve25519-dalek` points. For X25519 keys it is 6.4's definition, `X25519(k0, u)`, on
 //! `curve25519-dalek`'s ladder (the library compares with a table). For
 //! ML-KEM keys it is our own `ByteDecode12`.
 
@@ -569,7 +569,8 @@ fn model_verify(key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> bool {
         return false;
     }
     // 4. The cofactorless equation, compared as bytes.
-    let (Some(a), Some(s)) = (CompressedEdwardsY(*key).decompress(), Option::<Scalar>::from(Scalar::from_canonical_bytes(s)))
+    let (Some(a), Some(s)) =
+        (CompressedEdwardsY(*key).decompress(), Option::<Scalar>::from(Scalar::from_canonical_bytes(s)))
     else {
         return false;
     };
@@ -578,8 +579,7 @@ fn model_verify(key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> bool {
 
 /// 6.1's identity-key check on `curve_model`.
 fn model_identity_key(key: &[u8]) -> Result<Point, KeyError> {
-    let bytes: [u8; 32] =
-        key.try_into().map_err(|_| KeyError::InvalidLength { expected: 32, actual: key.len() })?;
+    let bytes: [u8; 32] = key.try_into().map_err(|_| KeyError::InvalidLength { expected: 32, actual: key.len() })?;
     let point = Point::decode(&bytes).ok_or(KeyError::InvalidEncoding)?;
     if point.has_small_order() {
         return Err(KeyError::SmallOrder);
@@ -647,7 +647,9 @@ fn consistent(result: &Value, wrapped: Option<&Value>, names_field: impl Fn(&Val
         Some(expected) if result != expected => {
             Err(err("result", format!("the key check fails, so the decoder must return {expected}, not {result}")))
         }
-        None if names_field(result) => Err(err("result", format!("the key check passes, yet the decoder says {result}"))),
+        None if names_field(result) => {
+            Err(err("result", format!("the key check passes, yet the decoder says {result}")))
+        }
         _ => Ok(()),
     }
 }
@@ -730,28 +732,37 @@ fn signature_cases(cases: &mut Cases, signer: &Signer, rng: &mut ChaCha20Rng) ->
         false,
     );
 
-    // A = identity, R = identity, S = 0.
-    let sig = sign_with(&Scalar::ZERO, &IDENTITY_POINT, &Scalar::ZERO, &IDENTITY_POINT, message);
+    // A of small order, R = [r]B (not of small order), S = r: [S]B - [k]A = R
+    // whenever [k]A is the identity, so only check 3 can reject.
+    let r = Scalar::from_bytes_mod_order_wide(&random::<64>(rng));
+    let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
+    let holds = |key: &[u8; 32], m: &[u8], sig: &[u8; 64]| -> R<()> {
+        let point = CompressedEdwardsY(*key).decompress().ok_or_else(|| err("identity_key", "does not decode"))?;
+        let s = Scalar::from_bytes_mod_order(*sig_s(sig));
+        let lhs = EdwardsPoint::mul_base(&s) - challenge(&big_r, key, m) * point;
+        ensure(lhs.compress().to_bytes() == big_r, "signature", "the cofactorless equation does not hold")
+    };
+    let sig = sign_with(&r, &big_r, &Scalar::ZERO, &IDENTITY_POINT, message);
+    holds(&IDENTITY_POINT, message, &sig)?;
     cases.verify(
         "a_identity",
-        "6.1 check 3: the key must not have small order. A and R are the identity point and S = 0: \
-         [0]B - [k]A is the identity, equal to R, so the equation holds for every message; only the key check \
-         rejects it.",
+        "6.1 check 3: the key must not have small order. A is the identity point, R = [r]B (not of small \
+         order) and S = r: [S]B - [k]A = R for every message, so the equation holds; only the check of the key \
+         rejects it. A verifier that skips that check accepts it.",
         &IDENTITY_POINT,
         message,
         &sig,
         false,
     );
-
-    // A = T (order 8), R = identity, S = 0, a message with k = 0 mod 8.
     let t8_key = t8.compress().to_bytes();
-    let m = search_message("samizdat/v1 key check: order-8 key", &IDENTITY_POINT, &t8_key, true)?;
-    let sig = sign_with(&Scalar::ZERO, &IDENTITY_POINT, &Scalar::ZERO, &t8_key, &m);
+    let m = search_message("samizdat/v1 key check: order-8 key", &big_r, &t8_key, true)?;
+    let sig = sign_with(&r, &big_r, &Scalar::ZERO, &t8_key, &m);
+    holds(&t8_key, &m, &sig)?;
     cases.verify(
         "a_order_8",
         "6.1 check 3: the key must not have small order, whatever the point (not only the identity or the \
-         all-zero key). A has order 8, R is the identity, S = 0, and the message is chosen so that k is a \
-         multiple of 8: [S]B - [k]A = [k]T is the identity, so the equation holds; only the key check rejects it.",
+         all-zero key). A has order 8, R = [r]B, S = r, and the message makes k a multiple of 8: [S]B - [k]A = \
+         R, so the equation holds; only the check of the key rejects it.",
         &t8_key,
         &m,
         &sig,
@@ -764,7 +775,8 @@ fn signature_cases(cases: &mut Cases, signer: &Signer, rng: &mut ChaCha20Rng) ->
     let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
     let m = search_message("samizdat/v1 key check: mixed-order key", &big_r, &mixed, true)?;
     let sig = sign_with(&r, &big_r, a, &mixed, &m);
-    let mixed_point = CompressedEdwardsY(mixed).decompress().ok_or_else(|| err("identity_key", "A' does not decode"))?;
+    let mixed_point =
+        CompressedEdwardsY(mixed).decompress().ok_or_else(|| err("identity_key", "A' does not decode"))?;
     let s = Scalar::from_bytes_mod_order(*sig_s(&sig));
     ensure(
         (EdwardsPoint::mul_base(&s) - challenge(&big_r, &mixed, &m) * mixed_point).compress().to_bytes() == big_r,
@@ -976,13 +988,13 @@ fn x25519_cases(cases: &mut Cases, rng: &mut ChaCha20Rng) -> R<()> {
         Expect::Accepted,
     );
     for (name, key) in small_order_x25519_keys()? {
-        cases.x25519(
-            name,
+        let pins = if key == [0; 32] {
+            "6.4: u = 0 has small order: SmallOrder (the one key that a check of the all-zero key alone catches)."
+        } else {
             "6.4: every encoding for which X25519(k0, u) is all zero is of small order and rejected, not only \
-             u = 0: SmallOrder. A check that rejects only the all-zero key accepts it.",
-            &key,
-            small_order(),
-        );
+             u = 0: SmallOrder. A check that rejects only the all-zero key accepts it."
+        };
+        cases.x25519(name, pins, &key, small_order());
         cases.x25519(
             &format!("{name}_top_bit_set"),
             "6.4 and 2.2: the top bit of a received X25519 key is ignored, so the key with its top bit set has \
@@ -1220,7 +1232,8 @@ fn bundle_cases(cases: &mut Cases, signer: &Signer, rng: &mut ChaCha20Rng) -> R<
             true,
         )
     };
-    for (name, key) in [("u_p_minus_1", pick("u_p_minus_1")?), ("u_p_plus_1_top_bit_set", with_sign_bit(pick("u_p_plus_1")?))]
+    for (name, key) in
+        [("u_p_minus_1", pick("u_p_minus_1")?), ("u_p_plus_1_top_bit_set", with_sign_bit(pick("u_p_plus_1")?))]
     {
         cases.bundle(
             &format!("bundle_one_time_prekey_{name}"),
