@@ -33,7 +33,7 @@ use samizdat::{
     address::Address,
     device::{Device, DeviceError},
     rand_core::Rng,
-    store::StoreError,
+    store::{Backend, StoreError, Table},
     wire::Message,
 };
 
@@ -276,18 +276,29 @@ fn a_truncated_store_is_refused_and_breaks_no_promise() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Where the keys of Bob's session rows (the keyed hashes of his peers'
+/// addresses) lie in the file at `path`, as the store is now.
+fn row_key_spots(path: &Path) -> Vec<usize> {
+    let bob = Device::open(path, &KEY_BOB).unwrap();
+    let keys: Vec<Vec<u8>> = bob.backend().scan(Table::Sessions).unwrap().into_iter().map(|(key, _)| key).collect();
+    drop(bob);
+    let file = std::fs::read(path).unwrap();
+    file.windows(32).enumerate().filter(|(_, w)| keys.iter().any(|k| k[..32] == **w)).map(|(i, _)| i).collect()
+}
+
 /// Random bytes written over a closed store, at one to three seeded random
 /// places of 1 to 64 bytes each: the store works, or a call fails with a
-/// store error; never a broken promise, never a session that vanished or
-/// changed unnoticed.
+/// store error; never a broken promise. A session vanishes only where the
+/// damage hit the key of its row (next test); it never changes unnoticed.
 #[test]
 fn a_store_overwritten_at_random_places_breaks_no_promise() {
     let dir = dir("overwritten");
     let path = dir.join("bob.db");
     let (alice, history) = converse(&dir);
+    let spots = row_key_spots(&path);
     let pristine = std::fs::read(&path).unwrap();
     let mut rng = support::rng(0x0bad_5eed);
-    let mut outcomes = BTreeMap::new();
+    let (mut outcomes, mut key_hits) = (BTreeMap::new(), BTreeMap::new());
     let trials = 150;
     for trial in 0..trials {
         let mut damaged = pristine.clone();
@@ -298,15 +309,51 @@ fn a_store_overwritten_at_random_places_breaks_no_promise() {
             rng.fill_bytes(&mut damaged[offset..offset + len]);
             places.push((offset, len));
         }
+        let hits_key = places.iter().any(|&(offset, len)| spots.iter().any(|&k| offset < k + 32 && k < offset + len));
         put_database(&path, &damaged);
         tally(
-            &mut outcomes,
+            if hits_key { &mut key_hits } else { &mut outcomes },
             &format!("trial {trial}, overwritten at {places:?}"),
             check(&path, &alice, &history, &format!("o{trial}")),
         );
     }
-    println!("overwrites ({trials} trials of {} bytes): {outcomes:?}", pristine.len());
+    println!("overwrites ({trials} trials of {} bytes): {outcomes:?}; on a row key: {key_hits:?}", pristine.len());
     assert_detected(&outcomes);
+    assert!(key_hits.keys().all(|o| !matches!(o, Outcome::Diverged(_))), "{key_hits:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The limitation (PROTOCOL.md 16.6, "Deletion"): a row is found by its key,
+/// which is not sealed. One bit flipped in the key of Bob's session row with
+/// Alice, in the database file, makes the row unreachable: SQLite's quick
+/// check passes, and the session reads as empty, as if the row were
+/// deleted. Alice's identity is no longer trusted (the next key offered for
+/// her address is trusted on first use). No promise is broken: her
+/// committed messages stay refused (her first one consumed a one-time
+/// prekey), and Bob has no session to encrypt with.
+#[test]
+fn a_flipped_bit_in_a_row_key_reads_as_a_deleted_row() {
+    let dir = dir("row-key");
+    let path = dir.join("bob.db");
+    let (alice, history) = converse(&dir);
+    let spots = row_key_spots(&path);
+    let pristine = std::fs::read(&path).unwrap();
+    let mut gone = 0;
+    for &spot in &spots {
+        for bit in [0, 7 * 8 + 3, 31 * 8 + 7] {
+            let mut damaged = pristine.clone();
+            damaged[spot + bit / 8] ^= 1 << (bit % 8);
+            put_database(&path, &damaged);
+            let outcome = check(&path, &alice, &history, "after the flip").unwrap();
+            if outcome == Outcome::SessionGone {
+                assert_eq!(quick_check(&path), "ok");
+                let bob = Device::open(&path, &KEY_BOB).unwrap();
+                assert_eq!(bob.peer_identity(&address("alice")).unwrap(), None);
+                gone += 1;
+            }
+        }
+    }
+    assert!(gone > 0, "no flip made the session vanish (row keys at {spots:?})");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
