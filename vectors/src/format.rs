@@ -20,8 +20,10 @@ pub(crate) struct Meta {
     /// The generator's `ChaCha20Rng` seed is 32 bytes of this value.
     pub(crate) seed: u8,
     /// The case fields that are inputs (every other field is an output).
-    /// `a[].b` names field `b` of every element of array `a`; a name covers
-    /// everything under it.
+    /// `a[].b` names field `b` of every element of array `a` that has one (in
+    /// the transcript, `events[].plaintext` is the sent plaintext of the
+    /// `send` events; a `deliver` event's is `decrypted`, an output); a name
+    /// covers everything under it.
     pub(crate) inputs: &'static [&'static str],
 }
 
