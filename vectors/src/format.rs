@@ -5,7 +5,9 @@ use chacha20::{ChaCha20Rng, rand_core::SeedableRng};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::{Failure, Report, bundles, kdf, keys, limits, padding, pqxdh, safety, transcript, util::VErr, wire};
+use crate::{
+    Failure, Report, bundles, kdf, keys, limits, padding, pqxdh, records, safety, transcript, util::VErr, wire,
+};
 
 /// What a file says about itself.
 pub(crate) struct Meta {
@@ -80,6 +82,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<transcript::RatchetTranscript>(),
     entry::<limits::RatchetLimits>(),
     entry::<wire::Wire>(),
+    entry::<records::Records>(),
     entry::<safety::SafetyNumbers>(),
 ];
 
