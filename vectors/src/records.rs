@@ -757,10 +757,12 @@ fn ratchet_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
     let mut closed = st.receiving.first().cloned().ok_or_else(|| err("input", "no chain"))?;
     fill_chain(&mut closed, 499);
     let closed_unit = storage::RatchetState { receiving: vec![closed.clone()], ..Default::default() }.encode_to_vec();
-    let skipped_total = |last: usize| -> R<(Vec<u8>, Vec<u8>)> {
+    type ChainEdit<'a> = &'a dyn Fn(&mut storage::ReceivingChain) -> R<()>;
+    let skipped_total = |last: usize, edit: ChainEdit<'_>| -> R<(Vec<u8>, Vec<u8>)> {
         let full = s(&|r| {
             let mut current = chain(r, 1)?.clone();
             fill_chain(&mut current, last);
+            edit(&mut current)?;
             r.receiving = vec![closed.clone(); 4];
             r.receiving.push(current);
             Ok(())
@@ -825,7 +827,7 @@ fn ratchet_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
             Ok(())
         })?,
     );
-    let (prefix, suffix) = skipped_total(4)?;
+    let (prefix, suffix) = skipped_total(4, &|_| Ok(()))?;
     cases.add_repeat(
         "ratchet_skipped_keys_2000",
         D,
@@ -945,6 +947,18 @@ fn ratchet_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
         })?,
     );
     cases.add(
+        "ratchet_next_header_key_without_sending_chain",
+        D,
+        "13.3 check 9: an empty `sending.next_header_key` in a state without any chain (checked with or without a \
+         sending chain).",
+        &s(&|r| {
+            no_sending_chain(r)?;
+            r.receiving.clear();
+            sending(r)?.next_header_key.clear();
+            Ok(())
+        })?,
+    );
+    cases.add(
         "ratchet_six_receiving_chains",
         D,
         "13.3 check 10: 6 receiving chains (5 copies of the closed chain, then the current one).",
@@ -978,7 +992,7 @@ fn ratchet_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
             Ok(())
         })?,
     );
-    let (prefix, suffix) = skipped_total(5)?;
+    let (prefix, suffix) = skipped_total(5, &|_| Ok(()))?;
     cases.add_repeat(
         "ratchet_skipped_keys_2001",
         D,
@@ -1409,6 +1423,29 @@ fn ratchet_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
         cases.add(name, D, rule, &input);
     }
 
+    let (prefix, suffix) = skipped_total(5, &|c| {
+        c.chain_key.truncate(31);
+        Ok(())
+    })?;
+    cases.add_repeat(
+        "ratchet_order_11b_before_11c",
+        D,
+        "13.3 order: 2,001 skipped keys in all (as in ratchet_skipped_keys_2001), the current chain's chain key of \
+         31 bytes: 11b (the total reaches 2,001 on that very chain).",
+        (&prefix, &closed_unit, 4, &suffix),
+    );
+    let (prefix, suffix) = skipped_total(5, &|c| {
+        item(&mut c.skipped, 0)?.counter = c.counter;
+        Ok(())
+    })?;
+    cases.add_repeat(
+        "ratchet_order_11c_before_11d",
+        D,
+        "13.3 order: 2,001 skipped keys in all, the current chain's first key on the chain's counter: 11c (a \
+         chain's total before its keys).",
+        (&prefix, &closed_unit, 4, &suffix),
+    );
+
     // Other encodings of the real state (check 2).
     let sending_pb = st.sending.clone().unwrap_or_default();
     let zero_field = if sending_pb.counter == 0 {
@@ -1518,8 +1555,9 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
     }
     let in_kept_199: usize = kept(&mut kept_199.clone())?.receiving.iter().map(|c| c.skipped.len()).sum();
     let kept_unit = storage::SessionRecord { archived: vec![kept_199.clone()], ..Default::default() }.encode_to_vec();
-    let record_skipped = |n: usize| -> R<(Vec<u8>, Vec<u8>)> {
+    let record_skipped = |n: usize, edit: Edit<'_>| -> R<(Vec<u8>, Vec<u8>)> {
         let full = s(&|r| {
+            edit(r)?;
             r.archived = vec![kept_199.clone(); 10];
             let chains = &mut ratchet(current(r)?)?.receiving;
             let in_closed: usize = chains.iter().rev().skip(1).map(|c| c.skipped.len()).sum();
@@ -1609,7 +1647,7 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
             Ok(())
         })?,
     );
-    let (prefix, suffix) = record_skipped(2000)?;
+    let (prefix, suffix) = record_skipped(2000, &|_| Ok(()))?;
     cases.add_repeat(
         "record_skipped_keys_2000",
         D,
@@ -1748,7 +1786,7 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
             Ok(())
         })?,
     );
-    let (prefix, suffix) = record_skipped(2001)?;
+    let (prefix, suffix) = record_skipped(2001, &|_| Ok(()))?;
     cases.add_repeat(
         "record_skipped_keys_2001",
         D,
@@ -2261,6 +2299,17 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
         cases.add(name, D, rule, &input);
     }
 
+    let (prefix, suffix) = record_skipped(2001, &|r| {
+        item(&mut r.seen_base_keys, 0)?.clear();
+        Ok(())
+    })?;
+    cases.add_repeat(
+        "record_order_10_before_11",
+        D,
+        "13.4 order: an empty remembered base key and 2,001 skipped keys over the states: check 10.",
+        (&prefix, &kept_unit, 10, &suffix),
+    );
+
     // Other encodings of the real record (check 2).
     let canonical: Vec<(&str, &str, Vec<u8>)> = vec![
         (
@@ -2432,8 +2481,8 @@ fn prekey_cases(cases: &mut Cases, f: &Fixtures, rng: &mut ChaCha20Rng) -> R<()>
     cases.add(
         "prekey_set_200_one_time",
         D,
-        "13.5 check 6 boundary: 200 one-time X25519 prekeys are accepted.",
-        &c(&one_time(200))?,
+        "13.5 check 6 boundary: 200 one-time X25519 prekeys (and one one-time ML-KEM prekey) are accepted.",
+        &b(&one_time(200))?,
     );
     cases.add_repeat(
         "prekey_set_10000_seen_base_keys",
