@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, bundles, kdf, key_checks, keys, limits, padding, pqxdh, safety, transcript, util::VErr, wire,
+    Failure, Report, bundles, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, transcript, util::VErr,
+    wire,
 };
 
 /// What a file says about itself.
@@ -85,6 +86,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<limits::RatchetLimits>(),
     entry::<wire::Wire>(),
     entry::<key_checks::KeyChecks>(),
+    entry::<records::Records>(),
     entry::<safety::SafetyNumbers>(),
 ];
 

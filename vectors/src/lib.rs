@@ -24,6 +24,7 @@ mod keys;
 mod limits;
 mod padding;
 mod pqxdh;
+mod records;
 mod safety;
 mod transcript;
 mod util;
