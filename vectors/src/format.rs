@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, bundles, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, transcript, util::VErr,
-    wire,
+    Failure, Report, bundles, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, store_rows, transcript,
+    util::VErr, wire,
 };
 
 /// What a file says about itself.
@@ -88,6 +88,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<key_checks::KeyChecks>(),
     entry::<records::Records>(),
     entry::<safety::SafetyNumbers>(),
+    entry::<store_rows::StoreRows>(),
 ];
 
 /// The input field patterns of a vector file (see [`Meta::inputs`]).

@@ -26,6 +26,7 @@ mod padding;
 mod pqxdh;
 mod records;
 mod safety;
+mod store_rows;
 mod transcript;
 mod util;
 mod wire;
