@@ -1,6 +1,14 @@
 //! Compiles `proto/*.proto` with the pure-Rust `protox` compiler, so no system
 //! `protoc` is needed.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     const FILES: [&str; 2] = ["proto/wire.proto", "proto/storage.proto"];
     for file in FILES {

@@ -307,3 +307,34 @@ impl rand_core::TryRng for FixedBytes {
 }
 
 impl rand_core::TryCryptoRng for FixedBytes {}
+
+/// `SealRow(table, key, plaintext)` of PROTOCOL.md 14.4 under the keys
+/// derived from `storage_key` (14.3), with the given nonce.
+pub fn seal_row(
+    storage_key: &[u8; 32],
+    table: crate::store::Table,
+    key: &[u8],
+    plaintext: &[u8],
+    nonce: &[u8; 24],
+) -> Vec<u8> {
+    crate::store::Sealer::new(storage_key).seal(&mut FixedBytes::new(nonce), table, key, plaintext)
+}
+
+/// `OpenRow(table, key, sealed)` of PROTOCOL.md 14.4.
+///
+/// # Errors
+/// [`crate::store::StoreError::Corrupt`] if the value does not open at this
+/// place under this storage key, or its padding does not verify.
+pub fn open_row(
+    storage_key: &[u8; 32],
+    table: crate::store::Table,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, crate::store::StoreError> {
+    crate::store::Sealer::new(storage_key).open(table, key, sealed)
+}
+
+/// The row key of a peer in table `sessions` (PROTOCOL.md 14.5).
+pub fn peer_row_key(storage_key: &[u8; 32], peer: &crate::address::Address) -> Vec<u8> {
+    crate::store::Sealer::new(storage_key).address_key(peer)
+}

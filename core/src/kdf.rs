@@ -36,11 +36,7 @@ pub(crate) const PQXDH_IKM_PREFIX: [u8; 32] = [0xff; 32];
 
 /// The bytes an Ed25519 prekey signature covers: `label || u32-BE id || public key`.
 pub(crate) fn prekey_signature_input(label: &[u8], id: u32, public_key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(label.len() + 4 + public_key.len());
-    out.extend_from_slice(label);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(public_key);
-    out
+    [label, &id.to_be_bytes(), public_key].concat()
 }
 
 /// Signature label of a whole bundle (followed by [`bundle_signature_input`]'s fields).
@@ -71,7 +67,9 @@ pub(crate) struct BundleFields<'a> {
 pub(crate) fn bundle_signature_input(fields: &BundleFields<'_>) -> Vec<u8> {
     let user = fields.user_id.as_bytes();
     let (pq_kind, pq_id, pq_key) = fields.pq_prekey;
-    let mut out = Vec::with_capacity(BUNDLE_LABEL.len() + 32 + 8 + user.len() + 36 + 37 + 5 + pq_key.len());
+    // Everything but the user id and the ML-KEM key has a fixed length.
+    const FIXED_LEN: usize = BUNDLE_LABEL.len() + 32 + 8 + 36 + 37 + 5;
+    let mut out = Vec::with_capacity(FIXED_LEN.saturating_add(user.len()).saturating_add(pq_key.len()));
     out.extend_from_slice(BUNDLE_LABEL);
     out.extend_from_slice(fields.identity_key);
     out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -124,15 +122,15 @@ impl Drop for HandshakeSecrets {
 /// info = PQXDH_LABEL || SHA-256(transcript))`, 96 bytes split into the first
 /// root key, the initiator's header key and the responder's next header key.
 pub(crate) fn pqxdh(dh_outputs: &[&[u8; 32]], kem_secret: &[u8; 32], transcript_hash: &[u8; 32]) -> HandshakeSecrets {
-    let mut ikm = Zeroizing::new(Vec::with_capacity(32 * (dh_outputs.len() + 2)));
-    ikm.extend_from_slice(&PQXDH_IKM_PREFIX);
-    for dh in dh_outputs {
-        ikm.extend_from_slice(dh.as_slice());
-    }
-    ikm.extend_from_slice(kem_secret);
-    let mut info = Vec::with_capacity(PQXDH_LABEL.len() + 32);
-    info.extend_from_slice(PQXDH_LABEL);
-    info.extend_from_slice(transcript_hash);
+    let parts: Vec<&[u8]> = [&PQXDH_IKM_PREFIX[..]]
+        .into_iter()
+        .chain(dh_outputs.iter().map(|dh| dh.as_slice()))
+        .chain([kem_secret.as_slice()])
+        .collect();
+    // `concat` allocates the exact length once: no reallocation leaves a
+    // copy of the secrets behind.
+    let ikm = Zeroizing::new(parts.concat());
+    let info = [PQXDH_LABEL, transcript_hash].concat();
     let okm = hkdf_expand::<96>(&[0; 32], &ikm, &info);
     let mut out = HandshakeSecrets { root_key: [0; 32], initiator_header_key: [0; 32], responder_header_key: [0; 32] };
     let (rk, rest) = okm.split_at(32);

@@ -18,6 +18,18 @@
 //! The protocol is specified in `PROTOCOL.md` at the root of the repository.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// No panics and no unchecked arithmetic in the library: every failure is a
+// typed error (the workspace lints warn on the first four; here they are
+// errors whatever the command line says). Tests may unwrap, index and panic
+// (`clippy.toml`), and do arithmetic.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+#![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
 pub mod address;
 mod codec;

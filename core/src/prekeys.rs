@@ -165,7 +165,7 @@ impl PreKeyBundle {
             }),
             signature: self.signature.to_vec(),
         };
-        let mut out = Vec::with_capacity(1 + message.encoded_len());
+        let mut out = Vec::with_capacity(message.encoded_len().saturating_add(1));
         out.push(WIRE_VERSION);
         // Encoding into a Vec cannot run out of space.
         let _ = message.encode(&mut out);
@@ -586,7 +586,7 @@ impl PreKeySet {
         }
         let classic = target.saturating_sub(held_classic);
         let pq = target.saturating_sub(held_pq);
-        let needed = u32::try_from(classic + pq).map_err(|_| PreKeyError::IdsExhausted)?;
+        let needed = classic.checked_add(pq).and_then(|n| u32::try_from(n).ok()).ok_or(PreKeyError::IdsExhausted)?;
         if self.next_id.checked_add(needed).is_none() {
             return Err(PreKeyError::IdsExhausted);
         }

@@ -215,7 +215,7 @@ impl Message {
 
 fn encode_envelope(body: pb::envelope::Body) -> Vec<u8> {
     let envelope = pb::Envelope { body: Some(body) };
-    let mut out = Vec::with_capacity(1 + envelope.encoded_len());
+    let mut out = Vec::with_capacity(envelope.encoded_len().saturating_add(1));
     out.push(WIRE_VERSION);
     // Encoding into a Vec cannot run out of space.
     let _ = envelope.encode(&mut out);

@@ -227,10 +227,16 @@ impl VectorSet for Bundles {
     const META: Meta = Meta {
         file: "bundles.json",
         section: "6.7 Prekey ids; 6.9 Managing the prekey set; 6.10 Which keys a bundle offers; 7 Bundles (7.1 encoding, 7.2 parsing and verification)",
-        description: "A device's bundle from its identity seed and the random bytes its prekeys were made from \
-            (signed prekey secret; last-resort ML-KEM d || z; one-time X25519 prekey secret; one-time ML-KEM d || z), \
-            with ids 1 (signed prekey), 2 (last-resort key), 3 (one-time X25519 key), 4 (one-time ML-KEM key). \
-            `encoded` is the bundle as a server hands it out: 0x01 then the protobuf samizdat.wire.v1.PreKeyBundle \
+        description: "A device's bundle from its identity seed and the random bytes its prekeys were made from, \
+            `prekey_randomness`, drawn in this order (PROTOCOL.md 6.9): NewPreKeySet makes the signed prekey (id 1) \
+            from signed_prekey_secret and the last-resort ML-KEM key (id 2) from last_resort_d_z (d || z); \
+            AddOneTimePreKeys with count 1 then makes the one-time X25519 prekey (id 3) from one_time_prekey_secret \
+            and the one-time ML-KEM key (id 4) from pq_one_time_d_z. Then the one-time keys the case does not offer \
+            are consumed (Consume, 6.11, as a committed handshake that named them would): id 3 when \
+            offer_one_time_prekey is false, id 4 when pq_prekey is \"last_resort\". The bundle is the default one \
+            (n = 0, 6.10) of the set that is left: the one-time X25519 prekey if it is still held (else \
+            one_time_prekey_id and one_time_prekey are null), the one-time ML-KEM key if it is still held, else the \
+            last-resort key (pq_prekey_last_resort). `encoded` is the bundle as a server hands it out: 0x01 then the protobuf samizdat.wire.v1.PreKeyBundle \
             (canonical: fields in order, defaults omitted). Public keys are X25519(secret, 9) and ML-KEM.KeyGen(d, z); \
             signatures as in prekey_signatures.json. bundle_signature_input = \"samizdat/v1/bundle\" || identity_key || \
             u32be(len(user_id)) || user_id || u32be(device_id) || u32be(signed_prekey_id) || signed_prekey || (0x00, \

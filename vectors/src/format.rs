@@ -5,7 +5,10 @@ use chacha20::{ChaCha20Rng, rand_core::SeedableRng};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::{Failure, Report, bundles, kdf, keys, limits, padding, pqxdh, safety, transcript, util::VErr, wire};
+use crate::{
+    Failure, Report, bundles, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, store_rows, transcript,
+    util::VErr, wire,
+};
 
 /// What a file says about itself.
 pub(crate) struct Meta {
@@ -18,8 +21,10 @@ pub(crate) struct Meta {
     /// The generator's `ChaCha20Rng` seed is 32 bytes of this value.
     pub(crate) seed: u8,
     /// The case fields that are inputs (every other field is an output).
-    /// `a[].b` names field `b` of every element of array `a`; a name covers
-    /// everything under it.
+    /// `a[].b` names field `b` of every element of array `a` that has one (in
+    /// the transcript, `events[].plaintext` is the sent plaintext of the
+    /// `send` events; a `deliver` event's is `decrypted`, an output); a name
+    /// covers everything under it.
     pub(crate) inputs: &'static [&'static str],
 }
 
@@ -80,7 +85,10 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<transcript::RatchetTranscript>(),
     entry::<limits::RatchetLimits>(),
     entry::<wire::Wire>(),
+    entry::<key_checks::KeyChecks>(),
+    entry::<records::Records>(),
     entry::<safety::SafetyNumbers>(),
+    entry::<store_rows::StoreRows>(),
 ];
 
 /// The input field patterns of a vector file (see [`Meta::inputs`]).

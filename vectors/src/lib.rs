@@ -16,13 +16,17 @@
 //! The file format is described in `vectors/README.md`.
 
 mod bundles;
+mod curve_model;
 mod format;
 mod kdf;
+mod key_checks;
 mod keys;
 mod limits;
 mod padding;
 mod pqxdh;
+mod records;
 mod safety;
+mod store_rows;
 mod transcript;
 mod util;
 mod wire;

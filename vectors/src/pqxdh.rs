@@ -107,8 +107,10 @@ impl VectorSet for Pqxdh {
     const META: Meta = Meta {
         file: "pqxdh.json",
         section: "8 The PQXDH handshake (8.1 to 8.8); 4.3 Initialisation; 4.5 Encryption; 6.11 When prekeys are \
-            consumed; 9.5 Decrypting",
-        description: "Alice (initiator) starts a session from Bob's bundle (built as in bundles.json) and sends one \
+            consumed; 9.5 Decrypting (phase 1)",
+        description: "Alice (initiator) starts a session from Bob's bundle, made as in bundles.json from \
+            bob_identity_seed, bob_user_id, bob_device_id, bob_prekey_randomness, offer_one_time_prekey and \
+            pq_prekey (the one-time keys a case does not offer are consumed before the bundle is made), and sends one \
             message; Bob decrypts it and replies; Alice decrypts the reply. Alice's generator draws, in order: the \
             base key secret EK_A (32 bytes), the ML-KEM encapsulation randomness m (32), her first ratchet secret \
             (32); then the header nonce of her message (24). Bob's decryption draws his new ratchet secret (32), his \

@@ -86,8 +86,10 @@ pub(crate) enum Event {
         random: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         altered_wire: Option<String>,
+        /// The decrypted plaintext (an output; the sent plaintext is the
+        /// input `plaintext` of the `send` event).
         #[serde(default)]
-        plaintext: Option<String>,
+        decrypted: Option<String>,
         #[serde(default)]
         error: Option<Value>,
         #[serde(default)]
@@ -140,20 +142,28 @@ impl VectorSet for RatchetTranscript {
         section: "4 The Double Ratchet with header encryption (4.3 to 4.9); 5 Padding; 12.3 Encoding \
             (RatchetMessage); 13.1 Ratchet states",
         description: "A conversation between Alice (initiator) and Bob (responder), replayable exactly. Both start \
-            from root_key (SK), hka, nhkb and associated_data (1.8); Bob's first ratchet key pair has secret \
-            bob_ratchet_secret; Alice's initialisation draws alice_ratchet_secret. `events` run in order. A `send` \
-            event encrypts `plaintext` for `sender`, whose generator gives exactly `random` (the 24-byte header \
+            from root_key (SK), hka, nhkb and associated_data (1.4); Bob's first ratchet key pair has secret \
+            bob_ratchet_secret (public key bob_ratchet_public); Alice's initialisation draws alice_ratchet_secret \
+            (public key alice_ratchet_public). `events` run in order; `event` gives the kind of each. A `send` event \
+            encrypts `plaintext` (an input) for `sender`, whose generator gives exactly `random` (the 24-byte header \
             nonce); it lists the header fields (ratchet_key = DHs, previous_counter = PN, counter = N), the sending \
             header key HKs and chain key CKs used, the message key seed, key and nonce, the encrypted header, the \
             body and the encoded RatchetMessage (`wire`). Sends are numbered by `message` from 0. A `deliver` event \
-            gives message `message`'s wire bytes (or `altered_wire`, a copy with one byte changed) to `to`, whose \
-            generator gives exactly `random`: 32 bytes when the decryption performs a DH step (the new ratchet \
-            secret), else nothing. It lists the plaintext or the error (duplicate with its counter, rollback with its \
-            counter: another message on a counter already used, from a sender that went backwards; unauthenticated), \
-            where the key came from (chain: the current receiving chain; skipped: a stored skipped key; dh_step: a header that opened under NHKr), the receiver's new ratchet public key after a DH step, \
-            and the receiver's number of stored skipped keys and receiving chains afterwards. A `restore` event puts \
-            `party` back in the state it had right after event `after_event` (a restored backup): `state` is that \
-            stored RatchetState. The final states are the stored RatchetState encodings (13.1, 13.2).",
+            gives message `message`'s wire bytes (or `altered_wire`, present only when a copy with one byte changed \
+            is delivered) to `to`, whose generator gives exactly `random`: 32 bytes when the decryption performs a DH \
+            step (the new ratchet secret), else nothing (\"\"). It lists `decrypted`, the plaintext the receiver \
+            gets (an output; null on failure), or `error` (null on success): duplicate with its counter, rollback \
+            with its counter (another message on a counter already used, from a sender that went backwards), \
+            unauthenticated; `key`, where the message key came from: chain (derived on the current receiving chain, \
+            storing the keys of any counters it passes over), skipped (a stored skipped key, of the current or a \
+            closed chain, deleted by the delivery), dh_step (the header opened under NHKr: the receiver performed a \
+            DH step and derived the key on the new receiving chain), null on failure; `new_ratchet_key`, the \
+            receiver's new ratchet public key after a DH step (else null); and `skipped_keys` and \
+            `receiving_chains`, the receiver's numbers of stored skipped keys and receiving chains afterwards. A \
+            `restore` event puts `party` back in the state it had right after event `after_event` (0-based, a \
+            restored backup): `state` is that stored RatchetState. `summary` counts send events by sender, \
+            deliveries, deliveries by `key` (dh_steps, from_skipped_keys) and by error (duplicates, \
+            unauthenticated, rollbacks). The final states are the stored RatchetState encodings (13.1, 13.2).",
         seed: 12,
         inputs: &[
             "name",
@@ -245,7 +255,7 @@ fn schedule(rng: &mut ChaCha20Rng) -> R<Vec<Event>> {
         to,
         random,
         altered_wire,
-        plaintext: None,
+        decrypted: None,
         error: None,
         key: None,
         new_ratchet_key: None,
@@ -527,7 +537,7 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
                     to: *to,
                     random: random.clone(),
                     altered_wire: altered_wire.as_ref().map(|_| h(&wire)),
-                    plaintext: result.as_ref().ok().map(h),
+                    decrypted: result.as_ref().ok().map(h),
                     error: result.err(),
                     key,
                     new_ratchet_key: step.then(|| h(party.ratchet_public_key().as_bytes())),

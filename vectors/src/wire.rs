@@ -275,7 +275,7 @@ fn ratchet_json(m: &RatchetMessage) -> Value {
     json!({"kind": "ratchet", "header": h(m.header()), "body": h(m.body())})
 }
 
-fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
+pub(crate) fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
     Ok(match decoder {
         Decoder::RatchetMessage => match RatchetMessage::from_bytes(data) {
             Ok(m) => (ratchet_json(&m), Some(m.to_bytes())),
@@ -326,7 +326,7 @@ fn decode_with(decoder: Decoder, data: &[u8]) -> R<(Value, Option<Vec<u8>>)> {
     })
 }
 
-fn key_error(e: &KeyError) -> Value {
+pub(crate) fn key_error(e: &KeyError) -> Value {
     match e {
         KeyError::InvalidLength { expected, actual } => {
             json!({"error": "invalid_length", "expected": expected, "actual": actual})
@@ -337,7 +337,7 @@ fn key_error(e: &KeyError) -> Value {
     }
 }
 
-fn bundle_error(e: &BundleError) -> Value {
+pub(crate) fn bundle_error(e: &BundleError) -> Value {
     match e {
         BundleError::Decode(d) => json!({"error": "decode", "cause": decode_error(d)}),
         BundleError::IdentityKey(k) => json!({"error": "identity_key", "cause": key_error(k)}),
@@ -450,6 +450,11 @@ fn canonical_cases(
     let pq_canonical = pq.encode_to_vec();
     let pq_bool_2 = [pb::PqPreKey { last_resort: false, ..pq.clone() }.encode_to_vec(), vec![0x20, 0x02]].concat();
     let signed = bundle.signed_prekey.clone().ok_or_else(|| err("input", "bundle without a signed prekey"))?;
+    let bundle_with = |change: &dyn Fn(&mut pb::PreKeyBundle)| {
+        let mut b = bundle.clone();
+        change(&mut b);
+        [&[0x01][..], &b.encode_to_vec()].concat()
+    };
 
     use Decoder::{Bundle, Message as Any, RatchetMessage as Ratchet};
     Ok(vec![
@@ -530,6 +535,33 @@ fn canonical_cases(
             &bundle_bytes(&varint_field(3, u64::from(bundle.device_id) + (1 << 32)), &pq_field(&pq_canonical)),
         ),
         decode("bundle_last_resort_2", Bundle, &bundle_bytes(&device_id, &pq_field(&pq_bool_2))),
+        // The remaining single-input errors of 7.2 and 8.8.
+        decode("bundle_empty", Bundle, &[]),
+        decode("bundle_bad_protobuf", Bundle, &[0x01, 0x0a, 0x05]),
+        decode("bundle_user_id_empty", Bundle, &bundle_with(&|b| b.user_id.clear())),
+        decode("bundle_user_id_257_bytes", Bundle, &bundle_with(&|b| b.user_id = "u".repeat(257))),
+        // 256 bytes pass check 6 and fail only the signature (the id was relabelled).
+        decode("bundle_user_id_256_bytes", Bundle, &bundle_with(&|b| b.user_id = "u".repeat(256))),
+        decode("bundle_missing_signed_prekey", Bundle, &bundle_with(&|b| b.signed_prekey = None)),
+        decode(
+            "bundle_signed_prekey_signature_63_bytes",
+            Bundle,
+            &bundle_with(&|b| {
+                if let Some(k) = b.signed_prekey.as_mut() {
+                    k.signature.truncate(63);
+                }
+            }),
+        ),
+        decode(
+            "bundle_pq_prekey_signature_65_bytes",
+            Bundle,
+            &bundle_with(&|b| {
+                if let Some(k) = b.pq_prekey.as_mut() {
+                    k.signature.push(0);
+                }
+            }),
+        ),
+        decode("prekey_base_key_31_bytes", Any, &prekey_with(&|p| p.base_key.truncate(31))),
         decode(
             "bundle_signed_prekey_given_twice",
             Bundle,

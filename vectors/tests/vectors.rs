@@ -119,6 +119,38 @@ fn altering_an_input_is_reported_too() {
 }
 
 #[test]
+fn the_transcript_lists_sent_plaintexts_as_inputs_and_decrypted_ones_as_outputs() {
+    let name = "ratchet_transcript.json";
+    let document: Value = serde_json::from_str(&read(name)).unwrap();
+    let case = &document["cases"][0];
+    let outputs = output_hex_fields(name, case);
+    let events = case["events"].as_array().unwrap();
+    for (i, event) in events.iter().enumerate() {
+        let is_output = |field: &str| outputs.iter().any(|(path, _)| *path == format!("events[{i}].{field}"));
+        match event["event"].as_str().unwrap() {
+            "send" => assert!(!is_output("plaintext") && event.get("decrypted").is_none(), "event {i}"),
+            "deliver" => {
+                assert!(event.get("plaintext").is_none(), "event {i}");
+                let decrypted = event["decrypted"].as_str().unwrap_or_default();
+                assert_eq!(is_output("decrypted"), !decrypted.is_empty(), "event {i}");
+            }
+            _ => {}
+        }
+    }
+    // A decrypted plaintext altered by one digit is reported by the verifier.
+    let (i, event) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e["event"] == "deliver" && e["decrypted"].as_str().is_some_and(|d| !d.is_empty()))
+        .unwrap();
+    let path = format!("events[{i}].decrypted");
+    let mut altered = document.clone();
+    set(&mut altered["cases"][0], &path, flip_digit(event["decrypted"].as_str().unwrap()));
+    let failures = verify_file(name, &altered.to_string());
+    assert!(failures.iter().any(|f| f.field == path), "{failures:?}");
+}
+
+#[test]
 fn unknown_files_and_broken_json_fail() {
     assert_eq!(verify_file("nonexistent.json", "[]").len(), 1);
     let failures = verify_file("padding.json", "{");

@@ -157,13 +157,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// [`MAX_WRITE_ATTEMPTS`] times in all. Only for calls whose result has not
 /// been handed out: a refused attempt wrote nothing and its result is dropped.
 fn retry_on_conflict<T>(mut attempt: impl FnMut() -> Result<T, DeviceError>) -> Result<T, DeviceError> {
-    let mut attempts = 1;
-    loop {
+    for _ in 1..MAX_WRITE_ATTEMPTS {
         match attempt() {
-            Err(DeviceError::Store(StoreError::Conflict { .. })) if attempts < MAX_WRITE_ATTEMPTS => attempts += 1,
+            Err(DeviceError::Store(StoreError::Conflict { .. })) => {}
             result => return result,
         }
     }
+    attempt()
 }
 
 impl Device<SqliteBackend> {

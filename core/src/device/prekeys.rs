@@ -251,21 +251,24 @@ pub(super) fn set_rows(sealer: &Sealer, set: PreKeySet) -> PreKeyRows {
     let mut meta = Meta::default();
     let mut changes = meta.add_keys(&parts);
     let mut lookups = BTreeSet::new();
-    let mut slot = 0;
+    let mut free = 0..RING_SLOTS;
     for (signed_prekey_id, base_key) in &parts.seen_base_keys {
+        if free.is_empty() {
+            break;
+        }
         let lookup = base_key_row(sealer, *signed_prekey_id, base_key);
-        if slot >= RING_SLOTS || !lookups.insert(lookup.clone()) {
+        if !lookups.insert(lookup.clone()) {
             continue;
         }
+        let Some(slot) = free.next() else { break };
         let pair = encode_secret(&storage::SeenBaseKey {
             signed_prekey_id: *signed_prekey_id,
             base_key: base_key.as_bytes().to_vec(),
         });
         changes.push((lookup, Some(pair.clone())));
         changes.push((id_row(RING, slot), Some(pair)));
-        slot += 1;
     }
-    meta.next_slot = slot % RING_SLOTS;
+    meta.next_slot = free.start % RING_SLOTS;
     changes.push((META_ROW.to_vec(), Some(meta.to_row())));
     let mut rows = PreKeyRows::default();
     rows.apply(changes);
@@ -419,7 +422,9 @@ impl<B: Backend> Device<B> {
                 encode_secret(&storage::SeenBaseKey { signed_prekey_id, base_key: base_key.as_bytes().to_vec() });
             changes.push((base_key_row(&self.sealer, signed_prekey_id, &base_key), Some(pair.clone())));
             changes.push((slot, Some(pair)));
-            meta.next_slot = (meta.next_slot + 1) % RING_SLOTS;
+            // `next_slot` is below `RING_SLOTS` (checked when the index is
+            // loaded); the last slot is followed by the first.
+            meta.next_slot = meta.next_slot.checked_add(1).filter(|&next| next < RING_SLOTS).unwrap_or(0);
         }
         changes.push((META_ROW.to_vec(), Some(meta.to_row())));
         Ok(Ok(changes))
@@ -597,13 +602,15 @@ impl<B: Backend> Device<B> {
             let mut fresh = PreKeySet::from_parts(PreKeyParts { next_id: meta.next_id, ..PreKeyParts::default() });
             let (added_classic, added_pq) =
                 fresh.top_up_from(&mut crate::os_rng(), &self.identity, held, target, now)?;
-            if added_classic + added_pq > 0 {
+            // Each is at most `MAX_ONE_TIME_PREKEYS`: never saturates.
+            let added = added_classic.saturating_add(added_pq);
+            if added > 0 {
                 let mut changes = meta.add_keys(&fresh.into_parts());
                 changes.push((META_ROW.to_vec(), Some(meta.to_row())));
                 rows.apply(changes);
                 self.backend.apply(&rows.writes(&self.sealer))?;
             }
-            Ok(added_classic + added_pq)
+            Ok(added)
         })
     }
 

@@ -452,7 +452,7 @@ impl<B: Backend> Device<B> {
         let locks: Vec<_> = batch.records.keys().map(|row| self.peer_lock(row)).collect();
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
         let _prekey_guard = lock(&self.prekey_lock);
-        let mut writes = Vec::with_capacity(batch.records.len() + 1);
+        let mut writes = Vec::with_capacity(batch.records.len().saturating_add(1));
         // Only the records the batch changed: a peer all of whose messages
         // failed keeps its rows as they are (none is created for it).
         for (row, entry) in batch.records.iter_mut().filter(|(_, entry)| entry.changed()) {

@@ -94,11 +94,7 @@ impl Transcript<'_> {
 
 /// The session's associated data: `"samizdat/v1/session-ad" || IK_A || IK_B`.
 pub(crate) fn associated_data(initiator: &IdentityKey, responder: &IdentityKey) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(kdf::SESSION_AD_LABEL.len() + 64);
-    ad.extend_from_slice(kdf::SESSION_AD_LABEL);
-    ad.extend_from_slice(initiator.as_bytes());
-    ad.extend_from_slice(responder.as_bytes());
-    ad
+    [kdf::SESSION_AD_LABEL, initiator.as_bytes(), responder.as_bytes()].concat()
 }
 
 fn ratchet_init(

@@ -407,7 +407,10 @@ impl DoubleRatchet {
         let derived = match &found {
             Found::Skipped { .. } => 0,
             Found::Advance { skipped, .. } => skipped.len(),
-            Found::Step(step) => step.receiving.skipped.len() + step.closing.as_ref().map_or(0, |(keys, _)| keys.len()),
+            // Compared with a threshold: saturating changes no outcome.
+            Found::Step(step) => {
+                step.receiving.skipped.len().saturating_add(step.closing.as_ref().map_or(0, |(keys, _)| keys.len()))
+            }
         };
         let (plaintext, counter) = match open_body(&self.associated_data, message, &message_key) {
             Ok(opened) => opened,
@@ -707,10 +710,7 @@ impl fmt::Debug for DoubleRatchet {
 
 /// The body's AEAD associated data: the session's `AD || encrypted header`.
 fn body_associated_data(ad: &[u8], encrypted_header: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ad.len() + encrypted_header.len());
-    out.extend_from_slice(ad);
-    out.extend_from_slice(encrypted_header);
-    out
+    [ad, encrypted_header].concat()
 }
 
 /// Opens the body of `message` with `message_key` and removes the padding;
@@ -783,17 +783,19 @@ fn plan_on_chain(
 /// [`MAX_USED_COUNTERS`] remain: oldest chain first, lowest counter (or
 /// earliest use) first within a chain.
 fn evict(chains: &mut VecDeque<ReceivingChain>) {
+    // Each chain gives up to its whole length, and what it cannot give
+    // stays owed by the next ones.
     let mut excess = chains.iter().map(|c| c.skipped.len()).sum::<usize>().saturating_sub(MAX_STORED_SKIPPED_KEYS);
     for chain in chains.iter_mut() {
-        let n = excess.min(chain.skipped.len());
-        chain.skipped.drain(..n);
-        excess -= n;
+        let len = chain.skipped.len();
+        chain.skipped.drain(..excess.min(len));
+        excess = excess.saturating_sub(len);
     }
     let mut excess = chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_USED_COUNTERS);
     for chain in chains.iter_mut() {
-        let n = excess.min(chain.used.len());
-        chain.used.drain(..n);
-        excess -= n;
+        let len = chain.used.len();
+        chain.used.drain(..excess.min(len));
+        excess = excess.saturating_sub(len);
     }
 }
 
@@ -801,7 +803,7 @@ fn evict(chains: &mut VecDeque<ReceivingChain>) {
 const USED_ENTRY_LEN: usize = 4 + NONCE_TAG_LEN;
 
 fn chain_to_record(chain: &ReceivingChain, seeds: Seeds) -> storage::ReceivingChain {
-    let mut used = Vec::with_capacity(chain.used.len() * USED_ENTRY_LEN);
+    let mut used = Vec::with_capacity(chain.used.len().saturating_mul(USED_ENTRY_LEN));
     for (counter, tag) in &chain.used {
         used.extend_from_slice(&counter.to_be_bytes());
         used.extend_from_slice(tag);
@@ -839,23 +841,29 @@ fn chain_to_record(chain: &ReceivingChain, seeds: Seeds) -> storage::ReceivingCh
 /// it) and the run's length (at least 1). A gap leaves one run however long
 /// it is; a peer that delivers every other message of a gap leaves one run
 /// per key, two small numbers each.
+///
+/// `counters` must increase strictly, as a chain's skipped keys do (4.7; the
+/// loader checks it), and so stay below `u32::MAX`: then nothing below
+/// saturates. Were they to go backwards, the run after the step back would
+/// get a distance of 0, which the loader refuses (13.1), instead of naming
+/// other counters.
 pub(crate) fn to_ranges(counters: impl IntoIterator<Item = u32>) -> Vec<u32> {
     let mut out = Vec::new();
     let mut end = 0u32;
     let mut run: Option<(u32, u32)> = None;
     for counter in counters {
         run = match run {
-            Some((start, len)) if start.checked_add(len) == Some(counter) => Some((start, len + 1)),
+            Some((start, len)) if start.checked_add(len) == Some(counter) => Some((start, len.saturating_add(1))),
             Some((start, len)) => {
-                out.extend([start - end, len]);
-                end = start + len;
+                out.extend([start.saturating_sub(end), len]);
+                end = start.saturating_add(len);
                 Some((counter, 1))
             }
             None => Some((counter, 1)),
         };
     }
     if let Some((start, len)) = run {
-        out.extend([start - end, len]);
+        out.extend([start.saturating_sub(end), len]);
     }
     out
 }
@@ -906,7 +914,7 @@ fn chains_from_record(
     let mut receiving = VecDeque::with_capacity(records.len());
     let (mut total_skipped, mut total_used) = (0usize, 0usize);
     for (i, chain) in records.iter().enumerate() {
-        let is_current = may_have_current && i + 1 == records.len();
+        let is_current = may_have_current && i.checked_add(1) == Some(records.len());
         let chain_key = if chain.chain_key.is_empty() {
             None
         } else if is_current {

@@ -666,9 +666,9 @@ impl SessionRecord {
         }
         for state in self.archived.iter_mut().rev().chain(self.current.iter_mut()) {
             for chain in state.chains_mut().iter_mut() {
-                let n = excess.min(chain.skipped.len());
-                chain.skipped.drain(..n);
-                excess -= n;
+                let len = chain.skipped.len();
+                chain.skipped.drain(..excess.min(len));
+                excess = excess.saturating_sub(len);
             }
         }
         self.archived.retain(|state| !state.is_spent());

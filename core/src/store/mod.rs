@@ -353,12 +353,8 @@ impl Sealer {
 
     fn associated_data(table: Table, key: &[u8]) -> Vec<u8> {
         let name = table.name().as_bytes();
-        let mut ad = Vec::with_capacity(kdf::STORE_ROW_LABEL.len() + 2 + name.len() + key.len());
-        ad.extend_from_slice(kdf::STORE_ROW_LABEL);
-        ad.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
-        ad.extend_from_slice(name);
-        ad.extend_from_slice(key);
-        ad
+        let name_len = u8::try_from(name.len()).unwrap_or(u8::MAX);
+        [kdf::STORE_ROW_LABEL, &[name_len], name, key].concat()
     }
 
     /// `0x01 || nonce (24) || XChaCha20-Poly1305(plaintext, AD = label || len(table) || table || key)`.
@@ -378,11 +374,7 @@ impl Sealer {
         let padded = padding::pad_row(plaintext, 0);
         let sealed =
             cipher.encrypt(&XNonce::from(nonce), Payload { msg: padded.as_slice(), aad: &ad }).unwrap_or_default();
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        out.push(SEALED_VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        out
+        [&[SEALED_VERSION][..], &nonce, &sealed].concat()
     }
 
     /// Opens a sealed row; [`StoreError::Corrupt`] if it does not authenticate at this place.

@@ -188,7 +188,8 @@ impl Log {
             let Some(rest) = header.get_mut(read..) else { break };
             match read_at(file, rest, read as u64)? {
                 0 => return Ok(None),
-                n => read += n,
+                // At most `rest.len()`: `read` stays within the header.
+                n => read = read.saturating_add(n),
             }
         }
         Ok(Some(header))
@@ -504,7 +505,10 @@ impl SqliteBackend {
             // Unreadable: assume the worst.
             _ => true,
         };
-        let written = writes.iter().map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
+        let written = writes
+            .iter()
+            .map(|w| w.key.len().saturating_add(w.value.as_ref().map_or(0, Vec::len)))
+            .fold(0, usize::saturating_add);
         self.after_commit(handle, appended, u64::try_from(written).unwrap_or(u64::MAX));
         Ok(())
     }

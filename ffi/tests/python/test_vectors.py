@@ -70,7 +70,7 @@ def test_transcript_replays_byte_for_byte(case):
             key_before, state_before = party.ratchet_public_key(), party.state()
             counts["deliveries"] += 1
             if event["error"] is None:
-                assert party.decrypt(wire, b(event["random"])) == b(event["plaintext"]), where
+                assert party.decrypt(wire, b(event["random"])) == b(event["decrypted"]), where
                 if event["new_ratchet_key"] is not None:
                     assert event["key"] == "dh_step", where
                     assert party.ratchet_public_key() == b(event["new_ratchet_key"]) != key_before, where

@@ -82,7 +82,7 @@ class VectorTest {
                     counts["deliveries"] = counts.getValue("deliveries") + 1
                     if (event.isNull("error")) {
                         val plaintext = party.decrypt(wire, event.bytes("random"))
-                        assertArrayEquals(event.bytes("plaintext"), plaintext, where)
+                        assertArrayEquals(event.bytes("decrypted"), plaintext, where)
                         val newKey = event.optBytes("new_ratchet_key")
                         if (newKey != null) {
                             assertEquals("dh_step", event.getString("key"), where)

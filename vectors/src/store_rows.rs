@@ -1,0 +1,281 @@
+//! Sealed store rows (PROTOCOL.md 14.4) and peer row keys (14.5).
+
+use chacha20::ChaCha20Rng;
+use hkdf::Hkdf;
+use samizdat::{address::Address, hazmat, store::Table};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::{
+    format::{Meta, VectorSet},
+    util::{R, VErr, agree, array, bytes, err, h, random, random_vec, xchacha20poly1305_seal},
+};
+
+/// `store_rows.json`.
+pub(crate) struct StoreRows;
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub(crate) enum RowCase {
+    /// `SealRow(table, key, plaintext)` with the drawn `nonce`.
+    Seal {
+        name: String,
+        storage_key: String,
+        table: String,
+        key: String,
+        plaintext: String,
+        nonce: String,
+        #[serde(default)]
+        sealed: String,
+    },
+    /// `OpenRow(table, key, sealed)`: the plaintext, or the error.
+    Open {
+        name: String,
+        storage_key: String,
+        table: String,
+        key: String,
+        sealed: String,
+        #[serde(default)]
+        result: Value,
+    },
+    /// `row_key(peer)` of table `sessions`.
+    PeerRowKey {
+        name: String,
+        storage_key: String,
+        user_id: String,
+        device_id: u32,
+        #[serde(default)]
+        row_key: String,
+    },
+}
+
+impl VectorSet for StoreRows {
+    type Case = RowCase;
+    const META: Meta = Meta {
+        file: "store_rows.json",
+        section: "14.2 Tables and rows; 14.3 Keys derived from the storage key; 14.4 Sealed values; 14.5 Peer addresses as row keys; 15.10 StoreError",
+        description: "`seal`: SealRow(table, key, plaintext) of 14.4 under the seal_key derived from `storage_key` \
+            (14.3), drawing `nonce` (24 bytes); `sealed` = 0x02 || nonce || XChaCha20-Poly1305(seal_key, nonce, \
+            AAD(table, key), PAD_ROW(plaintext)), 41 + ROW_BUCKET(len(plaintext)) bytes. `table` is the table's name \
+            (14.2), `key` the row key. `open`: OpenRow(table, key, sealed): `result` is `{\"plaintext\": hex}` or \
+            `{\"error\": \"corrupt\", \"table\": <name>}` (StoreError::Corrupt): a value moved to another row or \
+            table, sealed under another storage key, altered, too short, of an unknown version, or whose padding \
+            does not verify. Version 0x01 values (release 0.1, no padding) still open. `peer_row_key`: \
+            HMAC-SHA256(address_key, u32be(len(user_id)) || user_id || u32be(device_id)) (14.5).",
+        seed: 19,
+        inputs: &[
+            "operation",
+            "name",
+            "storage_key",
+            "table",
+            "key",
+            "plaintext",
+            "nonce",
+            "sealed",
+            "user_id",
+            "device_id",
+        ],
+    };
+
+    fn inputs(rng: &mut ChaCha20Rng) -> Result<Vec<RowCase>, VErr> {
+        let storage_key = random::<32>(rng);
+        let other_key = random::<32>(rng);
+        let peer = b"0123456789abcdef0123456789abcdef".to_vec();
+        let seal = |name: &str, table: Table, key: &[u8], plaintext: Vec<u8>, nonce: [u8; 24]| RowCase::Seal {
+            name: name.to_owned(),
+            storage_key: h(storage_key),
+            table: table.name().to_owned(),
+            key: h(key),
+            plaintext: h(plaintext),
+            nonce: h(nonce),
+            sealed: String::new(),
+        };
+        let open = |name: &str, with: &[u8; 32], table: Table, key: &[u8], sealed: &[u8]| RowCase::Open {
+            name: name.to_owned(),
+            storage_key: h(with),
+            table: table.name().to_owned(),
+            key: h(key),
+            sealed: h(sealed),
+            result: Value::Null,
+        };
+        let mut cases = Vec::new();
+        // Sizes at the edges of the row buckets (ROW_BUCKET(n) = max(512, B(n + 1))).
+        for len in [0usize, 1, 511, 512, 1023, 4095, 4096, 8191] {
+            cases.push(seal(
+                &format!("seal_{len}_bytes"),
+                Table::Sessions,
+                &peer,
+                random_vec(rng, len),
+                random::<24>(rng),
+            ));
+        }
+        cases.push(seal("seal_key_check_row", Table::Meta, b"key-check", b"samizdat".to_vec(), random::<24>(rng)));
+
+        let plaintext = random_vec(rng, 100);
+        let nonce = random::<24>(rng);
+        let genuine = hazmat::seal_row(&storage_key, Table::Sessions, &peer, &plaintext, &nonce);
+        let mut altered = genuine.clone();
+        if let Some(byte) = altered.last_mut() {
+            *byte ^= 0x01;
+        }
+        let mut version_3 = genuine.clone();
+        if let Some(byte) = version_3.first_mut() {
+            *byte = 0x03;
+        }
+        let seal_key = derive(&storage_key, b"samizdat/v1/store/seal")?;
+        let raw = |version: u8, table: Table, key: &[u8], inner: &[u8], nonce: &[u8; 24]| -> R<Vec<u8>> {
+            let sealed = xchacha20poly1305_seal(&seal_key, nonce, &aad(table, key), inner)?;
+            Ok([&[version][..], &sealed].concat())
+        };
+        let legacy = raw(0x01, Table::Sessions, &peer, &plaintext, &random::<24>(rng))?;
+        let no_marker =
+            raw(0x02, Table::Sessions, &peer, &[plaintext.clone(), vec![0; 411]].concat(), &random::<24>(rng))?;
+        let wrong_bucket = raw(
+            0x02,
+            Table::Sessions,
+            &peer,
+            &[plaintext.clone(), vec![0x80], vec![0; 1024 - 101]].concat(),
+            &random::<24>(rng),
+        )?;
+        let marker_then_byte = raw(
+            0x02,
+            Table::Sessions,
+            &peer,
+            &[plaintext.clone(), vec![0x80], vec![0; 410], vec![0x01]].concat(),
+            &random::<24>(rng),
+        )?;
+        let other_peer = b"fedcba9876543210fedcba9876543210".to_vec();
+        cases.extend([
+            open("open_genuine", &storage_key, Table::Sessions, &peer, &genuine),
+            open("open_under_another_storage_key", &other_key, Table::Sessions, &peer, &genuine),
+            open("open_moved_to_another_row", &storage_key, Table::Sessions, &other_peer, &genuine),
+            open("open_moved_to_another_table", &storage_key, Table::PreKeys, &peer, &genuine),
+            open("open_altered_tag", &storage_key, Table::Sessions, &peer, &altered),
+            open("open_version_3", &storage_key, Table::Sessions, &peer, &version_3),
+            open("open_40_bytes", &storage_key, Table::Sessions, &peer, genuine.get(..40).unwrap_or_default()),
+            open("open_empty", &storage_key, Table::Sessions, &peer, &[]),
+            open("open_version_1_unpadded", &storage_key, Table::Sessions, &peer, &legacy),
+            open("open_padding_without_marker", &storage_key, Table::Sessions, &peer, &no_marker),
+            open("open_padding_to_another_bucket", &storage_key, Table::Sessions, &peer, &wrong_bucket),
+            open("open_padding_byte_after_marker", &storage_key, Table::Sessions, &peer, &marker_then_byte),
+        ]);
+        for (name, user, device) in [("bob_2", "bob", 2u32), ("alice_1", "alice", 1), ("unicode_0", "Zoë 🌍", 0)] {
+            cases.push(RowCase::PeerRowKey {
+                name: format!("peer_row_key_{name}"),
+                storage_key: h([7u8; 32]),
+                user_id: user.to_owned(),
+                device_id: device,
+                row_key: String::new(),
+            });
+        }
+        Ok(cases)
+    }
+
+    fn compute(case: &RowCase) -> R<RowCase> {
+        Ok(match case {
+            RowCase::Seal { name, storage_key, table, key, plaintext, nonce, .. } => {
+                let storage_key = array::<32>("storage_key", storage_key)?;
+                let table = table_named(table)?;
+                let (key, plaintext) = (bytes("key", key)?, bytes("plaintext", plaintext)?);
+                let nonce = array::<24>("nonce", nonce)?;
+                let sealed = hazmat::seal_row(&storage_key, table, &key, &plaintext, &nonce);
+                // The same value from the formulas of 14.3 and 14.4 alone.
+                let seal_key = derive(&storage_key, b"samizdat/v1/store/seal")?;
+                let padded = pad_row(&plaintext);
+                let again =
+                    [&[0x02][..], &xchacha20poly1305_seal(&seal_key, &nonce, &aad(table, &key), &padded)?].concat();
+                agree("sealed", &sealed, &again)?;
+                RowCase::Seal {
+                    name: name.clone(),
+                    storage_key: h(storage_key),
+                    table: table.name().to_owned(),
+                    key: h(key),
+                    plaintext: h(plaintext),
+                    nonce: h(nonce),
+                    sealed: h(sealed),
+                }
+            }
+            RowCase::Open { name, storage_key, table, key, sealed, .. } => {
+                let with = array::<32>("storage_key", storage_key)?;
+                let table_value = table_named(table)?;
+                let result = match hazmat::open_row(&with, table_value, &bytes("key", key)?, &bytes("sealed", sealed)?)
+                {
+                    Ok(plaintext) => json!({ "plaintext": h(plaintext.as_slice()) }),
+                    Err(samizdat::store::StoreError::Corrupt { table }) => {
+                        json!({"error": "corrupt", "table": table.name()})
+                    }
+                    Err(other) => json!({"error": format!("{other:?}")}),
+                };
+                RowCase::Open {
+                    name: name.clone(),
+                    storage_key: storage_key.clone(),
+                    table: table.clone(),
+                    key: key.clone(),
+                    sealed: sealed.clone(),
+                    result,
+                }
+            }
+            RowCase::PeerRowKey { name, storage_key, user_id, device_id, .. } => {
+                let key = array::<32>("storage_key", storage_key)?;
+                let address = Address::new(user_id.clone(), *device_id).map_err(|e| err("user_id", e.to_string()))?;
+                let row_key = hazmat::peer_row_key(&key, &address);
+                // The same hash from 14.5's formula.
+                let address_key = derive(&key, b"samizdat/v1/store/address")?;
+                let user = user_id.as_bytes();
+                let length = u32::try_from(user.len()).map_err(|_| err("user_id", "too long"))?.to_be_bytes();
+                let again = hmac(&address_key, &[&length[..], user, &device_id.to_be_bytes()].concat())?;
+                agree("row_key", &row_key, &again)?;
+                RowCase::PeerRowKey {
+                    name: name.clone(),
+                    storage_key: storage_key.clone(),
+                    user_id: user_id.clone(),
+                    device_id: *device_id,
+                    row_key: h(row_key),
+                }
+            }
+        })
+    }
+}
+
+fn table_named(name: &str) -> R<Table> {
+    [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| err("table", format!("no table {name}")))
+}
+
+/// `HKDF(salt = 0^32, ikm = storage_key, info = label, L = 32)` (14.3).
+fn derive(storage_key: &[u8; 32], label: &[u8]) -> R<[u8; 32]> {
+    let mut out = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(&[0u8; 32]), storage_key)
+        .expand(label, &mut out)
+        .map_err(|_| err("storage_key", "HKDF refused"))?;
+    Ok(out)
+}
+
+fn hmac(key: &[u8; 32], data: &[u8]) -> R<Vec<u8>> {
+    // HMAC-SHA256 from HKDF's extract step: HKDF-Extract(salt = key, ikm = data) is HMAC(key, data).
+    let (prk, _) = Hkdf::<Sha256>::extract(Some(key), data);
+    Ok(prk.to_vec())
+}
+
+/// `AAD(table, key)` of 14.4.
+fn aad(table: Table, key: &[u8]) -> Vec<u8> {
+    let name = table.name().as_bytes();
+    [b"samizdat/v1/store/row".as_slice(), &[u8::try_from(name.len()).unwrap_or(u8::MAX)], name, key].concat()
+}
+
+/// The message buckets of section 5: 64, powers of two to 4,096, then multiples of 4,096.
+fn bucket(n: usize) -> usize {
+    if n <= 4096 { n.max(64).next_power_of_two() } else { n.div_ceil(4096).saturating_mul(4096) }
+}
+
+/// `PAD_ROW(p)` of 14.4.
+fn pad_row(plaintext: &[u8]) -> Vec<u8> {
+    let size = bucket(plaintext.len().saturating_add(1)).max(512);
+    let mut out = plaintext.to_vec();
+    out.push(0x80);
+    out.resize(size, 0);
+    out
+}
