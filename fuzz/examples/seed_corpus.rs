@@ -3,7 +3,8 @@
 //!
 //! - the encodings in `vectors/*.json`: wire messages and their envelope
 //!   bodies, bundles (also in the re-signing layout of `decode_bundle`),
-//!   ratchet states, scannable safety-number codes;
+//!   ratchet states, the stored records of `records.json`, scannable
+//!   safety-number codes;
 //! - the sessions of `samizdat_fuzz::scenario` (messages in flight and
 //!   replays for `decrypt`; Bob's state, record and prekeys for the stored
 //!   records' targets);
@@ -126,6 +127,17 @@ fn from_vectors(corpus: &mut Corpus, vectors: &Path) {
             if let Some(wire) = hex_field(event, "wire") {
                 corpus.message(&wire);
             }
+        }
+    }
+    for case in cases(&load(vectors, "records.json")) {
+        let target = match case.get("decoder").and_then(Value::as_str) {
+            Some("ratchet_state") => "decode_ratchet_state",
+            Some("session_record") => "decode_session_record",
+            Some("prekey_set") => "decode_prekey_set",
+            _ => continue,
+        };
+        if let Some(input) = hex_field(case, "input") {
+            corpus.add(target, &input);
         }
     }
     for case in cases(&load(vectors, "safety_numbers.json")) {

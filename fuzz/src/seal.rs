@@ -184,6 +184,17 @@ pub fn self_check() {
         hex(&sealer.base_key_row(1, &[9; 32])[9..]),
         "a1719a3baeed64d241055959a957c9f5d546251954469af313c20b4b3bc5a0d2"
     );
+    // The library's own sealing (hazmat) gives the same bytes, and each opens the other's.
+    let nonce = [5u8; 24];
+    for (table, len) in [(Table::Sessions, 0usize), (Table::PreKeys, 511), (Table::Identity, 4_096)] {
+        let plaintext = vec![0xc3; len];
+        let ours = sealer.seal(table, b"row", &plaintext, nonce);
+        assert_eq!(ours, samizdat::hazmat::seal_row(&[7; 32], table, b"row", &plaintext, &nonce));
+        assert_eq!(sealer.open(table, b"row", &ours).as_deref(), Some(plaintext.as_slice()));
+        let opened = samizdat::hazmat::open_row(&[7; 32], table, b"row", &ours).expect("the library opens it");
+        assert_eq!(opened.as_slice(), plaintext.as_slice());
+    }
+    assert_eq!(sealer.row_key(&bob), samizdat::hazmat::peer_row_key(&[7; 32], &bob));
     let storage_key = [0x42; 32];
     let alice = Address::new("alice", 1).expect("a valid address");
     let backend = std::sync::Arc::new(samizdat::store::MemoryBackend::new());

@@ -12,7 +12,9 @@
 //!   `stat::number_of_executed_units`).
 //! - `cargo xtask test` (through [`test`]): every saved corpus replayed
 //!   (`-runs=0`: each input once, so a saved crash input is a regression
-//!   test), then every target run for [`TEST_SECONDS`] seconds.
+//!   test), then every target run for [`TEST_SECONDS`] seconds from its
+//!   scratch corpus only (the saved one was just replayed: loading it again
+//!   would take `interaction` half a minute).
 //!
 //! cargo-fuzz 0.13.2 is installed into `target/tools/` the first time
 //! (`cargo install --locked`). Before each build the cached rustc probe
@@ -70,7 +72,7 @@ pub(crate) fn fuzz(args: &[String]) -> Result<(), String> {
     }
     let chosen = if named.is_empty() { all } else { named };
     let binaries = build()?;
-    let outcomes: Vec<Outcome> = chosen.iter().map(|t| run_target(&binaries, t, Mode::Fuzz(seconds))).collect();
+    let outcomes: Vec<Outcome> = chosen.iter().map(|t| run_target(&binaries, t, Mode::Fuzz(seconds, true))).collect();
     report("fuzz", &outcomes)
 }
 
@@ -82,7 +84,7 @@ pub(crate) fn test() -> Result<(), String> {
     let binaries = build()?;
     let replayed: Vec<Outcome> = all.iter().map(|t| run_target(&binaries, t, Mode::Replay)).collect();
     report("fuzz corpus replay", &replayed)?;
-    let fuzzed: Vec<Outcome> = all.iter().map(|t| run_target(&binaries, t, Mode::Fuzz(TEST_SECONDS))).collect();
+    let fuzzed: Vec<Outcome> = all.iter().map(|t| run_target(&binaries, t, Mode::Fuzz(TEST_SECONDS, false))).collect();
     report("fuzz", &fuzzed)?;
     eprintln!("fuzz: build, replay and runs in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -154,8 +156,8 @@ fn build() -> Result<PathBuf, String> {
 enum Mode {
     /// Every input of the saved corpus once.
     Replay,
-    /// Fuzzing for this many seconds.
-    Fuzz(u32),
+    /// Fuzzing for this many seconds, starting from the saved corpus too (or not).
+    Fuzz(u32, bool),
 }
 
 /// `stat::number_of_executed_units` from libFuzzer's final statistics.
@@ -177,7 +179,10 @@ fn run_target(binaries: &Path, target: &str, mode: Mode) -> Outcome {
     match mode {
         Mode::Replay => command.arg("-runs=0").arg(&saved),
         // New inputs go to the scratch corpus, the first directory.
-        Mode::Fuzz(seconds) => command.arg(format!("-max_total_time={seconds}")).arg(&scratch).arg(&saved),
+        Mode::Fuzz(seconds, from_saved) => {
+            command.arg(format!("-max_total_time={seconds}")).arg(&scratch);
+            if from_saved { command.arg(&saved) } else { &mut command }
+        }
     };
     let started = Instant::now();
     let output = command.output();
