@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::{
     format::{Meta, VectorSet},
-    util::{R, VErr, bytes, decode_error, err, h, random, random_vec, sha256},
+    util::{R, VErr, bytes, decode_error, err, h, non_minimal_varint, random, random_vec, sha256, varint},
 };
 
 /// `records.json`.
@@ -576,28 +576,6 @@ impl Raw {
             Self::Varint(f, _) | Self::Bytes(f, _) | Self::Verbatim(f, _) => *f,
         }
     }
-}
-
-/// A protobuf varint (PROTOCOL.md 12.3), minimal.
-#[allow(clippy::cast_possible_truncation)] // masked to 7 bits first
-fn varint(mut value: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push((value & 0x7f) as u8);
-    out
-}
-
-/// The same value as [`varint`], one byte longer: a final group of zero.
-fn non_minimal_varint(value: u64) -> Vec<u8> {
-    let mut out = varint(value);
-    if let Some(last) = out.last_mut() {
-        *last |= 0x80;
-    }
-    out.push(0x00);
-    out
 }
 
 fn read_varint(bytes: &[u8], at: &mut usize) -> R<u64> {

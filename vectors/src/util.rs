@@ -132,3 +132,25 @@ pub(crate) fn xchacha20poly1305_seal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8
     out.extend_from_slice(&sealed);
     Ok(out)
 }
+
+/// A protobuf varint (PROTOCOL.md 12.3), minimal.
+#[allow(clippy::cast_possible_truncation)] // masked to 7 bits first
+pub(crate) fn varint(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while value >= 0x80 {
+        out.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push((value & 0x7f) as u8);
+    out
+}
+
+/// The same value as [`varint`], one byte longer: a final group of zero.
+pub(crate) fn non_minimal_varint(value: u64) -> Vec<u8> {
+    let mut out = varint(value);
+    if let Some(last) = out.last_mut() {
+        *last |= 0x80;
+    }
+    out.push(0x00);
+    out
+}

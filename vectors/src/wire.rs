@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::{
     bundles::{PqOffer, PreKeyRandomness, device},
     format::{Meta, VectorSet},
-    util::{R, VErr, array, bytes, decode_error, err, h, random, random_vec},
+    util::{R, VErr, array, bytes, decode_error, err, h, non_minimal_varint, random, random_vec, varint},
 };
 
 /// `wire.json`.
@@ -102,14 +102,7 @@ impl VectorSet for Wire {
                 encoded: String::new(),
             },
         ];
-        let decode = |name: &str, decoder: Decoder, input: &[u8]| WireCase::Decode {
-            name: name.to_owned(),
-            decoder,
-            input: Some(h(input)),
-            input_repeat: None,
-            result: Value::Null,
-            reencoded: None,
-        };
+        let decode = decode_case;
         let repeat = |name: &str, decoder: Decoder, len: usize| WireCase::Decode {
             name: name.to_owned(),
             decoder,
@@ -271,6 +264,18 @@ impl VectorSet for Wire {
     }
 }
 
+/// A `decode` case of `input`, outputs left to compute.
+fn decode_case(name: &str, decoder: Decoder, input: &[u8]) -> WireCase {
+    WireCase::Decode {
+        name: name.to_owned(),
+        decoder,
+        input: Some(h(input)),
+        input_repeat: None,
+        result: Value::Null,
+        reencoded: None,
+    }
+}
+
 fn ratchet_json(m: &RatchetMessage) -> Value {
     json!({"kind": "ratchet", "header": h(m.header()), "body": h(m.body())})
 }
@@ -351,28 +356,6 @@ pub(crate) fn bundle_error(e: &BundleError) -> Value {
     }
 }
 
-/// A protobuf varint (PROTOCOL.md 12.3), minimal.
-#[allow(clippy::cast_possible_truncation)] // masked to 7 bits first
-fn varint(mut value: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push((value & 0x7f) as u8);
-    out
-}
-
-/// The same value as [`varint`], one byte longer: a final group of zero.
-fn non_minimal_varint(value: u64) -> Vec<u8> {
-    let mut out = varint(value);
-    if let Some(last) = out.last_mut() {
-        *last |= 0x80;
-    }
-    out.push(0x00);
-    out
-}
-
 /// A length-delimited field: key (wire type 2), length, payload.
 fn field(number: u64, payload: &[u8]) -> Vec<u8> {
     [varint(number << 3 | 2), varint(payload.len() as u64), payload.to_vec()].concat()
@@ -393,14 +376,7 @@ fn canonical_cases(
     prekey: &pb::PreKeyMessage,
     bundle: &pb::PreKeyBundle,
 ) -> R<Vec<WireCase>> {
-    let decode = |name: &str, decoder: Decoder, input: &[u8]| WireCase::Decode {
-        name: name.to_owned(),
-        decoder,
-        input: Some(h(input)),
-        input_repeat: None,
-        result: Value::Null,
-        reencoded: None,
-    };
+    let decode = decode_case;
     let message = |envelope: &[u8]| [&[0x01][..], envelope].concat();
     let ratchet_inner = [field(1, header), field(2, body)].concat();
     let ratchet = |inner: &[u8]| message(&field(2, inner));
