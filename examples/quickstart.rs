@@ -55,7 +55,8 @@ fn receive(to: &Device, from: &Device, wire: &[u8], label: &str) -> Result<(), D
         wire.len(),
         String::from_utf8_lossy(pending.plaintext())
     );
-    to.commit(pending)
+    to.commit(pending)?;
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

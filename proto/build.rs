@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(FILES, ["proto"])?;
     prost_build::Config::new()
         .type_attribute(".samizdat.storage", "#[derive(zeroize::Zeroize)]")
+        // Control content carries chain keys: wiped on drop like stored records.
+        .type_attribute(".samizdat.wire.v1.Control", "#[derive(zeroize::Zeroize)]")
+        .type_attribute(".samizdat.wire.v1.SenderKeyDistribution", "#[derive(zeroize::Zeroize)]")
+        .type_attribute(".samizdat.wire.v1.SenderKeyRequest", "#[derive(zeroize::Zeroize)]")
         // A message body is up to 256 KiB: as `Bytes`, decoding it from a
         // slice copies it once (into a `Vec<u8>` field prost copies it twice)
         // and a `Vec` moves in and out without a copy.

@@ -92,6 +92,32 @@ pub(crate) fn bundle_signature_input(fields: &BundleFields<'_>) -> Vec<u8> {
     out
 }
 
+/// Prefix of a group message's associated data, which its signature also
+/// covers (then the group id, the sender's address, the chain id, the
+/// iteration and the salt; PROTOCOL.md 18.4).
+pub(crate) const GROUP_MESSAGE_LABEL: &[u8] = b"samizdat/v1/group/message";
+/// HKDF `info` that turns a group message key seed into a ChaCha20-Poly1305
+/// key and nonce.
+pub(crate) const GROUP_MESSAGE_KEY_LABEL: &[u8] = b"samizdat/v1/group/message-key";
+
+/// `GROUP_MESSAGE_KEY(seed, salt)`: HKDF-SHA256 with salt the message's
+/// 24-byte salt, ikm the seed `HMAC(CK_i, 0x01)` of its iteration, info
+/// [`GROUP_MESSAGE_KEY_LABEL`]: 44 bytes, the key then the nonce. As in the
+/// one-to-one ratchet, a sender restored to an earlier iteration draws
+/// another salt, so it never seals twice under one key and nonce.
+pub(crate) fn group_message_key(seed: &[u8; 32], salt: &[u8; MESSAGE_KEY_SALT_LEN]) -> MessageKeyMaterial {
+    let okm = hkdf_expand::<44>(salt, seed, GROUP_MESSAGE_KEY_LABEL);
+    let mut out = MessageKeyMaterial { key: Zeroizing::new([0; 32]), nonce: [0; 12] };
+    let (key, nonce) = okm.split_at(32);
+    out.key.copy_from_slice(key);
+    out.nonce.copy_from_slice(nonce);
+    out
+}
+
+/// HKDF `info` of the store's group-hashing key (from the app's storage
+/// key): group ids are stored only as keyed hashes.
+pub(crate) const STORE_GROUP_LABEL: &[u8] = b"samizdat/v1/store/group";
+
 /// HKDF `info` of the store's row-sealing key (from the app's storage key).
 pub(crate) const STORE_SEAL_LABEL: &[u8] = b"samizdat/v1/store/seal";
 /// HKDF `info` of the store's address-hashing key (from the app's storage key).
@@ -294,6 +320,9 @@ mod tests {
             STORE_ADDRESS_LABEL,
             STORE_BASE_KEY_LABEL,
             STORE_ROW_LABEL,
+            STORE_GROUP_LABEL,
+            GROUP_MESSAGE_LABEL,
+            GROUP_MESSAGE_KEY_LABEL,
         ];
         for (i, a) in labels.iter().enumerate() {
             assert!(a.starts_with(b"samizdat/v1/"));

@@ -36,6 +36,7 @@ mod codec;
 pub mod device;
 mod error;
 pub mod fingerprint;
+pub mod group;
 mod handshake;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;

@@ -92,3 +92,48 @@ pub const MAX_WRITE_ATTEMPTS: usize = 8;
 /// takes the handle past its budget ([`Backend::scrub`](crate::store::Backend::scrub),
 /// PROTOCOL.md 14.8, 16.6).
 pub const MIN_SCRUB_BUDGET: u64 = 1024 * 1024;
+
+/// The longest group id, in bytes (the shortest is one byte). The app
+/// chooses group ids; they travel in the clear in every group message.
+pub const MAX_GROUP_ID_LEN: usize = 64;
+
+/// The most member devices a group holds, besides this device.
+pub const MAX_GROUP_MEMBERS: usize = 5_000;
+
+/// The most chains a device keeps per sender of a group: the newest one
+/// and the ones it replaced, so that messages in flight on a chain the
+/// sender has rotated away from still decrypt. A fourth distribution drops
+/// the oldest chain with its skipped keys.
+pub const MAX_SENDER_CHAINS: usize = 3;
+
+/// The most skipped message keys a device keeps per sender of a group, over
+/// that sender's chains (the oldest are evicted first). One message may
+/// skip at most [`MAX_SKIP`] keys on its chain.
+pub const MAX_GROUP_SKIPPED_KEYS: usize = 2_000;
+
+/// The most decrypted iterations a device remembers per sender of a group
+/// (with a tag of each message), to tell a replay
+/// ([`DecryptError::Duplicate`](crate::DecryptError::Duplicate)) from a
+/// sender whose state went backwards
+/// ([`DecryptError::Rollback`](crate::DecryptError::Rollback)).
+pub const MAX_GROUP_USED_ITERATIONS: usize = 128;
+
+/// How far behind its current iteration a sender keeps a copy of its chain
+/// key, to answer a member that lost the chain's distribution
+/// (PROTOCOL.md 18.7): the member gets the chain from the iteration of the
+/// message it could not read, if that is at most this many messages back,
+/// and never from before the iteration at which it was first given the
+/// chain. A phone seized from the sender exposes at most this many of its
+/// past messages on the current chain.
+pub const GROUP_RECOVERY_WINDOW: u32 = 2_000;
+
+/// The most chain ids a device asks one sender of a group for before one of
+/// them arrives; each is asked for at most [`MAX_GROUP_KEY_REQUESTS`] times.
+/// Forged group messages with made-up chain ids cannot make a device send
+/// more than this many requests per sender.
+pub const MAX_REQUESTED_CHAINS: usize = 4;
+
+/// How many times a device asks a sender for one chain, and how many times a
+/// sender answers one member's requests on one of its chains: a hostile
+/// member cannot make another device send without bound.
+pub const MAX_GROUP_KEY_REQUESTS: u32 = 2;

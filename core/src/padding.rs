@@ -18,8 +18,32 @@ use crate::limits::MAX_PLAINTEXT_LEN;
 pub(crate) const MIN_BUCKET: usize = 64;
 /// Above this size buckets grow linearly rather than by powers of two.
 pub(crate) const LINEAR_STEP: usize = 4096;
-/// The byte that ends the plaintext.
+/// The byte that ends the plaintext of an app message (and a stored value).
 const MARKER: u8 = 0x80;
+/// The byte that ends the content of a control message: content the library
+/// exchanges with a peer's library inside a session (PROTOCOL.md 5.2), never
+/// handed to the app.
+const CONTROL_MARKER: u8 = 0x81;
+
+/// What a padded plaintext holds, as its end marker says: like TLS 1.3's
+/// inner content type, it is inside the encryption, so only the two ends of
+/// a session see it and nobody between can change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentType {
+    /// The app's message (marker `0x80`).
+    App,
+    /// A control message between the two libraries (marker `0x81`).
+    Control,
+}
+
+impl ContentType {
+    fn marker(self) -> u8 {
+        match self {
+            Self::App => MARKER,
+            Self::Control => CONTROL_MARKER,
+        }
+    }
+}
 
 /// The padded length of a plaintext of `len` bytes.
 pub(crate) fn padded_len(len: usize) -> usize {
@@ -43,13 +67,18 @@ pub(crate) fn pad(plaintext: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
 /// an AEAD tag appended in place, so that the buffer never moves while it
 /// holds plaintext). The caller wipes or encrypts it.
 pub(crate) fn pad_with_room(plaintext: &[u8], room: usize) -> Option<Vec<u8>> {
+    pad_content(plaintext, room, ContentType::App)
+}
+
+/// As [`pad_with_room`], ending the content with the marker of `content`.
+pub(crate) fn pad_content(plaintext: &[u8], room: usize, content: ContentType) -> Option<Vec<u8>> {
     if plaintext.len() > MAX_PLAINTEXT_LEN {
         return None;
     }
     let len = padded_len(plaintext.len());
     let mut out = Vec::with_capacity(len.saturating_add(room));
     out.extend_from_slice(plaintext);
-    out.push(MARKER);
+    out.push(content.marker());
     out.resize(len, 0);
     Some(out)
 }
@@ -63,6 +92,15 @@ pub(crate) fn unpad(padded: &[u8]) -> Option<&[u8]> {
 /// The length of the plaintext inside `padded`; `None` unless `padded` is
 /// exactly what [`pad_with_room`] makes.
 pub(crate) fn unpadded_len(padded: &[u8]) -> Option<usize> {
+    match unpadded_content(padded)? {
+        (len, ContentType::App) => Some(len),
+        (_, ContentType::Control) => None,
+    }
+}
+
+/// The length of the content inside `padded` and its type; `None` unless
+/// `padded` is exactly what [`pad_content`] makes.
+pub(crate) fn unpadded_content(padded: &[u8]) -> Option<(usize, ContentType)> {
     // The last non-zero byte: skip zero words first (the padding can be 4 KiB).
     let mut end = padded.len();
     for word in padded.rchunks_exact(8) {
@@ -72,10 +110,15 @@ pub(crate) fn unpadded_len(padded: &[u8]) -> Option<usize> {
         end = end.saturating_sub(8);
     }
     let content = padded.get(..end)?.iter().rposition(|&b| b != 0)?;
-    if padded.get(content) != Some(&MARKER) || padded.len() != padded_len(content) {
+    let kind = match padded.get(content) {
+        Some(&MARKER) => ContentType::App,
+        Some(&CONTROL_MARKER) => ContentType::Control,
+        _ => return None,
+    };
+    if padded.len() != padded_len(content) {
         return None;
     }
-    Some(content)
+    Some((content, kind))
 }
 
 /// The smallest padded size of a sealed store value: large enough that
@@ -154,6 +197,19 @@ mod tests {
         let mut long = p.to_vec();
         long.extend_from_slice(&[0; 64]);
         assert_eq!(unpad(&long), None, "too much padding");
+    }
+
+    #[test]
+    fn control_content_is_told_apart_and_never_read_as_app_content() {
+        let control = pad_content(b"ctl", 0, ContentType::Control).unwrap();
+        assert_eq!(control[3], 0x81);
+        assert_eq!(unpadded_content(&control), Some((3, ContentType::Control)));
+        assert_eq!(unpad(&control), None);
+        let app = pad(b"ctl").unwrap();
+        assert_eq!(unpadded_content(&app), Some((3, ContentType::App)));
+        let mut other = app.to_vec();
+        other[3] = 0x82;
+        assert_eq!(unpadded_content(&other), None);
     }
 
     proptest! {

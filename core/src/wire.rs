@@ -209,11 +209,13 @@ impl Message {
                     message: RatchetMessage::from_proto(message)?,
                 })))
             }
+            // A group message is not a one-to-one message (PROTOCOL.md 12.4).
+            pb::envelope::Body::Group(_) => Err(DecodeError::UnknownKind),
         }
     }
 }
 
-fn encode_envelope(body: pb::envelope::Body) -> Vec<u8> {
+pub(crate) fn encode_envelope(body: pb::envelope::Body) -> Vec<u8> {
     let envelope = pb::Envelope { body: Some(body) };
     let mut out = Vec::with_capacity(envelope.encoded_len().saturating_add(1));
     out.push(WIRE_VERSION);
@@ -223,7 +225,7 @@ fn encode_envelope(body: pb::envelope::Body) -> Vec<u8> {
 }
 
 /// Checks size and version, then parses the envelope and returns its body.
-fn decode_envelope(bytes: &[u8]) -> Result<pb::envelope::Body, DecodeError> {
+pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<pb::envelope::Body, DecodeError> {
     if bytes.len() > MAX_MESSAGE_LEN {
         return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_MESSAGE_LEN });
     }
@@ -244,7 +246,7 @@ fn is_unknown_kind(envelope: &[u8]) -> bool {
     let Some((key, rest)) = read_varint(envelope) else { return false };
     let Some((len, rest)) = read_varint(rest) else { return false };
     let (field, wire_type) = (key >> 3, key & 7);
-    wire_type == 2 && field > 2 && field < 0x2000_0000 && usize::try_from(len).is_ok_and(|len| len == rest.len())
+    wire_type == 2 && field > 3 && field < 0x2000_0000 && usize::try_from(len).is_ok_and(|len| len == rest.len())
 }
 
 /// Reads one minimally encoded varint of at most 5 bytes (a value below

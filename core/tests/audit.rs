@@ -1822,7 +1822,7 @@ fn audit_4_stale_reads_never_make_a_key_reused() {
                         for _ in 0..10_000 {
                             let Ok(pending) = handle.decrypt(bob_address, reply) else { break };
                             match handle.commit(pending) {
-                                Ok(()) => break,
+                                Ok(_) => break,
                                 Err(DeviceError::Session(SessionError::StalePending)) => {}
                                 Err(DeviceError::Store(StoreError::Conflict { .. })) => {}
                                 Err(e) => panic!("commit refused with {e:?}"),

@@ -636,7 +636,7 @@ fn audit3_two_handles_using_skipped_keys_never_see_corrupt() {
                             Ok(pending) => {
                                 let text = pending.plaintext().to_vec();
                                 match handle.commit(pending) {
-                                    Ok(()) => {
+                                    Ok(_) => {
                                         delivered.lock().unwrap().push(text);
                                         break;
                                     }

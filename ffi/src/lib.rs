@@ -367,7 +367,8 @@ impl Device {
     /// attempt uses up `pending`: after an error nothing was written, and the
     /// message decrypts again.
     pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<(), SamizdatError> {
-        Ok(self.inner.commit(take(&pending.inner)?)?)
+        self.inner.commit(take(&pending.inner)?)?;
+        Ok(())
     }
 
     /// Decrypts queued messages in order; nothing is written until
@@ -474,7 +475,7 @@ impl From<device::PendingMessage> for PendingMessage {
         Self {
             plaintext: Zeroizing::new(pending.plaintext().to_vec()),
             sender: pending.peer().into(),
-            sender_identity: pending.sender_identity().as_bytes().to_vec(),
+            sender_identity: pending.sender_identity().map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
             inner: Mutex::new(Some(pending)),
         }
     }

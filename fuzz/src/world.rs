@@ -440,7 +440,7 @@ impl World {
         let result = party.device.commit(pending);
         party.after("commit", &before, &result);
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 self.parties[message.to].delivered.insert(id);
             }
             Err(error) => assert_session_error("commit", &error),

@@ -53,6 +53,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod groups;
 mod pending;
 mod prekeys;
 mod sessions;
@@ -78,7 +79,10 @@ use crate::{
     store::{Backend, Expected, KEY_CHECK_ROW, Scrub, Sealer, SqliteBackend, StoreError, Table, Write},
 };
 
-pub use self::pending::{PendingBatch, PendingMessage};
+pub use self::{
+    groups::{GroupError, GroupSend, Outgoing},
+    pending::{MessageKind, PendingBatch, PendingMessage},
+};
 use self::prekeys::set_rows;
 
 /// The row key of the identity row (the table has one row).
@@ -100,6 +104,10 @@ pub enum DeviceError {
     /// Prekeys could not be generated.
     #[error(transparent)]
     PreKey(#[from] PreKeyError),
+    /// A group call failed (unknown group, not a member, a chain missing,
+    /// a group message that does not decrypt, ...).
+    #[error(transparent)]
+    Group(GroupError),
     /// An argument is invalid (for example an empty user id).
     #[error("invalid argument: {0}")]
     InvalidArgument(DecodeError),
@@ -139,6 +147,8 @@ pub struct Device<B: Backend = SqliteBackend> {
     address: Address,
     peer_locks: Mutex<HashMap<Vec<u8>, Arc<Mutex<()>>>>,
     prekey_lock: Mutex<()>,
+    /// Serializes this handle's group calls (taken before any peer lock).
+    group_lock: Mutex<()>,
     /// Headers whose forged bodies were costly to refuse, with the key that
     /// opens their bodies (see [`sessions`]): in memory only, bounded.
     refused: Mutex<VecDeque<RefusedHeader>>,
@@ -329,6 +339,7 @@ impl<B: Backend> Device<B> {
             address,
             peer_locks: Mutex::new(HashMap::new()),
             prekey_lock: Mutex::new(()),
+            group_lock: Mutex::new(()),
             refused: Mutex::new(VecDeque::new()),
             pid: std::process::id(),
         }

@@ -12,7 +12,10 @@ use crate::{
     session::{PendingDecrypt, SessionRecord},
 };
 
-use super::prekeys::PreKeyRows;
+use super::{
+    groups::{ControlAction, GroupPending},
+    prekeys::PreKeyRows,
+};
 
 /// A decrypted message waiting for [`Device::commit`](super::Device::commit).
 ///
@@ -30,19 +33,69 @@ pub struct PendingMessage {
     /// The identity key of the device that made it.
     pub(super) device: IdentityKey,
     pub(super) peer: Address,
-    pub(super) pending: PendingDecrypt,
-    /// The session row as read (sealed; `None`: absent), and the record
-    /// parsed from it. The commit requires the row to hold exactly these
-    /// bytes still, and then applies the decryption to this record (it is
-    /// not read and parsed again).
-    pub(super) loaded: LoadedRows,
-    pub(super) record: SessionRecord,
+    pub(super) inner: Inner,
+}
+
+/// What a pending decryption holds.
+pub(super) enum Inner {
+    /// A one-to-one message: the app's, or control content of the peer's
+    /// library (`control`, what its commit does besides the session's).
+    Pairwise {
+        pending: PendingDecrypt,
+        /// The session row as read (sealed; `None`: absent), and the record
+        /// parsed from it. The commit requires the row to hold exactly these
+        /// bytes still, and then applies the decryption to this record (it
+        /// is not read and parsed again).
+        loaded: LoadedRows,
+        record: SessionRecord,
+        control: Option<ControlAction>,
+    },
+    /// A group message.
+    Group(GroupPending),
+}
+
+/// What a message's kind is, as [`PendingMessage::kind`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// A one-to-one message for the app: [`PendingMessage::plaintext`].
+    Direct,
+    /// A group message for the app: [`PendingMessage::plaintext`], in the
+    /// group [`PendingMessage::group_id`].
+    Group,
+    /// A control message between the two devices' libraries (a group's
+    /// chain, or a request for one) of the group [`PendingMessage::group_id`]:
+    /// nothing for the app to show or store. Commit it all the same (the
+    /// session advances, and the library acts on it), then acknowledge it.
+    Control,
 }
 
 impl PendingMessage {
-    /// The plaintext.
+    /// The plaintext: empty for a [`MessageKind::Control`] message.
     pub fn plaintext(&self) -> &[u8] {
-        self.pending.plaintext()
+        match &self.inner {
+            Inner::Pairwise { control: Some(_), .. } => &[],
+            Inner::Pairwise { pending, .. } => pending.plaintext(),
+            Inner::Group(group) => &group.plaintext,
+        }
+    }
+
+    /// What the message is.
+    pub fn kind(&self) -> MessageKind {
+        match &self.inner {
+            Inner::Pairwise { control: Some(_), .. } => MessageKind::Control,
+            Inner::Pairwise { .. } => MessageKind::Direct,
+            Inner::Group(_) => MessageKind::Group,
+        }
+    }
+
+    /// The group of a group message or of a control message.
+    pub fn group_id(&self) -> Option<&[u8]> {
+        match &self.inner {
+            Inner::Pairwise { control: Some(control), .. } => Some(control.group_id()),
+            Inner::Pairwise { .. } => None,
+            Inner::Group(group) => Some(&group.group_id),
+        }
     }
 
     /// The peer it came from (as the app named it).
@@ -50,15 +103,24 @@ impl PendingMessage {
         &self.peer
     }
 
-    /// The sender's identity key.
-    pub fn sender_identity(&self) -> IdentityKey {
-        self.pending.sender_identity()
+    /// The sender's identity key: the one its session authenticated (for a
+    /// group message, the session's with the sender, whose distribution of
+    /// the chain it came in).
+    pub fn sender_identity(&self) -> Option<IdentityKey> {
+        match &self.inner {
+            Inner::Pairwise { pending, .. } => Some(pending.sender_identity()),
+            Inner::Group(_) => None,
+        }
     }
 }
 
 impl fmt::Debug for PendingMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PendingMessage").field("peer", &self.peer).field("pending", &self.pending).finish()
+        f.debug_struct("PendingMessage")
+            .field("peer", &self.peer)
+            .field("kind", &self.kind())
+            .field("plaintext_len", &self.plaintext().len())
+            .finish_non_exhaustive()
     }
 }
 

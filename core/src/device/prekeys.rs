@@ -463,6 +463,11 @@ impl<B: Backend> Device<B> {
             Ok(pending) => pending,
             Err(e) => return Ok(Err(e)),
         };
+        // Control content is acted on by `decrypt` and `commit` alone: left
+        // unconsumed here, for the app to decrypt by itself.
+        if pending.content() == crate::padding::ContentType::Control {
+            return Ok(Err(SessionError::ControlMessage));
+        }
         let consumed = pending.consumed_prekeys();
         let changes = if consumed.is_empty() {
             Vec::new()

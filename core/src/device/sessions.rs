@@ -13,6 +13,8 @@ use crate::{
     DecodeError, DecryptError, SessionError,
     address::Address,
     fingerprint::SafetyNumber,
+    group::GroupMessage,
+    padding::ContentType,
     keys::IdentityKey,
     prekeys::{PreKeyBundle, PreKeySet},
     ratchet::{ENCRYPTED_HEADER_LEN, header, message_key::MessageKey},
@@ -22,8 +24,8 @@ use crate::{
 };
 
 use super::{
-    Device, DeviceError, PendingBatch, PendingMessage, ROW_VERSION, encode, lock,
-    pending::{LoadedRecord, LoadedRows},
+    Device, DeviceError, Outgoing, PendingBatch, PendingMessage, ROW_VERSION, encode, lock,
+    pending::{Inner, LoadedRecord, LoadedRows},
     prekeys::PreKeyRows,
     retry_on_conflict,
 };
@@ -53,7 +55,7 @@ pub(super) struct RefusedHeader {
 }
 
 impl<B: Backend> Device<B> {
-    fn peer_lock(&self, row: &[u8]) -> Arc<Mutex<()>> {
+    pub(super) fn peer_lock(&self, row: &[u8]) -> Arc<Mutex<()>> {
         lock(&self.peer_locks).entry(row.to_vec()).or_default().clone()
     }
 
@@ -62,7 +64,7 @@ impl<B: Backend> Device<B> {
     /// as read (sealed; `None` if there is none, which is an empty record).
     /// Every rewrite of a row seals it with a fresh nonce, so the sealed bytes
     /// tell whether it changed.
-    fn load_record(&self, row: &[u8]) -> Result<(LoadedRows, SessionRecord), StoreError> {
+    pub(super) fn load_record(&self, row: &[u8]) -> Result<(LoadedRows, SessionRecord), StoreError> {
         let corrupt = || StoreError::Corrupt { table: Table::Sessions };
         let Some(sealed) = self.backend.get(Table::Sessions, row)? else {
             return Ok((LoadedRows { record: None, seeds: None }, SessionRecord::new()));
@@ -108,7 +110,7 @@ impl<B: Backend> Device<B> {
     /// holding what `loaded` says was read; and, when its skipped keys
     /// changed, the row of their seeds (read first if the call had not read
     /// it), rewritten or deleted, conditional likewise.
-    fn record_writes(
+    pub(super) fn record_writes(
         &self,
         row: &[u8],
         peer: &Address,
@@ -324,7 +326,13 @@ impl<B: Backend> Device<B> {
     pub fn decrypt(&self, peer: &Address, ciphertext: &[u8]) -> Result<PendingMessage, DeviceError> {
         self.check_process()?;
         // Decoded in full first: junk reads nothing.
-        let message = Message::from_bytes(ciphertext).map_err(SessionError::from)?;
+        let message = match crate::wire::decode_envelope(ciphertext).map_err(SessionError::from)? {
+            samizdat_proto::wire::envelope::Body::Group(group) => {
+                let message = GroupMessage::from_proto(group).map_err(SessionError::from)?;
+                return self.decrypt_group(peer, &message);
+            }
+            _ => Message::from_bytes(ciphertext).map_err(SessionError::from)?,
+        };
         let row = self.sealer.address_key(peer);
         // Read again if the seeds row turns out to be of another version of
         // the session row (rewritten between the two reads).
@@ -335,7 +343,15 @@ impl<B: Backend> Device<B> {
             // Only the prekey rows the message needs (PROTOCOL.md 14.9).
             let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
             let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
-            Ok(PendingMessage { device: self.identity.public_key(), peer: peer.clone(), pending, loaded, record })
+            let control = match pending.content() {
+                ContentType::App => None,
+                ContentType::Control => Some(self.plan_control(peer, pending.plaintext())?),
+            };
+            Ok(PendingMessage {
+                device: self.identity.public_key(),
+                peer: peer.clone(),
+                inner: Inner::Pairwise { pending, loaded, record, control },
+            })
         });
         corrupt_if_unchanged(result, &read)
     }
@@ -350,18 +366,28 @@ impl<B: Backend> Device<B> {
     /// conditional on those rows as this call read them; when another handle
     /// changed them meanwhile, they are read and checked again.
     ///
+    /// A group message commits its sender's chains; a control message also
+    /// does what it says (stores a chain; answers a request, whose answer is
+    /// returned: send it to the peer).
+    ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
     /// [`SessionError::StalePending`] if the session changed since the
     /// decryption (decrypt again: the message was not consumed);
     /// [`SessionError::UnknownPreKey`] if another session consumed the same
     /// one-time prekey first; a store error (nothing written).
-    pub fn commit(&self, message: PendingMessage) -> Result<(), DeviceError> {
+    pub fn commit(&self, message: PendingMessage) -> Result<Option<Outgoing>, DeviceError> {
         self.check_process()?;
-        let PendingMessage { device, peer, pending, mut loaded, mut record } = message;
+        let PendingMessage { device, peer, inner } = message;
         if device != self.identity.public_key() {
             return Err(DeviceError::ForeignPending);
         }
+        let (pending, mut loaded, mut record, control) = match inner {
+            Inner::Group(group) => return self.commit_group(group).map(|()| None),
+            Inner::Pairwise { pending, loaded, record, control } => (pending, loaded, record, control),
+        };
+        // Group rows first, as every call that takes both locks.
+        let _group_guard = control.as_ref().map(|_| lock(&self.group_lock));
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -372,12 +398,18 @@ impl<B: Backend> Device<B> {
         }
         let consumed = pending.consumed_prekeys();
         record.commit(pending)?;
+        let (control_writes, answer) = match control {
+            Some(action) => self.control_writes(action, &peer, &mut record)?,
+            None => (Vec::new(), None),
+        };
         // Seeds of another version of the row: it changed since the decryption.
-        let session_writes = self
+        let mut session_writes = self
             .record_writes(&row, &peer, &mut record, &mut loaded)
             .map_err(|e| stale_on_session_conflict(e.into()))?;
+        session_writes.extend(control_writes);
         if consumed.is_empty() {
-            return self.backend.apply(&session_writes).map_err(|e| stale_on_session_conflict(e.into()));
+            self.backend.apply(&session_writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))?;
+            return Ok(answer);
         }
         let _prekey_guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
@@ -385,8 +417,9 @@ impl<B: Backend> Device<B> {
             writes.extend(self.consume_writes(&consumed)?);
             // A conflict on the session row is final (stale); one on the
             // prekey rows alone is retried with them read again.
-            self.backend.apply(&writes).map_err(|e| stale_on_session_conflict(e.into()))
-        })
+            self.backend.apply(&writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))
+        })?;
+        Ok(answer)
     }
 
     /// Decrypts many queued messages (a device coming back online) and
@@ -483,6 +516,15 @@ fn corrupt_if_unchanged<T, R: PartialEq>(result: Result<T, DeviceError>, read: &
             Err(StoreError::Corrupt { table: Table::Sessions }.into())
         }
         result => result,
+    }
+}
+
+/// A commit's session or group write refused because the row changed: the
+/// pending decryption is stale.
+fn stale_on_group_or_session_conflict(error: DeviceError) -> DeviceError {
+    match error {
+        DeviceError::Store(StoreError::Conflict { table: Table::Groups }) => SessionError::StalePending.into(),
+        error => stale_on_session_conflict(error),
     }
 }
 

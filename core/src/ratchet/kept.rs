@@ -19,7 +19,7 @@ use super::{
     receiver::{ReceivingChain, nonce_tag},
     try_chain,
 };
-use crate::{DecodeError, DecryptError, limits::MAX_ASSOCIATED_DATA_LEN, wire::RatchetMessage};
+use crate::{DecodeError, DecryptError, limits::MAX_ASSOCIATED_DATA_LEN, padding::ContentType, wire::RatchetMessage};
 
 /// The closed receiving chains of an archived state.
 pub(crate) struct KeptKeys {
@@ -54,7 +54,10 @@ impl KeptKeys {
     }
 
     /// Decrypts `message` with a kept key, without changing anything.
-    pub(crate) fn plan_decrypt(&self, message: &RatchetMessage) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
+    pub(crate) fn plan_decrypt(
+        &self,
+        message: &RatchetMessage,
+    ) -> Result<(Vec<u8>, ContentType, DecryptPlan), PlanError> {
         let tag = nonce_tag(&nonce_of(message.header()));
         let ad = &self.associated_data;
         let last = self.receiving.len().saturating_sub(1);
@@ -80,8 +83,8 @@ impl KeptKeys {
         let Found::Skipped { chain, position } = found else {
             return Err(DecryptError::Unauthenticated.into());
         };
-        let (plaintext, counter) = open_body(ad, message, &message_key)?;
-        Ok((plaintext, DecryptPlan { kind: PlanKind::Skipped { chain, position }, used: (counter, tag) }))
+        let (plaintext, counter, content) = open_body(ad, message, &message_key)?;
+        Ok((plaintext, content, DecryptPlan { kind: PlanKind::Skipped { chain, position }, used: (counter, tag) }))
     }
 
     /// Applies a plan made by [`Self::plan_decrypt`] on this very value.

@@ -68,7 +68,7 @@ use crate::{
         MAX_ASSOCIATED_DATA_LEN, MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_STATE_LEN, MAX_STORED_SKIPPED_KEYS,
         MAX_USED_COUNTERS,
     },
-    padding,
+    padding::{self, ContentType},
     wire::RatchetMessage,
 };
 
@@ -339,6 +339,16 @@ impl DoubleRatchet {
         rng: &mut R,
         plaintext: &[u8],
     ) -> Result<RatchetMessage, EncryptError> {
+        self.encrypt_content(rng, plaintext, ContentType::App)
+    }
+
+    /// [`Self::encrypt`] of content of type `content` (PROTOCOL.md 5.2).
+    pub(crate) fn encrypt_content<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        plaintext: &[u8],
+        content: ContentType,
+    ) -> Result<RatchetMessage, EncryptError> {
         if plaintext.len() > crate::limits::MAX_PLAINTEXT_LEN {
             return Err(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN });
         }
@@ -358,7 +368,7 @@ impl DoubleRatchet {
         let encrypted_header = header_key.seal(nonce, header, &self.associated_data);
         // Padded and sealed in one buffer, which becomes the body: no copy of
         // the plaintext is left behind.
-        let mut body = padding::pad_with_room(plaintext, TAG_LEN)
+        let mut body = padding::pad_content(plaintext, TAG_LEN, content)
             .ok_or(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN })?;
         message_key.seal_in_place(&mut body, &body_associated_data(&self.associated_data, &encrypted_header), &nonce);
         *chain_key = next;
@@ -381,10 +391,15 @@ impl DoubleRatchet {
     ) -> Result<Vec<u8>, DecryptError> {
         // A state from the public loaders holds every seed: `SeedApart`
         // cannot happen here.
-        let (plaintext, plan) = self.plan_decrypt(rng, message, true).map_err(|error| match error {
+        let (plaintext, content, plan) = self.plan_decrypt(rng, message, true).map_err(|error| match error {
             PlanError::Decrypt(error) => error,
             PlanError::SeedApart | PlanError::Costly(_) => DecryptError::Unauthenticated,
         })?;
+        // This API carries the app's messages only; a control message (from
+        // a peer's device layer) is left for that layer, untouched.
+        if content != ContentType::App {
+            return Err(DecryptError::Unauthenticated);
+        }
         self.apply(plan);
         Ok(plaintext)
     }
@@ -401,7 +416,7 @@ impl DoubleRatchet {
         rng: &mut R,
         message: &RatchetMessage,
         allow_step: bool,
-    ) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
+    ) -> Result<(Vec<u8>, ContentType, DecryptPlan), PlanError> {
         let tag = nonce_tag(&nonce_of(message.header()));
         let (message_key, found) = self.find_key(message, &tag, allow_step)?;
         let derived = match &found {
@@ -412,7 +427,7 @@ impl DoubleRatchet {
                 step.receiving.skipped.len().saturating_add(step.closing.as_ref().map_or(0, |(keys, _)| keys.len()))
             }
         };
-        let (plaintext, counter) = match open_body(&self.associated_data, message, &message_key) {
+        let (plaintext, counter, content) = match open_body(&self.associated_data, message, &message_key) {
             Ok(opened) => opened,
             Err(DecryptError::Unauthenticated) if derived >= COSTLY_DERIVATIONS => {
                 return Err(PlanError::Costly(Box::new(message_key)));
@@ -424,7 +439,7 @@ impl DoubleRatchet {
             Found::Advance { chain_key, skipped } => PlanKind::Advance { chain_key, skipped },
             Found::Step(step) => PlanKind::Step(Box::new(self.complete_step(rng, *step)?)),
         };
-        Ok((plaintext, DecryptPlan { kind, used: (counter, tag) }))
+        Ok((plaintext, content, DecryptPlan { kind, used: (counter, tag) }))
     }
 
     /// Whether a DH step has ever been taken on a message from the peer:
@@ -715,16 +730,20 @@ fn body_associated_data(ad: &[u8], encrypted_header: &[u8]) -> Vec<u8> {
 
 /// Opens the body of `message` with `message_key` and removes the padding;
 /// returns the plaintext and the message's counter.
-fn open_body(ad: &[u8], message: &RatchetMessage, message_key: &MessageKey) -> Result<(Vec<u8>, u32), DecryptError> {
+fn open_body(
+    ad: &[u8],
+    message: &RatchetMessage,
+    message_key: &MessageKey,
+) -> Result<(Vec<u8>, u32, ContentType), DecryptError> {
     let body_ad = body_associated_data(ad, message.header());
     // Decrypted into a wiping buffer; on success the plaintext is moved out
     // of it, so it is neither copied nor wiped on the way to the app.
     let mut padded =
         message_key.open(message.body(), &body_ad, &nonce_of(message.header())).ok_or(DecryptError::Unauthenticated)?;
-    let len = padding::unpadded_len(&padded).ok_or(DecryptError::Unauthenticated)?;
+    let (len, content) = padding::unpadded_content(&padded).ok_or(DecryptError::Unauthenticated)?;
     // The bytes past `len` are the padding: a marker and zeros.
     padded.truncate(len);
-    Ok((std::mem::take(&mut *padded), message_key.counter()))
+    Ok((std::mem::take(&mut *padded), message_key.counter(), content))
 }
 
 /// The key of `message` on receiving chain `index`, if its header opens

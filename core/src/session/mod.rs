@@ -83,6 +83,7 @@ use zeroize::Zeroizing;
 
 use self::state::{Keys, SessionState};
 use crate::{
+    padding::ContentType,
     DecodeError, DecryptError, SessionError,
     address::Address,
     handshake::pqxdh,
@@ -205,6 +206,9 @@ enum Change {
 /// same message will decrypt again.
 pub struct PendingDecrypt {
     plaintext: Zeroizing<Vec<u8>>,
+    /// What the plaintext is: the app's message, or a control message
+    /// between the two devices' libraries (PROTOCOL.md 5.2).
+    content: ContentType,
     sender: IdentityKey,
     consumed: ConsumedPreKeys,
     /// The record this was made against: its generation, and the base key of
@@ -225,6 +229,11 @@ impl PendingDecrypt {
     /// The sender's identity key.
     pub fn sender_identity(&self) -> IdentityKey {
         self.sender
+    }
+
+    /// What the plaintext is (only the device layer receives control content).
+    pub(crate) fn content(&self) -> ContentType {
+        self.content
     }
 
     /// The prekeys to delete in the same transaction as the commit (only for
@@ -390,10 +399,20 @@ impl SessionRecord {
     /// # Errors
     /// [`SessionError::NoSession`], or [`SessionError::Encrypt`].
     pub fn encrypt<R: CryptoRng + ?Sized>(&mut self, rng: &mut R, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        self.encrypt_content(rng, plaintext, ContentType::App)
+    }
+
+    /// [`Self::encrypt`] of content of type `content` (PROTOCOL.md 5.2).
+    pub(crate) fn encrypt_content<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        plaintext: &[u8],
+        content: ContentType,
+    ) -> Result<Vec<u8>, SessionError> {
         let state = self.current.as_mut().ok_or(SessionError::NoSession)?;
         // The current state is always full (cut states are never current).
         let Keys::Full(ratchet) = &mut state.keys else { return Err(SessionError::NoSession) };
-        let message = ratchet.encrypt(rng, plaintext)?;
+        let message = ratchet.encrypt_content(rng, plaintext, content)?;
         self.generation = self.generation.wrapping_add(1);
         Ok(match &state.pending_prekey {
             Some(header) => Message::PreKey(Box::new(PreKeyMessage { header: header.clone(), message })).into_bytes(),
@@ -429,10 +448,17 @@ impl SessionRecord {
     ) -> Result<PendingDecrypt, SessionError> {
         let message = Message::from_bytes(bytes)?;
         // A record from the public loader holds every seed: no `NeedSeeds`.
-        self.decrypt_decoded(rng, ours, our_address, peer, prekeys, &message).map_err(|attempt| match attempt {
-            Attempt::Failed(error) => error,
-            Attempt::NeedSeeds | Attempt::Costly { .. } => DecryptError::Unauthenticated.into(),
-        })
+        let pending =
+            self.decrypt_decoded(rng, ours, our_address, peer, prekeys, &message).map_err(|attempt| match attempt {
+                Attempt::Failed(error) => error,
+                Attempt::NeedSeeds | Attempt::Costly { .. } => DecryptError::Unauthenticated.into(),
+            })?;
+        // This API carries the app's messages only: a control message of a
+        // peer's device layer (PROTOCOL.md 5.2) is for a `Device`.
+        if pending.content() != ContentType::App {
+            return Err(DecryptError::Unauthenticated.into());
+        }
+        Ok(pending)
     }
 
     /// [`Self::decrypt`] of a message already decoded (by
@@ -481,7 +507,8 @@ impl SessionRecord {
             return Err(SessionError::DuplicatePreKeyMessage.into());
         }
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
-        let (plaintext, plan) = ratchet.plan_decrypt(rng, prekey.message(), true).map_err(SessionError::from)?;
+        let (plaintext, content, plan) =
+            ratchet.plan_decrypt(rng, prekey.message(), true).map_err(SessionError::from)?;
         // Only now, with the first message authenticated under the identity
         // key it offers, is that key a trust decision: anything that does not
         // authenticate (relabelled, random identity bytes) failed above as a
@@ -501,6 +528,7 @@ impl SessionRecord {
         };
         Ok(PendingDecrypt {
             plaintext: Zeroizing::new(plaintext),
+            content,
             sender: header.identity_key,
             consumed,
             generation: self.generation,
@@ -546,9 +574,10 @@ impl SessionRecord {
             // and a state a new session of the peer's displaced.
             let allow_step = slot == Slot::Current || state.is_unanswered_initiation() || state.displaced;
             match state.plan_decrypt(rng, message, allow_step) {
-                Ok((plaintext, plan)) => {
+                Ok((plaintext, content, plan)) => {
                     return Ok(PendingDecrypt {
                         plaintext: Zeroizing::new(plaintext),
+                        content,
                         sender: state.remote_identity,
                         consumed: ConsumedPreKeys::default(),
                         generation: self.generation,

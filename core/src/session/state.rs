@@ -9,6 +9,7 @@ use samizdat_proto::storage;
 use std::collections::VecDeque;
 
 use crate::{
+    padding::ContentType,
     DecodeError,
     keys::{IdentityKey, MLKEM_CIPHERTEXT_LEN, X25519PublicKey, fixed},
     ratchet::{DecryptPlan, DoubleRatchet, KeptKeys, PlanError, ReceivingChain, Seeds},
@@ -75,7 +76,7 @@ impl SessionState {
         rng: &mut R,
         message: &RatchetMessage,
         allow_step: bool,
-    ) -> Result<(Vec<u8>, DecryptPlan), PlanError> {
+    ) -> Result<(Vec<u8>, ContentType, DecryptPlan), PlanError> {
         match &self.keys {
             Keys::Full(ratchet) => ratchet.plan_decrypt(rng, message, allow_step),
             Keys::Kept(kept) => kept.plan_decrypt(message),

@@ -61,11 +61,15 @@ pub enum Table {
     PreKeys,
     /// One session record per peer device, keyed by the keyed hash of its address.
     Sessions,
+    /// Groups: per group its roster and our sending chain, and per member
+    /// the chains we keep of it, keyed by keyed hashes of the group id and
+    /// the member's address (PROTOCOL.md 18.9).
+    Groups,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 4] = [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions];
+    pub const ALL: [Table; 5] = [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions, Table::Groups];
 
     /// The table's name (also its SQL table name).
     pub fn name(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Table {
             Self::Identity => "identity",
             Self::PreKeys => "prekeys",
             Self::Sessions => "sessions",
+            Self::Groups => "groups",
         }
     }
 }
@@ -328,6 +333,18 @@ pub(crate) struct Sealer {
     seal_key: Secret32,
     address_key: Secret32,
     base_key_key: Secret32,
+    group_key: Secret32,
+}
+
+/// What a row of [`Table::Groups`] holds: the first byte hashed into its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupRowKind {
+    /// The group's roster.
+    Roster = 1,
+    /// Our sending chain.
+    OwnChain = 2,
+    /// The chains of one member.
+    Member = 3,
 }
 
 impl Sealer {
@@ -337,10 +354,12 @@ impl Sealer {
         let seal = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_SEAL_LABEL);
         let address = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_ADDRESS_LABEL);
         let base_key = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_BASE_KEY_LABEL);
+        let group = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_GROUP_LABEL);
         Self {
             seal_key: Secret32::from_zeroizing(&seal),
             address_key: Secret32::from_zeroizing(&address),
             base_key_key: Secret32::from_zeroizing(&base_key),
+            group_key: Secret32::from_zeroizing(&group),
         }
     }
 
@@ -408,6 +427,24 @@ impl Sealer {
         mac.update(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
         mac.update(user);
         mac.update(&address.device_id().to_be_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The key of a row of [`Table::Groups`]: `HMAC-SHA256(group key, kind ||
+    /// u8(len(group id)) || group id [|| u32(len(user id)) || user id ||
+    /// u32(device id)])`, the address only for a member's row.
+    pub(crate) fn group_row_key(&self, kind: GroupRowKind, group_id: &[u8], member: Option<&Address>) -> Vec<u8> {
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.group_key.as_bytes()) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        mac.update(&[kind as u8, u8::try_from(group_id.len()).unwrap_or(u8::MAX)]);
+        mac.update(group_id);
+        if let Some(member) = member {
+            let user = member.user_id().as_bytes();
+            mac.update(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
+            mac.update(user);
+            mac.update(&member.device_id().to_be_bytes());
+        }
         mac.finalize().into_bytes().to_vec()
     }
 

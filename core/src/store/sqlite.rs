@@ -104,18 +104,24 @@ use super::{Backend, Expected, Row, Scrub, StoreError, Table, Write};
 use crate::limits::MIN_SCRUB_BUDGET;
 
 /// The schema version this release writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// How long a call waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
     CREATE TABLE meta     (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE identity (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE prekeys  (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE sessions (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-"];
+",
+    // Groups (release 0.3): a store of version 1 gains the table on open.
+    "
+    CREATE TABLE groups   (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+",
+];
 
 /// A store in one SQLite database file.
 pub struct SqliteBackend {

@@ -1,0 +1,783 @@
+//! Groups in the Device API: membership, sending, receiving, and the
+//! control messages (distributions, requests) over the pairwise sessions
+//! (PROTOCOL.md 18.8 to 18.10).
+//!
+//! Rows of [`Table::Groups`], keyed by keyed hashes ([`Sealer::group_row_key`]):
+//! - the roster: the member devices, and for each what it has of our chain;
+//! - our sending chain, with a flag that says every member has it (then a
+//!   message reads and writes this row only);
+//! - per member, the chains we keep of it: the row exists while the device
+//!   is a member, so a message from anyone else finds none.
+//!
+//! Lock order: the device's group lock, then peer locks in increasing row
+//! key order, then the prekey lock.
+
+use std::{collections::BTreeSet, fmt};
+
+use samizdat_proto::storage;
+use zeroize::Zeroizing;
+
+use super::{Device, DeviceError, PendingMessage, ROW_VERSION, encode, lock, pending::Inner, retry_on_conflict};
+use crate::{
+    DecryptError, EncryptError, SessionError,
+    address::Address,
+    group::{Control, Distribution, GroupId, GroupMessage, OwnChain, Request, SenderChains},
+    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS},
+    padding::ContentType,
+    session::SessionRecord,
+    store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
+};
+
+/// Why a group call failed. Nothing was written, except where
+/// [`GroupError::MissingChain`] says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// A group id is 1 to [`MAX_GROUP_ID_LEN`](crate::limits::MAX_GROUP_ID_LEN) bytes.
+    #[error("a group id is 1 to 64 bytes")]
+    InvalidGroupId,
+    /// A group with this id already exists on this device.
+    #[error("the group already exists")]
+    AlreadyExists,
+    /// No group with this id exists on this device.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// The roster would pass [`MAX_GROUP_MEMBERS`] member devices.
+    #[error("a group holds at most {max} member devices")]
+    TooManyMembers {
+        /// The limit.
+        max: usize,
+    },
+    /// This device itself was named as a member (it always is one).
+    #[error("this device cannot be its own group member")]
+    SelfAsMember,
+    /// A group message came from a device that is not a member of the
+    /// group on this device (never added, or removed): refused.
+    #[error("the sender is not a member of the group")]
+    NotMember,
+    /// A group message came on a chain of its sender that this device does
+    /// not have (its distribution was lost, or has not arrived yet). The
+    /// message was not consumed: keep it, and decrypt it again when the
+    /// chain arrives.
+    ///
+    /// `request`, if any, is a one-to-one message for the sender asking for
+    /// the chain: send it as it is. Making it advanced the session with the
+    /// sender (committed). It is `None` when the session with the sender is
+    /// missing, or when this device already asked the sender for this chain
+    /// [`MAX_GROUP_KEY_REQUESTS`] times, or for
+    /// [`MAX_REQUESTED_CHAINS`](crate::limits::MAX_REQUESTED_CHAINS) chains
+    /// that have not arrived: forged messages cannot make it send more.
+    #[error("no chain {chain_id} of this sender")]
+    MissingChain {
+        /// The chain id of the message.
+        chain_id: u32,
+        /// The request to send to the sender, if one may be sent.
+        request: Option<Vec<u8>>,
+    },
+    /// The group message does not decrypt: forged or altered, a duplicate,
+    /// a sender gone back ([`DecryptError::Rollback`]), or too far ahead.
+    /// Nothing changed.
+    #[error(transparent)]
+    Decrypt(#[from] DecryptError),
+    /// The message could not be encrypted (too large; a chain exhausted).
+    #[error(transparent)]
+    Encrypt(#[from] EncryptError),
+}
+
+/// A one-to-one message the library made for a peer (a group's chain, a
+/// request for one, the answer to a request): send it to `to` like any
+/// other message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The recipient.
+    pub to: Address,
+    /// The wire bytes.
+    pub message: Vec<u8>,
+}
+
+impl fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outgoing").field("to", &self.to).field("len", &self.message.len()).finish()
+    }
+}
+
+/// What [`Device::group_encrypt`] made: the group message, for every member,
+/// and the one-to-one messages that give our current chain to the members
+/// that lack it (send them before or with the group message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSend {
+    /// The group message: the same bytes for every member.
+    pub message: Vec<u8>,
+    /// The chain for the members that lacked it, one message each: only
+    /// members that were never given the current chain, never again to one
+    /// that has it.
+    pub distributions: Vec<Outgoing>,
+    /// Members that lack the chain but with whom there is no session yet:
+    /// start one ([`Device::start_session`]) and the next message gives them
+    /// the chain (from its own iteration on).
+    pub without_session: Vec<Address>,
+}
+
+/// A group message decrypted and waiting for its commit.
+pub(super) struct GroupPending {
+    pub(super) group_id: Vec<u8>,
+    pub(super) plaintext: Zeroizing<Vec<u8>>,
+    /// The member row's key, as read (sealed), and the chains after the message.
+    row: Vec<u8>,
+    sealed: Vec<u8>,
+    chains: SenderChains,
+    user: Address,
+}
+
+/// What committing a control message does besides advancing the session.
+pub(super) enum ControlAction {
+    /// A distribution that changes nothing (from a non-member, for an
+    /// unknown group, a chain already kept).
+    Ignored(Vec<u8>),
+    /// A distribution to store in the sender's member row.
+    Store { group_id: Vec<u8>, row: Vec<u8>, sealed: Vec<u8>, chains: SenderChains },
+    /// A request to answer: the roster and our chain as read, the member
+    /// updated, and the chain to send.
+    Answer { group_id: GroupId, roster: Loaded<Roster>, own: Loaded<OwnRow>, distribution: Box<Distribution> },
+}
+
+impl ControlAction {
+    pub(super) fn group_id(&self) -> &[u8] {
+        match self {
+            Self::Ignored(group_id) | Self::Store { group_id, .. } => group_id,
+            Self::Answer { group_id, .. } => group_id.as_bytes(),
+        }
+    }
+}
+
+/// A row as read: its sealed bytes (the write's precondition) and value.
+pub(super) struct Loaded<T> {
+    sealed: Vec<u8>,
+    value: T,
+}
+
+/// A member of a roster.
+#[derive(Clone)]
+struct Member {
+    address: Address,
+    has_chain: bool,
+    given_at: u32,
+    answered: u32,
+}
+
+/// A group's roster.
+#[derive(Clone)]
+pub(super) struct Roster {
+    group_id: GroupId,
+    members: Vec<Member>,
+}
+
+/// Our sending chain in a group.
+pub(super) struct OwnRow {
+    chain: Option<OwnChain>,
+    distributed: bool,
+}
+
+fn corrupt() -> StoreError {
+    StoreError::Corrupt { table: Table::Groups }
+}
+
+fn group_id(bytes: &[u8]) -> Result<GroupId, DeviceError> {
+    GroupId::new(bytes).ok_or(DeviceError::Group(GroupError::InvalidGroupId))
+}
+
+impl<B: Backend> Device<B> {
+    fn group_row(&self, kind: GroupRowKind, group_id: &GroupId, member: Option<&Address>) -> Vec<u8> {
+        self.sealer.group_row_key(kind, group_id.as_bytes(), member)
+    }
+
+    fn seal_group_row<M: prost::Message>(&self, key: &[u8], row: &M) -> Vec<u8> {
+        let bytes = Zeroizing::new(encode(row));
+        self.sealer.seal(&mut crate::os_rng(), Table::Groups, key, &bytes)
+    }
+
+    fn open_group_row<M: prost::Message + Default + zeroize::Zeroize>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Zeroizing<M>)>, StoreError> {
+        let Some(sealed) = self.backend.get(Table::Groups, key)? else { return Ok(None) };
+        let bytes = self.sealer.open(Table::Groups, key, &sealed)?;
+        let row = crate::codec::decode_secret::<M>(&bytes).map_err(|_| corrupt())?;
+        Ok(Some((sealed, row)))
+    }
+
+    fn load_roster(&self, group_id: &GroupId) -> Result<Option<Loaded<Roster>>, StoreError> {
+        let key = self.group_row(GroupRowKind::Roster, group_id, None);
+        let Some((sealed, row)) = self.open_group_row::<storage::GroupRow>(&key)? else { return Ok(None) };
+        if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() || row.members.len() > MAX_GROUP_MEMBERS {
+            return Err(corrupt());
+        }
+        let members = row
+            .members
+            .iter()
+            .map(|m| {
+                Ok(Member {
+                    address: Address::new(m.user_id.clone(), m.device_id).map_err(|_| corrupt())?,
+                    has_chain: m.has_chain,
+                    given_at: m.given_at,
+                    answered: m.answered,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(Loaded { sealed, value: Roster { group_id: group_id.clone(), members } }))
+    }
+
+    fn roster_write(&self, roster: &Roster, expected: Expected) -> Write {
+        let key = self.group_row(GroupRowKind::Roster, &roster.group_id, None);
+        let row = storage::GroupRow {
+            version: ROW_VERSION,
+            group_id: roster.group_id.as_bytes().to_vec(),
+            members: roster
+                .members
+                .iter()
+                .map(|m| storage::GroupMember {
+                    user_id: m.address.user_id().to_owned(),
+                    device_id: m.address.device_id(),
+                    has_chain: m.has_chain,
+                    given_at: m.given_at,
+                    answered: m.answered,
+                })
+                .collect(),
+        };
+        Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &row)), key, expected }
+    }
+
+    fn load_own(&self, group_id: &GroupId) -> Result<Option<Loaded<OwnRow>>, StoreError> {
+        let key = self.group_row(GroupRowKind::OwnChain, group_id, None);
+        let Some((sealed, row)) = self.open_group_row::<storage::OwnChainRow>(&key)? else { return Ok(None) };
+        if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() {
+            return Err(corrupt());
+        }
+        let chain = row.chain.as_ref().map(OwnChain::from_record).transpose().map_err(|_| corrupt())?;
+        Ok(Some(Loaded { sealed, value: OwnRow { chain, distributed: row.distributed } }))
+    }
+
+    fn own_write(&self, group_id: &GroupId, own: &OwnRow, expected: Expected) -> Write {
+        let key = self.group_row(GroupRowKind::OwnChain, group_id, None);
+        let row = Zeroizing::new(storage::OwnChainRow {
+            version: ROW_VERSION,
+            group_id: group_id.as_bytes().to_vec(),
+            chain: own.chain.as_ref().map(OwnChain::to_record),
+            distributed: own.distributed,
+        });
+        Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
+    }
+
+    /// The member row of `member` in `group_id`: its key, and the row as
+    /// read with its chains (`None`: not a member).
+    fn load_member(
+        &self,
+        group_id: &GroupId,
+        member: &Address,
+    ) -> Result<(Vec<u8>, Option<Loaded<SenderChains>>), StoreError> {
+        let key = self.group_row(GroupRowKind::Member, group_id, Some(member));
+        let Some((sealed, row)) = self.open_group_row::<storage::SenderChainsRow>(&key)? else {
+            return Ok((key, None));
+        };
+        if row.version != ROW_VERSION
+            || row.group_id != group_id.as_bytes()
+            || row.user_id != member.user_id()
+            || row.device_id != member.device_id()
+        {
+            return Err(corrupt());
+        }
+        let chains = SenderChains::from_records(&row.chains, &row.requested).map_err(|_| corrupt())?;
+        Ok((key, Some(Loaded { sealed, value: chains })))
+    }
+
+    fn member_write(
+        &self,
+        key: Vec<u8>,
+        group_id: &[u8],
+        member: &Address,
+        chains: &SenderChains,
+        expected: Expected,
+    ) -> Write {
+        let (records, requested) = chains.to_records();
+        let row = Zeroizing::new(storage::SenderChainsRow {
+            version: ROW_VERSION,
+            group_id: group_id.to_vec(),
+            user_id: member.user_id().to_owned(),
+            device_id: member.device_id(),
+            chains: records,
+            requested,
+        });
+        Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
+    }
+
+    /// Checks a list of members to add: not this device, within the limit
+    /// with `existing`; duplicates and members already in `existing` are
+    /// dropped.
+    fn new_members(&self, existing: &[Member], members: &[Address]) -> Result<Vec<Address>, DeviceError> {
+        let mut seen: BTreeSet<(&str, u32)> =
+            existing.iter().map(|m| (m.address.user_id(), m.address.device_id())).collect();
+        let mut out = Vec::new();
+        for member in members {
+            if *member == self.address {
+                return Err(GroupError::SelfAsMember.into());
+            }
+            if seen.insert((member.user_id(), member.device_id())) {
+                out.push(member.clone());
+            }
+        }
+        if existing.len().saturating_add(out.len()) > MAX_GROUP_MEMBERS {
+            return Err(GroupError::TooManyMembers { max: MAX_GROUP_MEMBERS }.into());
+        }
+        Ok(out)
+    }
+
+    /// Creates a group with `members` (the other member devices; this device
+    /// is always one). The app owns the roster: it tells each of its devices
+    /// who is in the group, and this device gives its chain to exactly those
+    /// members, and reads messages from exactly those.
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`], [`GroupError::AlreadyExists`],
+    /// [`GroupError::SelfAsMember`], [`GroupError::TooManyMembers`]; a store
+    /// error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use samizdat::{address::Address, device::{Device, MessageKind}, store::MemoryBackend};
+    ///
+    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// alice.start_session(&bob.prekey_bundle()?)?;
+    /// alice.create_group(b"book club", &[bob.address().clone()])?;
+    /// bob.create_group(b"book club", &[alice.address().clone()])?;
+    ///
+    /// let sent = alice.group_encrypt(b"book club", b"hello all")?;
+    /// // First Alice's chain, in a one-to-one message, then the group message.
+    /// for outgoing in &sent.distributions {
+    ///     let pending = bob.decrypt(alice.address(), &outgoing.message)?;
+    ///     assert_eq!(pending.kind(), MessageKind::Control);
+    ///     bob.commit(pending)?;
+    /// }
+    /// let pending = bob.decrypt(alice.address(), &sent.message)?;
+    /// assert_eq!((pending.kind(), pending.plaintext()), (MessageKind::Group, &b"hello all"[..]));
+    /// bob.commit(pending)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_group(&self, group_id: &[u8], members: &[Address]) -> Result<(), DeviceError> {
+        self.check_process()?;
+        let group_id = self::group_id(group_id)?;
+        let members = self.new_members(&[], members)?;
+        let _guard = lock(&self.group_lock);
+        retry_on_conflict(|| {
+            if self.load_roster(&group_id)?.is_some() {
+                return Err(GroupError::AlreadyExists.into());
+            }
+            let roster = Roster {
+                group_id: group_id.clone(),
+                members: members
+                    .iter()
+                    .map(|address| Member { address: address.clone(), has_chain: false, given_at: 0, answered: 0 })
+                    .collect(),
+            };
+            let mut writes = vec![
+                self.roster_write(&roster, Expected::Absent),
+                self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Absent),
+            ];
+            for member in &members {
+                let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
+                let expected = Expected::read(self.backend.get(Table::Groups, &key)?);
+                writes.push(self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), expected));
+            }
+            Ok(self.backend.apply(&writes)?)
+        })
+    }
+
+    /// The member devices of a group (besides this one), in the order they
+    /// were added.
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
+    pub fn group_members(&self, group_id: &[u8]) -> Result<Vec<Address>, DeviceError> {
+        self.check_process()?;
+        let roster = self.load_roster(&self::group_id(group_id)?)?.ok_or(GroupError::UnknownGroup)?;
+        Ok(roster.value.members.into_iter().map(|m| m.address).collect())
+    }
+
+    /// Adds member devices to a group. The next message gives them our
+    /// current chain at its current iteration: they cannot read what was
+    /// sent before they joined. Members already in the group are left as
+    /// they are.
+    ///
+    /// # Errors
+    /// As [`Self::create_group`]; [`GroupError::UnknownGroup`].
+    pub fn add_group_members(&self, group_id: &[u8], members: &[Address]) -> Result<(), DeviceError> {
+        self.check_process()?;
+        let group_id = self::group_id(group_id)?;
+        let _guard = lock(&self.group_lock);
+        retry_on_conflict(|| {
+            let mut roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
+            let mut own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
+            let added = self.new_members(&roster.value.members, members)?;
+            if added.is_empty() {
+                return Ok(());
+            }
+            let mut writes = Vec::with_capacity(added.len().saturating_add(2));
+            for member in &added {
+                roster.value.members.push(Member {
+                    address: member.clone(),
+                    has_chain: false,
+                    given_at: 0,
+                    answered: 0,
+                });
+                let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
+                let expected = Expected::read(self.backend.get(Table::Groups, &key)?);
+                writes.push(self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), expected));
+            }
+            own.value.distributed = false;
+            writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
+            writes.push(self.own_write(&group_id, &own.value, Expected::Value(own.sealed)));
+            Ok(self.backend.apply(&writes)?)
+        })
+    }
+
+    /// Removes member devices from a group: their chains are deleted (their
+    /// messages are refused from now on, [`GroupError::NotMember`]), and our
+    /// chain is dropped, so that our next message starts a new chain that
+    /// only the remaining members receive: the removed devices cannot read
+    /// anything we send after this call. Every other member device rotates
+    /// likewise when its app removes them there. Names that are not members
+    /// are ignored; if none is, nothing changes.
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
+    pub fn remove_group_members(&self, group_id: &[u8], members: &[Address]) -> Result<(), DeviceError> {
+        self.check_process()?;
+        let group_id = self::group_id(group_id)?;
+        let _guard = lock(&self.group_lock);
+        retry_on_conflict(|| {
+            let mut roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
+            let own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
+            let before = roster.value.members.len();
+            roster.value.members.retain(|m| !members.contains(&m.address));
+            if roster.value.members.len() == before {
+                return Ok(());
+            }
+            let mut writes = Vec::new();
+            for member in members {
+                let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
+                if let Some(sealed) = self.backend.get(Table::Groups, &key)? {
+                    writes.push(Write { table: Table::Groups, key, value: None, expected: Expected::Value(sealed) });
+                }
+            }
+            // Rotation: the remaining members get a new chain with our next message.
+            for member in &mut roster.value.members {
+                *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
+            }
+            writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
+            writes.push(self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Value(own.sealed)));
+            Ok(self.backend.apply(&writes)?)
+        })
+    }
+
+    /// Deletes a group from this device (leaving it): its roster, our chain
+    /// and every member's chains. Messages of the group are refused from
+    /// then on ([`GroupError::UnknownGroup`]).
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
+    pub fn delete_group(&self, group_id: &[u8]) -> Result<(), DeviceError> {
+        self.check_process()?;
+        let group_id = self::group_id(group_id)?;
+        let _guard = lock(&self.group_lock);
+        retry_on_conflict(|| {
+            let roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
+            let mut writes = Vec::new();
+            let mut delete = |key: Vec<u8>| -> Result<(), StoreError> {
+                if let Some(sealed) = self.backend.get(Table::Groups, &key)? {
+                    writes.push(Write { table: Table::Groups, key, value: None, expected: Expected::Value(sealed) });
+                }
+                Ok(())
+            };
+            for member in &roster.value.members {
+                delete(self.group_row(GroupRowKind::Member, &group_id, Some(&member.address)))?;
+            }
+            delete(self.group_row(GroupRowKind::OwnChain, &group_id, None))?;
+            writes.push(Write {
+                table: Table::Groups,
+                key: self.group_row(GroupRowKind::Roster, &group_id, None),
+                value: None,
+                expected: Expected::Value(roster.sealed),
+            });
+            Ok(self.backend.apply(&writes)?)
+        })
+    }
+
+    /// Encrypts `plaintext` for the group, and gives our current chain to the
+    /// members that lack it (after [`Self::create_group`], an add, or a
+    /// removal, which starts a new chain). Everything is committed before it
+    /// returns, in one transaction: the chain's key is never used twice.
+    /// Send [`GroupSend::distributions`] first (to their recipients) and the
+    /// group message to every member.
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`],
+    /// [`GroupError::Encrypt`]; a session error of a distribution; a store
+    /// error. Nothing was written.
+    pub fn group_encrypt(&self, group_id: &[u8], plaintext: &[u8]) -> Result<GroupSend, DeviceError> {
+        self.check_process()?;
+        let group_id = self::group_id(group_id)?;
+        let _guard = lock(&self.group_lock);
+        // The members that will need the chain: lock their sessions first
+        // (in row key order, as every call that locks several does).
+        let lacking = match self.load_own(&group_id)? {
+            Some(own) if own.value.chain.is_some() && own.value.distributed => Vec::new(),
+            Some(_) => {
+                let roster = self.load_roster(&group_id)?.ok_or_else(corrupt)?;
+                let mut rows: Vec<Vec<u8>> = roster
+                    .value
+                    .members
+                    .iter()
+                    .filter(|m| !m.has_chain)
+                    .map(|m| self.sealer.address_key(&m.address))
+                    .collect();
+                rows.sort();
+                rows
+            }
+            None => return Err(GroupError::UnknownGroup.into()),
+        };
+        let locks: Vec<_> = lacking.iter().map(|row| self.peer_lock(row)).collect();
+        let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
+        retry_on_conflict(|| self.group_encrypt_once(&group_id, plaintext))
+    }
+
+    fn group_encrypt_once(&self, group_id: &GroupId, plaintext: &[u8]) -> Result<GroupSend, DeviceError> {
+        let mut rng = crate::os_rng();
+        let mut own = self.load_own(group_id)?.ok_or(GroupError::UnknownGroup)?;
+        let mut writes = Vec::new();
+        let mut distributions = Vec::new();
+        let mut without_session = Vec::new();
+        let mut chain = match own.value.chain.take() {
+            Some(chain) => chain,
+            None => {
+                own.value.distributed = false;
+                OwnChain::generate(&mut rng)
+            }
+        };
+        if !own.value.distributed {
+            let mut roster = self.load_roster(group_id)?.ok_or_else(corrupt)?;
+            let distribution = chain.distribution(group_id, chain.iteration());
+            let content = Control::Distribution(distribution).to_bytes();
+            for member in roster.value.members.iter_mut().filter(|m| !m.has_chain) {
+                let row = self.sealer.address_key(&member.address);
+                let (mut loaded, mut record) = self.load_record(&row)?;
+                if !record.has_session() {
+                    without_session.push(member.address.clone());
+                    continue;
+                }
+                let message = record.encrypt_content(&mut rng, &content, ContentType::Control)?;
+                writes.extend(self.record_writes(&row, &member.address, &mut record, &mut loaded)?);
+                distributions.push(Outgoing { to: member.address.clone(), message });
+                *member = Member { address: member.address.clone(), has_chain: true, given_at: chain.iteration(), answered: 0 };
+            }
+            own.value.distributed = without_session.is_empty();
+            if !distributions.is_empty() {
+                writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
+            }
+        }
+        let message = chain.encrypt(&mut rng, group_id, &self.address, plaintext).map_err(GroupError::from)?;
+        own.value.chain = Some(chain);
+        writes.push(self.own_write(group_id, &own.value, Expected::Value(own.sealed)));
+        // A ciphertext whose write is refused is dropped, never returned.
+        self.backend.apply(&writes)?;
+        Ok(GroupSend { message: message.to_bytes(), distributions, without_session })
+    }
+
+    /// Phase 1 of a group message from `peer`: decrypts it without changing
+    /// anything (but see [`GroupError::MissingChain`]).
+    pub(super) fn decrypt_group(&self, peer: &Address, message: &GroupMessage) -> Result<PendingMessage, DeviceError> {
+        let group_id = GroupId::new(message.group_id()).ok_or(GroupError::InvalidGroupId)?;
+        let (key, loaded) = self.load_member(&group_id, peer)?;
+        let Some(loaded) = loaded else {
+            return Err(match self.load_roster(&group_id)? {
+                Some(_) => GroupError::NotMember,
+                None => GroupError::UnknownGroup,
+            }
+            .into());
+        };
+        match loaded.value.plan_decrypt(peer, message) {
+            Ok((plaintext, plan)) => {
+                let mut chains = loaded.value;
+                chains.apply(plan);
+                Ok(PendingMessage {
+                    device: self.identity.public_key(),
+                    peer: peer.clone(),
+                    inner: Inner::Group(GroupPending {
+                        group_id: group_id.as_bytes().to_vec(),
+                        plaintext,
+                        row: key,
+                        sealed: loaded.sealed,
+                        chains,
+                        user: peer.clone(),
+                    }),
+                })
+            }
+            Err(crate::group::GroupDecrypt::Failed(error)) => Err(GroupError::Decrypt(error).into()),
+            Err(crate::group::GroupDecrypt::MissingChain) => {
+                let request = self.request_chain(&group_id, peer, message)?;
+                Err(GroupError::MissingChain { chain_id: message.chain_id(), request }.into())
+            }
+        }
+    }
+
+    /// Makes a request for the chain of `message` to `peer`, if the limits
+    /// allow one and there is a session: the request is encrypted and both
+    /// rows (the session, the member's request count) written in one
+    /// transaction before it is returned.
+    fn request_chain(
+        &self,
+        group_id: &GroupId,
+        peer: &Address,
+        message: &GroupMessage,
+    ) -> Result<Option<Vec<u8>>, DeviceError> {
+        let _group_guard = lock(&self.group_lock);
+        let row = self.sealer.address_key(peer);
+        let peer_lock = self.peer_lock(&row);
+        let _guard = lock(&peer_lock);
+        retry_on_conflict(|| {
+            let (key, Some(mut chains)) = self.load_member(group_id, peer)? else { return Ok(None) };
+            // It may have arrived meanwhile; then decrypt again.
+            if chains.value.has_chain(message.chain_id()) || !chains.value.count_request(message.chain_id()) {
+                return Ok(None);
+            }
+            let (mut loaded, mut record) = self.load_record(&row)?;
+            if !record.has_session() {
+                return Ok(None);
+            }
+            let content = Control::Request(Request {
+                group_id: group_id.clone(),
+                chain_id: message.chain_id(),
+                iteration: message.iteration(),
+            })
+            .to_bytes();
+            let request = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+            let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
+            writes.push(self.member_write(key, group_id.as_bytes(), peer, &chains.value, Expected::Value(chains.sealed)));
+            self.backend.apply(&writes)?;
+            Ok(Some(request))
+        })
+    }
+
+    /// What the commit of control content from `peer` will do, decided
+    /// now, from the rows as they are (PROTOCOL.md 18.6, 18.7).
+    ///
+    /// # Errors
+    /// [`SessionError::Malformed`] for content that does not parse (the
+    /// message is refused, nothing changes); a store error.
+    pub(super) fn plan_control(&self, peer: &Address, content: &[u8]) -> Result<ControlAction, DeviceError> {
+        let control = Control::from_bytes(content).map_err(SessionError::from)?;
+        match control {
+            Control::Distribution(distribution) => {
+                let group_id = distribution.group_id.clone();
+                let (row, loaded) = self.load_member(&group_id, peer)?;
+                let Some(mut loaded) = loaded else { return Ok(ControlAction::Ignored(group_id.as_bytes().to_vec())) };
+                if !loaded.value.receive(&distribution) {
+                    return Ok(ControlAction::Ignored(group_id.as_bytes().to_vec()));
+                }
+                Ok(ControlAction::Store {
+                    group_id: group_id.as_bytes().to_vec(),
+                    row,
+                    sealed: loaded.sealed,
+                    chains: loaded.value,
+                })
+            }
+            Control::Request(request) => {
+                let ignored = || ControlAction::Ignored(request.group_id.as_bytes().to_vec());
+                let (Some(mut roster), Some(own)) = (self.load_roster(&request.group_id)?, self.load_own(&request.group_id)?)
+                else {
+                    return Ok(ignored());
+                };
+                let Some(chain) = &own.value.chain else { return Ok(ignored()) };
+                let Some(member) = roster.value.members.iter_mut().find(|m| m.address == *peer) else {
+                    return Ok(ignored());
+                };
+                // A request for an old chain of ours (rotated away) or for one
+                // the member already holds from later on gets the current
+                // chain, from the iteration asked for (never from before the
+                // member was first given it): at most MAX_GROUP_KEY_REQUESTS
+                // answers per member and chain.
+                if member.answered >= MAX_GROUP_KEY_REQUESTS {
+                    return Ok(ignored());
+                }
+                let from = if request.chain_id != chain.chain_id() {
+                    chain.iteration()
+                } else if member.has_chain {
+                    request.iteration.max(member.given_at)
+                } else {
+                    chain.iteration()
+                };
+                let distribution = chain.distribution(&request.group_id, from);
+                if !member.has_chain {
+                    member.given_at = distribution.iteration;
+                }
+                member.has_chain = true;
+                member.answered = member.answered.saturating_add(1);
+                Ok(ControlAction::Answer {
+                    group_id: request.group_id.clone(),
+                    roster,
+                    own,
+                    distribution: Box::new(distribution),
+                })
+            }
+        }
+    }
+
+    /// The writes of a control message's action on top of its session's
+    /// (`record`, already committed), and the answer to send, if any.
+    pub(super) fn control_writes(
+        &self,
+        action: ControlAction,
+        peer: &Address,
+        record: &mut SessionRecord,
+    ) -> Result<(Vec<Write>, Option<Outgoing>), DeviceError> {
+        match action {
+            ControlAction::Ignored(_) => Ok((Vec::new(), None)),
+            ControlAction::Store { group_id, row, sealed, chains } => {
+                Ok((vec![self.member_write(row, &group_id, peer, &chains, Expected::Value(sealed))], None))
+            }
+            ControlAction::Answer { group_id, roster, own, distribution } => {
+                let content = Control::Distribution(*distribution).to_bytes();
+                let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+                // Our chain must still be the one the answer gives: rewritten
+                // as it was, conditionally.
+                let mut own_row = own.value;
+                own_row.distributed = own_row.chain.is_some() && roster.value.members.iter().all(|m| m.has_chain);
+                Ok((
+                    vec![
+                        self.roster_write(&roster.value, Expected::Value(roster.sealed)),
+                        self.own_write(&group_id, &own_row, Expected::Value(own.sealed)),
+                    ],
+                    Some(Outgoing { to: peer.clone(), message }),
+                ))
+            }
+        }
+    }
+
+    /// Commits a group message: its sender's chains, conditionally on the
+    /// row the decryption read.
+    pub(super) fn commit_group(&self, pending: GroupPending) -> Result<(), DeviceError> {
+        let GroupPending { group_id, row, sealed, chains, user, .. } = pending;
+        let _guard = lock(&self.group_lock);
+        let write = self.member_write(row, &group_id, &user, &chains, Expected::Value(sealed));
+        match self.backend.apply(&[write]) {
+            Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
+            result => Ok(result?),
+        }
+    }
+}
+
+impl From<GroupError> for DeviceError {
+    fn from(error: GroupError) -> Self {
+        Self::Group(error)
+    }
+}

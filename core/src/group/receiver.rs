@@ -1,0 +1,318 @@
+//! The chains this device keeps for one sender of one group, and the
+//! decryption of that sender's messages.
+
+use std::collections::VecDeque;
+
+use samizdat_proto::storage;
+use zeroize::Zeroizing;
+
+use super::{Distribution, GroupMessage, open};
+use crate::{
+    DecodeError, DecryptError,
+    address::Address,
+    keys::{IdentityKey, Secret32},
+    limits::{
+        MAX_GROUP_KEY_REQUESTS, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_REQUESTED_CHAINS,
+        MAX_SENDER_CHAINS, MAX_SKIP,
+    },
+    ratchet::chain::ChainKey,
+};
+
+/// Bytes of a message's salt kept per decrypted iteration.
+const SALT_TAG_LEN: usize = 8;
+type SaltTag = [u8; SALT_TAG_LEN];
+
+fn salt_tag(message: &GroupMessage) -> SaltTag {
+    message.salt.first_chunk::<SALT_TAG_LEN>().copied().unwrap_or_default()
+}
+
+/// One chain of a sender.
+#[derive(Clone)]
+struct Chain {
+    chain_id: u32,
+    signing_key: IdentityKey,
+    /// The chain key at the next iteration expected.
+    chain: ChainKey,
+    /// Seeds of skipped iterations, in increasing order.
+    skipped: VecDeque<(u32, Secret32)>,
+    /// Decrypted iterations with their messages' salt tags, oldest first.
+    used: VecDeque<(u32, SaltTag)>,
+}
+
+/// The chains of one sender of one group, and the chain ids asked of it.
+#[derive(Clone, Default)]
+pub(crate) struct SenderChains {
+    /// Oldest first; the last is the newest.
+    chains: VecDeque<Chain>,
+    requested: Vec<(u32, u32)>,
+}
+
+/// How a decryption changes a sender's chains; applied by
+/// [`SenderChains::apply`] on the value it was made on.
+pub(crate) struct GroupPlan {
+    chain: usize,
+    kind: PlanKind,
+    used: (u32, SaltTag),
+}
+
+enum PlanKind {
+    /// The key was a skipped one, at this position.
+    Skipped(usize),
+    /// The chain advanced: its new key, and the keys skipped on the way.
+    Advance { chain: ChainKey, skipped: Vec<(u32, Secret32)> },
+}
+
+/// Why a group message did not decrypt on a sender's chains.
+#[derive(Debug)]
+pub(crate) enum GroupDecrypt {
+    /// No chain of this sender has the message's chain id.
+    MissingChain,
+    /// The message does not decrypt (forged, duplicate, too far ahead ...).
+    Failed(DecryptError),
+}
+
+impl From<DecryptError> for GroupDecrypt {
+    fn from(error: DecryptError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl SenderChains {
+    /// Whether a chain with this id is kept.
+    pub(crate) fn has_chain(&self, chain_id: u32) -> bool {
+        self.chains.iter().any(|c| c.chain_id == chain_id)
+    }
+
+    /// How many skipped keys are kept, over every chain.
+    pub(crate) fn skipped_count(&self) -> usize {
+        self.chains.iter().map(|c| c.skipped.len()).sum()
+    }
+
+    /// How many chains are kept.
+    #[cfg(test)]
+    pub(crate) fn chain_count(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// Decrypts `message` from `sender` without changing anything
+    /// (PROTOCOL.md 18.5): the chain, then the signature, then the
+    /// iteration, and only then the keys and the body. A forged message
+    /// costs one signature verification and derives no key.
+    pub(crate) fn plan_decrypt(
+        &self,
+        sender: &Address,
+        message: &GroupMessage,
+    ) -> Result<(Zeroizing<Vec<u8>>, GroupPlan), GroupDecrypt> {
+        let forged = || GroupDecrypt::Failed(DecryptError::Unauthenticated);
+        let (index, chain) = self
+            .chains
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, c)| c.chain_id == message.chain_id)
+            .ok_or(GroupDecrypt::MissingChain)?;
+        if !chain.signing_key.verify(&message.signed_bytes(sender), &message.signature) {
+            return Err(forged());
+        }
+        let iteration = message.iteration;
+        let tag = salt_tag(message);
+        let (seed, kind) = if iteration < chain.chain.index() {
+            let Some(position) = chain.skipped.iter().position(|(i, _)| *i == iteration) else {
+                // Signed by the sender: a replay, or its state went back.
+                return Err(match chain.used.iter().find(|(i, _)| *i == iteration) {
+                    Some((_, used)) if *used != tag => DecryptError::Rollback { counter: iteration },
+                    _ => DecryptError::Duplicate { counter: iteration },
+                }
+                .into());
+            };
+            let seed = chain.skipped.get(position).map(|(_, seed)| seed.clone()).ok_or_else(forged)?;
+            (seed, PlanKind::Skipped(position))
+        } else {
+            let gap = iteration.saturating_sub(chain.chain.index());
+            if gap > MAX_SKIP {
+                return Err(DecryptError::TooFarAhead { gap, max: MAX_SKIP }.into());
+            }
+            let mut key = chain.chain.clone();
+            let mut skipped = Vec::with_capacity(usize::try_from(gap).unwrap_or(0));
+            while key.index() < iteration {
+                let seed = key.message_key().seed().cloned().ok_or_else(forged)?;
+                skipped.push((key.index(), seed));
+                key = key.next().ok_or_else(forged)?;
+            }
+            let seed = key.message_key().seed().cloned().ok_or_else(forged)?;
+            // A sender never uses the last iteration (its chain would not step).
+            let next = key.next().ok_or_else(forged)?;
+            (seed, PlanKind::Advance { chain: next, skipped })
+        };
+        let ad = message.associated_data(sender);
+        let plaintext = open(&seed, &message.salt, &ad, &message.body).ok_or_else(forged)?;
+        Ok((plaintext, GroupPlan { chain: index, kind, used: (iteration, tag) }))
+    }
+
+    /// Applies a plan made by [`Self::plan_decrypt`] on this very value,
+    /// then evicts past the limits.
+    pub(crate) fn apply(&mut self, plan: GroupPlan) {
+        if let Some(chain) = self.chains.get_mut(plan.chain) {
+            match plan.kind {
+                PlanKind::Skipped(position) => {
+                    chain.skipped.remove(position);
+                }
+                PlanKind::Advance { chain: key, skipped } => {
+                    chain.chain = key;
+                    chain.skipped.extend(skipped);
+                }
+            }
+            chain.used.push_back(plan.used);
+        }
+        self.evict();
+    }
+
+    /// The oldest skipped keys and used iterations go first past the limits.
+    fn evict(&mut self) {
+        let mut excess = self.skipped_count().saturating_sub(MAX_GROUP_SKIPPED_KEYS);
+        for chain in &mut self.chains {
+            let drop = excess.min(chain.skipped.len());
+            chain.skipped.drain(..drop);
+            excess = excess.saturating_sub(drop);
+        }
+        let mut excess = self.chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_GROUP_USED_ITERATIONS);
+        for chain in &mut self.chains {
+            let drop = excess.min(chain.used.len());
+            chain.used.drain(..drop);
+            excess = excess.saturating_sub(drop);
+        }
+    }
+
+    /// Takes in a distribution from the sender (PROTOCOL.md 18.6). A chain
+    /// already kept with the same id and signing key is kept as it is (a
+    /// copy of a chain never takes it back to an earlier iteration, which
+    /// would let a replayed distribution decrypt messages twice); one with
+    /// another signing key is replaced. A new chain becomes the newest, and
+    /// past [`MAX_SENDER_CHAINS`] the oldest is dropped. Returns whether
+    /// anything changed.
+    pub(crate) fn receive(&mut self, distribution: &Distribution) -> bool {
+        let chain = Chain {
+            chain_id: distribution.chain_id,
+            signing_key: distribution.signing_key,
+            chain: ChainKey::new(distribution.chain_key.clone(), distribution.iteration),
+            skipped: VecDeque::new(),
+            used: VecDeque::new(),
+        };
+        let was_requested = self.requested.iter().any(|(id, _)| *id == distribution.chain_id);
+        self.requested.retain(|(id, _)| *id != distribution.chain_id);
+        if let Some(position) = self.chains.iter().position(|c| c.chain_id == distribution.chain_id) {
+            if self.chains.get(position).is_some_and(|c| c.signing_key == distribution.signing_key) {
+                return was_requested;
+            }
+            self.chains.remove(position);
+        }
+        self.chains.push_back(chain);
+        while self.chains.len() > MAX_SENDER_CHAINS {
+            self.chains.pop_front();
+        }
+        self.evict();
+        true
+    }
+
+    /// Counts a request for `chain_id` if the limits allow one: at most
+    /// [`MAX_GROUP_KEY_REQUESTS`] per chain id, and at most
+    /// [`MAX_REQUESTED_CHAINS`] chain ids asked and not received.
+    pub(crate) fn count_request(&mut self, chain_id: u32) -> bool {
+        if let Some((_, count)) = self.requested.iter_mut().find(|(id, _)| *id == chain_id) {
+            if *count >= MAX_GROUP_KEY_REQUESTS {
+                return false;
+            }
+            *count = count.saturating_add(1);
+            return true;
+        }
+        if self.requested.len() >= MAX_REQUESTED_CHAINS {
+            return false;
+        }
+        self.requested.push((chain_id, 1));
+        true
+    }
+
+    pub(crate) fn to_records(&self) -> (Vec<storage::SenderChain>, Vec<storage::RequestedChain>) {
+        let chains = self
+            .chains
+            .iter()
+            .map(|c| storage::SenderChain {
+                chain_id: c.chain_id,
+                signing_key: c.signing_key.as_bytes().to_vec(),
+                iteration: c.chain.index(),
+                chain_key: c.chain.as_secret().as_bytes().to_vec(),
+                skipped: c
+                    .skipped
+                    .iter()
+                    .map(|(iteration, seed)| storage::GroupSkippedKey {
+                        iteration: *iteration,
+                        seed: seed.as_bytes().to_vec(),
+                    })
+                    .collect(),
+                used: c.used.iter().flat_map(|(i, tag)| i.to_be_bytes().into_iter().chain(*tag)).collect(),
+            })
+            .collect();
+        let requested =
+            self.requested.iter().map(|(chain_id, count)| storage::RequestedChain { chain_id: *chain_id, count: *count }).collect();
+        (chains, requested)
+    }
+
+    /// Loads stored chains, checking every field and every limit.
+    pub(crate) fn from_records(
+        chains: &[storage::SenderChain],
+        requested: &[storage::RequestedChain],
+    ) -> Result<Self, DecodeError> {
+        if chains.len() > MAX_SENDER_CHAINS {
+            return Err(DecodeError::InvalidValue("sender.chains"));
+        }
+        if requested.len() > MAX_REQUESTED_CHAINS
+            || requested.iter().any(|r| r.count == 0 || r.count > MAX_GROUP_KEY_REQUESTS)
+        {
+            return Err(DecodeError::InvalidValue("sender.requested"));
+        }
+        let mut out = Self {
+            chains: VecDeque::with_capacity(chains.len()),
+            requested: requested.iter().map(|r| (r.chain_id, r.count)).collect(),
+        };
+        for c in chains {
+            if out.chains.iter().any(|kept| kept.chain_id == c.chain_id) {
+                return Err(DecodeError::InvalidValue("sender.chain_id"));
+            }
+            let mut skipped = VecDeque::with_capacity(c.skipped.len());
+            for key in &c.skipped {
+                if key.iteration >= c.iteration || skipped.back().is_some_and(|(last, _)| *last >= key.iteration) {
+                    return Err(DecodeError::InvalidValue("sender.skipped"));
+                }
+                skipped.push_back((key.iteration, Secret32::from_slice(&key.seed, "sender.skipped.seed")?));
+            }
+            if c.used.len() % (4 + SALT_TAG_LEN) != 0 {
+                return Err(DecodeError::InvalidLength {
+                    field: "sender.used",
+                    expected: c.used.len().next_multiple_of(4 + SALT_TAG_LEN),
+                    actual: c.used.len(),
+                });
+            }
+            let used = c
+                .used
+                .chunks_exact(4 + SALT_TAG_LEN)
+                .filter_map(|entry| {
+                    let (iteration, tag) = entry.split_first_chunk::<4>()?;
+                    Some((u32::from_be_bytes(*iteration), tag.first_chunk::<SALT_TAG_LEN>().copied()?))
+                })
+                .collect();
+            out.chains.push_back(Chain {
+                chain_id: c.chain_id,
+                signing_key: IdentityKey::from_stored_slice(&c.signing_key, "sender.signing_key")?,
+                chain: ChainKey::new(Secret32::from_slice(&c.chain_key, "sender.chain_key")?, c.iteration),
+                skipped,
+                used,
+            });
+        }
+        if out.skipped_count() > MAX_GROUP_SKIPPED_KEYS
+            || out.chains.iter().map(|c| c.used.len()).sum::<usize>() > MAX_GROUP_USED_ITERATIONS
+        {
+            return Err(DecodeError::InvalidValue("sender.limits"));
+        }
+        Ok(out)
+    }
+}

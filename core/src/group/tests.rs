@@ -1,0 +1,277 @@
+//! Unit tests of the pure group protocol.
+
+use chacha20::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::{
+    DecryptError,
+    address::Address,
+    limits::{GROUP_RECOVERY_WINDOW, MAX_GROUP_SKIPPED_KEYS, MAX_SENDER_CHAINS, MAX_SKIP},
+};
+
+fn rng(seed: u8) -> ChaCha20Rng {
+    ChaCha20Rng::from_seed([seed; 32])
+}
+
+fn alice() -> Address {
+    Address::new("alice", 1).unwrap()
+}
+
+fn gid(bytes: &[u8]) -> GroupId {
+    GroupId::new(bytes).unwrap()
+}
+
+/// A sender's chain and a receiver that got it at iteration 0.
+fn setup() -> (ChaCha20Rng, OwnChain, SenderChains) {
+    let mut rng = rng(1);
+    let chain = OwnChain::generate(&mut rng);
+    let mut chains = SenderChains::default();
+    assert!(chains.receive(&chain.distribution(&gid(b"g"), 0)));
+    (rng, chain, chains)
+}
+
+fn decrypt(chains: &mut SenderChains, message: &GroupMessage) -> Result<Vec<u8>, GroupDecrypt> {
+    let (plaintext, plan) = chains.plan_decrypt(&alice(), message)?;
+    chains.apply(plan);
+    Ok(plaintext.to_vec())
+}
+
+fn failed(result: Result<Vec<u8>, GroupDecrypt>) -> DecryptError {
+    match result {
+        Err(GroupDecrypt::Failed(e)) => e,
+        other => panic!("expected a failure, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn round_trip_in_order_out_of_order_and_duplicates() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let messages: Vec<_> = (0..5)
+        .map(|i| chain.encrypt(&mut rng, &gid(b"g"), &alice(), format!("m{i}").as_bytes()).unwrap())
+        .collect();
+    assert_eq!(decrypt(&mut chains, &messages[0]).unwrap(), b"m0");
+    assert_eq!(decrypt(&mut chains, &messages[3]).unwrap(), b"m3");
+    assert_eq!(chains.skipped_count(), 2);
+    assert_eq!(decrypt(&mut chains, &messages[1]).unwrap(), b"m1");
+    assert_eq!(failed(decrypt(&mut chains, &messages[1])), DecryptError::Duplicate { counter: 1 });
+    assert_eq!(failed(decrypt(&mut chains, &messages[3])), DecryptError::Duplicate { counter: 3 });
+    assert_eq!(decrypt(&mut chains, &messages[4]).unwrap(), b"m4");
+    assert_eq!(decrypt(&mut chains, &messages[2]).unwrap(), b"m2");
+    assert_eq!(chains.skipped_count(), 0);
+}
+
+#[test]
+fn the_wire_form_round_trips_and_is_padded() {
+    let (mut rng, mut chain, _) = setup();
+    let message = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"hi").unwrap();
+    let bytes = message.to_bytes();
+    assert_eq!(GroupMessage::from_bytes(&bytes).unwrap(), message);
+    assert_eq!(message.body.len(), 64 + 16);
+    let long = chain.encrypt(&mut rng, &gid(b"g"), &alice(), &[7; 100]).unwrap();
+    assert_eq!(long.body.len(), 128 + 16);
+    // A one-to-one decoder does not take it; a group decoder takes nothing else.
+    assert_eq!(crate::wire::Message::from_bytes(&bytes), Err(DecodeError::UnknownKind));
+}
+
+#[test]
+fn a_forged_or_moved_message_is_refused_and_changes_nothing() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let message = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"hi").unwrap();
+    // Every byte of the body, salt and signature, and the header fields.
+    let mut variants = Vec::new();
+    for i in 0..message.body.len() {
+        let mut m = message.clone();
+        m.body[i] ^= 1;
+        variants.push(m);
+    }
+    for i in 0..SALT_LEN {
+        let mut m = message.clone();
+        m.salt[i] ^= 1;
+        variants.push(m);
+    }
+    for i in 0..64 {
+        let mut m = message.clone();
+        m.signature[i] ^= 1;
+        variants.push(m);
+    }
+    let mut other_group = message.clone();
+    other_group.group_id = gid(b"h");
+    variants.push(other_group);
+    let mut later = message.clone();
+    later.iteration = 1;
+    variants.push(later);
+    for variant in &variants {
+        assert_eq!(failed(decrypt(&mut chains, variant)), DecryptError::Unauthenticated);
+    }
+    // Attributed to another member: its address is signed.
+    let bob = Address::new("bob", 1).unwrap();
+    assert!(matches!(chains.plan_decrypt(&bob, &message), Err(GroupDecrypt::Failed(DecryptError::Unauthenticated))));
+    // Nothing changed: the genuine message decrypts.
+    assert_eq!(decrypt(&mut chains, &message).unwrap(), b"hi");
+    // A chain id this sender never gave.
+    let mut unknown = message.clone();
+    unknown.chain_id ^= 1;
+    assert!(matches!(decrypt(&mut chains, &unknown), Err(GroupDecrypt::MissingChain)));
+}
+
+#[test]
+fn a_sender_that_went_back_is_told_from_a_replay() {
+    let (mut rng, chain, mut chains) = setup();
+    let record = chain.to_record();
+    let mut first = OwnChain::from_record(&record).unwrap();
+    let mut restored = OwnChain::from_record(&record).unwrap();
+    let original = first.encrypt(&mut rng, &gid(b"g"), &alice(), b"one").unwrap();
+    let again = restored.encrypt(&mut rng, &gid(b"g"), &alice(), b"two").unwrap();
+    assert_eq!(original.iteration, again.iteration);
+    assert_ne!(original.salt, again.salt, "a restored sender salts its key anew");
+    assert_eq!(decrypt(&mut chains, &original).unwrap(), b"one");
+    assert_eq!(failed(decrypt(&mut chains, &again)), DecryptError::Rollback { counter: 0 });
+    assert_eq!(failed(decrypt(&mut chains, &original)), DecryptError::Duplicate { counter: 0 });
+}
+
+#[test]
+fn too_far_ahead_is_refused_at_the_limit() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let mut messages = Vec::new();
+    for i in 0..=MAX_SKIP + 1 {
+        messages.push(chain.encrypt(&mut rng, &gid(b"g"), &alice(), &i.to_be_bytes()).unwrap());
+    }
+    let last = messages.last().unwrap();
+    assert_eq!(failed(decrypt(&mut chains, last)), DecryptError::TooFarAhead { gap: MAX_SKIP + 1, max: MAX_SKIP });
+    // A gap of exactly MAX_SKIP is taken.
+    let at_limit = &messages[MAX_SKIP as usize];
+    assert!(decrypt(&mut chains, at_limit).is_ok());
+    assert_eq!(chains.skipped_count(), MAX_SKIP as usize);
+    assert!(chains.skipped_count() <= MAX_GROUP_SKIPPED_KEYS);
+}
+
+#[test]
+fn skipped_keys_are_evicted_oldest_first() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let mut messages = Vec::new();
+    for i in 0..(MAX_GROUP_SKIPPED_KEYS + 10) as u32 {
+        messages.push(chain.encrypt(&mut rng, &gid(b"g"), &alice(), &i.to_be_bytes()).unwrap());
+    }
+    decrypt(&mut chains, &messages[MAX_SKIP as usize]).unwrap();
+    let last = messages.last().unwrap();
+    decrypt(&mut chains, last).unwrap();
+    assert_eq!(chains.skipped_count(), MAX_GROUP_SKIPPED_KEYS);
+    // The oldest skipped keys went: a message on one of them is a duplicate.
+    assert!(matches!(failed(decrypt(&mut chains, &messages[0])), DecryptError::Duplicate { .. }));
+    assert!(decrypt(&mut chains, &messages[messages.len() - 2]).is_ok());
+}
+
+#[test]
+fn old_chains_are_kept_for_messages_in_flight_then_dropped() {
+    let mut rng = rng(4);
+    let mut chains = SenderChains::default();
+    let mut senders: Vec<OwnChain> = (0..=MAX_SENDER_CHAINS).map(|_| OwnChain::generate(&mut rng)).collect();
+    let in_flight: Vec<_> =
+        senders.iter_mut().map(|c| c.encrypt(&mut rng, &gid(b"g"), &alice(), b"late").unwrap()).collect();
+    for (i, sender) in senders.iter().enumerate() {
+        assert!(chains.receive(&sender.distribution(&gid(b"g"), 0)));
+        assert_eq!(chains.chain_count(), (i + 1).min(MAX_SENDER_CHAINS));
+    }
+    // The first chain was dropped; the others still open their messages.
+    assert!(matches!(decrypt(&mut chains, &in_flight[0]), Err(GroupDecrypt::MissingChain)));
+    for message in &in_flight[1..] {
+        assert_eq!(decrypt(&mut chains, message).unwrap(), b"late");
+    }
+    // The same distribution again changes nothing (no rewind).
+    assert!(!chains.receive(&senders[3].distribution(&gid(b"g"), 0)));
+    assert!(matches!(failed(decrypt(&mut chains, &in_flight[3])), DecryptError::Duplicate { .. }));
+}
+
+#[test]
+fn a_distribution_from_an_iteration_reads_nothing_before_it() {
+    let (mut rng, mut chain, _) = setup();
+    let early = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"before").unwrap();
+    let mut joined = SenderChains::default();
+    joined.receive(&chain.distribution(&gid(b"g"), chain.iteration()));
+    let late = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"after").unwrap();
+    assert!(matches!(failed(decrypt(&mut joined, &early)), DecryptError::Duplicate { counter: 0 }));
+    assert_eq!(decrypt(&mut joined, &late).unwrap(), b"after");
+}
+
+#[test]
+fn the_recovery_copy_trails_by_the_window_and_never_leads() {
+    let (mut rng, mut chain, _) = setup();
+    for _ in 0..GROUP_RECOVERY_WINDOW + 5 {
+        chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    }
+    let record = chain.to_record();
+    assert_eq!(record.iteration, GROUP_RECOVERY_WINDOW + 5);
+    assert_eq!(record.recovery_iteration, 5);
+    // Asked from before the window: from the window's start; from later: as asked.
+    assert_eq!(chain.distribution(&gid(b"g"), 0).iteration, 5);
+    assert_eq!(chain.distribution(&gid(b"g"), 100).iteration, 100);
+    assert_eq!(chain.distribution(&gid(b"g"), u32::MAX).iteration, GROUP_RECOVERY_WINDOW + 5);
+    // The copy at 100 is the chain at 100: it opens message 100 on.
+    let message = {
+        let mut copy = OwnChain::from_record(&record).unwrap();
+        copy.encrypt(&mut rng, &gid(b"g"), &alice(), b"next").unwrap()
+    };
+    let mut chains = SenderChains::default();
+    chains.receive(&chain.distribution(&gid(b"g"), 100));
+    assert_eq!(decrypt(&mut chains, &message).unwrap(), b"next");
+    // A stored chain whose copy is outside the window is refused.
+    let mut bad = record.clone();
+    bad.recovery_iteration = 0;
+    assert!(OwnChain::from_record(&bad).is_err());
+    bad.recovery_iteration = bad.iteration + 1;
+    assert!(OwnChain::from_record(&bad).is_err());
+}
+
+#[test]
+fn stored_chains_round_trip_and_bad_records_are_refused() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let messages: Vec<_> = (0..4).map(|_| chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap()).collect();
+    decrypt(&mut chains, &messages[2]).unwrap();
+    chains.count_request(77);
+    let (records, requested) = chains.to_records();
+    let mut loaded = SenderChains::from_records(&records, &requested).unwrap();
+    assert_eq!(loaded.to_records(), (records.clone(), requested.clone()));
+    assert_eq!(decrypt(&mut loaded, &messages[0]).unwrap(), b"x");
+    assert!(matches!(failed(decrypt(&mut loaded, &messages[2])), DecryptError::Duplicate { .. }));
+    let refused = |edit: &dyn Fn(&mut Vec<samizdat_proto::storage::SenderChain>)| {
+        let mut bad = records.clone();
+        edit(&mut bad);
+        SenderChains::from_records(&bad, &requested).is_err()
+    };
+    assert!(refused(&|c| c[0].chain_key.pop().map(|_| ()).unwrap()));
+    assert!(refused(&|c| c[0].skipped.reverse()));
+    assert!(refused(&|c| c[0].skipped[0].iteration = 3));
+    assert!(refused(&|c| c[0].used.push(0)));
+    assert!(refused(&|c| c[0].signing_key.truncate(31)));
+    assert!(refused(&|c| {
+        let copy = c[0].clone();
+        c.push(copy);
+    }));
+}
+
+#[test]
+fn requests_are_bounded_per_chain_and_per_sender() {
+    let mut chains = SenderChains::default();
+    for id in 0..crate::limits::MAX_REQUESTED_CHAINS as u32 {
+        for _ in 0..crate::limits::MAX_GROUP_KEY_REQUESTS {
+            assert!(chains.count_request(id));
+        }
+        assert!(!chains.count_request(id));
+    }
+    assert!(!chains.count_request(1_000));
+}
+
+#[test]
+fn control_content_round_trips_and_junk_is_refused() {
+    let (_, chain, _) = setup();
+    let distribution = Control::Distribution(chain.distribution(&gid(b"g"), 0));
+    assert_eq!(Control::from_bytes(&distribution.to_bytes()).unwrap(), distribution);
+    let request = Control::Request(Request { group_id: gid(b"g"), chain_id: 9, iteration: 4 });
+    assert_eq!(Control::from_bytes(&request.to_bytes()).unwrap(), request);
+    assert_eq!(Control::from_bytes(&[]), Err(DecodeError::UnknownKind));
+    assert!(Control::from_bytes(&[0x0a, 0x01]).is_err());
+    // A group id of 65 bytes.
+    let long = Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0 });
+    assert!(Control::from_bytes(&long.to_bytes()).is_err());
+}
