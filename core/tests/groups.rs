@@ -1,0 +1,291 @@
+//! Groups through the Device API: the scenarios of issue 14's "done when".
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use samizdat::{
+    DecryptError, SessionError,
+    address::Address,
+    device::{Device, DeviceError, GroupError, MessageKind},
+    store::{Backend, MemoryBackend, Table},
+};
+use support::group::{Got, World, address, missing_chain};
+
+const G: &[u8] = b"g1";
+
+fn decrypt_error(result: Result<Got, DeviceError>) -> DecryptError {
+    match result {
+        Err(DeviceError::Group(GroupError::Decrypt(e))) => e,
+        other => panic!("expected a group decryption error, got {other:?}"),
+    }
+}
+
+fn snapshot(device: &Device<MemoryBackend>) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    Table::ALL.iter().map(|&t| device.backend().scan(t).unwrap()).collect()
+}
+
+/// Five members, every one sending, delivered out of order; a removal after
+/// which no removed device reads anything; the member added back reads from
+/// then on only; distributions only to those that lack the chain.
+#[test]
+fn five_members_out_of_order_with_a_removal_and_a_member_added_back() {
+    let world = World::new(5);
+    world.create(G, &[0, 1, 2, 3, 4]);
+    // Every member sends three messages; every other member receives them
+    // in reverse order.
+    let mut sent = Vec::new();
+    for from in 0..5 {
+        let first = world.send(from, G, format!("{from}:0").as_bytes());
+        assert_eq!(first.distributions.len(), 4, "the chain goes to every other member once");
+        let mut messages = vec![first.message];
+        for k in 1..3 {
+            let next = world.send(from, G, format!("{from}:{k}").as_bytes());
+            assert!(next.distributions.is_empty(), "never re-sent to members that have it");
+            messages.push(next.message);
+        }
+        sent.push(messages);
+    }
+    for (from, messages) in sent.iter().enumerate() {
+        for to in (0..5).filter(|&to| to != from) {
+            for (k, message) in messages.iter().enumerate().rev() {
+                assert_eq!(
+                    world.receive(from, to, message).unwrap(),
+                    Got::Group(format!("{from}:{k}").into_bytes())
+                );
+            }
+        }
+    }
+    // Member 4 is removed everywhere (its own device is told too).
+    for i in 0..4 {
+        world.device(i).remove_group_members(G, &[address(4)]).unwrap();
+    }
+    for from in 0..4 {
+        let after = world.send(from, G, format!("{from} after").as_bytes());
+        assert_eq!(after.distributions.len(), 3, "a new chain, to the remaining members only");
+        assert!(after.distributions.iter().all(|d| d.to != address(4)));
+        for to in (0..4).filter(|&to| to != from) {
+            assert_eq!(world.receive(from, to, &after.message).unwrap(), Got::Group(format!("{from} after").into_bytes()));
+        }
+        // The removed device cannot read it: it lacks the new chain, and its
+        // request is not answered.
+        let request = missing_chain(world.receive(from, 4, &after.message)).expect("a missing chain");
+        let request = request.expect("member 4 still has a session and asks");
+        assert_eq!(world.receive(4, from, &request).unwrap(), Got::Control(None));
+        assert!(missing_chain(world.receive(from, 4, &after.message)).is_some());
+        // And its messages are refused by the remaining members.
+        let from_removed = world.device(4).group_encrypt(G, b"still here?").unwrap();
+        assert!(matches!(
+            world.receive(4, from, &from_removed.message),
+            Err(DeviceError::Group(GroupError::NotMember))
+        ));
+    }
+    // Member 4 is added back: it reads what is sent from now on.
+    let absent = world.send(0, G, b"while 4 was out");
+    for i in 0..4 {
+        world.device(i).add_group_members(G, &[address(4)]).unwrap();
+    }
+    let back = world.send(0, G, b"welcome back");
+    assert_eq!(back.distributions.len(), 1);
+    assert_eq!(back.distributions[0].to, address(4));
+    assert_eq!(world.receive(0, 4, &back.message).unwrap(), Got::Group(b"welcome back".to_vec()));
+    // What was sent before it came back stays unreadable to it.
+    assert_eq!(decrypt_error(world.receive(0, 4, &absent.message)), DecryptError::Duplicate { counter: 1 });
+    for to in 1..4 {
+        assert_eq!(world.receive(0, to, &absent.message).unwrap(), Got::Group(b"while 4 was out".to_vec()));
+        assert_eq!(world.receive(0, to, &back.message).unwrap(), Got::Group(b"welcome back".to_vec()));
+    }
+}
+
+/// Forged signatures, bodies and salts; a replay; a chain id from another
+/// group; a message moved to another group or attributed to another
+/// member: all refused, and nothing in the store changes.
+#[test]
+fn forgeries_replays_and_moved_messages_are_refused_without_changing_state() {
+    let world = World::new(3);
+    world.create(b"g1", &[0, 1, 2]);
+    world.create(b"g2", &[0, 1, 2]);
+    let one = world.send(0, b"g1", b"in g1");
+    let two = world.send(0, b"g2", b"in g2");
+    let bob = world.device(1);
+    // Every byte after the group id (chain id, iteration, salt, body, signature).
+    let message = &one.message;
+    for i in 7..message.len() {
+        let mut bad = message.clone();
+        bad[i] ^= 0x01;
+        let result = world.receive(0, 1, &bad);
+        assert!(result.is_err(), "byte {i} flipped was accepted");
+        assert!(!matches!(result, Ok(Got::Group(_))));
+    }
+    // Moved to the other group (same length ids): a chain of g1 is not one of g2's.
+    let mut moved = one.message.clone();
+    let at = moved.windows(2).position(|w| w == b"g1").unwrap();
+    moved[at + 1] = b'2';
+    let result = world.receive(0, 1, &moved);
+    assert!(matches!(result, Err(DeviceError::Group(GroupError::MissingChain { .. }))), "{result:?}");
+    // Attributed to another member (member 2 as the sender).
+    assert!(world.receive(2, 1, &one.message).is_err());
+    // Only the bounded request bookkeeping changed (the request's session
+    // step): every chain is as it was, and the genuine messages decrypt.
+    assert_eq!(world.receive(0, 1, &one.message).unwrap(), Got::Group(b"in g1".to_vec()));
+    assert_eq!(world.receive(0, 1, &two.message).unwrap(), Got::Group(b"in g2".to_vec()));
+    // A replay is a duplicate and writes nothing.
+    let after = snapshot(bob);
+    assert_eq!(decrypt_error(world.receive(0, 1, &one.message)), DecryptError::Duplicate { counter: 0 });
+    assert_eq!(snapshot(bob), after);
+}
+
+/// A forged group message changes nothing at all in the store.
+#[test]
+fn a_forged_signature_writes_nothing() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let sent = world.send(0, G, b"genuine");
+    let mut forged = sent.message.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x80;
+    let before = snapshot(world.device(1));
+    assert_eq!(decrypt_error(world.receive(0, 1, &forged)), DecryptError::Unauthenticated);
+    assert_eq!(snapshot(world.device(1)), before);
+    assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(b"genuine".to_vec()));
+}
+
+/// A lost distribution is recovered without a person: the member's error
+/// carries a request, the sender's commit answers it, and the held message
+/// then decrypts.
+#[test]
+fn a_lost_distribution_is_recovered_automatically() {
+    let world = World::new(3);
+    world.create(G, &[0, 1, 2]);
+    let first = world.device(0).group_encrypt(G, b"first").unwrap();
+    // The distribution to member 1 is lost; member 2 gets its own.
+    for d in first.distributions.iter().filter(|d| d.to == address(2)) {
+        world.receive(0, 2, &d.message).unwrap();
+    }
+    let second = world.send(0, G, b"second");
+    let request = missing_chain(world.receive(0, 1, &second.message)).unwrap().unwrap();
+    let Got::Control(Some(answer)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer") };
+    assert_eq!(answer.to, address(1));
+    assert_eq!(world.receive(0, 1, &answer.message).unwrap(), Got::Control(None));
+    // The message that was missing its chain decrypts, and the next ones.
+    assert_eq!(world.receive(0, 1, &second.message).unwrap(), Got::Group(b"second".to_vec()));
+    // Member 1 was given the chain at the first message it asked for:
+    // the first one, sent before it asked, too (the recovery window).
+    let third = world.send(0, G, b"third");
+    assert!(third.distributions.is_empty(), "member 1 has the chain now");
+    assert_eq!(world.receive(0, 1, &third.message).unwrap(), Got::Group(b"third".to_vec()));
+}
+
+/// Requests are bounded on both sides: a member asks a sender for a chain at
+/// most twice, and a sender answers one member's requests on one chain at
+/// most twice, however many it gets.
+#[test]
+fn requests_and_answers_are_bounded() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let sent = world.device(0).group_encrypt(G, b"lost chain").unwrap();
+    let mut requests = Vec::new();
+    for _ in 0..5 {
+        if let Some(Some(request)) = missing_chain(world.receive(0, 1, &sent.message)) {
+            requests.push(request);
+        }
+    }
+    assert_eq!(requests.len(), 2, "a member asks at most twice per chain");
+    // A hostile member forgets it asked (deletes and recreates the group)
+    // and asks again and again: at most two answers.
+    for _ in 0..3 {
+        world.device(1).delete_group(G).unwrap();
+        world.device(1).create_group(G, &[address(0)]).unwrap();
+        for _ in 0..2 {
+            if let Some(Some(request)) = missing_chain(world.receive(0, 1, &sent.message)) {
+                requests.push(request);
+            }
+        }
+    }
+    let answers = requests
+        .iter()
+        .filter(|request| matches!(world.receive(1, 0, request).unwrap(), Got::Control(Some(_))))
+        .count();
+    assert_eq!(answers, 2, "a sender answers a member at most twice per chain");
+}
+
+/// Messages in flight on a chain the sender has rotated away from still
+/// decrypt (the old chain is kept), and the new chain reads the new ones.
+#[test]
+fn messages_in_flight_across_a_rotation_decrypt() {
+    let world = World::new(3);
+    world.create(G, &[0, 1, 2]);
+    let old = world.send(0, G, b"old chain");
+    world.device(0).remove_group_members(G, &[address(2)]).unwrap();
+    world.device(1).remove_group_members(G, &[address(2)]).unwrap();
+    let new = world.send(0, G, b"new chain");
+    assert_eq!(world.receive(0, 1, &new.message).unwrap(), Got::Group(b"new chain".to_vec()));
+    assert_eq!(world.receive(0, 1, &old.message).unwrap(), Got::Group(b"old chain".to_vec()));
+}
+
+/// Messages from unknown groups and from devices that are not members are
+/// refused; a group of this device's own address is refused at creation.
+#[test]
+fn unknown_groups_and_strangers_are_refused() {
+    let world = World::new(3);
+    world.create(G, &[0, 1]);
+    let sent = world.send(0, G, b"hi");
+    assert!(matches!(world.receive(0, 2, &sent.message), Err(DeviceError::Group(GroupError::UnknownGroup))));
+    world.device(2).create_group(G, &[address(1)]).unwrap();
+    assert!(matches!(world.receive(0, 2, &sent.message), Err(DeviceError::Group(GroupError::NotMember))));
+    let me = world.device(0).address().clone();
+    assert!(matches!(
+        world.device(0).create_group(b"g9", &[me]),
+        Err(DeviceError::Group(GroupError::SelfAsMember))
+    ));
+    assert!(matches!(
+        world.device(0).create_group(G, &[address(1)]),
+        Err(DeviceError::Group(GroupError::AlreadyExists))
+    ));
+    assert!(matches!(world.device(0).create_group(&[0; 65], &[]), Err(DeviceError::Group(GroupError::InvalidGroupId))));
+    assert!(matches!(world.device(0).group_encrypt(b"nope", b"x"), Err(DeviceError::Group(GroupError::UnknownGroup))));
+    assert_eq!(world.device(0).group_members(G).unwrap(), vec![address(1)]);
+}
+
+/// A member without a session is reported, and gets the chain with the
+/// first message after its session exists (from that message on).
+#[test]
+fn a_member_without_a_session_gets_the_chain_once_there_is_one() {
+    let world = World::new(3);
+    let stranger = Device::create_in(MemoryBackend::new(), &[9; 32], Address::new("s", 1).unwrap(), 0).unwrap();
+    world.device(0).create_group(G, &[address(1), stranger.address().clone()]).unwrap();
+    stranger.create_group(G, &[address(0)]).unwrap();
+    let first = world.device(0).group_encrypt(G, b"one").unwrap();
+    assert_eq!(first.without_session, vec![stranger.address().clone()]);
+    assert_eq!(first.distributions.len(), 1);
+    world.device(0).start_session(&stranger.prekey_bundle().unwrap()).unwrap();
+    let second = world.device(0).group_encrypt(G, b"two").unwrap();
+    assert!(second.without_session.is_empty());
+    assert_eq!(second.distributions.len(), 1);
+    let d = &second.distributions[0];
+    let pending = stranger.decrypt(world.device(0).address(), &d.message).unwrap();
+    assert_eq!((pending.kind(), pending.group_id()), (MessageKind::Control, Some(G)));
+    stranger.commit(pending).unwrap();
+    let pending = stranger.decrypt(world.device(0).address(), &second.message).unwrap();
+    assert_eq!(pending.plaintext(), b"two");
+    stranger.commit(pending).unwrap();
+    let third = world.device(0).group_encrypt(G, b"three").unwrap();
+    assert!(third.distributions.is_empty() && third.without_session.is_empty());
+}
+
+/// A control message in a batch is left for `decrypt`, unconsumed.
+#[test]
+fn a_batch_leaves_control_messages_for_decrypt() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let sent = world.device(0).group_encrypt(G, b"x").unwrap();
+    let direct = world.device(0).encrypt(&address(1), b"direct").unwrap();
+    let bob = world.device(1);
+    let batch = bob
+        .decrypt_batch(&[(address(0), sent.distributions[0].message.clone()), (address(0), direct)])
+        .unwrap();
+    assert!(matches!(batch.results()[0], Err(SessionError::ControlMessage)));
+    assert_eq!(batch.results()[1].as_deref().unwrap(), b"direct");
+    bob.commit_batch(batch).unwrap();
+    assert_eq!(world.receive(0, 1, &sent.distributions[0].message).unwrap(), Got::Control(None));
+    assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(b"x".to_vec()));
+}
