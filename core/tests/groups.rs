@@ -94,6 +94,18 @@ fn five_members_out_of_order_with_a_removal_and_a_member_added_back() {
         assert_eq!(world.receive(0, to, &absent.message).unwrap(), Got::Group(b"while 4 was out".to_vec()));
         assert_eq!(world.receive(0, to, &back.message).unwrap(), Got::Group(b"welcome back".to_vec()));
     }
+    // Member 4 speaks again: the others dropped its chains when it was
+    // removed, and its device believes they have them. Each asks for the
+    // chain, member 4's device answers, and the message decrypts: no person
+    // involved.
+    let again = world.device(4).group_encrypt(G, b"4 is back").unwrap();
+    assert!(again.distributions.is_empty());
+    for to in 0..4 {
+        let request = missing_chain(world.receive(4, to, &again.message)).unwrap().unwrap();
+        let Got::Control(Some(answer)) = world.receive(to, 4, &request).unwrap() else { panic!("no answer") };
+        assert_eq!(world.receive(4, to, &answer.message).unwrap(), Got::Control(None));
+        assert_eq!(world.receive(4, to, &again.message).unwrap(), Got::Group(b"4 is back".to_vec()));
+    }
 }
 
 /// Forged signatures, bodies and salts; a replay; a chain id from another
