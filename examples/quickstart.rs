@@ -1,10 +1,15 @@
-//! Quickstart: two devices, Alice and Bob, each in its own encrypted SQLite
-//! store. Alice fetches Bob's prekey bundle, opens a post-quantum (PQXDH)
-//! session, and they converse over the Double Ratchet: messages arrive out
-//! of order, one twice, one tampered with; Bob decrypts in two phases and a
-//! whole queue in one batch. Both print the same safety number.
+//! Quickstart: three devices, Alice, Bob and Carol, each in its own
+//! encrypted SQLite store. Alice fetches Bob's prekey bundle, opens a
+//! post-quantum (PQXDH) session, and they converse over the Double Ratchet:
+//! messages arrive out of order, one twice, one tampered with; Bob decrypts
+//! in two phases and a whole queue in one batch. Both print the same safety
+//! number. Then the three form a group (Sender Keys): each message is
+//! encrypted once for all, each sender's chain reaches the others once, in
+//! their sessions; Carol is removed, the others rotate, and she cannot read
+//! what follows.
 //!
-//! Run it again and the conversation continues from disk.
+//! Run it again and the conversation continues from disk (Carol is added
+//! back, and the others recover her chain by themselves).
 //!
 //! ```sh
 //! cargo run --example quickstart              # stores in target/quickstart
@@ -17,8 +22,10 @@ use rand_core::Rng;
 use samizdat::{
     DecryptError, SessionError,
     address::Address,
-    device::{Device, DeviceError},
+    device::{Device, DeviceError, GroupError, GroupSend, MessageKind},
 };
+
+const GROUP: &[u8] = b"book club";
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -127,6 +134,93 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("alice :  safety number {}", on_alice.display());
     println!("bob   :  safety number {}", on_bob.display());
     on_alice.compare_scanned(&on_bob.scannable())?;
-    println!("alice :  scanned bob's code: match. Run again to continue from {}", dir.display());
+    println!("alice :  scanned bob's code: match");
+
+    group(&dir, &alice, &bob)?;
+    println!("Run again to continue from {}", dir.display());
+    Ok(())
+}
+
+/// A session between `a` and `b` usable both ways, unless there is one.
+fn connect(a: &Device, b: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    if a.has_session(b.address())? && b.has_session(a.address())? {
+        return Ok(());
+    }
+    a.start_session(&b.prekey_bundle()?)?;
+    let hello = a.encrypt(b.address(), b"hello")?;
+    b.commit(b.decrypt(a.address(), &hello)?)?;
+    Ok(())
+}
+
+/// Delivers what `from` sent to `group` to `to`: its chain if `to` was given
+/// it, then the group message. A message on a chain `to` lacks (its
+/// distribution was lost, or `to` dropped the chain) comes with a request:
+/// `from`'s device answers it, and the message decrypts.
+fn deliver(from: &Device, to: &Device, sent: &GroupSend) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    for d in sent.distributions.iter().filter(|d| &d.to == to.address()) {
+        let pending = to.decrypt(from.address(), &d.message)?;
+        debug_assert_eq!(pending.kind(), MessageKind::Control);
+        to.commit(pending)?;
+    }
+    let pending = match to.decrypt(from.address(), &sent.message) {
+        Ok(pending) => pending,
+        Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) => {
+            let answer = from.commit(from.decrypt(to.address(), &request)?)?;
+            let Some(answer) = answer else { return Ok(None) };
+            to.commit(to.decrypt(from.address(), &answer.message)?)?;
+            println!("{:<5} :  lacked {}'s chain: asked, and got it", to.address().user_id(), from.address().user_id());
+            to.decrypt(from.address(), &sent.message)?
+        }
+        Err(DeviceError::Group(GroupError::MissingChain { request: None, .. })) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let text = String::from_utf8_lossy(pending.plaintext()).into_owned();
+    to.commit(pending)?;
+    Ok(Some(text))
+}
+
+/// `from` sends `text` to the group, and it is delivered to `members`.
+fn say(from: &Device, members: &[&Device], text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let sent = from.group_encrypt(GROUP, text.as_bytes())?;
+    println!(
+        "{:<5} -> group {text:?}: one message of {} bytes, its chain sent in {} one-to-one message(s)",
+        from.address().user_id(),
+        sent.message.len(),
+        sent.distributions.len()
+    );
+    for to in members.iter().filter(|m| m.address() != from.address()) {
+        match deliver(from, to, &sent)? {
+            Some(text) => println!("{:<5} <- {:<5} group: {text}", to.address().user_id(), from.address().user_id()),
+            None => println!("{:<5} <- {:<5} group: cannot read it", to.address().user_id(), from.address().user_id()),
+        }
+    }
+    Ok(())
+}
+
+fn group(dir: &Path, alice: &Device, bob: &Device) -> Result<(), Box<dyn std::error::Error>> {
+    let carol = open(dir, "carol")?;
+    connect(alice, &carol)?;
+    connect(bob, &carol)?;
+    let all = [alice, bob, &carol];
+    // Each device is told the roster by its app; a second run adds Carol back.
+    for device in all {
+        let others: Vec<Address> =
+            all.iter().map(|d| d.address().clone()).filter(|a| a != device.address()).collect();
+        match device.create_group(GROUP, &others) {
+            Err(DeviceError::Group(GroupError::AlreadyExists)) => device.add_group_members(GROUP, &others)?,
+            result => result?,
+        }
+    }
+    say(alice, &all, "Welcome to the book club!")?;
+    say(alice, &all, "First book: The Dispossessed.")?;
+    say(bob, &all, "Great choice.")?;
+    say(&carol, &all, "I'm in.")?;
+
+    // Carol leaves: Alice and Bob remove her, and rotate before their next message.
+    alice.remove_group_members(GROUP, &[carol.address().clone()])?;
+    bob.remove_group_members(GROUP, &[carol.address().clone()])?;
+    println!("alice, bob: removed carol");
+    say(alice, &all, "Carol has left; new chains from here.")?;
+    say(bob, &all, "Noted.")?;
     Ok(())
 }

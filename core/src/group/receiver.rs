@@ -188,8 +188,8 @@ impl SenderChains {
     /// copy of a chain never takes it back to an earlier iteration, which
     /// would let a replayed distribution decrypt messages twice); one with
     /// another signing key is replaced. A new chain becomes the newest, and
-    /// past [`MAX_SENDER_CHAINS`] the oldest is dropped. Returns whether
-    /// anything changed.
+    /// past [`MAX_SENDER_CHAINS`] the oldest is dropped. Every request
+    /// counted for this sender is forgotten. Returns whether anything changed.
     pub(crate) fn receive(&mut self, distribution: &Distribution) -> bool {
         let chain = Chain {
             chain_id: distribution.chain_id,
@@ -198,8 +198,12 @@ impl SenderChains {
             skipped: VecDeque::new(),
             used: VecDeque::new(),
         };
-        let was_requested = self.requested.iter().any(|(id, _)| *id == distribution.chain_id);
-        self.requested.retain(|(id, _)| *id != distribution.chain_id);
+        // The sender answered or gave its current chain: what was asked of
+        // it before is settled (a chain asked for and rotated away never
+        // comes; left in the list it would keep later requests from being
+        // made).
+        let was_requested = !self.requested.is_empty();
+        self.requested.clear();
         if let Some(position) = self.chains.iter().position(|c| c.chain_id == distribution.chain_id) {
             if self.chains.get(position).is_some_and(|c| c.signing_key == distribution.signing_key) {
                 return was_requested;
