@@ -204,8 +204,7 @@ fn group(dir: &Path, alice: &Device, bob: &Device) -> Result<(), Box<dyn std::er
     let all = [alice, bob, &carol];
     // Each device is told the roster by its app; a second run adds Carol back.
     for device in all {
-        let others: Vec<Address> =
-            all.iter().map(|d| d.address().clone()).filter(|a| a != device.address()).collect();
+        let others: Vec<Address> = all.iter().map(|d| d.address().clone()).filter(|a| a != device.address()).collect();
         match device.create_group(GROUP, &others) {
             Err(DeviceError::Group(GroupError::AlreadyExists)) => device.add_group_members(GROUP, &others)?,
             result => result?,

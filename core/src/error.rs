@@ -187,10 +187,10 @@ pub enum SessionError {
     #[error("the session changed since this decryption was made")]
     StalePending,
     /// In a batch ([`Device::decrypt_batch`](crate::device::Device::decrypt_batch)):
-    /// the message is a control message of the peer's library (a group's
-    /// chain, or a request for one), which a batch leaves as it is. It was
-    /// not consumed: decrypt and commit it with
+    /// a group message, or a control message of the peer's library (a
+    /// group's chain, or a request for one), which a batch leaves as it is.
+    /// It was not consumed: decrypt and commit it with
     /// [`Device::decrypt`](crate::device::Device::decrypt).
-    #[error("a control message: decrypt it alone")]
-    ControlMessage,
+    #[error("a group or control message: decrypt it with `Device::decrypt`")]
+    NotInBatch,
 }

@@ -48,10 +48,7 @@ fn five_members_out_of_order_with_a_removal_and_a_member_added_back() {
     for (from, messages) in sent.iter().enumerate() {
         for to in (0..5).filter(|&to| to != from) {
             for (k, message) in messages.iter().enumerate().rev() {
-                assert_eq!(
-                    world.receive(from, to, message).unwrap(),
-                    Got::Group(format!("{from}:{k}").into_bytes())
-                );
+                assert_eq!(world.receive(from, to, message).unwrap(), Got::Group(format!("{from}:{k}").into_bytes()));
             }
         }
     }
@@ -64,7 +61,10 @@ fn five_members_out_of_order_with_a_removal_and_a_member_added_back() {
         assert_eq!(after.distributions.len(), 3, "a new chain, to the remaining members only");
         assert!(after.distributions.iter().all(|d| d.to != address(4)));
         for to in (0..4).filter(|&to| to != from) {
-            assert_eq!(world.receive(from, to, &after.message).unwrap(), Got::Group(format!("{from} after").into_bytes()));
+            assert_eq!(
+                world.receive(from, to, &after.message).unwrap(),
+                Got::Group(format!("{from} after").into_bytes())
+            );
         }
         // The removed device cannot read it: it lacks the new chain, and its
         // request is not answered.
@@ -245,10 +245,7 @@ fn unknown_groups_and_strangers_are_refused() {
     world.device(2).create_group(G, &[address(1)]).unwrap();
     assert!(matches!(world.receive(0, 2, &sent.message), Err(DeviceError::Group(GroupError::NotMember))));
     let me = world.device(0).address().clone();
-    assert!(matches!(
-        world.device(0).create_group(b"g9", &[me]),
-        Err(DeviceError::Group(GroupError::SelfAsMember))
-    ));
+    assert!(matches!(world.device(0).create_group(b"g9", &[me]), Err(DeviceError::Group(GroupError::SelfAsMember))));
     assert!(matches!(
         world.device(0).create_group(G, &[address(1)]),
         Err(DeviceError::Group(GroupError::AlreadyExists))
@@ -284,7 +281,7 @@ fn a_member_without_a_session_gets_the_chain_once_there_is_one() {
     assert!(third.distributions.is_empty() && third.without_session.is_empty());
 }
 
-/// A control message in a batch is left for `decrypt`, unconsumed.
+/// Control and group messages in a batch are left for `decrypt`, unconsumed.
 #[test]
 fn a_batch_leaves_control_messages_for_decrypt() {
     let world = World::new(2);
@@ -293,10 +290,15 @@ fn a_batch_leaves_control_messages_for_decrypt() {
     let direct = world.device(0).encrypt(&address(1), b"direct").unwrap();
     let bob = world.device(1);
     let batch = bob
-        .decrypt_batch(&[(address(0), sent.distributions[0].message.clone()), (address(0), direct)])
+        .decrypt_batch(&[
+            (address(0), sent.distributions[0].message.clone()),
+            (address(0), direct),
+            (address(0), sent.message.clone()),
+        ])
         .unwrap();
-    assert!(matches!(batch.results()[0], Err(SessionError::ControlMessage)));
+    assert!(matches!(batch.results()[0], Err(SessionError::NotInBatch)));
     assert_eq!(batch.results()[1].as_deref().unwrap(), b"direct");
+    assert!(matches!(batch.results()[2], Err(SessionError::NotInBatch)));
     bob.commit_batch(batch).unwrap();
     assert_eq!(world.receive(0, 1, &sent.distributions[0].message).unwrap(), Got::Control(None));
     assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(b"x".to_vec()));

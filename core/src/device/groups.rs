@@ -138,7 +138,7 @@ pub(super) enum ControlAction {
     Store { group_id: Vec<u8>, row: Vec<u8>, sealed: Vec<u8>, chains: SenderChains },
     /// A request to answer: the roster and our chain as read, the member
     /// updated, and the chain to send.
-    Answer { group_id: GroupId, roster: Loaded<Roster>, own: Loaded<OwnRow>, distribution: Box<Distribution> },
+    Answer { group_id: GroupId, roster: Loaded<Roster>, own: Box<Loaded<OwnRow>>, distribution: Box<Distribution> },
 }
 
 impl ControlAction {
@@ -178,6 +178,9 @@ pub(super) struct OwnRow {
     distributed: bool,
 }
 
+/// A row of the groups table as read: sealed, and parsed.
+type SealedRow<M> = (Vec<u8>, Zeroizing<M>);
+
 fn corrupt() -> StoreError {
     StoreError::Corrupt { table: Table::Groups }
 }
@@ -199,7 +202,7 @@ impl<B: Backend> Device<B> {
     fn open_group_row<M: prost::Message + Default + zeroize::Zeroize>(
         &self,
         key: &[u8],
-    ) -> Result<Option<(Vec<u8>, Zeroizing<M>)>, StoreError> {
+    ) -> Result<Option<SealedRow<M>>, StoreError> {
         let Some(sealed) = self.backend.get(Table::Groups, key)? else { return Ok(None) };
         let bytes = self.sealer.open(Table::Groups, key, &sealed)?;
         let row = crate::codec::decode_secret::<M>(&bytes).map_err(|_| corrupt())?;
@@ -475,7 +478,11 @@ impl<B: Backend> Device<B> {
                 *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
             }
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
-            writes.push(self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Value(own.sealed)));
+            writes.push(self.own_write(
+                &group_id,
+                &OwnRow { chain: None, distributed: false },
+                Expected::Value(own.sealed),
+            ));
             Ok(self.backend.apply(&writes)?)
         })
     }
@@ -578,7 +585,12 @@ impl<B: Backend> Device<B> {
                 let message = record.encrypt_content(&mut rng, &content, ContentType::Control)?;
                 writes.extend(self.record_writes(&row, &member.address, &mut record, &mut loaded)?);
                 distributions.push(Outgoing { to: member.address.clone(), message });
-                *member = Member { address: member.address.clone(), has_chain: true, given_at: chain.iteration(), answered: 0 };
+                *member = Member {
+                    address: member.address.clone(),
+                    has_chain: true,
+                    given_at: chain.iteration(),
+                    answered: 0,
+                };
             }
             own.value.distributed = without_session.is_empty();
             if !distributions.is_empty() {
@@ -662,7 +674,13 @@ impl<B: Backend> Device<B> {
             .to_bytes();
             let request = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
-            writes.push(self.member_write(key, group_id.as_bytes(), peer, &chains.value, Expected::Value(chains.sealed)));
+            writes.push(self.member_write(
+                key,
+                group_id.as_bytes(),
+                peer,
+                &chains.value,
+                Expected::Value(chains.sealed),
+            ));
             self.backend.apply(&writes)?;
             Ok(Some(request))
         })
@@ -693,7 +711,8 @@ impl<B: Backend> Device<B> {
             }
             Control::Request(request) => {
                 let ignored = || ControlAction::Ignored(request.group_id.as_bytes().to_vec());
-                let (Some(mut roster), Some(own)) = (self.load_roster(&request.group_id)?, self.load_own(&request.group_id)?)
+                let (Some(mut roster), Some(own)) =
+                    (self.load_roster(&request.group_id)?, self.load_own(&request.group_id)?)
                 else {
                     return Ok(ignored());
                 };
@@ -725,7 +744,7 @@ impl<B: Backend> Device<B> {
                 Ok(ControlAction::Answer {
                     group_id: request.group_id.clone(),
                     roster,
-                    own,
+                    own: Box::new(own),
                     distribution: Box::new(distribution),
                 })
             }
@@ -750,12 +769,12 @@ impl<B: Backend> Device<B> {
                 let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
                 // Our chain must still be the one the answer gives: rewritten
                 // as it was, conditionally.
-                let mut own_row = own.value;
+                let Loaded { sealed: own_sealed, value: mut own_row } = *own;
                 own_row.distributed = own_row.chain.is_some() && roster.value.members.iter().all(|m| m.has_chain);
                 Ok((
                     vec![
                         self.roster_write(&roster.value, Expected::Value(roster.sealed)),
-                        self.own_write(&group_id, &own_row, Expected::Value(own.sealed)),
+                        self.own_write(&group_id, &own_row, Expected::Value(own_sealed)),
                     ],
                     Some(Outgoing { to: peer.clone(), message }),
                 ))

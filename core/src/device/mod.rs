@@ -79,11 +79,11 @@ use crate::{
     store::{Backend, Expected, KEY_CHECK_ROW, Scrub, Sealer, SqliteBackend, StoreError, Table, Write},
 };
 
+use self::prekeys::set_rows;
 pub use self::{
     groups::{GroupError, GroupSend, Outgoing},
     pending::{MessageKind, PendingBatch, PendingMessage},
 };
-use self::prekeys::set_rows;
 
 /// The row key of the identity row (the table has one row).
 const SINGLE_ROW: &[u8] = b"self";

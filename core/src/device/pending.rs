@@ -36,7 +36,9 @@ pub struct PendingMessage {
     pub(super) inner: Inner,
 }
 
-/// What a pending decryption holds.
+/// What a pending decryption holds. (The one-to-one variant, the common
+/// one, is the large one: boxing it would cost every message an allocation.)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Inner {
     /// A one-to-one message: the app's, or control content of the peer's
     /// library (`control`, what its commit does besides the session's).

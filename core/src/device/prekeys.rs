@@ -456,6 +456,10 @@ impl<B: Backend> Device<B> {
     ) -> Result<Result<Vec<u8>, SessionError>, StoreError> {
         let message = match Message::from_bytes(ciphertext) {
             Ok(message) => message,
+            // A group message is for `decrypt` (PROTOCOL.md 18.10).
+            Err(crate::DecodeError::UnknownKind) if crate::group::GroupMessage::from_bytes(ciphertext).is_ok() => {
+                return Ok(Err(SessionError::NotInBatch));
+            }
             Err(e) => return Ok(Err(e.into())),
         };
         let prekeys = self.prekeys_for(rows, record, &message)?;
@@ -466,7 +470,7 @@ impl<B: Backend> Device<B> {
         // Control content is acted on by `decrypt` and `commit` alone: left
         // unconsumed here, for the app to decrypt by itself.
         if pending.content() == crate::padding::ContentType::Control {
-            return Ok(Err(SessionError::ControlMessage));
+            return Ok(Err(SessionError::NotInBatch));
         }
         let consumed = pending.consumed_prekeys();
         let changes = if consumed.is_empty() {

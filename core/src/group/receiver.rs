@@ -175,7 +175,8 @@ impl SenderChains {
             chain.skipped.drain(..drop);
             excess = excess.saturating_sub(drop);
         }
-        let mut excess = self.chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_GROUP_USED_ITERATIONS);
+        let mut excess =
+            self.chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_GROUP_USED_ITERATIONS);
         for chain in &mut self.chains {
             let drop = excess.min(chain.used.len());
             chain.used.drain(..drop);
@@ -256,8 +257,11 @@ impl SenderChains {
                 used: c.used.iter().flat_map(|(i, tag)| i.to_be_bytes().into_iter().chain(*tag)).collect(),
             })
             .collect();
-        let requested =
-            self.requested.iter().map(|(chain_id, count)| storage::RequestedChain { chain_id: *chain_id, count: *count }).collect();
+        let requested = self
+            .requested
+            .iter()
+            .map(|(chain_id, count)| storage::RequestedChain { chain_id: *chain_id, count: *count })
+            .collect();
         (chains, requested)
     }
 

@@ -65,8 +65,14 @@ impl OwnChain {
         let iteration = self.chain.index();
         let ad = super::message::associated_data(group_id, sender, self.chain_id, iteration, &salt);
         let body = seal(seed, &salt, &ad, plaintext)?;
-        let mut message =
-            GroupMessage { group_id: group_id.clone(), chain_id: self.chain_id, iteration, salt, body, signature: [0; 64] };
+        let mut message = GroupMessage {
+            group_id: group_id.clone(),
+            chain_id: self.chain_id,
+            iteration,
+            salt,
+            body,
+            signature: [0; 64],
+        };
         message.signature = self.signing.sign(&message.signed_bytes(sender));
         self.chain = next;
         // The recovery copy trails by at most the window.

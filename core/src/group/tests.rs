@@ -47,9 +47,8 @@ fn failed(result: Result<Vec<u8>, GroupDecrypt>) -> DecryptError {
 #[test]
 fn round_trip_in_order_out_of_order_and_duplicates() {
     let (mut rng, mut chain, mut chains) = setup();
-    let messages: Vec<_> = (0..5)
-        .map(|i| chain.encrypt(&mut rng, &gid(b"g"), &alice(), format!("m{i}").as_bytes()).unwrap())
-        .collect();
+    let messages: Vec<_> =
+        (0..5).map(|i| chain.encrypt(&mut rng, &gid(b"g"), &alice(), format!("m{i}").as_bytes()).unwrap()).collect();
     assert_eq!(decrypt(&mut chains, &messages[0]).unwrap(), b"m0");
     assert_eq!(decrypt(&mut chains, &messages[3]).unwrap(), b"m3");
     assert_eq!(chains.skipped_count(), 2);

@@ -83,13 +83,13 @@ use zeroize::Zeroizing;
 
 use self::state::{Keys, SessionState};
 use crate::{
-    padding::ContentType,
     DecodeError, DecryptError, SessionError,
     address::Address,
     handshake::pqxdh,
     keys::{IdentityKey, IdentityKeyPair, Secret32, X25519PublicKey},
     limits::MAX_STORED_SKIPPED_KEYS,
     limits::{MAX_ARCHIVED_STATES, MAX_KEPT_STATE_HEALS, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
+    padding::ContentType,
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeySet},
     ratchet::{DecryptPlan, PlanError, Seeds, message_key::MessageKey},
     wire::{Message, PreKeyHeader, PreKeyMessage, RatchetMessage},

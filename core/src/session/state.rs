@@ -9,9 +9,9 @@ use samizdat_proto::storage;
 use std::collections::VecDeque;
 
 use crate::{
-    padding::ContentType,
     DecodeError,
     keys::{IdentityKey, MLKEM_CIPHERTEXT_LEN, X25519PublicKey, fixed},
+    padding::ContentType,
     ratchet::{DecryptPlan, DoubleRatchet, KeptKeys, PlanError, ReceivingChain, Seeds},
     wire::{PreKeyHeader, RatchetMessage},
 };
