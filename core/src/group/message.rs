@@ -129,7 +129,10 @@ pub(crate) fn associated_data(
 ) -> Vec<u8> {
     let group = group_id.as_bytes();
     let user = sender.user_id().as_bytes();
-    let mut out = Vec::with_capacity(kdf::GROUP_MESSAGE_LABEL.len() + 1 + group.len() + user.len() + 16 + SALT_LEN);
+    // The label, the group id's length byte, three u32s and the salt, then
+    // the two variable parts.
+    const FIXED_LEN: usize = kdf::GROUP_MESSAGE_LABEL.len() + 1 + 16 + SALT_LEN;
+    let mut out = Vec::with_capacity(FIXED_LEN.saturating_add(group.len()).saturating_add(user.len()));
     out.extend_from_slice(kdf::GROUP_MESSAGE_LABEL);
     // A group id is 1 to 64 bytes: its length fits a byte.
     out.push(u8::try_from(group.len()).unwrap_or(u8::MAX));
