@@ -149,7 +149,7 @@ fn too_far_ahead_is_refused_at_the_limit() {
 fn skipped_keys_are_evicted_oldest_first() {
     let (mut rng, mut chain, mut chains) = setup();
     let mut messages = Vec::new();
-    for i in 0..(MAX_GROUP_SKIPPED_KEYS + 10) as u32 {
+    for i in 0..u32::try_from(MAX_GROUP_SKIPPED_KEYS + 10).unwrap() {
         messages.push(chain.encrypt(&mut rng, &gid(b"g"), &alice(), &i.to_be_bytes()).unwrap());
     }
     decrypt(&mut chains, &messages[MAX_SKIP as usize]).unwrap();
@@ -252,7 +252,7 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
 #[test]
 fn requests_are_bounded_per_chain_and_per_sender() {
     let mut chains = SenderChains::default();
-    for id in 0..crate::limits::MAX_REQUESTED_CHAINS as u32 {
+    for id in 0..u32::try_from(crate::limits::MAX_REQUESTED_CHAINS).unwrap() {
         for _ in 0..crate::limits::MAX_GROUP_KEY_REQUESTS {
             assert!(chains.count_request(id));
         }
