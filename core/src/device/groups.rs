@@ -720,12 +720,18 @@ impl<B: Backend> Device<B> {
                 let Some(member) = roster.value.members.iter_mut().find(|m| m.address == *peer) else {
                     return Ok(ignored());
                 };
-                // A request for an old chain of ours (rotated away) or for one
-                // the member already holds from later on gets the current
-                // chain, from the iteration asked for (never from before the
-                // member was first given it): at most MAX_GROUP_KEY_REQUESTS
+                // A request gets our current chain, from the iteration asked
+                // for if it is on it (never from before the member was first
+                // given it), else from now: at most MAX_GROUP_KEY_REQUESTS
                 // answers per member and chain.
                 if member.answered >= MAX_GROUP_KEY_REQUESTS {
+                    return Ok(ignored());
+                }
+                // Another chain id than ours from a member that has ours: a
+                // message of someone else's relabelled as ours (the server
+                // names the sender), or one of our rotated-away chains, whose
+                // messages no answer can open now. Nothing to send.
+                if request.chain_id != chain.chain_id() && member.has_chain {
                     return Ok(ignored());
                 }
                 let from = if request.chain_id != chain.chain_id() {
