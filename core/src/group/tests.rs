@@ -274,3 +274,26 @@ fn control_content_round_trips_and_junk_is_refused() {
     let long = Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0 });
     assert!(Control::from_bytes(&long.to_bytes()).is_err());
 }
+
+/// The worst case of one hostile message: a forgery (whatever iteration it
+/// names) costs one signature verification and no chain step; only a message
+/// the sender signed may make the receiver step its chain, at most
+/// `MAX_SKIP + 1` times.
+#[test]
+fn a_forged_message_costs_no_chain_step() {
+    use crate::ratchet::chain::STEPS;
+    let steps = || STEPS.with(std::cell::Cell::get);
+    let (mut rng, mut chain, mut chains) = setup();
+    let mut genuine = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    for _ in 0..MAX_SKIP {
+        genuine = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    }
+    let mut forged = genuine.clone();
+    forged.body[0] ^= 1;
+    let before = steps();
+    assert_eq!(failed(decrypt(&mut chains, &forged)), DecryptError::Unauthenticated);
+    assert_eq!(steps() - before, 0, "a forgery stepped the chain");
+    let before = steps();
+    assert!(decrypt(&mut chains, &genuine).is_ok());
+    assert_eq!(steps() - before, MAX_SKIP as usize + 1);
+}
