@@ -101,10 +101,10 @@ fn to_core(members: &[Address]) -> Result<Vec<samizdat::address::Address>, Samiz
 impl From<device::MessageKind> for MessageKind {
     fn from(kind: device::MessageKind) -> Self {
         match kind {
+            device::MessageKind::Direct => Self::Direct,
             device::MessageKind::Group => Self::Group,
-            device::MessageKind::Control => Self::Control,
-            // Direct, and any kind a later core adds: a message for the app.
-            _ => Self::Direct,
+            // Control, and any kind a later core adds: nothing for the app to show.
+            _ => Self::Control,
         }
     }
 }
