@@ -10,7 +10,15 @@
 //!   core device locks internally; the pending objects hold their core value
 //!   in a `Mutex<Option<_>>` so that a commit takes it exactly once.
 //! - Plain data are records ([`Address`], [`PrekeyCounts`], [`Rotated`],
-//!   [`IncomingMessage`], [`BatchResult`]); bytes are `Vec<u8>`.
+//!   [`IncomingMessage`], [`BatchResult`], [`GroupSend`], [`Outgoing`]) and
+//!   enums ([`MessageKind`], [`MismatchedSide`], [`ScrubResult`]); bytes are
+//!   `Vec<u8>`.
+//! - Groups (module `groups`): [`Device::create_group`],
+//!   [`Device::add_group_members`], [`Device::remove_group_members`],
+//!   [`Device::group_members`], [`Device::delete_group`] and
+//!   [`Device::group_encrypt`]. Group and control messages arrive through
+//!   [`Device::decrypt`] like direct ones ([`PendingMessage::kind`]), and
+//!   [`Device::commit`] returns the answer to a request for a lost chain.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - No async runtime: every call is synchronous (each is one SQLite
@@ -34,8 +42,11 @@ use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
 
+mod groups;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;
+
+pub use groups::{GroupSend, MessageKind, Outgoing};
 
 /// Every failure of the bindings, one variant per thing an app can do about it.
 ///
@@ -139,11 +150,54 @@ pub enum SamizdatError {
         reason: String,
     },
     /// An argument is invalid (an empty user id, a storage key that is not
-    /// 32 bytes, a malformed identity key, a limit exceeded).
+    /// 32 bytes, a malformed identity key, a group id that is not 1 to 64
+    /// bytes, a limit exceeded).
     #[error("invalid argument: {reason}")]
     InvalidArgument {
         /// What is wrong.
         reason: String,
+    },
+    /// In a batch ([`Device::decrypt_batch`]): a control message (a group's
+    /// chain, or a request for one), which a batch leaves as it is. It was
+    /// not consumed: decrypt and commit it alone with [`Device::decrypt`].
+    #[error("a control message: decrypt it alone")]
+    ControlMessage,
+    /// A group with this id already exists on this device.
+    #[error("the group already exists")]
+    GroupExists,
+    /// No group with this id exists on this device (never created, or
+    /// deleted): its messages are refused.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// The group would have more than `max` member devices.
+    #[error("a group holds at most {max} member devices")]
+    TooManyMembers {
+        /// The limit.
+        max: u64,
+    },
+    /// This device was named as a member of its own group (it always is one).
+    #[error("this device cannot be its own group member")]
+    SelfAsMember,
+    /// A group message came from a device that is not a member of the group
+    /// on this device (never added, or removed): drop it.
+    #[error("the sender is not a member of the group")]
+    NotMember,
+    /// A group message came on a chain of its sender that this device does
+    /// not have (its distribution was lost, has not arrived yet, or this
+    /// device was removed from the group). The message was not consumed:
+    /// keep it and decrypt it again once the chain arrives.
+    ///
+    /// `request`, if any, is a one-to-one message asking the sender for the
+    /// chain: send it to the sender as it is (making it advanced the session
+    /// with the sender, already committed). The sender's commit of it returns
+    /// the answer. It is absent when there is no session with the sender or
+    /// this device already asked often enough.
+    #[error("no chain {chain_id} of this sender")]
+    MissingChain {
+        /// The chain id of the message.
+        chain_id: u32,
+        /// The request to send to the sender, if one may be sent.
+        request: Option<Vec<u8>>,
     },
     /// A failure this version of the bindings does not classify.
     #[error("{reason}")]
@@ -230,15 +284,19 @@ pub struct Device {
     inner: device::Device,
 }
 
-/// A decrypted message waiting for [`Device::commit`]. Store the plaintext,
-/// commit, then acknowledge the message to the server.
+/// A decrypted message waiting for [`Device::commit`]: a direct message, a
+/// group message, or a control message ([`Self::kind`]). Store the
+/// plaintext (not for a control message), commit, send the answer the
+/// commit returned (if any), then acknowledge the message to the server.
 #[derive(uniffi::Object)]
 pub struct PendingMessage {
     /// Wiped when the object is freed. (The copies handed to Kotlin, Swift or
     /// Python are byte arrays of those runtimes, out of the library's reach.)
     plaintext: Zeroizing<Vec<u8>>,
+    kind: MessageKind,
+    group_id: Option<Vec<u8>>,
     sender: Address,
-    sender_identity: Vec<u8>,
+    sender_identity: Option<Vec<u8>>,
     inner: Mutex<Option<device::PendingMessage>>,
 }
 
@@ -358,7 +416,9 @@ impl Device {
         Ok(self.inner.encrypt(&peer.to_core()?, &plaintext)?)
     }
 
-    /// Decrypts a message from `sender` without changing anything.
+    /// Decrypts a message from `sender` (a direct, group or control
+    /// message) without changing anything (but see
+    /// [`SamizdatError::MissingChain`]).
     pub fn decrypt(&self, sender: Address, ciphertext: Vec<u8>) -> Result<Arc<PendingMessage>, SamizdatError> {
         Ok(Arc::new(self.inner.decrypt(&sender.to_core()?, &ciphertext)?.into()))
     }
@@ -366,9 +426,11 @@ impl Device {
     /// Commits a decryption (after the app stored the plaintext). Any commit
     /// attempt uses up `pending`: after an error nothing was written, and the
     /// message decrypts again.
-    pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<(), SamizdatError> {
-        self.inner.commit(take(&pending.inner)?)?;
-        Ok(())
+    ///
+    /// Returns the answer when the message was a member's request for our
+    /// chain in a group that this device answers: send it to `to`.
+    pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<Option<Outgoing>, SamizdatError> {
+        Ok(self.inner.commit(take(&pending.inner)?)?.map(Outgoing::from))
     }
 
     /// Decrypts queued messages in order; nothing is written until
@@ -403,9 +465,19 @@ impl Device {
 
 #[uniffi::export]
 impl PendingMessage {
-    /// The plaintext.
+    /// The plaintext: empty for a [`MessageKind::Control`] message.
     pub fn plaintext(&self) -> Vec<u8> {
         self.plaintext.to_vec()
+    }
+
+    /// What the message is.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The group of a group or control message (`None` for a direct one).
+    pub fn group_id(&self) -> Option<Vec<u8>> {
+        self.group_id.clone()
     }
 
     /// The sender, as the app named it.
@@ -413,8 +485,10 @@ impl PendingMessage {
         self.sender.clone()
     }
 
-    /// The sender's identity key (32 bytes).
-    pub fn sender_identity(&self) -> Vec<u8> {
+    /// The sender's identity key (32 bytes) that its session authenticated:
+    /// `None` for a group message (it came on a chain the sender gave in a
+    /// one-to-one message, whose identity [`Device::peer_identity`] names).
+    pub fn sender_identity(&self) -> Option<Vec<u8>> {
         self.sender_identity.clone()
     }
 }
@@ -474,8 +548,10 @@ impl From<device::PendingMessage> for PendingMessage {
     fn from(pending: device::PendingMessage) -> Self {
         Self {
             plaintext: Zeroizing::new(pending.plaintext().to_vec()),
+            kind: pending.kind().into(),
+            group_id: pending.group_id().map(<[u8]>::to_vec),
             sender: pending.peer().into(),
-            sender_identity: pending.sender_identity().map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
+            sender_identity: pending.sender_identity().map(|k| k.as_bytes().to_vec()),
             inner: Mutex::new(Some(pending)),
         }
     }
@@ -514,6 +590,7 @@ impl From<DeviceError> for SamizdatError {
         match error {
             DeviceError::Session(e) => e.into(),
             DeviceError::Store(e) => e.into(),
+            DeviceError::Group(e) => e.into(),
             DeviceError::PreKey(e) => invalid_argument(e),
             DeviceError::InvalidArgument(e) => invalid_argument(e),
             DeviceError::Forked => Self::ForkedProcess,
@@ -528,21 +605,37 @@ impl From<SessionError> for SamizdatError {
         match error {
             SessionError::Malformed(_) => Self::InvalidMessage,
             SessionError::Bundle(_) => Self::InvalidBundle,
-            SessionError::Encrypt(EncryptError::MessageTooLarge { len, max }) => {
-                Self::MessageTooLarge { len: len as u64, max: max as u64 }
-            }
-            SessionError::Decrypt(DecryptError::Duplicate { .. }) | SessionError::DuplicatePreKeyMessage => {
-                Self::Duplicate
-            }
-            SessionError::Decrypt(DecryptError::Rollback { .. }) => Self::SenderRolledBack,
-            SessionError::Decrypt(DecryptError::TooFarAhead { gap, max }) => Self::TooFarAhead { gap, max },
-            SessionError::Decrypt(_) => Self::InvalidMessage,
+            SessionError::Encrypt(e) => e.into(),
+            SessionError::Decrypt(e) => e.into(),
+            SessionError::DuplicatePreKeyMessage => Self::Duplicate,
             SessionError::NoSession => Self::NoSession,
             SessionError::UntrustedIdentity { identity } => {
                 Self::UntrustedIdentity { identity: identity.as_bytes().to_vec() }
             }
             SessionError::UnknownPreKey { .. } => Self::UnknownPrekey,
             SessionError::StalePending => Self::StalePending,
+            SessionError::ControlMessage => Self::ControlMessage,
+            e => Self::Other { reason: e.to_string() },
+        }
+    }
+}
+
+impl From<DecryptError> for SamizdatError {
+    fn from(error: DecryptError) -> Self {
+        match error {
+            DecryptError::Duplicate { .. } => Self::Duplicate,
+            DecryptError::Rollback { .. } => Self::SenderRolledBack,
+            DecryptError::TooFarAhead { gap, max } => Self::TooFarAhead { gap, max },
+            // Malformed, Unauthenticated, and any later reason: drop it.
+            _ => Self::InvalidMessage,
+        }
+    }
+}
+
+impl From<EncryptError> for SamizdatError {
+    fn from(error: EncryptError) -> Self {
+        match error {
+            EncryptError::MessageTooLarge { len, max } => Self::MessageTooLarge { len: len as u64, max: max as u64 },
             e => Self::Other { reason: e.to_string() },
         }
     }

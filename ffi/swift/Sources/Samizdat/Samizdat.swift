@@ -601,8 +601,11 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * Commits a decryption (after the app stored the plaintext). Any commit
      * attempt uses up `pending`: after an error nothing was written, and the
      * message decrypts again.
+     *
+     * Returns the answer when the message was a member's request for our
+     * chain in a group that this device answers: send it to `to`.
      */
-    func commit(pending: PendingMessage) throws 
+    func commit(pending: PendingMessage) throws  -> Outgoing?
     
     /**
      * Commits a batch in one transaction.
@@ -610,7 +613,9 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func commitBatch(batch: PendingBatch) throws 
     
     /**
-     * Decrypts a message from `sender` without changing anything.
+     * Decrypts a message from `sender` (a direct, group or control
+     * message) without changing anything (but see
+     * [`SamizdatError::MissingChain`]).
      */
     func decrypt(sender: Address, ciphertext: Data) throws  -> PendingMessage
     
@@ -688,6 +693,44 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * Trusts `identity` for `peer` (after [`SamizdatError::UntrustedIdentity`]).
      */
     func trustIdentity(peer: Address, identity: Data) throws 
+    
+    /**
+     * Adds member devices: the next message gives them our chain from then
+     * on (they cannot read what was sent before). Members already in the
+     * group are left as they are.
+     */
+    func addGroupMembers(groupId: Data, members: [Address]) throws 
+    
+    /**
+     * Creates the group `group_id` (1 to 64 bytes) with `members`, the other
+     * member devices (this device always is one).
+     */
+    func createGroup(groupId: Data, members: [Address]) throws 
+    
+    /**
+     * Deletes a group from this device (leaving it): its messages are
+     * refused from then on.
+     */
+    func deleteGroup(groupId: Data) throws 
+    
+    /**
+     * Encrypts `plaintext` for the group, and gives our chain to the
+     * members that lack it. Committed before it returns.
+     */
+    func groupEncrypt(groupId: Data, plaintext: Data) throws  -> GroupSend
+    
+    /**
+     * The member devices of a group (besides this one), in the order they
+     * were added.
+     */
+    func groupMembers(groupId: Data) throws  -> [Address]
+    
+    /**
+     * Removes member devices: their messages are refused from now on, and
+     * our next message starts a new chain that only the remaining members
+     * get. Names that are not members are ignored.
+     */
+    func removeGroupMembers(groupId: Data, members: [Address]) throws 
     
 }
 /**
@@ -809,14 +852,18 @@ open func address() -> Address  {
      * Commits a decryption (after the app stored the plaintext). Any commit
      * attempt uses up `pending`: after an error nothing was written, and the
      * message decrypts again.
+     *
+     * Returns the answer when the message was a member's request for our
+     * chain in a group that this device answers: send it to `to`.
      */
-open func commit(pending: PendingMessage)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func commit(pending: PendingMessage)throws  -> Outgoing?  {
+    return try  FfiConverterOptionTypeOutgoing.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_commit(
             self.uniffiCloneHandle(),
         FfiConverterTypePendingMessage_lower(pending),uniffiCallStatus
     )
-}
+})
 }
     
     /**
@@ -832,7 +879,9 @@ open func commitBatch(batch: PendingBatch)throws   {try rustCallWithError(FfiCon
 }
     
     /**
-     * Decrypts a message from `sender` without changing anything.
+     * Decrypts a message from `sender` (a direct, group or control
+     * message) without changing anything (but see
+     * [`SamizdatError::MissingChain`]).
      */
 open func decrypt(sender: Address, ciphertext: Data)throws  -> PendingMessage  {
     return try  FfiConverterTypePendingMessage_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -1032,6 +1081,92 @@ open func trustIdentity(peer: Address, identity: Data)throws   {try rustCallWith
 }
 }
     
+    /**
+     * Adds member devices: the next message gives them our chain from then
+     * on (they cannot read what was sent before). Members already in the
+     * group are left as they are.
+     */
+open func addGroupMembers(groupId: Data, members: [Address])throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_add_group_members(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterSequenceTypeAddress.lower(members),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Creates the group `group_id` (1 to 64 bytes) with `members`, the other
+     * member devices (this device always is one).
+     */
+open func createGroup(groupId: Data, members: [Address])throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_create_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterSequenceTypeAddress.lower(members),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Deletes a group from this device (leaving it): its messages are
+     * refused from then on.
+     */
+open func deleteGroup(groupId: Data)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_delete_group(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Encrypts `plaintext` for the group, and gives our chain to the
+     * members that lack it. Committed before it returns.
+     */
+open func groupEncrypt(groupId: Data, plaintext: Data)throws  -> GroupSend  {
+    return try  FfiConverterTypeGroupSend_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_group_encrypt(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterData.lower(plaintext),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The member devices of a group (besides this one), in the order they
+     * were added.
+     */
+open func groupMembers(groupId: Data)throws  -> [Address]  {
+    return try  FfiConverterSequenceTypeAddress.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_group_members(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Removes member devices: their messages are refused from now on, and
+     * our next message starts a new chain that only the remaining members
+     * get. Names that are not members are ignored.
+     */
+open func removeGroupMembers(groupId: Data, members: [Address])throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_remove_group_members(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterSequenceTypeAddress.lower(members),uniffiCallStatus
+    )
+}
+}
+    
 
     
 }
@@ -1212,13 +1347,25 @@ public func FfiConverterTypePendingBatch_lower(_ value: PendingBatch) -> UInt64 
 
 
 /**
- * A decrypted message waiting for [`Device::commit`]. Store the plaintext,
- * commit, then acknowledge the message to the server.
+ * A decrypted message waiting for [`Device::commit`]: a direct message, a
+ * group message, or a control message ([`Self::kind`]). Store the
+ * plaintext (not for a control message), commit, send the answer the
+ * commit returned (if any), then acknowledge the message to the server.
  */
 public protocol PendingMessageProtocol: AnyObject, Sendable {
     
     /**
-     * The plaintext.
+     * The group of a group or control message (`None` for a direct one).
+     */
+    func groupId()  -> Data?
+    
+    /**
+     * What the message is.
+     */
+    func kind()  -> MessageKind
+    
+    /**
+     * The plaintext: empty for a [`MessageKind::Control`] message.
      */
     func plaintext()  -> Data
     
@@ -1228,14 +1375,18 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
     func sender()  -> Address
     
     /**
-     * The sender's identity key (32 bytes).
+     * The sender's identity key (32 bytes) that its session authenticated:
+     * `None` for a group message (it came on a chain the sender gave in a
+     * one-to-one message, whose identity [`Device::peer_identity`] names).
      */
-    func senderIdentity()  -> Data
+    func senderIdentity()  -> Data?
     
 }
 /**
- * A decrypted message waiting for [`Device::commit`]. Store the plaintext,
- * commit, then acknowledge the message to the server.
+ * A decrypted message waiting for [`Device::commit`]: a direct message, a
+ * group message, or a control message ([`Self::kind`]). Store the
+ * plaintext (not for a control message), commit, send the answer the
+ * commit returned (if any), then acknowledge the message to the server.
  */
 open class PendingMessage: PendingMessageProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1291,7 +1442,31 @@ open class PendingMessage: PendingMessageProtocol, @unchecked Sendable {
 
     
     /**
-     * The plaintext.
+     * The group of a group or control message (`None` for a direct one).
+     */
+open func groupId() -> Data?  {
+    return try!  FfiConverterOptionData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_pendingmessage_group_id(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * What the message is.
+     */
+open func kind() -> MessageKind  {
+    return try!  FfiConverterTypeMessageKind_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_pendingmessage_kind(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The plaintext: empty for a [`MessageKind::Control`] message.
      */
 open func plaintext() -> Data  {
     return try!  FfiConverterData.lift(try! rustCall() {
@@ -1315,10 +1490,12 @@ open func sender() -> Address  {
 }
     
     /**
-     * The sender's identity key (32 bytes).
+     * The sender's identity key (32 bytes) that its session authenticated:
+     * `None` for a group message (it came on a chain the sender gave in a
+     * one-to-one message, whose identity [`Device::peer_identity`] names).
      */
-open func senderIdentity() -> Data  {
-    return try!  FfiConverterData.lift(try! rustCall() {
+open func senderIdentity() -> Data?  {
+    return try!  FfiConverterOptionData.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_pendingmessage_sender_identity(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -1695,6 +1872,90 @@ public func FfiConverterTypeBatchResult_lower(_ value: BatchResult) -> RustBuffe
 
 
 /**
+ * What [`Device::group_encrypt`] made. Send `distributions` (each to its
+ * recipient) before or with `message`, and `message` to every member.
+ */
+public struct GroupSend: Equatable, Hashable {
+    /**
+     * The group message: the same bytes for every member.
+     */
+    public var message: Data
+    /**
+     * Our chain, one message per member that lacked it: never again to a
+     * member that has it.
+     */
+    public var distributions: [Outgoing]
+    /**
+     * Members that lack the chain but with whom there is no session: start
+     * one ([`Device::start_session`]); the next message gives them the chain.
+     */
+    public var withoutSession: [Address]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The group message: the same bytes for every member.
+         */message: Data, 
+        /**
+         * Our chain, one message per member that lacked it: never again to a
+         * member that has it.
+         */distributions: [Outgoing], 
+        /**
+         * Members that lack the chain but with whom there is no session: start
+         * one ([`Device::start_session`]); the next message gives them the chain.
+         */withoutSession: [Address]) {
+        self.message = message
+        self.distributions = distributions
+        self.withoutSession = withoutSession
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension GroupSend: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGroupSend: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupSend {
+        return
+            try GroupSend(
+                message: FfiConverterData.read(from: &buf), 
+                distributions: FfiConverterSequenceTypeOutgoing.read(from: &buf), 
+                withoutSession: FfiConverterSequenceTypeAddress.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: GroupSend, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.message, into: &buf)
+        FfiConverterSequenceTypeOutgoing.write(value.distributions, into: &buf)
+        FfiConverterSequenceTypeAddress.write(value.withoutSession, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupSend_lift(_ buf: RustBuffer) throws -> GroupSend {
+    return try FfiConverterTypeGroupSend.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGroupSend_lower(_ value: GroupSend) -> RustBuffer {
+    return FfiConverterTypeGroupSend.lower(value)
+}
+
+
+/**
  * A queued message for [`Device::decrypt_batch`].
  */
 public struct IncomingMessage: Equatable, Hashable {
@@ -1760,6 +2021,76 @@ public func FfiConverterTypeIncomingMessage_lift(_ buf: RustBuffer) throws -> In
 #endif
 public func FfiConverterTypeIncomingMessage_lower(_ value: IncomingMessage) -> RustBuffer {
     return FfiConverterTypeIncomingMessage.lower(value)
+}
+
+
+/**
+ * A one-to-one message the library made for a peer (a group's chain, the
+ * answer to a request for one): send it to `to` like any other message.
+ */
+public struct Outgoing: Equatable, Hashable {
+    /**
+     * The recipient.
+     */
+    public var to: Address
+    /**
+     * The wire bytes.
+     */
+    public var message: Data
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The recipient.
+         */to: Address, 
+        /**
+         * The wire bytes.
+         */message: Data) {
+        self.to = to
+        self.message = message
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Outgoing: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeOutgoing: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Outgoing {
+        return
+            try Outgoing(
+                to: FfiConverterTypeAddress.read(from: &buf), 
+                message: FfiConverterData.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Outgoing, into buf: inout [UInt8]) {
+        FfiConverterTypeAddress.write(value.to, into: &buf)
+        FfiConverterData.write(value.message, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutgoing_lift(_ buf: RustBuffer) throws -> Outgoing {
+    return try FfiConverterTypeOutgoing.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutgoing_lower(_ value: Outgoing) -> RustBuffer {
+    return FfiConverterTypeOutgoing.lower(value)
 }
 
 
@@ -1899,6 +2230,94 @@ public func FfiConverterTypeRotated_lift(_ buf: RustBuffer) throws -> Rotated {
 public func FfiConverterTypeRotated_lower(_ value: Rotated) -> RustBuffer {
     return FfiConverterTypeRotated.lower(value)
 }
+
+
+/**
+ * What a decrypted message is ([`crate::PendingMessage::kind`]).
+ */
+
+public enum MessageKind: Equatable, Hashable {
+    
+    /**
+     * A one-to-one message for the app.
+     */
+    case direct
+    /**
+     * A group message for the app, in the group `group_id()`.
+     */
+    case group
+    /**
+     * A message between the two devices' libraries (a group's chain, or a
+     * request for one) of the group `group_id()`: nothing to show or store
+     * (its plaintext is empty). Commit it all the same, send the answer
+     * the commit returns (if any), then acknowledge it.
+     */
+    case control
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension MessageKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
+    typealias SwiftType = MessageKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> MessageKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .direct
+        
+        case 2: return .group
+        
+        case 3: return .control
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: MessageKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .direct:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .group:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .control:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMessageKind_lift(_ buf: RustBuffer) throws -> MessageKind {
+    return try FfiConverterTypeMessageKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeMessageKind_lower(_ value: MessageKind) -> RustBuffer {
+    return FfiConverterTypeMessageKind.lower(value)
+}
+
 
 
 /**
@@ -2119,12 +2538,65 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     )
     /**
      * An argument is invalid (an empty user id, a storage key that is not
-     * 32 bytes, a malformed identity key, a limit exceeded).
+     * 32 bytes, a malformed identity key, a group id that is not 1 to 64
+     * bytes, a limit exceeded).
      */
     case InvalidArgument(
         /**
          * What is wrong.
          */reason: String
+    )
+    /**
+     * In a batch ([`Device::decrypt_batch`]): a control message (a group's
+     * chain, or a request for one), which a batch leaves as it is. It was
+     * not consumed: decrypt and commit it alone with [`Device::decrypt`].
+     */
+    case ControlMessage
+    /**
+     * A group with this id already exists on this device.
+     */
+    case GroupExists
+    /**
+     * No group with this id exists on this device (never created, or
+     * deleted): its messages are refused.
+     */
+    case UnknownGroup
+    /**
+     * The group would have more than `max` member devices.
+     */
+    case TooManyMembers(
+        /**
+         * The limit.
+         */max: UInt64
+    )
+    /**
+     * This device was named as a member of its own group (it always is one).
+     */
+    case SelfAsMember
+    /**
+     * A group message came from a device that is not a member of the group
+     * on this device (never added, or removed): drop it.
+     */
+    case NotMember
+    /**
+     * A group message came on a chain of its sender that this device does
+     * not have (its distribution was lost, has not arrived yet, or this
+     * device was removed from the group). The message was not consumed:
+     * keep it and decrypt it again once the chain arrives.
+     *
+     * `request`, if any, is a one-to-one message asking the sender for the
+     * chain: send it to the sender as it is (making it advanced the session
+     * with the sender, already committed). The sender's commit of it returns
+     * the answer. It is absent when there is no session with the sender or
+     * this device already asked often enough.
+     */
+    case MissingChain(
+        /**
+         * The chain id of the message.
+         */chainId: UInt32, 
+        /**
+         * The request to send to the sender, if one may be sent.
+         */request: Data?
     )
     /**
      * A failure this version of the bindings does not classify.
@@ -2197,7 +2669,19 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
         case 20: return .InvalidArgument(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 21: return .Other(
+        case 21: return .ControlMessage
+        case 22: return .GroupExists
+        case 23: return .UnknownGroup
+        case 24: return .TooManyMembers(
+            max: try FfiConverterUInt64.read(from: &buf)
+            )
+        case 25: return .SelfAsMember
+        case 26: return .NotMember
+        case 27: return .MissingChain(
+            chainId: try FfiConverterUInt32.read(from: &buf), 
+            request: try FfiConverterOptionData.read(from: &buf)
+            )
+        case 28: return .Other(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -2300,8 +2784,39 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Other(reason):
+        case .ControlMessage:
             writeInt(&buf, Int32(21))
+        
+        
+        case .GroupExists:
+            writeInt(&buf, Int32(22))
+        
+        
+        case .UnknownGroup:
+            writeInt(&buf, Int32(23))
+        
+        
+        case let .TooManyMembers(max):
+            writeInt(&buf, Int32(24))
+            FfiConverterUInt64.write(max, into: &buf)
+            
+        
+        case .SelfAsMember:
+            writeInt(&buf, Int32(25))
+        
+        
+        case .NotMember:
+            writeInt(&buf, Int32(26))
+        
+        
+        case let .MissingChain(chainId,request):
+            writeInt(&buf, Int32(27))
+            FfiConverterUInt32.write(chainId, into: &buf)
+            FfiConverterOptionData.write(request, into: &buf)
+            
+        
+        case let .Other(reason):
+            writeInt(&buf, Int32(28))
             FfiConverterString.write(reason, into: &buf)
             
         }
@@ -2429,6 +2944,30 @@ fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeOutgoing: FfiConverterRustBuffer {
+    typealias SwiftType = Outgoing?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeOutgoing.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeOutgoing.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
     typealias SwiftType = SamizdatError?
 
@@ -2470,6 +3009,31 @@ fileprivate struct FfiConverterSequenceData: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterData.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeAddress: FfiConverterRustBuffer {
+    typealias SwiftType = [Address]
+
+    public static func write(_ value: [Address], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeAddress.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Address] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Address]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeAddress.read(from: &buf))
         }
         return seq
     }
@@ -2525,6 +3089,31 @@ fileprivate struct FfiConverterSequenceTypeIncomingMessage: FfiConverterRustBuff
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeOutgoing: FfiConverterRustBuffer {
+    typealias SwiftType = [Outgoing]
+
+    public static func write(_ value: [Outgoing], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeOutgoing.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Outgoing] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Outgoing]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeOutgoing.read(from: &buf))
+        }
+        return seq
+    }
+}
+
 private enum InitializationResult {
     case ok
     case contractVersionMismatch
@@ -2543,13 +3132,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_address() != 1504) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 8218) {
+    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 52438) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_commit_batch() != 52880) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_decrypt() != 58618) {
+    if (uniffi_samizdat_ffi_checksum_method_device_decrypt() != 47068) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_decrypt_batch() != 61620) {
@@ -2594,16 +3183,40 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_trust_identity() != 26460) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 44439) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_create_group() != 1790) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_delete_group() != 57192) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_group_encrypt() != 14708) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_group_members() != 62235) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 64944) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_pendingbatch_results() != 47822) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 64722) {
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_group_id() != 50217) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_kind() != 6821) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 34499) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender() != 13685) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender_identity() != 61662) {
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender_identity() != 61078) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 61105) {

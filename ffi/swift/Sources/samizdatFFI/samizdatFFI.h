@@ -275,7 +275,7 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_address(uint64_t ptr, RustCallSt
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_COMMIT
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_COMMIT
-void uniffi_samizdat_ffi_fn_method_device_commit(uint64_t ptr, uint64_t pending, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_commit(uint64_t ptr, uint64_t pending, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_COMMIT_BATCH
@@ -358,6 +358,36 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_start_session(uint64_t ptr, Rust
 void uniffi_samizdat_ffi_fn_method_device_trust_identity(uint64_t ptr, RustBuffer peer, RustBuffer identity, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_MEMBERS
+void uniffi_samizdat_ffi_fn_method_device_add_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CREATE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CREATE_GROUP
+void uniffi_samizdat_ffi_fn_method_device_create_group(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_DELETE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_DELETE_GROUP
+void uniffi_samizdat_ffi_fn_method_device_delete_group(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_GROUP_ENCRYPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_GROUP_ENCRYPT
+RustBuffer uniffi_samizdat_ffi_fn_method_device_group_encrypt(uint64_t ptr, RustBuffer group_id, RustBuffer plaintext, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_GROUP_MEMBERS
+RustBuffer uniffi_samizdat_ffi_fn_method_device_group_members(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
+void uniffi_samizdat_ffi_fn_method_device_remove_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_PENDINGBATCH
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_PENDINGBATCH
 uint64_t uniffi_samizdat_ffi_fn_clone_pendingbatch(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -381,6 +411,16 @@ uint64_t uniffi_samizdat_ffi_fn_clone_pendingmessage(uint64_t handle, RustCallSt
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FREE_PENDINGMESSAGE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FREE_PENDINGMESSAGE
 void uniffi_samizdat_ffi_fn_free_pendingmessage(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_GROUP_ID
+RustBuffer uniffi_samizdat_ffi_fn_method_pendingmessage_group_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_KIND
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_KIND
+RustBuffer uniffi_samizdat_ffi_fn_method_pendingmessage_kind(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_PLAINTEXT
@@ -796,9 +836,57 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_trust_identity(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADD_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADD_GROUP_MEMBERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_add_group_members(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CREATE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CREATE_GROUP
+uint16_t uniffi_samizdat_ffi_checksum_method_device_create_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_DELETE_GROUP
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_DELETE_GROUP
+uint16_t uniffi_samizdat_ffi_checksum_method_device_delete_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_GROUP_ENCRYPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_GROUP_ENCRYPT
+uint16_t uniffi_samizdat_ffi_checksum_method_device_group_encrypt(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_GROUP_MEMBERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_group_members(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_remove_group_members(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGBATCH_RESULTS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGBATCH_RESULTS
 uint16_t uniffi_samizdat_ffi_checksum_method_pendingbatch_results(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_GROUP_ID
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_GROUP_ID
+uint16_t uniffi_samizdat_ffi_checksum_method_pendingmessage_group_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_KIND
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_KIND
+uint16_t uniffi_samizdat_ffi_checksum_method_pendingmessage_kind(void
     
 );
 #endif

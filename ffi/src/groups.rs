@@ -1,0 +1,143 @@
+//! Groups (Sender Keys, PROTOCOL.md 18): the group calls of [`Device`], the
+//! records they return, and the mapping of the core's [`GroupError`] into
+//! [`SamizdatError`]. Translation only, as in the rest of the crate.
+//!
+//! The app owns the roster: every member device is told who is in the group
+//! ([`Device::create_group`], [`Device::add_group_members`],
+//! [`Device::remove_group_members`]). [`Device::group_encrypt`] returns one
+//! group message for every member and the one-to-one messages
+//! ([`Outgoing`]) that carry our chain to the members that lack it. The
+//! receiving side is [`Device::decrypt`], whose pending message says what it
+//! got ([`MessageKind`]); [`Device::commit`] returns the answer to a
+//! member's request for a lost chain, to send like any other message.
+
+use samizdat::device::{self, GroupError};
+
+use crate::{Address, Device, SamizdatError, invalid_argument};
+
+/// What a decrypted message is ([`crate::PendingMessage::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum MessageKind {
+    /// A one-to-one message for the app.
+    Direct,
+    /// A group message for the app, in the group `group_id()`.
+    Group,
+    /// A message between the two devices' libraries (a group's chain, or a
+    /// request for one) of the group `group_id()`: nothing to show or store
+    /// (its plaintext is empty). Commit it all the same, send the answer
+    /// the commit returns (if any), then acknowledge it.
+    Control,
+}
+
+/// A one-to-one message the library made for a peer (a group's chain, the
+/// answer to a request for one): send it to `to` like any other message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Outgoing {
+    /// The recipient.
+    pub to: Address,
+    /// The wire bytes.
+    pub message: Vec<u8>,
+}
+
+/// What [`Device::group_encrypt`] made. Send `distributions` (each to its
+/// recipient) before or with `message`, and `message` to every member.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupSend {
+    /// The group message: the same bytes for every member.
+    pub message: Vec<u8>,
+    /// Our chain, one message per member that lacked it: never again to a
+    /// member that has it.
+    pub distributions: Vec<Outgoing>,
+    /// Members that lack the chain but with whom there is no session: start
+    /// one ([`Device::start_session`]); the next message gives them the chain.
+    pub without_session: Vec<Address>,
+}
+
+#[uniffi::export]
+impl Device {
+    /// Creates the group `group_id` (1 to 64 bytes) with `members`, the other
+    /// member devices (this device always is one).
+    pub fn create_group(&self, group_id: Vec<u8>, members: Vec<Address>) -> Result<(), SamizdatError> {
+        Ok(self.inner.create_group(&group_id, &to_core(&members)?)?)
+    }
+
+    /// Adds member devices: the next message gives them our chain from then
+    /// on (they cannot read what was sent before). Members already in the
+    /// group are left as they are.
+    pub fn add_group_members(&self, group_id: Vec<u8>, members: Vec<Address>) -> Result<(), SamizdatError> {
+        Ok(self.inner.add_group_members(&group_id, &to_core(&members)?)?)
+    }
+
+    /// Removes member devices: their messages are refused from now on, and
+    /// our next message starts a new chain that only the remaining members
+    /// get. Names that are not members are ignored.
+    pub fn remove_group_members(&self, group_id: Vec<u8>, members: Vec<Address>) -> Result<(), SamizdatError> {
+        Ok(self.inner.remove_group_members(&group_id, &to_core(&members)?)?)
+    }
+
+    /// The member devices of a group (besides this one), in the order they
+    /// were added.
+    pub fn group_members(&self, group_id: Vec<u8>) -> Result<Vec<Address>, SamizdatError> {
+        Ok(self.inner.group_members(&group_id)?.into_iter().map(Address::from).collect())
+    }
+
+    /// Deletes a group from this device (leaving it): its messages are
+    /// refused from then on.
+    pub fn delete_group(&self, group_id: Vec<u8>) -> Result<(), SamizdatError> {
+        Ok(self.inner.delete_group(&group_id)?)
+    }
+
+    /// Encrypts `plaintext` for the group, and gives our chain to the
+    /// members that lack it. Committed before it returns.
+    pub fn group_encrypt(&self, group_id: Vec<u8>, plaintext: Vec<u8>) -> Result<GroupSend, SamizdatError> {
+        Ok(self.inner.group_encrypt(&group_id, &plaintext)?.into())
+    }
+}
+
+fn to_core(members: &[Address]) -> Result<Vec<samizdat::address::Address>, SamizdatError> {
+    members.iter().map(Address::to_core).collect()
+}
+
+impl From<device::MessageKind> for MessageKind {
+    fn from(kind: device::MessageKind) -> Self {
+        match kind {
+            device::MessageKind::Direct => Self::Direct,
+            device::MessageKind::Group => Self::Group,
+            // Control, and any kind a later core adds: nothing for the app to show.
+            _ => Self::Control,
+        }
+    }
+}
+
+impl From<device::Outgoing> for Outgoing {
+    fn from(outgoing: device::Outgoing) -> Self {
+        Self { to: outgoing.to.into(), message: outgoing.message }
+    }
+}
+
+impl From<device::GroupSend> for GroupSend {
+    fn from(sent: device::GroupSend) -> Self {
+        Self {
+            message: sent.message,
+            distributions: sent.distributions.into_iter().map(Outgoing::from).collect(),
+            without_session: sent.without_session.into_iter().map(Address::from).collect(),
+        }
+    }
+}
+
+impl From<GroupError> for SamizdatError {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::InvalidGroupId => invalid_argument(error),
+            GroupError::AlreadyExists => Self::GroupExists,
+            GroupError::UnknownGroup => Self::UnknownGroup,
+            GroupError::TooManyMembers { max } => Self::TooManyMembers { max: max as u64 },
+            GroupError::SelfAsMember => Self::SelfAsMember,
+            GroupError::NotMember => Self::NotMember,
+            GroupError::MissingChain { chain_id, request } => Self::MissingChain { chain_id, request },
+            GroupError::Decrypt(e) => e.into(),
+            GroupError::Encrypt(e) => e.into(),
+            e => Self::Other { reason: e.to_string() },
+        }
+    }
+}
