@@ -243,10 +243,20 @@ pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<pb::envelope::Body, Decode
 /// is not a message kind of this release (PROTOCOL.md 12.4 check 5): a kind
 /// added by a later version. Its content is not looked at.
 fn is_unknown_kind(envelope: &[u8]) -> bool {
-    let Some((key, rest)) = read_varint(envelope) else { return false };
+    is_unknown_field(envelope, 3)
+}
+
+/// Whether `bytes` is one well-formed length-delimited field whose number is
+/// above `last_known` (and a valid field number): a `oneof` member of a later
+/// release. Its content is not looked at.
+pub(crate) fn is_unknown_field(bytes: &[u8], last_known: u64) -> bool {
+    let Some((key, rest)) = read_varint(bytes) else { return false };
     let Some((len, rest)) = read_varint(rest) else { return false };
     let (field, wire_type) = (key >> 3, key & 7);
-    wire_type == 2 && field > 3 && field < 0x2000_0000 && usize::try_from(len).is_ok_and(|len| len == rest.len())
+    wire_type == 2
+        && field > last_known
+        && field < 0x2000_0000
+        && usize::try_from(len).is_ok_and(|len| len == rest.len())
 }
 
 /// Reads one minimally encoded varint of at most 5 bytes (a value below

@@ -303,3 +303,42 @@ fn a_batch_leaves_control_messages_for_decrypt() {
     assert_eq!(world.receive(0, 1, &sent.distributions[0].message).unwrap(), Got::Control(None));
     assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(b"x".to_vec()));
 }
+
+/// A member that missed more than MAX_SKIP of a sender's messages asks for
+/// the chain from the message it got, and reads on from there.
+#[test]
+fn a_member_far_behind_recovers_through_a_request() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let first = world.send(0, G, b"first");
+    assert_eq!(world.receive(0, 1, &first.message).unwrap(), Got::Group(b"first".to_vec()));
+    for _ in 0..samizdat::limits::MAX_SKIP + 1 {
+        world.device(0).group_encrypt(G, b"lost").unwrap();
+    }
+    let far = world.device(0).group_encrypt(G, b"far ahead").unwrap();
+    let request = missing_chain(world.receive(0, 1, &far.message)).unwrap().unwrap();
+    let Got::Control(Some(answer)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer") };
+    assert_eq!(world.receive(0, 1, &answer.message).unwrap(), Got::Control(None));
+    assert_eq!(world.receive(0, 1, &far.message).unwrap(), Got::Group(b"far ahead".to_vec()));
+    let next = world.send(0, G, b"next");
+    assert_eq!(world.receive(0, 1, &next.message).unwrap(), Got::Group(b"next".to_vec()));
+}
+
+/// A rotation without a removal: every member gets the new chain with the
+/// next message, once.
+#[test]
+fn a_rotation_on_demand_gives_every_member_a_new_chain() {
+    let world = World::new(3);
+    world.create(G, &[0, 1, 2]);
+    let before = world.send(0, G, b"before");
+    world.device(0).rotate_group_chain(G).unwrap();
+    let after = world.send(0, G, b"after");
+    assert_eq!(after.distributions.len(), 2);
+    let again = world.send(0, G, b"again");
+    assert!(again.distributions.is_empty());
+    for to in 1..3 {
+        for (sent, text) in [(&after, &b"after"[..]), (&before, b"before"), (&again, b"again")] {
+            assert_eq!(world.receive(0, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
+        }
+    }
+}

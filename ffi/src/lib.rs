@@ -157,11 +157,12 @@ pub enum SamizdatError {
         /// What is wrong.
         reason: String,
     },
-    /// In a batch ([`Device::decrypt_batch`]): a control message (a group's
-    /// chain, or a request for one), which a batch leaves as it is. It was
-    /// not consumed: decrypt and commit it alone with [`Device::decrypt`].
-    #[error("a control message: decrypt it alone")]
-    ControlMessage,
+    /// In a batch ([`Device::decrypt_batch`]): a group message, or a control
+    /// message (a group's chain, or a request for one), which a batch leaves
+    /// as it is. It was not consumed: decrypt and commit it alone with
+    /// [`Device::decrypt`].
+    #[error("a group or control message: decrypt it alone")]
+    NotInBatch,
     /// A group with this id already exists on this device.
     #[error("the group already exists")]
     GroupExists,
@@ -614,7 +615,7 @@ impl From<SessionError> for SamizdatError {
             }
             SessionError::UnknownPreKey { .. } => Self::UnknownPrekey,
             SessionError::StalePending => Self::StalePending,
-            SessionError::ControlMessage => Self::ControlMessage,
+            SessionError::NotInBatch => Self::NotInBatch,
             e => Self::Other { reason: e.to_string() },
         }
     }

@@ -21,7 +21,7 @@ use super::{Device, DeviceError, PendingMessage, ROW_VERSION, encode, lock, pend
 use crate::{
     DecryptError, EncryptError, SessionError,
     address::Address,
-    group::{Control, Distribution, GroupId, GroupMessage, OwnChain, Request, SenderChains},
+    group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
     limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS},
     padding::ContentType,
     session::SessionRecord,
@@ -56,7 +56,9 @@ pub enum GroupError {
     #[error("the sender is not a member of the group")]
     NotMember,
     /// A group message came on a chain of its sender that this device does
-    /// not have (its distribution was lost, or has not arrived yet). The
+    /// not have (its distribution was lost, or has not arrived yet), or more
+    /// than [`MAX_SKIP`](crate::limits::MAX_SKIP) messages ahead of where this
+    /// device is on it (the sender's messages in between were lost). The
     /// message was not consumed: keep it, and decrypt it again when the
     /// chain arrives.
     ///
@@ -150,6 +152,16 @@ impl ControlAction {
     }
 }
 
+/// What [`Device::request_chain`] did.
+enum Requested {
+    /// A request to send.
+    Sent(Vec<u8>),
+    /// None: the limits, or no session with the sender.
+    NotSent,
+    /// The chain arrived meanwhile: decrypt again.
+    Arrived,
+}
+
 /// A row as read: its sealed bytes (the write's precondition) and value.
 pub(super) struct Loaded<T> {
     sealed: Vec<u8>,
@@ -227,6 +239,14 @@ impl<B: Backend> Device<B> {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        // Each member once, never this device, answers within the limit.
+        let distinct: BTreeSet<(&str, u32)> =
+            members.iter().map(|m| (m.address.user_id(), m.address.device_id())).collect();
+        if distinct.len() != members.len()
+            || members.iter().any(|m| m.address == self.address || m.answered > MAX_GROUP_KEY_REQUESTS)
+        {
+            return Err(corrupt());
+        }
         Ok(Some(Loaded { sealed, value: Roster { group_id: group_id.clone(), members } }))
     }
 
@@ -487,6 +507,31 @@ impl<B: Backend> Device<B> {
         })
     }
 
+    /// Starts a new chain for our next message in the group, given to every
+    /// member then, without changing the roster: what a removal does, for an
+    /// app that wants post-compromise security for its messages on a
+    /// schedule (a device that saw our chain reads nothing on the new one
+    /// unless it is a member).
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
+    pub fn rotate_group_chain(&self, group_id: &[u8]) -> Result<(), DeviceError> {
+        self.check_process()?;
+        let group_id = self::group_id(group_id)?;
+        let _guard = lock(&self.group_lock);
+        retry_on_conflict(|| {
+            let mut roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
+            let own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
+            for member in &mut roster.value.members {
+                *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
+            }
+            Ok(self.backend.apply(&[
+                self.roster_write(&roster.value, Expected::Value(roster.sealed)),
+                self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Value(own.sealed)),
+            ])?)
+        })
+    }
+
     /// Deletes a group from this device (leaving it): its roster, our chain
     /// and every member's chains. Messages of the group are refused from
     /// then on ([`GroupError::UnknownGroup`]).
@@ -609,62 +654,84 @@ impl<B: Backend> Device<B> {
     /// anything (but see [`GroupError::MissingChain`]).
     pub(super) fn decrypt_group(&self, peer: &Address, message: &GroupMessage) -> Result<PendingMessage, DeviceError> {
         let group_id = GroupId::new(message.group_id()).ok_or(GroupError::InvalidGroupId)?;
-        let (key, loaded) = self.load_member(&group_id, peer)?;
-        let Some(loaded) = loaded else {
-            return Err(match self.load_roster(&group_id)? {
-                Some(_) => GroupError::NotMember,
-                None => GroupError::UnknownGroup,
-            }
-            .into());
-        };
-        match loaded.value.plan_decrypt(peer, message) {
-            Ok((plaintext, plan)) => {
-                let mut chains = loaded.value;
-                chains.apply(plan);
-                Ok(PendingMessage {
-                    device: self.identity.public_key(),
-                    peer: peer.clone(),
-                    inner: Inner::Group(GroupPending {
-                        group_id: group_id.as_bytes().to_vec(),
-                        plaintext,
-                        row: key,
-                        sealed: loaded.sealed,
-                        chains,
-                        user: peer.clone(),
-                    }),
-                })
-            }
-            Err(crate::group::GroupDecrypt::Failed(error)) => Err(GroupError::Decrypt(error).into()),
-            Err(crate::group::GroupDecrypt::MissingChain) => {
-                let request = self.request_chain(&group_id, peer, message)?;
-                Err(GroupError::MissingChain { chain_id: message.chain_id(), request }.into())
+        // Once more if the chain arrived while this call asked for it.
+        for _ in 0..2 {
+            let (key, loaded) = self.load_member(&group_id, peer)?;
+            let Some(loaded) = loaded else {
+                // Not the roster (it may be large): the own-chain row says
+                // whether the group exists.
+                return Err(match self.load_own(&group_id)? {
+                    Some(_) => GroupError::NotMember,
+                    None => GroupError::UnknownGroup,
+                }
+                .into());
+            };
+            match loaded.value.plan_decrypt(peer, message) {
+                Ok((plaintext, plan)) => {
+                    let mut chains = loaded.value;
+                    chains.apply(plan);
+                    return Ok(PendingMessage {
+                        device: self.identity.public_key(),
+                        peer: peer.clone(),
+                        inner: Inner::Group(GroupPending {
+                            group_id: group_id.as_bytes().to_vec(),
+                            plaintext,
+                            row: key,
+                            sealed: loaded.sealed,
+                            chains,
+                            user: peer.clone(),
+                        }),
+                    });
+                }
+                Err(GroupDecrypt::Failed(error)) => return Err(GroupError::Decrypt(error).into()),
+                Err(GroupDecrypt::MissingChain | GroupDecrypt::TooFarAhead) => {
+                    match self.request_chain(&group_id, peer, message)? {
+                        Requested::Sent(request) => {
+                            return Err(GroupError::MissingChain {
+                                chain_id: message.chain_id(),
+                                request: Some(request),
+                            }
+                            .into());
+                        }
+                        Requested::NotSent => {
+                            return Err(GroupError::MissingChain { chain_id: message.chain_id(), request: None }.into());
+                        }
+                        Requested::Arrived => {}
+                    }
+                }
             }
         }
+        Err(GroupError::MissingChain { chain_id: message.chain_id(), request: None }.into())
     }
 
-    /// Makes a request for the chain of `message` to `peer`, if the limits
-    /// allow one and there is a session: the request is encrypted and both
-    /// rows (the session, the member's request count) written in one
-    /// transaction before it is returned.
+    /// Makes a request for the chain of `message` (from its iteration) to
+    /// `peer`, if it is still needed, the limits allow one and there is a
+    /// session: the request is encrypted and both rows (the session, the
+    /// member's request count) written in one transaction before it is
+    /// returned.
     fn request_chain(
         &self,
         group_id: &GroupId,
         peer: &Address,
         message: &GroupMessage,
-    ) -> Result<Option<Vec<u8>>, DeviceError> {
+    ) -> Result<Requested, DeviceError> {
         let _group_guard = lock(&self.group_lock);
         let row = self.sealer.address_key(peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
-            let (key, Some(mut chains)) = self.load_member(group_id, peer)? else { return Ok(None) };
-            // It may have arrived meanwhile; then decrypt again.
-            if chains.value.has_chain(message.chain_id()) || !chains.value.count_request(message.chain_id()) {
-                return Ok(None);
+            let (key, Some(mut chains)) = self.load_member(group_id, peer)? else { return Ok(Requested::NotSent) };
+            match chains.value.plan_decrypt(peer, message) {
+                Err(GroupDecrypt::MissingChain | GroupDecrypt::TooFarAhead) => {}
+                // It arrived meanwhile (or the message no longer needs it).
+                _ => return Ok(Requested::Arrived),
+            }
+            if !chains.value.count_request(message.chain_id()) {
+                return Ok(Requested::NotSent);
             }
             let (mut loaded, mut record) = self.load_record(&row)?;
             if !record.has_session() {
-                return Ok(None);
+                return Ok(Requested::NotSent);
             }
             let content = Control::Request(Request {
                 group_id: group_id.clone(),
@@ -682,7 +749,7 @@ impl<B: Backend> Device<B> {
                 Expected::Value(chains.sealed),
             ));
             self.backend.apply(&writes)?;
-            Ok(Some(request))
+            Ok(Requested::Sent(request))
         })
     }
 
@@ -693,7 +760,12 @@ impl<B: Backend> Device<B> {
     /// [`SessionError::Malformed`] for content that does not parse (the
     /// message is refused, nothing changes); a store error.
     pub(super) fn plan_control(&self, peer: &Address, content: &[u8]) -> Result<ControlAction, DeviceError> {
-        let control = Control::from_bytes(content).map_err(SessionError::from)?;
+        let control = match Control::from_bytes(content) {
+            Ok(control) => control,
+            // A kind of a later release: consumed, and nothing done.
+            Err(crate::DecodeError::UnknownKind) => return Ok(ControlAction::Ignored(Vec::new())),
+            Err(e) => return Err(SessionError::from(e).into()),
+        };
         match control {
             Control::Distribution(distribution) => {
                 let group_id = distribution.group_id.clone();

@@ -205,6 +205,11 @@ impl Control {
     /// A [`DecodeError`]; [`DecodeError::UnknownKind`] for a control body
     /// this release does not know.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        // One well-formed field of a number this release does not know: a
+        // control kind of a later release (PROTOCOL.md 18.6).
+        if wire::is_unknown_field(bytes, 2) {
+            return Err(DecodeError::UnknownKind);
+        }
         let control = crate::codec::decode_secret::<pb::Control>(bytes)?;
         match &control.body {
             Some(pb::control::Body::Distribution(d)) => Ok(Self::Distribution(Distribution {

@@ -67,7 +67,10 @@ enum PlanKind {
 pub(crate) enum GroupDecrypt {
     /// No chain of this sender has the message's chain id.
     MissingChain,
-    /// The message does not decrypt (forged, duplicate, too far ahead ...).
+    /// The message, signed by the sender, is more than [`MAX_SKIP`] ahead of
+    /// where its chain is: the chain is needed from the message's iteration.
+    TooFarAhead,
+    /// The message does not decrypt (forged, duplicate, ...).
     Failed(DecryptError),
 }
 
@@ -78,11 +81,6 @@ impl From<DecryptError> for GroupDecrypt {
 }
 
 impl SenderChains {
-    /// Whether a chain with this id is kept.
-    pub(crate) fn has_chain(&self, chain_id: u32) -> bool {
-        self.chains.iter().any(|c| c.chain_id == chain_id)
-    }
-
     /// How many skipped keys are kept, over every chain.
     pub(crate) fn skipped_count(&self) -> usize {
         self.chains.iter().map(|c| c.skipped.len()).sum()
@@ -130,7 +128,7 @@ impl SenderChains {
         } else {
             let gap = iteration.saturating_sub(chain.chain.index());
             if gap > MAX_SKIP {
-                return Err(DecryptError::TooFarAhead { gap, max: MAX_SKIP }.into());
+                return Err(GroupDecrypt::TooFarAhead);
             }
             let mut key = chain.chain.clone();
             let mut skipped = Vec::with_capacity(usize::try_from(gap).unwrap_or(0));
@@ -185,10 +183,12 @@ impl SenderChains {
     }
 
     /// Takes in a distribution from the sender (PROTOCOL.md 18.6). A chain
-    /// already kept with the same id and signing key is kept as it is (a
-    /// copy of a chain never takes it back to an earlier iteration, which
-    /// would let a replayed distribution decrypt messages twice); one with
-    /// another signing key is replaced. A new chain becomes the newest, and
+    /// already kept with the same id and signing key moves forward to the
+    /// distribution's iteration if that is later (the keys in between are
+    /// not derived: those messages are given up), and is otherwise kept as
+    /// it is (a copy of a chain never takes it back to an earlier iteration,
+    /// which would let a replayed distribution decrypt messages twice); one
+    /// with another signing key is replaced. A new chain becomes the newest, and
     /// past [`MAX_SENDER_CHAINS`] the oldest is dropped. Every request
     /// counted for this sender is forgotten. Returns whether anything changed.
     pub(crate) fn receive(&mut self, distribution: &Distribution) -> bool {
@@ -206,7 +206,16 @@ impl SenderChains {
         let was_requested = !self.requested.is_empty();
         self.requested.clear();
         if let Some(position) = self.chains.iter().position(|c| c.chain_id == distribution.chain_id) {
-            if self.chains.get(position).is_some_and(|c| c.signing_key == distribution.signing_key) {
+            if let Some(kept) = self.chains.get_mut(position)
+                && kept.signing_key == distribution.signing_key
+            {
+                // The same chain from later on (the answer to a message too
+                // far ahead): it moves forward, keeping its skipped keys and
+                // used iterations; never back.
+                if distribution.iteration > kept.chain.index() {
+                    kept.chain = chain.chain;
+                    return true;
+                }
                 return was_requested;
             }
             self.chains.remove(position);

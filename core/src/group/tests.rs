@@ -137,7 +137,11 @@ fn too_far_ahead_is_refused_at_the_limit() {
         messages.push(chain.encrypt(&mut rng, &gid(b"g"), &alice(), &i.to_be_bytes()).unwrap());
     }
     let last = messages.last().unwrap();
-    assert_eq!(failed(decrypt(&mut chains, last)), DecryptError::TooFarAhead { gap: MAX_SKIP + 1, max: MAX_SKIP });
+    assert!(matches!(decrypt(&mut chains, last), Err(GroupDecrypt::TooFarAhead)));
+    // Forged, it is refused before its iteration is looked at.
+    let mut forged = last.clone();
+    forged.signature[0] ^= 1;
+    assert_eq!(failed(decrypt(&mut chains, &forged)), DecryptError::Unauthenticated);
     // A gap of exactly MAX_SKIP is taken.
     let at_limit = &messages[MAX_SKIP as usize];
     assert!(decrypt(&mut chains, at_limit).is_ok());
@@ -180,6 +184,22 @@ fn old_chains_are_kept_for_messages_in_flight_then_dropped() {
     // The same distribution again changes nothing (no rewind).
     assert!(!chains.receive(&senders[3].distribution(&gid(b"g"), 0)));
     assert!(matches!(failed(decrypt(&mut chains, &in_flight[3])), DecryptError::Duplicate { .. }));
+}
+
+#[test]
+fn a_later_copy_of_a_chain_moves_it_forward_never_back() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let messages: Vec<_> = (0..5).map(|_| chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap()).collect();
+    decrypt(&mut chains, &messages[1]).unwrap();
+    // Forward to 3: message 0 (skipped) still opens, 2 is given up, 3 opens.
+    assert!(chains.receive(&chain.distribution(&gid(b"g"), 3)));
+    assert!(decrypt(&mut chains, &messages[0]).is_ok());
+    assert!(matches!(failed(decrypt(&mut chains, &messages[2])), DecryptError::Duplicate { .. }));
+    assert!(decrypt(&mut chains, &messages[3]).is_ok());
+    // Back to 0: nothing changes, and nothing decrypts twice.
+    assert!(!chains.receive(&chain.distribution(&gid(b"g"), 0)));
+    assert!(matches!(failed(decrypt(&mut chains, &messages[3])), DecryptError::Duplicate { .. }));
+    assert!(decrypt(&mut chains, &messages[4]).is_ok());
 }
 
 #[test]
@@ -269,6 +289,10 @@ fn control_content_round_trips_and_junk_is_refused() {
     let request = Control::Request(Request { group_id: gid(b"g"), chain_id: 9, iteration: 4 });
     assert_eq!(Control::from_bytes(&request.to_bytes()).unwrap(), request);
     assert_eq!(Control::from_bytes(&[]), Err(DecodeError::UnknownKind));
+    // A control kind of a later release (field 3, 4 ...): unknown, not malformed.
+    assert_eq!(Control::from_bytes(&[0x1a, 0x00]), Err(DecodeError::UnknownKind));
+    assert_eq!(Control::from_bytes(&[0x22, 0x02, 0xaa, 0xbb]), Err(DecodeError::UnknownKind));
+    assert_eq!(Control::from_bytes(&[0x1a, 0x05, 0x00]), Err(DecodeError::Protobuf));
     assert!(Control::from_bytes(&[0x0a, 0x01]).is_err());
     // A group id of 65 bytes.
     let long = Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0 });

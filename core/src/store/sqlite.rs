@@ -957,7 +957,10 @@ mod tests {
         assert_eq!(db.scan(Table::Sessions).unwrap().len(), 2);
         db.with_connection(|c| Ok(c.pragma_update(None, "user_version", 9)?)).unwrap();
         drop(db);
-        assert!(matches!(SqliteBackend::open(&path), Err(StoreError::SchemaTooNew { found: 9, supported: 1 })));
+        assert!(matches!(
+            SqliteBackend::open(&path),
+            Err(StoreError::SchemaTooNew { found: 9, supported: SCHEMA_VERSION })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -237,7 +237,7 @@ def test_a_batch_leaves_control_messages_for_decrypt(tmp_path):
          IncomingMessage(sender=sender, ciphertext=direct)]
     )
     results = batch.results()
-    assert isinstance(results[0].error, SamizdatError.ControlMessage)
+    assert isinstance(results[0].error, SamizdatError.NotInBatch)
     assert results[1].plaintext == b"direct"
     world.devices[1].commit_batch(batch)
     # Not consumed: it decrypts alone, then the group message does.

@@ -2547,11 +2547,12 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
          */reason: String
     )
     /**
-     * In a batch ([`Device::decrypt_batch`]): a control message (a group's
-     * chain, or a request for one), which a batch leaves as it is. It was
-     * not consumed: decrypt and commit it alone with [`Device::decrypt`].
+     * In a batch ([`Device::decrypt_batch`]): a group message, or a control
+     * message (a group's chain, or a request for one), which a batch leaves
+     * as it is. It was not consumed: decrypt and commit it alone with
+     * [`Device::decrypt`].
      */
-    case ControlMessage
+    case NotInBatch
     /**
      * A group with this id already exists on this device.
      */
@@ -2669,7 +2670,7 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
         case 20: return .InvalidArgument(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 21: return .ControlMessage
+        case 21: return .NotInBatch
         case 22: return .GroupExists
         case 23: return .UnknownGroup
         case 24: return .TooManyMembers(
@@ -2784,7 +2785,7 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case .ControlMessage:
+        case .NotInBatch:
             writeInt(&buf, Int32(21))
         
         

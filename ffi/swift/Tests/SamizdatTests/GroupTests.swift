@@ -279,7 +279,7 @@ final class GroupTests: XCTestCase {
             IncomingMessage(sender: sender, ciphertext: direct),
         ])
         let results = batch.results()
-        XCTAssertEqual(results[0].error, .ControlMessage)
+        XCTAssertEqual(results[0].error, .NotInBatch)
         XCTAssertEqual(results[1].plaintext, Data("direct".utf8))
         try world[1].commitBatch(batch: batch)
         // Not consumed: it decrypts alone, then the group message does.

@@ -244,7 +244,7 @@ class GroupTest {
             val batch = listOf(IncomingMessage(sender, sent.distributions[0].message), IncomingMessage(sender, direct))
             world[1].decryptBatch(batch).use { pending ->
                 val results = pending.results()
-                assertTrue(results[0].error is SamizdatException.ControlMessage)
+                assertTrue(results[0].error is SamizdatException.NotInBatch)
                 assertEquals("direct", results[1].plaintext?.decodeToString())
                 world[1].commitBatch(pending)
             }
