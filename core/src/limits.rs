@@ -127,13 +127,19 @@ pub const MAX_GROUP_USED_ITERATIONS: usize = 128;
 /// past messages on the current chain.
 pub const GROUP_RECOVERY_WINDOW: u32 = 2_000;
 
-/// The most chain ids a device asks one sender of a group for before one of
-/// them arrives; each is asked for at most [`MAX_GROUP_KEY_REQUESTS`] times.
-/// Forged group messages with made-up chain ids cannot make a device send
-/// more than this many requests per sender.
+/// The most chain ids a device remembers asking one sender of a group for
+/// (a new one takes the place of the oldest, so made-up chain ids cannot
+/// keep it from asking for one that exists); each is asked for at most
+/// [`MAX_GROUP_KEY_REQUESTS`] times.
 pub const MAX_REQUESTED_CHAINS: usize = 4;
 
 /// How many times a device asks a sender for one chain, and how many times a
 /// sender answers one member's requests on one of its chains: a hostile
 /// member cannot make another device send without bound.
 pub const MAX_GROUP_KEY_REQUESTS: u32 = 2;
+
+/// The most requests a device sends one sender of a group until that sender
+/// proves itself again (a distribution from it, or a message of it that
+/// decrypts): forged messages with made-up chain ids cannot make it send
+/// more.
+pub const MAX_GROUP_REQUESTS_PER_SENDER: u32 = 8;

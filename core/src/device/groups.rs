@@ -22,7 +22,8 @@ use crate::{
     DecryptError, EncryptError, SessionError,
     address::Address,
     group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
-    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS},
+    keys::IdentityKey,
+    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS, MAX_SKIP},
     padding::ContentType,
     session::SessionRecord,
     store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
@@ -129,6 +130,8 @@ pub(super) struct GroupPending {
     sealed: Vec<u8>,
     chains: SenderChains,
     user: Address,
+    /// The identity trusted for the sender, under which its chain came.
+    pub(super) identity: Option<IdentityKey>,
 }
 
 /// What committing a control message does besides advancing the session.
@@ -309,7 +312,7 @@ impl<B: Backend> Device<B> {
         {
             return Err(corrupt());
         }
-        let chains = SenderChains::from_records(&row.chains, &row.requested).map_err(|_| corrupt())?;
+        let chains = SenderChains::from_records(&row.chains, &row.requested, row.requests).map_err(|_| corrupt())?;
         Ok((key, Some(Loaded { sealed, value: chains })))
     }
 
@@ -329,6 +332,7 @@ impl<B: Backend> Device<B> {
             device_id: member.device_id(),
             chains: records,
             requested,
+            requests: chains.requests(),
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -657,6 +661,11 @@ impl<B: Backend> Device<B> {
         // Once more if the chain arrived while this call asked for it.
         for _ in 0..2 {
             let (key, loaded) = self.load_member(&group_id, peer)?;
+            // Chains are used only under the identity trusted for the sender now.
+            let trusted = match &loaded {
+                Some(_) => self.load_record(&self.sealer.address_key(peer))?.1.trusted_identity(),
+                None => None,
+            };
             let Some(loaded) = loaded else {
                 // Not the roster (it may be large): the own-chain row says
                 // whether the group exists.
@@ -666,7 +675,7 @@ impl<B: Backend> Device<B> {
                 }
                 .into());
             };
-            match loaded.value.plan_decrypt(peer, message) {
+            match loaded.value.plan_decrypt(peer, trusted.as_ref(), message) {
                 Ok((plaintext, plan)) => {
                     let mut chains = loaded.value;
                     chains.apply(plan);
@@ -680,6 +689,7 @@ impl<B: Backend> Device<B> {
                             sealed: loaded.sealed,
                             chains,
                             user: peer.clone(),
+                            identity: trusted,
                         }),
                     });
                 }
@@ -721,24 +731,23 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
             let (key, Some(mut chains)) = self.load_member(group_id, peer)? else { return Ok(Requested::NotSent) };
-            match chains.value.plan_decrypt(peer, message) {
-                Err(GroupDecrypt::MissingChain | GroupDecrypt::TooFarAhead) => {}
+            let (mut loaded, mut record) = self.load_record(&row)?;
+            // The chain from the earliest iteration the sender will give (it
+            // knows when this device was first given it), or, on a chain this
+            // device has but is too far behind on, from where the message is
+            // just within reach.
+            let from = match chains.value.plan_decrypt(peer, record.trusted_identity().as_ref(), message) {
+                Err(GroupDecrypt::MissingChain) => 0,
+                Err(GroupDecrypt::TooFarAhead) => message.iteration().saturating_sub(MAX_SKIP),
                 // It arrived meanwhile (or the message no longer needs it).
                 _ => return Ok(Requested::Arrived),
-            }
-            if !chains.value.count_request(message.chain_id()) {
+            };
+            if !record.has_session() || !chains.value.count_request(message.chain_id()) {
                 return Ok(Requested::NotSent);
             }
-            let (mut loaded, mut record) = self.load_record(&row)?;
-            if !record.has_session() {
-                return Ok(Requested::NotSent);
-            }
-            let content = Control::Request(Request {
-                group_id: group_id.clone(),
-                chain_id: message.chain_id(),
-                iteration: message.iteration(),
-            })
-            .to_bytes();
+            let content =
+                Control::Request(Request { group_id: group_id.clone(), chain_id: message.chain_id(), iteration: from })
+                    .to_bytes();
             let request = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
             writes.push(self.member_write(
@@ -759,7 +768,12 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// [`SessionError::Malformed`] for content that does not parse (the
     /// message is refused, nothing changes); a store error.
-    pub(super) fn plan_control(&self, peer: &Address, content: &[u8]) -> Result<ControlAction, DeviceError> {
+    pub(super) fn plan_control(
+        &self,
+        peer: &Address,
+        identity: IdentityKey,
+        content: &[u8],
+    ) -> Result<ControlAction, DeviceError> {
         let control = match Control::from_bytes(content) {
             Ok(control) => control,
             // A kind of a later release: consumed, and nothing done.
@@ -771,7 +785,7 @@ impl<B: Backend> Device<B> {
                 let group_id = distribution.group_id.clone();
                 let (row, loaded) = self.load_member(&group_id, peer)?;
                 let Some(mut loaded) = loaded else { return Ok(ControlAction::Ignored(group_id.as_bytes().to_vec())) };
-                if !loaded.value.receive(&distribution) {
+                if !loaded.value.receive(&distribution, identity) {
                     return Ok(ControlAction::Ignored(group_id.as_bytes().to_vec()));
                 }
                 Ok(ControlAction::Store {
@@ -783,6 +797,10 @@ impl<B: Backend> Device<B> {
             }
             Control::Request(request) => {
                 let ignored = || ControlAction::Ignored(request.group_id.as_bytes().to_vec());
+                // Only a member asks (its row is small; the roster may not be).
+                if self.load_member(&request.group_id, peer)?.1.is_none() {
+                    return Ok(ignored());
+                }
                 let (Some(mut roster), Some(own)) =
                     (self.load_roster(&request.group_id)?, self.load_own(&request.group_id)?)
                 else {
@@ -864,6 +882,9 @@ impl<B: Backend> Device<B> {
     /// row the decryption read.
     pub(super) fn commit_group(&self, pending: GroupPending) -> Result<(), DeviceError> {
         let GroupPending { group_id, row, sealed, chains, user, .. } = pending;
+        // (A change of the trusted identity since the decryption rewrote the
+        // session row, not this one: the chain came under the identity that
+        // was trusted when the message was read.)
         let _guard = lock(&self.group_lock);
         let write = self.member_write(row, &group_id, &user, &chains, Expected::Value(sealed));
         match self.backend.apply(&[write]) {

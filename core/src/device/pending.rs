@@ -105,13 +105,15 @@ impl PendingMessage {
         &self.peer
     }
 
-    /// The sender's identity key: the one its session authenticated (for a
-    /// group message, the session's with the sender, whose distribution of
-    /// the chain it came in).
+    /// The sender's identity key: the one its session authenticated; for a
+    /// group message, the identity trusted for the sender, under which the
+    /// sender's chain came (a chain that came under another identity opens
+    /// nothing). `None` only for a group message from a sender with whom
+    /// there is no session any more.
     pub fn sender_identity(&self) -> Option<IdentityKey> {
         match &self.inner {
             Inner::Pairwise { pending, .. } => Some(pending.sender_identity()),
-            Inner::Group(_) => None,
+            Inner::Group(group) => group.identity,
         }
     }
 }

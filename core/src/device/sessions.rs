@@ -345,7 +345,9 @@ impl<B: Backend> Device<B> {
             let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
             let control = match pending.content() {
                 ContentType::App => None,
-                ContentType::Control => Some(self.plan_control(peer, pending.plaintext())?),
+                ContentType::Control => {
+                    Some(self.plan_control(peer, pending.sender_identity(), pending.plaintext())?)
+                }
             };
             Ok(PendingMessage {
                 device: self.identity.public_key(),

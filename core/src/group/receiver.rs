@@ -12,8 +12,8 @@ use crate::{
     address::Address,
     keys::{IdentityKey, Secret32},
     limits::{
-        MAX_GROUP_KEY_REQUESTS, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_REQUESTED_CHAINS,
-        MAX_SENDER_CHAINS, MAX_SKIP,
+        MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS,
+        MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS, MAX_SKIP,
     },
     ratchet::chain::ChainKey,
 };
@@ -31,6 +31,9 @@ fn salt_tag(message: &GroupMessage) -> SaltTag {
 struct Chain {
     chain_id: u32,
     signing_key: IdentityKey,
+    /// The identity key of the session the chain came in: the chain is used
+    /// only while that identity is the one trusted for the sender.
+    identity: IdentityKey,
     /// The chain key at the next iteration expected.
     chain: ChainKey,
     /// Seeds of skipped iterations, in increasing order.
@@ -45,6 +48,9 @@ pub(crate) struct SenderChains {
     /// Oldest first; the last is the newest.
     chains: VecDeque<Chain>,
     requested: Vec<(u32, u32)>,
+    /// Requests made since the sender last proved itself (a distribution
+    /// taken in, a message decrypted).
+    requests: u32,
 }
 
 /// How a decryption changes a sender's chains; applied by
@@ -92,22 +98,27 @@ impl SenderChains {
         self.chains.len()
     }
 
-    /// Decrypts `message` from `sender` without changing anything
-    /// (PROTOCOL.md 18.5): the chain, then the signature, then the
+    /// Decrypts `message` from `sender`, whose trusted identity is
+    /// `trusted`, without changing anything (PROTOCOL.md 18.5): the chain
+    /// (one that came from that identity), then the signature, then the
     /// iteration, and only then the keys and the body. A forged message
     /// costs one signature verification and derives no key.
     pub(crate) fn plan_decrypt(
         &self,
         sender: &Address,
+        trusted: Option<&IdentityKey>,
         message: &GroupMessage,
     ) -> Result<(Zeroizing<Vec<u8>>, GroupPlan), GroupDecrypt> {
         let forged = || GroupDecrypt::Failed(DecryptError::Unauthenticated);
+        // A chain that came from an identity no longer trusted for the
+        // sender (a phone replaced, its old identity seized) is as good as
+        // missing.
         let (index, chain) = self
             .chains
             .iter()
             .enumerate()
             .rev()
-            .find(|(_, c)| c.chain_id == message.chain_id)
+            .find(|(_, c)| c.chain_id == message.chain_id && Some(&c.identity) == trusted)
             .ok_or(GroupDecrypt::MissingChain)?;
         if !chain.signing_key.verify(&message.signed_bytes(sender), &message.signature) {
             return Err(forged());
@@ -162,6 +173,10 @@ impl SenderChains {
             }
             chain.used.push_back(plan.used);
         }
+        // A message the sender signed on a chain we have: it is alive, and
+        // what was asked of it so far is settled.
+        self.requested.clear();
+        self.requests = 0;
         self.evict();
     }
 
@@ -188,13 +203,15 @@ impl SenderChains {
     /// not derived: those messages are given up), and is otherwise kept as
     /// it is (a copy of a chain never takes it back to an earlier iteration,
     /// which would let a replayed distribution decrypt messages twice); one
-    /// with another signing key is replaced. A new chain becomes the newest, and
+    /// with another signing key, or that came from another identity, is
+    /// replaced. `identity` is the identity key of the session it came in. A new chain becomes the newest, and
     /// past [`MAX_SENDER_CHAINS`] the oldest is dropped. Every request
     /// counted for this sender is forgotten. Returns whether anything changed.
-    pub(crate) fn receive(&mut self, distribution: &Distribution) -> bool {
+    pub(crate) fn receive(&mut self, distribution: &Distribution, identity: IdentityKey) -> bool {
         let chain = Chain {
             chain_id: distribution.chain_id,
             signing_key: distribution.signing_key,
+            identity,
             chain: ChainKey::new(distribution.chain_key.clone(), distribution.iteration),
             skipped: VecDeque::new(),
             used: VecDeque::new(),
@@ -203,11 +220,13 @@ impl SenderChains {
         // it before is settled (a chain asked for and rotated away never
         // comes; left in the list it would keep later requests from being
         // made).
-        let was_requested = !self.requested.is_empty();
+        let was_requested = !self.requested.is_empty() || self.requests > 0;
         self.requested.clear();
+        self.requests = 0;
         if let Some(position) = self.chains.iter().position(|c| c.chain_id == distribution.chain_id) {
             if let Some(kept) = self.chains.get_mut(position)
                 && kept.signing_key == distribution.signing_key
+                && kept.identity == identity
             {
                 // The same chain from later on (the answer to a message too
                 // far ahead): it moves forward, keeping its skipped keys and
@@ -229,21 +248,37 @@ impl SenderChains {
     }
 
     /// Counts a request for `chain_id` if the limits allow one: at most
-    /// [`MAX_GROUP_KEY_REQUESTS`] per chain id, and at most
-    /// [`MAX_REQUESTED_CHAINS`] chain ids asked and not received.
+    /// [`MAX_GROUP_KEY_REQUESTS`] per chain id among the last
+    /// [`MAX_REQUESTED_CHAINS`] chain ids asked and not received (a new one
+    /// takes the place of the oldest), and at most
+    /// [`MAX_GROUP_REQUESTS_PER_SENDER`] in all until the sender proves
+    /// itself again (a distribution, or a message that decrypts).
     pub(crate) fn count_request(&mut self, chain_id: u32) -> bool {
+        if self.requests >= MAX_GROUP_REQUESTS_PER_SENDER {
+            return false;
+        }
         if let Some((_, count)) = self.requested.iter_mut().find(|(id, _)| *id == chain_id) {
             if *count >= MAX_GROUP_KEY_REQUESTS {
                 return false;
             }
             *count = count.saturating_add(1);
+            self.requests = self.requests.saturating_add(1);
             return true;
         }
+        // A new chain id takes the place of the oldest one asked for: chain
+        // ids that never come (made up by a forger, or rotated away) cannot
+        // keep a device from asking for one that does.
         if self.requested.len() >= MAX_REQUESTED_CHAINS {
-            return false;
+            self.requested.remove(0);
         }
         self.requested.push((chain_id, 1));
+        self.requests = self.requests.saturating_add(1);
         true
+    }
+
+    /// Requests made since the sender last proved itself.
+    pub(crate) fn requests(&self) -> u32 {
+        self.requests
     }
 
     pub(crate) fn to_records(&self) -> (Vec<storage::SenderChain>, Vec<storage::RequestedChain>) {
@@ -253,6 +288,7 @@ impl SenderChains {
             .map(|c| storage::SenderChain {
                 chain_id: c.chain_id,
                 signing_key: c.signing_key.as_bytes().to_vec(),
+                identity_key: c.identity.as_bytes().to_vec(),
                 iteration: c.chain.index(),
                 chain_key: c.chain.as_secret().as_bytes().to_vec(),
                 skipped: c
@@ -278,7 +314,13 @@ impl SenderChains {
     pub(crate) fn from_records(
         chains: &[storage::SenderChain],
         requested: &[storage::RequestedChain],
+        requests: u32,
     ) -> Result<Self, DecodeError> {
+        if requests > MAX_GROUP_REQUESTS_PER_SENDER
+            || requested.iter().map(|r| r.count).fold(0u32, u32::saturating_add) > requests
+        {
+            return Err(DecodeError::InvalidValue("sender.requests"));
+        }
         if chains.len() > MAX_SENDER_CHAINS {
             return Err(DecodeError::InvalidValue("sender.chains"));
         }
@@ -290,6 +332,7 @@ impl SenderChains {
         let mut out = Self {
             chains: VecDeque::with_capacity(chains.len()),
             requested: requested.iter().map(|r| (r.chain_id, r.count)).collect(),
+            requests,
         };
         for c in chains {
             if out.chains.iter().any(|kept| kept.chain_id == c.chain_id) {
@@ -320,6 +363,7 @@ impl SenderChains {
             out.chains.push_back(Chain {
                 chain_id: c.chain_id,
                 signing_key: IdentityKey::from_stored_slice(&c.signing_key, "sender.signing_key")?,
+                identity: IdentityKey::from_stored_slice(&c.identity_key, "sender.identity_key")?,
                 chain: ChainKey::new(Secret32::from_slice(&c.chain_key, "sender.chain_key")?, c.iteration),
                 skipped,
                 used,

@@ -18,6 +18,11 @@ fn alice() -> Address {
     Address::new("alice", 1).unwrap()
 }
 
+/// The identity of the session Alice's chains come in.
+fn id() -> crate::keys::IdentityKey {
+    crate::keys::IdentityKeyPair::from_seed(&[5; 32]).public_key()
+}
+
 fn gid(bytes: &[u8]) -> GroupId {
     GroupId::new(bytes).unwrap()
 }
@@ -27,12 +32,12 @@ fn setup() -> (ChaCha20Rng, OwnChain, SenderChains) {
     let mut rng = rng(1);
     let chain = OwnChain::generate(&mut rng);
     let mut chains = SenderChains::default();
-    assert!(chains.receive(&chain.distribution(&gid(b"g"), 0)));
+    assert!(chains.receive(&chain.distribution(&gid(b"g"), 0), id()));
     (rng, chain, chains)
 }
 
 fn decrypt(chains: &mut SenderChains, message: &GroupMessage) -> Result<Vec<u8>, GroupDecrypt> {
-    let (plaintext, plan) = chains.plan_decrypt(&alice(), message)?;
+    let (plaintext, plan) = chains.plan_decrypt(&alice(), Some(&id()), message)?;
     chains.apply(plan);
     Ok(plaintext.to_vec())
 }
@@ -105,7 +110,10 @@ fn a_forged_or_moved_message_is_refused_and_changes_nothing() {
     }
     // Attributed to another member: its address is signed.
     let bob = Address::new("bob", 1).unwrap();
-    assert!(matches!(chains.plan_decrypt(&bob, &message), Err(GroupDecrypt::Failed(DecryptError::Unauthenticated))));
+    assert!(matches!(
+        chains.plan_decrypt(&bob, Some(&id()), &message),
+        Err(GroupDecrypt::Failed(DecryptError::Unauthenticated))
+    ));
     // Nothing changed: the genuine message decrypts.
     assert_eq!(decrypt(&mut chains, &message).unwrap(), b"hi");
     // A chain id this sender never gave.
@@ -173,7 +181,7 @@ fn old_chains_are_kept_for_messages_in_flight_then_dropped() {
     let in_flight: Vec<_> =
         senders.iter_mut().map(|c| c.encrypt(&mut rng, &gid(b"g"), &alice(), b"late").unwrap()).collect();
     for (i, sender) in senders.iter().enumerate() {
-        assert!(chains.receive(&sender.distribution(&gid(b"g"), 0)));
+        assert!(chains.receive(&sender.distribution(&gid(b"g"), 0), id()));
         assert_eq!(chains.chain_count(), (i + 1).min(MAX_SENDER_CHAINS));
     }
     // The first chain was dropped; the others still open their messages.
@@ -182,7 +190,7 @@ fn old_chains_are_kept_for_messages_in_flight_then_dropped() {
         assert_eq!(decrypt(&mut chains, message).unwrap(), b"late");
     }
     // The same distribution again changes nothing (no rewind).
-    assert!(!chains.receive(&senders[3].distribution(&gid(b"g"), 0)));
+    assert!(!chains.receive(&senders[3].distribution(&gid(b"g"), 0), id()));
     assert!(matches!(failed(decrypt(&mut chains, &in_flight[3])), DecryptError::Duplicate { .. }));
 }
 
@@ -192,12 +200,12 @@ fn a_later_copy_of_a_chain_moves_it_forward_never_back() {
     let messages: Vec<_> = (0..5).map(|_| chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap()).collect();
     decrypt(&mut chains, &messages[1]).unwrap();
     // Forward to 3: message 0 (skipped) still opens, 2 is given up, 3 opens.
-    assert!(chains.receive(&chain.distribution(&gid(b"g"), 3)));
+    assert!(chains.receive(&chain.distribution(&gid(b"g"), 3), id()));
     assert!(decrypt(&mut chains, &messages[0]).is_ok());
     assert!(matches!(failed(decrypt(&mut chains, &messages[2])), DecryptError::Duplicate { .. }));
     assert!(decrypt(&mut chains, &messages[3]).is_ok());
     // Back to 0: nothing changes, and nothing decrypts twice.
-    assert!(!chains.receive(&chain.distribution(&gid(b"g"), 0)));
+    assert!(!chains.receive(&chain.distribution(&gid(b"g"), 0), id()));
     assert!(matches!(failed(decrypt(&mut chains, &messages[3])), DecryptError::Duplicate { .. }));
     assert!(decrypt(&mut chains, &messages[4]).is_ok());
 }
@@ -207,7 +215,7 @@ fn a_distribution_from_an_iteration_reads_nothing_before_it() {
     let (mut rng, mut chain, _) = setup();
     let early = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"before").unwrap();
     let mut joined = SenderChains::default();
-    joined.receive(&chain.distribution(&gid(b"g"), chain.iteration()));
+    joined.receive(&chain.distribution(&gid(b"g"), chain.iteration()), id());
     let late = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"after").unwrap();
     assert!(matches!(failed(decrypt(&mut joined, &early)), DecryptError::Duplicate { counter: 0 }));
     assert_eq!(decrypt(&mut joined, &late).unwrap(), b"after");
@@ -232,7 +240,7 @@ fn the_recovery_copy_trails_by_the_window_and_never_leads() {
         copy.encrypt(&mut rng, &gid(b"g"), &alice(), b"next").unwrap()
     };
     let mut chains = SenderChains::default();
-    chains.receive(&chain.distribution(&gid(b"g"), 100));
+    chains.receive(&chain.distribution(&gid(b"g"), 100), id());
     assert_eq!(decrypt(&mut chains, &message).unwrap(), b"next");
     // A stored chain whose copy is outside the window is refused.
     let mut bad = record.clone();
@@ -249,14 +257,14 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
     decrypt(&mut chains, &messages[2]).unwrap();
     chains.count_request(77);
     let (records, requested) = chains.to_records();
-    let mut loaded = SenderChains::from_records(&records, &requested).unwrap();
+    let mut loaded = SenderChains::from_records(&records, &requested, 1).unwrap();
     assert_eq!(loaded.to_records(), (records.clone(), requested.clone()));
     assert_eq!(decrypt(&mut loaded, &messages[0]).unwrap(), b"x");
     assert!(matches!(failed(decrypt(&mut loaded, &messages[2])), DecryptError::Duplicate { .. }));
     let refused = |edit: &dyn Fn(&mut Vec<samizdat_proto::storage::SenderChain>)| {
         let mut bad = records.clone();
         edit(&mut bad);
-        SenderChains::from_records(&bad, &requested).is_err()
+        SenderChains::from_records(&bad, &requested, 1).is_err()
     };
     assert!(refused(&|c| c[0].chain_key.pop().map(|_| ()).unwrap()));
     assert!(refused(&|c| c[0].skipped.reverse()));
@@ -270,7 +278,7 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
 }
 
 #[test]
-fn requests_are_bounded_per_chain_and_per_sender() {
+fn requests_are_bounded_per_chain_and_made_up_ids_do_not_block_real_ones() {
     let mut chains = SenderChains::default();
     for id in 0..u32::try_from(crate::limits::MAX_REQUESTED_CHAINS).unwrap() {
         for _ in 0..crate::limits::MAX_GROUP_KEY_REQUESTS {
@@ -278,7 +286,34 @@ fn requests_are_bounded_per_chain_and_per_sender() {
         }
         assert!(!chains.count_request(id));
     }
+    // Eight requests: no more until the sender proves itself.
     assert!(!chains.count_request(1_000));
+    let (mut rng, chain, _) = setup();
+    let _ = &mut rng;
+    chains.receive(&chain.distribution(&gid(b"g"), 0), id());
+    // The list is full of ids that never come: a new one is still asked for
+    // (twice), in the place of the oldest.
+    for id in 0..4 {
+        assert!(chains.count_request(id));
+    }
+    assert!(chains.count_request(1_000));
+    assert!(chains.count_request(1_000));
+    assert!(!chains.count_request(1_000));
+    assert!(chains.count_request(0), "the oldest id was forgotten");
+}
+
+#[test]
+fn a_chain_opens_only_under_the_identity_it_came_with() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let message = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    let other = crate::keys::IdentityKeyPair::from_seed(&[6; 32]).public_key();
+    assert!(matches!(chains.plan_decrypt(&alice(), Some(&other), &message), Err(GroupDecrypt::MissingChain)));
+    assert!(matches!(chains.plan_decrypt(&alice(), None, &message), Err(GroupDecrypt::MissingChain)));
+    // The same chain under the new identity replaces the old one.
+    assert!(chains.receive(&chain.distribution(&gid(b"g"), 0), other));
+    assert_eq!(chains.chain_count(), 1);
+    assert!(chains.plan_decrypt(&alice(), Some(&other), &message).is_ok());
+    assert!(matches!(chains.plan_decrypt(&alice(), Some(&id()), &message), Err(GroupDecrypt::MissingChain)));
 }
 
 #[test]
