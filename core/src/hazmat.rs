@@ -445,7 +445,7 @@ pub fn group_message_from_parts(parts: &GroupMessageParts) -> Result<GroupMessag
     })
 }
 
-/// A sending chain in one group from given values (PROTOCOL.md 18.3): what
+/// A sending chain in one group from given values (PROTOCOL.md 18): what
 /// a device keeps of its own chain, with its randomness already drawn.
 pub struct GroupSendingChain {
     chain: OwnChain,

@@ -216,7 +216,7 @@ impl VectorSet for Group {
     type Case = GroupCase;
     const META: Meta = Meta {
         file: "group.json",
-        section: "18 Groups (18.3 chains, 18.4 the group message, 18.5 decryption, 18.6 control content); 5.2 Content types; 12.4 Decoding; 15.3 DecryptError; 15.4 DecodeError; 15.11 GroupError",
+        section: "18 Groups (18.4 the group message, 18.5 decryption, 18.6 control content); 5.2 Content types; 12.4 Decoding; 15.3 DecryptError; 15.4 DecodeError",
         description: "`chain_step`: the chain from `chain_key` at `iteration`, `count` entries: seed = HMAC-SHA256(ck, \
             0x01), next = HMAC-SHA256(ck, 0x02); `next_chain_key` is null at iteration 2^32 - 1 (the chain cannot \
             step, so no sender uses it). `message_key`: GROUP_MESSAGE_KEY(seed, salt) = HKDF-SHA256(salt = salt (24 \
@@ -1409,7 +1409,7 @@ fn decrypt_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
     );
     cases.push(s.case(
         "decrypt_last_iteration",
-        "18.3, 18.5: no sender uses iteration 2^32 - 1 (its chain cannot step): a message there, even validly signed \
+        "18.5: no sender uses iteration 2^32 - 1 (its chain cannot step): a message there, even validly signed \
          and sealed, is Unauthenticated.",
     )?);
 
