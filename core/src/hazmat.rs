@@ -3,7 +3,8 @@
 //!
 //! **Hazardous material.** These functions expose single steps of the
 //! protocol — key derivations, header sealing with a chosen nonce, the PQXDH
-//! transcript and key schedule — so that `vectors/` can show every
+//! transcript and key schedule, a group's chains and messages with chosen
+//! salts — so that `vectors/` can show every
 //! intermediate value and an auditor can check each one. They make no
 //! attempt to stop misuse (a chosen nonce reused is a broken cipher). Apps
 //! use [`crate::device`] or [`crate::session`]; nothing here is needed to
@@ -433,7 +434,7 @@ pub fn group_message_parts(message: &GroupMessage) -> GroupMessageParts {
 /// checks them (nothing is verified).
 ///
 /// # Errors
-/// The [`DecodeError`] of the first field that is wrong.
+/// The [`DecodeError`](crate::DecodeError) of the first field that is wrong.
 pub fn group_message_from_parts(parts: &GroupMessageParts) -> Result<GroupMessage, crate::DecodeError> {
     GroupMessage::from_proto(samizdat_proto::wire::GroupMessage {
         group_id: parts.group_id.clone(),
