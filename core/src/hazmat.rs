@@ -3,7 +3,8 @@
 //!
 //! **Hazardous material.** These functions expose single steps of the
 //! protocol — key derivations, header sealing with a chosen nonce, the PQXDH
-//! transcript and key schedule — so that `vectors/` can show every
+//! transcript and key schedule, a group's chains and messages with chosen
+//! salts — so that `vectors/` can show every
 //! intermediate value and an auditor can check each one. They make no
 //! attempt to stop misuse (a chosen nonce reused is a broken cipher). Apps
 //! use [`crate::device`] or [`crate::session`]; nothing here is needed to
@@ -12,15 +13,20 @@
 use zeroize::Zeroizing;
 
 use crate::{
+    address::Address,
+    device::GroupError,
+    group::{Control, Distribution, GroupId, GroupMessage, OwnChain, Request, SALT_LEN, SenderChains},
     handshake::pqxdh::{self, Transcript},
     kdf,
     keys::{
-        IdentityKey, IdentityKeyPair, MLKEM_CIPHERTEXT_LEN, MlKemKeyPair, MlKemPublicKey, X25519PublicKey, X25519Secret,
+        IdentityKey, IdentityKeyPair, MLKEM_CIPHERTEXT_LEN, MlKemKeyPair, MlKemPublicKey, Secret32, X25519PublicKey,
+        X25519Secret,
     },
     padding,
     prekeys::PqPreKeyKind,
     ratchet::{
         ENCRYPTED_HEADER_LEN,
+        chain::ChainKey,
         header::{Header, HeaderKey},
     },
     wire::RatchetMessage,
@@ -64,7 +70,7 @@ pub fn seal_header(
     counter: u32,
     associated_data: &[u8],
 ) -> [u8; ENCRYPTED_HEADER_LEN] {
-    let key = HeaderKey::new(crate::keys::Secret32::new(*header_key));
+    let key = HeaderKey::new(Secret32::new(*header_key));
     let header = Header { ratchet_key: X25519PublicKey::from_bytes(*ratchet_key), previous_counter, counter };
     key.seal(nonce, header, associated_data)
 }
@@ -75,7 +81,7 @@ pub fn open_header(
     encrypted: &[u8; ENCRYPTED_HEADER_LEN],
     associated_data: &[u8],
 ) -> Option<([u8; 32], u32, u32)> {
-    let key = HeaderKey::new(crate::keys::Secret32::new(*header_key));
+    let key = HeaderKey::new(Secret32::new(*header_key));
     key.open(encrypted, associated_data).map(|h| (*h.ratchet_key.as_bytes(), h.previous_counter, h.counter))
 }
 
@@ -200,9 +206,9 @@ pub struct TranscriptInput<'a> {
     /// `CT` (1568 bytes).
     pub pq_ciphertext: &'a [u8],
     /// The initiator's address.
-    pub initiator_address: &'a crate::address::Address,
+    pub initiator_address: &'a Address,
     /// The responder's address.
-    pub responder_address: &'a crate::address::Address,
+    pub responder_address: &'a Address,
 }
 
 /// The PQXDH transcript bytes; `None` if a key is malformed.
@@ -335,6 +341,390 @@ pub fn open_row(
 }
 
 /// The row key of a peer in table `sessions` (PROTOCOL.md 14.5).
-pub fn peer_row_key(storage_key: &[u8; 32], peer: &crate::address::Address) -> Vec<u8> {
+pub fn peer_row_key(storage_key: &[u8; 32], peer: &Address) -> Vec<u8> {
     crate::store::Sealer::new(storage_key).address_key(peer)
+}
+
+// Groups (PROTOCOL.md 18): the steps of the Sender Keys protocol, each on
+// its own, and a sending chain and a sender's chains built from given values.
+
+/// A group id the app gave, checked as the Device API checks it.
+fn group_id(bytes: &[u8]) -> Result<GroupId, GroupError> {
+    GroupId::new(bytes).ok_or(GroupError::InvalidGroupId)
+}
+
+/// One step of a group chain at `iteration`, through the chain type the
+/// group code steps: `(seed HMAC(CK, 0x01), next chain key HMAC(CK, 0x02))`.
+/// The next chain key is `None` at iteration `2^32 - 1`: the chain cannot
+/// step past it, so no sender uses that iteration.
+pub fn group_chain_step(chain_key: &[u8; 32], iteration: u32) -> ([u8; 32], Option<[u8; 32]>) {
+    let chain = ChainKey::new(Secret32::new(*chain_key), iteration);
+    let key = chain.message_key();
+    // A message key made from a chain key always holds its seed.
+    let seed = key.seed().map_or([0; 32], |seed| *seed.as_bytes());
+    (seed, chain.next().map(|next| *next.as_secret().as_bytes()))
+}
+
+/// `GROUP_MESSAGE_KEY(seed, salt)`: the ChaCha20-Poly1305 key and nonce of
+/// a group message (HKDF-SHA256, salt the message's 24-byte salt, info
+/// `"samizdat/v1/group/message-key"`).
+pub fn group_message_key(seed: &[u8; 32], salt: &[u8; SALT_LEN]) -> ([u8; 32], [u8; 12]) {
+    let out = kdf::group_message_key(seed, salt);
+    (*out.key, out.nonce)
+}
+
+/// The associated data of a group message sent by `sender`.
+///
+/// # Errors
+/// [`GroupError::InvalidGroupId`] unless the group id is 1 to 64 bytes.
+pub fn group_associated_data(
+    group: &[u8],
+    sender: &Address,
+    chain_id: u32,
+    iteration: u32,
+    salt: &[u8; SALT_LEN],
+) -> Result<Vec<u8>, GroupError> {
+    let message = GroupMessage {
+        group_id: group_id(group)?,
+        chain_id,
+        iteration,
+        salt: *salt,
+        body: Vec::new(),
+        signature: [0; 64],
+    };
+    Ok(message.associated_data(sender))
+}
+
+/// What the signature of `message` sent by `sender` covers: its associated
+/// data, then its body.
+pub fn group_signed_bytes(message: &GroupMessage, sender: &Address) -> Vec<u8> {
+    message.signed_bytes(sender)
+}
+
+/// Every field of a group message as it travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMessageParts {
+    /// The group id.
+    pub group_id: Vec<u8>,
+    /// The id of the sender's chain.
+    pub chain_id: u32,
+    /// The message's iteration on its chain.
+    pub iteration: u32,
+    /// The salt of the message key.
+    pub salt: [u8; SALT_LEN],
+    /// The ciphertext and its tag.
+    pub body: Vec<u8>,
+    /// The Ed25519 signature by the chain's signing key.
+    pub signature: [u8; 64],
+}
+
+/// The fields of a group message.
+pub fn group_message_parts(message: &GroupMessage) -> GroupMessageParts {
+    GroupMessageParts {
+        group_id: message.group_id.as_bytes().to_vec(),
+        chain_id: message.chain_id,
+        iteration: message.iteration,
+        salt: message.salt,
+        body: message.body.clone(),
+        signature: message.signature,
+    }
+}
+
+/// A group message from its fields, checked as [`GroupMessage::from_bytes`]
+/// checks them (nothing is verified).
+///
+/// # Errors
+/// The [`DecodeError`](crate::DecodeError) of the first field that is wrong.
+pub fn group_message_from_parts(parts: &GroupMessageParts) -> Result<GroupMessage, crate::DecodeError> {
+    GroupMessage::from_proto(samizdat_proto::wire::GroupMessage {
+        group_id: parts.group_id.clone(),
+        chain_id: parts.chain_id,
+        iteration: parts.iteration,
+        salt: parts.salt.to_vec(),
+        body: parts.body.clone(),
+        signature: parts.signature.to_vec(),
+    })
+}
+
+/// A sending chain in one group from given values (PROTOCOL.md 18): what
+/// a device keeps of its own chain, with its randomness already drawn.
+pub struct GroupSendingChain {
+    chain: OwnChain,
+}
+
+impl GroupSendingChain {
+    /// The chain `chain_id` whose key at `iteration` is `chain_key`, signed
+    /// by the Ed25519 key of `signing_seed`.
+    pub fn new(chain_id: u32, iteration: u32, chain_key: &[u8; 32], signing_seed: &[u8; 32]) -> Self {
+        let record = samizdat_proto::storage::OwnChain {
+            chain_id,
+            iteration,
+            chain_key: chain_key.to_vec(),
+            signing_seed: signing_seed.to_vec(),
+            recovery_key: chain_key.to_vec(),
+            recovery_iteration: iteration,
+        };
+        let chain = OwnChain::from_record(&record).unwrap_or_else(|_| {
+            unreachable!("32-byte keys and a recovery copy at the chain's own iteration always load")
+        });
+        Self { chain }
+    }
+
+    /// The iteration of the next message.
+    pub fn iteration(&self) -> u32 {
+        self.chain.iteration()
+    }
+
+    /// The control content of the chain's distribution at its current
+    /// iteration (PROTOCOL.md 18.6), as the pairwise sessions carry it.
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`].
+    pub fn distribution(&self, group: &[u8]) -> Result<Vec<u8>, GroupError> {
+        let group = group_id(group)?;
+        Ok(Control::Distribution(self.chain.distribution(&group, self.chain.iteration())).to_bytes().to_vec())
+    }
+
+    /// Encrypts `plaintext` as the chain's next message from `sender`, drawing
+    /// the 24-byte salt from `rng`, and steps the chain. Changes nothing on
+    /// error.
+    ///
+    /// # Errors
+    /// [`GroupError::InvalidGroupId`] (before anything is drawn);
+    /// [`GroupError::Encrypt`] with [`crate::EncryptError::ChainExhausted`] at
+    /// iteration `2^32 - 1`, or [`crate::EncryptError::MessageTooLarge`].
+    pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        group: &[u8],
+        sender: &Address,
+        plaintext: &[u8],
+    ) -> Result<GroupMessage, GroupError> {
+        let group = group_id(group)?;
+        Ok(self.chain.encrypt(rng, &group, sender, plaintext)?)
+    }
+}
+
+impl std::fmt::Debug for GroupSendingChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.chain.fmt(f)
+    }
+}
+
+/// Parsed control content (PROTOCOL.md 18.6).
+#[derive(Clone, PartialEq, Eq)]
+pub enum GroupControl {
+    /// A sender's chain at one iteration.
+    Distribution {
+        /// The group id.
+        group_id: Vec<u8>,
+        /// The chain's id.
+        chain_id: u32,
+        /// The iteration of `chain_key`.
+        iteration: u32,
+        /// The chain key at `iteration` (wiped when the value is dropped).
+        chain_key: [u8; 32],
+        /// The chain's Ed25519 signing public key.
+        signing_key: [u8; 32],
+    },
+    /// A member asks for a chain it lacks.
+    Request {
+        /// The group id.
+        group_id: Vec<u8>,
+        /// The chain asked for.
+        chain_id: u32,
+        /// The iteration of the message that needed it.
+        iteration: u32,
+    },
+}
+
+impl Drop for GroupControl {
+    fn drop(&mut self) {
+        if let Self::Distribution { chain_key, .. } = self {
+            zeroize::Zeroize::zeroize(chain_key);
+        }
+    }
+}
+
+impl std::fmt::Debug for GroupControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Distribution { chain_id, iteration, .. } => f
+                .debug_struct("Distribution")
+                .field("chain_id", chain_id)
+                .field("iteration", iteration)
+                .finish_non_exhaustive(),
+            Self::Request { chain_id, iteration, .. } => f
+                .debug_struct("Request")
+                .field("chain_id", chain_id)
+                .field("iteration", iteration)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Parses control content, as a device does the content of a pairwise
+/// message marked `0x81`.
+///
+/// # Errors
+/// The [`DecodeError`](crate::DecodeError) of the first check that fails.
+pub fn parse_group_control(content: &[u8]) -> Result<GroupControl, crate::DecodeError> {
+    Ok(match Control::from_bytes(content)? {
+        Control::Distribution(d) => GroupControl::Distribution {
+            group_id: d.group_id.as_bytes().to_vec(),
+            chain_id: d.chain_id,
+            iteration: d.iteration,
+            chain_key: *d.chain_key.as_bytes(),
+            signing_key: *d.signing_key.as_bytes(),
+        },
+        Control::Request(r) => GroupControl::Request {
+            group_id: r.group_id.as_bytes().to_vec(),
+            chain_id: r.chain_id,
+            iteration: r.iteration,
+        },
+    })
+}
+
+/// The canonical encoding of control content (no version byte, no
+/// padding). Refuses what [`parse_group_control`] refuses.
+///
+/// # Errors
+/// A group id of 0 or more than 64 bytes, or a signing key that is not a
+/// valid Ed25519 key: the [`DecodeError`](crate::DecodeError) the parser gives.
+pub fn encode_group_control(control: &GroupControl) -> Result<Vec<u8>, crate::DecodeError> {
+    let control = match control {
+        GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key } => {
+            Control::Distribution(Distribution {
+                group_id: GroupId::from_wire(group_id, "distribution.group_id")?,
+                chain_id: *chain_id,
+                iteration: *iteration,
+                chain_key: Secret32::new(*chain_key),
+                signing_key: IdentityKey::from_bytes(signing_key)
+                    .map_err(|_| crate::DecodeError::InvalidValue("distribution.signing_key"))?,
+            })
+        }
+        GroupControl::Request { group_id, chain_id, iteration } => Control::Request(Request {
+            group_id: GroupId::from_wire(group_id, "request.group_id")?,
+            chain_id: *chain_id,
+            iteration: *iteration,
+        }),
+    };
+    Ok(control.to_bytes().to_vec())
+}
+
+/// One chain of a sender, as [`GroupReceiver::chains`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupChainSummary {
+    /// The chain's id.
+    pub chain_id: u32,
+    /// The next iteration the chain key derives.
+    pub iteration: u32,
+    /// How many skipped keys are kept for it.
+    pub skipped_keys: usize,
+    /// How many decrypted iterations are remembered for it.
+    pub used_iterations: usize,
+}
+
+/// The chains a member keeps of one sender in one group (PROTOCOL.md 18.5,
+/// 18.6): what a device decrypts that sender's messages with. The device
+/// picks it by the message's group id and the transport's sender address;
+/// here the caller does.
+#[derive(Default)]
+pub struct GroupReceiver {
+    chains: SenderChains,
+}
+
+impl GroupReceiver {
+    /// No chain yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes in parsed control content from the sender. Returns whether the
+    /// chains changed; a request changes nothing.
+    pub fn receive(&mut self, control: &GroupControl) -> bool {
+        let GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key } = control else {
+            return false;
+        };
+        let (Some(group_id), Ok(signing_key)) = (GroupId::new(group_id), IdentityKey::from_bytes(signing_key)) else {
+            return false;
+        };
+        self.chains.receive(&Distribution {
+            group_id,
+            chain_id: *chain_id,
+            iteration: *iteration,
+            chain_key: Secret32::new(*chain_key),
+            signing_key,
+        })
+    }
+
+    /// Decrypts `message` from `sender` and, only if it decrypts, updates the
+    /// chains (PROTOCOL.md 18.5).
+    ///
+    /// # Errors
+    /// [`GroupError::MissingChain`] (with no request: none is made here),
+    /// [`GroupError::Decrypt`]. Nothing changes on error.
+    pub fn decrypt(&mut self, sender: &Address, message: &GroupMessage) -> Result<Zeroizing<Vec<u8>>, GroupError> {
+        match self.chains.plan_decrypt(sender, message) {
+            Ok((plaintext, plan)) => {
+                self.chains.apply(plan);
+                Ok(plaintext)
+            }
+            Err(crate::group::GroupDecrypt::MissingChain) => {
+                Err(GroupError::MissingChain { chain_id: message.chain_id(), request: None })
+            }
+            Err(crate::group::GroupDecrypt::Failed(error)) => Err(GroupError::Decrypt(error)),
+        }
+    }
+
+    /// The chains kept, oldest first.
+    pub fn chains(&self) -> Vec<GroupChainSummary> {
+        let (chains, _) = self.chains.to_records();
+        chains
+            .iter()
+            .map(|c| GroupChainSummary {
+                chain_id: c.chain_id,
+                iteration: c.iteration,
+                skipped_keys: c.skipped.len(),
+                used_iterations: c.used.chunks_exact(12).count(),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for GroupReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupReceiver").field("chains", &self.chains()).finish()
+    }
+}
+
+/// What a padded plaintext holds, by its end marker (PROTOCOL.md 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    /// The app's message: marker `0x80`.
+    App,
+    /// Control content between two libraries: marker `0x81`.
+    Control,
+}
+
+/// The padded form of `content`, ended by the marker of `kind` (`None` over
+/// the size limit).
+pub fn pad_content(content: &[u8], kind: ContentKind) -> Option<Vec<u8>> {
+    let kind = match kind {
+        ContentKind::App => padding::ContentType::App,
+        ContentKind::Control => padding::ContentType::Control,
+    };
+    padding::pad_content(content, 0, kind)
+}
+
+/// Removes the padding of either content type: the content and its kind
+/// (`None` if the padding does not verify). [`unpad`] is the app's: it
+/// refuses control content.
+pub fn unpad_content(padded: &[u8]) -> Option<(Vec<u8>, ContentKind)> {
+    let (len, kind) = padding::unpadded_content(padded)?;
+    let kind = match kind {
+        padding::ContentType::App => ContentKind::App,
+        padding::ContentType::Control => ContentKind::Control,
+    };
+    Some((padded.get(..len)?.to_vec(), kind))
 }

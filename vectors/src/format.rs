@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, bundles, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, store_rows, transcript,
-    util::VErr, wire,
+    Failure, Report, bundles, group, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, store_rows,
+    transcript, util::VErr, wire,
 };
 
 /// What a file says about itself.
@@ -89,6 +89,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<records::Records>(),
     entry::<safety::SafetyNumbers>(),
     entry::<store_rows::StoreRows>(),
+    entry::<group::Group>(),
 ];
 
 /// The input field patterns of a vector file (see [`Meta::inputs`]).

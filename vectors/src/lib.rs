@@ -18,6 +18,7 @@
 mod bundles;
 mod curve_model;
 mod format;
+mod group;
 mod kdf;
 mod key_checks;
 mod keys;

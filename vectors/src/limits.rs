@@ -149,7 +149,7 @@ impl VectorSet for RatchetLimits {
     }
 }
 
-fn encrypt_error(e: &EncryptError) -> Value {
+pub(crate) fn encrypt_error(e: &EncryptError) -> Value {
     match e {
         EncryptError::MessageTooLarge { len, max } => json!({"error": "message_too_large", "len": len, "max": max}),
         EncryptError::NoSendingChain => json!({"error": "no_sending_chain"}),
