@@ -30,9 +30,10 @@ use samizdat::{
     store::{Backend, MemoryBackend, Scrub, SqliteBackend},
 };
 use samizdat_benches::{
-    BATCH, BODY_AD_LEN, DeviceSetup, Figures, HEADER_LEN, PAYLOAD_SIZES, PQ_SIGNED_LEN, PQXDH_IKM_LEN, Pair,
-    PreKeySetup, ROW_AD_LEN, SESSION_AD_LEN, SPK_SIGNED_LEN, TRANSCRIPT_LEN, TempDir, VzPair, bench_mode, copy_store,
-    figures, flip_in_body, flip_in_header, padded_len, prim, vz_signed_otk, vz_wire, write_meta,
+    BATCH, BODY_AD_LEN, DeviceSetup, Figures, GROUP_AD_LEN, GROUP_SIZES, GroupPair, GroupScale, HEADER_LEN,
+    PAYLOAD_SIZES, PQ_SIGNED_LEN, PQXDH_IKM_LEN, Pair, PreKeySetup, ROW_AD_LEN, SESSION_AD_LEN, SPK_SIGNED_LEN,
+    TRANSCRIPT_LEN, TempDir, VzGroupScale, VzPair, bench_mode, copy_store, figures, flip_in_body, flip_in_header,
+    group_signed_len, padded_len, prim, thousands, vz_signed_otk, vz_wire, write_meta,
 };
 use sha2::{Digest, Sha256};
 use vodozemac::{
@@ -171,6 +172,30 @@ fn floor(c: &mut Criterion, figures: &Figures) {
         });
     }
 
+    // Group messages: the signature covers the associated data and the body; the body is sealed
+    // with the group message's associated data.
+    let group_ad = vec![0x2d; GROUP_AD_LEN];
+    for n in PAYLOAD_SIZES {
+        let signed = vec![0x2e; group_signed_len(n)];
+        bench_prim(&mut g, &prim::ed_sign_group(signed.len()), || signing.sign(black_box(&signed)));
+        let signature = signing.sign(&signed);
+        bench_prim(&mut g, &prim::ed_verify(signed.len()), || verifying.verify_strict(black_box(&signed), &signature));
+        let padded = vec![0x29; padded_len(n)];
+        bench_prim(&mut g, &prim::chacha_seal_group(padded.len()), || {
+            ChaCha20Poly1305::new(&black_box(key).into())
+                .encrypt(&nonce.into(), Payload { msg: &padded, aad: &group_ad })
+                .expect("seal")
+        });
+        let sealed = ChaCha20Poly1305::new(&key.into())
+            .encrypt(&nonce.into(), Payload { msg: &padded, aad: &group_ad })
+            .expect("seal");
+        bench_prim(&mut g, &prim::chacha_open_group(padded.len()), || {
+            ChaCha20Poly1305::new(&black_box(key).into())
+                .decrypt(&nonce.into(), Payload { msg: &sealed, aad: &group_ad })
+                .expect("open")
+        });
+    }
+
     // Header and store rows: XChaCha20-Poly1305 with a random 24-byte nonce.
     let xnonce = [0x2a_u8; 24];
     let mut xchacha = |g: &mut BenchmarkGroup<'_, WallTime>, len: usize, ad_len: usize| {
@@ -195,6 +220,9 @@ fn floor(c: &mut Criterion, figures: &Figures) {
     xchacha(&mut g, figures.row_len, ROW_AD_LEN);
     if figures.session_len != figures.row_len {
         xchacha(&mut g, figures.session_len, ROW_AD_LEN);
+    }
+    for len in figures.group_row_lens() {
+        xchacha(&mut g, len, ROW_AD_LEN);
     }
     let wrong = [0x43u8; 32];
     let ad = vec![0x2c; SESSION_AD_LEN];
@@ -388,6 +416,29 @@ fn group(c: &mut Criterion) {
     let mut g = c.benchmark_group("group");
     for n in PAYLOAD_SIZES {
         let p = payload(n);
+        // samizdat: public through the Device API only. Alice's `group_encrypt` in the steady
+        // state (loads, opens, seals and writes her chain's row); Bob's `decrypt` + `commit` of
+        // her messages in order (the same with her row of chains).
+        let pair = GroupPair::new();
+        g.bench_function(BenchmarkId::new("samizdat_device_encrypt", n), |b| {
+            b.iter(|| pair.alice_sends(black_box(&p)));
+        });
+        // A new pair: Bob has not seen the messages encrypted above (he would skip them all).
+        let pair = GroupPair::new();
+        g.bench_function(BenchmarkId::new("samizdat_device_decrypt", n), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(
+                    iters,
+                    CHUNK,
+                    &mut (),
+                    |()| pair.alice_sends(&p),
+                    |(), m| {
+                        assert_eq!(pair.bob_receives(&m), n);
+                    },
+                )
+            });
+        });
+
         let config = vodozemac::megolm::SessionConfig::version_1();
         let mut outbound = GroupSession::new(config);
         g.bench_function(BenchmarkId::new("vodozemac_encrypt", n), |b| {
@@ -412,6 +463,74 @@ fn group(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// A sender's `group_encrypt` in groups of 10, 100 and 1,000 members (devices in memory, 64 B):
+/// in the steady state (every member has the chain: one row read and written), and the first
+/// message after a removal (a new chain, distributed in one pairwise message to each remaining
+/// member: each session row read, advanced and written, the roster rewritten). Before each
+/// rotation (untimed) a further member is added and removed. vodozemac's rotation: a new Megolm
+/// session, its key Olm-encrypted for each member, the first message. Setup (a session per
+/// member) is not timed. Returns the sizes of the largest rotation for the report.
+fn group_scale(c: &mut Criterion) -> Vec<(String, Option<usize>, Option<usize>)> {
+    let sizes: &[usize] = if bench_mode() { &GROUP_SIZES } else { &[3] };
+    let p = payload(64);
+    let mut figures = Vec::new();
+    let mut g = c.benchmark_group("group_scale");
+    g.sample_size(10);
+    for &members in sizes {
+        let scale = GroupScale::new(members);
+        g.bench_function(BenchmarkId::new("samizdat_steady", members), |b| {
+            b.iter(|| {
+                let sent = scale.send(black_box(&p));
+                assert!(sent.distributions.is_empty());
+                sent.message
+            });
+        });
+        g.bench_function(BenchmarkId::new("samizdat_rotation", members), |b| {
+            b.iter_custom(|iters| {
+                timed_in_chunks(
+                    iters,
+                    1,
+                    &mut (),
+                    |()| scale.prepare_rotation(),
+                    |(), ()| {
+                        let sent = scale.send(&p);
+                        assert_eq!(sent.distributions.len(), members);
+                    },
+                )
+            });
+        });
+        let mut vz = VzGroupScale::new(members);
+        g.bench_function(BenchmarkId::new("vodozemac_rotation", members), |b| {
+            b.iter(|| vz.rotate(black_box(&p)));
+        });
+        if Some(&members) == sizes.last() {
+            scale.prepare_rotation();
+            let sent = scale.send(&p);
+            let ours: usize = sent.distributions.iter().map(|d| d.message.len()).sum();
+            let (_, theirs) = vz.rotate(&p);
+            let m = thousands(members);
+            println!(
+                "group_scale: a rotation with {m} members sends {ours} bytes of distributions (vodozemac {theirs})"
+            );
+            figures.push((
+                format!(
+                    "group rotation with {m} members: the {m} distributions, in all (vodozemac: {m} Olm messages \
+                     carrying the Megolm session key)"
+                ),
+                Some(ours),
+                Some(theirs),
+            ));
+            figures.push((
+                "group rotation: one distribution (a one-to-one message)".to_owned(),
+                Some(ours / members),
+                Some(theirs / members),
+            ));
+        }
+    }
+    g.finish();
+    figures
 }
 
 // ---------------------------------------------------------------- devices over a store
@@ -650,7 +769,7 @@ fn device_scale(c: &mut Criterion) {
 }
 
 fn main() {
-    let figures = figures();
+    let mut figures = figures();
     let mut c = Criterion::default().configure_from_args();
     floor(&mut c, &figures);
     chain(&mut c);
@@ -658,6 +777,8 @@ fn main() {
     handshake(&mut c);
     session(&mut c);
     group(&mut c);
+    let rotation = group_scale(&mut c);
+    figures.sizes.extend(rotation);
     device(&mut c);
     device_prekeys(&mut c);
     device_hostile(&mut c);

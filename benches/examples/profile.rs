@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Operations: `chain-send`, `chain-recv`, `chain-both`, `pingpong`, `handshake`, `serialize`, `deserialize`,
-//! `device-encrypt`, `device-decrypt`, `device-decrypt-100prekeys` (the devices in memory), and
+//! `device-encrypt`, `device-decrypt`, `device-decrypt-100prekeys` (the devices in memory),
+//! `group-encrypt`, `group-decrypt` (a group message through a device in memory, steady state:
+//! `group_encrypt`; `decrypt` + `commit`), `group-rotation <count> <members>` (the first
+//! `group_encrypt` after a removal; the add and remove before it are not collected), and
 //! `floor <key>`: the primitives of a floor composition of `benches/src/lib.rs` (for example
 //! `floor handshake/64 200`), executed with the same crates, so that callgrind compares an
 //! operation with its floor in instructions, free of timing noise. Setup runs outside `run`, so
@@ -30,8 +33,8 @@ use libcrux_ml_kem::mlkem1024;
 use rand_core::{Rng, SeedableRng};
 use samizdat::{session::SessionRecord, store::MemoryBackend};
 use samizdat_benches::{
-    BODY_AD_LEN, DeviceSetup, PQXDH_IKM_LEN, Pair, ROW_AD_LEN, SESSION_AD_LEN, TRANSCRIPT_LEN, Term, figures, floors,
-    prim,
+    BODY_AD_LEN, DeviceSetup, GROUP_AD_LEN, GroupPair, GroupScale, PQXDH_IKM_LEN, Pair, ROW_AD_LEN, SESSION_AD_LEN,
+    TRANSCRIPT_LEN, Term, figures, floors, prim,
 };
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -88,6 +91,14 @@ impl Primitives {
             black_box(VerifyingKey::from_bytes(self.verifying.as_bytes()).map(|k| k.to_montgomery()).ok());
         } else if id == prim::ED_SIGN {
             black_box(self.signing.sign(&self.buffer[..68]));
+        } else if let Some(len) = sized("floor/ed25519_sign_group/") {
+            black_box(self.signing.sign(&self.buffer[..len]));
+        } else if let Some(len) =
+            sized("floor/chacha20poly1305_seal_group/").or_else(|| sized("floor/chacha20poly1305_open_group/"))
+        {
+            let cipher = ChaCha20Poly1305::new(&key.into());
+            let payload = Payload { msg: &self.buffer[..len], aad: &self.buffer[..GROUP_AD_LEN] };
+            black_box(cipher.encrypt(&[3; 12].into(), payload).expect("seal"));
         } else if let Some(len) = sized("floor/ed25519_verify/") {
             let signature = match self.signatures.iter().find(|(l, _)| *l == len) {
                 Some((_, signature)) => *signature,
@@ -153,6 +164,9 @@ enum Op {
     Deserialize(Vec<u8>),
     DeviceEncrypt(Box<DeviceSetup<MemoryBackend>>),
     DeviceDecrypt(Box<DeviceSetup<MemoryBackend>>, Vec<Vec<u8>>),
+    GroupEncrypt(Box<GroupPair>),
+    GroupDecrypt(Box<GroupPair>, Vec<Vec<u8>>),
+    GroupRotation(Box<GroupScale>),
     Floor(Box<Primitives>, Vec<Term>),
 }
 
@@ -211,6 +225,23 @@ fn run(op: &mut Op, n: usize, payload: &[u8]) {
                 black_box(setup.bob_receives(&m));
             }
         }
+        Op::GroupEncrypt(pair) => {
+            for _ in 0..n {
+                black_box(pair.alice_sends(payload));
+            }
+        }
+        Op::GroupDecrypt(pair, messages) => {
+            for m in messages.drain(..) {
+                black_box(pair.bob_receives(&m));
+            }
+        }
+        Op::GroupRotation(scale) => {
+            for _ in 0..n {
+                black_box(scale.send(payload));
+                // Untimed for criterion, counted here: nested `run_*` toggles collection off.
+                run_untimed_prepare_rotation(scale);
+            }
+        }
         Op::Floor(primitives, terms) => {
             for _ in 0..n {
                 for term in terms.iter() {
@@ -223,12 +254,30 @@ fn run(op: &mut Op, n: usize, payload: &[u8]) {
     }
 }
 
+/// Adds and removes the leaver. Its name matches `--toggle-collect='*profile::run*'` too, so
+/// callgrind stops collecting on entering it from `run` and resumes on leaving it.
+#[inline(never)]
+fn run_untimed_prepare_rotation(scale: &GroupScale) {
+    scale.prepare_rotation();
+}
+
 /// A pair in the middle of Alice's sending chain: Bob has already received one message on it, so
 /// the loop measures chain messages only (the first one would carry Bob's DH step).
 fn established_chain(payload: &[u8]) -> Pair {
     let mut pair = Pair::new(1);
     let first = pair.a_to_b(payload);
     pair.b_receive(&first);
+    pair
+}
+
+/// A group pair in the steady state: Bob remembers the last 128 iterations he decrypted (the most
+/// his row of Alice's chains holds), so the rows have their steady-state sizes.
+fn steady_group() -> GroupPair {
+    let pair = GroupPair::new();
+    for _ in 0..samizdat::limits::MAX_GROUP_USED_ITERATIONS {
+        let m = pair.alice_sends(b"fill");
+        pair.bob_receives(&m);
+    }
     pair
 }
 
@@ -278,6 +327,20 @@ fn main() {
             }
             let messages = (0..n).map(|_| setup.to_bob(&payload)).collect();
             Op::DeviceDecrypt(Box::new(setup), messages)
+        }
+        "group-encrypt" => Op::GroupEncrypt(Box::new(steady_group())),
+        "group-decrypt" => {
+            let pair = steady_group();
+            let messages = (0..n).map(|_| pair.alice_sends(&payload)).collect();
+            Op::GroupDecrypt(Box::new(pair), messages)
+        }
+        "group-rotation" => {
+            // The third argument is the number of members here; the payload is 64 bytes.
+            let scale = GroupScale::new(size);
+            scale.prepare_rotation();
+            let payload = vec![0x5a; 64];
+            run(&mut Op::GroupRotation(Box::new(scale)), n, &payload);
+            return;
         }
         other => panic!("unknown operation {other}"),
     };
