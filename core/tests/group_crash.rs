@@ -63,7 +63,7 @@
 //! `synchronous=NORMAL`, durable against those; the devices' stores keep
 //! the library's `synchronous=FULL`.
 //!
-//! `SAMIZDAT_GROUP_CRASH_KILLS` sets the number of kills (150 by default),
+//! `SAMIZDAT_GROUP_CRASH_KILLS` sets the number of kills (200 by default),
 //! `SAMIZDAT_GROUP_CRASH_SEED` the seed of the plans and delays.
 //!
 //! # What it found
@@ -110,7 +110,7 @@ const PLAN_ENV: &str = "SAMIZDAT_GROUP_CRASH_PLAN";
 const KILLS_ENV: &str = "SAMIZDAT_GROUP_CRASH_KILLS";
 const SEED_ENV: &str = "SAMIZDAT_GROUP_CRASH_SEED";
 const STRICT_ENV: &str = "SAMIZDAT_GROUP_CRASH_STRICT";
-const DEFAULT_KILLS: u64 = 150;
+const DEFAULT_KILLS: u64 = 200;
 const DEFAULT_SEED: u64 = 0x6a0c_93e1_5d27_b401;
 /// After this many kills a round is run to completion and checked.
 const KILLS_PER_ROUND: u64 = 40;
@@ -213,7 +213,7 @@ fn step(s: usize) -> Step {
         _ => members[(h % members.len() as u64) as usize],
     };
     let others: Vec<usize> = members.iter().copied().filter(|&m| m != from).collect();
-    let direct_to = ((h >> 16) % 3 == 0).then(|| others[((h >> 24) % others.len() as u64) as usize]);
+    let direct_to = (h >> 16).is_multiple_of(3).then(|| others[((h >> 24) % others.len() as u64) as usize]);
     Step::Send { from, count: 1 + ((h >> 8) % 2) as i64, direct_to }
 }
 
@@ -350,7 +350,7 @@ impl Killer {
         let mut state = self.state.lock().unwrap();
         let point = classify(state.call, writes);
         let r = splitmix(&mut state.rng);
-        let die = (self.plan.is_some() && r % odds(point) == 0).then_some((r >> 32) & 1 == 1);
+        let die = (self.plan.is_some() && r.is_multiple_of(odds(point))).then_some((r >> 32) & 1 == 1);
         (point, state.context.clone(), die)
     }
 
@@ -1476,7 +1476,7 @@ fn fresh_dir(base: &Path, round: u64) -> PathBuf {
 /// The next run: mostly with a plan, sometimes killed after a random delay.
 fn next_run(rng: &mut u64) -> Run {
     let r = splitmix(rng);
-    if r % 6 == 0 {
+    if r.is_multiple_of(6) {
         Run::Delay(Duration::from_millis(3 + (r >> 8) % 60))
     } else {
         Run::Plan(Plan { seed: splitmix(rng) })
