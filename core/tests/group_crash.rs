@@ -882,9 +882,27 @@ impl App {
     /// sender and chain. Returns whether a request went out.
     fn retry_held(&mut self, recipient: usize, sender: Option<usize>, quiet: bool) -> Result<bool, String> {
         let mut missing: HashSet<(usize, u32)> = HashSet::new();
+        // Chains the library will not ask for again: everything of them is lost.
+        let mut hopeless: HashSet<(usize, u32)> = HashSet::new();
         let mut asked = false;
         for row in self.held(recipient, sender)? {
             let chain = Self::chain_of(&row.bytes)?;
+            let stuck = |app: &Connection| -> Result<(), String> {
+                let tx = sql(app.unchecked_transaction())?;
+                sql(tx.execute(
+                    "INSERT OR IGNORE INTO stuck (recipient, seq, why) VALUES (?1, ?2, 'no more requests')",
+                    params![recipient as i64, row.seq],
+                ))?;
+                sql(tx.execute(
+                    "DELETE FROM held WHERE recipient = ?1 AND seq = ?2",
+                    params![recipient as i64, row.seq],
+                ))?;
+                sql(tx.commit())
+            };
+            if hopeless.contains(&(row.sender, chain)) {
+                stuck(&self.app)?;
+                continue;
+            }
             if missing.contains(&(row.sender, chain)) {
                 continue;
             }
@@ -919,14 +937,10 @@ impl App {
                             asked = true;
                         }
                         None if quiet => {
-                            // The library will not ask again: lost.
-                            let tx = sql(self.app.unchecked_transaction())?;
-                            sql(tx.execute(
-                                "INSERT OR IGNORE INTO stuck (recipient, seq, why) VALUES (?1, ?2, 'no more requests')",
-                                params![recipient as i64, row.seq],
-                            ))?;
-                            unhold(&tx)?;
-                            sql(tx.commit())?;
+                            // The library will not ask again: lost, and the
+                            // later messages of that chain with it.
+                            stuck(&self.app)?;
+                            hopeless.insert((row.sender, chain));
                         }
                         None => {}
                     }
