@@ -11,7 +11,9 @@
 //! - a real store: three devices converse, and Alice's rows (opened with
 //!   the storage key) become `decode_store` inputs with calls that carry the
 //!   messages in flight to her; a store of the previous prekey format too;
-//! - a few event sequences for `interaction`.
+//! - a few event sequences for `interaction`;
+//! - group messages (for `decode_group_message` and `decode_message`), and
+//!   event sequences for `group_decrypt`.
 //!
 //! Each file is named by a hash of its content, as libFuzzer names them.
 //! Run from `fuzz/`: `cargo run --example seed_corpus`, then minimise with
@@ -65,6 +67,10 @@ impl Corpus {
             match envelope.body {
                 Some(pb::envelope::Body::Ratchet(m)) => self.add("decode_ratchet_message", &m.encode_to_vec()),
                 Some(pb::envelope::Body::Prekey(m)) => self.add("decode_prekey_message", &m.encode_to_vec()),
+                Some(pb::envelope::Body::Group(m)) => {
+                    self.add("decode_group_message", &[&[0], bytes].concat());
+                    self.add("decode_group_message", &[&[1], m.encode_to_vec().as_slice()].concat());
+                }
                 None => {}
             }
         }
@@ -307,6 +313,38 @@ fn interaction(corpus: &mut Corpus) {
     }
 }
 
+/// Group messages made by devices (any keys: the decoders check no
+/// signature), and event scripts for `group_decrypt`.
+fn groups(corpus: &mut Corpus) {
+    let device =
+        |name, key| Device::create_in(MemoryBackend::new(), &[key; 32], address(name, 1), 0).expect("a device");
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().expect("a bundle")).expect("a session");
+    for (group, text) in
+        [(&b"g"[..], &b""[..]), (&[0x47; 64][..], &b"a longer message, in a group of the longest id"[..])]
+    {
+        alice.create_group(group, &[bob.address().clone()]).expect("a group");
+        for _ in 0..2 {
+            let sent = alice.group_encrypt(group, text).expect("a group message");
+            corpus.message(&sent.message);
+        }
+    }
+    // Events (see samizdat_fuzz::group): kind (0 genuine, 1 a byte altered,
+    // 2 a field altered, 3 any bytes, 4 cut and extended), message, then
+    // the kind's fields.
+    let scripts: [&[u8]; 6] = [
+        &[0, 1, 0, 3, 0, 8, 0, 9, 0, 10, 0, 11],
+        &[0, 6, 0, 7, 0, 8, 0, 8],
+        &[0, 9, 0, 10, 0, 9],
+        &[1, 1, 40, 0, 1, 1, 7, 200, 0, 0x80, 0, 1],
+        &[2, 3, 2, 5, 0, 0, 0, 2, 4, 1, 7, 0, 0, 0, 2, 1, 4, 3, 0, 2, 0, 1, 2, 0, 1, 0x40, 0, 0, 0, 1],
+        &[3, 0, 0, 4, 0, 1, 2, 3, 4, 1, 1, 0, 0, 0, 4, 4, 30, 0, 0, 0, 0, 3],
+    ];
+    for script in scripts {
+        corpus.add("group_decrypt", script);
+    }
+}
+
 fn main() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| fuzz.join("corpus"));
@@ -315,5 +353,6 @@ fn main() {
     from_scenarios(&mut corpus);
     from_store(&mut corpus);
     interaction(&mut corpus);
+    groups(&mut corpus);
     eprintln!("seed_corpus: {} files under {}", corpus.written, corpus.root.display());
 }

@@ -12,11 +12,14 @@
 //! - [`scenario`]: sessions built deterministically (seeded generator) with
 //!   messages in flight, for the `decrypt` target;
 //! - [`store_input`]: the layout of the `decode_store` target's inputs;
-//! - [`world`]: devices, a network and a model, for the `interaction` target.
+//! - [`world`]: devices, a network and a model, for the `interaction` target;
+//! - [`group`]: a device in a group with chains and the messages sent to
+//!   it, for the `group_decrypt` target.
 //!
 //! Everything here uses the public API of `samizdat` (with `hazmat`) and the
 //! public protobuf types of `samizdat-proto`, nothing else.
 
+pub mod group;
 pub mod input;
 pub mod normal;
 pub mod rows;

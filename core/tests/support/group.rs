@@ -4,7 +4,7 @@
 use samizdat::{
     address::Address,
     device::{Device, DeviceError, GroupError, GroupSend, MessageKind, Outgoing},
-    store::MemoryBackend,
+    store::{Backend, MemoryBackend, Table},
 };
 
 /// The devices, named `m0`, `m1`, ...
@@ -101,6 +101,19 @@ impl World {
     pub fn index(&self, address: &Address) -> usize {
         self.devices.iter().position(|d| d.address() == address).unwrap()
     }
+
+    /// Every row of device `i`'s store, table by table.
+    pub fn snapshot(&self, i: usize) -> Snapshot {
+        snapshot(&self.devices[i])
+    }
+}
+
+/// Every row of a store, table by table ([`Table::ALL`]).
+pub type Snapshot = Vec<Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Every row of `device`'s store, table by table.
+pub fn snapshot(device: &Device<MemoryBackend>) -> Snapshot {
+    Table::ALL.iter().map(|&t| device.backend().scan(t).unwrap()).collect()
 }
 
 /// Whether `result` is a missing chain, and its request.
