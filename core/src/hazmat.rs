@@ -612,6 +612,13 @@ pub fn encode_group_control(control: &GroupControl) -> Result<Vec<u8>, crate::De
     Ok(control.to_bytes().to_vec())
 }
 
+/// The identity of the one session every distribution of a
+/// [`GroupReceiver`] comes in (a device binds each chain to the identity of
+/// its session, PROTOCOL.md 18.5; here there is one sender and one session).
+fn receiver_session() -> IdentityKey {
+    IdentityKey::from_stored_slice(&[0; 32], "session").unwrap_or_else(|_| unreachable!("32 bytes"))
+}
+
 /// One chain of a sender, as [`GroupReceiver::chains`] lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupChainSummary {
@@ -649,13 +656,16 @@ impl GroupReceiver {
         let (Some(group_id), Ok(signing_key)) = (GroupId::new(group_id), IdentityKey::from_bytes(signing_key)) else {
             return false;
         };
-        self.chains.receive(&Distribution {
-            group_id,
-            chain_id: *chain_id,
-            iteration: *iteration,
-            chain_key: Secret32::new(*chain_key),
-            signing_key,
-        })
+        self.chains.receive(
+            &Distribution {
+                group_id,
+                chain_id: *chain_id,
+                iteration: *iteration,
+                chain_key: Secret32::new(*chain_key),
+                signing_key,
+            },
+            receiver_session(),
+        )
     }
 
     /// Decrypts `message` from `sender` and, only if it decrypts, updates the
@@ -665,13 +675,18 @@ impl GroupReceiver {
     /// [`GroupError::MissingChain`] (with no request: none is made here),
     /// [`GroupError::Decrypt`]. Nothing changes on error.
     pub fn decrypt(&mut self, sender: &Address, message: &GroupMessage) -> Result<Zeroizing<Vec<u8>>, GroupError> {
-        match self.chains.plan_decrypt(sender, message) {
+        match self.chains.plan_decrypt(sender, Some(&receiver_session()), message) {
             Ok((plaintext, plan)) => {
                 self.chains.apply(plan);
                 Ok(plaintext)
             }
             Err(crate::group::GroupDecrypt::MissingChain) => {
                 Err(GroupError::MissingChain { chain_id: message.chain_id(), request: None })
+            }
+            // The pure protocol refuses it; a device asks for the chain
+            // from later on instead (PROTOCOL.md 18.5, 18.7).
+            Err(crate::group::GroupDecrypt::TooFarAhead { gap }) => {
+                Err(GroupError::Decrypt(crate::DecryptError::TooFarAhead { gap, max: crate::limits::MAX_SKIP }))
             }
             Err(crate::group::GroupDecrypt::Failed(error)) => Err(GroupError::Decrypt(error)),
         }

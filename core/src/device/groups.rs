@@ -694,7 +694,7 @@ impl<B: Backend> Device<B> {
                     });
                 }
                 Err(GroupDecrypt::Failed(error)) => return Err(GroupError::Decrypt(error).into()),
-                Err(GroupDecrypt::MissingChain | GroupDecrypt::TooFarAhead) => {
+                Err(GroupDecrypt::MissingChain | GroupDecrypt::TooFarAhead { .. }) => {
                     match self.request_chain(&group_id, peer, message)? {
                         Requested::Sent(request) => {
                             return Err(GroupError::MissingChain {
@@ -738,7 +738,7 @@ impl<B: Backend> Device<B> {
             // just within reach.
             let from = match chains.value.plan_decrypt(peer, record.trusted_identity().as_ref(), message) {
                 Err(GroupDecrypt::MissingChain) => 0,
-                Err(GroupDecrypt::TooFarAhead) => message.iteration().saturating_sub(MAX_SKIP),
+                Err(GroupDecrypt::TooFarAhead { .. }) => message.iteration().saturating_sub(MAX_SKIP),
                 // It arrived meanwhile (or the message no longer needs it).
                 _ => return Ok(Requested::Arrived),
             };

@@ -75,7 +75,7 @@ pub(crate) enum GroupDecrypt {
     MissingChain,
     /// The message, signed by the sender, is more than [`MAX_SKIP`] ahead of
     /// where its chain is: the chain is needed from the message's iteration.
-    TooFarAhead,
+    TooFarAhead { gap: u32 },
     /// The message does not decrypt (forged, duplicate, ...).
     Failed(DecryptError),
 }
@@ -139,7 +139,7 @@ impl SenderChains {
         } else {
             let gap = iteration.saturating_sub(chain.chain.index());
             if gap > MAX_SKIP {
-                return Err(GroupDecrypt::TooFarAhead);
+                return Err(GroupDecrypt::TooFarAhead { gap });
             }
             let mut key = chain.chain.clone();
             let mut skipped = Vec::with_capacity(usize::try_from(gap).unwrap_or(0));
