@@ -486,9 +486,10 @@ impl PendingMessage {
         self.sender.clone()
     }
 
-    /// The sender's identity key (32 bytes) that its session authenticated:
-    /// `None` for a group message (it came on a chain the sender gave in a
-    /// one-to-one message, whose identity [`Device::peer_identity`] names).
+    /// The sender's identity key (32 bytes): the one its session
+    /// authenticated; for a group message, the identity the sender's chain
+    /// came under (trusted for the sender now). `None` only for a group
+    /// message from a sender with whom there is no session any more.
     pub fn sender_identity(&self) -> Option<Vec<u8>> {
         self.sender_identity.clone()
     }

@@ -80,7 +80,7 @@ def test_three_members_out_of_order(tmp_path):
                 assert pending.group_id() == GROUP
                 assert pending.plaintext() == f"{sender}:{k}".encode()
                 assert pending.sender() == world.address(sender)
-                assert pending.sender_identity() is None  # a group message: no session of its own
+                assert pending.sender_identity() == world.devices[sender].identity_key()  # the chain came under it
                 assert world.devices[to].commit(pending) is None
             with pytest.raises(SamizdatError.Duplicate):
                 world.devices[to].decrypt(world.address(sender), messages[0])

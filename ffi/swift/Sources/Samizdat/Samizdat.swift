@@ -1375,9 +1375,10 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
     func sender()  -> Address
     
     /**
-     * The sender's identity key (32 bytes) that its session authenticated:
-     * `None` for a group message (it came on a chain the sender gave in a
-     * one-to-one message, whose identity [`Device::peer_identity`] names).
+     * The sender's identity key (32 bytes): the one its session
+     * authenticated; for a group message, the identity the sender's chain
+     * came under (trusted for the sender now). `None` only for a group
+     * message from a sender with whom there is no session any more.
      */
     func senderIdentity()  -> Data?
     
@@ -1490,9 +1491,10 @@ open func sender() -> Address  {
 }
     
     /**
-     * The sender's identity key (32 bytes) that its session authenticated:
-     * `None` for a group message (it came on a chain the sender gave in a
-     * one-to-one message, whose identity [`Device::peer_identity`] names).
+     * The sender's identity key (32 bytes): the one its session
+     * authenticated; for a group message, the identity the sender's chain
+     * came under (trusted for the sender now). `None` only for a group
+     * message from a sender with whom there is no session any more.
      */
 open func senderIdentity() -> Data?  {
     return try!  FfiConverterOptionData.lift(try! rustCall() {
@@ -3217,7 +3219,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender() != 13685) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender_identity() != 61078) {
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender_identity() != 14867) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 61105) {

@@ -92,7 +92,7 @@ class GroupTest {
                             assertArrayEquals(GROUP, pending.groupId())
                             assertEquals("$from:$k", pending.plaintext().decodeToString())
                             assertEquals(world.address(from), pending.sender())
-                            assertNull(pending.senderIdentity(), "a group message has no session of its own")
+                            assertArrayEquals(world[from].identityKey(), pending.senderIdentity(), "the identity the sender's chain came under")
                             assertNull(world[to].commit(pending))
                         }
                     }
