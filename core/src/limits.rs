@@ -106,6 +106,20 @@ pub const MAX_GROUP_MEMBERS: usize = 5_000;
 /// the oldest chain with its skipped keys.
 pub const MAX_SENDER_CHAINS: usize = 3;
 
+/// The most chains given up (evicted by newer ones, or dropped when their
+/// sender was removed from the group) whose floor a device keeps per sender
+/// of a group: the iteration below which a chain taken again opens nothing
+/// (PROTOCOL.md 18.6). A chain given up longer ago than this many others
+/// and then given again opens its messages from the distribution's
+/// iteration.
+pub const MAX_CHAIN_FLOORS: usize = 8;
+
+/// The most members removed from a group whose member row (the floors of
+/// their chains, [`MAX_CHAIN_FLOORS`]) a device keeps, so that a member
+/// added back cannot have its old messages read twice; past it, the row of
+/// the member removed longest ago is deleted.
+pub const MAX_REMOVED_MEMBERS: usize = 5_000;
+
 /// The most skipped message keys a device keeps per sender of a group, over
 /// that sender's chains (the oldest are evicted first). One message may
 /// skip at most [`MAX_SKIP`] keys on its chain.

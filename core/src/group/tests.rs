@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     DecryptError,
     address::Address,
-    limits::{GROUP_RECOVERY_WINDOW, MAX_GROUP_SKIPPED_KEYS, MAX_SENDER_CHAINS, MAX_SKIP},
+    limits::{GROUP_RECOVERY_WINDOW, MAX_CHAIN_FLOORS, MAX_GROUP_SKIPPED_KEYS, MAX_SENDER_CHAINS, MAX_SKIP},
 };
 
 fn rng(seed: u8) -> ChaCha20Rng {
@@ -257,14 +257,14 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
     decrypt(&mut chains, &messages[2]).unwrap();
     chains.count_request(77);
     let (records, requested) = chains.to_records();
-    let mut loaded = SenderChains::from_records(&records, &requested, 1).unwrap();
+    let mut loaded = SenderChains::from_records(&records, &requested, 1, &[]).unwrap();
     assert_eq!(loaded.to_records(), (records.clone(), requested.clone()));
     assert_eq!(decrypt(&mut loaded, &messages[0]).unwrap(), b"x");
     assert!(matches!(failed(decrypt(&mut loaded, &messages[2])), DecryptError::Duplicate { .. }));
     let refused = |edit: &dyn Fn(&mut Vec<samizdat_proto::storage::SenderChain>)| {
         let mut bad = records.clone();
         edit(&mut bad);
-        SenderChains::from_records(&bad, &requested, 1).is_err()
+        SenderChains::from_records(&bad, &requested, 1, &[]).is_err()
     };
     assert!(refused(&|c| c[0].chain_key.pop().map(|_| ()).unwrap()));
     assert!(refused(&|c| c[0].skipped.reverse()));
@@ -355,4 +355,87 @@ fn a_forged_message_costs_no_chain_step() {
     let before = steps();
     assert!(decrypt(&mut chains, &genuine).is_ok());
     assert_eq!(steps() - before, MAX_SKIP as usize + 1);
+}
+
+#[test]
+fn an_evicted_chain_taken_again_opens_nothing_below_its_floor() {
+    let mut rng = rng(9);
+    let mut chains = SenderChains::default();
+    let mut first = OwnChain::generate(&mut rng);
+    let messages: Vec<_> = (0..4).map(|_| first.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap()).collect();
+    assert!(chains.receive(&first.distribution(&gid(b"g"), 0), id()));
+    decrypt(&mut chains, &messages[0]).unwrap();
+    decrypt(&mut chains, &messages[2]).unwrap(); // 1 skipped
+    // Three newer chains evict the first: its floor is 3 (its next iteration).
+    for _ in 0..MAX_SENDER_CHAINS {
+        assert!(chains.receive(&OwnChain::generate(&mut rng).distribution(&gid(b"g"), 0), id()));
+    }
+    assert_eq!(chains.floor(first.chain_id()), Some(3));
+    // Below the floor: a duplicate at once, without a chain; at it: missing.
+    let before = chains.to_records();
+    for (k, message) in messages.iter().enumerate().take(3) {
+        assert!(matches!(
+            failed(decrypt(&mut chains, message)),
+            DecryptError::Duplicate { counter } if counter == u32::try_from(k).unwrap()
+        ));
+    }
+    assert!(matches!(decrypt(&mut chains, &messages[3]), Err(GroupDecrypt::MissingChain)));
+    assert!(chains.to_records() == before, "refusals changed nothing");
+    // A delayed copy from iteration 0 comes back from the floor: the message
+    // skipped before the eviction is given up, none opens twice, 3 opens.
+    assert!(chains.receive(&first.distribution(&gid(b"g"), 0), id()));
+    assert_eq!(chains.floor(first.chain_id()), None, "the floor is spent on the chain");
+    for message in &messages[..3] {
+        assert!(matches!(failed(decrypt(&mut chains, message)), DecryptError::Duplicate { .. }));
+    }
+    assert_eq!(decrypt(&mut chains, &messages[3]).unwrap(), b"x");
+}
+
+#[test]
+fn a_copy_more_than_max_skip_below_the_floor_is_ignored() {
+    let (mut rng, mut chain, mut chains) = setup();
+    for _ in 0..MAX_SKIP + 1 {
+        chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    }
+    let at = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    assert_eq!(at.iteration, MAX_SKIP + 1);
+    chains.receive(&chain.distribution(&gid(b"g"), MAX_SKIP + 1), id());
+    decrypt(&mut chains, &at).unwrap();
+    chains.retire_all();
+    assert_eq!(chains.floor(chain.chain_id()), Some(MAX_SKIP + 2));
+    // The recovery copy reaches back to iteration 2 at the earliest.
+    let far = chain.distribution(&gid(b"g"), 0);
+    assert_eq!(far.iteration, 2);
+    let mut below = far.clone();
+    below.iteration = 1;
+    below.chain_key = Secret32::new([0; 32]);
+    assert!(!chains.receive(&below, id()), "MAX_SKIP + 1 below the floor: ignored");
+    assert_eq!(chains.floor(chain.chain_id()), Some(MAX_SKIP + 2));
+    // MAX_SKIP below: stepped up to the floor, and the next message opens.
+    assert!(chains.receive(&far, id()));
+    let next = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"next").unwrap();
+    assert_eq!(decrypt(&mut chains, &next).unwrap(), b"next");
+    assert!(matches!(failed(decrypt(&mut chains, &at)), DecryptError::Duplicate { .. }));
+}
+
+#[test]
+fn floors_are_bounded_and_checked_on_load() {
+    let mut rng = rng(10);
+    let mut chains = SenderChains::default();
+    for _ in 0..MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 2 {
+        chains.receive(&OwnChain::generate(&mut rng).distribution(&gid(b"g"), 0), id());
+    }
+    let floors = chains.floor_records();
+    assert_eq!(floors.len(), MAX_CHAIN_FLOORS);
+    let (records, requested) = chains.to_records();
+    let loaded = SenderChains::from_records(&records, &requested, 0, &floors).unwrap();
+    assert_eq!(loaded.floor_records(), floors);
+    let mut too_many = floors.clone();
+    too_many.push(samizdat_proto::storage::ChainFloor { chain_id: 1, iteration: 0 });
+    assert!(SenderChains::from_records(&records, &requested, 0, &too_many).is_err());
+    let mut twice = floors[..2].to_vec();
+    twice[1].chain_id = twice[0].chain_id;
+    assert!(SenderChains::from_records(&records, &requested, 0, &twice).is_err());
+    let of_a_kept_chain = vec![samizdat_proto::storage::ChainFloor { chain_id: records[0].chain_id, iteration: 0 }];
+    assert!(SenderChains::from_records(&records, &requested, 0, &of_a_kept_chain).is_err());
 }
