@@ -632,6 +632,16 @@ pub struct GroupChainSummary {
     pub used_iterations: usize,
 }
 
+/// A chain given up (evicted), as [`GroupReceiver::floors`] lists it: none
+/// of its messages below `iteration` opens again (PROTOCOL.md 18.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupFloor {
+    /// The chain's id.
+    pub chain_id: u32,
+    /// The first iteration that may still open.
+    pub iteration: u32,
+}
+
 /// The chains a member keeps of one sender in one group (PROTOCOL.md 18.5,
 /// 18.6): what a device decrypts that sender's messages with. The device
 /// picks it by the message's group id and the transport's sender address;
@@ -705,11 +715,21 @@ impl GroupReceiver {
             })
             .collect()
     }
+
+    /// The floors of the chains given up, oldest first (at most
+    /// [`MAX_CHAIN_FLOORS`](crate::limits::MAX_CHAIN_FLOORS)).
+    pub fn floors(&self) -> Vec<GroupFloor> {
+        self.chains
+            .floor_records()
+            .iter()
+            .map(|f| GroupFloor { chain_id: f.chain_id, iteration: f.iteration })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for GroupReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupReceiver").field("chains", &self.chains()).finish()
+        f.debug_struct("GroupReceiver").field("chains", &self.chains()).field("floors", &self.floors()).finish()
     }
 }
 

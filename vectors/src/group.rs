@@ -166,6 +166,9 @@ pub(crate) enum Step {
         result: Value,
         #[serde(default)]
         chains: Vec<ChainState>,
+        /// The floors of the chains given up, after the step (absent: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        floors: Vec<FloorState>,
     },
     /// A group message, with the sender's address as the transport gives it.
     Decrypt {
@@ -177,7 +180,16 @@ pub(crate) enum Step {
         result: Value,
         #[serde(default)]
         chains: Vec<ChainState>,
+        /// The floors of the chains given up, after the step (absent: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        floors: Vec<FloorState>,
     },
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub(crate) struct FloorState {
+    chain_id: u32,
+    iteration: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -281,6 +293,7 @@ impl VectorSet for Group {
         cases.extend(decode_cases(rng)?);
         cases.extend(control_cases(rng)?);
         cases.extend(padding_cases(rng)?);
+        cases.extend(floor_cases(rng)?);
         Ok(cases)
     }
 
@@ -808,20 +821,24 @@ fn chains_json(receiver: &GroupReceiver) -> Vec<ChainState> {
         .collect()
 }
 
+fn floors_json(receiver: &GroupReceiver) -> Vec<FloorState> {
+    receiver.floors().into_iter().map(|f| FloorState { chain_id: f.chain_id, iteration: f.iteration }).collect()
+}
+
 fn run_steps(steps: &[Step]) -> R<Vec<Step>> {
     let mut receiver = GroupReceiver::new();
     let mut out = Vec::with_capacity(steps.len());
     for (i, step) in steps.iter().enumerate() {
         let field = |name: &str| format!("steps[{i}].{name}");
-        let before = chains_json(&receiver);
+        let before = (chains_json(&receiver), floors_json(&receiver));
         let (step, failed) = match step {
             Step::Receive { note, content, .. } => {
                 let (result, failed) = match hazmat::parse_group_control(&bytes(&field("content"), content)?) {
                     Ok(control) => (json!({"changed": receiver.receive(&control)}), false),
                     Err(e) => (decode_error(&e), true),
                 };
-                let chains = chains_json(&receiver);
-                (Step::Receive { note: note.clone(), content: content.clone(), result, chains }, failed)
+                let (chains, floors) = (chains_json(&receiver), floors_json(&receiver));
+                (Step::Receive { note: note.clone(), content: content.clone(), result, chains, floors }, failed)
             }
             Step::Decrypt { note, message, user_id, device_id, .. } => {
                 let sender = address(&field("user_id"), user_id, *device_id)?;
@@ -840,14 +857,17 @@ fn run_steps(steps: &[Step]) -> R<Vec<Step>> {
                     device_id: *device_id,
                     result: result.unwrap_or_else(|e| e),
                     chains: chains_json(&receiver),
+                    floors: floors_json(&receiver),
                 };
                 (step, failed)
             }
         };
         let after = match &step {
-            Step::Receive { chains, .. } | Step::Decrypt { chains, .. } => chains,
+            Step::Receive { chains, floors, .. } | Step::Decrypt { chains, floors, .. } => {
+                (chains.clone(), floors.clone())
+            }
         };
-        if failed && *after != before {
+        if failed && after != before {
             return Err(err(field("chains"), "a failed step changed the chains"));
         }
         out.push(step);
@@ -1111,6 +1131,7 @@ impl Steps {
             content: h(content),
             result: Value::Null,
             chains: Vec::new(),
+            floors: Vec::new(),
         });
         self.expected.push("changed");
     }
@@ -1130,6 +1151,7 @@ impl Steps {
             device_id: sender.device_id(),
             result: Value::Null,
             chains: Vec::new(),
+            floors: Vec::new(),
         });
         self.expected.push(expected);
     }
@@ -1736,4 +1758,70 @@ fn padding_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
         unpad_case("unpad_control_byte_after_marker", &byte_after),
         unpad_case("unpad_control_wrong_bucket", &wrong_bucket),
     ])
+}
+
+/// Chains given up and taken again (PROTOCOL.md 18.5, 18.6): drawn last, so
+/// that the cases before them keep their bytes.
+fn floor_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
+    let alice = address("user_id", "alice", 1)?;
+    let group = random::<16>(rng);
+    let mut cases = Vec::new();
+
+    let a = Chain::new(rng, &group, &alice);
+    let (b, c, d, e) = (
+        Chain::new(rng, &group, &alice),
+        Chain::new(rng, &group, &alice),
+        Chain::new(rng, &group, &alice),
+        Chain::new(rng, &group, &alice),
+    );
+    let (a0, a1, a2) = (a.message(rng, 0)?, a.message(rng, 1)?, a.message(rng, 2)?);
+    let (a3, a4) = (a.message(rng, 3)?, a.message(rng, 4)?);
+    let mut s = Steps::new();
+    s.receive("chain A at iteration 0", &a.distribution(0)?);
+    s.decrypt("A 0", &a0, &alice, "ok");
+    s.decrypt("A 2: iteration 1 skipped", &a2, &alice, "ok");
+    s.receive("chain B at iteration 0", &b.distribution(0)?);
+    s.receive("chain C at iteration 0", &c.distribution(0)?);
+    s.receive("chain D at iteration 0: A is evicted, its floor is 3", &d.distribution(0)?);
+    s.decrypt("A 0 again: below the floor", &a0, &alice, "duplicate");
+    s.decrypt("A 1 (its key went with the chain): below the floor", &a1, &alice, "duplicate");
+    s.decrypt("A 3: at the floor, the chain is missing", &a3, &alice, "missing_chain");
+    s.receive(
+        "chain A again at iteration 0 (a delayed copy): taken from its floor, 3; B is evicted",
+        &a.distribution(0)?,
+    );
+    s.decrypt("A 1 again: below where the chain was taken", &a1, &alice, "duplicate");
+    s.decrypt("A 2 again", &a2, &alice, "duplicate");
+    s.decrypt("A 4: iteration 3 skipped", &a4, &alice, "ok");
+    s.decrypt("A 3", &a3, &alice, "ok");
+    s.receive("chain E at iteration 0: C is evicted, B's floor is kept", &e.distribution(0)?);
+    s.receive("chain B again at iteration 0: its floor is 0, taken as given; D is evicted", &b.distribution(0)?);
+    s.decrypt("B 0", &b.message(rng, 0)?, &alice, "ok");
+    cases.push(s.case(
+        "decrypt_floors",
+        "18.5, 18.6: a chain evicted past MAX_SENDER_CHAINS leaves a floor, its next iteration; a message below a \
+         floor of its chain id is Duplicate though no chain is kept; a distribution of that chain id is taken from \
+         the floor (the chain key stepped up to it) and the floor is spent.",
+    )?);
+
+    // More than MAX_SKIP below the floor: ignored; exactly MAX_SKIP: stepped.
+    let a = Chain::new(rng, &group, &alice);
+    let (b, c, d) = (Chain::new(rng, &group, &alice), Chain::new(rng, &group, &alice), Chain::new(rng, &group, &alice));
+    let far = MAX_SKIP + 1;
+    let mut s = Steps::new();
+    s.receive("chain A at iteration 2001", &a.distribution(far)?);
+    s.decrypt("A 2001", &a.message(rng, far)?, &alice, "ok");
+    s.receive("chain B at iteration 0", &b.distribution(0)?);
+    s.receive("chain C at iteration 0", &c.distribution(0)?);
+    s.receive("chain D at iteration 0: A is evicted, its floor is 2002", &d.distribution(0)?);
+    s.receive_unchanged("chain A at iteration 1: 2,001 below the floor, ignored", &a.distribution(1)?);
+    s.decrypt("A 2001 again: still below the floor", &a.message(rng, far)?, &alice, "duplicate");
+    s.receive("chain A at iteration 2: 2,000 below the floor, stepped up to it; B is evicted", &a.distribution(2)?);
+    s.decrypt("A 2002", &a.message(rng, far + 1)?, &alice, "ok");
+    cases.push(s.case(
+        "decrypt_floor_too_far_below",
+        "18.6: a distribution more than MAX_SKIP = 2,000 iterations below the floor of its chain id is ignored \
+         (the floor stays); at most 2,000 below, its chain key is stepped up to the floor.",
+    )?);
+    Ok(cases)
 }

@@ -47,6 +47,12 @@ struct Rules {
     evict_newest_first: bool,
     /// Control content (marker 0x81) accepted in a group body.
     control_content_accepted: bool,
+    /// An evicted chain forgotten entirely (no floor).
+    no_floors: bool,
+    /// A chain taken again from the distribution's iteration, not its floor.
+    floor_not_applied_on_take_in: bool,
+    /// A distribution however far below the floor stepped up to it.
+    no_step_limit_below_floor: bool,
 }
 
 const MAX_SKIP: u32 = 2000;
@@ -67,7 +73,11 @@ struct Chain {
 struct Receiver {
     rules: Rules,
     chains: Vec<Chain>,
+    /// (chain id, first iteration that may open), oldest first.
+    floors: Vec<(u32, u32)>,
 }
+
+const MAX_FLOORS: usize = 8;
 
 fn hmac(key: &[u8; 32], byte: u8) -> [u8; 32] {
     Hkdf::<Sha256>::extract(Some(key), &[byte]).0.into()
@@ -107,7 +117,7 @@ fn verify(key: &[u8; 32], message: &[u8], signature: &[u8], lax_s: bool) -> bool
 
 impl Receiver {
     fn new(rules: Rules) -> Self {
-        Self { rules, chains: Vec::new() }
+        Self { rules, chains: Vec::new(), floors: Vec::new() }
     }
 
     fn summary(&self) -> Value {
@@ -126,6 +136,25 @@ impl Receiver {
         )
     }
 
+    fn floors_summary(&self) -> Value {
+        Value::Array(self.floors.iter().map(|(id, at)| json!({"chain_id": id, "iteration": at})).collect())
+    }
+
+    /// Keeps the floor of an evicted chain: its next iteration.
+    fn retire(&mut self, chain: &Chain) {
+        if self.rules.no_floors {
+            return;
+        }
+        if let Some((_, at)) = self.floors.iter_mut().find(|(id, _)| *id == chain.chain_id) {
+            *at = (*at).max(chain.iteration);
+            return;
+        }
+        self.floors.push((chain.chain_id, chain.iteration));
+        if self.floors.len() > MAX_FLOORS {
+            self.floors.remove(0);
+        }
+    }
+
     fn receive(&mut self, content: &[u8]) -> Value {
         let control = pb::Control::decode(content).unwrap();
         let Some(pb::control::Body::Distribution(d)) = control.body else { return json!({"changed": false}) };
@@ -136,16 +165,31 @@ impl Receiver {
             }
             self.chains.remove(i);
         }
-        self.chains.push(Chain {
+        let mut chain = Chain {
             chain_id: d.chain_id,
             signing_key,
             iteration: d.iteration,
             chain_key: d.chain_key.as_slice().try_into().unwrap(),
             skipped: Vec::new(),
             used: Vec::new(),
-        });
+        };
+        if let Some(f) = self.floors.iter().position(|(id, _)| *id == d.chain_id) {
+            let floor = self.floors[f].1;
+            if floor > chain.iteration && !self.rules.floor_not_applied_on_take_in {
+                if floor - chain.iteration > MAX_SKIP && !self.rules.no_step_limit_below_floor {
+                    return json!({"changed": false});
+                }
+                while chain.iteration < floor {
+                    chain.chain_key = hmac(&chain.chain_key, 0x02);
+                    chain.iteration += 1;
+                }
+            }
+            self.floors.remove(f);
+        }
+        self.chains.push(chain);
         if self.chains.len() > MAX_SENDER_CHAINS {
-            self.chains.remove(0);
+            let evicted = self.chains.remove(0);
+            self.retire(&evicted);
         }
         self.evict();
         json!({"changed": true})
@@ -198,6 +242,11 @@ impl Receiver {
         let Some(pb::envelope::Body::Group(m)) = envelope.body else { panic!("not a group message") };
         let salt: [u8; 24] = m.salt.as_slice().try_into().unwrap();
         let Some(index) = self.chains.iter().position(|c| c.chain_id == m.chain_id) else {
+            if let Some((_, floor)) = self.floors.iter().find(|(id, _)| *id == m.chain_id)
+                && m.iteration < *floor
+            {
+                return decrypt_error(json!({"error": "duplicate", "counter": m.iteration}));
+            }
             return json!({"error": "missing_chain", "chain_id": m.chain_id, "request": null});
         };
         let mut ad = b"samizdat/v1/group/message".to_vec();
@@ -307,7 +356,8 @@ fn disagreements(rules: Rules) -> Vec<String> {
                     u32::try_from(step["device_id"].as_u64().unwrap()).unwrap(),
                 ),
             };
-            if result != step["result"] || receiver.summary() != step["chains"] {
+            let floors = step.get("floors").cloned().unwrap_or_else(|| json!([]));
+            if result != step["result"] || receiver.summary() != step["chains"] || receiver.floors_summary() != floors {
                 out.push(format!("{}: {}", case["name"].as_str().unwrap(), step["note"].as_str().unwrap()));
             }
         }
@@ -399,5 +449,29 @@ fn accepting_control_content_in_a_group_body_is_caught() {
     caught(
         Rules { control_content_accepted: true, ..Rules::default() },
         &["decrypt_signed_but_not_authentic: A 3: control content"],
+    );
+}
+
+#[test]
+fn forgetting_an_evicted_chain_is_caught() {
+    caught(
+        Rules { no_floors: true, ..Rules::default() },
+        &["decrypt_floors: A 0 again: below the floor", "decrypt_missing_chain_and_distributions: chain D"],
+    );
+}
+
+#[test]
+fn taking_a_chain_again_from_below_its_floor_is_caught() {
+    caught(
+        Rules { floor_not_applied_on_take_in: true, ..Rules::default() },
+        &["decrypt_floors: A 1 again: below where the chain was taken"],
+    );
+}
+
+#[test]
+fn stepping_up_from_any_distance_below_the_floor_is_caught() {
+    caught(
+        Rules { no_step_limit_below_floor: true, ..Rules::default() },
+        &["decrypt_floor_too_far_below: chain A at iteration 1"],
     );
 }
