@@ -463,6 +463,8 @@ impl GroupSendingChain {
             signing_seed: signing_seed.to_vec(),
             recovery_key: chain_key.to_vec(),
             recovery_iteration: iteration,
+            // Derived from the seed.
+            signing_public: Vec::new(),
         };
         let chain = OwnChain::from_record(&record).unwrap_or_else(|_| {
             unreachable!("32-byte keys and a recovery copy at the chain's own iteration always load")

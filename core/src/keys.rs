@@ -324,6 +324,11 @@ impl IdentityKeyPair {
         self.public
     }
 
+    /// The public key as the signing crate holds it (decompressed).
+    pub(crate) fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
     /// Signs `message` (Ed25519, deterministic).
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         self.signing.sign(message).to_bytes()

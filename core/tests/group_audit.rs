@@ -91,6 +91,8 @@ fn fresh_chain(chain_id: u32, iteration: u32) -> storage::OwnChain {
         signing_seed: random32().to_vec(),
         recovery_key: key,
         recovery_iteration: iteration,
+        // Derived from the seed on load.
+        signing_public: Vec::new(),
     }
 }
 

@@ -934,8 +934,23 @@ impl Run {
         let to = message.to;
         let (bytes, expected) = match message.what {
             What::Group { text } => {
+                let (from, chain, iteration) = (message.from, self.texts[text].chain, self.texts[text].iteration);
+                // A chain given up: below its floor a message is a duplicate
+                // before any signature (there is no key to check it with).
+                let floor = self.model[to]
+                    .kept
+                    .get(&from)
+                    .filter(|k| self.model[to].own.is_some() && k.find(chain).is_none())
+                    .and_then(|k| k.floor(chain));
                 let expected = if field == Field::GroupId {
                     Outcome::UnknownGroup
+                } else if let Some(floor) = floor {
+                    let iteration = if field == Field::Iteration { iteration ^ (1 << (bit % 32)) } else { iteration };
+                    if iteration >= floor {
+                        // A request, as for any message on a missing chain.
+                        return Ok(());
+                    }
+                    Outcome::Duplicate
                 } else {
                     match self.predict(message.from, to, self.texts[text].chain, self.texts[text].iteration) {
                         // A message on a missing chain makes a request however it was altered.

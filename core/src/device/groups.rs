@@ -684,7 +684,8 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&self.group_lock);
         // The members that will need the chain: lock their sessions first
         // (in row key order, as every call that locks several does).
-        let lacking = match self.load_own(&group_id)? {
+        let own = self.load_own(&group_id)?;
+        let lacking = match &own {
             Some(own) if own.value.chain.is_some() && own.value.distributed => Vec::new(),
             Some(_) => {
                 let roster = self.load_roster(&group_id)?.ok_or_else(corrupt)?;
@@ -702,12 +703,26 @@ impl<B: Backend> Device<B> {
         };
         let locks: Vec<_> = lacking.iter().map(|row| self.peer_lock(row)).collect();
         let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
-        retry_on_conflict(|| self.group_encrypt_once(&group_id, plaintext))
+        // The first attempt uses the row read above (the group lock is held,
+        // so only another process can have changed it: its write is then
+        // refused, and the retry reads the row again).
+        let mut loaded = own;
+        retry_on_conflict(|| self.group_encrypt_once(&group_id, plaintext, loaded.take()))
     }
 
-    fn group_encrypt_once(&self, group_id: &GroupId, plaintext: &[u8]) -> Result<GroupSend, DeviceError> {
+    /// One attempt of [`Self::group_encrypt`], on our chain's row as read
+    /// (`None`: read it now).
+    fn group_encrypt_once(
+        &self,
+        group_id: &GroupId,
+        plaintext: &[u8],
+        own: Option<Loaded<OwnRow>>,
+    ) -> Result<GroupSend, DeviceError> {
         let mut rng = crate::os_rng();
-        let mut own = self.load_own(group_id)?.ok_or(GroupError::UnknownGroup)?;
+        let mut own = match own {
+            Some(own) => own,
+            None => self.load_own(group_id)?.ok_or(GroupError::UnknownGroup)?,
+        };
         let mut writes = Vec::new();
         let mut distributions = Vec::new();
         let mut without_session = Vec::new();

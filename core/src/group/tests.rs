@@ -439,3 +439,40 @@ fn floors_are_bounded_and_checked_on_load() {
     let of_a_kept_chain = vec![samizdat_proto::storage::ChainFloor { chain_id: records[0].chain_id, iteration: 0 }];
     assert!(SenderChains::from_records(&records, &requested, 0, &of_a_kept_chain).is_err());
 }
+
+#[test]
+fn the_expanded_signer_signs_as_ed25519_and_old_rows_still_load() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let record = chain.to_record();
+    assert_eq!(record.signing_public.len(), 32);
+    let message = chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap();
+    // The signature RFC 8032 gives for the seed, over AD || body.
+    let seed: [u8; 32] = record.signing_seed.as_slice().try_into().unwrap();
+    let pair = crate::keys::IdentityKeyPair::from_seed(&seed);
+    assert_eq!(pair.public_key().as_bytes().as_slice(), record.signing_public.as_slice());
+    assert_eq!(message.signature, pair.sign(&message.signed_bytes(&alice())));
+    assert_eq!(decrypt(&mut chains, &message).unwrap(), b"x");
+    // A row of an earlier release (no public key) loads and signs the same.
+    let mut old = record.clone();
+    old.signing_public.clear();
+    let (mut from_old, mut from_new) = (OwnChain::from_record(&old).unwrap(), OwnChain::from_record(&record).unwrap());
+    let salt = [7u8; 32];
+    let a = from_old.encrypt(&mut ChaCha20Rng::from_seed(salt), &gid(b"g"), &alice(), b"y").unwrap();
+    let b = from_new.encrypt(&mut ChaCha20Rng::from_seed(salt), &gid(b"g"), &alice(), b"y").unwrap();
+    assert_eq!(a, b);
+    assert_eq!(from_old.to_record(), from_new.to_record());
+    // A stored public key that is not 32 bytes, or not a point, is refused.
+    let mut bad = record.clone();
+    bad.signing_public.truncate(31);
+    assert!(OwnChain::from_record(&bad).is_err());
+    let not_a_point = (2u8..=255)
+        .map(|y| {
+            let mut bytes = [0u8; 32];
+            bytes[0] = y;
+            bytes
+        })
+        .find(|bytes| ed25519_dalek::VerifyingKey::from_bytes(bytes).is_err())
+        .unwrap();
+    bad.signing_public = not_a_point.to_vec();
+    assert!(OwnChain::from_record(&bad).is_err());
+}
