@@ -1,7 +1,9 @@
 //! The chains this device keeps for one sender of one group, and the
 //! decryption of that sender's messages.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::OnceLock};
+
+use ed25519_dalek::{Signature, VerifyingKey};
 
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
@@ -31,6 +33,10 @@ fn salt_tag(message: &GroupMessage) -> SaltTag {
 struct Chain {
     chain_id: u32,
     signing_key: IdentityKey,
+    /// `signing_key` decompressed, the first time a message is checked
+    /// (once per chain while the chains stay in memory, as in
+    /// [`crate::hazmat::GroupReceiver`]; a device loads the row per message).
+    verifying: OnceLock<Option<VerifyingKey>>,
     /// The identity key of the session the chain came in: the chain is used
     /// only while that identity is the one trusted for the sender.
     identity: IdentityKey,
@@ -145,7 +151,10 @@ impl SenderChains {
                 _ => GroupDecrypt::MissingChain,
             });
         };
-        if !chain.signing_key.verify(&message.signed_bytes(sender), &message.signature) {
+        let verifying = chain.verifying.get_or_init(|| VerifyingKey::from_bytes(chain.signing_key.as_bytes()).ok());
+        let signature = Signature::from_bytes(&message.signature);
+        // Strict Ed25519 (as `IdentityKey::verify`): canonical S, no small-order R or key.
+        if !verifying.is_some_and(|key| key.verify_strict(&message.signed_bytes(sender), &signature).is_ok()) {
             return Err(forged());
         }
         let iteration = message.iteration;
@@ -236,6 +245,7 @@ impl SenderChains {
         let mut chain = Chain {
             chain_id: distribution.chain_id,
             signing_key: distribution.signing_key,
+            verifying: OnceLock::new(),
             identity,
             chain: ChainKey::new(distribution.chain_key.clone(), distribution.iteration),
             skipped: VecDeque::new(),
@@ -460,6 +470,7 @@ impl SenderChains {
             out.chains.push_back(Chain {
                 chain_id: c.chain_id,
                 signing_key: IdentityKey::from_stored_slice(&c.signing_key, "sender.signing_key")?,
+                verifying: OnceLock::new(),
                 identity: IdentityKey::from_stored_slice(&c.identity_key, "sender.identity_key")?,
                 chain: ChainKey::new(Secret32::from_slice(&c.chain_key, "sender.chain_key")?, c.iteration),
                 skipped,
