@@ -236,10 +236,9 @@ fn a_delayed_distribution_after_eleven_rotations_reopens_nothing() {
 /// id, chain key at 0 and Alice's public signing key under that identity:
 /// Bob replaces Alice's chain with it (same id, other identity) without a
 /// floor, and the server's replays of Alice's genuine messages, which Bob
-/// had read, decrypt again, now attributed to Carol's identity.
+/// had read, decrypted again, now attributed to Carol's identity. (Fixed:
+/// a chain replaced under another identity leaves its floor.)
 #[test]
-#[ignore = "defect: a chain replaced under another identity keeps no floor: a member holding the chain \
-            key re-distributes it under a newly trusted identity and every message read on it decrypts again"]
 fn a_chain_taken_again_under_a_new_identity_reopens_nothing() {
     let net = Net::new(3);
     let (alice, bob, carol) = (0, 1, 2);

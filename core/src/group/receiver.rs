@@ -272,9 +272,17 @@ impl SenderChains {
                 }
                 return was_requested;
             }
-            // Replaced without a floor: only the sender itself can give its
-            // chain id another key, and what it signed it could send again.
-            self.chains.remove(position);
+            // Replaced. Under another identity (the sender's device
+            // replaced, or a hostile member now trusted for its address that
+            // kept the chain it was given) the old chain leaves its floor, so
+            // the chain taken again opens nothing read before. Under the same
+            // identity with another signing key, no floor: only the sender
+            // itself can do that, and what it signed it could send again.
+            if let Some(replaced) = self.chains.remove(position)
+                && replaced.identity != identity
+            {
+                self.retire(&replaced);
+            }
         }
         // A chain given up before comes back from where it was, never from
         // earlier: its messages already read (or given up) stay unreadable.
