@@ -133,12 +133,14 @@ pub const MAX_GROUP_SKIPPED_KEYS: usize = 2_000;
 pub const MAX_GROUP_USED_ITERATIONS: usize = 128;
 
 /// How far behind its current iteration a sender keeps a copy of its chain
-/// key, to answer a member that lost the chain's distribution
-/// (PROTOCOL.md 18.7): the member gets the chain from the iteration of the
-/// message it could not read, if that is at most this many messages back,
-/// and never from before the iteration at which it was first given the
-/// chain. A phone seized from the sender exposes at most this many of its
-/// past messages on the current chain.
+/// key, to answer a member that lost the chain's distribution or fell too
+/// far behind on it (PROTOCOL.md 18.7): the member gets the chain from the
+/// iteration it asks for (where a chain given up stopped, else 0, for a
+/// missing chain; [`MAX_SKIP`] before the message, for one too far ahead),
+/// never from before the iteration at which it was first given the chain,
+/// and never from further back than this many messages (then from the
+/// oldest iteration kept). A phone seized from the sender exposes at most
+/// this many of its past messages on the current chain.
 pub const GROUP_RECOVERY_WINDOW: u32 = 2_000;
 
 /// The most chain ids a device remembers asking one sender of a group for
@@ -147,13 +149,36 @@ pub const GROUP_RECOVERY_WINDOW: u32 = 2_000;
 /// [`MAX_GROUP_KEY_REQUESTS`] times.
 pub const MAX_REQUESTED_CHAINS: usize = 4;
 
-/// How many times a device asks a sender for one chain, and how many times a
-/// sender answers one member's requests on one of its chains: a hostile
-/// member cannot make another device send without bound.
-pub const MAX_GROUP_KEY_REQUESTS: u32 = 2;
+/// How many new requests a device makes of a sender for one chain (until
+/// the sender proves itself again: a distribution from it, or a message of
+/// it that decrypts). Past it, a message on that chain still missing hands
+/// the last request again, the same bytes (kept with its
+/// [`MAX_REQUESTED_CHAINS`] entry): a request that died with the app before
+/// it was sent is never lost, and a copy that was sent is refused by the
+/// sender's session as a duplicate. One more than [`MAX_GROUP_KEY_ANSWERS`],
+/// so that a member whose every answer died with its sender's app still
+/// makes one new request, which the sender answers with its last answer
+/// again.
+pub const MAX_GROUP_KEY_REQUESTS: u32 = 3;
 
-/// The most requests a device sends one sender of a group until that sender
-/// proves itself again (a distribution from it, or a message of it that
-/// decrypts): forged messages with made-up chain ids cannot make it send
-/// more.
+/// How many new answers a sender makes to one member's requests on one of
+/// its chains. Past it, a request of that member for that chain gets the
+/// last answer again, the same bytes (kept in the member's row): a hostile
+/// member cannot make the sender send new messages without bound, and one
+/// incoming request makes at most one outgoing message.
+pub const MAX_GROUP_KEY_ANSWERS: u32 = 2;
+
+/// The largest one-to-one message a device keeps to hand again (a request,
+/// [`MAX_GROUP_KEY_REQUESTS`], or an answer, [`MAX_GROUP_KEY_ANSWERS`]), in
+/// bytes: such a message carries at most 256 bytes of padded control content
+/// (a distribution with a 64-byte group id), in a prekey message at most
+/// (its ML-KEM-1024 ciphertext included), about 2 KiB in all. A stored
+/// message longer than this is corrupt.
+pub const MAX_KEPT_CONTROL_MESSAGE_LEN: usize = 4096;
+
+/// The most new requests a device makes of one sender of a group until that
+/// sender proves itself again (a distribution from it, or a message of it
+/// that decrypts): forged messages with made-up chain ids cannot make it
+/// send more new messages (past it, a chain id asked for already gets its
+/// last request again, [`MAX_GROUP_KEY_REQUESTS`]; another gets none).
 pub const MAX_GROUP_REQUESTS_PER_SENDER: u32 = 8;

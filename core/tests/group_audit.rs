@@ -26,8 +26,8 @@ use samizdat::{
     device::{Device, DeviceError, GroupError, MessageKind},
     group::GroupMessage,
     limits::{
-        MAX_GROUP_MEMBERS, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_REMOVED_MEMBERS, MAX_SENDER_CHAINS,
-        MAX_SKIP,
+        MAX_GROUP_MEMBERS, MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_KEPT_CONTROL_MESSAGE_LEN,
+        MAX_REMOVED_MEMBERS, MAX_SENDER_CHAINS, MAX_SKIP,
     },
     store::{Backend, Expected, MemoryBackend, StoreError, Table, Write},
 };
@@ -351,20 +351,23 @@ fn injected_chain_ids_do_not_cost_a_member_its_messages() {
     }
 }
 
-/// A flood of injected messages on random chain ids: at most 4 chain ids
-/// × 2 requests, and once the budget is spent a message writes nothing.
+/// A flood of injected messages on random chain ids: at most 8 new
+/// requests (MAX_GROUP_REQUESTS_PER_SENDER), and once the budget is spent
+/// a message writes nothing: it gets the last request of its chain id
+/// again (the same bytes), or none.
 #[test]
 fn a_flood_of_injected_chain_ids_is_bounded_and_then_writes_nothing() {
     let net = Net::new(2);
     net.create(G, &[0, 1]);
     let template = net.send(0, G, b"t").message;
-    let mut requests = 0;
+    let mut requests: Vec<Vec<u8>> = Vec::new();
     let mut quiet_since = None;
     for i in 0..40u32 {
         let before = net.stores[1].snapshot();
         let result = net.receive(0, 1, &with_chain_id(&template, 0x1000 + i % 10));
         match missing_chain(result) {
-            Some(Some(_)) => requests += 1,
+            Some(Some(request)) if !requests.contains(&request) => requests.push(request),
+            Some(Some(_)) => assert_eq!(net.stores[1].snapshot(), before, "a request handed again writes nothing"),
             Some(None) => {
                 assert_eq!(net.stores[1].snapshot(), before, "a refused request writes nothing");
                 quiet_since.get_or_insert(i);
@@ -372,7 +375,7 @@ fn a_flood_of_injected_chain_ids_is_bounded_and_then_writes_nothing() {
             None => panic!("not a missing chain"),
         }
     }
-    assert!(requests <= 8, "{requests} requests");
+    assert!(requests.len() <= 8, "{} new requests", requests.len());
     assert!(quiet_since.is_some());
 }
 
@@ -551,8 +554,9 @@ fn an_equivocating_sender_is_caught_by_a_member_that_sees_both_versions() {
 }
 
 /// A member added late asks, again and again, for the chain from iteration
-/// 0 and for chains that are not the sender's: at most two answers, and
-/// none opens a message sent before it was given the chain.
+/// 0 and for chains that are not the sender's: at most two new answers (then
+/// the last one again, which its session refuses as a duplicate), and none
+/// opens a message sent before it was given the chain.
 #[test]
 fn requests_never_give_a_late_member_the_history_before_it_joined() {
     let net = Net::new(3);
@@ -563,7 +567,7 @@ fn requests_never_give_a_late_member_the_history_before_it_joined() {
     net.dev(eve).create_group(G, &[addr(alice), addr(bob)]).unwrap();
     let welcome = net.send(alice, G, b"welcome");
     assert_eq!(net.receive(alice, eve, &welcome.message).unwrap(), Got::Group(b"welcome".to_vec()));
-    let mut answers = 0;
+    let mut answers: Vec<Vec<u8>> = Vec::new();
     for round in 0..6u32 {
         // Eve's client forgets the chain and asks from iteration 0, or for
         // a chain id that is not Alice's.
@@ -572,7 +576,14 @@ fn requests_never_give_a_late_member_the_history_before_it_joined() {
         let trigger = if round % 2 == 0 { history[0].clone() } else { with_chain_id(&history[0], round) };
         let Some(Some(request)) = missing_chain(net.receive(alice, eve, &trigger)) else { panic!("no request") };
         if let Got::Control(Some(answer)) = net.receive(eve, alice, &request).unwrap() {
-            answers += 1;
+            if answers.contains(&answer.message) {
+                assert!(matches!(
+                    net.receive(alice, eve, &answer.message),
+                    Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
+                ));
+                continue;
+            }
+            answers.push(answer.message.clone());
             net.receive(alice, eve, &answer.message).unwrap();
             let kept = net.member_row(eve, G, alice).unwrap().chains.pop().unwrap();
             assert!(kept.iteration >= 5, "a chain from iteration {} before joining at 5", kept.iteration);
@@ -581,7 +592,7 @@ fn requests_never_give_a_late_member_the_history_before_it_joined() {
             }
         }
     }
-    assert!(answers <= 2, "{answers} answers");
+    assert!(answers.len() <= 2, "{} new answers", answers.len());
 }
 
 /// A member that skips thousands of keys and starts chain after chain does
@@ -715,7 +726,57 @@ fn a_request_decrypted_before_a_removal_is_not_answered_after_it() {
 /// A removed member's row after its removal: kept for the floors of its
 /// chains only (no chain, no request), marked removed.
 fn is_tombstone(row: &storage::SenderChainsRow) -> bool {
-    row.removed && row.chains.is_empty() && row.requested.is_empty() && row.requests == 0
+    row.removed && row.chains.is_empty() && row.requested.is_empty() && row.requests == 0 && row.last_answer.is_none()
+}
+
+/// A member's row keeps the last request made of it and the last answer
+/// given it, to hand again; its removal drops both (the tombstone keeps
+/// floors only), and a tombstone that carries either is corrupt.
+#[test]
+fn a_tombstone_keeps_no_request_or_answer_and_one_that_does_is_corrupt() {
+    let net = Net::new(2);
+    let (alice, bob) = (0, 1);
+    net.create(G, &[alice, bob]);
+    // Alice lacks Bob's chain and asks for it (the request never leaves);
+    // Bob lacks Alice's and asks, and Alice answers (the answer never leaves).
+    let from_bob = net.dev(bob).group_encrypt(G, b"to alice").unwrap();
+    let Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) =
+        net.dev(alice).decrypt(&addr(bob), &from_bob.message)
+    else {
+        panic!("no request")
+    };
+    let from_alice = net.dev(alice).group_encrypt(G, b"to bob").unwrap();
+    let Err(DeviceError::Group(GroupError::MissingChain { request: Some(asked), .. })) =
+        net.dev(bob).decrypt(&addr(alice), &from_alice.message)
+    else {
+        panic!("no request")
+    };
+    let Got::Control(Some(answer)) = net.receive(bob, alice, &asked).unwrap() else { panic!("no answer") };
+    let row = net.member_row(alice, G, bob).unwrap();
+    assert_eq!(row.requested.len(), 1);
+    assert_eq!(row.requested[0].message, request, "the request is kept with its chain id");
+    let kept = row.last_answer.as_ref().unwrap();
+    assert_eq!((kept.chain_id, &kept.message), (decode_group(&from_alice.message).chain_id, &answer.message));
+
+    net.dev(alice).remove_group_members(G, &[addr(bob)]).unwrap();
+    let tombstone = net.member_row(alice, G, bob).unwrap();
+    assert!(is_tombstone(&tombstone), "a removal drops the kept request and answer");
+
+    // A tombstone written with a kept answer, or a kept request, is corrupt.
+    let keys = net.keys(alice);
+    let key = keys.group_row(MEMBER, G, Some(&addr(bob)));
+    let corrupt = |row: &storage::SenderChainsRow| {
+        keys.write(net.dev(alice).backend(), &key, row);
+        let result = net.dev(alice).add_group_members(G, &[addr(bob)]);
+        assert!(matches!(result, Err(DeviceError::Store(StoreError::Corrupt { .. }))), "{result:?}");
+    };
+    corrupt(&storage::SenderChainsRow { last_answer: row.last_answer.clone(), ..tombstone.clone() });
+    corrupt(&storage::SenderChainsRow { requested: row.requested.clone(), requests: 1, ..tombstone.clone() });
+    // And a member's row with a kept message past the limit.
+    let long = storage::LastAnswer { chain_id: 1, message: vec![0; MAX_KEPT_CONTROL_MESSAGE_LEN + 1] };
+    keys.write(net.dev(alice).backend(), &key, &storage::SenderChainsRow { last_answer: Some(long), ..row });
+    let result = net.dev(alice).decrypt(&addr(bob), &from_bob.message);
+    assert!(matches!(result, Err(DeviceError::Store(StoreError::Corrupt { .. }))), "{result:?}");
 }
 
 /// A removed member's distribution or group message, decrypted before the

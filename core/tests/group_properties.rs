@@ -81,9 +81,10 @@ use samizdat::{
     device::{DeviceError, GroupError, MessageKind, PendingMessage},
     group::GroupMessage,
     limits::{
-        MAX_CHAIN_FLOORS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_REQUESTED_CHAINS,
-        MAX_SENDER_CHAINS,
+        MAX_CHAIN_FLOORS, MAX_GROUP_KEY_ANSWERS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER,
+        MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS,
     },
+    store::Table,
 };
 use samizdat_proto::wire as pb;
 use support::group::{Got, World, address, missing_chain};
@@ -168,6 +169,8 @@ struct Member {
     has_chain: bool,
     given_at: u32,
     answered: u32,
+    /// The last answer made to it: the chain it gives, its bytes.
+    last_answer: Option<(u32, Vec<u8>)>,
 }
 
 /// A device's own side of the group: its roster and its chain.
@@ -194,7 +197,8 @@ struct Chains {
     /// Chains given up (evicted, or their sender removed), oldest first:
     /// (chain, the iteration below which nothing of it opens again).
     floors: VecDeque<(u32, u32)>,
-    requested: Vec<(u32, u32)>,
+    /// Chain ids asked for: how many new requests, the last one's bytes.
+    requested: Vec<(u32, u32, Option<Vec<u8>>)>,
     /// Requests sent since the sender last proved itself.
     requests: u32,
 }
@@ -209,7 +213,7 @@ impl Chains {
         if self.requests >= MAX_GROUP_REQUESTS_PER_SENDER {
             return false;
         }
-        if let Some((_, count)) = self.requested.iter_mut().find(|(c, _)| *c == chain) {
+        if let Some((_, count, _)) = self.requested.iter_mut().find(|(c, _, _)| *c == chain) {
             if *count >= MAX_GROUP_KEY_REQUESTS {
                 return false;
             }
@@ -220,9 +224,21 @@ impl Chains {
         if self.requested.len() >= MAX_REQUESTED_CHAINS {
             self.requested.remove(0);
         }
-        self.requested.push((chain, 1));
+        self.requested.push((chain, 1, None));
         self.requests += 1;
         true
+    }
+
+    /// Keeps the request just counted for `chain`.
+    fn keep_request(&mut self, chain: u32, bytes: Vec<u8>) {
+        if let Some((_, _, last)) = self.requested.iter_mut().find(|(c, _, _)| *c == chain) {
+            *last = Some(bytes);
+        }
+    }
+
+    /// The last request for `chain`, handed again when no new one may be made.
+    fn last_request(&self, chain: u32) -> Option<&Vec<u8>> {
+        self.requested.iter().find(|(c, _, _)| *c == chain)?.2.as_ref()
     }
 
     /// The sender proved itself: what was asked of it is settled.
@@ -337,6 +353,15 @@ impl Model {
     }
 }
 
+/// What a sender does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// A new answer: the chain and the iteration it gives.
+    New(u32, u32),
+    /// The last answer, handed again.
+    Again(Vec<u8>),
+}
+
 /// The outcome of a group message's decryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -416,6 +441,10 @@ struct Stats {
     forged: u64,
     held_behind: u64,
     answers: u64,
+    /// Answers handed again (past `MAX_GROUP_KEY_ANSWERS`).
+    answers_again: u64,
+    /// Requests handed again (past the request budgets).
+    requests_again: u64,
     requests_unanswered: u64,
     pairwise_duplicates: u64,
     tampered_pairwise: u64,
@@ -449,6 +478,8 @@ impl Stats {
         self.forged += other.forged;
         self.held_behind += other.held_behind;
         self.answers += other.answers;
+        self.answers_again += other.answers_again;
+        self.requests_again += other.requests_again;
         self.requests_unanswered += other.requests_unanswered;
         self.pairwise_duplicates += other.pairwise_duplicates;
         self.tampered_pairwise += other.tampered_pairwise;
@@ -569,6 +600,12 @@ impl Run {
     }
 
     fn put(&mut self, from: usize, to: usize, bytes: Vec<u8>, what: What) {
+        // A request or an answer handed again: the same message, sent once
+        // (a copy would be a duplicate to its recipient; duplicates are
+        // delivered by `Op::Duplicate`).
+        if self.sent.iter().any(|m| (m.from, m.to) == (from, to) && m.bytes == bytes) {
+            return;
+        }
         let message = Msg { id: self.sent.len(), from, to, bytes, what };
         self.sent.push(message.clone());
         self.flight.push(message);
@@ -676,7 +713,7 @@ impl Run {
         let mut expected = Vec::new();
         if !own.distributed {
             for (m, member) in own.roster.iter_mut().filter(|(_, member)| !member.has_chain) {
-                *member = Member { has_chain: true, given_at: iteration, answered: 0 };
+                *member = Member { has_chain: true, given_at: iteration, answered: 0, last_answer: None };
                 expected.push(address(*m));
             }
             own.distributed = true;
@@ -715,7 +752,7 @@ impl Run {
         let Some(kept) = model.kept.get(&from) else { return Outcome::NotMember };
         match kept.find(chain) {
             None if kept.floor(chain).is_some_and(|floor| iteration < floor) => Outcome::Duplicate,
-            None => Outcome::Missing(kept.would_request(chain)),
+            None => Outcome::Missing(kept.would_request(chain) || kept.last_request(chain).is_some()),
             Some(k) if iteration < k.start || k.decrypted.contains(&iteration) => Outcome::Duplicate,
             Some(_) => Outcome::Plaintext,
         }
@@ -789,7 +826,16 @@ impl Run {
                         Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) => request,
                         _ => unreachable!(),
                     };
-                    self.model[to].kept.get_mut(&from).unwrap().count_request(chain);
+                    let kept = self.model[to].kept.get_mut(&from).unwrap();
+                    if kept.count_request(chain) {
+                        kept.keep_request(chain, request.clone());
+                    } else {
+                        // No new request may be made: the last one again,
+                        // byte for byte, and nothing written.
+                        prop_assert!(kept.last_request(chain) == Some(&request), "not the last request again");
+                        prop_assert!(self.world.snapshot(to) == before, "a request handed again changed the store");
+                        self.stats.requests_again += 1;
+                    }
                     // A missing chain is asked for from the earliest iteration
                     // the sender will give (PROTOCOL.md 18.7).
                     let _ = iteration;
@@ -869,10 +915,26 @@ impl Run {
                     chain
                 );
                 match (answer, expected) {
-                    (Some(answer), Some((chain, start))) => {
+                    (Some(answer), Some(Answer::New(chain, start))) => {
                         prop_assert_eq!(&answer.to, &address(from));
+                        let (_, m) =
+                            self.model[to].own.as_mut().unwrap().roster.iter_mut().find(|(m, _)| *m == from).unwrap();
+                        m.last_answer = Some((chain, answer.message.clone()));
                         self.put(to, from, answer.message, What::Distribution { chain, start, answer: true });
                         self.stats.answers += 1;
+                    }
+                    (Some(answer), Some(Answer::Again(bytes))) => {
+                        prop_assert_eq!(&answer.to, &address(from));
+                        prop_assert!(answer.message == bytes, "not the last answer again");
+                        // The request consumed; nothing else written.
+                        let groups = Table::ALL.iter().position(|t| *t == Table::Groups).unwrap();
+                        prop_assert!(
+                            self.world.snapshot(to)[groups] == before[groups],
+                            "an answer handed again changed a group row"
+                        );
+                        // The same message as before (its bytes name it).
+                        self.put(to, from, answer.message, What::Distribution { chain, start: 0, answer: true });
+                        self.stats.answers_again += 1;
                     }
                     _ => self.stats.requests_unanswered += 1,
                 }
@@ -884,12 +946,19 @@ impl Run {
     }
 
     /// The model of `sender` answering a request of `member`: the chain
-    /// and iteration it gives, if it answers.
-    fn answer(&mut self, sender: usize, member: usize, chain: u32, iteration: u32) -> Option<(u32, u32)> {
+    /// and iteration a new answer gives, or the last answer again, if it
+    /// answers.
+    fn answer(&mut self, sender: usize, member: usize, chain: u32, iteration: u32) -> Option<Answer> {
         let own = self.model[sender].own.as_mut()?;
         let (current, next) = own.chain?;
         let (_, m) = own.roster.iter_mut().find(|(m, _)| *m == member)?;
-        if m.answered >= MAX_GROUP_KEY_REQUESTS || (chain != current && m.has_chain) {
+        if m.answered >= MAX_GROUP_KEY_ANSWERS {
+            return match &m.last_answer {
+                Some((given, bytes)) if chain == current && *given == current => Some(Answer::Again(bytes.clone())),
+                _ => None,
+            };
+        }
+        if chain != current && m.has_chain {
             return None;
         }
         let from = if chain != current {
@@ -906,7 +975,7 @@ impl Run {
         m.has_chain = true;
         m.answered += 1;
         own.distributed = own.roster.iter().all(|(_, m)| m.has_chain);
-        Some((current, from))
+        Some(Answer::New(current, from))
     }
 
     /// Tries the held messages of `to` again (from `from` only, if given),
@@ -1155,7 +1224,10 @@ fn random_schedules_reach_every_outcome() {
     assert!(total.decrypted > total.sends, "{total:#?}");
     assert!(total.distributions > 0, "{total:#?}");
     assert!(total.missing_with_request > 0, "{total:#?}");
-    assert!(total.missing_without_request > 0, "{total:#?}");
+    // Every missing chain now gets a request, new or again (none only for a
+    // chain id never asked once the budget is spent: forged ids, not made
+    // here).
+    assert!(total.requests_again > 0 && total.answers_again > 0, "{total:#?}");
     assert!(total.duplicates > 0, "{total:#?}");
     assert!(total.not_member > 0, "{total:#?}");
     assert!(total.unknown_group > 0, "{total:#?}");

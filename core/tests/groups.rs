@@ -7,7 +7,9 @@ use samizdat::{
     DecryptError, SessionError,
     address::Address,
     device::{Device, DeviceError, GroupError, MessageKind},
+    limits::{MAX_GROUP_KEY_ANSWERS, MAX_GROUP_KEY_REQUESTS, MAX_KEPT_CONTROL_MESSAGE_LEN},
     store::{Backend, MemoryBackend, Table},
+    wire::Message,
 };
 use support::group::{Got, World, address, missing_chain};
 
@@ -187,37 +189,150 @@ fn a_lost_distribution_is_recovered_automatically() {
     assert_eq!(world.receive(0, 1, &third.message).unwrap(), Got::Group(b"third".to_vec()));
 }
 
-/// Requests are bounded on both sides: a member asks a sender for a chain at
-/// most twice, and a sender answers one member's requests on one chain at
-/// most twice, however many it gets.
+/// Requests are bounded on both sides: a member makes at most
+/// MAX_GROUP_KEY_REQUESTS new requests for a chain (then the last one
+/// again, the same bytes), and a sender makes at most MAX_GROUP_KEY_ANSWERS
+/// new answers to one member's requests on one chain (then the last one
+/// again), however many it gets: one message in, at most one out.
 #[test]
 fn requests_and_answers_are_bounded() {
     let world = World::new(2);
     world.create(G, &[0, 1]);
     let sent = world.device(0).group_encrypt(G, b"lost chain").unwrap();
-    let mut requests = Vec::new();
-    for _ in 0..5 {
-        if let Some(Some(request)) = missing_chain(world.receive(0, 1, &sent.message)) {
+    let mut requests: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..MAX_GROUP_KEY_REQUESTS + 3 {
+        let request = missing_chain(world.receive(0, 1, &sent.message)).unwrap().unwrap();
+        if !requests.contains(&request) {
             requests.push(request);
         }
     }
-    assert_eq!(requests.len(), 2, "a member asks at most twice per chain");
+    assert_eq!(requests.len(), MAX_GROUP_KEY_REQUESTS as usize, "new requests per chain");
     // A hostile member forgets it asked (deletes and recreates the group)
-    // and asks again and again: at most two answers.
+    // and asks again and again.
     for _ in 0..3 {
         world.device(1).delete_group(G).unwrap();
         world.device(1).create_group(G, &[address(0)]).unwrap();
         for _ in 0..2 {
-            if let Some(Some(request)) = missing_chain(world.receive(0, 1, &sent.message)) {
+            let request = missing_chain(world.receive(0, 1, &sent.message)).unwrap().unwrap();
+            if !requests.contains(&request) {
                 requests.push(request);
             }
         }
     }
-    let answers = requests
-        .iter()
-        .filter(|request| matches!(world.receive(1, 0, request).unwrap(), Got::Control(Some(_))))
-        .count();
-    assert_eq!(answers, 2, "a sender answers a member at most twice per chain");
+    let mut answers: Vec<Vec<u8>> = Vec::new();
+    for request in &requests {
+        let Got::Control(Some(answer)) = world.receive(1, 0, request).unwrap() else { panic!("no answer") };
+        if !answers.contains(&answer.message) {
+            answers.push(answer.message);
+        }
+    }
+    assert_eq!(answers.len(), MAX_GROUP_KEY_ANSWERS as usize, "new answers per member and chain");
+}
+
+/// Past the budget, the member hands its last request again: byte for byte,
+/// writing nothing. The sender reads it once (if it never came, after a
+/// crash of the member's app) and refuses a second copy as a duplicate,
+/// changing nothing. Another chain id gets its own last request, never
+/// this one.
+#[test]
+fn a_request_handed_again_is_the_same_bytes_and_writes_nothing() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let first = world.device(0).group_encrypt(G, b"on the first chain").unwrap();
+    let mut last = Vec::new();
+    for _ in 0..MAX_GROUP_KEY_REQUESTS {
+        let request = missing_chain(world.receive(0, 1, &first.message)).unwrap().unwrap();
+        assert_ne!(request, last, "a new request each time within the budget");
+        last = request;
+    }
+    for _ in 0..3 {
+        let before = snapshot(world.device(1));
+        let again = missing_chain(world.receive(0, 1, &first.message)).unwrap().unwrap();
+        assert_eq!(again, last, "the last request again, byte for byte");
+        assert!(snapshot(world.device(1)) == before, "a request handed again wrote something");
+    }
+    // The sender reads it once (the app died before sending it), and
+    // refuses the copy.
+    let Got::Control(Some(_)) = world.receive(1, 0, &last).unwrap() else { panic!("no answer") };
+    let before = snapshot(world.device(0));
+    assert!(matches!(
+        world.receive(1, 0, &last),
+        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
+    ));
+    assert!(snapshot(world.device(0)) == before, "a copy refused changed the sender's store");
+    // Another chain id of the sender: a new request of its own.
+    world.device(0).rotate_group_chain(G).unwrap();
+    let second = world.device(0).group_encrypt(G, b"on the second chain").unwrap();
+    let other = missing_chain(world.receive(0, 1, &second.message)).unwrap().unwrap();
+    assert_ne!(other, last);
+}
+
+/// Past its new answers, the sender hands the last answer again for a
+/// request on its current chain: the same bytes, and no group row written
+/// (the request itself is consumed by the session). The member reads it
+/// once; a second copy is a duplicate. After a rotation the old answer is
+/// never handed again: a request gets a new answer with the new chain.
+#[test]
+fn an_answer_handed_again_is_the_same_bytes_and_only_for_the_current_chain() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let sent = world.device(0).group_encrypt(G, b"lost chain").unwrap();
+    let mut answers = Vec::new();
+    // Every answer dies with the sender's app.
+    for _ in 0..MAX_GROUP_KEY_ANSWERS {
+        let request = missing_chain(world.receive(0, 1, &sent.message)).unwrap().unwrap();
+        let Got::Control(Some(answer)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer") };
+        answers.push(answer.message);
+    }
+    let request = missing_chain(world.receive(0, 1, &sent.message)).unwrap().unwrap();
+    let groups = Table::ALL.iter().position(|t| *t == Table::Groups).unwrap();
+    let before = snapshot(world.device(0));
+    let Got::Control(Some(again)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer again") };
+    assert_eq!(Some(&again.message), answers.last(), "the last answer again, byte for byte");
+    assert!(snapshot(world.device(0))[groups] == before[groups], "an answer handed again wrote a group row");
+    assert_eq!(world.receive(0, 1, &again.message).unwrap(), Got::Control(None));
+    assert!(matches!(
+        world.receive(0, 1, &again.message),
+        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
+    ));
+    assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(b"lost chain".to_vec()));
+
+    // A rotation: the old answer goes stale. The member lacks the new
+    // chain (its distribution lost) and asks: a new answer, on the new chain.
+    world.device(0).rotate_group_chain(G).unwrap();
+    let rotated = world.device(0).group_encrypt(G, b"new chain").unwrap();
+    let request = missing_chain(world.receive(0, 1, &rotated.message)).unwrap().unwrap();
+    let Got::Control(Some(answer)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer") };
+    assert!(!answers.contains(&answer.message), "a stale answer handed again after a rotation");
+    assert_eq!(world.receive(0, 1, &answer.message).unwrap(), Got::Control(None));
+    assert_eq!(world.receive(0, 1, &rotated.message).unwrap(), Got::Group(b"new chain".to_vec()));
+}
+
+/// A request or an answer kept to hand again fits the limit, even a request
+/// in a prekey message (a session not yet answered) with the longest group
+/// id.
+#[test]
+fn kept_requests_and_answers_fit_their_limit() {
+    let long = [0x47; samizdat::limits::MAX_GROUP_ID_LEN];
+    let a = Device::create_in(MemoryBackend::new(), &[1; 32], address(0), 0).unwrap();
+    let b = Device::create_in(MemoryBackend::new(), &[2; 32], address(1), 0).unwrap();
+    // Both sessions started by each side and never answered: prekey messages.
+    a.start_session(&b.prekey_bundle().unwrap()).unwrap();
+    b.start_session(&a.prekey_bundle().unwrap()).unwrap();
+    a.create_group(&long, &[address(1)]).unwrap();
+    b.create_group(&long, &[address(0)]).unwrap();
+    let sent = a.group_encrypt(&long, b"x").unwrap();
+    let Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) =
+        b.decrypt(&address(0), &sent.message)
+    else {
+        panic!("no request")
+    };
+    assert!(matches!(Message::from_bytes(&request).unwrap(), Message::PreKey(_)));
+    let pending = a.decrypt(&address(1), &request).unwrap();
+    let answer = a.commit(pending).unwrap().unwrap();
+    for kept in [&request, &answer.message] {
+        assert!(kept.len() <= MAX_KEPT_CONTROL_MESSAGE_LEN, "{} bytes", kept.len());
+    }
 }
 
 /// Messages in flight on a chain the sender has rotated away from still

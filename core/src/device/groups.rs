@@ -23,7 +23,7 @@ use crate::{
     address::Address,
     group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
     keys::IdentityKey,
-    limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
+    limits::{MAX_GROUP_KEY_ANSWERS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
     padding::ContentType,
     session::SessionRecord,
     store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
@@ -64,12 +64,21 @@ pub enum GroupError {
     /// chain arrives.
     ///
     /// `request`, if any, is a one-to-one message for the sender asking for
-    /// the chain: send it as it is. Making it advanced the session with the
-    /// sender (committed). It is `None` when the session with the sender is
-    /// missing, or when this device already asked the sender for this chain
-    /// [`MAX_GROUP_KEY_REQUESTS`] times, or for
-    /// [`MAX_REQUESTED_CHAINS`](crate::limits::MAX_REQUESTED_CHAINS) chains
-    /// that have not arrived: forged messages cannot make it send more.
+    /// the chain: send it as it is. A new request advanced the session with
+    /// the sender (committed) before it is returned. Once this device made
+    /// [`MAX_GROUP_KEY_REQUESTS`](crate::limits::MAX_GROUP_KEY_REQUESTS) new
+    /// requests for this chain, or
+    /// [`MAX_GROUP_REQUESTS_PER_SENDER`](crate::limits::MAX_GROUP_REQUESTS_PER_SENDER)
+    /// of this sender in all, since the sender last proved itself (a
+    /// distribution from it, or a message of it that decrypted), `request`
+    /// is the last request made for this chain again, the same bytes, and
+    /// nothing is written: if the app died before sending it, it goes now;
+    /// if it was sent, the sender refuses the copy as a duplicate. It is
+    /// `None` when the session with the sender is missing, or when no new
+    /// request may be made and none was made for this chain (among the last
+    /// [`MAX_REQUESTED_CHAINS`](crate::limits::MAX_REQUESTED_CHAINS) chain
+    /// ids asked): forged messages cannot make it make new messages without
+    /// bound.
     #[error("no chain {chain_id} of this sender")]
     MissingChain {
         /// The chain id of the message.
@@ -77,9 +86,10 @@ pub enum GroupError {
         /// The request to send to the sender, if one may be sent.
         request: Option<Vec<u8>>,
     },
-    /// The group message does not decrypt: forged or altered, a duplicate,
-    /// a sender gone back ([`DecryptError::Rollback`]), or too far ahead.
-    /// Nothing changed.
+    /// The group message does not decrypt: forged or altered, a duplicate
+    /// (also one below where a chain given up or recovered starts), or a
+    /// sender gone back ([`DecryptError::Rollback`]). Nothing changed. (A
+    /// message too far ahead is [`GroupError::MissingChain`].)
     #[error(transparent)]
     Decrypt(#[from] DecryptError),
     /// The message could not be encrypted (too large; a chain exhausted).
@@ -136,28 +146,43 @@ pub(super) struct GroupPending {
 
 /// What committing a control message does besides advancing the session.
 pub(super) enum ControlAction {
-    /// A distribution that changes nothing (from a non-member, for an
-    /// unknown group, a chain already kept).
+    /// Control content that changes nothing (its group id; empty for a kind
+    /// of a later release): a distribution from a non-member, for an unknown
+    /// group, of a chain already kept; a request from a non-member, for a
+    /// chain of ours we no longer have, or past the answers allowed with no
+    /// answer to hand again.
     Ignored(Vec<u8>),
     /// A distribution to store in the sender's member row.
     Store { group_id: Vec<u8>, row: Vec<u8>, sealed: Vec<u8>, chains: SenderChains },
     /// A request to answer: the roster and our chain as read, the member
-    /// updated, and the chain to send.
-    Answer { group_id: GroupId, roster: Loaded<Roster>, own: Box<Loaded<OwnRow>>, distribution: Box<Distribution> },
+    /// updated, its row as read (the answer is kept there), and the chain to
+    /// send.
+    Answer {
+        group_id: GroupId,
+        roster: Loaded<Roster>,
+        own: Box<Loaded<OwnRow>>,
+        member: Box<(Vec<u8>, Loaded<SenderChains>)>,
+        distribution: Box<Distribution>,
+    },
+    /// A request past the answers allowed, for our current chain: the last
+    /// answer, handed again, as long as our chain row is still the one read
+    /// (its key and sealed bytes).
+    AnswerAgain { group_id: GroupId, own: (Vec<u8>, Vec<u8>), message: Vec<u8> },
 }
 
 impl ControlAction {
     pub(super) fn group_id(&self) -> &[u8] {
         match self {
             Self::Ignored(group_id) | Self::Store { group_id, .. } => group_id,
-            Self::Answer { group_id, .. } => group_id.as_bytes(),
+            Self::Answer { group_id, .. } | Self::AnswerAgain { group_id, .. } => group_id.as_bytes(),
         }
     }
 }
 
 /// What [`Device::request_chain`] did.
 enum Requested {
-    /// A request to send.
+    /// A request to send: a new one (committed), or the last one again
+    /// (nothing written).
     Sent(Vec<u8>),
     /// None: the limits, or no session with the sender.
     NotSent,
@@ -263,7 +288,7 @@ impl<B: Backend> Device<B> {
         let distinct: BTreeSet<(&str, u32)> =
             members.iter().map(|m| &m.address).chain(&removed).map(|a| (a.user_id(), a.device_id())).collect();
         if distinct.len() != members.len().saturating_add(removed.len())
-            || members.iter().any(|m| m.address == self.address || m.answered > MAX_GROUP_KEY_REQUESTS)
+            || members.iter().any(|m| m.address == self.address || m.answered > MAX_GROUP_KEY_ANSWERS)
             || removed.contains(&self.address)
         {
             return Err(corrupt());
@@ -343,12 +368,21 @@ impl<B: Backend> Device<B> {
             || row.group_id != group_id.as_bytes()
             || row.user_id != member.user_id()
             || row.device_id != member.device_id()
-            || (row.removed && (!row.chains.is_empty() || !row.requested.is_empty() || row.requests != 0))
         {
             return Err(corrupt());
         }
-        let chains = SenderChains::from_records(&row.chains, &row.requested, row.requests, &row.floors)
-            .map_err(|_| corrupt())?;
+        let chains = SenderChains::from_records(
+            &row.chains,
+            &row.requested,
+            row.requests,
+            &row.floors,
+            row.last_answer.as_ref(),
+        )
+        .map_err(|_| corrupt())?;
+        // A removed member's row keeps floors only: no chain, request or answer.
+        if row.removed && !chains.only_floors() {
+            return Err(corrupt());
+        }
         Ok((key, Some((Loaded { sealed, value: chains }, row.removed))))
     }
 
@@ -385,6 +419,7 @@ impl<B: Backend> Device<B> {
             requests: chains.requests(),
             removed,
             floors: chains.floor_records(),
+            last_answer: chains.answer_record(),
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -827,11 +862,14 @@ impl<B: Backend> Device<B> {
         Err(GroupError::MissingChain { chain_id: message.chain_id(), request: None }.into())
     }
 
-    /// Makes a request for the chain of `message` (from its iteration) to
-    /// `peer`, if it is still needed, the limits allow one and there is a
-    /// session: the request is encrypted and both rows (the session, the
-    /// member's request count) written in one transaction before it is
-    /// returned.
+    /// Makes a request for the chain of `message` to `peer` (from where a
+    /// chain of that id given up stopped, else from 0, for a missing chain;
+    /// from [`MAX_SKIP`] before the message, for one too far ahead), if it
+    /// is still needed, the limits allow one and there is a session: the
+    /// request is encrypted and both rows (the session, the member's request
+    /// count and the request itself) written in one transaction before it
+    /// is returned. Past the limits, the last request made for that chain id
+    /// is returned again, and nothing is written.
     fn request_chain(
         &self,
         group_id: &GroupId,
@@ -857,13 +895,23 @@ impl<B: Backend> Device<B> {
                 // It arrived meanwhile (or the message no longer needs it).
                 _ => return Ok(Requested::Arrived),
             };
-            if !record.has_session() || !chains.value.count_request(message.chain_id()) {
+            if !record.has_session() {
                 return Ok(Requested::NotSent);
+            }
+            if !chains.value.count_request(message.chain_id()) {
+                // The same bytes again: a request that died with the app
+                // before it was sent goes now; a copy of one sent is a
+                // duplicate to the sender. Never a new message.
+                return Ok(match chains.value.last_request(message.chain_id()) {
+                    Some(request) => Requested::Sent(request.to_vec()),
+                    None => Requested::NotSent,
+                });
             }
             let content =
                 Control::Request(Request { group_id: group_id.clone(), chain_id: message.chain_id(), iteration: from })
                     .to_bytes();
             let request = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+            chains.value.keep_request(message.chain_id(), request.clone());
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
             writes.push(self.member_write(
                 key,
@@ -913,9 +961,9 @@ impl<B: Backend> Device<B> {
             Control::Request(request) => {
                 let ignored = || ControlAction::Ignored(request.group_id.as_bytes().to_vec());
                 // Only a member asks (its row is small; the roster may not be).
-                if self.load_member(&request.group_id, peer)?.1.is_none() {
+                let (member_key, Some(member_row)) = self.load_member(&request.group_id, peer)? else {
                     return Ok(ignored());
-                }
+                };
                 let (Some(mut roster), Some(own)) =
                     (self.load_roster(&request.group_id)?, self.load_own(&request.group_id)?)
                 else {
@@ -927,10 +975,23 @@ impl<B: Backend> Device<B> {
                 };
                 // A request gets our current chain, from the iteration asked
                 // for if it is on it (never from before the member was first
-                // given it), else from now: at most MAX_GROUP_KEY_REQUESTS
-                // answers per member and chain.
-                if member.answered >= MAX_GROUP_KEY_REQUESTS {
-                    return Ok(ignored());
+                // given it), else from now: at most MAX_GROUP_KEY_ANSWERS new
+                // answers per member and chain; past them, a request for our
+                // current chain gets the last answer again (the app may have
+                // died before sending it), the same bytes, and nothing else
+                // changes.
+                if member.answered >= MAX_GROUP_KEY_ANSWERS {
+                    let again = (request.chain_id == chain.chain_id())
+                        .then(|| member_row.value.last_answer(chain.chain_id()))
+                        .flatten();
+                    return Ok(match again {
+                        Some(message) => ControlAction::AnswerAgain {
+                            group_id: request.group_id.clone(),
+                            own: (self.group_row(GroupRowKind::OwnChain, &request.group_id, None), own.sealed.clone()),
+                            message: message.to_vec(),
+                        },
+                        None => ignored(),
+                    });
                 }
                 // Another chain id than ours from a member that has ours: a
                 // message of someone else's relabelled as ours (the server
@@ -956,6 +1017,7 @@ impl<B: Backend> Device<B> {
                     group_id: request.group_id.clone(),
                     roster,
                     own: Box::new(own),
+                    member: Box::new((member_key, member_row)),
                     distribution: Box::new(distribution),
                 })
             }
@@ -975,20 +1037,39 @@ impl<B: Backend> Device<B> {
             ControlAction::Store { group_id, row, sealed, chains } => {
                 Ok((vec![self.member_write(row, &group_id, peer, &chains, Expected::Value(sealed))], None))
             }
-            ControlAction::Answer { group_id, roster, own, distribution } => {
+            ControlAction::Answer { group_id, roster, own, member, distribution } => {
+                let chain_id = distribution.chain_id;
                 let content = Control::Distribution(*distribution).to_bytes();
                 let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
                 // Our chain must still be the one the answer gives: rewritten
                 // as it was, conditionally.
                 let Loaded { sealed: own_sealed, value: mut own_row } = *own;
                 own_row.distributed = own_row.chain.is_some() && roster.value.members.iter().all(|m| m.has_chain);
+                // The answer is kept in the member's row, to hand again.
+                let (member_key, Loaded { sealed: member_sealed, value: mut chains }) = *member;
+                chains.keep_answer(chain_id, message.clone());
                 Ok((
                     vec![
                         self.roster_write(&roster.value, Expected::Value(roster.sealed)),
                         self.own_write(&group_id, &own_row, Expected::Value(own_sealed)),
+                        self.member_write(
+                            member_key,
+                            group_id.as_bytes(),
+                            peer,
+                            &chains,
+                            Expected::Value(member_sealed),
+                        ),
                     ],
                     Some(Outgoing { to: peer.clone(), message }),
                 ))
+            }
+            ControlAction::AnswerAgain { own: (key, sealed), message, .. } => {
+                // Nothing changes; our chain row, rewritten as it is (the
+                // same bytes), must still be the one read: the answer gives
+                // our current chain.
+                let write =
+                    Write { table: Table::Groups, key, value: Some(sealed.clone()), expected: Expected::Value(sealed) };
+                Ok((vec![write], Some(Outgoing { to: peer.clone(), message })))
             }
         }
     }

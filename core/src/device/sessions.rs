@@ -370,7 +370,15 @@ impl<B: Backend> Device<B> {
     ///
     /// A group message commits its sender's chains; a control message also
     /// does what it says (stores a chain; answers a request, whose answer is
-    /// returned: send it to the peer).
+    /// returned: send it to the peer). A new answer is written (the member's
+    /// answer count, the answer itself) in the same transaction, before it
+    /// is returned. Past
+    /// [`MAX_GROUP_KEY_ANSWERS`](crate::limits::MAX_GROUP_KEY_ANSWERS) answers
+    /// to the peer on our current chain, a request for that chain returns the
+    /// last answer again, the same bytes, and nothing but the session is
+    /// written: an answer that died with the app before it was sent goes
+    /// now, and a copy of one sent is a duplicate to the peer. One request
+    /// returns at most one answer.
     ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;

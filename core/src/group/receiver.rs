@@ -15,7 +15,7 @@ use crate::{
     keys::{IdentityKey, Secret32},
     limits::{
         MAX_CHAIN_FLOORS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_GROUP_SKIPPED_KEYS,
-        MAX_GROUP_USED_ITERATIONS, MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS, MAX_SKIP,
+        MAX_GROUP_USED_ITERATIONS, MAX_KEPT_CONTROL_MESSAGE_LEN, MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS, MAX_SKIP,
     },
     ratchet::chain::ChainKey,
 };
@@ -62,17 +62,42 @@ struct Floor {
     iteration: u32,
 }
 
-/// The chains of one sender of one group, and the chain ids asked of it.
+/// A chain id asked of the sender and not received yet.
+#[derive(Clone, PartialEq, Eq)]
+struct Asked {
+    chain_id: u32,
+    /// New requests made for it: 1 to [`MAX_GROUP_KEY_REQUESTS`].
+    count: u32,
+    /// The wire bytes of the last one, to hand again (`None` in a row of an
+    /// earlier release).
+    message: Option<Vec<u8>>,
+}
+
+/// The last answer this device gave the sender (as a member asking for our
+/// chain), to hand again.
+#[derive(Clone, PartialEq, Eq)]
+struct Answered {
+    /// Our chain that the answer gives.
+    chain_id: u32,
+    message: Vec<u8>,
+}
+
+/// The chains of one sender of one group, the chain ids asked of it, and
+/// the last answer this device gave it.
 #[derive(Clone, Default)]
 pub(crate) struct SenderChains {
     /// Oldest first; the last is the newest.
     chains: VecDeque<Chain>,
     /// Chains given up, oldest first: at most [`MAX_CHAIN_FLOORS`].
     floors: VecDeque<Floor>,
-    requested: Vec<(u32, u32)>,
+    /// Oldest first: at most [`MAX_REQUESTED_CHAINS`].
+    requested: Vec<Asked>,
     /// Requests made since the sender last proved itself (a distribution
     /// taken in, a message decrypted).
     requests: u32,
+    /// The last answer to a request of this member (the other side: our
+    /// chain, for it).
+    answer: Option<Answered>,
 }
 
 /// How a decryption changes a sender's chains; applied by
@@ -332,13 +357,21 @@ impl SenderChains {
     /// Gives up every chain of the sender (it was removed from the group):
     /// their keys are dropped and only their floors kept, so that a chain
     /// of it taken again if it is added back opens none of the messages
-    /// read before. What was asked of it is forgotten.
+    /// read before. What was asked of it, and the last answer it was
+    /// given, are forgotten.
     pub(crate) fn retire_all(&mut self) {
         while let Some(chain) = self.chains.pop_front() {
             self.retire(&chain);
         }
         self.requested.clear();
         self.requests = 0;
+        self.answer = None;
+    }
+
+    /// Whether nothing but floors is kept (what a removed member's row
+    /// holds).
+    pub(crate) fn only_floors(&self) -> bool {
+        self.chains.is_empty() && self.requested.is_empty() && self.requests == 0 && self.answer.is_none()
     }
 
     /// The iteration from which a chain given up may open messages again
@@ -347,21 +380,22 @@ impl SenderChains {
         self.floors.iter().find(|f| f.chain_id == chain_id).map(|f| f.iteration)
     }
 
-    /// Counts a request for `chain_id` if the limits allow one: at most
+    /// Counts a new request for `chain_id` if the limits allow one: at most
     /// [`MAX_GROUP_KEY_REQUESTS`] per chain id among the last
     /// [`MAX_REQUESTED_CHAINS`] chain ids asked and not received (a new one
     /// takes the place of the oldest), and at most
     /// [`MAX_GROUP_REQUESTS_PER_SENDER`] in all until the sender proves
-    /// itself again (a distribution, or a message that decrypts).
+    /// itself again (a distribution, or a message that decrypts). The
+    /// request made is then kept with [`Self::keep_request`].
     pub(crate) fn count_request(&mut self, chain_id: u32) -> bool {
         if self.requests >= MAX_GROUP_REQUESTS_PER_SENDER {
             return false;
         }
-        if let Some((_, count)) = self.requested.iter_mut().find(|(id, _)| *id == chain_id) {
-            if *count >= MAX_GROUP_KEY_REQUESTS {
+        if let Some(asked) = self.requested.iter_mut().find(|a| a.chain_id == chain_id) {
+            if asked.count >= MAX_GROUP_KEY_REQUESTS {
                 return false;
             }
-            *count = count.saturating_add(1);
+            asked.count = asked.count.saturating_add(1);
             self.requests = self.requests.saturating_add(1);
             return true;
         }
@@ -371,9 +405,38 @@ impl SenderChains {
         if self.requested.len() >= MAX_REQUESTED_CHAINS {
             self.requested.remove(0);
         }
-        self.requested.push((chain_id, 1));
+        self.requested.push(Asked { chain_id, count: 1, message: None });
         self.requests = self.requests.saturating_add(1);
         true
+    }
+
+    /// Keeps `message`, the request just counted for `chain_id`, to hand
+    /// again ([`Self::last_request`]).
+    pub(crate) fn keep_request(&mut self, chain_id: u32, message: Vec<u8>) {
+        if let Some(asked) = self.requested.iter_mut().find(|a| a.chain_id == chain_id) {
+            asked.message = Some(message);
+        }
+    }
+
+    /// The last request made for `chain_id`, if it is still asked for.
+    pub(crate) fn last_request(&self, chain_id: u32) -> Option<&[u8]> {
+        self.requested.iter().find(|a| a.chain_id == chain_id)?.message.as_deref()
+    }
+
+    /// Keeps `message`, an answer that gives the member our chain
+    /// `chain_id`, to hand again ([`Self::last_answer`]).
+    pub(crate) fn keep_answer(&mut self, chain_id: u32, message: Vec<u8>) {
+        self.answer = Some(Answered { chain_id, message });
+    }
+
+    /// The last answer given the member, if it gives our chain `chain_id`.
+    pub(crate) fn last_answer(&self, chain_id: u32) -> Option<&[u8]> {
+        self.answer.as_ref().filter(|a| a.chain_id == chain_id).map(|a| a.message.as_slice())
+    }
+
+    /// The last answer, for storage.
+    pub(crate) fn answer_record(&self) -> Option<storage::LastAnswer> {
+        self.answer.as_ref().map(|a| storage::LastAnswer { chain_id: a.chain_id, message: a.message.clone() })
     }
 
     /// Requests made since the sender last proved itself.
@@ -410,7 +473,11 @@ impl SenderChains {
         let requested = self
             .requested
             .iter()
-            .map(|(chain_id, count)| storage::RequestedChain { chain_id: *chain_id, count: *count })
+            .map(|a| storage::RequestedChain {
+                chain_id: a.chain_id,
+                count: a.count,
+                message: a.message.clone().unwrap_or_default(),
+            })
             .collect();
         (chains, requested)
     }
@@ -421,6 +488,7 @@ impl SenderChains {
         requested: &[storage::RequestedChain],
         requests: u32,
         floors: &[storage::ChainFloor],
+        answer: Option<&storage::LastAnswer>,
     ) -> Result<Self, DecodeError> {
         // At most the limit, one per chain id, none of a chain kept.
         let floor_ids: std::collections::BTreeSet<u32> = floors.iter().map(|f| f.chain_id).collect();
@@ -438,16 +506,33 @@ impl SenderChains {
         if chains.len() > MAX_SENDER_CHAINS {
             return Err(DecodeError::InvalidValue("sender.chains"));
         }
+        // Each chain id once; a kept message (empty: none, from an earlier
+        // release) within the limit.
+        let requested_ids: std::collections::BTreeSet<u32> = requested.iter().map(|r| r.chain_id).collect();
         if requested.len() > MAX_REQUESTED_CHAINS
-            || requested.iter().any(|r| r.count == 0 || r.count > MAX_GROUP_KEY_REQUESTS)
+            || requested_ids.len() != requested.len()
+            || requested.iter().any(|r| {
+                r.count == 0 || r.count > MAX_GROUP_KEY_REQUESTS || r.message.len() > MAX_KEPT_CONTROL_MESSAGE_LEN
+            })
         {
             return Err(DecodeError::InvalidValue("sender.requested"));
+        }
+        if answer.is_some_and(|a| a.message.is_empty() || a.message.len() > MAX_KEPT_CONTROL_MESSAGE_LEN) {
+            return Err(DecodeError::InvalidValue("sender.last_answer"));
         }
         let mut out = Self {
             chains: VecDeque::with_capacity(chains.len()),
             floors: floors.iter().map(|f| Floor { chain_id: f.chain_id, iteration: f.iteration }).collect(),
-            requested: requested.iter().map(|r| (r.chain_id, r.count)).collect(),
+            requested: requested
+                .iter()
+                .map(|r| Asked {
+                    chain_id: r.chain_id,
+                    count: r.count,
+                    message: (!r.message.is_empty()).then(|| r.message.clone()),
+                })
+                .collect(),
             requests,
+            answer: answer.map(|a| Answered { chain_id: a.chain_id, message: a.message.clone() }),
         };
         for c in chains {
             if out.chains.iter().any(|kept| kept.chain_id == c.chain_id) {

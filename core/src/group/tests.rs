@@ -257,14 +257,14 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
     decrypt(&mut chains, &messages[2]).unwrap();
     chains.count_request(77);
     let (records, requested) = chains.to_records();
-    let mut loaded = SenderChains::from_records(&records, &requested, 1, &[]).unwrap();
+    let mut loaded = SenderChains::from_records(&records, &requested, 1, &[], None).unwrap();
     assert_eq!(loaded.to_records(), (records.clone(), requested.clone()));
     assert_eq!(decrypt(&mut loaded, &messages[0]).unwrap(), b"x");
     assert!(matches!(failed(decrypt(&mut loaded, &messages[2])), DecryptError::Duplicate { .. }));
     let refused = |edit: &dyn Fn(&mut Vec<samizdat_proto::storage::SenderChain>)| {
         let mut bad = records.clone();
         edit(&mut bad);
-        SenderChains::from_records(&bad, &requested, 1, &[]).is_err()
+        SenderChains::from_records(&bad, &requested, 1, &[], None).is_err()
     };
     assert!(refused(&|c| c[0].chain_key.pop().map(|_| ()).unwrap()));
     assert!(refused(&|c| c[0].skipped.reverse()));
@@ -279,27 +279,90 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
 
 #[test]
 fn requests_are_bounded_per_chain_and_made_up_ids_do_not_block_real_ones() {
+    use crate::limits::{MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_REQUESTED_CHAINS};
+    let per_chain = MAX_GROUP_KEY_REQUESTS;
     let mut chains = SenderChains::default();
-    for id in 0..u32::try_from(crate::limits::MAX_REQUESTED_CHAINS).unwrap() {
-        for _ in 0..crate::limits::MAX_GROUP_KEY_REQUESTS {
-            assert!(chains.count_request(id));
-        }
-        assert!(!chains.count_request(id));
+    for _ in 0..per_chain {
+        assert!(chains.count_request(0));
     }
-    // Eight requests: no more until the sender proves itself.
-    assert!(!chains.count_request(1_000));
+    assert!(!chains.count_request(0), "past the per-chain budget");
+    // Up to the per-sender budget, over other ids.
+    let mut made = per_chain;
+    let mut next = 1;
+    while made < MAX_GROUP_REQUESTS_PER_SENDER {
+        assert!(chains.count_request(next));
+        made += 1;
+        next += 1;
+    }
+    assert!(!chains.count_request(1_000), "past the per-sender budget");
     let (mut rng, chain, _) = setup();
     let _ = &mut rng;
     chains.receive(&chain.distribution(&gid(b"g"), 0), id());
     // The list is full of ids that never come: a new one is still asked for
-    // (twice), in the place of the oldest.
-    for id in 0..4 {
+    // (up to the per-chain budget), in the place of the oldest.
+    let ids = u32::try_from(MAX_REQUESTED_CHAINS).unwrap();
+    for id in 0..ids {
         assert!(chains.count_request(id));
     }
-    assert!(chains.count_request(1_000));
-    assert!(chains.count_request(1_000));
+    for _ in 0..per_chain {
+        assert!(chains.count_request(1_000));
+    }
     assert!(!chains.count_request(1_000));
     assert!(chains.count_request(0), "the oldest id was forgotten");
+}
+
+/// The last request of a chain id is kept to hand again while that id is
+/// asked for; it goes when the id is evicted, or the sender proves itself.
+#[test]
+fn the_last_request_is_kept_per_chain_id_until_settled() {
+    let mut chains = SenderChains::default();
+    assert!(chains.count_request(5));
+    assert_eq!(chains.last_request(5), None);
+    chains.keep_request(5, b"first".to_vec());
+    assert!(chains.count_request(5));
+    chains.keep_request(5, b"second".to_vec());
+    assert_eq!(chains.last_request(5), Some(&b"second"[..]));
+    assert_eq!(chains.last_request(6), None, "only for its chain id");
+    let (records, requested) = chains.to_records();
+    let loaded = SenderChains::from_records(&records, &requested, chains.requests(), &[], None).unwrap();
+    assert_eq!(loaded.last_request(5), Some(&b"second"[..]));
+    // Too long to be a request: corrupt.
+    let mut long = requested.clone();
+    long[0].message = vec![0; crate::limits::MAX_KEPT_CONTROL_MESSAGE_LEN + 1];
+    assert!(SenderChains::from_records(&records, &long, chains.requests(), &[], None).is_err());
+    // Evicted by newer chain ids.
+    for id in 100..100 + u32::try_from(crate::limits::MAX_REQUESTED_CHAINS).unwrap() {
+        assert!(chains.count_request(id));
+    }
+    assert_eq!(chains.last_request(5), None);
+    // Settled by a distribution.
+    let mut chains = SenderChains::default();
+    assert!(chains.count_request(5));
+    chains.keep_request(5, b"r".to_vec());
+    let (_, chain, _) = setup();
+    chains.receive(&chain.distribution(&gid(b"g"), 0), id());
+    assert_eq!(chains.last_request(5), None);
+}
+
+/// The last answer is handed again only for the chain it gives; a removal
+/// drops it, and a row with a bad one is refused.
+#[test]
+fn the_last_answer_is_kept_for_its_chain_only() {
+    let mut chains = SenderChains::default();
+    chains.keep_answer(9, b"answer".to_vec());
+    assert_eq!(chains.last_answer(9), Some(&b"answer"[..]));
+    assert_eq!(chains.last_answer(10), None);
+    let record = chains.answer_record().unwrap();
+    let loaded = SenderChains::from_records(&[], &[], 0, &[], Some(&record)).unwrap();
+    assert_eq!(loaded.last_answer(9), Some(&b"answer"[..]));
+    assert!(!loaded.only_floors());
+    for message in [Vec::new(), vec![0; crate::limits::MAX_KEPT_CONTROL_MESSAGE_LEN + 1]] {
+        let bad = samizdat_proto::storage::LastAnswer { chain_id: 9, message };
+        assert!(SenderChains::from_records(&[], &[], 0, &[], Some(&bad)).is_err());
+    }
+    chains.retire_all();
+    assert_eq!(chains.last_answer(9), None);
+    assert!(chains.only_floors());
 }
 
 #[test]
@@ -428,16 +491,16 @@ fn floors_are_bounded_and_checked_on_load() {
     let floors = chains.floor_records();
     assert_eq!(floors.len(), MAX_CHAIN_FLOORS);
     let (records, requested) = chains.to_records();
-    let loaded = SenderChains::from_records(&records, &requested, 0, &floors).unwrap();
+    let loaded = SenderChains::from_records(&records, &requested, 0, &floors, None).unwrap();
     assert_eq!(loaded.floor_records(), floors);
     let mut too_many = floors.clone();
     too_many.push(samizdat_proto::storage::ChainFloor { chain_id: 1, iteration: 0 });
-    assert!(SenderChains::from_records(&records, &requested, 0, &too_many).is_err());
+    assert!(SenderChains::from_records(&records, &requested, 0, &too_many, None).is_err());
     let mut twice = floors[..2].to_vec();
     twice[1].chain_id = twice[0].chain_id;
-    assert!(SenderChains::from_records(&records, &requested, 0, &twice).is_err());
+    assert!(SenderChains::from_records(&records, &requested, 0, &twice, None).is_err());
     let of_a_kept_chain = vec![samizdat_proto::storage::ChainFloor { chain_id: records[0].chain_id, iteration: 0 }];
-    assert!(SenderChains::from_records(&records, &requested, 0, &of_a_kept_chain).is_err());
+    assert!(SenderChains::from_records(&records, &requested, 0, &of_a_kept_chain, None).is_err());
 }
 
 #[test]
