@@ -89,10 +89,11 @@ pub enum DecryptError {
     /// The bytes are not a well-formed message.
     #[error("malformed message: {0}")]
     Malformed(#[from] DecodeError),
-    /// The message was already decrypted (its key was used and deleted). Also
-    /// reported for a message whose skipped key was evicted under
-    /// [`MAX_STORED_SKIPPED_KEYS`](crate::limits::MAX_STORED_SKIPPED_KEYS): its
-    /// header is authentic but its key is gone.
+    /// The message was already decrypted (its key was used and deleted), or
+    /// its counter is so old that the session no longer remembers whether it
+    /// was (PROTOCOL.md 4.8). A message whose key was evicted unused is
+    /// [`Self::KeyEvicted`] instead, as long as the session remembers the
+    /// eviction.
     #[error("duplicate message (counter {counter})")]
     Duplicate {
         /// The message's counter on its chain.
@@ -110,6 +111,26 @@ pub enum DecryptError {
         /// The message's counter on its chain.
         counter: u32,
     },
+    /// The message's header is authentic (only the peer can make it) and its
+    /// counter was skipped, but its key was evicted unused under
+    /// [`MAX_STORED_SKIPPED_KEYS`](crate::limits::MAX_STORED_SKIPPED_KEYS)
+    /// before it arrived: it was never decrypted, and now cannot be. The
+    /// sessions are out of step for this message; the sender must send it
+    /// again (PROTOCOL.md 4.8).
+    #[error("the key of this message was evicted before it arrived (counter {counter})")]
+    KeyEvicted {
+        /// The message's counter on its chain.
+        counter: u32,
+    },
+    /// No state of the session opens the message's header: the message is
+    /// not one of the peer's messages on a chain this session keeps. Either
+    /// the peer's state and ours went apart (our store restored from an
+    /// older copy, a chain dropped past the limits, the peer restored or
+    /// reinstalled) or the message is forged; the two cannot be told apart
+    /// without the keys. A message whose header opens but whose body does
+    /// not is [`Self::Unauthenticated`]: only a forger makes those.
+    #[error("no state of the session opens this message")]
+    NoMatchingState,
     /// The message would make the session skip more message keys in one gap
     /// than [`MAX_SKIP`](crate::limits::MAX_SKIP).
     #[error("message is {gap} messages ahead, more than the limit of {max}")]

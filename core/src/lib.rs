@@ -42,6 +42,7 @@ mod handshake;
 pub mod hazmat;
 mod kdf;
 pub mod keys;
+mod kind;
 pub mod limits;
 mod padding;
 pub mod prekeys;
@@ -51,6 +52,7 @@ pub mod store;
 pub mod wire;
 
 pub use error::{DecodeError, DecryptError, EncryptError, PreKeyKind, SessionError};
+pub use kind::{ErrorKind, Recovery};
 pub use rand_core;
 
 /// The operating system's random number generator, as a [`rand_core::CryptoRng`].

@@ -1,0 +1,395 @@
+//! Stable error codes: what an app can do about a failure.
+//!
+//! Every error type of the crate has a `kind()` that names one of the fifteen
+//! [`ErrorKind`]s, and every kind has one [`Recovery`]: the action an app
+//! takes. The codes are stable across releases and identical in every
+//! binding (Kotlin, Swift and Python see the same names, from the same
+//! table: PROTOCOL.md 19). An app that handles the fifteen codes handles every
+//! failure, whatever variant a later release adds under them.
+//!
+//! | code | recovery | what happened |
+//! |---|---|---|
+//! | `duplicate` | drop | the message was already decrypted |
+//! | `invalid_message` | drop | malformed, forged or altered |
+//! | `out_of_step` | heal | authentic-looking, but no state of the session can read it |
+//! | `no_session` | fetch bundle | no session with the peer |
+//! | `untrusted_identity` | verify identity | the peer's identity key changed |
+//! | `identity_mismatch` | verify identity | a scanned safety number does not match |
+//! | `invalid_bundle` | fetch bundle | a prekey bundle that does not verify |
+//! | `missing_group_key` | retry later | a group message on a chain not (yet) received |
+//! | `not_in_group` | drop | unknown group, or a sender not in it |
+//! | `stale_pending` | decrypt again | the session changed since the decryption |
+//! | `store_busy` | retry later | other handles kept the store busy |
+//! | `wrong_storage_key` | reopen store | the storage key does not open the store |
+//! | `store_failure` | reopen store | I/O, corruption, a newer schema, a forked process |
+//! | `limit_exceeded` | fix call | a documented limit was reached |
+//! | `invalid_argument` | fix call | the call itself is wrong |
+//!
+//! # Example
+//!
+//! ```
+//! use samizdat::{ErrorKind, Recovery, address::Address, device::Device, store::MemoryBackend};
+//!
+//! let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
+//! let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+//! alice.start_session(&bob.prekey_bundle()?)?;
+//! let wire = alice.encrypt(bob.address(), b"hello")?;
+//! bob.commit(bob.decrypt(alice.address(), &wire)?)?;
+//!
+//! // The server delivers the message again.
+//! let error = bob.decrypt(alice.address(), &wire).unwrap_err();
+//! assert_eq!(error.kind(), ErrorKind::Duplicate);
+//! assert_eq!(error.kind().recovery(), Recovery::Drop);
+//! assert_eq!(error.kind().code(), "duplicate");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use crate::{
+    DecodeError, DecryptError, EncryptError, SessionError,
+    device::{DeviceError, GroupError},
+    fingerprint::ScanError,
+    keys::KeyError,
+    prekeys::{BundleError, PreKeyError},
+    ratchet::InitError,
+    store::StoreError,
+};
+
+/// A stable error code: one of fifteen classes of failure, each with one
+/// [`Recovery`]. See the [module documentation](self) for the table.
+///
+/// Not `#[non_exhaustive]`: the set is part of the contract with apps and
+/// bindings, and a new failure joins one of these classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The message was already decrypted and committed (a redelivery or a
+    /// replay). Drop it and acknowledge it to the server.
+    Duplicate,
+    /// The message is malformed, forged or altered (or is of a kind this
+    /// release does not know). Drop it and acknowledge it.
+    InvalidMessage,
+    /// The message may be the peer's, but no state of the session can read
+    /// it: its key was evicted before it arrived, it is further ahead than
+    /// the skip limit, its counter was reused by a sender that went back to
+    /// an older state, it names a prekey this device no longer has, or its
+    /// header opens under no state (our store restored from an older copy,
+    /// the peer's state lost, or a forgery: they cannot be told apart).
+    /// Heal: fetch the peer's bundle and start a new session with it.
+    OutOfStep,
+    /// There is no session with this peer. Fetch its bundle and start one.
+    NoSession,
+    /// The peer's identity key changed (a reinstall, or an attacker). Ask the
+    /// user to verify the new key; trust it only then.
+    UntrustedIdentity,
+    /// A scanned safety number does not match. Do not mark the peer as
+    /// verified; ask the user to compare again.
+    IdentityMismatch,
+    /// A prekey bundle is malformed or its signatures do not verify. Fetch
+    /// the bundle again (and distrust the server that sent this one).
+    InvalidBundle,
+    /// A group message came on a chain of its sender that this device does
+    /// not have yet. Send the request the error carries (if any), keep the
+    /// message, and decrypt it again once the chain arrives.
+    MissingGroupKey,
+    /// A group message for a group this device is not in, or from a device
+    /// that is not a member of it (or a group call on an unknown group). Drop
+    /// the message.
+    NotInGroup,
+    /// A pending decryption whose session changed since it was made, or a
+    /// message a batch leaves to a call of its own. Nothing was consumed:
+    /// decrypt the message again (alone).
+    StalePending,
+    /// Other handles or processes kept the store busy longer than the wait,
+    /// or changed it under this call more often than it retried. Nothing was
+    /// written: call again later.
+    StoreBusy,
+    /// The storage key does not open this store. Nothing was changed: open it
+    /// again with the right key.
+    WrongStorageKey,
+    /// The store failed: I/O, a damaged file or row, a schema newer than this
+    /// release, a store of another device, or a device used in a forked
+    /// child. Reopen the store (in this process; after an update if newer).
+    StoreFailure,
+    /// A documented limit was reached (plaintext size, group size, prekey
+    /// count, a chain's 2^32 messages). Fix the call: send less, or start a
+    /// new session or chain.
+    LimitExceeded,
+    /// The call is wrong: an invalid argument, a store with no device (or
+    /// one already), a pending value given to the wrong device or committed
+    /// twice. Fix the call.
+    InvalidArgument,
+}
+
+/// What an app does about a failure of an [`ErrorKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Recovery {
+    /// Drop the message and acknowledge it to the server: it will never
+    /// decrypt.
+    Drop,
+    /// Keep what was being done and try again later.
+    RetryLater,
+    /// Decrypt the message again now (nothing was consumed).
+    DecryptAgain,
+    /// Heal the session: fetch the peer's bundle and start a new session from
+    /// it, then send (the peer installs it as its current session).
+    Heal,
+    /// Fetch the peer's prekey bundle from the server and start a session.
+    FetchBundle,
+    /// Ask the user to verify the peer's identity (compare safety numbers).
+    VerifyIdentity,
+    /// Open the store again (with the right key; in this process).
+    ReopenStore,
+    /// The call itself is wrong: fix the code that made it.
+    FixCall,
+}
+
+impl Recovery {
+    /// The stable name, in `snake_case`.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::RetryLater => "retry_later",
+            Self::DecryptAgain => "decrypt_again",
+            Self::Heal => "heal",
+            Self::FetchBundle => "fetch_bundle",
+            Self::VerifyIdentity => "verify_identity",
+            Self::ReopenStore => "reopen_store",
+            Self::FixCall => "fix_call",
+        }
+    }
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of the table.
+    pub const ALL: [Self; 15] = [
+        Self::Duplicate,
+        Self::InvalidMessage,
+        Self::OutOfStep,
+        Self::NoSession,
+        Self::UntrustedIdentity,
+        Self::IdentityMismatch,
+        Self::InvalidBundle,
+        Self::MissingGroupKey,
+        Self::NotInGroup,
+        Self::StalePending,
+        Self::StoreBusy,
+        Self::WrongStorageKey,
+        Self::StoreFailure,
+        Self::LimitExceeded,
+        Self::InvalidArgument,
+    ];
+
+    /// The stable code, in `snake_case`: what logs, telemetry and other
+    /// languages compare.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Duplicate => "duplicate",
+            Self::InvalidMessage => "invalid_message",
+            Self::OutOfStep => "out_of_step",
+            Self::NoSession => "no_session",
+            Self::UntrustedIdentity => "untrusted_identity",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::InvalidBundle => "invalid_bundle",
+            Self::MissingGroupKey => "missing_group_key",
+            Self::NotInGroup => "not_in_group",
+            Self::StalePending => "stale_pending",
+            Self::StoreBusy => "store_busy",
+            Self::WrongStorageKey => "wrong_storage_key",
+            Self::StoreFailure => "store_failure",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::InvalidArgument => "invalid_argument",
+        }
+    }
+
+    /// The kind of a [`code`](Self::code), if it is one.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.code() == code)
+    }
+
+    /// What an app does about it.
+    pub const fn recovery(self) -> Recovery {
+        match self {
+            Self::Duplicate | Self::InvalidMessage | Self::NotInGroup => Recovery::Drop,
+            Self::OutOfStep => Recovery::Heal,
+            Self::NoSession | Self::InvalidBundle => Recovery::FetchBundle,
+            Self::UntrustedIdentity | Self::IdentityMismatch => Recovery::VerifyIdentity,
+            Self::MissingGroupKey | Self::StoreBusy => Recovery::RetryLater,
+            Self::StalePending => Recovery::DecryptAgain,
+            Self::WrongStorageKey | Self::StoreFailure => Recovery::ReopenStore,
+            Self::LimitExceeded | Self::InvalidArgument => Recovery::FixCall,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl DecodeError {
+    /// Bytes from the wire that do not parse: [`ErrorKind::InvalidMessage`].
+    /// (An argument that does not parse is [`DeviceError::InvalidArgument`].)
+    pub const fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidMessage
+    }
+}
+
+impl KeyError {
+    /// A key given by the app that is not a valid key:
+    /// [`ErrorKind::InvalidArgument`].
+    pub const fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidArgument
+    }
+}
+
+impl InitError {
+    /// [`ErrorKind::InvalidArgument`]: the ratchet was given bad inputs.
+    pub const fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidArgument
+    }
+}
+
+impl BundleError {
+    /// [`ErrorKind::InvalidBundle`].
+    pub const fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidBundle
+    }
+}
+
+impl PreKeyError {
+    /// [`ErrorKind::LimitExceeded`].
+    pub const fn kind(&self) -> ErrorKind {
+        ErrorKind::LimitExceeded
+    }
+}
+
+impl ScanError {
+    /// [`ErrorKind::IdentityMismatch`] for a code that does not match;
+    /// [`ErrorKind::InvalidArgument`] for one that is not a scan of a safety
+    /// number of this release (scan again).
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Mismatch(_) => ErrorKind::IdentityMismatch,
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+impl EncryptError {
+    /// [`ErrorKind::LimitExceeded`] for a plaintext too large or a chain
+    /// exhausted; [`ErrorKind::NoSession`] for a responder that cannot send
+    /// yet (it has no sending chain until the peer's first message arrives).
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NoSendingChain => ErrorKind::NoSession,
+            _ => ErrorKind::LimitExceeded,
+        }
+    }
+}
+
+impl DecryptError {
+    /// [`ErrorKind::Duplicate`], [`ErrorKind::InvalidMessage`] for a
+    /// malformed or forged message, and [`ErrorKind::OutOfStep`] for an
+    /// authentic-looking message no state can read (a key evicted, a counter
+    /// reused, a gap past the skip limit, a header no state opens).
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Duplicate { .. } => ErrorKind::Duplicate,
+            Self::Malformed(_) | Self::Unauthenticated => ErrorKind::InvalidMessage,
+            Self::KeyEvicted { .. } | Self::Rollback { .. } | Self::TooFarAhead { .. } | Self::NoMatchingState => {
+                ErrorKind::OutOfStep
+            }
+        }
+    }
+}
+
+impl SessionError {
+    /// The kind of the failure: see [`ErrorKind`].
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Malformed(e) => e.kind(),
+            Self::Bundle(e) => e.kind(),
+            Self::Encrypt(e) => e.kind(),
+            Self::Decrypt(e) => e.kind(),
+            Self::NoSession => ErrorKind::NoSession,
+            Self::UntrustedIdentity { .. } => ErrorKind::UntrustedIdentity,
+            // The peer built its session on a prekey we no longer have: the
+            // sessions are apart until one side starts a new one.
+            Self::UnknownPreKey { .. } => ErrorKind::OutOfStep,
+            Self::DuplicatePreKeyMessage => ErrorKind::Duplicate,
+            Self::StalePending | Self::NotInBatch => ErrorKind::StalePending,
+        }
+    }
+}
+
+impl StoreError {
+    /// [`ErrorKind::WrongStorageKey`], [`ErrorKind::StoreBusy`] for a lock
+    /// or a conflict that outlasted the retries, [`ErrorKind::InvalidArgument`]
+    /// for a store opened with the wrong call (no device, or one already; a
+    /// path that names no database), and [`ErrorKind::StoreFailure`] for the
+    /// rest.
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::WrongKey => ErrorKind::WrongStorageKey,
+            Self::Locked | Self::Conflict { .. } => ErrorKind::StoreBusy,
+            Self::NotFound | Self::AlreadyExists | Self::InvalidPath => ErrorKind::InvalidArgument,
+            Self::SchemaTooNew { .. }
+            | Self::Corrupt { .. }
+            | Self::Sqlite(_)
+            | Self::MovedOrLinked
+            | Self::Forked
+            | Self::EmptyFile
+            | Self::CorruptDatabase
+            | Self::Io(_)
+            | Self::Injected => ErrorKind::StoreFailure,
+        }
+    }
+}
+
+impl GroupError {
+    /// The kind of the failure: see [`ErrorKind`].
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidGroupId | Self::AlreadyExists | Self::SelfAsMember => ErrorKind::InvalidArgument,
+            Self::UnknownGroup | Self::NotMember => ErrorKind::NotInGroup,
+            Self::TooManyMembers { .. } => ErrorKind::LimitExceeded,
+            Self::MissingChain { .. } => ErrorKind::MissingGroupKey,
+            Self::Decrypt(e) => e.kind(),
+            Self::Encrypt(e) => e.kind(),
+        }
+    }
+}
+
+impl DeviceError {
+    /// The kind of the failure: see [`ErrorKind`].
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Session(e) => e.kind(),
+            Self::Store(e) => e.kind(),
+            Self::PreKey(e) => e.kind(),
+            Self::Group(e) => e.kind(),
+            Self::InvalidArgument(_) | Self::ForeignPending => ErrorKind::InvalidArgument,
+            Self::Forked | Self::OtherDevice { .. } => ErrorKind::StoreFailure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut codes: Vec<_> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_code(kind.code()), Some(kind));
+            assert_eq!(kind.to_string(), kind.code());
+        }
+        assert_eq!(ErrorKind::from_code("Duplicate"), None);
+    }
+}
