@@ -122,8 +122,10 @@ pub enum DecryptError {
         /// The message's counter on its chain.
         counter: u32,
     },
-    /// No state of the session opens the message's header: the message is
-    /// not one of the peer's messages on a chain this session keeps. Either
+    /// No state of the session opens the message's header (or the one that
+    /// does is an archived state cut down to its skipped keys, and holds no
+    /// key for this counter): the message is not one of the peer's messages
+    /// on a chain this session can still read. Either
     /// the peer's state and ours went apart (our store restored from an
     /// older copy, a chain dropped past the limits, the peer restored or
     /// reinstalled) or the message is forged; the two cannot be told apart

@@ -337,7 +337,7 @@ fn audit_1_an_archived_state_stepped_by_the_attacker_does_not_survive_the_heal()
     let next = forger.encrypt(&mut rng, b"still there?").unwrap();
     assert_eq!(
         bob.receive(&mut rng, &a, &next.to_bytes()),
-        Err(SessionError::Decrypt(DecryptError::Unauthenticated)),
+        Err(SessionError::Decrypt(DecryptError::NoMatchingState)),
         "the attacker's stepped state survived the heal"
     );
     assert_eq!(*bob.record.to_bytes(), *before);

@@ -411,7 +411,7 @@ fn audit2_1_the_same_schedule_without_the_attacker_heals() {
     let forged = attacker::forge(&mut rng, &forge_on, forge_on.counter, b"too late");
     assert_eq!(
         bob.receive(&mut rng, &a, &forged.to_bytes()),
-        Err(SessionError::Decrypt(DecryptError::Unauthenticated))
+        Err(SessionError::Decrypt(DecryptError::NoMatchingState))
     );
     assert_eq!(*bob.record.to_bytes(), *before);
     alice.receive(&mut rng, &b, &later).unwrap();

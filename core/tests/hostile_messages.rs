@@ -325,7 +325,7 @@ fn oversized_messages_are_refused_before_parsing() {
     let before = watched.counts();
     assert!(matches!(
         bob.decrypt(&address("alice"), &largest),
-        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Unauthenticated)))
+        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::NoMatchingState)))
     ));
     assert!(watched.counts().0 > before.0, "control: a message within the limit reads the session");
     assert_eq!(watched.inner.snapshot(), store, "the store changed");

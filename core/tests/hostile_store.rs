@@ -543,7 +543,7 @@ fn a_log_from_another_time_or_store_is_replayed() {
         if key == KEY_CAROL {
             assert_eq!(outcome, Ok(Outcome::RefusedInUse("Corrupt".into())), "{name}");
         } else {
-            assert_eq!(outcome, Ok(Outcome::Diverged("Decrypt(Unauthenticated)".into())), "{name}");
+            assert_eq!(outcome, Ok(Outcome::Diverged("Decrypt(NoMatchingState)".into())), "{name}");
             // Bob, on Dave's session: Alice reads him as Dave.
             let bob = Device::open(&path, &KEY_BOB).unwrap();
             assert_eq!(bob.address(), &address("bob"));

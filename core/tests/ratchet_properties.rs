@@ -367,13 +367,14 @@ impl World {
         let known = receiver.is_known(&sent.chain);
         let kept = receiver.is_kept(&sent.chain);
         let expected = if first_time {
-            if kept || !known { Ok(sent.plaintext.clone()) } else { Err(DecryptError::Unauthenticated) }
+            // A chain the receiver no longer keeps: no key of its opens the header.
+            if kept || !known { Ok(sent.plaintext.clone()) } else { Err(DecryptError::NoMatchingState) }
         } else {
             let decrypted_before = receiver.delivered.iter().any(|&(d, ok)| d == id && ok);
             if decrypted_before && kept {
                 Err(DecryptError::Duplicate { counter: sent.counter })
             } else {
-                Err(DecryptError::Unauthenticated)
+                Err(DecryptError::NoMatchingState)
             }
         };
 

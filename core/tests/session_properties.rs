@@ -306,7 +306,7 @@ impl Expect {
             Self::Duplicate { counter } => Some(SessionError::Decrypt(DecryptError::Duplicate { counter })),
             Self::UnknownOneTime(id) => Some(SessionError::UnknownPreKey { kind: PreKeyKind::OneTime, id }),
             Self::UnknownPq(id) => Some(SessionError::UnknownPreKey { kind: PreKeyKind::Pq, id }),
-            Self::Stale => Some(SessionError::Decrypt(DecryptError::Unauthenticated)),
+            Self::Stale => Some(SessionError::Decrypt(DecryptError::NoMatchingState)),
         }
     }
 }
@@ -345,7 +345,7 @@ struct Stats {
     replayed_stale: usize,
     replayed_unknown_prekey: usize,
     /// Replay operations (not the final replays) of a message whose chain the
-    /// receiver no longer keeps: `Unauthenticated`, not `Duplicate`.
+    /// receiver no longer keeps: `NoMatchingState`, not `Duplicate`.
     stale_replay_ops: usize,
     drops: usize,
     reloads: usize,

@@ -132,6 +132,7 @@ pub(crate) struct Summary {
     from_skipped_keys: usize,
     duplicates: usize,
     unauthenticated: usize,
+    no_matching_state: usize,
     rollbacks: usize,
 }
 
@@ -154,7 +155,8 @@ impl VectorSet for RatchetTranscript {
             step (the new ratchet secret), else nothing (\"\"). It lists `decrypted`, the plaintext the receiver \
             gets (an output; null on failure), or `error` (null on success): duplicate with its counter, rollback \
             with its counter (another message on a counter already used, from a sender that went backwards), \
-            unauthenticated; `key`, where the message key came from: chain (derived on the current receiving chain, \
+            unauthenticated (a header that opens, a body that does not), no_matching_state (no header key of the \
+            state opens the header: PROTOCOL.md 4.6.1); `key`, where the message key came from: chain (derived on the current receiving chain, \
             storing the keys of any counters it passes over), skipped (a stored skipped key, of the current or a \
             closed chain, deleted by the delivery), dh_step (the header opened under NHKr: the receiver performed a \
             DH step and derived the key on the new receiving chain), null on failure; `new_ratchet_key`, the \
@@ -163,7 +165,7 @@ impl VectorSet for RatchetTranscript {
             `restore` event puts `party` back in the state it had right after event `after_event` (0-based, a \
             restored backup): `state` is that stored RatchetState. `summary` counts send events by sender, \
             deliveries, deliveries by `key` (dh_steps, from_skipped_keys) and by error (duplicates, \
-            unauthenticated, rollbacks). The final states are the stored RatchetState encodings (13.1, 13.2).",
+            unauthenticated, no_matching_state, rollbacks). The final states are the stored RatchetState encodings (13.1, 13.2).",
         seed: 12,
         inputs: &[
             "name",
@@ -215,10 +217,17 @@ impl VectorSet for RatchetTranscript {
             || s.dh_steps < 10
             || s.from_skipped_keys < 5
             || s.duplicates < 3
-            || s.unauthenticated < 3
+            || s.unauthenticated < 1
+            || s.no_matching_state < 3
             || s.rollbacks < 3
         {
-            return Err(err("events", "the schedule does not cover every case (change it)"));
+            return Err(err(
+                "events",
+                format!(
+                    "the schedule does not cover every case (change it): {}",
+                    serde_json::to_string(s).unwrap_or_default()
+                ),
+            ));
         }
         Ok(vec![case])
     }
@@ -530,6 +539,7 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
                     let kind = e.get("error").and_then(Value::as_str);
                     summary.duplicates += usize::from(kind == Some("duplicate"));
                     summary.unauthenticated += usize::from(kind == Some("unauthenticated"));
+                    summary.no_matching_state += usize::from(kind == Some("no_matching_state"));
                     summary.rollbacks += usize::from(kind == Some("rollback"));
                 }
                 events.push(Event::Deliver {

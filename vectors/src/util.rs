@@ -103,6 +103,8 @@ pub(crate) fn decrypt_error(e: &DecryptError) -> Value {
         DecryptError::Rollback { counter } => json!({"error": "rollback", "counter": counter}),
         DecryptError::TooFarAhead { gap, max } => json!({"error": "too_far_ahead", "gap": gap, "max": max}),
         DecryptError::Unauthenticated => json!({"error": "unauthenticated"}),
+        DecryptError::NoMatchingState => json!({"error": "no_matching_state"}),
+        DecryptError::KeyEvicted { counter } => json!({"error": "key_evicted", "counter": counter}),
         DecryptError::Malformed(inner) => json!({"error": "malformed", "cause": decode_error(inner)}),
         other => json!({"error": format!("{other:?}")}),
     }

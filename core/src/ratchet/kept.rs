@@ -67,21 +67,21 @@ impl KeptKeys {
             .enumerate()
             .rev()
             .find_map(|(index, chain)| try_chain(index, chain, message, ad, &tag))
-            .unwrap_or(Err(DecryptError::Unauthenticated.into()))
+            .unwrap_or(Err(DecryptError::NoMatchingState.into()))
             .map_err(|error| match error {
                 // The newest chain was cut where we had got to, not where the
                 // peer stopped: a message past it is one whose key was never
-                // derived, not a rollback.
+                // derived (and never will be), not a rollback.
                 PlanError::Decrypt(DecryptError::Rollback { counter })
                     if self.receiving.get(last).is_some_and(|chain| counter >= chain.next_counter()) =>
                 {
-                    DecryptError::Unauthenticated.into()
+                    DecryptError::NoMatchingState.into()
                 }
                 error => error,
             })?;
         // Every chain is closed: a key is found among the skipped ones, or not at all.
         let Found::Skipped { chain, position } = found else {
-            return Err(DecryptError::Unauthenticated.into());
+            return Err(DecryptError::NoMatchingState.into());
         };
         let (plaintext, counter, content) = open_body(ad, message, &message_key)?;
         Ok((plaintext, content, DecryptPlan { kind: PlanKind::Skipped { chain, position }, used: (counter, tag) }))

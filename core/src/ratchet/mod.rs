@@ -565,11 +565,12 @@ impl DoubleRatchet {
         }
         if let Some(header) = self.next_receiving_header_key.open(message.header(), ad) {
             // A state that may not step treats the header as one it cannot open.
-            return if allow_step { Ok(self.plan_step(header)?) } else { Err(DecryptError::Unauthenticated.into()) };
+            return if allow_step { Ok(self.plan_step(header)?) } else { Err(DecryptError::NoMatchingState.into()) };
         }
+        // No header key of this state opens it (PROTOCOL.md 4.6.1).
         chains
             .find_map(|(index, chain)| try_chain(index, chain, message, ad, tag))
-            .unwrap_or(Err(DecryptError::Unauthenticated.into()))
+            .unwrap_or(Err(DecryptError::NoMatchingState.into()))
     }
 
     fn plan_step(&self, header: Header) -> Result<(MessageKey, Found), DecryptError> {

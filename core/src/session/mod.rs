@@ -508,7 +508,12 @@ impl SessionRecord {
         }
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
         let (plaintext, content, plan) =
-            ratchet.plan_decrypt(rng, prekey.message(), true).map_err(SessionError::from)?;
+            ratchet.plan_decrypt(rng, prekey.message(), true).map_err(|error| match error {
+                // The state was made from this very message's keys: a header
+                // that does not open under it was altered.
+                PlanError::Decrypt(DecryptError::NoMatchingState) => DecryptError::Unauthenticated.into(),
+                error => SessionError::from(error),
+            })?;
         // Only now, with the first message authenticated under the identity
         // key it offers, is that key a trust decision: anything that does not
         // authenticate (relabelled, random identity bytes) failed above as a
@@ -563,6 +568,8 @@ impl SessionRecord {
     ) -> Result<PendingDecrypt, Attempt> {
         let mut best_error: Option<DecryptError> = None;
         let mut costly: Option<(Box<MessageKey>, Vec<u8>)> = None;
+        // Whether a state opened the header (and then refused the message).
+        let mut opened = false;
         let slots: Vec<Slot> = match only {
             Some(slot) => vec![slot],
             None => self.slots().collect(),
@@ -593,9 +600,11 @@ impl SessionRecord {
                     let ad = state.ratchet_associated_data().to_vec();
                     costly.get_or_insert((key, ad));
                 }
+                // No header key of this state opened it: try the next state.
+                Err(PlanError::Decrypt(DecryptError::NoMatchingState)) => {}
                 // A header that opened says more than one that did not: keep
                 // the first such error.
-                Err(PlanError::Decrypt(DecryptError::Unauthenticated)) => {}
+                Err(PlanError::Decrypt(DecryptError::Unauthenticated)) => opened = true,
                 Err(PlanError::Decrypt(e)) => {
                     best_error.get_or_insert(e);
                 }
@@ -605,7 +614,11 @@ impl SessionRecord {
             (Some(e), _) => Err(e.into()),
             (None, Some((key, associated_data))) => Err(Attempt::Costly { key, associated_data }),
             (None, None) if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession.into()),
-            (None, None) => Err(DecryptError::Unauthenticated.into()),
+            // A header opened and its body did not: only a forger makes that.
+            (None, None) if opened => Err(DecryptError::Unauthenticated.into()),
+            // No state opens the header: the peer's state and ours went apart,
+            // or it is forged (PROTOCOL.md 9.5).
+            (None, None) => Err(DecryptError::NoMatchingState.into()),
         }
     }
 
