@@ -23,6 +23,14 @@ pub const MAX_STORED_SKIPPED_KEYS: usize = 2_000;
 /// A message on a forgotten counter is reported as a duplicate.
 pub const MAX_USED_COUNTERS: usize = 128;
 
+/// Counters whose skipped keys were evicted unused (past
+/// [`MAX_STORED_SKIPPED_KEYS`]) that one session state remembers, over its
+/// receiving chains, oldest forgotten first: a message on one of them is
+/// [`DecryptError::KeyEvicted`](crate::DecryptError::KeyEvicted) (it never
+/// arrived, and its sender must send it again), not a duplicate. A message on
+/// a counter evicted longer ago is reported as a duplicate (PROTOCOL.md 4.8).
+pub const MAX_EVICTED_COUNTERS: usize = 2_000;
+
 /// The most receiving chains a session keeps: the current one and up to four
 /// previous ones. The oldest chain (with its skipped keys) is dropped when a
 /// new one starts.

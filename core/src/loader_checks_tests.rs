@@ -237,6 +237,43 @@ fn ratchet_state_checks_10_and_11() {
     assert_eq!(state_error(&base, |r| r.receiving[0].header_key.truncate(31)), len32("receiving.header_key", 31));
 }
 
+/// The evicted counters of a receiving chain (PROTOCOL.md 13.1, check 11j):
+/// well-formed ranges, below the chain's counter, neither skipped nor used,
+/// at most `MAX_EVICTED_COUNTERS` over the state's chains. Chain 0 of the
+/// base record has counter 2, counter 0 skipped and counter 1 used.
+#[test]
+fn evicted_counters_are_checked() {
+    use crate::limits::MAX_EVICTED_COUNTERS;
+    let base = ratchet_record();
+    // Counters 2 to 4 of a chain that ends at 10.
+    let evicted = |ranges: Vec<u32>| {
+        move |r: &mut storage::RatchetState| {
+            r.receiving[0].counter = 10;
+            r.receiving[0].evicted = ranges;
+        }
+    };
+    state_loads(&base, evicted(vec![2, 3]));
+    let max = u32::try_from(MAX_EVICTED_COUNTERS).unwrap();
+    state_loads(&base, |r| {
+        r.receiving[0].counter = max + 2;
+        r.receiving[0].evicted = vec![2, max];
+    });
+    assert_eq!(
+        state_error(&base, |r| {
+            r.receiving[0].counter = max + 3;
+            r.receiving[0].evicted = vec![2, max + 1];
+        }),
+        DecodeError::InvalidValue("receiving.evicted")
+    );
+    for ranges in [vec![2], vec![2, 0], vec![2, 1, 0, 1], vec![u32::MAX, 2]] {
+        assert_eq!(state_error(&base, evicted(ranges)), DecodeError::InvalidValue("receiving.evicted"));
+    }
+    // At or past the counter, skipped, used.
+    for ranges in [vec![10, 1], vec![8, 3], vec![0, 1], vec![1, 1]] {
+        assert_eq!(state_error(&base, evicted(ranges)), DecodeError::InvalidValue("receiving.evicted.counter"));
+    }
+}
+
 #[test]
 fn ratchet_state_checks_12_to_15() {
     let base = ratchet_record();

@@ -282,8 +282,9 @@ fn eviction_starts_with_the_oldest(rng: &mut ChaCha20Rng) -> R<LimitCase> {
     Ok(case(
         "eviction_starts_with_the_oldest",
         "Eviction (4.7): 2,000 skipped keys on the first chain, then a DH step that skips 5 more on the second: the \
-         5 lowest counters of the first (oldest) chain are deleted, so counters 3 and 4 there are Duplicate (a known \
-         limitation, 16.3) while counter 5 there and counter 2 of the new chain decrypt.",
+         5 lowest counters of the first (oldest) chain are deleted and remembered as evicted (4.8), so counters 3 and 4 \
+         there are KeyEvicted (never delivered: not Duplicate) while counter 5 there and counter 2 of the new chain \
+         decrypt.",
         &state,
         steps,
     ))

@@ -970,6 +970,26 @@ fn ratchet_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
             Ok(())
         })?,
     );
+    cases.add(
+        "ratchet_evicted_odd_count",
+        D,
+        "13.3 check 11j: `evicted` (counters whose keys were evicted unused, in the ranges encoding) with an odd \
+         count of numbers.",
+        &s(&|r| {
+            chain(r, 0)?.evicted = vec![1];
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "ratchet_evicted_past_chain_counter",
+        D,
+        "13.3 check 11j: an evicted counter at or past the chain's counter `Nr` (a well-formed run of one counter, \
+         2^32 - 2).",
+        &s(&|r| {
+            chain(r, 0)?.evicted = vec![u32::MAX - 1, 1];
+            Ok(())
+        })?,
+    );
     let (prefix, suffix) = skipped_total(5, &|_| Ok(()))?;
     cases.add_repeat(
         "ratchet_skipped_keys_2001",

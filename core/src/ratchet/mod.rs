@@ -65,8 +65,8 @@ use crate::{
     DecodeError, DecryptError, EncryptError,
     keys::{Secret32, X25519PublicKey, X25519Secret},
     limits::{
-        MAX_ASSOCIATED_DATA_LEN, MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_STATE_LEN, MAX_STORED_SKIPPED_KEYS,
-        MAX_USED_COUNTERS,
+        MAX_ASSOCIATED_DATA_LEN, MAX_EVICTED_COUNTERS, MAX_RECEIVING_CHAINS, MAX_SKIP, MAX_STATE_LEN,
+        MAX_STORED_SKIPPED_KEYS, MAX_USED_COUNTERS,
     },
     padding::{self, ContentType},
     wire::RatchetMessage,
@@ -779,12 +779,14 @@ fn plan_on_chain(
             return Ok((key.clone(), Found::Skipped { chain: index, position }));
         }
         // The counter was used: by this very message (a replay), or by
-        // another one, which only a sender that went backwards makes. A
-        // forgotten counter (or an evicted skipped key) is a duplicate.
+        // another one, which only a sender that went backwards makes. Its
+        // key evicted unused: the message never arrived before (4.8). A
+        // counter forgotten is a duplicate.
         return match chain.used_tag(counter) {
             Some(used) if !bool::from(subtle::ConstantTimeEq::ct_eq(used.as_slice(), tag.as_slice())) => {
                 Err(DecryptError::Rollback { counter }.into())
             }
+            None if chain.was_evicted(counter) => Err(DecryptError::KeyEvicted { counter }.into()),
             _ => Err(DecryptError::Duplicate { counter }.into()),
         };
     }
@@ -799,16 +801,23 @@ fn plan_on_chain(
 }
 
 /// Drops the oldest skipped keys until at most [`MAX_STORED_SKIPPED_KEYS`]
-/// remain, then the oldest remembered counters until at most
-/// [`MAX_USED_COUNTERS`] remain: oldest chain first, lowest counter (or
-/// earliest use) first within a chain.
+/// remain (remembering their counters as evicted), then the oldest
+/// remembered counters until at most [`MAX_USED_COUNTERS`] used and
+/// [`MAX_EVICTED_COUNTERS`] evicted remain: oldest chain first, lowest
+/// counter (or earliest use) first within a chain.
 fn evict(chains: &mut VecDeque<ReceivingChain>) {
     // Each chain gives up to its whole length, and what it cannot give
     // stays owed by the next ones.
     let mut excess = chains.iter().map(|c| c.skipped.len()).sum::<usize>().saturating_sub(MAX_STORED_SKIPPED_KEYS);
     for chain in chains.iter_mut() {
         let len = chain.skipped.len();
-        chain.skipped.drain(..excess.min(len));
+        chain.evict_skipped(excess.min(len));
+        excess = excess.saturating_sub(len);
+    }
+    let mut excess = chains.iter().map(|c| c.evicted.len()).sum::<usize>().saturating_sub(MAX_EVICTED_COUNTERS);
+    for chain in chains.iter_mut() {
+        let len = chain.evicted.len();
+        chain.evicted.drain(..excess.min(len));
         excess = excess.saturating_sub(len);
     }
     let mut excess = chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_USED_COUNTERS);
@@ -852,6 +861,7 @@ fn chain_to_record(chain: &ReceivingChain, seeds: Seeds) -> storage::ReceivingCh
             Seeds::Apart => to_ranges(chain.skipped.iter().map(MessageKey::counter)),
         },
         used,
+        evicted: to_ranges(chain.evicted.iter().copied()),
     }
 }
 
@@ -889,8 +899,8 @@ pub(crate) fn to_ranges(counters: impl IntoIterator<Item = u32>) -> Vec<u32> {
 }
 
 /// How many counters `ranges` (of [`to_ranges`]) holds, checking its form.
-fn ranges_len(ranges: &[u32]) -> Result<usize, DecodeError> {
-    let invalid = || DecodeError::InvalidValue("receiving.skipped_apart");
+fn ranges_len(ranges: &[u32], field: &'static str) -> Result<usize, DecodeError> {
+    let invalid = || DecodeError::InvalidValue(field);
     if !ranges.len().is_multiple_of(2) {
         return Err(invalid());
     }
@@ -908,10 +918,10 @@ fn ranges_len(ranges: &[u32]) -> Result<usize, DecodeError> {
 }
 
 /// The counters of `ranges`, already checked by [`ranges_len`].
-fn skipped_ranges(ranges: &[u32]) -> Result<impl Iterator<Item = u32> + '_, DecodeError> {
+fn skipped_ranges(ranges: &[u32], field: &'static str) -> Result<impl Iterator<Item = u32> + use<>, DecodeError> {
     let mut end = 0u32;
     let mut runs = Vec::with_capacity(ranges.len() / 2);
-    let invalid = DecodeError::InvalidValue("receiving.skipped_apart");
+    let invalid = DecodeError::InvalidValue(field);
     for pair in ranges.chunks_exact(2) {
         let &[distance, len] = pair else { return Err(invalid) };
         let start = end.checked_add(distance).ok_or(invalid.clone())?;
@@ -932,7 +942,7 @@ fn chains_from_record(
         return Err(DecodeError::InvalidValue("receiving"));
     }
     let mut receiving = VecDeque::with_capacity(records.len());
-    let (mut total_skipped, mut total_used) = (0usize, 0usize);
+    let (mut total_skipped, mut total_used, mut total_evicted) = (0usize, 0usize, 0usize);
     for (i, chain) in records.iter().enumerate() {
         let is_current = may_have_current && i.checked_add(1) == Some(records.len());
         let chain_key = if chain.chain_key.is_empty() {
@@ -945,7 +955,7 @@ fn chains_from_record(
         // Stored with their seeds, or (seeds apart) as ranges of counters only.
         let stored = match seeds {
             Seeds::In if chain.skipped_apart.is_empty() => chain.skipped.len(),
-            Seeds::Apart if chain.skipped.is_empty() => ranges_len(&chain.skipped_apart)?,
+            Seeds::Apart if chain.skipped.is_empty() => ranges_len(&chain.skipped_apart, "receiving.skipped_apart")?,
             Seeds::In => return Err(DecodeError::InvalidValue("receiving.skipped_apart")),
             Seeds::Apart => return Err(DecodeError::InvalidValue("receiving.skipped")),
         };
@@ -973,7 +983,7 @@ fn chains_from_record(
                 }
             }
             Seeds::Apart => {
-                for counter in skipped_ranges(&chain.skipped_apart)? {
+                for counter in skipped_ranges(&chain.skipped_apart, "receiving.skipped_apart")? {
                     skipped.push_back(MessageKey::apart(check(counter)?));
                 }
             }
@@ -997,14 +1007,30 @@ fn chains_from_record(
             }
             used.push_back((counter, tag));
         }
-        receiving.push_back(ReceivingChain::new(
-            X25519PublicKey::from_slice(&chain.ratchet_key, "receiving.ratchet_key")?,
-            HeaderKey::new(Secret32::from_slice(&chain.header_key, "receiving.header_key")?),
-            chain_key,
-            chain.counter,
-            skipped,
-            used,
-        ));
+        // Evicted counters: increasing, derived, neither skipped nor used.
+        total_evicted = total_evicted.saturating_add(ranges_len(&chain.evicted, "receiving.evicted")?);
+        if total_evicted > MAX_EVICTED_COUNTERS {
+            return Err(DecodeError::InvalidValue("receiving.evicted"));
+        }
+        let mut evicted = VecDeque::new();
+        for counter in skipped_ranges(&chain.evicted, "receiving.evicted")? {
+            let skipped_too = skipped.binary_search_by_key(&counter, MessageKey::counter).is_ok();
+            if counter >= chain.counter || skipped_too || used.iter().any(|(c, _)| *c == counter) {
+                return Err(DecodeError::InvalidValue("receiving.evicted.counter"));
+            }
+            evicted.push_back(counter);
+        }
+        receiving.push_back(
+            ReceivingChain::new(
+                X25519PublicKey::from_slice(&chain.ratchet_key, "receiving.ratchet_key")?,
+                HeaderKey::new(Secret32::from_slice(&chain.header_key, "receiving.header_key")?),
+                chain_key,
+                chain.counter,
+                skipped,
+                used,
+            )
+            .with_evicted(evicted),
+        );
     }
     Ok(receiving)
 }

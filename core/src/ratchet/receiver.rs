@@ -53,6 +53,9 @@ pub(crate) struct ReceivingChain {
     /// the order they were decrypted (bounded per state by
     /// [`MAX_USED_COUNTERS`](crate::limits::MAX_USED_COUNTERS)).
     pub(crate) used: VecDeque<(u32, NonceTag)>,
+    /// Counters whose skipped keys were evicted unused, increasing (bounded
+    /// per state by [`MAX_EVICTED_COUNTERS`](crate::limits::MAX_EVICTED_COUNTERS)).
+    pub(crate) evicted: VecDeque<u32>,
 }
 
 impl ReceivingChain {
@@ -64,7 +67,39 @@ impl ReceivingChain {
         skipped: VecDeque<MessageKey>,
         used: VecDeque<(u32, NonceTag)>,
     ) -> Self {
-        Self { ratchet_key, header_key, chain_key, closed_at, skipped, used }
+        Self { ratchet_key, header_key, chain_key, closed_at, skipped, used, evicted: VecDeque::new() }
+    }
+
+    /// This chain with the counters `evicted` (increasing) remembered as
+    /// evicted.
+    pub(crate) fn with_evicted(mut self, evicted: VecDeque<u32>) -> Self {
+        self.evicted = evicted;
+        self
+    }
+
+    /// Whether the key of `counter` was evicted unused (and that is still
+    /// remembered).
+    pub(crate) fn was_evicted(&self, counter: u32) -> bool {
+        self.evicted.binary_search(&counter).is_ok()
+    }
+
+    /// Drops the `count` oldest skipped keys, remembering their counters as
+    /// evicted.
+    pub(crate) fn evict_skipped(&mut self, count: usize) {
+        let count = count.min(self.skipped.len());
+        for key in self.skipped.drain(..count) {
+            let counter = key.counter();
+            // Skipped keys are evicted lowest first, and later ones are
+            // higher: the list stays increasing by appending.
+            match self.evicted.back() {
+                Some(last) if *last >= counter => {
+                    if let Err(at) = self.evicted.binary_search(&counter) {
+                        self.evicted.insert(at, counter);
+                    }
+                }
+                _ => self.evicted.push_back(counter),
+            }
+        }
     }
 
     /// `Nr`: the counter of the next message not yet derived on this chain.
@@ -94,6 +129,7 @@ impl ReceivingChain {
     pub(crate) fn close_at(&mut self, end: u32) {
         self.skipped.retain(|key| key.counter() < end);
         self.used.retain(|(counter, _)| *counter < end);
+        self.evicted.retain(|counter| *counter < end);
         if let Some(ck) = self.chain_key.take() {
             self.closed_at = ck.index().min(end);
         }
@@ -118,6 +154,7 @@ impl fmt::Debug for ReceivingChain {
             .field("current", &self.chain_key.is_some())
             .field("skipped", &self.skipped.len())
             .field("used", &self.used.len())
+            .field("evicted", &self.evicted.len())
             .finish_non_exhaustive()
     }
 }

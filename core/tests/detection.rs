@@ -1,0 +1,175 @@
+//! Detection (issue 15, item 1): the device tells a replay from a forgery,
+//! from a message that no state can read because the two sides' states went
+//! apart. Each case is reported with its own typed error and stable code, and
+//! detecting it changes nothing.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use samizdat::{
+    DecryptError, ErrorKind, Recovery, SessionError,
+    address::Address,
+    device::{Device, DeviceError},
+    limits::{MAX_SKIP, MAX_STORED_SKIPPED_KEYS},
+    store::{Backend, Expected, MemoryBackend, Write},
+};
+
+fn address(name: &str) -> Address {
+    Address::new(name, 1).unwrap()
+}
+
+fn device(name: &str, key: u8) -> Device<MemoryBackend> {
+    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+}
+
+fn receive(to: &Device<MemoryBackend>, from: &str, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
+    let pending = to.decrypt(&address(from), wire)?;
+    let plaintext = pending.plaintext().to_vec();
+    to.commit(pending)?;
+    Ok(plaintext)
+}
+
+fn decrypt_error(error: DeviceError) -> DecryptError {
+    match error {
+        DeviceError::Session(SessionError::Decrypt(e)) => e,
+        other => panic!("not a decryption error: {other:?}"),
+    }
+}
+
+/// A copy of a memory store, as a backup holds it.
+fn copy_of(store: &MemoryBackend) -> MemoryBackend {
+    let copy = MemoryBackend::new();
+    let writes: Vec<Write> = store
+        .snapshot()
+        .into_iter()
+        .map(|((table, key), value)| Write { table, key, value: Some(value), expected: Expected::Any })
+        .collect();
+    copy.apply(&writes).unwrap();
+    copy
+}
+
+/// The issue's second case: a message never delivered, whose skipped key was
+/// evicted, used to be reported as `Duplicate`, so the app acknowledged it
+/// and it was lost. It is `KeyEvicted` now (out of step: heal), while a true
+/// replay stays `Duplicate`; neither changes the store.
+#[test]
+fn a_message_whose_key_was_evicted_is_not_a_duplicate() {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let first = alice.encrypt(&address("bob"), b"first").unwrap();
+    receive(&bob, "alice", &first).unwrap();
+    // m0 is held back; a gap of 2,000 fills Bob's skipped keys (m0 among them),
+    // and one more skipped key evicts m0's.
+    let held = alice.encrypt(&address("bob"), b"held back").unwrap();
+    let gap = u32::try_from(MAX_STORED_SKIPPED_KEYS).unwrap() - 1;
+    let mut last = Vec::new();
+    for i in 0..=gap {
+        last = alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap();
+    }
+    receive(&bob, "alice", &last).unwrap();
+    let skipped = alice.encrypt(&address("bob"), b"skipped too").unwrap();
+    let after = alice.encrypt(&address("bob"), b"after").unwrap();
+    receive(&bob, "alice", &after).unwrap();
+
+    let before = bob.backend().snapshot();
+    let error = bob.decrypt(&address("alice"), &held).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    assert_eq!(error.kind().recovery(), Recovery::Heal);
+    assert_eq!(decrypt_error(error), DecryptError::KeyEvicted { counter: 1 });
+    assert_eq!(bob.backend().snapshot(), before, "detection changed the store");
+
+    // A message delivered before is a duplicate, as ever.
+    let error = bob.decrypt(&address("alice"), &after).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Duplicate);
+    assert!(matches!(decrypt_error(error), DecryptError::Duplicate { .. }));
+    // The last skipped key is still there.
+    assert_eq!(receive(&bob, "alice", &skipped).unwrap(), b"skipped too");
+    // And the eviction is remembered across a reopen of the store (it is in
+    // the session row).
+    let reopened = Device::open_in(copy_of(bob.backend()), &[2; 32]).unwrap();
+    let error = reopened.decrypt(&address("alice"), &held).unwrap_err();
+    assert_eq!(decrypt_error(error), DecryptError::KeyEvicted { counter: 1 });
+}
+
+/// The issue's first case: after more than `MAX_SKIP` dropped messages,
+/// every later message of the chain is refused. It is reported as out of
+/// step (heal), never as a forgery, and changes nothing.
+#[test]
+fn a_gap_past_the_skip_limit_is_out_of_step() {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    receive(&bob, "alice", &alice.encrypt(&address("bob"), b"first").unwrap()).unwrap();
+    let mut wire = Vec::new();
+    for i in 0..=MAX_SKIP + 1 {
+        wire = alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap();
+    }
+    let before = bob.backend().snapshot();
+    let error = bob.decrypt(&address("alice"), &wire).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    assert!(matches!(decrypt_error(error), DecryptError::TooFarAhead { .. }));
+    assert_eq!(bob.backend().snapshot(), before);
+}
+
+/// Our own store restored from an older copy: the peer moved on to a chain
+/// whose keys the copy never had. Its messages open under no state:
+/// `NoMatchingState`, out of step, not a forgery. A message whose header
+/// opens but whose body was altered is still `Unauthenticated` (invalid).
+#[test]
+fn our_store_restored_from_an_older_copy_is_out_of_step() {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m1").unwrap()).unwrap();
+    receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r1").unwrap()).unwrap();
+    let m2 = alice.encrypt(&address("bob"), b"m2").unwrap();
+    // Bob's backup is taken before m2 arrives.
+    let backup = copy_of(bob.backend());
+    receive(&bob, "alice", &m2).unwrap();
+    receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r2").unwrap()).unwrap();
+    let m3 = alice.encrypt(&address("bob"), b"m3").unwrap();
+
+    let restored = Device::open_in(backup, &[2; 32]).unwrap();
+    let before = restored.backend().snapshot();
+    let error = restored.decrypt(&address("alice"), &m3).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    assert_eq!(decrypt_error(error), DecryptError::NoMatchingState);
+    assert_eq!(restored.backend().snapshot(), before);
+
+    // The live Bob reads m3; an altered copy of it is a forgery.
+    let mut altered = m3.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    let error = bob.decrypt(&address("alice"), &altered).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidMessage);
+    assert_eq!(decrypt_error(error), DecryptError::Unauthenticated);
+    assert_eq!(receive(&bob, "alice", &m3).unwrap(), b"m3");
+}
+
+/// A sender restored from an older copy reuses a counter with new content:
+/// the receiver reports it as out of step (`Rollback`), and a replay of a
+/// message it read as a duplicate.
+#[test]
+fn a_sender_restored_from_an_older_copy_is_out_of_step() {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m1").unwrap()).unwrap();
+    receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r1").unwrap()).unwrap();
+    let backup = copy_of(alice.backend());
+    receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m2").unwrap()).unwrap();
+    let restored = Device::open_in(backup, &[1; 32]).unwrap();
+    let again = restored.encrypt(&address("bob"), b"m2, other content").unwrap();
+    let error = bob.decrypt(&address("alice"), &again).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    assert!(matches!(decrypt_error(error), DecryptError::Rollback { .. }));
+}
+
+/// A ratchet message from a peer we have no session with at all (our store
+/// lost it, or was never told): `NoSession`, fetch the bundle.
+#[test]
+fn a_message_without_any_session_asks_for_the_bundle() {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m1").unwrap()).unwrap();
+    receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r1").unwrap()).unwrap();
+    let m2 = alice.encrypt(&address("bob"), b"m2").unwrap();
+    let bob_reinstalled = device("bob", 3);
+    let error = bob_reinstalled.decrypt(&address("alice"), &m2).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NoSession);
+    assert_eq!(error.kind().recovery(), Recovery::FetchBundle);
+}
