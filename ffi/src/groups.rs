@@ -1,6 +1,7 @@
-//! Groups (Sender Keys, PROTOCOL.md 18): the group calls of [`Device`], the
-//! records they return, and the mapping of the core's [`GroupError`] into
-//! [`SamizdatError`]. Translation only, as in the rest of the crate.
+//! Groups (Sender Keys, PROTOCOL.md 18): the group calls of [`Device`] and
+//! the records they return. Translation only, as in the rest of the crate;
+//! their errors are the core's `GroupError`s, as [`SamizdatError`]s of the
+//! same kind (`NotInGroup`, `MissingGroupKey`, ...).
 //!
 //! The app owns the roster: every member device is told who is in the group
 //! ([`Device::create_group`], [`Device::add_group_members`],
@@ -11,9 +12,9 @@
 //! got ([`MessageKind`]); [`Device::commit`] returns the answer to a
 //! member's request for a lost chain, to send like any other message.
 
-use samizdat::device::{self, GroupError};
+use samizdat::device;
 
-use crate::{Address, Device, SamizdatError, invalid_argument};
+use crate::{Address, Device, SamizdatError};
 
 /// What a decrypted message is ([`crate::PendingMessage::kind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -121,23 +122,6 @@ impl From<device::GroupSend> for GroupSend {
             message: sent.message,
             distributions: sent.distributions.into_iter().map(Outgoing::from).collect(),
             without_session: sent.without_session.into_iter().map(Address::from).collect(),
-        }
-    }
-}
-
-impl From<GroupError> for SamizdatError {
-    fn from(error: GroupError) -> Self {
-        match error {
-            GroupError::InvalidGroupId => invalid_argument(error),
-            GroupError::AlreadyExists => Self::GroupExists,
-            GroupError::UnknownGroup => Self::UnknownGroup,
-            GroupError::TooManyMembers { max } => Self::TooManyMembers { max: max as u64 },
-            GroupError::SelfAsMember => Self::SelfAsMember,
-            GroupError::NotMember => Self::NotMember,
-            GroupError::MissingChain { chain_id, request } => Self::MissingChain { chain_id, request },
-            GroupError::Decrypt(e) => e.into(),
-            GroupError::Encrypt(e) => e.into(),
-            e => Self::Other { reason: e.to_string() },
         }
     }
 }

@@ -39,7 +39,18 @@ pub enum VectorRatchetError {
         /// The message's counter on its chain, from its authenticated header.
         counter: u32,
     },
-    /// The message does not authenticate (forged, altered, another session).
+    /// The message's key was evicted unused before it arrived.
+    #[error("the key of this message was evicted before it arrived (counter {counter})")]
+    KeyEvicted {
+        /// The message's counter on its chain, from its authenticated header.
+        counter: u32,
+    },
+    /// No state opens the message's header (another session, a state gone
+    /// apart, or a forgery: they cannot be told apart).
+    #[error("no state of the session opens this message")]
+    NoMatchingState,
+    /// The header opened but the body does not authenticate (forged or
+    /// altered).
     #[error("message failed authentication")]
     Unauthenticated,
     /// The message is further ahead of its chain than the skip limit.
@@ -157,7 +168,10 @@ impl VectorRatchet {
             DecryptError::Duplicate { counter } => VectorRatchetError::Duplicate { counter },
             DecryptError::Rollback { counter } => VectorRatchetError::Rollback { counter },
             DecryptError::TooFarAhead { gap, max } => VectorRatchetError::TooFarAhead { gap, max },
+            DecryptError::KeyEvicted { counter } => VectorRatchetError::KeyEvicted { counter },
+            DecryptError::NoMatchingState => VectorRatchetError::NoMatchingState,
             DecryptError::Malformed(e) => malformed(e),
+            // Unauthenticated, and any reason a later core adds: refused.
             _ => VectorRatchetError::Unauthenticated,
         })?;
         restore_unless_exact(&mut ratchet, &before, &rng, random.len())?;

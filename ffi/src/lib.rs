@@ -5,14 +5,17 @@
 //! arguments, calls [`samizdat::device::Device`], and maps the error into the
 //! one [`SamizdatError`]. Logic belongs in `samizdat` (core).
 //!
+//! - Errors (module `error`): [`SamizdatError`] has one variant per stable
+//!   error code of the core ([`ErrorKind`], with its [`Recovery`]), chosen
+//!   by the core error's `kind()`, so that every binding reports the codes
+//!   the core defines; its text is the core error's.
 //! - Objects ([`Device`], [`PendingMessage`], [`PendingBatch`],
 //!   [`SafetyNumber`]) are `Arc<Self>` and safe to call from any thread: the
 //!   core device locks internally; the pending objects hold their core value
 //!   in a `Mutex<Option<_>>` so that a commit takes it exactly once.
 //! - Plain data are records ([`Address`], [`PrekeyCounts`], [`Rotated`],
 //!   [`IncomingMessage`], [`BatchResult`], [`GroupSend`], [`Outgoing`]) and
-//!   enums ([`MessageKind`], [`MismatchedSide`], [`ScrubResult`]); bytes are
-//!   `Vec<u8>`.
+//!   enums ([`MessageKind`], [`ScrubResult`]); bytes are `Vec<u8>`.
 //! - Groups (module `groups`): [`Device::create_group`],
 //!   [`Device::add_group_members`], [`Device::remove_group_members`],
 //!   [`Device::group_members`], [`Device::delete_group`] and
@@ -32,192 +35,23 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use samizdat::{
-    DecryptError, EncryptError, SessionError,
     device::{self, DeviceError},
-    fingerprint::{self, ScanError},
+    fingerprint,
     keys::IdentityKey,
-    store::{Scrub, StoreError},
+    store::Scrub,
 };
 use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
 
+mod error;
 mod groups;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;
 
+use error::Details;
+pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
-
-/// Every failure of the bindings, one variant per thing an app can do about it.
-///
-/// Kotlin: `SamizdatException.Duplicate` etc.; Swift: `SamizdatError.Duplicate`;
-/// Python: `samizdat.SamizdatError.Duplicate`.
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-#[non_exhaustive]
-pub enum SamizdatError {
-    /// The peer's identity key changed (a reinstall, or an attacker). Nothing
-    /// is sent to or accepted from it until the app calls
-    /// [`Device::trust_identity`] with `identity`.
-    #[error("the peer's identity key changed")]
-    UntrustedIdentity {
-        /// The new identity key (32 bytes).
-        identity: Vec<u8>,
-    },
-    /// The message was already decrypted and committed: drop it (and ack it).
-    #[error("duplicate message")]
-    Duplicate,
-    /// The sender's device went back to an older state (a restored backup, a
-    /// copied or forked app): this message reuses a counter it had already
-    /// used, so it cannot be decrypted (nothing was encrypted twice under one
-    /// key). Ack and drop it; the sender must send it again (session healing
-    /// will ask for it). It is authentic: only the peer can make one.
-    #[error("the sender's state went backwards")]
-    SenderRolledBack,
-    /// The message is malformed, forged or altered: drop it. Opaque on
-    /// purpose: which check failed is not for a forger to learn.
-    #[error("invalid message")]
-    InvalidMessage,
-    /// The message is authentic but further ahead of its chain than the
-    /// skip limit (more than `max` earlier messages are missing). Do not ack
-    /// it: decrypt it again once the earlier messages have arrived.
-    #[error("message is {gap} messages ahead, more than the limit of {max}")]
-    TooFarAhead {
-        /// How many earlier messages are missing on its chain.
-        gap: u32,
-        /// The limit.
-        max: u32,
-    },
-    /// The prekey bundle is malformed or its signatures do not verify.
-    #[error("invalid prekey bundle")]
-    InvalidBundle,
-    /// There is no session with this peer: start one from its bundle.
-    #[error("no session with this peer")]
-    NoSession,
-    /// A prekey message names a prekey this device no longer has (consumed by
-    /// another session, or rotated away): the sender must start again from a
-    /// fresh bundle.
-    #[error("unknown prekey")]
-    UnknownPrekey,
-    /// The session changed since this decryption was made: decrypt the
-    /// message again (it was not consumed).
-    #[error("the session changed since this decryption was made")]
-    StalePending,
-    /// This pending message or batch was already committed.
-    #[error("already committed")]
-    AlreadyCommitted,
-    /// The plaintext is longer than the limit.
-    #[error("plaintext of {len} bytes exceeds the limit of {max}")]
-    MessageTooLarge {
-        /// Length of the plaintext.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// A scanned safety number does not match: do not mark the peer verified.
-    #[error("safety number mismatch")]
-    SafetyNumberMismatch {
-        /// Which identity differs.
-        side: MismatchedSide,
-    },
-    /// The storage key does not open this store (nothing was changed).
-    #[error("wrong storage key")]
-    WrongStorageKey,
-    /// The store stayed busy (another handle or process writing) longer than
-    /// the wait, or changed under this call more often than it retried:
-    /// nothing was written; call again.
-    #[error("the store is busy")]
-    StoreBusy,
-    /// This object was inherited through `fork()` (Python's `multiprocessing`
-    /// on Linux forks by default): nothing was read or written. Open the
-    /// store again in this process.
-    #[error("the device belongs to the process that opened it")]
-    ForkedProcess,
-    /// A pending message or batch made by another device was given to this
-    /// one's commit: nothing was written; commit it on the device that
-    /// decrypted it.
-    #[error("this pending message belongs to another device")]
-    WrongDevice,
-    /// The store holds no device: create one.
-    #[error("no device in this store")]
-    NoDevice,
-    /// The store already holds a device: open it.
-    #[error("a device already exists in this store")]
-    DeviceExists,
-    /// The store failed (I/O, SQLite, a corrupt row, a newer schema).
-    #[error("store error: {reason}")]
-    StoreError {
-        /// What failed.
-        reason: String,
-    },
-    /// An argument is invalid (an empty user id, a storage key that is not
-    /// 32 bytes, a malformed identity key, a group id that is not 1 to 64
-    /// bytes, a limit exceeded).
-    #[error("invalid argument: {reason}")]
-    InvalidArgument {
-        /// What is wrong.
-        reason: String,
-    },
-    /// In a batch ([`Device::decrypt_batch`]): a group message, or a control
-    /// message (a group's chain, or a request for one), which a batch leaves
-    /// as it is. It was not consumed: decrypt and commit it alone with
-    /// [`Device::decrypt`].
-    #[error("a group or control message: decrypt it alone")]
-    NotInBatch,
-    /// A group with this id already exists on this device.
-    #[error("the group already exists")]
-    GroupExists,
-    /// No group with this id exists on this device (never created, or
-    /// deleted): its messages are refused.
-    #[error("unknown group")]
-    UnknownGroup,
-    /// The group would have more than `max` member devices.
-    #[error("a group holds at most {max} member devices")]
-    TooManyMembers {
-        /// The limit.
-        max: u64,
-    },
-    /// This device was named as a member of its own group (it always is one).
-    #[error("this device cannot be its own group member")]
-    SelfAsMember,
-    /// A group message came from a device that is not a member of the group
-    /// on this device (never added, or removed): drop it.
-    #[error("the sender is not a member of the group")]
-    NotMember,
-    /// A group message came on a chain of its sender that this device does
-    /// not have (its distribution was lost, has not arrived yet, or this
-    /// device was removed from the group). The message was not consumed:
-    /// keep it and decrypt it again once the chain arrives.
-    ///
-    /// `request`, if any, is a one-to-one message asking the sender for the
-    /// chain: send it to the sender as it is (making it advanced the session
-    /// with the sender, already committed). The sender's commit of it returns
-    /// the answer. It is absent when there is no session with the sender or
-    /// this device already asked often enough.
-    #[error("no chain {chain_id} of this sender")]
-    MissingChain {
-        /// The chain id of the message.
-        chain_id: u32,
-        /// The request to send to the sender, if one may be sent.
-        request: Option<Vec<u8>>,
-    },
-    /// A failure this version of the bindings does not classify.
-    #[error("{reason}")]
-    Other {
-        /// The core error's text.
-        reason: String,
-    },
-}
-
-/// Which identity differs between a scanned code and our safety number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum MismatchedSide {
-    /// The peer holds a different identity for us.
-    Local,
-    /// We hold a different identity for the peer.
-    Remote,
-    /// Both differ (for example a code from another conversation).
-    Both,
-}
 
 /// What [`Device::scrub`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -408,7 +242,8 @@ impl Device {
 
     /// Trusts `identity` for `peer` (after [`SamizdatError::UntrustedIdentity`]).
     pub fn trust_identity(&self, peer: Address, identity: Vec<u8>) -> Result<(), SamizdatError> {
-        let identity = IdentityKey::from_slice(&identity).map_err(invalid_argument)?;
+        let identity = IdentityKey::from_slice(&identity)
+            .map_err(|e| SamizdatError::from_core(e.kind(), format!("invalid identity key: {e}"), Details::None))?;
         Ok(self.inner.trust_identity(&peer.to_core()?, identity)?)
     }
 
@@ -419,7 +254,7 @@ impl Device {
 
     /// Decrypts a message from `sender` (a direct, group or control
     /// message) without changing anything (but see
-    /// [`SamizdatError::MissingChain`]).
+    /// [`SamizdatError::MissingGroupKey`]).
     pub fn decrypt(&self, sender: Address, ciphertext: Vec<u8>) -> Result<Arc<PendingMessage>, SamizdatError> {
         Ok(Arc::new(self.inner.decrypt(&sender.to_core()?, &ciphertext)?.into()))
     }
@@ -457,9 +292,13 @@ impl Device {
         match self.inner.scrub()? {
             Scrub::Done => Ok(ScrubResult::Done),
             Scrub::Deferred => Ok(ScrubResult::Deferred),
-            // A SQLite store always scrubs; a new kind of result is not for
-            // the app to guess at.
-            other => Err(SamizdatError::Other { reason: format!("scrub: {other:?}") }),
+            // A SQLite store always scrubs: another result means the store
+            // is not what this device opened.
+            other => Err(SamizdatError::from_core(
+                samizdat::ErrorKind::StoreFailure,
+                format!("the store did not scrub ({other:?})"),
+                Details::None,
+            )),
         }
     }
 }
@@ -530,7 +369,9 @@ impl SafetyNumber {
 
 impl Address {
     fn to_core(&self) -> Result<samizdat::address::Address, SamizdatError> {
-        samizdat::address::Address::new(self.user_id.clone(), self.device_id).map_err(invalid_argument)
+        // Classified as the core classifies an argument that does not parse.
+        samizdat::address::Address::new(self.user_id.clone(), self.device_id)
+            .map_err(|e| DeviceError::InvalidArgument(e).into())
     }
 }
 
@@ -571,104 +412,16 @@ impl From<Result<Vec<u8>, SamizdatError>> for BatchResult {
 
 /// Takes a pending value out of its slot, once.
 fn take<T>(slot: &Mutex<Option<T>>) -> Result<T, SamizdatError> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner).take().ok_or(SamizdatError::AlreadyCommitted)
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take().ok_or_else(|| {
+        SamizdatError::invalid_argument("this pending message or batch was already committed".to_owned())
+    })
 }
 
 /// The storage key as the core takes it; the copies are zeroized on drop.
 fn key32(key: Vec<u8>) -> Result<Zeroizing<[u8; 32]>, SamizdatError> {
     let key = Zeroizing::new(key);
-    let array = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| SamizdatError::InvalidArgument {
-        reason: format!("the storage key has {} bytes, expected 32", key.len()),
+    let array = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
+        SamizdatError::invalid_argument(format!("the storage key has {} bytes, expected 32", key.len()))
     })?;
     Ok(Zeroizing::new(array))
-}
-
-fn invalid_argument(error: impl std::fmt::Display) -> SamizdatError {
-    SamizdatError::InvalidArgument { reason: error.to_string() }
-}
-
-impl From<DeviceError> for SamizdatError {
-    fn from(error: DeviceError) -> Self {
-        match error {
-            DeviceError::Session(e) => e.into(),
-            DeviceError::Store(e) => e.into(),
-            DeviceError::Group(e) => e.into(),
-            DeviceError::PreKey(e) => invalid_argument(e),
-            DeviceError::InvalidArgument(e) => invalid_argument(e),
-            DeviceError::Forked => Self::ForkedProcess,
-            DeviceError::ForeignPending => Self::WrongDevice,
-            e => Self::Other { reason: e.to_string() },
-        }
-    }
-}
-
-impl From<SessionError> for SamizdatError {
-    fn from(error: SessionError) -> Self {
-        match error {
-            SessionError::Malformed(_) => Self::InvalidMessage,
-            SessionError::Bundle(_) => Self::InvalidBundle,
-            SessionError::Encrypt(e) => e.into(),
-            SessionError::Decrypt(e) => e.into(),
-            SessionError::DuplicatePreKeyMessage => Self::Duplicate,
-            SessionError::NoSession => Self::NoSession,
-            SessionError::UntrustedIdentity { identity } => {
-                Self::UntrustedIdentity { identity: identity.as_bytes().to_vec() }
-            }
-            SessionError::UnknownPreKey { .. } => Self::UnknownPrekey,
-            SessionError::StalePending => Self::StalePending,
-            SessionError::NotInBatch => Self::NotInBatch,
-            e => Self::Other { reason: e.to_string() },
-        }
-    }
-}
-
-impl From<DecryptError> for SamizdatError {
-    fn from(error: DecryptError) -> Self {
-        match error {
-            DecryptError::Duplicate { .. } => Self::Duplicate,
-            DecryptError::Rollback { .. } => Self::SenderRolledBack,
-            DecryptError::TooFarAhead { gap, max } => Self::TooFarAhead { gap, max },
-            // Malformed, Unauthenticated, and any later reason: drop it.
-            _ => Self::InvalidMessage,
-        }
-    }
-}
-
-impl From<EncryptError> for SamizdatError {
-    fn from(error: EncryptError) -> Self {
-        match error {
-            EncryptError::MessageTooLarge { len, max } => Self::MessageTooLarge { len: len as u64, max: max as u64 },
-            e => Self::Other { reason: e.to_string() },
-        }
-    }
-}
-
-impl From<StoreError> for SamizdatError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::WrongKey => Self::WrongStorageKey,
-            StoreError::Locked | StoreError::Conflict { .. } => Self::StoreBusy,
-            StoreError::Forked => Self::ForkedProcess,
-            StoreError::NotFound => Self::NoDevice,
-            StoreError::AlreadyExists => Self::DeviceExists,
-            e => Self::StoreError { reason: e.to_string() },
-        }
-    }
-}
-
-impl From<ScanError> for SamizdatError {
-    fn from(error: ScanError) -> Self {
-        match error {
-            ScanError::Mismatch(fingerprint::MismatchedSide::Local) => {
-                Self::SafetyNumberMismatch { side: MismatchedSide::Local }
-            }
-            ScanError::Mismatch(fingerprint::MismatchedSide::Remote) => {
-                Self::SafetyNumberMismatch { side: MismatchedSide::Remote }
-            }
-            ScanError::Mismatch(fingerprint::MismatchedSide::Both) => {
-                Self::SafetyNumberMismatch { side: MismatchedSide::Both }
-            }
-            e => invalid_argument(e),
-        }
-    }
 }

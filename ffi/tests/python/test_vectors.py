@@ -96,6 +96,10 @@ def test_transcript_replays_byte_for_byte(case):
                     with pytest.raises(VectorRatchetError.Unauthenticated):
                         party.decrypt(wire, b(event["random"]))
                     counts["unauthenticated"] += 1
+                elif kind == "no_matching_state":
+                    with pytest.raises(VectorRatchetError.NoMatchingState):
+                        party.decrypt(wire, b(event["random"]))
+                    counts["no_matching_state"] += 1
                 else:
                     pytest.fail(f"{where}: unknown error {kind}")
                 # A rejected message changes nothing.

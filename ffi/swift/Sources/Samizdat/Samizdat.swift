@@ -615,7 +615,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     /**
      * Decrypts a message from `sender` (a direct, group or control
      * message) without changing anything (but see
-     * [`SamizdatError::MissingChain`]).
+     * [`SamizdatError::MissingGroupKey`]).
      */
     func decrypt(sender: Address, ciphertext: Data) throws  -> PendingMessage
     
@@ -881,7 +881,7 @@ open func commitBatch(batch: PendingBatch)throws   {try rustCallWithError(FfiCon
     /**
      * Decrypts a message from `sender` (a direct, group or control
      * message) without changing anything (but see
-     * [`SamizdatError::MissingChain`]).
+     * [`SamizdatError::MissingGroupKey`]).
      */
 open func decrypt(sender: Address, ciphertext: Data)throws  -> PendingMessage  {
     return try  FfiConverterTypePendingMessage_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -2235,6 +2235,239 @@ public func FfiConverterTypeRotated_lower(_ value: Rotated) -> RustBuffer {
 
 
 /**
+ * The stable error code of a [`SamizdatError`]: what logs, telemetry and
+ * the other languages compare (`code()` gives it in `snake_case`). The
+ * same as [`samizdat::ErrorKind`].
+ */
+
+public enum ErrorKind: Equatable, Hashable {
+    
+    /**
+     * The message was already decrypted: [`Recovery::Drop`].
+     */
+    case duplicate
+    /**
+     * Malformed, forged or altered: [`Recovery::Drop`].
+     */
+    case invalidMessage
+    /**
+     * Authentic-looking, but no state of the session can read it:
+     * [`Recovery::Heal`].
+     */
+    case outOfStep
+    /**
+     * No session with the peer: [`Recovery::FetchBundle`].
+     */
+    case noSession
+    /**
+     * The peer's identity key changed: [`Recovery::VerifyIdentity`].
+     */
+    case untrustedIdentity
+    /**
+     * A scanned safety number does not match: [`Recovery::VerifyIdentity`].
+     */
+    case identityMismatch
+    /**
+     * A prekey bundle that does not verify: [`Recovery::FetchBundle`].
+     */
+    case invalidBundle
+    /**
+     * A group message on a chain not (yet) received: [`Recovery::RetryLater`].
+     */
+    case missingGroupKey
+    /**
+     * Unknown group, or a sender not in it: [`Recovery::Drop`].
+     */
+    case notInGroup
+    /**
+     * The session changed since the decryption: [`Recovery::DecryptAgain`].
+     */
+    case stalePending
+    /**
+     * Other handles kept the store busy: [`Recovery::RetryLater`].
+     */
+    case storeBusy
+    /**
+     * The storage key does not open the store: [`Recovery::ReopenStore`].
+     */
+    case wrongStorageKey
+    /**
+     * I/O, corruption, a newer schema, a forked process:
+     * [`Recovery::ReopenStore`].
+     */
+    case storeFailure
+    /**
+     * A documented limit was reached: [`Recovery::FixCall`].
+     */
+    case limitExceeded
+    /**
+     * The call itself is wrong: [`Recovery::FixCall`].
+     */
+    case invalidArgument
+
+
+
+    /**
+     * The stable code in `snake_case` (`"out_of_step"`).
+     */
+public func code() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_errorkind_code(
+            FfiConverterTypeErrorKind_lower(self),uniffiCallStatus
+    )
+})
+}
+
+    /**
+     * What an app does about it.
+     */
+public func recovery() -> Recovery  {
+    return try!  FfiConverterTypeRecovery_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_errorkind_recovery(
+            FfiConverterTypeErrorKind_lower(self),uniffiCallStatus
+    )
+})
+}
+
+
+
+}
+
+#if compiler(>=6)
+extension ErrorKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
+    typealias SwiftType = ErrorKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ErrorKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .duplicate
+        
+        case 2: return .invalidMessage
+        
+        case 3: return .outOfStep
+        
+        case 4: return .noSession
+        
+        case 5: return .untrustedIdentity
+        
+        case 6: return .identityMismatch
+        
+        case 7: return .invalidBundle
+        
+        case 8: return .missingGroupKey
+        
+        case 9: return .notInGroup
+        
+        case 10: return .stalePending
+        
+        case 11: return .storeBusy
+        
+        case 12: return .wrongStorageKey
+        
+        case 13: return .storeFailure
+        
+        case 14: return .limitExceeded
+        
+        case 15: return .invalidArgument
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ErrorKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .duplicate:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .invalidMessage:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .outOfStep:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .noSession:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .untrustedIdentity:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .identityMismatch:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .invalidBundle:
+            writeInt(&buf, Int32(7))
+        
+        
+        case .missingGroupKey:
+            writeInt(&buf, Int32(8))
+        
+        
+        case .notInGroup:
+            writeInt(&buf, Int32(9))
+        
+        
+        case .stalePending:
+            writeInt(&buf, Int32(10))
+        
+        
+        case .storeBusy:
+            writeInt(&buf, Int32(11))
+        
+        
+        case .wrongStorageKey:
+            writeInt(&buf, Int32(12))
+        
+        
+        case .storeFailure:
+            writeInt(&buf, Int32(13))
+        
+        
+        case .limitExceeded:
+            writeInt(&buf, Int32(14))
+        
+        
+        case .invalidArgument:
+            writeInt(&buf, Int32(15))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeErrorKind_lift(_ buf: RustBuffer) throws -> ErrorKind {
+    return try FfiConverterTypeErrorKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
+    return FfiConverterTypeErrorKind.lower(value)
+}
+
+
+
+/**
  * What a decrypted message is ([`crate::PendingMessage::kind`]).
  */
 
@@ -2408,10 +2641,170 @@ public func FfiConverterTypeMismatchedSide_lower(_ value: MismatchedSide) -> Rus
 
 
 /**
- * Every failure of the bindings, one variant per thing an app can do about it.
+ * What an app does about a failure of an [`ErrorKind`]. The same as
+ * [`samizdat::Recovery`].
+ */
+
+public enum Recovery: Equatable, Hashable {
+    
+    /**
+     * Drop the message and acknowledge it to the server: it will never
+     * decrypt.
+     */
+    case drop
+    /**
+     * Keep what was being done and try again later.
+     */
+    case retryLater
+    /**
+     * Decrypt the message again now (nothing was consumed).
+     */
+    case decryptAgain
+    /**
+     * Heal the session: fetch the peer's bundle and start a new session
+     * from it, then send.
+     */
+    case heal
+    /**
+     * Fetch the peer's prekey bundle from the server and start a session.
+     */
+    case fetchBundle
+    /**
+     * Ask the user to verify the peer's identity (compare safety numbers).
+     */
+    case verifyIdentity
+    /**
+     * Open the store again (with the right key; in this process).
+     */
+    case reopenStore
+    /**
+     * The call itself is wrong: fix the code that made it.
+     */
+    case fixCall
+
+
+
+    /**
+     * The stable name in `snake_case` (`"retry_later"`).
+     */
+public func code() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_recovery_code(
+            FfiConverterTypeRecovery_lower(self),uniffiCallStatus
+    )
+})
+}
+
+
+
+}
+
+#if compiler(>=6)
+extension Recovery: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRecovery: FfiConverterRustBuffer {
+    typealias SwiftType = Recovery
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Recovery {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .drop
+        
+        case 2: return .retryLater
+        
+        case 3: return .decryptAgain
+        
+        case 4: return .heal
+        
+        case 5: return .fetchBundle
+        
+        case 6: return .verifyIdentity
+        
+        case 7: return .reopenStore
+        
+        case 8: return .fixCall
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: Recovery, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .drop:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .retryLater:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .decryptAgain:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .heal:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .fetchBundle:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .verifyIdentity:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .reopenStore:
+            writeInt(&buf, Int32(7))
+        
+        
+        case .fixCall:
+            writeInt(&buf, Int32(8))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRecovery_lift(_ buf: RustBuffer) throws -> Recovery {
+    return try FfiConverterTypeRecovery.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRecovery_lower(_ value: Recovery) -> RustBuffer {
+    return FfiConverterTypeRecovery.lower(value)
+}
+
+
+
+/**
+ * Every failure of the bindings: one variant per stable error code
+ * ([`ErrorKind`]), named like it. `code()` gives the code (`"out_of_step"`),
+ * `recovery()` what the app does about it.
+ *
+ * Every variant's first field, `message`, is the core error's text (never
+ * empty). Kotlin names it `reason` (`SamizdatException.Duplicate.reason`),
+ * because its `Throwable` already has a `message`: that one reads
+ * `reason=…` followed by the other fields.
  *
  * Kotlin: `SamizdatException.Duplicate` etc.; Swift: `SamizdatError.Duplicate`;
  * Python: `samizdat.SamizdatError.Duplicate`.
+ *
+ * Not `#[non_exhaustive]`, like [`samizdat::ErrorKind`]: the fifteen codes
+ * are the contract, and a new failure joins one of them.
  */
 public 
 enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
@@ -2419,197 +2812,247 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     
     
     /**
+     * The message was already decrypted and committed (a redelivery or a
+     * replay): drop it and acknowledge it.
+     */
+    case Duplicate(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * The message is malformed, forged or altered: drop it and acknowledge
+     * it.
+     */
+    case InvalidMessage(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * The message may be the peer's, but no state of the session can read
+     * it: its key was evicted, it is further ahead than the skip limit
+     * (the gap and the limit are in `message`), the sender went back to an
+     * older state, it names a prekey this device no longer has, or its
+     * header opens under no state. Heal: fetch the peer's bundle and start
+     * a new session with it.
+     */
+    case OutOfStep(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * There is no session with this peer (or this side cannot send on it
+     * yet): fetch its bundle and start one.
+     */
+    case NoSession(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
      * The peer's identity key changed (a reinstall, or an attacker). Nothing
-     * is sent to or accepted from it until the app calls
-     * [`Device::trust_identity`] with `identity`.
+     * is sent to or accepted from it until the user verified the new key
+     * and the app called [`crate::Device::trust_identity`] with
+     * [`Self::identity_key`].
      */
     case UntrustedIdentity(
         /**
-         * The new identity key (32 bytes).
-         */identity: Data
+         * What happened (the core error's text).
+         */message: String, 
+        /**
+         * The new identity key (32 bytes) in lowercase hex; the bytes are
+         * [`SamizdatError::identity_key`].
+         */identity: String
     )
     /**
-     * The message was already decrypted and committed: drop it (and ack it).
+     * A scanned safety number does not match: do not mark the peer as
+     * verified; ask the user to compare again.
      */
-    case Duplicate
-    /**
-     * The sender's device went back to an older state (a restored backup, a
-     * copied or forked app): this message reuses a counter it had already
-     * used, so it cannot be decrypted (nothing was encrypted twice under one
-     * key). Ack and drop it; the sender must send it again (session healing
-     * will ask for it). It is authentic: only the peer can make one.
-     */
-    case SenderRolledBack
-    /**
-     * The message is malformed, forged or altered: drop it. Opaque on
-     * purpose: which check failed is not for a forger to learn.
-     */
-    case InvalidMessage
-    /**
-     * The message is authentic but further ahead of its chain than the
-     * skip limit (more than `max` earlier messages are missing). Do not ack
-     * it: decrypt it again once the earlier messages have arrived.
-     */
-    case TooFarAhead(
+    case IdentityMismatch(
         /**
-         * How many earlier messages are missing on its chain.
-         */gap: UInt32, 
-        /**
-         * The limit.
-         */max: UInt32
-    )
-    /**
-     * The prekey bundle is malformed or its signatures do not verify.
-     */
-    case InvalidBundle
-    /**
-     * There is no session with this peer: start one from its bundle.
-     */
-    case NoSession
-    /**
-     * A prekey message names a prekey this device no longer has (consumed by
-     * another session, or rotated away): the sender must start again from a
-     * fresh bundle.
-     */
-    case UnknownPrekey
-    /**
-     * The session changed since this decryption was made: decrypt the
-     * message again (it was not consumed).
-     */
-    case StalePending
-    /**
-     * This pending message or batch was already committed.
-     */
-    case AlreadyCommitted
-    /**
-     * The plaintext is longer than the limit.
-     */
-    case MessageTooLarge(
-        /**
-         * Length of the plaintext.
-         */len: UInt64, 
-        /**
-         * The limit.
-         */max: UInt64
-    )
-    /**
-     * A scanned safety number does not match: do not mark the peer verified.
-     */
-    case SafetyNumberMismatch(
+         * What happened (the core error's text).
+         */message: String, 
         /**
          * Which identity differs.
          */side: MismatchedSide
     )
     /**
-     * The storage key does not open this store (nothing was changed).
+     * A prekey bundle is malformed or its signatures do not verify: fetch
+     * it again.
      */
-    case WrongStorageKey
-    /**
-     * The store stayed busy (another handle or process writing) longer than
-     * the wait, or changed under this call more often than it retried:
-     * nothing was written; call again.
-     */
-    case StoreBusy
-    /**
-     * This object was inherited through `fork()` (Python's `multiprocessing`
-     * on Linux forks by default): nothing was read or written. Open the
-     * store again in this process.
-     */
-    case ForkedProcess
-    /**
-     * A pending message or batch made by another device was given to this
-     * one's commit: nothing was written; commit it on the device that
-     * decrypted it.
-     */
-    case WrongDevice
-    /**
-     * The store holds no device: create one.
-     */
-    case NoDevice
-    /**
-     * The store already holds a device: open it.
-     */
-    case DeviceExists
-    /**
-     * The store failed (I/O, SQLite, a corrupt row, a newer schema).
-     */
-    case StoreError(
+    case InvalidBundle(
         /**
-         * What failed.
-         */reason: String
+         * What happened (the core error's text).
+         */message: String
     )
-    /**
-     * An argument is invalid (an empty user id, a storage key that is not
-     * 32 bytes, a malformed identity key, a group id that is not 1 to 64
-     * bytes, a limit exceeded).
-     */
-    case InvalidArgument(
-        /**
-         * What is wrong.
-         */reason: String
-    )
-    /**
-     * In a batch ([`Device::decrypt_batch`]): a group message, or a control
-     * message (a group's chain, or a request for one), which a batch leaves
-     * as it is. It was not consumed: decrypt and commit it alone with
-     * [`Device::decrypt`].
-     */
-    case NotInBatch
-    /**
-     * A group with this id already exists on this device.
-     */
-    case GroupExists
-    /**
-     * No group with this id exists on this device (never created, or
-     * deleted): its messages are refused.
-     */
-    case UnknownGroup
-    /**
-     * The group would have more than `max` member devices.
-     */
-    case TooManyMembers(
-        /**
-         * The limit.
-         */max: UInt64
-    )
-    /**
-     * This device was named as a member of its own group (it always is one).
-     */
-    case SelfAsMember
-    /**
-     * A group message came from a device that is not a member of the group
-     * on this device (never added, or removed): drop it.
-     */
-    case NotMember
     /**
      * A group message came on a chain of its sender that this device does
-     * not have (its distribution was lost, has not arrived yet, or this
-     * device was removed from the group). The message was not consumed:
-     * keep it and decrypt it again once the chain arrives.
+     * not have (its distribution was lost or has not arrived yet, it is
+     * too far ahead, or this device was removed from the group). The
+     * message was not consumed: keep it and decrypt it again once the
+     * chain arrives.
      *
-     * `request`, if any, is a one-to-one message asking the sender for the
-     * chain: send it to the sender as it is (making it advanced the session
-     * with the sender, already committed). The sender's commit of it returns
-     * the answer. It is absent when there is no session with the sender or
-     * this device already asked often enough.
+     * [`SamizdatError::request`], if any, is a one-to-one message asking
+     * the sender for the chain: send it to the sender as it is (making it
+     * advanced the session with the sender, already committed). The
+     * sender's commit of it returns the answer. It is absent when there is
+     * no session with the sender or this device already asked often enough.
      */
-    case MissingChain(
+    case MissingGroupKey(
+        /**
+         * What happened (the core error's text).
+         */message: String, 
         /**
          * The chain id of the message.
          */chainId: UInt32, 
         /**
-         * The request to send to the sender, if one may be sent.
-         */request: Data?
+         * The request in lowercase hex, if one may be sent; the bytes are
+         * [`SamizdatError::request`]. (Not named `request`: in Python the
+         * field would hide that method.)
+         */requestHex: String?
     )
     /**
-     * A failure this version of the bindings does not classify.
+     * A group message of a group this device is not in, or from a device
+     * that is not a member of it (never added, or removed), or a group call
+     * on an unknown group: drop the message.
      */
-    case Other(
+    case NotInGroup(
         /**
-         * The core error's text.
-         */reason: String
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * The session changed since this decryption was made, or a batch left
+     * this message to a call of its own (a group or control message).
+     * Nothing was consumed: decrypt the message again (alone, with
+     * [`crate::Device::decrypt`]).
+     */
+    case StalePending(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * The store stayed busy (another handle or process writing) longer than
+     * the wait, or changed under this call more often than it retried:
+     * nothing was written; call again later.
+     */
+    case StoreBusy(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * The storage key does not open this store (nothing was changed): open
+     * it again with the right key.
+     */
+    case WrongStorageKey(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * The store failed: I/O, a damaged file or row, a schema newer than
+     * this release, a store of another device, or a device inherited
+     * through `fork()` (Python's `multiprocessing` on Linux forks by
+     * default). Open the store again (in this process).
+     */
+    case StoreFailure(
+        /**
+         * What happened (the core error's text).
+         */message: String
+    )
+    /**
+     * A documented limit was reached (plaintext size, group size, prekey
+     * count, a chain's 2^32 messages): send less, or start a new session
+     * or chain.
+     */
+    case LimitExceeded(
+        /**
+         * What happened (the core error's text, with the limit).
+         */message: String
+    )
+    /**
+     * The call is wrong: an invalid argument (an empty user id, a storage
+     * key that is not 32 bytes, a malformed identity key, a group id that
+     * is not 1 to 64 bytes, this device named as a member of its own
+     * group, a group that already exists), a store with no device (or one
+     * already), a pending value given to another device or committed twice.
+     */
+    case InvalidArgument(
+        /**
+         * What happened (the core error's text).
+         */message: String
     )
 
+    
+    /**
+     * The stable error code in `snake_case` (`"out_of_step"`), as every
+     * binding spells it.
+     */
+public func code() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_samizdaterror_code(
+            FfiConverterTypeSamizdatError_lower(self),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The peer's new identity key (32 bytes) of an
+     * [`SamizdatError::UntrustedIdentity`], to give to
+     * [`crate::Device::trust_identity`] once the user verified it; `None`
+     * for every other variant.
+     */
+public func identityKey() -> Data?  {
+    return try!  FfiConverterOptionData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_samizdaterror_identity_key(
+            FfiConverterTypeSamizdatError_lower(self),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The stable error code.
+     */
+public func kind() -> ErrorKind  {
+    return try!  FfiConverterTypeErrorKind_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_samizdaterror_kind(
+            FfiConverterTypeSamizdatError_lower(self),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * What the app does about it.
+     */
+public func recovery() -> Recovery  {
+    return try!  FfiConverterTypeRecovery_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_samizdaterror_recovery(
+            FfiConverterTypeSamizdatError_lower(self),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The request of a [`SamizdatError::MissingGroupKey`], to send to the
+     * message's sender as it is; `None` when no request may be sent, and
+     * for every other variant.
+     */
+public func request() -> Data?  {
+    return try!  FfiConverterOptionData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_samizdaterror_request(
+            FfiConverterTypeSamizdatError_lower(self),uniffiCallStatus
+    )
+})
+}
     
 
     
@@ -2638,54 +3081,54 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
         
 
         
-        case 1: return .UntrustedIdentity(
-            identity: try FfiConverterData.read(from: &buf)
+        case 1: return .Duplicate(
+            message: try FfiConverterString.read(from: &buf)
             )
-        case 2: return .Duplicate
-        case 3: return .SenderRolledBack
-        case 4: return .InvalidMessage
-        case 5: return .TooFarAhead(
-            gap: try FfiConverterUInt32.read(from: &buf), 
-            max: try FfiConverterUInt32.read(from: &buf)
+        case 2: return .InvalidMessage(
+            message: try FfiConverterString.read(from: &buf)
             )
-        case 6: return .InvalidBundle
-        case 7: return .NoSession
-        case 8: return .UnknownPrekey
-        case 9: return .StalePending
-        case 10: return .AlreadyCommitted
-        case 11: return .MessageTooLarge(
-            len: try FfiConverterUInt64.read(from: &buf), 
-            max: try FfiConverterUInt64.read(from: &buf)
+        case 3: return .OutOfStep(
+            message: try FfiConverterString.read(from: &buf)
             )
-        case 12: return .SafetyNumberMismatch(
+        case 4: return .NoSession(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 5: return .UntrustedIdentity(
+            message: try FfiConverterString.read(from: &buf), 
+            identity: try FfiConverterString.read(from: &buf)
+            )
+        case 6: return .IdentityMismatch(
+            message: try FfiConverterString.read(from: &buf), 
             side: try FfiConverterTypeMismatchedSide.read(from: &buf)
             )
-        case 13: return .WrongStorageKey
-        case 14: return .StoreBusy
-        case 15: return .ForkedProcess
-        case 16: return .WrongDevice
-        case 17: return .NoDevice
-        case 18: return .DeviceExists
-        case 19: return .StoreError(
-            reason: try FfiConverterString.read(from: &buf)
+        case 7: return .InvalidBundle(
+            message: try FfiConverterString.read(from: &buf)
             )
-        case 20: return .InvalidArgument(
-            reason: try FfiConverterString.read(from: &buf)
-            )
-        case 21: return .NotInBatch
-        case 22: return .GroupExists
-        case 23: return .UnknownGroup
-        case 24: return .TooManyMembers(
-            max: try FfiConverterUInt64.read(from: &buf)
-            )
-        case 25: return .SelfAsMember
-        case 26: return .NotMember
-        case 27: return .MissingChain(
+        case 8: return .MissingGroupKey(
+            message: try FfiConverterString.read(from: &buf), 
             chainId: try FfiConverterUInt32.read(from: &buf), 
-            request: try FfiConverterOptionData.read(from: &buf)
+            requestHex: try FfiConverterOptionString.read(from: &buf)
             )
-        case 28: return .Other(
-            reason: try FfiConverterString.read(from: &buf)
+        case 9: return .NotInGroup(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 10: return .StalePending(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 11: return .StoreBusy(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 12: return .WrongStorageKey(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 13: return .StoreFailure(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 14: return .LimitExceeded(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 15: return .InvalidArgument(
+            message: try FfiConverterString.read(from: &buf)
             )
 
          default: throw UniffiInternalError.unexpectedEnumCase
@@ -2699,128 +3142,83 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
 
         
         
-        case let .UntrustedIdentity(identity):
+        case let .Duplicate(message):
             writeInt(&buf, Int32(1))
-            FfiConverterData.write(identity, into: &buf)
+            FfiConverterString.write(message, into: &buf)
             
         
-        case .Duplicate:
+        case let .InvalidMessage(message):
             writeInt(&buf, Int32(2))
+            FfiConverterString.write(message, into: &buf)
+            
         
-        
-        case .SenderRolledBack:
+        case let .OutOfStep(message):
             writeInt(&buf, Int32(3))
+            FfiConverterString.write(message, into: &buf)
+            
         
-        
-        case .InvalidMessage:
+        case let .NoSession(message):
             writeInt(&buf, Int32(4))
+            FfiConverterString.write(message, into: &buf)
+            
         
-        
-        case let .TooFarAhead(gap,max):
+        case let .UntrustedIdentity(message,identity):
             writeInt(&buf, Int32(5))
-            FfiConverterUInt32.write(gap, into: &buf)
-            FfiConverterUInt32.write(max, into: &buf)
+            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(identity, into: &buf)
             
         
-        case .InvalidBundle:
+        case let .IdentityMismatch(message,side):
             writeInt(&buf, Int32(6))
-        
-        
-        case .NoSession:
-            writeInt(&buf, Int32(7))
-        
-        
-        case .UnknownPrekey:
-            writeInt(&buf, Int32(8))
-        
-        
-        case .StalePending:
-            writeInt(&buf, Int32(9))
-        
-        
-        case .AlreadyCommitted:
-            writeInt(&buf, Int32(10))
-        
-        
-        case let .MessageTooLarge(len,max):
-            writeInt(&buf, Int32(11))
-            FfiConverterUInt64.write(len, into: &buf)
-            FfiConverterUInt64.write(max, into: &buf)
-            
-        
-        case let .SafetyNumberMismatch(side):
-            writeInt(&buf, Int32(12))
+            FfiConverterString.write(message, into: &buf)
             FfiConverterTypeMismatchedSide.write(side, into: &buf)
             
         
-        case .WrongStorageKey:
-            writeInt(&buf, Int32(13))
-        
-        
-        case .StoreBusy:
-            writeInt(&buf, Int32(14))
-        
-        
-        case .ForkedProcess:
-            writeInt(&buf, Int32(15))
-        
-        
-        case .WrongDevice:
-            writeInt(&buf, Int32(16))
-        
-        
-        case .NoDevice:
-            writeInt(&buf, Int32(17))
-        
-        
-        case .DeviceExists:
-            writeInt(&buf, Int32(18))
-        
-        
-        case let .StoreError(reason):
-            writeInt(&buf, Int32(19))
-            FfiConverterString.write(reason, into: &buf)
+        case let .InvalidBundle(message):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(message, into: &buf)
             
         
-        case let .InvalidArgument(reason):
-            writeInt(&buf, Int32(20))
-            FfiConverterString.write(reason, into: &buf)
-            
-        
-        case .NotInBatch:
-            writeInt(&buf, Int32(21))
-        
-        
-        case .GroupExists:
-            writeInt(&buf, Int32(22))
-        
-        
-        case .UnknownGroup:
-            writeInt(&buf, Int32(23))
-        
-        
-        case let .TooManyMembers(max):
-            writeInt(&buf, Int32(24))
-            FfiConverterUInt64.write(max, into: &buf)
-            
-        
-        case .SelfAsMember:
-            writeInt(&buf, Int32(25))
-        
-        
-        case .NotMember:
-            writeInt(&buf, Int32(26))
-        
-        
-        case let .MissingChain(chainId,request):
-            writeInt(&buf, Int32(27))
+        case let .MissingGroupKey(message,chainId,requestHex):
+            writeInt(&buf, Int32(8))
+            FfiConverterString.write(message, into: &buf)
             FfiConverterUInt32.write(chainId, into: &buf)
-            FfiConverterOptionData.write(request, into: &buf)
+            FfiConverterOptionString.write(requestHex, into: &buf)
             
         
-        case let .Other(reason):
-            writeInt(&buf, Int32(28))
-            FfiConverterString.write(reason, into: &buf)
+        case let .NotInGroup(message):
+            writeInt(&buf, Int32(9))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .StalePending(message):
+            writeInt(&buf, Int32(10))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .StoreBusy(message):
+            writeInt(&buf, Int32(11))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .WrongStorageKey(message):
+            writeInt(&buf, Int32(12))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .StoreFailure(message):
+            writeInt(&buf, Int32(13))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .LimitExceeded(message):
+            writeInt(&buf, Int32(14))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .InvalidArgument(message):
+            writeInt(&buf, Int32(15))
+            FfiConverterString.write(message, into: &buf)
             
         }
     }
@@ -2919,6 +3317,30 @@ public func FfiConverterTypeScrubResult_lower(_ value: ScrubResult) -> RustBuffe
     return FfiConverterTypeScrubResult.lower(value)
 }
 
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
+    typealias SwiftType = String?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterString.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -3135,73 +3557,73 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_address() != 1504) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 52438) {
+    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 30109) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_commit_batch() != 52880) {
+    if (uniffi_samizdat_ffi_checksum_method_device_commit_batch() != 47300) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_decrypt() != 47068) {
+    if (uniffi_samizdat_ffi_checksum_method_device_decrypt() != 28877) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_decrypt_batch() != 61620) {
+    if (uniffi_samizdat_ffi_checksum_method_device_decrypt_batch() != 37650) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_encrypt() != 18700) {
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt() != 50366) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_has_session() != 47350) {
+    if (uniffi_samizdat_ffi_checksum_method_device_has_session() != 8275) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_identity_key() != 62149) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_peer_identity() != 836) {
+    if (uniffi_samizdat_ffi_checksum_method_device_peer_identity() != 63453) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundle() != 39062) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundle() != 13038) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 62494) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 61120) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 5049) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 50743) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 15147) {
+    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 49128) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 12704) {
+    if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 36171) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 32228) {
+    if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 58514) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_scrub() != 61568) {
+    if (uniffi_samizdat_ffi_checksum_method_device_scrub() != 23373) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_start_session() != 12585) {
+    if (uniffi_samizdat_ffi_checksum_method_device_start_session() != 3383) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_trust_identity() != 26460) {
+    if (uniffi_samizdat_ffi_checksum_method_device_trust_identity() != 34853) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 44439) {
+    if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 51227) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_create_group() != 1790) {
+    if (uniffi_samizdat_ffi_checksum_method_device_create_group() != 60972) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_delete_group() != 57192) {
+    if (uniffi_samizdat_ffi_checksum_method_device_delete_group() != 62845) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_group_encrypt() != 14708) {
+    if (uniffi_samizdat_ffi_checksum_method_device_group_encrypt() != 57740) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_group_members() != 62235) {
+    if (uniffi_samizdat_ffi_checksum_method_device_group_members() != 30559) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 64944) {
+    if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 62831) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingbatch_results() != 47822) {
@@ -3222,7 +3644,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender_identity() != 14867) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 61105) {
+    if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 25516) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_digits() != 24210) {
@@ -3234,13 +3656,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_scannable() != 15002) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 48878) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 20426) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_open() != 17981) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_open() != 33876) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 22466) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 39123) {
         return InitializationResult.apiChecksumMismatch
     }
 

@@ -135,15 +135,19 @@ class GroupTest {
             assertEquals(listOf(world.address(1)), after.distributions.map { it.to }, "a new chain, for member 1 only")
             assertEquals(Received(MessageKind.GROUP, "after"), world.receive(0, 1, after.message))
             // The removed device lacks the new chain; its request goes unanswered.
-            val missing = assertThrows(SamizdatException.MissingChain::class.java) {
+            val missing = assertThrows(SamizdatException.MissingGroupKey::class.java) {
                 world[2].decrypt(world.address(0), after.message)
             }
-            val request = checkNotNull(missing.request) { "member 2 still has a session with member 0: it asks" }
+            assertEquals(Recovery.RETRY_LATER, missing.recovery())
+            val request = checkNotNull(missing.request()) { "member 2 still has a session with member 0: it asks" }
             assertEquals(Received(MessageKind.CONTROL, ""), world.receive(2, 0, request))
-            assertThrows(SamizdatException.MissingChain::class.java) { world[2].decrypt(world.address(0), after.message) }
+            assertThrows(SamizdatException.MissingGroupKey::class.java) { world[2].decrypt(world.address(0), after.message) }
             // Its own messages are refused by the remaining members.
             val fromRemoved = world[2].groupEncrypt(GROUP, "still here?".encodeToByteArray())
-            assertThrows(SamizdatException.NotMember::class.java) { world[0].decrypt(world.address(2), fromRemoved.message) }
+            val notMember = assertThrows(SamizdatException.NotInGroup::class.java) {
+                world[0].decrypt(world.address(2), fromRemoved.message)
+            }
+            assertEquals("the sender is not a member of the group", notMember.reason)
             // The remaining members go on.
             val reply = world.send(1, GROUP, "reply")
             assertEquals(listOf(world.address(0)), reply.distributions.map { it.to })
@@ -159,16 +163,17 @@ class GroupTest {
             // The distribution to member 1 is lost; member 2 gets its own.
             first.distributions.filter { it.to == world.address(2) }.forEach { world.receive(0, 2, it.message) }
             val second = world.send(0, GROUP, "second")
-            val missing = assertThrows(SamizdatException.MissingChain::class.java) {
+            val missing = assertThrows(SamizdatException.MissingGroupKey::class.java) {
                 world[1].decrypt(world.address(0), second.message)
             }
             // The same chain for the first message (asking once more is allowed, and bounded).
-            val again = assertThrows(SamizdatException.MissingChain::class.java) {
+            val again = assertThrows(SamizdatException.MissingGroupKey::class.java) {
                 world[1].decrypt(world.address(0), first.message)
             }
             assertEquals(missing.chainId, again.chainId)
             // The sender's commit of the request returns the answer, for member 1.
-            val (kind, text, answered) = world.receive(1, 0, checkNotNull(missing.request))
+            assertEquals(missing.request()!!.joinToString("") { "%02x".format(it) }, missing.requestHex)
+            val (kind, text, answered) = world.receive(1, 0, checkNotNull(missing.request()))
             assertEquals(MessageKind.CONTROL to "", kind to text)
             val answer = checkNotNull(answered) { "member 1 is a member: its request is answered" }
             assertEquals(world.address(1), answer.to)
@@ -197,7 +202,7 @@ class GroupTest {
                 assertThrows(SamizdatException.InvalidMessage::class.java) { world[1].decrypt(world.address(0), forged) }
             }
             // Attributed to another member: not a chain of that member's.
-            assertThrows(SamizdatException.MissingChain::class.java) { world[1].decrypt(world.address(2), sent.message) }
+            assertThrows(SamizdatException.MissingGroupKey::class.java) { world[1].decrypt(world.address(2), sent.message) }
             // Nothing changed: the genuine message decrypts, once.
             assertEquals(Received(MessageKind.GROUP, "genuine"), world.receive(0, 1, sent.message))
             assertThrows(SamizdatException.Duplicate::class.java) { world[1].decrypt(world.address(0), sent.message) }
@@ -210,27 +215,34 @@ class GroupTest {
             world.create(GROUP, listOf(0, 1))
             val m0 = world[0]
             val sent = world.send(0, GROUP, "hi")
-            assertThrows(SamizdatException.UnknownGroup::class.java) { world[2].decrypt(world.address(0), sent.message) }
+            // Unknown group, then a sender that is not a member: both not in the group, told apart by the text.
+            val unknown = assertThrows(SamizdatException.NotInGroup::class.java) { world[2].decrypt(world.address(0), sent.message) }
+            assertEquals("unknown group", unknown.reason)
             world[2].createGroup(GROUP, listOf(world.address(1)))
-            assertThrows(SamizdatException.NotMember::class.java) { world[2].decrypt(world.address(0), sent.message) }
-            assertThrows(SamizdatException.SelfAsMember::class.java) { m0.createGroup("g9".encodeToByteArray(), listOf(m0.address())) }
-            assertThrows(SamizdatException.GroupExists::class.java) { m0.createGroup(GROUP, listOf(world.address(1))) }
+            val notMember = assertThrows(SamizdatException.NotInGroup::class.java) { world[2].decrypt(world.address(0), sent.message) }
+            assertEquals("the sender is not a member of the group", notMember.reason)
+            val self = assertThrows(SamizdatException.InvalidArgument::class.java) {
+                m0.createGroup("g9".encodeToByteArray(), listOf(m0.address()))
+            }
+            assertEquals("this device cannot be its own group member", self.reason)
+            val exists = assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup(GROUP, listOf(world.address(1))) }
+            assertEquals("the group already exists", exists.reason)
             assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup(ByteArray(65), emptyList()) }
             assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup("g9".encodeToByteArray(), listOf(Address("", 1u))) }
-            val tooMany = assertThrows(SamizdatException.TooManyMembers::class.java) {
+            val tooMany = assertThrows(SamizdatException.LimitExceeded::class.java) {
                 m0.createGroup("big".encodeToByteArray(), (0..5000).map { Address("u$it", 1u) })
             }
-            assertEquals(5000uL, tooMany.max)
-            assertThrows(SamizdatException.UnknownGroup::class.java) { m0.groupEncrypt("nope".encodeToByteArray(), ByteArray(1)) }
-            assertThrows(SamizdatException.MessageTooLarge::class.java) { m0.groupEncrypt(GROUP, ByteArray(300 * 1024)) }
+            assertEquals("a group holds at most 5000 member devices", tooMany.reason)
+            assertThrows(SamizdatException.NotInGroup::class.java) { m0.groupEncrypt("nope".encodeToByteArray(), ByteArray(1)) }
+            assertThrows(SamizdatException.LimitExceeded::class.java) { m0.groupEncrypt(GROUP, ByteArray(300 * 1024)) }
             // A member without a session is reported; it gets the chain once there is one.
             val stranger = Address("stranger", 1u)
             m0.addGroupMembers(GROUP, listOf(stranger))
             assertEquals(listOf(stranger), world.send(0, GROUP, "x").withoutSession)
             // Leaving: the group is gone from this device.
             m0.deleteGroup(GROUP)
-            assertThrows(SamizdatException.UnknownGroup::class.java) { m0.groupMembers(GROUP) }
-            assertThrows(SamizdatException.UnknownGroup::class.java) { m0.deleteGroup(GROUP) }
+            assertThrows(SamizdatException.NotInGroup::class.java) { m0.groupMembers(GROUP) }
+            assertThrows(SamizdatException.NotInGroup::class.java) { m0.deleteGroup(GROUP) }
         }
     }
 
@@ -244,7 +256,9 @@ class GroupTest {
             val batch = listOf(IncomingMessage(sender, sent.distributions[0].message), IncomingMessage(sender, direct))
             world[1].decryptBatch(batch).use { pending ->
                 val results = pending.results()
-                assertTrue(results[0].error is SamizdatException.NotInBatch)
+                // Left for decrypt: not consumed, decrypt it again (alone).
+                assertTrue(results[0].error is SamizdatException.StalePending)
+                assertEquals(Recovery.DECRYPT_AGAIN, results[0].error!!.recovery())
                 assertEquals("direct", results[1].plaintext?.decodeToString())
                 world[1].commitBatch(pending)
             }

@@ -118,6 +118,12 @@ class VectorTest {
                                 }
                                 counts["unauthenticated"] = counts.getValue("unauthenticated") + 1
                             }
+                            "no_matching_state" -> {
+                                assertThrows(VectorRatchetException.NoMatchingState::class.java) {
+                                    party.decrypt(wire, event.bytes("random"))
+                                }
+                                counts["no_matching_state"] = counts.getValue("no_matching_state") + 1
+                            }
                             else -> error("$where: unknown error ${error.getString("error")}")
                         }
                         // A rejected message changes nothing.
