@@ -140,6 +140,13 @@ pub const MAX_GROUP_SKIPPED_KEYS: usize = 2_000;
 /// ([`DecryptError::Rollback`](crate::DecryptError::Rollback)).
 pub const MAX_GROUP_USED_ITERATIONS: usize = 128;
 
+/// The most iterations whose skipped keys were evicted unused (past
+/// [`MAX_GROUP_SKIPPED_KEYS`]) a device remembers per sender of a group,
+/// oldest forgotten first: a message on one of them is
+/// [`DecryptError::KeyEvicted`](crate::DecryptError::KeyEvicted) (it never
+/// arrived), not a duplicate (PROTOCOL.md 18.5).
+pub const MAX_GROUP_EVICTED_ITERATIONS: usize = 2_000;
+
 /// How far behind its current iteration a sender keeps a copy of its chain
 /// key, to answer a member that lost the chain's distribution or fell too
 /// far behind on it (PROTOCOL.md 18.7): the member gets the chain from the

@@ -1443,13 +1443,19 @@ fn decrypt_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
     s.decrypt("A 2000: 2,000 keys kept", &a.message(rng, MAX_SKIP)?, &alice, "ok");
     s.receive("chain B at iteration 0", &b.distribution(0)?);
     s.decrypt("B 5: 5 keys more, the 5 oldest of A dropped", &b.message(rng, 5)?, &alice, "ok");
-    s.decrypt("A 4: its key was dropped", &a.message(rng, 4)?, &alice, "duplicate");
+    s.decrypt(
+        "A 4: its key was dropped unused (never delivered: not a duplicate)",
+        &a.message(rng, 4)?,
+        &alice,
+        "key_evicted",
+    );
     s.decrypt("A 5", &a.message(rng, 5)?, &alice, "ok");
     s.decrypt("B 0", &b.message(rng, 0)?, &alice, "ok");
     cases.push(s.case(
         "decrypt_skipped_key_eviction",
         "18.5, 11: at most MAX_GROUP_SKIPPED_KEYS = 2,000 skipped keys per sender over all its chains; past it the \
-         oldest chain's lowest iterations go first.",
+         oldest chain's lowest iterations go first, and are remembered as evicted (at most \
+         MAX_GROUP_EVICTED_ITERATIONS = 2,000 per sender): a message on one is KeyEvicted.",
     )?);
     Ok(cases)
 }

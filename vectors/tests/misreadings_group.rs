@@ -53,12 +53,15 @@ struct Rules {
     floor_not_applied_on_take_in: bool,
     /// A distribution however far below the floor stepped up to it.
     no_step_limit_below_floor: bool,
+    /// An iteration whose key was evicted unused reported as a duplicate.
+    evicted_as_duplicate: bool,
 }
 
 const MAX_SKIP: u32 = 2000;
 const MAX_SENDER_CHAINS: usize = 3;
 const MAX_SKIPPED: usize = 2000;
 const MAX_USED: usize = 128;
+const MAX_EVICTED: usize = 2000;
 
 struct Chain {
     chain_id: u32,
@@ -67,6 +70,8 @@ struct Chain {
     chain_key: [u8; 32],
     skipped: Vec<(u32, [u8; 32])>,
     used: Vec<(u32, [u8; 24])>,
+    /// Iterations whose skipped keys were evicted unused.
+    evicted: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -172,6 +177,7 @@ impl Receiver {
             chain_key: d.chain_key.as_slice().try_into().unwrap(),
             skipped: Vec::new(),
             used: Vec::new(),
+            evicted: Vec::new(),
         };
         if let Some(f) = self.floors.iter().position(|(id, _)| *id == d.chain_id) {
             let floor = self.floors[f].1;
@@ -204,7 +210,14 @@ impl Receiver {
         };
         for i in order {
             let drop = excess.min(self.chains[i].skipped.len());
-            self.chains[i].skipped.drain(..drop);
+            let gone: Vec<u32> = self.chains[i].skipped.drain(..drop).map(|(iteration, _)| iteration).collect();
+            self.chains[i].evicted.extend(gone);
+            excess -= drop;
+        }
+        let mut excess = self.chains.iter().map(|c| c.evicted.len()).sum::<usize>().saturating_sub(MAX_EVICTED);
+        for chain in &mut self.chains {
+            let drop = excess.min(chain.evicted.len());
+            chain.evicted.drain(..drop);
             excess -= drop;
         }
         let mut excess = self.chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_USED);
@@ -227,6 +240,9 @@ impl Receiver {
             let same = |used: &[u8; 24]| if self.rules.whole_salt { used == salt } else { used[..8] == salt[..8] };
             return Err(match chain.used.iter().find(|(i, _)| *i == iteration) {
                 Some((_, used)) if !same(used) => decrypt_error(json!({"error": "rollback", "counter": iteration})),
+                None if chain.evicted.contains(&iteration) && !self.rules.evicted_as_duplicate => {
+                    decrypt_error(json!({"error": "key_evicted", "counter": iteration}))
+                }
                 _ => decrypt_error(json!({"error": "duplicate", "counter": iteration})),
             });
         }
@@ -433,6 +449,14 @@ fn a_replayed_distribution_taking_the_chain_back_is_caught() {
     caught(
         Rules { replayed_distribution_resets: true, ..Rules::default() },
         &["decrypt_missing_chain_and_distributions: A 0 again"],
+    );
+}
+
+#[test]
+fn an_evicted_key_reported_as_a_duplicate_is_caught() {
+    caught(
+        Rules { evicted_as_duplicate: true, ..Rules::default() },
+        &["decrypt_skipped_key_eviction: A 4: its key was dropped unused (never delivered: not a duplicate)"],
     );
 }
 

@@ -14,10 +14,11 @@ use crate::{
     address::Address,
     keys::{IdentityKey, Secret32},
     limits::{
-        MAX_CHAIN_FLOORS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER, MAX_GROUP_SKIPPED_KEYS,
-        MAX_GROUP_USED_ITERATIONS, MAX_KEPT_CONTROL_MESSAGE_LEN, MAX_REQUESTED_CHAINS, MAX_SENDER_CHAINS, MAX_SKIP,
+        MAX_CHAIN_FLOORS, MAX_GROUP_EVICTED_ITERATIONS, MAX_GROUP_KEY_REQUESTS, MAX_GROUP_REQUESTS_PER_SENDER,
+        MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_KEPT_CONTROL_MESSAGE_LEN, MAX_REQUESTED_CHAINS,
+        MAX_SENDER_CHAINS, MAX_SKIP,
     },
-    ratchet::chain::ChainKey,
+    ratchet::{chain::ChainKey, ranges_len, skipped_ranges, to_ranges},
 };
 
 /// Bytes of a message's salt kept per decrypted iteration.
@@ -46,6 +47,8 @@ struct Chain {
     skipped: VecDeque<(u32, Secret32)>,
     /// Decrypted iterations with their messages' salt tags, oldest first.
     used: VecDeque<(u32, SaltTag)>,
+    /// Iterations whose skipped keys were evicted unused, increasing.
+    evicted: VecDeque<u32>,
 }
 
 /// What is kept of a chain given up (evicted by newer chains, or its sender
@@ -187,8 +190,12 @@ impl SenderChains {
         let (seed, kind) = if iteration < chain.chain.index() {
             let Some(position) = chain.skipped.iter().position(|(i, _)| *i == iteration) else {
                 // Signed by the sender: a replay, or its state went back.
+                // Its key evicted unused: it never arrived before.
                 return Err(match chain.used.iter().find(|(i, _)| *i == iteration) {
                     Some((_, used)) if *used != tag => DecryptError::Rollback { counter: iteration },
+                    None if chain.evicted.binary_search(&iteration).is_ok() => {
+                        DecryptError::KeyEvicted { counter: iteration }
+                    }
                     _ => DecryptError::Duplicate { counter: iteration },
                 }
                 .into());
@@ -239,12 +246,31 @@ impl SenderChains {
         self.evict();
     }
 
-    /// The oldest skipped keys and used iterations go first past the limits.
+    /// The oldest skipped keys (their iterations remembered as evicted),
+    /// used iterations and evicted iterations go first past the limits.
     fn evict(&mut self) {
         let mut excess = self.skipped_count().saturating_sub(MAX_GROUP_SKIPPED_KEYS);
         for chain in &mut self.chains {
             let drop = excess.min(chain.skipped.len());
-            chain.skipped.drain(..drop);
+            for (iteration, _) in chain.skipped.drain(..drop) {
+                // Lowest first, and later skipped keys are higher: appending
+                // keeps the list increasing.
+                match chain.evicted.back() {
+                    Some(last) if *last >= iteration => {
+                        if let Err(at) = chain.evicted.binary_search(&iteration) {
+                            chain.evicted.insert(at, iteration);
+                        }
+                    }
+                    _ => chain.evicted.push_back(iteration),
+                }
+            }
+            excess = excess.saturating_sub(drop);
+        }
+        let mut excess =
+            self.chains.iter().map(|c| c.evicted.len()).sum::<usize>().saturating_sub(MAX_GROUP_EVICTED_ITERATIONS);
+        for chain in &mut self.chains {
+            let drop = excess.min(chain.evicted.len());
+            chain.evicted.drain(..drop);
             excess = excess.saturating_sub(drop);
         }
         let mut excess =
@@ -275,6 +301,7 @@ impl SenderChains {
             chain: ChainKey::new(distribution.chain_key.clone(), distribution.iteration),
             skipped: VecDeque::new(),
             used: VecDeque::new(),
+            evicted: VecDeque::new(),
         };
         // The sender answered or gave its current chain: what was asked of
         // it before is settled (a chain asked for and rotated away never
@@ -468,6 +495,7 @@ impl SenderChains {
                     })
                     .collect(),
                 used: c.used.iter().flat_map(|(i, tag)| i.to_be_bytes().into_iter().chain(*tag)).collect(),
+                evicted: to_ranges(c.evicted.iter().copied()),
             })
             .collect();
         let requested = self
@@ -534,6 +562,7 @@ impl SenderChains {
             requests,
             answer: answer.map(|a| Answered { chain_id: a.chain_id, message: a.message.clone() }),
         };
+        let mut total_evicted = 0usize;
         for c in chains {
             if out.chains.iter().any(|kept| kept.chain_id == c.chain_id) {
                 return Err(DecodeError::InvalidValue("sender.chain_id"));
@@ -559,7 +588,23 @@ impl SenderChains {
                     let (iteration, tag) = entry.split_first_chunk::<4>()?;
                     Some((u32::from_be_bytes(*iteration), tag.first_chunk::<SALT_TAG_LEN>().copied()?))
                 })
-                .collect();
+                .collect::<VecDeque<_>>();
+            // Evicted iterations: within the limit (counted before any is
+            // expanded), derived, neither skipped nor used.
+            total_evicted = total_evicted.saturating_add(ranges_len(&c.evicted, "sender.evicted")?);
+            if total_evicted > MAX_GROUP_EVICTED_ITERATIONS {
+                return Err(DecodeError::InvalidValue("sender.limits"));
+            }
+            let mut evicted = VecDeque::new();
+            for iteration in skipped_ranges(&c.evicted, "sender.evicted")? {
+                if iteration >= c.iteration
+                    || skipped.binary_search_by_key(&iteration, |(i, _)| *i).is_ok()
+                    || used.iter().any(|(i, _)| *i == iteration)
+                {
+                    return Err(DecodeError::InvalidValue("sender.evicted"));
+                }
+                evicted.push_back(iteration);
+            }
             out.chains.push_back(Chain {
                 chain_id: c.chain_id,
                 signing_key: IdentityKey::from_stored_slice(&c.signing_key, "sender.signing_key")?,
@@ -568,6 +613,7 @@ impl SenderChains {
                 chain: ChainKey::new(Secret32::from_slice(&c.chain_key, "sender.chain_key")?, c.iteration),
                 skipped,
                 used,
+                evicted,
             });
         }
         if out.skipped_count() > MAX_GROUP_SKIPPED_KEYS

@@ -5,9 +5,12 @@ use rand_core::SeedableRng;
 
 use super::*;
 use crate::{
-    DecryptError,
+    DecodeError, DecryptError,
     address::Address,
-    limits::{GROUP_RECOVERY_WINDOW, MAX_CHAIN_FLOORS, MAX_GROUP_SKIPPED_KEYS, MAX_SENDER_CHAINS, MAX_SKIP},
+    limits::{
+        GROUP_RECOVERY_WINDOW, MAX_CHAIN_FLOORS, MAX_GROUP_EVICTED_ITERATIONS, MAX_GROUP_SKIPPED_KEYS,
+        MAX_SENDER_CHAINS, MAX_SKIP,
+    },
 };
 
 fn rng(seed: u8) -> ChaCha20Rng {
@@ -168,9 +171,54 @@ fn skipped_keys_are_evicted_oldest_first() {
     let last = messages.last().unwrap();
     decrypt(&mut chains, last).unwrap();
     assert_eq!(chains.skipped_count(), MAX_GROUP_SKIPPED_KEYS);
-    // The oldest skipped keys went: a message on one of them is a duplicate.
-    assert!(matches!(failed(decrypt(&mut chains, &messages[0])), DecryptError::Duplicate { .. }));
+    // The oldest skipped keys went: a message on one of them never arrived,
+    // and is reported so (not as a duplicate), across a store round trip too.
+    assert_eq!(failed(decrypt(&mut chains, &messages[0])), DecryptError::KeyEvicted { counter: 0 });
+    let (records, requested) = chains.to_records();
+    let mut reloaded = SenderChains::from_records(&records, &requested, 0, &[], None).unwrap();
+    // 2,008 keys were skipped: the 8 oldest went.
+    assert_eq!(failed(decrypt(&mut reloaded, &messages[7])), DecryptError::KeyEvicted { counter: 7 });
+    assert!(decrypt(&mut reloaded, &messages[8]).is_ok());
     assert!(decrypt(&mut chains, &messages[messages.len() - 2]).is_ok());
+    // A message read before is a duplicate.
+    assert!(matches!(failed(decrypt(&mut chains, last)), DecryptError::Duplicate { .. }));
+}
+
+/// The evicted iterations of a stored chain are checked when loaded: within
+/// the limit (before any is expanded), below the chain's iteration, neither
+/// skipped nor used.
+#[test]
+fn stored_evicted_iterations_are_checked() {
+    let (mut rng, mut chain, mut chains) = setup();
+    let messages: Vec<_> = (0..5).map(|_| chain.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap()).collect();
+    // Iteration 1 decrypted and 0 skipped: the chain is at 2.
+    decrypt(&mut chains, &messages[1]).unwrap();
+    let (records, requested) = chains.to_records();
+    let load = |evicted: Vec<u32>, iteration: Option<u32>| {
+        let mut records = records.clone();
+        records[0].evicted = evicted;
+        if let Some(iteration) = iteration {
+            records[0].iteration = iteration;
+        }
+        SenderChains::from_records(&records, &requested, 0, &[], None).map(|_| ())
+    };
+    assert_eq!(load(vec![], None), Ok(()));
+    assert_eq!(load(vec![5, 3], Some(10)), Ok(()));
+    let max = u32::try_from(MAX_GROUP_EVICTED_ITERATIONS).unwrap();
+    assert_eq!(load(vec![5, max], Some(max + 5)), Ok(()));
+    assert_eq!(load(vec![5, max + 1], Some(max + 6)), Err(DecodeError::InvalidValue("sender.limits")));
+    // Billions of iterations are refused without being expanded.
+    assert_eq!(load(vec![0, u32::MAX - 1], Some(u32::MAX)), Err(DecodeError::InvalidValue("sender.limits")));
+    for (evicted, iteration) in [
+        (vec![2, 1], None),
+        (vec![0, 1], None),
+        (vec![1, 1], None),
+        (vec![9, 2], Some(10)),
+        (vec![1], Some(10)),
+        (vec![5, 0], Some(10)),
+    ] {
+        assert_eq!(load(evicted.clone(), iteration), Err(DecodeError::InvalidValue("sender.evicted")), "{evicted:?}");
+    }
 }
 
 #[test]

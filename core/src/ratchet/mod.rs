@@ -899,7 +899,7 @@ pub(crate) fn to_ranges(counters: impl IntoIterator<Item = u32>) -> Vec<u32> {
 }
 
 /// How many counters `ranges` (of [`to_ranges`]) holds, checking its form.
-fn ranges_len(ranges: &[u32], field: &'static str) -> Result<usize, DecodeError> {
+pub(crate) fn ranges_len(ranges: &[u32], field: &'static str) -> Result<usize, DecodeError> {
     let invalid = || DecodeError::InvalidValue(field);
     if !ranges.len().is_multiple_of(2) {
         return Err(invalid());
@@ -918,7 +918,10 @@ fn ranges_len(ranges: &[u32], field: &'static str) -> Result<usize, DecodeError>
 }
 
 /// The counters of `ranges`, already checked by [`ranges_len`].
-fn skipped_ranges(ranges: &[u32], field: &'static str) -> Result<impl Iterator<Item = u32> + use<>, DecodeError> {
+pub(crate) fn skipped_ranges(
+    ranges: &[u32],
+    field: &'static str,
+) -> Result<impl Iterator<Item = u32> + use<>, DecodeError> {
     let mut end = 0u32;
     let mut runs = Vec::with_capacity(ranges.len() / 2);
     let invalid = DecodeError::InvalidValue(field);
