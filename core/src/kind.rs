@@ -82,8 +82,9 @@ pub enum ErrorKind {
     /// The peer's identity key changed (a reinstall, or an attacker). Ask the
     /// user to verify the new key; trust it only then.
     UntrustedIdentity,
-    /// A scanned safety number does not match. Do not mark the peer as
-    /// verified; ask the user to compare again.
+    /// A scanned safety number does not match (or the scan is not a safety
+    /// number this release reads). Do not mark the peer as verified; ask the
+    /// users to compare again.
     IdentityMismatch,
     /// A prekey bundle is malformed or its signatures do not verify. Fetch
     /// the bundle again (and distrust the server that sent this one).
@@ -266,14 +267,12 @@ impl PreKeyError {
 }
 
 impl ScanError {
-    /// [`ErrorKind::IdentityMismatch`] for a code that does not match;
-    /// [`ErrorKind::InvalidArgument`] for one that is not a scan of a safety
-    /// number of this release (scan again).
+    /// [`ErrorKind::IdentityMismatch`]: a code that does not match, or one
+    /// that is not a scan of a safety number of this release (a bad scan, or
+    /// the peer's app of another version). Either way the peer is not
+    /// verified, and the users compare again.
     pub const fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Mismatch(_) => ErrorKind::IdentityMismatch,
-            _ => ErrorKind::InvalidArgument,
-        }
+        ErrorKind::IdentityMismatch
     }
 }
 

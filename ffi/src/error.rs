@@ -83,7 +83,8 @@ pub enum SamizdatError {
     IdentityMismatch {
         /// What happened (the core error's text).
         message: String,
-        /// Which identity differs.
+        /// Which identity differs (`Both` for a scan that is not a safety
+        /// number this release reads).
         side: MismatchedSide,
     },
     /// A prekey bundle is malformed or its signatures do not verify: fetch

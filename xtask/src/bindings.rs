@@ -199,7 +199,20 @@ fn check_swift() -> Result<String, String> {
     let header = read_text(&generated.join("samizdatFFI/samizdatFFI.h"))?;
     let swift = read_text(&generated.join("Samizdat/Samizdat.swift"))?;
     let symbols = exported_symbols(&target().join("debug").join(LIBRARY))?;
-    let mut missing: Vec<String> = symbols.iter().filter(|s| !header.contains(s.as_str())).cloned().collect();
+    let sources = ffi_sources()?;
+    // UniFFI 0.32 exports a checksum for each method of an enum or error
+    // (`SamizdatError.code()`, say) but no binding declares or checks it:
+    // only functions, objects' methods and constructors have their checksums
+    // checked. Such a checksum is not missing when its method is there.
+    let enums: Vec<String> = exported_enums(&sources).iter().map(|name| name.to_lowercase()).collect();
+    let unchecked = |symbol: &str| {
+        symbol.strip_prefix("uniffi_samizdat_ffi_checksum_method_").is_some_and(|method| {
+            enums.iter().any(|name| method.starts_with(&format!("{name}_")))
+                && header.contains(&format!("uniffi_samizdat_ffi_fn_method_{method}("))
+        })
+    };
+    let mut missing: Vec<String> =
+        symbols.iter().filter(|s| !header.contains(s.as_str()) && !unchecked(s)).cloned().collect();
     for symbol in symbols.iter().filter(|s| s.starts_with("uniffi_samizdat_ffi_fn_")) {
         if !swift.contains(symbol.as_str()) {
             missing.push(format!("{symbol} (not called in Samizdat.swift)"));
@@ -210,17 +223,6 @@ fn check_swift() -> Result<String, String> {
         {
             missing.push(format!("func {name} (for {symbol})"));
         }
-    }
-    let mut sources = String::new();
-    let dir = root().join("ffi/src");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "rs") && !path.ends_with(HAZMAT_SOURCE))
-        .collect();
-    files.sort();
-    for file in files {
-        sources.push_str(&read_text(&file)?);
     }
     for name in exported_types(&sources) {
         let declared = ["struct", "class", "enum"].iter().any(|kind| swift.contains(&format!("{kind} {name}")));
@@ -280,6 +282,31 @@ fn method_name(symbol: &str) -> Option<String> {
 }
 
 /// The `pub struct` and `pub enum` names in the FFI crate's sources.
+/// The sources of `ffi/src` but the test-only hazmat module, concatenated.
+fn ffi_sources() -> Result<String, String> {
+    let mut sources = String::new();
+    let dir = root().join("ffi/src");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs") && !path.ends_with(HAZMAT_SOURCE))
+        .collect();
+    files.sort();
+    for file in files {
+        sources.push_str(&read_text(&file)?);
+    }
+    Ok(sources)
+}
+
+/// The names of the `pub enum`s of `lib`.
+fn exported_enums(lib: &str) -> Vec<String> {
+    lib.lines()
+        .filter_map(|line| line.strip_prefix("pub enum "))
+        .filter_map(|rest| rest.split(|c: char| !c.is_alphanumeric() && c != '_').next())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn exported_types(lib: &str) -> Vec<String> {
     lib.lines()
         .filter_map(|line| line.strip_prefix("pub struct ").or_else(|| line.strip_prefix("pub enum ")))
