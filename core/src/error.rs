@@ -142,11 +142,12 @@ pub enum DecryptError {
         /// The limit.
         max: u32,
     },
-    /// The message does not authenticate: it was forged or altered, belongs to
-    /// another session or to a chain this session no longer keeps, or breaks
-    /// the protocol in a way only a forger or a broken peer would. Opaque on
-    /// purpose, like `aead::Error`: which check failed is not for an attacker
-    /// to learn.
+    /// The message does not authenticate: a header key of the session opened
+    /// its header, but it was forged or altered after that (its body, its
+    /// padding), or breaks the protocol in a way only a forger or a broken
+    /// peer would. (A message whose header opens under no key is
+    /// [`Self::NoMatchingState`].) Opaque on purpose, like `aead::Error`:
+    /// which check failed is not for an attacker to learn.
     #[error("message failed authentication")]
     Unauthenticated,
 }
@@ -177,7 +178,8 @@ pub enum SessionError {
     /// Encryption failed.
     #[error(transparent)]
     Encrypt(#[from] EncryptError),
-    /// Decryption failed (duplicate, too far ahead, or unauthenticated).
+    /// Decryption failed (duplicate, rollback, key evicted, too far ahead,
+    /// no matching state, or unauthenticated).
     #[error(transparent)]
     Decrypt(#[from] DecryptError),
     /// There is no session with this peer to encrypt with or to decrypt a

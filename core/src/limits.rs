@@ -53,8 +53,8 @@ pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
 pub const MAX_PLAINTEXT_LEN: usize = 240 * 1024;
 
 /// The largest serialized session state accepted from a store (1 MiB). A state
-/// within every other limit is far smaller (about 90 KiB with every skipped key
-/// slot in use).
+/// within every other limit is far smaller (about 95 KiB with every skipped key
+/// slot and every evicted counter in use).
 pub const MAX_STATE_LEN: usize = 1024 * 1024;
 
 /// The largest associated data a session may bind into its messages.

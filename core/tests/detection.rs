@@ -173,3 +173,32 @@ fn a_message_without_any_session_asks_for_the_bundle() {
     assert_eq!(error.kind(), ErrorKind::NoSession);
     assert_eq!(error.kind().recovery(), Recovery::FetchBundle);
 }
+
+/// Skipped keys evicted over the whole record (past
+/// `MAX_STORED_SKIPPED_KEYS` counted over every state, PROTOCOL.md 9.6) are
+/// remembered as evicted too: a message of an archived state whose key went
+/// so is `KeyEvicted`, not a duplicate.
+#[test]
+fn keys_evicted_over_the_whole_record_are_not_duplicates() {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    receive(&bob, "alice", &alice.encrypt(&address("bob"), b"first").unwrap()).unwrap();
+    // 1,500 skipped keys on the first session, the first of them held back.
+    let held = alice.encrypt(&address("bob"), b"held back").unwrap();
+    let mut last = Vec::new();
+    for i in 0..1_500 {
+        last = alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap();
+    }
+    receive(&bob, "alice", &last).unwrap();
+    // Alice starts a new session; on it, 1,000 more skipped keys: past the
+    // record's limit, the oldest state's oldest keys go.
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let mut last = Vec::new();
+    for i in 0..1_001 {
+        last = alice.encrypt(&address("bob"), format!("n{i}").as_bytes()).unwrap();
+    }
+    receive(&bob, "alice", &last).unwrap();
+    let error = bob.decrypt(&address("alice"), &held).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
+    assert_eq!(decrypt_error(error), DecryptError::KeyEvicted { counter: 1 });
+}

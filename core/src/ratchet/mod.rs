@@ -60,7 +60,10 @@ use self::{
     receiver::{NONCE_TAG_LEN, NonceTag, nonce_tag},
     root::RootKey,
 };
-pub(crate) use self::{kept::KeptKeys, receiver::ReceivingChain};
+pub(crate) use self::{
+    kept::KeptKeys,
+    receiver::{ReceivingChain, bound_evicted},
+};
 use crate::{
     DecodeError, DecryptError, EncryptError,
     keys::{Secret32, X25519PublicKey, X25519Secret},
@@ -382,8 +385,11 @@ impl DoubleRatchet {
     /// [`DecryptError::Duplicate`] for a message already decrypted,
     /// [`DecryptError::Rollback`] for another message on a counter already
     /// used (a sender whose state went backwards),
-    /// [`DecryptError::TooFarAhead`] past [`MAX_SKIP`], and
-    /// [`DecryptError::Unauthenticated`] for anything forged or altered.
+    /// [`DecryptError::KeyEvicted`] for a message whose skipped key was
+    /// evicted unused, [`DecryptError::TooFarAhead`] past [`MAX_SKIP`],
+    /// [`DecryptError::NoMatchingState`] for a header no key of the state
+    /// opens, and [`DecryptError::Unauthenticated`] for a message altered
+    /// after its header opened.
     pub fn decrypt<R: CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
@@ -406,8 +412,8 @@ impl DoubleRatchet {
 
     /// Computes the decryption of `message` without changing the state. With
     /// `allow_step` false, a message that would start a DH step (a header
-    /// that opens under `NHKr`) is refused as unauthenticated: the state only
-    /// decrypts on the receiving chains it has.
+    /// that opens under `NHKr`) is refused as [`DecryptError::NoMatchingState`]:
+    /// the state only decrypts on the receiving chains it has.
     ///
     /// Randomness (the new ratchet key of a DH step) is drawn only after the
     /// body authenticated, so a rejected message consumes none.
@@ -758,7 +764,11 @@ fn try_chain(
 ) -> Option<Result<(MessageKey, Found), PlanError>> {
     let header = chain.header_key.open(message.header(), ad)?;
     if header.ratchet_key != chain.ratchet_key {
-        return Some(Err(DecryptError::Unauthenticated.into()));
+        // Only the peer holds this header key: a header under it that names
+        // another ratchet key comes from a sender that went back to before a
+        // DH step and took it again (restored or cloned): its state went
+        // backwards (4.8).
+        return Some(Err(DecryptError::Rollback { counter: header.counter }.into()));
     }
     Some(plan_on_chain(index, chain, header.counter, tag))
 }
@@ -814,12 +824,7 @@ fn evict(chains: &mut VecDeque<ReceivingChain>) {
         chain.evict_skipped(excess.min(len));
         excess = excess.saturating_sub(len);
     }
-    let mut excess = chains.iter().map(|c| c.evicted.len()).sum::<usize>().saturating_sub(MAX_EVICTED_COUNTERS);
-    for chain in chains.iter_mut() {
-        let len = chain.evicted.len();
-        chain.evicted.drain(..excess.min(len));
-        excess = excess.saturating_sub(len);
-    }
+    bound_evicted(chains);
     let mut excess = chains.iter().map(|c| c.used.len()).sum::<usize>().saturating_sub(MAX_USED_COUNTERS);
     for chain in chains.iter_mut() {
         let len = chain.used.len();

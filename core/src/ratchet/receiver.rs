@@ -147,6 +147,19 @@ impl ReceivingChain {
     }
 }
 
+/// Forgets the oldest evicted counters (oldest chain first, lowest counter
+/// first) until at most [`MAX_EVICTED_COUNTERS`](crate::limits::MAX_EVICTED_COUNTERS)
+/// remain over `chains`, the chains of one state.
+pub(crate) fn bound_evicted(chains: &mut VecDeque<ReceivingChain>) {
+    let total: usize = chains.iter().map(|c| c.evicted.len()).sum();
+    let mut excess = total.saturating_sub(crate::limits::MAX_EVICTED_COUNTERS);
+    for chain in chains.iter_mut() {
+        let len = chain.evicted.len();
+        chain.evicted.drain(..excess.min(len));
+        excess = excess.saturating_sub(len);
+    }
+}
+
 impl fmt::Debug for ReceivingChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReceivingChain")

@@ -196,11 +196,13 @@ fn header_past_a_closed_chain_or_with_a_wrong_ratchet_key_is_rejected() {
     // Authentic, but past the end the peer announced (PN) for that chain:
     // only a sender that went back to a chain it had left makes it.
     assert_eq!(bob.decrypt(&mut rng, &past_end), Err(DecryptError::Rollback { counter: 5 }));
-    // A header under the current chain's key naming another ratchet key.
+    // A header under the current chain's key naming another ratchet key:
+    // only the holder of the peer's state makes it (a sender that re-took a
+    // DH step after a restore), so its state went backwards.
     let mut liar = DoubleRatchet::from_bytes(&alice.to_bytes()).unwrap();
     liar.sending.ratchet_key = X25519Secret::generate(&mut rng);
     let forged = liar.encrypt(&mut rng, b"d").unwrap();
-    assert_eq!(bob.decrypt(&mut rng, &forged), Err(DecryptError::Unauthenticated));
+    assert!(matches!(bob.decrypt(&mut rng, &forged), Err(DecryptError::Rollback { .. })));
     assert_eq!(*bob.to_bytes(), *before);
 }
 

@@ -433,10 +433,13 @@ impl SessionRecord {
     /// [`SessionError::Decrypt`] with [`DecryptError::Duplicate`] for a
     /// message already decrypted, [`DecryptError::Rollback`] for another
     /// message on a counter already used (a sender that went backwards),
+    /// [`DecryptError::KeyEvicted`], [`DecryptError::TooFarAhead`] and
+    /// [`DecryptError::NoMatchingState`] (no state opens the header),
     /// [`SessionError::DuplicatePreKeyMessage`],
     /// [`SessionError::UntrustedIdentity`], [`SessionError::UnknownPreKey`],
     /// [`SessionError::NoSession`], [`SessionError::Malformed`], and
-    /// [`DecryptError::Unauthenticated`] for anything forged.
+    /// [`DecryptError::Unauthenticated`] for a message altered after its
+    /// header opened.
     pub fn decrypt<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
@@ -707,11 +710,14 @@ impl SessionRecord {
             return;
         }
         for state in self.archived.iter_mut().rev().chain(self.current.iter_mut()) {
+            // Their counters are remembered as evicted (4.8): a message on
+            // one never arrived, and is `KeyEvicted`, not a duplicate.
             for chain in state.chains_mut().iter_mut() {
                 let len = chain.skipped.len();
-                chain.skipped.drain(..excess.min(len));
+                chain.evict_skipped(excess.min(len));
                 excess = excess.saturating_sub(len);
             }
+            crate::ratchet::bound_evicted(state.chains_mut());
         }
         self.archived.retain(|state| !state.is_spent());
     }

@@ -2875,7 +2875,8 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
          * What happened (the core error's text).
          */message: String, 
         /**
-         * Which identity differs.
+         * Which identity differs (`Both` for a scan that is not a safety
+         * number this release reads).
          */side: MismatchedSide
     )
     /**
