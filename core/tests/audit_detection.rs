@@ -722,29 +722,23 @@ fn q3_evicted_counters_survive_a_step_an_archive_a_heal_and_reloads() {
     }
 }
 
-/// A record holds at most `MAX_SKIPPED_KEYS` skipped keys over all its
-/// states; the excess goes from the archived states first
-/// (`SessionRecord::evict_across_states`). That eviction drains the keys
-/// directly (`chain.skipped.drain`), not through `evict_skipped`: their
-/// counters are not remembered. Step by step, on the Device: Alice holds
-/// back 1,500 messages (Bob skips them), then starts a new session; Bob
-/// reads its first message (his old state is archived with the 1,500 keys)
-/// and then the 1,000th of the new session (999 keys skipped, 2,499 in the
-/// record): the 499 oldest keys of the archived state are dropped. The
-/// first held message, never delivered, is then reported as `Duplicate`
-/// (drop and acknowledge) although not one eviction was recorded: the very
-/// loss e46bc25 meant to end (its test only covers the eviction inside one
-/// state). PROTOCOL.md 16.3 (b07fd29) documents it as a limitation ("a key
-/// deleted over the session record, 4.7, which remembers no eviction"); it
-/// fails on 05f1135. An uncommitted change to `session/mod.rs` in the work
-/// tree at the time of this audit (`evict_skipped` and `bound_evicted` in
-/// `evict_across_states`) makes this test and the next pass: un-ignore both
-/// when it is committed.
+/// A record holds at most `MAX_STORED_SKIPPED_KEYS` skipped keys over all
+/// its states; the excess goes from the archived states first
+/// (`SessionRecord::evict_across_states`). Step by step, on the Device:
+/// Alice holds back 1,500 messages (Bob skips them), then starts a new
+/// session; Bob reads its first message (his old state is archived with the
+/// 1,500 keys) and then the 1,000th of the new session (999 keys skipped,
+/// 2,499 in the record): the 499 oldest keys of the archived state go. The
+/// first held message, never delivered, must be `KeyEvicted`.
+///
+/// Defect found by this audit on 05f1135 (and documented there as a
+/// limitation, PROTOCOL.md 16.3): that eviction drained the keys directly,
+/// without remembering their counters, so the message was `Duplicate` (drop
+/// and acknowledge) although not one eviction had been recorded, the very
+/// loss e46bc25 meant to end. Fixed by 3054e42, committed during the audit;
+/// this test (and the next) failed on 05f1135 and pass since.
 #[test]
-#[ignore = "defect (05f1135): SessionRecord::evict_across_states drops skipped keys without remembering their \
-            counters as evicted, so a never-delivered message whose key went that way is Duplicate, not KeyEvicted; \
-            fixed by the uncommitted work-tree change to evict_across_states"]
-fn q3_broken_keys_evicted_across_states_are_reported_as_duplicates() {
+fn q3_keys_evicted_across_states_are_key_evicted() {
     let (alice, bob) = talking_devices();
     let held: Vec<Vec<u8>> = (0..1_500).map(|i| send(&alice, "bob", &format!("h{i}"))).collect();
     receive(&bob, "alice", &send(&alice, "bob", "last")).unwrap();
@@ -758,12 +752,10 @@ fn q3_broken_keys_evicted_across_states_are_reported_as_duplicates() {
 }
 
 /// The same with the archived state cut to its kept keys first (a heal):
-/// the cross-state eviction drains the kept chains as silently.
+/// the cross-state eviction drains the kept chains, and remembers their
+/// counters too (failed on 05f1135 with `Duplicate`; fixed by 3054e42).
 #[test]
-#[ignore = "defect (05f1135): SessionRecord::evict_across_states drops kept keys without remembering their \
-            counters as evicted: a never-delivered message of a kept state is Duplicate, not KeyEvicted; fixed by \
-            the uncommitted work-tree change to evict_across_states"]
-fn q3_broken_kept_keys_evicted_across_states_are_reported_as_duplicates() {
+fn q3_kept_keys_evicted_across_states_are_key_evicted() {
     let (mut rng, mut alice, mut bob) = talking_parties(330);
     let a = alice.address.clone();
     let held = sends(&mut rng, &mut alice, 1_500, "h");
