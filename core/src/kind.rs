@@ -10,8 +10,8 @@
 //! | code | recovery | what happened |
 //! |---|---|---|
 //! | `duplicate` | drop | the message was already decrypted |
-//! | `invalid_message` | drop | malformed, forged or altered |
-//! | `out_of_step` | heal | authentic-looking, but no state of the session can read it |
+//! | `invalid_message` | drop | malformed, forged, altered, or of no state this session keeps |
+//! | `out_of_step` | heal | authentic (its header opened), but no state of the session can read it |
 //! | `no_session` | fetch bundle | no session with the peer |
 //! | `untrusted_identity` | verify identity | the peer's identity key changed |
 //! | `identity_mismatch` | verify identity | a scanned safety number does not match |
@@ -68,14 +68,22 @@ pub enum ErrorKind {
     Duplicate,
     /// The message is malformed, forged or altered (or is of a kind this
     /// release does not know). Drop it and acknowledge it.
+    ///
+    /// Also two failures that anyone can provoke without a key, and so must
+    /// not trigger anything costly: a message whose header no state of the
+    /// session opens ([`DecryptError::NoMatchingState`]: forged, or of a
+    /// state gone, our store restored from an older copy, say) and a prekey
+    /// message naming a prekey this device does not have
+    /// ([`SessionError::UnknownPreKey`]). The error itself tells them apart
+    /// from a forgery; a peer whose messages keep failing so while none of
+    /// theirs decrypts is out of step, and the app may heal then.
     InvalidMessage,
-    /// The message may be the peer's, but no state of the session can read
-    /// it: its key was evicted before it arrived, it is further ahead than
-    /// the skip limit, its counter was reused by a sender that went back to
-    /// an older state, it names a prekey this device no longer has, or its
-    /// header opens under no state (our store restored from an older copy,
-    /// the peer's state lost, or a forgery: they cannot be told apart).
-    /// Heal: fetch the peer's bundle and start a new session with it.
+    /// The message is the peer's (its header opened under a key only the
+    /// peer holds, so no forger without the session's keys makes one) but no
+    /// state of the session can read it: its key was evicted before it
+    /// arrived, it is further ahead than the skip limit, or its counter was
+    /// reused by a sender that went back to an older state. Heal: fetch the
+    /// peer's bundle and start a new session with it.
     OutOfStep,
     /// There is no session with this peer. Fetch its bundle and start one.
     NoSession,
@@ -109,16 +117,16 @@ pub enum ErrorKind {
     /// again with the right key.
     WrongStorageKey,
     /// The store failed: I/O, a damaged file or row, a schema newer than this
-    /// release, a store of another device, or a device used in a forked
-    /// child. Reopen the store (in this process; after an update if newer).
+    /// release, or a device used in a forked child. Reopen the store (in this
+    /// process; after an update if newer).
     StoreFailure,
     /// A documented limit was reached (plaintext size, group size, prekey
     /// count, a chain's 2^32 messages). Fix the call: send less, or start a
     /// new session or chain.
     LimitExceeded,
     /// The call is wrong: an invalid argument, a store with no device (or
-    /// one already), a pending value given to the wrong device or committed
-    /// twice. Fix the call.
+    /// one already, or the device of another address), a pending value given
+    /// to the wrong device or committed twice. Fix the call.
     InvalidArgument,
 }
 
@@ -289,17 +297,16 @@ impl EncryptError {
 }
 
 impl DecryptError {
-    /// [`ErrorKind::Duplicate`], [`ErrorKind::InvalidMessage`] for a
-    /// malformed or forged message, and [`ErrorKind::OutOfStep`] for an
-    /// authentic-looking message no state can read (a key evicted, a counter
-    /// reused, a gap past the skip limit, a header no state opens).
+    /// [`ErrorKind::Duplicate`]; [`ErrorKind::InvalidMessage`] for a
+    /// malformed or forged message and for one whose header no state opens
+    /// (anyone can make those); [`ErrorKind::OutOfStep`] for a message whose
+    /// header authenticated but that no state can read (a key evicted, a
+    /// counter reused, a gap past the skip limit).
     pub const fn kind(&self) -> ErrorKind {
         match self {
             Self::Duplicate { .. } => ErrorKind::Duplicate,
-            Self::Malformed(_) | Self::Unauthenticated => ErrorKind::InvalidMessage,
-            Self::KeyEvicted { .. } | Self::Rollback { .. } | Self::TooFarAhead { .. } | Self::NoMatchingState => {
-                ErrorKind::OutOfStep
-            }
+            Self::Malformed(_) | Self::Unauthenticated | Self::NoMatchingState => ErrorKind::InvalidMessage,
+            Self::KeyEvicted { .. } | Self::Rollback { .. } | Self::TooFarAhead { .. } => ErrorKind::OutOfStep,
         }
     }
 }
@@ -314,9 +321,11 @@ impl SessionError {
             Self::Decrypt(e) => e.kind(),
             Self::NoSession => ErrorKind::NoSession,
             Self::UntrustedIdentity { .. } => ErrorKind::UntrustedIdentity,
-            // The peer built its session on a prekey we no longer have: the
-            // sessions are apart until one side starts a new one.
-            Self::UnknownPreKey { .. } => ErrorKind::OutOfStep,
+            // The peer built its session on a prekey we no longer have, or
+            // a forger changed a prekey id: the ids are read before anything
+            // authenticates, so nothing costly may follow (see
+            // `ErrorKind::InvalidMessage`).
+            Self::UnknownPreKey { .. } => ErrorKind::InvalidMessage,
             Self::DuplicatePreKeyMessage => ErrorKind::Duplicate,
             Self::StalePending | Self::NotInBatch => ErrorKind::StalePending,
         }
@@ -369,8 +378,10 @@ impl DeviceError {
             Self::Store(e) => e.kind(),
             Self::PreKey(e) => e.kind(),
             Self::Group(e) => e.kind(),
-            Self::InvalidArgument(_) | Self::ForeignPending => ErrorKind::InvalidArgument,
-            Self::Forked | Self::OtherDevice { .. } => ErrorKind::StoreFailure,
+            // A store of another device is sound: the call named the wrong
+            // one (reopening it would fail the same way for ever).
+            Self::InvalidArgument(_) | Self::ForeignPending | Self::OtherDevice { .. } => ErrorKind::InvalidArgument,
+            Self::Forked => ErrorKind::StoreFailure,
         }
     }
 }

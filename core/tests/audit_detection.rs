@@ -391,10 +391,11 @@ fn q2_a_keyless_forger_gets_no_matching_state_invalid_message_or_unknown_prekey(
         }
         assert_eq!(bob.backend().snapshot(), before, "{what} changed the store");
     }
-    // The three forged ids: out of step, heal, from no key at all.
+    // The three forged ids, from no key at all: invalid, drop (since the
+    // audit: they were out of step, heal).
     assert_eq!(unknown_prekey, 3);
     let error = failure(&bob, "alice", &edit_prekey(&prekey, |p| p.one_time_prekey_id = Some(0xdead)));
-    assert_eq!((error.kind(), error.kind().recovery()), (ErrorKind::OutOfStep, Recovery::Heal));
+    assert_eq!((error.kind(), error.kind().recovery()), (ErrorKind::InvalidMessage, Recovery::Drop));
     // A peer Bob has no session with: no session (fetch its bundle).
     assert_eq!(failure(&bob, "carol", &forgeries[0].1).kind(), ErrorKind::NoSession);
 
@@ -417,9 +418,9 @@ fn q2_a_keyless_forger_gets_no_matching_state_invalid_message_or_unknown_prekey(
 /// What the documented recovery of a keyless forgery does. Bob and Alice
 /// talk; Alice has read Bob's last message and answered it (`a1`, a DH step
 /// for Bob, in flight). A forger with no key sends Bob 96 random bytes as a
-/// ratchet message "from Alice": `NoMatchingState`, `out_of_step`, recovery
-/// `heal`. Before ec93b48 the same bytes were `Unauthenticated`
-/// (`invalid_message`, drop) and nothing happened. Bob heals as documented:
+/// ratchet message "from Alice": `NoMatchingState`. Found by this audit: its
+/// code was `out_of_step`, recovery `heal`, and that lost messages. Bob
+/// healed as documented then:
 /// he fetches Alice's bundle and starts a new session. His old state is now
 /// archived, and an archived state that is neither our unanswered
 /// initiation nor displaced may not take a DH step (PROTOCOL.md 9.5): `a1`,
@@ -428,15 +429,15 @@ fn q2_a_keyless_forger_gets_no_matching_state_invalid_message_or_unknown_prekey(
 /// on the old session until Bob's prekey message reaches her is lost the
 /// same way, and each costs Alice a one-time prekey. One forged message,
 /// with no key, makes an app that follows the codes lose genuine messages.
-/// PROTOCOL.md 19.2 (b07fd29) says anyone can make such a message and asks
-/// the app to limit how often it heals one peer; a limit does not help
-/// here, the first heal is enough (16.3, "crossing sessions can cost
-/// messages", is the mechanism; the forgery is the trigger).
+/// A limit on how often the app heals does not help: the first heal is
+/// enough (16.3, "crossing sessions can cost messages", is the mechanism;
+/// the forgery was the trigger). Fixed: a message no state opens, and a
+/// prekey message naming a prekey this device lacks, are `invalid_message`
+/// (drop), since anyone can make them; `out_of_step` is reported only for a
+/// message whose header authenticated. Following the recovery now loses
+/// nothing.
 #[test]
-#[ignore = "defect: NoMatchingState is made by anyone (no key needed) and its recovery is heal; \
-            healing archives the current state, which then refuses the peer's next DH step: the peer's \
-            message in flight is lost (NoMatchingState again), where dropping the forgery lost nothing"]
-fn q2_broken_healing_on_a_keyless_forgery_loses_the_message_in_flight() {
+fn q2_the_recovery_of_a_keyless_forgery_loses_nothing() {
     let mut rng = rng(203);
     let (alice, bob) = talking_devices();
     receive(&bob, "alice", &send(&alice, "bob", "a0")).unwrap();
@@ -445,19 +446,9 @@ fn q2_broken_healing_on_a_keyless_forgery_loses_the_message_in_flight() {
 
     let forged = ratchet_wire(&random_bytes(&mut rng, ENCRYPTED_HEADER_LEN), &random_bytes(&mut rng, 96));
     let error = failure(&bob, "alice", &forged);
-    assert_eq!(error.kind().recovery(), Recovery::Heal);
-    // The app heals: a new session from Alice's bundle, then a message on it.
-    bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
-    let healed = send(&bob, "alice", "after the heal");
-
-    // Alice's answer, sent before she heard of the new session.
-    let result = receive(&bob, "alice", &a1);
-    assert_eq!(
-        result.as_deref().map_err(DeviceError::kind),
-        Ok(&b"a1"[..]),
-        "the genuine message in flight was lost after healing on a forgery"
-    );
-    receive(&alice, "bob", &healed).unwrap();
+    assert_eq!(error.kind().recovery(), Recovery::Drop, "a keyless forgery asks for a heal");
+    // The app drops it. Alice's answer, in flight, decrypts.
+    assert_eq!(receive(&bob, "alice", &a1).unwrap(), b"a1");
 }
 
 /// The same schedule without the heal (the forgery dropped, as before the
@@ -486,8 +477,9 @@ fn q2_dropping_a_keyless_forgery_loses_nothing() {
 ///   limit on the current chain): all `out_of_step`, heal;
 /// - `Duplicate` (a counter Bob has forgotten): drop.
 ///
-/// It matters little: a forger with no key already gets `out_of_step` from
-/// any junk (`NoMatchingState`, above), and a dropped forgery loses nothing.
+/// It matters little: a forgery that asks for a heal needs the keys of an old
+/// copy of the record (a keyless one is `invalid_message`, above), and the
+/// holder of such a copy can already read and forge the chains it holds.
 /// (The wording of `Rollback`, "the sender's state went backwards", and of
 /// `KeyEvicted`, "the sender must send it again", is then wrong, and an app
 /// that shows them to the user shows a lie.) None of them changes the record,
@@ -946,14 +938,14 @@ fn q3_a_device_row_with_more_than_the_limit_is_refused() {
 /// 11 states (Alice started 11 sessions), each with 2,000 evicted counters
 /// in 2,000 runs and its 128 used counters on the same chain, so that the
 /// loader's check (each evicted counter against the chain's used list,
-/// linearly: 2,000 x 128 per state) is at its maximum. The row is crafted
+/// a scan of the used counters when this audit was written, a binary search
+/// since: 2,000 x 128 per state) is at its maximum. The row is crafted
 /// (sealed with Bob's key), but every value in it is one a hostile peer can
 /// make Bob store. Every Device call that touches the peer (encrypt,
 /// decrypt, commit, batch) loads the row. Measured: one `decrypt` of a junk
 /// message (it loads the row, then tries every state's header keys) on the
 /// crafted row and on the same row with `evicted` emptied. Run with
-/// `--nocapture` for the numbers; the assertion is a generous bound, for a
-/// shared machine.
+/// `--nocapture` for the numbers.
 #[cfg(feature = "hazmat")]
 #[test]
 fn q4_loading_a_row_with_the_most_evicted_counters() {
@@ -1019,7 +1011,9 @@ fn q4_loading_a_row_with_the_most_evicted_counters() {
         baseline.len(),
         slow.as_secs_f64() / fast.as_secs_f64()
     );
-    assert!(slow < Duration::from_millis(200), "{slow:?} to load the row");
+    // No bound on the time is asserted (timings belong to benchmarks): the
+    // numbers are printed for the audit. Measured after the loader's check
+    // became a binary search: 0.87 ms against 0.16 ms (5.4x; it was 10x).
     // The crafted row is valid and read: Alice's next message (counter 1)
     // now lies below the crafted counter of Bob's chain.
     let _ = time(&worst);
@@ -1033,10 +1027,10 @@ fn q4_loading_a_row_with_the_most_evicted_counters() {
 
 /// Every failure the Device API returned in this audit has a kind whose
 /// code round-trips, and the decryption failures map as documented:
-/// `KeyEvicted`, `NoMatchingState`, `Rollback`, `TooFarAhead` and
-/// `UnknownPreKey` to `out_of_step` (heal), `Duplicate` and
-/// `DuplicatePreKeyMessage` to `duplicate` (drop), `Unauthenticated` and
-/// malformed bytes to `invalid_message` (drop), `NotInBatch` and a stale
+/// `KeyEvicted`, `Rollback` and `TooFarAhead` to `out_of_step` (heal),
+/// `Duplicate` and `DuplicatePreKeyMessage` to `duplicate` (drop),
+/// `Unauthenticated`, `NoMatchingState`, `UnknownPreKey` and malformed bytes
+/// to `invalid_message` (drop), `NotInBatch` and a stale
 /// commit to `stale_pending` (decrypt again), a pending of another device to
 /// `invalid_argument`, a store without a device to `invalid_argument`, a
 /// damaged row to `store_failure`. (`kind()` is an exhaustive `match` inside
@@ -1084,13 +1078,13 @@ fn q5_the_device_errors_and_their_codes() {
     ));
     let expected = [
         ("duplicate", ErrorKind::Duplicate),
-        ("no matching state", ErrorKind::OutOfStep),
+        ("no matching state", ErrorKind::InvalidMessage),
         ("malformed", ErrorKind::InvalidMessage),
         ("unauthenticated", ErrorKind::InvalidMessage),
         ("rollback", ErrorKind::OutOfStep),
         ("too far ahead", ErrorKind::OutOfStep),
         ("no session", ErrorKind::NoSession),
-        ("unknown prekey", ErrorKind::OutOfStep),
+        ("unknown prekey", ErrorKind::InvalidMessage),
         ("stale", ErrorKind::StalePending),
         ("foreign pending", ErrorKind::InvalidArgument),
         ("no device", ErrorKind::InvalidArgument),
@@ -1114,14 +1108,15 @@ fn q5_the_device_errors_and_their_codes() {
 /// arrives: its base key is remembered, its state gone:
 /// `DuplicatePreKeyMessage`, drop. It was never read. A ratchet message of
 /// the same dropped state (the same situation, without the prekey header)
-/// is `NoMatchingState`: `out_of_step`, heal. The two codes disagree on one
-/// situation, and the one that says `duplicate` says something false of a
-/// message never read (the same happens for kept states that expire, see
-/// `pcs.rs` `kept_keys_expire_after_the_limit_of_heals`).
+/// is `NoMatchingState`: `invalid_message`, drop. Both are dropped now, but
+/// the code `duplicate` says something false of a message never read (the
+/// same happens for kept states that expire, see `pcs.rs`
+/// `kept_keys_expire_after_the_limit_of_heals`): the record remembers the
+/// base key, not which of its messages were read.
 #[test]
-#[ignore = "defect: SessionError::DuplicatePreKeyMessage is classified as duplicate (drop), but it is \
-            also what a never-delivered prekey message of a dropped state gets; the ratchet message of the \
-            same dropped state is out_of_step"]
+#[ignore = "defect: SessionError::DuplicatePreKeyMessage is classified as duplicate, but it is also what a \
+            never-delivered prekey message of a dropped state gets; the ratchet message of the same dropped \
+            state is invalid_message"]
 fn q5_broken_a_never_read_prekey_message_of_a_dropped_state_is_a_duplicate() {
     let (alice, bob) = (device("alice", 1), device("bob", 2));
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
@@ -1135,19 +1130,16 @@ fn q5_broken_a_never_read_prekey_message_of_a_dropped_state_is_a_duplicate() {
     }
     let error = failure(&bob, "alice", &p0);
     assert!(matches!(error, DeviceError::Session(SessionError::DuplicatePreKeyMessage)), "{error:?}");
-    assert_eq!(error.kind(), ErrorKind::OutOfStep, "a message never read is reported as a duplicate");
+    assert_eq!(error.kind(), ErrorKind::InvalidMessage, "a message never read is reported as a duplicate");
 }
 
 /// `DeviceError::OtherDevice` (the SQLite store at the path holds another
 /// address's device: two stores swapped) is `store_failure`, whose recovery
 /// is to reopen the store. Reopening it gives the same error for ever: the
-/// store is sound (it opens with `Device::open`), the call is wrong. The
-/// code should be `invalid_argument` (fix the call), not a recovery that
-/// loops.
+/// store is sound (it opens with `Device::open`), the call is wrong. Fixed:
+/// the code is `invalid_argument` (fix the call), not a recovery that loops.
 #[test]
-#[ignore = "defect: DeviceError::OtherDevice maps to store_failure / reopen_store, and reopening loops on the \
-            same error; the store is sound and the call is wrong (invalid_argument / fix_call)"]
-fn q5_broken_another_devices_store_asks_to_reopen_it_for_ever() {
+fn q5_another_devices_store_asks_to_fix_the_call() {
     let dir = std::env::temp_dir().join(format!("samizdat-audit-detection-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

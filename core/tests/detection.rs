@@ -110,10 +110,13 @@ fn a_gap_past_the_skip_limit_is_out_of_step() {
 
 /// Our own store restored from an older copy: the peer moved on to a chain
 /// whose keys the copy never had. Its messages open under no state:
-/// `NoMatchingState`, out of step, not a forgery. A message whose header
-/// opens but whose body was altered is still `Unauthenticated` (invalid).
+/// `NoMatchingState`, told apart from a forgery (a header that opens, a body
+/// that does not: `Unauthenticated`). Its code is `invalid_message` all the
+/// same: anyone can make a message no state opens, so it must not trigger a
+/// heal (which would archive a live state and lose the peer's messages in
+/// flight: `audit_detection.rs`).
 #[test]
-fn our_store_restored_from_an_older_copy_is_out_of_step() {
+fn our_store_restored_from_an_older_copy_is_no_matching_state() {
     let (alice, bob) = (device("alice", 1), device("bob", 2));
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m1").unwrap()).unwrap();
@@ -128,7 +131,7 @@ fn our_store_restored_from_an_older_copy_is_out_of_step() {
     let restored = Device::open_in(backup, &[2; 32]).unwrap();
     let before = restored.backend().snapshot();
     let error = restored.decrypt(&address("alice"), &m3).unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    assert_eq!(error.kind(), ErrorKind::InvalidMessage);
     assert_eq!(decrypt_error(error), DecryptError::NoMatchingState);
     assert_eq!(restored.backend().snapshot(), before);
 

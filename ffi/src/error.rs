@@ -40,19 +40,19 @@ pub enum SamizdatError {
         /// What happened (the core error's text).
         message: String,
     },
-    /// The message is malformed, forged or altered: drop it and acknowledge
-    /// it.
+    /// The message is malformed, forged or altered, or no state of the
+    /// session opens it, or it names a prekey this device lacks (anyone can
+    /// make those): drop it and acknowledge it.
     #[error("{message}")]
     InvalidMessage {
         /// What happened (the core error's text).
         message: String,
     },
-    /// The message may be the peer's, but no state of the session can read
-    /// it: its key was evicted, it is further ahead than the skip limit
-    /// (the gap and the limit are in `message`), the sender went back to an
-    /// older state, it names a prekey this device no longer has, or its
-    /// header opens under no state. Heal: fetch the peer's bundle and start
-    /// a new session with it.
+    /// The message is the peer's (its header opened under a key only the
+    /// peer holds), but no state of the session can read it: its key was
+    /// evicted, it is further ahead than the skip limit (the gap and the
+    /// limit are in `message`), or the sender went back to an older state.
+    /// Heal: fetch the peer's bundle and start a new session with it.
     #[error("{message}")]
     OutOfStep {
         /// What happened (the core error's text).
@@ -149,7 +149,7 @@ pub enum SamizdatError {
         message: String,
     },
     /// The store failed: I/O, a damaged file or row, a schema newer than
-    /// this release, a store of another device, or a device inherited
+    /// this release, or a device inherited
     /// through `fork()` (Python's `multiprocessing` on Linux forks by
     /// default). Open the store again (in this process).
     #[error("{message}")]
@@ -169,7 +169,8 @@ pub enum SamizdatError {
     /// key that is not 32 bytes, a malformed identity key, a group id that
     /// is not 1 to 64 bytes, this device named as a member of its own
     /// group, a group that already exists), a store with no device (or one
-    /// already), a pending value given to another device or committed twice.
+    /// already, or the device of another address), a pending value given to
+    /// another device or committed twice.
     #[error("{message}")]
     InvalidArgument {
         /// What happened (the core error's text).
@@ -184,10 +185,11 @@ pub enum SamizdatError {
 pub enum ErrorKind {
     /// The message was already decrypted: [`Recovery::Drop`].
     Duplicate,
-    /// Malformed, forged or altered: [`Recovery::Drop`].
+    /// Malformed, forged or altered (or of no state; naming a prekey this
+    /// device lacks): [`Recovery::Drop`].
     InvalidMessage,
-    /// Authentic-looking, but no state of the session can read it:
-    /// [`Recovery::Heal`].
+    /// The peer's (its header opened), but no state of the session can read
+    /// it: [`Recovery::Heal`].
     OutOfStep,
     /// No session with the peer: [`Recovery::FetchBundle`].
     NoSession,

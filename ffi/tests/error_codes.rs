@@ -16,7 +16,7 @@ use samizdat::{
     ErrorKind,
     address::Address,
     device::{Device, DeviceError},
-    limits::{MAX_GROUP_ID_LEN, MAX_PLAINTEXT_LEN},
+    limits::{MAX_GROUP_ID_LEN, MAX_PLAINTEXT_LEN, MAX_SKIP},
     store::SqliteBackend,
 };
 
@@ -87,14 +87,16 @@ fn provoke(dir: &Dir, scenario: &str) -> (ErrorKind, String) {
             *wire.last_mut().unwrap() ^= 1;
             failure(bob.decrypt(&address("alice"), &wire).map(drop))
         }
-        "message_of_another_session" => {
+        "message_past_the_skip_limit" => {
             alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
-            receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m1").unwrap());
-            receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r1").unwrap());
-            carol.start_session(&alice.prekey_bundle().unwrap()).unwrap();
-            receive(&alice, "carol", &carol.encrypt(&address("alice"), b"c1").unwrap());
-            let to_bob = alice.encrypt(&address("bob"), b"m2").unwrap();
-            failure(carol.decrypt(&address("alice"), &to_bob).map(drop))
+            let wire: Vec<Vec<u8>> =
+                (0..=MAX_SKIP + 1).map(|i| alice.encrypt(&address("bob"), &i.to_be_bytes()).unwrap()).collect();
+            // Only the last arrives: 2,001 earlier messages missing.
+            let outcome = failure(bob.decrypt(&address("alice"), &wire[wire.len() - 1]).map(drop));
+            // Nothing was consumed: once an earlier one arrives, it is within reach.
+            receive(&bob, "alice", &wire[1]);
+            receive(&bob, "alice", &wire[wire.len() - 1]);
+            outcome
         }
         "encrypt_without_session" => failure(alice.encrypt(&address("bob"), b"hello").map(drop)),
         "peer_reinstalled" => {

@@ -1021,9 +1021,13 @@ fn chains_from_record(
             return Err(DecodeError::InvalidValue("receiving.evicted"));
         }
         let mut evicted = VecDeque::new();
+        // Sorted, so that each of up to MAX_EVICTED_COUNTERS checks is a
+        // binary search, not a scan of the used counters.
+        let mut used_counters: Vec<u32> = used.iter().map(|(c, _)| *c).collect();
+        used_counters.sort_unstable();
         for counter in skipped_ranges(&chain.evicted, "receiving.evicted")? {
             let skipped_too = skipped.binary_search_by_key(&counter, MessageKey::counter).is_ok();
-            if counter >= chain.counter || skipped_too || used.iter().any(|(c, _)| *c == counter) {
+            if counter >= chain.counter || skipped_too || used_counters.binary_search(&counter).is_ok() {
                 return Err(DecodeError::InvalidValue("receiving.evicted.counter"));
             }
             evicted.push_back(counter);
