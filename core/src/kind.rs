@@ -326,7 +326,11 @@ impl SessionError {
             // authenticates, so nothing costly may follow (see
             // `ErrorKind::InvalidMessage`).
             Self::UnknownPreKey { .. } => ErrorKind::InvalidMessage,
-            Self::DuplicatePreKeyMessage => ErrorKind::Duplicate,
+            // A prekey message of a state no longer kept: the record
+            // remembers its base key, not which of its messages were read,
+            // so it may never have been; like a message no state opens
+            // (`NoMatchingState`), it is dropped as invalid, not as read.
+            Self::DuplicatePreKeyMessage => ErrorKind::InvalidMessage,
             Self::StalePending | Self::NotInBatch => ErrorKind::StalePending,
         }
     }

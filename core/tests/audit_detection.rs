@@ -1028,7 +1028,8 @@ fn q4_loading_a_row_with_the_most_evicted_counters() {
 /// Every failure the Device API returned in this audit has a kind whose
 /// code round-trips, and the decryption failures map as documented:
 /// `KeyEvicted`, `Rollback` and `TooFarAhead` to `out_of_step` (heal),
-/// `Duplicate` and `DuplicatePreKeyMessage` to `duplicate` (drop),
+/// `Duplicate` to `duplicate` (drop), `DuplicatePreKeyMessage` (a prekey
+/// message of a state no longer kept) to `invalid_message` (drop),
 /// `Unauthenticated`, `NoMatchingState`, `UnknownPreKey` and malformed bytes
 /// to `invalid_message` (drop), `NotInBatch` and a stale
 /// commit to `stale_pending` (decrypt again), a pending of another device to
@@ -1095,7 +1096,7 @@ fn q5_the_device_errors_and_their_codes() {
         assert_eq!(ErrorKind::from_code(error.kind().code()), Some(kind));
     }
     assert_eq!(DecryptError::KeyEvicted { counter: 0 }.kind(), ErrorKind::OutOfStep);
-    assert_eq!(SessionError::DuplicatePreKeyMessage.kind(), ErrorKind::Duplicate);
+    assert_eq!(SessionError::DuplicatePreKeyMessage.kind(), ErrorKind::InvalidMessage);
     assert_eq!(SessionError::NotInBatch.kind().recovery(), Recovery::DecryptAgain);
 }
 
@@ -1112,12 +1113,11 @@ fn q5_the_device_errors_and_their_codes() {
 /// the code `duplicate` says something false of a message never read (the
 /// same happens for kept states that expire, see `pcs.rs`
 /// `kept_keys_expire_after_the_limit_of_heals`): the record remembers the
-/// base key, not which of its messages were read.
+/// base key, not which of its messages were read. Fixed:
+/// `DuplicatePreKeyMessage` is `invalid_message`, as the ratchet message of
+/// the same dropped state is.
 #[test]
-#[ignore = "defect: SessionError::DuplicatePreKeyMessage is classified as duplicate, but it is also what a \
-            never-delivered prekey message of a dropped state gets; the ratchet message of the same dropped \
-            state is invalid_message"]
-fn q5_broken_a_never_read_prekey_message_of_a_dropped_state_is_a_duplicate() {
+fn q5_a_never_read_prekey_message_of_a_dropped_state_is_not_a_duplicate() {
     let (alice, bob) = (device("alice", 1), device("bob", 2));
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let p0 = send(&alice, "bob", "p0");
