@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rand_core::Rng;
 use samizdat::{
-    DecryptError, SessionError,
+    DecryptError, ErrorKind, SessionError,
     address::Address,
     device::{Device, DeviceError, GroupError, GroupSend, MessageKind},
 };
@@ -98,8 +98,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A redelivery after the commit is a duplicate, never decrypted twice.
     if let Some(first) = sent.first() {
         match bob.decrypt(alice.address(), first) {
-            Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { counter }))) => {
-                println!("bob   :  #1 redelivered: duplicate (counter {counter})")
+            // Every error has a stable code and the action it asks for.
+            Err(e @ DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. }))) => {
+                println!("bob   :  #1 redelivered: {e} ({}: {})", e.kind(), e.kind().recovery().code())
             }
             other => return Err(format!("expected a duplicate, got {other:?}").into()),
         }
@@ -112,8 +113,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         *last ^= 0x01;
     }
     match alice.decrypt(bob.address(), &tampered) {
-        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Unauthenticated))) => {
-            println!("alice :  tampered reply rejected")
+        Err(e @ DeviceError::Session(SessionError::Decrypt(DecryptError::Unauthenticated))) => {
+            println!("alice :  tampered reply rejected: {e} ({}: {})", e.kind(), e.kind().recovery().code())
         }
         other => return Err(format!("expected a rejection, got {other:?}").into()),
     }
@@ -156,7 +157,13 @@ fn connect(a: &Device, b: &Device) -> Result<(), Box<dyn std::error::Error>> {
 /// it, then the group message. A message on a chain `to` lacks (its
 /// distribution was lost, or `to` dropped the chain) comes with a request:
 /// `from`'s device answers it, and the message decrypts.
-fn deliver(from: &Device, to: &Device, sent: &GroupSend) -> Result<Option<String>, Box<dyn std::error::Error>> {
+/// Delivers `sent` to `to`: its plaintext, or the stable code of why it
+/// cannot be read.
+fn deliver(
+    from: &Device,
+    to: &Device,
+    sent: &GroupSend,
+) -> Result<Result<String, ErrorKind>, Box<dyn std::error::Error>> {
     for d in sent.distributions.iter().filter(|d| &d.to == to.address()) {
         let pending = to.decrypt(from.address(), &d.message)?;
         debug_assert_eq!(pending.kind(), MessageKind::Control);
@@ -166,17 +173,18 @@ fn deliver(from: &Device, to: &Device, sent: &GroupSend) -> Result<Option<String
         Ok(pending) => pending,
         Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) => {
             let answer = from.commit(from.decrypt(to.address(), &request)?)?;
-            let Some(answer) = answer else { return Ok(None) };
+            // No answer: the sender gives its chain to members only.
+            let Some(answer) = answer else { return Ok(Err(ErrorKind::MissingGroupKey)) };
             to.commit(to.decrypt(from.address(), &answer.message)?)?;
             println!("{:<5} :  lacked {}'s chain: asked, and got it", to.address().user_id(), from.address().user_id());
             to.decrypt(from.address(), &sent.message)?
         }
-        Err(DeviceError::Group(GroupError::MissingChain { request: None, .. })) => return Ok(None),
+        Err(e @ DeviceError::Group(GroupError::MissingChain { request: None, .. })) => return Ok(Err(e.kind())),
         Err(e) => return Err(e.into()),
     };
     let text = String::from_utf8_lossy(pending.plaintext()).into_owned();
     to.commit(pending)?;
-    Ok(Some(text))
+    Ok(Ok(text))
 }
 
 /// `from` sends `text` to the group, and it is delivered to `members`.
@@ -190,8 +198,13 @@ fn say(from: &Device, members: &[&Device], text: &str) -> Result<(), Box<dyn std
     );
     for to in members.iter().filter(|m| m.address() != from.address()) {
         match deliver(from, to, &sent)? {
-            Some(text) => println!("{:<5} <- {:<5} group: {text}", to.address().user_id(), from.address().user_id()),
-            None => println!("{:<5} <- {:<5} group: cannot read it", to.address().user_id(), from.address().user_id()),
+            Ok(text) => println!("{:<5} <- {:<5} group: {text}", to.address().user_id(), from.address().user_id()),
+            Err(kind) => println!(
+                "{:<5} <- {:<5} group: cannot read it ({kind}: {})",
+                to.address().user_id(),
+                from.address().user_id(),
+                kind.recovery().code()
+            ),
         }
     }
     Ok(())
