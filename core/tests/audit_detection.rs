@@ -38,6 +38,7 @@ use samizdat::{
 };
 use samizdat_proto::{storage, wire as pb};
 use support::{
+    copy_of,
     party::{Party, round_trip},
     rng,
 };
@@ -74,18 +75,6 @@ fn decrypt_error(error: DeviceError) -> DecryptError {
         DeviceError::Session(SessionError::Decrypt(e)) => e,
         other => panic!("not a decryption error: {other:?}"),
     }
-}
-
-/// A copy of a memory store, as a backup holds it.
-fn copy_of(store: &MemoryBackend) -> MemoryBackend {
-    let copy = MemoryBackend::new();
-    let writes: Vec<Write> = store
-        .snapshot()
-        .into_iter()
-        .map(|((table, key), value)| Write { table, key, value: Some(value), expected: Expected::Any })
-        .collect();
-    copy.apply(&writes).unwrap();
-    copy
 }
 
 /// Alice (key 1) and Bob (key 2) on a session Alice started; Bob answered

@@ -2,15 +2,18 @@
 //! from a message that no state can read because the two sides' states went
 //! apart. Each case is reported with its own typed error and stable code, and
 //! detecting it changes nothing.
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
 
 use samizdat::{
     DecryptError, ErrorKind, Recovery, SessionError,
     address::Address,
     device::{Device, DeviceError},
     limits::{MAX_SKIP, MAX_STORED_SKIPPED_KEYS},
-    store::{Backend, Expected, MemoryBackend, Write},
+    store::MemoryBackend,
 };
+use support::copy_of;
 
 fn address(name: &str) -> Address {
     Address::new(name, 1).unwrap()
@@ -32,18 +35,6 @@ fn decrypt_error(error: DeviceError) -> DecryptError {
         DeviceError::Session(SessionError::Decrypt(e)) => e,
         other => panic!("not a decryption error: {other:?}"),
     }
-}
-
-/// A copy of a memory store, as a backup holds it.
-fn copy_of(store: &MemoryBackend) -> MemoryBackend {
-    let copy = MemoryBackend::new();
-    let writes: Vec<Write> = store
-        .snapshot()
-        .into_iter()
-        .map(|((table, key), value)| Write { table, key, value: Some(value), expected: Expected::Any })
-        .collect();
-    copy.apply(&writes).unwrap();
-    copy
 }
 
 /// The second case: a message never delivered, whose skipped key was

@@ -11,23 +11,13 @@ mod support;
 use samizdat::{
     DecryptError, ErrorKind, Recovery, SessionError,
     device::{Device, DeviceError},
-    store::{Backend, Expected, MemoryBackend, Write},
 };
-use support::group::{Got, World, address, missing_chain};
+use support::{
+    copy_of,
+    group::{Got, World, address, missing_chain},
+};
 
 const G: &[u8] = b"restored";
-
-/// A copy of a memory store, as a backup holds it.
-fn copy_of(store: &MemoryBackend) -> MemoryBackend {
-    let copy = MemoryBackend::new();
-    let writes: Vec<Write> = store
-        .snapshot()
-        .into_iter()
-        .map(|((table, key), value)| Write { table, key, value: Some(value), expected: Expected::Any })
-        .collect();
-    copy.apply(&writes).unwrap();
-    copy
-}
 
 /// Member 1 is restored from a backup taken before member 0 rotated its
 /// chain (a removal). Member 0 believes member 1 has the new chain and

@@ -18,7 +18,7 @@ use crate::{
         MAX_GROUP_SKIPPED_KEYS, MAX_GROUP_USED_ITERATIONS, MAX_KEPT_CONTROL_MESSAGE_LEN, MAX_REQUESTED_CHAINS,
         MAX_SENDER_CHAINS, MAX_SKIP,
     },
-    ratchet::{chain::ChainKey, ranges_len, skipped_ranges, to_ranges},
+    ratchet::{chain::ChainKey, ranges_len, remember_evicted, skipped_ranges, to_ranges},
 };
 
 /// Bytes of a message's salt kept per decrypted iteration.
@@ -253,16 +253,7 @@ impl SenderChains {
         for chain in &mut self.chains {
             let drop = excess.min(chain.skipped.len());
             for (iteration, _) in chain.skipped.drain(..drop) {
-                // Lowest first, and later skipped keys are higher: appending
-                // keeps the list increasing.
-                match chain.evicted.back() {
-                    Some(last) if *last >= iteration => {
-                        if let Err(at) = chain.evicted.binary_search(&iteration) {
-                            chain.evicted.insert(at, iteration);
-                        }
-                    }
-                    _ => chain.evicted.push_back(iteration),
-                }
+                remember_evicted(&mut chain.evicted, iteration);
             }
             excess = excess.saturating_sub(drop);
         }

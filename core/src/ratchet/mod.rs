@@ -62,7 +62,7 @@ use self::{
 };
 pub(crate) use self::{
     kept::KeptKeys,
-    receiver::{ReceivingChain, bound_evicted},
+    receiver::{ReceivingChain, bound_evicted, remember_evicted},
 };
 use crate::{
     DecodeError, DecryptError, EncryptError,

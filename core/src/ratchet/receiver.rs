@@ -88,17 +88,7 @@ impl ReceivingChain {
     pub(crate) fn evict_skipped(&mut self, count: usize) {
         let count = count.min(self.skipped.len());
         for key in self.skipped.drain(..count) {
-            let counter = key.counter();
-            // Skipped keys are evicted lowest first, and later ones are
-            // higher: the list stays increasing by appending.
-            match self.evicted.back() {
-                Some(last) if *last >= counter => {
-                    if let Err(at) = self.evicted.binary_search(&counter) {
-                        self.evicted.insert(at, counter);
-                    }
-                }
-                _ => self.evicted.push_back(counter),
-            }
+            remember_evicted(&mut self.evicted, key.counter());
         }
     }
 
@@ -144,6 +134,20 @@ impl ReceivingChain {
     /// The tag of the message that used `counter`, if still remembered.
     pub(crate) fn used_tag(&self, counter: u32) -> Option<&NonceTag> {
         self.used.iter().find(|(c, _)| *c == counter).map(|(_, tag)| tag)
+    }
+}
+
+/// Adds `counter` to the increasing list `evicted` (once). Skipped keys are
+/// evicted lowest first and later ones are higher, so this is an append but
+/// for a counter that is somehow not past the last one.
+pub(crate) fn remember_evicted(evicted: &mut VecDeque<u32>, counter: u32) {
+    match evicted.back() {
+        Some(last) if *last >= counter => {
+            if let Err(at) = evicted.binary_search(&counter) {
+                evicted.insert(at, counter);
+            }
+        }
+        _ => evicted.push_back(counter),
     }
 }
 

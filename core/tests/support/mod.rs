@@ -10,7 +10,21 @@ use rand_core::{Rng, SeedableRng};
 use samizdat::{
     keys::X25519Secret,
     ratchet::{DoubleRatchet, RatchetInit},
+    store::{Backend, Expected, MemoryBackend, Write},
 };
+
+/// A copy of a memory store, as a backup holds it (to restore a device from
+/// an older copy).
+pub fn copy_of(store: &MemoryBackend) -> MemoryBackend {
+    let copy = MemoryBackend::new();
+    let writes: Vec<Write> = store
+        .snapshot()
+        .into_iter()
+        .map(|((table, key), value)| Write { table, key, value: Some(value), expected: Expected::Any })
+        .collect();
+    copy.apply(&writes).unwrap();
+    copy
+}
 
 /// A deterministic generator for tests.
 pub fn rng(seed: u64) -> ChaCha20Rng {
