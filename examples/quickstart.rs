@@ -172,7 +172,7 @@ fn deliver(
     let pending = match to.decrypt(from.address(), &sent.message) {
         Ok(pending) => pending,
         Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) => {
-            let answer = from.commit(from.decrypt(to.address(), &request)?)?;
+            let answer = from.commit(from.decrypt(to.address(), &request)?)?.pop();
             // No answer: the sender gives its chain to members only.
             let Some(answer) = answer else { return Ok(Err(ErrorKind::MissingGroupKey)) };
             to.commit(to.decrypt(from.address(), &answer.message)?)?;

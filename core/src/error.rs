@@ -99,6 +99,11 @@ pub enum DecryptError {
         /// The message's counter on its chain.
         counter: u32,
     },
+    /// The message reached the app already, sent again by the peer after a
+    /// reset of ours (PROTOCOL.md 20.6): this first copy of it, which
+    /// arrived late, is a duplicate.
+    #[error("duplicate message (delivered already by a resend)")]
+    Resent,
     /// The sender's state went backwards: the message's header is authentic
     /// (only the peer can make it), but its counter was already used by
     /// another message, or lies past the end of a chain the peer had closed.

@@ -538,12 +538,26 @@ pub enum GroupControl {
         /// The iteration of the message that needed it.
         iteration: u32,
     },
+    /// The first message of a session started to heal (PROTOCOL.md 20.5).
+    Reset {
+        /// The ids of the messages its sender could not read.
+        unreadable: Vec<[u8; 16]>,
+    },
+    /// A message of the outbox sent again (PROTOCOL.md 20.6).
+    Resend {
+        /// The id of the message as first sent.
+        id: [u8; 16],
+        /// The app's plaintext (wiped when the value is dropped).
+        plaintext: Vec<u8>,
+    },
 }
 
 impl Drop for GroupControl {
     fn drop(&mut self) {
-        if let Self::Distribution { chain_key, .. } = self {
-            zeroize::Zeroize::zeroize(chain_key);
+        match self {
+            Self::Distribution { chain_key, .. } => zeroize::Zeroize::zeroize(chain_key),
+            Self::Resend { plaintext, .. } => zeroize::Zeroize::zeroize(plaintext),
+            Self::Request { .. } | Self::Reset { .. } => {}
         }
     }
 }
@@ -561,6 +575,10 @@ impl std::fmt::Debug for GroupControl {
                 .field("chain_id", chain_id)
                 .field("iteration", iteration)
                 .finish_non_exhaustive(),
+            Self::Reset { unreadable } => f.debug_struct("Reset").field("unreadable", &unreadable.len()).finish(),
+            Self::Resend { plaintext, .. } => {
+                f.debug_struct("Resend").field("plaintext_len", &plaintext.len()).finish_non_exhaustive()
+            }
         }
     }
 }
@@ -584,6 +602,8 @@ pub fn parse_group_control(content: &[u8]) -> Result<GroupControl, crate::Decode
             chain_id: r.chain_id,
             iteration: r.iteration,
         },
+        Control::Reset(unreadable) => GroupControl::Reset { unreadable },
+        Control::Resend { id, plaintext } => GroupControl::Resend { id, plaintext: plaintext.to_vec() },
     })
 }
 
@@ -610,8 +630,16 @@ pub fn encode_group_control(control: &GroupControl) -> Result<Vec<u8>, crate::De
             chain_id: *chain_id,
             iteration: *iteration,
         }),
+        GroupControl::Reset { unreadable } => Control::Reset(unreadable.clone()),
+        GroupControl::Resend { id, plaintext } => {
+            Control::Resend { id: *id, plaintext: zeroize::Zeroizing::new(plaintext.clone()) }
+        }
     };
-    Ok(control.to_bytes().to_vec())
+    let bytes = control.to_bytes().to_vec();
+    // What the parser refuses is refused here too (too many ids, a repeat,
+    // a plaintext too long).
+    Control::from_bytes(&bytes)?;
+    Ok(bytes)
 }
 
 /// The identity of the one session every distribution of a

@@ -304,7 +304,7 @@ impl DecryptError {
     /// counter reused, a gap past the skip limit).
     pub const fn kind(&self) -> ErrorKind {
         match self {
-            Self::Duplicate { .. } => ErrorKind::Duplicate,
+            Self::Duplicate { .. } | Self::Resent => ErrorKind::Duplicate,
             Self::Malformed(_) | Self::Unauthenticated | Self::NoMatchingState => ErrorKind::InvalidMessage,
             Self::KeyEvicted { .. } | Self::Rollback { .. } | Self::TooFarAhead { .. } => ErrorKind::OutOfStep,
         }

@@ -40,6 +40,7 @@ pub mod group;
 mod handshake;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;
+pub mod heal;
 mod kdf;
 pub mod keys;
 mod kind;

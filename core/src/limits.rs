@@ -197,3 +197,24 @@ pub const MAX_KEPT_CONTROL_MESSAGE_LEN: usize = 4096;
 /// send more new messages (past it, a chain id asked for already gets its
 /// last request again, [`MAX_GROUP_KEY_REQUESTS`]; another gets none).
 pub const MAX_GROUP_REQUESTS_PER_SENDER: u32 = 8;
+
+/// The most message ids one reset names (PROTOCOL.md 20.5): a device that
+/// could not read more names the latest of them.
+pub const MAX_RESET_IDS: usize = 64;
+
+/// The most ids a session record awaits a resend for (PROTOCOL.md 20.4);
+/// the oldest make room.
+pub const MAX_AWAITED_RESENDS: usize = 64;
+
+/// The most ids of resent messages a session record remembers, so that a
+/// late first copy of one is a duplicate (PROTOCOL.md 20.4).
+pub const MAX_DELIVERED_RESENDS: usize = 64;
+
+/// The most plaintexts the outbox keeps per peer (PROTOCOL.md 20.3); the
+/// oldest make room. A [`HealPolicy`](crate::device::HealPolicy) may set
+/// fewer.
+pub const MAX_OUTBOX_MESSAGES: usize = 256;
+
+/// The largest plaintext the outbox keeps: room is left for the resend's
+/// framing within [`MAX_PLAINTEXT_LEN`].
+pub const MAX_KEPT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 64;

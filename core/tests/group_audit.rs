@@ -58,7 +58,7 @@ fn missing_chain(result: Result<Got, DeviceError>) -> Option<Option<Vec<u8>>> {
     }
 }
 
-fn is_stale(result: &Result<Option<samizdat::device::Outgoing>, DeviceError>) -> bool {
+fn is_stale(result: &Result<Vec<samizdat::device::Outgoing>, DeviceError>) -> bool {
     matches!(result, Err(DeviceError::Session(SessionError::StalePending)))
 }
 
@@ -400,7 +400,7 @@ fn distributions_for_groups_the_sender_is_not_in_change_nothing() {
     for sent in [&in_g, &elsewhere] {
         let pending = net.dev(bob).decrypt(&addr(mallory), &sent.distributions[0].message).unwrap();
         assert_eq!(pending.kind(), MessageKind::Control);
-        assert!(net.dev(bob).commit(pending).unwrap().is_none());
+        assert!(net.dev(bob).commit(pending).unwrap().is_empty());
     }
     assert_eq!(groups_rows(&net.stores[bob]), groups_before, "no group row written or created");
     assert_eq!(group_error(net.receive(mallory, bob, &in_g.message)), GroupError::NotMember);

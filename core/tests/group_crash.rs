@@ -591,6 +591,7 @@ impl App {
         self.killer.set(Call::Commit, format!("{} {}", row.recipient, row.seq));
         self.devices[row.recipient]
             .commit(pending)
+            .map(|mut sent| sent.pop())
             .map_err(|e| format!("commit of seq {} at m{}: {e:?}", row.seq, row.recipient))
     }
 
@@ -1232,7 +1233,7 @@ fn receive(devices: &[Device<SqliteBackend>], from: usize, to: usize, bytes: &[u
     let pending = devices[to].decrypt(&address(from), bytes)?;
     let kind = pending.kind();
     let plaintext = pending.plaintext().to_vec();
-    let answer = devices[to].commit(pending)?;
+    let answer = devices[to].commit(pending)?.pop();
     Ok(match kind {
         MessageKind::Group => Got::Group(plaintext),
         MessageKind::Direct => Got::Direct(plaintext),

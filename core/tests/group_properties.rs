@@ -813,7 +813,7 @@ impl Run {
                     self.stats.decrypted_again_after_delete += 1;
                 }
                 let answer = self.world.device(to).commit(pending).map_err(|e| fail(format!("commit: {e:?}")))?;
-                prop_assert!(answer.is_none());
+                prop_assert!(answer.is_empty());
                 let kept = self.model[to].kept.get_mut(&from).unwrap();
                 kept.chains.iter_mut().find(|k| k.chain == chain).unwrap().decrypted.insert(iteration);
                 kept.settle();
@@ -881,7 +881,9 @@ impl Run {
         let pending = result.map_err(|e| fail(format!("a one-to-one message ({:?}) refused: {e:?}", message.what)))?;
         prop_assert_eq!(pending.kind(), MessageKind::Control);
         prop_assert_eq!(pending.group_id(), Some(G));
-        let answer = self.world.device(to).commit(pending).map_err(|e| fail(format!("commit: {e:?}")))?;
+        let mut answers = self.world.device(to).commit(pending).map_err(|e| fail(format!("commit: {e:?}")))?;
+        prop_assert!(answers.len() <= 1, "one control message, at most one answer");
+        let answer = answers.pop();
         if trace() {
             eprintln!("{:?} from m{from} at m{to}: answer {}", message.what, answer.is_some());
         }

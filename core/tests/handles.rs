@@ -120,7 +120,7 @@ fn hammer<B: Backend>(first: &Device<B>, second: &Device<B>) {
     let refusals = Refusals::default();
     first.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let hello = first.encrypt(bob.address(), b"hello").unwrap();
-    assert_eq!(bob.decrypt(&alice, &hello).map(|p| bob.commit(p)).unwrap().ok(), Some(None));
+    assert_eq!(bob.decrypt(&alice, &hello).map(|p| bob.commit(p)).unwrap().ok(), Some(Vec::new()));
     let replies: Vec<Vec<u8>> =
         (0..REPLIES).map(|r| bob.encrypt(&alice, format!("reply {r}").as_bytes()).unwrap()).collect();
 
@@ -176,7 +176,7 @@ fn hammer<B: Backend>(first: &Device<B>, second: &Device<B>) {
         let reply = bob.encrypt(&alice, b"after").unwrap();
         assert_eq!(receive(&refusals, handle, bob.address(), &reply), b"after");
         let wire = handle.encrypt(bob.address(), b"still here").unwrap();
-        assert_eq!(bob.commit(bob.decrypt(&alice, &wire).unwrap()).ok(), Some(None));
+        assert_eq!(bob.commit(bob.decrypt(&alice, &wire).unwrap()).ok(), Some(Vec::new()));
     }
     println!("{} calls refused and retried", refusals.0.load(Ordering::Relaxed));
 }

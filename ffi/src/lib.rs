@@ -263,10 +263,11 @@ impl Device {
     /// attempt uses up `pending`: after an error nothing was written, and the
     /// message decrypts again.
     ///
-    /// Returns the answer when the message was a member's request for our
-    /// chain in a group that this device answers: send it to `to`.
-    pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<Option<Outgoing>, SamizdatError> {
-        Ok(self.inner.commit(take(&pending.inner)?)?.map(Outgoing::from))
+    /// Returns what to send, in order: the answer when the message was a
+    /// member's request for our chain in a group that this device answers;
+    /// the messages sent again when it was a peer's reset. Usually empty.
+    pub fn commit(&self, pending: Arc<PendingMessage>) -> Result<Vec<Outgoing>, SamizdatError> {
+        Ok(self.inner.commit(take(&pending.inner)?)?.into_iter().map(Outgoing::from).collect())
     }
 
     /// Decrypts queued messages in order; nothing is written until

@@ -326,7 +326,7 @@ fn deliver(
         assert!(pending.group_id() == Some(GROUP), "message {k}: another group");
     }
     let answer = alice.commit(pending).expect("a commit on an unchanged store");
-    assert!(answer.is_none() || message.answers, "message {k} answered");
+    assert!(answer.is_empty() || message.answers, "message {k} answered");
     committed.insert(k);
     let before = store.snapshot();
     let again = alice.decrypt(&peer(from), bytes);

@@ -222,6 +222,8 @@ pub(crate) enum Kind {
 pub(crate) enum ControlFields {
     Distribution { group_id: String, chain_id: u32, iteration: u32, chain_key: String, signing_key: String },
     Request { group_id: String, chain_id: u32, iteration: u32 },
+    Reset { unreadable: Vec<String> },
+    Resend { id: String, plaintext: String },
 }
 
 impl VectorSet for Group {
@@ -683,6 +685,18 @@ fn control_by_hand(fields: &ControlFields) -> R<Vec<u8>> {
             2,
             &[opt_bytes(1, &bytes("control.group_id", group_id)?), uint(2, *chain_id), uint(3, *iteration)].concat(),
         ),
+        ControlFields::Reset { unreadable } => ld(
+            3,
+            &unreadable
+                .iter()
+                .map(|id| Ok(ld(1, &bytes("control.unreadable", id)?)))
+                .collect::<R<Vec<Vec<u8>>>>()?
+                .concat(),
+        ),
+        ControlFields::Resend { id, plaintext } => ld(
+            4,
+            &[opt_bytes(1, &bytes("control.id", id)?), opt_bytes(2, &bytes("control.plaintext", plaintext)?)].concat(),
+        ),
     })
 }
 
@@ -904,6 +918,13 @@ fn control_from_fields(fields: &ControlFields) -> R<GroupControl> {
             chain_id: *chain_id,
             iteration: *iteration,
         },
+        ControlFields::Reset { unreadable } => GroupControl::Reset {
+            unreadable: unreadable.iter().map(|id| array::<16>("control.unreadable", id)).collect::<R<_>>()?,
+        },
+        ControlFields::Resend { id, plaintext } => GroupControl::Resend {
+            id: array::<16>("control.id", id)?,
+            plaintext: bytes("control.plaintext", plaintext)?,
+        },
     })
 }
 
@@ -921,6 +942,8 @@ fn fields_of(control: &GroupControl) -> ControlFields {
         GroupControl::Request { group_id, chain_id, iteration } => {
             ControlFields::Request { group_id: h(group_id), chain_id: *chain_id, iteration: *iteration }
         }
+        GroupControl::Reset { unreadable } => ControlFields::Reset { unreadable: unreadable.iter().map(h).collect() },
+        GroupControl::Resend { id, plaintext } => ControlFields::Resend { id: h(id), plaintext: h(plaintext) },
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
     DecryptError, EncryptError, SessionError,
     address::Address,
     group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
+    heal::{Healing, MessageId},
     keys::IdentityKey,
     limits::{MAX_GROUP_KEY_ANSWERS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
     padding::ContentType,
@@ -168,14 +169,27 @@ pub(super) enum ControlAction {
     /// answer, handed again, as long as our chain row is still the one read
     /// (its key and sealed bytes).
     AnswerAgain { group_id: GroupId, own: (Vec<u8>, Vec<u8>), message: Vec<u8> },
+    /// A reset from the peer (PROTOCOL.md 20.5): the plaintexts of our
+    /// outbox it named, to send again once the new session is installed.
+    Reset { resends: Vec<(MessageId, Zeroizing<Vec<u8>>)> },
+    /// A resend our reset awaited: a message for the app.
+    Resent { id: MessageId, plaintext: Zeroizing<Vec<u8>> },
 }
 
 impl ControlAction {
-    pub(super) fn group_id(&self) -> &[u8] {
+    /// The group a group control message is about; `None` for healing.
+    pub(super) fn group_id(&self) -> Option<&[u8]> {
         match self {
-            Self::Ignored(group_id) | Self::Store { group_id, .. } => group_id,
-            Self::Answer { group_id, .. } | Self::AnswerAgain { group_id, .. } => group_id.as_bytes(),
+            Self::Ignored(group_id) | Self::Store { group_id, .. } => Some(group_id),
+            Self::Answer { group_id, .. } | Self::AnswerAgain { group_id, .. } => Some(group_id.as_bytes()),
+            Self::Reset { .. } | Self::Resent { .. } => None,
         }
+    }
+
+    /// Whether committing it writes group rows (then the commit takes the
+    /// group lock first).
+    pub(super) fn is_group(&self) -> bool {
+        !matches!(self, Self::Reset { .. } | Self::Resent { .. } | Self::Ignored(_))
     }
 }
 
@@ -936,6 +950,7 @@ impl<B: Backend> Device<B> {
         peer: &Address,
         identity: IdentityKey,
         content: &[u8],
+        healing: &Healing,
     ) -> Result<ControlAction, DeviceError> {
         let control = match Control::from_bytes(content) {
             Ok(control) => control,
@@ -944,6 +959,14 @@ impl<B: Backend> Device<B> {
             Err(e) => return Err(SessionError::from(e).into()),
         };
         match control {
+            Control::Reset(ids) => self.plan_reset(peer, &ids),
+            // A resend our reset did not ask for, or one already delivered:
+            // nothing for the app.
+            Control::Resend { id, plaintext } => Ok(if healing.awaits(&id) {
+                ControlAction::Resent { id, plaintext }
+            } else {
+                ControlAction::Ignored(Vec::new())
+            }),
             Control::Distribution(distribution) => {
                 let group_id = distribution.group_id.clone();
                 let (row, loaded) = self.load_member(&group_id, peer)?;
@@ -1031,11 +1054,16 @@ impl<B: Backend> Device<B> {
         action: ControlAction,
         peer: &Address,
         record: &mut SessionRecord,
-    ) -> Result<(Vec<Write>, Option<Outgoing>), DeviceError> {
+    ) -> Result<(Vec<Write>, Vec<Outgoing>), DeviceError> {
         match action {
-            ControlAction::Ignored(_) => Ok((Vec::new(), None)),
+            ControlAction::Ignored(_) => Ok((Vec::new(), Vec::new())),
+            ControlAction::Resent { id, .. } => {
+                record.healing_mut().delivered(&id, true);
+                Ok((Vec::new(), Vec::new()))
+            }
+            ControlAction::Reset { resends } => Ok((Vec::new(), self.encrypt_resends(peer, record, resends)?)),
             ControlAction::Store { group_id, row, sealed, chains } => {
-                Ok((vec![self.member_write(row, &group_id, peer, &chains, Expected::Value(sealed))], None))
+                Ok((vec![self.member_write(row, &group_id, peer, &chains, Expected::Value(sealed))], Vec::new()))
             }
             ControlAction::Answer { group_id, roster, own, member, distribution } => {
                 let chain_id = distribution.chain_id;
@@ -1060,7 +1088,7 @@ impl<B: Backend> Device<B> {
                             Expected::Value(member_sealed),
                         ),
                     ],
-                    Some(Outgoing { to: peer.clone(), message }),
+                    vec![Outgoing { to: peer.clone(), message }],
                 ))
             }
             ControlAction::AnswerAgain { own: (key, sealed), message, .. } => {
@@ -1069,7 +1097,7 @@ impl<B: Backend> Device<B> {
                 // our current chain.
                 let write =
                     Write { table: Table::Groups, key, value: Some(sealed.clone()), expected: Expected::Value(sealed) };
-                Ok((vec![write], Some(Outgoing { to: peer.clone(), message })))
+                Ok((vec![write], vec![Outgoing { to: peer.clone(), message }]))
             }
         }
     }

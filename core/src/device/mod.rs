@@ -54,6 +54,7 @@
 //! ```
 
 mod groups;
+mod healing;
 mod pending;
 mod prekeys;
 mod sessions;
@@ -82,6 +83,7 @@ use crate::{
 use self::prekeys::set_rows;
 pub use self::{
     groups::{GroupError, GroupSend, Outgoing},
+    healing::{Heal, HealPolicy},
     pending::{MessageKind, PendingBatch, PendingMessage},
 };
 
@@ -152,6 +154,8 @@ pub struct Device<B: Backend = SqliteBackend> {
     /// Headers whose forged bodies were costly to refuse, with the key that
     /// opens their bodies (see [`sessions`]): in memory only, bounded.
     refused: Mutex<VecDeque<RefusedHeader>>,
+    /// How this handle heals sessions.
+    heal_policy: Mutex<HealPolicy>,
     /// The process that made this device.
     pid: u32,
 }
@@ -341,6 +345,7 @@ impl<B: Backend> Device<B> {
             prekey_lock: Mutex::new(()),
             group_lock: Mutex::new(()),
             refused: Mutex::new(VecDeque::new()),
+            heal_policy: Mutex::new(HealPolicy::default()),
             pid: std::process::id(),
         }
     }

@@ -8,6 +8,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::{
     SessionError,
     address::Address,
+    heal::MessageId,
     keys::IdentityKey,
     session::{PendingDecrypt, SessionRecord},
 };
@@ -51,6 +52,9 @@ pub(super) enum Inner {
         loaded: LoadedRows,
         record: SessionRecord,
         control: Option<ControlAction>,
+        /// The message's id: of its wire bytes, or for a resend, of the
+        /// message as first sent (PROTOCOL.md 20.2).
+        id: MessageId,
     },
     /// A group message.
     Group(GroupPending),
@@ -60,15 +64,18 @@ pub(super) enum Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MessageKind {
-    /// A one-to-one message for the app: [`PendingMessage::plaintext`].
+    /// A one-to-one message for the app: [`PendingMessage::plaintext`]
+    /// (also one the peer sent again after a reset, under the id it was
+    /// first sent with, [`PendingMessage::message_id`]).
     Direct,
     /// A group message for the app: [`PendingMessage::plaintext`], in the
     /// group [`PendingMessage::group_id`].
     Group,
     /// A control message between the two devices' libraries (a group's
-    /// chain, or a request for one) of the group [`PendingMessage::group_id`]:
-    /// nothing for the app to show or store. Commit it all the same (the
-    /// session advances, and the library acts on it), then acknowledge it.
+    /// chain, or a request for one, of the group [`PendingMessage::group_id`];
+    /// a reset that heals the session): nothing for the app to show or store.
+    /// Commit it all the same (the session advances, and the library acts on
+    /// it; send what the commit returns), then acknowledge it.
     Control,
 }
 
@@ -76,6 +83,7 @@ impl PendingMessage {
     /// The plaintext: empty for a [`MessageKind::Control`] message.
     pub fn plaintext(&self) -> &[u8] {
         match &self.inner {
+            Inner::Pairwise { control: Some(ControlAction::Resent { plaintext, .. }), .. } => plaintext,
             Inner::Pairwise { control: Some(_), .. } => &[],
             Inner::Pairwise { pending, .. } => pending.plaintext(),
             Inner::Group(group) => &group.plaintext,
@@ -85,18 +93,32 @@ impl PendingMessage {
     /// What the message is.
     pub fn kind(&self) -> MessageKind {
         match &self.inner {
+            Inner::Pairwise { control: Some(ControlAction::Resent { .. }), .. } => MessageKind::Direct,
             Inner::Pairwise { control: Some(_), .. } => MessageKind::Control,
             Inner::Pairwise { .. } => MessageKind::Direct,
             Inner::Group(_) => MessageKind::Group,
         }
     }
 
-    /// The group of a group message or of a control message.
+    /// The group of a group message or of a group's control message.
     pub fn group_id(&self) -> Option<&[u8]> {
         match &self.inner {
-            Inner::Pairwise { control: Some(control), .. } => Some(control.group_id()),
+            Inner::Pairwise { control: Some(control), .. } => control.group_id(),
             Inner::Pairwise { .. } => None,
             Inner::Group(group) => Some(&group.group_id),
+        }
+    }
+
+    /// The id of a one-to-one message ([`message_id`](crate::heal::message_id)
+    /// of its wire bytes; for a message sent again after a reset, the id of
+    /// the message as first sent, so that it is the same id either way): what
+    /// the app keys the stored plaintext by, and puts in a delivery receipt
+    /// for the sender's [`Device::acknowledge`](super::Device::acknowledge).
+    /// `None` for a group message.
+    pub fn message_id(&self) -> Option<MessageId> {
+        match &self.inner {
+            Inner::Pairwise { id, .. } => Some(*id),
+            Inner::Group(_) => None,
         }
     }
 

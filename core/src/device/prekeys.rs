@@ -481,9 +481,19 @@ impl<B: Backend> Device<B> {
                 Err(e) => return Ok(Err(e)),
             }
         };
+        // The first copy of a message a resend brought already.
+        let id = crate::heal::message_id(ciphertext);
+        if record.healing().was_resent(&id) {
+            return Ok(Err(crate::DecryptError::Resent.into()));
+        }
         let plaintext = pending.plaintext().to_vec();
         if let Err(e) = record.commit(pending) {
             return Ok(Err(e));
+        }
+        // A message a reset named, read as first sent: its resend is no
+        // longer for the app.
+        if record.healing().awaits(&id) {
+            record.healing_mut().delivered(&id, false);
         }
         rows.apply(changes);
         Ok(Ok(plaintext))

@@ -14,6 +14,7 @@ use crate::{
     address::Address,
     fingerprint::SafetyNumber,
     group::GroupMessage,
+    heal::message_id,
     keys::IdentityKey,
     padding::ContentType,
     prekeys::{PreKeyBundle, PreKeySet},
@@ -24,7 +25,9 @@ use crate::{
 };
 
 use super::{
-    Device, DeviceError, Outgoing, PendingBatch, PendingMessage, ROW_VERSION, encode, lock,
+    Device, DeviceError, Outgoing, PendingBatch, PendingMessage, ROW_VERSION, encode,
+    groups::ControlAction,
+    lock,
     pending::{Inner, LoadedRecord, LoadedRows},
     prekeys::PreKeyRows,
     retry_on_conflict,
@@ -343,16 +346,24 @@ impl<B: Backend> Device<B> {
             // Only the prekey rows the message needs (PROTOCOL.md 14.9).
             let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
             let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
+            let mut id = message_id(ciphertext);
             let control = match pending.content() {
+                // The first copy of a message a resend brought already.
+                ContentType::App if record.healing().was_resent(&id) => {
+                    return Err(SessionError::from(DecryptError::Resent).into());
+                }
                 ContentType::App => None,
                 ContentType::Control => {
-                    Some(self.plan_control(peer, pending.sender_identity(), pending.plaintext())?)
+                    Some(self.plan_control(peer, pending.sender_identity(), pending.plaintext(), record.healing())?)
                 }
             };
+            if let Some(ControlAction::Resent { id: first, .. }) = &control {
+                id = *first;
+            }
             Ok(PendingMessage {
                 device: self.identity.public_key(),
                 peer: peer.clone(),
-                inner: Inner::Pairwise { pending, loaded, record, control },
+                inner: Inner::Pairwise { pending, loaded, record, control, id },
             })
         });
         corrupt_if_unchanged(result, &read)
@@ -380,24 +391,31 @@ impl<B: Backend> Device<B> {
     /// now, and a copy of one sent is a duplicate to the peer. One request
     /// returns at most one answer.
     ///
+    /// A reset from the peer (its [`Self::heal`]) installs its new session
+    /// and returns the messages it named that our outbox still holds
+    /// ([`Self::encrypt_kept`]), each encrypted again on that session, at
+    /// most [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS): the session
+    /// advanced by them is written before they are returned. Send them all,
+    /// in order. Every other commit returns nothing or one message.
+    ///
     /// # Errors
     /// [`DeviceError::ForeignPending`] if another device made it;
     /// [`SessionError::StalePending`] if the session changed since the
     /// decryption (decrypt again: the message was not consumed);
     /// [`SessionError::UnknownPreKey`] if another session consumed the same
     /// one-time prekey first; a store error (nothing written).
-    pub fn commit(&self, message: PendingMessage) -> Result<Option<Outgoing>, DeviceError> {
+    pub fn commit(&self, message: PendingMessage) -> Result<Vec<Outgoing>, DeviceError> {
         self.check_process()?;
         let PendingMessage { device, peer, inner } = message;
         if device != self.identity.public_key() {
             return Err(DeviceError::ForeignPending);
         }
-        let (pending, mut loaded, mut record, control) = match inner {
-            Inner::Group(group) => return self.commit_group(group).map(|()| None),
-            Inner::Pairwise { pending, loaded, record, control } => (pending, loaded, record, control),
+        let (pending, mut loaded, mut record, control, id) = match inner {
+            Inner::Group(group) => return self.commit_group(group).map(|()| Vec::new()),
+            Inner::Pairwise { pending, loaded, record, control, id } => (pending, loaded, record, control, id),
         };
         // Group rows first, as every call that takes both locks.
-        let _group_guard = control.as_ref().map(|_| lock(&self.group_lock));
+        let _group_guard = control.as_ref().filter(|c| c.is_group()).map(|_| lock(&self.group_lock));
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -410,7 +428,14 @@ impl<B: Backend> Device<B> {
         record.commit(pending)?;
         let (control_writes, answer) = match control {
             Some(action) => self.control_writes(action, &peer, &mut record)?,
-            None => (Vec::new(), None),
+            None => {
+                // A message our reset named, read as first sent: its resend
+                // is no longer for the app.
+                if record.healing().awaits(&id) {
+                    record.healing_mut().delivered(&id, false);
+                }
+                (Vec::new(), Vec::new())
+            }
         };
         // Seeds of another version of the row: it changed since the decryption.
         let mut session_writes = self

@@ -10,8 +10,10 @@ use super::GroupId;
 use crate::{
     DecodeError,
     address::Address,
+    heal::{MessageId, id_from_slice},
     kdf,
     keys::{IdentityKey, SIGNATURE_LEN, Secret32, fixed},
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_RESET_IDS},
     padding::MIN_BUCKET,
     ratchet::message_key::TAG_LEN,
     wire,
@@ -170,6 +172,14 @@ pub(crate) struct Request {
 pub(crate) enum Control {
     Distribution(Distribution),
     Request(Request),
+    /// The first message of a session started to heal: the ids of the
+    /// messages its sender could not read (PROTOCOL.md 20.5).
+    Reset(Vec<MessageId>),
+    /// A message of the outbox sent again (PROTOCOL.md 20.6).
+    Resend {
+        id: MessageId,
+        plaintext: Zeroizing<Vec<u8>>,
+    },
 }
 
 impl Control {
@@ -190,6 +200,12 @@ impl Control {
                 chain_id: r.chain_id,
                 iteration: r.iteration,
             }),
+            Self::Reset(ids) => {
+                pb::control::Body::Reset(pb::Reset { unreadable: ids.iter().map(|id| id.to_vec()).collect() })
+            }
+            Self::Resend { id, plaintext } => {
+                pb::control::Body::Resend(pb::Resend { id: id.to_vec(), plaintext: plaintext.to_vec() })
+            }
         };
         let control = Zeroizing::new(pb::Control { body: Some(body) });
         let mut out = Zeroizing::new(Vec::with_capacity(control.encoded_len()));
@@ -207,7 +223,7 @@ impl Control {
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         // One well-formed field of a number this release does not know: a
         // control kind of a later release (PROTOCOL.md 18.6).
-        if wire::is_unknown_field(bytes, 2) {
+        if wire::is_unknown_field(bytes, 4) {
             return Err(DecodeError::UnknownKind);
         }
         let control = crate::codec::decode_secret::<pb::Control>(bytes)?;
@@ -225,6 +241,26 @@ impl Control {
                 chain_id: r.chain_id,
                 iteration: r.iteration,
             })),
+            Some(pb::control::Body::Reset(r)) => {
+                if r.unreadable.len() > MAX_RESET_IDS {
+                    return Err(DecodeError::InvalidValue("reset.unreadable"));
+                }
+                let ids: Vec<MessageId> =
+                    r.unreadable.iter().map(|id| id_from_slice(id, "reset.unreadable")).collect::<Result<_, _>>()?;
+                if ids.iter().enumerate().any(|(i, id)| ids.iter().skip(i + 1).any(|other| other == id)) {
+                    return Err(DecodeError::InvalidValue("reset.unreadable"));
+                }
+                Ok(Self::Reset(ids))
+            }
+            Some(pb::control::Body::Resend(r)) => {
+                if r.plaintext.len() > MAX_KEPT_PLAINTEXT_LEN {
+                    return Err(DecodeError::InvalidValue("resend.plaintext"));
+                }
+                Ok(Self::Resend {
+                    id: id_from_slice(&r.id, "resend.id")?,
+                    plaintext: Zeroizing::new(r.plaintext.clone()),
+                })
+            }
             None => Err(DecodeError::UnknownKind),
         }
     }
@@ -244,6 +280,10 @@ impl fmt::Debug for Control {
         match self {
             Self::Distribution(d) => d.fmt(f),
             Self::Request(r) => r.fmt(f),
+            Self::Reset(ids) => f.debug_struct("Reset").field("unreadable", &ids.len()).finish(),
+            Self::Resend { plaintext, .. } => {
+                f.debug_struct("Resend").field("plaintext_len", &plaintext.len()).finish_non_exhaustive()
+            }
         }
     }
 }

@@ -435,10 +435,25 @@ fn control_content_round_trips_and_junk_is_refused() {
     let request = Control::Request(Request { group_id: gid(b"g"), chain_id: 9, iteration: 4 });
     assert_eq!(Control::from_bytes(&request.to_bytes()).unwrap(), request);
     assert_eq!(Control::from_bytes(&[]), Err(DecodeError::UnknownKind));
-    // A control kind of a later release (field 3, 4 ...): unknown, not malformed.
-    assert_eq!(Control::from_bytes(&[0x1a, 0x00]), Err(DecodeError::UnknownKind));
-    assert_eq!(Control::from_bytes(&[0x22, 0x02, 0xaa, 0xbb]), Err(DecodeError::UnknownKind));
-    assert_eq!(Control::from_bytes(&[0x1a, 0x05, 0x00]), Err(DecodeError::Protobuf));
+    // A control kind of a later release (field 5, 6 ...): unknown, not malformed.
+    assert_eq!(Control::from_bytes(&[0x2a, 0x00]), Err(DecodeError::UnknownKind));
+    assert_eq!(Control::from_bytes(&[0x32, 0x02, 0xaa, 0xbb]), Err(DecodeError::UnknownKind));
+    assert_eq!(Control::from_bytes(&[0x2a, 0x05, 0x00]), Err(DecodeError::Protobuf));
+    // A reset naming nothing is a reset; one naming a short id or an id
+    // twice, or one resend too long, is refused.
+    assert_eq!(Control::from_bytes(&[0x1a, 0x00]), Ok(Control::Reset(Vec::new())));
+    let reset = Control::Reset(vec![[1; 16], [2; 16]]);
+    assert_eq!(Control::from_bytes(&reset.to_bytes()).unwrap(), reset);
+    assert!(Control::from_bytes(&Control::Reset(vec![[1; 16], [1; 16]]).to_bytes()).is_err());
+    assert!(Control::from_bytes(&[0x1a, 0x03, 0x0a, 0x01, 0x00]).is_err());
+    assert!(Control::from_bytes(&Control::Reset((0..65u8).map(|i| [i; 16]).collect()).to_bytes()).is_err());
+    let resend = Control::Resend { id: [7; 16], plaintext: zeroize::Zeroizing::new(b"again".to_vec()) };
+    assert_eq!(Control::from_bytes(&resend.to_bytes()).unwrap(), resend);
+    let long = Control::Resend {
+        id: [7; 16],
+        plaintext: zeroize::Zeroizing::new(vec![0; crate::limits::MAX_KEPT_PLAINTEXT_LEN + 1]),
+    };
+    assert!(Control::from_bytes(&long.to_bytes()).is_err());
     assert!(Control::from_bytes(&[0x0a, 0x01]).is_err());
     // A group id of 65 bytes.
     let long = Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0 });

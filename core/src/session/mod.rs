@@ -86,6 +86,7 @@ use crate::{
     DecodeError, DecryptError, SessionError,
     address::Address,
     handshake::pqxdh,
+    heal::Healing,
     keys::{IdentityKey, IdentityKeyPair, Secret32, X25519PublicKey},
     limits::MAX_STORED_SKIPPED_KEYS,
     limits::{MAX_ARCHIVED_STATES, MAX_KEPT_STATE_HEALS, MAX_SEEN_BASE_KEYS, MAX_STATE_LEN},
@@ -131,6 +132,8 @@ pub struct SessionRecord {
     heals: u64,
     /// How many sessions we initiated with the peer.
     initiations: u64,
+    /// What healing knows of the peer (PROTOCOL.md 20.4).
+    healing: Healing,
     /// This object's number (not stored): see [`RECORD_OBJECTS`].
     object: u64,
     /// Whether the skipped keys (which ones there are) changed since the
@@ -268,6 +271,7 @@ impl Default for SessionRecord {
             generation: 0,
             heals: 0,
             initiations: 0,
+            healing: Healing::default(),
             object: next_object(),
             skipped_changed: false,
         }
@@ -283,6 +287,18 @@ impl SessionRecord {
     /// The identity key trusted for this peer, if any.
     pub fn trusted_identity(&self) -> Option<IdentityKey> {
         self.trusted_identity
+    }
+
+    /// What healing knows of the peer.
+    pub(crate) fn healing(&self) -> &Healing {
+        &self.healing
+    }
+
+    /// What healing knows of the peer, to change: a change counts as a
+    /// change of the record (a pending decryption made before it is stale).
+    pub(crate) fn healing_mut(&mut self) -> &mut Healing {
+        self.generation = self.generation.wrapping_add(1);
+        &mut self.healing
     }
 
     /// Whether there is a state to encrypt with.
@@ -375,6 +391,27 @@ impl SessionRecord {
             came_back: false,
         };
         self.install(state);
+        Ok(())
+    }
+
+    /// [`Self::initiate`] to heal (PROTOCOL.md 20.5): the state it archives
+    /// is marked displaced, as a new session of the peer's would mark it, so
+    /// that the peer's messages in flight on it, a DH step included, still
+    /// decrypt until the next heal (the peer has not heard of the new session
+    /// yet). It does not come back while the new session is unanswered
+    /// (`SessionRecord::promotes`, rule 3).
+    pub(crate) fn initiate_heal<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        ours: &IdentityKeyPair,
+        our_address: &Address,
+        bundle: &PreKeyBundle,
+    ) -> Result<(), SessionError> {
+        let had_current = self.current.is_some();
+        self.initiate(rng, ours, our_address, bundle)?;
+        if let Some(previous) = self.archived.front_mut().filter(|_| had_current) {
+            previous.displaced = previous.is_full() && !previous.is_unanswered_initiation();
+        }
         Ok(())
     }
 
@@ -881,6 +918,7 @@ impl SessionRecord {
             heals: self.heals,
             seeds_apart: seeds == Seeds::Apart,
             initiations: self.initiations,
+            healing: self.healing.to_proto(),
         });
         let mut out = Zeroizing::new(Vec::with_capacity(record.encoded_len()));
         let _ = record.encode(&mut *out);
@@ -1045,6 +1083,7 @@ impl SessionRecord {
             generation: record.generation,
             heals: record.heals,
             initiations: record.initiations,
+            healing: Healing::from_proto(record.healing.as_ref())?,
             object: next_object(),
             skipped_changed: false,
         };

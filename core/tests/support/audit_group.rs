@@ -447,7 +447,9 @@ impl Net {
         let pending = device.decrypt(&addr(from), bytes)?;
         let kind = pending.kind();
         let plaintext = pending.plaintext().to_vec();
-        let answer = device.commit(pending)?;
+        let mut sent = device.commit(pending)?;
+        assert!(sent.len() <= 1, "a group commit returns at most one message");
+        let answer = sent.pop();
         Ok(match kind {
             MessageKind::Group => Got::Group(plaintext),
             MessageKind::Direct => Got::Direct(plaintext),

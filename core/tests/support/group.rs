@@ -73,7 +73,9 @@ impl World {
         let pending = device.decrypt(&address(from), bytes)?;
         let kind = pending.kind();
         let plaintext = pending.plaintext().to_vec();
-        let answer = device.commit(pending)?;
+        let mut sent = device.commit(pending)?;
+        assert!(sent.len() <= 1, "a group commit returns at most one message");
+        let answer = sent.pop();
         Ok(match kind {
             MessageKind::Group => Got::Group(plaintext),
             MessageKind::Direct => Got::Direct(plaintext),

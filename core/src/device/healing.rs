@@ -1,0 +1,406 @@
+//! Healing a session that went out of step, and the sealed outbox that
+//! lets the peer send again what was lost (PROTOCOL.md 20).
+//!
+//! - [`Device::encrypt_kept`] encrypts as [`Device::encrypt`] does and keeps
+//!   the plaintext, sealed, in the store's outbox for that peer, until
+//!   [`Device::acknowledge`], or until it is older than
+//!   [`HealPolicy::outbox_max_age`] or pushed out by newer ones
+//!   ([`HealPolicy::outbox_max_messages`]).
+//! - A decryption that fails with [`Recovery::Heal`](crate::Recovery::Heal)
+//!   tells the app to fetch the peer's bundle and call [`Device::heal`] with
+//!   the messages it could not read: a new session, and inside it a reset
+//!   that names them, at most once per peer per
+//!   [`HealPolicy::reset_interval`].
+//! - The peer's [`Device::commit`] of that reset installs the new session
+//!   and returns, ready to send, the named messages its outbox still holds,
+//!   each sent again on the new session. They reach the app as direct
+//!   messages, at most once each ([`PendingMessage::message_id`] is the id of
+//!   the message as first sent).
+
+use std::collections::HashSet;
+
+use samizdat_proto::storage;
+use zeroize::Zeroizing;
+
+use crate::{
+    DecodeError, EncryptError, SessionError,
+    address::Address,
+    group::Control,
+    heal::{MessageId, id_from_slice, message_id},
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES, MAX_RESET_IDS},
+    padding::ContentType,
+    prekeys::PreKeyBundle,
+    session::SessionRecord,
+    store::{Backend, Expected, StoreError, Table, Write},
+};
+
+use super::{Device, DeviceError, Outgoing, encode, groups::ControlAction, lock, retry_on_conflict};
+
+/// The format version of outbox rows.
+const OUTBOX_VERSION: u32 = 1;
+
+/// The row key of a peer's outbox index: its session row's key and this.
+const OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
+
+/// The row key of one outbox entry: its session row's key, this, its id.
+const OUTBOX_ENTRY_SUFFIX: &[u8] = b"/out/";
+
+fn index_key(row: &[u8]) -> Vec<u8> {
+    [row, OUTBOX_INDEX_SUFFIX].concat()
+}
+
+fn entry_key(row: &[u8], id: &MessageId) -> Vec<u8> {
+    [row, OUTBOX_ENTRY_SUFFIX, id].concat()
+}
+
+/// How a device heals: set with [`Device::set_heal_policy`]. Times are in
+/// the app's clock (the `now` it passes), in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealPolicy {
+    /// The least time between two resets sent to one peer: a forged message
+    /// can make the app ask for a reset, but not for more than one per this
+    /// interval. Default: one hour.
+    pub reset_interval: u64,
+    /// How long the outbox keeps a plaintext no acknowledgement removed.
+    /// Default: 30 days.
+    pub outbox_max_age: u64,
+    /// The most plaintexts the outbox keeps per peer (the oldest make room),
+    /// at most [`MAX_OUTBOX_MESSAGES`]. Default: that.
+    pub outbox_max_messages: usize,
+}
+
+impl Default for HealPolicy {
+    fn default() -> Self {
+        Self { reset_interval: 3_600, outbox_max_age: 30 * 24 * 3_600, outbox_max_messages: MAX_OUTBOX_MESSAGES }
+    }
+}
+
+/// What [`Device::heal`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Heal {
+    /// A new session was started and its first message, the reset, is to
+    /// be sent to the peer.
+    Sent(Outgoing),
+    /// A reset was sent to this peer less than
+    /// [`HealPolicy::reset_interval`] ago: nothing was done; heal again at
+    /// `retry_at` if the session is still out of step then.
+    TooSoon {
+        /// The first time a reset may be sent again.
+        retry_at: u64,
+    },
+}
+
+/// A peer's outbox index as read: its sealed bytes and entries (id, sent at),
+/// oldest first.
+struct Index {
+    sealed: Option<Vec<u8>>,
+    entries: Vec<(MessageId, u64)>,
+}
+
+impl<B: Backend> Device<B> {
+    /// Sets how this handle heals sessions (each handle of a store keeps its
+    /// own policy: give every handle the same).
+    ///
+    /// # Errors
+    /// [`DeviceError::InvalidArgument`] if
+    /// [`HealPolicy::outbox_max_messages`] is above [`MAX_OUTBOX_MESSAGES`].
+    pub fn set_heal_policy(&self, policy: HealPolicy) -> Result<(), DeviceError> {
+        if policy.outbox_max_messages > MAX_OUTBOX_MESSAGES {
+            return Err(DeviceError::InvalidArgument(DecodeError::InvalidValue("outbox_max_messages")));
+        }
+        *lock(&self.heal_policy) = policy;
+        Ok(())
+    }
+
+    /// This handle's healing policy.
+    pub fn heal_policy(&self) -> HealPolicy {
+        *lock(&self.heal_policy)
+    }
+
+    /// Encrypts `plaintext` for `peer` as [`Self::encrypt`] does, and keeps
+    /// it, sealed, in the outbox for `peer`, so that a reset from the peer
+    /// brings it again without the app ([`Self::commit`] of the reset
+    /// returns it, encrypted anew). The session, the entry and the outbox's
+    /// index are written in one transaction before the ciphertext is
+    /// returned. Entries older than the policy's `outbox_max_age` at `now`,
+    /// and the oldest past its `outbox_max_messages`, are deleted in the
+    /// same transaction.
+    ///
+    /// # Errors
+    /// As [`Self::encrypt`]; [`EncryptError::MessageTooLarge`] for a
+    /// plaintext over [`MAX_KEPT_PLAINTEXT_LEN`]; [`StoreError::Corrupt`] if
+    /// the outbox's index does not parse.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use samizdat::{address::Address, device::Device, heal::message_id, store::MemoryBackend};
+    ///
+    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
+    ///
+    /// let wire = alice.encrypt_kept(&bob_address, b"kept until acknowledged", 1_000)?;
+    /// assert_eq!(alice.outbox_len(&bob_address)?, 1);
+    /// // Bob's app acknowledges the message (a delivery receipt with its id).
+    /// let pending = bob.decrypt(alice.address(), &wire)?;
+    /// let id = pending.message_id().expect("a one-to-one message");
+    /// bob.commit(pending)?;
+    /// assert_eq!(id, message_id(&wire));
+    /// assert_eq!(alice.acknowledge(&bob_address, &[id])?, 1);
+    /// assert_eq!(alice.outbox_len(&bob_address)?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn encrypt_kept(&self, peer: &Address, plaintext: &[u8], now: u64) -> Result<Vec<u8>, DeviceError> {
+        self.check_process()?;
+        if plaintext.len() > MAX_KEPT_PLAINTEXT_LEN {
+            let error = EncryptError::MessageTooLarge { len: plaintext.len(), max: MAX_KEPT_PLAINTEXT_LEN };
+            return Err(SessionError::Encrypt(error).into());
+        }
+        let policy = self.heal_policy();
+        let row = self.sealer.address_key(peer);
+        let peer_lock = self.peer_lock(&row);
+        let _guard = lock(&peer_lock);
+        retry_on_conflict(|| {
+            let (mut loaded, mut record) = self.load_record(&row)?;
+            let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
+            let id = message_id(&ciphertext);
+            let mut index = self.load_index(&row)?;
+            let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
+            let sealed_index = index.sealed.take();
+            let mut entries = std::mem::take(&mut index.entries);
+            entries.push((id, now));
+            let keep = policy.outbox_max_messages;
+            let expired = |(_, sent_at): &(MessageId, u64)| now.saturating_sub(*sent_at) >= policy.outbox_max_age;
+            let mut dropped: Vec<MessageId> = Vec::new();
+            let mut kept: Vec<(MessageId, u64)> = Vec::with_capacity(entries.len());
+            let excess = entries.len().saturating_sub(keep);
+            for (i, entry) in entries.into_iter().enumerate() {
+                if i < excess || expired(&entry) { dropped.push(entry.0) } else { kept.push(entry) }
+            }
+            if kept.iter().any(|(kept_id, _)| *kept_id == id) {
+                let entry = Zeroizing::new(storage::OutboxEntry {
+                    version: OUTBOX_VERSION,
+                    id: id.to_vec(),
+                    plaintext: plaintext.to_vec(),
+                });
+                let bytes = Zeroizing::new(encode(&*entry));
+                let key = entry_key(&row, &id);
+                let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &bytes);
+                writes.push(Write { table: Table::Sessions, key, value: Some(value), expected: Expected::Absent });
+            }
+            writes.extend(self.outbox_writes(&row, sealed_index, &kept, dropped.iter().filter(|d| **d != id)));
+            self.backend.apply(&writes)?;
+            Ok(ciphertext)
+        })
+    }
+
+    /// Removes from the outbox for `peer` the messages of these ids (the
+    /// app's transport or the peer's app said they arrived), deleting their
+    /// plaintexts; returns how many it held. Ids it does not hold are
+    /// ignored.
+    ///
+    /// # Errors
+    /// A store error (nothing removed); [`StoreError::Corrupt`] if the
+    /// outbox's index does not parse.
+    pub fn acknowledge(&self, peer: &Address, ids: &[MessageId]) -> Result<usize, DeviceError> {
+        self.check_process()?;
+        let row = self.sealer.address_key(peer);
+        let peer_lock = self.peer_lock(&row);
+        let _guard = lock(&peer_lock);
+        let ids: HashSet<&MessageId> = ids.iter().collect();
+        retry_on_conflict(|| {
+            let index = self.load_index(&row)?;
+            let (gone, kept): (Vec<_>, Vec<_>) = index.entries.into_iter().partition(|(id, _)| ids.contains(id));
+            if gone.is_empty() {
+                return Ok(0);
+            }
+            let dropped: Vec<MessageId> = gone.iter().map(|(id, _)| *id).collect();
+            self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, dropped.iter()))?;
+            Ok(gone.len())
+        })
+    }
+
+    /// How many plaintexts the outbox holds for `peer`.
+    ///
+    /// # Errors
+    /// A store error; [`StoreError::Corrupt`] if the index does not parse.
+    pub fn outbox_len(&self, peer: &Address) -> Result<usize, DeviceError> {
+        self.check_process()?;
+        Ok(self.load_index(&self.sealer.address_key(peer))?.entries.len())
+    }
+
+    /// Heals the session with the peer whose fresh bundle this is (as its
+    /// server sent it), after a decryption from it failed with
+    /// [`Recovery::Heal`](crate::Recovery::Heal): starts a new session and
+    /// returns its first message, a reset naming the messages in
+    /// `unreadable` (their wire bytes, as received; at most the last
+    /// [`MAX_RESET_IDS`] distinct ones are named). Send it to the peer: its
+    /// device installs the new session and sends again those of them its
+    /// outbox still holds.
+    ///
+    /// At most one reset per peer per [`HealPolicy::reset_interval`]: a
+    /// second call sooner does nothing and returns [`Heal::TooSoon`]. The
+    /// session we had is kept (archived), so that the peer's messages still
+    /// in flight on it decrypt.
+    ///
+    /// # Errors
+    /// As [`Self::start_session`] ([`SessionError::UntrustedIdentity`] for a
+    /// peer whose identity changed: the app's trust decision comes first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use samizdat::{address::Address, device::{Device, Heal}, store::MemoryBackend};
+    ///
+    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
+    /// let first = alice.encrypt_kept(&bob_address, b"first", 0)?;
+    /// bob.commit(bob.decrypt(alice.address(), &first)?)?;
+    /// let lost = alice.encrypt_kept(&bob_address, b"lost", 0)?;
+    ///
+    /// // Say Bob could not read `lost`: he heals with Alice's fresh bundle.
+    /// let Heal::Sent(reset) = bob.heal(&alice.prekey_bundle()?, &[lost], 10)? else { unreachable!() };
+    /// // Alice's commit of the reset sends `lost` again on the new session.
+    /// let resends = alice.commit(alice.decrypt(bob.address(), &reset.message)?)?;
+    /// let again = bob.decrypt(alice.address(), &resends[0].message)?;
+    /// assert_eq!(again.plaintext(), b"lost");
+    /// bob.commit(again)?;
+    /// // A second reset within the interval is refused.
+    /// assert!(matches!(bob.heal(&alice.prekey_bundle()?, &[], 20)?, Heal::TooSoon { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn heal(&self, bundle: &[u8], unreadable: &[Vec<u8>], now: u64) -> Result<Heal, DeviceError> {
+        self.check_process()?;
+        let bundle = PreKeyBundle::from_bytes(bundle).map_err(SessionError::from)?;
+        let peer = bundle.address().clone();
+        let interval = self.heal_policy().reset_interval;
+        // The latest MAX_RESET_IDS distinct ids, in the order received.
+        let mut ids: Vec<MessageId> = Vec::new();
+        for id in unreadable.iter().rev().map(|wire| message_id(wire)) {
+            if ids.len() < MAX_RESET_IDS && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids.reverse();
+        let row = self.sealer.address_key(&peer);
+        let peer_lock = self.peer_lock(&row);
+        let _guard = lock(&peer_lock);
+        retry_on_conflict(|| {
+            let (mut loaded, mut record) = self.load_record(&row)?;
+            if let Some(retry_at) = record.healing().next_reset_at(interval).filter(|at| now < *at) {
+                return Ok(Heal::TooSoon { retry_at });
+            }
+            record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
+            let content = Control::Reset(ids.clone()).to_bytes();
+            let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+            record.healing_mut().reset_sent(now, &ids);
+            self.backend.apply(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
+            Ok(Heal::Sent(Outgoing { to: peer.clone(), message }))
+        })
+    }
+
+    /// What a reset from `peer` naming `ids` will send again: the
+    /// plaintexts the outbox holds of them (read now; their rows are left as
+    /// they are). At most [`MAX_RESET_IDS`] rows are read.
+    pub(super) fn plan_reset(&self, peer: &Address, ids: &[MessageId]) -> Result<ControlAction, DeviceError> {
+        let row = self.sealer.address_key(peer);
+        let index = self.load_index(&row)?;
+        let mut resends = Vec::new();
+        for id in ids.iter().filter(|id| index.entries.iter().any(|(held, _)| held == *id)) {
+            let key = entry_key(&row, id);
+            // An entry the index names but that is gone: another handle
+            // acknowledged it meanwhile.
+            let Some(sealed) = self.backend.get(Table::Sessions, &key)? else { continue };
+            let bytes = self.sealer.open(Table::Sessions, &key, &sealed)?;
+            let corrupt = || StoreError::Corrupt { table: Table::Sessions };
+            let entry = crate::codec::decode_secret::<storage::OutboxEntry>(bytes.as_slice()).map_err(|_| corrupt())?;
+            if entry.version != OUTBOX_VERSION
+                || entry.id.as_slice() != id.as_slice()
+                || entry.plaintext.len() > MAX_KEPT_PLAINTEXT_LEN
+            {
+                return Err(corrupt().into());
+            }
+            resends.push((*id, Zeroizing::new(entry.plaintext.clone())));
+        }
+        Ok(ControlAction::Reset { resends })
+    }
+
+    /// The resends of a reset, encrypted on the record's current state (the
+    /// one the reset's commit left current).
+    pub(super) fn encrypt_resends(
+        &self,
+        peer: &Address,
+        record: &mut SessionRecord,
+        resends: Vec<(MessageId, Zeroizing<Vec<u8>>)>,
+    ) -> Result<Vec<Outgoing>, DeviceError> {
+        let mut out = Vec::with_capacity(resends.len());
+        for (id, plaintext) in resends {
+            let content = Control::Resend { id, plaintext }.to_bytes();
+            let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+            out.push(Outgoing { to: peer.clone(), message });
+        }
+        Ok(out)
+    }
+
+    /// The outbox index of session row `row` (empty if none).
+    fn load_index(&self, row: &[u8]) -> Result<Index, StoreError> {
+        let key = index_key(row);
+        let Some(sealed) = self.backend.get(Table::Sessions, &key)? else {
+            return Ok(Index { sealed: None, entries: Vec::new() });
+        };
+        let corrupt = || StoreError::Corrupt { table: Table::Sessions };
+        let bytes = self.sealer.open(Table::Sessions, &key, &sealed)?;
+        let index = crate::codec::decode_secret::<storage::OutboxIndex>(bytes.as_slice()).map_err(|_| corrupt())?;
+        if index.version != OUTBOX_VERSION || index.entries.len() > MAX_OUTBOX_MESSAGES {
+            return Err(corrupt());
+        }
+        let mut entries: Vec<(MessageId, u64)> = Vec::with_capacity(index.entries.len());
+        for slot in &index.entries {
+            let id = id_from_slice(&slot.id, "outbox.id").map_err(|_| corrupt())?;
+            if entries.iter().any(|(seen, _)| *seen == id) {
+                return Err(corrupt());
+            }
+            entries.push((id, slot.sent_at));
+        }
+        Ok(Index { sealed: Some(sealed), entries })
+    }
+
+    /// The writes that leave `kept` as the outbox index of `row` (deleted
+    /// when empty), conditional on the index as read, and delete the entries
+    /// of `dropped`.
+    fn outbox_writes<'a>(
+        &self,
+        row: &[u8],
+        read: Option<Vec<u8>>,
+        kept: &[(MessageId, u64)],
+        dropped: impl Iterator<Item = &'a MessageId>,
+    ) -> Vec<Write> {
+        let key = index_key(row);
+        let value = (!kept.is_empty()).then(|| {
+            let index = storage::OutboxIndex {
+                version: OUTBOX_VERSION,
+                entries: kept
+                    .iter()
+                    .map(|(id, sent_at)| storage::OutboxSlot { id: id.to_vec(), sent_at: *sent_at })
+                    .collect(),
+            };
+            self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &encode(&index))
+        });
+        let mut writes = Vec::new();
+        if value.is_some() || read.is_some() {
+            writes.push(Write { table: Table::Sessions, key, value, expected: Expected::read(read) });
+        }
+        // The index, written conditionally, guards the entries: one it
+        // named is deleted whatever it holds.
+        writes.extend(dropped.map(|id| Write {
+            table: Table::Sessions,
+            key: entry_key(row, id),
+            value: None,
+            expected: Expected::Any,
+        }));
+        writes
+    }
+}
