@@ -69,21 +69,20 @@ pub enum ErrorKind {
     /// The message is malformed, forged or altered (or is of a kind this
     /// release does not know). Drop it and acknowledge it.
     ///
-    /// Also two failures that anyone can provoke without a key, and so must
-    /// not trigger anything costly: a message whose header no state of the
-    /// session opens ([`DecryptError::NoMatchingState`]: forged, or of a
-    /// state gone, our store restored from an older copy, say) and a prekey
-    /// message naming a prekey this device does not have
-    /// ([`SessionError::UnknownPreKey`]). The error itself tells them apart
-    /// from a forgery; a peer whose messages keep failing so while none of
-    /// theirs decrypts is out of step, and the app may heal then.
+    /// Also a prekey message naming a prekey this device does not have
+    /// ([`SessionError::UnknownPreKey`]): anyone can make one without a key.
     InvalidMessage,
-    /// The message is the peer's (its header opened under a key only the
-    /// peer holds, so no forger without the session's keys makes one) but no
-    /// state of the session can read it: its key was evicted before it
-    /// arrived, it is further ahead than the skip limit, or its counter was
-    /// reused by a sender that went back to an older state. Heal: fetch the
-    /// peer's bundle and start a new session with it.
+    /// No state of the session can read the message, and healing can bring
+    /// it: its key was evicted before it arrived, it is further ahead than
+    /// the skip limit, or its counter was reused by a sender that went back
+    /// to an older state (each of these has a header that opened under a key
+    /// only the peer holds); or its header opens under no state at all
+    /// ([`DecryptError::NoMatchingState`]: our store restored from an older
+    /// copy, a state gone; a forger without any key makes one too, which is
+    /// why healing is rate-limited). Heal: fetch the peer's bundle and call
+    /// [`Device::heal`](crate::device::Device::heal) with the messages that
+    /// failed so; at most one reset per peer per interval is sent, and the
+    /// session we had keeps reading the peer's messages in flight.
     OutOfStep,
     /// There is no session with this peer. Fetch its bundle and start one.
     NoSession,
@@ -298,15 +297,17 @@ impl EncryptError {
 
 impl DecryptError {
     /// [`ErrorKind::Duplicate`]; [`ErrorKind::InvalidMessage`] for a
-    /// malformed or forged message and for one whose header no state opens
-    /// (anyone can make those); [`ErrorKind::OutOfStep`] for a message whose
-    /// header authenticated but that no state can read (a key evicted, a
-    /// counter reused, a gap past the skip limit).
+    /// malformed message and a forged one whose header opened;
+    /// [`ErrorKind::OutOfStep`] for a message no state can read (a key
+    /// evicted, a counter reused, a gap past the skip limit, a header no
+    /// state opens).
     pub const fn kind(&self) -> ErrorKind {
         match self {
             Self::Duplicate { .. } | Self::Resent => ErrorKind::Duplicate,
-            Self::Malformed(_) | Self::Unauthenticated | Self::NoMatchingState => ErrorKind::InvalidMessage,
-            Self::KeyEvicted { .. } | Self::Rollback { .. } | Self::TooFarAhead { .. } => ErrorKind::OutOfStep,
+            Self::Malformed(_) | Self::Unauthenticated => ErrorKind::InvalidMessage,
+            Self::KeyEvicted { .. } | Self::Rollback { .. } | Self::TooFarAhead { .. } | Self::NoMatchingState => {
+                ErrorKind::OutOfStep
+            }
         }
     }
 }
@@ -328,8 +329,9 @@ impl SessionError {
             Self::UnknownPreKey { .. } => ErrorKind::InvalidMessage,
             // A prekey message of a state no longer kept: the record
             // remembers its base key, not which of its messages were read,
-            // so it may never have been; like a message no state opens
-            // (`NoMatchingState`), it is dropped as invalid, not as read.
+            // so it may never have been (then it is not a duplicate); nor is
+            // it out of step, for it may be a replay of one read long ago (a
+            // heal would have it sent again): it is dropped as invalid.
             Self::DuplicatePreKeyMessage => ErrorKind::InvalidMessage,
             Self::StalePending | Self::NotInBatch => ErrorKind::StalePending,
         }

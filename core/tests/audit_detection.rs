@@ -29,7 +29,7 @@ use rand_core::Rng as _;
 use samizdat::{
     DecryptError, ErrorKind, Recovery, SessionError,
     address::Address,
-    device::{Device, DeviceError},
+    device::{Device, DeviceError, Heal},
     limits::{MAX_ARCHIVED_STATES, MAX_EVICTED_COUNTERS, MAX_SKIP, MAX_STORED_SKIPPED_KEYS, MAX_USED_COUNTERS},
     ratchet::ENCRYPTED_HEADER_LEN,
     session::{MAX_RECORD_LEN, SessionRecord},
@@ -408,23 +408,18 @@ fn q2_a_keyless_forger_gets_no_matching_state_invalid_message_or_unknown_prekey(
 /// talk; Alice has read Bob's last message and answered it (`a1`, a DH step
 /// for Bob, in flight). A forger with no key sends Bob 96 random bytes as a
 /// ratchet message "from Alice": `NoMatchingState`. Found by this audit: its
-/// code was `out_of_step`, recovery `heal`, and that lost messages. Bob
-/// healed as documented then:
-/// he fetches Alice's bundle and starts a new session. His old state is now
-/// archived, and an archived state that is neither our unanswered
-/// initiation nor displaced may not take a DH step (PROTOCOL.md 9.5): `a1`,
-/// genuine, arrives and is `NoMatchingState` too. Bob has lost it, and the
-/// recovery of that error asks him to heal again: every message Alice sends
-/// on the old session until Bob's prekey message reaches her is lost the
-/// same way, and each costs Alice a one-time prekey. One forged message,
-/// with no key, makes an app that follows the codes lose genuine messages.
-/// A limit on how often the app heals does not help: the first heal is
-/// enough (16.3, "crossing sessions can cost messages", is the mechanism;
-/// the forgery was the trigger). Fixed: a message no state opens, and a
-/// prekey message naming a prekey this device lacks, are `invalid_message`
-/// (drop), since anyone can make them; `out_of_step` is reported only for a
-/// message whose header authenticated. Following the recovery now loses
-/// nothing.
+/// code was `out_of_step`, recovery `heal`, and that lost messages: Bob's
+/// heal archived his state, an archived state that is neither our
+/// unanswered initiation nor displaced may not take a DH step (PROTOCOL.md
+/// 9.5), and `a1`, genuine, was `NoMatchingState` too. It was made
+/// `invalid_message` (drop) then.
+///
+/// Healing (PROTOCOL.md 20) fixes the cause instead: the state a heal
+/// archives is displaced, so it still takes the peer's DH step until the
+/// next heal, and resets are rate-limited. `NoMatchingState` is
+/// `out_of_step` again (a restored store gives it, and must heal), and
+/// following the recovery loses nothing: `a1` decrypts after the heal, and
+/// a second forgery gets no second reset within the interval.
 #[test]
 fn q2_the_recovery_of_a_keyless_forgery_loses_nothing() {
     let mut rng = rng(203);
@@ -435,9 +430,16 @@ fn q2_the_recovery_of_a_keyless_forgery_loses_nothing() {
 
     let forged = ratchet_wire(&random_bytes(&mut rng, ENCRYPTED_HEADER_LEN), &random_bytes(&mut rng, 96));
     let error = failure(&bob, "alice", &forged);
-    assert_eq!(error.kind().recovery(), Recovery::Drop, "a keyless forgery asks for a heal");
-    // The app drops it. Alice's answer, in flight, decrypts.
+    assert_eq!(error.kind().recovery(), Recovery::Heal);
+    // The app heals, as the recovery says.
+    let bundle = alice.prekey_bundle().unwrap();
+    assert!(matches!(bob.heal(&bundle, std::slice::from_ref(&forged), 1).unwrap(), Heal::Sent(_)));
+    // Alice's answer, in flight on the old session, decrypts.
     assert_eq!(receive(&bob, "alice", &a1).unwrap(), b"a1");
+    // Another forgery: no second reset within the interval.
+    let again = ratchet_wire(&random_bytes(&mut rng, ENCRYPTED_HEADER_LEN), &random_bytes(&mut rng, 96));
+    assert_eq!(failure(&bob, "alice", &again).kind().recovery(), Recovery::Heal);
+    assert!(matches!(bob.heal(&bundle, &[again], 2).unwrap(), Heal::TooSoon { .. }));
 }
 
 /// The same schedule without the heal (the forgery dropped, as before the
@@ -1068,7 +1070,7 @@ fn q5_the_device_errors_and_their_codes() {
     ));
     let expected = [
         ("duplicate", ErrorKind::Duplicate),
-        ("no matching state", ErrorKind::InvalidMessage),
+        ("no matching state", ErrorKind::OutOfStep),
         ("malformed", ErrorKind::InvalidMessage),
         ("unauthenticated", ErrorKind::InvalidMessage),
         ("rollback", ErrorKind::OutOfStep),

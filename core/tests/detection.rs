@@ -122,7 +122,7 @@ fn our_store_restored_from_an_older_copy_is_no_matching_state() {
     let restored = Device::open_in(backup, &[2; 32]).unwrap();
     let before = restored.backend().snapshot();
     let error = restored.decrypt(&address("alice"), &m3).unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::InvalidMessage);
+    assert_eq!(error.kind(), ErrorKind::OutOfStep);
     assert_eq!(decrypt_error(error), DecryptError::NoMatchingState);
     assert_eq!(restored.backend().snapshot(), before);
 

@@ -463,8 +463,11 @@ impl<B: Backend> Device<B> {
             Err(e) => return Ok(Err(e.into())),
         };
         let prekeys = self.prekeys_for(rows, record, &message)?;
+        let id = crate::heal::message_id(ciphertext);
         let pending = match self.decrypt_loading_seeds((row, loaded, record), peer, &prekeys, &message)? {
             Ok(pending) => pending,
+            // A message a resend brought already (PROTOCOL.md 20.6).
+            Err(_) if record.healing().was_resent(&id) => return Ok(Err(crate::DecryptError::Resent.into())),
             Err(e) => return Ok(Err(e)),
         };
         // Control content is acted on by `decrypt` and `commit` alone: left
@@ -482,7 +485,6 @@ impl<B: Backend> Device<B> {
             }
         };
         // The first copy of a message a resend brought already.
-        let id = crate::heal::message_id(ciphertext);
         if record.healing().was_resent(&id) {
             return Ok(Err(crate::DecryptError::Resent.into()));
         }

@@ -345,8 +345,17 @@ impl<B: Backend> Device<B> {
             read.push(loaded.record.clone());
             // Only the prekey rows the message needs (PROTOCOL.md 14.9).
             let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
-            let pending = self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)??;
             let mut id = message_id(ciphertext);
+            let pending =
+                match self.decrypt_loading_seeds((&row, &mut loaded, &mut record), peer, &prekeys, &message)? {
+                    Ok(pending) => pending,
+                    // A message a resend brought already: whatever no longer
+                    // reads it (the heal cut its state), it is a duplicate.
+                    Err(_) if record.healing().was_resent(&id) => {
+                        return Err(SessionError::from(DecryptError::Resent).into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             let control = match pending.content() {
                 // The first copy of a message a resend brought already.
                 ContentType::App if record.healing().was_resent(&id) => {

@@ -1,0 +1,392 @@
+//! Healing (issue 15, items 2 and 3): a device that finds a session out of
+//! step starts a new one from the peer's fresh bundle and sends a reset
+//! naming what it could not read; the peer installs the new session and
+//! sends those messages again from its sealed outbox. Each scenario of the
+//! issue is here: more than 2,000 dropped messages, an evicted key, either
+//! side restored from a backup, a reinstalled peer, a forgery, crossing
+//! resets; and the outbox's bounds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use samizdat::{
+    DecryptError, ErrorKind, Recovery, SessionError,
+    address::Address,
+    device::{Device, DeviceError, Heal, HealPolicy, MessageKind, Outgoing},
+    heal::message_id,
+    limits::{MAX_OUTBOX_MESSAGES, MAX_RESET_IDS, MAX_SKIP, MAX_STORED_SKIPPED_KEYS},
+    store::{Backend, MemoryBackend, Table},
+};
+use support::copy_of;
+
+type Dev = Device<MemoryBackend>;
+
+fn address(name: &str) -> Address {
+    Address::new(name, 1).unwrap()
+}
+
+fn device(name: &str, key: u8) -> Dev {
+    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+}
+
+/// Alice and Bob with a session both ways (each has read the other).
+fn pair() -> (Dev, Dev) {
+    let (alice, bob) = (device("alice", 1), device("bob", 2));
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let hello = alice.encrypt_kept(bob.address(), b"hello", 0).unwrap();
+    assert_eq!(receive(&bob, &alice, &hello).unwrap(), Got::App(b"hello".to_vec()));
+    let back = bob.encrypt_kept(alice.address(), b"hello back", 0).unwrap();
+    assert_eq!(receive(&alice, &bob, &back).unwrap(), Got::App(b"hello back".to_vec()));
+    (alice, bob)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    /// A message for the app.
+    App(Vec<u8>),
+    /// A control message; what its commit returned to send.
+    Control(Vec<Outgoing>),
+}
+
+/// Decrypts and commits `wire` from `from` at `to`.
+fn receive(to: &Dev, from: &Dev, wire: &[u8]) -> Result<Got, DeviceError> {
+    let pending = to.decrypt(from.address(), wire)?;
+    let kind = pending.kind();
+    let plaintext = pending.plaintext().to_vec();
+    let sent = to.commit(pending)?;
+    Ok(match kind {
+        MessageKind::Direct => {
+            assert!(sent.is_empty());
+            Got::App(plaintext)
+        }
+        _ => Got::Control(sent),
+    })
+}
+
+fn kind(result: Result<Got, DeviceError>) -> ErrorKind {
+    result.expect_err("an error").kind()
+}
+
+/// Bob heals with Alice after `unreadable`, at `now`: the reset.
+fn heal(bob: &Dev, alice: &Dev, unreadable: &[Vec<u8>], now: u64) -> Vec<u8> {
+    match bob.heal(&alice.prekey_bundle().unwrap(), unreadable, now).unwrap() {
+        Heal::Sent(reset) => {
+            assert_eq!(&reset.to, alice.address());
+            reset.message
+        }
+        other => panic!("no reset: {other:?}"),
+    }
+}
+
+/// Alice commits Bob's reset: the messages she sends again.
+fn answer(alice: &Dev, bob: &Dev, reset: &[u8]) -> Vec<Vec<u8>> {
+    match receive(alice, bob, reset).unwrap() {
+        Got::Control(sent) => sent.into_iter().map(|o| o.message).collect(),
+        other => panic!("a reset read as {other:?}"),
+    }
+}
+
+/// Each side sends one message the other reads: the session works both ways.
+fn converse(alice: &Dev, bob: &Dev, tag: &str) {
+    let to_bob = alice.encrypt_kept(bob.address(), format!("a {tag}").as_bytes(), 0).unwrap();
+    assert_eq!(receive(bob, alice, &to_bob).unwrap(), Got::App(format!("a {tag}").into_bytes()));
+    let to_alice = bob.encrypt_kept(alice.address(), format!("b {tag}").as_bytes(), 0).unwrap();
+    assert_eq!(receive(alice, bob, &to_alice).unwrap(), Got::App(format!("b {tag}").into_bytes()));
+}
+
+/// The issue's first case: more than 2,000 messages dropped. Every later
+/// message from Alice is out of step at Bob, while his still reach her. Bob
+/// heals naming the ones he saw; Alice sends again those her outbox holds;
+/// each reaches Bob's app once, and the session works both ways after.
+#[test]
+fn more_than_2000_dropped_messages_heal_and_the_held_ones_arrive_once() {
+    let (alice, bob) = pair();
+    for i in 0..=MAX_SKIP {
+        alice.encrypt_kept(bob.address(), format!("dropped {i}").as_bytes(), 1).unwrap();
+    }
+    // The outbox kept the latest MAX_OUTBOX_MESSAGES of them (and "hello").
+    assert_eq!(alice.outbox_len(bob.address()).unwrap(), MAX_OUTBOX_MESSAGES);
+    let seen: Vec<Vec<u8>> =
+        (0..3).map(|i| alice.encrypt_kept(bob.address(), format!("seen {i}").as_bytes(), 2).unwrap()).collect();
+    for wire in &seen {
+        let error = bob.decrypt(alice.address(), wire).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
+        assert_eq!(error.kind().recovery(), Recovery::Heal);
+    }
+    // Bob's replies still reach Alice: only her direction is broken.
+    let reply = bob.encrypt_kept(alice.address(), b"still here", 2).unwrap();
+    assert_eq!(receive(&alice, &bob, &reply).unwrap(), Got::App(b"still here".to_vec()));
+
+    let reset = heal(&bob, &alice, &seen, 10);
+    let resent = answer(&alice, &bob, &reset);
+    assert_eq!(resent.len(), 3, "the three messages Bob named, all in the outbox");
+    for (i, wire) in resent.iter().enumerate() {
+        let pending = bob.decrypt(alice.address(), wire).unwrap();
+        assert_eq!(pending.kind(), MessageKind::Direct);
+        assert_eq!(pending.plaintext(), format!("seen {i}").as_bytes());
+        assert_eq!(pending.message_id(), Some(message_id(&seen[i])), "the id of the message as first sent");
+        bob.commit(pending).unwrap();
+    }
+    // A copy of a resend is a duplicate; so is a copy of an original now.
+    for wire in resent.iter().chain(&seen) {
+        assert_eq!(kind(receive(&bob, &alice, wire)), ErrorKind::Duplicate);
+    }
+    converse(&alice, &bob, "after the heal");
+    converse(&alice, &bob, "and again");
+}
+
+/// The issue's second case: a message whose skipped key was evicted is
+/// `KeyEvicted` (heal), and healing brings it.
+#[test]
+fn a_message_whose_key_was_evicted_heals() {
+    let (alice, bob) = pair();
+    let held = alice.encrypt_kept(bob.address(), b"held back", 1).unwrap();
+    // A gap that fills Bob's skipped keys ("held back" among them), then
+    // one more skipped key that evicts the oldest, "held back"'s.
+    let gap = u32::try_from(MAX_STORED_SKIPPED_KEYS).unwrap() - 1;
+    let mut last = Vec::new();
+    for i in 0..=gap {
+        last = alice.encrypt(bob.address(), format!("m{i}").as_bytes()).unwrap();
+    }
+    receive(&bob, &alice, &last).unwrap();
+    alice.encrypt(bob.address(), b"skipped too").unwrap();
+    let after = alice.encrypt(bob.address(), b"after").unwrap();
+    receive(&bob, &alice, &after).unwrap();
+    let error = bob.decrypt(alice.address(), &held).unwrap_err();
+    assert!(
+        matches!(&error, DeviceError::Session(SessionError::Decrypt(DecryptError::KeyEvicted { .. }))),
+        "{error:?}"
+    );
+    let reset = heal(&bob, &alice, std::slice::from_ref(&held), 5);
+    let resent = answer(&alice, &bob, &reset);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"held back".to_vec()));
+    converse(&alice, &bob, "after");
+}
+
+/// Bob's store restored from a backup: Alice's later messages open under
+/// no state of his (`NoMatchingState`). He heals; she sends them again.
+#[test]
+fn a_store_restored_from_a_backup_heals() {
+    let (alice, bob) = pair();
+    let backup = copy_of(bob.backend());
+    converse(&alice, &bob, "after the backup");
+    converse(&alice, &bob, "and more");
+    let lost: Vec<Vec<u8>> =
+        (0..2).map(|i| alice.encrypt_kept(bob.address(), format!("lost {i}").as_bytes(), 3).unwrap()).collect();
+    let bob = Device::open_in(backup, &[2; 32]).unwrap();
+    for wire in &lost {
+        let error = bob.decrypt(alice.address(), wire).unwrap_err();
+        assert_eq!(error.kind().recovery(), Recovery::Heal, "{error:?}");
+    }
+    let reset = heal(&bob, &alice, &lost, 10);
+    let resent = answer(&alice, &bob, &reset);
+    let got: Vec<Got> = resent.iter().map(|wire| receive(&bob, &alice, wire).unwrap()).collect();
+    assert_eq!(got, vec![Got::App(b"lost 0".to_vec()), Got::App(b"lost 1".to_vec())]);
+    converse(&alice, &bob, "healed");
+}
+
+/// Alice's store restored: she reuses counters (`Rollback` at Bob, out of
+/// step). Bob heals; what restored Alice sent since is in her outbox and
+/// comes again.
+#[test]
+fn a_restored_sender_is_healed_by_its_peer() {
+    let (alice, bob) = pair();
+    let backup = copy_of(alice.backend());
+    converse(&alice, &bob, "after the backup");
+    let alice = Device::open_in(backup, &[1; 32]).unwrap();
+    let reused = alice.encrypt_kept(bob.address(), b"from the past", 4).unwrap();
+    let error = bob.decrypt(alice.address(), &reused).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
+    let reset = heal(&bob, &alice, std::slice::from_ref(&reused), 10);
+    let resent = answer(&alice, &bob, &reset);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"from the past".to_vec()));
+    converse(&alice, &bob, "healed");
+}
+
+/// Alice reinstalled (a new identity): Bob's app trusts it first; then
+/// what Bob had sent the old Alice, which the new one cannot read, comes
+/// again from Bob's outbox when she heals.
+#[test]
+fn a_reinstalled_peer_heals_after_the_apps_trust_decision() {
+    let (alice, bob) = pair();
+    let in_flight = bob.encrypt_kept(alice.address(), b"to the old install", 3).unwrap();
+    drop(alice);
+    let alice = device("alice", 9);
+    // The new Alice has no session: Bob's message is out of reach.
+    assert_eq!(kind(receive(&alice, &bob, &in_flight)), ErrorKind::NoSession);
+    // Healing first needs Bob's app to trust the new identity.
+    let reset = heal(&alice, &bob, std::slice::from_ref(&in_flight), 10);
+    let error = bob.decrypt(alice.address(), &reset).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::UntrustedIdentity);
+    bob.trust_identity(alice.address(), alice.identity_key()).unwrap();
+    let resent = answer(&bob, &alice, &reset);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(receive(&alice, &bob, &resent[0]).unwrap(), Got::App(b"to the old install".to_vec()));
+    converse(&alice, &bob, "healed");
+}
+
+/// At most one reset per peer per interval: forged messages (all
+/// `NoMatchingState`) can make the app ask for many, but only the first is
+/// made; the next only after the interval. Nothing is written for a refusal.
+#[test]
+fn resets_are_rate_limited_so_forgeries_trigger_at_most_one() {
+    let (alice, bob) = pair();
+    let genuine = alice.encrypt(bob.address(), b"genuine").unwrap();
+    let forgeries: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| {
+            let mut forged = genuine.clone();
+            // The header is encrypted: change a byte of it.
+            forged[10] ^= i + 1;
+            forged
+        })
+        .collect();
+    let mut sent = 0;
+    for (i, forged) in forgeries.iter().enumerate() {
+        let error = bob.decrypt(alice.address(), forged).unwrap_err();
+        if error.kind().recovery() != Recovery::Heal {
+            continue;
+        }
+        let now = 100 + u64::try_from(i).unwrap();
+        let before = copy_of(bob.backend());
+        match bob.heal(&alice.prekey_bundle().unwrap(), std::slice::from_ref(forged), now).unwrap() {
+            Heal::Sent(_) => sent += 1,
+            Heal::TooSoon { retry_at } => {
+                assert_eq!(retry_at, 100 + HealPolicy::default().reset_interval);
+                assert!(before.snapshot() == bob.backend().snapshot(), "a refused reset wrote");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sent, 1, "one reset for twenty forgeries");
+    // The interval set by the app; a reset again once it passed.
+    bob.set_heal_policy(HealPolicy { reset_interval: 60, ..HealPolicy::default() }).unwrap();
+    assert!(matches!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 159).unwrap(), Heal::TooSoon { retry_at: 160 }));
+    assert!(matches!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 160).unwrap(), Heal::Sent(_)));
+    // The genuine message, in flight all along, still decrypts.
+    assert_eq!(receive(&bob, &alice, &genuine).unwrap(), Got::App(b"genuine".to_vec()));
+}
+
+/// Both sides heal at once: each reset installs the other's session, and
+/// the two converge on one (the rule for simultaneous initiation); the
+/// resends cross, and each reaches its app once.
+#[test]
+fn crossing_resets_converge_to_one_session() {
+    let (alice, bob) = pair();
+    let to_bob = alice.encrypt_kept(bob.address(), b"for bob", 1).unwrap();
+    let to_alice = bob.encrypt_kept(alice.address(), b"for alice", 1).unwrap();
+    let from_bob = heal(&bob, &alice, std::slice::from_ref(&to_bob), 10);
+    let from_alice = heal(&alice, &bob, std::slice::from_ref(&to_alice), 10);
+    let bob_resends = answer(&bob, &alice, &from_alice);
+    let alice_resends = answer(&alice, &bob, &from_bob);
+    assert_eq!((alice_resends.len(), bob_resends.len()), (1, 1));
+    assert_eq!(receive(&bob, &alice, &alice_resends[0]).unwrap(), Got::App(b"for bob".to_vec()));
+    assert_eq!(receive(&alice, &bob, &bob_resends[0]).unwrap(), Got::App(b"for alice".to_vec()));
+    // The originals, delivered late, are duplicates now.
+    for (to, from, wire) in [(&bob, &alice, &to_bob), (&alice, &bob, &to_alice)] {
+        let error = to.decrypt(from.address(), wire).unwrap_err();
+        assert!(matches!(error, DeviceError::Session(SessionError::Decrypt(DecryptError::Resent))), "{error:?}");
+        assert_eq!(error.kind(), ErrorKind::Duplicate);
+    }
+    for round in 0..4 {
+        converse(&alice, &bob, &format!("round {round}"));
+    }
+}
+
+/// The original, delivered after its resend, is a duplicate; delivered
+/// before it, the resend is nothing for the app. Either way the app gets it
+/// once.
+#[test]
+fn a_message_reaches_the_app_once_whichever_copy_comes_first() {
+    for original_first in [false, true] {
+        let (alice, bob) = pair();
+        let delayed = alice.encrypt_kept(bob.address(), b"delayed", 1).unwrap();
+        let reset = heal(&bob, &alice, std::slice::from_ref(&delayed), 10);
+        let resent = answer(&alice, &bob, &reset);
+        assert_eq!(resent.len(), 1);
+        let (first, second) = if original_first { (&delayed, &resent[0]) } else { (&resent[0], &delayed) };
+        assert_eq!(receive(&bob, &alice, first).unwrap(), Got::App(b"delayed".to_vec()));
+        match receive(&bob, &alice, second) {
+            Ok(got) => assert_eq!(got, Got::Control(Vec::new()), "original first: the resend is no message"),
+            Err(error) => assert_eq!(error.kind(), ErrorKind::Duplicate, "{error:?}"),
+        }
+        converse(&alice, &bob, "after");
+    }
+}
+
+/// A reset names at most MAX_RESET_IDS messages (the latest), and one that
+/// names messages the outbox does not hold sends nothing for them.
+#[test]
+fn a_reset_names_at_most_the_limit_and_unknown_ids_send_nothing() {
+    let (alice, bob) = pair();
+    let junk: Vec<Vec<u8>> = (0..MAX_RESET_IDS + 10).map(|i| format!("never sent {i}").into_bytes()).collect();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let mut unreadable = junk.clone();
+    unreadable.push(kept.clone());
+    let reset = heal(&bob, &alice, &unreadable, 10);
+    let resent = answer(&alice, &bob, &reset);
+    assert_eq!(resent.len(), 1, "only the one message Alice holds");
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
+}
+
+/// The outbox keeps at most the policy's count and age, forgets what is
+/// acknowledged, and deletes the rows of what it no longer keeps.
+#[test]
+fn the_outbox_is_bounded_in_count_and_age_and_forgets_what_is_acknowledged() {
+    let (alice, bob) = pair();
+    let peer = bob.address();
+    let rows = |alice: &Dev| alice.backend().scan(Table::Sessions).unwrap().len();
+    // `pair` left "hello" in the outbox: one entry row and one index row
+    // beside the session row.
+    assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (1, 3));
+    alice.set_heal_policy(HealPolicy { outbox_max_messages: 3, outbox_max_age: 100, ..HealPolicy::default() }).unwrap();
+    let sent: Vec<Vec<u8>> = (0..5).map(|i| alice.encrypt_kept(peer, &[i], 10).unwrap()).collect();
+    assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (3, 5));
+    // The two oldest are gone: a reset naming them gets nothing.
+    let reset = heal(&bob, &alice, &sent, 20);
+    let resent = answer(&alice, &bob, &reset);
+    let got: Vec<Got> = resent.iter().map(|wire| receive(&bob, &alice, wire).unwrap()).collect();
+    assert_eq!(got, vec![Got::App(vec![2]), Got::App(vec![3]), Got::App(vec![4])]);
+    // Acknowledged: removed, unknown ids ignored.
+    assert_eq!(alice.acknowledge(peer, &[message_id(&sent[3]), [0; 16]]).unwrap(), 1);
+    assert_eq!(alice.outbox_len(peer).unwrap(), 2);
+    // Past the age, the next send drops the old ones.
+    alice.encrypt_kept(peer, b"late", 110).unwrap();
+    assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (1, 3));
+    assert_eq!(alice.acknowledge(peer, &[message_id(&sent[4])]).unwrap(), 0);
+    // The policy's bound is checked.
+    let too_many = HealPolicy { outbox_max_messages: MAX_OUTBOX_MESSAGES + 1, ..HealPolicy::default() };
+    assert_eq!(alice.set_heal_policy(too_many).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    // `encrypt` keeps nothing.
+    alice.encrypt(peer, b"not kept").unwrap();
+    assert_eq!(alice.outbox_len(peer).unwrap(), 1);
+}
+
+/// What the outbox keeps is sealed: no plaintext in the store's bytes.
+#[test]
+fn the_outbox_is_sealed() {
+    let (alice, bob) = pair();
+    let secret = b"a plaintext that must not be stored in the clear";
+    alice.encrypt_kept(bob.address(), secret, 1).unwrap();
+    for row in alice.backend().scan(Table::Sessions).unwrap() {
+        assert!(!row.1.windows(secret.len()).any(|w| w == secret), "a plaintext in the clear");
+    }
+}
+
+/// A failed commit of a reset (its row rewritten meanwhile) writes nothing
+/// and sends nothing; decrypting it again works.
+#[test]
+fn a_stale_reset_commit_sends_nothing() {
+    let (alice, bob) = pair();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let reset = heal(&bob, &alice, std::slice::from_ref(&kept), 10);
+    let pending = alice.decrypt(bob.address(), &reset).unwrap();
+    // Another write to the session meanwhile.
+    alice.encrypt(bob.address(), b"meanwhile").unwrap();
+    let error = alice.commit(pending).unwrap_err();
+    assert!(matches!(error, DeviceError::Session(SessionError::StalePending)), "{error:?}");
+    let resent = answer(&alice, &bob, &reset);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
+}
