@@ -202,6 +202,12 @@ pub const MAX_GROUP_REQUESTS_PER_SENDER: u32 = 8;
 /// could not read more names the latest of them.
 pub const MAX_RESET_IDS: usize = 64;
 
+/// The most resets that name one message: a message the peer never sends
+/// again (it no longer holds it, or it never existed: a forgery) is given up
+/// after this many, so that waiting for it cannot make resets for ever
+/// (PROTOCOL.md 20.4).
+pub const MAX_RESET_NAMINGS: u32 = 3;
+
 /// The most ids a session record awaits a resend for (PROTOCOL.md 20.4);
 /// the oldest make room.
 pub const MAX_AWAITED_RESENDS: usize = 64;

@@ -390,3 +390,30 @@ fn a_stale_reset_commit_sends_nothing() {
     assert_eq!(resent.len(), 1);
     assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
 }
+
+/// A reset lost on the way: the messages it named are still awaited, and
+/// the next heal (after the interval) names them again by itself. A message
+/// the peer never sends again (a forgery's id, here) is named by at most
+/// MAX_RESET_NAMINGS resets, then given up: waiting for it cannot make
+/// resets for ever.
+#[test]
+fn a_lost_reset_is_made_again_and_what_never_comes_is_given_up() {
+    let (alice, bob) = pair();
+    bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
+    let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
+    let forged = b"never sent by anyone".to_vec();
+    let _dropped = heal(&bob, &alice, &[lost.clone(), forged], 100);
+    assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 2);
+    // Too soon: nothing; then the app heals at retry_at, naming nothing new.
+    assert_eq!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 105).unwrap(), Heal::TooSoon { retry_at: 110 });
+    let again = heal(&bob, &alice, &[], 110);
+    let resent = answer(&alice, &bob, &again);
+    assert_eq!(resent.len(), 1, "the forgery's id is not Alice's");
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"lost".to_vec()));
+    // The forgery's id: named twice so far, once more, then given up.
+    assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 1);
+    let third = heal(&bob, &alice, &[], 120);
+    assert!(answer(&alice, &bob, &third).is_empty());
+    assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 0);
+    converse(&alice, &bob, "after");
+}

@@ -27,7 +27,7 @@ use crate::{
     address::Address,
     group::Control,
     heal::{MessageId, id_from_slice, message_id},
-    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES, MAX_RESET_IDS},
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES},
     padding::ContentType,
     prekeys::PreKeyBundle,
     session::SessionRecord,
@@ -235,10 +235,12 @@ impl<B: Backend> Device<B> {
     /// server sent it), after a decryption from it failed with
     /// [`Recovery::Heal`](crate::Recovery::Heal): starts a new session and
     /// returns its first message, a reset naming the messages in
-    /// `unreadable` (their wire bytes, as received; at most the last
-    /// [`MAX_RESET_IDS`] distinct ones are named). Send it to the peer: its
-    /// device installs the new session and sends again those of them its
-    /// outbox still holds.
+    /// `unreadable` (their wire bytes, as received) and those earlier resets
+    /// named that no resend has brought yet ([`Self::awaiting_resends`]); at
+    /// most the latest [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS) distinct ones, and none named by
+    /// [`MAX_RESET_NAMINGS`](crate::limits::MAX_RESET_NAMINGS) resets
+    /// already. Send it to the peer: its device installs the new session and
+    /// sends again those of them its outbox still holds.
     ///
     /// At most one reset per peer per [`HealPolicy::reset_interval`]: a
     /// second call sooner does nothing and returns [`Heal::TooSoon`]. The
@@ -277,14 +279,7 @@ impl<B: Backend> Device<B> {
         let bundle = PreKeyBundle::from_bytes(bundle).map_err(SessionError::from)?;
         let peer = bundle.address().clone();
         let interval = self.heal_policy().reset_interval;
-        // The latest MAX_RESET_IDS distinct ids, in the order received.
-        let mut ids: Vec<MessageId> = Vec::new();
-        for id in unreadable.iter().rev().map(|wire| message_id(wire)) {
-            if ids.len() < MAX_RESET_IDS && !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        ids.reverse();
+        let unreadable: Vec<MessageId> = unreadable.iter().map(|wire| message_id(wire)).collect();
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -293,18 +288,36 @@ impl<B: Backend> Device<B> {
             if let Some(retry_at) = record.healing().next_reset_at(interval).filter(|at| now < *at) {
                 return Ok(Heal::TooSoon { retry_at });
             }
+            let named = record.healing().to_name(&unreadable);
             record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
-            let content = Control::Reset(ids.clone()).to_bytes();
+            let content = Control::Reset(named.clone()).to_bytes();
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
-            record.healing_mut().reset_sent(now, &ids);
+            record.healing_mut().reset_sent(now, &named);
             self.backend.apply(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
             Ok(Heal::Sent(Outgoing { to: peer.clone(), message }))
         })
     }
 
+    /// How many messages from `peer` this device still waits for since its
+    /// resets named them (a resend has not brought them, and they were not
+    /// read as first sent), counting only those a next reset would name
+    /// again: each is named by at most
+    /// [`MAX_RESET_NAMINGS`](crate::limits::MAX_RESET_NAMINGS) resets, then
+    /// given up (the peer no longer holds it, or it was a forgery). While
+    /// this is not zero, the app heals again at the `retry_at` of
+    /// [`Heal::TooSoon`] (or after [`HealPolicy::reset_interval`]): a reset
+    /// or a resend may have been lost on the way.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn awaiting_resends(&self, peer: &Address) -> Result<usize, DeviceError> {
+        self.check_process()?;
+        Ok(self.load_record(&self.sealer.address_key(peer))?.1.healing().awaiting())
+    }
+
     /// What a reset from `peer` naming `ids` will send again: the
     /// plaintexts the outbox holds of them (read now; their rows are left as
-    /// they are). At most [`MAX_RESET_IDS`] rows are read.
+    /// they are). At most [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS) rows are read.
     pub(super) fn plan_reset(&self, peer: &Address, ids: &[MessageId]) -> Result<ControlAction, DeviceError> {
         let row = self.sealer.address_key(peer);
         let index = self.load_index(&row)?;
