@@ -66,11 +66,9 @@ pub enum ErrorKind {
     /// The message was already decrypted and committed (a redelivery or a
     /// replay). Drop it and acknowledge it to the server.
     Duplicate,
-    /// The message is malformed, forged or altered (or is of a kind this
-    /// release does not know). Drop it and acknowledge it.
-    ///
-    /// Also a prekey message naming a prekey this device does not have
-    /// ([`SessionError::UnknownPreKey`]): anyone can make one without a key.
+    /// The message is malformed, forged or altered (a header opened and
+    /// the rest did not authenticate; or it is of a kind this release does
+    /// not know). Drop it and acknowledge it.
     InvalidMessage,
     /// No state of the session can read the message, and healing can bring
     /// it: its key was evicted before it arrived, it is further ahead than
@@ -78,8 +76,10 @@ pub enum ErrorKind {
     /// to an older state (each of these has a header that opened under a key
     /// only the peer holds); or its header opens under no state at all
     /// ([`DecryptError::NoMatchingState`]: our store restored from an older
-    /// copy, a state gone; a forger without any key makes one too, which is
-    /// why healing is rate-limited). Heal: fetch the peer's bundle and call
+    /// copy, a state gone, a prekey message for prekeys we no longer have),
+    /// or it names a prekey we do not have ([`SessionError::UnknownPreKey`]).
+    /// A forger without any key makes the last two as well, which is why
+    /// healing is rate-limited. Heal: fetch the peer's bundle and call
     /// [`Device::heal`](crate::device::Device::heal) with the messages that
     /// failed so; at most one reset per peer per interval is sent, and the
     /// session we had keeps reading the peer's messages in flight.
@@ -322,11 +322,11 @@ impl SessionError {
             Self::Decrypt(e) => e.kind(),
             Self::NoSession => ErrorKind::NoSession,
             Self::UntrustedIdentity { .. } => ErrorKind::UntrustedIdentity,
-            // The peer built its session on a prekey we no longer have, or
-            // a forger changed a prekey id: the ids are read before anything
-            // authenticates, so nothing costly may follow (see
-            // `ErrorKind::InvalidMessage`).
-            Self::UnknownPreKey { .. } => ErrorKind::InvalidMessage,
+            // The peer built its session on a prekey we no longer have (a
+            // stale bundle, our reinstall), or a forger changed a prekey id:
+            // like a header no state opens, healing brings the message, and
+            // resets are rate-limited (PROTOCOL.md 20.1).
+            Self::UnknownPreKey { .. } => ErrorKind::OutOfStep,
             // A prekey message of a state no longer kept: the record
             // remembers its base key, not which of its messages were read,
             // so it may never have been (then it is not a duplicate); nor is

@@ -277,7 +277,7 @@ fn ten_thousand_remembered_base_keys_cost_no_more_and_the_next_evicts_the_oldest
     // address); the second oldest is still remembered.
     assert!(matches!(
         bob.decrypt(&mallory, &firsts[0]),
-        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::Unauthenticated)))
+        Err(DeviceError::Session(SessionError::Decrypt(DecryptError::NoMatchingState)))
     ));
     assert!(is_duplicate_prekey(bob.decrypt(&mallory, &firsts[1])));
 }

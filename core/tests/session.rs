@@ -228,11 +228,12 @@ fn a_first_message_relabelled_with_another_sender_address_does_not_decrypt() {
     a.initiate(&mut rng, &alice.identity, &alice.address, &bob.bundle()).unwrap();
     let first = a.encrypt(&mut rng, b"from alice").unwrap();
     // The server claims the message comes from carol: the handshake binds
-    // both addresses, so Bob derives other keys and the message fails.
+    // both addresses, so Bob derives other keys and the header opens under
+    // no state (as for any prekey message whose keys are not Bob's).
     let b = SessionRecord::new();
     assert_eq!(
         b.decrypt(&mut rng, &bob.identity, &bob.address, &carol.address, &bob.prekeys, &first).unwrap_err(),
-        SessionError::Decrypt(DecryptError::Unauthenticated)
+        SessionError::Decrypt(DecryptError::NoMatchingState)
     );
     // Or delivers it to another device of Bob's user: also refused.
     let other_bob_address = Address::new("bob", 2).unwrap();
@@ -605,7 +606,9 @@ fn untrusted_identity_only_for_a_message_that_authenticates_under_it() {
     let reply = b.encrypt(&mut rng, b"hi").unwrap();
     let alice_prekeys = PreKeySet::new(&mut rng, &alice.identity, 0);
     a.decrypt_and_commit(&mut rng, &alice.identity, &alice.address, &bob.address, &alice_prekeys, &reply).unwrap();
-    let forged = || SessionError::Decrypt(DecryptError::Unauthenticated);
+    // A prekey message whose header does not open under the keys it names
+    // opens under no state (PROTOCOL.md 9.5): nothing is trusted from it.
+    let forged = || SessionError::Decrypt(DecryptError::NoMatchingState);
 
     // Mallory's own genuine first message, relabelled by the server as Alice's.
     let mut m = SessionRecord::new();

@@ -549,9 +549,10 @@ impl SessionRecord {
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
         let (plaintext, content, plan) =
             ratchet.plan_decrypt(rng, prekey.message(), true).map_err(|error| match error {
-                // The state was made from this very message's keys: a header
-                // that does not open under it was altered.
-                PlanError::Decrypt(DecryptError::NoMatchingState) => DecryptError::Unauthenticated.into(),
+                // A header that does not open under the state made from this
+                // very message's keys: altered, or made for prekeys of ours
+                // that are gone (we reinstalled, and a new prekey has the old
+                // one's id): it opens under no state (PROTOCOL.md 9.5, 20.1).
                 error => SessionError::from(error),
             })?;
         // Only now, with the first message authenticated under the identity
