@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, bundles, group, kdf, key_checks, keys, limits, padding, pqxdh, records, safety, store_rows,
-    transcript, util::VErr, wire,
+    Failure, Report, bundles, group, healing, kdf, key_checks, keys, limits, padding, pqxdh, records, safety,
+    store_rows, transcript, util::VErr, wire,
 };
 
 /// What a file says about itself.
@@ -90,6 +90,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<safety::SafetyNumbers>(),
     entry::<store_rows::StoreRows>(),
     entry::<group::Group>(),
+    entry::<healing::Healing>(),
 ];
 
 /// The input field patterns of a vector file (see [`Meta::inputs`]).

@@ -20,6 +20,7 @@ use samizdat::{
     device::GroupError,
     group::GroupMessage,
     hazmat::{self, ContentKind, FixedBytes, GroupControl, GroupReceiver, GroupSendingChain},
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_RESET_IDS},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -28,12 +29,13 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::{
     curve_model::plus_l,
     format::{Meta, VectorSet},
+    healing::message_id_by_hand,
     limits::encrypt_error,
     util::{
         R, VErr, agree, array, bytes, chacha20poly1305_seal, check_drawn, decode_error, decrypt_error, err, h, random,
         random_vec, varint,
     },
-    wire::{Decoder, decode_with},
+    wire::{Decoder, Repeat, decode_with},
 };
 
 /// `group.json`.
@@ -117,10 +119,14 @@ pub(crate) enum GroupCase {
         #[serde(default)]
         encoded: String,
     },
-    /// Control content parsed.
+    /// Control content parsed: `input`, or `input_repeat` for content too
+    /// long to list (a resend's plaintext).
     DecodeControl {
         name: String,
-        input: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input_repeat: Option<Repeat>,
         #[serde(default)]
         result: Value,
         #[serde(default)]
@@ -230,7 +236,7 @@ impl VectorSet for Group {
     type Case = GroupCase;
     const META: Meta = Meta {
         file: "group.json",
-        section: "18 Groups (18.4 the group message, 18.5 decryption, 18.6 control content); 5.2 Content types; 12.4 Decoding; 15.3 DecryptError; 15.4 DecodeError",
+        section: "18 Groups (18.4 the group message, 18.5 decryption, 18.6 control content); 20.5, 20.6 Healing (reset and resend control content); 5.2 Content types; 12.4 Decoding; 15.3 DecryptError; 15.4 DecodeError",
         description: "`chain_step`: the chain from `chain_key` at `iteration`, `count` entries: seed = HMAC-SHA256(ck, \
             0x01), next = HMAC-SHA256(ck, 0x02); `next_chain_key` is null at iteration 2^32 - 1 (the chain cannot \
             step, so no sender uses it). `message_key`: GROUP_MESSAGE_KEY(seed, salt) = HKDF-SHA256(salt = salt (24 \
@@ -252,7 +258,11 @@ impl VectorSet for Group {
             nothing. `decode`: `input` given to the group message decoder (`group_message`) or the one-to-one \
             decoder (`message`): the decoded message or the error, and its canonical re-encoding. \
             `encode_control` / `decode_control`: the canonical protobuf Control { distribution = 1 | request = 2 \
-            } (no version byte, no padding) of the fields, and the parser's result. `pad_content`: content || \
+            | reset = 3 | resend = 4 } (no version byte, no padding) of the fields, and the parser's result: a \
+            reset's `unreadable` message ids (at most 64, each 16 bytes, distinct), a resend's `id` (16 bytes) and \
+            `plaintext` (at most MAX_KEPT_PLAINTEXT_LEN = 245696 bytes); content of a control kind unknown to this \
+            release (field 5 or more) is unknown_kind. A `decode_control` input too long to list is \
+            `input_repeat`: `prefix`, then `byte` repeated up to `len` bytes in all. `pad_content`: content || \
             marker (0x80 app, 0x81 control) || zeros to the bucket of 5. `unpad_content`: the content and its type, \
             or null; `app_unpadded`: what the app's UNPAD gives (null for control content).",
         seed: 20,
@@ -280,6 +290,7 @@ impl VectorSet for Group {
             "steps[].device_id",
             "decoder",
             "input",
+            "input_repeat",
             "control",
             "content",
             "content_type",
@@ -428,8 +439,13 @@ impl VectorSet for Group {
                 agree("encoded", &encoded, &control_by_hand(control)?)?;
                 GroupCase::EncodeControl { name: name.clone(), control: control.clone(), encoded: h(encoded) }
             }
-            GroupCase::DecodeControl { name, input, .. } => {
-                let (result, reencoded) = match hazmat::parse_group_control(&bytes("input", input)?) {
+            GroupCase::DecodeControl { name, input, input_repeat, .. } => {
+                let data = match (input, input_repeat) {
+                    (Some(text), None) => bytes("input", text)?,
+                    (None, Some(repeat)) => repeat.expand()?,
+                    _ => return Err(err("input", "give exactly one of input and input_repeat")),
+                };
+                let (result, reencoded) = match hazmat::parse_group_control(&data) {
                     Ok(control) => {
                         let fields = fields_of(&control);
                         let again =
@@ -439,7 +455,13 @@ impl VectorSet for Group {
                     }
                     Err(e) => (decode_error(&e), None),
                 };
-                GroupCase::DecodeControl { name: name.clone(), input: input.clone(), result, reencoded }
+                GroupCase::DecodeControl {
+                    name: name.clone(),
+                    input: input.clone(),
+                    input_repeat: input_repeat.clone(),
+                    result,
+                    reencoded,
+                }
             }
             GroupCase::PadContent { name, content, content_type, .. } => {
                 let data = bytes("content", content)?;
@@ -1658,7 +1680,8 @@ fn control_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
 
     let decode = |name: &str, input: &[u8]| GroupCase::DecodeControl {
         name: name.to_owned(),
-        input: h(input),
+        input: Some(h(input)),
+        input_repeat: None,
         result: Value::Null,
         reencoded: None,
     };
@@ -1696,7 +1719,9 @@ fn control_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
         decode("empty_content", &[]),
         decode("empty_distribution", &ld(1, &[])),
         decode("empty_request", &ld(2, &[])),
-        decode("unknown_member_field_3", &ld(3, &[])),
+        // Field 3 was unknown (`unknown_member_field_3`) until resets: an
+        // empty one is now a reset naming nothing.
+        decode("reset_naming_nothing", &ld(3, &[])),
         decode("distribution_and_request", &[good.clone(), req(&group)].concat()),
         decode("distribution_group_id_empty", &dist(&[], &chain_key, &signing_key)),
         decode("distribution_group_id_65_bytes", &dist(&[0x47; 65], &chain_key, &signing_key)),
@@ -1745,7 +1770,85 @@ fn control_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
         ),
         decode("control_content_still_padded", &pad(&good, 0x81)),
     ]);
+    cases.extend(healing_control_cases());
     Ok(cases)
+}
+
+/// Resets and resends (PROTOCOL.md 20.5, 20.6), with ids made from fixed
+/// messages: nothing is drawn, so the cases after them keep their bytes.
+fn healing_control_cases() -> Vec<GroupCase> {
+    let id = |i: usize| message_id_by_hand(format!("message {i}").as_bytes());
+    let ids = |n: usize| (0..n).map(id).collect::<Vec<_>>();
+    let reset = |ids: &[[u8; 16]]| ControlFields::Reset { unreadable: ids.iter().map(h).collect() };
+    let resend = |plaintext: &[u8]| ControlFields::Resend { id: h(id(0)), plaintext: h(plaintext) };
+    let encode = |name: &str, control: ControlFields| GroupCase::EncodeControl {
+        name: name.to_owned(),
+        control,
+        encoded: String::new(),
+    };
+    let decode = |name: &str, input: &[u8]| GroupCase::DecodeControl {
+        name: name.to_owned(),
+        input: Some(h(input)),
+        input_repeat: None,
+        result: Value::Null,
+        reencoded: None,
+    };
+    // A reset of any entries, each `unreadable` as it is (any length).
+    let reset_of = |entries: &[Vec<u8>]| ld(3, &entries.iter().flat_map(|e| ld(1, e)).collect::<Vec<u8>>());
+    let entries = |ids: &[[u8; 16]]| ids.iter().map(|id| id.to_vec()).collect::<Vec<_>>();
+    let resend_of = |id: &[u8], plaintext: &[u8]| ld(4, &[opt_bytes(1, id), opt_bytes(2, plaintext)].concat());
+    // A resend whose plaintext, the last field, is `len` bytes of 0x70.
+    let long_resend = |name: &str, id: &[u8], len: usize| {
+        let fields = [opt_bytes(1, id), vec![0x12], varint(len as u64)].concat();
+        let prefix = [vec![0x22], varint(fields.len().saturating_add(len) as u64), fields].concat();
+        let total = prefix.len().saturating_add(len);
+        GroupCase::DecodeControl {
+            name: name.to_owned(),
+            input: None,
+            input_repeat: Some(Repeat::new(&prefix, 0x70, total)),
+            result: Value::Null,
+            reencoded: None,
+        }
+    };
+    let text = b"a message the outbox kept, sent again";
+    let too_many = entries(&ids(MAX_RESET_IDS + 1));
+    let mut short_first = too_many.clone();
+    if let Some(first) = short_first.first_mut() {
+        first.truncate(15);
+    }
+    let (a, b, c) = (id(0).to_vec(), id(1).to_vec(), id(2).to_vec());
+    let mut short = a.clone();
+    short.truncate(15);
+    let mut long = a.clone();
+    long.push(0);
+    vec![
+        encode("encode_reset_naming_nothing", reset(&[])),
+        encode("encode_reset_one_id", reset(&ids(1))),
+        encode("encode_reset_64_ids", reset(&ids(MAX_RESET_IDS))),
+        encode("encode_resend", resend(text)),
+        encode("encode_resend_empty_plaintext", resend(&[])),
+        decode("reset_one_id", &reset_of(&entries(&ids(1)))),
+        decode("reset_64_ids", &reset_of(&entries(&ids(MAX_RESET_IDS)))),
+        decode("reset_65_ids", &reset_of(&too_many)),
+        decode("reset_id_repeated", &reset_of(&[a.clone(), a.clone()])),
+        decode("reset_id_repeated_not_adjacent", &reset_of(&[a.clone(), b.clone(), c.clone(), a.clone()])),
+        decode("reset_id_15_bytes", &reset_of(&[b.clone(), short.clone()])),
+        decode("reset_id_17_bytes", &reset_of(&[long.clone()])),
+        decode("reset_id_empty", &reset_of(&[Vec::new()])),
+        decode("reset_order_count_before_length", &reset_of(&short_first)),
+        decode("reset_order_length_before_repeat", &reset_of(&[a.clone(), a.clone(), short.clone()])),
+        decode("reset_unknown_field_2", &ld(3, &[ld(1, &a), vec![0x10, 0x01]].concat())),
+        decode("resend", &resend_of(&a, text)),
+        decode("resend_empty_plaintext", &resend_of(&a, &[])),
+        decode("empty_resend", &ld(4, &[])),
+        decode("resend_id_15_bytes", &resend_of(&short, text)),
+        decode("resend_id_17_bytes", &resend_of(&long, text)),
+        decode("resend_unknown_field_3", &ld(4, &[opt_bytes(1, &a), opt_bytes(2, text), vec![0x18, 0x01]].concat())),
+        long_resend("resend_plaintext_too_long", &a, MAX_KEPT_PLAINTEXT_LEN + 1),
+        long_resend("resend_order_plaintext_before_id", &short, MAX_KEPT_PLAINTEXT_LEN + 1),
+        decode("unknown_member_field_5", &ld(5, &[])),
+        decode("unknown_member_field_5_with_content", &ld(5, &[0xaa, 0xbb])),
+    ]
 }
 
 fn padding_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {

@@ -19,6 +19,7 @@ mod bundles;
 mod curve_model;
 mod format;
 mod group;
+mod healing;
 mod kdf;
 mod key_checks;
 mod keys;

@@ -15,6 +15,7 @@ use samizdat::{
     address::Address,
     hazmat::FixedBytes,
     keys::IdentityKeyPair,
+    limits::MAX_RESET_NAMINGS,
     prekeys::{ConsumedPreKeys, PreKeySet},
     ratchet::DoubleRatchet,
     session::SessionRecord,
@@ -100,10 +101,11 @@ impl VectorSet for Records {
             heals and initiations; the ids of the signed and last-resort prekeys, the counts of one-time prekeys \
             of each kind, next_id and the remembered pairs). `reencoded` is the loader's own encoding of what it \
             loaded (null on failure), in the same form as the input when it equals it: decoding is canonical, so \
-            it equals the input, except in the three cases whose `rule` says it does not (a state without \
+            it equals the input, except in the four cases whose `rule` says it does not (a state without \
             `ratchet_public`, whose loader computes it; a sending counter ignored without a sending chain; one-time \
-            prekeys not in increasing id order). `rule` names the check of PROTOCOL.md each case pins: every check \
-            of 13.3, 13.4 (1 to 11, S1 to S10) and 13.5 (1 to 9) that a public loader reaches has a case that fails \
+            prekeys not in increasing id order; an empty `healing`, written back as absent). `rule` names the check \
+            of PROTOCOL.md each case pins: every check of 13.3, 13.4 (1 to 11, 10a's H1 to H9 on the healing \
+            bookkeeping of 20.4, S1 to S10) and 13.5 (1 to 9) that a public loader reaches has a case that fails \
             it alone, boundary cases that pass exactly at the limits, cases that break two checks and expect the \
             first one's error, and other encodings of valid records (unknown, repeated, reordered fields, \
             non-minimal varints, explicit defaults, out-of-range integers), all `protobuf`. Not reachable through a \
@@ -113,7 +115,8 @@ impl VectorSet for Records {
             `SkippedSeeds` row (13.4, 1 to 5): only a device reads them, from its sealed rows, and reports any \
             failure as StoreError::Corrupt or Conflict. The inputs come from real records: two sessions of \
             Alice's with Bob (out-of-order deliveries, the second one displacing the first, then a heal that cuts \
-            the first to its kept keys) and Bob's prekey set, each altered in its protobuf form.",
+            the first to its kept keys; healing bookkeeping set on Bob's final record for 10a) and Bob's prekey \
+            set, each altered in its protobuf form.",
         seed: 18,
         inputs: &["name", "decoder", "rule", "input", "input_repeat"],
     };
@@ -2381,6 +2384,211 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
     for (name, rule, input) in canonical {
         cases.add(name, D, rule, &input);
     }
+    healing_cases(cases, f, &record_skipped, &kept_unit)
+}
+
+/// 13.4 check 10a: the record's healing bookkeeping (PROTOCOL.md 20.4), on
+/// Bob's record. Ids are message ids of fixed messages (nothing is drawn).
+/// An edit of a session record.
+type RecordEdit<'a> = &'a dyn Fn(&mut storage::SessionRecord) -> R<()>;
+
+/// `record_cases`'s record with `n` skipped keys and an edit, as the prefix
+/// and suffix around its ten repeated kept states.
+type SkippedRecord<'a> = &'a dyn Fn(usize, RecordEdit<'_>) -> R<(Vec<u8>, Vec<u8>)>;
+
+fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<'_>, kept_unit: &[u8]) -> R<()> {
+    use Decoder::SessionRecord as D;
+    let id = |i: usize| crate::healing::message_id_by_hand(format!("message {i}").as_bytes()).to_vec();
+    let ids = |from: usize, n: usize| (from..from + n).map(id).collect::<Vec<_>>();
+    // Each awaited id named once, unless `namings` is given.
+    let healing = |reset_sent: bool, last_reset_at: u64, awaited: Vec<Vec<u8>>, delivered: Vec<Vec<u8>>| {
+        let namings = vec![1; awaited.len()];
+        storage::Healing { reset_sent, last_reset_at, awaited, delivered, namings }
+    };
+    let named = |awaited: Vec<Vec<u8>>, namings: Vec<u32>| storage::Healing {
+        reset_sent: true,
+        last_reset_at: 1_700_000_000,
+        awaited,
+        delivered: Vec::new(),
+        namings,
+    };
+    let with = |h: storage::Healing| {
+        alter(&f.bob, move |r| {
+            r.healing = Some(h);
+            Ok(())
+        })
+    };
+    let at = 1_700_000_000;
+    let (a, b) = (id(0), id(1));
+    let mut short = id(2);
+    short.truncate(15);
+    let mut long = id(3);
+    long.push(0);
+    let mut many_short_first = ids(0, 65);
+    if let Some(first) = many_short_first.first_mut() {
+        first.truncate(15);
+    }
+
+    // Accepted.
+    cases.add(
+        "record_with_healing",
+        D,
+        "13.4 check 10a: Bob's record with healing bookkeeping as the library writes it: a reset sent at \
+         1,700,000,000, two ids awaited (named by 1 and 3 resets), one delivered.",
+        &with(storage::Healing {
+            delivered: vec![id(2)],
+            ..named(vec![a.clone(), b.clone()], vec![1, MAX_RESET_NAMINGS])
+        })?,
+    );
+    cases.add(
+        "record_healing_64_awaited_64_delivered",
+        D,
+        "13.4 check 10a boundary (H2, H6): 64 awaited ids and 64 delivered ids (MAX_AWAITED_RESENDS, \
+         MAX_DELIVERED_RESENDS), none in both, are accepted.",
+        &with(healing(true, at, ids(0, 64), ids(64, 64)))?,
+    );
+    cases.add(
+        "record_healing_reset_sent_at_0",
+        D,
+        "13.4 check 10a (H1): a reset sent at time 0 (`reset_sent` true, `last_reset_at` 0, not written) is \
+         accepted.",
+        &with(healing(true, 0, Vec::new(), Vec::new()))?,
+    );
+    cases.add(
+        "record_healing_awaited_without_reset_sent",
+        D,
+        "13.4 check 10a: ids awaited while `reset_sent` is false are accepted (not checked: the library never \
+         writes it).",
+        &with(healing(false, 0, vec![a.clone()], Vec::new()))?,
+    );
+    cases.add(
+        "record_healing_empty",
+        D,
+        "13.4 check 10a: a `healing` present with every field at its default (`52 00`) is accepted as no \
+         bookkeeping, and written back without the field: re-encoded not byte for byte.",
+        &with(healing(false, 0, Vec::new(), Vec::new()))?,
+    );
+
+    // One failing check each.
+    let failing: Vec<(&str, &str, storage::Healing)> = vec![
+        (
+            "record_healing_time_without_reset",
+            "13.4 check 10a H1: `last_reset_at` = 5 with `reset_sent` false.",
+            healing(false, 5, Vec::new(), Vec::new()),
+        ),
+        ("record_healing_65_awaited", "13.4 check 10a H2: 65 awaited ids.", healing(true, at, ids(0, 65), Vec::new())),
+        (
+            "record_healing_awaited_id_15_bytes",
+            "13.4 check 10a H3: the second awaited id of 15 bytes.",
+            healing(true, at, vec![a.clone(), short.clone()], Vec::new()),
+        ),
+        (
+            "record_healing_awaited_id_empty",
+            "13.4 check 10a H3: an empty awaited id.",
+            healing(true, at, vec![Vec::new()], Vec::new()),
+        ),
+        (
+            "record_healing_awaited_repeated",
+            "13.4 check 10a H4: an awaited id given twice, not next to each other.",
+            healing(true, at, vec![a.clone(), b.clone(), a.clone()], Vec::new()),
+        ),
+        (
+            "record_healing_namings_missing",
+            "13.4 check 10a H5: two awaited ids and one naming count.",
+            named(vec![a.clone(), b.clone()], vec![1]),
+        ),
+        (
+            "record_healing_namings_without_awaited",
+            "13.4 check 10a H5: a naming count and no awaited id.",
+            named(Vec::new(), vec![1]),
+        ),
+        (
+            "record_healing_named_0_times",
+            "13.4 check 10a H5: an awaited id named by 0 resets.",
+            named(vec![a.clone(), b.clone()], vec![1, 0]),
+        ),
+        (
+            "record_healing_named_4_times",
+            "13.4 check 10a H5: an awaited id named by 4 resets (MAX_RESET_NAMINGS + 1).",
+            named(vec![a.clone()], vec![MAX_RESET_NAMINGS + 1]),
+        ),
+        (
+            "record_healing_65_delivered",
+            "13.4 check 10a H6: 65 delivered ids.",
+            healing(true, at, Vec::new(), ids(0, 65)),
+        ),
+        (
+            "record_healing_delivered_id_17_bytes",
+            "13.4 check 10a H7: a delivered id of 17 bytes.",
+            healing(true, at, Vec::new(), vec![long.clone()]),
+        ),
+        (
+            "record_healing_delivered_repeated",
+            "13.4 check 10a H8: a delivered id given twice.",
+            healing(true, at, Vec::new(), vec![b.clone(), b.clone()]),
+        ),
+        (
+            "record_healing_awaited_and_delivered",
+            "13.4 check 10a H9: one id both awaited and delivered (the error names `healing.awaited`).",
+            healing(true, at, vec![a.clone(), b.clone()], vec![b.clone()]),
+        ),
+        // Two failing checks: the first one's error.
+        (
+            "record_healing_order_h1_before_h2",
+            "13.4 order: `last_reset_at` without `reset_sent`, and 65 awaited ids: H1.",
+            healing(false, 5, ids(0, 65), Vec::new()),
+        ),
+        (
+            "record_healing_order_h2_before_h3",
+            "13.4 order: 65 awaited ids, the first of 15 bytes: H2 (the count before any id).",
+            healing(true, at, many_short_first, Vec::new()),
+        ),
+        (
+            "record_healing_order_h3_before_h4",
+            "13.4 order: an awaited id given twice, then one of 15 bytes: H3 (every length before any repeat).",
+            healing(true, at, vec![a.clone(), a.clone(), short.clone()], Vec::new()),
+        ),
+        (
+            "record_healing_order_h4_before_h5",
+            "13.4 order: an awaited id given twice, with no naming count: H4.",
+            named(vec![a.clone(), a.clone()], Vec::new()),
+        ),
+        (
+            "record_healing_order_h5_before_h6",
+            "13.4 order: an awaited id named by 0 resets, and 65 delivered ids: H5 (the awaited list first).",
+            storage::Healing { delivered: ids(1, 65), ..named(vec![a.clone()], vec![0]) },
+        ),
+        (
+            "record_healing_order_h8_before_h9",
+            "13.4 order: an id both awaited and delivered, and delivered twice: H8.",
+            healing(true, at, vec![a.clone()], vec![a.clone(), a.clone()]),
+        ),
+    ];
+    for (name, rule, h) in failing {
+        cases.add(name, D, rule, &with(h)?);
+    }
+    cases.add(
+        "record_order_10_before_10a",
+        D,
+        "13.4 order: the second remembered base key of 33 bytes, and `last_reset_at` without `reset_sent`: check \
+         10.",
+        &alter(&f.bob, |r| {
+            item(&mut r.seen_base_keys, 1)?.push(0);
+            r.healing = Some(healing(false, 5, Vec::new(), Vec::new()));
+            Ok(())
+        })?,
+    );
+    let (prefix, suffix) = record_skipped(2001, &|r| {
+        r.healing = Some(healing(false, 5, Vec::new(), Vec::new()));
+        Ok(())
+    })?;
+    cases.add_repeat(
+        "record_order_10a_before_11",
+        D,
+        "13.4 order: 2,001 skipped keys over the record's states (as `record_skipped_keys_2001`), and \
+         `last_reset_at` without `reset_sent`: check 10a.",
+        (&prefix, kept_unit, 10, &suffix),
+    );
     Ok(())
 }
 

@@ -68,6 +68,21 @@ pub(crate) struct Repeat {
     len: usize,
 }
 
+impl Repeat {
+    /// `prefix`, then `byte` until the input is `len` bytes long.
+    pub(crate) fn new(prefix: &[u8], byte: u8, len: usize) -> Self {
+        Self { prefix: h(prefix), byte: h([byte]), len }
+    }
+
+    /// The bytes it stands for.
+    pub(crate) fn expand(&self) -> R<Vec<u8>> {
+        let mut data = bytes("input_repeat.prefix", &self.prefix)?;
+        let [byte] = array::<1>("input_repeat.byte", &self.byte)?;
+        data.resize(self.len.max(data.len()), byte);
+        Ok(data)
+    }
+}
+
 impl VectorSet for Wire {
     type Case = WireCase;
     const META: Meta = Meta {
@@ -242,12 +257,7 @@ impl VectorSet for Wire {
             WireCase::Decode { name, decoder, input, input_repeat, .. } => {
                 let data = match (input, input_repeat) {
                     (Some(text), None) => bytes("input", text)?,
-                    (None, Some(r)) => {
-                        let mut data = bytes("input_repeat.prefix", &r.prefix)?;
-                        let [byte] = array::<1>("input_repeat.byte", &r.byte)?;
-                        data.resize(r.len.max(data.len()), byte);
-                        data
-                    }
+                    (None, Some(r)) => r.expand()?,
                     _ => return Err(err("input", "give exactly one of input and input_repeat")),
                 };
                 let (result, reencoded) = decode_with(*decoder, &data)?;
