@@ -547,6 +547,8 @@ pub enum GroupControl {
     Resend {
         /// The id of the message as first sent.
         id: [u8; 16],
+        /// The ids of its earlier resends.
+        also: Vec<[u8; 16]>,
         /// The app's plaintext (wiped when the value is dropped).
         plaintext: Vec<u8>,
     },
@@ -603,7 +605,7 @@ pub fn parse_group_control(content: &[u8]) -> Result<GroupControl, crate::Decode
             iteration: r.iteration,
         },
         Control::Reset(unreadable) => GroupControl::Reset { unreadable },
-        Control::Resend { id, plaintext } => GroupControl::Resend { id, plaintext: plaintext.to_vec() },
+        Control::Resend { id, also, plaintext } => GroupControl::Resend { id, also, plaintext: plaintext.to_vec() },
     })
 }
 
@@ -631,8 +633,8 @@ pub fn encode_group_control(control: &GroupControl) -> Result<Vec<u8>, crate::De
             iteration: *iteration,
         }),
         GroupControl::Reset { unreadable } => Control::Reset(unreadable.clone()),
-        GroupControl::Resend { id, plaintext } => {
-            Control::Resend { id: *id, plaintext: zeroize::Zeroizing::new(plaintext.clone()) }
+        GroupControl::Resend { id, also, plaintext } => {
+            Control::Resend { id: *id, also: also.clone(), plaintext: Zeroizing::new(plaintext.clone()) }
         }
     };
     let bytes = control.to_bytes().to_vec();

@@ -32,7 +32,7 @@ pub const MESSAGE_ID_LEN: usize = 16;
 pub type MessageId = [u8; MESSAGE_ID_LEN];
 
 /// The label hashed before the wire bytes.
-const MESSAGE_ID_LABEL: &[u8] = b"Samizdat_MessageId_v1";
+pub(crate) const MESSAGE_ID_LABEL: &[u8] = b"samizdat/v1/message-id";
 
 /// The id of the message whose wire bytes are `wire` (any bytes: the id of
 /// something that does not parse is defined too).
@@ -51,6 +51,12 @@ pub fn message_id(wire: &[u8]) -> MessageId {
     id
 }
 
+/// Whether some item of `items` appears twice (the lists are at most a few
+/// dozen long).
+pub(crate) fn has_repeats<T: PartialEq>(items: &[T]) -> bool {
+    items.iter().enumerate().any(|(i, item)| items.iter().skip(i.saturating_add(1)).any(|other| other == item))
+}
+
 /// Parses a stored or received id.
 pub(crate) fn id_from_slice(bytes: &[u8], field: &'static str) -> Result<MessageId, DecodeError> {
     MessageId::try_from(bytes).map_err(|_| DecodeError::InvalidLength {
@@ -66,8 +72,11 @@ pub(crate) struct Healing {
     /// When we last sent the peer a reset, if ever.
     pub(crate) last_reset_at: Option<u64>,
     /// Ids our resets named that no resend has brought yet, oldest first,
-    /// with how many resets named each.
-    pub(crate) awaited: VecDeque<(MessageId, u32)>,
+    /// with how many answered resets named each, and whether the last reset
+    /// named it.
+    pub(crate) awaited: VecDeque<(MessageId, u32, bool)>,
+    /// The base key of the session our last reset started.
+    pub(crate) last_reset_base_key: Option<[u8; 32]>,
     /// Ids a resend brought to the app, oldest first.
     pub(crate) delivered: VecDeque<MessageId>,
 }
@@ -78,13 +87,25 @@ impl Healing {
         self.last_reset_at.map(|last| last.saturating_add(interval))
     }
 
-    /// What the next reset names: the awaited ids not yet named
-    /// [`MAX_RESET_NAMINGS`] times, then `ids` (the messages the app could
-    /// not read now) not delivered already; the latest
+    /// Our last reset was answered (the peer replied on its session, or the
+    /// session is gone, which takes a reply): what it named counts as named
+    /// once more; or it was not (it may have been lost): it does not count.
+    pub(crate) fn last_reset_answered(&mut self, answered: bool) {
+        for (_, n, in_last) in &mut self.awaited {
+            if *in_last && answered {
+                *n = n.saturating_add(1).min(MAX_RESET_NAMINGS);
+            }
+            *in_last = false;
+        }
+    }
+
+    /// What the next reset names: the awaited ids not yet named by
+    /// [`MAX_RESET_NAMINGS`] answered resets, then `ids` (the messages the
+    /// app could not read now) not delivered already; the latest
     /// [`MAX_RESET_IDS`] of them.
     pub(crate) fn to_name(&self, ids: &[MessageId]) -> Vec<MessageId> {
         let mut named: Vec<MessageId> = Vec::new();
-        let again = self.awaited.iter().filter(|(_, n)| *n < MAX_RESET_NAMINGS).map(|(id, _)| id);
+        let again = self.awaited.iter().filter(|(_, n, _)| *n < MAX_RESET_NAMINGS).map(|(id, _, _)| id);
         for id in again.chain(ids.iter()) {
             if !named.contains(id) && !self.delivered.contains(id) && !self.given_up(id) {
                 named.push(*id);
@@ -97,28 +118,31 @@ impl Healing {
 
     /// Whether `id` is awaited but was named the most times already.
     fn given_up(&self, id: &MessageId) -> bool {
-        self.awaited.iter().any(|(a, n)| a == id && *n >= MAX_RESET_NAMINGS)
+        self.awaited.iter().any(|(a, n, _)| a == id && *n >= MAX_RESET_NAMINGS)
     }
 
     /// How many awaited ids a reset would still name.
     pub(crate) fn awaiting(&self) -> usize {
-        self.awaited.iter().filter(|(_, n)| *n < MAX_RESET_NAMINGS).count()
+        self.awaited.iter().filter(|(_, n, _)| *n < MAX_RESET_NAMINGS).count()
     }
 
-    /// A reset naming `named` (from [`Self::to_name`]) was sent at `now`:
-    /// each is awaited, named once more; an awaited id named the most times
-    /// and not named now is given up (the oldest awaited make room).
-    pub(crate) fn reset_sent(&mut self, now: u64, named: &[MessageId]) {
+    /// A reset naming `named` (from [`Self::to_name`]) was sent at `now`, in
+    /// the session of base key `base_key`: each is awaited (the oldest
+    /// awaited make room), and counts as named once more when that reset is
+    /// answered ([`Self::last_reset_answered`]). An id named by the most
+    /// answered resets is not named again, but stays awaited: a resend that
+    /// comes late still reaches the app.
+    pub(crate) fn reset_sent(&mut self, now: u64, base_key: [u8; 32], named: &[MessageId]) {
         self.last_reset_at = Some(now);
-        self.awaited.retain(|(id, n)| *n < MAX_RESET_NAMINGS || named.contains(id));
+        self.last_reset_base_key = Some(base_key);
         for id in named {
-            match self.awaited.iter_mut().find(|(a, _)| a == id) {
-                Some((_, n)) => *n = n.saturating_add(1).min(MAX_RESET_NAMINGS),
+            match self.awaited.iter_mut().find(|(a, _, _)| a == id) {
+                Some((_, _, in_last)) => *in_last = true,
                 None => {
                     if self.awaited.len() >= MAX_AWAITED_RESENDS {
                         self.awaited.pop_front();
                     }
-                    self.awaited.push_back((*id, 1));
+                    self.awaited.push_back((*id, 0, true));
                 }
             }
         }
@@ -127,7 +151,20 @@ impl Healing {
     /// Whether a resend of `id` is for the app: a message our reset named,
     /// and not yet brought by another resend or read as first sent.
     pub(crate) fn awaits(&self, id: &MessageId) -> bool {
-        self.awaited.iter().any(|(a, _)| a == id)
+        self.awaited.iter().any(|(a, _, _)| a == id)
+    }
+
+    /// A resend of the message first sent as `id`, whose earlier resends
+    /// were `also`, reached the app (it was awaited under one of these ids):
+    /// none of them is awaited any more, and a later copy of any is a
+    /// duplicate.
+    pub(crate) fn resent(&mut self, id: &MessageId, also: &[MessageId]) {
+        for any in std::iter::once(id).chain(also) {
+            self.awaited.retain(|(a, _, _)| a != any);
+            if !self.delivered.contains(any) {
+                push_bounded(&mut self.delivered, *any, MAX_DELIVERED_RESENDS);
+            }
+        }
     }
 
     /// Whether the message `id` reached the app by a resend already: its
@@ -136,14 +173,10 @@ impl Healing {
         self.delivered.contains(id)
     }
 
-    /// The message `id` reached the app (as first sent if `!resent`): a
-    /// resend of it is no longer awaited, and once resent, the first copy is
-    /// a duplicate.
-    pub(crate) fn delivered(&mut self, id: &MessageId, resent: bool) {
-        let was_awaited = self.awaited.iter().position(|(a, _)| a == id).map(|i| self.awaited.remove(i));
-        if resent && was_awaited.is_some() {
-            push_bounded(&mut self.delivered, *id, MAX_DELIVERED_RESENDS);
-        }
+    /// The message `id` reached the app as first sent: a resend of it is no
+    /// longer awaited.
+    pub(crate) fn read_first(&mut self, id: &MessageId) {
+        self.awaited.retain(|(a, _, _)| a != id);
     }
 
     pub(crate) fn to_proto(&self) -> Option<storage::Healing> {
@@ -153,9 +186,11 @@ impl Healing {
         Some(storage::Healing {
             reset_sent: self.last_reset_at.is_some(),
             last_reset_at: self.last_reset_at.unwrap_or(0),
-            awaited: self.awaited.iter().map(|(id, _)| id.to_vec()).collect(),
+            awaited: self.awaited.iter().map(|(id, _, _)| id.to_vec()).collect(),
             delivered: self.delivered.iter().map(|id| id.to_vec()).collect(),
-            namings: self.awaited.iter().map(|(_, n)| *n).collect(),
+            namings: self.awaited.iter().map(|(_, n, _)| *n).collect(),
+            last_reset_base_key: self.last_reset_base_key.map(|k| k.to_vec()).unwrap_or_default(),
+            in_last_reset: self.awaited.iter().map(|(_, _, in_last)| *in_last).collect(),
         })
     }
 
@@ -171,23 +206,43 @@ impl Healing {
             if list.len() > max {
                 return Err(DecodeError::InvalidValue(field));
             }
-            let ids: VecDeque<MessageId> = list.iter().map(|id| id_from_slice(id, field)).collect::<Result<_, _>>()?;
-            if ids.iter().enumerate().any(|(i, id)| ids.iter().skip(i + 1).any(|other| other == id)) {
+            let ids: Vec<MessageId> = list.iter().map(|id| id_from_slice(id, field)).collect::<Result<_, _>>()?;
+            if has_repeats(&ids) {
                 return Err(DecodeError::InvalidValue(field));
             }
-            Ok(ids)
+            Ok(ids.into())
         };
         let awaited = ids(&stored.awaited, MAX_AWAITED_RESENDS, "healing.awaited")?;
-        if stored.namings.len() != awaited.len() || stored.namings.iter().any(|n| !(1..=MAX_RESET_NAMINGS).contains(n))
-        {
+        if stored.namings.len() != awaited.len() || stored.namings.iter().any(|n| *n > MAX_RESET_NAMINGS) {
             return Err(DecodeError::InvalidValue("healing.namings"));
+        }
+        if stored.in_last_reset.len() != awaited.len() {
+            return Err(DecodeError::InvalidValue("healing.in_last_reset"));
+        }
+        let last_reset_base_key = match stored.last_reset_base_key.as_slice() {
+            [] => None,
+            key => Some(<[u8; 32]>::try_from(key).map_err(|_| DecodeError::InvalidLength {
+                field: "healing.last_reset_base_key",
+                expected: 32,
+                actual: key.len(),
+            })?),
+        };
+        // A reset sent, and only then, has a session.
+        if last_reset_base_key.is_some() != stored.reset_sent {
+            return Err(DecodeError::InvalidValue("healing.last_reset_base_key"));
         }
         let healing = Self {
             last_reset_at: stored.reset_sent.then_some(stored.last_reset_at),
-            awaited: awaited.into_iter().zip(stored.namings.iter().copied()).collect(),
+            awaited: awaited
+                .into_iter()
+                .zip(stored.namings.iter().copied())
+                .zip(stored.in_last_reset.iter().copied())
+                .map(|((id, n), in_last)| (id, n, in_last))
+                .collect(),
+            last_reset_base_key,
             delivered: ids(&stored.delivered, MAX_DELIVERED_RESENDS, "healing.delivered")?,
         };
-        if healing.awaited.iter().any(|(id, _)| healing.delivered.contains(id)) {
+        if healing.awaited.iter().any(|(id, _, _)| healing.delivered.contains(id)) {
             return Err(DecodeError::InvalidValue("healing.awaited"));
         }
         Ok(healing)
@@ -205,10 +260,12 @@ fn push_bounded(list: &mut VecDeque<MessageId>, id: MessageId, max: usize) {
 mod tests {
     use super::*;
 
+    const BASE: [u8; 32] = [9; 32];
+
     #[test]
     fn the_id_is_sha256_of_the_label_and_the_bytes_cut_to_16() {
-        // Computed independently: printf 'Samizdat_MessageId_v1abc' | sha256sum
-        assert_eq!(hex::encode(message_id(b"abc")), "cf3b0fd72967d02ede8d15fd99aa461d");
+        // Computed independently: printf 'samizdat/v1/message-idabc' | sha256sum
+        assert_eq!(hex::encode(message_id(b"abc")), "a8e5bf1e8921649b0338016308de60bd");
     }
 
     #[test]
@@ -217,13 +274,13 @@ mod tests {
         let mut healing = Healing::default();
         let named = healing.to_name(&[a, b, a]);
         assert_eq!(named, vec![a, b]);
-        healing.reset_sent(10, &named);
+        healing.reset_sent(10, BASE, &named);
         assert!(healing.awaits(&a) && healing.awaiting() == 2);
-        healing.delivered(&a, true);
+        healing.resent(&a, &[]);
         assert!(!healing.awaits(&a) && healing.was_resent(&a));
         // b read as first sent: its resend is no longer for the app, and
         // its first copy is not a duplicate either.
-        healing.delivered(&b, false);
+        healing.read_first(&b);
         assert!(!healing.awaits(&b) && !healing.was_resent(&b));
         // A delivered id is not named again.
         assert!(healing.to_name(&[a]).is_empty());
@@ -232,21 +289,32 @@ mod tests {
     }
 
     #[test]
-    fn an_id_is_named_at_most_the_limit_of_times_then_given_up() {
+    fn an_id_is_given_up_after_the_limit_of_answered_resets_and_lost_ones_do_not_count() {
         let lost = message_id(b"lost");
         let mut healing = Healing::default();
+        healing.reset_sent(0, BASE, &healing.to_name(&[lost]));
+        // Resets lost on the way (never answered) do not count.
+        for round in 1..=10 {
+            healing.last_reset_answered(false);
+            let named = healing.to_name(&[]);
+            assert_eq!(named, vec![lost], "unanswered round {round}");
+            healing.reset_sent(round, BASE, &named);
+        }
         for round in 1..=MAX_RESET_NAMINGS {
-            // Named again by itself, the app passing nothing new.
-            let given: &[MessageId] = if round == 1 { &[lost] } else { &[] };
-            let named = healing.to_name(given);
-            assert_eq!(named, vec![lost], "round {round}");
-            healing.reset_sent(u64::from(round), &named);
+            healing.last_reset_answered(true);
+            let named = healing.to_name(&[]);
+            if round < MAX_RESET_NAMINGS {
+                assert_eq!(named, vec![lost], "answered round {round}");
+            } else {
+                assert!(named.is_empty(), "named by {round} answered resets: given up");
+            }
+            healing.reset_sent(100 + u64::from(round), BASE, &named);
         }
         assert_eq!(healing.awaiting(), 0);
-        // Given up: neither named again alone nor when the app names it.
+        // Given up: not named again even when the app names it; but still
+        // awaited, so that a resend that comes late is read.
         assert!(healing.to_name(&[lost]).is_empty());
-        healing.reset_sent(9, &[]);
-        assert!(!healing.awaits(&lost), "given up when a reset goes without it");
+        assert!(healing.awaits(&lost), "a late resend is still for the app");
     }
 
     #[test]
@@ -256,30 +324,31 @@ mod tests {
         let named = healing.to_name(&ids);
         assert_eq!(named.len(), MAX_RESET_IDS);
         assert_eq!(named.first(), ids.get(ids.len() - MAX_RESET_IDS), "the latest");
-        healing.reset_sent(0, &named);
+        healing.reset_sent(0, BASE, &named);
         assert_eq!(healing.awaited.len(), MAX_AWAITED_RESENDS);
-        let mut stored = healing.to_proto().unwrap();
-        stored.awaited.push(message_id(b"one more").to_vec());
-        stored.namings.push(1);
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "too many");
-        stored.awaited.truncate(2);
-        stored.namings.truncate(2);
-        assert!(Healing::from_proto(Some(&stored)).is_ok());
-        stored.namings[1] = MAX_RESET_NAMINGS + 1;
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "named too often");
-        stored.namings[1] = 0;
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "never named");
-        stored.namings.truncate(1);
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "a count missing");
-        stored.namings.push(1);
-        stored.awaited[1] = stored.awaited[0].clone();
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "a repeat");
-        stored.awaited[1] = vec![0; 15];
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "a short id");
-        stored.awaited.truncate(1);
-        stored.namings.truncate(1);
-        stored.delivered = vec![stored.awaited[0].clone()];
-        assert!(Healing::from_proto(Some(&stored)).is_err(), "awaited and delivered");
+        let good = healing.to_proto().unwrap();
+        let check = |edit: &dyn Fn(&mut storage::Healing), what: &str| {
+            let mut stored = good.clone();
+            stored.awaited.truncate(2);
+            stored.namings.truncate(2);
+            stored.in_last_reset.truncate(2);
+            assert!(Healing::from_proto(Some(&stored)).is_ok(), "{what}: the base case");
+            edit(&mut stored);
+            assert!(Healing::from_proto(Some(&stored)).is_err(), "{what}");
+        };
+        let mut too_many = good.clone();
+        too_many.awaited.push(message_id(b"one more").to_vec());
+        too_many.namings.push(1);
+        too_many.in_last_reset.push(false);
+        assert!(Healing::from_proto(Some(&too_many)).is_err(), "too many");
+        check(&|s| s.namings[1] = MAX_RESET_NAMINGS + 1, "named too often");
+        check(&|s| s.namings.truncate(1), "a count missing");
+        check(&|s| s.in_last_reset.truncate(1), "a flag missing");
+        check(&|s| s.awaited[1] = s.awaited[0].clone(), "a repeat");
+        check(&|s| s.awaited[1] = vec![0; 15], "a short id");
+        check(&|s| s.delivered = vec![s.awaited[0].clone()], "awaited and delivered");
+        check(&|s| s.last_reset_base_key = vec![1; 31], "a short base key");
+        check(&|s| s.last_reset_base_key.clear(), "a reset without its session");
         let never = storage::Healing { reset_sent: false, last_reset_at: 5, ..Default::default() };
         assert!(Healing::from_proto(Some(&never)).is_err(), "a time without a reset");
     }

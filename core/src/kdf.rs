@@ -125,6 +125,9 @@ pub(crate) const STORE_ADDRESS_LABEL: &[u8] = b"samizdat/v1/store/address";
 /// HKDF `info` of the store's key that hashes remembered base keys into row
 /// keys (from the app's storage key).
 pub(crate) const STORE_BASE_KEY_LABEL: &[u8] = b"samizdat/v1/store/base-key";
+/// HKDF `info` of the store's key that hashes message ids into the row keys
+/// of the outbox (from the app's storage key, PROTOCOL.md 20.3).
+pub(crate) const STORE_OUTBOX_LABEL: &[u8] = b"samizdat/v1/store/outbox";
 /// Prefix of a sealed row's associated data (then the table and the row key).
 pub(crate) const STORE_ROW_LABEL: &[u8] = b"samizdat/v1/store/row";
 
@@ -321,6 +324,8 @@ mod tests {
             STORE_BASE_KEY_LABEL,
             STORE_ROW_LABEL,
             STORE_GROUP_LABEL,
+            STORE_OUTBOX_LABEL,
+            crate::heal::MESSAGE_ID_LABEL,
             GROUP_MESSAGE_LABEL,
             GROUP_MESSAGE_KEY_LABEL,
         ];

@@ -327,12 +327,14 @@ impl SessionError {
             // like a header no state opens, healing brings the message, and
             // resets are rate-limited (PROTOCOL.md 20.1).
             Self::UnknownPreKey { .. } => ErrorKind::OutOfStep,
-            // A prekey message of a state no longer kept: the record
-            // remembers its base key, not which of its messages were read,
-            // so it may never have been (then it is not a duplicate); nor is
-            // it out of step, for it may be a replay of one read long ago (a
-            // heal would have it sent again): it is dropped as invalid.
-            Self::DuplicatePreKeyMessage => ErrorKind::InvalidMessage,
+            // A prekey message of a state no longer kept (a heal cut it, or
+            // it fell off the archived states): the record remembers its
+            // base key, not which of its messages were read, so it may never
+            // have been: only healing brings it. (A replay of one read long
+            // ago is named too; the sender no longer holds what the app
+            // acknowledged, and a resend carries the message's first id, by
+            // which the app keeps what it stores, PROTOCOL.md 20.8.)
+            Self::DuplicatePreKeyMessage => ErrorKind::OutOfStep,
             Self::StalePending | Self::NotInBatch => ErrorKind::StalePending,
         }
     }

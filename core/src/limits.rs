@@ -202,10 +202,11 @@ pub const MAX_GROUP_REQUESTS_PER_SENDER: u32 = 8;
 /// could not read more names the latest of them.
 pub const MAX_RESET_IDS: usize = 64;
 
-/// The most resets that name one message: a message the peer never sends
-/// again (it no longer holds it, or it never existed: a forgery) is given up
-/// after this many, so that waiting for it cannot make resets for ever
-/// (PROTOCOL.md 20.4).
+/// The most resets the peer answered that name one message: a message the
+/// peer never sends again (it no longer holds it, or it never existed: a
+/// forgery) is named no more after this many, so that waiting for it cannot
+/// make resets for ever; a reset that was lost on the way (never answered)
+/// does not count (PROTOCOL.md 20.4).
 pub const MAX_RESET_NAMINGS: u32 = 3;
 
 /// The most ids a session record awaits a resend for (PROTOCOL.md 20.4);
@@ -220,6 +221,11 @@ pub const MAX_DELIVERED_RESENDS: usize = 64;
 /// oldest make room. A [`HealPolicy`](crate::device::HealPolicy) may set
 /// fewer.
 pub const MAX_OUTBOX_MESSAGES: usize = 256;
+
+/// The most ids of its resends an outbox entry remembers (the latest): a
+/// reset may name a resend that did not arrive where it could be read, and
+/// gets the message again (PROTOCOL.md 20.3).
+pub const MAX_RESEND_IDS: usize = 4;
 
 /// The largest plaintext the outbox keeps: room is left for the resend's
 /// framing within [`MAX_PLAINTEXT_LEN`].

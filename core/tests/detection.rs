@@ -126,13 +126,25 @@ fn our_store_restored_from_an_older_copy_is_no_matching_state() {
     assert_eq!(decrypt_error(error), DecryptError::NoMatchingState);
     assert_eq!(restored.backend().snapshot(), before);
 
-    // The live Bob reads m3; an altered copy of it is a forgery.
+    // m3 is a DH step of Alice's: an altered copy of it is told from a
+    // store restored after Bob's ratchet key changed by nothing (the header
+    // opens under the next header key, the body under no chain our key
+    // gives), so it is out of step too, and healing is rate-limited.
     let mut altered = m3.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    let error = bob.decrypt(&address("alice"), &altered).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    assert_eq!(decrypt_error(error), DecryptError::NoMatchingState);
+    assert_eq!(receive(&bob, "alice", &m3).unwrap(), b"m3");
+    // On the chain Bob has, an altered message is a forgery: the key the
+    // chain gives is the one, and the body does not open under it.
+    let m4 = alice.encrypt(&address("bob"), b"m4").unwrap();
+    let mut altered = m4.clone();
     *altered.last_mut().unwrap() ^= 1;
     let error = bob.decrypt(&address("alice"), &altered).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidMessage);
     assert_eq!(decrypt_error(error), DecryptError::Unauthenticated);
-    assert_eq!(receive(&bob, "alice", &m3).unwrap(), b"m3");
+    assert_eq!(receive(&bob, "alice", &m4).unwrap(), b"m4");
 }
 
 /// A sender restored from an older copy reuses a counter with new content:

@@ -205,26 +205,41 @@ fn a_restored_sender_is_healed_by_its_peer() {
     converse(&alice, &bob, "healed");
 }
 
-/// Alice reinstalled (a new identity): Bob's app trusts it first; then
-/// what Bob had sent the old Alice, which the new one cannot read, comes
-/// again from Bob's outbox when she heals.
+/// Alice reinstalled (a new identity): Bob's app trusts it first. What
+/// Bob had sent the old Alice, which the new one cannot read, comes again
+/// when she heals only if Bob's policy allows a newly trusted identity to
+/// get it; by default it does not, so that a key trusted later (an
+/// attacker's, accepted in error) gets nothing sent before.
 #[test]
 fn a_reinstalled_peer_heals_after_the_apps_trust_decision() {
-    let (alice, bob) = pair();
-    let in_flight = bob.encrypt_kept(alice.address(), b"to the old install", 3).unwrap();
-    drop(alice);
-    let alice = device("alice", 9);
-    // The new Alice has no session: Bob's message is out of reach.
-    assert_eq!(kind(receive(&alice, &bob, &in_flight)), ErrorKind::NoSession);
-    // Healing first needs Bob's app to trust the new identity.
-    let reset = heal(&alice, &bob, std::slice::from_ref(&in_flight), 10);
-    let error = bob.decrypt(alice.address(), &reset).unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::UntrustedIdentity);
-    bob.trust_identity(alice.address(), alice.identity_key()).unwrap();
-    let resent = answer(&bob, &alice, &reset);
-    assert_eq!(resent.len(), 1);
-    assert_eq!(receive(&alice, &bob, &resent[0]).unwrap(), Got::App(b"to the old install".to_vec()));
-    converse(&alice, &bob, "healed");
+    for allowed in [false, true] {
+        let (alice, bob) = pair();
+        bob.set_heal_policy(HealPolicy { resend_to_new_identity: allowed, ..HealPolicy::default() }).unwrap();
+        let in_flight = bob.encrypt_kept(alice.address(), b"to the old install", 3).unwrap();
+        drop(alice);
+        let alice = device("alice", 9);
+        // The new Alice has no session: Bob's message is out of reach.
+        assert_eq!(kind(receive(&alice, &bob, &in_flight)), ErrorKind::NoSession);
+        // Healing first needs Bob's app to trust the new identity.
+        let reset = heal(&alice, &bob, std::slice::from_ref(&in_flight), 10);
+        let error = bob.decrypt(alice.address(), &reset).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::UntrustedIdentity);
+        bob.trust_identity(alice.address(), alice.identity_key()).unwrap();
+        let resent = answer(&bob, &alice, &reset);
+        if allowed {
+            assert_eq!(resent.len(), 1);
+            assert_eq!(receive(&alice, &bob, &resent[0]).unwrap(), Got::App(b"to the old install".to_vec()));
+        } else {
+            assert!(resent.is_empty(), "sent to the old identity: not to the new one");
+        }
+        converse(&alice, &bob, "healed");
+        // What Bob sends from now on is the new identity's.
+        let now_kept = bob.encrypt_kept(alice.address(), b"for the new install", 20).unwrap();
+        let reset = heal(&alice, &bob, std::slice::from_ref(&now_kept), 4_000);
+        let resent = answer(&bob, &alice, &reset);
+        assert_eq!(resent.len(), 1);
+        assert_eq!(receive(&alice, &bob, &resent[0]).unwrap(), Got::App(b"for the new install".to_vec()));
+    }
 }
 
 /// At most one reset per peer per interval: forged messages (all
@@ -368,9 +383,14 @@ fn the_outbox_is_bounded_in_count_and_age_and_forgets_what_is_acknowledged() {
 fn the_outbox_is_sealed() {
     let (alice, bob) = pair();
     let secret = b"a plaintext that must not be stored in the clear";
-    alice.encrypt_kept(bob.address(), secret, 1).unwrap();
-    for row in alice.backend().scan(Table::Sessions).unwrap() {
-        assert!(!row.1.windows(secret.len()).any(|w| w == secret), "a plaintext in the clear");
+    let wire = alice.encrypt_kept(bob.address(), secret, 1).unwrap();
+    let id = message_id(&wire);
+    for (key, value) in alice.backend().scan(Table::Sessions).unwrap() {
+        assert!(!value.windows(secret.len()).any(|w| w == secret), "a plaintext in the clear");
+        // Nor the id, which the server can compute from what it carried.
+        for bytes in [&key, &value] {
+            assert!(!bytes.windows(id.len()).any(|w| w == id), "a message id in the clear");
+        }
     }
 }
 
@@ -392,28 +412,41 @@ fn a_stale_reset_commit_sends_nothing() {
 }
 
 /// A reset lost on the way: the messages it named are still awaited, and
-/// the next heal (after the interval) names them again by itself. A message
-/// the peer never sends again (a forgery's id, here) is named by at most
-/// MAX_RESET_NAMINGS resets, then given up: waiting for it cannot make
-/// resets for ever.
+/// the next heal (after the interval) names them again by itself; a lost
+/// reset does not count. A message the peer never sends again (a forgery's
+/// id, here) is named by at most MAX_RESET_NAMINGS resets the peer answered,
+/// then given up: waiting for it cannot make resets for ever.
 #[test]
 fn a_lost_reset_is_made_again_and_what_never_comes_is_given_up() {
     let (alice, bob) = pair();
     bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
     let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
     let forged = b"never sent by anyone".to_vec();
-    let _dropped = heal(&bob, &alice, &[lost.clone(), forged], 100);
-    assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 2);
+    // Three resets lost on the way: none counts.
+    for now in [100, 110, 120] {
+        let given: &[Vec<u8>] = if now == 100 { &[lost.clone(), forged.clone()] } else { &[] };
+        let _dropped = heal(&bob, &alice, given, now);
+        assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 2, "at {now}");
+    }
     // Too soon: nothing; then the app heals at retry_at, naming nothing new.
-    assert_eq!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 105).unwrap(), Heal::TooSoon { retry_at: 110 });
-    let again = heal(&bob, &alice, &[], 110);
+    assert_eq!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 125).unwrap(), Heal::TooSoon { retry_at: 130 });
+    let again = heal(&bob, &alice, &[], 130);
     let resent = answer(&alice, &bob, &again);
     assert_eq!(resent.len(), 1, "the forgery's id is not Alice's");
     assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"lost".to_vec()));
-    // The forgery's id: named twice so far, once more, then given up.
-    assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 1);
-    let third = heal(&bob, &alice, &[], 120);
-    assert!(answer(&alice, &bob, &third).is_empty());
-    assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 0);
+    // The forgery's id: named by answered resets until the limit, then
+    // given up.
+    let mut resets = 0;
+    let mut now = 130;
+    while bob.awaiting_resends(alice.address()).unwrap() > 0 {
+        now += 10;
+        resets += 1;
+        assert!(resets <= samizdat::limits::MAX_RESET_NAMINGS, "{resets} resets for one forgery");
+        let reset = heal(&bob, &alice, &[], now);
+        assert!(answer(&alice, &bob, &reset).is_empty());
+        // Alice's reply answers the reset.
+        converse(&alice, &bob, &format!("at {now}"));
+    }
+    assert_eq!(resets, samizdat::limits::MAX_RESET_NAMINGS - 1, "the reset at 130 was the first answered");
     converse(&alice, &bob, "after");
 }

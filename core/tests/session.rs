@@ -239,7 +239,7 @@ fn a_first_message_relabelled_with_another_sender_address_does_not_decrypt() {
     let other_bob_address = Address::new("bob", 2).unwrap();
     assert_eq!(
         b.decrypt(&mut rng, &bob.identity, &other_bob_address, &alice.address, &bob.prekeys, &first).unwrap_err(),
-        SessionError::Decrypt(DecryptError::Unauthenticated)
+        SessionError::Decrypt(DecryptError::NoMatchingState)
     );
     assert!(b.decrypt(&mut rng, &bob.identity, &bob.address, &alice.address, &bob.prekeys, &first).is_ok());
 }

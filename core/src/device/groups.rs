@@ -17,7 +17,9 @@ use std::{collections::BTreeSet, fmt};
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
-use super::{Device, DeviceError, PendingMessage, ROW_VERSION, encode, lock, pending::Inner, retry_on_conflict};
+use super::{
+    Device, DeviceError, PendingMessage, ROW_VERSION, encode, healing::Resends, lock, pending::Inner, retry_on_conflict,
+};
 use crate::{
     DecryptError, EncryptError, SessionError,
     address::Address,
@@ -171,9 +173,13 @@ pub(super) enum ControlAction {
     AnswerAgain { group_id: GroupId, own: (Vec<u8>, Vec<u8>), message: Vec<u8> },
     /// A reset from the peer (PROTOCOL.md 20.5): the plaintexts of our
     /// outbox it named, to send again once the new session is installed.
-    Reset { resends: Vec<(MessageId, Zeroizing<Vec<u8>>)> },
-    /// A resend our reset awaited: a message for the app.
-    Resent { id: MessageId, plaintext: Zeroizing<Vec<u8>> },
+    Reset(Box<Resends>),
+    /// A resend our reset awaited (by its id or another of the message's):
+    /// a message for the app.
+    Resent { id: MessageId, also: Vec<MessageId>, plaintext: Zeroizing<Vec<u8>> },
+    /// A resend of a message another resend brought already: its ids (the
+    /// message's first, its resends') are remembered as delivered.
+    ResentAgain { ids: Vec<MessageId> },
 }
 
 impl ControlAction {
@@ -182,14 +188,14 @@ impl ControlAction {
         match self {
             Self::Ignored(group_id) | Self::Store { group_id, .. } => Some(group_id),
             Self::Answer { group_id, .. } | Self::AnswerAgain { group_id, .. } => Some(group_id.as_bytes()),
-            Self::Reset { .. } | Self::Resent { .. } => None,
+            Self::Reset(_) | Self::Resent { .. } | Self::ResentAgain { .. } => None,
         }
     }
 
     /// Whether committing it writes group rows (then the commit takes the
     /// group lock first).
     pub(super) fn is_group(&self) -> bool {
-        !matches!(self, Self::Reset { .. } | Self::Resent { .. } | Self::Ignored(_))
+        !matches!(self, Self::Reset(_) | Self::Resent { .. } | Self::ResentAgain { .. } | Self::Ignored(_))
     }
 }
 
@@ -959,14 +965,21 @@ impl<B: Backend> Device<B> {
             Err(e) => return Err(SessionError::from(e).into()),
         };
         match control {
-            Control::Reset(ids) => self.plan_reset(peer, &ids),
+            Control::Reset(ids) => self.plan_reset(peer, identity, &ids),
             // A resend our reset did not ask for, or one already delivered:
             // nothing for the app.
-            Control::Resend { id, plaintext } => Ok(if healing.awaits(&id) {
-                ControlAction::Resent { id, plaintext }
-            } else {
-                ControlAction::Ignored(Vec::new())
-            }),
+            Control::Resend { id, also, plaintext } => {
+                let ids = || std::iter::once(&id).chain(&also);
+                Ok(if ids().any(|i| healing.was_resent(i)) {
+                    // Another resend of it reached the app: nothing for the
+                    // app, but its ids are the message's too.
+                    ControlAction::ResentAgain { ids: ids().copied().collect() }
+                } else if ids().any(|i| healing.awaits(i)) {
+                    ControlAction::Resent { id, also, plaintext }
+                } else {
+                    ControlAction::Ignored(Vec::new())
+                })
+            }
             Control::Distribution(distribution) => {
                 let group_id = distribution.group_id.clone();
                 let (row, loaded) = self.load_member(&group_id, peer)?;
@@ -1057,11 +1070,17 @@ impl<B: Backend> Device<B> {
     ) -> Result<(Vec<Write>, Vec<Outgoing>), DeviceError> {
         match action {
             ControlAction::Ignored(_) => Ok((Vec::new(), Vec::new())),
-            ControlAction::Resent { id, .. } => {
-                record.healing_mut().delivered(&id, true);
+            ControlAction::ResentAgain { ids } => {
+                if let Some((first, also)) = ids.split_first() {
+                    record.healing_mut().resent(first, also);
+                }
                 Ok((Vec::new(), Vec::new()))
             }
-            ControlAction::Reset { resends } => Ok((Vec::new(), self.encrypt_resends(peer, record, resends)?)),
+            ControlAction::Resent { id, also, .. } => {
+                record.healing_mut().resent(&id, &also);
+                Ok((Vec::new(), Vec::new()))
+            }
+            ControlAction::Reset(resends) => self.encrypt_resends(peer, record, *resends),
             ControlAction::Store { group_id, row, sealed, chains } => {
                 Ok((vec![self.member_write(row, &group_id, peer, &chains, Expected::Value(sealed))], Vec::new()))
             }

@@ -27,7 +27,8 @@ use crate::{
     address::Address,
     group::Control,
     heal::{MessageId, id_from_slice, message_id},
-    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES},
+    keys::IdentityKey,
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES, MAX_RESEND_IDS},
     padding::ContentType,
     prekeys::PreKeyBundle,
     session::SessionRecord,
@@ -49,17 +50,13 @@ fn index_key(row: &[u8]) -> Vec<u8> {
     [row, OUTBOX_INDEX_SUFFIX].concat()
 }
 
-fn entry_key(row: &[u8], id: &MessageId) -> Vec<u8> {
-    [row, OUTBOX_ENTRY_SUFFIX, id].concat()
-}
-
 /// How a device heals: set with [`Device::set_heal_policy`]. Times are in
 /// the app's clock (the `now` it passes), in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealPolicy {
     /// The least time between two resets sent to one peer: a forged message
     /// can make the app ask for a reset, but not for more than one per this
-    /// interval. Default: one hour.
+    /// interval. Default: one hour. (Zero turns the limit off: for tests.)
     pub reset_interval: u64,
     /// How long the outbox keeps a plaintext no acknowledgement removed.
     /// Default: 30 days.
@@ -67,11 +64,24 @@ pub struct HealPolicy {
     /// The most plaintexts the outbox keeps per peer (the oldest make room),
     /// at most [`MAX_OUTBOX_MESSAGES`]. Default: that.
     pub outbox_max_messages: usize,
+    /// Whether a reset from the peer under another identity than the one
+    /// trusted when a message was sent (the peer reinstalled, and the app
+    /// trusted its new key) gets that message again. Default: `false`: a
+    /// message goes only to the identity it was encrypted for, so that a key
+    /// trusted later (perhaps an attacker's, accepted in error) gets none of
+    /// what was sent before. An app that sets it gives every newly trusted
+    /// identity of a peer the plaintexts its outbox holds for that peer.
+    pub resend_to_new_identity: bool,
 }
 
 impl Default for HealPolicy {
     fn default() -> Self {
-        Self { reset_interval: 3_600, outbox_max_age: 30 * 24 * 3_600, outbox_max_messages: MAX_OUTBOX_MESSAGES }
+        Self {
+            reset_interval: 3_600,
+            outbox_max_age: 30 * 24 * 3_600,
+            outbox_max_messages: MAX_OUTBOX_MESSAGES,
+            resend_to_new_identity: false,
+        }
     }
 }
 
@@ -91,11 +101,34 @@ pub enum Heal {
     },
 }
 
-/// A peer's outbox index as read: its sealed bytes and entries (id, sent at),
-/// oldest first.
-struct Index {
+/// A peer's outbox index as read: its sealed bytes and entries, oldest
+/// first.
+pub(super) struct Index {
     sealed: Option<Vec<u8>>,
-    entries: Vec<(MessageId, u64)>,
+    entries: Vec<Slot>,
+}
+
+/// One entry of an outbox index.
+#[derive(Clone)]
+struct Slot {
+    id: MessageId,
+    sent_at: u64,
+    /// The ids of its resends, oldest first.
+    resent_as: Vec<MessageId>,
+}
+
+impl Slot {
+    fn answers_to(&self, id: &MessageId) -> bool {
+        self.id == *id || self.resent_as.contains(id)
+    }
+}
+
+/// What a reset from the peer will send again: per entry (at most once
+/// each), its position in the index and its plaintext; and the index as
+/// read, to record the resends' ids in.
+pub(super) struct Resends {
+    messages: Vec<(usize, Zeroizing<Vec<u8>>)>,
+    index: Index,
 }
 
 impl<B: Backend> Device<B> {
@@ -170,23 +203,25 @@ impl<B: Backend> Device<B> {
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
             let sealed_index = index.sealed.take();
             let mut entries = std::mem::take(&mut index.entries);
-            entries.push((id, now));
+            entries.push(Slot { id, sent_at: now, resent_as: Vec::new() });
             let keep = policy.outbox_max_messages;
-            let expired = |(_, sent_at): &(MessageId, u64)| now.saturating_sub(*sent_at) >= policy.outbox_max_age;
+            let expired = |slot: &Slot| now.saturating_sub(slot.sent_at) >= policy.outbox_max_age;
             let mut dropped: Vec<MessageId> = Vec::new();
-            let mut kept: Vec<(MessageId, u64)> = Vec::with_capacity(entries.len());
+            let mut kept: Vec<Slot> = Vec::with_capacity(entries.len());
             let excess = entries.len().saturating_sub(keep);
             for (i, entry) in entries.into_iter().enumerate() {
-                if i < excess || expired(&entry) { dropped.push(entry.0) } else { kept.push(entry) }
+                if i < excess || expired(&entry) { dropped.push(entry.id) } else { kept.push(entry) }
             }
-            if kept.iter().any(|(kept_id, _)| *kept_id == id) {
+            if kept.iter().any(|slot| slot.id == id) {
+                let identity = record.trusted_identity().map(|key| key.as_bytes().to_vec()).unwrap_or_default();
                 let entry = Zeroizing::new(storage::OutboxEntry {
                     version: OUTBOX_VERSION,
                     id: id.to_vec(),
                     plaintext: plaintext.to_vec(),
+                    identity,
                 });
                 let bytes = Zeroizing::new(encode(&*entry));
-                let key = entry_key(&row, &id);
+                let key = self.entry_key(&row, &id);
                 let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &bytes);
                 writes.push(Write { table: Table::Sessions, key, value: Some(value), expected: Expected::Absent });
             }
@@ -212,11 +247,12 @@ impl<B: Backend> Device<B> {
         let ids: HashSet<&MessageId> = ids.iter().collect();
         retry_on_conflict(|| {
             let index = self.load_index(&row)?;
-            let (gone, kept): (Vec<_>, Vec<_>) = index.entries.into_iter().partition(|(id, _)| ids.contains(id));
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                index.entries.into_iter().partition(|slot| ids.iter().any(|id| slot.answers_to(id)));
             if gone.is_empty() {
                 return Ok(0);
             }
-            let dropped: Vec<MessageId> = gone.iter().map(|(id, _)| *id).collect();
+            let dropped: Vec<MessageId> = gone.iter().map(|slot| slot.id).collect();
             self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, dropped.iter()))?;
             Ok(gone.len())
         })
@@ -237,9 +273,10 @@ impl<B: Backend> Device<B> {
     /// returns its first message, a reset naming the messages in
     /// `unreadable` (their wire bytes, as received) and those earlier resets
     /// named that no resend has brought yet ([`Self::awaiting_resends`]); at
-    /// most the latest [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS) distinct ones, and none named by
-    /// [`MAX_RESET_NAMINGS`](crate::limits::MAX_RESET_NAMINGS) resets
-    /// already. Send it to the peer: its device installs the new session and
+    /// most the latest [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS)
+    /// distinct ones, and none named by
+    /// [`MAX_RESET_NAMINGS`](crate::limits::MAX_RESET_NAMINGS) answered
+    /// resets already. Send it to the peer: its device installs the new session and
     /// sends again those of them its outbox still holds.
     ///
     /// At most one reset per peer per [`HealPolicy::reset_interval`]: a
@@ -288,11 +325,15 @@ impl<B: Backend> Device<B> {
             if let Some(retry_at) = record.healing().next_reset_at(interval).filter(|at| now < *at) {
                 return Ok(Heal::TooSoon { retry_at });
             }
+            // What our last reset named counts only if the peer answered it.
+            let answered = record.healing().last_reset_base_key.is_some_and(|key| record.answered(&key));
+            record.healing_mut().last_reset_answered(answered);
             let named = record.healing().to_name(&unreadable);
             record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
             let content = Control::Reset(named.clone()).to_bytes();
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
-            record.healing_mut().reset_sent(now, &named);
+            let base_key = record.current_base_key().map(|key| *key.as_bytes()).unwrap_or_default();
+            record.healing_mut().reset_sent(now, base_key, &named);
             self.backend.apply(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
             Ok(Heal::Sent(Outgoing { to: peer.clone(), message }))
         })
@@ -301,9 +342,11 @@ impl<B: Backend> Device<B> {
     /// How many messages from `peer` this device still waits for since its
     /// resets named them (a resend has not brought them, and they were not
     /// read as first sent), counting only those a next reset would name
-    /// again: each is named by at most
-    /// [`MAX_RESET_NAMINGS`](crate::limits::MAX_RESET_NAMINGS) resets, then
-    /// given up (the peer no longer holds it, or it was a forgery). While
+    /// again: each is named until
+    /// [`MAX_RESET_NAMINGS`](crate::limits::MAX_RESET_NAMINGS) resets that
+    /// the peer answered named it (a reset lost on the way does not count),
+    /// then given up (the peer no longer holds it, or it was a forgery); a
+    /// resend that comes later is still read. While
     /// this is not zero, the app heals again at the `retry_at` of
     /// [`Heal::TooSoon`] (or after [`HealPolicy::reset_interval`]): a reset
     /// or a resend may have been lost on the way.
@@ -312,18 +355,34 @@ impl<B: Backend> Device<B> {
     /// A store error.
     pub fn awaiting_resends(&self, peer: &Address) -> Result<usize, DeviceError> {
         self.check_process()?;
-        Ok(self.load_record(&self.sealer.address_key(peer))?.1.healing().awaiting())
+        let (_, record) = self.load_record(&self.sealer.address_key(peer))?;
+        // As the next heal would count them.
+        let mut healing = record.healing().clone();
+        healing.last_reset_answered(healing.last_reset_base_key.is_some_and(|key| record.answered(&key)));
+        Ok(healing.awaiting())
     }
 
     /// What a reset from `peer` naming `ids` will send again: the
-    /// plaintexts the outbox holds of them (read now; their rows are left as
-    /// they are). At most [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS) rows are read.
-    pub(super) fn plan_reset(&self, peer: &Address, ids: &[MessageId]) -> Result<ControlAction, DeviceError> {
+    /// plaintexts of the outbox entries they name (by the id a message was
+    /// sent as, or the id of one of its resends), each once, read now. At
+    /// most [`MAX_RESET_IDS`](crate::limits::MAX_RESET_IDS) rows are read.
+    pub(super) fn plan_reset(
+        &self,
+        peer: &Address,
+        identity: IdentityKey,
+        ids: &[MessageId],
+    ) -> Result<ControlAction, DeviceError> {
+        let to_any_identity = self.heal_policy().resend_to_new_identity;
         let row = self.sealer.address_key(peer);
         let index = self.load_index(&row)?;
-        let mut resends = Vec::new();
-        for id in ids.iter().filter(|id| index.entries.iter().any(|(held, _)| held == *id)) {
-            let key = entry_key(&row, id);
+        let mut messages: Vec<(usize, Zeroizing<Vec<u8>>)> = Vec::new();
+        for id in ids {
+            let Some(at) = index.entries.iter().position(|slot| slot.answers_to(id)) else { continue };
+            if messages.iter().any(|(other, _)| *other == at) {
+                continue;
+            }
+            let Some(slot) = index.entries.get(at) else { continue };
+            let key = self.entry_key(&row, &slot.id);
             // An entry the index names but that is gone: another handle
             // acknowledged it meanwhile.
             let Some(sealed) = self.backend.get(Table::Sessions, &key)? else { continue };
@@ -331,31 +390,60 @@ impl<B: Backend> Device<B> {
             let corrupt = || StoreError::Corrupt { table: Table::Sessions };
             let entry = crate::codec::decode_secret::<storage::OutboxEntry>(bytes.as_slice()).map_err(|_| corrupt())?;
             if entry.version != OUTBOX_VERSION
-                || entry.id.as_slice() != id.as_slice()
+                || entry.id.as_slice() != slot.id.as_slice()
                 || entry.plaintext.len() > MAX_KEPT_PLAINTEXT_LEN
+                || entry.identity.len() != 32
             {
                 return Err(corrupt().into());
             }
-            resends.push((*id, Zeroizing::new(entry.plaintext.clone())));
+            // Sent to another identity of the peer's (it reinstalled, or
+            // the app trusted an attacker's key): not sent again unless the
+            // app's policy allows it.
+            if entry.identity.as_slice() != identity.as_bytes().as_slice() && !to_any_identity {
+                continue;
+            }
+            messages.push((at, Zeroizing::new(entry.plaintext.clone())));
         }
-        Ok(ControlAction::Reset { resends })
+        Ok(ControlAction::Reset(Box::new(Resends { messages, index })))
     }
 
     /// The resends of a reset, encrypted on the record's current state (the
-    /// one the reset's commit left current).
+    /// one the reset's commit left current); and the write of the outbox index that remembers their ids,
+    /// conditional on the index as the decryption read it.
     pub(super) fn encrypt_resends(
         &self,
         peer: &Address,
         record: &mut SessionRecord,
-        resends: Vec<(MessageId, Zeroizing<Vec<u8>>)>,
-    ) -> Result<Vec<Outgoing>, DeviceError> {
-        let mut out = Vec::with_capacity(resends.len());
-        for (id, plaintext) in resends {
-            let content = Control::Resend { id, plaintext }.to_bytes();
+        resends: Resends,
+    ) -> Result<(Vec<Write>, Vec<Outgoing>), DeviceError> {
+        let Resends { messages, mut index } = resends;
+        if messages.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for (at, plaintext) in messages {
+            let Some(slot) = index.entries.get_mut(at) else { continue };
+            // Under the id it was first sent with, and the ids of its
+            // earlier resends: the reset may have named any of them.
+            let content = Control::Resend { id: slot.id, also: slot.resent_as.clone(), plaintext }.to_bytes();
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+            if slot.resent_as.len() >= MAX_RESEND_IDS {
+                slot.resent_as.remove(0);
+            }
+            slot.resent_as.push(message_id(&message));
             out.push(Outgoing { to: peer.clone(), message });
         }
-        Ok(out)
+        let row = self.sealer.address_key(peer);
+        let writes = self.outbox_writes(&row, index.sealed, &index.entries, std::iter::empty());
+        Ok((writes, out))
+    }
+
+    /// The row key of the outbox entry of message `id` for session row
+    /// `row`: the row's key, a suffix, and the keyed hash of the id (a copy
+    /// of the store without the storage key does not tell which ciphertexts
+    /// it kept, PROTOCOL.md 20.3).
+    fn entry_key(&self, row: &[u8], id: &MessageId) -> Vec<u8> {
+        [row, OUTBOX_ENTRY_SUFFIX, &self.sealer.outbox_id_hash(id)].concat()
     }
 
     /// The outbox index of session row `row` (empty if none).
@@ -370,13 +458,19 @@ impl<B: Backend> Device<B> {
         if index.version != OUTBOX_VERSION || index.entries.len() > MAX_OUTBOX_MESSAGES {
             return Err(corrupt());
         }
-        let mut entries: Vec<(MessageId, u64)> = Vec::with_capacity(index.entries.len());
+        let mut entries: Vec<Slot> = Vec::with_capacity(index.entries.len());
         for slot in &index.entries {
             let id = id_from_slice(&slot.id, "outbox.id").map_err(|_| corrupt())?;
-            if entries.iter().any(|(seen, _)| *seen == id) {
+            if slot.resent_as.len() > MAX_RESEND_IDS || entries.iter().any(|seen| seen.answers_to(&id)) {
                 return Err(corrupt());
             }
-            entries.push((id, slot.sent_at));
+            let resent_as = slot
+                .resent_as
+                .iter()
+                .map(|alias| id_from_slice(alias, "outbox.resent_as"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| corrupt())?;
+            entries.push(Slot { id, sent_at: slot.sent_at, resent_as });
         }
         Ok(Index { sealed: Some(sealed), entries })
     }
@@ -388,7 +482,7 @@ impl<B: Backend> Device<B> {
         &self,
         row: &[u8],
         read: Option<Vec<u8>>,
-        kept: &[(MessageId, u64)],
+        kept: &[Slot],
         dropped: impl Iterator<Item = &'a MessageId>,
     ) -> Vec<Write> {
         let key = index_key(row);
@@ -397,7 +491,11 @@ impl<B: Backend> Device<B> {
                 version: OUTBOX_VERSION,
                 entries: kept
                     .iter()
-                    .map(|(id, sent_at)| storage::OutboxSlot { id: id.to_vec(), sent_at: *sent_at })
+                    .map(|slot| storage::OutboxSlot {
+                        id: slot.id.to_vec(),
+                        sent_at: slot.sent_at,
+                        resent_as: slot.resent_as.iter().map(|id| id.to_vec()).collect(),
+                    })
                     .collect(),
             };
             self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &encode(&index))
@@ -410,7 +508,7 @@ impl<B: Backend> Device<B> {
         // named is deleted whatever it holds.
         writes.extend(dropped.map(|id| Write {
             table: Table::Sessions,
-            key: entry_key(row, id),
+            key: self.entry_key(row, id),
             value: None,
             expected: Expected::Any,
         }));

@@ -495,7 +495,7 @@ impl<B: Backend> Device<B> {
         // A message a reset named, read as first sent: its resend is no
         // longer for the app.
         if record.healing().awaits(&id) {
-            record.healing_mut().delivered(&id, false);
+            record.healing_mut().read_first(&id);
         }
         rows.apply(changes);
         Ok(Ok(plaintext))

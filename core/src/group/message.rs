@@ -10,10 +10,10 @@ use super::GroupId;
 use crate::{
     DecodeError,
     address::Address,
-    heal::{MessageId, id_from_slice},
+    heal::{MessageId, has_repeats, id_from_slice},
     kdf,
     keys::{IdentityKey, SIGNATURE_LEN, Secret32, fixed},
-    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_RESET_IDS},
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_RESEND_IDS, MAX_RESET_IDS},
     padding::MIN_BUCKET,
     ratchet::message_key::TAG_LEN,
     wire,
@@ -178,6 +178,7 @@ pub(crate) enum Control {
     /// A message of the outbox sent again (PROTOCOL.md 20.6).
     Resend {
         id: MessageId,
+        also: Vec<MessageId>,
         plaintext: Zeroizing<Vec<u8>>,
     },
 }
@@ -203,9 +204,11 @@ impl Control {
             Self::Reset(ids) => {
                 pb::control::Body::Reset(pb::Reset { unreadable: ids.iter().map(|id| id.to_vec()).collect() })
             }
-            Self::Resend { id, plaintext } => {
-                pb::control::Body::Resend(pb::Resend { id: id.to_vec(), plaintext: plaintext.to_vec() })
-            }
+            Self::Resend { id, also, plaintext } => pb::control::Body::Resend(pb::Resend {
+                id: id.to_vec(),
+                plaintext: plaintext.to_vec(),
+                also: also.iter().map(|id| id.to_vec()).collect(),
+            }),
         };
         let control = Zeroizing::new(pb::Control { body: Some(body) });
         let mut out = Zeroizing::new(Vec::with_capacity(control.encoded_len()));
@@ -247,7 +250,7 @@ impl Control {
                 }
                 let ids: Vec<MessageId> =
                     r.unreadable.iter().map(|id| id_from_slice(id, "reset.unreadable")).collect::<Result<_, _>>()?;
-                if ids.iter().enumerate().any(|(i, id)| ids.iter().skip(i + 1).any(|other| other == id)) {
+                if has_repeats(&ids) {
                     return Err(DecodeError::InvalidValue("reset.unreadable"));
                 }
                 Ok(Self::Reset(ids))
@@ -256,10 +259,17 @@ impl Control {
                 if r.plaintext.len() > MAX_KEPT_PLAINTEXT_LEN {
                     return Err(DecodeError::InvalidValue("resend.plaintext"));
                 }
-                Ok(Self::Resend {
-                    id: id_from_slice(&r.id, "resend.id")?,
-                    plaintext: Zeroizing::new(r.plaintext.clone()),
-                })
+                let id = id_from_slice(&r.id, "resend.id")?;
+                if r.also.len() > MAX_RESEND_IDS {
+                    return Err(DecodeError::InvalidValue("resend.also"));
+                }
+                let also: Vec<MessageId> =
+                    r.also.iter().map(|other| id_from_slice(other, "resend.also")).collect::<Result<_, _>>()?;
+                let all: Vec<&MessageId> = std::iter::once(&id).chain(also.iter()).collect();
+                if has_repeats(&all) {
+                    return Err(DecodeError::InvalidValue("resend.also"));
+                }
+                Ok(Self::Resend { id, also, plaintext: Zeroizing::new(r.plaintext.clone()) })
             }
             None => Err(DecodeError::UnknownKind),
         }

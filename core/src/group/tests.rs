@@ -447,15 +447,25 @@ fn control_content_round_trips_and_junk_is_refused() {
     assert!(Control::from_bytes(&Control::Reset(vec![[1; 16], [1; 16]]).to_bytes()).is_err());
     assert!(Control::from_bytes(&[0x1a, 0x03, 0x0a, 0x01, 0x00]).is_err());
     assert!(Control::from_bytes(&Control::Reset((0..65u8).map(|i| [i; 16]).collect()).to_bytes()).is_err());
-    let resend = Control::Resend { id: [7; 16], plaintext: Zeroizing::new(b"again".to_vec()) };
+    let resend = Control::Resend { id: [7; 16], also: vec![[8; 16]], plaintext: Zeroizing::new(b"again".to_vec()) };
     assert_eq!(Control::from_bytes(&resend.to_bytes()).unwrap(), resend);
-    let long =
-        Control::Resend { id: [7; 16], plaintext: Zeroizing::new(vec![0; crate::limits::MAX_KEPT_PLAINTEXT_LEN + 1]) };
+    let long = Control::Resend {
+        id: [7; 16],
+        also: Vec::new(),
+        plaintext: Zeroizing::new(vec![0; crate::limits::MAX_KEPT_PLAINTEXT_LEN + 1]),
+    };
     assert!(Control::from_bytes(&long.to_bytes()).is_err());
     assert!(Control::from_bytes(&[0x0a, 0x01]).is_err());
     // A group id of 65 bytes.
     let long = Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0 });
     assert!(Control::from_bytes(&long.to_bytes()).is_err());
+    // A resend's other ids: at most MAX_RESEND_IDS, none twice, not its id.
+    let with = |also: Vec<[u8; 16]>| Control::Resend { id: [7; 16], also, plaintext: Zeroizing::new(Vec::new()) };
+    let most = with((0..4u8).map(|i| [i; 16]).collect());
+    assert_eq!(Control::from_bytes(&most.to_bytes()).unwrap(), most);
+    assert!(Control::from_bytes(&with((0..5u8).map(|i| [i; 16]).collect()).to_bytes()).is_err());
+    assert!(Control::from_bytes(&with(vec![[1; 16], [1; 16]]).to_bytes()).is_err());
+    assert!(Control::from_bytes(&with(vec![[7; 16]]).to_bytes()).is_err());
 }
 
 /// The worst case of one hostile message: a forgery (whatever iteration it

@@ -448,6 +448,12 @@ impl DoubleRatchet {
         Ok((plaintext, content, DecryptPlan { kind, used: (counter, tag) }))
     }
 
+    /// Whether the header of `message` opens under the next header key: the
+    /// peer took a DH step with it (the body is not looked at).
+    pub(crate) fn opens_as_step(&self, message: &RatchetMessage) -> bool {
+        self.next_receiving_header_key.open(message.header(), &self.associated_data).is_some()
+    }
+
     /// Whether a DH step has ever been taken on a message from the peer:
     /// false only for an initiator whose first messages are unanswered (and
     /// for a responder before its first message, which it never is once

@@ -294,6 +294,17 @@ impl SessionRecord {
         &self.healing
     }
 
+    /// Whether the session we initiated with base key `base_key` was
+    /// answered: a state of it that is no longer an unanswered initiation, or
+    /// none at all (a state is dropped only after a reply on another).
+    pub(crate) fn answered(&self, base_key: &[u8; 32]) -> bool {
+        self.current
+            .iter()
+            .chain(self.archived.iter())
+            .find(|state| state.initiator && state.base_key.as_bytes() == base_key)
+            .is_none_or(|state| !state.is_unanswered_initiation())
+    }
+
     /// What healing knows of the peer, to change: a change counts as a
     /// change of the record (a pending decryption made before it is stale).
     pub(crate) fn healing_mut(&mut self) -> &mut Healing {
@@ -547,14 +558,12 @@ impl SessionRecord {
             return Err(SessionError::DuplicatePreKeyMessage.into());
         }
         let (mut ratchet, consumed) = pqxdh::respond(ours, our_address, peer, prekeys, header)?;
+        // A header that does not open under the state made from this very
+        // message's keys: altered, or made for prekeys of ours that are gone
+        // (we reinstalled, and a new prekey has the old one's id): it opens
+        // under no state (PROTOCOL.md 9.5, 20.1).
         let (plaintext, content, plan) =
-            ratchet.plan_decrypt(rng, prekey.message(), true).map_err(|error| match error {
-                // A header that does not open under the state made from this
-                // very message's keys: altered, or made for prekeys of ours
-                // that are gone (we reinstalled, and a new prekey has the old
-                // one's id): it opens under no state (PROTOCOL.md 9.5, 20.1).
-                error => SessionError::from(error),
-            })?;
+            ratchet.plan_decrypt(rng, prekey.message(), true).map_err(SessionError::from)?;
         // Only now, with the first message authenticated under the identity
         // key it offers, is that key a trust decision: anything that does not
         // authenticate (relabelled, random identity bytes) failed above as a
@@ -609,8 +618,11 @@ impl SessionRecord {
     ) -> Result<PendingDecrypt, Attempt> {
         let mut best_error: Option<DecryptError> = None;
         let mut costly: Option<(Box<MessageKey>, Vec<u8>)> = None;
-        // Whether a state opened the header (and then refused the message).
+        // Whether a state opened the header on a chain it has (and then
+        // refused the message); whether one opened it as a DH step of the
+        // peer's and the body did not open under the chain the step gives.
         let mut opened = false;
+        let mut stepped = false;
         let slots: Vec<Slot> = match only {
             Some(slot) => vec![slot],
             None => self.slots().collect(),
@@ -645,6 +657,12 @@ impl SessionRecord {
                 Err(PlanError::Decrypt(DecryptError::NoMatchingState)) => {}
                 // A header that opened says more than one that did not: keep
                 // the first such error.
+                // A step whose body does not open: the peer answered a
+                // ratchet key of ours this state does not have (our store is
+                // older than what the peer saw), or the body was altered.
+                Err(PlanError::Decrypt(DecryptError::Unauthenticated)) if state.opens_as_step(message) => {
+                    stepped = true;
+                }
                 Err(PlanError::Decrypt(DecryptError::Unauthenticated)) => opened = true,
                 Err(PlanError::Decrypt(e)) => {
                     best_error.get_or_insert(e);
@@ -657,6 +675,9 @@ impl SessionRecord {
             (None, None) if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession.into()),
             // A header opened and its body did not: only a forger makes that.
             (None, None) if opened => Err(DecryptError::Unauthenticated.into()),
+            // The peer's DH step, on a ratchet key of ours that is gone: no
+            // state reads it (PROTOCOL.md 9.5), and healing brings it.
+            (None, None) if stepped => Err(DecryptError::NoMatchingState.into()),
             // No state opens the header: the peer's state and ours went apart,
             // or it is forged (PROTOCOL.md 9.5).
             (None, None) => Err(DecryptError::NoMatchingState.into()),

@@ -83,6 +83,15 @@ impl SessionState {
         }
     }
 
+    /// Whether `message`'s header opens under this state's next header key
+    /// (a DH step of the peer's); `false` for a cut state.
+    pub(crate) fn opens_as_step(&self, message: &RatchetMessage) -> bool {
+        match &self.keys {
+            Keys::Full(ratchet) => ratchet.opens_as_step(message),
+            Keys::Kept(_) => false,
+        }
+    }
+
     /// Applies a plan made by [`Self::plan_decrypt`] on this very state.
     pub(crate) fn apply(&mut self, plan: DecryptPlan) {
         match &mut self.keys {

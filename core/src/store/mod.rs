@@ -334,6 +334,7 @@ pub(crate) struct Sealer {
     address_key: Secret32,
     base_key_key: Secret32,
     group_key: Secret32,
+    outbox_key: Secret32,
 }
 
 /// What a row of [`Table::Groups`] holds: the first byte hashed into its key.
@@ -355,11 +356,13 @@ impl Sealer {
         let address = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_ADDRESS_LABEL);
         let base_key = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_BASE_KEY_LABEL);
         let group = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_GROUP_LABEL);
+        let outbox = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_OUTBOX_LABEL);
         Self {
             seal_key: Secret32::from_zeroizing(&seal),
             address_key: Secret32::from_zeroizing(&address),
             base_key_key: Secret32::from_zeroizing(&base_key),
             group_key: Secret32::from_zeroizing(&group),
+            outbox_key: Secret32::from_zeroizing(&outbox),
         }
     }
 
@@ -456,6 +459,17 @@ impl Sealer {
         };
         mac.update(&signed_prekey_id.to_be_bytes());
         mac.update(base_key.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The keyed hash of a message id in the row key of its outbox entry:
+    /// `HMAC-SHA256(outbox key, id)`, so that a copy of the store without
+    /// the storage key does not tell which ciphertexts it kept.
+    pub(crate) fn outbox_id_hash(&self, id: &[u8]) -> [u8; 32] {
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.outbox_key.as_bytes()) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        mac.update(id);
         mac.finalize().into_bytes().into()
     }
 
