@@ -6,7 +6,8 @@
 //! number. Then the three form a group (Sender Keys): each message is
 //! encrypted once for all, each sender's chain reaches the others once, in
 //! their sessions; Carol is removed, the others rotate, and she cannot read
-//! what follows.
+//! what follows. Last, a phone restored from a backup heals its session by
+//! itself, and the message it could not read arrives again.
 //!
 //! Run it again and the conversation continues from disk (Carol is added
 //! back, and the others recover her chain by themselves).
@@ -23,6 +24,7 @@ use samizdat::{
     DecryptError, ErrorKind, SessionError,
     address::Address,
     device::{Device, DeviceError, GroupError, GroupSend, MessageKind},
+    store::Backend,
 };
 
 const GROUP: &[u8] = b"book club";
@@ -53,7 +55,7 @@ fn open(dir: &Path, name: &str) -> Result<Device, Box<dyn std::error::Error>> {
 }
 
 /// Decrypts, "stores" the plaintext (prints it), then commits.
-fn receive(to: &Device, from: &Device, wire: &[u8], label: &str) -> Result<(), DeviceError> {
+fn receive<B: Backend>(to: &Device<B>, from: &Device<B>, wire: &[u8], label: &str) -> Result<(), DeviceError> {
     let pending = to.decrypt(from.address(), wire)?;
     println!(
         "{:<5} <- {:<5} {label} ({} bytes): {}",
@@ -106,9 +108,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // Bob replies; a tampered copy is rejected and changes nothing.
+    // Bob replies twice; a tampered copy of the second is rejected and
+    // changes nothing.
     let reply = bob.encrypt(alice.address(), b"Noon works.")?;
-    let mut tampered = reply.clone();
+    let again = bob.encrypt(alice.address(), b"See you there.")?;
+    receive(&alice, &bob, &reply, "reply")?;
+    let mut tampered = again.clone();
     if let Some(last) = tampered.last_mut() {
         *last ^= 0x01;
     }
@@ -118,7 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("expected a rejection, got {other:?}").into()),
     }
-    receive(&alice, &bob, &reply, "reply")?;
+    receive(&alice, &bob, &again, "reply")?;
 
     // Bob was offline: five queued messages are decrypted and committed in one transaction.
     let queue: Vec<(Address, Vec<u8>)> = (1..=5)
@@ -138,7 +143,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("alice :  scanned bob's code: match");
 
     group(&dir, &alice, &bob)?;
+    heal()?;
     println!("Run again to continue from {}", dir.display());
+    Ok(())
+}
+
+/// A phone restored from a backup heals by itself: Erin's store goes back
+/// to a copy, Dan's next message is out of step there, Erin's device heals
+/// with Dan's fresh bundle, and Dan's device sends the message again from
+/// its sealed outbox. (In memory: a scene apart from the stores above.)
+fn heal() -> Result<(), Box<dyn std::error::Error>> {
+    use samizdat::{
+        device::Heal,
+        store::{Expected, MemoryBackend, Write},
+    };
+    let copy = |store: &MemoryBackend| -> Result<MemoryBackend, Box<dyn std::error::Error>> {
+        let backup = MemoryBackend::new();
+        for ((table, key), value) in store.snapshot() {
+            backup.apply(&[Write { table, key, value: Some(value), expected: Expected::Any }])?;
+        }
+        Ok(backup)
+    };
+    let dan = Device::create_in(MemoryBackend::new(), &[3; 32], Address::new("dan", 1)?, now())?;
+    let erin = Device::create_in(MemoryBackend::new(), &[4; 32], Address::new("erin", 1)?, now())?;
+    dan.start_session(&erin.prekey_bundle()?)?;
+    let first = dan.encrypt_kept(erin.address(), b"first", now())?;
+    erin.commit(erin.decrypt(dan.address(), &first)?)?;
+    let backup = copy(erin.backend())?;
+    // They talk on: each turn takes new ratchet keys the backup lacks.
+    for text in ["ping", "pong"] {
+        let (from, to) = if text == "ping" { (&erin, &dan) } else { (&dan, &erin) };
+        let wire = from.encrypt_kept(to.address(), text.as_bytes(), now())?;
+        to.commit(to.decrypt(from.address(), &wire)?)?;
+    }
+    let back = erin.encrypt_kept(dan.address(), b"back", now())?;
+    dan.commit(dan.decrypt(erin.address(), &back)?)?;
+    let lost = dan.encrypt_kept(erin.address(), b"Did the restore work?", now())?;
+    let erin = Device::open_in(backup, &[4; 32])?;
+    println!("erin  :  phone restored from a backup");
+    let error = match erin.decrypt(dan.address(), &lost) {
+        Err(e) if e.kind() == ErrorKind::OutOfStep => e,
+        other => return Err(format!("expected out of step, got {other:?}").into()),
+    };
+    println!("erin  :  dan's message: {error} ({}: {})", error.kind(), error.kind().recovery().code());
+    let Heal::Sent(reset) = erin.heal(&dan.prekey_bundle()?, &[lost], now())? else {
+        return Err("a reset was sent a moment ago".into());
+    };
+    println!("erin  :  fetched dan's bundle, sent a reset ({} bytes) naming the message", reset.message.len());
+    let resent = dan.commit(dan.decrypt(erin.address(), &reset.message)?)?;
+    println!("dan   :  installed the new session, sent {} message(s) again from the outbox", resent.len());
+    for outgoing in &resent {
+        receive(&erin, &dan, &outgoing.message, "sent again")?;
+    }
+    let wire = erin.encrypt(dan.address(), b"It did.")?;
+    receive(&dan, &erin, &wire, "healed")?;
     Ok(())
 }
 
