@@ -450,3 +450,19 @@ fn a_lost_reset_is_made_again_and_what_never_comes_is_given_up() {
     assert_eq!(resets, samizdat::limits::MAX_RESET_NAMINGS - 1, "the reset at 130 was the first answered");
     converse(&alice, &bob, "after");
 }
+
+/// A reset is a control message of no group, with nothing for the app;
+/// so is a resend not for the app (the original was read first).
+#[test]
+fn healing_control_messages_belong_to_no_group() {
+    let (alice, bob) = pair();
+    let delayed = alice.encrypt_kept(bob.address(), b"delayed", 1).unwrap();
+    let reset = heal(&bob, &alice, std::slice::from_ref(&delayed), 10);
+    let pending = alice.decrypt(bob.address(), &reset).unwrap();
+    assert_eq!((pending.kind(), pending.group_id(), pending.plaintext()), (MessageKind::Control, None, &[][..]));
+    let resent = alice.commit(pending).unwrap();
+    assert_eq!(receive(&bob, &alice, &delayed).unwrap(), Got::App(b"delayed".to_vec()));
+    let pending = bob.decrypt(alice.address(), &resent[0].message).unwrap();
+    assert_eq!((pending.kind(), pending.group_id(), pending.plaintext()), (MessageKind::Control, None, &[][..]));
+    bob.commit(pending).unwrap();
+}

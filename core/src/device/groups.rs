@@ -186,6 +186,8 @@ impl ControlAction {
     /// The group a group control message is about; `None` for healing.
     pub(super) fn group_id(&self) -> Option<&[u8]> {
         match self {
+            // Content of a later release, or a resend not for the app: no group.
+            Self::Ignored(group_id) if group_id.is_empty() => None,
             Self::Ignored(group_id) | Self::Store { group_id, .. } => Some(group_id),
             Self::Answer { group_id, .. } | Self::AnswerAgain { group_id, .. } => Some(group_id.as_bytes()),
             Self::Reset(_) | Self::Resent { .. } | Self::ResentAgain { .. } => None,
