@@ -14,14 +14,24 @@
 //!   core device locks internally; the pending objects hold their core value
 //!   in a `Mutex<Option<_>>` so that a commit takes it exactly once.
 //! - Plain data are records ([`Address`], [`PrekeyCounts`], [`Rotated`],
-//!   [`IncomingMessage`], [`BatchResult`], [`GroupSend`], [`Outgoing`]) and
-//!   enums ([`MessageKind`], [`ScrubResult`]); bytes are `Vec<u8>`.
+//!   [`IncomingMessage`], [`BatchResult`], [`GroupSend`], [`Outgoing`],
+//!   [`HealPolicy`]) and enums ([`MessageKind`], [`ScrubResult`],
+//!   [`HealResult`]); bytes are `Vec<u8>`.
 //! - Groups (module `groups`): [`Device::create_group`],
 //!   [`Device::add_group_members`], [`Device::remove_group_members`],
 //!   [`Device::group_members`], [`Device::delete_group`] and
 //!   [`Device::group_encrypt`]. Group and control messages arrive through
 //!   [`Device::decrypt`] like direct ones ([`PendingMessage::kind`]), and
 //!   [`Device::commit`] returns the answer to a request for a lost chain.
+//! - Healing (module `healing`): [`Device::encrypt_kept`] keeps the
+//!   plaintext in a sealed outbox until [`Device::acknowledge`]
+//!   ([`Device::outbox_len`]); after an `out_of_step` failure,
+//!   [`Device::heal`] sends the peer a reset naming the unreadable messages
+//!   (by [`message_id`], also [`PendingMessage::message_id`]), rate-limited
+//!   by [`Device::set_heal_policy`] ([`Device::awaiting_resends`]: what is
+//!   still missing); the peer's [`Device::commit`] of it returns those
+//!   messages sent again. [`Device::commit`] therefore returns
+//!   a list: every message to send, in order (usually none).
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - No async runtime: every call is synchronous (each is one SQLite
@@ -48,10 +58,12 @@ mod error;
 mod groups;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;
+mod healing;
 
 use error::Details;
 pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
+pub use healing::{HealPolicy, HealResult, message_id};
 
 /// What [`Device::scrub`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -121,8 +133,9 @@ pub struct Device {
 
 /// A decrypted message waiting for [`Device::commit`]: a direct message, a
 /// group message, or a control message ([`Self::kind`]). Store the
-/// plaintext (not for a control message), commit, send the answer the
-/// commit returned (if any), then acknowledge the message to the server.
+/// plaintext (not for a control message), keyed by [`Self::message_id`] for
+/// a direct one, commit, send what the commit returned (usually nothing),
+/// then acknowledge the message to the server.
 #[derive(uniffi::Object)]
 pub struct PendingMessage {
     /// Wiped when the object is freed. (The copies handed to Kotlin, Swift or
@@ -132,6 +145,7 @@ pub struct PendingMessage {
     group_id: Option<Vec<u8>>,
     sender: Address,
     sender_identity: Option<Vec<u8>>,
+    message_id: Option<Vec<u8>>,
     inner: Mutex<Option<device::PendingMessage>>,
 }
 
@@ -248,6 +262,7 @@ impl Device {
     }
 
     /// Encrypts for `peer`; the session is committed before this returns.
+    /// [`Self::encrypt_kept`] also keeps the plaintext, for a peer's reset.
     pub fn encrypt(&self, peer: Address, plaintext: Vec<u8>) -> Result<Vec<u8>, SamizdatError> {
         Ok(self.inner.encrypt(&peer.to_core()?, &plaintext)?)
     }
@@ -333,6 +348,15 @@ impl PendingMessage {
     pub fn sender_identity(&self) -> Option<Vec<u8>> {
         self.sender_identity.clone()
     }
+
+    /// The id of a one-to-one message (16 bytes): [`message_id`] of its wire
+    /// bytes; for a message sent again after a reset, the id it was first
+    /// sent with, so that it is the same either way. Key the stored
+    /// plaintext by it, and put it in the delivery receipt for the sender's
+    /// [`Device::acknowledge`]. `None` for a group message.
+    pub fn message_id(&self) -> Option<Vec<u8>> {
+        self.message_id.clone()
+    }
 }
 
 #[uniffi::export]
@@ -396,6 +420,7 @@ impl From<device::PendingMessage> for PendingMessage {
             group_id: pending.group_id().map(<[u8]>::to_vec),
             sender: pending.peer().into(),
             sender_identity: pending.sender_identity().map(|k| k.as_bytes().to_vec()),
+            message_id: pending.message_id().map(|id| id.to_vec()),
             inner: Mutex::new(Some(pending)),
         }
     }

@@ -217,11 +217,12 @@ def test_a_one_time_prekey_is_used_once(tmp_path):
     assert receive(bob, alice.address(), alice.encrypt(bob.address(), b"a")) == "a"
     assert bob.prekey_counts() == PrekeyCounts(one_time=3, pq_one_time=3)
     from_carol = carol.encrypt(bob.address(), b"c")
-    # Carol's session is built on a prekey Bob no longer has. Anyone can make such a
-    # message (the ids are read before anything authenticates): invalid, drop.
-    with pytest.raises(SamizdatError.InvalidMessage) as unknown:
+    # Carol's session is built on a prekey Bob no longer has: out of step, a heal brings the
+    # message (anyone can make such a message, which is why resets are rate-limited).
+    with pytest.raises(SamizdatError.OutOfStep) as unknown:
         bob.decrypt(carol.address(), from_carol)
     assert "prekey" in unknown.value.message
+    assert unknown.value.recovery() == Recovery.HEAL
     del unknown
     assert bob.rotate_prekeys(10, 1000) == Rotated(signed_prekey=False, last_resort_prekey=False)
     assert bob.rotate_prekeys(5000, 1000) == Rotated(signed_prekey=True, last_resort_prekey=True)

@@ -43,17 +43,17 @@ class World:
             self.devices[i].create_group(group, [self.address(j) for j in members if j != i])
 
     def receive(self, sender, to, wire):
-        """Decrypt, "store", commit: what an app does; returns (kind, plaintext, answer to send)."""
+        """Decrypt, "store", commit: what an app does; returns (kind, plaintext, what to send, in order)."""
         device = self.devices[to]
         pending = device.decrypt(self.address(sender), wire)
         kind, plaintext = pending.kind(), pending.plaintext()
-        answer = device.commit(pending)
-        return kind, plaintext, answer
+        answers = device.commit(pending)
+        return kind, plaintext, answers
 
     def distribute(self, sender, sent):
         """Delivers a send's distributions: control messages, answered by nothing."""
         for outgoing in sent.distributions:
-            assert self.receive(sender, self.index(outgoing.to), outgoing.message) == (MessageKind.CONTROL, b"", None)
+            assert self.receive(sender, self.index(outgoing.to), outgoing.message) == (MessageKind.CONTROL, b"", [])
 
     def send(self, sender, group, text):
         sent = self.devices[sender].group_encrypt(group, text)
@@ -81,7 +81,7 @@ def test_three_members_out_of_order(tmp_path):
                 assert pending.plaintext() == f"{sender}:{k}".encode()
                 assert pending.sender() == world.address(sender)
                 assert pending.sender_identity() == world.devices[sender].identity_key()  # the chain came under it
-                assert world.devices[to].commit(pending) is None
+                assert world.devices[to].commit(pending) == []
             with pytest.raises(SamizdatError.Duplicate):
                 world.devices[to].decrypt(world.address(sender), messages[0])
 
@@ -103,7 +103,7 @@ def test_distributions_are_never_sent_twice(tmp_path):
     world.devices[2].create_group(GROUP, [world.address(0), world.address(1)])
     welcome = world.send(0, GROUP, b"welcome")
     assert [d.to for d in welcome.distributions] == [world.address(2)]
-    assert world.receive(0, 2, welcome.message) == (MessageKind.GROUP, b"welcome", None)
+    assert world.receive(0, 2, welcome.message) == (MessageKind.GROUP, b"welcome", [])
     assert world.receive(0, 1, welcome.message)[1] == b"welcome"
     assert world.send(0, GROUP, b"after").distributions == []
 
@@ -119,7 +119,7 @@ def test_a_removed_member_cannot_read_new_messages(tmp_path):
     assert world.devices[0].group_members(GROUP) == [world.address(1)]
     after = world.send(0, GROUP, b"after")
     assert [d.to for d in after.distributions] == [world.address(1)]  # a new chain, for member 1 only
-    assert world.receive(0, 1, after.message) == (MessageKind.GROUP, b"after", None)
+    assert world.receive(0, 1, after.message) == (MessageKind.GROUP, b"after", [])
     # The removed device lacks the new chain; its request goes unanswered.
     with pytest.raises(SamizdatError.MissingGroupKey) as missing:
         world.devices[2].decrypt(world.address(0), after.message)
@@ -127,7 +127,7 @@ def test_a_removed_member_cannot_read_new_messages(tmp_path):
     request = missing.value.request()
     assert request is not None
     del missing
-    assert world.receive(2, 0, request) == (MessageKind.CONTROL, b"", None)
+    assert world.receive(2, 0, request) == (MessageKind.CONTROL, b"", [])
     with pytest.raises(SamizdatError.MissingGroupKey):
         world.devices[2].decrypt(world.address(0), after.message)
     # Its own messages are refused by the remaining members.
@@ -162,15 +162,17 @@ def test_a_lost_distribution_is_recovered_by_a_request(tmp_path):
     assert again.value.chain_id == chain_id
     del again
     # The sender's commit of the request returns the answer, for member 1.
-    kind, plaintext, answer = world.receive(1, 0, request)
+    kind, plaintext, answers = world.receive(1, 0, request)
     assert (kind, plaintext) == (MessageKind.CONTROL, b"")
+    assert len(answers) == 1  # member 1 is a member: its request is answered, once
+    answer = answers[0]
     assert isinstance(answer, Outgoing) and answer.to == world.address(1)
     pending = world.devices[1].decrypt(world.address(0), answer.message)
     assert (pending.kind(), pending.group_id(), pending.plaintext()) == (MessageKind.CONTROL, GROUP, b"")
     assert pending.sender_identity() == world.devices[0].identity_key()
-    assert world.devices[1].commit(pending) is None
+    assert world.devices[1].commit(pending) == []
     # The held message decrypts now, and so do the next ones, with no distribution.
-    assert world.receive(0, 1, second.message) == (MessageKind.GROUP, b"second", None)
+    assert world.receive(0, 1, second.message) == (MessageKind.GROUP, b"second", [])
     third = world.send(0, GROUP, b"third")
     assert third.distributions == []
     assert world.receive(0, 1, third.message)[1] == b"third"
@@ -189,7 +191,7 @@ def test_a_forged_group_message_is_refused(tmp_path):
     with pytest.raises(SamizdatError.MissingGroupKey):
         world.devices[1].decrypt(world.address(2), sent.message)
     # Nothing changed: the genuine message decrypts, once.
-    assert world.receive(0, 1, sent.message) == (MessageKind.GROUP, b"genuine", None)
+    assert world.receive(0, 1, sent.message) == (MessageKind.GROUP, b"genuine", [])
     with pytest.raises(SamizdatError.Duplicate):
         world.devices[1].decrypt(world.address(0), sent.message)
 
@@ -254,8 +256,8 @@ def test_a_batch_leaves_control_messages_for_decrypt(tmp_path):
     assert results[1].plaintext == b"direct"
     world.devices[1].commit_batch(batch)
     # Not consumed: it decrypts alone, then the group message does.
-    assert world.receive(0, 1, sent.distributions[0].message) == (MessageKind.CONTROL, b"", None)
-    assert world.receive(0, 1, sent.message) == (MessageKind.GROUP, b"x", None)
+    assert world.receive(0, 1, sent.distributions[0].message) == (MessageKind.CONTROL, b"", [])
+    assert world.receive(0, 1, sent.message) == (MessageKind.GROUP, b"x", [])
     # A direct message says so.
     pending = world.devices[1].decrypt(sender, world.devices[0].encrypt(world.address(1), b"d"))
     assert (pending.kind(), pending.group_id()) == (MessageKind.DIRECT, None)

@@ -602,10 +602,11 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * attempt uses up `pending`: after an error nothing was written, and the
      * message decrypts again.
      *
-     * Returns the answer when the message was a member's request for our
-     * chain in a group that this device answers: send it to `to`.
+     * Returns what to send, in order: the answer when the message was a
+     * member's request for our chain in a group that this device answers;
+     * the messages sent again when it was a peer's reset. Usually empty.
      */
-    func commit(pending: PendingMessage) throws  -> Outgoing?
+    func commit(pending: PendingMessage) throws  -> [Outgoing]
     
     /**
      * Commits a batch in one transaction.
@@ -627,6 +628,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     
     /**
      * Encrypts for `peer`; the session is committed before this returns.
+     * [`Self::encrypt_kept`] also keeps the plaintext, for a peer's reset.
      */
     func encrypt(peer: Address, plaintext: Data) throws  -> Data
     
@@ -731,6 +733,65 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * get. Names that are not members are ignored.
      */
     func removeGroupMembers(groupId: Data, members: [Address]) throws 
+    
+    /**
+     * Removes from the outbox for `peer` the messages of these ids (16
+     * bytes each: [`message_id`] of what was sent, as the peer's delivery
+     * receipt gives it); returns how many it held. Ids it does not hold
+     * are ignored.
+     */
+    func acknowledge(peer: Address, ids: [Data]) throws  -> UInt32
+    
+    /**
+     * How many messages from `peer` this device still waits for since its
+     * resets named them (no resend brought them, and they were not read as
+     * first sent), counting those a next reset would name again. While it
+     * is not zero, heal again at the `retry_at` of [`HealResult::TooSoon`]
+     * (or after the policy's `reset_interval`): a reset or a resend may
+     * have been lost on the way.
+     */
+    func awaitingResends(peer: Address) throws  -> UInt32
+    
+    /**
+     * Encrypts for `peer` as [`Device::encrypt`] does, and keeps the
+     * plaintext, sealed, in the outbox for `peer` until
+     * [`Self::acknowledge`], so that a reset from the peer brings it again
+     * (committed before it returns). `now` dates the entry for the policy's
+     * `outbox_max_age`.
+     */
+    func encryptKept(peer: Address, plaintext: Data, now: UInt64) throws  -> Data
+    
+    /**
+     * Heals the session with the peer whose fresh `bundle` this is, after a
+     * decryption from it failed with [`SamizdatError::OutOfStep`]: starts a
+     * new session and returns its first message, a reset naming the
+     * messages in `unreadable` (their wire bytes as received) and those
+     * earlier resets named that no resend brought yet
+     * ([`Self::awaiting_resends`]); at most the latest 64 distinct ones,
+     * and none that 3 answered resets named already. At most one reset per
+     * peer per `reset_interval`: sooner, [`HealResult::TooSoon`]. The
+     * session we had is kept, so that the peer's messages in flight on it
+     * still decrypt.
+     */
+    func heal(bundle: Data, unreadable: [Data], now: UInt64) throws  -> HealResult
+    
+    /**
+     * This handle's healing policy.
+     */
+    func healPolicy()  -> HealPolicy
+    
+    /**
+     * How many plaintexts the outbox holds for `peer`.
+     */
+    func outboxLen(peer: Address) throws  -> UInt32
+    
+    /**
+     * Sets how this handle heals (every handle of a store keeps its own
+     * policy: give each the same). Fails with
+     * [`SamizdatError::InvalidArgument`] if `outbox_max_messages` is above
+     * 256.
+     */
+    func setHealPolicy(policy: HealPolicy) throws 
     
 }
 /**
@@ -853,11 +914,12 @@ open func address() -> Address  {
      * attempt uses up `pending`: after an error nothing was written, and the
      * message decrypts again.
      *
-     * Returns the answer when the message was a member's request for our
-     * chain in a group that this device answers: send it to `to`.
+     * Returns what to send, in order: the answer when the message was a
+     * member's request for our chain in a group that this device answers;
+     * the messages sent again when it was a peer's reset. Usually empty.
      */
-open func commit(pending: PendingMessage)throws  -> Outgoing?  {
-    return try  FfiConverterOptionTypeOutgoing.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func commit(pending: PendingMessage)throws  -> [Outgoing]  {
+    return try  FfiConverterSequenceTypeOutgoing.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_commit(
             self.uniffiCloneHandle(),
@@ -910,6 +972,7 @@ open func decryptBatch(messages: [IncomingMessage])throws  -> PendingBatch  {
     
     /**
      * Encrypts for `peer`; the session is committed before this returns.
+     * [`Self::encrypt_kept`] also keeps the plaintext, for a peer's reset.
      */
 open func encrypt(peer: Address, plaintext: Data)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -1167,6 +1230,124 @@ open func removeGroupMembers(groupId: Data, members: [Address])throws   {try rus
 }
 }
     
+    /**
+     * Removes from the outbox for `peer` the messages of these ids (16
+     * bytes each: [`message_id`] of what was sent, as the peer's delivery
+     * receipt gives it); returns how many it held. Ids it does not hold
+     * are ignored.
+     */
+open func acknowledge(peer: Address, ids: [Data])throws  -> UInt32  {
+    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_acknowledge(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAddress_lower(peer),
+        FfiConverterSequenceData.lower(ids),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * How many messages from `peer` this device still waits for since its
+     * resets named them (no resend brought them, and they were not read as
+     * first sent), counting those a next reset would name again. While it
+     * is not zero, heal again at the `retry_at` of [`HealResult::TooSoon`]
+     * (or after the policy's `reset_interval`): a reset or a resend may
+     * have been lost on the way.
+     */
+open func awaitingResends(peer: Address)throws  -> UInt32  {
+    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_awaiting_resends(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAddress_lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Encrypts for `peer` as [`Device::encrypt`] does, and keeps the
+     * plaintext, sealed, in the outbox for `peer` until
+     * [`Self::acknowledge`], so that a reset from the peer brings it again
+     * (committed before it returns). `now` dates the entry for the policy's
+     * `outbox_max_age`.
+     */
+open func encryptKept(peer: Address, plaintext: Data, now: UInt64)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_encrypt_kept(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAddress_lower(peer),
+        FfiConverterData.lower(plaintext),
+        FfiConverterUInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Heals the session with the peer whose fresh `bundle` this is, after a
+     * decryption from it failed with [`SamizdatError::OutOfStep`]: starts a
+     * new session and returns its first message, a reset naming the
+     * messages in `unreadable` (their wire bytes as received) and those
+     * earlier resets named that no resend brought yet
+     * ([`Self::awaiting_resends`]); at most the latest 64 distinct ones,
+     * and none that 3 answered resets named already. At most one reset per
+     * peer per `reset_interval`: sooner, [`HealResult::TooSoon`]. The
+     * session we had is kept, so that the peer's messages in flight on it
+     * still decrypt.
+     */
+open func heal(bundle: Data, unreadable: [Data], now: UInt64)throws  -> HealResult  {
+    return try  FfiConverterTypeHealResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_heal(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(bundle),
+        FfiConverterSequenceData.lower(unreadable),
+        FfiConverterUInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This handle's healing policy.
+     */
+open func healPolicy() -> HealPolicy  {
+    return try!  FfiConverterTypeHealPolicy_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_heal_policy(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * How many plaintexts the outbox holds for `peer`.
+     */
+open func outboxLen(peer: Address)throws  -> UInt32  {
+    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_outbox_len(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAddress_lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Sets how this handle heals (every handle of a store keeps its own
+     * policy: give each the same). Fails with
+     * [`SamizdatError::InvalidArgument`] if `outbox_max_messages` is above
+     * 256.
+     */
+open func setHealPolicy(policy: HealPolicy)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_set_heal_policy(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeHealPolicy_lower(policy),uniffiCallStatus
+    )
+}
+}
+    
 
     
 }
@@ -1349,8 +1530,9 @@ public func FfiConverterTypePendingBatch_lower(_ value: PendingBatch) -> UInt64 
 /**
  * A decrypted message waiting for [`Device::commit`]: a direct message, a
  * group message, or a control message ([`Self::kind`]). Store the
- * plaintext (not for a control message), commit, send the answer the
- * commit returned (if any), then acknowledge the message to the server.
+ * plaintext (not for a control message), keyed by [`Self::message_id`] for
+ * a direct one, commit, send what the commit returned (usually nothing),
+ * then acknowledge the message to the server.
  */
 public protocol PendingMessageProtocol: AnyObject, Sendable {
     
@@ -1363,6 +1545,15 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
      * What the message is.
      */
     func kind()  -> MessageKind
+    
+    /**
+     * The id of a one-to-one message (16 bytes): [`message_id`] of its wire
+     * bytes; for a message sent again after a reset, the id it was first
+     * sent with, so that it is the same either way. Key the stored
+     * plaintext by it, and put it in the delivery receipt for the sender's
+     * [`Device::acknowledge`]. `None` for a group message.
+     */
+    func messageId()  -> Data?
     
     /**
      * The plaintext: empty for a [`MessageKind::Control`] message.
@@ -1386,8 +1577,9 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
 /**
  * A decrypted message waiting for [`Device::commit`]: a direct message, a
  * group message, or a control message ([`Self::kind`]). Store the
- * plaintext (not for a control message), commit, send the answer the
- * commit returned (if any), then acknowledge the message to the server.
+ * plaintext (not for a control message), keyed by [`Self::message_id`] for
+ * a direct one, commit, send what the commit returned (usually nothing),
+ * then acknowledge the message to the server.
  */
 open class PendingMessage: PendingMessageProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1461,6 +1653,22 @@ open func kind() -> MessageKind  {
     return try!  FfiConverterTypeMessageKind_lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_pendingmessage_kind(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The id of a one-to-one message (16 bytes): [`message_id`] of its wire
+     * bytes; for a message sent again after a reset, the id it was first
+     * sent with, so that it is the same either way. Key the stored
+     * plaintext by it, and put it in the delivery receipt for the sender's
+     * [`Device::acknowledge`]. `None` for a group message.
+     */
+open func messageId() -> Data?  {
+    return try!  FfiConverterOptionData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_pendingmessage_message_id(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -1954,6 +2162,114 @@ public func FfiConverterTypeGroupSend_lift(_ buf: RustBuffer) throws -> GroupSen
 #endif
 public func FfiConverterTypeGroupSend_lower(_ value: GroupSend) -> RustBuffer {
     return FfiConverterTypeGroupSend.lower(value)
+}
+
+
+/**
+ * How a device heals ([`Device::set_heal_policy`]). Times are in seconds,
+ * on the clock of the `now` the app passes.
+ */
+public struct HealPolicy: Equatable, Hashable {
+    /**
+     * The least time between two resets sent to one peer (default: one
+     * hour): a forged message can make the app ask for a reset, but not for
+     * more than one per interval. Zero turns the limit off (for tests).
+     */
+    public var resetInterval: UInt64
+    /**
+     * How long the outbox keeps a plaintext that no acknowledgement removed
+     * (default: 30 days).
+     */
+    public var outboxMaxAge: UInt64
+    /**
+     * The most plaintexts the outbox keeps per peer, the oldest making room
+     * (default and maximum: 256).
+     */
+    public var outboxMaxMessages: UInt32
+    /**
+     * Whether a reset from the peer under another identity than the one
+     * trusted when a message was sent (a reinstall whose new key the app
+     * trusted) gets that message again. Default `false`: a message goes
+     * only to the identity it was encrypted for, so that a key trusted
+     * later (perhaps an attacker's, accepted in error) gets none of what
+     * was sent before.
+     */
+    public var resendToNewIdentity: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The least time between two resets sent to one peer (default: one
+         * hour): a forged message can make the app ask for a reset, but not for
+         * more than one per interval. Zero turns the limit off (for tests).
+         */resetInterval: UInt64, 
+        /**
+         * How long the outbox keeps a plaintext that no acknowledgement removed
+         * (default: 30 days).
+         */outboxMaxAge: UInt64, 
+        /**
+         * The most plaintexts the outbox keeps per peer, the oldest making room
+         * (default and maximum: 256).
+         */outboxMaxMessages: UInt32, 
+        /**
+         * Whether a reset from the peer under another identity than the one
+         * trusted when a message was sent (a reinstall whose new key the app
+         * trusted) gets that message again. Default `false`: a message goes
+         * only to the identity it was encrypted for, so that a key trusted
+         * later (perhaps an attacker's, accepted in error) gets none of what
+         * was sent before.
+         */resendToNewIdentity: Bool) {
+        self.resetInterval = resetInterval
+        self.outboxMaxAge = outboxMaxAge
+        self.outboxMaxMessages = outboxMaxMessages
+        self.resendToNewIdentity = resendToNewIdentity
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension HealPolicy: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeHealPolicy: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HealPolicy {
+        return
+            try HealPolicy(
+                resetInterval: FfiConverterUInt64.read(from: &buf), 
+                outboxMaxAge: FfiConverterUInt64.read(from: &buf), 
+                outboxMaxMessages: FfiConverterUInt32.read(from: &buf), 
+                resendToNewIdentity: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: HealPolicy, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.resetInterval, into: &buf)
+        FfiConverterUInt64.write(value.outboxMaxAge, into: &buf)
+        FfiConverterUInt32.write(value.outboxMaxMessages, into: &buf)
+        FfiConverterBool.write(value.resendToNewIdentity, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealPolicy_lift(_ buf: RustBuffer) throws -> HealPolicy {
+    return try FfiConverterTypeHealPolicy.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealPolicy_lower(_ value: HealPolicy) -> RustBuffer {
+    return FfiConverterTypeHealPolicy.lower(value)
 }
 
 
@@ -2464,6 +2780,97 @@ public func FfiConverterTypeErrorKind_lift(_ buf: RustBuffer) throws -> ErrorKin
 #endif
 public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
     return FfiConverterTypeErrorKind.lower(value)
+}
+
+
+
+/**
+ * What [`Device::heal`] did.
+ */
+
+public enum HealResult: Equatable, Hashable {
+    
+    /**
+     * A new session was started: send `reset`, its first message, to the
+     * peer. Its commit of it sends again what its outbox still holds of the
+     * messages named.
+     */
+    case sent(
+        /**
+         * The reset, for the peer.
+         */reset: Outgoing
+    )
+    /**
+     * A reset went to this peer less than the policy's `reset_interval`
+     * ago: nothing was done. Heal again at `retry_at` if the session is
+     * still out of step then.
+     */
+    case tooSoon(
+        /**
+         * The first time a reset may be sent again.
+         */retryAt: UInt64
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension HealResult: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeHealResult: FfiConverterRustBuffer {
+    typealias SwiftType = HealResult
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HealResult {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .sent(reset: try FfiConverterTypeOutgoing.read(from: &buf)
+        )
+        
+        case 2: return .tooSoon(retryAt: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: HealResult, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .sent(reset):
+            writeInt(&buf, Int32(1))
+            FfiConverterTypeOutgoing.write(reset, into: &buf)
+            
+        
+        case let .tooSoon(retryAt):
+            writeInt(&buf, Int32(2))
+            FfiConverterUInt64.write(retryAt, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealResult_lift(_ buf: RustBuffer) throws -> HealResult {
+    return try FfiConverterTypeHealResult.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealResult_lower(_ value: HealResult) -> RustBuffer {
+    return FfiConverterTypeHealResult.lower(value)
 }
 
 
@@ -3372,30 +3779,6 @@ fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterOptionTypeOutgoing: FfiConverterRustBuffer {
-    typealias SwiftType = Outgoing?
-
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
-        guard let value = value else {
-            writeInt(&buf, Int8(0))
-            return
-        }
-        writeInt(&buf, Int8(1))
-        FfiConverterTypeOutgoing.write(value, into: &buf)
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
-        switch try readInt(&buf) as Int8 {
-        case 0: return nil
-        case 1: return try FfiConverterTypeOutgoing.read(from: &buf)
-        default: throw UniffiInternalError.unexpectedOptionalTag
-        }
-    }
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
 fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
     typealias SwiftType = SamizdatError?
 
@@ -3541,6 +3924,19 @@ fileprivate struct FfiConverterSequenceTypeOutgoing: FfiConverterRustBuffer {
         return seq
     }
 }
+/**
+ * The id of the message whose wire bytes are `wire` (16 bytes): the same
+ * on both sides, what [`crate::PendingMessage::message_id`] gives the
+ * receiver and [`Device::acknowledge`] takes.
+ */
+public func messageId(wire: Data) -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_message_id(
+        FfiConverterData.lower(wire),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -3557,10 +3953,13 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_func_message_id() != 19138) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_device_address() != 1504) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 30109) {
+    if (uniffi_samizdat_ffi_checksum_method_device_commit() != 19813) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_commit_batch() != 47300) {
@@ -3572,7 +3971,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_decrypt_batch() != 37650) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_encrypt() != 50366) {
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt() != 62364) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_has_session() != 8275) {
@@ -3629,6 +4028,27 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 62831) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_acknowledge() != 43801) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_awaiting_resends() != 38361) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_kept() != 3108) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_heal() != 52379) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_heal_policy() != 49560) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_outbox_len() != 29795) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_set_heal_policy() != 48669) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_pendingbatch_results() != 47822) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -3636,6 +4056,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_kind() != 6821) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_message_id() != 54105) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 34499) {

@@ -388,6 +388,41 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_group_members(uint64_t ptr, Rust
 void uniffi_samizdat_ffi_fn_method_device_remove_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ACKNOWLEDGE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ACKNOWLEDGE
+uint32_t uniffi_samizdat_ffi_fn_method_device_acknowledge(uint64_t ptr, RustBuffer peer, RustBuffer ids, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_AWAITING_RESENDS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_AWAITING_RESENDS
+uint32_t uniffi_samizdat_ffi_fn_method_device_awaiting_resends(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_KEPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_KEPT
+RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_kept(uint64_t ptr, RustBuffer peer, RustBuffer plaintext, uint64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL
+RustBuffer uniffi_samizdat_ffi_fn_method_device_heal(uint64_t ptr, RustBuffer bundle, RustBuffer unreadable, uint64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL_POLICY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL_POLICY
+RustBuffer uniffi_samizdat_ffi_fn_method_device_heal_policy(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_OUTBOX_LEN
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_OUTBOX_LEN
+uint32_t uniffi_samizdat_ffi_fn_method_device_outbox_len(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SET_HEAL_POLICY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SET_HEAL_POLICY
+void uniffi_samizdat_ffi_fn_method_device_set_heal_policy(uint64_t ptr, RustBuffer policy, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_PENDINGBATCH
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_PENDINGBATCH
 uint64_t uniffi_samizdat_ffi_fn_clone_pendingbatch(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -421,6 +456,11 @@ RustBuffer uniffi_samizdat_ffi_fn_method_pendingmessage_group_id(uint64_t ptr, R
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_KIND
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_KIND
 RustBuffer uniffi_samizdat_ffi_fn_method_pendingmessage_kind(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_MESSAGE_ID
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_MESSAGE_ID
+RustBuffer uniffi_samizdat_ffi_fn_method_pendingmessage_message_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_PENDINGMESSAGE_PLAINTEXT
@@ -506,6 +546,11 @@ RustBuffer uniffi_samizdat_ffi_fn_method_samizdaterror_recovery(RustBuffer ptr, 
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_SAMIZDATERROR_REQUEST
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_SAMIZDATERROR_REQUEST
 RustBuffer uniffi_samizdat_ffi_fn_method_samizdaterror_request(RustBuffer ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_MESSAGE_ID
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_MESSAGE_ID
+RustBuffer uniffi_samizdat_ffi_fn_func_message_id(RustBuffer wire, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_SAMIZDAT_FFI_RUSTBUFFER_ALLOC
@@ -768,6 +813,12 @@ void ffi_samizdat_ffi_rust_future_free_void(uint64_t handle
 void ffi_samizdat_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_MESSAGE_ID
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_MESSAGE_ID
+uint16_t uniffi_samizdat_ffi_checksum_func_message_id(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADDRESS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADDRESS
 uint16_t uniffi_samizdat_ffi_checksum_method_device_address(void
@@ -912,6 +963,48 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_remove_group_members(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ACKNOWLEDGE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ACKNOWLEDGE
+uint16_t uniffi_samizdat_ffi_checksum_method_device_acknowledge(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_AWAITING_RESENDS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_AWAITING_RESENDS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_awaiting_resends(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_KEPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_KEPT
+uint16_t uniffi_samizdat_ffi_checksum_method_device_encrypt_kept(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_HEAL
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_HEAL
+uint16_t uniffi_samizdat_ffi_checksum_method_device_heal(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_HEAL_POLICY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_HEAL_POLICY
+uint16_t uniffi_samizdat_ffi_checksum_method_device_heal_policy(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_OUTBOX_LEN
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_OUTBOX_LEN
+uint16_t uniffi_samizdat_ffi_checksum_method_device_outbox_len(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SET_HEAL_POLICY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SET_HEAL_POLICY
+uint16_t uniffi_samizdat_ffi_checksum_method_device_set_heal_policy(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGBATCH_RESULTS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGBATCH_RESULTS
 uint16_t uniffi_samizdat_ffi_checksum_method_pendingbatch_results(void
@@ -927,6 +1020,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_pendingmessage_group_id(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_KIND
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_KIND
 uint16_t uniffi_samizdat_ffi_checksum_method_pendingmessage_kind(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_MESSAGE_ID
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGMESSAGE_MESSAGE_ID
+uint16_t uniffi_samizdat_ffi_checksum_method_pendingmessage_message_id(void
     
 );
 #endif

@@ -7,11 +7,11 @@ import XCTest
 
 private let group = Data("book club".utf8)
 
-/// What an app got from one delivery: the kind, the text, and the answer its commit returned (to send).
+/// What an app got from one delivery: the kind, the text, and what its commit returned (to send, in order).
 private struct Received: Equatable {
     let kind: MessageKind
     let text: String
-    var answer: Outgoing? = nil
+    var answers: [Outgoing] = []
 }
 
 /// `n` devices (`m0`, `m1`, ...) on SQLite stores, with a session between every two; messages are
@@ -67,8 +67,8 @@ private final class World {
     func receive(from: Int, to: Int, _ wire: Data) throws -> Received {
         let pending = try devices[to].decrypt(sender: address(from), ciphertext: wire)
         let (kind, text) = (pending.kind(), String(decoding: pending.plaintext(), as: UTF8.self))
-        let answer = try devices[to].commit(pending: pending)
-        return Received(kind: kind, text: text, answer: answer)
+        let answers = try devices[to].commit(pending: pending)
+        return Received(kind: kind, text: text, answers: answers)
     }
 
     /// Delivers a send's distributions: control messages, answered by nothing.
@@ -145,7 +145,7 @@ final class GroupTests: XCTestCase {
                     XCTAssertEqual(pending.plaintext(), Data("\(from):\(k)".utf8))
                     XCTAssertEqual(pending.sender(), world.address(from))
                     XCTAssertNil(pending.senderIdentity(), "a group message has no session of its own")
-                    XCTAssertNil(try world[to].commit(pending: pending))
+                    XCTAssertEqual(try world[to].commit(pending: pending), [])
                 }
                 XCTAssertEqual(errorCode { try world[to].decrypt(sender: world.address(from), ciphertext: messages[0]) }, "duplicate")
             }
@@ -216,14 +216,15 @@ final class GroupTests: XCTestCase {
         // The sender's commit of the request returns the answer, for member 1.
         let received = try world.receive(from: 1, to: 0, XCTUnwrap(missing.request))
         XCTAssertEqual(received.kind, .control)
-        let answer = try XCTUnwrap(received.answer, "member 1 is a member: its request is answered")
+        XCTAssertEqual(received.answers.count, 1, "member 1 is a member: its request is answered, once")
+        let answer = try XCTUnwrap(received.answers.first)
         XCTAssertEqual(answer.to, world.address(1))
         let pending = try world[1].decrypt(sender: world.address(0), ciphertext: answer.message)
         XCTAssertEqual(pending.kind(), .control)
         XCTAssertEqual(pending.groupId(), group)
         XCTAssertEqual(pending.plaintext(), Data())
         XCTAssertEqual(pending.senderIdentity(), world[0].identityKey())
-        XCTAssertNil(try world[1].commit(pending: pending))
+        XCTAssertEqual(try world[1].commit(pending: pending), [])
         // The held message decrypts now, and so do the next ones, with no distribution.
         XCTAssertEqual(try world.receive(from: 0, to: 1, second.message), Received(kind: .group, text: "second"))
         let third = try world.send(from: 0, group, "third")

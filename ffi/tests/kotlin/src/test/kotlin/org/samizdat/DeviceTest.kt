@@ -216,10 +216,11 @@ class DeviceTest {
                     assertEquals("a", receive(bob, alice.address(), alice.encrypt(bob.address(), "a".encodeToByteArray())))
                     assertEquals(PrekeyCounts(3uL, 3uL), bob.prekeyCounts())
                     val fromCarol = carol.encrypt(bob.address(), "c".encodeToByteArray())
-                    // Carol's session is built on a prekey Bob no longer has. Anyone can make such a
-                    // message (the ids are read before anything authenticates): invalid, drop.
-                    val unknown = assertThrows(SamizdatException.InvalidMessage::class.java) { bob.decrypt(carol.address(), fromCarol) }
+                    // Carol's session is built on a prekey Bob no longer has: out of step, a heal brings the
+                    // message (anyone can make such a message, which is why resets are rate-limited).
+                    val unknown = assertThrows(SamizdatException.OutOfStep::class.java) { bob.decrypt(carol.address(), fromCarol) }
                     assertTrue(unknown.reason.contains("prekey"), unknown.reason)
+                    assertEquals(Recovery.HEAL, unknown.recovery())
                 }
             }
             assertEquals(Rotated(false, false), bob.rotatePrekeys(10uL, 1000uL))
