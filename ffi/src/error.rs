@@ -40,19 +40,21 @@ pub enum SamizdatError {
         /// What happened (the core error's text).
         message: String,
     },
-    /// The message is malformed, forged or altered, or no state of the
-    /// session opens it, or it names a prekey this device lacks (anyone can
-    /// make those): drop it and acknowledge it.
+    /// The message is malformed, or forged or altered (a header that opened
+    /// on a chain the session has, and a body that did not): drop it and
+    /// acknowledge it.
     #[error("{message}")]
     InvalidMessage {
         /// What happened (the core error's text).
         message: String,
     },
-    /// The message is the peer's (its header opened under a key only the
-    /// peer holds), but no state of the session can read it: its key was
-    /// evicted, it is further ahead than the skip limit (the gap and the
-    /// limit are in `message`), or the sender went back to an older state.
-    /// Heal: fetch the peer's bundle and start a new session with it.
+    /// No state of the session can read the message, and healing can bring
+    /// it: its key was evicted, it is further ahead than the skip limit (the
+    /// gap and the limit are in `message`), the sender went back to an older
+    /// state, or no state opens it (our store restored, a state gone, a
+    /// prekey we no longer have; a keyless forgery looks the same, which is
+    /// why resets are rate-limited). Heal: fetch the peer's bundle and call
+    /// `Device.heal` with the messages that failed so.
     #[error("{message}")]
     OutOfStep {
         /// What happened (the core error's text).
@@ -229,8 +231,8 @@ pub enum Recovery {
     RetryLater,
     /// Decrypt the message again now (nothing was consumed).
     DecryptAgain,
-    /// Heal the session: fetch the peer's bundle and start a new session
-    /// from it, then send.
+    /// Heal the session: fetch the peer's bundle and call `Device.heal` with
+    /// the messages that failed; send the reset it returns.
     Heal,
     /// Fetch the peer's prekey bundle from the server and start a session.
     FetchBundle,

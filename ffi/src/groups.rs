@@ -24,14 +24,16 @@ pub enum MessageKind {
     /// A group message for the app, in the group `group_id()`.
     Group,
     /// A message between the two devices' libraries (a group's chain, or a
-    /// request for one) of the group `group_id()`: nothing to show or store
-    /// (its plaintext is empty). Commit it all the same, send the answer
-    /// the commit returns (if any), then acknowledge it.
+    /// request for one, of the group `group_id()`; a reset that heals the
+    /// session, of no group): nothing to show or store (its plaintext is
+    /// empty). Commit it all the same, send what the commit returns (an
+    /// answer, the messages a reset asked for), then acknowledge it.
     Control,
 }
 
 /// A one-to-one message the library made for a peer (a group's chain, the
-/// answer to a request for one): send it to `to` like any other message.
+/// answer to a request for one, a reset, a message sent again after a
+/// reset): send it to `to` like any other message.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Outgoing {
     /// The recipient.
