@@ -2344,7 +2344,8 @@ public func FfiConverterTypeIncomingMessage_lower(_ value: IncomingMessage) -> R
 
 /**
  * A one-to-one message the library made for a peer (a group's chain, the
- * answer to a request for one): send it to `to` like any other message.
+ * answer to a request for one, a reset, a message sent again after a
+ * reset): send it to `to` like any other message.
  */
 public struct Outgoing: Equatable, Hashable {
     /**
@@ -2891,9 +2892,10 @@ public enum MessageKind: Equatable, Hashable {
     case group
     /**
      * A message between the two devices' libraries (a group's chain, or a
-     * request for one) of the group `group_id()`: nothing to show or store
-     * (its plaintext is empty). Commit it all the same, send the answer
-     * the commit returns (if any), then acknowledge it.
+     * request for one, of the group `group_id()`; a reset that heals the
+     * session, of no group): nothing to show or store (its plaintext is
+     * empty). Commit it all the same, send what the commit returns (an
+     * answer, the messages a reset asked for), then acknowledge it.
      */
     case control
 
@@ -3069,8 +3071,8 @@ public enum Recovery: Equatable, Hashable {
      */
     case decryptAgain
     /**
-     * Heal the session: fetch the peer's bundle and start a new session
-     * from it, then send.
+     * Heal the session: fetch the peer's bundle and call `Device.heal` with
+     * the messages that failed; send the reset it returns.
      */
     case heal
     /**
@@ -3229,9 +3231,9 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
          */message: String
     )
     /**
-     * The message is malformed, forged or altered, or no state of the
-     * session opens it, or it names a prekey this device lacks (anyone can
-     * make those): drop it and acknowledge it.
+     * The message is malformed, or forged or altered (a header that opened
+     * on a chain the session has, and a body that did not): drop it and
+     * acknowledge it.
      */
     case InvalidMessage(
         /**
@@ -3239,11 +3241,13 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
          */message: String
     )
     /**
-     * The message is the peer's (its header opened under a key only the
-     * peer holds), but no state of the session can read it: its key was
-     * evicted, it is further ahead than the skip limit (the gap and the
-     * limit are in `message`), or the sender went back to an older state.
-     * Heal: fetch the peer's bundle and start a new session with it.
+     * No state of the session can read the message, and healing can bring
+     * it: its key was evicted, it is further ahead than the skip limit (the
+     * gap and the limit are in `message`), the sender went back to an older
+     * state, or no state opens it (our store restored, a state gone, a
+     * prekey we no longer have; a keyless forgery looks the same, which is
+     * why resets are rate-limited). Heal: fetch the peer's bundle and call
+     * `Device.heal` with the messages that failed so.
      */
     case OutOfStep(
         /**
