@@ -20,7 +20,7 @@ use samizdat::{
     device::GroupError,
     group::GroupMessage,
     hazmat::{self, ContentKind, FixedBytes, GroupControl, GroupReceiver, GroupSendingChain},
-    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_RESET_IDS},
+    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_RESEND_IDS, MAX_RESET_IDS},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -229,7 +229,7 @@ pub(crate) enum ControlFields {
     Distribution { group_id: String, chain_id: u32, iteration: u32, chain_key: String, signing_key: String },
     Request { group_id: String, chain_id: u32, iteration: u32 },
     Reset { unreadable: Vec<String> },
-    Resend { id: String, plaintext: String },
+    Resend { id: String, also: Vec<String>, plaintext: String },
 }
 
 impl VectorSet for Group {
@@ -259,8 +259,10 @@ impl VectorSet for Group {
             decoder (`message`): the decoded message or the error, and its canonical re-encoding. \
             `encode_control` / `decode_control`: the canonical protobuf Control { distribution = 1 | request = 2 \
             | reset = 3 | resend = 4 } (no version byte, no padding) of the fields, and the parser's result: a \
-            reset's `unreadable` message ids (at most 64, each 16 bytes, distinct), a resend's `id` (16 bytes) and \
-            `plaintext` (at most MAX_KEPT_PLAINTEXT_LEN = 245696 bytes); content of a control kind unknown to this \
+            reset's `unreadable` message ids (at most 64, each 16 bytes, distinct), a resend's `id` (16 bytes), \
+            `plaintext` (at most MAX_KEPT_PLAINTEXT_LEN = 245696 bytes) and `also` (field 3: the ids of the \
+            message's earlier resends, at most MAX_RESEND_IDS = 4, each 16 bytes, all distinct and none equal to \
+            `id`; checked in the order plaintext, id, the count of `also`, each length, repeats); content of a control kind unknown to this \
             release (field 5 or more) is unknown_kind. A `decode_control` input too long to list is \
             `input_repeat`: `prefix`, then `byte` repeated up to `len` bytes in all. `pad_content`: content || \
             marker (0x80 app, 0x81 control) || zeros to the bucket of 5. `unpad_content`: the content and its type, \
@@ -715,9 +717,17 @@ fn control_by_hand(fields: &ControlFields) -> R<Vec<u8>> {
                 .collect::<R<Vec<Vec<u8>>>>()?
                 .concat(),
         ),
-        ControlFields::Resend { id, plaintext } => ld(
+        ControlFields::Resend { id, also, plaintext } => ld(
             4,
-            &[opt_bytes(1, &bytes("control.id", id)?), opt_bytes(2, &bytes("control.plaintext", plaintext)?)].concat(),
+            &[
+                opt_bytes(1, &bytes("control.id", id)?),
+                opt_bytes(2, &bytes("control.plaintext", plaintext)?),
+                also.iter()
+                    .map(|other| Ok(ld(3, &bytes("control.also", other)?)))
+                    .collect::<R<Vec<Vec<u8>>>>()?
+                    .concat(),
+            ]
+            .concat(),
         ),
     })
 }
@@ -943,8 +953,9 @@ fn control_from_fields(fields: &ControlFields) -> R<GroupControl> {
         ControlFields::Reset { unreadable } => GroupControl::Reset {
             unreadable: unreadable.iter().map(|id| array::<16>("control.unreadable", id)).collect::<R<_>>()?,
         },
-        ControlFields::Resend { id, plaintext } => GroupControl::Resend {
+        ControlFields::Resend { id, also, plaintext } => GroupControl::Resend {
             id: array::<16>("control.id", id)?,
+            also: also.iter().map(|other| array::<16>("control.also", other)).collect::<R<_>>()?,
             plaintext: bytes("control.plaintext", plaintext)?,
         },
     })
@@ -965,7 +976,9 @@ fn fields_of(control: &GroupControl) -> ControlFields {
             ControlFields::Request { group_id: h(group_id), chain_id: *chain_id, iteration: *iteration }
         }
         GroupControl::Reset { unreadable } => ControlFields::Reset { unreadable: unreadable.iter().map(h).collect() },
-        GroupControl::Resend { id, plaintext } => ControlFields::Resend { id: h(id), plaintext: h(plaintext) },
+        GroupControl::Resend { id, also, plaintext } => {
+            ControlFields::Resend { id: h(id), also: also.iter().map(h).collect(), plaintext: h(plaintext) }
+        }
     }
 }
 
@@ -1780,7 +1793,12 @@ fn healing_control_cases() -> Vec<GroupCase> {
     let id = |i: usize| message_id_by_hand(format!("message {i}").as_bytes());
     let ids = |n: usize| (0..n).map(id).collect::<Vec<_>>();
     let reset = |ids: &[[u8; 16]]| ControlFields::Reset { unreadable: ids.iter().map(h).collect() };
-    let resend = |plaintext: &[u8]| ControlFields::Resend { id: h(id(0)), plaintext: h(plaintext) };
+    let resend_also = |plaintext: &[u8], also: &[[u8; 16]]| ControlFields::Resend {
+        id: h(id(0)),
+        also: also.iter().map(h).collect(),
+        plaintext: h(plaintext),
+    };
+    let resend = |plaintext: &[u8]| resend_also(plaintext, &[]);
     let encode = |name: &str, control: ControlFields| GroupCase::EncodeControl {
         name: name.to_owned(),
         control,
@@ -1797,6 +1815,12 @@ fn healing_control_cases() -> Vec<GroupCase> {
     let reset_of = |entries: &[Vec<u8>]| ld(3, &entries.iter().flat_map(|e| ld(1, e)).collect::<Vec<u8>>());
     let entries = |ids: &[[u8; 16]]| ids.iter().map(|id| id.to_vec()).collect::<Vec<_>>();
     let resend_of = |id: &[u8], plaintext: &[u8]| ld(4, &[opt_bytes(1, id), opt_bytes(2, plaintext)].concat());
+    // A resend with `also` entries, each as it is (any length), after the
+    // plaintext (the canonical order).
+    let resend_also_of = |id: &[u8], plaintext: &[u8], also: &[Vec<u8>]| {
+        let also: Vec<u8> = also.iter().flat_map(|other| ld(3, other)).collect();
+        ld(4, &[opt_bytes(1, id), opt_bytes(2, plaintext), also].concat())
+    };
     // A resend whose plaintext, the last field, is `len` bytes of 0x70.
     let long_resend = |name: &str, id: &[u8], len: usize| {
         let fields = [opt_bytes(1, id), vec![0x12], varint(len as u64)].concat();
@@ -1821,12 +1845,22 @@ fn healing_control_cases() -> Vec<GroupCase> {
     short.truncate(15);
     let mut long = a.clone();
     long.push(0);
+    // The ids of earlier resends: ids 1 to 5.
+    let others = |n: usize| (1..=n).map(id).collect::<Vec<_>>();
+    let also_entries = |n: usize| entries(&others(n));
+    let mut five_short_first = also_entries(MAX_RESEND_IDS + 1);
+    if let Some(first) = five_short_first.first_mut() {
+        first.truncate(15);
+    }
     vec![
         encode("encode_reset_naming_nothing", reset(&[])),
         encode("encode_reset_one_id", reset(&ids(1))),
         encode("encode_reset_64_ids", reset(&ids(MAX_RESET_IDS))),
         encode("encode_resend", resend(text)),
         encode("encode_resend_empty_plaintext", resend(&[])),
+        encode("encode_resend_also_one_id", resend_also(text, &others(1))),
+        encode("encode_resend_also_4_ids", resend_also(text, &others(MAX_RESEND_IDS))),
+        encode("encode_resend_also_empty_plaintext", resend_also(&[], &others(2))),
         decode("reset_one_id", &reset_of(&entries(&ids(1)))),
         decode("reset_64_ids", &reset_of(&entries(&ids(MAX_RESET_IDS)))),
         decode("reset_65_ids", &reset_of(&too_many)),
@@ -1843,9 +1877,26 @@ fn healing_control_cases() -> Vec<GroupCase> {
         decode("empty_resend", &ld(4, &[])),
         decode("resend_id_15_bytes", &resend_of(&short, text)),
         decode("resend_id_17_bytes", &resend_of(&long, text)),
-        decode("resend_unknown_field_3", &ld(4, &[opt_bytes(1, &a), opt_bytes(2, text), vec![0x18, 0x01]].concat())),
+        decode("resend_unknown_field_4", &ld(4, &[opt_bytes(1, &a), opt_bytes(2, text), vec![0x20, 0x01]].concat())),
+        decode("resend_also_as_a_varint", &ld(4, &[opt_bytes(1, &a), opt_bytes(2, text), vec![0x18, 0x01]].concat())),
         long_resend("resend_plaintext_too_long", &a, MAX_KEPT_PLAINTEXT_LEN + 1),
         long_resend("resend_order_plaintext_before_id", &short, MAX_KEPT_PLAINTEXT_LEN + 1),
+        decode("resend_also_one_id", &resend_also_of(&a, text, &also_entries(1))),
+        decode("resend_also_4_ids", &resend_also_of(&a, text, &also_entries(MAX_RESEND_IDS))),
+        decode("resend_also_empty_plaintext", &resend_also_of(&a, &[], &also_entries(2))),
+        decode("resend_also_5_ids", &resend_also_of(&a, text, &also_entries(MAX_RESEND_IDS + 1))),
+        decode("resend_also_equal_to_id", &resend_also_of(&a, text, &[b.clone(), a.clone()])),
+        decode("resend_also_repeated", &resend_also_of(&a, text, &[b.clone(), c.clone(), b.clone()])),
+        decode("resend_also_15_bytes", &resend_also_of(&a, text, &[b.clone(), short.clone()])),
+        decode("resend_also_17_bytes", &resend_also_of(&a, text, &[long.clone()])),
+        decode("resend_also_empty", &resend_also_of(&a, text, &[Vec::new()])),
+        decode("resend_order_id_before_also", &resend_also_of(&short, text, &also_entries(MAX_RESEND_IDS + 1))),
+        decode("resend_order_also_count_before_length", &resend_also_of(&a, text, &five_short_first)),
+        decode(
+            "resend_order_also_length_before_repeat",
+            &resend_also_of(&a, text, &[b.clone(), b.clone(), short.clone()]),
+        ),
+        decode("resend_also_before_plaintext", &ld(4, &[opt_bytes(1, &a), ld(3, &b), opt_bytes(2, text)].concat())),
         decode("unknown_member_field_5", &ld(5, &[])),
         decode("unknown_member_field_5_with_content", &ld(5, &[0xaa, 0xbb])),
     ]

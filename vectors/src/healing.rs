@@ -21,8 +21,12 @@ use crate::{
 /// `healing.json`.
 pub(crate) struct Healing;
 
-/// `"Samizdat_MessageId_v1"`: hashed before the wire bytes (PROTOCOL.md 3, 20.2).
-const MESSAGE_ID_LABEL: &[u8] = b"Samizdat_MessageId_v1";
+/// `"samizdat/v1/message-id"`: hashed before the wire bytes (PROTOCOL.md 3, 20.2).
+const MESSAGE_ID_LABEL: &[u8] = b"samizdat/v1/message-id";
+
+/// The id of the 3 ASCII bytes `abc` (PROTOCOL.md 20.2).
+const KNOWN_ANSWER_ABC: [u8; 16] =
+    [0xa8, 0xe5, 0xbf, 0x1e, 0x89, 0x21, 0x64, 0x9b, 0x03, 0x38, 0x01, 0x63, 0x08, 0xde, 0x60, 0xbd];
 
 /// `MAX_MESSAGE_LEN`: the largest message a decoder takes (12.4).
 const MAX_MESSAGE_LEN: usize = 262_144;
@@ -63,14 +67,18 @@ impl VectorSet for Healing {
         description: "`message_id`: the id of a message from its wire bytes `input` as sent and received (the \
             whole encoded message, version byte included; any bytes have an id, whether they decode or not), or \
             `input_repeat` for an input too long to list (`prefix`, then `byte` repeated up to `len` bytes in \
-            all): `digest` = SHA-256(\"Samizdat_MessageId_v1\" || input), the 21 ASCII bytes of the label then \
+            all): `digest` = SHA-256(\"samizdat/v1/message-id\" || input), the 22 ASCII bytes of the label then \
             the input, nothing between them; `id` = digest[0:16]. Known answer: the id of the 3 ASCII bytes \
-            \"abc\" is cf3b0fd72967d02ede8d15fd99aa461d.",
+            \"abc\" is a8e5bf1e8921649b0338016308de60bd.",
         seed: 21,
         inputs: &["operation", "name", "input", "input_repeat"],
     };
 
     fn inputs(rng: &mut ChaCha20Rng) -> Result<Vec<HealingCase>, VErr> {
+        // The known answer of PROTOCOL.md 20.2, computed apart
+        // (`printf 'samizdat/v1/message-idabc' | sha256sum`).
+        agree("known_answer_abc", &heal::message_id(b"abc"), &KNOWN_ANSWER_ABC)?;
+        agree("known_answer_abc", &message_id_by_hand(b"abc"), &KNOWN_ANSWER_ABC)?;
         let case = |name: &str, input: &[u8]| HealingCase::MessageId {
             name: name.to_owned(),
             input: Some(h(input)),

@@ -104,7 +104,7 @@ impl VectorSet for Records {
             it equals the input, except in the four cases whose `rule` says it does not (a state without \
             `ratchet_public`, whose loader computes it; a sending counter ignored without a sending chain; one-time \
             prekeys not in increasing id order; an empty `healing`, written back as absent). `rule` names the check \
-            of PROTOCOL.md each case pins: every check of 13.3, 13.4 (1 to 11, 10a's H1 to H9 on the healing \
+            of PROTOCOL.md each case pins: every check of 13.3, 13.4 (1 to 11, 10a's H1 to H12 on the healing \
             bookkeeping of 20.4, S1 to S10) and 13.5 (1 to 9) that a public loader reaches has a case that fails \
             it alone, boundary cases that pass exactly at the limits, cases that break two checks and expect the \
             first one's error, and other encodings of valid records (unknown, repeated, reordered fields, \
@@ -2400,17 +2400,24 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
     use Decoder::SessionRecord as D;
     let id = |i: usize| crate::healing::message_id_by_hand(format!("message {i}").as_bytes()).to_vec();
     let ids = |from: usize, n: usize| (from..from + n).map(id).collect::<Vec<_>>();
-    // Each awaited id named once, unless `namings` is given.
+    // The base key of the session the last reset started: any 32 bytes (the
+    // loader does not look for that session).
+    let base_key = sha256(b"the base key of the last reset").to_vec();
+    // Each awaited id named by 1 answered reset and not by the last one; a
+    // base key exactly when a reset was sent.
     let healing = |reset_sent: bool, last_reset_at: u64, awaited: Vec<Vec<u8>>, delivered: Vec<Vec<u8>>| {
         let namings = vec![1; awaited.len()];
-        storage::Healing { reset_sent, last_reset_at, awaited, delivered, namings }
+        let in_last_reset = vec![false; awaited.len()];
+        let last_reset_base_key = if reset_sent { base_key.clone() } else { Vec::new() };
+        storage::Healing { reset_sent, last_reset_at, awaited, delivered, namings, last_reset_base_key, in_last_reset }
     };
+    // A reset sent, with these awaited ids and naming counts (none named by
+    // the last reset unless `in_last_reset` is changed).
     let named = |awaited: Vec<Vec<u8>>, namings: Vec<u32>| storage::Healing {
-        reset_sent: true,
-        last_reset_at: 1_700_000_000,
+        in_last_reset: vec![false; awaited.len()],
         awaited,
-        delivered: Vec::new(),
         namings,
+        ..healing(true, 1_700_000_000, Vec::new(), Vec::new())
     };
     let with = |h: storage::Healing| {
         alter(&f.bob, move |r| {
@@ -2428,38 +2435,52 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
     if let Some(first) = many_short_first.first_mut() {
         first.truncate(15);
     }
+    let mut base_key_31 = base_key.clone();
+    base_key_31.truncate(31);
+    let mut base_key_33 = base_key.clone();
+    base_key_33.push(0);
 
     // Accepted.
     cases.add(
         "record_with_healing",
         D,
         "13.4 check 10a: Bob's record with healing bookkeeping as the library writes it: a reset sent at \
-         1,700,000,000, two ids awaited (named by 1 and 3 resets), one delivered.",
+         1,700,000,000 in the session of `last_reset_base_key`; three ids awaited: one named by the last reset \
+         only (0 answered resets, `in_last_reset` true), one named by 2 answered resets and by the last one, one \
+         named by 3 answered resets (given up: not named again, still awaited); one id delivered.",
         &with(storage::Healing {
-            delivered: vec![id(2)],
-            ..named(vec![a.clone(), b.clone()], vec![1, MAX_RESET_NAMINGS])
+            delivered: vec![id(3)],
+            in_last_reset: vec![true, true, false],
+            ..named(vec![a.clone(), b.clone(), id(2)], vec![0, 2, MAX_RESET_NAMINGS])
         })?,
     );
     cases.add(
         "record_healing_64_awaited_64_delivered",
         D,
-        "13.4 check 10a boundary (H2, H6): 64 awaited ids and 64 delivered ids (MAX_AWAITED_RESENDS, \
-         MAX_DELIVERED_RESENDS), none in both, are accepted.",
+        "13.4 check 10a boundary (H2, H9): 64 awaited ids with their counts and flags, and 64 delivered ids \
+         (MAX_AWAITED_RESENDS, MAX_DELIVERED_RESENDS), none in both, are accepted.",
         &with(healing(true, at, ids(0, 64), ids(64, 64)))?,
     );
     cases.add(
         "record_healing_reset_sent_at_0",
         D,
-        "13.4 check 10a (H1): a reset sent at time 0 (`reset_sent` true, `last_reset_at` 0, not written) is \
-         accepted.",
+        "13.4 check 10a (H1, H8): a reset sent at time 0 (`reset_sent` true, `last_reset_at` 0, not written), \
+         with its base key, is accepted.",
         &with(healing(true, 0, Vec::new(), Vec::new()))?,
     );
     cases.add(
         "record_healing_awaited_without_reset_sent",
         D,
-        "13.4 check 10a: ids awaited while `reset_sent` is false are accepted (not checked: the library never \
-         writes it).",
+        "13.4 check 10a: ids awaited (with their counts and flags) while `reset_sent` is false, and so without a \
+         base key, are accepted (not checked: the library never writes it).",
         &with(healing(false, 0, vec![a.clone()], Vec::new()))?,
+    );
+    cases.add(
+        "record_healing_named_0_times",
+        D,
+        "13.4 check 10a boundary (H5): awaited ids named by 0 answered resets (the last reset named them and is \
+         not answered yet, or was never answered) are accepted.",
+        &with(storage::Healing { in_last_reset: vec![true, false], ..named(vec![a.clone(), b.clone()], vec![0, 0]) })?,
     );
     cases.add(
         "record_healing_empty",
@@ -2503,33 +2524,58 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
             named(Vec::new(), vec![1]),
         ),
         (
-            "record_healing_named_0_times",
-            "13.4 check 10a H5: an awaited id named by 0 resets.",
-            named(vec![a.clone(), b.clone()], vec![1, 0]),
-        ),
-        (
             "record_healing_named_4_times",
-            "13.4 check 10a H5: an awaited id named by 4 resets (MAX_RESET_NAMINGS + 1).",
+            "13.4 check 10a H5: an awaited id named by 4 answered resets (MAX_RESET_NAMINGS + 1).",
             named(vec![a.clone()], vec![MAX_RESET_NAMINGS + 1]),
         ),
         (
+            "record_healing_in_last_reset_missing",
+            "13.4 check 10a H6: two awaited ids and one `in_last_reset` flag.",
+            storage::Healing { in_last_reset: vec![true], ..named(vec![a.clone(), b.clone()], vec![1, 1]) },
+        ),
+        (
+            "record_healing_in_last_reset_without_awaited",
+            "13.4 check 10a H6: an `in_last_reset` flag and no awaited id.",
+            storage::Healing { in_last_reset: vec![false], ..named(Vec::new(), Vec::new()) },
+        ),
+        (
+            "record_healing_base_key_31_bytes",
+            "13.4 check 10a H7: a `last_reset_base_key` of 31 bytes.",
+            storage::Healing { last_reset_base_key: base_key_31.clone(), ..healing(true, at, Vec::new(), Vec::new()) },
+        ),
+        (
+            "record_healing_base_key_33_bytes",
+            "13.4 check 10a H7: a `last_reset_base_key` of 33 bytes.",
+            storage::Healing { last_reset_base_key: base_key_33.clone(), ..healing(true, at, Vec::new(), Vec::new()) },
+        ),
+        (
+            "record_healing_reset_sent_without_base_key",
+            "13.4 check 10a H8: `reset_sent` true and no `last_reset_base_key`.",
+            storage::Healing { last_reset_base_key: Vec::new(), ..healing(true, at, vec![a.clone()], Vec::new()) },
+        ),
+        (
+            "record_healing_base_key_without_reset_sent",
+            "13.4 check 10a H8: a `last_reset_base_key` with `reset_sent` false (and `last_reset_at` 0).",
+            storage::Healing { last_reset_base_key: base_key.clone(), ..healing(false, 0, Vec::new(), Vec::new()) },
+        ),
+        (
             "record_healing_65_delivered",
-            "13.4 check 10a H6: 65 delivered ids.",
+            "13.4 check 10a H9: 65 delivered ids.",
             healing(true, at, Vec::new(), ids(0, 65)),
         ),
         (
             "record_healing_delivered_id_17_bytes",
-            "13.4 check 10a H7: a delivered id of 17 bytes.",
+            "13.4 check 10a H10: a delivered id of 17 bytes.",
             healing(true, at, Vec::new(), vec![long.clone()]),
         ),
         (
             "record_healing_delivered_repeated",
-            "13.4 check 10a H8: a delivered id given twice.",
+            "13.4 check 10a H11: a delivered id given twice.",
             healing(true, at, Vec::new(), vec![b.clone(), b.clone()]),
         ),
         (
             "record_healing_awaited_and_delivered",
-            "13.4 check 10a H9: one id both awaited and delivered (the error names `healing.awaited`).",
+            "13.4 check 10a H12: one id both awaited and delivered (the error names `healing.awaited`).",
             healing(true, at, vec![a.clone(), b.clone()], vec![b.clone()]),
         ),
         // Two failing checks: the first one's error.
@@ -2555,12 +2601,32 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
         ),
         (
             "record_healing_order_h5_before_h6",
-            "13.4 order: an awaited id named by 0 resets, and 65 delivered ids: H5 (the awaited list first).",
-            storage::Healing { delivered: ids(1, 65), ..named(vec![a.clone()], vec![0]) },
+            "13.4 order: an awaited id named by 4 answered resets and without its `in_last_reset` flag: H5.",
+            storage::Healing { in_last_reset: Vec::new(), ..named(vec![a.clone()], vec![MAX_RESET_NAMINGS + 1]) },
+        ),
+        (
+            "record_healing_order_h6_before_h7",
+            "13.4 order: an awaited id without its `in_last_reset` flag, and a base key of 31 bytes: H6.",
+            storage::Healing {
+                in_last_reset: Vec::new(),
+                last_reset_base_key: base_key_31.clone(),
+                ..named(vec![a.clone()], vec![1])
+            },
+        ),
+        (
+            "record_healing_order_h7_before_h8",
+            "13.4 order: a base key of 31 bytes with `reset_sent` false: H7 (its length before its presence).",
+            storage::Healing { last_reset_base_key: base_key_31.clone(), ..healing(false, 0, Vec::new(), Vec::new()) },
         ),
         (
             "record_healing_order_h8_before_h9",
-            "13.4 order: an id both awaited and delivered, and delivered twice: H8.",
+            "13.4 order: `reset_sent` without a base key, and 65 delivered ids: H8 (the awaited list and the base \
+             key before the delivered list).",
+            storage::Healing { last_reset_base_key: Vec::new(), ..healing(true, at, Vec::new(), ids(0, 65)) },
+        ),
+        (
+            "record_healing_order_h11_before_h12",
+            "13.4 order: an id both awaited and delivered, and delivered twice: H11.",
             healing(true, at, vec![a.clone()], vec![a.clone(), a.clone()]),
         ),
     ];

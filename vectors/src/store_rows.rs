@@ -1,8 +1,14 @@
-//! Sealed store rows (PROTOCOL.md 14.4) and peer row keys (14.5).
+//! Sealed store rows (PROTOCOL.md 14.4), peer row keys (14.5) and the row
+//! keys of a peer's outbox (20.3).
 
 use chacha20::ChaCha20Rng;
 use hkdf::Hkdf;
-use samizdat::{address::Address, hazmat, store::Table};
+use samizdat::{
+    address::Address,
+    device::Device,
+    hazmat, heal,
+    store::{MemoryBackend, Table},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -48,13 +54,34 @@ pub(crate) enum RowCase {
         #[serde(default)]
         row_key: String,
     },
+    /// The row keys of the peer's outbox (20.3): the index, and the entry
+    /// of the message `id`.
+    OutboxRowKeys {
+        name: String,
+        storage_key: String,
+        user_id: String,
+        device_id: u32,
+        id: String,
+        /// `HKDF(0^32, storage_key, "samizdat/v1/store/outbox", 32)` (14.3).
+        #[serde(default)]
+        outbox_key: String,
+        /// `HMAC-SHA256(outbox_key, id)`.
+        #[serde(default)]
+        id_hash: String,
+        /// `row_key(peer) || "/outbox"`.
+        #[serde(default)]
+        index_key: String,
+        /// `row_key(peer) || "/out/" || id_hash`.
+        #[serde(default)]
+        entry_key: String,
+    },
 }
 
 impl VectorSet for StoreRows {
     type Case = RowCase;
     const META: Meta = Meta {
         file: "store_rows.json",
-        section: "14.2 Tables and rows; 14.3 Keys derived from the storage key; 14.4 Sealed values; 14.5 Peer addresses as row keys; 15.10 StoreError",
+        section: "14.2 Tables and rows; 14.3 Keys derived from the storage key; 14.4 Sealed values; 14.5 Peer addresses as row keys; 15.10 StoreError; 20.3 The outbox (its row keys)",
         description: "`seal`: SealRow(table, key, plaintext) of 14.4 under the seal_key derived from `storage_key` \
             (14.3), drawing `nonce` (24 bytes); `sealed` = 0x02 || nonce || XChaCha20-Poly1305(seal_key, nonce, \
             AAD(table, key), PAD_ROW(plaintext)), 41 + ROW_BUCKET(len(plaintext)) bytes. `table` is the table's name \
@@ -62,7 +89,12 @@ impl VectorSet for StoreRows {
             `{\"error\": \"corrupt\", \"table\": <name>}` (StoreError::Corrupt): a value moved to another row or \
             table, sealed under another storage key, altered, too short, of an unknown version, or whose padding \
             does not verify. Version 0x01 values (release 0.1, no padding) still open. `peer_row_key`: \
-            HMAC-SHA256(address_key, u32be(len(user_id)) || user_id || u32be(device_id)) (14.5).",
+            HMAC-SHA256(address_key, u32be(len(user_id)) || user_id || u32be(device_id)) (14.5). \
+            `outbox_row_keys`: the row keys of the outbox for that peer (20.3), in table `sessions`: `outbox_key` = \
+            HKDF(salt = 0^32, ikm = storage_key, info = \"samizdat/v1/store/outbox\", L = 32) (14.3); `id_hash` = \
+            HMAC-SHA256(outbox_key, id), `id` being the message id (16 bytes, 20.2) of the kept message; \
+            `index_key` = row_key(peer) || \"/outbox\" (39 bytes); `entry_key` = row_key(peer) || \"/out/\" || \
+            id_hash (69 bytes).",
         seed: 19,
         inputs: &[
             "operation",
@@ -75,6 +107,7 @@ impl VectorSet for StoreRows {
             "sealed",
             "user_id",
             "device_id",
+            "id",
         ],
     };
 
@@ -169,6 +202,25 @@ impl VectorSet for StoreRows {
                 row_key: String::new(),
             });
         }
+        // The outbox of a peer: the known answer of PROTOCOL.md 14.3 and 20.3
+        // (the id of `abc`, 20.2), and two more (nothing is drawn).
+        let outbox =
+            |name: &str, storage_key: [u8; 32], user: &str, device: u32, id: [u8; 16]| RowCase::OutboxRowKeys {
+                name: format!("outbox_row_keys_{name}"),
+                storage_key: h(storage_key),
+                user_id: user.to_owned(),
+                device_id: device,
+                id: h(id),
+                outbox_key: String::new(),
+                id_hash: String::new(),
+                index_key: String::new(),
+                entry_key: String::new(),
+            };
+        cases.extend([
+            outbox("bob_2_abc", [7; 32], "bob", 2, heal::message_id(b"abc")),
+            outbox("bob_2_message_0", [7; 32], "bob", 2, heal::message_id(b"message 0")),
+            outbox("unicode_0_zero_id", storage_key, "Zoë 🌍", 0, [0; 16]),
+        ]);
         Ok(cases)
     }
 
@@ -234,7 +286,61 @@ impl VectorSet for StoreRows {
                     row_key: h(row_key),
                 }
             }
+            RowCase::OutboxRowKeys { name, storage_key, user_id, device_id, id, .. } => {
+                let key = array::<32>("storage_key", storage_key)?;
+                let id_bytes = array::<16>("id", id)?;
+                let address = Address::new(user_id.clone(), *device_id).map_err(|e| err("user_id", e.to_string()))?;
+                let row_key = hazmat::peer_row_key(&key, &address);
+                let outbox_key = derive(&key, b"samizdat/v1/store/outbox")?;
+                let id_hash = hmac(&outbox_key, &id_bytes)?;
+                // The same formulas give the rows a device writes.
+                outbox_rows_of_a_device(&key, &address, &row_key, &outbox_key)?;
+                RowCase::OutboxRowKeys {
+                    name: name.clone(),
+                    storage_key: storage_key.clone(),
+                    user_id: user_id.clone(),
+                    device_id: *device_id,
+                    id: id.clone(),
+                    outbox_key: h(outbox_key),
+                    index_key: h([row_key.as_slice(), b"/outbox"].concat()),
+                    entry_key: h([row_key.as_slice(), b"/out/", &id_hash].concat()),
+                    id_hash: h(id_hash),
+                }
+            }
         })
+    }
+}
+
+/// Checks the outbox row keys of 20.3 against the library: a device with
+/// `storage_key` keeps one message for the peer `peer` (`encrypt_kept`), and
+/// its store must then hold, for that peer, exactly the session row, the
+/// index at `row_key || "/outbox"` and the entry at `row_key || "/out/" ||
+/// HMAC-SHA256(outbox_key, the message's id)`. (The message is random, so
+/// its id is not the case's: the library does not hash a given id.)
+fn outbox_rows_of_a_device(storage_key: &[u8; 32], peer: &Address, row_key: &[u8], outbox_key: &[u8; 32]) -> R<()> {
+    let fail = |e: samizdat::device::DeviceError| err("entry_key", format!("the device failed: {e}"));
+    let own = Address::new("vectors-outbox-sender", 1).map_err(|e| err("user_id", e.to_string()))?;
+    let device = Device::create_in(MemoryBackend::new(), storage_key, own, 0).map_err(fail)?;
+    let other = Device::create_in(MemoryBackend::new(), &[0x55; 32], peer.clone(), 0).map_err(fail)?;
+    let to = device.start_session(&other.prekey_bundle().map_err(fail)?).map_err(fail)?;
+    let wire = device.encrypt_kept(&to, b"kept", 0).map_err(fail)?;
+    let entry = [row_key, b"/out/", &hmac(outbox_key, &heal::message_id(&wire))?].concat();
+    let index = [row_key, b"/outbox"].concat();
+    let mut expected = vec![row_key.to_vec(), index, entry];
+    expected.sort();
+    let mut written: Vec<Vec<u8>> = device
+        .backend()
+        .snapshot()
+        .into_keys()
+        .filter(|(table, key)| *table == Table::Sessions && key.starts_with(row_key))
+        .map(|(_, key)| key)
+        .collect();
+    written.sort();
+    if written == expected {
+        Ok(())
+    } else {
+        let listed: Vec<String> = written.iter().map(h).collect();
+        Err(err("entry_key", format!("the device wrote the rows {listed:?}, the formulas give other keys")))
     }
 }
 
