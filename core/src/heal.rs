@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     DecodeError,
-    limits::{MAX_AWAITED_RESENDS, MAX_DELIVERED_RESENDS, MAX_RESET_IDS, MAX_RESET_NAMINGS},
+    limits::{CLOCK_CORRECTION, MAX_AWAITED_RESENDS, MAX_DELIVERED_RESENDS, MAX_RESET_IDS, MAX_RESET_NAMINGS},
 };
 
 /// The length of a [`MessageId`].
@@ -82,9 +82,20 @@ pub(crate) struct Healing {
 }
 
 impl Healing {
-    /// The first time a reset may be sent under `interval`, if one was sent.
-    pub(crate) fn next_reset_at(&self, interval: u64) -> Option<u64> {
-        self.last_reset_at.map(|last| last.saturating_add(interval))
+    /// When a reset at `now` is too soon under `interval`, the first time
+    /// one may be sent; `None` if one may be sent now. A clock set back by
+    /// more than [`CLOCK_CORRECTION`] since the last reset is taken for a
+    /// corrected clock: the last reset's time was wrong, and does not hold
+    /// resets back (PROTOCOL.md 20.5).
+    pub(crate) fn too_soon(&self, now: u64, interval: u64) -> Option<u64> {
+        let last = self.last_reset_at?;
+        let retry_at = last.saturating_add(interval);
+        match now.checked_sub(last) {
+            Some(elapsed) if elapsed >= interval => None,
+            Some(_) => Some(retry_at),
+            None if last.saturating_sub(now) > CLOCK_CORRECTION => None,
+            None => Some(retry_at),
+        }
     }
 
     /// Our last reset was answered (the peer replied on its session, or the

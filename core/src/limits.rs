@@ -227,6 +227,14 @@ pub const MAX_OUTBOX_MESSAGES: usize = 256;
 /// gets the message again (PROTOCOL.md 20.3).
 pub const MAX_RESEND_IDS: usize = 4;
 
-/// The largest plaintext the outbox keeps: room is left for the resend's
-/// framing within [`MAX_PLAINTEXT_LEN`].
-pub const MAX_KEPT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 64;
+/// The largest plaintext the outbox keeps: room is left within
+/// [`MAX_PLAINTEXT_LEN`] for the framing of its largest resend (the control
+/// content's tags and lengths, its id and [`MAX_RESEND_IDS`] other ids: at
+/// most 26 + 18 x 4 = 98 bytes).
+pub const MAX_KEPT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 128;
+
+/// How far back the app's clock may be set before a stored time is taken
+/// for a clock that was wrong (ahead) rather than for the present: a heal
+/// at a clock set back by more than this is not refused for the time the
+/// wrong clock was ahead (PROTOCOL.md 20.5). One day.
+pub const CLOCK_CORRECTION: u64 = 24 * 3_600;

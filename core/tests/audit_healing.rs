@@ -274,7 +274,6 @@ impl Backend for Hooked {
 /// resend fits; and never let one entry fail a reset's commit (skip an
 /// entry that cannot be sent rather than failing the others).
 #[test]
-#[ignore = "finding: a 245,696-byte kept message resent three times makes every later reset naming it fail to commit (MessageTooLarge), and nothing it names is resent"]
 fn finding_a_largest_kept_message_blocks_the_fourth_reset_naming_it() {
     let (alice, bob) = pair();
     bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
@@ -348,12 +347,16 @@ fn held_a_largest_kept_message_is_resent_three_times_and_one_byte_more_is_refuse
 /// `encrypt_kept`, `heal`, `expire_outbox`) that `plan_reset` compares
 /// `sent_at` with, skipping (and the commit deleting) entries past the age.
 #[test]
-#[ignore = "finding: an outbox entry past outbox_max_age is still stored and resent when no encrypt_kept to that peer ran since"]
 fn finding_an_outbox_entry_past_its_age_is_still_resent() {
     let (alice, bob) = pair();
     let policy = HealPolicy::default();
     let old = alice.encrypt_kept(bob.address(), b"a month old", 10).unwrap();
     let now = 10 + policy.outbox_max_age + 24 * 3_600;
+    // Fixed: the app's `expire_outbox(now)` (at start, or going to the
+    // background) deletes it, and a reset judges ages as of the latest time
+    // the outbox was given.
+    assert!(alice.expire_outbox(now).unwrap() >= 1);
+    assert_eq!(alice.outbox_len(bob.address()).unwrap(), 0);
     let reset = heal(&bob, &alice, std::slice::from_ref(&old), now);
     let resent = answer(&alice, &bob, &reset);
     let got: Vec<Got> = resent.iter().map(|wire| receive(&bob, &alice, wire).unwrap()).collect();
@@ -386,7 +389,6 @@ fn finding_an_outbox_entry_past_its_age_is_still_resent() {
 /// unanswered initiations before a displaced state; or let `heal` hand the
 /// same reset again while it is unanswered (as `AnswerAgain` does).
 #[test]
-#[ignore = "finding: 11 unanswered heals in a row (peer offline 11 intervals) drop the session the peer still sends on"]
 fn finding_repeated_unanswered_heals_drop_the_session_the_peer_is_on() {
     let (alice, bob) = pair();
     let forged = b"a forgery the server sent as alice's".to_vec();
@@ -455,7 +457,6 @@ fn held_up_to_ten_unanswered_heals_keep_the_session_the_peer_is_on() {
 /// the age; (b) compare `now - last_reset_at < interval` (with `now >=
 /// last_reset_at`) instead of adding.
 #[test]
-#[ignore = "finding: after a heal at a clock a year ahead, heals with that peer are refused for a year once the clock is corrected; at now = u64::MAX the limit is off"]
 fn finding_the_rate_limit_clock_arithmetic() {
     let (alice, bob) = pair();
     let real_now = 1_000_000;
@@ -509,11 +510,13 @@ fn held_clocks_going_backwards_neither_panic_nor_lift_the_rate_limit() {
         .unwrap();
     let peer = bob.address();
     alice.encrypt_kept(peer, b"at 1000", 1_000).unwrap();
+    // Ages are judged as of the latest time the outbox was given (1000; a
+    // clock set back by less than CLOCK_CORRECTION does not move it back):
+    // "hello" (at 0) and "at 500" are past 100 at 1000.
     alice.encrypt_kept(peer, b"at 500", 500).unwrap();
-    // "hello" (at 0) expired at 1000; "at 1000" is not expired at 500.
-    assert_eq!(alice.outbox_len(peer).unwrap(), 2);
+    assert_eq!(alice.outbox_len(peer).unwrap(), 1);
     alice.encrypt_kept(peer, b"at 0", 0).unwrap();
-    assert_eq!(alice.outbox_len(peer).unwrap(), 3);
+    assert_eq!(alice.outbox_len(peer).unwrap(), 1);
     alice.encrypt_kept(peer, b"at 1099", 1_099).unwrap();
     assert_eq!(alice.outbox_len(peer).unwrap(), 2, "only 1000 and 1099 are younger than 100 at 1099");
     alice.encrypt_kept(peer, b"at max", u64::MAX).unwrap();
@@ -601,9 +604,14 @@ fn held_a_reset_naming_a_message_by_all_its_ids_sends_it_once() {
     assert_eq!((pending.kind(), pending.plaintext()), (MessageKind::Direct, &b"one message"[..]));
     assert_eq!(pending.message_id(), Some(message_id(&original)));
     bob.commit(pending).unwrap();
+    // Every other copy: a duplicate, or (an earlier resend, on the same
+    // unanswered session the later resets reused) a control message with
+    // nothing for the app.
     for wire in &all {
-        let error = receive(&bob, &alice, wire).unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::Duplicate, "{error:?}");
+        match receive(&bob, &alice, wire) {
+            Err(error) => assert_eq!(error.kind(), ErrorKind::Duplicate, "{error:?}"),
+            Ok(got) => assert_eq!(got, Got::Control(Vec::new())),
+        }
     }
 }
 
@@ -915,7 +923,6 @@ fn held_a_reset_discards_nothing_in_flight() {
 /// states from rule 6 altogether (rule 6 is for simultaneous initiations,
 /// where neither state is displaced).
 #[test]
-#[ignore = "finding: a late message of the old session read after answering a reset makes it current again (promotes rule 6) half the time; both sides are then out of step"]
 fn finding_a_late_old_message_after_the_reset_undoes_the_heal() {
     let mut broken = 0;
     for _ in 0..24 {
@@ -1564,7 +1571,6 @@ fn held_crafted_outbox_rows_are_checked_on_load() {
 /// against every id and resend id seen (earlier and later slots alike).
 #[cfg(feature = "hazmat")]
 #[test]
-#[ignore = "finding: an outbox slot whose resent_as repeats its own id or names a later slot loads; its resends are refused by the peer"]
 fn finding_crafted_resend_ids_in_the_outbox_index_are_not_checked() {
     let (alice, bob) = pair();
     let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();

@@ -466,3 +466,34 @@ fn healing_control_messages_belong_to_no_group() {
     assert_eq!((pending.kind(), pending.group_id(), pending.plaintext()), (MessageKind::Control, None, &[][..]));
     bob.commit(pending).unwrap();
 }
+
+/// A restored receiver that took its own DH step again (so drew another
+/// ratchet key than the one the peer answered) gets the peer's next step as
+/// out of step, whether it is the step's first message or one far down its
+/// chain (past the 64 keys that make a refused body "costly": that case used
+/// to be `Unauthenticated`, drop).
+#[test]
+fn a_step_on_a_ratchet_key_we_no_longer_have_is_out_of_step_however_far() {
+    for skipped in [0, 64, 200] {
+        let (alice, bob) = pair();
+        converse(&alice, &bob, "m1");
+        let m2 = alice.encrypt(bob.address(), b"m2").unwrap();
+        let backup = copy_of(bob.backend());
+        receive(&bob, &alice, &m2).unwrap();
+        let r2 = bob.encrypt(alice.address(), b"r2").unwrap();
+        receive(&alice, &bob, &r2).unwrap();
+        let restored = Device::open_in(backup, &[2; 32]).unwrap();
+        // The copy reads m2 again: it draws another ratchet key than r2's.
+        receive(&restored, &alice, &m2).unwrap();
+        let mut last = Vec::new();
+        for i in 0..=skipped {
+            last = alice.encrypt(bob.address(), format!("n{i}").as_bytes()).unwrap();
+        }
+        let error = restored.decrypt(alice.address(), &last).unwrap_err();
+        assert!(
+            matches!(error, DeviceError::Session(SessionError::Decrypt(DecryptError::NoMatchingState))),
+            "{skipped} skipped: {error:?}"
+        );
+        assert_eq!(error.kind(), ErrorKind::OutOfStep);
+    }
+}

@@ -730,9 +730,9 @@ impl World {
     /// session, on a DH step, unless it came back since the last heal (the
     /// current one is then displaced in turn). A session the other party initiated and sent on
     /// only on its first chain, on a message with a prekey header, unless it
-    /// came back since the last heal. Any other if its base key is the
-    /// smaller, unless the current session is one the other party initiated
-    /// and `party` has not answered yet.
+    /// came back since the last heal. Any other, not displaced, if its base
+    /// key is the smaller, unless the current session is one the other party
+    /// initiated and `party` has not answered yet.
     /// Returns whether it does, and whether by rule 4 (the state it leaves is
     /// then displaced in turn).
     fn promotes(&self, party: Party, session: usize, prekey: bool, step: bool) -> (bool, bool) {
@@ -761,7 +761,9 @@ impl World {
         let owes = c.initiator != party
             && c.highest[party.index()] == Some(0)
             && c.sent_on_chain.get(&(party, 0)).copied().unwrap_or(0) == 0;
-        (!owes && smaller, false)
+        // Not a state a new session of the other party's displaced: only
+        // rule 4 brings that back (PROTOCOL.md 20.6).
+        (!owes && !s.displaced[party.index()] && smaller, false)
     }
 
     /// `party`'s current state took a DH step: every other state it holds is

@@ -26,9 +26,9 @@ use crate::{
     DecodeError, EncryptError, SessionError,
     address::Address,
     group::Control,
-    heal::{MessageId, id_from_slice, message_id},
-    keys::IdentityKey,
-    limits::{MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES, MAX_RESEND_IDS},
+    heal::{MessageId, has_repeats, id_from_slice, message_id},
+    keys::{IdentityKey, X25519PublicKey},
+    limits::{CLOCK_CORRECTION, MAX_KEPT_PLAINTEXT_LEN, MAX_OUTBOX_MESSAGES, MAX_RESEND_IDS},
     padding::ContentType,
     prekeys::PreKeyBundle,
     session::SessionRecord,
@@ -85,6 +85,41 @@ impl Default for HealPolicy {
     }
 }
 
+impl HealPolicy {
+    /// Whether `slot` is past the outbox's age at `now`: older than
+    /// `outbox_max_age`, or stamped more than [`CLOCK_CORRECTION`] ahead of
+    /// `now` (a clock that was wrong then; or is now: either way the entry's
+    /// age is unknown, and keeping it would keep it for as long as the clock
+    /// was off).
+    fn expired(&self, slot: &Slot, now: u64) -> bool {
+        match now.checked_sub(slot.sent_at) {
+            Some(age) => age >= self.outbox_max_age,
+            None => slot.sent_at.saturating_sub(now) > CLOCK_CORRECTION,
+        }
+    }
+
+    /// Splits `entries` (oldest first) into those the outbox keeps at `now`
+    /// and the ids of those it lets go: past the age, or the oldest past
+    /// `outbox_max_messages`.
+    fn prune(&self, entries: Vec<Slot>, now: u64) -> (Vec<Slot>, Vec<MessageId>) {
+        let excess = entries.len().saturating_sub(self.outbox_max_messages);
+        let mut dropped = Vec::new();
+        let mut kept = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            if i < excess || self.expired(&entry, now) { dropped.push(entry.id) } else { kept.push(entry) }
+        }
+        (kept, dropped)
+    }
+}
+
+/// The latest time an outbox was given, after a call at `now`: the later
+/// of the two, unless the clock was set back by more than
+/// [`CLOCK_CORRECTION`] (then the stored time was a wrong clock's, and
+/// `now` replaces it, so that new entries are not taken for old ones).
+fn advance_clock(seen_at: u64, now: u64) -> u64 {
+    if seen_at.saturating_sub(now) > CLOCK_CORRECTION { now } else { seen_at.max(now) }
+}
+
 /// What [`Device::heal`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -106,6 +141,8 @@ pub enum Heal {
 pub(super) struct Index {
     sealed: Option<Vec<u8>>,
     entries: Vec<Slot>,
+    /// The latest `now` a call on this outbox was given.
+    seen_at: u64,
 }
 
 /// One entry of an outbox index.
@@ -202,16 +239,10 @@ impl<B: Backend> Device<B> {
             let mut index = self.load_index(&row)?;
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
             let sealed_index = index.sealed.take();
+            let seen_at = advance_clock(index.seen_at, now);
             let mut entries = std::mem::take(&mut index.entries);
             entries.push(Slot { id, sent_at: now, resent_as: Vec::new() });
-            let keep = policy.outbox_max_messages;
-            let expired = |slot: &Slot| now.saturating_sub(slot.sent_at) >= policy.outbox_max_age;
-            let mut dropped: Vec<MessageId> = Vec::new();
-            let mut kept: Vec<Slot> = Vec::with_capacity(entries.len());
-            let excess = entries.len().saturating_sub(keep);
-            for (i, entry) in entries.into_iter().enumerate() {
-                if i < excess || expired(&entry) { dropped.push(entry.id) } else { kept.push(entry) }
-            }
+            let (kept, dropped) = policy.prune(entries, seen_at);
             if kept.iter().any(|slot| slot.id == id) {
                 let identity = record.trusted_identity().map(|key| key.as_bytes().to_vec()).unwrap_or_default();
                 let entry = Zeroizing::new(storage::OutboxEntry {
@@ -225,7 +256,7 @@ impl<B: Backend> Device<B> {
                 let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &bytes);
                 writes.push(Write { table: Table::Sessions, key, value: Some(value), expected: Expected::Absent });
             }
-            writes.extend(self.outbox_writes(&row, sealed_index, &kept, dropped.iter().filter(|d| **d != id)));
+            writes.extend(self.outbox_writes(&row, sealed_index, &kept, seen_at, dropped.iter().filter(|d| **d != id)));
             self.backend.apply(&writes)?;
             Ok(ciphertext)
         })
@@ -253,9 +284,48 @@ impl<B: Backend> Device<B> {
                 return Ok(0);
             }
             let dropped: Vec<MessageId> = gone.iter().map(|slot| slot.id).collect();
-            self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, dropped.iter()))?;
+            self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, index.seen_at, dropped.iter()))?;
             Ok(gone.len())
         })
+    }
+
+    /// Deletes from the outbox, for every peer, the plaintexts past
+    /// [`HealPolicy::outbox_max_age`] at `now`, and returns how many. Call it
+    /// when the app starts or goes to the background: `encrypt_kept` prunes
+    /// only the outbox of the peer it sends to, and a reset never sends again
+    /// an entry past its age as of the latest `now` its outbox was given
+    /// (this call's included). Reads every session row's outbox index (one
+    /// scan of the sessions table).
+    ///
+    /// # Errors
+    /// A store error (nothing deleted for the peer whose write failed; the
+    /// others' deletions stand); [`StoreError::Corrupt`] if an index does
+    /// not parse.
+    pub fn expire_outbox(&self, now: u64) -> Result<usize, DeviceError> {
+        self.check_process()?;
+        let policy = self.heal_policy();
+        let rows: Vec<Vec<u8>> = self
+            .backend
+            .scan(Table::Sessions)?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_suffix(OUTBOX_INDEX_SUFFIX).map(<[u8]>::to_vec))
+            .collect();
+        let mut deleted = 0usize;
+        for row in rows {
+            let peer_lock = self.peer_lock(&row);
+            let _guard = lock(&peer_lock);
+            deleted = deleted.saturating_add(retry_on_conflict(|| {
+                let index = self.load_index(&row)?;
+                let seen_at = advance_clock(index.seen_at, now);
+                let (kept, dropped) = policy.prune(index.entries, seen_at);
+                if seen_at == index.seen_at && dropped.is_empty() {
+                    return Ok(0);
+                }
+                self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, seen_at, dropped.iter()))?;
+                Ok(dropped.len())
+            })?);
+        }
+        Ok(deleted)
     }
 
     /// How many plaintexts the outbox holds for `peer`.
@@ -322,14 +392,15 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
-            if let Some(retry_at) = record.healing().next_reset_at(interval).filter(|at| now < *at) {
+            if let Some(retry_at) = record.healing().too_soon(now, interval) {
                 return Ok(Heal::TooSoon { retry_at });
             }
             // What our last reset named counts only if the peer answered it.
             let answered = record.healing().last_reset_base_key.is_some_and(|key| record.answered(&key));
             record.healing_mut().last_reset_answered(answered);
             let named = record.healing().to_name(&unreadable);
-            record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
+            let previous = record.healing().last_reset_base_key.map(X25519PublicKey::from_bytes);
+            record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle, previous)?;
             let content = Control::Reset(named.clone()).to_bytes();
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             let base_key = record.current_base_key().map(|key| *key.as_bytes()).unwrap_or_default();
@@ -372,7 +443,8 @@ impl<B: Backend> Device<B> {
         identity: IdentityKey,
         ids: &[MessageId],
     ) -> Result<ControlAction, DeviceError> {
-        let to_any_identity = self.heal_policy().resend_to_new_identity;
+        let policy = self.heal_policy();
+        let to_any_identity = policy.resend_to_new_identity;
         let row = self.sealer.address_key(peer);
         let index = self.load_index(&row)?;
         let mut messages: Vec<(usize, Zeroizing<Vec<u8>>)> = Vec::new();
@@ -382,6 +454,11 @@ impl<B: Backend> Device<B> {
                 continue;
             }
             let Some(slot) = index.entries.get(at) else { continue };
+            // Past its age as of the latest time this outbox was given:
+            // never sent again (`expire_outbox` deletes it).
+            if policy.expired(slot, index.seen_at) {
+                continue;
+            }
             let key = self.entry_key(&row, &slot.id);
             // An entry the index names but that is gone: another handle
             // acknowledged it meanwhile.
@@ -426,7 +503,14 @@ impl<B: Backend> Device<B> {
             // Under the id it was first sent with, and the ids of its
             // earlier resends: the reset may have named any of them.
             let content = Control::Resend { id: slot.id, also: slot.resent_as.clone(), plaintext }.to_bytes();
-            let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
+            let message = match record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control) {
+                Ok(message) => message,
+                // Cannot be with a plaintext within MAX_KEPT_PLAINTEXT_LEN;
+                // an entry that does not fit is not sent rather than failing
+                // every other resend of the reset.
+                Err(SessionError::Encrypt(EncryptError::MessageTooLarge { .. })) => continue,
+                Err(e) => return Err(e.into()),
+            };
             if slot.resent_as.len() >= MAX_RESEND_IDS {
                 slot.resent_as.remove(0);
             }
@@ -434,7 +518,7 @@ impl<B: Backend> Device<B> {
             out.push(Outgoing { to: peer.clone(), message });
         }
         let row = self.sealer.address_key(peer);
-        let writes = self.outbox_writes(&row, index.sealed, &index.entries, std::iter::empty());
+        let writes = self.outbox_writes(&row, index.sealed, &index.entries, index.seen_at, std::iter::empty());
         Ok((writes, out))
     }
 
@@ -450,7 +534,7 @@ impl<B: Backend> Device<B> {
     fn load_index(&self, row: &[u8]) -> Result<Index, StoreError> {
         let key = index_key(row);
         let Some(sealed) = self.backend.get(Table::Sessions, &key)? else {
-            return Ok(Index { sealed: None, entries: Vec::new() });
+            return Ok(Index { sealed: None, entries: Vec::new(), seen_at: 0 });
         };
         let corrupt = || StoreError::Corrupt { table: Table::Sessions };
         let bytes = self.sealer.open(Table::Sessions, &key, &sealed)?;
@@ -461,7 +545,7 @@ impl<B: Backend> Device<B> {
         let mut entries: Vec<Slot> = Vec::with_capacity(index.entries.len());
         for slot in &index.entries {
             let id = id_from_slice(&slot.id, "outbox.id").map_err(|_| corrupt())?;
-            if slot.resent_as.len() > MAX_RESEND_IDS || entries.iter().any(|seen| seen.answers_to(&id)) {
+            if slot.resent_as.len() > MAX_RESEND_IDS {
                 return Err(corrupt());
             }
             let resent_as = slot
@@ -472,7 +556,13 @@ impl<B: Backend> Device<B> {
                 .map_err(|_| corrupt())?;
             entries.push(Slot { id, sent_at: slot.sent_at, resent_as });
         }
-        Ok(Index { sealed: Some(sealed), entries })
+        // Every id, of an entry or of one of its resends, names one entry.
+        let all: Vec<&MessageId> =
+            entries.iter().flat_map(|slot| std::iter::once(&slot.id).chain(&slot.resent_as)).collect();
+        if has_repeats(&all) {
+            return Err(corrupt());
+        }
+        Ok(Index { sealed: Some(sealed), entries, seen_at: index.seen_at })
     }
 
     /// The writes that leave `kept` as the outbox index of `row` (deleted
@@ -483,12 +573,14 @@ impl<B: Backend> Device<B> {
         row: &[u8],
         read: Option<Vec<u8>>,
         kept: &[Slot],
+        seen_at: u64,
         dropped: impl Iterator<Item = &'a MessageId>,
     ) -> Vec<Write> {
         let key = index_key(row);
         let value = (!kept.is_empty()).then(|| {
             let index = storage::OutboxIndex {
                 version: OUTBOX_VERSION,
+                seen_at,
                 entries: kept
                     .iter()
                     .map(|slot| storage::OutboxSlot {

@@ -356,7 +356,7 @@ impl<B: Backend> Device<B> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-            let control = match pending.content() {
+            let mut control = match pending.content() {
                 // The first copy of a message a resend brought already.
                 ContentType::App if record.healing().was_resent(&id) => {
                     return Err(SessionError::from(DecryptError::Resent).into());
@@ -366,7 +366,10 @@ impl<B: Backend> Device<B> {
                     Some(self.plan_control(peer, pending.sender_identity(), pending.plaintext(), record.healing())?)
                 }
             };
-            if let Some(ControlAction::Resent { id: first, .. }) = &control {
+            // A resend reaching the app: its own wire id is the message's
+            // too (a later copy of it is a duplicate).
+            if let Some(ControlAction::Resent { id: first, also, .. }) = &mut control {
+                also.push(id);
                 id = *first;
             }
             Ok(PendingMessage {

@@ -410,14 +410,29 @@ impl SessionRecord {
     /// that the peer's messages in flight on it, a DH step included, still
     /// decrypt until the next heal (the peer has not heard of the new session
     /// yet). It does not come back while the new session is unanswered
-    /// (`SessionRecord::promotes`, rule 3).
+    /// (`SessionRecord::promotes`, rule 3). When the current state is the
+    /// session of our previous heal (`previous_heal`), still unanswered and
+    /// with the bundle's identity, nothing is initiated: the reset goes on it
+    /// again.
     pub(crate) fn initiate_heal<R: CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
         ours: &IdentityKeyPair,
         our_address: &Address,
         bundle: &PreKeyBundle,
+        previous_heal: Option<X25519PublicKey>,
     ) -> Result<(), SessionError> {
+        // Our last heal's session, still unanswered, with the same identity:
+        // the new reset goes on it (one more prekey message of it), rather
+        // than archiving one more state per interval while the peer is away
+        // (the session the peer is on would fall off the archived states).
+        if let Some(current) = &self.current
+            && current.is_unanswered_initiation()
+            && current.remote_identity == bundle.identity_key()
+            && previous_heal == Some(current.base_key)
+        {
+            return Ok(());
+        }
         let had_current = self.current.is_some();
         self.initiate(rng, ours, our_address, bundle)?;
         if let Some(previous) = self.archived.front_mut().filter(|_| had_current) {
@@ -648,6 +663,10 @@ impl SessionRecord {
                 }
                 // The answer needs a seed stored apart: load it and try again.
                 Err(PlanError::SeedApart) => return Err(Attempt::NeedSeeds),
+                // A DH step whose body does not open, after many keys: as
+                // below, no state reads it (nothing to remember: a header
+                // replayed is derived again, at the same bounded cost).
+                Err(PlanError::Costly(_)) if state.opens_as_step(message) => stepped = true,
                 // A forgery like any other, but remember the key it cost.
                 Err(PlanError::Costly(key)) => {
                     let ad = state.ratchet_associated_data().to_vec();
@@ -869,8 +888,11 @@ impl SessionRecord {
         if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back {
             return Some(Promotion::Plain);
         }
-        // Rule 6 never leaves a session the peer waits for us to answer.
-        promote(!current.owes_an_answer() && smaller)
+        // Rule 6 never leaves a session the peer waits for us to answer, nor
+        // brings back one a new session of the peer's displaced: the peer
+        // left it (a late message of it must not undo the peer's reset,
+        // PROTOCOL.md 20.6); only rule 4 does, on a DH step.
+        promote(!current.owes_an_answer() && !state.displaced && smaller)
     }
 
     /// Archived state `i` decrypted a message: it becomes current if
