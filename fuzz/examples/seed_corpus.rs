@@ -297,16 +297,46 @@ fn from_store(corpus: &mut Corpus) {
 }
 
 fn interaction(corpus: &mut Corpus) {
-    // Events (see samizdat_fuzz::world): 12 start session, 0 send, 2 deliver,
+    // Events (see samizdat_fuzz::world): 12 start session, 0 send (extra
+    // byte: top bit clear keeps the plaintext in the outbox), 2 deliver,
     // 4 deliver and keep, 5 replay, 7 tamper, 8 no commit, 9 snapshot,
-    // 10 restore, 11 restart, 13 prekeys, 14 batch, 15 stale commit.
-    let scripts: [&[u8]; 6] = [
+    // 10 restore, 11 restart, 13 prekeys, 14 batch, 15 stale commit, 16 heal,
+    // 18 acknowledge, 19 clock.
+    let scripts: [&[u8]; 9] = [
         &[12, 0, 0, 0, 0, 0, 0, 0, 5, 2, 0, 2, 0, 0, 1, 0, 9, 2, 0, 0, 0, 2, 0],
         &[12, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, 2, 0, 2, 0, 0, 1, 0, 1, 0, 0, 2, 0, 5, 0, 5, 1],
         &[12, 0, 0, 12, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 2, 1, 2, 0, 2, 0, 0, 1, 0, 0, 0, 0, 0, 2, 0],
         &[12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 0, 2, 0, 10, 1, 0, 2, 0, 11, 1, 0, 0, 0, 0],
         &[12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 40, 0, 3, 0, 2, 1, 8, 0, 15, 0, 14, 1, 4, 13, 1, 3, 9],
         &[12, 2, 0, 0, 2, 0, 20, 0, 2, 0, 20, 2, 0, 12, 2, 200, 0, 2, 0, 20, 2, 0, 2, 0, 13, 0, 2, 1],
+        // Bob's store goes back to when he had read Alice's first message;
+        // her next (kept) message, two ratchet steps on, is out of step for
+        // him; he heals, her commit of his reset sends it again and he reads
+        // it; she acknowledges a message; time passes; he heals again.
+        &[
+            12, 0, 0, 0, 0, 0, 0, 0, 2, 0, 9, 1, 0, 1, 1, 0, 2, 0, 0, 0, 0, 0, 2, 0, 0, 1, 1, 0, 2, 0, 10, 1, 0, 0, 0,
+            0, 0, 2, 0, 16, 1, 1, 2, 0, 2, 0, 18, 0, 19, 7, 16, 1, 1, 2, 0, 18, 1,
+        ],
+        // The same with some of Alice's messages not kept (top bit of the
+        // extra byte): one of the two he names comes again, the other is
+        // still awaited; a duplicate of the resend; Alice's store restored;
+        // a heal too soon, then one after the interval.
+        &[
+            12, 0, 0, 0, 0, 0, 0, 0x81, 2, 0, 9, 1, 0, 1, 1, 0, 2, 0, 0, 0, 0, 0x82, 2, 0, 0, 1, 1, 0, 9, 0, 2, 0, 10,
+            1, 0, 0, 0, 0, 0, 0, 0, 0, 0x83, 3, 0, 2, 0, 16, 1, 1, 2, 0, 4, 0, 2, 0, 10, 0, 0, 16, 1, 1, 19, 5, 16, 1,
+            1, 2, 0, 2, 0, 2, 0,
+        ],
+        // Bob's store restored to a copy that reads Alice's message X, after
+        // a history where X was out of step, he named it and her resend of
+        // it reached his (forgotten) next session: that resend is out of
+        // step for the restored store, which names it; X is read as first
+        // sent; his next reset names that resend's id again, and Alice
+        // sends X once more, for the app (PROTOCOL.md 20.8; allowed for a
+        // receiver restored since X was sent).
+        &[
+            12, 0, 0, 0, 0, 0, 0, 0, 2, 0, 9, 1, 0, 1, 1, 0, 2, 0, 0, 0, 0, 0, 2, 0, 0, 1, 1, 0, 2, 0, 0, 0, 0, 0, 9,
+            1, 10, 1, 0, 4, 0, 16, 1, 1, 2, 1, 10, 1, 1, 2, 1, 19, 7, 16, 1, 1, 2, 0, 2, 0, 2, 0,
+        ],
     ];
     for script in scripts {
         corpus.add("interaction", script);

@@ -2,7 +2,8 @@
 //! hostile network: send, deliver, drop, duplicate, reorder, tamper, a
 //! decryption not committed, snapshots and restores of a store, restarts,
 //! new sessions (also from stale bundles), prekey refills and rotations,
-//! batches, stale commits. What is asserted, and why only that, is in
+//! batches, stale commits; sends kept in the outbox, heals, resends,
+//! acknowledgements and a clock. What is asserted, and why only that, is in
 //! `samizdat_fuzz::world`.
 #![no_main]
 

@@ -1,5 +1,6 @@
 //! Checks of a whole store, as a device left it, against the limits of
-//! `samizdat::limits` and the row invariants of PROTOCOL.md 14.7.
+//! `samizdat::limits` and the row invariants of PROTOCOL.md 14.7 and 20.3,
+//! 20.4 (the outbox's rows, the record's healing bookkeeping).
 //!
 //! The store is read through [`Sealer`]: every row must open, parse, and
 //! keep within the limits. A violation panics with what is wrong (a finding
@@ -9,13 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
 use samizdat::limits::{
-    MAX_ARCHIVED_STATES, MAX_ASSOCIATED_DATA_LEN, MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_RECEIVING_CHAINS,
-    MAX_REMEMBERED_BASE_KEYS, MAX_SEEN_BASE_KEYS, MAX_SIGNED_PREKEYS, MAX_STORED_SKIPPED_KEYS, MAX_USED_COUNTERS,
+    MAX_ARCHIVED_STATES, MAX_ASSOCIATED_DATA_LEN, MAX_AWAITED_RESENDS, MAX_DELIVERED_RESENDS, MAX_KEPT_PLAINTEXT_LEN,
+    MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_OUTBOX_MESSAGES, MAX_RECEIVING_CHAINS, MAX_REMEMBERED_BASE_KEYS,
+    MAX_RESEND_IDS, MAX_RESET_NAMINGS, MAX_SEEN_BASE_KEYS, MAX_SIGNED_PREKEYS, MAX_STORED_SKIPPED_KEYS,
+    MAX_USED_COUNTERS,
 };
-use samizdat::{session::MAX_RECORD_LEN, store::Table};
+use samizdat::{heal::MESSAGE_ID_LEN, session::MAX_RECORD_LEN, store::Table};
 use samizdat_proto::storage;
 
-use crate::seal::{SEEDS_SUFFIX, Sealer};
+use crate::seal::{OUTBOX_ENTRY_INFIX, OUTBOX_INDEX_SUFFIX, ROW_KEY_LEN, SEEDS_SUFFIX, Sealer};
 
 /// Every row of a store, as `MemoryBackend::snapshot` gives them.
 pub type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
@@ -44,6 +47,60 @@ fn check_chains(what: &str, chains: &[storage::ReceivingChain]) -> (usize, usize
     (skipped, used)
 }
 
+/// Checks a list of message ids: each 16 bytes, none twice, at most `max`.
+fn check_ids(what: &str, ids: &[Vec<u8>], max: usize) {
+    assert!(ids.len() <= max, "{what}: {} ids", ids.len());
+    assert!(ids.iter().all(|id| id.len() == MESSAGE_ID_LEN), "{what}: an id that is not 16 bytes");
+    assert!(ids.iter().collect::<BTreeSet<_>>().len() == ids.len(), "{what}: an id given twice");
+}
+
+/// Checks a record's healing bookkeeping (field 10, PROTOCOL.md 20.4):
+/// what its loader checks, and that it is absent rather than empty.
+fn check_healing(healing: &storage::Healing) {
+    check_ids("healing.awaited", &healing.awaited, MAX_AWAITED_RESENDS);
+    check_ids("healing.delivered", &healing.delivered, MAX_DELIVERED_RESENDS);
+    assert_eq!(healing.namings.len(), healing.awaited.len(), "healing: a naming count per awaited id");
+    assert!(healing.namings.iter().all(|&n| n <= MAX_RESET_NAMINGS), "healing: an id named too often");
+    assert_eq!(healing.in_last_reset.len(), healing.awaited.len(), "healing: a flag per awaited id");
+    assert!(
+        healing.awaited.iter().all(|id| !healing.delivered.contains(id)),
+        "healing: an id both awaited and delivered"
+    );
+    assert!(healing.reset_sent || healing.last_reset_at == 0, "healing: a reset time without a reset");
+    let base_key_len = if healing.reset_sent { 32 } else { 0 };
+    assert_eq!(healing.last_reset_base_key.len(), base_key_len, "healing: the last reset's base key");
+    assert!(
+        healing.reset_sent || !healing.awaited.is_empty() || !healing.delivered.is_empty(),
+        "healing: written though there is nothing to remember"
+    );
+}
+
+/// Checks an outbox index (PROTOCOL.md 20.3) and returns the ids it names.
+fn check_outbox_index(index: &storage::OutboxIndex) -> BTreeSet<Vec<u8>> {
+    assert_eq!(index.version, 1, "an outbox index's version");
+    assert!(!index.entries.is_empty(), "an empty outbox index (it is deleted instead)");
+    assert!(index.entries.len() <= MAX_OUTBOX_MESSAGES, "{} outbox entries", index.entries.len());
+    let mut every = Vec::new();
+    for slot in &index.entries {
+        check_ids("outbox.resent_as", &slot.resent_as, MAX_RESEND_IDS);
+        every.push(slot.id.clone());
+        every.extend(slot.resent_as.iter().cloned());
+    }
+    // No id (or id of a resend) answers for two entries.
+    check_ids("an outbox index", &every, usize::MAX);
+    index.entries.iter().map(|slot| slot.id.clone()).collect()
+}
+
+/// Checks an outbox entry whose row key ends in `hash` and returns its id.
+fn check_outbox_entry(entry: &storage::OutboxEntry, hash: &[u8], sealer: &Sealer) -> Vec<u8> {
+    assert_eq!(entry.version, 1, "an outbox entry's version");
+    assert_eq!(entry.id.len(), MESSAGE_ID_LEN, "an outbox entry's id");
+    assert_eq!(sealer.outbox_id_hash(&entry.id).as_slice(), hash, "an outbox entry under another id's row");
+    assert_eq!(entry.identity.len(), 32, "an outbox entry's identity");
+    assert!(entry.plaintext.len() <= MAX_KEPT_PLAINTEXT_LEN, "a kept plaintext of {} bytes", entry.plaintext.len());
+    entry.id.clone()
+}
+
 /// Checks a session record as a device stores it and returns how many skipped keys it holds.
 fn check_record(record: &[u8]) -> usize {
     assert!(record.len() <= MAX_RECORD_LEN, "a session record of {} bytes", record.len());
@@ -51,6 +108,9 @@ fn check_record(record: &[u8]) -> usize {
     assert!(record.seeds_apart, "a device's session row keeps its seeds apart");
     assert!(record.archived.len() <= MAX_ARCHIVED_STATES, "{} archived states", record.archived.len());
     assert!(record.seen_base_keys.len() <= MAX_SEEN_BASE_KEYS, "{} seen base keys", record.seen_base_keys.len());
+    if let Some(healing) = &record.healing {
+        check_healing(healing);
+    }
     let mut skipped = 0;
     for state in record.current.iter().chain(record.archived.iter()) {
         match (&state.ratchet, &state.kept) {
@@ -72,11 +132,18 @@ fn check_record(record: &[u8]) -> usize {
 
 /// Checks every row of `rows` (a device's store under `sealer`'s key).
 ///
+/// Rows of table `sessions` are told apart by their keys (a session row's
+/// key is 32 bytes, 14.5): the session row, `key`; its seeds row,
+/// `key || "/seeds"`; its outbox index, `key || "/outbox"`; an outbox entry,
+/// `key || "/out/" || HMAC(outbox key, id)` (20.3).
+///
 /// # Panics
 /// On a row that does not open or parse, or breaks a limit or an invariant.
 pub fn check_store(rows: &Rows, sealer: &Sealer) {
     let mut records = BTreeMap::new();
     let mut seeds = BTreeMap::new();
+    let mut outboxes: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let mut kept: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> = BTreeMap::new();
     let mut key_rows: BTreeMap<&'static str, BTreeSet<u32>> = BTreeMap::new();
     let mut base_keys = 0usize;
     let mut meta = None;
@@ -84,16 +151,30 @@ pub fn check_store(rows: &Rows, sealer: &Sealer) {
         let plaintext =
             sealer.open(*table, key, sealed).unwrap_or_else(|| panic!("a row of table {} does not open", table.name()));
         match table {
-            Table::Sessions if key.len() == 32 => {
+            Table::Sessions if key.len() == ROW_KEY_LEN => {
                 let row = storage::SessionRow::decode(plaintext.as_slice()).expect("a session row parses");
                 assert_eq!(row.version, 1, "a session row's version");
                 records.insert(key.clone(), check_record(&row.record));
             }
-            Table::Sessions if key.ends_with(SEEDS_SUFFIX) && key.len() == 32 + SEEDS_SUFFIX.len() => {
+            Table::Sessions if key.ends_with(SEEDS_SUFFIX) && key.len() == ROW_KEY_LEN + SEEDS_SUFFIX.len() => {
                 let parsed = storage::SkippedSeeds::decode(plaintext.as_slice()).expect("a seeds row parses");
                 let count: usize = parsed.chains.iter().map(|chain| chain.keys.len()).sum();
                 assert!(count <= MAX_STORED_SKIPPED_KEYS, "{count} seeds in a seeds row");
-                seeds.insert(key[..32].to_vec(), count);
+                seeds.insert(key[..ROW_KEY_LEN].to_vec(), count);
+            }
+            Table::Sessions
+                if key.ends_with(OUTBOX_INDEX_SUFFIX) && key.len() == ROW_KEY_LEN + OUTBOX_INDEX_SUFFIX.len() =>
+            {
+                let index = storage::OutboxIndex::decode(plaintext.as_slice()).expect("an outbox index parses");
+                outboxes.insert(key[..ROW_KEY_LEN].to_vec(), check_outbox_index(&index));
+            }
+            Table::Sessions
+                if key.len() == 2 * ROW_KEY_LEN + OUTBOX_ENTRY_INFIX.len()
+                    && key[ROW_KEY_LEN..].starts_with(OUTBOX_ENTRY_INFIX) =>
+            {
+                let entry = storage::OutboxEntry::decode(plaintext.as_slice()).expect("an outbox entry parses");
+                let id = check_outbox_entry(&entry, &key[ROW_KEY_LEN + OUTBOX_ENTRY_INFIX.len()..], sealer);
+                kept.entry(key[..ROW_KEY_LEN].to_vec()).or_default().insert(id);
             }
             Table::Sessions => panic!("a sessions row with a key of {} bytes", key.len()),
             Table::PreKeys => {
@@ -129,6 +210,15 @@ pub fn check_store(rows: &Rows, sealer: &Sealer) {
         }
     }
     assert!(seeds.keys().all(|row| records.contains_key(row)), "a seeds row without its session row");
+    // The index and its entries are written together (20.3): every id it
+    // names has its entry, and no entry is left that it does not name.
+    assert!(outboxes.keys().all(|row| records.contains_key(row)), "an outbox index without its session row");
+    for (row, ids) in &outboxes {
+        let held = kept.get(row).cloned().unwrap_or_default();
+        assert!(ids.is_subset(&held), "an outbox index names an entry that is not there");
+        assert!(held.is_subset(ids), "an outbox entry its index does not name");
+    }
+    assert!(kept.keys().all(|row| outboxes.contains_key(row)), "outbox entries without their index");
     let meta = meta.expect("the prekey index");
     assert_eq!(meta.version, 1, "the prekey index's version");
     assert!((1..=MAX_SIGNED_PREKEYS).contains(&meta.signed.len()), "{} signed prekeys", meta.signed.len());

@@ -5,7 +5,11 @@
 //!
 //! [`self_check`] compares it with the known answers of the protocol and
 //! with a store the library made, so that a drift between the two fails
-//! loudly instead of making every sealed row look corrupt.
+//! loudly instead of making every sealed row look corrupt. The outbox key
+//! (PROTOCOL.md 20.3) is derived here as the library's `Sealer::new` does:
+//! HKDF-SHA256 of the storage key, salt 32 zero bytes, info
+//! `samizdat/v1/store/outbox`; the row key of an outbox entry holds
+//! `HMAC-SHA256(outbox key, message id)`.
 
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
@@ -21,6 +25,8 @@ const SEAL_LABEL: &[u8] = b"samizdat/v1/store/seal";
 const ADDRESS_LABEL: &[u8] = b"samizdat/v1/store/address";
 const BASE_KEY_LABEL: &[u8] = b"samizdat/v1/store/base-key";
 const ROW_LABEL: &[u8] = b"samizdat/v1/store/row";
+/// `STORE_OUTBOX_LABEL` (PROTOCOL.md 20.3).
+const OUTBOX_LABEL: &[u8] = b"samizdat/v1/store/outbox";
 
 /// The version byte of a sealed value whose plaintext is padded, and of one
 /// written before padding (still read).
@@ -38,13 +44,22 @@ pub const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
 pub const SINGLE_ROW: &[u8] = b"self";
 /// The suffix of a peer's seeds row (14.7).
 pub const SEEDS_SUFFIX: &[u8] = b"/seeds";
+/// The suffix of a peer's outbox index row (20.3).
+pub const OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
+/// The infix of a peer's outbox entry rows, between the session row's key
+/// and the keyed hash of the entry's message id (20.3).
+pub const OUTBOX_ENTRY_INFIX: &[u8] = b"/out/";
+/// The length of a session row's key (`row_key`, 14.5), and of the keyed
+/// hash of an outbox entry's id.
+pub const ROW_KEY_LEN: usize = 32;
 
-/// The three keys derived from a storage key.
+/// The keys derived from a storage key (those the fuzz targets use).
 #[derive(Clone)]
 pub struct Sealer {
     seal_key: [u8; 32],
     address_key: [u8; 32],
     base_key_key: [u8; 32],
+    outbox_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -98,6 +113,7 @@ impl Sealer {
             seal_key: hkdf32(storage_key, SEAL_LABEL),
             address_key: hkdf32(storage_key, ADDRESS_LABEL),
             base_key_key: hkdf32(storage_key, BASE_KEY_LABEL),
+            outbox_key: hkdf32(storage_key, OUTBOX_LABEL),
         }
     }
 
@@ -161,6 +177,23 @@ impl Sealer {
         [self.row_key(peer).as_slice(), SEEDS_SUFFIX].concat()
     }
 
+    /// The keyed hash of a message id in the row key of its outbox entry:
+    /// `HMAC-SHA256(outbox key, id)` (20.3).
+    pub fn outbox_id_hash(&self, id: &[u8]) -> [u8; 32] {
+        hmac(&self.outbox_key, &[id])
+    }
+
+    /// The row of a peer's outbox index: `row_key(peer) || "/outbox"`.
+    pub fn outbox_index_key(&self, peer: &Address) -> Vec<u8> {
+        [self.row_key(peer).as_slice(), OUTBOX_INDEX_SUFFIX].concat()
+    }
+
+    /// The row of the outbox entry of message `id` for a peer:
+    /// `row_key(peer) || "/out/" || HMAC(outbox key, id)`.
+    pub fn outbox_entry_key(&self, peer: &Address, id: &[u8]) -> Vec<u8> {
+        [self.row_key(peer).as_slice(), OUTBOX_ENTRY_INFIX, &self.outbox_id_hash(id)].concat()
+    }
+
     /// The lookup row of a remembered pair (14.7): `"base-key/" || H(spk_id, EK_A)`.
     pub fn base_key_row(&self, signed_prekey_id: u32, base_key: &[u8; 32]) -> Vec<u8> {
         let hash = hmac(&self.base_key_key, &[&signed_prekey_id.to_be_bytes(), base_key]);
@@ -222,4 +255,17 @@ pub fn self_check() {
         }])
         .expect("a memory write");
     assert_eq!(device.peer_identity(&bob).expect("the row sealed here opens"), Some(identity));
+    // A message kept in the outbox (20.3): its index and entry rows are
+    // where the keys derived here say, and open here.
+    let peer = samizdat::device::Device::create_in(samizdat::store::MemoryBackend::new(), &[0x43; 32], bob.clone(), 0)
+        .expect("a second device");
+    device.trust_identity(&bob, peer.identity_key()).expect("a trust decision");
+    device.start_session(&peer.prekey_bundle().expect("a bundle")).expect("a session");
+    let wire = device.encrypt_kept(&bob, b"kept", 0).expect("a kept message");
+    let id = samizdat::heal::message_id(&wire);
+    let rows = backend.snapshot();
+    for key in [sealer.outbox_index_key(&bob), sealer.outbox_entry_key(&bob, &id)] {
+        let sealed = rows.get(&(Table::Sessions, key.clone())).expect("an outbox row where this sealer says");
+        assert!(sealer.open(Table::Sessions, &key, sealed).is_some(), "an outbox row that does not open here");
+    }
 }
