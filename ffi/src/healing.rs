@@ -91,6 +91,13 @@ impl Device {
         Ok(to_u32(self.inner.outbox_len(&peer.to_core()?)?))
     }
 
+    /// Deletes from the outbox, for every peer, the plaintexts past the
+    /// policy's `outbox_max_age` at `now`; returns how many. Call it when
+    /// the app starts or goes to the background.
+    pub fn expire_outbox(&self, now: u64) -> Result<u32, SamizdatError> {
+        Ok(to_u32(self.inner.expire_outbox(now)?))
+    }
+
     /// Heals the session with the peer whose fresh `bundle` this is, after a
     /// decryption from it failed with [`SamizdatError::OutOfStep`]: starts a
     /// new session and returns its first message, a reset naming the

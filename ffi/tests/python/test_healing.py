@@ -78,6 +78,11 @@ def test_the_outbox_keeps_a_message_until_it_is_acknowledged(tmp_path):
     assert alice.acknowledge(bob_address, [message_id, bytes(16)]) == 1  # ids it does not hold are ignored
     assert alice.outbox_len(bob_address) == 0
     assert alice.acknowledge(bob_address, [message_id]) == 0
+    # What no receipt acknowledged goes when it is past the policy's age.
+    alice.encrypt_kept(bob_address, b"never acknowledged", 2000)
+    assert alice.expire_outbox(2000 + OUTBOX_MAX_AGE - 1) == 0
+    assert alice.expire_outbox(2000 + OUTBOX_MAX_AGE) == 1
+    assert alice.outbox_len(bob_address) == 0
 
 
 def test_a_lost_message_is_sent_again_after_a_reset(tmp_path):

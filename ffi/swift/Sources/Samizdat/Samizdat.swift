@@ -762,6 +762,13 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func encryptKept(peer: Address, plaintext: Data, now: UInt64) throws  -> Data
     
     /**
+     * Deletes from the outbox, for every peer, the plaintexts past the
+     * policy's `outbox_max_age` at `now`; returns how many. Call it when
+     * the app starts or goes to the background.
+     */
+    func expireOutbox(now: UInt64) throws  -> UInt32
+    
+    /**
      * Heals the session with the peer whose fresh `bundle` this is, after a
      * decryption from it failed with [`SamizdatError::OutOfStep`]: starts a
      * new session and returns its first message, a reset naming the
@@ -1279,6 +1286,21 @@ open func encryptKept(peer: Address, plaintext: Data, now: UInt64)throws  -> Dat
             self.uniffiCloneHandle(),
         FfiConverterTypeAddress_lower(peer),
         FfiConverterData.lower(plaintext),
+        FfiConverterUInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Deletes from the outbox, for every peer, the plaintexts past the
+     * policy's `outbox_max_age` at `now`; returns how many. Call it when
+     * the app starts or goes to the background.
+     */
+open func expireOutbox(now: UInt64)throws  -> UInt32  {
+    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_expire_outbox(
+            self.uniffiCloneHandle(),
         FfiConverterUInt64.lower(now),uniffiCallStatus
     )
 })
@@ -4039,6 +4061,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_encrypt_kept() != 3108) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_expire_outbox() != 22286) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_heal() != 52379) {

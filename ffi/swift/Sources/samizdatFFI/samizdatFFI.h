@@ -403,6 +403,11 @@ uint32_t uniffi_samizdat_ffi_fn_method_device_awaiting_resends(uint64_t ptr, Rus
 RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_kept(uint64_t ptr, RustBuffer peer, RustBuffer plaintext, uint64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPIRE_OUTBOX
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPIRE_OUTBOX
+uint32_t uniffi_samizdat_ffi_fn_method_device_expire_outbox(uint64_t ptr, uint64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL
 RustBuffer uniffi_samizdat_ffi_fn_method_device_heal(uint64_t ptr, RustBuffer bundle, RustBuffer unreadable, uint64_t now, RustCallStatus *_Nonnull out_status
@@ -978,6 +983,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_awaiting_resends(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_KEPT
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_KEPT
 uint16_t uniffi_samizdat_ffi_checksum_method_device_encrypt_kept(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_EXPIRE_OUTBOX
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_EXPIRE_OUTBOX
+uint16_t uniffi_samizdat_ffi_checksum_method_device_expire_outbox(void
     
 );
 #endif

@@ -91,6 +91,11 @@ class HealingTest {
             assertEquals(1u, alice.acknowledge(bobAddress, listOf(id, ByteArray(16))), "ids it does not hold are ignored")
             assertEquals(0u, alice.outboxLen(bobAddress))
             assertEquals(0u, alice.acknowledge(bobAddress, listOf(id)))
+            // What no receipt acknowledged goes when it is past the policy's age.
+            alice.encryptKept(bobAddress, "never acknowledged".encodeToByteArray(), 2000uL)
+            assertEquals(0u, alice.expireOutbox(2000uL + OUTBOX_MAX_AGE - 1uL))
+            assertEquals(1u, alice.expireOutbox(2000uL + OUTBOX_MAX_AGE))
+            assertEquals(0u, alice.outboxLen(bobAddress))
         }
     }
 
