@@ -13,10 +13,12 @@
 //!   one message, everything in flight is delivered, apps heal when told
 //!   to), a round where both sides read each other's message at once; the
 //!   worst number of rounds is printed;
-//! - exactly once: no message reaches an app twice (a receiver restored or
-//!   reinstalled since it first got a message may get it again: its store
-//!   forgot it; the app keys what it stores by `message_id`, which is the
-//!   same for a resend);
+//! - exactly once: no message reaches an app twice, unless a store was
+//!   restored (or reinstalled) since it was sent: a receiver's store forgot
+//!   it read it; a sender's store forgot it was acknowledged, and a late copy
+//!   the receiver can no longer read is named by a heal and sent again.
+//!   Either way it comes under the same `message_id`, by which the app keys
+//!   what it stores, so the app keeps it once;
 //! - nothing the sender holds is lost: every message whose copy reached its
 //!   receiver, from a sender that still holds it (not restored to before it,
 //!   not reinstalled since), reached the receiver's app;
@@ -180,7 +182,19 @@ impl World {
             // A reinstalled device has no session yet: the app starts one
             // (fetch bundle), as `no_session` says.
             Err(e) if e.kind() == ErrorKind::NoSession => {
-                side.device.start_session(&self.sides[to].device.prekey_bundle().unwrap()).unwrap();
+                let peer = &self.sides[to].device;
+                let bundle = peer.prekey_bundle().unwrap();
+                match side.device.start_session(&bundle) {
+                    Ok(_) => {}
+                    // The peer reinstalled meanwhile: the app trusts its
+                    // current identity (after the users compared it) first.
+                    Err(DeviceError::Session(samizdat::SessionError::UntrustedIdentity { identity })) => {
+                        assert_eq!(identity, peer.identity_key());
+                        side.device.trust_identity(&address(to), identity).unwrap();
+                        side.device.start_session(&bundle).unwrap();
+                    }
+                    Err(e) => panic!("{} could not start a session: {e:?}", side.name),
+                }
                 side.device.encrypt_kept(&address(to), &text, self.now).unwrap()
             }
             // The peer reinstalled and our app has not trusted it yet.
@@ -259,13 +273,18 @@ impl World {
             let Some(number) = self.sent.iter().position(|s| s.text == text) else {
                 return Err(TestCaseError::fail("a message nobody sent"));
             };
-            let forgot_before = self.sides[to].forgot_before;
+            // A store restored since the message was sent forgot something:
+            // the receiver's, that it read it; the sender's, that it was
+            // acknowledged (its outbox holds it again, and a late copy the
+            // receiver can no longer read is named by a heal).
+            let forgot_before = self.sides[to].forgot_before.max(self.sides[from].forgot_before);
             let sent = &mut self.sent[number];
             prop_assert_eq!(sent.from, from);
             let Some(id) = id else { return Err(TestCaseError::fail("a direct message without an id")) };
             if let Some(first) = sent.delivered {
-                // Again: only for a receiver whose store forgot it since it
-                // was sent, and then under the same id.
+                // Again: only after a restore of either store since it was
+                // sent, and then under the same id (the app, which keys what
+                // it stores by `message_id`, keeps it once).
                 prop_assert!(number < forgot_before, "{} delivered twice to {}", String::from_utf8_lossy(&text), to);
                 prop_assert_eq!(first, id, "a copy under another id");
             }
@@ -529,4 +548,32 @@ fn every_fault_schedule_converges_and_loses_nothing_held() {
 #[test]
 fn dbg_reinstall() {
     run(&[Event::Reinstall(1)]).unwrap();
+}
+
+/// A schedule found by 3,000 cases: a sender restored to a copy without a
+/// session, whose peer reinstalled meanwhile (its app trusts the peer's new
+/// identity before it starts a session).
+#[test]
+fn a_restored_sender_whose_peer_reinstalled() {
+    use Event::*;
+    run(&[
+        Snapshot(0),
+        Reinstall(1),
+        Send(0),
+        Carry { pick: 0, fate: 30 },
+        Carry { pick: 0, fate: 20 },
+        Send(0),
+        Carry { pick: 0, fate: 0 },
+        Restore { side: 0, pick: 0 },
+        Carry { pick: 0, fate: 30 },
+        Send(1),
+        Carry { pick: 447721430674764577, fate: 20 },
+        Snapshot(0),
+        Reinstall(1),
+        Send(0),
+        Send(0),
+        Restore { side: 0, pick: 2247640843266686995 },
+        Send(0),
+    ])
+    .unwrap();
 }
