@@ -5,12 +5,12 @@
 //!
 //! Tests named `held_*` attack a promise of the issue and pass: the
 //! defence held. Tests named `finding_*` assert the promise that should
-//! hold and fail on the audited code; they are ignored (`#[ignore =
-//! "finding: ..."]`) so that the suite stays green, and their doc comment
-//! gives the defect step by step. Run them with `--ignored`.
+//! hold; they failed on the audited code (then ignored, `#[ignore =
+//! "finding: ..."]`) and pass since the fixes of 6d866d9, so they run with
+//! the suite. Their doc comments give each defect step by step.
 //!
-//! The findings (each `finding_*` test's doc comment has the steps, the
-//! impact and a suggested fix):
+//! The findings, all fixed (each `finding_*` test's doc comment has the
+//! steps, the impact and the fix suggested):
 //!
 //! 1. (medium) A kept message of 245,681 to 245,696 bytes cannot be resent
 //!    a fourth time: the resend with three `also` ids exceeds

@@ -497,3 +497,30 @@ fn a_step_on_a_ratchet_key_we_no_longer_have_is_out_of_step_however_far() {
         assert_eq!(error.kind(), ErrorKind::OutOfStep);
     }
 }
+
+/// A heal while our last reset is unanswered goes on that reset's session
+/// (no state piles up while the peer is away), unless the peer's fresh
+/// bundle offers another signed prekey (it rotated): then a new session,
+/// which the peer can read.
+#[test]
+fn a_heal_reuses_an_unanswered_reset_unless_the_peer_rotated_its_prekey() {
+    let (alice, bob) = pair();
+    bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let first = heal(&bob, &alice, std::slice::from_ref(&kept), 100);
+    let again = heal(&bob, &alice, &[], 110);
+    let base_key = |wire: &[u8]| match samizdat::wire::Message::from_bytes(wire).unwrap() {
+        samizdat::wire::Message::PreKey(prekey) => prekey.header().base_key(),
+        samizdat::wire::Message::Ratchet(_) => panic!("a reset starts a session"),
+    };
+    assert_eq!(base_key(&first), base_key(&again), "the same unanswered session");
+    // Alice rotates her signed prekey: the next heal starts a new session.
+    alice.rotate_prekeys(1_000_000, 0).unwrap();
+    let rotated = heal(&bob, &alice, &[], 120);
+    assert_ne!(base_key(&rotated), base_key(&first));
+    // The first reset was lost; the last one brings the message.
+    let resent = answer(&alice, &bob, &rotated);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
+    converse(&alice, &bob, "after");
+}

@@ -260,7 +260,7 @@ impl VectorSet for Group {
             `encode_control` / `decode_control`: the canonical protobuf Control { distribution = 1 | request = 2 \
             | reset = 3 | resend = 4 } (no version byte, no padding) of the fields, and the parser's result: a \
             reset's `unreadable` message ids (at most 64, each 16 bytes, distinct), a resend's `id` (16 bytes), \
-            `plaintext` (at most MAX_KEPT_PLAINTEXT_LEN = 245696 bytes) and `also` (field 3: the ids of the \
+            `plaintext` (at most MAX_KEPT_PLAINTEXT_LEN = 245632 bytes) and `also` (field 3: the ids of the \
             message's earlier resends, at most MAX_RESEND_IDS = 4, each 16 bytes, all distinct and none equal to \
             `id`; checked in the order plaintext, id, the count of `also`, each length, repeats); content of a control kind unknown to this \
             release (field 5 or more) is unknown_kind. A `decode_control` input too long to list is \

@@ -290,17 +290,22 @@ impl<B: Backend> Device<B> {
     }
 
     /// Deletes from the outbox, for every peer, the plaintexts past
-    /// [`HealPolicy::outbox_max_age`] at `now`, and returns how many. Call it
-    /// when the app starts or goes to the background: `encrypt_kept` prunes
-    /// only the outbox of the peer it sends to, and a reset never sends again
-    /// an entry past its age as of the latest `now` its outbox was given
-    /// (this call's included). Reads every session row's outbox index (one
-    /// scan of the sessions table).
+    /// [`HealPolicy::outbox_max_age`] at `now` (and the oldest past
+    /// [`HealPolicy::outbox_max_messages`], if the policy was lowered), and
+    /// returns how many. Call it when the app starts or goes to the
+    /// background: `encrypt_kept` prunes only the outbox of the peer it sends
+    /// to, and a reset never sends again an entry past its age as of the
+    /// latest `now` its outbox was given (this call's included; an index is
+    /// rewritten for that only when the time moved by an hour or more).
+    ///
+    /// Cost: one scan of the sessions table (every row of it is read, the
+    /// kept plaintexts' sealed rows included), then one transaction per peer
+    /// whose outbox changes.
     ///
     /// # Errors
-    /// A store error (nothing deleted for the peer whose write failed; the
-    /// others' deletions stand); [`StoreError::Corrupt`] if an index does
-    /// not parse.
+    /// A store error, or [`StoreError::Corrupt`] if an index does not parse:
+    /// the peers done before it keep their deletions, the others are not
+    /// visited (call it again).
     pub fn expire_outbox(&self, now: u64) -> Result<usize, DeviceError> {
         self.check_process()?;
         let policy = self.heal_policy();
@@ -318,7 +323,9 @@ impl<B: Backend> Device<B> {
                 let index = self.load_index(&row)?;
                 let seen_at = advance_clock(index.seen_at, now);
                 let (kept, dropped) = policy.prune(index.entries, seen_at);
-                if seen_at == index.seen_at && dropped.is_empty() {
+                // The time alone is written back only when it moved by an
+                // hour or more (not one write per peer at every call).
+                if dropped.is_empty() && seen_at.abs_diff(index.seen_at) < 3_600 {
                     return Ok(0);
                 }
                 self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, seen_at, dropped.iter()))?;
@@ -447,6 +454,8 @@ impl<B: Backend> Device<B> {
         let to_any_identity = policy.resend_to_new_identity;
         let row = self.sealer.address_key(peer);
         let index = self.load_index(&row)?;
+        let newest = index.entries.iter().map(|slot| slot.sent_at).max().unwrap_or(0);
+        let seen_at = index.seen_at.max(newest);
         let mut messages: Vec<(usize, Zeroizing<Vec<u8>>)> = Vec::new();
         for id in ids {
             let Some(at) = index.entries.iter().position(|slot| slot.answers_to(id)) else { continue };
@@ -454,9 +463,10 @@ impl<B: Backend> Device<B> {
                 continue;
             }
             let Some(slot) = index.entries.get(at) else { continue };
-            // Past its age as of the latest time this outbox was given:
-            // never sent again (`expire_outbox` deletes it).
-            if policy.expired(slot, index.seen_at) {
+            // Past its age as of the latest time this outbox was given (at
+            // least its newest entry's): never sent again (`expire_outbox`
+            // deletes it).
+            if policy.expired(slot, seen_at) {
                 continue;
             }
             let key = self.entry_key(&row, &slot.id);

@@ -427,9 +427,11 @@ impl SessionRecord {
         // than archiving one more state per interval while the peer is away
         // (the session the peer is on would fall off the archived states).
         if let Some(current) = &self.current
-            && current.is_unanswered_initiation()
             && current.remote_identity == bundle.identity_key()
             && previous_heal == Some(current.base_key)
+            // Made on the signed prekey the fresh bundle still offers (one
+            // the peer rotated out would never be read).
+            && current.pending_prekey.as_ref().is_some_and(|header| header.signed_prekey_id == bundle.signed_prekey_id())
         {
             return Ok(());
         }
