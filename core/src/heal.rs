@@ -210,6 +210,11 @@ impl Healing {
     /// [`MAX_RESET_NAMINGS`] for each awaited id (PROTOCOL.md 13.4, 20.4).
     pub(crate) fn from_proto(stored: Option<&storage::Healing>) -> Result<Self, DecodeError> {
         let Some(stored) = stored else { return Ok(Self::default()) };
+        // Nothing to remember is written as no field: a present, empty one
+        // is not the canonical encoding.
+        if *stored == storage::Healing::default() {
+            return Err(DecodeError::InvalidValue("healing"));
+        }
         if !stored.reset_sent && stored.last_reset_at != 0 {
             return Err(DecodeError::InvalidValue("healing.last_reset_at"));
         }
@@ -360,6 +365,10 @@ mod tests {
         check(&|s| s.delivered = vec![s.awaited[0].clone()], "awaited and delivered");
         check(&|s| s.last_reset_base_key = vec![1; 31], "a short base key");
         check(&|s| s.last_reset_base_key.clear(), "a reset without its session");
+        // Present and empty: not the canonical encoding (the fuzzer's
+        // decode_session_record round trip found it).
+        assert!(Healing::from_proto(Some(&storage::Healing::default())).is_err(), "an empty field");
+        assert_eq!(Healing::default().to_proto(), None);
         let never = storage::Healing { reset_sent: false, last_reset_at: 5, ..Default::default() };
         assert!(Healing::from_proto(Some(&never)).is_err(), "a time without a reset");
     }

@@ -2485,8 +2485,8 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
     cases.add(
         "record_healing_empty",
         D,
-        "13.4 check 10a: a `healing` present with every field at its default (`52 00`) is accepted as no \
-         bookkeeping, and written back without the field: re-encoded not byte for byte.",
+        "13.4 check 10a (H0): a `healing` present with every field at its default (`52 00`) is refused: \
+         nothing to remember is written as no field, and only the canonical encoding is accepted.",
         &with(healing(false, 0, Vec::new(), Vec::new()))?,
     );
 
