@@ -341,14 +341,15 @@ impl SessionError {
 }
 
 impl StoreError {
-    /// [`ErrorKind::WrongStorageKey`], [`ErrorKind::StoreBusy`] for a lock
+    /// [`ErrorKind::WrongStorageKey`] (also when the key was rotated since
+    /// the store was opened), [`ErrorKind::StoreBusy`] for a lock
     /// or a conflict that outlasted the retries, [`ErrorKind::InvalidArgument`]
     /// for a store opened with the wrong call (no device, or one already; a
     /// path that names no database), and [`ErrorKind::StoreFailure`] for the
     /// rest.
     pub const fn kind(&self) -> ErrorKind {
         match self {
-            Self::WrongKey => ErrorKind::WrongStorageKey,
+            Self::WrongKey | Self::KeyRotated => ErrorKind::WrongStorageKey,
             Self::Locked | Self::Conflict { .. } => ErrorKind::StoreBusy,
             Self::NotFound | Self::AlreadyExists | Self::InvalidPath => ErrorKind::InvalidArgument,
             Self::SchemaTooNew { .. }

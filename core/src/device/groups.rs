@@ -526,7 +526,7 @@ impl<B: Backend> Device<B> {
                 let expected = Expected::read(self.backend.get(Table::Groups, &key)?);
                 writes.push(self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), expected));
             }
-            Ok(self.backend.apply(&writes)?)
+            Ok(self.write(&writes)?)
         })
     }
 
@@ -591,7 +591,7 @@ impl<B: Backend> Device<B> {
             own.value.distributed = false;
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
             writes.push(self.own_write(&group_id, &own.value, Expected::Value(own.sealed)));
-            Ok(self.backend.apply(&writes)?)
+            Ok(self.write(&writes)?)
         })
     }
 
@@ -662,7 +662,7 @@ impl<B: Backend> Device<B> {
                 &OwnRow { chain: None, distributed: false },
                 Expected::Value(own.sealed),
             ));
-            Ok(self.backend.apply(&writes)?)
+            Ok(self.write(&writes)?)
         })
     }
 
@@ -684,7 +684,7 @@ impl<B: Backend> Device<B> {
             for member in &mut roster.value.members {
                 *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
             }
-            Ok(self.backend.apply(&[
+            Ok(self.write(&[
                 self.roster_write(&roster.value, Expected::Value(roster.sealed)),
                 self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Value(own.sealed)),
             ])?)
@@ -720,7 +720,7 @@ impl<B: Backend> Device<B> {
                 value: None,
                 expected: Expected::Value(roster.sealed),
             });
-            Ok(self.backend.apply(&writes)?)
+            Ok(self.write(&writes)?)
         })
     }
 
@@ -820,7 +820,7 @@ impl<B: Backend> Device<B> {
         own.value.chain = Some(chain);
         writes.push(self.own_write(group_id, &own.value, Expected::Value(own.sealed)));
         // A ciphertext whose write is refused is dropped, never returned.
-        self.backend.apply(&writes)?;
+        self.write(&writes)?;
         Ok(GroupSend { message: message.to_bytes(), distributions, without_session })
     }
 
@@ -942,7 +942,7 @@ impl<B: Backend> Device<B> {
                 &chains.value,
                 Expected::Value(chains.sealed),
             ));
-            self.backend.apply(&writes)?;
+            self.write(&writes)?;
             Ok(Requested::Sent(request))
         })
     }
@@ -1132,7 +1132,7 @@ impl<B: Backend> Device<B> {
         // was trusted when the message was read.)
         let _guard = lock(&self.group_lock);
         let write = self.member_write(row, &group_id, &user, &chains, Expected::Value(sealed));
-        match self.backend.apply(&[write]) {
+        match self.write(&[write]) {
             Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
             result => Ok(result?),
         }

@@ -257,7 +257,7 @@ impl<B: Backend> Device<B> {
                 writes.push(Write { table: Table::Sessions, key, value: Some(value), expected: Expected::Absent });
             }
             writes.extend(self.outbox_writes(&row, sealed_index, &kept, seen_at, dropped.iter().filter(|d| **d != id)));
-            self.backend.apply(&writes)?;
+            self.write(&writes)?;
             Ok(ciphertext)
         })
     }
@@ -284,7 +284,7 @@ impl<B: Backend> Device<B> {
                 return Ok(0);
             }
             let dropped: Vec<MessageId> = gone.iter().map(|slot| slot.id).collect();
-            self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, index.seen_at, dropped.iter()))?;
+            self.write(&self.outbox_writes(&row, index.sealed, &kept, index.seen_at, dropped.iter()))?;
             Ok(gone.len())
         })
     }
@@ -328,7 +328,7 @@ impl<B: Backend> Device<B> {
                 if dropped.is_empty() && seen_at.abs_diff(index.seen_at) < 3_600 {
                     return Ok(0);
                 }
-                self.backend.apply(&self.outbox_writes(&row, index.sealed, &kept, seen_at, dropped.iter()))?;
+                self.write(&self.outbox_writes(&row, index.sealed, &kept, seen_at, dropped.iter()))?;
                 Ok(dropped.len())
             })?);
         }
@@ -412,7 +412,7 @@ impl<B: Backend> Device<B> {
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             let base_key = record.current_base_key().map(|key| *key.as_bytes()).unwrap_or_default();
             record.healing_mut().reset_sent(now, base_key, &named);
-            self.backend.apply(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
+            self.write(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
             Ok(Heal::Sent(Outgoing { to: peer.clone(), message }))
         })
     }

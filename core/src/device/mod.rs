@@ -59,6 +59,7 @@ mod pending;
 mod prekeys;
 mod sessions;
 
+mod storage_key;
 use self::sessions::RefusedHeader;
 
 use std::{
@@ -152,6 +153,9 @@ pub struct Device<B: Backend = SqliteBackend> {
     /// Serializes this handle's group calls (taken before any peer lock).
     group_lock: Mutex<()>,
     /// Headers whose forged bodies were costly to refuse, with the key that
+    /// The store's check row as this handle read it: the guard of every
+    /// write ([`Sealer::guard`]).
+    key_check: Vec<u8>,
     /// opens their bodies (see [`sessions`]): in memory only, bounded.
     refused: Mutex<VecDeque<RefusedHeader>>,
     /// How this handle heals sessions.
@@ -245,7 +249,10 @@ impl Device<SqliteBackend> {
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
             let sealer = Sealer::new(storage_key);
             match retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now)) {
-                Ok(identity) => return Ok(Self::assemble(backend, sealer, identity, address)),
+                Ok(identity) => {
+                    let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
+                    return Ok(Self::assemble(backend, sealer, key_check, identity, address));
+                }
                 // Another handle created it meanwhile: open that one.
                 Err(DeviceError::Store(StoreError::AlreadyExists)) => {}
                 Err(e) => return Err(e),
@@ -262,8 +269,6 @@ impl Device<SqliteBackend> {
 /// Checks the storage key against `backend`'s key-check row and reads the
 /// device's identity and address.
 fn read_identity<B: Backend>(backend: &B, sealer: &Sealer) -> Result<(IdentityKeyPair, Address), DeviceError> {
-    let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
-    sealer.verify_key_check(&check)?;
     let corrupt = || StoreError::Corrupt { table: Table::Identity };
     let sealed = backend.get(Table::Identity, SINGLE_ROW)?.ok_or_else(corrupt)?;
     let bytes = sealer.open(Table::Identity, SINGLE_ROW, &sealed)?;
@@ -284,9 +289,9 @@ impl<B: Backend> Device<B> {
     /// [`StoreError::AlreadyExists`] if the backend already holds a device
     /// (also when another handle created one meanwhile).
     pub fn create_in(backend: B, storage_key: &[u8; 32], address: Address, now: u64) -> Result<Self, DeviceError> {
-        let sealer = Sealer::new(storage_key);
-        let identity = retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now))?;
-        Ok(Self::assemble(backend, sealer, identity, address))
+        let identity = retry_on_conflict(|| Self::create_rows(&backend, &Sealer::new(storage_key), &address, now))?;
+        let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
+        Ok(Self::assemble(backend, sealer, key_check, identity, address))
     }
 
     /// Writes a new device's rows into a backend that has none (each write
@@ -327,15 +332,15 @@ impl<B: Backend> Device<B> {
     /// or [`StoreError::Corrupt`]; a store error of the conversion (nothing
     /// converted).
     pub fn open_in(backend: B, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
-        let sealer = Sealer::new(storage_key);
+        let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
         let (identity, address) = read_identity(&backend, &sealer)?;
-        let device = Self::assemble(backend, sealer, identity, address);
+        let device = Self::assemble(backend, sealer, key_check, identity, address);
         // A store of the previous format: its prekeys, one row, become rows.
         retry_on_conflict(|| device.migrate_prekeys())?;
         Ok(device)
     }
 
-    fn assemble(backend: B, sealer: Sealer, identity: IdentityKeyPair, address: Address) -> Self {
+    fn assemble(backend: B, sealer: Sealer, key_check: Vec<u8>, identity: IdentityKeyPair, address: Address) -> Self {
         Self {
             backend,
             sealer,
@@ -346,6 +351,7 @@ impl<B: Backend> Device<B> {
             group_lock: Mutex::new(()),
             refused: Mutex::new(VecDeque::new()),
             heal_policy: Mutex::new(HealPolicy::default()),
+            key_check,
             pid: std::process::id(),
         }
     }
@@ -364,6 +370,21 @@ impl<B: Backend> Device<B> {
 
     /// This device's address.
     pub fn address(&self) -> &Address {
+    /// Applies `writes` in one batch, guarded: refused with
+    /// [`StoreError::KeyRotated`] if the store's storage key was rotated
+    /// since this handle opened it (a row sealed under the old key would
+    /// not open under the new one). Every write of the device goes through
+    /// here.
+    fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut batch = Vec::with_capacity(writes.len().saturating_add(1));
+        batch.push(Sealer::guard(&self.key_check));
+        batch.extend_from_slice(writes);
+        match self.backend.apply(&batch) {
+            Err(StoreError::Conflict { table: Table::Meta }) => Err(StoreError::KeyRotated),
+            result => result,
+        }
+    }
+
         &self.address
     }
 

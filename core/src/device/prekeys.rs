@@ -519,7 +519,7 @@ impl<B: Backend> Device<B> {
             value: None,
             expected: Expected::Value(sealed),
         });
-        self.backend.apply(&writes)?;
+        self.write(&writes)?;
         Ok(())
     }
 
@@ -629,7 +629,7 @@ impl<B: Backend> Device<B> {
                 let mut changes = meta.add_keys(&fresh.into_parts());
                 changes.push((META_ROW.to_vec(), Some(meta.to_row())));
                 rows.apply(changes);
-                self.backend.apply(&rows.writes(&self.sealer))?;
+                self.write(&rows.writes(&self.sealer))?;
             }
             Ok(added)
         })
@@ -669,7 +669,7 @@ impl<B: Backend> Device<B> {
             changes.extend(self.prune(&mut rows, &mut meta.last_resort, LAST_RESORT, MAX_LAST_RESORT_PREKEYS)?);
             changes.push((META_ROW.to_vec(), Some(meta.to_row())));
             rows.apply(changes);
-            self.backend.apply(&rows.writes(&self.sealer))?;
+            self.write(&rows.writes(&self.sealer))?;
             Ok(rotated)
         })
     }

@@ -243,7 +243,7 @@ impl<B: Backend> Device<B> {
         retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
             record.initiate(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
-            self.backend.apply(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
+            self.write(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
             Ok(())
         })?;
         Ok(peer)
@@ -290,7 +290,7 @@ impl<B: Backend> Device<B> {
         retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
             record.trust_identity(identity);
-            self.backend.apply(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
+            self.write(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
             Ok(())
         })
     }
@@ -312,7 +312,7 @@ impl<B: Backend> Device<B> {
             let (mut loaded, mut record) = self.load_record(&row)?;
             let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
             // A ciphertext whose write is refused is dropped, never returned.
-            self.backend.apply(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
+            self.write(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
             Ok(ciphertext)
         })
     }
@@ -455,7 +455,7 @@ impl<B: Backend> Device<B> {
             .map_err(|e| stale_on_session_conflict(e.into()))?;
         session_writes.extend(control_writes);
         if consumed.is_empty() {
-            self.backend.apply(&session_writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))?;
+            self.write(&session_writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))?;
             return Ok(answer);
         }
         let _prekey_guard = lock(&self.prekey_lock);
@@ -464,7 +464,7 @@ impl<B: Backend> Device<B> {
             writes.extend(self.consume_writes(&consumed)?);
             // A conflict on the session row is final (stale); one on the
             // prekey rows alone is retried with them read again.
-            self.backend.apply(&writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))
+            self.write(&writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))
         })?;
         Ok(answer)
     }
@@ -543,7 +543,7 @@ impl<B: Backend> Device<B> {
             );
         }
         writes.extend(batch.prekeys.writes(&self.sealer));
-        match self.backend.apply(&writes) {
+        match self.write(&writes) {
             Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
             result => Ok(result?),
         }

@@ -170,6 +170,11 @@ pub enum StoreError {
     /// A device already exists in this store.
     #[error("a device already exists in this store")]
     AlreadyExists,
+    /// The store's storage key was rotated (by another handle or process)
+    /// after this handle opened it: nothing was written. Open the store
+    /// again with the new key.
+    #[error("the storage key was rotated since this handle opened the store")]
+    KeyRotated,
     /// The store was written by a newer release.
     #[error("schema version {found} is newer than the supported {supported}")]
     SchemaTooNew {
@@ -297,6 +302,36 @@ pub trait Backend: Send + Sync {
     fn scrub(&self) -> Result<Scrub, StoreError> {
         Ok(Scrub::Unsupported)
     }
+
+    /// Rewrites every row of every table in one transaction, each to the
+    /// value `rewrite(table, key, value)` returns (the storage-key rotation
+    /// re-seals every row with it), then scrubs ([`Self::scrub`]) so that
+    /// the files keep none of the old values. Either every row is rewritten
+    /// or none: if `rewrite` fails for one row, nothing is written and its
+    /// error is returned.
+    ///
+    /// The default scans every table, then applies one batch whose every
+    /// write is conditional on its row still holding what the scan read
+    /// (so it holds the store in memory twice, and another handle's write
+    /// meanwhile makes it fail with [`StoreError::Conflict`]: try again).
+    /// [`SqliteBackend`] streams the rows inside one write transaction
+    /// instead, in memory bounded by a page of rows.
+    ///
+    /// # Errors
+    /// The error of `rewrite`; [`StoreError::Conflict`]; a backend failure.
+    /// Nothing was written. A scrub that fails after the rewrite committed
+    /// is reported as [`Scrub::Deferred`], not as an error.
+    fn rewrite_all(&self, rewrite: &mut Rewrite<'_>) -> Result<Scrub, StoreError> {
+        let mut writes = Vec::new();
+        for table in Table::ALL {
+            for (key, value) in self.scan(table)? {
+                let new = rewrite(table, &key, &value)?;
+                writes.push(Write { table, key, value: Some(new), expected: Expected::Value(value) });
+            }
+        }
+        self.apply(&writes)?;
+        Ok(self.scrub().unwrap_or(Scrub::Deferred))
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
@@ -312,7 +347,14 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     fn scrub(&self) -> Result<Scrub, StoreError> {
         (**self).scrub()
     }
+    fn rewrite_all(&self, rewrite: &mut Rewrite<'_>) -> Result<Scrub, StoreError> {
+        (**self).rewrite_all(rewrite)
+    }
 }
+
+/// What [`Backend::rewrite_all`] applies to every row: `(table, key, value)`
+/// to the row's new value.
+pub type Rewrite<'a> = dyn FnMut(Table, &[u8], &[u8]) -> Result<Vec<u8>, StoreError> + 'a;
 
 /// The version byte of a sealed value: its plaintext is padded (14.4).
 const SEALED_VERSION: u8 = 2;
@@ -324,6 +366,15 @@ const NONCE_LEN: usize = 24;
 const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
 /// The key of the storage-key check row in [`Table::Meta`].
 pub(crate) const KEY_CHECK_ROW: &[u8] = b"key-check";
+/// The key of the naming-keys row in [`Table::Meta`]: the keys that name
+/// rows (address, base-key, group and outbox hashes), kept sealed once the
+/// storage key has been rotated (PROTOCOL.md 14.12). Absent: they derive
+/// from the storage key.
+pub(crate) const NAMING_KEYS_ROW: &[u8] = b"naming-keys";
+/// The version byte of the naming-keys row's plaintext.
+const NAMING_KEYS_VERSION: u8 = 1;
+/// The length of the naming-keys row's plaintext: version and four keys.
+const NAMING_KEYS_LEN: usize = 1 + 4 * 32;
 
 /// Seals and opens rows, and hashes addresses, under keys derived from the
 /// app's storage key. Both keys are [`Secret32`]s (boxed, wiped on drop); the
@@ -363,6 +414,82 @@ impl Sealer {
             base_key_key: Secret32::from_zeroizing(&base_key),
             group_key: Secret32::from_zeroizing(&group),
             outbox_key: Secret32::from_zeroizing(&outbox),
+        }
+    }
+
+    /// The sealer of a store: checks `storage_key` against the store's
+    /// check row, and takes the naming keys from the naming-keys row if the
+    /// store has one (its storage key was rotated, 14.12). Returns the
+    /// sealer and the check row's sealed bytes as read (the guard of every
+    /// later write, [`Self::guard`]).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if the store has no check row,
+    /// [`StoreError::WrongKey`], [`StoreError::Corrupt`] for a naming-keys
+    /// row that does not open or parse; a backend failure.
+    pub(crate) fn load<B: Backend + ?Sized>(
+        backend: &B,
+        storage_key: &[u8; 32],
+    ) -> Result<(Self, Vec<u8>), StoreError> {
+        let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
+        let mut sealer = Self::new(storage_key);
+        sealer.verify_key_check(&check)?;
+        if let Some(sealed) = backend.get(Table::Meta, NAMING_KEYS_ROW)? {
+            let opened = sealer.open(Table::Meta, NAMING_KEYS_ROW, &sealed)?;
+            let corrupt = || StoreError::Corrupt { table: Table::Meta };
+            let (&version, keys) = opened.split_first().ok_or_else(corrupt)?;
+            if version != NAMING_KEYS_VERSION || opened.len() != NAMING_KEYS_LEN {
+                return Err(corrupt());
+            }
+            let mut chunks =
+                keys.chunks_exact(32).map(|k| Secret32::from_slice(k, "naming key").map_err(|_| corrupt()));
+            let mut next = || chunks.next().unwrap_or_else(|| Err(corrupt()));
+            sealer.address_key = next()?;
+            sealer.base_key_key = next()?;
+            sealer.group_key = next()?;
+            sealer.outbox_key = next()?;
+        }
+        Ok((sealer, check))
+    }
+
+    /// A sealer under `storage_key` that names rows as `self` does: the
+    /// sealer of a store after its storage key was rotated to `storage_key`.
+    pub(crate) fn rekeyed(&self, storage_key: &[u8; 32]) -> Self {
+        let seal = kdf::hkdf_expand::<32>(&[0; 32], storage_key, kdf::STORE_SEAL_LABEL);
+        Self {
+            seal_key: Secret32::from_zeroizing(&seal),
+            address_key: Secret32::new(*self.address_key.as_bytes()),
+            base_key_key: Secret32::new(*self.base_key_key.as_bytes()),
+            group_key: Secret32::new(*self.group_key.as_bytes()),
+            outbox_key: Secret32::new(*self.outbox_key.as_bytes()),
+        }
+    }
+
+    /// The naming-keys row's plaintext: `0x01 || address key || base-key
+    /// key || group key || outbox key`.
+    pub(crate) fn naming_keys(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(NAMING_KEYS_LEN));
+        out.push(NAMING_KEYS_VERSION);
+        for key in [&self.address_key, &self.base_key_key, &self.group_key, &self.outbox_key] {
+            out.extend_from_slice(key.as_bytes());
+        }
+        out
+    }
+
+    /// The guard of a write batch: the check row, unchanged, on the
+    /// condition that it still holds `check` (the bytes read when this
+    /// sealer was loaded). A store whose storage key was rotated since has
+    /// a new check row, so a handle still on the old key cannot write a row
+    /// that the new key would not open: its batch is refused
+    /// ([`StoreError::Conflict`] on [`Table::Meta`], the only table no
+    /// other call writes). Backends need not rewrite a row with the bytes it
+    /// holds ([`SqliteBackend`] does not).
+    pub(crate) fn guard(check: &[u8]) -> Write {
+        Write {
+            table: Table::Meta,
+            key: KEY_CHECK_ROW.to_vec(),
+            value: Some(check.to_vec()),
+            expected: Expected::Value(check.to_vec()),
         }
     }
 

@@ -100,7 +100,7 @@ use std::{
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, Expected, Row, Scrub, StoreError, Table, Write};
+use super::{Backend, Expected, Rewrite, Row, Scrub, StoreError, Table, Write};
 use crate::limits::MIN_SCRUB_BUDGET;
 
 /// The schema version this release writes.
@@ -156,6 +156,9 @@ struct Handle {
     /// a truncating checkpoint is tried after every commit, and on drop,
     /// until one succeeds.
     truncate_owed: bool,
+    /// The time this handle's write transactions waited for the database's
+    /// write lock (held by other connections), in all.
+    lock_wait: Duration,
     /// Scrubs that ran to the end.
     #[cfg(test)]
     scrubs: u64,
@@ -339,6 +342,7 @@ impl SqliteBackend {
             budget: MIN_SCRUB_BUDGET,
             scrub_owed: false,
             truncate_owed: false,
+            lock_wait: Duration::ZERO,
             #[cfg(test)]
             scrubs: 0,
         };
@@ -357,6 +361,18 @@ impl SqliteBackend {
     /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How long this handle's writes have waited, in all, for the
+    /// database's write lock while other connections (handles or processes)
+    /// held it: the time spent starting each write transaction. Sampled
+    /// before and after a call, it gives that call's lock wait. A call that
+    /// waits past the busy timeout (5 s) fails with [`StoreError::Locked`].
+    ///
+    /// # Errors
+    /// [`StoreError::Forked`] in a forked child.
+    pub fn lock_wait(&self) -> Result<Duration, StoreError> {
+        self.with_handle(|handle| Ok(handle.lock_wait))
     }
 
     /// Runs `f` on the handle, in the process that opened it only.
@@ -473,7 +489,9 @@ impl SqliteBackend {
     fn write(&self, handle: &mut Handle, writes: &[Write]) -> Result<(), StoreError> {
         // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
         // read here cannot change before the commit, whoever else writes.
+        let started = std::time::Instant::now();
         let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        handle.lock_wait = handle.lock_wait.saturating_add(started.elapsed());
         self.check_file()?;
         // The log as this commit finds it. Only a writer restarts the log,
         // and this transaction holds the write lock.
@@ -492,6 +510,9 @@ impl SqliteBackend {
         }
         for write in writes {
             match &write.value {
+                // A row rewritten with the bytes it holds (a guard, 14.12):
+                // checked above, nothing to write.
+                Some(value) if matches!(&write.expected, Expected::Value(held) if held == value) => {}
                 Some(value) => {
                     let sql = format!("INSERT OR REPLACE INTO {} (key, value) VALUES (?1, ?2)", write.table.name());
                     tx.prepare_cached(&sql)?.execute(params![write.key, value])?;
@@ -646,7 +667,53 @@ impl Backend for SqliteBackend {
     fn scrub(&self) -> Result<Scrub, StoreError> {
         self.with_handle(|handle| self.scrub_handle(handle, BUSY_TIMEOUT))
     }
+
+    /// One `BEGIN IMMEDIATE` transaction that reads each table in key
+    /// order, [`REWRITE_PAGE`] rows at a time, and updates each row in
+    /// place; then a scrub that waits up to the busy timeout. Other
+    /// connections wait for the write lock meanwhile (and fail with
+    /// [`StoreError::Locked`] past their busy timeout of 5 s).
+    fn rewrite_all(&self, rewrite: &mut Rewrite<'_>) -> Result<Scrub, StoreError> {
+        self.with_handle(|handle| {
+            let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.check_file()?;
+            for table in Table::ALL {
+                let select = format!(
+                    "SELECT key, value FROM {} WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT {REWRITE_PAGE}",
+                    table.name()
+                );
+                let update = format!("UPDATE {} SET value = ?2 WHERE key = ?1", table.name());
+                let mut last: Option<Vec<u8>> = None;
+                loop {
+                    let page: Vec<Row> = tx
+                        .prepare_cached(&select)?
+                        .query_map(params![last], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    for (key, value) in &page {
+                        let new = rewrite(table, key, value)?;
+                        tx.prepare_cached(&update)?.execute(params![key, new])?;
+                    }
+                    match page.into_iter().last() {
+                        Some((key, _)) => last = Some(key),
+                        None => break,
+                    }
+                }
+            }
+            tx.commit()?;
+            // Every old value is superseded: the files must keep none.
+            match self.scrub_handle(handle, BUSY_TIMEOUT) {
+                Ok(scrub) => Ok(scrub),
+                Err(_) => {
+                    handle.scrub_owed = true;
+                    Ok(Scrub::Deferred)
+                }
+            }
+        })
+    }
 }
+
+/// Rows read at a time by [`SqliteBackend::rewrite_all`].
+const REWRITE_PAGE: usize = 256;
 
 impl Drop for SqliteBackend {
     fn drop(&mut self) {
