@@ -1,4 +1,7 @@
-//! Stores written by an earlier schema open, migrate and keep working.
+//! Stores written by an earlier schema open, migrate and keep working; the
+//! golden stores of every schema (`data/schema1`, `schema2`, `schema3`, with
+//! their storage keys and the conversations that made them, documented
+//! below) go on with their conversations; a newer schema is refused.
 //!
 //! `data/schema1/` holds two stores of schema version 1 (release 0.2: the
 //! tables `meta`, `identity`, `prekeys` and `sessions`, no `groups`): Alice's
@@ -18,6 +21,8 @@ use samizdat::{
 
 const ALICE_KEY: [u8; 32] = [0x11; 32];
 const BOB_KEY: [u8; 32] = [0x22; 32];
+/// Bob's storage key before the rotation in the golden stores of schema 3.
+const BOB_FIRST_KEY: [u8; 32] = [0x21; 32];
 
 fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema1")
@@ -85,4 +90,141 @@ fn make_schema1_stores() {
     std::fs::write(dir.join("message.bin"), message).unwrap();
     drop((alice, bob));
     println!("{}", dir.display());
+}
+
+/// The golden stores of a schema: Alice's and Bob's, made by
+/// [`make_golden_stores`] with the code that wrote that schema (storage keys
+/// [`ALICE_KEY`] and [`BOB_KEY`]): `schema2` by commit 1f0e46f (release
+/// 0.4's rows, schema 2), `schema3` by this release, Bob's store then
+/// rotated from [`BOB_FIRST_KEY`] to [`BOB_KEY`] (so it holds the
+/// naming-keys row, PROTOCOL.md 14.12). The conversation that made them:
+/// Alice starts a session with Bob (Bob having refilled 5 one-time
+/// prekeys), they exchange "hello" and "hello back", Alice sends two
+/// messages kept in her outbox (`encrypt_kept` at times 100 and 101, one read
+/// by Bob, one left unread in `message.bin`), both create the group "golden"
+/// and each sends "group hello" (read by the other), then Alice sends
+/// "group pending" (left unread in `group.bin`).
+fn golden(schema: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/schema{schema}"))
+}
+
+/// Opens the golden stores of `schema` (migrating them to the current
+/// schema) and goes on with their conversation.
+fn golden_stores_go_on(schema: u32) {
+    let dir = scratch(&format!("golden{schema}"));
+    for name in ["alice.db", "bob.db", "message.bin", "group.bin"] {
+        std::fs::copy(golden(schema).join(name), dir.join(name)).unwrap();
+    }
+    assert_eq!(user_version(&dir.join("alice.db")), schema);
+    assert_eq!(user_version(&dir.join("bob.db")), schema);
+    let alice = Device::open(dir.join("alice.db"), &ALICE_KEY).unwrap();
+    let bob = Device::open(dir.join("bob.db"), &BOB_KEY).unwrap();
+    assert_eq!(alice.outbox_len(bob.address()).unwrap(), 2, "the outbox survives");
+    assert_eq!(bob.prekey_counts().unwrap().0, 4, "one of Bob's five one-time prekeys was consumed");
+    // The messages written before the upgrade decrypt after it.
+    let pending = bob.decrypt(alice.address(), &std::fs::read(dir.join("message.bin")).unwrap()).unwrap();
+    assert_eq!((pending.kind(), pending.plaintext()), (MessageKind::Direct, &b"kept, unread"[..]));
+    let id = pending.message_id();
+    bob.commit(pending).unwrap();
+    alice.acknowledge(bob.address(), &[id.unwrap()]).unwrap();
+    assert_eq!(alice.outbox_len(bob.address()).unwrap(), 1);
+    let pending = bob.decrypt(alice.address(), &std::fs::read(dir.join("group.bin")).unwrap()).unwrap();
+    assert_eq!((pending.kind(), pending.plaintext()), (MessageKind::Group, &b"group pending"[..]));
+    bob.commit(pending).unwrap();
+    // The conversation goes on, both ways, 1:1 and in the group.
+    for round in 0..3 {
+        let text = format!("after the upgrade {round}");
+        let wire = bob.encrypt(alice.address(), text.as_bytes()).unwrap();
+        let pending = alice.decrypt(bob.address(), &wire).unwrap();
+        assert_eq!(pending.plaintext(), text.as_bytes());
+        alice.commit(pending).unwrap();
+        let wire = alice.encrypt_kept(bob.address(), text.as_bytes(), 200).unwrap();
+        let pending = bob.decrypt(alice.address(), &wire).unwrap();
+        assert_eq!(pending.plaintext(), text.as_bytes());
+        bob.commit(pending).unwrap();
+        for (from, to) in [(&alice, &bob), (&bob, &alice)] {
+            let sent = from.group_encrypt(b"golden", text.as_bytes()).unwrap();
+            assert!(sent.distributions.is_empty(), "the chain was given before the upgrade");
+            let pending = to.decrypt(from.address(), &sent.message).unwrap();
+            assert_eq!(pending.plaintext(), text.as_bytes());
+            to.commit(pending).unwrap();
+        }
+    }
+    assert_eq!(bob.group_members(b"golden").unwrap(), vec![Address::new("alice", 1).unwrap()]);
+    drop((alice, bob));
+    assert_eq!(user_version(&dir.join("alice.db")), samizdat::store::SCHEMA_VERSION);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn schema_2_stores_upgrade_and_go_on() {
+    golden_stores_go_on(2);
+}
+
+#[test]
+fn schema_3_stores_of_this_release_go_on() {
+    golden_stores_go_on(3);
+    // Bob's store was rotated: its first key no longer opens it.
+    let dir = scratch("golden3-first-key");
+    std::fs::copy(golden(3).join("bob.db"), dir.join("bob.db")).unwrap();
+    assert!(Device::open(dir.join("bob.db"), &BOB_FIRST_KEY).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Makes the golden stores of the current schema into a scratch directory
+/// (printed): copy them to `data/schema<SCHEMA_VERSION>/` when the schema
+/// changes. See [`golden`] for the conversation.
+#[test]
+#[ignore = "run by hand to make the golden stores"]
+fn make_golden_stores() {
+    let dir = scratch("make-golden");
+    let alice = Device::create(dir.join("alice.db"), &ALICE_KEY, Address::new("alice", 1).unwrap(), 0).unwrap();
+    let bob = Device::create(dir.join("bob.db"), &BOB_FIRST_KEY, Address::new("bob", 1).unwrap(), 0).unwrap();
+    bob.refill_prekeys(5, 5, 0).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    let hello = alice.encrypt(bob.address(), b"hello").unwrap();
+    bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
+    let back = bob.encrypt(alice.address(), b"hello back").unwrap();
+    alice.commit(alice.decrypt(bob.address(), &back).unwrap()).unwrap();
+    let read = alice.encrypt_kept(bob.address(), b"kept, read", 100).unwrap();
+    bob.commit(bob.decrypt(alice.address(), &read).unwrap()).unwrap();
+    let unread = alice.encrypt_kept(bob.address(), b"kept, unread", 101).unwrap();
+    std::fs::write(dir.join("message.bin"), unread).unwrap();
+    alice.create_group(b"golden", &[bob.address().clone()]).unwrap();
+    bob.create_group(b"golden", &[alice.address().clone()]).unwrap();
+    for (from, to) in [(&alice, &bob), (&bob, &alice)] {
+        let sent = from.group_encrypt(b"golden", b"group hello").unwrap();
+        for d in &sent.distributions {
+            to.commit(to.decrypt(from.address(), &d.message).unwrap()).unwrap();
+        }
+        to.commit(to.decrypt(from.address(), &sent.message).unwrap()).unwrap();
+    }
+    let pending = alice.group_encrypt(b"golden", b"group pending").unwrap();
+    assert!(pending.distributions.is_empty());
+    std::fs::write(dir.join("group.bin"), pending.message).unwrap();
+    drop((alice, bob));
+    Device::rotate_storage_key(dir.join("bob.db"), &BOB_FIRST_KEY, &BOB_KEY).unwrap();
+    println!("{}", dir.display());
+}
+
+#[test]
+fn a_store_of_a_newer_schema_is_refused_and_left_as_it_was() {
+    let dir = scratch("newer");
+    let path = dir.join("bob.db");
+    let mut bytes = std::fs::read(golden(3).join("bob.db")).unwrap();
+    // The SQLite header keeps the user version at offset 60, big-endian.
+    bytes[60..64].copy_from_slice(&(samizdat::store::SCHEMA_VERSION + 1).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let refused = Device::open(&path, &BOB_KEY).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            samizdat::device::DeviceError::Store(samizdat::store::StoreError::SchemaTooNew { found, supported })
+                if found == samizdat::store::SCHEMA_VERSION + 1 && supported == samizdat::store::SCHEMA_VERSION
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(refused.kind(), samizdat::ErrorKind::StoreFailure);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing written");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -104,13 +104,13 @@ use super::{Backend, Expected, Rewrite, Row, Scrub, StoreError, Table, Write};
 use crate::limits::MIN_SCRUB_BUDGET;
 
 /// The schema version this release writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// How long a call waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
     CREATE TABLE meta     (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE identity (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -120,6 +120,13 @@ const MIGRATIONS: [&str; 2] = [
     // Groups (release 0.3): a store of version 1 gains the table on open.
     "
     CREATE TABLE groups   (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+",
+    // Storage-key rotation (release 0.5): the tables are unchanged, but a
+    // store may now hold the naming-keys row (PROTOCOL.md 14.12), which an
+    // earlier release would not read (it would name rows from the new
+    // storage key and find none of them): the version refuses it there.
+    "
+    SELECT 1;
 ",
 ];
 
