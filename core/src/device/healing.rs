@@ -46,7 +46,7 @@ const OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
 /// The row key of one outbox entry: its session row's key, this, its id.
 const OUTBOX_ENTRY_SUFFIX: &[u8] = b"/out/";
 
-fn index_key(row: &[u8]) -> Vec<u8> {
+pub(super) fn index_key(row: &[u8]) -> Vec<u8> {
     [row, OUTBOX_INDEX_SUFFIX].concat()
 }
 
@@ -139,16 +139,16 @@ pub enum Heal {
 /// A peer's outbox index as read: its sealed bytes and entries, oldest
 /// first.
 pub(super) struct Index {
-    sealed: Option<Vec<u8>>,
-    entries: Vec<Slot>,
+    pub(super) sealed: Option<Vec<u8>>,
+    pub(super) entries: Vec<Slot>,
     /// The latest `now` a call on this outbox was given.
     seen_at: u64,
 }
 
 /// One entry of an outbox index.
 #[derive(Clone)]
-struct Slot {
-    id: MessageId,
+pub(super) struct Slot {
+    pub(super) id: MessageId,
     sent_at: u64,
     /// The ids of its resends, oldest first.
     resent_as: Vec<MessageId>,
@@ -536,12 +536,12 @@ impl<B: Backend> Device<B> {
     /// `row`: the row's key, a suffix, and the keyed hash of the id (a copy
     /// of the store without the storage key does not tell which ciphertexts
     /// it kept, PROTOCOL.md 20.3).
-    fn entry_key(&self, row: &[u8], id: &MessageId) -> Vec<u8> {
+    pub(super) fn entry_key(&self, row: &[u8], id: &MessageId) -> Vec<u8> {
         [row, OUTBOX_ENTRY_SUFFIX, &self.sealer.outbox_id_hash(id)].concat()
     }
 
     /// The outbox index of session row `row` (empty if none).
-    fn load_index(&self, row: &[u8]) -> Result<Index, StoreError> {
+    pub(super) fn load_index(&self, row: &[u8]) -> Result<Index, StoreError> {
         let key = index_key(row);
         let Some(sealed) = self.backend.get(Table::Sessions, &key)? else {
             return Ok(Index { sealed: None, entries: Vec::new(), seen_at: 0 });

@@ -55,11 +55,12 @@
 
 mod groups;
 mod healing;
+mod peers;
 mod pending;
 mod prekeys;
 mod sessions;
-
 mod storage_key;
+
 use self::sessions::RefusedHeader;
 
 use std::{
@@ -146,6 +147,9 @@ pub struct Rotated {
 pub struct Device<B: Backend = SqliteBackend> {
     backend: B,
     sealer: Sealer,
+    /// The store's check row as this handle read it: the guard of every
+    /// write ([`Sealer::guard`]).
+    key_check: Vec<u8>,
     identity: IdentityKeyPair,
     address: Address,
     peer_locks: Mutex<HashMap<Vec<u8>, Arc<Mutex<()>>>>,
@@ -153,9 +157,6 @@ pub struct Device<B: Backend = SqliteBackend> {
     /// Serializes this handle's group calls (taken before any peer lock).
     group_lock: Mutex<()>,
     /// Headers whose forged bodies were costly to refuse, with the key that
-    /// The store's check row as this handle read it: the guard of every
-    /// write ([`Sealer::guard`]).
-    key_check: Vec<u8>,
     /// opens their bodies (see [`sessions`]): in memory only, bounded.
     refused: Mutex<VecDeque<RefusedHeader>>,
     /// How this handle heals sessions.
@@ -344,6 +345,7 @@ impl<B: Backend> Device<B> {
         Self {
             backend,
             sealer,
+            key_check,
             identity,
             address,
             peer_locks: Mutex::new(HashMap::new()),
@@ -351,7 +353,6 @@ impl<B: Backend> Device<B> {
             group_lock: Mutex::new(()),
             refused: Mutex::new(VecDeque::new()),
             heal_policy: Mutex::new(HealPolicy::default()),
-            key_check,
             pid: std::process::id(),
         }
     }
@@ -363,13 +364,6 @@ impl<B: Backend> Device<B> {
         if std::process::id() == self.pid { Ok(()) } else { Err(DeviceError::Forked) }
     }
 
-    /// The backend (for tests and tools).
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
-    /// This device's address.
-    pub fn address(&self) -> &Address {
     /// Applies `writes` in one batch, guarded: refused with
     /// [`StoreError::KeyRotated`] if the store's storage key was rotated
     /// since this handle opened it (a row sealed under the old key would
@@ -385,6 +379,13 @@ impl<B: Backend> Device<B> {
         }
     }
 
+    /// The backend (for tests and tools).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// This device's address.
+    pub fn address(&self) -> &Address {
         &self.address
     }
 

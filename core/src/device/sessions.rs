@@ -37,7 +37,7 @@ use super::{
 /// followed by this suffix (PROTOCOL.md 14.7).
 const SEEDS_ROW_SUFFIX: &[u8] = b"/seeds";
 
-fn seeds_key(row: &[u8]) -> Vec<u8> {
+pub(super) fn seeds_key(row: &[u8]) -> Vec<u8> {
     [row, SEEDS_ROW_SUFFIX].concat()
 }
 

@@ -44,6 +44,21 @@ impl Backend for MemoryBackend {
         Ok(self.rows().iter().filter(|((t, _), _)| *t == table).map(|((_, k), v)| (k.clone(), v.clone())).collect())
     }
 
+    fn scan_after(&self, table: Table, after: Option<&[u8]>, limit: usize) -> Result<Vec<Row>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) => Bound::Excluded((table, after.to_vec())),
+            None => Bound::Included((table, Vec::new())),
+        };
+        Ok(self
+            .rows()
+            .range((start, Bound::Unbounded))
+            .take_while(|((t, _), _)| *t == table)
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut rows = self.rows();
         // Every precondition is checked before anything is written, under the

@@ -268,6 +268,22 @@ pub trait Backend: Send + Sync {
     /// A backend failure.
     fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError>;
 
+    /// Up to `limit` rows of `table` whose keys come after `after` (from the
+    /// first row if `None`), in increasing key order: a scan by pages, in
+    /// memory bounded by the page. Calls that visit every row of a table
+    /// (listing peers) use it.
+    ///
+    /// The default filters [`Self::scan`] (so each page costs a whole scan);
+    /// both backends of this crate read only the page.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn scan_after(&self, table: Table, after: Option<&[u8]>, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let mut rows = self.scan(table)?;
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows.into_iter().filter(|(key, _)| after.is_none_or(|after| key.as_slice() > after)).take(limit).collect())
+    }
+
     /// Applies every write, or none: one transaction, durable when this
     /// returns `Ok`.
     ///
@@ -340,6 +356,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
         (**self).scan(table)
+    }
+    fn scan_after(&self, table: Table, after: Option<&[u8]>, limit: usize) -> Result<Vec<Row>, StoreError> {
+        (**self).scan_after(table, after, limit)
     }
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         (**self).apply(writes)
@@ -710,6 +729,60 @@ mod tests {
         assert_eq!(backend.get(Table::Sessions, b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(backend.get(Table::PreKeys, b"p").unwrap(), Some(b"x".to_vec()));
         assert_eq!(backend.get(Table::Sessions, b"c").unwrap(), None);
+    }
+
+    /// `scan_after` pages through a table in key order, other tables apart.
+    fn paged_scans(backend: &dyn Backend) {
+        let rows: Vec<Write> = (0u8..10)
+            .map(|i| Write {
+                table: Table::Sessions,
+                key: vec![i; 3],
+                value: Some(vec![i]),
+                expected: Expected::Absent,
+            })
+            .chain([Write { table: Table::PreKeys, key: vec![5], value: Some(vec![0]), expected: Expected::Absent }])
+            .collect();
+        backend.apply(&rows).unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = backend.scan_after(Table::Sessions, after.as_deref(), 3).unwrap();
+            assert!(page.len() <= 3);
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            seen.extend(page);
+        }
+        assert_eq!(seen, (0u8..10).map(|i| (vec![i; 3], vec![i])).collect::<Vec<_>>());
+        assert_eq!(backend.scan_after(Table::PreKeys, None, 5).unwrap(), vec![(vec![5], vec![0])]);
+        assert!(backend.scan_after(Table::Groups, None, 5).unwrap().is_empty());
+        assert!(backend.scan_after(Table::Sessions, Some(&[9, 9, 9]), 5).unwrap().is_empty());
+    }
+
+    /// A backend that keeps the trait's defaults.
+    struct Defaults(MemoryBackend);
+
+    impl Backend for Defaults {
+        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(table, key)
+        }
+        fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
+            self.0.scan(table)
+        }
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            self.0.apply(writes)
+        }
+    }
+
+    #[test]
+    fn paged_scans_on_every_backend() {
+        paged_scans(&MemoryBackend::new());
+        paged_scans(&Defaults(MemoryBackend::new()));
+        let dir = std::env::temp_dir().join(format!("samizdat-paged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        paged_scans(&SqliteBackend::open(&path).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -665,6 +665,17 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn scan_after(&self, table: Table, after: Option<&[u8]>, limit: usize) -> Result<Vec<Row>, StoreError> {
+        self.with_connection(|connection| {
+            let sql =
+                format!("SELECT key, value FROM {} WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2", table.name());
+            let mut statement = connection.prepare_cached(&sql)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = statement.query_map(params![after, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         self.with_handle(|handle| self.write(handle, writes))
     }
