@@ -795,3 +795,46 @@ pub fn unpad_content(padded: &[u8]) -> Option<(Vec<u8>, ContentKind)> {
     };
     Some((padded.get(..len)?.to_vec(), kind))
 }
+
+/// Seals the encoding of a `Backup` message (PROTOCOL.md 21) into a backup
+/// file with a chosen salt and nonce and any parameters within the bounds of
+/// [`crate::limits`], below an export's minimum included: for test vectors
+/// that an outside implementation checks quickly. A chosen nonce reused
+/// under one passphrase and salt breaks the cipher.
+///
+/// # Errors
+/// [`crate::backup::BackupError::ParamsOutOfBounds`] above the bounds;
+/// [`crate::backup::BackupError::OutOfMemory`].
+pub fn backup_seal(
+    passphrase: &[u8],
+    params: crate::backup::BackupParams,
+    salt: [u8; crate::backup::BACKUP_SALT_LEN],
+    nonce: [u8; crate::backup::BACKUP_NONCE_LEN],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, crate::backup::BackupError> {
+    crate::backup::seal_plaintext(passphrase, params, salt, nonce, plaintext)
+}
+
+/// Opens a backup file: the checks of PROTOCOL.md 21.4 up to the tag, and
+/// the plaintext unpadded (the encoding of a `Backup`, not loaded).
+///
+/// # Errors
+/// As [`crate::device::Device::restore_in`]'s backup errors, but for those
+/// of the plaintext's loader.
+pub fn backup_open(passphrase: &[u8], file: &[u8]) -> Result<Zeroizing<Vec<u8>>, crate::backup::BackupError> {
+    crate::backup::open_plaintext(passphrase, file)
+}
+
+/// The key of a backup (PROTOCOL.md 21.2): Argon2id of `passphrase` with
+/// `params` and `salt`, then HKDF with `samizdat/v1/backup`; with the
+/// Argon2id output before HKDF.
+///
+/// # Errors
+/// As [`backup_seal`].
+pub fn backup_key(
+    passphrase: &[u8],
+    params: crate::backup::BackupParams,
+    salt: &[u8; crate::backup::BACKUP_SALT_LEN],
+) -> Result<crate::backup::KeySteps, crate::backup::BackupError> {
+    crate::backup::derive_key_steps(passphrase, params, salt)
+}

@@ -131,6 +131,10 @@ pub(crate) const STORE_OUTBOX_LABEL: &[u8] = b"samizdat/v1/store/outbox";
 /// Prefix of a sealed row's associated data (then the table and the row key).
 pub(crate) const STORE_ROW_LABEL: &[u8] = b"samizdat/v1/store/row";
 
+/// HKDF `info` of a backup's key, from the Argon2id output of the user's
+/// passphrase (PROTOCOL.md 21.2).
+pub(crate) const BACKUP_LABEL: &[u8] = b"samizdat/v1/backup";
+
 /// Output of PQXDH: `RK_0 || HKa || NHKb`.
 pub(crate) struct HandshakeSecrets {
     pub(crate) root_key: [u8; 32],
@@ -328,6 +332,7 @@ mod tests {
             crate::heal::MESSAGE_ID_LABEL,
             GROUP_MESSAGE_LABEL,
             GROUP_MESSAGE_KEY_LABEL,
+            BACKUP_LABEL,
         ];
         for (i, a) in labels.iter().enumerate() {
             assert!(a.starts_with(b"samizdat/v1/"));

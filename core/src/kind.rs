@@ -20,7 +20,7 @@
 //! | `not_in_group` | drop | unknown group, or a sender not in it |
 //! | `stale_pending` | decrypt again | the session changed since the decryption |
 //! | `store_busy` | retry later | other handles kept the store busy |
-//! | `wrong_storage_key` | reopen store | the storage key does not open the store |
+//! | `wrong_storage_key` | reopen store | the storage key does not open the store (or a backup's passphrase does not open the backup) |
 //! | `store_failure` | reopen store | I/O, corruption, a newer schema, a forked process |
 //! | `limit_exceeded` | fix call | a documented limit was reached |
 //! | `invalid_argument` | fix call | the call itself is wrong |
@@ -48,6 +48,7 @@ use std::fmt;
 
 use crate::{
     DecodeError, DecryptError, EncryptError, SessionError,
+    backup::BackupError,
     device::{DeviceError, GroupError},
     fingerprint::ScanError,
     keys::KeyError,
@@ -113,15 +114,17 @@ pub enum ErrorKind {
     /// written: call again later.
     StoreBusy,
     /// The storage key does not open this store. Nothing was changed: open it
-    /// again with the right key.
+    /// again with the right key. Also a backup that does not open under the
+    /// passphrase given ([`BackupError::WrongPassphrase`]: a wrong passphrase,
+    /// or an altered file): ask for the passphrase again.
     WrongStorageKey,
     /// The store failed: I/O, a damaged file or row, a schema newer than this
     /// release, or a device used in a forked child. Reopen the store (in this
     /// process; after an update if newer).
     StoreFailure,
     /// A documented limit was reached (plaintext size, group size, prekey
-    /// count, a chain's 2^32 messages). Fix the call: send less, or start a
-    /// new session or chain.
+    /// count, a chain's 2^32 messages, a backup's Argon2id parameters). Fix
+    /// the call: send less, or start a new session or chain.
     LimitExceeded,
     /// The call is wrong: an invalid argument, a store with no device (or
     /// one already, or the device of another address), a pending value given
@@ -391,6 +394,26 @@ impl DeviceError {
             // one (reopening it would fail the same way for ever).
             Self::InvalidArgument(_) | Self::ForeignPending | Self::OtherDevice { .. } => ErrorKind::InvalidArgument,
             Self::Forked => ErrorKind::StoreFailure,
+            Self::Backup(e) => e.kind(),
+        }
+    }
+}
+
+impl BackupError {
+    /// [`ErrorKind::WrongStorageKey`] for a backup that does not open under
+    /// the passphrase (a wrong passphrase, or an altered file: ask for the
+    /// passphrase again, or take another copy of the file);
+    /// [`ErrorKind::InvalidArgument`] for a file that is not a backup of a
+    /// format this release reads; [`ErrorKind::LimitExceeded`] for Argon2id
+    /// parameters out of bounds, more peers than a backup holds, or memory
+    /// this device cannot allocate.
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::WrongPassphrase => ErrorKind::WrongStorageKey,
+            Self::Malformed(_) | Self::UnsupportedVersion(_) => ErrorKind::InvalidArgument,
+            Self::ParamsOutOfBounds { .. } | Self::TooManyPeers { .. } | Self::OutOfMemory { .. } => {
+                ErrorKind::LimitExceeded
+            }
         }
     }
 }

@@ -238,3 +238,42 @@ pub const MAX_KEPT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 128;
 /// at a clock set back by more than this is not refused for the time the
 /// wrong clock was ahead (PROTOCOL.md 20.5). One day.
 pub const CLOCK_CORRECTION: u64 = 24 * 3_600;
+
+/// The most memory, in KiB, a backup's Argon2id may use (256 MiB): a file
+/// whose header asks for more is refused before any key is derived
+/// ([`BackupError::ParamsOutOfBounds`](crate::backup::BackupError::ParamsOutOfBounds)),
+/// so a hostile backup makes a device allocate at most this much. Four
+/// times the default (64 MiB); an export may not ask for more either, so
+/// every backup a device makes restores on another.
+pub const MAX_BACKUP_MEMORY_KIB: u32 = 256 * 1024;
+
+/// The most passes over the memory a backup's Argon2id may make. With
+/// [`MAX_BACKUP_MEMORY_KIB`], the worst a hostile file can cost a device
+/// before its tag is checked: 256 MiB for about 13 times the work of the
+/// default parameters (PROTOCOL.md 21.5 gives the time measured).
+pub const MAX_BACKUP_ITERATIONS: u32 = 10;
+
+/// The most lanes a backup's Argon2id may have. This crate computes lanes
+/// one after another: they change neither the memory nor the work.
+pub const MAX_BACKUP_PARALLELISM: u32 = 4;
+
+/// The least memory, in KiB, an export accepts (19 MiB, OWASP's floor for
+/// Argon2id with two passes). A restore accepts less: only the holder of the
+/// passphrase can make a file that opens, so a weak one hurts only its maker
+/// (and lets test vectors be checked quickly).
+pub const MIN_BACKUP_MEMORY_KIB: u32 = 19 * 1024;
+
+/// The fewest passes an export accepts.
+pub const MIN_BACKUP_ITERATIONS: u32 = 2;
+
+/// The most trust decisions (peer devices with a trusted identity key) one
+/// backup holds: an export of a device that trusts more fails with
+/// [`BackupError::TooManyPeers`](crate::backup::BackupError::TooManyPeers).
+/// A restore writes one row per peer in one transaction.
+pub const MAX_BACKUP_PEERS: usize = 100_000;
+
+/// The longest backup file accepted (32 MiB): room for
+/// [`MAX_BACKUP_PEERS`] peers with the longest user ids (about 300 bytes
+/// each encoded), padded, with the header and the tag. A longer file is
+/// refused before anything else.
+pub const MAX_BACKUP_LEN: usize = 32 * 1024 * 1024;

@@ -53,6 +53,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backup;
 mod groups;
 mod healing;
 mod peers;
@@ -88,6 +89,7 @@ pub use self::{
     healing::{Heal, HealPolicy},
     pending::{MessageKind, PendingBatch, PendingMessage},
 };
+pub use crate::backup::{BackupError, BackupParams};
 
 /// The row key of the identity row (the table has one row).
 const SINGLE_ROW: &[u8] = b"self";
@@ -127,6 +129,11 @@ pub enum DeviceError {
         /// The address of the device the store holds.
         found: Address,
     },
+    /// An encrypted backup could not be made or restored (a wrong
+    /// passphrase, a file that is not a backup, parameters out of bounds).
+    /// Nothing was written.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     /// A [`PendingMessage`] or [`PendingBatch`] made by another device was
     /// given to this one's commit. Nothing was written; commit it on the
     /// device that decrypted it.

@@ -693,7 +693,14 @@ impl SessionRecord {
         match (best_error, costly) {
             (Some(e), _) => Err(e.into()),
             (None, Some((key, associated_data))) => Err(Attempt::Costly { key, associated_data }),
-            (None, None) if self.current.is_none() && self.archived.is_empty() => Err(SessionError::NoSession.into()),
+            // No state, and no identity trusted: no session was ever made
+            // with the peer (or we reinstalled). With a trusted identity and
+            // no state (a device restored from a backup, PROTOCOL.md 21.6, or
+            // states dropped by a trust decision), the peer sends on a
+            // session we lost: out of step, and healing brings its messages.
+            (None, None) if self.current.is_none() && self.archived.is_empty() && self.trusted_identity.is_none() => {
+                Err(SessionError::NoSession.into())
+            }
             // A header opened and its body did not: only a forger makes that.
             (None, None) if opened => Err(DecryptError::Unauthenticated.into()),
             // The peer's DH step, on a ratchet key of ours that is gone: no
