@@ -29,7 +29,9 @@
 //!   delay, and some right after their start (in the store's opening, its
 //!   recovery of the log and its scrub); moves its claimed messages back to
 //!   the inbox (the server delivers them again); and starts it again. The
-//!   seed (`SAMIZDAT_PROCESS_SEED`) is printed.
+//!   seed (`SAMIZDAT_PROCESS_SEED`) is printed. The work directory, with
+//!   the children's logs (`W` lines: each call's lock wait), is kept when a
+//!   run fails, or with `SAMIZDAT_PROCESS_KEEP` set.
 //!
 //! At the end, from the children's logs: a message is committed at most once,
 //! never decrypted after its commit, and one without a commit record was
@@ -85,6 +87,9 @@ const INCARNATION_ENV: &str = "SAMIZDAT_PROCESS_INCARNATION";
 const MESSAGES_ENV: &str = "SAMIZDAT_PROCESS_MESSAGES";
 const KILLS_ENV: &str = "SAMIZDAT_PROCESS_KILLS";
 const SEED_ENV: &str = "SAMIZDAT_PROCESS_SEED";
+/// Set: the work directory is kept after a run that passed (a failed one
+/// always keeps it), for its logs.
+const KEEP_ENV: &str = "SAMIZDAT_PROCESS_KEEP";
 const DEFAULT_MESSAGES: usize = 1_000;
 const DEFAULT_KILLS: usize = 24;
 /// Processes on Bob's store at once.
@@ -720,5 +725,7 @@ fn several_processes_on_one_store() {
         waits.iter().filter(|w| **w > Duration::from_millis(1)).count(),
         started.elapsed().as_secs_f64(),
     );
-    fs::remove_dir_all(&dir).unwrap();
+    if std::env::var_os(KEEP_ENV).is_none() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
