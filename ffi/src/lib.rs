@@ -59,11 +59,13 @@ mod groups;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;
 mod healing;
+mod store;
 
 use error::Details;
 pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
 pub use healing::{HealPolicy, HealResult, message_id};
+pub use store::rotate_storage_key;
 
 /// What [`Device::scrub`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]

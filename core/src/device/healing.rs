@@ -46,6 +46,9 @@ const OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
 /// The row key of one outbox entry: its session row's key, this, its id.
 const OUTBOX_ENTRY_SUFFIX: &[u8] = b"/out/";
 
+/// Rows read at a time by [`Device::expire_outbox`].
+const OUTBOX_SCAN_PAGE: usize = 256;
+
 pub(super) fn index_key(row: &[u8]) -> Vec<u8> {
     [row, OUTBOX_INDEX_SUFFIX].concat()
 }
@@ -298,9 +301,12 @@ impl<B: Backend> Device<B> {
     /// latest `now` its outbox was given (this call's included; an index is
     /// rewritten for that only when the time moved by an hour or more).
     ///
-    /// Cost: one scan of the sessions table (every row of it is read, the
-    /// kept plaintexts' sealed rows included), then one transaction per peer
-    /// whose outbox changes.
+    /// Cost: one scan of the sessions table, by pages of 256 rows (every row
+    /// of it is read, the kept plaintexts' sealed rows included; memory is
+    /// bounded by a page and the list of peers with an outbox), then one
+    /// transaction per peer whose outbox changes. It is the one call of the
+    /// message path whose cost grows with the number of peers: call it at
+    /// start or when going to the background, not per message.
     ///
     /// # Errors
     /// A store error, or [`StoreError::Corrupt`] if an index does not parse:
@@ -309,12 +315,16 @@ impl<B: Backend> Device<B> {
     pub fn expire_outbox(&self, now: u64) -> Result<usize, DeviceError> {
         self.check_process()?;
         let policy = self.heal_policy();
-        let rows: Vec<Vec<u8>> = self
-            .backend
-            .scan(Table::Sessions)?
-            .into_iter()
-            .filter_map(|(key, _)| key.strip_suffix(OUTBOX_INDEX_SUFFIX).map(<[u8]>::to_vec))
-            .collect();
+        // The outbox indexes, found by pages of the sessions table (memory
+        // bounded by a page, whatever the number of peers).
+        let mut rows: Vec<Vec<u8>> = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.backend.scan_after(Table::Sessions, after.as_deref(), OUTBOX_SCAN_PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            rows.extend(page.iter().filter_map(|(key, _)| key.strip_suffix(OUTBOX_INDEX_SUFFIX).map(<[u8]>::to_vec)));
+        }
         let mut deleted = 0usize;
         for row in rows {
             let peer_lock = self.peer_lock(&row);

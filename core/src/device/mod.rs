@@ -257,10 +257,7 @@ impl Device<SqliteBackend> {
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
             let sealer = Sealer::new(storage_key);
             match retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now)) {
-                Ok(identity) => {
-                    let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
-                    return Ok(Self::assemble(backend, sealer, key_check, identity, address));
-                }
+                Ok((identity, key_check)) => return Ok(Self::assemble(backend, sealer, key_check, identity, address)),
                 // Another handle created it meanwhile: open that one.
                 Err(DeviceError::Store(StoreError::AlreadyExists)) => {}
                 Err(e) => return Err(e),
@@ -297,14 +294,21 @@ impl<B: Backend> Device<B> {
     /// [`StoreError::AlreadyExists`] if the backend already holds a device
     /// (also when another handle created one meanwhile).
     pub fn create_in(backend: B, storage_key: &[u8; 32], address: Address, now: u64) -> Result<Self, DeviceError> {
-        let identity = retry_on_conflict(|| Self::create_rows(&backend, &Sealer::new(storage_key), &address, now))?;
-        let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
+        // A new store has no naming-keys row: its sealer is the storage key's.
+        let sealer = Sealer::new(storage_key);
+        let (identity, key_check) = retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now))?;
         Ok(Self::assemble(backend, sealer, key_check, identity, address))
     }
 
     /// Writes a new device's rows into a backend that has none (each write
-    /// conditional on its row being absent) and returns its identity.
-    fn create_rows(backend: &B, sealer: &Sealer, address: &Address, now: u64) -> Result<IdentityKeyPair, DeviceError> {
+    /// conditional on its row being absent) and returns its identity and
+    /// the sealed key-check value it wrote.
+    fn create_rows(
+        backend: &B,
+        sealer: &Sealer,
+        address: &Address,
+        now: u64,
+    ) -> Result<(IdentityKeyPair, Vec<u8>), DeviceError> {
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_some() {
             return Err(StoreError::AlreadyExists.into());
         }
@@ -325,10 +329,12 @@ impl<B: Backend> Device<B> {
             value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encoded)),
             expected: Expected::Absent,
         };
-        let mut writes = vec![sealer.key_check(&mut rng), identity_write];
+        let key_check = sealer.key_check(&mut rng);
+        let check = key_check.value.clone().unwrap_or_default();
+        let mut writes = vec![key_check, identity_write];
         writes.extend(set_rows(sealer, prekeys).writes(sealer));
         backend.apply(&writes)?;
-        Ok(identity)
+        Ok((identity, check))
     }
 
     /// Opens the device in `backend`. A store written before prekeys were
@@ -440,6 +446,20 @@ impl<B: Backend> Device<B> {
     pub fn scrub(&self) -> Result<Scrub, DeviceError> {
         self.check_process()?;
         Ok(self.backend.scrub()?)
+    }
+
+    /// Checks the whole store for damage, changing nothing
+    /// ([`Backend::check_integrity`]). Opening checks a SQLite store of at
+    /// most 4 MiB whole; a larger one is checked page by page as calls read
+    /// it, so that opening stays fast: call this in the background now and
+    /// then (it reads every page: about 0.2 s for 100,000 sessions).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptDatabase`] for a damaged store (recovery: restore
+    /// a backup); [`DeviceError::Forked`]; a store error.
+    pub fn check_integrity(&self) -> Result<(), DeviceError> {
+        self.check_process()?;
+        Ok(self.backend.check_integrity()?)
     }
 }
 

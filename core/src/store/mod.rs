@@ -319,6 +319,18 @@ pub trait Backend: Send + Sync {
         Ok(Scrub::Unsupported)
     }
 
+    /// Checks the whole store for damage, changing nothing. The default (a
+    /// backend without files, [`MemoryBackend`]) has nothing to check.
+    /// [`SqliteBackend`] runs SQLite's `integrity_check` over every page (a
+    /// store of at most 4 MiB is also checked when opened; a larger one page
+    /// by page as its pages are read).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptDatabase`] for a damaged store; a backend failure.
+    fn check_integrity(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Rewrites every row of every table in one transaction, each to the
     /// value `rewrite(table, key, value)` returns (the storage-key rotation
     /// re-seals every row with it), then scrubs ([`Self::scrub`]) so that
@@ -365,6 +377,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn scrub(&self) -> Result<Scrub, StoreError> {
         (**self).scrub()
+    }
+    fn check_integrity(&self) -> Result<(), StoreError> {
+        (**self).check_integrity()
     }
     fn rewrite_all(&self, rewrite: &mut Rewrite<'_>) -> Result<Scrub, StoreError> {
         (**self).rewrite_all(rewrite)
