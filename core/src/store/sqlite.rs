@@ -559,10 +559,9 @@ impl SqliteBackend {
             .fold(0, usize::saturating_add);
         // Every handle's bytes since the last scrub, kept in the database so
         // that a store opened and closed often still reaches its budget.
-        let debt: i64 = tx.prepare_cached("UPDATE scrub_debt SET bytes = bytes + ?1 WHERE id = 0 RETURNING bytes")?.query_row(
-            params![i64::try_from(written).unwrap_or(i64::MAX)],
-            |row| row.get(0),
-        )?;
+        let debt: i64 = tx
+            .prepare_cached("UPDATE scrub_debt SET bytes = bytes + ?1 WHERE id = 0 RETURNING bytes")?
+            .query_row(params![i64::try_from(written).unwrap_or(i64::MAX)], |row| row.get(0))?;
         tx.commit()?;
         // The log restarted (its header's salts change) unless frames of
         // earlier commits were still there: it then holds their values too.
