@@ -32,6 +32,10 @@
 //!   still missing); the peer's [`Device::commit`] of it returns those
 //!   messages sent again. [`Device::commit`] therefore returns
 //!   a list: every message to send, in order (usually none).
+//! - Backups (module `backup`): [`Device::export_backup`] seals the
+//!   identity and trust decisions under a passphrase (Argon2id,
+//!   [`BackupParams`]); [`Device::restore`] makes a new store from it, whose
+//!   sessions heal.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - No async runtime: every call is synchronous (each is one SQLite
@@ -54,6 +58,7 @@ use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
 
+mod backup;
 mod error;
 mod groups;
 #[cfg(feature = "hazmat")]
@@ -61,6 +66,7 @@ pub mod hazmat;
 mod healing;
 mod store;
 
+pub use backup::{BackupParams, backup_params_minimum, backup_params_of, backup_params_recommended};
 use error::Details;
 pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};

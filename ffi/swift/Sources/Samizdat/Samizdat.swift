@@ -697,6 +697,14 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func trustIdentity(peer: Address, identity: Data) throws 
     
     /**
+     * An encrypted backup of this device's identity and trust decisions,
+     * under `passphrase` (its bytes as given: normalize them the same way
+     * at restore) with `params`. `now` is recorded as its creation time.
+     * Nothing is written.
+     */
+    func exportBackup(passphrase: Data, params: BackupParams, now: UInt64) throws  -> Data
+    
+    /**
      * Adds member devices: the next message gives them our chain from then
      * on (they cannot read what was sent before). Members already in the
      * group are left as they are.
@@ -800,6 +808,27 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      */
     func setHealPolicy(policy: HealPolicy) throws 
     
+    /**
+     * Deletes everything kept of `peer` (its session, skipped keys,
+     * trusted identity and outbox) in one transaction; returns whether
+     * there was anything. Call `scrub` afterwards to remove every copy from
+     * the files now.
+     */
+    func deleteSession(peer: Address) throws  -> Bool
+    
+    /**
+     * Every peer device this device keeps a record of (a session, or only a
+     * trusted identity), in no particular order. It reads every session
+     * row: for a settings screen, not per message.
+     */
+    func peers() throws  -> [Address]
+    
+    /**
+     * How many skipped message keys (for messages of `peer` that have not
+     * arrived) the store holds.
+     */
+    func skippedKeyCount(peer: Address) throws  -> UInt32
+    
 }
 /**
  * One installation: an identity, its prekeys and its sessions in an
@@ -897,6 +926,25 @@ public static func openOrCreate(path: String, storageKey: Data, userId: String, 
         FfiConverterData.lower(storageKey),
         FfiConverterString.lower(userId),
         FfiConverterUInt32.lower(deviceId),
+        FfiConverterUInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Restores `backup` into a new SQLite database at `path` under
+     * `storage_key`: the identity, the address, fresh prekeys and the trust
+     * decisions (no session: they heal). Refuses a store that holds a
+     * device; a wrong passphrase creates no file.
+     */
+public static func restore(path: String, storageKey: Data, backup: Data, passphrase: Data, now: UInt64)throws  -> Device  {
+    return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_device_restore(
+        FfiConverterString.lower(path),
+        FfiConverterData.lower(storageKey),
+        FfiConverterData.lower(backup),
+        FfiConverterData.lower(passphrase),
         FfiConverterUInt64.lower(now),uniffiCallStatus
     )
 })
@@ -1152,6 +1200,24 @@ open func trustIdentity(peer: Address, identity: Data)throws   {try rustCallWith
 }
     
     /**
+     * An encrypted backup of this device's identity and trust decisions,
+     * under `passphrase` (its bytes as given: normalize them the same way
+     * at restore) with `params`. `now` is recorded as its creation time.
+     * Nothing is written.
+     */
+open func exportBackup(passphrase: Data, params: BackupParams, now: UInt64)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_export_backup(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(passphrase),
+        FfiConverterTypeBackupParams_lower(params),
+        FfiConverterUInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Adds member devices: the next message gives them our chain from then
      * on (they cannot read what was sent before). Members already in the
      * group are left as they are.
@@ -1368,6 +1434,50 @@ open func setHealPolicy(policy: HealPolicy)throws   {try rustCallWithError(FfiCo
         FfiConverterTypeHealPolicy_lower(policy),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * Deletes everything kept of `peer` (its session, skipped keys,
+     * trusted identity and outbox) in one transaction; returns whether
+     * there was anything. Call `scrub` afterwards to remove every copy from
+     * the files now.
+     */
+open func deleteSession(peer: Address)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_delete_session(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAddress_lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Every peer device this device keeps a record of (a session, or only a
+     * trusted identity), in no particular order. It reads every session
+     * row: for a settings screen, not per message.
+     */
+open func peers()throws  -> [Address]  {
+    return try  FfiConverterSequenceTypeAddress.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_peers(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * How many skipped message keys (for messages of `peer` that have not
+     * arrived) the store holds.
+     */
+open func skippedKeyCount(peer: Address)throws  -> UInt32  {
+    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_skipped_key_count(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAddress_lower(peer),uniffiCallStatus
+    )
+})
 }
     
 
@@ -2031,6 +2141,85 @@ public func FfiConverterTypeAddress_lift(_ buf: RustBuffer) throws -> Address {
 #endif
 public func FfiConverterTypeAddress_lower(_ value: Address) -> RustBuffer {
     return FfiConverterTypeAddress.lower(value)
+}
+
+
+/**
+ * The Argon2id parameters of a backup: memory in KiB, passes, lanes.
+ */
+public struct BackupParams: Equatable, Hashable {
+    /**
+     * Memory, in KiB (Argon2's `m`).
+     */
+    public var memoryKib: UInt32
+    /**
+     * Passes over the memory (Argon2's `t`).
+     */
+    public var iterations: UInt32
+    /**
+     * Lanes (Argon2's `p`).
+     */
+    public var parallelism: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Memory, in KiB (Argon2's `m`).
+         */memoryKib: UInt32, 
+        /**
+         * Passes over the memory (Argon2's `t`).
+         */iterations: UInt32, 
+        /**
+         * Lanes (Argon2's `p`).
+         */parallelism: UInt32) {
+        self.memoryKib = memoryKib
+        self.iterations = iterations
+        self.parallelism = parallelism
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension BackupParams: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeBackupParams: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> BackupParams {
+        return
+            try BackupParams(
+                memoryKib: FfiConverterUInt32.read(from: &buf), 
+                iterations: FfiConverterUInt32.read(from: &buf), 
+                parallelism: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: BackupParams, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.memoryKib, into: &buf)
+        FfiConverterUInt32.write(value.iterations, into: &buf)
+        FfiConverterUInt32.write(value.parallelism, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeBackupParams_lift(_ buf: RustBuffer) throws -> BackupParams {
+    return try FfiConverterTypeBackupParams.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeBackupParams_lower(_ value: BackupParams) -> RustBuffer {
+    return FfiConverterTypeBackupParams.lower(value)
 }
 
 
@@ -3951,6 +4140,39 @@ fileprivate struct FfiConverterSequenceTypeOutgoing: FfiConverterRustBuffer {
     }
 }
 /**
+ * The weakest parameters an export takes: 19 MiB, 2 passes, 1 lane.
+ */
+public func backupParamsMinimum() -> BackupParams  {
+    return try!  FfiConverterTypeBackupParams_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_backup_params_minimum(uniffiCallStatus
+    )
+})
+}
+/**
+ * The parameters a backup file states, read without the passphrase (to
+ * tell the user how long a restore takes).
+ */
+public func backupParamsOf(backup: Data)throws  -> BackupParams  {
+    return try  FfiConverterTypeBackupParams_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_backup_params_of(
+        FfiConverterData.lower(backup),uniffiCallStatus
+    )
+})
+}
+/**
+ * The default parameters: 64 MiB, 3 passes, 1 lane (RFC 9106's second
+ * recommended option, with one lane for phones).
+ */
+public func backupParamsRecommended() -> BackupParams  {
+    return try!  FfiConverterTypeBackupParams_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_backup_params_recommended(uniffiCallStatus
+    )
+})
+}
+/**
  * The id of the message whose wire bytes are `wire` (16 bytes): the same
  * on both sides, what [`crate::PendingMessage::message_id`] gives the
  * receiver and [`Device::acknowledge`] takes.
@@ -3960,6 +4182,24 @@ public func messageId(wire: Data) -> Data  {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_func_message_id(
         FfiConverterData.lower(wire),uniffiCallStatus
+    )
+})
+}
+/**
+ * Re-seals every row of the store at `path` under `new_key`, in one
+ * transaction, then scrubs its files, so that nothing sealed under
+ * `old_key` can be opened once the app destroys it. Close every `Device`
+ * of the store first (one left open fails with `WrongStorageKey` until it
+ * is opened again with the new key). Keep both keys in the keystore until
+ * this returns: a crash midway leaves the store under `old_key`.
+ */
+public func rotateStorageKey(path: String, oldKey: Data, newKey: Data)throws  -> ScrubResult  {
+    return try  FfiConverterTypeScrubResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_rotate_storage_key(
+        FfiConverterString.lower(path),
+        FfiConverterData.lower(oldKey),
+        FfiConverterData.lower(newKey),uniffiCallStatus
     )
 })
 }
@@ -3979,7 +4219,19 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_func_backup_params_minimum() != 9870) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_backup_params_of() != 56545) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_backup_params_recommended() != 247) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_func_message_id() != 19138) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_rotate_storage_key() != 33831) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_address() != 1504) {
@@ -4036,6 +4288,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_trust_identity() != 34853) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_export_backup() != 57901) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 51227) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4078,6 +4333,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_set_heal_policy() != 48669) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_delete_session() != 4757) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_peers() != 30712) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_skipped_key_count() != 63575) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_pendingbatch_results() != 47822) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4118,6 +4382,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 39123) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_device_restore() != 8483) {
         return InitializationResult.apiChecksumMismatch
     }
 

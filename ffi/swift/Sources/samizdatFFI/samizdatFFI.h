@@ -268,6 +268,11 @@ uint64_t uniffi_samizdat_ffi_fn_constructor_device_open(RustBuffer path, RustBuf
 uint64_t uniffi_samizdat_ffi_fn_constructor_device_open_or_create(RustBuffer path, RustBuffer storage_key, RustBuffer user_id, uint32_t device_id, uint64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_RESTORE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_RESTORE
+uint64_t uniffi_samizdat_ffi_fn_constructor_device_restore(RustBuffer path, RustBuffer storage_key, RustBuffer backup, RustBuffer passphrase, uint64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADDRESS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADDRESS
 RustBuffer uniffi_samizdat_ffi_fn_method_device_address(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -358,6 +363,11 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_start_session(uint64_t ptr, Rust
 void uniffi_samizdat_ffi_fn_method_device_trust_identity(uint64_t ptr, RustBuffer peer, RustBuffer identity, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPORT_BACKUP
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPORT_BACKUP
+RustBuffer uniffi_samizdat_ffi_fn_method_device_export_backup(uint64_t ptr, RustBuffer passphrase, RustBuffer params, uint64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_MEMBERS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_MEMBERS
 void uniffi_samizdat_ffi_fn_method_device_add_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
@@ -426,6 +436,21 @@ uint32_t uniffi_samizdat_ffi_fn_method_device_outbox_len(uint64_t ptr, RustBuffe
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SET_HEAL_POLICY
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SET_HEAL_POLICY
 void uniffi_samizdat_ffi_fn_method_device_set_heal_policy(uint64_t ptr, RustBuffer policy, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_DELETE_SESSION
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_DELETE_SESSION
+int8_t uniffi_samizdat_ffi_fn_method_device_delete_session(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_PEERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_PEERS
+RustBuffer uniffi_samizdat_ffi_fn_method_device_peers(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SKIPPED_KEY_COUNT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SKIPPED_KEY_COUNT
+uint32_t uniffi_samizdat_ffi_fn_method_device_skipped_key_count(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_PENDINGBATCH
@@ -553,9 +578,31 @@ RustBuffer uniffi_samizdat_ffi_fn_method_samizdaterror_recovery(RustBuffer ptr, 
 RustBuffer uniffi_samizdat_ffi_fn_method_samizdaterror_request(RustBuffer ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_MINIMUM
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_MINIMUM
+RustBuffer uniffi_samizdat_ffi_fn_func_backup_params_minimum(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_OF
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_OF
+RustBuffer uniffi_samizdat_ffi_fn_func_backup_params_of(RustBuffer backup, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_RECOMMENDED
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_RECOMMENDED
+RustBuffer uniffi_samizdat_ffi_fn_func_backup_params_recommended(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_MESSAGE_ID
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_MESSAGE_ID
 RustBuffer uniffi_samizdat_ffi_fn_func_message_id(RustBuffer wire, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_ROTATE_STORAGE_KEY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_ROTATE_STORAGE_KEY
+RustBuffer uniffi_samizdat_ffi_fn_func_rotate_storage_key(RustBuffer path, RustBuffer old_key, RustBuffer new_key, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_SAMIZDAT_FFI_RUSTBUFFER_ALLOC
@@ -818,9 +865,33 @@ void ffi_samizdat_ffi_rust_future_free_void(uint64_t handle
 void ffi_samizdat_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_BACKUP_PARAMS_MINIMUM
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_BACKUP_PARAMS_MINIMUM
+uint16_t uniffi_samizdat_ffi_checksum_func_backup_params_minimum(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_BACKUP_PARAMS_OF
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_BACKUP_PARAMS_OF
+uint16_t uniffi_samizdat_ffi_checksum_func_backup_params_of(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_BACKUP_PARAMS_RECOMMENDED
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_BACKUP_PARAMS_RECOMMENDED
+uint16_t uniffi_samizdat_ffi_checksum_func_backup_params_recommended(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_MESSAGE_ID
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_MESSAGE_ID
 uint16_t uniffi_samizdat_ffi_checksum_func_message_id(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_ROTATE_STORAGE_KEY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_FUNC_ROTATE_STORAGE_KEY
+uint16_t uniffi_samizdat_ffi_checksum_func_rotate_storage_key(void
     
 );
 #endif
@@ -932,6 +1003,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_trust_identity(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_EXPORT_BACKUP
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_EXPORT_BACKUP
+uint16_t uniffi_samizdat_ffi_checksum_method_device_export_backup(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADD_GROUP_MEMBERS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADD_GROUP_MEMBERS
 uint16_t uniffi_samizdat_ffi_checksum_method_device_add_group_members(void
@@ -1016,6 +1093,24 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_set_heal_policy(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_DELETE_SESSION
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_DELETE_SESSION
+uint16_t uniffi_samizdat_ffi_checksum_method_device_delete_session(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_PEERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_PEERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_peers(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SKIPPED_KEY_COUNT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SKIPPED_KEY_COUNT
+uint16_t uniffi_samizdat_ffi_checksum_method_device_skipped_key_count(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGBATCH_RESULTS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_PENDINGBATCH_RESULTS
 uint16_t uniffi_samizdat_ffi_checksum_method_pendingbatch_results(void
@@ -1097,6 +1192,12 @@ uint16_t uniffi_samizdat_ffi_checksum_constructor_device_open(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_CONSTRUCTOR_DEVICE_OPEN_OR_CREATE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_CONSTRUCTOR_DEVICE_OPEN_OR_CREATE
 uint16_t uniffi_samizdat_ffi_checksum_constructor_device_open_or_create(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_CONSTRUCTOR_DEVICE_RESTORE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_CONSTRUCTOR_DEVICE_RESTORE
+uint16_t uniffi_samizdat_ffi_checksum_constructor_device_restore(void
     
 );
 #endif
