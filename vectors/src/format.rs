@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, bundles, group, healing, kdf, key_checks, keys, limits, padding, pqxdh, records, safety,
+    Failure, Report, backup, bundles, group, healing, kdf, key_checks, keys, limits, padding, pqxdh, records, safety,
     store_rows, transcript, util::VErr, wire,
 };
 
@@ -91,6 +91,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<store_rows::StoreRows>(),
     entry::<group::Group>(),
     entry::<healing::Healing>(),
+    entry::<backup::Backup>(),
 ];
 
 /// The input field patterns of a vector file (see [`Meta::inputs`]).
