@@ -98,57 +98,101 @@ struct Measured {
     bytes: u64,
 }
 
-/// Opens the store `opens` times, then has `probes` new peers start sessions
-/// with Bob and measures `calls` encryptions and decryptions + commits.
-fn measure(path: &Path, opens: usize, calls: usize, rng: &mut ChaCha20Rng) -> Measured {
-    let mut open = Vec::new();
-    for _ in 0..opens {
-        let started = Instant::now();
+/// One store under measurement: its device and its probes.
+struct Subject {
+    path: PathBuf,
+    device: Device,
+    probes: Vec<Probe>,
+    measured: Measured,
+}
+
+impl Subject {
+    /// Opens the store, and has four new peers (the probes) start sessions
+    /// with Bob.
+    fn new(path: &Path, rng: &mut ChaCha20Rng) -> Self {
         let device = Device::open(path, &KEY).unwrap();
-        open.push(started.elapsed());
+        let bundle = PreKeyBundle::from_bytes(&device.prekey_bundle().unwrap()).unwrap();
+        let probes = (0..4)
+            .map(|i| {
+                let address = Address::new(format!("probe-{i}-{}", std::process::id()), 1).unwrap();
+                let identity = IdentityKeyPair::generate(rng);
+                let mut record = SessionRecord::new();
+                record.initiate(rng, &identity, &address, &bundle).unwrap();
+                let wire = record.encrypt(rng, b"hello").unwrap();
+                device.commit(device.decrypt(&address, &wire).unwrap()).unwrap();
+                let prekeys = PreKeySet::new(rng, &identity, 0);
+                Probe { address, identity, prekeys, record }
+            })
+            .collect();
+        let measured = Measured {
+            open: Vec::new(),
+            peers: (0, Duration::ZERO),
+            delete: Duration::ZERO,
+            encrypt: Vec::new(),
+            decrypt_commit: Vec::new(),
+            bytes: 0,
+        };
+        Self { path: path.to_path_buf(), device, probes, measured }
+    }
+
+    /// One open of the store (by a second handle, dropped at once).
+    fn open(&mut self) {
+        let started = Instant::now();
+        let device = Device::open(&self.path, &KEY).unwrap();
+        self.measured.open.push(started.elapsed());
         drop(device);
     }
-    let device = Device::open(path, &KEY).unwrap();
-    let bundle = PreKeyBundle::from_bytes(&device.prekey_bundle().unwrap()).unwrap();
-    let mut probes: Vec<Probe> = (0..4)
-        .map(|i| {
-            let address = Address::new(format!("probe-{i}-{}", std::process::id()), 1).unwrap();
-            let identity = IdentityKeyPair::generate(rng);
-            let mut record = SessionRecord::new();
-            record.initiate(rng, &identity, &address, &bundle).unwrap();
-            let wire = record.encrypt(rng, b"hello").unwrap();
-            device.commit(device.decrypt(&address, &wire).unwrap()).unwrap();
-            let prekeys = PreKeySet::new(rng, &identity, 0);
-            Probe { address, identity, prekeys, record }
-        })
-        .collect();
-    let (mut encrypt, mut decrypt_commit) = (Vec::new(), Vec::new());
-    for i in 0..calls {
-        let probe = &mut probes[i % 4];
+
+    /// One encryption to a probe, and one decryption + commit of its reply.
+    fn exchange(&mut self, i: usize, rng: &mut ChaCha20Rng) {
+        let probe = &mut self.probes[i % 4];
         let started = Instant::now();
-        let wire = device.encrypt(&probe.address, b"a message of some sixty-four bytes, give or take a few..").unwrap();
-        encrypt.push(started.elapsed());
-        // The probe reads Bob's reply (so that its next message takes a DH
+        let wire =
+            self.device.encrypt(&probe.address, b"a message of some sixty-four bytes, give or take a few..").unwrap();
+        self.measured.encrypt.push(started.elapsed());
+        // The probe reads Bob's message (so that its next one takes a DH
         // step now and then, as a conversation does).
         let pending =
             probe.record.decrypt(rng, &probe.identity, &probe.address, &bob(), &probe.prekeys, &wire).unwrap();
         probe.record.commit(pending).unwrap();
         let wire = probe.record.encrypt(rng, b"a message of some sixty-four bytes, give or take a few..").unwrap();
         let started = Instant::now();
-        let pending = device.decrypt(&probe.address, &wire).unwrap();
-        device.commit(pending).unwrap();
-        decrypt_commit.push(started.elapsed());
+        let pending = self.device.decrypt(&probe.address, &wire).unwrap();
+        self.device.commit(pending).unwrap();
+        self.measured.decrypt_commit.push(started.elapsed());
     }
-    let started = Instant::now();
-    let listed = device.peers().unwrap().len();
-    let peers = (listed, started.elapsed());
-    assert_eq!(device.skipped_key_count(&probes[0].address).unwrap(), 0);
-    let started = Instant::now();
-    assert!(device.delete_session(&probes[0].address).unwrap());
-    let delete = started.elapsed();
-    drop(device);
-    let bytes = std::fs::metadata(path).unwrap().len();
-    Measured { open, peers, delete, encrypt, decrypt_commit, bytes }
+
+    /// `peers`, `skipped_key_count` and `delete_session`, then the size.
+    fn finish(mut self) -> Measured {
+        let started = Instant::now();
+        let listed = self.device.peers().unwrap().len();
+        self.measured.peers = (listed, started.elapsed());
+        assert_eq!(self.device.skipped_key_count(&self.probes[0].address).unwrap(), 0);
+        let started = Instant::now();
+        assert!(self.device.delete_session(&self.probes[0].address).unwrap());
+        self.measured.delete = started.elapsed();
+        drop(self.device);
+        self.measured.bytes = std::fs::metadata(&self.path).unwrap().len();
+        self.measured
+    }
+}
+
+/// Measures both stores in alternation, call by call, so that the disk's
+/// moods (its fsyncs dominate every call, and they vary by the minute on a
+/// shared machine) fall on both alike: `opens` opens of each, then `calls`
+/// exchanges with each.
+fn measure(small: &Path, large: &Path, opens: usize, calls: usize, rng: &mut ChaCha20Rng) -> (Measured, Measured) {
+    let mut small = Subject::new(small, rng);
+    let mut large = Subject::new(large, rng);
+    for _ in 0..opens {
+        small.open();
+        large.open();
+    }
+    for i in 0..calls {
+        small.exchange(i, rng);
+        large.exchange(i, rng);
+    }
+    (small.finish(), large.finish())
 }
 
 fn report(name: &str, sessions: usize, mut m: Measured) {
@@ -194,7 +238,7 @@ fn main() {
     } else {
         200
     };
-    let (opens, calls) = if benching { (9, 2_000) } else { (2, 50) };
+    let (opens, calls) = if benching { (9, 3_000) } else { (2, 50) };
 
     // The large store: kept between runs when benching.
     let large_dir = if benching {
@@ -217,11 +261,12 @@ fn main() {
     build(&small, 10, &mut rng);
 
     // The measurements add sessions (the probes) to a copy, never to the
-    // kept store.
+    // kept store. The copy is flushed to the disk first: its writeback
+    // would otherwise slow the measured calls' fsyncs.
     let copy = small_dir.join("large-copy.db");
     std::fs::copy(&large, &copy).unwrap();
-    let small_measured = measure(&small, opens, calls, &mut rng);
-    let large_measured = measure(&copy, opens, calls, &mut rng);
+    std::fs::File::open(&copy).unwrap().sync_all().unwrap();
+    let (small_measured, large_measured) = measure(&small, &copy, opens, calls, &mut rng);
     report("small", 10, small_measured);
     report("large", sessions, large_measured);
     std::fs::remove_dir_all(&small_dir).unwrap();

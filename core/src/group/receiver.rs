@@ -125,7 +125,12 @@ pub(crate) enum GroupDecrypt {
     MissingChain,
     /// The message, signed by the sender, is more than [`MAX_SKIP`] ahead of
     /// where its chain is: the chain is needed from the message's iteration.
-    TooFarAhead { gap: u32 },
+    TooFarAhead {
+        /// How far ahead (read by the `hazmat` replay of group vectors; the
+        /// device asks for the chain from the message's iteration instead).
+        #[cfg_attr(not(feature = "hazmat"), allow(dead_code))]
+        gap: u32,
+    },
     /// The message does not decrypt (forged, duplicate, ...).
     Failed(DecryptError),
 }
