@@ -418,12 +418,24 @@ impl PreKeySet {
     /// A new set with a signed prekey and a last-resort ML-KEM prekey, made
     /// at `now` (seconds since the Unix epoch, as the app counts them).
     pub fn new<R: CryptoRng + ?Sized>(rng: &mut R, identity: &IdentityKeyPair, now: u64) -> Self {
+        Self::new_from_id(rng, identity, now, 1)
+    }
+
+    /// [`Self::new`] with ids counted from `first_id`: a restored device's
+    /// set (PROTOCOL.md 21.6), whose ids must not be those the lost
+    /// installation of the same identity gave out.
+    pub(crate) fn new_from_id<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+        identity: &IdentityKeyPair,
+        now: u64,
+        first_id: u32,
+    ) -> Self {
         let mut set = Self {
             signed: Vec::new(),
             one_time: BTreeMap::new(),
             pq_one_time: BTreeMap::new(),
             last_resort: Vec::new(),
-            next_id: 1,
+            next_id: first_id.max(1),
             seen_base_keys: VecDeque::new(),
         };
         // A fresh set has every id free; these cannot fail.

@@ -234,6 +234,38 @@ fn the_restored_device_has_fresh_prekeys() {
     drop(alice);
 }
 
+/// The restored device's prekey ids are not the lost installation's:
+/// Alice, whose heal towards the lost phone went unanswered, heals again
+/// with the restored device's bundle and starts a new session (a heal goes
+/// on its unanswered session only while the bundle offers the same signed
+/// prekey id, PROTOCOL.md 20.5), which Bob reads at once. With ids counted
+/// from 1 again, her reset went on the dead session and Bob could not read
+/// it (`out_of_step`, one more round).
+#[test]
+fn a_heal_towards_the_lost_installation_does_not_stick_to_it() {
+    let (alice, bob) = pair();
+    let file = bob.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let old_spk =
+        samizdat::prekeys::PreKeyBundle::from_bytes(&bob.prekey_bundle().unwrap()).unwrap().signed_prekey_id();
+    // Bob's message to Alice is lost on the way in pieces: she cannot read
+    // its successor, heals, and the reset never reaches the lost phone.
+    let kept = bob.encrypt_kept(alice.address(), b"kept by Bob", 30).unwrap();
+    let Heal::Sent(_lost_reset) = alice.heal(&bob.prekey_bundle().unwrap(), std::slice::from_ref(&kept), 40).unwrap()
+    else {
+        panic!("no reset")
+    };
+    drop(bob);
+    let bob = restore(&file, 9).unwrap();
+    let new_spk =
+        samizdat::prekeys::PreKeyBundle::from_bytes(&bob.prekey_bundle().unwrap()).unwrap().signed_prekey_id();
+    assert_ne!(new_spk, old_spk);
+    assert!(new_spk >= 1 << 20, "{new_spk}");
+    alice.set_heal_policy(samizdat::device::HealPolicy { reset_interval: 0, ..Default::default() }).unwrap();
+    let Heal::Sent(reset) = alice.heal(&bob.prekey_bundle().unwrap(), &[], 50).unwrap() else { panic!("no reset") };
+    assert!(matches!(receive(&bob, &alice, &reset.message).unwrap(), Got::Control(_)), "Bob reads the reset");
+    converse(&alice, &bob, "healed", 1_000);
+}
+
 /// The trust decisions survive: the restored device trusts exactly what
 /// the original trusted (safety numbers included), and refuses a peer
 /// whose identity changed, as the original would.

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use rand_core::Rng;
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
 
@@ -219,7 +220,14 @@ fn restore_rows<C: Backend + ?Sized>(
     }
     let mut rng = crate::os_rng();
     let identity = contents.identity();
-    let prekeys = PreKeySet::new(&mut rng, &identity, now);
+    // Ids from a random point in [2^20, 2^30): the lost installation gave
+    // out ids from 1 under the same identity, and a peer tells a bundle's
+    // prekeys by id (a heal goes on its unanswered session while the
+    // bundle offers the same signed prekey id, PROTOCOL.md 20.5).
+    let mut first = [0u8; 4];
+    rng.fill_bytes(&mut first);
+    let first_id = u32::from_be_bytes(first).wrapping_shr(2) | (1 << 20);
+    let prekeys = PreKeySet::new_from_id(&mut rng, &identity, now, first_id);
     let row = Zeroizing::new(storage::IdentityRow {
         version: ROW_VERSION,
         seed: contents.seed.to_vec(),
