@@ -93,7 +93,7 @@ impl<B: Backend> Device<B> {
             if key.len() != 32 {
                 continue;
             }
-            let bytes = self.sealer.open(Table::Sessions, &key, &sealed)?;
+            let bytes = self.open_sealed(Table::Sessions, &key, &sealed)?;
             let row = crate::codec::decode_secret::<storage::SessionRow>(bytes.as_slice()).map_err(|_| corrupt())?;
             if row.version != ROW_VERSION {
                 return Err(corrupt().into());

@@ -273,7 +273,7 @@ impl<B: Backend> Device<B> {
         key: &[u8],
     ) -> Result<Option<SealedRow<M>>, StoreError> {
         let Some(sealed) = self.backend.get(Table::Groups, key)? else { return Ok(None) };
-        let bytes = self.sealer.open(Table::Groups, key, &sealed)?;
+        let bytes = self.open_sealed(Table::Groups, key, &sealed)?;
         let row = crate::codec::decode_secret::<M>(&bytes).map_err(|_| corrupt())?;
         Ok(Some((sealed, row)))
     }

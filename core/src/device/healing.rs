@@ -483,7 +483,7 @@ impl<B: Backend> Device<B> {
             // An entry the index names but that is gone: another handle
             // acknowledged it meanwhile.
             let Some(sealed) = self.backend.get(Table::Sessions, &key)? else { continue };
-            let bytes = self.sealer.open(Table::Sessions, &key, &sealed)?;
+            let bytes = self.open_sealed(Table::Sessions, &key, &sealed)?;
             let corrupt = || StoreError::Corrupt { table: Table::Sessions };
             let entry = crate::codec::decode_secret::<storage::OutboxEntry>(bytes.as_slice()).map_err(|_| corrupt())?;
             if entry.version != OUTBOX_VERSION
@@ -557,7 +557,7 @@ impl<B: Backend> Device<B> {
             return Ok(Index { sealed: None, entries: Vec::new(), seen_at: 0 });
         };
         let corrupt = || StoreError::Corrupt { table: Table::Sessions };
-        let bytes = self.sealer.open(Table::Sessions, &key, &sealed)?;
+        let bytes = self.open_sealed(Table::Sessions, &key, &sealed)?;
         let index = crate::codec::decode_secret::<storage::OutboxIndex>(bytes.as_slice()).map_err(|_| corrupt())?;
         if index.version != OUTBOX_VERSION || index.entries.len() > MAX_OUTBOX_MESSAGES {
             return Err(corrupt());

@@ -392,6 +392,20 @@ impl<B: Backend> Device<B> {
         }
     }
 
+    /// Opens a sealed row read from the store. A row that does not open is
+    /// [`StoreError::Corrupt`], unless the store's key-check row no longer
+    /// holds what this handle read when it opened the store: then another
+    /// handle rotated the storage key ([`StoreError::KeyRotated`]: open the
+    /// store again with the new key), and the row is not damaged at all.
+    fn open_sealed(&self, table: Table, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.sealer.open(table, key, sealed).map_err(|e| {
+            match self.backend.get(Table::Meta, KEY_CHECK_ROW) {
+                Ok(Some(check)) if check != self.key_check => StoreError::KeyRotated,
+                _ => e,
+            }
+        })
+    }
+
     /// The backend (for tests and tools).
     pub fn backend(&self) -> &B {
         &self.backend

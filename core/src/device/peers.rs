@@ -52,7 +52,7 @@ impl<B: Backend> Device<B> {
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             for (key, sealed) in page.iter().filter(|(key, _)| key.len() == SESSION_ROW_KEY_LEN) {
-                let bytes = self.sealer.open(Table::Sessions, key, sealed)?;
+                let bytes = self.open_sealed(Table::Sessions, key, sealed)?;
                 let row =
                     crate::codec::decode_secret::<storage::SessionRow>(bytes.as_slice()).map_err(|_| corrupt())?;
                 if row.version != ROW_VERSION {

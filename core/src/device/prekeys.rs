@@ -506,7 +506,7 @@ impl<B: Backend> Device<B> {
     /// does nothing when there is none.
     pub(super) fn migrate_prekeys(&self) -> Result<(), DeviceError> {
         let Some(sealed) = self.backend.get(Table::PreKeys, LEGACY_ROW)? else { return Ok(()) };
-        let bytes = self.sealer.open(Table::PreKeys, LEGACY_ROW, &sealed)?;
+        let bytes = self.open_sealed(Table::PreKeys, LEGACY_ROW, &sealed)?;
         let set = PreKeySet::from_bytes(&bytes).map_err(|_| corrupt())?;
         if self.backend.get(Table::PreKeys, META_ROW)?.is_some() {
             // Both formats at once: no release writes that.

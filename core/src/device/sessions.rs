@@ -72,7 +72,7 @@ impl<B: Backend> Device<B> {
         let Some(sealed) = self.backend.get(Table::Sessions, row)? else {
             return Ok((LoadedRows { record: None, seeds: None }, SessionRecord::new()));
         };
-        let bytes = self.sealer.open(Table::Sessions, row, &sealed)?;
+        let bytes = self.open_sealed(Table::Sessions, row, &sealed)?;
         let parsed = crate::codec::decode_secret::<storage::SessionRow>(bytes.as_slice()).map_err(|_| corrupt())?;
         if parsed.version != ROW_VERSION {
             return Err(corrupt());
@@ -96,7 +96,7 @@ impl<B: Backend> Device<B> {
         let key = seeds_key(row);
         let sealed = self.backend.get(Table::Sessions, &key)?;
         if let Some(sealed) = &sealed {
-            let bytes = self.sealer.open(Table::Sessions, &key, sealed)?;
+            let bytes = self.open_sealed(Table::Sessions, &key, sealed)?;
             match record.attach_seeds(&bytes) {
                 Ok(()) => {}
                 Err(DecodeError::InvalidValue("seeds")) => return Err(changed),

@@ -76,9 +76,10 @@ impl<B: Backend> Device<B> {
     /// that were opened with `old_key` write nothing after the rotation:
     /// their writes fail with [`StoreError::KeyRotated`] (every write of a
     /// device is conditional on the store's check row, which the rotation
-    /// re-seals), and their reads of rows fail with [`StoreError::Corrupt`].
-    /// Both have the code `wrong_storage_key` or `store_failure`, whose
-    /// recovery is to open the store again, with the new key. Close them
+    /// re-seals), and so do their reads of session and group rows (a
+    /// prekey row that no longer opens is [`StoreError::Corrupt`]). The
+    /// codes are `wrong_storage_key` and `store_failure`, whose recovery is
+    /// to open the store again, with the new key. Close them
     /// first where you can: the rotation holds the database's write lock
     /// while it runs, and their calls wait for it.
     ///
