@@ -398,11 +398,9 @@ impl<B: Backend> Device<B> {
     /// handle rotated the storage key ([`StoreError::KeyRotated`]: open the
     /// store again with the new key), and the row is not damaged at all.
     fn open_sealed(&self, table: Table, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        self.sealer.open(table, key, sealed).map_err(|e| {
-            match self.backend.get(Table::Meta, KEY_CHECK_ROW) {
-                Ok(Some(check)) if check != self.key_check => StoreError::KeyRotated,
-                _ => e,
-            }
+        self.sealer.open(table, key, sealed).map_err(|e| match self.backend.get(Table::Meta, KEY_CHECK_ROW) {
+            Ok(Some(check)) if check != self.key_check => StoreError::KeyRotated,
+            _ => e,
         })
     }
 
