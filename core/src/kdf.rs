@@ -130,6 +130,9 @@ pub(crate) const STORE_BASE_KEY_LABEL: &[u8] = b"samizdat/v1/store/base-key";
 pub(crate) const STORE_OUTBOX_LABEL: &[u8] = b"samizdat/v1/store/outbox";
 /// Prefix of a sealed row's associated data (then the table and the row key).
 pub(crate) const STORE_ROW_LABEL: &[u8] = b"samizdat/v1/store/row";
+/// The label of the binding of a rotated store's naming keys in its check
+/// row (PROTOCOL.md 14.12).
+pub(crate) const STORE_NAMING_LABEL: &[u8] = b"samizdat/v1/store/naming-keys";
 
 /// HKDF `info` of a backup's key, from the Argon2id output of the user's
 /// passphrase (PROTOCOL.md 21.2).
@@ -329,6 +332,7 @@ mod tests {
             STORE_ROW_LABEL,
             STORE_GROUP_LABEL,
             STORE_OUTBOX_LABEL,
+            STORE_NAMING_LABEL,
             crate::heal::MESSAGE_ID_LABEL,
             GROUP_MESSAGE_LABEL,
             GROUP_MESSAGE_KEY_LABEL,

@@ -155,8 +155,10 @@ fn is_entry_key(key: &[u8]) -> bool {
     key.len() == 32 + 5 + 32 && &key[32..37] == b"/out/"
 }
 
-fn is_index_key(key: &[u8]) -> bool {
-    key.len() == 32 + 7 && key.ends_with(b"/outbox")
+/// Whether a row is an outbox index: every row of table `outboxes` (keyed
+/// by the peer's 32-byte session row key, PROTOCOL.md 20.3).
+fn is_index(table: Table) -> bool {
+    table == Table::Outboxes
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -552,7 +554,7 @@ fn held_hostile_resets_cost_at_most_64_reads_and_64_resends_each() {
     let rows = |store: &MemoryBackend| store.scan(Table::Sessions).unwrap().len();
     let rows_before = rows(&store);
     let index_len =
-        || store.snapshot().into_iter().find(|((_, key), _)| is_index_key(key)).map(|(_, value)| value.len()).unwrap();
+        || store.snapshot().into_iter().find(|((table, _), _)| is_index(*table)).map(|(_, value)| value.len()).unwrap();
     let mut resend_wires: Vec<Vec<u8>> = Vec::new();
     let (mut most_read, mut largest_index, mut most_sent_bytes) = (0, 0, 0);
     for round in 0..10usize {
@@ -1042,13 +1044,9 @@ fn held_an_outbox_of_zero_messages_or_zero_age_keeps_nothing() {
     let (alice, bob) = pair();
     let peer = bob.address();
     let rows = |alice: &Dev| {
-        alice
-            .backend()
-            .scan(Table::Sessions)
-            .unwrap()
-            .iter()
-            .filter(|(key, _)| is_entry_key(key) || is_index_key(key))
-            .count()
+        let entries =
+            alice.backend().scan(Table::Sessions).unwrap().iter().filter(|(key, _)| is_entry_key(key)).count();
+        entries + alice.backend().scan(Table::Outboxes).unwrap().len()
     };
     alice.encrypt_kept(peer, b"one", 1).unwrap();
     assert_eq!(rows(&alice), 3);
@@ -1327,10 +1325,14 @@ mod crafted {
     }
 
     pub(super) fn put(dev: &Dev, key: u8, row_key: &[u8], plaintext: &[u8]) {
-        let value = hazmat::seal_row(&[key; 32], Table::Sessions, row_key, plaintext, &[3; 24]);
+        put_in(dev, key, Table::Sessions, row_key, plaintext);
+    }
+
+    pub(super) fn put_in(dev: &Dev, key: u8, table: Table, row_key: &[u8], plaintext: &[u8]) {
+        let value = hazmat::seal_row(&[key; 32], table, row_key, plaintext, &[3; 24]);
         dev.backend()
             .apply(&[Write {
-                table: Table::Sessions,
+                table,
                 key: row_key.to_vec(),
                 value: Some(value),
                 expected: samizdat::store::Expected::Any,
@@ -1339,20 +1341,21 @@ mod crafted {
     }
 
     pub(super) fn open(dev: &Dev, key: u8, row_key: &[u8]) -> Vec<u8> {
-        let sealed = dev.backend().get(Table::Sessions, row_key).unwrap().unwrap();
-        hazmat::open_row(&[key; 32], Table::Sessions, row_key, &sealed).unwrap().to_vec()
+        open_in(dev, key, Table::Sessions, row_key)
     }
 
-    pub(super) fn index_key(key: u8, peer: &Address) -> Vec<u8> {
-        [row(key, peer), b"/outbox".to_vec()].concat()
+    pub(super) fn open_in(dev: &Dev, key: u8, table: Table, row_key: &[u8]) -> Vec<u8> {
+        let sealed = dev.backend().get(table, row_key).unwrap().unwrap();
+        hazmat::open_row(&[key; 32], table, row_key, &sealed).unwrap().to_vec()
     }
 
+    /// The outbox index of `peer`: table `outboxes`, under the peer's row key.
     pub(super) fn index(dev: &Dev, key: u8, peer: &Address) -> storage::OutboxIndex {
-        storage::OutboxIndex::decode(open(dev, key, &index_key(key, peer)).as_slice()).unwrap()
+        storage::OutboxIndex::decode(open_in(dev, key, Table::Outboxes, &row(key, peer)).as_slice()).unwrap()
     }
 
     pub(super) fn set_index(dev: &Dev, key: u8, peer: &Address, index: &storage::OutboxIndex) {
-        put(dev, key, &index_key(key, peer), &index.encode_to_vec());
+        put_in(dev, key, Table::Outboxes, &row(key, peer), &index.encode_to_vec());
     }
 
     pub(super) fn entries(dev: &Dev, key: u8) -> Vec<(Vec<u8>, storage::OutboxEntry)> {
@@ -1523,7 +1526,7 @@ fn held_crafted_outbox_rows_are_checked_on_load() {
         crafted::set_index(&alice, 1, &peer, &index);
         let before = copy_of(alice.backend());
         let corrupt = |result: Result<(), DeviceError>| {
-            matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Sessions })))
+            matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Outboxes })))
         };
         assert!(corrupt(alice.outbox_len(&peer).map(|_| ())), "{what}: outbox_len");
         assert!(corrupt(alice.encrypt_kept(&peer, b"x", 2).map(|_| ())), "{what}: encrypt_kept");
@@ -1589,7 +1592,7 @@ fn finding_crafted_resend_ids_in_the_outbox_index_are_not_checked() {
         assert_eq!(error.kind(), ErrorKind::InvalidMessage, "{error:?}");
     }
     assert!(
-        matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Sessions }))),
+        matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Outboxes }))),
         "a slot naming itself as its resend loaded: {result:?}"
     );
 }

@@ -10,27 +10,31 @@
 //!     returned `Ok` is readable under the new key, every later one is
 //!     `KeyRotated`, no row is left under the old key.
 //!   - through the trait's default `rewrite_all` (an `Arc<MemoryBackend>`,
-//!     or any backend an app brings): **finding 1**. A stale handle's new
-//!     row (`Expected::Absent`) written between the rotation's scan and its
-//!     `apply` passes the guard (the check row is not re-sealed yet) and
-//!     survives the rotation sealed under the old key: the new key finds it
-//!     `Corrupt`. `finding_1_default_rewrite_all_lets_a_stale_insert_survive_the_rotation`.
+//!     or any backend an app brings): **finding 1**, fixed. A stale handle's
+//!     new row (`Expected::Absent`) written between the rotation's scan and
+//!     its `apply` passed the guard (the check row was not re-sealed yet) and
+//!     survived the rotation sealed under the old key. Now the rotation first
+//!     fences (re-seals the check row under the old key, so every handle
+//!     opened before is refused), and `MemoryBackend` rewrites under its lock.
+//!     `finding_1_default_rewrite_all_lets_a_stale_insert_survive_the_rotation`.
 //! - Rotating to the same key; a stale handle whose reads still open (same
 //!   key), so that only the guard stops its `Absent`/`Any` writes: held.
 //! - The naming-keys row altered, truncated, resealed with a wrong length or
 //!   version, or given another row's value: held (`Corrupt { meta }`).
 //!   Deleted, or swapped in from another store rotated to the same key:
-//!   **finding 2**, the store opens as if it had no peers (trust decisions
-//!   and remembered base keys silently forgotten).
+//!   **finding 2**, fixed: the store opened as if it had no peers. Now a
+//!   rotated store's check row binds its naming keys (`Corrupt { meta }`).
 //!   `finding_2_a_rotated_store_without_its_naming_keys_row_opens_as_if_empty`.
-//! - A crash between the naming-keys row and the rewrite: held (a handle
-//!   opened before it keeps working, a later rotation completes).
+//! - A crash between the rotation's fence and the rewrite: held (the old key
+//!   opens, a handle opened before is fenced out and opens again, a later
+//!   rotation completes).
 //! - `delete_session` racing `encrypt` and `commit` on two handles (memory
 //!   and SQLite): held; no deleted session comes back, every ciphertext
 //!   handed out decrypts once, none twice.
-//! - A damaged session row: **finding 3**, `delete_session` cannot remove
-//!   it, and it blocks `peers`, `export_backup` and `rotate_storage_key` for
-//!   good. `finding_3_a_damaged_session_row_cannot_be_deleted_and_blocks_backup_and_rotation`.
+//! - A damaged session row: **finding 3**, fixed: `delete_session` could
+//!   not remove it, and it blocked `peers`, `export_backup` and
+//!   `rotate_storage_key` for good. Now `delete_session` deletes the rows as
+//!   stored, without opening them. `finding_3_a_damaged_session_row_cannot_be_deleted_and_blocks_backup_and_rotation`.
 //! - Hostile backup plaintexts (made by a passphrase holder): too many
 //!   peers, duplicates, out of order, the device itself, invalid addresses,
 //!   invalid keys, a wrong seed, unknown fields, invalid UTF-8, trailing
@@ -178,7 +182,6 @@ impl Backend for Hooked {
 /// in `MemoryBackend` under its lock, and document for app backends that
 /// the default is unsafe with concurrent writers.
 #[test]
-#[ignore = "finding 1: the default rewrite_all lets a stale handle's new row survive a rotation under the old key"]
 fn finding_1_default_rewrite_all_lets_a_stale_insert_survive_the_rotation() {
     let store: Mem = Arc::new(MemoryBackend::new());
     let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
@@ -457,7 +460,6 @@ fn an_altered_or_moved_naming_keys_row_is_corrupt() {
 /// that `Sealer::load` refuses a rotated store whose naming-keys row is
 /// absent or is another store's (`Corrupt { meta }`).
 #[test]
-#[ignore = "finding 2: a rotated store whose naming-keys row is deleted or swapped opens as if it had no peers"]
 fn finding_2_a_rotated_store_without_its_naming_keys_row_opens_as_if_empty() {
     // Deleted.
     let (store, alice) = rotated_bob();
@@ -474,9 +476,12 @@ fn finding_2_a_rotated_store_without_its_naming_keys_row_opens_as_if_empty() {
     }
     assert!(corrupt_meta(opened), "a rotated store without its naming keys must be refused, not opened empty");
 
-    // Swapped in from another store rotated to the same key.
+    // Swapped in from another store (first made under another storage key)
+    // rotated to the same key.
     let (store, alice) = rotated_bob();
-    let (other, _) = rotated_bob();
+    let other: Mem = Arc::new(MemoryBackend::new());
+    drop(Device::create_in(Arc::clone(&other), &[0x3c; 32], addr("bob"), 0).unwrap());
+    Device::rotate_storage_key_in(&other, &[0x3c; 32], &NEW).unwrap();
     let foreign = other.get(Table::Meta, NAMING_KEYS_ROW).unwrap().unwrap();
     put(&store, Table::Meta, NAMING_KEYS_ROW, Some(foreign));
     let opened = Device::open_in(Arc::clone(&store), &NEW);
@@ -540,10 +545,12 @@ impl Backend for FailingRewrite {
     }
 }
 
-/// Interrupted after the naming-keys row: the old key still opens, a
-/// handle opened before keeps writing (its naming keys are the row's), a
-/// handle opened after names rows the same way, and the next rotation
-/// completes with every row readable.
+/// Interrupted after its fence (the check row re-sealed under the old key,
+/// the naming-keys row written): the old key still opens; a handle opened
+/// before is fenced out (`KeyRotated`: it opens the store again, with the
+/// new key and then the old one); a handle opened after names rows as the
+/// old key derives them; and the next rotation completes with every row
+/// readable.
 #[test]
 fn a_crash_between_the_naming_keys_row_and_the_rewrite_changes_nothing() {
     let store: Mem = Arc::new(MemoryBackend::new());
@@ -557,7 +564,12 @@ fn a_crash_between_the_naming_keys_row_and_the_rewrite_changes_nothing() {
     assert!(is_store(&error, |e| matches!(e, StoreError::Injected)), "{error:?}");
     assert!(store.get(Table::Meta, NAMING_KEYS_ROW).unwrap().is_some(), "the naming-keys row was written");
     assert!(Device::open_in(Arc::clone(&store), &NEW).is_err());
-    // The handle opened before goes on, and a new one sees what it wrote.
+    // The handle opened before is fenced out; opened again it goes on, and
+    // another new one sees what it wrote.
+    let refused = bob.start_session(&dave.prekey_bundle().unwrap()).unwrap_err();
+    assert!(key_rotated(&refused), "{refused:?}");
+    drop(bob);
+    let bob = Device::open_in(Arc::clone(&store), &OLD).unwrap();
     converse(&bob, &alice, "after the crash");
     bob.start_session(&dave.prekey_bundle().unwrap()).unwrap();
     let reopened = Device::open_in(Arc::clone(&store), &OLD).unwrap();
@@ -689,7 +701,6 @@ fn a_commit_after_delete_session_is_stale_and_resurrects_nothing() {
 /// index that does not open by a prefix scan (`scan_after` from `row ||
 /// "/out/"`). Then an app can drop the damaged peer and keep the rest.
 #[test]
-#[ignore = "finding 3: a damaged session row cannot be deleted and blocks peers, export_backup and rotation"]
 fn finding_3_a_damaged_session_row_cannot_be_deleted_and_blocks_backup_and_rotation() {
     let store: Mem = Arc::new(MemoryBackend::new());
     let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();

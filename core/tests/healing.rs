@@ -351,9 +351,11 @@ fn a_reset_names_at_most_the_limit_and_unknown_ids_send_nothing() {
 fn the_outbox_is_bounded_in_count_and_age_and_forgets_what_is_acknowledged() {
     let (alice, bob) = pair();
     let peer = bob.address();
-    let rows = |alice: &Dev| alice.backend().scan(Table::Sessions).unwrap().len();
-    // `pair` left "hello" in the outbox: one entry row and one index row
-    // beside the session row.
+    let rows = |alice: &Dev| {
+        alice.backend().scan(Table::Sessions).unwrap().len() + alice.backend().scan(Table::Outboxes).unwrap().len()
+    };
+    // `pair` left "hello" in the outbox: one entry row beside the session
+    // row, and the index in table `outboxes`.
     assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (1, 3));
     alice.set_heal_policy(HealPolicy { outbox_max_messages: 3, outbox_max_age: 100, ..HealPolicy::default() }).unwrap();
     let sent: Vec<Vec<u8>> = (0..5).map(|i| alice.encrypt_kept(peer, &[i], 10).unwrap()).collect();

@@ -120,6 +120,11 @@ fn golden_stores_go_on(schema: u32) {
     let alice = Device::open(dir.join("alice.db"), &ALICE_KEY).unwrap();
     let bob = Device::open(dir.join("bob.db"), &BOB_KEY).unwrap();
     assert_eq!(alice.outbox_len(bob.address()).unwrap(), 2, "the outbox survives");
+    // Its index is in table `outboxes` (moved there from `sessions` when a
+    // store of schema 2 is opened, PROTOCOL.md 20.3).
+    use samizdat::store::{Backend, Table};
+    assert_eq!(alice.backend().scan(Table::Outboxes).unwrap().len(), 1);
+    assert!(!alice.backend().scan(Table::Sessions).unwrap().iter().any(|(key, _)| key.ends_with(b"/outbox")));
     assert_eq!(bob.prekey_counts().unwrap().0, 4, "one of Bob's five one-time prekeys was consumed");
     // The messages written before the upgrade decrypt after it.
     let pending = bob.decrypt(alice.address(), &std::fs::read(dir.join("message.bin")).unwrap()).unwrap();

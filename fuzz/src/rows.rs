@@ -18,7 +18,7 @@ use samizdat::limits::{
 use samizdat::{heal::MESSAGE_ID_LEN, session::MAX_RECORD_LEN, store::Table};
 use samizdat_proto::storage;
 
-use crate::seal::{OUTBOX_ENTRY_INFIX, OUTBOX_INDEX_SUFFIX, ROW_KEY_LEN, SEEDS_SUFFIX, Sealer};
+use crate::seal::{OUTBOX_ENTRY_INFIX, ROW_KEY_LEN, SEEDS_SUFFIX, Sealer};
 
 /// Every row of a store, as `MemoryBackend::snapshot` gives them.
 pub type Rows = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
@@ -134,8 +134,8 @@ fn check_record(record: &[u8]) -> usize {
 ///
 /// Rows of table `sessions` are told apart by their keys (a session row's
 /// key is 32 bytes, 14.5): the session row, `key`; its seeds row,
-/// `key || "/seeds"`; its outbox index, `key || "/outbox"`; an outbox entry,
-/// `key || "/out/" || HMAC(outbox key, id)` (20.3).
+/// `key || "/seeds"`; an outbox entry, `key || "/out/" || HMAC(outbox key,
+/// id)`; a peer's outbox index is in table `outboxes` under `key` (20.3).
 ///
 /// # Panics
 /// On a row that does not open or parse, or breaks a limit or an invariant.
@@ -162,11 +162,10 @@ pub fn check_store(rows: &Rows, sealer: &Sealer) {
                 assert!(count <= MAX_STORED_SKIPPED_KEYS, "{count} seeds in a seeds row");
                 seeds.insert(key[..ROW_KEY_LEN].to_vec(), count);
             }
-            Table::Sessions
-                if key.ends_with(OUTBOX_INDEX_SUFFIX) && key.len() == ROW_KEY_LEN + OUTBOX_INDEX_SUFFIX.len() =>
-            {
+            Table::Outboxes => {
+                assert_eq!(key.len(), ROW_KEY_LEN, "an outbox index is keyed as its session row");
                 let index = storage::OutboxIndex::decode(plaintext.as_slice()).expect("an outbox index parses");
-                outboxes.insert(key[..ROW_KEY_LEN].to_vec(), check_outbox_index(&index));
+                outboxes.insert(key.clone(), check_outbox_index(&index));
             }
             Table::Sessions
                 if key.len() == 2 * ROW_KEY_LEN + OUTBOX_ENTRY_INFIX.len()

@@ -44,8 +44,6 @@ pub const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
 pub const SINGLE_ROW: &[u8] = b"self";
 /// The suffix of a peer's seeds row (14.7).
 pub const SEEDS_SUFFIX: &[u8] = b"/seeds";
-/// The suffix of a peer's outbox index row (20.3).
-pub const OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
 /// The infix of a peer's outbox entry rows, between the session row's key
 /// and the keyed hash of the entry's message id (20.3).
 pub const OUTBOX_ENTRY_INFIX: &[u8] = b"/out/";
@@ -183,9 +181,9 @@ impl Sealer {
         hmac(&self.outbox_key, &[id])
     }
 
-    /// The row of a peer's outbox index: `row_key(peer) || "/outbox"`.
+    /// The row of a peer's outbox index in table `outboxes`: `row_key(peer)`.
     pub fn outbox_index_key(&self, peer: &Address) -> Vec<u8> {
-        [self.row_key(peer).as_slice(), OUTBOX_INDEX_SUFFIX].concat()
+        self.row_key(peer)
     }
 
     /// The row of the outbox entry of message `id` for a peer:
@@ -264,8 +262,10 @@ pub fn self_check() {
     let wire = device.encrypt_kept(&bob, b"kept", 0).expect("a kept message");
     let id = samizdat::heal::message_id(&wire);
     let rows = backend.snapshot();
-    for key in [sealer.outbox_index_key(&bob), sealer.outbox_entry_key(&bob, &id)] {
-        let sealed = rows.get(&(Table::Sessions, key.clone())).expect("an outbox row where this sealer says");
-        assert!(sealer.open(Table::Sessions, &key, sealed).is_some(), "an outbox row that does not open here");
+    for (table, key) in
+        [(Table::Outboxes, sealer.outbox_index_key(&bob)), (Table::Sessions, sealer.outbox_entry_key(&bob, &id))]
+    {
+        let sealed = rows.get(&(table, key.clone())).expect("an outbox row where this sealer says");
+        assert!(sealer.open(table, &key, sealed).is_some(), "an outbox row that does not open here");
     }
 }

@@ -90,11 +90,12 @@ impl VectorSet for StoreRows {
             table, sealed under another storage key, altered, too short, of an unknown version, or whose padding \
             does not verify. Version 0x01 values (release 0.1, no padding) still open. `peer_row_key`: \
             HMAC-SHA256(address_key, u32be(len(user_id)) || user_id || u32be(device_id)) (14.5). \
-            `outbox_row_keys`: the row keys of the outbox for that peer (20.3), in table `sessions`: `outbox_key` = \
+            `outbox_row_keys`: the row keys of the outbox for that peer (20.3): `outbox_key` = \
             HKDF(salt = 0^32, ikm = storage_key, info = \"samizdat/v1/store/outbox\", L = 32) (14.3); `id_hash` = \
             HMAC-SHA256(outbox_key, id), `id` being the message id (16 bytes, 20.2) of the kept message; \
-            `index_key` = row_key(peer) || \"/outbox\" (39 bytes); `entry_key` = row_key(peer) || \"/out/\" || \
-            id_hash (69 bytes).",
+            `index_key` = row_key(peer) (32 bytes), in table `outboxes` (since release 0.5; before it, \
+            row_key(peer) || \"/outbox\" in table `sessions`); `entry_key` = row_key(peer) || \"/out/\" || \
+            id_hash (69 bytes), in table `sessions`.",
         seed: 19,
         inputs: &[
             "operation",
@@ -302,7 +303,7 @@ impl VectorSet for StoreRows {
                     device_id: *device_id,
                     id: id.clone(),
                     outbox_key: h(outbox_key),
-                    index_key: h([row_key.as_slice(), b"/outbox"].concat()),
+                    index_key: h(&row_key),
                     entry_key: h([row_key.as_slice(), b"/out/", &id_hash].concat()),
                     id_hash: h(id_hash),
                 }
@@ -314,8 +315,8 @@ impl VectorSet for StoreRows {
 /// Checks the outbox row keys of 20.3 against the library: a device with
 /// `storage_key` keeps one message for the peer `peer` (`encrypt_kept`), and
 /// its store must then hold, for that peer, exactly the session row, the
-/// index at `row_key || "/outbox"` and the entry at `row_key || "/out/" ||
-/// HMAC-SHA256(outbox_key, the message's id)`. (The message is random, so
+/// index at `row_key` in table `outboxes` and the entry at `row_key ||
+/// "/out/" || HMAC-SHA256(outbox_key, the message's id)`. (The message is random, so
 /// its id is not the case's: the library does not hash a given id.)
 fn outbox_rows_of_a_device(storage_key: &[u8; 32], peer: &Address, row_key: &[u8], outbox_key: &[u8; 32]) -> R<()> {
     let fail = |e: samizdat::device::DeviceError| err("entry_key", format!("the device failed: {e}"));
@@ -325,21 +326,20 @@ fn outbox_rows_of_a_device(storage_key: &[u8; 32], peer: &Address, row_key: &[u8
     let to = device.start_session(&other.prekey_bundle().map_err(fail)?).map_err(fail)?;
     let wire = device.encrypt_kept(&to, b"kept", 0).map_err(fail)?;
     let entry = [row_key, b"/out/", &hmac(outbox_key, &heal::message_id(&wire))?].concat();
-    let index = [row_key, b"/outbox"].concat();
-    let mut expected = vec![row_key.to_vec(), index, entry];
+    let mut expected =
+        vec![(Table::Outboxes, row_key.to_vec()), (Table::Sessions, row_key.to_vec()), (Table::Sessions, entry)];
     expected.sort();
-    let mut written: Vec<Vec<u8>> = device
+    let mut written: Vec<(Table, Vec<u8>)> = device
         .backend()
         .snapshot()
         .into_keys()
-        .filter(|(table, key)| *table == Table::Sessions && key.starts_with(row_key))
-        .map(|(_, key)| key)
+        .filter(|(table, key)| matches!(table, Table::Sessions | Table::Outboxes) && key.starts_with(row_key))
         .collect();
     written.sort();
     if written == expected {
         Ok(())
     } else {
-        let listed: Vec<String> = written.iter().map(h).collect();
+        let listed: Vec<String> = written.iter().map(|(table, key)| format!("{}:{}", table.name(), h(key))).collect();
         Err(err("entry_key", format!("the device wrote the rows {listed:?}, the formulas give other keys")))
     }
 }

@@ -243,6 +243,7 @@ fn restore_rows<C: Backend + ?Sized>(
             value: Some(sealer.seal(&mut rng, Table::Identity, SINGLE_ROW, &encoded)),
             expected: Expected::Absent,
         },
+        super::healing::outboxes_marker(sealer),
     ];
     writes.extend(set_rows(sealer, prekeys).writes(sealer));
     for (peer, identity) in &contents.peers {

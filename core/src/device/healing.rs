@@ -32,7 +32,7 @@ use crate::{
     padding::ContentType,
     prekeys::PreKeyBundle,
     session::SessionRecord,
-    store::{Backend, Expected, StoreError, Table, Write},
+    store::{Backend, Expected, Sealer, StoreError, Table, Write},
 };
 
 use super::{Device, DeviceError, Outgoing, encode, groups::ControlAction, lock, retry_on_conflict};
@@ -40,8 +40,18 @@ use super::{Device, DeviceError, Outgoing, encode, groups::ControlAction, lock, 
 /// The format version of outbox rows.
 const OUTBOX_VERSION: u32 = 1;
 
-/// The row key of a peer's outbox index: its session row's key and this.
-const OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
+/// The row key, in table `sessions`, of a peer's outbox index as stores
+/// before release 0.5 kept it: its session row's key and this. Such rows are
+/// moved to table `outboxes` when the store is opened
+/// ([`Device::move_outboxes`]).
+const LEGACY_OUTBOX_INDEX_SUFFIX: &[u8] = b"/outbox";
+
+/// The row of table `meta` that says the store keeps its outbox indexes in
+/// table `outboxes` (written when the store is made, or when its indexes
+/// were moved there).
+pub(crate) const OUTBOXES_ROW: &[u8] = b"outboxes";
+/// The plaintext of [`OUTBOXES_ROW`].
+const OUTBOXES_PLAINTEXT: &[u8] = b"samizdat outboxes v1";
 
 /// The row key of one outbox entry: its session row's key, this, its id.
 const OUTBOX_ENTRY_SUFFIX: &[u8] = b"/out/";
@@ -49,8 +59,20 @@ const OUTBOX_ENTRY_SUFFIX: &[u8] = b"/out/";
 /// Rows read at a time by [`Device::expire_outbox`].
 const OUTBOX_SCAN_PAGE: usize = 256;
 
-pub(super) fn index_key(row: &[u8]) -> Vec<u8> {
-    [row, OUTBOX_INDEX_SUFFIX].concat()
+/// The start of the row keys of `row`'s outbox entries: `row || "/out/"`.
+pub(super) fn entry_prefix(row: &[u8]) -> Vec<u8> {
+    [row, OUTBOX_ENTRY_SUFFIX].concat()
+}
+
+/// The write that marks a new store as keeping its outbox indexes in table
+/// `outboxes`.
+pub(super) fn outboxes_marker(sealer: &Sealer) -> Write {
+    Write {
+        table: Table::Meta,
+        key: OUTBOXES_ROW.to_vec(),
+        value: Some(sealer.seal(&mut crate::os_rng(), Table::Meta, OUTBOXES_ROW, OUTBOXES_PLAINTEXT)),
+        expected: Expected::Absent,
+    }
 }
 
 /// How a device heals: set with [`Device::set_heal_policy`]. Times are in
@@ -301,12 +323,10 @@ impl<B: Backend> Device<B> {
     /// latest `now` its outbox was given (this call's included; an index is
     /// rewritten for that only when the time moved by an hour or more).
     ///
-    /// Cost: one scan of the sessions table, by pages of 256 rows (every row
-    /// of it is read, the kept plaintexts' sealed rows included; memory is
-    /// bounded by a page and the list of peers with an outbox), then one
-    /// transaction per peer whose outbox changes. It is the one call of the
-    /// message path whose cost grows with the number of peers: call it at
-    /// start or when going to the background, not per message.
+    /// Cost: one read of table `outboxes` (one row per peer that has an
+    /// outbox, read by pages of 256: it does not grow with the number of
+    /// sessions), then one transaction per peer whose outbox changes. Call it
+    /// at start or when going to the background, not per message.
     ///
     /// # Errors
     /// A store error, or [`StoreError::Corrupt`] if an index does not parse:
@@ -315,15 +335,15 @@ impl<B: Backend> Device<B> {
     pub fn expire_outbox(&self, now: u64) -> Result<usize, DeviceError> {
         self.check_process()?;
         let policy = self.heal_policy();
-        // The outbox indexes, found by pages of the sessions table (memory
+        // The outbox indexes: the rows of table `outboxes`, by pages (memory
         // bounded by a page, whatever the number of peers).
         let mut rows: Vec<Vec<u8>> = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = self.backend.scan_after(Table::Sessions, after.as_deref(), OUTBOX_SCAN_PAGE)?;
+            let page = self.backend.scan_after(Table::Outboxes, after.as_deref(), OUTBOX_SCAN_PAGE)?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            rows.extend(page.iter().filter_map(|(key, _)| key.strip_suffix(OUTBOX_INDEX_SUFFIX).map(<[u8]>::to_vec)));
+            rows.extend(page.into_iter().map(|(key, _)| key));
         }
         let mut deleted = 0usize;
         for row in rows {
@@ -552,12 +572,11 @@ impl<B: Backend> Device<B> {
 
     /// The outbox index of session row `row` (empty if none).
     pub(super) fn load_index(&self, row: &[u8]) -> Result<Index, StoreError> {
-        let key = index_key(row);
-        let Some(sealed) = self.backend.get(Table::Sessions, &key)? else {
+        let Some(sealed) = self.backend.get(Table::Outboxes, row)? else {
             return Ok(Index { sealed: None, entries: Vec::new(), seen_at: 0 });
         };
-        let corrupt = || StoreError::Corrupt { table: Table::Sessions };
-        let bytes = self.open_sealed(Table::Sessions, &key, &sealed)?;
+        let corrupt = || StoreError::Corrupt { table: Table::Outboxes };
+        let bytes = self.open_sealed(Table::Outboxes, row, &sealed)?;
         let index = crate::codec::decode_secret::<storage::OutboxIndex>(bytes.as_slice()).map_err(|_| corrupt())?;
         if index.version != OUTBOX_VERSION || index.entries.len() > MAX_OUTBOX_MESSAGES {
             return Err(corrupt());
@@ -596,7 +615,7 @@ impl<B: Backend> Device<B> {
         seen_at: u64,
         dropped: impl Iterator<Item = &'a MessageId>,
     ) -> Vec<Write> {
-        let key = index_key(row);
+        let key = row.to_vec();
         let value = (!kept.is_empty()).then(|| {
             let index = storage::OutboxIndex {
                 version: OUTBOX_VERSION,
@@ -610,11 +629,11 @@ impl<B: Backend> Device<B> {
                     })
                     .collect(),
             };
-            self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &encode(&index))
+            self.sealer.seal(&mut crate::os_rng(), Table::Outboxes, &key, &encode(&index))
         });
         let mut writes = Vec::new();
         if value.is_some() || read.is_some() {
-            writes.push(Write { table: Table::Sessions, key, value, expected: Expected::read(read) });
+            writes.push(Write { table: Table::Outboxes, key, value, expected: Expected::read(read) });
         }
         // The index, written conditionally, guards the entries: one it
         // named is deleted whatever it holds.
@@ -627,3 +646,44 @@ impl<B: Backend> Device<B> {
         writes
     }
 }
+
+impl<B: Backend> Device<B> {
+    /// Moves the outbox indexes of a store made before release 0.5 from
+    /// table `sessions` (under `row_key(peer) || "/outbox"`) to table
+    /// `outboxes` (under `row_key(peer)`), re-sealed for their new place, and
+    /// marks the store as done ([`OUTBOXES_ROW`]), in one transaction; does
+    /// nothing for a store that has the mark (every store made since). The
+    /// one call that reads every session row, once in a store's life.
+    pub(super) fn move_outboxes(&self) -> Result<(), DeviceError> {
+        if self.backend.get(Table::Meta, OUTBOXES_ROW)?.is_some() {
+            return Ok(());
+        }
+        let mut writes = vec![outboxes_marker(&self.sealer)];
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.backend.scan_after(Table::Sessions, after.as_deref(), OUTBOX_SCAN_PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, sealed) in page {
+                let Some(row) = key.strip_suffix(LEGACY_OUTBOX_INDEX_SUFFIX) else { continue };
+                if row.len() != LEGACY_ROW_KEY_LEN {
+                    continue;
+                }
+                let bytes = self.open_sealed(Table::Sessions, &key, &sealed)?;
+                let value = self.sealer.seal(&mut crate::os_rng(), Table::Outboxes, row, &bytes);
+                writes.push(Write {
+                    table: Table::Outboxes,
+                    key: row.to_vec(),
+                    value: Some(value),
+                    expected: Expected::Absent,
+                });
+                writes.push(Write { table: Table::Sessions, key, value: None, expected: Expected::Value(sealed) });
+            }
+        }
+        self.write(&writes)?;
+        Ok(())
+    }
+}
+
+/// The length of a session row's key (a keyed hash of the address).
+const LEGACY_ROW_KEY_LEN: usize = 32;

@@ -331,7 +331,7 @@ impl<B: Backend> Device<B> {
         };
         let key_check = sealer.key_check(&mut rng);
         let check = key_check.value.clone().unwrap_or_default();
-        let mut writes = vec![key_check, identity_write];
+        let mut writes = vec![key_check, identity_write, healing::outboxes_marker(sealer)];
         writes.extend(set_rows(sealer, prekeys).writes(sealer));
         backend.apply(&writes)?;
         Ok((identity, check))
@@ -349,8 +349,11 @@ impl<B: Backend> Device<B> {
         let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
         let (identity, address) = read_identity(&backend, &sealer)?;
         let device = Self::assemble(backend, sealer, key_check, identity, address);
-        // A store of the previous format: its prekeys, one row, become rows.
+        // A store of the previous format: its prekeys, one row, become rows;
+        // a store made before release 0.5: its outbox indexes move to their
+        // table.
         retry_on_conflict(|| device.migrate_prekeys())?;
+        retry_on_conflict(|| device.move_outboxes())?;
         Ok(device)
     }
 
@@ -383,11 +386,16 @@ impl<B: Backend> Device<B> {
     /// not open under the new one). Every write of the device goes through
     /// here.
     fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
         let mut batch = Vec::with_capacity(writes.len().saturating_add(1));
         batch.push(Sealer::guard(&self.key_check));
         batch.extend_from_slice(writes);
         match self.backend.apply(&batch) {
-            Err(StoreError::Conflict { table: Table::Meta }) => Err(StoreError::KeyRotated),
+            // The guard failed, or another row of `meta` changed (the outbox
+            // mark, written once): only the first is a rotation.
+            Err(StoreError::Conflict { table: Table::Meta }) if self.key_check_changed() => Err(StoreError::KeyRotated),
             result => result,
         }
     }
@@ -398,10 +406,16 @@ impl<B: Backend> Device<B> {
     /// handle rotated the storage key ([`StoreError::KeyRotated`]: open the
     /// store again with the new key), and the row is not damaged at all.
     fn open_sealed(&self, table: Table, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        self.sealer.open(table, key, sealed).map_err(|e| match self.backend.get(Table::Meta, KEY_CHECK_ROW) {
-            Ok(Some(check)) if check != self.key_check => StoreError::KeyRotated,
-            _ => e,
-        })
+        self.sealer
+            .open(table, key, sealed)
+            .map_err(|e| if self.key_check_changed() { StoreError::KeyRotated } else { e })
+    }
+
+    /// Whether the store's key-check row no longer holds what this handle
+    /// read when it opened the store (another handle rotated the storage
+    /// key). A row gone or unreadable is not taken for a rotation.
+    fn key_check_changed(&self) -> bool {
+        matches!(self.backend.get(Table::Meta, KEY_CHECK_ROW), Ok(Some(check)) if check != self.key_check)
     }
 
     /// The backend (for tests and tools).

@@ -80,6 +80,10 @@ impl<B: Backend> Device<B> {
     /// wants the conversation back, or drop them). Its place in groups
     /// is the app's roster's business ([`Device::remove_group_members`]).
     ///
+    /// Rows that do not open (a damaged store) are deleted all the same: no
+    /// row is opened, each is deleted on the condition that it still holds
+    /// the bytes read.
+    ///
     /// The deleted rows' bytes are overwritten in the database file and its
     /// log when the transaction commits (`secure_delete`, PROTOCOL.md
     /// 14.8); copies that a b-tree rebuild left in other pages go at the
@@ -107,24 +111,37 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
-            let (loaded, _) = self.load_record(&row)?;
-            let index = self.load_index(&row)?;
+            // The rows as stored, not opened: a damaged row is deleted too
+            // (a row that does not open must not keep its peer for good).
             let mut writes = Vec::new();
-            let mut delete = |key: Vec<u8>, read: Option<Vec<u8>>| {
-                if let Some(value) = read {
+            let mut delete = |table: Table, key: Vec<u8>| -> Result<(), StoreError> {
+                if let Some(value) = self.backend.get(table, &key)? {
+                    writes.push(Write { table, key, value: None, expected: Expected::Value(value) });
+                }
+                Ok(())
+            };
+            delete(Table::Sessions, super::sessions::seeds_key(&row))?;
+            delete(Table::Outboxes, row.clone())?;
+            delete(Table::Sessions, row.clone())?;
+            // The outbox entries: the rows keyed `row || "/out/" || ...`,
+            // found by their prefix whatever the index says.
+            let prefix = super::healing::entry_prefix(&row);
+            let mut after = prefix.clone();
+            loop {
+                let page = self.backend.scan_after(Table::Sessions, Some(&after), PEERS_PAGE)?;
+                let mut done = page.len() < PEERS_PAGE;
+                for (key, value) in page {
+                    if !key.starts_with(&prefix) {
+                        done = true;
+                        break;
+                    }
+                    after.clone_from(&key);
                     writes.push(Write { table: Table::Sessions, key, value: None, expected: Expected::Value(value) });
                 }
-            };
-            let seeds_key = super::sessions::seeds_key(&row);
-            let seeds = self.backend.get(Table::Sessions, &seeds_key)?;
-            delete(seeds_key, seeds);
-            for slot in &index.entries {
-                let key = self.entry_key(&row, &slot.id);
-                let entry = self.backend.get(Table::Sessions, &key)?;
-                delete(key, entry);
+                if done {
+                    break;
+                }
             }
-            delete(super::healing::index_key(&row), index.sealed);
-            delete(row.clone(), loaded.record);
             if writes.is_empty() {
                 return Ok(false);
             }

@@ -579,7 +579,9 @@ fn stale_on_group_or_session_conflict(error: DeviceError) -> DeviceError {
 /// decryption is stale.
 fn stale_on_session_conflict(error: DeviceError) -> DeviceError {
     match error {
-        DeviceError::Store(StoreError::Conflict { table: Table::Sessions }) => SessionError::StalePending.into(),
+        DeviceError::Store(StoreError::Conflict { table: Table::Sessions | Table::Outboxes }) => {
+            SessionError::StalePending.into()
+        }
         error => error,
     }
 }

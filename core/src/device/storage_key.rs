@@ -91,26 +91,38 @@ impl<B: Backend> Device<B> {
     /// not re-sealed around it); a backend failure. Nothing was changed.
     pub fn rotate_storage_key_in(backend: &B, old_key: &[u8; 32], new_key: &[u8; 32]) -> Result<Scrub, DeviceError> {
         let mut rng = crate::os_rng();
-        // The naming keys, written (under the old key) before the rotation
-        // if the store has none yet: a crash after this leaves a row that
-        // names rows as the old key's derivation does, which changes nothing.
+        // First, the fence, under the old key: the check row re-sealed
+        // (fresh nonce, same plaintext), and the naming keys written if the
+        // store has none yet. Every handle opened before now has its next
+        // batch refused by its guard (`KeyRotated`), so none can insert a
+        // row under the old key while the rows are read and re-sealed (which
+        // a backend's default `rewrite_all` could otherwise miss). A crash
+        // after this changes nothing: the naming keys are those the old key
+        // derives (PROTOCOL.md 14.12).
         let old = retry_on_conflict(|| {
             let (old, check) = Sealer::load(backend, old_key)?;
+            let plaintext = old.open(Table::Meta, KEY_CHECK_ROW, &check)?;
+            let mut fence = vec![Write {
+                table: Table::Meta,
+                key: KEY_CHECK_ROW.to_vec(),
+                value: Some(old.seal(&mut rng, Table::Meta, KEY_CHECK_ROW, &plaintext)),
+                expected: Expected::Value(check),
+            }];
             if backend.get(Table::Meta, NAMING_KEYS_ROW)?.is_none() {
                 let naming = old.naming_keys();
-                backend.apply(&[
-                    Sealer::guard(&check),
-                    Write {
-                        table: Table::Meta,
-                        key: NAMING_KEYS_ROW.to_vec(),
-                        value: Some(old.seal(&mut rng, Table::Meta, NAMING_KEYS_ROW, &naming)),
-                        expected: Expected::Absent,
-                    },
-                ])?;
+                fence.push(Write {
+                    table: Table::Meta,
+                    key: NAMING_KEYS_ROW.to_vec(),
+                    value: Some(old.seal(&mut rng, Table::Meta, NAMING_KEYS_ROW, &naming)),
+                    expected: Expected::Absent,
+                });
             }
+            backend.apply(&fence)?;
             Ok(old)
         })?;
         let new = old.rekeyed(new_key);
+        // The check row of a rotated store binds its naming keys.
+        let new_check = new.named_key_check();
         retry_on_conflict(|| {
             Ok(backend.rewrite_all(&mut |table, key, value| {
                 let opened = old.open(table, key, value).map_err(|e| {
@@ -118,6 +130,9 @@ impl<B: Backend> Device<B> {
                     // the store since it was read.
                     if table == Table::Meta && key == KEY_CHECK_ROW { StoreError::WrongKey } else { e }
                 })?;
+                if table == Table::Meta && key == KEY_CHECK_ROW {
+                    return Ok(new.seal(&mut rng, table, key, &new_check));
+                }
                 Ok(new.seal(&mut rng, table, key, &opened))
             })?)
         })

@@ -59,8 +59,13 @@ pub enum Table {
     /// The device's prekeys: one row per key, an index row and the
     /// remembered base keys (PROTOCOL.md 14.7).
     PreKeys,
-    /// One session record per peer device, keyed by the keyed hash of its address.
+    /// One session record per peer device, keyed by the keyed hash of its
+    /// address; beside it, its skipped keys' seeds and its outbox entries.
     Sessions,
+    /// The index of each peer's outbox (PROTOCOL.md 20.3), keyed as the
+    /// peer's session row: a table of its own so that the calls that visit
+    /// every outbox read only the peers that have one.
+    Outboxes,
     /// Groups: per group its roster and our sending chain, and per member
     /// the chains we keep of it, keyed by keyed hashes of the group id and
     /// the member's address (PROTOCOL.md 18.9).
@@ -69,7 +74,8 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 5] = [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions, Table::Groups];
+    pub const ALL: [Table; 6] =
+        [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions, Table::Groups, Table::Outboxes];
 
     /// The table's name (also its SQL table name).
     pub fn name(self) -> &'static str {
@@ -79,6 +85,7 @@ impl Table {
             Self::PreKeys => "prekeys",
             Self::Sessions => "sessions",
             Self::Groups => "groups",
+            Self::Outboxes => "outboxes",
         }
     }
 }
@@ -340,10 +347,15 @@ pub trait Backend: Send + Sync {
     ///
     /// The default scans every table, then applies one batch whose every
     /// write is conditional on its row still holding what the scan read
-    /// (so it holds the store in memory twice, and another handle's write
-    /// meanwhile makes it fail with [`StoreError::Conflict`]: try again).
-    /// [`SqliteBackend`] streams the rows inside one write transaction
-    /// instead, in memory bounded by a page of rows.
+    /// (so it holds the store in memory twice, and another handle's change
+    /// of a row it read makes it fail with [`StoreError::Conflict`]: try
+    /// again). It is not atomic against another handle *inserting* a row
+    /// between the scan and the batch: that row escapes the rewrite (under
+    /// the old key, after a rotation). A backend that several handles share
+    /// must override it with one transaction or lock around the whole, as
+    /// both backends of this crate do: [`SqliteBackend`] streams the rows
+    /// inside one write transaction, in memory bounded by a page of rows;
+    /// [`MemoryBackend`] rewrites under its lock.
     ///
     /// # Errors
     /// The error of `rewrite`; [`StoreError::Conflict`]; a backend failure.
@@ -398,6 +410,11 @@ const UNPADDED_SEALED_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 /// The plaintext of the storage-key check row.
 const KEY_CHECK_PLAINTEXT: &[u8] = b"samizdat storage key check v1";
+/// The plaintext of the storage-key check row of a store whose storage key
+/// was rotated: this, then the binding of its naming keys
+/// ([`Sealer::naming_binding`]), so that the naming-keys row cannot be
+/// deleted or swapped for another store's (PROTOCOL.md 14.12).
+const KEY_CHECK_NAMED_PREFIX: &[u8] = b"samizdat storage key check v2";
 /// The key of the storage-key check row in [`Table::Meta`].
 pub(crate) const KEY_CHECK_ROW: &[u8] = b"key-check";
 /// The key of the naming-keys row in [`Table::Meta`]: the keys that name
@@ -467,10 +484,17 @@ impl Sealer {
     ) -> Result<(Self, Vec<u8>), StoreError> {
         let check = backend.get(Table::Meta, KEY_CHECK_ROW)?.ok_or(StoreError::NotFound)?;
         let mut sealer = Self::new(storage_key);
-        sealer.verify_key_check(&check)?;
-        if let Some(sealed) = backend.get(Table::Meta, NAMING_KEYS_ROW)? {
+        let binding = sealer.verify_key_check(&check)?;
+        let corrupt = || StoreError::Corrupt { table: Table::Meta };
+        let naming = backend.get(Table::Meta, NAMING_KEYS_ROW)?;
+        if binding.is_some() && naming.is_none() {
+            // A rotated store without its naming keys: every row would be
+            // named anew, and the store would seem empty.
+            return Err(corrupt());
+        }
+        if let Some(sealed) = naming {
+            let derived = binding.is_none().then(|| sealer.naming_keys());
             let opened = sealer.open(Table::Meta, NAMING_KEYS_ROW, &sealed)?;
-            let corrupt = || StoreError::Corrupt { table: Table::Meta };
             let (&version, keys) = opened.split_first().ok_or_else(corrupt)?;
             if version != NAMING_KEYS_VERSION || opened.len() != NAMING_KEYS_LEN {
                 return Err(corrupt());
@@ -482,6 +506,17 @@ impl Sealer {
             sealer.base_key_key = next()?;
             sealer.group_key = next()?;
             sealer.outbox_key = next()?;
+            let bound = match (binding, derived) {
+                // Rotated: the row must be the one the check row binds.
+                (Some(binding), _) => bool::from(sealer.naming_binding().ct_eq(&binding)),
+                // Not rotated yet (a rotation cut between its two steps):
+                // the row must hold the keys the storage key derives.
+                (None, Some(derived)) => bool::from(sealer.naming_keys().as_slice().ct_eq(derived.as_slice())),
+                (None, None) => false,
+            };
+            if !bound {
+                return Err(corrupt());
+            }
         }
         Ok((sealer, check))
     }
@@ -645,10 +680,35 @@ impl Sealer {
         }
     }
 
-    /// Checks the storage key against a store's check value.
-    pub(crate) fn verify_key_check(&self, sealed: &[u8]) -> Result<(), StoreError> {
+    /// Checks the storage key against a store's check value; returns the
+    /// binding of the naming keys it carries (a rotated store), if any.
+    pub(crate) fn verify_key_check(&self, sealed: &[u8]) -> Result<Option<[u8; 32]>, StoreError> {
         let opened = self.open(Table::Meta, KEY_CHECK_ROW, sealed).map_err(|_| StoreError::WrongKey)?;
-        if bool::from(opened.as_slice().ct_eq(KEY_CHECK_PLAINTEXT)) { Ok(()) } else { Err(StoreError::WrongKey) }
+        if bool::from(opened.as_slice().ct_eq(KEY_CHECK_PLAINTEXT)) {
+            return Ok(None);
+        }
+        match opened.split_at_checked(KEY_CHECK_NAMED_PREFIX.len()) {
+            Some((prefix, binding)) if bool::from(prefix.ct_eq(KEY_CHECK_NAMED_PREFIX)) => {
+                <[u8; 32]>::try_from(binding).map(Some).map_err(|_| StoreError::WrongKey)
+            }
+            _ => Err(StoreError::WrongKey),
+        }
+    }
+
+    /// The binding of this sealer's naming keys in the check row of a
+    /// rotated store: `SHA-256(NAMING_BINDING_LABEL || NamingKeys)`.
+    pub(crate) fn naming_binding(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hash = Sha256::new();
+        hash.update(kdf::STORE_NAMING_LABEL);
+        hash.update(self.naming_keys().as_slice());
+        hash.finalize().into()
+    }
+
+    /// The check row's plaintext for a store rotated to this sealer:
+    /// [`KEY_CHECK_NAMED_PREFIX`] and the binding of its naming keys.
+    pub(crate) fn named_key_check(&self) -> Vec<u8> {
+        [KEY_CHECK_NAMED_PREFIX, &self.naming_binding()].concat()
     }
 }
 

@@ -160,13 +160,16 @@ const MIGRATIONS: [&str; 3] = [
     CREATE TABLE groups   (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ",
     // Release 0.5: the scrub's debt (the bytes written by every handle since
-    // the last scrub), and a store may now hold the naming-keys row of
+    // the last scrub); the outbox indexes in a table of their own (the
+    // device moves those of an earlier store there when it opens it,
+    // PROTOCOL.md 20.3); and a store may now hold the naming-keys row of
     // storage-key rotation (PROTOCOL.md 14.12), which an earlier release
     // would not read (it would name rows from the new storage key and find
     // none of them): the version refuses it there.
     "
     CREATE TABLE scrub_debt (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
     INSERT INTO scrub_debt (id, bytes) VALUES (0, 0);
+    CREATE TABLE outboxes (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ",
 ];
 
@@ -385,7 +388,12 @@ impl SqliteBackend {
             }
         }
         migrate(&mut connection)?;
-        let debt: i64 = connection.query_row("SELECT bytes FROM scrub_debt WHERE id = 0", [], |row| row.get(0))?;
+        // Read leniently: a counter altered by hand (negative, not an
+        // integer, missing) only makes a scrub come sooner or later.
+        let debt: i64 = connection
+            .query_row("SELECT max(0, CAST(bytes AS INTEGER)) FROM scrub_debt WHERE id = 0", [], |row| row.get(0))
+            .optional()?
+            .unwrap_or(0);
         let budget = scrub_budget(&connection)?;
         let log = Log { path: PathBuf::from(format!("{}-wal", connection.path().unwrap_or_default())), file: None };
         let handle = Handle {
@@ -598,8 +606,11 @@ impl SqliteBackend {
         // Every handle's bytes since the last scrub, kept in the database so
         // that a store opened and closed often still reaches its budget.
         let debt: i64 = tx
-            .prepare_cached("UPDATE scrub_debt SET bytes = bytes + ?1 WHERE id = 0 RETURNING bytes")?
-            .query_row(params![i64::try_from(written).unwrap_or(i64::MAX)], |row| row.get(0))?;
+            .prepare_cached(
+                "INSERT INTO scrub_debt (id, bytes) VALUES (0, ?1) ON CONFLICT (id) DO UPDATE SET bytes = \
+                 min(max(CAST(bytes AS INTEGER), 0), 4611686018427387904) + excluded.bytes RETURNING bytes",
+            )?
+            .query_row(params![i64::try_from(written).unwrap_or(i64::MAX).min(1 << 62)], |row| row.get(0))?;
         tx.commit()?;
         // The log restarted (its header's salts change) unless frames of
         // earlier commits were still there: it then holds their values too.

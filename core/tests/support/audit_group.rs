@@ -367,9 +367,15 @@ impl Backend for Hooked {
             return Err(StoreError::Io(std::io::Error::other("injected failure")));
         }
         self.store.apply(writes)?;
-        self.rows_written.fetch_add(writes.len(), Ordering::SeqCst);
+        // A row rewritten with the bytes it holds (the guard of every batch,
+        // PROTOCOL.md 14.12) writes nothing: not counted.
+        let written: Vec<&Write> = writes
+            .iter()
+            .filter(|w| !matches!((&w.value, &w.expected), (Some(v), Expected::Value(held)) if v == held))
+            .collect();
+        self.rows_written.fetch_add(written.len(), Ordering::SeqCst);
         self.bytes_written
-            .fetch_add(writes.iter().map(|w| w.value.as_ref().map_or(0, Vec::len)).sum(), Ordering::SeqCst);
+            .fetch_add(written.iter().map(|w| w.value.as_ref().map_or(0, Vec::len)).sum(), Ordering::SeqCst);
         Ok(())
     }
 }
