@@ -23,6 +23,14 @@ impl Device {
         Ok(self.inner.delete_session(&peer.to_core()?)?)
     }
 
+    /// Checks the whole store for damage, changing nothing. Opening checks
+    /// a store of at most 4 MiB whole; a larger one is checked page by page
+    /// as it is read, so call this in the background now and then (about
+    /// 0.2 s for 100,000 sessions). Damage is `StoreFailure`.
+    pub fn check_integrity(&self) -> Result<(), SamizdatError> {
+        Ok(self.inner.check_integrity()?)
+    }
+
     /// How many skipped message keys (for messages of `peer` that have not
     /// arrived) the store holds.
     pub fn skipped_key_count(&self, peer: Address) -> Result<u32, SamizdatError> {

@@ -40,9 +40,10 @@ impl<B: Backend> Device<B> {
     /// The passphrase's bytes are used as given: normalize them (Unicode NFC,
     /// say) the same way at export and at restore.
     ///
-    /// Everything is read in one consistent read: one scan of the session
-    /// rows (one statement on SQLite), and the identity this handle holds.
-    /// Nothing is written.
+    /// The session rows are read by pages of 256 (memory bounded by a page,
+    /// whatever the number of peers: a trust decision changed during the
+    /// export is in the file as it was before or after the change), and the
+    /// identity is the one this handle holds. Nothing is written.
     ///
     /// # Errors
     /// [`BackupError::ParamsOutOfBounds`] for parameters below
@@ -83,16 +84,33 @@ impl<B: Backend> Device<B> {
     }
 
     /// Every peer whose record trusts an identity key, in increasing address
-    /// order, from one scan of table `sessions`.
+    /// order, from table `sessions` read by pages of 256 rows (memory bounded
+    /// by a page and the list, whatever the number of peers; a trust
+    /// decision changed meanwhile is in the backup as it was before or after
+    /// the change).
     fn trusted_peers(&self) -> Result<Vec<(Address, IdentityKey)>, DeviceError> {
-        let corrupt = || StoreError::Corrupt { table: Table::Sessions };
         let mut peers = Vec::new();
-        for (key, sealed) in self.backend.scan(Table::Sessions)? {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.backend.scan_after(Table::Sessions, after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
             // Session rows are keyed by the 32-byte keyed hash of the
-            // address; the seeds and outbox rows beside them are longer.
-            if key.len() != 32 {
-                continue;
-            }
+            // address; the seeds and outbox entry rows beside them are longer.
+            self.trusted_in(page.into_iter().filter(|(key, _)| key.len() == 32), &mut peers)?;
+        }
+        peers.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(peers)
+    }
+
+    /// Adds the trust decisions of the session rows `rows` to `peers`.
+    fn trusted_in(
+        &self,
+        rows: impl Iterator<Item = crate::store::Row>,
+        peers: &mut Vec<(Address, IdentityKey)>,
+    ) -> Result<(), DeviceError> {
+        let corrupt = || StoreError::Corrupt { table: Table::Sessions };
+        for (key, sealed) in rows {
             let bytes = self.open_sealed(Table::Sessions, &key, &sealed)?;
             let row = crate::codec::decode_secret::<storage::SessionRow>(bytes.as_slice()).map_err(|_| corrupt())?;
             if row.version != ROW_VERSION {
@@ -108,8 +126,7 @@ impl<B: Backend> Device<B> {
                 peers.push((address, identity));
             }
         }
-        peers.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(peers)
+        Ok(())
     }
 
     /// Restores a backup made by [`Device::export_backup`] into `backend`,

@@ -47,6 +47,7 @@ def test_peers_delete_session_and_skipped_keys(tmp_path):
         bob.decrypt(alice.address(), first)
     assert error.value.recovery() == samizdat.Recovery.HEAL
     assert bob.scrub() == ScrubResult.DONE
+    assert bob.check_integrity() is None  # the whole store checked: no damage
     assert receive(bob, carol, carol.encrypt(bob.address(), b"carol goes on")) == b"carol goes on"
 
 

@@ -53,6 +53,7 @@ final class StoreTests: XCTestCase {
             guard case SamizdatError.OutOfStep = error else { return XCTFail("\(error)") }
         }
         XCTAssertEqual(try bob.scrub(), .done)
+        XCTAssertNoThrow(try bob.checkIntegrity())
     }
 
     func testRotatingTheStorageKey() throws {

@@ -52,6 +52,7 @@ class StoreTest {
         val error = assertThrows(SamizdatException.OutOfStep::class.java) { bob.decrypt(alice.address(), first) }
         assertEquals(Recovery.HEAL, error.recovery())
         assertEquals(ScrubResult.DONE, bob.scrub())
+        bob.checkIntegrity() // the whole store checked: no damage, no exception
         assertEquals("on", receive(bob, carol, carol.encrypt(bob.address(), "on".encodeToByteArray())))
         listOf(alice, bob, carol).forEach { it.close() }
     }
