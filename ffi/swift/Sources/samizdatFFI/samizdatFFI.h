@@ -438,6 +438,11 @@ uint32_t uniffi_samizdat_ffi_fn_method_device_outbox_len(uint64_t ptr, RustBuffe
 void uniffi_samizdat_ffi_fn_method_device_set_heal_policy(uint64_t ptr, RustBuffer policy, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CHECK_INTEGRITY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CHECK_INTEGRITY
+void uniffi_samizdat_ffi_fn_method_device_check_integrity(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_DELETE_SESSION
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_DELETE_SESSION
 int8_t uniffi_samizdat_ffi_fn_method_device_delete_session(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
@@ -1090,6 +1095,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_outbox_len(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SET_HEAL_POLICY
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_SET_HEAL_POLICY
 uint16_t uniffi_samizdat_ffi_checksum_method_device_set_heal_policy(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CHECK_INTEGRITY
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CHECK_INTEGRITY
+uint16_t uniffi_samizdat_ffi_checksum_method_device_check_integrity(void
     
 );
 #endif
