@@ -68,12 +68,37 @@ pub(crate) enum RowCase {
         /// `HMAC-SHA256(outbox_key, id)`.
         #[serde(default)]
         id_hash: String,
-        /// `row_key(peer) || "/outbox"`.
+        /// `row_key(peer)`, in table `outboxes`.
         #[serde(default)]
         index_key: String,
         /// `row_key(peer) || "/out/" || id_hash`.
         #[serde(default)]
         entry_key: String,
+    },
+    /// The two `meta` rows of a store made under `first_key` and rotated to
+    /// `storage_key` (14.12): the naming-keys row and the check row.
+    Rotated {
+        name: String,
+        first_key: String,
+        storage_key: String,
+        nonce_naming: String,
+        nonce_check: String,
+        /// `0x01 || address_key || base_key_key || group_key || outbox_key`,
+        /// each derived from `first_key` (14.3).
+        #[serde(default)]
+        naming_keys: String,
+        /// `SHA-256(STORE_NAMING_LABEL || naming_keys)`.
+        #[serde(default)]
+        binding: String,
+        /// `KEY_CHECK_NAMED_PREFIX || binding`.
+        #[serde(default)]
+        check_plaintext: String,
+        /// `SealRow(meta, "naming-keys", naming_keys)` under `storage_key`.
+        #[serde(default)]
+        sealed_naming: String,
+        /// `SealRow(meta, "key-check", check_plaintext)` under `storage_key`.
+        #[serde(default)]
+        sealed_check: String,
     },
 }
 
@@ -81,7 +106,7 @@ impl VectorSet for StoreRows {
     type Case = RowCase;
     const META: Meta = Meta {
         file: "store_rows.json",
-        section: "14.2 Tables and rows; 14.3 Keys derived from the storage key; 14.4 Sealed values; 14.5 Peer addresses as row keys; 15.10 StoreError; 20.3 The outbox (its row keys)",
+        section: "14.2 Tables and rows; 14.3 Keys derived from the storage key; 14.4 Sealed values; 14.5 Peer addresses as row keys; 14.12 Storage-key rotation (the rotated meta rows); 15.10 StoreError; 20.3 The outbox (its row keys)",
         description: "`seal`: SealRow(table, key, plaintext) of 14.4 under the seal_key derived from `storage_key` \
             (14.3), drawing `nonce` (24 bytes); `sealed` = 0x02 || nonce || XChaCha20-Poly1305(seal_key, nonce, \
             AAD(table, key), PAD_ROW(plaintext)), 41 + ROW_BUCKET(len(plaintext)) bytes. `table` is the table's name \
@@ -95,7 +120,14 @@ impl VectorSet for StoreRows {
             HMAC-SHA256(outbox_key, id), `id` being the message id (16 bytes, 20.2) of the kept message; \
             `index_key` = row_key(peer) (32 bytes), in table `outboxes` (since release 0.5; before it, \
             row_key(peer) || \"/outbox\" in table `sessions`); `entry_key` = row_key(peer) || \"/out/\" || \
-            id_hash (69 bytes), in table `sessions`.",
+            id_hash (69 bytes), in table `sessions`. `rotated`: the two `meta` rows of a store made under `first_key` \
+            and rotated to `storage_key` (14.12): `naming_keys` = 0x01 || address_key || base_key_key || group_key || \
+            outbox_key, each HKDF(salt = 0^32, ikm = first_key, info = its label, L = 32) (14.3), 129 bytes; \
+            `binding` = SHA-256(\"samizdat/v1/store/naming-keys\" || naming_keys); `check_plaintext` = \
+            \"samizdat storage key check v2\" || binding (61 bytes); `sealed_naming` = SealRow(meta, \"naming-keys\", \
+            naming_keys) and `sealed_check` = SealRow(meta, \"key-check\", check_plaintext), both under the seal_key \
+            of `storage_key`, with the nonces given. Each case is also checked against a device the library rotates \
+            so (its rows open to the same plaintexts).",
         seed: 19,
         inputs: &[
             "operation",
@@ -109,6 +141,9 @@ impl VectorSet for StoreRows {
             "user_id",
             "device_id",
             "id",
+            "first_key",
+            "nonce_naming",
+            "nonce_check",
         ],
     };
 
@@ -222,6 +257,22 @@ impl VectorSet for StoreRows {
             outbox("bob_2_message_0", [7; 32], "bob", 2, heal::message_id(b"message 0")),
             outbox("unicode_0_zero_id", storage_key, "Zoë 🌍", 0, [0; 16]),
         ]);
+        // A store rotated once: from the known answer's key `07` x 32 to
+        // `08` x 32; and once more with drawn keys.
+        let rotated = |name: &str, first: [u8; 32], to: [u8; 32], nonces: ([u8; 24], [u8; 24])| RowCase::Rotated {
+            name: format!("rotated_{name}"),
+            first_key: h(first),
+            storage_key: h(to),
+            nonce_naming: h(nonces.0),
+            nonce_check: h(nonces.1),
+            naming_keys: String::new(),
+            binding: String::new(),
+            check_plaintext: String::new(),
+            sealed_naming: String::new(),
+            sealed_check: String::new(),
+        };
+        cases.push(rotated("07_to_08", [7; 32], [8; 32], ([1; 24], [2; 24])));
+        cases.push(rotated("drawn", random::<32>(rng), random::<32>(rng), (random::<24>(rng), random::<24>(rng))));
         Ok(cases)
     }
 
@@ -308,6 +359,44 @@ impl VectorSet for StoreRows {
                     id_hash: h(id_hash),
                 }
             }
+            RowCase::Rotated { name, first_key, storage_key, nonce_naming, nonce_check, .. } => {
+                let first = array::<32>("first_key", first_key)?;
+                let key = array::<32>("storage_key", storage_key)?;
+                let nonces = (array::<24>("nonce_naming", nonce_naming)?, array::<24>("nonce_check", nonce_check)?);
+                let mut naming_keys = vec![0x01];
+                for label in [
+                    &b"samizdat/v1/store/address"[..],
+                    b"samizdat/v1/store/base-key",
+                    b"samizdat/v1/store/group",
+                    b"samizdat/v1/store/outbox",
+                ] {
+                    naming_keys.extend(derive(&first, label)?);
+                }
+                let binding = {
+                    use sha2::Digest;
+                    Sha256::new().chain_update(b"samizdat/v1/store/naming-keys").chain_update(&naming_keys).finalize()
+                };
+                let check_plaintext = [&b"samizdat storage key check v2"[..], &binding].concat();
+                let seal_key = derive(&key, b"samizdat/v1/store/seal")?;
+                let seal = |row: &[u8], plaintext: &[u8], nonce: &[u8; 24]| -> R<Vec<u8>> {
+                    let sealed = xchacha20poly1305_seal(&seal_key, nonce, &aad(Table::Meta, row), &pad_row(plaintext))?;
+                    Ok([&[0x02][..], nonce, &sealed].concat())
+                };
+                // The library rotates a store to the same two rows.
+                rotated_rows_of_a_device(&first, &key, &naming_keys, &check_plaintext)?;
+                RowCase::Rotated {
+                    name: name.clone(),
+                    first_key: first_key.clone(),
+                    storage_key: storage_key.clone(),
+                    nonce_naming: nonce_naming.clone(),
+                    nonce_check: nonce_check.clone(),
+                    sealed_naming: h(seal(b"naming-keys", &naming_keys, &nonces.0)?),
+                    sealed_check: h(seal(b"key-check", &check_plaintext, &nonces.1)?),
+                    naming_keys: h(naming_keys),
+                    binding: h(binding),
+                    check_plaintext: h(check_plaintext),
+                }
+            }
         })
     }
 }
@@ -342,6 +431,29 @@ fn outbox_rows_of_a_device(storage_key: &[u8; 32], peer: &Address, row_key: &[u8
         let listed: Vec<String> = written.iter().map(|(table, key)| format!("{}:{}", table.name(), h(key))).collect();
         Err(err("entry_key", format!("the device wrote the rows {listed:?}, the formulas give other keys")))
     }
+}
+
+/// Checks the rotated `meta` rows of 14.12 against the library: a device
+/// made under `first` and rotated to `key` holds, under `key`, a naming-keys
+/// row opening to `naming_keys` and a check row opening to
+/// `check_plaintext`, and opens under `key`.
+fn rotated_rows_of_a_device(first: &[u8; 32], key: &[u8; 32], naming_keys: &[u8], check_plaintext: &[u8]) -> R<()> {
+    let fail = |e: samizdat::device::DeviceError| err("sealed_check", format!("the device failed: {e}"));
+    let backend = std::sync::Arc::new(MemoryBackend::new());
+    let own = Address::new("vectors-rotated", 1).map_err(|e| err("first_key", e.to_string()))?;
+    drop(Device::create_in(std::sync::Arc::clone(&backend), first, own, 0).map_err(fail)?);
+    Device::rotate_storage_key_in(&backend, first, key).map_err(fail)?;
+    Device::open_in(std::sync::Arc::clone(&backend), key).map_err(fail)?;
+    let snapshot = backend.snapshot();
+    for (row, expected, field) in
+        [(&b"naming-keys"[..], naming_keys, "naming_keys"), (b"key-check", check_plaintext, "check_plaintext")]
+    {
+        let sealed =
+            snapshot.get(&(Table::Meta, row.to_vec())).ok_or_else(|| err(field, "the device wrote no such row"))?;
+        let opened = hazmat::open_row(key, Table::Meta, row, sealed).map_err(|e| err(field, format!("{e:?}")))?;
+        agree(field, opened.as_slice(), expected)?;
+    }
+    Ok(())
 }
 
 fn table_named(name: &str) -> R<Table> {
