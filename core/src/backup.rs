@@ -238,6 +238,11 @@ impl BackupContents {
     /// The loader of PROTOCOL.md 21.4, on the opened, unpadded plaintext.
     fn from_bytes(bytes: &[u8]) -> Result<Self, BackupError> {
         let malformed = BackupError::Malformed;
+        // Counted before anything is decoded: a plaintext of 32 MiB of empty
+        // peer entries would otherwise allocate about a gigabyte of them.
+        if peer_entries(bytes) > MAX_BACKUP_PEERS {
+            return Err(malformed(DecodeError::InvalidValue("backup.peers")));
+        }
         let message = crate::codec::decode_secret::<storage::Backup>(bytes).map_err(malformed)?;
         if message.version != u32::from(BACKUP_VERSION) {
             return Err(BackupError::UnsupportedVersion(message.version));
@@ -451,9 +456,47 @@ pub(crate) fn open(passphrase: &[u8], file: &[u8]) -> Result<BackupContents, Bac
     BackupContents::from_bytes(&open_plaintext(passphrase, file)?)
 }
 
+/// The number of `peers` entries (field 6) at the top level of an encoded
+/// `Backup`, read from the keys and lengths alone: nothing is allocated.
+/// Counting stops where the bytes stop parsing (the decoder then refuses
+/// them with its own error).
+fn peer_entries(mut bytes: &[u8]) -> usize {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut count = 0usize;
+    while !bytes.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut bytes) else { break };
+        if tag == 6 {
+            count = count.saturating_add(1);
+        }
+        if skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The peers of a plaintext are counted from its keys and lengths,
+    /// before it is decoded: one over the limit is refused however small
+    /// each entry (empty ones here, 2 bytes each), and bytes that stop
+    /// parsing stop the count (the decoder refuses them).
+    #[test]
+    fn peers_are_counted_before_the_plaintext_is_decoded() {
+        let entries = |n: usize| -> Vec<u8> { [0x32, 0x00].repeat(n) };
+        let with_version = |n: usize| [&[0x08, 0x01][..], &entries(n)].concat();
+        assert_eq!(peer_entries(&with_version(3)), 3);
+        assert_eq!(peer_entries(&[with_version(2), vec![0x32, 0x05, 0x01]].concat()), 3, "a truncated last entry");
+        assert_eq!(peer_entries(&[with_version(2), vec![0xff]].concat()), 2, "garbage stops the count");
+        let over = with_version(MAX_BACKUP_PEERS + 1);
+        assert_eq!(peer_entries(&over), MAX_BACKUP_PEERS + 1);
+        assert!(matches!(
+            BackupContents::from_bytes(&over),
+            Err(BackupError::Malformed(DecodeError::InvalidValue("backup.peers")))
+        ));
+    }
 
     /// Small parameters, which a file may state (not an export): fast tests.
     const SMALL: BackupParams = BackupParams { memory_kib: 64, iterations: 1, parallelism: 1 };
