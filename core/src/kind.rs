@@ -368,6 +368,24 @@ impl StoreError {
     }
 }
 
+impl crate::attachment::AttachmentError {
+    /// [`ErrorKind::InvalidMessage`] for an attachment that does not open or
+    /// check (drop it: altered, cut, extended, another file's, or a
+    /// malformed description), [`ErrorKind::LimitExceeded`] past the largest
+    /// size, [`ErrorKind::InvalidArgument`] for a range outside the file, and
+    /// [`ErrorKind::StoreFailure`] for the app's input or output failing.
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unauthenticated { .. } | Self::WrongLength | Self::Mismatch | Self::Malformed => {
+                ErrorKind::InvalidMessage
+            }
+            Self::TooLarge { .. } => ErrorKind::LimitExceeded,
+            Self::OutOfRange { .. } => ErrorKind::InvalidArgument,
+            Self::Io(_) => ErrorKind::StoreFailure,
+        }
+    }
+}
+
 impl GroupError {
     /// The kind of the failure: see [`ErrorKind`].
     pub const fn kind(&self) -> ErrorKind {

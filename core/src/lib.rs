@@ -32,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
 pub mod address;
+pub mod attachment;
 pub mod backup;
 mod codec;
 pub mod device;

@@ -1,0 +1,448 @@
+//! Attachments: files of any size encrypted as a stream, in constant memory,
+//! padded, and readable by byte range (PROTOCOL.md 22).
+//!
+//! A file is encrypted under a fresh random 32-byte key. Its plaintext,
+//! followed by the padding `0x80 || 0x00…` up to a size class
+//! ([`padded_len`]), is cut into chunks of [`CHUNK_LEN`] bytes (the last one
+//! shorter or equal), and chunk `i` is sealed with ChaCha20-Poly1305 under
+//! the key and the nonce `u88be(i) || last`, `last` being `0x01` for the
+//! final chunk and `0x00` for every other (a STREAM construction: each
+//! chunk's place and the end of the file are bound into its nonce). So a
+//! chunk moved, repeated, dropped, or any bit flipped fails to open, and a
+//! file cut short or extended is refused.
+//!
+//! What travels in the message is an [`Attachment`]: the key, the SHA-256
+//! of the ciphertext (so that the server's copy is checked whole), and both
+//! lengths, 81 bytes ([`Attachment::to_bytes`]). The ciphertext goes to the
+//! server as a blob.
+//!
+//! ```
+//! use samizdat::attachment::{self, Attachment};
+//!
+//! let photo = vec![7u8; 100_000];
+//! let mut blob = Vec::new();
+//! let sent: Attachment = attachment::encrypt(&photo[..], &mut blob)?;
+//! // `sent.to_bytes()` goes inside an encrypted message; `blob` to the server.
+//! let received = Attachment::from_bytes(&sent.to_bytes())?;
+//! let mut out = Vec::new();
+//! attachment::decrypt(&received, &blob[..], &mut out)?;
+//! assert_eq!(out, photo);
+//! // A video player seeks: only the chunks the range covers are read.
+//! let mut range = Vec::new();
+//! attachment::decrypt_range(&received, std::io::Cursor::new(&blob), 70_000, 20, &mut range)?;
+//! assert_eq!(range, photo[70_000..70_020]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::{
+    fmt,
+    io::{self, Read, Seek, SeekFrom, Write},
+};
+
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::keys::Secret32;
+
+/// The plaintext bytes of every chunk but the last (64 KiB).
+pub const CHUNK_LEN: usize = 64 * 1024;
+/// The bytes a chunk's tag adds.
+pub const TAG_LEN: usize = 16;
+/// The least padded length: a file of fewer bytes is padded to this, so that
+/// small files (a short voice note, a thumbnail) all look alike.
+pub const MIN_PADDED_LEN: u64 = 1024;
+/// The largest plaintext: 2^48 bytes (256 TiB), far above any file, so that
+/// every length and offset computation stays exact in 64 bits.
+pub const MAX_ATTACHMENT_LEN: u64 = 1 << 48;
+/// The length of [`Attachment::to_bytes`].
+pub const ATTACHMENT_LEN: usize = 1 + 32 + 32 + 8 + 8;
+/// The version byte of [`Attachment::to_bytes`].
+const ATTACHMENT_VERSION: u8 = 1;
+
+/// The padded length of a plaintext of `len` bytes: Padmé (Nikitin et al.,
+/// PETS 2019) of `len + 1` (room for the `0x80` marker), at least
+/// [`MIN_PADDED_LEN`]. Padmé keeps the top `⌊log2 e⌋ + 1` bits of the length
+/// `L` (`e = ⌊log2 L⌋`) and rounds the rest up, so the length leaks
+/// `O(log log L)` bits and the overhead is at most 12 %.
+pub fn padded_len(len: u64) -> u64 {
+    let total = len.saturating_add(1);
+    // e = ⌊log2 total⌋ (total ≥ 1); s = ⌊log2 e⌋ + 1 (0 for e = 0).
+    let e = 63u32.saturating_sub(total.leading_zeros());
+    let s = 32u32.saturating_sub(e.leading_zeros());
+    let low_bits = e.saturating_sub(s);
+    let mask = (1u64 << low_bits).saturating_sub(1);
+    let padme = total.saturating_add(mask) & !mask;
+    padme.max(MIN_PADDED_LEN)
+}
+
+/// The number of chunks of a file whose padded length is `padded`.
+fn chunks_of(padded: u64) -> u64 {
+    padded.div_ceil(CHUNK_LEN as u64)
+}
+
+/// Whether chunk `index` of `chunks` is the last.
+fn is_last(index: u64, chunks: u64) -> bool {
+    index.checked_add(1) == Some(chunks)
+}
+
+/// The plaintext (padding included) bytes of chunk `index` of a file whose
+/// padded length is `padded`: [`CHUNK_LEN`], or fewer for the last.
+fn body_len(padded: u64, index: u64) -> usize {
+    let start = index.saturating_mul(CHUNK_LEN as u64);
+    let len = padded.saturating_sub(start).min(CHUNK_LEN as u64);
+    usize::try_from(len).unwrap_or(CHUNK_LEN)
+}
+
+/// Where chunk `index` starts in the ciphertext.
+fn chunk_offset(index: u64) -> u64 {
+    index.saturating_mul((CHUNK_LEN + TAG_LEN) as u64)
+}
+
+/// The ciphertext length of a plaintext of `len` bytes.
+pub fn ciphertext_len(len: u64) -> u64 {
+    let padded = padded_len(len);
+    padded.saturating_add(chunks_of(padded).saturating_mul(TAG_LEN as u64))
+}
+
+/// Why an attachment could not be encrypted or decrypted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachmentError {
+    /// Reading the input or writing the output failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// A chunk does not open: the ciphertext was altered, a chunk moved,
+    /// repeated or taken from another file, or the key is not this file's.
+    /// What was written to the output before this error must be discarded.
+    #[error("chunk {chunk} of the attachment does not authenticate")]
+    Unauthenticated {
+        /// The chunk's index.
+        chunk: u64,
+    },
+    /// The ciphertext is shorter or longer than the attachment says.
+    #[error("the attachment's ciphertext has the wrong length")]
+    WrongLength,
+    /// The ciphertext's SHA-256 is not the attachment's digest (another
+    /// file, of the same length, under the same key), or its padding is not
+    /// `0x80` then zeros. Discard the output.
+    #[error("the attachment's digest or padding does not match")]
+    Mismatch,
+    /// The attachment's description (81 bytes) is malformed: another
+    /// length, an unknown version, or lengths that do not agree.
+    #[error("malformed attachment description")]
+    Malformed,
+    /// The plaintext is longer than [`MAX_ATTACHMENT_LEN`].
+    #[error("the attachment is larger than {max} bytes")]
+    TooLarge {
+        /// [`MAX_ATTACHMENT_LEN`].
+        max: u64,
+    },
+    /// The byte range asked for is not within the plaintext.
+    #[error("the range {offset}+{len} is outside the attachment's {plaintext_len} bytes")]
+    OutOfRange {
+        /// The first byte asked for.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+        /// The plaintext's length.
+        plaintext_len: u64,
+    },
+}
+
+/// What the recipient needs to fetch, check and decrypt an attachment: its
+/// key, the SHA-256 of its ciphertext, and both lengths. Send
+/// [`Self::to_bytes`] inside an encrypted message. The key is wiped on drop
+/// and never shown by `Debug`.
+#[derive(Clone)]
+pub struct Attachment {
+    key: Secret32,
+    digest: [u8; 32],
+    plaintext_len: u64,
+    ciphertext_len: u64,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("plaintext_len", &self.plaintext_len)
+            .field("ciphertext_len", &self.ciphertext_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Attachment {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.key.as_bytes().ct_eq(other.key.as_bytes()))
+            && self.digest == other.digest
+            && self.plaintext_len == other.plaintext_len
+            && self.ciphertext_len == other.ciphertext_len
+    }
+}
+
+impl Eq for Attachment {}
+
+impl Attachment {
+    /// The plaintext's length in bytes.
+    pub fn plaintext_len(&self) -> u64 {
+        self.plaintext_len
+    }
+
+    /// The ciphertext's length in bytes (what the server stores).
+    pub fn ciphertext_len(&self) -> u64 {
+        self.ciphertext_len
+    }
+
+    /// The SHA-256 of the ciphertext.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// `0x01 || key (32) || digest (32) || u64be(plaintext_len) ||
+    /// u64be(ciphertext_len)`: 81 bytes, secret (it holds the key).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(ATTACHMENT_LEN));
+        out.push(ATTACHMENT_VERSION);
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.plaintext_len.to_be_bytes());
+        out.extend_from_slice(&self.ciphertext_len.to_be_bytes());
+        out
+    }
+
+    /// Parses [`Self::to_bytes`]. The lengths must agree
+    /// (`ciphertext_len == ciphertext_len(plaintext_len)`), and the
+    /// plaintext be at most [`MAX_ATTACHMENT_LEN`].
+    ///
+    /// # Errors
+    /// [`AttachmentError::Malformed`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AttachmentError> {
+        let malformed = || AttachmentError::Malformed;
+        if bytes.len() != ATTACHMENT_LEN || bytes.first() != Some(&ATTACHMENT_VERSION) {
+            return Err(malformed());
+        }
+        let field = |range: std::ops::Range<usize>| bytes.get(range).ok_or_else(malformed);
+        let key = Secret32::from_slice(field(1..33)?, "attachment.key").map_err(|_| malformed())?;
+        let digest: [u8; 32] = field(33..65)?.try_into().map_err(|_| malformed())?;
+        let plaintext_len = u64::from_be_bytes(field(65..73)?.try_into().map_err(|_| malformed())?);
+        let ciphertext_len = u64::from_be_bytes(field(73..81)?.try_into().map_err(|_| malformed())?);
+        if plaintext_len > MAX_ATTACHMENT_LEN || ciphertext_len != ciphertext_len_of(plaintext_len) {
+            return Err(malformed());
+        }
+        Ok(Self { key, digest, plaintext_len, ciphertext_len })
+    }
+
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(self.key.as_bytes().into())
+    }
+}
+
+/// [`ciphertext_len`] (a private name for use where the public one is shadowed).
+fn ciphertext_len_of(len: u64) -> u64 {
+    ciphertext_len(len)
+}
+
+/// The nonce of chunk `index`: `u88be(index) || last`.
+fn chunk_nonce(index: u64, last: bool) -> Nonce {
+    let index = index.to_be_bytes();
+    let [a, b, c, d, e, f, g, h] = index;
+    Nonce::from([0, 0, 0, a, b, c, d, e, f, g, h, u8::from(last)])
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes.
+fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let Some(rest) = buf.get_mut(filled..) else { break };
+        match input.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled = filled.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Encrypts everything `input` yields into `output`, under a fresh random
+/// key, in memory bounded by one chunk (about 64 KiB, whatever the file's
+/// size); returns the [`Attachment`] to send.
+///
+/// # Errors
+/// [`AttachmentError::Io`]; [`AttachmentError::TooLarge`] past
+/// [`MAX_ATTACHMENT_LEN`]. What was written to `output` is then incomplete.
+pub fn encrypt<R: Read, W: Write>(mut input: R, mut output: W) -> Result<Attachment, AttachmentError> {
+    let mut fresh = Zeroizing::new([0u8; 32]);
+    rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
+    let key = Secret32::from_zeroizing(&fresh);
+    let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
+    let mut hash = Sha256::new();
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
+    let too_large = || AttachmentError::TooLarge { max: MAX_ATTACHMENT_LEN };
+    // Seals the first `len` bytes of `buf` as chunk `index` and writes it.
+    let mut seal = |buf: &mut [u8], len: usize, index: u64, last: bool| -> Result<(), AttachmentError> {
+        let (body, rest) = buf.split_at_mut_checked(len).ok_or_else(too_large)?;
+        let tag =
+            cipher.encrypt_inout_detached(&chunk_nonce(index, last), &[], body.into()).map_err(|_| too_large())?;
+        rest.get_mut(..TAG_LEN).ok_or_else(too_large)?.copy_from_slice(&tag);
+        let sealed = buf.get(..len.saturating_add(TAG_LEN)).ok_or_else(too_large)?;
+        hash.update(sealed);
+        output.write_all(sealed)?;
+        Ok(())
+    };
+    // The plaintext: every full chunk is sealed as it fills. None of them is
+    // the last: the padding adds at least one byte after the plaintext.
+    let mut index = 0u64;
+    let mut plaintext_len = 0u64;
+    let mut filled;
+    loop {
+        filled = read_full(&mut input, buf.get_mut(..CHUNK_LEN).ok_or_else(too_large)?)?;
+        plaintext_len = plaintext_len.saturating_add(filled as u64);
+        if plaintext_len > MAX_ATTACHMENT_LEN {
+            return Err(too_large());
+        }
+        if filled < CHUNK_LEN {
+            break;
+        }
+        seal(&mut buf, CHUNK_LEN, index, false)?;
+        index = index.saturating_add(1);
+    }
+    // The padding: 0x80, then zeros up to the padded length, chunk by chunk.
+    let padded = padded_len(plaintext_len);
+    let chunks = chunks_of(padded);
+    let mut marker = true;
+    loop {
+        let len = body_len(padded, index);
+        if let Some(padding) = buf.get_mut(filled..len) {
+            padding.fill(0);
+            if let Some(first) = padding.first_mut().filter(|_| std::mem::take(&mut marker)) {
+                *first = 0x80;
+            }
+        }
+        let last = is_last(index, chunks);
+        seal(&mut buf, len, index, last)?;
+        if last {
+            break;
+        }
+        index = index.saturating_add(1);
+        filled = 0;
+    }
+    buf.zeroize();
+    let ciphertext_len = ciphertext_len(plaintext_len);
+    Ok(Attachment { key, digest: hash.finalize().into(), plaintext_len, ciphertext_len })
+}
+
+/// Reads, checks the length of and opens chunk `index` into `buf`; returns
+/// its plaintext (padding included).
+fn open_chunk<'b, R: Read>(
+    attachment: &Attachment,
+    cipher: &ChaCha20Poly1305,
+    input: &mut R,
+    buf: &'b mut [u8],
+    index: u64,
+    hash: Option<&mut Sha256>,
+) -> Result<&'b [u8], AttachmentError> {
+    let padded = padded_len(attachment.plaintext_len);
+    let len = body_len(padded, index);
+    let sealed_len = len.saturating_add(TAG_LEN);
+    let sealed = buf.get_mut(..sealed_len).ok_or(AttachmentError::WrongLength)?;
+    if read_full(input, sealed)? != sealed_len {
+        return Err(AttachmentError::WrongLength);
+    }
+    if let Some(hash) = hash {
+        hash.update(&*sealed);
+    }
+    let (body, tag) = sealed.split_at_mut_checked(len).ok_or(AttachmentError::WrongLength)?;
+    let tag = Tag::try_from(&*tag).map_err(|_| AttachmentError::WrongLength)?;
+    let nonce = chunk_nonce(index, is_last(index, chunks_of(padded)));
+    cipher
+        .decrypt_inout_detached(&nonce, &[], (&mut *body).into(), &tag)
+        .map_err(|_| AttachmentError::Unauthenticated { chunk: index })?;
+    Ok(body)
+}
+
+/// Decrypts the whole attachment from `input` into `output`, in memory
+/// bounded by one chunk, checking every chunk, the end of the file, the
+/// padding and the digest of the ciphertext.
+///
+/// The plaintext is written as it is decrypted: if this returns an error,
+/// discard what was written (a chunk that did not open was not written,
+/// but the digest is known only at the end).
+///
+/// # Errors
+/// [`AttachmentError::Unauthenticated`], [`AttachmentError::WrongLength`],
+/// [`AttachmentError::Mismatch`], [`AttachmentError::Io`].
+pub fn decrypt<R: Read, W: Write>(attachment: &Attachment, mut input: R, mut output: W) -> Result<(), AttachmentError> {
+    let cipher = attachment.cipher();
+    let chunks = chunks_of(padded_len(attachment.plaintext_len));
+    let mut hash = Sha256::new();
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
+    let mut padding_ok = true;
+    for index in 0..chunks {
+        let start = index.saturating_mul(CHUNK_LEN as u64);
+        let body = open_chunk(attachment, &cipher, &mut input, &mut buf, index, Some(&mut hash))?;
+        // The plaintext part of this chunk, then its padding part.
+        let keep =
+            usize::try_from(attachment.plaintext_len.saturating_sub(start)).unwrap_or(usize::MAX).min(body.len());
+        let (plaintext, padding) = body.split_at_checked(keep).ok_or(AttachmentError::WrongLength)?;
+        output.write_all(plaintext)?;
+        let marker_here = attachment.plaintext_len >= start && keep < body.len();
+        for (i, byte) in padding.iter().enumerate() {
+            let expected = if i == 0 && marker_here { 0x80 } else { 0 };
+            padding_ok &= *byte == expected;
+        }
+    }
+    buf.zeroize();
+    // Nothing after the last chunk.
+    let mut extra = [0u8; 1];
+    if read_full(&mut input, &mut extra)? != 0 {
+        return Err(AttachmentError::WrongLength);
+    }
+    let digest: [u8; 32] = hash.finalize().into();
+    if !padding_ok || !bool::from(digest.ct_eq(&attachment.digest)) {
+        return Err(AttachmentError::Mismatch);
+    }
+    Ok(())
+}
+
+/// Decrypts the plaintext bytes `offset .. offset + len` into `output`,
+/// reading and opening only the chunks they fall in (a seek to the first):
+/// a video player seeks without decrypting the whole file. Each chunk is
+/// authenticated (its place and whether it is the last are in its nonce);
+/// the digest of the whole file is not checked (use [`decrypt`] for that).
+///
+/// # Errors
+/// [`AttachmentError::OutOfRange`] if the range is not within the
+/// plaintext; [`AttachmentError::Unauthenticated`];
+/// [`AttachmentError::WrongLength`] if the input ends early;
+/// [`AttachmentError::Io`].
+pub fn decrypt_range<R: Read + Seek, W: Write>(
+    attachment: &Attachment,
+    mut input: R,
+    offset: u64,
+    len: u64,
+    mut output: W,
+) -> Result<(), AttachmentError> {
+    let end = offset
+        .checked_add(len)
+        .filter(|end| *end <= attachment.plaintext_len)
+        .ok_or(AttachmentError::OutOfRange { offset, len, plaintext_len: attachment.plaintext_len })?;
+    if len == 0 {
+        return Ok(());
+    }
+    let cipher = attachment.cipher();
+    let chunk = CHUNK_LEN as u64;
+    let (first, last) = (offset.div_euclid(chunk), end.saturating_sub(1).div_euclid(chunk));
+    input.seek(SeekFrom::Start(chunk_offset(first)))?;
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
+    for index in first..=last {
+        let start = index.saturating_mul(chunk);
+        let body = open_chunk(attachment, &cipher, &mut input, &mut buf, index, None)?;
+        let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX);
+        let to = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX).min(body.len());
+        output.write_all(body.get(from..to).ok_or(AttachmentError::WrongLength)?)?;
+    }
+    buf.zeroize();
+    Ok(())
+}
