@@ -272,10 +272,19 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 /// # Errors
 /// [`AttachmentError::Io`]; [`AttachmentError::TooLarge`] past
 /// [`MAX_ATTACHMENT_LEN`]. What was written to `output` is then incomplete.
-pub fn encrypt<R: Read, W: Write>(mut input: R, mut output: W) -> Result<Attachment, AttachmentError> {
+pub fn encrypt<R: Read, W: Write>(input: R, output: W) -> Result<Attachment, AttachmentError> {
     let mut fresh = Zeroizing::new([0u8; 32]);
     rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
-    let key = Secret32::from_zeroizing(&fresh);
+    encrypt_with_key(Secret32::from_zeroizing(&fresh), input, output)
+}
+
+/// [`encrypt`] under a given key (the vectors' `hazmat` entry point; a key
+/// must never encrypt two files).
+pub(crate) fn encrypt_with_key<R: Read, W: Write>(
+    key: Secret32,
+    mut input: R,
+    mut output: W,
+) -> Result<Attachment, AttachmentError> {
     let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
     let mut hash = Sha256::new();
     let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);

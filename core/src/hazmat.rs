@@ -838,3 +838,19 @@ pub fn backup_key(
 ) -> Result<crate::backup::KeySteps, crate::backup::BackupError> {
     crate::backup::derive_key_steps(passphrase, params, salt)
 }
+
+/// Encrypts `plaintext` as an attachment (PROTOCOL.md 22) under `key`
+/// instead of a fresh random one, for the test vectors: returns the
+/// description (81 bytes) and the ciphertext. A key must never encrypt two
+/// files.
+///
+/// # Errors
+/// As [`crate::attachment::encrypt`].
+pub fn attachment_encrypt_with_key(
+    key: &[u8; 32],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), crate::attachment::AttachmentError> {
+    let mut ciphertext = Vec::new();
+    let attachment = crate::attachment::encrypt_with_key(Secret32::new(*key), plaintext, &mut ciphertext)?;
+    Ok((attachment.to_bytes().to_vec(), ciphertext))
+}

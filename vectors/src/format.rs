@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, backup, bundles, group, healing, kdf, key_checks, keys, limits, padding, pqxdh, records, safety,
-    store_rows, transcript, util::VErr, wire,
+    Failure, Report, attachment, backup, bundles, group, healing, kdf, key_checks, keys, limits, padding, pqxdh,
+    records, safety, store_rows, transcript, util::VErr, wire,
 };
 
 /// What a file says about itself.
@@ -92,6 +92,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<group::Group>(),
     entry::<healing::Healing>(),
     entry::<backup::Backup>(),
+    entry::<attachment::Attachments>(),
 ];
 
 /// The input field patterns of a vector file (see [`Meta::inputs`]).

@@ -15,6 +15,7 @@
 //!
 //! The file format is described in `vectors/README.md`.
 
+mod attachment;
 mod backup;
 mod bundles;
 mod curve_model;
