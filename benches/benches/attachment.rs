@@ -8,7 +8,13 @@
 //! `--bench` argument, as `cargo test --all-targets` does), it runs once on
 //! 1 MiB and checks the round trip, so the harness cannot rot; its numbers are
 //! printed, never asserted.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
