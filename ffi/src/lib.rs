@@ -311,7 +311,8 @@ impl Device {
     /// Rewrites the store's files so that no copy of an overwritten or
     /// deleted row (a used key, an old ratchet state) is left in them: call
     /// it when the app goes to the background or locks. The store also does
-    /// it by itself when opened and after each budget of writes.
+    /// it by itself when opened (a store of at most 4 MiB) and after each
+    /// budget of writes.
     pub fn scrub(&self) -> Result<ScrubResult, SamizdatError> {
         match self.inner.scrub()? {
             Scrub::Done => Ok(ScrubResult::Done),

@@ -439,8 +439,8 @@ impl<B: Backend> Device<B> {
     /// Changes no row.
     ///
     /// On SQLite ([`Backend::scrub`]) this rewrites the database and empties
-    /// its log; the store also does it by itself when opened and after the
-    /// commits that pass a budget of bytes written (PROTOCOL.md 14.8, 16.6),
+    /// its log; the store also does it by itself when opened (a store of at
+    /// most 4 MiB) and after the commits that pass a budget of bytes written (PROTOCOL.md 14.8, 16.6),
     /// so calling it is needed only to close the window between those
     /// scrubs now: before the app goes to the background, or after deleting
     /// sessions, say. It costs about as much as copying the database twice.

@@ -315,7 +315,8 @@ pub trait Backend: Send + Sync {
     /// by the storage key of a seized phone (PROTOCOL.md 16.6).
     ///
     /// [`SqliteBackend`] rewrites the database (`VACUUM`) and empties its log;
-    /// it also scrubs by itself when opened and after the commits that pass
+    /// it also scrubs by itself when opened (a store of at most 4 MiB) and
+    /// after the commits that pass
     /// a budget of bytes written (PROTOCOL.md 14.8). The default does nothing
     /// and returns [`Scrub::Unsupported`]: right for a backend without files;
     /// a backend that has files should say what they keep.

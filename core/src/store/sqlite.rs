@@ -61,9 +61,10 @@
 //!     scrub closes that: `VACUUM` (a new database built in memory,
 //!     `temp_store=MEMORY`, every page copied back through the log) and a
 //!     truncating checkpoint (every page into the database file, which
-//!     shrinks to its new size; the log cut to zero bytes). It runs when the
-//!     store is opened (also emptying a log that a crash left behind), after
-//!     the commit that takes the bytes this handle wrote since its last scrub
+//!     shrinks to its new size; the log cut to zero bytes). It runs when a
+//!     store of at most 4 MiB is opened (a larger one only has its log
+//!     emptied then), after the commit that takes the bytes every handle
+//!     wrote since the last scrub (the scrub's debt, kept in the database)
 //!     past a budget (the larger of [`MIN_SCRUB_BUDGET`] and the database's
 //!     size, so that its cost stays in proportion to the writes), and on
 //!     demand ([`Backend::scrub`]). Between two scrubs such a fragment may

@@ -682,7 +682,8 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * Rewrites the store's files so that no copy of an overwritten or
      * deleted row (a used key, an old ratchet state) is left in them: call
      * it when the app goes to the background or locks. The store also does
-     * it by itself when opened and after each budget of writes.
+     * it by itself when opened (a store of at most 4 MiB) and after each
+     * budget of writes.
      */
     func scrub() throws  -> ScrubResult
     
@@ -1170,7 +1171,8 @@ open func safetyNumber(peer: Address)throws  -> SafetyNumber  {
      * Rewrites the store's files so that no copy of an overwritten or
      * deleted row (a used key, an old ratchet state) is left in them: call
      * it when the app goes to the background or locks. The store also does
-     * it by itself when opened and after each budget of writes.
+     * it by itself when opened (a store of at most 4 MiB) and after each
+     * budget of writes.
      */
 open func scrub()throws  -> ScrubResult  {
     return try  FfiConverterTypeScrubResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -4301,7 +4303,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 58514) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_scrub() != 23373) {
+    if (uniffi_samizdat_ffi_checksum_method_device_scrub() != 46024) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_start_session() != 3383) {
