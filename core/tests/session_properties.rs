@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chacha20::ChaCha20Rng;
 use proptest::{
     prelude::*,
-    sample::Index,
     strategy::ValueTree,
     test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner},
 };
@@ -87,6 +86,22 @@ impl Party {
     }
 }
 
+/// A position in a list of any length, as `proptest::sample::Index` picks
+/// one (a fixed-point fraction of the length), but constructible, so that
+/// a failing schedule can be kept as a test.
+#[derive(Debug, Clone, Copy)]
+struct Index(usize);
+
+impl Index {
+    fn index(self, len: usize) -> usize {
+        ((self.0 as u128 * len as u128) >> usize::BITS) as usize
+    }
+}
+
+fn any_index() -> impl Strategy<Value = Index> {
+    any::<usize>().prop_map(Index)
+}
+
 /// Which message in flight is delivered.
 #[derive(Debug, Clone)]
 enum Pick {
@@ -125,10 +140,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => party().prop_map(Op::Initiate),
         6 => party().prop_map(Op::Send),
-        4 => any::<Index>().prop_map(|i| Op::Deliver(Pick::Any(i))),
+        4 => any_index().prop_map(|i| Op::Deliver(Pick::Any(i))),
         2 => Just(Op::Deliver(Pick::Newest)),
-        2 => any::<Index>().prop_map(Op::Replay),
-        1 => any::<Index>().prop_map(Op::Drop),
+        2 => any_index().prop_map(Op::Replay),
+        1 => any_index().prop_map(Op::Drop),
         1 => party().prop_map(Op::Reload),
         1 => party().prop_map(Op::Turn),
     ]
@@ -762,8 +777,13 @@ impl World {
             && c.highest[party.index()] == Some(0)
             && c.sent_on_chain.get(&(party, 0)).copied().unwrap_or(0) == 0;
         // Not a state a new session of the other party's displaced: only
-        // rule 4 brings that back (PROTOCOL.md 20.6).
-        (!owes && !s.displaced[party.index()] && smaller, false)
+        // rule 4 brings that back (PROTOCOL.md 20.6). Unless it is
+        // `party`'s initiation, answered, on which `party` has not sent
+        // since: the other party cannot step on it.
+        let awaits = s.initiator == party
+            && s.highest[party.index()] == Some(0)
+            && s.sent_on_chain.get(&(party, 1)).copied().unwrap_or(0) == 0;
+        (!owes && (!s.displaced[party.index()] || awaits) && smaller, false)
     }
 
     /// `party`'s current state took a DH step: every other state it holds is
@@ -1157,4 +1177,25 @@ fn random_initiation_orders_reach_every_outcome() {
     assert!(total.stale_replay_ops > 0, "{total:#?}");
     assert!(total.most_chains > MAX_RECEIVING_CHAINS as u32 + 1, "{total:#?}");
     assert!(total.most_states > 4, "{total:#?}");
+}
+
+/// A schedule the random property once failed on (a CI run, then
+/// `PROPTEST_CASES=3000`): kept so that it is run every time.
+#[test]
+fn regression_three_initiations_then_a_crossed_turn_converge() {
+    use Op::*;
+    use Party::*;
+    let ops = [
+        Initiate(Alice),
+        Initiate(Alice),
+        Initiate(Bob),
+        Initiate(Alice),
+        Send(Bob),
+        Send(Alice),
+        Turn(Bob),
+        Deliver(Pick::Any(Index(9_223_372_036_854_775_808))),
+    ];
+    if let Err(error) = run_schedule(1_718_189_304_444_255_151, &ops) {
+        panic!("{error}");
+    }
 }
