@@ -900,14 +900,8 @@ impl SessionRecord {
         // Rule 6 never leaves a session the peer waits for us to answer, nor
         // brings back one a new session of the peer's displaced: the peer
         // left it (a late message of it must not undo the peer's reset,
-        // PROTOCOL.md 20.6); only rule 4 does, on a DH step. Except a
-        // displaced initiation of ours that the peer answered and we never
-        // replied on: the peer cannot step on it, so rule 4 never could, and
-        // the peer's new session may be an initiation that crossed ours (it
-        // answered ours after, and keeps to ours by rule 2 if its base key
-        // is the smaller): the base keys decide, as on the peer's side.
-        let may_come_back = !state.displaced || state.awaits_our_reply();
-        promote(!current.owes_an_answer() && may_come_back && smaller)
+        // PROTOCOL.md 20.6); only rule 4 does, on a DH step.
+        promote(!current.owes_an_answer() && !state.displaced && smaller)
     }
 
     /// Archived state `i` decrypted a message: it becomes current if

@@ -62,18 +62,6 @@ impl SessionState {
             && matches!(&self.keys, Keys::Full(ratchet) if ratchet.chains().len() == 1 && !ratchet.has_sent_on_chain())
     }
 
-    /// Whether this is a state we initiated that the peer answered (one
-    /// receiving chain) and on which we have not sent since: the peer cannot
-    /// have taken a DH step on it after its answer, so a state of this kind
-    /// that a new session of the peer's displaced never comes back by a step
-    /// (rule 4), and the order of base keys decides instead (rule 6,
-    /// PROTOCOL.md 9.6).
-    pub(crate) fn awaits_our_reply(&self) -> bool {
-        self.initiator
-            && self.pending_prekey.is_none()
-            && matches!(&self.keys, Keys::Full(ratchet) if ratchet.chains().len() == 1 && !ratchet.has_sent_on_chain())
-    }
-
     /// Whether this is a state we initiated whose first messages the peer
     /// has not answered yet (it still sends the prekey header): the only
     /// kind of archived state a message can make current again.
