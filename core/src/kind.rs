@@ -372,15 +372,16 @@ impl crate::attachment::AttachmentError {
     /// [`ErrorKind::InvalidMessage`] for an attachment that does not open or
     /// check (drop it: altered, cut, extended, another file's, or a
     /// malformed description), [`ErrorKind::LimitExceeded`] past the largest
-    /// size, [`ErrorKind::InvalidArgument`] for a range outside the file, and
+    /// size or range, [`ErrorKind::InvalidArgument`] for a range outside the
+    /// file or a stream used after it failed, and
     /// [`ErrorKind::StoreFailure`] for the app's input or output failing.
     pub const fn kind(&self) -> ErrorKind {
         match self {
             Self::Unauthenticated { .. } | Self::WrongLength | Self::Mismatch | Self::Malformed => {
                 ErrorKind::InvalidMessage
             }
-            Self::TooLarge { .. } => ErrorKind::LimitExceeded,
-            Self::OutOfRange { .. } => ErrorKind::InvalidArgument,
+            Self::TooLarge { .. } | Self::RangeTooLong { .. } => ErrorKind::LimitExceeded,
+            Self::OutOfRange { .. } | Self::Finished => ErrorKind::InvalidArgument,
             Self::Io(_) => ErrorKind::StoreFailure,
         }
     }

@@ -6,7 +6,9 @@
 //! ciphertext made on demand by an implementation of the construction
 //! written here from the protocol text, which also checks the library's
 //! format), and memory that stays constant whatever the file's size
-//! (measured by an allocation counter, asserted as a bound).
+//! (measured by an allocation counter, asserted as a bound). The same for
+//! the piece-at-a-time [`Encryptor`] and [`Decryptor`] and the file calls
+//! (`encrypt_file`, `decrypt_file`: nothing left behind on a failure).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,7 +27,8 @@ use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce};
 use samizdat::{
     ErrorKind,
     attachment::{
-        self, ATTACHMENT_LEN, Attachment, AttachmentError, CHUNK_LEN, MAX_ATTACHMENT_LEN, TAG_LEN, padded_len,
+        self, ATTACHMENT_LEN, Attachment, AttachmentError, CHUNK_LEN, Decryptor, Encryptor, MAX_ATTACHMENT_LEN,
+        MAX_RANGE_LEN, TAG_LEN, padded_len,
     },
 };
 use sha2::{Digest, Sha256};
@@ -130,7 +133,10 @@ impl<'a> Synthesized<'a> {
             let chunks = padded.div_ceil(CHUNK);
             let start = index * CHUNK;
             let len = (padded - start).min(CHUNK);
-            let mut body: Vec<u8> = (start..start + len).map(|at| padded_byte(self.len, at, self.byte)).collect();
+            // Room for the tag from the start: no reallocation (the memory test
+            // allows this source two sealed chunks).
+            let mut body = Vec::with_capacity(len as usize + TAG_LEN);
+            body.extend((start..start + len).map(|at| padded_byte(self.len, at, self.byte)));
             let cipher = ChaCha20Poly1305::new(&self.key.into());
             let tag = cipher
                 .encrypt_inout_detached(&nonce(index, index + 1 == chunks), &[], body.as_mut_slice().into())
@@ -215,6 +221,11 @@ fn files_at_the_chunk_and_padding_boundaries_round_trip() {
         3 * CHUNK_LEN,
         3 * CHUNK_LEN - 1,
         3 * CHUNK_LEN + 5,
+        // Where the digest moves to a second thread (after 4 chunks).
+        4 * CHUNK_LEN - 1,
+        4 * CHUNK_LEN,
+        4 * CHUNK_LEN + 1,
+        5 * CHUNK_LEN + 3,
         1_000_003,
     ] {
         let plaintext = text(len);
@@ -226,6 +237,7 @@ fn files_at_the_chunk_and_padding_boundaries_round_trip() {
         let received = Attachment::from_bytes(&sent.to_bytes()).unwrap();
         assert_eq!(received, sent);
         assert_eq!(decrypted(&received, &blob).unwrap(), plaintext, "{len}");
+        assert_eq!(decrypted_in_pieces(&received, &blob, 777).unwrap(), plaintext, "{len}");
         // The same bytes as the construction written from the protocol text
         // gives (the library's key, the library's format).
         let key: [u8; 32] = sent.to_bytes()[1..33].try_into().unwrap();
@@ -270,9 +282,26 @@ fn sizes_are_padded_to_classes_with_a_bounded_overhead() {
 // Tampering.
 // ---------------------------------------------------------------------------
 
+/// `blob` decrypted a piece at a time ([`Decryptor`]), in pieces of
+/// `piece` bytes.
+fn decrypted_in_pieces(attachment: &Attachment, blob: &[u8], piece: usize) -> Result<Vec<u8>, AttachmentError> {
+    let mut decryptor = Decryptor::new(attachment);
+    let mut out = Vec::new();
+    for bytes in blob.chunks(piece) {
+        decryptor.update(bytes, &mut out)?;
+    }
+    decryptor.finish().map(|()| out)
+}
+
+/// The error `blob` is refused with, the same from [`attachment::decrypt`]
+/// and from a [`Decryptor`] fed pieces of any size.
 fn refused(attachment: &Attachment, blob: &[u8]) -> AttachmentError {
     let error = decrypted(attachment, blob).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidMessage, "{error:?}");
+    for piece in [1000, SEALED_CHUNK as usize, blob.len().max(1)] {
+        let in_pieces = decrypted_in_pieces(attachment, blob, piece).unwrap_err();
+        assert_eq!(format!("{in_pieces:?}"), format!("{error:?}"), "pieces of {piece} bytes");
+    }
     error
 }
 
@@ -473,8 +502,9 @@ impl Write for Sink {
 }
 
 /// Encrypting 1 GiB and decrypting 256 MiB each allocate at most a few
-/// hundred KiB at once (one chunk and its tag, a hash state): the bound is
-/// asserted on the allocation counter, not on time.
+/// hundred KiB at once (the four sealed-chunk buffers shared with the
+/// hashing thread, one opened chunk, a hash state): the bound is asserted
+/// on the allocation counter, not on time.
 #[test]
 fn memory_stays_constant_whatever_the_size() {
     const BOUND: usize = 512 * 1024;
@@ -507,6 +537,223 @@ fn memory_stays_constant_whatever_the_size() {
         attachment::decrypt(&attachment, Synthesized::new(key, len, &byte), &mut out).map(|()| out.0)
     });
     assert_eq!(result.unwrap(), len);
-    // (The synthesized source keeps one sealed chunk of its own.)
+    // (The synthesized source holds at most two sealed chunks of its own:
+    // the cached one and the next.)
     assert!(peak <= BOUND + 2 * SEALED_CHUNK as usize, "decrypting 256 MiB allocated {peak} bytes at once");
+
+    // A piece at a time: 256 MiB through an `Encryptor`, the output drained
+    // after each piece as an app's stream would.
+    let piece = vec![0x33u8; 100_000];
+    let mut out = Vec::with_capacity(2 * SEALED_CHUNK as usize);
+    let ((), peak) = peak_of(|| {
+        let mut encryptor = Encryptor::new();
+        for _ in 0..(256 << 20) / piece.len() {
+            encryptor.update(&piece, &mut out).unwrap();
+            out.clear();
+        }
+        encryptor.finish(&mut out).unwrap();
+    });
+    assert!(peak <= BOUND, "encrypting 256 MiB in pieces allocated {peak} bytes at once");
+}
+
+// ---------------------------------------------------------------------------
+// A piece at a time, and files.
+// ---------------------------------------------------------------------------
+
+/// Piece lengths from a fixed pseudo-random sequence: 0 to 70,000 bytes,
+/// so that pieces start and end anywhere in a chunk, and some are empty.
+fn piece_lengths(seed: u64) -> impl Iterator<Item = usize> {
+    let mut state = seed;
+    std::iter::repeat_with(move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % 70_001) as usize
+    })
+}
+
+#[test]
+fn pieces_of_any_size_make_the_protocol_s_bytes() {
+    for (seed, len) in [(1, 0), (2, 1), (3, 1024), (4, CHUNK_LEN), (5, 4 * CHUNK_LEN + 9), (6, 700_001)] {
+        let plaintext = text(len);
+        let mut encryptor = Encryptor::new();
+        let mut blob = Vec::new();
+        let mut at = 0;
+        for piece in piece_lengths(seed) {
+            if at == len {
+                break;
+            }
+            let end = (at + piece).min(len);
+            encryptor.update(&plaintext[at..end], &mut blob).unwrap();
+            // Only whole chunks come out before `finish`.
+            assert_eq!(blob.len() % SEALED_CHUNK as usize, 0);
+            at = end;
+        }
+        let sent = encryptor.finish(&mut blob).unwrap();
+        assert_eq!(sent.plaintext_len(), len as u64);
+        assert_eq!(blob.len() as u64, sent.ciphertext_len());
+        assert_eq!(sent.digest(), <[u8; 32]>::from(Sha256::digest(&blob)));
+        // The bytes of the construction written from the protocol text.
+        let key: [u8; 32] = sent.to_bytes()[1..33].try_into().unwrap();
+        let byte = |i: u64| plaintext[i as usize];
+        let mut made = Vec::new();
+        Synthesized::new(key, len as u64, &byte).read_to_end(&mut made).unwrap();
+        assert!(made == blob, "{len} bytes in pieces");
+        // Read back whole, and in pieces of other sizes.
+        assert_eq!(decrypted(&sent, &blob).unwrap(), plaintext);
+        let mut decryptor = Decryptor::new(&sent);
+        let (mut out, mut at) = (Vec::new(), 0);
+        for piece in piece_lengths(seed + 100) {
+            if at == blob.len() {
+                break;
+            }
+            let end = (at + piece).min(blob.len());
+            decryptor.update(&blob[at..end], &mut out).unwrap();
+            at = end;
+        }
+        decryptor.finish().unwrap();
+        assert_eq!(out, plaintext, "{len}");
+    }
+}
+
+#[test]
+fn a_decryptor_that_failed_stays_failed() {
+    let (sent, blob) = encrypted(&text(2 * CHUNK_LEN));
+    let mut bad = blob.clone();
+    bad[10] ^= 1;
+    let mut decryptor = Decryptor::new(&sent);
+    let mut out = Vec::new();
+    assert!(matches!(decryptor.update(&bad, &mut out), Err(AttachmentError::Unauthenticated { chunk: 0 })));
+    assert!(out.is_empty(), "nothing of a chunk that did not open");
+    // The genuine blob now: refused, the stream is spent.
+    let error = decryptor.update(&blob, &mut out).unwrap_err();
+    assert!(matches!(error, AttachmentError::Finished));
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+    assert!(matches!(decryptor.finish(), Err(AttachmentError::Finished)));
+    // Cut in the middle of a chunk: every whole chunk came out, `finish`
+    // refuses.
+    let mut decryptor = Decryptor::new(&sent);
+    let mut out = Vec::new();
+    decryptor.update(&blob[..SEALED_CHUNK as usize + 5], &mut out).unwrap();
+    assert_eq!(out.len(), CHUNK_LEN);
+    assert!(matches!(decryptor.finish(), Err(AttachmentError::WrongLength)));
+}
+
+/// A temporary directory for one test, removed at the end.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("samizdat-attachments-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn files_are_decrypted_whole_or_not_at_all() {
+    let dir = TempDir::new("files");
+    let (input, blob_path, output) = (dir.0.join("in"), dir.0.join("blob"), dir.0.join("out"));
+    let plaintext = text(5 * CHUNK_LEN + 17);
+    std::fs::write(&input, &plaintext).unwrap();
+    let sent = attachment::encrypt_file(&input, &blob_path).unwrap();
+    let blob = std::fs::read(&blob_path).unwrap();
+    assert_eq!(sent.digest(), <[u8; 32]>::from(Sha256::digest(&blob)));
+    attachment::decrypt_file(&sent, &blob_path, &output).unwrap();
+    assert_eq!(std::fs::read(&output).unwrap(), plaintext);
+
+    // A blob altered in its last chunk: every chunk before it opens, but
+    // nothing appears, and the file already at `output` is left as it was.
+    std::fs::write(&output, b"the app's earlier file").unwrap();
+    let mut bad = blob.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&blob_path, &bad).unwrap();
+    let error = attachment::decrypt_file(&sent, &blob_path, &output).unwrap_err();
+    assert!(matches!(error, AttachmentError::Unauthenticated { chunk: 5 }), "{error:?}");
+    assert_eq!(std::fs::read(&output).unwrap(), b"the app's earlier file");
+    // Another digest: found only at the end, and still nothing appears.
+    std::fs::write(&blob_path, &blob).unwrap();
+    let mut wrong = sent.to_bytes().to_vec();
+    wrong[40] ^= 1;
+    let wrong = Attachment::from_bytes(&wrong).unwrap();
+    std::fs::remove_file(&output).unwrap();
+    assert!(matches!(attachment::decrypt_file(&wrong, &blob_path, &output), Err(AttachmentError::Mismatch)));
+    assert!(!output.exists());
+    assert_eq!(dir.entries(), ["blob", "in"], "no partial file left");
+
+    // A missing input: an i/o error (`store_failure`), no output.
+    let error = attachment::encrypt_file(&dir.0.join("missing"), &output).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::StoreFailure);
+    assert!(!output.exists());
+
+    // A range, and the bound on what one call returns in memory.
+    let range = attachment::read_range(&sent, &blob_path, 3 * CHUNK_LEN as u64 - 3, 6).unwrap();
+    assert_eq!(&range[..], &plaintext[3 * CHUNK_LEN - 3..3 * CHUNK_LEN + 3]);
+    let error = attachment::read_range(&sent, &blob_path, 0, MAX_RANGE_LEN + 1).unwrap_err();
+    assert!(matches!(error, AttachmentError::RangeTooLong { .. }));
+    assert_eq!(error.kind(), ErrorKind::LimitExceeded);
+}
+
+/// A reader that fails after `left` bytes, and a writer that fails after
+/// `left` bytes: the error comes back, and the second thread that hashes
+/// is stopped and joined (the call returns, nothing hangs).
+struct FailsAfter {
+    left: usize,
+}
+
+impl Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("the disk went away"));
+        }
+        let n = buf.len().min(self.left);
+        buf[..n].fill(1);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+impl Write for FailsAfter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("the disk is full"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_input_or_output_failing_midway_is_an_error_on_either_thread() {
+    // Past the 4 chunks after which the hash runs on a second thread, and
+    // before.
+    for at in [10, 3 * CHUNK_LEN, 9 * CHUNK_LEN + 5] {
+        let error = attachment::encrypt(FailsAfter { left: at }, Vec::new()).unwrap_err();
+        assert!(matches!(error, AttachmentError::Io(_)), "{error:?}");
+        let error = attachment::encrypt(&text(12 * CHUNK_LEN)[..], FailsAfter { left: at }).unwrap_err();
+        assert!(matches!(error, AttachmentError::Io(_)), "{error:?}");
+    }
+    let (sent, blob) = encrypted(&text(12 * CHUNK_LEN));
+    for at in [10, 3 * CHUNK_LEN, 9 * CHUNK_LEN + 5] {
+        let error = attachment::decrypt(&sent, &blob[..], FailsAfter { left: at }).unwrap_err();
+        assert!(matches!(error, AttachmentError::Io(_)), "{error:?}");
+    }
 }

@@ -36,6 +36,11 @@
 //!   identity and trust decisions under a passphrase (Argon2id,
 //!   [`BackupParams`]); [`Device::restore`] makes a new store from it, whose
 //!   sessions heal.
+//! - Attachments (module `attachment`): [`encrypt_attachment_file`],
+//!   [`decrypt_attachment_file`] and [`read_attachment_range`] by file
+//!   path, [`AttachmentEncryptor`] and [`AttachmentDecryptor`] a piece at a
+//!   time; the [`Attachment`] travels inside a message
+//!   ([`Attachment::to_bytes`]).
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - No async runtime: every call is synchronous (each is one SQLite
@@ -58,6 +63,7 @@ use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
 
+mod attachment;
 mod backup;
 mod error;
 mod groups;
@@ -66,6 +72,10 @@ pub mod hazmat;
 mod healing;
 mod store;
 
+pub use attachment::{
+    Attachment, AttachmentDecryptor, AttachmentEncryptor, SealedTail, decrypt_attachment_file, encrypt_attachment_file,
+    read_attachment_range,
+};
 pub use backup::{BackupParams, backup_params_minimum, backup_params_of, backup_params_recommended};
 use error::Details;
 pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};

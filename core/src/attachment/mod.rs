@@ -39,12 +39,19 @@ use std::{
     io::{self, Read, Seek, SeekFrom, Write},
 };
 
-use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
-use sha2::{Digest, Sha256};
+use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag, aead::inout::InOutBuf};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::Secret32;
+
+mod digest;
+mod file;
+mod stream;
+
+use digest::{Buffer, ChunkHasher};
+pub use file::{MAX_RANGE_LEN, decrypt_file, encrypt_file, read_range};
+pub use stream::{Decryptor, Encryptor};
 
 /// The plaintext bytes of every chunk but the last (64 KiB).
 pub const CHUNK_LEN: usize = 64 * 1024;
@@ -139,6 +146,18 @@ pub enum AttachmentError {
         /// [`MAX_ATTACHMENT_LEN`].
         max: u64,
     },
+    /// A range longer than [`MAX_RANGE_LEN`] was asked of [`read_range`]
+    /// (which returns it in memory).
+    #[error("a range of {len} bytes is longer than the {max} bytes read at once")]
+    RangeTooLong {
+        /// The length asked for.
+        len: u64,
+        /// [`MAX_RANGE_LEN`].
+        max: u64,
+    },
+    /// An [`Encryptor`] or [`Decryptor`] was used after it failed.
+    #[error("the attachment stream already failed")]
+    Finished,
     /// The byte range asked for is not within the plaintext.
     #[error("the range {offset}+{len} is outside the attachment's {plaintext_len} bytes")]
     OutOfRange {
@@ -266,8 +285,13 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Encrypts everything `input` yields into `output`, under a fresh random
-/// key, in memory bounded by one chunk (about 64 KiB, whatever the file's
-/// size); returns the [`Attachment`] to send.
+/// key, in memory bounded by a few chunks (at most 4 sealed chunks, about
+/// 256 KiB, whatever the file's size); returns the [`Attachment`] to send.
+///
+/// Past 256 KiB, the SHA-256 of the ciphertext is computed on a second,
+/// scoped thread, beside the cipher, and joined before this returns (if no
+/// thread can be started, on this one): `input` and `output` are only ever
+/// used from the calling thread.
 ///
 /// # Errors
 /// [`AttachmentError::Io`]; [`AttachmentError::TooLarge`] past
@@ -282,30 +306,29 @@ pub fn encrypt<R: Read, W: Write>(input: R, output: W) -> Result<Attachment, Att
 /// must never encrypt two files).
 pub(crate) fn encrypt_with_key<R: Read, W: Write>(
     key: Secret32,
+    input: R,
+    output: W,
+) -> Result<Attachment, AttachmentError> {
+    std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope)))
+}
+
+/// [`encrypt_with_key`], the ciphertext hashed by `hasher` (in whose
+/// buffers the chunks are read and sealed).
+fn seal_stream<R: Read, W: Write>(
+    key: Secret32,
     mut input: R,
     mut output: W,
+    mut hasher: ChunkHasher<'_, '_>,
 ) -> Result<Attachment, AttachmentError> {
     let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
-    let mut hash = Sha256::new();
-    let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
     let too_large = || AttachmentError::TooLarge { max: MAX_ATTACHMENT_LEN };
-    // Seals the first `len` bytes of `buf` as chunk `index` and writes it.
-    let mut seal = |buf: &mut [u8], len: usize, index: u64, last: bool| -> Result<(), AttachmentError> {
-        let (body, rest) = buf.split_at_mut_checked(len).ok_or_else(too_large)?;
-        let tag =
-            cipher.encrypt_inout_detached(&chunk_nonce(index, last), &[], body.into()).map_err(|_| too_large())?;
-        rest.get_mut(..TAG_LEN).ok_or_else(too_large)?.copy_from_slice(&tag);
-        let sealed = buf.get(..len.saturating_add(TAG_LEN)).ok_or_else(too_large)?;
-        hash.update(sealed);
-        output.write_all(sealed)?;
-        Ok(())
-    };
     // The plaintext: every full chunk is sealed as it fills. None of them is
     // the last: the padding adds at least one byte after the plaintext.
     let mut index = 0u64;
     let mut plaintext_len = 0u64;
-    let mut filled;
+    let (mut buf, mut filled);
     loop {
+        buf = hasher.buffer()?;
         filled = read_full(&mut input, buf.get_mut(..CHUNK_LEN).ok_or_else(too_large)?)?;
         plaintext_len = plaintext_len.saturating_add(filled as u64);
         if plaintext_len > MAX_ATTACHMENT_LEN {
@@ -314,7 +337,7 @@ pub(crate) fn encrypt_with_key<R: Read, W: Write>(
         if filled < CHUNK_LEN {
             break;
         }
-        seal(&mut buf, CHUNK_LEN, index, false)?;
+        seal_chunk(&cipher, buf, CHUNK_LEN, index, false, &mut output, &mut hasher)?;
         index = index.saturating_add(1);
     }
     // The padding: 0x80, then zeros up to the padded length, chunk by chunk.
@@ -323,23 +346,104 @@ pub(crate) fn encrypt_with_key<R: Read, W: Write>(
     let mut marker = true;
     loop {
         let len = body_len(padded, index);
-        if let Some(padding) = buf.get_mut(filled..len) {
-            padding.fill(0);
-            if let Some(first) = padding.first_mut().filter(|_| std::mem::take(&mut marker)) {
-                *first = 0x80;
-            }
-        }
+        pad(&mut buf, filled, len, &mut marker);
         let last = is_last(index, chunks);
-        seal(&mut buf, len, index, last)?;
+        seal_chunk(&cipher, buf, len, index, last, &mut output, &mut hasher)?;
         if last {
             break;
         }
         index = index.saturating_add(1);
+        buf = hasher.buffer()?;
         filled = 0;
     }
-    buf.zeroize();
     let ciphertext_len = ciphertext_len(plaintext_len);
-    Ok(Attachment { key, digest: hash.finalize().into(), plaintext_len, ciphertext_len })
+    let digest = hasher.finish()?;
+    Ok(Attachment { key, digest, plaintext_len, ciphertext_len })
+}
+
+/// Seals the first `len` bytes of `buf` in place as chunk `index`, writes
+/// the sealed chunk and hands it to the hasher.
+fn seal_chunk<W: Write>(
+    cipher: &ChaCha20Poly1305,
+    buf: Buffer,
+    len: usize,
+    index: u64,
+    last: bool,
+    output: &mut W,
+    hasher: &mut ChunkHasher<'_, '_>,
+) -> Result<(), AttachmentError> {
+    let mut buf = buf;
+    let sealed = seal_in_place(cipher, &mut buf, len, index, last)?;
+    output.write_all(sealed)?;
+    let sealed_len = sealed.len();
+    hasher.hash(buf, sealed_len)
+}
+
+/// Seals the first `len` bytes of `buf` in place as chunk `index`, its tag
+/// after them; returns the sealed chunk (`len + TAG_LEN` bytes).
+fn seal_in_place<'b>(
+    cipher: &ChaCha20Poly1305,
+    buf: &'b mut [u8],
+    len: usize,
+    index: u64,
+    last: bool,
+) -> Result<&'b [u8], AttachmentError> {
+    let too_large = || AttachmentError::TooLarge { max: MAX_ATTACHMENT_LEN };
+    let sealed_len = len.checked_add(TAG_LEN).ok_or_else(too_large)?;
+    let sealed = buf.get_mut(..sealed_len).ok_or_else(too_large)?;
+    let (body, tag) = sealed.split_at_mut_checked(len).ok_or_else(too_large)?;
+    let made = cipher.encrypt_inout_detached(&chunk_nonce(index, last), &[], body.into()).map_err(|_| too_large())?;
+    tag.copy_from_slice(&made);
+    Ok(sealed)
+}
+
+/// Opens the sealed chunk `index` (`len` bytes then the tag) into `out`
+/// (at least `len` bytes), leaving `sealed` as it was; returns the opened
+/// bytes, padding included.
+fn open_into<'o>(
+    cipher: &ChaCha20Poly1305,
+    sealed: &[u8],
+    len: usize,
+    index: u64,
+    last: bool,
+    out: &'o mut [u8],
+) -> Result<&'o [u8], AttachmentError> {
+    let (ciphertext, tag) = sealed.split_at_checked(len).ok_or(AttachmentError::WrongLength)?;
+    let tag = Tag::try_from(tag).map_err(|_| AttachmentError::WrongLength)?;
+    let body = out.get_mut(..len).ok_or(AttachmentError::WrongLength)?;
+    let inout = InOutBuf::new(ciphertext, &mut *body).map_err(|_| AttachmentError::WrongLength)?;
+    cipher
+        .decrypt_inout_detached(&chunk_nonce(index, last), &[], inout, &tag)
+        .map_err(|_| AttachmentError::Unauthenticated { chunk: index })?;
+    Ok(body)
+}
+
+/// Writes the padding into bytes `filled..len` of `buf`: `0x80` if `marker`
+/// (which is then cleared: the marker is the first padding byte of the
+/// file), zeros after.
+fn pad(buf: &mut [u8], filled: usize, len: usize, marker: &mut bool) {
+    if let Some(padding) = buf.get_mut(filled..len) {
+        padding.fill(0);
+        if let Some(first) = padding.first_mut().filter(|_| std::mem::take(marker)) {
+            *first = 0x80;
+        }
+    }
+}
+
+/// Splits the opened chunk `body`, which starts at plaintext offset
+/// `start`, into its plaintext and whether its padding part is as it must
+/// be (`0x80` first if the plaintext ends in this chunk, then zeros); the
+/// padding is checked in full, without stopping at the first wrong byte.
+fn plaintext_of(body: &[u8], start: u64, plaintext_len: u64) -> (&[u8], bool) {
+    let keep = usize::try_from(plaintext_len.saturating_sub(start)).unwrap_or(usize::MAX).min(body.len());
+    let (plaintext, padding) = body.split_at_checked(keep).unwrap_or((body, &[]));
+    let marker_here = plaintext_len >= start && !padding.is_empty();
+    let mut ok = true;
+    for (i, byte) in padding.iter().enumerate() {
+        let expected = if i == 0 && marker_here { 0x80 } else { 0 };
+        ok &= *byte == expected;
+    }
+    (plaintext, ok)
 }
 
 /// Reads, checks the length of and opens chunk `index` into `buf`; returns
@@ -350,7 +454,6 @@ fn open_chunk<'b, R: Read>(
     input: &mut R,
     buf: &'b mut [u8],
     index: u64,
-    hash: Option<&mut Sha256>,
 ) -> Result<&'b [u8], AttachmentError> {
     let padded = padded_len(attachment.plaintext_len);
     let len = body_len(padded, index);
@@ -358,9 +461,6 @@ fn open_chunk<'b, R: Read>(
     let sealed = buf.get_mut(..sealed_len).ok_or(AttachmentError::WrongLength)?;
     if read_full(input, sealed)? != sealed_len {
         return Err(AttachmentError::WrongLength);
-    }
-    if let Some(hash) = hash {
-        hash.update(&*sealed);
     }
     let (body, tag) = sealed.split_at_mut_checked(len).ok_or(AttachmentError::WrongLength)?;
     let tag = Tag::try_from(&*tag).map_err(|_| AttachmentError::WrongLength)?;
@@ -372,43 +472,56 @@ fn open_chunk<'b, R: Read>(
 }
 
 /// Decrypts the whole attachment from `input` into `output`, in memory
-/// bounded by one chunk, checking every chunk, the end of the file, the
+/// bounded by a few chunks (about 320 KiB), checking every chunk, the end of the file, the
 /// padding and the digest of the ciphertext.
 ///
 /// The plaintext is written as it is decrypted: if this returns an error,
 /// discard what was written (a chunk that did not open was not written,
-/// but the digest is known only at the end).
+/// but the digest is known only at the end). As in [`encrypt`], past
+/// 256 KiB the digest is computed on a second, scoped thread.
 ///
 /// # Errors
 /// [`AttachmentError::Unauthenticated`], [`AttachmentError::WrongLength`],
 /// [`AttachmentError::Mismatch`], [`AttachmentError::Io`].
-pub fn decrypt<R: Read, W: Write>(attachment: &Attachment, mut input: R, mut output: W) -> Result<(), AttachmentError> {
+pub fn decrypt<R: Read, W: Write>(attachment: &Attachment, input: R, output: W) -> Result<(), AttachmentError> {
+    std::thread::scope(|scope| open_stream(attachment, input, output, ChunkHasher::new(scope)))
+}
+
+/// [`decrypt`], the ciphertext hashed by `hasher` (in whose buffers the
+/// sealed chunks are read; each opens into a buffer of its own, so that
+/// the hash of chunk `i` runs beside the opening of chunk `i + 1`).
+fn open_stream<R: Read, W: Write>(
+    attachment: &Attachment,
+    mut input: R,
+    mut output: W,
+    mut hasher: ChunkHasher<'_, '_>,
+) -> Result<(), AttachmentError> {
     let cipher = attachment.cipher();
-    let chunks = chunks_of(padded_len(attachment.plaintext_len));
-    let mut hash = Sha256::new();
-    let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
+    let padded = padded_len(attachment.plaintext_len);
+    let chunks = chunks_of(padded);
+    let mut opened = Zeroizing::new(vec![0u8; CHUNK_LEN]);
     let mut padding_ok = true;
     for index in 0..chunks {
         let start = index.saturating_mul(CHUNK_LEN as u64);
-        let body = open_chunk(attachment, &cipher, &mut input, &mut buf, index, Some(&mut hash))?;
-        // The plaintext part of this chunk, then its padding part.
-        let keep =
-            usize::try_from(attachment.plaintext_len.saturating_sub(start)).unwrap_or(usize::MAX).min(body.len());
-        let (plaintext, padding) = body.split_at_checked(keep).ok_or(AttachmentError::WrongLength)?;
-        output.write_all(plaintext)?;
-        let marker_here = attachment.plaintext_len >= start && keep < body.len();
-        for (i, byte) in padding.iter().enumerate() {
-            let expected = if i == 0 && marker_here { 0x80 } else { 0 };
-            padding_ok &= *byte == expected;
+        let len = body_len(padded, index);
+        let sealed_len = len.saturating_add(TAG_LEN);
+        let mut sealed = hasher.buffer()?;
+        let sealed_bytes = sealed.get_mut(..sealed_len).ok_or(AttachmentError::WrongLength)?;
+        if read_full(&mut input, sealed_bytes)? != sealed_len {
+            return Err(AttachmentError::WrongLength);
         }
+        let body = open_into(&cipher, sealed_bytes, len, index, is_last(index, chunks), &mut opened)?;
+        let (plaintext, padding_here) = plaintext_of(body, start, attachment.plaintext_len);
+        output.write_all(plaintext)?;
+        padding_ok &= padding_here;
+        hasher.hash(sealed, sealed_len)?;
     }
-    buf.zeroize();
     // Nothing after the last chunk.
     let mut extra = [0u8; 1];
     if read_full(&mut input, &mut extra)? != 0 {
         return Err(AttachmentError::WrongLength);
     }
-    let digest: [u8; 32] = hash.finalize().into();
+    let digest = hasher.finish()?;
     if !padding_ok || !bool::from(digest.ct_eq(&attachment.digest)) {
         return Err(AttachmentError::Mismatch);
     }
@@ -447,7 +560,7 @@ pub fn decrypt_range<R: Read + Seek, W: Write>(
     let mut buf = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
     for index in first..=last {
         let start = index.saturating_mul(chunk);
-        let body = open_chunk(attachment, &cipher, &mut input, &mut buf, index, None)?;
+        let body = open_chunk(attachment, &cipher, &mut input, &mut buf, index)?;
         let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX);
         let to = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX).min(body.len());
         output.write_all(body.get(from..to).ok_or(AttachmentError::WrongLength)?)?;

@@ -586,6 +586,548 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 
 
 /**
+ * What the recipient needs to fetch, check and decrypt an attachment: its
+ * key, the SHA-256 of its ciphertext and both lengths. Send
+ * [`Self::to_bytes`] inside an encrypted message (never in the clear: it
+ * holds the key).
+ */
+public protocol AttachmentProtocol: AnyObject, Sendable {
+    
+    /**
+     * The ciphertext's length in bytes (what the server stores; padded).
+     */
+    func ciphertextLen()  -> UInt64
+    
+    /**
+     * The SHA-256 of the ciphertext (32 bytes): the blob the server
+     * returns must have it.
+     */
+    func digest()  -> Data
+    
+    /**
+     * The plaintext's length in bytes.
+     */
+    func plaintextLen()  -> UInt64
+    
+    /**
+     * The description to send inside a message: 81 bytes, secret.
+     */
+    func toBytes()  -> Data
+    
+}
+/**
+ * What the recipient needs to fetch, check and decrypt an attachment: its
+ * key, the SHA-256 of its ciphertext and both lengths. Send
+ * [`Self::to_bytes`] inside an encrypted message (never in the clear: it
+ * holds the key).
+ */
+open class Attachment: AttachmentProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_samizdat_ffi_fn_clone_attachment(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_samizdat_ffi_fn_free_attachment(handle, $0) }
+    }
+
+    
+    /**
+     * Reads the 81 bytes of [`Self::to_bytes`]; `InvalidMessage` if they
+     * are not a description (another length or version, lengths that
+     * disagree).
+     */
+public static func fromBytes(bytes: Data)throws  -> Attachment  {
+    return try  FfiConverterTypeAttachment_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_attachment_from_bytes(
+        FfiConverterData.lower(bytes),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * The ciphertext's length in bytes (what the server stores; padded).
+     */
+open func ciphertextLen() -> UInt64  {
+    return try!  FfiConverterUInt64.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachment_ciphertext_len(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The SHA-256 of the ciphertext (32 bytes): the blob the server
+     * returns must have it.
+     */
+open func digest() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachment_digest(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The plaintext's length in bytes.
+     */
+open func plaintextLen() -> UInt64  {
+    return try!  FfiConverterUInt64.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachment_plaintext_len(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The description to send inside a message: 81 bytes, secret.
+     */
+open func toBytes() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachment_to_bytes(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachment: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = Attachment
+
+    public static func lift(_ handle: UInt64) throws -> Attachment {
+        return Attachment(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: Attachment) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Attachment {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: Attachment, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachment_lift(_ handle: UInt64) throws -> Attachment {
+    return try FfiConverterTypeAttachment.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachment_lower(_ value: Attachment) -> UInt64 {
+    return FfiConverterTypeAttachment.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Decrypts an attachment given a piece at a time: [`Self::update`] with
+ * each piece of the blob, in order, returns the plaintext of the chunks
+ * completed so far; [`Self::finish`] checks the end of the file, the
+ * padding and the digest. Until `finish` succeeded, the plaintext is
+ * unconfirmed: on any error, discard all of it. After an error, every call
+ * fails with `InvalidArgument`.
+ */
+public protocol AttachmentDecryptorProtocol: AnyObject, Sendable {
+    
+    /**
+     * Checks that the whole blob came, its padding and its digest. The
+     * decryptor is then spent.
+     */
+    func finish() throws 
+    
+    /**
+     * Takes the next `ciphertext` bytes; returns the plaintext of the
+     * chunks they complete (possibly none).
+     */
+    func update(ciphertext: Data) throws  -> Data
+    
+}
+/**
+ * Decrypts an attachment given a piece at a time: [`Self::update`] with
+ * each piece of the blob, in order, returns the plaintext of the chunks
+ * completed so far; [`Self::finish`] checks the end of the file, the
+ * padding and the digest. Until `finish` succeeded, the plaintext is
+ * unconfirmed: on any error, discard all of it. After an error, every call
+ * fails with `InvalidArgument`.
+ */
+open class AttachmentDecryptor: AttachmentDecryptorProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_samizdat_ffi_fn_clone_attachmentdecryptor(self.handle, $0) }
+    }
+    /**
+     * A decryptor of the file `attachment` describes.
+     */
+public convenience init(attachment: Attachment) {
+    let handle =
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_attachmentdecryptor_new(
+        FfiConverterTypeAttachment_lower(attachment),uniffiCallStatus
+    )
+}
+    self.init(unsafeFromHandle: handle)
+}
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_samizdat_ffi_fn_free_attachmentdecryptor(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Checks that the whole blob came, its padding and its digest. The
+     * decryptor is then spent.
+     */
+open func finish()throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachmentdecryptor_finish(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Takes the next `ciphertext` bytes; returns the plaintext of the
+     * chunks they complete (possibly none).
+     */
+open func update(ciphertext: Data)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachmentdecryptor_update(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(ciphertext),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentDecryptor: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = AttachmentDecryptor
+
+    public static func lift(_ handle: UInt64) throws -> AttachmentDecryptor {
+        return AttachmentDecryptor(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: AttachmentDecryptor) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentDecryptor {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: AttachmentDecryptor, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentDecryptor_lift(_ handle: UInt64) throws -> AttachmentDecryptor {
+    return try FfiConverterTypeAttachmentDecryptor.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentDecryptor_lower(_ value: AttachmentDecryptor) -> UInt64 {
+    return FfiConverterTypeAttachmentDecryptor.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Encrypts an attachment given a piece at a time (wrap the app's own
+ * stream around it): [`Self::update`] with each piece, in order, returns
+ * the sealed bytes ready so far (whole 64 KiB chunks); [`Self::finish`]
+ * returns the last ones and the [`Attachment`]. Memory stays at one chunk.
+ */
+public protocol AttachmentEncryptorProtocol: AnyObject, Sendable {
+    
+    /**
+     * Pads and seals the rest; returns the last sealed bytes and the
+     * [`Attachment`]. The encryptor is then spent.
+     */
+    func finish() throws  -> SealedTail
+    
+    /**
+     * Takes the next `plaintext` bytes; returns the sealed bytes they
+     * complete (possibly none).
+     */
+    func update(plaintext: Data) throws  -> Data
+    
+}
+/**
+ * Encrypts an attachment given a piece at a time (wrap the app's own
+ * stream around it): [`Self::update`] with each piece, in order, returns
+ * the sealed bytes ready so far (whole 64 KiB chunks); [`Self::finish`]
+ * returns the last ones and the [`Attachment`]. Memory stays at one chunk.
+ */
+open class AttachmentEncryptor: AttachmentEncryptorProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_samizdat_ffi_fn_clone_attachmentencryptor(self.handle, $0) }
+    }
+    /**
+     * An encryptor under a fresh random key.
+     */
+public convenience init() {
+    let handle =
+        try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_attachmentencryptor_new(uniffiCallStatus
+    )
+}
+    self.init(unsafeFromHandle: handle)
+}
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_samizdat_ffi_fn_free_attachmentencryptor(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Pads and seals the rest; returns the last sealed bytes and the
+     * [`Attachment`]. The encryptor is then spent.
+     */
+open func finish()throws  -> SealedTail  {
+    return try  FfiConverterTypeSealedTail_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachmentencryptor_finish(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Takes the next `plaintext` bytes; returns the sealed bytes they
+     * complete (possibly none).
+     */
+open func update(plaintext: Data)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_attachmentencryptor_update(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(plaintext),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentEncryptor: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = AttachmentEncryptor
+
+    public static func lift(_ handle: UInt64) throws -> AttachmentEncryptor {
+        return AttachmentEncryptor(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: AttachmentEncryptor) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentEncryptor {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: AttachmentEncryptor, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentEncryptor_lift(_ handle: UInt64) throws -> AttachmentEncryptor {
+    return try FfiConverterTypeAttachmentEncryptor.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentEncryptor_lower(_ value: AttachmentEncryptor) -> UInt64 {
+    return FfiConverterTypeAttachmentEncryptor.lower(value)
+}
+
+
+
+
+
+
+/**
  * One installation: an identity, its prekeys and its sessions in an
  * encrypted SQLite store. Close it (`close()` in Kotlin, `del` in Python)
  * to release the store.
@@ -2787,6 +3329,77 @@ public func FfiConverterTypeRotated_lower(_ value: Rotated) -> RustBuffer {
 
 
 /**
+ * What [`AttachmentEncryptor::finish`] returns.
+ */
+public struct SealedTail {
+    /**
+     * The last sealed bytes of the blob (after everything `update`
+     * returned).
+     */
+    public var ciphertext: Data
+    /**
+     * The description to send.
+     */
+    public var attachment: Attachment
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The last sealed bytes of the blob (after everything `update`
+         * returned).
+         */ciphertext: Data, 
+        /**
+         * The description to send.
+         */attachment: Attachment) {
+        self.ciphertext = ciphertext
+        self.attachment = attachment
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SealedTail: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSealedTail: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SealedTail {
+        return
+            try SealedTail(
+                ciphertext: FfiConverterData.read(from: &buf), 
+                attachment: FfiConverterTypeAttachment.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SealedTail, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.ciphertext, into: &buf)
+        FfiConverterTypeAttachment.write(value.attachment, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSealedTail_lift(_ buf: RustBuffer) throws -> SealedTail {
+    return try FfiConverterTypeSealedTail.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSealedTail_lower(_ value: SealedTail) -> RustBuffer {
+    return FfiConverterTypeSealedTail.lower(value)
+}
+
+
+/**
  * The stable error code of a [`SamizdatError`]: what logs, telemetry and
  * the other languages compare (`code()` gives it in `snake_case`). The
  * same as [`samizdat::ErrorKind`].
@@ -4164,6 +4777,53 @@ fileprivate struct FfiConverterSequenceTypeOutgoing: FfiConverterRustBuffer {
     }
 }
 /**
+ * Decrypts the blob at `input_path` into a new file at `output_path`,
+ * checking every chunk, the length, the padding and the digest; the file
+ * appears at `output_path` only if everything checked (on an error,
+ * nothing is left there that was not before).
+ */
+public func decryptAttachmentFile(attachment: Attachment, inputPath: String, outputPath: String)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_decrypt_attachment_file(
+        FfiConverterTypeAttachment_lower(attachment),
+        FfiConverterString.lower(inputPath),
+        FfiConverterString.lower(outputPath),uniffiCallStatus
+    )
+}
+}
+/**
+ * Encrypts the file at `input_path` into a new file at `output_path` (the
+ * blob to upload; replaced if it exists, only once complete) under a fresh
+ * key, in constant memory; returns its [`Attachment`].
+ */
+public func encryptAttachmentFile(inputPath: String, outputPath: String)throws  -> Attachment  {
+    return try  FfiConverterTypeAttachment_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_encrypt_attachment_file(
+        FfiConverterString.lower(inputPath),
+        FfiConverterString.lower(outputPath),uniffiCallStatus
+    )
+})
+}
+/**
+ * The plaintext bytes `offset .. offset + len` of the blob at
+ * `input_path`, decrypting only the chunks they fall in (each one
+ * authenticated; the whole file's digest is not checked). At most 16 MiB
+ * at once (`LimitExceeded` past it); `InvalidArgument` for a range outside
+ * the file.
+ */
+public func readAttachmentRange(attachment: Attachment, inputPath: String, offset: UInt64, len: UInt64)throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_read_attachment_range(
+        FfiConverterTypeAttachment_lower(attachment),
+        FfiConverterString.lower(inputPath),
+        FfiConverterUInt64.lower(offset),
+        FfiConverterUInt64.lower(len),uniffiCallStatus
+    )
+})
+}
+/**
  * The weakest parameters an export takes: 19 MiB, 2 passes, 1 lane.
  */
 public func backupParamsMinimum() -> BackupParams  {
@@ -4242,6 +4902,15 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_samizdat_ffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_decrypt_attachment_file() != 47044) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_encrypt_attachment_file() != 8682) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 54506) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_backup_params_minimum() != 9870) {
         return InitializationResult.apiChecksumMismatch
@@ -4402,6 +5071,30 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_scannable() != 15002) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_attachment_ciphertext_len() != 22435) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachment_digest() != 45715) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachment_plaintext_len() != 25340) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachment_to_bytes() != 56054) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachmentdecryptor_finish() != 29600) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachmentdecryptor_update() != 19888) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachmentencryptor_finish() != 42332) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_attachmentencryptor_update() != 57586) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 20426) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4412,6 +5105,15 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_constructor_device_restore() != 8483) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_attachment_from_bytes() != 60817) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_attachmentdecryptor_new() != 21180) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_attachmentencryptor_new() != 16245) {
         return InitializationResult.apiChecksumMismatch
     }
 
