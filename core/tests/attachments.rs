@@ -221,7 +221,8 @@ fn files_at_the_chunk_and_padding_boundaries_round_trip() {
         3 * CHUNK_LEN,
         3 * CHUNK_LEN - 1,
         3 * CHUNK_LEN + 5,
-        // Where the digest moves to a second thread (after 4 chunks).
+        // Larger files: the digest on a second thread (from the second
+        // chunk on when the length is not known).
         4 * CHUNK_LEN - 1,
         4 * CHUNK_LEN,
         4 * CHUNK_LEN + 1,
@@ -743,8 +744,8 @@ impl Write for FailsAfter {
 
 #[test]
 fn an_input_or_output_failing_midway_is_an_error_on_either_thread() {
-    // Past the 4 chunks after which the hash runs on a second thread, and
-    // before.
+    // In the first chunk (hashed on the caller's thread when the length is
+    // not known) and past it (on the second thread).
     for at in [10, 3 * CHUNK_LEN, 9 * CHUNK_LEN + 5] {
         let error = attachment::encrypt(FailsAfter { left: at }, Vec::new()).unwrap_err();
         assert!(matches!(error, AttachmentError::Io(_)), "{error:?}");

@@ -2,18 +2,22 @@
 //!
 //! Hashing the ciphertext costs about as much as sealing or opening it
 //! (SHA-256 with the SHA extensions and ChaCha20-Poly1305 with AVX2 run at
-//! similar speeds), so done in turn the two halve the throughput. Past
-//! [`INLINE_CHUNKS`] chunks the hash therefore moves to a second, scoped
+//! similar speeds), so done in turn the two halve the throughput. For a
+//! file of [`THREAD_MIN_CHUNKS`] chunks or more (after [`INLINE_CHUNKS`] if
+//! its length is not known) the hash therefore runs on a second, scoped
 //! thread: the caller's thread seals or opens chunk `i + 1` while the second
 //! hashes chunk `i`. Sealed chunks travel between the two in [`BUFFERS`]
 //! buffers through two bounded channels, so memory stays at a few chunks
-//! whatever the file's size, and the hash sees the chunks in order. A small
+//! whatever the file's size, and the hash sees the chunks in order. The
+//! hashing thread spins briefly for the next chunk before it sleeps, so that
+//! the sealing thread is not slowed by a wake-up per chunk. A small
 //! file never starts a thread; if the thread cannot be started the hash
 //! stays on the caller's thread. The digest is the same either way.
 
 use std::{
-    sync::mpsc::{self, Receiver, SyncSender},
+    sync::mpsc::{self, Receiver, SyncSender, TryRecvError},
     thread::{Builder, Scope, ScopedJoinHandle},
+    time::{Duration, Instant},
 };
 
 use sha2::{Digest, Sha256};
@@ -29,9 +33,38 @@ pub(super) type Buffer = Zeroizing<Vec<u8>>;
 /// filled, the others queued for or being hashed.
 const BUFFERS: usize = 4;
 
-/// The chunks hashed on the caller's thread before a second thread starts
-/// (256 KiB): below that, starting a thread costs more than it saves.
-const INLINE_CHUNKS: u64 = 4;
+/// When the file's length is not known, the chunks hashed on the caller's
+/// thread before a second thread starts: a file of one chunk never starts
+/// one.
+const INLINE_CHUNKS: u64 = 1;
+
+/// When the file's length is known, the fewest chunks for which the hash
+/// runs on a second thread from the start (starting a thread costs about
+/// as much as sealing half a chunk).
+const THREAD_MIN_CHUNKS: u64 = 2;
+
+/// How long the hashing thread spins for the next chunk before it sleeps:
+/// about the time to seal two chunks. Sleeping and being woken for every
+/// chunk costs the sealing thread a system call per chunk.
+const SPIN: Duration = Duration::from_micros(100);
+
+/// The next chunk to hash, spinning for up to [`SPIN`] before blocking;
+/// `None` once the caller is done.
+fn next(to_hash: &Receiver<(Buffer, usize)>) -> Option<(Buffer, usize)> {
+    let started = Instant::now();
+    loop {
+        match to_hash.try_recv() {
+            Ok(item) => return Some(item),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if started.elapsed() < SPIN => {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            }
+            Err(TryRecvError::Empty) => return to_hash.recv().ok(),
+        }
+    }
+}
 
 /// What a failed hashing thread becomes (it cannot fail short of a bug).
 fn thread_lost() -> AttachmentError {
@@ -47,6 +80,8 @@ pub(super) struct ChunkHasher<'scope, 'env> {
     spare: Vec<Buffer>,
     /// The chunks hashed so far on this thread.
     inline: u64,
+    /// After how many chunks hashed here the thread starts (never if none).
+    start_after: Option<u64>,
 }
 
 enum State<'scope> {
@@ -64,9 +99,25 @@ enum State<'scope> {
 }
 
 impl<'scope, 'env> ChunkHasher<'scope, 'env> {
-    /// A hasher that may start its thread in `scope`.
-    pub(super) fn new(scope: &'scope Scope<'scope, 'env>) -> Self {
-        Self { scope, state: State::Here(Sha256::new()), spare: Vec::with_capacity(BUFFERS), inline: 0 }
+    /// A hasher that may start its thread in `scope`, for a file of
+    /// `chunks` sealed chunks if that is known.
+    pub(super) fn new(scope: &'scope Scope<'scope, 'env>, chunks: Option<u64>) -> Self {
+        let start_after = match chunks {
+            Some(chunks) if chunks >= THREAD_MIN_CHUNKS => Some(0),
+            Some(_) => None,
+            None => Some(INLINE_CHUNKS),
+        };
+        let mut hasher = Self {
+            scope,
+            state: State::Here(Sha256::new()),
+            spare: Vec::with_capacity(BUFFERS),
+            inline: 0,
+            start_after,
+        };
+        if start_after == Some(0) {
+            hasher.start_thread();
+        }
+        hasher
     }
 
     /// A buffer of `CHUNK_LEN + TAG_LEN` bytes to read or seal the next
@@ -92,7 +143,7 @@ impl<'scope, 'env> ChunkHasher<'scope, 'env> {
                 hash.update(buffer.get(..len).ok_or(AttachmentError::WrongLength)?);
                 self.spare.push(buffer);
                 self.inline = self.inline.saturating_add(1);
-                if self.inline == INLINE_CHUNKS {
+                if Some(self.inline) == self.start_after {
                     self.start_thread();
                 }
                 Ok(())
@@ -109,7 +160,7 @@ impl<'scope, 'env> ChunkHasher<'scope, 'env> {
         let (hashed, done) = mpsc::sync_channel::<Buffer>(BUFFERS);
         let mut moved = hash.clone();
         let started = Builder::new().name("samizdat-attachment-hash".into()).spawn_scoped(self.scope, move || {
-            for (buffer, len) in to_hash {
+            while let Some((buffer, len)) = next(&to_hash) {
                 // `hash` checked `len`; a buffer is never shorter.
                 moved.update(buffer.get(..len).unwrap_or_default());
                 // The caller may have stopped (an error): the buffer is then

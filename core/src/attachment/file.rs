@@ -30,7 +30,7 @@ use std::{
 
 use zeroize::Zeroizing;
 
-use super::{Attachment, AttachmentError, decrypt, decrypt_range, encrypt};
+use super::{Attachment, AttachmentError, decrypt, decrypt_range, encrypt_sized};
 
 /// The most bytes [`read_range`] returns at once (16 MiB): a larger range
 /// is read in several calls, or with [`super::decrypt_range`] into a writer.
@@ -45,7 +45,8 @@ pub const MAX_RANGE_LEN: u64 = 16 << 20;
 /// written); [`AttachmentError::TooLarge`].
 pub fn encrypt_file(input: &Path, output: &Path) -> Result<Attachment, AttachmentError> {
     let source = File::open(input)?;
-    write_atomically(output, |file| encrypt(source, file))
+    let len = source.metadata().ok().map(|metadata| metadata.len());
+    write_atomically(output, |file| encrypt_sized(source, file, len))
 }
 
 /// Decrypts the encrypted file at `input` into a new file at `output`

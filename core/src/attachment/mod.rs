@@ -288,10 +288,10 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 /// key, in memory bounded by a few chunks (at most 4 sealed chunks, about
 /// 256 KiB, whatever the file's size); returns the [`Attachment`] to send.
 ///
-/// Past 256 KiB, the SHA-256 of the ciphertext is computed on a second,
-/// scoped thread, beside the cipher, and joined before this returns (if no
-/// thread can be started, on this one): `input` and `output` are only ever
-/// used from the calling thread.
+/// Past the first 64 KiB chunk, the SHA-256 of the ciphertext is computed
+/// on a second, scoped thread, beside the cipher, and joined before this
+/// returns (if no thread can be started, on this one): `input` and `output`
+/// are only ever used from the calling thread.
 ///
 /// # Errors
 /// [`AttachmentError::Io`]; [`AttachmentError::TooLarge`] past
@@ -309,7 +309,21 @@ pub(crate) fn encrypt_with_key<R: Read, W: Write>(
     input: R,
     output: W,
 ) -> Result<Attachment, AttachmentError> {
-    std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope)))
+    std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope, None)))
+}
+
+/// [`encrypt`] of an input of `len` bytes, if known (the hash then starts
+/// on its thread at once).
+pub(crate) fn encrypt_sized<R: Read, W: Write>(
+    input: R,
+    output: W,
+    len: Option<u64>,
+) -> Result<Attachment, AttachmentError> {
+    let mut fresh = Zeroizing::new([0u8; 32]);
+    rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
+    let key = Secret32::from_zeroizing(&fresh);
+    let chunks = len.map(|len| chunks_of(padded_len(len)));
+    std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope, chunks)))
 }
 
 /// [`encrypt_with_key`], the ciphertext hashed by `hasher` (in whose
@@ -477,14 +491,15 @@ fn open_chunk<'b, R: Read>(
 ///
 /// The plaintext is written as it is decrypted: if this returns an error,
 /// discard what was written (a chunk that did not open was not written,
-/// but the digest is known only at the end). As in [`encrypt`], past
-/// 256 KiB the digest is computed on a second, scoped thread.
+/// but the digest is known only at the end). As in [`encrypt`], for a file
+/// of two chunks or more the digest is computed on a second, scoped thread.
 ///
 /// # Errors
 /// [`AttachmentError::Unauthenticated`], [`AttachmentError::WrongLength`],
 /// [`AttachmentError::Mismatch`], [`AttachmentError::Io`].
 pub fn decrypt<R: Read, W: Write>(attachment: &Attachment, input: R, output: W) -> Result<(), AttachmentError> {
-    std::thread::scope(|scope| open_stream(attachment, input, output, ChunkHasher::new(scope)))
+    let chunks = chunks_of(padded_len(attachment.plaintext_len));
+    std::thread::scope(|scope| open_stream(attachment, input, output, ChunkHasher::new(scope, Some(chunks))))
 }
 
 /// [`decrypt`], the ciphertext hashed by `hasher` (in whose buffers the
