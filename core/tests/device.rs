@@ -370,7 +370,9 @@ fn prekeys_are_refilled_and_rotated() {
     assert_eq!(bob.prekey_counts().unwrap(), (0, 0));
     assert_eq!(bob.refill_prekeys(3, 8, 1_000).unwrap(), 16, "8 of each kind");
     assert_eq!(bob.refill_prekeys(3, 8, 1_000).unwrap(), 0, "above the threshold: nothing to do");
-    assert_eq!(bob.prekey_bundles(20).unwrap().len(), 8);
+    let handed_out = bob.prekey_bundles(20).unwrap();
+    assert_eq!(handed_out.len(), 8);
+    assert_eq!(bob.prekey_bundles(20).unwrap().len(), 1, "every one-time prekey was handed out: one bundle without");
     assert!(matches!(bob.refill_prekeys(300, 300, 0), Err(DeviceError::PreKey(_))));
     let rotated = bob.rotate_prekeys(1_500, 1_000).unwrap();
     assert!(!rotated.signed_prekey && !rotated.last_resort_prekey);
@@ -378,16 +380,29 @@ fn prekeys_are_refilled_and_rotated() {
     let rotated = bob.rotate_prekeys(2_000, 1_000).unwrap();
     assert!(rotated.signed_prekey && rotated.last_resort_prekey);
     assert_ne!(bob.prekey_bundle().unwrap(), old_bundle);
-    // A session started from the previous bundle still works (old keys are kept a while).
+    // A session started from the previous bundle still works (old keys are
+    // kept a while). The 8 one-time prekeys of each kind were all handed out
+    // above, so that bundle offered none, and none is consumed.
     let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
     alice.start_session(&old_bundle).unwrap();
     let wire = alice.encrypt(bob.address(), b"from an old bundle").unwrap();
     assert_eq!(receive(&bob, alice.address(), &wire).unwrap(), b"from an old bundle");
+    assert_eq!(bob.prekey_counts().unwrap(), (8, 8));
+    // One of the bundles handed out earlier is used: one of each kind consumed.
+    let bundles = bob.prekey_bundles(0).unwrap();
+    assert!(bundles.is_empty());
+    let carol = Device::create_in(MemoryBackend::new(), &[3; 32], addr("carol"), 0).unwrap();
+    carol.start_session(&handed_out[3]).unwrap();
+    let wire = carol.encrypt(bob.address(), b"from a handed-out bundle").unwrap();
+    assert_eq!(receive(&bob, carol.address(), &wire).unwrap(), b"from a handed-out bundle");
     assert_eq!(bob.prekey_counts().unwrap(), (7, 7));
     // The two counts can drift apart (a server may strip the X25519 key from a
     // bundle); a refill tops up each kind on its own.
     assert_eq!(bob.refill_prekeys(8, 9, 3_000).unwrap(), 4, "2 of each kind");
     assert_eq!(bob.prekey_counts().unwrap(), (9, 9));
+    // The new ones are offered next: a refill after everything was handed
+    // out brings one-time prekeys back into the bundles.
+    assert_eq!(bob.prekey_bundles(20).unwrap().len(), 2);
 }
 
 #[test]
@@ -489,4 +504,57 @@ fn debug_output_is_redacted() {
     let as_listed = |bytes: &[u8]| bytes.iter().map(|b| format!("{b}")).collect::<Vec<_>>().join(", ");
     assert!(!printed.contains(&as_listed(&sealed[..8])), "a sealed value printed: {printed}");
     assert!(!printed.contains(&as_listed(&secret.as_bytes()[..8])), "{printed}");
+}
+
+/// The prekey trap closed (issue 19): `prekey_bundle()` called once per
+/// contact never offers a one-time prekey twice, across handles on one
+/// store and across a reopen, so that every contact's first message reads.
+/// (It used to offer the lowest one-time prekey until it was consumed: the
+/// second contact's first message failed with an unknown prekey.)
+#[test]
+fn every_bundle_offers_one_time_prekeys_no_other_bundle_offered() {
+    use samizdat::prekeys::{PqPreKeyKind, PreKeyBundle};
+    let dir = temp_dir("bundles");
+    let path = dir.join("bob.db");
+    let bob = Device::create(&path, &[2; 32], addr("bob"), 0).unwrap();
+    let other_handle = Device::open(&path, &[2; 32]).unwrap();
+    bob.refill_prekeys(6, 6, 0).unwrap();
+    let mut bundles: Vec<Vec<u8>> = Vec::new();
+    for round in 0..2 {
+        bundles.push(bob.prekey_bundle().unwrap());
+        bundles.push(other_handle.prekey_bundle().unwrap());
+        if round == 0 {
+            bundles.extend(bob.prekey_bundles(1).unwrap());
+        }
+    }
+    drop((bob, other_handle));
+    let bob = Device::open(&path, &[2; 32]).unwrap();
+    bundles.push(bob.prekey_bundle().unwrap()); // the sixth and last of each kind
+    let parsed: Vec<PreKeyBundle> = bundles.iter().map(|b| PreKeyBundle::from_bytes(b).unwrap()).collect();
+    let one_time: std::collections::BTreeSet<u32> = parsed.iter().map(|b| b.one_time_prekey_id().unwrap()).collect();
+    let pq: std::collections::BTreeSet<u32> = parsed
+        .iter()
+        .map(|b| match b.pq_prekey() {
+            (id, PqPreKeyKind::OneTime) => id,
+            other => panic!("a one-time ML-KEM prekey was left: {other:?}"),
+        })
+        .collect();
+    assert_eq!((one_time.len(), pq.len()), (6, 6), "six calls, six keys of each kind, none twice");
+
+    // Every one handed out: the next bundle offers none, and still starts a session.
+    let last = PreKeyBundle::from_bytes(&bob.prekey_bundle().unwrap()).unwrap();
+    assert_eq!(last.one_time_prekey_id(), None);
+    assert!(matches!(last.pq_prekey(), (_, PqPreKeyKind::LastResort)));
+    bundles.push(last.to_bytes());
+
+    // Seven contacts, one bundle each: every first message reads.
+    for (i, bundle) in bundles.iter().enumerate() {
+        let contact = Device::create_in(MemoryBackend::new(), &[9; 32], addr(&format!("contact{i}")), 0).unwrap();
+        contact.start_session(bundle).unwrap();
+        let wire = contact.encrypt(bob.address(), b"hello bob").unwrap();
+        assert_eq!(receive(&bob, contact.address(), &wire).unwrap(), b"hello bob", "contact {i}");
+    }
+    assert_eq!(bob.prekey_counts().unwrap(), (0, 0));
+    drop(bob);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -224,12 +224,18 @@ impl Device {
         self.inner.identity_key().as_bytes().to_vec()
     }
 
-    /// A prekey bundle to upload.
+    /// A prekey bundle for one contact. Every call offers one-time prekeys
+    /// that no earlier bundle offered (the device remembers what it handed
+    /// out; this writes to the store), so the server must give each bundle
+    /// to one requester. Once every one-time prekey was handed out, the
+    /// bundle offers the signed and last-resort keys only: refill.
     pub fn prekey_bundle(&self) -> Result<Vec<u8>, SamizdatError> {
         Ok(self.inner.prekey_bundle()?)
     }
 
-    /// Up to `count` bundles with distinct one-time prekeys.
+    /// Up to `count` bundles with distinct one-time prekeys that no earlier
+    /// bundle offered, to upload for the server to hand out one per
+    /// requester.
     pub fn prekey_bundles(&self, count: u32) -> Result<Vec<Vec<u8>>, SamizdatError> {
         Ok(self.inner.prekey_bundles(count as usize)?)
     }

@@ -151,6 +151,18 @@ pub struct Rotated {
 }
 
 /// One installation: an identity, its prekeys and its sessions, in a store.
+///
+/// Two rules keep every message (see the module's documentation):
+/// - **Decrypt, store, commit, then acknowledge, one message at a time.**
+///   [`Self::decrypt`] changes nothing; [`Self::commit`] applies it. A
+///   [`PendingMessage`] is valid until the next change of that peer's
+///   session, so decrypting two messages of one peer before committing the
+///   first makes the second commit fail with `StalePending` (decrypt it
+///   again). Take several queued messages at once with
+///   [`Self::decrypt_batch`] and [`Self::commit_batch`].
+/// - **Every bundle goes to one contact.** [`Self::prekey_bundle`] offers
+///   one-time prekeys no earlier bundle offered; the server must give each
+///   bundle to one requester.
 pub struct Device<B: Backend = SqliteBackend> {
     backend: B,
     sealer: Sealer,

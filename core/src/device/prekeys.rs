@@ -88,6 +88,10 @@ struct Meta {
     pq_one_time: BTreeSet<u32>,
     /// The ring slot of the next remembered pair.
     next_slot: u32,
+    /// Every one-time X25519 prekey below this id was handed out in a bundle.
+    handed_out: u32,
+    /// Every one-time ML-KEM prekey below this id was handed out in a bundle.
+    pq_handed_out: u32,
 }
 
 impl Meta {
@@ -104,6 +108,8 @@ impl Meta {
             || !increasing(&row.one_time)
             || !increasing(&row.pq_one_time)
             || row.next_base_key_slot >= RING_SLOTS
+            || row.one_time_handed_out > row.next_id
+            || row.pq_one_time_handed_out > row.next_id
         {
             return Err(corrupt());
         }
@@ -116,6 +122,8 @@ impl Meta {
             one_time: row.one_time.iter().copied().collect(),
             pq_one_time: row.pq_one_time.iter().copied().collect(),
             next_slot: row.next_base_key_slot,
+            handed_out: row.one_time_handed_out,
+            pq_handed_out: row.pq_one_time_handed_out,
         };
         // Ids are unique across kinds and below the counter.
         let ids = meta.ids().collect::<Vec<_>>();
@@ -143,6 +151,8 @@ impl Meta {
             one_time: self.one_time.iter().copied().collect(),
             pq_one_time: self.pq_one_time.iter().copied().collect(),
             next_base_key_slot: self.next_slot,
+            one_time_handed_out: self.handed_out,
+            pq_one_time_handed_out: self.pq_handed_out,
         })
     }
 
@@ -527,17 +537,27 @@ impl<B: Backend> Device<B> {
     /// current signed prekey, the `k` lowest one-time prekeys of each kind,
     /// and the current last-resort key if fewer than `k` one-time ML-KEM
     /// prekeys are held.
-    fn bundle_set(&self, rows: &mut PreKeyRows, meta: &Meta, k: usize) -> Result<PreKeySet, StoreError> {
+    /// The prekeys of `k` bundles: the current signed prekey, the one-time
+    /// prekeys `one_time` and `pq_one_time`, and the last-resort prekey if
+    /// there are fewer than `k` of the latter.
+    fn bundle_set(
+        &self,
+        rows: &mut PreKeyRows,
+        meta: &Meta,
+        one_time: &[u32],
+        pq_one_time: &[u32],
+        k: usize,
+    ) -> Result<PreKeySet, StoreError> {
         let mut parts = PreKeyParts::default();
         let (signed_id, _) = meta.signed.last().ok_or_else(corrupt)?;
         parts.signed.push(self.signed_prekey(rows, *signed_id)?.ok_or_else(corrupt)?);
-        for &id in meta.one_time.iter().take(k) {
+        for &id in one_time {
             parts.one_time.insert(id, self.one_time_prekey(rows, id)?.ok_or_else(corrupt)?);
         }
-        for &id in meta.pq_one_time.iter().take(k) {
+        for &id in pq_one_time {
             parts.pq_one_time.insert(id, self.pq_prekey(rows, PQ_ONE_TIME, id)?.ok_or_else(corrupt)?);
         }
-        if meta.pq_one_time.len() < k {
+        if pq_one_time.len() < k {
             let (last_resort_id, _) = meta.last_resort.last().ok_or_else(corrupt)?;
             parts.last_resort.push(self.pq_prekey(rows, LAST_RESORT, *last_resort_id)?.ok_or_else(corrupt)?);
         }
@@ -562,8 +582,35 @@ impl<B: Backend> Device<B> {
         Ok(changes)
     }
 
-    /// A bundle to upload: the current signed prekey, the lowest one-time
-    /// prekeys, and an ML-KEM prekey (one-time, or the last-resort key).
+    /// A bundle for one contact to start a session with, as the server
+    /// hands it out: a signed prekey, a last-resort or one-time ML-KEM
+    /// prekey, and a one-time X25519 prekey. Every call offers one-time
+    /// prekeys no earlier call offered (the device remembers what it handed
+    /// out), so two contacts never get the same one: a one-time prekey
+    /// offered twice lets only the first contact's session start. When every
+    /// one-time prekey has been handed out, the bundle offers the signed and
+    /// last-resort keys only (sessions still start; refill with
+    /// [`Self::refill_prekeys`]). It writes to the store.
+    ///
+    /// ```
+    /// # use samizdat::{address::Address, device::Device};
+    /// # let dir = std::env::temp_dir().join(format!("samizdat-doc-bundle-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = |name: &str| dir.join(name);
+    /// let bob = Device::create(path("bob.db"), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create(path("alice.db"), &[1; 32], Address::new("alice", 1)?, 0)?;
+    /// let carol = Device::create(path("carol.db"), &[3; 32], Address::new("carol", 1)?, 0)?;
+    /// // Two contacts, two bundles: both sessions start.
+    /// alice.start_session(&bob.prekey_bundle()?)?;
+    /// carol.start_session(&bob.prekey_bundle()?)?;
+    /// for (contact, text) in [(&alice, "from alice"), (&carol, "from carol")] {
+    ///     let pending = bob.decrypt(contact.address(), &contact.encrypt(bob.address(), text.as_bytes())?)?;
+    ///     assert_eq!(pending.plaintext(), text.as_bytes());
+    ///     bob.commit(pending)?;
+    /// }
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// A store error.
@@ -571,26 +618,47 @@ impl<B: Backend> Device<B> {
         Ok(self.prekey_bundles(1)?.into_iter().next().unwrap_or_default())
     }
 
-    /// Up to `count` bundles with distinct one-time prekeys, for a server to
-    /// hand out one per requester. There are as many as there are one-time
-    /// prekeys (of either kind), and at least one: when none is left, the one
-    /// bundle offers only the signed and the last-resort keys.
+    /// Up to `count` bundles with distinct one-time prekeys that no earlier
+    /// bundle offered, for a server to hand out one per requester (as
+    /// [`Self::prekey_bundle`], in one write). There are as many as there
+    /// are such one-time prekeys (of either kind), and at least one (for
+    /// `count` above 0): when none is left, the one bundle offers only the
+    /// signed and the last-resort keys.
     ///
     /// # Errors
     /// A store error.
     pub fn prekey_bundles(&self, count: usize) -> Result<Vec<Vec<u8>>, DeviceError> {
         self.check_process()?;
-        let mut rows = PreKeyRows::default();
-        let meta = self.meta(&mut rows)?;
-        let k = count.min(meta.one_time.len().max(meta.pq_one_time.len()).max(1));
-        if k == 0 {
+        if count == 0 {
             return Ok(Vec::new());
         }
-        let prekeys = self.bundle_set(&mut rows, &meta, k)?;
-        Ok((0..k)
-            .filter_map(|n| prekeys.bundle_skipping(&self.identity, &self.address, n))
-            .map(|bundle| bundle.to_bytes())
-            .collect())
+        let _guard = lock(&self.prekey_lock);
+        retry_on_conflict(|| {
+            let mut rows = PreKeyRows::default();
+            let mut meta = self.meta(&mut rows)?;
+            let unused = |ids: &BTreeSet<u32>, from: u32| ids.range(from..).copied().collect::<Vec<_>>();
+            let (mut one_time, mut pq_one_time) =
+                (unused(&meta.one_time, meta.handed_out), unused(&meta.pq_one_time, meta.pq_handed_out));
+            let k = count.min(one_time.len().max(pq_one_time.len()).max(1));
+            one_time.truncate(k);
+            pq_one_time.truncate(k);
+            let prekeys = self.bundle_set(&mut rows, &meta, &one_time, &pq_one_time, k)?;
+            let bundles: Vec<Vec<u8>> = (0..k)
+                .filter_map(|n| prekeys.bundle_skipping(&self.identity, &self.address, n))
+                .map(|bundle| bundle.to_bytes())
+                .collect();
+            // Handed out: nothing at or below the last id offered is offered again.
+            let after = |ids: &[u32], cursor: u32| ids.last().map_or(cursor, |id| id.saturating_add(1));
+            let (handed_out, pq_handed_out) =
+                (after(&one_time, meta.handed_out), after(&pq_one_time, meta.pq_handed_out));
+            if (handed_out, pq_handed_out) != (meta.handed_out, meta.pq_handed_out) {
+                meta.handed_out = handed_out;
+                meta.pq_handed_out = pq_handed_out;
+                rows.apply(vec![(META_ROW.to_vec(), Some(meta.to_row()))]);
+                self.write(&rows.writes(&self.sealer))?;
+            }
+            Ok(bundles)
+        })
     }
 
     /// How many one-time prekeys are left: `(X25519, ML-KEM)`.

@@ -208,19 +208,27 @@ def test_a_one_time_prekey_is_used_once(tmp_path):
     bob = device(tmp_path, "bob", BOB_KEY)
     assert bob.prekey_counts() == PrekeyCounts(one_time=0, pq_one_time=0)
     assert bob.refill_prekeys(2, 4, 0) == 8  # 4 of each kind
-    assert len(bob.prekey_bundles(10)) == 4
-    bundle = bob.prekey_bundle()
+    first = bob.prekey_bundle()
+    bundles = bob.prekey_bundles(10)
+    assert len(bundles) == 3, "every call offers prekeys no earlier one offered: 3 are left"
     alice, carol = device(tmp_path, "alice", ALICE_KEY), device(tmp_path, "carol", CAROL_KEY)
-    # Two senders were handed the same bundle: the first one consumes its one-time prekey.
-    alice.start_session(bundle)
-    carol.start_session(bundle)
+    dave = device(tmp_path, "dave", bytes([4] * 32))
+    # Two calls, two contacts: both first messages read.
+    alice.start_session(first)
+    carol.start_session(bundles[0])
     assert receive(bob, alice.address(), alice.encrypt(bob.address(), b"a")) == "a"
-    assert bob.prekey_counts() == PrekeyCounts(one_time=3, pq_one_time=3)
-    from_carol = carol.encrypt(bob.address(), b"c")
-    # Carol's session is built on a prekey Bob no longer has: out of step, a heal brings the
+    assert receive(bob, carol.address(), carol.encrypt(bob.address(), b"c")) == "c"
+    assert bob.prekey_counts() == PrekeyCounts(one_time=2, pq_one_time=2)
+    # A server that hands one bundle to two contacts: the first one consumes its one-time prekey.
+    dave.start_session(bundles[1])
+    eve = device(tmp_path, "eve", bytes([5] * 32))
+    eve.start_session(bundles[1])
+    assert receive(bob, dave.address(), dave.encrypt(bob.address(), b"d")) == "d"
+    from_eve = eve.encrypt(bob.address(), b"e")
+    # Eve's session is built on a prekey Bob no longer has: out of step, a heal brings the
     # message (anyone can make such a message, which is why resets are rate-limited).
     with pytest.raises(SamizdatError.OutOfStep) as unknown:
-        bob.decrypt(carol.address(), from_carol)
+        bob.decrypt(eve.address(), from_eve)
     assert "prekey" in unknown.value.message
     assert unknown.value.recovery() == Recovery.HEAL
     del unknown

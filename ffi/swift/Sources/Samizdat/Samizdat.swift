@@ -1190,12 +1190,18 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func peerIdentity(peer: Address) throws  -> Data?
     
     /**
-     * A prekey bundle to upload.
+     * A prekey bundle for one contact. Every call offers one-time prekeys
+     * that no earlier bundle offered (the device remembers what it handed
+     * out; this writes to the store), so the server must give each bundle
+     * to one requester. Once every one-time prekey was handed out, the
+     * bundle offers the signed and last-resort keys only: refill.
      */
     func prekeyBundle() throws  -> Data
     
     /**
-     * Up to `count` bundles with distinct one-time prekeys.
+     * Up to `count` bundles with distinct one-time prekeys that no earlier
+     * bundle offered, to upload for the server to hand out one per
+     * requester.
      */
     func prekeyBundles(count: UInt32) throws  -> [Data]
     
@@ -1630,7 +1636,11 @@ open func peerIdentity(peer: Address)throws  -> Data?  {
 }
     
     /**
-     * A prekey bundle to upload.
+     * A prekey bundle for one contact. Every call offers one-time prekeys
+     * that no earlier bundle offered (the device remembers what it handed
+     * out; this writes to the store), so the server must give each bundle
+     * to one requester. Once every one-time prekey was handed out, the
+     * bundle offers the signed and last-resort keys only: refill.
      */
 open func prekeyBundle()throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -1642,7 +1652,9 @@ open func prekeyBundle()throws  -> Data  {
 }
     
     /**
-     * Up to `count` bundles with distinct one-time prekeys.
+     * Up to `count` bundles with distinct one-time prekeys that no earlier
+     * bundle offered, to upload for the server to hand out one per
+     * requester.
      */
 open func prekeyBundles(count: UInt32)throws  -> [Data]  {
     return try  FfiConverterSequenceData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -4954,10 +4966,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_peer_identity() != 63453) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundle() != 13038) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundle() != 24390) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 61120) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 37145) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 50743) {

@@ -206,19 +206,29 @@ class DeviceTest {
         device(dir, "bob", bobKey).use { bob ->
             assertEquals(PrekeyCounts(0uL, 0uL), bob.prekeyCounts())
             assertEquals(8uL, bob.refillPrekeys(2u, 4u, 0uL)) // 4 of each kind
-            assertEquals(4, bob.prekeyBundles(10u).size)
-            val bundle = bob.prekeyBundle()
+            val first = bob.prekeyBundle()
+            val bundles = bob.prekeyBundles(10u)
+            assertEquals(3, bundles.size, "every call offers prekeys no earlier one offered: 3 are left")
             device(dir, "alice", aliceKey).use { alice ->
                 device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
-                    // Two senders were handed the same bundle: the first one consumes its one-time prekey.
-                    alice.startSession(bundle)
-                    carol.startSession(bundle)
+                    // Two calls, two contacts: both first messages read.
+                    alice.startSession(first)
+                    carol.startSession(bundles[0])
                     assertEquals("a", receive(bob, alice.address(), alice.encrypt(bob.address(), "a".encodeToByteArray())))
-                    assertEquals(PrekeyCounts(3uL, 3uL), bob.prekeyCounts())
-                    val fromCarol = carol.encrypt(bob.address(), "c".encodeToByteArray())
-                    // Carol's session is built on a prekey Bob no longer has: out of step, a heal brings the
+                    assertEquals("c", receive(bob, carol.address(), carol.encrypt(bob.address(), "c".encodeToByteArray())))
+                    assertEquals(PrekeyCounts(2uL, 2uL), bob.prekeyCounts())
+                }
+            }
+            device(dir, "dave", ByteArray(32) { 4 }).use { dave ->
+                device(dir, "eve", ByteArray(32) { 5 }).use { eve ->
+                    // A server that hands one bundle to two contacts: the first one consumes its one-time prekey.
+                    dave.startSession(bundles[1])
+                    eve.startSession(bundles[1])
+                    assertEquals("d", receive(bob, dave.address(), dave.encrypt(bob.address(), "d".encodeToByteArray())))
+                    val fromEve = eve.encrypt(bob.address(), "e".encodeToByteArray())
+                    // Eve's session is built on a prekey Bob no longer has: out of step, a heal brings the
                     // message (anyone can make such a message, which is why resets are rate-limited).
-                    val unknown = assertThrows(SamizdatException.OutOfStep::class.java) { bob.decrypt(carol.address(), fromCarol) }
+                    val unknown = assertThrows(SamizdatException.OutOfStep::class.java) { bob.decrypt(eve.address(), fromEve) }
                     assertTrue(unknown.reason.contains("prekey"), unknown.reason)
                     assertEquals(Recovery.HEAL, unknown.recovery())
                 }
