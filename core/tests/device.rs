@@ -396,13 +396,14 @@ fn prekeys_are_refilled_and_rotated() {
     let wire = carol.encrypt(bob.address(), b"from a handed-out bundle").unwrap();
     assert_eq!(receive(&bob, carol.address(), &wire).unwrap(), b"from a handed-out bundle");
     assert_eq!(bob.prekey_counts().unwrap(), (7, 7));
-    // The two counts can drift apart (a server may strip the X25519 key from a
-    // bundle); a refill tops up each kind on its own.
-    assert_eq!(bob.refill_prekeys(8, 9, 3_000).unwrap(), 4, "2 of each kind");
-    assert_eq!(bob.prekey_counts().unwrap(), (9, 9));
-    // The new ones are offered next: a refill after everything was handed
-    // out brings one-time prekeys back into the bundles.
-    assert_eq!(bob.prekey_bundles(20).unwrap().len(), 2);
+    // A refill counts the keys left to hand out (none: every one was handed
+    // out), and keeps the 7 of each kind handed out and not consumed for the
+    // contacts that hold them.
+    assert_eq!(bob.refill_prekeys(8, 9, 3_000).unwrap(), 18, "9 of each kind");
+    assert_eq!(bob.prekey_counts().unwrap(), (16, 16));
+    assert_eq!(bob.refill_prekeys(8, 9, 3_000).unwrap(), 0, "9 of each left to hand out");
+    // The new ones are offered next.
+    assert_eq!(bob.prekey_bundles(20).unwrap().len(), 9);
 }
 
 #[test]

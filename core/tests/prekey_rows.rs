@@ -357,14 +357,21 @@ fn prekey_upkeep_touches_only_the_rows_it_changes() {
     // (Sealed values are padded to size classes, PROTOCOL.md 14.4: up to
     // about 12% more than their content.)
     assert!(bundle.rows_read <= 4 && bundle.bytes_read < 12_000, "a bundle read {bundle:?}");
-    // A refill of one pair: reads the meta row, writes two new rows and the meta row.
+    // A refill to 200: two bundles were handed out (that one and the new
+    // session's, whose keys are consumed), so 198 of each kind are left to
+    // hand out and 199 held. It adds 2 of each and, to hold at most 200,
+    // deletes the oldest key handed out and not consumed (the first
+    // bundle's): it reads the meta row and the two rows it deletes, and
+    // writes four new rows, two deletes and the meta row.
     let mut peers = Peers::new();
     new_session(&bob, &mut peers);
-    assert_eq!(bob.refill_prekeys(200, 200, 0).unwrap(), 2);
+    assert_eq!(bob.refill_prekeys(200, 200, 0).unwrap(), 4);
     let refill = bob.backend().take();
-    assert!(refill.rows_read == 1 && refill.bytes_read < 4_000, "a refill read {refill:?}");
-    assert_eq!(refill.written.len(), 3, "a refill wrote {:?}", refill.written);
-    assert!(refill.bytes_written < 10_000, "a refill wrote {} bytes", refill.bytes_written);
+    assert!(refill.rows_read == 3 && refill.bytes_read < 12_000, "a refill read {refill:?}");
+    assert_eq!(refill.written.len(), 7, "a refill wrote {:?}", refill.written);
+    assert_eq!(refill.written.iter().filter(|(_, v)| v.is_none()).count(), 2, "{:?}", refill.written);
+    assert!(refill.bytes_written < 20_000, "a refill wrote {} bytes", refill.bytes_written);
+    assert_eq!(bob.prekey_counts().unwrap(), (200, 200));
     // Rotations: a new signed and a new last-resort row and the meta row,
     // then (past three of each) the oldest of each deleted.
     for (round, now) in [1_000, 2_000, 3_000].into_iter().enumerate() {

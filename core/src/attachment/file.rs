@@ -1,10 +1,14 @@
 //! Attachments as files: encrypt or decrypt one file into another, whole or
 //! nothing, and read a byte range of an encrypted file.
 //!
-//! The output is written to a temporary file beside it (`.<name>.partial-…`,
-//! in the same directory), synced, and renamed over `output` only once
-//! everything checked: a decryption that fails (an altered blob, a digest
-//! that does not match) leaves no plaintext behind and `output` untouched.
+//! The output is written to a temporary file beside it
+//! (`.samizdat-partial-<16 random hex digits>`, in the same directory,
+//! readable and writable by its owner only on Unix), synced, and renamed
+//! over `output` only once everything checked: a decryption that fails (an
+//! altered blob, a digest that does not match) leaves no plaintext behind
+//! and `output` untouched. A crash midway can leave that temporary file,
+//! holding unchecked plaintext: an app that decrypts into a directory of
+//! its own can delete `.samizdat-partial-*` files there at start.
 //!
 //! ```
 //! use samizdat::attachment;
@@ -24,7 +28,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -89,8 +93,12 @@ fn write_atomically<T>(
     output: &Path,
     write: impl FnOnce(&mut File) -> Result<T, AttachmentError>,
 ) -> Result<T, AttachmentError> {
-    let partial = partial_path(output)?;
-    let mut file = OpenOptions::new().write(true).create_new(true).open(&partial)?;
+    let partial = partial_path(output);
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&partial)?;
     let result = write(&mut file).and_then(|value| {
         file.flush()?;
         file.sync_all()?;
@@ -107,15 +115,15 @@ fn write_atomically<T>(
     result
 }
 
-/// `.<name>.partial-<16 random hex digits>` in `output`'s directory.
-fn partial_path(output: &Path) -> Result<PathBuf, AttachmentError> {
-    let name = output
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the output path names no file"))?;
+/// `.samizdat-partial-<16 random hex digits>` in `output`'s directory: a
+/// name of fixed length, so that any output name the file system takes
+/// works (a name derived from the output's could be too long).
+fn partial_path(output: &Path) -> PathBuf {
     let mut tag = [0u8; 8];
     rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut tag);
-    let mut partial = std::ffi::OsString::from(".");
-    partial.push(name);
-    partial.push(format!(".partial-{:016x}", u64::from_be_bytes(tag)));
-    Ok(output.with_file_name(partial))
+    let name = format!(".samizdat-partial-{:016x}", u64::from_be_bytes(tag));
+    match output.parent() {
+        Some(dir) => dir.join(name),
+        None => PathBuf::from(name),
+    }
 }

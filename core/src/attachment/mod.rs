@@ -276,6 +276,12 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
         let Some(rest) = buf.get_mut(filled..) else { break };
         match input.read(rest) {
             Ok(0) => break,
+            // A reader that says it read more than it was given breaks
+            // `Read`'s contract: the lengths would no longer be the bytes
+            // sealed.
+            Ok(n) if n > rest.len() => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the reader reported more bytes than it read"));
+            }
             Ok(n) => filled = filled.saturating_add(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -108,8 +108,8 @@ impl Meta {
             || !increasing(&row.one_time)
             || !increasing(&row.pq_one_time)
             || row.next_base_key_slot >= RING_SLOTS
-            || row.one_time_handed_out > row.next_id
-            || row.pq_one_time_handed_out > row.next_id
+            || row.one_time_handed_out.is_some_and(|cursor| cursor > row.next_id)
+            || row.pq_one_time_handed_out.is_some_and(|cursor| cursor > row.next_id)
         {
             return Err(corrupt());
         }
@@ -122,8 +122,10 @@ impl Meta {
             one_time: row.one_time.iter().copied().collect(),
             pq_one_time: row.pq_one_time.iter().copied().collect(),
             next_slot: row.next_base_key_slot,
-            handed_out: row.one_time_handed_out,
-            pq_handed_out: row.pq_one_time_handed_out,
+            // A row of an earlier release: its bundles offered the lowest ids
+            // held, which contacts may still hold; none is offered again.
+            handed_out: row.one_time_handed_out.unwrap_or(row.next_id),
+            pq_handed_out: row.pq_one_time_handed_out.unwrap_or(row.next_id),
         };
         // Ids are unique across kinds and below the counter.
         let ids = meta.ids().collect::<Vec<_>>();
@@ -132,6 +134,11 @@ impl Meta {
             return Err(corrupt());
         }
         Ok(meta)
+    }
+
+    /// How many one-time prekeys of each kind no bundle offered yet.
+    fn unoffered(&self) -> (usize, usize) {
+        (self.one_time.range(self.handed_out..).count(), self.pq_one_time.range(self.pq_handed_out..).count())
     }
 
     fn ids(&self) -> impl Iterator<Item = u32> + '_ {
@@ -151,8 +158,8 @@ impl Meta {
             one_time: self.one_time.iter().copied().collect(),
             pq_one_time: self.pq_one_time.iter().copied().collect(),
             next_base_key_slot: self.next_slot,
-            one_time_handed_out: self.handed_out,
-            pq_one_time_handed_out: self.pq_handed_out,
+            one_time_handed_out: Some(self.handed_out),
+            pq_one_time_handed_out: Some(self.pq_handed_out),
         })
     }
 
@@ -564,6 +571,24 @@ impl<B: Backend> Device<B> {
         Ok(PreKeySet::from_parts(parts))
     }
 
+    /// Keeps at most [`MAX_ONE_TIME_PREKEYS`] one-time prekeys of each kind
+    /// by deleting the lowest ids: keys handed out long ago and never
+    /// consumed (every unoffered key has a higher id than every handed-out
+    /// one, and a refill adds at most that many unoffered keys). A contact
+    /// still holding a bundle with one of them gets `out_of_step`, and heals.
+    fn prune_handed_out(&self, rows: &mut PreKeyRows, meta: &mut Meta) -> Result<Vec<Change>, StoreError> {
+        let mut changes = Vec::new();
+        for (ids, kind) in [(&mut meta.one_time, ONE_TIME), (&mut meta.pq_one_time, PQ_ONE_TIME)] {
+            while ids.len() > MAX_ONE_TIME_PREKEYS {
+                let Some(id) = ids.pop_first() else { break };
+                // Read, so that the delete is conditional on the row as read.
+                self.row(rows, &id_row(kind, id))?.ok_or_else(corrupt)?;
+                changes.push((id_row(kind, id), None));
+            }
+        }
+        Ok(changes)
+    }
+
     /// Deletes the oldest entries of `entries` (rows of `kind`) beyond `max`.
     fn prune(
         &self,
@@ -661,7 +686,8 @@ impl<B: Backend> Device<B> {
         })
     }
 
-    /// How many one-time prekeys are left: `(X25519, ML-KEM)`.
+    /// How many one-time prekeys are held: `(X25519, ML-KEM)`, whether a
+    /// bundle offered them or not (they are deleted once consumed).
     ///
     /// # Errors
     /// A store error.
@@ -671,9 +697,14 @@ impl<B: Backend> Device<B> {
         Ok((meta.one_time.len(), meta.pq_one_time.len()))
     }
 
-    /// If fewer than `threshold` one-time prekeys of either kind are left,
-    /// adds prekeys of each kind until each has `target`; returns how many
-    /// were added in all. Upload new bundles afterwards.
+    /// If fewer than `threshold` one-time prekeys of either kind are left to
+    /// hand out (offered by no bundle yet), adds prekeys of each kind until
+    /// `target` of each are; returns how many were added in all. Upload new
+    /// bundles afterwards. Keys handed out but not consumed yet stay for the
+    /// contacts that have them, up to [`MAX_ONE_TIME_PREKEYS`] held of each
+    /// kind: past that, the oldest of them are deleted (a contact still
+    /// holding one gets `out_of_step` and heals). Call it regularly: it does
+    /// nothing while enough keys are left to hand out.
     ///
     /// # Errors
     /// [`PreKeyError::LimitReached`](crate::prekeys::PreKeyError::LimitReached) if `target` is above
@@ -684,17 +715,20 @@ impl<B: Backend> Device<B> {
         retry_on_conflict(|| {
             let mut rows = PreKeyRows::default();
             let mut meta = self.meta(&mut rows)?;
-            let held = (meta.one_time.len(), meta.pq_one_time.len());
-            if held.0.min(held.1) >= threshold {
+            // What bundles can still offer: keys handed out but not consumed
+            // yet are held for the contacts that have them, not counted.
+            let unoffered = meta.unoffered();
+            if unoffered.0.min(unoffered.1) >= threshold {
                 return Ok(0);
             }
             let mut fresh = PreKeySet::from_parts(PreKeyParts { next_id: meta.next_id, ..PreKeyParts::default() });
             let (added_classic, added_pq) =
-                fresh.top_up_from(&mut crate::os_rng(), &self.identity, held, target, now)?;
+                fresh.top_up_from(&mut crate::os_rng(), &self.identity, unoffered, target, now)?;
             // Each is at most `MAX_ONE_TIME_PREKEYS`: never saturates.
             let added = added_classic.saturating_add(added_pq);
             if added > 0 {
                 let mut changes = meta.add_keys(&fresh.into_parts());
+                changes.extend(self.prune_handed_out(&mut rows, &mut meta)?);
                 changes.push((META_ROW.to_vec(), Some(meta.to_row())));
                 rows.apply(changes);
                 self.write(&rows.writes(&self.sealer))?;
