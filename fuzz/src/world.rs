@@ -341,7 +341,10 @@ impl Party {
         let without_index = |rows: &Rows| -> Rows {
             rows.iter().filter(|(key, _)| **key != index).map(|(k, v)| (k.clone(), v.clone())).collect()
         };
-        assert!(without_index(&now) == without_index(before), "handing out a bundle changed more than the prekey index");
+        assert!(
+            without_index(&now) == without_index(before),
+            "handing out a bundle changed more than the prekey index"
+        );
         assert!(now.contains_key(&index), "handing out a bundle deleted the prekey index");
         if now != *before {
             check_store(&now, &self.sealer);
