@@ -40,6 +40,20 @@ impl Address {
     }
 }
 
+/// `user_id.device_id`, for logs and screens the app controls (the user id
+/// is the app's own identifier).
+///
+/// ```
+/// let address = samizdat::address::Address::new("alice", 2)?;
+/// assert_eq!(address.to_string(), "alice.2");
+/// # Ok::<(), samizdat::DecodeError>(())
+/// ```
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.user_id, self.device_id)
+    }
+}
+
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Address({:?}, {})", self.user_id, self.device_id)

@@ -30,7 +30,7 @@ pub struct X25519PublicKey([u8; X25519_KEY_LEN]);
 impl X25519PublicKey {
     /// Wraps 32 bytes. Any 32 bytes are an encoding of some u-coordinate; keys
     /// of small order are caught when they are used, by
-    /// [`X25519Secret::diffie_hellman`].
+    /// `X25519Secret::diffie_hellman`.
     pub const fn from_bytes(bytes: [u8; X25519_KEY_LEN]) -> Self {
         Self(bytes)
     }
@@ -51,7 +51,7 @@ impl X25519PublicKey {
     /// Those points have five u-coordinates (0, 1, -1 and the two of order 8),
     /// and with the non-canonical encodings `p` and `p + 1` of 0 and 1 they
     /// have seven encodings once the ignored top bit is masked
-    /// ([`SMALL_ORDER_ENCODINGS`]). The key is compared with each in constant
+    /// (`SMALL_ORDER_ENCODINGS`). The key is compared with each in constant
     /// time: no scalar multiplication.
     pub fn is_small_order(&self) -> bool {
         let mut masked = self.0;

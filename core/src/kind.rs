@@ -58,7 +58,7 @@ use crate::{
 };
 
 /// A stable error code: one of fifteen classes of failure, each with one
-/// [`Recovery`]. See the [module documentation](self) for the table.
+/// [`Recovery`]. See the module documentation for the table.
 ///
 /// Not `#[non_exhaustive]`: the set is part of the contract with apps and
 /// bindings, and a new failure joins one of these classes.

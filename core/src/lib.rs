@@ -1,21 +1,51 @@
 //! # Samizdat
 //!
-//! End-to-end encrypted messaging: a Double Ratchet with header encryption
-//! (and, as the crate grows, a post-quantum PQXDH handshake, sessions, groups
-//! and an encrypted store).
+//! End-to-end encrypted messaging: a post-quantum PQXDH handshake
+//! (X25519 and ML-KEM-1024), a Double Ratchet with header encryption,
+//! sessions that heal themselves, Sender Keys groups, attachments, and an
+//! encrypted SQLite store. Start from a [`device::Device`]: one
+//! installation, its identity, prekeys and sessions.
 //!
-//! The layers, bottom up:
-//! - [`kdf`](crate) (private): every key derivation and its label;
-//! - [`keys`]: X25519 keys, zeroizing secret types;
-//! - [`ratchet`]: the Double Ratchet state machine;
-//! - [`wire`]: the versioned wire envelope;
-//! - [`limits`]: every limit, in one place.
+//! ```
+//! use samizdat::{address::Address, device::Device, store::MemoryBackend};
 //!
-//! Randomness is always injected: every function that needs it takes a
-//! [`rand_core::CryptoRng`]. Use [`os_rng`] in production and a seeded
-//! generator in tests.
+//! // `Device::create` / `Device::open` take a database path; the storage key
+//! // comes from the platform keystore.
+//! let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
+//! let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
 //!
-//! The protocol is specified in `PROTOCOL.md` at the root of the repository.
+//! // Bob's bundle travels through a server (one bundle per contact);
+//! // Alice verifies it and opens a PQXDH session.
+//! let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
+//! let wire = alice.encrypt(&bob_address, b"hello")?; // committed before it is returned
+//!
+//! // Bob decrypts in two phases: store the plaintext, commit, then
+//! // acknowledge the message to the server.
+//! let pending = bob.decrypt(alice.address(), &wire)?;
+//! assert_eq!(pending.plaintext(), b"hello");
+//! bob.commit(pending)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The modules:
+//! - [`device`]: the API an app uses (sessions, groups, healing, the
+//!   outbox, prekeys, backups, storage-key rotation), over a [`store`];
+//! - [`attachment`]: files of any size, streamed, padded and seekable;
+//! - [`fingerprint`]: safety numbers to compare or scan;
+//! - [`backup`], [`heal`], [`group`]: the formats of backups, resets and
+//!   group messages;
+//! - the protocol underneath: [`keys`], [`prekeys`], [`session`],
+//!   [`ratchet`], [`wire`], and every bound in [`limits`];
+//! - errors: each has `kind()`, one of the stable [`ErrorKind`] codes with
+//!   its [`Recovery`].
+//!
+//! Randomness is injected where a caller may want to fix it (every
+//! protocol function that needs it takes a [`rand_core::CryptoRng`]); the
+//! device uses [`os_rng`].
+//!
+//! The protocol is specified in `PROTOCOL.md` at the root of the
+//! repository, precisely enough to reimplement it and reproduce the test
+//! vectors in `vectors/`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 // No panics and no unchecked arithmetic in the library: every failure is a

@@ -4,7 +4,7 @@
 //! signed X25519 prekey, possibly a one-time X25519 prekey, and a signed
 //! ML-KEM-1024 prekey (one-time, or the last-resort key that is reused until
 //! rotated). Every signature covers a label naming the key's kind, the key's
-//! id and its bytes ([`kdf::prekey_signature_input`]), so a signature on one
+//! id and its bytes (`kdf::prekey_signature_input`), so a signature on one
 //! kind of key never verifies as another kind.
 //!
 //! [`PreKeyBundle::from_bytes`] parses *and verifies* a bundle: there is no

@@ -95,7 +95,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<attachment::Attachments>(),
 ];
 
-/// The input field patterns of a vector file (see [`Meta::inputs`]).
+/// The input field patterns of a vector file (see `Meta::inputs`).
 pub fn input_patterns(file: &str) -> Option<&'static [&'static str]> {
     SETS.iter().find(|set| set.file == file).map(|set| set.inputs)
 }

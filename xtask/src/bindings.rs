@@ -6,7 +6,7 @@
 //! - `cargo xtask bindings`: build and generate only. Writes the Kotlin
 //!   sources to `target/bindings/kotlin` and refreshes the Swift package
 //!   sources shipped in `ffi/swift/Sources`.
-//! - `cargo xtask test` (through [`test`]): the above (the Swift sources are
+//! - `cargo xtask test` (through [`test()`]): the above (the Swift sources are
 //!   checked against the shipped ones instead of written), then
 //!   - Swift: the header declares every symbol the library exports, and the
 //!     Swift file calls each one and declares every method and type (there is

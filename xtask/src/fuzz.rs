@@ -10,7 +10,7 @@
 //!   into it with `cargo fuzz cmin`), findings to `fuzz/artifacts/<target>/`.
 //!   Prints the executions of each target (libFuzzer's final
 //!   `stat::number_of_executed_units`).
-//! - `cargo xtask test` (through [`test`]): every saved corpus replayed
+//! - `cargo xtask test` (through [`test()`]): every saved corpus replayed
 //!   (`-runs=0`: each input once, so a saved crash input is a regression
 //!   test), then every target run for [`TEST_SECONDS`] seconds from its
 //!   scratch corpus only (the saved one was just replayed: loading it again

@@ -38,7 +38,7 @@ use super::{
 use crate::keys::Secret32;
 
 /// Encrypts an attachment given a piece at a time under a fresh random key
-/// (see the [module](self)). Every full chunk is sealed as soon as it is
+/// (see the module documentation). Every full chunk is sealed as soon as it is
 /// complete; [`Self::finish`] pads and seals the rest.
 pub struct Encryptor {
     key: Secret32,
@@ -150,7 +150,7 @@ impl Encryptor {
 }
 
 /// Decrypts an attachment given a piece at a time (see the
-/// [module](self)). Each chunk is checked as soon as it is complete and its
+/// module documentation). Each chunk is checked as soon as it is complete and its
 /// plaintext handed back; [`Self::finish`] checks that the file ended where
 /// it must, its padding and the digest of the whole ciphertext. Until
 /// `finish` succeeds, treat what came out as unconfirmed: on any error,

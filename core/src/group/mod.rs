@@ -8,8 +8,8 @@
 //! member in a *distribution*, which travels only inside the pairwise
 //! sessions, so it is authenticated by them and never seen by the server.
 //!
-//! This module is the pure protocol: the sending chain ([`OwnChain`]), the
-//! chains kept per sender ([`SenderChains`]), the wire message
+//! This module is the pure protocol: the sending chain (`OwnChain`), the
+//! chains kept per sender (`SenderChains`), the wire message
 //! ([`GroupMessage`]) and the control messages. Membership, the store and the
 //! exchange of distributions are the [`Device`](crate::device::Device)'s.
 

@@ -1,5 +1,5 @@
 //! The Double Ratchet with header encryption (the Signal specification,
-//! sections 3 and 4), with the key derivations of [`crate::kdf`].
+//! sections 3 and 4), with the key derivations of the private `kdf` module.
 //!
 //! This layer owns one session state: the root chain, our sending chain, and
 //! up to [`MAX_RECEIVING_CHAINS`] receiving chains with their skipped message

@@ -786,7 +786,7 @@ impl Backend for SqliteBackend {
     }
 
     /// One `BEGIN IMMEDIATE` transaction that reads each table in key
-    /// order, [`REWRITE_PAGE`] rows at a time, and updates each row in
+    /// order, `REWRITE_PAGE` rows at a time, and updates each row in
     /// place; then a scrub that waits up to the busy timeout. Other
     /// connections wait for the write lock meanwhile (and fail with
     /// [`StoreError::Locked`] past their busy timeout of 5 s).
