@@ -43,6 +43,8 @@
 //!   ([`Attachment::to_bytes`]).
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
+//! - Time: every `now` is the app's clock in whole seconds since the Unix
+//!   epoch (UTC); the library never reads the clock itself.
 //! - No async runtime: every call is synchronous (each is one SQLite
 //!   transaction; run it off the UI thread).
 //!

@@ -16,6 +16,12 @@
 //! - [`Device::decrypt_batch`] does the same for many queued messages in one
 //!   transaction.
 //!
+//! **Time.** Every `now: u64` a call takes is the app's clock in whole
+//! seconds since the Unix epoch (UTC), and so is every duration the device
+//! keeps (prekey ages, [`HealPolicy`] intervals, outbox ages). The device
+//! never reads the clock itself; a clock set back or ahead is tolerated
+//! within the bounds PROTOCOL.md 20.5 states.
+//!
 //! A `Device` is `Send + Sync`: calls for different peers run in parallel
 //! (each peer has its own lock; the database serializes only the writes).
 //!
