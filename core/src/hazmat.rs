@@ -851,6 +851,6 @@ pub fn attachment_encrypt_with_key(
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, Vec<u8>), crate::attachment::AttachmentError> {
     let mut ciphertext = Vec::new();
-    let attachment = crate::attachment::encrypt_with_key(Secret32::new(*key), plaintext, &mut ciphertext)?;
+    let attachment = crate::attachment::encrypt_with_key(Secret32::new(*key), plaintext, &mut ciphertext, None)?;
     Ok((attachment.to_bytes().to_vec(), ciphertext))
 }

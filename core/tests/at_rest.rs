@@ -13,6 +13,10 @@
 //! be there. As a control, every current value must be found.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod support;
+
+use support::{addr, temp_dir};
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
@@ -25,17 +29,6 @@ use samizdat::{
 };
 
 const WINDOW: usize = 32;
-
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-at-rest-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn receive(to: &Device, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
     let pending = to.decrypt(from, wire)?;

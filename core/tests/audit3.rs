@@ -18,6 +18,8 @@
 
 mod support;
 
+use support::{addr, receive, temp_dir};
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
@@ -40,24 +42,6 @@ use support::rng;
 // ---------------------------------------------------------------------------
 
 const WINDOW: usize = 32;
-
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-audit3-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
-    let pending = to.decrypt(from, wire)?;
-    let plaintext = pending.plaintext().to_vec();
-    to.commit(pending)?;
-    Ok(plaintext)
-}
 
 /// Every sealed value each row ever held, in order; an empty value marks the
 /// row deleted.

@@ -19,46 +19,31 @@
     clippy::cast_possible_truncation
 )]
 
+mod support;
+
+use support::{addr, receive, temp_dir};
+
 use std::{
     collections::BTreeSet,
     io::{self, Cursor, Read, Write},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Barrier, mpsc},
     time::Duration,
 };
 
 use samizdat::{
-    address::Address,
     attachment::{
         self, ATTACHMENT_LEN, Attachment, AttachmentError, CHUNK_LEN, Decryptor, Encryptor, MAX_ATTACHMENT_LEN,
         MAX_RANGE_LEN, TAG_LEN,
     },
-    device::{Device, DeviceError},
+    device::Device,
     prekeys::{PqPreKeyKind, PreKeyBundle},
-    store::{Backend, MemoryBackend},
+    store::MemoryBackend,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-audit-ap-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
-    let pending = to.decrypt(from, wire)?;
-    let plaintext = pending.plaintext().to_vec();
-    to.commit(pending)?;
-    Ok(plaintext)
-}
 
 /// Deterministic, non-repeating test data.
 fn data(len: usize) -> Vec<u8> {

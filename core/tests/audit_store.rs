@@ -62,8 +62,12 @@
 //!   busy handler): held.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod support;
+
+use support::{addr, temp_dir};
+
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Barrier, Mutex},
     thread,
     time::{Duration, Instant},
@@ -83,17 +87,6 @@ const PASSPHRASE: &[u8] = b"an auditor's long passphrase";
 type Mem = Arc<MemoryBackend>;
 /// What a hook's call returned, for the test to check after the rotation.
 type Outcome = Arc<Mutex<Option<Result<Vec<u8>, DeviceError>>>>;
-
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-audit-store-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn memory_device(name: &str, key: u8) -> Device<MemoryBackend> {
     Device::create_in(MemoryBackend::new(), &[key; 32], addr(name), 0).unwrap()

@@ -3,8 +3,12 @@
 //! concurrency, prekey maintenance and identity changes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod support;
+
+use support::{addr, receive, temp_dir};
+
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -18,27 +22,8 @@ use samizdat::{
     store::{Backend, Expected, MemoryBackend, Row, StoreError, Table, Write},
 };
 
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-device-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn is_duplicate(e: &DeviceError) -> bool {
     matches!(e, DeviceError::Session(SessionError::Decrypt(DecryptError::Duplicate { .. })))
-}
-
-/// Bob receives: decrypt, (store), commit.
-fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
-    let pending = to.decrypt(from, wire)?;
-    let plaintext = pending.plaintext().to_vec();
-    to.commit(pending)?;
-    Ok(plaintext)
 }
 
 #[test]

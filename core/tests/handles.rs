@@ -11,9 +11,13 @@
 //! the keystream of its message key and nonce, and no two may be equal.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod support;
+
+use support::{addr, temp_dir};
+
 use std::{
     collections::HashSet,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -37,17 +41,6 @@ const MESSAGES_PER_THREAD: usize = 20;
 const REPLIES: usize = 8;
 /// Attempts of one call refused with a typed error before the test gives up.
 const TEST_RETRIES: usize = 1_000;
-
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-handles-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A refusal that the caller may retry: another handle wrote the row first
 /// (after the library's own retries), or SQLite stayed busy.

@@ -5,6 +5,10 @@
 //! nothing lost; a handle still on the old key writes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod support;
+
+use support::{addr, receive, temp_dir};
+
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
@@ -14,7 +18,6 @@ use std::{
 
 use samizdat::{
     ErrorKind,
-    address::Address,
     device::{Device, DeviceError, MessageKind},
     store::{Backend, MemoryBackend, Rewrite, Row, Scrub, SqliteBackend, StoreError, Table, Write},
 };
@@ -22,24 +25,6 @@ use samizdat::{
 const OLD: [u8; 32] = [0x0a; 32];
 const NEW: [u8; 32] = [0x0b; 32];
 const GROUP: &[u8] = b"rotation group";
-
-fn addr(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("samizdat-storage-key-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
-    let pending = to.decrypt(from, wire)?;
-    let plaintext = pending.plaintext().to_vec();
-    to.commit(pending)?;
-    Ok(plaintext)
-}
 
 /// Every row of every table.
 fn all_rows(backend: &impl Backend) -> Vec<(Table, Row)> {

@@ -242,14 +242,17 @@ impl Device {
         Ok(self.inner.prekey_bundles(count as usize)?)
     }
 
-    /// How many one-time prekeys are left.
+    /// How many one-time prekeys are held (not consumed yet), whether a
+    /// bundle offered them or not.
     pub fn prekey_counts(&self) -> Result<PrekeyCounts, SamizdatError> {
         let (one_time, pq_one_time) = self.inner.prekey_counts()?;
         Ok(PrekeyCounts { one_time: one_time as u64, pq_one_time: pq_one_time as u64 })
     }
 
-    /// Below `threshold` one-time prekeys of either kind, tops each kind up
-    /// to `target`; returns how many were added in all.
+    /// Below `threshold` one-time prekeys of either kind left to hand out
+    /// (offered by no bundle yet), tops each kind up to `target` of those;
+    /// returns how many were added in all. Call it regularly, then upload
+    /// new bundles.
     pub fn refill_prekeys(&self, threshold: u32, target: u32, now: u64) -> Result<u64, SamizdatError> {
         Ok(self.inner.refill_prekeys(threshold as usize, target as usize, now)? as u64)
     }

@@ -34,7 +34,7 @@ use std::{
 
 use zeroize::Zeroizing;
 
-use super::{Attachment, AttachmentError, decrypt, decrypt_range, encrypt_sized};
+use super::{Attachment, AttachmentError, decrypt, decrypt_range, encrypt_with_key, fresh_key};
 
 /// The most bytes [`read_range`] returns at once (16 MiB): a larger range
 /// is read in several calls, or with [`super::decrypt_range`] into a writer.
@@ -50,7 +50,7 @@ pub const MAX_RANGE_LEN: u64 = 16 << 20;
 pub fn encrypt_file(input: &Path, output: &Path) -> Result<Attachment, AttachmentError> {
     let source = File::open(input)?;
     let len = source.metadata().ok().map(|metadata| metadata.len());
-    write_atomically(output, |file| encrypt_sized(source, file, len))
+    write_atomically(output, |file| encrypt_with_key(fresh_key(), source, file, len))
 }
 
 /// Decrypts the encrypted file at `input` into a new file at `output`

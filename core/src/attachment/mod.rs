@@ -246,7 +246,7 @@ impl Attachment {
         let digest: [u8; 32] = field(33..65)?.try_into().map_err(|_| malformed())?;
         let plaintext_len = u64::from_be_bytes(field(65..73)?.try_into().map_err(|_| malformed())?);
         let ciphertext_len = u64::from_be_bytes(field(73..81)?.try_into().map_err(|_| malformed())?);
-        if plaintext_len > MAX_ATTACHMENT_LEN || ciphertext_len != ciphertext_len_of(plaintext_len) {
+        if plaintext_len > MAX_ATTACHMENT_LEN || ciphertext_len != self::ciphertext_len(plaintext_len) {
             return Err(malformed());
         }
         Ok(Self { key, digest, plaintext_len, ciphertext_len })
@@ -255,11 +255,6 @@ impl Attachment {
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(self.key.as_bytes().into())
     }
-}
-
-/// [`ciphertext_len`] (a private name for use where the public one is shadowed).
-fn ciphertext_len_of(len: u64) -> u64 {
-    ciphertext_len(len)
 }
 
 /// The nonce of chunk `index`: `u88be(index) || last`.
@@ -303,31 +298,25 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 /// [`AttachmentError::Io`]; [`AttachmentError::TooLarge`] past
 /// [`MAX_ATTACHMENT_LEN`]. What was written to `output` is then incomplete.
 pub fn encrypt<R: Read, W: Write>(input: R, output: W) -> Result<Attachment, AttachmentError> {
-    let mut fresh = Zeroizing::new([0u8; 32]);
-    rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
-    encrypt_with_key(Secret32::from_zeroizing(&fresh), input, output)
+    encrypt_with_key(fresh_key(), input, output, None)
 }
 
-/// [`encrypt`] under a given key (the vectors' `hazmat` entry point; a key
-/// must never encrypt two files).
+/// A fresh random key, for one file.
+fn fresh_key() -> Secret32 {
+    let mut fresh = Zeroizing::new([0u8; 32]);
+    rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
+    Secret32::from_zeroizing(&fresh)
+}
+
+/// [`encrypt`] under `key` (a key must never encrypt two files; the vectors'
+/// `hazmat` entry point gives its own) of an input of `len` bytes, if known
+/// (the hash then starts on its thread at once).
 pub(crate) fn encrypt_with_key<R: Read, W: Write>(
     key: Secret32,
     input: R,
     output: W,
-) -> Result<Attachment, AttachmentError> {
-    std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope, None)))
-}
-
-/// [`encrypt`] of an input of `len` bytes, if known (the hash then starts
-/// on its thread at once).
-pub(crate) fn encrypt_sized<R: Read, W: Write>(
-    input: R,
-    output: W,
     len: Option<u64>,
 ) -> Result<Attachment, AttachmentError> {
-    let mut fresh = Zeroizing::new([0u8; 32]);
-    rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
-    let key = Secret32::from_zeroizing(&fresh);
     let chunks = len.map(|len| chunks_of(padded_len(len)));
     std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope, chunks)))
 }

@@ -2,8 +2,9 @@
 //! file in pieces of any size, as an app's own stream or a network download
 //! yields them, and hand back the bytes they can already produce. Same
 //! construction and checks as [`super::encrypt`] and [`super::decrypt`];
-//! memory stays at one chunk whatever the file's size (the hash runs on the
-//! caller's thread here).
+//! memory stays at one chunk's buffer to encrypt and two to decrypt (the
+//! sealed chunk and its opening), whatever the file's size (the hash runs
+//! on the caller's thread here).
 //!
 //! ```
 //! use samizdat::attachment::{Attachment, Decryptor, Encryptor};
@@ -32,8 +33,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::{
-    Attachment, AttachmentError, CHUNK_LEN, MAX_ATTACHMENT_LEN, TAG_LEN, body_len, chunks_of, ciphertext_len, is_last,
-    open_into, pad, padded_len, plaintext_of, seal_in_place,
+    Attachment, AttachmentError, CHUNK_LEN, MAX_ATTACHMENT_LEN, TAG_LEN, body_len, chunks_of, ciphertext_len,
+    fresh_key, is_last, open_into, pad, padded_len, plaintext_of, seal_in_place,
 };
 use crate::keys::Secret32;
 
@@ -66,9 +67,7 @@ impl Default for Encryptor {
 impl Encryptor {
     /// An encryptor under a fresh random key.
     pub fn new() -> Self {
-        let mut fresh = Zeroizing::new([0u8; 32]);
-        rand_core::Rng::fill_bytes(&mut crate::os_rng(), &mut *fresh);
-        Self::with_key(Secret32::from_zeroizing(&fresh))
+        Self::with_key(fresh_key())
     }
 
     /// An encryptor under `key` (which must never encrypt another file).

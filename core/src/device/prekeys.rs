@@ -661,12 +661,11 @@ impl<B: Backend> Device<B> {
         retry_on_conflict(|| {
             let mut rows = PreKeyRows::default();
             let mut meta = self.meta(&mut rows)?;
-            let unused = |ids: &BTreeSet<u32>, from: u32| ids.range(from..).copied().collect::<Vec<_>>();
-            let (mut one_time, mut pq_one_time) =
+            // The lowest `count` ids of each kind that no bundle offered.
+            let unused = |ids: &BTreeSet<u32>, from: u32| ids.range(from..).take(count).copied().collect::<Vec<_>>();
+            let (one_time, pq_one_time) =
                 (unused(&meta.one_time, meta.handed_out), unused(&meta.pq_one_time, meta.pq_handed_out));
-            let k = count.min(one_time.len().max(pq_one_time.len()).max(1));
-            one_time.truncate(k);
-            pq_one_time.truncate(k);
+            let k = one_time.len().max(pq_one_time.len()).max(1);
             let prekeys = self.bundle_set(&mut rows, &meta, &one_time, &pq_one_time, k)?;
             let bundles: Vec<Vec<u8>> = (0..k)
                 .filter_map(|n| prekeys.bundle_skipping(&self.identity, &self.address, n))

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "hazmat")]
+pub mod attacker;
 pub mod audit_group;
 pub mod group;
 pub mod party;
@@ -8,10 +10,35 @@ pub mod party;
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use samizdat::{
+    address::Address,
+    device::{Device, DeviceError},
     keys::X25519Secret,
     ratchet::{DoubleRatchet, RatchetInit},
     store::{Backend, Expected, MemoryBackend, Write},
 };
+
+/// Device 1 of `name`.
+pub fn addr(name: &str) -> Address {
+    Address::new(name, 1).unwrap()
+}
+
+/// A new, empty directory for one test: `samizdat-test-<name>-<pid>` in the
+/// system's temporary directory (each test binary is a process of its own).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("samizdat-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What an app does with a received message: decrypt, (store), commit;
+/// returns the plaintext.
+pub fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
+    let pending = to.decrypt(from, wire)?;
+    let plaintext = pending.plaintext().to_vec();
+    to.commit(pending)?;
+    Ok(plaintext)
+}
 
 /// A copy of a memory store, as a backup holds it (to restore a device from
 /// an older copy).

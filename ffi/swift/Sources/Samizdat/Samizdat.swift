@@ -1206,13 +1206,16 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func prekeyBundles(count: UInt32) throws  -> [Data]
     
     /**
-     * How many one-time prekeys are left.
+     * How many one-time prekeys are held (not consumed yet), whether a
+     * bundle offered them or not.
      */
     func prekeyCounts() throws  -> PrekeyCounts
     
     /**
-     * Below `threshold` one-time prekeys of either kind, tops each kind up
-     * to `target`; returns how many were added in all.
+     * Below `threshold` one-time prekeys of either kind left to hand out
+     * (offered by no bundle yet), tops each kind up to `target` of those;
+     * returns how many were added in all. Call it regularly, then upload
+     * new bundles.
      */
     func refillPrekeys(threshold: UInt32, target: UInt32, now: UInt64) throws  -> UInt64
     
@@ -1667,7 +1670,8 @@ open func prekeyBundles(count: UInt32)throws  -> [Data]  {
 }
     
     /**
-     * How many one-time prekeys are left.
+     * How many one-time prekeys are held (not consumed yet), whether a
+     * bundle offered them or not.
      */
 open func prekeyCounts()throws  -> PrekeyCounts  {
     return try  FfiConverterTypePrekeyCounts_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -1679,8 +1683,10 @@ open func prekeyCounts()throws  -> PrekeyCounts  {
 }
     
     /**
-     * Below `threshold` one-time prekeys of either kind, tops each kind up
-     * to `target`; returns how many were added in all.
+     * Below `threshold` one-time prekeys of either kind left to hand out
+     * (offered by no bundle yet), tops each kind up to `target` of those;
+     * returns how many were added in all. Call it regularly, then upload
+     * new bundles.
      */
 open func refillPrekeys(threshold: UInt32, target: UInt32, now: UInt64)throws  -> UInt64  {
     return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -4972,10 +4978,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 37145) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 50743) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 4726) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 49128) {
+    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 19413) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 36171) {
