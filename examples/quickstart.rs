@@ -17,9 +17,10 @@
 //! cargo run --example quickstart -- /tmp/qs   # or in a directory you name
 //! ```
 
+use samizdat::store::StorageKey;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use rand_core::Rng;
 use samizdat::{
     DecryptError, ErrorKind, SessionError,
     address::Address,
@@ -31,28 +32,27 @@ use samizdat::{
 const GROUP: &[u8] = b"book club";
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The 32-byte storage key. A real app keeps it in the platform keystore
 /// (Android Keystore, iOS Keychain); this example keeps it in a file next to
 /// the database, which is only a stand-in.
-fn storage_key(dir: &Path, name: &str) -> std::io::Result<[u8; 32]> {
+fn storage_key(dir: &Path, name: &str) -> std::io::Result<StorageKey> {
     let path = dir.join(format!("{name}.key"));
     if let Ok(bytes) = std::fs::read(&path)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+        && let Ok(key) = StorageKey::try_from(bytes.as_slice())
     {
         return Ok(key);
     }
-    let mut key = [0u8; 32];
-    samizdat::os_rng().fill_bytes(&mut key);
-    std::fs::write(&path, key)?;
+    let key = StorageKey::generate();
+    std::fs::write(&path, key.as_bytes())?;
     Ok(key)
 }
 
 fn open(dir: &Path, name: &str) -> Result<Device, Box<dyn std::error::Error>> {
     let key = storage_key(dir, name)?;
-    Ok(Device::open_or_create(dir.join(format!("{name}.db")), &key, Address::new(name, 1)?, now())?)
+    Ok(Device::open_or_create(dir.join(format!("{name}.db")), &key, Address::new(name, 1)?, SystemTime::now())?)
 }
 
 /// Decrypts, "stores" the plaintext (prints it), then commits.
@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let alice = open(&dir, "alice")?;
     let bob = open(&dir, "bob")?;
-    bob.refill_prekeys(5, 20, now())?;
+    bob.refill_prekeys(5, 20, SystemTime::now())?;
 
     if alice.has_session(bob.address())? {
         println!("alice :  session with bob found in {}: continuing the conversation", dir.display());
@@ -166,29 +166,31 @@ fn heal() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(backup)
     };
-    let dan = Device::create_in(MemoryBackend::new(), &[3; 32], Address::new("dan", 1)?, now())?;
-    let erin = Device::create_in(MemoryBackend::new(), &[4; 32], Address::new("erin", 1)?, now())?;
+    let dan =
+        Device::create_in(MemoryBackend::new(), &StorageKey::generate(), Address::new("dan", 1)?, SystemTime::now())?;
+    let erin =
+        Device::create_in(MemoryBackend::new(), &StorageKey::generate(), Address::new("erin", 1)?, SystemTime::now())?;
     dan.start_session(&erin.prekey_bundle()?)?;
-    let first = dan.encrypt_kept(erin.address(), b"first", now())?;
+    let first = dan.encrypt_kept(erin.address(), b"first", SystemTime::now())?;
     erin.commit(erin.decrypt(dan.address(), &first)?)?;
     let backup = copy(erin.backend())?;
     // They talk on: each turn takes new ratchet keys the backup lacks.
     for text in ["ping", "pong"] {
         let (from, to) = if text == "ping" { (&erin, &dan) } else { (&dan, &erin) };
-        let wire = from.encrypt_kept(to.address(), text.as_bytes(), now())?;
+        let wire = from.encrypt_kept(to.address(), text.as_bytes(), SystemTime::now())?;
         to.commit(to.decrypt(from.address(), &wire)?)?;
     }
-    let back = erin.encrypt_kept(dan.address(), b"back", now())?;
+    let back = erin.encrypt_kept(dan.address(), b"back", SystemTime::now())?;
     dan.commit(dan.decrypt(erin.address(), &back)?)?;
-    let lost = dan.encrypt_kept(erin.address(), b"Did the restore work?", now())?;
-    let erin = Device::open_in(backup, &[4; 32])?;
+    let lost = dan.encrypt_kept(erin.address(), b"Did the restore work?", SystemTime::now())?;
+    let erin = Device::open_in(backup, &StorageKey::from_bytes([4; 32]))?;
     println!("erin  :  phone restored from a backup");
     let error = match erin.decrypt(dan.address(), &lost) {
         Err(e) if e.kind() == ErrorKind::OutOfStep => e,
         other => return Err(format!("expected out of step, got {other:?}").into()),
     };
     println!("erin  :  dan's message: {error} ({}: {})", error.kind(), error.kind().recovery().code());
-    let Heal::Sent(reset) = erin.heal(&dan.prekey_bundle()?, &[lost], now())? else {
+    let Heal::Sent(reset) = erin.heal(&dan.prekey_bundle()?, &[lost], SystemTime::now())? else {
         return Err("a reset was sent a moment ago".into());
     };
     println!("erin  :  fetched dan's bundle, sent a reset ({} bytes) naming the message", reset.message.len());

@@ -6,6 +6,8 @@
 //! `floor` group below, with the same crates samizdat uses (RustCrypto, dalek, libcrux).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     hint::black_box,
     time::{Duration, Instant},
@@ -581,7 +583,7 @@ fn device(c: &mut Criterion) {
         }
         // The same with 100 one-time prekeys of each kind held (every decrypt loads them).
         let mut loaded = DeviceSetup::new(MemoryBackend::new());
-        loaded.bob.refill_prekeys(100, 100, 0).expect("refill");
+        loaded.bob.refill_prekeys(100, 100, UNIX_EPOCH).expect("refill");
         let p = payload(64);
         g.bench_function(BenchmarkId::new("memory_decrypt_100prekeys", 64), |b| {
             b.iter_custom(|iters| {
@@ -622,7 +624,8 @@ fn device_prekeys(c: &mut Criterion) {
     }
     let on_disk = sqlite("base_keys");
     copy_store(remembered.bob.backend(), &on_disk);
-    let mut remembered = remembered.with_device(Device::open_in(on_disk, &[2; 32]).expect("open"));
+    let mut remembered =
+        remembered.with_device(Device::open_in(on_disk, &StorageKey::from_bytes([2; 32])).expect("open"));
 
     let mut g = c.benchmark_group("device_prekey");
     g.sample_size(10);
@@ -728,7 +731,7 @@ fn device_scrub(c: &mut Criterion) {
     let path = dir.path().join("peers.db");
     let on_disk = SqliteBackend::open(&path).expect("sqlite");
     copy_store(setup.bob.backend(), &on_disk);
-    let bob = Device::open_in(on_disk, &[2; 32]).expect("open");
+    let bob = Device::open_in(on_disk, &StorageKey::from_bytes([2; 32])).expect("open");
     assert_eq!(bob.scrub().expect("scrub"), Scrub::Done);
     let size = std::fs::metadata(&path).expect("database").len();
     println!("device_scrub: {peers} peers, a database of {size} bytes");

@@ -18,6 +18,8 @@
 //! works, so the harness cannot rot; its timings are printed, never asserted.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -33,7 +35,7 @@ use samizdat::{
     session::SessionRecord,
 };
 
-const KEY: [u8; 32] = [0x5c; 32];
+const KEY: StorageKey = StorageKey::from_bytes([0x5c; 32]);
 /// Sessions made per `decrypt_batch` + `commit_batch` while building.
 const BUILD_BATCH: usize = 1000;
 
@@ -57,7 +59,7 @@ fn ms(d: Duration) -> String {
 /// message, which Bob decrypts and commits in batches.
 fn build(path: &Path, sessions: usize, rng: &mut ChaCha20Rng) {
     let started = Instant::now();
-    let device = Device::create(path, &KEY, bob(), 0).unwrap();
+    let device = Device::create(path, &KEY, bob(), UNIX_EPOCH).unwrap();
     let bundle = PreKeyBundle::from_bytes(&device.prekey_bundle().unwrap()).unwrap();
     let mut made = 0;
     while made < sessions {
@@ -120,7 +122,7 @@ impl Subject {
                 record.initiate(rng, &identity, &address, &bundle).unwrap();
                 let wire = record.encrypt(rng, b"hello").unwrap();
                 device.commit(device.decrypt(&address, &wire).unwrap()).unwrap();
-                let prekeys = PreKeySet::new(rng, &identity, 0);
+                let prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH);
                 Probe { address, identity, prekeys, record }
             })
             .collect();

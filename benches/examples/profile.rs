@@ -20,6 +20,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::hint::black_box;
+use std::time::UNIX_EPOCH;
 
 use chacha20::ChaCha20Rng;
 use chacha20poly1305::{
@@ -323,7 +324,7 @@ fn main() {
         "device-decrypt" | "device-decrypt-100prekeys" => {
             let mut setup = DeviceSetup::new(MemoryBackend::new());
             if name.ends_with("100prekeys") {
-                setup.bob.refill_prekeys(100, 100, 0).expect("refill");
+                setup.bob.refill_prekeys(100, 100, UNIX_EPOCH).expect("refill");
             }
             let messages = (0..n).map(|_| setup.to_bob(&payload)).collect();
             Op::DeviceDecrypt(Box::new(setup), messages)

@@ -29,6 +29,8 @@
 //!   the associated data and the body ([`group_signed_len`]), verified strictly on receipt.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -838,9 +840,9 @@ impl Pair {
         let mut rng = ChaCha20Rng::from_seed([seed; 32]);
         let alice = IdentityKeyPair::generate(&mut rng);
         let bob = IdentityKeyPair::generate(&mut rng);
-        let alice_prekeys = PreKeySet::new(&mut rng, &alice, 0);
-        let mut bob_prekeys = PreKeySet::new(&mut rng, &bob, 0);
-        bob_prekeys.add_one_time_prekeys(&mut rng, &bob, 1, 0).expect("room for one prekey");
+        let alice_prekeys = PreKeySet::new(&mut rng, &alice, UNIX_EPOCH);
+        let mut bob_prekeys = PreKeySet::new(&mut rng, &bob, UNIX_EPOCH);
+        bob_prekeys.add_one_time_prekeys(&mut rng, &bob, 1, UNIX_EPOCH).expect("room for one prekey");
         let alice_address = Address::new("alice", 1).expect("address");
         let bob_address = Address::new("bob", 1).expect("address");
         let bundle = bob_prekeys.bundle(&bob, &bob_address).expect("bundle").to_bytes();
@@ -985,10 +987,16 @@ impl<B: Backend> DeviceSetup<B> {
     pub fn new(backend: B) -> Self {
         let mut rng = ChaCha20Rng::from_seed([21; 32]);
         let identity = IdentityKeyPair::generate(&mut rng);
-        let prekeys = PreKeySet::new(&mut rng, &identity, 0);
+        let prekeys = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
         let address = Address::new("alice", 1).expect("address");
         let mut alice = RecordPeer { rng, identity, address, prekeys, record: SessionRecord::new() };
-        let bob = Device::create_in(backend, &[2; 32], Address::new("bob", 1).expect("address"), 0).expect("bob");
+        let bob = Device::create_in(
+            backend,
+            &StorageKey::from_bytes([2; 32]),
+            Address::new("bob", 1).expect("address"),
+            UNIX_EPOCH,
+        )
+        .expect("bob");
         let bundle = PreKeyBundle::from_bytes(&bob.prekey_bundle().expect("bundle")).expect("valid bundle");
         alice.record.initiate(&mut alice.rng, &alice.identity, &alice.address, &bundle).expect("initiate");
         let first = alice.encrypt(b"hello");
@@ -1111,7 +1119,13 @@ pub struct PreKeySetup<B: Backend> {
 impl<B: Backend> PreKeySetup<B> {
     /// Bob's device in `backend`, with `one_time` one-time prekeys of each kind.
     pub fn new(backend: B, one_time: usize) -> Self {
-        let bob = Device::create_in(backend, &[2; 32], Address::new("bob", 1).expect("address"), 0).expect("bob");
+        let bob = Device::create_in(
+            backend,
+            &StorageKey::from_bytes([2; 32]),
+            Address::new("bob", 1).expect("address"),
+            UNIX_EPOCH,
+        )
+        .expect("bob");
         Self::from_device(bob, one_time)
     }
 
@@ -1134,7 +1148,7 @@ impl<B: Backend> PreKeySetup<B> {
     /// Tops Bob's one-time prekeys up to the setup's count.
     pub fn refill(&self) {
         if self.one_time > 0 {
-            self.bob.refill_prekeys(self.one_time, self.one_time, 0).expect("refill");
+            self.bob.refill_prekeys(self.one_time, self.one_time, UNIX_EPOCH).expect("refill");
         }
     }
 
@@ -1210,8 +1224,13 @@ impl GroupPair {
     /// A new pair in a new group.
     pub fn new() -> Self {
         let device = |name: &str, key: u8| {
-            Device::create_in(MemoryBackend::new(), &[key; 32], Address::new(name, 1).expect("address"), 0)
-                .expect("device")
+            Device::create_in(
+                MemoryBackend::new(),
+                &StorageKey::from_bytes([key; 32]),
+                Address::new(name, 1).expect("address"),
+                UNIX_EPOCH,
+            )
+            .expect("device")
         };
         let (alice, bob) = (device("alice", 1), device("bob", 2));
         alice.start_session(&bob.prekey_bundle().expect("bundle")).expect("session");
@@ -1268,8 +1287,13 @@ impl GroupScale {
     /// Sets up the sender, its sessions and the group (slow for 1,000 members: about one
     /// handshake per member).
     pub fn new(members: usize) -> Self {
-        let sender = Device::create_in(MemoryBackend::new(), &[3; 32], Address::new("alice", 1).expect("address"), 0)
-            .expect("sender");
+        let sender = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([3; 32]),
+            Address::new("alice", 1).expect("address"),
+            UNIX_EPOCH,
+        )
+        .expect("sender");
         let mut rng = ChaCha20Rng::from_seed([23; 32]);
         let identity = IdentityKeyPair::generate(&mut rng);
         let bundle = PreKeyBundle::from_bytes(&sender.prekey_bundle().expect("bundle")).expect("valid bundle");

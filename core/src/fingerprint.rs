@@ -188,6 +188,13 @@ impl SafetyNumber {
     /// assert!(shown.split(' ').all(|group| group.len() == 5));
     /// ```
     pub fn display(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The twelve groups of five digits, as [`SafetyNumber::display`] gives them.
+impl fmt::Display for SafetyNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut shown = String::with_capacity(SAFETY_NUMBER_DIGITS + SAFETY_NUMBER_DIGITS / DIGITS_PER_CHUNK);
         for (i, digit) in self.digits.chars().enumerate() {
             if i > 0 && i % DIGITS_PER_CHUNK == 0 {
@@ -195,9 +202,11 @@ impl SafetyNumber {
             }
             shown.push(digit);
         }
-        shown
+        f.write_str(&shown)
     }
+}
 
+impl SafetyNumber {
     /// The bytes a QR code on the local screen carries ([`SCANNABLE_LEN`]
     /// bytes): [`SCANNABLE_VERSION`], then the local side's scannable
     /// fingerprint, then the remote side's.

@@ -96,6 +96,13 @@ const SMALL_ORDER_ENCODINGS: [[u8; X25519_KEY_LEN]; 7] = {
     ]
 };
 
+/// The 32 bytes in lowercase hex.
+impl fmt::Display for X25519PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl fmt::Debug for X25519PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "X25519PublicKey(")?;
@@ -270,6 +277,19 @@ impl IdentityKey {
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
         VerifyingKey::from_bytes(&self.0)
             .is_ok_and(|key| key.verify_strict(message, &Signature::from_bytes(signature)).is_ok())
+    }
+}
+
+/// The 32 bytes of the encoded key in lowercase hex (for logs and
+/// debugging screens; users compare safety numbers, not keys).
+///
+/// ```
+/// # let key = samizdat::keys::IdentityKeyPair::generate(&mut samizdat::os_rng()).public_key();
+/// assert_eq!(key.to_string().len(), 64);
+/// ```
+impl fmt::Display for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_bytes().iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 

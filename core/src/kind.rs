@@ -28,10 +28,12 @@
 //! # Example
 //!
 //! ```
+//! # use std::time::SystemTime;
+//! # use samizdat::store::StorageKey;
 //! use samizdat::{ErrorKind, Recovery, address::Address, device::Device, store::MemoryBackend};
 //!
-//! let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-//! let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+//! let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+//! let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, SystemTime::now())?;
 //! alice.start_session(&bob.prekey_bundle()?)?;
 //! let wire = alice.encrypt(bob.address(), b"hello")?;
 //! bob.commit(bob.decrypt(alice.address(), &wire)?)?;
@@ -233,6 +235,13 @@ impl ErrorKind {
     }
 }
 
+/// The stable name, [`Recovery::code`].
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -363,7 +372,7 @@ impl StoreError {
             | Self::EmptyFile
             | Self::CorruptDatabase
             | Self::Io(_)
-            | Self::Injected => ErrorKind::StoreFailure,
+            | Self::Backend(_) => ErrorKind::StoreFailure,
         }
     }
 }

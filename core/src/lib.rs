@@ -7,12 +7,20 @@
 //! installation, its identity, prekeys and sessions.
 //!
 //! ```
-//! use samizdat::{address::Address, device::Device, store::MemoryBackend};
+//! use std::time::SystemTime;
 //!
-//! // `Device::create` / `Device::open` take a database path; the storage key
-//! // comes from the platform keystore.
-//! let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-//! let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+//! use samizdat::{
+//!     address::Address,
+//!     device::Device,
+//!     store::{MemoryBackend, StorageKey},
+//! };
+//!
+//! // `Device::create` / `Device::open` take a database path. The storage
+//! // key is made once, kept in the platform keystore, and read back at
+//! // every start (`StorageKey::from_bytes`).
+//! let alice_key = StorageKey::generate();
+//! let alice = Device::create_in(MemoryBackend::new(), &alice_key, Address::new("alice", 1)?, SystemTime::now())?;
+//! let bob = Device::create_in(MemoryBackend::new(), &StorageKey::generate(), Address::new("bob", 1)?, SystemTime::now())?;
 //!
 //! // Bob's bundle travels through a server (one bundle per contact);
 //! // Alice verifies it and opens a PQXDH session.
@@ -64,6 +72,7 @@
 pub mod address;
 pub mod attachment;
 pub mod backup;
+mod clock;
 mod codec;
 pub mod device;
 mod error;
@@ -88,13 +97,35 @@ pub use error::{DecodeError, DecryptError, EncryptError, PreKeyKind, SessionErro
 pub use kind::{ErrorKind, Recovery};
 pub use rand_core;
 
-/// The operating system's random number generator, as a [`rand_core::CryptoRng`].
-pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
+/// The operating system's random number generator, as a
+/// [`rand_core::CryptoRng`]: what the calls that take a generator want,
+/// outside tests with scripted randomness. It panics only if the OS cannot
+/// provide randomness at all, which no caller could recover from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsRng(());
 
-/// A handle on the operating system's generator. It panics only if the OS
-/// cannot provide randomness at all, which no caller could recover from.
+impl rand_core::TryRng for OsRng {
+    type Error = core::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(rand_core::Rng::next_u32(&mut rand_core::UnwrapErr(getrandom::SysRng)))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(rand_core::Rng::next_u64(&mut rand_core::UnwrapErr(getrandom::SysRng)))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        rand_core::Rng::fill_bytes(&mut rand_core::UnwrapErr(getrandom::SysRng), dst);
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for OsRng {}
+
+/// A handle on the operating system's generator ([`OsRng`]).
 pub fn os_rng() -> OsRng {
-    rand_core::UnwrapErr(getrandom::SysRng)
+    OsRng(())
 }
 
 #[cfg(doctest)]

@@ -10,7 +10,9 @@
 //! `SessionRecord::from_bytes`, `PreKeySet::from_bytes`); the seeds row has
 //! only the crate's own (`SessionRecord::from_hot_bytes`, `attach_seeds`).
 
+use crate::store::StorageKey;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use chacha20::ChaCha20Rng;
 use prost::Message as _;
@@ -444,7 +446,7 @@ struct Party {
 impl Party {
     fn new(rng: &mut ChaCha20Rng, name: &str) -> Self {
         let identity = IdentityKeyPair::generate(rng);
-        let prekeys = PreKeySet::new(rng, &identity, 0);
+        let prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH);
         Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
     }
 
@@ -978,8 +980,8 @@ fn the_seeds_row_checks() {
 fn prekey_record() -> storage::PreKeySet {
     let mut rng = rng(135);
     let identity = IdentityKeyPair::generate(&mut rng);
-    let mut set = PreKeySet::new(&mut rng, &identity, 0);
-    set.add_one_time_prekeys(&mut rng, &identity, 2, 0).unwrap();
+    let mut set = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
+    set.add_one_time_prekeys(&mut rng, &identity, 2, UNIX_EPOCH).unwrap();
     let mut record = storage::PreKeySet::decode(set.to_bytes().as_slice()).unwrap();
     record.seen_base_keys.push(storage::SeenBaseKey { signed_prekey_id: 1, base_key: vec![9; 32] });
     assert_eq!(record.next_id, 7);
@@ -1184,8 +1186,9 @@ fn prekey_set_checks_are_made_in_order() {
 fn a_refused_header_is_refused_by_the_handle_that_remembers_it() {
     let address = |name: &str| Address::new(name, 1).unwrap();
     let store = Arc::new(MemoryBackend::new());
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
-    let bob = Device::create_in(store.clone(), &[2; 32], address("bob"), 0).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+        .unwrap();
+    let bob = Device::create_in(store.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let first = alice.encrypt(&address("bob"), b"first").unwrap();
     bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();
@@ -1203,6 +1206,6 @@ fn a_refused_header_is_refused_by_the_handle_that_remembers_it() {
     assert_eq!(kind(bob.decrypt(&address("alice"), &broken)), DecryptError::Unauthenticated);
     bob.commit(bob.decrypt(&address("alice"), &genuine).unwrap()).unwrap();
     assert_eq!(kind(bob.decrypt(&address("alice"), &broken)), DecryptError::Unauthenticated);
-    let other_handle = Device::open_in(store, &[2; 32]).unwrap();
+    let other_handle = Device::open_in(store, &StorageKey::from_bytes([2; 32])).unwrap();
     assert_eq!(kind(other_handle.decrypt(&address("alice"), &broken)), DecryptError::Duplicate { counter: 70 });
 }

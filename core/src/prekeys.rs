@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     fmt,
+    time::SystemTime,
 };
 
 use prost::Message as _;
@@ -192,7 +193,7 @@ impl PreKeyBundle {
         }
         let message = crate::codec::decode::<pb::PreKeyBundle>(rest)?;
         let identity_key = IdentityKey::from_slice(&message.identity_key).map_err(BundleError::IdentityKey)?;
-        let address = Address::new(message.user_id, message.device_id)?;
+        let address = Address::new(message.user_id, message.device_id).map_err(DecodeError::from)?;
 
         let spk = message.signed_prekey.ok_or(DecodeError::MissingField("signed_prekey"))?;
         let signed_prekey = x25519_public(&spk.public_key).map_err(BundleError::SignedPreKey)?;
@@ -416,8 +417,8 @@ pub struct PreKeySet {
 
 impl PreKeySet {
     /// A new set with a signed prekey and a last-resort ML-KEM prekey, made
-    /// at `now` (seconds since the Unix epoch, as the app counts them).
-    pub fn new<R: CryptoRng + ?Sized>(rng: &mut R, identity: &IdentityKeyPair, now: u64) -> Self {
+    /// at `now` (the app's clock; kept in whole seconds since the Unix epoch).
+    pub fn new<R: CryptoRng + ?Sized>(rng: &mut R, identity: &IdentityKeyPair, now: SystemTime) -> Self {
         Self::new_from_id(rng, identity, now, 1)
     }
 
@@ -427,7 +428,7 @@ impl PreKeySet {
     pub(crate) fn new_from_id<R: CryptoRng + ?Sized>(
         rng: &mut R,
         identity: &IdentityKeyPair,
-        now: u64,
+        now: SystemTime,
         first_id: u32,
     ) -> Self {
         let mut set = Self {
@@ -481,13 +482,13 @@ impl PreKeySet {
         &mut self,
         rng: &mut R,
         identity: &IdentityKeyPair,
-        now: u64,
+        now: SystemTime,
     ) -> Result<u32, PreKeyError> {
         let id = self.take_id()?;
         let key = X25519Secret::generate(rng);
         let signature =
             identity.sign(&kdf::prekey_signature_input(kdf::SIGNED_PREKEY_LABEL, id, key.public_key().as_bytes()));
-        self.signed.push(SignedPreKeyPair { id, key, signature, created_at: now });
+        self.signed.push(SignedPreKeyPair { id, key, signature, created_at: crate::clock::unix_seconds(now) });
         if self.signed.len() > MAX_SIGNED_PREKEYS {
             let gone = self.signed.remove(0);
             // A message naming a signed prekey that is gone fails anyway.
@@ -505,7 +506,7 @@ impl PreKeySet {
         &mut self,
         rng: &mut R,
         identity: &IdentityKeyPair,
-        now: u64,
+        now: SystemTime,
     ) -> Result<u32, PreKeyError> {
         let id = self.take_id()?;
         let pair = Self::pq_pair(rng, identity, id, PqPreKeyKind::LastResort, now);
@@ -521,11 +522,11 @@ impl PreKeySet {
         identity: &IdentityKeyPair,
         id: u32,
         kind: PqPreKeyKind,
-        now: u64,
+        now: SystemTime,
     ) -> PqPreKeyPair {
         let key = MlKemKeyPair::generate(rng);
         let signature = identity.sign(&kdf::prekey_signature_input(kind.label(), id, key.public_key().as_bytes()));
-        PqPreKeyPair { id, key, signature, created_at: now }
+        PqPreKeyPair { id, key, signature, created_at: crate::clock::unix_seconds(now) }
     }
 
     /// Adds `count` one-time X25519 prekeys and `count` one-time ML-KEM
@@ -539,7 +540,7 @@ impl PreKeySet {
         rng: &mut R,
         identity: &IdentityKeyPair,
         count: usize,
-        now: u64,
+        now: SystemTime,
     ) -> Result<(Vec<u32>, Vec<u32>), PreKeyError> {
         if self.one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS
             || self.pq_one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS
@@ -576,7 +577,7 @@ impl PreKeySet {
         rng: &mut R,
         identity: &IdentityKeyPair,
         target: usize,
-        now: u64,
+        now: SystemTime,
     ) -> Result<(usize, usize), PreKeyError> {
         let held = (self.one_time.len(), self.pq_one_time.len());
         self.top_up_from(rng, identity, held, target, now)
@@ -591,7 +592,7 @@ impl PreKeySet {
         identity: &IdentityKeyPair,
         (held_classic, held_pq): (usize, usize),
         target: usize,
-        now: u64,
+        now: SystemTime,
     ) -> Result<(usize, usize), PreKeyError> {
         if target > MAX_ONE_TIME_PREKEYS {
             return Err(PreKeyError::LimitReached { max: MAX_ONE_TIME_PREKEYS });
@@ -620,8 +621,9 @@ impl PreKeySet {
 
     /// Creation time of the current signed prekey and of the current
     /// last-resort key, for the app's rotation schedule.
-    pub fn current_created_at(&self) -> (Option<u64>, Option<u64>) {
-        (self.signed.last().map(|k| k.created_at), self.last_resort.last().map(|k| k.created_at))
+    pub fn current_created_at(&self) -> (Option<SystemTime>, Option<SystemTime>) {
+        let at = crate::clock::from_unix_seconds;
+        (self.signed.last().map(|k| at(k.created_at)), self.last_resort.last().map(|k| at(k.created_at)))
     }
 
     /// A bundle offering the current signed prekey, the lowest-numbered

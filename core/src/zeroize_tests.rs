@@ -31,6 +31,7 @@ fn the_crates_states_are_wiped_on_drop() {
 #[test]
 fn our_secret_types_are_wiped_on_drop() {
     wiped_on_drop::<crate::keys::Secret32>();
+    wiped_on_drop::<crate::store::StorageKey>();
     wiped_on_drop::<Zeroizing<Vec<u8>>>();
     wiped_on_drop::<Zeroizing<[u8; 32]>>();
 }

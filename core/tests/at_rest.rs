@@ -15,6 +15,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use support::{addr, temp_dir};
 
 use std::{
@@ -175,16 +177,21 @@ fn superseded_rows_leave_no_trace_in_the_files() {
     let dir = temp_dir("conversation");
     let mut seen = Seen::default();
     {
-        let alice = Device::create(dir.join("alice.db"), &[0x11; 32], addr("alice"), 0).unwrap();
-        let bob = Device::create(dir.join("bob.db"), &[0x22; 32], addr("bob"), 0).unwrap();
-        let carol = Device::create(dir.join("carol.db"), &[0x33; 32], addr("carol"), 0).unwrap();
+        let alice =
+            Device::create(dir.join("alice.db"), &StorageKey::from_bytes([0x11; 32]), addr("alice"), UNIX_EPOCH)
+                .unwrap();
+        let bob =
+            Device::create(dir.join("bob.db"), &StorageKey::from_bytes([0x22; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+        let carol =
+            Device::create(dir.join("carol.db"), &StorageKey::from_bytes([0x33; 32]), addr("carol"), UNIX_EPOCH)
+                .unwrap();
         let record = |seen: &mut Seen| {
             seen.record("alice", &alice);
             seen.record("bob", &bob);
             seen.record("carol", &carol);
         };
         record(&mut seen);
-        bob.refill_prekeys(4, 6, 0).unwrap();
+        bob.refill_prekeys(4, 6, UNIX_EPOCH).unwrap();
         record(&mut seen);
         alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         record(&mut seen);
@@ -223,9 +230,9 @@ fn superseded_rows_leave_no_trace_in_the_files() {
             }
             if i % 25 == 13 {
                 now += 1_000;
-                bob.refill_prekeys(6, 6, now).unwrap();
+                bob.refill_prekeys(6, 6, UNIX_EPOCH + Duration::from_secs(now)).unwrap();
                 record(&mut seen);
-                bob.rotate_prekeys(now, 1_000).unwrap();
+                bob.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(now), Duration::from_secs(1_000)).unwrap();
                 record(&mut seen);
             }
         }
@@ -242,15 +249,23 @@ fn superseded_rows_leave_no_trace_in_the_files() {
 fn sealed_values_are_padded_to_size_classes() {
     use samizdat::store::MemoryBackend;
     let identity_size = |user: &str| {
-        let device = Device::create_in(MemoryBackend::new(), &[3; 32], Address::new(user, 1).unwrap(), 0).unwrap();
+        let device = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([3; 32]),
+            Address::new(user, 1).unwrap(),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         device.backend().scan(Table::Identity).unwrap()[0].1.len()
     };
     let short = identity_size("a");
     assert_eq!(identity_size(&"x".repeat(100)), short);
     assert_eq!(identity_size(&"y".repeat(256)), short, "the user id's length shows in the identity row");
     // Every sealed value: version, nonce, a padded plaintext of a bucket size, tag.
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     for i in 0..50 {
         let wire = alice.encrypt(&addr("bob"), format!("message {i}").as_bytes()).unwrap();

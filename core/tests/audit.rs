@@ -14,6 +14,7 @@ mod support;
 
 use chacha20::ChaCha20Rng;
 use prost::Message as _;
+use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, SessionError,
     address::Address,
@@ -22,6 +23,7 @@ use samizdat::{
     wire::{Message, RatchetMessage},
 };
 use samizdat_proto::storage;
+use std::time::{Duration, UNIX_EPOCH};
 use support::{
     party::{Party, impersonators, round_trip},
     rng,
@@ -1351,19 +1353,26 @@ fn audit_2_a_scrub_leaves_no_superseded_row_in_the_database_file() {
 fn audit_2_a_device_with_many_peers_keeps_no_old_root_key_after_a_scrub() {
     use rand_core::Rng;
     use samizdat::{device::Device, store::MemoryBackend, store::Scrub};
-    const STORAGE_KEY: [u8; 32] = [0x5a; 32];
+    const STORAGE_KEY: StorageKey = StorageKey::from_bytes([0x5a; 32]);
     let (peer_count, steps) = (100, 1_000);
     let dir = at_rest::temp_dir("many-peers");
     let mut versions = at_rest::Versions::default();
     let mut rng = rng(22);
     let mut leaks_between_scrubs = Vec::new();
     {
-        let bob = Device::create(dir.join("bob.db"), &STORAGE_KEY, Address::new("bob", 1).unwrap(), 0).unwrap();
-        bob.refill_prekeys(10, 10, 0).unwrap();
+        let bob =
+            Device::create(dir.join("bob.db"), &STORAGE_KEY, Address::new("bob", 1).unwrap(), UNIX_EPOCH).unwrap();
+        bob.refill_prekeys(10, 10, UNIX_EPOCH).unwrap();
         let peers: Vec<Device<MemoryBackend>> = (0..peer_count)
             .map(|i| {
                 let key = [i as u8 + 1; 32];
-                Device::create_in(MemoryBackend::new(), &key, Address::new(format!("peer{i}"), 1).unwrap(), 0).unwrap()
+                Device::create_in(
+                    MemoryBackend::new(),
+                    &StorageKey::from_bytes(key),
+                    Address::new(format!("peer{i}"), 1).unwrap(),
+                    UNIX_EPOCH,
+                )
+                .unwrap()
             })
             .collect();
         let mut started = vec![false; peer_count];
@@ -1391,20 +1400,20 @@ fn audit_2_a_device_with_many_peers_keeps_no_old_root_key_after_a_scrub() {
             }
             see_store(&mut versions, &bob);
             if step % 100 == 50 {
-                bob.refill_prekeys(10, 10, 0).unwrap();
+                bob.refill_prekeys(10, 10, UNIX_EPOCH).unwrap();
                 see_store(&mut versions, &bob);
             }
             // A phone is seized at any moment; right after a scrub, it
             // gives back nothing superseded.
             if step % 100 == 99 {
-                leaks_between_scrubs.push(leaked_secrets(&dir, &versions, &STORAGE_KEY).len());
+                leaks_between_scrubs.push(leaked_secrets(&dir, &versions, STORAGE_KEY.as_bytes()).len());
                 assert_eq!(bob.scrub().unwrap(), Scrub::Done);
-                seized(&dir, &versions, &STORAGE_KEY, &format!("scrubbed after step {step}"));
+                seized(&dir, &versions, STORAGE_KEY.as_bytes(), &format!("scrubbed after step {step}"));
             }
         }
-        seized(&dir, &versions, &STORAGE_KEY, "at the end, store open");
+        seized(&dir, &versions, STORAGE_KEY.as_bytes(), "at the end, store open");
     }
-    seized(&dir, &versions, &STORAGE_KEY, "store closed");
+    seized(&dir, &versions, STORAGE_KEY.as_bytes(), "store closed");
     println!("superseded session rows readable before each scrub: {leaks_between_scrubs:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -1542,20 +1551,26 @@ fn audit_2_two_handles_batches_and_reopening_leave_no_superseded_value() {
         device::{Device, DeviceError},
         store::MemoryBackend,
     };
-    const KEY: [u8; 32] = [0x6b; 32];
+    const KEY: StorageKey = StorageKey::from_bytes([0x6b; 32]);
     let dir = at_rest::temp_dir("two-handles");
     let path = dir.join("bob.db");
     let mut versions = at_rest::Versions::default();
     let peers: Vec<Device<MemoryBackend>> = (0..4)
         .map(|i| {
-            Device::create_in(MemoryBackend::new(), &[i + 1; 32], Address::new(format!("p{i}"), 1).unwrap(), 0).unwrap()
+            Device::create_in(
+                MemoryBackend::new(),
+                &StorageKey::from_bytes([i + 1; 32]),
+                Address::new(format!("p{i}"), 1).unwrap(),
+                UNIX_EPOCH,
+            )
+            .unwrap()
         })
         .collect();
-    drop(Device::create(&path, &KEY, Address::new("bob", 1).unwrap(), 0).unwrap());
+    drop(Device::create(&path, &KEY, Address::new("bob", 1).unwrap(), UNIX_EPOCH).unwrap());
     for round in 0..6u64 {
         let first = Device::open(&path, &KEY).unwrap();
         let second = Device::open(&path, &KEY).unwrap();
-        first.refill_prekeys(8, 8, round).unwrap();
+        first.refill_prekeys(8, 8, UNIX_EPOCH + Duration::from_secs(round)).unwrap();
         see_store(&mut versions, &first);
         for peer in &peers {
             if round == 0 {
@@ -1607,7 +1622,9 @@ fn audit_2_two_handles_batches_and_reopening_leave_no_superseded_value() {
             }
         });
         see_store(&mut versions, &first);
-        first.rotate_prekeys(1_000 * (round + 1), 1_000).unwrap();
+        first
+            .rotate_prekeys(UNIX_EPOCH + Duration::from_secs(1_000 * (round + 1)), Duration::from_secs(1_000))
+            .unwrap();
         see_store(&mut versions, &first);
         // One more write, so that the log restarts after the last batch.
         let _ = first.encrypt(peers[1].address(), b"last").unwrap();
@@ -1638,12 +1655,18 @@ fn audit_2_two_handles_batches_and_reopening_leave_no_superseded_value() {
 #[test]
 fn audit_2_superseded_rows_leave_the_log_at_the_first_commit_after_a_long_read() {
     use samizdat::{device::Device, store::MemoryBackend};
-    const KEY: [u8; 32] = [0x6c; 32];
+    const KEY: StorageKey = StorageKey::from_bytes([0x6c; 32]);
     let dir = at_rest::temp_dir("long-read");
     let path = dir.join("bob.db");
     let mut versions = at_rest::Versions::default();
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1).unwrap(), 0).unwrap();
-    let bob = Device::create(&path, &KEY, Address::new("bob", 1).unwrap(), 0).unwrap();
+    let alice = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([1; 32]),
+        Address::new("alice", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    let bob = Device::create(&path, &KEY, Address::new("bob", 1).unwrap(), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let hello = alice.encrypt(bob.address(), b"hello").unwrap();
     bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
@@ -1779,20 +1802,26 @@ fn audit_4_stale_reads_never_make_a_key_reused() {
         store::{MemoryBackend, StoreError},
     };
     use std::sync::Mutex;
-    const KEY: [u8; 32] = [0x4c; 32];
+    const KEY: StorageKey = StorageKey::from_bytes([0x4c; 32]);
     let store = backends::Replicated::new();
     let first = Device::create_in(
         backends::Handle { store: store.clone(), lagging: true },
         &KEY,
         Address::new("alice", 1).unwrap(),
-        0,
+        UNIX_EPOCH,
     )
     .unwrap();
     // (A stale read of a new store may see no device yet: open again.)
     let second = (0..100)
         .find_map(|_| Device::open_in(backends::Handle { store: store.clone(), lagging: true }, &KEY).ok())
         .unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &[0xb0; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
+    let bob = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([0xb0; 32]),
+        Address::new("bob", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
     let alice = first.address().clone();
     let refusals = std::sync::atomic::AtomicUsize::new(0);
     let retry = |op: &mut dyn FnMut() -> Result<Vec<u8>, DeviceError>| -> Vec<u8> {
@@ -1901,20 +1930,27 @@ fn audit_4_and_5_races_between_handles() {
         device::{Device, DeviceError},
         store::MemoryBackend,
     };
-    const KEY: [u8; 32] = [0x4d; 32];
+    const KEY: StorageKey = StorageKey::from_bytes([0x4d; 32]);
     let store = Arc::new(MemoryBackend::new());
     let first = Device::create_in(
         Interleaving { inner: store.clone(), before_apply: Default::default() },
         &KEY,
         Address::new("alice", 1).unwrap(),
-        0,
+        UNIX_EPOCH,
     )
     .unwrap();
     let second = Arc::new(Device::open_in(store.clone(), &KEY).unwrap());
     let queue = |action: Box<dyn FnOnce() + Send>| first.backend().before_apply.lock().unwrap().push(action);
-    let bob =
-        Arc::new(Device::create_in(MemoryBackend::new(), &[0xb0; 32], Address::new("bob", 1).unwrap(), 0).unwrap());
-    bob.refill_prekeys(4, 4, 0).unwrap();
+    let bob = Arc::new(
+        Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([0xb0; 32]),
+            Address::new("bob", 1).unwrap(),
+            UNIX_EPOCH,
+        )
+        .unwrap(),
+    );
+    bob.refill_prekeys(4, 4, UNIX_EPOCH).unwrap();
     let alice = first.address().clone();
     let sent: Arc<std::sync::Mutex<Vec<Sent>>> = Arc::default();
 
@@ -1929,7 +1965,7 @@ fn audit_4_and_5_races_between_handles() {
             ));
         }
     }));
-    bob.refill_prekeys(4, 4, 0).unwrap();
+    bob.refill_prekeys(4, 4, UNIX_EPOCH).unwrap();
     first.start_session(&bob.prekey_bundles(2).unwrap()[1]).unwrap();
     sent.lock()
         .unwrap()
@@ -1986,9 +2022,21 @@ fn audit_4_and_5_races_between_handles() {
 
     // Two new sessions from one one-time prekey (the server served one bundle
     // twice), committed through two handles: the second is refused.
-    let carol = Device::create_in(MemoryBackend::new(), &[0xc0; 32], Address::new("carol", 1).unwrap(), 0).unwrap();
-    let dave = Device::create_in(MemoryBackend::new(), &[0xd0; 32], Address::new("dave", 1).unwrap(), 0).unwrap();
-    first.refill_prekeys(3, 3, 0).unwrap();
+    let carol = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([0xc0; 32]),
+        Address::new("carol", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    let dave = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([0xd0; 32]),
+        Address::new("dave", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    first.refill_prekeys(3, 3, UNIX_EPOCH).unwrap();
     let bundle = first.prekey_bundle().unwrap();
     carol.start_session(&bundle).unwrap();
     dave.start_session(&bundle).unwrap();
@@ -2136,9 +2184,27 @@ fn audit_6_a_batch_of_failed_messages_writes_no_rows() {
         store::{Backend, MemoryBackend, Table},
     };
     let (mut rng, mut alice, bob) = talking(6101);
-    let device = Device::create_in(MemoryBackend::new(), &[0x42; 32], Address::new("victim", 1).unwrap(), 0).unwrap();
-    let carol = Device::create_in(MemoryBackend::new(), &[0x43; 32], Address::new("carol", 1).unwrap(), 0).unwrap();
-    let dave = Device::create_in(MemoryBackend::new(), &[0x44; 32], Address::new("dave", 1).unwrap(), 0).unwrap();
+    let device = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([0x42; 32]),
+        Address::new("victim", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    let carol = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([0x43; 32]),
+        Address::new("carol", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
+    let dave = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([0x44; 32]),
+        Address::new("dave", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
     for peer in [&carol, &dave] {
         peer.start_session(&device.prekey_bundle().unwrap()).unwrap();
         let hello = peer.encrypt(device.address(), b"hello").unwrap();

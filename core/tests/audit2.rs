@@ -961,12 +961,15 @@ fn audit2_6_the_loader_refuses_records_that_break_the_invariants_of_9_1() {
 mod store {
     use std::path::{Path, PathBuf};
 
+    use std::time::UNIX_EPOCH;
+
     use samizdat::{
         address::Address,
         device::{Device, DeviceError},
+        store::StorageKey,
     };
 
-    pub(crate) const KEY: [u8; 32] = [0x5a; 32];
+    pub(crate) const KEY: StorageKey = StorageKey::from_bytes([0x5a; 32]);
 
     pub(crate) fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("samizdat-audit2-{name}-{}", std::process::id()));
@@ -999,7 +1002,7 @@ mod store {
     }
 
     pub(crate) fn open_or_create(path: &Path, address: Address) -> Result<Device, DeviceError> {
-        Device::open_or_create(path, &KEY, address, 0)
+        Device::open_or_create(path, &KEY, address, UNIX_EPOCH)
     }
 }
 

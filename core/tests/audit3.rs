@@ -18,6 +18,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use support::{addr, receive, temp_dir};
 
 use std::{
@@ -176,13 +178,19 @@ fn busy_bob(
     seen: &mut Seen,
     mut between: impl FnMut(usize),
 ) -> (Device, Vec<Device<MemoryBackend>>) {
-    let bob = Device::create(dir.join("bob.db"), &[0x22; 32], addr("bob"), 0).unwrap();
+    let bob = Device::create(dir.join("bob.db"), &StorageKey::from_bytes([0x22; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     seen.record(&bob);
-    bob.refill_prekeys(peers + 2, peers + 4, 0).unwrap();
+    bob.refill_prekeys(peers + 2, peers + 4, UNIX_EPOCH).unwrap();
     seen.record(&bob);
     let mut others = Vec::new();
     for p in 0..peers {
-        let peer = Device::create_in(MemoryBackend::new(), &[p as u8; 32], addr(&format!("peer{p}")), 0).unwrap();
+        let peer = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([p as u8; 32]),
+            addr(&format!("peer{p}")),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         peer.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let wires: Vec<Vec<u8>> =
             (0..40).map(|i| peer.encrypt(bob.address(), format!("{p}.{i}").as_bytes()).unwrap()).collect();
@@ -209,7 +217,7 @@ fn busy_bob(
         between(p);
         others.push(peer);
     }
-    bob.refill_prekeys(peers + 2, peers + 4, 0).unwrap();
+    bob.refill_prekeys(peers + 2, peers + 4, UNIX_EPOCH).unwrap();
     seen.record(&bob);
     (bob, others)
 }
@@ -315,7 +323,7 @@ fn audit3_scrubs_racing_writes_of_another_handle_lose_nothing() {
     let path = dir.join("bob.db");
     let mut seen = Seen::default();
     let (bob, peers) = busy_bob(&dir, 3, &mut seen, |_| {});
-    let scrubber = Device::open(&path, &[0x22; 32]).unwrap();
+    let scrubber = Device::open(&path, &StorageKey::from_bytes([0x22; 32])).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let outcomes = std::thread::scope(|s| {
         let scrubs = s.spawn(|| {
@@ -345,7 +353,7 @@ fn audit3_scrubs_racing_writes_of_another_handle_lose_nothing() {
     drop(scrubber);
     // Every write landed: a fresh handle continues every session.
     drop(bob);
-    let bob = Device::open(&path, &[0x22; 32]).unwrap();
+    let bob = Device::open(&path, &StorageKey::from_bytes([0x22; 32])).unwrap();
     for peer in &peers {
         let wire = peer.encrypt(bob.address(), b"still there").unwrap();
         assert_eq!(receive(&bob, peer.address(), &wire).unwrap(), b"still there");
@@ -372,7 +380,7 @@ fn audit3_open_never_fails_because_of_its_scrub() {
     let (bob, _) = busy_bob(&dir, 1, &mut seen, |_| {});
     drop(bob);
     let reader = reader_in_transaction(&path);
-    let during_read = Device::open(&path, &[0x22; 32]).unwrap();
+    let during_read = Device::open(&path, &StorageKey::from_bytes([0x22; 32])).unwrap();
     assert!(during_read.has_session(&addr("peer0")).unwrap());
     drop(reader);
     drop(during_read);
@@ -382,7 +390,7 @@ fn audit3_open_never_fails_because_of_its_scrub() {
         std::thread::sleep(Duration::from_millis(300));
         writer.execute_batch("ROLLBACK").unwrap();
     });
-    let during_write = Device::open(&path, &[0x22; 32]);
+    let during_write = Device::open(&path, &StorageKey::from_bytes([0x22; 32]));
     release.join().unwrap();
     let during_write = during_write.unwrap();
     assert!(during_write.has_session(&addr("peer0")).unwrap());
@@ -400,13 +408,13 @@ const CRASH_CHILD_ENV: &str = "SAMIZDAT_AUDIT3_SCRUB_CHILD";
 #[test]
 fn audit3_scrub_crash_child() {
     let Some(path) = std::env::var_os(CRASH_CHILD_ENV) else { return };
-    let bob = Device::open(PathBuf::from(path), &[0x22; 32]).unwrap();
+    let bob = Device::open(PathBuf::from(path), &StorageKey::from_bytes([0x22; 32])).unwrap();
     let mut now = 10u64;
     loop {
         let _ = bob.scrub().unwrap();
         now += 1;
-        bob.refill_prekeys(40, 40, now).unwrap();
-        bob.rotate_prekeys(now, 1).unwrap();
+        bob.refill_prekeys(40, 40, UNIX_EPOCH + Duration::from_secs(now)).unwrap();
+        bob.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(now), Duration::from_secs(1)).unwrap();
     }
 }
 
@@ -435,14 +443,14 @@ fn audit3_a_kill_during_scrubs_loses_nothing() {
         child.kill().unwrap();
         let status = child.wait().unwrap();
         assert!(!status.success(), "kill {k}: the child ran to an end ({status:?})");
-        let bob = Device::open(&path, &[0x22; 32]).unwrap();
+        let bob = Device::open(&path, &StorageKey::from_bytes([0x22; 32])).unwrap();
         assert_eq!(bob.backend().scan(Table::Sessions).unwrap(), sessions, "kill {k}: the sessions changed");
         let check: String =
             rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(check, "ok", "kill {k}");
         assert_eq!(bob.scrub().unwrap(), Scrub::Done, "kill {k}");
     }
-    let bob = Device::open(&path, &[0x22; 32]).unwrap();
+    let bob = Device::open(&path, &StorageKey::from_bytes([0x22; 32])).unwrap();
     for peer in &peers {
         let wire = peer.encrypt(bob.address(), b"after the kills").unwrap();
         assert_eq!(receive(&bob, peer.address(), &wire).unwrap(), b"after the kills");
@@ -496,7 +504,7 @@ fn audit3_create_never_deletes_unrelated_files_that_share_the_temporary_prefix()
         std::fs::write(file, b"the user's own data, not SQLite").unwrap();
         age(file);
     }
-    let bob = Device::create(&path, &[0x22; 32], addr("bob"), 0).unwrap();
+    let bob = Device::create(&path, &StorageKey::from_bytes([0x22; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     drop(bob);
     let gone: Vec<String> = [&notes, &backup, &backup_wal, &lookalike]
         .iter()
@@ -518,7 +526,7 @@ fn audit3_create_never_deletes_unrelated_files_that_share_the_temporary_prefix()
     for file in [&reserved, &built, &built_wal] {
         age(file);
     }
-    drop(Device::create(&other, &[0x22; 32], addr("carol"), 0).unwrap());
+    drop(Device::create(&other, &StorageKey::from_bytes([0x22; 32]), addr("carol"), UNIX_EPOCH).unwrap());
     let left: Vec<_> = [&reserved, &built, &built_wal].into_iter().filter(|f| f.exists()).collect();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(left.is_empty(), "stale leftovers stayed: {left:?}");
@@ -539,10 +547,10 @@ fn audit3_stale_links_at_temporary_names_are_never_followed() {
     std::os::unix::fs::symlink(&target, &name).unwrap();
     let wal = dir.join(format!("bob.db.samizdat-new-{}-999-wal", std::process::id()));
     std::os::unix::fs::symlink(&target, &wal).unwrap();
-    let bob = Device::create(&path, &[0x22; 32], addr("bob"), 0).unwrap();
+    let bob = Device::create(&path, &StorageKey::from_bytes([0x22; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"precious");
     drop(bob);
-    assert!(Device::open(&path, &[0x22; 32]).is_ok());
+    assert!(Device::open(&path, &StorageKey::from_bytes([0x22; 32])).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -558,7 +566,9 @@ fn audit3_concurrent_creators_make_one_store_and_leave_nothing() {
             .map(|k| {
                 let path = path.clone();
                 s.spawn(move || {
-                    Device::create(&path, &[k + 1; 32], addr("bob"), 0).map(drop).map_err(|e| format!("{e:?}"))
+                    Device::create(&path, &StorageKey::from_bytes([k + 1; 32]), addr("bob"), UNIX_EPOCH)
+                        .map(drop)
+                        .map_err(|e| format!("{e:?}"))
                 })
             })
             .collect();
@@ -577,7 +587,7 @@ fn audit3_concurrent_creators_make_one_store_and_leave_nothing() {
         .filter(|n| n.contains("samizdat-new"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    let opened = (1..=4u8).filter(|k| Device::open(&path, &[*k; 32]).is_ok()).count();
+    let opened = (1..=4u8).filter(|k| Device::open(&path, &StorageKey::from_bytes([*k; 32])).is_ok()).count();
     assert_eq!(opened, 1, "one key opens the store ({results:?})");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -589,8 +599,9 @@ fn audit3_concurrent_creators_make_one_store_and_leave_nothing() {
 /// Bob with a peer whose messages 0..n were skipped (their seeds in the seeds
 /// row); returns the unread wires.
 fn bob_with_skipped(path: &Path) -> (Device, Device<MemoryBackend>, Vec<Vec<u8>>) {
-    let bob = Device::create(path, &[0x22; 32], addr("bob"), 0).unwrap();
-    let alice = Device::create_in(MemoryBackend::new(), &[0x11; 32], addr("alice"), 0).unwrap();
+    let bob = Device::create(path, &StorageKey::from_bytes([0x22; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0x11; 32]), addr("alice"), UNIX_EPOCH)
+        .unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let wires: Vec<Vec<u8>> =
         (0..12).map(|i| alice.encrypt(bob.address(), format!("m{i}").as_bytes()).unwrap()).collect();
@@ -607,7 +618,7 @@ fn audit3_two_handles_using_skipped_keys_never_see_corrupt() {
     let dir = temp_dir("seeds-race");
     let path = dir.join("bob.db");
     let (bob, alice, wires) = bob_with_skipped(&path);
-    let other = Device::open(&path, &[0x22; 32]).unwrap();
+    let other = Device::open(&path, &StorageKey::from_bytes([0x22; 32])).unwrap();
     let delivered = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for (h, handle) in [&bob, &other].into_iter().enumerate() {
@@ -698,8 +709,8 @@ struct Party {
 impl Party {
     fn new(rng: &mut chacha20::ChaCha20Rng, name: &str) -> Self {
         let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
-        prekeys.add_one_time_prekeys(rng, &identity, 40, 1_000).unwrap();
+        let mut prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH + Duration::from_secs(1_000));
+        prekeys.add_one_time_prekeys(rng, &identity, 40, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
         Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
     }
 

@@ -21,6 +21,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use support::{addr, receive, temp_dir};
 
 use std::{
@@ -561,8 +563,8 @@ fn one_time_ids(bundles: &[Vec<u8>]) -> (Vec<Option<u32>>, Vec<(u32, PqPreKeyKin
 fn concurrent_handles_never_offer_a_one_time_prekey_twice() {
     let dir = temp_dir("concurrent");
     let path = dir.join("bob.db");
-    let bob = Device::create(&path, &[2; 32], addr("bob"), 0).unwrap();
-    bob.refill_prekeys(40, 40, 0).unwrap();
+    let bob = Device::create(&path, &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    bob.refill_prekeys(40, 40, UNIX_EPOCH).unwrap();
     let (x_held, q_held) = bob.prekey_counts().unwrap();
     drop(bob);
     let bundles = within(300, "concurrent bundles", move || {
@@ -572,7 +574,7 @@ fn concurrent_handles_never_offer_a_one_time_prekey_twice() {
                 let path = path.clone();
                 let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || {
-                    let device = Device::open(&path, &[2; 32]).unwrap();
+                    let device = Device::open(&path, &StorageKey::from_bytes([2; 32])).unwrap();
                     barrier.wait();
                     let mut got = Vec::new();
                     for i in 0..8 {
@@ -607,21 +609,27 @@ fn concurrent_handles_never_offer_a_one_time_prekey_twice() {
 fn consumption_in_any_order_keeps_the_accounting() {
     let dir = temp_dir("accounting");
     let path = dir.join("bob.db");
-    let bob = Device::create(&path, &[2; 32], addr("bob"), 0).unwrap();
-    bob.refill_prekeys(6, 6, 0).unwrap();
+    let bob = Device::create(&path, &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    bob.refill_prekeys(6, 6, UNIX_EPOCH).unwrap();
     let counts = bob.prekey_counts().unwrap();
     let first = bob.prekey_bundles(3).unwrap();
     assert!(bob.prekey_bundles(0).unwrap().is_empty());
     // Consume the third, then the first.
     for (i, b) in [(0usize, &first[2]), (1, &first[0])] {
-        let c = Device::create_in(MemoryBackend::new(), &[9; 32], addr(&format!("c{i}")), 0).unwrap();
+        let c = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([9; 32]),
+            addr(&format!("c{i}")),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         c.start_session(b).unwrap();
         let wire = c.encrypt(bob.address(), b"hi").unwrap();
         assert_eq!(receive(&bob, c.address(), &wire).unwrap(), b"hi");
     }
     assert_eq!(bob.prekey_counts().unwrap(), (counts.0 - 2, counts.1 - 2));
     drop(bob);
-    let bob = Device::open(&path, &[2; 32]).unwrap();
+    let bob = Device::open(&path, &StorageKey::from_bytes([2; 32])).unwrap();
     let rest = bob.prekey_bundles(10).unwrap();
     assert_eq!(rest.len(), 3, "the three never offered, and no other");
     let (x_first, _) = one_time_ids(&first);
@@ -629,7 +637,13 @@ fn consumption_in_any_order_keeps_the_accounting() {
     let seen: BTreeSet<_> = x_first.iter().chain(&x_rest).flatten().collect();
     assert_eq!(seen.len(), 6);
     for (i, b) in first.iter().skip(1).take(1).chain(rest.iter()).enumerate() {
-        let c = Device::create_in(MemoryBackend::new(), &[9; 32], addr(&format!("d{i}")), 0).unwrap();
+        let c = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([9; 32]),
+            addr(&format!("d{i}")),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         c.start_session(b).unwrap();
         let wire = c.encrypt(bob.address(), b"hi").unwrap();
         assert_eq!(receive(&bob, c.address(), &wire).unwrap(), b"hi", "bundle {i}");
@@ -657,15 +671,16 @@ fn consumption_in_any_order_keeps_the_accounting() {
 /// when the 200 cap would be exceeded.
 #[test]
 fn a_refill_after_every_key_was_handed_out_brings_one_time_prekeys_back() {
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
-    bob.refill_prekeys(10, 10, 0).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    bob.refill_prekeys(10, 10, UNIX_EPOCH).unwrap();
     let held = bob.prekey_counts().unwrap();
     let drained = bob.prekey_bundles(200).unwrap();
     assert_eq!(drained.len(), held.0.max(held.1));
     let (x, _) = one_time_ids(&[bob.prekey_bundle().unwrap()]);
     assert_eq!(x, vec![None], "everything handed out");
     // The app refills as documented.
-    let added = bob.refill_prekeys(5, 10, 100).unwrap();
+    let added = bob.refill_prekeys(5, 10, UNIX_EPOCH + Duration::from_secs(100)).unwrap();
     let counts = bob.prekey_counts().unwrap();
     let (x, q) = one_time_ids(&[bob.prekey_bundle().unwrap()]);
     assert!(
@@ -686,24 +701,29 @@ fn a_refill_after_every_key_was_handed_out_brings_one_time_prekeys_back() {
 /// prekey given twice still fails for the second taker (as documented).
 #[test]
 fn readme_rule_only_a_bundle_without_one_time_prekeys_goes_to_many_contacts() {
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
-    bob.refill_prekeys(2, 2, 0).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    bob.refill_prekeys(2, 2, UNIX_EPOCH).unwrap();
     let bundles = bob.prekey_bundles(10).unwrap();
     assert_eq!(bundles.len(), 2);
     let fallback = bob.prekey_bundle().unwrap();
     assert_eq!(one_time_ids(std::slice::from_ref(&fallback)).0, vec![None]);
     for (i, name) in ["carol", "dave", "erin"].into_iter().enumerate() {
-        let contact = Device::create_in(MemoryBackend::new(), &[3 + i as u8; 32], addr(name), 0).unwrap();
+        let contact =
+            Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([3 + i as u8; 32]), addr(name), UNIX_EPOCH)
+                .unwrap();
         contact.start_session(&fallback).unwrap();
         let wire = contact.encrypt(bob.address(), name.as_bytes()).unwrap();
         assert_eq!(receive(&bob, contact.address(), &wire).unwrap(), name.as_bytes());
     }
     // A bundle with one-time prekeys, given twice: the second taker fails.
-    let frank = Device::create_in(MemoryBackend::new(), &[7; 32], addr("frank"), 0).unwrap();
+    let frank =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([7; 32]), addr("frank"), UNIX_EPOCH).unwrap();
     frank.start_session(&bundles[0]).unwrap();
     let wire = frank.encrypt(bob.address(), b"frank").unwrap();
     assert_eq!(receive(&bob, frank.address(), &wire).unwrap(), b"frank");
-    let grace = Device::create_in(MemoryBackend::new(), &[8; 32], addr("grace"), 0).unwrap();
+    let grace =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([8; 32]), addr("grace"), UNIX_EPOCH).unwrap();
     grace.start_session(&bundles[0]).unwrap();
     let wire = grace.encrypt(bob.address(), b"grace").unwrap();
     assert!(receive(&bob, grace.address(), &wire).is_err(), "a consumed one-time prekey");
@@ -724,7 +744,7 @@ fn a_store_of_the_previous_release_does_not_reoffer_its_lowest_one_time_prekeys(
     let dir = temp_dir("upgrade");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema3/bob.db");
     std::fs::copy(&golden, dir.join("bob.db")).unwrap();
-    const BOB_KEY: [u8; 32] = [0x22; 32];
+    const BOB_KEY: StorageKey = StorageKey::from_bytes([0x22; 32]);
     let bob = Device::open(dir.join("bob.db"), &BOB_KEY).unwrap();
     let held_before = bob.prekey_counts().unwrap();
     assert!(held_before.0 > 0 && held_before.1 > 0, "the golden store holds one-time prekeys: {held_before:?}");
@@ -732,7 +752,7 @@ fn a_store_of_the_previous_release_does_not_reoffer_its_lowest_one_time_prekeys(
     assert_eq!(x, vec![None], "a one-time X25519 prekey of the previous release offered again");
     assert!(matches!(q[..], [(_, PqPreKeyKind::LastResort)]), "a one-time ML-KEM prekey offered again: {q:?}");
     // A refill: only new keys are offered; the old ones are still held.
-    let added = bob.refill_prekeys(3, 3, 0).unwrap();
+    let added = bob.refill_prekeys(3, 3, UNIX_EPOCH).unwrap();
     assert_eq!(added, 6);
     let held = bob.prekey_counts().unwrap();
     assert_eq!(held, (held_before.0 + 3, held_before.1 + 3));

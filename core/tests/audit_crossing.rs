@@ -28,6 +28,7 @@
 mod support;
 
 use chacha20::ChaCha20Rng;
+use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, ErrorKind, SessionError,
     address::Address,
@@ -35,6 +36,7 @@ use samizdat::{
     store::{Backend, MemoryBackend},
     wire::{Message, RatchetMessage},
 };
+use std::time::{Duration, UNIX_EPOCH};
 #[cfg(feature = "hazmat")]
 use support::attacker;
 use support::{
@@ -275,7 +277,7 @@ fn address(name: &str) -> Address {
 }
 
 fn device(name: &str, key: u8) -> Dev {
-    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -296,7 +298,7 @@ fn receive<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wire: &[u8]
 }
 
 fn heal<B: Backend, C: Backend>(healer: &Device<B>, peer: &Device<C>, unreadable: &[Vec<u8>], now: u64) -> Vec<u8> {
-    match healer.heal(&peer.prekey_bundle().unwrap(), unreadable, now).unwrap() {
+    match healer.heal(&peer.prekey_bundle().unwrap(), unreadable, UNIX_EPOCH + Duration::from_secs(now)).unwrap() {
         Heal::Sent(reset) => reset.message,
         other => panic!("no reset: {other:?}"),
     }

@@ -21,6 +21,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::time::{Duration, Instant};
 
 use chacha20::ChaCha20Rng;
@@ -52,7 +54,7 @@ fn address(name: &str) -> Address {
 }
 
 fn device(name: &str, key: u8) -> Device<MemoryBackend> {
-    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
 }
 
 fn send(from: &Device<MemoryBackend>, to: &str, text: &str) -> Vec<u8> {
@@ -436,13 +438,16 @@ fn q2_the_recovery_of_a_keyless_forgery_loses_nothing() {
     assert_eq!(error.kind().recovery(), Recovery::Heal);
     // The app heals, as the recovery says.
     let bundle = alice.prekey_bundle().unwrap();
-    assert!(matches!(bob.heal(&bundle, std::slice::from_ref(&forged), 1).unwrap(), Heal::Sent(_)));
+    assert!(matches!(
+        bob.heal(&bundle, std::slice::from_ref(&forged), UNIX_EPOCH + Duration::from_secs(1)).unwrap(),
+        Heal::Sent(_)
+    ));
     // Alice's answer, in flight on the old session, decrypts.
     assert_eq!(receive(&bob, "alice", &a1).unwrap(), b"a1");
     // Another forgery: no second reset within the interval.
     let again = ratchet_wire(&random_bytes(&mut rng, ENCRYPTED_HEADER_LEN), &random_bytes(&mut rng, 96));
     assert_eq!(failure(&bob, "alice", &again).kind().recovery(), Recovery::Heal);
-    assert!(matches!(bob.heal(&bundle, &[again], 2).unwrap(), Heal::TooSoon { .. }));
+    assert!(matches!(bob.heal(&bundle, &[again], UNIX_EPOCH + Duration::from_secs(2)).unwrap(), Heal::TooSoon { .. }));
 }
 
 /// The same schedule without the heal (the forgery dropped, as before the
@@ -1047,7 +1052,7 @@ fn q5_the_device_errors_and_their_codes() {
     // A restored Alice reuses a counter.
     let backup = copy_of(alice.backend());
     receive(&bob, "alice", &send(&alice, "bob", "m2")).unwrap();
-    let restored = Device::open_in(backup, &[1; 32]).unwrap();
+    let restored = Device::open_in(backup, &StorageKey::from_bytes([1; 32])).unwrap();
     seen.push(("rollback".into(), failure(&bob, "alice", &send(&restored, "bob", "m2, again"))));
     let mut far = Vec::new();
     for i in 0..=MAX_SKIP + 1 {
@@ -1069,7 +1074,9 @@ fn q5_the_device_errors_and_their_codes() {
     seen.push(("foreign pending".into(), bob.commit(foreign).unwrap_err()));
     seen.push((
         "no device".into(),
-        Device::open_in(MemoryBackend::new(), &[9; 32]).map(|_| ()).expect_err("a store without a device"),
+        Device::open_in(MemoryBackend::new(), &StorageKey::from_bytes([9; 32]))
+            .map(|_| ())
+            .expect_err("a store without a device"),
     ));
     let expected = [
         ("duplicate", ErrorKind::Duplicate),
@@ -1139,10 +1146,15 @@ fn q5_another_devices_store_asks_to_fix_the_call() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("alice.db");
-    drop(Device::create(&path, &[1; 32], address("alice"), 0).unwrap());
-    let errors: Vec<DeviceError> =
-        (0..3).map(|_| Device::open_or_create(&path, &[1; 32], address("bob"), 0).map(|_| ()).unwrap_err()).collect();
-    let sound = Device::open(&path, &[1; 32]).map(|device| device.address().clone());
+    drop(Device::create(&path, &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH).unwrap());
+    let errors: Vec<DeviceError> = (0..3)
+        .map(|_| {
+            Device::open_or_create(&path, &StorageKey::from_bytes([1; 32]), address("bob"), UNIX_EPOCH)
+                .map(|_| ())
+                .unwrap_err()
+        })
+        .collect();
+    let sound = Device::open(&path, &StorageKey::from_bytes([1; 32])).map(|device| device.address().clone());
     let _ = std::fs::remove_dir_all(&dir);
     assert!(errors.iter().all(|e| matches!(e, DeviceError::OtherDevice { .. })), "{errors:?}");
     assert_eq!(sound.unwrap(), address("alice"));

@@ -21,7 +21,8 @@
 //! 3. (low to medium) More than `MAX_ARCHIVED_STATES` unanswered heals in a
 //!    row (peer offline) drop the session the peer is still on.
 //! 4. (low) The rate limit's clock: a clock once far ahead blocks heals
-//!    until it catches up; at `now = u64::MAX` the limit is off.
+//!    until it catches up; at `now = u64::MAX` the limit is off. (`now` is
+//!    a `SystemTime` since: the end of the clock is `END` below.)
 //! 5. (low) The outbox index loader does not check `resent_as` for repeats,
 //!    the slot's own id, or later slots' ids.
 //! 6. (medium) A late message of the old session, read after answering a
@@ -35,6 +36,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use std::{
     cell::RefCell,
     sync::{
@@ -64,7 +67,7 @@ fn address(name: &str) -> Address {
 }
 
 fn device(name: &str, key: u8) -> Dev {
-    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
 }
 
 /// Alice (key 1) and Bob (key 2) with a session both ways; each kept the
@@ -77,9 +80,9 @@ fn pair() -> (Dev, Dev) {
 
 fn connect<B: Backend, C: Backend>(alice: &Device<B>, bob: &Device<C>) {
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
-    let hello = alice.encrypt_kept(bob.address(), b"hello", 0).unwrap();
+    let hello = alice.encrypt_kept(bob.address(), b"hello", UNIX_EPOCH).unwrap();
     assert_eq!(receive(bob, alice, &hello).unwrap(), Got::App(b"hello".to_vec()));
-    let back = bob.encrypt_kept(alice.address(), b"hello back", 0).unwrap();
+    let back = bob.encrypt_kept(alice.address(), b"hello back", UNIX_EPOCH).unwrap();
     assert_eq!(receive(alice, bob, &back).unwrap(), Got::App(b"hello back".to_vec()));
 }
 
@@ -116,7 +119,7 @@ fn kind(result: Result<Got, DeviceError>) -> ErrorKind {
 
 /// `healer` heals with `peer` after `unreadable`, at `now`: the reset.
 fn heal<B: Backend, C: Backend>(healer: &Device<B>, peer: &Device<C>, unreadable: &[Vec<u8>], now: u64) -> Vec<u8> {
-    match healer.heal(&peer.prekey_bundle().unwrap(), unreadable, now).unwrap() {
+    match healer.heal(&peer.prekey_bundle().unwrap(), unreadable, UNIX_EPOCH + Duration::from_secs(now)).unwrap() {
         Heal::Sent(reset) => {
             assert_eq!(&reset.to, peer.address());
             reset.message
@@ -278,10 +281,10 @@ impl Backend for Hooked {
 #[test]
 fn finding_a_largest_kept_message_blocks_the_fourth_reset_naming_it() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(10), ..HealPolicy::default() }).unwrap();
     let big = vec![0x42; MAX_KEPT_PLAINTEXT_LEN];
-    let big_wire = alice.encrypt_kept(bob.address(), &big, 1).unwrap();
-    let small_wire = alice.encrypt_kept(bob.address(), b"small", 1).unwrap();
+    let big_wire = alice.encrypt_kept(bob.address(), &big, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    let small_wire = alice.encrypt_kept(bob.address(), b"small", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     // Three resets, each answered by Alice, whose resends are lost.
     for round in 0..3u64 {
         let unreadable = if round == 0 { vec![big_wire.clone(), small_wire.clone()] } else { Vec::new() };
@@ -307,13 +310,15 @@ fn finding_a_largest_kept_message_blocks_the_fourth_reset_naming_it() {
 #[test]
 fn held_a_largest_kept_message_is_resent_three_times_and_one_byte_more_is_refused() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(10), ..HealPolicy::default() }).unwrap();
     let before = copy_of(alice.backend());
-    let error = alice.encrypt_kept(bob.address(), &vec![0; MAX_KEPT_PLAINTEXT_LEN + 1], 1).unwrap_err();
+    let error = alice
+        .encrypt_kept(bob.address(), &vec![0; MAX_KEPT_PLAINTEXT_LEN + 1], UNIX_EPOCH + Duration::from_secs(1))
+        .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::LimitExceeded, "{error:?}");
     assert!(same(&before, alice.backend()), "a refused encrypt_kept wrote");
     let big = vec![0x42; MAX_KEPT_PLAINTEXT_LEN];
-    let big_wire = alice.encrypt_kept(bob.address(), &big, 1).unwrap();
+    let big_wire = alice.encrypt_kept(bob.address(), &big, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     for round in 0..3u64 {
         let unreadable = if round == 0 { vec![big_wire.clone()] } else { Vec::new() };
         let reset = heal(&bob, &alice, &unreadable, 100 + 10 * round);
@@ -352,12 +357,12 @@ fn held_a_largest_kept_message_is_resent_three_times_and_one_byte_more_is_refuse
 fn finding_an_outbox_entry_past_its_age_is_still_resent() {
     let (alice, bob) = pair();
     let policy = HealPolicy::default();
-    let old = alice.encrypt_kept(bob.address(), b"a month old", 10).unwrap();
-    let now = 10 + policy.outbox_max_age + 24 * 3_600;
+    let old = alice.encrypt_kept(bob.address(), b"a month old", UNIX_EPOCH + Duration::from_secs(10)).unwrap();
+    let now = 10 + policy.outbox_max_age.as_secs() + 24 * 3_600;
     // Fixed: the app's `expire_outbox(now)` (at start, or going to the
     // background) deletes it, and a reset judges ages as of the latest time
     // the outbox was given.
-    assert!(alice.expire_outbox(now).unwrap() >= 1);
+    assert!(alice.expire_outbox(UNIX_EPOCH + Duration::from_secs(now)).unwrap() >= 1);
     assert_eq!(alice.outbox_len(bob.address()).unwrap(), 0);
     let reset = heal(&bob, &alice, std::slice::from_ref(&old), now);
     let resent = answer(&alice, &bob, &reset);
@@ -414,7 +419,7 @@ fn finding_repeated_unanswered_heals_drop_the_session_the_peer_is_on() {
 #[test]
 fn held_up_to_ten_unanswered_heals_keep_the_session_the_peer_is_on() {
     let (alice, bob) = pair();
-    let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
+    let lost = alice.encrypt_kept(bob.address(), b"lost", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let mut resets = Vec::new();
     for k in 0..MAX_ARCHIVED_STATES {
         let unreadable = if k == 0 { vec![lost.clone()] } else { Vec::new() };
@@ -458,6 +463,10 @@ fn held_up_to_ten_unanswered_heals_keep_the_session_the_peer_is_on() {
 /// likewise expire an entry whose `sent_at` is ahead of `now` by more than
 /// the age; (b) compare `now - last_reset_at < interval` (with `now >=
 /// last_reset_at`) instead of adding.
+/// The last whole second a `SystemTime` holds on Unix (`time_t` is an
+/// `i64`): the end of the clock an app can pass.
+const END: u64 = i64::MAX as u64;
+
 #[test]
 fn finding_the_rate_limit_clock_arithmetic() {
     let (alice, bob) = pair();
@@ -466,15 +475,15 @@ fn finding_the_rate_limit_clock_arithmetic() {
     heal(&bob, &alice, &[], wrong);
     // The clock is corrected; time passes, well past the interval.
     let later = real_now + 2 * INTERVAL;
-    let second = bob.heal(&alice.prekey_bundle().unwrap(), &[], later).unwrap();
+    let second = bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(later)).unwrap();
     // (b), on another pair: two heals at the end of the clock.
     let (carol, dave) = (device("carol", 3), device("dave", 4));
     connect(&carol, &dave);
-    heal(&dave, &carol, &[], u64::MAX);
-    let again = dave.heal(&carol.prekey_bundle().unwrap(), &[], u64::MAX).unwrap();
+    heal(&dave, &carol, &[], END);
+    let again = dave.heal(&carol.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(END)).unwrap();
     let a = match second {
         Heal::Sent(_) => None,
-        Heal::TooSoon { retry_at } => Some(format!("(a) refused until {retry_at}, {} s from now", retry_at - later)),
+        Heal::TooSoon { retry_at } => Some(format!("(a) refused until {retry_at:?}, at {later}")),
         other => panic!("{other:?}"),
     };
     let b = (!matches!(again, Heal::TooSoon { .. })).then(|| format!("(b) a second reset at the same time: {again:?}"));
@@ -489,39 +498,43 @@ fn finding_the_rate_limit_clock_arithmetic() {
 /// later clock.
 #[test]
 fn held_clocks_going_backwards_neither_panic_nor_lift_the_rate_limit() {
-    assert_eq!(HealPolicy::default().reset_interval, INTERVAL);
+    assert_eq!(HealPolicy::default().reset_interval, Duration::from_secs(INTERVAL));
     let (alice, bob) = pair();
     heal(&bob, &alice, &[], 5_000);
     assert_eq!(
-        bob.heal(&alice.prekey_bundle().unwrap(), &[], 100).unwrap(),
-        Heal::TooSoon { retry_at: 5_000 + INTERVAL }
+        bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(100)).unwrap(),
+        Heal::TooSoon { retry_at: UNIX_EPOCH + Duration::from_secs(5_000 + INTERVAL) }
     );
     assert_eq!(
-        bob.heal(&alice.prekey_bundle().unwrap(), &[], 0).unwrap(),
-        Heal::TooSoon { retry_at: 5_000 + INTERVAL }
+        bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH).unwrap(),
+        Heal::TooSoon { retry_at: UNIX_EPOCH + Duration::from_secs(5_000 + INTERVAL) }
     );
-    let reset = heal(&bob, &alice, &[], u64::MAX - 1);
+    let reset = heal(&bob, &alice, &[], END - 1);
     answer(&alice, &bob, &reset);
     assert_eq!(
-        bob.heal(&alice.prekey_bundle().unwrap(), &[], u64::MAX - 1).unwrap(),
-        Heal::TooSoon { retry_at: u64::MAX }
+        bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(END - 1)).unwrap(),
+        Heal::TooSoon { retry_at: UNIX_EPOCH + Duration::from_secs(END) }
     );
 
     alice
-        .set_heal_policy(HealPolicy { outbox_max_age: 100, outbox_max_messages: 10, ..HealPolicy::default() })
+        .set_heal_policy(HealPolicy {
+            outbox_max_age: Duration::from_secs(100),
+            outbox_max_messages: 10,
+            ..HealPolicy::default()
+        })
         .unwrap();
     let peer = bob.address();
-    alice.encrypt_kept(peer, b"at 1000", 1_000).unwrap();
+    alice.encrypt_kept(peer, b"at 1000", UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
     // Ages are judged as of the latest time the outbox was given (1000; a
     // clock set back by less than CLOCK_CORRECTION does not move it back):
     // "hello" (at 0) and "at 500" are past 100 at 1000.
-    alice.encrypt_kept(peer, b"at 500", 500).unwrap();
+    alice.encrypt_kept(peer, b"at 500", UNIX_EPOCH + Duration::from_secs(500)).unwrap();
     assert_eq!(alice.outbox_len(peer).unwrap(), 1);
-    alice.encrypt_kept(peer, b"at 0", 0).unwrap();
+    alice.encrypt_kept(peer, b"at 0", UNIX_EPOCH).unwrap();
     assert_eq!(alice.outbox_len(peer).unwrap(), 1);
-    alice.encrypt_kept(peer, b"at 1099", 1_099).unwrap();
+    alice.encrypt_kept(peer, b"at 1099", UNIX_EPOCH + Duration::from_secs(1_099)).unwrap();
     assert_eq!(alice.outbox_len(peer).unwrap(), 2, "only 1000 and 1099 are younger than 100 at 1099");
-    alice.encrypt_kept(peer, b"at max", u64::MAX).unwrap();
+    alice.encrypt_kept(peer, b"at max", UNIX_EPOCH + Duration::from_secs(END)).unwrap();
     assert_eq!(alice.outbox_len(peer).unwrap(), 1);
 }
 
@@ -543,12 +556,22 @@ fn held_clocks_going_backwards_neither_panic_nor_lift_the_rate_limit() {
 #[test]
 fn held_hostile_resets_cost_at_most_64_reads_and_64_resends_each() {
     let store = Arc::new(MemoryBackend::new());
-    let hooked = Device::create_in(Hooked::new(store.clone()), &[1; 32], address("alice"), 0).unwrap();
+    let hooked =
+        Device::create_in(Hooked::new(store.clone()), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+            .unwrap();
     let bob = device("bob", 2);
     connect(&hooked, &bob);
-    bob.set_heal_policy(HealPolicy { reset_interval: 0, ..HealPolicy::default() }).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(0), ..HealPolicy::default() }).unwrap();
     let kept: Vec<Vec<u8>> = (0..MAX_OUTBOX_MESSAGES)
-        .map(|i| hooked.encrypt_kept(bob.address(), &[u8::try_from(i % 251).unwrap(); 1_024], 5).unwrap())
+        .map(|i| {
+            hooked
+                .encrypt_kept(
+                    bob.address(),
+                    &[u8::try_from(i % 251).unwrap(); 1_024],
+                    UNIX_EPOCH + Duration::from_secs(5),
+                )
+                .unwrap()
+        })
         .collect();
     assert_eq!(hooked.outbox_len(bob.address()).unwrap(), MAX_OUTBOX_MESSAGES);
     let rows = |store: &MemoryBackend| store.scan(Table::Sessions).unwrap().len();
@@ -590,8 +613,8 @@ fn held_hostile_resets_cost_at_most_64_reads_and_64_resends_each() {
 #[test]
 fn held_a_reset_naming_a_message_by_all_its_ids_sends_it_once() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 1, ..HealPolicy::default() }).unwrap();
-    let original = alice.encrypt_kept(bob.address(), b"one message", 1).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(1), ..HealPolicy::default() }).unwrap();
+    let original = alice.encrypt_kept(bob.address(), b"one message", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let mut all = vec![original.clone()];
     for now in [10, 20] {
         let reset = heal(&bob, &alice, &all, now);
@@ -631,8 +654,8 @@ fn held_a_reset_naming_a_message_by_all_its_ids_sends_it_once() {
 #[test]
 fn held_a_replayed_reset_resends_nothing() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 0, ..HealPolicy::default() }).unwrap();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(0), ..HealPolicy::default() }).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&kept), 10);
     let resent = answer(&alice, &bob, &reset);
     assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
@@ -662,12 +685,12 @@ fn held_a_replayed_reset_resends_nothing() {
 #[test]
 fn held_a_reset_replayed_into_a_restored_store_delivers_once() {
     let (alice, bob) = pair();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let backup = copy_of(alice.backend());
     let reset = heal(&bob, &alice, std::slice::from_ref(&kept), 10);
     let resent = answer(&alice, &bob, &reset);
     assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
-    let alice = Device::open_in(backup, &[1; 32]).unwrap();
+    let alice = Device::open_in(backup, &StorageKey::from_bytes([1; 32])).unwrap();
     let again = answer(&alice, &bob, &reset);
     assert_eq!(again.len(), 1);
     let error = bob.decrypt(alice.address(), &again[0]).unwrap_err();
@@ -730,7 +753,9 @@ impl Crossing {
             for side in 0..2 {
                 let text = format!("side {side} round {round} at {}", self.now);
                 let peer = self.sides[1 - side].address().clone();
-                let wire = self.sides[side].encrypt_kept(&peer, text.as_bytes(), self.now).unwrap();
+                let wire = self.sides[side]
+                    .encrypt_kept(&peer, text.as_bytes(), UNIX_EPOCH + Duration::from_secs(self.now))
+                    .unwrap();
                 self.net.push((1 - side, wire));
             }
             self.drain(rng);
@@ -759,7 +784,14 @@ impl Crossing {
             if self.unreadable[side].is_empty() && !waiting {
                 continue;
             }
-            match self.sides[side].heal(&peer.prekey_bundle().unwrap(), &self.unreadable[side], self.now).unwrap() {
+            match self.sides[side]
+                .heal(
+                    &peer.prekey_bundle().unwrap(),
+                    &self.unreadable[side],
+                    UNIX_EPOCH + Duration::from_secs(self.now),
+                )
+                .unwrap()
+            {
                 Heal::Sent(reset) => {
                     self.unreadable[side].clear();
                     self.resets[side] += 1;
@@ -788,8 +820,8 @@ fn held_crossing_heals_in_any_order_converge_and_deliver_once() {
     for seed in 0..200u64 {
         let mut rng = rng(seed);
         let (alice, bob) = pair();
-        let to_bob = alice.encrypt_kept(bob.address(), b"for bob", 1).unwrap();
-        let to_alice = bob.encrypt_kept(alice.address(), b"for alice", 1).unwrap();
+        let to_bob = alice.encrypt_kept(bob.address(), b"for bob", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+        let to_alice = bob.encrypt_kept(alice.address(), b"for alice", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         let from_bob = heal(&bob, &alice, std::slice::from_ref(&to_bob), 10);
         let from_alice = heal(&alice, &bob, std::slice::from_ref(&to_alice), 10);
         let mut world = Crossing {
@@ -839,9 +871,9 @@ fn held_crossing_heals_in_any_order_converge_and_deliver_once() {
 #[test]
 fn held_crossing_heals_with_a_second_reset_read_first() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 5, ..HealPolicy::default() }).unwrap();
-    let to_bob = alice.encrypt_kept(bob.address(), b"for bob", 1).unwrap();
-    let to_alice = bob.encrypt_kept(alice.address(), b"for alice", 1).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(5), ..HealPolicy::default() }).unwrap();
+    let to_bob = alice.encrypt_kept(bob.address(), b"for bob", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    let to_alice = bob.encrypt_kept(alice.address(), b"for alice", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let first = heal(&bob, &alice, std::slice::from_ref(&to_bob), 10);
     let second = heal(&bob, &alice, &[], 20);
     let from_alice = heal(&alice, &bob, std::slice::from_ref(&to_alice), 10);
@@ -879,7 +911,7 @@ fn held_crossing_heals_with_a_second_reset_read_first() {
 fn held_a_reset_discards_nothing_in_flight() {
     for _ in 0..8 {
         let (alice, bob) = pair();
-        let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
+        let lost = alice.encrypt_kept(bob.address(), b"lost", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         let from_bob_old = bob.encrypt(alice.address(), b"bob, old session").unwrap();
         let reset = heal(&bob, &alice, std::slice::from_ref(&lost), 10);
         let from_alice_old = alice.encrypt(bob.address(), b"alice, old session").unwrap();
@@ -929,7 +961,7 @@ fn finding_a_late_old_message_after_the_reset_undoes_the_heal() {
     let mut broken = 0;
     for _ in 0..24 {
         let (alice, bob) = pair();
-        let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
+        let lost = alice.encrypt_kept(bob.address(), b"lost", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         let from_bob_old = bob.encrypt(alice.address(), b"bob, old session").unwrap();
         let reset = heal(&bob, &alice, std::slice::from_ref(&lost), 10);
         let resent = answer(&alice, &bob, &reset);
@@ -961,7 +993,10 @@ fn held_a_heal_with_another_peers_bundle_touches_only_that_peer() {
     connect(&alice, &carol);
     let unreadable = alice.encrypt(bob.address(), b"pretend bob's").unwrap();
     let before = alice.backend().snapshot();
-    match alice.heal(&carol.prekey_bundle().unwrap(), std::slice::from_ref(&unreadable), 10).unwrap() {
+    match alice
+        .heal(&carol.prekey_bundle().unwrap(), std::slice::from_ref(&unreadable), UNIX_EPOCH + Duration::from_secs(10))
+        .unwrap()
+    {
         Heal::Sent(reset) => assert_eq!(&reset.to, carol.address()),
         other => panic!("{other:?}"),
     }
@@ -973,7 +1008,10 @@ fn held_a_heal_with_another_peers_bundle_touches_only_that_peer() {
     assert_eq!(alice.awaiting_resends(carol.address()).unwrap(), 1);
     // Bob's session works as it did, and his healing is still free to go.
     converse(&alice, &bob, "bob untouched");
-    assert!(matches!(alice.heal(&bob.prekey_bundle().unwrap(), &[], 11).unwrap(), Heal::Sent(_)));
+    assert!(matches!(
+        alice.heal(&bob.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(11)).unwrap(),
+        Heal::Sent(_)
+    ));
 }
 
 /// Resets from who has no right to Bob's outbox: Dave (no session with
@@ -986,13 +1024,15 @@ fn held_a_heal_with_another_peers_bundle_touches_only_that_peer() {
 #[test]
 fn held_resets_from_another_peer_or_identity_get_nothing() {
     let (alice, bob) = pair();
-    let kept: Vec<Vec<u8>> = (0..3).map(|i| alice.encrypt_kept(bob.address(), &[i], 1).unwrap()).collect();
+    let kept: Vec<Vec<u8>> =
+        (0..3).map(|i| alice.encrypt_kept(bob.address(), &[i], UNIX_EPOCH + Duration::from_secs(1)).unwrap()).collect();
     let dave = device("dave", 4);
     let reset = heal(&dave, &alice, &kept, 10);
     assert!(answer(&alice, &dave, &reset).is_empty());
     assert_eq!(alice.outbox_len(bob.address()).unwrap(), 4);
 
-    let mallory = Device::create_in(MemoryBackend::new(), &[66; 32], address("bob"), 0).unwrap();
+    let mallory =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([66; 32]), address("bob"), UNIX_EPOCH).unwrap();
     let reset = heal(&mallory, &alice, &kept, 10);
     let before = copy_of(alice.backend());
     assert_eq!(kind(receive(&alice, &mallory, &reset)), ErrorKind::UntrustedIdentity);
@@ -1001,7 +1041,7 @@ fn held_resets_from_another_peer_or_identity_get_nothing() {
     assert!(answer(&alice, &mallory, &reset).is_empty(), "sent to Bob's identity: not to Mallory's");
     // Alice goes back to Bob's identity: Bob gets his messages, and what
     // she kept while she trusted Mallory is not his.
-    let for_mallory = alice.encrypt_kept(bob.address(), b"to mallory", 20).unwrap();
+    let for_mallory = alice.encrypt_kept(bob.address(), b"to mallory", UNIX_EPOCH + Duration::from_secs(20)).unwrap();
     alice.trust_identity(bob.address(), bob.identity_key()).unwrap();
     let mut named = kept.clone();
     named.push(for_mallory);
@@ -1019,8 +1059,8 @@ fn held_acknowledge_touches_only_that_peer() {
     let (alice, bob) = pair();
     let carol = device("carol", 3);
     connect(&alice, &carol);
-    let to_bob = alice.encrypt_kept(bob.address(), b"bob's", 1).unwrap();
-    let to_carol = alice.encrypt_kept(carol.address(), b"carol's", 1).unwrap();
+    let to_bob = alice.encrypt_kept(bob.address(), b"bob's", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    let to_carol = alice.encrypt_kept(carol.address(), b"carol's", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let before = copy_of(alice.backend());
     assert_eq!(alice.acknowledge(bob.address(), &[message_id(&to_carol)]).unwrap(), 0);
     assert_eq!(alice.acknowledge(carol.address(), &[message_id(&to_bob)]).unwrap(), 0);
@@ -1048,22 +1088,22 @@ fn held_an_outbox_of_zero_messages_or_zero_age_keeps_nothing() {
             alice.backend().scan(Table::Sessions).unwrap().iter().filter(|(key, _)| is_entry_key(key)).count();
         entries + alice.backend().scan(Table::Outboxes).unwrap().len()
     };
-    alice.encrypt_kept(peer, b"one", 1).unwrap();
+    alice.encrypt_kept(peer, b"one", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     assert_eq!(rows(&alice), 3);
     assert_eq!(alice.outbox_len(peer).unwrap(), 2);
     alice.set_heal_policy(HealPolicy { outbox_max_messages: 0, ..HealPolicy::default() }).unwrap();
-    let wire = alice.encrypt_kept(peer, b"two", 2).unwrap();
+    let wire = alice.encrypt_kept(peer, b"two", UNIX_EPOCH + Duration::from_secs(2)).unwrap();
     assert_eq!(alice.outbox_len(peer).unwrap(), 0);
     assert_eq!(rows(&alice), 0, "no index, no entries left");
     assert_eq!(receive(&bob, &alice, &wire).unwrap(), Got::App(b"two".to_vec()));
-    alice.set_heal_policy(HealPolicy { outbox_max_age: 0, ..HealPolicy::default() }).unwrap();
-    alice.encrypt_kept(peer, b"three", 3).unwrap();
+    alice.set_heal_policy(HealPolicy { outbox_max_age: Duration::from_secs(0), ..HealPolicy::default() }).unwrap();
+    alice.encrypt_kept(peer, b"three", UNIX_EPOCH + Duration::from_secs(3)).unwrap();
     assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (0, 0));
     let error = alice
         .set_heal_policy(HealPolicy { outbox_max_messages: MAX_OUTBOX_MESSAGES + 1, ..HealPolicy::default() })
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
-    assert_eq!(alice.heal_policy().outbox_max_age, 0, "a refused policy changed nothing");
+    assert_eq!(alice.heal_policy().outbox_max_age, Duration::from_secs(0), "a refused policy changed nothing");
 }
 
 // ---------------------------------------------------------------------------
@@ -1072,7 +1112,9 @@ fn held_an_outbox_of_zero_messages_or_zero_age_keeps_nothing() {
 
 fn handles() -> (Arc<MemoryBackend>, Arc<Device<Arc<MemoryBackend>>>, Dev) {
     let store = Arc::new(MemoryBackend::new());
-    let alice = Arc::new(Device::create_in(store.clone(), &[1; 32], address("alice"), 0).unwrap());
+    let alice = Arc::new(
+        Device::create_in(store.clone(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH).unwrap(),
+    );
     let bob = device("bob", 2);
     connect(&*alice, &bob);
     (store, alice, bob)
@@ -1086,12 +1128,13 @@ fn handles() -> (Arc<MemoryBackend>, Arc<Device<Arc<MemoryBackend>>>, Dev) {
 #[test]
 fn held_a_reset_commit_racing_another_handle_writes_nothing() {
     let (store, other, bob) = handles();
-    let alice = Device::open_in(store.clone(), &[1; 32]).unwrap();
-    let kept: Vec<Vec<u8>> = (0..2).map(|i| alice.encrypt_kept(bob.address(), &[i], 1).unwrap()).collect();
+    let alice = Device::open_in(store.clone(), &StorageKey::from_bytes([1; 32])).unwrap();
+    let kept: Vec<Vec<u8>> =
+        (0..2).map(|i| alice.encrypt_kept(bob.address(), &[i], UNIX_EPOCH + Duration::from_secs(1)).unwrap()).collect();
     let reset = heal(&bob, &alice, &kept, 10);
 
     let pending = alice.decrypt(bob.address(), &reset).unwrap();
-    other.encrypt_kept(bob.address(), b"meanwhile", 2).unwrap();
+    other.encrypt_kept(bob.address(), b"meanwhile", UNIX_EPOCH + Duration::from_secs(2)).unwrap();
     let before = copy_of(&store);
     let error = alice.commit(pending).unwrap_err();
     assert!(matches!(error, DeviceError::Session(SessionError::StalePending)), "{error:?}");
@@ -1116,11 +1159,14 @@ fn held_a_reset_commit_racing_another_handle_writes_nothing() {
 #[test]
 fn held_an_acknowledgement_between_the_index_and_the_entry_read_is_seen() {
     let store = Arc::new(MemoryBackend::new());
-    let other = Arc::new(Device::create_in(store.clone(), &[1; 32], address("alice"), 0).unwrap());
-    let alice = Device::open_in(Hooked::new(store.clone()), &[1; 32]).unwrap();
+    let other = Arc::new(
+        Device::create_in(store.clone(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH).unwrap(),
+    );
+    let alice = Device::open_in(Hooked::new(store.clone()), &StorageKey::from_bytes([1; 32])).unwrap();
     let bob = device("bob", 2);
     connect(&alice, &bob);
-    let kept: Vec<Vec<u8>> = (0..2).map(|i| alice.encrypt_kept(bob.address(), &[i], 1).unwrap()).collect();
+    let kept: Vec<Vec<u8>> =
+        (0..2).map(|i| alice.encrypt_kept(bob.address(), &[i], UNIX_EPOCH + Duration::from_secs(1)).unwrap()).collect();
     let reset = heal(&bob, &alice, &kept, 10);
     let id = message_id(&kept[0]);
     let acknowledging = other.clone();
@@ -1145,22 +1191,26 @@ fn held_an_acknowledgement_between_the_index_and_the_entry_read_is_seen() {
 #[test]
 fn held_two_handles_healing_at_once_make_one_reset() {
     let store = Arc::new(MemoryBackend::new());
-    let bob = Arc::new(Device::create_in(store.clone(), &[2; 32], address("bob"), 0).unwrap());
-    let hooked = Device::open_in(Hooked::new(store.clone()), &[2; 32]).unwrap();
+    let bob = Arc::new(
+        Device::create_in(store.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap(),
+    );
+    let hooked = Device::open_in(Hooked::new(store.clone()), &StorageKey::from_bytes([2; 32])).unwrap();
     let alice = Arc::new(device("alice", 1));
     connect(&*alice, &*bob);
     let sent = Arc::new(AtomicUsize::new(0));
     let (racer, bundle_of, count) = (bob.clone(), alice.clone(), sent.clone());
     *hooked.backend().before_apply.lock().unwrap() = Some(Box::new(move || {
-        if let Heal::Sent(_) = racer.heal(&bundle_of.prekey_bundle().unwrap(), &[], 100).unwrap() {
+        if let Heal::Sent(_) =
+            racer.heal(&bundle_of.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(100)).unwrap()
+        {
             count.fetch_add(1, Ordering::SeqCst);
         }
     }));
-    match hooked.heal(&alice.prekey_bundle().unwrap(), &[], 100).unwrap() {
+    match hooked.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(100)).unwrap() {
         Heal::Sent(_) => {
             sent.fetch_add(1, Ordering::SeqCst);
         }
-        Heal::TooSoon { retry_at } => assert_eq!(retry_at, 100 + INTERVAL),
+        Heal::TooSoon { retry_at } => assert_eq!(retry_at, UNIX_EPOCH + Duration::from_secs(100 + INTERVAL)),
         other => panic!("{other:?}"),
     }
     assert_eq!(sent.load(Ordering::SeqCst), 1, "two resets in one interval");
@@ -1184,24 +1234,34 @@ fn held_failed_healing_calls_change_nothing() {
     };
     let reinstalled = device("alice", 9);
     check("heal, untrusted identity", &|| {
-        let error = bob.heal(&reinstalled.prekey_bundle().unwrap(), &[b"x".to_vec()], 10).unwrap_err();
+        let error = bob
+            .heal(&reinstalled.prekey_bundle().unwrap(), &[b"x".to_vec()], UNIX_EPOCH + Duration::from_secs(10))
+            .unwrap_err();
         error.kind() == ErrorKind::UntrustedIdentity
     });
-    check("heal, junk bundle", &|| bob.heal(b"junk", &[], 10).is_err());
+    check("heal, junk bundle", &|| bob.heal(b"junk", &[], UNIX_EPOCH + Duration::from_secs(10)).is_err());
     let mut bundle = alice.prekey_bundle().unwrap();
     let last = bundle.len() - 1;
     bundle[last] ^= 1;
-    check("heal, altered bundle", &|| bob.heal(&bundle, &[], 10).is_err());
+    check("heal, altered bundle", &|| bob.heal(&bundle, &[], UNIX_EPOCH + Duration::from_secs(10)).is_err());
     heal(&bob, &alice, &[b"x".to_vec()], 10);
-    check("heal, too soon", &|| matches!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 11), Ok(Heal::TooSoon { .. })));
-    check("encrypt_kept, no session", &|| bob.encrypt_kept(&address("nobody"), b"x", 1).is_err());
+    check("heal, too soon", &|| {
+        matches!(
+            bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(11)),
+            Ok(Heal::TooSoon { .. })
+        )
+    });
+    check("encrypt_kept, no session", &|| {
+        bob.encrypt_kept(&address("nobody"), b"x", UNIX_EPOCH + Duration::from_secs(1)).is_err()
+    });
     check("encrypt_kept, too large", &|| {
-        bob.encrypt_kept(alice.address(), &vec![0; MAX_KEPT_PLAINTEXT_LEN + 1], 1).is_err()
+        bob.encrypt_kept(alice.address(), &vec![0; MAX_KEPT_PLAINTEXT_LEN + 1], UNIX_EPOCH + Duration::from_secs(1))
+            .is_err()
     });
     check("acknowledge, unknown", &|| bob.acknowledge(alice.address(), &[[7; 16]]).unwrap() == 0);
 
     // A resend's pending made stale by the original read first.
-    let delayed = alice.encrypt_kept(bob.address(), b"delayed", 1).unwrap();
+    let delayed = alice.encrypt_kept(bob.address(), b"delayed", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&delayed), 10 + INTERVAL);
     let resent = answer(&alice, &bob, &reset);
     let pending = RefCell::new(Some(bob.decrypt(alice.address(), &resent[0]).unwrap()));
@@ -1219,7 +1279,7 @@ fn held_failed_healing_calls_change_nothing() {
 #[test]
 fn held_altered_resets_and_resends_neither_panic_nor_write() {
     let (alice, bob) = pair();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&kept), 10);
     let mut noise = rng(7);
     let variants = |wire: &[u8], noise: &mut chacha20::ChaCha20Rng| {
@@ -1252,7 +1312,7 @@ fn held_altered_resets_and_resends_neither_panic_nor_write() {
     assert!(same(&before, bob.backend()));
     assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
     // `heal` with junk as unreadable bytes: any bytes have an id.
-    bob.set_heal_policy(HealPolicy { reset_interval: 0, ..HealPolicy::default() }).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(0), ..HealPolicy::default() }).unwrap();
     let junk: Vec<Vec<u8>> = vec![Vec::new(), vec![0; 1], vec![0xff; 300_000]];
     let reset = heal(&bob, &alice, &junk, 20);
     assert!(answer(&alice, &bob, &reset).is_empty());
@@ -1266,8 +1326,8 @@ fn held_altered_resets_and_resends_neither_panic_nor_write() {
 #[test]
 fn held_forgeries_make_at_most_one_reset_per_peer_per_interval_across_handles() {
     let store = Arc::new(MemoryBackend::new());
-    let first = Device::create_in(store.clone(), &[2; 32], address("bob"), 0).unwrap();
-    let second = Device::open_in(store, &[2; 32]).unwrap();
+    let first = Device::create_in(store.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap();
+    let second = Device::open_in(store, &StorageKey::from_bytes([2; 32])).unwrap();
     let alice = device("alice", 1);
     connect(&alice, &first);
     let genuine = alice.encrypt(first.address(), b"genuine").unwrap();
@@ -1281,7 +1341,9 @@ fn held_forgeries_make_at_most_one_reset_per_peer_per_interval_across_handles() 
             continue;
         }
         let now = 100 + u64::from(i);
-        if let Heal::Sent(reset) = handle.heal(&alice.prekey_bundle().unwrap(), &[forged], now).unwrap() {
+        if let Heal::Sent(reset) =
+            handle.heal(&alice.prekey_bundle().unwrap(), &[forged], UNIX_EPOCH + Duration::from_secs(now)).unwrap()
+        {
             assert_eq!(&reset.to, alice.address());
             sent += 1;
         }
@@ -1296,7 +1358,7 @@ fn held_forgeries_make_at_most_one_reset_per_peer_per_interval_across_handles() 
 #[test]
 fn held_a_batch_leaves_healing_to_decrypt_and_refuses_late_originals() {
     let (alice, bob) = pair();
-    let delayed = alice.encrypt_kept(bob.address(), b"delayed", 1).unwrap();
+    let delayed = alice.encrypt_kept(bob.address(), b"delayed", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&delayed), 10);
     let batch = alice.decrypt_batch(&[(bob.address().clone(), reset.clone())]).unwrap();
     assert!(matches!(batch.results()[0], Err(SessionError::NotInBatch)), "{:?}", batch.results()[0]);
@@ -1390,7 +1452,7 @@ mod crafted {
 fn held_crafted_healing_bookkeeping_is_checked_on_load() {
     use samizdat::limits::{MAX_AWAITED_RESENDS, MAX_DELIVERED_RESENDS};
     let (alice, bob) = pair();
-    let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
+    let lost = alice.encrypt_kept(bob.address(), b"lost", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     heal(&bob, &alice, std::slice::from_ref(&lost), 10);
     let peer = alice.address().clone();
     let good = copy_of(bob.backend());
@@ -1451,12 +1513,13 @@ fn held_crafted_healing_bookkeeping_is_checked_on_load() {
         ("a short base key", false, Box::new(|h| h.last_reset_base_key.truncate(31))),
     ];
     for (what, loads, edit) in cases {
-        let bob = Device::open_in(copy_of(&good), &[2; 32]).unwrap();
+        let bob = Device::open_in(copy_of(&good), &StorageKey::from_bytes([2; 32])).unwrap();
         crafted::edit_healing(&bob, 2, &peer, edit);
         let results = [
             bob.awaiting_resends(&peer).map(|_| ()),
             bob.has_session(&peer).map(|_| ()),
-            bob.heal(&alice.prekey_bundle().unwrap(), &[], 10 + 2 * INTERVAL).map(|_| ()),
+            bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(10 + 2 * INTERVAL))
+                .map(|_| ()),
         ];
         for result in results {
             match (loads, result) {
@@ -1477,8 +1540,8 @@ fn held_crafted_healing_bookkeeping_is_checked_on_load() {
 fn held_crafted_outbox_rows_are_checked_on_load() {
     use samizdat_proto::storage;
     let (alice, bob) = pair();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
-    bob.set_heal_policy(HealPolicy { reset_interval: 0, ..HealPolicy::default() }).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(0), ..HealPolicy::default() }).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&kept), 10);
     let peer = bob.address().clone();
     let good = copy_of(alice.backend());
@@ -1520,7 +1583,7 @@ fn held_crafted_outbox_rows_are_checked_on_load() {
         ),
     ];
     for (what, edit) in index_cases {
-        let alice = Device::open_in(copy_of(&good), &[1; 32]).unwrap();
+        let alice = Device::open_in(copy_of(&good), &StorageKey::from_bytes([1; 32])).unwrap();
         let mut index = crafted::index(&alice, 1, &peer);
         edit(&mut index);
         crafted::set_index(&alice, 1, &peer, &index);
@@ -1529,7 +1592,10 @@ fn held_crafted_outbox_rows_are_checked_on_load() {
             matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Outboxes })))
         };
         assert!(corrupt(alice.outbox_len(&peer).map(|_| ())), "{what}: outbox_len");
-        assert!(corrupt(alice.encrypt_kept(&peer, b"x", 2).map(|_| ())), "{what}: encrypt_kept");
+        assert!(
+            corrupt(alice.encrypt_kept(&peer, b"x", UNIX_EPOCH + Duration::from_secs(2)).map(|_| ())),
+            "{what}: encrypt_kept"
+        );
         assert!(corrupt(alice.acknowledge(&peer, &[message_id(&kept)]).map(|_| ())), "{what}: acknowledge");
         assert!(corrupt(alice.decrypt(&peer, &reset).map(|_| ())), "{what}: the reset");
         assert!(same(&before, alice.backend()), "{what}: wrote");
@@ -1542,7 +1608,7 @@ fn held_crafted_outbox_rows_are_checked_on_load() {
         ("a plaintext too long", Box::new(|e| e.plaintext = vec![0; MAX_KEPT_PLAINTEXT_LEN + 1])),
     ];
     for (what, edit) in entry_cases {
-        let alice = Device::open_in(copy_of(&good), &[1; 32]).unwrap();
+        let alice = Device::open_in(copy_of(&good), &StorageKey::from_bytes([1; 32])).unwrap();
         let kept_id = message_id(&kept).to_vec();
         let (row_key, mut entry) =
             crafted::entries(&alice, 1).into_iter().find(|(_, e)| e.id == kept_id).expect("the entry");
@@ -1576,7 +1642,7 @@ fn held_crafted_outbox_rows_are_checked_on_load() {
 #[test]
 fn finding_crafted_resend_ids_in_the_outbox_index_are_not_checked() {
     let (alice, bob) = pair();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let peer = bob.address().clone();
     let mut index = crafted::index(&alice, 1, &peer);
     let own = index.entries[1].id.clone();
@@ -1610,7 +1676,7 @@ fn held_a_resends_other_ids_affect_only_that_peers_messages() {
     let (alice, bob) = pair();
     let carol = device("carol", 3);
     connect(&carol, &bob);
-    let named = alice.encrypt_kept(bob.address(), b"named", 1).unwrap();
+    let named = alice.encrypt_kept(bob.address(), b"named", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let later = alice.encrypt(bob.address(), b"alice, not read yet").unwrap();
     let from_carol = carol.encrypt(bob.address(), b"carol's").unwrap();
     let peer = bob.address().clone();
@@ -1636,7 +1702,7 @@ fn held_the_message_id_of_a_resend_is_the_originals() {
         <MessageId>::try_from(hex::decode("a8e5bf1e8921649b0338016308de60bd").unwrap()).unwrap()
     );
     let (alice, bob) = pair();
-    let original = alice.encrypt_kept(bob.address(), b"x", 1).unwrap();
+    let original = alice.encrypt_kept(bob.address(), b"x", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&original), 10);
     let resent = answer(&alice, &bob, &reset);
     let pending = bob.decrypt(alice.address(), &resent[0]).unwrap();

@@ -64,6 +64,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use support::{addr, temp_dir};
 
 use std::{
@@ -80,8 +82,8 @@ use samizdat::{
     store::{Backend, Expected, MemoryBackend, Rewrite, Row, Scrub, SqliteBackend, StoreError, Table, Write},
 };
 
-const OLD: [u8; 32] = [0x1a; 32];
-const NEW: [u8; 32] = [0x1b; 32];
+const OLD: StorageKey = StorageKey::from_bytes([0x1a; 32]);
+const NEW: StorageKey = StorageKey::from_bytes([0x1b; 32]);
 const PASSPHRASE: &[u8] = b"an auditor's long passphrase";
 
 type Mem = Arc<MemoryBackend>;
@@ -89,7 +91,7 @@ type Mem = Arc<MemoryBackend>;
 type Outcome = Arc<Mutex<Option<Result<Vec<u8>, DeviceError>>>>;
 
 fn memory_device(name: &str, key: u8) -> Device<MemoryBackend> {
-    Device::create_in(MemoryBackend::new(), &[key; 32], addr(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), addr(name), UNIX_EPOCH).unwrap()
 }
 
 fn receive<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
@@ -177,7 +179,7 @@ impl Backend for Hooked {
 #[test]
 fn finding_1_default_rewrite_all_lets_a_stale_insert_survive_the_rotation() {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     let dave = memory_device("dave", 4);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
@@ -231,7 +233,7 @@ fn finding_1_default_rewrite_all_lets_a_stale_insert_survive_the_rotation() {
 fn rotation_racing_another_sqlite_handle_loses_nothing_and_leaves_no_old_row() {
     let dir = temp_dir("race");
     let path = dir.join("bob.db");
-    let bob = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
     converse(&bob, &alice, "before");
@@ -298,12 +300,12 @@ fn rotation_racing_another_sqlite_handle_loses_nothing_and_leaves_no_old_row() {
 #[test]
 fn rotating_to_the_same_key_works_and_the_guard_alone_stops_a_stale_handle() {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     let dave = memory_device("dave", 4);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
     converse(&bob, &alice, "before");
-    let kept = bob.encrypt_kept(alice.address(), b"kept", 5).unwrap();
+    let kept = bob.encrypt_kept(alice.address(), b"kept", UNIX_EPOCH + Duration::from_secs(5)).unwrap();
     let kept_id = samizdat::heal::message_id(&kept);
     let stale = Device::open_in(Arc::clone(&store), &OLD).unwrap();
     assert_eq!(Device::rotate_storage_key_in(&store, &OLD, &OLD).unwrap(), Scrub::Unsupported);
@@ -314,7 +316,7 @@ fn rotating_to_the_same_key_works_and_the_guard_alone_stops_a_stale_handle() {
     let attempts: Vec<(&str, DeviceError)> = vec![
         ("start_session", stale.start_session(&dave.prekey_bundle().unwrap()).unwrap_err()),
         ("encrypt", stale.encrypt(alice.address(), b"stale").unwrap_err()),
-        ("refill_prekeys", stale.refill_prekeys(10, 20, 9).unwrap_err()),
+        ("refill_prekeys", stale.refill_prekeys(10, 20, UNIX_EPOCH + Duration::from_secs(9)).unwrap_err()),
         ("acknowledge", stale.acknowledge(alice.address(), &[kept_id]).unwrap_err()),
         ("delete_session", stale.delete_session(alice.address()).unwrap_err()),
         ("trust_identity", stale.trust_identity(dave.address(), dave.identity_key()).unwrap_err()),
@@ -346,7 +348,7 @@ fn rotating_to_the_same_key_works_and_the_guard_alone_stops_a_stale_handle() {
 fn two_concurrent_rotations_leave_exactly_one_key() {
     let dir = temp_dir("two-rotations");
     let path = dir.join("bob.db");
-    let bob = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
     drop(bob);
@@ -359,7 +361,7 @@ fn two_concurrent_rotations_leave_exactly_one_key() {
                 let (path, barrier) = (&path, &barrier);
                 scope.spawn(move || {
                     barrier.wait();
-                    Device::rotate_storage_key(path, &OLD, key)
+                    Device::rotate_storage_key(path, &OLD, &StorageKey::from_bytes(*key))
                 })
             })
             .collect();
@@ -370,9 +372,9 @@ fn two_concurrent_rotations_leave_exactly_one_key() {
     let lost = 1 - won[0];
     let error = results[lost].as_ref().unwrap_err();
     assert!(is_store(error, |e| matches!(e, StoreError::WrongKey)), "{error:?}");
-    assert!(Device::open(&path, &keys[lost]).is_err());
+    assert!(Device::open(&path, &StorageKey::from_bytes(keys[lost])).is_err());
     assert!(Device::open(&path, &OLD).is_err());
-    let bob = Device::open(&path, &keys[won[0]]).unwrap();
+    let bob = Device::open(&path, &StorageKey::from_bytes(keys[won[0]])).unwrap();
     converse(&bob, &alice, "after");
     drop(bob);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -396,7 +398,7 @@ fn corrupt_meta<B: Backend>(opened: Result<Device<B>, DeviceError>) -> bool {
 /// Bob (memory) with a session and trust for Alice, rotated OLD -> NEW.
 fn rotated_bob() -> (Mem, Device<MemoryBackend>) {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
     converse(&bob, &alice, "before");
@@ -473,8 +475,8 @@ fn finding_2_a_rotated_store_without_its_naming_keys_row_opens_as_if_empty() {
     // rotated to the same key.
     let (store, alice) = rotated_bob();
     let other: Mem = Arc::new(MemoryBackend::new());
-    drop(Device::create_in(Arc::clone(&other), &[0x3c; 32], addr("bob"), 0).unwrap());
-    Device::rotate_storage_key_in(&other, &[0x3c; 32], &NEW).unwrap();
+    drop(Device::create_in(Arc::clone(&other), &StorageKey::from_bytes([0x3c; 32]), addr("bob"), UNIX_EPOCH).unwrap());
+    Device::rotate_storage_key_in(&other, &StorageKey::from_bytes([0x3c; 32]), &NEW).unwrap();
     let foreign = other.get(Table::Meta, NAMING_KEYS_ROW).unwrap().unwrap();
     put(&store, Table::Meta, NAMING_KEYS_ROW, Some(foreign));
     let opened = Device::open_in(Arc::clone(&store), &NEW);
@@ -497,23 +499,23 @@ mod naming_keys_sealed_with_the_key {
     fn a_naming_keys_row_of_the_wrong_shape_is_corrupt() {
         let (store, _alice) = rotated_bob();
         let good = store.get(Table::Meta, NAMING_KEYS_ROW).unwrap().unwrap();
-        let plaintext = hazmat::open_row(&NEW, Table::Meta, NAMING_KEYS_ROW, &good).unwrap().to_vec();
+        let plaintext = hazmat::open_row(NEW.as_bytes(), Table::Meta, NAMING_KEYS_ROW, &good).unwrap().to_vec();
         assert_eq!((plaintext.len(), plaintext[0]), (129, 1));
         let mut version_2 = plaintext.clone();
         version_2[0] = 2;
         let mut longer = plaintext.clone();
         longer.push(0);
         for bad in [version_2, plaintext[..128].to_vec(), longer, vec![1], Vec::new()] {
-            let sealed = hazmat::seal_row(&NEW, Table::Meta, NAMING_KEYS_ROW, &bad, &[9; 24]);
+            let sealed = hazmat::seal_row(NEW.as_bytes(), Table::Meta, NAMING_KEYS_ROW, &bad, &[9; 24]);
             put(&store, Table::Meta, NAMING_KEYS_ROW, Some(sealed));
             assert!(corrupt_meta(Device::open_in(Arc::clone(&store), &NEW)), "{} bytes", bad.len());
         }
         // The row is bound to the store's current key: sealed under the old
         // key, it does not open either.
-        let sealed = hazmat::seal_row(&OLD, Table::Meta, NAMING_KEYS_ROW, &plaintext, &[9; 24]);
+        let sealed = hazmat::seal_row(OLD.as_bytes(), Table::Meta, NAMING_KEYS_ROW, &plaintext, &[9; 24]);
         put(&store, Table::Meta, NAMING_KEYS_ROW, Some(sealed));
         assert!(corrupt_meta(Device::open_in(Arc::clone(&store), &NEW)));
-        let sealed = hazmat::seal_row(&NEW, Table::Meta, NAMING_KEYS_ROW, &plaintext, &[9; 24]);
+        let sealed = hazmat::seal_row(NEW.as_bytes(), Table::Meta, NAMING_KEYS_ROW, &plaintext, &[9; 24]);
         put(&store, Table::Meta, NAMING_KEYS_ROW, Some(sealed));
         assert!(Device::open_in(Arc::clone(&store), &NEW).is_ok());
     }
@@ -534,7 +536,7 @@ impl Backend for FailingRewrite {
         self.0.apply(writes)
     }
     fn rewrite_all(&self, _: &mut Rewrite<'_>) -> Result<Scrub, StoreError> {
-        Err(StoreError::Injected)
+        Err(StoreError::Backend("injected failure".into()))
     }
 }
 
@@ -547,14 +549,14 @@ impl Backend for FailingRewrite {
 #[test]
 fn a_crash_between_the_naming_keys_row_and_the_rewrite_changes_nothing() {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     let dave = memory_device("dave", 4);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
     converse(&bob, &alice, "before");
     let failing = FailingRewrite(Arc::clone(&store));
     let error = Device::rotate_storage_key_in(&failing, &OLD, &NEW).unwrap_err();
-    assert!(is_store(&error, |e| matches!(e, StoreError::Injected)), "{error:?}");
+    assert!(is_store(&error, |e| matches!(e, StoreError::Backend(_))), "{error:?}");
     assert!(store.get(Table::Meta, NAMING_KEYS_ROW).unwrap().is_some(), "the naming-keys row was written");
     assert!(Device::open_in(Arc::clone(&store), &NEW).is_err());
     // The handle opened before is fenced out; opened again it goes on, and
@@ -635,7 +637,7 @@ fn delete_races_encrypt<B: Backend>(one: &Device<B>, two: &Device<B>) {
 #[test]
 fn delete_session_racing_encrypt_in_memory() {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let one = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let one = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let two = Device::open_in(Arc::clone(&store), &OLD).unwrap();
     delete_races_encrypt(&one, &two);
 }
@@ -644,7 +646,7 @@ fn delete_session_racing_encrypt_in_memory() {
 fn delete_session_racing_encrypt_on_sqlite() {
     let dir = temp_dir("delete-race");
     let path = dir.join("bob.db");
-    let one = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+    let one = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let two = Device::open(&path, &OLD).unwrap();
     delete_races_encrypt(&one, &two);
     drop((one, two));
@@ -657,7 +659,7 @@ fn delete_session_racing_encrypt_on_sqlite() {
 #[test]
 fn a_commit_after_delete_session_is_stale_and_resurrects_nothing() {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let other = Device::open_in(Arc::clone(&store), &OLD).unwrap();
     let alice = memory_device("alice", 1);
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
@@ -696,7 +698,7 @@ fn a_commit_after_delete_session_is_stale_and_resurrects_nothing() {
 #[test]
 fn finding_3_a_damaged_session_row_cannot_be_deleted_and_blocks_backup_and_rotation() {
     let store: Mem = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create_in(Arc::clone(&store), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     let alice = memory_device("alice", 1);
     let carol = memory_device("carol", 3);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
@@ -719,7 +721,7 @@ fn finding_3_a_damaged_session_row_cannot_be_deleted_and_blocks_backup_and_rotat
     let deleted = bob.delete_session(&damaged);
     assert!(matches!(deleted, Ok(true)), "a damaged row cannot be deleted: {deleted:?}");
     assert_eq!(bob.peers().unwrap().len(), 1);
-    bob.export_backup(PASSPHRASE, BackupParams::MINIMUM, 1).unwrap();
+    bob.export_backup(PASSPHRASE, BackupParams::MINIMUM, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     drop(bob);
     Device::rotate_storage_key_in(&store, &OLD, &NEW).unwrap();
 }
@@ -744,7 +746,11 @@ mod hostile_backups {
     const SMALL: BackupParams = BackupParams { memory_kib: 64, iterations: 1, parallelism: 1 };
 
     fn valid_key(seed: u8) -> Vec<u8> {
-        Device::create_in(MemoryBackend::new(), &[seed; 32], addr("k"), 0).unwrap().identity_key().as_bytes().to_vec()
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([seed; 32]), addr("k"), UNIX_EPOCH)
+            .unwrap()
+            .identity_key()
+            .as_bytes()
+            .to_vec()
     }
 
     fn peer(user: &str, device: u32, key: &[u8]) -> BackupPeer {
@@ -772,7 +778,13 @@ mod hostile_backups {
     fn refused(file: &[u8]) -> BackupError {
         let store: Mem = Arc::new(MemoryBackend::new());
         let started = Instant::now();
-        let result = Device::restore_in(Arc::clone(&store), &[8; 32], file, PASSPHRASE, 100);
+        let result = Device::restore_in(
+            Arc::clone(&store),
+            &StorageKey::from_bytes([8; 32]),
+            file,
+            PASSPHRASE,
+            UNIX_EPOCH + Duration::from_secs(100),
+        );
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
         assert!(store.snapshot().is_empty(), "a refused restore wrote rows");
         match result {
@@ -788,9 +800,14 @@ mod hostile_backups {
 
     #[test]
     fn the_good_plaintext_restores() {
-        let restored =
-            Device::restore_in(MemoryBackend::new(), &[8; 32], &seal(&good().encode_to_vec()), PASSPHRASE, 100)
-                .unwrap();
+        let restored = Device::restore_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([8; 32]),
+            &seal(&good().encode_to_vec()),
+            PASSPHRASE,
+            UNIX_EPOCH + Duration::from_secs(100),
+        )
+        .unwrap();
         assert_eq!(restored.address(), &addr("alice"));
         assert_eq!(restored.peers().unwrap().len(), 3);
     }
@@ -929,7 +946,16 @@ mod hostile_backups {
         let plaintext = good().encode_to_vec();
         let edge = BackupParams { memory_kib: 32, iterations: 1, parallelism: 4 };
         let file = hazmat::backup_seal(PASSPHRASE, edge, [3; 16], [4; 24], &plaintext).unwrap();
-        assert!(Device::restore_in(MemoryBackend::new(), &[8; 32], &file, PASSPHRASE, 1).is_ok());
+        assert!(
+            Device::restore_in(
+                MemoryBackend::new(),
+                &StorageKey::from_bytes([8; 32]),
+                &file,
+                PASSPHRASE,
+                UNIX_EPOCH + Duration::from_secs(1)
+            )
+            .is_ok()
+        );
         let with = |offset: usize, value: u32| {
             let mut altered = file.clone();
             altered[offset..offset + 4].copy_from_slice(&value.to_be_bytes());
@@ -960,15 +986,23 @@ mod hostile_backups {
     #[test]
     fn a_restored_device_reuses_no_prekey_id() {
         let alice = memory_device("alice", 1);
-        alice.refill_prekeys(5, 10, 0).unwrap();
-        let exported = alice.export_backup(PASSPHRASE, BackupParams::MINIMUM, 1).unwrap();
+        alice.refill_prekeys(5, 10, UNIX_EPOCH).unwrap();
+        let exported =
+            alice.export_backup(PASSPHRASE, BackupParams::MINIMUM, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         let file = seal(&hazmat::backup_open(PASSPHRASE, &exported).unwrap());
         let original = PreKeyBundle::from_bytes(&alice.prekey_bundle().unwrap()).unwrap();
         let mut signed = vec![original.signed_prekey_id()];
         for key in [8u8, 9] {
-            let restored = Device::restore_in(MemoryBackend::new(), &[key; 32], &file, PASSPHRASE, 2).unwrap();
+            let restored = Device::restore_in(
+                MemoryBackend::new(),
+                &StorageKey::from_bytes([key; 32]),
+                &file,
+                PASSPHRASE,
+                UNIX_EPOCH + Duration::from_secs(2),
+            )
+            .unwrap();
             assert_eq!(restored.identity_key(), alice.identity_key());
-            restored.refill_prekeys(5, 10, 2).unwrap();
+            restored.refill_prekeys(5, 10, UNIX_EPOCH + Duration::from_secs(2)).unwrap();
             let bundles = restored.prekey_bundles(10).unwrap();
             let mut ids = Vec::new();
             for bytes in &bundles {
@@ -996,17 +1030,44 @@ mod hostile_backups {
     #[test]
     fn no_secret_in_debug_output() {
         let alice = memory_device("alice", 1);
-        let exported = alice.export_backup(PASSPHRASE, BackupParams::MINIMUM, 1).unwrap();
+        let exported =
+            alice.export_backup(PASSPHRASE, BackupParams::MINIMUM, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         let plaintext = hazmat::backup_open(PASSPHRASE, &exported).unwrap();
         let seed = Backup::decode(plaintext.as_slice()).unwrap().seed;
         let file = seal(&plaintext);
-        let restored = Device::restore_in(MemoryBackend::new(), &[8; 32], &file, PASSPHRASE, 2).unwrap();
+        let restored = Device::restore_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([8; 32]),
+            &file,
+            PASSPHRASE,
+            UNIX_EPOCH + Duration::from_secs(2),
+        )
+        .unwrap();
         let mut printed = vec![
             format!("{alice:?}"),
             format!("{restored:?}"),
             format!("{:?}", BackupParams::of_file(&file)),
-            format!("{:?}", Device::restore_in(MemoryBackend::new(), &[8; 32], &file, b"wrong", 2)),
-            format!("{}", Device::restore_in(MemoryBackend::new(), &[8; 32], &file, b"wrong", 2).unwrap_err()),
+            format!(
+                "{:?}",
+                Device::restore_in(
+                    MemoryBackend::new(),
+                    &StorageKey::from_bytes([8; 32]),
+                    &file,
+                    b"wrong",
+                    UNIX_EPOCH + Duration::from_secs(2)
+                )
+            ),
+            format!(
+                "{}",
+                Device::restore_in(
+                    MemoryBackend::new(),
+                    &StorageKey::from_bytes([8; 32]),
+                    &file,
+                    b"wrong",
+                    UNIX_EPOCH + Duration::from_secs(2)
+                )
+                .unwrap_err()
+            ),
             format!("{:?}", restored.backend()),
         ];
         let mut seed_only = good();
@@ -1014,7 +1075,13 @@ mod hostile_backups {
         seed_only.peers[0].user_id = String::new();
         printed.push(format!(
             "{:?}",
-            Device::restore_in(MemoryBackend::new(), &[8; 32], &seal(&seed_only.encode_to_vec()), PASSPHRASE, 2)
+            Device::restore_in(
+                MemoryBackend::new(),
+                &StorageKey::from_bytes([8; 32]),
+                &seal(&seed_only.encode_to_vec()),
+                PASSPHRASE,
+                UNIX_EPOCH + Duration::from_secs(2)
+            )
         ));
         let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
         let decimal = format!("{:?}", &seed[..4]);
@@ -1060,11 +1127,25 @@ mod hostile_backups {
                             let key = [0x30 + u8::try_from(i).unwrap(); 32];
                             if round == 0 {
                                 barrier.wait();
-                                Device::restore(path, &key, file, PASSPHRASE, 5).map(|d| d.address().clone())
+                                Device::restore(
+                                    path,
+                                    &StorageKey::from_bytes(key),
+                                    file,
+                                    PASSPHRASE,
+                                    UNIX_EPOCH + Duration::from_secs(5),
+                                )
+                                .map(|d| d.address().clone())
                             } else {
                                 let backend = SqliteBackend::open(path).unwrap();
                                 barrier.wait();
-                                Device::restore_in(backend, &key, file, PASSPHRASE, 5).map(|d| d.address().clone())
+                                Device::restore_in(
+                                    backend,
+                                    &StorageKey::from_bytes(key),
+                                    file,
+                                    PASSPHRASE,
+                                    UNIX_EPOCH + Duration::from_secs(5),
+                                )
+                                .map(|d| d.address().clone())
                             }
                         })
                     })
@@ -1075,10 +1156,13 @@ mod hostile_backups {
             assert_eq!(won.len(), 1, "round {round}: {results:?}");
             let lost = results[1 - won[0]].as_ref().unwrap_err();
             assert!(is_store(lost, |e| matches!(e, StoreError::AlreadyExists)), "round {round}: {lost:?}");
-            let winner = Device::open(&path, &[0x30 + u8::try_from(won[0]).unwrap(); 32]).unwrap();
+            let winner =
+                Device::open(&path, &StorageKey::from_bytes([0x30 + u8::try_from(won[0]).unwrap(); 32])).unwrap();
             assert_eq!(winner.address(), &files[won[0]].1);
             assert_eq!(winner.peers().unwrap().len(), 3);
-            assert!(Device::open(&path, &[0x30 + u8::try_from(1 - won[0]).unwrap(); 32]).is_err());
+            assert!(
+                Device::open(&path, &StorageKey::from_bytes([0x30 + u8::try_from(1 - won[0]).unwrap(); 32])).is_err()
+            );
         }
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -1097,11 +1181,24 @@ mod hostile_backups {
             let (restored, created) = thread::scope(|scope| {
                 let restore = scope.spawn(|| {
                     barrier.wait();
-                    Device::restore_in(Arc::clone(&store), &[8; 32], &file, PASSPHRASE, 5).map(|_| ())
+                    Device::restore_in(
+                        Arc::clone(&store),
+                        &StorageKey::from_bytes([8; 32]),
+                        &file,
+                        PASSPHRASE,
+                        UNIX_EPOCH + Duration::from_secs(5),
+                    )
+                    .map(|_| ())
                 });
                 let create = scope.spawn(|| {
                     barrier.wait();
-                    Device::create_in(Arc::clone(&store), &[8; 32], addr("alice"), 5).map(|_| ())
+                    Device::create_in(
+                        Arc::clone(&store),
+                        &StorageKey::from_bytes([8; 32]),
+                        addr("alice"),
+                        UNIX_EPOCH + Duration::from_secs(5),
+                    )
+                    .map(|_| ())
                 });
                 (restore.join().unwrap(), create.join().unwrap())
             });
@@ -1109,7 +1206,7 @@ mod hostile_backups {
             for error in [restored, created].into_iter().filter_map(Result::err) {
                 assert!(is_store(&error, |e| matches!(e, StoreError::AlreadyExists)), "{error:?}");
             }
-            let device = Device::open_in(Arc::clone(&store), &[8; 32]).unwrap();
+            let device = Device::open_in(Arc::clone(&store), &StorageKey::from_bytes([8; 32])).unwrap();
             assert_eq!(device.address(), &addr("alice"));
             assert_eq!(store.scan(Table::Identity).unwrap().len(), 1);
         }
@@ -1142,7 +1239,7 @@ fn a_tampered_scrub_debt_is_harmless_or_a_typed_error() {
     let path = dir.join("bob.db");
     let alice = memory_device("alice", 1);
     {
-        let bob = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+        let bob = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
         bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
         converse(&bob, &alice, "before");
     }
@@ -1217,17 +1314,17 @@ fn a_large_store_with_a_damaged_page_fails_typed() {
     let path = dir.join("bob.db");
     let alice = memory_device("alice", 1);
     {
-        let bob = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+        let bob = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
         bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
         converse(&bob, &alice, "before");
-        bob.refill_prekeys(20, 40, 0).unwrap();
+        bob.refill_prekeys(20, 40, UNIX_EPOCH).unwrap();
         // Filler rows, sealed like any row (so that a rotation opens them):
         // 80 rows of 60 KB in table `groups`.
         let filler = vec![0x42u8; 60_000];
         let writes: Vec<Write> = (0u8..80)
             .map(|i| {
                 let key = [i; 32].to_vec();
-                let value = samizdat::hazmat::seal_row(&OLD, Table::Groups, &key, &filler, &[i; 24]);
+                let value = samizdat::hazmat::seal_row(OLD.as_bytes(), Table::Groups, &key, &filler, &[i; 24]);
                 Write { table: Table::Groups, key, value: Some(value), expected: Expected::Absent }
             })
             .collect();
@@ -1273,7 +1370,7 @@ fn a_large_store_with_a_damaged_page_fails_typed() {
             ("peers", bob.peers().map(|_| ())),
             ("encrypt", bob.encrypt(alice.address(), b"x").map(|_| ())),
             ("prekey_bundle", bob.prekey_bundle().map(|_| ())),
-            ("refill", bob.refill_prekeys(50, 60, 1).map(|_| ())),
+            ("refill", bob.refill_prekeys(50, 60, UNIX_EPOCH + Duration::from_secs(1)).map(|_| ())),
             ("delete_session", bob.delete_session(alice.address()).map(|_| ())),
             ("scrub", bob.scrub().map(|_| ())),
         ];
@@ -1306,7 +1403,7 @@ fn rotation_and_writes_wait_for_another_connections_lock() {
     let path = dir.join("bob.db");
     let alice = memory_device("alice", 1);
     {
-        let bob = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+        let bob = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
         bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
     }
     let hold = |ms: u64| {

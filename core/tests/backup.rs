@@ -15,6 +15,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -41,7 +43,7 @@ fn address(name: &str) -> Address {
 }
 
 fn device(name: &str, key: u8) -> Dev {
-    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -69,9 +71,13 @@ fn receive(to: &Dev, from: &Dev, wire: &[u8]) -> Result<Got, DeviceError> {
 
 /// Each side sends one kept message the other reads.
 fn converse(alice: &Dev, bob: &Dev, tag: &str, now: u64) {
-    let to_bob = alice.encrypt_kept(bob.address(), format!("a {tag}").as_bytes(), now).unwrap();
+    let to_bob = alice
+        .encrypt_kept(bob.address(), format!("a {tag}").as_bytes(), UNIX_EPOCH + Duration::from_secs(now))
+        .unwrap();
     assert_eq!(receive(bob, alice, &to_bob).unwrap(), Got::App(format!("a {tag}").into_bytes()));
-    let to_alice = bob.encrypt_kept(alice.address(), format!("b {tag}").as_bytes(), now).unwrap();
+    let to_alice = bob
+        .encrypt_kept(alice.address(), format!("b {tag}").as_bytes(), UNIX_EPOCH + Duration::from_secs(now))
+        .unwrap();
     assert_eq!(receive(alice, bob, &to_alice).unwrap(), Got::App(format!("b {tag}").into_bytes()));
 }
 
@@ -85,7 +91,13 @@ fn pair() -> (Dev, Dev) {
 }
 
 fn restore(file: &[u8], key: u8) -> Result<Dev, DeviceError> {
-    Device::restore_in(MemoryBackend::new(), &[key; 32], file, PASSPHRASE, 1_000)
+    Device::restore_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([key; 32]),
+        file,
+        PASSPHRASE,
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    )
 }
 
 fn backup_error(result: Result<Dev, DeviceError>) -> BackupError {
@@ -104,12 +116,17 @@ fn backup_error(result: Result<Dev, DeviceError>) -> BackupError {
 #[test]
 fn backup_converse_restore_converse_heals_both_ways() {
     let (alice, bob) = pair();
-    let file = bob.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = bob.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     converse(&alice, &bob, "after the backup", 20);
     converse(&alice, &bob, "and more", 21);
     // Sent before the loss, never delivered.
-    let in_flight: Vec<Vec<u8>> =
-        (0..2).map(|i| alice.encrypt_kept(bob.address(), format!("in flight {i}").as_bytes(), 30).unwrap()).collect();
+    let in_flight: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            alice
+                .encrypt_kept(bob.address(), format!("in flight {i}").as_bytes(), UNIX_EPOCH + Duration::from_secs(30))
+                .unwrap()
+        })
+        .collect();
     let bob_identity = bob.identity_key();
     drop(bob); // The phone is lost.
 
@@ -119,15 +136,17 @@ fn backup_converse_restore_converse_heals_both_ways() {
     assert_eq!(bob.address(), &address("bob"));
     assert_eq!(bob.peer_identity(alice.address()).unwrap(), Some(alice.identity_key()));
     assert!(!bob.has_session(alice.address()).unwrap());
-    bob.refill_prekeys(10, 20, 1_000).unwrap();
+    bob.refill_prekeys(10, 20, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
 
-    let next = alice.encrypt_kept(bob.address(), b"after the restore", 40).unwrap();
+    let next = alice.encrypt_kept(bob.address(), b"after the restore", UNIX_EPOCH + Duration::from_secs(40)).unwrap();
     let unreadable: Vec<Vec<u8>> = in_flight.iter().chain([&next]).cloned().collect();
     for wire in &unreadable {
         let error = bob.decrypt(alice.address(), wire).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
     }
-    let Heal::Sent(reset) = bob.heal(&alice.prekey_bundle().unwrap(), &unreadable, 1_000).unwrap() else {
+    let Heal::Sent(reset) =
+        bob.heal(&alice.prekey_bundle().unwrap(), &unreadable, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap()
+    else {
         panic!("no reset")
     };
     let Got::Control(resent) = receive(&alice, &bob, &reset.message).unwrap() else { panic!("a reset for the app") };
@@ -157,24 +176,30 @@ fn backup_converse_restore_converse_heals_both_ways() {
 #[test]
 fn the_restored_device_starts_a_session_and_the_peer_accepts_it() {
     let (alice, bob) = pair();
-    let file = bob.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = bob.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     converse(&alice, &bob, "after the backup", 20);
-    let in_flight = alice.encrypt_kept(bob.address(), b"in flight", 30).unwrap();
+    let in_flight = alice.encrypt_kept(bob.address(), b"in flight", UNIX_EPOCH + Duration::from_secs(30)).unwrap();
     drop(bob);
     let bob = restore(&file, 9).unwrap();
 
     let error = bob.encrypt(alice.address(), b"hi").unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NoSession);
     bob.start_session(&alice.prekey_bundle().unwrap()).unwrap();
-    let hi = bob.encrypt_kept(alice.address(), b"I am back", 1_000).unwrap();
+    let hi = bob.encrypt_kept(alice.address(), b"I am back", UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
     assert_eq!(receive(&alice, &bob, &hi).unwrap(), Got::App(b"I am back".to_vec()));
-    let reply = alice.encrypt_kept(bob.address(), b"welcome back", 1_000).unwrap();
+    let reply = alice.encrypt_kept(bob.address(), b"welcome back", UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
     assert_eq!(receive(&bob, &alice, &reply).unwrap(), Got::App(b"welcome back".to_vec()));
 
     // The message Alice sent on the old session arrives now.
     let error = bob.decrypt(alice.address(), &in_flight).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
-    let Heal::Sent(reset) = bob.heal(&alice.prekey_bundle().unwrap(), std::slice::from_ref(&in_flight), 1_001).unwrap()
+    let Heal::Sent(reset) = bob
+        .heal(
+            &alice.prekey_bundle().unwrap(),
+            std::slice::from_ref(&in_flight),
+            UNIX_EPOCH + Duration::from_secs(1_001),
+        )
+        .unwrap()
     else {
         panic!("no reset")
     };
@@ -190,14 +215,16 @@ fn the_restored_device_starts_a_session_and_the_peer_accepts_it() {
 #[test]
 fn a_restored_sender_heals_too() {
     let (alice, bob) = pair();
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     converse(&alice, &bob, "after the backup", 20);
     drop(alice);
     let alice = restore(&file, 8).unwrap();
-    let from_bob = bob.encrypt_kept(alice.address(), b"are you there", 30).unwrap();
+    let from_bob = bob.encrypt_kept(alice.address(), b"are you there", UNIX_EPOCH + Duration::from_secs(30)).unwrap();
     let error = alice.decrypt(bob.address(), &from_bob).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
-    let Heal::Sent(reset) = alice.heal(&bob.prekey_bundle().unwrap(), std::slice::from_ref(&from_bob), 1_000).unwrap()
+    let Heal::Sent(reset) = alice
+        .heal(&bob.prekey_bundle().unwrap(), std::slice::from_ref(&from_bob), UNIX_EPOCH + Duration::from_secs(1_000))
+        .unwrap()
     else {
         panic!("no reset")
     };
@@ -213,7 +240,7 @@ fn a_restored_sender_heals_too() {
 fn the_restored_device_has_fresh_prekeys() {
     let (alice, bob) = pair();
     let stale_bundle = bob.prekey_bundle().unwrap();
-    let file = bob.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = bob.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     drop(bob);
     let bob = restore(&file, 9).unwrap();
     // Deterministic signatures: the same keys would give the same bundle.
@@ -221,10 +248,12 @@ fn the_restored_device_has_fresh_prekeys() {
 
     let carol = device("carol", 3);
     carol.start_session(&stale_bundle).unwrap();
-    let first = carol.encrypt_kept(bob.address(), b"hi bob", 30).unwrap();
+    let first = carol.encrypt_kept(bob.address(), b"hi bob", UNIX_EPOCH + Duration::from_secs(30)).unwrap();
     let error = bob.decrypt(carol.address(), &first).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
-    let Heal::Sent(reset) = bob.heal(&carol.prekey_bundle().unwrap(), std::slice::from_ref(&first), 1_000).unwrap()
+    let Heal::Sent(reset) = bob
+        .heal(&carol.prekey_bundle().unwrap(), std::slice::from_ref(&first), UNIX_EPOCH + Duration::from_secs(1_000))
+        .unwrap()
     else {
         panic!("no reset")
     };
@@ -244,13 +273,15 @@ fn the_restored_device_has_fresh_prekeys() {
 #[test]
 fn a_heal_towards_the_lost_installation_does_not_stick_to_it() {
     let (alice, bob) = pair();
-    let file = bob.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = bob.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     let old_spk =
         samizdat::prekeys::PreKeyBundle::from_bytes(&bob.prekey_bundle().unwrap()).unwrap().signed_prekey_id();
     // Bob's message to Alice is lost on the way in pieces: she cannot read
     // its successor, heals, and the reset never reaches the lost phone.
-    let kept = bob.encrypt_kept(alice.address(), b"kept by Bob", 30).unwrap();
-    let Heal::Sent(_lost_reset) = alice.heal(&bob.prekey_bundle().unwrap(), std::slice::from_ref(&kept), 40).unwrap()
+    let kept = bob.encrypt_kept(alice.address(), b"kept by Bob", UNIX_EPOCH + Duration::from_secs(30)).unwrap();
+    let Heal::Sent(_lost_reset) = alice
+        .heal(&bob.prekey_bundle().unwrap(), std::slice::from_ref(&kept), UNIX_EPOCH + Duration::from_secs(40))
+        .unwrap()
     else {
         panic!("no reset")
     };
@@ -260,8 +291,14 @@ fn a_heal_towards_the_lost_installation_does_not_stick_to_it() {
         samizdat::prekeys::PreKeyBundle::from_bytes(&bob.prekey_bundle().unwrap()).unwrap().signed_prekey_id();
     assert_ne!(new_spk, old_spk);
     assert!(new_spk >= 1 << 20, "{new_spk}");
-    alice.set_heal_policy(samizdat::device::HealPolicy { reset_interval: 0, ..Default::default() }).unwrap();
-    let Heal::Sent(reset) = alice.heal(&bob.prekey_bundle().unwrap(), &[], 50).unwrap() else { panic!("no reset") };
+    alice
+        .set_heal_policy(samizdat::device::HealPolicy { reset_interval: Duration::from_secs(0), ..Default::default() })
+        .unwrap();
+    let Heal::Sent(reset) =
+        alice.heal(&bob.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(50)).unwrap()
+    else {
+        panic!("no reset")
+    };
     assert!(matches!(receive(&bob, &alice, &reset.message).unwrap(), Got::Control(_)), "Bob reads the reset");
     converse(&alice, &bob, "healed", 1_000);
 }
@@ -279,7 +316,7 @@ fn trust_decisions_are_preserved() {
     alice.trust_identity(dave.address(), dave.identity_key()).unwrap();
     let safety = alice.safety_number(bob.address()).unwrap().digits().to_owned();
 
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     let restored = restore(&file, 8).unwrap();
     for peer in [&bob, &carol, &dave] {
         assert_eq!(restored.peer_identity(peer.address()).unwrap(), Some(peer.identity_key()));
@@ -307,10 +344,16 @@ fn trust_decisions_are_preserved() {
 #[test]
 fn a_wrong_passphrase_is_a_typed_error_and_creates_nothing() {
     let (alice, _bob) = pair();
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     let store = Arc::new(MemoryBackend::new());
-    let error =
-        Device::restore_in(store.clone(), &[8; 32], &file, b"correct horse battery stapler", 1_000).unwrap_err();
+    let error = Device::restore_in(
+        store.clone(),
+        &StorageKey::from_bytes([8; 32]),
+        &file,
+        b"correct horse battery stapler",
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    )
+    .unwrap_err();
     assert!(matches!(error, DeviceError::Backup(BackupError::WrongPassphrase)), "{error:?}");
     assert_eq!(error.kind(), ErrorKind::WrongStorageKey);
     assert!(store.snapshot().is_empty());
@@ -319,20 +362,41 @@ fn a_wrong_passphrase_is_a_typed_error_and_creates_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("alice.db");
-    let error = Device::restore(&path, &[8; 32], &file, b"wrong", 1_000).unwrap_err();
+    let error = Device::restore(
+        &path,
+        &StorageKey::from_bytes([8; 32]),
+        &file,
+        b"wrong",
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    )
+    .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::WrongStorageKey);
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no file, not even a temporary one");
 
     // The right one, on SQLite: the file is made whole, then named.
-    let restored = Device::restore(&path, &[8; 32], &file, PASSPHRASE, 1_000).unwrap();
+    let restored = Device::restore(
+        &path,
+        &StorageKey::from_bytes([8; 32]),
+        &file,
+        PASSPHRASE,
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    )
+    .unwrap();
     assert_eq!(restored.identity_key(), alice.identity_key());
     drop(restored);
     let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("alice.db")]);
-    let reopened = Device::open(&path, &[8; 32]).unwrap();
+    let reopened = Device::open(&path, &StorageKey::from_bytes([8; 32])).unwrap();
     assert!(reopened.peer_identity(&address("bob")).unwrap().is_some());
     // Restoring over it is refused, like a create.
-    let error = Device::restore(&path, &[8; 32], &file, PASSPHRASE, 1_000).unwrap_err();
+    let error = Device::restore(
+        &path,
+        &StorageKey::from_bytes([8; 32]),
+        &file,
+        PASSPHRASE,
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    )
+    .unwrap_err();
     assert!(matches!(error, DeviceError::Store(StoreError::AlreadyExists)), "{error:?}");
     drop(reopened);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -343,12 +407,20 @@ fn a_wrong_passphrase_is_a_typed_error_and_creates_nothing() {
 #[test]
 fn a_store_that_has_a_device_is_refused() {
     let (alice, _bob) = pair();
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     let store = Arc::new(MemoryBackend::new());
-    let carol = Device::create_in(store.clone(), &[3; 32], address("carol"), 0).unwrap();
+    let carol =
+        Device::create_in(store.clone(), &StorageKey::from_bytes([3; 32]), address("carol"), UNIX_EPOCH).unwrap();
     let before = store.snapshot();
     for key in [[3; 32], [8; 32]] {
-        let error = Device::restore_in(store.clone(), &key, &file, PASSPHRASE, 1_000).unwrap_err();
+        let error = Device::restore_in(
+            store.clone(),
+            &StorageKey::from_bytes(key),
+            &file,
+            PASSPHRASE,
+            UNIX_EPOCH + Duration::from_secs(1_000),
+        )
+        .unwrap_err();
         assert!(matches!(error, DeviceError::Store(StoreError::AlreadyExists)), "{error:?}");
         assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     }
@@ -362,7 +434,7 @@ fn a_store_that_has_a_device_is_refused() {
 #[test]
 fn an_altered_file_is_refused() {
     let (alice, _bob) = pair();
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     // Magic, version, m, t, p, salt, nonce, the ciphertext's first and a
     // middle byte, the tag's last.
     let len = file.len();
@@ -370,7 +442,14 @@ fn an_altered_file_is_refused() {
         let mut altered = file.clone();
         altered[byte] ^= 0x01;
         let store = Arc::new(MemoryBackend::new());
-        let error = Device::restore_in(store.clone(), &[8; 32], &altered, PASSPHRASE, 1_000).unwrap_err();
+        let error = Device::restore_in(
+            store.clone(),
+            &StorageKey::from_bytes([8; 32]),
+            &altered,
+            PASSPHRASE,
+            UNIX_EPOCH + Duration::from_secs(1_000),
+        )
+        .unwrap_err();
         assert!(matches!(error, DeviceError::Backup(_)), "byte {byte}: {error:?}");
         assert!(store.snapshot().is_empty());
     }
@@ -380,7 +459,7 @@ fn an_altered_file_is_refused() {
 #[test]
 fn a_truncated_file_is_refused() {
     let (alice, _bob) = pair();
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     for len in 0..file.len() {
         let error = backup_error(restore(&file[..len], 8));
         assert!(matches!(error, BackupError::Malformed(_)), "{len}: {error:?}");
@@ -395,7 +474,7 @@ fn a_truncated_file_is_refused() {
 #[test]
 fn a_header_asking_too_much_is_refused_before_the_key_derivation() {
     let (alice, _bob) = pair();
-    let file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     let with = |offset: usize, value: u32| {
         let mut altered = file.clone();
         altered[offset..offset + 4].copy_from_slice(&value.to_be_bytes());
@@ -431,7 +510,7 @@ fn an_export_refuses_weak_or_excessive_parameters() {
         BackupParams { iterations: MAX_BACKUP_ITERATIONS + 1, ..BackupParams::RECOMMENDED },
         BackupParams { parallelism: 0, ..BackupParams::RECOMMENDED },
     ] {
-        let error = alice.export_backup(PASSPHRASE, params, 10).unwrap_err();
+        let error = alice.export_backup(PASSPHRASE, params, UNIX_EPOCH + Duration::from_secs(10)).unwrap_err();
         assert!(matches!(error, DeviceError::Backup(BackupError::ParamsOutOfBounds { .. })), "{error:?}");
         assert_eq!(error.kind(), ErrorKind::LimitExceeded);
     }
@@ -443,18 +522,18 @@ fn an_export_refuses_weak_or_excessive_parameters() {
 #[test]
 fn the_size_says_little_about_the_contacts() {
     let alice = device("alice", 1);
-    let empty = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let empty = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     for i in 0..5 {
         let peer = device(&format!("peer{i}"), 10 + i);
         alice.trust_identity(peer.address(), peer.identity_key()).unwrap();
     }
-    let five = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let five = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     assert_eq!(empty.len(), five.len());
     assert_eq!(empty.len(), BACKUP_HEADER_LEN + 512 + 16);
     assert_eq!(BackupParams::of_file(&five).unwrap(), PARAMS);
     // Two exports of one device share nothing but the parameters: a fresh
     // salt and nonce each.
-    let again = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let again = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     assert_eq!(again[..17], five[..17]);
     assert_ne!(again[17..], five[17..]);
 }
@@ -466,10 +545,16 @@ fn the_size_says_little_about_the_contacts() {
 fn argon2_time_at_the_default_parameters() {
     let alice = device("alice", 1);
     let started = Instant::now();
-    let file = alice.export_backup(PASSPHRASE, BackupParams::default(), 10).unwrap();
+    let file = alice.export_backup(PASSPHRASE, BackupParams::default(), UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     let export = started.elapsed();
     let started = Instant::now();
-    let error = backup_error(Device::restore_in(MemoryBackend::new(), &[8; 32], &file, b"not it", 1_000));
+    let error = backup_error(Device::restore_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([8; 32]),
+        &file,
+        b"not it",
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    ));
     let refused = started.elapsed();
     assert_eq!(error, BackupError::WrongPassphrase);
     println!("Argon2id m=65536 KiB t=3 p=1: export {export:?}, a wrong passphrase refused in {refused:?}");
@@ -482,7 +567,7 @@ fn argon2_time_at_the_default_parameters() {
 #[ignore = "a measurement: several seconds"]
 fn the_worst_a_hostile_file_costs() {
     let (alice, _bob) = pair();
-    let mut file = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+    let mut file = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
     file[5..9].copy_from_slice(&MAX_BACKUP_MEMORY_KIB.to_be_bytes());
     file[9..13].copy_from_slice(&MAX_BACKUP_ITERATIONS.to_be_bytes());
     file[13..17].copy_from_slice(&MAX_BACKUP_PARALLELISM.to_be_bytes());
@@ -503,7 +588,7 @@ mod small_parameters {
     #[test]
     fn every_flipped_bit_is_refused() {
         let (alice, _bob) = pair();
-        let exported = alice.export_backup(PASSPHRASE, PARAMS, 10).unwrap();
+        let exported = alice.export_backup(PASSPHRASE, PARAMS, UNIX_EPOCH + Duration::from_secs(10)).unwrap();
         let plaintext = hazmat::backup_open(PASSPHRASE, &exported).unwrap();
         let small = BackupParams { memory_kib: 64, iterations: 1, parallelism: 1 };
         let file = hazmat::backup_seal(PASSPHRASE, small, [1; 16], [2; 24], &plaintext).unwrap();
@@ -512,7 +597,14 @@ mod small_parameters {
             let mut altered = file.clone();
             altered[bit / 8] ^= 1 << (bit % 8);
             let store = Arc::new(MemoryBackend::new());
-            let error = Device::restore_in(store.clone(), &[8; 32], &altered, PASSPHRASE, 1_000).unwrap_err();
+            let error = Device::restore_in(
+                store.clone(),
+                &StorageKey::from_bytes([8; 32]),
+                &altered,
+                PASSPHRASE,
+                UNIX_EPOCH + Duration::from_secs(1_000),
+            )
+            .unwrap_err();
             assert!(matches!(error, DeviceError::Backup(_)), "bit {bit}: {error:?}");
             assert!(store.snapshot().is_empty(), "bit {bit}");
         }

@@ -16,7 +16,9 @@
     clippy::cast_possible_truncation
 )]
 
+use samizdat::store::StorageKey;
 use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
 
 use samizdat::{
     address::Address,
@@ -80,8 +82,10 @@ fn address(name: &str) -> Address {
 /// that Bob has answered.
 fn pair() -> (Device<Arc<Counting>>, Arc<Counting>, Device<MemoryBackend>) {
     let counting = Arc::new(Counting::default());
-    let bob = Device::create_in(counting.clone(), &[2; 32], address("bob"), 0).unwrap();
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
+    let bob =
+        Device::create_in(counting.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+        .unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let first = alice.encrypt(&address("bob"), b"hello").unwrap();
     bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();
@@ -152,9 +156,12 @@ fn encrypting_and_decrypting_in_order_do_not_touch_the_skipped_keys() {
 #[test]
 fn a_peer_cannot_make_a_device_store_more_than_the_limit_of_skipped_keys() {
     let counting = Arc::new(Counting::default());
-    let bob = Device::create_in(counting.clone(), &[2; 32], address("bob"), 0).unwrap();
-    bob.refill_prekeys(20, 20, 0).unwrap();
-    let mallory = Device::create_in(MemoryBackend::new(), &[6; 32], address("mallory"), 0).unwrap();
+    let bob =
+        Device::create_in(counting.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap();
+    bob.refill_prekeys(20, 20, UNIX_EPOCH).unwrap();
+    let mallory =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([6; 32]), address("mallory"), UNIX_EPOCH)
+            .unwrap();
     for _ in 0..11 {
         mallory.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let first = mallory.encrypt(&address("bob"), b"open").unwrap();

@@ -26,6 +26,8 @@
 //! `SAMIZDAT_CRASH_SEED` the seed of the kill delays.
 #![cfg(unix)]
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::{BTreeMap, HashSet},
     os::unix::process::ExitStatusExt,
@@ -61,8 +63,8 @@ const STEPS: usize = 100;
 const KILLS_PER_ROUND: u64 = 50;
 /// The first kills of each round, aimed at its set-up.
 const EARLY_KILLS: u64 = 6;
-const KEY_A: [u8; 32] = [0xa1; 32];
-const KEY_B: [u8; 32] = [0xb2; 32];
+const KEY_A: StorageKey = StorageKey::from_bytes([0xa1; 32]);
+const KEY_B: StorageKey = StorageKey::from_bytes([0xb2; 32]);
 
 /// Exit code of a child that found a violation (also recorded in `violations`).
 const EXIT_VIOLATION: i32 = 3;
@@ -193,8 +195,10 @@ fn conversation(dir: &Path, app: &Connection) -> Result<(), String> {
     if stat(app, "done") != 0 {
         return Ok(());
     }
-    let a = Device::open_or_create(dir.join("a.db"), &KEY_A, alice(), 0).map_err(|e| format!("open alice: {e:?}"))?;
-    let b = Device::open_or_create(dir.join("b.db"), &KEY_B, bob(), 0).map_err(|e| format!("open bob: {e:?}"))?;
+    let a = Device::open_or_create(dir.join("a.db"), &KEY_A, alice(), UNIX_EPOCH)
+        .map_err(|e| format!("open alice: {e:?}"))?;
+    let b =
+        Device::open_or_create(dir.join("b.db"), &KEY_B, bob(), UNIX_EPOCH).map_err(|e| format!("open bob: {e:?}"))?;
     if !a.has_session(&bob()).map_err(|e| format!("has_session: {e:?}"))? {
         let bundle = b.prekey_bundle().map_err(|e| format!("bundle: {e:?}"))?;
         a.start_session(&bundle).map_err(|e| format!("start_session: {e:?}"))?;
@@ -691,8 +695,8 @@ fn killed_at_random_points_nothing_is_lost_or_decrypted_twice() {
 /// is one.
 #[test]
 fn a_restored_device_never_reuses_a_keystream_and_the_check_sees_reuse() {
-    let a = Device::create_in(MemoryBackend::new(), &KEY_A, alice(), 0).unwrap();
-    let b = Device::create_in(MemoryBackend::new(), &KEY_B, bob(), 0).unwrap();
+    let a = Device::create_in(MemoryBackend::new(), &KEY_A, alice(), UNIX_EPOCH).unwrap();
+    let b = Device::create_in(MemoryBackend::new(), &KEY_B, bob(), UNIX_EPOCH).unwrap();
     a.start_session(&b.prekey_bundle().unwrap()).unwrap();
     let first = a.encrypt(&bob(), b"hello").unwrap();
     b.commit(b.decrypt(&alice(), &first).unwrap()).unwrap();
@@ -742,8 +746,8 @@ fn a_second_process_shares_the_store() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("shared.db");
 
-    let a = Device::create(&path, &KEY_A, alice(), 0).unwrap();
-    let b = Device::create(dir.join("b.db"), &KEY_B, bob(), 0).unwrap();
+    let a = Device::create(&path, &KEY_A, alice(), UNIX_EPOCH).unwrap();
+    let b = Device::create(dir.join("b.db"), &KEY_B, bob(), UNIX_EPOCH).unwrap();
     a.start_session(&b.prekey_bundle().unwrap()).unwrap();
 
     // The child encrypts while this process does.

@@ -6,6 +6,7 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, ErrorKind, Recovery, SessionError,
     address::Address,
@@ -13,6 +14,7 @@ use samizdat::{
     limits::{MAX_SKIP, MAX_STORED_SKIPPED_KEYS},
     store::MemoryBackend,
 };
+use std::time::UNIX_EPOCH;
 use support::copy_of;
 
 fn address(name: &str) -> Address {
@@ -20,7 +22,7 @@ fn address(name: &str) -> Address {
 }
 
 fn device(name: &str, key: u8) -> Device<MemoryBackend> {
-    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
 }
 
 fn receive(to: &Device<MemoryBackend>, from: &str, wire: &[u8]) -> Result<Vec<u8>, DeviceError> {
@@ -75,7 +77,7 @@ fn a_message_whose_key_was_evicted_is_not_a_duplicate() {
     assert_eq!(receive(&bob, "alice", &skipped).unwrap(), b"skipped too");
     // And the eviction is remembered across a reopen of the store (it is in
     // the session row).
-    let reopened = Device::open_in(copy_of(bob.backend()), &[2; 32]).unwrap();
+    let reopened = Device::open_in(copy_of(bob.backend()), &StorageKey::from_bytes([2; 32])).unwrap();
     let error = reopened.decrypt(&address("alice"), &held).unwrap_err();
     assert_eq!(decrypt_error(error), DecryptError::KeyEvicted { counter: 1 });
 }
@@ -119,7 +121,7 @@ fn our_store_restored_from_an_older_copy_is_no_matching_state() {
     receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r2").unwrap()).unwrap();
     let m3 = alice.encrypt(&address("bob"), b"m3").unwrap();
 
-    let restored = Device::open_in(backup, &[2; 32]).unwrap();
+    let restored = Device::open_in(backup, &StorageKey::from_bytes([2; 32])).unwrap();
     let before = restored.backend().snapshot();
     let error = restored.decrypt(&address("alice"), &m3).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfStep);
@@ -158,7 +160,7 @@ fn a_sender_restored_from_an_older_copy_is_out_of_step() {
     receive(&alice, "bob", &bob.encrypt(&address("alice"), b"r1").unwrap()).unwrap();
     let backup = copy_of(alice.backend());
     receive(&bob, "alice", &alice.encrypt(&address("bob"), b"m2").unwrap()).unwrap();
-    let restored = Device::open_in(backup, &[1; 32]).unwrap();
+    let restored = Device::open_in(backup, &StorageKey::from_bytes([1; 32])).unwrap();
     let again = restored.encrypt(&address("bob"), b"m2, other content").unwrap();
     let error = bob.decrypt(&address("alice"), &again).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfStep);

@@ -5,6 +5,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use support::{addr, receive, temp_dir};
 
 use std::{
@@ -31,8 +33,11 @@ fn conversation_on_sqlite_leaves_no_secret_or_name_on_disk() {
     let dir = temp_dir("at-rest");
     let (ka, kb) = ([0x5a; 32], [0xa5; 32]);
     let secrets: Vec<Vec<u8>> = {
-        let alice = Device::create(dir.join("alice.db"), &ka, addr("alice-user-7341"), 0).unwrap();
-        let bob = Device::create(dir.join("bob.db"), &kb, addr("bob-user-9925"), 0).unwrap();
+        let alice =
+            Device::create(dir.join("alice.db"), &StorageKey::from_bytes(ka), addr("alice-user-7341"), UNIX_EPOCH)
+                .unwrap();
+        let bob =
+            Device::create(dir.join("bob.db"), &StorageKey::from_bytes(kb), addr("bob-user-9925"), UNIX_EPOCH).unwrap();
         alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let mut plaintexts = Vec::new();
         for i in 0..20 {
@@ -86,7 +91,7 @@ fn scan_files(dir: &Path, secrets: &[Vec<u8>]) {
 fn wrong_storage_key_is_refused_and_changes_nothing() {
     let dir = temp_dir("wrong-key");
     let path = dir.join("d.db");
-    drop(Device::create(&path, &[1; 32], addr("me"), 0).unwrap());
+    drop(Device::create(&path, &StorageKey::from_bytes([1; 32]), addr("me"), UNIX_EPOCH).unwrap());
     // Every row, as stored. (Not the file's bytes: opening a SQLite store
     // scrubs it, PROTOCOL.md 14.8, which rewrites the file and no row.)
     let rows = || {
@@ -100,20 +105,29 @@ fn wrong_storage_key_is_refused_and_changes_nothing() {
         rows
     };
     let before = rows();
-    assert!(matches!(Device::open(&path, &[2; 32]), Err(DeviceError::Store(StoreError::WrongKey))));
+    assert!(matches!(
+        Device::open(&path, &StorageKey::from_bytes([2; 32])),
+        Err(DeviceError::Store(StoreError::WrongKey))
+    ));
     assert_eq!(rows(), before);
     assert!(matches!(
-        Device::create(&path, &[1; 32], addr("me"), 0),
+        Device::create(&path, &StorageKey::from_bytes([1; 32]), addr("me"), UNIX_EPOCH),
         Err(DeviceError::Store(StoreError::AlreadyExists))
     ));
-    let device = Device::open(&path, &[1; 32]).unwrap();
+    let device = Device::open(&path, &StorageKey::from_bytes([1; 32])).unwrap();
     assert_eq!(device.address(), &addr("me"));
     // A second handle on the same store is fine (its writes are conditional).
-    let second = Device::open(&path, &[1; 32]).unwrap();
+    let second = Device::open(&path, &StorageKey::from_bytes([1; 32])).unwrap();
     assert_eq!(second.identity_key(), device.identity_key());
-    assert!(matches!(Device::open(&path, &[2; 32]), Err(DeviceError::Store(StoreError::WrongKey))));
+    assert!(matches!(
+        Device::open(&path, &StorageKey::from_bytes([2; 32])),
+        Err(DeviceError::Store(StoreError::WrongKey))
+    ));
     drop((device, second));
-    assert!(matches!(Device::open(dir.join("empty.db"), &[1; 32]), Err(DeviceError::Store(StoreError::NotFound))));
+    assert!(matches!(
+        Device::open(dir.join("empty.db"), &StorageKey::from_bytes([1; 32])),
+        Err(DeviceError::Store(StoreError::NotFound))
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -121,8 +135,8 @@ fn wrong_storage_key_is_refused_and_changes_nothing() {
 fn two_phase_decrypt_survives_a_restart() {
     let dir = temp_dir("two-phase");
     let (pa, pb) = (dir.join("a.db"), dir.join("b.db"));
-    let alice = Device::create(&pa, &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create(&pb, &[2; 32], addr("bob"), 0).unwrap();
+    let alice = Device::create(&pa, &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob = Device::create(&pb, &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let first = alice.encrypt(bob.address(), b"one").unwrap();
     let second = alice.encrypt(bob.address(), b"two").unwrap();
@@ -133,13 +147,13 @@ fn two_phase_decrypt_survives_a_restart() {
     assert_eq!(pending.plaintext(), b"one");
     drop(pending);
     drop(bob);
-    let bob = Device::open(&pb, &[2; 32]).unwrap();
+    let bob = Device::open(&pb, &StorageKey::from_bytes([2; 32])).unwrap();
     assert!(!bob.has_session(alice.address()).unwrap());
     assert_eq!(bob.prekey_counts().unwrap(), counts_before);
     // Redelivered: decrypts again; committed: a redelivery is a duplicate.
     assert_eq!(receive(&bob, alice.address(), &first).unwrap(), b"one");
     drop(bob);
-    let bob = Device::open(&pb, &[2; 32]).unwrap();
+    let bob = Device::open(&pb, &StorageKey::from_bytes([2; 32])).unwrap();
     assert!(is_duplicate(&receive(&bob, alice.address(), &first).unwrap_err()));
     assert_eq!(receive(&bob, alice.address(), &second).unwrap(), b"two");
     assert!(bob.has_session(alice.address()).unwrap());
@@ -170,9 +184,9 @@ fn two_phase_decrypt_survives_a_restart() {
 #[test]
 fn batch_of_a_thousand_queued_messages() {
     let dir = temp_dir("batch");
-    let alice = Device::create(dir.join("a.db"), &[1; 32], addr("alice"), 0).unwrap();
-    let carol = Device::create(dir.join("c.db"), &[3; 32], addr("carol"), 0).unwrap();
-    let bob = Device::create(dir.join("b.db"), &[2; 32], addr("bob"), 0).unwrap();
+    let alice = Device::create(dir.join("a.db"), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let carol = Device::create(dir.join("c.db"), &StorageKey::from_bytes([3; 32]), addr("carol"), UNIX_EPOCH).unwrap();
+    let bob = Device::create(dir.join("b.db"), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     carol.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let mut queue = Vec::new();
@@ -235,7 +249,7 @@ impl Backend for Failing {
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
         let n = self.applies.fetch_add(1, Ordering::SeqCst);
         if n == self.fail_at.load(Ordering::SeqCst) {
-            return Err(StoreError::Injected);
+            return Err(StoreError::Backend("injected failure".into()));
         }
         self.inner.apply(writes)
     }
@@ -247,7 +261,7 @@ fn at_write_point<T>(device: &Device<Arc<Failing>>, name: &str, op: impl Fn() ->
     let before = device.backend().inner.snapshot();
     device.backend().fail_next();
     match op() {
-        Err(DeviceError::Store(StoreError::Injected)) => {}
+        Err(DeviceError::Store(StoreError::Backend(_))) => {}
         other => panic!("{name}: expected the injected failure, got {:?}", other.err()),
     }
     assert_eq!(device.backend().inner.snapshot(), before, "{name} changed the store");
@@ -261,15 +275,18 @@ fn injected_failures_at_every_write_point_change_nothing() {
     // Write point: creation (identity, prekeys and key check in one batch).
     b_store.fail_next();
     assert!(matches!(
-        Device::create_in(b_store.clone(), &[2; 32], addr("bob"), 0),
-        Err(DeviceError::Store(StoreError::Injected))
+        Device::create_in(b_store.clone(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH),
+        Err(DeviceError::Store(StoreError::Backend(_)))
     ));
     assert!(b_store.inner.snapshot().is_empty());
-    let alice = Device::create_in(a_store.clone(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(b_store.clone(), &[2; 32], addr("bob"), 0).unwrap();
+    let alice =
+        Device::create_in(a_store.clone(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob = Device::create_in(b_store.clone(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     // Write point: prekey refill and rotation.
-    assert_eq!(at_write_point(&bob, "refill", || bob.refill_prekeys(5, 10, 10)), 20);
-    at_write_point(&bob, "rotate", || bob.rotate_prekeys(100_000, 1_000));
+    assert_eq!(at_write_point(&bob, "refill", || bob.refill_prekeys(5, 10, UNIX_EPOCH + Duration::from_secs(10))), 20);
+    at_write_point(&bob, "rotate", || {
+        bob.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(100_000), Duration::from_secs(1_000))
+    });
     // Write point: starting a session.
     let bundle = bob.prekey_bundle().unwrap();
     at_write_point(&alice, "start_session", || alice.start_session(&bundle));
@@ -280,7 +297,7 @@ fn injected_failures_at_every_write_point_change_nothing() {
     let pending = bob.decrypt(alice.address(), &first).unwrap();
     let before = b_store.inner.snapshot();
     b_store.fail_next();
-    assert!(matches!(bob.commit(pending), Err(DeviceError::Store(StoreError::Injected))));
+    assert!(matches!(bob.commit(pending), Err(DeviceError::Store(StoreError::Backend(_)))));
     assert_eq!(b_store.inner.snapshot(), before);
     assert_eq!(bob.prekey_counts().unwrap(), counts);
     assert_eq!(receive(&bob, alice.address(), &first).unwrap(), b"hello");
@@ -290,7 +307,7 @@ fn injected_failures_at_every_write_point_change_nothing() {
     let batch = bob.decrypt_batch(&[(alice.address().clone(), m.clone())]).unwrap();
     let before = b_store.inner.snapshot();
     b_store.fail_next();
-    assert!(matches!(bob.commit_batch(batch), Err(DeviceError::Store(StoreError::Injected))));
+    assert!(matches!(bob.commit_batch(batch), Err(DeviceError::Store(StoreError::Backend(_)))));
     assert_eq!(b_store.inner.snapshot(), before);
     let batch = bob.decrypt_batch(&[(alice.address().clone(), m)]).unwrap();
     bob.commit_batch(batch).unwrap();
@@ -304,11 +321,21 @@ fn injected_failures_at_every_write_point_change_nothing() {
 
 #[test]
 fn a_device_is_shared_across_threads() {
-    let hub = Arc::new(Device::create_in(MemoryBackend::new(), &[9; 32], addr("hub"), 0).unwrap());
+    let hub = Arc::new(
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([9; 32]), addr("hub"), UNIX_EPOCH).unwrap(),
+    );
     let peers: Vec<Device<MemoryBackend>> = (0..4)
-        .map(|i| Device::create_in(MemoryBackend::new(), &[i; 32], addr(&format!("peer{i}")), 0).unwrap())
+        .map(|i| {
+            Device::create_in(
+                MemoryBackend::new(),
+                &StorageKey::from_bytes([i; 32]),
+                addr(&format!("peer{i}")),
+                UNIX_EPOCH,
+            )
+            .unwrap()
+        })
         .collect();
-    hub.refill_prekeys(10, 10, 0).unwrap();
+    hub.refill_prekeys(10, 10, UNIX_EPOCH).unwrap();
     for peer in &peers {
         hub.start_session(&peer.prekey_bundle().unwrap()).unwrap();
     }
@@ -351,24 +378,35 @@ fn a_device_is_shared_across_threads() {
 
 #[test]
 fn prekeys_are_refilled_and_rotated() {
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 1_000).unwrap();
+    let bob = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([2; 32]),
+        addr("bob"),
+        UNIX_EPOCH + Duration::from_secs(1_000),
+    )
+    .unwrap();
     assert_eq!(bob.prekey_counts().unwrap(), (0, 0));
-    assert_eq!(bob.refill_prekeys(3, 8, 1_000).unwrap(), 16, "8 of each kind");
-    assert_eq!(bob.refill_prekeys(3, 8, 1_000).unwrap(), 0, "above the threshold: nothing to do");
+    assert_eq!(bob.refill_prekeys(3, 8, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap(), 16, "8 of each kind");
+    assert_eq!(
+        bob.refill_prekeys(3, 8, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap(),
+        0,
+        "above the threshold: nothing to do"
+    );
     let handed_out = bob.prekey_bundles(20).unwrap();
     assert_eq!(handed_out.len(), 8);
     assert_eq!(bob.prekey_bundles(20).unwrap().len(), 1, "every one-time prekey was handed out: one bundle without");
-    assert!(matches!(bob.refill_prekeys(300, 300, 0), Err(DeviceError::PreKey(_))));
-    let rotated = bob.rotate_prekeys(1_500, 1_000).unwrap();
+    assert!(matches!(bob.refill_prekeys(300, 300, UNIX_EPOCH), Err(DeviceError::PreKey(_))));
+    let rotated = bob.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(1_500), Duration::from_secs(1_000)).unwrap();
     assert!(!rotated.signed_prekey && !rotated.last_resort_prekey);
     let old_bundle = bob.prekey_bundle().unwrap();
-    let rotated = bob.rotate_prekeys(2_000, 1_000).unwrap();
+    let rotated = bob.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(2_000), Duration::from_secs(1_000)).unwrap();
     assert!(rotated.signed_prekey && rotated.last_resort_prekey);
     assert_ne!(bob.prekey_bundle().unwrap(), old_bundle);
     // A session started from the previous bundle still works (old keys are
     // kept a while). The 8 one-time prekeys of each kind were all handed out
     // above, so that bundle offered none, and none is consumed.
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
     alice.start_session(&old_bundle).unwrap();
     let wire = alice.encrypt(bob.address(), b"from an old bundle").unwrap();
     assert_eq!(receive(&bob, alice.address(), &wire).unwrap(), b"from an old bundle");
@@ -376,7 +414,8 @@ fn prekeys_are_refilled_and_rotated() {
     // One of the bundles handed out earlier is used: one of each kind consumed.
     let bundles = bob.prekey_bundles(0).unwrap();
     assert!(bundles.is_empty());
-    let carol = Device::create_in(MemoryBackend::new(), &[3; 32], addr("carol"), 0).unwrap();
+    let carol =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([3; 32]), addr("carol"), UNIX_EPOCH).unwrap();
     carol.start_session(&handed_out[3]).unwrap();
     let wire = carol.encrypt(bob.address(), b"from a handed-out bundle").unwrap();
     assert_eq!(receive(&bob, carol.address(), &wire).unwrap(), b"from a handed-out bundle");
@@ -384,17 +423,23 @@ fn prekeys_are_refilled_and_rotated() {
     // A refill counts the keys left to hand out (none: every one was handed
     // out), and keeps the 7 of each kind handed out and not consumed for the
     // contacts that hold them.
-    assert_eq!(bob.refill_prekeys(8, 9, 3_000).unwrap(), 18, "9 of each kind");
+    assert_eq!(bob.refill_prekeys(8, 9, UNIX_EPOCH + Duration::from_secs(3_000)).unwrap(), 18, "9 of each kind");
     assert_eq!(bob.prekey_counts().unwrap(), (16, 16));
-    assert_eq!(bob.refill_prekeys(8, 9, 3_000).unwrap(), 0, "9 of each left to hand out");
+    assert_eq!(
+        bob.refill_prekeys(8, 9, UNIX_EPOCH + Duration::from_secs(3_000)).unwrap(),
+        0,
+        "9 of each left to hand out"
+    );
     // The new ones are offered next.
     assert_eq!(bob.prekey_bundles(20).unwrap().len(), 9);
 }
 
 #[test]
 fn identity_changes_need_a_decision_and_safety_numbers_match() {
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let wire = alice.encrypt(bob.address(), b"hi").unwrap();
     receive(&bob, alice.address(), &wire).unwrap();
@@ -403,7 +448,8 @@ fn identity_changes_need_a_decision_and_safety_numbers_match() {
         bob.safety_number(alice.address()).unwrap().digits()
     );
     // Bob reinstalls with a new identity under the same address.
-    let new_bob = Device::create_in(MemoryBackend::new(), &[3; 32], addr("bob"), 0).unwrap();
+    let new_bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([3; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     let err = alice.start_session(&new_bob.prekey_bundle().unwrap()).unwrap_err();
     assert!(
         matches!(err, DeviceError::Session(SessionError::UntrustedIdentity { identity }) if identity == new_bob.identity_key())
@@ -420,9 +466,12 @@ fn identity_changes_need_a_decision_and_safety_numbers_match() {
 /// refused and neither store changes.
 #[test]
 fn a_pending_decryption_commits_only_on_its_own_device() {
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
-    let carol = Device::create_in(MemoryBackend::new(), &[3; 32], addr("carol"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    let carol =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([3; 32]), addr("carol"), UNIX_EPOCH).unwrap();
     // Bob and Carol each have a session with Alice, in the same steps.
     for peer in [&bob, &carol] {
         alice.start_session(&peer.prekey_bundle().unwrap()).unwrap();
@@ -450,10 +499,12 @@ fn a_pending_decryption_commits_only_on_its_own_device() {
 
     // A first message (a new session, made from no row at all) committed on
     // a device that has no session with its sender either.
-    let erin = Device::create_in(MemoryBackend::new(), &[5; 32], addr("erin"), 0).unwrap();
-    let dave = Device::create_in(MemoryBackend::new(), &[4; 32], addr("dave"), 0).unwrap();
-    erin.refill_prekeys(5, 5, 0).unwrap();
-    dave.refill_prekeys(5, 5, 0).unwrap();
+    let erin =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([5; 32]), addr("erin"), UNIX_EPOCH).unwrap();
+    let dave =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([4; 32]), addr("dave"), UNIX_EPOCH).unwrap();
+    erin.refill_prekeys(5, 5, UNIX_EPOCH).unwrap();
+    dave.refill_prekeys(5, 5, UNIX_EPOCH).unwrap();
     alice.start_session(&erin.prekey_bundle().unwrap()).unwrap();
     let first = alice.encrypt(erin.address(), b"hello erin").unwrap();
     let (erin_before, dave_before) = (erin.backend().snapshot(), dave.backend().snapshot());
@@ -470,8 +521,10 @@ fn a_pending_decryption_commits_only_on_its_own_device() {
 /// value or a key: only lengths, tables and public keys.
 #[test]
 fn debug_output_is_redacted() {
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let secret = "SECRET-PLAINTEXT-0123456789";
     let wire = alice.encrypt(bob.address(), secret.as_bytes()).unwrap();
@@ -502,9 +555,9 @@ fn every_bundle_offers_one_time_prekeys_no_other_bundle_offered() {
     use samizdat::prekeys::{PqPreKeyKind, PreKeyBundle};
     let dir = temp_dir("bundles");
     let path = dir.join("bob.db");
-    let bob = Device::create(&path, &[2; 32], addr("bob"), 0).unwrap();
-    let other_handle = Device::open(&path, &[2; 32]).unwrap();
-    bob.refill_prekeys(6, 6, 0).unwrap();
+    let bob = Device::create(&path, &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    let other_handle = Device::open(&path, &StorageKey::from_bytes([2; 32])).unwrap();
+    bob.refill_prekeys(6, 6, UNIX_EPOCH).unwrap();
     let mut bundles: Vec<Vec<u8>> = Vec::new();
     for round in 0..2 {
         bundles.push(bob.prekey_bundle().unwrap());
@@ -514,7 +567,7 @@ fn every_bundle_offers_one_time_prekeys_no_other_bundle_offered() {
         }
     }
     drop((bob, other_handle));
-    let bob = Device::open(&path, &[2; 32]).unwrap();
+    let bob = Device::open(&path, &StorageKey::from_bytes([2; 32])).unwrap();
     bundles.push(bob.prekey_bundle().unwrap()); // the sixth and last of each kind
     let parsed: Vec<PreKeyBundle> = bundles.iter().map(|b| PreKeyBundle::from_bytes(b).unwrap()).collect();
     let one_time: std::collections::BTreeSet<u32> = parsed.iter().map(|b| b.one_time_prekey_id().unwrap()).collect();
@@ -535,7 +588,13 @@ fn every_bundle_offers_one_time_prekeys_no_other_bundle_offered() {
 
     // Seven contacts, one bundle each: every first message reads.
     for (i, bundle) in bundles.iter().enumerate() {
-        let contact = Device::create_in(MemoryBackend::new(), &[9; 32], addr(&format!("contact{i}")), 0).unwrap();
+        let contact = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([9; 32]),
+            addr(&format!("contact{i}")),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         contact.start_session(bundle).unwrap();
         let wire = contact.encrypt(bob.address(), b"hello bob").unwrap();
         assert_eq!(receive(&bob, contact.address(), &wire).unwrap(), b"hello bob", "contact {i}");

@@ -14,6 +14,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -965,7 +967,9 @@ fn long_member(i: usize) -> Address {
 #[test]
 fn a_group_of_the_most_members_is_bounded() {
     let store = Arc::new(MemoryBackend::new());
-    let device = Device::create_in(Hooked::new(store.clone()), &storage_key(0), addr(0), 0).unwrap();
+    let device =
+        Device::create_in(Hooked::new(store.clone()), &StorageKey::from_bytes(storage_key(0)), addr(0), UNIX_EPOCH)
+            .unwrap();
     let too_many: Vec<Address> = (0..=MAX_GROUP_MEMBERS).map(long_member).collect();
     assert!(matches!(
         device.create_group(G, &too_many),
@@ -996,7 +1000,9 @@ fn a_group_of_the_most_members_is_bounded() {
 #[test]
 fn a_message_from_a_non_member_costs_no_roster_read() {
     let store = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Hooked::new(store.clone()), &storage_key(1), addr(1), 0).unwrap();
+    let bob =
+        Device::create_in(Hooked::new(store.clone()), &StorageKey::from_bytes(storage_key(1)), addr(1), UNIX_EPOCH)
+            .unwrap();
     let members: Vec<Address> = (0..MAX_GROUP_MEMBERS).map(long_member).collect();
     bob.create_group(G, &members).unwrap();
     let junk = Forger {
@@ -1147,8 +1153,14 @@ fn two_handles_on_one_sqlite_store_never_reuse_an_iteration() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("alice.db");
     let key = storage_key(0);
-    let alice = Device::create(&path, &key, addr(0), 0).unwrap();
-    let bob = Device::create_in(Hooked::new(Arc::new(MemoryBackend::new())), &storage_key(1), addr(1), 0).unwrap();
+    let alice = Device::create(&path, &StorageKey::from_bytes(key), addr(0), UNIX_EPOCH).unwrap();
+    let bob = Device::create_in(
+        Hooked::new(Arc::new(MemoryBackend::new())),
+        &StorageKey::from_bytes(storage_key(1)),
+        addr(1),
+        UNIX_EPOCH,
+    )
+    .unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     alice.create_group(G, &[addr(1)]).unwrap();
     bob.create_group(G, &[addr(0)]).unwrap();
@@ -1164,7 +1176,10 @@ fn two_handles_on_one_sqlite_store_never_reuse_an_iteration() {
     bob.commit(bob.decrypt(&addr(0), &rotated.distributions[0].message).unwrap()).unwrap();
     bob.commit(bob.decrypt(&addr(0), &rotated.message).unwrap()).unwrap();
     drop(alice);
-    let handles = vec![Arc::new(Device::open(&path, &key).unwrap()), Arc::new(Device::open(&path, &key).unwrap())];
+    let handles = vec![
+        Arc::new(Device::open(&path, &StorageKey::from_bytes(key)).unwrap()),
+        Arc::new(Device::open(&path, &StorageKey::from_bytes(key)).unwrap()),
+    ];
     let sent = hammer(handles, 8);
     assert_eq!(sent.len(), 32);
     check_no_reuse(&sent, &bob, &addr(0));
@@ -1234,9 +1249,10 @@ fn group_chains_do_not_outlive_the_trusted_identity() {
         .map(|((table, key), value)| Write { table, key, value: Some(value), expected: Expected::Any })
         .collect();
     stolen.apply(&writes).unwrap();
-    let thief = Device::open_in(stolen, &storage_key(alice)).unwrap();
+    let thief = Device::open_in(stolen, &StorageKey::from_bytes(storage_key(alice))).unwrap();
     // Alice's new device; Bob trusts its identity and starts a session.
-    let new_alice = Device::create_in(MemoryBackend::new(), &[0x42; 32], addr(alice), 0).unwrap();
+    let new_alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0x42; 32]), addr(alice), UNIX_EPOCH).unwrap();
     net.dev(bob).trust_identity(&addr(alice), new_alice.identity_key()).unwrap();
     net.dev(bob).start_session(&new_alice.prekey_bundle().unwrap()).unwrap();
     // The pairwise layer refuses the thief.

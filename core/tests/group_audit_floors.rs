@@ -10,7 +10,9 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use ed25519_dalek::{Signer, SigningKey};
 use samizdat::{
@@ -251,7 +253,13 @@ fn a_chain_taken_again_under_a_new_identity_reopens_nothing() {
     assert_eq!(net.receive(alice, bob, &read[0]).unwrap(), Got::Group(b"genuine 0".to_vec()));
     // Carol's device under Alice's address, with an identity of its own.
     let fake_key = [0x5a; 32];
-    let fake = Device::create_in(Hooked::new(Arc::new(MemoryBackend::new())), &fake_key, addr(alice), 0).unwrap();
+    let fake = Device::create_in(
+        Hooked::new(Arc::new(MemoryBackend::new())),
+        &StorageKey::from_bytes(fake_key),
+        addr(alice),
+        UNIX_EPOCH,
+    )
+    .unwrap();
     net.dev(bob).trust_identity(&addr(alice), fake.identity_key()).unwrap();
     net.dev(bob).start_session(&fake.prekey_bundle().unwrap()).unwrap();
     let hello = net.dev(bob).encrypt(&addr(alice), b"hello").unwrap();

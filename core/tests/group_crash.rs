@@ -88,6 +88,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs::OpenOptions,
@@ -1088,7 +1090,11 @@ fn group_crash_child() {
     let devices = (0..MEMBERS)
         .map(|i| {
             let inner = SqliteBackend::open_existing(dir.join(format!("m{i}.db"))).unwrap();
-            Device::open_in(Switch { inner, device: i, killer: killer.clone() }, &storage_key(i)).unwrap()
+            Device::open_in(
+                Switch { inner, device: i, killer: killer.clone() },
+                &StorageKey::from_bytes(storage_key(i)),
+            )
+            .unwrap()
         })
         .collect();
     let mut world = App { app, devices, killer, expect };
@@ -1106,7 +1112,15 @@ fn group_crash_child() {
 /// here, without kills: `crash.rs` kills device creation and session set-up).
 fn set_up(dir: &Path) {
     let devices: Vec<_> = (0..MEMBERS)
-        .map(|i| Device::create(dir.join(format!("m{i}.db")), &storage_key(i), address(i), 0).unwrap())
+        .map(|i| {
+            Device::create(
+                dir.join(format!("m{i}.db")),
+                &StorageKey::from_bytes(storage_key(i)),
+                address(i),
+                UNIX_EPOCH,
+            )
+            .unwrap()
+        })
         .collect();
     for i in 0..MEMBERS {
         for j in i + 1..MEMBERS {
@@ -1464,8 +1478,9 @@ fn verify(dir: &Path) -> RoundStats {
     // holding the chain (no distribution now) but which lacks it is
     // explained only by a distribution or an answer of that sender that died
     // with the app (an interrupted encryption or control commit there).
-    let devices: Vec<Device<SqliteBackend>> =
-        (0..MEMBERS).map(|i| Device::open(dir.join(format!("m{i}.db")), &storage_key(i)).unwrap()).collect();
+    let devices: Vec<Device<SqliteBackend>> = (0..MEMBERS)
+        .map(|i| Device::open(dir.join(format!("m{i}.db")), &StorageKey::from_bytes(storage_key(i))).unwrap())
+        .collect();
     for (i, device) in devices.iter().enumerate() {
         let members: BTreeSet<Address> = device.group_members(GROUP).unwrap().into_iter().collect();
         let expected: BTreeSet<Address> = (0..MEMBERS).filter(|&j| j != i).map(address).collect();

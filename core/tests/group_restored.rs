@@ -8,6 +8,7 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, ErrorKind, Recovery, SessionError,
     device::{Device, DeviceError},
@@ -39,7 +40,7 @@ fn a_member_restored_from_an_older_copy_asks_for_the_chain_it_lost() {
     assert_eq!(world.receive(0, 1, &second.message).unwrap(), Got::Group(b"second".to_vec()));
 
     // The restore: member 1's app also restores its roster (member 2 out).
-    world.devices[1] = Device::open_in(backup, &[2; 32]).unwrap();
+    world.devices[1] = Device::open_in(backup, &StorageKey::from_bytes([2; 32])).unwrap();
     world.device(1).remove_group_members(G, &[address(2)]).unwrap();
     let third = world.device(0).group_encrypt(G, b"third").unwrap();
     assert!(third.distributions.is_empty(), "member 0 believes member 1 has its chain");
@@ -79,7 +80,7 @@ fn a_member_restored_after_it_sent_heals_its_session_then_gets_the_chain() {
     let second = world.send(0, G, b"second");
     assert_eq!(world.receive(0, 1, &second.message).unwrap(), Got::Group(b"second".to_vec()));
 
-    world.devices[1] = Device::open_in(backup, &[2; 32]).unwrap();
+    world.devices[1] = Device::open_in(backup, &StorageKey::from_bytes([2; 32])).unwrap();
     world.device(1).remove_group_members(G, &[address(2)]).unwrap();
     let third = world.device(0).group_encrypt(G, b"third").unwrap();
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, SessionError,
     address::Address,
@@ -11,6 +12,7 @@ use samizdat::{
     store::{Backend, MemoryBackend, Table},
     wire::Message,
 };
+use std::time::UNIX_EPOCH;
 use support::group::{Got, World, address, missing_chain};
 
 const G: &[u8] = b"g1";
@@ -314,8 +316,8 @@ fn an_answer_handed_again_is_the_same_bytes_and_only_for_the_current_chain() {
 #[test]
 fn kept_requests_and_answers_fit_their_limit() {
     let long = [0x47; samizdat::limits::MAX_GROUP_ID_LEN];
-    let a = Device::create_in(MemoryBackend::new(), &[1; 32], address(0), 0).unwrap();
-    let b = Device::create_in(MemoryBackend::new(), &[2; 32], address(1), 0).unwrap();
+    let a = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address(0), UNIX_EPOCH).unwrap();
+    let b = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), address(1), UNIX_EPOCH).unwrap();
     // Both sessions started by each side and never answered: prekey messages.
     a.start_session(&b.prekey_bundle().unwrap()).unwrap();
     b.start_session(&a.prekey_bundle().unwrap()).unwrap();
@@ -375,7 +377,13 @@ fn unknown_groups_and_strangers_are_refused() {
 #[test]
 fn a_member_without_a_session_gets_the_chain_once_there_is_one() {
     let world = World::new(3);
-    let stranger = Device::create_in(MemoryBackend::new(), &[9; 32], Address::new("s", 1).unwrap(), 0).unwrap();
+    let stranger = Device::create_in(
+        MemoryBackend::new(),
+        &StorageKey::from_bytes([9; 32]),
+        Address::new("s", 1).unwrap(),
+        UNIX_EPOCH,
+    )
+    .unwrap();
     world.device(0).create_group(G, &[address(1), stranger.address().clone()]).unwrap();
     stranger.create_group(G, &[address(0)]).unwrap();
     let first = world.device(0).group_encrypt(G, b"one").unwrap();

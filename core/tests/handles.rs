@@ -13,6 +13,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use support::{addr, temp_dir};
 
 use std::{
@@ -33,7 +35,7 @@ use samizdat::{
     wire::Message,
 };
 
-const KEY: [u8; 32] = [0x4b; 32];
+const KEY: StorageKey = StorageKey::from_bytes([0x4b; 32]);
 /// Threads per handle, and messages each thread encrypts.
 const THREADS_PER_HANDLE: usize = 2;
 const MESSAGES_PER_THREAD: usize = 20;
@@ -108,7 +110,8 @@ fn receive<B: Backend>(refusals: &Refusals, handle: &Device<B>, from: &Address, 
 /// Bob and commit Bob's replies; then Bob decrypts everything.
 fn hammer<B: Backend>(first: &Device<B>, second: &Device<B>) {
     assert_eq!(first.identity_key(), second.identity_key(), "two handles of one device");
-    let bob = Device::create_in(MemoryBackend::new(), &[0xb0; 32], addr("bob"), 0).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xb0; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     let alice = first.address().clone();
     let refusals = Refusals::default();
     first.start_session(&bob.prekey_bundle().unwrap()).unwrap();
@@ -186,7 +189,7 @@ fn two_handles_through_a_symbolic_link() {
     let path = dir.join("alice.db");
     let link = dir.join("link.db");
     std::os::unix::fs::symlink(&path, &link).unwrap();
-    let first = Device::create(&path, &KEY, addr("alice"), 0).unwrap();
+    let first = Device::create(&path, &KEY, addr("alice"), UNIX_EPOCH).unwrap();
     let second = Device::open(&link, &KEY).unwrap();
     hammer(&first, &second);
     drop((first, second));
@@ -198,7 +201,7 @@ fn two_handles_through_a_symbolic_link() {
 fn two_handles_on_one_path() {
     let dir = temp_dir("same-path");
     let path = dir.join("alice.db");
-    let first = Device::create(&path, &KEY, addr("alice"), 0).unwrap();
+    let first = Device::create(&path, &KEY, addr("alice"), UNIX_EPOCH).unwrap();
     let second = Device::open(&path, &KEY).unwrap();
     hammer(&first, &second);
     drop((first, second));
@@ -215,8 +218,9 @@ fn a_second_name_by_hard_link_is_refused() {
     let dir = temp_dir("hardlink");
     let path = dir.join("alice.db");
     let link = dir.join("link.db");
-    let first = Device::create(&path, &KEY, addr("alice"), 0).unwrap();
-    let carol = Device::create_in(MemoryBackend::new(), &[0xc0; 32], addr("carol"), 0).unwrap();
+    let first = Device::create(&path, &KEY, addr("alice"), UNIX_EPOCH).unwrap();
+    let carol = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xc0; 32]), addr("carol"), UNIX_EPOCH)
+        .unwrap();
     first.start_session(&carol.prekey_bundle().unwrap()).unwrap();
     let before = first.encrypt(carol.address(), b"before the link").unwrap();
 
@@ -240,7 +244,7 @@ fn a_second_name_by_hard_link_is_refused() {
 #[test]
 fn two_handles_over_one_memory_backend() {
     let store = Arc::new(MemoryBackend::new());
-    let first = Device::create_in(store.clone(), &KEY, addr("alice"), 0).unwrap();
+    let first = Device::create_in(store.clone(), &KEY, addr("alice"), UNIX_EPOCH).unwrap();
     let second = Device::open_in(store.clone(), &KEY).unwrap();
     hammer(&first, &second);
 }
@@ -287,9 +291,11 @@ impl Backend for Interleaving {
 #[test]
 fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
     let store = Arc::new(MemoryBackend::new());
-    let first = Device::create_in(Interleaving::new(store.clone()), &KEY, addr("alice"), 0).unwrap();
+    let first = Device::create_in(Interleaving::new(store.clone()), &KEY, addr("alice"), UNIX_EPOCH).unwrap();
     let second = Arc::new(Device::open_in(store.clone(), &KEY).unwrap());
-    let bob = Arc::new(Device::create_in(MemoryBackend::new(), &[0xb0; 32], addr("bob"), 0).unwrap());
+    let bob = Arc::new(
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xb0; 32]), addr("bob"), UNIX_EPOCH).unwrap(),
+    );
     let conflicts = || first.backend().conflicts.load(Ordering::SeqCst);
     let alice = first.address().clone();
     let mut sent: Vec<Sent> = Vec::new();
@@ -347,8 +353,9 @@ fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
 
     // commit of a new session: the prekey row changes (the other handle
     // refills) between the read and the write; the prekeys are read again.
-    first.refill_prekeys(2, 2, 0).unwrap();
-    let carol = Device::create_in(MemoryBackend::new(), &[0xc0; 32], addr("carol"), 0).unwrap();
+    first.refill_prekeys(2, 2, UNIX_EPOCH).unwrap();
+    let carol = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xc0; 32]), addr("carol"), UNIX_EPOCH)
+        .unwrap();
     carol.start_session(&first.prekey_bundle().unwrap()).unwrap();
     let hello = carol.encrypt(&alice, b"hello from carol").unwrap();
     let pending = first.decrypt(carol.address(), &hello).unwrap();
@@ -356,7 +363,7 @@ fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
     first.backend().queue({
         let second = second.clone();
         // One of each kind is left to hand out (carol's bundle took the other).
-        move || assert_eq!(second.refill_prekeys(5, 5, 0).unwrap(), 8)
+        move || assert_eq!(second.refill_prekeys(5, 5, UNIX_EPOCH).unwrap(), 8)
     });
     first.commit(pending).unwrap();
     assert_eq!(conflicts(), conflicts_before + 1);
@@ -365,10 +372,17 @@ fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
     // Prekey changes race too: the refill is recomputed on the rotated set.
     first.backend().queue({
         let second = second.clone();
-        move || assert!(second.rotate_prekeys(1_000_000, 1).unwrap().signed_prekey)
+        move || {
+            assert!(
+                second
+                    .rotate_prekeys(UNIX_EPOCH + Duration::from_secs(1_000_000), Duration::from_secs(1))
+                    .unwrap()
+                    .signed_prekey
+            )
+        }
     });
     let conflicts_before = conflicts();
-    assert_eq!(first.refill_prekeys(10, 10, 0).unwrap(), 10);
+    assert_eq!(first.refill_prekeys(10, 10, UNIX_EPOCH).unwrap(), 10);
     assert_eq!(conflicts(), conflicts_before + 1);
     assert_eq!(second.prekey_counts().unwrap(), (10, 10));
 
@@ -377,9 +391,9 @@ fn a_write_raced_by_another_handle_is_recomputed_or_refused() {
     let racing = Interleaving::new(shared.clone());
     racing.queue({
         let shared = shared.clone();
-        move || drop(Device::create_in(shared, &KEY, addr("other"), 0).unwrap())
+        move || drop(Device::create_in(shared, &KEY, addr("other"), UNIX_EPOCH).unwrap())
     });
-    let result = Device::create_in(racing, &KEY, addr("alice"), 0);
+    let result = Device::create_in(racing, &KEY, addr("alice"), UNIX_EPOCH);
     assert!(matches!(result, Err(DeviceError::Store(StoreError::AlreadyExists))), "{result:?}");
     assert_eq!(Device::open_in(shared, &KEY).unwrap().address(), &addr("other"));
 }
@@ -427,8 +441,8 @@ fn calls_in_child<B: Backend>(device: &Device<B>, bob: &Address, pending: Pendin
         refused_in_child(&device.prekey_bundle()),
         refused_in_child(&device.prekey_bundles(2)),
         refused_in_child(&device.prekey_counts()),
-        refused_in_child(&device.refill_prekeys(10, 10, 0)),
-        refused_in_child(&device.rotate_prekeys(1 << 40, 0)),
+        refused_in_child(&device.refill_prekeys(10, 10, UNIX_EPOCH)),
+        refused_in_child(&device.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(1 << 40), Duration::from_secs(0))),
         refused_in_child(&device.start_session(b"not a bundle")),
     ];
     results.iter().position(|refused| !refused).map_or(0, |i| i32::try_from(i).map_or(99, |i| 10 + i))
@@ -441,7 +455,8 @@ fn fork_leaves_the_parent_intact<B: Backend>(
     backend_refused: impl Fn(&B) -> bool,
     check: impl Fn(&Device<B>),
 ) {
-    let bob = Device::create_in(MemoryBackend::new(), &[0xb0; 32], addr("bob"), 0).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xb0; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let hello = alice.encrypt(bob.address(), b"hello").unwrap();
     bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
@@ -481,7 +496,7 @@ fn a_forked_child_is_refused_and_the_parent_goes_on() {
     let dir = temp_dir("fork");
     let path = dir.join("alice.db");
     let refused = |backend: &SqliteBackend| matches!(backend.get(Table::Meta, b"key-check"), Err(StoreError::Forked));
-    fork_leaves_the_parent_intact(Device::create(&path, &KEY, addr("alice"), 0).unwrap(), refused, |alice| {
+    fork_leaves_the_parent_intact(Device::create(&path, &KEY, addr("alice"), UNIX_EPOCH).unwrap(), refused, |alice| {
         assert!(alice.has_session(&addr("bob")).unwrap());
         // The child did not close the parent's connection (which could have
         // removed the log and the index from under it).
@@ -494,6 +509,6 @@ fn a_forked_child_is_refused_and_the_parent_goes_on() {
     drop(reopened);
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let memory = Device::create_in(MemoryBackend::new(), &KEY, addr("alice"), 0).unwrap();
+    let memory = Device::create_in(MemoryBackend::new(), &KEY, addr("alice"), UNIX_EPOCH).unwrap();
     fork_leaves_the_parent_intact(memory, |_| true, |_| {});
 }

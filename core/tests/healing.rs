@@ -9,6 +9,7 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, ErrorKind, Recovery, SessionError,
     address::Address,
@@ -17,6 +18,7 @@ use samizdat::{
     limits::{MAX_OUTBOX_MESSAGES, MAX_RESET_IDS, MAX_SKIP, MAX_STORED_SKIPPED_KEYS},
     store::{Backend, MemoryBackend, Table},
 };
+use std::time::{Duration, UNIX_EPOCH};
 use support::copy_of;
 
 type Dev = Device<MemoryBackend>;
@@ -26,16 +28,16 @@ fn address(name: &str) -> Address {
 }
 
 fn device(name: &str, key: u8) -> Dev {
-    Device::create_in(MemoryBackend::new(), &[key; 32], address(name), 0).unwrap()
+    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
 }
 
 /// Alice and Bob with a session both ways (each has read the other).
 fn pair() -> (Dev, Dev) {
     let (alice, bob) = (device("alice", 1), device("bob", 2));
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
-    let hello = alice.encrypt_kept(bob.address(), b"hello", 0).unwrap();
+    let hello = alice.encrypt_kept(bob.address(), b"hello", UNIX_EPOCH).unwrap();
     assert_eq!(receive(&bob, &alice, &hello).unwrap(), Got::App(b"hello".to_vec()));
-    let back = bob.encrypt_kept(alice.address(), b"hello back", 0).unwrap();
+    let back = bob.encrypt_kept(alice.address(), b"hello back", UNIX_EPOCH).unwrap();
     assert_eq!(receive(&alice, &bob, &back).unwrap(), Got::App(b"hello back".to_vec()));
     (alice, bob)
 }
@@ -69,7 +71,7 @@ fn kind(result: Result<Got, DeviceError>) -> ErrorKind {
 
 /// Bob heals with Alice after `unreadable`, at `now`: the reset.
 fn heal(bob: &Dev, alice: &Dev, unreadable: &[Vec<u8>], now: u64) -> Vec<u8> {
-    match bob.heal(&alice.prekey_bundle().unwrap(), unreadable, now).unwrap() {
+    match bob.heal(&alice.prekey_bundle().unwrap(), unreadable, UNIX_EPOCH + Duration::from_secs(now)).unwrap() {
         Heal::Sent(reset) => {
             assert_eq!(&reset.to, alice.address());
             reset.message
@@ -88,9 +90,9 @@ fn answer(alice: &Dev, bob: &Dev, reset: &[u8]) -> Vec<Vec<u8>> {
 
 /// Each side sends one message the other reads: the session works both ways.
 fn converse(alice: &Dev, bob: &Dev, tag: &str) {
-    let to_bob = alice.encrypt_kept(bob.address(), format!("a {tag}").as_bytes(), 0).unwrap();
+    let to_bob = alice.encrypt_kept(bob.address(), format!("a {tag}").as_bytes(), UNIX_EPOCH).unwrap();
     assert_eq!(receive(bob, alice, &to_bob).unwrap(), Got::App(format!("a {tag}").into_bytes()));
-    let to_alice = bob.encrypt_kept(alice.address(), format!("b {tag}").as_bytes(), 0).unwrap();
+    let to_alice = bob.encrypt_kept(alice.address(), format!("b {tag}").as_bytes(), UNIX_EPOCH).unwrap();
     assert_eq!(receive(alice, bob, &to_alice).unwrap(), Got::App(format!("b {tag}").into_bytes()));
 }
 
@@ -102,19 +104,26 @@ fn converse(alice: &Dev, bob: &Dev, tag: &str) {
 fn more_than_2000_dropped_messages_heal_and_the_held_ones_arrive_once() {
     let (alice, bob) = pair();
     for i in 0..=MAX_SKIP {
-        alice.encrypt_kept(bob.address(), format!("dropped {i}").as_bytes(), 1).unwrap();
+        alice
+            .encrypt_kept(bob.address(), format!("dropped {i}").as_bytes(), UNIX_EPOCH + Duration::from_secs(1))
+            .unwrap();
     }
     // The outbox kept the latest MAX_OUTBOX_MESSAGES of them (and "hello").
     assert_eq!(alice.outbox_len(bob.address()).unwrap(), MAX_OUTBOX_MESSAGES);
-    let seen: Vec<Vec<u8>> =
-        (0..3).map(|i| alice.encrypt_kept(bob.address(), format!("seen {i}").as_bytes(), 2).unwrap()).collect();
+    let seen: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            alice
+                .encrypt_kept(bob.address(), format!("seen {i}").as_bytes(), UNIX_EPOCH + Duration::from_secs(2))
+                .unwrap()
+        })
+        .collect();
     for wire in &seen {
         let error = bob.decrypt(alice.address(), wire).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
         assert_eq!(error.kind().recovery(), Recovery::Heal);
     }
     // Bob's replies still reach Alice: only her direction is broken.
-    let reply = bob.encrypt_kept(alice.address(), b"still here", 2).unwrap();
+    let reply = bob.encrypt_kept(alice.address(), b"still here", UNIX_EPOCH + Duration::from_secs(2)).unwrap();
     assert_eq!(receive(&alice, &bob, &reply).unwrap(), Got::App(b"still here".to_vec()));
 
     let reset = heal(&bob, &alice, &seen, 10);
@@ -140,7 +149,7 @@ fn more_than_2000_dropped_messages_heal_and_the_held_ones_arrive_once() {
 #[test]
 fn a_message_whose_key_was_evicted_heals() {
     let (alice, bob) = pair();
-    let held = alice.encrypt_kept(bob.address(), b"held back", 1).unwrap();
+    let held = alice.encrypt_kept(bob.address(), b"held back", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     // A gap that fills Bob's skipped keys ("held back" among them), then
     // one more skipped key that evicts the oldest, "held back"'s.
     let gap = u32::try_from(MAX_STORED_SKIPPED_KEYS).unwrap() - 1;
@@ -172,9 +181,14 @@ fn a_store_restored_from_a_backup_heals() {
     let backup = copy_of(bob.backend());
     converse(&alice, &bob, "after the backup");
     converse(&alice, &bob, "and more");
-    let lost: Vec<Vec<u8>> =
-        (0..2).map(|i| alice.encrypt_kept(bob.address(), format!("lost {i}").as_bytes(), 3).unwrap()).collect();
-    let bob = Device::open_in(backup, &[2; 32]).unwrap();
+    let lost: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            alice
+                .encrypt_kept(bob.address(), format!("lost {i}").as_bytes(), UNIX_EPOCH + Duration::from_secs(3))
+                .unwrap()
+        })
+        .collect();
+    let bob = Device::open_in(backup, &StorageKey::from_bytes([2; 32])).unwrap();
     for wire in &lost {
         let error = bob.decrypt(alice.address(), wire).unwrap_err();
         assert_eq!(error.kind().recovery(), Recovery::Heal, "{error:?}");
@@ -194,8 +208,8 @@ fn a_restored_sender_is_healed_by_its_peer() {
     let (alice, bob) = pair();
     let backup = copy_of(alice.backend());
     converse(&alice, &bob, "after the backup");
-    let alice = Device::open_in(backup, &[1; 32]).unwrap();
-    let reused = alice.encrypt_kept(bob.address(), b"from the past", 4).unwrap();
+    let alice = Device::open_in(backup, &StorageKey::from_bytes([1; 32])).unwrap();
+    let reused = alice.encrypt_kept(bob.address(), b"from the past", UNIX_EPOCH + Duration::from_secs(4)).unwrap();
     let error = bob.decrypt(alice.address(), &reused).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutOfStep, "{error:?}");
     let reset = heal(&bob, &alice, std::slice::from_ref(&reused), 10);
@@ -215,7 +229,8 @@ fn a_reinstalled_peer_heals_after_the_apps_trust_decision() {
     for allowed in [false, true] {
         let (alice, bob) = pair();
         bob.set_heal_policy(HealPolicy { resend_to_new_identity: allowed, ..HealPolicy::default() }).unwrap();
-        let in_flight = bob.encrypt_kept(alice.address(), b"to the old install", 3).unwrap();
+        let in_flight =
+            bob.encrypt_kept(alice.address(), b"to the old install", UNIX_EPOCH + Duration::from_secs(3)).unwrap();
         drop(alice);
         let alice = device("alice", 9);
         // The new Alice has no session: Bob's message is out of reach.
@@ -234,7 +249,8 @@ fn a_reinstalled_peer_heals_after_the_apps_trust_decision() {
         }
         converse(&alice, &bob, "healed");
         // What Bob sends from now on is the new identity's.
-        let now_kept = bob.encrypt_kept(alice.address(), b"for the new install", 20).unwrap();
+        let now_kept =
+            bob.encrypt_kept(alice.address(), b"for the new install", UNIX_EPOCH + Duration::from_secs(20)).unwrap();
         let reset = heal(&alice, &bob, std::slice::from_ref(&now_kept), 4_000);
         let resent = answer(&bob, &alice, &reset);
         assert_eq!(resent.len(), 1);
@@ -265,10 +281,13 @@ fn resets_are_rate_limited_so_forgeries_trigger_at_most_one() {
         }
         let now = 100 + u64::try_from(i).unwrap();
         let before = copy_of(bob.backend());
-        match bob.heal(&alice.prekey_bundle().unwrap(), std::slice::from_ref(forged), now).unwrap() {
+        match bob
+            .heal(&alice.prekey_bundle().unwrap(), std::slice::from_ref(forged), UNIX_EPOCH + Duration::from_secs(now))
+            .unwrap()
+        {
             Heal::Sent(_) => sent += 1,
             Heal::TooSoon { retry_at } => {
-                assert_eq!(retry_at, 100 + HealPolicy::default().reset_interval);
+                assert_eq!(retry_at, UNIX_EPOCH + Duration::from_secs(100) + HealPolicy::default().reset_interval);
                 assert!(before.snapshot() == bob.backend().snapshot(), "a refused reset wrote");
             }
             other => panic!("{other:?}"),
@@ -276,9 +295,14 @@ fn resets_are_rate_limited_so_forgeries_trigger_at_most_one() {
     }
     assert_eq!(sent, 1, "one reset for twenty forgeries");
     // The interval set by the app; a reset again once it passed.
-    bob.set_heal_policy(HealPolicy { reset_interval: 60, ..HealPolicy::default() }).unwrap();
-    assert!(matches!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 159).unwrap(), Heal::TooSoon { retry_at: 160 }));
-    assert!(matches!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 160).unwrap(), Heal::Sent(_)));
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(60), ..HealPolicy::default() }).unwrap();
+    assert!(
+        matches!(bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(159)).unwrap(), Heal::TooSoon { retry_at } if retry_at == UNIX_EPOCH + Duration::from_secs(160))
+    );
+    assert!(matches!(
+        bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(160)).unwrap(),
+        Heal::Sent(_)
+    ));
     // The genuine message, in flight all along, still decrypts.
     assert_eq!(receive(&bob, &alice, &genuine).unwrap(), Got::App(b"genuine".to_vec()));
 }
@@ -289,8 +313,8 @@ fn resets_are_rate_limited_so_forgeries_trigger_at_most_one() {
 #[test]
 fn crossing_resets_converge_to_one_session() {
     let (alice, bob) = pair();
-    let to_bob = alice.encrypt_kept(bob.address(), b"for bob", 1).unwrap();
-    let to_alice = bob.encrypt_kept(alice.address(), b"for alice", 1).unwrap();
+    let to_bob = alice.encrypt_kept(bob.address(), b"for bob", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    let to_alice = bob.encrypt_kept(alice.address(), b"for alice", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let from_bob = heal(&bob, &alice, std::slice::from_ref(&to_bob), 10);
     let from_alice = heal(&alice, &bob, std::slice::from_ref(&to_alice), 10);
     let bob_resends = answer(&bob, &alice, &from_alice);
@@ -316,7 +340,7 @@ fn crossing_resets_converge_to_one_session() {
 fn a_message_reaches_the_app_once_whichever_copy_comes_first() {
     for original_first in [false, true] {
         let (alice, bob) = pair();
-        let delayed = alice.encrypt_kept(bob.address(), b"delayed", 1).unwrap();
+        let delayed = alice.encrypt_kept(bob.address(), b"delayed", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         let reset = heal(&bob, &alice, std::slice::from_ref(&delayed), 10);
         let resent = answer(&alice, &bob, &reset);
         assert_eq!(resent.len(), 1);
@@ -336,7 +360,7 @@ fn a_message_reaches_the_app_once_whichever_copy_comes_first() {
 fn a_reset_names_at_most_the_limit_and_unknown_ids_send_nothing() {
     let (alice, bob) = pair();
     let junk: Vec<Vec<u8>> = (0..MAX_RESET_IDS + 10).map(|i| format!("never sent {i}").into_bytes()).collect();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let mut unreadable = junk.clone();
     unreadable.push(kept.clone());
     let reset = heal(&bob, &alice, &unreadable, 10);
@@ -357,8 +381,15 @@ fn the_outbox_is_bounded_in_count_and_age_and_forgets_what_is_acknowledged() {
     // `pair` left "hello" in the outbox: one entry row beside the session
     // row, and the index in table `outboxes`.
     assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (1, 3));
-    alice.set_heal_policy(HealPolicy { outbox_max_messages: 3, outbox_max_age: 100, ..HealPolicy::default() }).unwrap();
-    let sent: Vec<Vec<u8>> = (0..5).map(|i| alice.encrypt_kept(peer, &[i], 10).unwrap()).collect();
+    alice
+        .set_heal_policy(HealPolicy {
+            outbox_max_messages: 3,
+            outbox_max_age: Duration::from_secs(100),
+            ..HealPolicy::default()
+        })
+        .unwrap();
+    let sent: Vec<Vec<u8>> =
+        (0..5).map(|i| alice.encrypt_kept(peer, &[i], UNIX_EPOCH + Duration::from_secs(10)).unwrap()).collect();
     assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (3, 5));
     // The two oldest are gone: a reset naming them gets nothing.
     let reset = heal(&bob, &alice, &sent, 20);
@@ -369,7 +400,7 @@ fn the_outbox_is_bounded_in_count_and_age_and_forgets_what_is_acknowledged() {
     assert_eq!(alice.acknowledge(peer, &[message_id(&sent[3]), [0; 16]]).unwrap(), 1);
     assert_eq!(alice.outbox_len(peer).unwrap(), 2);
     // Past the age, the next send drops the old ones.
-    alice.encrypt_kept(peer, b"late", 110).unwrap();
+    alice.encrypt_kept(peer, b"late", UNIX_EPOCH + Duration::from_secs(110)).unwrap();
     assert_eq!((alice.outbox_len(peer).unwrap(), rows(&alice)), (1, 3));
     assert_eq!(alice.acknowledge(peer, &[message_id(&sent[4])]).unwrap(), 0);
     // The policy's bound is checked.
@@ -385,7 +416,7 @@ fn the_outbox_is_bounded_in_count_and_age_and_forgets_what_is_acknowledged() {
 fn the_outbox_is_sealed() {
     let (alice, bob) = pair();
     let secret = b"a plaintext that must not be stored in the clear";
-    let wire = alice.encrypt_kept(bob.address(), secret, 1).unwrap();
+    let wire = alice.encrypt_kept(bob.address(), secret, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let id = message_id(&wire);
     for (key, value) in alice.backend().scan(Table::Sessions).unwrap() {
         assert!(!value.windows(secret.len()).any(|w| w == secret), "a plaintext in the clear");
@@ -401,7 +432,7 @@ fn the_outbox_is_sealed() {
 #[test]
 fn a_stale_reset_commit_sends_nothing() {
     let (alice, bob) = pair();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&kept), 10);
     let pending = alice.decrypt(bob.address(), &reset).unwrap();
     // Another write to the session meanwhile.
@@ -421,8 +452,8 @@ fn a_stale_reset_commit_sends_nothing() {
 #[test]
 fn a_lost_reset_is_made_again_and_what_never_comes_is_given_up() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
-    let lost = alice.encrypt_kept(bob.address(), b"lost", 1).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(10), ..HealPolicy::default() }).unwrap();
+    let lost = alice.encrypt_kept(bob.address(), b"lost", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let forged = b"never sent by anyone".to_vec();
     // Three resets lost on the way: none counts.
     for now in [100, 110, 120] {
@@ -431,7 +462,10 @@ fn a_lost_reset_is_made_again_and_what_never_comes_is_given_up() {
         assert_eq!(bob.awaiting_resends(alice.address()).unwrap(), 2, "at {now}");
     }
     // Too soon: nothing; then the app heals at retry_at, naming nothing new.
-    assert_eq!(bob.heal(&alice.prekey_bundle().unwrap(), &[], 125).unwrap(), Heal::TooSoon { retry_at: 130 });
+    assert_eq!(
+        bob.heal(&alice.prekey_bundle().unwrap(), &[], UNIX_EPOCH + Duration::from_secs(125)).unwrap(),
+        Heal::TooSoon { retry_at: UNIX_EPOCH + Duration::from_secs(130) }
+    );
     let again = heal(&bob, &alice, &[], 130);
     let resent = answer(&alice, &bob, &again);
     assert_eq!(resent.len(), 1, "the forgery's id is not Alice's");
@@ -458,7 +492,7 @@ fn a_lost_reset_is_made_again_and_what_never_comes_is_given_up() {
 #[test]
 fn healing_control_messages_belong_to_no_group() {
     let (alice, bob) = pair();
-    let delayed = alice.encrypt_kept(bob.address(), b"delayed", 1).unwrap();
+    let delayed = alice.encrypt_kept(bob.address(), b"delayed", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let reset = heal(&bob, &alice, std::slice::from_ref(&delayed), 10);
     let pending = alice.decrypt(bob.address(), &reset).unwrap();
     assert_eq!((pending.kind(), pending.group_id(), pending.plaintext()), (MessageKind::Control, None, &[][..]));
@@ -484,7 +518,7 @@ fn a_step_on_a_ratchet_key_we_no_longer_have_is_out_of_step_however_far() {
         receive(&bob, &alice, &m2).unwrap();
         let r2 = bob.encrypt(alice.address(), b"r2").unwrap();
         receive(&alice, &bob, &r2).unwrap();
-        let restored = Device::open_in(backup, &[2; 32]).unwrap();
+        let restored = Device::open_in(backup, &StorageKey::from_bytes([2; 32])).unwrap();
         // The copy reads m2 again: it draws another ratchet key than r2's.
         receive(&restored, &alice, &m2).unwrap();
         let mut last = Vec::new();
@@ -507,8 +541,8 @@ fn a_step_on_a_ratchet_key_we_no_longer_have_is_out_of_step_however_far() {
 #[test]
 fn a_heal_reuses_an_unanswered_reset_unless_the_peer_rotated_its_prekey() {
     let (alice, bob) = pair();
-    bob.set_heal_policy(HealPolicy { reset_interval: 10, ..HealPolicy::default() }).unwrap();
-    let kept = alice.encrypt_kept(bob.address(), b"kept", 1).unwrap();
+    bob.set_heal_policy(HealPolicy { reset_interval: Duration::from_secs(10), ..HealPolicy::default() }).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     let first = heal(&bob, &alice, std::slice::from_ref(&kept), 100);
     let again = heal(&bob, &alice, &[], 110);
     let base_key = |wire: &[u8]| match samizdat::wire::Message::from_bytes(wire).unwrap() {
@@ -517,7 +551,7 @@ fn a_heal_reuses_an_unanswered_reset_unless_the_peer_rotated_its_prekey() {
     };
     assert_eq!(base_key(&first), base_key(&again), "the same unanswered session");
     // Alice rotates her signed prekey: the next heal starts a new session.
-    alice.rotate_prekeys(1_000_000, 0).unwrap();
+    alice.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(1_000_000), Duration::from_secs(0)).unwrap();
     let rotated = heal(&bob, &alice, &[], 120);
     assert_ne!(base_key(&rotated), base_key(&first));
     // The first reset was lost; the last one brings the message.

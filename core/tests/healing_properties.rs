@@ -28,6 +28,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use std::{
     collections::VecDeque,
     sync::atomic::{AtomicUsize, Ordering},
@@ -139,7 +141,8 @@ fn address(side: usize) -> Address {
 }
 
 fn fresh(side: usize, key: u8) -> Dev {
-    let device = Device::create_in(MemoryBackend::new(), &[key; 32], address(side), 0).unwrap();
+    let device =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(side), UNIX_EPOCH).unwrap();
     device.set_heal_policy(policy()).unwrap();
     device
 }
@@ -147,7 +150,7 @@ fn fresh(side: usize, key: u8) -> Dev {
 /// The apps' policy: a short interval, and a reinstalled peer, once its app
 /// trusts the new identity, gets again what was sent to the old one.
 fn policy() -> HealPolicy {
-    HealPolicy { reset_interval: INTERVAL, resend_to_new_identity: true, ..HealPolicy::default() }
+    HealPolicy { reset_interval: Duration::from_secs(INTERVAL), resend_to_new_identity: true, ..HealPolicy::default() }
 }
 
 impl World {
@@ -177,7 +180,7 @@ impl World {
         let number = self.sent.len();
         let text = format!("{} #{number}", self.sides[from].name).into_bytes();
         let side = &self.sides[from];
-        let bytes = match side.device.encrypt_kept(&address(to), &text, self.now) {
+        let bytes = match side.device.encrypt_kept(&address(to), &text, UNIX_EPOCH + Duration::from_secs(self.now)) {
             Ok(bytes) => bytes,
             // A reinstalled device has no session yet: the app starts one
             // (fetch bundle), as `no_session` says.
@@ -195,7 +198,7 @@ impl World {
                     }
                     Err(e) => panic!("{} could not start a session: {e:?}", side.name),
                 }
-                side.device.encrypt_kept(&address(to), &text, self.now).unwrap()
+                side.device.encrypt_kept(&address(to), &text, UNIX_EPOCH + Duration::from_secs(self.now)).unwrap()
             }
             // The peer reinstalled and our app has not trusted it yet.
             Err(e) => panic!("{} could not send: {e:?}", side.name),
@@ -313,7 +316,7 @@ impl World {
             let bundle = self.sides[from].device.prekey_bundle().unwrap();
             let peer_identity = self.sides[from].device.identity_key();
             let side = &mut self.sides[to];
-            match side.device.heal(&bundle, &side.unreadable, self.now) {
+            match side.device.heal(&bundle, &side.unreadable, UNIX_EPOCH + Duration::from_secs(self.now)) {
                 Ok(Heal::Sent(reset)) => {
                     if std::env::var("HEAL_TRACE").is_ok() {
                         eprintln!("   {} heals at {} naming {} new", side.name, self.now, side.unreadable.len());
@@ -323,7 +326,9 @@ impl World {
                     side.resets += 1;
                     self.net.push_back(Wire { to: from, bytes: reset.message, app: None });
                 }
-                Ok(Heal::TooSoon { retry_at }) => side.heal_at = Some(retry_at),
+                Ok(Heal::TooSoon { retry_at }) => {
+                    side.heal_at = Some(retry_at.duration_since(UNIX_EPOCH).unwrap().as_secs());
+                }
                 // The peer reinstalled: the app trusts it first (the bundle
                 // is the peer's current device's).
                 Err(DeviceError::Session(samizdat::SessionError::UntrustedIdentity { identity })) => {
@@ -371,7 +376,7 @@ impl World {
                     return Ok(());
                 }
                 let (backup, holds) = &s.backups[pick % s.backups.len()];
-                let device = Device::open_in(copy_of(backup), &[s.key; 32]).unwrap();
+                let device = Device::open_in(copy_of(backup), &StorageKey::from_bytes([s.key; 32])).unwrap();
                 device.set_heal_policy(policy()).unwrap();
                 s.device = device;
                 s.holds.truncate(*holds);

@@ -21,6 +21,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
@@ -235,8 +237,9 @@ fn too_large(len: usize) -> DecodeError {
 #[test]
 fn oversized_messages_are_refused_before_parsing() {
     let watched = Arc::new(Watched::default());
-    let bob = Device::create_in(watched.clone(), &[2; 32], address("bob"), 0).unwrap();
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
+    let bob = Device::create_in(watched.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+        .unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let first = alice.encrypt(&address("bob"), b"hello").unwrap();
     bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();
@@ -427,10 +430,10 @@ fn random_bytes(rng: &mut impl Rng, len: usize) -> Vec<u8> {
 /// limit).
 fn crowd(rng: &mut ChaCha20Rng, sessions: usize) -> (Device<Arc<Watched>>, Arc<Watched>, Vec<Peer>, IdentityKeyPair) {
     let watched = Arc::new(Watched::default());
-    let bob = Device::create_in(watched.clone(), &[2; 32], address("bob"), 0).unwrap();
+    let bob = Device::create_in(watched.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap();
     let bundle = PreKeyBundle::from_bytes(&bob.prekey_bundle().unwrap()).unwrap();
     let identity = IdentityKeyPair::generate(rng);
-    let no_prekeys = PreKeySet::new(rng, &identity, 0);
+    let no_prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH);
     let mut peers: Vec<Peer> = (0..sessions)
         .map(|i| {
             let address = address(&format!("peer-{i}"));
@@ -647,7 +650,7 @@ fn a_flood_of_hostile_messages_stays_within_the_limits() {
 
     // Every session still works, both ways (a hostile peer's next message is
     // `JUMP` ahead: the largest gap accepted).
-    let no_prekeys = PreKeySet::new(&mut rng, &identity, 0);
+    let no_prekeys = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
     for peer in &mut peers {
         let wire = peer.record.encrypt(&mut rng, b"after").unwrap();
         let pending = bob.decrypt(&peer.address, &wire).unwrap();

@@ -23,6 +23,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -37,9 +39,9 @@ use samizdat::{
     wire::Message,
 };
 
-const KEY_ALICE: [u8; 32] = [1; 32];
-const KEY_BOB: [u8; 32] = [2; 32];
-const KEY_CAROL: [u8; 32] = [3; 32];
+const KEY_ALICE: StorageKey = StorageKey::from_bytes([1; 32]);
+const KEY_BOB: StorageKey = StorageKey::from_bytes([2; 32]);
+const KEY_CAROL: StorageKey = StorageKey::from_bytes([3; 32]);
 
 fn address(name: &str) -> Address {
     Address::new(name, 1).unwrap()
@@ -102,11 +104,11 @@ impl History {
 /// Bob gets out of order (so he keeps skipped keys, in their own row). Bob's
 /// store is closed at the end.
 fn converse(dir: &Path) -> (Device, History) {
-    let alice = Device::create(dir.join("alice.db"), &KEY_ALICE, address("alice"), 0).unwrap();
+    let alice = Device::create(dir.join("alice.db"), &KEY_ALICE, address("alice"), UNIX_EPOCH).unwrap();
     let mut history = History::default();
     {
-        let bob = Device::create(dir.join("bob.db"), &KEY_BOB, address("bob"), 0).unwrap();
-        bob.refill_prekeys(5, 5, 0).unwrap();
+        let bob = Device::create(dir.join("bob.db"), &KEY_BOB, address("bob"), UNIX_EPOCH).unwrap();
+        bob.refill_prekeys(5, 5, UNIX_EPOCH).unwrap();
         alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         for round in 0..4 {
             let wires: Vec<_> = (0..3)
@@ -532,7 +534,7 @@ fn a_log_from_another_time_or_store_is_replayed() {
     // Alice, its log held by a reader.
     for (key, name) in [(KEY_CAROL, "carol"), (KEY_BOB, "dave")] {
         let other_path = dir.join(format!("{name}.db"));
-        let other = Device::create(&other_path, &key, address(name), 0).unwrap();
+        let other = Device::create(&other_path, &key, address(name), UNIX_EPOCH).unwrap();
         let reader = pin(&other_path);
         alice.start_session(&other.prekey_bundle().unwrap()).unwrap();
         let first = alice.encrypt(&address(name), b"hello").unwrap();

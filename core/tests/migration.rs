@@ -12,17 +12,19 @@
 //! 0.2. Opening them applies migration 2 (PROTOCOL.md 14.8, 18.9).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use samizdat::store::StorageKey;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use samizdat::{
     address::Address,
     device::{Device, MessageKind},
 };
 
-const ALICE_KEY: [u8; 32] = [0x11; 32];
-const BOB_KEY: [u8; 32] = [0x22; 32];
+const ALICE_KEY: StorageKey = StorageKey::from_bytes([0x11; 32]);
+const BOB_KEY: StorageKey = StorageKey::from_bytes([0x22; 32]);
 /// Bob's storage key before the rotation in the golden stores of schema 3.
-const BOB_FIRST_KEY: [u8; 32] = [0x21; 32];
+const BOB_FIRST_KEY: StorageKey = StorageKey::from_bytes([0x21; 32]);
 
 fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema1")
@@ -79,8 +81,9 @@ fn schema_1_stores_open_migrate_and_gain_groups() {
 #[ignore = "run by hand to make the golden stores"]
 fn make_schema1_stores() {
     let dir = scratch("make");
-    let alice = Device::create(dir.join("alice.db"), &ALICE_KEY, Address::new("alice", 1).unwrap(), 0).unwrap();
-    let bob = Device::create(dir.join("bob.db"), &BOB_KEY, Address::new("bob", 1).unwrap(), 0).unwrap();
+    let alice =
+        Device::create(dir.join("alice.db"), &ALICE_KEY, Address::new("alice", 1).unwrap(), UNIX_EPOCH).unwrap();
+    let bob = Device::create(dir.join("bob.db"), &BOB_KEY, Address::new("bob", 1).unwrap(), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let hello = alice.encrypt(bob.address(), b"hello").unwrap();
     bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
@@ -143,7 +146,7 @@ fn golden_stores_go_on(schema: u32) {
         let pending = alice.decrypt(bob.address(), &wire).unwrap();
         assert_eq!(pending.plaintext(), text.as_bytes());
         alice.commit(pending).unwrap();
-        let wire = alice.encrypt_kept(bob.address(), text.as_bytes(), 200).unwrap();
+        let wire = alice.encrypt_kept(bob.address(), text.as_bytes(), UNIX_EPOCH + Duration::from_secs(200)).unwrap();
         let pending = bob.decrypt(alice.address(), &wire).unwrap();
         assert_eq!(pending.plaintext(), text.as_bytes());
         bob.commit(pending).unwrap();
@@ -183,17 +186,18 @@ fn schema_3_stores_of_this_release_go_on() {
 #[ignore = "run by hand to make the golden stores"]
 fn make_golden_stores() {
     let dir = scratch("make-golden");
-    let alice = Device::create(dir.join("alice.db"), &ALICE_KEY, Address::new("alice", 1).unwrap(), 0).unwrap();
-    let bob = Device::create(dir.join("bob.db"), &BOB_FIRST_KEY, Address::new("bob", 1).unwrap(), 0).unwrap();
-    bob.refill_prekeys(5, 5, 0).unwrap();
+    let alice =
+        Device::create(dir.join("alice.db"), &ALICE_KEY, Address::new("alice", 1).unwrap(), UNIX_EPOCH).unwrap();
+    let bob = Device::create(dir.join("bob.db"), &BOB_FIRST_KEY, Address::new("bob", 1).unwrap(), UNIX_EPOCH).unwrap();
+    bob.refill_prekeys(5, 5, UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let hello = alice.encrypt(bob.address(), b"hello").unwrap();
     bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
     let back = bob.encrypt(alice.address(), b"hello back").unwrap();
     alice.commit(alice.decrypt(bob.address(), &back).unwrap()).unwrap();
-    let read = alice.encrypt_kept(bob.address(), b"kept, read", 100).unwrap();
+    let read = alice.encrypt_kept(bob.address(), b"kept, read", UNIX_EPOCH + Duration::from_secs(100)).unwrap();
     bob.commit(bob.decrypt(alice.address(), &read).unwrap()).unwrap();
-    let unread = alice.encrypt_kept(bob.address(), b"kept, unread", 101).unwrap();
+    let unread = alice.encrypt_kept(bob.address(), b"kept, unread", UNIX_EPOCH + Duration::from_secs(101)).unwrap();
     std::fs::write(dir.join("message.bin"), unread).unwrap();
     alice.create_group(b"golden", &[bob.address().clone()]).unwrap();
     bob.create_group(b"golden", &[alice.address().clone()]).unwrap();

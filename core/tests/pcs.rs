@@ -30,6 +30,7 @@ use samizdat::{
     session::SessionRecord,
 };
 use samizdat_proto::storage;
+use std::time::{Duration, UNIX_EPOCH};
 use support::rng;
 
 struct Party {
@@ -42,8 +43,8 @@ struct Party {
 impl Party {
     fn new(rng: &mut ChaCha20Rng, name: &str) -> Self {
         let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
-        prekeys.add_one_time_prekeys(rng, &identity, 20, 1_000).unwrap();
+        let mut prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH + Duration::from_secs(1_000));
+        prekeys.add_one_time_prekeys(rng, &identity, 20, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
         Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
     }
 

@@ -3,6 +3,8 @@
 //! gone from the files after a scrub) and `skipped_key_count`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use std::{collections::BTreeSet, sync::Arc};
 
 use samizdat::{
@@ -25,12 +27,19 @@ fn receive<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wire: &[u8]
 
 #[test]
 fn peers_lists_every_peer_across_pages_and_only_peers() {
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     let mut expected = BTreeSet::new();
     // More peers than a page (256), some with skipped keys (a seeds row) or
     // an outbox (index and entry rows) beside their session row.
     for i in 0..300 {
-        let peer = Device::create_in(MemoryBackend::new(), &[3; 32], addr(&format!("peer {i:03}")), 0).unwrap();
+        let peer = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([3; 32]),
+            addr(&format!("peer {i:03}")),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         peer.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let first = peer.encrypt(bob.address(), b"first").unwrap();
         let second = peer.encrypt(bob.address(), b"second").unwrap();
@@ -42,12 +51,13 @@ fn peers_lists_every_peer_across_pages_and_only_peers() {
         }
         receive(&bob, &peer, &second);
         if i % 5 == 0 {
-            bob.encrypt_kept(peer.address(), b"kept", 1).unwrap();
+            bob.encrypt_kept(peer.address(), b"kept", UNIX_EPOCH + Duration::from_secs(1)).unwrap();
         }
         expected.insert(peer.address().clone());
     }
     // A peer whose record holds only a trust decision.
-    let carol = Device::create_in(MemoryBackend::new(), &[4; 32], addr("carol"), 0).unwrap();
+    let carol =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([4; 32]), addr("carol"), UNIX_EPOCH).unwrap();
     bob.trust_identity(carol.address(), carol.identity_key()).unwrap();
     expected.insert(carol.address().clone());
     let rows = bob.backend().scan(Table::Sessions).unwrap().len();
@@ -61,10 +71,13 @@ fn peers_lists_every_peer_across_pages_and_only_peers() {
 
 #[test]
 fn delete_session_removes_every_row_of_the_peer_and_nothing_else() {
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
     let bob_backend = Arc::new(MemoryBackend::new());
-    let bob = Device::create_in(Arc::clone(&bob_backend), &[2; 32], addr("bob"), 0).unwrap();
-    let carol = Device::create_in(MemoryBackend::new(), &[3; 32], addr("carol"), 0).unwrap();
+    let bob =
+        Device::create_in(Arc::clone(&bob_backend), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
+    let carol =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([3; 32]), addr("carol"), UNIX_EPOCH).unwrap();
     for peer in [&alice, &carol] {
         peer.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let hello = peer.encrypt(bob.address(), b"hello").unwrap();
@@ -75,8 +88,8 @@ fn delete_session_removes_every_row_of_the_peer_and_nothing_else() {
     let late = alice.encrypt(bob.address(), b"late").unwrap();
     receive(&bob, &alice, &late);
     assert_eq!(bob.skipped_key_count(alice.address()).unwrap(), 1);
-    bob.encrypt_kept(alice.address(), b"kept 1", 5).unwrap();
-    bob.encrypt_kept(alice.address(), b"kept 2", 6).unwrap();
+    bob.encrypt_kept(alice.address(), b"kept 1", UNIX_EPOCH + Duration::from_secs(5)).unwrap();
+    bob.encrypt_kept(alice.address(), b"kept 2", UNIX_EPOCH + Duration::from_secs(6)).unwrap();
     assert_eq!(bob.outbox_len(alice.address()).unwrap(), 2);
     let before = bob_backend.snapshot();
     let rows: Vec<_> = before.keys().filter(|(t, _)| matches!(t, Table::Sessions | Table::Outboxes)).collect();
@@ -115,13 +128,14 @@ fn deleted_rows_leave_the_files_after_a_scrub() {
     let dir = std::env::temp_dir().join(format!("samizdat-peers-delete-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create(dir.join("bob.db"), &[2; 32], addr("bob"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob = Device::create(dir.join("bob.db"), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     for i in 0..20 {
         let wire = alice.encrypt(bob.address(), format!("message {i}").as_bytes()).unwrap();
         receive(&bob, &alice, &wire);
-        bob.encrypt_kept(alice.address(), b"kept", i).unwrap();
+        bob.encrypt_kept(alice.address(), b"kept", UNIX_EPOCH + Duration::from_secs(i)).unwrap();
     }
     let values: Vec<Vec<u8>> = bob.backend().scan(Table::Sessions).unwrap().into_iter().map(|(_, v)| v).collect();
     assert!(bob.delete_session(alice.address()).unwrap());
@@ -140,8 +154,10 @@ fn deleted_rows_leave_the_files_after_a_scrub() {
 
 #[test]
 fn skipped_key_count_follows_the_messages() {
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &[2; 32], addr("bob"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH).unwrap();
     assert_eq!(bob.skipped_key_count(alice.address()).unwrap(), 0, "no record");
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let wires: Vec<Vec<u8>> = (0..6).map(|i| alice.encrypt(bob.address(), &[i]).unwrap()).collect();

@@ -5,7 +5,9 @@
 //! 14.7 gives the rows; BENCHMARKS.md the times.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use samizdat::store::StorageKey;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
 
 use chacha20::ChaCha20Rng;
 use prost::Message as _;
@@ -126,9 +128,11 @@ fn addr(name: &str) -> Address {
 
 /// Bob, with `one_time` one-time prekeys of each kind.
 fn new_bob(one_time: usize) -> Device<Arc<Counting>> {
-    let bob = Device::create_in(Arc::new(Counting::default()), &[2; 32], addr("bob"), 0).unwrap();
+    let bob =
+        Device::create_in(Arc::new(Counting::default()), &StorageKey::from_bytes([2; 32]), addr("bob"), UNIX_EPOCH)
+            .unwrap();
     if one_time > 0 {
-        bob.refill_prekeys(one_time, one_time, 0).unwrap();
+        bob.refill_prekeys(one_time, one_time, UNIX_EPOCH).unwrap();
     }
     bob.backend().take();
     bob
@@ -318,7 +322,8 @@ fn junk_and_undecodable_prekey_messages_read_no_prekey_row() {
 #[test]
 fn a_prekey_message_for_a_known_session_or_base_key_reads_no_prekey_row() {
     let bob = new_bob(200);
-    let alice = Device::create_in(MemoryBackend::new(), &[1; 32], addr("alice"), 0).unwrap();
+    let alice =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     // Until Bob replies, every message of Alice's carries the prekey header.
     let first = alice.encrypt(bob.address(), b"first").unwrap();
@@ -365,7 +370,7 @@ fn prekey_upkeep_touches_only_the_rows_it_changes() {
     // writes four new rows, two deletes and the meta row.
     let mut peers = Peers::new();
     new_session(&bob, &mut peers);
-    assert_eq!(bob.refill_prekeys(200, 200, 0).unwrap(), 4);
+    assert_eq!(bob.refill_prekeys(200, 200, UNIX_EPOCH).unwrap(), 4);
     let refill = bob.backend().take();
     assert!(refill.rows_read == 3 && refill.bytes_read < 12_000, "a refill read {refill:?}");
     assert_eq!(refill.written.len(), 7, "a refill wrote {:?}", refill.written);
@@ -375,7 +380,7 @@ fn prekey_upkeep_touches_only_the_rows_it_changes() {
     // Rotations: a new signed and a new last-resort row and the meta row,
     // then (past three of each) the oldest of each deleted.
     for (round, now) in [1_000, 2_000, 3_000].into_iter().enumerate() {
-        bob.rotate_prekeys(now, 1_000).unwrap();
+        bob.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(now), Duration::from_secs(1_000)).unwrap();
         let rotate = bob.backend().take();
         let deleted = rotate.written.iter().filter(|(_, v)| v.is_none()).count();
         assert_eq!(deleted, if round < 2 { 0 } else { 2 }, "rotation {round} wrote {:?}", rotate.written);

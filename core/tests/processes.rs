@@ -61,6 +61,7 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs::{self, File, OpenOptions},
@@ -94,8 +95,8 @@ const DEFAULT_MESSAGES: usize = 1_000;
 const DEFAULT_KILLS: usize = 24;
 /// Processes on Bob's store at once.
 const CHILDREN: usize = 2;
-const ALICE_KEY: [u8; 32] = [0xa1; 32];
-const BOB_KEY: [u8; 32] = [0xb0; 32];
+const ALICE_KEY: StorageKey = StorageKey::from_bytes([0xa1; 32]);
+const BOB_KEY: StorageKey = StorageKey::from_bytes([0xb0; 32]);
 /// The longest delay of a kill past its mark, and of one right after a start.
 const MAX_KILL_DELAY_MS: u64 = 30;
 const MAX_EARLY_KILL_DELAY_MS: u64 = 15;
@@ -190,8 +191,8 @@ fn handshake<A: Backend, B: Backend>(alice: &Device<A>, bob: &Device<B>) -> Sent
 /// The checks of the run catch a ciphertext sent twice (one key and nonce
 /// used twice) and two devices encrypting from one state of Bob's session.
 fn checkers_catch_what_they_look_for() {
-    let alice = Device::create_in(MemoryBackend::new(), &ALICE_KEY, addr("alice"), 0).unwrap();
-    let bob = Device::create_in(MemoryBackend::new(), &BOB_KEY, addr("bob"), 0).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &ALICE_KEY, addr("alice"), UNIX_EPOCH).unwrap();
+    let bob = Device::create_in(MemoryBackend::new(), &BOB_KEY, addr("bob"), UNIX_EPOCH).unwrap();
     let hi = handshake(&alice, &bob);
 
     let twice = [hi.clone(), hi];
@@ -568,8 +569,8 @@ fn several_processes_on_one_store() {
         fs::create_dir_all(dir.join(sub)).unwrap();
     }
     let bob_path = dir.join("bob.db");
-    let alice = Device::create_in(MemoryBackend::new(), &ALICE_KEY, addr("alice"), 0).unwrap();
-    let bob = Device::create(&bob_path, &BOB_KEY, addr("bob"), 0).unwrap();
+    let alice = Device::create_in(MemoryBackend::new(), &ALICE_KEY, addr("alice"), UNIX_EPOCH).unwrap();
+    let bob = Device::create(&bob_path, &BOB_KEY, addr("bob"), UNIX_EPOCH).unwrap();
     let hi = handshake(&alice, &bob);
     drop(bob);
     let sent: Vec<Sent> = (0..messages)

@@ -22,6 +22,7 @@ use samizdat::{
     wire::Message,
 };
 use samizdat_proto::wire as pb;
+use std::time::{Duration, UNIX_EPOCH};
 use support::rng;
 
 struct Device {
@@ -33,9 +34,9 @@ struct Device {
 impl Device {
     fn new(rng: &mut ChaCha20Rng, name: &str, one_time: usize) -> Self {
         let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
+        let mut prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH + Duration::from_secs(1_000));
         if one_time > 0 {
-            prekeys.add_one_time_prekeys(rng, &identity, one_time, 1_000).unwrap();
+            prekeys.add_one_time_prekeys(rng, &identity, one_time, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
         }
         Self { identity, prekeys, address: Address::new(name, 1).unwrap() }
     }
@@ -184,7 +185,7 @@ fn consumed_or_unknown_prekeys_are_typed_errors() {
     let msg = a2.encrypt(&mut rng, b"late").unwrap();
     for _ in 0..samizdat::limits::MAX_SIGNED_PREKEYS {
         let identity = IdentityKeyPair::from_seed(&dave.identity.to_seed());
-        dave.prekeys.rotate_signed_prekey(&mut rng, &identity, 2_000).unwrap();
+        dave.prekeys.rotate_signed_prekey(&mut rng, &identity, UNIX_EPOCH + Duration::from_secs(2_000)).unwrap();
     }
     let mut d = SessionRecord::new();
     assert!(matches!(
@@ -264,7 +265,7 @@ fn a_replayed_first_message_without_one_time_prekey_is_a_duplicate_device_wide()
     let restored = PreKeySet::from_bytes(&bob.prekeys.to_bytes()).unwrap();
     assert_eq!(*restored.to_bytes(), *bob.prekeys.to_bytes());
     for _ in 0..samizdat::limits::MAX_SIGNED_PREKEYS {
-        bob.prekeys.rotate_signed_prekey(&mut rng, &bob.identity, 5_000).unwrap();
+        bob.prekeys.rotate_signed_prekey(&mut rng, &bob.identity, UNIX_EPOCH + Duration::from_secs(5_000)).unwrap();
     }
     assert!(matches!(
         bob.receive(&mut rng, &mut fresh, &alice.address, &first),
@@ -604,7 +605,7 @@ fn untrusted_identity_only_for_a_message_that_authenticates_under_it() {
     let hello = a.encrypt(&mut rng, b"hello").unwrap();
     bob.receive(&mut rng, &mut b, &alice.address, &hello).unwrap();
     let reply = b.encrypt(&mut rng, b"hi").unwrap();
-    let alice_prekeys = PreKeySet::new(&mut rng, &alice.identity, 0);
+    let alice_prekeys = PreKeySet::new(&mut rng, &alice.identity, UNIX_EPOCH);
     a.decrypt_and_commit(&mut rng, &alice.identity, &alice.address, &bob.address, &alice_prekeys, &reply).unwrap();
     // A prekey message whose header does not open under the keys it names
     // opens under no state (PROTOCOL.md 9.5): nothing is trusted from it.

@@ -26,6 +26,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, UNIX_EPOCH};
 
 use chacha20::ChaCha20Rng;
 use proptest::{
@@ -180,8 +181,10 @@ impl Device {
     /// The device and the ids of its one-time prekeys (X25519, ML-KEM).
     fn new(rng: &mut ChaCha20Rng, name: &str) -> (Self, Vec<u32>, Vec<u32>) {
         let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
-        let (one_time, pq_one_time) = prekeys.add_one_time_prekeys(rng, &identity, ONE_TIME_PREKEYS, 1_000).unwrap();
+        let mut prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH + Duration::from_secs(1_000));
+        let (one_time, pq_one_time) = prekeys
+            .add_one_time_prekeys(rng, &identity, ONE_TIME_PREKEYS, UNIX_EPOCH + Duration::from_secs(1_000))
+            .unwrap();
         let device = Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() };
         (device, one_time, pq_one_time)
     }

@@ -7,6 +7,8 @@
 
 mod support;
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use support::{addr, receive, temp_dir};
 
 use std::{
@@ -22,8 +24,8 @@ use samizdat::{
     store::{Backend, MemoryBackend, Rewrite, Row, Scrub, SqliteBackend, StoreError, Table, Write},
 };
 
-const OLD: [u8; 32] = [0x0a; 32];
-const NEW: [u8; 32] = [0x0b; 32];
+const OLD: StorageKey = StorageKey::from_bytes([0x0a; 32]);
+const NEW: StorageKey = StorageKey::from_bytes([0x0b; 32]);
 const GROUP: &[u8] = b"rotation group";
 
 /// Every row of every table.
@@ -38,9 +40,11 @@ fn all_rows(backend: &impl Backend) -> Vec<(Table, Row)> {
 fn conversation<B: Backend>(alice: &Device<B>, bob: &Device<B>, carol: &Device<B>) -> Vec<u8> {
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     carol.start_session(&bob.prekey_bundle().unwrap()).unwrap();
-    bob.refill_prekeys(5, 10, 1).unwrap();
+    bob.refill_prekeys(5, 10, UNIX_EPOCH + Duration::from_secs(1)).unwrap();
     for i in 0..3 {
-        let wire = alice.encrypt_kept(bob.address(), format!("alice {i}").as_bytes(), 10).unwrap();
+        let wire = alice
+            .encrypt_kept(bob.address(), format!("alice {i}").as_bytes(), UNIX_EPOCH + Duration::from_secs(10))
+            .unwrap();
         assert_eq!(receive(bob, alice.address(), &wire).unwrap(), format!("alice {i}").as_bytes());
         let wire = carol.encrypt(bob.address(), b"carol").unwrap();
         receive(bob, carol.address(), &wire).unwrap();
@@ -64,7 +68,7 @@ fn conversation<B: Backend>(alice: &Device<B>, bob: &Device<B>, carol: &Device<B
         device.create_group(GROUP, &others).unwrap();
     }
     group_round(alice, bob, carol, b"group before");
-    alice.encrypt_kept(bob.address(), b"in flight across the rotation", 20).unwrap()
+    alice.encrypt_kept(bob.address(), b"in flight across the rotation", UNIX_EPOCH + Duration::from_secs(20)).unwrap()
 }
 
 /// Each sends one group message that the two others read.
@@ -96,11 +100,12 @@ fn goes_on<B: Backend>(alice: &Device<B>, bob: &Device<B>, carol: &Device<B>, in
     assert_eq!(receive(carol, bob.address(), &wire).unwrap(), b"after the rotation");
     group_round(alice, bob, carol, b"group after");
     // A new session, a prekey consumed, a refill: new rows under the new key.
-    let dave = Device::create_in(MemoryBackend::new(), &[0xd; 32], addr("dave"), 0).unwrap();
+    let dave =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xd; 32]), addr("dave"), UNIX_EPOCH).unwrap();
     dave.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let wire = dave.encrypt(bob.address(), b"dave").unwrap();
     assert_eq!(receive(bob, dave.address(), &wire).unwrap(), b"dave");
-    bob.refill_prekeys(20, 30, 30).unwrap();
+    bob.refill_prekeys(20, 30, UNIX_EPOCH + Duration::from_secs(30)).unwrap();
     assert_eq!(bob.prekey_counts().unwrap().0, 30);
 }
 
@@ -126,11 +131,13 @@ fn found(haystack: &[u8], needles: &[Vec<u8>]) -> usize {
 
 /// Alice and Carol on SQLite in `dir`, Bob on SQLite in `dir/bob/`.
 fn parties(dir: &Path) -> (Device, Device, Device, PathBuf) {
-    let alice = Device::create(dir.join("alice.db"), &[1; 32], addr("alice"), 0).unwrap();
-    let carol = Device::create(dir.join("carol.db"), &[3; 32], addr("carol"), 0).unwrap();
+    let alice =
+        Device::create(dir.join("alice.db"), &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let carol =
+        Device::create(dir.join("carol.db"), &StorageKey::from_bytes([3; 32]), addr("carol"), UNIX_EPOCH).unwrap();
     std::fs::create_dir_all(dir.join("bob")).unwrap();
     let path = dir.join("bob").join("bob.db");
-    let bob = Device::create(&path, &OLD, addr("bob"), 0).unwrap();
+    let bob = Device::create(&path, &OLD, addr("bob"), UNIX_EPOCH).unwrap();
     (alice, bob, carol, path)
 }
 
@@ -172,9 +179,9 @@ fn a_rotated_store_goes_on_under_the_new_key_and_its_files_keep_no_old_row() {
     // of every kind work: a second rotation, with the naming keys present.
     drop(bob);
     let third = [0x0c; 32];
-    assert_eq!(Device::rotate_storage_key(&path, &NEW, &third).unwrap(), Scrub::Done);
+    assert_eq!(Device::rotate_storage_key(&path, &NEW, &StorageKey::from_bytes(third)).unwrap(), Scrub::Done);
     assert!(matches!(Device::open(&path, &NEW), Err(DeviceError::Store(StoreError::WrongKey))));
-    let bob = Device::open(&path, &third).unwrap();
+    let bob = Device::open(&path, &StorageKey::from_bytes(third)).unwrap();
     let wire = alice.encrypt(bob.address(), b"after two rotations").unwrap();
     assert_eq!(receive(&bob, alice.address(), &wire).unwrap(), b"after two rotations");
     group_round(&alice, &bob, &carol, b"group after two");
@@ -185,13 +192,13 @@ fn a_rotated_store_goes_on_under_the_new_key_and_its_files_keep_no_old_row() {
 #[test]
 fn rotation_in_memory_and_a_wrong_old_key() {
     let (a, b, c) = (Arc::new(MemoryBackend::new()), Arc::new(MemoryBackend::new()), Arc::new(MemoryBackend::new()));
-    let alice = Device::create_in(a, &[1; 32], addr("alice"), 0).unwrap();
-    let bob = Device::create_in(Arc::clone(&b), &OLD, addr("bob"), 0).unwrap();
-    let carol = Device::create_in(c, &[3; 32], addr("carol"), 0).unwrap();
+    let alice = Device::create_in(a, &StorageKey::from_bytes([1; 32]), addr("alice"), UNIX_EPOCH).unwrap();
+    let bob = Device::create_in(Arc::clone(&b), &OLD, addr("bob"), UNIX_EPOCH).unwrap();
+    let carol = Device::create_in(c, &StorageKey::from_bytes([3; 32]), addr("carol"), UNIX_EPOCH).unwrap();
     let in_flight = conversation(&alice, &bob, &carol);
     drop(bob);
     let before = b.snapshot();
-    let refused = Device::rotate_storage_key_in(&b, &NEW, &[0x0c; 32]).unwrap_err();
+    let refused = Device::rotate_storage_key_in(&b, &NEW, &StorageKey::from_bytes([0x0c; 32])).unwrap_err();
     assert!(matches!(refused, DeviceError::Store(StoreError::WrongKey)));
     assert_eq!(refused.kind(), ErrorKind::WrongStorageKey);
     assert_eq!(b.snapshot(), before, "a refused rotation changes nothing");
@@ -222,7 +229,7 @@ impl<B: Backend> Backend for FailingRotation<B> {
         self.inner.rewrite_all(&mut |table, key, value| {
             rows += 1;
             if rows > self.fail_after {
-                return Err(StoreError::Injected);
+                return Err(StoreError::Backend("injected failure".into()));
             }
             rewrite(table, key, value)
         })
@@ -240,7 +247,7 @@ fn a_rotation_that_fails_midway_leaves_the_old_key_working() {
         let backend = FailingRotation { inner: SqliteBackend::open(&path).unwrap(), fail_after };
         let before = all_rows(&backend);
         let failed = Device::rotate_storage_key_in(&backend, &OLD, &NEW).unwrap_err();
-        assert!(matches!(failed, DeviceError::Store(StoreError::Injected)), "{failed:?}");
+        assert!(matches!(failed, DeviceError::Store(StoreError::Backend(_))), "{failed:?}");
         // Only the fence may have written, under the old key: the check row
         // re-sealed (the same plaintext, a fresh nonce) and the naming-keys
         // row added. Every other row is as it was.
@@ -274,7 +281,8 @@ fn a_handle_still_on_the_old_key_writes_nothing() {
 
     // Its writes are refused: a new session's row (a write that needs no
     // earlier row), an encryption, a refill.
-    let dave = Device::create_in(MemoryBackend::new(), &[0xd; 32], addr("dave"), 0).unwrap();
+    let dave =
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0xd; 32]), addr("dave"), UNIX_EPOCH).unwrap();
     let refused = stale.start_session(&dave.prekey_bundle().unwrap()).unwrap_err();
     assert!(matches!(refused, DeviceError::Store(StoreError::KeyRotated)), "{refused:?}");
     assert_eq!(refused.kind(), ErrorKind::WrongStorageKey);
@@ -289,7 +297,7 @@ fn a_handle_still_on_the_old_key_writes_nothing() {
     }
     // (Prekey rows are read through their own loader: a refill fails as a
     // row that does not open; the recovery is the same, open the store again.)
-    let refill = stale.refill_prekeys(50, 60, 40).map(|_| ()).unwrap_err();
+    let refill = stale.refill_prekeys(50, 60, UNIX_EPOCH + Duration::from_secs(40)).map(|_| ()).unwrap_err();
     assert!(matches!(refill.kind(), ErrorKind::WrongStorageKey | ErrorKind::StoreFailure), "{refill:?}");
     assert_eq!(all_rows(stale.backend()), rows, "the stale handle wrote nothing");
     drop(stale);
@@ -304,7 +312,7 @@ const CHILD_ENV: &str = "SAMIZDAT_ROTATION_CHILD";
 
 /// The two keys of round `round`: from, to (round 0 starts from [`OLD`]).
 fn round_keys(round: usize) -> ([u8; 32], [u8; 32]) {
-    let key = |r: usize| [OLD[0].wrapping_add(u8::try_from(r % 200).unwrap()); 32];
+    let key = |r: usize| [OLD.as_bytes()[0].wrapping_add(u8::try_from(r % 200).unwrap()); 32];
     (key(round), key(round + 1))
 }
 
@@ -314,7 +322,7 @@ fn a_rotation_killed_midway_leaves_exactly_one_key_working() {
         // The child: rotate from the given key to the next, then exit.
         let (path, round) = spec.split_once('|').unwrap();
         let (from, to) = round_keys(round.parse().unwrap());
-        Device::rotate_storage_key(path, &from, &to).unwrap();
+        Device::rotate_storage_key(path, &StorageKey::from_bytes(from), &StorageKey::from_bytes(to)).unwrap();
         return;
     }
     let dir = temp_dir("killed");
@@ -322,12 +330,18 @@ fn a_rotation_killed_midway_leaves_exactly_one_key_working() {
     let mut in_flight = conversation(&alice, &bob, &carol);
     // More rows, so that a rotation takes long enough to be cut.
     for i in 0..40 {
-        let peer = Device::create_in(MemoryBackend::new(), &[0x40; 32], addr(&format!("peer {i}")), 0).unwrap();
+        let peer = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([0x40; 32]),
+            addr(&format!("peer {i}")),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         peer.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let wire = peer.encrypt(bob.address(), b"hello").unwrap();
         receive(&bob, peer.address(), &wire).unwrap();
     }
-    bob.refill_prekeys(100, 100, 2).unwrap();
+    bob.refill_prekeys(100, 100, UNIX_EPOCH + Duration::from_secs(2)).unwrap();
     drop(bob);
 
     let exe = std::env::current_exe().unwrap();
@@ -355,8 +369,8 @@ fn a_rotation_killed_midway_leaves_exactly_one_key_working() {
         let _ = child.kill();
         let status = child.wait().unwrap();
         let (from, to) = round_keys(round);
-        let with_old = Device::open(&path, &from);
-        let with_new = Device::open(&path, &to);
+        let with_old = Device::open(&path, &StorageKey::from_bytes(from));
+        let with_new = Device::open(&path, &StorageKey::from_bytes(to));
         let bob = match (with_old, with_new) {
             (Ok(bob), Err(DeviceError::Store(StoreError::WrongKey))) => {
                 cut += 1;

@@ -10,7 +10,9 @@
     clippy::cast_possible_truncation
 )]
 
+use samizdat::store::StorageKey;
 use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
 
 use samizdat::{
     address::Address,
@@ -18,7 +20,7 @@ use samizdat::{
     store::StoreError,
 };
 
-const KEY: [u8; 32] = [7; 32];
+const KEY: StorageKey = StorageKey::from_bytes([7; 32]);
 
 fn address(name: &str) -> Address {
     Address::new(name, 1).unwrap()
@@ -45,12 +47,15 @@ fn paths_that_name_no_file_are_refused() {
     let before: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     for path in ["", ":memory:", "file::memory:?cache=shared", "file:x.db?mode=memory"] {
         assert!(
-            matches!(store_error(Device::create(path, &KEY, address("a"), 0)), StoreError::InvalidPath),
+            matches!(store_error(Device::create(path, &KEY, address("a"), UNIX_EPOCH)), StoreError::InvalidPath),
             "{path:?}"
         );
         assert!(matches!(store_error(Device::open(path, &KEY)), StoreError::InvalidPath), "{path:?}");
         assert!(
-            matches!(store_error(Device::open_or_create(path, &KEY, address("a"), 0)), StoreError::InvalidPath),
+            matches!(
+                store_error(Device::open_or_create(path, &KEY, address("a"), UNIX_EPOCH)),
+                StoreError::InvalidPath
+            ),
             "{path:?}"
         );
     }
@@ -65,7 +70,10 @@ fn an_empty_file_is_not_a_place_for_a_new_identity() {
     let dir = dir("empty");
     let path = dir.join("truncated.db");
     std::fs::write(&path, b"").unwrap();
-    assert!(matches!(store_error(Device::open_or_create(&path, &KEY, address("a"), 0)), StoreError::EmptyFile));
+    assert!(matches!(
+        store_error(Device::open_or_create(&path, &KEY, address("a"), UNIX_EPOCH)),
+        StoreError::EmptyFile
+    ));
     assert!(matches!(store_error(Device::open(&path, &KEY)), StoreError::NotFound));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing was written over it");
     // Opening a missing file creates nothing either.
@@ -74,9 +82,9 @@ fn an_empty_file_is_not_a_place_for_a_new_identity() {
     assert!(!missing.exists());
     // A new path is created as before.
     let fresh = dir.join("fresh.db");
-    let device = Device::open_or_create(&fresh, &KEY, address("a"), 0).unwrap();
+    let device = Device::open_or_create(&fresh, &KEY, address("a"), UNIX_EPOCH).unwrap();
     drop(device);
-    assert_eq!(Device::open_or_create(&fresh, &KEY, address("a"), 0).unwrap().address(), &address("a"));
+    assert_eq!(Device::open_or_create(&fresh, &KEY, address("a"), UNIX_EPOCH).unwrap().address(), &address("a"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -97,7 +105,15 @@ fn a_creation_that_crashed_leaves_no_file_in_the_way() {
     // Left by crashes: an empty file, a complete device under another key
     // (with its log), both an hour old.
     std::fs::write(dir.join("store.db.samizdat-new-11-0"), b"").unwrap();
-    drop(Device::create(dir.join("store.db.samizdat-new-12-3"), &[9; 32], address("a"), 0).unwrap());
+    drop(
+        Device::create(
+            dir.join("store.db.samizdat-new-12-3"),
+            &StorageKey::from_bytes([9; 32]),
+            address("a"),
+            UNIX_EPOCH,
+        )
+        .unwrap(),
+    );
     std::fs::write(dir.join("store.db.samizdat-new-12-3-wal"), b"log").unwrap();
     stale("store.db.samizdat-new-11-0");
     stale("store.db.samizdat-new-12-3");
@@ -108,7 +124,7 @@ fn a_creation_that_crashed_leaves_no_file_in_the_way() {
     #[cfg(unix)]
     std::os::unix::fs::symlink(&elsewhere, dir.join("store.db.samizdat-new-0-0")).unwrap();
 
-    let device = Device::open_or_create(&path, &KEY, address("a"), 0).unwrap();
+    let device = Device::open_or_create(&path, &KEY, address("a"), UNIX_EPOCH).unwrap();
     let identity = device.identity_key();
     drop(device);
     assert_eq!(Device::open(&path, &KEY).unwrap().identity_key(), identity);
@@ -133,7 +149,7 @@ fn a_creation_that_crashed_leaves_no_file_in_the_way() {
     std::fs::remove_file(&other).unwrap();
 
     // `create` over an existing store still fails.
-    assert!(matches!(store_error(Device::create(&path, &KEY, address("a"), 0)), StoreError::AlreadyExists));
+    assert!(matches!(store_error(Device::create(&path, &KEY, address("a"), UNIX_EPOCH)), StoreError::AlreadyExists));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -152,7 +168,8 @@ fn handles_creating_one_store_at_once_end_with_one_device() {
                 .map(|_| {
                     scope.spawn(|| {
                         barrier.wait();
-                        Device::open_or_create(&path, &KEY, address("a"), 0).map(|device| device.identity_key())
+                        Device::open_or_create(&path, &KEY, address("a"), UNIX_EPOCH)
+                            .map(|device| device.identity_key())
                     })
                 })
                 .collect();
@@ -174,14 +191,14 @@ fn handles_creating_one_store_at_once_end_with_one_device() {
 fn swapped_stores_are_detected() {
     let dir = dir("swapped");
     let (a, b) = (dir.join("a.db"), dir.join("b.db"));
-    drop(Device::create(&a, &KEY, address("alice"), 0).unwrap());
-    drop(Device::create(&b, &KEY, address("bob"), 0).unwrap());
+    drop(Device::create(&a, &KEY, address("alice"), UNIX_EPOCH).unwrap());
+    drop(Device::create(&b, &KEY, address("bob"), UNIX_EPOCH).unwrap());
     let tmp = dir.join("tmp.db");
     std::fs::rename(&a, &tmp).unwrap();
     std::fs::rename(&b, &a).unwrap();
     std::fs::rename(&tmp, &b).unwrap();
     assert!(matches!(
-        Device::open_or_create(&a, &KEY, address("alice"), 0),
+        Device::open_or_create(&a, &KEY, address("alice"), UNIX_EPOCH),
         Err(DeviceError::OtherDevice { found }) if found == address("bob")
     ));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -194,9 +211,10 @@ fn swapped_stores_are_detected() {
 fn damage_is_a_store_error_never_a_vanished_session() {
     let dir = dir("damage");
     let path = dir.join("bob.db");
-    let alice = Device::create(dir.join("alice.db"), &[1; 32], address("alice"), 0).unwrap();
+    let alice =
+        Device::create(dir.join("alice.db"), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH).unwrap();
     {
-        let bob = Device::create(&path, &KEY, address("bob"), 0).unwrap();
+        let bob = Device::create(&path, &KEY, address("bob"), UNIX_EPOCH).unwrap();
         alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let first = alice.encrypt(&address("bob"), b"hello").unwrap();
         bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();

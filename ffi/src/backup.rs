@@ -73,7 +73,7 @@ impl Device {
     /// Nothing is written.
     pub fn export_backup(&self, passphrase: Vec<u8>, params: BackupParams, now: u64) -> Result<Vec<u8>, SamizdatError> {
         let passphrase = Zeroizing::new(passphrase);
-        Ok(self.inner.export_backup(&passphrase, params.into(), now)?)
+        Ok(self.inner.export_backup(&passphrase, params.into(), crate::at(now))?)
     }
 
     /// Restores `backup` into a new SQLite database at `path` under
@@ -89,6 +89,6 @@ impl Device {
         now: u64,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, passphrase) = (key32(storage_key)?, Zeroizing::new(passphrase));
-        Ok(Arc::new(Self { inner: device::Device::restore(path, &key, &backup, &passphrase, now)? }))
+        Ok(Arc::new(Self { inner: device::Device::restore(path, &key, &backup, &passphrase, crate::at(now))? }))
     }
 }

@@ -17,6 +17,8 @@
 //!   While [`Device::awaiting_resends`] is not zero, heal again later: a
 //!   reset or a resend may have been lost.
 
+use std::time::Duration;
+
 use samizdat::{
     device,
     heal::{MESSAGE_ID_LEN, MessageId},
@@ -74,7 +76,7 @@ impl Device {
     /// (committed before it returns). `now` dates the entry for the policy's
     /// `outbox_max_age`.
     pub fn encrypt_kept(&self, peer: Address, plaintext: Vec<u8>, now: u64) -> Result<Vec<u8>, SamizdatError> {
-        Ok(self.inner.encrypt_kept(&peer.to_core()?, &plaintext, now)?)
+        Ok(self.inner.encrypt_kept(&peer.to_core()?, &plaintext, crate::at(now))?)
     }
 
     /// Removes from the outbox for `peer` the messages of these ids (16
@@ -95,7 +97,7 @@ impl Device {
     /// policy's `outbox_max_age` at `now`; returns how many. Call it when
     /// the app starts or goes to the background.
     pub fn expire_outbox(&self, now: u64) -> Result<u32, SamizdatError> {
-        Ok(to_u32(self.inner.expire_outbox(now)?))
+        Ok(to_u32(self.inner.expire_outbox(crate::at(now))?))
     }
 
     /// Heals the session with the peer whose fresh `bundle` this is, after a
@@ -109,9 +111,9 @@ impl Device {
     /// session we had is kept, so that the peer's messages in flight on it
     /// still decrypt.
     pub fn heal(&self, bundle: Vec<u8>, unreadable: Vec<Vec<u8>>, now: u64) -> Result<HealResult, SamizdatError> {
-        match self.inner.heal(&bundle, &unreadable, now)? {
+        match self.inner.heal(&bundle, &unreadable, crate::at(now))? {
             device::Heal::Sent(reset) => Ok(HealResult::Sent { reset: reset.into() }),
-            device::Heal::TooSoon { retry_at } => Ok(HealResult::TooSoon { retry_at }),
+            device::Heal::TooSoon { retry_at } => Ok(HealResult::TooSoon { retry_at: crate::seconds(retry_at) }),
             // The core this crate is built with has no other outcome; a
             // later one must be given a variant here.
             other => Err(SamizdatError::from_core(
@@ -138,8 +140,8 @@ impl Device {
     /// 256.
     pub fn set_heal_policy(&self, policy: HealPolicy) -> Result<(), SamizdatError> {
         Ok(self.inner.set_heal_policy(device::HealPolicy {
-            reset_interval: policy.reset_interval,
-            outbox_max_age: policy.outbox_max_age,
+            reset_interval: Duration::from_secs(policy.reset_interval),
+            outbox_max_age: Duration::from_secs(policy.outbox_max_age),
             outbox_max_messages: policy.outbox_max_messages as usize,
             resend_to_new_identity: policy.resend_to_new_identity,
         })?)
@@ -149,8 +151,8 @@ impl Device {
     pub fn heal_policy(&self) -> HealPolicy {
         let policy = self.inner.heal_policy();
         HealPolicy {
-            reset_interval: policy.reset_interval,
-            outbox_max_age: policy.outbox_max_age,
+            reset_interval: policy.reset_interval.as_secs(),
+            outbox_max_age: policy.outbox_max_age.as_secs(),
             outbox_max_messages: to_u32(policy.outbox_max_messages),
             resend_to_new_identity: policy.resend_to_new_identity,
         }

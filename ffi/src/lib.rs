@@ -53,14 +53,12 @@
 //! workspace's `deny(unsafe_code)` still holds for the code written here: it
 //! does not fire on the macros' output, and this file has no `unsafe` of its own.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
-use samizdat::{
-    device::{self, DeviceError},
-    fingerprint,
-    keys::IdentityKey,
-    store::Scrub,
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use samizdat::{device, fingerprint, keys::IdentityKey, store::Scrub};
 use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
@@ -194,13 +192,13 @@ impl Device {
         now: u64,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
-        Ok(Arc::new(Self { inner: device::Device::create(path, &key, address, now)? }))
+        Ok(Arc::new(Self { inner: device::Device::create(path, &key, address, at(now))? }))
     }
 
     /// Opens the device in the SQLite database at `path`.
     #[uniffi::constructor]
     pub fn open(path: String, storage_key: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
-        Ok(Arc::new(Self { inner: device::Device::open(path, &*key32(storage_key)?)? }))
+        Ok(Arc::new(Self { inner: device::Device::open(path, &key32(storage_key)?)? }))
     }
 
     /// Opens the device at `path`, creating it first if there is none.
@@ -213,7 +211,7 @@ impl Device {
         now: u64,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
-        Ok(Arc::new(Self { inner: device::Device::open_or_create(path, &key, address, now)? }))
+        Ok(Arc::new(Self { inner: device::Device::open_or_create(path, &key, address, at(now))? }))
     }
 
     /// This device's address.
@@ -254,12 +252,12 @@ impl Device {
     /// returns how many were added in all. Call it regularly, then upload
     /// new bundles.
     pub fn refill_prekeys(&self, threshold: u32, target: u32, now: u64) -> Result<u64, SamizdatError> {
-        Ok(self.inner.refill_prekeys(threshold as usize, target as usize, now)? as u64)
+        Ok(self.inner.refill_prekeys(threshold as usize, target as usize, at(now))? as u64)
     }
 
     /// Rotates the signed and last-resort prekeys older than `max_age` seconds.
     pub fn rotate_prekeys(&self, now: u64, max_age: u64) -> Result<Rotated, SamizdatError> {
-        let rotated = self.inner.rotate_prekeys(now, max_age)?;
+        let rotated = self.inner.rotate_prekeys(at(now), Duration::from_secs(max_age))?;
         Ok(Rotated { signed_prekey: rotated.signed_prekey, last_resort_prekey: rotated.last_resort_prekey })
     }
 
@@ -426,7 +424,7 @@ impl Address {
     fn to_core(&self) -> Result<samizdat::address::Address, SamizdatError> {
         // Classified as the core classifies an argument that does not parse.
         samizdat::address::Address::new(self.user_id.clone(), self.device_id)
-            .map_err(|e| DeviceError::InvalidArgument(e).into())
+            .map_err(|e| SamizdatError::invalid_argument(e.to_string()))
     }
 }
 
@@ -474,10 +472,17 @@ fn take<T>(slot: &Mutex<Option<T>>) -> Result<T, SamizdatError> {
 }
 
 /// The storage key as the core takes it; the copies are zeroized on drop.
-fn key32(key: Vec<u8>) -> Result<Zeroizing<[u8; 32]>, SamizdatError> {
+fn key32(key: Vec<u8>) -> Result<samizdat::store::StorageKey, SamizdatError> {
     let key = Zeroizing::new(key);
-    let array = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
-        SamizdatError::invalid_argument(format!("the storage key has {} bytes, expected 32", key.len()))
-    })?;
-    Ok(Zeroizing::new(array))
+    samizdat::store::StorageKey::try_from(key.as_slice()).map_err(|e| SamizdatError::invalid_argument(e.to_string()))
+}
+
+/// The app's `now` (whole seconds since the Unix epoch) as the core takes it.
+fn at(seconds: u64) -> SystemTime {
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds)).unwrap_or(UNIX_EPOCH)
+}
+
+/// A time of the core as whole seconds since the Unix epoch (0 before it).
+fn seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }

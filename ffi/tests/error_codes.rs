@@ -5,6 +5,8 @@
 //! three languages agree code for code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -58,7 +60,13 @@ fn address(name: &str) -> Address {
 }
 
 fn device(dir: &Dir, name: &str, key: u8) -> Device<SqliteBackend> {
-    Device::create(dir.0.join(format!("{name}-{key}.db")), &[key; 32], address(name), 0).unwrap()
+    Device::create(
+        dir.0.join(format!("{name}-{key}.db")),
+        &StorageKey::from_bytes([key; 32]),
+        address(name),
+        UNIX_EPOCH,
+    )
+    .unwrap()
 }
 
 fn receive(to: &Device<SqliteBackend>, from: &str, wire: &[u8]) {
@@ -152,12 +160,12 @@ fn provoke(dir: &Dir, scenario: &str) -> (ErrorKind, String) {
         }
         "open_with_wrong_key" => {
             drop(alice);
-            failure(Device::open(dir.0.join("alice-1.db"), &[9; 32]).map(drop))
+            failure(Device::open(dir.0.join("alice-1.db"), &StorageKey::from_bytes([9; 32])).map(drop))
         }
         "open_a_file_that_is_not_a_store" => {
             let path = dir.0.join("junk.db");
             std::fs::write(&path, (0..4096u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>()).unwrap();
-            failure(Device::open(&path, &[1; 32]).map(drop))
+            failure(Device::open(&path, &StorageKey::from_bytes([1; 32])).map(drop))
         }
         "plaintext_too_large" => {
             alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();

@@ -19,6 +19,8 @@
 //! Run from `fuzz/`: `cargo run --example seed_corpus`, then minimise with
 //! `cargo fuzz cmin -s none <target>`.
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
@@ -222,11 +224,12 @@ fn from_store(corpus: &mut Corpus) {
     type Store = Arc<MemoryBackend>;
     let device = |name, id, key: &[u8; 32]| {
         let backend: Store = Arc::new(MemoryBackend::new());
-        let device = Device::create_in(backend.clone(), key, address(name, id), 0).expect("a new device");
-        device.refill_prekeys(2, 2, 0).expect("prekeys");
+        let device = Device::create_in(backend.clone(), &StorageKey::from_bytes(*key), address(name, id), UNIX_EPOCH)
+            .expect("a new device");
+        device.refill_prekeys(2, 2, UNIX_EPOCH).expect("prekeys");
         (backend, device)
     };
-    let (alice_store, alice) = device("alice", 1, &STORAGE_KEY);
+    let (alice_store, alice) = device("alice", 1, STORAGE_KEY.as_bytes());
     let (_, bob) = device("bob", 1, &[0x0b; 32]);
     let (_, carol) = device("carol", 2, &[0x0c; 32]);
     let receive = |to: &Device<Store>, from: &Address, wire: &[u8]| {
@@ -243,7 +246,7 @@ fn from_store(corpus: &mut Corpus) {
     carol.start_session(&alice.prekey_bundle().expect("a bundle")).expect("a session");
     let from_carol = carol.encrypt(alice.address(), b"hi alice").expect("carol sends");
     let carol_bundle = carol.prekey_bundle().expect("a bundle");
-    let sealer = Sealer::new(&STORAGE_KEY);
+    let sealer = Sealer::new(STORAGE_KEY.as_bytes());
     let rows = store_rows(&sealer, &alice_store);
     let (bob_index, carol_index) = (0u8, 1u8);
     let op = |call: Call| call.to_byte();
@@ -278,8 +281,8 @@ fn from_store(corpus: &mut Corpus) {
     // The previous prekey format: the whole set in one row, converted on open.
     let mut rng = samizdat::os_rng();
     let identity = samizdat::keys::IdentityKeyPair::from_seed(&[0x77; 32]);
-    let mut set = samizdat::prekeys::PreKeySet::new(&mut rng, &identity, 0);
-    set.add_one_time_prekeys(&mut rng, &identity, 2, 0).expect("room");
+    let mut set = samizdat::prekeys::PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
+    set.add_one_time_prekeys(&mut rng, &identity, 2, UNIX_EPOCH).expect("room");
     let identity_row =
         storage::IdentityRow { version: 1, seed: vec![0x77; 32], user_id: "alice".to_owned(), device_id: 1 };
     let mut legacy = Writer::new();
@@ -346,8 +349,10 @@ fn interaction(corpus: &mut Corpus) {
 /// Group messages made by devices (any keys: the decoders check no
 /// signature), and event scripts for `group_decrypt`.
 fn groups(corpus: &mut Corpus) {
-    let device =
-        |name, key| Device::create_in(MemoryBackend::new(), &[key; 32], address(name, 1), 0).expect("a device");
+    let device = |name, key| {
+        Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name, 1), UNIX_EPOCH)
+            .expect("a device")
+    };
     let (alice, bob) = (device("alice", 1), device("bob", 2));
     alice.start_session(&bob.prekey_bundle().expect("a bundle")).expect("a session");
     for (group, text) in

@@ -12,6 +12,7 @@
 #![no_main]
 
 use std::sync::{Arc, Once};
+use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
 use samizdat::{
@@ -83,9 +84,20 @@ fn call(device: &mut Device<Store>, backend: &Store, reader: &mut Reader<'_>) {
         Call::Counts => device.prekey_counts().map(drop),
         Call::Refill => {
             let (threshold, target, now) = (reader.u8() % 4, reader.u8() % 4, reader.u16());
-            device.refill_prekeys(usize::from(threshold), usize::from(target), u64::from(now)).map(drop)
+            device
+                .refill_prekeys(
+                    usize::from(threshold),
+                    usize::from(target),
+                    UNIX_EPOCH + Duration::from_secs(u64::from(now)),
+                )
+                .map(drop)
         }
-        Call::Rotate => device.rotate_prekeys(u64::from(reader.u32()), u64::from(reader.u32())).map(drop),
+        Call::Rotate => device
+            .rotate_prekeys(
+                UNIX_EPOCH + Duration::from_secs(u64::from(reader.u32())),
+                Duration::from_secs(u64::from(reader.u32())),
+            )
+            .map(drop),
         Call::StartSession => device.start_session(reader.chunk()).map(drop),
         Call::Trust => {
             let (to, key) = (peer(reader.u8()), reader.array::<32>());
@@ -103,7 +115,7 @@ fn call(device: &mut Device<Store>, backend: &Store, reader: &mut Reader<'_>) {
 fuzz_target!(|data: &[u8]| {
     static CHECKED: Once = Once::new();
     CHECKED.call_once(self_check);
-    let sealer = Sealer::new(&STORAGE_KEY);
+    let sealer = Sealer::new(STORAGE_KEY.as_bytes());
     let mut reader = Reader::new(data);
     let rows = reader.u8() % MAX_ROWS;
     let writes: Vec<Write> = (0..rows)

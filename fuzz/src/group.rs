@@ -27,6 +27,8 @@
 //!   input; its commit succeeds (answering only the request), and the same
 //!   bytes are then refused without a change.
 
+use samizdat::store::StorageKey;
+use std::time::UNIX_EPOCH;
 use std::{
     collections::BTreeSet,
     sync::{Arc, OnceLock},
@@ -45,7 +47,7 @@ use crate::{input::Reader, rows::Rows, world::store_of};
 /// The group.
 pub const GROUP: &[u8] = b"fuzz group";
 /// Alice's storage key.
-const ALICE_KEY: [u8; 32] = [0x61; 32];
+const ALICE_KEY: StorageKey = StorageKey::from_bytes([0x61; 32]);
 /// Events per input at most.
 const MAX_EVENTS: usize = 16;
 
@@ -80,8 +82,13 @@ pub struct Fixture {
 type Store = Arc<MemoryBackend>;
 
 fn device(name: &str, key: u8) -> Device<Store> {
-    Device::create_in(Arc::new(MemoryBackend::new()), &[key; 32], Address::new(name, 1).expect("an address"), 0)
-        .expect("a new device")
+    Device::create_in(
+        Arc::new(MemoryBackend::new()),
+        &StorageKey::from_bytes([key; 32]),
+        Address::new(name, 1).expect("an address"),
+        UNIX_EPOCH,
+    )
+    .expect("a new device")
 }
 
 /// A session between `a` and `b`, both ways.
@@ -106,7 +113,7 @@ pub fn fixture() -> &'static Fixture {
             Arc::new(MemoryBackend::new()),
             &ALICE_KEY,
             Address::new("alice", 1).expect("an address"),
-            0,
+            UNIX_EPOCH,
         )
         .expect("alice");
         let bob = device("bob", 0x62);

@@ -13,6 +13,7 @@ use samizdat::{
     session::SessionRecord,
     wire::RatchetMessage,
 };
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Bob's side of a session and what is in flight towards him.
 pub struct Scenario {
@@ -116,8 +117,10 @@ pub fn record() -> RecordScenario {
     let alice_id = IdentityKeyPair::from_seed(&[0xa1; 32]);
     let bob_seed = [0xb0; 32];
     let bob_id = IdentityKeyPair::from_seed(&bob_seed);
-    let mut bob_prekeys = PreKeySet::new(&mut rng, &bob_id, 1_000);
-    bob_prekeys.add_one_time_prekeys(&mut rng, &bob_id, 3, 1_000).expect("room for three");
+    let mut bob_prekeys = PreKeySet::new(&mut rng, &bob_id, UNIX_EPOCH + Duration::from_secs(1_000));
+    bob_prekeys
+        .add_one_time_prekeys(&mut rng, &bob_id, 3, UNIX_EPOCH + Duration::from_secs(1_000))
+        .expect("room for three");
     let bundle = |prekeys: &PreKeySet, n: usize| {
         let bundle = prekeys.bundle_skipping(&bob_id, &bob(), n).expect("a signed prekey");
         PreKeyBundle::from_bytes(&bundle.to_bytes()).expect("a valid bundle")
@@ -142,7 +145,7 @@ pub fn record() -> RecordScenario {
     };
     receive(&mut bob_record, &mut bob_prekeys, &first[1], &mut rng);
     let reply = bob_record.encrypt(&mut rng, b"bob 0").expect("bob can answer");
-    let alice_prekeys = PreKeySet::new(&mut rng, &alice_id, 1_000);
+    let alice_prekeys = PreKeySet::new(&mut rng, &alice_id, UNIX_EPOCH + Duration::from_secs(1_000));
     alice_record
         .decrypt_and_commit(&mut rng, &alice_id, &alice(), &bob(), &alice_prekeys, &reply)
         .expect("alice decrypts the answer");

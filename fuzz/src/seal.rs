@@ -17,8 +17,10 @@ use chacha20poly1305::{
 };
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use samizdat::store::StorageKey;
 use samizdat::{address::Address, store::Table};
 use sha2::Sha256;
+use std::time::UNIX_EPOCH;
 
 /// `STORE_SEAL_LABEL`, `STORE_ADDRESS_LABEL`, `STORE_BASE_KEY_LABEL`, `STORE_ROW_LABEL` (PROTOCOL.md 3).
 const SEAL_LABEL: &[u8] = b"samizdat/v1/store/seal";
@@ -229,8 +231,13 @@ pub fn self_check() {
     let storage_key = [0x42; 32];
     let alice = Address::new("alice", 1).expect("a valid address");
     let backend = std::sync::Arc::new(samizdat::store::MemoryBackend::new());
-    let device = samizdat::device::Device::create_in(backend.clone(), &storage_key, alice.clone(), 0)
-        .expect("a device in an empty store");
+    let device = samizdat::device::Device::create_in(
+        backend.clone(),
+        &StorageKey::from_bytes(storage_key),
+        alice.clone(),
+        UNIX_EPOCH,
+    )
+    .expect("a device in an empty store");
     let sealer = Sealer::new(&storage_key);
     let rows = backend.snapshot();
     let check = rows.get(&(Table::Meta, KEY_CHECK_ROW.to_vec())).expect("a key-check row");
@@ -255,11 +262,16 @@ pub fn self_check() {
     assert_eq!(device.peer_identity(&bob).expect("the row sealed here opens"), Some(identity));
     // A message kept in the outbox (20.3): its index and entry rows are
     // where the keys derived here say, and open here.
-    let peer = samizdat::device::Device::create_in(samizdat::store::MemoryBackend::new(), &[0x43; 32], bob.clone(), 0)
-        .expect("a second device");
+    let peer = samizdat::device::Device::create_in(
+        samizdat::store::MemoryBackend::new(),
+        &StorageKey::from_bytes([0x43; 32]),
+        bob.clone(),
+        UNIX_EPOCH,
+    )
+    .expect("a second device");
     device.trust_identity(&bob, peer.identity_key()).expect("a trust decision");
     device.start_session(&peer.prekey_bundle().expect("a bundle")).expect("a session");
-    let wire = device.encrypt_kept(&bob, b"kept", 0).expect("a kept message");
+    let wire = device.encrypt_kept(&bob, b"kept", UNIX_EPOCH).expect("a kept message");
     let id = samizdat::heal::message_id(&wire);
     let rows = backend.snapshot();
     for (table, key) in

@@ -12,6 +12,7 @@
 //! key), so that the fuzzer mutates their contents rather than their keys.
 //! Every row is sealed under [`STORAGE_KEY`] as the seal mode says.
 
+use samizdat::store::StorageKey;
 use samizdat::{address::Address, store::Table};
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
 };
 
 /// The storage key of every store of the target.
-pub const STORAGE_KEY: [u8; 32] = [0x5a; 32];
+pub const STORAGE_KEY: StorageKey = StorageKey::from_bytes([0x5a; 32]);
 
 /// The peers whose rows and calls the inputs name by index.
 pub const PEERS: [(&str, u32); 3] = [("bob", 1), ("carol", 2), ("alice", 1)];

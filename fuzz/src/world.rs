@@ -102,6 +102,8 @@
 //! model asserts, not in its key bytes: which of two crossing sessions wins
 //! depends on the base keys (9.9).
 
+use samizdat::store::StorageKey;
+use std::time::{Duration, UNIX_EPOCH};
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, OnceLock},
@@ -183,8 +185,8 @@ fn storage_key(index: usize) -> [u8; 32] {
 /// The apps' healing policy (a handle's policy is not stored: set at every open).
 fn policy() -> HealPolicy {
     HealPolicy {
-        reset_interval: RESET_INTERVAL,
-        outbox_max_age: OUTBOX_MAX_AGE,
+        reset_interval: Duration::from_secs(RESET_INTERVAL),
+        outbox_max_age: Duration::from_secs(OUTBOX_MAX_AGE),
         outbox_max_messages: OUTBOX_MAX_MESSAGES,
         ..HealPolicy::default()
     }
@@ -192,7 +194,8 @@ fn policy() -> HealPolicy {
 
 /// The device of a store, with the apps' policy.
 fn open(backend: Store, storage_key: &[u8; 32], what: &str) -> Device<Store> {
-    let device = Device::open_in(backend, storage_key).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    let device =
+        Device::open_in(backend, &StorageKey::from_bytes(*storage_key)).unwrap_or_else(|e| panic!("{what}: {e:?}"));
     device.set_heal_policy(policy()).expect("a policy within the limits");
     device
 }
@@ -228,8 +231,8 @@ fn initial_stores() -> &'static [Rows] {
                 let seed = [0x10 + u8::try_from(index).expect("three parties"); 32];
                 let identity = IdentityKeyPair::from_seed(&seed);
                 let mut rng = ChaCha20Rng::from_seed(seed);
-                let mut prekeys = PreKeySet::new(&mut rng, &identity, 0);
-                prekeys.add_one_time_prekeys(&mut rng, &identity, 2, 0).expect("room for two");
+                let mut prekeys = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
+                prekeys.add_one_time_prekeys(&mut rng, &identity, 2, UNIX_EPOCH).expect("room for two");
                 let row = storage::IdentityRow {
                     version: 1,
                     seed: seed.to_vec(),
@@ -245,7 +248,8 @@ fn initial_stores() -> &'static [Rows] {
                 put(Table::Identity, SINGLE_ROW, &prost::Message::encode_to_vec(&row));
                 put(Table::PreKeys, SINGLE_ROW, &prekeys.to_bytes());
                 let backend = store_of(&rows);
-                let device = Device::open_in(backend.clone(), &key).expect("the initial store opens");
+                let device =
+                    Device::open_in(backend.clone(), &StorageKey::from_bytes(key)).expect("the initial store opens");
                 assert_eq!(device.address(), &address(index));
                 let converted = backend.snapshot();
                 check_store(&converted, &sealer);
@@ -628,7 +632,7 @@ impl World {
         let held = party.outbox_len(peer);
         let before = party.rows();
         let result = if kept {
-            party.device.encrypt_kept(peer, &plaintext, self.now)
+            party.device.encrypt_kept(peer, &plaintext, UNIX_EPOCH + Duration::from_secs(self.now))
         } else {
             party.device.encrypt(peer, &plaintext)
         };
@@ -912,7 +916,7 @@ impl World {
         let awaiting = party.device.awaiting_resends(&owner.address).expect("a record from a sound store");
         assert!(party.rows() == before, "awaiting_resends changed the store");
         assert!(awaiting <= MAX_AWAITED_RESENDS, "{awaiting} resends awaited");
-        let result = party.device.heal(&bundle, &wires, self.now);
+        let result = party.device.heal(&bundle, &wires, UNIX_EPOCH + Duration::from_secs(self.now));
         party.after("heal", &before, &result);
         trace!(
             "heal {index} with {peer} at {} naming {} (awaiting {awaiting}): {:?}",
@@ -945,6 +949,7 @@ impl World {
             }
             Ok(Heal::TooSoon { retry_at }) => {
                 assert!(party.rows() == before, "a heal refused as too soon wrote");
+                let retry_at = retry_at.duration_since(UNIX_EPOCH).expect("a time after the epoch").as_secs();
                 assert!(
                     self.now < retry_at && retry_at <= self.now + RESET_INTERVAL,
                     "a heal at {} refused until {retry_at}",
@@ -958,7 +963,7 @@ impl World {
                         // And one more at once is too soon, whatever it names.
                         let party = &self.parties[index];
                         let before = party.rows();
-                        let again = party.device.heal(&bundle, &[], self.now);
+                        let again = party.device.heal(&bundle, &[], UNIX_EPOCH + Duration::from_secs(self.now));
                         assert!(matches!(again, Ok(Heal::TooSoon { .. })), "a second heal at once: {again:?}");
                         assert!(party.rows() == before, "a heal refused as too soon wrote");
                     }
@@ -1050,11 +1055,12 @@ impl World {
         self.now += step * 3_600;
         let party = &self.parties[index];
         let before = party.rows();
-        let result = party.device.refill_prekeys(target, target, self.now);
+        let result = party.device.refill_prekeys(target, target, UNIX_EPOCH + Duration::from_secs(self.now));
         party.after("refill_prekeys", &before, &result);
         result.expect("a refill within the limits");
         let before = party.rows();
-        let result = party.device.rotate_prekeys(self.now, 4 * 3_600);
+        let result =
+            party.device.rotate_prekeys(UNIX_EPOCH + Duration::from_secs(self.now), Duration::from_secs(4 * 3_600));
         party.after("rotate_prekeys", &before, &result);
         result.expect("a rotation");
     }

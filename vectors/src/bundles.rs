@@ -9,6 +9,7 @@ use samizdat::{
 };
 use samizdat_proto::{Message as _, wire as pb};
 use serde::{Deserialize, Serialize};
+use std::time::UNIX_EPOCH;
 
 use crate::{
     format::{Meta, VectorSet},
@@ -177,13 +178,13 @@ pub(crate) fn device(
     let mut first = bytes(&format!("{field}.signed_prekey_secret"), &random.signed_prekey_secret)?;
     first.extend_from_slice(&bytes(&format!("{field}.last_resort_d_z"), &random.last_resort_d_z)?);
     let mut rng = FixedBytes::new(&first);
-    let mut prekeys = PreKeySet::new(&mut rng, &identity, 0);
+    let mut prekeys = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
     check_drawn(field, &rng, first.len())?;
     let mut second = bytes(&format!("{field}.one_time_prekey_secret"), &random.one_time_prekey_secret)?;
     second.extend_from_slice(&bytes(&format!("{field}.pq_one_time_d_z"), &random.pq_one_time_d_z)?);
     let mut rng = FixedBytes::new(&second);
     let (classic, post_quantum) = prekeys
-        .add_one_time_prekeys(&mut rng, &identity, 1, 0)
+        .add_one_time_prekeys(&mut rng, &identity, 1, UNIX_EPOCH)
         .map_err(|e| err(field, format!("prekeys refused: {e}")))?;
     check_drawn(field, &rng, second.len())?;
     prekeys.consume(&ConsumedPreKeys {

@@ -13,6 +13,7 @@ use samizdat::{
 use samizdat_proto::{Message as _, wire as pb};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::time::UNIX_EPOCH;
 
 use crate::{
     bundles::{PqOffer, PreKeyRandomness, device},
@@ -319,7 +320,7 @@ impl VectorSet for Pqxdh {
         let mut rng = FixedBytes::new(&array::<24>("bob_header_nonce", &case.bob_header_nonce)?);
         let reply = bob_record.encrypt(&mut rng, &reply_plaintext).map_err(|e| err("reply", e.to_string()))?;
         check_drawn("bob_header_nonce", &rng, 24)?;
-        let alice_prekeys = PreKeySet::new(&mut FixedBytes::new(&[]), &alice, 0);
+        let alice_prekeys = PreKeySet::new(&mut FixedBytes::new(&[]), &alice, UNIX_EPOCH);
         let mut rng = FixedBytes::new(&array::<32>("alice_reply_ratchet_secret", &case.alice_reply_ratchet_secret)?);
         let (alice_decrypted, _) = alice_record
             .decrypt_and_commit(&mut rng, &alice, &alice_address, &address, &alice_prekeys, &reply)

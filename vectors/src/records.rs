@@ -23,6 +23,7 @@ use samizdat::{
 use samizdat_proto::{Message, storage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
     format::{Meta, VectorSet},
@@ -288,7 +289,7 @@ struct Party {
 impl Party {
     fn new(rng: &mut ChaCha20Rng, name: &str, device_id: u32) -> R<Self> {
         let identity = IdentityKeyPair::from_seed(&random::<32>(rng));
-        let prekeys = scripted(rng, 96, |f| Ok(PreKeySet::new(f, &identity, 0)))?;
+        let prekeys = scripted(rng, 96, |f| Ok(PreKeySet::new(f, &identity, UNIX_EPOCH)))?;
         let address = Address::new(name, device_id).map_err(|e| err("input", e.to_string()))?;
         Ok(Self { identity, address, prekeys, record: SessionRecord::new() })
     }
@@ -329,7 +330,7 @@ fn fixtures(rng: &mut ChaCha20Rng) -> R<Fixtures> {
     let mut bob = Party::new(rng, "bob", 2)?;
     let (a, b) = (alice.address.clone(), bob.address.clone());
     scripted(rng, 96, |f| {
-        bob.prekeys.add_one_time_prekeys(f, &bob.identity, 1, 0).map_err(|e| err("input", e.to_string()))
+        bob.prekeys.add_one_time_prekeys(f, &bob.identity, 1, UNIX_EPOCH).map_err(|e| err("input", e.to_string()))
     })?;
     // First session (Bob's one-time prekeys): Bob gets messages 0 and 2.
     alice.initiate(rng, &bob)?;
@@ -357,17 +358,21 @@ fn fixtures(rng: &mut ChaCha20Rng) -> R<Fixtures> {
 
     let mut topped = PreKeySet::from_bytes(&spent_bytes).map_err(|e| err("input", e.to_string()))?;
     scripted(rng, 96, |f| {
-        topped.add_one_time_prekeys(f, &bob.identity, 1, 0).map_err(|e| err("input", e.to_string()))
+        topped.add_one_time_prekeys(f, &bob.identity, 1, UNIX_EPOCH).map_err(|e| err("input", e.to_string()))
     })?;
     let mut one_time_only = PreKeySet::from_bytes(&topped.to_bytes()).map_err(|e| err("input", e.to_string()))?;
     one_time_only.consume(&ConsumedPreKeys { pq_one_time: Some(pq_one_time_id(&topped)?), ..Default::default() });
     let mut rotated = PreKeySet::from_bytes(&spent_bytes).map_err(|e| err("input", e.to_string()))?;
     for now in [1, 2] {
         scripted(rng, 32, |f| {
-            rotated.rotate_signed_prekey(f, &bob.identity, now).map_err(|e| err("input", e.to_string()))
+            rotated
+                .rotate_signed_prekey(f, &bob.identity, UNIX_EPOCH + Duration::from_secs(now))
+                .map_err(|e| err("input", e.to_string()))
         })?;
         scripted(rng, 64, |f| {
-            rotated.rotate_last_resort_prekey(f, &bob.identity, now).map_err(|e| err("input", e.to_string()))
+            rotated
+                .rotate_last_resort_prekey(f, &bob.identity, UNIX_EPOCH + Duration::from_secs(now))
+                .map_err(|e| err("input", e.to_string()))
         })?;
     }
     let fixtures = Fixtures {

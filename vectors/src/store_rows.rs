@@ -3,6 +3,7 @@
 
 use chacha20::ChaCha20Rng;
 use hkdf::Hkdf;
+use samizdat::store::StorageKey;
 use samizdat::{
     address::Address,
     device::Device,
@@ -12,6 +13,7 @@ use samizdat::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use std::time::UNIX_EPOCH;
 
 use crate::{
     format::{Meta, VectorSet},
@@ -410,10 +412,12 @@ impl VectorSet for StoreRows {
 fn outbox_rows_of_a_device(storage_key: &[u8; 32], peer: &Address, row_key: &[u8], outbox_key: &[u8; 32]) -> R<()> {
     let fail = |e: samizdat::device::DeviceError| err("entry_key", format!("the device failed: {e}"));
     let own = Address::new("vectors-outbox-sender", 1).map_err(|e| err("user_id", e.to_string()))?;
-    let device = Device::create_in(MemoryBackend::new(), storage_key, own, 0).map_err(fail)?;
-    let other = Device::create_in(MemoryBackend::new(), &[0x55; 32], peer.clone(), 0).map_err(fail)?;
+    let device = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes(*storage_key), own, UNIX_EPOCH)
+        .map_err(fail)?;
+    let other = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([0x55; 32]), peer.clone(), UNIX_EPOCH)
+        .map_err(fail)?;
     let to = device.start_session(&other.prekey_bundle().map_err(fail)?).map_err(fail)?;
-    let wire = device.encrypt_kept(&to, b"kept", 0).map_err(fail)?;
+    let wire = device.encrypt_kept(&to, b"kept", UNIX_EPOCH).map_err(fail)?;
     let entry = [row_key, b"/out/", &hmac(outbox_key, &heal::message_id(&wire))?].concat();
     let mut expected =
         vec![(Table::Outboxes, row_key.to_vec()), (Table::Sessions, row_key.to_vec()), (Table::Sessions, entry)];
@@ -441,16 +445,18 @@ fn rotated_rows_of_a_device(first: &[u8; 32], key: &[u8; 32], naming_keys: &[u8]
     let fail = |e: samizdat::device::DeviceError| err("sealed_check", format!("the device failed: {e}"));
     let backend = std::sync::Arc::new(MemoryBackend::new());
     let own = Address::new("vectors-rotated", 1).map_err(|e| err("first_key", e.to_string()))?;
-    drop(Device::create_in(std::sync::Arc::clone(&backend), first, own, 0).map_err(fail)?);
-    Device::rotate_storage_key_in(&backend, first, key).map_err(fail)?;
-    Device::open_in(std::sync::Arc::clone(&backend), key).map_err(fail)?;
+    let (first, key) = (StorageKey::from_bytes(*first), StorageKey::from_bytes(*key));
+    drop(Device::create_in(std::sync::Arc::clone(&backend), &first, own, UNIX_EPOCH).map_err(fail)?);
+    Device::rotate_storage_key_in(&backend, &first, &key).map_err(fail)?;
+    Device::open_in(std::sync::Arc::clone(&backend), &key).map_err(fail)?;
     let snapshot = backend.snapshot();
     for (row, expected, field) in
         [(&b"naming-keys"[..], naming_keys, "naming_keys"), (b"key-check", check_plaintext, "check_plaintext")]
     {
         let sealed =
             snapshot.get(&(Table::Meta, row.to_vec())).ok_or_else(|| err(field, "the device wrote no such row"))?;
-        let opened = hazmat::open_row(key, Table::Meta, row, sealed).map_err(|e| err(field, format!("{e:?}")))?;
+        let opened =
+            hazmat::open_row(key.as_bytes(), Table::Meta, row, sealed).map_err(|e| err(field, format!("{e:?}")))?;
         agree(field, opened.as_slice(), expected)?;
     }
     Ok(())

@@ -7,7 +7,7 @@
 //! 20): a peer's message on the old session is `out_of_step`, the app heals,
 //! and the peer sends again what its outbox holds.
 
-use std::path::Path;
+use std::{path::Path, time::SystemTime};
 
 use rand_core::Rng;
 use samizdat_proto::storage;
@@ -19,7 +19,7 @@ use crate::{
     keys::IdentityKey,
     prekeys::PreKeySet,
     session::SessionRecord,
-    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StoreError, Table, Write},
+    store::{Backend, Expected, KEY_CHECK_ROW, Sealer, SqliteBackend, StorageKey, StoreError, Table, Write},
 };
 
 use super::{Device, DeviceError, ROW_VERSION, SINGLE_ROW, encode, prekeys::set_rows, retry_on_conflict};
@@ -55,31 +55,42 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::{BackupParams, Device}, store::MemoryBackend, ErrorKind};
     ///
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, UNIX_EPOCH)?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, UNIX_EPOCH)?;
     /// alice.start_session(&bob.prekey_bundle()?)?;
     ///
     /// // The weakest parameters an export takes, to keep the example fast;
     /// // an app uses the default (64 MiB, 3 passes).
-    /// let file = alice.export_backup(b"correct horse battery staple", BackupParams::MINIMUM, 1_700_000_000)?;
+    /// let file = alice.export_backup(b"correct horse battery staple", BackupParams::MINIMUM, UNIX_EPOCH + Duration::from_secs(1_700_000_000))?;
     ///
     /// // Alice's phone is lost: a new installation, a new store and storage key.
-    /// let wrong = Device::restore_in(MemoryBackend::new(), &[3; 32], &file, b"Tr0ub4dor&3", 1_700_000_100);
+    /// let wrong = Device::restore_in(MemoryBackend::new(), &StorageKey::from_bytes([3; 32]), &file, b"Tr0ub4dor&3", UNIX_EPOCH + Duration::from_secs(1_700_000_100));
     /// assert_eq!(wrong.unwrap_err().kind(), ErrorKind::WrongStorageKey);
-    /// let restored = Device::restore_in(MemoryBackend::new(), &[3; 32], &file, b"correct horse battery staple", 1_700_000_100)?;
+    /// let restored = Device::restore_in(MemoryBackend::new(), &StorageKey::from_bytes([3; 32]), &file, b"correct horse battery staple", UNIX_EPOCH + Duration::from_secs(1_700_000_100))?;
     /// assert_eq!(restored.identity_key(), alice.identity_key());
     /// assert_eq!(restored.peer_identity(bob.address())?, Some(bob.identity_key()));
     /// assert!(!restored.has_session(bob.address())?); // it heals: PROTOCOL.md 20
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn export_backup(&self, passphrase: &[u8], params: BackupParams, now: u64) -> Result<Vec<u8>, DeviceError> {
+    pub fn export_backup(
+        &self,
+        passphrase: &[u8],
+        params: BackupParams,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, DeviceError> {
         self.check_process()?;
         params.check_export()?;
         let peers = self.trusted_peers()?;
-        let contents =
-            BackupContents { seed: self.identity.to_seed(), address: self.address.clone(), created_at: now, peers };
+        let contents = BackupContents {
+            seed: self.identity.to_seed(),
+            address: self.address.clone(),
+            created_at: crate::clock::unix_seconds(now),
+            peers,
+        };
         Ok(backup::seal(&mut crate::os_rng(), passphrase, params, &contents)?)
     }
 
@@ -156,10 +167,10 @@ impl<B: Backend> Device<B> {
     /// error.
     pub fn restore_in(
         backend: B,
-        storage_key: &[u8; 32],
+        storage_key: &StorageKey,
         backup: &[u8],
         passphrase: &[u8],
-        now: u64,
+        now: SystemTime,
     ) -> Result<Self, DeviceError> {
         // A store that has a device is refused before the costly derivation
         // (and again, by the writes' preconditions, after it).
@@ -167,7 +178,7 @@ impl<B: Backend> Device<B> {
             return Err(StoreError::AlreadyExists.into());
         }
         let contents = backup::open(passphrase, backup)?;
-        retry_on_conflict(|| restore_rows(&backend, &Sealer::new(storage_key), &contents, now))?;
+        retry_on_conflict(|| restore_rows(&backend, &Sealer::new(storage_key.as_bytes()), &contents, now))?;
         Self::open_in(backend, storage_key)
     }
 }
@@ -184,36 +195,38 @@ impl Device<SqliteBackend> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::{BackupParams, Device}, store::MemoryBackend};
     ///
     /// let dir = std::env::temp_dir().join(format!("samizdat-restore-doc-{}", std::process::id()));
     /// std::fs::create_dir_all(&dir)?;
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let file = alice.export_backup(b"a long passphrase", BackupParams::MINIMUM, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, UNIX_EPOCH)?;
+    /// let file = alice.export_backup(b"a long passphrase", BackupParams::MINIMUM, UNIX_EPOCH)?;
     ///
     /// let path = dir.join("alice.db");
-    /// assert!(Device::restore(&path, &[7; 32], &file, b"a wrong passphrase", 10).is_err());
+    /// assert!(Device::restore(&path, &StorageKey::from_bytes([7; 32]), &file, b"a wrong passphrase", UNIX_EPOCH + Duration::from_secs(10)).is_err());
     /// assert!(!path.exists()); // nothing created
-    /// let restored = Device::restore(&path, &[7; 32], &file, b"a long passphrase", 10)?;
+    /// let restored = Device::restore(&path, &StorageKey::from_bytes([7; 32]), &file, b"a long passphrase", UNIX_EPOCH + Duration::from_secs(10))?;
     /// assert_eq!(restored.identity_key(), alice.identity_key());
-    /// restored.refill_prekeys(50, 100, 10)?; // fresh prekeys to publish
+    /// restored.refill_prekeys(50, 100, UNIX_EPOCH + Duration::from_secs(10))?; // fresh prekeys to publish
     /// # drop(restored);
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn restore(
         path: impl AsRef<Path>,
-        storage_key: &[u8; 32],
+        storage_key: &StorageKey,
         backup: &[u8],
         passphrase: &[u8],
-        now: u64,
+        now: SystemTime,
     ) -> Result<Self, DeviceError> {
         let path = path.as_ref();
         if path.exists() {
             return Self::restore_in(SqliteBackend::open(path)?, storage_key, backup, passphrase, now);
         }
         let contents = backup::open(passphrase, backup)?;
-        let sealer = Sealer::new(storage_key);
+        let sealer = Sealer::new(storage_key.as_bytes());
         if !SqliteBackend::create_new(path, |backend| restore_rows(backend, &sealer, &contents, now))? {
             return Err(StoreError::AlreadyExists.into());
         }
@@ -230,7 +243,7 @@ fn restore_rows<C: Backend + ?Sized>(
     backend: &C,
     sealer: &Sealer,
     contents: &BackupContents,
-    now: u64,
+    now: SystemTime,
 ) -> Result<(), DeviceError> {
     if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_some() {
         return Err(StoreError::AlreadyExists.into());

@@ -480,10 +480,12 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::SystemTime;
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::{Device, MessageKind}, store::MemoryBackend};
     ///
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, SystemTime::now())?;
     /// alice.start_session(&bob.prekey_bundle()?)?;
     /// alice.create_group(b"book club", &[bob.address().clone()])?;
     /// bob.create_group(b"book club", &[alice.address().clone()])?;

@@ -17,7 +17,10 @@
 //!   messages, at most once each ([`PendingMessage::message_id`] is the id of
 //!   the message as first sent).
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime},
+};
 
 use samizdat_proto::storage;
 use zeroize::Zeroizing;
@@ -25,6 +28,7 @@ use zeroize::Zeroizing;
 use crate::{
     DecodeError, EncryptError, SessionError,
     address::Address,
+    clock::{from_unix_seconds, unix_seconds},
     group::Control,
     heal::{MessageId, has_repeats, id_from_slice, message_id},
     keys::{IdentityKey, X25519PublicKey},
@@ -76,16 +80,16 @@ pub(super) fn outboxes_marker(sealer: &Sealer) -> Write {
 }
 
 /// How a device heals: set with [`Device::set_heal_policy`]. Times are in
-/// the app's clock (the `now` it passes), in seconds.
+/// the app's clock (the `now` it passes), counted in whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealPolicy {
     /// The least time between two resets sent to one peer: a forged message
     /// can make the app ask for a reset, but not for more than one per this
     /// interval. Default: one hour. (Zero turns the limit off: for tests.)
-    pub reset_interval: u64,
+    pub reset_interval: Duration,
     /// How long the outbox keeps a plaintext no acknowledgement removed.
     /// Default: 30 days.
-    pub outbox_max_age: u64,
+    pub outbox_max_age: Duration,
     /// The most plaintexts the outbox keeps per peer (the oldest make room),
     /// at most [`MAX_OUTBOX_MESSAGES`]. Default: that.
     pub outbox_max_messages: usize,
@@ -102,8 +106,8 @@ pub struct HealPolicy {
 impl Default for HealPolicy {
     fn default() -> Self {
         Self {
-            reset_interval: 3_600,
-            outbox_max_age: 30 * 24 * 3_600,
+            reset_interval: Duration::from_secs(3_600),
+            outbox_max_age: Duration::from_secs(30 * 24 * 3_600),
             outbox_max_messages: MAX_OUTBOX_MESSAGES,
             resend_to_new_identity: false,
         }
@@ -118,7 +122,7 @@ impl HealPolicy {
     /// was off).
     fn expired(&self, slot: &Slot, now: u64) -> bool {
         match now.checked_sub(slot.sent_at) {
-            Some(age) => age >= self.outbox_max_age,
+            Some(age) => age >= self.outbox_max_age.as_secs(),
             None => slot.sent_at.saturating_sub(now) > CLOCK_CORRECTION,
         }
     }
@@ -157,7 +161,7 @@ pub enum Heal {
     /// `retry_at` if the session is still out of step then.
     TooSoon {
         /// The first time a reset may be sent again.
-        retry_at: u64,
+        retry_at: SystemTime,
     },
 }
 
@@ -230,13 +234,15 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::Device, heal::message_id, store::MemoryBackend};
     ///
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, UNIX_EPOCH)?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, UNIX_EPOCH)?;
     /// let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
     ///
-    /// let wire = alice.encrypt_kept(&bob_address, b"kept until acknowledged", 1_000)?;
+    /// let wire = alice.encrypt_kept(&bob_address, b"kept until acknowledged", UNIX_EPOCH + Duration::from_secs(1_000))?;
     /// assert_eq!(alice.outbox_len(&bob_address)?, 1);
     /// // Bob's app acknowledges the message (a delivery receipt with its id).
     /// let pending = bob.decrypt(alice.address(), &wire)?;
@@ -247,7 +253,8 @@ impl<B: Backend> Device<B> {
     /// assert_eq!(alice.outbox_len(&bob_address)?, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn encrypt_kept(&self, peer: &Address, plaintext: &[u8], now: u64) -> Result<Vec<u8>, DeviceError> {
+    pub fn encrypt_kept(&self, peer: &Address, plaintext: &[u8], now: SystemTime) -> Result<Vec<u8>, DeviceError> {
+        let now = unix_seconds(now);
         self.check_process()?;
         if plaintext.len() > MAX_KEPT_PLAINTEXT_LEN {
             let error = EncryptError::MessageTooLarge { len: plaintext.len(), max: MAX_KEPT_PLAINTEXT_LEN };
@@ -332,7 +339,8 @@ impl<B: Backend> Device<B> {
     /// A store error, or [`StoreError::Corrupt`] if an index does not parse:
     /// the peers done before it keep their deletions, the others are not
     /// visited (call it again).
-    pub fn expire_outbox(&self, now: u64) -> Result<usize, DeviceError> {
+    pub fn expire_outbox(&self, now: SystemTime) -> Result<usize, DeviceError> {
+        let now = unix_seconds(now);
         self.check_process()?;
         let policy = self.heal_policy();
         // The outbox indexes: the rows of table `outboxes`, by pages (memory
@@ -398,31 +406,34 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::{Device, Heal}, store::MemoryBackend};
     ///
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, UNIX_EPOCH)?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, UNIX_EPOCH)?;
     /// let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
-    /// let first = alice.encrypt_kept(&bob_address, b"first", 0)?;
+    /// let first = alice.encrypt_kept(&bob_address, b"first", UNIX_EPOCH)?;
     /// bob.commit(bob.decrypt(alice.address(), &first)?)?;
-    /// let lost = alice.encrypt_kept(&bob_address, b"lost", 0)?;
+    /// let lost = alice.encrypt_kept(&bob_address, b"lost", UNIX_EPOCH)?;
     ///
     /// // Say Bob could not read `lost`: he heals with Alice's fresh bundle.
-    /// let Heal::Sent(reset) = bob.heal(&alice.prekey_bundle()?, &[lost], 10)? else { unreachable!() };
+    /// let Heal::Sent(reset) = bob.heal(&alice.prekey_bundle()?, &[lost], UNIX_EPOCH + Duration::from_secs(10))? else { unreachable!() };
     /// // Alice's commit of the reset sends `lost` again on the new session.
     /// let resends = alice.commit(alice.decrypt(bob.address(), &reset.message)?)?;
     /// let again = bob.decrypt(alice.address(), &resends[0].message)?;
     /// assert_eq!(again.plaintext(), b"lost");
     /// bob.commit(again)?;
     /// // A second reset within the interval is refused.
-    /// assert!(matches!(bob.heal(&alice.prekey_bundle()?, &[], 20)?, Heal::TooSoon { .. }));
+    /// assert!(matches!(bob.heal(&alice.prekey_bundle()?, &[], UNIX_EPOCH + Duration::from_secs(20))?, Heal::TooSoon { .. }));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn heal(&self, bundle: &[u8], unreadable: &[Vec<u8>], now: u64) -> Result<Heal, DeviceError> {
+    pub fn heal(&self, bundle: &[u8], unreadable: &[Vec<u8>], now: SystemTime) -> Result<Heal, DeviceError> {
+        let now = unix_seconds(now);
         self.check_process()?;
         let bundle = PreKeyBundle::from_bytes(bundle).map_err(SessionError::from)?;
         let peer = bundle.address().clone();
-        let interval = self.heal_policy().reset_interval;
+        let interval = self.heal_policy().reset_interval.as_secs();
         let unreadable: Vec<MessageId> = unreadable.iter().map(|wire| message_id(wire)).collect();
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
@@ -430,7 +441,7 @@ impl<B: Backend> Device<B> {
         retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
             if let Some(retry_at) = record.healing().too_soon(now, interval) {
-                return Ok(Heal::TooSoon { retry_at });
+                return Ok(Heal::TooSoon { retry_at: from_unix_seconds(retry_at) });
             }
             // What our last reset named counts only if the peer answered it.
             let answered = record.healing().last_reset_base_key.is_some_and(|key| record.answered(&key));

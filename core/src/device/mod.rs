@@ -16,11 +16,17 @@
 //! - [`Device::decrypt_batch`] does the same for many queued messages in one
 //!   transaction.
 //!
-//! **Time.** Every `now: u64` a call takes is the app's clock in whole
-//! seconds since the Unix epoch (UTC), and so is every duration the device
-//! keeps (prekey ages, [`HealPolicy`] intervals, outbox ages). The device
-//! never reads the clock itself; a clock set back or ahead is tolerated
-//! within the bounds PROTOCOL.md 20.5 states.
+//! **Time.** Every `now: SystemTime` a call takes is the app's clock
+//! (`SystemTime::now()`, or a test's fixed time), and every age or interval
+//! a `Duration`. The device keeps times in whole seconds since the Unix
+//! epoch (a time before it counts as the epoch itself; one past the
+//! platform's last representable second, as that second). The device never
+//! reads the clock itself; a clock set back or ahead is tolerated within the
+//! bounds PROTOCOL.md 20.5 states.
+//!
+//! **The storage key** is a [`StorageKey`]: 32 secret bytes, made once with
+//! [`StorageKey::generate`], kept in the platform keystore, wiped from memory
+//! when dropped.
 //!
 //! A `Device` is `Send + Sync`: calls for different peers run in parallel
 //! (each peer has its own lock; the database serializes only the writes).
@@ -43,10 +49,12 @@
 //! # Example
 //!
 //! ```
+//! # use std::time::SystemTime;
+//! # use samizdat::store::StorageKey;
 //! use samizdat::{address::Address, device::Device, store::MemoryBackend};
 //!
-//! let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-//! let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+//! let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+//! let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, SystemTime::now())?;
 //!
 //! let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
 //! let wire = alice.encrypt(&bob_address, b"hello")?;
@@ -75,6 +83,7 @@ use std::{
     fmt,
     path::Path,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::SystemTime,
 };
 
 use samizdat_proto::storage;
@@ -86,7 +95,7 @@ use crate::{
     keys::{IdentityKey, IdentityKeyPair, fixed},
     limits::MAX_WRITE_ATTEMPTS,
     prekeys::{PreKeyError, PreKeySet},
-    store::{Backend, Expected, KEY_CHECK_ROW, Scrub, Sealer, SqliteBackend, StoreError, Table, Write},
+    store::{Backend, Expected, KEY_CHECK_ROW, Scrub, Sealer, SqliteBackend, StorageKey, StoreError, Table, Write},
 };
 
 use self::prekeys::set_rows;
@@ -218,9 +227,9 @@ impl Device<SqliteBackend> {
     /// as [`SqliteBackend::open`].
     pub fn create(
         path: impl AsRef<Path>,
-        storage_key: &[u8; 32],
+        storage_key: &StorageKey,
         address: Address,
-        now: u64,
+        now: SystemTime,
     ) -> Result<Self, DeviceError> {
         let path = path.as_ref();
         if path.exists() {
@@ -234,8 +243,13 @@ impl Device<SqliteBackend> {
 
     /// Creates the device of `address` under `storage_key` in `backend` (a
     /// new, empty store under its temporary name, 14.6).
-    fn build(backend: &SqliteBackend, storage_key: &[u8; 32], address: &Address, now: u64) -> Result<(), DeviceError> {
-        Self::create_rows(backend, &Sealer::new(storage_key), address, now).map(|_| ())
+    fn build(
+        backend: &SqliteBackend,
+        storage_key: &StorageKey,
+        address: &Address,
+        now: SystemTime,
+    ) -> Result<(), DeviceError> {
+        Self::create_rows(backend, &Sealer::new(storage_key.as_bytes()), address, now).map(|_| ())
     }
 
     /// Opens the device in the SQLite database at `path`. Nothing is
@@ -245,7 +259,7 @@ impl Device<SqliteBackend> {
     /// [`StoreError::NotFound`] if it holds no device, [`StoreError::WrongKey`]
     /// for the wrong storage key (nothing is changed); as
     /// [`SqliteBackend::open`].
-    pub fn open(path: impl AsRef<Path>, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
+    pub fn open(path: impl AsRef<Path>, storage_key: &StorageKey) -> Result<Self, DeviceError> {
         Self::open_in(SqliteBackend::open_existing(path)?, storage_key)
     }
 
@@ -260,9 +274,9 @@ impl Device<SqliteBackend> {
     /// example); as [`Self::open`] and [`Self::create`].
     pub fn open_or_create(
         path: impl AsRef<Path>,
-        storage_key: &[u8; 32],
+        storage_key: &StorageKey,
         address: Address,
-        now: u64,
+        now: SystemTime,
     ) -> Result<Self, DeviceError> {
         let path = path.as_ref();
         if std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
@@ -273,7 +287,7 @@ impl Device<SqliteBackend> {
         SqliteBackend::create_new(path, |backend| Self::build(backend, storage_key, &address, now))?;
         let backend = SqliteBackend::open(path)?;
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_none() {
-            let sealer = Sealer::new(storage_key);
+            let sealer = Sealer::new(storage_key.as_bytes());
             match retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now)) {
                 Ok((identity, key_check)) => return Ok(Self::assemble(backend, sealer, key_check, identity, address)),
                 // Another handle created it meanwhile: open that one.
@@ -311,9 +325,14 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// [`StoreError::AlreadyExists`] if the backend already holds a device
     /// (also when another handle created one meanwhile).
-    pub fn create_in(backend: B, storage_key: &[u8; 32], address: Address, now: u64) -> Result<Self, DeviceError> {
+    pub fn create_in(
+        backend: B,
+        storage_key: &StorageKey,
+        address: Address,
+        now: SystemTime,
+    ) -> Result<Self, DeviceError> {
         // A new store has no naming-keys row: its sealer is the storage key's.
-        let sealer = Sealer::new(storage_key);
+        let sealer = Sealer::new(storage_key.as_bytes());
         let (identity, key_check) = retry_on_conflict(|| Self::create_rows(&backend, &sealer, &address, now))?;
         Ok(Self::assemble(backend, sealer, key_check, identity, address))
     }
@@ -325,7 +344,7 @@ impl<B: Backend> Device<B> {
         backend: &B,
         sealer: &Sealer,
         address: &Address,
-        now: u64,
+        now: SystemTime,
     ) -> Result<(IdentityKeyPair, Vec<u8>), DeviceError> {
         if backend.get(Table::Meta, KEY_CHECK_ROW)?.is_some() {
             return Err(StoreError::AlreadyExists.into());
@@ -363,8 +382,8 @@ impl<B: Backend> Device<B> {
     /// [`StoreError::NotFound`], [`StoreError::WrongKey`] (nothing changed),
     /// or [`StoreError::Corrupt`]; a store error of the conversion (nothing
     /// converted).
-    pub fn open_in(backend: B, storage_key: &[u8; 32]) -> Result<Self, DeviceError> {
-        let (sealer, key_check) = Sealer::load(&backend, storage_key)?;
+    pub fn open_in(backend: B, storage_key: &StorageKey) -> Result<Self, DeviceError> {
+        let (sealer, key_check) = Sealer::load(&backend, storage_key.as_bytes())?;
         let (identity, address) = read_identity(&backend, &sealer)?;
         let device = Self::assemble(backend, sealer, key_check, identity, address);
         // A store of the previous format: its prekeys, one row, become rows;
@@ -476,12 +495,14 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::SystemTime;
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::Device, store::Scrub};
     ///
     /// let dir = std::env::temp_dir().join(format!("samizdat-scrub-doc-{}", std::process::id()));
     /// std::fs::create_dir_all(&dir)?;
-    /// let alice = Device::create(dir.join("alice.db"), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// alice.refill_prekeys(10, 20, 0)?;
+    /// let alice = Device::create(dir.join("alice.db"), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+    /// alice.refill_prekeys(10, 20, SystemTime::now())?;
     /// assert_eq!(alice.scrub()?, Scrub::Done);
     /// # drop(alice);
     /// # std::fs::remove_dir_all(&dir)?;

@@ -34,10 +34,12 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::SystemTime;
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::Device, store::MemoryBackend};
     ///
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, SystemTime::now())?;
     /// alice.start_session(&bob.prekey_bundle()?)?;
     /// assert_eq!(alice.peers()?, vec![Address::new("bob", 1)?]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -95,10 +97,12 @@ impl<B: Backend> Device<B> {
     /// # Examples
     ///
     /// ```
+    /// # use std::time::SystemTime;
+    /// # use samizdat::store::StorageKey;
     /// use samizdat::{address::Address, device::Device, store::MemoryBackend};
     ///
-    /// let alice = Device::create_in(MemoryBackend::new(), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1)?, 0)?;
+    /// let alice = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+    /// let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, SystemTime::now())?;
     /// let bob_address = alice.start_session(&bob.prekey_bundle()?)?;
     /// assert!(alice.delete_session(&bob_address)?);
     /// assert!(!alice.has_session(&bob_address)? && alice.peers()?.is_empty());

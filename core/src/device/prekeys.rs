@@ -12,7 +12,10 @@
 //! and a new session writes the rows it consumes, the index and one slot,
 //! whatever the device holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, SystemTime},
+};
 
 use samizdat_proto::storage;
 use zeroize::{Zeroize, Zeroizing};
@@ -21,6 +24,7 @@ use super::{Device, DeviceError, Rotated, encode, lock, pending::LoadedRows, ret
 use crate::{
     PreKeyKind, SessionError,
     address::Address,
+    clock::unix_seconds,
     keys::{X25519PublicKey, X25519Secret},
     limits::{MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_REMEMBERED_BASE_KEYS, MAX_SIGNED_PREKEYS},
     prekeys::{
@@ -618,13 +622,15 @@ impl<B: Backend> Device<B> {
     /// [`Self::refill_prekeys`]). It writes to the store.
     ///
     /// ```
+    /// # use std::time::SystemTime;
+    /// # use samizdat::store::StorageKey;
     /// # use samizdat::{address::Address, device::Device};
     /// # let dir = std::env::temp_dir().join(format!("samizdat-doc-bundle-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir)?;
     /// # let path = |name: &str| dir.join(name);
-    /// let bob = Device::create(path("bob.db"), &[2; 32], Address::new("bob", 1)?, 0)?;
-    /// let alice = Device::create(path("alice.db"), &[1; 32], Address::new("alice", 1)?, 0)?;
-    /// let carol = Device::create(path("carol.db"), &[3; 32], Address::new("carol", 1)?, 0)?;
+    /// let bob = Device::create(path("bob.db"), &StorageKey::from_bytes([2; 32]), Address::new("bob", 1)?, SystemTime::now())?;
+    /// let alice = Device::create(path("alice.db"), &StorageKey::from_bytes([1; 32]), Address::new("alice", 1)?, SystemTime::now())?;
+    /// let carol = Device::create(path("carol.db"), &StorageKey::from_bytes([3; 32]), Address::new("carol", 1)?, SystemTime::now())?;
     /// // Two contacts, two bundles: both sessions start.
     /// alice.start_session(&bob.prekey_bundle()?)?;
     /// carol.start_session(&bob.prekey_bundle()?)?;
@@ -708,7 +714,7 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// [`PreKeyError::LimitReached`](crate::prekeys::PreKeyError::LimitReached) if `target` is above
     /// [`MAX_ONE_TIME_PREKEYS`]; a store error.
-    pub fn refill_prekeys(&self, threshold: usize, target: usize, now: u64) -> Result<usize, DeviceError> {
+    pub fn refill_prekeys(&self, threshold: usize, target: usize, now: SystemTime) -> Result<usize, DeviceError> {
         self.check_process()?;
         let _guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
@@ -737,18 +743,20 @@ impl<B: Backend> Device<B> {
     }
 
     /// Rotates the signed prekey and the last-resort ML-KEM prekey if they
-    /// are older than `max_age` seconds at `now` (the app drives the clock
+    /// are older than `max_age` at `now` (the app drives the clock
     /// and the schedule). Previous keys are kept a while for messages in flight.
     ///
     /// # Errors
     /// A store error.
-    pub fn rotate_prekeys(&self, now: u64, max_age: u64) -> Result<Rotated, DeviceError> {
+    pub fn rotate_prekeys(&self, now: SystemTime, max_age: Duration) -> Result<Rotated, DeviceError> {
+        let (at_time, now_seconds, max_age) = (now, unix_seconds(now), max_age.as_secs());
         self.check_process()?;
         let _guard = lock(&self.prekey_lock);
         retry_on_conflict(|| {
             let mut rows = PreKeyRows::default();
             let mut meta = self.meta(&mut rows)?;
-            let due = |current: Option<&(u32, u64)>| current.is_none_or(|(_, at)| now.saturating_sub(*at) >= max_age);
+            let due =
+                |current: Option<&(u32, u64)>| current.is_none_or(|(_, at)| now_seconds.saturating_sub(*at) >= max_age);
             let rotated =
                 Rotated { signed_prekey: due(meta.signed.last()), last_resort_prekey: due(meta.last_resort.last()) };
             if !rotated.signed_prekey && !rotated.last_resort_prekey {
@@ -757,10 +765,10 @@ impl<B: Backend> Device<B> {
             let mut rng = crate::os_rng();
             let mut fresh = PreKeySet::from_parts(PreKeyParts { next_id: meta.next_id, ..PreKeyParts::default() });
             if rotated.signed_prekey {
-                fresh.rotate_signed_prekey(&mut rng, &self.identity, now)?;
+                fresh.rotate_signed_prekey(&mut rng, &self.identity, at_time)?;
             }
             if rotated.last_resort_prekey {
-                fresh.rotate_last_resort_prekey(&mut rng, &self.identity, now)?;
+                fresh.rotate_last_resort_prekey(&mut rng, &self.identity, at_time)?;
             }
             let mut changes = meta.add_keys(&fresh.into_parts());
             // A signed prekey rotated out leaves its remembered pairs in the
@@ -778,6 +786,9 @@ impl<B: Backend> Device<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use crate::store::StorageKey;
     use chacha20::ChaCha20Rng;
     use rand_core::SeedableRng;
 
@@ -828,12 +839,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bob.db");
         let mut rng = ChaCha20Rng::from_seed([5; 32]);
-        let bob = Device::create(&path, &[2; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
+        let bob = Device::create(&path, &StorageKey::from_bytes([2; 32]), Address::new("bob", 1).unwrap(), UNIX_EPOCH)
+            .unwrap();
         // The previous format's prekey set: three one-time pairs, one used by
         // a committed handshake (Dave's), and the pair of a committed
         // handshake without a one-time prekey remembered (Carol's).
-        let mut set = PreKeySet::new(&mut rng, &bob.identity, 0);
-        set.add_one_time_prekeys(&mut rng, &bob.identity, 3, 0).unwrap();
+        let mut set = PreKeySet::new(&mut rng, &bob.identity, UNIX_EPOCH);
+        set.add_one_time_prekeys(&mut rng, &bob.identity, 3, UNIX_EPOCH).unwrap();
         let dave = first_message(&mut rng, &bob, &set, 0, "dave");
         let carol = first_message(&mut rng, &bob, &set, 3, "carol");
         for (peer, wire) in [&dave, &carol] {
@@ -848,7 +860,7 @@ mod tests {
         assert_eq!(before.len(), 1);
         drop(bob);
 
-        let bob = Device::open(&path, &[2; 32]).unwrap();
+        let bob = Device::open(&path, &StorageKey::from_bytes([2; 32])).unwrap();
         let rows = bob.backend.scan(Table::PreKeys).unwrap();
         assert!(rows.iter().all(|(key, _)| key != LEGACY_ROW), "the single row is gone");
         // signed, last-resort, two pairs of one-time prekeys, the meta row,
@@ -858,7 +870,7 @@ mod tests {
         assert_eq!(bob.prekey_counts().unwrap(), (2, 2));
         // Opening again changes nothing.
         drop(bob);
-        let bob = Device::open(&path, &[2; 32]).unwrap();
+        let bob = Device::open(&path, &StorageKey::from_bytes([2; 32])).unwrap();
         assert_eq!(bob.backend.scan(Table::PreKeys).unwrap(), rows);
         // The converted set works: Erin's message (made from the old set)
         // decrypts; Carol's replay is a duplicate device-wide, Dave's names a
@@ -886,8 +898,14 @@ mod tests {
     #[test]
     fn a_store_with_both_formats_is_corrupt() {
         let store = std::sync::Arc::new(MemoryBackend::new());
-        let bob = Device::create_in(store.clone(), &[2; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
-        let set = PreKeySet::new(&mut crate::os_rng(), &bob.identity, 0);
+        let bob = Device::create_in(
+            store.clone(),
+            &StorageKey::from_bytes([2; 32]),
+            Address::new("bob", 1).unwrap(),
+            UNIX_EPOCH,
+        )
+        .unwrap();
+        let set = PreKeySet::new(&mut crate::os_rng(), &bob.identity, UNIX_EPOCH);
         let value = bob.sealer.seal(&mut crate::os_rng(), Table::PreKeys, LEGACY_ROW, &set.to_bytes());
         store
             .apply(&[Write {
@@ -898,14 +916,20 @@ mod tests {
             }])
             .unwrap();
         let before = store.snapshot();
-        let result = Device::open_in(store.clone(), &[2; 32]);
+        let result = Device::open_in(store.clone(), &StorageKey::from_bytes([2; 32]));
         assert!(matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::PreKeys }))), "{result:?}");
         assert_eq!(store.snapshot(), before);
     }
 
     #[test]
     fn a_damaged_index_is_a_store_error() {
-        let bob = Device::create_in(MemoryBackend::new(), &[2; 32], Address::new("bob", 1).unwrap(), 0).unwrap();
+        let bob = Device::create_in(
+            MemoryBackend::new(),
+            &StorageKey::from_bytes([2; 32]),
+            Address::new("bob", 1).unwrap(),
+            UNIX_EPOCH,
+        )
+        .unwrap();
         let mut rows = PreKeyRows::default();
         let meta = bob.meta(&mut rows).unwrap();
         // An index whose id is not below the counter, or whose ring slot is

@@ -588,6 +588,9 @@ fn stale_on_session_conflict(error: DeviceError) -> DeviceError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use crate::store::StorageKey;
     use prost::Message as _;
 
     use super::*;
@@ -634,8 +637,12 @@ mod tests {
     fn seeds_rewritten_between_the_two_reads_are_read_again_not_corrupt() {
         let address = |name: &str| Address::new(name, 1).unwrap();
         let store = Arc::new(MemoryBackend::new());
-        let other = Arc::new(Device::create_in(store.clone(), &[2; 32], address("bob"), 0).unwrap());
-        let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
+        let other = Arc::new(
+            Device::create_in(store.clone(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH).unwrap(),
+        );
+        let alice =
+            Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+                .unwrap();
         alice.start_session(&other.prekey_bundle().unwrap()).unwrap();
         let wire: Vec<_> =
             (0..7).map(|i| alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap()).collect();
@@ -650,12 +657,12 @@ mod tests {
             Interleaved { store: store.clone(), before_seeds: Mutex::new(Some(hook)) }
         };
         // decrypt: the other handle consumes m2's key meanwhile.
-        let bob = Device::open_in(interleaved(wire[2].clone()), &[2; 32]).unwrap();
+        let bob = Device::open_in(interleaved(wire[2].clone()), &StorageKey::from_bytes([2; 32])).unwrap();
         let pending = bob.decrypt(&address("alice"), &wire[1]).unwrap();
         assert_eq!(pending.plaintext(), b"m1");
         bob.commit(pending).unwrap();
         // decrypt_batch: m4's key consumed meanwhile.
-        let bob = Device::open_in(interleaved(wire[4].clone()), &[2; 32]).unwrap();
+        let bob = Device::open_in(interleaved(wire[4].clone()), &StorageKey::from_bytes([2; 32])).unwrap();
         let batch = bob.decrypt_batch(&[(address("alice"), wire[3].clone())]).unwrap();
         assert_eq!(batch.results()[0].as_deref().unwrap(), b"m3");
         bob.commit_batch(batch).unwrap();
@@ -666,7 +673,7 @@ mod tests {
         // `Corrupt`), and decrypting again works.
         let next: Vec<_> =
             (0..3).map(|i| alice.encrypt(&address("bob"), format!("n{i}").as_bytes()).unwrap()).collect();
-        let bob = Device::open_in(interleaved(wire[5].clone()), &[2; 32]).unwrap();
+        let bob = Device::open_in(interleaved(wire[5].clone()), &StorageKey::from_bytes([2; 32])).unwrap();
         let pending = bob.decrypt(&address("alice"), &next[2]).unwrap();
         assert!(lock(&bob.backend().before_seeds).is_some(), "the decryption read no seeds");
         let result = bob.commit(pending);
@@ -684,8 +691,11 @@ mod tests {
     #[test]
     fn a_replayed_far_ahead_header_costs_no_chain_step() {
         let address = |name: &str| Address::new(name, 1).unwrap();
-        let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
-        let bob = Device::create_in(MemoryBackend::new(), &[2; 32], address("bob"), 0).unwrap();
+        let alice =
+            Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+                .unwrap();
+        let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH)
+            .unwrap();
         alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let first = alice.encrypt(&address("bob"), b"first").unwrap();
         bob.commit(bob.decrypt(&address("alice"), &first).unwrap()).unwrap();
@@ -717,8 +727,11 @@ mod tests {
     /// devices, the messages Alice did not deliver, and the row's record.
     fn skipped_setup(skipped: usize) -> (Device<MemoryBackend>, Device<MemoryBackend>, Vec<Vec<u8>>) {
         let address = |name: &str| Address::new(name, 1).unwrap();
-        let alice = Device::create_in(MemoryBackend::new(), &[1; 32], address("alice"), 0).unwrap();
-        let bob = Device::create_in(MemoryBackend::new(), &[2; 32], address("bob"), 0).unwrap();
+        let alice =
+            Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([1; 32]), address("alice"), UNIX_EPOCH)
+                .unwrap();
+        let bob = Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([2; 32]), address("bob"), UNIX_EPOCH)
+            .unwrap();
         alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
         let held: Vec<Vec<u8>> =
             (0..skipped).map(|i| alice.encrypt(&address("bob"), format!("m{i}").as_bytes()).unwrap()).collect();

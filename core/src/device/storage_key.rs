@@ -18,7 +18,8 @@ use std::path::Path;
 
 use super::{Device, DeviceError, retry_on_conflict};
 use crate::store::{
-    Backend, Expected, KEY_CHECK_ROW, NAMING_KEYS_ROW, Scrub, Sealer, SqliteBackend, StoreError, Table, Write,
+    Backend, Expected, KEY_CHECK_ROW, NAMING_KEYS_ROW, Scrub, Sealer, SqliteBackend, StorageKey, StoreError, Table,
+    Write,
 };
 
 impl Device<SqliteBackend> {
@@ -32,13 +33,14 @@ impl Device<SqliteBackend> {
     /// # Examples
     ///
     /// ```
-    /// use samizdat::{address::Address, device::Device, store::Scrub};
+    /// # use std::time::SystemTime;
+    /// use samizdat::{address::Address, device::Device, store::{Scrub, StorageKey}};
     ///
     /// let dir = std::env::temp_dir().join(format!("samizdat-rotate-doc-{}", std::process::id()));
     /// std::fs::create_dir_all(&dir)?;
     /// let path = dir.join("alice.db");
-    /// let (old_key, new_key) = ([1; 32], [2; 32]);
-    /// drop(Device::create(&path, &old_key, Address::new("alice", 1)?, 0)?);
+    /// let (old_key, new_key) = (StorageKey::generate(), StorageKey::generate());
+    /// drop(Device::create(&path, &old_key, Address::new("alice", 1)?, SystemTime::now())?);
     ///
     /// // The app keeps both keys in its keystore until the call returns.
     /// assert_eq!(Device::rotate_storage_key(&path, &old_key, &new_key)?, Scrub::Done);
@@ -52,8 +54,8 @@ impl Device<SqliteBackend> {
     /// ```
     pub fn rotate_storage_key(
         path: impl AsRef<Path>,
-        old_key: &[u8; 32],
-        new_key: &[u8; 32],
+        old_key: &StorageKey,
+        new_key: &StorageKey,
     ) -> Result<Scrub, DeviceError> {
         let backend = SqliteBackend::open_existing(path)?;
         Self::rotate_storage_key_in(&backend, old_key, new_key)
@@ -89,7 +91,11 @@ impl<B: Backend> Device<B> {
     /// holds no device; [`StoreError::Corrupt`] if a row does not open
     /// under `old_key` (nothing is rotated: a store with a damaged row is
     /// not re-sealed around it); a backend failure. Nothing was changed.
-    pub fn rotate_storage_key_in(backend: &B, old_key: &[u8; 32], new_key: &[u8; 32]) -> Result<Scrub, DeviceError> {
+    pub fn rotate_storage_key_in(
+        backend: &B,
+        old_key: &StorageKey,
+        new_key: &StorageKey,
+    ) -> Result<Scrub, DeviceError> {
         let mut rng = crate::os_rng();
         // First, the fence, under the old key: the check row re-sealed
         // (fresh nonce, same plaintext), and the naming keys written if the
@@ -100,7 +106,7 @@ impl<B: Backend> Device<B> {
         // after this changes nothing: the naming keys are those the old key
         // derives (PROTOCOL.md 14.12).
         let old = retry_on_conflict(|| {
-            let (old, check) = Sealer::load(backend, old_key)?;
+            let (old, check) = Sealer::load(backend, old_key.as_bytes())?;
             let plaintext = old.open(Table::Meta, KEY_CHECK_ROW, &check)?;
             let mut fence = vec![Write {
                 table: Table::Meta,
@@ -120,7 +126,7 @@ impl<B: Backend> Device<B> {
             backend.apply(&fence)?;
             Ok(old)
         })?;
-        let new = old.rekeyed(new_key);
+        let new = old.rekeyed(new_key.as_bytes());
         // The check row of a rotated store binds its naming keys.
         let new_check = new.named_key_check();
         retry_on_conflict(|| {

@@ -38,13 +38,14 @@
 //! # Example
 //!
 //! ```
+//! # use std::time::SystemTime;
 //! use samizdat::{address::Address, keys::IdentityKeyPair, prekeys::PreKeySet, session::SessionRecord};
 //! # use rand_core::SeedableRng;
 //! # let mut rng = chacha20::ChaCha20Rng::from_seed([1; 32]);
 //! let alice = IdentityKeyPair::generate(&mut rng);
 //! let bob = IdentityKeyPair::generate(&mut rng);
-//! let mut bob_prekeys = PreKeySet::new(&mut rng, &bob, 0);
-//! bob_prekeys.add_one_time_prekeys(&mut rng, &bob, 10, 0)?;
+//! let mut bob_prekeys = PreKeySet::new(&mut rng, &bob, SystemTime::now());
+//! bob_prekeys.add_one_time_prekeys(&mut rng, &bob, 10, SystemTime::now())?;
 //! let bundle = bob_prekeys.bundle(&bob, &Address::new("bob", 1)?).expect("a signed prekey");
 //!
 //! // Alice starts a session from Bob's bundle (as the server would send it).
@@ -61,7 +62,7 @@
 //! bob_prekeys.consume(&pending.consumed_prekeys());
 //! bob_record.commit(pending)?;
 //! let reply = bob_record.encrypt(&mut rng, b"hi Alice")?;
-//! let alice_prekeys = PreKeySet::new(&mut rng, &alice, 0);
+//! let alice_prekeys = PreKeySet::new(&mut rng, &alice, SystemTime::now());
 //! let (plaintext, _) =
 //!     alice_record.decrypt_and_commit(&mut rng, &alice, &alice_address, &bob_address, &alice_prekeys, &reply)?;
 //! assert_eq!(plaintext, b"hi Alice");

@@ -26,6 +26,7 @@
 mod memory;
 mod sqlite;
 mod sqlite_create;
+mod storage_key;
 
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
@@ -40,6 +41,7 @@ use zeroize::Zeroizing;
 pub use self::{
     memory::MemoryBackend,
     sqlite::{SCHEMA_VERSION, SqliteBackend},
+    storage_key::{InvalidStorageKey, STORAGE_KEY_LEN, StorageKey},
 };
 use crate::{
     address::Address,
@@ -196,9 +198,9 @@ pub enum StoreError {
         /// The table.
         table: Table,
     },
-    /// SQLite reported an error.
+    /// SQLite reported an error this enum has no variant for.
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(SqliteError),
     /// The database file has more than one name (a hard link), or its path
     /// no longer names the file this handle opened (renamed, replaced or
     /// deleted since). SQLite finds the WAL and its index by the path, so two
@@ -228,9 +230,11 @@ pub enum StoreError {
     /// The file system failed (finding the database file's identity).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// A write point failed on purpose (tests of failure injection).
-    #[error("injected failure")]
-    Injected,
+    /// A [`Backend`] of the app's failed in its own way (an I/O error of its
+    /// storage, a closed connection). The backends of this crate never
+    /// report it; the app's tests use it to inject failures at write points.
+    #[error("backend: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A row of the batch no longer holds what the call read (its
     /// [`Write::expected`]): another handle on the same store wrote it first.
     /// Nothing was applied; read again and recompute.
@@ -240,6 +244,43 @@ pub enum StoreError {
         table: Table,
     },
 }
+
+/// An error SQLite reported: its result code and message, without the
+/// SQLite binding's own types (which are not part of this crate's API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteError {
+    code: Option<i32>,
+    message: String,
+}
+
+impl SqliteError {
+    pub(crate) fn new(code: Option<i32>, message: String) -> Self {
+        Self { code, message }
+    }
+
+    /// SQLite's extended result code (<https://sqlite.org/rescode.html>),
+    /// when the error came from SQLite itself rather than from reading a
+    /// value it returned.
+    pub fn code(&self) -> Option<i32> {
+        self.code
+    }
+
+    /// What went wrong, in SQLite's words.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "{} (code {code})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SqliteError {}
 
 /// What [`Backend::scrub`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -101,7 +101,7 @@ use std::{
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, Expected, Rewrite, Row, Scrub, StoreError, Table, Write};
+use super::{Backend, Expected, Rewrite, Row, Scrub, SqliteError, StoreError, Table, Write};
 use crate::limits::MIN_SCRUB_BUDGET;
 
 /// The schema version this release writes.
@@ -145,7 +145,7 @@ fn busy(tries: i32) -> bool {
 /// Installs [`busy`] on `connection` (after a shorter `busy_timeout` set for
 /// a scrub or a checkpoint).
 fn wait_for_locks(connection: &mut Connection) -> Result<(), StoreError> {
-    Ok(connection.busy_handler(Some(busy))?)
+    connection.busy_handler(Some(busy)).sql()
 }
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
@@ -364,26 +364,26 @@ impl SqliteBackend {
         if path.exists() {
             FileId::of(path)?;
         }
-        let mut connection = Connection::open(path)?;
+        let mut connection = Connection::open(path).sql()?;
         // The file exists now: its identity, by the name SQLite resolved.
         let canonical = std::fs::canonicalize(path)?;
         let file = FileId::of(&canonical)?;
         wait_for_locks(&mut connection)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.pragma_update(None, "secure_delete", "ON")?;
-        connection.pragma_update(None, "wal_autocheckpoint", 1)?;
-        connection.pragma_update(None, "journal_size_limit", 0)?;
+        connection.pragma_update(None, "journal_mode", "WAL").sql()?;
+        connection.pragma_update(None, "synchronous", "FULL").sql()?;
+        connection.pragma_update(None, "secure_delete", "ON").sql()?;
+        connection.pragma_update(None, "wal_autocheckpoint", 1).sql()?;
+        connection.pragma_update(None, "journal_size_limit", 0).sql()?;
         // Damage is reported as such: checked on open (the structure of every
         // page, for a store of at most OPEN_WHOLE_MAX_BYTES), and on every
         // read of a cell.
-        connection.pragma_update(None, "cell_size_check", "ON")?;
+        connection.pragma_update(None, "cell_size_check", "ON").sql()?;
         // The scrub's `VACUUM` builds the new database in a temporary one:
         // in memory, so that no temporary file holds the rows.
-        connection.pragma_update(None, "temp_store", "MEMORY")?;
+        connection.pragma_update(None, "temp_store", "MEMORY").sql()?;
         let small = database_size(&connection)? <= OPEN_WHOLE_MAX_BYTES;
         if small {
-            let check: String = connection.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+            let check: String = connection.query_row("PRAGMA quick_check", [], |row| row.get(0)).sql()?;
             if check != "ok" {
                 return Err(StoreError::CorruptDatabase);
             }
@@ -393,7 +393,8 @@ impl SqliteBackend {
         // integer, missing) only makes a scrub come sooner or later.
         let debt: i64 = connection
             .query_row("SELECT max(0, CAST(bytes AS INTEGER)) FROM scrub_debt WHERE id = 0", [], |row| row.get(0))
-            .optional()?
+            .optional()
+            .sql()?
             .unwrap_or(0);
         let budget = scrub_budget(&connection)?;
         let log = Log { path: PathBuf::from(format!("{}-wal", connection.path().unwrap_or_default())), file: None };
@@ -479,7 +480,7 @@ impl SqliteBackend {
     fn scrub_handle(&self, handle: &mut Handle, timeout: Duration) -> Result<Scrub, StoreError> {
         // As for a write: never through a second name of the file.
         self.check_file()?;
-        handle.connection.busy_timeout(timeout)?;
+        handle.connection.busy_timeout(timeout).sql()?;
         let vacuumed = handle.connection.execute_batch("VACUUM");
         wait_for_locks(&mut handle.connection)?;
         match vacuumed {
@@ -488,7 +489,7 @@ impl SqliteBackend {
                 handle.scrub_owed = true;
                 return Ok(Scrub::Deferred);
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(sqlite_error(e)),
         }
         handle.scrub_owed = false;
         handle.written = 0;
@@ -567,7 +568,7 @@ impl SqliteBackend {
         // `BEGIN IMMEDIATE` takes the database's write lock first, so the rows
         // read here cannot change before the commit, whoever else writes.
         let started = std::time::Instant::now();
-        let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
         handle.lock_wait = handle.lock_wait.saturating_add(started.elapsed());
         self.check_file()?;
         // The log as this commit finds it. Only a writer restarts the log,
@@ -579,7 +580,7 @@ impl SqliteBackend {
             }
             let sql = format!("SELECT value FROM {} WHERE key = ?1", write.table.name());
             let current: Option<Vec<u8>> =
-                tx.prepare_cached(&sql)?.query_row(params![write.key], |row| row.get(0)).optional()?;
+                tx.prepare_cached(&sql).sql()?.query_row(params![write.key], |row| row.get(0)).optional().sql()?;
             if !write.expected.holds(current.as_deref()) {
                 // Dropping the transaction rolls it back: nothing was written.
                 return Err(StoreError::Conflict { table: write.table });
@@ -592,11 +593,11 @@ impl SqliteBackend {
                 Some(value) if matches!(&write.expected, Expected::Value(held) if held == value) => {}
                 Some(value) => {
                     let sql = format!("INSERT OR REPLACE INTO {} (key, value) VALUES (?1, ?2)", write.table.name());
-                    tx.prepare_cached(&sql)?.execute(params![write.key, value])?;
+                    tx.prepare_cached(&sql).sql()?.execute(params![write.key, value]).sql()?;
                 }
                 None => {
                     let sql = format!("DELETE FROM {} WHERE key = ?1", write.table.name());
-                    tx.prepare_cached(&sql)?.execute(params![write.key])?;
+                    tx.prepare_cached(&sql).sql()?.execute(params![write.key]).sql()?;
                 }
             }
         }
@@ -610,9 +611,11 @@ impl SqliteBackend {
             .prepare_cached(
                 "INSERT INTO scrub_debt (id, bytes) VALUES (0, ?1) ON CONFLICT (id) DO UPDATE SET bytes = \
                  min(max(CAST(bytes AS INTEGER), 0), 4611686018427387904) + excluded.bytes RETURNING bytes",
-            )?
-            .query_row(params![i64::try_from(written).unwrap_or(i64::MAX).min(1 << 62)], |row| row.get(0))?;
-        tx.commit()?;
+            )
+            .sql()?
+            .query_row(params![i64::try_from(written).unwrap_or(i64::MAX).min(1 << 62)], |row| row.get(0))
+            .sql()?;
+        tx.commit().sql()?;
         // The log restarted (its header's salts change) unless frames of
         // earlier commits were still there: it then holds their values too.
         let appended = match (before, handle.log.header()) {
@@ -643,8 +646,8 @@ fn scrub_budget(connection: &Connection) -> Result<u64, StoreError> {
 
 /// The database's size in bytes: its pages (0 for a new, empty file).
 fn database_size(connection: &Connection) -> Result<u64, StoreError> {
-    let pages: i64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
-    let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let pages: i64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0)).sql()?;
+    let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0)).sql()?;
     Ok(u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0))
 }
 
@@ -662,27 +665,48 @@ const OPEN_WHOLE_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// left to copy and only reads the log's index), which reports
 /// `(busy, frames in the log, frames copied)`.
 fn all_copied(connection: &Connection) -> Result<bool, StoreError> {
-    let (busy, log, copied) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-    })?;
+    let (busy, log, copied) = connection
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })
+        .sql()?;
     Ok(busy == 0 && copied >= log)
 }
 
 /// SQLite still busy (another connection holding its lock) after the busy
 /// timeout is [`StoreError::Locked`].
 fn locked_if_busy(error: StoreError) -> StoreError {
-    match error {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
-        {
-            StoreError::Locked
-        }
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if matches!(e.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
-        {
-            StoreError::CorruptDatabase
-        }
-        error => error,
+    // The primary result code is the low byte of the extended one.
+    let primary = match &error {
+        StoreError::Sqlite(e) => e.code().map(|code| code & 0xff),
+        _ => None,
+    };
+    match primary {
+        Some(rusqlite::ffi::SQLITE_BUSY | rusqlite::ffi::SQLITE_LOCKED) => StoreError::Locked,
+        Some(rusqlite::ffi::SQLITE_CORRUPT | rusqlite::ffi::SQLITE_NOTADB) => StoreError::CorruptDatabase,
+        _ => error,
+    }
+}
+
+/// A rusqlite error as a [`StoreError`]: SQLite's code and message only, so
+/// that no type of the binding is part of this crate's API.
+fn sqlite_error(error: rusqlite::Error) -> StoreError {
+    let code = match &error {
+        rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code),
+        _ => None,
+    };
+    StoreError::Sqlite(SqliteError::new(code, error.to_string()))
+}
+
+/// `.sql()?` converts a rusqlite result's error with [`sqlite_error`]
+/// (where `?` alone would need a public `From` impl of the binding's type).
+trait Sql<T> {
+    fn sql(self) -> Result<T, StoreError>;
+}
+
+impl<T> Sql<T> for rusqlite::Result<T> {
+    fn sql(self) -> Result<T, StoreError> {
+        self.map_err(sqlite_error)
     }
 }
 
@@ -712,7 +736,7 @@ const COMMIT_CHECKPOINT_TIMEOUT: Duration = Duration::from_millis(5);
 /// waiting at most `timeout` for other connections; returns whether it did
 /// (`false`: another connection is reading or writing, and the log stays).
 fn truncate_wal(connection: &mut Connection, timeout: Duration) -> Result<bool, StoreError> {
-    connection.busy_timeout(timeout)?;
+    connection.busy_timeout(timeout).sql()?;
     // (busy, frames in the log, frames checkpointed). Blocked by a reader,
     // SQLite reports busy = 1 in the row, not as an error.
     let result = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
@@ -721,21 +745,21 @@ fn truncate_wal(connection: &mut Connection, timeout: Duration) -> Result<bool, 
         Ok(0) => Ok(true),
         Ok(_) => Ok(false),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::DatabaseBusy => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(sqlite_error(e)),
     }
 }
 
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-    let found: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Exclusive).sql()?;
+    let found: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0)).sql()?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
     }
     for (version, migration) in (1..=SCHEMA_VERSION).zip(MIGRATIONS.iter()).skip(found as usize) {
-        tx.execute_batch(migration)?;
-        tx.pragma_update(None, "user_version", version)?;
+        tx.execute_batch(migration).sql()?;
+        tx.pragma_update(None, "user_version", version).sql()?;
     }
-    tx.commit()?;
+    tx.commit().sql()?;
     Ok(())
 }
 
@@ -743,16 +767,16 @@ impl Backend for SqliteBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_connection(|connection| {
             let sql = format!("SELECT value FROM {} WHERE key = ?1", table.name());
-            Ok(connection.prepare_cached(&sql)?.query_row(params![key], |row| row.get(0)).optional()?)
+            connection.prepare_cached(&sql).sql()?.query_row(params![key], |row| row.get(0)).optional().sql()
         })
     }
 
     fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
         self.with_connection(|connection| {
             let sql = format!("SELECT key, value FROM {} ORDER BY key", table.name());
-            let mut statement = connection.prepare_cached(&sql)?;
-            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut statement = connection.prepare_cached(&sql).sql()?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).sql()?;
+            rows.collect::<Result<_, _>>().sql()
         })
     }
 
@@ -760,10 +784,10 @@ impl Backend for SqliteBackend {
         self.with_connection(|connection| {
             let sql =
                 format!("SELECT key, value FROM {} WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2", table.name());
-            let mut statement = connection.prepare_cached(&sql)?;
+            let mut statement = connection.prepare_cached(&sql).sql()?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = statement.query_map(params![after, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let rows = statement.query_map(params![after, limit], |row| Ok((row.get(0)?, row.get(1)?))).sql()?;
+            rows.collect::<Result<_, _>>().sql()
         })
     }
 
@@ -780,7 +804,7 @@ impl Backend for SqliteBackend {
     /// `PRAGMA integrity_check`: every page, every index, every cell.
     fn check_integrity(&self) -> Result<(), StoreError> {
         self.with_connection(|connection| {
-            let result: String = connection.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+            let result: String = connection.query_row("PRAGMA integrity_check", [], |row| row.get(0)).sql()?;
             if result == "ok" { Ok(()) } else { Err(StoreError::CorruptDatabase) }
         })
     }
@@ -792,7 +816,7 @@ impl Backend for SqliteBackend {
     /// [`StoreError::Locked`] past their busy timeout of 5 s).
     fn rewrite_all(&self, rewrite: &mut Rewrite<'_>) -> Result<Scrub, StoreError> {
         self.with_handle(|handle| {
-            let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = handle.connection.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
             self.check_file()?;
             for table in Table::ALL {
                 let select = format!(
@@ -803,12 +827,15 @@ impl Backend for SqliteBackend {
                 let mut last: Option<Vec<u8>> = None;
                 loop {
                     let page: Vec<Row> = tx
-                        .prepare_cached(&select)?
-                        .query_map(params![last], |row| Ok((row.get(0)?, row.get(1)?)))?
-                        .collect::<Result<_, _>>()?;
+                        .prepare_cached(&select)
+                        .sql()?
+                        .query_map(params![last], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .sql()?
+                        .collect::<Result<_, _>>()
+                        .sql()?;
                     for (key, value) in &page {
                         let new = rewrite(table, key, value)?;
-                        tx.prepare_cached(&update)?.execute(params![key, new])?;
+                        tx.prepare_cached(&update).sql()?.execute(params![key, new]).sql()?;
                     }
                     match page.into_iter().last() {
                         Some((key, _)) => last = Some(key),
@@ -816,7 +843,7 @@ impl Backend for SqliteBackend {
                     }
                 }
             }
-            tx.commit()?;
+            tx.commit().sql()?;
             // Every old value is superseded: the files must keep none.
             match self.scrub_handle(handle, BUSY_TIMEOUT) {
                 Ok(scrub) => Ok(scrub),
@@ -1079,7 +1106,7 @@ mod tests {
         });
         assert_eq!(scrubber.get(Table::Sessions, b"counter").unwrap(), Some(n.to_be_bytes().to_vec()));
         let check: String =
-            scrubber.with_connection(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)).unwrap();
+            scrubber.with_connection(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).sql()).unwrap();
         assert_eq!(check, "ok");
         drop((writer, scrubber));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1180,16 +1207,16 @@ mod tests {
             .unwrap();
             assert_eq!(other.get(Table::Sessions, b"b").unwrap(), Some(b"2".to_vec()));
             // A connection that holds the write lock past the busy timeout.
-            db.with_connection(|c| Ok(c.busy_timeout(Duration::from_millis(20))?)).unwrap();
-            other.with_connection(|c| Ok(c.execute_batch("BEGIN IMMEDIATE")?)).unwrap();
+            db.with_connection(|c| c.busy_timeout(Duration::from_millis(20)).sql()).unwrap();
+            other.with_connection(|c| c.execute_batch("BEGIN IMMEDIATE").sql()).unwrap();
             let result =
                 db.apply(&[Write { table: Table::Sessions, key: b"c".to_vec(), value: None, expected: Expected::Any }]);
             assert!(matches!(result, Err(StoreError::Locked)), "{result:?}");
-            other.with_connection(|c| Ok(c.execute_batch("ROLLBACK")?)).unwrap();
+            other.with_connection(|c| c.execute_batch("ROLLBACK").sql()).unwrap();
             drop(other);
             // A batch with a bad write applies nothing: a NOT NULL violation
             // cannot be expressed through `Write`, so drop the table under it.
-            db.with_connection(|c| Ok(c.execute_batch("ALTER TABLE prekeys RENAME TO gone")?)).unwrap();
+            db.with_connection(|c| c.execute_batch("ALTER TABLE prekeys RENAME TO gone").sql()).unwrap();
             let result = db.apply(&[
                 Write { table: Table::Sessions, key: b"a".to_vec(), value: None, expected: Expected::Any },
                 Write {
@@ -1199,13 +1226,22 @@ mod tests {
                     expected: Expected::Any,
                 },
             ]);
-            assert!(matches!(result, Err(StoreError::Sqlite(_))));
+            // SQLite's own code and message, not the binding's error type:
+            // SQLITE_ERROR (1), "no such table".
+            match &result {
+                Err(StoreError::Sqlite(e)) => {
+                    assert_eq!(e.code(), Some(1), "{e}");
+                    assert!(e.message().contains("no such table"), "{e}");
+                    assert!(e.to_string().ends_with("(code 1)"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
             assert_eq!(db.get(Table::Sessions, b"a").unwrap(), Some(b"1".to_vec()));
-            db.with_connection(|c| Ok(c.execute_batch("ALTER TABLE gone RENAME TO prekeys")?)).unwrap();
+            db.with_connection(|c| c.execute_batch("ALTER TABLE gone RENAME TO prekeys").sql()).unwrap();
         }
         let db = SqliteBackend::open(&path).unwrap();
         assert_eq!(db.scan(Table::Sessions).unwrap().len(), 2);
-        db.with_connection(|c| Ok(c.pragma_update(None, "user_version", 9)?)).unwrap();
+        db.with_connection(|c| c.pragma_update(None, "user_version", 9).sql()).unwrap();
         drop(db);
         assert!(matches!(
             SqliteBackend::open(&path),

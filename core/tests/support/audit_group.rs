@@ -12,10 +12,12 @@
 //!   just before a write (an interleaving, deterministically);
 //! - [`Net`]: devices with sessions between every two of them.
 
+use samizdat::store::StorageKey;
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicUsize, Ordering},
 };
+use std::time::UNIX_EPOCH;
 
 use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit, Nonce, XChaCha20Poly1305, XNonce,
@@ -407,7 +409,15 @@ impl Net {
     pub fn new(n: usize) -> Self {
         let stores: Vec<_> = (0..n).map(|_| Arc::new(MemoryBackend::new())).collect();
         let devices = (0..n)
-            .map(|i| Device::create_in(Hooked::new(stores[i].clone()), &storage_key(i), addr(i), 0).unwrap())
+            .map(|i| {
+                Device::create_in(
+                    Hooked::new(stores[i].clone()),
+                    &StorageKey::from_bytes(storage_key(i)),
+                    addr(i),
+                    UNIX_EPOCH,
+                )
+                .unwrap()
+            })
             .collect();
         let net = Self { stores, devices };
         for i in 0..n {
@@ -433,7 +443,7 @@ impl Net {
 
     /// Another handle on device `i`'s store.
     pub fn second_handle(&self, i: usize) -> Device<Hooked> {
-        Device::open_in(Hooked::new(self.stores[i].clone()), &storage_key(i)).unwrap()
+        Device::open_in(Hooked::new(self.stores[i].clone()), &StorageKey::from_bytes(storage_key(i))).unwrap()
     }
 
     pub fn keys(&self, i: usize) -> StoreKeys {

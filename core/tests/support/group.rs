@@ -1,11 +1,13 @@
 //! A world of devices in groups, for the group tests: every pair has a
 //! session both ways, and messages are delivered by hand.
 
+use samizdat::store::StorageKey;
 use samizdat::{
     address::Address,
     device::{Device, DeviceError, GroupError, GroupSend, MessageKind, Outgoing},
     store::{Backend, MemoryBackend, Table},
 };
+use std::time::UNIX_EPOCH;
 
 /// The devices, named `m0`, `m1`, ...
 pub struct World {
@@ -33,7 +35,7 @@ impl World {
         let devices: Vec<_> = (0..n)
             .map(|i| {
                 let key = [u8::try_from(i + 1).unwrap(); 32];
-                Device::create_in(MemoryBackend::new(), &key, address(i), 0).unwrap()
+                Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes(key), address(i), UNIX_EPOCH).unwrap()
             })
             .collect();
         let world = Self { devices };

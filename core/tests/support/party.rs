@@ -12,6 +12,7 @@ use samizdat::{
     session::SessionRecord,
 };
 use samizdat_proto::storage;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A party holding its identity, prekeys and its record of one peer.
 pub struct Party {
@@ -24,8 +25,8 @@ pub struct Party {
 impl Party {
     pub fn new(rng: &mut ChaCha20Rng, name: &str) -> Self {
         let identity = IdentityKeyPair::generate(rng);
-        let mut prekeys = PreKeySet::new(rng, &identity, 1_000);
-        prekeys.add_one_time_prekeys(rng, &identity, 40, 1_000).unwrap();
+        let mut prekeys = PreKeySet::new(rng, &identity, UNIX_EPOCH + Duration::from_secs(1_000));
+        prekeys.add_one_time_prekeys(rng, &identity, 40, UNIX_EPOCH + Duration::from_secs(1_000)).unwrap();
         Self { identity, prekeys, address: Address::new(name, 1).unwrap(), record: SessionRecord::new() }
     }
 
