@@ -57,13 +57,13 @@ impl Attachment {
     }
 
     /// The plaintext's length in bytes.
-    pub fn plaintext_len(&self) -> u64 {
-        self.inner.plaintext_len()
+    pub fn plaintext_len(&self) -> i64 {
+        i64::try_from(self.inner.plaintext_len()).unwrap_or(i64::MAX)
     }
 
     /// The ciphertext's length in bytes (what the server stores; padded).
-    pub fn ciphertext_len(&self) -> u64 {
-        self.inner.ciphertext_len()
+    pub fn ciphertext_len(&self) -> i64 {
+        i64::try_from(self.inner.ciphertext_len()).unwrap_or(i64::MAX)
     }
 
     /// The SHA-256 of the ciphertext (32 bytes): the blob the server
@@ -103,9 +103,10 @@ pub fn decrypt_attachment_file(
 pub fn read_attachment_range(
     attachment: Arc<Attachment>,
     input_path: String,
-    offset: u64,
-    len: u64,
+    offset: i64,
+    len: i64,
 ) -> Result<Vec<u8>, SamizdatError> {
+    let (offset, len) = (crate::non_negative("offset", offset)?, crate::non_negative("len", len)?);
     Ok(attachment::read_range(&attachment.inner, Path::new(&input_path), offset, len)?.to_vec())
 }
 

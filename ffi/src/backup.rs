@@ -26,22 +26,37 @@ use crate::{Device, SamizdatError, key32};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct BackupParams {
     /// Memory, in KiB (Argon2's `m`).
-    pub memory_kib: u32,
+    pub memory_kib: i64,
     /// Passes over the memory (Argon2's `t`).
-    pub iterations: u32,
+    pub iterations: i64,
     /// Lanes (Argon2's `p`).
-    pub parallelism: u32,
+    pub parallelism: i64,
 }
 
 impl From<device::BackupParams> for BackupParams {
     fn from(params: device::BackupParams) -> Self {
-        Self { memory_kib: params.memory_kib, iterations: params.iterations, parallelism: params.parallelism }
+        Self {
+            memory_kib: i64::from(params.memory_kib),
+            iterations: i64::from(params.iterations),
+            parallelism: i64::from(params.parallelism),
+        }
     }
 }
 
-impl From<BackupParams> for device::BackupParams {
-    fn from(params: BackupParams) -> Self {
-        Self { memory_kib: params.memory_kib, iterations: params.iterations, parallelism: params.parallelism }
+impl TryFrom<BackupParams> for device::BackupParams {
+    type Error = SamizdatError;
+
+    /// Each parameter must fit Argon2's 32 bits (the core checks the rest).
+    fn try_from(params: BackupParams) -> Result<Self, SamizdatError> {
+        let field = |name: &str, value: i64| {
+            u32::try_from(value)
+                .map_err(|_| SamizdatError::invalid_argument(format!("{name} is outside 0 to {}: {value}", u32::MAX)))
+        };
+        Ok(Self {
+            memory_kib: field("memory_kib", params.memory_kib)?,
+            iterations: field("iterations", params.iterations)?,
+            parallelism: field("parallelism", params.parallelism)?,
+        })
     }
 }
 
@@ -71,9 +86,9 @@ impl Device {
     /// under `passphrase` (its bytes as given: normalize them the same way
     /// at restore) with `params`. `now` is recorded as its creation time.
     /// Nothing is written.
-    pub fn export_backup(&self, passphrase: Vec<u8>, params: BackupParams, now: u64) -> Result<Vec<u8>, SamizdatError> {
+    pub fn export_backup(&self, passphrase: Vec<u8>, params: BackupParams, now: i64) -> Result<Vec<u8>, SamizdatError> {
         let passphrase = Zeroizing::new(passphrase);
-        Ok(self.inner.export_backup(&passphrase, params.into(), crate::at(now))?)
+        Ok(self.inner.export_backup(&passphrase, params.try_into()?, crate::at(now)?)?)
     }
 
     /// Restores `backup` into a new SQLite database at `path` under
@@ -86,9 +101,9 @@ impl Device {
         storage_key: Vec<u8>,
         backup: Vec<u8>,
         passphrase: Vec<u8>,
-        now: u64,
+        now: i64,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, passphrase) = (key32(storage_key)?, Zeroizing::new(passphrase));
-        Ok(Arc::new(Self { inner: device::Device::restore(path, &key, &backup, &passphrase, crate::at(now))? }))
+        Ok(Arc::new(Self { inner: device::Device::restore(path, &key, &backup, &passphrase, crate::at(now)?)? }))
     }
 }

@@ -112,7 +112,7 @@ pub enum SamizdatError {
         /// What happened (the core error's text).
         message: String,
         /// The chain id of the message.
-        chain_id: u32,
+        chain_id: i64,
         /// The request in lowercase hex, if one may be sent; the bytes are
         /// [`SamizdatError::request`]. (Not named `request`: in Python the
         /// field would hide that method.)
@@ -402,7 +402,7 @@ pub(crate) enum Details {
     /// The chain of a missing group key, and the request for it.
     Chain {
         /// The chain id of the message.
-        chain_id: u32,
+        chain_id: i64,
         /// The request to send, if any.
         request: Option<Vec<u8>>,
     },
@@ -415,7 +415,9 @@ impl From<DeviceError> for SamizdatError {
         let (kind, message) = (error.kind(), error.to_string());
         let details = match error {
             DeviceError::Session(SessionError::UntrustedIdentity { identity }) => Details::Identity(identity),
-            DeviceError::Group(GroupError::MissingChain { chain_id, request }) => Details::Chain { chain_id, request },
+            DeviceError::Group(GroupError::MissingChain { chain_id, request }) => {
+                Details::Chain { chain_id: i64::from(chain_id), request }
+            }
             _ => Details::None,
         };
         Self::from_core(kind, message, details)

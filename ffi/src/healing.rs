@@ -33,13 +33,13 @@ pub struct HealPolicy {
     /// The least time between two resets sent to one peer (default: one
     /// hour): a forged message can make the app ask for a reset, but not for
     /// more than one per interval. Zero turns the limit off (for tests).
-    pub reset_interval: u64,
+    pub reset_interval: i64,
     /// How long the outbox keeps a plaintext that no acknowledgement removed
     /// (default: 30 days).
-    pub outbox_max_age: u64,
+    pub outbox_max_age: i64,
     /// The most plaintexts the outbox keeps per peer, the oldest making room
     /// (default and maximum: 256).
-    pub outbox_max_messages: u32,
+    pub outbox_max_messages: i32,
     /// Whether a reset from the peer under another identity than the one
     /// trusted when a message was sent (a reinstall whose new key the app
     /// trusted) gets that message again. Default `false`: a message goes
@@ -64,7 +64,7 @@ pub enum HealResult {
     /// still out of step then.
     TooSoon {
         /// The first time a reset may be sent again.
-        retry_at: u64,
+        retry_at: i64,
     },
 }
 
@@ -75,29 +75,29 @@ impl Device {
     /// [`Self::acknowledge`], so that a reset from the peer brings it again
     /// (committed before it returns). `now` dates the entry for the policy's
     /// `outbox_max_age`.
-    pub fn encrypt_kept(&self, peer: Address, plaintext: Vec<u8>, now: u64) -> Result<Vec<u8>, SamizdatError> {
-        Ok(self.inner.encrypt_kept(&peer.to_core()?, &plaintext, crate::at(now))?)
+    pub fn encrypt_kept(&self, peer: Address, plaintext: Vec<u8>, now: i64) -> Result<Vec<u8>, SamizdatError> {
+        Ok(self.inner.encrypt_kept(&peer.to_core()?, &plaintext, crate::at(now)?)?)
     }
 
     /// Removes from the outbox for `peer` the messages of these ids (16
     /// bytes each: [`message_id`] of what was sent, as the peer's delivery
     /// receipt gives it); returns how many it held. Ids it does not hold
     /// are ignored.
-    pub fn acknowledge(&self, peer: Address, ids: Vec<Vec<u8>>) -> Result<u32, SamizdatError> {
+    pub fn acknowledge(&self, peer: Address, ids: Vec<Vec<u8>>) -> Result<i32, SamizdatError> {
         let ids = ids.iter().enumerate().map(|(i, id)| to_message_id(i, id)).collect::<Result<Vec<_>, _>>()?;
         Ok(to_u32(self.inner.acknowledge(&peer.to_core()?, &ids)?))
     }
 
     /// How many plaintexts the outbox holds for `peer`.
-    pub fn outbox_len(&self, peer: Address) -> Result<u32, SamizdatError> {
+    pub fn outbox_len(&self, peer: Address) -> Result<i32, SamizdatError> {
         Ok(to_u32(self.inner.outbox_len(&peer.to_core()?)?))
     }
 
     /// Deletes from the outbox, for every peer, the plaintexts past the
     /// policy's `outbox_max_age` at `now`; returns how many. Call it when
     /// the app starts or goes to the background.
-    pub fn expire_outbox(&self, now: u64) -> Result<u32, SamizdatError> {
-        Ok(to_u32(self.inner.expire_outbox(crate::at(now))?))
+    pub fn expire_outbox(&self, now: i64) -> Result<i32, SamizdatError> {
+        Ok(to_u32(self.inner.expire_outbox(crate::at(now)?)?))
     }
 
     /// Heals the session with the peer whose fresh `bundle` this is, after a
@@ -110,8 +110,8 @@ impl Device {
     /// peer per `reset_interval`: sooner, [`HealResult::TooSoon`]. The
     /// session we had is kept, so that the peer's messages in flight on it
     /// still decrypt.
-    pub fn heal(&self, bundle: Vec<u8>, unreadable: Vec<Vec<u8>>, now: u64) -> Result<HealResult, SamizdatError> {
-        match self.inner.heal(&bundle, &unreadable, crate::at(now))? {
+    pub fn heal(&self, bundle: Vec<u8>, unreadable: Vec<Vec<u8>>, now: i64) -> Result<HealResult, SamizdatError> {
+        match self.inner.heal(&bundle, &unreadable, crate::at(now)?)? {
             device::Heal::Sent(reset) => Ok(HealResult::Sent { reset: reset.into() }),
             device::Heal::TooSoon { retry_at } => Ok(HealResult::TooSoon { retry_at: crate::seconds(retry_at) }),
             // The core this crate is built with has no other outcome; a
@@ -130,7 +130,7 @@ impl Device {
     /// is not zero, heal again at the `retry_at` of [`HealResult::TooSoon`]
     /// (or after the policy's `reset_interval`): a reset or a resend may
     /// have been lost on the way.
-    pub fn awaiting_resends(&self, peer: Address) -> Result<u32, SamizdatError> {
+    pub fn awaiting_resends(&self, peer: Address) -> Result<i32, SamizdatError> {
         Ok(to_u32(self.inner.awaiting_resends(&peer.to_core()?)?))
     }
 
@@ -140,9 +140,9 @@ impl Device {
     /// 256.
     pub fn set_heal_policy(&self, policy: HealPolicy) -> Result<(), SamizdatError> {
         Ok(self.inner.set_heal_policy(device::HealPolicy {
-            reset_interval: Duration::from_secs(policy.reset_interval),
-            outbox_max_age: Duration::from_secs(policy.outbox_max_age),
-            outbox_max_messages: policy.outbox_max_messages as usize,
+            reset_interval: Duration::from_secs(crate::non_negative("reset_interval", policy.reset_interval)?),
+            outbox_max_age: Duration::from_secs(crate::non_negative("outbox_max_age", policy.outbox_max_age)?),
+            outbox_max_messages: crate::count_arg("outbox_max_messages", policy.outbox_max_messages)?,
             resend_to_new_identity: policy.resend_to_new_identity,
         })?)
     }
@@ -151,8 +151,8 @@ impl Device {
     pub fn heal_policy(&self) -> HealPolicy {
         let policy = self.inner.heal_policy();
         HealPolicy {
-            reset_interval: policy.reset_interval.as_secs(),
-            outbox_max_age: policy.outbox_max_age.as_secs(),
+            reset_interval: i64::try_from(policy.reset_interval.as_secs()).unwrap_or(i64::MAX),
+            outbox_max_age: i64::try_from(policy.outbox_max_age.as_secs()).unwrap_or(i64::MAX),
             outbox_max_messages: to_u32(policy.outbox_max_messages),
             resend_to_new_identity: policy.resend_to_new_identity,
         }
@@ -175,6 +175,6 @@ fn to_message_id(i: usize, id: &[u8]) -> Result<MessageId, SamizdatError> {
 }
 
 /// A count the core bounds far below `u32::MAX` (at most 256 here).
-fn to_u32(count: usize) -> u32 {
-    u32::try_from(count).unwrap_or(u32::MAX)
+fn to_u32(count: usize) -> i32 {
+    crate::to_i32(count)
 }

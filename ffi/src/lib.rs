@@ -101,17 +101,18 @@ pub enum ScrubResult {
 pub struct Address {
     /// The app's stable user id (1 to 256 bytes of UTF-8).
     pub user_id: String,
-    /// The device id.
-    pub device_id: u32,
+    /// The device id, 0 to 4,294,967,295 (a `u32` in the protocol; signed
+    /// here so that Java and Kotlin see a plain `long`).
+    pub device_id: i64,
 }
 
 /// How many one-time prekeys are left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct PrekeyCounts {
     /// One-time X25519 prekeys.
-    pub one_time: u64,
+    pub one_time: i32,
     /// One-time ML-KEM prekeys.
-    pub pq_one_time: u64,
+    pub pq_one_time: i32,
 }
 
 /// What [`Device::rotate_prekeys`] replaced.
@@ -188,11 +189,11 @@ impl Device {
         path: String,
         storage_key: Vec<u8>,
         user_id: String,
-        device_id: u32,
-        now: u64,
+        device_id: i64,
+        now: i64,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
-        Ok(Arc::new(Self { inner: device::Device::create(path, &key, address, at(now))? }))
+        Ok(Arc::new(Self { inner: device::Device::create(path, &key, address, at(now)?)? }))
     }
 
     /// Opens the device in the SQLite database at `path`.
@@ -207,11 +208,11 @@ impl Device {
         path: String,
         storage_key: Vec<u8>,
         user_id: String,
-        device_id: u32,
-        now: u64,
+        device_id: i64,
+        now: i64,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
-        Ok(Arc::new(Self { inner: device::Device::open_or_create(path, &key, address, at(now))? }))
+        Ok(Arc::new(Self { inner: device::Device::open_or_create(path, &key, address, at(now)?)? }))
     }
 
     /// This device's address.
@@ -236,28 +237,29 @@ impl Device {
     /// Up to `count` bundles with distinct one-time prekeys that no earlier
     /// bundle offered, to upload for the server to hand out one per
     /// requester.
-    pub fn prekey_bundles(&self, count: u32) -> Result<Vec<Vec<u8>>, SamizdatError> {
-        Ok(self.inner.prekey_bundles(count as usize)?)
+    pub fn prekey_bundles(&self, count: i32) -> Result<Vec<Vec<u8>>, SamizdatError> {
+        Ok(self.inner.prekey_bundles(count_arg("count", count)?)?)
     }
 
     /// How many one-time prekeys are held (not consumed yet), whether a
     /// bundle offered them or not.
     pub fn prekey_counts(&self) -> Result<PrekeyCounts, SamizdatError> {
         let (one_time, pq_one_time) = self.inner.prekey_counts()?;
-        Ok(PrekeyCounts { one_time: one_time as u64, pq_one_time: pq_one_time as u64 })
+        Ok(PrekeyCounts { one_time: to_i32(one_time), pq_one_time: to_i32(pq_one_time) })
     }
 
     /// Below `threshold` one-time prekeys of either kind left to hand out
     /// (offered by no bundle yet), tops each kind up to `target` of those;
     /// returns how many were added in all. Call it regularly, then upload
     /// new bundles.
-    pub fn refill_prekeys(&self, threshold: u32, target: u32, now: u64) -> Result<u64, SamizdatError> {
-        Ok(self.inner.refill_prekeys(threshold as usize, target as usize, at(now))? as u64)
+    pub fn refill_prekeys(&self, threshold: i32, target: i32, now: i64) -> Result<i32, SamizdatError> {
+        let (threshold, target) = (count_arg("threshold", threshold)?, count_arg("target", target)?);
+        Ok(to_i32(self.inner.refill_prekeys(threshold, target, at(now)?)?))
     }
 
     /// Rotates the signed and last-resort prekeys older than `max_age` seconds.
-    pub fn rotate_prekeys(&self, now: u64, max_age: u64) -> Result<Rotated, SamizdatError> {
-        let rotated = self.inner.rotate_prekeys(at(now), Duration::from_secs(max_age))?;
+    pub fn rotate_prekeys(&self, now: i64, max_age: i64) -> Result<Rotated, SamizdatError> {
+        let rotated = self.inner.rotate_prekeys(at(now)?, Duration::from_secs(non_negative("max_age", max_age)?))?;
         Ok(Rotated { signed_prekey: rotated.signed_prekey, last_resort_prekey: rotated.last_resort_prekey })
     }
 
@@ -423,14 +425,17 @@ impl SafetyNumber {
 impl Address {
     fn to_core(&self) -> Result<samizdat::address::Address, SamizdatError> {
         // Classified as the core classifies an argument that does not parse.
-        samizdat::address::Address::new(self.user_id.clone(), self.device_id)
+        let device_id = u32::try_from(self.device_id).map_err(|_| {
+            SamizdatError::invalid_argument(format!("device_id {} is outside 0 to {}", self.device_id, u32::MAX))
+        })?;
+        samizdat::address::Address::new(self.user_id.clone(), device_id)
             .map_err(|e| SamizdatError::invalid_argument(e.to_string()))
     }
 }
 
 impl From<&samizdat::address::Address> for Address {
     fn from(address: &samizdat::address::Address) -> Self {
-        Self { user_id: address.user_id().to_owned(), device_id: address.device_id() }
+        Self { user_id: address.user_id().to_owned(), device_id: i64::from(address.device_id()) }
     }
 }
 
@@ -477,12 +482,37 @@ fn key32(key: Vec<u8>) -> Result<samizdat::store::StorageKey, SamizdatError> {
     samizdat::store::StorageKey::try_from(key.as_slice()).map_err(|e| SamizdatError::invalid_argument(e.to_string()))
 }
 
-/// The app's `now` (whole seconds since the Unix epoch) as the core takes it.
-fn at(seconds: u64) -> SystemTime {
-    UNIX_EPOCH.checked_add(Duration::from_secs(seconds)).unwrap_or(UNIX_EPOCH)
+// Integers at the boundary are signed (`Int`/`Long` in Kotlin and Java,
+// whose unsigned types mangle the JVM names of every function that takes
+// them), and checked here: a negative count, time or id is an
+// `InvalidArgument`, never a wrapped-around huge value.
+
+/// A count from the app (`name` is the parameter's, for the message).
+fn count_arg(name: &str, value: i32) -> Result<usize, SamizdatError> {
+    usize::try_from(value).map_err(|_| SamizdatError::invalid_argument(format!("{name} is negative: {value}")))
 }
 
-/// A time of the core as whole seconds since the Unix epoch (0 before it).
-fn seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
+/// A time, an age or a size from the app (`name` is the parameter's).
+fn non_negative(name: &str, value: i64) -> Result<u64, SamizdatError> {
+    u64::try_from(value).map_err(|_| SamizdatError::invalid_argument(format!("{name} is negative: {value}")))
+}
+
+/// The app's `now` (whole seconds since the Unix epoch) as the core takes it.
+fn at(now: i64) -> Result<SystemTime, SamizdatError> {
+    let seconds = non_negative("now", now)?;
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(seconds))
+        .ok_or_else(|| SamizdatError::invalid_argument(format!("now is past this platform's clock: {now}")))
+}
+
+/// A time of the core as whole seconds since the Unix epoch (0 before it,
+/// `i64::MAX` past it).
+fn seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A count of the core for the app (saturating; every count is bounded far
+/// below `i32::MAX`).
+fn to_i32(count: usize) -> i32 {
+    i32::try_from(count).unwrap_or(i32::MAX)
 }

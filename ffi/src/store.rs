@@ -33,9 +33,9 @@ impl Device {
 
     /// How many skipped message keys (for messages of `peer` that have not
     /// arrived) the store holds.
-    pub fn skipped_key_count(&self, peer: Address) -> Result<u32, SamizdatError> {
+    pub fn skipped_key_count(&self, peer: Address) -> Result<i32, SamizdatError> {
         let count = self.inner.skipped_key_count(&peer.to_core()?)?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        Ok(crate::to_i32(count))
     }
 }
 

@@ -23,16 +23,16 @@ private const val SEALED_CHUNK = CHUNK + 16
 class AttachmentTest {
     @Test
     fun aPhotoSentInAMessageByFilePath(@TempDir dir: Path) {
-        val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1u, 0uL)
-        val bob = Device.openOrCreate(dir.resolve("bob.db").toString(), ByteArray(32) { 2 }, "bob", 1u, 0uL)
+        val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1, 0L)
+        val bob = Device.openOrCreate(dir.resolve("bob.db").toString(), ByteArray(32) { 2 }, "bob", 1, 0L)
         alice.startSession(bob.prekeyBundle())
         val photo = Random.nextBytes(3 * CHUNK + 12345)
         Files.write(dir.resolve("photo.jpg"), photo)
 
         val sent = encryptAttachmentFile(dir.resolve("photo.jpg").toString(), dir.resolve("blob").toString())
         val blob = Files.readAllBytes(dir.resolve("blob"))
-        assertEquals(photo.size.toULong(), sent.plaintextLen())
-        assertEquals(blob.size.toULong(), sent.ciphertextLen())
+        assertEquals(photo.size.toLong(), sent.plaintextLen())
+        assertEquals(blob.size.toLong(), sent.ciphertextLen())
         assertArrayEquals(MessageDigest.getInstance("SHA-256").digest(blob), sent.digest())
 
         // The description travels inside an encrypted message; the blob through the server.
@@ -47,13 +47,13 @@ class AttachmentTest {
         assertArrayEquals(photo, Files.readAllBytes(dir.resolve("received.jpg")))
 
         // A seek: only the chunks of the range are read.
-        val range = readAttachmentRange(received, dir.resolve("blob").toString(), (2 * CHUNK - 5).toULong(), 10uL)
+        val range = readAttachmentRange(received, dir.resolve("blob").toString(), (2 * CHUNK - 5).toLong(), 10L)
         assertArrayEquals(photo.copyOfRange(2 * CHUNK - 5, 2 * CHUNK + 5), range)
         assertThrows(SamizdatException.InvalidArgument::class.java) {
-            readAttachmentRange(received, dir.resolve("blob").toString(), (photo.size - 1).toULong(), 2uL)
+            readAttachmentRange(received, dir.resolve("blob").toString(), (photo.size - 1).toLong(), 2L)
         }
         assertThrows(SamizdatException.LimitExceeded::class.java) {
-            readAttachmentRange(received, dir.resolve("blob").toString(), 0uL, (16uL shl 20) + 1uL)
+            readAttachmentRange(received, dir.resolve("blob").toString(), 0L, (16L shl 20) + 1L)
         }
         alice.close()
         bob.close()
@@ -99,7 +99,7 @@ class AttachmentTest {
             assertThrows(SamizdatException.InvalidArgument::class.java) { encryptor.finish() }
             tail.attachment
         }
-        assertEquals(blob.size().toULong(), sent.ciphertextLen())
+        assertEquals(blob.size().toLong(), sent.ciphertextLen())
         Files.write(dir.resolve("blob"), blob.toByteArray())
         decryptAttachmentFile(sent, dir.resolve("blob").toString(), dir.resolve("out").toString())
         assertArrayEquals(data, Files.readAllBytes(dir.resolve("out")))

@@ -23,7 +23,7 @@ private fun deliver(to: Device, from: Device, wire: ByteArray): Triple<MessageKi
     }
 
 /** Each side sends one kept message the other reads. */
-private fun converse(alice: Device, bob: Device, tag: String, now: ULong) {
+private fun converse(alice: Device, bob: Device, tag: String, now: Long) {
     val toBob = alice.encryptKept(bob.address(), "a $tag".encodeToByteArray(), now)
     assertEquals(MessageKind.DIRECT to "a $tag", deliver(bob, alice, toBob).let { it.first to it.second })
     val toAlice = bob.encryptKept(alice.address(), "b $tag".encodeToByteArray(), now)
@@ -31,13 +31,13 @@ private fun converse(alice: Device, bob: Device, tag: String, now: ULong) {
 }
 
 private fun device(dir: Path, name: String, key: Byte): Device =
-    Device.openOrCreate(dir.resolve("$name.db").toString(), ByteArray(32) { key }, name, 1u, 0uL)
+    Device.openOrCreate(dir.resolve("$name.db").toString(), ByteArray(32) { key }, name, 1, 0L)
 
 class BackupTest {
     @Test
     fun theParameters() {
-        assertEquals(BackupParams(65536u, 3u, 1u), backupParamsRecommended())
-        assertEquals(BackupParams(19456u, 2u, 1u), backupParamsMinimum())
+        assertEquals(BackupParams(65536, 3, 1), backupParamsRecommended())
+        assertEquals(BackupParams(19456, 2, 1), backupParamsMinimum())
     }
 
     @Test
@@ -46,15 +46,15 @@ class BackupTest {
             // Bob exports a backup, they talk on, a message is in flight, and Bob's phone is lost.
             val (backup, inFlight, bobIdentity) = device(dir, "bob", 2).use { bob ->
                 alice.startSession(bob.prekeyBundle())
-                converse(alice, bob, "hello", 0uL)
-                val backup = bob.exportBackup(PASSPHRASE, backupParamsMinimum(), 10uL)
+                converse(alice, bob, "hello", 0L)
+                val backup = bob.exportBackup(PASSPHRASE, backupParamsMinimum(), 10L)
                 assertEquals(backupParamsMinimum(), backupParamsOf(backup))
-                converse(alice, bob, "after the backup", 20uL)
-                Triple(backup, alice.encryptKept(bob.address(), "in flight".encodeToByteArray(), 30uL), bob.identityKey())
+                converse(alice, bob, "after the backup", 20L)
+                Triple(backup, alice.encryptKept(bob.address(), "in flight".encodeToByteArray(), 30L), bob.identityKey())
             }
             Files.delete(dir.resolve("bob.db")) // the phone is lost
             // A new installation: another file, another storage key.
-            Device.restore(dir.resolve("new-bob.db").toString(), ByteArray(32) { 9 }, backup, PASSPHRASE, 1000uL)
+            Device.restore(dir.resolve("new-bob.db").toString(), ByteArray(32) { 9 }, backup, PASSPHRASE, 1000L)
                 .use { bob ->
                     assertArrayEquals(bobIdentity, bob.identityKey())
                     assertArrayEquals(alice.identityKey(), bob.peerIdentity(alice.address()))
@@ -64,7 +64,7 @@ class BackupTest {
                     assertEquals(Recovery.HEAL, outOfStep.recovery())
                     val healed = assertInstanceOf(
                         HealResult.Sent::class.java,
-                        bob.heal(alice.prekeyBundle(), listOf(inFlight), 1000uL),
+                        bob.heal(alice.prekeyBundle(), listOf(inFlight), 1000L),
                     )
                     val (kind, _, resends) = deliver(alice, bob, healed.reset.message)
                     assertEquals(MessageKind.CONTROL to 1, kind to resends.size)
@@ -73,7 +73,7 @@ class BackupTest {
                         assertArrayEquals(messageId(inFlight), pending.messageId())
                         bob.commit(pending)
                     }
-                    converse(alice, bob, "healed", 1001uL)
+                    converse(alice, bob, "healed", 1001L)
                 }
         }
     }
@@ -81,34 +81,34 @@ class BackupTest {
     @Test
     fun whatARestoreRefuses(@TempDir dir: Path) {
         device(dir, "alice", 1).use { alice ->
-            val backup = alice.exportBackup(PASSPHRASE, backupParamsMinimum(), 10uL)
+            val backup = alice.exportBackup(PASSPHRASE, backupParamsMinimum(), 10L)
             val path = dir.resolve("restored.db").toString()
             val key = ByteArray(32) { 8 }
             val wrong = assertThrows(SamizdatException.WrongStorageKey::class.java) {
-                Device.restore(path, key, backup, "not the passphrase".encodeToByteArray(), 1000uL)
+                Device.restore(path, key, backup, "not the passphrase".encodeToByteArray(), 1000L)
             }
             assertEquals("wrong_storage_key", wrong.code())
             assertFalse(Files.exists(dir.resolve("restored.db")), "a wrong passphrase creates no file")
             val altered = backup.copyOf().also { it[it.size - 1] = (it[it.size - 1].toInt() xor 1).toByte() }
             assertThrows(SamizdatException.WrongStorageKey::class.java) {
-                Device.restore(path, key, altered, PASSPHRASE, 1000uL)
+                Device.restore(path, key, altered, PASSPHRASE, 1000L)
             }
             assertThrows(SamizdatException.InvalidArgument::class.java) {
-                Device.restore(path, key, backup.copyOf(100), PASSPHRASE, 1000uL)
+                Device.restore(path, key, backup.copyOf(100), PASSPHRASE, 1000L)
             }
             // 4 TiB: refused before any key is derived.
             val hostile = backup.copyOf().also { for (i in 5 until 9) it[i] = 0xff.toByte() }
             assertThrows(SamizdatException.LimitExceeded::class.java) {
-                Device.restore(path, key, hostile, PASSPHRASE, 1000uL)
+                Device.restore(path, key, hostile, PASSPHRASE, 1000L)
             }
             assertThrows(SamizdatException.LimitExceeded::class.java) {
-                alice.exportBackup(PASSPHRASE, BackupParams(1024u, 1u, 1u), 10uL)
+                alice.exportBackup(PASSPHRASE, BackupParams(1024, 1, 1), 10L)
             }
             // Alice's own store holds a device: refused, like a create.
             assertThrows(SamizdatException.InvalidArgument::class.java) {
-                Device.restore(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, backup, PASSPHRASE, 1000uL)
+                Device.restore(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, backup, PASSPHRASE, 1000L)
             }
-            Device.restore(path, key, backup, PASSPHRASE, 1000uL).use { restored ->
+            Device.restore(path, key, backup, PASSPHRASE, 1000L).use { restored ->
                 assertArrayEquals(alice.identityKey(), restored.identityKey())
             }
         }

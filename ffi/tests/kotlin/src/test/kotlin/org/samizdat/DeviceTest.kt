@@ -19,7 +19,7 @@ class DeviceTest {
     private val bobKey = ByteArray(32) { 2 }
 
     private fun device(dir: Path, name: String, key: ByteArray): Device =
-        Device.openOrCreate(dir.resolve("$name.db").toString(), key, name, 1u, 0uL)
+        Device.openOrCreate(dir.resolve("$name.db").toString(), key, name, 1, 0L)
 
     /** Decrypt, "store", commit: what an app does with each message. */
     private fun receive(to: Device, from: Address, wire: ByteArray): String {
@@ -35,8 +35,8 @@ class DeviceTest {
         // README-BEGIN
         val aliceKey = ByteArray(32) { 1 } // from the platform keystore in a real app
         val bobKey = ByteArray(32) { 2 }
-        Device.openOrCreate("$dir/alice.db", aliceKey, "alice", 1u, 0uL).use { alice ->
-            Device.openOrCreate("$dir/bob.db", bobKey, "bob", 1u, 0uL).use { bob ->
+        Device.openOrCreate("$dir/alice.db", aliceKey, "alice", 1, 0L).use { alice ->
+            Device.openOrCreate("$dir/bob.db", bobKey, "bob", 1, 0L).use { bob ->
                 // Bob's bundle travels through a server; Alice verifies it and opens a session.
                 val bobAddress = alice.startSession(bob.prekeyBundle())
                 val wire = alice.encrypt(bobAddress, "hello".encodeToByteArray())
@@ -61,7 +61,7 @@ class DeviceTest {
         device(dir, "alice", aliceKey).use { alice ->
             device(dir, "bob", bobKey).use { bob ->
                 val bobAddress = alice.startSession(bob.prekeyBundle())
-                assertEquals(Address("bob", 1u), bobAddress)
+                assertEquals(Address("bob", 1), bobAddress)
                 assertTrue(alice.hasSession(bobAddress))
                 val wires = (1..4).map { alice.encrypt(bobAddress, "m$it".encodeToByteArray()) }
                 // Delivered 3, 1, 4, 2.
@@ -133,11 +133,11 @@ class DeviceTest {
                 assertEquals("no device in this store", noDevice.reason)
                 // Arguments.
                 val e = assertThrows(SamizdatException.InvalidArgument::class.java) {
-                    Device.create(dir.resolve("x.db").toString(), ByteArray(31), "x", 1u, 0uL)
+                    Device.create(dir.resolve("x.db").toString(), ByteArray(31), "x", 1, 0L)
                 }
                 assertTrue(e.reason.contains("32"), e.reason)
                 assertEquals(Recovery.FIX_CALL, e.recovery())
-                assertThrows(SamizdatException.InvalidArgument::class.java) { alice.hasSession(Address("", 1u)) }
+                assertThrows(SamizdatException.InvalidArgument::class.java) { alice.hasSession(Address("", 1)) }
                 assertThrows(SamizdatException.InvalidBundle::class.java) { alice.startSession(ByteArray(10)) }
 
                 // No session yet.
@@ -178,7 +178,7 @@ class DeviceTest {
                 }
 
                 // Bob reinstalls under the same address: his new identity is not trusted until Alice decides.
-                val newBob = Device.create(dir.resolve("bob2.db").toString(), bobKey, "bob", 1u, 0uL)
+                val newBob = Device.create(dir.resolve("bob2.db").toString(), bobKey, "bob", 1, 0L)
                 newBob.use {
                     val untrusted = assertThrows(SamizdatException.UntrustedIdentity::class.java) {
                         alice.startSession(newBob.prekeyBundle())
@@ -195,19 +195,19 @@ class DeviceTest {
         // The store was released by close(): it opens again; with the wrong key it is refused.
         assertThrows(SamizdatException.WrongStorageKey::class.java) { Device.open(alicePath, bobKey) }
         val exists = assertThrows(SamizdatException.InvalidArgument::class.java) {
-            Device.create(alicePath, aliceKey, "alice", 1u, 0uL)
+            Device.create(alicePath, aliceKey, "alice", 1, 0L)
         }
         assertEquals("a device already exists in this store", exists.reason)
-        Device.open(alicePath, aliceKey).use { assertEquals(Address("alice", 1u), it.address()) }
+        Device.open(alicePath, aliceKey).use { assertEquals(Address("alice", 1), it.address()) }
     }
 
     @Test
     fun aOneTimePrekeyIsUsedOnce(@TempDir dir: Path) {
         device(dir, "bob", bobKey).use { bob ->
-            assertEquals(PrekeyCounts(0uL, 0uL), bob.prekeyCounts())
-            assertEquals(8uL, bob.refillPrekeys(2u, 4u, 0uL)) // 4 of each kind
+            assertEquals(PrekeyCounts(0L, 0L), bob.prekeyCounts())
+            assertEquals(8L, bob.refillPrekeys(2, 4, 0L)) // 4 of each kind
             val first = bob.prekeyBundle()
-            val bundles = bob.prekeyBundles(10u)
+            val bundles = bob.prekeyBundles(10)
             assertEquals(3, bundles.size, "every call offers prekeys no earlier one offered: 3 are left")
             device(dir, "alice", aliceKey).use { alice ->
                 device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
@@ -216,7 +216,7 @@ class DeviceTest {
                     carol.startSession(bundles[0])
                     assertEquals("a", receive(bob, alice.address(), alice.encrypt(bob.address(), "a".encodeToByteArray())))
                     assertEquals("c", receive(bob, carol.address(), carol.encrypt(bob.address(), "c".encodeToByteArray())))
-                    assertEquals(PrekeyCounts(2uL, 2uL), bob.prekeyCounts())
+                    assertEquals(PrekeyCounts(2L, 2L), bob.prekeyCounts())
                 }
             }
             device(dir, "dave", ByteArray(32) { 4 }).use { dave ->
@@ -233,8 +233,8 @@ class DeviceTest {
                     assertEquals(Recovery.HEAL, unknown.recovery())
                 }
             }
-            assertEquals(Rotated(false, false), bob.rotatePrekeys(10uL, 1000uL))
-            assertEquals(Rotated(true, true), bob.rotatePrekeys(5000uL, 1000uL))
+            assertEquals(Rotated(false, false), bob.rotatePrekeys(10L, 1000L))
+            assertEquals(Rotated(true, true), bob.rotatePrekeys(5000L, 1000L))
         }
     }
 
@@ -262,7 +262,7 @@ class DeviceTest {
     @Test
     fun closeReleasesTheNativeObjects(@TempDir dir: Path) {
         val path = dir.resolve("alice.db").toString()
-        val alice = Device.create(path, aliceKey, "alice", 1u, 0uL)
+        val alice = Device.create(path, aliceKey, "alice", 1, 0L)
         alice.close()
         alice.close() // idempotent
         assertThrows(IllegalStateException::class.java) { alice.address() }

@@ -41,7 +41,7 @@ private class Scenario(private val dir: Path) : AutoCloseable {
 
     /** A new device `name`/1 in its own store (`file`.db, by default `name`.db). */
     fun device(name: String, file: String = name): Device =
-        Device.create(path(file), key(name), name, 1u, 0uL).also { opened += it }
+        Device.create(path(file), key(name), name, 1, 0L).also { opened += it }
 
     fun open(file: String, key: ByteArray): Device = Device.open(path(file), key).also { opened += it }
 
@@ -170,8 +170,8 @@ class ErrorCodesTest {
 
     private fun Scenario.encryptWithoutSession(): SamizdatException {
         val alice = device("alice")
-        val thrown = raised { alice.encrypt(Address("bob", 1u), "hello?".encodeToByteArray()) }
-        assertFalse(alice.hasSession(Address("bob", 1u)))
+        val thrown = raised { alice.encrypt(Address("bob", 1), "hello?".encodeToByteArray()) }
+        assertFalse(alice.hasSession(Address("bob", 1)))
         return thrown
     }
 
@@ -289,7 +289,7 @@ class ErrorCodesTest {
     private fun Scenario.openWithWrongKey(): SamizdatException {
         device("alice").close()
         val thrown = raised { open("alice", ByteArray(32) { 9 }) }
-        assertEquals(Address("alice", 1u), open("alice", Scenario.key("alice")).address())
+        assertEquals(Address("alice", 1), open("alice", Scenario.key("alice")).address())
         return thrown
     }
 

@@ -30,7 +30,7 @@ private class World(private val dir: Path, n: Int) : AutoCloseable {
     fun open(i: Int, create: Boolean = false): Device {
         val path = dir.resolve("m$i.db").toString()
         val key = ByteArray(32) { (i + 1).toByte() }
-        return if (create) Device.openOrCreate(path, key, "m$i", 1u, 0uL) else Device.open(path, key)
+        return if (create) Device.openOrCreate(path, key, "m$i", 1, 0L) else Device.open(path, key)
     }
 
     private fun connect(i: Int, j: Int) {
@@ -229,15 +229,15 @@ class GroupTest {
             val exists = assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup(GROUP, listOf(world.address(1))) }
             assertEquals("the group already exists", exists.reason)
             assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup(ByteArray(65), emptyList()) }
-            assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup("g9".encodeToByteArray(), listOf(Address("", 1u))) }
+            assertThrows(SamizdatException.InvalidArgument::class.java) { m0.createGroup("g9".encodeToByteArray(), listOf(Address("", 1))) }
             val tooMany = assertThrows(SamizdatException.LimitExceeded::class.java) {
-                m0.createGroup("big".encodeToByteArray(), (0..5000).map { Address("u$it", 1u) })
+                m0.createGroup("big".encodeToByteArray(), (0..5000).map { Address("u$it", 1) })
             }
             assertEquals("a group holds at most 5000 member devices", tooMany.reason)
             assertThrows(SamizdatException.NotInGroup::class.java) { m0.groupEncrypt("nope".encodeToByteArray(), ByteArray(1)) }
             assertThrows(SamizdatException.LimitExceeded::class.java) { m0.groupEncrypt(GROUP, ByteArray(300 * 1024)) }
             // A member without a session is reported; it gets the chain once there is one.
-            val stranger = Address("stranger", 1u)
+            val stranger = Address("stranger", 1)
             m0.addGroupMembers(GROUP, listOf(stranger))
             assertEquals(listOf(stranger), world.send(0, GROUP, "x").withoutSession)
             // Leaving: the group is gone from this device.

@@ -16,9 +16,9 @@ import org.junit.jupiter.api.io.TempDir
 
 // core/src/device/healing.rs: HealPolicy::default() (an hour between resets, 30 days, 256 messages, no resend
 // to a new identity).
-private val RESET_INTERVAL = 3600uL
-private val OUTBOX_MAX_AGE = 30uL * 24uL * 3600uL
-private val MAX_OUTBOX_MESSAGES = 256u
+private val RESET_INTERVAL = 3600L
+private val OUTBOX_MAX_AGE = 30L * 24L * 3600L
+private val MAX_OUTBOX_MESSAGES = 256
 
 /** What an app got from one message: the kind, the text, the id, and what the commit returned (to send). */
 private data class Got(val kind: MessageKind, val text: String, val id: ByteArray?, val sent: List<Outgoing>)
@@ -32,8 +32,8 @@ private fun receive(to: Device, from: Device, wire: ByteArray): Got =
 
 /** Alice and Bob, each in a SQLite store under `dir`, with a session Alice started. */
 private class Peers(dir: Path) : AutoCloseable {
-    val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1u, 0uL)
-    val bob = Device.openOrCreate(dir.resolve("bob.db").toString(), ByteArray(32) { 2 }, "bob", 1u, 0uL)
+    val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1, 0L)
+    val bob = Device.openOrCreate(dir.resolve("bob.db").toString(), ByteArray(32) { 2 }, "bob", 1, 0L)
     val bobAddress = alice.startSession(bob.prekeyBundle())
 
     override fun close() = listOf(bob, alice).forEach { it.close() }
@@ -49,12 +49,12 @@ private class Healed(val pair: Peers, val lost: ByteArray, val resend: ByteArray
 private fun lostAndHealed(dir: Path): Healed {
     val pair = Peers(Files.createDirectories(dir))
     val (alice, bob) = pair.alice to pair.bob
-    val first = alice.encryptKept(pair.bobAddress, "first".encodeToByteArray(), 0uL)
+    val first = alice.encryptKept(pair.bobAddress, "first".encodeToByteArray(), 0L)
     assertEquals(MessageKind.DIRECT to "first", receive(bob, alice, first).let { it.kind to it.text })
-    val lost = alice.encryptKept(pair.bobAddress, "lost".encodeToByteArray(), 0uL)
-    val healed = assertInstanceOf(HealResult.Sent::class.java, bob.heal(alice.prekeyBundle(), listOf(lost), 10uL))
+    val lost = alice.encryptKept(pair.bobAddress, "lost".encodeToByteArray(), 0L)
+    val healed = assertInstanceOf(HealResult.Sent::class.java, bob.heal(alice.prekeyBundle(), listOf(lost), 10L))
     assertEquals(alice.address(), healed.reset.to)
-    assertEquals(1u, bob.awaitingResends(alice.address()))
+    assertEquals(1, bob.awaitingResends(alice.address()))
     val reset = receive(alice, bob, healed.reset.message)
     assertEquals(MessageKind.CONTROL to "", reset.kind to reset.text, "the reset: nothing for the app")
     assertEquals(1, reset.sent.size, "the one message of the reset that Alice's outbox holds")
@@ -68,10 +68,10 @@ class HealingTest {
         Peers(dir).use { pair ->
             val (alice, bob, bobAddress) = Triple(pair.alice, pair.bob, pair.bobAddress)
             assertEquals(HealPolicy(RESET_INTERVAL, OUTBOX_MAX_AGE, MAX_OUTBOX_MESSAGES, false), alice.healPolicy())
-            val wire = alice.encryptKept(bobAddress, "kept until acknowledged".encodeToByteArray(), 1000uL)
-            assertEquals(1u, alice.outboxLen(bobAddress))
+            val wire = alice.encryptKept(bobAddress, "kept until acknowledged".encodeToByteArray(), 1000L)
+            assertEquals(1, alice.outboxLen(bobAddress))
             alice.encrypt(bobAddress, "not kept".encodeToByteArray()) // a plain encrypt keeps nothing
-            assertEquals(1u, alice.outboxLen(bobAddress))
+            assertEquals(1, alice.outboxLen(bobAddress))
             // Both sides name the message by the same id: of its wire bytes.
             val id = bob.decrypt(alice.address(), wire).use { pending ->
                 val id = checkNotNull(pending.messageId()) { "a one-to-one message has an id" }
@@ -87,15 +87,15 @@ class HealingTest {
             }
             assertEquals("message id 1 has 15 bytes, expected 16", wrong.reason)
             assertEquals("invalid_argument", wrong.code())
-            assertEquals(1u, alice.outboxLen(bobAddress), "a refused call removes nothing")
-            assertEquals(1u, alice.acknowledge(bobAddress, listOf(id, ByteArray(16))), "ids it does not hold are ignored")
-            assertEquals(0u, alice.outboxLen(bobAddress))
-            assertEquals(0u, alice.acknowledge(bobAddress, listOf(id)))
+            assertEquals(1, alice.outboxLen(bobAddress), "a refused call removes nothing")
+            assertEquals(1, alice.acknowledge(bobAddress, listOf(id, ByteArray(16))), "ids it does not hold are ignored")
+            assertEquals(0, alice.outboxLen(bobAddress))
+            assertEquals(0, alice.acknowledge(bobAddress, listOf(id)))
             // What no receipt acknowledged goes when it is past the policy's age.
-            alice.encryptKept(bobAddress, "never acknowledged".encodeToByteArray(), 2000uL)
-            assertEquals(0u, alice.expireOutbox(2000uL + OUTBOX_MAX_AGE - 1uL))
-            assertEquals(1u, alice.expireOutbox(2000uL + OUTBOX_MAX_AGE))
-            assertEquals(0u, alice.outboxLen(bobAddress))
+            alice.encryptKept(bobAddress, "never acknowledged".encodeToByteArray(), 2000L)
+            assertEquals(0, alice.expireOutbox(2000L + OUTBOX_MAX_AGE - 1L))
+            assertEquals(1, alice.expireOutbox(2000L + OUTBOX_MAX_AGE))
+            assertEquals(0, alice.outboxLen(bobAddress))
         }
     }
 
@@ -109,14 +109,14 @@ class HealingTest {
             assertEquals(MessageKind.DIRECT to "lost", resent.kind to resent.text)
             assertArrayEquals(messageId(healed.lost), resent.id)
             assertEquals(emptyList<Outgoing>(), resent.sent)
-            assertEquals(0u, bob.awaitingResends(alice.address()))
+            assertEquals(0, bob.awaitingResends(alice.address()))
             // The outbox still holds both until Bob's receipts come.
-            assertEquals(2u, alice.outboxLen(bobAddress))
-            assertEquals(1u, alice.acknowledge(bobAddress, listOf(resent.id!!)))
+            assertEquals(2, alice.outboxLen(bobAddress))
+            assertEquals(1, alice.acknowledge(bobAddress, listOf(resent.id!!)))
             // One reset per interval: a second one now is refused, and says when it may go.
-            val again = bob.heal(alice.prekeyBundle(), listOf(healed.lost), 20uL)
-            assertEquals(HealResult.TooSoon(10uL + RESET_INTERVAL), again)
-            assertEquals(3610uL, assertInstanceOf(HealResult.TooSoon::class.java, again).retryAt)
+            val again = bob.heal(alice.prekeyBundle(), listOf(healed.lost), 20L)
+            assertEquals(HealResult.TooSoon(10L + RESET_INTERVAL), again)
+            assertEquals(3610L, assertInstanceOf(HealResult.TooSoon::class.java, again).retryAt)
             // The new session carries the conversation on, both ways.
             assertEquals("after", receive(bob, alice, alice.encrypt(bobAddress, "after".encodeToByteArray())).text)
             assertEquals("back", receive(alice, bob, bob.encrypt(alice.address(), "back".encodeToByteArray())).text)
@@ -140,7 +140,7 @@ class HealingTest {
         val originalFirst = lostAndHealed(dir.resolve("original_first"))
         originalFirst.pair.use { pair ->
             assertEquals(MessageKind.DIRECT to "lost", receive(pair.bob, pair.alice, originalFirst.lost).let { it.kind to it.text })
-            assertEquals(0u, pair.bob.awaitingResends(pair.alice.address()), "read as first sent: its resend is awaited no more")
+            assertEquals(0, pair.bob.awaitingResends(pair.alice.address()), "read as first sent: its resend is awaited no more")
             val resent = receive(pair.bob, pair.alice, originalFirst.resend)
             assertEquals(Triple(MessageKind.CONTROL, "", emptyList<Outgoing>()), Triple(resent.kind, resent.text, resent.sent))
             assertNotNull(resent.id)
@@ -151,17 +151,17 @@ class HealingTest {
     fun theHealPolicy(@TempDir dir: Path) {
         Peers(dir).use { pair ->
             val (alice, bob) = pair.alice to pair.bob
-            val tooMany = HealPolicy(0uL, 60uL, MAX_OUTBOX_MESSAGES + 1u, false)
+            val tooMany = HealPolicy(0L, 60L, MAX_OUTBOX_MESSAGES + 1, false)
             val error = assertThrows(SamizdatException.InvalidArgument::class.java) { bob.setHealPolicy(tooMany) }
             assertEquals("invalid_argument", error.code())
             assertEquals(RESET_INTERVAL, bob.healPolicy().resetInterval, "a refused policy changes nothing")
             // Without an interval, a second reset goes at once.
-            val policy = HealPolicy(0uL, 60uL, MAX_OUTBOX_MESSAGES, true)
+            val policy = HealPolicy(0L, 60L, MAX_OUTBOX_MESSAGES, true)
             bob.setHealPolicy(policy)
             assertEquals(policy, bob.healPolicy())
             receive(bob, alice, alice.encrypt(pair.bobAddress, "hello".encodeToByteArray()))
             repeat(2) {
-                val healed = assertInstanceOf(HealResult.Sent::class.java, bob.heal(alice.prekeyBundle(), emptyList(), 10uL))
+                val healed = assertInstanceOf(HealResult.Sent::class.java, bob.heal(alice.prekeyBundle(), emptyList(), 10L))
                 assertEquals(MessageKind.CONTROL, receive(alice, bob, healed.reset.message).kind)
             }
         }

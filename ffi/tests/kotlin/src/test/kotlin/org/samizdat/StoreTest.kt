@@ -25,9 +25,9 @@ private fun receive(to: Device, from: Device, wire: ByteArray): String =
 class StoreTest {
     @Test
     fun peersDeleteSessionAndSkippedKeys(@TempDir dir: Path) {
-        val bob = Device.openOrCreate(dir.resolve("bob.db").toString(), OLD_KEY, "bob", 1u, 0uL)
-        val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1u, 0uL)
-        val carol = Device.openOrCreate(dir.resolve("carol.db").toString(), ByteArray(32) { 3 }, "carol", 1u, 0uL)
+        val bob = Device.openOrCreate(dir.resolve("bob.db").toString(), OLD_KEY, "bob", 1, 0L)
+        val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1, 0L)
+        val carol = Device.openOrCreate(dir.resolve("carol.db").toString(), ByteArray(32) { 3 }, "carol", 1, 0L)
         assertEquals(emptyList<Address>(), bob.peers())
         for (peer in listOf(alice, carol)) {
             peer.startSession(bob.prekeyBundle())
@@ -39,14 +39,14 @@ class StoreTest {
         val first = alice.encrypt(bob.address(), "first".encodeToByteArray())
         val second = alice.encrypt(bob.address(), "second".encodeToByteArray())
         assertEquals("third", receive(bob, alice, alice.encrypt(bob.address(), "third".encodeToByteArray())))
-        assertEquals(2u, bob.skippedKeyCount(alice.address()))
+        assertEquals(2, bob.skippedKeyCount(alice.address()))
         assertEquals("second", receive(bob, alice, second))
-        assertEquals(1u, bob.skippedKeyCount(alice.address()))
+        assertEquals(1, bob.skippedKeyCount(alice.address()))
 
         assertTrue(bob.deleteSession(alice.address()))
         assertFalse(bob.deleteSession(alice.address()))
         assertEquals(listOf(carol.address()), bob.peers())
-        assertEquals(0u, bob.skippedKeyCount(alice.address()))
+        assertEquals(0, bob.skippedKeyCount(alice.address()))
         assertFalse(bob.hasSession(alice.address()))
         // The message whose key was deleted with the session reads under no state: out of step.
         val error = assertThrows(SamizdatException.OutOfStep::class.java) { bob.decrypt(alice.address(), first) }
@@ -60,8 +60,8 @@ class StoreTest {
     @Test
     fun rotatingTheStorageKey(@TempDir dir: Path) {
         val path = dir.resolve("bob.db").toString()
-        var bob = Device.openOrCreate(path, OLD_KEY, "bob", 1u, 0uL)
-        val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1u, 0uL)
+        var bob = Device.openOrCreate(path, OLD_KEY, "bob", 1, 0L)
+        val alice = Device.openOrCreate(dir.resolve("alice.db").toString(), ByteArray(32) { 1 }, "alice", 1, 0L)
         alice.startSession(bob.prekeyBundle())
         assertEquals("before", receive(bob, alice, alice.encrypt(bob.address(), "before".encodeToByteArray())))
         val inFlight = alice.encrypt(bob.address(), "in flight".encodeToByteArray())
@@ -85,7 +85,7 @@ class StoreTest {
         assertThrows(SamizdatException.WrongStorageKey::class.java) {
             rotateStorageKey(path, OLD_KEY, ByteArray(32) { 7 })
         }
-        Device.open(path, NEW_KEY).use { assertEquals(Address("bob", 1u), it.address()) }
+        Device.open(path, NEW_KEY).use { assertEquals(Address("bob", 1), it.address()) }
         alice.close()
     }
 }
