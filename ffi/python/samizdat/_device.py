@@ -521,7 +521,7 @@ class AttachmentEncryptor:
 
     def __init__(self) -> None:
         """A new encryption, under a fresh key."""
-        self._native = _native.AttachmentEncryptor()
+        self._native = call(_native.AttachmentEncryptor)
 
     def update(self, plaintext: BytesLike) -> bytes:
         """Encrypts the next piece (any bytes-like); returns the ciphertext ready so far."""
