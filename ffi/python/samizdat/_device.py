@@ -8,6 +8,8 @@ makes one call into the generated module through ``_errors.call``.
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import threading
 from types import TracebackType
 from typing import Any, Iterable, List, Optional, Type
@@ -163,7 +165,6 @@ class Device:
         try:
             return call(getattr(native, method), *args)
         finally:
-            del native
             with self._state:
                 self._calls -= 1
                 if not self._calls:
@@ -405,15 +406,19 @@ class BatchResult:
         self.error = error
 
     def __eq__(self, other: object) -> bool:
+        """Equal plaintexts, and errors of one class with one message (or both ``None``)."""
         if not isinstance(other, BatchResult):
             return False
-        same_error = repr(self.error) == repr(other.error)
-        return self.plaintext == other.plaintext and same_error
+        return self.plaintext == other.plaintext and _error_key(self.error) == _error_key(other.error)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"BatchResult(plaintext={self.plaintext!r}, error={self.error!r})"
+
+
+def _error_key(error: Optional[SamizdatError]) -> object:
+    return None if error is None else (type(error), error.message)
 
 
 class PendingBatch:
@@ -493,19 +498,25 @@ class Attachment:
         """The digest of the encrypted blob."""
         return bytes(self._native.digest())
 
+    def __eq__(self, other: object) -> bool:
+        """Two descriptions of one blob under one key (compared in constant time)."""
+        if not isinstance(other, Attachment):
+            return False
+        return hmac.compare_digest(self.to_bytes(), other.to_bytes())
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
     def __repr__(self) -> str:
         return f"<samizdat.Attachment {self.plaintext_len()} bytes, digest {self.digest().hex()[:16]}...>"
 
 
+@dataclasses.dataclass(frozen=True)
 class SealedTail:
     """What ``AttachmentEncryptor.finish`` returns: the last ``ciphertext`` and the ``attachment``."""
 
-    __slots__ = ("ciphertext", "attachment")
-
-    def __init__(self, ciphertext: bytes, attachment: Attachment) -> None:
-        """The end of an encryption."""
-        self.ciphertext = ciphertext
-        self.attachment = attachment
+    ciphertext: bytes
+    attachment: Attachment
 
 
 def _attachment(name: str, value: object) -> Any:

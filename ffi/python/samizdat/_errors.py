@@ -44,7 +44,7 @@ class SamizdatError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message: str = message or self.KIND.code()
+        self.message: str = message or type(self).__name__
         """What happened, for logs and developers (never empty)."""
 
     def __str__(self) -> str:

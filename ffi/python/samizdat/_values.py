@@ -67,13 +67,21 @@ class Recovery(enum.Enum):
     """What an app does about an error (``SamizdatError.recovery()``)."""
 
     DROP = 0
+    """Drop the message and acknowledge it to the server: it will never decrypt."""
     RETRY_LATER = 1
+    """Keep what was being done and try again later."""
     DECRYPT_AGAIN = 2
+    """Decrypt the message again now (nothing was consumed)."""
     HEAL = 3
+    """Fetch the peer's bundle, call ``Device.heal`` with the messages that failed, send the reset."""
     FETCH_BUNDLE = 4
+    """Fetch the peer's prekey bundle from the server and start a session."""
     VERIFY_IDENTITY = 5
+    """Ask the user to verify the peer's identity (compare safety numbers)."""
     REOPEN_STORE = 6
+    """Open the store again (with the right key; in this process)."""
     FIX_CALL = 7
+    """The call itself is wrong: fix the code that made it."""
 
     def code(self) -> str:
         """The stable code in ``snake_case`` (``"retry_later"``), as every binding spells it."""
@@ -84,20 +92,35 @@ class ErrorKind(enum.Enum):
     """The stable error code of a ``SamizdatError`` (the fifteen codes of PROTOCOL.md 19)."""
 
     DUPLICATE = 0
+    """The message was already decrypted (``DuplicateError``)."""
     INVALID_MESSAGE = 1
+    """Malformed, forged or altered (``InvalidMessageError``)."""
     OUT_OF_STEP = 2
+    """The peer's, but no state of the session can read it (``OutOfStepError``)."""
     NO_SESSION = 3
+    """No session with the peer (``NoSessionError``)."""
     UNTRUSTED_IDENTITY = 4
+    """The peer's identity key changed (``UntrustedIdentityError``)."""
     IDENTITY_MISMATCH = 5
+    """A scanned safety number does not match (``IdentityMismatchError``)."""
     INVALID_BUNDLE = 6
+    """A prekey bundle that does not verify (``InvalidBundleError``)."""
     MISSING_GROUP_KEY = 7
+    """A group message on a chain not (yet) received (``MissingGroupKeyError``)."""
     NOT_IN_GROUP = 8
+    """Unknown group, or a sender not in it (``NotInGroupError``)."""
     STALE_PENDING = 9
+    """The session changed since the decryption (``StalePendingError``)."""
     STORE_BUSY = 10
+    """Other handles kept the store busy (``StoreBusyError``)."""
     WRONG_STORAGE_KEY = 11
+    """The storage key does not open the store (``WrongStorageKeyError``)."""
     STORE_FAILURE = 12
+    """I/O, corruption, a newer schema, a forked process (``StoreFailureError``)."""
     LIMIT_EXCEEDED = 13
+    """A documented limit was reached (``LimitExceededError``)."""
     INVALID_ARGUMENT = 14
+    """The call itself is wrong (``InvalidArgumentError``, ``DeviceClosedError``)."""
 
     def code(self) -> str:
         """The stable code in ``snake_case`` (``"out_of_step"``), as every binding spells it."""
@@ -124,6 +147,7 @@ class Address:
         object.__setattr__(self, "device_id", u32("device_id", self.device_id))
 
     def __str__(self) -> str:
+        """``alice.1``, as the library writes an address."""
         return f"{self.user_id}.{self.device_id}"
 
 

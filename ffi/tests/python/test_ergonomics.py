@@ -80,6 +80,8 @@ def test_every_bytes_argument_takes_any_bytes_like_object(tmp_path, wrap):
     encryptor = samizdat.AttachmentEncryptor()
     blob = encryptor.update(wrap(b"a photo")) + (tail := encryptor.finish()).ciphertext
     description = samizdat.Attachment.from_bytes(wrap(tail.attachment.to_bytes()))
+    assert description == tail.attachment and hash(description) == hash(tail.attachment)
+    assert tail == dataclasses.replace(tail) and repr(tail).startswith("SealedTail(ciphertext=b")
     decryptor = samizdat.AttachmentDecryptor(description)
     assert decryptor.update(wrap(blob)) == b"a photo"
     decryptor.finish()
