@@ -18,9 +18,7 @@ not a good Python API, and cannot be made one from the Rust side alone:
   ``pathlib.Path`` failed, after the device's native handle was cloned for
   the call: the clone leaked and the store stayed locked);
 - its records are keyword-only, unhashable classes without ``repr``;
-- an object is released only when Python collects it, with no ``close()``
-  (Kotlin's generated ``close()`` cannot be added to Python without a
-  release in Rust, and a Rust method named ``close`` clashes with Kotlin's);
+- an object is released only when Python collects it, with no ``close()``;
 - it ships no types (mypy saw ``Any``).
 
 Here every argument is checked and converted before the generated module
@@ -30,6 +28,15 @@ dataclasses, exceptions share one base class with a readable message, and
 every decision is still the library's (a facade method is one call into
 ``_native``). Maturin's mixed layout (``python-source``) puts the generated
 module and the shared library in ``samizdat/_native/`` inside the same wheel.
+
+``close()`` needs no change in Rust: the Python object's handle is the only
+long-lived reference to the Rust ``Device`` (each call holds its own for its
+duration), so freeing that handle drops the device and its SQLite store.
+``close()`` waits for the calls other threads are making on the device, then
+frees it; a call made after that raises ``DeviceClosedError`` before touching
+the handle. (A Rust ``release()`` would have to make every method of the FFI
+device check for a released device, and a Rust method named ``close`` would
+clash with the ``close()`` Kotlin's generated classes already have.)
 
 Conventions
 -----------

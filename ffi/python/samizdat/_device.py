@@ -57,7 +57,9 @@ def _release(native: Any) -> None:
     UniFFI's Python objects (0.32) keep their handle in ``_handle`` and free it
     in ``__del__`` unless it is ``None``: freeing it here and clearing it makes
     that later ``__del__`` a no-op. Other references to the generated object
-    (a traceback's frames, say) then no longer keep the store open.
+    (a traceback's frames, say) then no longer keep the store open. The
+    workspace pins UniFFI; if a new version keeps its handle elsewhere, this
+    frees nothing and ``test_close_releases_the_store_at_once`` fails.
     """
     if getattr(native, "_handle", None) is not None:
         native.__del__()
