@@ -18,9 +18,11 @@
 //!   - Kotlin: `mvn -B -q package` in `ffi/tests/kotlin` (JUnit 5 on the JVM,
 //!     JNA; Maven fetches its own dependencies), then checks that the jar
 //!     carries the native library under JNA's resource prefix;
-//!   - Python: a venv in `target/py-venv` with pinned maturin and pytest, a
-//!     wheel built by maturin (with `hazmat`), installed, and pytest on
-//!     `ffi/tests/python`;
+//!   - Python: a venv in `target/py-venv` with pinned maturin, pytest and
+//!     mypy, a wheel built by maturin (with `hazmat`; the package
+//!     `ffi/python/samizdat` with the generated module under it), installed,
+//!     and pytest on `ffi/tests/python` (whose `test_ergonomics.py` also runs
+//!     `mypy --strict` on the README's Python example against the wheel);
 //!   - the cost of one encrypt + decrypt + commit round in Rust, Kotlin and
 //!     Python, printed side by side (measured, not asserted).
 //!
@@ -39,6 +41,8 @@ use super::{root, run};
 /// Pinned Python tools (PyPI).
 const MATURIN: &str = "maturin==1.16.0";
 const PYTEST: &str = "pytest==9.2.0";
+/// Type-checks the README's Python example against the installed wheel's types.
+const MYPY: &str = "mypy==2.4.1";
 
 /// The cdylib, as cargo names it on this platform.
 const LIBRARY: &str = "libsamizdat_ffi.so";
@@ -377,7 +381,7 @@ fn test_python() -> Result<Outcome, String> {
     }
     let python = path_str(&python)?;
     let quiet = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
-    run("bindings: python tools", python, &[&quiet[..], &[MATURIN, PYTEST]].concat())?;
+    run("bindings: python tools", python, &[&quiet[..], &[MATURIN, PYTEST, MYPY]].concat())?;
     let wheels = target().join("wheels");
     let _ = fs::remove_dir_all(&wheels);
     let maturin = venv.join("bin/maturin");

@@ -1,7 +1,8 @@
 """The samizdat bindings in Python: the same scenarios as ffi/tests/kotlin (DeviceTest.kt).
 
 Run by `cargo xtask test`, against the wheel that maturin built and pip installed.
-A device releases its store when its last reference goes (`del device`).
+A device releases its store on `close()` (or at the end of a `with` block); one never closed
+releases it when its last reference goes (`del device`), which several tests below still rely on.
 """
 
 import gc
@@ -51,22 +52,22 @@ def test_readme_conversation(tmp_path):
     # README-BEGIN
     alice_key = bytes([1] * 32)  # from the platform keystore in a real app
     bob_key = bytes([2] * 32)
-    alice = Device.open_or_create(f"{tmp_path}/alice.db", alice_key, "alice", 1, 0)
-    bob = Device.open_or_create(f"{tmp_path}/bob.db", bob_key, "bob", 1, 0)
+    with Device.open_or_create(tmp_path / "alice.db", alice_key, "alice", 1, 0) as alice:
+        with Device.open_or_create(tmp_path / "bob.db", bob_key, "bob", 1, 0) as bob:
+            # Bob's bundle travels through a server; Alice verifies it and opens a session.
+            bob_address = alice.start_session(bob.prekey_bundle())
+            wire = alice.encrypt(bob_address, b"hello")
 
-    # Bob's bundle travels through a server; Alice verifies it and opens a session.
-    bob_address = alice.start_session(bob.prekey_bundle())
-    wire = alice.encrypt(bob_address, b"hello")
-
-    # Two-phase decrypt: store the plaintext, then commit, then ack to the server.
-    pending = bob.decrypt(alice.address(), wire)
-    assert pending.plaintext() == b"hello"
-    bob.commit(pending)
-    with pytest.raises(samizdat.SamizdatError.Duplicate):
-        bob.decrypt(alice.address(), wire)
-    assert alice.safety_number(bob_address).digits() == bob.safety_number(alice.address()).digits()
-    del alice, bob  # closes both stores
+            # Two-phase decrypt: store the plaintext, then commit, then ack to the server.
+            pending = bob.decrypt(alice.address(), wire)
+            assert pending.plaintext() == b"hello"
+            bob.commit(pending)
+            with pytest.raises(samizdat.DuplicateError):  # a redelivery: drop it, ack it
+                bob.decrypt(alice.address(), wire)
+            assert alice.safety_number(bob_address).digits() == bob.safety_number(alice.address()).digits()
+    # Both stores are closed here: another Device may open them.
     # README-END
+    assert alice.closed and bob.closed
 
 
 def test_conversation_with_out_of_order_delivery(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import samizdat
 from samizdat import Address, Device, ErrorKind, SamizdatError
 
 CASES = json.loads((Path(__file__).resolve().parent.parent / "error_codes.json").read_text())["cases"]
@@ -276,8 +277,9 @@ def test_the_scenario_reports_its_code(case, tmp_path):
         pytest.fail(f"scenario {case['scenario']!r} of error_codes.json is not implemented here")
     error = scenario(tmp_path)
     code, variant = case["code"], camel_case(case["code"])
-    assert type(error).__name__ == variant, repr(error)
-    assert isinstance(error, getattr(SamizdatError, variant))
+    # One class per code: `samizdat.DuplicateError`, also `SamizdatError.Duplicate` as in Kotlin and Swift.
+    assert type(error).__name__ == f"{variant}Error", repr(error)
+    assert type(error) is getattr(SamizdatError, variant) is getattr(samizdat, f"{variant}Error")
     assert error.code() == code
     assert error.kind() == ErrorKind[code.upper()]
     assert error.kind().code() == code

@@ -2,6 +2,8 @@
 
 The same scenarios as ffi/tests/kotlin (VectorTest.kt). Needs the wheel built with the `hazmat`
 feature, which `cargo xtask test` does for its test build (shipped wheels never have it).
+`VectorRatchet` is not part of the `samizdat` API: it is taken from the generated module,
+`samizdat._native`, as it is.
 """
 
 import json
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from samizdat import VectorRatchet, VectorRatchetError
+from samizdat._native import VectorRatchet, VectorRatchetError
 
 VECTORS = Path(__file__).resolve().parents[3] / "vectors"
 

@@ -1,0 +1,611 @@
+"""The objects of the facade: ``Device`` (with ``close()`` and ``with``), the
+pending decryptions, the safety number, attachments, and the module-level
+functions.
+
+Each method checks and converts its arguments first (see ``_values``), then
+makes one call into the generated module through ``_errors.call``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import threading
+from types import TracebackType
+from typing import Any, Iterable, List, Optional, Type
+
+from . import _native
+from ._errors import DeviceClosedError, SamizdatError, call, from_native
+from ._values import (
+    Address,
+    BackupParams,
+    BytesLike,
+    GroupSend,
+    HealPolicy,
+    HealResult,
+    IncomingMessage,
+    MessageKind,
+    Outgoing,
+    PrekeyCounts,
+    Rotated,
+    ScrubResult,
+    StrPath,
+    address,
+    address_of,
+    addresses,
+    as_bytes,
+    backup_params,
+    backup_params_from,
+    bytes_list,
+    group_send_of,
+    heal_policy,
+    heal_policy_of,
+    heal_result_of,
+    incoming,
+    optional_bytes,
+    outgoing_of,
+    as_path,
+    text,
+    u32,
+    u64,
+)
+
+
+def _release(native: Any) -> None:
+    """Frees the generated object's handle now, rather than when Python collects it.
+
+    UniFFI's Python objects (0.32) keep their handle in ``_handle`` and free it
+    in ``__del__`` unless it is ``None``: freeing it here and clearing it makes
+    that later ``__del__`` a no-op. Other references to the generated object
+    (a traceback's frames, say) then no longer keep the store open. The
+    workspace pins UniFFI; if a new version keeps its handle elsewhere, this
+    frees nothing and ``test_close_releases_the_store_at_once`` fails.
+    """
+    if getattr(native, "_handle", None) is not None:
+        native.__del__()
+        native._handle = None
+
+
+class Device:
+    """One installation: an identity, its prekeys and its sessions, in an encrypted SQLite store.
+
+    Open one with ``Device.create``, ``Device.open``, ``Device.open_or_create`` or
+    ``Device.restore``. ``close()`` (or leaving a ``with`` block) releases the store at
+    once, so that another ``Device`` can open it; every later call raises
+    ``DeviceClosedError``. A device that is never closed releases its store when it is
+    garbage-collected.
+
+    Every ``now`` is the app's clock in whole seconds since the Unix epoch. Every call
+    is one SQLite transaction: call it off the UI thread. A device may be shared
+    between threads.
+    """
+
+    __slots__ = ("_native", "_state", "_calls", "__weakref__")
+
+    def __init__(self, native: Any) -> None:
+        """Wraps a generated device: use the class methods to open one."""
+        if not isinstance(native, _native.Device):
+            raise TypeError("use Device.create, Device.open, Device.open_or_create or Device.restore")
+        self._native: Optional[Any] = native
+        self._state = threading.Condition()
+        self._calls = 0
+
+    # Construction.
+
+    @classmethod
+    def create(cls, path: StrPath, storage_key: BytesLike, user_id: str, device_id: int, now: int) -> "Device":
+        """Creates a new device ``user_id``/``device_id`` in a new database at ``path``.
+
+        ``storage_key`` is 32 bytes from the platform keystore (any bytes-like).
+        """
+        args = (as_path("path", path), as_bytes("storage_key", storage_key))
+        rest = (text("user_id", user_id), u32("device_id", device_id), u64("now", now))
+        return cls(call(_native.Device.create, *args, *rest))
+
+    @classmethod
+    def open(cls, path: StrPath, storage_key: BytesLike) -> "Device":
+        """Opens the device in the database at ``path`` (``WrongStorageKeyError`` for another key)."""
+        return cls(call(_native.Device.open, as_path("path", path), as_bytes("storage_key", storage_key)))
+
+    @classmethod
+    def open_or_create(cls, path: StrPath, storage_key: BytesLike, user_id: str, device_id: int, now: int) -> "Device":
+        """Opens the device at ``path``, creating it first if there is none."""
+        args = (as_path("path", path), as_bytes("storage_key", storage_key))
+        rest = (text("user_id", user_id), u32("device_id", device_id), u64("now", now))
+        return cls(call(_native.Device.open_or_create, *args, *rest))
+
+    @classmethod
+    def restore(cls, path: StrPath, storage_key: BytesLike, backup: BytesLike, passphrase: BytesLike, now: int) -> "Device":
+        """Restores ``backup`` into a new database at ``path``: the identity, the address, fresh
+        prekeys and the trust decisions (no session: they heal). A wrong passphrase creates no file."""
+        args = (as_path("path", path), as_bytes("storage_key", storage_key), as_bytes("backup", backup))
+        return cls(call(_native.Device.restore, *args, as_bytes("passphrase", passphrase), u64("now", now)))
+
+    # Life cycle.
+
+    def close(self) -> None:
+        """Releases the store: another ``Device`` can open it as soon as this returns.
+
+        Waits for the calls other threads are making on this device to return. Calling it
+        again does nothing; any other call afterwards raises ``DeviceClosedError``.
+        """
+        with self._state:
+            native, self._native = self._native, None
+            while self._calls:
+                self._state.wait()
+        if native is not None:
+            _release(native)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._native is None
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._native is None:
+            return "<samizdat.Device (closed)>"
+        return f"<samizdat.Device {self.address()}>"
+
+    def _call(self, method: str, *args: Any) -> Any:
+        """Calls ``method`` of the generated device, unless closed; ``close()`` waits for it."""
+        with self._state:
+            native = self._native
+            if native is None:
+                raise DeviceClosedError("this Device was closed: open the store again to use it")
+            self._calls += 1
+        try:
+            return call(getattr(native, method), *args)
+        finally:
+            with self._state:
+                self._calls -= 1
+                if not self._calls:
+                    self._state.notify_all()
+
+    # Identity and prekeys.
+
+    def address(self) -> Address:
+        """This device's address."""
+        return address_of(self._call("address"))
+
+    def identity_key(self) -> bytes:
+        """This device's identity key (32 bytes)."""
+        return bytes(self._call("identity_key"))
+
+    def prekey_bundle(self) -> bytes:
+        """A prekey bundle for one contact, with one-time prekeys no earlier bundle offered
+        (this writes to the store): the server gives each bundle to one requester."""
+        return bytes(self._call("prekey_bundle"))
+
+    def prekey_bundles(self, count: int) -> List[bytes]:
+        """Up to ``count`` bundles with distinct one-time prekeys, to upload."""
+        return [bytes(b) for b in self._call("prekey_bundles", u32("count", count))]
+
+    def prekey_counts(self) -> PrekeyCounts:
+        """How many one-time prekeys are held (not consumed yet)."""
+        counts = self._call("prekey_counts")
+        return PrekeyCounts(int(counts.one_time), int(counts.pq_one_time))
+
+    def refill_prekeys(self, threshold: int, target: int, now: int) -> int:
+        """Below ``threshold`` one-time prekeys of either kind left to hand out, tops each kind
+        up to ``target``; returns how many were added. Then upload new bundles."""
+        args = (u32("threshold", threshold), u32("target", target), u64("now", now))
+        return int(self._call("refill_prekeys", *args))
+
+    def rotate_prekeys(self, now: int, max_age: int) -> Rotated:
+        """Rotates the signed and last-resort prekeys older than ``max_age`` seconds."""
+        rotated = self._call("rotate_prekeys", u64("now", now), u64("max_age", max_age))
+        return Rotated(bool(rotated.signed_prekey), bool(rotated.last_resort_prekey))
+
+    # Sessions and trust.
+
+    def start_session(self, bundle: BytesLike) -> Address:
+        """Starts a session from a peer's bundle (any bytes-like); returns the peer's address."""
+        return address_of(self._call("start_session", as_bytes("bundle", bundle)))
+
+    def has_session(self, peer: Address) -> bool:
+        """Whether there is a session with ``peer``."""
+        return bool(self._call("has_session", address("peer", peer)))
+
+    def peer_identity(self, peer: Address) -> Optional[bytes]:
+        """The identity key trusted for ``peer``, if any."""
+        return optional_bytes(self._call("peer_identity", address("peer", peer)))
+
+    def safety_number(self, peer: Address) -> "SafetyNumber":
+        """The safety number of the conversation with ``peer``."""
+        return SafetyNumber(self._call("safety_number", address("peer", peer)))
+
+    def trust_identity(self, peer: Address, identity: BytesLike) -> None:
+        """Trusts ``identity`` for ``peer`` (after an ``UntrustedIdentityError``, once the user
+        verified it)."""
+        self._call("trust_identity", address("peer", peer), as_bytes("identity", identity))
+
+    def peers(self) -> List[Address]:
+        """Every peer device this device keeps a record of, in no particular order (reads every
+        session row: for a settings screen, not per message)."""
+        return [address_of(a) for a in self._call("peers")]
+
+    def delete_session(self, peer: Address) -> bool:
+        """Deletes everything kept of ``peer`` in one transaction; returns whether there was anything."""
+        return bool(self._call("delete_session", address("peer", peer)))
+
+    def skipped_key_count(self, peer: Address) -> int:
+        """How many skipped message keys (of ``peer``'s messages not arrived yet) the store holds."""
+        return int(self._call("skipped_key_count", address("peer", peer)))
+
+    # Messages.
+
+    def encrypt(self, peer: Address, plaintext: BytesLike) -> bytes:
+        """Encrypts ``plaintext`` (any bytes-like) for ``peer``; committed before this returns."""
+        return bytes(self._call("encrypt", address("peer", peer), as_bytes("plaintext", plaintext)))
+
+    def decrypt(self, sender: Address, ciphertext: BytesLike) -> "PendingMessage":
+        """Decrypts a message from ``sender`` (direct, group or control) without changing anything:
+        store the plaintext, then ``commit`` the pending message."""
+        native = self._call("decrypt", address("sender", sender), as_bytes("ciphertext", ciphertext))
+        return PendingMessage(native)
+
+    def commit(self, pending: "PendingMessage") -> List[Outgoing]:
+        """Commits a decryption (after the app stored the plaintext); uses up ``pending``.
+
+        Returns what to send, in order (usually nothing): the answer to a member's request
+        for our chain, the messages sent again after a peer's reset.
+        """
+        if not isinstance(pending, PendingMessage):
+            raise TypeError(f"pending must be a samizdat.PendingMessage, not {type(pending).__name__}")
+        return [outgoing_of(o) for o in self._call("commit", pending._native)]
+
+    def decrypt_batch(self, messages: Iterable[IncomingMessage]) -> "PendingBatch":
+        """Decrypts queued messages in order; nothing is written until ``commit_batch``."""
+        return PendingBatch(self._call("decrypt_batch", incoming("messages", messages)))
+
+    def commit_batch(self, batch: "PendingBatch") -> None:
+        """Commits a batch in one transaction."""
+        if not isinstance(batch, PendingBatch):
+            raise TypeError(f"batch must be a samizdat.PendingBatch, not {type(batch).__name__}")
+        self._call("commit_batch", batch._native)
+
+    # Groups.
+
+    def create_group(self, group_id: BytesLike, members: Iterable[Address]) -> None:
+        """Creates the group ``group_id`` (1 to 64 bytes) with ``members``, the other devices."""
+        self._call("create_group", as_bytes("group_id", group_id), addresses("members", members))
+
+    def add_group_members(self, group_id: BytesLike, members: Iterable[Address]) -> None:
+        """Adds member devices: the next message gives them our chain from then on."""
+        self._call("add_group_members", as_bytes("group_id", group_id), addresses("members", members))
+
+    def remove_group_members(self, group_id: BytesLike, members: Iterable[Address]) -> None:
+        """Removes member devices: our next message starts a chain only the others get."""
+        self._call("remove_group_members", as_bytes("group_id", group_id), addresses("members", members))
+
+    def group_members(self, group_id: BytesLike) -> List[Address]:
+        """The member devices of a group (besides this one), in the order they were added."""
+        return [address_of(a) for a in self._call("group_members", as_bytes("group_id", group_id))]
+
+    def delete_group(self, group_id: BytesLike) -> None:
+        """Deletes a group from this device (leaving it): its messages are refused from then on."""
+        self._call("delete_group", as_bytes("group_id", group_id))
+
+    def group_encrypt(self, group_id: BytesLike, plaintext: BytesLike) -> GroupSend:
+        """Encrypts ``plaintext`` for the group and gives our chain to the members that lack it."""
+        sent = self._call("group_encrypt", as_bytes("group_id", group_id), as_bytes("plaintext", plaintext))
+        return group_send_of(sent)
+
+    # Healing.
+
+    def encrypt_kept(self, peer: Address, plaintext: BytesLike, now: int) -> bytes:
+        """Encrypts like ``encrypt`` and keeps the plaintext, sealed, in the outbox for ``peer``
+        until ``acknowledge``, so that a reset from the peer brings it again."""
+        args = (address("peer", peer), as_bytes("plaintext", plaintext), u64("now", now))
+        return bytes(self._call("encrypt_kept", *args))
+
+    def acknowledge(self, peer: Address, ids: Iterable[BytesLike]) -> int:
+        """Removes from ``peer``'s outbox the messages of these ids (``message_id`` of each);
+        returns how many it held."""
+        return int(self._call("acknowledge", address("peer", peer), bytes_list("ids", ids)))
+
+    def outbox_len(self, peer: Address) -> int:
+        """How many plaintexts the outbox holds for ``peer``."""
+        return int(self._call("outbox_len", address("peer", peer)))
+
+    def expire_outbox(self, now: int) -> int:
+        """Deletes the outbox's plaintexts past the policy's ``outbox_max_age``; returns how many."""
+        return int(self._call("expire_outbox", u64("now", now)))
+
+    def heal(self, bundle: BytesLike, unreadable: Iterable[BytesLike], now: int) -> HealResult:
+        """Heals the session with the peer of this fresh ``bundle`` after an ``OutOfStepError``:
+        a ``HealResult.SENT`` reset to send, or ``HealResult.TOO_SOON``."""
+        args = (as_bytes("bundle", bundle), bytes_list("unreadable", unreadable), u64("now", now))
+        return heal_result_of(self._call("heal", *args))
+
+    def awaiting_resends(self, peer: Address) -> int:
+        """How many messages from ``peer`` this device still waits for since its resets named them."""
+        return int(self._call("awaiting_resends", address("peer", peer)))
+
+    def set_heal_policy(self, policy: HealPolicy) -> None:
+        """Sets how this handle heals (every handle of a store keeps its own policy)."""
+        self._call("set_heal_policy", heal_policy("policy", policy))
+
+    def heal_policy(self) -> HealPolicy:
+        """This handle's healing policy."""
+        return heal_policy_of(self._call("heal_policy"))
+
+    # Backup and store upkeep.
+
+    def export_backup(self, passphrase: BytesLike, params: BackupParams, now: int) -> bytes:
+        """An encrypted backup of the identity and trust decisions under ``passphrase``."""
+        args = (as_bytes("passphrase", passphrase), backup_params("params", params), u64("now", now))
+        return bytes(self._call("export_backup", *args))
+
+    def scrub(self) -> ScrubResult:
+        """Rewrites the store's files so that no copy of an overwritten or deleted row is left:
+        call it when the app goes to the background."""
+        return ScrubResult[self._call("scrub").name]
+
+    def check_integrity(self) -> None:
+        """Checks the whole store for damage, changing nothing (damage: ``StoreFailureError``)."""
+        self._call("check_integrity")
+
+
+class PendingMessage:
+    """A decrypted message waiting for ``Device.commit``: store the plaintext (keyed by
+    ``message_id()`` for a direct message), commit, send what the commit returned, then
+    acknowledge the message to the server."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        """Made by ``Device.decrypt`` only."""
+        self._native = native
+
+    def plaintext(self) -> bytes:
+        """The plaintext (empty for a control message)."""
+        return bytes(self._native.plaintext())
+
+    def kind(self) -> MessageKind:
+        """What the message is."""
+        return MessageKind[self._native.kind().name]
+
+    def group_id(self) -> Optional[bytes]:
+        """The group of a group or control message (``None`` for a direct one)."""
+        return optional_bytes(self._native.group_id())
+
+    def sender(self) -> Address:
+        """The sender, as the app named it."""
+        return address_of(self._native.sender())
+
+    def sender_identity(self) -> Optional[bytes]:
+        """The identity key (32 bytes) the sender's session authenticated."""
+        return optional_bytes(self._native.sender_identity())
+
+    def message_id(self) -> Optional[bytes]:
+        """The id of a one-to-one message (16 bytes), ``None`` for a group message."""
+        return optional_bytes(self._native.message_id())
+
+    def __repr__(self) -> str:
+        return f"<samizdat.PendingMessage {self.kind().name} from {self.sender()}>"
+
+
+class BatchResult:
+    """One message's outcome in a ``PendingBatch``: a ``plaintext`` or an ``error``."""
+
+    __slots__ = ("plaintext", "error")
+
+    def __init__(self, plaintext: Optional[bytes], error: Optional[SamizdatError]) -> None:
+        """A result: exactly one of ``plaintext`` and ``error`` is set."""
+        self.plaintext = plaintext
+        self.error = error
+
+    def __eq__(self, other: object) -> bool:
+        """Equal plaintexts, and errors of one class with one message (or both ``None``)."""
+        if not isinstance(other, BatchResult):
+            return False
+        return self.plaintext == other.plaintext and _error_key(self.error) == _error_key(other.error)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BatchResult(plaintext={self.plaintext!r}, error={self.error!r})"
+
+
+def _error_key(error: Optional[SamizdatError]) -> object:
+    return None if error is None else (type(error), error.message)
+
+
+class PendingBatch:
+    """Decrypted queued messages waiting for ``Device.commit_batch``."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        """Made by ``Device.decrypt_batch`` only."""
+        self._native = native
+
+    def results(self) -> List[BatchResult]:
+        """One result per message, in the order given (empty once committed)."""
+        results = []
+        for result in self._native.results():
+            error = None if result.error is None else from_native(result.error)
+            results.append(BatchResult(optional_bytes(result.plaintext), error))
+        return results
+
+
+class SafetyNumber:
+    """The safety number of a conversation: 60 digits to read aloud, or a code to scan."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        """Made by ``Device.safety_number`` only."""
+        self._native = native
+
+    def digits(self) -> str:
+        """The 60 digits, with no separator."""
+        return str(self._native.digits())
+
+    def display(self) -> str:
+        """The digits in 12 groups of 5, as users read them."""
+        return str(self._native.display())
+
+    def scannable(self) -> bytes:
+        """The bytes a QR code on this screen carries."""
+        return bytes(self._native.scannable())
+
+    def compare_scanned(self, scanned: BytesLike) -> None:
+        """Checks a code scanned from the peer's screen (``IdentityMismatchError`` if it differs)."""
+        call(self._native.compare_scanned, as_bytes("scanned", scanned))
+
+
+class Attachment:
+    """The description of an encrypted attachment (its key, size and digest): it travels inside
+    a message (``to_bytes``/``from_bytes``). Its ``repr`` shows no key."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        """Made by the attachment functions and ``Attachment.from_bytes`` only."""
+        if not isinstance(native, _native.Attachment):
+            raise TypeError("use Attachment.from_bytes")
+        self._native = native
+
+    @classmethod
+    def from_bytes(cls, data: BytesLike) -> "Attachment":
+        """Reads a description made by ``to_bytes`` (``InvalidMessageError`` if malformed)."""
+        return cls(call(_native.Attachment.from_bytes, as_bytes("data", data)))
+
+    def to_bytes(self) -> bytes:
+        """The description as bytes, to send inside a message (it holds the key)."""
+        return bytes(self._native.to_bytes())
+
+    def plaintext_len(self) -> int:
+        """The plaintext's length in bytes."""
+        return int(self._native.plaintext_len())
+
+    def ciphertext_len(self) -> int:
+        """The encrypted blob's length in bytes."""
+        return int(self._native.ciphertext_len())
+
+    def digest(self) -> bytes:
+        """The digest of the encrypted blob."""
+        return bytes(self._native.digest())
+
+    def __eq__(self, other: object) -> bool:
+        """Two descriptions of one blob under one key (compared in constant time)."""
+        if not isinstance(other, Attachment):
+            return False
+        return hmac.compare_digest(self.to_bytes(), other.to_bytes())
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
+    def __repr__(self) -> str:
+        return f"<samizdat.Attachment {self.plaintext_len()} bytes, digest {self.digest().hex()[:16]}...>"
+
+
+@dataclasses.dataclass(frozen=True)
+class SealedTail:
+    """What ``AttachmentEncryptor.finish`` returns: the last ``ciphertext`` and the ``attachment``."""
+
+    ciphertext: bytes
+    attachment: Attachment
+
+
+def _attachment(name: str, value: object) -> Any:
+    if not isinstance(value, Attachment):
+        raise TypeError(f"{name} must be a samizdat.Attachment, not {type(value).__name__}")
+    return value._native
+
+
+class AttachmentEncryptor:
+    """Encrypts an attachment a piece at a time: ``update`` each piece, then ``finish``."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self) -> None:
+        """A new encryption, under a fresh key."""
+        self._native = call(_native.AttachmentEncryptor)
+
+    def update(self, plaintext: BytesLike) -> bytes:
+        """Encrypts the next piece (any bytes-like); returns the ciphertext ready so far."""
+        return bytes(call(self._native.update, as_bytes("plaintext", plaintext)))
+
+    def finish(self) -> SealedTail:
+        """Ends the encryption: the last ciphertext and the attachment's description."""
+        tail = call(self._native.finish)
+        return SealedTail(bytes(tail.ciphertext), Attachment(tail.attachment))
+
+
+class AttachmentDecryptor:
+    """Decrypts an attachment a piece at a time: ``update`` each piece, then ``finish``, which
+    checks the digest (use no plaintext before it returns)."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, attachment: Attachment) -> None:
+        """A decryption of the blob ``attachment`` describes."""
+        self._native = _native.AttachmentDecryptor(_attachment("attachment", attachment))
+
+    def update(self, ciphertext: BytesLike) -> bytes:
+        """Decrypts the next piece (any bytes-like); returns the plaintext ready so far."""
+        return bytes(call(self._native.update, as_bytes("ciphertext", ciphertext)))
+
+    def finish(self) -> None:
+        """Ends the decryption: raises if the blob was not the one described."""
+        call(self._native.finish)
+
+
+def encrypt_attachment_file(input_path: StrPath, output_path: StrPath) -> Attachment:
+    """Encrypts the file at ``input_path`` into ``output_path``; returns its description."""
+    paths = (as_path("input_path", input_path), as_path("output_path", output_path))
+    return Attachment(call(_native.encrypt_attachment_file, *paths))
+
+
+def decrypt_attachment_file(attachment: Attachment, input_path: StrPath, output_path: StrPath) -> None:
+    """Decrypts the blob at ``input_path`` into ``output_path``, checking it is the one described."""
+    paths = (as_path("input_path", input_path), as_path("output_path", output_path))
+    call(_native.decrypt_attachment_file, _attachment("attachment", attachment), *paths)
+
+
+def read_attachment_range(attachment: Attachment, input_path: StrPath, offset: int, length: int) -> bytes:
+    """The plaintext bytes ``offset .. offset + length`` of the blob at ``input_path``, decrypting
+    only the chunks they fall in."""
+    args = (_attachment("attachment", attachment), as_path("input_path", input_path))
+    return bytes(call(_native.read_attachment_range, *args, u64("offset", offset), u64("length", length)))
+
+
+def message_id(wire: BytesLike) -> bytes:
+    """The id (16 bytes) of the message whose wire bytes are ``wire``: the same on both sides."""
+    return bytes(call(_native.message_id, as_bytes("wire", wire)))
+
+
+def backup_params_recommended() -> BackupParams:
+    """The default backup parameters: 64 MiB, 3 passes, 1 lane."""
+    return backup_params_from(_native.backup_params_recommended())
+
+
+def backup_params_minimum() -> BackupParams:
+    """The weakest parameters an export takes: 19 MiB, 2 passes, 1 lane."""
+    return backup_params_from(_native.backup_params_minimum())
+
+
+def backup_params_of(backup: BytesLike) -> BackupParams:
+    """The parameters a backup states, read without the passphrase."""
+    return backup_params_from(call(_native.backup_params_of, as_bytes("backup", backup)))
+
+
+def rotate_storage_key(path: StrPath, old_key: BytesLike, new_key: BytesLike) -> ScrubResult:
+    """Re-seals every row of the store at ``path`` under ``new_key`` and scrubs its files.
+    Close every ``Device`` of the store first."""
+    keys = (as_bytes("old_key", old_key), as_bytes("new_key", new_key))
+    return ScrubResult[call(_native.rotate_storage_key, as_path("path", path), *keys).name]
