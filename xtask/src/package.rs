@@ -684,15 +684,20 @@ fn build_jar(kotlin: &Path, dist: &Path, build: &Path) -> Result<Jvm, String> {
 // ---------------------------------------------------------------------------
 // Smoke tests
 
-/// The first ```` ```python ```` block of the README.
+/// The first ```` ```python ```` block of the README's "Bindings" section
+/// (the one `ffi/tests/readme_snippets.rs` keeps equal to the tested code).
 fn readme_python_example() -> Result<String, String> {
     let path = root().join("README.md");
     let readme = fs::read_to_string(&path).map_err(|e| format!("package: {}: {e}", path.display()))?;
-    let block = readme
+    let section = readme
+        .split_once("\n## Bindings\n")
+        .map(|(_, rest)| rest.split_once("\n## ").map_or(rest, |(section, _)| section))
+        .ok_or("package: README.md has no \"## Bindings\" section")?;
+    let block = section
         .split_once("\n```python\n")
         .and_then(|(_, rest)| rest.split_once("\n```"))
         .map(|(block, _)| block.to_owned())
-        .ok_or("package: README.md has no ```python block to run")?;
+        .ok_or("package: the Bindings section of README.md has no ```python block to run")?;
     Ok(block)
 }
 
