@@ -16,7 +16,8 @@
 //!
 //! The packaging fails if the library exports a symbol of the `hazmat`
 //! bindings, if the wheel or the jar mention one of their types, if the
-//! library needs a glibc newer than 2.17 or is not stripped. Then the smoke
+//! library needs a glibc newer than 2.17 or is not stripped, or if
+//! `auditwheel` finds the wheel inconsistent with manylinux2014. Then the smoke
 //! tests: the wheel installed in a fresh venv runs the README's Python
 //! example (taken from the README itself), and a Java program
 //! (`ffi/jvm/smoke/Smoke.java`) runs against the packaged jar with only the
@@ -44,6 +45,9 @@ use super::root;
 const MATURIN: &str = "maturin==1.16.0";
 const ZIGLANG: &str = "ziglang==0.17.0";
 const WHEEL: &str = "wheel==0.48.0";
+/// Judges the finished wheel against the manylinux policies (libraries and
+/// symbol versions), independently of maturin.
+const AUDITWHEEL: &str = "auditwheel==6.8.2";
 /// The README example is a pytest snippet (`pytest.raises`).
 const PYTEST: &str = "pytest==9.2.0";
 /// Resolves the jar's runtime classpath from its pom, for the smoke test.
@@ -91,6 +95,7 @@ pub(crate) fn package(args: &[String]) -> Result<(), String> {
     let glibc = check_library(&library.stripped, &hazmat)?;
     let wheel = repack_wheel(&python, &raw_wheel, &library, &dist, &build)?;
     check_archive(&python, &wheel, &hazmat, &format!("samizdat/{LIBRARY}"))?;
+    audit_wheel(&python, &wheel)?;
     let kotlin = kotlin_sources(&library.unstripped, &build, &hazmat)?;
     let jvm = build_jar(&kotlin, &dist, &build)?;
     check_archive(&python, &jvm.jar, &hazmat, &format!("{JNA_PREFIX}/{LIBRARY}"))?;
@@ -377,7 +382,10 @@ fn python_tools() -> Result<PathBuf, String> {
         exec("package: python venv", Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     let quiet = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
-    exec("package: python tools", Command::new(bin.join("python")).args(quiet).args([MATURIN, ZIGLANG, WHEEL]))?;
+    exec(
+        "package: python tools",
+        Command::new(bin.join("python")).args(quiet).args([MATURIN, ZIGLANG, WHEEL, AUDITWHEEL]),
+    )?;
     Ok(bin)
 }
 
@@ -587,6 +595,24 @@ fn check_wheel_tags(wheel: &Path) -> Result<(), String> {
         return Err(format!("package: the wheel {name} is not tagged py3-none-manylinux2014_x86_64"));
     }
     Ok(())
+}
+
+/// `auditwheel show`: the wheel, as packed, must be consistent with
+/// manylinux_2_17 (manylinux2014) and nothing older or newer.
+fn audit_wheel(python: &Path, wheel: &Path) -> Result<(), String> {
+    let report = output("package: auditwheel", Command::new(python.join("auditwheel")).arg("show").arg(wheel))?;
+    // auditwheel wraps its sentences: compare with the lines joined.
+    let flat = report.split_whitespace().collect::<Vec<_>>().join(" ");
+    let verdict = flat
+        .split_once("is consistent with the following platform tag: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(|tag| tag.trim_matches(|c| c == '"' || c == '.'));
+    if verdict == Some("manylinux_2_17_x86_64") {
+        eprintln!("package: auditwheel: the wheel is consistent with manylinux_2_17_x86_64 (manylinux2014)");
+        Ok(())
+    } else {
+        Err(format!("package: auditwheel does not find the wheel consistent with manylinux_2_17_x86_64:\n{report}"))
+    }
 }
 
 /// Lists a zip archive (wheel, jar) with Python's `zipfile`, and fails if an
