@@ -9,11 +9,15 @@
 //!   seconds each (see `fuzz.rs`).
 //! - `fuzz-test`: the fuzz step of `test` alone (build, every corpus
 //!   replayed, every target for a few seconds).
+//! - `package [--allow-dirty]`: the release artifacts into `target/dist`
+//!   (crates, stripped library, wheel, jar), checked and smoke-tested (see
+//!   `package.rs`). Not part of `test`.
 
 mod bench;
 mod bindings;
 mod fuzz;
 mod instructions;
+mod package;
 mod vectors;
 
 use std::{
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         Some("vectors") => vectors::generate(),
         Some("fuzz") => fuzz::fuzz(args.get(1..).unwrap_or_default()),
         Some("fuzz-test") => fuzz::test(),
+        Some("package") => package::package(args.get(1..).unwrap_or_default()),
         _ => {
             eprintln!("usage: cargo xtask test | cargo xtask fuzz [--seconds N] [target...]");
             return ExitCode::from(2);
