@@ -3,7 +3,6 @@
 // must find the native library inside the jar). Two devices on SQLite stores open a session and
 // exchange a message; the two safety numbers match.
 
-import java.lang.reflect.Method;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -35,19 +34,14 @@ public final class Smoke {
     }
 
     /**
-     * {@code Device.create(path, storageKey, userId, deviceId: UInt, now: ULong)}. Kotlin gives a
-     * function with unsigned parameters a mangled JVM name ({@code create-<hash>}) that Java source
-     * cannot spell, so Java finds it by reflection (UInt is an int on the JVM, ULong a long).
+     * A device on a new store. The boundary's integers are signed ({@code long} device id and
+     * time), so Java calls the factory by its name: {@code Device.Companion.create(...)}.
      */
-    private static Device create(Path path, byte keyByte, String user) throws Exception {
+    private static Device create(Path path, byte keyByte, String user) {
         byte[] storageKey = new byte[32];
         Arrays.fill(storageKey, keyByte); // from the platform keystore in a real app
-        for (Method method : Device.Companion.getClass().getMethods()) {
-            if (method.getName().startsWith("create-") && method.getParameterCount() == 5) {
-                return (Device) method.invoke(Device.Companion, path.toString(), storageKey, user, 1, 0L);
-            }
-        }
-        throw new AssertionError("Device.Companion has no create method");
+        long now = System.currentTimeMillis() / 1000;
+        return Device.Companion.create(path.toString(), storageKey, user, 1, now);
     }
 
     private static void check(boolean condition, String failure) {

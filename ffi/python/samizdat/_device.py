@@ -47,7 +47,8 @@ from ._values import (
     as_path,
     text,
     u32,
-    u64,
+    count32,
+    u63,
 )
 
 
@@ -99,7 +100,7 @@ class Device:
         ``storage_key`` is 32 bytes from the platform keystore (any bytes-like).
         """
         args = (as_path("path", path), as_bytes("storage_key", storage_key))
-        rest = (text("user_id", user_id), u32("device_id", device_id), u64("now", now))
+        rest = (text("user_id", user_id), u32("device_id", device_id), u63("now", now))
         return cls(call(_native.Device.create, *args, *rest))
 
     @classmethod
@@ -111,7 +112,7 @@ class Device:
     def open_or_create(cls, path: StrPath, storage_key: BytesLike, user_id: str, device_id: int, now: int) -> "Device":
         """Opens the device at ``path``, creating it first if there is none."""
         args = (as_path("path", path), as_bytes("storage_key", storage_key))
-        rest = (text("user_id", user_id), u32("device_id", device_id), u64("now", now))
+        rest = (text("user_id", user_id), u32("device_id", device_id), u63("now", now))
         return cls(call(_native.Device.open_or_create, *args, *rest))
 
     @classmethod
@@ -119,7 +120,7 @@ class Device:
         """Restores ``backup`` into a new database at ``path``: the identity, the address, fresh
         prekeys and the trust decisions (no session: they heal). A wrong passphrase creates no file."""
         args = (as_path("path", path), as_bytes("storage_key", storage_key), as_bytes("backup", backup))
-        return cls(call(_native.Device.restore, *args, as_bytes("passphrase", passphrase), u64("now", now)))
+        return cls(call(_native.Device.restore, *args, as_bytes("passphrase", passphrase), u63("now", now)))
 
     # Life cycle.
 
@@ -189,7 +190,7 @@ class Device:
 
     def prekey_bundles(self, count: int) -> List[bytes]:
         """Up to ``count`` bundles with distinct one-time prekeys, to upload."""
-        return [bytes(b) for b in self._call("prekey_bundles", u32("count", count))]
+        return [bytes(b) for b in self._call("prekey_bundles", count32("count", count))]
 
     def prekey_counts(self) -> PrekeyCounts:
         """How many one-time prekeys are held (not consumed yet)."""
@@ -199,12 +200,12 @@ class Device:
     def refill_prekeys(self, threshold: int, target: int, now: int) -> int:
         """Below ``threshold`` one-time prekeys of either kind left to hand out, tops each kind
         up to ``target``; returns how many were added. Then upload new bundles."""
-        args = (u32("threshold", threshold), u32("target", target), u64("now", now))
+        args = (count32("threshold", threshold), count32("target", target), u63("now", now))
         return int(self._call("refill_prekeys", *args))
 
     def rotate_prekeys(self, now: int, max_age: int) -> Rotated:
         """Rotates the signed and last-resort prekeys older than ``max_age`` seconds."""
-        rotated = self._call("rotate_prekeys", u64("now", now), u64("max_age", max_age))
+        rotated = self._call("rotate_prekeys", u63("now", now), u63("max_age", max_age))
         return Rotated(bool(rotated.signed_prekey), bool(rotated.last_resort_prekey))
 
     # Sessions and trust.
@@ -307,7 +308,7 @@ class Device:
     def encrypt_kept(self, peer: Address, plaintext: BytesLike, now: int) -> bytes:
         """Encrypts like ``encrypt`` and keeps the plaintext, sealed, in the outbox for ``peer``
         until ``acknowledge``, so that a reset from the peer brings it again."""
-        args = (address("peer", peer), as_bytes("plaintext", plaintext), u64("now", now))
+        args = (address("peer", peer), as_bytes("plaintext", plaintext), u63("now", now))
         return bytes(self._call("encrypt_kept", *args))
 
     def acknowledge(self, peer: Address, ids: Iterable[BytesLike]) -> int:
@@ -321,12 +322,12 @@ class Device:
 
     def expire_outbox(self, now: int) -> int:
         """Deletes the outbox's plaintexts past the policy's ``outbox_max_age``; returns how many."""
-        return int(self._call("expire_outbox", u64("now", now)))
+        return int(self._call("expire_outbox", u63("now", now)))
 
     def heal(self, bundle: BytesLike, unreadable: Iterable[BytesLike], now: int) -> HealResult:
         """Heals the session with the peer of this fresh ``bundle`` after an ``OutOfStepError``:
         a ``HealResult.SENT`` reset to send, or ``HealResult.TOO_SOON``."""
-        args = (as_bytes("bundle", bundle), bytes_list("unreadable", unreadable), u64("now", now))
+        args = (as_bytes("bundle", bundle), bytes_list("unreadable", unreadable), u63("now", now))
         return heal_result_of(self._call("heal", *args))
 
     def awaiting_resends(self, peer: Address) -> int:
@@ -345,7 +346,7 @@ class Device:
 
     def export_backup(self, passphrase: BytesLike, params: BackupParams, now: int) -> bytes:
         """An encrypted backup of the identity and trust decisions under ``passphrase``."""
-        args = (as_bytes("passphrase", passphrase), backup_params("params", params), u64("now", now))
+        args = (as_bytes("passphrase", passphrase), backup_params("params", params), u63("now", now))
         return bytes(self._call("export_backup", *args))
 
     def scrub(self) -> ScrubResult:
@@ -581,7 +582,7 @@ def read_attachment_range(attachment: Attachment, input_path: StrPath, offset: i
     """The plaintext bytes ``offset .. offset + length`` of the blob at ``input_path``, decrypting
     only the chunks they fall in."""
     args = (_attachment("attachment", attachment), as_path("input_path", input_path))
-    return bytes(call(_native.read_attachment_range, *args, u64("offset", offset), u64("length", length)))
+    return bytes(call(_native.read_attachment_range, *args, u63("offset", offset), u63("length", length)))
 
 
 def message_id(wire: BytesLike) -> bytes:

@@ -29,7 +29,11 @@ StrPath = Union[str, "os.PathLike[str]"]
 BytesLike = Union[bytes, bytearray, memoryview]
 
 _U32_MAX = (1 << 32) - 1
-_U64_MAX = (1 << 64) - 1
+# Times, ages and sizes cross the boundary as signed 64-bit integers (Long
+# in Kotlin and Java), counts as signed 32-bit ones: a larger value is
+# refused here, before the generated code sees it.
+_I63_MAX = (1 << 63) - 1
+_I31_MAX = (1 << 31) - 1
 
 
 class MessageKind(enum.Enum):
@@ -312,7 +316,7 @@ def _uint(name: str, value: object, maximum: int, bits: int) -> int:
     if not 0 <= number <= maximum:
         from ._errors import InvalidArgumentError
 
-        raise InvalidArgumentError(f"{name} must be an unsigned {bits}-bit integer (0 to {maximum}), not {number}")
+        raise InvalidArgumentError(f"{name} must be an integer from 0 to {maximum} (unsigned, {bits} bits), not {number}")
     return number
 
 
@@ -321,9 +325,14 @@ def u32(name: str, value: object) -> int:
     return _uint(name, value, _U32_MAX, 32)
 
 
-def u64(name: str, value: object) -> int:
-    """``value`` as an int in 0..2^64-1."""
-    return _uint(name, value, _U64_MAX, 64)
+def u63(name: str, value: object) -> int:
+    """``value`` as an int in 0..2^63-1 (a time in seconds, an age, a size)."""
+    return _uint(name, value, _I63_MAX, 63)
+
+
+def count32(name: str, value: object) -> int:
+    """``value`` as an int in 0..2^31-1 (a count)."""
+    return _uint(name, value, _I31_MAX, 31)
 
 
 def flag(name: str, value: object) -> bool:
@@ -370,9 +379,9 @@ def heal_policy(name: str, value: object) -> Any:
     if not isinstance(value, HealPolicy):
         raise TypeError(f"{name} must be a samizdat.HealPolicy, not {type(value).__name__}")
     return _native.HealPolicy(
-        reset_interval=u64(f"{name}.reset_interval", value.reset_interval),
-        outbox_max_age=u64(f"{name}.outbox_max_age", value.outbox_max_age),
-        outbox_max_messages=u32(f"{name}.outbox_max_messages", value.outbox_max_messages),
+        reset_interval=u63(f"{name}.reset_interval", value.reset_interval),
+        outbox_max_age=u63(f"{name}.outbox_max_age", value.outbox_max_age),
+        outbox_max_messages=count32(f"{name}.outbox_max_messages", value.outbox_max_messages),
         resend_to_new_identity=flag(f"{name}.resend_to_new_identity", value.resend_to_new_identity),
     )
 

@@ -303,9 +303,19 @@ def test_every_exception_has_one_base_and_a_message(tmp_path):
 
 def test_out_of_range_integers_are_invalid_arguments(tmp_path):
     with Device.open_or_create(tmp_path / "alice.db", ALICE_KEY, "alice", 1, 0) as alice:
-        for call in (lambda: alice.prekey_bundles(1 << 32), lambda: alice.expire_outbox(-1)):
+        # Counts cross the boundary as signed 32-bit integers, times as
+        # signed 64-bit ones: one past the largest is refused here, cleanly.
+        calls = (
+            lambda: alice.prekey_bundles(1 << 31),
+            lambda: alice.refill_prekeys(1, 1 << 31, 0),
+            lambda: alice.expire_outbox(-1),
+            lambda: alice.expire_outbox(1 << 63),
+            lambda: alice.rotate_prekeys(0, 1 << 63),
+        )
+        for call in calls:
             with pytest.raises(InvalidArgumentError, match="unsigned"):
                 call()
+        assert alice.expire_outbox((1 << 63) - 1) == 0
         with pytest.raises(TypeError):
             alice.expire_outbox(True)
         assert alice.prekey_bundles(2)

@@ -465,15 +465,15 @@ fileprivate final class UniffiHandleMap<T>: @unchecked Sendable {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
-    typealias FfiType = UInt32
-    typealias SwiftType = UInt32
+fileprivate struct FfiConverterInt32: FfiConverterPrimitive {
+    typealias FfiType = Int32
+    typealias SwiftType = Int32
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt32 {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Int32 {
         return try lift(readInt(&buf))
     }
 
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+    public static func write(_ value: Int32, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -481,15 +481,15 @@ fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
-    typealias FfiType = UInt64
-    typealias SwiftType = UInt64
+fileprivate struct FfiConverterInt64: FfiConverterPrimitive {
+    typealias FfiType = Int64
+    typealias SwiftType = Int64
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt64 {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Int64 {
         return try lift(readInt(&buf))
     }
 
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+    public static func write(_ value: Int64, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -596,7 +596,7 @@ public protocol AttachmentProtocol: AnyObject, Sendable {
     /**
      * The ciphertext's length in bytes (what the server stores; padded).
      */
-    func ciphertextLen()  -> UInt64
+    func ciphertextLen()  -> Int64
     
     /**
      * The SHA-256 of the ciphertext (32 bytes): the blob the server
@@ -607,7 +607,7 @@ public protocol AttachmentProtocol: AnyObject, Sendable {
     /**
      * The plaintext's length in bytes.
      */
-    func plaintextLen()  -> UInt64
+    func plaintextLen()  -> Int64
     
     /**
      * The description to send inside a message: 81 bytes, secret.
@@ -691,8 +691,8 @@ public static func fromBytes(bytes: Data)throws  -> Attachment  {
     /**
      * The ciphertext's length in bytes (what the server stores; padded).
      */
-open func ciphertextLen() -> UInt64  {
-    return try!  FfiConverterUInt64.lift(try! rustCall() {
+open func ciphertextLen() -> Int64  {
+    return try!  FfiConverterInt64.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_attachment_ciphertext_len(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -716,8 +716,8 @@ open func digest() -> Data  {
     /**
      * The plaintext's length in bytes.
      */
-open func plaintextLen() -> UInt64  {
-    return try!  FfiConverterUInt64.lift(try! rustCall() {
+open func plaintextLen() -> Int64  {
+    return try!  FfiConverterInt64.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_attachment_plaintext_len(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -1203,7 +1203,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * bundle offered, to upload for the server to hand out one per
      * requester.
      */
-    func prekeyBundles(count: UInt32) throws  -> [Data]
+    func prekeyBundles(count: Int32) throws  -> [Data]
     
     /**
      * How many one-time prekeys are held (not consumed yet), whether a
@@ -1217,12 +1217,12 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * returns how many were added in all. Call it regularly, then upload
      * new bundles.
      */
-    func refillPrekeys(threshold: UInt32, target: UInt32, now: UInt64) throws  -> UInt64
+    func refillPrekeys(threshold: Int32, target: Int32, now: Int64) throws  -> Int32
     
     /**
      * Rotates the signed and last-resort prekeys older than `max_age` seconds.
      */
-    func rotatePrekeys(now: UInt64, maxAge: UInt64) throws  -> Rotated
+    func rotatePrekeys(now: Int64, maxAge: Int64) throws  -> Rotated
     
     /**
      * The safety number with `peer`.
@@ -1254,7 +1254,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * at restore) with `params`. `now` is recorded as its creation time.
      * Nothing is written.
      */
-    func exportBackup(passphrase: Data, params: BackupParams, now: UInt64) throws  -> Data
+    func exportBackup(passphrase: Data, params: BackupParams, now: Int64) throws  -> Data
     
     /**
      * Adds member devices: the next message gives them our chain from then
@@ -1300,7 +1300,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * receipt gives it); returns how many it held. Ids it does not hold
      * are ignored.
      */
-    func acknowledge(peer: Address, ids: [Data]) throws  -> UInt32
+    func acknowledge(peer: Address, ids: [Data]) throws  -> Int32
     
     /**
      * How many messages from `peer` this device still waits for since its
@@ -1310,7 +1310,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * (or after the policy's `reset_interval`): a reset or a resend may
      * have been lost on the way.
      */
-    func awaitingResends(peer: Address) throws  -> UInt32
+    func awaitingResends(peer: Address) throws  -> Int32
     
     /**
      * Encrypts for `peer` as [`Device::encrypt`] does, and keeps the
@@ -1319,14 +1319,14 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * (committed before it returns). `now` dates the entry for the policy's
      * `outbox_max_age`.
      */
-    func encryptKept(peer: Address, plaintext: Data, now: UInt64) throws  -> Data
+    func encryptKept(peer: Address, plaintext: Data, now: Int64) throws  -> Data
     
     /**
      * Deletes from the outbox, for every peer, the plaintexts past the
      * policy's `outbox_max_age` at `now`; returns how many. Call it when
      * the app starts or goes to the background.
      */
-    func expireOutbox(now: UInt64) throws  -> UInt32
+    func expireOutbox(now: Int64) throws  -> Int32
     
     /**
      * Heals the session with the peer whose fresh `bundle` this is, after a
@@ -1340,7 +1340,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * session we had is kept, so that the peer's messages in flight on it
      * still decrypt.
      */
-    func heal(bundle: Data, unreadable: [Data], now: UInt64) throws  -> HealResult
+    func heal(bundle: Data, unreadable: [Data], now: Int64) throws  -> HealResult
     
     /**
      * This handle's healing policy.
@@ -1350,7 +1350,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     /**
      * How many plaintexts the outbox holds for `peer`.
      */
-    func outboxLen(peer: Address) throws  -> UInt32
+    func outboxLen(peer: Address) throws  -> Int32
     
     /**
      * Sets how this handle heals (every handle of a store keeps its own
@@ -1387,7 +1387,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * How many skipped message keys (for messages of `peer` that have not
      * arrived) the store holds.
      */
-    func skippedKeyCount(peer: Address) throws  -> UInt32
+    func skippedKeyCount(peer: Address) throws  -> Int32
     
 }
 /**
@@ -1449,15 +1449,15 @@ open class Device: DeviceProtocol, @unchecked Sendable {
     /**
      * Creates a new device in a new SQLite database at `path`.
      */
-public static func create(path: String, storageKey: Data, userId: String, deviceId: UInt32, now: UInt64)throws  -> Device  {
+public static func create(path: String, storageKey: Data, userId: String, deviceId: Int64, now: Int64)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_create(
         FfiConverterString.lower(path),
         FfiConverterData.lower(storageKey),
         FfiConverterString.lower(userId),
-        FfiConverterUInt32.lower(deviceId),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(deviceId),
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1478,15 +1478,15 @@ public static func `open`(path: String, storageKey: Data)throws  -> Device  {
     /**
      * Opens the device at `path`, creating it first if there is none.
      */
-public static func openOrCreate(path: String, storageKey: Data, userId: String, deviceId: UInt32, now: UInt64)throws  -> Device  {
+public static func openOrCreate(path: String, storageKey: Data, userId: String, deviceId: Int64, now: Int64)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_open_or_create(
         FfiConverterString.lower(path),
         FfiConverterData.lower(storageKey),
         FfiConverterString.lower(userId),
-        FfiConverterUInt32.lower(deviceId),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(deviceId),
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1497,7 +1497,7 @@ public static func openOrCreate(path: String, storageKey: Data, userId: String, 
      * decisions (no session: they heal). Refuses a store that holds a
      * device; a wrong passphrase creates no file.
      */
-public static func restore(path: String, storageKey: Data, backup: Data, passphrase: Data, now: UInt64)throws  -> Device  {
+public static func restore(path: String, storageKey: Data, backup: Data, passphrase: Data, now: Int64)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_restore(
@@ -1505,7 +1505,7 @@ public static func restore(path: String, storageKey: Data, backup: Data, passphr
         FfiConverterData.lower(storageKey),
         FfiConverterData.lower(backup),
         FfiConverterData.lower(passphrase),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1659,12 +1659,12 @@ open func prekeyBundle()throws  -> Data  {
      * bundle offered, to upload for the server to hand out one per
      * requester.
      */
-open func prekeyBundles(count: UInt32)throws  -> [Data]  {
+open func prekeyBundles(count: Int32)throws  -> [Data]  {
     return try  FfiConverterSequenceData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_prekey_bundles(
             self.uniffiCloneHandle(),
-        FfiConverterUInt32.lower(count),uniffiCallStatus
+        FfiConverterInt32.lower(count),uniffiCallStatus
     )
 })
 }
@@ -1688,14 +1688,14 @@ open func prekeyCounts()throws  -> PrekeyCounts  {
      * returns how many were added in all. Call it regularly, then upload
      * new bundles.
      */
-open func refillPrekeys(threshold: UInt32, target: UInt32, now: UInt64)throws  -> UInt64  {
-    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func refillPrekeys(threshold: Int32, target: Int32, now: Int64)throws  -> Int32  {
+    return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_refill_prekeys(
             self.uniffiCloneHandle(),
-        FfiConverterUInt32.lower(threshold),
-        FfiConverterUInt32.lower(target),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt32.lower(threshold),
+        FfiConverterInt32.lower(target),
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1703,13 +1703,13 @@ open func refillPrekeys(threshold: UInt32, target: UInt32, now: UInt64)throws  -
     /**
      * Rotates the signed and last-resort prekeys older than `max_age` seconds.
      */
-open func rotatePrekeys(now: UInt64, maxAge: UInt64)throws  -> Rotated  {
+open func rotatePrekeys(now: Int64, maxAge: Int64)throws  -> Rotated  {
     return try  FfiConverterTypeRotated_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_rotate_prekeys(
             self.uniffiCloneHandle(),
-        FfiConverterUInt64.lower(now),
-        FfiConverterUInt64.lower(maxAge),uniffiCallStatus
+        FfiConverterInt64.lower(now),
+        FfiConverterInt64.lower(maxAge),uniffiCallStatus
     )
 })
 }
@@ -1775,14 +1775,14 @@ open func trustIdentity(peer: Address, identity: Data)throws   {try rustCallWith
      * at restore) with `params`. `now` is recorded as its creation time.
      * Nothing is written.
      */
-open func exportBackup(passphrase: Data, params: BackupParams, now: UInt64)throws  -> Data  {
+open func exportBackup(passphrase: Data, params: BackupParams, now: Int64)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_export_backup(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(passphrase),
         FfiConverterTypeBackupParams_lower(params),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1879,8 +1879,8 @@ open func removeGroupMembers(groupId: Data, members: [Address])throws   {try rus
      * receipt gives it); returns how many it held. Ids it does not hold
      * are ignored.
      */
-open func acknowledge(peer: Address, ids: [Data])throws  -> UInt32  {
-    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func acknowledge(peer: Address, ids: [Data])throws  -> Int32  {
+    return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_acknowledge(
             self.uniffiCloneHandle(),
@@ -1898,8 +1898,8 @@ open func acknowledge(peer: Address, ids: [Data])throws  -> UInt32  {
      * (or after the policy's `reset_interval`): a reset or a resend may
      * have been lost on the way.
      */
-open func awaitingResends(peer: Address)throws  -> UInt32  {
-    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func awaitingResends(peer: Address)throws  -> Int32  {
+    return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_awaiting_resends(
             self.uniffiCloneHandle(),
@@ -1915,14 +1915,14 @@ open func awaitingResends(peer: Address)throws  -> UInt32  {
      * (committed before it returns). `now` dates the entry for the policy's
      * `outbox_max_age`.
      */
-open func encryptKept(peer: Address, plaintext: Data, now: UInt64)throws  -> Data  {
+open func encryptKept(peer: Address, plaintext: Data, now: Int64)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_encrypt_kept(
             self.uniffiCloneHandle(),
         FfiConverterTypeAddress_lower(peer),
         FfiConverterData.lower(plaintext),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1932,12 +1932,12 @@ open func encryptKept(peer: Address, plaintext: Data, now: UInt64)throws  -> Dat
      * policy's `outbox_max_age` at `now`; returns how many. Call it when
      * the app starts or goes to the background.
      */
-open func expireOutbox(now: UInt64)throws  -> UInt32  {
-    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func expireOutbox(now: Int64)throws  -> Int32  {
+    return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_expire_outbox(
             self.uniffiCloneHandle(),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1954,14 +1954,14 @@ open func expireOutbox(now: UInt64)throws  -> UInt32  {
      * session we had is kept, so that the peer's messages in flight on it
      * still decrypt.
      */
-open func heal(bundle: Data, unreadable: [Data], now: UInt64)throws  -> HealResult  {
+open func heal(bundle: Data, unreadable: [Data], now: Int64)throws  -> HealResult  {
     return try  FfiConverterTypeHealResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_heal(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(bundle),
         FfiConverterSequenceData.lower(unreadable),
-        FfiConverterUInt64.lower(now),uniffiCallStatus
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -1981,8 +1981,8 @@ open func healPolicy() -> HealPolicy  {
     /**
      * How many plaintexts the outbox holds for `peer`.
      */
-open func outboxLen(peer: Address)throws  -> UInt32  {
-    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func outboxLen(peer: Address)throws  -> Int32  {
+    return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_outbox_len(
             self.uniffiCloneHandle(),
@@ -2054,8 +2054,8 @@ open func peers()throws  -> [Address]  {
      * How many skipped message keys (for messages of `peer` that have not
      * arrived) the store holds.
      */
-open func skippedKeyCount(peer: Address)throws  -> UInt32  {
-    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+open func skippedKeyCount(peer: Address)throws  -> Int32  {
+    return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_skipped_key_count(
             self.uniffiCloneHandle(),
@@ -2668,9 +2668,10 @@ public struct Address: Equatable, Hashable {
      */
     public var userId: String
     /**
-     * The device id.
+     * The device id, 0 to 4,294,967,295 (a `u32` in the protocol; signed
+     * here so that Java and Kotlin see a plain `long`).
      */
-    public var deviceId: UInt32
+    public var deviceId: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2679,8 +2680,9 @@ public struct Address: Equatable, Hashable {
          * The app's stable user id (1 to 256 bytes of UTF-8).
          */userId: String, 
         /**
-         * The device id.
-         */deviceId: UInt32) {
+         * The device id, 0 to 4,294,967,295 (a `u32` in the protocol; signed
+         * here so that Java and Kotlin see a plain `long`).
+         */deviceId: Int64) {
         self.userId = userId
         self.deviceId = deviceId
     }
@@ -2702,13 +2704,13 @@ public struct FfiConverterTypeAddress: FfiConverterRustBuffer {
         return
             try Address(
                 userId: FfiConverterString.read(from: &buf), 
-                deviceId: FfiConverterUInt32.read(from: &buf)
+                deviceId: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: Address, into buf: inout [UInt8]) {
         FfiConverterString.write(value.userId, into: &buf)
-        FfiConverterUInt32.write(value.deviceId, into: &buf)
+        FfiConverterInt64.write(value.deviceId, into: &buf)
     }
 }
 
@@ -2735,28 +2737,28 @@ public struct BackupParams: Equatable, Hashable {
     /**
      * Memory, in KiB (Argon2's `m`).
      */
-    public var memoryKib: UInt32
+    public var memoryKib: Int64
     /**
      * Passes over the memory (Argon2's `t`).
      */
-    public var iterations: UInt32
+    public var iterations: Int64
     /**
      * Lanes (Argon2's `p`).
      */
-    public var parallelism: UInt32
+    public var parallelism: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
          * Memory, in KiB (Argon2's `m`).
-         */memoryKib: UInt32, 
+         */memoryKib: Int64, 
         /**
          * Passes over the memory (Argon2's `t`).
-         */iterations: UInt32, 
+         */iterations: Int64, 
         /**
          * Lanes (Argon2's `p`).
-         */parallelism: UInt32) {
+         */parallelism: Int64) {
         self.memoryKib = memoryKib
         self.iterations = iterations
         self.parallelism = parallelism
@@ -2778,16 +2780,16 @@ public struct FfiConverterTypeBackupParams: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> BackupParams {
         return
             try BackupParams(
-                memoryKib: FfiConverterUInt32.read(from: &buf), 
-                iterations: FfiConverterUInt32.read(from: &buf), 
-                parallelism: FfiConverterUInt32.read(from: &buf)
+                memoryKib: FfiConverterInt64.read(from: &buf), 
+                iterations: FfiConverterInt64.read(from: &buf), 
+                parallelism: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: BackupParams, into buf: inout [UInt8]) {
-        FfiConverterUInt32.write(value.memoryKib, into: &buf)
-        FfiConverterUInt32.write(value.iterations, into: &buf)
-        FfiConverterUInt32.write(value.parallelism, into: &buf)
+        FfiConverterInt64.write(value.memoryKib, into: &buf)
+        FfiConverterInt64.write(value.iterations, into: &buf)
+        FfiConverterInt64.write(value.parallelism, into: &buf)
     }
 }
 
@@ -2970,17 +2972,17 @@ public struct HealPolicy: Equatable, Hashable {
      * hour): a forged message can make the app ask for a reset, but not for
      * more than one per interval. Zero turns the limit off (for tests).
      */
-    public var resetInterval: UInt64
+    public var resetInterval: Int64
     /**
      * How long the outbox keeps a plaintext that no acknowledgement removed
      * (default: 30 days).
      */
-    public var outboxMaxAge: UInt64
+    public var outboxMaxAge: Int64
     /**
      * The most plaintexts the outbox keeps per peer, the oldest making room
      * (default and maximum: 256).
      */
-    public var outboxMaxMessages: UInt32
+    public var outboxMaxMessages: Int32
     /**
      * Whether a reset from the peer under another identity than the one
      * trusted when a message was sent (a reinstall whose new key the app
@@ -2998,15 +3000,15 @@ public struct HealPolicy: Equatable, Hashable {
          * The least time between two resets sent to one peer (default: one
          * hour): a forged message can make the app ask for a reset, but not for
          * more than one per interval. Zero turns the limit off (for tests).
-         */resetInterval: UInt64, 
+         */resetInterval: Int64, 
         /**
          * How long the outbox keeps a plaintext that no acknowledgement removed
          * (default: 30 days).
-         */outboxMaxAge: UInt64, 
+         */outboxMaxAge: Int64, 
         /**
          * The most plaintexts the outbox keeps per peer, the oldest making room
          * (default and maximum: 256).
-         */outboxMaxMessages: UInt32, 
+         */outboxMaxMessages: Int32, 
         /**
          * Whether a reset from the peer under another identity than the one
          * trusted when a message was sent (a reinstall whose new key the app
@@ -3037,17 +3039,17 @@ public struct FfiConverterTypeHealPolicy: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HealPolicy {
         return
             try HealPolicy(
-                resetInterval: FfiConverterUInt64.read(from: &buf), 
-                outboxMaxAge: FfiConverterUInt64.read(from: &buf), 
-                outboxMaxMessages: FfiConverterUInt32.read(from: &buf), 
+                resetInterval: FfiConverterInt64.read(from: &buf), 
+                outboxMaxAge: FfiConverterInt64.read(from: &buf), 
+                outboxMaxMessages: FfiConverterInt32.read(from: &buf), 
                 resendToNewIdentity: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: HealPolicy, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.resetInterval, into: &buf)
-        FfiConverterUInt64.write(value.outboxMaxAge, into: &buf)
-        FfiConverterUInt32.write(value.outboxMaxMessages, into: &buf)
+        FfiConverterInt64.write(value.resetInterval, into: &buf)
+        FfiConverterInt64.write(value.outboxMaxAge, into: &buf)
+        FfiConverterInt32.write(value.outboxMaxMessages, into: &buf)
         FfiConverterBool.write(value.resendToNewIdentity, into: &buf)
     }
 }
@@ -3215,21 +3217,21 @@ public struct PrekeyCounts: Equatable, Hashable {
     /**
      * One-time X25519 prekeys.
      */
-    public var oneTime: UInt64
+    public var oneTime: Int32
     /**
      * One-time ML-KEM prekeys.
      */
-    public var pqOneTime: UInt64
+    public var pqOneTime: Int32
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
          * One-time X25519 prekeys.
-         */oneTime: UInt64, 
+         */oneTime: Int32, 
         /**
          * One-time ML-KEM prekeys.
-         */pqOneTime: UInt64) {
+         */pqOneTime: Int32) {
         self.oneTime = oneTime
         self.pqOneTime = pqOneTime
     }
@@ -3250,14 +3252,14 @@ public struct FfiConverterTypePrekeyCounts: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PrekeyCounts {
         return
             try PrekeyCounts(
-                oneTime: FfiConverterUInt64.read(from: &buf), 
-                pqOneTime: FfiConverterUInt64.read(from: &buf)
+                oneTime: FfiConverterInt32.read(from: &buf), 
+                pqOneTime: FfiConverterInt32.read(from: &buf)
         )
     }
 
     public static func write(_ value: PrekeyCounts, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.oneTime, into: &buf)
-        FfiConverterUInt64.write(value.pqOneTime, into: &buf)
+        FfiConverterInt32.write(value.oneTime, into: &buf)
+        FfiConverterInt32.write(value.pqOneTime, into: &buf)
     }
 }
 
@@ -3675,7 +3677,7 @@ public enum HealResult: Equatable, Hashable {
     case tooSoon(
         /**
          * The first time a reset may be sent again.
-         */retryAt: UInt64
+         */retryAt: Int64
     )
 
 
@@ -3701,7 +3703,7 @@ public struct FfiConverterTypeHealResult: FfiConverterRustBuffer {
         case 1: return .sent(reset: try FfiConverterTypeOutgoing.read(from: &buf)
         )
         
-        case 2: return .tooSoon(retryAt: try FfiConverterUInt64.read(from: &buf)
+        case 2: return .tooSoon(retryAt: try FfiConverterInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3719,7 +3721,7 @@ public struct FfiConverterTypeHealResult: FfiConverterRustBuffer {
         
         case let .tooSoon(retryAt):
             writeInt(&buf, Int32(2))
-            FfiConverterUInt64.write(retryAt, into: &buf)
+            FfiConverterInt64.write(retryAt, into: &buf)
             
         }
     }
@@ -4185,7 +4187,7 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
          */message: String, 
         /**
          * The chain id of the message.
-         */chainId: UInt32, 
+         */chainId: Int64, 
         /**
          * The request in lowercase hex, if one may be sent; the bytes are
          * [`SamizdatError::request`]. (Not named `request`: in Python the
@@ -4386,7 +4388,7 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
             )
         case 8: return .MissingGroupKey(
             message: try FfiConverterString.read(from: &buf), 
-            chainId: try FfiConverterUInt32.read(from: &buf), 
+            chainId: try FfiConverterInt64.read(from: &buf), 
             requestHex: try FfiConverterOptionString.read(from: &buf)
             )
         case 9: return .NotInGroup(
@@ -4462,7 +4464,7 @@ public struct FfiConverterTypeSamizdatError: FfiConverterRustBuffer {
         case let .MissingGroupKey(message,chainId,requestHex):
             writeInt(&buf, Int32(8))
             FfiConverterString.write(message, into: &buf)
-            FfiConverterUInt32.write(chainId, into: &buf)
+            FfiConverterInt64.write(chainId, into: &buf)
             FfiConverterOptionString.write(requestHex, into: &buf)
             
         
@@ -4830,14 +4832,14 @@ public func encryptAttachmentFile(inputPath: String, outputPath: String)throws  
  * at once (`LimitExceeded` past it); `InvalidArgument` for a range outside
  * the file.
  */
-public func readAttachmentRange(attachment: Attachment, inputPath: String, offset: UInt64, len: UInt64)throws  -> Data  {
+public func readAttachmentRange(attachment: Attachment, inputPath: String, offset: Int64, len: Int64)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_func_read_attachment_range(
         FfiConverterTypeAttachment_lower(attachment),
         FfiConverterString.lower(inputPath),
-        FfiConverterUInt64.lower(offset),
-        FfiConverterUInt64.lower(len),uniffiCallStatus
+        FfiConverterInt64.lower(offset),
+        FfiConverterInt64.lower(len),uniffiCallStatus
     )
 })
 }
@@ -4927,7 +4929,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_func_encrypt_attachment_file() != 8682) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 54506) {
+    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 3568) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_backup_params_minimum() != 9870) {
@@ -4975,16 +4977,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundle() != 24390) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 37145) {
+    if (uniffi_samizdat_ffi_checksum_method_device_prekey_bundles() != 5441) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 4726) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 19413) {
+    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 56928) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 36171) {
+    if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 2934) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 58514) {
@@ -4999,7 +5001,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_trust_identity() != 34853) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_export_backup() != 57901) {
+    if (uniffi_samizdat_ffi_checksum_method_device_export_backup() != 28798) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 51227) {
@@ -5020,25 +5022,25 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 62831) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_acknowledge() != 43801) {
+    if (uniffi_samizdat_ffi_checksum_method_device_acknowledge() != 45797) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_awaiting_resends() != 38361) {
+    if (uniffi_samizdat_ffi_checksum_method_device_awaiting_resends() != 36657) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_kept() != 3108) {
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_kept() != 34652) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_expire_outbox() != 22286) {
+    if (uniffi_samizdat_ffi_checksum_method_device_expire_outbox() != 13367) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_heal() != 52379) {
+    if (uniffi_samizdat_ffi_checksum_method_device_heal() != 54276) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_heal_policy() != 49560) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_outbox_len() != 29795) {
+    if (uniffi_samizdat_ffi_checksum_method_device_outbox_len() != 28601) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_set_heal_policy() != 48669) {
@@ -5053,7 +5055,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_peers() != 30712) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_skipped_key_count() != 63575) {
+    if (uniffi_samizdat_ffi_checksum_method_device_skipped_key_count() != 55653) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingbatch_results() != 47822) {
@@ -5089,13 +5091,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_scannable() != 15002) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_attachment_ciphertext_len() != 22435) {
+    if (uniffi_samizdat_ffi_checksum_method_attachment_ciphertext_len() != 40774) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_attachment_digest() != 45715) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_attachment_plaintext_len() != 25340) {
+    if (uniffi_samizdat_ffi_checksum_method_attachment_plaintext_len() != 61697) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_attachment_to_bytes() != 56054) {
@@ -5113,16 +5115,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_attachmentencryptor_update() != 57586) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 20426) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 62479) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_constructor_device_open() != 33876) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 39123) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 24166) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_restore() != 8483) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_restore() != 19372) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_constructor_attachment_from_bytes() != 60817) {

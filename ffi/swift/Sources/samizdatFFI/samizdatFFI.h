@@ -255,7 +255,7 @@ void uniffi_samizdat_ffi_fn_free_device(uint64_t handle, RustCallStatus *_Nonnul
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_CREATE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_CREATE
-uint64_t uniffi_samizdat_ffi_fn_constructor_device_create(RustBuffer path, RustBuffer storage_key, RustBuffer user_id, uint32_t device_id, uint64_t now, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_samizdat_ffi_fn_constructor_device_create(RustBuffer path, RustBuffer storage_key, RustBuffer user_id, int64_t device_id, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_OPEN
@@ -265,12 +265,12 @@ uint64_t uniffi_samizdat_ffi_fn_constructor_device_open(RustBuffer path, RustBuf
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_OPEN_OR_CREATE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_OPEN_OR_CREATE
-uint64_t uniffi_samizdat_ffi_fn_constructor_device_open_or_create(RustBuffer path, RustBuffer storage_key, RustBuffer user_id, uint32_t device_id, uint64_t now, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_samizdat_ffi_fn_constructor_device_open_or_create(RustBuffer path, RustBuffer storage_key, RustBuffer user_id, int64_t device_id, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_RESTORE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CONSTRUCTOR_DEVICE_RESTORE
-uint64_t uniffi_samizdat_ffi_fn_constructor_device_restore(RustBuffer path, RustBuffer storage_key, RustBuffer backup, RustBuffer passphrase, uint64_t now, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_samizdat_ffi_fn_constructor_device_restore(RustBuffer path, RustBuffer storage_key, RustBuffer backup, RustBuffer passphrase, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADDRESS
@@ -325,7 +325,7 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_prekey_bundle(uint64_t ptr, Rust
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_PREKEY_BUNDLES
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_PREKEY_BUNDLES
-RustBuffer uniffi_samizdat_ffi_fn_method_device_prekey_bundles(uint64_t ptr, uint32_t count, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_prekey_bundles(uint64_t ptr, int32_t count, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_PREKEY_COUNTS
@@ -335,12 +335,12 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_prekey_counts(uint64_t ptr, Rust
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REFILL_PREKEYS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REFILL_PREKEYS
-uint64_t uniffi_samizdat_ffi_fn_method_device_refill_prekeys(uint64_t ptr, uint32_t threshold, uint32_t target, uint64_t now, RustCallStatus *_Nonnull out_status
+int32_t uniffi_samizdat_ffi_fn_method_device_refill_prekeys(uint64_t ptr, int32_t threshold, int32_t target, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ROTATE_PREKEYS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ROTATE_PREKEYS
-RustBuffer uniffi_samizdat_ffi_fn_method_device_rotate_prekeys(uint64_t ptr, uint64_t now, uint64_t max_age, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_rotate_prekeys(uint64_t ptr, int64_t now, int64_t max_age, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SAFETY_NUMBER
@@ -365,7 +365,7 @@ void uniffi_samizdat_ffi_fn_method_device_trust_identity(uint64_t ptr, RustBuffe
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPORT_BACKUP
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPORT_BACKUP
-RustBuffer uniffi_samizdat_ffi_fn_method_device_export_backup(uint64_t ptr, RustBuffer passphrase, RustBuffer params, uint64_t now, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_export_backup(uint64_t ptr, RustBuffer passphrase, RustBuffer params, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_MEMBERS
@@ -400,27 +400,27 @@ void uniffi_samizdat_ffi_fn_method_device_remove_group_members(uint64_t ptr, Rus
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ACKNOWLEDGE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ACKNOWLEDGE
-uint32_t uniffi_samizdat_ffi_fn_method_device_acknowledge(uint64_t ptr, RustBuffer peer, RustBuffer ids, RustCallStatus *_Nonnull out_status
+int32_t uniffi_samizdat_ffi_fn_method_device_acknowledge(uint64_t ptr, RustBuffer peer, RustBuffer ids, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_AWAITING_RESENDS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_AWAITING_RESENDS
-uint32_t uniffi_samizdat_ffi_fn_method_device_awaiting_resends(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+int32_t uniffi_samizdat_ffi_fn_method_device_awaiting_resends(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_KEPT
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_KEPT
-RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_kept(uint64_t ptr, RustBuffer peer, RustBuffer plaintext, uint64_t now, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_kept(uint64_t ptr, RustBuffer peer, RustBuffer plaintext, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPIRE_OUTBOX
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_EXPIRE_OUTBOX
-uint32_t uniffi_samizdat_ffi_fn_method_device_expire_outbox(uint64_t ptr, uint64_t now, RustCallStatus *_Nonnull out_status
+int32_t uniffi_samizdat_ffi_fn_method_device_expire_outbox(uint64_t ptr, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL
-RustBuffer uniffi_samizdat_ffi_fn_method_device_heal(uint64_t ptr, RustBuffer bundle, RustBuffer unreadable, uint64_t now, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_heal(uint64_t ptr, RustBuffer bundle, RustBuffer unreadable, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_HEAL_POLICY
@@ -430,7 +430,7 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_heal_policy(uint64_t ptr, RustCa
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_OUTBOX_LEN
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_OUTBOX_LEN
-uint32_t uniffi_samizdat_ffi_fn_method_device_outbox_len(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+int32_t uniffi_samizdat_ffi_fn_method_device_outbox_len(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SET_HEAL_POLICY
@@ -455,7 +455,7 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_peers(uint64_t ptr, RustCallStat
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SKIPPED_KEY_COUNT
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SKIPPED_KEY_COUNT
-uint32_t uniffi_samizdat_ffi_fn_method_device_skipped_key_count(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
+int32_t uniffi_samizdat_ffi_fn_method_device_skipped_key_count(uint64_t ptr, RustBuffer peer, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_PENDINGBATCH
@@ -560,7 +560,7 @@ uint64_t uniffi_samizdat_ffi_fn_constructor_attachment_from_bytes(RustBuffer byt
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENT_CIPHERTEXT_LEN
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENT_CIPHERTEXT_LEN
-uint64_t uniffi_samizdat_ffi_fn_method_attachment_ciphertext_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
+int64_t uniffi_samizdat_ffi_fn_method_attachment_ciphertext_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENT_DIGEST
@@ -570,7 +570,7 @@ RustBuffer uniffi_samizdat_ffi_fn_method_attachment_digest(uint64_t ptr, RustCal
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENT_PLAINTEXT_LEN
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENT_PLAINTEXT_LEN
-uint64_t uniffi_samizdat_ffi_fn_method_attachment_plaintext_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
+int64_t uniffi_samizdat_ffi_fn_method_attachment_plaintext_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENT_TO_BYTES
@@ -681,7 +681,7 @@ uint64_t uniffi_samizdat_ffi_fn_func_encrypt_attachment_file(RustBuffer input_pa
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_READ_ATTACHMENT_RANGE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_READ_ATTACHMENT_RANGE
-RustBuffer uniffi_samizdat_ffi_fn_func_read_attachment_range(uint64_t attachment, RustBuffer input_path, uint64_t offset, uint64_t len, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_func_read_attachment_range(uint64_t attachment, RustBuffer input_path, int64_t offset, int64_t len, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FUNC_BACKUP_PARAMS_MINIMUM

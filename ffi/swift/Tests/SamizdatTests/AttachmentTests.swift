@@ -27,12 +27,12 @@ final class AttachmentTests: XCTestCase {
         let photo = Data((0..<(3 * chunk + 12345)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
         try photo.write(to: URL(fileURLWithPath: path("photo.jpg")))
         let sent = try encryptAttachmentFile(inputPath: path("photo.jpg"), outputPath: path("blob"))
-        XCTAssertEqual(sent.plaintextLen(), UInt64(photo.count))
+        XCTAssertEqual(sent.plaintextLen(), Int64(photo.count))
         let received = try Attachment.fromBytes(bytes: sent.toBytes())
         try decryptAttachmentFile(attachment: received, inputPath: path("blob"), outputPath: path("received.jpg"))
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("received.jpg"))), photo)
         let range = try readAttachmentRange(
-            attachment: received, inputPath: path("blob"), offset: UInt64(2 * chunk - 5), len: 10)
+            attachment: received, inputPath: path("blob"), offset: Int64(2 * chunk - 5), len: 10)
         XCTAssertEqual(range, photo.subdata(in: (2 * chunk - 5)..<(2 * chunk + 5)))
     }
 

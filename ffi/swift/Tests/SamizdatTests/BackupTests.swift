@@ -25,7 +25,7 @@ final class BackupTests: XCTestCase {
             userId: name, deviceId: 1, now: 0)
     }
 
-    private func converse(_ alice: Device, _ bob: Device, _ tag: String, now: UInt64) throws {
+    private func converse(_ alice: Device, _ bob: Device, _ tag: String, now: Int64) throws {
         let toBob = try alice.encryptKept(peer: bob.address(), plaintext: Data("a \(tag)".utf8), now: now)
         let onBob = try bob.decrypt(sender: alice.address(), ciphertext: toBob)
         XCTAssertEqual(onBob.plaintext(), Data("a \(tag)".utf8))

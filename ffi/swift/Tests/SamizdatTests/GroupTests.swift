@@ -102,7 +102,7 @@ private func errorCode<T>(_ call: () throws -> T) -> String? {
 }
 
 /// The chain id and request a `MissingGroupKey` error carries (nil if the call threw anything else).
-private func missingGroupKey<T>(_ call: () throws -> T) -> (chainId: UInt32, request: Data?)? {
+private func missingGroupKey<T>(_ call: () throws -> T) -> (chainId: Int64, request: Data?)? {
     guard let error = samizdatError(call), case let .MissingGroupKey(_, chainId, _) = error else {
         return nil
     }

@@ -204,8 +204,8 @@ class DeviceTest {
     @Test
     fun aOneTimePrekeyIsUsedOnce(@TempDir dir: Path) {
         device(dir, "bob", bobKey).use { bob ->
-            assertEquals(PrekeyCounts(0L, 0L), bob.prekeyCounts())
-            assertEquals(8L, bob.refillPrekeys(2, 4, 0L)) // 4 of each kind
+            assertEquals(PrekeyCounts(0, 0), bob.prekeyCounts())
+            assertEquals(8, bob.refillPrekeys(2, 4, 0L)) // 4 of each kind
             val first = bob.prekeyBundle()
             val bundles = bob.prekeyBundles(10)
             assertEquals(3, bundles.size, "every call offers prekeys no earlier one offered: 3 are left")
@@ -216,7 +216,7 @@ class DeviceTest {
                     carol.startSession(bundles[0])
                     assertEquals("a", receive(bob, alice.address(), alice.encrypt(bob.address(), "a".encodeToByteArray())))
                     assertEquals("c", receive(bob, carol.address(), carol.encrypt(bob.address(), "c".encodeToByteArray())))
-                    assertEquals(PrekeyCounts(2L, 2L), bob.prekeyCounts())
+                    assertEquals(PrekeyCounts(2, 2), bob.prekeyCounts())
                 }
             }
             device(dir, "dave", ByteArray(32) { 4 }).use { dave ->

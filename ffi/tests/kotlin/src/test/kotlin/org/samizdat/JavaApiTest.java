@@ -1,0 +1,70 @@
+package org.samizdat;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Instant;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.Map;
+
+import org.junit.jupiter.api.Test;
+
+/**
+ * The basic flow from Java source, as a Java app writes it: every call by its name (no mangled
+ * names: the boundary's integers are {@code int} and {@code long}), records as immutable values
+ * usable as map keys, and exceptions with messages.
+ */
+class JavaApiTest {
+    private static byte[] key(int fill) {
+        byte[] key = new byte[32];
+        Arrays.fill(key, (byte) fill);
+        return key;
+    }
+
+    @Test
+    void twoDevicesConverseFromJava() throws Exception {
+        Path dir = Files.createTempDirectory("samizdat-java");
+        long now = Instant.now().getEpochSecond();
+        try (Device alice = Device.Companion.create(dir.resolve("alice.db").toString(), key(1), "alice", 1, now);
+                Device bob = Device.Companion.openOrCreate(dir.resolve("bob.db").toString(), key(2), "bob", 1, now)) {
+            assertTrue(bob.refillPrekeys(5, 10, now) >= 0);
+            Address bobAddress = alice.startSession(bob.prekeyBundle());
+            assertEquals(new Address("bob", 1L), bobAddress);
+
+            byte[] wire = alice.encrypt(bobAddress, "hello from Java".getBytes(StandardCharsets.UTF_8));
+            try (PendingMessage pending = bob.decrypt(alice.address(), wire)) {
+                assertArrayEquals("hello from Java".getBytes(StandardCharsets.UTF_8), pending.plaintext());
+                bob.commit(pending);
+            }
+            byte[] reply = bob.encrypt(alice.address(), "hi".getBytes(StandardCharsets.UTF_8));
+            try (PendingMessage pending = alice.decrypt(bobAddress, reply)) {
+                alice.commit(pending);
+            }
+            try (SafetyNumber ours = alice.safetyNumber(bobAddress);
+                    SafetyNumber theirs = bob.safetyNumber(alice.address())) {
+                assertEquals(ours.digits(), theirs.digits());
+            }
+
+            // Records are values: equal when their fields are, usable as map keys.
+            Map<Address, String> names = new HashMap<>();
+            names.put(new Address("bob", 1L), "Bob");
+            assertEquals("Bob", names.get(bobAddress));
+
+            // A negative count or time is refused with a typed error and a message.
+            SamizdatException.InvalidArgument refused =
+                    assertThrows(SamizdatException.InvalidArgument.class, () -> bob.refillPrekeys(-1, 10, now));
+            assertTrue(refused.getMessage().contains("threshold is negative"), refused.getMessage());
+            assertThrows(SamizdatException.InvalidArgument.class, () -> bob.expireOutbox(-5L));
+            SamizdatException.InvalidArgument badId = assertThrows(
+                    SamizdatException.InvalidArgument.class, () -> alice.hasSession(new Address("bob", 1L << 32)));
+            assertNotEquals("", badId.getMessage());
+        }
+    }
+}
