@@ -143,8 +143,8 @@ pub struct BatchResult {
 }
 
 /// One installation: an identity, its prekeys and its sessions in an
-/// encrypted SQLite store. Close it (`close()` in Kotlin, `del` in Python)
-/// to release the store.
+/// encrypted SQLite store. Close it to release the store (`close()` or `use`
+/// in Kotlin, `close()` or `with` in Python, `Device` going out of scope in Swift).
 #[derive(uniffi::Object)]
 pub struct Device {
     inner: device::Device,

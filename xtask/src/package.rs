@@ -94,7 +94,7 @@ pub(crate) fn package(args: &[String]) -> Result<(), String> {
     let library = Built { stripped: strip_library(&unstripped, &dist)?, unstripped };
     let glibc = check_library(&library.stripped, &hazmat)?;
     let wheel = repack_wheel(&python, &raw_wheel, &library, &dist, &build)?;
-    check_archive(&python, &wheel, &hazmat, &format!("samizdat/{LIBRARY}"))?;
+    check_archive(&python, &wheel, &hazmat, &format!("samizdat/_native/{LIBRARY}"))?;
     audit_wheel(&python, &wheel)?;
     let kotlin = kotlin_sources(&library.unstripped, &build, &hazmat)?;
     let jvm = build_jar(&kotlin, &dist, &build)?;
@@ -522,9 +522,8 @@ fn repack_wheel(python: &Path, raw: &Path, built: &Built, dist: &Path, build: &P
         .find(|path| path.is_dir())
         .ok_or("package: wheel unpack made no directory")?;
     let mut replaced = 0;
-    for package in fs::read_dir(&tree).map_err(|e| format!("{}: {e}", tree.display()))?.flatten() {
-        let candidate = package.path().join(LIBRARY);
-        if candidate.exists() {
+    for candidate in files_named(&tree, LIBRARY)? {
+        {
             // The library the wheel's Python was generated from must be the
             // one the jar's Kotlin is generated from and that ships stripped.
             let packed = fs::read(&candidate).map_err(|e| format!("{}: {e}", candidate.display()))?;
@@ -549,6 +548,21 @@ fn repack_wheel(python: &Path, raw: &Path, built: &Built, dist: &Path, build: &P
     let wheel = only_file(&out, ".whl")?;
     check_wheel_tags(&wheel)?;
     Ok(wheel)
+}
+
+/// Every file called `name` under `dir`, at any depth (the wheel keeps the
+/// library beside the generated module: `samizdat/_native/`).
+fn files_named(dir: &Path, name: &str) -> Result<Vec<PathBuf>, String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name)?);
+        } else if path.file_name().is_some_and(|file| file == name) {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 /// The licence texts in the wheel's `.dist-info/licenses/` (PEP 639), named

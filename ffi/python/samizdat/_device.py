@@ -60,7 +60,8 @@ def _release(native: Any) -> None:
     that later ``__del__`` a no-op. Other references to the generated object
     (a traceback's frames, say) then no longer keep the store open. The
     workspace pins UniFFI; if a new version keeps its handle elsewhere, this
-    frees nothing and ``test_close_releases_the_store_at_once`` fails.
+    frees nothing and the descriptor probes of ``test_audit_boundary.py`` fail
+    (a reopen would not: a store accepts several handles).
     """
     if getattr(native, "_handle", None) is not None:
         native.__del__()
@@ -82,6 +83,19 @@ class Device:
     """
 
     __slots__ = ("_native", "_state", "_calls", "__weakref__")
+
+    def __copy__(self) -> "Device":
+        """The device itself: a copy would share the native handle but not the
+        count of running calls, and closing it could free the handle under
+        them."""
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "Device":
+        """The device itself (see ``__copy__``): a store has one handle per open."""
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Device cannot be pickled: open it again from its path and storage key")
 
     def __init__(self, native: Any) -> None:
         """Wraps a generated device: use the class methods to open one."""

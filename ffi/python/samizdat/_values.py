@@ -147,7 +147,7 @@ class Address:
     device_id: int
 
     def __post_init__(self) -> None:
-        text("user_id", self.user_id)
+        object.__setattr__(self, "user_id", text("user_id", self.user_id))
         object.__setattr__(self, "device_id", u32("device_id", self.device_id))
 
     def __str__(self) -> str:
@@ -276,7 +276,14 @@ def as_bytes(name: str, value: object) -> bytes:
             f"{name} must be a bytes-like object (bytes, bytearray, memoryview...), not {type(value).__name__}"
         ) from None
     with view:
-        return view.tobytes()
+        data = view.tobytes()
+    if len(data) > _I31_MAX:
+        # The generated code writes a length as a signed 32-bit integer, after
+        # it took its own reference to the device: refuse it here.
+        from ._errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{name} is {len(data)} bytes, more than {_I31_MAX}")
+    return data
 
 
 def bytes_list(name: str, values: object) -> List[bytes]:
@@ -291,19 +298,33 @@ def bytes_list(name: str, values: object) -> List[bytes]:
 
 
 def as_path(name: str, value: object) -> str:
-    """A ``str`` or ``os.PathLike`` as the ``str`` path the library opens."""
+    """A ``str`` or ``os.PathLike`` as the ``str`` path the library opens (UTF-8)."""
     if isinstance(value, str):
-        return value
+        return text(name, value)
     if isinstance(value, os.PathLike):
         result = os.fspath(value)
-        return result if isinstance(result, str) else os.fsdecode(result)
+        return text(name, result if isinstance(result, str) else os.fsdecode(result))
     raise TypeError(f"{name} must be a str or an os.PathLike (pathlib.Path), not {type(value).__name__}")
 
 
 def text(name: str, value: object) -> str:
+    """``value`` as a plain ``str`` that encodes to UTF-8.
+
+    A ``str`` subclass is copied to a plain ``str`` (its own ``encode`` is never
+    called), and a string that is not valid Unicode (a lone surrogate, as
+    ``surrogateescape`` makes) is an ``InvalidArgumentError``: the generated
+    code would fail on it only after taking its own reference to the device.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    return value
+    plain = str.__str__(value)
+    try:
+        plain.encode("utf-8")
+    except UnicodeEncodeError as error:
+        from ._errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{name} is not valid UTF-8 text: {error.reason} at {error.start}") from None
+    return plain
 
 
 def _uint(name: str, value: object, maximum: int, bits: int) -> int:

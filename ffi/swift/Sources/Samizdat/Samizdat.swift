@@ -1129,8 +1129,8 @@ public func FfiConverterTypeAttachmentEncryptor_lower(_ value: AttachmentEncrypt
 
 /**
  * One installation: an identity, its prekeys and its sessions in an
- * encrypted SQLite store. Close it (`close()` in Kotlin, `del` in Python)
- * to release the store.
+ * encrypted SQLite store. Close it to release the store (`close()` or `use`
+ * in Kotlin, `close()` or `with` in Python, `Device` going out of scope in Swift).
  */
 public protocol DeviceProtocol: AnyObject, Sendable {
     
@@ -1392,8 +1392,8 @@ public protocol DeviceProtocol: AnyObject, Sendable {
 }
 /**
  * One installation: an identity, its prekeys and its sessions in an
- * encrypted SQLite store. Close it (`close()` in Kotlin, `del` in Python)
- * to release the store.
+ * encrypted SQLite store. Close it to release the store (`close()` or `use`
+ * in Kotlin, `close()` or `with` in Python, `Device` going out of scope in Swift).
  */
 open class Device: DeviceProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64

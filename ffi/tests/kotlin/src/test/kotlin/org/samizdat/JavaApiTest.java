@@ -32,9 +32,11 @@ class JavaApiTest {
     void twoDevicesConverseFromJava() throws Exception {
         Path dir = Files.createTempDirectory("samizdat-java");
         long now = Instant.now().getEpochSecond();
+        // The generated factory (through Companion, seconds) and the facade's (static, an Instant).
         try (Device alice = Device.Companion.create(dir.resolve("alice.db").toString(), key(1), "alice", 1, now);
-                Device bob = Device.Companion.openOrCreate(dir.resolve("bob.db").toString(), key(2), "bob", 1, now)) {
-            assertTrue(bob.refillPrekeys(5, 10, now) >= 0);
+                Device bob = Samizdat.openOrCreate(dir.resolve("bob.db").toString(), key(2), "bob", 1, Instant.now())) {
+            assertEquals(20, Times.refillPrekeys(bob, 5, 10, Instant.now()));
+            assertEquals(Samizdat.identityKey(bob.identityKey()), Times.identity(bob));
             Address bobAddress = alice.startSession(bob.prekeyBundle());
             assertEquals(new Address("bob", 1L), bobAddress);
 

@@ -1,0 +1,51 @@
+// java.time overloads of the generated calls that take a time or an age in
+// whole seconds (see Samizdat.kt). From Java they are static methods of
+// `Times`: `Times.refillPrekeys(device, 5, 20, Instant.now())`.
+@file:JvmName("Times")
+
+package org.samizdat
+
+import java.time.Duration
+import java.time.Instant
+
+/** [Device.refillPrekeys] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.refillPrekeys(threshold: Int, target: Int, now: Instant): Int = refillPrekeys(threshold, target, seconds(now))
+
+/** [Device.rotatePrekeys]: the keys older than [maxAge] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.rotatePrekeys(now: Instant, maxAge: Duration): Rotated = rotatePrekeys(seconds(now), maxAge.seconds)
+
+/** [Device.encryptKept] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.encryptKept(peer: Address, plaintext: ByteArray, now: Instant): ByteArray =
+    encryptKept(peer, plaintext, seconds(now))
+
+/** [Device.expireOutbox] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.expireOutbox(now: Instant): Int = expireOutbox(seconds(now))
+
+/** [Device.heal] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.heal(bundle: ByteArray, unreadable: List<ByteArray>, now: Instant): HealResult =
+    heal(bundle, unreadable, seconds(now))
+
+/** [Device.exportBackup] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.exportBackup(passphrase: ByteArray, params: BackupParams, now: Instant): ByteArray =
+    exportBackup(passphrase, params, seconds(now))
+
+/** This device's identity key as a value. */
+fun Device.identity(): IdentityKey = IdentityKey(identityKey())
+
+/** When a reset may be sent again. */
+val HealResult.TooSoon.retryInstant: Instant get() = Instant.ofEpochSecond(retryAt)
+
+/** [HealPolicy.resetInterval] as a [Duration]. */
+val HealPolicy.resetIntervalDuration: Duration get() = Duration.ofSeconds(resetInterval)
+
+/** [HealPolicy.outboxMaxAge] as a [Duration]. */
+val HealPolicy.outboxMaxAgeDuration: Duration get() = Duration.ofSeconds(outboxMaxAge)
+
+/** Whole seconds since the Unix epoch, as the generated calls take them. */
+internal fun seconds(time: Instant): Long = time.epochSecond
