@@ -6,11 +6,14 @@
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Instant;
 import java.util.Arrays;
 
 import org.samizdat.Address;
 import org.samizdat.Device;
 import org.samizdat.PendingMessage;
+import org.samizdat.Samizdat;
+import org.samizdat.SamizdatException;
 import org.samizdat.SafetyNumber;
 
 public final class Smoke {
@@ -34,14 +37,13 @@ public final class Smoke {
     }
 
     /**
-     * A device on a new store. The boundary's integers are signed ({@code long} device id and
-     * time), so Java calls the factory by its name: {@code Device.Companion.create(...)}.
+     * A device on a new store, through the facade's static factory (an {@link Instant} for the
+     * time; the generated {@code Device.Companion.create} takes seconds).
      */
-    private static Device create(Path path, byte keyByte, String user) {
+    private static Device create(Path path, byte keyByte, String user) throws SamizdatException {
         byte[] storageKey = new byte[32];
         Arrays.fill(storageKey, keyByte); // from the platform keystore in a real app
-        long now = System.currentTimeMillis() / 1000;
-        return Device.Companion.create(path.toString(), storageKey, user, 1, now);
+        return Samizdat.create(path.toString(), storageKey, user, 1, Instant.now());
     }
 
     private static void check(boolean condition, String failure) {
