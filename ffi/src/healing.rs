@@ -85,19 +85,19 @@ impl Device {
     /// are ignored.
     pub fn acknowledge(&self, peer: Address, ids: Vec<Vec<u8>>) -> Result<i32, SamizdatError> {
         let ids = ids.iter().enumerate().map(|(i, id)| to_message_id(i, id)).collect::<Result<Vec<_>, _>>()?;
-        Ok(to_u32(self.inner.acknowledge(&peer.to_core()?, &ids)?))
+        Ok(crate::to_i32(self.inner.acknowledge(&peer.to_core()?, &ids)?))
     }
 
     /// How many plaintexts the outbox holds for `peer`.
     pub fn outbox_len(&self, peer: Address) -> Result<i32, SamizdatError> {
-        Ok(to_u32(self.inner.outbox_len(&peer.to_core()?)?))
+        Ok(crate::to_i32(self.inner.outbox_len(&peer.to_core()?)?))
     }
 
     /// Deletes from the outbox, for every peer, the plaintexts past the
     /// policy's `outbox_max_age` at `now`; returns how many. Call it when
     /// the app starts or goes to the background.
     pub fn expire_outbox(&self, now: i64) -> Result<i32, SamizdatError> {
-        Ok(to_u32(self.inner.expire_outbox(crate::at(now)?)?))
+        Ok(crate::to_i32(self.inner.expire_outbox(crate::at(now)?)?))
     }
 
     /// Heals the session with the peer whose fresh `bundle` this is, after a
@@ -131,7 +131,7 @@ impl Device {
     /// (or after the policy's `reset_interval`): a reset or a resend may
     /// have been lost on the way.
     pub fn awaiting_resends(&self, peer: Address) -> Result<i32, SamizdatError> {
-        Ok(to_u32(self.inner.awaiting_resends(&peer.to_core()?)?))
+        Ok(crate::to_i32(self.inner.awaiting_resends(&peer.to_core()?)?))
     }
 
     /// Sets how this handle heals (every handle of a store keeps its own
@@ -153,7 +153,7 @@ impl Device {
         HealPolicy {
             reset_interval: i64::try_from(policy.reset_interval.as_secs()).unwrap_or(i64::MAX),
             outbox_max_age: i64::try_from(policy.outbox_max_age.as_secs()).unwrap_or(i64::MAX),
-            outbox_max_messages: to_u32(policy.outbox_max_messages),
+            outbox_max_messages: crate::to_i32(policy.outbox_max_messages),
             resend_to_new_identity: policy.resend_to_new_identity,
         }
     }
@@ -172,9 +172,4 @@ fn to_message_id(i: usize, id: &[u8]) -> Result<MessageId, SamizdatError> {
     MessageId::try_from(id).map_err(|_| {
         SamizdatError::invalid_argument(format!("message id {i} has {} bytes, expected {MESSAGE_ID_LEN}", id.len()))
     })
-}
-
-/// A count the core bounds far below `u32::MAX` (at most 256 here).
-fn to_u32(count: usize) -> i32 {
-    crate::to_i32(count)
 }

@@ -65,6 +65,8 @@ const MAX_GLIBC: (u32, u32) = (2, 17);
 const MANYLINUX: &str = "manylinux2014";
 /// The FFI module that only test builds compile: its types must ship nowhere.
 const HAZMAT_SOURCE: &str = "ffi/src/hazmat.rs";
+/// The hand-written Kotlin facade, packaged with the generated sources.
+const JVM_FACADE: &str = "ffi/jvm/src/main/kotlin/org/samizdat";
 /// The Java smoke test, and the README whose Python example is run.
 const JAVA_SMOKE: &str = "ffi/jvm/smoke/Smoke.java";
 const JVM_POM: &str = "ffi/jvm/pom.xml";
@@ -675,6 +677,16 @@ fn kotlin_sources(library: &Path, build: &Path, hazmat: &[String]) -> Result<Pat
     let text = fs::read_to_string(&source).map_err(|e| format!("package: {}: {e}", source.display()))?;
     if let Some(name) = hazmat.iter().find(|name| text.contains(name.as_str())) {
         return Err(format!("package: the Kotlin sources declare the hazmat type {name}"));
+    }
+    // The hand-written facade (static factories, java.time, IdentityKey)
+    // beside the generated file: compiled with it, and in the sources jar.
+    let facade = root().join(JVM_FACADE);
+    for entry in fs::read_dir(&facade).map_err(|e| format!("package: {}: {e}", facade.display()))?.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|extension| extension == "kt") {
+            let name = path.file_name().ok_or_else(|| format!("package: {}: no file name", path.display()))?;
+            copy(&path, &out.join("org/samizdat").join(name))?;
+        }
     }
     Ok(out)
 }
