@@ -982,6 +982,12 @@ pub struct DeviceSetup<B: Backend> {
     pub bob: Device<B>,
 }
 
+/// Bob's device, the one under test, in a new `backend`.
+fn bob_device<B: Backend>(backend: B) -> Device<B> {
+    Device::create_in(backend, &StorageKey::from_bytes([2; 32]), Address::new("bob", 1).expect("address"), UNIX_EPOCH)
+        .expect("bob")
+}
+
 impl<B: Backend> DeviceSetup<B> {
     /// Sets up Bob's device in `backend` and a session with Alice.
     pub fn new(backend: B) -> Self {
@@ -990,13 +996,7 @@ impl<B: Backend> DeviceSetup<B> {
         let prekeys = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
         let address = Address::new("alice", 1).expect("address");
         let mut alice = RecordPeer { rng, identity, address, prekeys, record: SessionRecord::new() };
-        let bob = Device::create_in(
-            backend,
-            &StorageKey::from_bytes([2; 32]),
-            Address::new("bob", 1).expect("address"),
-            UNIX_EPOCH,
-        )
-        .expect("bob");
+        let bob = bob_device(backend);
         let bundle = PreKeyBundle::from_bytes(&bob.prekey_bundle().expect("bundle")).expect("valid bundle");
         alice.record.initiate(&mut alice.rng, &alice.identity, &alice.address, &bundle).expect("initiate");
         let first = alice.encrypt(b"hello");
@@ -1119,13 +1119,7 @@ pub struct PreKeySetup<B: Backend> {
 impl<B: Backend> PreKeySetup<B> {
     /// Bob's device in `backend`, with `one_time` one-time prekeys of each kind.
     pub fn new(backend: B, one_time: usize) -> Self {
-        let bob = Device::create_in(
-            backend,
-            &StorageKey::from_bytes([2; 32]),
-            Address::new("bob", 1).expect("address"),
-            UNIX_EPOCH,
-        )
-        .expect("bob");
+        let bob = bob_device(backend);
         Self::from_device(bob, one_time)
     }
 

@@ -72,12 +72,7 @@ fn forgeries(rng: &mut ChaCha20Rng, record: &[u8]) -> Vec<(String, RatchetMessag
 mod forge {
     //! Messages sealed by hand from stolen chain keys (`samizdat::hazmat`).
     use chacha20::ChaCha20Rng;
-    use chacha20poly1305::{
-        ChaCha20Poly1305, KeyInit, Nonce,
-        aead::{Aead, Payload},
-    };
     use prost::Message as _;
-    use rand_core::Rng;
     use samizdat::{hazmat, wire::RatchetMessage};
     use samizdat_proto::storage;
 
@@ -98,32 +93,7 @@ mod forge {
             ck = hazmat::chain_step(&ck).1;
         }
         let seed = hazmat::chain_step(&ck).0;
-        with_seed(rng, ad, header_key, ratchet_key, previous_counter, &seed, counter, plaintext)
-    }
-
-    /// A message sealed with a message key seed.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn with_seed(
-        rng: &mut ChaCha20Rng,
-        ad: &[u8],
-        header_key: &[u8; 32],
-        ratchet_key: &[u8; 32],
-        previous_counter: u32,
-        seed: &[u8; 32],
-        counter: u32,
-        plaintext: &[u8],
-    ) -> RatchetMessage {
-        let mut nonce = [0u8; 24];
-        rng.fill_bytes(&mut nonce);
-        let header = hazmat::seal_header(header_key, nonce, ratchet_key, previous_counter, counter, ad);
-        let (key, body_nonce) = hazmat::message_key(seed, &nonce);
-        let mut aad = ad.to_vec();
-        aad.extend_from_slice(&header);
-        let body = ChaCha20Poly1305::new_from_slice(&key)
-            .unwrap()
-            .encrypt(&Nonce::from(body_nonce), Payload { msg: &hazmat::pad(plaintext).unwrap(), aad: &aad })
-            .unwrap();
-        hazmat::ratchet_message(header, body)
+        crate::support::attacker::seal(rng, ad, header_key, ratchet_key, previous_counter, &seed, counter, plaintext)
     }
 
     /// Continuations of every receiving chain with a chain key, in every

@@ -77,11 +77,27 @@ pub(crate) fn forge(rng: &mut ChaCha20Rng, chain: &Chain, counter: u32, plaintex
         ck = hazmat::chain_step(&ck).1;
     }
     let seed = hazmat::chain_step(&ck).0;
+    seal(rng, &chain.ad, &chain.header_key, &chain.ratchet_key, 0, &seed, counter, plaintext)
+}
+
+/// A ratchet message sealed by hand from a message key seed: the header
+/// under `header_key` (4.4), the padded body under the seed's key (4.5).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn seal(
+    rng: &mut ChaCha20Rng,
+    ad: &[u8],
+    header_key: &[u8; 32],
+    ratchet_key: &[u8; 32],
+    previous_counter: u32,
+    seed: &[u8; 32],
+    counter: u32,
+    plaintext: &[u8],
+) -> RatchetMessage {
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
-    let header = hazmat::seal_header(&chain.header_key, nonce, &chain.ratchet_key, 0, counter, &chain.ad);
-    let (key, body_nonce) = hazmat::message_key(&seed, &nonce);
-    let mut aad = chain.ad.clone();
+    let header = hazmat::seal_header(header_key, nonce, ratchet_key, previous_counter, counter, ad);
+    let (key, body_nonce) = hazmat::message_key(seed, &nonce);
+    let mut aad = ad.to_vec();
     aad.extend_from_slice(&header);
     let body = ChaCha20Poly1305::new_from_slice(&key)
         .unwrap()
