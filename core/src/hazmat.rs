@@ -60,29 +60,31 @@ pub fn unpad(padded: &[u8]) -> Option<Vec<u8>> {
     padding::unpad(padded).map(<[u8]>::to_vec)
 }
 
-/// The 41-byte header `0x01 || DHs || PN || N`, sealed under `header_key`
-/// with the given 24-byte nonce and associated data.
+/// The 41-byte header `0x01 || DHs || PN || N` (first byte `0x03` with the
+/// left-answered flag, PROTOCOL.md 4.4), sealed under `header_key` with the
+/// given 24-byte nonce and associated data.
 pub fn seal_header(
     header_key: &[u8; 32],
     nonce: [u8; 24],
-    ratchet_key: &[u8; 32],
-    previous_counter: u32,
-    counter: u32,
+    (ratchet_key, previous_counter, counter): (&[u8; 32], u32, u32),
+    left_answered: bool,
     associated_data: &[u8],
 ) -> [u8; ENCRYPTED_HEADER_LEN] {
     let key = HeaderKey::new(Secret32::new(*header_key));
-    let header = Header { ratchet_key: X25519PublicKey::from_bytes(*ratchet_key), previous_counter, counter };
+    let header =
+        Header { ratchet_key: X25519PublicKey::from_bytes(*ratchet_key), previous_counter, counter, left_answered };
     key.seal(nonce, header, associated_data)
 }
 
-/// Opens a sealed header: `(DHs, PN, N)`.
+/// Opens a sealed header: `(DHs, PN, N, left-answered flag)`.
 pub fn open_header(
     header_key: &[u8; 32],
     encrypted: &[u8; ENCRYPTED_HEADER_LEN],
     associated_data: &[u8],
-) -> Option<([u8; 32], u32, u32)> {
+) -> Option<([u8; 32], u32, u32, bool)> {
     let key = HeaderKey::new(Secret32::new(*header_key));
-    key.open(encrypted, associated_data).map(|h| (*h.ratchet_key.as_bytes(), h.previous_counter, h.counter))
+    key.open(encrypted, associated_data)
+        .map(|h| (*h.ratchet_key.as_bytes(), h.previous_counter, h.counter, h.left_answered))
 }
 
 /// A ratchet message from its parts (to encode it with [`RatchetMessage::to_bytes`]).

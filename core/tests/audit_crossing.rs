@@ -9,7 +9,8 @@
 //! session or its heal), so it was reverted; those tests now pass and stay
 //! as guards that any later fix must keep passing. The crossed case itself
 //! (`crossing_held_the_crossed_answer_converges_for_both_orders`) is the
-//! open bug, ignored until it is fixed.
+//! bug they guarded against; it is fixed by the header's left-answered flag
+//! (PROTOCOL.md 4.4, 9.6 rule 2, 9.9), which leaves rule 6 as it was.
 //!
 //! The window is not rare: every session we initiate is in it from the
 //! peer's first answer until our first reply (Alice says "hi", Bob answers
@@ -377,10 +378,14 @@ fn crossing_broken_a_forged_heal_and_a_held_back_message_undo_the_reset() {
 // ---------------------------------------------------------------------------
 
 /// Held: the crossing of 9.9 ("when B answered A's initiation before A
-/// received B's") converges on the smaller base key in both orders, and
-/// heals on the next round trip, with nothing refused.
+/// received B's") converges in both orders of the base keys, and heals on
+/// the next round trip, with nothing refused. It converges on Bob's session
+/// N, whatever the order: Alice left her answered S for it (9.6, a new
+/// session of the peer's may be a reset), and her messages on N say so (the
+/// header's left-answered flag), so Bob follows (rule 2) instead of keeping
+/// S by the order of base keys. (The audit expected the smaller base key;
+/// the fix that landed makes the side that knows it left a session decide.)
 #[test]
-#[ignore = "open bug: a crossed initiation answered before it arrives never converges (PROTOCOL.md 9.9)"]
 fn crossing_held_the_crossed_answer_converges_for_both_orders() {
     let mut seen = [false, false];
     for seed in 6_400..6_464 {
@@ -409,8 +414,7 @@ fn crossing_held_the_crossed_answer_converges_for_both_orders() {
             alice.receive(&mut rng, &b, &m).unwrap_or_else(|e| panic!("seed {seed} b{i}: {e:?}"));
         }
         round_trip(&mut rng, &mut alice, &mut bob, 2);
-        let smaller = ea.min(eb);
-        assert_eq!((alice.current(), bob.current()), (smaller, smaller), "seed {seed}");
+        assert_eq!((alice.current(), bob.current()), (eb, eb), "seed {seed}");
         assert_eq!(alice.record.archived_states(), alice.record.kept_states(), "seed {seed}: Alice healed");
         assert_eq!(bob.record.archived_states(), bob.record.kept_states(), "seed {seed}: Bob healed");
         if seen == [true, true] {

@@ -520,9 +520,9 @@ fn q2_a_forger_with_an_old_copy_after_the_heal() {
     // under the copied next header key, and the root step it makes Bob take
     // uses only the copy's root key and ratchet secret.
     let header_of = |wire: &[u8]| -> [u8; ENCRYPTED_HEADER_LEN] { parts(wire).0.try_into().unwrap() };
-    let (alice1, _, _) = hazmat::open_header(&next_header_key, &header_of(&a1), &ad).unwrap();
+    let (alice1, _, _, _) = hazmat::open_header(&next_header_key, &header_of(&a1), &ad).unwrap();
     let (_, _, current_header_key) = hazmat::root_step(&root, &hazmat::x25519(&bob_secret, &alice1).unwrap());
-    let (alice2, _, _) = hazmat::open_header(&current_header_key, &header_of(&a2), &ad).expect("a2 opens");
+    let (alice2, _, _, _) = hazmat::open_header(&current_header_key, &header_of(&a2), &ad).expect("a2 opens");
 
     let forge = |rng: &mut ChaCha20Rng, header_key: &[u8], ratchet_key: &[u8], counter: u32| {
         let mut nonce = [0u8; 24];
@@ -530,9 +530,8 @@ fn q2_a_forger_with_an_old_copy_after_the_heal() {
         let header = hazmat::seal_header(
             header_key.try_into().unwrap(),
             nonce,
-            ratchet_key.try_into().unwrap(),
-            0,
-            counter,
+            (ratchet_key.try_into().unwrap(), 0, counter),
+            false,
             &ad,
         );
         hazmat::ratchet_message(header, random_bytes(rng, 96)).to_bytes()

@@ -229,6 +229,8 @@ pub(crate) enum HeaderCase {
         ratchet_key: String,
         previous_counter: u32,
         counter: u32,
+        /// The flag bit 0x02 of the first byte (PROTOCOL.md 4.4).
+        left_answered: bool,
         associated_data: String,
         #[serde(default)]
         header: String,
@@ -251,6 +253,7 @@ pub(crate) struct Opened {
     ratchet_key: String,
     previous_counter: u32,
     counter: u32,
+    left_answered: bool,
 }
 
 impl VectorSet for HeaderEncryption {
@@ -258,11 +261,13 @@ impl VectorSet for HeaderEncryption {
     const META: Meta = Meta {
         file: "header_encryption.json",
         section: "4.4 Header format and header encryption",
-        description: "`seal`: header = 0x01 || ratchet_key || u32be(previous_counter) || u32be(counter) (41 bytes); \
-            encrypted_header = nonce || XChaCha20-Poly1305(key = header_key, nonce, aad = associated_data, header) \
-            (81 bytes). `open`: HDEC(header_key, sealed, associated_data); `opened` is null when the header does not \
-            open (wrong key, wrong associated data, any altered byte, or a header that authenticates but whose \
-            version byte is not 0x01). Header keys here are next_header_key outputs of root steps.",
+        description: "`seal`: header = flags || ratchet_key || u32be(previous_counter) || u32be(counter) (41 bytes), \
+            flags = 0x01, or 0x03 if left_answered; encrypted_header = nonce || XChaCha20-Poly1305(key = header_key, \
+            nonce, aad = associated_data, header) (81 bytes). `open`: HDEC(header_key, sealed, associated_data); \
+            `opened` is null when the header does not open (wrong key, wrong associated data, any altered byte, or a \
+            header that authenticates but whose first byte is neither 0x01 nor 0x03: 0x02, the flag without the \
+            version, in open_header_version_2; 0x07 in open_header_first_byte_0x07); opened.left_answered is bit 0x02 \
+            of the first byte. Header keys here are next_header_key outputs of root steps.",
         seed: 7,
         inputs: &[
             "operation",
@@ -272,6 +277,7 @@ impl VectorSet for HeaderEncryption {
             "ratchet_key",
             "previous_counter",
             "counter",
+            "left_answered",
             "associated_data",
             "sealed",
         ],
@@ -286,6 +292,7 @@ impl VectorSet for HeaderEncryption {
             ratchet_key: dh,
             previous_counter: pn,
             counter: n,
+            left_answered: false,
             associated_data: ad,
             header: String::new(),
             encrypted_header: String::new(),
@@ -312,7 +319,7 @@ impl VectorSet for HeaderEncryption {
         // The open cases all start from the first seal.
         let key = array::<32>("header_key", &hk)?;
         let dh_bytes = array::<32>("ratchet_key", &dh)?;
-        let sealed = hazmat::seal_header(&key, nonce, &dh_bytes, 0, 0, &ad);
+        let sealed = hazmat::seal_header(&key, nonce, (&dh_bytes, 0, 0), false, &ad);
         let open = |name: &str, hk: &str, ad: &[u8], sealed: &[u8]| HeaderCase::Open {
             name: name.to_owned(),
             header_key: hk.to_owned(),
@@ -344,6 +351,30 @@ impl VectorSet for HeaderEncryption {
             open("open_altered_tag", &hk, &ad, &altered(80)),
             open("open_header_version_2", &hk, &ad, &version_2),
         ]);
+        // The flag (drawn after every case above, which stay as they were).
+        let flagged_key = header_key(rng);
+        let flagged_nonce = random::<24>(rng);
+        let flagged_dh = h(hazmat::x25519_public(&random::<32>(rng)));
+        let flagged = hazmat::seal_header(
+            &array::<32>("header_key", &flagged_key)?,
+            flagged_nonce,
+            (&array::<32>("ratchet_key", &flagged_dh)?, 3, 1),
+            true,
+            &ad,
+        );
+        let mut first_byte_7 = vec![0x07];
+        first_byte_7.extend_from_slice(&dh_bytes);
+        first_byte_7.extend_from_slice(&[0; 8]);
+        let first_byte_7 = xchacha20poly1305_seal(&key, &nonce, &ad, &first_byte_7)?;
+        let mut with_flag = seal("left_answered", flagged_key.clone(), h(flagged_nonce), flagged_dh, 3, 1, ad_hex);
+        if let HeaderCase::Seal { left_answered, .. } = &mut with_flag {
+            *left_answered = true;
+        }
+        cases.extend([
+            with_flag,
+            open("open_left_answered", &flagged_key, &ad, &flagged),
+            open("open_header_first_byte_0x07", &hk, &ad, &first_byte_7),
+        ]);
         Ok(cases)
     }
 
@@ -356,20 +387,29 @@ impl VectorSet for HeaderEncryption {
                 ratchet_key,
                 previous_counter,
                 counter,
+                left_answered,
                 associated_data,
                 ..
             } => {
                 let key = array::<32>("header_key", header_key)?;
                 let dh = array::<32>("ratchet_key", ratchet_key)?;
                 let ad = bytes("associated_data", associated_data)?;
+                let nonce_bytes = array::<24>("nonce", nonce)?;
                 let sealed =
-                    hazmat::seal_header(&key, array::<24>("nonce", nonce)?, &dh, *previous_counter, *counter, &ad);
-                let mut header = vec![0x01];
+                    hazmat::seal_header(&key, nonce_bytes, (&dh, *previous_counter, *counter), *left_answered, &ad);
+                // Built by hand here, to check the sealed one against.
+                let mut header = vec![if *left_answered { 0x03 } else { 0x01 }];
                 header.extend_from_slice(&dh);
                 header.extend_from_slice(&previous_counter.to_be_bytes());
                 header.extend_from_slice(&counter.to_be_bytes());
                 let opened = hazmat::open_header(&key, &sealed, &ad);
-                agree("encrypted_header", &[u8::from(opened == Some((dh, *previous_counter, *counter)))], &[1])?;
+                agree(
+                    "encrypted_header",
+                    &[u8::from(opened == Some((dh, *previous_counter, *counter, *left_answered)))],
+                    &[1],
+                )?;
+                // The hand-built header, sealed with the bare AEAD, is the same.
+                agree("encrypted_header", &sealed, &xchacha20poly1305_seal(&key, &nonce_bytes, &ad, &header)?)?;
                 Ok(HeaderCase::Seal {
                     name: name.clone(),
                     header_key: header_key.clone(),
@@ -377,6 +417,7 @@ impl VectorSet for HeaderEncryption {
                     ratchet_key: ratchet_key.clone(),
                     previous_counter: *previous_counter,
                     counter: *counter,
+                    left_answered: *left_answered,
                     associated_data: associated_data.clone(),
                     header: h(header),
                     encrypted_header: h(sealed),
@@ -388,7 +429,12 @@ impl VectorSet for HeaderEncryption {
                     &array::<81>("sealed", sealed)?,
                     &bytes("associated_data", associated_data)?,
                 )
-                .map(|(dh, pn, n)| Opened { ratchet_key: h(dh), previous_counter: pn, counter: n });
+                .map(|(dh, pn, n, left_answered)| Opened {
+                    ratchet_key: h(dh),
+                    previous_counter: pn,
+                    counter: n,
+                    left_answered,
+                });
                 Ok(HeaderCase::Open {
                     name: name.clone(),
                     header_key: header_key.clone(),

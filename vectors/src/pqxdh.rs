@@ -285,7 +285,7 @@ impl VectorSet for Pqxdh {
         let mut header = vec![0x01];
         header.extend_from_slice(&alice_ratchet_key);
         header.extend_from_slice(&[0; 8]);
-        let eh = hazmat::seal_header(&array::<32>("hka", &h(hka))?, nonce, &alice_ratchet_key, 0, 0, &ad);
+        let eh = hazmat::seal_header(&array::<32>("hka", &h(hka))?, nonce, (&alice_ratchet_key, 0, 0), false, &ad);
         let mut body_ad = ad.clone();
         body_ad.extend_from_slice(&eh);
         let padded = hazmat::pad(&plaintext).ok_or_else(|| err("plaintext", "too long"))?;

@@ -410,6 +410,9 @@ fn check_shapes(f: &Fixtures) -> R<()> {
     if f.bob_displaced.archived.len() != 1 || !displaced.is_some_and(|s| s.displaced && s.ratchet.is_some()) {
         return fail("a displaced full archived state");
     }
+    if !f.bob_displaced.current.as_ref().is_some_and(|s| s.left_answered) {
+        return fail("a current state that left an answered one");
+    }
     let pending = |s: Option<&storage::SessionState>| s.is_some_and(|s| s.pending_prekey.is_some());
     if !pending(f.alice.current.as_ref())
         || !pending(f.alice.archived.first())
@@ -1541,6 +1544,7 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
         })
     };
     let on_alice = |edit: Edit<'_>| alter(&f.alice, edit);
+    let on_displaced = |edit: Edit<'_>| alter(&f.bob_displaced, edit);
     let header = f.alice.current.as_ref().and_then(|s| s.pending_prekey.clone());
     let kept_copy = f.bob.archived.first().cloned().ok_or_else(|| err("input", "no archived state"))?;
     let archived_copies = |n: usize| {
@@ -1616,8 +1620,9 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
     cases.add(
         "record_with_a_displaced_state",
         D,
-        "13.4 S9 and 8a: Bob's record after Alice's second session replaced the first: an archived full state that \
-         is displaced is accepted (8a refuses only a displaced current state).",
+        "13.4 S9, S11 and 8a: Bob's record after Alice's second session replaced the first: an archived full state \
+         that is displaced is accepted (8a refuses only a displaced current state), and so is the current state's \
+         `left_answered` (it replaced a state that had heard from Alice, 9.6).",
         &f.bob_displaced.encode_to_vec(),
     );
     cases.add(
@@ -1987,6 +1992,72 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
         "13.4 S10: `came_back` on a kept state.",
         &s(&|r| {
             archived(r, 0)?.came_back = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "left_answered_kept_state",
+        D,
+        "13.4 S11: `left_answered` on a kept state.",
+        &s(&|r| {
+            archived(r, 0)?.left_answered = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "left_answered_initiator_state",
+        D,
+        "13.4 S11: `left_answered` on Alice's current state, an initiator state.",
+        &on_alice(&|r| {
+            current(r)?.left_answered = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "followed_responder_state",
+        D,
+        "13.4 S12: `followed` on Bob's current state, a responder state.",
+        &s(&|r| {
+            current(r)?.followed = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "followed_kept_state",
+        D,
+        "13.4 S12: `followed` on a kept state (`initiator` set too, so that only fullness fails).",
+        &s(&|r| {
+            let state = archived(r, 0)?;
+            state.initiator = true;
+            state.followed = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "followed_archived_state",
+        D,
+        "13.4 check 9d: `followed` on Alice's archived unanswered initiation (full, ours), which passes S1 to S12.",
+        &on_alice(&|r| {
+            archived(r, 0)?.followed = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "record_current_followed",
+        D,
+        "13.4 S12: `followed` on Alice's current state, full and ours, is accepted.",
+        &on_alice(&|r| {
+            current(r)?.followed = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "left_answered_archived_state",
+        D,
+        "13.4 check 9c: `left_answered` on an archived full state (Bob's displaced first session), which passes \
+         S1 to S11.",
+        &on_displaced(&|r| {
+            archived(r, 0)?.left_answered = true;
             Ok(())
         })?,
     );

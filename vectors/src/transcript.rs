@@ -472,9 +472,8 @@ fn run(case: &TranscriptCase, strict: bool) -> R<(TranscriptCase, Vec<usize>)> {
                 let eh = hazmat::seal_header(
                     &header_key,
                     nonce,
-                    ratchet_key.as_bytes(),
-                    sending.previous_counter,
-                    sending.counter,
+                    (ratchet_key.as_bytes(), sending.previous_counter, sending.counter),
+                    false,
                     &ad,
                 );
                 agree(&field("encrypted_header"), sealed.header(), &eh)?;

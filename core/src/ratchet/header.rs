@@ -1,10 +1,15 @@
 //! Header encryption (the Signal specification, section 4).
 //!
-//! The header `(version, DHs, PN, N)` is serialized to 41 fixed bytes:
+//! The header `(version and flags, DHs, PN, N)` is serialized to 41 fixed
+//! bytes:
 //!
 //! ```text
-//! version (1 byte, 0x01) || ratchet public key (32) || PN (u32 BE) || N (u32 BE)
+//! version and flags (1 byte: 0x01, or 0x03) || ratchet public key (32) || PN (u32 BE) || N (u32 BE)
 //! ```
+//!
+//! The first byte is the version, `0x01`, with one flag bit that the session
+//! layer sets: [`HEADER_FLAG_LEFT_ANSWERED`] (`0x02`, PROTOCOL.md 4.4 and
+//! 9.9). Inside the encryption, so the server never sees it.
 //!
 //! and sealed with XChaCha20-Poly1305 under the chain's header key, with a
 //! fresh random 24-byte nonce and the session's associated data as AEAD
@@ -24,6 +29,11 @@ use crate::keys::{Secret32, X25519PublicKey};
 
 /// The header format version inside the encrypted header.
 pub(crate) const HEADER_VERSION: u8 = 1;
+/// The flag bit of the header's first byte that says the sender's state
+/// replaced, when it was installed, a session on which the sender had heard
+/// from us: a receiver holding this session as its unanswered initiation
+/// follows it (PROTOCOL.md 9.6, rule 2; 9.9).
+pub(crate) const HEADER_FLAG_LEFT_ANSWERED: u8 = 0x02;
 /// Length of a serialized header.
 pub(crate) const HEADER_LEN: usize = 1 + 32 + 4 + 4;
 /// Length of the XChaCha20-Poly1305 nonce.
@@ -54,6 +64,8 @@ pub(crate) struct Header {
     pub(crate) previous_counter: u32,
     /// `N`: this message's index in the sending chain.
     pub(crate) counter: u32,
+    /// The [`HEADER_FLAG_LEFT_ANSWERED`] bit.
+    pub(crate) left_answered: bool,
 }
 
 impl Header {
@@ -62,7 +74,8 @@ impl Header {
         let (version, rest) = out.split_at_mut(1);
         let (key, rest) = rest.split_at_mut(32);
         let (pn, n) = rest.split_at_mut(4);
-        version.copy_from_slice(&[HEADER_VERSION]);
+        let flags = if self.left_answered { HEADER_FLAG_LEFT_ANSWERED } else { 0 };
+        version.copy_from_slice(&[HEADER_VERSION | flags]);
         key.copy_from_slice(self.ratchet_key.as_bytes());
         pn.copy_from_slice(&self.previous_counter.to_be_bytes());
         n.copy_from_slice(&self.counter.to_be_bytes());
@@ -72,7 +85,9 @@ impl Header {
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let bytes: &[u8; HEADER_LEN] = bytes.try_into().ok()?;
         let (version, rest) = bytes.split_first()?;
-        if *version != HEADER_VERSION {
+        // Version 1, with or without the one flag: any other bit set is
+        // another version, which this one treats as not opening.
+        if *version & !HEADER_FLAG_LEFT_ANSWERED != HEADER_VERSION {
             return None;
         }
         let (key, rest) = rest.split_at(32);
@@ -81,6 +96,7 @@ impl Header {
             ratchet_key: X25519PublicKey::from_bytes(key.try_into().ok()?),
             previous_counter: u32::from_be_bytes(pn.try_into().ok()?),
             counter: u32::from_be_bytes(n.try_into().ok()?),
+            left_answered: *version & HEADER_FLAG_LEFT_ANSWERED != 0,
         })
     }
 }
@@ -124,7 +140,7 @@ impl HeaderKey {
     }
 
     /// `HDECRYPT(HK, encrypted_header)`; `None` if it does not authenticate
-    /// under this key or is not a version-1 header.
+    /// under this key or is not a version-1 header (with or without its flag).
     pub(crate) fn open(&self, encrypted: &[u8; ENCRYPTED_HEADER_LEN], ad: &[u8]) -> Option<Header> {
         let (nonce, sealed) = encrypted.split_at(HEADER_NONCE_LEN);
         let nonce: [u8; HEADER_NONCE_LEN] = nonce.try_into().ok()?;
@@ -147,7 +163,12 @@ mod tests {
     use super::*;
 
     fn header() -> Header {
-        Header { ratchet_key: X25519PublicKey::from_bytes([5; 32]), previous_counter: 7, counter: 0x0102_0304 }
+        Header {
+            ratchet_key: X25519PublicKey::from_bytes([5; 32]),
+            previous_counter: 7,
+            counter: 0x0102_0304,
+            left_answered: false,
+        }
     }
 
     #[test]
@@ -179,10 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn the_flag_is_the_second_bit_of_the_first_byte() {
+        let flagged = Header { left_answered: true, ..header() };
+        let bytes = flagged.to_bytes();
+        assert_eq!(bytes[0], 0x03);
+        assert_eq!(bytes[1..], header().to_bytes()[1..]);
+        assert_eq!(Header::from_bytes(&bytes), Some(flagged));
+    }
+
+    #[test]
     fn wrong_inner_version_is_rejected() {
         let mut bytes = header().to_bytes();
-        bytes[0] = 2;
-        assert_eq!(Header::from_bytes(&bytes), None);
+        // Every first byte but 0x01 and 0x03: the flag alone (0x02), other
+        // bits, other versions.
+        for first in (0..=u8::MAX).filter(|b| *b != 0x01 && *b != 0x03) {
+            bytes[0] = first;
+            assert_eq!(Header::from_bytes(&bytes), None, "first byte {first:#04x}");
+        }
         assert_eq!(Header::from_bytes(&bytes[..40]), None);
     }
 }

@@ -84,7 +84,11 @@ impl KeptKeys {
             return Err(DecryptError::NoMatchingState.into());
         };
         let (plaintext, counter, content) = open_body(ad, message, &message_key)?;
-        Ok((plaintext, content, DecryptPlan { kind: PlanKind::Skipped { chain, position }, used: (counter, tag) }))
+        Ok((
+            plaintext,
+            content,
+            DecryptPlan { kind: PlanKind::Skipped { chain, position }, used: (counter, tag), left_answered: false },
+        ))
     }
 
     /// Applies a plan made by [`Self::plan_decrypt`] on this very value.

@@ -198,12 +198,22 @@ pub(crate) struct DecryptPlan {
     kind: PlanKind,
     /// The counter the message used and its tag, remembered on its chain.
     used: (u32, NonceTag),
+    /// Whether the message is a DH step whose header carries the
+    /// left-answered flag (PROTOCOL.md 4.4): the session layer reads it.
+    left_answered: bool,
 }
 
 impl DecryptPlan {
     /// Whether applying the plan takes a DH ratchet step.
     pub(crate) fn is_step(&self) -> bool {
         matches!(self.kind, PlanKind::Step(_))
+    }
+
+    /// Whether the message is a DH step of the peer's whose header says that
+    /// the peer's state replaced a session on which it had heard from us
+    /// (the flag of PROTOCOL.md 4.4; only a step's flag is acted on, 9.6).
+    pub(crate) fn peer_left_answered(&self) -> bool {
+        self.left_answered && self.is_step()
     }
 
     /// Whether applying the plan uses or adds skipped keys.
@@ -255,6 +265,8 @@ struct ReceiveStep {
     root_key: RootKey,
     receiving: ReceivingChain,
     next_receiving_header_key: HeaderKey,
+    /// The header's left-answered flag.
+    left_answered: bool,
 }
 
 impl DoubleRatchet {
@@ -342,15 +354,18 @@ impl DoubleRatchet {
         rng: &mut R,
         plaintext: &[u8],
     ) -> Result<RatchetMessage, EncryptError> {
-        self.encrypt_content(rng, plaintext, ContentType::App)
+        self.encrypt_content(rng, plaintext, ContentType::App, false)
     }
 
-    /// [`Self::encrypt`] of content of type `content` (PROTOCOL.md 5.2).
+    /// [`Self::encrypt`] of content of type `content` (PROTOCOL.md 5.2),
+    /// with the header's left-answered flag if `left_answered` (4.4; the
+    /// session layer decides it, 9.6).
     pub(crate) fn encrypt_content<R: CryptoRng + ?Sized>(
         &mut self,
         rng: &mut R,
         plaintext: &[u8],
         content: ContentType,
+        left_answered: bool,
     ) -> Result<RatchetMessage, EncryptError> {
         if plaintext.len() > crate::limits::MAX_PLAINTEXT_LEN {
             return Err(EncryptError::MessageTooLarge { len: plaintext.len(), max: crate::limits::MAX_PLAINTEXT_LEN });
@@ -364,6 +379,7 @@ impl DoubleRatchet {
             ratchet_key: self.sending.ratchet_key.public_key(),
             previous_counter: self.sending.previous_counter,
             counter: chain_key.index(),
+            left_answered,
         };
         // The header nonce also salts the body key: a sender that comes back
         // to this counter (restored, cloned, forked) uses another key.
@@ -440,12 +456,13 @@ impl DoubleRatchet {
             }
             Err(error) => return Err(error.into()),
         };
+        let left_answered = matches!(&found, Found::Step(step) if step.left_answered);
         let kind = match found {
             Found::Skipped { chain, position } => PlanKind::Skipped { chain, position },
             Found::Advance { chain_key, skipped } => PlanKind::Advance { chain_key, skipped },
             Found::Step(step) => PlanKind::Step(Box::new(self.complete_step(rng, *step)?)),
         };
-        Ok((plaintext, content, DecryptPlan { kind, used: (counter, tag) }))
+        Ok((plaintext, content, DecryptPlan { kind, used: (counter, tag), left_answered }))
     }
 
     /// Whether the header of `message` opens under the next header key: the
@@ -612,6 +629,7 @@ impl DoubleRatchet {
                 VecDeque::new(),
             ),
             next_receiving_header_key,
+            left_answered: header.left_answered,
         };
         Ok((message_key, Found::Step(Box::new(step))))
     }

@@ -36,6 +36,7 @@ impl DoubleRatchet {
             ratchet_key: self.sending.ratchet_key.public_key(),
             previous_counter: self.sending.previous_counter,
             counter,
+            left_answered: false,
         };
         let key = if use_next_key { &self.sending.next_header_key } else { &self.sending.chain.as_ref().unwrap().1 };
         RatchetMessage::new(key.seal(fresh_nonce(rng), header, &self.associated_data), vec![0; 80])
@@ -213,7 +214,12 @@ fn small_order_ratchet_keys_are_rejected() {
     let m = alice.encrypt(&mut rng, b"a").unwrap();
     bob.decrypt(&mut rng, &m).unwrap();
     // Alice's next chain announces an all-zero ratchet key under the right header key.
-    let evil = Header { ratchet_key: X25519PublicKey::from_bytes([0; 32]), previous_counter: 1, counter: 0 };
+    let evil = Header {
+        ratchet_key: X25519PublicKey::from_bytes([0; 32]),
+        previous_counter: 1,
+        counter: 0,
+        left_answered: false,
+    };
     let hk = &alice.sending.next_header_key;
     let message = RatchetMessage::new(hk.seal(fresh_nonce(&mut rng), evil, b"ad"), vec![0; 80]);
     let r = bob.encrypt(&mut rng, b"r").unwrap();

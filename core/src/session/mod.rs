@@ -401,6 +401,8 @@ impl SessionRecord {
             initiated: self.initiations,
             displaced: false,
             came_back: false,
+            left_answered: false,
+            followed: false,
         };
         self.install(state);
         Ok(())
@@ -447,7 +449,11 @@ impl SessionRecord {
     /// Makes `state` current, archiving the previous one.
     fn install(&mut self, state: SessionState) {
         self.trusted_identity = Some(state.remote_identity);
-        if let Some(previous) = self.current.replace(state) {
+        if let Some(mut previous) = self.current.replace(state) {
+            // Only the current state sends, so only it carries the flag; and
+            // rule 6 looks only at the current state's `followed`.
+            previous.left_answered = false;
+            previous.followed = false;
             self.archived.push_front(previous);
             if let Some(dropped) = self.archived.get(MAX_ARCHIVED_STATES) {
                 self.skipped_changed |= dropped.skipped_count() > 0;
@@ -478,7 +484,7 @@ impl SessionRecord {
         let state = self.current.as_mut().ok_or(SessionError::NoSession)?;
         // The current state is always full (cut states are never current).
         let Keys::Full(ratchet) = &mut state.keys else { return Err(SessionError::NoSession) };
-        let message = ratchet.encrypt_content(rng, plaintext, content)?;
+        let message = ratchet.encrypt_content(rng, plaintext, content, state.left_answered)?;
         self.generation = self.generation.wrapping_add(1);
         Ok(match &state.pending_prekey {
             Some(header) => Message::PreKey(Box::new(PreKeyMessage { header: header.clone(), message })).into_bytes(),
@@ -598,6 +604,8 @@ impl SessionRecord {
             initiated: 0,
             displaced: false,
             came_back: false,
+            left_answered: false,
+            followed: false,
         };
         Ok(PendingDecrypt {
             plaintext: Zeroizing::new(plaintext),
@@ -745,8 +753,15 @@ impl SessionRecord {
                 // be one it sent long ago, on a session it has since left for
                 // the current one: until the next heal, the current one may
                 // still step, and a step brings it back.
+                let mut state = state;
                 if let Some(current) = &mut self.current {
                     current.displaced = !current.is_unanswered_initiation();
+                    // And the peer may still be on the current one: if it
+                    // had heard from the peer, the peer may have answered it
+                    // after making the new session (their initiations
+                    // crossed, 9.9). Our messages on the new one say that we
+                    // left it, so that the peer follows (rule 2 on its side).
+                    state.left_answered = current.displaced;
                 }
                 self.install(*state);
             }
@@ -756,10 +771,15 @@ impl SessionRecord {
                 }
                 let step = plan.is_step();
                 // Decided before the plan clears the pending prekey header.
+                let peer_left = plan.peer_left_answered();
                 let promote = match slot {
-                    Slot::Archived(i) => self.promotes(i, prekey, step),
+                    Slot::Archived(i) => self.promotes(i, prekey, step, peer_left),
                     Slot::Current => None,
                 };
+                // Our initiation, answered by a peer that left another session
+                // for it (rule 2 with the flag): rule 6 must not take us off
+                // it for a late message of that other session.
+                let followed = peer_left && self.state(slot).is_some_and(SessionState::is_unanswered_initiation);
                 let Some(state) = (match slot {
                     Slot::Current => self.current.as_mut(),
                     Slot::Archived(i) => self.archived.get_mut(i),
@@ -771,6 +791,12 @@ impl SessionRecord {
                     Slot::Current if step => self.heal(),
                     Slot::Current => {}
                     Slot::Archived(i) => self.after_archived_decrypt(i, promote),
+                }
+                if followed
+                    && promote.is_some()
+                    && let Some(current) = &mut self.current
+                {
+                    current.followed = true;
                 }
                 self.generation = self.generation.wrapping_add(1);
             }
@@ -817,6 +843,10 @@ impl SessionRecord {
         self.heals = self.heals.saturating_add(1);
         if let Some(current) = &mut self.current {
             current.came_back = false;
+            // The peer stepped on it: it is on this session, and knows it;
+            // every other state is cut, so rule 6 has nothing to move to.
+            current.left_answered = false;
+            current.followed = false;
         }
         let heals = self.heals;
         self.archived = std::mem::take(&mut self.archived)
@@ -840,9 +870,14 @@ impl SessionRecord {
     ///    replaces it only if it is the later of the two, or if the current
     ///    one offered the same one-time prekey (which the peer consumed
     ///    answering this one: the current one can never be answered).
-    ///    Otherwise (both sides initiated at once), if its base key is the
-    ///    smaller, bytewise: the peer, holding the same two sessions the
-    ///    other way round, picks the same.
+    ///    Otherwise, if the message says (the header's left-answered flag,
+    ///    `peer_left`) that the peer left for it a session on which it had
+    ///    heard from us: our initiation and the peer's crossed, and we
+    ///    answered the peer's before ours arrived (PROTOCOL.md 9.9), so the
+    ///    peer is here and will not come back. Otherwise (both sides
+    ///    initiated at once, neither had heard from the other), if its base
+    ///    key is the smaller, bytewise: the peer, holding the same two
+    ///    sessions the other way round, picks the same.
     /// 3. Nothing else replaces our unanswered initiation: we wait for the
     ///    peer's answer, which its prekey message makes the peer's current
     ///    state.
@@ -861,22 +896,24 @@ impl SessionRecord {
     ///    record can forge such messages.
     /// 6. Any other, if its base key is the smaller, unless the current state
     ///    is a session the peer initiated and waits for us to answer on
-    ///    (`owes_an_answer`): the peer is on it, and holding the same two
-    ///    sessions, picks the same.
+    ///    (`owes_an_answer`), or one chosen over an answered session by the
+    ///    left-answered flag, ours (`left_answered`) or the peer's that we
+    ///    followed (`followed`): the peer is on it; otherwise the peer,
+    ///    holding the same two sessions, picks the same.
     ///
     /// Between two heals a copy of an old record can therefore move the
     /// record a bounded number of times: by rules 4 and 5 once per state, by
     /// rule 6 only down the order of base keys, by rules 1 to 3 only on
     /// states a copy cannot make. The peer's next DH step on the state it
     /// lands on heals, and a heal cuts every other state (PROTOCOL.md 9.10).
-    fn promotes(&self, i: usize, prekey: bool, step: bool) -> Option<Promotion> {
+    fn promotes(&self, i: usize, prekey: bool, step: bool, peer_left: bool) -> Option<Promotion> {
         let promote = |yes: bool| yes.then_some(Promotion::Plain);
         let state = self.archived.get(i).filter(|state| state.is_full())?;
         let Some(current) = &self.current else { return Some(Promotion::Plain) };
         let smaller = state.base_key.as_bytes() < current.base_key.as_bytes();
         if state.is_unanswered_initiation() {
             if !current.is_unanswered_initiation() {
-                return promote(smaller);
+                return promote(peer_left || smaller);
             }
             let one_time = |s: &SessionState| s.pending_prekey.as_ref().and_then(|h| h.one_time_prekey_id);
             let dead = one_time(current).is_some() && one_time(current) == one_time(state);
@@ -899,10 +936,14 @@ impl SessionRecord {
             return Some(Promotion::Plain);
         }
         // Rule 6 never leaves a session the peer waits for us to answer, nor
-        // brings back one a new session of the peer's displaced: the peer
-        // left it (a late message of it must not undo the peer's reset,
-        // PROTOCOL.md 20.6); only rule 4 does, on a DH step.
-        promote(!current.owes_an_answer() && !state.displaced && smaller)
+        // one the peer or we said was chosen over an answered session (the
+        // left-answered flag, sent or followed: a late message of the
+        // session left must not undo that, 9.9), nor brings back one a new
+        // session of the peer's displaced: the peer left it (a late message
+        // of it must not undo the peer's reset, PROTOCOL.md 20.6); only rule
+        // 4 does, on a DH step.
+        let chosen = current.left_answered || current.followed;
+        promote(!current.owes_an_answer() && !chosen && !state.displaced && smaller)
     }
 
     /// Archived state `i` decrypted a message: it becomes current if
@@ -917,6 +958,8 @@ impl SessionRecord {
                 promoted.displaced = false;
                 if let Some(mut previous) = self.current.replace(promoted) {
                     previous.displaced = promotion == Promotion::Back && !previous.is_unanswered_initiation();
+                    previous.left_answered = false;
+                    previous.followed = false;
                     self.archived.push_front(previous);
                 }
             }
@@ -1123,6 +1166,13 @@ impl SessionRecord {
         }
         if current.iter().chain(archived.iter()).any(|s| s.initiated > record.initiations) {
             return Err(DecodeError::InvalidValue("initiated"));
+        }
+        // Only the current state sends, so only it carries the flag.
+        if archived.iter().any(|s| s.left_answered) {
+            return Err(DecodeError::InvalidValue("left_answered"));
+        }
+        if archived.iter().any(|s| s.followed) {
+            return Err(DecodeError::InvalidValue("followed"));
         }
         let seen_base_keys = record
             .seen_base_keys

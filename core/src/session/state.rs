@@ -46,6 +46,19 @@ pub(crate) struct SessionState {
     /// Whether the state became current again by `SessionRecord::promotes`
     /// since the last heal: rules 4 and 5 bring a state back once only.
     pub(crate) came_back: bool,
+    /// Whether this state, a session the peer started, replaced a state that
+    /// had heard from the peer when it was installed: until the peer's first
+    /// DH step on it (or until it is archived), its messages carry the
+    /// header's left-answered flag, which tells a peer still holding that
+    /// replaced session as current to follow us here (PROTOCOL.md 9.6 rule
+    /// 2, 9.9). Only on the current state.
+    pub(crate) left_answered: bool,
+    /// Whether this state, our initiation, became current on the peer's
+    /// first answer with the left-answered flag (rule 2): the peer left a
+    /// session for it, so until the next heal rule 6 does not leave it for
+    /// a late message of another session (PROTOCOL.md 9.6, 9.9). Only on the
+    /// current state.
+    pub(crate) followed: bool,
 }
 
 impl SessionState {
@@ -118,6 +131,8 @@ impl SessionState {
             initiated,
             displaced: _,
             came_back: _,
+            left_answered: _,
+            followed: _,
         } = self;
         let (kept, kept_since) = match keys {
             Keys::Full(ratchet) => (ratchet.into_kept_keys(), heals),
@@ -133,6 +148,8 @@ impl SessionState {
             initiated,
             displaced: false,
             came_back: false,
+            left_answered: false,
+            followed: false,
         })
     }
 
@@ -191,6 +208,8 @@ impl SessionState {
             initiated: self.initiated,
             displaced: self.displaced,
             came_back: self.came_back,
+            left_answered: self.left_answered,
+            followed: self.followed,
         }
     }
 
@@ -236,6 +255,12 @@ impl SessionState {
         if record.came_back && !matches!(keys, Keys::Full(_)) {
             return Err(DecodeError::InvalidValue("came_back"));
         }
+        if record.left_answered && (record.initiator || !matches!(keys, Keys::Full(_))) {
+            return Err(DecodeError::InvalidValue("left_answered"));
+        }
+        if record.followed && (!record.initiator || !matches!(keys, Keys::Full(_))) {
+            return Err(DecodeError::InvalidValue("followed"));
+        }
         Ok(Self {
             keys,
             remote_identity,
@@ -246,6 +271,8 @@ impl SessionState {
             initiated: record.initiated,
             displaced: record.displaced,
             came_back: record.came_back,
+            left_answered: record.left_answered,
+            followed: record.followed,
         })
     }
 }

@@ -95,7 +95,7 @@ pub(crate) fn seal(
 ) -> RatchetMessage {
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
-    let header = hazmat::seal_header(header_key, nonce, ratchet_key, previous_counter, counter, ad);
+    let header = hazmat::seal_header(header_key, nonce, (ratchet_key, previous_counter, counter), false, ad);
     let (key, body_nonce) = hazmat::message_key(seed, &nonce);
     let mut aad = ad.to_vec();
     aad.extend_from_slice(&header);
@@ -109,7 +109,7 @@ pub(crate) fn seal(
 /// Reads a message sent on `chain` (any counter from the copy's on).
 pub(crate) fn read(chain: &Chain, message: &RatchetMessage) -> Option<Vec<u8>> {
     let header = message.header();
-    let (_, _, counter) = hazmat::open_header(&chain.header_key, header, &chain.ad)?;
+    let (_, _, counter, _) = hazmat::open_header(&chain.header_key, header, &chain.ad)?;
     if counter < chain.counter {
         return None;
     }
