@@ -34,6 +34,10 @@ use thiserror::Error;
 
 use crate::keys::IdentityKey;
 
+/// Domain-separation label hashed into `h_0` of a per-user fingerprint
+/// ([`SafetyNumber::for_users`]), in place of [`SAFETY_NUMBER_LABEL`].
+pub(crate) const USER_SAFETY_NUMBER_LABEL: &[u8] = b"samizdat/v1/user-safety-number";
+
 /// Domain-separation label hashed into `h_0` of every fingerprint.
 pub(crate) const SAFETY_NUMBER_LABEL: &[u8] = b"samizdat/v1/safety-number";
 
@@ -145,8 +149,46 @@ impl SafetyNumber {
         remote_user_id: &str,
         remote_identity: &[u8; 32],
     ) -> Self {
-        let local = side_fingerprint(local_user_id, local_identity);
-        let remote = side_fingerprint(remote_user_id, remote_identity);
+        Self::with_label(SAFETY_NUMBER_LABEL, (local_user_id, local_identity), (remote_user_id, remote_identity))
+    }
+
+    /// The safety number between two users, from their user identity keys
+    /// (PROTOCOL.md 23.4): the same derivation as [`Self::new`] under the
+    /// label `samizdat/v1/user-safety-number`, so that it is stable while
+    /// the users' devices come and go, changes only with a user identity,
+    /// and never equals a device-level number (nor does its scannable code
+    /// compare equal to one).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use samizdat::fingerprint::SafetyNumber;
+    /// use samizdat::user::UserIdentityKeyPair;
+    ///
+    /// # let mut rng = samizdat::os_rng();
+    /// let (alice, bob) = (UserIdentityKeyPair::generate(&mut rng), UserIdentityKeyPair::generate(&mut rng));
+    /// let on_alice = SafetyNumber::for_users("alice", &alice.public_key(), "bob", &bob.public_key());
+    /// let on_bob = SafetyNumber::for_users("bob", &bob.public_key(), "alice", &alice.public_key());
+    /// assert_eq!(on_alice.digits(), on_bob.digits());
+    /// on_alice.compare_scanned(&on_bob.scannable())?;
+    /// # Ok::<(), samizdat::fingerprint::ScanError>(())
+    /// ```
+    pub fn for_users(
+        local_user_id: &str,
+        local_user_identity: &crate::user::UserIdentityKey,
+        remote_user_id: &str,
+        remote_user_identity: &crate::user::UserIdentityKey,
+    ) -> Self {
+        Self::with_label(
+            USER_SAFETY_NUMBER_LABEL,
+            (local_user_id, local_user_identity.as_bytes()),
+            (remote_user_id, remote_user_identity.as_bytes()),
+        )
+    }
+
+    fn with_label(label: &[u8], local: (&str, &[u8; 32]), remote: (&str, &[u8; 32])) -> Self {
+        let local = side_fingerprint(label, local.0, local.1);
+        let remote = side_fingerprint(label, remote.0, remote.1);
         let (local_digits, remote_digits) = (side_digits(&local), side_digits(&remote));
         let (first, second) =
             if local_digits <= remote_digits { (local_digits, remote_digits) } else { (remote_digits, local_digits) };
@@ -349,12 +391,12 @@ impl fmt::Display for MismatchedSide {
 }
 
 /// `F = h_{ITERATIONS-1}` of one side (see the module docs).
-fn side_fingerprint(user_id: &str, identity: &[u8; 32]) -> [u8; 64] {
+fn side_fingerprint(label: &[u8], user_id: &str, identity: &[u8; 32]) -> [u8; 64] {
     let user_id = user_id.as_bytes();
     // h_0: the first of the ITERATIONS hashes.
     let mut hash: [u8; 64] = Sha512::new()
         .chain_update(FINGERPRINT_VERSION.to_be_bytes())
-        .chain_update(SAFETY_NUMBER_LABEL)
+        .chain_update(label)
         .chain_update(length_prefix(identity))
         .chain_update(identity)
         .chain_update(length_prefix(user_id))
@@ -511,8 +553,14 @@ mod tests {
     fn user_id_is_hashed_as_utf8_bytes_with_a_length() {
         // Same bytes split differently between fields must not collide, and
         // normalization is the caller's business: "é" precomposed vs decomposed differ.
-        assert_ne!(side_fingerprint("e\u{301}", &ALICE), side_fingerprint("\u{e9}", &ALICE));
-        assert_ne!(side_fingerprint("", &ALICE), side_fingerprint("\0", &ALICE));
+        assert_ne!(
+            side_fingerprint(SAFETY_NUMBER_LABEL, "e\u{301}", &ALICE),
+            side_fingerprint(SAFETY_NUMBER_LABEL, "\u{e9}", &ALICE)
+        );
+        assert_ne!(
+            side_fingerprint(SAFETY_NUMBER_LABEL, "", &ALICE),
+            side_fingerprint(SAFETY_NUMBER_LABEL, "\0", &ALICE)
+        );
     }
 
     #[test]
@@ -554,8 +602,8 @@ mod tests {
         let alice_fp = "040e9a255cb221b25ad8793070748219284a2fad67769402e392968a15c73858";
         let bob_fp = "bf56647ab5bc19abcca01f4c2c0eba29a86595b863c12503dea629c4e7675307";
         let (on_alice, on_bob) = pair();
-        assert_eq!(side_digits(&side_fingerprint("alice", &ALICE)), alice);
-        assert_eq!(side_digits(&side_fingerprint("bob", &BOB)), bob);
+        assert_eq!(side_digits(&side_fingerprint(SAFETY_NUMBER_LABEL, "alice", &ALICE)), alice);
+        assert_eq!(side_digits(&side_fingerprint(SAFETY_NUMBER_LABEL, "bob", &BOB)), bob);
         // Alice's digits are the smaller, so they come first on both screens.
         assert_eq!(on_alice.digits(), format!("{alice}{bob}"));
         assert_eq!(on_bob.digits(), format!("{alice}{bob}"));

@@ -91,6 +91,7 @@ pub mod prekeys;
 pub mod ratchet;
 pub mod session;
 pub mod store;
+pub mod user;
 pub mod wire;
 
 pub use error::{DecodeError, DecryptError, EncryptError, PreKeyKind, SessionError};

@@ -1,0 +1,90 @@
+//! What can go wrong with a device list.
+
+use thiserror::Error;
+
+use super::UserIdentityKey;
+use crate::{DecodeError, ErrorKind};
+
+/// Why a device list, or a device, was refused. Every refusal leaves the
+/// [`UserTrust`](super::UserTrust) as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DeviceListError {
+    /// The bytes are not a signed device list, or the list breaks a rule of
+    /// its format (PROTOCOL.md 23.2): not canonical, an empty or too long
+    /// user id, version 0, a key that is not a valid point, no device, too
+    /// many, device ids not strictly increasing, one identity key twice.
+    #[error("malformed device list: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The key pair asked to sign a list is not the list's user identity.
+    #[error("the key pair is not the device list's user identity key")]
+    WrongSigner,
+    /// The signature does not verify under the user identity key the list
+    /// names.
+    #[error("the device list's signature does not verify")]
+    BadSignature,
+    /// The list is another user's.
+    #[error("the device list is of user {found:?}, not {expected:?}")]
+    WrongUser {
+        /// The user id asked for.
+        expected: String,
+        /// The user id the list names.
+        found: String,
+    },
+    /// The list is signed by another user identity key than the one pinned:
+    /// a new user identity (a reinstall without the old key), or an
+    /// attacker's. Only the app's decision, after the users compared safety
+    /// numbers, replaces the pin ([`UserTrust::trust_new_identity`](super::UserTrust::trust_new_identity)).
+    #[error("the device list is signed by a user identity key that is not the trusted one")]
+    UntrustedUser {
+        /// The key that signed the offered list.
+        offered: UserIdentityKey,
+    },
+    /// The list is older than one already verified: a server replaying an
+    /// old list (to bring back a removed device, for one).
+    #[error("device list version {offered} is older than version {seen}, already seen")]
+    Rollback {
+        /// The newest version verified.
+        seen: u64,
+        /// The version offered.
+        offered: u64,
+    },
+    /// Another list with the same version as the one verified: the user
+    /// identity signed two different lists with one version (a device of
+    /// the user that went back in time, or a stolen user key).
+    #[error("two different device lists with version {version}")]
+    Equivocation {
+        /// The version both lists carry.
+        version: u64,
+    },
+    /// The device is not in the newest verified list with this identity
+    /// key: a ghost device, a removed one, or a reinstalled one the user
+    /// has not listed yet.
+    #[error("device {device_id} is not in the user's verified device list with this identity key")]
+    UnlistedDevice {
+        /// The device id.
+        device_id: u32,
+    },
+}
+
+impl DeviceListError {
+    /// The stable error code (PROTOCOL.md 19):
+    /// - [`ErrorKind::UntrustedIdentity`] for a new user identity (the user
+    ///   must verify it) and an unlisted device (nothing may be sent to it
+    ///   or read from it until a verified list names it);
+    /// - [`ErrorKind::InvalidArgument`] for a list signed with the wrong key
+    ///   pair (the app's call);
+    /// - [`ErrorKind::InvalidBundle`] for everything else: what the server
+    ///   served is not a list the user made, or is an old one.
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::WrongSigner => ErrorKind::InvalidArgument,
+            Self::UntrustedUser { .. } | Self::UnlistedDevice { .. } => ErrorKind::UntrustedIdentity,
+            Self::Malformed(_)
+            | Self::BadSignature
+            | Self::WrongUser { .. }
+            | Self::Rollback { .. }
+            | Self::Equivocation { .. } => ErrorKind::InvalidBundle,
+        }
+    }
+}
