@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, attachment, backup, bundles, group, healing, kdf, key_checks, keys, limits, padding, pqxdh,
-    records, safety, store_rows, transcript, util::VErr, wire,
+    Failure, Report, attachment, backup, bundles, device_lists, group, healing, kdf, key_checks, keys, limits, padding,
+    pqxdh, records, safety, store_rows, transcript, util::VErr, wire,
 };
 
 /// What a file says about itself.
@@ -93,6 +93,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<healing::Healing>(),
     entry::<backup::Backup>(),
     entry::<attachment::Attachments>(),
+    entry::<device_lists::DeviceLists>(),
 ];
 
 /// The input field patterns of a vector file (see `Meta::inputs`).

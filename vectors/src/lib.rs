@@ -19,6 +19,7 @@ mod attachment;
 mod backup;
 mod bundles;
 mod curve_model;
+mod device_lists;
 mod format;
 mod group;
 mod healing;

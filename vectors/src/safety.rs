@@ -129,10 +129,16 @@ impl VectorSet for SafetyNumbers {
 
 /// `(h0_input, F)` of one side.
 fn fingerprint(user_id: &str, identity: &[u8; 32]) -> R<(Vec<u8>, [u8; 64])> {
+    fingerprint_with(LABEL, user_id, identity)
+}
+
+/// `(h0_input, F)` of one side under `label` (per-user safety numbers use
+/// another label, PROTOCOL.md 23.4).
+pub(crate) fn fingerprint_with(label: &[u8], user_id: &str, identity: &[u8; 32]) -> R<(Vec<u8>, [u8; 64])> {
     let uid = user_id.as_bytes();
     let uid_len = u32::try_from(uid.len()).map_err(|_| err("user_id", "too long"))?;
     let mut input = 1u16.to_be_bytes().to_vec();
-    input.extend_from_slice(LABEL);
+    input.extend_from_slice(label);
     input.extend_from_slice(&32u32.to_be_bytes());
     input.extend_from_slice(identity);
     input.extend_from_slice(&uid_len.to_be_bytes());
@@ -145,7 +151,7 @@ fn fingerprint(user_id: &str, identity: &[u8; 32]) -> R<(Vec<u8>, [u8; 64])> {
 }
 
 /// One side's 30 digits.
-fn digits(fingerprint: &[u8; 64]) -> String {
+pub(crate) fn digits(fingerprint: &[u8; 64]) -> String {
     fingerprint
         .chunks_exact(5)
         .take(6)

@@ -1,0 +1,483 @@
+//! User identities and signed device lists (PROTOCOL.md 23).
+//!
+//! Every signed list is made twice: by the library (`DeviceList::sign`) and
+//! here from the formula alone (the protobuf built field by field, signed
+//! with the `ed25519-dalek` crate over the label and the bytes); every
+//! per-user safety number too (the library, and the iterated SHA-512 of
+//! 10.1 under the user label). The file is not written if they disagree.
+
+use chacha20::ChaCha20Rng;
+use ed25519_dalek::{Signer, SigningKey};
+use samizdat::{
+    fingerprint::SafetyNumber,
+    keys::IdentityKey,
+    user::{DeviceList, DeviceListError, SignedDeviceList, UserIdentityKey, UserIdentityKeyPair, UserTrust},
+};
+use samizdat_proto::prost::Message as _;
+use samizdat_proto::wire;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    format::{Meta, VectorSet},
+    safety::{digits, fingerprint_with},
+    util::{R, VErr, agree, array, bytes, decode_error, err, h, random},
+};
+
+/// `device_lists.json`.
+pub(crate) struct DeviceLists;
+
+const DEVICE_LIST_LABEL: &[u8] = b"samizdat/v1/device-list";
+const USER_SAFETY_NUMBER_LABEL: &[u8] = b"samizdat/v1/user-safety-number";
+
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct Device {
+    device_id: u32,
+    identity_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub(crate) enum DeviceListCase {
+    /// Sign a list.
+    Sign {
+        name: String,
+        user_seed: String,
+        user_id: String,
+        version: u64,
+        devices: Vec<Device>,
+        #[serde(default)]
+        user_identity_key: String,
+        #[serde(default)]
+        list: String,
+        #[serde(default)]
+        signature: String,
+        #[serde(default)]
+        signed: String,
+    },
+    /// Read and verify a signed list (checks L1 to L12).
+    Verify {
+        name: String,
+        signed: String,
+        #[serde(default)]
+        result: Value,
+    },
+    /// A peer holding `held` (pinned on first use for `user_id`) is offered
+    /// `offered`.
+    Update {
+        name: String,
+        user_id: String,
+        held: String,
+        offered: String,
+        #[serde(default)]
+        result: Value,
+    },
+    /// Whether a peer holding `held` talks to a device.
+    CheckDevice {
+        name: String,
+        user_id: String,
+        held: String,
+        device_id: u32,
+        identity_key: String,
+        #[serde(default)]
+        result: Value,
+    },
+    /// The per-user safety number.
+    UserSafetyNumber {
+        name: String,
+        local_user_id: String,
+        local_user_identity: String,
+        remote_user_id: String,
+        remote_user_identity: String,
+        #[serde(default)]
+        local_h0_input: String,
+        #[serde(default)]
+        digits: String,
+        #[serde(default)]
+        scannable: String,
+    },
+}
+
+impl VectorSet for DeviceLists {
+    type Case = DeviceListCase;
+    const META: Meta = Meta {
+        file: "device_lists.json",
+        section: "23 Users and signed device lists (23.2 the list and its checks, 23.3 the rules, 23.4 safety numbers per user)",
+        description: "`sign`: the user identity key pair of the 32-byte Ed25519 seed `user_seed` signs the list \
+            (user_id, version, user_identity_key = its public key, devices in increasing device_id order): `list` is \
+            the canonical protobuf DeviceList, `signature` = Ed25519(user key, \"samizdat/v1/device-list\" || list), \
+            `signed` the protobuf SignedDeviceList { list, signature }. `verify`: checks L1 to L12 of 23.2 on \
+            `signed`; `result` is {ok: the list} or the first failure ({error: ...} as the other decoders' errors, or \
+            bad_signature). `update`: a peer pinned `held` on first use for `user_id`, then is offered `offered` \
+            (23.3); `result` is the devices added and removed, or the refusal (wrong_user, untrusted_user, rollback, \
+            equivocation, or a check of 23.2). `check_device`: ok, or unlisted_device. `user_safety_number`: 10.1 \
+            and 10.2 with the label \"samizdat/v1/user-safety-number\" over the user identity keys.",
+        seed: 23,
+        inputs: &[
+            "operation",
+            "name",
+            "user_seed",
+            "user_id",
+            "version",
+            "devices",
+            "signed",
+            "held",
+            "offered",
+            "device_id",
+            "identity_key",
+            "local_user_id",
+            "local_user_identity",
+            "remote_user_id",
+            "remote_user_identity",
+        ],
+    };
+
+    fn inputs(rng: &mut ChaCha20Rng) -> Result<Vec<DeviceListCase>, VErr> {
+        let user_seed = random::<32>(rng);
+        let other_seed = random::<32>(rng);
+        let keys: [[u8; 32]; 4] = std::array::from_fn(|_| device_key(&random::<32>(rng)));
+        let [k0, k1, k2, k3] = keys;
+        let dev =
+            |id: u32, k: usize| Device { device_id: id, identity_key: h(keys.get(k).copied().unwrap_or_default()) };
+        let sign =
+            |name: &str, seed: &[u8; 32], user_id: &str, version: u64, devices: Vec<Device>| DeviceListCase::Sign {
+                name: name.to_owned(),
+                user_seed: h(seed),
+                user_id: user_id.to_owned(),
+                version,
+                devices,
+                user_identity_key: String::new(),
+                list: String::new(),
+                signature: String::new(),
+                signed: String::new(),
+            };
+        // The signed lists the other cases use, made from the formula.
+        let v1 = by_hand(&user_seed, "alice", 1, &[(1, k0)])?;
+        let v2 = by_hand(&user_seed, "alice", 2, &[(1, k0), (2, k1)])?;
+        let v2_other = by_hand(&user_seed, "alice", 2, &[(1, k0), (3, k2)])?;
+        let v3 = by_hand(&user_seed, "alice", 3, &[(2, k3), (3, k2)])?;
+        let mallory = by_hand(&other_seed, "alice", 9, &[(1, k0), (66, k3)])?;
+        let bob = by_hand(&other_seed, "bob", 1, &[(1, k3)])?;
+        let mut flipped = v2.clone();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 0x01;
+        }
+        let verify = |name: &str, signed: &[u8]| DeviceListCase::Verify {
+            name: name.to_owned(),
+            signed: h(signed),
+            result: Value::Null,
+        };
+        let update = |name: &str, held: &[u8], offered: &[u8]| DeviceListCase::Update {
+            name: name.to_owned(),
+            user_id: "alice".to_owned(),
+            held: h(held),
+            offered: h(offered),
+            result: Value::Null,
+        };
+        let check = |name: &str, device_id: u32, k: usize| DeviceListCase::CheckDevice {
+            name: name.to_owned(),
+            user_id: "alice".to_owned(),
+            held: h(&v2),
+            device_id,
+            identity_key: h(keys.get(k).copied().unwrap_or_default()),
+            result: Value::Null,
+        };
+        // Lists breaking one rule each, signed by the user key.
+        let base = list_proto(&public(&user_seed), "alice", 1, &[(1, k0), (2, k1)]);
+        let broken = |edit: &dyn Fn(&mut wire::DeviceList)| -> R<Vec<u8>> {
+            let mut p = base.clone();
+            edit(&mut p);
+            Ok(signed_by_hand(&user_seed, &p.encode_to_vec()))
+        };
+        let mut small_order = vec![0u8; 32];
+        if let Some(first) = small_order.first_mut() {
+            *first = 1;
+        }
+        let unlabelled = wire::SignedDeviceList {
+            list: base.encode_to_vec(),
+            signature: SigningKey::from_bytes(&user_seed).sign(&base.encode_to_vec()).to_bytes().to_vec(),
+        }
+        .encode_to_vec();
+        let short_signature =
+            wire::SignedDeviceList { list: base.encode_to_vec(), signature: vec![0; 63] }.encode_to_vec();
+        let mut trailing = v1.clone();
+        trailing.push(0);
+        let (a, b) = (public(&user_seed), public(&other_seed));
+        let user_number =
+            |name: &str, local: (&str, [u8; 32]), remote: (&str, [u8; 32])| DeviceListCase::UserSafetyNumber {
+                name: name.to_owned(),
+                local_user_id: local.0.to_owned(),
+                local_user_identity: h(local.1),
+                remote_user_id: remote.0.to_owned(),
+                remote_user_identity: h(remote.1),
+                local_h0_input: String::new(),
+                digits: String::new(),
+                scannable: String::new(),
+            };
+        Ok(vec![
+            sign("sign_one_device", &user_seed, "alice", 1, vec![dev(1, 0)]),
+            sign(
+                "sign_devices_given_out_of_order",
+                &user_seed,
+                "alice",
+                7,
+                vec![dev(9, 2), dev(2, 1), dev(4_000_000_000, 3)],
+            ),
+            sign("sign_utf8_user_id", &other_seed, "Zoë 🌍", 9_007_199_254_740_991, vec![dev(0, 0)]),
+            verify("verify_ok", &v2),
+            verify("verify_flipped_signature_byte", &flipped),
+            verify("verify_signature_without_label", &unlabelled),
+            verify("verify_signature_63_bytes", &short_signature),
+            verify("verify_trailing_byte", &trailing),
+            verify("verify_2049_bytes", &vec![0; 2049]),
+            verify(
+                "verify_user_key_31_bytes",
+                &broken(&|p| {
+                    let _ = p.user_identity_key.pop();
+                })?,
+            ),
+            verify(
+                "verify_small_order_device_key",
+                &broken(&|p| {
+                    if let Some(d) = p.devices.first_mut() {
+                        d.identity_key = small_order.clone();
+                    }
+                })?,
+            ),
+            verify("verify_empty_user_id", &broken(&|p| p.user_id.clear())?),
+            verify("verify_user_id_257_bytes", &broken(&|p| p.user_id = "a".repeat(257))?),
+            verify("verify_version_0", &broken(&|p| p.version = 0)?),
+            verify("verify_no_device", &broken(&|p| p.devices.clear())?),
+            verify(
+                "verify_33_devices",
+                &broken(&|p| {
+                    p.devices = (1..=33u32)
+                        .map(|i| wire::DeviceEntry {
+                            device_id: i,
+                            identity_key: device_key(&[u8::try_from(i).unwrap_or(0); 32]).to_vec(),
+                        })
+                        .collect();
+                })?,
+            ),
+            verify("verify_device_ids_decreasing", &broken(&|p| p.devices.swap(0, 1))?),
+            verify(
+                "verify_device_id_twice",
+                &broken(&|p| {
+                    if let Some(d) = p.devices.get_mut(1) {
+                        d.device_id = 1;
+                    }
+                })?,
+            ),
+            verify(
+                "verify_identity_key_twice",
+                &broken(&|p| {
+                    let first = p.devices.first().map(|d| d.identity_key.clone()).unwrap_or_default();
+                    if let Some(d) = p.devices.get_mut(1) {
+                        d.identity_key = first;
+                    }
+                })?,
+            ),
+            update("update_newer_list", &v1, &v2),
+            update("update_reinstall_and_removal", &v2, &v3),
+            update("update_same_list", &v2, &v2),
+            update("update_rollback", &v2, &v1),
+            update("update_equivocation", &v2, &v2_other),
+            update("update_another_user_key", &v2, &mallory),
+            update("update_another_users_list", &v2, &bob),
+            update("update_bad_signature", &v1, &flipped),
+            check("check_listed_device", 2, 1),
+            check("check_ghost_device", 66, 3),
+            check("check_listed_id_with_another_key", 1, 2),
+            user_number("user_safety_number_alice", ("alice", a), ("bob", b)),
+            user_number("user_safety_number_bob", ("bob", b), ("alice", a)),
+        ])
+    }
+
+    fn compute(case: &DeviceListCase) -> R<DeviceListCase> {
+        Ok(match case {
+            DeviceListCase::Sign { name, user_seed, user_id, version, devices, .. } => {
+                let seed = array::<32>("user_seed", user_seed)?;
+                let user = UserIdentityKeyPair::from_seed(&seed);
+                let parsed = devices
+                    .iter()
+                    .map(|d| Ok((d.device_id, array::<32>("identity_key", &d.identity_key)?)))
+                    .collect::<R<Vec<(u32, [u8; 32])>>>()?;
+                let keys = parsed
+                    .iter()
+                    .map(|(id, k)| {
+                        IdentityKey::from_bytes(k).map(|k| (*id, k)).map_err(|e| err("identity_key", e.to_string()))
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                let signed = DeviceList::new(user_id.as_str(), *version, &user.public_key(), keys)
+                    .and_then(|list| list.sign(&user))
+                    .map_err(|e| err("signed", e.to_string()))?
+                    .to_bytes();
+                agree("signed", &signed, &by_hand(&seed, user_id, *version, &parsed)?)?;
+                let outer =
+                    wire::SignedDeviceList::decode(signed.as_slice()).map_err(|e| err("signed", e.to_string()))?;
+                DeviceListCase::Sign {
+                    name: name.clone(),
+                    user_seed: user_seed.clone(),
+                    user_id: user_id.clone(),
+                    version: *version,
+                    devices: devices.clone(),
+                    user_identity_key: h(public(&seed)),
+                    list: h(&outer.list),
+                    signature: h(&outer.signature),
+                    signed: h(&signed),
+                }
+            }
+            DeviceListCase::Verify { name, signed, .. } => {
+                let result = match SignedDeviceList::from_bytes(&bytes("signed", signed)?).and_then(|s| s.verify()) {
+                    Ok(list) => json!({ "ok": list_json(&list) }),
+                    Err(e) => list_error(&e),
+                };
+                DeviceListCase::Verify { name: name.clone(), signed: signed.clone(), result }
+            }
+            DeviceListCase::Update { name, user_id, held, offered, .. } => {
+                let mut trust =
+                    UserTrust::from_bytes(user_id, &bytes("held", held)?).map_err(|e| err("held", e.to_string()))?;
+                let before = trust.clone();
+                let result =
+                    match SignedDeviceList::from_bytes(&bytes("offered", offered)?).and_then(|s| trust.update(&s)) {
+                        Ok(change) => {
+                            json!({ "added": devices_json(&change.added), "removed": devices_json(&change.removed) })
+                        }
+                        Err(e) => {
+                            if trust != before {
+                                return Err(err("result", "a refused list changed the trust"));
+                            }
+                            list_error(&e)
+                        }
+                    };
+                DeviceListCase::Update {
+                    name: name.clone(),
+                    user_id: user_id.clone(),
+                    held: held.clone(),
+                    offered: offered.clone(),
+                    result,
+                }
+            }
+            DeviceListCase::CheckDevice { name, user_id, held, device_id, identity_key, .. } => {
+                let trust =
+                    UserTrust::from_bytes(user_id, &bytes("held", held)?).map_err(|e| err("held", e.to_string()))?;
+                let key = IdentityKey::from_bytes(&array::<32>("identity_key", identity_key)?)
+                    .map_err(|e| err("identity_key", e.to_string()))?;
+                let result = match trust.check_device(*device_id, &key) {
+                    Ok(()) => json!("ok"),
+                    Err(e) => list_error(&e),
+                };
+                DeviceListCase::CheckDevice {
+                    name: name.clone(),
+                    user_id: user_id.clone(),
+                    held: held.clone(),
+                    device_id: *device_id,
+                    identity_key: identity_key.clone(),
+                    result,
+                }
+            }
+            DeviceListCase::UserSafetyNumber {
+                name,
+                local_user_id,
+                local_user_identity,
+                remote_user_id,
+                remote_user_identity,
+                ..
+            } => {
+                let local = array::<32>("local_user_identity", local_user_identity)?;
+                let remote = array::<32>("remote_user_identity", remote_user_identity)?;
+                let key =
+                    |k: &[u8; 32], field: &str| UserIdentityKey::from_bytes(k).map_err(|e| err(field, e.to_string()));
+                let number = SafetyNumber::for_users(
+                    local_user_id,
+                    &key(&local, "local_user_identity")?,
+                    remote_user_id,
+                    &key(&remote, "remote_user_identity")?,
+                );
+                let (local_input, local_f) = fingerprint_with(USER_SAFETY_NUMBER_LABEL, local_user_id, &local)?;
+                let (_, remote_f) = fingerprint_with(USER_SAFETY_NUMBER_LABEL, remote_user_id, &remote)?;
+                let (ld, rd) = (digits(&local_f), digits(&remote_f));
+                let both = if ld <= rd { format!("{ld}{rd}") } else { format!("{rd}{ld}") };
+                agree("digits", number.digits().as_bytes(), both.as_bytes())?;
+                let mut scannable = vec![0x01];
+                scannable.extend_from_slice(local_f.get(..32).unwrap_or_default());
+                scannable.extend_from_slice(remote_f.get(..32).unwrap_or_default());
+                agree("scannable", &number.scannable(), &scannable)?;
+                DeviceListCase::UserSafetyNumber {
+                    name: name.clone(),
+                    local_user_id: local_user_id.clone(),
+                    local_user_identity: local_user_identity.clone(),
+                    remote_user_id: remote_user_id.clone(),
+                    remote_user_identity: remote_user_identity.clone(),
+                    local_h0_input: h(&local_input),
+                    digits: number.digits().to_owned(),
+                    scannable: h(number.scannable()),
+                }
+            }
+        })
+    }
+}
+
+/// The Ed25519 public key of a seed (a device's identity key, or a user's).
+fn device_key(seed: &[u8; 32]) -> [u8; 32] {
+    SigningKey::from_bytes(seed).verifying_key().to_bytes()
+}
+
+fn public(seed: &[u8; 32]) -> [u8; 32] {
+    device_key(seed)
+}
+
+/// The `DeviceList` protobuf, field by field, devices as given.
+fn list_proto(user_key: &[u8; 32], user_id: &str, version: u64, devices: &[(u32, [u8; 32])]) -> wire::DeviceList {
+    wire::DeviceList {
+        user_id: user_id.to_owned(),
+        version,
+        user_identity_key: user_key.to_vec(),
+        devices: devices.iter().map(|(id, k)| wire::DeviceEntry { device_id: *id, identity_key: k.to_vec() }).collect(),
+    }
+}
+
+/// `SignedDeviceList { list, Ed25519(seed, LABEL || list) }`.
+fn signed_by_hand(seed: &[u8; 32], list: &[u8]) -> Vec<u8> {
+    let signature = SigningKey::from_bytes(seed).sign(&[DEVICE_LIST_LABEL, list].concat());
+    wire::SignedDeviceList { list: list.to_vec(), signature: signature.to_bytes().to_vec() }.encode_to_vec()
+}
+
+/// A signed list from the formula: devices sorted by id, then signed.
+fn by_hand(seed: &[u8; 32], user_id: &str, version: u64, devices: &[(u32, [u8; 32])]) -> R<Vec<u8>> {
+    let mut sorted = devices.to_vec();
+    sorted.sort_by_key(|(id, _)| *id);
+    Ok(signed_by_hand(seed, &list_proto(&public(seed), user_id, version, &sorted).encode_to_vec()))
+}
+
+fn devices_json(devices: &[(u32, IdentityKey)]) -> Value {
+    devices.iter().map(|(id, k)| json!({ "device_id": id, "identity_key": h(k.as_bytes()) })).collect()
+}
+
+fn list_json(list: &DeviceList) -> Value {
+    json!({
+        "user_id": list.user_id(),
+        "version": list.version(),
+        "user_identity_key": h(list.user_identity_key().as_bytes()),
+        "devices": devices_json(list.devices()),
+    })
+}
+
+/// A refusal in the file's form.
+fn list_error(e: &DeviceListError) -> Value {
+    match e {
+        DeviceListError::Malformed(e) => decode_error(e),
+        DeviceListError::BadSignature => json!({ "error": "bad_signature" }),
+        DeviceListError::WrongSigner => json!({ "error": "wrong_signer" }),
+        DeviceListError::WrongUser { expected, found } => {
+            json!({ "error": "wrong_user", "expected": expected, "found": found })
+        }
+        DeviceListError::UntrustedUser { offered } => {
+            json!({ "error": "untrusted_user", "offered": h(offered.as_bytes()) })
+        }
+        DeviceListError::Rollback { seen, offered } => json!({ "error": "rollback", "seen": seen, "offered": offered }),
+        DeviceListError::Equivocation { version } => json!({ "error": "equivocation", "version": version }),
+        DeviceListError::UnlistedDevice { device_id } => json!({ "error": "unlisted_device", "device_id": device_id }),
+        _ => json!({ "error": "unknown" }),
+    }
+}
