@@ -70,7 +70,10 @@ pub enum SamizdatError {
     /// The peer's identity key changed (a reinstall, or an attacker). Nothing
     /// is sent to or accepted from it until the user verified the new key
     /// and the app called [`crate::Device::trust_identity`] with
-    /// [`Self::identity_key`].
+    /// [`Self::identity_key`]. From [`crate::UserTrust`]: a contact's device
+    /// list signed by another user identity key (`identity` is that key; the
+    /// decision is [`crate::UserTrust::trust_new_identity`]), or a device no
+    /// verified list names (`identity` is empty: do not use the device).
     #[error("{message}")]
     UntrustedIdentity {
         /// What happened (the core error's text).
@@ -334,6 +337,7 @@ impl SamizdatError {
             Kind::UntrustedIdentity => {
                 let identity = match details {
                     Details::Identity(key) => to_hex(key.as_bytes()),
+                    Details::UserIdentity(key) => to_hex(&key),
                     _ => String::new(),
                 };
                 Self::UntrustedIdentity { message, identity }
@@ -399,6 +403,9 @@ pub(crate) enum Details {
     None,
     /// The new identity key of an untrusted identity.
     Identity(IdentityKey),
+    /// The user identity key of a device list signed by another key than
+    /// the pinned one.
+    UserIdentity([u8; 32]),
     /// The chain of a missing group key, and the request for it.
     Chain {
         /// The chain id of the message.

@@ -41,6 +41,10 @@
 //!   path, [`AttachmentEncryptor`] and [`AttachmentDecryptor`] a piece at a
 //!   time; the [`Attachment`] travels inside a message
 //!   ([`Attachment::to_bytes`]).
+//! - Users (module `users`): [`UserIdentity`] signs a user's device list,
+//!   [`UserTrust`] pins a contact's user identity and refuses devices no
+//!   verified list names (a server's "ghost"), rollbacks and lists signed by
+//!   another key; [`user_safety_number`] is stable while devices change.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - Time: every `now` is the app's clock in whole seconds since the Unix
@@ -71,6 +75,7 @@ mod groups;
 pub mod hazmat;
 mod healing;
 mod store;
+mod users;
 
 pub use attachment::{
     Attachment, AttachmentDecryptor, AttachmentEncryptor, SealedTail, decrypt_attachment_file, encrypt_attachment_file,
@@ -82,6 +87,9 @@ pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
 pub use healing::{HealPolicy, HealResult, message_id};
 pub use store::rotate_storage_key;
+pub use users::{
+    DeviceListChange, DeviceListInfo, ListedDevice, UserIdentity, UserTrust, user_safety_number, verify_device_list,
+};
 
 /// What [`Device::scrub`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]

@@ -94,6 +94,15 @@ from ._errors import (
     UntrustedIdentityError,
     WrongStorageKeyError,
 )
+from ._users import (
+    DeviceListChange,
+    DeviceListInfo,
+    ListedDevice,
+    UserIdentity,
+    UserTrust,
+    user_safety_number,
+    verify_device_list,
+)
 from ._values import (
     Address,
     BackupParams,
@@ -163,6 +172,13 @@ __all__ = [
     "StrPath",
     "UntrustedIdentityError",
     "WrongStorageKeyError",
+    "DeviceListChange",
+    "DeviceListInfo",
+    "ListedDevice",
+    "UserIdentity",
+    "UserTrust",
+    "user_safety_number",
+    "verify_device_list",
     "backup_params_minimum",
     "backup_params_of",
     "backup_params_recommended",

@@ -2659,6 +2659,454 @@ public func FfiConverterTypeSafetyNumber_lower(_ value: SafetyNumber) -> UInt64 
 
 
 
+
+
+/**
+ * A user identity key pair (Ed25519): signs the user's device lists. Every
+ * device of the user holds it; store its [`Self::seed`] sealed.
+ */
+public protocol UserIdentityProtocol: AnyObject, Sendable {
+    
+    /**
+     * The public user identity key (32 bytes).
+     */
+    func publicKey()  -> Data
+    
+    /**
+     * The 32-byte seed, to store sealed (the app's keystore).
+     */
+    func seed()  -> Data
+    
+    /**
+     * Signs the list of `devices` (in any order) of `user_id` at `version`:
+     * the bytes to publish.
+     */
+    func signDeviceList(userId: String, version: Int64, devices: [ListedDevice]) throws  -> Data
+    
+}
+/**
+ * A user identity key pair (Ed25519): signs the user's device lists. Every
+ * device of the user holds it; store its [`Self::seed`] sealed.
+ */
+open class UserIdentity: UserIdentityProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_samizdat_ffi_fn_clone_useridentity(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_samizdat_ffi_fn_free_useridentity(handle, $0) }
+    }
+
+    
+    /**
+     * The user identity of a stored 32-byte seed.
+     */
+public static func fromSeed(seed: Data)throws  -> UserIdentity  {
+    return try  FfiConverterTypeUserIdentity_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_useridentity_from_seed(
+        FfiConverterData.lower(seed),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * A new user identity, from the operating system's generator.
+     */
+public static func generate() -> UserIdentity  {
+    return try!  FfiConverterTypeUserIdentity_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_useridentity_generate(uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * The public user identity key (32 bytes).
+     */
+open func publicKey() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_useridentity_public_key(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The 32-byte seed, to store sealed (the app's keystore).
+     */
+open func seed() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_useridentity_seed(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Signs the list of `devices` (in any order) of `user_id` at `version`:
+     * the bytes to publish.
+     */
+open func signDeviceList(userId: String, version: Int64, devices: [ListedDevice])throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_useridentity_sign_device_list(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),
+        FfiConverterInt64.lower(version),
+        FfiConverterSequenceTypeListedDevice.lower(devices),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUserIdentity: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = UserIdentity
+
+    public static func lift(_ handle: UInt64) throws -> UserIdentity {
+        return UserIdentity(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: UserIdentity) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UserIdentity {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: UserIdentity, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserIdentity_lift(_ handle: UInt64) throws -> UserIdentity {
+    return try FfiConverterTypeUserIdentity.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserIdentity_lower(_ value: UserIdentity) -> UInt64 {
+    return FfiConverterTypeUserIdentity.lower(value)
+}
+
+
+
+
+
+
+/**
+ * What the app keeps of a contact: the user identity pinned on first use
+ * and the newest device list verified under it. Store [`Self::to_bytes`].
+ */
+public protocol UserTrustProtocol: AnyObject, Sendable {
+    
+    /**
+     * Whether the newest verified list names device `device_id` with this
+     * identity key (`UntrustedIdentity` if not: a ghost, a removed device,
+     * or an old key).
+     */
+    func checkDevice(deviceId: Int64, identityKey: Data) throws 
+    
+    /**
+     * The newest verified list.
+     */
+    func list()  -> DeviceListInfo
+    
+    /**
+     * The bytes to store.
+     */
+    func toBytes()  -> Data
+    
+    /**
+     * The app's decision to trust a new user identity (after an
+     * `UntrustedIdentity` error from [`Self::update`], once the users
+     * compared safety numbers).
+     */
+    func trustNewIdentity(signedList: Data) throws  -> DeviceListChange
+    
+    /**
+     * A newer list of the pinned user; returns what it added and removed.
+     * A refused list changes nothing.
+     */
+    func update(signedList: Data) throws  -> DeviceListChange
+    
+    /**
+     * The pinned user identity key (32 bytes).
+     */
+    func userIdentityKey()  -> Data
+    
+}
+/**
+ * What the app keeps of a contact: the user identity pinned on first use
+ * and the newest device list verified under it. Store [`Self::to_bytes`].
+ */
+open class UserTrust: UserTrustProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_samizdat_ffi_fn_clone_usertrust(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_samizdat_ffi_fn_free_usertrust(handle, $0) }
+    }
+
+    
+    /**
+     * Trust on first use of `user_id`'s signed list.
+     */
+public static func firstUse(userId: String, signedList: Data)throws  -> UserTrust  {
+    return try  FfiConverterTypeUserTrust_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_usertrust_first_use(
+        FfiConverterString.lower(userId),
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * A trust stored with [`Self::to_bytes`] (verified again).
+     */
+public static func fromBytes(userId: String, bytes: Data)throws  -> UserTrust  {
+    return try  FfiConverterTypeUserTrust_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_constructor_usertrust_from_bytes(
+        FfiConverterString.lower(userId),
+        FfiConverterData.lower(bytes),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * Whether the newest verified list names device `device_id` with this
+     * identity key (`UntrustedIdentity` if not: a ghost, a removed device,
+     * or an old key).
+     */
+open func checkDevice(deviceId: Int64, identityKey: Data)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_usertrust_check_device(
+            self.uniffiCloneHandle(),
+        FfiConverterInt64.lower(deviceId),
+        FfiConverterData.lower(identityKey),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * The newest verified list.
+     */
+open func list() -> DeviceListInfo  {
+    return try!  FfiConverterTypeDeviceListInfo_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_usertrust_list(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The bytes to store.
+     */
+open func toBytes() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_usertrust_to_bytes(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The app's decision to trust a new user identity (after an
+     * `UntrustedIdentity` error from [`Self::update`], once the users
+     * compared safety numbers).
+     */
+open func trustNewIdentity(signedList: Data)throws  -> DeviceListChange  {
+    return try  FfiConverterTypeDeviceListChange_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_usertrust_trust_new_identity(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * A newer list of the pinned user; returns what it added and removed.
+     * A refused list changes nothing.
+     */
+open func update(signedList: Data)throws  -> DeviceListChange  {
+    return try  FfiConverterTypeDeviceListChange_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_usertrust_update(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The pinned user identity key (32 bytes).
+     */
+open func userIdentityKey() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_usertrust_user_identity_key(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUserTrust: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = UserTrust
+
+    public static func lift(_ handle: UInt64) throws -> UserTrust {
+        return UserTrust(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: UserTrust) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UserTrust {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: UserTrust, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserTrust_lift(_ handle: UInt64) throws -> UserTrust {
+    return try FfiConverterTypeUserTrust.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserTrust_lower(_ value: UserTrust) -> UInt64 {
+    return FfiConverterTypeUserTrust.lower(value)
+}
+
+
+
+
 /**
  * A device of a user.
  */
@@ -2875,6 +3323,165 @@ public func FfiConverterTypeBatchResult_lift(_ buf: RustBuffer) throws -> BatchR
 #endif
 public func FfiConverterTypeBatchResult_lower(_ value: BatchResult) -> RustBuffer {
     return FfiConverterTypeBatchResult.lower(value)
+}
+
+
+/**
+ * The devices a newer list added and removed (a reinstalled device, with a
+ * new key, is in both).
+ */
+public struct DeviceListChange: Equatable, Hashable {
+    /**
+     * Devices the new list names that the old one did not (with that key).
+     */
+    public var added: [ListedDevice]
+    /**
+     * Devices the old list named that the new one does not (with that key).
+     */
+    public var removed: [ListedDevice]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Devices the new list names that the old one did not (with that key).
+         */added: [ListedDevice], 
+        /**
+         * Devices the old list named that the new one does not (with that key).
+         */removed: [ListedDevice]) {
+        self.added = added
+        self.removed = removed
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DeviceListChange: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeviceListChange: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeviceListChange {
+        return
+            try DeviceListChange(
+                added: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
+                removed: FfiConverterSequenceTypeListedDevice.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DeviceListChange, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeListedDevice.write(value.added, into: &buf)
+        FfiConverterSequenceTypeListedDevice.write(value.removed, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeviceListChange_lift(_ buf: RustBuffer) throws -> DeviceListChange {
+    return try FfiConverterTypeDeviceListChange.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeviceListChange_lower(_ value: DeviceListChange) -> RustBuffer {
+    return FfiConverterTypeDeviceListChange.lower(value)
+}
+
+
+/**
+ * A verified device list.
+ */
+public struct DeviceListInfo: Equatable, Hashable {
+    /**
+     * The user id.
+     */
+    public var userId: String
+    /**
+     * The list's version (each new list of the user has a larger one).
+     */
+    public var version: Int64
+    /**
+     * The user identity key that signed it (32 bytes).
+     */
+    public var userIdentityKey: Data
+    /**
+     * The devices, in increasing device id order.
+     */
+    public var devices: [ListedDevice]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The user id.
+         */userId: String, 
+        /**
+         * The list's version (each new list of the user has a larger one).
+         */version: Int64, 
+        /**
+         * The user identity key that signed it (32 bytes).
+         */userIdentityKey: Data, 
+        /**
+         * The devices, in increasing device id order.
+         */devices: [ListedDevice]) {
+        self.userId = userId
+        self.version = version
+        self.userIdentityKey = userIdentityKey
+        self.devices = devices
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DeviceListInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeviceListInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeviceListInfo {
+        return
+            try DeviceListInfo(
+                userId: FfiConverterString.read(from: &buf), 
+                version: FfiConverterInt64.read(from: &buf), 
+                userIdentityKey: FfiConverterData.read(from: &buf), 
+                devices: FfiConverterSequenceTypeListedDevice.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DeviceListInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.userId, into: &buf)
+        FfiConverterInt64.write(value.version, into: &buf)
+        FfiConverterData.write(value.userIdentityKey, into: &buf)
+        FfiConverterSequenceTypeListedDevice.write(value.devices, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeviceListInfo_lift(_ buf: RustBuffer) throws -> DeviceListInfo {
+    return try FfiConverterTypeDeviceListInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeviceListInfo_lower(_ value: DeviceListInfo) -> RustBuffer {
+    return FfiConverterTypeDeviceListInfo.lower(value)
 }
 
 
@@ -3136,6 +3743,75 @@ public func FfiConverterTypeIncomingMessage_lift(_ buf: RustBuffer) throws -> In
 #endif
 public func FfiConverterTypeIncomingMessage_lower(_ value: IncomingMessage) -> RustBuffer {
     return FfiConverterTypeIncomingMessage.lower(value)
+}
+
+
+/**
+ * A device in a list: its id and its identity key (32 bytes).
+ */
+public struct ListedDevice: Equatable, Hashable {
+    /**
+     * The device id (0 to 4,294,967,295).
+     */
+    public var deviceId: Int64
+    /**
+     * The device's identity key (32 bytes).
+     */
+    public var identityKey: Data
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The device id (0 to 4,294,967,295).
+         */deviceId: Int64, 
+        /**
+         * The device's identity key (32 bytes).
+         */identityKey: Data) {
+        self.deviceId = deviceId
+        self.identityKey = identityKey
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ListedDevice: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeListedDevice: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ListedDevice {
+        return
+            try ListedDevice(
+                deviceId: FfiConverterInt64.read(from: &buf), 
+                identityKey: FfiConverterData.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ListedDevice, into buf: inout [UInt8]) {
+        FfiConverterInt64.write(value.deviceId, into: &buf)
+        FfiConverterData.write(value.identityKey, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeListedDevice_lift(_ buf: RustBuffer) throws -> ListedDevice {
+    return try FfiConverterTypeListedDevice.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeListedDevice_lower(_ value: ListedDevice) -> RustBuffer {
+    return FfiConverterTypeListedDevice.lower(value)
 }
 
 
@@ -4135,7 +4811,10 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      * The peer's identity key changed (a reinstall, or an attacker). Nothing
      * is sent to or accepted from it until the user verified the new key
      * and the app called [`crate::Device::trust_identity`] with
-     * [`Self::identity_key`].
+     * [`Self::identity_key`]. From [`crate::UserTrust`]: a contact's device
+     * list signed by another user identity key (`identity` is that key; the
+     * decision is [`crate::UserTrust::trust_new_identity`]), or a device no
+     * verified list names (`identity` is empty: do not use the device).
      */
     case UntrustedIdentity(
         /**
@@ -4775,6 +5454,31 @@ fileprivate struct FfiConverterSequenceTypeIncomingMessage: FfiConverterRustBuff
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeListedDevice: FfiConverterRustBuffer {
+    typealias SwiftType = [ListedDevice]
+
+    public static func write(_ value: [ListedDevice], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeListedDevice.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ListedDevice] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ListedDevice]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeListedDevice.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeOutgoing: FfiConverterRustBuffer {
     typealias SwiftType = [Outgoing]
 
@@ -4907,6 +5611,33 @@ public func rotateStorageKey(path: String, oldKey: Data, newKey: Data)throws  ->
     )
 })
 }
+/**
+ * The safety number of two users, from their user identity keys: the same
+ * whatever devices they link or remove.
+ */
+public func userSafetyNumber(localUserId: String, localUserIdentityKey: Data, remoteUserId: String, remoteUserIdentityKey: Data)throws  -> SafetyNumber  {
+    return try  FfiConverterTypeSafetyNumber_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_user_safety_number(
+        FfiConverterString.lower(localUserId),
+        FfiConverterData.lower(localUserIdentityKey),
+        FfiConverterString.lower(remoteUserId),
+        FfiConverterData.lower(remoteUserIdentityKey),uniffiCallStatus
+    )
+})
+}
+/**
+ * Reads and verifies a signed device list without any pin (who the key
+ * belongs to is the app's question: see [`UserTrust`]).
+ */
+public func verifyDeviceList(signedList: Data)throws  -> DeviceListInfo  {
+    return try  FfiConverterTypeDeviceListInfo_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_func_verify_device_list(
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -4945,6 +5676,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_rotate_storage_key() != 33831) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_user_safety_number() != 25317) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_func_verify_device_list() != 5345) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_address() != 1504) {
@@ -5115,6 +5852,33 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_attachmentencryptor_update() != 57586) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_useridentity_public_key() != 42899) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_useridentity_seed() != 62590) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_useridentity_sign_device_list() != 30717) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_usertrust_check_device() != 19969) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_usertrust_list() != 60558) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_usertrust_to_bytes() != 1625) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_usertrust_trust_new_identity() != 45701) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_usertrust_update() != 27440) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_usertrust_user_identity_key() != 43318) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 62479) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5134,6 +5898,18 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_constructor_attachmentencryptor_new() != 16245) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_useridentity_from_seed() != 50188) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_useridentity_generate() != 42725) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_usertrust_first_use() != 61865) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_constructor_usertrust_from_bytes() != 25407) {
         return InitializationResult.apiChecksumMismatch
     }
 

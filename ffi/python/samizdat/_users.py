@@ -1,0 +1,204 @@
+"""User identities and signed device lists (PROTOCOL.md 23): what an app
+checks before it talks to a contact's device, so that a server cannot add a
+"ghost" device.
+
+    from samizdat import ListedDevice, UserIdentity, UserTrust
+
+    me = UserIdentity.generate()                 # every device of the user holds it
+    signed = me.sign_device_list("alice", 1, [ListedDevice(1, phone.identity_key())])
+    trust = UserTrust.first_use("alice", signed)  # on the contact's side, first use
+    trust.check_device(1, key)                   # UntrustedIdentityError for a ghost
+
+The device API does not use lists yet: check a contact's device with
+``UserTrust.check_device`` before ``Device.start_session`` with its bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Iterable, List, Tuple
+
+from . import _native
+from ._device import SafetyNumber
+from ._errors import call
+from ._values import BytesLike, as_bytes, text, u32, u63
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedDevice:
+    """A device in a list: its id (32 bits) and its identity key (32 bytes)."""
+
+    device_id: int
+    identity_key: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device_id", u32("device_id", self.device_id))
+        object.__setattr__(self, "identity_key", as_bytes("identity_key", self.identity_key))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceListInfo:
+    """A verified device list: user id, version, the user identity key that signed it, and the
+    devices in increasing id order."""
+
+    user_id: str
+    version: int
+    user_identity_key: bytes
+    devices: Tuple[ListedDevice, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceListChange:
+    """The devices a newer list added and removed (a reinstalled device, with a new key, is in both)."""
+
+    added: Tuple[ListedDevice, ...]
+    removed: Tuple[ListedDevice, ...]
+
+
+def _devices(native: Iterable[Any]) -> Tuple[ListedDevice, ...]:
+    return tuple(ListedDevice(int(d.device_id), bytes(d.identity_key)) for d in native)
+
+
+def _info(native: Any) -> DeviceListInfo:
+    return DeviceListInfo(
+        str(native.user_id), int(native.version), bytes(native.user_identity_key), _devices(native.devices)
+    )
+
+
+def _change(native: Any) -> DeviceListChange:
+    return DeviceListChange(_devices(native.added), _devices(native.removed))
+
+
+def _listed(name: str, devices: object) -> List[Any]:
+    if isinstance(devices, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be an iterable of ListedDevice")
+    try:
+        items = list(devices)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of ListedDevice, not {type(devices).__name__}") from None
+    out: List[Any] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, ListedDevice):
+            raise TypeError(f"{name}[{i}] must be a ListedDevice, not {type(item).__name__}")
+        out.append(_native.ListedDevice(device_id=item.device_id, identity_key=item.identity_key))
+    return out
+
+
+class UserIdentity:
+    """A user identity key pair (Ed25519): signs the user's device lists. Every device of the user
+    holds it; store ``seed()`` sealed (the app's keystore). Its ``repr`` shows no secret."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        """Made by ``generate`` and ``from_seed`` only."""
+        if not isinstance(native, _native.UserIdentity):
+            raise TypeError("use UserIdentity.generate or UserIdentity.from_seed")
+        self._native = native
+
+    @classmethod
+    def generate(cls) -> "UserIdentity":
+        """A new user identity, from the operating system's generator."""
+        return cls(call(_native.UserIdentity.generate))
+
+    @classmethod
+    def from_seed(cls, seed: BytesLike) -> "UserIdentity":
+        """The user identity of a stored 32-byte seed."""
+        return cls(call(_native.UserIdentity.from_seed, as_bytes("seed", seed)))
+
+    def seed(self) -> bytes:
+        """The 32-byte seed, to store sealed."""
+        return bytes(self._native.seed())
+
+    def public_key(self) -> bytes:
+        """The public user identity key (32 bytes)."""
+        return bytes(self._native.public_key())
+
+    def sign_device_list(self, user_id: str, version: int, devices: Iterable[ListedDevice]) -> bytes:
+        """Signs the list of ``devices`` (any order) of ``user_id`` at ``version``: the bytes to publish."""
+        return bytes(
+            call(
+                self._native.sign_device_list,
+                text("user_id", user_id),
+                u63("version", version),
+                _listed("devices", devices),
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"UserIdentity(public_key={self.public_key().hex()})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a UserIdentity holds a secret: store its seed() sealed instead of pickling it")
+
+
+class UserTrust:
+    """What the app keeps of a contact: the user identity pinned on first use and the newest
+    device list verified under it. Store ``to_bytes()``; a refused list changes nothing."""
+
+    __slots__ = ("_native", "_lock")
+
+    def __init__(self, native: Any) -> None:
+        """Made by ``first_use`` and ``from_bytes`` only."""
+        if not isinstance(native, _native.UserTrust):
+            raise TypeError("use UserTrust.first_use or UserTrust.from_bytes")
+        self._native = native
+        self._lock = threading.Lock()
+
+    @classmethod
+    def first_use(cls, user_id: str, signed_list: BytesLike) -> "UserTrust":
+        """Trust on first use of ``user_id``'s signed list (``InvalidBundleError`` if it is not one)."""
+        return cls(call(_native.UserTrust.first_use, text("user_id", user_id), as_bytes("signed_list", signed_list)))
+
+    @classmethod
+    def from_bytes(cls, user_id: str, data: BytesLike) -> "UserTrust":
+        """A trust stored with ``to_bytes`` (verified again)."""
+        return cls(call(_native.UserTrust.from_bytes, text("user_id", user_id), as_bytes("data", data)))
+
+    def update(self, signed_list: BytesLike) -> DeviceListChange:
+        """A newer list of the pinned user. Refused: an older one (``InvalidBundleError``), another
+        list with the same version, another user's, one signed by another user key
+        (``UntrustedIdentityError``, with that key as ``identity_key()``)."""
+        return _change(call(self._native.update, as_bytes("signed_list", signed_list)))
+
+    def trust_new_identity(self, signed_list: BytesLike) -> DeviceListChange:
+        """The app's decision to trust a new user identity, once the users compared safety numbers."""
+        return _change(call(self._native.trust_new_identity, as_bytes("signed_list", signed_list)))
+
+    def check_device(self, device_id: int, identity_key: BytesLike) -> None:
+        """``UntrustedIdentityError`` unless the newest verified list names this device with this key."""
+        call(self._native.check_device, u32("device_id", device_id), as_bytes("identity_key", identity_key))
+
+    def list(self) -> DeviceListInfo:
+        """The newest verified list."""
+        return _info(self._native.list())
+
+    def user_identity_key(self) -> bytes:
+        """The pinned user identity key (32 bytes)."""
+        return bytes(self._native.user_identity_key())
+
+    def to_bytes(self) -> bytes:
+        """The bytes to store."""
+        return bytes(self._native.to_bytes())
+
+
+def verify_device_list(signed_list: BytesLike) -> DeviceListInfo:
+    """Reads and verifies a signed device list without a pin (``InvalidBundleError`` if it fails)."""
+    return _info(call(_native.verify_device_list, as_bytes("signed_list", signed_list)))
+
+
+def user_safety_number(
+    local_user_id: str, local_user_identity_key: BytesLike, remote_user_id: str, remote_user_identity_key: BytesLike
+) -> SafetyNumber:
+    """The safety number of two users, from their user identity keys: the same whatever devices
+    they link or remove."""
+    return SafetyNumber(
+        call(
+            _native.user_safety_number,
+            text("local_user_id", local_user_id),
+            as_bytes("local_user_identity_key", local_user_identity_key),
+            text("remote_user_id", remote_user_id),
+            as_bytes("remote_user_identity_key", remote_user_identity_key),
+        )
+    )

@@ -1,0 +1,254 @@
+//! User identities and signed device lists (PROTOCOL.md 23): what a peer
+//! checks before it talks to a device of a user, so that a server cannot add
+//! a "ghost" device. Translation only, as in the rest of the crate.
+//!
+//! - [`UserIdentity`]: the user identity key pair every device of the user
+//!   holds; [`UserIdentity::sign_device_list`] makes the bytes the app
+//!   publishes.
+//! - [`UserTrust`]: what the app keeps of a contact: pinned on first use
+//!   ([`UserTrust::first_use`]), moved on by newer lists
+//!   ([`UserTrust::update`]: rollbacks, equivocations, other keys and other
+//!   users' lists are refused), asked before a device is used
+//!   ([`UserTrust::check_device`]).
+//! - [`verify_device_list`] reads a list without a pin; [`user_safety_number`]
+//!   is the safety number of two users, stable while their devices change.
+//!
+//! The device API does not use lists yet (PROTOCOL.md 23.5): the app checks
+//! a contact's device with [`UserTrust::check_device`] before
+//! `Device.start_session` with its bundle.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use samizdat::{
+    fingerprint,
+    keys::IdentityKey,
+    user::{self, DeviceListError},
+};
+use zeroize::Zeroizing;
+
+use crate::{Details, SafetyNumber, SamizdatError};
+
+/// A device in a list: its id and its identity key (32 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ListedDevice {
+    /// The device id (0 to 4,294,967,295).
+    pub device_id: i64,
+    /// The device's identity key (32 bytes).
+    pub identity_key: Vec<u8>,
+}
+
+/// A verified device list.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceListInfo {
+    /// The user id.
+    pub user_id: String,
+    /// The list's version (each new list of the user has a larger one).
+    pub version: i64,
+    /// The user identity key that signed it (32 bytes).
+    pub user_identity_key: Vec<u8>,
+    /// The devices, in increasing device id order.
+    pub devices: Vec<ListedDevice>,
+}
+
+/// The devices a newer list added and removed (a reinstalled device, with a
+/// new key, is in both).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceListChange {
+    /// Devices the new list names that the old one did not (with that key).
+    pub added: Vec<ListedDevice>,
+    /// Devices the old list named that the new one does not (with that key).
+    pub removed: Vec<ListedDevice>,
+}
+
+/// A user identity key pair (Ed25519): signs the user's device lists. Every
+/// device of the user holds it; store its [`Self::seed`] sealed.
+#[derive(uniffi::Object)]
+pub struct UserIdentity {
+    inner: user::UserIdentityKeyPair,
+}
+
+#[uniffi::export]
+impl UserIdentity {
+    /// A new user identity, from the operating system's generator.
+    #[uniffi::constructor]
+    pub fn generate() -> Arc<Self> {
+        Arc::new(Self { inner: user::UserIdentityKeyPair::generate(&mut samizdat::os_rng()) })
+    }
+
+    /// The user identity of a stored 32-byte seed.
+    #[uniffi::constructor]
+    pub fn from_seed(seed: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
+        let seed = Zeroizing::new(seed);
+        let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
+            SamizdatError::invalid_argument(format!("a user identity seed is 32 bytes, not {}", seed.len()))
+        })?;
+        Ok(Arc::new(Self { inner: user::UserIdentityKeyPair::from_seed(seed) }))
+    }
+
+    /// The 32-byte seed, to store sealed (the app's keystore).
+    pub fn seed(&self) -> Vec<u8> {
+        self.inner.to_seed().to_vec()
+    }
+
+    /// The public user identity key (32 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.inner.public_key().as_bytes().to_vec()
+    }
+
+    /// Signs the list of `devices` (in any order) of `user_id` at `version`:
+    /// the bytes to publish.
+    pub fn sign_device_list(
+        &self,
+        user_id: String,
+        version: i64,
+        devices: Vec<ListedDevice>,
+    ) -> Result<Vec<u8>, SamizdatError> {
+        let version = crate::non_negative("version", version)?;
+        let devices = devices.iter().map(ListedDevice::to_core).collect::<Result<Vec<_>, _>>()?;
+        let list = user::DeviceList::new(user_id, version, &self.inner.public_key(), devices)?;
+        Ok(list.sign(&self.inner)?.to_bytes())
+    }
+}
+
+/// What the app keeps of a contact: the user identity pinned on first use
+/// and the newest device list verified under it. Store [`Self::to_bytes`].
+#[derive(uniffi::Object)]
+pub struct UserTrust {
+    inner: Mutex<user::UserTrust>,
+}
+
+#[uniffi::export]
+impl UserTrust {
+    /// Trust on first use of `user_id`'s signed list.
+    #[uniffi::constructor]
+    pub fn first_use(user_id: String, signed_list: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
+        let signed = user::SignedDeviceList::from_bytes(&signed_list)?;
+        Ok(Arc::new(Self { inner: Mutex::new(user::UserTrust::first_use(&user_id, &signed)?) }))
+    }
+
+    /// A trust stored with [`Self::to_bytes`] (verified again).
+    #[uniffi::constructor]
+    pub fn from_bytes(user_id: String, bytes: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
+        Ok(Arc::new(Self { inner: Mutex::new(user::UserTrust::from_bytes(&user_id, &bytes)?) }))
+    }
+
+    /// A newer list of the pinned user; returns what it added and removed.
+    /// A refused list changes nothing.
+    pub fn update(&self, signed_list: Vec<u8>) -> Result<DeviceListChange, SamizdatError> {
+        let signed = user::SignedDeviceList::from_bytes(&signed_list)?;
+        Ok(self.lock().update(&signed)?.into())
+    }
+
+    /// The app's decision to trust a new user identity (after an
+    /// `UntrustedIdentity` error from [`Self::update`], once the users
+    /// compared safety numbers).
+    pub fn trust_new_identity(&self, signed_list: Vec<u8>) -> Result<DeviceListChange, SamizdatError> {
+        let signed = user::SignedDeviceList::from_bytes(&signed_list)?;
+        Ok(self.lock().trust_new_identity(&signed)?.into())
+    }
+
+    /// Whether the newest verified list names device `device_id` with this
+    /// identity key (`UntrustedIdentity` if not: a ghost, a removed device,
+    /// or an old key).
+    pub fn check_device(&self, device_id: i64, identity_key: Vec<u8>) -> Result<(), SamizdatError> {
+        let (id, key) = ListedDevice { device_id, identity_key }.to_core()?;
+        Ok(self.lock().check_device(id, &key)?)
+    }
+
+    /// The newest verified list.
+    pub fn list(&self) -> DeviceListInfo {
+        self.lock().list().into()
+    }
+
+    /// The pinned user identity key (32 bytes).
+    pub fn user_identity_key(&self) -> Vec<u8> {
+        self.lock().user_identity_key().as_bytes().to_vec()
+    }
+
+    /// The bytes to store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.lock().to_bytes()
+    }
+}
+
+impl UserTrust {
+    fn lock(&self) -> std::sync::MutexGuard<'_, user::UserTrust> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads and verifies a signed device list without any pin (who the key
+/// belongs to is the app's question: see [`UserTrust`]).
+#[uniffi::export]
+pub fn verify_device_list(signed_list: Vec<u8>) -> Result<DeviceListInfo, SamizdatError> {
+    Ok((&user::SignedDeviceList::from_bytes(&signed_list)?.verify()?).into())
+}
+
+/// The safety number of two users, from their user identity keys: the same
+/// whatever devices they link or remove.
+#[uniffi::export]
+pub fn user_safety_number(
+    local_user_id: String,
+    local_user_identity_key: Vec<u8>,
+    remote_user_id: String,
+    remote_user_identity_key: Vec<u8>,
+) -> Result<Arc<SafetyNumber>, SamizdatError> {
+    let key = |name: &str, bytes: &[u8]| {
+        user::UserIdentityKey::from_slice(bytes).map_err(|e| SamizdatError::invalid_argument(format!("{name}: {e}")))
+    };
+    let (local, remote) = (
+        key("local_user_identity_key", &local_user_identity_key)?,
+        key("remote_user_identity_key", &remote_user_identity_key)?,
+    );
+    Ok(Arc::new(SafetyNumber {
+        inner: fingerprint::SafetyNumber::for_users(&local_user_id, &local, &remote_user_id, &remote),
+    }))
+}
+
+impl ListedDevice {
+    fn to_core(&self) -> Result<(u32, IdentityKey), SamizdatError> {
+        let id = u32::try_from(self.device_id).map_err(|_| {
+            SamizdatError::invalid_argument(format!("device_id {} is outside 0 to {}", self.device_id, u32::MAX))
+        })?;
+        let key = IdentityKey::from_slice(&self.identity_key)
+            .map_err(|e| SamizdatError::invalid_argument(format!("identity_key of device {id}: {e}")))?;
+        Ok((id, key))
+    }
+}
+
+fn listed(devices: &[(u32, IdentityKey)]) -> Vec<ListedDevice> {
+    devices
+        .iter()
+        .map(|(id, key)| ListedDevice { device_id: i64::from(*id), identity_key: key.as_bytes().to_vec() })
+        .collect()
+}
+
+impl From<&user::DeviceList> for DeviceListInfo {
+    fn from(list: &user::DeviceList) -> Self {
+        Self {
+            user_id: list.user_id().to_owned(),
+            // A version past 2^63 - 1 (signed by the user, never reached by
+            // counting) shows as the largest.
+            version: i64::try_from(list.version()).unwrap_or(i64::MAX),
+            user_identity_key: list.user_identity_key().as_bytes().to_vec(),
+            devices: listed(list.devices()),
+        }
+    }
+}
+
+impl From<user::ListChange> for DeviceListChange {
+    fn from(change: user::ListChange) -> Self {
+        Self { added: listed(&change.added), removed: listed(&change.removed) }
+    }
+}
+
+impl From<DeviceListError> for SamizdatError {
+    fn from(error: DeviceListError) -> Self {
+        let (kind, message) = (error.kind(), error.to_string());
+        let details = match error {
+            DeviceListError::UntrustedUser { offered } => Details::UserIdentity(*offered.as_bytes()),
+            _ => Details::None,
+        };
+        Self::from_core(kind, message, details)
+    }
+}
