@@ -177,6 +177,14 @@ fn only_the_apps_decision_replaces_the_user_identity() {
     assert_eq!(change, ListChange { added: vec![(1, device(20))], removed: vec![(1, device(10))] });
     assert_eq!(trust.user_identity_key(), &new_alice.public_key());
     assert_ne!(SafetyNumber::for_users("bob", &bob, "alice", trust.user_identity_key()).digits(), old_number.digits());
+    // The decision cannot roll the new key's list back.
+    let newer = DeviceList::new("alice", 2, &new_alice.public_key(), [(1, device(20)), (2, device(21))])
+        .unwrap()
+        .sign(&new_alice)
+        .unwrap();
+    trust.update(&newer).unwrap();
+    assert_eq!(trust.trust_new_identity(&fresh), Err(DeviceListError::Rollback { seen: 2, offered: 1 }));
+    assert_eq!(trust.list().version(), 2);
     // From then on the old key is the untrusted one.
     assert!(matches!(trust.update(&list(&alice, 8, &[(1, 10)])), Err(DeviceListError::UntrustedUser { .. })));
 }

@@ -86,13 +86,19 @@ impl UserTrust {
     /// The app's decision to trust a new user identity for this user (after
     /// [`DeviceListError::UntrustedUser`], typically once the users compared
     /// safety numbers): pins the key that signed `signed` and its list,
-    /// whatever the version.
+    /// whatever the version (a new identity counts from 1 again). A list of
+    /// the key already pinned is no new identity: it goes through
+    /// [`Self::update`], so that this call cannot roll a list back.
     ///
     /// # Errors
     /// [`DeviceListError::Malformed`], [`DeviceListError::BadSignature`],
-    /// [`DeviceListError::WrongUser`].
+    /// [`DeviceListError::WrongUser`]; for the pinned key, as
+    /// [`Self::update`].
     pub fn trust_new_identity(&mut self, signed: &SignedDeviceList) -> Result<ListChange, DeviceListError> {
         let list = verified_for(self.list.user_id(), signed)?;
+        if list.user_identity_key() == self.list.user_identity_key() {
+            return self.update(signed);
+        }
         let change = change_between(&self.list, &list);
         *self = Self { list, signed: signed.clone() };
         Ok(change)
