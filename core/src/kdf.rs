@@ -337,6 +337,8 @@ mod tests {
             GROUP_MESSAGE_LABEL,
             GROUP_MESSAGE_KEY_LABEL,
             BACKUP_LABEL,
+            crate::user::DEVICE_LIST_LABEL,
+            crate::fingerprint::USER_SAFETY_NUMBER_LABEL,
         ];
         for (i, a) in labels.iter().enumerate() {
             assert!(a.starts_with(b"samizdat/v1/"));

@@ -204,6 +204,11 @@ pub enum KeyError {
     /// The key has small order: it would contribute nothing to a key exchange.
     #[error("key of small order")]
     SmallOrder,
+    /// The key has a torsion component, or a non-canonical encoding: refused
+    /// only where one key must have one encoding and one signer one key (a
+    /// user identity, PROTOCOL.md 23.1).
+    #[error("key with a torsion component or a non-canonical encoding")]
+    NotPrimeOrder,
 }
 
 /// A device's identity public key: an Ed25519 verifying key that is not of

@@ -340,7 +340,6 @@ fn late_second_prekey_message(seed: u64) -> (bool, Result<(), String>) {
 /// peer's flagged DH step says the peer left S for N after hearing from
 /// us on S, so any later prekey message of S was sent before it.
 #[test]
-#[ignore = "finding: a late prekey message of the left session (rule 5) undoes the flag and the pair never steps again"]
 fn finding_a_late_second_prekey_message_undoes_the_follow_and_nothing_heals() {
     let mut failures = Vec::new();
     let mut seen = [false, false];
@@ -958,7 +957,6 @@ fn held_device_a_store_restored_into_the_crossing_heals() {
 /// step: the stored records never heal.
 #[cfg(feature = "hazmat")]
 #[test]
-#[ignore = "finding: a late prekey message of the left session (rule 5) undoes the flag; through Device, silently"]
 fn finding_device_a_late_second_prekey_message_leaves_the_pair_unhealed() {
     let mut tried = 0;
     for _ in 0..64 {

@@ -794,15 +794,20 @@ impl World {
         if s.displaced[party.index()] && step && !s.came_back[party.index()] {
             return back;
         }
-        if prekey && s.initiator != party && s.highest[party.index()] == Some(0) && !s.came_back[party.index()] {
+        // A session chosen over an answered one by the flag (sent, or
+        // followed): neither rule 5 nor rule 6 leaves it.
+        let chosen = c.left_answered[party.index()] || c.followed[party.index()];
+        if prekey
+            && s.initiator != party
+            && s.highest[party.index()] == Some(0)
+            && !s.came_back[party.index()]
+            && !chosen
+        {
             return plain;
         }
         let owes = c.initiator != party
             && c.highest[party.index()] == Some(0)
             && c.sent_on_chain.get(&(party, 0)).copied().unwrap_or(0) == 0;
-        // Nor a session chosen over an answered one by the flag (sent, or
-        // followed).
-        let chosen = c.left_answered[party.index()] || c.followed[party.index()];
         // Not a state a new session of the other party's displaced: only
         // rule 4 brings that back (PROTOCOL.md 20.6).
         (!owes && !chosen && !s.displaced[party.index()] && smaller, false)

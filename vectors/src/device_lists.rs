@@ -290,6 +290,22 @@ impl VectorSet for DeviceLists {
             check("check_listed_id_with_another_key", 1, 2),
             user_number("user_safety_number_alice", ("alice", a), ("bob", b)),
             user_number("user_safety_number_bob", ("bob", b), ("alice", a)),
+            // L6 holds a user key to more than 6.1 holds a device key.
+            verify("verify_mixed_order_user_key", &broken(&|p| p.user_identity_key = mixed_order(&a).to_vec())?),
+            verify("verify_non_canonical_user_key", &broken(&|p| p.user_identity_key = NON_CANONICAL_MIXED.to_vec())?),
+            // ...while a device key with a torsion component is accepted (L7),
+            // and the count (L5) comes before every key.
+            verify("verify_mixed_order_device_key", &broken(&|p| {
+                if let Some(d) = p.devices.first_mut() {
+                    d.identity_key = mixed_order(&k0).to_vec();
+                }
+            })?),
+            verify("verify_33_devices_and_a_short_user_key", &broken(&|p| {
+                p.user_identity_key.truncate(31);
+                p.devices = (1..=33u32)
+                    .map(|i| wire::DeviceEntry { device_id: i, identity_key: vec![0; 31] })
+                    .collect();
+            })?),
         ])
     }
 
@@ -416,6 +432,23 @@ impl VectorSet for DeviceLists {
             }
         })
     }
+}
+
+/// y = 3 + p: a non-canonical encoding (y >= p) of a point of mixed order.
+const NON_CANONICAL_MIXED: [u8; 32] = {
+    let mut key = [0xff; 32];
+    key[0] = 0xf0;
+    key[31] = 0x7f;
+    key
+};
+
+/// `key` plus a point of order 8: a valid encoding, not of small order, with
+/// a torsion component.
+fn mixed_order(key: &[u8; 32]) -> [u8; 32] {
+    use curve25519_dalek::{constants::EIGHT_TORSION, edwards::CompressedEdwardsY};
+    let point = CompressedEdwardsY(*key).decompress().unwrap_or_default();
+    let torsion = EIGHT_TORSION.get(1).copied().unwrap_or_default();
+    (point + torsion).compress().to_bytes()
 }
 
 /// The Ed25519 public key of a seed (a device's identity key, or a user's).

@@ -893,7 +893,8 @@ impl SessionRecord {
     ///    chain, on a message with a prekey header: the peer is still
     ///    waiting for our answer on it, and will wait (rule 3 on its side).
     ///    Not for a state that came back since the last heal: a copy of the
-    ///    record can forge such messages.
+    ///    record can forge such messages. Not away from a current state
+    ///    chosen by the left-answered flag (as rule 6).
     /// 6. Any other, if its base key is the smaller, unless the current state
     ///    is a session the peer initiated and waits for us to answer on
     ///    (`owes_an_answer`), or one chosen over an answered session by the
@@ -922,6 +923,12 @@ impl SessionRecord {
         if current.is_unanswered_initiation() {
             return None;
         }
+        // A session chosen over an answered one by the left-answered flag
+        // (ours, or the peer's that we followed): the peer is on it, so until
+        // the next heal neither rule 5 nor rule 6 leaves it for a late
+        // message of another session (9.9: a prekey message of the session
+        // the peer left, sent before its flagged answer, must not undo it).
+        let chosen = current.left_answered || current.followed;
         // Rule 4, once per state between heals; the state it leaves is then
         // displaced in turn (one late message of the old session must not
         // strand us there: audit2_3_*).
@@ -932,7 +939,7 @@ impl SessionRecord {
         // old record can forge its messages (the header is public, the chain
         // key copied), and alternating it with rule 6 would otherwise
         // postpone the heal for ever (audit2_1_*).
-        if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back {
+        if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back && !chosen {
             return Some(Promotion::Plain);
         }
         // Rule 6 never leaves a session the peer waits for us to answer, nor
@@ -942,7 +949,6 @@ impl SessionRecord {
         // session of the peer's displaced: the peer left it (a late message
         // of it must not undo the peer's reset, PROTOCOL.md 20.6); only rule
         // 4 does, on a DH step.
-        let chosen = current.left_answered || current.followed;
         promote(!current.owes_an_answer() && !chosen && !state.displaced && smaller)
     }
 

@@ -41,7 +41,9 @@ pub enum DeviceListError {
         offered: UserIdentityKey,
     },
     /// The list is older than one already verified: a server replaying an
-    /// old list (to bring back a removed device, for one).
+    /// old list (to bring back a removed device, for one). A removed device
+    /// that still holds the user key can sign a newer one: see PROTOCOL.md
+    /// 23.1 for why removing a lost device needs a new user identity.
     #[error("device list version {offered} is older than version {seen}, already seen")]
     Rollback {
         /// The newest version verified.

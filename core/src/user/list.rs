@@ -56,8 +56,9 @@ impl DeviceList {
         Ok(list)
     }
 
-    /// The rules every list follows, in the order PROTOCOL.md 23.2 gives
-    /// them (after decoding).
+    /// The rules every list follows (after decoding: PROTOCOL.md 23.2, L8 to
+    /// L11; a decoded list passed L5 already, a constructed one checks it
+    /// here).
     fn check(&self) -> Result<(), DecodeError> {
         // An address's user id, by the same rules.
         Address::new(self.user_id.as_str(), 0)?;
@@ -143,6 +144,10 @@ impl DeviceList {
     /// Decodes and checks the list's bytes (not the signature).
     fn from_list_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let list = crate::codec::decode::<wire::DeviceList>(bytes)?;
+        // The count first: a hostile list costs at most 33 point decodings.
+        if list.devices.is_empty() || list.devices.len() > MAX_DEVICES_PER_USER {
+            return Err(DecodeError::InvalidValue("devices"));
+        }
         let user_key = UserIdentityKey::from_slice(&list.user_identity_key)
             .map_err(|error| key_error(error, "user_identity_key"))?;
         let devices = list

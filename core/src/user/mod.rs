@@ -60,6 +60,8 @@ use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 pub use error::DeviceListError;
+#[cfg(test)]
+pub(crate) use list::DEVICE_LIST_LABEL;
 pub use list::{DeviceList, MAX_DEVICE_LIST_LEN, MAX_DEVICES_PER_USER, SignedDeviceList};
 pub use trust::{ListChange, UserTrust};
 
@@ -109,12 +111,24 @@ impl fmt::Debug for UserIdentityKeyPair {
 pub struct UserIdentityKey(IdentityKey);
 
 impl UserIdentityKey {
-    /// Parses and checks a 32-byte Ed25519 public key.
+    /// Parses and checks a 32-byte Ed25519 public key: as a device identity
+    /// key (6.1), and also in the prime-order subgroup and canonically
+    /// encoded. A device key may have a torsion component (X25519's clamping
+    /// removes it), but a user key is only ever a signature key: with a
+    /// torsion component its holder could make one list verify under up to
+    /// eight keys (and eight safety numbers), and verifiers that check
+    /// signatures differently could disagree on its lists (PROTOCOL.md 23.2).
     ///
     /// # Errors
-    /// [`KeyError::InvalidEncoding`] or [`KeyError::SmallOrder`].
+    /// [`KeyError::InvalidEncoding`], [`KeyError::SmallOrder`] or
+    /// [`KeyError::NotPrimeOrder`].
     pub fn from_bytes(bytes: &[u8; IDENTITY_KEY_LEN]) -> Result<Self, KeyError> {
-        IdentityKey::from_bytes(bytes).map(Self)
+        let key = IdentityKey::from_bytes(bytes)?;
+        let point = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidEncoding)?.to_edwards();
+        if !point.is_torsion_free() || point.compress().to_bytes() != *bytes {
+            return Err(KeyError::NotPrimeOrder);
+        }
+        Ok(Self(key))
     }
 
     /// Parses a slice (see [`Self::from_bytes`]).
@@ -122,7 +136,10 @@ impl UserIdentityKey {
     /// # Errors
     /// As [`Self::from_bytes`], plus [`KeyError::InvalidLength`].
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        IdentityKey::from_slice(bytes).map(Self)
+        let bytes: &[u8; IDENTITY_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| KeyError::InvalidLength { expected: IDENTITY_KEY_LEN, actual: bytes.len() })?;
+        Self::from_bytes(bytes)
     }
 
     /// The 32 bytes of the key.
