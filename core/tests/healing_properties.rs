@@ -591,3 +591,91 @@ fn a_restored_sender_whose_peer_reinstalled() {
     ])
     .unwrap();
 }
+
+/// A schedule the outside audit of the left-answered flag found with
+/// `PROPTEST_CASES=2000` (random seed): "healing never settles" or "no
+/// convergence" in about two runs of three (the devices draw their keys from
+/// the operating system). Under investigation: run with `--ignored`.
+#[test]
+#[ignore = "open: a fault schedule that does not settle in most runs (issue 15)"]
+fn regression_audit_flag_schedule_settles() {
+    use Event::*;
+    let events = [
+        Carry { pick: 17577115429838493254, fate: 79 },
+        Send(0),
+        Carry { pick: 14476643783701168531, fate: 28 },
+        Carry { pick: 356397219898729145, fate: 25 },
+        Carry { pick: 5966471717631042824, fate: 38 },
+        Tick(13),
+        Carry { pick: 16183825011403206401, fate: 90 },
+        Send(0),
+        Restore { side: 1, pick: 553275856835251951 },
+        Carry { pick: 13290868157020648095, fate: 44 },
+        Carry { pick: 10705908432033262630, fate: 33 },
+        Carry { pick: 11696407065058874303, fate: 51 },
+        Carry { pick: 9271666413861849955, fate: 25 },
+        Send(1),
+        Tick(2),
+        Send(0),
+        Send(0),
+        Reinstall(0),
+        Carry { pick: 5003337119150297674, fate: 70 },
+        Send(1),
+        Carry { pick: 13070319930546478677, fate: 11 },
+        Send(0),
+        Carry { pick: 2279771478995241065, fate: 63 },
+        Carry { pick: 14535422062061027695, fate: 84 },
+        Send(1),
+        Carry { pick: 4601846931995459641, fate: 36 },
+        Send(1),
+        Carry { pick: 798068016638741215, fate: 2 },
+        Snapshot(1),
+        Restore { side: 0, pick: 4610544565864754886 },
+        Send(1),
+        Carry { pick: 7400639267927902106, fate: 59 },
+        Send(0),
+        Restore { side: 1, pick: 1641902890388692923 },
+        Tick(19),
+        Carry { pick: 15805347646449435593, fate: 69 },
+        Carry { pick: 4727703292219577636, fate: 89 },
+        Snapshot(1),
+        Carry { pick: 1465951473253943123, fate: 72 },
+        Send(1),
+        Carry { pick: 14924543335396361140, fate: 37 },
+        Carry { pick: 15454711924133913442, fate: 86 },
+        Carry { pick: 9475319614729133644, fate: 76 },
+        Send(0),
+        Carry { pick: 2730136845209315586, fate: 79 },
+        Send(1),
+        Send(1),
+        Send(1),
+        Tick(19),
+        Snapshot(0),
+        Carry { pick: 17732987419004290173, fate: 14 },
+        Snapshot(0),
+        Send(0),
+        Restore { side: 1, pick: 17412122257857692571 },
+        Carry { pick: 6289513002326360099, fate: 58 },
+        Send(1),
+        Send(1),
+        Tick(11),
+        Send(1),
+        Carry { pick: 10306139776801959121, fate: 27 },
+        Send(1),
+        Carry { pick: 5964745487018590745, fate: 42 },
+        Carry { pick: 2905421474681614505, fate: 77 },
+        Carry { pick: 15896786933159468024, fate: 36 },
+        Send(1),
+        Carry { pick: 4895283548338832693, fate: 60 },
+        Send(1),
+        Carry { pick: 4557755963043946263, fate: 70 },
+        Tick(15),
+    ];
+    let mut failures = Vec::new();
+    for _ in 0..40 {
+        if let Err(e) = run(&events) {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(failures.is_empty(), "{} of 40 runs failed, first: {:?}", failures.len(), failures.first());
+}

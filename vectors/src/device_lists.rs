@@ -295,17 +295,22 @@ impl VectorSet for DeviceLists {
             verify("verify_non_canonical_user_key", &broken(&|p| p.user_identity_key = NON_CANONICAL_MIXED.to_vec())?),
             // ...while a device key with a torsion component is accepted (L7),
             // and the count (L5) comes before every key.
-            verify("verify_mixed_order_device_key", &broken(&|p| {
-                if let Some(d) = p.devices.first_mut() {
-                    d.identity_key = mixed_order(&k0).to_vec();
-                }
-            })?),
-            verify("verify_33_devices_and_a_short_user_key", &broken(&|p| {
-                p.user_identity_key.truncate(31);
-                p.devices = (1..=33u32)
-                    .map(|i| wire::DeviceEntry { device_id: i, identity_key: vec![0; 31] })
-                    .collect();
-            })?),
+            verify(
+                "verify_mixed_order_device_key",
+                &broken(&|p| {
+                    if let Some(d) = p.devices.first_mut() {
+                        d.identity_key = mixed_order(&k0).to_vec();
+                    }
+                })?,
+            ),
+            verify(
+                "verify_33_devices_and_a_short_user_key",
+                &broken(&|p| {
+                    p.user_identity_key.truncate(31);
+                    p.devices =
+                        (1..=33u32).map(|i| wire::DeviceEntry { device_id: i, identity_key: vec![0; 31] }).collect();
+                })?,
+            ),
         ])
     }
 

@@ -756,12 +756,16 @@ impl SessionRecord {
                 let mut state = state;
                 if let Some(current) = &mut self.current {
                     current.displaced = !current.is_unanswered_initiation();
-                    // And the peer may still be on the current one: if it
-                    // had heard from the peer, the peer may have answered it
-                    // after making the new session (their initiations
-                    // crossed, 9.9). Our messages on the new one say that we
-                    // left it, so that the peer follows (rule 2 on its side).
-                    state.left_answered = current.displaced;
+                    // And the peer may still be on the current one: if the
+                    // peer may hold it as answered (our initiation it
+                    // answered, or its initiation we answered), it may have
+                    // got there after making the new session (their
+                    // initiations crossed, 9.9). Our messages on the new one
+                    // say that we left it, so that the peer follows (rule 2
+                    // on its side). Not for its initiation we never answered:
+                    // the peer still waits on it (rule 3), as in a plain
+                    // simultaneous initiation.
+                    state.left_answered = current.displaced && !current.owes_an_answer();
                 }
                 self.install(*state);
             }
@@ -893,8 +897,7 @@ impl SessionRecord {
     ///    chain, on a message with a prekey header: the peer is still
     ///    waiting for our answer on it, and will wait (rule 3 on its side).
     ///    Not for a state that came back since the last heal: a copy of the
-    ///    record can forge such messages. Not away from a current state
-    ///    chosen by the left-answered flag (as rule 6).
+    ///    record can forge such messages.
     /// 6. Any other, if its base key is the smaller, unless the current state
     ///    is a session the peer initiated and waits for us to answer on
     ///    (`owes_an_answer`), or one chosen over an answered session by the
@@ -925,9 +928,10 @@ impl SessionRecord {
         }
         // A session chosen over an answered one by the left-answered flag
         // (ours, or the peer's that we followed): the peer is on it, so until
-        // the next heal neither rule 5 nor rule 6 leaves it for a late
-        // message of another session (9.9: a prekey message of the session
-        // the peer left, sent before its flagged answer, must not undo it).
+        // the next heal rule 6 does not leave it for a late message of
+        // another session (9.9). Rule 5 still may: blocking it too made a
+        // follow on a late flagged answer stick for good
+        // (`regression_two_initiations_of_bob_crossing_alices_converge`).
         let chosen = current.left_answered || current.followed;
         // Rule 4, once per state between heals; the state it leaves is then
         // displaced in turn (one late message of the old session must not
@@ -939,7 +943,7 @@ impl SessionRecord {
         // old record can forge its messages (the header is public, the chain
         // key copied), and alternating it with rule 6 would otherwise
         // postpone the heal for ever (audit2_1_*).
-        if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back && !chosen {
+        if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back {
             return Some(Promotion::Plain);
         }
         // Rule 6 never leaves a session the peer waits for us to answer, nor
