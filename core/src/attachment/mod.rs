@@ -45,12 +45,12 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::Secret32;
 
-mod digest;
 mod file;
+mod pipeline;
 mod stream;
 
-use digest::{Buffer, ChunkHasher};
 pub use file::{MAX_RANGE_LEN, decrypt_file, encrypt_file, read_range};
+use pipeline::{Job, Pipeline};
 pub use stream::{Decryptor, Encryptor};
 
 /// The plaintext bytes of every chunk but the last (64 KiB).
@@ -289,8 +289,8 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 /// key, in memory bounded by a few chunks (at most 4 sealed chunks, about
 /// 256 KiB, whatever the file's size); returns the [`Attachment`] to send.
 ///
-/// Past the first 64 KiB chunk, the SHA-256 of the ciphertext is computed
-/// on a second, scoped thread, beside the cipher, and joined before this
+/// Past the first 64 KiB chunk, the SHA-256 of the ciphertext, and a share
+/// of the sealing, run on a second, scoped thread, joined before this
 /// returns (if no thread can be started, on this one): `input` and `output`
 /// are only ever used from the calling thread.
 ///
@@ -310,43 +310,60 @@ fn fresh_key() -> Secret32 {
 
 /// [`encrypt`] under `key` (a key must never encrypt two files; the vectors'
 /// `hazmat` entry point gives its own) of an input of `len` bytes, if known
-/// (the hash then starts on its thread at once).
+/// (the second thread then starts at once, for two chunks or more).
 pub(crate) fn encrypt_with_key<R: Read, W: Write>(
     key: Secret32,
     input: R,
     output: W,
     len: Option<u64>,
 ) -> Result<Attachment, AttachmentError> {
-    let chunks = len.map(|len| chunks_of(padded_len(len)));
-    std::thread::scope(|scope| seal_stream(key, input, output, ChunkHasher::new(scope, chunks)))
+    let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
+    let (plaintext_len, digest) = std::thread::scope(|scope| {
+        let mut pipeline = Pipeline::new(scope, &cipher);
+        if len.is_some_and(|len| chunks_of(padded_len(len)) >= 2) {
+            pipeline.start_thread();
+        }
+        seal_stream(input, output, pipeline)
+    })?;
+    Ok(Attachment { key, digest, plaintext_len, ciphertext_len: ciphertext_len(plaintext_len) })
 }
 
-/// [`encrypt_with_key`], the ciphertext hashed by `hasher` (in whose
-/// buffers the chunks are read and sealed).
+/// [`encrypt_with_key`] through `pipeline` (in whose buffers the chunks are
+/// read and sealed); returns the plaintext's length and the digest.
 fn seal_stream<R: Read, W: Write>(
-    key: Secret32,
     mut input: R,
     mut output: W,
-    mut hasher: ChunkHasher<'_, '_>,
-) -> Result<Attachment, AttachmentError> {
-    let cipher = ChaCha20Poly1305::new(key.as_bytes().into());
+    mut pipeline: Pipeline<'_, '_>,
+) -> Result<(u64, [u8; 32]), AttachmentError> {
     let too_large = || AttachmentError::TooLarge { max: MAX_ATTACHMENT_LEN };
+    let mut write = |_: Job, sealed: &[u8]| output.write_all(sealed).map_err(AttachmentError::from);
     // The plaintext: every full chunk is sealed as it fills. None of them is
     // the last: the padding adds at least one byte after the plaintext.
     let mut index = 0u64;
     let mut plaintext_len = 0u64;
     let (mut buf, mut filled);
     loop {
-        buf = hasher.buffer()?;
-        filled = read_full(&mut input, buf.get_mut(..CHUNK_LEN).ok_or_else(too_large)?)?;
+        buf = pipeline.buffer(&mut write)?;
+        filled = match read_full(&mut input, buf.get_mut(..CHUNK_LEN).ok_or_else(too_large)?) {
+            Ok(filled) => filled,
+            Err(error) => {
+                // The chunks read before are written first (a failing
+                // writer is reported before a failing reader).
+                pipeline.drain(&mut write)?;
+                return Err(error.into());
+            }
+        };
         plaintext_len = plaintext_len.saturating_add(filled as u64);
         if plaintext_len > MAX_ATTACHMENT_LEN {
+            pipeline.drain(&mut write)?;
             return Err(too_large());
         }
         if filled < CHUNK_LEN {
             break;
         }
-        seal_chunk(&cipher, buf, CHUNK_LEN, index, false, &mut output, &mut hasher)?;
+        // A full chunk: the file has two chunks or more.
+        pipeline.start_thread();
+        pipeline.submit(buf, CHUNK_LEN, Job::Seal { index, last: false })?;
         index = index.saturating_add(1);
     }
     // The padding: 0x80, then zeros up to the padded length, chunk by chunk.
@@ -357,35 +374,16 @@ fn seal_stream<R: Read, W: Write>(
         let len = body_len(padded, index);
         pad(&mut buf, filled, len, &mut marker);
         let last = is_last(index, chunks);
-        seal_chunk(&cipher, buf, len, index, last, &mut output, &mut hasher)?;
+        pipeline.submit(buf, len, Job::Seal { index, last })?;
         if last {
             break;
         }
         index = index.saturating_add(1);
-        buf = hasher.buffer()?;
+        buf = pipeline.buffer(&mut write)?;
         filled = 0;
     }
-    let ciphertext_len = ciphertext_len(plaintext_len);
-    let digest = hasher.finish()?;
-    Ok(Attachment { key, digest, plaintext_len, ciphertext_len })
-}
-
-/// Seals the first `len` bytes of `buf` in place as chunk `index`, writes
-/// the sealed chunk and hands it to the hasher.
-fn seal_chunk<W: Write>(
-    cipher: &ChaCha20Poly1305,
-    buf: Buffer,
-    len: usize,
-    index: u64,
-    last: bool,
-    output: &mut W,
-    hasher: &mut ChunkHasher<'_, '_>,
-) -> Result<(), AttachmentError> {
-    let mut buf = buf;
-    let sealed = seal_in_place(cipher, &mut buf, len, index, last)?;
-    output.write_all(sealed)?;
-    let sealed_len = sealed.len();
-    hasher.hash(buf, sealed_len)
+    let digest = pipeline.finish(&mut write)?;
+    Ok((plaintext_len, digest))
 }
 
 /// Seals the first `len` bytes of `buf` in place as chunk `index`, its tag
@@ -423,6 +421,25 @@ fn open_into<'o>(
     let inout = InOutBuf::new(ciphertext, &mut *body).map_err(|_| AttachmentError::WrongLength)?;
     cipher
         .decrypt_inout_detached(&chunk_nonce(index, last), &[], inout, &tag)
+        .map_err(|_| AttachmentError::Unauthenticated { chunk: index })?;
+    Ok(body)
+}
+
+/// Opens the sealed chunk `index` (`len` bytes then the tag, at the start
+/// of `buf`) in place; returns the opened bytes, padding included. On an
+/// error `buf` is left as it was.
+fn open_in_place<'b>(
+    cipher: &ChaCha20Poly1305,
+    buf: &'b mut [u8],
+    len: usize,
+    index: u64,
+    last: bool,
+) -> Result<&'b [u8], AttachmentError> {
+    let sealed = buf.get_mut(..len.saturating_add(TAG_LEN)).ok_or(AttachmentError::WrongLength)?;
+    let (body, tag) = sealed.split_at_mut_checked(len).ok_or(AttachmentError::WrongLength)?;
+    let tag = Tag::try_from(&*tag).map_err(|_| AttachmentError::WrongLength)?;
+    cipher
+        .decrypt_inout_detached(&chunk_nonce(index, last), &[], (&mut *body).into(), &tag)
         .map_err(|_| AttachmentError::Unauthenticated { chunk: index })?;
     Ok(body)
 }
@@ -471,67 +488,81 @@ fn open_chunk<'b, R: Read>(
     if read_full(input, sealed)? != sealed_len {
         return Err(AttachmentError::WrongLength);
     }
-    let (body, tag) = sealed.split_at_mut_checked(len).ok_or(AttachmentError::WrongLength)?;
-    let tag = Tag::try_from(&*tag).map_err(|_| AttachmentError::WrongLength)?;
-    let nonce = chunk_nonce(index, is_last(index, chunks_of(padded)));
-    cipher
-        .decrypt_inout_detached(&nonce, &[], (&mut *body).into(), &tag)
-        .map_err(|_| AttachmentError::Unauthenticated { chunk: index })?;
-    Ok(body)
+    open_in_place(cipher, buf, len, index, is_last(index, chunks_of(padded)))
 }
 
 /// Decrypts the whole attachment from `input` into `output`, in memory
-/// bounded by a few chunks (about 320 KiB), checking every chunk, the end of the file, the
-/// padding and the digest of the ciphertext.
+/// bounded by a few chunks (at most 4 sealed chunks, about 256 KiB),
+/// checking every chunk, the end of the file, the padding and the digest of
+/// the ciphertext.
 ///
 /// The plaintext is written as it is decrypted: if this returns an error,
 /// discard what was written (a chunk that did not open was not written,
 /// but the digest is known only at the end). As in [`encrypt`], for a file
-/// of two chunks or more the digest is computed on a second, scoped thread.
+/// of two chunks or more the digest, and a share of the opening, run on a
+/// second, scoped thread.
 ///
 /// # Errors
 /// [`AttachmentError::Unauthenticated`], [`AttachmentError::WrongLength`],
 /// [`AttachmentError::Mismatch`], [`AttachmentError::Io`].
 pub fn decrypt<R: Read, W: Write>(attachment: &Attachment, input: R, output: W) -> Result<(), AttachmentError> {
-    let chunks = chunks_of(padded_len(attachment.plaintext_len));
-    std::thread::scope(|scope| open_stream(attachment, input, output, ChunkHasher::new(scope, Some(chunks))))
+    let cipher = attachment.cipher();
+    std::thread::scope(|scope| {
+        let mut pipeline = Pipeline::new(scope, &cipher);
+        if chunks_of(padded_len(attachment.plaintext_len)) >= 2 {
+            pipeline.start_thread();
+        }
+        open_stream(attachment, input, output, pipeline)
+    })
 }
 
-/// [`decrypt`], the ciphertext hashed by `hasher` (in whose buffers the
-/// sealed chunks are read; each opens into a buffer of its own, so that
-/// the hash of chunk `i` runs beside the opening of chunk `i + 1`).
+/// [`decrypt`] through `pipeline` (in whose buffers the sealed chunks are
+/// read, hashed, then opened in place).
 fn open_stream<R: Read, W: Write>(
     attachment: &Attachment,
     mut input: R,
     mut output: W,
-    mut hasher: ChunkHasher<'_, '_>,
+    mut pipeline: Pipeline<'_, '_>,
 ) -> Result<(), AttachmentError> {
-    let cipher = attachment.cipher();
     let padded = padded_len(attachment.plaintext_len);
     let chunks = chunks_of(padded);
-    let mut opened = Zeroizing::new(vec![0u8; CHUNK_LEN]);
     let mut padding_ok = true;
-    for index in 0..chunks {
+    let mut write = |job: Job, body: &[u8]| {
+        let Job::Open { index, .. } = job else { return Err(AttachmentError::WrongLength) };
         let start = index.saturating_mul(CHUNK_LEN as u64);
+        let (plaintext, padding_here) = plaintext_of(body, start, attachment.plaintext_len);
+        padding_ok &= padding_here;
+        output.write_all(plaintext).map_err(AttachmentError::from)
+    };
+    // An input that fails or ends early, or goes on after the last chunk,
+    // is reported once the chunks before are released: a chunk that does
+    // not open is reported first, as if each chunk were opened before the
+    // next is read.
+    for index in 0..chunks {
         let len = body_len(padded, index);
         let sealed_len = len.saturating_add(TAG_LEN);
-        let mut sealed = hasher.buffer()?;
+        let mut sealed = pipeline.buffer(&mut write)?;
         let sealed_bytes = sealed.get_mut(..sealed_len).ok_or(AttachmentError::WrongLength)?;
-        if read_full(&mut input, sealed_bytes)? != sealed_len {
-            return Err(AttachmentError::WrongLength);
+        match read_full(&mut input, sealed_bytes) {
+            Ok(read) if read == sealed_len => {}
+            Ok(_) => {
+                pipeline.drain(&mut write)?;
+                return Err(AttachmentError::WrongLength);
+            }
+            Err(error) => {
+                pipeline.drain(&mut write)?;
+                return Err(error.into());
+            }
         }
-        let body = open_into(&cipher, sealed_bytes, len, index, is_last(index, chunks), &mut opened)?;
-        let (plaintext, padding_here) = plaintext_of(body, start, attachment.plaintext_len);
-        output.write_all(plaintext)?;
-        padding_ok &= padding_here;
-        hasher.hash(sealed, sealed_len)?;
+        pipeline.submit(sealed, len, Job::Open { index, last: is_last(index, chunks) })?;
     }
+    pipeline.drain(&mut write)?;
     // Nothing after the last chunk.
     let mut extra = [0u8; 1];
     if read_full(&mut input, &mut extra)? != 0 {
         return Err(AttachmentError::WrongLength);
     }
-    let digest = hasher.finish()?;
+    let digest = pipeline.finish(&mut write)?;
     if !padding_ok || !bool::from(digest.ct_eq(&attachment.digest)) {
         return Err(AttachmentError::Mismatch);
     }
