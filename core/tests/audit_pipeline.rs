@@ -826,7 +826,6 @@ fn held_an_over_reporting_reader_is_refused_everywhere() {
 /// Fix: write through a helper like `read_full` that loops on `write` and
 /// refuses `n > buf.len()` with `io::ErrorKind::InvalidData`.
 #[test]
-#[ignore = "finding: a Write that over-reports makes encrypt/decrypt panic (std write_all slices past the buffer) instead of a typed error"]
 fn finding_an_over_reporting_writer_is_a_typed_error_not_a_panic() {
     let _gate = shared();
     within(60, "over-reporting writer", || {

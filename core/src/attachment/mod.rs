@@ -285,6 +285,28 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Writes all of `buf` (`Write::write_all`, which slices past the buffer,
+/// and so panics, for a writer that reports more bytes than it was given:
+/// here that breach of `Write`'s contract is an error).
+fn write_full<W: Write>(output: &mut W, buf: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while let Some(rest) = buf.get(written..).filter(|rest| !rest.is_empty()) {
+        match output.write(rest) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the writer accepted no byte")),
+            Ok(n) if n > rest.len() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the writer reported more bytes than it was given",
+                ));
+            }
+            Ok(n) => written = written.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Encrypts everything `input` yields into `output`, under a fresh random
 /// key, in memory bounded by a few chunks (at most 4 sealed chunks, about
 /// 256 KiB, whatever the file's size); returns the [`Attachment`] to send.
@@ -336,7 +358,7 @@ fn seal_stream<R: Read, W: Write>(
     mut pipeline: Pipeline<'_, '_>,
 ) -> Result<(u64, [u8; 32]), AttachmentError> {
     let too_large = || AttachmentError::TooLarge { max: MAX_ATTACHMENT_LEN };
-    let mut write = |_: Job, sealed: &[u8]| output.write_all(sealed).map_err(AttachmentError::from);
+    let mut write = |_: Job, sealed: &[u8]| write_full(&mut output, sealed).map_err(AttachmentError::from);
     // The plaintext: every full chunk is sealed as it fills. None of them is
     // the last: the padding adds at least one byte after the plaintext.
     let mut index = 0u64;
@@ -532,7 +554,7 @@ fn open_stream<R: Read, W: Write>(
         let start = index.saturating_mul(CHUNK_LEN as u64);
         let (plaintext, padding_here) = plaintext_of(body, start, attachment.plaintext_len);
         padding_ok &= padding_here;
-        output.write_all(plaintext).map_err(AttachmentError::from)
+        write_full(&mut output, plaintext).map_err(AttachmentError::from)
     };
     // An input that fails or ends early, or goes on after the last chunk,
     // is reported once the chunks before are released: a chunk that does
@@ -604,7 +626,7 @@ pub fn decrypt_range<R: Read + Seek, W: Write>(
         let body = open_chunk(attachment, &cipher, &mut input, &mut buf, index)?;
         let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX);
         let to = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX).min(body.len());
-        output.write_all(body.get(from..to).ok_or(AttachmentError::WrongLength)?)?;
+        write_full(&mut output, body.get(from..to).ok_or(AttachmentError::WrongLength)?)?;
     }
     buf.zeroize();
     Ok(())
