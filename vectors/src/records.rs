@@ -410,8 +410,10 @@ fn check_shapes(f: &Fixtures) -> R<()> {
     if f.bob_displaced.archived.len() != 1 || !displaced.is_some_and(|s| s.displaced && s.ratchet.is_some()) {
         return fail("a displaced full archived state");
     }
-    if !f.bob_displaced.current.as_ref().is_some_and(|s| s.left_answered) {
-        return fail("a current state that left an answered one");
+    // Bob never answered the session Alice's second one replaced: no flag
+    // (9.6; the flag is for a state the peer may hold as answered).
+    if f.bob_displaced.current.as_ref().is_none_or(|s| s.left_answered) {
+        return fail("a current state that left an unanswered one, without the flag");
     }
     let pending = |s: Option<&storage::SessionState>| s.is_some_and(|s| s.pending_prekey.is_some());
     if !pending(f.alice.current.as_ref())
@@ -1620,9 +1622,9 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
     cases.add(
         "record_with_a_displaced_state",
         D,
-        "13.4 S9, S11 and 8a: Bob's record after Alice's second session replaced the first: an archived full state \
-         that is displaced is accepted (8a refuses only a displaced current state), and so is the current state's \
-         `left_answered` (it replaced a state that had heard from Alice, 9.6).",
+        "13.4 S9 and 8a: Bob's record after Alice's second session replaced the first: an archived full state \
+         that is displaced is accepted (8a refuses only a displaced current state). The current state has no \
+         `left_answered`: Bob never answered the session it replaced (9.6).",
         &f.bob_displaced.encode_to_vec(),
     );
     cases.add(
@@ -2039,6 +2041,16 @@ fn record_cases(cases: &mut Cases, f: &Fixtures) -> R<()> {
         "13.4 check 9d: `followed` on Alice's archived unanswered initiation (full, ours), which passes S1 to S12.",
         &on_alice(&|r| {
             archived(r, 0)?.followed = true;
+            Ok(())
+        })?,
+    );
+    cases.add(
+        "record_current_left_answered",
+        D,
+        "13.4 S11 and 9c: `left_answered` on the current state, full and not ours (Bob's second session), is \
+         accepted.",
+        &on_displaced(&|r| {
+            current(r)?.left_answered = true;
             Ok(())
         })?,
     );
