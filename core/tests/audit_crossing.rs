@@ -29,20 +29,19 @@
 mod support;
 
 use chacha20::ChaCha20Rng;
-use samizdat::store::StorageKey;
 use samizdat::{
     DecryptError, ErrorKind, SessionError,
-    address::Address,
-    device::{Device, DeviceError, Heal, MessageKind, Outgoing},
-    store::{Backend, MemoryBackend},
+    device::{Device, Heal},
+    store::Backend,
     wire::{Message, RatchetMessage},
 };
 use std::time::{Duration, UNIX_EPOCH};
 #[cfg(feature = "hazmat")]
 use support::attacker;
 use support::{
+    Got, memory_device as device,
     party::{Party, round_trip},
-    rng,
+    receive_kind as receive, rng,
 };
 
 // ---------------------------------------------------------------------------
@@ -270,33 +269,6 @@ fn crossing_broken_a_late_message_of_the_old_session_undoes_the_peers_new_sessio
 // ---------------------------------------------------------------------------
 // 3. The same with the library's healing (device layer)
 // ---------------------------------------------------------------------------
-
-type Dev = Device<MemoryBackend>;
-
-fn address(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn device(name: &str, key: u8) -> Dev {
-    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Got {
-    App(Vec<u8>),
-    Control(Vec<Outgoing>),
-}
-
-fn receive<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wire: &[u8]) -> Result<Got, DeviceError> {
-    let pending = to.decrypt(from.address(), wire)?;
-    let kind = pending.kind();
-    let plaintext = pending.plaintext().to_vec();
-    let sent = to.commit(pending)?;
-    Ok(match kind {
-        MessageKind::Direct => Got::App(plaintext),
-        _ => Got::Control(sent),
-    })
-}
 
 fn heal<B: Backend, C: Backend>(healer: &Device<B>, peer: &Device<C>, unreadable: &[Vec<u8>], now: u64) -> Vec<u8> {
     match healer.heal(&peer.prekey_bundle().unwrap(), unreadable, UNIX_EPOCH + Duration::from_secs(now)).unwrap() {

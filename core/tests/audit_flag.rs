@@ -33,7 +33,7 @@ use prost::Message as _;
 use samizdat::{
     DecodeError, DecryptError, ErrorKind, Recovery, SessionError,
     address::Address,
-    device::{Device, DeviceError, Heal, HealPolicy, MessageKind, Outgoing},
+    device::{Device, Heal, HealPolicy},
     session::SessionRecord,
     store::{Backend, MemoryBackend, StorageKey, Table},
     wire::{Message, RatchetMessage},
@@ -43,9 +43,9 @@ use std::time::{Duration, UNIX_EPOCH};
 #[cfg(feature = "hazmat")]
 use support::attacker;
 use support::{
-    copy_of,
+    Got, copy_of, memory_device as device,
     party::{Party, round_trip},
-    rng,
+    receive_kind as receive, rng,
 };
 
 // ---------------------------------------------------------------------------
@@ -673,33 +673,6 @@ fn held_failures_on_the_flag_path_change_nothing() {
 // ---------------------------------------------------------------------------
 
 type Dev = Device<MemoryBackend>;
-
-fn address(name: &str) -> Address {
-    Address::new(name, 1).unwrap()
-}
-
-fn device(name: &str, key: u8) -> Dev {
-    Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), address(name), UNIX_EPOCH).unwrap()
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Got {
-    App(Vec<u8>),
-    Control(Vec<Outgoing>),
-    Group(Vec<u8>),
-}
-
-fn receive<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wire: &[u8]) -> Result<Got, DeviceError> {
-    let pending = to.decrypt(from.address(), wire)?;
-    let kind = pending.kind();
-    let plaintext = pending.plaintext().to_vec();
-    let sent = to.commit(pending)?;
-    Ok(match kind {
-        MessageKind::Direct => Got::App(plaintext),
-        MessageKind::Group => Got::Group(plaintext),
-        _ => Got::Control(sent),
-    })
-}
 
 fn at(secs: u64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)

@@ -183,7 +183,7 @@ impl VectorSet for DeviceLists {
             result: Value::Null,
         };
         // Lists breaking one rule each, signed by the user key.
-        let base = list_proto(&public(&user_seed), "alice", 1, &[(1, k0), (2, k1)]);
+        let base = list_proto(&device_key(&user_seed), "alice", 1, &[(1, k0), (2, k1)]);
         let broken = |edit: &dyn Fn(&mut wire::DeviceList)| -> R<Vec<u8>> {
             let mut p = base.clone();
             edit(&mut p);
@@ -202,7 +202,7 @@ impl VectorSet for DeviceLists {
             wire::SignedDeviceList { list: base.encode_to_vec(), signature: vec![0; 63] }.encode_to_vec();
         let mut trailing = v1.clone();
         trailing.push(0);
-        let (a, b) = (public(&user_seed), public(&other_seed));
+        let (a, b) = (device_key(&user_seed), device_key(&other_seed));
         let user_number =
             |name: &str, local: (&str, [u8; 32]), remote: (&str, [u8; 32])| DeviceListCase::UserSafetyNumber {
                 name: name.to_owned(),
@@ -342,7 +342,7 @@ impl VectorSet for DeviceLists {
                     user_id: user_id.clone(),
                     version: *version,
                     devices: devices.clone(),
-                    user_identity_key: h(public(&seed)),
+                    user_identity_key: h(device_key(&seed)),
                     list: h(&outer.list),
                     signature: h(&outer.signature),
                     signed: h(&signed),
@@ -456,13 +456,10 @@ fn mixed_order(key: &[u8; 32]) -> [u8; 32] {
     (point + torsion).compress().to_bytes()
 }
 
-/// The Ed25519 public key of a seed (a device's identity key, or a user's).
+/// The Ed25519 public key of a seed (a device's identity key, or a user's:
+/// both are Ed25519 keys of a seed).
 fn device_key(seed: &[u8; 32]) -> [u8; 32] {
     SigningKey::from_bytes(seed).verifying_key().to_bytes()
-}
-
-fn public(seed: &[u8; 32]) -> [u8; 32] {
-    device_key(seed)
 }
 
 /// The `DeviceList` protobuf, field by field, devices as given.
@@ -485,7 +482,7 @@ fn signed_by_hand(seed: &[u8; 32], list: &[u8]) -> Vec<u8> {
 fn by_hand(seed: &[u8; 32], user_id: &str, version: u64, devices: &[(u32, [u8; 32])]) -> R<Vec<u8>> {
     let mut sorted = devices.to_vec();
     sorted.sort_by_key(|(id, _)| *id);
-    Ok(signed_by_hand(seed, &list_proto(&public(seed), user_id, version, &sorted).encode_to_vec()))
+    Ok(signed_by_hand(seed, &list_proto(&device_key(seed), user_id, version, &sorted).encode_to_vec()))
 }
 
 fn devices_json(devices: &[(u32, IdentityKey)]) -> Value {

@@ -6,8 +6,8 @@ use samizdat_proto::wire;
 use super::{DeviceListError, UserIdentityKey, UserIdentityKeyPair};
 use crate::{
     DecodeError,
-    address::{Address, MAX_USER_ID_LEN},
-    keys::{IDENTITY_KEY_LEN, IdentityKey, KeyError, SIGNATURE_LEN},
+    address::Address,
+    keys::{IdentityKey, KeyError, SIGNATURE_LEN},
 };
 
 /// The most devices one list names.
@@ -233,5 +233,3 @@ impl std::fmt::Debug for SignedDeviceList {
         f.debug_struct("SignedDeviceList").field("len", &self.list.len()).finish_non_exhaustive()
     }
 }
-
-const _: () = assert!(IDENTITY_KEY_LEN == 32 && MAX_USER_ID_LEN == 256);

@@ -40,6 +40,41 @@ pub fn receive<B: Backend>(to: &Device<B>, from: &Address, wire: &[u8]) -> Resul
     Ok(plaintext)
 }
 
+/// Device 1 of `name` in a new memory store, created at time 0.
+pub fn memory_device(name: &str, key: u8) -> Device<MemoryBackend> {
+    Device::create_in(
+        MemoryBackend::new(),
+        &samizdat::store::StorageKey::from_bytes([key; 32]),
+        addr(name),
+        std::time::UNIX_EPOCH,
+    )
+    .unwrap()
+}
+
+/// What a received message was for the app, once committed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Got {
+    /// A direct message's plaintext.
+    App(Vec<u8>),
+    /// A control message: what its commit returned to send.
+    Control(Vec<samizdat::device::Outgoing>),
+    /// A group message's plaintext.
+    Group(Vec<u8>),
+}
+
+/// Decrypt, (store), commit, as an app does: what the message was.
+pub fn receive_kind<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wire: &[u8]) -> Result<Got, DeviceError> {
+    let pending = to.decrypt(from.address(), wire)?;
+    let kind = pending.kind();
+    let plaintext = pending.plaintext().to_vec();
+    let sent = to.commit(pending)?;
+    Ok(match kind {
+        samizdat::device::MessageKind::Direct => Got::App(plaintext),
+        samizdat::device::MessageKind::Group => Got::Group(plaintext),
+        _ => Got::Control(sent),
+    })
+}
+
 /// A copy of a memory store, as a backup holds it (to restore a device from
 /// an older copy).
 pub fn copy_of(store: &MemoryBackend) -> MemoryBackend {
