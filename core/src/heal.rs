@@ -79,6 +79,10 @@ pub(crate) struct Healing {
     pub(crate) last_reset_base_key: Option<[u8; 32]>,
     /// Ids a resend brought to the app, oldest first.
     pub(crate) delivered: VecDeque<MessageId>,
+    /// Whether a message of the peer was committed since our last reset:
+    /// the peer is not away, so a next heal starts a new session rather
+    /// than sending on that reset's again (PROTOCOL.md 20.5).
+    pub(crate) heard_since_reset: bool,
 }
 
 impl Healing {
@@ -146,6 +150,7 @@ impl Healing {
     pub(crate) fn reset_sent(&mut self, now: u64, base_key: [u8; 32], named: &[MessageId]) {
         self.last_reset_at = Some(now);
         self.last_reset_base_key = Some(base_key);
+        self.heard_since_reset = false;
         for id in named {
             match self.awaited.iter_mut().find(|(a, _, _)| a == id) {
                 Some((_, _, in_last)) => *in_last = true,
@@ -157,6 +162,25 @@ impl Healing {
                 }
             }
         }
+    }
+
+    /// A message of the peer was committed: if a reset was sent, the peer
+    /// is not away since.
+    pub(crate) fn heard(&mut self) {
+        if self.last_reset_at.is_some() {
+            self.heard_since_reset = true;
+        }
+    }
+
+    /// Whether a heal may send its reset on the session of our last one
+    /// again, if that is still unanswered: only while nothing of the peer's
+    /// came since that reset, neither a message read on another session nor
+    /// one the app could not read (`ids`, the app's unreadable messages, any
+    /// not named already). A peer that sends, and not on that session, read
+    /// the reset and stayed elsewhere, or sends from a session we cannot
+    /// read: one more message of the reset's session would change nothing.
+    pub(crate) fn may_repeat_reset(&self, ids: &[MessageId]) -> bool {
+        !self.heard_since_reset && ids.iter().all(|id| self.awaits(id) || self.delivered.contains(id))
     }
 
     /// Whether a resend of `id` is for the app: a message our reset named,
@@ -202,6 +226,7 @@ impl Healing {
             namings: self.awaited.iter().map(|(_, n, _)| *n).collect(),
             last_reset_base_key: self.last_reset_base_key.map(|k| k.to_vec()).unwrap_or_default(),
             in_last_reset: self.awaited.iter().map(|(_, _, in_last)| *in_last).collect(),
+            heard_since_reset: self.heard_since_reset,
         })
     }
 
@@ -257,9 +282,14 @@ impl Healing {
                 .collect(),
             last_reset_base_key,
             delivered: ids(&stored.delivered, MAX_DELIVERED_RESENDS, "healing.delivered")?,
+            heard_since_reset: stored.heard_since_reset,
         };
         if healing.awaited.iter().any(|(id, _, _)| healing.delivered.contains(id)) {
             return Err(DecodeError::InvalidValue("healing.awaited"));
+        }
+        // Heard since a reset only if one was sent.
+        if stored.heard_since_reset && !stored.reset_sent {
+            return Err(DecodeError::InvalidValue("healing.heard_since_reset"));
         }
         Ok(healing)
     }
@@ -365,6 +395,15 @@ mod tests {
         check(&|s| s.delivered = vec![s.awaited[0].clone()], "awaited and delivered");
         check(&|s| s.last_reset_base_key = vec![1; 31], "a short base key");
         check(&|s| s.last_reset_base_key.clear(), "a reset without its session");
+        check(
+            &|s| {
+                s.reset_sent = false;
+                s.last_reset_at = 0;
+                s.last_reset_base_key.clear();
+                s.heard_since_reset = true;
+            },
+            "heard since a reset never sent",
+        );
         // Present and empty: not the canonical encoding (the fuzzer's
         // decode_session_record round trip found it).
         assert!(Healing::from_proto(Some(&storage::Healing::default())).is_err(), "an empty field");

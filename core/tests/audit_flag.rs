@@ -339,8 +339,12 @@ fn late_second_prekey_message(seed: u64) -> (bool, Result<(), String>) {
 /// peer's flagged answer; at least `!current.followed` like rule 6). The
 /// peer's flagged DH step says the peer left S for N after hearing from
 /// us on S, so any later prekey message of S was sent before it.
+///
+/// Fixed (the second form): rule 5 does not leave a `followed` current
+/// state for a state we answered (PROTOCOL.md 9.6, 9.9). Blocking it for
+/// every state made a follow on a late flagged answer stick
+/// (`regression_two_initiations_of_bob_crossing_alices_converge`).
 #[test]
-#[ignore = "open finding: a late prekey message of the left session (rule 5) undoes the flag; blocking rule 5 made a stale follow stick (session_properties.rs regressions), so it stays open"]
 fn finding_a_late_second_prekey_message_undoes_the_follow_and_nothing_heals() {
     let mut failures = Vec::new();
     let mut seen = [false, false];
@@ -931,7 +935,6 @@ fn held_device_a_store_restored_into_the_crossing_heals() {
 /// step: the stored records never heal.
 #[cfg(feature = "hazmat")]
 #[test]
-#[ignore = "open finding: a late prekey message of the left session (rule 5) undoes the flag; blocking rule 5 made a stale follow stick (session_properties.rs regressions), so it stays open"]
 fn finding_device_a_late_second_prekey_message_leaves_the_pair_unhealed() {
     let mut tried = 0;
     for _ in 0..64 {

@@ -538,6 +538,56 @@ fn a_step_on_a_ratchet_key_we_no_longer_have_is_out_of_step_however_far() {
 /// (no state piles up while the peer is away), unless the peer's fresh
 /// bundle offers another signed prekey (it rotated): then a new session,
 /// which the peer can read.
+/// The base key of a reset's session (a reset is a prekey message).
+fn reset_base_key(wire: &[u8]) -> [u8; 32] {
+    match samizdat::wire::Message::from_bytes(wire).unwrap() {
+        samizdat::wire::Message::PreKey(prekey) => *prekey.header().base_key().as_bytes(),
+        samizdat::wire::Message::Ratchet(_) => panic!("a reset starts a session"),
+    }
+}
+
+/// A heal goes on the unanswered session of the last reset again only while
+/// the peer is silent (PROTOCOL.md 20.5): once a message of the peer was
+/// read on another session, or the app names one it could not read that no
+/// reset named, the next heal starts a new session. (Repeating it on a
+/// session the peer had read the reset on and left changed nothing at the
+/// peer, every interval, for ever: `healing_properties.rs`,
+/// `regression_audit_flag_schedule_settles`.)
+#[test]
+fn a_heal_after_the_peer_was_heard_from_starts_a_new_session() {
+    let policy = HealPolicy { reset_interval: Duration::from_secs(10), ..HealPolicy::default() };
+    // Heard: a message of Alice's read on the session the reset displaced.
+    let (alice, bob) = pair();
+    bob.set_heal_policy(policy).unwrap();
+    let late = alice.encrypt_kept(bob.address(), b"sent before the reset", UNIX_EPOCH).unwrap();
+    let first = heal(&bob, &alice, &[], 100);
+    let silent = heal(&bob, &alice, &[], 110);
+    assert_eq!(reset_base_key(&first), reset_base_key(&silent), "the peer is silent: the same session");
+    assert_eq!(receive(&bob, &alice, &late).unwrap(), Got::App(b"sent before the reset".to_vec()));
+    let heard = heal(&bob, &alice, &[], 120);
+    assert_ne!(reset_base_key(&heard), reset_base_key(&first), "the peer was heard from: a new session");
+    // The session still unanswered, and silence again: that one is repeated.
+    let again = heal(&bob, &alice, &[], 130);
+    assert_eq!(reset_base_key(&again), reset_base_key(&heard));
+    assert!(answer(&alice, &bob, &again).is_empty());
+    converse(&alice, &bob, "after a new session");
+
+    // Heard: the app names a message it could not read that no reset named.
+    let (alice, bob) = pair();
+    bob.set_heal_policy(policy).unwrap();
+    let kept = alice.encrypt_kept(bob.address(), b"kept", UNIX_EPOCH).unwrap();
+    let first = heal(&bob, &alice, std::slice::from_ref(&kept), 100);
+    let named_again = heal(&bob, &alice, std::slice::from_ref(&kept), 110);
+    assert_eq!(reset_base_key(&first), reset_base_key(&named_again), "named already: nothing new");
+    let unreadable = b"a message no reset named".to_vec();
+    let new = heal(&bob, &alice, &[unreadable], 120);
+    assert_ne!(reset_base_key(&new), reset_base_key(&first), "a new unreadable message: a new session");
+    let resent = answer(&alice, &bob, &new);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(receive(&bob, &alice, &resent[0]).unwrap(), Got::App(b"kept".to_vec()));
+    converse(&alice, &bob, "after the resend");
+}
+
 #[test]
 fn a_heal_reuses_an_unanswered_reset_unless_the_peer_rotated_its_prekey() {
     let (alice, bob) = pair();

@@ -797,7 +797,13 @@ impl World {
         // A session chosen over an answered one by the flag (sent, or
         // followed): rule 6 does not leave it (rule 5 may).
         let chosen = c.left_answered[party.index()] || c.followed[party.index()];
-        if prekey && s.initiator != party && s.highest[party.index()] == Some(0) && !s.came_back[party.index()] {
+        let answered = s.sent_on_chain.get(&(party, 0)).copied().unwrap_or(0) > 0;
+        if prekey
+            && s.initiator != party
+            && s.highest[party.index()] == Some(0)
+            && !s.came_back[party.index()]
+            && !(c.followed[party.index()] && answered)
+        {
             return plain;
         }
         let owes = c.initiator != party
@@ -1430,6 +1436,49 @@ fn regression_three_initiations_of_bob_with_late_deliveries_converge() {
         Deliver(Pick::Any(Index(0))),
     ];
     if let Err(error) = run_schedule(1_765_316_766_924_139_084, &ops) {
+        panic!("{error}");
+    }
+}
+
+/// Found by the random search after the rule-5 fix of the flagged case
+/// (one schedule in 21,160 of an 80,000-schedule run): many initiations of
+/// Alice's, late deliveries, and no flag involved.
+#[test]
+#[ignore = "open bug: same class as regression_three_initiations_of_bob_with_late_deliveries_converge (PROTOCOL.md 9.9, Still open)"]
+fn regression_many_initiations_of_alice_with_late_deliveries_converge() {
+    use Op::*;
+    use Party::*;
+    let ops = [
+        Initiate(Alice),
+        Initiate(Alice),
+        Initiate(Alice),
+        Send(Alice),
+        Send(Alice),
+        Send(Alice),
+        Turn(Bob),
+        Send(Alice),
+        Send(Alice),
+        Send(Bob),
+        Initiate(Bob),
+        Deliver(Pick::Any(Index(6_148_914_691_236_517_206))),
+        Send(Bob),
+        Send(Bob),
+        Send(Alice),
+        Deliver(Pick::Newest),
+        Initiate(Bob),
+        Send(Alice),
+        Deliver(Pick::Any(Index(11_529_215_046_068_469_760))),
+        Deliver(Pick::Any(Index(15_811_494_920_322_472_814))),
+        Initiate(Alice),
+        Send(Alice),
+        Initiate(Alice),
+        Initiate(Alice),
+        Turn(Bob),
+        Deliver(Pick::Any(Index(15_811_494_920_322_472_814))),
+        Initiate(Alice),
+        Initiate(Alice),
+    ];
+    if let Err(error) = run_schedule(3_223_780_653_961_624_949, &ops) {
         panic!("{error}");
     }
 }

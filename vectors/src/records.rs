@@ -105,7 +105,7 @@ impl VectorSet for Records {
             it equals the input, except in the four cases whose `rule` says it does not (a state without \
             `ratchet_public`, whose loader computes it; a sending counter ignored without a sending chain; one-time \
             prekeys not in increasing id order; an empty `healing`, written back as absent). `rule` names the check \
-            of PROTOCOL.md each case pins: every check of 13.3, 13.4 (1 to 11, 10a's H1 to H12 on the healing \
+            of PROTOCOL.md each case pins: every check of 13.3, 13.4 (1 to 11, 10a's H1 to H13 on the healing \
             bookkeeping of 20.4, S1 to S10) and 13.5 (1 to 9) that a public loader reaches has a case that fails \
             it alone, boundary cases that pass exactly at the limits, cases that break two checks and expect the \
             first one's error, and other encodings of valid records (unknown, repeated, reordered fields, \
@@ -2497,7 +2497,16 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
         let namings = vec![1; awaited.len()];
         let in_last_reset = vec![false; awaited.len()];
         let last_reset_base_key = if reset_sent { base_key.clone() } else { Vec::new() };
-        storage::Healing { reset_sent, last_reset_at, awaited, delivered, namings, last_reset_base_key, in_last_reset }
+        storage::Healing {
+            reset_sent,
+            last_reset_at,
+            awaited,
+            delivered,
+            namings,
+            last_reset_base_key,
+            in_last_reset,
+            heard_since_reset: false,
+        }
     };
     // A reset sent, with these awaited ids and naming counts (none named by
     // the last reset unless `in_last_reset` is changed).
@@ -2569,6 +2578,13 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
         "13.4 check 10a boundary (H5): awaited ids named by 0 answered resets (the last reset named them and is \
          not answered yet, or was never answered) are accepted.",
         &with(storage::Healing { in_last_reset: vec![true, false], ..named(vec![a.clone(), b.clone()], vec![0, 0]) })?,
+    );
+    cases.add(
+        "record_healing_heard",
+        D,
+        "13.4 check 10a boundary (H13): `heard_since_reset` true with a reset sent (a message of the peer was \
+         committed since) is accepted.",
+        &with(storage::Healing { heard_since_reset: true, ..healing(true, at, vec![a.clone()], Vec::new()) })?,
     );
     cases.add(
         "record_healing_empty",
@@ -2666,6 +2682,11 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
             "13.4 check 10a H12: one id both awaited and delivered (the error names `healing.awaited`).",
             healing(true, at, vec![a.clone(), b.clone()], vec![b.clone()]),
         ),
+        (
+            "record_healing_heard_without_reset_sent",
+            "13.4 check 10a H13: `heard_since_reset` true with `reset_sent` false.",
+            storage::Healing { heard_since_reset: true, ..healing(false, 0, vec![a.clone()], Vec::new()) },
+        ),
         // Two failing checks: the first one's error.
         (
             "record_healing_order_h1_before_h2",
@@ -2716,6 +2737,11 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
             "record_healing_order_h11_before_h12",
             "13.4 order: an id both awaited and delivered, and delivered twice: H11.",
             healing(true, at, vec![a.clone()], vec![a.clone(), a.clone()]),
+        ),
+        (
+            "record_healing_order_h12_before_h13",
+            "13.4 order: an id both awaited and delivered, and `heard_since_reset` with `reset_sent` false: H12.",
+            storage::Healing { heard_since_reset: true, ..healing(false, 0, vec![a.clone()], vec![a.clone()]) },
         ),
     ];
     for (name, rule, h) in failing {

@@ -447,7 +447,13 @@ impl<B: Backend> Device<B> {
             let answered = record.healing().last_reset_base_key.is_some_and(|key| record.answered(&key));
             record.healing_mut().last_reset_answered(answered);
             let named = record.healing().to_name(&unreadable);
-            let previous = record.healing().last_reset_base_key.map(X25519PublicKey::from_bytes);
+            // Our last reset's session, if the peer has been silent since
+            // (it may be away): the reset goes on it again (20.5).
+            let previous = record
+                .healing()
+                .last_reset_base_key
+                .filter(|_| record.healing().may_repeat_reset(&unreadable))
+                .map(X25519PublicKey::from_bytes);
             record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle, previous)?;
             let content = Control::Reset(named.clone()).to_bytes();
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;

@@ -805,6 +805,8 @@ impl SessionRecord {
                 self.generation = self.generation.wrapping_add(1);
             }
         }
+        // The peer is not away since our last reset (20.5).
+        self.healing.heard();
         self.evict_across_states();
         self.skipped_changed |= touched || self.skipped_count() != skipped_before;
         Ok(())
@@ -897,7 +899,9 @@ impl SessionRecord {
     ///    chain, on a message with a prekey header: the peer is still
     ///    waiting for our answer on it, and will wait (rule 3 on its side).
     ///    Not for a state that came back since the last heal: a copy of the
-    ///    record can forge such messages.
+    ///    record can forge such messages. Nor for a state we answered while
+    ///    the current one is `followed`: the peer left a session it had our
+    ///    answer on for ours, so that prekey message is older than its move.
     /// 6. Any other, if its base key is the smaller, unless the current state
     ///    is a session the peer initiated and waits for us to answer on
     ///    (`owes_an_answer`), or one chosen over an answered session by the
@@ -929,8 +933,9 @@ impl SessionRecord {
         // A session chosen over an answered one by the left-answered flag
         // (ours, or the peer's that we followed): the peer is on it, so until
         // the next heal rule 6 does not leave it for a late message of
-        // another session (9.9). Rule 5 still may: blocking it too made a
-        // follow on a late flagged answer stick for good
+        // another session (9.9). Rule 5 still may, for a state we never
+        // answered: blocking it for every state made a follow on a late
+        // flagged answer stick for good
         // (`regression_two_initiations_of_bob_crossing_alices_converge`).
         let chosen = current.left_answered || current.followed;
         // Rule 4, once per state between heals; the state it leaves is then
@@ -943,7 +948,16 @@ impl SessionRecord {
         // old record can forge its messages (the header is public, the chain
         // key copied), and alternating it with rule 6 would otherwise
         // postpone the heal for ever (audit2_1_*).
-        if prekey && !state.initiator && state.chains().len() == 1 && !state.came_back {
+        // Nor for a state we answered while the current one is our
+        // initiation that the peer's flagged first answer chose (`followed`):
+        // the peer left an answered session for ours, so a prekey message of
+        // a session it had our answer on was sent before it left (9.9).
+        if prekey
+            && !state.initiator
+            && state.chains().len() == 1
+            && !state.came_back
+            && (state.owes_an_answer() || !current.followed)
+        {
             return Some(Promotion::Plain);
         }
         // Rule 6 never leaves a session the peer waits for us to answer, nor
