@@ -28,7 +28,10 @@
 //! sleeps, so that neither pays a wake-up per chunk. A small file never
 //! starts a thread, and if the thread cannot be started the caller's
 //! thread does everything; the ciphertext, plaintext and digest are the
-//! same either way.
+//! same either way. If the second thread ended early (it cannot short of a
+//! bug: it would unwind), the caller's thread finishes what is on the board
+//! and reports the chunk lost with it as an error, never waiting for it
+//! and never panicking.
 
 use std::{
     collections::VecDeque,
@@ -162,6 +165,13 @@ struct Board {
     closed: bool,
     /// Threads asleep on [`Shared::changed`].
     sleeping: usize,
+    /// The second thread has ended (it ends early only by unwinding, which
+    /// no code of it does short of a bug): a step it held is lost, and the
+    /// caller's thread must not wait for it.
+    thread_ended: bool,
+    /// Tests only: the second thread unwinds at its next step.
+    #[cfg(test)]
+    unwind_thread: bool,
 }
 
 /// A step taken off the board, to be done outside its lock: the chunk's
@@ -284,6 +294,18 @@ impl Shared {
     }
 }
 
+/// Set on the board when the second thread ends, by returning or by
+/// unwinding.
+struct Ended(Arc<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let mut board = self.0.lock();
+        board.thread_ended = true;
+        self.0.changed(&board);
+    }
+}
+
 /// What a failed second thread becomes (it cannot fail short of a bug).
 fn thread_lost() -> AttachmentError {
     AttachmentError::Io(std::io::Error::other("the attachment's hashing thread stopped"))
@@ -296,9 +318,10 @@ pub(super) struct Pipeline<'scope, 'env> {
     scope: &'scope Scope<'scope, 'env>,
     cipher: &'env ChaCha20Poly1305,
     shared: Arc<Shared>,
-    /// The second thread, once started. It is not joined: the scope waits
-    /// for it to return (sooner than a join, which also waits for the
-    /// system thread to be torn down).
+    /// The second thread, once started. It is joined only if it ended
+    /// early ([`Self::join_ended`]); otherwise the scope waits for it to
+    /// return (sooner than a join, which also waits for the system thread
+    /// to be torn down).
     thread: Option<ScopedJoinHandle<'scope, ()>>,
     /// Buffers free to be filled.
     spare: Vec<Buffer>,
@@ -310,8 +333,15 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
     /// A pipeline under `cipher` that may start its thread in `scope`; it
     /// starts on the caller's thread alone.
     pub(super) fn new(scope: &'scope Scope<'scope, 'env>, cipher: &'env ChaCha20Poly1305) -> Self {
-        let board =
-            Board { slots: VecDeque::with_capacity(BUFFERS), hash: Some(Sha256::new()), closed: false, sleeping: 0 };
+        let board = Board {
+            slots: VecDeque::with_capacity(BUFFERS),
+            hash: Some(Sha256::new()),
+            closed: false,
+            sleeping: 0,
+            thread_ended: false,
+            #[cfg(test)]
+            unwind_thread: false,
+        };
         Self {
             scope,
             cipher,
@@ -363,10 +393,18 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
         }
         let (shared, cipher) = (Arc::clone(&self.shared), self.cipher);
         let started = Builder::new().name("samizdat-attachment-hash".into()).spawn_scoped(self.scope, move || {
+            // Marks the thread ended however it ends, unwinding included,
+            // and wakes the caller's thread, which would otherwise wait
+            // for ever on a step this thread held.
+            let _ended = Ended(Arc::clone(&shared));
             let mut board = shared.lock();
             while !board.closed {
                 board = match board.take_hash_first() {
                     Some(step) => {
+                        #[cfg(test)]
+                        if board.unwind_thread {
+                            std::panic::resume_unwind(Box::new("injected: the second thread unwinds"));
+                        }
                         drop(board);
                         shared.run(step, cipher)
                     }
@@ -439,10 +477,26 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
                     drop(board);
                     shared.run(step, self.cipher)
                 }
-                None if self.thread.is_some() => shared.wait(board),
+                None if self.thread.is_some() && !board.thread_ended => shared.wait(board),
                 // Alone, and nothing to do: a step is in no one's hands.
-                None => return Err(thread_lost()),
+                None => {
+                    drop(board);
+                    self.join_ended();
+                    return Err(thread_lost());
+                }
             };
+        }
+    }
+
+    /// Joins the second thread if it ended: a thread that unwound and was
+    /// joined does not make the scope panic, so the caller gets the error
+    /// of [`thread_lost`] instead of a panic.
+    fn join_ended(&mut self) {
+        let ended = self.shared.lock().thread_ended;
+        if ended && let Some(thread) = self.thread.take() {
+            // The payload of an unwound thread is dropped: its error is
+            // `thread_lost`.
+            let _ = thread.join();
         }
     }
 
@@ -458,5 +512,62 @@ impl Drop for Pipeline<'_, '_> {
     fn drop(&mut self) {
         // On an error: the second thread stops, and the scope joins it.
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Duration};
+
+    use chacha20poly1305::KeyInit;
+
+    use super::*;
+
+    /// Puts one chunk on the board before the second thread starts, so
+    /// that the thread's first step is that chunk's sealing; with `unwind`
+    /// the thread unwinds holding it, and the caller waits until it ended
+    /// before it finishes.
+    fn one_chunk(unwind: bool) -> Result<[u8; 32], AttachmentError> {
+        let cipher = ChaCha20Poly1305::new(&[7u8; 32].into());
+        std::thread::scope(|scope| {
+            let mut pipeline = Pipeline::new(scope, &cipher);
+            let mut release = |_: Job, _: &[u8]| Ok(());
+            let buf = pipeline.buffer(&mut release)?;
+            pipeline.submit(buf, CHUNK_LEN, Job::Seal { index: 0, last: true })?;
+            pipeline.shared.lock().unwind_thread = unwind;
+            pipeline.start_thread();
+            assert!(pipeline.thread.is_some());
+            if unwind {
+                while !pipeline.shared.lock().thread_ended {
+                    std::thread::yield_now();
+                }
+                // The chunk's buffer went down with the thread.
+                assert!(pipeline.shared.lock().slots.front().is_some_and(|slot| slot.buf.is_none()));
+            }
+            pipeline.finish(&mut release)
+        })
+    }
+
+    /// The residual risk helper-44's audit named: a second thread that
+    /// unwinds (a bug; no code of it panics) left the caller waiting for
+    /// ever on the step it held. The caller now gets `thread_lost`, and no
+    /// panic comes out of the scope. Runs on its own thread, so that a hang
+    /// fails the test instead of stalling the run.
+    #[test]
+    fn a_second_thread_that_unwinds_is_an_error_not_a_hang() {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(one_chunk(true).map_err(|error| error.to_string()));
+        });
+        let result = receiver.recv_timeout(Duration::from_secs(120)).expect("the pipeline hung or panicked");
+        let error = result.expect_err("the chunk was in the lost thread's hands");
+        assert!(error.contains("hashing thread stopped"), "{error}");
+    }
+
+    /// Without the injected fault the same calls succeed, so the test
+    /// above fails for the fault and not for the way it drives the board.
+    #[test]
+    fn the_same_calls_succeed_when_the_thread_does_not_unwind() {
+        assert!(one_chunk(false).is_ok());
     }
 }
