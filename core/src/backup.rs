@@ -705,8 +705,40 @@ mod tests {
                     identity_key: contents().peers[0].1.as_bytes().to_vec(),
                 },
             ],
+            own_device_list: Vec::new(),
+            users: vec![
+                storage::BackupUser { user_id: "a".into(), device_list: user_list("a", 1).to_bytes() },
+                storage::BackupUser { user_id: "b".into(), device_list: user_list("b", 1).to_bytes() },
+            ],
         };
         assert!(seal(&good()).is_ok());
+        let with_own = |list: SignedDeviceList| storage::Backup { own_device_list: list.to_bytes(), ..good() };
+        let own_key = IdentityKeyPair::from_seed(&[1; 32]).public_key();
+        let opened = seal(&with_own(own_list(own_key))).unwrap();
+        assert_eq!(opened.own_device_list, Some(own_list(own_key)));
+        assert_eq!(opened.users.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let users = |m: storage::Backup| seal(&m).unwrap_err();
+        let bad_users = BackupError::Malformed(DecodeError::InvalidValue("backup.users"));
+        let bad_own = BackupError::Malformed(DecodeError::InvalidValue("backup.own_device_list"));
+        // Our own list must name this device with the seed's identity.
+        assert_eq!(users(with_own(own_list(contents().peers[0].1))), bad_own);
+        assert_eq!(users(with_own(user_list("b", 1))), bad_own);
+        let mut m = good();
+        m.users.swap(0, 1);
+        assert_eq!(users(m), bad_users);
+        let mut m = good();
+        m.users[1] = m.users[0].clone();
+        assert_eq!(users(m), bad_users);
+        let mut m = good();
+        m.users[1].user_id = "alice".into();
+        m.users[1].device_list = user_list("alice", 1).to_bytes();
+        assert_eq!(users(m), bad_users, "our own user among the pins");
+        let mut m = good();
+        m.users[1].device_list = user_list("c", 1).to_bytes();
+        assert_eq!(users(m), bad_users, "another user's list");
+        let mut m = good();
+        m.users[1].device_list.truncate(20);
+        assert_eq!(users(m), bad_users);
         let mut m = good();
         m.version = 2;
         assert_eq!(seal(&m).unwrap_err(), BackupError::UnsupportedVersion(2));
@@ -730,6 +762,19 @@ mod tests {
         bytes.push(0);
         let file = seal_plaintext(b"p", SMALL, [0; 16], [0; 24], &bytes).unwrap();
         assert_eq!(open(b"p", &file).unwrap_err(), BackupError::Malformed(DecodeError::Protobuf));
+    }
+
+    /// A list of `user` naming one device, signed.
+    fn user_list(user: &str, version: u64) -> SignedDeviceList {
+        let uik = crate::user::UserIdentityKeyPair::from_seed(&[9; 32]);
+        let device = IdentityKeyPair::from_seed(&[5; 32]).public_key();
+        crate::user::DeviceList::new(user, version, &uik.public_key(), [(1, device)]).unwrap().sign(&uik).unwrap()
+    }
+
+    /// Alice's list naming device 1 with `key`.
+    fn own_list(key: IdentityKey) -> SignedDeviceList {
+        let uik = crate::user::UserIdentityKeyPair::from_seed(&[8; 32]);
+        crate::user::DeviceList::new("alice", 1, &uik.public_key(), [(1, key)]).unwrap().sign(&uik).unwrap()
     }
 
     #[test]

@@ -299,9 +299,10 @@ fn a_new_user_identity_waits_for_the_apps_decision() {
     let error = refusal(alice.start_session(&bundle));
     assert_eq!(error, DeviceListError::UntrustedUser { offered: reinstalled.public_key() });
     assert_eq!(DeviceError::from(error).kind(), ErrorKind::UntrustedIdentity);
-    assert_eq!(refusal(alice.update_device_list(&fresh)), DeviceListError::UntrustedUser {
-        offered: reinstalled.public_key()
-    });
+    assert_eq!(
+        refusal(alice.update_device_list(&fresh)),
+        DeviceListError::UntrustedUser { offered: reinstalled.public_key() }
+    );
     assert_eq!(rows(&alice), before);
     // The users compared safety numbers: Alice trusts the new identity.
     alice.trust_new_user_identity(&fresh).unwrap();
@@ -338,14 +339,11 @@ fn a_bundles_list_is_parsed_with_typed_errors_and_bounds() {
     assert_eq!(result.unwrap_err().kind(), ErrorKind::InvalidBundle);
     assert_eq!(rows(&alice), before);
     // A bundle with the largest list a user can have is within the bound.
-    let many: Vec<_> = (0..32u32)
-        .map(|i| (u32::MAX - 31 + i, IdentityKeyPair::from_seed(&[i as u8 + 1; 32]).public_key()))
-        .collect();
+    let many: Vec<_> =
+        (0..32u32).map(|i| (u32::MAX - 31 + i, IdentityKeyPair::from_seed(&[i as u8 + 1; 32]).public_key())).collect();
     let long_user = "b".repeat(256);
-    let largest = DeviceList::new(long_user.as_str(), u64::MAX, &bob_user.public_key(), many)
-        .unwrap()
-        .sign(&bob_user)
-        .unwrap();
+    let largest =
+        DeviceList::new(long_user.as_str(), u64::MAX, &bob_user.public_key(), many).unwrap().sign(&bob_user).unwrap();
     let long = device(&long_user, u32::MAX, 4);
     let bundle = PreKeyBundle::from_bytes(&long.prekey_bundle().unwrap()).unwrap().with_device_list(&largest).unwrap();
     let bytes = bundle.to_bytes();
@@ -397,9 +395,10 @@ fn the_pin_survives_reopening_the_store_and_a_backup() {
     }
     let alice = Device::open(dir.join("alice.db"), &key).unwrap();
     assert_eq!(alice.user_trust("bob").unwrap().unwrap().signed_list(), &signed);
-    assert_eq!(refusal(alice.start_session(&ghost.prekey_bundle().unwrap())), DeviceListError::UnlistedDevice {
-        device_id: 3
-    });
+    assert_eq!(
+        refusal(alice.start_session(&ghost.prekey_bundle().unwrap())),
+        DeviceListError::UnlistedDevice { device_id: 3 }
+    );
     // A backup carries the pins, and the own list.
     let alice_user = user_key(0xA0);
     let own = DeviceList::new("alice", 1, &alice_user.public_key(), [(1, alice.identity_key())])
@@ -415,9 +414,10 @@ fn the_pin_survives_reopening_the_store_and_a_backup() {
     assert_eq!(restored.device_list().unwrap(), Some(own.clone()));
     assert_eq!(PreKeyBundle::from_bytes(&restored.prekey_bundle().unwrap()).unwrap().device_list(), Some(&own));
     let before = rows(&restored);
-    assert_eq!(refusal(restored.start_session(&ghost.prekey_bundle().unwrap())), DeviceListError::UnlistedDevice {
-        device_id: 3
-    });
+    assert_eq!(
+        refusal(restored.start_session(&ghost.prekey_bundle().unwrap())),
+        DeviceListError::UnlistedDevice { device_id: 3 }
+    );
     assert_eq!(rows(&restored), before);
     restored.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     drop(alice);
@@ -437,10 +437,7 @@ fn a_damaged_users_row_is_corrupt_never_a_panic() {
             .unwrap();
     };
     let corrupt = |result: Result<(), DeviceError>| {
-        assert!(
-            matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Users }))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Users }))), "{result:?}");
     };
     let mut flipped = sealed.clone();
     let last = flipped.len() - 1;
@@ -465,4 +462,76 @@ fn a_damaged_users_row_is_corrupt_never_a_panic() {
     put(carol_row);
     corrupt(alice.user_trust("bob").map(drop));
     let _ = bob_user;
+}
+
+/// A memory store whose writes fail while `fail` is set: a crash (or a full
+/// disk) at the write point of a call.
+struct Failing {
+    store: std::sync::Arc<MemoryBackend>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for Failing {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(table, key)
+    }
+    fn scan(&self, table: Table) -> Result<Vec<samizdat::store::Row>, StoreError> {
+        self.store.scan(table)
+    }
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io(std::io::Error::other("the write point failed")));
+        }
+        self.store.apply(writes)
+    }
+}
+
+/// The pin and the session are one write: a failure at that point leaves
+/// neither (no pin without its session, no session checked against a pin
+/// that was never stored), and the call succeeds when tried again.
+#[test]
+fn a_failed_write_leaves_neither_the_pin_nor_the_session() {
+    let store = std::sync::Arc::new(MemoryBackend::new());
+    let backend = Failing { store: store.clone(), fail: false.into() };
+    let alice =
+        Device::create_in(backend, &StorageKey::from_bytes([1; 32]), Address::new("alice", 1).unwrap(), UNIX_EPOCH)
+            .unwrap();
+    let bob = device("bob", 1, 2);
+    bob.set_device_list(&list(&user_key(0xB0), "bob", 1, &[&bob])).unwrap();
+    let bundle = bob.prekey_bundle().unwrap();
+    let before = store.snapshot();
+    alice.backend().fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(alice.start_session(&bundle), Err(DeviceError::Store(StoreError::Io(_)))));
+    assert!(matches!(alice.update_device_list(&bob.device_list().unwrap().unwrap()), Err(DeviceError::Store(_))));
+    assert_eq!(store.snapshot(), before);
+    alice.backend().fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(alice.user_trust("bob").unwrap(), None);
+    alice.start_session(&bundle).unwrap();
+    assert!(alice.user_trust("bob").unwrap().is_some() && alice.has_session(bob.address()).unwrap());
+}
+
+/// Storage-key rotation re-seals the users rows with the rest: the pin and
+/// the own list open under the new key, and the old key opens nothing.
+#[test]
+fn the_users_rows_follow_a_storage_key_rotation() {
+    let Setup { alice, bob1, .. } = pinned();
+    let alice_user = user_key(0xA0);
+    let own = DeviceList::new("alice", 1, &alice_user.public_key(), [(1, alice.identity_key())])
+        .unwrap()
+        .sign(&alice_user)
+        .unwrap();
+    alice.set_device_list(&own).unwrap();
+    let store = support::copy_of(alice.backend());
+    let (old, new) = (StorageKey::from_bytes([1; 32]), StorageKey::from_bytes([0x55; 32]));
+    Device::rotate_storage_key_in(&store, &old, &new).unwrap();
+    assert!(Device::open_in(support::copy_of(&store), &old).is_err());
+    let rotated = Device::open_in(store, &new).unwrap();
+    assert_eq!(rotated.device_list().unwrap(), Some(own));
+    assert_eq!(rotated.user_trust("bob").unwrap(), alice.user_trust("bob").unwrap());
+    let ghost = device("bob", 3, 9);
+    assert_eq!(
+        refusal(rotated.start_session(&ghost.prekey_bundle().unwrap())),
+        DeviceListError::UnlistedDevice { device_id: 3 }
+    );
+    rotated.start_session(&bob1.prekey_bundle().unwrap()).unwrap();
 }
