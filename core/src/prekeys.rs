@@ -40,11 +40,12 @@ use crate::{
 pub const MAX_PREKEY_SET_LEN: usize =
     (MAX_ONE_TIME_PREKEYS + MAX_LAST_RESORT_PREKEYS + 1) * 5_000 + MAX_REMEMBERED_BASE_KEYS * 48 + 64 * 1024;
 
-/// The largest encoded bundle accepted: room for the largest bundle
-/// without a device list (about 2.2 KB with a 256-byte user id) and for a
-/// device list of [`MAX_DEVICE_LIST_LEN`](crate::user::MAX_DEVICE_LIST_LEN)
-/// bytes (PROTOCOL.md 7.1).
-pub const MAX_BUNDLE_LEN: usize = 6144;
+/// The largest encoded bundle accepted. A bundle at every limit takes 2,164
+/// bytes without a device list (a 256-byte user id, ids of five varint
+/// bytes, a one-time prekey) and 3,884 with the largest valid list (1,717
+/// bytes, [`MAX_DEVICE_LIST_LEN`](crate::user::MAX_DEVICE_LIST_LEN) being
+/// the bound a list is refused above): PROTOCOL.md 7.1.
+pub const MAX_BUNDLE_LEN: usize = 4096;
 
 /// Why a bundle was rejected. One variant per field, so a test (and an app's
 /// log) can tell which check failed; a bundle comes from the server, which
@@ -867,5 +868,60 @@ impl fmt::Debug for PreKeySet {
             .field("pq_one_time", &self.pq_one_time.len())
             .field("last_resort", &self.last_resort.iter().map(|k| k.id).collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::user::UserIdentityKeyPair;
+
+    /// PROTOCOL.md 7.1: a bundle with every field at its limit (a 256-byte
+    /// user id, ids and device id of five varint bytes, a one-time prekey,
+    /// the last-resort flag) and the largest valid device list takes 3,884
+    /// bytes, within [`MAX_BUNDLE_LEN`]; without the list, 2,164.
+    #[test]
+    fn the_largest_bundle_with_a_list_fits_the_limit() {
+        let mut rng = crate::os_rng();
+        let identity = IdentityKeyPair::from_seed(&[1; 32]);
+        let address = Address::new("a".repeat(256), u32::MAX).unwrap();
+        let mut set = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
+        set.add_one_time_prekeys(&mut rng, &identity, 1, UNIX_EPOCH).unwrap();
+        let mut bundle = set.bundle(&identity, &address).unwrap();
+        let id = u32::MAX;
+        bundle.signed_prekey_id = id;
+        bundle.signed_prekey_signature = identity.sign(&kdf::prekey_signature_input(
+            kdf::SIGNED_PREKEY_LABEL,
+            id,
+            bundle.signed_prekey.as_bytes(),
+        ));
+        bundle.one_time_prekey = bundle.one_time_prekey.map(|(_, key)| (id, key));
+        let last_resort = set.last_resort.last().unwrap();
+        bundle.pq_prekey_id = id;
+        bundle.pq_prekey_kind = PqPreKeyKind::LastResort;
+        bundle.pq_prekey = last_resort.key.public_key().clone();
+        bundle.pq_prekey_signature = identity.sign(&kdf::prekey_signature_input(
+            PqPreKeyKind::LastResort.label(),
+            id,
+            bundle.pq_prekey.as_bytes(),
+        ));
+        bundle.signature = identity.sign(&bundle.signature_input());
+        assert!(bundle.one_time_prekey.is_some());
+        assert_eq!(bundle.to_bytes().len(), 2_164);
+        assert_eq!(PreKeyBundle::from_bytes(&bundle.to_bytes()).unwrap(), bundle);
+
+        let user = UserIdentityKeyPair::from_seed(&[2; 32]);
+        let devices = (0..32u8).map(|i| (u32::MAX - u32::from(i), IdentityKeyPair::from_seed(&[i + 3; 32]).public_key()));
+        let list = DeviceList::new("a".repeat(256), u64::MAX, &user.public_key(), devices).unwrap().sign(&user).unwrap();
+        assert_eq!(list.to_bytes().len(), 1_717);
+        let bundle = bundle.with_device_list(&list).unwrap();
+        let bytes = bundle.to_bytes();
+        // Field 8: a tag byte, a two-byte length, the list.
+        assert_eq!(bytes.len(), 2_164 + 1 + 2 + list.to_bytes().len());
+        assert_eq!(bytes.len(), 3_884);
+        assert!(bytes.len() <= MAX_BUNDLE_LEN);
+        assert_eq!(PreKeyBundle::from_bytes(&bytes).unwrap(), bundle);
     }
 }
