@@ -289,6 +289,38 @@ fn a_removed_device_gets_nothing_and_is_read_no_more() {
 }
 
 #[test]
+fn heal_and_encrypt_kept_refuse_unlisted_devices_and_heal_applies_the_bundles_list() {
+    let Setup { alice, bob1, bob2, bob_user } = pinned();
+    alice.update_device_list(&list(&bob_user, "bob", 2, &[&bob1, &bob2])).unwrap();
+    alice.start_session(&bob2.prekey_bundle().unwrap()).unwrap();
+    alice.update_device_list(&list(&bob_user, "bob", 3, &[&bob1])).unwrap();
+    let ghost = device("bob", 3, 9);
+    let now = UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+    let before = rows(&alice);
+    assert_eq!(refusal(alice.encrypt_kept(bob2.address(), b"kept", now)), DeviceListError::UnlistedDevice { device_id: 2 });
+    assert_eq!(
+        refusal(alice.heal(&bob2.prekey_bundle().unwrap(), &[], now)),
+        DeviceListError::UnlistedDevice { device_id: 2 }
+    );
+    let genuine = list(&bob_user, "bob", 3, &[&bob1]);
+    assert_eq!(
+        refusal(alice.heal(&carrying(&ghost.prekey_bundle().unwrap(), Some(&genuine)), &[], now)),
+        DeviceListError::UnlistedDevice { device_id: 3 }
+    );
+    assert_eq!(rows(&alice), before, "a refusal changed the store");
+    assert!(!alice.has_session(ghost.address()).unwrap());
+
+    // The listed device heals; the newer list its bundle carries is pinned
+    // with the reset, in the same transaction.
+    let v4 = list(&bob_user, "bob", 4, &[&bob1]);
+    bob1.set_device_list(&v4).unwrap();
+    let kept = alice.encrypt_kept(bob1.address(), b"kept", now).unwrap();
+    assert_eq!(receive(&bob1, alice.address(), &kept).unwrap(), b"kept");
+    assert!(matches!(alice.heal(&bob1.prekey_bundle().unwrap(), &[], now).unwrap(), samizdat::device::Heal::Sent(_)));
+    assert_eq!(alice.user_trust("bob").unwrap().unwrap().signed_list(), &v4);
+}
+
+#[test]
 fn a_new_user_identity_waits_for_the_apps_decision() {
     let Setup { alice, bob1, .. } = pinned();
     // Bob reinstalls without his user key: a new one, version 1 again.

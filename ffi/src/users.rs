@@ -18,10 +18,10 @@
 //!   [`Device::update_device_list`] and [`Device::trust_new_user_identity`]
 //!   move a pin on; [`Device::user_trust`] reads one. A contact's bundle
 //!   with a list pins its user on first use, and from then on the device
-//!   refuses, in `start_session`, `encrypt` and `decrypt`, every device of
-//!   that user the newest verified list does not name
-//!   ([`SamizdatError::UntrustedIdentity`] with an empty `identity`),
-//!   changing nothing.
+//!   refuses, in `start_session`, `heal`, `encrypt`, `encrypt_kept` and
+//!   `decrypt`, every device of that user the newest verified list does
+//!   not name ([`SamizdatError::UntrustedIdentity`] with an empty
+//!   `identity`), changing nothing.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -9,7 +9,8 @@
 //! [`Device::update_device_list`], [`Device::trust_new_user_identity`]),
 //! and the check every pairwise call makes ([`Device::check_listed`]). The
 //! rules for a list are [`UserTrust`]'s (`core/src/user`); the session calls
-//! (`sessions.rs`, `prekeys.rs`) call the check before they compute.
+//! (`sessions.rs`, `prekeys.rs`, `healing.rs`) call the check before they
+//! compute.
 //!
 //! A user whose list this device has never seen is not pinned: its devices
 //! are trusted per device, on first use, as before (PROTOCOL.md 9.2). Our
@@ -242,8 +243,8 @@ impl<B: Backend> Device<B> {
     /// 23.3). Returns the devices added and removed.
     ///
     /// A removed device keeps its session rows, but every call refuses it
-    /// with [`DeviceListError::UnlistedDevice`] (start a session, encrypt,
-    /// decrypt; PROTOCOL.md 23.5), until a newer list names it again with
+    /// with [`DeviceListError::UnlistedDevice`] (start a session, heal,
+    /// encrypt, encrypt kept, decrypt; PROTOCOL.md 23.5), until a newer list names it again with
     /// the same key; delete its sessions with [`Self::delete_session`] if
     /// the app wants them gone.
     ///
