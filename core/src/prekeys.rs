@@ -892,11 +892,8 @@ mod tests {
         let mut bundle = set.bundle(&identity, &address).unwrap();
         let id = u32::MAX;
         bundle.signed_prekey_id = id;
-        bundle.signed_prekey_signature = identity.sign(&kdf::prekey_signature_input(
-            kdf::SIGNED_PREKEY_LABEL,
-            id,
-            bundle.signed_prekey.as_bytes(),
-        ));
+        bundle.signed_prekey_signature =
+            identity.sign(&kdf::prekey_signature_input(kdf::SIGNED_PREKEY_LABEL, id, bundle.signed_prekey.as_bytes()));
         bundle.one_time_prekey = bundle.one_time_prekey.map(|(_, key)| (id, key));
         let last_resort = set.last_resort.last().unwrap();
         bundle.pq_prekey_id = id;
@@ -913,8 +910,10 @@ mod tests {
         assert_eq!(PreKeyBundle::from_bytes(&bundle.to_bytes()).unwrap(), bundle);
 
         let user = UserIdentityKeyPair::from_seed(&[2; 32]);
-        let devices = (0..32u8).map(|i| (u32::MAX - u32::from(i), IdentityKeyPair::from_seed(&[i + 3; 32]).public_key()));
-        let list = DeviceList::new("a".repeat(256), u64::MAX, &user.public_key(), devices).unwrap().sign(&user).unwrap();
+        let devices =
+            (0..32u8).map(|i| (u32::MAX - u32::from(i), IdentityKeyPair::from_seed(&[i + 3; 32]).public_key()));
+        let list =
+            DeviceList::new("a".repeat(256), u64::MAX, &user.public_key(), devices).unwrap().sign(&user).unwrap();
         assert_eq!(list.to_bytes().len(), 1_717);
         let bundle = bundle.with_device_list(&list).unwrap();
         let bytes = bundle.to_bytes();

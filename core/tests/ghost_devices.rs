@@ -297,7 +297,10 @@ fn heal_and_encrypt_kept_refuse_unlisted_devices_and_heal_applies_the_bundles_li
     let ghost = device("bob", 3, 9);
     let now = UNIX_EPOCH + std::time::Duration::from_secs(1_000);
     let before = rows(&alice);
-    assert_eq!(refusal(alice.encrypt_kept(bob2.address(), b"kept", now)), DeviceListError::UnlistedDevice { device_id: 2 });
+    assert_eq!(
+        refusal(alice.encrypt_kept(bob2.address(), b"kept", now)),
+        DeviceListError::UnlistedDevice { device_id: 2 }
+    );
     assert_eq!(
         refusal(alice.heal(&bob2.prekey_bundle().unwrap(), &[], now)),
         DeviceListError::UnlistedDevice { device_id: 2 }
@@ -371,8 +374,9 @@ fn a_bundles_list_is_parsed_with_typed_errors_and_bounds() {
     assert_eq!(result.unwrap_err().kind(), ErrorKind::InvalidBundle);
     assert_eq!(rows(&alice), before);
     // A bundle with the largest list a user can have is within the bound.
-    let many: Vec<_> =
-        (0..32u32).map(|i| (u32::MAX - 31 + i, IdentityKeyPair::from_seed(&[i as u8 + 1; 32]).public_key())).collect();
+    let many: Vec<_> = (0..32u8)
+        .map(|i| (u32::MAX - 31 + u32::from(i), IdentityKeyPair::from_seed(&[i + 1; 32]).public_key()))
+        .collect();
     let long_user = "b".repeat(256);
     let largest =
         DeviceList::new(long_user.as_str(), u64::MAX, &bob_user.public_key(), many).unwrap().sign(&bob_user).unwrap();

@@ -290,7 +290,7 @@ impl VectorSet for Bundles {
         let list = DeviceList::new("bob", 2, &user.public_key(), [(1, other), (3, own)])
             .and_then(|list| list.sign(&user))
             .map_err(|e| err("device_list", e.to_string()))?;
-        listed.device_list = Some(h(&list.to_bytes()));
+        listed.device_list = Some(h(list.to_bytes()));
         cases.push(listed);
         Ok(cases)
     }

@@ -53,6 +53,10 @@ pub(super) struct LoadedUser {
     pub(super) trust: Option<UserTrust>,
 }
 
+/// Every user row, as a backup holds them: our own list (if set), then each
+/// pinned peer user with its signed list ([`Device::user_rows`]).
+pub(super) type UserRows = (Option<SignedDeviceList>, Vec<(String, SignedDeviceList)>);
+
 /// Which rule a list given by the app goes through (PROTOCOL.md 23.3).
 #[derive(Clone, Copy)]
 enum Rule {
@@ -336,7 +340,7 @@ impl<B: Backend> Device<B> {
     ///
     /// # Errors
     /// A store error; [`StoreError::Corrupt`] for a row that does not load.
-    pub(super) fn user_rows(&self) -> Result<(Option<SignedDeviceList>, Vec<(String, SignedDeviceList)>), DeviceError> {
+    pub(super) fn user_rows(&self) -> Result<UserRows, DeviceError> {
         let corrupt = || StoreError::Corrupt { table: Table::Users };
         let mut own = None;
         let mut users = Vec::new();
