@@ -45,6 +45,7 @@ use crate::{
         MIN_BACKUP_ITERATIONS, MIN_BACKUP_MEMORY_KIB,
     },
     padding,
+    user::{SignedDeviceList, UserTrust},
 };
 
 /// The first four bytes of every backup file.
@@ -203,6 +204,12 @@ pub(crate) struct BackupContents {
     pub(crate) created_at: u64,
     /// In increasing address order, each address once.
     pub(crate) peers: Vec<(Address, IdentityKey)>,
+    /// The device's own signed device list, verified: of its user id, naming
+    /// it with its identity key (PROTOCOL.md 23.5).
+    pub(crate) own_device_list: Option<SignedDeviceList>,
+    /// The pinned users: user id and signed list (verified, of that user),
+    /// in increasing user id order, each once, never the device's own.
+    pub(crate) users: Vec<(String, SignedDeviceList)>,
 }
 
 impl BackupContents {
@@ -228,6 +235,12 @@ impl BackupContents {
                     identity_key: key.as_bytes().to_vec(),
                 })
                 .collect(),
+            own_device_list: self.own_device_list.as_ref().map(SignedDeviceList::to_bytes).unwrap_or_default(),
+            users: self
+                .users
+                .iter()
+                .map(|(user_id, list)| storage::BackupUser { user_id: user_id.clone(), device_list: list.to_bytes() })
+                .collect(),
         });
         let mut out = Zeroizing::new(Vec::with_capacity(prost::Message::encoded_len(&*message)));
         // Encoding into a Vec cannot run out of space.
@@ -240,8 +253,11 @@ impl BackupContents {
         let malformed = BackupError::Malformed;
         // Counted before anything is decoded: a plaintext of 32 MiB of empty
         // peer entries would otherwise allocate about a gigabyte of them.
-        if peer_entries(bytes) > MAX_BACKUP_PEERS {
+        if entries(bytes, PEERS_FIELD) > MAX_BACKUP_PEERS {
             return Err(malformed(DecodeError::InvalidValue("backup.peers")));
+        }
+        if entries(bytes, USERS_FIELD) > MAX_BACKUP_PEERS {
+            return Err(malformed(DecodeError::InvalidValue("backup.users")));
         }
         let message = crate::codec::decode_secret::<storage::Backup>(bytes).map_err(malformed)?;
         if message.version != u32::from(BACKUP_VERSION) {
@@ -266,7 +282,27 @@ impl BackupContents {
                 .map_err(|_| malformed(DecodeError::InvalidValue("backup.peers.identity_key")))?;
             peers.push((address, key));
         }
-        Ok(Self { seed, address: own, created_at: message.created_at, peers })
+        let identity = IdentityKeyPair::from_seed(&seed).public_key();
+        let own_device_list = match message.own_device_list.as_slice() {
+            [] => None,
+            bytes => {
+                let bad = || malformed(DecodeError::InvalidValue("backup.own_device_list"));
+                let trust = UserTrust::from_bytes(own.user_id(), bytes).map_err(|_| bad())?;
+                trust.check_device(own.device_id(), &identity).map_err(|_| bad())?;
+                Some(trust.signed_list().clone())
+            }
+        };
+        let mut users: Vec<(String, SignedDeviceList)> = Vec::with_capacity(message.users.len());
+        for user in &message.users {
+            let bad = || malformed(DecodeError::InvalidValue("backup.users"));
+            // Increasing, so each user once; never the device's own.
+            if users.last().is_some_and(|(previous, _)| *previous >= user.user_id) || user.user_id == own.user_id() {
+                return Err(bad());
+            }
+            let trust = UserTrust::from_bytes(&user.user_id, &user.device_list).map_err(|_| bad())?;
+            users.push((user.user_id.clone(), trust.signed_list().clone()));
+        }
+        Ok(Self { seed, address: own, created_at: message.created_at, peers, own_device_list, users })
     }
 }
 
@@ -276,6 +312,7 @@ impl fmt::Debug for BackupContents {
             .field("address", &self.address)
             .field("created_at", &self.created_at)
             .field("peers", &self.peers.len())
+            .field("users", &self.users.len())
             .finish_non_exhaustive()
     }
 }
@@ -456,16 +493,22 @@ pub(crate) fn open(passphrase: &[u8], file: &[u8]) -> Result<BackupContents, Bac
     BackupContents::from_bytes(&open_plaintext(passphrase, file)?)
 }
 
-/// The number of `peers` entries (field 6) at the top level of an encoded
-/// `Backup`, read from the keys and lengths alone: nothing is allocated.
+/// The field number of `peers` in `Backup`.
+const PEERS_FIELD: u32 = 6;
+/// The field number of `users` in `Backup`.
+const USERS_FIELD: u32 = 8;
+
+/// The number of entries of the repeated field `field` (`peers` or `users`)
+/// at the top level of an encoded `Backup`, read from the keys and lengths
+/// alone: nothing is allocated.
 /// Counting stops where the bytes stop parsing (the decoder then refuses
 /// them with its own error).
-fn peer_entries(mut bytes: &[u8]) -> usize {
+fn entries(mut bytes: &[u8], field: u32) -> usize {
     use prost::encoding::{DecodeContext, decode_key, skip_field};
     let mut count = 0usize;
     while !bytes.is_empty() {
         let Ok((tag, wire_type)) = decode_key(&mut bytes) else { break };
-        if tag == 6 {
+        if tag == field {
             count = count.saturating_add(1);
         }
         if skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).is_err() {
@@ -485,16 +528,27 @@ mod tests {
     /// parsing stop the count (the decoder refuses them).
     #[test]
     fn peers_are_counted_before_the_plaintext_is_decoded() {
-        let entries = |n: usize| -> Vec<u8> { [0x32, 0x00].repeat(n) };
-        let with_version = |n: usize| [&[0x08, 0x01][..], &entries(n)].concat();
-        assert_eq!(peer_entries(&with_version(3)), 3);
-        assert_eq!(peer_entries(&[with_version(2), vec![0x32, 0x05, 0x01]].concat()), 3, "a truncated last entry");
-        assert_eq!(peer_entries(&[with_version(2), vec![0xff]].concat()), 2, "garbage stops the count");
+        let peers = |n: usize| -> Vec<u8> { [0x32, 0x00].repeat(n) };
+        let with_version = |n: usize| [&[0x08, 0x01][..], &peers(n)].concat();
+        assert_eq!(entries(&with_version(3), PEERS_FIELD), 3);
+        assert_eq!(
+            entries(&[with_version(2), vec![0x32, 0x05, 0x01]].concat(), PEERS_FIELD),
+            3,
+            "a truncated last entry"
+        );
+        assert_eq!(entries(&[with_version(2), vec![0xff]].concat(), PEERS_FIELD), 2, "garbage stops the count");
         let over = with_version(MAX_BACKUP_PEERS + 1);
-        assert_eq!(peer_entries(&over), MAX_BACKUP_PEERS + 1);
+        assert_eq!(entries(&over, PEERS_FIELD), MAX_BACKUP_PEERS + 1);
         assert!(matches!(
             BackupContents::from_bytes(&over),
             Err(BackupError::Malformed(DecodeError::InvalidValue("backup.peers")))
+        ));
+        // The pinned users likewise (field 8, empty entries).
+        let users = [&[0x08, 0x01][..], &[0x42, 0x00].repeat(MAX_BACKUP_PEERS + 1)].concat();
+        assert_eq!(entries(&users, USERS_FIELD), MAX_BACKUP_PEERS + 1);
+        assert!(matches!(
+            BackupContents::from_bytes(&users),
+            Err(BackupError::Malformed(DecodeError::InvalidValue("backup.users")))
         ));
     }
 
@@ -508,6 +562,8 @@ mod tests {
             address: Address::new("alice", 1).unwrap(),
             created_at: 1_700_000_000,
             peers: vec![(Address::new("bob", 1).unwrap(), peer), (Address::new("bob", 2).unwrap(), peer)],
+            own_device_list: None,
+            users: Vec::new(),
         }
     }
 
@@ -649,8 +705,40 @@ mod tests {
                     identity_key: contents().peers[0].1.as_bytes().to_vec(),
                 },
             ],
+            own_device_list: Vec::new(),
+            users: vec![
+                storage::BackupUser { user_id: "a".into(), device_list: user_list("a", 1).to_bytes() },
+                storage::BackupUser { user_id: "b".into(), device_list: user_list("b", 1).to_bytes() },
+            ],
         };
         assert!(seal(&good()).is_ok());
+        let with_own = |list: SignedDeviceList| storage::Backup { own_device_list: list.to_bytes(), ..good() };
+        let own_key = IdentityKeyPair::from_seed(&[1; 32]).public_key();
+        let opened = seal(&with_own(own_list(own_key))).unwrap();
+        assert_eq!(opened.own_device_list, Some(own_list(own_key)));
+        assert_eq!(opened.users.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let users = |m: storage::Backup| seal(&m).unwrap_err();
+        let bad_users = BackupError::Malformed(DecodeError::InvalidValue("backup.users"));
+        let bad_own = BackupError::Malformed(DecodeError::InvalidValue("backup.own_device_list"));
+        // Our own list must name this device with the seed's identity.
+        assert_eq!(users(with_own(own_list(contents().peers[0].1))), bad_own);
+        assert_eq!(users(with_own(user_list("b", 1))), bad_own);
+        let mut m = good();
+        m.users.swap(0, 1);
+        assert_eq!(users(m), bad_users);
+        let mut m = good();
+        m.users[1] = m.users[0].clone();
+        assert_eq!(users(m), bad_users);
+        let mut m = good();
+        m.users[1].user_id = "alice".into();
+        m.users[1].device_list = user_list("alice", 1).to_bytes();
+        assert_eq!(users(m), bad_users, "our own user among the pins");
+        let mut m = good();
+        m.users[1].device_list = user_list("c", 1).to_bytes();
+        assert_eq!(users(m), bad_users, "another user's list");
+        let mut m = good();
+        m.users[1].device_list.truncate(20);
+        assert_eq!(users(m), bad_users);
         let mut m = good();
         m.version = 2;
         assert_eq!(seal(&m).unwrap_err(), BackupError::UnsupportedVersion(2));
@@ -674,6 +762,19 @@ mod tests {
         bytes.push(0);
         let file = seal_plaintext(b"p", SMALL, [0; 16], [0; 24], &bytes).unwrap();
         assert_eq!(open(b"p", &file).unwrap_err(), BackupError::Malformed(DecodeError::Protobuf));
+    }
+
+    /// A list of `user` naming one device, signed.
+    fn user_list(user: &str, version: u64) -> SignedDeviceList {
+        let uik = crate::user::UserIdentityKeyPair::from_seed(&[9; 32]);
+        let device = IdentityKeyPair::from_seed(&[5; 32]).public_key();
+        crate::user::DeviceList::new(user, version, &uik.public_key(), [(1, device)]).unwrap().sign(&uik).unwrap()
+    }
+
+    /// Alice's list naming device 1 with `key`.
+    fn own_list(key: IdentityKey) -> SignedDeviceList {
+        let uik = crate::user::UserIdentityKeyPair::from_seed(&[8; 32]);
+        crate::user::DeviceList::new("alice", 1, &uik.public_key(), [(1, key)]).unwrap().sign(&uik).unwrap()
     }
 
     #[test]

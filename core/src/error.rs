@@ -223,4 +223,14 @@ pub enum SessionError {
     /// [`Device::decrypt`](crate::device::Device::decrypt).
     #[error("a group or control message: decrypt it with `Device::decrypt`")]
     NotInBatch,
+    /// In a batch ([`Device::decrypt_batch`](crate::device::Device::decrypt_batch)):
+    /// the sender is a device of a user whose device list is pinned, and the
+    /// newest list does not name it with this identity key (what
+    /// [`DeviceListError::UnlistedDevice`](crate::user::DeviceListError::UnlistedDevice)
+    /// says outside a batch, PROTOCOL.md 23.5). Nothing of it was consumed.
+    #[error("device {device_id} is not in the user's verified device list with this identity key")]
+    UnlistedDevice {
+        /// The sender's device id.
+        device_id: u32,
+    },
 }

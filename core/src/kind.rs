@@ -333,7 +333,7 @@ impl SessionError {
             Self::Encrypt(e) => e.kind(),
             Self::Decrypt(e) => e.kind(),
             Self::NoSession => ErrorKind::NoSession,
-            Self::UntrustedIdentity { .. } => ErrorKind::UntrustedIdentity,
+            Self::UntrustedIdentity { .. } | Self::UnlistedDevice { .. } => ErrorKind::UntrustedIdentity,
             // The peer built its session on a prekey we no longer have (a
             // stale bundle, our reinstall), or a forger changed a prekey id:
             // like a header no state opens, healing brings the message, and
@@ -423,6 +423,9 @@ impl DeviceError {
             Self::InvalidArgument(_) | Self::ForeignPending | Self::OtherDevice { .. } => ErrorKind::InvalidArgument,
             Self::Forked => ErrorKind::StoreFailure,
             Self::Backup(e) => e.kind(),
+            Self::DeviceList(e) => e.kind(),
+            // The app gave its device a list that does not name it.
+            Self::NotInOwnList => ErrorKind::InvalidArgument,
         }
     }
 }

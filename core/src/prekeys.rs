@@ -31,6 +31,7 @@ use crate::{
         X25519Secret, fixed,
     },
     limits::{MAX_LAST_RESORT_PREKEYS, MAX_ONE_TIME_PREKEYS, MAX_REMEMBERED_BASE_KEYS, MAX_SIGNED_PREKEYS},
+    user::{DeviceList, DeviceListError, SignedDeviceList},
     wire::WIRE_VERSION,
 };
 
@@ -39,7 +40,11 @@ use crate::{
 pub const MAX_PREKEY_SET_LEN: usize =
     (MAX_ONE_TIME_PREKEYS + MAX_LAST_RESORT_PREKEYS + 1) * 5_000 + MAX_REMEMBERED_BASE_KEYS * 48 + 64 * 1024;
 
-/// The largest encoded bundle accepted.
+/// The largest encoded bundle accepted. A bundle at every limit takes 2,164
+/// bytes without a device list (a 256-byte user id, ids of five varint
+/// bytes, a one-time prekey) and 3,884 with the largest valid list (1,717
+/// bytes, [`MAX_DEVICE_LIST_LEN`](crate::user::MAX_DEVICE_LIST_LEN) being
+/// the bound a list is refused above): PROTOCOL.md 7.1.
 pub const MAX_BUNDLE_LEN: usize = 4096;
 
 /// Why a bundle was rejected. One variant per field, so a test (and an app's
@@ -73,6 +78,12 @@ pub enum BundleError {
     /// and the one-time prekey included), does not verify.
     #[error("bundle signature does not verify")]
     Signature,
+    /// The device list the bundle carries is not a list its user signed
+    /// (PROTOCOL.md 7.2, check 21): malformed, a signature that does not
+    /// verify under the key it names, or another user's list
+    /// ([`DeviceListError::WrongUser`](crate::user::DeviceListError::WrongUser)).
+    #[error("invalid device list: {0}")]
+    DeviceList(DeviceListError),
 }
 
 /// Whether an ML-KEM prekey is used once or is the last-resort key.
@@ -116,6 +127,9 @@ pub struct PreKeyBundle {
     pub(crate) pq_prekey_signature: [u8; SIGNATURE_LEN],
     /// By the identity key, over [`kdf::bundle_signature_input`].
     pub(crate) signature: [u8; SIGNATURE_LEN],
+    /// The owner's user's signed device list, verified (L1 to L12) and of
+    /// the bundle's user id; not covered by `signature`.
+    pub(crate) device_list: Option<(SignedDeviceList, DeviceList)>,
 }
 
 impl PreKeyBundle {
@@ -144,6 +158,38 @@ impl PreKeyBundle {
         (self.pq_prekey_id, self.pq_prekey_kind)
     }
 
+    /// The signed device list of the owner's user, if the bundle carries
+    /// one: verified under the user identity key it names, and of the
+    /// bundle's user id. Whether that key is the user's is the pin's
+    /// question ([`UserTrust`](crate::user::UserTrust), PROTOCOL.md 23.5).
+    pub fn device_list(&self) -> Option<&SignedDeviceList> {
+        self.device_list.as_ref().map(|(signed, _)| signed)
+    }
+
+    /// The list of [`Self::device_list`], decoded.
+    pub fn verified_device_list(&self) -> Option<&DeviceList> {
+        self.device_list.as_ref().map(|(_, list)| list)
+    }
+
+    /// The bundle with `signed` as its device list, in place of any it
+    /// carried. The bundle's signature does not cover the list, so the
+    /// bundle stays valid; the list must be one its user signed.
+    ///
+    /// # Errors
+    /// [`BundleError::DeviceList`] if `signed` does not verify or is the
+    /// list of another user id than the bundle's.
+    pub fn with_device_list(mut self, signed: &SignedDeviceList) -> Result<Self, BundleError> {
+        self.device_list = Some(verified_list_of(&self.address, signed).map_err(BundleError::DeviceList)?);
+        Ok(self)
+    }
+
+    /// The bundle without its device list (what a server that strips it
+    /// serves).
+    pub fn without_device_list(mut self) -> Self {
+        self.device_list = None;
+        self
+    }
+
     /// Encodes the bundle: version byte, then the protobuf `PreKeyBundle`.
     pub fn to_bytes(&self) -> Vec<u8> {
         let message = pb::PreKeyBundle {
@@ -165,6 +211,7 @@ impl PreKeyBundle {
                 last_resort: self.pq_prekey_kind == PqPreKeyKind::LastResort,
             }),
             signature: self.signature.to_vec(),
+            device_list: self.device_list.as_ref().map(|(signed, _)| signed.to_bytes()).unwrap_or_default(),
         };
         let mut out = Vec::with_capacity(message.encoded_len().saturating_add(1));
         out.push(WIRE_VERSION);
@@ -179,7 +226,12 @@ impl PreKeyBundle {
     /// Ed25519, over the kind's label, the id and the key), the bundle's own
     /// signature over everything it says (address and one-time prekey
     /// included), and that the bytes are the canonical encoding of what
-    /// they say: a bundle altered in any bit is refused.
+    /// they say: a bundle altered in any bit is refused. Then the device
+    /// list, if the bundle carries one: it must verify (PROTOCOL.md 23.2,
+    /// L1 to L12) and be the list of the bundle's user id. The bundle's
+    /// signature does not cover the list (the user identity key signs it),
+    /// so a server can strip it; a peer that pinned the user checks the
+    /// device against the pinned list all the same (23.5).
     ///
     /// # Errors
     /// A [`BundleError`] naming the first field that failed.
@@ -230,11 +282,16 @@ impl PreKeyBundle {
             pq_prekey,
             pq_prekey_signature,
             signature,
+            device_list: None,
         };
         if !identity_key.verify(&bundle.signature_input(), &bundle.signature) {
             return Err(BundleError::Signature);
         }
-        Ok(bundle)
+        if message.device_list.is_empty() {
+            return Ok(bundle);
+        }
+        let signed = SignedDeviceList::from_bytes(&message.device_list).map_err(BundleError::DeviceList)?;
+        bundle.with_device_list(&signed)
     }
 
     /// The bytes the bundle's own signature covers.
@@ -260,6 +317,21 @@ impl fmt::Debug for PreKeyBundle {
             .field("pq_prekey", &self.pq_prekey())
             .finish_non_exhaustive()
     }
+}
+
+/// `signed`'s list, verified, if it is the list of `address`'s user.
+fn verified_list_of(
+    address: &Address,
+    signed: &SignedDeviceList,
+) -> Result<(SignedDeviceList, DeviceList), DeviceListError> {
+    let list = signed.verify()?;
+    if list.user_id() != address.user_id() {
+        return Err(DeviceListError::WrongUser {
+            expected: address.user_id().to_owned(),
+            found: list.user_id().to_owned(),
+        });
+    }
+    Ok((signed.clone(), list))
 }
 
 fn x25519_public(bytes: &[u8]) -> Result<X25519PublicKey, KeyError> {
@@ -654,6 +726,7 @@ impl PreKeySet {
             pq_prekey: pq.key.public_key().clone(),
             pq_prekey_signature: pq.signature,
             signature: [0; SIGNATURE_LEN],
+            device_list: None,
         };
         bundle.signature = identity.sign(&bundle.signature_input());
         Some(bundle)
@@ -795,5 +868,59 @@ impl fmt::Debug for PreKeySet {
             .field("pq_one_time", &self.pq_one_time.len())
             .field("last_resort", &self.last_resort.iter().map(|k| k.id).collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::user::UserIdentityKeyPair;
+
+    /// PROTOCOL.md 7.1: a bundle with every field at its limit (a 256-byte
+    /// user id, ids and device id of five varint bytes, a one-time prekey,
+    /// the last-resort flag) and the largest valid device list takes 3,884
+    /// bytes, within [`MAX_BUNDLE_LEN`]; without the list, 2,164.
+    #[test]
+    fn the_largest_bundle_with_a_list_fits_the_limit() {
+        let mut rng = crate::os_rng();
+        let identity = IdentityKeyPair::from_seed(&[1; 32]);
+        let address = Address::new("a".repeat(256), u32::MAX).unwrap();
+        let mut set = PreKeySet::new(&mut rng, &identity, UNIX_EPOCH);
+        set.add_one_time_prekeys(&mut rng, &identity, 1, UNIX_EPOCH).unwrap();
+        let mut bundle = set.bundle(&identity, &address).unwrap();
+        let id = u32::MAX;
+        bundle.signed_prekey_id = id;
+        bundle.signed_prekey_signature =
+            identity.sign(&kdf::prekey_signature_input(kdf::SIGNED_PREKEY_LABEL, id, bundle.signed_prekey.as_bytes()));
+        bundle.one_time_prekey = bundle.one_time_prekey.map(|(_, key)| (id, key));
+        let last_resort = set.last_resort.last().unwrap();
+        bundle.pq_prekey_id = id;
+        bundle.pq_prekey_kind = PqPreKeyKind::LastResort;
+        bundle.pq_prekey = last_resort.key.public_key().clone();
+        bundle.pq_prekey_signature = identity.sign(&kdf::prekey_signature_input(
+            PqPreKeyKind::LastResort.label(),
+            id,
+            bundle.pq_prekey.as_bytes(),
+        ));
+        bundle.signature = identity.sign(&bundle.signature_input());
+        assert!(bundle.one_time_prekey.is_some());
+        assert_eq!(bundle.to_bytes().len(), 2_164);
+        assert_eq!(PreKeyBundle::from_bytes(&bundle.to_bytes()).unwrap(), bundle);
+
+        let user = UserIdentityKeyPair::from_seed(&[2; 32]);
+        let devices =
+            (0..32u8).map(|i| (u32::MAX - u32::from(i), IdentityKeyPair::from_seed(&[i + 3; 32]).public_key()));
+        let list =
+            DeviceList::new("a".repeat(256), u64::MAX, &user.public_key(), devices).unwrap().sign(&user).unwrap();
+        assert_eq!(list.to_bytes().len(), 1_717);
+        let bundle = bundle.with_device_list(&list).unwrap();
+        let bytes = bundle.to_bytes();
+        // Field 8: a tag byte, a two-byte length, the list.
+        assert_eq!(bytes.len(), 2_164 + 1 + 2 + list.to_bytes().len());
+        assert_eq!(bytes.len(), 3_884);
+        assert!(bytes.len() <= MAX_BUNDLE_LEN);
+        assert_eq!(PreKeyBundle::from_bytes(&bytes).unwrap(), bundle);
     }
 }

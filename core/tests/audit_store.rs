@@ -766,6 +766,9 @@ mod hostile_backups {
             device_id: 1,
             created_at: 10,
             peers: vec![peer("bob", 1, &key), peer("bob", 2, &key), peer("carol", 1, &key)],
+            // No list and no pinned user: the plaintext of the releases before lists.
+            own_device_list: Vec::new(),
+            users: Vec::new(),
         }
     }
 

@@ -1,5 +1,5 @@
 //! Stores written by an earlier schema open, migrate and keep working; the
-//! golden stores of every schema (`data/schema1`, `schema2`, `schema3`, with
+//! golden stores of every schema (`data/schema1` to `schema4`, with
 //! their storage keys and the conversations that made them, documented
 //! below) go on with their conversations; a newer schema is refused.
 //!
@@ -98,7 +98,9 @@ fn make_schema1_stores() {
 /// The golden stores of a schema: Alice's and Bob's, made by
 /// [`make_golden_stores`] with the code that wrote that schema (storage keys
 /// [`ALICE_KEY`] and [`BOB_KEY`]): `schema2` by commit 1f0e46f (release
-/// 0.4's rows, schema 2), `schema3` by this release, Bob's store then
+/// 0.4's rows, schema 2), `schema3` by commit 3b9f193 (schema 3, no table
+/// `users`), `schema4` by this release (both devices hold their own device
+/// list, and Alice pinned Bob's user from his bundle), Bob's store then
 /// rotated from [`BOB_FIRST_KEY`] to [`BOB_KEY`] (so it holds the
 /// naming-keys row, PROTOCOL.md 14.12). The conversation that made them:
 /// Alice starts a session with Bob (Bob having refilled 5 one-time
@@ -169,13 +171,61 @@ fn schema_2_stores_upgrade_and_go_on() {
     golden_stores_go_on(2);
 }
 
+/// `device`'s list (version 1, naming it alone) under the user identity of
+/// `[seed; 32]`.
+fn own_list<B: samizdat::store::Backend>(device: &Device<B>, user: &str, seed: u8) -> samizdat::user::SignedDeviceList {
+    let uik = samizdat::user::UserIdentityKeyPair::from_seed(&[seed; 32]);
+    samizdat::user::DeviceList::new(user, 1, &uik.public_key(), [(1, device.identity_key())])
+        .unwrap()
+        .sign(&uik)
+        .unwrap()
+}
+
+/// A store of schema 3 (no table `users`) gains the table when opened and
+/// takes device lists: its own, and a peer's pinned from a bundle.
 #[test]
-fn schema_3_stores_of_this_release_go_on() {
+fn schema_3_stores_gain_the_users_table() {
+    let dir = scratch("golden3-users");
+    for name in ["alice.db", "bob.db"] {
+        std::fs::copy(golden(3).join(name), dir.join(name)).unwrap();
+    }
+    let alice = Device::open(dir.join("alice.db"), &ALICE_KEY).unwrap();
+    let bob = Device::open(dir.join("bob.db"), &BOB_KEY).unwrap();
+    assert_eq!(alice.user_trust("bob").unwrap(), None);
+    assert_eq!(bob.device_list().unwrap(), None);
+    let bob_list = own_list(&bob, "bob", 0xB0);
+    bob.set_device_list(&bob_list).unwrap();
+    alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
+    assert_eq!(alice.user_trust("bob").unwrap().unwrap().signed_list(), &bob_list);
+    drop((alice, bob));
+    assert_eq!(user_version(&dir.join("alice.db")), samizdat::store::SCHEMA_VERSION);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn schema_3_stores_upgrade_and_go_on() {
     golden_stores_go_on(3);
     // Bob's store was rotated: its first key no longer opens it.
     let dir = scratch("golden3-first-key");
     std::fs::copy(golden(3).join("bob.db"), dir.join("bob.db")).unwrap();
     assert!(Device::open(dir.join("bob.db"), &BOB_FIRST_KEY).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn schema_4_stores_of_this_release_go_on() {
+    golden_stores_go_on(4);
+    // Their device lists and Alice's pin of Bob's user, as stored.
+    let dir = scratch("golden4-users");
+    for name in ["alice.db", "bob.db"] {
+        std::fs::copy(golden(4).join(name), dir.join(name)).unwrap();
+    }
+    let alice = Device::open(dir.join("alice.db"), &ALICE_KEY).unwrap();
+    let bob = Device::open(dir.join("bob.db"), &BOB_KEY).unwrap();
+    assert_eq!(alice.device_list().unwrap(), Some(own_list(&alice, "alice", 0xA0)));
+    assert_eq!(bob.device_list().unwrap(), Some(own_list(&bob, "bob", 0xB0)));
+    assert_eq!(alice.user_trust("bob").unwrap().unwrap().signed_list(), &own_list(&bob, "bob", 0xB0));
+    drop((alice, bob));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -190,6 +240,11 @@ fn make_golden_stores() {
         Device::create(dir.join("alice.db"), &ALICE_KEY, Address::new("alice", 1).unwrap(), UNIX_EPOCH).unwrap();
     let bob = Device::create(dir.join("bob.db"), &BOB_FIRST_KEY, Address::new("bob", 1).unwrap(), UNIX_EPOCH).unwrap();
     bob.refill_prekeys(5, 5, UNIX_EPOCH).unwrap();
+    // Schema 4: both hold their own device list; Alice pins Bob's user from
+    // his bundle.
+    for (device, name, seed) in [(&alice, "alice", 0xA0), (&bob, "bob", 0xB0)] {
+        device.set_device_list(&own_list(device, name, seed)).unwrap();
+    }
     alice.start_session(&bob.prekey_bundle().unwrap()).unwrap();
     let hello = alice.encrypt(bob.address(), b"hello").unwrap();
     bob.commit(bob.decrypt(alice.address(), &hello).unwrap()).unwrap();
@@ -220,7 +275,7 @@ fn make_golden_stores() {
 fn a_store_of_a_newer_schema_is_refused_and_left_as_it_was() {
     let dir = scratch("newer");
     let path = dir.join("bob.db");
-    let mut bytes = std::fs::read(golden(3).join("bob.db")).unwrap();
+    let mut bytes = std::fs::read(golden(4).join("bob.db")).unwrap();
     // The SQLite header keeps the user version at offset 60, big-endian.
     bytes[60..64].copy_from_slice(&(samizdat::store::SCHEMA_VERSION + 1).to_be_bytes());
     std::fs::write(&path, &bytes).unwrap();

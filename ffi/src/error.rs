@@ -74,6 +74,9 @@ pub enum SamizdatError {
     /// list signed by another user identity key (`identity` is that key; the
     /// decision is [`crate::UserTrust::trust_new_identity`]), or a device no
     /// verified list names (`identity` is empty: do not use the device).
+    /// From a [`crate::Device`] (PROTOCOL.md 23.5): the same two, for a
+    /// pinned user (`start_session`, `encrypt`, `decrypt`, a message of
+    /// `decrypt_batch`, `update_device_list`); nothing was changed.
     #[error("{message}")]
     UntrustedIdentity {
         /// What happened (the core error's text).
@@ -422,6 +425,8 @@ impl From<DeviceError> for SamizdatError {
         let (kind, message) = (error.kind(), error.to_string());
         let details = match error {
             DeviceError::Session(SessionError::UntrustedIdentity { identity }) => Details::Identity(identity),
+            // The same code and text as the list error it wraps.
+            DeviceError::DeviceList(error) => return error.into(),
             DeviceError::Group(GroupError::MissingChain { chain_id, request }) => {
                 Details::Chain { chain_id: i64::from(chain_id), request }
             }

@@ -45,6 +45,10 @@
 //!   [`UserTrust`] pins a contact's user identity and refuses devices no
 //!   verified list names (a server's "ghost"), rollbacks and lists signed by
 //!   another key; [`user_safety_number`] is stable while devices change.
+//!   On a [`Device`]: `set_device_list` (its bundles then carry the list),
+//!   `device_list`, `update_device_list`, `trust_new_user_identity`,
+//!   `user_trust`; a pinned user's device that no verified list names is
+//!   refused as [`SamizdatError::UntrustedIdentity`] with no identity key.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - Time: every `now` is the app's clock in whole seconds since the Unix

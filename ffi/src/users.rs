@@ -13,9 +13,15 @@
 //! - [`verify_device_list`] reads a list without a pin; [`user_safety_number`]
 //!   is the safety number of two users, stable while their devices change.
 //!
-//! The device API does not use lists yet (PROTOCOL.md 23.5): the app checks
-//! a contact's device with [`UserTrust::check_device`] before
-//! `Device.start_session` with its bundle.
+//! - On a [`Device`] (PROTOCOL.md 23.5): [`Device::set_device_list`] gives
+//!   the device its user's list, which its bundles then carry;
+//!   [`Device::update_device_list`] and [`Device::trust_new_user_identity`]
+//!   move a pin on; [`Device::user_trust`] reads one. A contact's bundle
+//!   with a list pins its user on first use, and from then on the device
+//!   refuses, in `start_session`, `heal`, `encrypt`, `encrypt_kept` and
+//!   `decrypt`, every device of that user the newest verified list does
+//!   not name ([`SamizdatError::UntrustedIdentity`] with an empty
+//!   `identity`), changing nothing.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -26,7 +32,7 @@ use samizdat::{
 };
 use zeroize::Zeroizing;
 
-use crate::{Details, SafetyNumber, SamizdatError};
+use crate::{Details, Device, SafetyNumber, SamizdatError};
 
 /// A device in a list: its id and its identity key (32 bytes).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -172,8 +178,59 @@ impl UserTrust {
 }
 
 impl UserTrust {
+    fn from_core(trust: user::UserTrust) -> Arc<Self> {
+        Arc::new(Self { inner: Mutex::new(trust) })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, user::UserTrust> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[uniffi::export]
+impl Device {
+    /// Gives this device its user's signed device list (from
+    /// [`UserIdentity::sign_device_list`]): its bundles then carry it, and it
+    /// pins our own user. It must name this device with its identity key
+    /// (else `InvalidArgument`); a list under the user identity already held
+    /// must be newer (`InvalidBundle`: a rollback, or another list with the
+    /// same version). Returns the devices added and removed. A refused list
+    /// changes nothing.
+    pub fn set_device_list(&self, signed_list: Vec<u8>) -> Result<DeviceListChange, SamizdatError> {
+        let signed = user::SignedDeviceList::from_bytes(&signed_list)?;
+        Ok(self.inner.set_device_list(&signed)?.into())
+    }
+
+    /// This device's own signed device list, if one was set.
+    pub fn device_list(&self) -> Result<Option<Vec<u8>>, SamizdatError> {
+        Ok(self.inner.device_list()?.map(|signed| signed.to_bytes()))
+    }
+
+    /// A newer signed list of a user (a contact's, or our own): pins the
+    /// user on first use, else must be newer than the one held
+    /// (`InvalidBundle` for a rollback) and signed by the pinned user
+    /// identity (`UntrustedIdentity`, with that key as `identity`: the
+    /// decision is [`Self::trust_new_user_identity`]). A device the new
+    /// list drops is refused from then on. A refused list changes nothing.
+    pub fn update_device_list(&self, signed_list: Vec<u8>) -> Result<DeviceListChange, SamizdatError> {
+        let signed = user::SignedDeviceList::from_bytes(&signed_list)?;
+        Ok(self.inner.update_device_list(&signed)?.into())
+    }
+
+    /// The app's decision to trust a new user identity for a user (after an
+    /// `UntrustedIdentity` error with a user identity key, once the users
+    /// compared safety numbers): pins the key that signed `signed_list` and
+    /// its list.
+    pub fn trust_new_user_identity(&self, signed_list: Vec<u8>) -> Result<DeviceListChange, SamizdatError> {
+        let signed = user::SignedDeviceList::from_bytes(&signed_list)?;
+        Ok(self.inner.trust_new_user_identity(&signed)?.into())
+    }
+
+    /// What this device trusts of `user_id` (our own list for our own user
+    /// id), or nothing if the user is not pinned. A copy: changing it changes
+    /// nothing on the device.
+    pub fn user_trust(&self, user_id: String) -> Result<Option<Arc<UserTrust>>, SamizdatError> {
+        Ok(self.inner.user_trust(&user_id)?.map(UserTrust::from_core))
     }
 }
 

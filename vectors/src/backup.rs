@@ -362,6 +362,9 @@ impl VectorSet for Backup {
                             })
                         })
                         .collect::<R<Vec<_>>>()?,
+                    // No device list and no pinned user (PROTOCOL.md 23.5):
+                    // fields 7 and 8 absent.
+                    ..storage::Backup::default()
                 };
                 let plaintext = message.encode_to_vec();
                 let chosen = params(*memory_kib, *iterations, *parallelism);

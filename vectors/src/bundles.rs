@@ -6,6 +6,7 @@ use samizdat::{
     hazmat::{self, FixedBytes, SignedKind},
     keys::IdentityKeyPair,
     prekeys::{ConsumedPreKeys, PreKeyBundle, PreKeySet},
+    user::{DeviceList, SignedDeviceList, UserIdentityKeyPair},
 };
 use samizdat_proto::{Message as _, wire as pb};
 use serde::{Deserialize, Serialize};
@@ -208,6 +209,10 @@ pub(crate) struct BundleCase {
     prekey_randomness: PreKeyRandomness,
     offer_one_time_prekey: bool,
     pq_prekey: PqOffer,
+    /// The owner's user's signed device list the bundle carries (the
+    /// protobuf SignedDeviceList, hex), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_list: Option<String>,
     identity_key: String,
     signed_prekey_id: u32,
     signed_prekey: String,
@@ -242,8 +247,10 @@ impl VectorSet for Bundles {
             signatures as in prekey_signatures.json. bundle_signature_input = \"samizdat/v1/bundle\" || identity_key || \
             u32be(len(user_id)) || user_id || u32be(device_id) || u32be(signed_prekey_id) || signed_prekey || (0x00, \
             or 0x01 || u32be(one_time_prekey_id) || one_time_prekey) || (0x01 one-time or 0x02 last resort) || \
-            u32be(pq_prekey_id) || pq_prekey_public; bundle_signature is its Ed25519 signature by the identity. The \
-            encoded bundle must parse and verify.",
+            u32be(pq_prekey_id) || pq_prekey_public; bundle_signature is its Ed25519 signature by the identity. A case \
+            with `device_list` (an input: a SignedDeviceList as device_lists.json signs it, of the bundle's user id) \
+            carries it in field 8 (`0x42 varint(len) device_list`, after the signature, which does not cover it); \
+            the other cases have no field 8. The encoded bundle must parse and verify (with its list: 7.2 check 21).",
         seed: 10,
         inputs: &[
             "name",
@@ -253,6 +260,7 @@ impl VectorSet for Bundles {
             "prekey_randomness",
             "offer_one_time_prekey",
             "pq_prekey",
+            "device_list",
         ],
     };
 
@@ -267,12 +275,24 @@ impl VectorSet for Bundles {
             pq_prekey: pq,
             ..BundleCase::default()
         };
-        Ok(vec![
+        let mut cases = vec![
             case("one_time_keys", "bob", 1, true, PqOffer::OneTime),
             case("no_one_time_prekey", "bob", 2, false, PqOffer::OneTime),
             case("one_time_prekey_last_resort", "carol@example.org", 0, true, PqOffer::LastResort),
             case("last_resort_only", "Zoë", u32::MAX, false, PqOffer::LastResort),
-        ])
+        ];
+        // A bundle of Bob's device 3 with his list (version 2: devices 1 and
+        // 3, the other one's key drawn too), under a user key drawn here.
+        let mut listed = case("with_device_list", "bob", 3, true, PqOffer::OneTime);
+        let user = UserIdentityKeyPair::from_seed(&array::<32>("user_seed", &random_hex(rng, 32))?);
+        let other = IdentityKeyPair::from_seed(&array::<32>("other_seed", &random_hex(rng, 32))?).public_key();
+        let own = IdentityKeyPair::from_seed(&array::<32>("identity_seed", &listed.identity_seed)?).public_key();
+        let list = DeviceList::new("bob", 2, &user.public_key(), [(1, other), (3, own)])
+            .and_then(|list| list.sign(&user))
+            .map_err(|e| err("device_list", e.to_string()))?;
+        listed.device_list = Some(h(list.to_bytes()));
+        cases.push(listed);
+        Ok(cases)
     }
 
     fn compute(case: &BundleCase) -> R<BundleCase> {
@@ -286,9 +306,29 @@ impl VectorSet for Bundles {
             case.offer_one_time_prekey,
             case.pq_prekey,
         )?;
-        let encoded = dev.bundle.to_bytes();
+        let plain = dev.bundle.to_bytes();
+        let encoded = match &case.device_list {
+            None => plain.clone(),
+            Some(text) => {
+                let list = bytes("device_list", text)?;
+                let signed = SignedDeviceList::from_bytes(&list).map_err(|e| err("device_list", e.to_string()))?;
+                let with =
+                    dev.bundle.clone().with_device_list(&signed).map_err(|e| err("device_list", e.to_string()))?;
+                let encoded = with.to_bytes();
+                // Field 8 after the rest, the rest unchanged.
+                let mut expected = plain.clone();
+                let _ = pb::PreKeyBundle { device_list: list, ..pb::PreKeyBundle::default() }.encode(&mut expected);
+                agree("encoded", &encoded, &expected)?;
+                encoded
+            }
+        };
         let parsed = PreKeyBundle::from_bytes(&encoded).map_err(|e| err("encoded", format!("rejected: {e}")))?;
         agree("encoded", &parsed.to_bytes(), &encoded)?;
+        if parsed.device_list().map(SignedDeviceList::to_bytes)
+            != case.device_list.as_deref().map(|t| bytes("device_list", t)).transpose()?
+        {
+            return Err(err("encoded", "the parsed bundle does not carry the list"));
+        }
         let message = pb::PreKeyBundle::decode(encoded.get(1..).unwrap_or_default())
             .map_err(|e| err("encoded", format!("not a protobuf bundle: {e}")))?;
         let spk = message.signed_prekey.unwrap_or_default();
@@ -334,6 +374,7 @@ impl VectorSet for Bundles {
             prekey_randomness: case.prekey_randomness.clone(),
             offer_one_time_prekey: case.offer_one_time_prekey,
             pq_prekey: case.pq_prekey,
+            device_list: case.device_list.clone(),
             identity_key: h(&message.identity_key),
             signed_prekey_id: spk.id,
             signed_prekey: h(&spk.public_key),

@@ -237,10 +237,10 @@ impl VectorSet for Wire {
             decode("bundle_missing_signature", Bundle, &bundle_with(&|b| b.signature.clear())),
             decode("bundle_unknown_field", Bundle, &{
                 let mut extended = bundle.clone();
-                extended.extend_from_slice(&[0x40, 0x01]); // field 8, varint 1: not in the signed content
+                extended.extend_from_slice(&[0x48, 0x01]); // field 9, varint 1: not in the schema
                 extended
             }),
-            repeat("bundle_too_large", Bundle, 4097),
+            repeat("bundle_too_large", Bundle, samizdat::prekeys::MAX_BUNDLE_LEN + 1),
         ]);
         cases.extend(canonical_cases(&header, &body, &prekey, &bundle_pb)?);
         Ok(cases)

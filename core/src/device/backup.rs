@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     address::Address,
-    backup::{self, BackupContents, BackupParams},
+    backup::{self, BackupContents, BackupError, BackupParams},
     keys::IdentityKey,
     prekeys::PreKeySet,
     session::SessionRecord,
@@ -85,11 +85,17 @@ impl<B: Backend> Device<B> {
         self.check_process()?;
         params.check_export()?;
         let peers = self.trusted_peers()?;
+        let (own_device_list, users) = self.user_rows()?;
+        if users.len() > crate::limits::MAX_BACKUP_PEERS {
+            return Err(BackupError::TooManyPeers { count: users.len(), max: crate::limits::MAX_BACKUP_PEERS }.into());
+        }
         let contents = BackupContents {
             seed: self.identity.to_seed(),
             address: self.address.clone(),
             created_at: crate::clock::unix_seconds(now),
             peers,
+            own_device_list,
+            users,
         };
         Ok(backup::seal(&mut crate::os_rng(), passphrase, params, &contents)?)
     }
@@ -290,6 +296,23 @@ fn restore_rows<C: Backend + ?Sized>(
         writes.push(Write {
             table: Table::Sessions,
             value: Some(sealer.seal(&mut rng, Table::Sessions, &key, &bytes)),
+            key,
+            expected: Expected::Absent,
+        });
+    }
+    // Our own list and the pinned users (PROTOCOL.md 23.5), verified when
+    // the backup was opened.
+    let user_rows = contents
+        .own_device_list
+        .iter()
+        .map(|list| (super::users::OWN_LIST_ROW.to_vec(), contents.address.user_id(), list))
+        .chain(contents.users.iter().map(|(user_id, list)| (sealer.user_key(user_id), user_id.as_str(), list)));
+    for (key, user_id, list) in user_rows {
+        let row = storage::UserRow { version: ROW_VERSION, user_id: user_id.to_owned(), device_list: list.to_bytes() };
+        let bytes = Zeroizing::new(encode(&row));
+        writes.push(Write {
+            table: Table::Users,
+            value: Some(sealer.seal(&mut rng, Table::Users, &key, &bytes)),
             key,
             expected: Expected::Absent,
         });

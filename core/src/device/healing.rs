@@ -266,6 +266,11 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
+            // As `encrypt`: a device its user's pinned list does not name
+            // gets nothing (PROTOCOL.md 23.5).
+            if let Some(identity) = record.trusted_identity() {
+                self.check_listed(peer, &identity)?;
+            }
             let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
             let id = message_id(&ciphertext);
             let mut index = self.load_index(&row)?;
@@ -401,7 +406,9 @@ impl<B: Backend> Device<B> {
     ///
     /// # Errors
     /// As [`Self::start_session`] ([`SessionError::UntrustedIdentity`] for a
-    /// peer whose identity changed: the app's trust decision comes first).
+    /// peer whose identity changed: the app's trust decision comes first;
+    /// the rules of a pinned user's list, PROTOCOL.md 23.5, before anything
+    /// else, even within the reset interval).
     ///
     /// # Examples
     ///
@@ -439,6 +446,9 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
+            // As `start_session`: the user's trust first (PROTOCOL.md 23.5),
+            // so a ghost's bundle heals nothing.
+            let user_write = self.plan_bundle_trust(&bundle)?;
             let (mut loaded, mut record) = self.load_record(&row)?;
             if let Some(retry_at) = record.healing().too_soon(now, interval) {
                 return Ok(Heal::TooSoon { retry_at: from_unix_seconds(retry_at) });
@@ -459,7 +469,9 @@ impl<B: Backend> Device<B> {
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             let base_key = record.current_base_key().map(|key| *key.as_bytes()).unwrap_or_default();
             record.healing_mut().reset_sent(now, base_key, &named);
-            self.write(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
+            let mut writes = self.record_writes(&row, &peer, &mut record, &mut loaded)?;
+            writes.extend(user_write);
+            self.write(&writes)?;
             Ok(Heal::Sent(Outgoing { to: peer.clone(), message }))
         })
     }

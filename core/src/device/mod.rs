@@ -75,6 +75,7 @@ mod pending;
 mod prekeys;
 mod sessions;
 mod storage_key;
+mod users;
 
 use self::sessions::RefusedHeader;
 
@@ -96,6 +97,7 @@ use crate::{
     limits::MAX_WRITE_ATTEMPTS,
     prekeys::{PreKeyError, PreKeySet},
     store::{Backend, Expected, KEY_CHECK_ROW, Scrub, Sealer, SqliteBackend, StorageKey, StoreError, Table, Write},
+    user::DeviceListError,
 };
 
 use self::prekeys::set_rows;
@@ -154,6 +156,20 @@ pub enum DeviceError {
     /// device that decrypted it.
     #[error("this pending decryption was made by another device")]
     ForeignPending,
+    /// A device list was refused, or a device that the pinned list of its
+    /// user does not name (PROTOCOL.md 23.5): a list that does not verify,
+    /// of another user, older than the one held
+    /// ([`DeviceListError::Rollback`]), another with the same version
+    /// ([`DeviceListError::Equivocation`]), signed by another user identity
+    /// than the pinned one ([`DeviceListError::UntrustedUser`]), or a ghost
+    /// or removed device ([`DeviceListError::UnlistedDevice`]). Nothing was
+    /// written.
+    #[error(transparent)]
+    DeviceList(#[from] DeviceListError),
+    /// [`Device::set_device_list`] was given a list that does not name this
+    /// device (its device id with its identity key). Nothing was written.
+    #[error("the device list does not name this device with its identity key")]
+    NotInOwnList,
 }
 
 /// What [`Device::rotate_prekeys`] replaced.
@@ -195,6 +211,8 @@ pub struct Device<B: Backend = SqliteBackend> {
     refused: Mutex<VecDeque<RefusedHeader>>,
     /// How this handle heals sessions.
     heal_policy: Mutex<HealPolicy>,
+    /// User rows this handle verified, by their sealed bytes (see [`users`]).
+    users: Mutex<users::UserCache>,
     /// The process that made this device.
     pid: u32,
 }
@@ -406,6 +424,7 @@ impl<B: Backend> Device<B> {
             group_lock: Mutex::new(()),
             refused: Mutex::new(VecDeque::new()),
             heal_policy: Mutex::new(HealPolicy::default()),
+            users: Mutex::new(users::UserCache::default()),
             pid: std::process::id(),
         }
     }

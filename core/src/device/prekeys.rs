@@ -483,6 +483,17 @@ impl<B: Backend> Device<B> {
             }
             Err(e) => return Ok(Err(e.into())),
         };
+        // A sender its user's pinned list does not name (PROTOCOL.md 23.5).
+        if let Some(identity) = super::sessions::sender_identity(&message, record) {
+            match self.check_listed(peer, &identity) {
+                Ok(()) => {}
+                Err(DeviceError::DeviceList(crate::user::DeviceListError::UnlistedDevice { device_id })) => {
+                    return Ok(Err(SessionError::UnlistedDevice { device_id }));
+                }
+                Err(DeviceError::Store(e)) => return Err(e),
+                Err(_) => return Err(StoreError::Corrupt { table: Table::Users }),
+            }
+        }
         let prekeys = self.prekeys_for(rows, record, &message)?;
         let id = crate::heal::message_id(ciphertext);
         let pending = match self.decrypt_loading_seeds((row, loaded, record), peer, &prekeys, &message)? {
@@ -673,9 +684,15 @@ impl<B: Backend> Device<B> {
                 (unused(&meta.one_time, meta.handed_out), unused(&meta.pq_one_time, meta.pq_handed_out));
             let k = one_time.len().max(pq_one_time.len()).max(1);
             let prekeys = self.bundle_set(&mut rows, &meta, &one_time, &pq_one_time, k)?;
+            // Our own signed device list, if the app set one (PROTOCOL.md 23.5).
+            let own_list = self.load_user(self.address.user_id())?.trust;
             let bundles: Vec<Vec<u8>> = (0..k)
                 .filter_map(|n| prekeys.bundle_skipping(&self.identity, &self.address, n))
-                .map(|bundle| bundle.to_bytes())
+                .map(|mut bundle| {
+                    bundle.device_list =
+                        own_list.as_ref().map(|trust| (trust.signed_list().clone(), trust.list().clone()));
+                    bundle.to_bytes()
+                })
                 .collect();
             // Handed out: nothing at or below the last id offered is offered again.
             let after = |ids: &[u32], cursor: u32| ids.last().map_or(cursor, |id| id.saturating_add(1));

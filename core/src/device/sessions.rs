@@ -241,9 +241,14 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
+            // The user's trust first (PROTOCOL.md 23.5): a ghost device is
+            // refused before anything is computed or written.
+            let user_write = self.plan_bundle_trust(&bundle)?;
             let (mut loaded, mut record) = self.load_record(&row)?;
             record.initiate(&mut crate::os_rng(), &self.identity, &self.address, &bundle)?;
-            self.write(&self.record_writes(&row, &peer, &mut record, &mut loaded)?)?;
+            let mut writes = self.record_writes(&row, &peer, &mut record, &mut loaded)?;
+            writes.extend(user_write);
+            self.write(&writes)?;
             Ok(())
         })?;
         Ok(peer)
@@ -310,6 +315,11 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
+            // A device its user's pinned list no longer names (or never did)
+            // gets nothing (PROTOCOL.md 23.5).
+            if let Some(identity) = record.trusted_identity() {
+                self.check_listed(peer, &identity)?;
+            }
             let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
             // A ciphertext whose write is refused is dropped, never returned.
             self.write(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
@@ -343,6 +353,11 @@ impl<B: Backend> Device<B> {
         let result = retry_on_conflict(|| {
             let (mut loaded, mut record) = self.load_record(&row)?;
             read.push(loaded.record.clone());
+            // A sender its user's pinned list does not name is refused
+            // before any prekey is read (PROTOCOL.md 23.5).
+            if let Some(identity) = sender_identity(&message, &record) {
+                self.check_listed(peer, &identity)?;
+            }
             // Only the prekey rows the message needs (PROTOCOL.md 14.9).
             let prekeys = self.prekeys_for(&mut PreKeyRows::default(), &record, &message)?;
             let mut id = message_id(ciphertext);
@@ -547,6 +562,15 @@ impl<B: Backend> Device<B> {
             Err(StoreError::Conflict { .. }) => Err(SessionError::StalePending.into()),
             result => Ok(result?),
         }
+    }
+}
+
+/// The identity a message claims to come from: the prekey header's, or for
+/// a message of an established session, the identity its record trusts.
+pub(super) fn sender_identity(message: &Message, record: &SessionRecord) -> Option<IdentityKey> {
+    match message {
+        Message::PreKey(prekey) => Some(prekey.header().identity_key()),
+        Message::Ratchet(_) => record.trusted_identity(),
     }
 }
 

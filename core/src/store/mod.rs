@@ -72,12 +72,16 @@ pub enum Table {
     /// the chains we keep of it, keyed by keyed hashes of the group id and
     /// the member's address (PROTOCOL.md 18.9).
     Groups,
+    /// Users (PROTOCOL.md 23.5): this device's own signed device list (row
+    /// `self`), and per peer user the newest list verified for it, keyed by
+    /// the keyed hash of the user id ([`Sealer::user_key`]).
+    Users,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 6] =
-        [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions, Table::Groups, Table::Outboxes];
+    pub const ALL: [Table; 7] =
+        [Table::Meta, Table::Identity, Table::PreKeys, Table::Sessions, Table::Groups, Table::Outboxes, Table::Users];
 
     /// The table's name (also its SQL table name).
     pub fn name(self) -> &'static str {
@@ -88,6 +92,7 @@ impl Table {
             Self::Sessions => "sessions",
             Self::Groups => "groups",
             Self::Outboxes => "outboxes",
+            Self::Users => "users",
         }
     }
 }
@@ -668,6 +673,20 @@ impl Sealer {
         mac.update(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
         mac.update(user);
         mac.update(&address.device_id().to_be_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// The row key of a peer user in [`Table::Users`]: `HMAC-SHA256(address
+    /// key, u32(len(user id)) || user id)`. (An address's input has four more
+    /// bytes after the same prefix, so the two never share an input; they
+    /// are in different tables anyway.)
+    pub(crate) fn user_key(&self, user_id: &str) -> Vec<u8> {
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.address_key.as_bytes()) else {
+            unreachable!("HMAC takes keys of any length")
+        };
+        let user = user_id.as_bytes();
+        mac.update(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
+        mac.update(user);
         mac.finalize().into_bytes().to_vec()
     }
 

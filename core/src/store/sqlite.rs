@@ -105,7 +105,7 @@ use super::{Backend, Expected, Rewrite, Row, Scrub, SqliteError, StoreError, Tab
 use crate::limits::MIN_SCRUB_BUDGET;
 
 /// The schema version this release writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// How long a call waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ fn wait_for_locks(connection: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// Migrations: entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
     CREATE TABLE meta     (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE identity (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -171,6 +171,11 @@ const MIGRATIONS: [&str; 3] = [
     CREATE TABLE scrub_debt (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
     INSERT INTO scrub_debt (id, bytes) VALUES (0, 0);
     CREATE TABLE outboxes (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+",
+    // Users and their signed device lists (PROTOCOL.md 23.5): a store of an
+    // earlier version gains the empty table on open.
+    "
+    CREATE TABLE users    (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ",
 ];
 

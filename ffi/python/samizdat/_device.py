@@ -12,7 +12,7 @@ import dataclasses
 import hmac
 import threading
 from types import TracebackType
-from typing import Any, Iterable, List, Optional, Type
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Type
 
 from . import _native
 from ._errors import DeviceClosedError, SamizdatError, call, from_native
@@ -50,6 +50,9 @@ from ._values import (
     count32,
     u63,
 )
+
+if TYPE_CHECKING:  # _users imports this module: only the names, for the type checker
+    from ._users import DeviceListChange, UserTrust
 
 
 def _release(native: Any) -> None:
@@ -244,6 +247,47 @@ class Device:
         """Trusts ``identity`` for ``peer`` (after an ``UntrustedIdentityError``, once the user
         verified it)."""
         self._call("trust_identity", address("peer", peer), as_bytes("identity", identity))
+
+    # Users (PROTOCOL.md 23.5).
+
+    def set_device_list(self, signed_list: BytesLike) -> "DeviceListChange":
+        """Gives this device its user's signed device list (``UserIdentity.sign_device_list``):
+        its bundles then carry it, and it pins our own user. It must name this device with its
+        identity key (``InvalidArgumentError``); a list under the user identity already held must
+        be newer (``InvalidBundleError``). Returns the devices added and removed; a refused list
+        changes nothing."""
+        from ._users import _change
+
+        return _change(self._call("set_device_list", as_bytes("signed_list", signed_list)))
+
+    def device_list(self) -> Optional[bytes]:
+        """This device's own signed device list, if one was set."""
+        return optional_bytes(self._call("device_list"))
+
+    def update_device_list(self, signed_list: BytesLike) -> "DeviceListChange":
+        """A newer signed list of a user (a contact's, or our own): pins the user on first use,
+        else must be newer (``InvalidBundleError`` for a rollback) and signed by the pinned user
+        identity (``UntrustedIdentityError``, with that key as ``identity_key()``). A device the
+        new list drops is refused from then on; a refused list changes nothing."""
+        from ._users import _change
+
+        return _change(self._call("update_device_list", as_bytes("signed_list", signed_list)))
+
+    def trust_new_user_identity(self, signed_list: BytesLike) -> "DeviceListChange":
+        """The app's decision to trust a new user identity for a user (after an
+        ``UntrustedIdentityError`` with a user identity key, once the users compared safety
+        numbers): pins the key that signed ``signed_list`` and its list."""
+        from ._users import _change
+
+        return _change(self._call("trust_new_user_identity", as_bytes("signed_list", signed_list)))
+
+    def user_trust(self, user_id: str) -> Optional["UserTrust"]:
+        """What this device trusts of ``user_id`` (our own list for our own user id), or ``None``
+        if the user is not pinned. A copy: changing it changes nothing on the device."""
+        from ._users import UserTrust
+
+        native = self._call("user_trust", text("user_id", user_id))
+        return None if native is None else UserTrust(native)
 
     def peers(self) -> List[Address]:
         """Every peer device this device keeps a record of, in no particular order (reads every

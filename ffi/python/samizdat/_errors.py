@@ -111,8 +111,10 @@ class UntrustedIdentityError(SamizdatError):
         """The new identity key (32 bytes) in lowercase hex."""
 
     def identity_key(self) -> Optional[bytes]:
-        """The new identity key (32 bytes)."""
-        return bytes.fromhex(self.identity)
+        """The new identity key (32 bytes); for a device list signed by another user identity,
+        that user identity key; ``None`` for a device no verified list names (PROTOCOL.md 23.5),
+        which is not to be used."""
+        return bytes.fromhex(self.identity) if self.identity else None
 
 
 class IdentityMismatchError(SamizdatError):

@@ -9,8 +9,12 @@ checks before it talks to a contact's device, so that a server cannot add a
     trust = UserTrust.first_use("alice", signed)  # on the contact's side, first use
     trust.check_device(1, key)                   # UntrustedIdentityError for a ghost
 
-The device API does not use lists yet: check a contact's device with
-``UserTrust.check_device`` before ``Device.start_session`` with its bundle.
+On a ``Device`` (PROTOCOL.md 23.5): ``Device.set_device_list(signed)`` gives the device its
+user's list, which its bundles then carry; a contact's bundle with a list pins its user on first
+use, and from then on ``start_session``, ``encrypt`` and ``decrypt`` refuse every device of that
+user the newest verified list does not name (``UntrustedIdentityError`` with no
+``identity_key()``), changing nothing. ``Device.update_device_list``,
+``Device.trust_new_user_identity`` and ``Device.user_trust`` move and read the pins.
 """
 
 from __future__ import annotations

@@ -1389,6 +1389,47 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      */
     func skippedKeyCount(peer: Address) throws  -> Int32
     
+    /**
+     * This device's own signed device list, if one was set.
+     */
+    func deviceList() throws  -> Data?
+    
+    /**
+     * Gives this device its user's signed device list (from
+     * [`UserIdentity::sign_device_list`]): its bundles then carry it, and it
+     * pins our own user. It must name this device with its identity key
+     * (else `InvalidArgument`); a list under the user identity already held
+     * must be newer (`InvalidBundle`: a rollback, or another list with the
+     * same version). Returns the devices added and removed. A refused list
+     * changes nothing.
+     */
+    func setDeviceList(signedList: Data) throws  -> DeviceListChange
+    
+    /**
+     * The app's decision to trust a new user identity for a user (after an
+     * `UntrustedIdentity` error with a user identity key, once the users
+     * compared safety numbers): pins the key that signed `signed_list` and
+     * its list.
+     */
+    func trustNewUserIdentity(signedList: Data) throws  -> DeviceListChange
+    
+    /**
+     * A newer signed list of a user (a contact's, or our own): pins the
+     * user on first use, else must be newer than the one held
+     * (`InvalidBundle` for a rollback) and signed by the pinned user
+     * identity (`UntrustedIdentity`, with that key as `identity`: the
+     * decision is [`Self::trust_new_user_identity`]). A device the new
+     * list drops is refused from then on. A refused list changes nothing.
+     */
+    func updateDeviceList(signedList: Data) throws  -> DeviceListChange
+    
+    /**
+     * What this device trusts of `user_id` (our own list for our own user
+     * id), or nothing if the user is not pinned. A copy: changing it changes
+     * nothing on the device.
+     */
+    func userTrust(userId: String) throws  -> UserTrust?
+    
 }
 /**
  * One installation: an identity, its prekeys and its sessions in an
@@ -2060,6 +2101,86 @@ open func skippedKeyCount(peer: Address)throws  -> Int32  {
     uniffi_samizdat_ffi_fn_method_device_skipped_key_count(
             self.uniffiCloneHandle(),
         FfiConverterTypeAddress_lower(peer),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * This device's own signed device list, if one was set.
+     */
+open func deviceList()throws  -> Data?  {
+    return try  FfiConverterOptionData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_device_list(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Gives this device its user's signed device list (from
+     * [`UserIdentity::sign_device_list`]): its bundles then carry it, and it
+     * pins our own user. It must name this device with its identity key
+     * (else `InvalidArgument`); a list under the user identity already held
+     * must be newer (`InvalidBundle`: a rollback, or another list with the
+     * same version). Returns the devices added and removed. A refused list
+     * changes nothing.
+     */
+open func setDeviceList(signedList: Data)throws  -> DeviceListChange  {
+    return try  FfiConverterTypeDeviceListChange_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_set_device_list(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The app's decision to trust a new user identity for a user (after an
+     * `UntrustedIdentity` error with a user identity key, once the users
+     * compared safety numbers): pins the key that signed `signed_list` and
+     * its list.
+     */
+open func trustNewUserIdentity(signedList: Data)throws  -> DeviceListChange  {
+    return try  FfiConverterTypeDeviceListChange_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_trust_new_user_identity(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * A newer signed list of a user (a contact's, or our own): pins the
+     * user on first use, else must be newer than the one held
+     * (`InvalidBundle` for a rollback) and signed by the pinned user
+     * identity (`UntrustedIdentity`, with that key as `identity`: the
+     * decision is [`Self::trust_new_user_identity`]). A device the new
+     * list drops is refused from then on. A refused list changes nothing.
+     */
+open func updateDeviceList(signedList: Data)throws  -> DeviceListChange  {
+    return try  FfiConverterTypeDeviceListChange_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_update_device_list(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * What this device trusts of `user_id` (our own list for our own user
+     * id), or nothing if the user is not pinned. A copy: changing it changes
+     * nothing on the device.
+     */
+open func userTrust(userId: String)throws  -> UserTrust?  {
+    return try  FfiConverterOptionTypeUserTrust.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_user_trust(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),uniffiCallStatus
     )
 })
 }
@@ -4815,6 +4936,9 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      * list signed by another user identity key (`identity` is that key; the
      * decision is [`crate::UserTrust::trust_new_identity`]), or a device no
      * verified list names (`identity` is empty: do not use the device).
+     * From a [`crate::Device`] (PROTOCOL.md 23.5): the same two, for a
+     * pinned user (`start_session`, `encrypt`, `decrypt`, a message of
+     * `decrypt_batch`, `update_device_list`); nothing was changed.
      */
     case UntrustedIdentity(
         /**
@@ -5330,6 +5454,30 @@ fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeUserTrust: FfiConverterRustBuffer {
+    typealias SwiftType = UserTrust?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeUserTrust.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeUserTrust.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
     typealias SwiftType = SamizdatError?
 
@@ -5793,6 +5941,21 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_skipped_key_count() != 55653) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_device_list() != 40508) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_set_device_list() != 44342) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_trust_new_user_identity() != 24655) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_update_device_list() != 33037) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_user_trust() != 46453) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingbatch_results() != 47822) {
