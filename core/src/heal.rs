@@ -83,6 +83,13 @@ pub(crate) struct Healing {
     /// the peer is not away, so a next heal starts a new session rather
     /// than sending on that reset's again (PROTOCOL.md 20.5).
     pub(crate) heard_since_reset: bool,
+    /// Whether our last reset started a new session only because the app
+    /// brought unreadable messages not named before, while the reset before
+    /// it was outstanding and the peer unheard. Those messages are not
+    /// authenticated (anyone who can send under the peer's address makes
+    /// them), so they break a repeat once: until the peer is heard from,
+    /// later heals repeat this reset (PROTOCOL.md 20.5).
+    pub(crate) broke_on_ids: bool,
 }
 
 impl Healing {
@@ -179,8 +186,22 @@ impl Healing {
     /// not named already). A peer that sends, and not on that session, read
     /// the reset and stayed elsewhere, or sends from a session we cannot
     /// read: one more message of the reset's session would change nothing.
+    /// Unreadable messages are not authenticated, so they break a repeat
+    /// only once ([`Self::broke_on_ids`]): forgeries, one per interval,
+    /// must not start a session each while the peer is away (each spends
+    /// one of its one-time prekeys, and the state it is on would fall off
+    /// the record after `MAX_ARCHIVED_STATES`).
     pub(crate) fn may_repeat_reset(&self, ids: &[MessageId]) -> bool {
-        !self.heard_since_reset && ids.iter().all(|id| self.awaits(id) || self.delivered.contains(id))
+        !self.heard_since_reset
+            && (self.broke_on_ids || ids.iter().all(|id| self.awaits(id) || self.delivered.contains(id)))
+    }
+
+    /// What [`Self::broke_on_ids`] becomes with the next reset, which
+    /// repeats the last one if `repeat`: unchanged by a repeat; else true
+    /// only if a reset is outstanding and the peer unheard (the new session
+    /// is started on unreadable ids alone).
+    pub(crate) fn breaks_on_ids(&self, repeat: bool) -> bool {
+        if repeat { self.broke_on_ids } else { self.last_reset_at.is_some() && !self.heard_since_reset }
     }
 
     /// Whether a resend of `id` is for the app: a message our reset named,
@@ -227,6 +248,7 @@ impl Healing {
             last_reset_base_key: self.last_reset_base_key.map(|k| k.to_vec()).unwrap_or_default(),
             in_last_reset: self.awaited.iter().map(|(_, _, in_last)| *in_last).collect(),
             heard_since_reset: self.heard_since_reset,
+            broke_on_ids: self.broke_on_ids,
         })
     }
 
@@ -283,6 +305,7 @@ impl Healing {
             last_reset_base_key,
             delivered: ids(&stored.delivered, MAX_DELIVERED_RESENDS, "healing.delivered")?,
             heard_since_reset: stored.heard_since_reset,
+            broke_on_ids: stored.broke_on_ids,
         };
         if healing.awaited.iter().any(|(id, _, _)| healing.delivered.contains(id)) {
             return Err(DecodeError::InvalidValue("healing.awaited"));
@@ -290,6 +313,10 @@ impl Healing {
         // Heard since a reset only if one was sent.
         if stored.heard_since_reset && !stored.reset_sent {
             return Err(DecodeError::InvalidValue("healing.heard_since_reset"));
+        }
+        // A reset broke a repeat only if one was sent.
+        if stored.broke_on_ids && !stored.reset_sent {
+            return Err(DecodeError::InvalidValue("healing.broke_on_ids"));
         }
         Ok(healing)
     }
@@ -403,6 +430,15 @@ mod tests {
                 s.heard_since_reset = true;
             },
             "heard since a reset never sent",
+        );
+        check(
+            &|s| {
+                s.reset_sent = false;
+                s.last_reset_at = 0;
+                s.last_reset_base_key.clear();
+                s.broke_on_ids = true;
+            },
+            "a repeat broken by a reset never sent",
         );
         // Present and empty: not the canonical encoding (the fuzzer's
         // decode_session_record round trip found it).

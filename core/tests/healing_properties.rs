@@ -707,3 +707,81 @@ fn regression_audit_flag_schedule_settles() {
     failures.dedup();
     assert!(failures.is_empty(), "runs failed: {failures:#?}");
 }
+
+/// A schedule the outside audit of 93b803b found with random seeds (after
+/// 7,475 and 24,685 passing schedules): after the pair converged and healing
+/// settled, one more round's message was not read. It failed in 28 of 40
+/// runs on 93b803b and in none on its parent. Run 40 times, with other keys
+/// each time. Still open: both sides heal at the same time after each was
+/// heard from, so each starts a new session (PROTOCOL.md 20.5) instead of
+/// repeating its reset; the resets cross, each side reads the other's last
+/// messages of the round on a state it then leaves, and the next round's
+/// messages are `NoMatchingState` both ways (one more heal is needed after
+/// healing settled). Before 93b803b the same crossing went on the old
+/// sessions; but that rule looped for ever on
+/// [`regression_audit_flag_schedule_settles`] (found in a random run of
+/// 2,000 schedules; this one after 7,475 and 24,685 passing schedules, and
+/// 16,000 more since passed; PROTOCOL.md 20.8).
+#[test]
+#[ignore = "open: crossing heals after both were heard from need one more heal (PROTOCOL.md 20.8)"]
+fn regression_audit_heard_schedule_stays_converged() {
+    use Event::*;
+    let events = [
+        Carry { pick: 11343761993775490255, fate: 33 },
+        Carry { pick: 16091413704222733420, fate: 31 },
+        Carry { pick: 18352039656913245632, fate: 5 },
+        Carry { pick: 5976150713120232855, fate: 43 },
+        Snapshot(1),
+        Send(0),
+        Carry { pick: 6426951598248514132, fate: 71 },
+        Snapshot(0),
+        Carry { pick: 1376311776175373505, fate: 52 },
+        Tick(5),
+        Snapshot(1),
+        Carry { pick: 16543504597692596458, fate: 61 },
+        Send(0),
+        Send(0),
+        Send(0),
+        Send(0),
+        Carry { pick: 10915826241250838342, fate: 2 },
+        Send(0),
+        Tick(11),
+        Carry { pick: 12604253827203163814, fate: 64 },
+        Carry { pick: 6999288153075530222, fate: 42 },
+        Send(1),
+        Carry { pick: 1543839727343882349, fate: 39 },
+        Carry { pick: 4904682277004408022, fate: 13 },
+        Carry { pick: 4156127982145906306, fate: 68 },
+        Send(0),
+        Send(1),
+        Carry { pick: 1733866253614955290, fate: 61 },
+        Tick(17),
+        Tick(10),
+        Carry { pick: 16723316023508855210, fate: 40 },
+        Send(0),
+        Carry { pick: 45258375648076113, fate: 90 },
+        Send(0),
+        Send(0),
+        Restore { side: 0, pick: 10380546496461762619 },
+        Send(1),
+        Send(0),
+        Carry { pick: 1292586071706100739, fate: 92 },
+        Carry { pick: 16188410142109819348, fate: 73 },
+        Carry { pick: 8776727375079629833, fate: 82 },
+        Send(1),
+        Tick(18),
+        Send(1),
+        Send(1),
+        Carry { pick: 17474973915356843297, fate: 51 },
+        Carry { pick: 7757606402354531251, fate: 47 },
+    ];
+    let mut failures = Vec::new();
+    for _ in 0..40 {
+        if let Err(e) = run(&events) {
+            failures.push(e.to_string());
+        }
+    }
+    failures.sort();
+    failures.dedup();
+    assert!(failures.is_empty(), "runs failed: {failures:#?}");
+}

@@ -2506,6 +2506,7 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
             last_reset_base_key,
             in_last_reset,
             heard_since_reset: false,
+            broke_on_ids: false,
         }
     };
     // A reset sent, with these awaited ids and naming counts (none named by
@@ -2585,6 +2586,17 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
         "13.4 check 10a boundary (H13): `heard_since_reset` true with a reset sent (a message of the peer was \
          committed since) is accepted.",
         &with(storage::Healing { heard_since_reset: true, ..healing(true, at, vec![a.clone()], Vec::new()) })?,
+    );
+    cases.add(
+        "record_healing_broke_on_ids",
+        D,
+        "13.4 check 10a boundary (H14): `broke_on_ids` true with a reset sent (that reset started a new session \
+         on unreadable messages alone) is accepted, with `heard_since_reset` too.",
+        &with(storage::Healing {
+            broke_on_ids: true,
+            heard_since_reset: true,
+            ..healing(true, at, vec![a.clone()], Vec::new())
+        })?,
     );
     cases.add(
         "record_healing_empty",
@@ -2687,6 +2699,11 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
             "13.4 check 10a H13: `heard_since_reset` true with `reset_sent` false.",
             storage::Healing { heard_since_reset: true, ..healing(false, 0, vec![a.clone()], Vec::new()) },
         ),
+        (
+            "record_healing_broke_on_ids_without_reset_sent",
+            "13.4 check 10a H14: `broke_on_ids` true with `reset_sent` false.",
+            storage::Healing { broke_on_ids: true, ..healing(false, 0, vec![a.clone()], Vec::new()) },
+        ),
         // Two failing checks: the first one's error.
         (
             "record_healing_order_h1_before_h2",
@@ -2742,6 +2759,15 @@ fn healing_cases(cases: &mut Cases, f: &Fixtures, record_skipped: SkippedRecord<
             "record_healing_order_h12_before_h13",
             "13.4 order: an id both awaited and delivered, and `heard_since_reset` with `reset_sent` false: H12.",
             storage::Healing { heard_since_reset: true, ..healing(false, 0, vec![a.clone()], vec![a.clone()]) },
+        ),
+        (
+            "record_healing_order_h13_before_h14",
+            "13.4 order: `heard_since_reset` and `broke_on_ids` both true with `reset_sent` false: H13.",
+            storage::Healing {
+                heard_since_reset: true,
+                broke_on_ids: true,
+                ..healing(false, 0, vec![a.clone()], Vec::new())
+            },
         ),
     ];
     for (name, rule, h) in failing {

@@ -459,16 +459,15 @@ impl<B: Backend> Device<B> {
             let named = record.healing().to_name(&unreadable);
             // Our last reset's session, if the peer has been silent since
             // (it may be away): the reset goes on it again (20.5).
-            let previous = record
-                .healing()
-                .last_reset_base_key
-                .filter(|_| record.healing().may_repeat_reset(&unreadable))
-                .map(X25519PublicKey::from_bytes);
+            let repeat = record.healing().may_repeat_reset(&unreadable);
+            let broke_on_ids = record.healing().breaks_on_ids(repeat);
+            let previous = record.healing().last_reset_base_key.filter(|_| repeat).map(X25519PublicKey::from_bytes);
             record.initiate_heal(&mut crate::os_rng(), &self.identity, &self.address, &bundle, previous)?;
             let content = Control::Reset(named.clone()).to_bytes();
             let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             let base_key = record.current_base_key().map(|key| *key.as_bytes()).unwrap_or_default();
             record.healing_mut().reset_sent(now, base_key, &named);
+            record.healing_mut().broke_on_ids = broke_on_ids;
             let mut writes = self.record_writes(&row, &peer, &mut record, &mut loaded)?;
             writes.extend(user_write);
             self.write(&writes)?;
