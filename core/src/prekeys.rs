@@ -81,7 +81,7 @@ pub enum BundleError {
     /// The device list the bundle carries is not a list its user signed
     /// (PROTOCOL.md 7.2, check 21): malformed, a signature that does not
     /// verify under the key it names, or another user's list
-    /// ([`DeviceListError::WrongUser`](crate::user::DeviceListError::WrongUser)).
+    /// ([`DeviceListError::WrongUser`]).
     #[error("invalid device list: {0}")]
     DeviceList(DeviceListError),
 }

@@ -46,10 +46,10 @@ impl<B: Backend> Device<B> {
     /// identity is the one this handle holds. Nothing is written.
     ///
     /// # Errors
-    /// [`BackupError::ParamsOutOfBounds`](crate::backup::BackupError::ParamsOutOfBounds) for parameters below
+    /// [`BackupError::ParamsOutOfBounds`] for parameters below
     /// [`BackupParams::MINIMUM`] or above the bounds of
     /// [`crate::limits`] (before anything is read);
-    /// [`BackupError::TooManyPeers`](crate::backup::BackupError::TooManyPeers); [`BackupError::OutOfMemory`](crate::backup::BackupError::OutOfMemory); a store
+    /// [`BackupError::TooManyPeers`]; [`BackupError::OutOfMemory`]; a store
     /// error ([`StoreError::Corrupt`] for a session row that does not load).
     ///
     /// # Examples
@@ -165,10 +165,10 @@ impl<B: Backend> Device<B> {
     /// never above the bounds of [`crate::limits`] (checked first).
     ///
     /// # Errors
-    /// [`BackupError::WrongPassphrase`](crate::backup::BackupError::WrongPassphrase) (a wrong passphrase or an altered
-    /// file), [`BackupError::Malformed`](crate::backup::BackupError::Malformed), [`BackupError::UnsupportedVersion`](crate::backup::BackupError::UnsupportedVersion),
-    /// [`BackupError::ParamsOutOfBounds`](crate::backup::BackupError::ParamsOutOfBounds) (nothing derived),
-    /// [`BackupError::OutOfMemory`](crate::backup::BackupError::OutOfMemory): nothing is written.
+    /// [`BackupError::WrongPassphrase`] (a wrong passphrase or an altered
+    /// file), [`BackupError::Malformed`], [`BackupError::UnsupportedVersion`],
+    /// [`BackupError::ParamsOutOfBounds`] (nothing derived),
+    /// [`BackupError::OutOfMemory`]: nothing is written.
     /// [`StoreError::AlreadyExists`] if the store holds a device; a store
     /// error.
     pub fn restore_in(

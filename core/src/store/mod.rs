@@ -74,7 +74,7 @@ pub enum Table {
     Groups,
     /// Users (PROTOCOL.md 23.5): this device's own signed device list (row
     /// `self`), and per peer user the newest list verified for it, keyed by
-    /// the keyed hash of the user id ([`Sealer::user_key`]).
+    /// the keyed hash of the user id (`Sealer::user_key`).
     Users,
 }
 
