@@ -171,27 +171,32 @@ fn a_stripped_list_lets_no_ghost_in_and_the_listed_device_still_starts() {
 }
 
 #[test]
-fn a_rolled_back_or_equivocating_list_is_refused_and_nothing_changes() {
+fn a_rolled_back_list_changes_no_pin_and_an_equivocating_one_is_refused() {
     let Setup { alice, bob1, bob2, bob_user } = pinned();
     let v2 = list(&bob_user, "bob", 2, &[&bob1, &bob2]);
     alice.update_device_list(&v2).unwrap();
     let before = rows(&alice);
-    let old = carrying(&bob1.prekey_bundle().unwrap(), Some(&list(&bob_user, "bob", 1, &[&bob1])));
-    let error = refusal(alice.start_session(&old));
-    assert_eq!(error, DeviceListError::Rollback { seen: 2, offered: 1 });
-    assert_eq!(DeviceError::from(error).kind(), ErrorKind::InvalidBundle);
+    // An older list in a bundle is taken as no list (PROTOCOL.md 23.5 S2):
+    // the pinned version 2 decides, so a ghost the old list names stays out.
+    let ghost = device("bob", 3, 9);
+    let old_with_ghost = carrying(&ghost.prekey_bundle().unwrap(), Some(&list(&bob_user, "bob", 1, &[&bob1, &ghost])));
+    assert_eq!(refusal(alice.start_session(&old_with_ghost)), DeviceListError::UnlistedDevice { device_id: 3 });
     let other = carrying(&bob1.prekey_bundle().unwrap(), Some(&list(&bob_user, "bob", 2, &[&bob1])));
     assert_eq!(refusal(alice.start_session(&other)), DeviceListError::Equivocation { version: 2 });
     assert_eq!(rows(&alice), before);
-    // The same calls through the app's call.
-    assert_eq!(
-        refusal(alice.update_device_list(&list(&bob_user, "bob", 1, &[&bob1]))),
-        DeviceListError::Rollback { seen: 2, offered: 1 }
-    );
+    // The app's call refuses the rollback.
+    let error = refusal(alice.update_device_list(&list(&bob_user, "bob", 1, &[&bob1])));
+    assert_eq!(error, DeviceListError::Rollback { seen: 2, offered: 1 });
+    assert_eq!(DeviceError::from(error).kind(), ErrorKind::InvalidBundle);
     assert_eq!(rows(&alice), before);
     // The same list again changes nothing and writes nothing.
     assert!(alice.update_device_list(&v2).unwrap().is_empty());
     assert_eq!(rows(&alice), before);
+    // A listed device's bundle uploaded under version 1 still starts a
+    // session, and the pin stays at version 2.
+    let old = carrying(&bob1.prekey_bundle().unwrap(), Some(&list(&bob_user, "bob", 1, &[&bob1])));
+    alice.start_session(&old).unwrap();
+    assert_eq!(alice.user_trust("bob").unwrap().unwrap().list().version(), 2);
 }
 
 #[test]

@@ -64,6 +64,9 @@ enum Rule {
     Update,
     /// `TrustNewIdentity`: the app's decision to trust a new user identity.
     NewIdentity,
+    /// Our own list, from [`Device::set_device_list`]: the only call that
+    /// pins our own user, or gives it a new user identity.
+    Own,
 }
 
 impl<B: Backend> Device<B> {
@@ -147,8 +150,9 @@ impl<B: Backend> Device<B> {
     /// applied: our own list is the app's to set.
     ///
     /// # Errors
-    /// [`DeviceListError::UntrustedUser`], [`DeviceListError::Rollback`],
-    /// [`DeviceListError::Equivocation`] (from `Update`), then
+    /// [`DeviceListError::UntrustedUser`] or
+    /// [`DeviceListError::Equivocation`] (from `Update`; an older list under
+    /// the pinned key is taken as no list), then
     /// [`DeviceListError::UnlistedDevice`]; a store error.
     pub(super) fn plan_bundle_trust(&self, bundle: &PreKeyBundle) -> Result<Option<Write>, DeviceError> {
         let peer = bundle.address();
@@ -165,7 +169,16 @@ impl<B: Backend> Device<B> {
                 (trust, Some(write))
             }
             (Some(mut trust), Some(signed)) => {
-                trust.update(signed)?;
+                match trust.update(signed) {
+                    // An older list under the pinned key (a bundle uploaded
+                    // before the list changed, or from a device that has
+                    // not set the newest list yet): applied as no list, so
+                    // the pinned list decides (S2). Refusing it made every
+                    // such bundle unusable, and a server gains nothing by
+                    // it: the device is still checked below.
+                    Ok(_) | Err(DeviceListError::Rollback { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
                 let write = (loaded.trust.as_ref() != Some(&trust)).then(|| self.user_write(&loaded, &trust));
                 (trust, write)
             }
@@ -218,7 +231,7 @@ impl<B: Backend> Device<B> {
             let (expected, found) = (self.address.user_id().to_owned(), list.user_id().to_owned());
             return Err(DeviceListError::WrongUser { expected, found }.into());
         }
-        self.apply_list(signed, list.user_id(), Rule::NewIdentity)
+        self.apply_list(signed, list.user_id(), Rule::Own)
     }
 
     /// This device's own signed device list, if the app set one.
@@ -258,7 +271,9 @@ impl<B: Backend> Device<B> {
     /// [`DeviceListError::UntrustedUser`] (another user identity: the users
     /// compare safety numbers, then [`Self::trust_new_user_identity`]),
     /// [`DeviceListError::Rollback`], [`DeviceListError::Equivocation`];
-    /// for our own user id, [`DeviceError::NotInOwnList`]; a store error.
+    /// for our own user id, [`DeviceError::NotInOwnList`], and
+    /// [`DeviceListError::UntrustedUser`] while no own list is set (only
+    /// [`Self::set_device_list`] pins our own user); a store error.
     /// Nothing is written.
     ///
     /// # Examples
@@ -294,8 +309,12 @@ impl<B: Backend> Device<B> {
     /// already pinned goes through `Update` (no rollback). Pins on first use
     /// if the user is not pinned. Returns the devices added and removed.
     ///
+    /// For our own user id this is [`Self::update_device_list`]: a new user
+    /// identity of ours is given by [`Self::set_device_list`] only.
+    ///
     /// # Errors
-    /// As [`Self::update_device_list`], without `UntrustedUser`.
+    /// As [`Self::update_device_list`], without `UntrustedUser` for a peer
+    /// user.
     pub fn trust_new_user_identity(&self, signed: &SignedDeviceList) -> Result<ListChange, DeviceError> {
         self.check_process()?;
         let list = signed.verify()?;
@@ -310,7 +329,19 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&user_lock);
         retry_on_conflict(|| {
             let loaded = self.load_user(user_id)?;
+            // Our own user is pinned, or given a new user identity, only by
+            // `set_device_list`: a list of our user id that the server
+            // supplies and the app passes on is at most a newer list under
+            // the key we hold (the outside audit of the users slice found a
+            // server's list pinned on first use into our own row, and our
+            // bundles then carried it).
+            let own = loaded.key == OWN_LIST_ROW;
+            let rule = if own && matches!(rule, Rule::NewIdentity) { Rule::Update } else { rule };
             let (trust, change) = match loaded.trust.clone() {
+                None if own && !matches!(rule, Rule::Own) => {
+                    let offered = *UserTrust::first_use(user_id, signed)?.user_identity_key();
+                    return Err(DeviceListError::UntrustedUser { offered }.into());
+                }
                 None => {
                     let trust = UserTrust::first_use(user_id, signed)?;
                     let added = trust.list().devices().to_vec();
@@ -319,7 +350,7 @@ impl<B: Backend> Device<B> {
                 Some(mut trust) => {
                     let change = match rule {
                         Rule::Update => trust.update(signed)?,
-                        Rule::NewIdentity => trust.trust_new_identity(signed)?,
+                        Rule::NewIdentity | Rule::Own => trust.trust_new_identity(signed)?,
                     };
                     (trust, change)
                 }
