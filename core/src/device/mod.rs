@@ -159,7 +159,8 @@ pub enum DeviceError {
     /// A device list was refused, or a device that the pinned list of its
     /// user does not name (PROTOCOL.md 23.5): a list that does not verify,
     /// of another user, older than the one held
-    /// ([`DeviceListError::Rollback`]), another with the same version
+    /// ([`DeviceListError::Rollback`]; from the app's calls only: an older
+    /// list in a bundle is taken as no list), another with the same version
     /// ([`DeviceListError::Equivocation`]), signed by another user identity
     /// than the pinned one ([`DeviceListError::UntrustedUser`]), or a ghost
     /// or removed device ([`DeviceListError::UnlistedDevice`]). Nothing was
