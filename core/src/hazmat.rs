@@ -468,9 +468,19 @@ impl GroupSendingChain {
             // Derived from the seed.
             signing_public: Vec::new(),
         };
-        let chain = OwnChain::from_record(&record).unwrap_or_else(|_| {
+        let chain = OwnChain::from_record(&record, 0).unwrap_or_else(|_| {
             unreachable!("32-byte keys and a recovery copy at the chain's own iteration always load")
         });
+        Self { chain }
+    }
+
+    /// The same chain, of generation `generation` among its sender's chains
+    /// in the group (PROTOCOL.md 18.6; [`Self::new`] makes generation 0, a
+    /// chain of an earlier release).
+    #[must_use]
+    pub fn with_generation(self, generation: u64) -> Self {
+        let chain = OwnChain::from_record(&self.chain.to_record(), generation)
+            .unwrap_or_else(|_| unreachable!("a chain's own record always loads"));
         Self { chain }
     }
 
@@ -530,6 +540,9 @@ pub enum GroupControl {
         chain_key: [u8; 32],
         /// The chain's Ed25519 signing public key.
         signing_key: [u8; 32],
+        /// The chain's generation among its sender's chains (0: of an
+        /// earlier release).
+        generation: u64,
     },
     /// A member asks for a chain it lacks.
     Request {
@@ -539,6 +552,8 @@ pub enum GroupControl {
         chain_id: u32,
         /// The iteration of the message that needed it.
         iteration: u32,
+        /// The lowest generation of a new chain the member takes in (0: any).
+        min_generation: u64,
     },
     /// The first message of a session started to heal (PROTOCOL.md 20.5).
     Reset {
@@ -569,15 +584,17 @@ impl Drop for GroupControl {
 impl std::fmt::Debug for GroupControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Distribution { chain_id, iteration, .. } => f
+            Self::Distribution { chain_id, iteration, generation, .. } => f
                 .debug_struct("Distribution")
                 .field("chain_id", chain_id)
                 .field("iteration", iteration)
+                .field("generation", generation)
                 .finish_non_exhaustive(),
-            Self::Request { chain_id, iteration, .. } => f
+            Self::Request { chain_id, iteration, min_generation, .. } => f
                 .debug_struct("Request")
                 .field("chain_id", chain_id)
                 .field("iteration", iteration)
+                .field("min_generation", min_generation)
                 .finish_non_exhaustive(),
             Self::Reset { unreadable } => f.debug_struct("Reset").field("unreadable", &unreadable.len()).finish(),
             Self::Resend { plaintext, .. } => {
@@ -600,11 +617,13 @@ pub fn parse_group_control(content: &[u8]) -> Result<GroupControl, crate::Decode
             iteration: d.iteration,
             chain_key: *d.chain_key.as_bytes(),
             signing_key: *d.signing_key.as_bytes(),
+            generation: d.generation,
         },
         Control::Request(r) => GroupControl::Request {
             group_id: r.group_id.as_bytes().to_vec(),
             chain_id: r.chain_id,
             iteration: r.iteration,
+            min_generation: r.min_generation,
         },
         Control::Reset(unreadable) => GroupControl::Reset { unreadable },
         Control::Resend { id, also, plaintext } => GroupControl::Resend { id, also, plaintext: plaintext.to_vec() },
@@ -619,7 +638,7 @@ pub fn parse_group_control(content: &[u8]) -> Result<GroupControl, crate::Decode
 /// valid Ed25519 key: the [`DecodeError`](crate::DecodeError) the parser gives.
 pub fn encode_group_control(control: &GroupControl) -> Result<Vec<u8>, crate::DecodeError> {
     let control = match control {
-        GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key } => {
+        GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key, generation } => {
             Control::Distribution(Distribution {
                 group_id: GroupId::from_wire(group_id, "distribution.group_id")?,
                 chain_id: *chain_id,
@@ -627,12 +646,14 @@ pub fn encode_group_control(control: &GroupControl) -> Result<Vec<u8>, crate::De
                 chain_key: Secret32::new(*chain_key),
                 signing_key: IdentityKey::from_bytes(signing_key)
                     .map_err(|_| crate::DecodeError::InvalidValue("distribution.signing_key"))?,
+                generation: *generation,
             })
         }
-        GroupControl::Request { group_id, chain_id, iteration } => Control::Request(Request {
+        GroupControl::Request { group_id, chain_id, iteration, min_generation } => Control::Request(Request {
             group_id: GroupId::from_wire(group_id, "request.group_id")?,
             chain_id: *chain_id,
             iteration: *iteration,
+            min_generation: *min_generation,
         }),
         GroupControl::Reset { unreadable } => Control::Reset(unreadable.clone()),
         GroupControl::Resend { id, also, plaintext } => {
@@ -674,6 +695,8 @@ pub struct GroupFloor {
     pub chain_id: u32,
     /// The first iteration that may still open.
     pub iteration: u32,
+    /// The chain's generation, as its distribution gave it.
+    pub generation: u64,
 }
 
 /// The chains a member keeps of one sender in one group (PROTOCOL.md 18.5,
@@ -694,7 +717,8 @@ impl GroupReceiver {
     /// Takes in parsed control content from the sender. Returns whether the
     /// chains changed; a request changes nothing.
     pub fn receive(&mut self, control: &GroupControl) -> bool {
-        let GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key } = control else {
+        let GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key, generation } = control
+        else {
             return false;
         };
         let (Some(group_id), Ok(signing_key)) = (GroupId::new(group_id), IdentityKey::from_bytes(signing_key)) else {
@@ -707,6 +731,7 @@ impl GroupReceiver {
                 iteration: *iteration,
                 chain_key: Secret32::new(*chain_key),
                 signing_key,
+                generation: *generation,
             },
             receiver_session(),
         )
@@ -756,14 +781,25 @@ impl GroupReceiver {
         self.chains
             .floor_records()
             .iter()
-            .map(|f| GroupFloor { chain_id: f.chain_id, iteration: f.iteration })
+            .map(|f| GroupFloor { chain_id: f.chain_id, iteration: f.iteration, generation: f.generation })
             .collect()
+    }
+
+    /// The lowest generation of a chain, neither kept nor floored, that is
+    /// still taken in: one more than the largest generation of a floor
+    /// forgotten, 0 while none was (PROTOCOL.md 18.6).
+    pub fn min_generation(&self) -> u64 {
+        self.chains.min_generation()
     }
 }
 
 impl std::fmt::Debug for GroupReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupReceiver").field("chains", &self.chains()).field("floors", &self.floors()).finish()
+        f.debug_struct("GroupReceiver")
+            .field("chains", &self.chains())
+            .field("floors", &self.floors())
+            .field("min_generation", &self.min_generation())
+            .finish()
     }
 }
 

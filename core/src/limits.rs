@@ -122,6 +122,14 @@ pub const MAX_SENDER_CHAINS: usize = 3;
 /// iteration.
 pub const MAX_CHAIN_FLOORS: usize = 8;
 
+/// How far above our own generation in a group a member's request may ask
+/// us to start a chain (PROTOCOL.md 18.7): a request that asks for more is
+/// answered as if it asked for none. A member's generations are at most
+/// one more than the largest we made, unless ours went back (a restored
+/// store, a group deleted and made again), by as many chains as we made
+/// since.
+pub const MAX_GENERATION_LEAP: u64 = 1 << 32;
+
 /// The most members removed from a group whose member row (the floors of
 /// their chains, [`MAX_CHAIN_FLOORS`]) a device keeps, so that a member
 /// added back cannot have its old messages read twice; past it, the row of

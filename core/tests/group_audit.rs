@@ -1277,6 +1277,7 @@ fn an_app_message_shaped_like_a_control_message_stays_the_apps() {
             iteration: 0,
             chain_key: vec![7; 32],
             signing_key: SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes().to_vec(),
+            generation: 1,
         })),
     };
     let groups_before = groups_rows(&net.stores[1]);

@@ -18,7 +18,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use samizdat::{
     DecryptError,
     device::{Device, DeviceError, GroupError, MessageKind},
-    limits::{MAX_CHAIN_FLOORS, MAX_PLAINTEXT_LEN, MAX_SENDER_CHAINS},
+    limits::{MAX_CHAIN_FLOORS, MAX_GENERATION_LEAP, MAX_GROUP_KEY_ANSWERS, MAX_PLAINTEXT_LEN, MAX_SENDER_CHAINS},
     store::{Backend, MemoryBackend, Table},
 };
 use samizdat_proto::storage;
@@ -212,8 +212,9 @@ fn floors_hold_for_the_last_eight_chains_given_up() {
     assert_eq!(replays_after_delayed_distribution(MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS), 0);
 }
 
-/// Finding: one chain past the bound, the server replays every message Bob
-/// read on Alice's first chain and each decrypts a second time. It needs
+/// Finding (fixed by chain generations, PROTOCOL.md 18.6): one chain past
+/// the bound, the server replayed every message Bob read on Alice's first
+/// chain and each decrypted a second time. It needs
 /// only 11 rotations by Alice (a removal or a scheduled
 /// `rotate_group_chain` each; a daily schedule takes 11 days) and one
 /// one-to-one message held back meanwhile (the chain's original
@@ -223,10 +224,168 @@ fn floors_hold_for_the_last_eight_chains_given_up() {
 /// does not hold past it, and the server, which sees chain ids in the
 /// clear, knows exactly when a floor has been pushed out.
 #[test]
-#[ignore = "defect: past MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS (11) chains of one sender, a delayed \
-            distribution of the first chain re-opens every message read on it (server replay decrypts twice)"]
 fn a_delayed_distribution_after_eleven_rotations_reopens_nothing() {
     assert_eq!(replays_after_delayed_distribution(MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 1), 0);
+}
+
+/// Well past the bound (40 chains: 29 floors forgotten), every delayed
+/// distribution of the first chain is still refused: it is of a generation
+/// below the lowest Bob still takes in.
+#[test]
+fn a_delayed_distribution_after_forty_rotations_reopens_nothing() {
+    assert_eq!(replays_after_delayed_distribution(40), 0);
+}
+
+/// Alice's own chain row, as her store holds it.
+fn own_row(net: &Net, i: usize) -> storage::OwnChainRow {
+    let keys = net.keys(i);
+    keys.read(net.dev(i).backend(), &keys.group_row(OWN_CHAIN, G, None)).unwrap()
+}
+
+/// Generations: each chain of Alice has a larger one (in her row and in
+/// what Bob keeps); a floor forgotten at Bob raises the lowest generation
+/// he takes in past its own, and no further.
+#[test]
+fn generations_grow_per_chain_and_a_forgotten_floor_raises_the_minimum() {
+    let net = Net::new(2);
+    let (alice, bob) = (0, 1);
+    net.create(G, &[alice, bob]);
+    assert_eq!(own_row(&net, alice).generation, 0, "no chain yet");
+    send_read(&net, alice, bob, b"first");
+    assert_eq!(own_row(&net, alice).generation, 1);
+    let mut generations = vec![1];
+    for k in 2..=(MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 2) as u64 {
+        net.dev(alice).rotate_group_chain(G).unwrap();
+        assert_eq!(own_row(&net, alice).generation, k - 1, "a rotation keeps the generation");
+        assert!(own_row(&net, alice).chain.is_none());
+        send_read(&net, alice, bob, b"next");
+        assert_eq!(own_row(&net, alice).generation, k);
+        generations.push(k);
+        let row = net.member_row(bob, G, alice).unwrap();
+        let kept: Vec<u64> = row.chains.iter().map(|c| c.generation).collect();
+        let floored: Vec<u64> = row.floors.iter().map(|f| f.generation).collect();
+        let held = kept.len() + floored.len();
+        // Oldest first: the chains kept are the newest, the floors before them.
+        assert_eq!([floored, kept].concat(), generations[generations.len() - held..].to_vec());
+        // Floors forgotten: every generation before those held.
+        let forgotten = generations.len() - held;
+        assert_eq!(row.min_generation, if forgotten == 0 { 0 } else { generations[forgotten - 1] + 1 });
+    }
+    assert_eq!(net.member_row(bob, G, alice).unwrap().min_generation, 3, "two floors forgotten");
+}
+
+/// Alice's generation goes back (her app deleted the group and made it
+/// again; a store restored from an older copy does the same), after Bob
+/// forgot floors of her chains. Bob refuses her new chain (its generation
+/// is below his minimum) without changing a row, and asks for the chain
+/// with his minimum; Alice's commit of the request starts a chain of that
+/// generation and answers with it; Bob reads her messages from then on,
+/// and Carol, a member that had forgotten nothing, gets the new chain with
+/// Alice's next message. The messages of the refused chain stay unreadable
+/// at Bob (PROTOCOL.md 18.7).
+#[test]
+fn a_sender_whose_generation_went_back_leaps_to_the_members_minimum() {
+    let net = Net::new(3);
+    let (alice, bob, carol) = (0, 1, 2);
+    net.create(G, &[alice, bob, carol]);
+    for _ in 0..MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 3 {
+        net.dev(alice).rotate_group_chain(G).unwrap();
+        send_read(&net, alice, bob, b"chain");
+    }
+    let minimum = net.member_row(bob, G, alice).unwrap().min_generation;
+    assert!(minimum > 1);
+    net.dev(alice).delete_group(G).unwrap();
+    net.dev(alice).create_group(G, &[addr(bob), addr(carol)]).unwrap();
+    let lost = net.dev(alice).group_encrypt(G, b"refused chain").unwrap();
+    assert_eq!(lost.distributions.len(), 2);
+    assert_eq!(own_row(&net, alice).generation, 1);
+    let stale = lost.distributions.iter().find(|d| d.to == addr(bob)).unwrap();
+    let groups_before = net.stores[bob].scan(Table::Groups).unwrap();
+    assert_eq!(net.receive(alice, bob, &stale.message).unwrap(), Got::Control(None));
+    assert_eq!(net.stores[bob].scan(Table::Groups).unwrap(), groups_before, "a stale chain changes no group row");
+    let request = missing_chain(net.receive(alice, bob, &lost.message)).unwrap().expect("a request");
+    let Got::Control(Some(answer)) = net.receive(bob, alice, &request).unwrap() else { panic!("no answer") };
+    assert_eq!(own_row(&net, alice).generation, minimum, "Alice leapt to Bob's minimum");
+    assert!(!own_row(&net, alice).distributed, "Carol lacks the new chain");
+    assert_eq!(net.receive(alice, bob, &answer.message).unwrap(), Got::Control(None));
+    assert!(net.member_row(bob, G, alice).unwrap().chains.iter().any(|c| c.generation == minimum));
+    assert!(!matches!(net.receive(alice, bob, &lost.message), Ok(Got::Group(_))), "the refused chain's message");
+    let after = net.dev(alice).group_encrypt(G, b"after the leap").unwrap();
+    let to: Vec<_> = after.distributions.iter().map(|d| d.to.clone()).collect();
+    assert_eq!(to, vec![addr(carol)], "only Carol lacks the new chain");
+    net.receive(alice, carol, &after.distributions[0].message).unwrap();
+    assert_eq!(net.receive(alice, bob, &after.message).unwrap(), Got::Group(b"after the leap".to_vec()));
+    assert_eq!(net.receive(alice, carol, &after.message).unwrap(), Got::Group(b"after the leap".to_vec()));
+}
+
+/// What Bob's modified client sends: a request for Alice's current chain
+/// carrying `min_generation` (its own row edited to hold that minimum and
+/// no chain of hers, as a hostile member's client can).
+fn hostile_request(net: &Net, alice: usize, bob: usize, min_generation: u64) -> Vec<u8> {
+    // Alice sends (a distribution too after a rotation, never delivered).
+    let sent = net.dev(alice).group_encrypt(G, b"x").unwrap();
+    let keys = net.keys(bob);
+    let key = keys.group_row(MEMBER, G, Some(&addr(alice)));
+    let mut row: storage::SenderChainsRow = keys.read(net.dev(bob).backend(), &key).unwrap();
+    row.chains.clear();
+    row.requested.clear();
+    row.requests = 0;
+    row.min_generation = min_generation;
+    keys.write(net.dev(bob).backend(), &key, &row);
+    missing_chain(net.receive(alice, bob, &sent.message)).unwrap().expect("a request")
+}
+
+/// A member's requests make us leap at most `MAX_GROUP_KEY_ANSWERS` times
+/// until our app rotates: a hostile member cannot make us rotate at will.
+#[test]
+fn a_hostile_members_requests_leap_a_bounded_number_of_times() {
+    let net = Net::new(2);
+    let (alice, bob) = (0, 1);
+    net.create(G, &[alice, bob]);
+    send_read(&net, alice, bob, b"first");
+    let mut generation = 1;
+    for k in 1..=4u32 {
+        let wanted = generation + 10;
+        let request = hostile_request(&net, alice, bob, wanted);
+        let before = own_row(&net, alice).chain.unwrap().chain_id;
+        let _ = net.receive(bob, alice, &request).unwrap();
+        let row = own_row(&net, alice);
+        if k <= MAX_GROUP_KEY_ANSWERS {
+            assert_eq!(row.generation, wanted, "leap {k}");
+            assert_ne!(row.chain.unwrap().chain_id, before, "a new chain");
+        } else {
+            assert_eq!(row.generation, generation, "no leap past the answers' limit (request {k})");
+            assert_eq!(row.chain.unwrap().chain_id, before);
+        }
+        generation = row.generation;
+    }
+    // The app's rotation gives the member new answers (and leaps).
+    net.dev(alice).rotate_group_chain(G).unwrap();
+    let request = hostile_request(&net, alice, bob, generation + 100);
+    let _ = net.receive(bob, alice, &request).unwrap();
+    assert_eq!(own_row(&net, alice).generation, generation + 100);
+}
+
+/// A request more than `MAX_GENERATION_LEAP` above our generation makes no
+/// leap (it is answered as a request for our chain): a hostile member
+/// cannot exhaust our generations.
+#[test]
+fn a_request_past_the_leap_limit_makes_no_leap() {
+    for (wanted, leaps) in [(u64::MAX, false), (1 + MAX_GENERATION_LEAP + 1, false), (1 + MAX_GENERATION_LEAP, true)] {
+        let net = Net::new(2);
+        let (alice, bob) = (0, 1);
+        net.create(G, &[alice, bob]);
+        send_read(&net, alice, bob, b"first");
+        let chain = own_row(&net, alice).chain.unwrap().chain_id;
+        let request = hostile_request(&net, alice, bob, wanted);
+        let Got::Control(Some(_)) = net.receive(bob, alice, &request).unwrap() else { panic!("no answer") };
+        let row = own_row(&net, alice);
+        if leaps {
+            assert_eq!(row.generation, wanted);
+        } else {
+            assert_eq!((row.generation, row.chain.unwrap().chain_id), (1, chain), "{wanted}");
+        }
+    }
 }
 
 /// Finding: a chain replaced because it came "under another identity"

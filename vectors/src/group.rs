@@ -175,6 +175,9 @@ pub(crate) enum Step {
         /// The floors of the chains given up, after the step (absent: none).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         floors: Vec<FloorState>,
+        /// The lowest generation still taken in, after the step (absent: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        min_generation: u64,
     },
     /// A group message, with the sender's address as the transport gives it.
     Decrypt {
@@ -189,6 +192,9 @@ pub(crate) enum Step {
         /// The floors of the chains given up, after the step (absent: none).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         floors: Vec<FloorState>,
+        /// The lowest generation still taken in, after the step (absent: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        min_generation: u64,
     },
 }
 
@@ -196,6 +202,14 @@ pub(crate) enum Step {
 pub(crate) struct FloorState {
     chain_id: u32,
     iteration: u32,
+    /// The chain's generation (absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u64,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
@@ -226,10 +240,32 @@ pub(crate) enum Kind {
 #[derive(Serialize, Deserialize, Clone)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum ControlFields {
-    Distribution { group_id: String, chain_id: u32, iteration: u32, chain_key: String, signing_key: String },
-    Request { group_id: String, chain_id: u32, iteration: u32 },
-    Reset { unreadable: Vec<String> },
-    Resend { id: String, also: Vec<String>, plaintext: String },
+    Distribution {
+        group_id: String,
+        chain_id: u32,
+        iteration: u32,
+        chain_key: String,
+        signing_key: String,
+        /// Field 6 (absent: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        generation: u64,
+    },
+    Request {
+        group_id: String,
+        chain_id: u32,
+        iteration: u32,
+        /// Field 4 (absent: 0).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        min_generation: u64,
+    },
+    Reset {
+        unreadable: Vec<String>,
+    },
+    Resend {
+        id: String,
+        also: Vec<String>,
+        plaintext: String,
+    },
 }
 
 impl VectorSet for Group {
@@ -640,7 +676,11 @@ fn opt_bytes(field: u32, value: &[u8]) -> Vec<u8> {
 
 /// A `uint32` field, omitted when 0 (12.3).
 fn uint(field: u32, value: u32) -> Vec<u8> {
-    if value == 0 { Vec::new() } else { [field_key(field, 0), varint(u64::from(value))].concat() }
+    uint64(field, u64::from(value))
+}
+
+fn uint64(field: u32, value: u64) -> Vec<u8> {
+    if value == 0 { Vec::new() } else { [field_key(field, 0), varint(value)].concat() }
 }
 
 /// The fields of a group message, of any lengths.
@@ -694,7 +734,7 @@ fn framed(inner: &[u8]) -> Vec<u8> {
 /// The canonical Control encoding of `fields`, by hand.
 fn control_by_hand(fields: &ControlFields) -> R<Vec<u8>> {
     Ok(match fields {
-        ControlFields::Distribution { group_id, chain_id, iteration, chain_key, signing_key } => ld(
+        ControlFields::Distribution { group_id, chain_id, iteration, chain_key, signing_key, generation } => ld(
             1,
             &[
                 opt_bytes(1, &bytes("control.group_id", group_id)?),
@@ -702,12 +742,19 @@ fn control_by_hand(fields: &ControlFields) -> R<Vec<u8>> {
                 uint(3, *iteration),
                 opt_bytes(4, &bytes("control.chain_key", chain_key)?),
                 opt_bytes(5, &bytes("control.signing_key", signing_key)?),
+                uint64(6, *generation),
             ]
             .concat(),
         ),
-        ControlFields::Request { group_id, chain_id, iteration } => ld(
+        ControlFields::Request { group_id, chain_id, iteration, min_generation } => ld(
             2,
-            &[opt_bytes(1, &bytes("control.group_id", group_id)?), uint(2, *chain_id), uint(3, *iteration)].concat(),
+            &[
+                opt_bytes(1, &bytes("control.group_id", group_id)?),
+                uint(2, *chain_id),
+                uint(3, *iteration),
+                uint64(4, *min_generation),
+            ]
+            .concat(),
         ),
         ControlFields::Reset { unreadable } => ld(
             3,
@@ -834,6 +881,7 @@ fn encrypt(input: &EncryptInput) -> R<Value> {
         iteration: input.iteration,
         chain_key: h(input.chain_key),
         signing_key: h(signing_key),
+        generation: 0,
     })?;
     agree("result.distribution", &distribution, &by_hand)?;
     if chain.iteration() != input.iteration.wrapping_add(1) {
@@ -868,7 +916,11 @@ fn chains_json(receiver: &GroupReceiver) -> Vec<ChainState> {
 }
 
 fn floors_json(receiver: &GroupReceiver) -> Vec<FloorState> {
-    receiver.floors().into_iter().map(|f| FloorState { chain_id: f.chain_id, iteration: f.iteration }).collect()
+    receiver
+        .floors()
+        .into_iter()
+        .map(|f| FloorState { chain_id: f.chain_id, iteration: f.iteration, generation: f.generation })
+        .collect()
 }
 
 fn run_steps(steps: &[Step]) -> R<Vec<Step>> {
@@ -876,7 +928,7 @@ fn run_steps(steps: &[Step]) -> R<Vec<Step>> {
     let mut out = Vec::with_capacity(steps.len());
     for (i, step) in steps.iter().enumerate() {
         let field = |name: &str| format!("steps[{i}].{name}");
-        let before = (chains_json(&receiver), floors_json(&receiver));
+        let before = (chains_json(&receiver), floors_json(&receiver), receiver.min_generation());
         let (step, failed) = match step {
             Step::Receive { note, content, .. } => {
                 let (result, failed) = match hazmat::parse_group_control(&bytes(&field("content"), content)?) {
@@ -884,7 +936,18 @@ fn run_steps(steps: &[Step]) -> R<Vec<Step>> {
                     Err(e) => (decode_error(&e), true),
                 };
                 let (chains, floors) = (chains_json(&receiver), floors_json(&receiver));
-                (Step::Receive { note: note.clone(), content: content.clone(), result, chains, floors }, failed)
+                let min_generation = receiver.min_generation();
+                (
+                    Step::Receive {
+                        note: note.clone(),
+                        content: content.clone(),
+                        result,
+                        chains,
+                        floors,
+                        min_generation,
+                    },
+                    failed,
+                )
             }
             Step::Decrypt { note, message, user_id, device_id, .. } => {
                 let sender = address(&field("user_id"), user_id, *device_id)?;
@@ -904,14 +967,14 @@ fn run_steps(steps: &[Step]) -> R<Vec<Step>> {
                     result: result.unwrap_or_else(|e| e),
                     chains: chains_json(&receiver),
                     floors: floors_json(&receiver),
+                    min_generation: receiver.min_generation(),
                 };
                 (step, failed)
             }
         };
         let after = match &step {
-            Step::Receive { chains, floors, .. } | Step::Decrypt { chains, floors, .. } => {
-                (chains.clone(), floors.clone())
-            }
+            Step::Receive { chains, floors, min_generation, .. }
+            | Step::Decrypt { chains, floors, min_generation, .. } => (chains.clone(), floors.clone(), *min_generation),
         };
         if failed && after != before {
             return Err(err(field("chains"), "a failed step changed the chains"));
@@ -936,19 +999,21 @@ fn message_json(m: &GroupMessage) -> Value {
 
 fn control_from_fields(fields: &ControlFields) -> R<GroupControl> {
     Ok(match fields {
-        ControlFields::Distribution { group_id, chain_id, iteration, chain_key, signing_key } => {
+        ControlFields::Distribution { group_id, chain_id, iteration, chain_key, signing_key, generation } => {
             GroupControl::Distribution {
                 group_id: bytes("control.group_id", group_id)?,
                 chain_id: *chain_id,
                 iteration: *iteration,
                 chain_key: array::<32>("control.chain_key", chain_key)?,
                 signing_key: array::<32>("control.signing_key", signing_key)?,
+                generation: *generation,
             }
         }
-        ControlFields::Request { group_id, chain_id, iteration } => GroupControl::Request {
+        ControlFields::Request { group_id, chain_id, iteration, min_generation } => GroupControl::Request {
             group_id: bytes("control.group_id", group_id)?,
             chain_id: *chain_id,
             iteration: *iteration,
+            min_generation: *min_generation,
         },
         ControlFields::Reset { unreadable } => GroupControl::Reset {
             unreadable: unreadable.iter().map(|id| array::<16>("control.unreadable", id)).collect::<R<_>>()?,
@@ -963,18 +1028,22 @@ fn control_from_fields(fields: &ControlFields) -> R<GroupControl> {
 
 fn fields_of(control: &GroupControl) -> ControlFields {
     match control {
-        GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key } => {
+        GroupControl::Distribution { group_id, chain_id, iteration, chain_key, signing_key, generation } => {
             ControlFields::Distribution {
                 group_id: h(group_id),
                 chain_id: *chain_id,
                 iteration: *iteration,
                 chain_key: h(chain_key),
                 signing_key: h(signing_key),
+                generation: *generation,
             }
         }
-        GroupControl::Request { group_id, chain_id, iteration } => {
-            ControlFields::Request { group_id: h(group_id), chain_id: *chain_id, iteration: *iteration }
-        }
+        GroupControl::Request { group_id, chain_id, iteration, min_generation } => ControlFields::Request {
+            group_id: h(group_id),
+            chain_id: *chain_id,
+            iteration: *iteration,
+            min_generation: *min_generation,
+        },
         GroupControl::Reset { unreadable } => ControlFields::Reset { unreadable: unreadable.iter().map(h).collect() },
         GroupControl::Resend { id, also, plaintext } => {
             ControlFields::Resend { id: h(id), also: also.iter().map(h).collect(), plaintext: h(plaintext) }
@@ -1081,6 +1150,8 @@ struct Chain {
     signing_seed: [u8; 32],
     group: Vec<u8>,
     sender: Address,
+    /// The chain's generation (0: none, as an earlier release).
+    generation: u64,
 }
 
 impl Chain {
@@ -1092,7 +1163,13 @@ impl Chain {
             signing_seed: random::<32>(rng),
             group: group.to_vec(),
             sender: sender.clone(),
+            generation: 0,
         }
+    }
+
+    /// A new chain of generation `generation`.
+    fn of_generation(rng: &mut ChaCha20Rng, group: &[u8], sender: &Address, generation: u64) -> Self {
+        Self { generation, ..Self::new(rng, group, sender) }
     }
 
     /// The same chain with another id (and, if given, another key and signing seed).
@@ -1104,6 +1181,7 @@ impl Chain {
             signing_seed: if new_keys { random::<32>(rng) } else { self.signing_seed },
             group: self.group.clone(),
             sender: self.sender.clone(),
+            generation: self.generation,
         }
     }
 
@@ -1114,6 +1192,7 @@ impl Chain {
 
     fn at(&self, iteration: u32) -> GroupSendingChain {
         GroupSendingChain::new(self.chain_id, iteration, &self.key(iteration), &self.signing_seed)
+            .with_generation(self.generation)
     }
 
     fn distribution(&self, iteration: u32) -> R<Vec<u8>> {
@@ -1190,6 +1269,7 @@ impl Steps {
             result: Value::Null,
             chains: Vec::new(),
             floors: Vec::new(),
+            min_generation: 0,
         });
         self.expected.push("changed");
     }
@@ -1210,6 +1290,7 @@ impl Steps {
             result: Value::Null,
             chains: Vec::new(),
             floors: Vec::new(),
+            min_generation: 0,
         });
         self.expected.push(expected);
     }
@@ -1665,18 +1746,22 @@ fn control_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
     let group = random::<16>(rng);
     let chain_key = random::<32>(rng);
     let signing_key = ed25519_public(&random::<32>(rng));
-    let distribution = |group: &[u8], chain_id: u32, iteration: u32| ControlFields::Distribution {
+    let distribution_of = |group: &[u8], chain_id: u32, iteration: u32, generation: u64| ControlFields::Distribution {
         group_id: h(group),
         chain_id,
         iteration,
         chain_key: h(chain_key),
         signing_key: h(signing_key),
+        generation,
     };
-    let request = |group: &[u8], chain_id: u32, iteration: u32| ControlFields::Request {
+    let distribution = |group: &[u8], chain_id: u32, iteration: u32| distribution_of(group, chain_id, iteration, 0);
+    let request_of = |group: &[u8], chain_id: u32, iteration: u32, min_generation: u64| ControlFields::Request {
         group_id: h(group),
         chain_id,
         iteration,
+        min_generation,
     };
+    let request = |group: &[u8], chain_id: u32, iteration: u32| request_of(group, chain_id, iteration, 0);
     let encode = |name: &str, control: ControlFields| GroupCase::EncodeControl {
         name: name.to_owned(),
         control,
@@ -1689,6 +1774,10 @@ fn control_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
         encode("encode_distribution_group_id_64_bytes", distribution(&[0x47; 64], u32::MAX, u32::MAX)),
         encode("encode_request", request(&group, chain_id, 42)),
         encode("encode_request_chain_id_and_iteration_0", request(&group, 0, 0)),
+        encode("encode_distribution_generation", distribution_of(&group, chain_id, 42, 300)),
+        encode("encode_distribution_generation_max", distribution_of(&[0x47; 64], u32::MAX, u32::MAX, u64::MAX)),
+        encode("encode_request_min_generation", request_of(&group, chain_id, 42, 300)),
+        encode("encode_request_min_generation_max", request_of(&[0x47; 64], u32::MAX, u32::MAX, u64::MAX)),
     ];
 
     let decode = |name: &str, input: &[u8]| GroupCase::DecodeControl {
@@ -1778,8 +1867,42 @@ fn control_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
             ),
         ),
         decode(
-            "request_unknown_field_4",
-            &ld(2, &[opt_bytes(1, &group), uint(2, chain_id), uint(3, 42), vec![0x20, 0x01]].concat()),
+            "request_unknown_field_5",
+            &ld(2, &[opt_bytes(1, &group), uint(2, chain_id), uint(3, 42), vec![0x28, 0x01]].concat()),
+        ),
+        decode(
+            "distribution_unknown_field_7",
+            &ld(
+                1,
+                &[
+                    opt_bytes(1, &group),
+                    uint(2, chain_id),
+                    uint(3, 42),
+                    opt_bytes(4, &chain_key),
+                    opt_bytes(5, &signing_key),
+                    vec![0x38, 0x01],
+                ]
+                .concat(),
+            ),
+        ),
+        decode(
+            "distribution_generation_non_minimal",
+            &ld(
+                1,
+                &[
+                    opt_bytes(1, &group),
+                    uint(2, chain_id),
+                    uint(3, 42),
+                    opt_bytes(4, &chain_key),
+                    opt_bytes(5, &signing_key),
+                    vec![0x30, 0x81, 0x00],
+                ]
+                .concat(),
+            ),
+        ),
+        decode(
+            "request_min_generation_explicit_zero",
+            &ld(2, &[opt_bytes(1, &group), uint(2, chain_id), uint(3, 42), vec![0x20, 0x00]].concat()),
         ),
         decode("control_content_still_padded", &pad(&good, 0x81)),
     ]);
@@ -2005,6 +2128,53 @@ fn floor_cases(rng: &mut ChaCha20Rng) -> R<Vec<GroupCase>> {
         "decrypt_floor_too_far_below",
         "18.6: a distribution more than MAX_SKIP = 2,000 iterations below the floor of its chain id is ignored \
          (the floor stays); at most 2,000 below, its chain key is stepped up to the floor.",
+    )?);
+
+    // Generations: a floor forgotten raises the lowest generation taken in.
+    let chains: Vec<Chain> = (1..=12).map(|g| Chain::of_generation(rng, &group, &alice, g)).collect();
+    let first = chains.first().ok_or_else(|| err("chains", "none"))?;
+    let (m0, m1) = (first.message(rng, 0)?, first.message(rng, 1)?);
+    let mut s = Steps::new();
+    s.receive("chain 1 (generation 1) at iteration 0", &first.distribution(0)?);
+    s.decrypt("chain 1, message 0", &m0, &alice, "ok");
+    for (k, chain) in chains.iter().enumerate().skip(1) {
+        let note = match k + 1 {
+            4 => "chain 4 (generation 4): chain 1 is evicted, its floor is 1".to_owned(),
+            12 => "chain 12 (generation 12): 9 chains given up; the floor of chain 1 is forgotten, so the lowest \
+                   generation taken in is 2"
+                .to_owned(),
+            n => format!("chain {n} (generation {n})"),
+        };
+        s.receive(&note, &chain.distribution(0)?);
+    }
+    s.receive_unchanged(
+        "chain 1 again at iteration 0 (a delayed copy): generation 1, below 2, neither kept nor floored: ignored",
+        &first.distribution(0)?,
+    );
+    s.decrypt("chain 1, message 0 again: no chain (not taken again)", &m0, &alice, "missing_chain");
+    s.decrypt("chain 1, message 1: no chain", &m1, &alice, "missing_chain");
+    let older = Chain::of_generation(rng, &group, &alice, 1);
+    s.receive_unchanged("another chain of generation 1, never seen: ignored", &older.distribution(0)?);
+    let legacy = Chain::new(rng, &group, &alice);
+    s.receive_unchanged("a chain without a generation (0): ignored", &legacy.distribution(0)?);
+    let at_minimum = Chain::of_generation(rng, &group, &alice, 2);
+    s.receive("a chain of generation 2, the lowest taken in, never seen: taken in", &at_minimum.distribution(0)?);
+    let floored = chains.get(4).ok_or_else(|| err("chains", "too few"))?;
+    s.receive(
+        "chain 5 again at iteration 0: its floor is kept (generation 5), taken from the floor, 0",
+        &floored.distribution(0)?,
+    );
+    s.receive(
+        "the chain of generation 2 again at iteration 5: kept, so taken (moved forward) though 2 is below the \
+         minimum, 3",
+        &at_minimum.distribution(5)?,
+    );
+    cases.push(s.case(
+        "decrypt_generations",
+        "18.6: a distribution carries its chain's generation; a floor forgotten raises the lowest generation \
+         taken in past its own (min_generation); a distribution of a chain neither kept nor floored below it is \
+         ignored, so a chain given up past MAX_CHAIN_FLOORS never opens again; one kept or floored is ruled by \
+         its chain or floor.",
     )?);
     Ok(cases)
 }

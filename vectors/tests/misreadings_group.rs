@@ -55,6 +55,10 @@ struct Rules {
     no_step_limit_below_floor: bool,
     /// An iteration whose key was evicted unused reported as a duplicate.
     evicted_as_duplicate: bool,
+    /// Generations ignored: a floor forgotten raises no minimum.
+    no_generations: bool,
+    /// A distribution below the minimum ignored even for a chain kept or floored.
+    minimum_for_every_chain: bool,
 }
 
 const MAX_SKIP: u32 = 2000;
@@ -65,6 +69,7 @@ const MAX_EVICTED: usize = 2000;
 
 struct Chain {
     chain_id: u32,
+    generation: u64,
     signing_key: [u8; 32],
     iteration: u32,
     chain_key: [u8; 32],
@@ -78,8 +83,10 @@ struct Chain {
 struct Receiver {
     rules: Rules,
     chains: Vec<Chain>,
-    /// (chain id, first iteration that may open), oldest first.
-    floors: Vec<(u32, u32)>,
+    /// (chain id, first iteration that may open, generation), oldest first.
+    floors: Vec<(u32, u32, u64)>,
+    /// One more than the largest generation of a floor forgotten.
+    min_generation: u64,
 }
 
 const MAX_FLOORS: usize = 8;
@@ -122,7 +129,7 @@ fn verify(key: &[u8; 32], message: &[u8], signature: &[u8], lax_s: bool) -> bool
 
 impl Receiver {
     fn new(rules: Rules) -> Self {
-        Self { rules, chains: Vec::new(), floors: Vec::new() }
+        Self { rules, chains: Vec::new(), floors: Vec::new(), min_generation: 0 }
     }
 
     fn summary(&self) -> Value {
@@ -142,7 +149,18 @@ impl Receiver {
     }
 
     fn floors_summary(&self) -> Value {
-        Value::Array(self.floors.iter().map(|(id, at)| json!({"chain_id": id, "iteration": at})).collect())
+        Value::Array(
+            self.floors
+                .iter()
+                .map(|(id, at, generation)| {
+                    if *generation == 0 {
+                        json!({"chain_id": id, "iteration": at})
+                    } else {
+                        json!({"chain_id": id, "iteration": at, "generation": generation})
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Keeps the floor of an evicted chain: its next iteration.
@@ -150,13 +168,17 @@ impl Receiver {
         if self.rules.no_floors {
             return;
         }
-        if let Some((_, at)) = self.floors.iter_mut().find(|(id, _)| *id == chain.chain_id) {
+        if let Some((_, at, generation)) = self.floors.iter_mut().find(|(id, _, _)| *id == chain.chain_id) {
             *at = (*at).max(chain.iteration);
+            *generation = (*generation).max(chain.generation);
             return;
         }
-        self.floors.push((chain.chain_id, chain.iteration));
+        self.floors.push((chain.chain_id, chain.iteration, chain.generation));
         if self.floors.len() > MAX_FLOORS {
-            self.floors.remove(0);
+            let (_, _, generation) = self.floors.remove(0);
+            if !self.rules.no_generations {
+                self.min_generation = self.min_generation.max(generation.saturating_add(1));
+            }
         }
     }
 
@@ -164,14 +186,30 @@ impl Receiver {
         let control = pb::Control::decode(content).unwrap();
         let Some(pb::control::Body::Distribution(d)) = control.body else { return json!({"changed": false}) };
         let signing_key: [u8; 32] = d.signing_key.as_slice().try_into().unwrap();
+        if self.rules.minimum_for_every_chain && d.generation < self.min_generation {
+            return json!({"changed": false});
+        }
         if let Some(i) = self.chains.iter().position(|c| c.chain_id == d.chain_id) {
             if self.chains[i].signing_key == signing_key && !self.rules.replayed_distribution_resets {
+                // The same chain: forward only (18.6).
+                let kept = &mut self.chains[i];
+                if d.iteration > kept.iteration {
+                    kept.chain_key = d.chain_key.as_slice().try_into().unwrap();
+                    kept.iteration = d.iteration;
+                    return json!({"changed": true});
+                }
                 return json!({"changed": false});
             }
             self.chains.remove(i);
         }
+        let known = self.floors.iter().any(|(id, _, _)| *id == d.chain_id)
+            || self.chains.iter().any(|c| c.chain_id == d.chain_id);
+        if d.generation < self.min_generation && !known {
+            return json!({"changed": false});
+        }
         let mut chain = Chain {
             chain_id: d.chain_id,
+            generation: d.generation,
             signing_key,
             iteration: d.iteration,
             chain_key: d.chain_key.as_slice().try_into().unwrap(),
@@ -179,7 +217,7 @@ impl Receiver {
             used: Vec::new(),
             evicted: Vec::new(),
         };
-        if let Some(f) = self.floors.iter().position(|(id, _)| *id == d.chain_id) {
+        if let Some(f) = self.floors.iter().position(|(id, _, _)| *id == d.chain_id) {
             let floor = self.floors[f].1;
             if floor > chain.iteration && !self.rules.floor_not_applied_on_take_in {
                 if floor - chain.iteration > MAX_SKIP && !self.rules.no_step_limit_below_floor {
@@ -258,7 +296,7 @@ impl Receiver {
         let Some(pb::envelope::Body::Group(m)) = envelope.body else { panic!("not a group message") };
         let salt: [u8; 24] = m.salt.as_slice().try_into().unwrap();
         let Some(index) = self.chains.iter().position(|c| c.chain_id == m.chain_id) else {
-            if let Some((_, floor)) = self.floors.iter().find(|(id, _)| *id == m.chain_id)
+            if let Some((_, floor, _)) = self.floors.iter().find(|(id, _, _)| *id == m.chain_id)
                 && m.iteration < *floor
             {
                 return decrypt_error(json!({"error": "duplicate", "counter": m.iteration}));
@@ -373,7 +411,12 @@ fn disagreements(rules: Rules) -> Vec<String> {
                 ),
             };
             let floors = step.get("floors").cloned().unwrap_or_else(|| json!([]));
-            if result != step["result"] || receiver.summary() != step["chains"] || receiver.floors_summary() != floors {
+            let min_generation = step.get("min_generation").and_then(Value::as_u64).unwrap_or(0);
+            if result != step["result"]
+                || receiver.summary() != step["chains"]
+                || receiver.floors_summary() != floors
+                || receiver.min_generation != min_generation
+            {
                 out.push(format!("{}: {}", case["name"].as_str().unwrap(), step["note"].as_str().unwrap()));
             }
         }
@@ -497,5 +540,21 @@ fn stepping_up_from_any_distance_below_the_floor_is_caught() {
     caught(
         Rules { no_step_limit_below_floor: true, ..Rules::default() },
         &["decrypt_floor_too_far_below: chain A at iteration 1"],
+    );
+}
+
+#[test]
+fn ignoring_generations_is_caught() {
+    caught(
+        Rules { no_generations: true, ..Rules::default() },
+        &["decrypt_generations: chain 12 (generation 12)", "decrypt_generations: chain 1 again at iteration 0"],
+    );
+}
+
+#[test]
+fn applying_the_minimum_to_a_floored_chain_is_caught() {
+    caught(
+        Rules { minimum_for_every_chain: true, ..Rules::default() },
+        &["decrypt_generations: the chain of generation 2 again at iteration 5"],
     );
 }

@@ -26,7 +26,7 @@ use crate::{
     group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
     heal::{Healing, MessageId},
     keys::IdentityKey,
-    limits::{MAX_GROUP_KEY_ANSWERS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
+    limits::{MAX_GENERATION_LEAP, MAX_GROUP_KEY_ANSWERS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
     padding::ContentType,
     session::SessionRecord,
     store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
@@ -241,6 +241,16 @@ pub(super) struct Roster {
 pub(super) struct OwnRow {
     chain: Option<OwnChain>,
     distributed: bool,
+    /// The generation of the last chain made in the group (that of `chain`
+    /// when it is present; 0: none yet): the next chain's is larger.
+    generation: u64,
+}
+
+impl OwnRow {
+    /// No chain: the next message starts one, of a larger generation.
+    fn without_chain(&self) -> Self {
+        Self { chain: None, distributed: false, generation: self.generation }
+    }
 }
 
 /// A member row as read, and whether the member was removed (then the
@@ -349,8 +359,13 @@ impl<B: Backend> Device<B> {
         if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() {
             return Err(corrupt());
         }
-        let chain = row.chain.as_ref().map(OwnChain::from_record).transpose().map_err(|_| corrupt())?;
-        Ok(Some(Loaded { sealed, value: OwnRow { chain, distributed: row.distributed } }))
+        let chain = row
+            .chain
+            .as_ref()
+            .map(|chain| OwnChain::from_record(chain, row.generation))
+            .transpose()
+            .map_err(|_| corrupt())?;
+        Ok(Some(Loaded { sealed, value: OwnRow { chain, distributed: row.distributed, generation: row.generation } }))
     }
 
     fn own_write(&self, group_id: &GroupId, own: &OwnRow, expected: Expected) -> Write {
@@ -360,6 +375,7 @@ impl<B: Backend> Device<B> {
             group_id: group_id.as_bytes().to_vec(),
             chain: own.chain.as_ref().map(OwnChain::to_record),
             distributed: own.distributed,
+            generation: own.generation,
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -399,6 +415,7 @@ impl<B: Backend> Device<B> {
             row.requests,
             &row.floors,
             row.last_answer.as_ref(),
+            row.min_generation,
         )
         .map_err(|_| corrupt())?;
         // A removed member's row keeps floors only: no chain, request or answer.
@@ -442,6 +459,7 @@ impl<B: Backend> Device<B> {
             removed,
             floors: chains.floor_records(),
             last_answer: chains.answer_record(),
+            min_generation: chains.min_generation(),
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -521,7 +539,7 @@ impl<B: Backend> Device<B> {
             };
             let mut writes = vec![
                 self.roster_write(&roster, Expected::Absent),
-                self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Absent),
+                self.own_write(&group_id, &OwnRow { chain: None, distributed: false, generation: 0 }, Expected::Absent),
             ];
             for member in &members {
                 let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
@@ -659,11 +677,7 @@ impl<B: Backend> Device<B> {
                 *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
             }
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
-            writes.push(self.own_write(
-                &group_id,
-                &OwnRow { chain: None, distributed: false },
-                Expected::Value(own.sealed),
-            ));
+            writes.push(self.own_write(&group_id, &own.value.without_chain(), Expected::Value(own.sealed)));
             Ok(self.write(&writes)?)
         })
     }
@@ -688,7 +702,7 @@ impl<B: Backend> Device<B> {
             }
             Ok(self.write(&[
                 self.roster_write(&roster.value, Expected::Value(roster.sealed)),
-                self.own_write(&group_id, &OwnRow { chain: None, distributed: false }, Expected::Value(own.sealed)),
+                self.own_write(&group_id, &own.value.without_chain(), Expected::Value(own.sealed)),
             ])?)
         })
     }
@@ -789,7 +803,8 @@ impl<B: Backend> Device<B> {
             Some(chain) => chain,
             None => {
                 own.value.distributed = false;
-                OwnChain::generate(&mut rng)
+                own.value.generation = next_generation(own.value.generation)?;
+                OwnChain::generate(&mut rng, own.value.generation)
             }
         };
         if !own.value.distributed {
@@ -931,9 +946,13 @@ impl<B: Backend> Device<B> {
                     None => Requested::NotSent,
                 });
             }
-            let content =
-                Control::Request(Request { group_id: group_id.clone(), chain_id: message.chain_id(), iteration: from })
-                    .to_bytes();
+            let content = Control::Request(Request {
+                group_id: group_id.clone(),
+                chain_id: message.chain_id(),
+                iteration: from,
+                min_generation: chains.value.min_generation(),
+            })
+            .to_bytes();
             let request = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
             chains.value.keep_request(message.chain_id(), request.clone());
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
@@ -1009,6 +1028,41 @@ impl<B: Backend> Device<B> {
                 else {
                     return Ok(ignored());
                 };
+                if !roster.value.members.iter().any(|m| m.address == *peer) {
+                    return Ok(ignored());
+                }
+                // The member takes in no chain of ours of the generation we
+                // are at: a new chain, of the generation it asks for, goes
+                // to it now and to every other member with our next message
+                // (our generation went back: a store restored, a group
+                // deleted and made again; PROTOCOL.md 18.7). At most
+                // MAX_GROUP_KEY_ANSWERS per member until our app rotates.
+                if leaps(own.value.generation, request.min_generation)
+                    && roster.value.members.iter().any(|m| m.address == *peer && m.answered < MAX_GROUP_KEY_ANSWERS)
+                {
+                    let mut own = own;
+                    let chain = OwnChain::generate(&mut crate::os_rng(), request.min_generation);
+                    let distribution = chain.distribution(&request.group_id, 0);
+                    for member in &mut roster.value.members {
+                        if member.address == *peer {
+                            member.has_chain = true;
+                            member.given_at = 0;
+                            member.answered = member.answered.saturating_add(1);
+                        } else {
+                            member.has_chain = false;
+                            member.given_at = 0;
+                        }
+                    }
+                    own.value.chain = Some(chain);
+                    own.value.generation = request.min_generation;
+                    return Ok(ControlAction::Answer {
+                        group_id: request.group_id.clone(),
+                        roster,
+                        own: Box::new(own),
+                        member: Box::new((member_key, member_row)),
+                        distribution: Box::new(distribution),
+                    });
+                }
                 let Some(chain) = &own.value.chain else { return Ok(ignored()) };
                 let Some(member) = roster.value.members.iter_mut().find(|m| m.address == *peer) else {
                     return Ok(ignored());
@@ -1139,6 +1193,23 @@ impl<B: Backend> Device<B> {
             result => Ok(result?),
         }
     }
+}
+
+/// The generation of the chain after one of generation `generation`.
+///
+/// # Errors
+/// [`EncryptError::ChainExhausted`]
+/// past `u64::MAX` (not reached by any app: a generation grows by one per
+/// chain, and by at most [`MAX_GENERATION_LEAP`] per leap, PROTOCOL.md 18.7).
+fn next_generation(generation: u64) -> Result<u64, GroupError> {
+    generation.checked_add(1).ok_or(GroupError::Encrypt(EncryptError::ChainExhausted))
+}
+
+/// Whether a member's request that takes in chains of `min_generation` and
+/// later makes us start a chain of that generation: ours, `generation`, is
+/// below it, by at most [`MAX_GENERATION_LEAP`].
+fn leaps(generation: u64, min_generation: u64) -> bool {
+    min_generation.checked_sub(generation).is_some_and(|leap| leap > 0 && leap <= MAX_GENERATION_LEAP)
 }
 
 impl From<GroupError> for DeviceError {

@@ -157,6 +157,9 @@ pub(crate) struct Distribution {
     pub(crate) iteration: u32,
     pub(crate) chain_key: Secret32,
     pub(crate) signing_key: IdentityKey,
+    /// The chain's generation among its sender's chains in the group (0:
+    /// from an earlier release), PROTOCOL.md 18.6.
+    pub(crate) generation: u64,
 }
 
 /// A member's request for a sender's chain.
@@ -165,6 +168,9 @@ pub(crate) struct Request {
     pub(crate) group_id: GroupId,
     pub(crate) chain_id: u32,
     pub(crate) iteration: u32,
+    /// The lowest generation of a new chain of the sender the member takes
+    /// in (0: any), PROTOCOL.md 18.7.
+    pub(crate) min_generation: u64,
 }
 
 /// The content of a pairwise control message (PROTOCOL.md 18.6).
@@ -195,11 +201,13 @@ impl Control {
                 iteration: d.iteration,
                 chain_key: d.chain_key.as_bytes().to_vec(),
                 signing_key: d.signing_key.as_bytes().to_vec(),
+                generation: d.generation,
             }),
             Self::Request(r) => pb::control::Body::Request(pb::SenderKeyRequest {
                 group_id: r.group_id.as_bytes().to_vec(),
                 chain_id: r.chain_id,
                 iteration: r.iteration,
+                min_generation: r.min_generation,
             }),
             Self::Reset(ids) => {
                 pb::control::Body::Reset(pb::Reset { unreadable: ids.iter().map(|id| id.to_vec()).collect() })
@@ -238,11 +246,13 @@ impl Control {
                 chain_key: Secret32::from_slice(&d.chain_key, "distribution.chain_key")?,
                 signing_key: IdentityKey::from_slice(&d.signing_key)
                     .map_err(|_| DecodeError::InvalidValue("distribution.signing_key"))?,
+                generation: d.generation,
             })),
             Some(pb::control::Body::Request(r)) => Ok(Self::Request(Request {
                 group_id: GroupId::from_wire(&r.group_id, "request.group_id")?,
                 chain_id: r.chain_id,
                 iteration: r.iteration,
+                min_generation: r.min_generation,
             })),
             Some(pb::control::Body::Reset(r)) => {
                 if r.unreadable.len() > MAX_RESET_IDS {
@@ -281,6 +291,7 @@ impl fmt::Debug for Distribution {
         f.debug_struct("Distribution")
             .field("chain_id", &self.chain_id)
             .field("iteration", &self.iteration)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }

@@ -33,6 +33,8 @@ fn salt_tag(message: &GroupMessage) -> SaltTag {
 #[derive(Clone)]
 struct Chain {
     chain_id: u32,
+    /// The chain's generation, as its distribution gave it.
+    generation: u64,
     signing_key: IdentityKey,
     /// `signing_key` decompressed, the first time a message is checked
     /// (once per chain while the chains stay in memory, as in
@@ -63,6 +65,9 @@ struct Floor {
     chain_id: u32,
     /// The first iteration that may still open.
     iteration: u32,
+    /// The chain's generation: when the floor is forgotten, no new chain of
+    /// this generation or an earlier one is taken in any more.
+    generation: u64,
 }
 
 /// A chain id asked of the sender and not received yet.
@@ -101,6 +106,12 @@ pub(crate) struct SenderChains {
     /// The last answer to a request of this member (the other side: our
     /// chain, for it).
     answer: Option<Answered>,
+    /// The lowest generation of a chain, neither kept nor with a floor, that
+    /// is still taken in: one more than the largest generation of a floor
+    /// forgotten (PROTOCOL.md 18.6). So a chain whose floor was forgotten
+    /// never comes back, however late its distribution: it is of that
+    /// generation or an earlier one.
+    min_generation: u64,
 }
 
 /// How a decryption changes a sender's chains; applied by
@@ -291,6 +302,7 @@ impl SenderChains {
     pub(crate) fn receive(&mut self, distribution: &Distribution, identity: IdentityKey) -> bool {
         let mut chain = Chain {
             chain_id: distribution.chain_id,
+            generation: distribution.generation,
             signing_key: distribution.signing_key,
             verifying: OnceLock::new(),
             identity,
@@ -334,7 +346,17 @@ impl SenderChains {
         }
         // A chain given up before comes back from where it was, never from
         // earlier: its messages already read (or given up) stay unreadable.
-        if let Some(position) = self.floors.iter().position(|f| f.chain_id == distribution.chain_id) {
+        let floored = self.floors.iter().position(|f| f.chain_id == distribution.chain_id);
+        // A chain neither kept nor floored, of a generation below the
+        // lowest still taken in: a chain whose floor was forgotten (or
+        // older), whose messages read before would open again. Ignored.
+        if floored.is_none()
+            && !self.chains.iter().any(|c| c.chain_id == distribution.chain_id)
+            && distribution.generation < self.min_generation
+        {
+            return was_requested;
+        }
+        if let Some(position) = floored {
             let floor = self.floors.get(position).map_or(0, |f| f.iteration);
             if floor > chain.chain.index() {
                 // Far behind (never from this device's own requests, which
@@ -365,16 +387,26 @@ impl SenderChains {
     /// Keeps the floor of a chain given up: its next iteration. A floor of
     /// the same chain kept already rises to it if it is later; past
     /// [`MAX_CHAIN_FLOORS`] the oldest floor is forgotten.
+    /// A floor forgotten raises the lowest generation taken in past its own.
     fn retire(&mut self, chain: &Chain) {
         let floor = chain.chain.index();
         if let Some(kept) = self.floors.iter_mut().find(|f| f.chain_id == chain.chain_id) {
             kept.iteration = kept.iteration.max(floor);
+            kept.generation = kept.generation.max(chain.generation);
             return;
         }
-        self.floors.push_back(Floor { chain_id: chain.chain_id, iteration: floor });
+        self.floors.push_back(Floor { chain_id: chain.chain_id, iteration: floor, generation: chain.generation });
         while self.floors.len() > MAX_CHAIN_FLOORS {
-            self.floors.pop_front();
+            if let Some(forgotten) = self.floors.pop_front() {
+                self.min_generation = self.min_generation.max(forgotten.generation.saturating_add(1));
+            }
         }
+    }
+
+    /// The lowest generation of a new chain of the sender still taken in
+    /// (sent in requests, PROTOCOL.md 18.7).
+    pub(crate) fn min_generation(&self) -> u64 {
+        self.min_generation
     }
 
     /// Gives up every chain of the sender (it was removed from the group):
@@ -469,7 +501,10 @@ impl SenderChains {
 
     /// The floors, for storage.
     pub(crate) fn floor_records(&self) -> Vec<storage::ChainFloor> {
-        self.floors.iter().map(|f| storage::ChainFloor { chain_id: f.chain_id, iteration: f.iteration }).collect()
+        self.floors
+            .iter()
+            .map(|f| storage::ChainFloor { chain_id: f.chain_id, iteration: f.iteration, generation: f.generation })
+            .collect()
     }
 
     pub(crate) fn to_records(&self) -> (Vec<storage::SenderChain>, Vec<storage::RequestedChain>) {
@@ -492,6 +527,7 @@ impl SenderChains {
                     .collect(),
                 used: c.used.iter().flat_map(|(i, tag)| i.to_be_bytes().into_iter().chain(*tag)).collect(),
                 evicted: to_ranges(c.evicted.iter().copied()),
+                generation: c.generation,
             })
             .collect();
         let requested = self
@@ -513,6 +549,7 @@ impl SenderChains {
         requests: u32,
         floors: &[storage::ChainFloor],
         answer: Option<&storage::LastAnswer>,
+        min_generation: u64,
     ) -> Result<Self, DecodeError> {
         // At most the limit, one per chain id, none of a chain kept.
         let floor_ids: std::collections::BTreeSet<u32> = floors.iter().map(|f| f.chain_id).collect();
@@ -546,7 +583,10 @@ impl SenderChains {
         }
         let mut out = Self {
             chains: VecDeque::with_capacity(chains.len()),
-            floors: floors.iter().map(|f| Floor { chain_id: f.chain_id, iteration: f.iteration }).collect(),
+            floors: floors
+                .iter()
+                .map(|f| Floor { chain_id: f.chain_id, iteration: f.iteration, generation: f.generation })
+                .collect(),
             requested: requested
                 .iter()
                 .map(|r| Asked {
@@ -557,6 +597,7 @@ impl SenderChains {
                 .collect(),
             requests,
             answer: answer.map(|a| Answered { chain_id: a.chain_id, message: a.message.clone() }),
+            min_generation,
         };
         let mut total_evicted = 0usize;
         for c in chains {
@@ -603,6 +644,7 @@ impl SenderChains {
             }
             out.chains.push_back(Chain {
                 chain_id: c.chain_id,
+                generation: c.generation,
                 signing_key: IdentityKey::from_stored_slice(&c.signing_key, "sender.signing_key")?,
                 verifying: OnceLock::new(),
                 identity: IdentityKey::from_stored_slice(&c.identity_key, "sender.identity_key")?,

@@ -23,6 +23,9 @@ use crate::{
 /// the distribution, PROTOCOL.md 18.7).
 pub(crate) struct OwnChain {
     chain_id: u32,
+    /// The chain's generation among our chains in the group (PROTOCOL.md
+    /// 18.6): stored in the chain's row, next to the chain.
+    generation: u64,
     chain: ChainKey,
     signing: ChainSigner,
     recovery: ChainKey,
@@ -89,13 +92,14 @@ impl ChainSigner {
 }
 
 impl OwnChain {
-    /// A new chain: random id, chain key and signing key, at iteration 0.
-    pub(crate) fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+    /// A new chain of generation `generation`: random id, chain key and
+    /// signing key, at iteration 0.
+    pub(crate) fn generate<R: CryptoRng + ?Sized>(rng: &mut R, generation: u64) -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(key.as_mut_slice());
         let chain = ChainKey::new(Secret32::from_zeroizing(&key), 0);
         let signing = ChainSigner::generate(rng);
-        Self { chain_id: rng.next_u32(), recovery: chain.clone(), chain, signing }
+        Self { chain_id: rng.next_u32(), generation, recovery: chain.clone(), chain, signing }
     }
 
     pub(crate) fn chain_id(&self) -> u32 {
@@ -167,6 +171,7 @@ impl OwnChain {
             iteration: chain.index(),
             chain_key: chain.as_secret().clone(),
             signing_key: self.signing.public,
+            generation: self.generation,
         }
     }
 
@@ -182,8 +187,9 @@ impl OwnChain {
         }
     }
 
-    /// Loads a stored chain, checking every field and the window.
-    pub(crate) fn from_record(record: &storage::OwnChain) -> Result<Self, DecodeError> {
+    /// Loads a stored chain of generation `generation` (its row's), checking
+    /// every field and the window.
+    pub(crate) fn from_record(record: &storage::OwnChain, generation: u64) -> Result<Self, DecodeError> {
         let seed = Zeroizing::new(fixed::<32>(&record.signing_seed, "own.signing_seed")?);
         if record.recovery_iteration > record.iteration
             || record.iteration.saturating_sub(record.recovery_iteration) > GROUP_RECOVERY_WINDOW
@@ -198,6 +204,7 @@ impl OwnChain {
         };
         Ok(Self {
             chain_id: record.chain_id,
+            generation,
             chain: ChainKey::new(Secret32::from_slice(&record.chain_key, "own.chain_key")?, record.iteration),
             signing,
             recovery: ChainKey::new(
@@ -212,6 +219,7 @@ impl fmt::Debug for OwnChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnChain")
             .field("chain_id", &self.chain_id)
+            .field("generation", &self.generation)
             .field("iteration", &self.chain.index())
             .finish_non_exhaustive()
     }

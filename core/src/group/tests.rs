@@ -33,7 +33,7 @@ fn gid(bytes: &[u8]) -> GroupId {
 /// A sender's chain and a receiver that got it at iteration 0.
 fn setup() -> (ChaCha20Rng, OwnChain, SenderChains) {
     let mut rng = rng(1);
-    let chain = OwnChain::generate(&mut rng);
+    let chain = OwnChain::generate(&mut rng, 1);
     let mut chains = SenderChains::default();
     assert!(chains.receive(&chain.distribution(&gid(b"g"), 0), id()));
     (rng, chain, chains)
@@ -129,8 +129,8 @@ fn a_forged_or_moved_message_is_refused_and_changes_nothing() {
 fn a_sender_that_went_back_is_told_from_a_replay() {
     let (mut rng, chain, mut chains) = setup();
     let record = chain.to_record();
-    let mut first = OwnChain::from_record(&record).unwrap();
-    let mut restored = OwnChain::from_record(&record).unwrap();
+    let mut first = OwnChain::from_record(&record, 1).unwrap();
+    let mut restored = OwnChain::from_record(&record, 1).unwrap();
     let original = first.encrypt(&mut rng, &gid(b"g"), &alice(), b"one").unwrap();
     let again = restored.encrypt(&mut rng, &gid(b"g"), &alice(), b"two").unwrap();
     assert_eq!(original.iteration, again.iteration);
@@ -175,7 +175,7 @@ fn skipped_keys_are_evicted_oldest_first() {
     // and is reported so (not as a duplicate), across a store round trip too.
     assert_eq!(failed(decrypt(&mut chains, &messages[0])), DecryptError::KeyEvicted { counter: 0 });
     let (records, requested) = chains.to_records();
-    let mut reloaded = SenderChains::from_records(&records, &requested, 0, &[], None).unwrap();
+    let mut reloaded = SenderChains::from_records(&records, &requested, 0, &[], None, 0).unwrap();
     // 2,008 keys were skipped: the 8 oldest went.
     assert_eq!(failed(decrypt(&mut reloaded, &messages[7])), DecryptError::KeyEvicted { counter: 7 });
     assert!(decrypt(&mut reloaded, &messages[8]).is_ok());
@@ -200,7 +200,7 @@ fn stored_evicted_iterations_are_checked() {
         if let Some(iteration) = iteration {
             records[0].iteration = iteration;
         }
-        SenderChains::from_records(&records, &requested, 0, &[], None).map(|_| ())
+        SenderChains::from_records(&records, &requested, 0, &[], None, 0).map(|_| ())
     };
     assert_eq!(load(vec![], None), Ok(()));
     assert_eq!(load(vec![5, 3], Some(10)), Ok(()));
@@ -225,7 +225,8 @@ fn stored_evicted_iterations_are_checked() {
 fn old_chains_are_kept_for_messages_in_flight_then_dropped() {
     let mut rng = rng(4);
     let mut chains = SenderChains::default();
-    let mut senders: Vec<OwnChain> = (0..=MAX_SENDER_CHAINS).map(|_| OwnChain::generate(&mut rng)).collect();
+    let mut senders: Vec<OwnChain> =
+        (1..=MAX_SENDER_CHAINS as u64 + 1).map(|g| OwnChain::generate(&mut rng, g)).collect();
     let in_flight: Vec<_> =
         senders.iter_mut().map(|c| c.encrypt(&mut rng, &gid(b"g"), &alice(), b"late").unwrap()).collect();
     for (i, sender) in senders.iter().enumerate() {
@@ -284,7 +285,7 @@ fn the_recovery_copy_trails_by_the_window_and_never_leads() {
     assert_eq!(chain.distribution(&gid(b"g"), u32::MAX).iteration, GROUP_RECOVERY_WINDOW + 5);
     // The copy at 100 is the chain at 100: it opens message 100 on.
     let message = {
-        let mut copy = OwnChain::from_record(&record).unwrap();
+        let mut copy = OwnChain::from_record(&record, 1).unwrap();
         copy.encrypt(&mut rng, &gid(b"g"), &alice(), b"next").unwrap()
     };
     let mut chains = SenderChains::default();
@@ -293,9 +294,9 @@ fn the_recovery_copy_trails_by_the_window_and_never_leads() {
     // A stored chain whose copy is outside the window is refused.
     let mut bad = record.clone();
     bad.recovery_iteration = 0;
-    assert!(OwnChain::from_record(&bad).is_err());
+    assert!(OwnChain::from_record(&bad, 1).is_err());
     bad.recovery_iteration = bad.iteration + 1;
-    assert!(OwnChain::from_record(&bad).is_err());
+    assert!(OwnChain::from_record(&bad, 1).is_err());
 }
 
 #[test]
@@ -305,14 +306,14 @@ fn stored_chains_round_trip_and_bad_records_are_refused() {
     decrypt(&mut chains, &messages[2]).unwrap();
     chains.count_request(77);
     let (records, requested) = chains.to_records();
-    let mut loaded = SenderChains::from_records(&records, &requested, 1, &[], None).unwrap();
+    let mut loaded = SenderChains::from_records(&records, &requested, 1, &[], None, 0).unwrap();
     assert_eq!(loaded.to_records(), (records.clone(), requested.clone()));
     assert_eq!(decrypt(&mut loaded, &messages[0]).unwrap(), b"x");
     assert!(matches!(failed(decrypt(&mut loaded, &messages[2])), DecryptError::Duplicate { .. }));
     let refused = |edit: &dyn Fn(&mut Vec<samizdat_proto::storage::SenderChain>)| {
         let mut bad = records.clone();
         edit(&mut bad);
-        SenderChains::from_records(&bad, &requested, 1, &[], None).is_err()
+        SenderChains::from_records(&bad, &requested, 1, &[], None, 0).is_err()
     };
     assert!(refused(&|c| c[0].chain_key.pop().map(|_| ()).unwrap()));
     assert!(refused(&|c| c[0].skipped.reverse()));
@@ -372,12 +373,12 @@ fn the_last_request_is_kept_per_chain_id_until_settled() {
     assert_eq!(chains.last_request(5), Some(&b"second"[..]));
     assert_eq!(chains.last_request(6), None, "only for its chain id");
     let (records, requested) = chains.to_records();
-    let loaded = SenderChains::from_records(&records, &requested, chains.requests(), &[], None).unwrap();
+    let loaded = SenderChains::from_records(&records, &requested, chains.requests(), &[], None, 0).unwrap();
     assert_eq!(loaded.last_request(5), Some(&b"second"[..]));
     // Too long to be a request: corrupt.
     let mut long = requested.clone();
     long[0].message = vec![0; crate::limits::MAX_KEPT_CONTROL_MESSAGE_LEN + 1];
-    assert!(SenderChains::from_records(&records, &long, chains.requests(), &[], None).is_err());
+    assert!(SenderChains::from_records(&records, &long, chains.requests(), &[], None, 0).is_err());
     // Evicted by newer chain ids.
     for id in 100..100 + u32::try_from(crate::limits::MAX_REQUESTED_CHAINS).unwrap() {
         assert!(chains.count_request(id));
@@ -401,12 +402,12 @@ fn the_last_answer_is_kept_for_its_chain_only() {
     assert_eq!(chains.last_answer(9), Some(&b"answer"[..]));
     assert_eq!(chains.last_answer(10), None);
     let record = chains.answer_record().unwrap();
-    let loaded = SenderChains::from_records(&[], &[], 0, &[], Some(&record)).unwrap();
+    let loaded = SenderChains::from_records(&[], &[], 0, &[], Some(&record), 0).unwrap();
     assert_eq!(loaded.last_answer(9), Some(&b"answer"[..]));
     assert!(!loaded.only_floors());
     for message in [Vec::new(), vec![0; crate::limits::MAX_KEPT_CONTROL_MESSAGE_LEN + 1]] {
         let bad = samizdat_proto::storage::LastAnswer { chain_id: 9, message };
-        assert!(SenderChains::from_records(&[], &[], 0, &[], Some(&bad)).is_err());
+        assert!(SenderChains::from_records(&[], &[], 0, &[], Some(&bad), 0).is_err());
     }
     chains.retire_all();
     assert_eq!(chains.last_answer(9), None);
@@ -432,7 +433,7 @@ fn control_content_round_trips_and_junk_is_refused() {
     let (_, chain, _) = setup();
     let distribution = Control::Distribution(chain.distribution(&gid(b"g"), 0));
     assert_eq!(Control::from_bytes(&distribution.to_bytes()).unwrap(), distribution);
-    let request = Control::Request(Request { group_id: gid(b"g"), chain_id: 9, iteration: 4 });
+    let request = Control::Request(Request { group_id: gid(b"g"), chain_id: 9, iteration: 4, min_generation: 7 });
     assert_eq!(Control::from_bytes(&request.to_bytes()).unwrap(), request);
     assert_eq!(Control::from_bytes(&[]), Err(DecodeError::UnknownKind));
     // A control kind of a later release (field 5, 6 ...): unknown, not malformed.
@@ -457,7 +458,8 @@ fn control_content_round_trips_and_junk_is_refused() {
     assert!(Control::from_bytes(&long.to_bytes()).is_err());
     assert!(Control::from_bytes(&[0x0a, 0x01]).is_err());
     // A group id of 65 bytes.
-    let long = Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0 });
+    let long =
+        Control::Request(Request { group_id: GroupId(vec![1; 65]), chain_id: 0, iteration: 0, min_generation: 0 });
     assert!(Control::from_bytes(&long.to_bytes()).is_err());
     // A resend's other ids: at most MAX_RESEND_IDS, none twice, not its id.
     let with = |also: Vec<[u8; 16]>| Control::Resend { id: [7; 16], also, plaintext: Zeroizing::new(Vec::new()) };
@@ -495,14 +497,14 @@ fn a_forged_message_costs_no_chain_step() {
 fn an_evicted_chain_taken_again_opens_nothing_below_its_floor() {
     let mut rng = rng(9);
     let mut chains = SenderChains::default();
-    let mut first = OwnChain::generate(&mut rng);
+    let mut first = OwnChain::generate(&mut rng, 1);
     let messages: Vec<_> = (0..4).map(|_| first.encrypt(&mut rng, &gid(b"g"), &alice(), b"x").unwrap()).collect();
     assert!(chains.receive(&first.distribution(&gid(b"g"), 0), id()));
     decrypt(&mut chains, &messages[0]).unwrap();
     decrypt(&mut chains, &messages[2]).unwrap(); // 1 skipped
     // Three newer chains evict the first: its floor is 3 (its next iteration).
-    for _ in 0..MAX_SENDER_CHAINS {
-        assert!(chains.receive(&OwnChain::generate(&mut rng).distribution(&gid(b"g"), 0), id()));
+    for generation in 2..=MAX_SENDER_CHAINS as u64 + 1 {
+        assert!(chains.receive(&OwnChain::generate(&mut rng, generation).distribution(&gid(b"g"), 0), id()));
     }
     assert_eq!(chains.floor(first.chain_id()), Some(3));
     // Below the floor: a duplicate at once, without a chain; at it: missing.
@@ -556,22 +558,23 @@ fn a_copy_more_than_max_skip_below_the_floor_is_ignored() {
 fn floors_are_bounded_and_checked_on_load() {
     let mut rng = rng(10);
     let mut chains = SenderChains::default();
-    for _ in 0..MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 2 {
-        chains.receive(&OwnChain::generate(&mut rng).distribution(&gid(b"g"), 0), id());
+    for generation in 1..=(MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 2) as u64 {
+        assert!(chains.receive(&OwnChain::generate(&mut rng, generation).distribution(&gid(b"g"), 0), id()));
     }
     let floors = chains.floor_records();
     assert_eq!(floors.len(), MAX_CHAIN_FLOORS);
     let (records, requested) = chains.to_records();
-    let loaded = SenderChains::from_records(&records, &requested, 0, &floors, None).unwrap();
+    let loaded = SenderChains::from_records(&records, &requested, 0, &floors, None, 0).unwrap();
     assert_eq!(loaded.floor_records(), floors);
     let mut too_many = floors.clone();
-    too_many.push(samizdat_proto::storage::ChainFloor { chain_id: 1, iteration: 0 });
-    assert!(SenderChains::from_records(&records, &requested, 0, &too_many, None).is_err());
+    too_many.push(samizdat_proto::storage::ChainFloor { chain_id: 1, iteration: 0, generation: 0 });
+    assert!(SenderChains::from_records(&records, &requested, 0, &too_many, None, 0).is_err());
     let mut twice = floors[..2].to_vec();
     twice[1].chain_id = twice[0].chain_id;
-    assert!(SenderChains::from_records(&records, &requested, 0, &twice, None).is_err());
-    let of_a_kept_chain = vec![samizdat_proto::storage::ChainFloor { chain_id: records[0].chain_id, iteration: 0 }];
-    assert!(SenderChains::from_records(&records, &requested, 0, &of_a_kept_chain, None).is_err());
+    assert!(SenderChains::from_records(&records, &requested, 0, &twice, None, 0).is_err());
+    let of_a_kept_chain =
+        vec![samizdat_proto::storage::ChainFloor { chain_id: records[0].chain_id, iteration: 0, generation: 0 }];
+    assert!(SenderChains::from_records(&records, &requested, 0, &of_a_kept_chain, None, 0).is_err());
 }
 
 #[test]
@@ -589,7 +592,8 @@ fn the_expanded_signer_signs_as_ed25519_and_old_rows_still_load() {
     // A row of an earlier release (no public key) loads and signs the same.
     let mut old = record.clone();
     old.signing_public.clear();
-    let (mut from_old, mut from_new) = (OwnChain::from_record(&old).unwrap(), OwnChain::from_record(&record).unwrap());
+    let (mut from_old, mut from_new) =
+        (OwnChain::from_record(&old, 1).unwrap(), OwnChain::from_record(&record, 1).unwrap());
     let salt = [7u8; 32];
     let a = from_old.encrypt(&mut ChaCha20Rng::from_seed(salt), &gid(b"g"), &alice(), b"y").unwrap();
     let b = from_new.encrypt(&mut ChaCha20Rng::from_seed(salt), &gid(b"g"), &alice(), b"y").unwrap();
@@ -598,7 +602,7 @@ fn the_expanded_signer_signs_as_ed25519_and_old_rows_still_load() {
     // A stored public key that is not 32 bytes, or not a point, is refused.
     let mut bad = record.clone();
     bad.signing_public.truncate(31);
-    assert!(OwnChain::from_record(&bad).is_err());
+    assert!(OwnChain::from_record(&bad, 1).is_err());
     let not_a_point = (2u8..=255)
         .map(|y| {
             let mut bytes = [0u8; 32];
@@ -608,5 +612,5 @@ fn the_expanded_signer_signs_as_ed25519_and_old_rows_still_load() {
         .find(|bytes| ed25519_dalek::VerifyingKey::from_bytes(bytes).is_err())
         .unwrap();
     bad.signing_public = not_a_point.to_vec();
-    assert!(OwnChain::from_record(&bad).is_err());
+    assert!(OwnChain::from_record(&bad, 1).is_err());
 }
