@@ -426,6 +426,7 @@ impl DeviceError {
             Self::DeviceList(e) => e.kind(),
             // The app gave its device a list that does not name it.
             Self::NotInOwnList => ErrorKind::InvalidArgument,
+            Self::Link(e) => e.kind(),
         }
     }
 }

@@ -285,3 +285,19 @@ pub const MAX_BACKUP_PEERS: usize = 100_000;
 /// each encoded), padded, with the header and the tag. A longer file is
 /// refused before anything else.
 pub const MAX_BACKUP_LEN: usize = 32 * 1024 * 1024;
+
+/// The most pinned contact users a link message carries (PROTOCOL.md 23.7):
+/// a device that pinned more cannot link another (`LinkError::TooManyUsers`).
+pub const MAX_LINK_PINNED_USERS: usize = 10_000;
+
+/// The longest link message (PROTOCOL.md 23.7): one that carries
+/// [`MAX_LINK_PINNED_USERS`] lists at their longest
+/// ([`MAX_DEVICE_LIST_LEN`](crate::user::MAX_DEVICE_LIST_LEN)) fits. A
+/// longer one is refused before any key is derived.
+pub const MAX_LINK_MESSAGE_LEN: usize = 24 * 1024 * 1024;
+
+/// How long a link code stays valid (PROTOCOL.md 23.7), in seconds: the
+/// scanning device refuses a code made longer ago than this (or that far
+/// in the future, by its clock), and the new device refuses to finish an
+/// offer older than this.
+pub const LINK_CODE_LIFETIME_SECS: u64 = 600;

@@ -70,6 +70,7 @@
 mod backup;
 mod groups;
 mod healing;
+mod linking;
 mod peers;
 mod pending;
 mod prekeys;
@@ -104,6 +105,7 @@ use self::prekeys::set_rows;
 pub use self::{
     groups::{GroupError, GroupSend, Outgoing},
     healing::{Heal, HealPolicy},
+    linking::{Linked, Provisioned},
     pending::{MessageKind, PendingBatch, PendingMessage},
 };
 pub use crate::backup::{BackupError, BackupParams};
@@ -171,6 +173,11 @@ pub enum DeviceError {
     /// device (its device id with its identity key). Nothing was written.
     #[error("the device list does not name this device with its identity key")]
     NotInOwnList,
+    /// Linking a device failed (PROTOCOL.md 23.7): a code that is not one,
+    /// expired, of another user; a message that is not for the offer, or
+    /// replayed. Nothing was written.
+    #[error(transparent)]
+    Link(#[from] crate::user::LinkError),
 }
 
 /// What [`Device::rotate_prekeys`] replaced.

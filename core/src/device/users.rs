@@ -75,6 +75,11 @@ impl<B: Backend> Device<B> {
         if user_id == self.address.user_id() { OWN_LIST_ROW.to_vec() } else { self.sealer.user_key(user_id) }
     }
 
+    /// The key of the in-process lock of `user_id`'s row.
+    pub(super) fn user_lock_key(&self, user_id: &str) -> Vec<u8> {
+        [b"user/".as_slice(), &self.user_row_key(user_id)].concat()
+    }
+
     /// Reads `user_id`'s row and checks it (PROTOCOL.md 23.5): it opens, is
     /// a `UserRow` of version 1 for this user id, and its list verifies
     /// again (L1 to L12) and is this user's; our own list also names this
@@ -117,7 +122,7 @@ impl<B: Backend> Device<B> {
 
     /// The write of `trust` into the row `loaded` read, conditional on the
     /// row still holding what was read.
-    fn user_write(&self, loaded: &LoadedUser, trust: &UserTrust) -> Write {
+    pub(super) fn user_write(&self, loaded: &LoadedUser, trust: &UserTrust) -> Write {
         let row = storage::UserRow {
             version: ROW_VERSION,
             user_id: trust.list().user_id().to_owned(),
@@ -324,8 +329,7 @@ impl<B: Backend> Device<B> {
     /// Applies `signed` (a list of `user_id`) to `user_id`'s row by `rule`,
     /// under the user's lock, writing the row only if the trust changed.
     fn apply_list(&self, signed: &SignedDeviceList, user_id: &str, rule: Rule) -> Result<ListChange, DeviceError> {
-        let lock_key = [b"user/".as_slice(), &self.user_row_key(user_id)].concat();
-        let user_lock = self.peer_lock(&lock_key);
+        let user_lock = self.peer_lock(&self.user_lock_key(user_id));
         let _guard = lock(&user_lock);
         retry_on_conflict(|| {
             let loaded = self.load_user(user_id)?;

@@ -51,6 +51,7 @@
 //! ```
 
 mod error;
+mod link;
 mod list;
 mod trust;
 
@@ -60,6 +61,8 @@ use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 pub use error::DeviceListError;
+pub(crate) use link::Provisioning;
+pub use link::{LINK_VERSION, LinkCode, LinkError, LinkOffer, MAX_LINK_CODE_LEN};
 #[cfg(test)]
 pub(crate) use list::DEVICE_LIST_LABEL;
 pub use list::{DeviceList, MAX_DEVICE_LIST_LEN, MAX_DEVICES_PER_USER, SignedDeviceList};
