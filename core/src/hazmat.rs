@@ -892,3 +892,93 @@ pub fn attachment_encrypt_with_key(
     let attachment = crate::attachment::encrypt_with_key(Secret32::new(*key), plaintext, &mut ciphertext, None)?;
     Ok((attachment.to_bytes().to_vec(), ciphertext))
 }
+
+/// A link offer of given keys (PROTOCOL.md 23.7): the device at (`user_id`,
+/// `device_id`) with identity key `identity_key`, its X25519 secret
+/// `ephemeral_secret`, the code's `secret` and time `created_at`.
+///
+/// # Errors
+/// [`crate::user::LinkError::MalformedCode`] for an address or identity key
+/// that is not valid.
+pub fn link_offer(
+    user_id: &str,
+    device_id: u32,
+    identity_key: &[u8; 32],
+    ephemeral_secret: [u8; 32],
+    secret: [u8; 32],
+    created_at: u64,
+) -> Result<crate::user::LinkOffer, crate::user::LinkError> {
+    let malformed = |field| crate::user::LinkError::MalformedCode(crate::DecodeError::InvalidValue(field));
+    let address = Address::new(user_id, device_id).map_err(|_| malformed("link_code.user_id"))?;
+    let identity = IdentityKey::from_bytes(identity_key).map_err(|_| malformed("link_code.identity_key"))?;
+    Ok(crate::user::LinkOffer::from_parts(
+        address,
+        identity,
+        X25519Secret::from_bytes(ephemeral_secret),
+        Zeroizing::new(secret),
+        created_at,
+    ))
+}
+
+/// What a link message carried (PROTOCOL.md 23.7), as its parts' bytes.
+pub struct LinkOpened {
+    /// The user identity's Ed25519 seed (wiped when the value is dropped).
+    pub user_identity_seed: Zeroizing<[u8; 32]>,
+    /// The user's signed device list.
+    pub device_list: Vec<u8>,
+    /// The pinned contact users' signed lists.
+    pub pinned: Vec<Vec<u8>>,
+    /// The linking device's id.
+    pub linker_device_id: u32,
+}
+
+impl std::fmt::Debug for LinkOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkOpened")
+            .field("pinned", &self.pinned.len())
+            .field("linker_device_id", &self.linker_device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seals a provisioning to `code` with the linking device's X25519 secret
+/// `linker_ephemeral_secret` (PROTOCOL.md 23.7): the link message.
+///
+/// # Errors
+/// [`crate::user::LinkError::MalformedCode`] for a code that does not read;
+/// [`crate::user::LinkError::Provisioning`] for a list that does not parse;
+/// [`crate::user::LinkError::TooManyUsers`].
+pub fn link_seal(
+    code: &[u8],
+    linker_ephemeral_secret: [u8; 32],
+    user_identity_seed: &[u8; 32],
+    device_list: &[u8],
+    pinned: &[Vec<u8>],
+    linker_device_id: u32,
+) -> Result<Vec<u8>, crate::user::LinkError> {
+    use crate::user::{LinkCode, LinkError, Provisioning, SignedDeviceList, UserIdentityKeyPair};
+    let code = LinkCode::from_bytes(code)?;
+    let list = |bytes: &[u8]| SignedDeviceList::from_bytes(bytes).map_err(LinkError::Provisioning);
+    let provisioning = Provisioning {
+        user_identity: UserIdentityKeyPair::from_seed(user_identity_seed),
+        device_list: list(device_list)?,
+        pinned: pinned.iter().map(|p| list(p)).collect::<Result<_, _>>()?,
+        linker_device_id,
+    };
+    code.seal_with(&X25519Secret::from_bytes(linker_ephemeral_secret), &provisioning)
+}
+
+/// Opens a link message under `offer` and checks what it carries
+/// (PROTOCOL.md 23.7, K4 to K10).
+///
+/// # Errors
+/// The first check that fails, as [`crate::user::LinkError`].
+pub fn link_open(offer: &crate::user::LinkOffer, message: &[u8]) -> Result<LinkOpened, crate::user::LinkError> {
+    let opened = offer.open(message)?;
+    Ok(LinkOpened {
+        user_identity_seed: opened.user_identity.to_seed(),
+        device_list: opened.device_list.to_bytes(),
+        pinned: opened.pinned.iter().map(crate::user::SignedDeviceList::to_bytes).collect(),
+        linker_device_id: opened.linker_device_id,
+    })
+}

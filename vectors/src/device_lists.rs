@@ -458,7 +458,7 @@ fn mixed_order(key: &[u8; 32]) -> [u8; 32] {
 
 /// The Ed25519 public key of a seed (a device's identity key, or a user's:
 /// both are Ed25519 keys of a seed).
-fn device_key(seed: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn device_key(seed: &[u8; 32]) -> [u8; 32] {
     SigningKey::from_bytes(seed).verifying_key().to_bytes()
 }
 
@@ -479,7 +479,7 @@ fn signed_by_hand(seed: &[u8; 32], list: &[u8]) -> Vec<u8> {
 }
 
 /// A signed list from the formula: devices sorted by id, then signed.
-fn by_hand(seed: &[u8; 32], user_id: &str, version: u64, devices: &[(u32, [u8; 32])]) -> R<Vec<u8>> {
+pub(crate) fn by_hand(seed: &[u8; 32], user_id: &str, version: u64, devices: &[(u32, [u8; 32])]) -> R<Vec<u8>> {
     let mut sorted = devices.to_vec();
     sorted.sort_by_key(|(id, _)| *id);
     Ok(signed_by_hand(seed, &list_proto(&device_key(seed), user_id, version, &sorted).encode_to_vec()))

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    Failure, Report, attachment, backup, bundles, device_lists, group, healing, kdf, key_checks, keys, limits, padding,
-    pqxdh, records, safety, store_rows, transcript, util::VErr, wire,
+    Failure, Report, attachment, backup, bundles, device_lists, group, healing, kdf, key_checks, keys, limits, linking,
+    padding, pqxdh, records, safety, store_rows, transcript, util::VErr, wire,
 };
 
 /// What a file says about itself.
@@ -94,6 +94,7 @@ pub(crate) static SETS: &[SetEntry] = &[
     entry::<backup::Backup>(),
     entry::<attachment::Attachments>(),
     entry::<device_lists::DeviceLists>(),
+    entry::<linking::Linking>(),
 ];
 
 /// The input field patterns of a vector file (see `Meta::inputs`).

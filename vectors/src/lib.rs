@@ -27,6 +27,7 @@ mod kdf;
 mod key_checks;
 mod keys;
 mod limits;
+mod linking;
 mod padding;
 mod pqxdh;
 mod records;
