@@ -233,6 +233,15 @@ pub const MAX_RESEND_IDS: usize = 4;
 /// most 26 + 18 x 4 = 98 bytes).
 pub const MAX_KEPT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 128;
 
+/// The largest plaintext one fan-out sends
+/// ([`Device::encrypt_to_user`](crate::device::Device::encrypt_to_user),
+/// PROTOCOL.md 23.6): room is left within [`MAX_PLAINTEXT_LEN`] for the
+/// framing of the sent sync our other devices get (23.7: the control
+/// content's tags and lengths and a recipient of up to
+/// [`MAX_USER_ID_LEN`](crate::address::MAX_USER_ID_LEN) = 256 bytes: at most
+/// 267 bytes).
+pub const MAX_FAN_OUT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 512;
+
 /// How far back the app's clock may be set before a stored time is taken
 /// for a clock that was wrong (ahead) rather than for the present: a heal
 /// at a clock set back by more than this is not refused for the time the

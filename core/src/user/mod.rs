@@ -52,6 +52,7 @@
 
 mod error;
 mod list;
+pub(crate) mod sync;
 mod trust;
 
 use std::fmt;
