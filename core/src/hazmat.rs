@@ -856,3 +856,22 @@ pub fn attachment_encrypt_with_key(
     let attachment = crate::attachment::encrypt_with_key(Secret32::new(*key), plaintext, &mut ciphertext, None)?;
     Ok((attachment.to_bytes().to_vec(), ciphertext))
 }
+
+/// The control content of a sent sync (PROTOCOL.md 23.7): the canonical
+/// encoding of a `Control` whose body is `sent_sync` (field 5), for the
+/// test vectors. Nothing is checked: a recipient or a plaintext past the
+/// limits encodes all the same (and is refused by [`parse_sent_sync`]).
+pub fn sent_sync_content(recipient: &str, plaintext: &[u8]) -> Vec<u8> {
+    let sync =
+        crate::user::sync::SentSync { recipient: recipient.to_owned(), plaintext: Zeroizing::new(plaintext.to_vec()) };
+    sync.to_control_bytes().to_vec()
+}
+
+/// Reads control content as the device API does before the checks of 18.6:
+/// `None` if it does not begin with `0x2a` (not a sent sync), else the
+/// recipient and the plaintext, or the first of checks Y1 to Y4 of
+/// PROTOCOL.md 23.7 that fails.
+pub fn parse_sent_sync(content: &[u8]) -> Option<Result<(String, Vec<u8>), crate::DecodeError>> {
+    crate::user::sync::SentSync::from_control_bytes(content)
+        .map(|parsed| parsed.map(|sync| (sync.recipient.clone(), sync.plaintext.to_vec())))
+}
