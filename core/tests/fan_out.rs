@@ -247,6 +247,34 @@ fn a_device_a_newer_list_removed_receives_nothing_after_the_update() {
 }
 
 #[test]
+fn a_reinstalled_device_is_missing_until_the_app_trusts_its_new_key() {
+    let w = connected();
+    // Bob's device 2 is reinstalled: a new identity key under the same
+    // address, which Bob's newer list names.
+    let b2_new = device("bob", 2, 0xB5);
+    let newer = list(&w.bob, "bob", 2, &[&w.b1, &b2_new, &w.b3]);
+    for d in [&w.b1, &b2_new, &w.b3] {
+        d.set_device_list(&newer).unwrap();
+    }
+    w.a1.update_device_list(&newer).unwrap();
+    // The old session trusts the old key: nothing for it, it is missing.
+    let before = rows(&w.a1);
+    let sent = w.a1.encrypt_to_user("bob", b"hi").unwrap();
+    assert_eq!(addresses(&sent.messages), [at("bob", 1), at("bob", 3)]);
+    assert_eq!(sent.missing, [at("bob", 2)]);
+    assert_eq!(changed(&before, &rows(&w.a1)), (3, 0, 0)); // Bob 1 and 3, Alice 2
+    // Its new bundle is a changed identity (9.2): the app's decision.
+    let bundle = b2_new.prekey_bundle().unwrap();
+    let result = w.a1.start_session(&bundle);
+    assert!(matches!(result, Err(DeviceError::Session(SessionError::UntrustedIdentity { .. }))), "{result:?}");
+    w.a1.trust_identity(&at("bob", 2), b2_new.identity_key()).unwrap();
+    w.a1.start_session(&bundle).unwrap();
+    let rest = w.a1.encrypt_to_user_devices("bob", b"hi", &sent.missing).unwrap();
+    assert_eq!(addresses(&rest.messages), [at("bob", 2)]);
+    assert_eq!(receive_kind(&b2_new, &w.a1, &rest.messages[0].message).unwrap(), Got::App(b"hi".to_vec()));
+}
+
+#[test]
 fn a_user_that_is_not_pinned_is_a_typed_error_and_writes_nothing() {
     let w = world();
     // Dave has no list: a session with his device is trusted per device,
@@ -374,6 +402,58 @@ fn the_fan_out_is_one_transaction_and_a_failed_one_writes_nothing() {
     for (sync, text) in [(&sent.syncs[0], b"one"), (&retried.syncs[0], b"two")] {
         let pending = w.a2.decrypt(a1.address(), &sync.message).unwrap();
         assert_eq!((pending.kind(), pending.plaintext()), (MessageKind::SentSync, &text[..]));
+        w.a2.commit(pending).unwrap();
+    }
+}
+
+/// Two handles of one store fan out at once: every fan-out's write is
+/// conditional on the rows it read, so no message key is used twice; each
+/// of the 2 x 8 messages decrypts once on every device.
+#[test]
+fn two_handles_fanning_out_at_once_never_reuse_a_key() {
+    let w = world();
+    let store = std::sync::Arc::new(MemoryBackend::new());
+    let key = StorageKey::from_bytes([0x1A; 32]);
+    let first = Device::create_in(store.clone(), &key, at("alice", 1), UNIX_EPOCH).unwrap();
+    let second = Device::open_in(store.clone(), &key).unwrap();
+    let alice_list = {
+        let entries = [(1, first.identity_key()), (2, w.a2.identity_key())];
+        samizdat::user::DeviceList::new("alice", 2, &w.alice.public_key(), entries).unwrap().sign(&w.alice).unwrap()
+    };
+    first.set_device_list(&alice_list).unwrap();
+    w.a2.set_device_list(&alice_list).unwrap();
+    for other in [&w.b1, &w.b2, &w.b3, &w.a2] {
+        first.start_session(&other.prekey_bundle().unwrap()).unwrap();
+    }
+    let sent: Vec<Vec<samizdat::device::FanOut>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [&first, &second]
+            .into_iter()
+            .enumerate()
+            .map(|(h, handle)| {
+                scope.spawn(move || {
+                    (0..8).map(|i| handle.encrypt_to_user("bob", format!("h{h} m{i}").as_bytes()).unwrap()).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let all: Vec<&samizdat::device::FanOut> = sent.iter().flatten().collect();
+    assert_eq!(all.len(), 16);
+    for (i, bob) in [&w.b1, &w.b2, &w.b3].into_iter().enumerate() {
+        let mut read: Vec<Vec<u8>> = Vec::new();
+        for out in &all {
+            assert_eq!(out.messages[i].to, *bob.address());
+            let pending = bob.decrypt(first.address(), &out.messages[i].message).unwrap();
+            read.push(pending.plaintext().to_vec());
+            bob.commit(pending).unwrap();
+        }
+        read.sort();
+        read.dedup();
+        assert_eq!(read.len(), 16, "a message of {} read twice or lost", bob.address());
+    }
+    for out in &all {
+        let pending = w.a2.decrypt(first.address(), &out.syncs[0].message).unwrap();
+        assert_eq!(pending.kind(), MessageKind::SentSync);
         w.a2.commit(pending).unwrap();
     }
 }
