@@ -893,7 +893,7 @@ pub fn attachment_encrypt_with_key(
     Ok((attachment.to_bytes().to_vec(), ciphertext))
 }
 
-/// A link offer of given keys (PROTOCOL.md 23.7): the device at (`user_id`,
+/// A link offer of given keys (PROTOCOL.md 23.8): the device at (`user_id`,
 /// `device_id`) with identity key `identity_key`, its X25519 secret
 /// `ephemeral_secret`, the code's `secret` and time `created_at`.
 ///
@@ -920,7 +920,7 @@ pub fn link_offer(
     ))
 }
 
-/// What a link message carried (PROTOCOL.md 23.7), as its parts' bytes.
+/// What a link message carried (PROTOCOL.md 23.8), as its parts' bytes.
 pub struct LinkOpened {
     /// The user identity's Ed25519 seed (wiped when the value is dropped).
     pub user_identity_seed: Zeroizing<[u8; 32]>,
@@ -942,7 +942,7 @@ impl std::fmt::Debug for LinkOpened {
 }
 
 /// Seals a provisioning to `code` with the linking device's X25519 secret
-/// `linker_ephemeral_secret` (PROTOCOL.md 23.7): the link message.
+/// `linker_ephemeral_secret` (PROTOCOL.md 23.8): the link message.
 ///
 /// # Errors
 /// [`crate::user::LinkError::MalformedCode`] for a code that does not read;
@@ -969,7 +969,7 @@ pub fn link_seal(
 }
 
 /// Opens a link message under `offer` and checks what it carries
-/// (PROTOCOL.md 23.7, K4 to K10).
+/// (PROTOCOL.md 23.8, K4 to K10).
 ///
 /// # Errors
 /// The first check that fails, as [`crate::user::LinkError`].
@@ -981,4 +981,23 @@ pub fn link_open(offer: &crate::user::LinkOffer, message: &[u8]) -> Result<LinkO
         pinned: opened.pinned.iter().map(crate::user::SignedDeviceList::to_bytes).collect(),
         linker_device_id: opened.linker_device_id,
     })
+}
+
+/// The control content of a sent sync (PROTOCOL.md 23.7): the canonical
+/// encoding of a `Control` whose body is `sent_sync` (field 5), for the
+/// test vectors. Nothing is checked: a recipient or a plaintext past the
+/// limits encodes all the same (and is refused by [`parse_sent_sync`]).
+pub fn sent_sync_content(recipient: &str, plaintext: &[u8]) -> Vec<u8> {
+    let sync =
+        crate::user::sync::SentSync { recipient: recipient.to_owned(), plaintext: Zeroizing::new(plaintext.to_vec()) };
+    sync.to_control_bytes().to_vec()
+}
+
+/// Reads control content as the device API does before the checks of 18.6:
+/// `None` if it does not begin with `0x2a` (not a sent sync), else the
+/// recipient and the plaintext, or the first of checks Y1 to Y4 of
+/// PROTOCOL.md 23.7 that fails.
+pub fn parse_sent_sync(content: &[u8]) -> Option<Result<(String, Vec<u8>), crate::DecodeError>> {
+    crate::user::sync::SentSync::from_control_bytes(content)
+        .map(|parsed| parsed.map(|sync| (sync.recipient.clone(), sync.plaintext.to_vec())))
 }

@@ -241,6 +241,15 @@ pub const MAX_RESEND_IDS: usize = 4;
 /// most 26 + 18 x 4 = 98 bytes).
 pub const MAX_KEPT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 128;
 
+/// The largest plaintext one fan-out sends
+/// ([`Device::encrypt_to_user`](crate::device::Device::encrypt_to_user),
+/// PROTOCOL.md 23.6): room is left within [`MAX_PLAINTEXT_LEN`] for the
+/// framing of the sent sync our other devices get (23.7: the control
+/// content's tags and lengths and a recipient of up to
+/// [`MAX_USER_ID_LEN`](crate::address::MAX_USER_ID_LEN) = 256 bytes: at most
+/// 267 bytes).
+pub const MAX_FAN_OUT_PLAINTEXT_LEN: usize = MAX_PLAINTEXT_LEN - 512;
+
 /// How far back the app's clock may be set before a stored time is taken
 /// for a clock that was wrong (ahead) rather than for the present: a heal
 /// at a clock set back by more than this is not refused for the time the
@@ -286,17 +295,17 @@ pub const MAX_BACKUP_PEERS: usize = 100_000;
 /// refused before anything else.
 pub const MAX_BACKUP_LEN: usize = 32 * 1024 * 1024;
 
-/// The most pinned contact users a link message carries (PROTOCOL.md 23.7):
+/// The most pinned contact users a link message carries (PROTOCOL.md 23.8):
 /// a device that pinned more cannot link another (`LinkError::TooManyUsers`).
 pub const MAX_LINK_PINNED_USERS: usize = 10_000;
 
-/// The longest link message (PROTOCOL.md 23.7): one that carries
+/// The longest link message (PROTOCOL.md 23.8): one that carries
 /// [`MAX_LINK_PINNED_USERS`] lists at their longest
 /// ([`MAX_DEVICE_LIST_LEN`](crate::user::MAX_DEVICE_LIST_LEN)) fits. A
 /// longer one is refused before any key is derived.
 pub const MAX_LINK_MESSAGE_LEN: usize = 24 * 1024 * 1024;
 
-/// How long a link code stays valid (PROTOCOL.md 23.7), in seconds: the
+/// How long a link code stays valid (PROTOCOL.md 23.8), in seconds: the
 /// scanning device refuses a code made longer ago than this (or that far
 /// in the future, by its clock), and the new device refuses to finish an
 /// offer older than this.

@@ -906,7 +906,7 @@ fn held_device_a_store_restored_into_the_crossing_heals() {
                         }
                     }
                     Ok(Got::Control(sent)) => flight.extend(sent.into_iter().map(|o| (1 - to, o.message))),
-                    Ok(Got::Group(_)) => unreachable!(),
+                    Ok(Got::Group(_) | Got::SentSync(..)) => unreachable!(),
                     Err(e) if e.kind().recovery() == Recovery::Heal => {
                         if let Ok(Heal::Sent(reset)) = dev.heal(&peer.prekey_bundle().unwrap(), &[wire], at(now)) {
                             flight.insert(0, (1 - to, reset.message));

@@ -511,7 +511,7 @@ fn observation_a_pending_message_commits_after_its_device_is_removed() {
     assert_eq!(refusal(alice.encrypt(bob2.address(), b"x")), DeviceListError::UnlistedDevice { device_id: 2 });
 }
 
-/// OBSERVATION (documented gap, PROTOCOL.md 23.6: groups do not check the
+/// OBSERVATION (documented gap, PROTOCOL.md 23.8: groups do not check the
 /// lists). A device removed from its user's pinned list still receives the
 /// group's chain (a distribution over its kept pairwise session) from
 /// `group_encrypt`, and so reads the group's messages. Shown here so that

@@ -21,27 +21,10 @@ use samizdat::{
     user::{DeviceList, DeviceListError, MAX_DEVICE_LIST_LEN, SignedDeviceList, UserIdentityKeyPair},
 };
 use samizdat_proto::wire;
-use support::receive;
-
-fn device(user: &str, id: u32, key: u8) -> Device<MemoryBackend> {
-    Device::create_in(
-        MemoryBackend::new(),
-        &StorageKey::from_bytes([key; 32]),
-        Address::new(user, id).unwrap(),
-        UNIX_EPOCH,
-    )
-    .unwrap()
-}
-
-fn user_key(seed: u8) -> UserIdentityKeyPair {
-    UserIdentityKeyPair::from_seed(&[seed; 32])
-}
-
-/// `user`'s list at `version`, naming `devices`, signed by `uik`.
-fn list(uik: &UserIdentityKeyPair, user: &str, version: u64, devices: &[&Device<MemoryBackend>]) -> SignedDeviceList {
-    let entries = devices.iter().map(|d| (d.address().device_id(), d.identity_key()));
-    DeviceList::new(user, version, &uik.public_key(), entries).unwrap().sign(uik).unwrap()
-}
+use support::{
+    receive,
+    users::{device, list, refusal, rows, user_key},
+};
 
 /// `bundle` with `list` in place of the list it carries (what a server can
 /// do: the bundle's signature does not cover it).
@@ -58,17 +41,6 @@ fn with_raw_list(bundle: &[u8], bytes: Vec<u8>) -> Vec<u8> {
     let mut message = wire::PreKeyBundle::decode(&bundle[1..]).unwrap();
     message.device_list = bytes;
     [vec![bundle[0]], message.encode_to_vec()].concat()
-}
-
-fn rows(device: &Device<MemoryBackend>) -> std::collections::BTreeMap<(Table, Vec<u8>), Vec<u8>> {
-    device.backend().snapshot()
-}
-
-fn refusal(result: Result<impl std::fmt::Debug, DeviceError>) -> DeviceListError {
-    match result {
-        Err(DeviceError::DeviceList(e)) => e,
-        other => panic!("expected a device-list refusal, got {other:?}"),
-    }
 }
 
 /// Bob (devices 1 and 2) with his user identity, and Alice who talks to him.

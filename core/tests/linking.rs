@@ -1,4 +1,4 @@
-//! Linking a new device to its user (issue 17, item 3; PROTOCOL.md 23.7): a
+//! Linking a new device to its user (issue 17, item 3; PROTOCOL.md 23.8): a
 //! code shown on the new device, scanned on an existing one, and one sealed
 //! provisioning message back. Every refusal is checked to leave every row
 //! of the store as it was.

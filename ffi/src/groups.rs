@@ -29,6 +29,11 @@ pub enum MessageKind {
     /// empty). Commit it all the same, send what the commit returns (an
     /// answer, the messages a reset asked for), then acknowledge it.
     Control,
+    /// A copy of a message our own user sent from another of its devices
+    /// (a fan-out's sent sync): its plaintext went to the user
+    /// `sync_recipient()`. Show it as sent by us; commit it as any other.
+    /// It came from a device our own list names (PROTOCOL.md 23.7).
+    SentSync,
 }
 
 /// A one-to-one message the library made for a peer (a group's chain, the
@@ -106,6 +111,7 @@ impl From<device::MessageKind> for MessageKind {
         match kind {
             device::MessageKind::Direct => Self::Direct,
             device::MessageKind::Group => Self::Group,
+            device::MessageKind::SentSync => Self::SentSync,
             // Control, and any kind a later core adds: nothing for the app to show.
             _ => Self::Control,
         }

@@ -49,6 +49,12 @@
 //!   `device_list`, `update_device_list`, `trust_new_user_identity`,
 //!   `user_trust`; a pinned user's device that no verified list names is
 //!   refused as [`SamizdatError::UntrustedIdentity`] with no identity key.
+//!   Sending to a user: `encrypt_to_user` and `encrypt_to_user_devices`
+//!   return a [`FanOut`] (messages to the contact's devices, sent syncs to
+//!   our other devices, the listed devices without a session); a sync
+//!   decrypts as [`MessageKind::SentSync`] with
+//!   [`PendingMessage::sync_recipient`]; `user_safety_number` on a device is
+//!   the per-user safety number from the pinned lists.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - Time: every `now` is the app's clock in whole seconds since the Unix
@@ -92,7 +98,8 @@ pub use groups::{GroupSend, MessageKind, Outgoing};
 pub use healing::{HealPolicy, HealResult, message_id};
 pub use store::rotate_storage_key;
 pub use users::{
-    DeviceListChange, DeviceListInfo, ListedDevice, UserIdentity, UserTrust, user_safety_number, verify_device_list,
+    DeviceListChange, DeviceListInfo, FanOut, ListedDevice, UserIdentity, UserTrust, user_safety_number,
+    verify_device_list,
 };
 
 /// What [`Device::scrub`] did.
@@ -177,6 +184,7 @@ pub struct PendingMessage {
     sender: Address,
     sender_identity: Option<Vec<u8>>,
     message_id: Option<Vec<u8>>,
+    sync_recipient: Option<String>,
     inner: Mutex<Option<device::PendingMessage>>,
 }
 
@@ -363,7 +371,8 @@ impl Device {
 
 #[uniffi::export]
 impl PendingMessage {
-    /// The plaintext: empty for a [`MessageKind::Control`] message.
+    /// The plaintext: empty for a [`MessageKind::Control`] message; for a
+    /// [`MessageKind::SentSync`], what our other device sent.
     pub fn plaintext(&self) -> Vec<u8> {
         self.plaintext.to_vec()
     }
@@ -398,6 +407,13 @@ impl PendingMessage {
     /// [`Device::acknowledge`]. `None` for a group message.
     pub fn message_id(&self) -> Option<Vec<u8>> {
         self.message_id.clone()
+    }
+
+    /// For a [`MessageKind::SentSync`] (a copy of what another device of our
+    /// own user sent), the user id it was sent to; `None` for every other
+    /// kind.
+    pub fn sync_recipient(&self) -> Option<String> {
+        self.sync_recipient.clone()
     }
 }
 
@@ -466,6 +482,7 @@ impl From<device::PendingMessage> for PendingMessage {
             sender: pending.peer().into(),
             sender_identity: pending.sender_identity().map(|k| k.as_bytes().to_vec()),
             message_id: pending.message_id().map(|id| id.to_vec()),
+            sync_recipient: pending.sync_recipient().map(str::to_owned),
             inner: Mutex::new(Some(pending)),
         }
     }

@@ -22,17 +22,34 @@
 //!   `decrypt`, every device of that user the newest verified list does
 //!   not name ([`SamizdatError::UntrustedIdentity`] with an empty
 //!   `identity`), changing nothing.
+//! - Sending to a user (PROTOCOL.md 23.6, 23.7): [`Device::encrypt_to_user`]
+//!   and [`Device::encrypt_to_user_devices`] return a [`FanOut`]; our other
+//!   devices receive a `MessageKind::SentSync`. [`Device::user_safety_number`]
+//!   is the per-user safety number from the pinned lists.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use samizdat::{
-    fingerprint,
+    device, fingerprint,
     keys::IdentityKey,
     user::{self, DeviceListError},
 };
 use zeroize::Zeroizing;
 
-use crate::{Details, Device, SafetyNumber, SamizdatError};
+use crate::{Address, Details, Device, Outgoing, SafetyNumber, SamizdatError};
+
+/// What [`Device::encrypt_to_user`] made: send each message to its `to`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FanOut {
+    /// One message per device of the contact's pinned list that has a
+    /// session, in increasing device id order.
+    pub messages: Vec<Outgoing>,
+    /// One sent sync per other device of our own list that has a session.
+    pub syncs: Vec<Outgoing>,
+    /// The listed devices with no session (the contact's, then ours): start
+    /// sessions from their bundles, then [`Device::encrypt_to_user_devices`].
+    pub missing: Vec<Address>,
+}
 
 /// A device in a list: its id and its identity key (32 bytes).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -232,6 +249,39 @@ impl Device {
     pub fn user_trust(&self, user_id: String) -> Result<Option<Arc<UserTrust>>, SamizdatError> {
         Ok(self.inner.user_trust(&user_id)?.map(UserTrust::from_core))
     }
+
+    /// The safety number of our user with `user_id`, from the user identity
+    /// of our own list and the one pinned for `user_id`: stable while either
+    /// user's devices change, changed by a new user identity.
+    /// `InvalidArgument` while our own list is not set; `NoSession` for a
+    /// user that is not pinned.
+    pub fn user_safety_number(&self, user_id: String) -> Result<Arc<SafetyNumber>, SamizdatError> {
+        Ok(Arc::new(SafetyNumber { inner: self.inner.user_safety_number(&user_id)? }))
+    }
+
+    /// Encrypts `plaintext` for a contact user: one message per device of
+    /// its pinned list that has a session, and a sent sync per other device
+    /// of our own list that has one, all written in one transaction before
+    /// they are returned. `NoSession` for a user that is not pinned;
+    /// `LimitExceeded` past `MAX_FAN_OUT_PLAINTEXT_LEN`. A failure wrote
+    /// nothing: send nothing.
+    pub fn encrypt_to_user(&self, user_id: String, plaintext: Vec<u8>) -> Result<FanOut, SamizdatError> {
+        Ok(self.inner.encrypt_to_user(&user_id, &plaintext)?.into())
+    }
+
+    /// [`Self::encrypt_to_user`] for only these devices of the fan-out
+    /// (typically its `missing`, once sessions with them are started).
+    /// `UntrustedIdentity` for a device the list does not name;
+    /// `InvalidArgument` for another user's address, or our own.
+    pub fn encrypt_to_user_devices(
+        &self,
+        user_id: String,
+        plaintext: Vec<u8>,
+        devices: Vec<Address>,
+    ) -> Result<FanOut, SamizdatError> {
+        let devices = devices.iter().map(Address::to_core).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.inner.encrypt_to_user_devices(&user_id, &plaintext, &devices)?.into())
+    }
 }
 
 /// Reads and verifies a signed device list without any pin (who the key
@@ -289,6 +339,16 @@ impl From<&user::DeviceList> for DeviceListInfo {
             version: i64::try_from(list.version()).unwrap_or(i64::MAX),
             user_identity_key: list.user_identity_key().as_bytes().to_vec(),
             devices: listed(list.devices()),
+        }
+    }
+}
+
+impl From<device::FanOut> for FanOut {
+    fn from(out: device::FanOut) -> Self {
+        Self {
+            messages: out.messages.into_iter().map(Outgoing::from).collect(),
+            syncs: out.syncs.into_iter().map(Outgoing::from).collect(),
+            missing: out.missing.into_iter().map(Address::from).collect(),
         }
     }
 }

@@ -10,6 +10,7 @@ use chacha20::ChaCha20Rng;
 use ed25519_dalek::{Signer, SigningKey};
 use samizdat::{
     fingerprint::SafetyNumber,
+    hazmat,
     keys::IdentityKey,
     user::{DeviceList, DeviceListError, SignedDeviceList, UserIdentityKey, UserIdentityKeyPair, UserTrust},
 };
@@ -96,13 +97,28 @@ pub(crate) enum DeviceListCase {
         #[serde(default)]
         scannable: String,
     },
+    /// The control content of a sent sync (23.7).
+    EncodeSentSync {
+        name: String,
+        recipient: String,
+        plaintext: String,
+        #[serde(default)]
+        content: String,
+    },
+    /// Control content read as a sent sync (23.7, checks Y1 to Y4).
+    DecodeSentSync {
+        name: String,
+        content: String,
+        #[serde(default)]
+        result: Value,
+    },
 }
 
 impl VectorSet for DeviceLists {
     type Case = DeviceListCase;
     const META: Meta = Meta {
         file: "device_lists.json",
-        section: "23 Users and signed device lists (23.2 the list and its checks, 23.3 the rules, 23.4 safety numbers per user)",
+        section: "23 Users and signed device lists (23.2 the list and its checks, 23.3 the rules, 23.4 safety numbers per user, 23.7 the sent sync)",
         description: "`sign`: the user identity key pair of the 32-byte Ed25519 seed `user_seed` signs the list \
             (user_id, version, user_identity_key = its public key, devices in increasing device_id order): `list` is \
             the canonical protobuf DeviceList, `signature` = Ed25519(user key, \"samizdat/v1/device-list\" || list), \
@@ -111,7 +127,13 @@ impl VectorSet for DeviceLists {
             bad_signature). `update`: a peer pinned `held` on first use for `user_id`, then is offered `offered` \
             (23.3); `result` is the devices added and removed, or the refusal (wrong_user, untrusted_user, rollback, \
             equivocation, or a check of 23.2). `check_device`: ok, or unlisted_device. `user_safety_number`: 10.1 \
-            and 10.2 with the label \"samizdat/v1/user-safety-number\" over the user identity keys.",
+            and 10.2 with the label \"samizdat/v1/user-safety-number\" over the user identity keys. \
+            `encode_sent_sync`: the control content (no padding) of a sent sync, the canonical protobuf \
+            Control { sent_sync = 5: SentSync { recipient = 1 (UTF-8), plaintext = 2 } } (`plaintext` in hex; the \
+            field is absent when empty). `decode_sent_sync`: `result` is {ok: {recipient, plaintext}}, \
+            not_a_sent_sync for content that does not begin with 0x2a (another control kind), or the first failure \
+            of checks Y1 to Y4 (protobuf; missing_field or invalid_value of sent_sync.recipient, over 256 bytes; \
+            invalid_value of sent_sync.plaintext, over 245,248 bytes).",
         seed: 23,
         inputs: &[
             "operation",
@@ -129,6 +151,9 @@ impl VectorSet for DeviceLists {
             "local_user_identity",
             "remote_user_id",
             "remote_user_identity",
+            "recipient",
+            "plaintext",
+            "content",
         ],
     };
 
@@ -214,7 +239,7 @@ impl VectorSet for DeviceLists {
                 digits: String::new(),
                 scannable: String::new(),
             };
-        Ok(vec![
+        let mut cases = vec![
             sign("sign_one_device", &user_seed, "alice", 1, vec![dev(1, 0)]),
             sign(
                 "sign_devices_given_out_of_order",
@@ -311,7 +336,9 @@ impl VectorSet for DeviceLists {
                         (1..=33u32).map(|i| wire::DeviceEntry { device_id: i, identity_key: vec![0; 31] }).collect();
                 })?,
             ),
-        ])
+        ];
+        cases.extend(sent_sync_cases());
+        Ok(cases)
     }
 
     fn compute(case: &DeviceListCase) -> R<DeviceListCase> {
@@ -435,8 +462,89 @@ impl VectorSet for DeviceLists {
                     scannable: h(number.scannable()),
                 }
             }
+            DeviceListCase::EncodeSentSync { name, recipient, plaintext, .. } => {
+                let plain = bytes("plaintext", plaintext)?;
+                let content = hazmat::sent_sync_content(recipient, &plain);
+                agree("content", &content, &sent_sync_by_hand(recipient.as_bytes(), &plain))?;
+                DeviceListCase::EncodeSentSync {
+                    name: name.clone(),
+                    recipient: recipient.clone(),
+                    plaintext: plaintext.clone(),
+                    content: h(&content),
+                }
+            }
+            DeviceListCase::DecodeSentSync { name, content, .. } => {
+                let result = match hazmat::parse_sent_sync(&bytes("content", content)?) {
+                    None => json!("not_a_sent_sync"),
+                    Some(Ok((recipient, plaintext))) => {
+                        json!({ "ok": { "recipient": recipient, "plaintext": h(&plaintext) } })
+                    }
+                    Some(Err(e)) => decode_error(&e),
+                };
+                DeviceListCase::DecodeSentSync { name: name.clone(), content: content.clone(), result }
+            }
         })
     }
+}
+
+/// The sent sync cases: encodings (the example of 23.7, an empty plaintext,
+/// the longest recipient), and content read as a sync, one check failing
+/// each. They draw nothing from the generator.
+fn sent_sync_cases() -> Vec<DeviceListCase> {
+    let encode = |name: &str, recipient: &str, plaintext: &[u8]| DeviceListCase::EncodeSentSync {
+        name: name.to_owned(),
+        recipient: recipient.to_owned(),
+        plaintext: h(plaintext),
+        content: String::new(),
+    };
+    let decode = |name: &str, content: &[u8]| DeviceListCase::DecodeSentSync {
+        name: name.to_owned(),
+        content: h(content),
+        result: Value::Null,
+    };
+    let longest = "u".repeat(256);
+    let mut trailing = sent_sync_by_hand(b"bob", b"hi");
+    trailing.push(0);
+    vec![
+        encode("encode_sent_sync_hi_to_bob", "bob", b"hi"),
+        encode("encode_sent_sync_empty_plaintext", "bob", b""),
+        encode("encode_sent_sync_longest_recipient", &longest, b"hello"),
+        decode("decode_sent_sync_hi_to_bob", &sent_sync_by_hand(b"bob", b"hi")),
+        decode("decode_sent_sync_longest_recipient", &sent_sync_by_hand(longest.as_bytes(), b"x")),
+        decode("decode_sent_sync_recipient_too_long", &sent_sync_by_hand("u".repeat(257).as_bytes(), b"x")),
+        decode("decode_sent_sync_no_recipient", &[0x2a, 0x00]),
+        decode("decode_sent_sync_trailing_byte", &trailing),
+        decode("decode_sent_sync_unknown_field", &[0x2a, 0x02, 0x18, 0x01]),
+        decode("decode_sent_sync_recipient_not_utf8", &[0x2a, 0x03, 0x0a, 0x01, 0xff]),
+        decode("decode_a_reset_is_not_a_sent_sync", &[0x1a, 0x00]),
+        decode("decode_empty_content_is_not_a_sent_sync", &[]),
+    ]
+}
+
+/// A protobuf varint, for the encodings by hand.
+fn varint(mut value: usize, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push(u8::try_from(value & 0x7f).unwrap_or_default() | 0x80);
+        value >>= 7;
+    }
+    out.push(u8::try_from(value).unwrap_or_default());
+}
+
+/// The sent sync's content from 23.7's layout, field by field:
+/// `0x2a varint(len(S)) S`, `S = 0x0a varint(len(r)) r [0x12 varint(len(p)) p]`.
+fn sent_sync_by_hand(recipient: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut inner = vec![0x0a];
+    varint(recipient.len(), &mut inner);
+    inner.extend_from_slice(recipient);
+    if !plaintext.is_empty() {
+        inner.push(0x12);
+        varint(plaintext.len(), &mut inner);
+        inner.extend_from_slice(plaintext);
+    }
+    let mut out = vec![0x2a];
+    varint(inner.len(), &mut out);
+    out.extend_from_slice(&inner);
+    out
 }
 
 /// y = 3 + p: a non-canonical encoding (y >= p) of a point of mixed order.

@@ -1,4 +1,4 @@
-//! Linking a new device (PROTOCOL.md 23.7).
+//! Linking a new device (PROTOCOL.md 23.8).
 //!
 //! Every code and every link message is made twice: by the library (its
 //! `hazmat` link calls) and here from the formula alone (the protobuf built
@@ -106,7 +106,7 @@ impl VectorSet for Linking {
     type Case = LinkCase;
     const META: Meta = Meta {
         file: "linking.json",
-        section: "23.7 Linking a new device",
+        section: "23.8 Linking a new device",
         description: "`code`: the offer of the device (user_id, device_id) whose identity key is the Ed25519 public \
             key of `identity_seed`, with X25519 secret key `offer_secret_key`, `secret` and `created_at`: `code` is \
             the canonical protobuf LinkCode { 1 version = 1, 2 user_id, 3 device_id, 4 identity_key, 5 \
@@ -541,7 +541,7 @@ fn pad_row(value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The link message, from the formula of 23.7.
+/// The link message, from the formula of 23.8.
 fn seal_by_hand(
     code: &[u8],
     secret: &[u8; 32],

@@ -1,4 +1,4 @@
-//! Linking a new device to its user in the Device API (PROTOCOL.md 23.7).
+//! Linking a new device to its user in the Device API (PROTOCOL.md 23.8).
 //!
 //! 1. The new device makes an offer ([`Device::link_offer`]) and shows its
 //!    code.
@@ -84,7 +84,7 @@ fn within_lifetime(now: u64, at: u64) -> bool {
 }
 
 impl<B: Backend> Device<B> {
-    /// Makes an offer to link this device to its user (PROTOCOL.md 23.7):
+    /// Makes an offer to link this device to its user (PROTOCOL.md 23.8):
     /// show [`LinkOffer::code`] for an existing device of the user to scan,
     /// then give the message it sends back to [`Self::finish_link`]. The
     /// offer holds its keys in memory only; it is valid for
@@ -120,7 +120,7 @@ impl<B: Backend> Device<B> {
         Ok(LinkOffer::new(&mut crate::os_rng(), self.address.clone(), self.identity_key(), unix_seconds(now)))
     }
 
-    /// Links the device whose code was scanned (PROTOCOL.md 23.7): adds it
+    /// Links the device whose code was scanned (PROTOCOL.md 23.8): adds it
     /// to this user's device list (a new version, signed with `user`, the
     /// user identity key pair the app holds), writes that list as this
     /// device's own, and seals for the new device the user identity key,
@@ -202,7 +202,7 @@ impl<B: Backend> Device<B> {
     }
 
     /// Finishes linking this device with the message the scanning device
-    /// sent for `offer` (PROTOCOL.md 23.7): the list it carries becomes
+    /// sent for `offer` (PROTOCOL.md 23.8): the list it carries becomes
     /// this device's own, and every contact user it carries is pinned (one
     /// this device pinned already keeps its pin, unless the list is a newer
     /// one under the same key), in one transaction. The app keeps the

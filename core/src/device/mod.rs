@@ -68,6 +68,7 @@
 //! ```
 
 mod backup;
+mod fanout;
 mod groups;
 mod healing;
 mod linking;
@@ -103,6 +104,7 @@ use crate::{
 
 use self::prekeys::set_rows;
 pub use self::{
+    fanout::FanOut,
     groups::{GroupError, GroupSend, Outgoing},
     healing::{Heal, HealPolicy},
     linking::{Linked, Provisioned},

@@ -11,6 +11,7 @@ use crate::{
     heal::MessageId,
     keys::IdentityKey,
     session::{PendingDecrypt, SessionRecord},
+    user::sync::SentSync,
 };
 
 use super::{
@@ -55,6 +56,10 @@ pub(super) enum Inner {
         /// The message's id: of its wire bytes, or for a resend, of the
         /// message as first sent (PROTOCOL.md 20.2).
         id: MessageId,
+        /// A sent sync from another device of our own user (PROTOCOL.md
+        /// 23.7), checked to come from a device our own list names; then
+        /// `control` is `None` (the commit only advances the session).
+        sync: Option<SentSync>,
     },
     /// A group message.
     Group(GroupPending),
@@ -77,12 +82,22 @@ pub enum MessageKind {
     /// Commit it all the same (the session advances, and the library acts on
     /// it; send what the commit returns), then acknowledge it.
     Control,
+    /// A copy of a message our own user sent from another of its devices
+    /// (its fan-out's "sent sync", PROTOCOL.md 23.7): the plaintext
+    /// [`PendingMessage::plaintext`] went to the user
+    /// [`PendingMessage::sync_recipient`]. It came from a device our own
+    /// pinned list names (the device API refuses it from anyone else). Show
+    /// it as sent by us, in the conversation with that user; commit it as
+    /// any other.
+    SentSync,
 }
 
 impl PendingMessage {
-    /// The plaintext: empty for a [`MessageKind::Control`] message.
+    /// The plaintext: empty for a [`MessageKind::Control`] message; for a
+    /// [`MessageKind::SentSync`], what our other device sent.
     pub fn plaintext(&self) -> &[u8] {
         match &self.inner {
+            Inner::Pairwise { sync: Some(sync), .. } => &sync.plaintext,
             Inner::Pairwise { control: Some(ControlAction::Resent { plaintext, .. }), .. } => plaintext,
             Inner::Pairwise { control: Some(_), .. } => &[],
             Inner::Pairwise { pending, .. } => pending.plaintext(),
@@ -93,6 +108,7 @@ impl PendingMessage {
     /// What the message is.
     pub fn kind(&self) -> MessageKind {
         match &self.inner {
+            Inner::Pairwise { sync: Some(_), .. } => MessageKind::SentSync,
             Inner::Pairwise { control: Some(ControlAction::Resent { .. }), .. } => MessageKind::Direct,
             Inner::Pairwise { control: Some(_), .. } => MessageKind::Control,
             Inner::Pairwise { .. } => MessageKind::Direct,
@@ -119,6 +135,15 @@ impl PendingMessage {
         match &self.inner {
             Inner::Pairwise { id, .. } => Some(*id),
             Inner::Group(_) => None,
+        }
+    }
+
+    /// For a [`MessageKind::SentSync`], the user id the message went to;
+    /// `None` for every other kind.
+    pub fn sync_recipient(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Pairwise { sync: Some(sync), .. } => Some(&sync.recipient),
+            _ => None,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::{
     ratchet::{ENCRYPTED_HEADER_LEN, header, message_key::MessageKey},
     session::{Attempt, PendingDecrypt, SessionRecord},
     store::{Backend, Expected, StoreError, Table, Write},
+    user::sync::SentSync,
     wire::{Message, RatchetMessage},
 };
 
@@ -314,17 +315,41 @@ impl<B: Backend> Device<B> {
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
         retry_on_conflict(|| {
-            let (mut loaded, mut record) = self.load_record(&row)?;
-            // A device its user's pinned list no longer names (or never did)
-            // gets nothing (PROTOCOL.md 23.5).
-            if let Some(identity) = record.trusted_identity() {
-                self.check_listed(peer, &identity)?;
-            }
-            let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
+            let (ciphertext, writes) =
+                self.encrypt_on_row(peer, &row, self.load_record(&row)?, plaintext, ContentType::App)?;
             // A ciphertext whose write is refused is dropped, never returned.
-            self.write(&self.record_writes(&row, peer, &mut record, &mut loaded)?)?;
+            self.write(&writes)?;
             Ok(ciphertext)
         })
+    }
+
+    /// One encryption of `content` (of type `content_type`) to `peer`, on
+    /// its record as loaded from `row`: `CheckListed` (PROTOCOL.md 23.5)
+    /// with the identity the record trusts, then `Encrypt` (9.4). Returns
+    /// the ciphertext and the writes of the advanced record, conditional on
+    /// the rows as read; the caller applies them (alone, or with others in
+    /// one transaction: a fan-out, 23.6) and hands the ciphertext out only
+    /// once they are written.
+    ///
+    /// # Errors
+    /// [`DeviceListError::UnlistedDevice`](crate::user::DeviceListError::UnlistedDevice),
+    /// [`SessionError::NoSession`], [`SessionError::Encrypt`], a store error.
+    pub(super) fn encrypt_on_row(
+        &self,
+        peer: &Address,
+        row: &[u8],
+        (mut loaded, mut record): (LoadedRows, SessionRecord),
+        content: &[u8],
+        content_type: ContentType,
+    ) -> Result<(Vec<u8>, Vec<Write>), DeviceError> {
+        // A device its user's pinned list no longer names (or never did)
+        // gets nothing (PROTOCOL.md 23.5).
+        if let Some(identity) = record.trusted_identity() {
+            self.check_listed(peer, &identity)?;
+        }
+        let ciphertext = record.encrypt_content(&mut crate::os_rng(), content, content_type)?;
+        let writes = self.record_writes(row, peer, &mut record, &mut loaded)?;
+        Ok((ciphertext, writes))
     }
 
     /// Decrypts a message from `peer` (the sender as the app's transport
@@ -371,15 +396,29 @@ impl<B: Backend> Device<B> {
                     }
                     Err(e) => return Err(e.into()),
                 };
+            let mut sync = None;
             let mut control = match pending.content() {
                 // The first copy of a message a resend brought already.
                 ContentType::App if record.healing().was_resent(&id) => {
                     return Err(SessionError::from(DecryptError::Resent).into());
                 }
                 ContentType::App => None,
-                ContentType::Control => {
-                    Some(self.plan_control(peer, pending.sender_identity(), pending.plaintext(), record.healing())?)
-                }
+                // A sent sync (PROTOCOL.md 23.7): parsed, then accepted only
+                // from a device our own pinned list names.
+                ContentType::Control => match SentSync::from_control_bytes(pending.plaintext()) {
+                    Some(parsed) => {
+                        let parsed = parsed.map_err(SessionError::from)?;
+                        self.check_sync_sender(peer, &pending.sender_identity())?;
+                        sync = Some(parsed);
+                        None
+                    }
+                    None => Some(self.plan_control(
+                        peer,
+                        pending.sender_identity(),
+                        pending.plaintext(),
+                        record.healing(),
+                    )?),
+                },
             };
             // A resend reaching the app: its own wire id is the message's
             // too (a later copy of it is a duplicate).
@@ -390,7 +429,7 @@ impl<B: Backend> Device<B> {
             Ok(PendingMessage {
                 device: self.identity.public_key(),
                 peer: peer.clone(),
-                inner: Inner::Pairwise { pending, loaded, record, control, id },
+                inner: Inner::Pairwise { pending, loaded, record, control, id, sync },
             })
         });
         corrupt_if_unchanged(result, &read)
@@ -439,7 +478,7 @@ impl<B: Backend> Device<B> {
         }
         let (pending, mut loaded, mut record, control, id) = match inner {
             Inner::Group(group) => return self.commit_group(group).map(|()| Vec::new()),
-            Inner::Pairwise { pending, loaded, record, control, id } => (pending, loaded, record, control, id),
+            Inner::Pairwise { pending, loaded, record, control, id, sync: _ } => (pending, loaded, record, control, id),
         };
         // Group rows first, as every call that takes both locks.
         let _group_guard = control.as_ref().filter(|c| c.is_group()).map(|_| lock(&self.group_lock));

@@ -281,7 +281,10 @@ impl Control {
                 }
                 Ok(Self::Resend { id, also, plaintext: Zeroizing::new(r.plaintext.clone()) })
             }
-            None => Err(DecodeError::UnknownKind),
+            // The sent sync (PROTOCOL.md 23.7) is read by the device API
+            // before this parser (`user::sync`); here, as C0 says, a kind
+            // this parser does not know.
+            Some(pb::control::Body::SentSync(_)) | None => Err(DecodeError::UnknownKind),
         }
     }
 }

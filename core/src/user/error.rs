@@ -67,6 +67,31 @@ pub enum DeviceListError {
         /// The device id.
         device_id: u32,
     },
+    /// The user is not pinned: this device has seen no list of it (no
+    /// bundle that carried one, no [`update_device_list`](crate::device::Device::update_device_list)),
+    /// so it knows neither the user identity nor the user's devices
+    /// (a per-user safety number, a fan-out, PROTOCOL.md 23.4, 23.6).
+    /// Fetch the user's bundles (their list pins the user) or its list.
+    #[error("no device list of user {user_id:?} is pinned")]
+    NotPinned {
+        /// The user id asked for.
+        user_id: String,
+    },
+    /// This device has no list of its own user
+    /// ([`set_device_list`](crate::device::Device::set_device_list) was
+    /// never called): it has no user identity to compute a per-user safety
+    /// number from, and no list to check a sent sync's sender against
+    /// (PROTOCOL.md 23.4, 23.7). Set it first.
+    #[error("this device has no device list of its own user")]
+    NoOwnList,
+    /// A sent sync (PROTOCOL.md 23.7) came from a device of another user: a
+    /// contact cannot speak for our own user's sends. The message is
+    /// refused and changes nothing.
+    #[error("a sent sync from a device of user {user_id:?}, not of our own user")]
+    ForeignSentSync {
+        /// The user id of the device it came from.
+        user_id: String,
+    },
 }
 
 impl DeviceListError {
@@ -75,12 +100,19 @@ impl DeviceListError {
     ///   must verify it) and an unlisted device (nothing may be sent to it
     ///   or read from it until a verified list names it);
     /// - [`ErrorKind::InvalidArgument`] for a list signed with the wrong key
-    ///   pair (the app's call);
+    ///   pair and for a call that needs our own list before it is set (the
+    ///   app's call: set it first);
+    /// - [`ErrorKind::NoSession`] for a user that is not pinned (fetch its
+    ///   bundles, whose list pins it);
+    /// - [`ErrorKind::InvalidMessage`] for a sent sync from a contact (drop
+    ///   it: no contact may send one);
     /// - [`ErrorKind::InvalidBundle`] for everything else: what the server
     ///   served is not a list the user made, or is an old one.
     pub const fn kind(&self) -> ErrorKind {
         match self {
-            Self::WrongSigner => ErrorKind::InvalidArgument,
+            Self::WrongSigner | Self::NoOwnList => ErrorKind::InvalidArgument,
+            Self::NotPinned { .. } => ErrorKind::NoSession,
+            Self::ForeignSentSync { .. } => ErrorKind::InvalidMessage,
             Self::UntrustedUser { .. } | Self::UnlistedDevice { .. } => ErrorKind::UntrustedIdentity,
             Self::Malformed(_)
             | Self::BadSignature

@@ -1,4 +1,4 @@
-//! Linking a new device to its user (PROTOCOL.md 23.7): a code shown on the
+//! Linking a new device to its user (PROTOCOL.md 23.8): a code shown on the
 //! new device and scanned on an existing one, then one provisioning message
 //! from the existing device to the new one, sealed to the code.
 //!
@@ -116,7 +116,7 @@ pub enum LinkError {
     #[error("the link offer was already used")]
     AlreadyUsed,
     /// The message opened, but what it carries breaks a rule (PROTOCOL.md
-    /// 23.7): a list that does not verify, that is not this user's, not
+    /// 23.8): a list that does not verify, that is not this user's, not
     /// under the user identity key it carries, or does not name this
     /// device with its identity key; a pinned list of our own user, or two
     /// of one user.
@@ -228,7 +228,7 @@ impl LinkOffer {
     }
 
     /// Opens a link message made for this offer, and checks what it
-    /// carries (PROTOCOL.md 23.7, checks K1 to K9).
+    /// carries (PROTOCOL.md 23.8, checks K1 to K9).
     ///
     /// # Errors
     /// [`LinkError::MalformedMessage`], [`LinkError::WrongCode`],
@@ -278,7 +278,7 @@ impl fmt::Debug for LinkOffer {
     }
 }
 
-/// A scanned link code, checked (PROTOCOL.md 23.7, C1 to C6).
+/// A scanned link code, checked (PROTOCOL.md 23.8, C1 to C6).
 pub struct LinkCode {
     code: Zeroizing<Vec<u8>>,
     address: Address,
@@ -411,7 +411,7 @@ fn link_key(
     (key, nonce)
 }
 
-/// What a linked device receives (PROTOCOL.md 23.7).
+/// What a linked device receives (PROTOCOL.md 23.8).
 pub(crate) struct Provisioning {
     pub(crate) user_identity: UserIdentityKeyPair,
     pub(crate) device_list: SignedDeviceList,

@@ -53,6 +53,7 @@
 mod error;
 mod link;
 mod list;
+pub(crate) mod sync;
 mod trust;
 
 use std::fmt;

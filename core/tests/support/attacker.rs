@@ -93,6 +93,21 @@ pub(crate) fn seal(
     counter: u32,
     plaintext: &[u8],
 ) -> RatchetMessage {
+    let padded = hazmat::pad(plaintext).unwrap();
+    seal_padded(rng, ad, header_key, (ratchet_key, previous_counter), seed, counter, &padded)
+}
+
+/// As [`seal`], of a body already padded (to choose its content type,
+/// PROTOCOL.md 5.2).
+pub(crate) fn seal_padded(
+    rng: &mut ChaCha20Rng,
+    ad: &[u8],
+    header_key: &[u8; 32],
+    (ratchet_key, previous_counter): (&[u8; 32], u32),
+    seed: &[u8; 32],
+    counter: u32,
+    padded: &[u8],
+) -> RatchetMessage {
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
     let header = hazmat::seal_header(header_key, nonce, (ratchet_key, previous_counter, counter), false, ad);
@@ -101,9 +116,19 @@ pub(crate) fn seal(
     aad.extend_from_slice(&header);
     let body = ChaCha20Poly1305::new_from_slice(&key)
         .unwrap()
-        .encrypt(&Nonce::from(body_nonce), Payload { msg: &hazmat::pad(plaintext).unwrap(), aad: &aad })
+        .encrypt(&Nonce::from(body_nonce), Payload { msg: padded, aad: &aad })
         .unwrap();
     hazmat::ratchet_message(header, body)
+}
+
+/// Control content (marker `0x81`, PROTOCOL.md 5.2) padded as the library
+/// pads it: the app marker of [`hazmat::pad`] replaced (the buckets are the
+/// same for both types).
+pub(crate) fn pad_control(content: &[u8]) -> Vec<u8> {
+    let mut padded = hazmat::pad(content).unwrap();
+    assert_eq!(padded[content.len()], 0x80);
+    padded[content.len()] = 0x81;
+    padded
 }
 
 /// Reads a message sent on `chain` (any counter from the copy's on).

@@ -6,6 +6,7 @@ pub mod attacker;
 pub mod audit_group;
 pub mod group;
 pub mod party;
+pub mod users;
 
 use chacha20::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -60,6 +61,9 @@ pub enum Got {
     Control(Vec<samizdat::device::Outgoing>),
     /// A group message's plaintext.
     Group(Vec<u8>),
+    /// A sent sync from another device of our own user (PROTOCOL.md 23.7):
+    /// the user it went to, and the plaintext.
+    SentSync(String, Vec<u8>),
 }
 
 /// Decrypt, (store), commit, as an app does: what the message was.
@@ -67,10 +71,12 @@ pub fn receive_kind<B: Backend, C: Backend>(to: &Device<B>, from: &Device<C>, wi
     let pending = to.decrypt(from.address(), wire)?;
     let kind = pending.kind();
     let plaintext = pending.plaintext().to_vec();
+    let recipient = pending.sync_recipient().map(str::to_owned);
     let sent = to.commit(pending)?;
     Ok(match kind {
         samizdat::device::MessageKind::Direct => Got::App(plaintext),
         samizdat::device::MessageKind::Group => Got::Group(plaintext),
+        samizdat::device::MessageKind::SentSync => Got::SentSync(recipient.unwrap_or_default(), plaintext),
         _ => Got::Control(sent),
     })
 }

@@ -20,6 +20,7 @@ from ._values import (
     Address,
     BackupParams,
     BytesLike,
+    FanOut,
     GroupSend,
     HealPolicy,
     HealResult,
@@ -48,6 +49,7 @@ from ._values import (
     text,
     u32,
     count32,
+    fan_out_of,
     u63,
 )
 
@@ -289,6 +291,32 @@ class Device:
         native = self._call("user_trust", text("user_id", user_id))
         return None if native is None else UserTrust(native)
 
+    def user_safety_number(self, user_id: str) -> "SafetyNumber":
+        """The safety number of our user with ``user_id``, from the user identity of our own list
+        and the one pinned for ``user_id``: stable while devices change, changed by a new user
+        identity. ``InvalidArgumentError`` while our own list is not set; ``NoSessionError`` for a
+        user that is not pinned."""
+        return SafetyNumber(self._call("user_safety_number", text("user_id", user_id)))
+
+    def encrypt_to_user(self, user_id: str, plaintext: BytesLike) -> FanOut:
+        """Encrypts ``plaintext`` for a contact user: one message per device of its pinned list
+        that has a session, and a sent sync per other device of our own list that has one, written
+        in one transaction before they are returned (PROTOCOL.md 23.6). ``NoSessionError`` for a
+        user that is not pinned; a failure wrote nothing."""
+        return fan_out_of(self._call("encrypt_to_user", text("user_id", user_id), as_bytes("plaintext", plaintext)))
+
+    def encrypt_to_user_devices(self, user_id: str, plaintext: BytesLike, devices: Iterable[Address]) -> FanOut:
+        """``encrypt_to_user`` for only these devices of the fan-out (typically its ``missing``,
+        once sessions with them are started)."""
+        return fan_out_of(
+            self._call(
+                "encrypt_to_user_devices",
+                text("user_id", user_id),
+                as_bytes("plaintext", plaintext),
+                addresses("devices", devices),
+            )
+        )
+
     def peers(self) -> List[Address]:
         """Every peer device this device keeps a record of, in no particular order (reads every
         session row: for a settings screen, not per message)."""
@@ -429,7 +457,8 @@ class PendingMessage:
         self._native = native
 
     def plaintext(self) -> bytes:
-        """The plaintext (empty for a control message)."""
+        """The plaintext (empty for a control message; for a sent sync, what our other device
+        sent)."""
         return bytes(self._native.plaintext())
 
     def kind(self) -> MessageKind:
@@ -451,6 +480,11 @@ class PendingMessage:
     def message_id(self) -> Optional[bytes]:
         """The id of a one-to-one message (16 bytes), ``None`` for a group message."""
         return optional_bytes(self._native.message_id())
+
+    def sync_recipient(self) -> Optional[str]:
+        """For a ``MessageKind.SENT_SYNC``, the user id the message was sent to; else ``None``."""
+        recipient = self._native.sync_recipient()
+        return None if recipient is None else str(recipient)
 
     def __repr__(self) -> str:
         return f"<samizdat.PendingMessage {self.kind().name} from {self.sender()}>"

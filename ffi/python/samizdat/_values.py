@@ -45,6 +45,9 @@ class MessageKind(enum.Enum):
     """A group message (``PendingMessage.group_id()`` names the group)."""
     CONTROL = 2
     """A control message (a chain, a request for one, a reset): no plaintext to show."""
+    SENT_SYNC = 3
+    """A copy of a message our own user sent from another of its devices (a fan-out's sent
+    sync, PROTOCOL.md 23.7): its plaintext went to the user ``PendingMessage.sync_recipient()``."""
 
 
 class ScrubResult(enum.Enum):
@@ -205,6 +208,17 @@ class GroupSend:
     message: bytes
     distributions: Tuple[Outgoing, ...]
     without_session: Tuple[Address, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FanOut:
+    """What ``Device.encrypt_to_user`` made: send each of ``messages`` (to the contact's listed
+    devices) and ``syncs`` (to our own other devices) to its ``to``; ``missing`` are the listed
+    devices with no session (start sessions, then ``Device.encrypt_to_user_devices``)."""
+
+    messages: Tuple[Outgoing, ...]
+    syncs: Tuple[Outgoing, ...]
+    missing: Tuple[Address, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,6 +447,14 @@ def group_send_of(native: Any) -> GroupSend:
         bytes(native.message),
         tuple(outgoing_of(o) for o in native.distributions),
         tuple(address_of(a) for a in native.without_session),
+    )
+
+
+def fan_out_of(native: Any) -> FanOut:
+    return FanOut(
+        tuple(outgoing_of(o) for o in native.messages),
+        tuple(outgoing_of(o) for o in native.syncs),
+        tuple(address_of(a) for a in native.missing),
     )
 
 

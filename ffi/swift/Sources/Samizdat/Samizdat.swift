@@ -1395,6 +1395,24 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func deviceList() throws  -> Data?
     
     /**
+     * Encrypts `plaintext` for a contact user: one message per device of
+     * its pinned list that has a session, and a sent sync per other device
+     * of our own list that has one, all written in one transaction before
+     * they are returned. `NoSession` for a user that is not pinned;
+     * `LimitExceeded` past `MAX_FAN_OUT_PLAINTEXT_LEN`. A failure wrote
+     * nothing: send nothing.
+     */
+    func encryptToUser(userId: String, plaintext: Data) throws  -> FanOut
+    
+    /**
+     * [`Self::encrypt_to_user`] for only these devices of the fan-out
+     * (typically its `missing`, once sessions with them are started).
+     * `UntrustedIdentity` for a device the list does not name;
+     * `InvalidArgument` for another user's address, or our own.
+     */
+    func encryptToUserDevices(userId: String, plaintext: Data, devices: [Address]) throws  -> FanOut
+    
+    /**
      * Gives this device its user's signed device list (from
      * [`UserIdentity::sign_device_list`]): its bundles then carry it, and it
      * pins our own user. It must name this device with its identity key
@@ -1422,6 +1440,15 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * list drops is refused from then on. A refused list changes nothing.
      */
     func updateDeviceList(signedList: Data) throws  -> DeviceListChange
+    
+    /**
+     * The safety number of our user with `user_id`, from the user identity
+     * of our own list and the one pinned for `user_id`: stable while either
+     * user's devices change, changed by a new user identity.
+     * `InvalidArgument` while our own list is not set; `NoSession` for a
+     * user that is not pinned.
+     */
+    func userSafetyNumber(userId: String) throws  -> SafetyNumber
     
     /**
      * What this device trusts of `user_id` (our own list for our own user
@@ -2118,6 +2145,43 @@ open func deviceList()throws  -> Data?  {
 }
     
     /**
+     * Encrypts `plaintext` for a contact user: one message per device of
+     * its pinned list that has a session, and a sent sync per other device
+     * of our own list that has one, all written in one transaction before
+     * they are returned. `NoSession` for a user that is not pinned;
+     * `LimitExceeded` past `MAX_FAN_OUT_PLAINTEXT_LEN`. A failure wrote
+     * nothing: send nothing.
+     */
+open func encryptToUser(userId: String, plaintext: Data)throws  -> FanOut  {
+    return try  FfiConverterTypeFanOut_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_encrypt_to_user(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),
+        FfiConverterData.lower(plaintext),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * [`Self::encrypt_to_user`] for only these devices of the fan-out
+     * (typically its `missing`, once sessions with them are started).
+     * `UntrustedIdentity` for a device the list does not name;
+     * `InvalidArgument` for another user's address, or our own.
+     */
+open func encryptToUserDevices(userId: String, plaintext: Data, devices: [Address])throws  -> FanOut  {
+    return try  FfiConverterTypeFanOut_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_devices(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),
+        FfiConverterData.lower(plaintext),
+        FfiConverterSequenceTypeAddress.lower(devices),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Gives this device its user's signed device list (from
      * [`UserIdentity::sign_device_list`]): its bundles then carry it, and it
      * pins our own user. It must name this device with its identity key
@@ -2166,6 +2230,23 @@ open func updateDeviceList(signedList: Data)throws  -> DeviceListChange  {
     uniffi_samizdat_ffi_fn_method_device_update_device_list(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(signedList),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The safety number of our user with `user_id`, from the user identity
+     * of our own list and the one pinned for `user_id`: stable while either
+     * user's devices change, changed by a new user identity.
+     * `InvalidArgument` while our own list is not set; `NoSession` for a
+     * user that is not pinned.
+     */
+open func userSafetyNumber(userId: String)throws  -> SafetyNumber  {
+    return try  FfiConverterTypeSafetyNumber_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_user_safety_number(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),uniffiCallStatus
     )
 })
 }
@@ -2393,7 +2474,8 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
     func messageId()  -> Data?
     
     /**
-     * The plaintext: empty for a [`MessageKind::Control`] message.
+     * The plaintext: empty for a [`MessageKind::Control`] message; for a
+     * [`MessageKind::SentSync`], what our other device sent.
      */
     func plaintext()  -> Data
     
@@ -2409,6 +2491,13 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
      * message from a sender with whom there is no session any more.
      */
     func senderIdentity()  -> Data?
+    
+    /**
+     * For a [`MessageKind::SentSync`] (a copy of what another device of our
+     * own user sent), the user id it was sent to; `None` for every other
+     * kind.
+     */
+    func syncRecipient()  -> String?
     
 }
 /**
@@ -2512,7 +2601,8 @@ open func messageId() -> Data?  {
 }
     
     /**
-     * The plaintext: empty for a [`MessageKind::Control`] message.
+     * The plaintext: empty for a [`MessageKind::Control`] message; for a
+     * [`MessageKind::SentSync`], what our other device sent.
      */
 open func plaintext() -> Data  {
     return try!  FfiConverterData.lift(try! rustCall() {
@@ -2545,6 +2635,20 @@ open func senderIdentity() -> Data?  {
     return try!  FfiConverterOptionData.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_pendingmessage_sender_identity(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * For a [`MessageKind::SentSync`] (a copy of what another device of our
+     * own user sent), the user id it was sent to; `None` for every other
+     * kind.
+     */
+open func syncRecipient() -> String?  {
+    return try!  FfiConverterOptionString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_pendingmessage_sync_recipient(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -3607,6 +3711,89 @@ public func FfiConverterTypeDeviceListInfo_lower(_ value: DeviceListInfo) -> Rus
 
 
 /**
+ * What [`Device::encrypt_to_user`] made: send each message to its `to`.
+ */
+public struct FanOut: Equatable, Hashable {
+    /**
+     * One message per device of the contact's pinned list that has a
+     * session, in increasing device id order.
+     */
+    public var messages: [Outgoing]
+    /**
+     * One sent sync per other device of our own list that has a session.
+     */
+    public var syncs: [Outgoing]
+    /**
+     * The listed devices with no session (the contact's, then ours): start
+     * sessions from their bundles, then [`Device::encrypt_to_user_devices`].
+     */
+    public var missing: [Address]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * One message per device of the contact's pinned list that has a
+         * session, in increasing device id order.
+         */messages: [Outgoing], 
+        /**
+         * One sent sync per other device of our own list that has a session.
+         */syncs: [Outgoing], 
+        /**
+         * The listed devices with no session (the contact's, then ours): start
+         * sessions from their bundles, then [`Device::encrypt_to_user_devices`].
+         */missing: [Address]) {
+        self.messages = messages
+        self.syncs = syncs
+        self.missing = missing
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FanOut: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFanOut: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FanOut {
+        return
+            try FanOut(
+                messages: FfiConverterSequenceTypeOutgoing.read(from: &buf), 
+                syncs: FfiConverterSequenceTypeOutgoing.read(from: &buf), 
+                missing: FfiConverterSequenceTypeAddress.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FanOut, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeOutgoing.write(value.messages, into: &buf)
+        FfiConverterSequenceTypeOutgoing.write(value.syncs, into: &buf)
+        FfiConverterSequenceTypeAddress.write(value.missing, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFanOut_lift(_ buf: RustBuffer) throws -> FanOut {
+    return try FfiConverterTypeFanOut.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFanOut_lower(_ value: FanOut) -> RustBuffer {
+    return FfiConverterTypeFanOut.lower(value)
+}
+
+
+/**
  * What [`Device::group_encrypt`] made. Send `distributions` (each to its
  * recipient) before or with `message`, and `message` to every member.
  */
@@ -4563,6 +4750,13 @@ public enum MessageKind: Equatable, Hashable {
      * answer, the messages a reset asked for), then acknowledge it.
      */
     case control
+    /**
+     * A copy of a message our own user sent from another of its devices
+     * (a fan-out's sent sync): its plaintext went to the user
+     * `sync_recipient()`. Show it as sent by us; commit it as any other.
+     * It came from a device our own list names (PROTOCOL.md 23.7).
+     */
+    case sentSync
 
 
 
@@ -4590,6 +4784,8 @@ public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
         
         case 3: return .control
         
+        case 4: return .sentSync
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -4608,6 +4804,10 @@ public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
         
         case .control:
             writeInt(&buf, Int32(3))
+        
+        
+        case .sentSync:
+            writeInt(&buf, Int32(4))
         
         }
     }
@@ -5946,6 +6146,12 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_device_list() != 40508) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user() != 41331) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices() != 49929) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_device_set_device_list() != 44342) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5953,6 +6159,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_update_device_list() != 33037) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_user_safety_number() != 12559) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_user_trust() != 46453) {
@@ -5970,13 +6179,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_message_id() != 54105) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 34499) {
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 1012) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender() != 13685) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender_identity() != 14867) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sync_recipient() != 47803) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 25516) {

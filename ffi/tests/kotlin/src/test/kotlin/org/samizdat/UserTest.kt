@@ -30,8 +30,8 @@ private fun ids(devices: List<ListedDevice>): List<Pair<Long, List<Byte>>> = dev
 
 private fun ids(vararg devices: Device): List<Pair<Long, List<Byte>>> = ids(devices.map(::listed))
 
-// Every row of every table of a store, read over JDBC (a second connection).
-private fun rows(path: Path): Map<String, List<String>> =
+// Every row of every table of a store, read over JDBC (a second connection); FanOutTest uses it too.
+internal fun rows(path: Path): Map<String, List<String>> =
     DriverManager.getConnection("jdbc:sqlite:$path").use { connection ->
         val tables = connection.createStatement().executeQuery("SELECT name FROM sqlite_master WHERE type = 'table'")
             .use { result -> generateSequence { if (result.next()) result.getString(1) else null }.toList() }
