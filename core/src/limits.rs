@@ -122,13 +122,17 @@ pub const MAX_SENDER_CHAINS: usize = 3;
 /// iteration.
 pub const MAX_CHAIN_FLOORS: usize = 8;
 
-/// How far above our own generation in a group a member's request may ask
-/// us to start a chain (PROTOCOL.md 18.7): a request that asks for more is
-/// answered as if it asked for none. A member's generations are at most
-/// one more than the largest we made, unless ours went back (a restored
-/// store, a group deleted and made again), by as many chains as we made
-/// since.
-pub const MAX_GENERATION_LEAP: u64 = 1 << 32;
+/// The largest generation a member's request may make us start a chain of
+/// in a group (PROTOCOL.md 18.7): a request that asks for more is answered
+/// as if it asked for none. It leaves 2^63 chains after any leap, so no
+/// member can exhaust our generations.
+pub const MAX_LEAP_GENERATION: u64 = 1 << 63;
+
+/// The most leaps (PROTOCOL.md 18.7) we make in a group between two
+/// rotations of our chain by our app (`rotate_group_chain`,
+/// `remove_group_members`, `create_group`): hostile members, however many,
+/// make us start at most this many chains until then.
+pub const MAX_LEAPS_PER_ROTATION: u32 = 2;
 
 /// The most members removed from a group whose member row (the floors of
 /// their chains, [`MAX_CHAIN_FLOORS`]) a device keeps, so that a member

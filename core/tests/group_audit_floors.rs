@@ -18,7 +18,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use samizdat::{
     DecryptError,
     device::{Device, DeviceError, GroupError, MessageKind},
-    limits::{MAX_CHAIN_FLOORS, MAX_GENERATION_LEAP, MAX_GROUP_KEY_ANSWERS, MAX_PLAINTEXT_LEN, MAX_SENDER_CHAINS},
+    limits::{MAX_CHAIN_FLOORS, MAX_GROUP_KEY_ANSWERS, MAX_LEAP_GENERATION, MAX_PLAINTEXT_LEN, MAX_SENDER_CHAINS},
     store::{Backend, MemoryBackend, Table},
 };
 use samizdat_proto::storage;
@@ -366,12 +366,12 @@ fn a_hostile_members_requests_leap_a_bounded_number_of_times() {
     assert_eq!(own_row(&net, alice).generation, generation + 100);
 }
 
-/// A request more than `MAX_GENERATION_LEAP` above our generation makes no
-/// leap (it is answered as a request for our chain): a hostile member
-/// cannot exhaust our generations.
+/// A request for a generation above `MAX_LEAP_GENERATION` makes no leap
+/// (it is answered as a request for our chain): a hostile member cannot
+/// exhaust our generations. One at it leaps, however far above ours.
 #[test]
 fn a_request_past_the_leap_limit_makes_no_leap() {
-    for (wanted, leaps) in [(u64::MAX, false), (1 + MAX_GENERATION_LEAP + 1, false), (1 + MAX_GENERATION_LEAP, true)] {
+    for (wanted, leaps) in [(u64::MAX, false), (MAX_LEAP_GENERATION + 1, false), (MAX_LEAP_GENERATION, true)] {
         let net = Net::new(2);
         let (alice, bob) = (0, 1);
         net.create(G, &[alice, bob]);
@@ -673,4 +673,30 @@ fn a_stored_public_key_not_of_the_seed_fails_closed() {
     let sent = net.send(alice, G, b"x");
     assert_ne!(decode_group(&sent.message).signature, rfc8032(&sent.message, alice, &seed).0.to_vec());
     assert_eq!(decrypt_error(net.receive(alice, bob, &sent.message)), DecryptError::Unauthenticated);
+}
+
+/// An own-chain row that counts more leaps than `MAX_LEAPS_PER_ROTATION`
+/// is `Corrupt` (nothing written, no panic); at the limit it loads, and the
+/// app's rotation counts anew.
+#[test]
+fn an_own_chain_row_with_more_leaps_than_the_limit_is_corrupt() {
+    use samizdat::{limits::MAX_LEAPS_PER_ROTATION, store::StoreError};
+    let net = Net::new(2);
+    let (alice, bob) = (0, 1);
+    net.create(G, &[alice, bob]);
+    send_read(&net, alice, bob, b"first");
+    let keys = net.keys(alice);
+    let key = keys.group_row(OWN_CHAIN, G, None);
+    let mut own: storage::OwnChainRow = keys.read(net.dev(alice).backend(), &key).unwrap();
+    own.leaps = MAX_LEAPS_PER_ROTATION + 1;
+    keys.write(net.dev(alice).backend(), &key, &own);
+    let rows = all_rows(&net.stores[alice]);
+    let refused = net.dev(alice).group_encrypt(G, b"x");
+    assert!(matches!(refused, Err(DeviceError::Store(StoreError::Corrupt { table: Table::Groups }))), "{refused:?}");
+    assert_eq!(all_rows(&net.stores[alice]), rows);
+    own.leaps = MAX_LEAPS_PER_ROTATION;
+    keys.write(net.dev(alice).backend(), &key, &own);
+    send_read(&net, alice, bob, b"at the limit");
+    net.dev(alice).rotate_group_chain(G).unwrap();
+    assert_eq!(own_row(&net, alice).leaps, 0, "a rotation counts anew");
 }

@@ -26,7 +26,10 @@ use crate::{
     group::{Control, Distribution, GroupDecrypt, GroupId, GroupMessage, OwnChain, Request, SenderChains},
     heal::{Healing, MessageId},
     keys::IdentityKey,
-    limits::{MAX_GENERATION_LEAP, MAX_GROUP_KEY_ANSWERS, MAX_GROUP_MEMBERS, MAX_REMOVED_MEMBERS, MAX_SKIP},
+    limits::{
+        MAX_GROUP_KEY_ANSWERS, MAX_GROUP_MEMBERS, MAX_LEAP_GENERATION, MAX_LEAPS_PER_ROTATION, MAX_REMOVED_MEMBERS,
+        MAX_SKIP,
+    },
     padding::ContentType,
     session::SessionRecord,
     store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
@@ -244,12 +247,16 @@ pub(super) struct OwnRow {
     /// The generation of the last chain made in the group (that of `chain`
     /// when it is present; 0: none yet): the next chain's is larger.
     generation: u64,
+    /// Leaps made since our app last rotated: at most
+    /// [`MAX_LEAPS_PER_ROTATION`].
+    leaps: u32,
 }
 
 impl OwnRow {
-    /// No chain: the next message starts one, of a larger generation.
-    fn without_chain(&self) -> Self {
-        Self { chain: None, distributed: false, generation: self.generation }
+    /// Our app's rotation: no chain (the next message starts one, of a
+    /// larger generation), and the leaps counted anew.
+    fn rotated(&self) -> Self {
+        Self { chain: None, distributed: false, generation: self.generation, leaps: 0 }
     }
 }
 
@@ -356,7 +363,7 @@ impl<B: Backend> Device<B> {
     fn load_own(&self, group_id: &GroupId) -> Result<Option<Loaded<OwnRow>>, StoreError> {
         let key = self.group_row(GroupRowKind::OwnChain, group_id, None);
         let Some((sealed, row)) = self.open_group_row::<storage::OwnChainRow>(&key)? else { return Ok(None) };
-        if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() {
+        if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() || row.leaps > MAX_LEAPS_PER_ROTATION {
             return Err(corrupt());
         }
         let chain = row
@@ -365,7 +372,8 @@ impl<B: Backend> Device<B> {
             .map(|chain| OwnChain::from_record(chain, row.generation))
             .transpose()
             .map_err(|_| corrupt())?;
-        Ok(Some(Loaded { sealed, value: OwnRow { chain, distributed: row.distributed, generation: row.generation } }))
+        let value = OwnRow { chain, distributed: row.distributed, generation: row.generation, leaps: row.leaps };
+        Ok(Some(Loaded { sealed, value }))
     }
 
     fn own_write(&self, group_id: &GroupId, own: &OwnRow, expected: Expected) -> Write {
@@ -376,6 +384,7 @@ impl<B: Backend> Device<B> {
             chain: own.chain.as_ref().map(OwnChain::to_record),
             distributed: own.distributed,
             generation: own.generation,
+            leaps: own.leaps,
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -539,7 +548,11 @@ impl<B: Backend> Device<B> {
             };
             let mut writes = vec![
                 self.roster_write(&roster, Expected::Absent),
-                self.own_write(&group_id, &OwnRow { chain: None, distributed: false, generation: 0 }, Expected::Absent),
+                self.own_write(
+                    &group_id,
+                    &OwnRow { chain: None, distributed: false, generation: 0, leaps: 0 },
+                    Expected::Absent,
+                ),
             ];
             for member in &members {
                 let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
@@ -677,7 +690,7 @@ impl<B: Backend> Device<B> {
                 *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
             }
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
-            writes.push(self.own_write(&group_id, &own.value.without_chain(), Expected::Value(own.sealed)));
+            writes.push(self.own_write(&group_id, &own.value.rotated(), Expected::Value(own.sealed)));
             Ok(self.write(&writes)?)
         })
     }
@@ -702,7 +715,7 @@ impl<B: Backend> Device<B> {
             }
             Ok(self.write(&[
                 self.roster_write(&roster.value, Expected::Value(roster.sealed)),
-                self.own_write(&group_id, &own.value.without_chain(), Expected::Value(own.sealed)),
+                self.own_write(&group_id, &own.value.rotated(), Expected::Value(own.sealed)),
             ])?)
         })
     }
@@ -1036,8 +1049,10 @@ impl<B: Backend> Device<B> {
                 // to it now and to every other member with our next message
                 // (our generation went back: a store restored, a group
                 // deleted and made again; PROTOCOL.md 18.7). At most
-                // MAX_GROUP_KEY_ANSWERS per member until our app rotates.
+                // MAX_LEAPS_PER_ROTATION in all, and MAX_GROUP_KEY_ANSWERS
+                // per member, until our app rotates.
                 if leaps(own.value.generation, request.min_generation)
+                    && own.value.leaps < MAX_LEAPS_PER_ROTATION
                     && roster.value.members.iter().any(|m| m.address == *peer && m.answered < MAX_GROUP_KEY_ANSWERS)
                 {
                     let mut own = own;
@@ -1055,6 +1070,7 @@ impl<B: Backend> Device<B> {
                     }
                     own.value.chain = Some(chain);
                     own.value.generation = request.min_generation;
+                    own.value.leaps = own.value.leaps.saturating_add(1);
                     return Ok(ControlAction::Answer {
                         group_id: request.group_id.clone(),
                         roster,
@@ -1198,18 +1214,18 @@ impl<B: Backend> Device<B> {
 /// The generation of the chain after one of generation `generation`.
 ///
 /// # Errors
-/// [`EncryptError::ChainExhausted`]
-/// past `u64::MAX` (not reached by any app: a generation grows by one per
-/// chain, and by at most [`MAX_GENERATION_LEAP`] per leap, PROTOCOL.md 18.7).
+/// [`EncryptError::ChainExhausted`] past `u64::MAX` (not reached by any
+/// app: a generation grows by one per chain, and a leap goes to at most
+/// [`MAX_LEAP_GENERATION`], PROTOCOL.md 18.7).
 fn next_generation(generation: u64) -> Result<u64, GroupError> {
     generation.checked_add(1).ok_or(GroupError::Encrypt(EncryptError::ChainExhausted))
 }
 
 /// Whether a member's request that takes in chains of `min_generation` and
 /// later makes us start a chain of that generation: ours, `generation`, is
-/// below it, by at most [`MAX_GENERATION_LEAP`].
+/// below it, and it is at most [`MAX_LEAP_GENERATION`].
 fn leaps(generation: u64, min_generation: u64) -> bool {
-    min_generation.checked_sub(generation).is_some_and(|leap| leap > 0 && leap <= MAX_GENERATION_LEAP)
+    min_generation > generation && min_generation <= MAX_LEAP_GENERATION
 }
 
 impl From<GroupError> for DeviceError {
