@@ -6,8 +6,12 @@
 //! number. Then the three form a group (Sender Keys): each message is
 //! encrypted once for all, each sender's chain reaches the others once, in
 //! their sessions; Carol is removed, the others rotate, and she cannot read
-//! what follows. Last, a phone restored from a backup heals its session by
-//! itself, and the message it could not read arrives again.
+//! what follows. Then a phone restored from a backup heals its session by
+//! itself, and the message it could not read arrives again. Last, a user
+//! with two devices: Frank links his laptop to his phone by a code, the
+//! contact who verified Frank's safety number needs no new verification,
+//! and one message to Frank reaches both of his devices (and Frank's phone
+//! tells his laptop what it sent).
 //!
 //! Run it again and the conversation continues from disk (Carol is added
 //! back, and the others recover her chain by themselves).
@@ -146,6 +150,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     attachment(&dir, &alice, &bob)?;
     group(&dir, &alice, &bob)?;
     heal()?;
+    two_devices()?;
     println!("Run again to continue from {}", dir.display());
     Ok(())
 }
@@ -168,8 +173,8 @@ fn heal() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dan =
         Device::create_in(MemoryBackend::new(), &StorageKey::generate(), Address::new("dan", 1)?, SystemTime::now())?;
-    let erin =
-        Device::create_in(MemoryBackend::new(), &StorageKey::generate(), Address::new("erin", 1)?, SystemTime::now())?;
+    let erin_key = StorageKey::generate();
+    let erin = Device::create_in(MemoryBackend::new(), &erin_key, Address::new("erin", 1)?, SystemTime::now())?;
     dan.start_session(&erin.prekey_bundle()?)?;
     let first = dan.encrypt_kept(erin.address(), b"first", SystemTime::now())?;
     erin.commit(erin.decrypt(dan.address(), &first)?)?;
@@ -183,7 +188,7 @@ fn heal() -> Result<(), Box<dyn std::error::Error>> {
     let back = erin.encrypt_kept(dan.address(), b"back", SystemTime::now())?;
     dan.commit(dan.decrypt(erin.address(), &back)?)?;
     let lost = dan.encrypt_kept(erin.address(), b"Did the restore work?", SystemTime::now())?;
-    let erin = Device::open_in(backup, &StorageKey::from_bytes([4; 32]))?;
+    let erin = Device::open_in(backup, &erin_key)?;
     println!("erin  :  phone restored from a backup");
     let error = match erin.decrypt(dan.address(), &lost) {
         Err(e) if e.kind() == ErrorKind::OutOfStep => e,
@@ -319,5 +324,87 @@ fn attachment(dir: &Path, alice: &Device, bob: &Device) -> Result<(), Box<dyn st
     attachment::decrypt_file(&received, &dir.join("photo.blob"), &dir.join("received.jpg"))?;
     let ok = std::fs::read(dir.join("received.jpg"))? == photo;
     println!("bob          : received.jpg, {} bytes, digest checked, same as sent: {ok}", received.plaintext_len());
+    Ok(())
+}
+
+/// One user, two devices (in memory, a scene apart): Frank's phone holds
+/// his user identity and a list naming it; his laptop shows a code, the
+/// phone scans it and links the laptop (the server relays one sealed
+/// message); Grace, who pinned Frank's user, takes the new list, and her
+/// per-user safety number does not change; one message from Grace reaches
+/// both of Frank's devices, and Frank's reply reaches Grace and, as a sent
+/// sync, his laptop.
+fn two_devices() -> Result<(), Box<dyn std::error::Error>> {
+    use samizdat::{
+        store::MemoryBackend,
+        user::{DeviceList, UserIdentityKeyPair},
+    };
+    let now = SystemTime::now();
+    let device = |user: &str, id: u32| -> Result<Device<MemoryBackend>, Box<dyn std::error::Error>> {
+        Ok(Device::create_in(MemoryBackend::new(), &StorageKey::generate(), Address::new(user, id)?, now)?)
+    };
+    let (phone, laptop, grace) = (device("frank", 1)?, device("frank", 2)?, device("grace", 1)?);
+    // Each user's identity is made once, on the first device (the app keeps it in the keystore).
+    let frank = UserIdentityKeyPair::generate(&mut samizdat::os_rng());
+    phone.set_device_list(
+        &DeviceList::new("frank", 1, &frank.public_key(), [(1, phone.identity_key())])?.sign(&frank)?,
+    )?;
+    let grace_user = UserIdentityKeyPair::generate(&mut samizdat::os_rng());
+    grace.set_device_list(
+        &DeviceList::new("grace", 1, &grace_user.public_key(), [(1, grace.identity_key())])?.sign(&grace_user)?,
+    )?;
+    grace.start_session(&phone.prekey_bundle()?)?;
+    phone.start_session(&grace.prekey_bundle()?)?;
+    let before = grace.user_safety_number("frank")?;
+    println!("grace :  verified frank's safety number {}", before.display());
+
+    // The laptop shows a code; the phone scans it and links the laptop.
+    let offer = laptop.link_offer(now)?;
+    let linked = phone.link_device(offer.code(), &frank, now)?;
+    let provisioned = laptop.finish_link(&offer, &linked.message, now)?;
+    println!(
+        "frank :  laptop linked by a {}-byte code and a {}-byte sealed message: user identity received, {} contact(s) pinned",
+        offer.code().len(),
+        linked.message.len(),
+        provisioned.newly_pinned
+    );
+    // Frank's app publishes the new list; Grace's takes it.
+    grace.update_device_list(&linked.device_list)?;
+    let after = grace.user_safety_number("frank")?;
+    println!(
+        "grace :  frank's list now names 2 devices; safety number unchanged: {}",
+        after.digits() == before.digits()
+    );
+
+    // Grace writes to Frank (the user): one message per device.
+    let first = grace.encrypt_to_user("frank", b"hello frank")?;
+    for missing in &first.missing {
+        println!("grace :  no session with {}/{} yet: fetched its bundle", missing.user_id(), missing.device_id());
+        grace.start_session(&laptop.prekey_bundle()?)?;
+    }
+    let out = grace.encrypt_to_user_devices("frank", b"hello frank", &first.missing)?;
+    for outgoing in first.messages.iter().chain(&out.messages) {
+        let to = if outgoing.to == *phone.address() { &phone } else { &laptop };
+        let pending = to.decrypt(grace.address(), &outgoing.message)?;
+        println!("frank/{} <- grace: {}", outgoing.to.device_id(), String::from_utf8_lossy(pending.plaintext()));
+        to.commit(pending)?;
+    }
+    // Frank answers from his phone; his laptop learns what he sent.
+    phone.start_session(&laptop.prekey_bundle()?)?;
+    let reply = phone.encrypt_to_user("grace", b"hi grace, from my phone")?;
+    for outgoing in &reply.messages {
+        let pending = grace.decrypt(phone.address(), &outgoing.message)?;
+        println!("grace <- frank/1: {}", String::from_utf8_lossy(pending.plaintext()));
+        grace.commit(pending)?;
+    }
+    for sync in &reply.syncs {
+        let pending = laptop.decrypt(phone.address(), &sync.message)?;
+        println!(
+            "frank/2: sent sync from the phone, to {}: {}",
+            pending.sync_recipient().unwrap_or("?"),
+            String::from_utf8_lossy(pending.plaintext())
+        );
+        laptop.commit(pending)?;
+    }
     Ok(())
 }

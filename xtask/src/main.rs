@@ -80,6 +80,15 @@ fn test() -> Result<(), String> {
     run("docs", &cargo, &["doc", "--workspace", "--no-deps", "--all-features", "--config", rustdoc_deny])?;
     run("tests", &cargo, &["test", "--workspace", "--all-targets"])?;
     run("doc tests", &cargo, &["test", "--workspace", "--doc"])?;
+    // The README's main command, run twice in a fresh directory (the second
+    // run continues the conversation from disk): an example that compiles
+    // but fails at run time fails the test command.
+    let quickstart = root().join("target").join("xtask-quickstart");
+    let _ = std::fs::remove_dir_all(&quickstart);
+    let dir = quickstart.to_string_lossy().into_owned();
+    for run_name in ["quickstart (first run)", "quickstart (second run)"] {
+        run(run_name, &cargo, &["run", "--quiet", "--example", "quickstart", "--", &dir])?;
+    }
     bindings::test()?;
     fuzz::test()?;
     eprintln!("xtask test: all steps passed in {:.0} s", started.elapsed().as_secs_f64());
