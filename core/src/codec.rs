@@ -33,13 +33,16 @@ pub(crate) fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, DecodeErro
     Ok(value)
 }
 
-/// As [`decode`], for a record that holds secrets: the parsed value and the
-/// re-encoding used for the check are wiped on drop, on every path.
+/// As [`decode`], for a record that holds secrets: the parsed value (also a
+/// value left half-parsed by an error), every copy prost makes of a `bytes`
+/// field on the way ([`WipingBuf`]) and the re-encoding used for the check
+/// are wiped on drop, on every path.
 ///
 /// # Errors
 /// [`DecodeError::Protobuf`] if `bytes` is not the canonical encoding of an `M`.
 pub(crate) fn decode_secret<M: Message + Default + Zeroize>(bytes: &[u8]) -> Result<Zeroizing<M>, DecodeError> {
-    let value = Zeroizing::new(M::decode(bytes)?);
+    let mut value = Zeroizing::new(M::default());
+    value.merge(WipingBuf(bytes))?;
     if value.encoded_len() != bytes.len() {
         return Err(DecodeError::Protobuf);
     }
@@ -48,6 +51,50 @@ pub(crate) fn decode_secret<M: Message + Default + Zeroize>(bytes: &[u8]) -> Res
         return Err(DecodeError::Protobuf);
     }
     Ok(value)
+}
+
+/// A byte slice as prost's input, whose [`bytes::Buf::copy_to_bytes`] hands
+/// out copies that wipe themselves when dropped. prost decodes a `bytes`
+/// field by taking such a copy of it and then copying that into the field:
+/// with a plain slice the first copy is a [`bytes::Bytes`] freed unwiped,
+/// a copy of every key a record holds left in freed memory (found by the
+/// outside audit of device linking, `core/tests/audit_linking.rs`).
+struct WipingBuf<'a>(&'a [u8]);
+
+/// The owner of a copy handed to prost: wiped when the last `Bytes` of it is
+/// dropped.
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl bytes::Buf for WipingBuf<'_> {
+    fn remaining(&self) -> usize {
+        self.0.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.0
+    }
+
+    fn advance(&mut self, count: usize) {
+        self.0 = self.0.get(count..).unwrap_or_default();
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> bytes::Bytes {
+        let (head, tail) = self.0.split_at(len.min(self.0.len()));
+        self.0 = tail;
+        bytes::Bytes::from_owner(Wiped(head.to_vec()))
+    }
 }
 
 #[cfg(test)]

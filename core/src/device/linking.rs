@@ -232,12 +232,31 @@ impl<B: Backend> Device<B> {
         let user_id = self.address.user_id();
         let linked_by = Address::new(user_id, provisioning.linker_device_id)
             .map_err(|_| LinkError::MalformedMessage(crate::DecodeError::InvalidValue("link.linker_device_id")))?;
+        // One finish at a time, whichever handle: the offer is claimed
+        // before anything is written, and given back if nothing was (two
+        // handles of one store finishing at once linked twice, the second
+        // time with a thief's message: the outside audit).
+        if !offer.claim() {
+            return Err(LinkError::AlreadyUsed.into());
+        }
+        let result = self.finish_claimed(&provisioning);
+        if result.is_err() {
+            offer.release();
+        }
+        let newly_pinned = result?;
+        let pinned_users = provisioning.pinned.len();
+        let Provisioning { user_identity, device_list, .. } = provisioning;
+        Ok(Provisioned { user_identity, device_list, pinned_users, newly_pinned, linked_by })
+    }
+
+    /// The writes of [`Self::finish_link`] for an offer claimed: our own list
+    /// and the pins, in one transaction. Returns how many users were pinned
+    /// now.
+    fn finish_claimed(&self, provisioning: &Provisioning) -> Result<usize, DeviceError> {
+        let user_id = self.address.user_id();
         let user_lock = self.peer_lock(&self.user_lock_key(user_id));
         let _guard = lock(&user_lock);
-        let newly_pinned = retry_on_conflict(|| {
-            if offer.is_used() {
-                return Err(LinkError::AlreadyUsed.into());
-            }
+        retry_on_conflict(|| {
             let mut writes = Vec::with_capacity(provisioning.pinned.len().saturating_add(1));
             // Our own list: as set_device_list sets it (a new user identity
             // is taken: the code's secret authenticated it).
@@ -271,10 +290,6 @@ impl<B: Backend> Device<B> {
             }
             self.write(&writes)?;
             Ok(newly_pinned)
-        })?;
-        offer.mark_used();
-        let pinned_users = provisioning.pinned.len();
-        let Provisioning { user_identity, device_list, .. } = provisioning;
-        Ok(Provisioned { user_identity, device_list, pinned_users, newly_pinned, linked_by })
+        })
     }
 }

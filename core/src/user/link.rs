@@ -180,18 +180,17 @@ impl LinkOffer {
         secret: Zeroizing<[u8; 32]>,
         created_at: u64,
     ) -> Self {
-        let code = Zeroizing::new(
-            pb::LinkCode {
-                version: u32::from(LINK_VERSION),
-                user_id: address.user_id().to_owned(),
-                device_id: address.device_id(),
-                identity_key: identity.as_bytes().to_vec(),
-                ephemeral_key: ephemeral.public_key().as_bytes().to_vec(),
-                secret: secret.to_vec(),
-                created_at,
-            }
-            .encode_to_vec(),
-        );
+        // The message holding the secret is wiped too, not only its encoding.
+        let message = Zeroizing::new(pb::LinkCode {
+            version: u32::from(LINK_VERSION),
+            user_id: address.user_id().to_owned(),
+            device_id: address.device_id(),
+            identity_key: identity.as_bytes().to_vec(),
+            ephemeral_key: ephemeral.public_key().as_bytes().to_vec(),
+            secret: secret.to_vec(),
+            created_at,
+        });
+        let code = Zeroizing::new(message.encode_to_vec());
         Self { code, address, identity, ephemeral, secret, created_at, used: AtomicBool::new(false) }
     }
 
@@ -222,13 +221,19 @@ impl LinkOffer {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Marks the offer as used (once the device committed what it opened).
-    pub(crate) fn mark_used(&self) {
-        self.used.store(true, Ordering::Release);
+    /// Claims the offer for one finish: `false` if it is used, or claimed
+    /// by another call (of any handle) that has not finished.
+    pub(crate) fn claim(&self) -> bool {
+        self.used.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Gives the offer back after a finish that wrote nothing.
+    pub(crate) fn release(&self) {
+        self.used.store(false, Ordering::Release);
     }
 
     /// Opens a link message made for this offer, and checks what it
-    /// carries (PROTOCOL.md 23.8, checks K1 to K9).
+    /// carries (PROTOCOL.md 23.8, checks K4 to K10).
     ///
     /// # Errors
     /// [`LinkError::MalformedMessage`], [`LinkError::WrongCode`],
@@ -278,7 +283,7 @@ impl fmt::Debug for LinkOffer {
     }
 }
 
-/// A scanned link code, checked (PROTOCOL.md 23.8, C1 to C6).
+/// A scanned link code, checked (PROTOCOL.md 23.8, C1 to C7).
 pub struct LinkCode {
     code: Zeroizing<Vec<u8>>,
     address: Address,
@@ -401,7 +406,8 @@ fn link_key(
     code: &[u8],
     linker: &X25519PublicKey,
 ) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 12]>) {
-    let info = [LINK_LABEL, code, linker.as_bytes()].concat();
+    // The code holds the secret: the info is wiped like it.
+    let info = Zeroizing::new([LINK_LABEL, code, linker.as_bytes()].concat());
     let okm = kdf::hkdf_expand::<44>(salt, shared, &info);
     let mut key = Zeroizing::new([0u8; 32]);
     let mut nonce = Zeroizing::new([0u8; 12]);
@@ -455,6 +461,11 @@ impl Provisioning {
         }
         if list.device(address.device_id()) != Some(identity) {
             return Err(refused(DeviceListError::UnlistedDevice { device_id: address.device_id() }));
+        }
+        // The linking device is another device of the list (what the app
+        // shows as "linked by").
+        if message.linker_device_id == address.device_id() || list.device(message.linker_device_id).is_none() {
+            return Err(refused(DeviceListError::UnlistedDevice { device_id: message.linker_device_id }));
         }
         // Strictly increasing user ids (so each once), never our own.
         let mut last: Option<String> = None;
@@ -532,7 +543,7 @@ mod tests {
             let message = p.code.seal(&mut crate::os_rng(), &provisioning(&p, own, pinned)).unwrap();
             p.offer.open(&message).err()
         };
-        // K7: the list names this device with its key, is this user's, and
+        // K9: the list names this device with its key, is this user's, and
         // is under the user identity carried.
         assert_eq!(
             open(list("alice", &p.user, &[(1, other_key())]), vec![]),
@@ -550,8 +561,13 @@ mod tests {
             open(list("alice", &stranger, &[(2, p.device)]), vec![]),
             Some(LinkError::Provisioning(DeviceListError::WrongSigner))
         );
-        // K8: pinned lists of other users, each once, in increasing order.
-        let own = list("alice", &p.user, &[(2, p.device)]);
+        // The linking device (1) must be another device of the list.
+        assert_eq!(
+            open(list("alice", &p.user, &[(2, p.device)]), vec![]),
+            Some(LinkError::Provisioning(DeviceListError::UnlistedDevice { device_id: 1 }))
+        );
+        // K10: pinned lists of other users, each once, in increasing order.
+        let own = list("alice", &p.user, &[(1, other_key()), (2, p.device)]);
         let bob = list("bob", &stranger, &[(1, other_key())]);
         let carol = list("carol", &stranger, &[(1, other_key())]);
         let pinned_refused = Some(LinkError::MalformedMessage(DecodeError::InvalidValue("link.pinned")));
