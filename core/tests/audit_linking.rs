@@ -195,7 +195,7 @@ fn thief_message(code: &[u8], thief: &UserIdentityKeyPair, pinned: &[Vec<u8>], l
     // of the thief's (a linker the list does not name is refused).
     let mut devices = vec![(parsed.address().device_id(), *parsed.identity_key())];
     if linker != parsed.address().device_id() {
-        devices.push((linker, samizdat::keys::IdentityKeyPair::from_seed(&[0x5c; 32]).public_key()));
+        devices.push((linker, IdentityKeyPair::from_seed(&[0x5c; 32]).public_key()));
     }
     let list = signed(thief, parsed.address().user_id(), 1, &devices);
     hazmat::link_seal(code, [0x42; 32], &thief.to_seed(), &list.to_bytes(), pinned, linker).unwrap()
