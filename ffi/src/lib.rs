@@ -55,6 +55,12 @@
 //!   decrypts as [`MessageKind::SentSync`] with
 //!   [`PendingMessage::sync_recipient`]; `user_safety_number` on a device is
 //!   the per-user safety number from the pinned lists.
+//! - Linking (module `linking`, PROTOCOL.md 23.8): the new device's
+//!   [`Device::link_offer`] makes a [`LinkOffer`] whose code it shows; an
+//!   existing device's [`Device::link_device`] (with the [`UserIdentity`])
+//!   returns [`Linked`]: the new signed list to publish and the message to
+//!   send; the new device's [`Device::finish_link`] returns [`Provisioned`]:
+//!   the [`UserIdentity`] to keep, its list, and the pins it was given.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - Time: every `now` is the app's clock in whole seconds since the Unix
@@ -84,6 +90,7 @@ mod groups;
 #[cfg(feature = "hazmat")]
 pub mod hazmat;
 mod healing;
+mod linking;
 mod store;
 mod users;
 
@@ -96,6 +103,7 @@ use error::Details;
 pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
 pub use healing::{HealPolicy, HealResult, message_id};
+pub use linking::{LinkOffer, Linked, Provisioned};
 pub use store::rotate_storage_key;
 pub use users::{
     DeviceListChange, DeviceListInfo, FanOut, ListedDevice, UserIdentity, UserTrust, user_safety_number,

@@ -87,7 +87,8 @@ pub struct DeviceListChange {
 /// device of the user holds it; store its [`Self::seed`] sealed.
 #[derive(uniffi::Object)]
 pub struct UserIdentity {
-    inner: user::UserIdentityKeyPair,
+    /// Also read and made by the `linking` module.
+    pub(crate) inner: user::UserIdentityKeyPair,
 }
 
 #[uniffi::export]

@@ -54,7 +54,7 @@ from ._values import (
 )
 
 if TYPE_CHECKING:  # _users imports this module: only the names, for the type checker
-    from ._users import DeviceListChange, UserTrust
+    from ._users import DeviceListChange, LinkOffer, Linked, Provisioned, UserIdentity, UserTrust
 
 
 def _release(native: Any) -> None:
@@ -316,6 +316,39 @@ class Device:
                 addresses("devices", devices),
             )
         )
+
+    # Linking a new device (PROTOCOL.md 23.8).
+
+    def link_offer(self, now: int) -> "LinkOffer":
+        """Makes an offer to link this (new) device to its user: show its ``code()``, then give the
+        message the scanning device sends back to ``finish_link`` with this offer. Valid for ten
+        minutes from ``now``; kept in memory only."""
+        from ._users import LinkOffer
+
+        return LinkOffer(self._call("link_offer", u63("now", now)))
+
+    def link_device(self, code: BytesLike, user_identity: "UserIdentity", now: int) -> "Linked":
+        """Links the device whose ``code`` was scanned: adds it to this user's list (a new version
+        signed with ``user_identity``, the key of this device's list), writes that list as this
+        device's own, and seals for the new device the user identity, the list and the lists of the
+        contact users this device pinned. ``InvalidArgumentError`` for a code that is not one, expired,
+        of another user or of this device, no list of our own, or another user identity;
+        ``LimitExceededError`` for a full list. A refusal writes nothing."""
+        from ._users import _linked, _user_identity
+
+        args = (as_bytes("code", code), _user_identity("user_identity", user_identity), u63("now", now))
+        return _linked(self._call("link_device", *args))
+
+    def finish_link(self, offer: "LinkOffer", message: BytesLike, now: int) -> "Provisioned":
+        """Finishes linking this device with the ``message`` the scanning device sent for ``offer``:
+        the list it carries becomes this device's own and the contact users it carries are pinned, in
+        one transaction; keep the returned user identity. ``InvalidMessageError`` for a message not for
+        this offer or not well formed, ``DuplicateError`` once the offer was used,
+        ``InvalidArgumentError`` for an expired offer or another device's. A refusal writes nothing."""
+        from ._users import _link_offer, _provisioned
+
+        args = (_link_offer("offer", offer), as_bytes("message", message), u63("now", now))
+        return _provisioned(self._call("finish_link", *args))
 
     def peers(self) -> List[Address]:
         """Every peer device this device keeps a record of, in no particular order (reads every

@@ -15,6 +15,12 @@ use, and from then on ``start_session``, ``encrypt`` and ``decrypt`` refuse ever
 user the newest verified list does not name (``UntrustedIdentityError`` with no
 ``identity_key()``), changing nothing. ``Device.update_device_list``,
 ``Device.trust_new_user_identity`` and ``Device.user_trust`` move and read the pins.
+
+Linking a new device (PROTOCOL.md 23.8): the new device's ``Device.link_offer(now)`` makes a
+``LinkOffer`` whose ``code()`` it shows; an existing device of the user scans it and calls
+``Device.link_device(code, user_identity, now)``, which returns ``Linked`` (the new signed list to
+publish and the ``message`` to send); the new device's ``Device.finish_link(offer, message, now)``
+returns ``Provisioned`` (the ``UserIdentity`` to keep, its list, the pins it was given).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, Iterable, List, Tuple
 from . import _native
 from ._device import SafetyNumber
 from ._errors import call
-from ._values import BytesLike, as_bytes, text, u32, u63
+from ._values import Address, BytesLike, address_of, as_bytes, text, u32, u63
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +141,87 @@ class UserIdentity:
 
     def __reduce__(self) -> Any:
         raise TypeError("a UserIdentity holds a secret: store its seed() sealed instead of pickling it")
+
+
+class LinkOffer:
+    """A new device's offer to be linked (``Device.link_offer``): ``code()`` to show, and the keys
+    that open the message the scanning device sends back. Kept in memory only, valid for ten
+    minutes, links at most once. Its ``repr`` shows no secret (the code holds one)."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: Any) -> None:
+        """Made by ``Device.link_offer`` only."""
+        if not isinstance(native, _native.LinkOffer):
+            raise TypeError("use Device.link_offer")
+        self._native = native
+
+    def code(self) -> bytes:
+        """The code to show for an existing device of the same user to scan. It holds a secret:
+        show it on this device's screen only, never send it through the server."""
+        return bytes(self._native.code())
+
+    def address(self) -> Address:
+        """The device the offer links."""
+        return address_of(self._native.address())
+
+    def __repr__(self) -> str:
+        return f"<samizdat.LinkOffer for {self.address()}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a LinkOffer holds a secret and lives in memory only: make a new one instead of pickling it")
+
+
+@dataclasses.dataclass(frozen=True)
+class Linked:
+    """What ``Device.link_device`` made: send ``message`` to the new ``device`` through the server,
+    publish ``device_list`` (this device already holds it); ``list_changed`` is ``False`` when the
+    list already named the device (the same code scanned again)."""
+
+    message: bytes
+    device_list: bytes
+    device: Address
+    list_changed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Provisioned:
+    """What ``Device.finish_link`` gave the new device: the ``user_identity`` to keep (store its seed
+    sealed), the ``device_list`` now its own, how many contact users the linking device had pinned
+    (``pinned_users``) and how many were pinned now (``newly_pinned``), and the device that linked it
+    (``linked_by``). Its ``repr`` shows the user identity's public key only."""
+
+    user_identity: "UserIdentity"
+    device_list: bytes
+    pinned_users: int
+    newly_pinned: int
+    linked_by: Address
+
+
+def _linked(native: Any) -> Linked:
+    return Linked(bytes(native.message), bytes(native.device_list), address_of(native.device), bool(native.list_changed))
+
+
+def _provisioned(native: Any) -> Provisioned:
+    return Provisioned(
+        UserIdentity(native.user_identity),
+        bytes(native.device_list),
+        int(native.pinned_users),
+        int(native.newly_pinned),
+        address_of(native.linked_by),
+    )
+
+
+def _user_identity(name: str, value: object) -> Any:
+    if not isinstance(value, UserIdentity):
+        raise TypeError(f"{name} must be a samizdat.UserIdentity, not {type(value).__name__}")
+    return value._native
+
+
+def _link_offer(name: str, value: object) -> Any:
+    if not isinstance(value, LinkOffer):
+        raise TypeError(f"{name} must be a samizdat.LinkOffer, not {type(value).__name__}")
+    return value._native
 
 
 class UserTrust:

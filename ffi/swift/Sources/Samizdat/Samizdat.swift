@@ -1361,6 +1361,41 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func setHealPolicy(policy: HealPolicy) throws 
     
     /**
+     * Finishes linking this device with the `message` the scanning device
+     * sent for `offer`: the list it carries becomes this device's own, and
+     * each contact user it carries is pinned, in one transaction. Keep the
+     * returned user identity. `InvalidMessage` for a message that is not for
+     * this offer (another offer's, altered, forged) or not well formed;
+     * `Duplicate` once the offer linked this device; `InvalidArgument` for
+     * an offer of another device or made more than ten minutes before
+     * `now`. A refusal writes nothing.
+     */
+    func finishLink(offer: LinkOffer, message: Data, now: Int64) throws  -> Provisioned
+    
+    /**
+     * Links the device whose `code` was scanned: adds it to this user's
+     * device list (a new version signed with `user_identity`, which must be
+     * the key of this device's list), writes that list as this device's
+     * own, and seals for the new device the user identity, the list and
+     * the lists of the contact users this device pinned. Scanning the same
+     * code again (within its lifetime) makes a new message and changes no
+     * list. `InvalidArgument` for a code that is not one, expired (made more
+     * than ten minutes before or after `now`), of another user or of this
+     * device, while this device has no list of its own, or when
+     * `user_identity` is not the key of its list; `LimitExceeded` for a
+     * full list or more pinned users than a link carries. A refusal writes
+     * nothing.
+     */
+    func linkDevice(code: Data, userIdentity: UserIdentity, now: Int64) throws  -> Linked
+    
+    /**
+     * Makes an offer to link this device to its user: show its
+     * [`LinkOffer::code`], then give the message the scanning device sends
+     * back to [`Self::finish_link`] with this offer.
+     */
+    func linkOffer(now: Int64) throws  -> LinkOffer
+    
+    /**
      * Checks the whole store for damage, changing nothing. Opening checks
      * a store of at most 4 MiB whole; a larger one is checked page by page
      * as it is read, so call this in the background now and then (about
@@ -2075,6 +2110,69 @@ open func setHealPolicy(policy: HealPolicy)throws   {try rustCallWithError(FfiCo
 }
     
     /**
+     * Finishes linking this device with the `message` the scanning device
+     * sent for `offer`: the list it carries becomes this device's own, and
+     * each contact user it carries is pinned, in one transaction. Keep the
+     * returned user identity. `InvalidMessage` for a message that is not for
+     * this offer (another offer's, altered, forged) or not well formed;
+     * `Duplicate` once the offer linked this device; `InvalidArgument` for
+     * an offer of another device or made more than ten minutes before
+     * `now`. A refusal writes nothing.
+     */
+open func finishLink(offer: LinkOffer, message: Data, now: Int64)throws  -> Provisioned  {
+    return try  FfiConverterTypeProvisioned_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_finish_link(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeLinkOffer_lower(offer),
+        FfiConverterData.lower(message),
+        FfiConverterInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Links the device whose `code` was scanned: adds it to this user's
+     * device list (a new version signed with `user_identity`, which must be
+     * the key of this device's list), writes that list as this device's
+     * own, and seals for the new device the user identity, the list and
+     * the lists of the contact users this device pinned. Scanning the same
+     * code again (within its lifetime) makes a new message and changes no
+     * list. `InvalidArgument` for a code that is not one, expired (made more
+     * than ten minutes before or after `now`), of another user or of this
+     * device, while this device has no list of its own, or when
+     * `user_identity` is not the key of its list; `LimitExceeded` for a
+     * full list or more pinned users than a link carries. A refusal writes
+     * nothing.
+     */
+open func linkDevice(code: Data, userIdentity: UserIdentity, now: Int64)throws  -> Linked  {
+    return try  FfiConverterTypeLinked_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_link_device(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(code),
+        FfiConverterTypeUserIdentity_lower(userIdentity),
+        FfiConverterInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Makes an offer to link this device to its user: show its
+     * [`LinkOffer::code`], then give the message the scanning device sends
+     * back to [`Self::finish_link`] with this offer.
+     */
+open func linkOffer(now: Int64)throws  -> LinkOffer  {
+    return try  FfiConverterTypeLinkOffer_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_link_offer(
+            self.uniffiCloneHandle(),
+        FfiConverterInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Checks the whole store for damage, changing nothing. Opening checks
      * a store of at most 4 MiB whole; a larger one is checked page by page
      * as it is read, so call this in the background now and then (about
@@ -2309,6 +2407,164 @@ public func FfiConverterTypeDevice_lift(_ handle: UInt64) throws -> Device {
 #endif
 public func FfiConverterTypeDevice_lower(_ value: Device) -> UInt64 {
     return FfiConverterTypeDevice.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A new device's offer to be linked: the code to show, and the keys that
+ * open the message the scanning device sends back. Kept in memory only (an
+ * app that restarts makes a new one); valid for ten minutes from the `now`
+ * it was made at, and links at most once. Its `toString`/`repr` shows no
+ * secret.
+ */
+public protocol LinkOfferProtocol: AnyObject, Sendable {
+    
+    /**
+     * The device the offer links (this device).
+     */
+    func address()  -> Address
+    
+    /**
+     * The code to show for an existing device of the same user to scan. It
+     * holds a secret: show it on this device's screen only, never send it
+     * through the server.
+     */
+    func code()  -> Data
+    
+}
+/**
+ * A new device's offer to be linked: the code to show, and the keys that
+ * open the message the scanning device sends back. Kept in memory only (an
+ * app that restarts makes a new one); valid for ten minutes from the `now`
+ * it was made at, and links at most once. Its `toString`/`repr` shows no
+ * secret.
+ */
+open class LinkOffer: LinkOfferProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_samizdat_ffi_fn_clone_linkoffer(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_samizdat_ffi_fn_free_linkoffer(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * The device the offer links (this device).
+     */
+open func address() -> Address  {
+    return try!  FfiConverterTypeAddress_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_linkoffer_address(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The code to show for an existing device of the same user to scan. It
+     * holds a secret: show it on this device's screen only, never send it
+     * through the server.
+     */
+open func code() -> Data  {
+    return try!  FfiConverterData.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_linkoffer_code(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLinkOffer: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = LinkOffer
+
+    public static func lift(_ handle: UInt64) throws -> LinkOffer {
+        return LinkOffer(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: LinkOffer) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LinkOffer {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: LinkOffer, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLinkOffer_lift(_ handle: UInt64) throws -> LinkOffer {
+    return try FfiConverterTypeLinkOffer.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLinkOffer_lower(_ value: LinkOffer) -> UInt64 {
+    return FfiConverterTypeLinkOffer.lower(value)
 }
 
 
@@ -4055,6 +4311,105 @@ public func FfiConverterTypeIncomingMessage_lower(_ value: IncomingMessage) -> R
 
 
 /**
+ * What [`Device::link_device`] made.
+ */
+public struct Linked: Equatable, Hashable {
+    /**
+     * The message for the new device: send it through the server as it is
+     * (sealed to the code: only the device that showed it opens it).
+     */
+    public var message: Data
+    /**
+     * The user's signed device list, naming the new device: publish it
+     * (contacts take it with `update_device_list`). This device already
+     * holds it as its own.
+     */
+    public var deviceList: Data
+    /**
+     * The device linked.
+     */
+    public var device: Address
+    /**
+     * Whether the list changed: `false` when it already named the device
+     * with that identity key (the same code scanned again after the first
+     * message was lost: a new message was made).
+     */
+    public var listChanged: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The message for the new device: send it through the server as it is
+         * (sealed to the code: only the device that showed it opens it).
+         */message: Data, 
+        /**
+         * The user's signed device list, naming the new device: publish it
+         * (contacts take it with `update_device_list`). This device already
+         * holds it as its own.
+         */deviceList: Data, 
+        /**
+         * The device linked.
+         */device: Address, 
+        /**
+         * Whether the list changed: `false` when it already named the device
+         * with that identity key (the same code scanned again after the first
+         * message was lost: a new message was made).
+         */listChanged: Bool) {
+        self.message = message
+        self.deviceList = deviceList
+        self.device = device
+        self.listChanged = listChanged
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Linked: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLinked: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Linked {
+        return
+            try Linked(
+                message: FfiConverterData.read(from: &buf), 
+                deviceList: FfiConverterData.read(from: &buf), 
+                device: FfiConverterTypeAddress.read(from: &buf), 
+                listChanged: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Linked, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.message, into: &buf)
+        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterTypeAddress.write(value.device, into: &buf)
+        FfiConverterBool.write(value.listChanged, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLinked_lift(_ buf: RustBuffer) throws -> Linked {
+    return try FfiConverterTypeLinked.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLinked_lower(_ value: Linked) -> RustBuffer {
+    return FfiConverterTypeLinked.lower(value)
+}
+
+
+/**
  * A device in a list: its id and its identity key (32 bytes).
  */
 public struct ListedDevice: Equatable, Hashable {
@@ -4260,6 +4615,111 @@ public func FfiConverterTypePrekeyCounts_lift(_ buf: RustBuffer) throws -> Preke
 #endif
 public func FfiConverterTypePrekeyCounts_lower(_ value: PrekeyCounts) -> RustBuffer {
     return FfiConverterTypePrekeyCounts.lower(value)
+}
+
+
+/**
+ * What [`Device::finish_link`] gave this device.
+ */
+public struct Provisioned {
+    /**
+     * The user identity key pair: keep it as the app keeps it on the other
+     * devices (store its seed sealed; it signs the user's next lists).
+     */
+    public var userIdentity: UserIdentity
+    /**
+     * The user's signed device list, now this device's own.
+     */
+    public var deviceList: Data
+    /**
+     * How many contact users the linking device had pinned.
+     */
+    public var pinnedUsers: Int32
+    /**
+     * How many of them this device pinned now (one it had pinned already
+     * keeps its pin, unless the list it was sent is a newer one under the
+     * same key).
+     */
+    public var newlyPinned: Int32
+    /**
+     * The device that linked this one.
+     */
+    public var linkedBy: Address
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The user identity key pair: keep it as the app keeps it on the other
+         * devices (store its seed sealed; it signs the user's next lists).
+         */userIdentity: UserIdentity, 
+        /**
+         * The user's signed device list, now this device's own.
+         */deviceList: Data, 
+        /**
+         * How many contact users the linking device had pinned.
+         */pinnedUsers: Int32, 
+        /**
+         * How many of them this device pinned now (one it had pinned already
+         * keeps its pin, unless the list it was sent is a newer one under the
+         * same key).
+         */newlyPinned: Int32, 
+        /**
+         * The device that linked this one.
+         */linkedBy: Address) {
+        self.userIdentity = userIdentity
+        self.deviceList = deviceList
+        self.pinnedUsers = pinnedUsers
+        self.newlyPinned = newlyPinned
+        self.linkedBy = linkedBy
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Provisioned: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProvisioned: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Provisioned {
+        return
+            try Provisioned(
+                userIdentity: FfiConverterTypeUserIdentity.read(from: &buf), 
+                deviceList: FfiConverterData.read(from: &buf), 
+                pinnedUsers: FfiConverterInt32.read(from: &buf), 
+                newlyPinned: FfiConverterInt32.read(from: &buf), 
+                linkedBy: FfiConverterTypeAddress.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Provisioned, into buf: inout [UInt8]) {
+        FfiConverterTypeUserIdentity.write(value.userIdentity, into: &buf)
+        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterInt32.write(value.pinnedUsers, into: &buf)
+        FfiConverterInt32.write(value.newlyPinned, into: &buf)
+        FfiConverterTypeAddress.write(value.linkedBy, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProvisioned_lift(_ buf: RustBuffer) throws -> Provisioned {
+    return try FfiConverterTypeProvisioned.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProvisioned_lower(_ value: Provisioned) -> RustBuffer {
+    return FfiConverterTypeProvisioned.lower(value)
 }
 
 
@@ -6131,6 +6591,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_set_heal_policy() != 48669) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_finish_link() != 14879) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_link_device() != 7030) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_link_offer() != 40469) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_device_check_integrity() != 3972) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6225,6 +6694,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_attachmentencryptor_update() != 57586) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_linkoffer_address() != 5650) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_linkoffer_code() != 61972) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_useridentity_public_key() != 42899) {

@@ -438,6 +438,21 @@ int32_t uniffi_samizdat_ffi_fn_method_device_outbox_len(uint64_t ptr, RustBuffer
 void uniffi_samizdat_ffi_fn_method_device_set_heal_policy(uint64_t ptr, RustBuffer policy, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_FINISH_LINK
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_FINISH_LINK
+RustBuffer uniffi_samizdat_ffi_fn_method_device_finish_link(uint64_t ptr, uint64_t offer, RustBuffer message, int64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_LINK_DEVICE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_LINK_DEVICE
+RustBuffer uniffi_samizdat_ffi_fn_method_device_link_device(uint64_t ptr, RustBuffer code, uint64_t user_identity, int64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_LINK_OFFER
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_LINK_OFFER
+uint64_t uniffi_samizdat_ffi_fn_method_device_link_offer(uint64_t ptr, int64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CHECK_INTEGRITY
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CHECK_INTEGRITY
 void uniffi_samizdat_ffi_fn_method_device_check_integrity(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -672,6 +687,26 @@ RustBuffer uniffi_samizdat_ffi_fn_method_attachmentencryptor_finish(uint64_t ptr
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENTENCRYPTOR_UPDATE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_ATTACHMENTENCRYPTOR_UPDATE
 RustBuffer uniffi_samizdat_ffi_fn_method_attachmentencryptor_update(uint64_t ptr, RustBuffer plaintext, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_LINKOFFER
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_LINKOFFER
+uint64_t uniffi_samizdat_ffi_fn_clone_linkoffer(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FREE_LINKOFFER
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_FREE_LINKOFFER
+void uniffi_samizdat_ffi_fn_free_linkoffer(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_LINKOFFER_ADDRESS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_LINKOFFER_ADDRESS
+RustBuffer uniffi_samizdat_ffi_fn_method_linkoffer_address(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_LINKOFFER_CODE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_LINKOFFER_CODE
+RustBuffer uniffi_samizdat_ffi_fn_method_linkoffer_code(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_CLONE_USERIDENTITY
@@ -1370,6 +1405,24 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_set_heal_policy(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_FINISH_LINK
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_FINISH_LINK
+uint16_t uniffi_samizdat_ffi_checksum_method_device_finish_link(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_LINK_DEVICE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_LINK_DEVICE
+uint16_t uniffi_samizdat_ffi_checksum_method_device_link_device(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_LINK_OFFER
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_LINK_OFFER
+uint16_t uniffi_samizdat_ffi_checksum_method_device_link_offer(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CHECK_INTEGRITY
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CHECK_INTEGRITY
 uint16_t uniffi_samizdat_ffi_checksum_method_device_check_integrity(void
@@ -1559,6 +1612,18 @@ uint16_t uniffi_samizdat_ffi_checksum_method_attachmentencryptor_finish(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_ATTACHMENTENCRYPTOR_UPDATE
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_ATTACHMENTENCRYPTOR_UPDATE
 uint16_t uniffi_samizdat_ffi_checksum_method_attachmentencryptor_update(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_LINKOFFER_ADDRESS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_LINKOFFER_ADDRESS
+uint16_t uniffi_samizdat_ffi_checksum_method_linkoffer_address(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_LINKOFFER_CODE
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_LINKOFFER_CODE
+uint16_t uniffi_samizdat_ffi_checksum_method_linkoffer_code(void
     
 );
 #endif

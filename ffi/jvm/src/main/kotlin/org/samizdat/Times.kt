@@ -35,6 +35,20 @@ fun Device.heal(bundle: ByteArray, unreadable: List<ByteArray>, now: Instant): H
 fun Device.exportBackup(passphrase: ByteArray, params: BackupParams, now: Instant): ByteArray =
     exportBackup(passphrase, params, seconds(now))
 
+/** [Device.linkOffer] at [now] (the offer is valid for ten minutes from it). */
+@Throws(SamizdatException::class)
+fun Device.linkOffer(now: Instant): LinkOffer = linkOffer(seconds(now))
+
+/** [Device.linkDevice] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.linkDevice(code: ByteArray, userIdentity: UserIdentity, now: Instant): Linked =
+    linkDevice(code, userIdentity, seconds(now))
+
+/** [Device.finishLink] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.finishLink(offer: LinkOffer, message: ByteArray, now: Instant): Provisioned =
+    finishLink(offer, message, seconds(now))
+
 /** This device's identity key as a value. */
 fun Device.identity(): IdentityKey = IdentityKey(identityKey())
 
