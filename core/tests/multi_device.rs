@@ -249,3 +249,38 @@ fn three_users_with_several_devices_converse_link_and_remove() {
         other => panic!("the removed device read the group: {other:?}"),
     }
 }
+
+/// A device that its user's newest list no longer names is refused in the
+/// groups too, even while an app has not removed it from a group yet: its
+/// group messages are `UnlistedDevice`, and nothing changes.
+#[test]
+fn a_device_the_list_no_longer_names_is_refused_in_groups() {
+    let (alice, bob) = (user_key(0xA0), user_key(0xB0));
+    let world = World { devices: vec![device("alice", 1, 1), device("bob", 1, 2), device("bob", 2, 3)] };
+    let (a1, b1, b2) = (world.get("alice", 1), world.get("bob", 1), world.get("bob", 2));
+    a1.set_device_list(&list(&alice, "alice", 1, &[a1])).unwrap();
+    let bobs = list(&bob, "bob", 1, &[b1, b2]);
+    b1.set_device_list(&bobs).unwrap();
+    b2.set_device_list(&bobs).unwrap();
+    world.connect_all();
+    world.share(&[&bobs, &a1.device_list().unwrap().unwrap()]);
+    for d in &world.devices {
+        let others: Vec<_> =
+            world.devices.iter().filter(|o| o.address() != d.address()).map(|o| o.address().clone()).collect();
+        d.create_group(G, &others).unwrap();
+    }
+    assert_eq!(world.group_send(b2, &[a1, b1], b"before"), 2);
+    // Bob drops device 2 from his list; Alice's app has not removed it from the group.
+    let without = list(&bob, "bob", 2, &[b1]);
+    a1.update_device_list(&without).unwrap();
+    let sent = b2.group_encrypt(G, b"after").unwrap();
+    assert!(sent.distributions.is_empty());
+    let before = a1.backend().snapshot();
+    assert!(matches!(
+        receive_kind(a1, b2, &sent.message),
+        Err(DeviceError::DeviceList(DeviceListError::UnlistedDevice { device_id: 2 }))
+    ));
+    assert_eq!(a1.backend().snapshot(), before, "a refused group message changes nothing");
+    // Bob's listed device is still read.
+    assert_eq!(world.group_send(b1, &[a1], b"still here"), 1);
+}

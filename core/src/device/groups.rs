@@ -866,6 +866,12 @@ impl<B: Backend> Device<B> {
                 Some(_) => self.load_record(&self.sealer.address_key(peer))?.1.trusted_identity(),
                 None => None,
             };
+            // A member device that the pinned list of its user no longer
+            // names (removed, or never listed) is refused, as its one-to-one
+            // messages are (PROTOCOL.md 23.5): before any key is used.
+            if let Some(identity) = &trusted {
+                self.check_listed(peer, identity)?;
+            }
             let Some(loaded) = loaded else {
                 // Not the roster (it may be large): the own-chain row says
                 // whether the group exists.
