@@ -36,65 +36,16 @@ const STEP: u64 = 1 << 32;
 /// Chains of one sender a member sees before it forgets its first floor.
 const HELD: usize = MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS;
 
-fn missing_chain(result: Result<Got, DeviceError>) -> Option<Option<Vec<u8>>> {
-    match result {
-        Err(DeviceError::Group(GroupError::MissingChain { request, .. })) => Some(request),
-        _ => None,
-    }
-}
-
-/// Every row of every table of a store, as stored (sealed).
-fn all_rows(store: &MemoryBackend) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-    Table::ALL.iter().map(|&t| store.scan(t).unwrap()).collect()
-}
-
 fn group_rows(store: &MemoryBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
     store.scan(Table::Groups).unwrap()
 }
 
-/// How many of `messages`, delivered again from `from` to `to`, decrypt.
-fn reopened(net: &Net, from: usize, to: usize, messages: &[Vec<u8>]) -> usize {
-    messages.iter().filter(|m| matches!(net.receive(from, to, m), Ok(Got::Group(_)))).count()
-}
-
-fn own_row(net: &Net, i: usize) -> storage::OwnChainRow {
-    let keys = net.keys(i);
-    keys.read(net.dev(i).backend(), &keys.group_row(OWN_CHAIN, G, None)).unwrap()
-}
-
 fn generation(net: &Net, i: usize) -> u64 {
-    own_row(net, i).generation
+    net.own_row(G, i).generation
 }
 
 fn min_generation(net: &Net, i: usize, sender: usize) -> u64 {
     net.member_row(i, G, sender).unwrap().min_generation
-}
-
-/// `from` sends `text` and `to` reads it (distributions delivered).
-fn send_read(net: &Net, from: usize, to: usize, text: &[u8]) -> Vec<u8> {
-    let sent = net.send(from, G, text);
-    assert_eq!(net.receive(from, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
-    sent.message
-}
-
-/// `from` sends `text`; the server holds its distribution to `to` (returned)
-/// and delivers the group message first: `to` asks for the chain, `from`
-/// answers, the answer is delivered, and the message then decrypts.
-fn send_holding_distribution(net: &Net, from: usize, to: usize, text: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let sent = net.dev(from).group_encrypt(G, text).unwrap();
-    let mut held = None;
-    for outgoing in &sent.distributions {
-        if outgoing.to == addr(to) {
-            held = Some(outgoing.message.clone());
-        } else {
-            net.receive(from, net.index(&outgoing.to), &outgoing.message).unwrap();
-        }
-    }
-    let request = missing_chain(net.receive(from, to, &sent.message)).unwrap().expect("a request");
-    let Got::Control(Some(answer)) = net.receive(to, from, &request).unwrap() else { panic!("no answer") };
-    assert_eq!(net.receive(from, to, &answer.message).unwrap(), Got::Control(None));
-    assert_eq!(net.receive(from, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
-    (held.expect("a distribution to hold"), sent.message)
 }
 
 /// What a hostile member's modified client sends: `sender` sends a message
@@ -127,7 +78,7 @@ fn rotations(net: &Net, alice: usize, bob: usize, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|k| {
             net.dev(alice).rotate_group_chain(G).unwrap();
-            send_read(net, alice, bob, format!("rotation {k}").as_bytes())
+            net.send_read(G, alice, bob, format!("rotation {k}").as_bytes())
         })
         .collect()
 }
@@ -176,7 +127,7 @@ fn replays_after_held_leap_answer(rotations_before: usize) -> usize {
     let net = Net::new(3);
     let (alice, bob, carol) = (0, 1, 2);
     net.create(G, &[alice, bob, carol]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     rotations(&net, alice, bob, HELD + 1);
     let minimum = min_generation(&net, bob, alice);
     assert!(minimum > 1);
@@ -193,11 +144,11 @@ fn replays_after_held_leap_answer(rotations_before: usize) -> usize {
     let Got::Control(Some(answer)) = net.receive(bob, alice, &again).unwrap() else { panic!("no answer") };
     assert_eq!(net.receive(alice, bob, &answer.message).unwrap(), Got::Control(None));
     assert_eq!(net.receive(alice, bob, &sent.message).unwrap(), Got::Group(b"leapt 0".to_vec()));
-    let read = vec![sent.message, send_read(&net, alice, bob, b"leapt 1"), send_read(&net, alice, bob, b"leapt 2")];
+    let read = vec![sent.message, net.send_read(G, alice, bob, b"leapt 1"), net.send_read(G, alice, bob, b"leapt 2")];
     rotations(&net, alice, bob, rotations_before);
-    assert_eq!(reopened(&net, alice, bob, &read), 0, "before the held answer");
+    assert_eq!(net.reopened(alice, bob, &read), 0, "before the held answer");
     assert_eq!(net.receive(alice, bob, &held.message).unwrap(), Got::Control(None));
-    reopened(&net, alice, bob, &read)
+    net.reopened(alice, bob, &read)
 }
 
 /// The held leap answer delivered while Bob keeps the leapt chain.
@@ -235,7 +186,7 @@ fn distributions_out_of_generation_order_reopen_nothing_and_heal_by_one_leap() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let mut read = vec![send_read(&net, alice, bob, b"first")];
+    let mut read = vec![net.send_read(G, alice, bob, b"first")];
     let mut withheld = Vec::new();
     for k in 0..HELD {
         net.dev(alice).rotate_group_chain(G).unwrap();
@@ -244,8 +195,8 @@ fn distributions_out_of_generation_order_reopen_nothing_and_heal_by_one_leap() {
         withheld.push((sent.distributions[0].message.clone(), sent.message));
     }
     net.dev(alice).rotate_group_chain(G).unwrap();
-    read.push(send_read(&net, alice, bob, b"on 13, 0"));
-    read.push(send_read(&net, alice, bob, b"on 13, 1"));
+    read.push(net.send_read(G, alice, bob, b"on 13, 0"));
+    read.push(net.send_read(G, alice, bob, b"on 13, 1"));
     let current = generation(&net, alice);
     assert_eq!(current, HELD as u64 + 2);
     for (distribution, _) in &withheld {
@@ -260,14 +211,14 @@ fn distributions_out_of_generation_order_reopen_nothing_and_heal_by_one_leap() {
     assert_eq!(generation(&net, alice), current + 1, "Alice leapt to Bob's minimum");
     assert_eq!(net.receive(alice, bob, &answer.message).unwrap(), Got::Control(None));
     assert!(!matches!(net.receive(alice, bob, &lost.message), Ok(Got::Group(_))), "lost");
-    read.push(send_read(&net, alice, bob, b"after the leap"));
+    read.push(net.send_read(G, alice, bob, b"after the leap"));
     // Replays: nothing read opens again; of the withheld messages, those of
     // the chains Bob keeps open once, never twice.
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
     let late: Vec<Vec<u8>> = withheld.iter().map(|(_, m)| m.clone()).collect();
-    let first_time = reopened(&net, alice, bob, &late);
+    let first_time = net.reopened(alice, bob, &late);
     assert!(first_time <= MAX_SENDER_CHAINS, "{first_time}");
-    assert_eq!(reopened(&net, alice, bob, &late), 0);
+    assert_eq!(net.reopened(alice, bob, &late), 0);
 }
 
 /// The server's replays of messages read on chains Bob no longer has spend
@@ -281,7 +232,7 @@ fn with_requests_spent_by_replays_the_next_rotation_heals() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let mut read = vec![send_read(&net, alice, bob, b"first")];
+    let mut read = vec![net.send_read(G, alice, bob, b"first")];
     let mut withheld = Vec::new();
     for k in 0..HELD {
         net.dev(alice).rotate_group_chain(G).unwrap();
@@ -289,14 +240,14 @@ fn with_requests_spent_by_replays_the_next_rotation_heals() {
         withheld.push((sent.distributions[0].message.clone(), sent.message));
     }
     net.dev(alice).rotate_group_chain(G).unwrap();
-    read.push(send_read(&net, alice, bob, b"on 13, 0"));
+    read.push(net.send_read(G, alice, bob, b"on 13, 0"));
     for (distribution, _) in &withheld {
         net.receive(alice, bob, distribution).unwrap();
     }
     // The server replays what it has, three times.
     read.extend(withheld.iter().map(|(_, m)| m.clone()));
     for _ in 0..3 {
-        let _ = reopened(&net, alice, bob, &read);
+        let _ = net.reopened(alice, bob, &read);
     }
     assert_eq!(net.member_row(bob, G, alice).unwrap().requests, 8, "requests spent");
     let stuck = net.dev(alice).group_encrypt(G, b"stuck").unwrap();
@@ -325,10 +276,10 @@ fn remove_and_add_back_cycles_keep_the_minimum_and_reopen_nothing() {
             if cycle > 0 || k > 0 {
                 net.dev(alice).rotate_group_chain(G).unwrap();
             }
-            let (copy, m0) = send_holding_distribution(&net, alice, bob, format!("c{cycle} k{k}").as_bytes());
+            let (copy, m0) = net.send_holding_distribution(G, alice, bob, format!("c{cycle} k{k}").as_bytes());
             held.push(copy);
             read.push(m0);
-            read.push(send_read(&net, alice, bob, format!("c{cycle} k{k} m1").as_bytes()));
+            read.push(net.send_read(G, alice, bob, format!("c{cycle} k{k} m1").as_bytes()));
         }
         let before = min_generation(&net, bob, alice);
         assert!(before >= minimum);
@@ -353,7 +304,7 @@ fn remove_and_add_back_cycles_keep_the_minimum_and_reopen_nothing() {
     }
     eprintln!("held copies delivered after the last add-back: {delivered} of {}", held.len());
     assert!(delivered > 0);
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
 }
 
 /// Held-back copies of the first 13 chains (one per chain, each chain read
@@ -372,7 +323,7 @@ fn held_copies_delivered_newest_first_reopen_nothing() {
         if k > 0 {
             net.dev(alice).rotate_group_chain(G).unwrap();
         }
-        let (copy, m0) = send_holding_distribution(&net, alice, bob, format!("chain {k}").as_bytes());
+        let (copy, m0) = net.send_holding_distribution(G, alice, bob, format!("chain {k}").as_bytes());
         held.push(copy);
         read.push(m0);
     }
@@ -381,7 +332,7 @@ fn held_copies_delivered_newest_first_reopen_nothing() {
         if net.receive(alice, bob, copy).is_ok() {
             delivered += 1;
         }
-        assert_eq!(reopened(&net, alice, bob, &read), 0);
+        assert_eq!(net.reopened(alice, bob, &read), 0);
     }
     eprintln!("held copies the session still opened: {delivered} of {}", held.len());
     assert!(delivered > 0);
@@ -406,17 +357,17 @@ fn the_sender_re_keying_its_own_chain_id_reopens_nothing() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let (held, m0) = send_holding_distribution(&net, alice, bob, b"x 0");
-    let read = vec![m0, send_read(&net, alice, bob, b"x 1")];
+    let (held, m0) = net.send_holding_distribution(G, alice, bob, b"x 0");
+    let read = vec![m0, net.send_read(G, alice, bob, b"x 1")];
     let mut chain = net.own_chain(alice, G).unwrap();
     let mut seed = [0u8; 32];
     samizdat::os_rng().fill_bytes(&mut seed);
     chain.signing_seed = seed.to_vec();
     chain.signing_public.clear();
     net.set_own_chain(alice, G, chain);
-    send_read(&net, alice, bob, b"re-keyed");
+    net.send_read(G, alice, bob, b"re-keyed");
     assert_eq!(net.receive(alice, bob, &held).unwrap(), Got::Control(None));
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -446,7 +397,7 @@ fn two_hostile_members_leap_a_bounded_number_of_times() {
     let net = Net::new(4);
     let (alice, h1, h2, carol) = (0, 1, 2, 3);
     net.create(G, &[alice, h1, h2, carol]);
-    send_read(&net, alice, carol, b"first");
+    net.send_read(G, alice, carol, b"first");
     let start = generation(&net, alice);
     let mut leaps = 0u32;
     let mut to_carol = 0usize;
@@ -480,7 +431,7 @@ fn one_hostile_member_leaps_at_most_twice_across_many_sends() {
     let net = Net::new(3);
     let (alice, mallory, carol) = (0, 1, 2);
     net.create(G, &[alice, mallory, carol]);
-    send_read(&net, alice, carol, b"first");
+    net.send_read(G, alice, carol, b"first");
     let mut leaps = 0u32;
     for _ in 0..8 {
         let before = generation(&net, alice);
@@ -523,7 +474,7 @@ fn a_hostile_leap_then_a_generation_gone_back_heals_by_a_leap() {
     let net = Net::new(3);
     let (alice, bob, mallory) = (0, 1, 2);
     net.create(G, &[alice, bob, mallory]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     for _ in 0..MAX_GROUP_KEY_ANSWERS {
         let before = generation(&net, alice);
         let (request, sent) = hostile_request(&net, alice, mallory, before + STEP);
@@ -561,7 +512,7 @@ fn a_generation_gone_back_without_a_hostile_leap_heals_in_one_round() {
     let net = Net::new(3);
     let (alice, bob, carol) = (0, 1, 2);
     net.create(G, &[alice, bob, carol]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     rotations(&net, alice, bob, HELD + 1);
     assert!(min_generation(&net, bob, alice) > 1);
     net.dev(alice).delete_group(G).unwrap();
@@ -579,7 +530,7 @@ fn a_removed_members_request_makes_no_leap_and_writes_nothing() {
     let net = Net::new(3);
     let (alice, mallory, carol) = (0, 1, 2);
     net.create(G, &[alice, mallory, carol]);
-    send_read(&net, alice, carol, b"first");
+    net.send_read(G, alice, carol, b"first");
     let (request, _) = hostile_request(&net, alice, mallory, 5 + STEP / 2);
     net.dev(alice).remove_group_members(G, &[addr(mallory)]).unwrap();
     let rows = group_rows(&net.stores[alice]);
@@ -595,7 +546,7 @@ fn a_request_past_the_answers_limit_makes_no_leap_and_writes_nothing() {
     let net = Net::new(2);
     let (alice, mallory) = (0, 1);
     net.create(G, &[alice, mallory]);
-    send_read(&net, alice, mallory, b"first");
+    net.send_read(G, alice, mallory, b"first");
     for _ in 0..MAX_GROUP_KEY_ANSWERS {
         let before = generation(&net, alice);
         let (request, _) = hostile_request(&net, alice, mallory, before + 1);
@@ -627,7 +578,7 @@ fn a_sender_restored_from_an_older_copy_is_read_again_and_reopens_nothing() {
     let mut net = Net::new(3);
     let (alice, bob, carol) = (0, 1, 2);
     net.create(G, &[alice, bob]);
-    let mut read_bob = vec![send_read(&net, alice, bob, b"first")];
+    let mut read_bob = vec![net.send_read(G, alice, bob, b"first")];
     let backup = support::copy_of(&net.stores[alice]);
     read_bob.extend(rotations(&net, alice, bob, HELD + 1));
     // Carol joins late (both sides add her).
@@ -659,8 +610,8 @@ fn a_sender_restored_from_an_older_copy_is_read_again_and_reopens_nothing() {
     let carol_round = heals_within(&net, alice, carol, 4);
     eprintln!("Bob read again at round {bob_round:?}, Carol at {carol_round:?}");
     assert!(bob_round.is_some() && carol_round.is_some());
-    assert_eq!(reopened(&net, alice, bob, &read_bob), 0);
-    assert_eq!(reopened(&net, alice, carol, &read_carol), 0);
+    assert_eq!(net.reopened(alice, bob, &read_bob), 0);
+    assert_eq!(net.reopened(alice, carol, &read_carol), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -675,7 +626,7 @@ fn a_failed_leap_writes_nothing_and_the_retry_leaps_once() {
     let net = Net::new(3);
     let (alice, bob, carol) = (0, 1, 2);
     net.create(G, &[alice, bob, carol]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     let before_generation = generation(&net, alice);
     let (request, _) = hostile_request(&net, alice, bob, before_generation + 7);
     let rows = all_rows(&net.stores[alice]);
@@ -684,9 +635,12 @@ fn a_failed_leap_writes_nothing_and_the_retry_leaps_once() {
     assert_eq!(all_rows(&net.stores[alice]), rows, "a failed leap wrote something");
     let Got::Control(Some(answer)) = net.receive(bob, alice, &request).unwrap() else { panic!("no answer") };
     assert_eq!(generation(&net, alice), before_generation + 7);
-    let chain = own_row(&net, alice).chain.unwrap().chain_id;
+    let chain = net.own_row(G, alice).chain.unwrap().chain_id;
     assert!(net.receive(bob, alice, &request).is_err(), "a duplicate");
-    assert_eq!((generation(&net, alice), own_row(&net, alice).chain.unwrap().chain_id), (before_generation + 7, chain));
+    assert_eq!(
+        (generation(&net, alice), net.own_row(G, alice).chain.unwrap().chain_id),
+        (before_generation + 7, chain)
+    );
     assert_eq!(net.receive(alice, bob, &answer.message).unwrap(), Got::Control(None));
 }
 
@@ -699,11 +653,11 @@ fn a_send_on_another_handle_in_the_middle_of_a_leap_is_not_lost() {
     let net = Net::new(3);
     let (alice, mallory, carol) = (0, 1, 2);
     net.create(G, &[alice, mallory, carol]);
-    send_read(&net, alice, carol, b"first");
+    net.send_read(G, alice, carol, b"first");
     let before = generation(&net, alice);
     let (request, sent) = hostile_request(&net, alice, mallory, before + 3);
     assert_eq!(net.receive(alice, carol, &sent.message).unwrap(), Got::Group(b"x".to_vec()));
-    let old_chain = own_row(&net, alice).chain.unwrap().chain_id;
+    let old_chain = net.own_row(G, alice).chain.unwrap().chain_id;
     let other = std::sync::Arc::new(net.second_handle(alice));
     let sender = other.clone();
     let middle = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -719,7 +673,7 @@ fn a_send_on_another_handle_in_the_middle_of_a_leap_is_not_lost() {
     assert_eq!(generation(&net, alice), before, "a refused leap wrote nothing");
     let Got::Control(Some(_)) = net.receive(mallory, alice, &request).unwrap() else { panic!("no answer") };
     assert_eq!(generation(&net, alice), before + 3);
-    assert_ne!(own_row(&net, alice).chain.unwrap().chain_id, old_chain);
+    assert_ne!(net.own_row(G, alice).chain.unwrap().chain_id, old_chain);
     net.distribute(alice, &in_middle);
     assert_eq!(net.receive(alice, carol, &in_middle.message).unwrap(), Got::Group(b"in the middle".to_vec()));
     let after = net.send(alice, G, b"after");
@@ -733,7 +687,7 @@ fn a_stale_distribution_writes_no_group_row() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let (held, _) = send_holding_distribution(&net, alice, bob, b"first");
+    let (held, _) = net.send_holding_distribution(G, alice, bob, b"first");
     rotations(&net, alice, bob, HELD + 1);
     assert!(min_generation(&net, bob, alice) > 1);
     let rows = group_rows(&net.stores[bob]);
@@ -791,7 +745,7 @@ fn damaged_generation_fields_are_corrupt() {
         let net = Net::new(2);
         let (alice, bob) = (0, 1);
         net.create(G, &[alice, bob]);
-        send_read(&net, alice, bob, b"first");
+        net.send_read(G, alice, bob, b"first");
         let keys = net.keys(bob);
         let key = keys.group_row(MEMBER, G, Some(&addr(alice)));
         let row: storage::SenderChainsRow = keys.read(net.dev(bob).backend(), &key).unwrap();
@@ -810,7 +764,7 @@ fn damaged_generation_fields_are_corrupt() {
         let net = Net::new(2);
         let (alice, bob) = (0, 1);
         net.create(G, &[alice, bob]);
-        send_read(&net, alice, bob, b"first");
+        net.send_read(G, alice, bob, b"first");
         let keys = net.keys(alice);
         let key = keys.group_row(OWN_CHAIN, G, None);
         let row: storage::OwnChainRow = keys.read(net.dev(alice).backend(), &key).unwrap();
@@ -833,7 +787,7 @@ fn generations_at_the_limit_fail_closed() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     // Alice at the last generation, after a rotation.
     net.dev(alice).rotate_group_chain(G).unwrap();
     let keys = net.keys(alice);
@@ -841,7 +795,7 @@ fn generations_at_the_limit_fail_closed() {
     let mut own: storage::OwnChainRow = keys.read(net.dev(alice).backend(), &own_key).unwrap();
     own.generation = u64::MAX - 1;
     keys.write(net.dev(alice).backend(), &own_key, &own);
-    send_read(&net, alice, bob, b"the last chain");
+    net.send_read(G, alice, bob, b"the last chain");
     assert_eq!(generation(&net, alice), u64::MAX);
     net.dev(alice).rotate_group_chain(G).unwrap();
     let rows = all_rows(&net.stores[alice]);
@@ -851,7 +805,7 @@ fn generations_at_the_limit_fail_closed() {
     // Bob's row with the largest minimum and floors.
     let net = Net::new(2);
     net.create(G, &[alice, bob]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     let keys = net.keys(bob);
     let key = keys.group_row(MEMBER, G, Some(&addr(alice)));
     let mut row: storage::SenderChainsRow = keys.read(net.dev(bob).backend(), &key).unwrap();
@@ -885,14 +839,14 @@ fn each_new_chain_has_a_larger_generation_across_leaps() {
     let net = Net::new(3);
     let (alice, bob, mallory) = (0, 1, 2);
     net.create(G, &[alice, bob, mallory]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     let g = generation(&net, alice);
     let (request, sent) = hostile_request(&net, alice, mallory, g + 10);
     net.receive(alice, bob, &sent.message).unwrap();
     let _ = net.receive(mallory, alice, &request).unwrap();
-    send_read(&net, alice, bob, b"leapt");
+    net.send_read(G, alice, bob, b"leapt");
     net.dev(alice).rotate_group_chain(G).unwrap();
-    send_read(&net, alice, bob, b"next");
+    net.send_read(G, alice, bob, b"next");
     let kept: Vec<u64> = net.member_row(bob, G, alice).unwrap().chains.iter().map(|c| c.generation).collect();
     assert_eq!(kept, vec![g, g + 10, g + 11]);
 }

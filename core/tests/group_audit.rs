@@ -52,14 +52,6 @@ fn decrypt_error(result: Result<Got, DeviceError>) -> DecryptError {
     }
 }
 
-/// The request of a `MissingChain`, or `None` if it is another result.
-fn missing_chain(result: Result<Got, DeviceError>) -> Option<Option<Vec<u8>>> {
-    match result {
-        Err(DeviceError::Group(GroupError::MissingChain { request, .. })) => Some(request),
-        _ => None,
-    }
-}
-
 fn is_stale(result: &Result<Vec<samizdat::device::Outgoing>, DeviceError>) -> bool {
     matches!(result, Err(DeviceError::Session(SessionError::StalePending)))
 }

@@ -40,13 +40,6 @@ fn decrypt_error(result: Result<Got, DeviceError>) -> DecryptError {
     }
 }
 
-fn missing_chain(result: Result<Got, DeviceError>) -> Option<Option<Vec<u8>>> {
-    match result {
-        Err(DeviceError::Group(GroupError::MissingChain { request, .. })) => Some(request),
-        _ => None,
-    }
-}
-
 fn random32() -> [u8; 32] {
     use samizdat::rand_core::Rng;
     let mut out = [0u8; 32];
@@ -54,48 +47,9 @@ fn random32() -> [u8; 32] {
     out
 }
 
-/// Every row of every table of a store, as stored (sealed).
-fn all_rows(store: &MemoryBackend) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-    Table::ALL.iter().map(|&t| store.scan(t).unwrap()).collect()
-}
-
 /// Every opened row of device `i`'s store, concatenated.
 fn store_plaintext(net: &Net, i: usize) -> Vec<u8> {
     net.keys(i).open_all(net.dev(i).backend()).into_iter().flat_map(|(_, bytes)| bytes).collect()
-}
-
-/// How many of `messages`, delivered again from `from` to `to`, decrypt.
-fn reopened(net: &Net, from: usize, to: usize, messages: &[Vec<u8>]) -> usize {
-    messages.iter().filter(|m| matches!(net.receive(from, to, m), Ok(Got::Group(_)))).count()
-}
-
-/// `from` sends `text`; the server holds its distribution to `to` (returned)
-/// and delivers the group message first: `to` asks for the chain, `from`
-/// answers, the answer is delivered, and the message then decrypts. The
-/// held distribution is a second copy of the chain, which the server can
-/// deliver whenever it likes. Distributions to others are delivered.
-fn send_holding_distribution(net: &Net, from: usize, to: usize, text: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let sent = net.dev(from).group_encrypt(G, text).unwrap();
-    let mut held = None;
-    for outgoing in &sent.distributions {
-        if outgoing.to == addr(to) {
-            held = Some(outgoing.message.clone());
-        } else {
-            net.receive(from, net.index(&outgoing.to), &outgoing.message).unwrap();
-        }
-    }
-    let request = missing_chain(net.receive(from, to, &sent.message)).unwrap().expect("a request");
-    let Got::Control(Some(answer)) = net.receive(to, from, &request).unwrap() else { panic!("no answer") };
-    assert_eq!(net.receive(from, to, &answer.message).unwrap(), Got::Control(None));
-    assert_eq!(net.receive(from, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
-    (held.expect("a distribution to hold"), sent.message)
-}
-
-/// `from` sends `text` and `to` reads it (distributions delivered).
-fn send_read(net: &Net, from: usize, to: usize, text: &[u8]) -> Vec<u8> {
-    let sent = net.send(from, G, text);
-    assert_eq!(net.receive(from, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
-    sent.message
 }
 
 fn floor_of(row: &storage::SenderChainsRow, chain_id: u32) -> Option<u32> {
@@ -121,14 +75,14 @@ fn a_delayed_distribution_of_an_evicted_chain_is_taken_from_its_floor() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let (held, m0) = send_holding_distribution(&net, alice, bob, b"c1 m0");
+    let (held, m0) = net.send_holding_distribution(G, alice, bob, b"c1 m0");
     let first = net.own_chain(alice, G).unwrap().chain_id;
-    let read = vec![m0, send_read(&net, alice, bob, b"c1 m1"), send_read(&net, alice, bob, b"c1 m2")];
+    let read = vec![m0, net.send_read(G, alice, bob, b"c1 m1"), net.send_read(G, alice, bob, b"c1 m2")];
     let in_flight = net.dev(alice).group_encrypt(G, b"c1 m3").unwrap().message;
     let mut second_chain = Vec::new();
     for k in 0..MAX_SENDER_CHAINS {
         net.dev(alice).rotate_group_chain(G).unwrap();
-        let message = send_read(&net, alice, bob, format!("chain {} m0", k + 2).as_bytes());
+        let message = net.send_read(G, alice, bob, format!("chain {} m0", k + 2).as_bytes());
         if k == 0 {
             second_chain.push(message);
         }
@@ -136,7 +90,7 @@ fn a_delayed_distribution_of_an_evicted_chain_is_taken_from_its_floor() {
     let row = net.member_row(bob, G, alice).unwrap();
     assert!(chain_of(&row, first).is_none());
     assert_eq!(floor_of(&row, first), Some(3));
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
     // The held copy of the first chain, from iteration 0.
     assert_eq!(net.receive(alice, bob, &held).unwrap(), Got::Control(None));
     let row = net.member_row(bob, G, alice).unwrap();
@@ -149,9 +103,9 @@ fn a_delayed_distribution_of_an_evicted_chain_is_taken_from_its_floor() {
         );
     }
     assert_eq!(net.receive(alice, bob, &in_flight).unwrap(), Got::Group(b"c1 m3".to_vec()));
-    assert_eq!(reopened(&net, alice, bob, &[in_flight]), 0);
+    assert_eq!(net.reopened(alice, bob, &[in_flight]), 0);
     // Taking the first chain back evicted the second: its floor holds too.
-    assert_eq!(reopened(&net, alice, bob, &second_chain), 0);
+    assert_eq!(net.reopened(alice, bob, &second_chain), 0);
 }
 
 /// A cascade: four chains of Alice, each read by Bob through an answer
@@ -170,16 +124,16 @@ fn an_eviction_cascade_of_delayed_distributions_reopens_nothing() {
         if k > 0 {
             net.dev(alice).rotate_group_chain(G).unwrap();
         }
-        let (copy, m0) = send_holding_distribution(&net, alice, bob, format!("c{k} m0").as_bytes());
+        let (copy, m0) = net.send_holding_distribution(G, alice, bob, format!("c{k} m0").as_bytes());
         held.push(copy);
         read.push(m0);
-        read.push(send_read(&net, alice, bob, format!("c{k} m1").as_bytes()));
+        read.push(net.send_read(G, alice, bob, format!("c{k} m1").as_bytes()));
     }
     // Bob holds chains 1..3, a floor of chain 0. Held copies: 0 evicts 1,
     // 1 evicts 2, 2 evicts 3, 3 evicts 0.
     for copy in &held {
         assert_eq!(net.receive(alice, bob, copy).unwrap(), Got::Control(None));
-        assert_eq!(reopened(&net, alice, bob, &read), 0);
+        assert_eq!(net.reopened(alice, bob, &read), 0);
         let row = net.member_row(bob, G, alice).unwrap();
         assert_eq!(row.chains.len(), MAX_SENDER_CHAINS);
         assert_eq!(row.floors.len(), 1);
@@ -194,15 +148,15 @@ fn replays_after_delayed_distribution(chains: usize) -> usize {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let (held, m0) = send_holding_distribution(&net, alice, bob, b"c1 m0");
-    let read = vec![m0, send_read(&net, alice, bob, b"c1 m1"), send_read(&net, alice, bob, b"c1 m2")];
+    let (held, m0) = net.send_holding_distribution(G, alice, bob, b"c1 m0");
+    let read = vec![m0, net.send_read(G, alice, bob, b"c1 m1"), net.send_read(G, alice, bob, b"c1 m2")];
     for k in 1..chains {
         net.dev(alice).rotate_group_chain(G).unwrap();
-        send_read(&net, alice, bob, format!("chain {k}").as_bytes());
+        net.send_read(G, alice, bob, format!("chain {k}").as_bytes());
     }
-    assert_eq!(reopened(&net, alice, bob, &read), 0, "before the held copy");
+    assert_eq!(net.reopened(alice, bob, &read), 0, "before the held copy");
     assert_eq!(net.receive(alice, bob, &held).unwrap(), Got::Control(None));
-    reopened(&net, alice, bob, &read)
+    net.reopened(alice, bob, &read)
 }
 
 /// At the bound: 3 chains kept and 8 floors, so the first chain (given up
@@ -236,12 +190,6 @@ fn a_delayed_distribution_after_forty_rotations_reopens_nothing() {
     assert_eq!(replays_after_delayed_distribution(40), 0);
 }
 
-/// Alice's own chain row, as her store holds it.
-fn own_row(net: &Net, i: usize) -> storage::OwnChainRow {
-    let keys = net.keys(i);
-    keys.read(net.dev(i).backend(), &keys.group_row(OWN_CHAIN, G, None)).unwrap()
-}
-
 /// Generations: each chain of Alice has a larger one (in her row and in
 /// what Bob keeps); a floor forgotten at Bob raises the lowest generation
 /// he takes in past its own, and no further.
@@ -250,16 +198,16 @@ fn generations_grow_per_chain_and_a_forgotten_floor_raises_the_minimum() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    assert_eq!(own_row(&net, alice).generation, 0, "no chain yet");
-    send_read(&net, alice, bob, b"first");
-    assert_eq!(own_row(&net, alice).generation, 1);
+    assert_eq!(net.own_row(G, alice).generation, 0, "no chain yet");
+    net.send_read(G, alice, bob, b"first");
+    assert_eq!(net.own_row(G, alice).generation, 1);
     let mut generations = vec![1];
     for k in 2..=(MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 2) as u64 {
         net.dev(alice).rotate_group_chain(G).unwrap();
-        assert_eq!(own_row(&net, alice).generation, k - 1, "a rotation keeps the generation");
-        assert!(own_row(&net, alice).chain.is_none());
-        send_read(&net, alice, bob, b"next");
-        assert_eq!(own_row(&net, alice).generation, k);
+        assert_eq!(net.own_row(G, alice).generation, k - 1, "a rotation keeps the generation");
+        assert!(net.own_row(G, alice).chain.is_none());
+        net.send_read(G, alice, bob, b"next");
+        assert_eq!(net.own_row(G, alice).generation, k);
         generations.push(k);
         let row = net.member_row(bob, G, alice).unwrap();
         let kept: Vec<u64> = row.chains.iter().map(|c| c.generation).collect();
@@ -290,7 +238,7 @@ fn a_sender_whose_generation_went_back_leaps_to_the_members_minimum() {
     net.create(G, &[alice, bob, carol]);
     for _ in 0..MAX_SENDER_CHAINS + MAX_CHAIN_FLOORS + 3 {
         net.dev(alice).rotate_group_chain(G).unwrap();
-        send_read(&net, alice, bob, b"chain");
+        net.send_read(G, alice, bob, b"chain");
     }
     let minimum = net.member_row(bob, G, alice).unwrap().min_generation;
     assert!(minimum > 1);
@@ -298,15 +246,15 @@ fn a_sender_whose_generation_went_back_leaps_to_the_members_minimum() {
     net.dev(alice).create_group(G, &[addr(bob), addr(carol)]).unwrap();
     let lost = net.dev(alice).group_encrypt(G, b"refused chain").unwrap();
     assert_eq!(lost.distributions.len(), 2);
-    assert_eq!(own_row(&net, alice).generation, 1);
+    assert_eq!(net.own_row(G, alice).generation, 1);
     let stale = lost.distributions.iter().find(|d| d.to == addr(bob)).unwrap();
     let groups_before = net.stores[bob].scan(Table::Groups).unwrap();
     assert_eq!(net.receive(alice, bob, &stale.message).unwrap(), Got::Control(None));
     assert_eq!(net.stores[bob].scan(Table::Groups).unwrap(), groups_before, "a stale chain changes no group row");
     let request = missing_chain(net.receive(alice, bob, &lost.message)).unwrap().expect("a request");
     let Got::Control(Some(answer)) = net.receive(bob, alice, &request).unwrap() else { panic!("no answer") };
-    assert_eq!(own_row(&net, alice).generation, minimum, "Alice leapt to Bob's minimum");
-    assert!(!own_row(&net, alice).distributed, "Carol lacks the new chain");
+    assert_eq!(net.own_row(G, alice).generation, minimum, "Alice leapt to Bob's minimum");
+    assert!(!net.own_row(G, alice).distributed, "Carol lacks the new chain");
     assert_eq!(net.receive(alice, bob, &answer.message).unwrap(), Got::Control(None));
     assert!(net.member_row(bob, G, alice).unwrap().chains.iter().any(|c| c.generation == minimum));
     assert!(!matches!(net.receive(alice, bob, &lost.message), Ok(Got::Group(_))), "the refused chain's message");
@@ -342,14 +290,14 @@ fn a_hostile_members_requests_leap_a_bounded_number_of_times() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     let mut generation = 1;
     for k in 1..=4u32 {
         let wanted = generation + 10;
         let request = hostile_request(&net, alice, bob, wanted);
-        let before = own_row(&net, alice).chain.unwrap().chain_id;
+        let before = net.own_row(G, alice).chain.unwrap().chain_id;
         let _ = net.receive(bob, alice, &request).unwrap();
-        let row = own_row(&net, alice);
+        let row = net.own_row(G, alice);
         if k <= MAX_GROUP_KEY_ANSWERS {
             assert_eq!(row.generation, wanted, "leap {k}");
             assert_ne!(row.chain.unwrap().chain_id, before, "a new chain");
@@ -363,7 +311,7 @@ fn a_hostile_members_requests_leap_a_bounded_number_of_times() {
     net.dev(alice).rotate_group_chain(G).unwrap();
     let request = hostile_request(&net, alice, bob, generation + 100);
     let _ = net.receive(bob, alice, &request).unwrap();
-    assert_eq!(own_row(&net, alice).generation, generation + 100);
+    assert_eq!(net.own_row(G, alice).generation, generation + 100);
 }
 
 /// A request for a generation above `MAX_LEAP_GENERATION` makes no leap
@@ -375,11 +323,11 @@ fn a_request_past_the_leap_limit_makes_no_leap() {
         let net = Net::new(2);
         let (alice, bob) = (0, 1);
         net.create(G, &[alice, bob]);
-        send_read(&net, alice, bob, b"first");
-        let chain = own_row(&net, alice).chain.unwrap().chain_id;
+        net.send_read(G, alice, bob, b"first");
+        let chain = net.own_row(G, alice).chain.unwrap().chain_id;
         let request = hostile_request(&net, alice, bob, wanted);
         let Got::Control(Some(_)) = net.receive(bob, alice, &request).unwrap() else { panic!("no answer") };
-        let row = own_row(&net, alice);
+        let row = net.own_row(G, alice);
         if leaps {
             assert_eq!(row.generation, wanted);
         } else {
@@ -408,7 +356,7 @@ fn a_chain_taken_again_under_a_new_identity_reopens_nothing() {
     // What Carol's (modified) client kept of the distribution it was given.
     let given = net.member_row(carol, G, alice).unwrap().chains[0].clone();
     assert_eq!(given.iteration, 0);
-    let read = vec![first.message, send_read(&net, alice, bob, b"genuine 1")];
+    let read = vec![first.message, net.send_read(G, alice, bob, b"genuine 1")];
     assert_eq!(net.receive(alice, bob, &read[0]).unwrap(), Got::Group(b"genuine 0".to_vec()));
     // Carol's device under Alice's address, with an identity of its own.
     let fake_key = [0x5a; 32];
@@ -445,7 +393,7 @@ fn a_chain_taken_again_under_a_new_identity_reopens_nothing() {
     assert_eq!(pending.kind(), MessageKind::Control);
     net.dev(bob).commit(pending).unwrap();
     // The server replays Alice's genuine messages, which Bob read.
-    assert_eq!(reopened(&net, alice, bob, &read), 0, "a message read before decrypted again");
+    assert_eq!(net.reopened(alice, bob, &read), 0, "a message read before decrypted again");
 }
 
 // ---------------------------------------------------------------------------
@@ -468,8 +416,8 @@ fn remove_and_add_back_cycles_reopen_nothing() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    let (held, m0) = send_holding_distribution(&net, alice, bob, b"m0");
-    let mut read = vec![m0, send_read(&net, alice, bob, b"m1")];
+    let (held, m0) = net.send_holding_distribution(G, alice, bob, b"m0");
+    let mut read = vec![m0, net.send_read(G, alice, bob, b"m1")];
     let chain_id = net.own_chain(alice, G).unwrap().chain_id;
     // Cycle 1: removed.
     net.dev(bob).remove_group_members(G, &[addr(alice)]).unwrap();
@@ -489,7 +437,7 @@ fn remove_and_add_back_cycles_reopen_nothing() {
     net.dev(bob).add_group_members(G, &[addr(alice)]).unwrap();
     assert_eq!(net.receive(alice, bob, &held).unwrap(), Got::Control(None));
     assert_eq!(chain_of(&net.member_row(bob, G, alice).unwrap(), chain_id).unwrap().iteration, 2);
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
     assert_eq!(net.receive(alice, bob, &m2).unwrap(), Got::Group(b"m2".to_vec()));
     read.push(m2);
     // Cycle 2: removed and added back; Alice's next message asks for her
@@ -501,10 +449,10 @@ fn remove_and_add_back_cycles_reopen_nothing() {
     let request = missing_chain(net.receive(alice, bob, &m3)).unwrap().expect("a request");
     let Got::Control(Some(answer)) = net.receive(bob, alice, &request).unwrap() else { panic!("no answer") };
     assert_eq!(net.receive(alice, bob, &answer.message).unwrap(), Got::Control(None));
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
     assert_eq!(net.receive(alice, bob, &m3).unwrap(), Got::Group(b"m3".to_vec()));
     read.push(m3);
-    assert_eq!(reopened(&net, alice, bob, &read), 0);
+    assert_eq!(net.reopened(alice, bob, &read), 0);
 }
 
 /// What a seized phone holds of a removed member: nothing of its chains.
@@ -564,12 +512,12 @@ fn refused_messages_below_a_floor_or_from_a_tombstone_write_nothing() {
     let net = Net::new(3);
     let (alice, bob, eve) = (0, 1, 2);
     net.create(G, &[alice, bob, eve]);
-    let old = send_read(&net, alice, bob, b"c1 m0");
-    send_read(&net, alice, bob, b"c1 m1");
+    let old = net.send_read(G, alice, bob, b"c1 m0");
+    net.send_read(G, alice, bob, b"c1 m1");
     let first = net.own_chain(alice, G).unwrap().chain_id;
     for _ in 0..MAX_SENDER_CHAINS {
         net.dev(alice).rotate_group_chain(G).unwrap();
-        send_read(&net, alice, bob, b"next");
+        net.send_read(G, alice, bob, b"next");
     }
     assert_eq!(floor_of(&net.member_row(bob, G, alice).unwrap(), first), Some(2));
     let mut forged = decode_group(&old);
@@ -684,7 +632,7 @@ fn an_own_chain_row_with_more_leaps_than_the_limit_is_corrupt() {
     let net = Net::new(2);
     let (alice, bob) = (0, 1);
     net.create(G, &[alice, bob]);
-    send_read(&net, alice, bob, b"first");
+    net.send_read(G, alice, bob, b"first");
     let keys = net.keys(alice);
     let key = keys.group_row(OWN_CHAIN, G, None);
     let mut own: storage::OwnChainRow = keys.read(net.dev(alice).backend(), &key).unwrap();
@@ -696,7 +644,7 @@ fn an_own_chain_row_with_more_leaps_than_the_limit_is_corrupt() {
     assert_eq!(all_rows(&net.stores[alice]), rows);
     own.leaps = MAX_LEAPS_PER_ROTATION;
     keys.write(net.dev(alice).backend(), &key, &own);
-    send_read(&net, alice, bob, b"at the limit");
+    net.send_read(G, alice, bob, b"at the limit");
     net.dev(alice).rotate_group_chain(G).unwrap();
-    assert_eq!(own_row(&net, alice).leaps, 0, "a rotation counts anew");
+    assert_eq!(net.own_row(G, alice).leaps, 0, "a rotation counts anew");
 }

@@ -297,15 +297,8 @@ impl VectorSet for Linking {
             LinkCase::Code {
                 name, user_id, device_id, identity_seed, offer_secret_key, secret, created_at, ..
             } => {
-                let identity_key = device_key(&array::<32>("identity_seed", identity_seed)?);
-                let offer = Offer {
-                    user_id,
-                    device_id: *device_id,
-                    identity_key,
-                    offer_secret: array("offer_secret_key", offer_secret_key)?,
-                    secret: array("secret", secret)?,
-                    created_at: *created_at,
-                };
+                let offer = Offer::of(user_id, *device_id, identity_seed, offer_secret_key, secret, *created_at)?;
+                let identity_key = offer.identity_key;
                 let code = code_by_hand(&offer);
                 agree("code", library_offer(&offer)?.code(), &code)?;
                 LinkCase::Code {
@@ -348,14 +341,7 @@ impl VectorSet for Linking {
                 linker_device_id,
                 ..
             } => {
-                let offer = Offer {
-                    user_id,
-                    device_id: *device_id,
-                    identity_key: device_key(&array::<32>("identity_seed", identity_seed)?),
-                    offer_secret: array("offer_secret_key", offer_secret_key)?,
-                    secret: array("secret", secret)?,
-                    created_at: *created_at,
-                };
+                let offer = Offer::of(user_id, *device_id, identity_seed, offer_secret_key, secret, *created_at)?;
                 let code = code_by_hand(&offer);
                 let linker: [u8; 32] = array("linker_secret_key", linker_secret_key)?;
                 let provisioning = Provisioning {
@@ -419,14 +405,7 @@ impl VectorSet for Linking {
                 message,
                 ..
             } => {
-                let offer = Offer {
-                    user_id,
-                    device_id: *device_id,
-                    identity_key: device_key(&array::<32>("identity_seed", identity_seed)?),
-                    offer_secret: array("offer_secret_key", offer_secret_key)?,
-                    secret: array("secret", secret)?,
-                    created_at: *created_at,
-                };
+                let offer = Offer::of(user_id, *device_id, identity_seed, offer_secret_key, secret, *created_at)?;
                 let result = match hazmat::link_open(&library_offer(&offer)?, &bytes("message", message)?) {
                     Ok(opened) => json!({"ok": {
                         "user_identity_seed": h(*opened.user_identity_seed),
@@ -460,6 +439,27 @@ struct Offer<'a> {
     offer_secret: [u8; 32],
     secret: [u8; 32],
     created_at: u64,
+}
+
+impl<'a> Offer<'a> {
+    /// An offer from a case's hex inputs.
+    fn of(
+        user_id: &'a str,
+        device_id: u32,
+        identity_seed: &str,
+        offer_secret_key: &str,
+        secret: &str,
+        created_at: u64,
+    ) -> R<Self> {
+        Ok(Self {
+            user_id,
+            device_id,
+            identity_key: device_key(&array::<32>("identity_seed", identity_seed)?),
+            offer_secret: array("offer_secret_key", offer_secret_key)?,
+            secret: array("secret", secret)?,
+            created_at,
+        })
+    }
 }
 
 struct Provisioning {

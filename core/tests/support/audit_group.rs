@@ -28,7 +28,7 @@ use hmac::{Hmac, Mac};
 use prost::Message as _;
 use samizdat::{
     address::Address,
-    device::{Device, DeviceError, GroupSend, MessageKind, Outgoing},
+    device::{Device, DeviceError, GroupError, GroupSend, MessageKind, Outgoing},
     rand_core::Rng,
     store::{Backend, Expected, MemoryBackend, Row, StoreError, Table, Write},
 };
@@ -544,5 +544,64 @@ impl Net {
             member.answered = 0;
         }
         keys.write(backend, &roster_key, &roster);
+    }
+}
+
+/// The request of a group message refused as `MissingChain` (`None`: it was
+/// refused otherwise, or decrypted).
+pub fn missing_chain(result: Result<Got, DeviceError>) -> Option<Option<Vec<u8>>> {
+    match result {
+        Err(DeviceError::Group(GroupError::MissingChain { request, .. })) => Some(request),
+        _ => None,
+    }
+}
+
+/// Every row of every table of a store, as stored (sealed).
+pub fn all_rows(store: &MemoryBackend) -> Vec<Vec<Row>> {
+    Table::ALL.iter().map(|&t| store.scan(t).unwrap()).collect()
+}
+
+/// Schedules the floor and generation audits share.
+impl Net {
+    /// How many of `messages`, delivered again from `from` to `to`, decrypt.
+    pub fn reopened(&self, from: usize, to: usize, messages: &[Vec<u8>]) -> usize {
+        messages.iter().filter(|m| matches!(self.receive(from, to, m), Ok(Got::Group(_)))).count()
+    }
+
+    /// `from` sends `text` in `group` and `to` reads it (distributions
+    /// delivered): the group message.
+    pub fn send_read(&self, group: &[u8], from: usize, to: usize, text: &[u8]) -> Vec<u8> {
+        let sent = self.send(from, group, text);
+        assert_eq!(self.receive(from, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
+        sent.message
+    }
+
+    /// `from` sends `text` in `group`; the server holds its distribution to
+    /// `to` (returned) and delivers the group message first: `to` asks for
+    /// the chain, `from` answers, the answer is delivered, and the message
+    /// then decrypts. The held distribution is a second copy of the chain,
+    /// which the server can deliver whenever it likes. Distributions to
+    /// others are delivered. Returns (the held copy, the group message).
+    pub fn send_holding_distribution(&self, group: &[u8], from: usize, to: usize, text: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let sent = self.dev(from).group_encrypt(group, text).unwrap();
+        let mut held = None;
+        for outgoing in &sent.distributions {
+            if outgoing.to == addr(to) {
+                held = Some(outgoing.message.clone());
+            } else {
+                self.receive(from, self.index(&outgoing.to), &outgoing.message).unwrap();
+            }
+        }
+        let request = missing_chain(self.receive(from, to, &sent.message)).unwrap().expect("a request");
+        let Got::Control(Some(answer)) = self.receive(to, from, &request).unwrap() else { panic!("no answer") };
+        assert_eq!(self.receive(from, to, &answer.message).unwrap(), Got::Control(None));
+        assert_eq!(self.receive(from, to, &sent.message).unwrap(), Got::Group(text.to_vec()));
+        (held.expect("a distribution to hold"), sent.message)
+    }
+
+    /// Device `i`'s own-chain row of `group`, as its store holds it.
+    pub fn own_row(&self, group: &[u8], i: usize) -> samizdat_proto::storage::OwnChainRow {
+        let keys = self.keys(i);
+        keys.read(self.dev(i).backend(), &keys.group_row(OWN_CHAIN, group, None)).unwrap()
     }
 }
