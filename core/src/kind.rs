@@ -400,7 +400,10 @@ impl GroupError {
     /// The kind of the failure: see [`ErrorKind`].
     pub const fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidGroupId | Self::AlreadyExists | Self::SelfAsMember => ErrorKind::InvalidArgument,
+            Self::InvalidGroupId | Self::AlreadyExists | Self::SelfAsMember | Self::FollowedUser => {
+                ErrorKind::InvalidArgument
+            }
+            Self::UnpinnedUser => ErrorKind::NoSession,
             Self::UnknownGroup | Self::NotMember => ErrorKind::NotInGroup,
             Self::TooManyMembers { .. } => ErrorKind::LimitExceeded,
             Self::MissingChain { .. } => ErrorKind::MissingGroupKey,

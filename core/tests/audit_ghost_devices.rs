@@ -511,23 +511,27 @@ fn observation_a_pending_message_commits_after_its_device_is_removed() {
     assert_eq!(refusal(alice.encrypt(bob2.address(), b"x")), DeviceListError::UnlistedDevice { device_id: 2 });
 }
 
-/// OBSERVATION (documented gap, PROTOCOL.md 23.8: groups do not check the
-/// lists). A device removed from its user's pinned list still receives the
-/// group's chain (a distribution over its kept pairwise session) from
-/// `group_encrypt`, and so reads the group's messages. Shown here so that
-/// the gap's impact is concrete: the pairwise refusal does not cover it.
+/// Was an observation (a documented gap): a device removed from its user's
+/// pinned list still received the group's chain (a distribution over its
+/// kept pairwise session) from `group_encrypt`, and so read the group's
+/// messages. Closed: the roster follows the lists before the send (PROTOCOL.md
+/// 18.8), so the device is removed, our chain rotates, and the device reads
+/// nothing sent after.
 #[test]
-fn observation_documented_gap_a_removed_device_still_gets_the_group_chain() {
+fn a_removed_device_no_longer_gets_the_group_chain() {
     let Two { alice, bob1, bob2, bob_user } = two();
     alice.create_group(b"group", &[bob1.address().clone(), bob2.address().clone()]).unwrap();
     bob2.create_group(b"group", &[alice.address().clone(), bob1.address().clone()]).unwrap();
+    let before = alice.group_encrypt(b"group", b"before").unwrap();
+    let to_bob2 = before.distributions.iter().find(|out| out.to == *bob2.address()).expect("bob2 is listed");
+    receive(&bob2, alice.address(), &to_bob2.message).unwrap();
+    assert_eq!(receive(&bob2, alice.address(), &before.message).unwrap(), b"before");
     alice.update_device_list(&list(&bob_user, "bob", 3, &[&bob1])).unwrap();
     assert_eq!(refusal(alice.encrypt(bob2.address(), b"x")), DeviceListError::UnlistedDevice { device_id: 2 });
     let send = alice.group_encrypt(b"group", b"for the group").unwrap();
-    let to_bob2 = send.distributions.iter().find(|out| out.to == *bob2.address());
-    let to_bob2 = to_bob2.expect("no distribution to the removed device: the gap is closed, update this test");
-    receive(&bob2, alice.address(), &to_bob2.message).unwrap();
-    assert_eq!(receive(&bob2, alice.address(), &send.message).unwrap(), b"for the group");
+    assert!(send.distributions.iter().all(|out| out.to != *bob2.address()), "a chain for the removed device");
+    assert!(receive(&bob2, alice.address(), &send.message).is_err(), "the removed device read the group");
+    assert_eq!(alice.group_members(b"group").unwrap(), vec![bob1.address().clone()]);
 }
 
 /// A damaged or misplaced `self` row (our own list) is `Corrupt`, never a

@@ -13,12 +13,15 @@
 //! for lists are [`UserTrust`]'s; the sent sync's encoding is
 //! `user::sync`'s.
 
+use std::time::SystemTime;
+
 use zeroize::Zeroizing;
 
 use super::{Device, DeviceError, Outgoing, lock, retry_on_conflict};
 use crate::{
     DecodeError, EncryptError, SessionError,
     address::Address,
+    clock::unix_seconds,
     fingerprint::SafetyNumber,
     keys::IdentityKey,
     limits::MAX_FAN_OUT_PLAINTEXT_LEN,
@@ -26,6 +29,9 @@ use crate::{
     store::{Backend, StoreError, Table},
     user::{DeviceListError, UserTrust, sync::SentSync},
 };
+
+// A fan-out's plaintext always fits an outbox entry (`encrypt_to_user_kept`).
+const _: () = assert!(MAX_FAN_OUT_PLAINTEXT_LEN <= crate::limits::MAX_KEPT_PLAINTEXT_LEN);
 
 /// What a fan-out made ([`Device::encrypt_to_user`]): send each message to
 /// its [`Outgoing::to`]. Nothing in it was sent before the sessions it
@@ -114,8 +120,7 @@ impl<B: Backend> Device<B> {
     /// before anything is returned; if the call fails, nothing was written
     /// and nothing may be sent. Each message is made as [`Self::encrypt`]
     /// makes one (the list check, then the ratchet); none is kept in an
-    /// outbox for healing (that is [`Self::encrypt_kept`], one peer at a
-    /// time).
+    /// outbox for healing (that is [`Self::encrypt_to_user_kept`]).
     ///
     /// # Errors
     /// [`DeviceListError::NotPinned`] if the user is not pinned (fetch its
@@ -169,7 +174,51 @@ impl<B: Backend> Device<B> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn encrypt_to_user(&self, user_id: &str, plaintext: &[u8]) -> Result<FanOut, DeviceError> {
-        self.fan_out(user_id, plaintext, None)
+        self.fan_out(user_id, plaintext, None, None)
+    }
+
+    /// [`Self::encrypt_to_user`], keeping each message to the contact's
+    /// devices in that device's outbox, as [`Self::encrypt_kept`] does: a
+    /// reset from one of them (PROTOCOL.md 20.5) brings the message again
+    /// without the app, until the app acknowledges it
+    /// ([`Self::acknowledge`], per device) or the policy's bounds drop it.
+    /// Sent syncs are not kept (our own devices learn of the message from
+    /// the sync only). Every message, entry and index is written in the
+    /// fan-out's one transaction.
+    ///
+    /// # Errors
+    /// As [`Self::encrypt_to_user`] ([`MAX_FAN_OUT_PLAINTEXT_LEN`] is below
+    /// [`MAX_KEPT_PLAINTEXT_LEN`](crate::limits::MAX_KEPT_PLAINTEXT_LEN));
+    /// [`StoreError::Corrupt`] if an outbox's index does not parse.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # use samizdat::store::StorageKey;
+    /// use samizdat::{address::Address, device::Device, heal::message_id, store::MemoryBackend, user::{DeviceList, UserIdentityKeyPair}};
+    ///
+    /// let new = |user: &str, id: u32, key: u8| Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([key; 32]), Address::new(user, id).unwrap(), UNIX_EPOCH);
+    /// let (alice, bob1, bob2) = (new("alice", 1, 1)?, new("bob", 1, 2)?, new("bob", 2, 3)?);
+    /// let bob = UserIdentityKeyPair::generate(&mut samizdat::os_rng());
+    /// let list = DeviceList::new("bob", 1, &bob.public_key(), [(1, bob1.identity_key()), (2, bob2.identity_key())])?.sign(&bob)?;
+    /// for device in [&bob1, &bob2] { device.set_device_list(&list)?; alice.start_session(&device.prekey_bundle()?)?; }
+    ///
+    /// let sent = alice.encrypt_to_user_kept("bob", b"kept on both", UNIX_EPOCH + Duration::from_secs(1_000))?;
+    /// assert_eq!(sent.messages.len(), 2);
+    /// assert_eq!((alice.outbox_len(bob1.address())?, alice.outbox_len(bob2.address())?), (1, 1));
+    /// // Each device's copy is acknowledged on its own.
+    /// assert_eq!(alice.acknowledge(bob1.address(), &[message_id(&sent.messages[0].message)])?, 1);
+    /// assert_eq!((alice.outbox_len(bob1.address())?, alice.outbox_len(bob2.address())?), (0, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn encrypt_to_user_kept(
+        &self,
+        user_id: &str,
+        plaintext: &[u8],
+        now: SystemTime,
+    ) -> Result<FanOut, DeviceError> {
+        self.fan_out(user_id, plaintext, None, Some(now))
     }
 
     /// [`Self::encrypt_to_user`] for only some devices of the fan-out:
@@ -189,7 +238,23 @@ impl<B: Backend> Device<B> {
         plaintext: &[u8],
         devices: &[Address],
     ) -> Result<FanOut, DeviceError> {
-        self.fan_out(user_id, plaintext, Some(devices))
+        self.fan_out(user_id, plaintext, Some(devices), None)
+    }
+
+    /// [`Self::encrypt_to_user_devices`], keeping each message to the
+    /// contact's devices as [`Self::encrypt_to_user_kept`] does.
+    ///
+    /// # Errors
+    /// As [`Self::encrypt_to_user_devices`] and
+    /// [`Self::encrypt_to_user_kept`].
+    pub fn encrypt_to_user_devices_kept(
+        &self,
+        user_id: &str,
+        plaintext: &[u8],
+        devices: &[Address],
+        now: SystemTime,
+    ) -> Result<FanOut, DeviceError> {
+        self.fan_out(user_id, plaintext, Some(devices), Some(now))
     }
 
     /// Refuses a sent sync from `peer` with `identity` unless `peer` is a
@@ -214,9 +279,17 @@ impl<B: Backend> Device<B> {
         Ok(trust.ok_or_else(|| DeviceListError::NotPinned { user_id: user_id.to_owned() })?)
     }
 
-    /// `FanOut(user_id, plaintext, only)` of PROTOCOL.md 23.6.
-    fn fan_out(&self, user_id: &str, plaintext: &[u8], only: Option<&[Address]>) -> Result<FanOut, DeviceError> {
+    /// `FanOut(user_id, plaintext, only)` of PROTOCOL.md 23.6; `kept`: the
+    /// time at which the contact's messages are kept in their outboxes.
+    fn fan_out(
+        &self,
+        user_id: &str,
+        plaintext: &[u8],
+        only: Option<&[Address]>,
+        kept: Option<SystemTime>,
+    ) -> Result<FanOut, DeviceError> {
         self.check_process()?;
+        let keep = kept.map(|now| (unix_seconds(now), self.heal_policy()));
         if user_id == self.address.user_id() {
             return Err(DeviceError::InvalidArgument(DecodeError::InvalidValue("user_id")));
         }
@@ -255,6 +328,16 @@ impl<B: Backend> Device<B> {
                 let (message, more) =
                     self.encrypt_on_row(&target.address, &target.row, (loaded, record), content, content_type)?;
                 writes.extend(more);
+                if let Some((now, policy)) = keep.as_ref().filter(|_| !target.own) {
+                    writes.extend(self.keep_writes(
+                        &target.row,
+                        Some(target.identity),
+                        &message,
+                        plaintext,
+                        *now,
+                        policy,
+                    )?);
+                }
                 let outgoing = Outgoing { to: target.address.clone(), message };
                 if target.own { out.syncs.push(outgoing) } else { out.messages.push(outgoing) }
             }

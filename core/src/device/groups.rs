@@ -33,6 +33,7 @@ use crate::{
     padding::ContentType,
     session::SessionRecord,
     store::{Backend, Expected, GroupRowKind, StoreError, Table, Write},
+    user::DeviceListError,
 };
 
 /// Why a group call failed. Nothing was written, except where
@@ -58,6 +59,17 @@ pub enum GroupError {
     /// This device itself was named as a member (it always is one).
     #[error("this device cannot be its own group member")]
     SelfAsMember,
+    /// A user named as a group member has no device list verified on this
+    /// device: its member devices cannot follow its list. Fetch one of its
+    /// bundles and start a session (the list the bundle carries pins the
+    /// user), or give its list ([`Device::update_device_list`]).
+    #[error("the user has no verified device list on this device")]
+    UnpinnedUser,
+    /// A device named in [`Device::remove_group_members`] belongs to a
+    /// member user, whose member devices are those of its list: remove the
+    /// user ([`Device::remove_group_users`]), or the device from its list.
+    #[error("the device's user is a member: its list decides its devices")]
+    FollowedUser,
     /// A group message came from a device that is not a member of the
     /// group on this device (never added, or removed): refused.
     #[error("the sender is not a member of the group")]
@@ -217,14 +229,14 @@ enum Requested {
 
 /// A row as read: its sealed bytes (the write's precondition) and value.
 pub(super) struct Loaded<T> {
-    sealed: Vec<u8>,
-    value: T,
+    pub(super) sealed: Vec<u8>,
+    pub(super) value: T,
 }
 
 /// A member of a roster.
 #[derive(Clone)]
-struct Member {
-    address: Address,
+pub(super) struct Member {
+    pub(super) address: Address,
     has_chain: bool,
     given_at: u32,
     answered: u32,
@@ -233,11 +245,14 @@ struct Member {
 /// A group's roster.
 #[derive(Clone)]
 pub(super) struct Roster {
-    group_id: GroupId,
-    members: Vec<Member>,
+    pub(super) group_id: GroupId,
+    pub(super) members: Vec<Member>,
     /// Members removed and not added back, oldest first: their rows keep
     /// the floors of their chains.
     removed: Vec<Address>,
+    /// The member users: their member devices are those of their newest
+    /// verified lists (PROTOCOL.md 18.8).
+    pub(super) users: Vec<String>,
 }
 
 /// Our sending chain in a group.
@@ -250,13 +265,22 @@ pub(super) struct OwnRow {
     /// Leaps made since our app last rotated: at most
     /// [`MAX_LEAPS_PER_ROTATION`].
     leaps: u32,
+    /// The lists mark as read when the roster last followed its users'
+    /// lists (empty: none read; PROTOCOL.md 18.8).
+    pub(super) lists_seen: Vec<u8>,
 }
 
 impl OwnRow {
     /// Our app's rotation: no chain (the next message starts one, of a
     /// larger generation), and the leaps counted anew.
-    fn rotated(&self) -> Self {
-        Self { chain: None, distributed: false, generation: self.generation, leaps: 0 }
+    pub(super) fn rotated(&self) -> Self {
+        Self {
+            chain: None,
+            distributed: false,
+            generation: self.generation,
+            leaps: 0,
+            lists_seen: self.lists_seen.clone(),
+        }
     }
 }
 
@@ -295,13 +319,16 @@ impl<B: Backend> Device<B> {
         Ok(Some((sealed, row)))
     }
 
-    fn load_roster(&self, group_id: &GroupId) -> Result<Option<Loaded<Roster>>, StoreError> {
+    pub(super) fn load_roster(&self, group_id: &GroupId) -> Result<Option<Loaded<Roster>>, StoreError> {
         let key = self.group_row(GroupRowKind::Roster, group_id, None);
         let Some((sealed, row)) = self.open_group_row::<storage::GroupRow>(&key)? else { return Ok(None) };
         if row.version != ROW_VERSION
             || row.group_id != group_id.as_bytes()
             || row.members.len() > MAX_GROUP_MEMBERS
             || row.removed.len() > MAX_REMOVED_MEMBERS
+            || row.users.len() > MAX_GROUP_MEMBERS
+            || row.users.iter().collect::<BTreeSet<_>>().len() != row.users.len()
+            || row.users.iter().any(|user| Address::new(user.clone(), 1).is_err())
         {
             return Err(corrupt());
         }
@@ -332,10 +359,11 @@ impl<B: Backend> Device<B> {
         {
             return Err(corrupt());
         }
-        Ok(Some(Loaded { sealed, value: Roster { group_id: group_id.clone(), members, removed } }))
+        let users = row.users.clone();
+        Ok(Some(Loaded { sealed, value: Roster { group_id: group_id.clone(), members, removed, users } }))
     }
 
-    fn roster_write(&self, roster: &Roster, expected: Expected) -> Write {
+    pub(super) fn roster_write(&self, roster: &Roster, expected: Expected) -> Write {
         let key = self.group_row(GroupRowKind::Roster, &roster.group_id, None);
         let row = storage::GroupRow {
             version: ROW_VERSION,
@@ -356,11 +384,12 @@ impl<B: Backend> Device<B> {
                 .iter()
                 .map(|a| storage::RemovedMember { user_id: a.user_id().to_owned(), device_id: a.device_id() })
                 .collect(),
+            users: roster.users.clone(),
         };
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &row)), key, expected }
     }
 
-    fn load_own(&self, group_id: &GroupId) -> Result<Option<Loaded<OwnRow>>, StoreError> {
+    pub(super) fn load_own(&self, group_id: &GroupId) -> Result<Option<Loaded<OwnRow>>, StoreError> {
         let key = self.group_row(GroupRowKind::OwnChain, group_id, None);
         let Some((sealed, row)) = self.open_group_row::<storage::OwnChainRow>(&key)? else { return Ok(None) };
         if row.version != ROW_VERSION || row.group_id != group_id.as_bytes() || row.leaps > MAX_LEAPS_PER_ROTATION {
@@ -372,11 +401,17 @@ impl<B: Backend> Device<B> {
             .map(|chain| OwnChain::from_record(chain, row.generation))
             .transpose()
             .map_err(|_| corrupt())?;
-        let value = OwnRow { chain, distributed: row.distributed, generation: row.generation, leaps: row.leaps };
+        let value = OwnRow {
+            chain,
+            distributed: row.distributed,
+            generation: row.generation,
+            leaps: row.leaps,
+            lists_seen: row.lists_seen.clone(),
+        };
         Ok(Some(Loaded { sealed, value }))
     }
 
-    fn own_write(&self, group_id: &GroupId, own: &OwnRow, expected: Expected) -> Write {
+    pub(super) fn own_write(&self, group_id: &GroupId, own: &OwnRow, expected: Expected) -> Write {
         let key = self.group_row(GroupRowKind::OwnChain, group_id, None);
         let row = Zeroizing::new(storage::OwnChainRow {
             version: ROW_VERSION,
@@ -385,6 +420,7 @@ impl<B: Backend> Device<B> {
             distributed: own.distributed,
             generation: own.generation,
             leaps: own.leaps,
+            lists_seen: own.lists_seen.clone(),
         });
         Write { table: Table::Groups, value: Some(self.seal_group_row(&key, &*row)), key, expected }
     }
@@ -538,6 +574,10 @@ impl<B: Backend> Device<B> {
             if self.load_roster(&group_id)?.is_some() {
                 return Err(GroupError::AlreadyExists.into());
             }
+            // The mark first: a list written after it makes the next send
+            // follow the lists again.
+            let lists_seen = self.lists_mark()?;
+            self.check_listed_members(&members)?;
             let roster = Roster {
                 group_id: group_id.clone(),
                 members: members
@@ -545,12 +585,13 @@ impl<B: Backend> Device<B> {
                     .map(|address| Member { address: address.clone(), has_chain: false, given_at: 0, answered: 0 })
                     .collect(),
                 removed: Vec::new(),
+                users: Vec::new(),
             };
             let mut writes = vec![
                 self.roster_write(&roster, Expected::Absent),
                 self.own_write(
                     &group_id,
-                    &OwnRow { chain: None, distributed: false, generation: 0, leaps: 0 },
+                    &OwnRow { chain: None, distributed: false, generation: 0, leaps: 0, lists_seen },
                     Expected::Absent,
                 ),
             ];
@@ -564,13 +605,20 @@ impl<B: Backend> Device<B> {
     }
 
     /// The member devices of a group (besides this one), in the order they
-    /// were added.
+    /// were added, as the newest verified lists make them: the roster
+    /// follows a list written since it last did first (PROTOCOL.md 18.8),
+    /// as a send would.
     ///
     /// # Errors
     /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
     pub fn group_members(&self, group_id: &[u8]) -> Result<Vec<Address>, DeviceError> {
         self.check_process()?;
-        let roster = self.load_roster(&self::group_id(group_id)?)?.ok_or(GroupError::UnknownGroup)?;
+        let group_id = self::group_id(group_id)?;
+        {
+            let _guard = lock(&self.group_lock);
+            self.follow_lists(&group_id)?;
+        }
+        let roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
         Ok(roster.value.members.into_iter().map(|m| m.address).collect())
     }
 
@@ -594,38 +642,59 @@ impl<B: Backend> Device<B> {
             if added.is_empty() {
                 return Ok(());
             }
+            self.check_listed_members(&added)?;
             let mut writes = Vec::with_capacity(added.len().saturating_add(2));
-            for member in &added {
-                roster.value.members.push(Member {
-                    address: member.clone(),
-                    has_chain: false,
-                    given_at: 0,
-                    answered: 0,
-                });
-                roster.value.removed.retain(|a| a != member);
-                // A member added back keeps the floors of its chains.
-                let write = match self.load_member_row(&group_id, member)? {
-                    (key, Some((mut loaded, _))) => {
-                        loaded.value.retire_all();
-                        self.member_write(
-                            key,
-                            group_id.as_bytes(),
-                            member,
-                            &loaded.value,
-                            Expected::Value(loaded.sealed),
-                        )
-                    }
-                    (key, None) => {
-                        self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), Expected::Absent)
-                    }
-                };
-                writes.push(write);
-            }
-            own.value.distributed = false;
+            self.add_to_roster(&mut roster.value, &mut own.value, &added, &mut writes)?;
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
             writes.push(self.own_write(&group_id, &own.value, Expected::Value(own.sealed)));
             Ok(self.write(&writes)?)
         })
+    }
+
+    /// Refuses a device whose user is pinned and whose newest verified list
+    /// does not name it ([`DeviceListError::UnlistedDevice`]): it cannot be
+    /// a member (PROTOCOL.md 18.8). A device of a user not pinned is
+    /// trusted per device, as for one-to-one messages.
+    fn check_listed_members(&self, members: &[Address]) -> Result<(), DeviceError> {
+        for member in members {
+            if let Some(trust) = self.load_user(member.user_id())?.trust
+                && trust.list().device(member.device_id()).is_none()
+            {
+                return Err(DeviceListError::UnlistedDevice { device_id: member.device_id() }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `added` (new members, within the limit) to `roster`, each with
+    /// a member row (a member added back keeps the floors of its chains),
+    /// pushing the row writes; our chain goes to them with our next message.
+    pub(super) fn add_to_roster(
+        &self,
+        roster: &mut Roster,
+        own: &mut OwnRow,
+        added: &[Address],
+        writes: &mut Vec<Write>,
+    ) -> Result<(), StoreError> {
+        let group_id = roster.group_id.clone();
+        for member in added {
+            roster.members.push(Member { address: member.clone(), has_chain: false, given_at: 0, answered: 0 });
+            roster.removed.retain(|a| a != member);
+            let write = match self.load_member_row(&group_id, member)? {
+                (key, Some((mut loaded, _))) => {
+                    loaded.value.retire_all();
+                    self.member_write(key, group_id.as_bytes(), member, &loaded.value, Expected::Value(loaded.sealed))
+                }
+                (key, None) => {
+                    self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), Expected::Absent)
+                }
+            };
+            writes.push(write);
+        }
+        if !added.is_empty() {
+            own.distributed = false;
+        }
+        Ok(())
     }
 
     /// Removes member devices from a group: their chains are deleted (their
@@ -649,50 +718,75 @@ impl<B: Backend> Device<B> {
         let _guard = lock(&self.group_lock);
         retry_on_conflict(|| {
             let mut roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
-            let own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
-            let (gone, kept): (Vec<Member>, Vec<Member>) =
-                roster.value.members.drain(..).partition(|m| members.contains(&m.address));
-            roster.value.members = kept;
+            let mut own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
+            let gone: Vec<Address> = roster
+                .value
+                .members
+                .iter()
+                .map(|m| m.address.clone())
+                .filter(|address| members.contains(address))
+                .collect();
+            if gone.iter().any(|address| roster.value.users.iter().any(|user| user == address.user_id())) {
+                return Err(GroupError::FollowedUser.into());
+            }
             if gone.is_empty() {
                 return Ok(());
             }
             let mut writes = Vec::new();
-            for member in gone.into_iter().map(|m| m.address) {
-                // The chains go; their floors stay.
-                let write = match self.load_member_row(&group_id, &member)? {
-                    (key, Some((mut loaded, _))) => {
-                        loaded.value.retire_all();
-                        let expected = Expected::Value(loaded.sealed);
-                        self.member_row_write(key, group_id.as_bytes(), &member, &loaded.value, true, expected)
-                    }
-                    (key, None) => self.member_row_write(
-                        key,
-                        group_id.as_bytes(),
-                        &member,
-                        &SenderChains::default(),
-                        true,
-                        Expected::Absent,
-                    ),
-                };
-                writes.push(write);
-                roster.value.removed.push(member);
-            }
-            // Past the limit, the member removed longest ago is forgotten.
-            let excess = roster.value.removed.len().saturating_sub(MAX_REMOVED_MEMBERS);
-            for forgotten in roster.value.removed.drain(..excess).collect::<Vec<_>>() {
-                let key = self.group_row(GroupRowKind::Member, &group_id, Some(&forgotten));
-                if let Some(sealed) = self.backend.get(Table::Groups, &key)? {
-                    writes.push(Write { table: Table::Groups, key, value: None, expected: Expected::Value(sealed) });
-                }
-            }
-            // Rotation: the remaining members get a new chain with our next message.
-            for member in &mut roster.value.members {
-                *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
-            }
+            self.remove_from_roster(&mut roster.value, &mut own.value, &gone, &mut writes)?;
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
-            writes.push(self.own_write(&group_id, &own.value.rotated(), Expected::Value(own.sealed)));
+            writes.push(self.own_write(&group_id, &own.value, Expected::Value(own.sealed)));
             Ok(self.write(&writes)?)
         })
+    }
+
+    /// Removes `gone` (members of `roster`) from it, pushing the writes of
+    /// their member rows (the chains go, the floors stay; past
+    /// [`MAX_REMOVED_MEMBERS`], the row of the member removed longest ago
+    /// is deleted), and rotates: our next message starts a new chain, given
+    /// to the remaining members only.
+    pub(super) fn remove_from_roster(
+        &self,
+        roster: &mut Roster,
+        own: &mut OwnRow,
+        gone: &[Address],
+        writes: &mut Vec<Write>,
+    ) -> Result<(), StoreError> {
+        let group_id = roster.group_id.clone();
+        roster.members.retain(|m| !gone.contains(&m.address));
+        for member in gone {
+            let write = match self.load_member_row(&group_id, member)? {
+                (key, Some((mut loaded, _))) => {
+                    loaded.value.retire_all();
+                    let expected = Expected::Value(loaded.sealed);
+                    self.member_row_write(key, group_id.as_bytes(), member, &loaded.value, true, expected)
+                }
+                (key, None) => self.member_row_write(
+                    key,
+                    group_id.as_bytes(),
+                    member,
+                    &SenderChains::default(),
+                    true,
+                    Expected::Absent,
+                ),
+            };
+            writes.push(write);
+            roster.removed.push(member.clone());
+        }
+        // Past the limit, the member removed longest ago is forgotten.
+        let excess = roster.removed.len().saturating_sub(MAX_REMOVED_MEMBERS);
+        for forgotten in roster.removed.drain(..excess).collect::<Vec<_>>() {
+            let key = self.group_row(GroupRowKind::Member, &group_id, Some(&forgotten));
+            if let Some(sealed) = self.backend.get(Table::Groups, &key)? {
+                writes.push(Write { table: Table::Groups, key, value: None, expected: Expected::Value(sealed) });
+            }
+        }
+        // Rotation: the remaining members get a new chain with our next message.
+        for member in &mut roster.members {
+            *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
+        }
+        *own = own.rotated();
+        Ok(())
     }
 
     /// Starts a new chain for our next message in the group, given to every
@@ -768,9 +862,11 @@ impl<B: Backend> Device<B> {
         self.check_process()?;
         let group_id = self::group_id(group_id)?;
         let _guard = lock(&self.group_lock);
+        // A list written since the roster last followed the lists changes
+        // the member devices first (in a transaction of its own).
+        let own = self.follow_lists(&group_id)?.map(|(own, _)| own);
         // The members that will need the chain: lock their sessions first
         // (in row key order, as every call that locks several does).
-        let own = self.load_own(&group_id)?;
         let lacking = match &own {
             Some(own) if own.value.chain.is_some() && own.value.distributed => Vec::new(),
             Some(_) => {
@@ -858,8 +954,10 @@ impl<B: Backend> Device<B> {
     /// anything (but see [`GroupError::MissingChain`]).
     pub(super) fn decrypt_group(&self, peer: &Address, message: &GroupMessage) -> Result<PendingMessage, DeviceError> {
         let group_id = GroupId::new(message.group_id()).ok_or(GroupError::InvalidGroupId)?;
-        // Once more if the chain arrived while this call asked for it.
-        for _ in 0..2 {
+        // Once more if the chain arrived while this call asked for it, or
+        // the roster followed a newer list.
+        let mut followed = false;
+        for _ in 0..3 {
             let (key, loaded) = self.load_member(&group_id, peer)?;
             // Chains are used only under the identity trusted for the sender now.
             let trusted = match &loaded {
@@ -874,7 +972,16 @@ impl<B: Backend> Device<B> {
             }
             let Some(loaded) = loaded else {
                 // Not the roster (it may be large): the own-chain row says
-                // whether the group exists.
+                // whether the group exists. A device a list written since
+                // the roster last followed the lists added may be a member
+                // now (once per call: a list is the app's, not the sender's).
+                if !followed && self.load_own(&group_id)?.is_some() {
+                    followed = true;
+                    let _guard = lock(&self.group_lock);
+                    if self.follow_lists(&group_id)?.is_some_and(|(_, changed)| changed) {
+                        continue;
+                    }
+                }
                 return Err(match self.load_own(&group_id)? {
                     Some(_) => GroupError::NotMember,
                     None => GroupError::UnknownGroup,
@@ -1024,7 +1131,16 @@ impl<B: Backend> Device<B> {
             }
             Control::Distribution(distribution) => {
                 let group_id = distribution.group_id.clone();
-                let (row, loaded) = self.load_member(&group_id, peer)?;
+                let (mut row, mut loaded) = self.load_member(&group_id, peer)?;
+                // From a device a list written since the roster last
+                // followed the lists may have added: follow them, then look
+                // again.
+                if loaded.is_none() {
+                    let _guard = lock(&self.group_lock);
+                    if self.follow_lists(&group_id)?.is_some_and(|(_, changed)| changed) {
+                        (row, loaded) = self.load_member(&group_id, peer)?;
+                    }
+                }
                 let Some(mut loaded) = loaded else { return Ok(ControlAction::Ignored(group_id.as_bytes().to_vec())) };
                 if !loaded.value.receive(&distribution, identity) {
                     return Ok(ControlAction::Ignored(group_id.as_bytes().to_vec()));

@@ -272,31 +272,50 @@ impl<B: Backend> Device<B> {
                 self.check_listed(peer, &identity)?;
             }
             let ciphertext = record.encrypt(&mut crate::os_rng(), plaintext)?;
-            let id = message_id(&ciphertext);
-            let mut index = self.load_index(&row)?;
             let mut writes = self.record_writes(&row, peer, &mut record, &mut loaded)?;
-            let sealed_index = index.sealed.take();
-            let seen_at = advance_clock(index.seen_at, now);
-            let mut entries = std::mem::take(&mut index.entries);
-            entries.push(Slot { id, sent_at: now, resent_as: Vec::new() });
-            let (kept, dropped) = policy.prune(entries, seen_at);
-            if kept.iter().any(|slot| slot.id == id) {
-                let identity = record.trusted_identity().map(|key| key.as_bytes().to_vec()).unwrap_or_default();
-                let entry = Zeroizing::new(storage::OutboxEntry {
-                    version: OUTBOX_VERSION,
-                    id: id.to_vec(),
-                    plaintext: plaintext.to_vec(),
-                    identity,
-                });
-                let bytes = Zeroizing::new(encode(&*entry));
-                let key = self.entry_key(&row, &id);
-                let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &bytes);
-                writes.push(Write { table: Table::Sessions, key, value: Some(value), expected: Expected::Absent });
-            }
-            writes.extend(self.outbox_writes(&row, sealed_index, &kept, seen_at, dropped.iter().filter(|d| **d != id)));
+            writes.extend(self.keep_writes(&row, record.trusted_identity(), &ciphertext, plaintext, now, &policy)?);
             self.write(&writes)?;
             Ok(ciphertext)
         })
+    }
+
+    /// The writes that keep `plaintext`, just encrypted as `ciphertext` for
+    /// the peer of row `row` under its trusted `identity`, in the peer's
+    /// outbox at `now` (unix seconds): its sealed entry and the
+    /// outbox's index, pruned by `policy` (the entries it drops deleted).
+    /// The caller holds the peer's lock and writes them with the session.
+    pub(super) fn keep_writes(
+        &self,
+        row: &[u8],
+        identity: Option<IdentityKey>,
+        ciphertext: &[u8],
+        plaintext: &[u8],
+        now: u64,
+        policy: &HealPolicy,
+    ) -> Result<Vec<Write>, DeviceError> {
+        let id = message_id(ciphertext);
+        let mut index = self.load_index(row)?;
+        let mut writes = Vec::new();
+        let sealed_index = index.sealed.take();
+        let seen_at = advance_clock(index.seen_at, now);
+        let mut entries = std::mem::take(&mut index.entries);
+        entries.push(Slot { id, sent_at: now, resent_as: Vec::new() });
+        let (kept, dropped) = policy.prune(entries, seen_at);
+        if kept.iter().any(|slot| slot.id == id) {
+            let identity = identity.map(|key| key.as_bytes().to_vec()).unwrap_or_default();
+            let entry = Zeroizing::new(storage::OutboxEntry {
+                version: OUTBOX_VERSION,
+                id: id.to_vec(),
+                plaintext: plaintext.to_vec(),
+                identity,
+            });
+            let bytes = Zeroizing::new(encode(&*entry));
+            let key = self.entry_key(row, &id);
+            let value = self.sealer.seal(&mut crate::os_rng(), Table::Sessions, &key, &bytes);
+            writes.push(Write { table: Table::Sessions, key, value: Some(value), expected: Expected::Absent });
+        }
+        writes.extend(self.outbox_writes(row, sealed_index, &kept, seen_at, dropped.iter().filter(|d| **d != id)));
+        Ok(writes)
     }
 
     /// Removes from the outbox for `peer` the messages of these ids (the

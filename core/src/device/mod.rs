@@ -69,6 +69,7 @@
 
 mod backup;
 mod fanout;
+mod group_users;
 mod groups;
 mod healing;
 mod linking;
@@ -455,9 +456,14 @@ impl<B: Backend> Device<B> {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut batch = Vec::with_capacity(writes.len().saturating_add(1));
+        let mut batch = Vec::with_capacity(writes.len().saturating_add(2));
         batch.push(Sealer::guard(&self.key_check));
         batch.extend_from_slice(writes);
+        // A user's list written: a new lists mark, which every group's
+        // roster follows before its next send (PROTOCOL.md 18.8).
+        if writes.iter().any(|w| w.table == Table::Users) {
+            batch.push(self.lists_mark_write());
+        }
         match self.backend.apply(&batch) {
             // The guard failed, or another row of `meta` changed (the outbox
             // mark, written once): only the first is a rotation.
