@@ -59,18 +59,19 @@ impl<B: Backend> Device<B> {
         Ok(self.backend.get(Table::Groups, LISTS_MARK_ROW)?.unwrap_or_default())
     }
 
-    /// The write of a new lists mark: part of every transaction that writes
-    /// a user's list. Unconditional: any fresh value differs from every mark
-    /// a group has seen.
-    pub(super) fn lists_mark_write(&self) -> Write {
+    /// The write of a new lists mark (16 fresh random bytes, sealed): part
+    /// of every transaction that writes a user's list, conditional on the
+    /// mark as read now.
+    pub(super) fn lists_mark_write(&self) -> Result<Write, StoreError> {
+        let current = self.backend.get(Table::Groups, LISTS_MARK_ROW)?;
         let mut fresh = zeroize::Zeroizing::new([0u8; 16]);
         crate::os_rng().fill_bytes(fresh.as_mut());
-        Write {
+        Ok(Write {
             table: Table::Groups,
             key: LISTS_MARK_ROW.to_vec(),
             value: Some(self.sealer.seal(&mut crate::os_rng(), Table::Groups, LISTS_MARK_ROW, fresh.as_ref())),
-            expected: Expected::Any,
-        }
+            expected: Expected::read(current),
+        })
     }
 
     /// Follows the lists in `group_id` if a list was written since its

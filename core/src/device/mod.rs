@@ -460,9 +460,11 @@ impl<B: Backend> Device<B> {
         batch.push(Sealer::guard(&self.key_check));
         batch.extend_from_slice(writes);
         // A user's list written: a new lists mark, which every group's
-        // roster follows before its next send (PROTOCOL.md 18.8).
+        // roster follows before its next send (PROTOCOL.md 18.8),
+        // conditional on the mark as read now (every caller retries the
+        // whole call on a `Conflict`).
         if writes.iter().any(|w| w.table == Table::Users) {
-            batch.push(self.lists_mark_write());
+            batch.push(self.lists_mark_write()?);
         }
         match self.backend.apply(&batch) {
             // The guard failed, or another row of `meta` changed (the outbox
