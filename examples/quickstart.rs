@@ -333,7 +333,9 @@ fn attachment(dir: &Path, alice: &Device, bob: &Device) -> Result<(), Box<dyn st
 /// message); Grace, who pinned Frank's user, takes the new list, and her
 /// per-user safety number does not change; one message from Grace reaches
 /// both of Frank's devices, and Frank's reply reaches Grace and, as a sent
-/// sync, his laptop.
+/// sync, his laptop. Then Grace's group addresses the user Frank: when his
+/// newer list drops the lost laptop, the group drops it too, and it cannot
+/// read Grace's next group message.
 fn two_devices() -> Result<(), Box<dyn std::error::Error>> {
     use samizdat::{
         store::MemoryBackend,
@@ -405,6 +407,38 @@ fn two_devices() -> Result<(), Box<dyn std::error::Error>> {
             String::from_utf8_lossy(pending.plaintext())
         );
         laptop.commit(pending)?;
+    }
+
+    // Grace's group addresses the user Frank: his list decides his member devices.
+    const CLUB: &[u8] = b"running club";
+    grace.create_group(CLUB, &[])?;
+    grace.add_group_users(CLUB, &["frank"])?;
+    for device in [&phone, &laptop] {
+        device.create_group(CLUB, &[grace.address().clone()])?;
+    }
+    let devices = |d: &Device<MemoryBackend>| -> Result<String, Box<dyn std::error::Error>> {
+        let members = d.group_members(CLUB)?;
+        Ok(members.iter().map(|a| format!("{}/{}", a.user_id(), a.device_id())).collect::<Vec<_>>().join(", "))
+    };
+    println!("grace :  group of the user frank: member devices {}", devices(&grace)?);
+    // Frank loses his laptop: his phone signs a list without it; Grace's app takes it.
+    let without = DeviceList::new("frank", 3, &frank.public_key(), [(1, phone.identity_key())])?.sign(&frank)?;
+    phone.set_device_list(&without)?;
+    grace.update_device_list(&without)?;
+    println!("grace :  frank's newer list drops the laptop: member devices {}", devices(&grace)?);
+    let sent = grace.group_encrypt(CLUB, b"run at 7")?;
+    for outgoing in &sent.distributions {
+        let to = if outgoing.to == *phone.address() { &phone } else { &laptop };
+        to.commit(to.decrypt(grace.address(), &outgoing.message)?)?;
+    }
+    for (name, to) in [("frank/1", &phone), ("frank/2", &laptop)] {
+        match to.decrypt(grace.address(), &sent.message) {
+            Ok(pending) => {
+                println!("{name} <- grace group: {}", String::from_utf8_lossy(pending.plaintext()));
+                to.commit(pending)?;
+            }
+            Err(e) => println!("{name} <- grace group: cannot read it ({}: the chain rotated without it)", e.kind()),
+        }
     }
     Ok(())
 }
