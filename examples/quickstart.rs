@@ -246,7 +246,9 @@ fn deliver(
             println!("{:<5} :  lacked {}'s chain: asked, and got it", to.address().user_id(), from.address().user_id());
             to.decrypt(from.address(), &sent.message)?
         }
-        Err(e @ DeviceError::Group(GroupError::MissingChain { request: None, .. })) => return Ok(Err(e.kind())),
+        Err(e @ DeviceError::Group(GroupError::MissingChain { request: None, .. } | GroupError::UnknownGroup)) => {
+            return Ok(Err(e.kind()));
+        }
         Err(e) => return Err(e.into()),
     };
     let text = String::from_utf8_lossy(pending.plaintext()).into_owned();
@@ -295,10 +297,13 @@ fn group(dir: &Path, alice: &Device, bob: &Device) -> Result<(), Box<dyn std::er
     say(bob, &all, "Great choice.")?;
     say(&carol, &all, "I'm in.")?;
 
-    // Carol leaves: Alice and Bob remove her, and rotate before their next message.
+    // Carol leaves: Alice and Bob remove her, and rotate before their next
+    // message; her own device leaves the group (a run after this one adds
+    // her back, with a new chain of hers).
     alice.remove_group_members(GROUP, &[carol.address().clone()])?;
     bob.remove_group_members(GROUP, &[carol.address().clone()])?;
-    println!("alice, bob: removed carol");
+    carol.delete_group(GROUP)?;
+    println!("alice, bob: removed carol; carol left the group");
     say(alice, &all, "Carol has left; new chains from here.")?;
     say(bob, &all, "Noted.")?;
     Ok(())
