@@ -767,7 +767,7 @@ fn a_tombstone_keeps_no_request_or_answer_and_one_that_does_is_corrupt() {
     corrupt(&storage::SenderChainsRow { last_answer: row.last_answer.clone(), ..tombstone.clone() });
     corrupt(&storage::SenderChainsRow { requested: row.requested.clone(), requests: 1, ..tombstone.clone() });
     // And a member's row with a kept message past the limit.
-    let long = storage::LastAnswer { chain_id: 1, message: vec![0; MAX_KEPT_CONTROL_MESSAGE_LEN + 1] };
+    let long = storage::LastAnswer { chain_id: 1, message: vec![0; MAX_KEPT_CONTROL_MESSAGE_LEN + 1], iteration: 0 };
     keys.write(net.dev(alice).backend(), &key, &storage::SenderChainsRow { last_answer: Some(long), ..row });
     let result = net.dev(alice).decrypt(&addr(bob), &from_bob.message);
     assert!(matches!(result, Err(DeviceError::Store(StoreError::Corrupt { .. }))), "{result:?}");

@@ -231,6 +231,33 @@ fn requests_and_answers_are_bounded() {
     assert_eq!(answers.len(), MAX_GROUP_KEY_ANSWERS as usize, "new answers per member and chain");
 }
 
+/// A member whose app removes a sender and adds it back, again and again,
+/// while the sender's app never removes the member (so the sender never
+/// rotates): each time it lost the sender's chain and asks for it from where
+/// it had read (its floor). Past the sender's new answers per member and
+/// chain, the last answer handed again would be one the member has read (a
+/// duplicate to it) and it would read nothing of the sender until the
+/// sender rotates (the quickstart's fourth run found it); a request from
+/// further on than the last answer gets a new answer from there.
+#[test]
+fn a_sender_removed_and_added_back_again_and_again_is_read_every_time() {
+    let world = World::new(2);
+    world.create(G, &[0, 1]);
+    let first = world.send(0, G, b"round 0");
+    assert_eq!(world.receive(0, 1, &first.message).unwrap(), Got::Group(b"round 0".to_vec()));
+    for round in 1..=MAX_GROUP_KEY_ANSWERS + 3 {
+        world.device(1).remove_group_members(G, &[address(0)]).unwrap();
+        world.device(1).add_group_members(G, &[address(0)]).unwrap();
+        let text = format!("round {round}");
+        let sent = world.device(0).group_encrypt(G, text.as_bytes()).unwrap();
+        assert!(sent.distributions.is_empty(), "the sender's app never removed the member");
+        let request = missing_chain(world.receive(0, 1, &sent.message)).unwrap().unwrap();
+        let Got::Control(Some(answer)) = world.receive(1, 0, &request).unwrap() else { panic!("no answer") };
+        assert_eq!(world.receive(0, 1, &answer.message).unwrap(), Got::Control(None), "round {round}");
+        assert_eq!(world.receive(0, 1, &sent.message).unwrap(), Got::Group(text.into_bytes()));
+    }
+}
+
 /// Past the budget, the member hands its last request again: byte for byte,
 /// writing nothing. The sender reads it once (if it never came, after a
 /// crash of the member's app) and refuses a second copy as a duplicate,

@@ -1212,12 +1212,22 @@ impl<B: Backend> Device<B> {
                 // current chain gets the last answer again (the app may have
                 // died before sending it), the same bytes, and nothing else
                 // changes.
-                if member.answered >= MAX_GROUP_KEY_ANSWERS {
-                    let again = (request.chain_id == chain.chain_id())
-                        .then(|| member_row.value.last_answer(chain.chain_id()))
-                        .flatten();
+                // Past them, a request for our current chain from a later
+                // iteration than the last answer gave it from (the member
+                // read on it past that answer, so it had it, and lost the
+                // chain since: removed and added back by its app, say) gets
+                // a new answer from there: each such answer starts further
+                // on, so they are at most as many as our messages on the
+                // chain (PROTOCOL.md 18.7).
+                let again = (request.chain_id == chain.chain_id())
+                    .then(|| member_row.value.last_answer(chain.chain_id()))
+                    .flatten();
+                let later = again.is_some_and(|(_, from)| {
+                    member.has_chain && request.iteration > from && request.iteration <= chain.iteration()
+                });
+                if member.answered >= MAX_GROUP_KEY_ANSWERS && !later {
                     return Ok(match again {
-                        Some(message) => ControlAction::AnswerAgain {
+                        Some((message, _)) => ControlAction::AnswerAgain {
                             group_id: request.group_id.clone(),
                             own: (self.group_row(GroupRowKind::OwnChain, &request.group_id, None), own.sealed.clone()),
                             message: message.to_vec(),
@@ -1244,7 +1254,7 @@ impl<B: Backend> Device<B> {
                     member.given_at = distribution.iteration;
                 }
                 member.has_chain = true;
-                member.answered = member.answered.saturating_add(1);
+                member.answered = member.answered.saturating_add(1).min(MAX_GROUP_KEY_ANSWERS);
                 Ok(ControlAction::Answer {
                     group_id: request.group_id.clone(),
                     roster,
@@ -1281,7 +1291,7 @@ impl<B: Backend> Device<B> {
                 Ok((vec![self.member_write(row, &group_id, peer, &chains, Expected::Value(sealed))], Vec::new()))
             }
             ControlAction::Answer { group_id, roster, own, member, distribution } => {
-                let chain_id = distribution.chain_id;
+                let (chain_id, from) = (distribution.chain_id, distribution.iteration);
                 let content = Control::Distribution(*distribution).to_bytes();
                 let message = record.encrypt_content(&mut crate::os_rng(), &content, ContentType::Control)?;
                 // Our chain must still be the one the answer gives: rewritten
@@ -1290,7 +1300,7 @@ impl<B: Backend> Device<B> {
                 own_row.distributed = own_row.chain.is_some() && roster.value.members.iter().all(|m| m.has_chain);
                 // The answer is kept in the member's row, to hand again.
                 let (member_key, Loaded { sealed: member_sealed, value: mut chains }) = *member;
-                chains.keep_answer(chain_id, message.clone());
+                chains.keep_answer(chain_id, from, message.clone());
                 Ok((
                     vec![
                         self.roster_write(&roster.value, Expected::Value(roster.sealed)),

@@ -88,6 +88,8 @@ struct Answered {
     /// Our chain that the answer gives.
     chain_id: u32,
     message: Vec<u8>,
+    /// The iteration from which it gives the chain.
+    iteration: u32,
 }
 
 /// The chains of one sender of one group, the chain ids asked of it, and
@@ -479,19 +481,24 @@ impl SenderChains {
     }
 
     /// Keeps `message`, an answer that gives the member our chain
-    /// `chain_id`, to hand again ([`Self::last_answer`]).
-    pub(crate) fn keep_answer(&mut self, chain_id: u32, message: Vec<u8>) {
-        self.answer = Some(Answered { chain_id, message });
+    /// `chain_id` from `iteration`, to hand again ([`Self::last_answer`]).
+    pub(crate) fn keep_answer(&mut self, chain_id: u32, iteration: u32, message: Vec<u8>) {
+        self.answer = Some(Answered { chain_id, message, iteration });
     }
 
-    /// The last answer given the member, if it gives our chain `chain_id`.
-    pub(crate) fn last_answer(&self, chain_id: u32) -> Option<&[u8]> {
-        self.answer.as_ref().filter(|a| a.chain_id == chain_id).map(|a| a.message.as_slice())
+    /// The last answer given the member, if it gives our chain `chain_id`,
+    /// with the iteration from which it gives it.
+    pub(crate) fn last_answer(&self, chain_id: u32) -> Option<(&[u8], u32)> {
+        self.answer.as_ref().filter(|a| a.chain_id == chain_id).map(|a| (a.message.as_slice(), a.iteration))
     }
 
     /// The last answer, for storage.
     pub(crate) fn answer_record(&self) -> Option<storage::LastAnswer> {
-        self.answer.as_ref().map(|a| storage::LastAnswer { chain_id: a.chain_id, message: a.message.clone() })
+        self.answer.as_ref().map(|a| storage::LastAnswer {
+            chain_id: a.chain_id,
+            message: a.message.clone(),
+            iteration: a.iteration,
+        })
     }
 
     /// Requests made since the sender last proved itself.
@@ -596,7 +603,11 @@ impl SenderChains {
                 })
                 .collect(),
             requests,
-            answer: answer.map(|a| Answered { chain_id: a.chain_id, message: a.message.clone() }),
+            answer: answer.map(|a| Answered {
+                chain_id: a.chain_id,
+                message: a.message.clone(),
+                iteration: a.iteration,
+            }),
             min_generation,
         };
         let mut total_evicted = 0usize;

@@ -398,15 +398,15 @@ fn the_last_request_is_kept_per_chain_id_until_settled() {
 #[test]
 fn the_last_answer_is_kept_for_its_chain_only() {
     let mut chains = SenderChains::default();
-    chains.keep_answer(9, b"answer".to_vec());
-    assert_eq!(chains.last_answer(9), Some(&b"answer"[..]));
+    chains.keep_answer(9, 7, b"answer".to_vec());
+    assert_eq!(chains.last_answer(9), Some((&b"answer"[..], 7)));
     assert_eq!(chains.last_answer(10), None);
     let record = chains.answer_record().unwrap();
     let loaded = SenderChains::from_records(&[], &[], 0, &[], Some(&record), 0).unwrap();
-    assert_eq!(loaded.last_answer(9), Some(&b"answer"[..]));
+    assert_eq!(loaded.last_answer(9), Some((&b"answer"[..], 7)));
     assert!(!loaded.only_floors());
     for message in [Vec::new(), vec![0; crate::limits::MAX_KEPT_CONTROL_MESSAGE_LEN + 1]] {
-        let bad = samizdat_proto::storage::LastAnswer { chain_id: 9, message };
+        let bad = samizdat_proto::storage::LastAnswer { chain_id: 9, message, iteration: 0 };
         assert!(SenderChains::from_records(&[], &[], 0, &[], Some(&bad), 0).is_err());
     }
     chains.retire_all();
