@@ -33,6 +33,7 @@ use super::{
 use crate::{
     address::Address,
     group::GroupId,
+    keys::IdentityKey,
     limits::MAX_GROUP_MEMBERS,
     store::{Backend, Expected, StoreError, Table, Write},
     user::UserTrust,
@@ -50,6 +51,20 @@ struct Follow {
     added: Vec<Address>,
     /// Whether listed devices were left out at [`MAX_GROUP_MEMBERS`].
     overflow: bool,
+    /// Members whose listed identity key to record (it was not known, or
+    /// the list names another one now).
+    identities: Vec<(Address, IdentityKey)>,
+    /// Whether a member is listed under another identity key than the one
+    /// recorded for it (or, where none was, than the one its session
+    /// trusts): our chain rotates.
+    rekeyed: bool,
+}
+
+impl Follow {
+    /// Whether following changes the roster.
+    fn changes(&self) -> bool {
+        !self.gone.is_empty() || !self.added.is_empty() || !self.identities.is_empty()
+    }
 }
 
 impl<B: Backend> Device<B> {
@@ -90,13 +105,12 @@ impl<B: Backend> Device<B> {
             }
             let mut roster = self.load_roster(group_id)?.ok_or(StoreError::Corrupt { table: Table::Groups })?;
             let follow = self.plan_follow(&roster.value)?;
-            let changed = !follow.gone.is_empty() || !follow.added.is_empty();
+            let changed = follow.changes();
             let mut writes = Vec::new();
-            if !follow.gone.is_empty() {
-                self.remove_from_roster(&mut roster.value, &mut own.value, &follow.gone, &mut writes)?;
-            }
-            self.add_to_roster(&mut roster.value, &mut own.value, &follow.added, &mut writes)?;
-            own.value.lists_seen = mark;
+            self.apply_follow(&mut roster.value, &mut own.value, &follow, &mut writes)?;
+            // Devices left out at the limit: the mark is not taken as seen,
+            // so the next send follows again (once there is room).
+            own.value.lists_seen = if follow.overflow { Vec::new() } else { mark };
             if changed {
                 writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
             }
@@ -106,6 +120,40 @@ impl<B: Backend> Device<B> {
             self.write(&writes)?;
             Ok(Some((Loaded { sealed, value: own.value }, changed)))
         })
+    }
+
+    /// Applies `follow` to `roster` and our chain's row, pushing the member
+    /// rows' writes: the identities recorded, the members gone removed (a
+    /// rotation), a rotation if a member was listed under another key, the
+    /// members added.
+    fn apply_follow(
+        &self,
+        roster: &mut Roster,
+        own: &mut OwnRow,
+        follow: &Follow,
+        writes: &mut Vec<Write>,
+    ) -> Result<(), StoreError> {
+        for (address, identity) in &follow.identities {
+            if let Some(member) = roster.members.iter_mut().find(|m| m.address == *address) {
+                member.identity = Some(*identity);
+            }
+        }
+        if !follow.gone.is_empty() {
+            self.remove_from_roster(roster, own, &follow.gone, writes)?;
+        }
+        if follow.rekeyed {
+            for member in &mut roster.members {
+                *member = member.rotated();
+            }
+            *own = own.rotated();
+        }
+        self.add_to_roster(roster, own, &follow.added, writes)
+    }
+
+    /// The identity key `address`'s user's pinned list names for it, if the
+    /// user is pinned and the list names it.
+    pub(super) fn listed_key(&self, address: &Address) -> Result<Option<IdentityKey>, StoreError> {
+        Ok(self.load_user(address.user_id())?.trust.and_then(|trust| trust.list().device(address.device_id()).copied()))
     }
 
     /// What following the lists changes in `roster`: each member user's
@@ -124,6 +172,24 @@ impl<B: Backend> Device<B> {
         }
         let unlisted = |address: &Address| matches!(lists.get(address.user_id()), Some(Some(trust)) if trust.list().device(address.device_id()).is_none());
         let gone: Vec<Address> = roster.members.iter().map(|m| &m.address).filter(|a| unlisted(a)).cloned().collect();
+        // A member listed under another key than the one recorded (or, if
+        // none was, than the one its session trusts): its old key may be in
+        // someone else's hands, and holds our current chain.
+        let (mut identities, mut rekeyed) = (Vec::new(), false);
+        for member in &roster.members {
+            let Some(Some(trust)) = lists.get(member.address.user_id()) else { continue };
+            let Some(listed) = trust.list().device(member.address.device_id()).copied() else { continue };
+            match member.identity {
+                Some(recorded) if recorded == listed => continue,
+                Some(_) => rekeyed = true,
+                None => {
+                    let row = self.sealer.address_key(&member.address);
+                    let trusted = self.load_record(&row)?.1.trusted_identity();
+                    rekeyed |= trusted.is_some_and(|trusted| trusted != listed);
+                }
+            }
+            identities.push((member.address.clone(), listed));
+        }
         let mut present: BTreeSet<(&str, u32)> =
             roster.members.iter().map(|m| (m.address.user_id(), m.address.device_id())).collect();
         let mut room = MAX_GROUP_MEMBERS.saturating_sub(roster.members.len().saturating_sub(gone.len()));
@@ -143,7 +209,7 @@ impl<B: Backend> Device<B> {
                 added.push(address);
             }
         }
-        Ok(Follow { gone, added, overflow })
+        Ok(Follow { gone, added, overflow, identities, rekeyed })
     }
 
     /// Adds member users to a group: each user's member devices are from
@@ -212,10 +278,7 @@ impl<B: Backend> Device<B> {
                 return Err(GroupError::TooManyMembers { max: MAX_GROUP_MEMBERS }.into());
             }
             let mut writes = Vec::new();
-            if !follow.gone.is_empty() {
-                self.remove_from_roster(&mut roster.value, &mut own.value, &follow.gone, &mut writes)?;
-            }
-            self.add_to_roster(&mut roster.value, &mut own.value, &follow.added, &mut writes)?;
+            self.apply_follow(&mut roster.value, &mut own.value, &follow, &mut writes)?;
             own.value.lists_seen = mark;
             writes.push(self.roster_write(&roster.value, Expected::Value(roster.sealed)));
             writes.push(self.own_write(&group_id, &own.value, Expected::Value(own.sealed)));

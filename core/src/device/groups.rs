@@ -237,9 +237,24 @@ pub(super) struct Loaded<T> {
 #[derive(Clone)]
 pub(super) struct Member {
     pub(super) address: Address,
+    /// The identity key its user's list named for it when the roster last
+    /// followed the lists (`None`: not known).
+    pub(super) identity: Option<IdentityKey>,
     has_chain: bool,
     given_at: u32,
     answered: u32,
+}
+
+impl Member {
+    /// A new member, without our chain.
+    pub(super) fn new(address: Address, identity: Option<IdentityKey>) -> Self {
+        Self { address, identity, has_chain: false, given_at: 0, answered: 0 }
+    }
+
+    /// The member after a rotation of our chain: without it.
+    pub(super) fn rotated(&self) -> Self {
+        Self::new(self.address.clone(), self.identity)
+    }
 }
 
 /// A group's roster.
@@ -341,8 +356,13 @@ impl<B: Backend> Device<B> {
             .members
             .iter()
             .map(|m| {
+                let identity = match m.identity.as_slice() {
+                    [] => None,
+                    bytes => Some(IdentityKey::from_slice(bytes).map_err(|_| corrupt())?),
+                };
                 Ok(Member {
                     address: Address::new(m.user_id.clone(), m.device_id).map_err(|_| corrupt())?,
+                    identity,
                     has_chain: m.has_chain,
                     given_at: m.given_at,
                     answered: m.answered,
@@ -377,6 +397,7 @@ impl<B: Backend> Device<B> {
                     has_chain: m.has_chain,
                     given_at: m.given_at,
                     answered: m.answered,
+                    identity: m.identity.map(|key| key.as_bytes().to_vec()).unwrap_or_default(),
                 })
                 .collect(),
             removed: roster
@@ -575,26 +596,31 @@ impl<B: Backend> Device<B> {
                 return Err(GroupError::AlreadyExists.into());
             }
             // The mark first: a list written after it makes the next send
-            // follow the lists again.
-            let lists_seen = self.lists_mark()?;
+            // follow the lists again. A store with no mark gets one, so that
+            // a mark deleted later differs from what every roster saw.
+            let mut writes = Vec::new();
+            let mut lists_seen = self.lists_mark()?;
+            if lists_seen.is_empty() {
+                let mark = self.lists_mark_write()?;
+                lists_seen = mark.value.clone().unwrap_or_default();
+                writes.push(mark);
+            }
             self.check_listed_members(&members)?;
             let roster = Roster {
                 group_id: group_id.clone(),
                 members: members
                     .iter()
-                    .map(|address| Member { address: address.clone(), has_chain: false, given_at: 0, answered: 0 })
-                    .collect(),
+                    .map(|address| Ok(Member::new(address.clone(), self.listed_key(address)?)))
+                    .collect::<Result<_, StoreError>>()?,
                 removed: Vec::new(),
                 users: Vec::new(),
             };
-            let mut writes = vec![
-                self.roster_write(&roster, Expected::Absent),
-                self.own_write(
-                    &group_id,
-                    &OwnRow { chain: None, distributed: false, generation: 0, leaps: 0, lists_seen },
-                    Expected::Absent,
-                ),
-            ];
+            writes.push(self.roster_write(&roster, Expected::Absent));
+            writes.push(self.own_write(
+                &group_id,
+                &OwnRow { chain: None, distributed: false, generation: 0, leaps: 0, lists_seen },
+                Expected::Absent,
+            ));
             for member in &members {
                 let key = self.group_row(GroupRowKind::Member, &group_id, Some(member));
                 let expected = Expected::read(self.backend.get(Table::Groups, &key)?);
@@ -678,7 +704,7 @@ impl<B: Backend> Device<B> {
     ) -> Result<(), StoreError> {
         let group_id = roster.group_id.clone();
         for member in added {
-            roster.members.push(Member { address: member.clone(), has_chain: false, given_at: 0, answered: 0 });
+            roster.members.push(Member::new(member.clone(), self.listed_key(member)?));
             roster.removed.retain(|a| a != member);
             let write = match self.load_member_row(&group_id, member)? {
                 (key, Some((mut loaded, _))) => {
@@ -783,7 +809,7 @@ impl<B: Backend> Device<B> {
         }
         // Rotation: the remaining members get a new chain with our next message.
         for member in &mut roster.members {
-            *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
+            *member = member.rotated();
         }
         *own = own.rotated();
         Ok(())
@@ -805,7 +831,7 @@ impl<B: Backend> Device<B> {
             let mut roster = self.load_roster(&group_id)?.ok_or(GroupError::UnknownGroup)?;
             let own = self.load_own(&group_id)?.ok_or_else(corrupt)?;
             for member in &mut roster.value.members {
-                *member = Member { address: member.address.clone(), has_chain: false, given_at: 0, answered: 0 };
+                *member = member.rotated();
             }
             Ok(self.write(&[
                 self.roster_write(&roster.value, Expected::Value(roster.sealed)),
@@ -923,19 +949,28 @@ impl<B: Backend> Device<B> {
             for member in roster.value.members.iter_mut().filter(|m| !m.has_chain) {
                 let row = self.sealer.address_key(&member.address);
                 let (mut loaded, mut record) = self.load_record(&row)?;
-                if !record.has_session() {
+                // No session, or one under an identity key its user's
+                // pinned list does not name (a device listed again under a
+                // new key, whose old key may be in someone else's hands):
+                // no chain over it (PROTOCOL.md 18.8).
+                let listed = match record.trusted_identity() {
+                    Some(identity) => match self.check_listed(&member.address, &identity) {
+                        Ok(()) => true,
+                        Err(DeviceError::DeviceList(_)) => false,
+                        Err(e) => return Err(e),
+                    },
+                    None => false,
+                };
+                if !record.has_session() || !listed {
                     without_session.push(member.address.clone());
                     continue;
                 }
                 let message = record.encrypt_content(&mut rng, &content, ContentType::Control)?;
                 writes.extend(self.record_writes(&row, &member.address, &mut record, &mut loaded)?);
                 distributions.push(Outgoing { to: member.address.clone(), message });
-                *member = Member {
-                    address: member.address.clone(),
-                    has_chain: true,
-                    given_at: chain.iteration(),
-                    answered: 0,
-                };
+                member.has_chain = true;
+                member.given_at = chain.iteration();
+                member.answered = 0;
             }
             own.value.distributed = without_session.is_empty();
             if !distributions.is_empty() {
@@ -1154,6 +1189,13 @@ impl<B: Backend> Device<B> {
             }
             Control::Request(request) => {
                 let ignored = || ControlAction::Ignored(request.group_id.as_bytes().to_vec());
+                // The roster as the newest lists make it first: a device
+                // listed again under a new key asks from where its old key
+                // was given our chain, which it must not get (PROTOCOL.md 18.8).
+                {
+                    let _guard = lock(&self.group_lock);
+                    self.follow_lists(&request.group_id)?;
+                }
                 // Only a member asks (its row is small; the roster may not be).
                 let (member_key, Some(member_row)) = self.load_member(&request.group_id, peer)? else {
                     return Ok(ignored());
