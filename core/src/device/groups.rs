@@ -143,9 +143,12 @@ pub struct GroupSend {
     /// members that were never given the current chain, never again to one
     /// that has it.
     pub distributions: Vec<Outgoing>,
-    /// Members that lack the chain but with whom there is no session yet:
-    /// start one ([`Device::start_session`]) and the next message gives them
-    /// the chain (from its own iteration on).
+    /// Members that lack the chain but with whom there is no session yet,
+    /// or only one under an identity key that their user's pinned list no
+    /// longer names (a device listed again under a new key): start one
+    /// ([`Device::start_session`] with its bundle; for a new key, the app's
+    /// trust decision first) and the next message gives them the chain
+    /// (from its own iteration on).
     pub without_session: Vec<Address>,
 }
 
