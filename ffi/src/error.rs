@@ -61,7 +61,9 @@ pub enum SamizdatError {
         message: String,
     },
     /// There is no session with this peer (or this side cannot send on it
-    /// yet): fetch its bundle and start one.
+    /// yet): fetch its bundle and start one. Also a user with no verified
+    /// device list on this device, for a fan-out or a group's member users
+    /// (`add_group_users`): a bundle of the user carries its list.
     #[error("{message}")]
     NoSession {
         /// What happened (the core error's text).
@@ -176,7 +178,8 @@ pub enum SamizdatError {
     /// The call is wrong: an invalid argument (an empty user id, a storage
     /// key that is not 32 bytes, a malformed identity key, a group id that
     /// is not 1 to 64 bytes, this device named as a member of its own
-    /// group, a group that already exists), a store with no device (or one
+    /// group, a group that already exists, a device of a member user given
+    /// to `remove_group_members`), a store with no device (or one
     /// already, or the device of another address), a pending value given to
     /// another device or committed twice.
     #[error("{message}")]

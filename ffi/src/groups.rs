@@ -5,7 +5,10 @@
 //!
 //! The app owns the roster: every member device is told who is in the group
 //! ([`Device::create_group`], [`Device::add_group_members`],
-//! [`Device::remove_group_members`]). [`Device::group_encrypt`] returns one
+//! [`Device::remove_group_members`]), per device or per user
+//! ([`Device::add_group_users`], [`Device::remove_group_users`],
+//! [`Device::group_users`]: a member user's member devices are those of its
+//! newest verified device list, PROTOCOL.md 18.8). [`Device::group_encrypt`] returns one
 //! group message for every member and the one-to-one messages
 //! ([`Outgoing`]) that carry our chain to the members that lack it. The
 //! receiving side is [`Device::decrypt`], whose pending message says what it
@@ -78,15 +81,49 @@ impl Device {
 
     /// Removes member devices: their messages are refused from now on, and
     /// our next message starts a new chain that only the remaining members
-    /// get. Names that are not members are ignored.
+    /// get. Names that are not members are ignored. A device of a member
+    /// user is refused (`InvalidArgument`, nothing written): its user's list
+    /// decides; remove the user ([`Self::remove_group_users`]), or the device
+    /// from the list.
     pub fn remove_group_members(&self, group_id: Vec<u8>, members: Vec<Address>) -> Result<(), SamizdatError> {
         Ok(self.inner.remove_group_members(&group_id, &to_core(&members)?)?)
     }
 
     /// The member devices of a group (besides this one), in the order they
-    /// were added.
+    /// were added, as the newest verified device lists make them now (see
+    /// [`Self::add_group_users`]).
     pub fn group_members(&self, group_id: Vec<u8>) -> Result<Vec<Address>, SamizdatError> {
         Ok(self.inner.group_members(&group_id)?.into_iter().map(Address::from).collect())
+    }
+
+    /// Adds member users (PROTOCOL.md 18.8): each user's member devices are
+    /// from now on the devices of its newest verified device list (this
+    /// device apart). Its listed devices are added now; a device a newer
+    /// list adds becomes a member before our next message; a device a newer
+    /// list drops stops being one before our next message, which then
+    /// starts a new chain it never receives, even if the app never removed
+    /// it. Our own user may be one (our other devices are then members).
+    /// Users already members are left as they are. `NoSession` for a user
+    /// with no verified list on this device (start a session from one of its
+    /// bundles, or give its list: [`Self::update_device_list`]);
+    /// `LimitExceeded` past 5,000 member devices. A refusal writes nothing.
+    pub fn add_group_users(&self, group_id: Vec<u8>, users: Vec<String>) -> Result<(), SamizdatError> {
+        Ok(self.inner.add_group_users(&group_id, &user_ids(&users))?)
+    }
+
+    /// Removes member users: the users, and every member device of theirs
+    /// (also one added per device), as [`Self::remove_group_members`]
+    /// removes devices: our next message starts a new chain that none of
+    /// them receives. Names that are neither member users nor users of a
+    /// member device are ignored.
+    pub fn remove_group_users(&self, group_id: Vec<u8>, users: Vec<String>) -> Result<(), SamizdatError> {
+        Ok(self.inner.remove_group_users(&group_id, &user_ids(&users))?)
+    }
+
+    /// The member users of a group, in the order they were added
+    /// ([`Self::group_members`] gives the member devices).
+    pub fn group_users(&self, group_id: Vec<u8>) -> Result<Vec<String>, SamizdatError> {
+        Ok(self.inner.group_users(&group_id)?)
     }
 
     /// Deletes a group from this device (leaving it): its messages are
@@ -104,6 +141,10 @@ impl Device {
 
 fn to_core(members: &[Address]) -> Result<Vec<samizdat::address::Address>, SamizdatError> {
     members.iter().map(Address::to_core).collect()
+}
+
+fn user_ids(users: &[String]) -> Vec<&str> {
+    users.iter().map(String::as_str).collect()
 }
 
 impl From<device::MessageKind> for MessageKind {

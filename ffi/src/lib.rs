@@ -20,7 +20,9 @@
 //! - Groups (module `groups`): [`Device::create_group`],
 //!   [`Device::add_group_members`], [`Device::remove_group_members`],
 //!   [`Device::group_members`], [`Device::delete_group`] and
-//!   [`Device::group_encrypt`]. Group and control messages arrive through
+//!   [`Device::group_encrypt`]; member users, whose member devices are their
+//!   newest verified device lists' ([`Device::add_group_users`],
+//!   [`Device::remove_group_users`], [`Device::group_users`]). Group and control messages arrive through
 //!   [`Device::decrypt`] like direct ones ([`PendingMessage::kind`]), and
 //!   [`Device::commit`] returns the answer to a request for a lost chain.
 //! - Healing (module `healing`): [`Device::encrypt_kept`] keeps the
@@ -51,7 +53,9 @@
 //!   refused as [`SamizdatError::UntrustedIdentity`] with no identity key.
 //!   Sending to a user: `encrypt_to_user` and `encrypt_to_user_devices`
 //!   return a [`FanOut`] (messages to the contact's devices, sent syncs to
-//!   our other devices, the listed devices without a session); a sync
+//!   our other devices, the listed devices without a session), and
+//!   `encrypt_to_user_kept` and `encrypt_to_user_devices_kept` also keep
+//!   each message to a contact's device in its outbox for healing; a sync
 //!   decrypts as [`MessageKind::SentSync`] with
 //!   [`PendingMessage::sync_recipient`]; `user_safety_number` on a device is
 //!   the per-user safety number from the pinned lists.

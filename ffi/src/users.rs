@@ -24,7 +24,9 @@
 //!   `identity`), changing nothing.
 //! - Sending to a user (PROTOCOL.md 23.6, 23.7): [`Device::encrypt_to_user`]
 //!   and [`Device::encrypt_to_user_devices`] return a [`FanOut`]; our other
-//!   devices receive a `MessageKind::SentSync`. [`Device::user_safety_number`]
+//!   devices receive a `MessageKind::SentSync`. Their `_kept` forms
+//!   ([`Device::encrypt_to_user_kept`], [`Device::encrypt_to_user_devices_kept`])
+//!   also keep each message to a contact's device in its outbox for healing. [`Device::user_safety_number`]
 //!   is the per-user safety number from the pinned lists.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,7 +40,8 @@ use zeroize::Zeroizing;
 
 use crate::{Address, Details, Device, Outgoing, SafetyNumber, SamizdatError};
 
-/// What [`Device::encrypt_to_user`] made: send each message to its `to`.
+/// What [`Device::encrypt_to_user`] (or one of its forms) made: send each
+/// message to its `to`.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct FanOut {
     /// One message per device of the contact's pinned list that has a
@@ -282,6 +285,29 @@ impl Device {
     ) -> Result<FanOut, SamizdatError> {
         let devices = devices.iter().map(Address::to_core).collect::<Result<Vec<_>, _>>()?;
         Ok(self.inner.encrypt_to_user_devices(&user_id, &plaintext, &devices)?.into())
+    }
+
+    /// [`Self::encrypt_to_user`], keeping each message to the contact's
+    /// devices in that device's outbox as [`Self::encrypt_kept`] does
+    /// (PROTOCOL.md 23.6): a reset from one of them brings the message again
+    /// without the app, until [`Self::acknowledge`] for that device (or the
+    /// heal policy drops it). Sent syncs are not kept. `now` dates the
+    /// entries for the policy's `outbox_max_age`.
+    pub fn encrypt_to_user_kept(&self, user_id: String, plaintext: Vec<u8>, now: i64) -> Result<FanOut, SamizdatError> {
+        Ok(self.inner.encrypt_to_user_kept(&user_id, &plaintext, crate::at(now)?)?.into())
+    }
+
+    /// [`Self::encrypt_to_user_devices`], keeping each message to the
+    /// contact's devices as [`Self::encrypt_to_user_kept`] does.
+    pub fn encrypt_to_user_devices_kept(
+        &self,
+        user_id: String,
+        plaintext: Vec<u8>,
+        devices: Vec<Address>,
+        now: i64,
+    ) -> Result<FanOut, SamizdatError> {
+        let devices = devices.iter().map(Address::to_core).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.inner.encrypt_to_user_devices_kept(&user_id, &plaintext, &devices, crate::at(now)?)?.into())
     }
 }
 

@@ -47,6 +47,7 @@ from ._values import (
     outgoing_of,
     as_path,
     text,
+    texts,
     u32,
     count32,
     fan_out_of,
@@ -317,6 +318,29 @@ class Device:
             )
         )
 
+    def encrypt_to_user_kept(self, user_id: str, plaintext: BytesLike, now: int) -> FanOut:
+        """``encrypt_to_user``, keeping each message to the contact's devices in that device's
+        outbox as ``encrypt_kept`` does (PROTOCOL.md 23.6): a reset from one of them brings the
+        message again without the app, until ``acknowledge`` for that device (or the heal policy
+        drops it). Sent syncs are not kept. ``now`` dates the entries for ``outbox_max_age``."""
+        args = (text("user_id", user_id), as_bytes("plaintext", plaintext), u63("now", now))
+        return fan_out_of(self._call("encrypt_to_user_kept", *args))
+
+    def encrypt_to_user_devices_kept(
+        self, user_id: str, plaintext: BytesLike, devices: Iterable[Address], now: int
+    ) -> FanOut:
+        """``encrypt_to_user_devices``, keeping each message to the contact's devices as
+        ``encrypt_to_user_kept`` does."""
+        return fan_out_of(
+            self._call(
+                "encrypt_to_user_devices_kept",
+                text("user_id", user_id),
+                as_bytes("plaintext", plaintext),
+                addresses("devices", devices),
+                u63("now", now),
+            )
+        )
+
     # Linking a new device (PROTOCOL.md 23.8).
 
     def link_offer(self, now: int) -> "LinkOffer":
@@ -406,12 +430,31 @@ class Device:
         self._call("add_group_members", as_bytes("group_id", group_id), addresses("members", members))
 
     def remove_group_members(self, group_id: BytesLike, members: Iterable[Address]) -> None:
-        """Removes member devices: our next message starts a chain only the others get."""
+        """Removes member devices: our next message starts a chain only the others get. A device
+        of a member user is refused (``InvalidArgumentError``): its user's list decides."""
         self._call("remove_group_members", as_bytes("group_id", group_id), addresses("members", members))
 
     def group_members(self, group_id: BytesLike) -> List[Address]:
-        """The member devices of a group (besides this one), in the order they were added."""
+        """The member devices of a group (besides this one), in the order they were added, as the
+        newest verified device lists make them now."""
         return [address_of(a) for a in self._call("group_members", as_bytes("group_id", group_id))]
+
+    def add_group_users(self, group_id: BytesLike, users: Iterable[str]) -> None:
+        """Adds member users (PROTOCOL.md 18.8): each user's member devices are from now on those
+        of its newest verified device list. A device a newer list drops stops being a member (our
+        chain rotates) before our next message, even if the app never removed it; a device a newer
+        list adds becomes one. ``NoSessionError`` for a user with no verified list on this device;
+        a refusal writes nothing."""
+        self._call("add_group_users", as_bytes("group_id", group_id), texts("users", users))
+
+    def remove_group_users(self, group_id: BytesLike, users: Iterable[str]) -> None:
+        """Removes member users and every member device of theirs: our next message starts a chain
+        none of them gets. Names that are not members are ignored."""
+        self._call("remove_group_users", as_bytes("group_id", group_id), texts("users", users))
+
+    def group_users(self, group_id: BytesLike) -> List[str]:
+        """The member users of a group, in the order they were added."""
+        return [str(u) for u in self._call("group_users", as_bytes("group_id", group_id))]
 
     def delete_group(self, group_id: BytesLike) -> None:
         """Deletes a group from this device (leaving it): its messages are refused from then on."""

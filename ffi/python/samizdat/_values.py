@@ -212,9 +212,10 @@ class GroupSend:
 
 @dataclasses.dataclass(frozen=True)
 class FanOut:
-    """What ``Device.encrypt_to_user`` made: send each of ``messages`` (to the contact's listed
-    devices) and ``syncs`` (to our own other devices) to its ``to``; ``missing`` are the listed
-    devices with no session (start sessions, then ``Device.encrypt_to_user_devices``)."""
+    """What ``Device.encrypt_to_user`` (or ``encrypt_to_user_kept``) made: send each of ``messages``
+    (to the contact's listed devices) and ``syncs`` (to our own other devices) to its ``to``;
+    ``missing`` are the listed devices with no session (start sessions, then
+    ``Device.encrypt_to_user_devices``)."""
 
     messages: Tuple[Outgoing, ...]
     syncs: Tuple[Outgoing, ...]
@@ -339,6 +340,20 @@ def text(name: str, value: object) -> str:
 
         raise InvalidArgumentError(f"{name} is not valid UTF-8 text: {error.reason} at {error.start}") from None
     return plain
+
+
+def texts(name: str, values: object) -> List[str]:
+    """An iterable of ``str`` as a list of plain ``str`` (each checked as ``text`` checks it).
+
+    One ``str`` is refused: iterating it would give its characters.
+    """
+    if isinstance(values, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be an iterable of str, not one {type(values).__name__}")
+    try:
+        items = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of str, not {type(values).__name__}") from None
+    return [text(f"{name}[{i}]", item) for i, item in enumerate(items)]
 
 
 def _uint(name: str, value: object, maximum: int, bits: int) -> int:

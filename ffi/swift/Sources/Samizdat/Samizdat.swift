@@ -1264,6 +1264,21 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func addGroupMembers(groupId: Data, members: [Address]) throws 
     
     /**
+     * Adds member users (PROTOCOL.md 18.8): each user's member devices are
+     * from now on the devices of its newest verified device list (this
+     * device apart). Its listed devices are added now; a device a newer
+     * list adds becomes a member before our next message; a device a newer
+     * list drops stops being one before our next message, which then
+     * starts a new chain it never receives, even if the app never removed
+     * it. Our own user may be one (our other devices are then members).
+     * Users already members are left as they are. `NoSession` for a user
+     * with no verified list on this device (start a session from one of its
+     * bundles, or give its list: [`Self::update_device_list`]);
+     * `LimitExceeded` past 5,000 member devices. A refusal writes nothing.
+     */
+    func addGroupUsers(groupId: Data, users: [String]) throws 
+    
+    /**
      * Creates the group `group_id` (1 to 64 bytes) with `members`, the other
      * member devices (this device always is one).
      */
@@ -1283,16 +1298,35 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     
     /**
      * The member devices of a group (besides this one), in the order they
-     * were added.
+     * were added, as the newest verified device lists make them now (see
+     * [`Self::add_group_users`]).
      */
     func groupMembers(groupId: Data) throws  -> [Address]
     
     /**
+     * The member users of a group, in the order they were added
+     * ([`Self::group_members`] gives the member devices).
+     */
+    func groupUsers(groupId: Data) throws  -> [String]
+    
+    /**
      * Removes member devices: their messages are refused from now on, and
      * our next message starts a new chain that only the remaining members
-     * get. Names that are not members are ignored.
+     * get. Names that are not members are ignored. A device of a member
+     * user is refused (`InvalidArgument`, nothing written): its user's list
+     * decides; remove the user ([`Self::remove_group_users`]), or the device
+     * from the list.
      */
     func removeGroupMembers(groupId: Data, members: [Address]) throws 
+    
+    /**
+     * Removes member users: the users, and every member device of theirs
+     * (also one added per device), as [`Self::remove_group_members`]
+     * removes devices: our next message starts a new chain that none of
+     * them receives. Names that are neither member users nor users of a
+     * member device are ignored.
+     */
+    func removeGroupUsers(groupId: Data, users: [String]) throws 
     
     /**
      * Removes from the outbox for `peer` the messages of these ids (16
@@ -1446,6 +1480,22 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * `InvalidArgument` for another user's address, or our own.
      */
     func encryptToUserDevices(userId: String, plaintext: Data, devices: [Address]) throws  -> FanOut
+    
+    /**
+     * [`Self::encrypt_to_user_devices`], keeping each message to the
+     * contact's devices as [`Self::encrypt_to_user_kept`] does.
+     */
+    func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Address], now: Int64) throws  -> FanOut
+    
+    /**
+     * [`Self::encrypt_to_user`], keeping each message to the contact's
+     * devices in that device's outbox as [`Self::encrypt_kept`] does
+     * (PROTOCOL.md 23.6): a reset from one of them brings the message again
+     * without the app, until [`Self::acknowledge`] for that device (or the
+     * heal policy drops it). Sent syncs are not kept. `now` dates the
+     * entries for the policy's `outbox_max_age`.
+     */
+    func encryptToUserKept(userId: String, plaintext: Data, now: Int64) throws  -> FanOut
     
     /**
      * Gives this device its user's signed device list (from
@@ -1906,6 +1956,29 @@ open func addGroupMembers(groupId: Data, members: [Address])throws   {try rustCa
 }
     
     /**
+     * Adds member users (PROTOCOL.md 18.8): each user's member devices are
+     * from now on the devices of its newest verified device list (this
+     * device apart). Its listed devices are added now; a device a newer
+     * list adds becomes a member before our next message; a device a newer
+     * list drops stops being one before our next message, which then
+     * starts a new chain it never receives, even if the app never removed
+     * it. Our own user may be one (our other devices are then members).
+     * Users already members are left as they are. `NoSession` for a user
+     * with no verified list on this device (start a session from one of its
+     * bundles, or give its list: [`Self::update_device_list`]);
+     * `LimitExceeded` past 5,000 member devices. A refusal writes nothing.
+     */
+open func addGroupUsers(groupId: Data, users: [String])throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_add_group_users(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterSequenceString.lower(users),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * Creates the group `group_id` (1 to 64 bytes) with `members`, the other
      * member devices (this device always is one).
      */
@@ -1949,7 +2022,8 @@ open func groupEncrypt(groupId: Data, plaintext: Data)throws  -> GroupSend  {
     
     /**
      * The member devices of a group (besides this one), in the order they
-     * were added.
+     * were added, as the newest verified device lists make them now (see
+     * [`Self::add_group_users`]).
      */
 open func groupMembers(groupId: Data)throws  -> [Address]  {
     return try  FfiConverterSequenceTypeAddress.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -1962,9 +2036,26 @@ open func groupMembers(groupId: Data)throws  -> [Address]  {
 }
     
     /**
+     * The member users of a group, in the order they were added
+     * ([`Self::group_members`] gives the member devices).
+     */
+open func groupUsers(groupId: Data)throws  -> [String]  {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_group_users(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Removes member devices: their messages are refused from now on, and
      * our next message starts a new chain that only the remaining members
-     * get. Names that are not members are ignored.
+     * get. Names that are not members are ignored. A device of a member
+     * user is refused (`InvalidArgument`, nothing written): its user's list
+     * decides; remove the user ([`Self::remove_group_users`]), or the device
+     * from the list.
      */
 open func removeGroupMembers(groupId: Data, members: [Address])throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
@@ -1972,6 +2063,23 @@ open func removeGroupMembers(groupId: Data, members: [Address])throws   {try rus
             self.uniffiCloneHandle(),
         FfiConverterData.lower(groupId),
         FfiConverterSequenceTypeAddress.lower(members),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Removes member users: the users, and every member device of theirs
+     * (also one added per device), as [`Self::remove_group_members`]
+     * removes devices: our next message starts a new chain that none of
+     * them receives. Names that are neither member users nor users of a
+     * member device are ignored.
+     */
+open func removeGroupUsers(groupId: Data, users: [String])throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_remove_group_users(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(groupId),
+        FfiConverterSequenceString.lower(users),uniffiCallStatus
     )
 }
 }
@@ -2275,6 +2383,43 @@ open func encryptToUserDevices(userId: String, plaintext: Data, devices: [Addres
         FfiConverterString.lower(userId),
         FfiConverterData.lower(plaintext),
         FfiConverterSequenceTypeAddress.lower(devices),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * [`Self::encrypt_to_user_devices`], keeping each message to the
+     * contact's devices as [`Self::encrypt_to_user_kept`] does.
+     */
+open func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Address], now: Int64)throws  -> FanOut  {
+    return try  FfiConverterTypeFanOut_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_devices_kept(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),
+        FfiConverterData.lower(plaintext),
+        FfiConverterSequenceTypeAddress.lower(devices),
+        FfiConverterInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * [`Self::encrypt_to_user`], keeping each message to the contact's
+     * devices in that device's outbox as [`Self::encrypt_kept`] does
+     * (PROTOCOL.md 23.6): a reset from one of them brings the message again
+     * without the app, until [`Self::acknowledge`] for that device (or the
+     * heal policy drops it). Sent syncs are not kept. `now` dates the
+     * entries for the policy's `outbox_max_age`.
+     */
+open func encryptToUserKept(userId: String, plaintext: Data, now: Int64)throws  -> FanOut  {
+    return try  FfiConverterTypeFanOut_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_kept(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(userId),
+        FfiConverterData.lower(plaintext),
+        FfiConverterInt64.lower(now),uniffiCallStatus
     )
 })
 }
@@ -3967,7 +4112,8 @@ public func FfiConverterTypeDeviceListInfo_lower(_ value: DeviceListInfo) -> Rus
 
 
 /**
- * What [`Device::encrypt_to_user`] made: send each message to its `to`.
+ * What [`Device::encrypt_to_user`] (or one of its forms) made: send each
+ * message to its `to`.
  */
 public struct FanOut: Equatable, Hashable {
     /**
@@ -5581,7 +5727,9 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     )
     /**
      * There is no session with this peer (or this side cannot send on it
-     * yet): fetch its bundle and start one.
+     * yet): fetch its bundle and start one. Also a user with no verified
+     * device list on this device, for a fan-out or a group's member users
+     * (`add_group_users`): a bundle of the user carries its list.
      */
     case NoSession(
         /**
@@ -5722,7 +5870,8 @@ enum SamizdatError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
      * The call is wrong: an invalid argument (an empty user id, a storage
      * key that is not 32 bytes, a malformed identity key, a group id that
      * is not 1 to 64 bytes, this device named as a member of its own
-     * group, a group that already exists), a store with no device (or one
+     * group, a group that already exists, a device of a member user given
+     * to `remove_group_members`), a store with no device (or one
      * already, or the device of another address), a pending value given to
      * another device or committed twice.
      */
@@ -6162,6 +6311,31 @@ fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
+    typealias SwiftType = [String]
+
+    public static func write(_ value: [String], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterString.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [String]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceData: FfiConverterRustBuffer {
     typealias SwiftType = [Data]
 
@@ -6552,6 +6726,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 51227) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_add_group_users() != 26474) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_device_create_group() != 60972) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6561,10 +6738,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_group_encrypt() != 57740) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_group_members() != 30559) {
+    if (uniffi_samizdat_ffi_checksum_method_device_group_members() != 36006) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 62831) {
+    if (uniffi_samizdat_ffi_checksum_method_device_group_users() != 24185) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_remove_group_members() != 41956) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_remove_group_users() != 18858) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_acknowledge() != 45797) {
@@ -6619,6 +6802,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices() != 49929) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices_kept() != 15382) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_kept() != 53711) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_set_device_list() != 44342) {

@@ -373,6 +373,11 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_export_backup(uint64_t ptr, Rust
 void uniffi_samizdat_ffi_fn_method_device_add_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_USERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ADD_GROUP_USERS
+void uniffi_samizdat_ffi_fn_method_device_add_group_users(uint64_t ptr, RustBuffer group_id, RustBuffer users, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CREATE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CREATE_GROUP
 void uniffi_samizdat_ffi_fn_method_device_create_group(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
@@ -393,9 +398,19 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_group_encrypt(uint64_t ptr, Rust
 RustBuffer uniffi_samizdat_ffi_fn_method_device_group_members(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_GROUP_USERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_GROUP_USERS
+RustBuffer uniffi_samizdat_ffi_fn_method_device_group_users(uint64_t ptr, RustBuffer group_id, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
 void uniffi_samizdat_ffi_fn_method_device_remove_group_members(uint64_t ptr, RustBuffer group_id, RustBuffer members, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REMOVE_GROUP_USERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REMOVE_GROUP_USERS
+void uniffi_samizdat_ffi_fn_method_device_remove_group_users(uint64_t ptr, RustBuffer group_id, RustBuffer users, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ACKNOWLEDGE
@@ -486,6 +501,16 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_to_user(uint64_t ptr, Ru
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES
 RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_devices(uint64_t ptr, RustBuffer user_id, RustBuffer plaintext, RustBuffer devices, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES_KEPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES_KEPT
+RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_devices_kept(uint64_t ptr, RustBuffer user_id, RustBuffer plaintext, RustBuffer devices, int64_t now, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_TO_USER_KEPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_ENCRYPT_TO_USER_KEPT
+RustBuffer uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_kept(uint64_t ptr, RustBuffer user_id, RustBuffer plaintext, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_SET_DEVICE_LIST
@@ -1327,6 +1352,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_add_group_members(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADD_GROUP_USERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ADD_GROUP_USERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_add_group_users(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CREATE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_CREATE_GROUP
 uint16_t uniffi_samizdat_ffi_checksum_method_device_create_group(void
@@ -1351,9 +1382,21 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_group_members(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_GROUP_USERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_GROUP_USERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_group_users(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_REMOVE_GROUP_MEMBERS
 uint16_t uniffi_samizdat_ffi_checksum_method_device_remove_group_members(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_REMOVE_GROUP_USERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_REMOVE_GROUP_USERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_remove_group_users(void
     
 );
 #endif
@@ -1462,6 +1505,18 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES
 uint16_t uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES_KEPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_TO_USER_DEVICES_KEPT
+uint16_t uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices_kept(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_TO_USER_KEPT
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_ENCRYPT_TO_USER_KEPT
+uint16_t uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_kept(void
     
 );
 #endif

@@ -21,6 +21,16 @@ fun Device.rotatePrekeys(now: Instant, maxAge: Duration): Rotated = rotatePrekey
 fun Device.encryptKept(peer: Address, plaintext: ByteArray, now: Instant): ByteArray =
     encryptKept(peer, plaintext, seconds(now))
 
+/** [Device.encryptToUserKept] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.encryptToUserKept(userId: String, plaintext: ByteArray, now: Instant): FanOut =
+    encryptToUserKept(userId, plaintext, seconds(now))
+
+/** [Device.encryptToUserDevicesKept] at [now]. */
+@Throws(SamizdatException::class)
+fun Device.encryptToUserDevicesKept(userId: String, plaintext: ByteArray, devices: List<Address>, now: Instant): FanOut =
+    encryptToUserDevicesKept(userId, plaintext, devices, seconds(now))
+
 /** [Device.expireOutbox] at [now]. */
 @Throws(SamizdatException::class)
 fun Device.expireOutbox(now: Instant): Int = expireOutbox(seconds(now))
