@@ -71,8 +71,11 @@ fn with_chain_id(bytes: &[u8], chain_id: u32) -> Vec<u8> {
     encode_group(message)
 }
 
+/// The rows of the groups table that belong to groups: all but the lists
+/// mark (key `lists`, PROTOCOL.md 18.8), which is the store's, not a
+/// group's, and holds no key (16 random bytes).
 fn groups_rows(store: &MemoryBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
-    store.scan(Table::Groups).unwrap()
+    store.scan(Table::Groups).unwrap().into_iter().filter(|(key, _)| key.as_slice() != b"lists").collect()
 }
 
 /// A fresh own chain: random key and signing seed, at `iteration`.

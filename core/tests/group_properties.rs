@@ -170,7 +170,7 @@ struct Member {
     given_at: u32,
     answered: u32,
     /// The last answer made to it: the chain it gives, its bytes.
-    last_answer: Option<(u32, Vec<u8>)>,
+    last_answer: Option<(u32, u32, Vec<u8>)>,
 }
 
 /// A device's own side of the group: its roster and its chain.
@@ -836,10 +836,15 @@ impl Run {
                         prop_assert!(self.world.snapshot(to) == before, "a request handed again changed the store");
                         self.stats.requests_again += 1;
                     }
-                    // A missing chain is asked for from the earliest iteration
-                    // the sender will give (PROTOCOL.md 18.7).
-                    let _ = iteration;
-                    self.put(to, from, request, What::Request { chain, iteration: 0 });
+                    // A missing chain is asked for from its floor if it was
+                    // given up (else from 0); one too far ahead, from
+                    // MAX_SKIP before the message (PROTOCOL.md 18.7).
+                    let kept = &self.model[to].kept[&from];
+                    let asked = match kept.find(chain) {
+                        None => kept.floor(chain).unwrap_or(0),
+                        Some(_) => iteration.saturating_sub(samizdat::limits::MAX_SKIP),
+                    };
+                    self.put(to, from, request, What::Request { chain, iteration: asked });
                     self.stats.missing_with_request += 1;
                 } else {
                     self.stats.missing_without_request += 1;
@@ -921,7 +926,7 @@ impl Run {
                         prop_assert_eq!(&answer.to, &address(from));
                         let (_, m) =
                             self.model[to].own.as_mut().unwrap().roster.iter_mut().find(|(m, _)| *m == from).unwrap();
-                        m.last_answer = Some((chain, answer.message.clone()));
+                        m.last_answer = Some((chain, start, answer.message.clone()));
                         self.put(to, from, answer.message, What::Distribution { chain, start, answer: true });
                         self.stats.answers += 1;
                     }
@@ -954,9 +959,13 @@ impl Run {
         let own = self.model[sender].own.as_mut()?;
         let (current, next) = own.chain?;
         let (_, m) = own.roster.iter_mut().find(|(m, _)| *m == member)?;
-        if m.answered >= MAX_GROUP_KEY_ANSWERS {
+        // Past the new answers, a request from further on than the last
+        // answer on our current chain gets a new one (PROTOCOL.md 18.7).
+        let later = matches!(&m.last_answer, Some((given, start, _))
+            if chain == current && *given == current && m.has_chain && iteration > *start && iteration <= next);
+        if m.answered >= MAX_GROUP_KEY_ANSWERS && !later {
             return match &m.last_answer {
-                Some((given, bytes)) if chain == current && *given == current => Some(Answer::Again(bytes.clone())),
+                Some((given, _, bytes)) if chain == current && *given == current => Some(Answer::Again(bytes.clone())),
                 _ => None,
             };
         }
@@ -975,7 +984,7 @@ impl Run {
             m.given_at = from;
         }
         m.has_chain = true;
-        m.answered += 1;
+        m.answered = (m.answered + 1).min(MAX_GROUP_KEY_ANSWERS);
         own.distributed = own.roster.iter().all(|(_, m)| m.has_chain);
         Some(Answer::New(current, from))
     }
@@ -1377,4 +1386,33 @@ fn a_member_added_back_without_a_new_chain_opens_no_old_message() {
     assert_eq!(world.receive(0, 1, &new).unwrap(), Got::Group(b"after the re-add".to_vec()));
     let again = world.receive(0, 1, &old);
     assert!(!matches!(again, Ok(Got::Group(_))), "a replayed message decrypted twice: {again:?}");
+}
+
+/// Found by the random schedules once a request from further on than the
+/// last answer got a new answer (PROTOCOL.md 18.7): kept as it was found.
+#[test]
+fn regression_a_readded_member_asks_past_the_last_answer() {
+    use Op::*;
+    let ops = [
+        Send(4_484_682_108_549_801_654),
+        Send(2_891_389_227_122_880_232),
+        Deliver(19_748_492_745_817_367),
+        Send(13_395_332_199_087_417_757),
+        Retry,
+        Send(3_388_863_891_745_609_353),
+        Deliver(2_550_007_766_911_456_648),
+        Deliver(5_246_479_040_364_938_284),
+        Send(0),
+        Send(0),
+        Send(0),
+        Send(0),
+        Send(0),
+        Remove(13_329_260_737_247_927_500, false),
+        Send(0),
+        Send(0),
+        Readd(0),
+    ];
+    if let Err(error) = run_schedule(3, &ops) {
+        panic!("{error}");
+    }
 }

@@ -281,3 +281,48 @@ fn without_a_new_list_a_send_writes_only_its_chain() {
     let changed = after.iter().filter(|(k, v)| before.get(*k) != Some(*v)).count();
     assert_eq!(changed, 1, "only our chain's row");
 }
+
+/// The roster's new fields are checked when it loads (PROTOCOL.md 18.9): a
+/// member user twice, a member user that is no valid user id, a member's
+/// recorded identity key of the wrong length or that does not decode, are
+/// `Corrupt`, never a panic; the row as written loads.
+#[test]
+fn a_roster_with_bad_users_or_identities_is_corrupt() {
+    use samizdat::store::{StoreError, Table};
+    use samizdat_proto::storage;
+    use support::audit_group::{ROSTER, StoreKeys};
+
+    let bob = user_key(0xB0);
+    let (a1, b1) = (device("alice", 1, 1), device("bob", 1, 2));
+    a1.update_device_list(&list(&bob, "bob", 1, &[&b1])).unwrap();
+    a1.create_group(G, &[]).unwrap();
+    a1.add_group_users(G, &["bob"]).unwrap();
+    let keys = StoreKeys::new(&[1; 32]);
+    let key = keys.group_row(ROSTER, G, None);
+    let good: storage::GroupRow = keys.read(a1.backend(), &key).unwrap();
+    assert_eq!(good.users, vec!["bob".to_owned()]);
+    assert_eq!(good.members[0].identity, b1.identity_key().as_bytes().to_vec(), "the listed key is recorded");
+    let bad_rows: Vec<(&str, storage::GroupRow)> = vec![
+        ("a user twice", storage::GroupRow { users: vec!["bob".into(), "bob".into()], ..good.clone() }),
+        ("an empty user id", storage::GroupRow { users: vec![String::new()], ..good.clone() }),
+        ("an identity of 31 bytes", {
+            let mut row = good.clone();
+            row.members[0].identity = vec![9; 31];
+            row
+        }),
+        ("an identity that does not decode", {
+            let mut row = good.clone();
+            row.members[0].identity = vec![0; 32];
+            row
+        }),
+    ];
+    for (what, row) in bad_rows {
+        keys.write(a1.backend(), &key, &row);
+        assert!(
+            matches!(a1.group_members(G), Err(DeviceError::Store(StoreError::Corrupt { table: Table::Groups }))),
+            "{what}"
+        );
+    }
+    keys.write(a1.backend(), &key, &good);
+    assert_eq!(a1.group_members(G).unwrap(), vec![b1.address().clone()]);
+}
