@@ -5,16 +5,17 @@
 //! in two phases and a whole queue in one batch. Both print the same safety
 //! number. Then the three form a group (Sender Keys): each message is
 //! encrypted once for all, each sender's chain reaches the others once, in
-//! their sessions; Carol is removed, the others rotate, and she cannot read
-//! what follows. Then a phone restored from a backup heals its session by
+//! their sessions; Carol is removed (and leaves), the others rotate, and she
+//! cannot read what follows. Then a phone restored from a backup heals its session by
 //! itself, and the message it could not read arrives again. Last, a user
 //! with two devices: Frank links his laptop to his phone by a code, the
 //! contact who verified Frank's safety number needs no new verification,
 //! and one message to Frank reaches both of his devices (and Frank's phone
-//! tells his laptop what it sent).
+//! tells his laptop what it sent); a group that addresses the user Frank
+//! drops his lost laptop when his newer list does.
 //!
 //! Run it again and the conversation continues from disk (Carol is added
-//! back, and the others recover her chain by themselves).
+//! back with a new chain of hers).
 //!
 //! ```sh
 //! cargo run --example quickstart              # stores in target/quickstart
