@@ -709,16 +709,7 @@ impl<B: Backend> Device<B> {
         for member in added {
             roster.members.push(Member::new(member.clone(), self.listed_key(member)?));
             roster.removed.retain(|a| a != member);
-            let write = match self.load_member_row(&group_id, member)? {
-                (key, Some((mut loaded, _))) => {
-                    loaded.value.retire_all();
-                    self.member_write(key, group_id.as_bytes(), member, &loaded.value, Expected::Value(loaded.sealed))
-                }
-                (key, None) => {
-                    self.member_write(key, group_id.as_bytes(), member, &SenderChains::default(), Expected::Absent)
-                }
-            };
-            writes.push(write);
+            writes.push(self.retired_member_write(&group_id, member, false)?);
         }
         if !added.is_empty() {
             own.distributed = false;
@@ -769,6 +760,28 @@ impl<B: Backend> Device<B> {
         })
     }
 
+    /// The write of `member`'s row in `group_id` with every chain given up
+    /// (`RetireAll`: the floors kept), as a member's row (`removed` false:
+    /// a member added, or added back) or a tombstone; a new empty row if it
+    /// has none.
+    fn retired_member_write(&self, group_id: &GroupId, member: &Address, removed: bool) -> Result<Write, StoreError> {
+        Ok(match self.load_member_row(group_id, member)? {
+            (key, Some((mut loaded, _))) => {
+                loaded.value.retire_all();
+                let expected = Expected::Value(loaded.sealed);
+                self.member_row_write(key, group_id.as_bytes(), member, &loaded.value, removed, expected)
+            }
+            (key, None) => self.member_row_write(
+                key,
+                group_id.as_bytes(),
+                member,
+                &SenderChains::default(),
+                removed,
+                Expected::Absent,
+            ),
+        })
+    }
+
     /// Removes `gone` (members of `roster`) from it, pushing the writes of
     /// their member rows (the chains go, the floors stay; past
     /// [`MAX_REMOVED_MEMBERS`], the row of the member removed longest ago
@@ -784,22 +797,7 @@ impl<B: Backend> Device<B> {
         let group_id = roster.group_id.clone();
         roster.members.retain(|m| !gone.contains(&m.address));
         for member in gone {
-            let write = match self.load_member_row(&group_id, member)? {
-                (key, Some((mut loaded, _))) => {
-                    loaded.value.retire_all();
-                    let expected = Expected::Value(loaded.sealed);
-                    self.member_row_write(key, group_id.as_bytes(), member, &loaded.value, true, expected)
-                }
-                (key, None) => self.member_row_write(
-                    key,
-                    group_id.as_bytes(),
-                    member,
-                    &SenderChains::default(),
-                    true,
-                    Expected::Absent,
-                ),
-            };
-            writes.push(write);
+            writes.push(self.retired_member_write(&group_id, member, true)?);
             roster.removed.push(member.clone());
         }
         // Past the limit, the member removed longest ago is forgotten.
