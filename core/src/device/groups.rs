@@ -7,7 +7,9 @@
 //! - our sending chain, with a flag that says every member has it (then a
 //!   message reads and writes this row only);
 //! - per member, the chains we keep of it: the row exists while the device
-//!   is a member, so a message from anyone else finds none.
+//!   is a member, so a message from anyone else finds none;
+//! - the store's lists mark (key `lists`, not a keyed hash), which the
+//!   rosters follow (`group_users.rs`, PROTOCOL.md 18.8).
 //!
 //! Lock order: the device's group lock, then peer locks in increasing row
 //! key order, then the prekey lock.
@@ -561,8 +563,9 @@ impl<B: Backend> Device<B> {
     ///
     /// # Errors
     /// [`GroupError::InvalidGroupId`], [`GroupError::AlreadyExists`],
-    /// [`GroupError::SelfAsMember`], [`GroupError::TooManyMembers`]; a store
-    /// error.
+    /// [`GroupError::SelfAsMember`], [`GroupError::TooManyMembers`];
+    /// [`DeviceListError::UnlistedDevice`] for a device of a pinned user
+    /// that its list does not name; a store error.
     ///
     /// # Examples
     ///
@@ -731,7 +734,9 @@ impl<B: Backend> Device<B> {
     /// chain of it given again opens nothing read before.
     ///
     /// # Errors
-    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`]; a store error.
+    /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`];
+    /// [`GroupError::FollowedUser`] for a device of a member user (its list
+    /// decides: [`Self::remove_group_users`]); a store error.
     pub fn remove_group_members(&self, group_id: &[u8], members: &[Address]) -> Result<(), DeviceError> {
         self.check_process()?;
         let group_id = self::group_id(group_id)?;
@@ -884,7 +889,8 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// [`GroupError::InvalidGroupId`], [`GroupError::UnknownGroup`],
     /// [`GroupError::Encrypt`]; a session error of a distribution; a store
-    /// error. Nothing was written.
+    /// error. Nothing of the send was written (following the lists, which
+    /// comes first in a transaction of its own, may have been).
     pub fn group_encrypt(&self, group_id: &[u8], plaintext: &[u8]) -> Result<GroupSend, DeviceError> {
         self.check_process()?;
         let group_id = self::group_id(group_id)?;
@@ -1011,18 +1017,15 @@ impl<B: Backend> Device<B> {
                 // whether the group exists. A device a list written since
                 // the roster last followed the lists added may be a member
                 // now (once per call: a list is the app's, not the sender's).
-                if !followed && self.load_own(&group_id)?.is_some() {
+                let exists = self.load_own(&group_id)?.is_some();
+                if exists && !followed {
                     followed = true;
                     let _guard = lock(&self.group_lock);
                     if self.follow_lists(&group_id)?.is_some_and(|(_, changed)| changed) {
                         continue;
                     }
                 }
-                return Err(match self.load_own(&group_id)? {
-                    Some(_) => GroupError::NotMember,
-                    None => GroupError::UnknownGroup,
-                }
-                .into());
+                return Err(if exists { GroupError::NotMember } else { GroupError::UnknownGroup }.into());
             };
             match loaded.value.plan_decrypt(peer, trusted.as_ref(), message) {
                 Ok((plaintext, plan)) => {
