@@ -76,6 +76,7 @@ mod linking;
 mod peers;
 mod pending;
 mod prekeys;
+mod replace;
 mod sessions;
 mod storage_key;
 mod users;
@@ -110,6 +111,7 @@ pub use self::{
     healing::{Heal, HealPolicy},
     linking::{Linked, Provisioned},
     pending::{MessageKind, PendingBatch, PendingMessage},
+    replace::{NewUserIdentity, Replaced},
 };
 pub use crate::backup::{BackupError, BackupParams};
 

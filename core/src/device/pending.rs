@@ -17,6 +17,7 @@ use crate::{
 use super::{
     groups::{ControlAction, GroupPending},
     prekeys::PreKeyRows,
+    replace::HandoverPlan,
 };
 
 /// A decrypted message waiting for [`Device::commit`](super::Device::commit).
@@ -60,6 +61,10 @@ pub(super) enum Inner {
         /// 23.7), checked to come from a device our own list names; then
         /// `control` is `None` (the commit only advances the session).
         sync: Option<SentSync>,
+        /// A user identity handover from another device of our own user
+        /// (PROTOCOL.md 23.9), checked and planned; then `control` and
+        /// `sync` are `None` (the commit writes our own list too).
+        handover: Option<Box<HandoverPlan>>,
     },
     /// A group message.
     Group(GroupPending),
@@ -90,13 +95,21 @@ pub enum MessageKind {
     /// it as sent by us, in the conversation with that user; commit it as
     /// any other.
     SentSync,
+    /// A new user identity that another device of our own user handed over
+    /// after it removed a lost device (PROTOCOL.md 23.9):
+    /// [`PendingMessage::new_user_identity`]. Keep its key pair as the app
+    /// keeps the user identity, tell the user which devices were removed,
+    /// then commit: the new list becomes this device's own.
+    UserIdentity,
 }
 
 impl PendingMessage {
-    /// The plaintext: empty for a [`MessageKind::Control`] message; for a
+    /// The plaintext: empty for a [`MessageKind::Control`] or
+    /// [`MessageKind::UserIdentity`] message; for a
     /// [`MessageKind::SentSync`], what our other device sent.
     pub fn plaintext(&self) -> &[u8] {
         match &self.inner {
+            Inner::Pairwise { handover: Some(_), .. } => &[],
             Inner::Pairwise { sync: Some(sync), .. } => &sync.plaintext,
             Inner::Pairwise { control: Some(ControlAction::Resent { plaintext, .. }), .. } => plaintext,
             Inner::Pairwise { control: Some(_), .. } => &[],
@@ -109,6 +122,7 @@ impl PendingMessage {
     pub fn kind(&self) -> MessageKind {
         match &self.inner {
             Inner::Pairwise { sync: Some(_), .. } => MessageKind::SentSync,
+            Inner::Pairwise { handover: Some(_), .. } => MessageKind::UserIdentity,
             Inner::Pairwise { control: Some(ControlAction::Resent { .. }), .. } => MessageKind::Direct,
             Inner::Pairwise { control: Some(_), .. } => MessageKind::Control,
             Inner::Pairwise { .. } => MessageKind::Direct,
@@ -143,6 +157,14 @@ impl PendingMessage {
     pub fn sync_recipient(&self) -> Option<&str> {
         match &self.inner {
             Inner::Pairwise { sync: Some(sync), .. } => Some(&sync.recipient),
+            _ => None,
+        }
+    }
+
+    /// The handover of a [`MessageKind::UserIdentity`] message.
+    pub(super) fn handover(&self) -> Option<&HandoverPlan> {
+        match &self.inner {
+            Inner::Pairwise { handover: Some(plan), .. } => Some(plan),
             _ => None,
         }
     }

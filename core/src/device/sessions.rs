@@ -21,7 +21,7 @@ use crate::{
     ratchet::{ENCRYPTED_HEADER_LEN, header, message_key::MessageKey},
     session::{Attempt, PendingDecrypt, SessionRecord},
     store::{Backend, Expected, StoreError, Table, Write},
-    user::sync::SentSync,
+    user::{handover::Handover, sync::SentSync},
     wire::{Message, RatchetMessage},
 };
 
@@ -396,7 +396,7 @@ impl<B: Backend> Device<B> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-            let mut sync = None;
+            let (mut sync, mut handover) = (None, None);
             let mut control = match pending.content() {
                 // The first copy of a message a resend brought already.
                 ContentType::App if record.healing().was_resent(&id) => {
@@ -405,20 +405,28 @@ impl<B: Backend> Device<B> {
                 ContentType::App => None,
                 // A sent sync (PROTOCOL.md 23.7): parsed, then accepted only
                 // from a device our own pinned list names.
-                ContentType::Control => match SentSync::from_control_bytes(pending.plaintext()) {
-                    Some(parsed) => {
+                ContentType::Control => {
+                    let content = pending.plaintext();
+                    if let Some(parsed) = SentSync::from_control_bytes(content) {
+                        // A sent sync (PROTOCOL.md 23.7): parsed, then
+                        // accepted only from a device our own pinned list
+                        // names.
                         let parsed = parsed.map_err(SessionError::from)?;
                         self.check_sync_sender(peer, &pending.sender_identity())?;
                         sync = Some(parsed);
                         None
+                    } else if let Some(parsed) = Handover::from_control_bytes(content) {
+                        // A user identity handover (PROTOCOL.md 23.9):
+                        // parsed (H1 to H4), then checked against our own
+                        // list (H5 to H12).
+                        let parsed = parsed.map_err(SessionError::from)?;
+                        let plan = self.plan_handover(peer, &pending.sender_identity(), parsed)?;
+                        handover = Some(Box::new(plan));
+                        None
+                    } else {
+                        Some(self.plan_control(peer, pending.sender_identity(), content, record.healing())?)
                     }
-                    None => Some(self.plan_control(
-                        peer,
-                        pending.sender_identity(),
-                        pending.plaintext(),
-                        record.healing(),
-                    )?),
-                },
+                }
             };
             // A resend reaching the app: its own wire id is the message's
             // too (a later copy of it is a duplicate).
@@ -429,7 +437,7 @@ impl<B: Backend> Device<B> {
             Ok(PendingMessage {
                 device: self.identity.public_key(),
                 peer: peer.clone(),
-                inner: Inner::Pairwise { pending, loaded, record, control, id, sync },
+                inner: Inner::Pairwise { pending, loaded, record, control, id, sync, handover },
             })
         });
         corrupt_if_unchanged(result, &read)
@@ -476,12 +484,17 @@ impl<B: Backend> Device<B> {
         if device != self.identity.public_key() {
             return Err(DeviceError::ForeignPending);
         }
-        let (pending, mut loaded, mut record, control, id) = match inner {
+        let (pending, mut loaded, mut record, control, id, handover) = match inner {
             Inner::Group(group) => return self.commit_group(group).map(|()| Vec::new()),
-            Inner::Pairwise { pending, loaded, record, control, id, sync: _ } => (pending, loaded, record, control, id),
+            Inner::Pairwise { pending, loaded, record, control, id, sync: _, handover } => {
+                (pending, loaded, record, control, id, handover)
+            }
         };
-        // Group rows first, as every call that takes both locks.
+        // Group rows first, as every call that takes both locks; then our
+        // own user's row (a handover), then the peer's.
         let _group_guard = control.as_ref().filter(|c| c.is_group()).map(|_| lock(&self.group_lock));
+        let user_lock = handover.as_ref().map(|_| self.peer_lock(&self.user_lock_key(self.address.user_id())));
+        let _user_guard = user_lock.as_ref().map(|l| lock(l));
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
         let _guard = lock(&peer_lock);
@@ -508,6 +521,13 @@ impl<B: Backend> Device<B> {
             .record_writes(&row, &peer, &mut record, &mut loaded)
             .map_err(|e| stale_on_session_conflict(e.into()))?;
         session_writes.extend(control_writes);
+        // A handover's list becomes our own, conditional on our own row as
+        // the decryption read it (PROTOCOL.md 23.9).
+        if let Some(plan) = handover.as_deref()
+            && let Some(trust) = &plan.trust
+        {
+            session_writes.push(self.user_write(&plan.own, trust));
+        }
         if consumed.is_empty() {
             self.write(&session_writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))?;
             return Ok(answer);
@@ -633,7 +653,9 @@ fn corrupt_if_unchanged<T, R: PartialEq>(result: Result<T, DeviceError>, read: &
 /// pending decryption is stale.
 fn stale_on_group_or_session_conflict(error: DeviceError) -> DeviceError {
     match error {
-        DeviceError::Store(StoreError::Conflict { table: Table::Groups }) => SessionError::StalePending.into(),
+        DeviceError::Store(StoreError::Conflict { table: Table::Groups | Table::Users }) => {
+            SessionError::StalePending.into()
+        }
         error => stale_on_session_conflict(error),
     }
 }

@@ -281,10 +281,13 @@ impl Control {
                 }
                 Ok(Self::Resend { id, also, plaintext: Zeroizing::new(r.plaintext.clone()) })
             }
-            // The sent sync (PROTOCOL.md 23.7) is read by the device API
-            // before this parser (`user::sync`); here, as C0 says, a kind
-            // this parser does not know.
-            Some(pb::control::Body::SentSync(_)) | None => Err(DecodeError::UnknownKind),
+            // The sent sync (PROTOCOL.md 23.7) and the handover (23.9) are
+            // read by the device API before this parser (`user::sync`,
+            // `user::handover`); here, as C0 says, kinds this parser does
+            // not know.
+            Some(pb::control::Body::SentSync(_) | pb::control::Body::Handover(_)) | None => {
+                Err(DecodeError::UnknownKind)
+            }
         }
     }
 }

@@ -92,6 +92,20 @@ pub enum DeviceListError {
         /// The user id of the device it came from.
         user_id: String,
     },
+    /// A user identity handover (PROTOCOL.md 23.9) came from a device of
+    /// another user: only our own devices may give us a user identity. The
+    /// message is refused and changes nothing.
+    #[error("a user identity handover from a device of user {user_id:?}, not of our own user")]
+    ForeignHandover {
+        /// The user id of the device it came from.
+        user_id: String,
+    },
+    /// [`replace_user_identity`](crate::device::Device::replace_user_identity)
+    /// was given the user identity our list is already signed by, while the
+    /// list still names a lost device: the lost device holds that key, so
+    /// only a new one removes it for good. Generate a new key pair.
+    #[error("the user identity to replace is the one the list is already signed by")]
+    SameUserIdentity,
 }
 
 impl DeviceListError {
@@ -100,19 +114,20 @@ impl DeviceListError {
     ///   must verify it) and an unlisted device (nothing may be sent to it
     ///   or read from it until a verified list names it);
     /// - [`ErrorKind::InvalidArgument`] for a list signed with the wrong key
-    ///   pair and for a call that needs our own list before it is set (the
-    ///   app's call: set it first);
+    ///   pair, for a call that needs our own list before it is set (the
+    ///   app's call: set it first), and for a replacement with the key pair
+    ///   the list is already signed by;
     /// - [`ErrorKind::NoSession`] for a user that is not pinned (fetch its
     ///   bundles, whose list pins it);
-    /// - [`ErrorKind::InvalidMessage`] for a sent sync from a contact (drop
-    ///   it: no contact may send one);
+    /// - [`ErrorKind::InvalidMessage`] for a sent sync or a handover from a
+    ///   contact (drop it: no contact may send one);
     /// - [`ErrorKind::InvalidBundle`] for everything else: what the server
     ///   served is not a list the user made, or is an old one.
     pub const fn kind(&self) -> ErrorKind {
         match self {
-            Self::WrongSigner | Self::NoOwnList => ErrorKind::InvalidArgument,
+            Self::WrongSigner | Self::NoOwnList | Self::SameUserIdentity => ErrorKind::InvalidArgument,
             Self::NotPinned { .. } => ErrorKind::NoSession,
-            Self::ForeignSentSync { .. } => ErrorKind::InvalidMessage,
+            Self::ForeignSentSync { .. } | Self::ForeignHandover { .. } => ErrorKind::InvalidMessage,
             Self::UntrustedUser { .. } | Self::UnlistedDevice { .. } => ErrorKind::UntrustedIdentity,
             Self::Malformed(_)
             | Self::BadSignature

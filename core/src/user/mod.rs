@@ -51,6 +51,7 @@
 //! ```
 
 mod error;
+pub(crate) mod handover;
 mod link;
 mod list;
 pub(crate) mod sync;

@@ -1,0 +1,324 @@
+//! Replacing the user identity when a device was lost (PROTOCOL.md 23.9).
+//!
+//! Every device of a user holds the user identity key (PROTOCOL.md 23.1),
+//! so a list without a lost phone stops the server, not the phone's holder:
+//! whoever has it can sign a newer list that names it again. Removing a
+//! device that may be in someone else's hands therefore takes a new user
+//! identity:
+//!
+//! 1. A remaining device replaces it ([`Device::replace_user_identity`]):
+//!    the app gives a fresh user identity key; the device signs with it the
+//!    list without the lost devices, takes it as its own, and encrypts a
+//!    *handover* (the new key and the list) to each other remaining device
+//!    over its one-to-one session, in one transaction.
+//! 2. Each of them reads it ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity)): the list
+//!    becomes its own on commit, and the app keeps the new key
+//!    ([`PendingMessage::new_user_identity`]).
+//! 3. Contacts see a new user identity (their next list of ours is refused
+//!    with [`DeviceListError::UntrustedUser`]): the users compare the new
+//!    safety number, then each contact calls
+//!    [`Device::trust_new_user_identity`]. From then on, no list the old key
+//!    signs is accepted, whatever version it carries.
+//!
+//! What this layer owns: the call, the planning of a handover read by
+//! `decrypt` (its checks, H5 to H12) and what its commit writes. The
+//! handover's encoding is `user::handover`'s.
+
+use std::fmt;
+
+use super::{Device, DeviceError, Outgoing, PendingMessage, lock, retry_on_conflict};
+use crate::{
+    DecodeError,
+    address::Address,
+    keys::IdentityKey,
+    padding::ContentType,
+    store::{Backend, StoreError, Table},
+    user::{DeviceList, DeviceListError, SignedDeviceList, UserIdentityKeyPair, UserTrust, handover::Handover},
+};
+
+use super::users::LoadedUser;
+
+/// What [`Device::replace_user_identity`] made. This device already holds
+/// the new list as its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replaced {
+    /// The user's new device list, signed by the new user identity: publish
+    /// it. Contacts refuse it ([`DeviceListError::UntrustedUser`]) until
+    /// their users compared the new safety number and they called
+    /// [`Device::trust_new_user_identity`].
+    pub device_list: SignedDeviceList,
+    /// One handover per other device of the new list with which this device
+    /// has a session (under the identity key the list names), in the list's
+    /// order: send each to its [`Outgoing::to`].
+    pub handovers: Vec<Outgoing>,
+    /// The devices of the new list that got no handover, because this
+    /// device has no session with them under the key the list names. Start
+    /// one ([`Device::start_session`]), then call
+    /// [`Device::replace_user_identity`] again with the same key pair: it
+    /// makes the handovers again, without a new list.
+    pub missing: Vec<Address>,
+    /// The devices this call removed from the list (with the identity keys
+    /// it named them with); empty when it was called again with the key pair
+    /// the list is already signed by.
+    pub removed: Vec<(u32, IdentityKey)>,
+    /// Whether the list changed: `false` when it was already signed by the
+    /// key pair given and named none of the lost devices (a call made again).
+    pub list_changed: bool,
+}
+
+/// A new user identity that another device of our own user handed over
+/// ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity), PROTOCOL.md 23.9). Keep the key pair as
+/// the app keeps the user identity, before the commit: the commit makes the
+/// list this device's own. The key pair is wiped on drop; `Debug` shows its
+/// public key only.
+#[derive(Debug)]
+pub struct NewUserIdentity {
+    user_identity: UserIdentityKeyPair,
+    device_list: SignedDeviceList,
+    removed: Vec<(u32, IdentityKey)>,
+}
+
+impl NewUserIdentity {
+    /// The new user identity key pair: it signs the user's next lists.
+    pub fn user_identity(&self) -> &UserIdentityKeyPair {
+        &self.user_identity
+    }
+
+    /// The user's new device list, this device's own once committed.
+    pub fn device_list(&self) -> &SignedDeviceList {
+        &self.device_list
+    }
+
+    /// The devices of our own list that the new list no longer names (the
+    /// lost ones): tell the user which devices were removed, and by which
+    /// device ([`PendingMessage::peer`]).
+    pub fn removed(&self) -> &[(u32, IdentityKey)] {
+        &self.removed
+    }
+}
+
+/// A handover as `decrypt` planned it: what the app is told, our own row as
+/// read, and the trust to write there on commit (`None`: our own list is
+/// already the handed one).
+pub(super) struct HandoverPlan {
+    pub(super) identity: NewUserIdentity,
+    pub(super) own: LoadedUser,
+    pub(super) trust: Option<UserTrust>,
+}
+
+impl fmt::Debug for HandoverPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandoverPlan").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+impl PendingMessage {
+    /// For a [`MessageKind::UserIdentity`](super::MessageKind::UserIdentity), the new user identity another
+    /// device of ours handed over; `None` for every other kind.
+    pub fn new_user_identity(&self) -> Option<&NewUserIdentity> {
+        self.handover().map(|plan| &plan.identity)
+    }
+}
+
+impl<B: Backend> Device<B> {
+    /// Replaces our user's identity because the devices `lost` may be in
+    /// someone else's hands (lost, stolen, seized; PROTOCOL.md 23.9):
+    /// signs with `user_identity`, a fresh key pair the app generated and
+    /// keeps ([`UserIdentityKeyPair::generate`]), our own list without
+    /// `lost` (its version one more), takes it as this device's own, and
+    /// encrypts a handover of the key pair and the list to each other device
+    /// of the new list, on its one-to-one session, in one transaction.
+    ///
+    /// Keep `user_identity` before the call; then publish
+    /// [`Replaced::device_list`] and send [`Replaced::handovers`]. A lost
+    /// device keeps the old key, and every list it signs with it is refused
+    /// by our own devices at once and by each contact once it trusted the
+    /// new identity. Called again with the same key pair (after sessions
+    /// with [`Replaced::missing`] devices were started, or when handovers
+    /// were lost), it makes the handovers again and changes no list. A
+    /// lost device id that the list does not name is ignored.
+    ///
+    /// Fetch our own newest list first ([`Self::update_device_list`]): the
+    /// other devices refuse a handover whose list is not newer than theirs.
+    ///
+    /// # Errors
+    /// [`DeviceError::InvalidArgument`] if `lost` names this device;
+    /// [`DeviceListError::NoOwnList`]; [`DeviceListError::SameUserIdentity`]
+    /// if `user_identity` is the one our list is signed by while it still
+    /// names a lost device (a lost device holds that key: a new one is the
+    /// point); [`DeviceListError::Malformed`] if the version would overflow;
+    /// [`SessionError::Encrypt`](crate::SessionError::Encrypt); a store
+    /// error. Nothing is written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::SystemTime;
+    /// use samizdat::{address::Address, device::{Device, MessageKind}, store::{MemoryBackend, StorageKey}, user::{DeviceList, UserIdentityKeyPair}};
+    ///
+    /// let mut rng = samizdat::os_rng();
+    /// let new = |id: u32| Device::create_in(MemoryBackend::new(), &StorageKey::from_bytes([id as u8; 32]), Address::new("alice", id).unwrap(), SystemTime::now());
+    /// let (phone, laptop, tablet) = (new(1)?, new(2)?, new(3)?);
+    /// let alice = UserIdentityKeyPair::generate(&mut rng);
+    /// let devices = [(1, phone.identity_key()), (2, laptop.identity_key()), (3, tablet.identity_key())];
+    /// let list = DeviceList::new("alice", 1, &alice.public_key(), devices)?.sign(&alice)?;
+    /// for device in [&phone, &laptop, &tablet] {
+    ///     device.set_device_list(&list)?;
+    /// }
+    /// laptop.start_session(&phone.prekey_bundle()?)?;
+    ///
+    /// // The tablet was stolen: the laptop replaces Alice's user identity.
+    /// let fresh = UserIdentityKeyPair::generate(&mut rng);
+    /// let replaced = laptop.replace_user_identity(&fresh, &[3])?;
+    /// assert_eq!(replaced.removed, vec![(3, tablet.identity_key())]);
+    ///
+    /// // The phone reads the handover: the new list is its own once committed.
+    /// let handover = &replaced.handovers[0];
+    /// let pending = phone.decrypt(laptop.address(), &handover.message)?;
+    /// assert_eq!(pending.kind(), MessageKind::UserIdentity);
+    /// let new_identity = pending.new_user_identity().expect("a handover");
+    /// assert_eq!(new_identity.user_identity().public_key(), fresh.public_key());
+    /// // (the phone's app keeps new_identity.user_identity() here)
+    /// phone.commit(pending)?;
+    /// assert_eq!(phone.device_list()?, Some(replaced.device_list));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn replace_user_identity(
+        &self,
+        user_identity: &UserIdentityKeyPair,
+        lost: &[u32],
+    ) -> Result<Replaced, DeviceError> {
+        self.check_process()?;
+        if lost.contains(&self.address.device_id()) {
+            return Err(DeviceError::InvalidArgument(DecodeError::InvalidValue("lost")));
+        }
+        let user_id = self.address.user_id();
+        // The user lock before the peer locks, as a handover's commit.
+        let user_lock = self.peer_lock(&self.user_lock_key(user_id));
+        let _guard = lock(&user_lock);
+        retry_on_conflict(|| {
+            let loaded = self.load_user(user_id)?;
+            let trust = loaded.trust.clone().ok_or(DeviceListError::NoOwnList)?;
+            let list = trust.list();
+            let removed: Vec<_> = list.devices().iter().copied().filter(|(id, _)| lost.contains(id)).collect();
+            let same_key = *trust.user_identity_key() == user_identity.public_key();
+            if same_key && !removed.is_empty() {
+                return Err(DeviceListError::SameUserIdentity.into());
+            }
+            let (device_list, updated) = if same_key {
+                (trust.signed_list().clone(), None)
+            } else {
+                let devices = list.devices().iter().copied().filter(|(id, _)| !lost.contains(id));
+                let version = list
+                    .version()
+                    .checked_add(1)
+                    .ok_or(DeviceListError::Malformed(DecodeError::InvalidValue("version")))?;
+                let signed =
+                    DeviceList::new(user_id, version, &user_identity.public_key(), devices)?.sign(user_identity)?;
+                let mut updated = trust.clone();
+                updated.trust_new_identity(&signed)?;
+                (signed, Some(updated))
+            };
+            let handover = Handover {
+                user_identity: UserIdentityKeyPair::from_seed(&user_identity.to_seed()),
+                device_list: device_list.clone(),
+                list: device_list.verify()?,
+            };
+            let content = handover.to_control_bytes();
+            let (handovers, missing, mut writes) = self.handover_to_own_devices(handover.list.devices(), &content)?;
+            if let Some(updated) = &updated {
+                writes.push(self.user_write(&loaded, updated));
+            }
+            // One transaction: the ciphertexts of a refused write are
+            // dropped, never returned.
+            self.write(&writes)?;
+            Ok(Replaced { device_list, handovers, missing, removed, list_changed: updated.is_some() })
+        })
+    }
+
+    /// The handovers of `content` to every device of `devices` but this
+    /// one that has a session under the key listed, under their peer locks
+    /// (increasing row-key order): the messages, the devices with no such
+    /// session, and the session writes (not applied).
+    #[allow(clippy::type_complexity)]
+    fn handover_to_own_devices(
+        &self,
+        devices: &[(u32, IdentityKey)],
+        content: &[u8],
+    ) -> Result<(Vec<Outgoing>, Vec<Address>, Vec<crate::store::Write>), DeviceError> {
+        let user_id = self.address.user_id();
+        let mut targets = Vec::with_capacity(devices.len());
+        for (device_id, identity) in devices.iter().filter(|(id, _)| *id != self.address.device_id()) {
+            // A verified list's user id is a valid one (L8).
+            let address = Address::new(user_id, *device_id).map_err(|_| StoreError::Corrupt { table: Table::Users })?;
+            targets.push((self.sealer.address_key(&address), address, *identity));
+        }
+        let mut rows: Vec<&[u8]> = targets.iter().map(|(row, ..)| row.as_slice()).collect();
+        rows.sort_unstable();
+        let locks: Vec<_> = rows.iter().map(|row| self.peer_lock(row)).collect();
+        let _guards: Vec<_> = locks.iter().map(|l| lock(l)).collect();
+        let (mut handovers, mut missing, mut writes) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, address, identity) in targets {
+            let (loaded, record) = self.load_record(&row)?;
+            if !record.has_session() || record.trusted_identity() != Some(identity) {
+                missing.push(address);
+                continue;
+            }
+            let (message, more) =
+                self.encrypt_on_row(&address, &row, (loaded, record), content, ContentType::Control)?;
+            writes.extend(more);
+            handovers.push(Outgoing { to: address, message });
+        }
+        Ok((handovers, missing, writes))
+    }
+
+    /// Plans a handover read by `decrypt` from `peer`, whose session
+    /// authenticated `identity` (PROTOCOL.md 23.9, H5 to H12). Writes
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`DeviceListError::ForeignHandover`] (H5), [`DeviceListError::NoOwnList`]
+    /// (H6), [`DeviceListError::UnlistedDevice`] for the sender (H7),
+    /// [`DeviceListError::WrongUser`] (H8), [`DeviceError::NotInOwnList`]
+    /// (H9), [`DeviceListError::UnlistedDevice`] for a sender the new list
+    /// drops (H10), [`DeviceListError::Rollback`] (H12); a store error.
+    pub(super) fn plan_handover(
+        &self,
+        peer: &Address,
+        identity: &IdentityKey,
+        handover: Handover,
+    ) -> Result<HandoverPlan, DeviceError> {
+        let user_id = self.address.user_id();
+        if peer.user_id() != user_id {
+            return Err(DeviceListError::ForeignHandover { user_id: peer.user_id().to_owned() }.into());
+        }
+        let own = self.load_user(user_id)?;
+        let trust = own.trust.clone().ok_or(DeviceListError::NoOwnList)?;
+        trust.check_device(peer.device_id(), identity)?;
+        let Handover { user_identity, device_list, list } = handover;
+        if list.user_id() != user_id {
+            let (expected, found) = (user_id.to_owned(), list.user_id().to_owned());
+            return Err(DeviceListError::WrongUser { expected, found }.into());
+        }
+        if list.device(self.address.device_id()) != Some(&self.identity_key()) {
+            return Err(DeviceError::NotInOwnList);
+        }
+        if list.device(peer.device_id()) != Some(identity) {
+            return Err(DeviceListError::UnlistedDevice { device_id: peer.device_id() }.into());
+        }
+        let removed =
+            trust.list().devices().iter().copied().filter(|(id, key)| list.device(*id) != Some(key)).collect();
+        let updated = if device_list == *trust.signed_list() {
+            None
+        } else if list.version() <= trust.list().version() {
+            return Err(DeviceListError::Rollback { seen: trust.list().version(), offered: list.version() }.into());
+        } else {
+            let mut updated = trust.clone();
+            updated.trust_new_identity(&device_list)?;
+            Some(updated)
+        };
+        let identity = NewUserIdentity { user_identity, device_list, removed };
+        Ok(HandoverPlan { identity, own, trust: updated })
+    }
+}
