@@ -889,36 +889,36 @@ fn held_the_stolen_key_limitation_is_as_documented() {
     assert!(trust.check_device(66, &device(66)).is_err());
 }
 
-/// FINDING (medium; documentation). PROTOCOL.md 23.1 argues for a shared
-/// user key with the lost phone: "any remaining device publishes the list
-/// without the lost one, and nothing changes for the contacts". But the
+/// FINDING (medium), fixed by a new user identity (PROTOCOL.md 23.9). The
 /// lost phone holds `UIK` too: whoever has it can sign a list at a higher
-/// version that puts it back (or adds ghosts), and contacts accept it
-/// silently; the list without it only stops a server that replays an old
-/// list. The "cost" bullet covers a thief "who extracts UIK", but the
-/// lost-phone bullet presents removal as the remedy for exactly that case,
-/// and `DeviceListError::Rollback`/`UnlistedDevice` docs speak of "a
-/// removed device" as refused.
-///
-/// Fix: say in 23.1 (and where the API documents removal) that removing a
-/// device that may be in other hands does not revoke it: that takes a new
-/// user identity (a changed safety number). Or change the design (a new
-/// `UIK` on every removal of a lost device, or a `UIK` the devices cannot
-/// read out, e.g. per-device certificates under a primary).
+/// version that puts it back (or adds ghosts), and contacts accept it; a
+/// list without it under the same key only stops a server that replays an
+/// old list. The remedy is `replace_user_identity`: a new `UIK`, which
+/// contacts trust after comparing the changed safety number; from then on
+/// no list of the old key is accepted. (The device-API story is
+/// `lost_device.rs`.)
 #[test]
-#[ignore = "finding: a removed (lost) device still holds UIK and re-adds itself; PROTOCOL.md 23.1 presents removal as the remedy"]
-fn finding_a_removed_device_re_adds_itself_with_the_shared_user_key() {
+fn a_removed_device_re_adds_itself_until_the_user_identity_is_replaced() {
     let alice = user(1);
     let mut bob_trust = UserTrust::first_use("alice", &list(&alice, 1, &[(1, 10), (2, 11)])).unwrap();
-    // The phone (device 2) is lost; the laptop publishes a list without it.
+    // The phone (device 2) is lost; the laptop publishes a list without it,
+    // under the same user key.
     let change = bob_trust.update(&list(&alice, 2, &[(1, 10)])).unwrap();
     assert_eq!(change.removed, vec![(2, device(11))]);
-    // Whoever found the phone reads UIK from it (every device holds it).
+    // Whoever found the phone reads UIK from it (every device holds it) and
+    // lists it again, with a ghost: under the shared key, that is accepted
+    // (the limit PROTOCOL.md 23.1 states).
     let uik_on_the_lost_phone = UserIdentityKeyPair::from_seed(&alice.to_seed());
     let readded = list(&uik_on_the_lost_phone, 3, &[(1, 10), (2, 11), (3, 66)]);
-    let outcome = bob_trust.update(&readded);
-    println!("the lost phone's list: {outcome:?}");
-    assert!(outcome.is_err(), "a removed device re-added itself and a ghost");
+    assert!(bob_trust.clone().update(&readded).is_ok());
+    // The remedy (23.9): a new user identity, which Bob trusts after the
+    // users compared the new safety number. Then no list of the old key is
+    // taken, whatever its version, and the phone is unlisted.
+    let replaced = user(2);
+    bob_trust.trust_new_identity(&list(&replaced, 3, &[(1, 10)])).unwrap();
+    assert_eq!(bob_trust.update(&readded), Err(DeviceListError::UntrustedUser { offered: alice.public_key() }));
+    let higher = list(&uik_on_the_lost_phone, 99, &[(1, 10), (2, 11)]);
+    assert_eq!(bob_trust.update(&higher), Err(DeviceListError::UntrustedUser { offered: alice.public_key() }));
     assert!(bob_trust.check_device(2, &device(11)).is_err());
 }
 

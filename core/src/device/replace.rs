@@ -28,7 +28,7 @@ use std::fmt;
 
 use super::{Device, DeviceError, Outgoing, PendingMessage, lock, retry_on_conflict};
 use crate::{
-    DecodeError,
+    DecodeError, SessionError,
     address::Address,
     keys::IdentityKey,
     padding::ContentType,
@@ -280,9 +280,10 @@ impl<B: Backend> Device<B> {
     /// # Errors
     /// [`DeviceListError::ForeignHandover`] (H5), [`DeviceListError::NoOwnList`]
     /// (H6), [`DeviceListError::UnlistedDevice`] for the sender (H7),
-    /// [`DeviceListError::WrongUser`] (H8), [`DeviceError::NotInOwnList`]
-    /// (H9), [`DeviceListError::UnlistedDevice`] for a sender the new list
-    /// drops (H10), [`DeviceListError::Rollback`] (H12); a store error.
+    /// [`DeviceListError::WrongUser`] (H8),
+    /// [`SessionError::Malformed`] for a list that drops the receiver or
+    /// the sender (H9, H10), [`DeviceListError::Rollback`] (H12); a store
+    /// error.
     pub(super) fn plan_handover(
         &self,
         peer: &Address,
@@ -301,11 +302,13 @@ impl<B: Backend> Device<B> {
             let (expected, found) = (user_id.to_owned(), list.user_id().to_owned());
             return Err(DeviceListError::WrongUser { expected, found }.into());
         }
-        if list.device(self.address.device_id()) != Some(&self.identity_key()) {
-            return Err(DeviceError::NotInOwnList);
-        }
-        if list.device(peer.device_id()) != Some(identity) {
-            return Err(DeviceListError::UnlistedDevice { device_id: peer.device_id() }.into());
+        // No genuine library hands a list that drops the receiver (it sends
+        // handovers to the devices of the new list only) or the sender (it
+        // never lists itself as lost): a message that breaks the rule.
+        if list.device(self.address.device_id()) != Some(&self.identity_key())
+            || list.device(peer.device_id()) != Some(identity)
+        {
+            return Err(SessionError::Malformed(DecodeError::InvalidValue("handover.device_list")).into());
         }
         let removed =
             trust.list().devices().iter().copied().filter(|(id, key)| list.device(*id) != Some(key)).collect();
