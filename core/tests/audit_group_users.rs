@@ -2,7 +2,7 @@
 //! lists mark, `follow_lists`, `add_group_users`, `remove_group_users`,
 //! the refusals of `create_group`, `add_group_members` and
 //! `remove_group_members`) and the kept fan-out (`encrypt_to_user_kept`,
-//! `encrypt_to_user_devices_kept`); PROTOCOL.md 18.8 to 18.11, 23.6, 23.9.
+//! `encrypt_to_user_devices_kept`); PROTOCOL.md 18.8 to 18.11, 23.6, 23.10.
 //!
 //! The attacker holds a device its user's list dropped (a stolen phone, with
 //! its store), controls the server (replays, forged bundles and lists of a

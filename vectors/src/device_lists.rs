@@ -112,13 +112,28 @@ pub(crate) enum DeviceListCase {
         #[serde(default)]
         result: Value,
     },
+    /// The control content of a user identity handover (23.9).
+    EncodeHandover {
+        name: String,
+        user_seed: String,
+        signed: String,
+        #[serde(default)]
+        content: String,
+    },
+    /// Control content read as a handover (23.9, checks H1 to H4).
+    DecodeHandover {
+        name: String,
+        content: String,
+        #[serde(default)]
+        result: Value,
+    },
 }
 
 impl VectorSet for DeviceLists {
     type Case = DeviceListCase;
     const META: Meta = Meta {
         file: "device_lists.json",
-        section: "23 Users and signed device lists (23.2 the list and its checks, 23.3 the rules, 23.4 safety numbers per user, 23.7 the sent sync)",
+        section: "23 Users and signed device lists (23.2 the list and its checks, 23.3 the rules, 23.4 safety numbers per user, 23.7 the sent sync, 23.9 the handover)",
         description: "`sign`: the user identity key pair of the 32-byte Ed25519 seed `user_seed` signs the list \
             (user_id, version, user_identity_key = its public key, devices in increasing device_id order): `list` is \
             the canonical protobuf DeviceList, `signature` = Ed25519(user key, \"samizdat/v1/device-list\" || list), \
@@ -133,7 +148,14 @@ impl VectorSet for DeviceLists {
             field is absent when empty). `decode_sent_sync`: `result` is {ok: {recipient, plaintext}}, \
             not_a_sent_sync for content that does not begin with 0x2a (another control kind), or the first failure \
             of checks Y1 to Y4 (protobuf; missing_field or invalid_value of sent_sync.recipient, over 256 bytes; \
-            invalid_value of sent_sync.plaintext, over 245,248 bytes).",
+            invalid_value of sent_sync.plaintext, over 245,248 bytes). `encode_handover`: the control content (no \
+            padding) of a user identity handover, the canonical protobuf Control { handover = 6: \
+            UserIdentityHandover { seed = 1 (the new user key's 32-byte seed, `user_seed`), device_list = 2 (the \
+            SignedDeviceList bytes `signed`) } }. `decode_handover`: `result` is {ok: {user_identity_key, \
+            device_list}} (the seed's public key, and the list's bytes), not_a_handover for content that does not \
+            begin with 0x32, or the first failure of checks H1 to H4 (protobuf; invalid_length of handover.seed; \
+            invalid_value of handover.device_list for list bytes that do not read or verify, L1 to L12; \
+            invalid_value of handover.seed for a seed whose public key is not the list's user_identity_key).",
         seed: 23,
         inputs: &[
             "operation",
@@ -338,6 +360,7 @@ impl VectorSet for DeviceLists {
             ),
         ];
         cases.extend(sent_sync_cases());
+        cases.extend(handover_cases()?);
         Ok(cases)
     }
 
@@ -473,6 +496,25 @@ impl VectorSet for DeviceLists {
                     content: h(&content),
                 }
             }
+            DeviceListCase::EncodeHandover { name, user_seed, signed, .. } => {
+                let (seed, list) = (bytes("user_seed", user_seed)?, bytes("signed", signed)?);
+                let content = hazmat::handover_content(&seed, &list);
+                agree("content", &content, &handover_by_hand(&seed, &list))?;
+                DeviceListCase::EncodeHandover {
+                    name: name.clone(),
+                    user_seed: user_seed.clone(),
+                    signed: signed.clone(),
+                    content: h(&content),
+                }
+            }
+            DeviceListCase::DecodeHandover { name, content, .. } => {
+                let result = match hazmat::parse_handover(&bytes("content", content)?) {
+                    None => json!("not_a_handover"),
+                    Some(Ok((key, list))) => json!({ "ok": { "user_identity_key": h(&key), "device_list": h(&list) } }),
+                    Some(Err(e)) => decode_error(&e),
+                };
+                DeviceListCase::DecodeHandover { name: name.clone(), content: content.clone(), result }
+            }
             DeviceListCase::DecodeSentSync { name, content, .. } => {
                 let result = match hazmat::parse_sent_sync(&bytes("content", content)?) {
                     None => json!("not_a_sent_sync"),
@@ -519,6 +561,64 @@ fn sent_sync_cases() -> Vec<DeviceListCase> {
         decode("decode_a_reset_is_not_a_sent_sync", &[0x1a, 0x00]),
         decode("decode_empty_content_is_not_a_sent_sync", &[]),
     ]
+}
+
+/// The handover cases: an encoding, and content read as a handover, one
+/// check failing each (H2 before H3: a short seed with no list fails on the
+/// seed). They draw nothing from the generator.
+fn handover_cases() -> R<Vec<DeviceListCase>> {
+    let seed = [0x5a; 32];
+    let devices = [(1, device_key(&[0x11; 32])), (2, device_key(&[0x22; 32]))];
+    let list = by_hand(&seed, "alice", 2, &devices)?;
+    let mut flipped = list.clone();
+    if let Some(last) = flipped.last_mut() {
+        *last ^= 1;
+    }
+    let decode = |name: &str, content: &[u8]| DeviceListCase::DecodeHandover {
+        name: name.to_owned(),
+        content: h(content),
+        result: Value::Null,
+    };
+    let mut trailing = handover_by_hand(&seed, &list);
+    trailing.push(0);
+    Ok(vec![
+        DeviceListCase::EncodeHandover {
+            name: "encode_handover_alice".to_owned(),
+            user_seed: h(&seed),
+            signed: h(&list),
+            content: String::new(),
+        },
+        decode("decode_handover_alice", &handover_by_hand(&seed, &list)),
+        decode("decode_handover_trailing_byte", &trailing),
+        decode("decode_handover_unknown_field", &[0x32, 0x02, 0x18, 0x01]),
+        decode("decode_handover_seed_of_31_bytes", &handover_by_hand(&seed[..31], &list)),
+        decode("decode_handover_no_seed", &handover_by_hand(&[], &list)),
+        decode("decode_handover_seed_of_31_bytes_and_no_list", &handover_by_hand(&seed[..31], &[])),
+        decode("decode_handover_list_not_a_list", &handover_by_hand(&seed, b"not a list")),
+        decode("decode_handover_no_list", &handover_by_hand(&seed, &[])),
+        decode("decode_handover_list_bad_signature", &handover_by_hand(&seed, &flipped)),
+        decode("decode_handover_seed_of_another_key", &handover_by_hand(&[0x5b; 32], &list)),
+        decode("decode_a_sent_sync_is_not_a_handover", &sent_sync_by_hand(b"bob", b"hi")),
+        decode("decode_empty_content_is_not_a_handover", &[]),
+    ])
+}
+
+/// The handover's content from 23.9's layout, field by field:
+/// `0x32 varint(len(H)) H`, `H = [0x0a varint(len(s)) s] [0x12 varint(len(d)) d]`
+/// (each field absent when empty).
+fn handover_by_hand(seed: &[u8], list: &[u8]) -> Vec<u8> {
+    let mut inner = Vec::new();
+    for (key, field) in [(0x0a, seed), (0x12, list)] {
+        if !field.is_empty() {
+            inner.push(key);
+            varint(field.len(), &mut inner);
+            inner.extend_from_slice(field);
+        }
+    }
+    let mut out = vec![0x32];
+    varint(inner.len(), &mut out);
+    out.extend_from_slice(&inner);
+    out
 }
 
 /// A protobuf varint, for the encodings by hand.
