@@ -1,9 +1,11 @@
-//! Linking (PROTOCOL.md 23.8) and the sent sync (23.7): no panic, whatever
-//! the bytes.
+//! Linking (PROTOCOL.md 23.8), the sent sync (23.7) and the user identity
+//! handover (23.9): no panic, whatever the bytes.
 //!
 //! The first byte picks the mode:
 //! - 0: the bytes are a scanned code (`LinkCode::from_bytes`), and also
-//!   control content read as a sent sync (`parse_sent_sync`);
+//!   control content read as a sent sync (`parse_sent_sync`) and as a
+//!   handover (`parse_handover`: whatever passes carries a list that
+//!   verifies under the seed's key);
 //! - 1: the bytes are a link message given to a fixed offer: random bytes
 //!   never open (only a device that saw the code's secret seals one);
 //! - 2: the bytes are a plaintext, sealed here to that offer by hand (the
@@ -17,7 +19,10 @@ use chacha20poly1305::{
 };
 use hkdf::Hkdf;
 use libfuzzer_sys::fuzz_target;
-use samizdat::{hazmat, user::LinkCode};
+use samizdat::{
+    hazmat,
+    user::{LinkCode, SignedDeviceList},
+};
 use sha2::Sha256;
 
 const LABEL: &[u8] = b"samizdat/v1/link";
@@ -52,6 +57,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!code.address().user_id().is_empty());
             }
             let _ = hazmat::parse_sent_sync(rest);
+            if let Some(Ok((key, list))) = hazmat::parse_handover(rest) {
+                let list = SignedDeviceList::from_bytes(&list).expect("a handover's list reads");
+                let verified = list.verify().expect("a handover's list verifies");
+                assert_eq!(verified.user_identity_key().as_bytes(), &key);
+            }
         }
         1 => {
             assert!(hazmat::link_open(&offer, rest).is_err(), "bytes made without the secret opened");
