@@ -8,15 +8,17 @@
     // Devices and users are numbered: their indices name them.
     clippy::needless_range_loop
 )]
-//! Crash consistency of users, device lists, linking, fan-out and groups
-//! that follow the lists (issue 17), tested for real: five devices of three
-//! users on SQLite run a scripted conversation in a child process that is
-//! killed with SIGKILL at the write points of PROTOCOL.md 14.10 and 18.10
-//! (22 to 28 and those around them), then restarted, over and over. After
-//! every round the durable state must show that every message reached
-//! every device its user's list named, once; that no list went back; that
-//! the linking happened once; that the dropped device reads nothing sent
-//! after its user's new list was applied; and that the conversation goes on.
+//! Crash consistency of users, device lists, linking, fan-out, the
+//! replacement of a user identity and groups that follow the lists (issue
+//! 17), tested for real: six devices of three users on SQLite run a
+//! scripted conversation in a child process that is killed with SIGKILL at
+//! the write points of PROTOCOL.md 14.10 and 18.10 (22 to 30 and those
+//! around them), then restarted, over and over. After every round the
+//! durable state must show that every message reached every device its
+//! user's list named, once; that no list went back; that the linking and
+//! the replacement happened once; that the dropped and the lost devices
+//! read nothing sent after their user's new list was applied; and that the
+//! conversation goes on.
 //!
 //! It follows `crash.rs` and `group_crash.rs` (read those first): the child
 //! is this test binary, re-executed on [`multi_device_crash_child`], and
@@ -24,15 +26,16 @@
 //!
 //! # The script
 //!
-//! Alice has `a1`, and later `a2`, linked by a code; Bob has `b1` and `b2`;
-//! Carol has `c1`. The users' identity keys are the apps' (table `keychain`
-//! of the app database; `a2`'s app gets Alice's from `finish_link`).
+//! Alice has `a1`, and later `a2`, linked by a code; Bob has `b1`, `b2` and
+//! `b3`; Carol has `c1`. The users' identity keys are the apps' (table
+//! `keychain` of the app database; `a2`'s app gets Alice's from
+//! `finish_link`, `b1`'s Bob's new one from the handover).
 //!
 //! 1. Each user's own list is set (`set_device_list`, point 22) and
 //!    published in the server's directory (table `lists`); every device
 //!    takes the others' (`update_device_list`; Carol's list with
 //!    `trust_new_user_identity`: point 22 both).
-//! 2. Sessions between `a1`, `b1`, `b2`, `c1` (`prekey_bundle`,
+//! 2. Sessions between `a1`, `b1`, `b2`, `b3`, `c1` (`prekey_bundle`,
 //!    `start_session`, a hello each); every device creates the group and adds
 //!    the three users (`add_group_users`, point 27).
 //! 3. Sends: fan-outs to a user (`encrypt_to_user` or
@@ -45,11 +48,24 @@
 //!    list, `a2` starts sessions with every device, and every roster takes
 //!    `a2` in by following the lists (point 26, at a send through
 //!    `group_members` or at a message from `a2` through `decrypt`).
-//! 5. More sends, then `b2` is dropped: `b1` signs Bob's list without it,
-//!    sets it, publishes it, and the others take it (`update_device_list`).
-//!    `b2`'s app stops. Every roster follows (a rotation); nothing may be
-//!    routed to `b2` any more, and no fan-out may name it.
-//! 6. More sends, then Carol is removed from the group
+//! 5. More sends, then `b3` is lost: `b2`'s app makes a fresh user identity
+//!    key pair (random) and keeps it in its keychain first, then calls
+//!    `replace_user_identity(&fresh, &[3])` (point 29: the handover's
+//!    session row and our own `users` row, one transaction), publishes
+//!    Bob's new list (version 2, under the new key) and sends the handover
+//!    through the server. `b1` decrypts it (`MessageKind::UserIdentity`),
+//!    its app keeps the new key, then commits (point 30: the session row
+//!    and our own `users` row). The contacts' apps trust the new identity
+//!    (`trust_new_user_identity`, point 22). `b3`'s app stops; its old key
+//!    signs a newer list naming it again, which every device refuses.
+//!    Every roster follows (a rotation).
+//! 6. More sends (the first by `b1`), then `b2` is dropped: `b1` signs
+//!    Bob's list without it with the key its app took from the handover,
+//!    sets it, publishes it, and the others take it
+//!    (`update_device_list`). `b2`'s app stops. Every roster follows (a
+//!    rotation); nothing may be routed to `b2` any more, and no fan-out may
+//!    name it.
+//! 7. More sends, then Carol is removed from the group
 //!    (`remove_group_users`, point 28; her device deletes the group), and
 //!    the last sends.
 //!
@@ -77,7 +93,8 @@
 //! The next run checks what the log says:
 //!
 //! - a commit killed `after` must make its message a duplicate, one killed
-//!   `before` must decrypt again (as `group_crash.rs`);
+//!   `before` must decrypt again (as `group_crash.rs`); so too the commit
+//!   of the handover (point 30);
 //! - a kill at a list, group or outbox write point carries a *probe*: what
 //!   the call reads before (the versions of the three users' lists the
 //!   device holds, the group's member users, whether a session exists, the
@@ -91,15 +108,25 @@
 //! the devices the script's lists name (its messages) and our other listed
 //! devices (its syncs), none missing; every roster is the script's before a
 //! send; nothing is ever routed to a device that is not active (the
-//! dropped `b2`, or `a2` before it is linked); no list a device holds goes
-//! below a version the app saw it hold (table `seen`), and every older list
-//! of the directory given again after a newer one is refused (`Rollback`)
-//! writing nothing; `link_device` of a
-//! device already listed writes nothing and says the list did not change;
+//! dropped `b2`, the lost `b3`, or `a2` before it is linked); no list a
+//! device holds goes below a version the app saw it hold (table `seen`),
+//! and every older list of the directory given again after a newer one is
+//! refused (`Rollback`, or `UntrustedUser` for Bob's list of the key
+//! replaced) writing nothing; `link_device` of a device already listed
+//! writes nothing and says the list did not change;
 //! `finish_link` of a device whose earlier finish landed writes nothing; a
 //! second `finish_link` of one offer is `AlreadyUsed`; a link message of an
 //! offer that died with the app never opens under the next offer
-//! (`WrongCode`) and writes nothing.
+//! (`WrongCode`) and writes nothing. The replacement: `b2` holds Bob's old
+//! list and its app a fresh key (a kill `before` point 29), or the new
+//! list, signed by the key its app keeps (`after`); called again with that
+//! key pair (a kill `after`, the handover never sent) it says the list did
+//! not change and gives the same list, naming `b1` and `b2`, and the
+//! handover again, to `b1` only. The handover names the list published
+//! and the lost `b3`; once committed (or a duplicate), `b1` holds that list
+//! and its app keeps its key. After the step, `b1`, `b2` and every contact
+//! refuse (`UntrustedUser`, nothing written) a newer list of Bob's old key
+//! naming `b3` (our own devices also through `trust_new_user_identity`).
 //!
 //! After each round ([`verify`]): every message of the script was sent
 //! once; every app message (hello, fan-out message, sent sync, group
@@ -118,16 +145,19 @@
 //! this limit). A message stuck without such an answer fails the
 //! test; `SAMIZDAT_MULTI_DEVICE_CRASH_STRICT=1` fails on any loss. Also
 //! allowed: what a member held, waiting for a chain, when it left (Carol's
-//! device at her removal, `b2` at its drop; none in practice, as the app
-//! settles before). Then: no group key used twice, a rotation at
-//! the drop and at the removal; no two pairwise ciphertexts alike, no
-//! keystream shared; every device holds the newest lists, the directory
-//! has one list per version (the link made Alice's version 2 once); every
-//! message delivered again is refused; `b2` reads none of the group or 1:1
-//! messages sent after the drop, its requests get no answer, and what it
-//! sends is refused; Carol's device reads no group message sent after her
-//! removal; the rosters are the script's; and every live device sends and
-//! reads again (group and fan-out).
+//! device at her removal, `b2` at its drop, `b3` at its loss; none in
+//! practice, as the app settles before). Then: no group key used twice, a
+//! rotation at the loss, the drop and the removal; no two pairwise
+//! ciphertexts alike, no keystream shared; every device holds the newest
+//! lists, the directory has one list per version (the link made Alice's
+//! version 2 once, the replacement Bob's version 2 once, under a key that
+//! is not the old one and that signs his version 3); the apps of `b1` and `b2` keep that key,
+//! `b3`'s the old one; every message delivered again is refused; `b2` reads
+//! none of the group or 1:1 messages sent after the drop, `b3` none after
+//! its loss, their requests get no answer, and what they send is refused;
+//! no device but `b3` takes a list of Bob's old key; Carol's device reads
+//! no group message sent after her removal; the rosters are the script's;
+//! and every live device sends and reads again (group and fan-out).
 //!
 //! `SAMIZDAT_MULTI_DEVICE_CRASH_KILLS` sets the number of kills (120 by
 //! default: about 4 rounds, 5 to 30 s on two cores, more when they are
@@ -183,24 +213,29 @@ const EXIT_VIOLATION: i32 = 3;
 
 // ------------------------------------------------------------------ the cast
 
-const DEVICES: usize = 5;
+const DEVICES: usize = 6;
 const A1: usize = 0;
 const A2: usize = 1;
 const B1: usize = 2;
 const B2: usize = 3;
 const C1: usize = 4;
+/// Bob's third device, lost at [`LOSS_STEP`].
+const B3: usize = 5;
 const ALICE: usize = 0;
 const BOB: usize = 1;
 const CAROL: usize = 2;
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
-const USER_OF: [usize; DEVICES] = [ALICE, ALICE, BOB, BOB, CAROL];
-const DEVICE_ID: [u32; DEVICES] = [1, 2, 1, 2, 1];
-const NAMES: [&str; DEVICES] = ["a1", "a2", "b1", "b2", "c1"];
+const USER_OF: [usize; DEVICES] = [ALICE, ALICE, BOB, BOB, CAROL, BOB];
+const DEVICE_ID: [u32; DEVICES] = [1, 2, 1, 2, 1, 3];
+const NAMES: [&str; DEVICES] = ["a1", "a2", "b1", "b2", "c1", "b3"];
 const GROUP: &[u8] = b"issue 17 group";
 /// Alice's list version that names `a2` (made by `link_device`).
 const LINKED_VERSION: u64 = 2;
-/// Bob's list version without `b2`.
-const DROP_VERSION: u64 = 2;
+/// Bob's list version without the lost `b3`, signed by his new user
+/// identity (made by `replace_user_identity`).
+const LOSS_VERSION: u64 = 2;
+/// Bob's list version without `b2` (signed by the new user identity too).
+const DROP_VERSION: u64 = 3;
 
 fn address(d: usize) -> Address {
     Address::new(USERS[USER_OF[d]], DEVICE_ID[d]).unwrap()
@@ -251,6 +286,9 @@ enum Step {
     Lists,
     /// `a2` starts a session with every other device, a hello each.
     LinkedSessions,
+    /// `b3` is lost: `b2` replaces Bob's user identity and hands the new
+    /// one over to `b1`; the others trust the new identity.
+    Loss,
     /// `b2` is dropped from Bob's list; the others take the list.
     Drop,
     /// Carol is removed from the group; her device deletes it.
@@ -262,13 +300,15 @@ enum Step {
 
 const LINK_STEP: usize = 7;
 const LINKED_SESSIONS_STEP: usize = 9;
+const LOSS_STEP: usize = 13;
 const DROP_STEP: usize = 16;
 const REMOVE_STEP: usize = 21;
 const STEPS: usize = 25;
 /// The hellos of [`Step::Sessions`]: initiator, responder.
-const PAIRS: [(usize, usize); 6] = [(A1, B1), (A1, B2), (A1, C1), (B1, B2), (B1, C1), (B2, C1)];
+const PAIRS: [(usize, usize); 10] =
+    [(A1, B1), (A1, B2), (A1, C1), (B1, B2), (B1, C1), (B2, C1), (A1, B3), (B1, B3), (B2, B3), (B3, C1)];
 /// The devices `a2` starts sessions with at [`Step::LinkedSessions`].
-const LINKED_PEERS: [usize; 4] = [A1, B1, B2, C1];
+const LINKED_PEERS: [usize; 5] = [A1, B1, B2, C1, B3];
 /// The `idx` of a step's fan-out in `sent` (its group messages are 0, 1).
 const FAN_OUT_IDX: i64 = 100;
 
@@ -281,6 +321,7 @@ fn step(s: usize) -> Step {
         LINK_STEP => Step::Link,
         8 => Step::Lists,
         LINKED_SESSIONS_STEP => Step::LinkedSessions,
+        LOSS_STEP => Step::Loss,
         DROP_STEP => Step::Drop,
         REMOVE_STEP => Step::RemoveCarol,
         _ => send_step(s),
@@ -288,9 +329,9 @@ fn step(s: usize) -> Step {
 }
 
 /// Whether device `d` runs at step `s`: `a2` once it is linked, `b2` until
-/// it is dropped (its app stops).
+/// it is dropped, `b3` until it is lost (their apps stop).
 fn active(d: usize, s: usize) -> bool {
-    (d != A2 || s >= LINK_STEP) && (d != B2 || s < DROP_STEP)
+    (d != A2 || s >= LINK_STEP) && (d != B2 || s < DROP_STEP) && (d != B3 || s < LOSS_STEP)
 }
 
 /// The devices of user `u`'s list at step `s` (as every active device holds
@@ -300,7 +341,8 @@ fn listed(u: usize, s: usize) -> Vec<usize> {
         ALICE if s >= LINK_STEP => vec![A1, A2],
         ALICE => vec![A1],
         BOB if s >= DROP_STEP => vec![B1],
-        BOB => vec![B1, B2],
+        BOB if s >= LOSS_STEP => vec![B1, B2],
+        BOB => vec![B1, B2, B3],
         _ => vec![C1],
     }
 }
@@ -317,10 +359,12 @@ fn send_step(s: usize) -> Step {
     let senders: Vec<usize> = (0..DEVICES).filter(|&d| active(d, s)).collect();
     // The first send of each phase by a device that must follow the lists
     // first: a2 (the others take it in at its message), a1 after the drop
-    // (a rotation), b1 after Carol's removal.
+    // (a rotation), b1 after the loss (it took the handover) and after
+    // Carol's removal.
     let from = match s {
         4 => A1,
         10 => A2,
+        14 => B1,
         17 => A1,
         22 => B1,
         _ => senders[(h % senders.len() as u64) as usize],
@@ -353,6 +397,8 @@ enum Point {
     FollowDecrypt,
     AddUsers,
     RemoveUsers,
+    Replace,
+    CommitHandover,
     CreateGroup,
     DeleteGroup,
     Session,
@@ -367,7 +413,7 @@ enum Point {
     CommitOther,
 }
 
-const POINTS: [Point; 23] = [
+const POINTS: [Point; 25] = [
     Point::SetList,
     Point::UpdateList,
     Point::TrustNew,
@@ -379,6 +425,8 @@ const POINTS: [Point; 23] = [
     Point::FollowDecrypt,
     Point::AddUsers,
     Point::RemoveUsers,
+    Point::Replace,
+    Point::CommitHandover,
     Point::CreateGroup,
     Point::DeleteGroup,
     Point::Session,
@@ -407,6 +455,8 @@ impl Point {
             Self::FollowDecrypt => "26:follow(decrypt)",
             Self::AddUsers => "27:add_group_users",
             Self::RemoveUsers => "28:remove_group_users",
+            Self::Replace => "29:replace_user_identity",
+            Self::CommitHandover => "30:commit-handover",
             Self::CreateGroup => "9:create_group",
             Self::DeleteGroup => "12:delete_group",
             Self::Session => "2:start_session",
@@ -442,12 +492,15 @@ enum Call {
 fn classify(call: Call, writes: &[Write]) -> Point {
     let sessions = writes.iter().any(|w| w.table == Table::Sessions);
     let groups = writes.iter().filter(|w| w.table == Table::Groups).count();
+    let users = writes.iter().any(|w| w.table == Table::Users);
     match call {
         Call::GroupEncrypt if sessions => Point::EncryptDist,
         Call::GroupEncrypt => Point::Encrypt,
         Call::Members => Point::Follow,
         Call::Decrypt if sessions => Point::Request,
         Call::Decrypt => Point::FollowDecrypt,
+        // A handover's commit: the session row and our own user's row.
+        Call::Commit if users => Point::CommitHandover,
         Call::Commit if !sessions => Point::CommitGroup,
         Call::Commit if groups == 1 => Point::CommitDist,
         Call::Commit if groups == 3 => Point::CommitAnswer,
@@ -467,6 +520,8 @@ fn odds(point: Point) -> u64 {
         | Point::FollowDecrypt
         | Point::AddUsers
         | Point::RemoveUsers
+        | Point::Replace
+        | Point::CommitHandover
         | Point::DeleteGroup => 2,
         Point::SetList
         | Point::UpdateList
@@ -654,6 +709,8 @@ const KIND_DIRECT: i64 = 2;
 const KIND_SYNC: i64 = 3;
 /// A link message (not a samizdat message: `finish_link` opens it).
 const KIND_LINK: i64 = 4;
+/// A user identity handover (a control message `replace_user_identity` made).
+const KIND_HANDOVER: i64 = 5;
 /// Kinds of `sent`: a group message, a fan-out, a hello.
 const SENT_GROUP: i64 = 0;
 const SENT_FAN_OUT: i64 = 1;
@@ -763,6 +820,11 @@ fn net_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Net> {
 }
 
 const NET_COLUMNS: &str = "seq, sender, recipient, kind, note, msg, step, ciphertext";
+
+/// An app message of the network (not a control, link or handover message).
+fn is_app_kind(kind: i64) -> bool {
+    kind != KIND_CONTROL && kind != KIND_LINK && kind != KIND_HANDOVER
+}
 
 fn is_group_duplicate(error: &DeviceError) -> bool {
     matches!(error, DeviceError::Group(GroupError::Decrypt(DecryptError::Duplicate { .. })))
@@ -925,7 +987,15 @@ impl App {
                 continue;
             }
             let signed = SignedDeviceList::from_bytes(&bytes).map_err(|e| format!("the directory: {e:?}"))?;
-            let point = if u == CAROL && USER_OF[d] != CAROL { Point::TrustNew } else { Point::UpdateList };
+            // The app's trust decisions: Carol's first list, and Bob's new
+            // user identity (the users compared the new safety number).
+            // Every other list goes through `update_device_list`, which
+            // refuses a key it does not trust.
+            let point = if USER_OF[d] != u && (u == CAROL || (u == BOB && version == LOSS_VERSION)) {
+                Point::TrustNew
+            } else {
+                Point::UpdateList
+            };
             let after = self.lists_after(d, u, version)?;
             let (result, wrote) = self.at(d, point, Some(("lists", &after)), |device| {
                 if point == Point::TrustNew {
@@ -939,7 +1009,10 @@ impl App {
                 return Self::violation(format!("{} took {}'s list {version} and holds another", NAMES[d], USERS[u]));
             }
             self.saw(d, u, version)?;
-            // The server replays the older lists: refused, nothing written.
+            // The server replays the older lists: refused, nothing written;
+            // a list of a user identity replaced (Bob's old one) as of
+            // another user.
+            let held_key = *signed.verify().map_err(|e| format!("the directory: {e:?}"))?.user_identity_key();
             let older: Vec<(i64, Vec<u8>)> = {
                 let mut statement =
                     sql(self.app.prepare("SELECT version, bytes FROM lists WHERE user = ?1 AND version < ?2"))?;
@@ -949,12 +1022,20 @@ impl App {
             };
             for (old_version, bytes) in older {
                 let old = SignedDeviceList::from_bytes(&bytes).map_err(|e| format!("the directory: {e:?}"))?;
+                let old_key = *old.verify().map_err(|e| format!("the directory: {e:?}"))?.user_identity_key();
                 let (result, wrote) = self.at(d, Point::UpdateList, None, |device| device.update_device_list(&old))?;
-                let refused = matches!(
-                    result,
-                    Err(DeviceError::DeviceList(DeviceListError::Rollback { seen, offered }))
-                        if seen == version && offered == old_version as u64
-                );
+                let refused = if old_key == held_key {
+                    matches!(
+                        result,
+                        Err(DeviceError::DeviceList(DeviceListError::Rollback { seen, offered }))
+                            if seen == version && offered == old_version as u64
+                    )
+                } else {
+                    matches!(
+                        result,
+                        Err(DeviceError::DeviceList(DeviceListError::UntrustedUser { offered })) if offered == old_key
+                    )
+                };
                 if !refused || wrote || self.held_version(d, u)? != version {
                     return Self::violation(format!(
                         "{} given {}'s list {old_version} after {version}: {result:?} (wrote {wrote})",
@@ -1038,7 +1119,7 @@ impl App {
     // ---------------------------------------------------------- the steps
 
     fn own_lists(&self) -> Result<(), String> {
-        for d in [A1, B1, B2, C1] {
+        for d in [A1, B1, B2, B3, C1] {
             let u = USER_OF[d];
             let signed = self.make_list(d, u, 1, &listed(u, 0))?;
             self.publish(&self.app, u, &signed)?;
@@ -1240,6 +1321,14 @@ impl App {
     }
 
     fn drop_b2(&self) -> Result<(), String> {
+        // b1 signs with the key its app kept from the handover: the one
+        // its own list names (`set_device_list` would take another, as a
+        // new identity of ours; the contacts would refuse it).
+        let own = self.devices[B1].user_trust(USERS[BOB]).map_err(|e| format!("user_trust at b1: {e:?}"))?;
+        let own_key = own.map(|t| *t.user_identity_key());
+        if own_key != Some(self.uik(B1)?.public_key()) {
+            return Self::violation("b1's app holds another user identity than its own list's");
+        }
         let signed = self.make_list(B1, BOB, DROP_VERSION, &[B1])?;
         self.publish(&self.app, BOB, &signed)?;
         if self.held_version(B1, BOB)? < DROP_VERSION {
@@ -1258,6 +1347,223 @@ impl App {
             self.apply_lists(d)?;
         }
         Ok(())
+    }
+
+    /// Bob's user identity key, as the app of device `d` keeps it, and
+    /// whether it is the one that signs the list `d` holds as its own.
+    fn kept_is_own(&self, d: usize) -> Result<(UserIdentityKeyPair, bool), String> {
+        let kept = self.uik(d)?;
+        let own = self.devices[d].user_trust(USERS[USER_OF[d]]).map_err(|e| format!("user_trust: {e:?}"))?;
+        let own_key = own.map(|t| *t.user_identity_key());
+        let same = own_key == Some(kept.public_key());
+        Ok((kept, same))
+    }
+
+    /// The directory's list of user `u` at `version`.
+    fn published(&self, u: usize, version: u64) -> Result<Vec<u8>, String> {
+        sql(self.app.query_row(
+            "SELECT bytes FROM lists WHERE user = ?1 AND version = ?2",
+            params![u as i64, version as i64],
+            |r| r.get(0),
+        ))
+    }
+
+    /// `b3` is lost: `b2`'s app makes a fresh user identity and keeps it
+    /// (its keychain) first, then replaces Bob's identity (point 29),
+    /// publishes the new list and sends the handover to `b1`, which takes it
+    /// (point 30). The contacts trust the new identity; `b3`'s app stops.
+    fn lose_b3(&mut self) -> Result<(), String> {
+        if stat(&self.app, "replaced") == 0 {
+            let held = self.held_version(B2, BOB)?;
+            let (kept, same) = self.kept_is_own(B2)?;
+            let fresh = match (held >= LOSS_VERSION, same) {
+                // A key kept before a run that died before the replacement
+                // landed: the one to use.
+                (false, false) => kept,
+                (false, true) => {
+                    // Random: a key made again would differ, and a second
+                    // replacement would show (a list at another version).
+                    let fresh = UserIdentityKeyPair::generate(&mut samizdat::os_rng());
+                    sql(self.app.execute(
+                        "UPDATE keychain SET seed = ?2 WHERE device = ?1",
+                        params![B2 as i64, fresh.to_seed().as_slice()],
+                    ))?;
+                    add_stat(&self.app, "fresh user identities kept", 1)?;
+                    fresh
+                }
+                // The replacement landed (a kill after point 29) and the app
+                // kept its key: the same key pair again (the handovers were
+                // never sent).
+                (true, true) => kept,
+                (true, false) => {
+                    return Self::violation(format!(
+                        "b2 holds Bob's list {held} and its app keeps another key than the list's"
+                    ));
+                }
+            };
+            let own_before = self.devices[B2].device_list().map_err(|e| format!("device_list: {e:?}"))?;
+            let after = self.lists_after(B2, BOB, LOSS_VERSION)?;
+            let (result, wrote) = self.at(B2, Point::Replace, Some(("lists", &after)), |d| {
+                d.replace_user_identity(&fresh, &[DEVICE_ID[B3]])
+            })?;
+            let replaced = result.map_err(|e| format!("replace_user_identity at b2: {e:?}"))?;
+            let list = replaced.device_list.verify().map_err(|e| format!("the replaced list: {e:?}"))?;
+            let expected: Vec<_> = [B1, B2].iter().map(|&d| (DEVICE_ID[d], self.devices[d].identity_key())).collect();
+            if list.version() != LOSS_VERSION
+                || list.devices() != expected.as_slice()
+                || *list.user_identity_key() != fresh.public_key()
+            {
+                return Self::violation(format!("replace_user_identity made {list:?}"));
+            }
+            let handed: Vec<_> = replaced.handovers.iter().map(|o| index_of(&o.to)).collect();
+            if handed != [Some(B1)] || !replaced.missing.is_empty() {
+                return Self::violation(format!(
+                    "replace_user_identity handed over to {handed:?}, missing {:?}",
+                    replaced.missing
+                ));
+            }
+            if held < LOSS_VERSION {
+                if !replaced.list_changed
+                    || !wrote
+                    || replaced.removed != [(DEVICE_ID[B3], self.devices[B3].identity_key())]
+                {
+                    return Self::violation(format!(
+                        "replace_user_identity with Bob's list at {held}: list_changed {}, wrote {wrote}, removed {:?}",
+                        replaced.list_changed, replaced.removed
+                    ));
+                }
+            } else {
+                // Called again after a kill after point 29: the same list,
+                // unchanged, only the handovers made again.
+                if replaced.list_changed
+                    || !replaced.removed.is_empty()
+                    || own_before.as_ref() != Some(&replaced.device_list)
+                {
+                    return Self::violation(format!(
+                        "replace_user_identity again with the key kept: list_changed {}, removed {:?}, the list {}",
+                        replaced.list_changed,
+                        replaced.removed,
+                        if own_before.as_ref() == Some(&replaced.device_list) { "the same" } else { "another" }
+                    ));
+                }
+                add_stat(&self.app, "replace_user_identity again, the list unchanged", 1)?;
+            }
+            if self.devices[B2].device_list().map_err(|e| format!("device_list: {e:?}"))?.as_ref()
+                != Some(&replaced.device_list)
+            {
+                return Self::violation("b2 does not hold the list it replaced its identity with");
+            }
+            let tx = sql(self.app.unchecked_transaction())?;
+            self.publish(&tx, BOB, &replaced.device_list)?;
+            for outgoing in &replaced.handovers {
+                self.enqueue(&tx, (B2, B1), KIND_HANDOVER, "handover", (None, None), &outgoing.message)?;
+            }
+            set_stat(&tx, "replaced", 1)?;
+            sql(tx.commit())?;
+            self.saw(B2, BOB, LOSS_VERSION)?;
+        }
+        // What b3 held waiting for a chain it never reads now.
+        self.give_up_held(B3, "lost")?;
+        self.settle()?;
+        let published = self.published(BOB, LOSS_VERSION)?;
+        for d in [B1, B2] {
+            let own = self.devices[d].device_list().map_err(|e| format!("device_list: {e:?}"))?;
+            let (_, same) = self.kept_is_own(d)?;
+            if own.map(|l| l.to_bytes()) != Some(published.clone()) || !same {
+                return Self::violation(format!(
+                    "{} after the handover: not the new list, or its app keeps another key (kept is own: {same})",
+                    NAMES[d]
+                ));
+            }
+        }
+        for d in [A1, A2, C1] {
+            self.apply_lists(d)?;
+        }
+        self.old_key_refused()
+    }
+
+    /// A handover for `b1`: its app keeps the new key first, then commits.
+    fn receive_handover(&mut self, row: &Net) -> Result<(), String> {
+        let r = row.recipient;
+        let published = self.published(BOB, LOSS_VERSION)?;
+        match self.decrypt(row)? {
+            Ok(pending) => {
+                let Some(new) = pending.new_user_identity().filter(|_| pending.kind() == MessageKind::UserIdentity)
+                else {
+                    return Self::violation(format!("handover seq {} decrypted as {:?}", row.seq, pending.kind()));
+                };
+                let list = new.device_list().verify().map_err(|e| format!("the handed list: {e:?}"))?;
+                if new.device_list().to_bytes() != published
+                    || *list.user_identity_key() != new.user_identity().public_key()
+                    || new.removed() != [(DEVICE_ID[B3], self.devices[B3].identity_key())]
+                {
+                    return Self::violation(format!("handover seq {} at {}: {new:?}", row.seq, NAMES[r]));
+                }
+                // The app keeps the new key first: the commit makes the list ours.
+                sql(self.app.execute(
+                    "UPDATE keychain SET seed = ?2 WHERE device = ?1",
+                    params![r as i64, new.user_identity().to_seed().as_slice()],
+                ))?;
+                if let Some(answer) = self.commit(row, pending)? {
+                    return Self::violation(format!("a handover's commit answered {answer:?}"));
+                }
+                let tx = sql(self.app.unchecked_transaction())?;
+                self.ack(&tx, r, row.seq)?;
+                add_stat(&tx, "handovers taken", 1)?;
+                sql(tx.commit())?;
+            }
+            Err(e) if is_session_duplicate(&e) => {
+                let tx = sql(self.app.unchecked_transaction())?;
+                self.ack(&tx, r, row.seq)?;
+                add_stat(&tx, "duplicates", 1)?;
+                sql(tx.commit())?;
+            }
+            Err(e) => return Self::violation(format!("handover seq {} at {}: {e:?}", row.seq, NAMES[r])),
+        }
+        // Committed (now or before): the list is ours, and the app keeps its key.
+        let own = self.devices[r].device_list().map_err(|e| format!("device_list: {e:?}"))?;
+        let (_, same) = self.kept_is_own(r)?;
+        if own.map(|l| l.to_bytes()) != Some(published) || !same {
+            return Self::violation(format!(
+                "{} took the handover: not the new list, or its app keeps another key (kept is own: {same})",
+                NAMES[r]
+            ));
+        }
+        self.saw(r, BOB, LOSS_VERSION)
+    }
+
+    /// The lost `b3`'s app signs, with the old key it keeps, a newer list
+    /// naming it again: every device that holds Bob's new list refuses it,
+    /// writing nothing (our own also as a "new identity").
+    fn old_key_refused(&self) -> Result<(), String> {
+        let old = UserIdentityKeyPair::from_seed(&user_seed(BOB));
+        if self.uik(B3)?.public_key() != old.public_key() {
+            return Self::violation("b3's app does not keep Bob's old user identity");
+        }
+        let forged = self.make_list(B3, BOB, 9, &[B1, B2, B3])?;
+        for d in [A1, A2, B1, B2, C1].into_iter().filter(|&d| active(d, self.step)) {
+            let held = self.held_version(d, BOB)?;
+            let mut calls: Vec<bool> = vec![false];
+            if USER_OF[d] == BOB {
+                calls.push(true);
+            }
+            for trust in calls {
+                let (result, wrote) = self.at(d, Point::UpdateList, None, |device| {
+                    if trust { device.trust_new_user_identity(&forged) } else { device.update_device_list(&forged) }
+                })?;
+                let refused = matches!(
+                    result,
+                    Err(DeviceError::DeviceList(DeviceListError::UntrustedUser { offered })) if offered == old.public_key()
+                );
+                if !refused || wrote || self.held_version(d, BOB)? != held {
+                    return Self::violation(format!(
+                        "{} given a list of Bob's old user identity (trust {trust}): {result:?} (wrote {wrote})",
+                        NAMES[d]
+                    ));
+                }
+            }
+        }
+        add_stat(&self.app, "lists of the old user identity refused", 1)
     }
 
     fn remove_carol(&self) -> Result<(), String> {
@@ -1519,6 +1825,7 @@ impl App {
             KIND_GROUP => self.receive_group(row),
             KIND_CONTROL => self.receive_control(row),
             KIND_LINK => self.receive_link(row),
+            KIND_HANDOVER => self.receive_handover(row),
             KIND_SYNC => self.receive_one_to_one(row, MessageKind::SentSync),
             _ => self.receive_one_to_one(row, MessageKind::Direct),
         }
@@ -1835,11 +2142,12 @@ impl App {
                     }
                 }
                 Step::Group => {
-                    for d in [A1, B1, B2, C1] {
+                    for d in [A1, B1, B2, B3, C1] {
                         self.join_group(d)?;
                     }
                 }
                 Step::Link => self.link(s)?,
+                Step::Loss => self.lose_b3()?,
                 Step::Drop => self.drop_b2()?,
                 Step::RemoveCarol => self.remove_carol()?,
                 Step::Send { from, group, fan_out } => {
@@ -1884,7 +2192,14 @@ fn multi_device_crash_child() {
     // Only a kill at a commit says whether the commit landed.
     let expect = expect.filter(|_| {
         last.as_ref().is_some_and(|(_, point, _, _)| {
-            matches!(point, Point::CommitGroup | Point::CommitDist | Point::CommitAnswer | Point::CommitOther)
+            matches!(
+                point,
+                Point::CommitGroup
+                    | Point::CommitDist
+                    | Point::CommitAnswer
+                    | Point::CommitOther
+                    | Point::CommitHandover
+            )
         })
     });
     let mut file = OpenOptions::new().create(true).append(true).open(&log).unwrap();
@@ -1919,7 +2234,7 @@ fn set_up(dir: &Path) {
         Device::create(dir.join(format!("{}.db", NAMES[d])), &storage_key(d), address(d), now()).unwrap();
     }
     let app = open_app(dir);
-    for d in [A1, B1, B2, C1] {
+    for d in [A1, B1, B2, B3, C1] {
         app.execute(
             "INSERT INTO keychain (device, seed) VALUES (?1, ?2)",
             params![d as i64, user_seed(USER_OF[d]).as_slice()],
@@ -2175,7 +2490,7 @@ fn verify(dir: &Path) -> RoundStats {
     // inbox.
     let by_msg: HashMap<i64, &Sent> = sent.iter().map(|m| (m.msg, m)).collect();
     let mut routed: BTreeMap<i64, BTreeMap<usize, i64>> = BTreeMap::new();
-    for (row, _) in network.iter().filter(|(r, _)| r.kind != KIND_CONTROL && r.kind != KIND_LINK) {
+    for (row, _) in network.iter().filter(|(r, _)| is_app_kind(r.kind)) {
         let msg = row.msg.unwrap();
         let previous = routed.entry(msg).or_default().insert(row.recipient, row.kind);
         assert!(previous.is_none(), "message {msg} routed twice to {}", NAMES[row.recipient]);
@@ -2193,7 +2508,7 @@ fn verify(dir: &Path) -> RoundStats {
             m.target
         );
     }
-    for (row, _) in network.iter().filter(|(r, _)| r.kind != KIND_CONTROL && r.kind != KIND_LINK) {
+    for (row, _) in network.iter().filter(|(r, _)| is_app_kind(r.kind)) {
         let msg = row.msg.unwrap();
         let message = by_msg[&msg];
         stats.deliveries += 1;
@@ -2220,6 +2535,10 @@ fn verify(dir: &Path) -> RoundStats {
                     "dropped" => {
                         assert_eq!(row.recipient, B2, "only b2 was dropped");
                         "dropped".to_owned()
+                    }
+                    "lost" => {
+                        assert_eq!(row.recipient, B3, "only b3 was lost");
+                        "lost".to_owned()
                     }
                     other => panic!("stuck for an unknown reason: {other}"),
                 };
@@ -2281,7 +2600,7 @@ fn verify(dir: &Path) -> RoundStats {
                 order.push(m.chain.unwrap());
             }
         }
-        for change in [DROP_STEP, REMOVE_STEP] {
+        for change in [LOSS_STEP, DROP_STEP, REMOVE_STEP] {
             let before: HashSet<i64> =
                 groups.iter().filter(|m| m.sender == sender && m.step < change).filter_map(|m| m.chain).collect();
             for m in groups.iter().filter(|m| m.sender == sender && m.step > change) {
@@ -2327,8 +2646,11 @@ fn verify(dir: &Path) -> RoundStats {
     }
 
     // 3. The lists: one per version in the directory, the link made Alice's
-    // version 2 once (naming a1 and a2), and every device holds the newest
-    // lists (b2 its own, which it never saw replaced).
+    // version 2 once (naming a1 and a2), the replacement Bob's version 2
+    // once (under a new user identity, which his version 3 keeps), and every
+    // device holds the newest lists (b2 and b3 their own, which they never
+    // saw replaced). The apps of b1 and b2 keep the new user identity, that
+    // of the lost b3 the old one.
     let directory: BTreeMap<(usize, u64), Vec<u8>> = {
         let mut statement = app.prepare("SELECT user, version, bytes FROM lists").unwrap();
         statement
@@ -2339,8 +2661,23 @@ fn verify(dir: &Path) -> RoundStats {
     };
     assert_eq!(
         directory.keys().copied().collect::<Vec<_>>(),
-        vec![(ALICE, 1), (ALICE, LINKED_VERSION), (BOB, 1), (BOB, DROP_VERSION), (CAROL, 1)]
+        vec![(ALICE, 1), (ALICE, LINKED_VERSION), (BOB, 1), (BOB, LOSS_VERSION), (BOB, DROP_VERSION), (CAROL, 1)]
     );
+    let kept = |d: usize| -> Vec<u8> {
+        app.query_row("SELECT seed FROM keychain WHERE device = ?1", params![d as i64], |r| r.get(0)).unwrap()
+    };
+    let bob_key = |version: u64| {
+        *SignedDeviceList::from_bytes(&directory[&(BOB, version)]).unwrap().verify().unwrap().user_identity_key()
+    };
+    let old_bob = UserIdentityKeyPair::from_seed(&user_seed(BOB)).public_key();
+    assert_eq!(bob_key(1), old_bob);
+    assert_ne!(bob_key(LOSS_VERSION), old_bob, "the replacement kept Bob's old user identity");
+    assert_eq!(bob_key(DROP_VERSION), bob_key(LOSS_VERSION), "b1 signed Bob's last list with another key");
+    assert_eq!(kept(B1), kept(B2), "b1's app keeps another user identity than b2's");
+    let new_seed: [u8; 32] = kept(B1).try_into().unwrap();
+    assert_eq!(UserIdentityKeyPair::from_seed(&new_seed).public_key(), bob_key(LOSS_VERSION));
+    assert_eq!(kept(B3), user_seed(BOB), "the lost b3's app keeps the old user identity");
+    assert_eq!(stat(&app, "replaced"), 1);
     let a2_seed: Vec<u8> =
         app.query_row("SELECT seed FROM keychain WHERE device = ?1", params![A2 as i64], |r| r.get(0)).unwrap();
     assert_eq!(a2_seed, user_seed(ALICE), "a2's app holds Alice's user identity");
@@ -2368,6 +2705,10 @@ fn verify(dir: &Path) -> RoundStats {
         "link_device again, the list unchanged (nothing written)",
         "older lists replayed and refused",
         "finish_link again after a landed one (nothing written)",
+        "fresh user identities kept",
+        "replace_user_identity again, the list unchanged",
+        "handovers taken",
+        "lists of the old user identity refused",
     ] {
         stats.counters.insert(key.to_owned(), stat(&app, key));
     }
@@ -2385,7 +2726,12 @@ fn verify(dir: &Path) -> RoundStats {
         (0..DEVICES).map(|d| Device::open(dir.join(format!("{}.db", NAMES[d])), &storage_key(d)).unwrap()).collect();
     let version = |d: usize, u: usize| devices[d].user_trust(USERS[u]).unwrap().map(|t| t.list().version());
     for d in 0..DEVICES {
-        let want = [Some(LINKED_VERSION), Some(if d == B2 { 1 } else { DROP_VERSION }), Some(1)];
+        let bob = match d {
+            B2 => LOSS_VERSION,
+            B3 => 1,
+            _ => DROP_VERSION,
+        };
+        let want = [Some(LINKED_VERSION), Some(bob), Some(1)];
         assert_eq!([version(d, ALICE), version(d, BOB), version(d, CAROL)], want, "the lists {} holds", NAMES[d]);
         let own = devices[d].device_list().unwrap().unwrap();
         let own_version = own.verify().unwrap().version();
@@ -2439,6 +2785,68 @@ fn verify(dir: &Path) -> RoundStats {
         }
     }
     stats.counters.insert("b2's requests refused after the drop".to_owned(), refused_requests as i64);
+    // The same of the lost b3, after every device applied Bob's new list
+    // (within the loss step): no group message of a later step (its
+    // requests get no answer), nothing sent from the loss step on.
+    let mut refused_requests = 0u64;
+    for m in groups.iter().filter(|m| m.step > LOSS_STEP) {
+        let ciphertext = m.ciphertext.as_ref().unwrap();
+        match devices[B3].decrypt(&address(m.sender), ciphertext) {
+            Ok(pending) => panic!("b3 read group message {} sent after the loss: {:?}", m.msg, pending.plaintext()),
+            Err(DeviceError::Group(GroupError::MissingChain { request: Some(request), .. })) => {
+                match receive(&devices, B3, m.sender, &request) {
+                    Err(DeviceError::DeviceList(DeviceListError::UnlistedDevice { device_id: 3 })) => {
+                        refused_requests += 1
+                    }
+                    Ok(Got::Control(None)) => refused_requests += 1,
+                    other => panic!("{} answered b3's request after the loss: {other:?}", NAMES[m.sender]),
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    for row in network.iter().map(|(r, _)| r).filter(|r| r.step >= LOSS_STEP && r.kind != KIND_LINK) {
+        let result = devices[B3].decrypt(&address(row.sender), &row.bytes);
+        assert!(result.is_err(), "b3 read seq {} ({}) sent after the loss: {result:?}", row.seq, row.note);
+    }
+    stats.counters.insert("b3's requests refused after the loss".to_owned(), refused_requests as i64);
+    let thief = devices[B3].group_encrypt(GROUP, b"b3, in the wrong hands").unwrap();
+    for to in [A1, A2, B1, C1] {
+        let result = devices[to].decrypt(&address(B3), &thief.message);
+        assert!(result.is_err(), "{} took a group message of the lost b3: {result:?}", NAMES[to]);
+    }
+    let thief_chain = thief.distributions.iter();
+    let thief = devices[B3].encrypt_to_user("alice", b"b3, speaking as bob").unwrap();
+    for outgoing in thief_chain.chain(&thief.messages).chain(&thief.syncs) {
+        let to = index_of(&outgoing.to).unwrap();
+        let result = devices[to].decrypt(&address(B3), &outgoing.message);
+        assert!(
+            matches!(result, Err(DeviceError::DeviceList(DeviceListError::UnlistedDevice { device_id: 3 }))),
+            "{} took a message of the lost b3: {result:?}",
+            NAMES[to]
+        );
+    }
+    // The old user identity b3's app keeps signs a newer list naming it
+    // again: no device but b3 takes it (our own even as a "new identity";
+    // a contact, without a new trust decision of its app).
+    let old = UserIdentityKeyPair::from_seed(&user_seed(BOB));
+    let entries = [B1, B2, B3].map(|d| (DEVICE_ID[d], devices[d].identity_key()));
+    let forged = DeviceList::new("bob", 99, &old.public_key(), entries).unwrap().sign(&old).unwrap();
+    for d in [A1, A2, B1, B2, C1] {
+        let own = USER_OF[d] == BOB;
+        let results =
+            [Some(devices[d].update_device_list(&forged)), own.then(|| devices[d].trust_new_user_identity(&forged))];
+        for result in results.into_iter().flatten() {
+            assert!(
+                matches!(
+                    &result,
+                    Err(DeviceError::DeviceList(DeviceListError::UntrustedUser { offered })) if *offered == old.public_key()
+                ),
+                "{} took a list of Bob's old user identity: {result:?}",
+                NAMES[d]
+            );
+        }
+    }
     let live = [A1, A2, B1, C1];
     let thief = devices[B2].group_encrypt(GROUP, b"b2, still listening").unwrap();
     for to in live {
@@ -2538,6 +2946,7 @@ fn verify(dir: &Path) -> RoundStats {
         }
         assert!(devices[C1].decrypt(&address(from), &out.message).is_err(), "Carol's device read the group");
         assert!(devices[B2].decrypt(&address(from), &out.message).is_err(), "the dropped b2 read the group");
+        assert!(devices[B3].decrypt(&address(from), &out.message).is_err(), "the lost b3 read the group");
     }
     stats
 }
