@@ -1003,19 +1003,21 @@ pub fn parse_sent_sync(content: &[u8]) -> Option<Result<(String, Vec<u8>), crate
 }
 
 /// A handover as [`parse_handover`] reads it: the new user identity's
-/// public key, and the signed list's bytes.
-pub type HandoverParts = ([u8; 32], Vec<u8>);
+/// public key, the signed list's bytes, and the key it replaces (if named).
+pub type HandoverParts = ([u8; 32], Vec<u8>, Option<[u8; 32]>);
 
 /// The control content of a user identity handover (PROTOCOL.md 23.9): the
 /// canonical encoding of a `Control` whose body is `handover` (field 6),
-/// for the test vectors. Nothing is checked: any seed length and any list
-/// bytes encode all the same (and are refused by [`parse_handover`]).
-pub fn handover_content(seed: &[u8], device_list: &[u8]) -> Vec<u8> {
+/// for the test vectors. Nothing is checked: any seed, list and `replaces`
+/// bytes encode all the same (and are refused by [`parse_handover`]); an
+/// empty field is absent.
+pub fn handover_content(seed: &[u8], device_list: &[u8], replaces: &[u8]) -> Vec<u8> {
     use prost::Message as _;
     let control = samizdat_proto::wire::Control {
         body: Some(samizdat_proto::wire::control::Body::Handover(samizdat_proto::wire::UserIdentityHandover {
             seed: seed.to_vec(),
             device_list: device_list.to_vec(),
+            replaces: replaces.to_vec(),
         })),
     };
     control.encode_to_vec()
@@ -1023,10 +1025,16 @@ pub fn handover_content(seed: &[u8], device_list: &[u8]) -> Vec<u8> {
 
 /// Reads control content as the device API does before the checks of 18.6:
 /// `None` if it does not begin with `0x32` (not a handover), else the new
-/// user identity's public key and the signed list's bytes, or the first of
-/// checks H1 to H4 of PROTOCOL.md 23.9 that fails.
+/// user identity's public key, the signed list's bytes and the key it
+/// replaces, or the first of checks H1 to H5 of PROTOCOL.md 23.9 that fails.
 pub fn parse_handover(content: &[u8]) -> Option<Result<HandoverParts, crate::DecodeError>> {
     crate::user::handover::Handover::from_control_bytes(content).map(|parsed| {
-        parsed.map(|handover| (*handover.user_identity.public_key().as_bytes(), handover.device_list.to_bytes()))
+        parsed.map(|handover| {
+            (
+                *handover.user_identity.public_key().as_bytes(),
+                handover.device_list.to_bytes(),
+                handover.replaces.map(|key| *key.as_bytes()),
+            )
+        })
     })
 }

@@ -30,6 +30,12 @@
 //!    (the lost device still listed, still sent every sent sync) with no
 //!    error on any device: messages between it and the replacing device
 //!    keep flowing both ways.
+//!
+//! Findings 1 to 3 are fixed (PROTOCOL.md 23.9): the handover names the key
+//! it replaces and is taken by a device that holds that key whatever its
+//! version; a new identity past the last version starts again at 1; the
+//! call takes the devices to keep, not the ones lost. Finding 4 is open
+//! (its test stays ignored): PROTOCOL.md 23.9 states the limit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 mod support;
@@ -51,7 +57,7 @@ use samizdat::{
 };
 use support::{
     Got, copy_of, receive_kind,
-    users::{device, list, refusal, rows, user_key},
+    users::{device, list, refusal, replace_lost, rows, user_key},
 };
 
 type Dev = Device<MemoryBackend>;
@@ -234,8 +240,10 @@ fn racy_pair(store: &Arc<MemoryBackend>, id: u32, key: &StorageKey) -> (Device<R
 /// and contacts use it): start the new list at version 1 (or at any version,
 /// not `old + 1`), and order handovers by something the old key cannot
 /// forge (see finding 2).
+///
+/// Fixed: a new identity whose version would overflow starts again at 1,
+/// and the handover names the key it replaces (PROTOCOL.md 23.9).
 #[test]
-#[ignore = "finding: a thief's list at version u64::MAX under the old key disables replace_user_identity for good"]
 fn finding_a_thief_list_at_the_last_version_blocks_every_replacement() {
     let w = world();
     let thief = list(&w.alice, "alice", u64::MAX, &[&w.phone, &w.laptop, &w.tablet]);
@@ -244,7 +252,7 @@ fn finding_a_thief_list_at_the_last_version_blocks_every_replacement() {
         assert!(d.update_device_list(&thief).unwrap().is_empty(), "the same devices: nothing to see");
     }
     let fresh = user_key(0xA9);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]);
     println!("replace_user_identity after the thief's list: {replaced:?}");
     let replaced = replaced.expect("the lost tablet can be removed whatever the old key signed");
     take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).unwrap();
@@ -277,13 +285,16 @@ fn finding_a_thief_list_at_the_last_version_blocks_every_replacement() {
 /// handover replayed after a newer one names an identity we no longer hold
 /// and is refused, which keeps what H12 protects today
 /// (`an_old_or_replayed_handover_changes_nothing`).
+///
+/// Fixed: the handover names the key it replaces, and a device that holds
+/// that key takes it whatever version the key signed meanwhile (PROTOCOL.md
+/// 23.9, H13).
 #[test]
-#[ignore = "finding: a newer list under the old key makes our devices refuse the genuine handover as a Rollback, with no way to catch up"]
 fn finding_a_thief_list_under_the_old_key_outbids_every_handover() {
     let w = world();
     let thief = list(&w.alice, "alice", 5, &[&w.phone, &w.laptop, &w.tablet]);
     assert!(w.phone.update_device_list(&thief).unwrap().is_empty());
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     let mut outcome = take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).map(drop);
     println!("the genuine handover: {outcome:?}");
     if outcome.is_err() {
@@ -291,7 +302,7 @@ fn finding_a_thief_list_under_the_old_key_outbids_every_handover() {
         // it is under the old key), then replace again with a fresh key.
         let fetched = w.laptop.update_device_list(&thief);
         println!("the laptop fetching our own newest list: {fetched:?}");
-        let again = w.laptop.replace_user_identity(&user_key(0xAA), &[3]).unwrap();
+        let again = replace_lost(&w.laptop, &user_key(0xAA), &[3]).unwrap();
         outcome = take_handover(&w.phone, &w.laptop, handover_to(&again, w.phone.address())).map(drop);
         println!("a second replacement: {outcome:?}");
     }
@@ -322,8 +333,10 @@ fn finding_a_thief_list_under_the_old_key_outbids_every_handover() {
 /// explicit confirmation, a device that no list of ours named before the
 /// device was lost (at least report such devices in `Replaced` and keep them
 /// out of `missing`).
+///
+/// Fixed: the call takes the devices to keep, confirmed by the user; the
+/// ghost is not one of them, so it is neither listed nor `missing`.
 #[test]
-#[ignore = "finding: a ghost listed with the old key stays in the new list and, as the docs of missing say, is handed the new key"]
 fn finding_a_ghost_the_thief_listed_is_kept_and_handed_the_new_key() {
     let w = world();
     let ghost = device("alice", 9, 0x99);
@@ -333,7 +346,8 @@ fn finding_a_ghost_the_thief_listed_is_kept_and_handed_the_new_key() {
     assert_eq!(change.added, vec![(9, ghost.identity_key())]);
 
     let fresh = user_key(0xA9);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    // The user keeps the phone (the laptop is kept as the caller).
+    let replaced = w.laptop.replace_user_identity(&fresh, &[1]).unwrap();
     println!("the new list: {:?}; missing: {:?}", replaced.device_list.verify().unwrap().devices(), replaced.missing);
     // As documented for `missing`: start a session, then call again.
     for missing in &replaced.missing {
@@ -341,7 +355,7 @@ fn finding_a_ghost_the_thief_listed_is_kept_and_handed_the_new_key() {
             w.laptop.start_session(&ghost.prekey_bundle().unwrap()).unwrap();
         }
     }
-    let again = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let again = w.laptop.replace_user_identity(&fresh, &[1]).unwrap();
     let leaked = again.handovers.iter().filter(|h| h.to == *ghost.address()).any(|h| {
         ghost.decrypt(w.laptop.address(), &h.message).is_ok_and(|pending| {
             pending.new_user_identity().is_some_and(|n| n.user_identity().public_key() == fresh.public_key())
@@ -376,7 +390,7 @@ fn finding_a_ghost_the_thief_listed_is_kept_and_handed_the_new_key() {
 #[ignore = "finding: a handover the server drops leaves the device on the old identity, the lost device listed, and no error anywhere"]
 fn finding_a_dropped_handover_leaves_a_device_on_the_old_identity_without_an_error() {
     let w = world();
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     // The server drops `replaced.handovers` and delivers everything else.
     let mut errors = Vec::new();
     // Ordinary traffic: the phone and the laptop talk, both ways, and every
@@ -448,7 +462,7 @@ fn held_malformed_handovers_never_panic_and_change_nothing() {
     let w = world();
     let fresh = user_key(0xA9);
     let good_list = list(&fresh, "alice", 2, &[&w.phone, &w.laptop]);
-    let good = handover_content(fresh.to_seed().as_slice(), &good_list.to_bytes());
+    let good = handover_content(fresh.to_seed().as_slice(), &good_list.to_bytes(), &[]);
     assert!(matches!(parse_handover(&good), Some(Ok(_))));
 
     let mut inputs: Vec<Vec<u8>> = Vec::new();
@@ -475,7 +489,7 @@ fn held_malformed_handovers_never_panic_and_change_nothing() {
         (fresh.to_seed().as_slice(), huge_list),
         (fresh.to_seed().as_slice(), list(&w.alice, "alice", 9, &[&w.phone, &w.laptop]).to_bytes()),
     ] {
-        inputs.push(handover_content(seed, &bytes));
+        inputs.push(handover_content(seed, &bytes, &[]));
     }
     // Random bytes after the handover's key, of many lengths.
     let mut rng = support::rng(0x1055);
@@ -505,7 +519,7 @@ fn held_malformed_handovers_never_panic_and_change_nothing() {
         assert_eq!(rows(&w.phone), before);
     }
     // The genuine one still reads after all of them.
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).unwrap();
 }
 
@@ -524,7 +538,7 @@ fn held_well_formed_forged_handovers_are_judged_by_the_rules() {
 
     let w = world();
     let content = |uik: &UserIdentityKeyPair, signed: &SignedDeviceList| {
-        handover_content(uik.to_seed().as_slice(), &signed.to_bytes())
+        handover_content(uik.to_seed().as_slice(), &signed.to_bytes(), &[])
     };
     let before = rows(&w.phone);
     // The same list as ours, with its own key: no change.
@@ -569,7 +583,7 @@ fn held_well_formed_forged_handovers_are_judged_by_the_rules() {
 #[test]
 fn held_a_relabeled_handover_reads_nowhere_else() {
     let w = world();
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     let to_phone = handover_to(&replaced, w.phone.address());
     for other in [&w.tablet, &w.bob] {
         let before = rows(other);
@@ -587,7 +601,7 @@ fn held_a_relabeled_handover_reads_nowhere_else() {
         d.set_device_list(&own).unwrap();
     }
     laptop.start_session(&desktop.prekey_bundle().unwrap()).unwrap();
-    let replaced = laptop.replace_user_identity(&user_key(0xA9), &[]).unwrap();
+    let replaced = replace_lost(&laptop, &user_key(0xA9), &[]).unwrap();
     let wire = handover_to(&replaced, desktop.address());
     let before = rows(&desktop);
     let carol = Address::new("carol", 1).unwrap();
@@ -618,7 +632,7 @@ fn held_a_device_without_its_own_list_refuses_a_handover_and_takes_it_later() {
     laptop.set_device_list(&own).unwrap();
     laptop.start_session(&desktop.prekey_bundle().unwrap()).unwrap();
     exchange(&laptop, &desktop);
-    let replaced = laptop.replace_user_identity(&user_key(0xA9), &[]).unwrap();
+    let replaced = replace_lost(&laptop, &user_key(0xA9), &[]).unwrap();
     let wire = handover_to(&replaced, desktop.address());
     let before = rows(&desktop);
     let e = desktop.decrypt(laptop.address(), wire).unwrap_err();
@@ -643,13 +657,13 @@ fn held_a_device_without_its_own_list_refuses_a_handover_and_takes_it_later() {
 #[test]
 fn held_the_thief_cannot_come_back_to_our_devices_after_the_handover() {
     let w = world();
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).unwrap();
     let (phone_before, laptop_before) = (rows(&w.phone), rows(&w.laptop));
 
     // The thief replaces the identity too, from the tablet, with a key of
     // its own: its handovers go to the phone and the laptop.
-    let thief = w.tablet.replace_user_identity(&user_key(0x66), &[]).unwrap();
+    let thief = replace_lost(&w.tablet, &user_key(0x66), &[]).unwrap();
     for d in [&w.phone, &w.laptop] {
         assert_eq!(
             refusal(d.decrypt(w.tablet.address(), handover_to(&thief, d.address()))),
@@ -714,7 +728,7 @@ fn held_the_thief_cannot_come_back_to_our_devices_after_the_handover() {
 #[test]
 fn held_a_contact_that_trusted_the_new_identity_refuses_the_thief_everywhere() {
     let w = world();
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     w.bob.trust_new_user_identity(&replaced.device_list).unwrap();
     let before = rows(&w.bob);
     let ghost = device("alice", 9, 0x99);
@@ -755,7 +769,7 @@ fn held_the_new_key_is_in_no_debug_output_and_no_plaintext() {
     let w = world();
     let seed: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 7 + 3).unwrap());
     let fresh = UserIdentityKeyPair::from_seed(&seed);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     let wire = handover_to(&replaced, w.phone.address()).to_vec();
     let batch = w.phone.decrypt_batch(&[(w.laptop.address().clone(), wire.clone())]).unwrap();
     assert!(matches!(batch.results()[0], Err(SessionError::NotInBatch)));
@@ -829,7 +843,7 @@ fn held_our_own_groups_rotate_away_from_the_lost_device() {
         assert_eq!(receive_kind(&w.tablet, from, &sent.message).unwrap(), Got::Group(b"before".to_vec()));
     }
 
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).unwrap();
     for (from, other) in [(&w.phone, &w.laptop), (&w.laptop, &w.phone)] {
         assert!(!from.group_members(group).unwrap().contains(w.tablet.address()));
@@ -868,8 +882,8 @@ fn held_our_own_groups_rotate_away_from_the_lost_device() {
 fn held_reordered_replayed_and_restored_handovers_end_on_the_newest() {
     let w = world();
     let snapshot = copy_of(w.phone.backend());
-    let first = w.laptop.replace_user_identity(&user_key(0xA8), &[3]).unwrap();
-    let second = w.laptop.replace_user_identity(&user_key(0xA9), &[]).unwrap();
+    let first = replace_lost(&w.laptop, &user_key(0xA8), &[3]).unwrap();
+    let second = replace_lost(&w.laptop, &user_key(0xA9), &[]).unwrap();
     assert!(second.list_changed && second.removed.is_empty());
     assert_eq!((version(&first.device_list), version(&second.device_list)), (2, 3));
     let (older, newer) = (handover_to(&first, w.phone.address()), handover_to(&second, w.phone.address()));
@@ -900,8 +914,8 @@ fn held_reordered_replayed_and_restored_handovers_end_on_the_newest() {
 fn held_a_restored_store_given_the_older_handover_first_still_ends_on_the_newest() {
     let w = world();
     let snapshot = copy_of(w.phone.backend());
-    let first = w.laptop.replace_user_identity(&user_key(0xA8), &[3]).unwrap();
-    let second = w.laptop.replace_user_identity(&user_key(0xA9), &[]).unwrap();
+    let first = replace_lost(&w.laptop, &user_key(0xA8), &[3]).unwrap();
+    let second = replace_lost(&w.laptop, &user_key(0xA9), &[]).unwrap();
     let restored = Device::open_in(snapshot, &PHONE_KEY).unwrap();
     take_handover(&restored, &w.laptop, handover_to(&first, w.phone.address())).unwrap();
     assert_eq!(restored.device_list().unwrap(), Some(first.device_list));
@@ -922,7 +936,7 @@ fn held_a_failed_or_raced_handover_commit_writes_nothing() {
     let store = Arc::new(MemoryBackend::new());
     let (phone, second) = racy_pair(&store, 1, &PHONE_KEY);
     let w = build(phone, device("alice", 2, 0xA2));
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     let wire = handover_to(&replaced, w.phone.address()).to_vec();
 
     let pending = w.phone.decrypt(w.laptop.address(), &wire).unwrap();
@@ -958,9 +972,9 @@ fn held_a_failed_replacement_writes_nothing() {
     let before = store.snapshot();
     w.laptop.backend().fail_next();
     let fresh = user_key(0xA9);
-    assert!(matches!(w.laptop.replace_user_identity(&fresh, &[3]), Err(DeviceError::Store(StoreError::Locked))));
+    assert!(matches!(replace_lost(&w.laptop, &fresh, &[3]), Err(DeviceError::Store(StoreError::Locked))));
     assert_eq!(store.snapshot(), before);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).unwrap();
 }
 
@@ -989,7 +1003,10 @@ fn held_a_replacement_raced_by_another_handle_is_recomputed() {
         move || *linked.lock().unwrap() = Some(second.link_device(&code, &old, now).unwrap())
     });
     let fresh = user_key(0xA9);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    // The user keeps the phone and the desktop being linked (a device of
+    // `keep` the list does not name yet is kept once the recomputed list
+    // names it).
+    let replaced = w.laptop.replace_user_identity(&fresh, &[1, 4]).unwrap();
     assert_eq!(w.laptop.backend().conflicts(), 1);
     let new_list = replaced.device_list.verify().unwrap();
     assert_eq!(new_list.version(), 3);
@@ -998,7 +1015,7 @@ fn held_a_replacement_raced_by_another_handle_is_recomputed() {
     let linked = linked.lock().unwrap().take().unwrap();
     desktop.finish_link(&offer, &linked.message, now).unwrap();
     w.laptop.start_session(&desktop.prekey_bundle().unwrap()).unwrap();
-    let again = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let again = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     take_handover(&desktop, &w.laptop, handover_to(&again, desktop.address())).unwrap();
     take_handover(&w.phone, &w.laptop, handover_to(&again, w.phone.address())).unwrap();
     assert_eq!(desktop.device_list().unwrap(), Some(replaced.device_list.clone()));
@@ -1011,7 +1028,7 @@ fn held_a_replacement_raced_by_another_handle_is_recomputed() {
     w.laptop.backend().queue({
         let (second, next, next_list) =
             (second.clone(), UserIdentityKeyPair::from_seed(&next.to_seed()), next_list.clone());
-        move || *next_list.lock().unwrap() = Some(second.replace_user_identity(&next, &[]).unwrap())
+        move || *next_list.lock().unwrap() = Some(replace_lost(&second, &next, &[]).unwrap())
     });
     let result = w.laptop.link_device(offer.code(), &fresh, now);
     assert_eq!(refusal(result), DeviceListError::WrongSigner);
@@ -1025,9 +1042,9 @@ fn held_a_replacement_raced_by_another_handle_is_recomputed() {
     w.laptop.backend().queue({
         let (second, theirs, their_result) =
             (second.clone(), UserIdentityKeyPair::from_seed(&theirs.to_seed()), their_result.clone());
-        move || *their_result.lock().unwrap() = Some(second.replace_user_identity(&theirs, &[]).unwrap())
+        move || *their_result.lock().unwrap() = Some(replace_lost(&second, &theirs, &[]).unwrap())
     });
-    let my_result = w.laptop.replace_user_identity(&mine, &[]).unwrap();
+    let my_result = replace_lost(&w.laptop, &mine, &[]).unwrap();
     let their_result = their_result.lock().unwrap().take().unwrap();
     assert_eq!(*my_result.device_list.verify().unwrap().user_identity_key(), mine.public_key());
     assert_eq!(version(&my_result.device_list), version(&their_result.device_list) + 1);
@@ -1049,7 +1066,7 @@ fn held_a_replacement_raced_by_another_handle_is_recomputed() {
         let (second, raced_message, phone) = (second.clone(), raced_message.clone(), w.phone.address().clone());
         move || *raced_message.lock().unwrap() = Some(second.encrypt(&phone, b"raced").unwrap())
     });
-    let last = w.laptop.replace_user_identity(&user_key(0xB3), &[]).unwrap();
+    let last = replace_lost(&w.laptop, &user_key(0xB3), &[]).unwrap();
     let raced_message = raced_message.lock().unwrap().take().unwrap();
     assert_eq!(receive_kind(&w.phone, &w.laptop, &raced_message).unwrap(), Got::App(b"raced".to_vec()));
     take_handover(&w.phone, &w.laptop, handover_to(&last, w.phone.address())).unwrap();
@@ -1069,8 +1086,8 @@ fn held_replacements_from_two_threads_on_two_handles_converge() {
     let second = Device::open_in(store.clone(), &LAPTOP_KEY).unwrap();
     let (a, b) = (user_key(0xC1), user_key(0xC2));
     let (first, other) = std::thread::scope(|s| {
-        let one = s.spawn(|| w.laptop.replace_user_identity(&a, &[3]));
-        let two = s.spawn(|| second.replace_user_identity(&b, &[3]));
+        let one = s.spawn(|| replace_lost(&w.laptop, &a, &[3]));
+        let two = s.spawn(|| replace_lost(&second, &b, &[3]));
         (one.join().unwrap(), two.join().unwrap())
     });
     let results: Vec<_> = [first, other]
@@ -1101,18 +1118,18 @@ fn held_replacements_from_two_threads_on_two_handles_converge() {
 #[test]
 fn held_concurrent_replacements_on_two_devices_are_typed_and_resolvable() {
     let w = world();
-    let by_phone = w.phone.replace_user_identity(&user_key(0x71), &[3]).unwrap();
-    let by_laptop = w.laptop.replace_user_identity(&user_key(0x72), &[3]).unwrap();
+    let by_phone = replace_lost(&w.phone, &user_key(0x71), &[3]).unwrap();
+    let by_laptop = replace_lost(&w.laptop, &user_key(0x72), &[3]).unwrap();
     let (phone_before, laptop_before) = (rows(&w.phone), rows(&w.laptop));
     let e = w.phone.decrypt(w.laptop.address(), handover_to(&by_laptop, w.phone.address())).unwrap_err();
     assert!(is_rollback(&e), "{e:?}");
     let e = w.laptop.decrypt(w.phone.address(), handover_to(&by_phone, w.laptop.address())).unwrap_err();
     assert!(is_rollback(&e), "{e:?}");
     assert_eq!((rows(&w.phone), rows(&w.laptop)), (phone_before, laptop_before));
-    let same = w.laptop.replace_user_identity(&user_key(0x72), &[3]).unwrap();
+    let same = replace_lost(&w.laptop, &user_key(0x72), &[3]).unwrap();
     assert!(!same.list_changed);
     assert!(is_rollback(&w.phone.decrypt(w.laptop.address(), handover_to(&same, w.phone.address())).unwrap_err()));
-    let settle = w.laptop.replace_user_identity(&user_key(0x73), &[]).unwrap();
+    let settle = replace_lost(&w.laptop, &user_key(0x73), &[]).unwrap();
     take_handover(&w.phone, &w.laptop, handover_to(&settle, w.phone.address())).unwrap();
     assert_eq!(w.phone.device_list().unwrap(), w.laptop.device_list().unwrap());
 }
@@ -1125,12 +1142,12 @@ fn held_concurrent_replacements_on_two_devices_are_typed_and_resolvable() {
 fn held_the_calls_edges() {
     let w = world();
     let fresh = user_key(0xA9);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3, 3, 77, u32::MAX]).unwrap();
+    let replaced = replace_lost(&w.laptop, &fresh, &[3, 3, 77, u32::MAX]).unwrap();
     assert_eq!(replaced.removed, vec![(3, w.tablet.identity_key())]);
-    let only = w.laptop.replace_user_identity(&user_key(0xAA), &[1]).unwrap();
+    let only = replace_lost(&w.laptop, &user_key(0xAA), &[1]).unwrap();
     assert!(only.handovers.is_empty() && only.missing.is_empty());
     assert_eq!(only.device_list.verify().unwrap().devices(), &[(2, w.laptop.identity_key())]);
-    let again = w.laptop.replace_user_identity(&user_key(0xAA), &[]).unwrap();
+    let again = replace_lost(&w.laptop, &user_key(0xAA), &[]).unwrap();
     assert!(!again.list_changed && again.handovers.is_empty());
     // The phone (its own list still the first one) takes the first call's
     // handover, which names it; the later list, which drops it, never

@@ -19,7 +19,7 @@ use samizdat::{
 };
 use support::{
     Got, receive_kind,
-    users::{device, list, refusal, rows, user_key},
+    users::{device, list, refusal, replace_lost, rows, user_key},
 };
 
 type Dev = Device<MemoryBackend>;
@@ -86,7 +86,7 @@ fn a_lost_device_is_removed_for_good() {
     let w = world();
     let number_before = w.bob.user_safety_number("alice").unwrap();
     let fresh = user_key(0xA9);
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     assert!(replaced.list_changed);
     assert_eq!(replaced.removed, vec![(3, w.tablet.identity_key())]);
     assert!(replaced.missing.is_empty());
@@ -180,7 +180,7 @@ fn a_contacts_group_drops_the_lost_device_once_the_new_identity_is_trusted() {
     };
     assert_eq!(tablet_got(&first).unwrap(), Got::Group(b"before".to_vec()));
 
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     w.bob.trust_new_user_identity(&replaced.device_list).unwrap();
     let members = w.bob.group_members(group).unwrap();
     assert_eq!(members.iter().map(|a| a.device_id()).collect::<Vec<_>>(), vec![1, 2]);
@@ -204,7 +204,7 @@ fn our_own_groups_drop_the_lost_device_with_the_handover() {
     w.phone.create_group(group, &[]).unwrap();
     w.phone.add_group_users(group, &["alice"]).unwrap();
     assert_eq!(w.phone.group_members(group).unwrap().len(), 2);
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, &replaced.handovers[0].message).unwrap();
     assert_eq!(w.phone.group_members(group).unwrap(), vec![w.laptop.address().clone()]);
 }
@@ -224,12 +224,12 @@ fn replacing_again_with_the_same_key_makes_the_handovers_again() {
     }
     laptop.start_session(&phone.prekey_bundle().unwrap()).unwrap();
     let fresh = user_key(0xA9);
-    let first = laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let first = replace_lost(&laptop, &fresh, &[3]).unwrap();
     assert_eq!(first.missing, vec![desktop.address().clone()]);
     take_handover(&phone, &laptop, &first.handovers[0].message).unwrap();
 
     laptop.start_session(&desktop.prekey_bundle().unwrap()).unwrap();
-    let again = laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let again = replace_lost(&laptop, &fresh, &[3]).unwrap();
     assert!(!again.list_changed);
     assert!(again.removed.is_empty() && again.missing.is_empty());
     assert_eq!(again.device_list, first.device_list);
@@ -238,26 +238,35 @@ fn replacing_again_with_the_same_key_makes_the_handovers_again() {
     let kept = take_handover(&phone, &laptop, &again.handovers[0].message).unwrap();
     assert_eq!(kept.public_key(), fresh.public_key());
     assert_eq!(phone.device_list().unwrap(), Some(first.device_list.clone()));
-    // The desktop takes it as new.
-    take_handover(&desktop, &laptop, &again.handovers[1].message).unwrap();
+    // The desktop took a list of the old key at a higher version meanwhile
+    // (the lost device's holder signed it): the handover made again still
+    // names the key it replaces (kept in the laptop's own row), so the
+    // desktop takes it as new.
+    desktop.update_device_list(&list(&alice, "alice", 5, &[&phone, &laptop, &tablet, &desktop])).unwrap();
+    let pending = desktop.decrypt(laptop.address(), &again.handovers[1].message).unwrap();
+    assert_eq!(pending.new_user_identity().unwrap().replaced(), Some(&alice.public_key()));
+    assert_eq!(pending.new_user_identity().unwrap().removed(), &[(3, tablet.identity_key())]);
+    desktop.commit(pending).unwrap();
     assert_eq!(desktop.device_list().unwrap(), Some(first.device_list));
 }
 
 /// The call's refusals, each leaving every row as it was: the old key while
-/// a lost device is listed, our own device as lost, no own list.
+/// a lost device is listed, no own list.
 #[test]
 fn the_calls_refusals_change_nothing() {
     let w = world();
     let before = rows(&w.laptop);
-    let error = w.laptop.replace_user_identity(&w.alice, &[3]).unwrap_err();
+    let error = replace_lost(&w.laptop, &w.alice, &[3]).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     assert_eq!(refusal(Err::<(), _>(error)), DeviceListError::SameUserIdentity);
-    let error = w.laptop.replace_user_identity(&user_key(0xA9), &[2, 3]).unwrap_err();
-    assert!(matches!(error, DeviceError::InvalidArgument(_)), "{error:?}");
+    // The same key with every device kept is a call made again (nothing
+    // changes); with one not kept, refused.
+    let error = w.laptop.replace_user_identity(&w.alice, &[1]).unwrap_err();
+    assert_eq!(refusal(Err::<(), _>(error)), DeviceListError::SameUserIdentity);
     assert_eq!(rows(&w.laptop), before);
     let lonely = device("carol", 1, 0xC1);
     let before = rows(&lonely);
-    assert_eq!(refusal(lonely.replace_user_identity(&user_key(0xC9), &[])), DeviceListError::NoOwnList);
+    assert_eq!(refusal(replace_lost(&lonely, &user_key(0xC9), &[])), DeviceListError::NoOwnList);
     assert_eq!(rows(&lonely), before);
 }
 
@@ -267,8 +276,8 @@ fn the_calls_refusals_change_nothing() {
 #[test]
 fn an_old_or_replayed_handover_changes_nothing() {
     let w = world();
-    let first = w.laptop.replace_user_identity(&user_key(0xA8), &[]).unwrap();
-    let second = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let first = replace_lost(&w.laptop, &user_key(0xA8), &[]).unwrap();
+    let second = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     let later = &second.handovers[0].message;
     take_handover(&w.phone, &w.laptop, later).unwrap();
     let before = rows(&w.phone);
@@ -289,13 +298,13 @@ fn an_old_or_replayed_handover_changes_nothing() {
 #[test]
 fn the_first_handover_wins_and_names_the_device_that_sent_it() {
     let w = world();
-    let thief = w.tablet.replace_user_identity(&user_key(0x66), &[2]).unwrap();
+    let thief = replace_lost(&w.tablet, &user_key(0x66), &[2]).unwrap();
     let phone_handover = thief.handovers.iter().find(|h| h.to == *w.phone.address()).unwrap();
     let pending = w.phone.decrypt(w.tablet.address(), &phone_handover.message).unwrap();
     assert_eq!(pending.peer(), w.tablet.address());
     assert_eq!(pending.new_user_identity().unwrap().removed(), &[(2, w.laptop.identity_key())]);
     w.phone.commit(pending).unwrap();
-    let genuine = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let genuine = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     let before = rows(&w.phone);
     assert_eq!(
         refusal(w.phone.decrypt(w.laptop.address(), &genuine.handovers[0].message)),
@@ -305,30 +314,64 @@ fn the_first_handover_wins_and_names_the_device_that_sent_it() {
 }
 
 /// Our own row rewritten between the decryption and the commit (another
-/// handle set a list): the pending is stale, nothing is written, and the
-/// handover decrypts again.
+/// handle took a newer list under the old key, as the lost device's holder
+/// can sign one): the pending is stale, nothing is written, and the handover
+/// decrypts again and is taken, since it names the key it replaces
+/// (whatever version that key signed meanwhile).
 #[test]
 fn a_handover_whose_own_row_changed_is_stale() {
     let w = world();
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     let pending = w.phone.decrypt(w.laptop.address(), &replaced.handovers[0].message).unwrap();
-    // A newer list under the old key, naming all three (the app fetched it).
-    w.phone.update_device_list(&list(&w.alice, "alice", 2, &[&w.phone, &w.laptop, &w.tablet])).unwrap();
+    assert_eq!(pending.new_user_identity().unwrap().replaced(), Some(&w.alice.public_key()));
+    w.phone.update_device_list(&list(&w.alice, "alice", 5, &[&w.phone, &w.laptop, &w.tablet])).unwrap();
     let before = rows(&w.phone);
     assert!(matches!(w.phone.commit(pending), Err(DeviceError::Session(SessionError::StalePending))));
     assert_eq!(rows(&w.phone), before);
-    // Decrypted again, it is now an old list (version 2 is held): refused.
-    assert_eq!(
-        refusal(w.phone.decrypt(w.laptop.address(), &replaced.handovers[0].message)),
-        DeviceListError::Rollback { seen: 2, offered: 2 }
-    );
+    let kept = take_handover(&w.phone, &w.laptop, &replaced.handovers[0].message).unwrap();
+    assert_eq!(kept.public_key(), fresh.public_key());
+    assert_eq!(w.phone.device_list().unwrap(), Some(replaced.device_list));
+}
+
+/// The user names the devices to keep: a device the lost one's holder
+/// listed meanwhile under the old key (a ghost our own devices took) is
+/// dropped from the new list and gets no handover, unless the user keeps it.
+#[test]
+fn a_ghost_listed_under_the_old_key_is_not_kept() {
+    let w = world();
+    let ghost = device("alice", 9, 0x99);
+    let with_ghost = list(&w.alice, "alice", 2, &[&w.phone, &w.laptop, &w.tablet, &ghost]);
+    w.laptop.update_device_list(&with_ghost).unwrap();
+    w.laptop.start_session(&ghost.prekey_bundle().unwrap()).unwrap();
+    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[1]).unwrap();
+    assert_eq!(replaced.removed, vec![(3, w.tablet.identity_key()), (9, ghost.identity_key())]);
+    assert_eq!(replaced.handovers.iter().map(|h| h.to.device_id()).collect::<Vec<_>>(), vec![1]);
+    assert!(replaced.missing.is_empty());
+    let devices = replaced.device_list.verify().unwrap().devices().to_vec();
+    assert_eq!(devices, vec![(1, w.phone.identity_key()), (2, w.laptop.identity_key())]);
+}
+
+/// A list at the last version under the old key (signed by the lost device's
+/// holder) blocks nothing: the new identity starts again at version 1, and
+/// the handover is taken because it names the key it replaces.
+#[test]
+fn a_list_at_the_last_version_does_not_block_the_replacement() {
+    let w = world();
+    let last = list(&w.alice, "alice", u64::MAX, &[&w.phone, &w.laptop, &w.tablet]);
+    w.laptop.update_device_list(&last).unwrap();
+    w.phone.update_device_list(&last).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    assert_eq!(replaced.device_list.verify().unwrap().version(), 1);
+    take_handover(&w.phone, &w.laptop, &replaced.handovers[0].message).unwrap();
+    assert_eq!(w.phone.device_list().unwrap(), Some(replaced.device_list));
 }
 
 /// A handover is control content: `decrypt_batch` leaves it for `decrypt`.
 #[test]
 fn a_handover_is_not_read_in_a_batch() {
     let w = world();
-    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
     let message = replaced.handovers[0].message.clone();
     let batch = w.phone.decrypt_batch(&[(w.laptop.address().clone(), message.clone())]).unwrap();
     assert!(matches!(batch.results()[0], Err(SessionError::NotInBatch)));
@@ -352,7 +395,7 @@ fn forged_handovers_are_refused_and_change_nothing() {
     let w = world();
     let fresh = user_key(0xA9);
     let content = |uik: &UserIdentityKeyPair, signed: &samizdat::user::SignedDeviceList| {
-        handover_content(uik.to_seed().as_slice(), &signed.to_bytes())
+        handover_content(uik.to_seed().as_slice(), &signed.to_bytes(), &[])
     };
     let good = list(&fresh, "alice", 2, &[&w.phone, &w.laptop]);
     let cases: Vec<(&Dev, u8, Vec<u8>, Check)> = vec![
@@ -404,7 +447,7 @@ fn forged_handovers_are_refused_and_change_nothing() {
         (
             &w.laptop,
             0xA2,
-            handover_content(user_key(0x01).to_seed().as_slice(), &good.to_bytes()),
+            handover_content(user_key(0x01).to_seed().as_slice(), &good.to_bytes(), &[]),
             Box::new(|e| {
                 matches!(e, DeviceError::Session(SessionError::Malformed(DecodeError::InvalidValue("handover.seed"))))
             }),
@@ -413,7 +456,7 @@ fn forged_handovers_are_refused_and_change_nothing() {
         (
             &w.laptop,
             0xA2,
-            handover_content(fresh.to_seed().as_slice(), b"not a list"),
+            handover_content(fresh.to_seed().as_slice(), b"not a list", &[]),
             Box::new(|e| {
                 matches!(
                     e,
@@ -421,11 +464,26 @@ fn forged_handovers_are_refused_and_change_nothing() {
                 )
             }),
         ),
+        // H3: a replaced key of 31 bytes.
+        (
+            &w.laptop,
+            0xA2,
+            handover_content(fresh.to_seed().as_slice(), &good.to_bytes(), &[1; 31]),
+            Box::new(|e| {
+                matches!(
+                    e,
+                    DeviceError::Session(SessionError::Malformed(DecodeError::InvalidLength {
+                        field: "handover.replaces",
+                        ..
+                    }))
+                )
+            }),
+        ),
         // H2: a seed of 31 bytes.
         (
             &w.laptop,
             0xA2,
-            handover_content(&[7; 31], &good.to_bytes()),
+            handover_content(&[7; 31], &good.to_bytes(), &[]),
             Box::new(|e| {
                 matches!(
                     e,
@@ -445,6 +503,6 @@ fn forged_handovers_are_refused_and_change_nothing() {
         assert_eq!(rows(&w.phone), before);
     }
     // The genuine one still reads after all of them.
-    let replaced = w.laptop.replace_user_identity(&fresh, &[3]).unwrap();
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, &replaced.handovers[0].message).unwrap();
 }

@@ -50,7 +50,7 @@
 //!    `group_members` or at a message from `a2` through `decrypt`).
 //! 5. More sends, then `b3` is lost: `b2`'s app makes a fresh user identity
 //!    key pair (random) and keeps it in its keychain first, then calls
-//!    `replace_user_identity(&fresh, &[3])` (point 29: the handover's
+//!    `replace_user_identity(&fresh, &[1])` (the user keeps `b1`; point 29: the handover's
 //!    session row and our own `users` row, one transaction), publishes
 //!    Bob's new list (version 2, under the new key) and sends the handover
 //!    through the server. `b1` decrypts it (`MessageKind::UserIdentity`),
@@ -1404,7 +1404,7 @@ impl App {
             let own_before = self.devices[B2].device_list().map_err(|e| format!("device_list: {e:?}"))?;
             let after = self.lists_after(B2, BOB, LOSS_VERSION)?;
             let (result, wrote) = self.at(B2, Point::Replace, Some(("lists", &after)), |d| {
-                d.replace_user_identity(&fresh, &[DEVICE_ID[B3]])
+                d.replace_user_identity(&fresh, &[DEVICE_ID[B1]])
             })?;
             let replaced = result.map_err(|e| format!("replace_user_identity at b2: {e:?}"))?;
             let list = replaced.device_list.verify().map_err(|e| format!("the replaced list: {e:?}"))?;

@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!code.address().user_id().is_empty());
             }
             let _ = hazmat::parse_sent_sync(rest);
-            if let Some(Ok((key, list))) = hazmat::parse_handover(rest) {
+            if let Some(Ok((key, list, _))) = hazmat::parse_handover(rest) {
                 let list = SignedDeviceList::from_bytes(&list).expect("a handover's list reads");
                 let verified = list.verify().expect("a handover's list verifies");
                 assert_eq!(verified.user_identity_key().as_bytes(), &key);

@@ -117,6 +117,7 @@ pub(crate) enum DeviceListCase {
         name: String,
         user_seed: String,
         signed: String,
+        replaces: String,
         #[serde(default)]
         content: String,
     },
@@ -176,6 +177,7 @@ impl VectorSet for DeviceLists {
             "recipient",
             "plaintext",
             "content",
+            "replaces",
         ],
     };
 
@@ -496,21 +498,27 @@ impl VectorSet for DeviceLists {
                     content: h(&content),
                 }
             }
-            DeviceListCase::EncodeHandover { name, user_seed, signed, .. } => {
+            DeviceListCase::EncodeHandover { name, user_seed, signed, replaces, .. } => {
                 let (seed, list) = (bytes("user_seed", user_seed)?, bytes("signed", signed)?);
-                let content = hazmat::handover_content(&seed, &list);
-                agree("content", &content, &handover_by_hand(&seed, &list))?;
+                let replaced = bytes("replaces", replaces)?;
+                let content = hazmat::handover_content(&seed, &list, &replaced);
+                agree("content", &content, &handover_by_hand(&seed, &list, &replaced))?;
                 DeviceListCase::EncodeHandover {
                     name: name.clone(),
                     user_seed: user_seed.clone(),
                     signed: signed.clone(),
+                    replaces: replaces.clone(),
                     content: h(&content),
                 }
             }
             DeviceListCase::DecodeHandover { name, content, .. } => {
                 let result = match hazmat::parse_handover(&bytes("content", content)?) {
                     None => json!("not_a_handover"),
-                    Some(Ok((key, list))) => json!({ "ok": { "user_identity_key": h(&key), "device_list": h(&list) } }),
+                    Some(Ok((key, list, replaces))) => json!({ "ok": {
+                        "user_identity_key": h(&key),
+                        "device_list": h(&list),
+                        "replaces": replaces.map(|r| h(&r)),
+                    } }),
                     Some(Err(e)) => decode_error(&e),
                 };
                 DeviceListCase::DecodeHandover { name: name.clone(), content: content.clone(), result }
@@ -563,11 +571,13 @@ fn sent_sync_cases() -> Vec<DeviceListCase> {
     ]
 }
 
-/// The handover cases: an encoding, and content read as a handover, one
-/// check failing each (H2 before H3: a short seed with no list fails on the
-/// seed). They draw nothing from the generator.
+/// The handover cases: encodings (with and without the key replaced), and
+/// content read as a handover, one check failing each (H2 before H3 before
+/// H4: a short seed with a short `replaces` and no list fails on the seed).
+/// They draw nothing from the generator.
 fn handover_cases() -> R<Vec<DeviceListCase>> {
     let seed = [0x5a; 32];
+    let old = device_key(&[0x50; 32]);
     let devices = [(1, device_key(&[0x11; 32])), (2, device_key(&[0x22; 32]))];
     let list = by_hand(&seed, "alice", 2, &devices)?;
     let mut flipped = list.clone();
@@ -579,36 +589,45 @@ fn handover_cases() -> R<Vec<DeviceListCase>> {
         content: h(content),
         result: Value::Null,
     };
-    let mut trailing = handover_by_hand(&seed, &list);
+    let encode = |name: &str, replaces: &[u8]| DeviceListCase::EncodeHandover {
+        name: name.to_owned(),
+        user_seed: h(&seed),
+        signed: h(&list),
+        replaces: h(replaces),
+        content: String::new(),
+    };
+    let mut trailing = handover_by_hand(&seed, &list, &old);
     trailing.push(0);
+    // A small-order point (the identity): 32 bytes, not a user key.
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 1;
     Ok(vec![
-        DeviceListCase::EncodeHandover {
-            name: "encode_handover_alice".to_owned(),
-            user_seed: h(&seed),
-            signed: h(&list),
-            content: String::new(),
-        },
-        decode("decode_handover_alice", &handover_by_hand(&seed, &list)),
+        encode("encode_handover_alice", &old),
+        encode("encode_handover_alice_no_key_replaced", &[]),
+        decode("decode_handover_alice", &handover_by_hand(&seed, &list, &old)),
+        decode("decode_handover_alice_no_key_replaced", &handover_by_hand(&seed, &list, &[])),
         decode("decode_handover_trailing_byte", &trailing),
-        decode("decode_handover_unknown_field", &[0x32, 0x02, 0x18, 0x01]),
-        decode("decode_handover_seed_of_31_bytes", &handover_by_hand(&seed[..31], &list)),
-        decode("decode_handover_no_seed", &handover_by_hand(&[], &list)),
-        decode("decode_handover_seed_of_31_bytes_and_no_list", &handover_by_hand(&seed[..31], &[])),
-        decode("decode_handover_list_not_a_list", &handover_by_hand(&seed, b"not a list")),
-        decode("decode_handover_no_list", &handover_by_hand(&seed, &[])),
-        decode("decode_handover_list_bad_signature", &handover_by_hand(&seed, &flipped)),
-        decode("decode_handover_seed_of_another_key", &handover_by_hand(&[0x5b; 32], &list)),
+        decode("decode_handover_unknown_field", &[0x32, 0x02, 0x20, 0x01]),
+        decode("decode_handover_seed_of_31_bytes", &handover_by_hand(&seed[..31], &list, &old)),
+        decode("decode_handover_no_seed", &handover_by_hand(&[], &list, &old)),
+        decode("decode_handover_seed_of_31_bytes_and_no_list", &handover_by_hand(&seed[..31], &[], &old[..31])),
+        decode("decode_handover_replaces_of_31_bytes_and_no_list", &handover_by_hand(&seed, &[], &old[..31])),
+        decode("decode_handover_replaces_small_order", &handover_by_hand(&seed, &list, &identity_point)),
+        decode("decode_handover_list_not_a_list", &handover_by_hand(&seed, b"not a list", &old)),
+        decode("decode_handover_no_list", &handover_by_hand(&seed, &[], &old)),
+        decode("decode_handover_list_bad_signature", &handover_by_hand(&seed, &flipped, &old)),
+        decode("decode_handover_seed_of_another_key", &handover_by_hand(&[0x5b; 32], &list, &old)),
         decode("decode_a_sent_sync_is_not_a_handover", &sent_sync_by_hand(b"bob", b"hi")),
         decode("decode_empty_content_is_not_a_handover", &[]),
     ])
 }
 
 /// The handover's content from 23.9's layout, field by field:
-/// `0x32 varint(len(H)) H`, `H = [0x0a varint(len(s)) s] [0x12 varint(len(d)) d]`
-/// (each field absent when empty).
-fn handover_by_hand(seed: &[u8], list: &[u8]) -> Vec<u8> {
+/// `0x32 varint(len(H)) H`, `H = [0x0a varint(len(s)) s] [0x12 varint(len(d)) d]
+/// [0x1a varint(len(r)) r]` (each field absent when empty).
+fn handover_by_hand(seed: &[u8], list: &[u8], replaces: &[u8]) -> Vec<u8> {
     let mut inner = Vec::new();
-    for (key, field) in [(0x0a, seed), (0x12, list)] {
+    for (key, field) in [(0x0a, seed), (0x12, list), (0x1a, replaces)] {
         if !field.is_empty() {
             inner.push(key);
             varint(field.len(), &mut inner);

@@ -8,7 +8,7 @@
 //!
 //! 1. A remaining device replaces it ([`Device::replace_user_identity`]):
 //!    the app gives a fresh user identity key; the device signs with it the
-//!    list without the lost devices, takes it as its own, and encrypts a
+//!    list of the devices the user keeps, takes it as its own, and encrypts a
 //!    *handover* (the new key and the list) to each other remaining device
 //!    over its one-to-one session, in one transaction.
 //! 2. Each of them reads it ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity)): the list
@@ -21,7 +21,7 @@
 //!    signs is accepted, whatever version it carries.
 //!
 //! What this layer owns: the call, the planning of a handover read by
-//! `decrypt` (its checks, H5 to H12) and what its commit writes. The
+//! `decrypt` (its checks, H6 to H13) and what its commit writes. The
 //! handover's encoding is `user::handover`'s.
 
 use std::fmt;
@@ -33,7 +33,10 @@ use crate::{
     keys::IdentityKey,
     padding::ContentType,
     store::{Backend, StoreError, Table},
-    user::{DeviceList, DeviceListError, SignedDeviceList, UserIdentityKeyPair, UserTrust, handover::Handover},
+    user::{
+        DeviceList, DeviceListError, SignedDeviceList, UserIdentityKey, UserIdentityKeyPair, UserTrust,
+        handover::Handover,
+    },
 };
 
 use super::users::LoadedUser;
@@ -58,12 +61,12 @@ pub struct Replaced {
     /// [`Device::replace_user_identity`] again with the same key pair: it
     /// makes the handovers again, without a new list.
     pub missing: Vec<Address>,
-    /// The devices this call removed from the list (with the identity keys
-    /// it named them with); empty when it was called again with the key pair
-    /// the list is already signed by.
+    /// The devices this call removed from the list, the ones not kept (with
+    /// the identity keys it named them with); empty when it was called again
+    /// with the key pair the list is already signed by.
     pub removed: Vec<(u32, IdentityKey)>,
     /// Whether the list changed: `false` when it was already signed by the
-    /// key pair given and named none of the lost devices (a call made again).
+    /// key pair given and named only the devices kept (a call made again).
     pub list_changed: bool,
 }
 
@@ -77,6 +80,8 @@ pub struct NewUserIdentity {
     user_identity: UserIdentityKeyPair,
     device_list: SignedDeviceList,
     removed: Vec<(u32, IdentityKey)>,
+    added: Vec<(u32, IdentityKey)>,
+    replaced: Option<UserIdentityKey>,
 }
 
 impl NewUserIdentity {
@@ -95,6 +100,19 @@ impl NewUserIdentity {
     /// device ([`PendingMessage::peer`]).
     pub fn removed(&self) -> &[(u32, IdentityKey)] {
         &self.removed
+    }
+
+    /// The devices of the new list that our own list does not name (with
+    /// those keys): devices the sender had linked that this device had not
+    /// seen yet. Show them too: the user confirms they are theirs.
+    pub fn added(&self) -> &[(u32, IdentityKey)] {
+        &self.added
+    }
+
+    /// The user identity key the handover says it replaces (`None` if the
+    /// sender no longer knew it).
+    pub fn replaced(&self) -> Option<&UserIdentityKey> {
+        self.replaced.as_ref()
     }
 }
 
@@ -122,34 +140,38 @@ impl PendingMessage {
 }
 
 impl<B: Backend> Device<B> {
-    /// Replaces our user's identity because the devices `lost` may be in
-    /// someone else's hands (lost, stolen, seized; PROTOCOL.md 23.9):
-    /// signs with `user_identity`, a fresh key pair the app generated and
-    /// keeps ([`UserIdentityKeyPair::generate`]), our own list without
-    /// `lost` (its version one more), takes it as this device's own, and
-    /// encrypts a handover of the key pair and the list to each other device
-    /// of the new list, on its one-to-one session, in one transaction.
+    /// Replaces our user's identity because a device may be in someone
+    /// else's hands (lost, stolen, seized; PROTOCOL.md 23.9): signs with
+    /// `user_identity`, a fresh key pair the app generated and keeps
+    /// ([`UserIdentityKeyPair::generate`]), our own list reduced to this
+    /// device and the devices of `keep` (the ones the user confirms they
+    /// still hold), takes it as this device's own, and encrypts a handover
+    /// of the key pair and the list to each other device of it, on its
+    /// one-to-one session, in one transaction.
+    ///
+    /// The user names the devices to keep, not the one lost: a device the
+    /// holder of the lost one listed meanwhile with the old key (a ghost)
+    /// is dropped unless the user confirms it. A device of `keep` that our
+    /// list does not name is ignored. The new list's version is one more
+    /// than ours (1 if ours is the last one), and the handover names the key
+    /// it replaces, so that our other devices take it whatever list the old
+    /// key signed meanwhile.
     ///
     /// Keep `user_identity` before the call; then publish
     /// [`Replaced::device_list`] and send [`Replaced::handovers`]. A lost
     /// device keeps the old key, and every list it signs with it is refused
-    /// by our own devices at once and by each contact once it trusted the
-    /// new identity. Called again with the same key pair (after sessions
-    /// with [`Replaced::missing`] devices were started, or when handovers
-    /// were lost), it makes the handovers again and changes no list. A
-    /// lost device id that the list does not name is ignored.
-    ///
-    /// Fetch our own newest list first ([`Self::update_device_list`]): the
-    /// other devices refuse a handover whose list is not newer than theirs.
+    /// by our own devices once they took the handover, and by each contact
+    /// once it trusted the new identity. Called again with the same key pair
+    /// and the same devices (after sessions with [`Replaced::missing`]
+    /// devices were started, or when handovers were lost), it makes the
+    /// handovers again and changes no list.
     ///
     /// # Errors
-    /// [`DeviceError::InvalidArgument`] if `lost` names this device;
     /// [`DeviceListError::NoOwnList`]; [`DeviceListError::SameUserIdentity`]
-    /// if `user_identity` is the one our list is signed by while it still
-    /// names a lost device (a lost device holds that key: a new one is the
-    /// point); [`DeviceListError::Malformed`] if the version would overflow;
-    /// [`SessionError::Encrypt`](crate::SessionError::Encrypt); a store
-    /// error. Nothing is written.
+    /// if `user_identity` is the one our list is signed by while the list
+    /// names a device not kept (the lost device holds that key: a new one
+    /// is the point); [`SessionError::Encrypt`](crate::SessionError::Encrypt);
+    /// a store error. Nothing is written.
     ///
     /// # Examples
     ///
@@ -168,9 +190,9 @@ impl<B: Backend> Device<B> {
     /// }
     /// laptop.start_session(&phone.prekey_bundle()?)?;
     ///
-    /// // The tablet was stolen: the laptop replaces Alice's user identity.
+    /// // The tablet was stolen: on the laptop, the user keeps the phone.
     /// let fresh = UserIdentityKeyPair::generate(&mut rng);
-    /// let replaced = laptop.replace_user_identity(&fresh, &[3])?;
+    /// let replaced = laptop.replace_user_identity(&fresh, &[1])?;
     /// assert_eq!(replaced.removed, vec![(3, tablet.identity_key())]);
     ///
     /// // The phone reads the handover: the new list is its own once committed.
@@ -187,13 +209,11 @@ impl<B: Backend> Device<B> {
     pub fn replace_user_identity(
         &self,
         user_identity: &UserIdentityKeyPair,
-        lost: &[u32],
+        keep: &[u32],
     ) -> Result<Replaced, DeviceError> {
         self.check_process()?;
-        if lost.contains(&self.address.device_id()) {
-            return Err(DeviceError::InvalidArgument(DecodeError::InvalidValue("lost")));
-        }
         let user_id = self.address.user_id();
+        let kept = |id: u32| id == self.address.device_id() || keep.contains(&id);
         // The user lock before the peer locks, as a handover's commit.
         let user_lock = self.peer_lock(&self.user_lock_key(user_id));
         let _guard = lock(&user_lock);
@@ -201,34 +221,35 @@ impl<B: Backend> Device<B> {
             let loaded = self.load_user(user_id)?;
             let trust = loaded.trust.clone().ok_or(DeviceListError::NoOwnList)?;
             let list = trust.list();
-            let removed: Vec<_> = list.devices().iter().copied().filter(|(id, _)| lost.contains(id)).collect();
+            let removed: Vec<_> = list.devices().iter().copied().filter(|(id, _)| !kept(*id)).collect();
             let same_key = *trust.user_identity_key() == user_identity.public_key();
             if same_key && !removed.is_empty() {
                 return Err(DeviceListError::SameUserIdentity.into());
             }
-            let (device_list, updated) = if same_key {
-                (trust.signed_list().clone(), None)
+            let (device_list, updated, replaces) = if same_key {
+                // Made again: the key replaced, as the first call kept it.
+                (trust.signed_list().clone(), None, self.replaced_identity(&loaded))
             } else {
-                let devices = list.devices().iter().copied().filter(|(id, _)| !lost.contains(id));
-                let version = list
-                    .version()
-                    .checked_add(1)
-                    .ok_or(DeviceListError::Malformed(DecodeError::InvalidValue("version")))?;
+                let devices = list.devices().iter().copied().filter(|(id, _)| kept(*id));
+                // A list at the last version (the old key's holder may sign
+                // one) leaves no larger one: a new identity starts again.
+                let version = list.version().checked_add(1).unwrap_or(1);
                 let signed =
                     DeviceList::new(user_id, version, &user_identity.public_key(), devices)?.sign(user_identity)?;
                 let mut updated = trust.clone();
                 updated.trust_new_identity(&signed)?;
-                (signed, Some(updated))
+                (signed, Some(updated), Some(*trust.user_identity_key()))
             };
             let handover = Handover {
                 user_identity: UserIdentityKeyPair::from_seed(&user_identity.to_seed()),
                 device_list: device_list.clone(),
                 list: device_list.verify()?,
+                replaces,
             };
             let content = handover.to_control_bytes();
             let (handovers, missing, mut writes) = self.handover_to_own_devices(handover.list.devices(), &content)?;
             if let Some(updated) = &updated {
-                writes.push(self.user_write(&loaded, updated));
+                writes.push(self.user_write_replacing(&loaded, updated, replaces.as_ref()));
             }
             // One transaction: the ciphertexts of a refused write are
             // dropped, never returned.
@@ -274,15 +295,15 @@ impl<B: Backend> Device<B> {
     }
 
     /// Plans a handover read by `decrypt` from `peer`, whose session
-    /// authenticated `identity` (PROTOCOL.md 23.9, H5 to H12). Writes
+    /// authenticated `identity` (PROTOCOL.md 23.9, H6 to H13). Writes
     /// nothing.
     ///
     /// # Errors
-    /// [`DeviceListError::ForeignHandover`] (H5), [`DeviceListError::NoOwnList`]
-    /// (H6), [`DeviceListError::UnlistedDevice`] for the sender (H7),
-    /// [`DeviceListError::WrongUser`] (H8),
+    /// [`DeviceListError::ForeignHandover`] (H6), [`DeviceListError::NoOwnList`]
+    /// (H7), [`DeviceListError::UnlistedDevice`] for the sender (H8),
+    /// [`DeviceListError::WrongUser`] (H9),
     /// [`SessionError::Malformed`] for a list that drops the receiver or
-    /// the sender (H9, H10), [`DeviceListError::Rollback`] (H12); a store
+    /// the sender (H10, H11), [`DeviceListError::Rollback`] (H13); a store
     /// error.
     pub(super) fn plan_handover(
         &self,
@@ -297,31 +318,36 @@ impl<B: Backend> Device<B> {
         let own = self.load_user(user_id)?;
         let trust = own.trust.clone().ok_or(DeviceListError::NoOwnList)?;
         trust.check_device(peer.device_id(), identity)?;
-        let Handover { user_identity, device_list, list } = handover;
+        let Handover { user_identity, device_list, list, replaces } = handover;
         if list.user_id() != user_id {
             let (expected, found) = (user_id.to_owned(), list.user_id().to_owned());
             return Err(DeviceListError::WrongUser { expected, found }.into());
         }
         // No genuine library hands a list that drops the receiver (it sends
         // handovers to the devices of the new list only) or the sender (it
-        // never lists itself as lost): a message that breaks the rule.
+        // always keeps itself): a message that breaks the rule.
         if list.device(self.address.device_id()) != Some(&self.identity_key())
             || list.device(peer.device_id()) != Some(identity)
         {
             return Err(SessionError::Malformed(DecodeError::InvalidValue("handover.device_list")).into());
         }
-        let removed =
-            trust.list().devices().iter().copied().filter(|(id, key)| list.device(*id) != Some(key)).collect();
+        let held = trust.list();
+        let removed = held.devices().iter().copied().filter(|(id, key)| list.device(*id) != Some(key)).collect();
+        let added = list.devices().iter().copied().filter(|(id, key)| held.device(*id) != Some(key)).collect();
+        // Taken if it replaces the key we hold, whatever list that key signed
+        // meanwhile (the lost device's holder may sign any version), or if it
+        // is newer than our list (a device that missed a replacement);
+        // else it is an old handover.
         let updated = if device_list == *trust.signed_list() {
             None
-        } else if list.version() <= trust.list().version() {
-            return Err(DeviceListError::Rollback { seen: trust.list().version(), offered: list.version() }.into());
-        } else {
+        } else if replaces.as_ref() == Some(trust.user_identity_key()) || list.version() > held.version() {
             let mut updated = trust.clone();
             updated.trust_new_identity(&device_list)?;
             Some(updated)
+        } else {
+            return Err(DeviceListError::Rollback { seen: held.version(), offered: list.version() }.into());
         };
-        let identity = NewUserIdentity { user_identity, device_list, removed };
+        let identity = NewUserIdentity { user_identity, device_list, removed, added, replaced: replaces };
         Ok(HandoverPlan { identity, own, trust: updated })
     }
 }

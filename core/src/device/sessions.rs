@@ -417,8 +417,8 @@ impl<B: Backend> Device<B> {
                         None
                     } else if let Some(parsed) = Handover::from_control_bytes(content) {
                         // A user identity handover (PROTOCOL.md 23.9):
-                        // parsed (H1 to H4), then checked against our own
-                        // list (H5 to H12).
+                        // parsed (H1 to H5), then checked against our own
+                        // list (H6 to H13).
                         let parsed = parsed.map_err(SessionError::from)?;
                         let plan = self.plan_handover(peer, &pending.sender_identity(), parsed)?;
                         handover = Some(Box::new(plan));
@@ -526,7 +526,7 @@ impl<B: Backend> Device<B> {
         if let Some(plan) = handover.as_deref()
             && let Some(trust) = &plan.trust
         {
-            session_writes.push(self.user_write(&plan.own, trust));
+            session_writes.push(self.user_write_replacing(&plan.own, trust, plan.identity.replaced()));
         }
         if consumed.is_empty() {
             self.write(&session_writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))?;

@@ -27,7 +27,7 @@ use crate::{
     keys::IdentityKey,
     prekeys::PreKeyBundle,
     store::{Backend, Expected, StoreError, Table, Write},
-    user::{DeviceListError, ListChange, SignedDeviceList, UserTrust},
+    user::{DeviceListError, ListChange, SignedDeviceList, UserIdentityKey, UserTrust},
 };
 
 /// The row key of this device's own list in [`Table::Users`]; a peer user's
@@ -121,12 +121,38 @@ impl<B: Backend> Device<B> {
     }
 
     /// The write of `trust` into the row `loaded` read, conditional on the
-    /// row still holding what was read.
+    /// row still holding what was read. Our own row keeps the user identity
+    /// key a replacement replaced while its list stays under the same key
+    /// (PROTOCOL.md 23.9).
     pub(super) fn user_write(&self, loaded: &LoadedUser, trust: &UserTrust) -> Write {
+        let same_key = loaded.trust.as_ref().is_some_and(|held| held.user_identity_key() == trust.user_identity_key());
+        let replaced = if same_key { self.replaced_identity(loaded) } else { None };
+        self.user_write_replacing(loaded, trust, replaced.as_ref())
+    }
+
+    /// The user identity key our own row says a replacement replaced
+    /// (`None` for a peer's row, or when there is none).
+    pub(super) fn replaced_identity(&self, loaded: &LoadedUser) -> Option<UserIdentityKey> {
+        let sealed = loaded.sealed.as_ref().filter(|_| loaded.key == OWN_LIST_ROW)?;
+        // The row opened and decoded when it was loaded.
+        let bytes = self.open_sealed(Table::Users, &loaded.key, sealed).ok()?;
+        let row = crate::codec::decode::<storage::UserRow>(bytes.as_slice()).ok()?;
+        UserIdentityKey::from_slice(&row.replaced_identity).ok()
+    }
+
+    /// [`Self::user_write`] with `replaced` as the key a replacement
+    /// replaced (our own row only).
+    pub(super) fn user_write_replacing(
+        &self,
+        loaded: &LoadedUser,
+        trust: &UserTrust,
+        replaced: Option<&UserIdentityKey>,
+    ) -> Write {
         let row = storage::UserRow {
             version: ROW_VERSION,
             user_id: trust.list().user_id().to_owned(),
             device_list: trust.to_bytes(),
+            replaced_identity: replaced.map(|key| key.as_bytes().to_vec()).unwrap_or_default(),
         };
         let bytes = Zeroizing::new(encode(&row));
         Write {

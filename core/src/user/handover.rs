@@ -13,7 +13,7 @@ use std::fmt;
 use samizdat_proto::wire as pb;
 use zeroize::Zeroizing;
 
-use super::{DeviceList, SignedDeviceList, UserIdentityKeyPair};
+use super::{DeviceList, SignedDeviceList, UserIdentityKey, UserIdentityKeyPair};
 use crate::DecodeError;
 
 /// The first byte of a handover's control content: the key of field 6 with
@@ -35,6 +35,9 @@ pub(crate) struct Handover {
     pub(crate) device_list: SignedDeviceList,
     /// `device_list`, as verified.
     pub(crate) list: DeviceList,
+    /// The user identity key the new one replaces (`None`: the sender no
+    /// longer knows it, a handover made again from a restored store).
+    pub(crate) replaces: Option<UserIdentityKey>,
 }
 
 impl Handover {
@@ -46,6 +49,7 @@ impl Handover {
             body: Some(pb::control::Body::Handover(pb::UserIdentityHandover {
                 seed: self.user_identity.to_seed().to_vec(),
                 device_list: self.device_list.to_bytes(),
+                replaces: self.replaces.map(|key| key.as_bytes().to_vec()).unwrap_or_default(),
             })),
         });
         let mut out = Zeroizing::new(Vec::with_capacity(control.encoded_len()));
@@ -56,10 +60,11 @@ impl Handover {
 
     /// Reads control content as a handover: `None` if it does not start with
     /// [`HANDOVER_KEY`] (another control kind), else the handover or why it
-    /// is malformed. The checks, in order (PROTOCOL.md 23.9, H1 to H4): the
+    /// is malformed. The checks, in order (PROTOCOL.md 23.9, H1 to H5): the
     /// canonical encoding of a `Control` whose body is `handover`; a seed of
-    /// 32 bytes; a list that reads and verifies (L1 to L12); signed by the
-    /// seed's key.
+    /// 32 bytes; `replaces` absent or a user identity key (32 bytes, 23.2
+    /// L6); a list that reads and verifies (L1 to L12); signed by the seed's
+    /// key.
     pub(crate) fn from_control_bytes(content: &[u8]) -> Option<Result<Self, DecodeError>> {
         (content.first() == Some(&HANDOVER_KEY)).then(|| Self::parse(content))
     }
@@ -74,6 +79,16 @@ impl Handover {
         let seed: Zeroizing<[u8; SEED_LEN]> = Zeroizing::new(handover.seed.as_slice().try_into().map_err(|_| {
             DecodeError::InvalidLength { field: "handover.seed", expected: SEED_LEN, actual: handover.seed.len() }
         })?);
+        let replaces = match handover.replaces.as_slice() {
+            [] => None,
+            bytes if bytes.len() != SEED_LEN => {
+                let actual = bytes.len();
+                return Err(DecodeError::InvalidLength { field: "handover.replaces", expected: SEED_LEN, actual });
+            }
+            bytes => {
+                Some(UserIdentityKey::from_slice(bytes).map_err(|_| DecodeError::InvalidValue("handover.replaces"))?)
+            }
+        };
         let device_list = SignedDeviceList::from_bytes(&handover.device_list)
             .map_err(|_| DecodeError::InvalidValue("handover.device_list"))?;
         let list = device_list.verify().map_err(|_| DecodeError::InvalidValue("handover.device_list"))?;
@@ -81,7 +96,7 @@ impl Handover {
         if *list.user_identity_key() != user_identity.public_key() {
             return Err(DecodeError::InvalidValue("handover.seed"));
         }
-        Ok(Self { user_identity, device_list, list })
+        Ok(Self { user_identity, device_list, list, replaces })
     }
 }
 

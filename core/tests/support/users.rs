@@ -88,3 +88,19 @@ pub fn forged_control(sender: &Device<MemoryBackend>, storage_key: u8, to: &Addr
     )
     .to_bytes()
 }
+
+/// `replace_user_identity` as an app whose user named the devices `lost`:
+/// every other device of `device`'s own list is kept.
+pub fn replace_lost<B: samizdat::store::Backend>(
+    device: &Device<B>,
+    user_identity: &UserIdentityKeyPair,
+    lost: &[u32],
+) -> Result<samizdat::device::Replaced, DeviceError> {
+    let keep: Vec<u32> = match device.device_list()? {
+        Some(own) => {
+            own.verify().unwrap().devices().iter().map(|(id, _)| *id).filter(|id| !lost.contains(id)).collect()
+        }
+        None => Vec::new(),
+    };
+    device.replace_user_identity(user_identity, &keep)
+}
