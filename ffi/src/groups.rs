@@ -37,6 +37,12 @@ pub enum MessageKind {
     /// `sync_recipient()`. Show it as sent by us; commit it as any other.
     /// It came from a device our own list names (PROTOCOL.md 23.7).
     SentSync,
+    /// A new user identity that another device of our own user handed over
+    /// after it removed a lost device (its `sender()`):
+    /// `new_user_identity()` gives it. Keep its user identity as the app
+    /// keeps the user identity, tell the user which devices were removed,
+    /// then commit: the new list becomes this device's own. No plaintext.
+    UserIdentity,
 }
 
 /// A one-to-one message the library made for a peer (a group's chain, the
@@ -153,6 +159,7 @@ impl From<device::MessageKind> for MessageKind {
             device::MessageKind::Direct => Self::Direct,
             device::MessageKind::Group => Self::Group,
             device::MessageKind::SentSync => Self::SentSync,
+            device::MessageKind::UserIdentity => Self::UserIdentity,
             // Control, and any kind a later core adds: nothing for the app to show.
             _ => Self::Control,
         }

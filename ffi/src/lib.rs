@@ -65,6 +65,14 @@
 //!   returns [`Linked`]: the new signed list to publish and the message to
 //!   send; the new device's [`Device::finish_link`] returns [`Provisioned`]:
 //!   the [`UserIdentity`] to keep, its list, and the pins it was given.
+//! - Replacing the user identity when a device was lost (module `replace`,
+//!   issue 17): a remaining device's [`Device::replace_user_identity`]
+//!   (with a fresh [`UserIdentity`]) returns [`Replaced`]: the new signed
+//!   list to publish and a handover per other remaining device to send; each
+//!   of them decrypts its handover as [`MessageKind::UserIdentity`], whose
+//!   [`PendingMessage::new_user_identity`] gives the [`NewUserIdentity`] to
+//!   keep before the commit (which makes the list its own); contacts take
+//!   the list with `trust_new_user_identity`.
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - Time: every `now` is the app's clock in whole seconds since the Unix
@@ -95,6 +103,7 @@ mod groups;
 pub mod hazmat;
 mod healing;
 mod linking;
+mod replace;
 mod store;
 mod users;
 
@@ -108,6 +117,7 @@ pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
 pub use healing::{HealPolicy, HealResult, message_id};
 pub use linking::{LinkOffer, Linked, Provisioned};
+pub use replace::{NewUserIdentity, Replaced};
 pub use store::rotate_storage_key;
 pub use users::{
     DeviceListChange, DeviceListInfo, FanOut, ListedDevice, UserIdentity, UserTrust, user_safety_number,
@@ -197,6 +207,7 @@ pub struct PendingMessage {
     sender_identity: Option<Vec<u8>>,
     message_id: Option<Vec<u8>>,
     sync_recipient: Option<String>,
+    new_user_identity: Option<NewUserIdentity>,
     inner: Mutex<Option<device::PendingMessage>>,
 }
 
@@ -383,7 +394,8 @@ impl Device {
 
 #[uniffi::export]
 impl PendingMessage {
-    /// The plaintext: empty for a [`MessageKind::Control`] message; for a
+    /// The plaintext: empty for a [`MessageKind::Control`] or
+    /// [`MessageKind::UserIdentity`] message; for a
     /// [`MessageKind::SentSync`], what our other device sent.
     pub fn plaintext(&self) -> Vec<u8> {
         self.plaintext.to_vec()
@@ -495,6 +507,7 @@ impl From<device::PendingMessage> for PendingMessage {
             sender_identity: pending.sender_identity().map(|k| k.as_bytes().to_vec()),
             message_id: pending.message_id().map(|id| id.to_vec()),
             sync_recipient: pending.sync_recipient().map(str::to_owned),
+            new_user_identity: pending.new_user_identity().map(NewUserIdentity::from),
             inner: Mutex::new(Some(pending)),
         }
     }

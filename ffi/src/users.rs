@@ -350,7 +350,9 @@ impl ListedDevice {
     }
 }
 
-fn listed(devices: &[(u32, IdentityKey)]) -> Vec<ListedDevice> {
+/// A list's devices (or a change's) as the bindings give them; `replace`
+/// uses it too.
+pub(crate) fn listed(devices: &[(u32, IdentityKey)]) -> Vec<ListedDevice> {
     devices
         .iter()
         .map(|(id, key)| ListedDevice { device_id: i64::from(*id), identity_key: key.as_bytes().to_vec() })

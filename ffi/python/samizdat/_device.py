@@ -52,10 +52,20 @@ from ._values import (
     count32,
     fan_out_of,
     u63,
+    u32_list,
 )
 
 if TYPE_CHECKING:  # _users imports this module: only the names, for the type checker
-    from ._users import DeviceListChange, LinkOffer, Linked, Provisioned, UserIdentity, UserTrust
+    from ._users import (
+        DeviceListChange,
+        LinkOffer,
+        Linked,
+        NewUserIdentity,
+        Provisioned,
+        Replaced,
+        UserIdentity,
+        UserTrust,
+    )
 
 
 def _release(native: Any) -> None:
@@ -374,6 +384,24 @@ class Device:
         args = (_link_offer("offer", offer), as_bytes("message", message), u63("now", now))
         return _provisioned(self._call("finish_link", *args))
 
+    # Replacing the user identity when a device was lost (issue 17).
+
+    def replace_user_identity(self, user_identity: "UserIdentity", keep: Iterable[int]) -> "Replaced":
+        """Replaces our user's identity because a device may be in someone else's hands: signs with
+        ``user_identity``, a fresh one the app generated and keeps (``UserIdentity.generate()``), our
+        own list reduced to this device and the devices ``keep`` (device ids the user confirms they
+        still hold; an id the list does not name is ignored), takes it as this device's own, and
+        encrypts a handover of the user identity and the list to each other device of the new list
+        with a session, in one transaction. Keep ``user_identity`` before the call, then publish
+        ``device_list`` and send the ``handovers``. Called again with the same user identity and
+        devices, it makes the handovers again and changes no list. ``InvalidArgumentError`` with no
+        list of our own, or for the user identity the list is already signed by while it names a
+        device not kept (generate a new one). A refusal writes nothing."""
+        from ._users import _replaced, _user_identity
+
+        args = (_user_identity("user_identity", user_identity), u32_list("keep", keep))
+        return _replaced(self._call("replace_user_identity", *args))
+
     def peers(self) -> List[Address]:
         """Every peer device this device keeps a record of, in no particular order (reads every
         session row: for a settings screen, not per message)."""
@@ -533,8 +561,8 @@ class PendingMessage:
         self._native = native
 
     def plaintext(self) -> bytes:
-        """The plaintext (empty for a control message; for a sent sync, what our other device
-        sent)."""
+        """The plaintext (empty for a control or user identity message; for a sent sync, what our
+        other device sent)."""
         return bytes(self._native.plaintext())
 
     def kind(self) -> MessageKind:
@@ -561,6 +589,15 @@ class PendingMessage:
         """For a ``MessageKind.SENT_SYNC``, the user id the message was sent to; else ``None``."""
         recipient = self._native.sync_recipient()
         return None if recipient is None else str(recipient)
+
+    def new_user_identity(self) -> Optional["NewUserIdentity"]:
+        """For a ``MessageKind.USER_IDENTITY`` (another device of our own user replaced the user
+        identity), the new user identity to keep before the commit, the new list and the devices
+        removed; else ``None``."""
+        from ._users import _new_user_identity
+
+        native = self._native.new_user_identity()
+        return None if native is None else _new_user_identity(native)
 
     def __repr__(self) -> str:
         return f"<samizdat.PendingMessage {self.kind().name} from {self.sender()}>"

@@ -21,18 +21,26 @@ Linking a new device (PROTOCOL.md 23.8): the new device's ``Device.link_offer(no
 ``Device.link_device(code, user_identity, now)``, which returns ``Linked`` (the new signed list to
 publish and the ``message`` to send); the new device's ``Device.finish_link(offer, message, now)``
 returns ``Provisioned`` (the ``UserIdentity`` to keep, its list, the pins it was given).
+
+Removing a lost device for good (issue 17): the device holds the user identity, so a remaining
+device replaces it. ``Device.replace_user_identity(UserIdentity.generate(), lost)`` (keep the new
+identity first) returns ``Replaced`` (the new signed list to publish and the ``handovers`` to send);
+each other remaining device decrypts its handover as ``MessageKind.USER_IDENTITY``, whose
+``PendingMessage.new_user_identity()`` gives a ``NewUserIdentity`` (the ``UserIdentity`` to keep
+before the commit, the list, the devices removed); contacts take the list with
+``Device.trust_new_user_identity`` once the users compared the new safety number.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 from . import _native
 from ._device import SafetyNumber
 from ._errors import call
-from ._values import Address, BytesLike, address_of, as_bytes, text, u32, u63
+from ._values import Address, BytesLike, Outgoing, address_of, as_bytes, outgoing_of, text, u32, u63
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +217,59 @@ def _provisioned(native: Any) -> Provisioned:
         int(native.pinned_users),
         int(native.newly_pinned),
         address_of(native.linked_by),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Replaced:
+    """What ``Device.replace_user_identity`` made (this device already holds the new list): publish
+    ``device_list``, send each of ``handovers`` to its ``to``; ``missing`` are the devices of the new
+    list with no session (start one, then call again with the same user identity: the handovers are
+    made again, without a new list); ``removed`` the devices this call removed; ``list_changed`` is
+    ``False`` when the call was made again with the user identity the list is already signed by."""
+
+    device_list: bytes
+    handovers: Tuple[Outgoing, ...]
+    missing: Tuple[Address, ...]
+    removed: Tuple[ListedDevice, ...]
+    list_changed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NewUserIdentity:
+    """A new user identity another device of our own user handed over
+    (``PendingMessage.new_user_identity()``): keep ``user_identity`` (store its seed sealed) before
+    the commit, which makes ``device_list`` this device's own; ``removed`` are the devices of our list
+    the new one no longer names (tell the user, and which device removed them: the pending
+    message's ``sender()``); ``added`` the devices of the new list ours does not name (linked by the
+    sender, not seen here yet); ``replaced`` the user identity key the handover replaces (``None`` if
+    the sender no longer knew it). Its ``repr`` shows the user identity's public key only."""
+
+    user_identity: "UserIdentity"
+    device_list: bytes
+    removed: Tuple[ListedDevice, ...]
+    added: Tuple[ListedDevice, ...]
+    replaced: Optional[bytes]
+
+
+def _replaced(native: Any) -> Replaced:
+    return Replaced(
+        bytes(native.device_list),
+        tuple(outgoing_of(o) for o in native.handovers),
+        tuple(address_of(a) for a in native.missing),
+        _devices(native.removed),
+        bool(native.list_changed),
+    )
+
+
+def _new_user_identity(native: Any) -> NewUserIdentity:
+    replaced = None if native.replaced is None else bytes(native.replaced)
+    return NewUserIdentity(
+        UserIdentity(native.user_identity),
+        bytes(native.device_list),
+        _devices(native.removed),
+        _devices(native.added),
+        replaced,
     )
 
 

@@ -48,6 +48,10 @@ class MessageKind(enum.Enum):
     SENT_SYNC = 3
     """A copy of a message our own user sent from another of its devices (a fan-out's sent
     sync, PROTOCOL.md 23.7): its plaintext went to the user ``PendingMessage.sync_recipient()``."""
+    USER_IDENTITY = 4
+    """A new user identity another device of our own user handed over after it removed a lost
+    device: ``PendingMessage.new_user_identity()`` gives it. Keep its user identity (its seed,
+    sealed) before the commit, which makes the new list this device's own. No plaintext."""
 
 
 class ScrubResult(enum.Enum):
@@ -373,6 +377,20 @@ def _uint(name: str, value: object, maximum: int, bits: int) -> int:
 def u32(name: str, value: object) -> int:
     """``value`` as an int in 0..2^32-1."""
     return _uint(name, value, _U32_MAX, 32)
+
+
+def u32_list(name: str, values: object) -> List[int]:
+    """An iterable of ints (device ids) as a list of ints in 0..2^32-1.
+
+    A bytes-like object or a ``str`` is refused: iterating one would give numbers or characters.
+    """
+    if isinstance(values, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be an iterable of int, not one {type(values).__name__}")
+    try:
+        items = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of int, not {type(values).__name__}") from None
+    return [u32(f"{name}[{i}]", item) for i, item in enumerate(items)]
 
 
 def u63(name: str, value: object) -> int:

@@ -1430,6 +1430,26 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func linkOffer(now: Int64) throws  -> LinkOffer
     
     /**
+     * Replaces our user's identity because the devices `lost` (device ids)
+     * may be in someone else's hands: signs with `user_identity`, a fresh
+     * one the app generated and keeps ([`UserIdentity::generate`]), our own
+     * list without `lost` (its version one more), takes it as this device's
+     * own, and encrypts a handover of the user identity and the list to each
+     * other device of the new list with a session, in one transaction.
+     * Keep `user_identity` before the call; then publish the returned
+     * `device_list` and send the `handovers`. Fetch our own newest list
+     * first (`update_device_list`): the other devices refuse a handover
+     * whose list is not newer than theirs. Called again with the same user
+     * identity, it makes the handovers again and changes no list; a lost id
+     * the list does not name is ignored. `InvalidArgument` if `lost` names
+     * this device or an id outside 0 to 4,294,967,295, while this device
+     * has no list of its own, or when `user_identity` is the one the list is
+     * already signed by while it still names a lost device (a lost device
+     * holds that key: generate a new one). A refusal writes nothing.
+     */
+    func replaceUserIdentity(userIdentity: UserIdentity, lost: [Int64]) throws  -> Replaced
+    
+    /**
      * Checks the whole store for damage, changing nothing. Opening checks
      * a store of at most 4 MiB whole; a larger one is checked page by page
      * as it is read, so call this in the background now and then (about
@@ -2281,6 +2301,35 @@ open func linkOffer(now: Int64)throws  -> LinkOffer  {
 }
     
     /**
+     * Replaces our user's identity because the devices `lost` (device ids)
+     * may be in someone else's hands: signs with `user_identity`, a fresh
+     * one the app generated and keeps ([`UserIdentity::generate`]), our own
+     * list without `lost` (its version one more), takes it as this device's
+     * own, and encrypts a handover of the user identity and the list to each
+     * other device of the new list with a session, in one transaction.
+     * Keep `user_identity` before the call; then publish the returned
+     * `device_list` and send the `handovers`. Fetch our own newest list
+     * first (`update_device_list`): the other devices refuse a handover
+     * whose list is not newer than theirs. Called again with the same user
+     * identity, it makes the handovers again and changes no list; a lost id
+     * the list does not name is ignored. `InvalidArgument` if `lost` names
+     * this device or an id outside 0 to 4,294,967,295, while this device
+     * has no list of its own, or when `user_identity` is the one the list is
+     * already signed by while it still names a lost device (a lost device
+     * holds that key: generate a new one). A refusal writes nothing.
+     */
+open func replaceUserIdentity(userIdentity: UserIdentity, lost: [Int64])throws  -> Replaced  {
+    return try  FfiConverterTypeReplaced_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_replace_user_identity(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeUserIdentity_lower(userIdentity),
+        FfiConverterSequenceInt64.lower(lost),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Checks the whole store for damage, changing nothing. Opening checks
      * a store of at most 4 MiB whole; a larger one is checked page by page
      * as it is read, so call this in the background now and then (about
@@ -2875,7 +2924,8 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
     func messageId()  -> Data?
     
     /**
-     * The plaintext: empty for a [`MessageKind::Control`] message; for a
+     * The plaintext: empty for a [`MessageKind::Control`] or
+     * [`MessageKind::UserIdentity`] message; for a
      * [`MessageKind::SentSync`], what our other device sent.
      */
     func plaintext()  -> Data
@@ -2899,6 +2949,14 @@ public protocol PendingMessageProtocol: AnyObject, Sendable {
      * kind.
      */
     func syncRecipient()  -> String?
+    
+    /**
+     * For a [`MessageKind::UserIdentity`](crate::MessageKind::UserIdentity)
+     * (another device of our own user replaced the user identity), the new
+     * user identity, the new list and the devices removed; `None` for every
+     * other kind.
+     */
+    func newUserIdentity()  -> NewUserIdentity?
     
 }
 /**
@@ -3002,7 +3060,8 @@ open func messageId() -> Data?  {
 }
     
     /**
-     * The plaintext: empty for a [`MessageKind::Control`] message; for a
+     * The plaintext: empty for a [`MessageKind::Control`] or
+     * [`MessageKind::UserIdentity`] message; for a
      * [`MessageKind::SentSync`], what our other device sent.
      */
 open func plaintext() -> Data  {
@@ -3050,6 +3109,21 @@ open func syncRecipient() -> String?  {
     return try!  FfiConverterOptionString.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_pendingmessage_sync_recipient(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * For a [`MessageKind::UserIdentity`](crate::MessageKind::UserIdentity)
+     * (another device of our own user replaced the user identity), the new
+     * user identity, the new list and the devices removed; `None` for every
+     * other kind.
+     */
+open func newUserIdentity() -> NewUserIdentity?  {
+    return try!  FfiConverterOptionTypeNewUserIdentity.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_pendingmessage_new_user_identity(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -4625,6 +4699,93 @@ public func FfiConverterTypeListedDevice_lower(_ value: ListedDevice) -> RustBuf
 
 
 /**
+ * A new user identity another device of our own user handed over
+ * ([`PendingMessage::new_user_identity`]). Keep [`Self::user_identity`] as
+ * the app keeps the user identity (its seed, sealed) before the commit: the
+ * commit makes the list this device's own. Its `toString`/`repr` shows the
+ * public key only.
+ */
+public struct NewUserIdentity {
+    /**
+     * The new user identity key pair: it signs the user's next lists.
+     */
+    public var userIdentity: UserIdentity
+    /**
+     * The user's new signed device list, this device's own once committed.
+     */
+    public var deviceList: Data
+    /**
+     * The devices of our own list that the new list no longer names (the
+     * lost ones): tell the user which devices were removed, and by which
+     * device (the pending message's `sender`).
+     */
+    public var removed: [ListedDevice]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The new user identity key pair: it signs the user's next lists.
+         */userIdentity: UserIdentity, 
+        /**
+         * The user's new signed device list, this device's own once committed.
+         */deviceList: Data, 
+        /**
+         * The devices of our own list that the new list no longer names (the
+         * lost ones): tell the user which devices were removed, and by which
+         * device (the pending message's `sender`).
+         */removed: [ListedDevice]) {
+        self.userIdentity = userIdentity
+        self.deviceList = deviceList
+        self.removed = removed
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NewUserIdentity: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNewUserIdentity: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NewUserIdentity {
+        return
+            try NewUserIdentity(
+                userIdentity: FfiConverterTypeUserIdentity.read(from: &buf), 
+                deviceList: FfiConverterData.read(from: &buf), 
+                removed: FfiConverterSequenceTypeListedDevice.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NewUserIdentity, into buf: inout [UInt8]) {
+        FfiConverterTypeUserIdentity.write(value.userIdentity, into: &buf)
+        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterSequenceTypeListedDevice.write(value.removed, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewUserIdentity_lift(_ buf: RustBuffer) throws -> NewUserIdentity {
+    return try FfiConverterTypeNewUserIdentity.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewUserIdentity_lower(_ value: NewUserIdentity) -> RustBuffer {
+    return FfiConverterTypeNewUserIdentity.lower(value)
+}
+
+
+/**
  * A one-to-one message the library made for a peer (a group's chain, the
  * answer to a request for one, a reset, a message sent again after a
  * reset): send it to `to` like any other message.
@@ -4866,6 +5027,130 @@ public func FfiConverterTypeProvisioned_lift(_ buf: RustBuffer) throws -> Provis
 #endif
 public func FfiConverterTypeProvisioned_lower(_ value: Provisioned) -> RustBuffer {
     return FfiConverterTypeProvisioned.lower(value)
+}
+
+
+/**
+ * What [`Device::replace_user_identity`] made. This device already holds
+ * the new list as its own.
+ */
+public struct Replaced: Equatable, Hashable {
+    /**
+     * The user's new signed device list, signed by the new user identity:
+     * publish it. Contacts refuse it (`UntrustedIdentity`) until their
+     * users compared the new safety number and they called
+     * `trust_new_user_identity`.
+     */
+    public var deviceList: Data
+    /**
+     * One handover per other device of the new list with which this device
+     * has a session (under the identity key the list names), in the list's
+     * order: send each to its `to`.
+     */
+    public var handovers: [Outgoing]
+    /**
+     * The devices of the new list that got no handover (no session under
+     * the key the list names): start one ([`Device::start_session`]), then
+     * call [`Device::replace_user_identity`] again with the same user
+     * identity: it makes the handovers again, without a new list.
+     */
+    public var missing: [Address]
+    /**
+     * The devices this call removed from the list, with the identity keys
+     * it named them with; empty when called again with the user identity
+     * the list is already signed by.
+     */
+    public var removed: [ListedDevice]
+    /**
+     * Whether the list changed: `false` when it was already signed by the
+     * user identity given and named none of the lost devices (a call made
+     * again).
+     */
+    public var listChanged: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The user's new signed device list, signed by the new user identity:
+         * publish it. Contacts refuse it (`UntrustedIdentity`) until their
+         * users compared the new safety number and they called
+         * `trust_new_user_identity`.
+         */deviceList: Data, 
+        /**
+         * One handover per other device of the new list with which this device
+         * has a session (under the identity key the list names), in the list's
+         * order: send each to its `to`.
+         */handovers: [Outgoing], 
+        /**
+         * The devices of the new list that got no handover (no session under
+         * the key the list names): start one ([`Device::start_session`]), then
+         * call [`Device::replace_user_identity`] again with the same user
+         * identity: it makes the handovers again, without a new list.
+         */missing: [Address], 
+        /**
+         * The devices this call removed from the list, with the identity keys
+         * it named them with; empty when called again with the user identity
+         * the list is already signed by.
+         */removed: [ListedDevice], 
+        /**
+         * Whether the list changed: `false` when it was already signed by the
+         * user identity given and named none of the lost devices (a call made
+         * again).
+         */listChanged: Bool) {
+        self.deviceList = deviceList
+        self.handovers = handovers
+        self.missing = missing
+        self.removed = removed
+        self.listChanged = listChanged
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Replaced: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReplaced: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Replaced {
+        return
+            try Replaced(
+                deviceList: FfiConverterData.read(from: &buf), 
+                handovers: FfiConverterSequenceTypeOutgoing.read(from: &buf), 
+                missing: FfiConverterSequenceTypeAddress.read(from: &buf), 
+                removed: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
+                listChanged: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Replaced, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterSequenceTypeOutgoing.write(value.handovers, into: &buf)
+        FfiConverterSequenceTypeAddress.write(value.missing, into: &buf)
+        FfiConverterSequenceTypeListedDevice.write(value.removed, into: &buf)
+        FfiConverterBool.write(value.listChanged, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReplaced_lift(_ buf: RustBuffer) throws -> Replaced {
+    return try FfiConverterTypeReplaced.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReplaced_lower(_ value: Replaced) -> RustBuffer {
+    return FfiConverterTypeReplaced.lower(value)
 }
 
 
@@ -5363,6 +5648,14 @@ public enum MessageKind: Equatable, Hashable {
      * It came from a device our own list names (PROTOCOL.md 23.7).
      */
     case sentSync
+    /**
+     * A new user identity that another device of our own user handed over
+     * after it removed a lost device (its `sender()`):
+     * `new_user_identity()` gives it. Keep its user identity as the app
+     * keeps the user identity, tell the user which devices were removed,
+     * then commit: the new list becomes this device's own. No plaintext.
+     */
+    case userIdentity
 
 
 
@@ -5392,6 +5685,8 @@ public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
         
         case 4: return .sentSync
         
+        case 5: return .userIdentity
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -5414,6 +5709,10 @@ public struct FfiConverterTypeMessageKind: FfiConverterRustBuffer {
         
         case .sentSync:
             writeInt(&buf, Int32(4))
+        
+        
+        case .userIdentity:
+            writeInt(&buf, Int32(5))
         
         }
     }
@@ -6287,6 +6586,30 @@ fileprivate struct FfiConverterOptionTypeUserTrust: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeNewUserIdentity: FfiConverterRustBuffer {
+    typealias SwiftType = NewUserIdentity?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeNewUserIdentity.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeNewUserIdentity.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
     typealias SwiftType = SamizdatError?
 
@@ -6305,6 +6628,31 @@ fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
         case 1: return try FfiConverterTypeSamizdatError.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceInt64: FfiConverterRustBuffer {
+    typealias SwiftType = [Int64]
+
+    public static func write(_ value: [Int64], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterInt64.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Int64] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Int64]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterInt64.read(from: &buf))
+        }
+        return seq
     }
 }
 
@@ -6783,6 +7131,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_link_offer() != 40469) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_samizdat_ffi_checksum_method_device_replace_user_identity() != 33072) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_samizdat_ffi_checksum_method_device_check_integrity() != 3972) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6837,7 +7188,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_message_id() != 54105) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 1012) {
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_plaintext() != 60200) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sender() != 13685) {
@@ -6847,6 +7198,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_sync_recipient() != 47803) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_pendingmessage_new_user_identity() != 39754) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 25516) {
