@@ -1430,24 +1430,23 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func linkOffer(now: Int64) throws  -> LinkOffer
     
     /**
-     * Replaces our user's identity because the devices `lost` (device ids)
-     * may be in someone else's hands: signs with `user_identity`, a fresh
-     * one the app generated and keeps ([`UserIdentity::generate`]), our own
-     * list without `lost` (its version one more), takes it as this device's
-     * own, and encrypts a handover of the user identity and the list to each
-     * other device of the new list with a session, in one transaction.
-     * Keep `user_identity` before the call; then publish the returned
-     * `device_list` and send the `handovers`. Fetch our own newest list
-     * first (`update_device_list`): the other devices refuse a handover
-     * whose list is not newer than theirs. Called again with the same user
-     * identity, it makes the handovers again and changes no list; a lost id
-     * the list does not name is ignored. `InvalidArgument` if `lost` names
-     * this device or an id outside 0 to 4,294,967,295, while this device
-     * has no list of its own, or when `user_identity` is the one the list is
-     * already signed by while it still names a lost device (a lost device
-     * holds that key: generate a new one). A refusal writes nothing.
+     * Replaces our user's identity because a device may be in someone
+     * else's hands: signs with `user_identity`, a fresh one the app
+     * generated and keeps ([`UserIdentity::generate`]), our own list reduced
+     * to this device and the devices of `keep` (device ids the user confirms
+     * they still hold; an id the list does not name is ignored), takes it
+     * as this device's own, and encrypts a handover of the user identity and
+     * the list to each other device of the new list with a session, in one
+     * transaction. Keep `user_identity` before the call; then publish the
+     * returned `device_list` and send the `handovers`. Called again with the
+     * same user identity and devices, it makes the handovers again and
+     * changes no list. `InvalidArgument` for an id outside 0 to
+     * 4,294,967,295, while this device has no list of its own, or when
+     * `user_identity` is the one the list is already signed by while it
+     * names a device not kept (a lost device holds that key: generate a new
+     * one). A refusal writes nothing.
      */
-    func replaceUserIdentity(userIdentity: UserIdentity, lost: [Int64]) throws  -> Replaced
+    func replaceUserIdentity(userIdentity: UserIdentity, keep: [Int64]) throws  -> Replaced
     
     /**
      * Checks the whole store for damage, changing nothing. Opening checks
@@ -2301,30 +2300,29 @@ open func linkOffer(now: Int64)throws  -> LinkOffer  {
 }
     
     /**
-     * Replaces our user's identity because the devices `lost` (device ids)
-     * may be in someone else's hands: signs with `user_identity`, a fresh
-     * one the app generated and keeps ([`UserIdentity::generate`]), our own
-     * list without `lost` (its version one more), takes it as this device's
-     * own, and encrypts a handover of the user identity and the list to each
-     * other device of the new list with a session, in one transaction.
-     * Keep `user_identity` before the call; then publish the returned
-     * `device_list` and send the `handovers`. Fetch our own newest list
-     * first (`update_device_list`): the other devices refuse a handover
-     * whose list is not newer than theirs. Called again with the same user
-     * identity, it makes the handovers again and changes no list; a lost id
-     * the list does not name is ignored. `InvalidArgument` if `lost` names
-     * this device or an id outside 0 to 4,294,967,295, while this device
-     * has no list of its own, or when `user_identity` is the one the list is
-     * already signed by while it still names a lost device (a lost device
-     * holds that key: generate a new one). A refusal writes nothing.
+     * Replaces our user's identity because a device may be in someone
+     * else's hands: signs with `user_identity`, a fresh one the app
+     * generated and keeps ([`UserIdentity::generate`]), our own list reduced
+     * to this device and the devices of `keep` (device ids the user confirms
+     * they still hold; an id the list does not name is ignored), takes it
+     * as this device's own, and encrypts a handover of the user identity and
+     * the list to each other device of the new list with a session, in one
+     * transaction. Keep `user_identity` before the call; then publish the
+     * returned `device_list` and send the `handovers`. Called again with the
+     * same user identity and devices, it makes the handovers again and
+     * changes no list. `InvalidArgument` for an id outside 0 to
+     * 4,294,967,295, while this device has no list of its own, or when
+     * `user_identity` is the one the list is already signed by while it
+     * names a device not kept (a lost device holds that key: generate a new
+     * one). A refusal writes nothing.
      */
-open func replaceUserIdentity(userIdentity: UserIdentity, lost: [Int64])throws  -> Replaced  {
+open func replaceUserIdentity(userIdentity: UserIdentity, keep: [Int64])throws  -> Replaced  {
     return try  FfiConverterTypeReplaced_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_replace_user_identity(
             self.uniffiCloneHandle(),
         FfiConverterTypeUserIdentity_lower(userIdentity),
-        FfiConverterSequenceInt64.lower(lost),uniffiCallStatus
+        FfiConverterSequenceInt64.lower(keep),uniffiCallStatus
     )
 })
 }
@@ -4720,6 +4718,16 @@ public struct NewUserIdentity {
      * device (the pending message's `sender`).
      */
     public var removed: [ListedDevice]
+    /**
+     * The devices of the new list that our own list does not name (linked
+     * by the sender, not seen here yet): show them too.
+     */
+    public var added: [ListedDevice]
+    /**
+     * The user identity key (32 bytes) the handover says it replaces;
+     * `None` if the sender no longer knew it.
+     */
+    public var replaced: Data?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4734,10 +4742,20 @@ public struct NewUserIdentity {
          * The devices of our own list that the new list no longer names (the
          * lost ones): tell the user which devices were removed, and by which
          * device (the pending message's `sender`).
-         */removed: [ListedDevice]) {
+         */removed: [ListedDevice], 
+        /**
+         * The devices of the new list that our own list does not name (linked
+         * by the sender, not seen here yet): show them too.
+         */added: [ListedDevice], 
+        /**
+         * The user identity key (32 bytes) the handover says it replaces;
+         * `None` if the sender no longer knew it.
+         */replaced: Data?) {
         self.userIdentity = userIdentity
         self.deviceList = deviceList
         self.removed = removed
+        self.added = added
+        self.replaced = replaced
     }
 
     
@@ -4758,7 +4776,9 @@ public struct FfiConverterTypeNewUserIdentity: FfiConverterRustBuffer {
             try NewUserIdentity(
                 userIdentity: FfiConverterTypeUserIdentity.read(from: &buf), 
                 deviceList: FfiConverterData.read(from: &buf), 
-                removed: FfiConverterSequenceTypeListedDevice.read(from: &buf)
+                removed: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
+                added: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
+                replaced: FfiConverterOptionData.read(from: &buf)
         )
     }
 
@@ -4766,6 +4786,8 @@ public struct FfiConverterTypeNewUserIdentity: FfiConverterRustBuffer {
         FfiConverterTypeUserIdentity.write(value.userIdentity, into: &buf)
         FfiConverterData.write(value.deviceList, into: &buf)
         FfiConverterSequenceTypeListedDevice.write(value.removed, into: &buf)
+        FfiConverterSequenceTypeListedDevice.write(value.added, into: &buf)
+        FfiConverterOptionData.write(value.replaced, into: &buf)
     }
 }
 
@@ -5056,15 +5078,14 @@ public struct Replaced: Equatable, Hashable {
      */
     public var missing: [Address]
     /**
-     * The devices this call removed from the list, with the identity keys
-     * it named them with; empty when called again with the user identity
-     * the list is already signed by.
+     * The devices this call removed from the list (the ones not kept), with
+     * the identity keys it named them with; empty when called again with the
+     * user identity the list is already signed by.
      */
     public var removed: [ListedDevice]
     /**
      * Whether the list changed: `false` when it was already signed by the
-     * user identity given and named none of the lost devices (a call made
-     * again).
+     * user identity given and named only devices kept (a call made again).
      */
     public var listChanged: Bool
 
@@ -5089,14 +5110,13 @@ public struct Replaced: Equatable, Hashable {
          * identity: it makes the handovers again, without a new list.
          */missing: [Address], 
         /**
-         * The devices this call removed from the list, with the identity keys
-         * it named them with; empty when called again with the user identity
-         * the list is already signed by.
+         * The devices this call removed from the list (the ones not kept), with
+         * the identity keys it named them with; empty when called again with the
+         * user identity the list is already signed by.
          */removed: [ListedDevice], 
         /**
          * Whether the list changed: `false` when it was already signed by the
-         * user identity given and named none of the lost devices (a call made
-         * again).
+         * user identity given and named only devices kept (a call made again).
          */listChanged: Bool) {
         self.deviceList = deviceList
         self.handovers = handovers
@@ -7131,7 +7151,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_link_offer() != 40469) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_replace_user_identity() != 33072) {
+    if (uniffi_samizdat_ffi_checksum_method_device_replace_user_identity() != 29110) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_check_integrity() != 3972) {

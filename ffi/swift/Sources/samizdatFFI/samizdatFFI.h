@@ -470,7 +470,7 @@ uint64_t uniffi_samizdat_ffi_fn_method_device_link_offer(uint64_t ptr, int64_t n
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REPLACE_USER_IDENTITY
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REPLACE_USER_IDENTITY
-RustBuffer uniffi_samizdat_ffi_fn_method_device_replace_user_identity(uint64_t ptr, uint64_t user_identity, RustBuffer lost, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_samizdat_ffi_fn_method_device_replace_user_identity(uint64_t ptr, uint64_t user_identity, RustBuffer keep, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_CHECK_INTEGRITY
