@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".samizdat.wire.v1.LinkProvisioning", "#[derive(zeroize::Zeroize)]")
         .type_attribute(".samizdat.wire.v1.SentSync", "#[derive(zeroize::Zeroize)]")
         .type_attribute(".samizdat.wire.v1.UserIdentityHandover", "#[derive(zeroize::Zeroize)]")
+        .type_attribute(".samizdat.wire.v1.HandoverAck", "#[derive(zeroize::Zeroize)]")
         // A message body is up to 256 KiB: as `Bytes`, decoding it from a
         // slice copies it once (into a `Vec<u8>` field prost copies it twice)
         // and a `Vec` moves in and out without a copy.

@@ -1038,3 +1038,25 @@ pub fn parse_handover(content: &[u8]) -> Option<Result<HandoverParts, crate::Dec
         })
     })
 }
+
+/// The control content of a handover's acknowledgment (PROTOCOL.md 23.9):
+/// the canonical encoding of a `Control` whose body is `handover_ack`
+/// (field 7), for the test vectors. Nothing is checked.
+pub fn handover_ack_content(user_identity_key: &[u8]) -> Vec<u8> {
+    use prost::Message as _;
+    let control = samizdat_proto::wire::Control {
+        body: Some(samizdat_proto::wire::control::Body::HandoverAck(samizdat_proto::wire::HandoverAck {
+            user_identity_key: user_identity_key.to_vec(),
+        })),
+    };
+    control.encode_to_vec()
+}
+
+/// Reads control content as the device API does before the checks of 18.6:
+/// `None` if it does not begin with `0x3a` (not an acknowledgment), else the
+/// user identity key it acknowledges, or the first of checks A1 and A2 of
+/// PROTOCOL.md 23.9 that fails.
+pub fn parse_handover_ack(content: &[u8]) -> Option<Result<[u8; 32], crate::DecodeError>> {
+    crate::user::handover::HandoverAck::from_control_bytes(content)
+        .map(|parsed| parsed.map(|ack| *ack.user_identity_key.as_bytes()))
+}

@@ -31,11 +31,12 @@
 //!    error on any device: messages between it and the replacing device
 //!    keep flowing both ways.
 //!
-//! Findings 1 to 3 are fixed (PROTOCOL.md 23.9): the handover names the key
-//! it replaces and is taken by a device that holds that key whatever its
+//! All four are fixed (PROTOCOL.md 23.9): the handover names the key it
+//! replaces and is taken by a device that holds that key whatever its
 //! version; a new identity past the last version starts again at 1; the
-//! call takes the devices to keep, not the ones lost. Finding 4 is open
-//! (its test stays ignored): PROTOCOL.md 23.9 states the limit.
+//! call takes the devices to keep, not the ones lost; each handover is
+//! acknowledged, and the replacing device lists the devices that have not
+//! acknowledged it (`awaiting_handovers`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 mod support;
@@ -137,7 +138,10 @@ fn take_handover<A: Backend, B: Backend>(
     let pending = to.decrypt(from.address(), wire)?;
     assert_eq!(pending.kind(), MessageKind::UserIdentity);
     let kept = UserIdentityKeyPair::from_seed(&pending.new_user_identity().unwrap().user_identity().to_seed());
-    assert!(to.commit(pending)?.is_empty());
+    // The commit sends back one acknowledgment, to the device that handed
+    // it over (not delivered here).
+    let acks = to.commit(pending)?;
+    assert!(acks.len() == 1 && acks[0].to == *from.address(), "{acks:?}");
     Ok(kept)
 }
 
@@ -386,8 +390,12 @@ fn finding_a_ghost_the_thief_listed_is_kept_and_handed_the_new_key() {
 /// carry the sender's list (version and key, or a hash) so that a device on
 /// another list is refused with a typed error (`DeviceListError::...`) that
 /// tells the app which device must get the handover again.
+///
+/// Fixed: each handover's commit sends back an acknowledgment, and the
+/// replacing device keeps the devices that have not acknowledged yet
+/// (`awaiting_handovers`, PROTOCOL.md 23.9): the app sees the phone there,
+/// calls again with the same key pair, and the phone catches up.
 #[test]
-#[ignore = "finding: a handover the server drops leaves the device on the old identity, the lost device listed, and no error anywhere"]
 fn finding_a_dropped_handover_leaves_a_device_on_the_old_identity_without_an_error() {
     let w = world();
     let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
@@ -420,8 +428,21 @@ fn finding_a_dropped_handover_leaves_a_device_on_the_old_identity_without_an_err
         Err(e) => errors.push(e),
     }
     let agree = w.phone.device_list().unwrap() == Some(replaced.device_list.clone());
-    println!("lists agree: {agree}; errors: {errors:?}; the tablet read the phone's sync: {leaked}");
-    assert!(agree || !errors.is_empty(), "our devices disagree on the list, and no call on either said so");
+    let awaiting = w.laptop.awaiting_handovers().unwrap();
+    println!(
+        "lists agree: {agree}; errors: {errors:?}; the tablet read the phone's sync: {leaked}; awaiting: {awaiting:?}"
+    );
+    assert!(
+        agree || !errors.is_empty() || awaiting == vec![w.phone.address().clone()],
+        "our devices disagree on the list, and no call on either said so"
+    );
+    // The app sees the phone awaiting: the same key pair again, delivered
+    // this time, and its acknowledgment comes back.
+    let again = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    assert!(!again.list_changed);
+    deliver(&w, w.laptop.address(), w.phone.address(), &again.handovers[0].message).unwrap();
+    assert_eq!(w.phone.device_list().unwrap(), Some(replaced.device_list));
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
 }
 
 /// Delivers `wire` from `from` to `to` in world `w` (decrypt, commit), then
@@ -790,7 +811,10 @@ fn held_the_new_key_is_in_no_debug_output_and_no_plaintext() {
         format!("{:?}", w.phone),
         format!("{batch:?}"),
     ];
-    assert!(w.phone.commit(pending).unwrap().is_empty());
+    // The commit returns the acknowledgment only (a ciphertext to the laptop).
+    let acks = w.phone.commit(pending).unwrap();
+    assert!(acks.len() == 1 && acks[0].to == *w.laptop.address());
+    outputs.push(format!("{acks:?}"));
     outputs.push(format!("{:?}", w.phone.decrypt(w.laptop.address(), &wire).unwrap_err()));
     let hex = hex::encode(seed);
     let secrets = [

@@ -506,3 +506,101 @@ fn forged_handovers_are_refused_and_change_nothing() {
     let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
     take_handover(&w.phone, &w.laptop, &replaced.handovers[0].message).unwrap();
 }
+
+/// Each handover's commit sends back an acknowledgment; the replacing
+/// device lists the devices that have not acknowledged it yet (those it
+/// could not reach too), so that a handover the server dropped is seen and
+/// made again. An acknowledgment of another identity, or one replayed,
+/// changes nothing; one from a contact is refused.
+#[test]
+fn handovers_are_acknowledged_and_the_devices_awaiting_them_are_listed() {
+    let (phone, laptop, desktop) = (device("alice", 1, 0xA1), device("alice", 2, 0xA2), device("alice", 4, 0xA4));
+    let alice = user_key(0xA0);
+    let alice_list = list(&alice, "alice", 1, &[&phone, &laptop, &desktop]);
+    for d in [&phone, &laptop, &desktop] {
+        d.set_device_list(&alice_list).unwrap();
+    }
+    laptop.start_session(&phone.prekey_bundle().unwrap()).unwrap();
+    assert!(laptop.awaiting_handovers().unwrap().is_empty());
+    let fresh = user_key(0xA9);
+    let first = laptop.replace_user_identity(&fresh, &[1, 4]).unwrap();
+    assert_eq!(first.missing, vec![desktop.address().clone()]);
+    assert_eq!(laptop.awaiting_handovers().unwrap(), vec![phone.address().clone(), desktop.address().clone()]);
+
+    // The handover to the phone is dropped; the desktop gets a session and
+    // the handovers are made again.
+    laptop.start_session(&desktop.prekey_bundle().unwrap()).unwrap();
+    let again = laptop.replace_user_identity(&fresh, &[1, 4]).unwrap();
+    assert_eq!(laptop.awaiting_handovers().unwrap().len(), 2);
+    for (to, handover) in [(&phone, &again.handovers[0]), (&desktop, &again.handovers[1])] {
+        let pending = to.decrypt(laptop.address(), &handover.message).unwrap();
+        assert_eq!(pending.kind(), MessageKind::UserIdentity);
+        let acks = to.commit(pending).unwrap();
+        assert_eq!(acks.len(), 1);
+        assert_eq!(&acks[0].to, laptop.address());
+        // The acknowledgment is a control message for the laptop's library.
+        let pending = laptop.decrypt(to.address(), &acks[0].message).unwrap();
+        assert_eq!(pending.kind(), MessageKind::Control);
+        assert!(pending.plaintext().is_empty() && pending.new_user_identity().is_none());
+        assert!(laptop.commit(pending).unwrap().is_empty());
+        // A replay is a duplicate, and changes nothing.
+        let before = rows(&laptop);
+        assert!(laptop.decrypt(to.address(), &acks[0].message).is_err());
+        assert_eq!(rows(&laptop), before);
+    }
+    assert!(laptop.awaiting_handovers().unwrap().is_empty());
+    // Neither device that took a handover awaits anything.
+    assert!(phone.awaiting_handovers().unwrap().is_empty());
+
+    // The first handover, delivered late, is the list held: no change, and
+    // its acknowledgment (of the identity the laptop holds, from a device
+    // no longer awaited) writes nothing.
+    let pending = phone.decrypt(laptop.address(), &first.handovers[0].message).unwrap();
+    let acks = phone.commit(pending).unwrap();
+    let pending = laptop.decrypt(phone.address(), &acks[0].message).unwrap();
+    let before = rows(&laptop);
+    let writes_before = laptop.backend().snapshot();
+    laptop.commit(pending).unwrap();
+    // Only the session row moved: the users row is as it was.
+    let users = |snapshot: &std::collections::BTreeMap<(samizdat::store::Table, Vec<u8>), Vec<u8>>| {
+        snapshot.iter().filter(|((t, _), _)| *t == samizdat::store::Table::Users).count()
+    };
+    assert_eq!(users(&before), users(&writes_before));
+    let own_row = |s: &std::collections::BTreeMap<(samizdat::store::Table, Vec<u8>), Vec<u8>>| {
+        s.iter().filter(|((t, _), _)| *t == samizdat::store::Table::Users).map(|(_, v)| v.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(own_row(&before), own_row(&rows(&laptop)));
+}
+
+/// An acknowledgment from a contact, sealed by hand on a real session, is
+/// refused (`ForeignHandover`) and changes nothing; a malformed one is a
+/// malformed message.
+#[cfg(feature = "hazmat")]
+#[test]
+fn a_forged_acknowledgment_is_refused_and_changes_nothing() {
+    use samizdat::DecodeError;
+    use support::users::forged_control;
+
+    let w = world();
+    replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    let ack = |key: &[u8]| {
+        [vec![0x3a, u8::try_from(key.len() + 2).unwrap(), 0x0a, u8::try_from(key.len()).unwrap()], key.to_vec()]
+            .concat()
+    };
+    let genuine_key = user_key(0xA9).public_key();
+    let from_bob = forged_control(&w.bob, 0xB1, w.laptop.address(), &ack(genuine_key.as_bytes()));
+    let before = rows(&w.laptop);
+    let error = w.laptop.decrypt(w.bob.address(), &from_bob).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidMessage);
+    assert_eq!(refusal(Err::<(), _>(error)), DeviceListError::ForeignHandover { user_id: "bob".into() });
+    let short = forged_control(&w.phone, 0xA1, w.laptop.address(), &ack(&[7; 31]));
+    assert!(matches!(
+        w.laptop.decrypt(w.phone.address(), &short),
+        Err(DeviceError::Session(SessionError::Malformed(DecodeError::InvalidLength {
+            field: "handover_ack.user_identity_key",
+            ..
+        })))
+    ));
+    assert_eq!(rows(&w.laptop), before);
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![w.phone.address().clone()]);
+}

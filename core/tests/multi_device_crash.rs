@@ -711,6 +711,8 @@ const KIND_SYNC: i64 = 3;
 const KIND_LINK: i64 = 4;
 /// A user identity handover (a control message `replace_user_identity` made).
 const KIND_HANDOVER: i64 = 5;
+/// Its acknowledgment (the control message a handover's commit returns).
+const KIND_HANDOVER_ACK: i64 = 6;
 /// Kinds of `sent`: a group message, a fan-out, a hello.
 const SENT_GROUP: i64 = 0;
 const SENT_FAN_OUT: i64 = 1;
@@ -823,7 +825,7 @@ const NET_COLUMNS: &str = "seq, sender, recipient, kind, note, msg, step, cipher
 
 /// An app message of the network (not a control, link or handover message).
 fn is_app_kind(kind: i64) -> bool {
-    kind != KIND_CONTROL && kind != KIND_LINK && kind != KIND_HANDOVER
+    kind != KIND_CONTROL && kind != KIND_LINK && kind != KIND_HANDOVER && kind != KIND_HANDOVER_ACK
 }
 
 fn is_group_duplicate(error: &DeviceError) -> bool {
@@ -1482,6 +1484,39 @@ impl App {
         self.old_key_refused()
     }
 
+    /// A handover's acknowledgment, at the device that handed it over: a
+    /// control message that its commit takes the sender off the devices
+    /// awaiting the handover with, and answers nothing.
+    fn receive_handover_ack(&mut self, row: &Net) -> Result<(), String> {
+        let r = row.recipient;
+        match self.decrypt(row)? {
+            Ok(pending) => {
+                if pending.kind() != MessageKind::Control || pending.group_id().is_some() {
+                    return Self::violation(format!("handover ack seq {} decrypted as {:?}", row.seq, pending.kind()));
+                }
+                if let Some(answer) = self.commit(row, pending)? {
+                    return Self::violation(format!("a handover ack's commit answered {answer:?}"));
+                }
+                let awaiting =
+                    self.devices[r].awaiting_handovers().map_err(|e| format!("awaiting_handovers: {e:?}"))?;
+                if awaiting.contains(&address(row.sender)) {
+                    return Self::violation(format!("{} still awaits {} after its ack", NAMES[r], NAMES[row.sender]));
+                }
+                let tx = sql(self.app.unchecked_transaction())?;
+                self.ack(&tx, r, row.seq)?;
+                add_stat(&tx, "handover acks", 1)?;
+                sql(tx.commit())
+            }
+            Err(e) if is_session_duplicate(&e) => {
+                let tx = sql(self.app.unchecked_transaction())?;
+                self.ack(&tx, r, row.seq)?;
+                add_stat(&tx, "duplicates", 1)?;
+                sql(tx.commit())
+            }
+            Err(e) => Self::violation(format!("handover ack seq {} at {}: {e:?}", row.seq, NAMES[r])),
+        }
+    }
+
     /// A handover for `b1`: its app keeps the new key first, then commits.
     fn receive_handover(&mut self, row: &Net) -> Result<(), String> {
         let r = row.recipient;
@@ -1504,10 +1539,29 @@ impl App {
                     "UPDATE keychain SET seed = ?2 WHERE device = ?1",
                     params![r as i64, new.user_identity().to_seed().as_slice()],
                 ))?;
-                if let Some(answer) = self.commit(row, pending)? {
-                    return Self::violation(format!("a handover's commit answered {answer:?}"));
-                }
+                // The commit returns the acknowledgment, for the device that
+                // handed it over (a kill before it is sent loses it: that
+                // device then lists this one as awaiting, PROTOCOL.md 23.9).
+                let answer = self.commit(row, pending)?;
                 let tx = sql(self.app.unchecked_transaction())?;
+                match answer {
+                    Some(ack) if index_of(&ack.to) == Some(row.sender) => {
+                        if active(row.sender, self.step) {
+                            self.enqueue(
+                                &tx,
+                                (r, row.sender),
+                                KIND_HANDOVER_ACK,
+                                "handover ack",
+                                (None, None),
+                                &ack.message,
+                            )?;
+                            add_stat(&tx, "handover acks sent", 1)?;
+                        } else {
+                            add_stat(&tx, "handover acks to a stopped device", 1)?;
+                        }
+                    }
+                    other => return Self::violation(format!("a handover's commit answered {other:?}")),
+                }
                 self.ack(&tx, r, row.seq)?;
                 add_stat(&tx, "handovers taken", 1)?;
                 sql(tx.commit())?;
@@ -1826,6 +1880,7 @@ impl App {
             KIND_CONTROL => self.receive_control(row),
             KIND_LINK => self.receive_link(row),
             KIND_HANDOVER => self.receive_handover(row),
+            KIND_HANDOVER_ACK => self.receive_handover_ack(row),
             KIND_SYNC => self.receive_one_to_one(row, MessageKind::SentSync),
             _ => self.receive_one_to_one(row, MessageKind::Direct),
         }
@@ -2708,6 +2763,9 @@ fn verify(dir: &Path) -> RoundStats {
         "fresh user identities kept",
         "replace_user_identity again, the list unchanged",
         "handovers taken",
+        "handover acks sent",
+        "handover acks to a stopped device",
+        "handover acks",
         "lists of the old user identity refused",
     ] {
         stats.counters.insert(key.to_owned(), stat(&app, key));
@@ -2724,6 +2782,14 @@ fn verify(dir: &Path) -> RoundStats {
 
     let devices: Vec<Device<SqliteBackend>> =
         (0..DEVICES).map(|d| Device::open(dir.join(format!("{}.db", NAMES[d])), &storage_key(d)).unwrap()).collect();
+    // b2 awaits at most b1's acknowledgment (one a kill lost between b1's
+    // commit and its sending), and nothing else; no other device awaits any.
+    let awaiting = devices[B2].awaiting_handovers().unwrap();
+    assert!(awaiting.is_empty() || awaiting == vec![address(B1)], "b2 awaits {awaiting:?}");
+    stats.counters.insert("b2 still awaiting b1's ack at the end".to_owned(), i64::from(!awaiting.is_empty()));
+    for d in (0..DEVICES).filter(|&d| d != B2) {
+        assert!(devices[d].awaiting_handovers().unwrap().is_empty(), "{} awaits a handover ack", NAMES[d]);
+    }
     let version = |d: usize, u: usize| devices[d].user_trust(USERS[u]).unwrap().map(|t| t.list().version());
     for d in 0..DEVICES {
         let bob = match d {

@@ -113,6 +113,16 @@ impl Device {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.inner.replace_user_identity(&user_identity.inner, &keep)?.into())
     }
+
+    /// The devices of our own list that have not acknowledged the handover
+    /// of our user identity yet: each handover's commit sends an
+    /// acknowledgment back (send what `commit` returns). A device still here
+    /// after a while missed its handover (a server may drop it): call
+    /// `replace_user_identity` again with the same user identity and devices.
+    /// Empty when no replacement is pending. Writes nothing.
+    pub fn awaiting_handovers(&self) -> Result<Vec<Address>, SamizdatError> {
+        Ok(self.inner.awaiting_handovers()?.iter().map(Address::from).collect())
+    }
 }
 
 #[uniffi::export]

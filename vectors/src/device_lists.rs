@@ -121,8 +121,22 @@ pub(crate) enum DeviceListCase {
         #[serde(default)]
         content: String,
     },
-    /// Control content read as a handover (23.9, checks H1 to H4).
+    /// Control content read as a handover (23.9, checks H1 to H5).
     DecodeHandover {
+        name: String,
+        content: String,
+        #[serde(default)]
+        result: Value,
+    },
+    /// The control content of a handover's acknowledgment (23.9).
+    EncodeHandoverAck {
+        name: String,
+        user_identity_key: String,
+        #[serde(default)]
+        content: String,
+    },
+    /// Control content read as an acknowledgment (23.9, checks A1 and A2).
+    DecodeHandoverAck {
         name: String,
         content: String,
         #[serde(default)]
@@ -156,7 +170,12 @@ impl VectorSet for DeviceLists {
             device_list}} (the seed's public key, and the list's bytes), not_a_handover for content that does not \
             begin with 0x32, or the first failure of checks H1 to H4 (protobuf; invalid_length of handover.seed; \
             invalid_value of handover.device_list for list bytes that do not read or verify, L1 to L12; \
-            invalid_value of handover.seed for a seed whose public key is not the list's user_identity_key).",
+            invalid_value of handover.seed for a seed whose public key is not the list's user_identity_key; \
+            invalid_length or invalid_value of handover.replaces, checked after the seed and before the list). \
+            `encode_handover_ack`: the control content of a handover's acknowledgment, Control { handover_ack = 7: \
+            HandoverAck { user_identity_key = 1 } }. `decode_handover_ack`: {ok: {user_identity_key}}, \
+            not_a_handover_ack for content that does not begin with 0x3a, or the first failure of A1 (protobuf) and \
+            A2 (invalid_length or invalid_value of handover_ack.user_identity_key).",
         seed: 23,
         inputs: &[
             "operation",
@@ -178,6 +197,7 @@ impl VectorSet for DeviceLists {
             "plaintext",
             "content",
             "replaces",
+            "user_identity_key",
         ],
     };
 
@@ -515,13 +535,31 @@ impl VectorSet for DeviceLists {
                 let result = match hazmat::parse_handover(&bytes("content", content)?) {
                     None => json!("not_a_handover"),
                     Some(Ok((key, list, replaces))) => json!({ "ok": {
-                        "user_identity_key": h(&key),
+                        "user_identity_key": h(key),
                         "device_list": h(&list),
-                        "replaces": replaces.map(|r| h(&r)),
+                        "replaces": replaces.map(h),
                     } }),
                     Some(Err(e)) => decode_error(&e),
                 };
                 DeviceListCase::DecodeHandover { name: name.clone(), content: content.clone(), result }
+            }
+            DeviceListCase::EncodeHandoverAck { name, user_identity_key, .. } => {
+                let key = bytes("user_identity_key", user_identity_key)?;
+                let content = hazmat::handover_ack_content(&key);
+                agree("content", &content, &handover_ack_by_hand(&key))?;
+                DeviceListCase::EncodeHandoverAck {
+                    name: name.clone(),
+                    user_identity_key: user_identity_key.clone(),
+                    content: h(&content),
+                }
+            }
+            DeviceListCase::DecodeHandoverAck { name, content, .. } => {
+                let result = match hazmat::parse_handover_ack(&bytes("content", content)?) {
+                    None => json!("not_a_handover_ack"),
+                    Some(Ok(key)) => json!({ "ok": { "user_identity_key": h(key) } }),
+                    Some(Err(e)) => decode_error(&e),
+                };
+                DeviceListCase::DecodeHandoverAck { name: name.clone(), content: content.clone(), result }
             }
             DeviceListCase::DecodeSentSync { name, content, .. } => {
                 let result = match hazmat::parse_sent_sync(&bytes("content", content)?) {
@@ -591,10 +629,15 @@ fn handover_cases() -> R<Vec<DeviceListCase>> {
     };
     let encode = |name: &str, replaces: &[u8]| DeviceListCase::EncodeHandover {
         name: name.to_owned(),
-        user_seed: h(&seed),
+        user_seed: h(seed),
         signed: h(&list),
         replaces: h(replaces),
         content: String::new(),
+    };
+    let ack = |name: &str, content: &[u8]| DeviceListCase::DecodeHandoverAck {
+        name: name.to_owned(),
+        content: h(content),
+        result: Value::Null,
     };
     let mut trailing = handover_by_hand(&seed, &list, &old);
     trailing.push(0);
@@ -619,7 +662,33 @@ fn handover_cases() -> R<Vec<DeviceListCase>> {
         decode("decode_handover_seed_of_another_key", &handover_by_hand(&[0x5b; 32], &list, &old)),
         decode("decode_a_sent_sync_is_not_a_handover", &sent_sync_by_hand(b"bob", b"hi")),
         decode("decode_empty_content_is_not_a_handover", &[]),
+        DeviceListCase::EncodeHandoverAck {
+            name: "encode_handover_ack".to_owned(),
+            user_identity_key: h(device_key(&seed)),
+            content: String::new(),
+        },
+        ack("decode_handover_ack", &handover_ack_by_hand(&device_key(&seed))),
+        ack("decode_handover_ack_key_of_31_bytes", &handover_ack_by_hand(&device_key(&seed)[..31])),
+        ack("decode_handover_ack_no_key", &handover_ack_by_hand(&[])),
+        ack("decode_handover_ack_small_order_key", &handover_ack_by_hand(&identity_point)),
+        ack("decode_handover_ack_unknown_field", &[0x3a, 0x02, 0x10, 0x01]),
+        ack("decode_a_handover_is_not_a_handover_ack", &handover_by_hand(&seed, &list, &old)),
     ])
+}
+
+/// The acknowledgment's content from 23.9's layout:
+/// `0x3a varint(len(A)) A`, `A = [0x0a varint(len(k)) k]` (absent when empty).
+fn handover_ack_by_hand(key: &[u8]) -> Vec<u8> {
+    let mut inner = Vec::new();
+    if !key.is_empty() {
+        inner.push(0x0a);
+        varint(key.len(), &mut inner);
+        inner.extend_from_slice(key);
+    }
+    let mut out = vec![0x3a];
+    varint(inner.len(), &mut out);
+    out.extend_from_slice(&inner);
+    out
 }
 
 /// The handover's content from 23.9's layout, field by field:

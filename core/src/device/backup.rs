@@ -308,14 +308,16 @@ fn restore_rows<C: Backend + ?Sized>(
         .map(|list| (super::users::OWN_LIST_ROW.to_vec(), contents.address.user_id(), list))
         .chain(contents.users.iter().map(|(user_id, list)| (sealer.user_key(user_id), user_id.as_str(), list)));
     for (key, user_id, list) in user_rows {
-        // A backup carries the lists, not the key a replacement replaced: a
-        // handover made again from a restored device names none (PROTOCOL.md
-        // 23.9), and its receivers order it by version.
+        // A backup carries the lists, not what a replacement kept in our own
+        // row: a handover made again from a restored device names no key
+        // replaced (its receivers order it by version, PROTOCOL.md 23.9), and
+        // no device awaits it.
         let row = storage::UserRow {
             version: ROW_VERSION,
             user_id: user_id.to_owned(),
             device_list: list.to_bytes(),
             replaced_identity: Vec::new(),
+            awaiting_handover: Vec::new(),
         };
         let bytes = Zeroizing::new(encode(&row));
         writes.push(Write {

@@ -17,7 +17,7 @@ use crate::{
 use super::{
     groups::{ControlAction, GroupPending},
     prekeys::PreKeyRows,
-    replace::HandoverPlan,
+    replace::{HandoverPlan, OwnPlan},
 };
 
 /// A decrypted message waiting for [`Device::commit`](super::Device::commit).
@@ -61,10 +61,11 @@ pub(super) enum Inner {
         /// 23.7), checked to come from a device our own list names; then
         /// `control` is `None` (the commit only advances the session).
         sync: Option<SentSync>,
-        /// A user identity handover from another device of our own user
-        /// (PROTOCOL.md 23.9), checked and planned; then `control` and
-        /// `sync` are `None` (the commit writes our own list too).
-        handover: Option<Box<HandoverPlan>>,
+        /// A user identity handover from another device of our own user, or
+        /// its acknowledgment (PROTOCOL.md 23.9), checked and planned; then
+        /// `control` and `sync` are `None` (the commit writes our own row
+        /// too).
+        own: Option<Box<OwnPlan>>,
     },
     /// A group message.
     Group(GroupPending),
@@ -109,7 +110,7 @@ impl PendingMessage {
     /// [`MessageKind::SentSync`], what our other device sent.
     pub fn plaintext(&self) -> &[u8] {
         match &self.inner {
-            Inner::Pairwise { handover: Some(_), .. } => &[],
+            Inner::Pairwise { own: Some(_), .. } => &[],
             Inner::Pairwise { sync: Some(sync), .. } => &sync.plaintext,
             Inner::Pairwise { control: Some(ControlAction::Resent { plaintext, .. }), .. } => plaintext,
             Inner::Pairwise { control: Some(_), .. } => &[],
@@ -122,7 +123,10 @@ impl PendingMessage {
     pub fn kind(&self) -> MessageKind {
         match &self.inner {
             Inner::Pairwise { sync: Some(_), .. } => MessageKind::SentSync,
-            Inner::Pairwise { handover: Some(_), .. } => MessageKind::UserIdentity,
+            Inner::Pairwise { own: Some(plan), .. } => match **plan {
+                OwnPlan::Handover(_) => MessageKind::UserIdentity,
+                OwnPlan::Ack(_) => MessageKind::Control,
+            },
             Inner::Pairwise { control: Some(ControlAction::Resent { .. }), .. } => MessageKind::Direct,
             Inner::Pairwise { control: Some(_), .. } => MessageKind::Control,
             Inner::Pairwise { .. } => MessageKind::Direct,
@@ -164,7 +168,10 @@ impl PendingMessage {
     /// The handover of a [`MessageKind::UserIdentity`] message.
     pub(super) fn handover(&self) -> Option<&HandoverPlan> {
         match &self.inner {
-            Inner::Pairwise { handover: Some(plan), .. } => Some(plan),
+            Inner::Pairwise { own: Some(plan), .. } => match &**plan {
+                OwnPlan::Handover(plan) => Some(plan),
+                OwnPlan::Ack(_) => None,
+            },
             _ => None,
         }
     }

@@ -35,11 +35,11 @@ use crate::{
     store::{Backend, StoreError, Table},
     user::{
         DeviceList, DeviceListError, SignedDeviceList, UserIdentityKey, UserIdentityKeyPair, UserTrust,
-        handover::Handover,
+        handover::{Handover, HandoverAck},
     },
 };
 
-use super::users::LoadedUser;
+use super::users::{LoadedUser, OwnExtras};
 
 /// What [`Device::replace_user_identity`] made. This device already holds
 /// the new list as its own.
@@ -125,9 +125,27 @@ pub(super) struct HandoverPlan {
     pub(super) trust: Option<UserTrust>,
 }
 
-impl fmt::Debug for HandoverPlan {
+/// What a message about our own user identity does at its commit, as
+/// `decrypt` planned it (PROTOCOL.md 23.9). (Boxed whole in the pending
+/// message: the handover variant is the large one.)
+#[allow(clippy::large_enum_variant)]
+pub(super) enum OwnPlan {
+    /// A handover ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity)):
+    /// our own row written if the list is new; an acknowledgment sent back.
+    Handover(HandoverPlan),
+    /// An acknowledgment of our handover (a control message): our own row
+    /// written without the sender among the devices awaiting it, or nothing
+    /// (`None`: an acknowledgment of another identity, or one already
+    /// taken).
+    Ack(Option<(LoadedUser, UserTrust, OwnExtras)>),
+}
+
+impl fmt::Debug for OwnPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandoverPlan").field("identity", &self.identity).finish_non_exhaustive()
+        match self {
+            Self::Handover(plan) => f.debug_tuple("Handover").field(&plan.identity).finish(),
+            Self::Ack(write) => f.debug_tuple("Ack").field(&write.is_some()).finish(),
+        }
     }
 }
 
@@ -228,7 +246,7 @@ impl<B: Backend> Device<B> {
             }
             let (device_list, updated, replaces) = if same_key {
                 // Made again: the key replaced, as the first call kept it.
-                (trust.signed_list().clone(), None, self.replaced_identity(&loaded))
+                (trust.signed_list().clone(), None, self.own_extras(&loaded).replaced)
             } else {
                 let devices = list.devices().iter().copied().filter(|(id, _)| kept(*id));
                 // A list at the last version (the old key's holder may sign
@@ -249,7 +267,11 @@ impl<B: Backend> Device<B> {
             let content = handover.to_control_bytes();
             let (handovers, missing, mut writes) = self.handover_to_own_devices(handover.list.devices(), &content)?;
             if let Some(updated) = &updated {
-                writes.push(self.user_write_replacing(&loaded, updated, replaces.as_ref()));
+                // Every other device of the new list awaits the handover
+                // until it acknowledges it.
+                let me = self.address.device_id();
+                let awaiting = handover.list.devices().iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
+                writes.push(self.user_write_with(&loaded, updated, &OwnExtras { replaced: replaces, awaiting }));
             }
             // One transaction: the ciphertexts of a refused write are
             // dropped, never returned.
@@ -349,5 +371,58 @@ impl<B: Backend> Device<B> {
         };
         let identity = NewUserIdentity { user_identity, device_list, removed, added, replaced: replaces };
         Ok(HandoverPlan { identity, own, trust: updated })
+    }
+
+    /// Plans an acknowledgment of our handover read by `decrypt` from
+    /// `peer`, whose session authenticated `identity` (PROTOCOL.md 23.9, A3
+    /// to A5). Writes nothing.
+    ///
+    /// # Errors
+    /// [`DeviceListError::ForeignHandover`], [`DeviceListError::NoOwnList`],
+    /// [`DeviceListError::UnlistedDevice`]; a store error.
+    pub(super) fn plan_ack(
+        &self,
+        peer: &Address,
+        identity: &IdentityKey,
+        ack: HandoverAck,
+    ) -> Result<OwnPlan, DeviceError> {
+        let user_id = self.address.user_id();
+        if peer.user_id() != user_id {
+            return Err(DeviceListError::ForeignHandover { user_id: peer.user_id().to_owned() }.into());
+        }
+        let own = self.load_user(user_id)?;
+        let trust = own.trust.clone().ok_or(DeviceListError::NoOwnList)?;
+        trust.check_device(peer.device_id(), identity)?;
+        let mut extras = self.own_extras(&own);
+        if ack.user_identity_key != *trust.user_identity_key() || !extras.awaiting.contains(&peer.device_id()) {
+            return Ok(OwnPlan::Ack(None));
+        }
+        extras.awaiting.retain(|id| *id != peer.device_id());
+        Ok(OwnPlan::Ack(Some((own, trust, extras))))
+    }
+
+    /// The devices of our own list that have not acknowledged the handover
+    /// of our user identity (PROTOCOL.md 23.9): those
+    /// [`Self::replace_user_identity`] handed it to, or could not, until each
+    /// took it and its acknowledgment came back. A server that drops a
+    /// handover leaves its device here: call
+    /// [`Self::replace_user_identity`] again with the same key pair (and
+    /// start a session with a device that has none). Empty when no
+    /// replacement is pending, and on a device that took a handover. Writes
+    /// nothing.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn awaiting_handovers(&self) -> Result<Vec<Address>, DeviceError> {
+        self.check_process()?;
+        let user_id = self.address.user_id();
+        let own = self.load_user(user_id)?;
+        let Some(trust) = &own.trust else { return Ok(Vec::new()) };
+        let mut awaiting = Vec::new();
+        for id in self.own_extras(&own).awaiting.into_iter().filter(|id| trust.list().device(*id).is_some()) {
+            // A verified list's user id is a valid one (L8).
+            awaiting.push(Address::new(user_id, id).map_err(|_| StoreError::Corrupt { table: Table::Users })?);
+        }
+        Ok(awaiting)
     }
 }

@@ -21,7 +21,10 @@ use crate::{
     ratchet::{ENCRYPTED_HEADER_LEN, header, message_key::MessageKey},
     session::{Attempt, PendingDecrypt, SessionRecord},
     store::{Backend, Expected, StoreError, Table, Write},
-    user::{handover::Handover, sync::SentSync},
+    user::{
+        handover::{Handover, HandoverAck},
+        sync::SentSync,
+    },
     wire::{Message, RatchetMessage},
 };
 
@@ -31,7 +34,9 @@ use super::{
     lock,
     pending::{Inner, LoadedRecord, LoadedRows},
     prekeys::PreKeyRows,
+    replace::OwnPlan,
     retry_on_conflict,
+    users::OwnExtras,
 };
 
 /// The row key of the seeds of a peer's skipped keys: its session row's key
@@ -396,7 +401,7 @@ impl<B: Backend> Device<B> {
                     }
                     Err(e) => return Err(e.into()),
                 };
-            let (mut sync, mut handover) = (None, None);
+            let (mut sync, mut own) = (None, None);
             let mut control = match pending.content() {
                 // The first copy of a message a resend brought already.
                 ContentType::App if record.healing().was_resent(&id) => {
@@ -421,7 +426,13 @@ impl<B: Backend> Device<B> {
                         // list (H6 to H13).
                         let parsed = parsed.map_err(SessionError::from)?;
                         let plan = self.plan_handover(peer, &pending.sender_identity(), parsed)?;
-                        handover = Some(Box::new(plan));
+                        own = Some(Box::new(OwnPlan::Handover(plan)));
+                        None
+                    } else if let Some(parsed) = HandoverAck::from_control_bytes(content) {
+                        // Its acknowledgment (PROTOCOL.md 23.9): parsed (A1,
+                        // A2), then checked against our own list (A3 to A5).
+                        let parsed = parsed.map_err(SessionError::from)?;
+                        own = Some(Box::new(self.plan_ack(peer, &pending.sender_identity(), parsed)?));
                         None
                     } else {
                         Some(self.plan_control(peer, pending.sender_identity(), content, record.healing())?)
@@ -437,7 +448,7 @@ impl<B: Backend> Device<B> {
             Ok(PendingMessage {
                 device: self.identity.public_key(),
                 peer: peer.clone(),
-                inner: Inner::Pairwise { pending, loaded, record, control, id, sync, handover },
+                inner: Inner::Pairwise { pending, loaded, record, control, id, sync, own },
             })
         });
         corrupt_if_unchanged(result, &read)
@@ -484,16 +495,16 @@ impl<B: Backend> Device<B> {
         if device != self.identity.public_key() {
             return Err(DeviceError::ForeignPending);
         }
-        let (pending, mut loaded, mut record, control, id, handover) = match inner {
+        let (pending, mut loaded, mut record, control, id, own) = match inner {
             Inner::Group(group) => return self.commit_group(group).map(|()| Vec::new()),
-            Inner::Pairwise { pending, loaded, record, control, id, sync: _, handover } => {
-                (pending, loaded, record, control, id, handover)
+            Inner::Pairwise { pending, loaded, record, control, id, sync: _, own } => {
+                (pending, loaded, record, control, id, own)
             }
         };
         // Group rows first, as every call that takes both locks; then our
-        // own user's row (a handover), then the peer's.
+        // own user's row (a handover or its acknowledgment), then the peer's.
         let _group_guard = control.as_ref().filter(|c| c.is_group()).map(|_| lock(&self.group_lock));
-        let user_lock = handover.as_ref().map(|_| self.peer_lock(&self.user_lock_key(self.address.user_id())));
+        let user_lock = own.as_ref().map(|_| self.peer_lock(&self.user_lock_key(self.address.user_id())));
         let _user_guard = user_lock.as_ref().map(|l| lock(l));
         let row = self.sealer.address_key(&peer);
         let peer_lock = self.peer_lock(&row);
@@ -505,7 +516,7 @@ impl<B: Backend> Device<B> {
         }
         let consumed = pending.consumed_prekeys();
         record.commit(pending)?;
-        let (control_writes, answer) = match control {
+        let (mut control_writes, mut answer) = match control {
             Some(action) => self.control_writes(action, &peer, &mut record)?,
             None => {
                 // A message our reset named, read as first sent: its resend
@@ -516,18 +527,32 @@ impl<B: Backend> Device<B> {
                 (Vec::new(), Vec::new())
             }
         };
+        // A handover's list becomes our own, and its acknowledgment goes back
+        // on the session (also for a list we held already: a handover made
+        // again is acknowledged again); an acknowledgment takes its sender
+        // off the devices awaiting ours. Each write is conditional on our own
+        // row as the decryption read it (PROTOCOL.md 23.9).
+        match own.as_deref() {
+            Some(OwnPlan::Handover(plan)) => {
+                if let Some(trust) = &plan.trust {
+                    let extras = OwnExtras { replaced: plan.identity.replaced().copied(), awaiting: Vec::new() };
+                    control_writes.push(self.user_write_with(&plan.own, trust, &extras));
+                }
+                let user_identity_key = plan.identity.user_identity().public_key();
+                let ack = HandoverAck { user_identity_key }.to_control_bytes();
+                let message = record.encrypt_content(&mut crate::os_rng(), &ack, ContentType::Control)?;
+                answer.push(Outgoing { to: peer.clone(), message });
+            }
+            Some(OwnPlan::Ack(Some((own_row, trust, extras)))) => {
+                control_writes.push(self.user_write_with(own_row, trust, extras));
+            }
+            Some(OwnPlan::Ack(None)) | None => {}
+        }
         // Seeds of another version of the row: it changed since the decryption.
         let mut session_writes = self
             .record_writes(&row, &peer, &mut record, &mut loaded)
             .map_err(|e| stale_on_session_conflict(e.into()))?;
         session_writes.extend(control_writes);
-        // A handover's list becomes our own, conditional on our own row as
-        // the decryption read it (PROTOCOL.md 23.9).
-        if let Some(plan) = handover.as_deref()
-            && let Some(trust) = &plan.trust
-        {
-            session_writes.push(self.user_write_replacing(&plan.own, trust, plan.identity.replaced()));
-        }
         if consumed.is_empty() {
             self.write(&session_writes).map_err(|e| stale_on_group_or_session_conflict(e.into()))?;
             return Ok(answer);

@@ -53,6 +53,17 @@ pub(super) struct LoadedUser {
     pub(super) trust: Option<UserTrust>,
 }
 
+/// What our own row holds besides the list, from a replacement of the user
+/// identity (PROTOCOL.md 23.9): the key it replaced, and the devices that
+/// have not acknowledged its handover yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct OwnExtras {
+    /// The user identity key the list's replaced.
+    pub(super) replaced: Option<UserIdentityKey>,
+    /// Device ids of our own list awaiting the handover, increasing.
+    pub(super) awaiting: Vec<u32>,
+}
+
 /// Every user row, as a backup holds them: our own list (if set), then each
 /// pinned peer user with its signed list ([`Device::user_rows`]).
 pub(super) type UserRows = (Option<SignedDeviceList>, Vec<(String, SignedDeviceList)>);
@@ -121,38 +132,39 @@ impl<B: Backend> Device<B> {
     }
 
     /// The write of `trust` into the row `loaded` read, conditional on the
-    /// row still holding what was read. Our own row keeps the user identity
-    /// key a replacement replaced while its list stays under the same key
+    /// row still holding what was read. Our own row keeps what a replacement
+    /// wrote there ([`OwnExtras`]) while its list stays under the same key
     /// (PROTOCOL.md 23.9).
     pub(super) fn user_write(&self, loaded: &LoadedUser, trust: &UserTrust) -> Write {
         let same_key = loaded.trust.as_ref().is_some_and(|held| held.user_identity_key() == trust.user_identity_key());
-        let replaced = if same_key { self.replaced_identity(loaded) } else { None };
-        self.user_write_replacing(loaded, trust, replaced.as_ref())
+        let extras = if same_key { self.own_extras(loaded) } else { OwnExtras::default() };
+        self.user_write_with(loaded, trust, &extras)
     }
 
-    /// The user identity key our own row says a replacement replaced
-    /// (`None` for a peer's row, or when there is none).
-    pub(super) fn replaced_identity(&self, loaded: &LoadedUser) -> Option<UserIdentityKey> {
-        let sealed = loaded.sealed.as_ref().filter(|_| loaded.key == OWN_LIST_ROW)?;
+    /// What our own row holds besides the list (empty for a peer's row).
+    pub(super) fn own_extras(&self, loaded: &LoadedUser) -> OwnExtras {
+        let Some(sealed) = loaded.sealed.as_ref().filter(|_| loaded.key == OWN_LIST_ROW) else {
+            return OwnExtras::default();
+        };
         // The row opened and decoded when it was loaded.
-        let bytes = self.open_sealed(Table::Users, &loaded.key, sealed).ok()?;
-        let row = crate::codec::decode::<storage::UserRow>(bytes.as_slice()).ok()?;
-        UserIdentityKey::from_slice(&row.replaced_identity).ok()
+        let Ok(bytes) = self.open_sealed(Table::Users, &loaded.key, sealed) else { return OwnExtras::default() };
+        let Ok(row) = crate::codec::decode::<storage::UserRow>(bytes.as_slice()) else {
+            return OwnExtras::default();
+        };
+        OwnExtras {
+            replaced: UserIdentityKey::from_slice(&row.replaced_identity).ok(),
+            awaiting: row.awaiting_handover,
+        }
     }
 
-    /// [`Self::user_write`] with `replaced` as the key a replacement
-    /// replaced (our own row only).
-    pub(super) fn user_write_replacing(
-        &self,
-        loaded: &LoadedUser,
-        trust: &UserTrust,
-        replaced: Option<&UserIdentityKey>,
-    ) -> Write {
+    /// [`Self::user_write`] with `extras` (our own row only).
+    pub(super) fn user_write_with(&self, loaded: &LoadedUser, trust: &UserTrust, extras: &OwnExtras) -> Write {
         let row = storage::UserRow {
             version: ROW_VERSION,
             user_id: trust.list().user_id().to_owned(),
             device_list: trust.to_bytes(),
-            replaced_identity: replaced.map(|key| key.as_bytes().to_vec()).unwrap_or_default(),
+            replaced_identity: extras.replaced.map(|key| key.as_bytes().to_vec()).unwrap_or_default(),
+            awaiting_handover: extras.awaiting.clone(),
         };
         let bytes = Zeroizing::new(encode(&row));
         Write {

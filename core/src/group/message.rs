@@ -281,13 +281,14 @@ impl Control {
                 }
                 Ok(Self::Resend { id, also, plaintext: Zeroizing::new(r.plaintext.clone()) })
             }
-            // The sent sync (PROTOCOL.md 23.7) and the handover (23.9) are
-            // read by the device API before this parser (`user::sync`,
-            // `user::handover`); here, as C0 says, kinds this parser does
-            // not know.
-            Some(pb::control::Body::SentSync(_) | pb::control::Body::Handover(_)) | None => {
-                Err(DecodeError::UnknownKind)
-            }
+            // The sent sync (PROTOCOL.md 23.7), the handover and its
+            // acknowledgment (23.9) are read by the device API before this
+            // parser (`user::sync`, `user::handover`); here, as C0 says,
+            // kinds this parser does not know.
+            Some(
+                pb::control::Body::SentSync(_) | pb::control::Body::Handover(_) | pb::control::Body::HandoverAck(_),
+            )
+            | None => Err(DecodeError::UnknownKind),
         }
     }
 }

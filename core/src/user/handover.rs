@@ -105,3 +105,55 @@ impl fmt::Debug for Handover {
         f.debug_struct("Handover").field("user_identity", &self.user_identity).finish_non_exhaustive()
     }
 }
+
+/// The first byte of a handover acknowledgment's control content: the key
+/// of field 7 with wire type 2, `7 << 3 | 2`.
+pub(crate) const HANDOVER_ACK_KEY: u8 = 0x3a;
+
+/// What a device sends back when it took a handover (or had taken it): the
+/// user identity key it now holds (PROTOCOL.md 23.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandoverAck {
+    /// The user identity key of the list the device now holds.
+    pub(crate) user_identity_key: UserIdentityKey,
+}
+
+impl HandoverAck {
+    /// The control content of this acknowledgment: the canonical encoding
+    /// of a `Control` with body `handover_ack`.
+    pub(crate) fn to_control_bytes(self) -> Vec<u8> {
+        use prost::Message as _;
+        pb::Control {
+            body: Some(pb::control::Body::HandoverAck(pb::HandoverAck {
+                user_identity_key: self.user_identity_key.as_bytes().to_vec(),
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads control content as an acknowledgment: `None` if it does not
+    /// start with [`HANDOVER_ACK_KEY`], else the acknowledgment or why it is
+    /// malformed (PROTOCOL.md 23.9, A1 and A2): the canonical encoding of a
+    /// `Control` whose body is `handover_ack`; a user identity key (32
+    /// bytes, 23.2 L6).
+    pub(crate) fn from_control_bytes(content: &[u8]) -> Option<Result<Self, DecodeError>> {
+        (content.first() == Some(&HANDOVER_ACK_KEY)).then(|| {
+            let control = crate::codec::decode_secret::<pb::Control>(content)?;
+            let Some(pb::control::Body::HandoverAck(ack)) = &control.body else {
+                return Err(DecodeError::Protobuf);
+            };
+            let key = ack.user_identity_key.as_slice();
+            if key.len() != SEED_LEN {
+                let actual = key.len();
+                return Err(DecodeError::InvalidLength {
+                    field: "handover_ack.user_identity_key",
+                    expected: 32,
+                    actual,
+                });
+            }
+            let user_identity_key = UserIdentityKey::from_slice(key)
+                .map_err(|_| DecodeError::InvalidValue("handover_ack.user_identity_key"))?;
+            Ok(Self { user_identity_key })
+        })
+    }
+}

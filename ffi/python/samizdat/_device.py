@@ -402,6 +402,13 @@ class Device:
         args = (_user_identity("user_identity", user_identity), u32_list("keep", keep))
         return _replaced(self._call("replace_user_identity", *args))
 
+    def awaiting_handovers(self) -> List[Address]:
+        """The devices of our own list that have not acknowledged the handover of our user identity
+        yet (each handover's commit returns an acknowledgment: send it). A device still here after a
+        while missed its handover: call ``replace_user_identity`` again with the same user identity
+        and devices. Empty when no replacement is pending. Writes nothing."""
+        return [address_of(a) for a in self._call("awaiting_handovers")]
+
     def peers(self) -> List[Address]:
         """Every peer device this device keeps a record of, in no particular order (reads every
         session row: for a settings screen, not per message)."""

@@ -305,14 +305,21 @@ def as_bytes(name: str, value: object) -> bytes:
     return data
 
 
+def _items(name: str, values: object, what: str) -> List[object]:
+    """An iterable's items, as a list; one bytes-like object or ``str`` is refused (iterating it
+    would give numbers or characters, never what the caller meant)."""
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"{name} must be an iterable of {what}, not one {type(values).__name__}")
+    try:
+        items: List[object] = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of {what}, not {type(values).__name__}") from None
+    return items
+
+
 def bytes_list(name: str, values: object) -> List[bytes]:
     """An iterable of bytes-like objects as a list of ``bytes``."""
-    if isinstance(values, (bytes, bytearray, memoryview, str)):
-        raise TypeError(f"{name} must be an iterable of bytes-like objects, not one {type(values).__name__}")
-    try:
-        items = list(values)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"{name} must be an iterable of bytes-like objects, not {type(values).__name__}") from None
+    items = _items(name, values, "bytes-like objects")
     return [as_bytes(f"{name}[{i}]", item) for i, item in enumerate(items)]
 
 
@@ -384,12 +391,7 @@ def u32_list(name: str, values: object) -> List[int]:
 
     A bytes-like object or a ``str`` is refused: iterating one would give numbers or characters.
     """
-    if isinstance(values, (str, bytes, bytearray, memoryview)):
-        raise TypeError(f"{name} must be an iterable of int, not one {type(values).__name__}")
-    try:
-        items = list(values)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"{name} must be an iterable of int, not {type(values).__name__}") from None
+    items = _items(name, values, "int")
     return [u32(f"{name}[{i}]", item) for i, item in enumerate(items)]
 
 

@@ -218,7 +218,14 @@ def test_the_calls_refusals_change_nothing_and_a_call_again_changes_no_list(worl
     # The replacement, taken by the phone.
     fresh = UserIdentity.generate()
     first = w.laptop.replace_user_identity(fresh, (d for d in [1]))
-    w.phone.commit(w.phone.decrypt(w.laptop.address(), first.handovers[0].message))
+    assert w.laptop.awaiting_handovers() == [w.phone.address()]
+    acks = w.phone.commit(w.phone.decrypt(w.laptop.address(), first.handovers[0].message))
+    # The commit returns the acknowledgment, for the laptop's library.
+    assert [a.to for a in acks] == [w.laptop.address()]
+    pending = w.laptop.decrypt(w.phone.address(), acks[0].message)
+    assert pending.kind() == MessageKind.CONTROL
+    assert not w.laptop.commit(pending)
+    assert w.laptop.awaiting_handovers() == []
 
     # Called again with the same key (a handover was lost): the handover again, no new list.
     again = w.laptop.replace_user_identity(fresh, [1])

@@ -196,7 +196,15 @@ class LostDeviceTest {
             // The replacement, taken by the phone.
             val fresh = UserIdentity.generate()
             val first = w.laptop.replaceUserIdentity(fresh, listOf(1L))
-            w.phone.decrypt(w.laptop.address(), first.handovers.single().message).use { w.phone.commit(it) }
+            assertEquals(listOf(w.phone.address()), w.laptop.awaitingHandovers())
+            val acks = w.phone.decrypt(w.laptop.address(), first.handovers.single().message).use { w.phone.commit(it) }
+            // The commit returns the acknowledgment, for the laptop's library.
+            assertEquals(listOf(w.laptop.address()), acks.map { it.to })
+            w.laptop.decrypt(w.phone.address(), acks.single().message).use { pending ->
+                assertEquals(MessageKind.CONTROL, pending.kind())
+                assertTrue(w.laptop.commit(pending).isEmpty())
+            }
+            assertTrue(w.laptop.awaitingHandovers().isEmpty())
 
             // Called again with the same key (a handover was lost): the handover again, no new list.
             val again = w.laptop.replaceUserIdentity(fresh, listOf(1L))
