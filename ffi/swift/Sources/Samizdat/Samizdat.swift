@@ -1430,6 +1430,16 @@ public protocol DeviceProtocol: AnyObject, Sendable {
     func linkOffer(now: Int64) throws  -> LinkOffer
     
     /**
+     * The devices of our own list that have not acknowledged the handover
+     * of our user identity yet: each handover's commit sends an
+     * acknowledgment back (send what `commit` returns). A device still here
+     * after a while missed its handover (a server may drop it): call
+     * `replace_user_identity` again with the same user identity and devices.
+     * Empty when no replacement is pending. Writes nothing.
+     */
+    func awaitingHandovers() throws  -> [Address]
+    
+    /**
      * Replaces our user's identity because a device may be in someone
      * else's hands: signs with `user_identity`, a fresh one the app
      * generated and keeps ([`UserIdentity::generate`]), our own list reduced
@@ -2295,6 +2305,23 @@ open func linkOffer(now: Int64)throws  -> LinkOffer  {
     uniffi_samizdat_ffi_fn_method_device_link_offer(
             self.uniffiCloneHandle(),
         FfiConverterInt64.lower(now),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The devices of our own list that have not acknowledged the handover
+     * of our user identity yet: each handover's commit sends an
+     * acknowledgment back (send what `commit` returns). A device still here
+     * after a while missed its handover (a server may drop it): call
+     * `replace_user_identity` again with the same user identity and devices.
+     * Empty when no replacement is pending. Writes nothing.
+     */
+open func awaitingHandovers()throws  -> [Address]  {
+    return try  FfiConverterSequenceTypeAddress.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_device_awaiting_handovers(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -7149,6 +7176,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_link_offer() != 40469) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_samizdat_ffi_checksum_method_device_awaiting_handovers() != 18459) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_replace_user_identity() != 29110) {

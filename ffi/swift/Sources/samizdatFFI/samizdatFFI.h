@@ -468,6 +468,11 @@ RustBuffer uniffi_samizdat_ffi_fn_method_device_link_device(uint64_t ptr, RustBu
 uint64_t uniffi_samizdat_ffi_fn_method_device_link_offer(uint64_t ptr, int64_t now, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_AWAITING_HANDOVERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_AWAITING_HANDOVERS
+RustBuffer uniffi_samizdat_ffi_fn_method_device_awaiting_handovers(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REPLACE_USER_IDENTITY
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_FN_METHOD_DEVICE_REPLACE_USER_IDENTITY
 RustBuffer uniffi_samizdat_ffi_fn_method_device_replace_user_identity(uint64_t ptr, uint64_t user_identity, RustBuffer keep, RustCallStatus *_Nonnull out_status
@@ -1473,6 +1478,12 @@ uint16_t uniffi_samizdat_ffi_checksum_method_device_link_device(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_LINK_OFFER
 #define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_LINK_OFFER
 uint16_t uniffi_samizdat_ffi_checksum_method_device_link_offer(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_AWAITING_HANDOVERS
+#define UNIFFI_FFIDEF_UNIFFI_SAMIZDAT_FFI_CHECKSUM_METHOD_DEVICE_AWAITING_HANDOVERS
+uint16_t uniffi_samizdat_ffi_checksum_method_device_awaiting_handovers(void
     
 );
 #endif
