@@ -149,7 +149,8 @@ def test_a_lost_tablet_is_removed_for_good(world):
     # The app keeps the key (its seed, sealed) before the commit.
     kept = UserIdentity.from_seed(handed.user_identity.seed())
     assert kept.public_key() == fresh.public_key()
-    assert w.phone.commit(pending) == []
+    # The commit returns the acknowledgment, for the laptop.
+    assert [a.to for a in w.phone.commit(pending)] == [w.laptop.address()]
     assert w.phone.device_list() == replaced.device_list
     assert w.phone.user_trust("alice").user_identity_key() == fresh.public_key()
 

@@ -124,7 +124,8 @@ class LostDeviceTest {
                 // The app keeps the key (its seed, sealed) before the commit.
                 val kept = UserIdentity.fromSeed(handed.userIdentity.seed())
                 assertArrayEquals(fresh.publicKey(), kept.publicKey())
-                assertEquals(emptyList<Outgoing>(), w.phone.commit(pending))
+                // The commit returns the acknowledgment, for the laptop.
+                assertEquals(listOf(w.laptop.address()), w.phone.commit(pending).map { it.to })
             }
             assertArrayEquals(replaced.deviceList, w.phone.deviceList())
             assertArrayEquals(fresh.publicKey(), w.phone.userTrust("alice")!!.userIdentityKey())
