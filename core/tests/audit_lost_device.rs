@@ -1178,3 +1178,542 @@ fn held_the_calls_edges() {
     // reaches it.
     take_handover(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address())).unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Second pass: the acknowledgment
+//
+// Commits 8786fd9 and 7b68277: every handover's commit returns an
+// acknowledgment (control field 7, `HandoverAck`), and the replacing device
+// keeps the devices that have not acknowledged yet (`awaiting_handover`,
+// `Device::awaiting_handovers`), PROTOCOL.md 23.9 "The acknowledgment".
+// The question: can a hostile server, a contact, the thief, or a modified
+// library make `awaiting_handovers()` lie (a device reported as having
+// taken the handover when it did not, or one kept forever that did)?
+//
+// Two findings (ignored tests): A1, a device that holds the new identity
+// under a newer list refuses the handover made again (`Rollback`) and never
+// acknowledges it; A2, a backup drops the awaiting set, so a restored
+// replacing device awaits no device though the handover was dropped. Held:
+// old-identity, replayed, relabeled, forged (thief, contact) and malformed
+// acknowledgments; the thief's race; failed and raced commits (no
+// acknowledgment returned, no older row written back); the set through
+// calls made again, list updates, links, store snapshots and batches.
+// ---------------------------------------------------------------------------
+
+/// Decrypts and commits `wire` (a handover from `from`) at `to`, then every
+/// acknowledgment the commit returned at `from`: the handover taken and its
+/// acknowledgment read, whatever the backends.
+fn hand_over_and_acknowledge<A: Backend, B: Backend>(
+    to: &Device<A>,
+    from: &Device<B>,
+    wire: &[u8],
+) -> Result<(), DeviceError> {
+    let pending = to.decrypt(from.address(), wire)?;
+    for ack in to.commit(pending)? {
+        assert_eq!(ack.to, *from.address());
+        let pending = from.decrypt(to.address(), &ack.message)?;
+        assert_eq!(pending.kind(), MessageKind::Control);
+        assert!(from.commit(pending)?.is_empty());
+    }
+    Ok(())
+}
+
+/// The acknowledgment `to` returns when it takes `wire` from `from` (not
+/// delivered: the server holds it).
+fn held_ack<A: Backend, B: Backend>(to: &Device<A>, from: &Device<B>, wire: &[u8]) -> Vec<u8> {
+    let pending = to.decrypt(from.address(), wire).unwrap();
+    let mut acks = to.commit(pending).unwrap();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].to, *from.address());
+    acks.remove(0).message
+}
+
+/// Decrypts and commits an acknowledgment `wire` from `from` at `at`.
+fn read_ack<B: Backend>(at: &Device<B>, from: &Address, wire: &[u8]) -> Result<(), DeviceError> {
+    let pending = at.decrypt(from, wire)?;
+    assert_eq!(pending.kind(), MessageKind::Control);
+    assert!(at.commit(pending)?.is_empty());
+    Ok(())
+}
+
+/// An acknowledgment of an older identity (the first replacement's, held by
+/// the server) delivered after a second replacement: it is read (the
+/// session advances) but the awaiting set and the users row are untouched;
+/// only the acknowledgment of the newer identity clears it.
+#[test]
+fn held_an_acknowledgment_of_an_older_identity_clears_nothing_of_a_newer_one() {
+    let w = world();
+    let first = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    let old_ack = held_ack(&w.phone, &w.laptop, handover_to(&first, w.phone.address()));
+    let second = w.laptop.replace_user_identity(&user_key(0xAA), &[1]).unwrap();
+    assert!(second.list_changed);
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+
+    let users = |d: &Dev| rows(d).into_iter().filter(|((t, _), _)| *t == Table::Users).collect::<Vec<_>>();
+    let before = users(&w.laptop);
+    read_ack(&w.laptop, w.phone.address(), &old_ack).unwrap();
+    assert_eq!(users(&w.laptop), before);
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+
+    hand_over_and_acknowledge(&w.phone, &w.laptop, handover_to(&second, w.phone.address())).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+    assert_eq!(w.phone.device_list().unwrap(), Some(second.device_list));
+}
+
+/// A genuine acknowledgment relabeled by the server to another own device
+/// (one still awaited), to a contact or to an unknown device is refused and
+/// changes no row; read from its sender it clears that sender only; replayed,
+/// it is refused and changes no row.
+#[test]
+fn held_a_replayed_or_relabeled_acknowledgment_is_refused_and_changes_nothing() {
+    let w = world();
+    // A new identity keeping every device: the phone and the tablet await it.
+    let replaced = w.laptop.replace_user_identity(&user_key(0xA9), &[1, 3]).unwrap();
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1), alice(3)]);
+    let ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+
+    let before = rows(&w.laptop);
+    for from in [alice(3), w.bob.address().clone(), alice(7)] {
+        assert!(w.laptop.decrypt(&from, &ack).is_err(), "{from:?}");
+        assert_eq!(rows(&w.laptop), before);
+    }
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1), alice(3)]);
+
+    read_ack(&w.laptop, w.phone.address(), &ack).unwrap();
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(3)]);
+    let before = rows(&w.laptop);
+    assert!(w.laptop.decrypt(w.phone.address(), &ack).is_err());
+    assert_eq!(rows(&w.laptop), before);
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(3)]);
+}
+
+/// The thief (the lost tablet's store and library, modified) and a contact
+/// forge acknowledgments of the new key (public: it is in the published
+/// list) and of the old one, sealed on their real sessions with the laptop,
+/// and relabeled to the phone: all refused (`UnlistedDevice`,
+/// `ForeignHandover`, or not opening on the phone's session); no row
+/// changes and the phone still awaits.
+#[cfg(feature = "hazmat")]
+#[test]
+fn held_the_thief_and_a_contact_cannot_acknowledge_in_a_devices_place() {
+    use samizdat::hazmat::handover_ack_content;
+    use support::users::forged_control;
+
+    let w = world();
+    let fresh = user_key(0xA9);
+    replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let before = rows(&w.laptop);
+    for key in [fresh.public_key(), w.alice.public_key()] {
+        let content = handover_ack_content(key.as_bytes());
+        let from_thief = forged_control(&w.tablet, 0xA3, w.laptop.address(), &content);
+        let result = w.laptop.decrypt(w.tablet.address(), &from_thief);
+        assert!(matches!(refusal(result), DeviceListError::UnlistedDevice { device_id: 3 }));
+        assert!(w.laptop.decrypt(w.phone.address(), &from_thief).is_err());
+        let from_bob = forged_control(&w.bob, 0xB1, w.laptop.address(), &content);
+        let result = w.laptop.decrypt(w.bob.address(), &from_bob);
+        assert!(matches!(refusal(result), DeviceListError::ForeignHandover { .. }));
+        assert!(w.laptop.decrypt(w.phone.address(), &from_bob).is_err());
+        assert_eq!(rows(&w.laptop), before);
+    }
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+}
+
+/// Malformed acknowledgments a modified library of the phone seals on its
+/// real session (every truncation and bit flip of a genuine one, stray
+/// fields, wrong lengths, keys that are no point): never a panic, no row
+/// changed by `decrypt`, and `parse_handover_ack` agrees (a content it
+/// refuses is refused by `decrypt`). Committed, those that decrypt never
+/// clear the phone unless they carry the new key.
+#[cfg(feature = "hazmat")]
+#[test]
+fn held_malformed_acknowledgments_never_panic_and_change_nothing() {
+    use samizdat::hazmat::{handover_ack_content, parse_handover_ack};
+    use support::users::forged_control;
+
+    let w = world();
+    let fresh = user_key(0xA9);
+    replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let genuine = handover_ack_content(fresh.public_key().as_bytes());
+    assert_eq!(genuine.len(), 36);
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for cut in 1..genuine.len() {
+        inputs.push(genuine[..cut].to_vec());
+    }
+    for at in 0..genuine.len() {
+        for bit in [0x01, 0x80] {
+            let mut flipped = genuine.clone();
+            flipped[at] ^= bit;
+            inputs.push(flipped);
+        }
+    }
+    inputs.push([genuine.clone(), vec![0x00]].concat());
+    inputs.push([genuine.clone(), vec![0x10, 0x01]].concat());
+    inputs.push([genuine.clone(), genuine.clone()].concat());
+    inputs.push(handover_ack_content(&[]));
+    inputs.push(handover_ack_content(&[0x00; 31]));
+    inputs.push(handover_ack_content(&[0x00; 33]));
+    inputs.push(handover_ack_content(&[0xff; 32]));
+    inputs.push(handover_ack_content(&[0x00; 32]));
+    inputs.push(vec![0x3a]);
+    inputs.push(vec![0x3a, 0x00]);
+    inputs.push(vec![0x3a, 0x7f, 0x0a, 0x20]);
+
+    let before = rows(&w.laptop);
+    for content in &inputs {
+        let wire = forged_control(&w.phone, 0xA1, w.laptop.address(), content);
+        let result = w.laptop.decrypt(w.phone.address(), &wire);
+        assert_eq!(rows(&w.laptop), before, "{content:02x?}");
+        if matches!(parse_handover_ack(content), Some(Err(_))) {
+            assert!(result.is_err(), "{content:02x?}");
+        }
+    }
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+}
+
+/// The race of PROTOCOL.md 23.9: the thief replaces first (dropping the
+/// laptop) and the phone takes its handover. The phone's acknowledgment to
+/// the thief, delivered to the laptop, is refused and changes nothing; the
+/// phone refuses the laptop's handover (and a call made again), sends no
+/// acknowledgment, and the laptop keeps showing it as awaiting: the user
+/// can see that the phone has not caught up.
+#[test]
+fn held_a_device_that_took_the_thiefs_handover_stays_awaited() {
+    let w = world();
+    let thief = w.tablet.replace_user_identity(&user_key(0x7F), &[1]).unwrap();
+    let ack_to_thief = held_ack(&w.phone, &w.tablet, handover_to(&thief, w.phone.address()));
+
+    let ours = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    let before = rows(&w.laptop);
+    assert!(w.laptop.decrypt(w.phone.address(), &ack_to_thief).is_err());
+    assert_eq!(rows(&w.laptop), before);
+
+    let result = w.phone.decrypt(w.laptop.address(), handover_to(&ours, w.phone.address()));
+    assert!(matches!(refusal(result), DeviceListError::UnlistedDevice { device_id: 2 }));
+    let again = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    assert!(!again.list_changed);
+    assert!(w.phone.decrypt(w.laptop.address(), handover_to(&again, w.phone.address())).is_err());
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    // The thief's acknowledgment reaches the thief only: the laptop is
+    // untouched by it.
+    read_ack(&w.tablet, w.phone.address(), &ack_to_thief).unwrap();
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+}
+
+/// A handover's commit whose write fails (another handle wrote the session
+/// between its read and its write: `StalePending`; or the store refuses
+/// it) returns an error, so no acknowledgment ciphertext: the list is not
+/// taken and the laptop still awaits the phone. The same for a handover made
+/// again (no change, H12, no own-row write). Read again, it is taken and
+/// acknowledged.
+#[test]
+fn held_a_handover_commit_that_fails_returns_no_acknowledgment() {
+    let store = Arc::new(MemoryBackend::new());
+    let (phone, second) = racy_pair(&store, 1, &PHONE_KEY);
+    let w = build(phone, device("alice", 2, 0xA2));
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let wire = handover_to(&replaced, w.phone.address()).to_vec();
+    let race = |second: &Arc<Device<Arc<MemoryBackend>>>| {
+        let second = second.clone();
+        move || drop(second.encrypt(&alice(2), b"raced").unwrap())
+    };
+
+    let pending = w.phone.decrypt(w.laptop.address(), &wire).unwrap();
+    w.phone.backend().queue(race(&second));
+    let result = w.phone.commit(pending);
+    assert!(matches!(result, Err(DeviceError::Session(SessionError::StalePending))), "{result:?}");
+    assert_eq!(w.phone.device_list().unwrap().map(|l| version(&l)), Some(1));
+    let pending = w.phone.decrypt(w.laptop.address(), &wire).unwrap();
+    let before = store.snapshot();
+    w.phone.backend().fail_next();
+    assert!(matches!(w.phone.commit(pending), Err(DeviceError::Store(StoreError::Locked))));
+    assert_eq!(store.snapshot(), before);
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+
+    // Taken; its acknowledgment dropped; made again and raced.
+    let _dropped = held_ack(&w.phone, &w.laptop, &wire);
+    let again = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let wire = handover_to(&again, w.phone.address()).to_vec();
+    let pending = w.phone.decrypt(w.laptop.address(), &wire).unwrap();
+    w.phone.backend().queue(race(&second));
+    let result = w.phone.commit(pending);
+    assert!(matches!(result, Err(DeviceError::Session(SessionError::StalePending))), "{result:?}");
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    hand_over_and_acknowledge(&w.phone, &w.laptop, &wire).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+}
+
+/// Races on the laptop's store between an acknowledgment's read and its
+/// commit's write: another handle writes a newer list under the new key
+/// (the commit is stale, and never writes the older list back; read again,
+/// the acknowledgment is taken on the newer list); another handle replaces
+/// the identity again (stale; read again, the acknowledgment is of an older
+/// identity and clears nothing); the store refuses the write (nothing
+/// written; read again, it is taken).
+#[test]
+fn held_a_raced_acknowledgment_commit_is_stale_and_never_restores_an_older_row() {
+    let store = Arc::new(MemoryBackend::new());
+    let (laptop, second) = racy_pair(&store, 2, &LAPTOP_KEY);
+    let w = build(device("alice", 1, 0xA1), laptop);
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+
+    let pending = w.laptop.decrypt(w.phone.address(), &ack).unwrap();
+    let before = store.snapshot();
+    w.laptop.backend().fail_next();
+    assert!(matches!(w.laptop.commit(pending), Err(DeviceError::Store(StoreError::Locked))));
+    assert_eq!(store.snapshot(), before);
+
+    let entries = [(1, w.phone.identity_key()), (2, w.laptop.identity_key())];
+    let newer =
+        samizdat::user::DeviceList::new("alice", 3, &fresh.public_key(), entries).unwrap().sign(&fresh).unwrap();
+    let pending = w.laptop.decrypt(w.phone.address(), &ack).unwrap();
+    w.laptop.backend().queue({
+        let (second, newer) = (second.clone(), newer.clone());
+        move || drop(second.set_device_list(&newer).unwrap())
+    });
+    let result = w.laptop.commit(pending);
+    assert!(matches!(result, Err(DeviceError::Session(SessionError::StalePending))), "{result:?}");
+    assert_eq!(w.laptop.device_list().unwrap(), Some(newer.clone()));
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    read_ack(&w.laptop, w.phone.address(), &ack).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+    assert_eq!(w.laptop.device_list().unwrap(), Some(newer));
+
+    // Another replacement by another handle, between the read and the write.
+    let store = Arc::new(MemoryBackend::new());
+    let (laptop, second) = racy_pair(&store, 2, &LAPTOP_KEY);
+    let w = build(device("alice", 1, 0xA1), laptop);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+    let pending = w.laptop.decrypt(w.phone.address(), &ack).unwrap();
+    let next = Arc::new(Mutex::new(None));
+    w.laptop.backend().queue({
+        let (second, next) = (second.clone(), next.clone());
+        move || *next.lock().unwrap() = Some(second.replace_user_identity(&user_key(0xAA), &[1]).unwrap())
+    });
+    let result = w.laptop.commit(pending);
+    assert!(matches!(result, Err(DeviceError::Session(SessionError::StalePending))), "{result:?}");
+    let next = next.lock().unwrap().take().unwrap();
+    assert_eq!(w.laptop.device_list().unwrap(), Some(next.device_list.clone()));
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    read_ack(&w.laptop, w.phone.address(), &ack).unwrap();
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    assert_eq!(w.laptop.device_list().unwrap(), Some(next.device_list.clone()));
+    hand_over_and_acknowledge(&w.phone, &w.laptop, handover_to(&next, w.phone.address())).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+}
+
+/// A call made again on one handle, raced by another handle that reads the
+/// phone's acknowledgment and clears the set: the call is recomputed (the
+/// session row moved) and does not put the phone back; its handover, read
+/// by the phone (no change), is acknowledged again and changes nothing.
+#[test]
+fn held_a_call_made_again_raced_by_an_acknowledgment_does_not_restore_the_set() {
+    let store = Arc::new(MemoryBackend::new());
+    let (laptop, second) = racy_pair(&store, 2, &LAPTOP_KEY);
+    let w = build(device("alice", 1, 0xA1), laptop);
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+    w.laptop.backend().queue({
+        let second = second.clone();
+        move || read_ack(&*second, &alice(1), &ack).unwrap()
+    });
+    let again = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    assert!(!again.list_changed);
+    assert!(w.laptop.backend().conflicts() >= 1);
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+    hand_over_and_acknowledge(&w.phone, &w.laptop, handover_to(&again, w.phone.address())).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+    assert_eq!(w.phone.device_list().unwrap(), Some(replaced.device_list));
+}
+
+/// The awaiting set on the replacing device through the calls that rewrite
+/// its own row under the same key: a call made again keeps it; a newer list
+/// (`update_device_list`) that drops a device stops listing it, and its
+/// acknowledgment is then refused and changes nothing; a list that names it
+/// again (`set_device_list`) lists it again and takes its acknowledgment;
+/// linking a new device keeps the set and does not add the new device
+/// (it holds the key from the link); a list under another key clears it.
+#[test]
+fn held_the_awaiting_set_survives_list_updates_links_and_calls_made_again() {
+    let now = SystemTime::now();
+    let w = world();
+    let fresh = user_key(0xA9);
+    let replaced = w.laptop.replace_user_identity(&fresh, &[1, 3]).unwrap();
+    let awaiting = || w.laptop.awaiting_handovers().unwrap();
+    assert_eq!(awaiting(), vec![alice(1), alice(3)]);
+    let phone_ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+    let tablet_ack = held_ack(&w.tablet, &w.laptop, handover_to(&replaced, w.tablet.address()));
+
+    let again = w.laptop.replace_user_identity(&fresh, &[1, 3]).unwrap();
+    assert!(!again.list_changed);
+    assert_eq!(awaiting(), vec![alice(1), alice(3)]);
+
+    let without = list(&fresh, "alice", 3, &[&w.phone, &w.laptop]);
+    w.laptop.update_device_list(&without).unwrap();
+    assert_eq!(awaiting(), vec![alice(1)]);
+    let before = rows(&w.laptop);
+    let result = w.laptop.decrypt(w.tablet.address(), &tablet_ack);
+    assert!(matches!(refusal(result), DeviceListError::UnlistedDevice { device_id: 3 }));
+    assert_eq!(rows(&w.laptop), before);
+
+    let with = list(&fresh, "alice", 4, &[&w.phone, &w.laptop, &w.tablet]);
+    w.laptop.set_device_list(&with).unwrap();
+    assert_eq!(awaiting(), vec![alice(1), alice(3)]);
+    read_ack(&w.laptop, w.tablet.address(), &tablet_ack).unwrap();
+    assert_eq!(awaiting(), vec![alice(1)]);
+
+    let desktop = device("alice", 4, 0xA4);
+    let offer = desktop.link_offer(now).unwrap();
+    let linked = w.laptop.link_device(offer.code(), &fresh, now).unwrap();
+    desktop.finish_link(&offer, &linked.message, now).unwrap();
+    assert_eq!(awaiting(), vec![alice(1)]);
+
+    read_ack(&w.laptop, w.phone.address(), &phone_ack).unwrap();
+    assert!(awaiting().is_empty());
+
+    // Again pending, then a list under another key: nothing awaits.
+    let third = w.laptop.replace_user_identity(&user_key(0xAA), &[1, 3, 4]).unwrap();
+    assert_eq!(awaiting(), vec![alice(1), alice(3), alice(4)]);
+    assert_eq!(third.missing, vec![alice(4)]);
+    let other = list(&user_key(0xAB), "alice", 1, &[&w.phone, &w.laptop]);
+    w.laptop.set_device_list(&other).unwrap();
+    assert!(awaiting().is_empty());
+}
+
+/// The replacing device's store restored (`copy_of`): to just after the
+/// replacement, it lists the phone again (it cannot know) and the same held
+/// acknowledgment clears it; to before the replacement, it holds the old
+/// identity, nothing awaits, and the acknowledgment of the new identity
+/// writes no users row.
+#[test]
+fn held_a_restored_replacing_device_awaits_again_and_is_cleared_by_the_same_ack() {
+    let w = world();
+    let before_replacement = copy_of(w.laptop.backend());
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let after_replacement = copy_of(w.laptop.backend());
+    let ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+    read_ack(&w.laptop, w.phone.address(), &ack).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+
+    let restored = Device::open_in(after_replacement, &LAPTOP_KEY).unwrap();
+    assert_eq!(restored.awaiting_handovers().unwrap(), vec![alice(1)]);
+    read_ack(&restored, w.phone.address(), &ack).unwrap();
+    assert!(restored.awaiting_handovers().unwrap().is_empty());
+
+    let older = Device::open_in(before_replacement, &LAPTOP_KEY).unwrap();
+    let held = older.device_list().unwrap();
+    let users = |d: &Dev| rows(d).into_iter().filter(|((t, _), _)| *t == Table::Users).collect::<Vec<_>>();
+    let before = users(&older);
+    read_ack(&older, w.phone.address(), &ack).unwrap();
+    assert_eq!(users(&older), before);
+    assert!(older.awaiting_handovers().unwrap().is_empty());
+    assert_eq!(older.device_list().unwrap(), held);
+}
+
+/// **Finding A1: a device that holds the new identity under a newer list
+/// refuses the handover made again, so it never acknowledges it, and the
+/// replacing device keeps awaiting it.**
+///
+/// The phone takes the laptop's handover; the server drops its
+/// acknowledgment. The phone then signs a newer list with the new key it
+/// now holds (linking a device does exactly this; here the same devices, at
+/// version 3). As PROTOCOL.md 23.9 tells the app, the laptop (still on
+/// version 2) calls `replace_user_identity` again with the same key pair:
+/// the phone refuses the handover made again as a `Rollback` (H12 fails:
+/// not the list it holds; H13 fails: `replaces` is the old key, which it no
+/// longer holds, and version 2 is not newer than 3) and returns no
+/// acknowledgment. No error reaches the laptop: `awaiting_handovers()`
+/// keeps listing the phone, which did take the handover, and the documented
+/// remedy ("call again until the set is empty") loops, until the laptop
+/// happens to take the phone's newer list (the call's documentation no
+/// longer says to fetch our own newest list first).
+///
+/// Fix: in `plan_handover`, a handover whose list is signed by the user
+/// identity key we hold (we already took that identity) and is not newer
+/// than our list is "already taken": no change (as H12) and acknowledged. An
+/// acknowledgment asserts only that the device holds the key, which such a
+/// list shows. (Alternatively, acknowledge a refused handover whose key is
+/// the one we hold.)
+#[test]
+#[ignore = "finding: a device on a newer list of the new identity refuses the handover made again and never acknowledges it"]
+fn finding_a_device_on_a_newer_list_of_the_new_identity_never_acknowledges_it() {
+    let w = world();
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    let _dropped = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+    let newer = list(&fresh, "alice", 3, &[&w.phone, &w.laptop]);
+    w.phone.set_device_list(&newer).unwrap();
+
+    let again = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    assert!(!again.list_changed);
+    let result = deliver(&w, w.laptop.address(), w.phone.address(), handover_to(&again, w.phone.address()));
+    assert!(result.is_ok(), "the phone holds the new identity but refuses the handover made again: {result:?}");
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+}
+
+/// **Finding A2: a replacing device restored from a backup reports that no
+/// device awaits the handover, though none took it.**
+///
+/// The laptop replaces the identity; the server drops the handover to the
+/// phone, so the phone stays on the old identity (the lost tablet still in
+/// its list, still sent every sent sync: the fourth finding of the first
+/// pass, which the acknowledgment was added to surface). The laptop's
+/// store is then lost or reinstalled and restored from a backup exported
+/// after the replacement. `restore_rows` writes our own row with
+/// `awaiting_handover` empty ("no device awaits it"), so
+/// `awaiting_handovers()` on the restored laptop is empty: it reports the
+/// phone as having taken a handover it never got, and the app has no reason
+/// to make it again. PROTOCOL.md 23.9 documents that a backup drops the
+/// replaced key, not that it silences the awaiting set.
+///
+/// Fix: carry `awaiting_handover` (and `replaced_identity`) in the backup
+/// (a new field of `BackupContents`, checked against the list on restore);
+/// or, at least, restore conservatively: every other device of our own
+/// list awaiting, so that the app makes the handovers again with the key it
+/// holds (`replace_user_identity` with the list's key and every device
+/// kept), and the acknowledgments of the devices that have it clear them.
+#[test]
+#[ignore = "finding: a replacing device restored from a backup awaits no device, though the handover was dropped"]
+fn finding_a_restored_backup_forgets_the_devices_awaiting_the_handover() {
+    use samizdat::device::BackupParams;
+
+    let w = world();
+    let fresh = user_key(0xA9);
+    let replaced = replace_lost(&w.laptop, &fresh, &[3]).unwrap();
+    drop(replaced.handovers); // the server drops the handover to the phone
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    let now = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let file = w.laptop.export_backup(b"a long passphrase", BackupParams::MINIMUM, now).unwrap();
+    let restored =
+        Device::restore_in(MemoryBackend::new(), &StorageKey::from_bytes([0xC2; 32]), &file, b"a long passphrase", now)
+            .unwrap();
+    assert_eq!(restored.device_list().unwrap(), Some(replaced.device_list));
+    // The phone never took the handover: it still holds the old list.
+    assert_eq!(w.phone.device_list().unwrap().map(|l| version(&l)), Some(1));
+    assert_eq!(restored.awaiting_handovers().unwrap(), vec![alice(1)], "the phone never acknowledged");
+}
+
+/// An acknowledgment in a batch (`decrypt_batch`) is left for `decrypt`
+/// (`NotInBatch`): the batch's commit writes no users row and does not
+/// consume it; read by `decrypt`, it clears the phone.
+#[test]
+fn held_an_acknowledgment_in_a_batch_is_left_for_decrypt() {
+    let w = world();
+    let replaced = replace_lost(&w.laptop, &user_key(0xA9), &[3]).unwrap();
+    let ack = held_ack(&w.phone, &w.laptop, handover_to(&replaced, w.phone.address()));
+    let users = |d: &Dev| rows(d).into_iter().filter(|((t, _), _)| *t == Table::Users).collect::<Vec<_>>();
+    let before = users(&w.laptop);
+    let batch = w.laptop.decrypt_batch(&[(w.phone.address().clone(), ack.clone())]).unwrap();
+    assert!(matches!(batch.results(), [Err(SessionError::NotInBatch)]), "{:?}", batch.results());
+    w.laptop.commit_batch(batch).unwrap();
+    assert_eq!(users(&w.laptop), before);
+    assert_eq!(w.laptop.awaiting_handovers().unwrap(), vec![alice(1)]);
+    read_ack(&w.laptop, w.phone.address(), &ack).unwrap();
+    assert!(w.laptop.awaiting_handovers().unwrap().is_empty());
+}
