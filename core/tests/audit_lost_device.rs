@@ -1640,8 +1640,9 @@ fn held_a_restored_replacing_device_awaits_again_and_is_cleared_by_the_same_ack(
 /// acknowledgment asserts only that the device holds the key, which such a
 /// list shows. (Alternatively, acknowledge a refused handover whose key is
 /// the one we hold.)
+///
+/// Fixed as suggested (PROTOCOL.md 23.9, H12).
 #[test]
-#[ignore = "finding: a device on a newer list of the new identity refuses the handover made again and never acknowledges it"]
 fn finding_a_device_on_a_newer_list_of_the_new_identity_never_acknowledges_it() {
     let w = world();
     let fresh = user_key(0xA9);
@@ -1679,7 +1680,7 @@ fn finding_a_device_on_a_newer_list_of_the_new_identity_never_acknowledges_it() 
 /// holds (`replace_user_identity` with the list's key and every device
 /// kept), and the acknowledgments of the devices that have it clear them.
 #[test]
-#[ignore = "finding: a replacing device restored from a backup awaits no device, though the handover was dropped"]
+#[ignore = "limit (PROTOCOL.md 23.9): a backup does not carry the devices awaiting a handover"]
 fn finding_a_restored_backup_forgets_the_devices_awaiting_the_handover() {
     use samizdat::device::BackupParams;
 

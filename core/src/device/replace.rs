@@ -188,7 +188,7 @@ impl<B: Backend> Device<B> {
     /// [`DeviceListError::NoOwnList`]; [`DeviceListError::SameUserIdentity`]
     /// if `user_identity` is the one our list is signed by while the list
     /// names a device not kept (the lost device holds that key: a new one
-    /// is the point); [`SessionError::Encrypt`](crate::SessionError::Encrypt);
+    /// is the point); [`SessionError::Encrypt`];
     /// a store error. Nothing is written.
     ///
     /// # Examples
@@ -354,13 +354,25 @@ impl<B: Backend> Device<B> {
             return Err(SessionError::Malformed(DecodeError::InvalidValue("handover.device_list")).into());
         }
         let held = trust.list();
-        let removed = held.devices().iter().copied().filter(|(id, key)| list.device(*id) != Some(key)).collect();
-        let added = list.devices().iter().copied().filter(|(id, key)| held.device(*id) != Some(key)).collect();
+        // A list of the identity we hold, not newer than ours: we took this
+        // identity already (and moved on to a newer list of it, a linking
+        // say): nothing changes, and the commit acknowledges it again, so
+        // that the sender stops awaiting us (the second outside audit).
+        let taken = device_list == *trust.signed_list()
+            || (list.user_identity_key() == trust.user_identity_key() && list.version() <= held.version());
+        let (removed, added) = if taken {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                held.devices().iter().copied().filter(|(id, key)| list.device(*id) != Some(key)).collect(),
+                list.devices().iter().copied().filter(|(id, key)| held.device(*id) != Some(key)).collect(),
+            )
+        };
         // Taken if it replaces the key we hold, whatever list that key signed
         // meanwhile (the lost device's holder may sign any version), or if it
         // is newer than our list (a device that missed a replacement);
         // else it is an old handover.
-        let updated = if device_list == *trust.signed_list() {
+        let updated = if taken {
             None
         } else if replaces.as_ref() == Some(trust.user_identity_key()) || list.version() > held.version() {
             let mut updated = trust.clone();
