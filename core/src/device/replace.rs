@@ -11,18 +11,21 @@
 //!    list of the devices the user keeps, takes it as its own, and encrypts a
 //!    *handover* (the new key and the list) to each other remaining device
 //!    over its one-to-one session, in one transaction.
-//! 2. Each of them reads it ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity)): the list
-//!    becomes its own on commit, and the app keeps the new key
-//!    ([`PendingMessage::new_user_identity`]).
+//! 2. Each of them reads it ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity)): the app
+//!    keeps the new key ([`PendingMessage::new_user_identity`]); the list
+//!    becomes its own on commit, which returns an acknowledgment for the
+//!    replacing device. That device lists the devices that have not
+//!    acknowledged yet ([`Device::awaiting_handovers`]) and, for those, is
+//!    called again with the same key pair.
 //! 3. Contacts see a new user identity (their next list of ours is refused
 //!    with [`DeviceListError::UntrustedUser`]): the users compare the new
 //!    safety number, then each contact calls
 //!    [`Device::trust_new_user_identity`]. From then on, no list the old key
 //!    signs is accepted, whatever version it carries.
 //!
-//! What this layer owns: the call, the planning of a handover read by
-//! `decrypt` (its checks, H6 to H13) and what its commit writes. The
-//! handover's encoding is `user::handover`'s.
+//! What this layer owns: the call, the planning of a handover and of its
+//! acknowledgment read by `decrypt` (their checks, H6 to H13 and A3 to A5)
+//! and what their commits write. Their encodings are `user::handover`'s.
 
 use std::fmt;
 
@@ -73,8 +76,8 @@ pub struct Replaced {
 /// A new user identity that another device of our own user handed over
 /// ([`MessageKind::UserIdentity`](super::MessageKind::UserIdentity), PROTOCOL.md 23.9). Keep the key pair as
 /// the app keeps the user identity, before the commit: the commit makes the
-/// list this device's own. The key pair is wiped on drop; `Debug` shows its
-/// public key only.
+/// list this device's own and returns the acknowledgment to send back. The
+/// key pair is wiped on drop; `Debug` shows its public key only.
 #[derive(Debug)]
 pub struct NewUserIdentity {
     user_identity: UserIdentityKeyPair,
