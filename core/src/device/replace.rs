@@ -336,13 +336,8 @@ impl<B: Backend> Device<B> {
         identity: &IdentityKey,
         handover: Handover,
     ) -> Result<HandoverPlan, DeviceError> {
+        let (own, trust) = self.own_sender(peer, identity)?;
         let user_id = self.address.user_id();
-        if peer.user_id() != user_id {
-            return Err(DeviceListError::ForeignHandover { user_id: peer.user_id().to_owned() }.into());
-        }
-        let own = self.load_user(user_id)?;
-        let trust = own.trust.clone().ok_or(DeviceListError::NoOwnList)?;
-        trust.check_device(peer.device_id(), identity)?;
         let Handover { user_identity, device_list, list, replaces } = handover;
         if list.user_id() != user_id {
             let (expected, found) = (user_id.to_owned(), list.user_id().to_owned());
@@ -388,6 +383,21 @@ impl<B: Backend> Device<B> {
         Ok(HandoverPlan { identity, own, trust: updated })
     }
 
+    /// Our own row and trust, for a handover or an acknowledgment from
+    /// `peer` whose session authenticated `identity`: refused unless `peer`
+    /// is a device of our own user (H6, A3) that our own list, which must be
+    /// set (H7, A4), names with that key (H8, A5).
+    fn own_sender(&self, peer: &Address, identity: &IdentityKey) -> Result<(LoadedUser, UserTrust), DeviceError> {
+        let user_id = self.address.user_id();
+        if peer.user_id() != user_id {
+            return Err(DeviceListError::ForeignHandover { user_id: peer.user_id().to_owned() }.into());
+        }
+        let own = self.load_user(user_id)?;
+        let trust = own.trust.clone().ok_or(DeviceListError::NoOwnList)?;
+        trust.check_device(peer.device_id(), identity)?;
+        Ok((own, trust))
+    }
+
     /// Plans an acknowledgment of our handover read by `decrypt` from
     /// `peer`, whose session authenticated `identity` (PROTOCOL.md 23.9, A3
     /// to A5). Writes nothing.
@@ -401,13 +411,7 @@ impl<B: Backend> Device<B> {
         identity: &IdentityKey,
         ack: HandoverAck,
     ) -> Result<OwnPlan, DeviceError> {
-        let user_id = self.address.user_id();
-        if peer.user_id() != user_id {
-            return Err(DeviceListError::ForeignHandover { user_id: peer.user_id().to_owned() }.into());
-        }
-        let own = self.load_user(user_id)?;
-        let trust = own.trust.clone().ok_or(DeviceListError::NoOwnList)?;
-        trust.check_device(peer.device_id(), identity)?;
+        let (own, trust) = self.own_sender(peer, identity)?;
         let mut extras = self.own_extras(&own);
         if ack.user_identity_key != *trust.user_identity_key() || !extras.awaiting.contains(&peer.device_id()) {
             return Ok(OwnPlan::Ack(None));
