@@ -31,7 +31,6 @@ use samizdat::{
         MAX_RANGE_LEN, TAG_LEN, padded_len,
     },
 };
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------
 // Memory: an allocator that counts, per thread, the bytes live and the peak.
@@ -180,10 +179,16 @@ fn padme(l: u64) -> u64 {
     (l + mask) & !mask
 }
 
+/// BLAKE3 with a 32-byte output, from the `blake3` crate itself: the
+/// digest of PROTOCOL.md 22.2.
+fn blake3_256(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
 /// An attachment's description, made from its parts (81 bytes, PROTOCOL.md 22).
 fn description(key: [u8; 32], digest: [u8; 32], len: u64) -> Attachment {
     let ciphertext_len = attachment::ciphertext_len(len);
-    let bytes = [&[1u8][..], &key, &digest, &len.to_be_bytes(), &ciphertext_len.to_be_bytes()].concat();
+    let bytes = [&[2u8][..], &key, &digest, &len.to_be_bytes(), &ciphertext_len.to_be_bytes()].concat();
     Attachment::from_bytes(&bytes).unwrap()
 }
 
@@ -234,7 +239,7 @@ fn files_at_the_chunk_and_padding_boundaries_round_trip() {
         assert_eq!(sent.plaintext_len(), len as u64);
         assert_eq!(blob.len() as u64, sent.ciphertext_len(), "{len}");
         assert_eq!(sent.ciphertext_len(), attachment::ciphertext_len(len as u64));
-        assert_eq!(sent.digest(), <[u8; 32]>::from(Sha256::digest(&blob)));
+        assert_eq!(sent.digest(), blake3_256(&blob));
         let received = Attachment::from_bytes(&sent.to_bytes()).unwrap();
         assert_eq!(received, sent);
         assert_eq!(decrypted(&received, &blob).unwrap(), plaintext, "{len}");
@@ -358,7 +363,7 @@ fn every_tamper_class_is_refused() {
     for body in [&mut good, &mut no_marker, &mut a_one_late] {
         seal_one(body);
     }
-    let five = |blob: &[u8]| description(key, Sha256::digest(blob).into(), 5);
+    let five = |blob: &[u8]| description(key, blake3_256(blob), 5);
     assert_eq!(decrypted(&five(&good), &good).unwrap(), vec![7u8; 5], "the control opens");
     for bad in [&no_marker, &a_one_late] {
         assert!(matches!(refused(&five(bad), bad), AttachmentError::Mismatch));
@@ -371,9 +376,11 @@ fn malformed_descriptions_are_refused() {
     let good = sent.to_bytes().to_vec();
     assert_eq!(good.len(), ATTACHMENT_LEN);
     let mut cases: Vec<Vec<u8>> = vec![Vec::new(), good[..80].to_vec(), [&good[..], &[0]].concat()];
-    let mut version = good.clone();
-    version[0] = 2;
-    cases.push(version);
+    for other_version in [0, 1, 3, 0xff] {
+        let mut version = good.clone();
+        version[0] = other_version; // 1: the unreleased SHA-256 descriptions
+        cases.push(version);
+    }
     let mut lengths = good.clone();
     lengths[80] ^= 1; // ciphertext_len no longer the plaintext's
     cases.push(lengths);
@@ -522,7 +529,7 @@ fn memory_stays_constant_whatever_the_size() {
     let len = 256u64 << 20;
     let key = [0x11; 32];
     let byte = |_: u64| 0x5a;
-    let mut hash = Sha256::new();
+    let mut hash = blake3::Hasher::new();
     let mut source = Synthesized::new(key, len, &byte);
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -532,7 +539,7 @@ fn memory_stays_constant_whatever_the_size() {
         }
         hash.update(&buf[..n]);
     }
-    let attachment = description(key, hash.finalize().into(), len);
+    let attachment = description(key, *hash.finalize().as_bytes(), len);
     let (result, peak) = peak_of(|| {
         let mut out = Sink(0);
         attachment::decrypt(&attachment, Synthesized::new(key, len, &byte), &mut out).map(|()| out.0)
@@ -591,7 +598,7 @@ fn pieces_of_any_size_make_the_protocol_s_bytes() {
         let sent = encryptor.finish(&mut blob).unwrap();
         assert_eq!(sent.plaintext_len(), len as u64);
         assert_eq!(blob.len() as u64, sent.ciphertext_len());
-        assert_eq!(sent.digest(), <[u8; 32]>::from(Sha256::digest(&blob)));
+        assert_eq!(sent.digest(), blake3_256(&blob));
         // The bytes of the construction written from the protocol text.
         let key: [u8; 32] = sent.to_bytes()[1..33].try_into().unwrap();
         let byte = |i: u64| plaintext[i as usize];
@@ -673,7 +680,7 @@ fn files_are_decrypted_whole_or_not_at_all() {
     std::fs::write(&input, &plaintext).unwrap();
     let sent = attachment::encrypt_file(&input, &blob_path).unwrap();
     let blob = std::fs::read(&blob_path).unwrap();
-    assert_eq!(sent.digest(), <[u8; 32]>::from(Sha256::digest(&blob)));
+    assert_eq!(sent.digest(), blake3_256(&blob));
     attachment::decrypt_file(&sent, &blob_path, &output).unwrap();
     assert_eq!(std::fs::read(&output).unwrap(), plaintext);
 

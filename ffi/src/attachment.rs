@@ -32,7 +32,7 @@ impl From<AttachmentError> for SamizdatError {
 }
 
 /// What the recipient needs to fetch, check and decrypt an attachment: its
-/// key, the SHA-256 of its ciphertext and both lengths. Send
+/// key, the BLAKE3 digest of its ciphertext and both lengths. Send
 /// [`Self::to_bytes`] inside an encrypted message (never in the clear: it
 /// holds the key).
 #[derive(Debug, uniffi::Object)]
@@ -66,7 +66,7 @@ impl Attachment {
         i64::try_from(self.inner.ciphertext_len()).unwrap_or(i64::MAX)
     }
 
-    /// The SHA-256 of the ciphertext (32 bytes): the blob the server
+    /// The BLAKE3 digest of the ciphertext (32 bytes): the blob the server
     /// returns must have it.
     pub fn digest(&self) -> Vec<u8> {
         self.inner.digest().to_vec()

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::{
     format::{Meta, VectorSet},
-    util::{R, VErr, agree, array, bytes, chacha20poly1305_seal, err, h, random, sha256},
+    util::{R, VErr, agree, array, bytes, chacha20poly1305_seal, err, h, random},
 };
 
 /// `attachment.json`.
@@ -26,6 +26,11 @@ pub(crate) struct Attachments;
 /// The plaintext of `len` bytes: byte `i` is `i mod 251`.
 fn plaintext(len: u64) -> Vec<u8> {
     (0..len).map(|i| u8::try_from(i % 251).unwrap_or(0)).collect()
+}
+
+/// BLAKE3 with a 32-byte output (the `blake3` crate, not the library).
+fn blake3_256(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
 }
 
 /// Ciphertexts up to this length are given whole; longer ones by digest.
@@ -84,8 +89,8 @@ impl VectorSet for Attachments {
             padded stream is the plaintext, 0x80, then zeros to padded_len; chunk i (65,536 bytes, the last one \
             fewer) is sealed with ChaCha20-Poly1305 under `key`, nonce 0x000000 || u64be(i) || (0x01 for the last \
             chunk, else 0x00), no associated data; the ciphertext is the sealed chunks in order (`ciphertext`, \
-            given whole up to 4,096 bytes), `ciphertext_len` its length, `digest` its SHA-256, and `description` \
-            = 0x01 || key || digest || u64be(plaintext_len) || u64be(ciphertext_len) (22.2). `decrypt`: \
+            given whole up to 4,096 bytes), `ciphertext_len` its length, `digest` its BLAKE3 (32 bytes), and \
+            `description` = 0x02 || key || digest || u64be(plaintext_len) || u64be(ciphertext_len) (22.2). `decrypt`: \
             Decrypt(description, ciphertext) of 22.3: `{\"plaintext_len\": n}` (the pattern above) or \
             `{\"error\": \"unauthenticated\", \"chunk\": i}`, `{\"error\": \"wrong_length\"}` or \
             `{\"error\": \"mismatch\"}`: a flipped byte, a file cut short or extended, a digest altered, a \
@@ -143,7 +148,7 @@ impl VectorSet for Attachments {
         bad_padding = tag_sealed;
         let mut bad_padding_description = description.clone();
         if let Some(d) = bad_padding_description.get_mut(33..65) {
-            d.copy_from_slice(&sha256(&bad_padding));
+            d.copy_from_slice(&blake3_256(&bad_padding));
         }
         cases.extend([
             decrypt("genuine", &description, &ciphertext),
@@ -169,10 +174,14 @@ impl VectorSet for Attachments {
             bytes: h(bytes),
             result: Value::Null,
         };
-        let mut version_2 = description.clone();
-        if let Some(b) = version_2.first_mut() {
-            *b = 2;
-        }
+        // Version 1 (SHA-256 digests, never released) and an unknown 3.
+        let with_version = |v: u8| {
+            let mut other = description.clone();
+            if let Some(b) = other.first_mut() {
+                *b = v;
+            }
+            other
+        };
         let mut lengths_disagree = description.clone();
         if let Some(b) = lengths_disagree.last_mut() {
             *b ^= 1;
@@ -188,7 +197,8 @@ impl VectorSet for Attachments {
             describe("describe_genuine", description.clone()),
             describe("describe_80_bytes", description.get(..80).unwrap_or_default().to_vec()),
             describe("describe_82_bytes", [&description[..], &[0]].concat()),
-            describe("describe_version_2", version_2),
+            describe("describe_version_1", with_version(1)),
+            describe("describe_version_3", with_version(3)),
             describe("describe_lengths_disagree", lengths_disagree),
             describe("describe_over_2_48_bytes", too_large_description),
         ]);
@@ -208,7 +218,7 @@ impl VectorSet for Attachments {
                     padded_len: padded,
                     chunks: padded.div_ceil(CHUNK_LEN as u64),
                     ciphertext_len: ciphertext.len() as u64,
-                    digest: h(sha256(&ciphertext)),
+                    digest: h(blake3_256(&ciphertext)),
                     description: h(&description),
                     ciphertext: if ciphertext.len() <= WHOLE_UP_TO { h(&ciphertext) } else { String::new() },
                 }
@@ -284,9 +294,9 @@ fn sealed(key: &[u8; 32], len: u64) -> R<(Vec<u8>, Vec<u8>)> {
     }
     agree("ciphertext", &ciphertext, &again)?;
     let by_hand = [
-        &[1u8][..],
+        &[2u8][..],
         key,
-        &sha256(&again),
+        &blake3_256(&again),
         &len.to_be_bytes(),
         &u64::try_from(again.len()).unwrap_or(u64::MAX).to_be_bytes(),
     ]

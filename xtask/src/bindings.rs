@@ -43,6 +43,8 @@ const MATURIN: &str = "maturin==1.16.0";
 const PYTEST: &str = "pytest==9.2.0";
 /// Type-checks the README's Python example against the installed wheel's types.
 const MYPY: &str = "mypy==2.4.1";
+/// An independent BLAKE3, to check attachment digests in the tests.
+const BLAKE3: &str = "blake3==1.0.11";
 
 /// The cdylib, as cargo names it on this platform.
 const LIBRARY: &str = "libsamizdat_ffi.so";
@@ -381,7 +383,7 @@ fn test_python() -> Result<Outcome, String> {
     }
     let python = path_str(&python)?;
     let quiet = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
-    run("bindings: python tools", python, &[&quiet[..], &[MATURIN, PYTEST, MYPY]].concat())?;
+    run("bindings: python tools", python, &[&quiet[..], &[MATURIN, PYTEST, MYPY, BLAKE3]].concat())?;
     let wheels = target().join("wheels");
     let _ = fs::remove_dir_all(&wheels);
     let maturin = venv.join("bin/maturin");

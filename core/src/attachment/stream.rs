@@ -28,13 +28,12 @@
 //! ```
 
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::{
-    Attachment, AttachmentError, CHUNK_LEN, MAX_ATTACHMENT_LEN, TAG_LEN, body_len, chunks_of, ciphertext_len,
-    fresh_key, is_last, open_into, pad, padded_len, plaintext_of, seal_in_place,
+    Attachment, AttachmentError, CHUNK_LEN, DigestHash, MAX_ATTACHMENT_LEN, TAG_LEN, body_len, chunks_of,
+    ciphertext_len, fresh_key, is_last, open_into, pad, padded_len, plaintext_of, seal_in_place,
 };
 use crate::keys::Secret32;
 
@@ -44,7 +43,7 @@ use crate::keys::Secret32;
 pub struct Encryptor {
     key: Secret32,
     cipher: ChaCha20Poly1305,
-    hash: Sha256,
+    hash: DigestHash,
     /// The chunk being filled, with room for its tag.
     buf: Zeroizing<Vec<u8>>,
     filled: usize,
@@ -76,7 +75,7 @@ impl Encryptor {
         Self {
             key,
             cipher,
-            hash: Sha256::new(),
+            hash: DigestHash::default(),
             buf: Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]),
             filled: 0,
             index: 0,
@@ -132,7 +131,7 @@ impl Encryptor {
                 break;
             }
         }
-        let digest = std::mem::take(&mut self.hash).finalize().into();
+        let digest = self.hash.finish();
         let plaintext_len = self.plaintext_len;
         Ok(Attachment { key: self.key.clone(), digest, plaintext_len, ciphertext_len: ciphertext_len(plaintext_len) })
     }
@@ -163,7 +162,7 @@ pub struct Decryptor {
     plaintext_len: u64,
     padded: u64,
     chunks: u64,
-    hash: Sha256,
+    hash: DigestHash,
     /// The sealed chunk being gathered.
     sealed: Zeroizing<Vec<u8>>,
     filled: usize,
@@ -193,7 +192,7 @@ impl Decryptor {
             plaintext_len: attachment.plaintext_len,
             padded,
             chunks: chunks_of(padded),
-            hash: Sha256::new(),
+            hash: DigestHash::default(),
             sealed: Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]),
             filled: 0,
             opened: Zeroizing::new(vec![0u8; CHUNK_LEN]),
@@ -251,7 +250,7 @@ impl Decryptor {
     }
 
     /// Checks that the whole file came, that its padding is as it must be,
-    /// and that the ciphertext's SHA-256 is the attachment's digest.
+    /// and that the ciphertext's BLAKE3 digest is the attachment's.
     ///
     /// # Errors
     /// [`AttachmentError::WrongLength`] if the file was cut short;
@@ -264,7 +263,7 @@ impl Decryptor {
         if self.index != self.chunks || self.filled != 0 {
             return Err(AttachmentError::WrongLength);
         }
-        let digest: [u8; 32] = self.hash.finalize().into();
+        let digest: [u8; 32] = self.hash.finish();
         if !self.padding_ok || !bool::from(digest.ct_eq(&self.digest)) {
             return Err(AttachmentError::Mismatch);
         }
