@@ -587,7 +587,7 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 
 /**
  * What the recipient needs to fetch, check and decrypt an attachment: its
- * key, the SHA-256 of its ciphertext and both lengths. Send
+ * key, the BLAKE3 digest of its ciphertext and both lengths. Send
  * [`Self::to_bytes`] inside an encrypted message (never in the clear: it
  * holds the key).
  */
@@ -599,7 +599,7 @@ public protocol AttachmentProtocol: AnyObject, Sendable {
     func ciphertextLen()  -> Int64
     
     /**
-     * The SHA-256 of the ciphertext (32 bytes): the blob the server
+     * The BLAKE3 digest of the ciphertext (32 bytes): the blob the server
      * returns must have it.
      */
     func digest()  -> Data
@@ -617,7 +617,7 @@ public protocol AttachmentProtocol: AnyObject, Sendable {
 }
 /**
  * What the recipient needs to fetch, check and decrypt an attachment: its
- * key, the SHA-256 of its ciphertext and both lengths. Send
+ * key, the BLAKE3 digest of its ciphertext and both lengths. Send
  * [`Self::to_bytes`] inside an encrypted message (never in the clear: it
  * holds the key).
  */
@@ -701,7 +701,7 @@ open func ciphertextLen() -> Int64  {
 }
     
     /**
-     * The SHA-256 of the ciphertext (32 bytes): the blob the server
+     * The BLAKE3 digest of the ciphertext (32 bytes): the blob the server
      * returns must have it.
      */
 open func digest() -> Data  {
@@ -7268,7 +7268,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_attachment_ciphertext_len() != 40774) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_attachment_digest() != 45715) {
+    if (uniffi_samizdat_ffi_checksum_method_attachment_digest() != 58196) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_attachment_plaintext_len() != 61697) {
