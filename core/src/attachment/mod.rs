@@ -12,9 +12,9 @@
 //! file cut short or extended is refused.
 //!
 //! What travels in the message is an [`Attachment`]: the key, the BLAKE3
-//! digest of the ciphertext (so that the server's copy is checked whole), and both
-//! lengths, 81 bytes ([`Attachment::to_bytes`]). The ciphertext goes to the
-//! server as a blob.
+//! digest of the ciphertext (so that the server's copy is checked whole),
+//! and both lengths, 81 bytes ([`Attachment::to_bytes`]). The ciphertext
+//! goes to the server as a blob.
 //!
 //! ```
 //! use samizdat::attachment::{self, Attachment};
@@ -75,8 +75,8 @@ const ATTACHMENT_VERSION: u8 = 2;
 ///
 /// BLAKE3 rather than SHA-256, the library's hash elsewhere: the digest
 /// covers every byte of a file, and over a 64 KiB chunk SHA-256 (with the
-/// SHA extensions) costs about 37 µs beside sealing's 44 µs, where BLAKE3
-/// costs 11 µs (benches/NOTES.md). Both give 128-bit collision resistance,
+/// SHA extensions) costs about 36 µs beside sealing's 42 µs, where BLAKE3
+/// costs 11 to 14 µs (BENCHMARKS.md, "Attachments"). Both give 128-bit collision resistance,
 /// which is all the digest needs: it binds the description to one blob
 /// (the ciphertext is public, so nothing here is secret or keyed). Boxed:
 /// the state is about 2 KiB, and moves between the pipeline's threads.
