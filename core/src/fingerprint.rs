@@ -186,15 +186,53 @@ impl SafetyNumber {
         )
     }
 
+    /// The safety number whose [`scannable`](Self::scannable) code is `code`:
+    /// the same digits, the same code, the same comparisons. The code
+    /// carries both sides' scannable fingerprints, and the digits are made
+    /// from their first 30 bytes, so nothing is lost: this is how a safety
+    /// number kept or handed over as plain data (the bindings give it as
+    /// digits and code) is read back to be compared.
+    ///
+    /// # Errors
+    ///
+    /// As for a scanned code in [`compare_scanned`](Self::compare_scanned):
+    /// [`ScanError::Malformed`] if `code` is empty, or starts with
+    /// [`SCANNABLE_VERSION`] but is not [`SCANNABLE_LEN`] bytes long;
+    /// [`ScanError::UnsupportedVersion`] if it starts with another version.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use samizdat::fingerprint::SafetyNumber;
+    ///
+    /// # use samizdat::keys::IdentityKeyPair;
+    /// # let mut rng = samizdat::os_rng();
+    /// # let (k1, k2) = (IdentityKeyPair::generate(&mut rng).public_key(), IdentityKeyPair::generate(&mut rng).public_key());
+    /// let on_alice = SafetyNumber::new("alice", &k1, "bob", &k2);
+    /// let kept = SafetyNumber::from_scannable(&on_alice.scannable())?;
+    /// assert_eq!(kept.digits(), on_alice.digits());
+    /// kept.compare_scanned(&SafetyNumber::new("bob", &k2, "alice", &k1).scannable())?;
+    /// # Ok::<(), samizdat::fingerprint::ScanError>(())
+    /// ```
+    pub fn from_scannable(code: &[u8]) -> Result<Self, ScanError> {
+        let (local, remote) = read_code(code)?;
+        Ok(Self::from_fingerprints(*local, *remote))
+    }
+
     fn with_label(label: &[u8], local: (&str, &[u8; 32]), remote: (&str, &[u8; 32])) -> Self {
         let local = side_fingerprint(label, local.0, local.1);
         let remote = side_fingerprint(label, remote.0, remote.1);
+        Self::from_fingerprints(scannable_fingerprint(&local), scannable_fingerprint(&remote))
+    }
+
+    /// Both sides' digits, the smaller first, from their scannable fingerprints.
+    fn from_fingerprints(local: [u8; SCANNABLE_FINGERPRINT_LEN], remote: [u8; SCANNABLE_FINGERPRINT_LEN]) -> Self {
         let (local_digits, remote_digits) = (side_digits(&local), side_digits(&remote));
         let (first, second) =
             if local_digits <= remote_digits { (local_digits, remote_digits) } else { (remote_digits, local_digits) };
         let mut digits = first;
         digits.push_str(&second);
-        Self { digits, local: scannable_fingerprint(&local), remote: scannable_fingerprint(&remote) }
+        Self { digits, local, remote }
     }
 
     /// The 60 ASCII digits, with no separator.
@@ -310,19 +348,7 @@ impl SafetyNumber {
     /// );
     /// ```
     pub fn compare_scanned(&self, scanned: &[u8]) -> Result<(), ScanError> {
-        let malformed = ScanError::Malformed { len: scanned.len() };
-        let Some((&version, rest)) = scanned.split_first() else {
-            return Err(malformed);
-        };
-        if version != SCANNABLE_VERSION {
-            return Err(ScanError::UnsupportedVersion(version));
-        }
-        let Some((their_local, their_remote)) = rest.split_first_chunk::<SCANNABLE_FINGERPRINT_LEN>() else {
-            return Err(malformed);
-        };
-        let Ok(their_remote) = <&[u8; SCANNABLE_FINGERPRINT_LEN]>::try_from(their_remote) else {
-            return Err(malformed);
-        };
+        let (their_local, their_remote) = read_code(scanned)?;
         // Both comparisons run before either result is looked at.
         let local_matches = bool::from(their_remote.as_slice().ct_eq(self.local.as_slice()));
         let remote_matches = bool::from(their_local.as_slice().ct_eq(self.remote.as_slice()));
@@ -390,6 +416,25 @@ impl fmt::Display for MismatchedSide {
     }
 }
 
+/// The two fingerprints of a scannable code (the side that made it first),
+/// the version checked before the length.
+fn read_code(code: &[u8]) -> Result<(&[u8; SCANNABLE_FINGERPRINT_LEN], &[u8; SCANNABLE_FINGERPRINT_LEN]), ScanError> {
+    let malformed = ScanError::Malformed { len: code.len() };
+    let Some((&version, rest)) = code.split_first() else {
+        return Err(malformed);
+    };
+    if version != SCANNABLE_VERSION {
+        return Err(ScanError::UnsupportedVersion(version));
+    }
+    let Some((first, second)) = rest.split_first_chunk::<SCANNABLE_FINGERPRINT_LEN>() else {
+        return Err(malformed);
+    };
+    let Ok(second) = <&[u8; SCANNABLE_FINGERPRINT_LEN]>::try_from(second) else {
+        return Err(malformed);
+    };
+    Ok((first, second))
+}
+
 /// `F = h_{ITERATIONS-1}` of one side (see the module docs).
 fn side_fingerprint(label: &[u8], user_id: &str, identity: &[u8; 32]) -> [u8; 64] {
     let user_id = user_id.as_bytes();
@@ -417,9 +462,10 @@ fn length_prefix(field: &[u8]) -> [u8; 4] {
     u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes()
 }
 
-/// The 30 digits of one side: the first 30 bytes of `F` as six big-endian
-/// 40-bit integers, each mod 10^5, each printed as 5 digits.
-fn side_digits(fingerprint: &[u8; 64]) -> String {
+/// The 30 digits of one side: the first 30 bytes of `F` (or of its
+/// scannable fingerprint, the same bytes) as six big-endian 40-bit integers,
+/// each mod 10^5, each printed as 5 digits.
+fn side_digits(fingerprint: &[u8]) -> String {
     let mut digits = String::with_capacity(SIDE_DIGITS);
     for chunk in fingerprint.chunks_exact(DIGIT_CHUNK_LEN).take(DIGIT_CHUNKS) {
         let value = chunk.iter().fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
@@ -544,6 +590,32 @@ mod tests {
     }
 
     #[test]
+    fn a_code_reads_back_into_its_safety_number() {
+        let (on_alice, on_bob) = pair();
+        for number in [on_alice, on_bob] {
+            let kept = SafetyNumber::from_scannable(&number.scannable()).unwrap();
+            assert_eq!(kept.digits(), number.digits());
+            assert_eq!(kept.display(), number.display());
+            assert_eq!(kept.scannable(), number.scannable());
+        }
+        let kept = SafetyNumber::from_scannable(&on_alice.scannable()).unwrap();
+        assert_eq!(kept.compare_scanned(&on_bob.scannable()), Ok(()));
+        assert_eq!(on_bob.compare_scanned(&kept.scannable()), Ok(()));
+        let other = SafetyNumber::from_key_bytes("bob", &BOB, "alice", &[9; 32]);
+        assert_eq!(kept.compare_scanned(&other.scannable()), Err(ScanError::Mismatch(MismatchedSide::Local)));
+    }
+
+    #[test]
+    fn a_code_that_is_not_one_does_not_read_back() {
+        let code = pair().0.scannable();
+        assert_eq!(SafetyNumber::from_scannable(&[]).err(), Some(ScanError::Malformed { len: 0 }));
+        assert_eq!(SafetyNumber::from_scannable(&code[..64]).err(), Some(ScanError::Malformed { len: 64 }));
+        let mut other = code;
+        other[0] = 2;
+        assert_eq!(SafetyNumber::from_scannable(&other).err(), Some(ScanError::UnsupportedVersion(2)));
+    }
+
+    #[test]
     fn own_code_does_not_verify() {
         let (on_alice, _) = pair();
         assert_eq!(on_alice.compare_scanned(&on_alice.scannable()), Err(ScanError::Mismatch(MismatchedSide::Both)));
@@ -625,6 +697,15 @@ mod tests {
             let (on_alice, on_bob) = pair();
             let result = on_alice.compare_scanned(&bytes);
             prop_assert_eq!(result.is_ok(), bytes == on_bob.scannable());
+        }
+
+        #[test]
+        fn every_well_formed_code_reads_back(fingerprints in proptest::array::uniform::<_, 64>(any::<u8>())) {
+            let mut code = vec![SCANNABLE_VERSION];
+            code.extend_from_slice(&fingerprints);
+            let number = SafetyNumber::from_scannable(&code).unwrap();
+            prop_assert_eq!(number.scannable(), code);
+            prop_assert_eq!(number.digits().len(), SAFETY_NUMBER_DIGITS);
         }
 
         #[test]

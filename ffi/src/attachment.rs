@@ -23,7 +23,7 @@ use std::{
 
 use samizdat::attachment::{self, AttachmentError};
 
-use crate::{SamizdatError, error::Details};
+use crate::{Bytes, SamizdatError, error::Details};
 
 impl From<AttachmentError> for SamizdatError {
     fn from(error: AttachmentError) -> Self {
@@ -124,7 +124,7 @@ pub struct AttachmentEncryptor {
 pub struct SealedTail {
     /// The last sealed bytes of the blob (after everything `update`
     /// returned).
-    pub ciphertext: Vec<u8>,
+    pub ciphertext: Bytes,
     /// The description to send.
     pub attachment: Arc<Attachment>,
 }
@@ -159,7 +159,7 @@ impl AttachmentEncryptor {
         let encryptor = self.inner.lock().unwrap_or_else(PoisonError::into_inner).take().ok_or_else(finished)?;
         let mut ciphertext = Vec::new();
         let inner = encryptor.finish(&mut ciphertext)?;
-        Ok(SealedTail { ciphertext, attachment: Arc::new(Attachment { inner }) })
+        Ok(SealedTail { ciphertext: ciphertext.into(), attachment: Arc::new(Attachment { inner }) })
     }
 }
 

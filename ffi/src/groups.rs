@@ -17,7 +17,7 @@
 
 use samizdat::device;
 
-use crate::{Address, Device, SamizdatError};
+use crate::{Address, Bytes, Device, SamizdatError};
 
 /// What a decrypted message is ([`crate::PendingMessage::kind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -53,7 +53,7 @@ pub struct Outgoing {
     /// The recipient.
     pub to: Address,
     /// The wire bytes.
-    pub message: Vec<u8>,
+    pub message: Bytes,
 }
 
 /// What [`Device::group_encrypt`] made. Send `distributions` (each to its
@@ -61,7 +61,7 @@ pub struct Outgoing {
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct GroupSend {
     /// The group message: the same bytes for every member.
-    pub message: Vec<u8>,
+    pub message: Bytes,
     /// Our chain, one message per member that lacked it: never again to a
     /// member that has it.
     pub distributions: Vec<Outgoing>,
@@ -168,14 +168,14 @@ impl From<device::MessageKind> for MessageKind {
 
 impl From<device::Outgoing> for Outgoing {
     fn from(outgoing: device::Outgoing) -> Self {
-        Self { to: outgoing.to.into(), message: outgoing.message }
+        Self { to: outgoing.to.into(), message: outgoing.message.into() }
     }
 }
 
 impl From<device::GroupSend> for GroupSend {
     fn from(sent: device::GroupSend) -> Self {
         Self {
-            message: sent.message,
+            message: sent.message.into(),
             distributions: sent.distributions.into_iter().map(Outgoing::from).collect(),
             without_session: sent.without_session.into_iter().map(Address::from).collect(),
         }

@@ -9,14 +9,17 @@
 //!   error code of the core ([`ErrorKind`], with its [`Recovery`]), chosen
 //!   by the core error's `kind()`, so that every binding reports the codes
 //!   the core defines; its text is the core error's.
-//! - Objects ([`Device`], [`PendingMessage`], [`PendingBatch`],
-//!   [`SafetyNumber`]) are `Arc<Self>` and safe to call from any thread: the
+//! - Objects ([`Device`], [`PendingMessage`], [`PendingBatch`]) are
+//!   `Arc<Self>` and safe to call from any thread: the
 //!   core device locks internally; the pending objects hold their core value
 //!   in a `Mutex<Option<_>>` so that a commit takes it exactly once.
 //! - Plain data are records ([`Address`], [`PrekeyCounts`], [`Rotated`],
 //!   [`IncomingMessage`], [`BatchResult`], [`GroupSend`], [`Outgoing`],
-//!   [`HealPolicy`]) and enums ([`MessageKind`], [`ScrubResult`],
-//!   [`HealResult`]); bytes are `Vec<u8>`.
+//!   [`HealPolicy`], [`SafetyNumber`]) and enums ([`MessageKind`],
+//!   [`ScrubResult`], [`HealResult`]); bytes are `Vec<u8>` in calls, and
+//!   [`Bytes`], [`IdentityKey`] or [`UserIdentityKey`] in records (module
+//!   `values`: Kotlin classes equal by content; `Data` in Swift, `bytes` in
+//!   Python).
 //! - Groups (module `groups`): [`Device::create_group`],
 //!   [`Device::add_group_members`], [`Device::remove_group_members`],
 //!   [`Device::group_members`], [`Device::delete_group`] and
@@ -90,7 +93,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use samizdat::{device, fingerprint, keys::IdentityKey, store::Scrub};
+use samizdat::{device, fingerprint, keys, store::Scrub};
 use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!("samizdat");
@@ -106,6 +109,7 @@ mod linking;
 mod replace;
 mod store;
 mod users;
+mod values;
 
 pub use attachment::{
     Attachment, AttachmentDecryptor, AttachmentEncryptor, SealedTail, decrypt_attachment_file, encrypt_attachment_file,
@@ -123,6 +127,7 @@ pub use users::{
     DeviceListChange, DeviceListInfo, FanOut, ListedDevice, UserIdentity, UserTrust, user_safety_number,
     verify_device_list,
 };
+pub use values::{Bytes, IdentityKey, UserIdentityKey};
 
 /// What [`Device::scrub`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -171,14 +176,14 @@ pub struct IncomingMessage {
     /// The sender, as the app's transport names it.
     pub sender: Address,
     /// The message as received.
-    pub ciphertext: Vec<u8>,
+    pub ciphertext: Bytes,
 }
 
 /// One message's outcome in a [`PendingBatch`]: a plaintext or an error.
 #[derive(Debug, uniffi::Record)]
 pub struct BatchResult {
     /// The plaintext, if the message decrypted.
-    pub plaintext: Option<Vec<u8>>,
+    pub plaintext: Option<Bytes>,
     /// Why it did not (a failed message changes nothing).
     pub error: Option<SamizdatError>,
 }
@@ -217,11 +222,20 @@ pub struct PendingBatch {
     inner: Mutex<Option<device::PendingBatch>>,
 }
 
-/// The safety number of a conversation: 60 digits to read aloud, or a code
-/// to scan.
-#[derive(uniffi::Object)]
+/// The safety number of a conversation, as a plain value: 60 digits to
+/// read aloud, or a code to scan. Nothing in it is secret.
+///
+/// Two are equal when they were computed for the same two identities on
+/// the same side: the peer's screen shows the same `digits` and the mirror
+/// image of `scannable` (compare the digits across devices, or scan).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, uniffi::Record)]
 pub struct SafetyNumber {
-    inner: fingerprint::SafetyNumber,
+    /// The 60 digits, with no separator.
+    pub digits: String,
+    /// The digits in 12 groups of 5, as users read them.
+    pub display: String,
+    /// The bytes a QR code on this screen carries (65 bytes).
+    pub scannable: Bytes,
 }
 
 #[uniffi::export]
@@ -322,13 +336,13 @@ impl Device {
     }
 
     /// The safety number with `peer`.
-    pub fn safety_number(&self, peer: Address) -> Result<Arc<SafetyNumber>, SamizdatError> {
-        Ok(Arc::new(SafetyNumber { inner: self.inner.safety_number(&peer.to_core()?)? }))
+    pub fn safety_number(&self, peer: Address) -> Result<SafetyNumber, SamizdatError> {
+        Ok(self.inner.safety_number(&peer.to_core()?)?.into())
     }
 
     /// Trusts `identity` for `peer` (after [`SamizdatError::UntrustedIdentity`]).
     pub fn trust_identity(&self, peer: Address, identity: Vec<u8>) -> Result<(), SamizdatError> {
-        let identity = IdentityKey::from_slice(&identity)
+        let identity = keys::IdentityKey::from_slice(&identity)
             .map_err(|e| SamizdatError::from_core(e.kind(), format!("invalid identity key: {e}"), Details::None))?;
         Ok(self.inner.trust_identity(&peer.to_core()?, identity)?)
     }
@@ -362,7 +376,7 @@ impl Device {
     pub fn decrypt_batch(&self, messages: Vec<IncomingMessage>) -> Result<Arc<PendingBatch>, SamizdatError> {
         let messages = messages
             .into_iter()
-            .map(|m| Ok((m.sender.to_core()?, m.ciphertext)))
+            .map(|m| Ok((m.sender.to_core()?, m.ciphertext.into_vec())))
             .collect::<Result<Vec<_>, SamizdatError>>()?;
         Ok(Arc::new(PendingBatch { inner: Mutex::new(Some(self.inner.decrypt_batch(&messages)?)) }))
     }
@@ -453,24 +467,15 @@ impl PendingBatch {
 
 #[uniffi::export]
 impl SafetyNumber {
-    /// The 60 digits, with no separator.
-    pub fn digits(&self) -> String {
-        self.inner.digits().to_owned()
-    }
-
-    /// The digits in 12 groups of 5, as users read them.
-    pub fn display(&self) -> String {
-        self.inner.display()
-    }
-
-    /// The bytes a QR code on this screen carries.
-    pub fn scannable(&self) -> Vec<u8> {
-        self.inner.scannable()
-    }
-
-    /// Checks a code scanned from the peer's screen.
+    /// Checks a code scanned from the peer's screen (both fingerprints
+    /// compared in constant time): [`SamizdatError::IdentityMismatch`] says
+    /// which side differs. `InvalidArgument` if this value's own
+    /// `scannable` is not a safety number's code (a value not made by the
+    /// library).
     pub fn compare_scanned(&self, scanned: Vec<u8>) -> Result<(), SamizdatError> {
-        Ok(self.inner.compare_scanned(&scanned)?)
+        let ours = fingerprint::SafetyNumber::from_scannable(&self.scannable)
+            .map_err(|e| SamizdatError::invalid_argument(format!("this safety number's own code: {e}")))?;
+        Ok(ours.compare_scanned(&scanned)?)
     }
 }
 
@@ -513,10 +518,16 @@ impl From<device::PendingMessage> for PendingMessage {
     }
 }
 
+impl From<fingerprint::SafetyNumber> for SafetyNumber {
+    fn from(number: fingerprint::SafetyNumber) -> Self {
+        Self { digits: number.digits().to_owned(), display: number.display(), scannable: number.scannable().into() }
+    }
+}
+
 impl From<Result<Vec<u8>, SamizdatError>> for BatchResult {
     fn from(result: Result<Vec<u8>, SamizdatError>) -> Self {
         let (plaintext, error) = match result {
-            Ok(plaintext) => (Some(plaintext), None),
+            Ok(plaintext) => (Some(plaintext.into()), None),
             Err(error) => (None, Some(error)),
         };
         Self { plaintext, error }

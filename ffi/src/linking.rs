@@ -25,7 +25,7 @@ use std::{fmt, sync::Arc};
 use samizdat::{device, user};
 use zeroize::Zeroizing;
 
-use crate::{Address, Device, SamizdatError, UserIdentity, at, to_i32};
+use crate::{Address, Bytes, Device, SamizdatError, UserIdentity, at, to_i32};
 
 /// A new device's offer to be linked: the code to show, and the keys that
 /// open the message the scanning device sends back. Kept in memory only (an
@@ -42,11 +42,11 @@ pub struct LinkOffer {
 pub struct Linked {
     /// The message for the new device: send it through the server as it is
     /// (sealed to the code: only the device that showed it opens it).
-    pub message: Vec<u8>,
+    pub message: Bytes,
     /// The user's signed device list, naming the new device: publish it
     /// (contacts take it with `update_device_list`). This device already
     /// holds it as its own.
-    pub device_list: Vec<u8>,
+    pub device_list: Bytes,
     /// The device linked.
     pub device: Address,
     /// Whether the list changed: `false` when it already named the device
@@ -62,7 +62,7 @@ pub struct Provisioned {
     /// devices (store its seed sealed; it signs the user's next lists).
     pub user_identity: Arc<UserIdentity>,
     /// The user's signed device list, now this device's own.
-    pub device_list: Vec<u8>,
+    pub device_list: Bytes,
     /// How many contact users the linking device had pinned.
     pub pinned_users: i32,
     /// How many of them this device pinned now (one it had pinned already
@@ -155,8 +155,8 @@ impl fmt::Debug for Provisioned {
 impl From<device::Linked> for Linked {
     fn from(linked: device::Linked) -> Self {
         Self {
-            message: linked.message,
-            device_list: linked.device_list.to_bytes(),
+            message: linked.message.into(),
+            device_list: linked.device_list.to_bytes().into(),
             device: linked.device.into(),
             list_changed: linked.list_changed,
         }
@@ -167,7 +167,7 @@ impl From<device::Provisioned> for Provisioned {
     fn from(provisioned: device::Provisioned) -> Self {
         Self {
             user_identity: Arc::new(UserIdentity { inner: provisioned.user_identity }),
-            device_list: provisioned.device_list.to_bytes(),
+            device_list: provisioned.device_list.to_bytes().into(),
             pinned_users: to_i32(provisioned.pinned_users),
             newly_pinned: to_i32(provisioned.newly_pinned),
             linked_by: provisioned.linked_by.into(),

@@ -29,7 +29,9 @@ use std::{fmt, sync::Arc};
 
 use samizdat::device;
 
-use crate::{Address, Device, ListedDevice, Outgoing, PendingMessage, SamizdatError, UserIdentity};
+use crate::{
+    Address, Bytes, Device, ListedDevice, Outgoing, PendingMessage, SamizdatError, UserIdentity, UserIdentityKey,
+};
 
 /// What [`Device::replace_user_identity`] made. This device already holds
 /// the new list as its own.
@@ -39,7 +41,7 @@ pub struct Replaced {
     /// publish it. Contacts refuse it (`UntrustedIdentity`) until their
     /// users compared the new safety number and they called
     /// `trust_new_user_identity`.
-    pub device_list: Vec<u8>,
+    pub device_list: Bytes,
     /// One handover per other device of the new list with which this device
     /// has a session (under the identity key the list names), in the list's
     /// order: send each to its `to`.
@@ -68,7 +70,7 @@ pub struct NewUserIdentity {
     /// The new user identity key pair: it signs the user's next lists.
     pub user_identity: Arc<UserIdentity>,
     /// The user's new signed device list, this device's own once committed.
-    pub device_list: Vec<u8>,
+    pub device_list: Bytes,
     /// The devices of our own list that the new list no longer names (the
     /// lost ones): tell the user which devices were removed, and by which
     /// device (the pending message's `sender`).
@@ -78,7 +80,7 @@ pub struct NewUserIdentity {
     pub added: Vec<ListedDevice>,
     /// The user identity key (32 bytes) the handover says it replaces;
     /// `None` if the sender no longer knew it.
-    pub replaced: Option<Vec<u8>>,
+    pub replaced: Option<UserIdentityKey>,
 }
 
 #[uniffi::export]
@@ -152,7 +154,7 @@ impl fmt::Debug for NewUserIdentity {
 impl From<device::Replaced> for Replaced {
     fn from(replaced: device::Replaced) -> Self {
         Self {
-            device_list: replaced.device_list.to_bytes(),
+            device_list: replaced.device_list.to_bytes().into(),
             handovers: replaced.handovers.into_iter().map(Outgoing::from).collect(),
             missing: replaced.missing.into_iter().map(Address::from).collect(),
             removed: crate::users::listed(&replaced.removed),
@@ -166,10 +168,10 @@ impl From<&device::NewUserIdentity> for NewUserIdentity {
         let user_identity = samizdat::user::UserIdentityKeyPair::from_seed(&new.user_identity().to_seed());
         Self {
             user_identity: Arc::new(UserIdentity { inner: user_identity }),
-            device_list: new.device_list().to_bytes(),
+            device_list: new.device_list().to_bytes().into(),
             removed: crate::users::listed(new.removed()),
             added: crate::users::listed(new.added()),
-            replaced: new.replaced().map(|key| key.as_bytes().to_vec()),
+            replaced: new.replaced().map(|key| key.as_bytes().as_slice().into()),
         }
     }
 }
@@ -238,12 +240,12 @@ mod tests {
         assert_eq!(replaced.removed.len(), 1);
         assert_eq!(
             (replaced.removed[0].device_id, &replaced.removed[0].identity_key),
-            (3, &tablet.identity_key().as_bytes().to_vec())
+            (3, &crate::IdentityKey::from(tablet.identity_key().as_bytes().as_slice()))
         );
         assert!(replaced.missing.is_empty());
         assert_eq!(replaced.handovers.len(), 1);
         assert_eq!(replaced.handovers[0].to, crate::Address::from(phone.address()));
-        assert_eq!(Some(replaced.device_list.clone()), laptop.device_list().unwrap().map(|l| l.to_bytes()));
+        assert_eq!(Some(replaced.device_list.clone()), laptop.device_list().unwrap().map(|l| l.to_bytes().into()));
 
         let pending: PendingMessage = phone.decrypt(laptop.address(), &replaced.handovers[0].message).unwrap().into();
         assert_eq!(pending.kind(), MessageKind::UserIdentity);
@@ -253,7 +255,7 @@ mod tests {
         assert_eq!(handed.device_list, replaced.device_list);
         assert_eq!(handed.removed, replaced.removed);
         assert!(handed.added.is_empty());
-        assert_eq!(handed.replaced, Some(alice.public_key().as_bytes().to_vec()));
+        assert_eq!(handed.replaced, Some(alice.public_key().as_bytes().as_slice().into()));
         let shown = format!("{handed:?}");
         let seed = fresh.seed();
         assert!(!shown.contains(&hex(&seed)) && !shown.contains(&format!("{seed:?}")), "{shown}");
@@ -262,6 +264,6 @@ mod tests {
         let core = crate::take(&pending.inner).unwrap();
         phone.commit(core).unwrap();
         assert_eq!(pending.new_user_identity().unwrap().device_list, replaced.device_list);
-        assert_eq!(Some(replaced.device_list), phone.device_list().unwrap().map(|l| l.to_bytes()));
+        assert_eq!(Some(replaced.device_list), phone.device_list().unwrap().map(|l| l.to_bytes().into()));
     }
 }

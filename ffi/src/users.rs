@@ -32,13 +32,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use samizdat::{
-    device, fingerprint,
-    keys::IdentityKey,
+    device, fingerprint, keys,
     user::{self, DeviceListError},
 };
 use zeroize::Zeroizing;
 
-use crate::{Address, Details, Device, Outgoing, SafetyNumber, SamizdatError};
+use crate::{Address, Details, Device, IdentityKey, Outgoing, SafetyNumber, SamizdatError, UserIdentityKey};
 
 /// What [`Device::encrypt_to_user`] (or one of its forms) made: send each
 /// message to its `to`.
@@ -60,7 +59,7 @@ pub struct ListedDevice {
     /// The device id (0 to 4,294,967,295).
     pub device_id: i64,
     /// The device's identity key (32 bytes).
-    pub identity_key: Vec<u8>,
+    pub identity_key: IdentityKey,
 }
 
 /// A verified device list.
@@ -71,7 +70,7 @@ pub struct DeviceListInfo {
     /// The list's version (each new list of the user has a larger one).
     pub version: i64,
     /// The user identity key that signed it (32 bytes).
-    pub user_identity_key: Vec<u8>,
+    pub user_identity_key: UserIdentityKey,
     /// The devices, in increasing device id order.
     pub devices: Vec<ListedDevice>,
 }
@@ -178,7 +177,7 @@ impl UserTrust {
     /// identity key (`UntrustedIdentity` if not: a ghost, a removed device,
     /// or an old key).
     pub fn check_device(&self, device_id: i64, identity_key: Vec<u8>) -> Result<(), SamizdatError> {
-        let (id, key) = ListedDevice { device_id, identity_key }.to_core()?;
+        let (id, key) = ListedDevice { device_id, identity_key: identity_key.into() }.to_core()?;
         Ok(self.lock().check_device(id, &key)?)
     }
 
@@ -259,8 +258,8 @@ impl Device {
     /// user's devices change, changed by a new user identity.
     /// `InvalidArgument` while our own list is not set; `NoSession` for a
     /// user that is not pinned.
-    pub fn user_safety_number(&self, user_id: String) -> Result<Arc<SafetyNumber>, SamizdatError> {
-        Ok(Arc::new(SafetyNumber { inner: self.inner.user_safety_number(&user_id)? }))
+    pub fn user_safety_number(&self, user_id: String) -> Result<SafetyNumber, SamizdatError> {
+        Ok(self.inner.user_safety_number(&user_id)?.into())
     }
 
     /// Encrypts `plaintext` for a contact user: one message per device of
@@ -326,7 +325,7 @@ pub fn user_safety_number(
     local_user_identity_key: Vec<u8>,
     remote_user_id: String,
     remote_user_identity_key: Vec<u8>,
-) -> Result<Arc<SafetyNumber>, SamizdatError> {
+) -> Result<SafetyNumber, SamizdatError> {
     let key = |name: &str, bytes: &[u8]| {
         user::UserIdentityKey::from_slice(bytes).map_err(|e| SamizdatError::invalid_argument(format!("{name}: {e}")))
     };
@@ -334,17 +333,15 @@ pub fn user_safety_number(
         key("local_user_identity_key", &local_user_identity_key)?,
         key("remote_user_identity_key", &remote_user_identity_key)?,
     );
-    Ok(Arc::new(SafetyNumber {
-        inner: fingerprint::SafetyNumber::for_users(&local_user_id, &local, &remote_user_id, &remote),
-    }))
+    Ok(fingerprint::SafetyNumber::for_users(&local_user_id, &local, &remote_user_id, &remote).into())
 }
 
 impl ListedDevice {
-    fn to_core(&self) -> Result<(u32, IdentityKey), SamizdatError> {
+    fn to_core(&self) -> Result<(u32, keys::IdentityKey), SamizdatError> {
         let id = u32::try_from(self.device_id).map_err(|_| {
             SamizdatError::invalid_argument(format!("device_id {} is outside 0 to {}", self.device_id, u32::MAX))
         })?;
-        let key = IdentityKey::from_slice(&self.identity_key)
+        let key = keys::IdentityKey::from_slice(&self.identity_key)
             .map_err(|e| SamizdatError::invalid_argument(format!("identity_key of device {id}: {e}")))?;
         Ok((id, key))
     }
@@ -352,10 +349,10 @@ impl ListedDevice {
 
 /// A list's devices (or a change's) as the bindings give them; `replace`
 /// uses it too.
-pub(crate) fn listed(devices: &[(u32, IdentityKey)]) -> Vec<ListedDevice> {
+pub(crate) fn listed(devices: &[(u32, keys::IdentityKey)]) -> Vec<ListedDevice> {
     devices
         .iter()
-        .map(|(id, key)| ListedDevice { device_id: i64::from(*id), identity_key: key.as_bytes().to_vec() })
+        .map(|(id, key)| ListedDevice { device_id: i64::from(*id), identity_key: key.as_bytes().as_slice().into() })
         .collect()
 }
 
@@ -366,7 +363,7 @@ impl From<&user::DeviceList> for DeviceListInfo {
             // A version past 2^63 - 1 (signed by the user, never reached by
             // counting) shows as the largest.
             version: i64::try_from(list.version()).unwrap_or(i64::MAX),
-            user_identity_key: list.user_identity_key().as_bytes().to_vec(),
+            user_identity_key: list.user_identity_key().as_bytes().as_slice().into(),
             devices: listed(list.devices()),
         }
     }

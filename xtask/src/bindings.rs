@@ -5,7 +5,9 @@
 //!
 //! - `cargo xtask bindings`: build and generate only. Writes the Kotlin
 //!   sources to `target/bindings/kotlin` and refreshes the Swift package
-//!   sources shipped in `ffi/swift/Sources`.
+//!   sources shipped in `ffi/swift/Sources`. Fails if a generated Kotlin
+//!   `data class` holds a `ByteArray` (equal only to itself: bytes in
+//!   records are value classes, `ffi/src/values.rs`).
 //! - `cargo xtask test` (through [`test()`]): the above (the Swift sources are
 //!   checked against the shipped ones instead of written), then
 //!   - Swift: the header declares every symbol the library exports, and the
@@ -143,6 +145,7 @@ fn build_and_generate(features: Features) -> Result<(), String> {
     let bindgen = ["run", "-q", "--bin", "uniffi-bindgen", "--", "generate", "--no-format", "--language", "kotlin"];
     let args = [&bindgen[..], &["--out-dir", path_str(&kotlin)?, "--library", library]].concat();
     run("bindings: kotlin sources", &cargo, &args)?;
+    check_kotlin_records(&read_text(&kotlin.join("org/samizdat/samizdat.kt"))?)?;
     if features == Features::Hazmat {
         // The Swift sources are only ever the shipped ones.
         return Ok(());
@@ -157,6 +160,53 @@ fn build_and_generate(features: Features) -> Result<(), String> {
         ["--headers", "--modulemap", "--module-name", "samizdatFFI", "--modulemap-filename", "module.modulemap"];
     let args = [&swift_args[..], &c_args[..], &[library, path_str(&ffi)?]].concat();
     run("bindings: swift header and modulemap", &cargo, &args)
+}
+
+/// Refuses generated Kotlin in which a `data class` (a record, or an enum
+/// variant with fields) holds a `ByteArray`: such a record equals only itself
+/// and hashes by identity. Bytes in records are custom types mapped to value
+/// classes (`ffi/src/values.rs`, `ffi/uniffi.toml`); a new `Vec<u8>` field
+/// in a record would undo that silently.
+fn check_kotlin_records(kotlin: &str) -> Result<(), String> {
+    let offenders = records_with_byte_arrays(kotlin);
+    if offenders.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "kotlin: data classes with a ByteArray field (compared by reference): {}; use Bytes, IdentityKey or \
+         UserIdentityKey (ffi/src/values.rs) for bytes in a record",
+        offenders.join(", ")
+    ))
+}
+
+/// The names of the `data class`es whose constructor (up to its closing
+/// parenthesis) mentions `ByteArray`.
+fn records_with_byte_arrays(kotlin: &str) -> Vec<String> {
+    let mut offenders = Vec::new();
+    for (at, _) in kotlin.match_indices("data class ") {
+        let Some(rest) = kotlin.get(at + "data class ".len()..) else { continue };
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let Some(open) = rest.find('(') else { continue };
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices().skip_while(|&(i, _)| i < open) {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if rest.get(open..end).is_some_and(|params| params.contains("ByteArray")) {
+            offenders.push(name);
+        }
+    }
+    offenders
 }
 
 /// Copies the files of `from` (one level of directories) into `to`.
@@ -206,11 +256,16 @@ fn check_swift() -> Result<String, String> {
     let swift = read_text(&generated.join("Samizdat/Samizdat.swift"))?;
     let symbols = exported_symbols(&target().join("debug").join(LIBRARY))?;
     let sources = ffi_sources()?;
-    // UniFFI 0.32 exports a checksum for each method of an enum or error
-    // (`SamizdatError.code()`, say) but no binding declares or checks it:
-    // only functions, objects' methods and constructors have their checksums
-    // checked. Such a checksum is not missing when its method is there.
-    let enums: Vec<String> = exported_enums(&sources).iter().map(|name| name.to_lowercase()).collect();
+    // UniFFI 0.32 exports a checksum for each method of an enum, error or
+    // record (`SamizdatError.code()`, `SafetyNumber.compare_scanned()`) but
+    // no binding declares or checks it: only functions, objects' methods and
+    // constructors have their checksums checked. Such a checksum is not
+    // missing when its method is there.
+    let enums: Vec<String> = exported_enums(&sources)
+        .into_iter()
+        .chain(exported_records(&sources))
+        .map(|name| name.to_lowercase())
+        .collect();
     let unchecked = |symbol: &str| {
         symbol.strip_prefix("uniffi_samizdat_ffi_checksum_method_").is_some_and(|method| {
             enums.iter().any(|name| method.starts_with(&format!("{name}_")))
@@ -234,7 +289,9 @@ fn check_swift() -> Result<String, String> {
         }
     }
     for name in exported_types(&sources) {
-        let declared = ["struct", "class", "enum"].iter().any(|kind| swift.contains(&format!("{kind} {name}")));
+        // A custom type (ffi/src/values.rs) is a `typealias` of its builtin.
+        let declared =
+            ["struct", "class", "enum", "typealias"].iter().any(|kind| swift.contains(&format!("{kind} {name}")));
         if !declared {
             missing.push(format!("type {name}"));
         }
@@ -314,6 +371,24 @@ fn exported_enums(lib: &str) -> Vec<String> {
         .filter_map(|rest| rest.split(|c: char| !c.is_alphanumeric() && c != '_').next())
         .map(str::to_owned)
         .collect()
+}
+
+/// The names of the records of `lib`: each `pub struct` after a derive that
+/// names `uniffi::Record`.
+fn exported_records(lib: &str) -> Vec<String> {
+    let mut records = Vec::new();
+    let mut derived = false;
+    for line in lib.lines() {
+        if line.starts_with("#[derive(") {
+            derived = line.contains("uniffi::Record");
+        } else if let Some(rest) = line.strip_prefix("pub struct ") {
+            if derived {
+                records.extend(rest.split(|c: char| !c.is_alphanumeric() && c != '_').next().map(str::to_owned));
+            }
+            derived = false;
+        }
+    }
+    records
 }
 
 fn exported_types(lib: &str) -> Vec<String> {
@@ -430,6 +505,22 @@ mod tests {
         assert_eq!(method_name("uniffi_samizdat_ffi_fn_method_device_open_or_create").as_deref(), Some("openOrCreate"));
         assert_eq!(method_name("uniffi_samizdat_ffi_fn_constructor_device_open").as_deref(), Some("open"));
         assert_eq!(method_name("uniffi_samizdat_ffi_fn_free_device"), None);
+    }
+
+    #[test]
+    fn byte_arrays_in_data_classes_are_found() {
+        let kotlin = "data class Outgoing (\n    val `to`: Address\n    , \n    val `message`: kotlin.ByteArray\n){\n}\n\
+                      data class Kept (\n    val `message`: Bytes\n){ fun `bytes`(): kotlin.ByteArray }\n\
+                      data class Sent(\n        val `reset`: kotlin.ByteArray) : HealResult()\n";
+        assert_eq!(records_with_byte_arrays(kotlin), vec!["Outgoing".to_owned(), "Sent".to_owned()]);
+        assert!(check_kotlin_records("data class Address (\n val `deviceId`: kotlin.Long\n)").is_ok());
+    }
+
+    #[test]
+    fn records_are_the_structs_derived_as_records() {
+        let lib = "#[derive(Debug, uniffi::Record)]\n/// Doc.\npub struct SafetyNumber {\n}\n\
+                   #[derive(uniffi::Object)]\npub struct Device {\n}\npub struct Bytes(Vec<u8>);\n";
+        assert_eq!(exported_records(lib), vec!["SafetyNumber".to_owned()]);
     }
 
     #[test]

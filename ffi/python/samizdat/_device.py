@@ -254,7 +254,7 @@ class Device:
 
     def safety_number(self, peer: Address) -> "SafetyNumber":
         """The safety number of the conversation with ``peer``."""
-        return SafetyNumber(self._call("safety_number", address("peer", peer)))
+        return safety_number_of(self._call("safety_number", address("peer", peer)))
 
     def trust_identity(self, peer: Address, identity: BytesLike) -> None:
         """Trusts ``identity`` for ``peer`` (after an ``UntrustedIdentityError``, once the user
@@ -307,7 +307,7 @@ class Device:
         and the one pinned for ``user_id``: stable while devices change, changed by a new user
         identity. ``InvalidArgumentError`` while our own list is not set; ``NoSessionError`` for a
         user that is not pinned."""
-        return SafetyNumber(self._call("user_safety_number", text("user_id", user_id)))
+        return safety_number_of(self._call("user_safety_number", text("user_id", user_id)))
 
     def encrypt_to_user(self, user_id: str, plaintext: BytesLike) -> FanOut:
         """Encrypts ``plaintext`` for a contact user: one message per device of its pinned list
@@ -654,30 +654,40 @@ class PendingBatch:
         return results
 
 
+@dataclasses.dataclass(frozen=True)
 class SafetyNumber:
-    """The safety number of a conversation: 60 digits to read aloud, or a code to scan."""
+    """The safety number of a conversation, as a plain value (nothing to close): ``digits``, the
+    60 digits to read aloud; ``display``, the same in 12 groups of 5; ``scannable``, the bytes of
+    the QR code on this screen.
 
-    __slots__ = ("_native",)
+    Two are equal (and hash alike) when they were computed for the same two identities on the
+    same side: the peer's screen shows the same digits and the mirror image of the code. Nothing
+    in it is secret."""
 
-    def __init__(self, native: Any) -> None:
-        """Made by ``Device.safety_number`` only."""
-        self._native = native
+    digits: str
+    display: str
+    scannable: bytes
 
-    def digits(self) -> str:
-        """The 60 digits, with no separator."""
-        return str(self._native.digits())
-
-    def display(self) -> str:
-        """The digits in 12 groups of 5, as users read them."""
-        return str(self._native.display())
-
-    def scannable(self) -> bytes:
-        """The bytes a QR code on this screen carries."""
-        return bytes(self._native.scannable())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digits", text("digits", self.digits))
+        object.__setattr__(self, "display", text("display", self.display))
+        object.__setattr__(self, "scannable", as_bytes("scannable", self.scannable))
 
     def compare_scanned(self, scanned: BytesLike) -> None:
-        """Checks a code scanned from the peer's screen (``IdentityMismatchError`` if it differs)."""
-        call(self._native.compare_scanned, as_bytes("scanned", scanned))
+        """Checks a code scanned from the peer's screen, both sides compared in constant time
+        (``IdentityMismatchError`` says which differs; ``InvalidArgumentError`` if this value's
+        own ``scannable`` is not a safety number's code)."""
+        native = _native.SafetyNumber(digits=self.digits, display=self.display, scannable=self.scannable)
+        call(native.compare_scanned, as_bytes("scanned", scanned))
+
+    def __str__(self) -> str:
+        """The digits in groups, as users read them (``display``)."""
+        return self.display
+
+
+def safety_number_of(native: Any) -> SafetyNumber:
+    """The facade's value of a safety number the generated module returned."""
+    return SafetyNumber(str(native.digits), str(native.display), bytes(native.scannable))
 
 
 class Attachment:

@@ -38,7 +38,7 @@ import threading
 from typing import Any, Iterable, List, Optional, Tuple
 
 from . import _native
-from ._device import SafetyNumber
+from ._device import SafetyNumber, safety_number_of
 from ._errors import call
 from ._values import Address, BytesLike, Outgoing, address_of, as_bytes, outgoing_of, text, u32, u63
 
@@ -345,7 +345,7 @@ def user_safety_number(
 ) -> SafetyNumber:
     """The safety number of two users, from their user identity keys: the same whatever devices
     they link or remove."""
-    return SafetyNumber(
+    return safety_number_of(
         call(
             _native.user_safety_number,
             text("local_user_id", local_user_id),

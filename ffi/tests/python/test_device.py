@@ -64,7 +64,7 @@ def test_readme_conversation(tmp_path):
             bob.commit(pending)
             with pytest.raises(samizdat.DuplicateError):  # a redelivery: drop it, ack it
                 bob.decrypt(alice.address(), wire)
-            assert alice.safety_number(bob_address).digits() == bob.safety_number(alice.address()).digits()
+            assert alice.safety_number(bob_address).digits == bob.safety_number(alice.address()).digits
     # Both stores are closed here: another Device may open them.
     # README-END
     assert alice.closed and bob.closed
@@ -82,9 +82,9 @@ def test_conversation_with_out_of_order_delivery(tmp_path):
     assert receive(alice, bob_address, replies[1]) == "r2"
     assert receive(alice, bob_address, replies[0]) == "r1"
     on_alice, on_bob = alice.safety_number(bob_address), bob.safety_number(alice.address())
-    assert on_alice.digits() == on_bob.digits()
-    assert len(on_alice.display()) == 71
-    on_alice.compare_scanned(on_bob.scannable())
+    assert on_alice.digits == on_bob.digits
+    assert len(on_alice.display) == 71
+    on_alice.compare_scanned(on_bob.scannable)
     assert alice.peer_identity(bob_address) == bob.identity_key()
 
 
@@ -177,7 +177,7 @@ def test_every_exception_class(tmp_path):
     carol = device(tmp_path, "carol", CAROL_KEY)
     carol.start_session(bob.prekey_bundle())
     with pytest.raises(SamizdatError.IdentityMismatch) as mismatch:
-        alice.safety_number(bob.address()).compare_scanned(carol.safety_number(bob.address()).scannable())
+        alice.safety_number(bob.address()).compare_scanned(carol.safety_number(bob.address()).scannable)
     assert mismatch.value.side == MismatchedSide.BOTH
 
     # Bob reinstalls under the same address: his new identity is not trusted until Alice decides.

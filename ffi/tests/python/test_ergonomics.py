@@ -67,7 +67,7 @@ def test_every_bytes_argument_takes_any_bytes_like_object(tmp_path, wrap):
     bob.commit(pending)
     kept = alice.encrypt_kept(bob_address, wrap(b"kept"), 1)
     assert alice.acknowledge(bob_address, [wrap(samizdat.message_id(wrap(kept)))]) == 1
-    alice.safety_number(bob_address).compare_scanned(wrap(bob.safety_number(alice.address()).scannable()))
+    alice.safety_number(bob_address).compare_scanned(wrap(bob.safety_number(alice.address()).scannable))
     alice.trust_identity(bob_address, wrap(bob.identity_key()))
     alice.create_group(wrap(b"group"), [bob_address])
     assert alice.group_members(wrap(b"group")) == [bob_address]

@@ -134,27 +134,27 @@ def test_user_safety_numbers_on_devices(tmp_path):
         bob1.update_device_list(alice_list)
 
         on_alice, on_bob = phone.user_safety_number("bob"), bob1.user_safety_number("alice")
-        assert on_alice.digits() == on_bob.digits()
-        on_alice.compare_scanned(on_bob.scannable())
+        assert on_alice.digits == on_bob.digits
+        on_alice.compare_scanned(on_bob.scannable)
         # From the two user identities alone.
-        assert on_alice.digits() == user_safety_number("alice", alice.public_key(), "bob", bob.public_key()).digits()
+        assert on_alice.digits == user_safety_number("alice", alice.public_key(), "bob", bob.public_key()).digits
 
         # Bob links a second device: the same number.
         newer = bob.sign_device_list("bob", 2, [listed(bob1), listed(bob2)])
         phone.update_device_list(newer)
-        assert phone.user_safety_number("bob").digits() == on_alice.digits()
+        assert phone.user_safety_number("bob").digits == on_alice.digits
 
         # Bob's new user identity: only the app's decision moves the pin, and the number changes.
         bob_new = UserIdentity.generate()
         renewed = bob_new.sign_device_list("bob", 1, [listed(bob1)])
         with pytest.raises(UntrustedIdentityError):
             phone.update_device_list(renewed)
-        assert phone.user_safety_number("bob").digits() == on_alice.digits()
+        assert phone.user_safety_number("bob").digits == on_alice.digits
         phone.trust_new_user_identity(renewed)
         bob1.set_device_list(renewed)
         changed = phone.user_safety_number("bob")
-        assert changed.digits() != on_alice.digits()
-        assert changed.digits() == bob1.user_safety_number("alice").digits()
+        assert changed.digits != on_alice.digits
+        assert changed.digits == bob1.user_safety_number("alice").digits
 
         # Without our own list: InvalidArgument; a user not pinned: NoSession.
         erin.update_device_list(renewed)

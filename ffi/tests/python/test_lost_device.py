@@ -113,7 +113,7 @@ def world(tmp_path):
 
 def test_a_lost_tablet_is_removed_for_good(world):
     w = world
-    number_before = w.bob.user_safety_number("alice").digits()
+    number_before = w.bob.user_safety_number("alice").digits
 
     # The laptop replaces Alice's user identity without the tablet (the app keeps `fresh` first).
     fresh = UserIdentity.generate()
@@ -173,9 +173,9 @@ def test_a_lost_tablet_is_removed_for_good(world):
     # The users compare the new safety number; Bob trusts it.
     change = w.bob.trust_new_user_identity(replaced.device_list)
     assert change.removed == (listed(w.tablet),)
-    number_after = w.bob.user_safety_number("alice").digits()
+    number_after = w.bob.user_safety_number("alice").digits
     assert number_after != number_before
-    assert w.phone.user_safety_number("bob").digits() == number_after
+    assert w.phone.user_safety_number("bob").digits == number_after
     # Now Bob refuses the tablet, and the old key's list whatever its version.
     to_bob = w.tablet.encrypt(w.bob.address(), b"send me your files")
     trusted_rows = rows(w.path(w.bob))

@@ -119,12 +119,12 @@ def test_user_safety_numbers_are_the_same_on_both_sides():
     alice, bob = UserIdentity.generate(), UserIdentity.generate()
     on_alice = user_safety_number("alice", alice.public_key(), "bob", bob.public_key())
     on_bob = user_safety_number("bob", bob.public_key(), "alice", alice.public_key())
-    assert on_alice.digits() == on_bob.digits()
-    on_alice.compare_scanned(on_bob.scannable())
+    assert on_alice.digits == on_bob.digits
+    on_alice.compare_scanned(on_bob.scannable)
     other = user_safety_number("alice", alice.public_key(), "bob", UserIdentity.generate().public_key())
-    assert other.digits() != on_alice.digits()
+    assert other.digits != on_alice.digits
     with pytest.raises(IdentityMismatchError):
-        on_bob.compare_scanned(other.scannable())
+        on_bob.compare_scanned(other.scannable)
 
 
 def rows(path):

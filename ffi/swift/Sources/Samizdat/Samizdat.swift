@@ -3205,188 +3205,6 @@ public func FfiConverterTypePendingMessage_lower(_ value: PendingMessage) -> UIn
 
 
 /**
- * The safety number of a conversation: 60 digits to read aloud, or a code
- * to scan.
- */
-public protocol SafetyNumberProtocol: AnyObject, Sendable {
-    
-    /**
-     * Checks a code scanned from the peer's screen.
-     */
-    func compareScanned(scanned: Data) throws 
-    
-    /**
-     * The 60 digits, with no separator.
-     */
-    func digits()  -> String
-    
-    /**
-     * The digits in 12 groups of 5, as users read them.
-     */
-    func display()  -> String
-    
-    /**
-     * The bytes a QR code on this screen carries.
-     */
-    func scannable()  -> Data
-    
-}
-/**
- * The safety number of a conversation: 60 digits to read aloud, or a code
- * to scan.
- */
-open class SafetyNumber: SafetyNumberProtocol, @unchecked Sendable {
-    fileprivate let handle: UInt64
-
-    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public struct NoHandle {
-        public init() {}
-    }
-
-    // TODO: We'd like this to be `private` but for Swifty reasons,
-    // we can't implement `FfiConverter` without making this `required` and we can't
-    // make it `required` without making it `public`.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    required public init(unsafeFromHandle handle: UInt64) {
-        self.handle = handle
-    }
-
-    // This constructor can be used to instantiate a fake object.
-    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
-    //
-    // - Warning:
-    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public init(noHandle: NoHandle) {
-        self.handle = 0
-    }
-
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_samizdat_ffi_fn_clone_safetynumber(self.handle, $0) }
-    }
-    // No primary constructor declared for this class.
-
-    deinit {
-        if handle == 0 {
-            // Mock objects have handle=0 don't try to free them
-            return
-        }
-
-        try! rustCall { uniffi_samizdat_ffi_fn_free_safetynumber(handle, $0) }
-    }
-
-    
-
-    
-    /**
-     * Checks a code scanned from the peer's screen.
-     */
-open func compareScanned(scanned: Data)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
-        uniffiCallStatus in
-    uniffi_samizdat_ffi_fn_method_safetynumber_compare_scanned(
-            self.uniffiCloneHandle(),
-        FfiConverterData.lower(scanned),uniffiCallStatus
-    )
-}
-}
-    
-    /**
-     * The 60 digits, with no separator.
-     */
-open func digits() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_samizdat_ffi_fn_method_safetynumber_digits(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The digits in 12 groups of 5, as users read them.
-     */
-open func display() -> String  {
-    return try!  FfiConverterString.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_samizdat_ffi_fn_method_safetynumber_display(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The bytes a QR code on this screen carries.
-     */
-open func scannable() -> Data  {
-    return try!  FfiConverterData.lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_samizdat_ffi_fn_method_safetynumber_scannable(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-
-    
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeSafetyNumber: FfiConverter {
-    typealias FfiType = UInt64
-    typealias SwiftType = SafetyNumber
-
-    public static func lift(_ handle: UInt64) throws -> SafetyNumber {
-        return SafetyNumber(unsafeFromHandle: handle)
-    }
-
-    public static func lower(_ value: SafetyNumber) -> UInt64 {
-        return value.uniffiCloneHandle()
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SafetyNumber {
-        let handle: UInt64 = try readInt(&buf)
-        return try lift(handle)
-    }
-
-    public static func write(_ value: SafetyNumber, into buf: inout [UInt8]) {
-        writeInt(&buf, lower(value))
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeSafetyNumber_lift(_ handle: UInt64) throws -> SafetyNumber {
-    return try FfiConverterTypeSafetyNumber.lift(handle)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeSafetyNumber_lower(_ value: SafetyNumber) -> UInt64 {
-    return FfiConverterTypeSafetyNumber.lower(value)
-}
-
-
-
-
-
-
-/**
  * A user identity key pair (Ed25519): signs the user's device lists. Every
  * device of the user holds it; store its [`Self::seed`] sealed.
  */
@@ -3989,7 +3807,7 @@ public struct BatchResult: Equatable, Hashable {
     /**
      * The plaintext, if the message decrypted.
      */
-    public var plaintext: Data?
+    public var plaintext: Bytes?
     /**
      * Why it did not (a failed message changes nothing).
      */
@@ -4000,7 +3818,7 @@ public struct BatchResult: Equatable, Hashable {
     public init(
         /**
          * The plaintext, if the message decrypted.
-         */plaintext: Data?, 
+         */plaintext: Bytes?, 
         /**
          * Why it did not (a failed message changes nothing).
          */error: SamizdatError?) {
@@ -4024,13 +3842,13 @@ public struct FfiConverterTypeBatchResult: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> BatchResult {
         return
             try BatchResult(
-                plaintext: FfiConverterOptionData.read(from: &buf), 
+                plaintext: FfiConverterOptionTypeBytes.read(from: &buf), 
                 error: FfiConverterOptionTypeSamizdatError.read(from: &buf)
         )
     }
 
     public static func write(_ value: BatchResult, into buf: inout [UInt8]) {
-        FfiConverterOptionData.write(value.plaintext, into: &buf)
+        FfiConverterOptionTypeBytes.write(value.plaintext, into: &buf)
         FfiConverterOptionTypeSamizdatError.write(value.error, into: &buf)
     }
 }
@@ -4136,7 +3954,7 @@ public struct DeviceListInfo: Equatable, Hashable {
     /**
      * The user identity key that signed it (32 bytes).
      */
-    public var userIdentityKey: Data
+    public var userIdentityKey: UserIdentityKey
     /**
      * The devices, in increasing device id order.
      */
@@ -4153,7 +3971,7 @@ public struct DeviceListInfo: Equatable, Hashable {
          */version: Int64, 
         /**
          * The user identity key that signed it (32 bytes).
-         */userIdentityKey: Data, 
+         */userIdentityKey: UserIdentityKey, 
         /**
          * The devices, in increasing device id order.
          */devices: [ListedDevice]) {
@@ -4181,7 +3999,7 @@ public struct FfiConverterTypeDeviceListInfo: FfiConverterRustBuffer {
             try DeviceListInfo(
                 userId: FfiConverterString.read(from: &buf), 
                 version: FfiConverterInt64.read(from: &buf), 
-                userIdentityKey: FfiConverterData.read(from: &buf), 
+                userIdentityKey: FfiConverterTypeUserIdentityKey.read(from: &buf), 
                 devices: FfiConverterSequenceTypeListedDevice.read(from: &buf)
         )
     }
@@ -4189,7 +4007,7 @@ public struct FfiConverterTypeDeviceListInfo: FfiConverterRustBuffer {
     public static func write(_ value: DeviceListInfo, into buf: inout [UInt8]) {
         FfiConverterString.write(value.userId, into: &buf)
         FfiConverterInt64.write(value.version, into: &buf)
-        FfiConverterData.write(value.userIdentityKey, into: &buf)
+        FfiConverterTypeUserIdentityKey.write(value.userIdentityKey, into: &buf)
         FfiConverterSequenceTypeListedDevice.write(value.devices, into: &buf)
     }
 }
@@ -4302,7 +4120,7 @@ public struct GroupSend: Equatable, Hashable {
     /**
      * The group message: the same bytes for every member.
      */
-    public var message: Data
+    public var message: Bytes
     /**
      * Our chain, one message per member that lacked it: never again to a
      * member that has it.
@@ -4319,7 +4137,7 @@ public struct GroupSend: Equatable, Hashable {
     public init(
         /**
          * The group message: the same bytes for every member.
-         */message: Data, 
+         */message: Bytes, 
         /**
          * Our chain, one message per member that lacked it: never again to a
          * member that has it.
@@ -4349,14 +4167,14 @@ public struct FfiConverterTypeGroupSend: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GroupSend {
         return
             try GroupSend(
-                message: FfiConverterData.read(from: &buf), 
+                message: FfiConverterTypeBytes.read(from: &buf), 
                 distributions: FfiConverterSequenceTypeOutgoing.read(from: &buf), 
                 withoutSession: FfiConverterSequenceTypeAddress.read(from: &buf)
         )
     }
 
     public static func write(_ value: GroupSend, into buf: inout [UInt8]) {
-        FfiConverterData.write(value.message, into: &buf)
+        FfiConverterTypeBytes.write(value.message, into: &buf)
         FfiConverterSequenceTypeOutgoing.write(value.distributions, into: &buf)
         FfiConverterSequenceTypeAddress.write(value.withoutSession, into: &buf)
     }
@@ -4497,7 +4315,7 @@ public struct IncomingMessage: Equatable, Hashable {
     /**
      * The message as received.
      */
-    public var ciphertext: Data
+    public var ciphertext: Bytes
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4507,7 +4325,7 @@ public struct IncomingMessage: Equatable, Hashable {
          */sender: Address, 
         /**
          * The message as received.
-         */ciphertext: Data) {
+         */ciphertext: Bytes) {
         self.sender = sender
         self.ciphertext = ciphertext
     }
@@ -4529,13 +4347,13 @@ public struct FfiConverterTypeIncomingMessage: FfiConverterRustBuffer {
         return
             try IncomingMessage(
                 sender: FfiConverterTypeAddress.read(from: &buf), 
-                ciphertext: FfiConverterData.read(from: &buf)
+                ciphertext: FfiConverterTypeBytes.read(from: &buf)
         )
     }
 
     public static func write(_ value: IncomingMessage, into buf: inout [UInt8]) {
         FfiConverterTypeAddress.write(value.sender, into: &buf)
-        FfiConverterData.write(value.ciphertext, into: &buf)
+        FfiConverterTypeBytes.write(value.ciphertext, into: &buf)
     }
 }
 
@@ -4563,13 +4381,13 @@ public struct Linked: Equatable, Hashable {
      * The message for the new device: send it through the server as it is
      * (sealed to the code: only the device that showed it opens it).
      */
-    public var message: Data
+    public var message: Bytes
     /**
      * The user's signed device list, naming the new device: publish it
      * (contacts take it with `update_device_list`). This device already
      * holds it as its own.
      */
-    public var deviceList: Data
+    public var deviceList: Bytes
     /**
      * The device linked.
      */
@@ -4587,12 +4405,12 @@ public struct Linked: Equatable, Hashable {
         /**
          * The message for the new device: send it through the server as it is
          * (sealed to the code: only the device that showed it opens it).
-         */message: Data, 
+         */message: Bytes, 
         /**
          * The user's signed device list, naming the new device: publish it
          * (contacts take it with `update_device_list`). This device already
          * holds it as its own.
-         */deviceList: Data, 
+         */deviceList: Bytes, 
         /**
          * The device linked.
          */device: Address, 
@@ -4623,16 +4441,16 @@ public struct FfiConverterTypeLinked: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Linked {
         return
             try Linked(
-                message: FfiConverterData.read(from: &buf), 
-                deviceList: FfiConverterData.read(from: &buf), 
+                message: FfiConverterTypeBytes.read(from: &buf), 
+                deviceList: FfiConverterTypeBytes.read(from: &buf), 
                 device: FfiConverterTypeAddress.read(from: &buf), 
                 listChanged: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: Linked, into buf: inout [UInt8]) {
-        FfiConverterData.write(value.message, into: &buf)
-        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterTypeBytes.write(value.message, into: &buf)
+        FfiConverterTypeBytes.write(value.deviceList, into: &buf)
         FfiConverterTypeAddress.write(value.device, into: &buf)
         FfiConverterBool.write(value.listChanged, into: &buf)
     }
@@ -4665,7 +4483,7 @@ public struct ListedDevice: Equatable, Hashable {
     /**
      * The device's identity key (32 bytes).
      */
-    public var identityKey: Data
+    public var identityKey: IdentityKey
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4675,7 +4493,7 @@ public struct ListedDevice: Equatable, Hashable {
          */deviceId: Int64, 
         /**
          * The device's identity key (32 bytes).
-         */identityKey: Data) {
+         */identityKey: IdentityKey) {
         self.deviceId = deviceId
         self.identityKey = identityKey
     }
@@ -4697,13 +4515,13 @@ public struct FfiConverterTypeListedDevice: FfiConverterRustBuffer {
         return
             try ListedDevice(
                 deviceId: FfiConverterInt64.read(from: &buf), 
-                identityKey: FfiConverterData.read(from: &buf)
+                identityKey: FfiConverterTypeIdentityKey.read(from: &buf)
         )
     }
 
     public static func write(_ value: ListedDevice, into buf: inout [UInt8]) {
         FfiConverterInt64.write(value.deviceId, into: &buf)
-        FfiConverterData.write(value.identityKey, into: &buf)
+        FfiConverterTypeIdentityKey.write(value.identityKey, into: &buf)
     }
 }
 
@@ -4738,7 +4556,7 @@ public struct NewUserIdentity {
     /**
      * The user's new signed device list, this device's own once committed.
      */
-    public var deviceList: Data
+    public var deviceList: Bytes
     /**
      * The devices of our own list that the new list no longer names (the
      * lost ones): tell the user which devices were removed, and by which
@@ -4754,7 +4572,7 @@ public struct NewUserIdentity {
      * The user identity key (32 bytes) the handover says it replaces;
      * `None` if the sender no longer knew it.
      */
-    public var replaced: Data?
+    public var replaced: UserIdentityKey?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4764,7 +4582,7 @@ public struct NewUserIdentity {
          */userIdentity: UserIdentity, 
         /**
          * The user's new signed device list, this device's own once committed.
-         */deviceList: Data, 
+         */deviceList: Bytes, 
         /**
          * The devices of our own list that the new list no longer names (the
          * lost ones): tell the user which devices were removed, and by which
@@ -4777,7 +4595,7 @@ public struct NewUserIdentity {
         /**
          * The user identity key (32 bytes) the handover says it replaces;
          * `None` if the sender no longer knew it.
-         */replaced: Data?) {
+         */replaced: UserIdentityKey?) {
         self.userIdentity = userIdentity
         self.deviceList = deviceList
         self.removed = removed
@@ -4802,19 +4620,19 @@ public struct FfiConverterTypeNewUserIdentity: FfiConverterRustBuffer {
         return
             try NewUserIdentity(
                 userIdentity: FfiConverterTypeUserIdentity.read(from: &buf), 
-                deviceList: FfiConverterData.read(from: &buf), 
+                deviceList: FfiConverterTypeBytes.read(from: &buf), 
                 removed: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
                 added: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
-                replaced: FfiConverterOptionData.read(from: &buf)
+                replaced: FfiConverterOptionTypeUserIdentityKey.read(from: &buf)
         )
     }
 
     public static func write(_ value: NewUserIdentity, into buf: inout [UInt8]) {
         FfiConverterTypeUserIdentity.write(value.userIdentity, into: &buf)
-        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterTypeBytes.write(value.deviceList, into: &buf)
         FfiConverterSequenceTypeListedDevice.write(value.removed, into: &buf)
         FfiConverterSequenceTypeListedDevice.write(value.added, into: &buf)
-        FfiConverterOptionData.write(value.replaced, into: &buf)
+        FfiConverterOptionTypeUserIdentityKey.write(value.replaced, into: &buf)
     }
 }
 
@@ -4847,7 +4665,7 @@ public struct Outgoing: Equatable, Hashable {
     /**
      * The wire bytes.
      */
-    public var message: Data
+    public var message: Bytes
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4857,7 +4675,7 @@ public struct Outgoing: Equatable, Hashable {
          */to: Address, 
         /**
          * The wire bytes.
-         */message: Data) {
+         */message: Bytes) {
         self.to = to
         self.message = message
     }
@@ -4879,13 +4697,13 @@ public struct FfiConverterTypeOutgoing: FfiConverterRustBuffer {
         return
             try Outgoing(
                 to: FfiConverterTypeAddress.read(from: &buf), 
-                message: FfiConverterData.read(from: &buf)
+                message: FfiConverterTypeBytes.read(from: &buf)
         )
     }
 
     public static func write(_ value: Outgoing, into buf: inout [UInt8]) {
         FfiConverterTypeAddress.write(value.to, into: &buf)
-        FfiConverterData.write(value.message, into: &buf)
+        FfiConverterTypeBytes.write(value.message, into: &buf)
     }
 }
 
@@ -4986,7 +4804,7 @@ public struct Provisioned {
     /**
      * The user's signed device list, now this device's own.
      */
-    public var deviceList: Data
+    public var deviceList: Bytes
     /**
      * How many contact users the linking device had pinned.
      */
@@ -5011,7 +4829,7 @@ public struct Provisioned {
          */userIdentity: UserIdentity, 
         /**
          * The user's signed device list, now this device's own.
-         */deviceList: Data, 
+         */deviceList: Bytes, 
         /**
          * How many contact users the linking device had pinned.
          */pinnedUsers: Int32, 
@@ -5047,7 +4865,7 @@ public struct FfiConverterTypeProvisioned: FfiConverterRustBuffer {
         return
             try Provisioned(
                 userIdentity: FfiConverterTypeUserIdentity.read(from: &buf), 
-                deviceList: FfiConverterData.read(from: &buf), 
+                deviceList: FfiConverterTypeBytes.read(from: &buf), 
                 pinnedUsers: FfiConverterInt32.read(from: &buf), 
                 newlyPinned: FfiConverterInt32.read(from: &buf), 
                 linkedBy: FfiConverterTypeAddress.read(from: &buf)
@@ -5056,7 +4874,7 @@ public struct FfiConverterTypeProvisioned: FfiConverterRustBuffer {
 
     public static func write(_ value: Provisioned, into buf: inout [UInt8]) {
         FfiConverterTypeUserIdentity.write(value.userIdentity, into: &buf)
-        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterTypeBytes.write(value.deviceList, into: &buf)
         FfiConverterInt32.write(value.pinnedUsers, into: &buf)
         FfiConverterInt32.write(value.newlyPinned, into: &buf)
         FfiConverterTypeAddress.write(value.linkedBy, into: &buf)
@@ -5090,7 +4908,7 @@ public struct Replaced: Equatable, Hashable {
      * users compared the new safety number and they called
      * `trust_new_user_identity`.
      */
-    public var deviceList: Data
+    public var deviceList: Bytes
     /**
      * One handover per other device of the new list with which this device
      * has a session (under the identity key the list names), in the list's
@@ -5124,7 +4942,7 @@ public struct Replaced: Equatable, Hashable {
          * publish it. Contacts refuse it (`UntrustedIdentity`) until their
          * users compared the new safety number and they called
          * `trust_new_user_identity`.
-         */deviceList: Data, 
+         */deviceList: Bytes, 
         /**
          * One handover per other device of the new list with which this device
          * has a session (under the identity key the list names), in the list's
@@ -5168,7 +4986,7 @@ public struct FfiConverterTypeReplaced: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Replaced {
         return
             try Replaced(
-                deviceList: FfiConverterData.read(from: &buf), 
+                deviceList: FfiConverterTypeBytes.read(from: &buf), 
                 handovers: FfiConverterSequenceTypeOutgoing.read(from: &buf), 
                 missing: FfiConverterSequenceTypeAddress.read(from: &buf), 
                 removed: FfiConverterSequenceTypeListedDevice.read(from: &buf), 
@@ -5177,7 +4995,7 @@ public struct FfiConverterTypeReplaced: FfiConverterRustBuffer {
     }
 
     public static func write(_ value: Replaced, into buf: inout [UInt8]) {
-        FfiConverterData.write(value.deviceList, into: &buf)
+        FfiConverterTypeBytes.write(value.deviceList, into: &buf)
         FfiConverterSequenceTypeOutgoing.write(value.handovers, into: &buf)
         FfiConverterSequenceTypeAddress.write(value.missing, into: &buf)
         FfiConverterSequenceTypeListedDevice.write(value.removed, into: &buf)
@@ -5271,6 +5089,106 @@ public func FfiConverterTypeRotated_lower(_ value: Rotated) -> RustBuffer {
 
 
 /**
+ * The safety number of a conversation, as a plain value: 60 digits to
+ * read aloud, or a code to scan. Nothing in it is secret.
+ *
+ * Two are equal when they were computed for the same two identities on
+ * the same side: the peer's screen shows the same `digits` and the mirror
+ * image of `scannable` (compare the digits across devices, or scan).
+ */
+public struct SafetyNumber: Equatable, Hashable {
+    /**
+     * The 60 digits, with no separator.
+     */
+    public var digits: String
+    /**
+     * The digits in 12 groups of 5, as users read them.
+     */
+    public var display: String
+    /**
+     * The bytes a QR code on this screen carries (65 bytes).
+     */
+    public var scannable: Bytes
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The 60 digits, with no separator.
+         */digits: String, 
+        /**
+         * The digits in 12 groups of 5, as users read them.
+         */display: String, 
+        /**
+         * The bytes a QR code on this screen carries (65 bytes).
+         */scannable: Bytes) {
+        self.digits = digits
+        self.display = display
+        self.scannable = scannable
+    }
+
+    
+    /**
+     * Checks a code scanned from the peer's screen (both fingerprints
+     * compared in constant time): [`SamizdatError::IdentityMismatch`] says
+     * which side differs. `InvalidArgument` if this value's own
+     * `scannable` is not a safety number's code (a value not made by the
+     * library).
+     */
+public func compareScanned(scanned: Data)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+        uniffiCallStatus in
+    uniffi_samizdat_ffi_fn_method_safetynumber_compare_scanned(
+            FfiConverterTypeSafetyNumber_lower(self),
+        FfiConverterData.lower(scanned),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SafetyNumber: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSafetyNumber: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SafetyNumber {
+        return
+            try SafetyNumber(
+                digits: FfiConverterString.read(from: &buf), 
+                display: FfiConverterString.read(from: &buf), 
+                scannable: FfiConverterTypeBytes.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SafetyNumber, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.digits, into: &buf)
+        FfiConverterString.write(value.display, into: &buf)
+        FfiConverterTypeBytes.write(value.scannable, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSafetyNumber_lift(_ buf: RustBuffer) throws -> SafetyNumber {
+    return try FfiConverterTypeSafetyNumber.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSafetyNumber_lower(_ value: SafetyNumber) -> RustBuffer {
+    return FfiConverterTypeSafetyNumber.lower(value)
+}
+
+
+/**
  * What [`AttachmentEncryptor::finish`] returns.
  */
 public struct SealedTail {
@@ -5278,7 +5196,7 @@ public struct SealedTail {
      * The last sealed bytes of the blob (after everything `update`
      * returned).
      */
-    public var ciphertext: Data
+    public var ciphertext: Bytes
     /**
      * The description to send.
      */
@@ -5290,7 +5208,7 @@ public struct SealedTail {
         /**
          * The last sealed bytes of the blob (after everything `update`
          * returned).
-         */ciphertext: Data, 
+         */ciphertext: Bytes, 
         /**
          * The description to send.
          */attachment: Attachment) {
@@ -5314,13 +5232,13 @@ public struct FfiConverterTypeSealedTail: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SealedTail {
         return
             try SealedTail(
-                ciphertext: FfiConverterData.read(from: &buf), 
+                ciphertext: FfiConverterTypeBytes.read(from: &buf), 
                 attachment: FfiConverterTypeAttachment.read(from: &buf)
         )
     }
 
     public static func write(_ value: SealedTail, into buf: inout [UInt8]) {
-        FfiConverterData.write(value.ciphertext, into: &buf)
+        FfiConverterTypeBytes.write(value.ciphertext, into: &buf)
         FfiConverterTypeAttachment.write(value.attachment, into: &buf)
     }
 }
@@ -6681,6 +6599,54 @@ fileprivate struct FfiConverterOptionTypeSamizdatError: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeBytes: FfiConverterRustBuffer {
+    typealias SwiftType = Bytes?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeBytes.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeBytes.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeUserIdentityKey: FfiConverterRustBuffer {
+    typealias SwiftType = UserIdentityKey?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeUserIdentityKey.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeUserIdentityKey.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceInt64: FfiConverterRustBuffer {
     typealias SwiftType = [Int64]
 
@@ -6877,6 +6843,126 @@ fileprivate struct FfiConverterSequenceTypeOutgoing: FfiConverterRustBuffer {
         return seq
     }
 }
+
+
+public typealias Bytes = Data
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeBytes: FfiConverter {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Bytes {
+        return try FfiConverterData.read(from: &buf)
+    }
+
+    public static func write(_ value: Bytes, into buf: inout [UInt8]) {
+        return FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func lift(_ value: RustBuffer) throws -> Bytes {
+        return try FfiConverterData.lift(value)
+    }
+
+    public static func lower(_ value: Bytes) -> RustBuffer {
+        return FfiConverterData.lower(value)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeBytes_lift(_ value: RustBuffer) throws -> Bytes {
+    return try FfiConverterTypeBytes.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeBytes_lower(_ value: Bytes) -> RustBuffer {
+    return FfiConverterTypeBytes.lower(value)
+}
+
+
+
+public typealias IdentityKey = Data
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeIdentityKey: FfiConverter {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> IdentityKey {
+        return try FfiConverterData.read(from: &buf)
+    }
+
+    public static func write(_ value: IdentityKey, into buf: inout [UInt8]) {
+        return FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func lift(_ value: RustBuffer) throws -> IdentityKey {
+        return try FfiConverterData.lift(value)
+    }
+
+    public static func lower(_ value: IdentityKey) -> RustBuffer {
+        return FfiConverterData.lower(value)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeIdentityKey_lift(_ value: RustBuffer) throws -> IdentityKey {
+    return try FfiConverterTypeIdentityKey.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeIdentityKey_lower(_ value: IdentityKey) -> RustBuffer {
+    return FfiConverterTypeIdentityKey.lower(value)
+}
+
+
+
+public typealias UserIdentityKey = Data
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUserIdentityKey: FfiConverter {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UserIdentityKey {
+        return try FfiConverterData.read(from: &buf)
+    }
+
+    public static func write(_ value: UserIdentityKey, into buf: inout [UInt8]) {
+        return FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func lift(_ value: RustBuffer) throws -> UserIdentityKey {
+        return try FfiConverterData.lift(value)
+    }
+
+    public static func lower(_ value: UserIdentityKey) -> RustBuffer {
+        return FfiConverterData.lower(value)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserIdentityKey_lift(_ value: RustBuffer) throws -> UserIdentityKey {
+    return try FfiConverterTypeUserIdentityKey.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUserIdentityKey_lower(_ value: UserIdentityKey) -> RustBuffer {
+    return FfiConverterTypeUserIdentityKey.lower(value)
+}
+
 /**
  * Decrypts the blob at `input_path` into a new file at `output_path`,
  * checking every chunk, the length, the padding and the digest; the file
@@ -7055,7 +7141,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_func_rotate_storage_key() != 33831) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_user_safety_number() != 25317) {
+    if (uniffi_samizdat_ffi_checksum_func_user_safety_number() != 21794) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_verify_device_list() != 5345) {
@@ -7103,7 +7189,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 2934) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 58514) {
+    if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 39488) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_scrub() != 46024) {
@@ -7220,7 +7306,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_update_device_list() != 33037) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_user_safety_number() != 12559) {
+    if (uniffi_samizdat_ffi_checksum_method_device_user_safety_number() != 19152) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_user_trust() != 46453) {
@@ -7251,18 +7337,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_pendingmessage_new_user_identity() != 39754) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_samizdat_ffi_checksum_method_safetynumber_compare_scanned() != 25516) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_samizdat_ffi_checksum_method_safetynumber_digits() != 24210) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_samizdat_ffi_checksum_method_safetynumber_display() != 4369) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_samizdat_ffi_checksum_method_safetynumber_scannable() != 15002) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_attachment_ciphertext_len() != 40774) {

@@ -36,7 +36,7 @@ final class DeviceTests: XCTestCase {
         XCTAssertThrowsError(try bob.decrypt(sender: alice.address(), ciphertext: wire)) { error in
             XCTAssertEqual((error as? SamizdatError)?.code(), "duplicate")
         }
-        XCTAssertEqual(try alice.safetyNumber(peer: bobAddress).digits(), try bob.safetyNumber(peer: alice.address()).digits())
+        XCTAssertEqual(try alice.safetyNumber(peer: bobAddress).digits, try bob.safetyNumber(peer: alice.address()).digits)
         // README-END
     }
 

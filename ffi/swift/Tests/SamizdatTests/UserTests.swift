@@ -76,8 +76,17 @@ final class UserTests: XCTestCase {
         let onBob = try userSafetyNumber(
             localUserId: "bob", localUserIdentityKey: bob.publicKey(), remoteUserId: "alice",
             remoteUserIdentityKey: alice.publicKey())
-        XCTAssertEqual(onAlice.digits(), onBob.digits())
-        XCTAssertNoThrow(try onAlice.compareScanned(scanned: onBob.scannable()))
+        XCTAssertEqual(onAlice.digits, onBob.digits)
+        XCTAssertNoThrow(try onAlice.compareScanned(scanned: onBob.scannable))
+        // A plain value: equal to the same number from another call, usable in a set; the peer's
+        // has the same digits and the mirror image of the code.
+        let again = try userSafetyNumber(
+            localUserId: "alice", localUserIdentityKey: alice.publicKey(), remoteUserId: "bob",
+            remoteUserIdentityKey: bob.publicKey())
+        XCTAssertEqual(onAlice, again)
+        XCTAssertTrue(Set([onAlice]).contains(again))
+        XCTAssertNotEqual(onAlice, onBob)
+        XCTAssertEqual(onAlice.display.replacingOccurrences(of: " ", with: ""), onAlice.digits)
     }
 
     func testADeviceRefusesAGhostAndAcceptsANewlyListedDevice() throws {

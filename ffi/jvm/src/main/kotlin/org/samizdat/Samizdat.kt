@@ -54,26 +54,8 @@ object Samizdat {
         resendToNewIdentity: Boolean,
     ): HealPolicy = HealPolicy(resetInterval.seconds, outboxMaxAge.seconds, outboxMaxMessages, resendToNewIdentity)
 
-    /** The bytes of an identity key as an [IdentityKey] value. */
+    /** The bytes of an identity key as an [IdentityKey] value (see Values.kt). */
     @JvmStatic
     fun identityKey(bytes: ByteArray): IdentityKey = IdentityKey(bytes)
 }
 
-/**
- * An identity key (32 bytes) as a value: equal to another when the bytes
- * are, usable as a map key, printed in hex. (A `ByteArray` compares by
- * reference.) The bytes are copied in and out: the value cannot change.
- */
-class IdentityKey(bytes: ByteArray) {
-    private val bytes: ByteArray = bytes.copyOf()
-
-    /** A copy of the 32 bytes. */
-    fun toByteArray(): ByteArray = bytes.copyOf()
-
-    override fun equals(other: Any?): Boolean = other is IdentityKey && bytes.contentEquals(other.bytes)
-
-    override fun hashCode(): Int = bytes.contentHashCode()
-
-    /** The bytes in lowercase hex. */
-    override fun toString(): String = bytes.joinToString("") { "%02x".format(it) }
-}

@@ -95,7 +95,7 @@ class AttachmentTest {
                 start = end
             }
             val tail = encryptor.finish()
-            blob.write(tail.ciphertext)
+            blob.write(tail.ciphertext.toByteArray())
             assertThrows(SamizdatException.InvalidArgument::class.java) { encryptor.finish() }
             tail.attachment
         }
@@ -122,7 +122,7 @@ class AttachmentTest {
         val encryptor = AttachmentEncryptor()
         val head = encryptor.update(ByteArray(100_000) { 'x'.code.toByte() })
         val tail = encryptor.finish()
-        val blob = head + tail.ciphertext
+        val blob = head + tail.ciphertext.toByteArray()
 
         AttachmentDecryptor(tail.attachment).use { decryptor ->
             decryptor.update(blob.copyOf(blob.size - 10))

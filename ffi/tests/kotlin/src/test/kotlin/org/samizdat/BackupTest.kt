@@ -66,9 +66,9 @@ class BackupTest {
                         HealResult.Sent::class.java,
                         bob.heal(alice.prekeyBundle(), listOf(inFlight), 1000L),
                     )
-                    val (kind, _, resends) = deliver(alice, bob, healed.reset.message)
+                    val (kind, _, resends) = deliver(alice, bob, healed.reset.message.toByteArray())
                     assertEquals(MessageKind.CONTROL to 1, kind to resends.size)
-                    bob.decrypt(alice.address(), resends[0].message).use { pending ->
+                    bob.decrypt(alice.address(), resends[0].message.toByteArray()).use { pending ->
                         assertEquals("in flight", pending.plaintext().decodeToString())
                         assertArrayEquals(messageId(inFlight), pending.messageId())
                         bob.commit(pending)

@@ -48,8 +48,8 @@ class DeviceTest {
                 }
                 assertThrows(SamizdatException.Duplicate::class.java) { bob.decrypt(alice.address(), wire) }
                 assertEquals(
-                    alice.safetyNumber(bobAddress).use { it.digits() },
-                    bob.safetyNumber(alice.address()).use { it.digits() },
+                    alice.safetyNumber(bobAddress).digits,
+                    bob.safetyNumber(alice.address()).digits,
                 )
             }
         }
@@ -71,11 +71,11 @@ class DeviceTest {
                 assertEquals("r2", receive(alice, bobAddress, replies[1]))
                 assertEquals("r1", receive(alice, bobAddress, replies[0]))
                 // Both sides see the same safety number; a scan of the other screen matches.
-                alice.safetyNumber(bobAddress).use { onAlice ->
-                    bob.safetyNumber(alice.address()).use { onBob ->
-                        assertEquals(onAlice.digits(), onBob.digits())
-                        assertEquals(71, onAlice.display().length)
-                        onAlice.compareScanned(onBob.scannable())
+                alice.safetyNumber(bobAddress).let { onAlice ->
+                    bob.safetyNumber(alice.address()).let { onBob ->
+                        assertEquals(onAlice.digits, onBob.digits)
+                        assertEquals(71, onAlice.display.length)
+                        onAlice.compareScanned(onBob.scannable.toByteArray())
                         assertArrayEquals(bob.identityKey(), alice.peerIdentity(bobAddress))
                     }
                 }
@@ -170,8 +170,8 @@ class DeviceTest {
                 device(dir, "carol", ByteArray(32) { 3 }).use { carol ->
                     carol.startSession(bob.prekeyBundle())
                     val mismatch = assertThrows(SamizdatException.IdentityMismatch::class.java) {
-                        alice.safetyNumber(bob.address()).use { a ->
-                            carol.safetyNumber(bob.address()).use { c -> a.compareScanned(c.scannable()) }
+                        alice.safetyNumber(bob.address()).let { a ->
+                            carol.safetyNumber(bob.address()).let { c -> a.compareScanned(c.scannable.toByteArray()) }
                         }
                     }
                     assertEquals(MismatchedSide.BOTH, mismatch.side)
@@ -243,11 +243,11 @@ class DeviceTest {
         device(dir, "alice", aliceKey).use { alice ->
             device(dir, "bob", bobKey).use { bob ->
                 alice.startSession(bob.prekeyBundle())
-                val queue = (1..5).map { IncomingMessage(alice.address(), alice.encrypt(bob.address(), "q$it".encodeToByteArray())) }
-                val withForgery = queue + IncomingMessage(alice.address(), ByteArray(40))
+                val queue = (1..5).map { IncomingMessage(alice.address(), Bytes(alice.encrypt(bob.address(), "q$it".encodeToByteArray()))) }
+                val withForgery = queue + IncomingMessage(alice.address(), Bytes(ByteArray(40)))
                 bob.decryptBatch(withForgery).use { batch ->
                     val results = batch.results()
-                    assertEquals((1..5).map { "q$it" }, results.take(5).map { it.plaintext!!.decodeToString() })
+                    assertEquals((1..5).map { "q$it" }, results.take(5).map { it.plaintext!!.toByteArray().decodeToString() })
                     assertNull(results[5].plaintext)
                     assertTrue(results[5].error is SamizdatException.InvalidMessage)
                     bob.commitBatch(batch)

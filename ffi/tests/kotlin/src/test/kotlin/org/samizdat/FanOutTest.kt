@@ -28,7 +28,7 @@ private const val MAX_FAN_OUT_PLAINTEXT_LEN = 245_760 - 512
 private fun member(dir: Path, name: String, deviceId: Long, key: Byte): Device =
     Device.openOrCreate(dir.resolve("$name-$deviceId.db").toString(), ByteArray(32) { key }, name, deviceId, 0L)
 
-private fun entry(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identityKey())
+private fun entry(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identity())
 
 // core/src/device/healing.rs: HealPolicy::default().outbox_max_age (30 days).
 private val OUTBOX_MAX_AGE: Duration = Duration.ofDays(30)
@@ -95,12 +95,12 @@ class FanOutTest {
                         assertEquals(listOf(Address("bob", 1L)), sent.messages.map { it.to })
                         assertEquals(listOf(laptop.address()), sent.syncs.map { it.to })
                         assertEquals(listOf(Address("bob", 2L)), sent.missing)
-                        val direct = bob1.decrypt(phone.address(), sent.messages[0].message)
+                        val direct = bob1.decrypt(phone.address(), sent.messages[0].message.toByteArray())
                         assertEquals(MessageKind.DIRECT, direct.kind())
                         assertEquals("hello Bob", String(direct.plaintext()))
                         assertNull(direct.syncRecipient())
                         bob1.commit(direct)
-                        val sync = laptop.decrypt(phone.address(), sent.syncs[0].message)
+                        val sync = laptop.decrypt(phone.address(), sent.syncs[0].message.toByteArray())
                         assertEquals(MessageKind.SENT_SYNC, sync.kind())
                         assertEquals("bob", sync.syncRecipient())
                         assertEquals("hello Bob", String(sync.plaintext()))
@@ -112,7 +112,7 @@ class FanOutTest {
                         val rest = phone.encryptToUserDevices("bob", "hello Bob".toByteArray(), sent.missing)
                         assertEquals(listOf(Address("bob", 2L)), rest.messages.map { it.to })
                         assertTrue(rest.syncs.isEmpty() && rest.missing.isEmpty())
-                        val late = bob2.decrypt(phone.address(), rest.messages[0].message)
+                        val late = bob2.decrypt(phone.address(), rest.messages[0].message.toByteArray())
                         assertEquals("hello Bob", String(late.plaintext()))
                         bob2.commit(late)
 
@@ -135,7 +135,7 @@ class FanOutTest {
                         val largest = ByteArray(MAX_FAN_OUT_PLAINTEXT_LEN) { 7 }
                         val big = phone.encryptToUser("bob", largest)
                         assertEquals(2, big.messages.size)
-                        val bigSync = laptop.decrypt(phone.address(), big.syncs[0].message)
+                        val bigSync = laptop.decrypt(phone.address(), big.syncs[0].message.toByteArray())
                         assertEquals(MessageKind.SENT_SYNC, bigSync.kind())
                         assertArrayEquals(largest, bigSync.plaintext())
                     }
@@ -160,25 +160,25 @@ class FanOutTest {
 
                         val onAlice = phone.userSafetyNumber("bob")
                         val onBob = bob1.userSafetyNumber("alice")
-                        assertEquals(onAlice.digits(), onBob.digits())
-                        onAlice.compareScanned(onBob.scannable())
+                        assertEquals(onAlice.digits, onBob.digits)
+                        onAlice.compareScanned(onBob.scannable.toByteArray())
                         // From the two user identities alone.
-                        assertEquals(userSafetyNumber("alice", alice.publicKey(), "bob", bob.publicKey()).digits(), onAlice.digits())
+                        assertEquals(userSafetyNumber("alice", alice.publicKey(), "bob", bob.publicKey()).digits, onAlice.digits)
 
                         // Bob links a second device: the same number.
                         phone.updateDeviceList(bob.signDeviceList("bob", 2L, listOf(entry(bob1), entry(bob2))))
-                        assertEquals(onAlice.digits(), phone.userSafetyNumber("bob").digits())
+                        assertEquals(onAlice.digits, phone.userSafetyNumber("bob").digits)
 
                         // Bob's new user identity: only the app's decision moves the pin, and the number changes.
                         val bobNew = UserIdentity.generate()
                         val renewed = bobNew.signDeviceList("bob", 1L, listOf(entry(bob1)))
                         assertThrows(SamizdatException.UntrustedIdentity::class.java) { phone.updateDeviceList(renewed) }
-                        assertEquals(onAlice.digits(), phone.userSafetyNumber("bob").digits())
+                        assertEquals(onAlice.digits, phone.userSafetyNumber("bob").digits)
                         phone.trustNewUserIdentity(renewed)
                         bob1.setDeviceList(renewed)
                         val changed = phone.userSafetyNumber("bob")
-                        assertNotEquals(onAlice.digits(), changed.digits())
-                        assertEquals(bob1.userSafetyNumber("alice").digits(), changed.digits())
+                        assertNotEquals(onAlice.digits, changed.digits)
+                        assertEquals(bob1.userSafetyNumber("alice").digits, changed.digits)
 
                         // Without our own list: InvalidArgument; a user not pinned: NoSession.
                         erin.updateDeviceList(renewed)
@@ -209,22 +209,22 @@ class FanOutTest {
             assertEquals(1, phone.outboxLen(bob2.address()))
 
             // bob1 reads its copy; bob2's is lost, and bob2 heals naming it.
-            val (toBob1, toBob2) = sent.messages[0].message to sent.messages[1].message
+            val (toBob1, toBob2) = sent.messages[0].message.toByteArray() to sent.messages[1].message.toByteArray()
             val (got1, id1, _) = take(bob1, phone, toBob1)
             assertEquals(MessageKind.DIRECT to "meet at the station", got1)
             val healed = assertInstanceOf(HealResult.Sent::class.java, bob2.heal(phone.prekeyBundle(), listOf(toBob2), 200L))
             assertEquals(phone.address(), healed.reset.to)
-            val (reset, _, resent) = take(phone, bob2, healed.reset.message)
+            val (reset, _, resent) = take(phone, bob2, healed.reset.message.toByteArray())
             assertEquals(MessageKind.CONTROL to "", reset)
             assertEquals(listOf(bob2.address()), resent.map { it.to }, "the message kept for bob2, to bob2 only")
-            val (got2, id2, _) = take(bob2, phone, resent[0].message)
+            val (got2, id2, _) = take(bob2, phone, resent[0].message.toByteArray())
             assertEquals(MessageKind.DIRECT to "meet at the station", got2)
             assertArrayEquals(messageId(toBob2), id2, "the id of the message as first sent")
             assertEquals(0, bob2.awaitingResends(phone.address()))
 
             // The laptop's sync was not kept: a reset naming it brings nothing.
-            val syncHeal = assertInstanceOf(HealResult.Sent::class.java, laptop.heal(phone.prekeyBundle(), listOf(sent.syncs[0].message), 300L))
-            assertEquals(emptyList<Outgoing>(), take(phone, laptop, syncHeal.reset.message).third)
+            val syncHeal = assertInstanceOf(HealResult.Sent::class.java, laptop.heal(phone.prekeyBundle(), listOf(sent.syncs[0].message.toByteArray()), 300L))
+            assertEquals(emptyList<Outgoing>(), take(phone, laptop, syncHeal.reset.message.toByteArray()).third)
 
             // Each device's copy is acknowledged on its own: bob2's id is not in bob1's outbox.
             assertEquals(0, phone.acknowledge(bob1.address(), listOf(messageId(toBob2))))
@@ -244,7 +244,7 @@ class FanOutTest {
             assertEquals(listOf(bob2.address()), sent.messages.map { it.to })
             assertTrue(sent.syncs.isEmpty() && sent.missing.isEmpty())
             assertEquals(listOf(0, 1, 0), listOf(bob1, bob2, laptop).map { phone.outboxLen(it.address()) })
-            assertEquals(MessageKind.DIRECT to "only bob2", take(bob2, phone, sent.messages[0].message).first)
+            assertEquals(MessageKind.DIRECT to "only bob2", take(bob2, phone, sent.messages[0].message.toByteArray()).first)
             // The entry is dated `start`: it expires at start + outbox_max_age, not before.
             assertEquals(0, phone.expireOutbox(start.plus(OUTBOX_MAX_AGE).minusSeconds(1)))
             assertEquals(1, phone.expireOutbox(start.plus(OUTBOX_MAX_AGE)))

@@ -62,7 +62,7 @@ private class World(private val dir: Path, n: Int) : AutoCloseable {
     /** Delivers a send's distributions: control messages, answered by nothing. */
     fun distribute(from: Int, sent: GroupSend) {
         for (outgoing in sent.distributions) {
-            assertEquals(Received(MessageKind.CONTROL, ""), receive(from, index(outgoing.to), outgoing.message))
+            assertEquals(Received(MessageKind.CONTROL, ""), receive(from, index(outgoing.to), outgoing.message.toByteArray()))
         }
     }
 
@@ -82,7 +82,7 @@ class GroupTest {
                 val first = world.send(from, GROUP, "$from:0")
                 assertEquals((0 until 3).filter { it != from }.map(world::address), first.distributions.map { it.to }.sortedBy { it.userId })
                 assertTrue(first.withoutSession.isEmpty())
-                listOf(first.message) + (1..2).map { world.send(from, GROUP, "$from:$it").message }
+                listOf(first.message.toByteArray()) + (1..2).map { world.send(from, GROUP, "$from:$it").message.toByteArray() }
             }
             for ((from, messages) in sent.withIndex()) {
                 for (to in (0 until 3).filter { it != from }) {
@@ -117,8 +117,8 @@ class GroupTest {
             world[2].createGroup(GROUP, listOf(world.address(0), world.address(1)))
             val welcome = world.send(0, GROUP, "welcome")
             assertEquals(listOf(world.address(2)), welcome.distributions.map { it.to })
-            assertEquals(Received(MessageKind.GROUP, "welcome"), world.receive(0, 2, welcome.message))
-            assertEquals(Received(MessageKind.GROUP, "welcome"), world.receive(0, 1, welcome.message))
+            assertEquals(Received(MessageKind.GROUP, "welcome"), world.receive(0, 2, welcome.message.toByteArray()))
+            assertEquals(Received(MessageKind.GROUP, "welcome"), world.receive(0, 1, welcome.message.toByteArray()))
             assertTrue(world.send(0, GROUP, "after").distributions.isEmpty())
         }
     }
@@ -128,30 +128,30 @@ class GroupTest {
         World(dir, 3).use { world ->
             world.create(GROUP, listOf(0, 1, 2))
             val before = world.send(0, GROUP, "before")
-            for (to in 1..2) assertEquals("before", world.receive(0, to, before.message).text)
+            for (to in 1..2) assertEquals("before", world.receive(0, to, before.message.toByteArray()).text)
             for (i in 0..1) world[i].removeGroupMembers(GROUP, listOf(world.address(2)))
             assertEquals(listOf(world.address(1)), world[0].groupMembers(GROUP))
             val after = world.send(0, GROUP, "after")
             assertEquals(listOf(world.address(1)), after.distributions.map { it.to }, "a new chain, for member 1 only")
-            assertEquals(Received(MessageKind.GROUP, "after"), world.receive(0, 1, after.message))
+            assertEquals(Received(MessageKind.GROUP, "after"), world.receive(0, 1, after.message.toByteArray()))
             // The removed device lacks the new chain; its request goes unanswered.
             val missing = assertThrows(SamizdatException.MissingGroupKey::class.java) {
-                world[2].decrypt(world.address(0), after.message)
+                world[2].decrypt(world.address(0), after.message.toByteArray())
             }
             assertEquals(Recovery.RETRY_LATER, missing.recovery())
             val request = checkNotNull(missing.request()) { "member 2 still has a session with member 0: it asks" }
             assertEquals(Received(MessageKind.CONTROL, ""), world.receive(2, 0, request))
-            assertThrows(SamizdatException.MissingGroupKey::class.java) { world[2].decrypt(world.address(0), after.message) }
+            assertThrows(SamizdatException.MissingGroupKey::class.java) { world[2].decrypt(world.address(0), after.message.toByteArray()) }
             // Its own messages are refused by the remaining members.
             val fromRemoved = world[2].groupEncrypt(GROUP, "still here?".encodeToByteArray())
             val notMember = assertThrows(SamizdatException.NotInGroup::class.java) {
-                world[0].decrypt(world.address(2), fromRemoved.message)
+                world[0].decrypt(world.address(2), fromRemoved.message.toByteArray())
             }
             assertEquals("the sender is not a member of the group", notMember.reason)
             // The remaining members go on.
             val reply = world.send(1, GROUP, "reply")
             assertEquals(listOf(world.address(0)), reply.distributions.map { it.to })
-            assertEquals("reply", world.receive(1, 0, reply.message).text)
+            assertEquals("reply", world.receive(1, 0, reply.message.toByteArray()).text)
         }
     }
 
@@ -161,14 +161,14 @@ class GroupTest {
             world.create(GROUP, listOf(0, 1, 2))
             val first = world[0].groupEncrypt(GROUP, "first".encodeToByteArray())
             // The distribution to member 1 is lost; member 2 gets its own.
-            first.distributions.filter { it.to == world.address(2) }.forEach { world.receive(0, 2, it.message) }
+            first.distributions.filter { it.to == world.address(2) }.forEach { world.receive(0, 2, it.message.toByteArray()) }
             val second = world.send(0, GROUP, "second")
             val missing = assertThrows(SamizdatException.MissingGroupKey::class.java) {
-                world[1].decrypt(world.address(0), second.message)
+                world[1].decrypt(world.address(0), second.message.toByteArray())
             }
             // The same chain for the first message (asking once more is allowed, and bounded).
             val again = assertThrows(SamizdatException.MissingGroupKey::class.java) {
-                world[1].decrypt(world.address(0), first.message)
+                world[1].decrypt(world.address(0), first.message.toByteArray())
             }
             assertEquals(missing.chainId, again.chainId)
             // The sender's commit of the request returns the answer, for member 1.
@@ -178,7 +178,7 @@ class GroupTest {
             assertEquals(1, answered.size, "member 1 is a member: its request is answered, once")
             val answer = answered.single()
             assertEquals(world.address(1), answer.to)
-            world[1].decrypt(world.address(0), answer.message).use { pending ->
+            world[1].decrypt(world.address(0), answer.message.toByteArray()).use { pending ->
                 assertEquals(MessageKind.CONTROL, pending.kind())
                 assertArrayEquals(GROUP, pending.groupId())
                 assertEquals(0, pending.plaintext().size)
@@ -186,10 +186,10 @@ class GroupTest {
                 assertEquals(emptyList<Outgoing>(), world[1].commit(pending))
             }
             // The held message decrypts now, and so do the next ones, with no distribution.
-            assertEquals(Received(MessageKind.GROUP, "second"), world.receive(0, 1, second.message))
+            assertEquals(Received(MessageKind.GROUP, "second"), world.receive(0, 1, second.message.toByteArray()))
             val third = world.send(0, GROUP, "third")
             assertTrue(third.distributions.isEmpty())
-            assertEquals("third", world.receive(0, 1, third.message).text)
+            assertEquals("third", world.receive(0, 1, third.message.toByteArray()).text)
         }
     }
 
@@ -199,14 +199,14 @@ class GroupTest {
             world.create(GROUP, listOf(0, 1, 2))
             val sent = world.send(0, GROUP, "genuine")
             for (at in listOf(sent.message.size - 1, sent.message.size / 2)) { // the signature; the body
-                val forged = sent.message.copyOf().also { it[at] = (it[at].toInt() xor 1).toByte() }
+                val forged = sent.message.toByteArray().also { it[at] = (it[at].toInt() xor 1).toByte() }
                 assertThrows(SamizdatException.InvalidMessage::class.java) { world[1].decrypt(world.address(0), forged) }
             }
             // Attributed to another member: not a chain of that member's.
-            assertThrows(SamizdatException.MissingGroupKey::class.java) { world[1].decrypt(world.address(2), sent.message) }
+            assertThrows(SamizdatException.MissingGroupKey::class.java) { world[1].decrypt(world.address(2), sent.message.toByteArray()) }
             // Nothing changed: the genuine message decrypts, once.
-            assertEquals(Received(MessageKind.GROUP, "genuine"), world.receive(0, 1, sent.message))
-            assertThrows(SamizdatException.Duplicate::class.java) { world[1].decrypt(world.address(0), sent.message) }
+            assertEquals(Received(MessageKind.GROUP, "genuine"), world.receive(0, 1, sent.message.toByteArray()))
+            assertThrows(SamizdatException.Duplicate::class.java) { world[1].decrypt(world.address(0), sent.message.toByteArray()) }
         }
     }
 
@@ -217,10 +217,10 @@ class GroupTest {
             val m0 = world[0]
             val sent = world.send(0, GROUP, "hi")
             // Unknown group, then a sender that is not a member: both not in the group, told apart by the text.
-            val unknown = assertThrows(SamizdatException.NotInGroup::class.java) { world[2].decrypt(world.address(0), sent.message) }
+            val unknown = assertThrows(SamizdatException.NotInGroup::class.java) { world[2].decrypt(world.address(0), sent.message.toByteArray()) }
             assertEquals("unknown group", unknown.reason)
             world[2].createGroup(GROUP, listOf(world.address(1)))
-            val notMember = assertThrows(SamizdatException.NotInGroup::class.java) { world[2].decrypt(world.address(0), sent.message) }
+            val notMember = assertThrows(SamizdatException.NotInGroup::class.java) { world[2].decrypt(world.address(0), sent.message.toByteArray()) }
             assertEquals("the sender is not a member of the group", notMember.reason)
             val self = assertThrows(SamizdatException.InvalidArgument::class.java) {
                 m0.createGroup("g9".encodeToByteArray(), listOf(m0.address()))
@@ -254,18 +254,18 @@ class GroupTest {
             val sent = world[0].groupEncrypt(GROUP, "x".encodeToByteArray())
             val direct = world[0].encrypt(world.address(1), "direct".encodeToByteArray())
             val sender = world.address(0)
-            val batch = listOf(IncomingMessage(sender, sent.distributions[0].message), IncomingMessage(sender, direct))
+            val batch = listOf(IncomingMessage(sender, sent.distributions[0].message), IncomingMessage(sender, Bytes(direct)))
             world[1].decryptBatch(batch).use { pending ->
                 val results = pending.results()
                 // Left for decrypt: not consumed, decrypt it again (alone).
                 assertTrue(results[0].error is SamizdatException.StalePending)
                 assertEquals(Recovery.DECRYPT_AGAIN, results[0].error!!.recovery())
-                assertEquals("direct", results[1].plaintext?.decodeToString())
+                assertEquals("direct", results[1].plaintext?.toByteArray()?.decodeToString())
                 world[1].commitBatch(pending)
             }
             // Not consumed: it decrypts alone, then the group message does.
-            assertEquals(Received(MessageKind.CONTROL, ""), world.receive(0, 1, sent.distributions[0].message))
-            assertEquals(Received(MessageKind.GROUP, "x"), world.receive(0, 1, sent.message))
+            assertEquals(Received(MessageKind.CONTROL, ""), world.receive(0, 1, sent.distributions[0].message.toByteArray()))
+            assertEquals(Received(MessageKind.GROUP, "x"), world.receive(0, 1, sent.message.toByteArray()))
             // A direct message says so.
             world[1].decrypt(sender, world[0].encrypt(world.address(1), "d".encodeToByteArray())).use { pending ->
                 assertEquals(MessageKind.DIRECT, pending.kind())

@@ -20,7 +20,7 @@ private val TEAM = "team".encodeToByteArray()
 private fun device(dir: Path, name: String, deviceId: Long, key: Byte): Device =
     Device.openOrCreate(dir.resolve("$name-$deviceId.db").toString(), ByteArray(32) { key }, name, deviceId, 0L)
 
-private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identityKey())
+private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identity())
 
 /** Sessions both ways between every two of `devices`: one starts it from a bundle, the other reads a hello. */
 private fun connect(devices: List<Device>) {
@@ -39,12 +39,12 @@ private fun send(from: Device, devices: List<Device>, text: String): Pair<ByteAr
     val sent = from.groupEncrypt(TEAM, text.encodeToByteArray())
     for (outgoing in sent.distributions) {
         val to = devices.single { it.address() == outgoing.to }
-        to.decrypt(from.address(), outgoing.message).use { pending ->
+        to.decrypt(from.address(), outgoing.message.toByteArray()).use { pending ->
             assertEquals(MessageKind.CONTROL, pending.kind(), "a distribution: nothing for the app")
             assertEquals(emptyList<Outgoing>(), to.commit(pending))
         }
     }
-    return sent.message to sent.distributions.map { it.to }
+    return sent.message.toByteArray() to sent.distributions.map { it.to }
 }
 
 /** What `to` reads of the group message `message` from `from` (committed). */

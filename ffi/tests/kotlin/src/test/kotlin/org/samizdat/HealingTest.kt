@@ -55,11 +55,11 @@ private fun lostAndHealed(dir: Path): Healed {
     val healed = assertInstanceOf(HealResult.Sent::class.java, bob.heal(alice.prekeyBundle(), listOf(lost), 10L))
     assertEquals(alice.address(), healed.reset.to)
     assertEquals(1, bob.awaitingResends(alice.address()))
-    val reset = receive(alice, bob, healed.reset.message)
+    val reset = receive(alice, bob, healed.reset.message.toByteArray())
     assertEquals(MessageKind.CONTROL to "", reset.kind to reset.text, "the reset: nothing for the app")
     assertEquals(1, reset.sent.size, "the one message of the reset that Alice's outbox holds")
     assertEquals(pair.bobAddress, reset.sent[0].to)
-    return Healed(pair, lost, reset.sent[0].message)
+    return Healed(pair, lost, reset.sent[0].message.toByteArray())
 }
 
 class HealingTest {
@@ -162,7 +162,7 @@ class HealingTest {
             receive(bob, alice, alice.encrypt(pair.bobAddress, "hello".encodeToByteArray()))
             repeat(2) {
                 val healed = assertInstanceOf(HealResult.Sent::class.java, bob.heal(alice.prekeyBundle(), emptyList(), 10L))
-                assertEquals(MessageKind.CONTROL, receive(alice, bob, healed.reset.message).kind)
+                assertEquals(MessageKind.CONTROL, receive(alice, bob, healed.reset.message.toByteArray()).kind)
             }
         }
     }

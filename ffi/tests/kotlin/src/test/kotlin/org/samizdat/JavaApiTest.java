@@ -19,7 +19,7 @@ import org.junit.jupiter.api.Test;
 /**
  * The basic flow from Java source, as a Java app writes it: every call by its name (no mangled
  * names: the boundary's integers are {@code int} and {@code long}), records as immutable values
- * usable as map keys, and exceptions with messages.
+ * usable as map keys (bytes in them too), and exceptions with messages.
  */
 class JavaApiTest {
     private static byte[] key(int fill) {
@@ -49,15 +49,24 @@ class JavaApiTest {
             try (PendingMessage pending = alice.decrypt(bobAddress, reply)) {
                 alice.commit(pending);
             }
-            try (SafetyNumber ours = alice.safetyNumber(bobAddress);
-                    SafetyNumber theirs = bob.safetyNumber(alice.address())) {
-                assertEquals(ours.digits(), theirs.digits());
-            }
+            // A safety number is a plain value (nothing to close): digits, display, code.
+            SafetyNumber ours = alice.safetyNumber(bobAddress);
+            SafetyNumber theirs = bob.safetyNumber(alice.address());
+            assertEquals(ours.getDigits(), theirs.getDigits());
+            assertEquals(ours, alice.safetyNumber(bobAddress));
+            ours.compareScanned(theirs.getScannable().toByteArray());
 
             // Records are values: equal when their fields are, usable as map keys.
             Map<Address, String> names = new HashMap<>();
             names.put(new Address("bob", 1L), "Bob");
             assertEquals("Bob", names.get(bobAddress));
+            // Also those with bytes in them: the bytes are a Bytes value, compared by content.
+            byte[] queued = alice.encrypt(bobAddress, "queued".getBytes(StandardCharsets.UTF_8));
+            Map<IncomingMessage, String> seen = new HashMap<>();
+            seen.put(new IncomingMessage(alice.address(), new Bytes(queued)), "first");
+            assertEquals("first", seen.get(new IncomingMessage(alice.address(), new Bytes(queued.clone()))));
+            assertArrayEquals(queued, new Bytes(queued).toByteArray());
+            assertEquals(Times.identity(bob), new ListedDevice(1L, new IdentityKey(bob.identityKey())).getIdentityKey());
 
             // A negative count or time is refused with a typed error and a message.
             SamizdatException.InvalidArgument refused =

@@ -27,11 +27,11 @@ private const val MAX_DEVICES_PER_USER = 32
 private fun member(dir: Path, name: String, deviceId: Long, key: Byte): Device =
     Device.openOrCreate(dir.resolve("$name-$deviceId.db").toString(), ByteArray(32) { key }, name, deviceId, NOW)
 
-private fun entry(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identityKey())
+private fun entry(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identity())
 
-// A device list as a comparable value (a ByteArray compares by reference).
+// A device list as a list of its fields (the keys are values, compared by content).
 private fun info(list: DeviceListInfo): List<Any> =
-    listOf(list.userId, list.version, list.userIdentityKey.toList()) + list.devices.map { it.deviceId to it.identityKey.toList() }
+    listOf(list.userId, list.version, list.userIdentityKey) + list.devices.map { it.deviceId to it.identityKey }
 
 private fun info(signedList: ByteArray): List<Any> = info(verifyDeviceList(signedList))
 
@@ -75,11 +75,11 @@ class LinkingTest {
                     val linked = phone.linkDevice(offer.code(), alice, NOW)
                     assertTrue(linked.listChanged)
                     assertEquals(laptop.address(), linked.device)
-                    val list = verifyDeviceList(linked.deviceList)
+                    val list = verifyDeviceList(linked.deviceList.toByteArray())
                     assertEquals(2L, list.version)
                     assertEquals(listOf(1L, 2L), list.devices.map { it.deviceId })
-                    assertArrayEquals(laptop.identityKey(), list.devices[1].identityKey)
-                    assertArrayEquals(linked.deviceList, phone.deviceList())
+                    assertEquals(laptop.identity(), list.devices[1].identityKey)
+                    assertArrayEquals(linked.deviceList.toByteArray(), phone.deviceList())
 
                     // Before the laptop finishes, Bob (with Alice's old list) refuses it: no ghost.
                     assertThrows(SamizdatException.UntrustedIdentity::class.java) { bob.startSession(laptop.prekeyBundle()) }
@@ -88,16 +88,16 @@ class LinkingTest {
                     val before = rows(laptopPath)
                     val other = laptop.linkOffer(NOW)
                     val wrong = refused<SamizdatException.InvalidMessage>("invalid_message", Recovery.DROP) {
-                        laptop.finishLink(other, linked.message, NOW)
+                        laptop.finishLink(other, linked.message.toByteArray(), NOW)
                     }
                     assertTrue(wrong.reason.contains("not for this offer"), wrong.reason)
                     assertEquals(before, rows(laptopPath))
 
                     // The laptop finishes: Alice's user identity, her list, and Bob pinned as the phone had him.
-                    val provisioned = laptop.finishLink(offer, linked.message, NOW)
+                    val provisioned = laptop.finishLink(offer, linked.message.toByteArray(), NOW)
                     assertArrayEquals(alice.publicKey(), provisioned.userIdentity.publicKey())
                     assertArrayEquals(alice.seed(), provisioned.userIdentity.seed())
-                    assertArrayEquals(linked.deviceList, provisioned.deviceList)
+                    assertArrayEquals(linked.deviceList.toByteArray(), provisioned.deviceList.toByteArray())
                     assertEquals(info(phone.deviceList()!!), info(laptop.deviceList()!!))
                     assertEquals(1, provisioned.pinnedUsers)
                     assertEquals(1, provisioned.newlyPinned)
@@ -112,7 +112,7 @@ class LinkingTest {
 
                     // Finishing twice: duplicate, nothing written.
                     val provisionedRows = rows(laptopPath)
-                    refused<SamizdatException.Duplicate>("duplicate", Recovery.DROP) { laptop.finishLink(offer, linked.message, NOW) }
+                    refused<SamizdatException.Duplicate>("duplicate", Recovery.DROP) { laptop.finishLink(offer, linked.message.toByteArray(), NOW) }
                     assertEquals(provisionedRows, rows(laptopPath))
 
                     // A code scanned eleven minutes after it was made: expired, invalid_argument.
@@ -126,13 +126,13 @@ class LinkingTest {
                     // Scanned in time, it links again without a new list; finished eleven minutes late, it is refused.
                     val again = phone.linkDevice(late.code(), alice, NOW)
                     assertFalse(again.listChanged)
-                    assertArrayEquals(linked.deviceList, again.deviceList)
+                    assertArrayEquals(linked.deviceList.toByteArray(), again.deviceList.toByteArray())
                     refused<SamizdatException.InvalidArgument>("invalid_argument", Recovery.FIX_CALL) {
-                        laptop.finishLink(late, again.message, NOW + ELEVEN_MINUTES)
+                        laptop.finishLink(late, again.message.toByteArray(), NOW + ELEVEN_MINUTES)
                     }
 
                     // Bob takes the published list, starts a session from the laptop's bundle, and they talk.
-                    val change = bob.updateDeviceList(linked.deviceList)
+                    val change = bob.updateDeviceList(linked.deviceList.toByteArray())
                     assertEquals(listOf(2L), change.added.map { it.deviceId })
                     assertEquals(laptop.address(), bob.startSession(laptop.prekeyBundle()))
                     laptop.decrypt(bob.address(), bob.encrypt(laptop.address(), "hi laptop".toByteArray())).use { pending ->
@@ -181,13 +181,13 @@ class LinkingTest {
 
                         // An altered message: invalid_message; the unaltered one still links.
                         val linked = phone.linkDevice(offer.code(), alice, Instant.ofEpochSecond(NOW))
-                        val altered = linked.message.copyOf().also { it[it.size - 1] = (it[it.size - 1].toInt() xor 1).toByte() }
+                        val altered = linked.message.toByteArray().also { it[it.size - 1] = (it[it.size - 1].toInt() xor 1).toByte() }
                         refused<SamizdatException.InvalidMessage>("invalid_message", Recovery.DROP) { laptop.finishLink(offer, altered, NOW) }
-                        val provisioned = laptop.finishLink(offer, linked.message, Instant.ofEpochSecond(NOW))
+                        val provisioned = laptop.finishLink(offer, linked.message.toByteArray(), Instant.ofEpochSecond(NOW))
                         assertEquals(0, provisioned.pinnedUsers)
 
                         // A full list: limit_exceeded (32 devices: the phone and 31 others).
-                        val others = (2..MAX_DEVICES_PER_USER).map { ListedDevice(it.toLong() + 10, UserIdentity.generate().publicKey()) }
+                        val others = (2..MAX_DEVICES_PER_USER).map { ListedDevice(it.toLong() + 10, IdentityKey(UserIdentity.generate().publicKey())) }
                         phone.setDeviceList(alice.signDeviceList("alice", 3L, listOf(entry(phone)) + others))
                         val full = refused<SamizdatException.LimitExceeded>("limit_exceeded", Recovery.FIX_CALL) {
                             phone.linkDevice(tablet.linkOffer(NOW).code(), alice, NOW)

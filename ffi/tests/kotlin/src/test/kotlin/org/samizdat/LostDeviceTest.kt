@@ -23,12 +23,12 @@ import org.junit.jupiter.api.io.TempDir
 
 private const val NOW = 86_400L
 
-private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identityKey())
+private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identity())
 
-// Devices as comparable values (a ByteArray compares by reference).
-private fun ids(devices: List<ListedDevice>): List<Pair<Long, List<Byte>>> = devices.map { it.deviceId to it.identityKey.toList() }
+// Devices as (id, identity key) pairs, compared by value.
+private fun ids(devices: List<ListedDevice>): List<Pair<Long, IdentityKey>> = devices.map { it.deviceId to it.identityKey }
 
-private fun ids(vararg devices: Device): List<Pair<Long, List<Byte>>> = ids(devices.map(::listed))
+private fun ids(vararg devices: Device): List<Pair<Long, IdentityKey>> = ids(devices.map(::listed))
 
 // The failure `call` throws, checked to be `T`, to report `code` and `recovery`, and to say something.
 private inline fun <reified T : SamizdatException> refused(code: String, recovery: Recovery, call: Executable): T {
@@ -87,7 +87,7 @@ class LostDeviceTest {
     @Test
     fun aLostTabletIsRemovedForGood(@TempDir dir: Path) {
         AliceAndBob(dir).use { w ->
-            val numberBefore = w.bob.userSafetyNumber("alice").digits()
+            val numberBefore = w.bob.userSafetyNumber("alice").digits
 
             // The laptop replaces Alice's user identity without the tablet (the app keeps `fresh` first).
             val fresh = UserIdentity.generate()
@@ -96,15 +96,15 @@ class LostDeviceTest {
             assertEquals(ids(w.tablet), ids(replaced.removed))
             assertTrue(replaced.missing.isEmpty(), "${replaced.missing}")
             assertEquals(listOf(w.phone.address()), replaced.handovers.map { it.to })
-            val newList = verifyDeviceList(replaced.deviceList)
+            val newList = verifyDeviceList(replaced.deviceList.toByteArray())
             assertEquals(2L, newList.version)
-            assertArrayEquals(fresh.publicKey(), newList.userIdentityKey)
+            assertEquals(UserIdentityKey(fresh.publicKey()), newList.userIdentityKey)
             assertEquals(ids(w.phone, w.laptop), ids(newList.devices))
-            assertArrayEquals(replaced.deviceList, w.laptop.deviceList())
+            assertArrayEquals(replaced.deviceList.toByteArray(), w.laptop.deviceList())
 
             // The phone reads the handover: the new key, the removed tablet, the new list.
             val phoneRows = rows(w.path(w.phone))
-            w.phone.decrypt(w.laptop.address(), replaced.handovers.single().message).use { pending ->
+            w.phone.decrypt(w.laptop.address(), replaced.handovers.single().message.toByteArray()).use { pending ->
                 assertEquals(MessageKind.USER_IDENTITY, pending.kind())
                 assertEquals(w.laptop.address(), pending.sender())
                 assertEquals(0, pending.plaintext().size)
@@ -114,8 +114,8 @@ class LostDeviceTest {
                 assertEquals(ids(w.tablet), ids(handed.removed))
                 // Nothing added, and the key it replaces is Alice's old one.
                 assertTrue(handed.added.isEmpty())
-                assertArrayEquals(w.alice.publicKey(), handed.replaced)
-                assertArrayEquals(replaced.deviceList, handed.deviceList)
+                assertEquals(UserIdentityKey(w.alice.publicKey()), handed.replaced)
+                assertArrayEquals(replaced.deviceList.toByteArray(), handed.deviceList.toByteArray())
                 // No secret in what Kotlin prints.
                 assertFalse(handed.toString().contains(fresh.seed().joinToString("") { "%02x".format(it) }), handed.toString())
                 // Nothing written before the commit.
@@ -127,7 +127,7 @@ class LostDeviceTest {
                 // The commit returns the acknowledgment, for the laptop.
                 assertEquals(listOf(w.laptop.address()), w.phone.commit(pending).map { it.to })
             }
-            assertArrayEquals(replaced.deviceList, w.phone.deviceList())
+            assertArrayEquals(replaced.deviceList.toByteArray(), w.phone.deviceList())
             assertArrayEquals(fresh.publicKey(), w.phone.userTrust("alice")!!.userIdentityKey())
 
             // The tablet, holding the old key, cannot speak to the phone: no list names it. Nothing changes.
@@ -148,16 +148,16 @@ class LostDeviceTest {
             // Bob: the new list is a new user identity, refused until he trusts it; nothing changes meanwhile.
             val bobBefore = rows(w.path(w.bob))
             val untrusted = refused<SamizdatException.UntrustedIdentity>("untrusted_identity", Recovery.VERIFY_IDENTITY) {
-                w.bob.updateDeviceList(replaced.deviceList)
+                w.bob.updateDeviceList(replaced.deviceList.toByteArray())
             }
             assertArrayEquals(fresh.publicKey(), untrusted.identityKey())
             assertEquals(bobBefore, rows(w.path(w.bob)))
             // The users compare the new safety number; Bob trusts it.
-            val change = w.bob.trustNewUserIdentity(replaced.deviceList)
+            val change = w.bob.trustNewUserIdentity(replaced.deviceList.toByteArray())
             assertEquals(ids(w.tablet), ids(change.removed))
-            val numberAfter = w.bob.userSafetyNumber("alice").digits()
+            val numberAfter = w.bob.userSafetyNumber("alice").digits
             assertNotEquals(numberBefore, numberAfter)
-            assertEquals(numberAfter, w.phone.userSafetyNumber("bob").digits())
+            assertEquals(numberAfter, w.phone.userSafetyNumber("bob").digits)
             // Now Bob refuses the tablet, and the old key's list whatever its version.
             val toBob = w.tablet.encrypt(w.bob.address(), "send me your files".encodeToByteArray())
             val trustedRows = rows(w.path(w.bob))
@@ -171,7 +171,7 @@ class LostDeviceTest {
             // The remaining devices go on: Bob's fan-out reaches the phone and the laptop only.
             val fan = w.bob.encryptToUser("alice", "to both".encodeToByteArray())
             assertEquals(listOf(1L, 2L), fan.messages.map { it.to.deviceId })
-            w.phone.decrypt(w.bob.address(), fan.messages[0].message).use { pending ->
+            w.phone.decrypt(w.bob.address(), fan.messages[0].message.toByteArray()).use { pending ->
                 assertEquals("to both", pending.plaintext().decodeToString())
                 w.phone.commit(pending)
             }
@@ -198,10 +198,10 @@ class LostDeviceTest {
             val fresh = UserIdentity.generate()
             val first = w.laptop.replaceUserIdentity(fresh, listOf(1L))
             assertEquals(listOf(w.phone.address()), w.laptop.awaitingHandovers())
-            val acks = w.phone.decrypt(w.laptop.address(), first.handovers.single().message).use { w.phone.commit(it) }
+            val acks = w.phone.decrypt(w.laptop.address(), first.handovers.single().message.toByteArray()).use { w.phone.commit(it) }
             // The commit returns the acknowledgment, for the laptop's library.
             assertEquals(listOf(w.laptop.address()), acks.map { it.to })
-            w.laptop.decrypt(w.phone.address(), acks.single().message).use { pending ->
+            w.laptop.decrypt(w.phone.address(), acks.single().message.toByteArray()).use { pending ->
                 assertEquals(MessageKind.CONTROL, pending.kind())
                 assertTrue(w.laptop.commit(pending).isEmpty())
             }
@@ -211,17 +211,17 @@ class LostDeviceTest {
             val again = w.laptop.replaceUserIdentity(fresh, listOf(1L))
             assertFalse(again.listChanged)
             assertTrue(again.removed.isEmpty() && again.missing.isEmpty())
-            assertArrayEquals(first.deviceList, again.deviceList)
+            assertArrayEquals(first.deviceList.toByteArray(), again.deviceList.toByteArray())
             assertEquals(listOf(w.phone.address()), again.handovers.map { it.to })
             // The phone, which has the list already, reads it as no change.
-            w.phone.decrypt(w.laptop.address(), again.handovers.single().message).use { pending ->
+            w.phone.decrypt(w.laptop.address(), again.handovers.single().message.toByteArray()).use { pending ->
                 assertEquals(MessageKind.USER_IDENTITY, pending.kind())
                 val handed = pending.newUserIdentity()!!
                 assertArrayEquals(fresh.publicKey(), handed.userIdentity.publicKey())
                 assertTrue(handed.removed.isEmpty())
                 w.phone.commit(pending)
             }
-            assertArrayEquals(first.deviceList, w.phone.deviceList())
+            assertArrayEquals(first.deviceList.toByteArray(), w.phone.deviceList())
         }
     }
 }

@@ -49,7 +49,7 @@ private class Household(private val dir: Path) : AutoCloseable {
     /** Delivers each message from `from` to its recipient: what each got, by address. */
     fun deliver(from: Device, sent: List<Outgoing>): Map<Address, Delivered> = sent.associate { outgoing ->
         val to = of(outgoing.to)
-        outgoing.to to to.decrypt(from.address(), outgoing.message).use { pending ->
+        outgoing.to to to.decrypt(from.address(), outgoing.message.toByteArray()).use { pending ->
             Delivered(pending.kind(), pending.plaintext().decodeToString(), pending.syncRecipient()).also {
                 assertEquals(emptyList<Outgoing>(), to.commit(pending))
             }
@@ -78,7 +78,7 @@ private class Household(private val dir: Path) : AutoCloseable {
     override fun close() = devices.asReversed().forEach { it.close() }
 }
 
-private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identityKey())
+private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identity())
 
 class MultiDeviceTest {
     @Test
@@ -93,9 +93,9 @@ class MultiDeviceTest {
             a1.setDeviceList(aliceUser.signDeviceList("alice", 1L, listOf(listed(a1))))
             val offer = a2.linkOffer(NOW)
             val linked = a1.linkDevice(offer.code(), aliceUser, NOW)
-            val provisioned = a2.finishLink(offer, linked.message, NOW)
+            val provisioned = a2.finishLink(offer, linked.message.toByteArray(), NOW)
             assertArrayEquals(aliceUser.publicKey(), provisioned.userIdentity.publicKey())
-            val alices = linked.deviceList
+            val alices = linked.deviceList.toByteArray()
             assertEquals(listOf(1L, 2L), verifyDeviceList(alices).devices.map { it.deviceId })
             assertArrayEquals(alices, a2.deviceList())
             // Bob's and Carol's lists, set on their devices.
@@ -166,7 +166,7 @@ class MultiDeviceTest {
             // Its request for Alice's chain is refused: no list names it.
             val last = a1.groupEncrypt(FAMILY, "still there?".encodeToByteArray())
             assertTrue(last.distributions.isEmpty())
-            val missing = assertThrows(SamizdatException.MissingGroupKey::class.java) { b2.decrypt(a1.address(), last.message) }
+            val missing = assertThrows(SamizdatException.MissingGroupKey::class.java) { b2.decrypt(a1.address(), last.message.toByteArray()) }
             val request = checkNotNull(missing.request()) { "the lost device has a session with Alice: it asks" }
             assertThrows(SamizdatException.UntrustedIdentity::class.java) { a1.decrypt(b2.address(), request) }
         }

@@ -23,12 +23,12 @@ import org.junit.jupiter.api.io.TempDir
 private fun device(dir: Path, name: String, deviceId: Long, key: Byte): Device =
     Device.openOrCreate(dir.resolve("$name-$deviceId.db").toString(), ByteArray(32) { key }, name, deviceId, 0L)
 
-private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identityKey())
+private fun listed(device: Device): ListedDevice = ListedDevice(device.address().deviceId, device.identity())
 
-// Devices as comparable values (a ByteArray compares by reference).
-private fun ids(devices: List<ListedDevice>): List<Pair<Long, List<Byte>>> = devices.map { it.deviceId to it.identityKey.toList() }
+// Devices as (id, identity key) pairs, compared by value.
+private fun ids(devices: List<ListedDevice>): List<Pair<Long, IdentityKey>> = devices.map { it.deviceId to it.identityKey }
 
-private fun ids(vararg devices: Device): List<Pair<Long, List<Byte>>> = ids(devices.map(::listed))
+private fun ids(vararg devices: Device): List<Pair<Long, IdentityKey>> = ids(devices.map(::listed))
 
 // Every row of every table of a store, read over JDBC (a second connection); FanOutTest uses it too.
 internal fun rows(path: Path): Map<String, List<String>> =
@@ -67,7 +67,7 @@ class UserTest {
                     val second = alice.signDeviceList("alice", 2L, listOf(listed(laptop), listed(phone)))
                     val change = trust.update(second)
                     assertEquals(listOf(2L), change.added.map { it.deviceId })
-                    assertArrayEquals(laptop.identityKey(), change.added.single().identityKey)
+                    assertEquals(laptop.identity(), change.added.single().identityKey)
                     assertTrue(change.removed.isEmpty())
                     trust.checkDevice(2L, laptop.identityKey())
                     assertEquals(2L, trust.list().version)
@@ -92,7 +92,7 @@ class UserTest {
         val (alice, mallory) = UserIdentity.generate() to UserIdentity.generate()
         device(dir, "alice", 1, 1).use { phone ->
             val trust = UserTrust.firstUse("alice", alice.signDeviceList("alice", 1L, listOf(listed(phone))))
-            val forged = mallory.signDeviceList("alice", 99L, listOf(listed(phone), ListedDevice(66L, UserIdentity.generate().publicKey())))
+            val forged = mallory.signDeviceList("alice", 99L, listOf(listed(phone), ListedDevice(66L, IdentityKey(UserIdentity.generate().publicKey()))))
             val error = assertThrows(SamizdatException.UntrustedIdentity::class.java) { trust.update(forged) }
             assertArrayEquals(mallory.publicKey(), error.identityKey())
             assertEquals(1L, trust.list().version)
@@ -108,14 +108,14 @@ class UserTest {
         assertThrows(SamizdatException.InvalidBundle::class.java) { verifyDeviceList(byteArrayOf(1, 2, 3)) }
         assertThrows(SamizdatException.InvalidBundle::class.java) { UserTrust.firstUse("alice", ByteArray(0)) }
         assertThrows(SamizdatException.InvalidArgument::class.java) {
-            alice.signDeviceList("alice", -1L, listOf(ListedDevice(1L, alice.publicKey())))
+            alice.signDeviceList("alice", -1L, listOf(ListedDevice(1L, IdentityKey(alice.publicKey()))))
         }
         assertThrows(SamizdatException.InvalidArgument::class.java) {
-            alice.signDeviceList("alice", 1L, listOf(ListedDevice(-1L, alice.publicKey())))
+            alice.signDeviceList("alice", 1L, listOf(ListedDevice(-1L, IdentityKey(alice.publicKey()))))
         }
         assertThrows(SamizdatException.InvalidArgument::class.java) { UserIdentity.fromSeed(ByteArray(31)) }
         // A list for another user is refused by the pin.
-        val bobs = alice.signDeviceList("bob", 1L, listOf(ListedDevice(1L, UserIdentity.generate().publicKey())))
+        val bobs = alice.signDeviceList("bob", 1L, listOf(ListedDevice(1L, IdentityKey(UserIdentity.generate().publicKey()))))
         assertEquals("bob", verifyDeviceList(bobs).userId)
         assertThrows(SamizdatException.InvalidBundle::class.java) { UserTrust.firstUse("alice", bobs) }
         // The seed gives back the same identity.
@@ -127,11 +127,11 @@ class UserTest {
         val (alice, bob) = UserIdentity.generate() to UserIdentity.generate()
         val onAlice = userSafetyNumber("alice", alice.publicKey(), "bob", bob.publicKey())
         val onBob = userSafetyNumber("bob", bob.publicKey(), "alice", alice.publicKey())
-        assertEquals(onAlice.digits(), onBob.digits())
-        onAlice.compareScanned(onBob.scannable())
+        assertEquals(onAlice.digits, onBob.digits)
+        onAlice.compareScanned(onBob.scannable.toByteArray())
         val other = userSafetyNumber("alice", alice.publicKey(), "bob", UserIdentity.generate().publicKey())
-        assertNotEquals(onAlice.digits(), other.digits())
-        assertThrows(SamizdatException.IdentityMismatch::class.java) { onBob.compareScanned(other.scannable()) }
+        assertNotEquals(onAlice.digits, other.digits)
+        assertThrows(SamizdatException.IdentityMismatch::class.java) { onBob.compareScanned(other.scannable.toByteArray()) }
     }
 
     @Test
@@ -173,7 +173,7 @@ class UserTest {
                         before = rows(bobPath)
                         val wire = ghost.encrypt(bob.address(), "let me in".encodeToByteArray())
                         assertThrows(SamizdatException.UntrustedIdentity::class.java) { bob.decrypt(ghost.address(), wire) }
-                        val result = bob.decryptBatch(listOf(IncomingMessage(ghost.address(), wire))).use { it.results().single() }
+                        val result = bob.decryptBatch(listOf(IncomingMessage(ghost.address(), Bytes(wire)))).use { it.results().single() }
                         assertNull(result.plaintext)
                         assertTrue(result.error is SamizdatException.UntrustedIdentity)
                         assertEquals(before, rows(bobPath))
