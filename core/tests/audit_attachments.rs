@@ -974,7 +974,8 @@ fn decrypt_range_gives_exactly_the_file_s_bytes_or_a_typed_error() {
 }
 
 /// Attacks the claim of 22.2 ("a sender and a server acting together cannot
-/// show two recipients of one description two different files") through
+/// show two recipients of one description two different files"), as it was
+/// first written (for every read, not only `decrypt`), through
 /// `decrypt_range`, which authenticates chunks but checks neither the digest
 /// nor the padding (22.3): under one description, a second blob sealed by
 /// the sender under the same key serves its own bytes to a range read, and
@@ -982,7 +983,7 @@ fn decrypt_range_gives_exactly_the_file_s_bytes_or_a_typed_error() {
 /// the padding marker as a file byte. Either way the range gives bytes that
 /// `decrypt` of the same description and blob refuses (`Mismatch`).
 #[test]
-#[ignore = "FINDING: decrypt_range serves bytes of a blob the description's digest does not name (22.2 overclaims)"]
+#[ignore = "LIMIT: a range read checks each chunk it reads, not the digest or the padding (PROTOCOL.md 22.3); the 22.2 claim now names decrypt only"]
 fn finding_a_range_read_serves_bytes_the_description_does_not_bind() {
     let _gate = shared();
     let shown = data(2 * CHUNK as usize + 100, 91);

@@ -78,7 +78,7 @@ use std::{
 use samizdat::{
     ErrorKind, SessionError,
     address::Address,
-    device::{BackupError, BackupParams, Device, DeviceError},
+    device::{BackupParams, Device, DeviceError},
     store::{Backend, Expected, MemoryBackend, Rewrite, Row, Scrub, SqliteBackend, StoreError, Table, Write},
 };
 
@@ -734,7 +734,9 @@ fn finding_3_a_damaged_session_row_cannot_be_deleted_and_blocks_backup_and_rotat
 mod hostile_backups {
     use prost::Message;
     use samizdat::{
-        DecodeError, hazmat,
+        DecodeError,
+        device::BackupError,
+        hazmat,
         prekeys::{PqPreKeyKind, PreKeyBundle},
     };
     use samizdat_proto::storage::{Backup, BackupPeer};

@@ -7,9 +7,12 @@
 //!   a changed digest at the end);
 //! - the piece-at-a-time `Decryptor`, fed the same blob in pieces cut where
 //!   the input says, agrees: same success, same bytes;
-//! - `decrypt_range`, which checks each chunk it reads but not the digest,
-//!   never gives bytes that are not the file's: whatever it returns for a
-//!   range within the file is the file's.
+//! - `decrypt_range`, which checks each chunk it reads but not the digest
+//!   or the padding (PROTOCOL.md 22.2, 22.3), gives back the genuine file's
+//!   bytes for any range within the genuine file: edits of this one blob
+//!   cannot make it serve other bytes there. (Past the genuine length, under
+//!   a description whose length was raised, it serves padding: the limit
+//!   22.2 states, not checked here.)
 //!
 //! Input: two bytes give the file's length (a multiple of 3, up to 196,605
 //! bytes, so up to four chunks), two the range, then edits of 6 bytes each

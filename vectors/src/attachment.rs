@@ -50,7 +50,7 @@ pub(crate) enum AttachmentCase {
         chunks: u64,
         #[serde(default)]
         ciphertext_len: u64,
-        /// SHA-256 of the ciphertext.
+        /// BLAKE3 of the ciphertext (32 bytes).
         #[serde(default)]
         digest: String,
         /// The 81-byte description.

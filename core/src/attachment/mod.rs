@@ -622,7 +622,12 @@ fn open_stream<R: Read, W: Write>(
 /// reading and opening only the chunks they fall in (a seek to the first):
 /// a video player seeks without decrypting the whole file. Each chunk is
 /// authenticated (its place and whether it is the last are in its nonce);
-/// the digest of the whole file is not checked (use [`decrypt`] for that).
+/// the digest of the whole file and its padding are not checked. So the
+/// bytes are the file's only if the blob is the one the description names:
+/// where that matters (the sender is not trusted to have sealed one blob
+/// only), run [`decrypt`] once over the downloaded blob into
+/// [`std::io::sink`] and read ranges only from a blob that passed
+/// (PROTOCOL.md 22.2).
 ///
 /// # Errors
 /// [`AttachmentError::OutOfRange`] if the range is not within the
