@@ -10,7 +10,7 @@
 
 use std::{path::Path, time::Instant};
 
-use samizdat_ffi::{Device, SamizdatError};
+use samizdat_ffi::{Device, FilePath, SamizdatError, Timestamp};
 
 const WARM_UP: u32 = 20;
 const ROUNDS: u32 = 200;
@@ -28,8 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// (minus the foreign-language call).
 fn measure(dir: &Path) -> Result<f64, SamizdatError> {
     let open = |name: &str, key: u8| {
-        let path = dir.join(format!("{name}.db")).to_string_lossy().into_owned();
-        Device::open_or_create(path, vec![key; 32], name.to_owned(), 1, 0)
+        let path = FilePath(dir.join(format!("{name}.db")).to_string_lossy().into_owned());
+        Device::open_or_create(path, vec![key; 32], name.to_owned(), 1, Timestamp(0))
     };
     let (alice, bob) = (open("alice", 1)?, open("bob", 2)?);
     alice.start_session(bob.prekey_bundle()?)?;

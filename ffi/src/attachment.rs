@@ -16,14 +16,11 @@
 //! a stream used after it failed, and `StoreFailure` for a file that cannot
 //! be read or written.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use samizdat::attachment::{self, AttachmentError};
 
-use crate::{Bytes, SamizdatError, error::Details};
+use crate::{Bytes, FilePath, SamizdatError, error::Details};
 
 impl From<AttachmentError> for SamizdatError {
     fn from(error: AttachmentError) -> Self {
@@ -77,8 +74,10 @@ impl Attachment {
 /// blob to upload; replaced if it exists, only once complete) under a fresh
 /// key, in constant memory; returns its [`Attachment`].
 #[uniffi::export]
-pub fn encrypt_attachment_file(input_path: String, output_path: String) -> Result<Arc<Attachment>, SamizdatError> {
-    Ok(Arc::new(Attachment { inner: attachment::encrypt_file(Path::new(&input_path), Path::new(&output_path))? }))
+pub fn encrypt_attachment_file(input_path: FilePath, output_path: FilePath) -> Result<Arc<Attachment>, SamizdatError> {
+    Ok(Arc::new(Attachment {
+        inner: attachment::encrypt_file(&input_path.into_path("input_path")?, &output_path.into_path("output_path")?)?,
+    }))
 }
 
 /// Decrypts the blob at `input_path` into a new file at `output_path`,
@@ -88,10 +87,14 @@ pub fn encrypt_attachment_file(input_path: String, output_path: String) -> Resul
 #[uniffi::export]
 pub fn decrypt_attachment_file(
     attachment: Arc<Attachment>,
-    input_path: String,
-    output_path: String,
+    input_path: FilePath,
+    output_path: FilePath,
 ) -> Result<(), SamizdatError> {
-    Ok(attachment::decrypt_file(&attachment.inner, Path::new(&input_path), Path::new(&output_path))?)
+    Ok(attachment::decrypt_file(
+        &attachment.inner,
+        &input_path.into_path("input_path")?,
+        &output_path.into_path("output_path")?,
+    )?)
 }
 
 /// The plaintext bytes `offset .. offset + len` of the blob at
@@ -102,12 +105,12 @@ pub fn decrypt_attachment_file(
 #[uniffi::export]
 pub fn read_attachment_range(
     attachment: Arc<Attachment>,
-    input_path: String,
+    input_path: FilePath,
     offset: i64,
     len: i64,
 ) -> Result<Vec<u8>, SamizdatError> {
     let (offset, len) = (crate::non_negative("offset", offset)?, crate::non_negative("len", len)?);
-    Ok(attachment::read_range(&attachment.inner, Path::new(&input_path), offset, len)?.to_vec())
+    Ok(attachment::read_range(&attachment.inner, &input_path.into_path("input_path")?, offset, len)?.to_vec())
 }
 
 /// Encrypts an attachment given a piece at a time (wrap the app's own

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use samizdat::device;
 use zeroize::Zeroizing;
 
-use crate::{Device, SamizdatError, key32};
+use crate::{Device, FilePath, SamizdatError, Timestamp, key32};
 
 /// The Argon2id parameters of a backup: memory in KiB, passes, lanes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
@@ -86,7 +86,12 @@ impl Device {
     /// under `passphrase` (its bytes as given: normalize them the same way
     /// at restore) with `params`. `now` is recorded as its creation time.
     /// Nothing is written.
-    pub fn export_backup(&self, passphrase: Vec<u8>, params: BackupParams, now: i64) -> Result<Vec<u8>, SamizdatError> {
+    pub fn export_backup(
+        &self,
+        passphrase: Vec<u8>,
+        params: BackupParams,
+        now: Timestamp,
+    ) -> Result<Vec<u8>, SamizdatError> {
         let passphrase = Zeroizing::new(passphrase);
         Ok(self.inner.export_backup(&passphrase, params.try_into()?, crate::at(now)?)?)
     }
@@ -97,13 +102,15 @@ impl Device {
     /// device; a wrong passphrase creates no file.
     #[uniffi::constructor]
     pub fn restore(
-        path: String,
+        path: FilePath,
         storage_key: Vec<u8>,
         backup: Vec<u8>,
         passphrase: Vec<u8>,
-        now: i64,
+        now: Timestamp,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, passphrase) = (key32(storage_key)?, Zeroizing::new(passphrase));
-        Ok(Arc::new(Self { inner: device::Device::restore(path, &key, &backup, &passphrase, crate::at(now)?)? }))
+        Ok(Arc::new(Self {
+            inner: device::Device::restore(path.into_path("path")?, &key, &backup, &passphrase, crate::at(now)?)?,
+        }))
     }
 }

@@ -17,14 +17,12 @@
 //!   While [`Device::awaiting_resends`] is not zero, heal again later: a
 //!   reset or a resend may have been lost.
 
-use std::time::Duration;
-
 use samizdat::{
     device,
     heal::{MESSAGE_ID_LEN, MessageId},
 };
 
-use crate::{Address, Device, Outgoing, SamizdatError, error::Details};
+use crate::{Address, Device, Outgoing, SamizdatError, Seconds, Timestamp, error::Details};
 
 /// How a device heals ([`Device::set_heal_policy`]). Times are in seconds,
 /// on the clock of the `now` the app passes.
@@ -33,10 +31,10 @@ pub struct HealPolicy {
     /// The least time between two resets sent to one peer (default: one
     /// hour): a forged message can make the app ask for a reset, but not for
     /// more than one per interval. Zero turns the limit off (for tests).
-    pub reset_interval: i64,
+    pub reset_interval: Seconds,
     /// How long the outbox keeps a plaintext that no acknowledgement removed
     /// (default: 30 days).
-    pub outbox_max_age: i64,
+    pub outbox_max_age: Seconds,
     /// The most plaintexts the outbox keeps per peer, the oldest making room
     /// (default and maximum: 256).
     pub outbox_max_messages: i32,
@@ -64,7 +62,7 @@ pub enum HealResult {
     /// still out of step then.
     TooSoon {
         /// The first time a reset may be sent again.
-        retry_at: i64,
+        retry_at: Timestamp,
     },
 }
 
@@ -75,7 +73,7 @@ impl Device {
     /// [`Self::acknowledge`], so that a reset from the peer brings it again
     /// (committed before it returns). `now` dates the entry for the policy's
     /// `outbox_max_age`.
-    pub fn encrypt_kept(&self, peer: Address, plaintext: Vec<u8>, now: i64) -> Result<Vec<u8>, SamizdatError> {
+    pub fn encrypt_kept(&self, peer: Address, plaintext: Vec<u8>, now: Timestamp) -> Result<Vec<u8>, SamizdatError> {
         Ok(self.inner.encrypt_kept(&peer.to_core()?, &plaintext, crate::at(now)?)?)
     }
 
@@ -96,7 +94,7 @@ impl Device {
     /// Deletes from the outbox, for every peer, the plaintexts past the
     /// policy's `outbox_max_age` at `now`; returns how many. Call it when
     /// the app starts or goes to the background.
-    pub fn expire_outbox(&self, now: i64) -> Result<i32, SamizdatError> {
+    pub fn expire_outbox(&self, now: Timestamp) -> Result<i32, SamizdatError> {
         Ok(crate::to_i32(self.inner.expire_outbox(crate::at(now)?)?))
     }
 
@@ -110,10 +108,10 @@ impl Device {
     /// peer per `reset_interval`: sooner, [`HealResult::TooSoon`]. The
     /// session we had is kept, so that the peer's messages in flight on it
     /// still decrypt.
-    pub fn heal(&self, bundle: Vec<u8>, unreadable: Vec<Vec<u8>>, now: i64) -> Result<HealResult, SamizdatError> {
+    pub fn heal(&self, bundle: Vec<u8>, unreadable: Vec<Vec<u8>>, now: Timestamp) -> Result<HealResult, SamizdatError> {
         match self.inner.heal(&bundle, &unreadable, crate::at(now)?)? {
             device::Heal::Sent(reset) => Ok(HealResult::Sent { reset: reset.into() }),
-            device::Heal::TooSoon { retry_at } => Ok(HealResult::TooSoon { retry_at: crate::seconds(retry_at) }),
+            device::Heal::TooSoon { retry_at } => Ok(HealResult::TooSoon { retry_at: Timestamp::of(retry_at) }),
             // The core this crate is built with has no other outcome; a
             // later one must be given a variant here.
             other => Err(SamizdatError::from_core(
@@ -140,8 +138,8 @@ impl Device {
     /// 256.
     pub fn set_heal_policy(&self, policy: HealPolicy) -> Result<(), SamizdatError> {
         Ok(self.inner.set_heal_policy(device::HealPolicy {
-            reset_interval: Duration::from_secs(crate::non_negative("reset_interval", policy.reset_interval)?),
-            outbox_max_age: Duration::from_secs(crate::non_negative("outbox_max_age", policy.outbox_max_age)?),
+            reset_interval: policy.reset_interval.to_duration("reset_interval")?,
+            outbox_max_age: policy.outbox_max_age.to_duration("outbox_max_age")?,
             outbox_max_messages: crate::count_arg("outbox_max_messages", policy.outbox_max_messages)?,
             resend_to_new_identity: policy.resend_to_new_identity,
         })?)
@@ -151,8 +149,8 @@ impl Device {
     pub fn heal_policy(&self) -> HealPolicy {
         let policy = self.inner.heal_policy();
         HealPolicy {
-            reset_interval: i64::try_from(policy.reset_interval.as_secs()).unwrap_or(i64::MAX),
-            outbox_max_age: i64::try_from(policy.outbox_max_age.as_secs()).unwrap_or(i64::MAX),
+            reset_interval: Seconds::of(policy.reset_interval),
+            outbox_max_age: Seconds::of(policy.outbox_max_age),
             outbox_max_messages: crate::to_i32(policy.outbox_max_messages),
             resend_to_new_identity: policy.resend_to_new_identity,
         }

@@ -79,7 +79,10 @@
 //! - With the `hazmat` feature (test builds only), `hazmat::VectorRatchet`
 //!   replays the published ratchet vectors; see that module.
 //! - Time: every `now` is the app's clock in whole seconds since the Unix
-//!   epoch (UTC); the library never reads the clock itself.
+//!   epoch (UTC); the library never reads the clock itself. Times,
+//!   durations and file paths are [`Timestamp`], [`Seconds`] and
+//!   [`FilePath`] (module `platform`): `Long`/`String` in Kotlin, `int`/`str`
+//!   in Python, `Date`, `TimeInterval` and file `URL` in Swift.
 //! - No async runtime: every call is synchronous (each is one SQLite
 //!   transaction; run it off the UI thread).
 //!
@@ -90,7 +93,7 @@
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use samizdat::{device, fingerprint, keys, store::Scrub};
@@ -106,6 +109,7 @@ mod groups;
 pub mod hazmat;
 mod healing;
 mod linking;
+mod platform;
 mod replace;
 mod store;
 mod users;
@@ -121,6 +125,7 @@ pub use error::{ErrorKind, MismatchedSide, Recovery, SamizdatError};
 pub use groups::{GroupSend, MessageKind, Outgoing};
 pub use healing::{HealPolicy, HealResult, message_id};
 pub use linking::{LinkOffer, Linked, Provisioned};
+pub use platform::{FilePath, Seconds, Timestamp};
 pub use replace::{NewUserIdentity, Replaced};
 pub use store::rotate_storage_key;
 pub use users::{
@@ -243,33 +248,33 @@ impl Device {
     /// Creates a new device in a new SQLite database at `path`.
     #[uniffi::constructor]
     pub fn create(
-        path: String,
+        path: FilePath,
         storage_key: Vec<u8>,
         user_id: String,
         device_id: i64,
-        now: i64,
+        now: Timestamp,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
-        Ok(Arc::new(Self { inner: device::Device::create(path, &key, address, at(now)?)? }))
+        Ok(Arc::new(Self { inner: device::Device::create(path.into_path("path")?, &key, address, at(now)?)? }))
     }
 
     /// Opens the device in the SQLite database at `path`.
     #[uniffi::constructor]
-    pub fn open(path: String, storage_key: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
-        Ok(Arc::new(Self { inner: device::Device::open(path, &key32(storage_key)?)? }))
+    pub fn open(path: FilePath, storage_key: Vec<u8>) -> Result<Arc<Self>, SamizdatError> {
+        Ok(Arc::new(Self { inner: device::Device::open(path.into_path("path")?, &key32(storage_key)?)? }))
     }
 
     /// Opens the device at `path`, creating it first if there is none.
     #[uniffi::constructor]
     pub fn open_or_create(
-        path: String,
+        path: FilePath,
         storage_key: Vec<u8>,
         user_id: String,
         device_id: i64,
-        now: i64,
+        now: Timestamp,
     ) -> Result<Arc<Self>, SamizdatError> {
         let (key, address) = (key32(storage_key)?, Address { user_id, device_id }.to_core()?);
-        Ok(Arc::new(Self { inner: device::Device::open_or_create(path, &key, address, at(now)?)? }))
+        Ok(Arc::new(Self { inner: device::Device::open_or_create(path.into_path("path")?, &key, address, at(now)?)? }))
     }
 
     /// This device's address.
@@ -309,14 +314,14 @@ impl Device {
     /// (offered by no bundle yet), tops each kind up to `target` of those;
     /// returns how many were added in all. Call it regularly, then upload
     /// new bundles.
-    pub fn refill_prekeys(&self, threshold: i32, target: i32, now: i64) -> Result<i32, SamizdatError> {
+    pub fn refill_prekeys(&self, threshold: i32, target: i32, now: Timestamp) -> Result<i32, SamizdatError> {
         let (threshold, target) = (count_arg("threshold", threshold)?, count_arg("target", target)?);
         Ok(to_i32(self.inner.refill_prekeys(threshold, target, at(now)?)?))
     }
 
     /// Rotates the signed and last-resort prekeys older than `max_age` seconds.
-    pub fn rotate_prekeys(&self, now: i64, max_age: i64) -> Result<Rotated, SamizdatError> {
-        let rotated = self.inner.rotate_prekeys(at(now)?, Duration::from_secs(non_negative("max_age", max_age)?))?;
+    pub fn rotate_prekeys(&self, now: Timestamp, max_age: Seconds) -> Result<Rotated, SamizdatError> {
+        let rotated = self.inner.rotate_prekeys(at(now)?, max_age.to_duration("max_age")?)?;
         Ok(Rotated { signed_prekey: rotated.signed_prekey, last_resort_prekey: rotated.last_resort_prekey })
     }
 
@@ -563,17 +568,8 @@ fn non_negative(name: &str, value: i64) -> Result<u64, SamizdatError> {
 }
 
 /// The app's `now` (whole seconds since the Unix epoch) as the core takes it.
-fn at(now: i64) -> Result<SystemTime, SamizdatError> {
-    let seconds = non_negative("now", now)?;
-    UNIX_EPOCH
-        .checked_add(Duration::from_secs(seconds))
-        .ok_or_else(|| SamizdatError::invalid_argument(format!("now is past this platform's clock: {now}")))
-}
-
-/// A time of the core as whole seconds since the Unix epoch (0 before it,
-/// `i64::MAX` past it).
-fn seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
+fn at(now: Timestamp) -> Result<SystemTime, SamizdatError> {
+    now.to_system_time("now")
 }
 
 /// A count of the core for the app (saturating; every count is bounded far

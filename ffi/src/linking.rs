@@ -25,7 +25,7 @@ use std::{fmt, sync::Arc};
 use samizdat::{device, user};
 use zeroize::Zeroizing;
 
-use crate::{Address, Bytes, Device, SamizdatError, UserIdentity, at, to_i32};
+use crate::{Address, Bytes, Device, SamizdatError, Timestamp, UserIdentity, at, to_i32};
 
 /// A new device's offer to be linked: the code to show, and the keys that
 /// open the message the scanning device sends back. Kept in memory only (an
@@ -93,7 +93,7 @@ impl Device {
     /// Makes an offer to link this device to its user: show its
     /// [`LinkOffer::code`], then give the message the scanning device sends
     /// back to [`Self::finish_link`] with this offer.
-    pub fn link_offer(&self, now: i64) -> Result<Arc<LinkOffer>, SamizdatError> {
+    pub fn link_offer(&self, now: Timestamp) -> Result<Arc<LinkOffer>, SamizdatError> {
         Ok(Arc::new(LinkOffer { inner: self.inner.link_offer(at(now)?)? }))
     }
 
@@ -113,7 +113,7 @@ impl Device {
         &self,
         code: Vec<u8>,
         user_identity: Arc<UserIdentity>,
-        now: i64,
+        now: Timestamp,
     ) -> Result<Linked, SamizdatError> {
         let code = Zeroizing::new(code);
         Ok(self.inner.link_device(&code, &user_identity.inner, at(now)?)?.into())
@@ -127,7 +127,12 @@ impl Device {
     /// `Duplicate` once the offer linked this device; `InvalidArgument` for
     /// an offer of another device or made more than ten minutes before
     /// `now`. A refusal writes nothing.
-    pub fn finish_link(&self, offer: Arc<LinkOffer>, message: Vec<u8>, now: i64) -> Result<Provisioned, SamizdatError> {
+    pub fn finish_link(
+        &self,
+        offer: Arc<LinkOffer>,
+        message: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<Provisioned, SamizdatError> {
         Ok(self.inner.finish_link(&offer.inner, &message, at(now)?)?.into())
     }
 }

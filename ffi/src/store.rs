@@ -4,7 +4,7 @@
 
 use samizdat::{device, store::Scrub};
 
-use crate::{Address, Device, SamizdatError, ScrubResult, error::Details, key32};
+use crate::{Address, Device, FilePath, SamizdatError, ScrubResult, error::Details, key32};
 
 #[uniffi::export]
 impl Device {
@@ -46,9 +46,9 @@ impl Device {
 /// is opened again with the new key). Keep both keys in the keystore until
 /// this returns: a crash midway leaves the store under `old_key`.
 #[uniffi::export]
-pub fn rotate_storage_key(path: String, old_key: Vec<u8>, new_key: Vec<u8>) -> Result<ScrubResult, SamizdatError> {
+pub fn rotate_storage_key(path: FilePath, old_key: Vec<u8>, new_key: Vec<u8>) -> Result<ScrubResult, SamizdatError> {
     let (old_key, new_key) = (key32(old_key)?, key32(new_key)?);
-    match device::Device::rotate_storage_key(path, &old_key, &new_key)? {
+    match device::Device::rotate_storage_key(path.into_path("path")?, &old_key, &new_key)? {
         Scrub::Done => Ok(ScrubResult::Done),
         Scrub::Deferred => Ok(ScrubResult::Deferred),
         other => Err(SamizdatError::from_core(

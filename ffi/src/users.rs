@@ -37,7 +37,7 @@ use samizdat::{
 };
 use zeroize::Zeroizing;
 
-use crate::{Address, Details, Device, IdentityKey, Outgoing, SafetyNumber, SamizdatError, UserIdentityKey};
+use crate::{Address, Details, Device, IdentityKey, Outgoing, SafetyNumber, SamizdatError, Timestamp, UserIdentityKey};
 
 /// What [`Device::encrypt_to_user`] (or one of its forms) made: send each
 /// message to its `to`.
@@ -292,7 +292,12 @@ impl Device {
     /// without the app, until [`Self::acknowledge`] for that device (or the
     /// heal policy drops it). Sent syncs are not kept. `now` dates the
     /// entries for the policy's `outbox_max_age`.
-    pub fn encrypt_to_user_kept(&self, user_id: String, plaintext: Vec<u8>, now: i64) -> Result<FanOut, SamizdatError> {
+    pub fn encrypt_to_user_kept(
+        &self,
+        user_id: String,
+        plaintext: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<FanOut, SamizdatError> {
         Ok(self.inner.encrypt_to_user_kept(&user_id, &plaintext, crate::at(now)?)?.into())
     }
 
@@ -303,7 +308,7 @@ impl Device {
         user_id: String,
         plaintext: Vec<u8>,
         devices: Vec<Address>,
-        now: i64,
+        now: Timestamp,
     ) -> Result<FanOut, SamizdatError> {
         let devices = devices.iter().map(Address::to_core).collect::<Result<Vec<_>, _>>()?;
         Ok(self.inner.encrypt_to_user_devices_kept(&user_id, &plaintext, &devices, crate::at(now)?)?.into())

@@ -7,7 +7,9 @@
 //!   sources to `target/bindings/kotlin` and refreshes the Swift package
 //!   sources shipped in `ffi/swift/Sources`. Fails if a generated Kotlin
 //!   `data class` holds a `ByteArray` (equal only to itself: bytes in
-//!   records are value classes, `ffi/src/values.rs`).
+//!   records are value classes, `ffi/src/values.rs`), or if a time, a
+//!   duration or a file path in the generated Swift is not a `Date`, a
+//!   `TimeInterval` or a `URL` ([`check_swift_surface`]).
 //! - `cargo xtask test` (through [`test()`]): the above (the Swift sources are
 //!   checked against the shipped ones instead of written), then
 //!   - Swift: the header declares every symbol the library exports, and the
@@ -63,6 +65,7 @@ pub(crate) fn generate() -> Result<(), String> {
     let started = Instant::now();
     build_and_generate(Features::Shipped)?;
     copy_dir(&target().join("bindings/swift"), &swift_sources())?;
+    check_swift_surface(&read_text(&swift_sources().join("Samizdat/Samizdat.swift"))?)?;
     eprintln!(
         "xtask bindings: Kotlin in target/bindings/kotlin, Swift in ffi/swift/Sources ({:.0} s)",
         started.elapsed().as_secs_f64()
@@ -299,7 +302,91 @@ fn check_swift() -> Result<String, String> {
     if !missing.is_empty() {
         return Err(format!("swift: the generated sources lack: {}", missing.join(", ")));
     }
+    check_swift_surface(&swift)?;
     Ok(format!("generated and checked ({} symbols; not compiled: no Swift toolchain on this machine)", symbols.len()))
+}
+
+/// What a Swift parameter or field of a given name must be, by the name:
+/// `now` and `…At` are points in time, `…Age` and `…Interval` durations,
+/// `path` and `…Path` files. Each is a custom type (`ffi/src/platform.rs`)
+/// that `ffi/uniffi.toml` maps to Foundation's type for Swift only.
+const SWIFT_SURFACE: [(&str, &str); 3] = [("Timestamp", "Date"), ("Seconds", "TimeInterval"), ("FilePath", "URL")];
+
+/// The custom type a Swift parameter or field named `name` must have, if any.
+fn swift_surface_type(name: &str) -> Option<&'static str> {
+    if name == "now" || (name.ends_with("At") && name.len() > 2) {
+        Some("Timestamp")
+    } else if name.ends_with("Age") || name.ends_with("Interval") {
+        Some("Seconds")
+    } else if name == "path" || name.ends_with("Path") {
+        Some("FilePath")
+    } else {
+        None
+    }
+}
+
+/// Refuses generated Swift in which a time, a duration or a path is not a
+/// `Date`, a `TimeInterval` or a file `URL`: every parameter, record field
+/// and enum or error field (`name: Type`) whose name says what it is (see
+/// [`swift_surface_type`]) must have the custom type that is that
+/// Foundation type, and each such type must be declared as an alias of it.
+/// A new `now: i64` in `ffi/src` would otherwise reach Swift as an `Int64`.
+fn check_swift_surface(swift: &str) -> Result<(), String> {
+    let mut wrong = BTreeSet::new();
+    for (alias, foundation) in SWIFT_SURFACE {
+        if !swift.contains(&format!("public typealias {alias} = {foundation}\n")) {
+            wrong.insert(format!("typealias {alias} = {foundation} missing"));
+        }
+    }
+    let mut checked = 0usize;
+    for (name, ty) in swift_declarations(swift) {
+        if let Some(expected) = swift_surface_type(&name) {
+            checked += 1;
+            if ty != expected {
+                wrong.insert(format!("{name}: {ty} (not {expected})"));
+            }
+        }
+    }
+    if checked == 0 {
+        // The declarations were not found: the generated text changed shape.
+        wrong.insert("no time, duration or path declaration found to check".to_owned());
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "swift: times, durations and paths must be Date, TimeInterval and URL (ffi/src/platform.rs): {}",
+        wrong.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// Every `name: Type` of the generated Swift's declarations: parameters
+/// (`func f(now: Timestamp)`), stored properties (`public let retryAt:
+/// Timestamp`) and associated values (`case tooSoon(retryAt: Timestamp)`).
+/// The type is its first word (`Timestamp?` is `Timestamp`).
+fn swift_declarations(swift: &str) -> Vec<(String, String)> {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    for (at, _) in swift.match_indices(": ") {
+        let before = swift.get(..at).unwrap_or_default();
+        let start = before.char_indices().rev().find(|&(_, c)| !is_ident(c)).map_or(0, |(i, c)| i + c.len_utf8());
+        let (ahead, name) = (before.get(..start).unwrap_or_default(), before.get(start..).unwrap_or_default());
+        // A declaration: the name follows `(`, `, `, `let `, `var ` or a
+        // comment's end, not a call's label after an expression.
+        let declares = ahead.ends_with('(')
+            || ahead.ends_with(", ")
+            || ahead.ends_with("let ")
+            || ahead.ends_with("var ")
+            || ahead.ends_with("*/");
+        if !declares || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            continue;
+        }
+        let ty: String = swift.get(at + 2..).unwrap_or_default().chars().take_while(|&c| is_ident(c)).collect();
+        if ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+            found.push((name.to_owned(), ty));
+        }
+    }
+    found
 }
 
 /// The UniFFI symbols a shared library exports: every identifier in its
@@ -521,6 +608,29 @@ mod tests {
         let lib = "#[derive(Debug, uniffi::Record)]\n/// Doc.\npub struct SafetyNumber {\n}\n\
                    #[derive(uniffi::Object)]\npub struct Device {\n}\npub struct Bytes(Vec<u8>);\n";
         assert_eq!(exported_records(lib), vec!["SafetyNumber".to_owned()]);
+    }
+
+    #[test]
+    fn swift_times_durations_and_paths_are_foundation_types() {
+        let aliases = "public typealias Timestamp = Date\npublic typealias Seconds = TimeInterval\n\
+                       public typealias FilePath = URL\n";
+        let good = format!(
+            "{aliases}public static func create(path: FilePath, now: Timestamp)throws -> Device\n\
+             public let outboxMaxAge: Seconds\ncase tooSoon(retryAt: Timestamp\n)\n\
+             open func heal(bundle: Data, now: Timestamp)\nlet x = f(now: now, path: value.path)\n"
+        );
+        assert_eq!(check_swift_surface(&good), Ok(()));
+        let bad = format!(
+            "{aliases}open func expireOutbox(now: Int64)\ncase tooSoon(\n        /**\n         * When.\n         */retryAt: Int64\n)\n\
+             public func rotateStorageKey(path: String, oldKey: Data)\npublic var resetInterval: Int64\n"
+        );
+        let error = check_swift_surface(&bad).unwrap_err();
+        for wrong in ["now: Int64", "retryAt: Int64", "path: String", "resetInterval: Int64"] {
+            assert!(error.contains(wrong), "{error}");
+        }
+        assert!(
+            check_swift_surface("func f(now: Timestamp)").unwrap_err().contains("typealias Timestamp = Date missing")
+        );
     }
 
     #[test]

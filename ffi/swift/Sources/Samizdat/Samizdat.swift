@@ -1217,12 +1217,12 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * returns how many were added in all. Call it regularly, then upload
      * new bundles.
      */
-    func refillPrekeys(threshold: Int32, target: Int32, now: Int64) throws  -> Int32
+    func refillPrekeys(threshold: Int32, target: Int32, now: Timestamp) throws  -> Int32
     
     /**
      * Rotates the signed and last-resort prekeys older than `max_age` seconds.
      */
-    func rotatePrekeys(now: Int64, maxAge: Int64) throws  -> Rotated
+    func rotatePrekeys(now: Timestamp, maxAge: Seconds) throws  -> Rotated
     
     /**
      * The safety number with `peer`.
@@ -1254,7 +1254,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * at restore) with `params`. `now` is recorded as its creation time.
      * Nothing is written.
      */
-    func exportBackup(passphrase: Data, params: BackupParams, now: Int64) throws  -> Data
+    func exportBackup(passphrase: Data, params: BackupParams, now: Timestamp) throws  -> Data
     
     /**
      * Adds member devices: the next message gives them our chain from then
@@ -1353,14 +1353,14 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * (committed before it returns). `now` dates the entry for the policy's
      * `outbox_max_age`.
      */
-    func encryptKept(peer: Address, plaintext: Data, now: Int64) throws  -> Data
+    func encryptKept(peer: Address, plaintext: Data, now: Timestamp) throws  -> Data
     
     /**
      * Deletes from the outbox, for every peer, the plaintexts past the
      * policy's `outbox_max_age` at `now`; returns how many. Call it when
      * the app starts or goes to the background.
      */
-    func expireOutbox(now: Int64) throws  -> Int32
+    func expireOutbox(now: Timestamp) throws  -> Int32
     
     /**
      * Heals the session with the peer whose fresh `bundle` this is, after a
@@ -1374,7 +1374,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * session we had is kept, so that the peer's messages in flight on it
      * still decrypt.
      */
-    func heal(bundle: Data, unreadable: [Data], now: Int64) throws  -> HealResult
+    func heal(bundle: Data, unreadable: [Data], now: Timestamp) throws  -> HealResult
     
     /**
      * This handle's healing policy.
@@ -1404,7 +1404,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * an offer of another device or made more than ten minutes before
      * `now`. A refusal writes nothing.
      */
-    func finishLink(offer: LinkOffer, message: Data, now: Int64) throws  -> Provisioned
+    func finishLink(offer: LinkOffer, message: Data, now: Timestamp) throws  -> Provisioned
     
     /**
      * Links the device whose `code` was scanned: adds it to this user's
@@ -1420,14 +1420,14 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * full list or more pinned users than a link carries. A refusal writes
      * nothing.
      */
-    func linkDevice(code: Data, userIdentity: UserIdentity, now: Int64) throws  -> Linked
+    func linkDevice(code: Data, userIdentity: UserIdentity, now: Timestamp) throws  -> Linked
     
     /**
      * Makes an offer to link this device to its user: show its
      * [`LinkOffer::code`], then give the message the scanning device sends
      * back to [`Self::finish_link`] with this offer.
      */
-    func linkOffer(now: Int64) throws  -> LinkOffer
+    func linkOffer(now: Timestamp) throws  -> LinkOffer
     
     /**
      * The devices of our own list that have not acknowledged the handover
@@ -1514,7 +1514,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * [`Self::encrypt_to_user_devices`], keeping each message to the
      * contact's devices as [`Self::encrypt_to_user_kept`] does.
      */
-    func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Address], now: Int64) throws  -> FanOut
+    func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Address], now: Timestamp) throws  -> FanOut
     
     /**
      * [`Self::encrypt_to_user`], keeping each message to the contact's
@@ -1524,7 +1524,7 @@ public protocol DeviceProtocol: AnyObject, Sendable {
      * heal policy drops it). Sent syncs are not kept. `now` dates the
      * entries for the policy's `outbox_max_age`.
      */
-    func encryptToUserKept(userId: String, plaintext: Data, now: Int64) throws  -> FanOut
+    func encryptToUserKept(userId: String, plaintext: Data, now: Timestamp) throws  -> FanOut
     
     /**
      * Gives this device its user's signed device list (from
@@ -1631,15 +1631,15 @@ open class Device: DeviceProtocol, @unchecked Sendable {
     /**
      * Creates a new device in a new SQLite database at `path`.
      */
-public static func create(path: String, storageKey: Data, userId: String, deviceId: Int64, now: Int64)throws  -> Device  {
+public static func create(path: FilePath, storageKey: Data, userId: String, deviceId: Int64, now: Timestamp)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_create(
-        FfiConverterString.lower(path),
+        FfiConverterTypeFilePath_lower(path),
         FfiConverterData.lower(storageKey),
         FfiConverterString.lower(userId),
         FfiConverterInt64.lower(deviceId),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -1647,11 +1647,11 @@ public static func create(path: String, storageKey: Data, userId: String, device
     /**
      * Opens the device in the SQLite database at `path`.
      */
-public static func `open`(path: String, storageKey: Data)throws  -> Device  {
+public static func `open`(path: FilePath, storageKey: Data)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_open(
-        FfiConverterString.lower(path),
+        FfiConverterTypeFilePath_lower(path),
         FfiConverterData.lower(storageKey),uniffiCallStatus
     )
 })
@@ -1660,15 +1660,15 @@ public static func `open`(path: String, storageKey: Data)throws  -> Device  {
     /**
      * Opens the device at `path`, creating it first if there is none.
      */
-public static func openOrCreate(path: String, storageKey: Data, userId: String, deviceId: Int64, now: Int64)throws  -> Device  {
+public static func openOrCreate(path: FilePath, storageKey: Data, userId: String, deviceId: Int64, now: Timestamp)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_open_or_create(
-        FfiConverterString.lower(path),
+        FfiConverterTypeFilePath_lower(path),
         FfiConverterData.lower(storageKey),
         FfiConverterString.lower(userId),
         FfiConverterInt64.lower(deviceId),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -1679,15 +1679,15 @@ public static func openOrCreate(path: String, storageKey: Data, userId: String, 
      * decisions (no session: they heal). Refuses a store that holds a
      * device; a wrong passphrase creates no file.
      */
-public static func restore(path: String, storageKey: Data, backup: Data, passphrase: Data, now: Int64)throws  -> Device  {
+public static func restore(path: FilePath, storageKey: Data, backup: Data, passphrase: Data, now: Timestamp)throws  -> Device  {
     return try  FfiConverterTypeDevice_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_constructor_device_restore(
-        FfiConverterString.lower(path),
+        FfiConverterTypeFilePath_lower(path),
         FfiConverterData.lower(storageKey),
         FfiConverterData.lower(backup),
         FfiConverterData.lower(passphrase),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -1870,14 +1870,14 @@ open func prekeyCounts()throws  -> PrekeyCounts  {
      * returns how many were added in all. Call it regularly, then upload
      * new bundles.
      */
-open func refillPrekeys(threshold: Int32, target: Int32, now: Int64)throws  -> Int32  {
+open func refillPrekeys(threshold: Int32, target: Int32, now: Timestamp)throws  -> Int32  {
     return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_refill_prekeys(
             self.uniffiCloneHandle(),
         FfiConverterInt32.lower(threshold),
         FfiConverterInt32.lower(target),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -1885,13 +1885,13 @@ open func refillPrekeys(threshold: Int32, target: Int32, now: Int64)throws  -> I
     /**
      * Rotates the signed and last-resort prekeys older than `max_age` seconds.
      */
-open func rotatePrekeys(now: Int64, maxAge: Int64)throws  -> Rotated  {
+open func rotatePrekeys(now: Timestamp, maxAge: Seconds)throws  -> Rotated  {
     return try  FfiConverterTypeRotated_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_rotate_prekeys(
             self.uniffiCloneHandle(),
-        FfiConverterInt64.lower(now),
-        FfiConverterInt64.lower(maxAge),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),
+        FfiConverterTypeSeconds_lower(maxAge),uniffiCallStatus
     )
 })
 }
@@ -1957,14 +1957,14 @@ open func trustIdentity(peer: Address, identity: Data)throws   {try rustCallWith
      * at restore) with `params`. `now` is recorded as its creation time.
      * Nothing is written.
      */
-open func exportBackup(passphrase: Data, params: BackupParams, now: Int64)throws  -> Data  {
+open func exportBackup(passphrase: Data, params: BackupParams, now: Timestamp)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_export_backup(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(passphrase),
         FfiConverterTypeBackupParams_lower(params),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2155,14 +2155,14 @@ open func awaitingResends(peer: Address)throws  -> Int32  {
      * (committed before it returns). `now` dates the entry for the policy's
      * `outbox_max_age`.
      */
-open func encryptKept(peer: Address, plaintext: Data, now: Int64)throws  -> Data  {
+open func encryptKept(peer: Address, plaintext: Data, now: Timestamp)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_encrypt_kept(
             self.uniffiCloneHandle(),
         FfiConverterTypeAddress_lower(peer),
         FfiConverterData.lower(plaintext),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2172,12 +2172,12 @@ open func encryptKept(peer: Address, plaintext: Data, now: Int64)throws  -> Data
      * policy's `outbox_max_age` at `now`; returns how many. Call it when
      * the app starts or goes to the background.
      */
-open func expireOutbox(now: Int64)throws  -> Int32  {
+open func expireOutbox(now: Timestamp)throws  -> Int32  {
     return try  FfiConverterInt32.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_expire_outbox(
             self.uniffiCloneHandle(),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2194,14 +2194,14 @@ open func expireOutbox(now: Int64)throws  -> Int32  {
      * session we had is kept, so that the peer's messages in flight on it
      * still decrypt.
      */
-open func heal(bundle: Data, unreadable: [Data], now: Int64)throws  -> HealResult  {
+open func heal(bundle: Data, unreadable: [Data], now: Timestamp)throws  -> HealResult  {
     return try  FfiConverterTypeHealResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_heal(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(bundle),
         FfiConverterSequenceData.lower(unreadable),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2256,14 +2256,14 @@ open func setHealPolicy(policy: HealPolicy)throws   {try rustCallWithError(FfiCo
      * an offer of another device or made more than ten minutes before
      * `now`. A refusal writes nothing.
      */
-open func finishLink(offer: LinkOffer, message: Data, now: Int64)throws  -> Provisioned  {
+open func finishLink(offer: LinkOffer, message: Data, now: Timestamp)throws  -> Provisioned  {
     return try  FfiConverterTypeProvisioned_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_finish_link(
             self.uniffiCloneHandle(),
         FfiConverterTypeLinkOffer_lower(offer),
         FfiConverterData.lower(message),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2282,14 +2282,14 @@ open func finishLink(offer: LinkOffer, message: Data, now: Int64)throws  -> Prov
      * full list or more pinned users than a link carries. A refusal writes
      * nothing.
      */
-open func linkDevice(code: Data, userIdentity: UserIdentity, now: Int64)throws  -> Linked  {
+open func linkDevice(code: Data, userIdentity: UserIdentity, now: Timestamp)throws  -> Linked  {
     return try  FfiConverterTypeLinked_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_link_device(
             self.uniffiCloneHandle(),
         FfiConverterData.lower(code),
         FfiConverterTypeUserIdentity_lower(userIdentity),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2299,12 +2299,12 @@ open func linkDevice(code: Data, userIdentity: UserIdentity, now: Int64)throws  
      * [`LinkOffer::code`], then give the message the scanning device sends
      * back to [`Self::finish_link`] with this offer.
      */
-open func linkOffer(now: Int64)throws  -> LinkOffer  {
+open func linkOffer(now: Timestamp)throws  -> LinkOffer  {
     return try  FfiConverterTypeLinkOffer_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_link_offer(
             self.uniffiCloneHandle(),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2465,7 +2465,7 @@ open func encryptToUserDevices(userId: String, plaintext: Data, devices: [Addres
      * [`Self::encrypt_to_user_devices`], keeping each message to the
      * contact's devices as [`Self::encrypt_to_user_kept`] does.
      */
-open func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Address], now: Int64)throws  -> FanOut  {
+open func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Address], now: Timestamp)throws  -> FanOut  {
     return try  FfiConverterTypeFanOut_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_devices_kept(
@@ -2473,7 +2473,7 @@ open func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Ad
         FfiConverterString.lower(userId),
         FfiConverterData.lower(plaintext),
         FfiConverterSequenceTypeAddress.lower(devices),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -2486,14 +2486,14 @@ open func encryptToUserDevicesKept(userId: String, plaintext: Data, devices: [Ad
      * heal policy drops it). Sent syncs are not kept. `now` dates the
      * entries for the policy's `outbox_max_age`.
      */
-open func encryptToUserKept(userId: String, plaintext: Data, now: Int64)throws  -> FanOut  {
+open func encryptToUserKept(userId: String, plaintext: Data, now: Timestamp)throws  -> FanOut  {
     return try  FfiConverterTypeFanOut_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_method_device_encrypt_to_user_kept(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(userId),
         FfiConverterData.lower(plaintext),
-        FfiConverterInt64.lower(now),uniffiCallStatus
+        FfiConverterTypeTimestamp_lower(now),uniffiCallStatus
     )
 })
 }
@@ -4206,12 +4206,12 @@ public struct HealPolicy: Equatable, Hashable {
      * hour): a forged message can make the app ask for a reset, but not for
      * more than one per interval. Zero turns the limit off (for tests).
      */
-    public var resetInterval: Int64
+    public var resetInterval: Seconds
     /**
      * How long the outbox keeps a plaintext that no acknowledgement removed
      * (default: 30 days).
      */
-    public var outboxMaxAge: Int64
+    public var outboxMaxAge: Seconds
     /**
      * The most plaintexts the outbox keeps per peer, the oldest making room
      * (default and maximum: 256).
@@ -4234,11 +4234,11 @@ public struct HealPolicy: Equatable, Hashable {
          * The least time between two resets sent to one peer (default: one
          * hour): a forged message can make the app ask for a reset, but not for
          * more than one per interval. Zero turns the limit off (for tests).
-         */resetInterval: Int64, 
+         */resetInterval: Seconds, 
         /**
          * How long the outbox keeps a plaintext that no acknowledgement removed
          * (default: 30 days).
-         */outboxMaxAge: Int64, 
+         */outboxMaxAge: Seconds, 
         /**
          * The most plaintexts the outbox keeps per peer, the oldest making room
          * (default and maximum: 256).
@@ -4273,16 +4273,16 @@ public struct FfiConverterTypeHealPolicy: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HealPolicy {
         return
             try HealPolicy(
-                resetInterval: FfiConverterInt64.read(from: &buf), 
-                outboxMaxAge: FfiConverterInt64.read(from: &buf), 
+                resetInterval: FfiConverterTypeSeconds.read(from: &buf), 
+                outboxMaxAge: FfiConverterTypeSeconds.read(from: &buf), 
                 outboxMaxMessages: FfiConverterInt32.read(from: &buf), 
                 resendToNewIdentity: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: HealPolicy, into buf: inout [UInt8]) {
-        FfiConverterInt64.write(value.resetInterval, into: &buf)
-        FfiConverterInt64.write(value.outboxMaxAge, into: &buf)
+        FfiConverterTypeSeconds.write(value.resetInterval, into: &buf)
+        FfiConverterTypeSeconds.write(value.outboxMaxAge, into: &buf)
         FfiConverterInt32.write(value.outboxMaxMessages, into: &buf)
         FfiConverterBool.write(value.resendToNewIdentity, into: &buf)
     }
@@ -5517,7 +5517,7 @@ public enum HealResult: Equatable, Hashable {
     case tooSoon(
         /**
          * The first time a reset may be sent again.
-         */retryAt: Int64
+         */retryAt: Timestamp
     )
 
 
@@ -5543,7 +5543,7 @@ public struct FfiConverterTypeHealResult: FfiConverterRustBuffer {
         case 1: return .sent(reset: try FfiConverterTypeOutgoing.read(from: &buf)
         )
         
-        case 2: return .tooSoon(retryAt: try FfiConverterInt64.read(from: &buf)
+        case 2: return .tooSoon(retryAt: try FfiConverterTypeTimestamp.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -5561,7 +5561,7 @@ public struct FfiConverterTypeHealResult: FfiConverterRustBuffer {
         
         case let .tooSoon(retryAt):
             writeInt(&buf, Int32(2))
-            FfiConverterInt64.write(retryAt, into: &buf)
+            FfiConverterTypeTimestamp.write(retryAt, into: &buf)
             
         }
     }
@@ -6885,6 +6885,53 @@ public func FfiConverterTypeBytes_lower(_ value: Bytes) -> RustBuffer {
 
 
 
+
+
+public typealias FilePath = URL
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFilePath: FfiConverter {
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FilePath {
+        let builtinValue = try FfiConverterString.read(from: &buf)
+        return URL(fileURLWithPath: builtinValue)
+    }
+
+    public static func write(_ value: FilePath, into buf: inout [UInt8]) {
+        let builtinValue = value.path
+        return FfiConverterString.write(builtinValue, into: &buf)
+    }
+
+    public static func lift(_ value: RustBuffer) throws -> FilePath {
+        let builtinValue = try FfiConverterString.lift(value)
+        return URL(fileURLWithPath: builtinValue)
+    }
+
+    public static func lower(_ value: FilePath) -> RustBuffer {
+        let builtinValue = value.path
+        return FfiConverterString.lower(builtinValue)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFilePath_lift(_ value: RustBuffer) throws -> FilePath {
+    return try FfiConverterTypeFilePath.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFilePath_lower(_ value: FilePath) -> RustBuffer {
+    return FfiConverterTypeFilePath.lower(value)
+}
+
+
+
 public typealias IdentityKey = Data
 
 #if swift(>=5.8)
@@ -6921,6 +6968,100 @@ public func FfiConverterTypeIdentityKey_lift(_ value: RustBuffer) throws -> Iden
 #endif
 public func FfiConverterTypeIdentityKey_lower(_ value: IdentityKey) -> RustBuffer {
     return FfiConverterTypeIdentityKey.lower(value)
+}
+
+
+
+
+
+public typealias Seconds = TimeInterval
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSeconds: FfiConverter {
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Seconds {
+        let builtinValue = try FfiConverterInt64.read(from: &buf)
+        return TimeInterval(builtinValue)
+    }
+
+    public static func write(_ value: Seconds, into buf: inout [UInt8]) {
+        let builtinValue = (Int64(exactly: value.rounded(.down)) ?? Int64.min)
+        return FfiConverterInt64.write(builtinValue, into: &buf)
+    }
+
+    public static func lift(_ value: Int64) throws -> Seconds {
+        let builtinValue = try FfiConverterInt64.lift(value)
+        return TimeInterval(builtinValue)
+    }
+
+    public static func lower(_ value: Seconds) -> Int64 {
+        let builtinValue = (Int64(exactly: value.rounded(.down)) ?? Int64.min)
+        return FfiConverterInt64.lower(builtinValue)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSeconds_lift(_ value: Int64) throws -> Seconds {
+    return try FfiConverterTypeSeconds.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSeconds_lower(_ value: Seconds) -> Int64 {
+    return FfiConverterTypeSeconds.lower(value)
+}
+
+
+
+
+
+public typealias Timestamp = Date
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTimestamp: FfiConverter {
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Timestamp {
+        let builtinValue = try FfiConverterInt64.read(from: &buf)
+        return Date(timeIntervalSince1970: TimeInterval(builtinValue))
+    }
+
+    public static func write(_ value: Timestamp, into buf: inout [UInt8]) {
+        let builtinValue = (Int64(exactly: value.timeIntervalSince1970.rounded(.down)) ?? Int64.min)
+        return FfiConverterInt64.write(builtinValue, into: &buf)
+    }
+
+    public static func lift(_ value: Int64) throws -> Timestamp {
+        let builtinValue = try FfiConverterInt64.lift(value)
+        return Date(timeIntervalSince1970: TimeInterval(builtinValue))
+    }
+
+    public static func lower(_ value: Timestamp) -> Int64 {
+        let builtinValue = (Int64(exactly: value.timeIntervalSince1970.rounded(.down)) ?? Int64.min)
+        return FfiConverterInt64.lower(builtinValue)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTimestamp_lift(_ value: Int64) throws -> Timestamp {
+    return try FfiConverterTypeTimestamp.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTimestamp_lower(_ value: Timestamp) -> Int64 {
+    return FfiConverterTypeTimestamp.lower(value)
 }
 
 
@@ -6969,12 +7110,12 @@ public func FfiConverterTypeUserIdentityKey_lower(_ value: UserIdentityKey) -> R
  * appears at `output_path` only if everything checked (on an error,
  * nothing is left there that was not before).
  */
-public func decryptAttachmentFile(attachment: Attachment, inputPath: String, outputPath: String)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
+public func decryptAttachmentFile(attachment: Attachment, inputPath: FilePath, outputPath: FilePath)throws   {try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_func_decrypt_attachment_file(
         FfiConverterTypeAttachment_lower(attachment),
-        FfiConverterString.lower(inputPath),
-        FfiConverterString.lower(outputPath),uniffiCallStatus
+        FfiConverterTypeFilePath_lower(inputPath),
+        FfiConverterTypeFilePath_lower(outputPath),uniffiCallStatus
     )
 }
 }
@@ -6983,12 +7124,12 @@ public func decryptAttachmentFile(attachment: Attachment, inputPath: String, out
  * blob to upload; replaced if it exists, only once complete) under a fresh
  * key, in constant memory; returns its [`Attachment`].
  */
-public func encryptAttachmentFile(inputPath: String, outputPath: String)throws  -> Attachment  {
+public func encryptAttachmentFile(inputPath: FilePath, outputPath: FilePath)throws  -> Attachment  {
     return try  FfiConverterTypeAttachment_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_func_encrypt_attachment_file(
-        FfiConverterString.lower(inputPath),
-        FfiConverterString.lower(outputPath),uniffiCallStatus
+        FfiConverterTypeFilePath_lower(inputPath),
+        FfiConverterTypeFilePath_lower(outputPath),uniffiCallStatus
     )
 })
 }
@@ -6999,12 +7140,12 @@ public func encryptAttachmentFile(inputPath: String, outputPath: String)throws  
  * at once (`LimitExceeded` past it); `InvalidArgument` for a range outside
  * the file.
  */
-public func readAttachmentRange(attachment: Attachment, inputPath: String, offset: Int64, len: Int64)throws  -> Data  {
+public func readAttachmentRange(attachment: Attachment, inputPath: FilePath, offset: Int64, len: Int64)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_func_read_attachment_range(
         FfiConverterTypeAttachment_lower(attachment),
-        FfiConverterString.lower(inputPath),
+        FfiConverterTypeFilePath_lower(inputPath),
         FfiConverterInt64.lower(offset),
         FfiConverterInt64.lower(len),uniffiCallStatus
     )
@@ -7064,11 +7205,11 @@ public func messageId(wire: Data) -> Data  {
  * is opened again with the new key). Keep both keys in the keystore until
  * this returns: a crash midway leaves the store under `old_key`.
  */
-public func rotateStorageKey(path: String, oldKey: Data, newKey: Data)throws  -> ScrubResult  {
+public func rotateStorageKey(path: FilePath, oldKey: Data, newKey: Data)throws  -> ScrubResult  {
     return try  FfiConverterTypeScrubResult_lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
         uniffiCallStatus in
     uniffi_samizdat_ffi_fn_func_rotate_storage_key(
-        FfiConverterString.lower(path),
+        FfiConverterTypeFilePath_lower(path),
         FfiConverterData.lower(oldKey),
         FfiConverterData.lower(newKey),uniffiCallStatus
     )
@@ -7117,13 +7258,13 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_decrypt_attachment_file() != 47044) {
+    if (uniffi_samizdat_ffi_checksum_func_decrypt_attachment_file() != 2940) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_encrypt_attachment_file() != 8682) {
+    if (uniffi_samizdat_ffi_checksum_func_encrypt_attachment_file() != 43067) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 3568) {
+    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 19193) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_backup_params_minimum() != 9870) {
@@ -7138,7 +7279,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_func_message_id() != 19138) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_rotate_storage_key() != 33831) {
+    if (uniffi_samizdat_ffi_checksum_func_rotate_storage_key() != 14461) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_user_safety_number() != 21794) {
@@ -7183,10 +7324,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_prekey_counts() != 4726) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 56928) {
+    if (uniffi_samizdat_ffi_checksum_method_device_refill_prekeys() != 42792) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 2934) {
+    if (uniffi_samizdat_ffi_checksum_method_device_rotate_prekeys() != 13749) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_safety_number() != 39488) {
@@ -7201,7 +7342,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_trust_identity() != 34853) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_export_backup() != 28798) {
+    if (uniffi_samizdat_ffi_checksum_method_device_export_backup() != 12287) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_add_group_members() != 51227) {
@@ -7237,13 +7378,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_awaiting_resends() != 36657) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_kept() != 34652) {
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_kept() != 65078) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_expire_outbox() != 13367) {
+    if (uniffi_samizdat_ffi_checksum_method_device_expire_outbox() != 51055) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_heal() != 54276) {
+    if (uniffi_samizdat_ffi_checksum_method_device_heal() != 58836) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_heal_policy() != 49560) {
@@ -7255,13 +7396,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_set_heal_policy() != 48669) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_finish_link() != 14879) {
+    if (uniffi_samizdat_ffi_checksum_method_device_finish_link() != 13326) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_link_device() != 7030) {
+    if (uniffi_samizdat_ffi_checksum_method_device_link_device() != 21788) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_link_offer() != 40469) {
+    if (uniffi_samizdat_ffi_checksum_method_device_link_offer() != 26531) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_awaiting_handovers() != 18459) {
@@ -7291,10 +7432,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices() != 49929) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices_kept() != 15382) {
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_devices_kept() != 51884) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_kept() != 53711) {
+    if (uniffi_samizdat_ffi_checksum_method_device_encrypt_to_user_kept() != 41296) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_method_device_set_device_list() != 44342) {
@@ -7396,16 +7537,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_method_usertrust_user_identity_key() != 43318) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 62479) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_create() != 50648) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_open() != 33876) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_open() != 35798) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 24166) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_open_or_create() != 46260) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_constructor_device_restore() != 19372) {
+    if (uniffi_samizdat_ffi_checksum_constructor_device_restore() != 21529) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_constructor_attachment_from_bytes() != 60817) {

@@ -19,35 +19,35 @@ final class AttachmentTests: XCTestCase {
         try FileManager.default.removeItem(at: dir)
     }
 
-    private func path(_ name: String) -> String {
-        dir.appendingPathComponent(name).path
+    private func file(_ name: String) -> URL {
+        dir.appendingPathComponent(name)
     }
 
     func testAFileByPathAndARange() throws {
         let photo = Data((0..<(3 * chunk + 12345)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
-        try photo.write(to: URL(fileURLWithPath: path("photo.jpg")))
-        let sent = try encryptAttachmentFile(inputPath: path("photo.jpg"), outputPath: path("blob"))
+        try photo.write(to: file("photo.jpg"))
+        let sent = try encryptAttachmentFile(inputPath: file("photo.jpg"), outputPath: file("blob"))
         XCTAssertEqual(sent.plaintextLen(), Int64(photo.count))
         let received = try Attachment.fromBytes(bytes: sent.toBytes())
-        try decryptAttachmentFile(attachment: received, inputPath: path("blob"), outputPath: path("received.jpg"))
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path("received.jpg"))), photo)
+        try decryptAttachmentFile(attachment: received, inputPath: file("blob"), outputPath: file("received.jpg"))
+        XCTAssertEqual(try Data(contentsOf: file("received.jpg")), photo)
         let range = try readAttachmentRange(
-            attachment: received, inputPath: path("blob"), offset: Int64(2 * chunk - 5), len: 10)
+            attachment: received, inputPath: file("blob"), offset: Int64(2 * chunk - 5), len: 10)
         XCTAssertEqual(range, photo.subdata(in: (2 * chunk - 5)..<(2 * chunk + 5)))
     }
 
     func testATamperedBlobLeavesNoOutputFile() throws {
-        try Data(repeating: 7, count: 200_000).write(to: URL(fileURLWithPath: path("doc.pdf")))
-        let sent = try encryptAttachmentFile(inputPath: path("doc.pdf"), outputPath: path("blob"))
-        var bad = try Data(contentsOf: URL(fileURLWithPath: path("blob")))
+        try Data(repeating: 7, count: 200_000).write(to: file("doc.pdf"))
+        let sent = try encryptAttachmentFile(inputPath: file("doc.pdf"), outputPath: file("blob"))
+        var bad = try Data(contentsOf: file("blob"))
         bad[100] ^= 1
-        try bad.write(to: URL(fileURLWithPath: path("bad")))
+        try bad.write(to: file("bad"))
         XCTAssertThrowsError(
-            try decryptAttachmentFile(attachment: sent, inputPath: path("bad"), outputPath: path("out.pdf"))
+            try decryptAttachmentFile(attachment: sent, inputPath: file("bad"), outputPath: file("out.pdf"))
         ) { error in
             guard case SamizdatError.InvalidMessage = error else { return XCTFail("\(error)") }
         }
-        XCTAssertFalse(FileManager.default.fileExists(atPath: path("out.pdf")))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: file("out.pdf").path))
     }
 
     func testAPieceAtATime() throws {

@@ -21,9 +21,9 @@ final class DeviceTests: XCTestCase {
         let aliceKey = Data(repeating: 1, count: 32) // from the Keychain in a real app
         let bobKey = Data(repeating: 2, count: 32)
         let alice = try Device.openOrCreate(
-            path: dir.appendingPathComponent("alice.db").path, storageKey: aliceKey, userId: "alice", deviceId: 1, now: 0)
+            path: dir.appendingPathComponent("alice.db"), storageKey: aliceKey, userId: "alice", deviceId: 1, now: Date())
         let bob = try Device.openOrCreate(
-            path: dir.appendingPathComponent("bob.db").path, storageKey: bobKey, userId: "bob", deviceId: 1, now: 0)
+            path: dir.appendingPathComponent("bob.db"), storageKey: bobKey, userId: "bob", deviceId: 1, now: Date())
 
         // Bob's bundle travels through a server; Alice verifies it and opens a session.
         let bobAddress = try alice.startSession(bundle: bob.prekeyBundle())
@@ -41,8 +41,8 @@ final class DeviceTests: XCTestCase {
     }
 
     func testWrongStorageKeyAndSecondHandle() throws {
-        let path = dir.appendingPathComponent("alice.db").path
-        var alice: Device? = try Device.create(path: path, storageKey: Data(repeating: 1, count: 32), userId: "alice", deviceId: 1, now: 0)
+        let path = dir.appendingPathComponent("alice.db")
+        var alice: Device? = try Device.create(path: path, storageKey: Data(repeating: 1, count: 32), userId: "alice", deviceId: 1, now: at(0))
         // A second handle shares the store (every write is conditional on what it read).
         let second = try Device.open(path: path, storageKey: Data(repeating: 1, count: 32))
         XCTAssertEqual(second.identityKey(), alice?.identityKey())

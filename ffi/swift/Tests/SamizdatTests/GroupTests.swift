@@ -33,10 +33,10 @@ private final class World {
     }
 
     func open(_ i: Int, create: Bool = false) throws -> Device {
-        let path = dir.appendingPathComponent("m\(i).db").path
+        let path = dir.appendingPathComponent("m\(i).db")
         let key = Data(repeating: UInt8(i + 1), count: 32)
         if create {
-            return try Device.openOrCreate(path: path, storageKey: key, userId: "m\(i)", deviceId: 1, now: 0)
+            return try Device.openOrCreate(path: path, storageKey: key, userId: "m\(i)", deviceId: 1, now: at(0))
         }
         return try Device.open(path: path, storageKey: key)
     }

@@ -20,17 +20,17 @@ final class HealingTests: XCTestCase {
 
     private func pair() throws -> (Device, Device, Address) {
         let alice = try Device.openOrCreate(
-            path: dir.appendingPathComponent("alice.db").path, storageKey: Data(repeating: 1, count: 32),
-            userId: "alice", deviceId: 1, now: 0)
+            path: dir.appendingPathComponent("alice.db"), storageKey: Data(repeating: 1, count: 32),
+            userId: "alice", deviceId: 1, now: at(0))
         let bob = try Device.openOrCreate(
-            path: dir.appendingPathComponent("bob.db").path, storageKey: Data(repeating: 2, count: 32),
-            userId: "bob", deviceId: 1, now: 0)
+            path: dir.appendingPathComponent("bob.db"), storageKey: Data(repeating: 2, count: 32),
+            userId: "bob", deviceId: 1, now: at(0))
         return (alice, bob, try alice.startSession(bundle: bob.prekeyBundle()))
     }
 
     func testTheOutboxKeepsAMessageUntilItIsAcknowledged() throws {
         let (alice, bob, bobAddress) = try pair()
-        let wire = try alice.encryptKept(peer: bobAddress, plaintext: Data("kept".utf8), now: 1000)
+        let wire = try alice.encryptKept(peer: bobAddress, plaintext: Data("kept".utf8), now: at(1000))
         XCTAssertEqual(try alice.outboxLen(peer: bobAddress), 1)
         let pending = try bob.decrypt(sender: alice.address(), ciphertext: wire)
         let id = try XCTUnwrap(pending.messageId())
@@ -42,11 +42,11 @@ final class HealingTests: XCTestCase {
 
     func testALostMessageIsHealed() throws {
         let (alice, bob, bobAddress) = try pair()
-        let first = try alice.encryptKept(peer: bobAddress, plaintext: Data("first".utf8), now: 0)
+        let first = try alice.encryptKept(peer: bobAddress, plaintext: Data("first".utf8), now: at(0))
         try bob.commit(pending: bob.decrypt(sender: alice.address(), ciphertext: first))
-        let lost = try alice.encryptKept(peer: bobAddress, plaintext: Data("lost".utf8), now: 0)
+        let lost = try alice.encryptKept(peer: bobAddress, plaintext: Data("lost".utf8), now: at(0))
         // Say Bob could not read `lost`: he heals with Alice's fresh bundle.
-        guard case let .sent(reset) = try bob.heal(bundle: alice.prekeyBundle(), unreadable: [lost], now: 10) else {
+        guard case let .sent(reset) = try bob.heal(bundle: alice.prekeyBundle(), unreadable: [lost], now: at(10)) else {
             return XCTFail("no reset")
         }
         let onAlice = try alice.decrypt(sender: bob.address(), ciphertext: reset.message)
@@ -63,6 +63,6 @@ final class HealingTests: XCTestCase {
             XCTAssertEqual((error as? SamizdatError)?.code(), "duplicate")
         }
         XCTAssertEqual(
-            try bob.heal(bundle: alice.prekeyBundle(), unreadable: [], now: 20), .tooSoon(retryAt: 10 + 3600))
+            try bob.heal(bundle: alice.prekeyBundle(), unreadable: [], now: at(20)), .tooSoon(retryAt: at(10 + 3600)))
     }
 }

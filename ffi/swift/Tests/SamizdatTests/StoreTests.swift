@@ -22,7 +22,7 @@ final class StoreTests: XCTestCase {
 
     private func device(_ name: String, _ key: Data) throws -> Device {
         try Device.openOrCreate(
-            path: dir.appendingPathComponent("\(name).db").path, storageKey: key, userId: name, deviceId: 1, now: 0)
+            path: dir.appendingPathComponent("\(name).db"), storageKey: key, userId: name, deviceId: 1, now: at(0))
     }
 
     private func receive(_ to: Device, _ from: Device, _ wire: Data) throws -> String {
@@ -57,7 +57,7 @@ final class StoreTests: XCTestCase {
     }
 
     func testRotatingTheStorageKey() throws {
-        let path = dir.appendingPathComponent("bob.db").path
+        let path = dir.appendingPathComponent("bob.db")
         var bob: Device? = try device("bob", oldKey)
         let alice = try device("alice", Data(repeating: 1, count: 32))
         _ = try alice.startSession(bundle: bob!.prekeyBundle())

@@ -21,8 +21,8 @@ final class UserTests: XCTestCase {
 
     private func device(_ name: String, _ deviceId: Int64, _ key: UInt8) throws -> Device {
         try Device.openOrCreate(
-            path: dir.appendingPathComponent("\(name)-\(deviceId).db").path,
-            storageKey: Data(repeating: key, count: 32), userId: name, deviceId: deviceId, now: 0)
+            path: dir.appendingPathComponent("\(name)-\(deviceId).db"),
+            storageKey: Data(repeating: key, count: 32), userId: name, deviceId: deviceId, now: at(0))
     }
 
     private func listed(_ device: Device) -> ListedDevice {
@@ -95,8 +95,8 @@ final class UserTests: XCTestCase {
         let laptop = try device("alice", 2, 2)
         let bob = try device("bob", 1, 4)
         let ghost = try Device.openOrCreate(
-            path: dir.appendingPathComponent("ghost.db").path,
-            storageKey: Data(repeating: 3, count: 32), userId: "alice", deviceId: 2, now: 0)
+            path: dir.appendingPathComponent("ghost.db"),
+            storageKey: Data(repeating: 3, count: 32), userId: "alice", deviceId: 2, now: at(0))
         let first = try alice.signDeviceList(userId: "alice", version: 1, devices: [listed(phone)])
         XCTAssertEqual(try phone.setDeviceList(signedList: first).added, [listed(phone)])
         XCTAssertEqual(try phone.deviceList(), first)
