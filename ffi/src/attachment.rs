@@ -99,9 +99,12 @@ pub fn decrypt_attachment_file(
 
 /// The plaintext bytes `offset .. offset + len` of the blob at
 /// `input_path`, decrypting only the chunks they fall in (each one
-/// authenticated; the whole file's digest is not checked). At most 16 MiB
-/// at once (`LimitExceeded` past it); `InvalidArgument` for a range outside
-/// the file.
+/// authenticated; the whole file's digest and padding are not checked, so
+/// the bytes are the file's only if the blob is the one the description
+/// names: where the sender is not trusted, decrypt the blob whole once,
+/// e.g. with `decryptAttachmentFile`, before reading ranges of it;
+/// PROTOCOL.md 22.2). At most 16 MiB at once (`LimitExceeded` past it);
+/// `InvalidArgument` for a range outside the file.
 #[uniffi::export]
 pub fn read_attachment_range(
     attachment: Arc<Attachment>,

@@ -7136,9 +7136,12 @@ public func encryptAttachmentFile(inputPath: FilePath, outputPath: FilePath)thro
 /**
  * The plaintext bytes `offset .. offset + len` of the blob at
  * `input_path`, decrypting only the chunks they fall in (each one
- * authenticated; the whole file's digest is not checked). At most 16 MiB
- * at once (`LimitExceeded` past it); `InvalidArgument` for a range outside
- * the file.
+ * authenticated; the whole file's digest and padding are not checked, so
+ * the bytes are the file's only if the blob is the one the description
+ * names: where the sender is not trusted, decrypt the blob whole once,
+ * e.g. with `decryptAttachmentFile`, before reading ranges of it;
+ * PROTOCOL.md 22.2). At most 16 MiB at once (`LimitExceeded` past it);
+ * `InvalidArgument` for a range outside the file.
  */
 public func readAttachmentRange(attachment: Attachment, inputPath: FilePath, offset: Int64, len: Int64)throws  -> Data  {
     return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeSamizdatError_lift) {
@@ -7264,7 +7267,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_samizdat_ffi_checksum_func_encrypt_attachment_file() != 43067) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 19193) {
+    if (uniffi_samizdat_ffi_checksum_func_read_attachment_range() != 60510) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_samizdat_ffi_checksum_func_backup_params_minimum() != 9870) {
