@@ -129,10 +129,6 @@ pub fn os_rng() -> OsRng {
     OsRng(())
 }
 
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
-
 #[cfg(test)]
 mod loader_checks_tests;
 #[cfg(test)]

@@ -389,7 +389,9 @@ fn descriptions_near_the_limit_and_lengths_that_disagree() {
     ] {
         assert!(matches!(with(plain, cipher), Err(AttachmentError::Malformed)), "{plain} {cipher}");
     }
-    bytes[0] = 2;
+    bytes[0] = 1; // the unreleased SHA-256 version
+    assert!(matches!(Attachment::from_bytes(&bytes), Err(AttachmentError::Malformed)));
+    bytes[0] = 3;
     assert!(matches!(Attachment::from_bytes(&bytes), Err(AttachmentError::Malformed)));
     assert!(matches!(Attachment::from_bytes(&bytes[..80]), Err(AttachmentError::Malformed)));
     // ciphertext_len saturates rather than wraps.

@@ -48,7 +48,6 @@ use std::{
 
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use samizdat::attachment::{self, Attachment, AttachmentError, CHUNK_LEN, Decryptor, TAG_LEN, padded_len};
-use sha2::{Digest, Sha256};
 
 const SEALED: usize = CHUNK_LEN + TAG_LEN;
 
@@ -219,9 +218,14 @@ fn nonce(index: u64, last: bool) -> Nonce {
     Nonce::from(n)
 }
 
+/// BLAKE3 with a 32-byte output (the `blake3` crate): PROTOCOL.md 22.2.
+fn blake3_256(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
 fn description(key: [u8; 32], digest: [u8; 32], len: u64) -> Attachment {
     let ciphertext_len = attachment::ciphertext_len(len);
-    let bytes = [&[1u8][..], &key, &digest, &len.to_be_bytes(), &ciphertext_len.to_be_bytes()].concat();
+    let bytes = [&[2u8][..], &key, &digest, &len.to_be_bytes(), &ciphertext_len.to_be_bytes()].concat();
     Attachment::from_bytes(&bytes).unwrap()
 }
 
@@ -340,20 +344,20 @@ fn model_decrypt(
         Ok(true) => return (Outcome::WrongLength, written),
         Ok(false) => {}
     }
-    if !padding_ok || <[u8; 32]>::from(Sha256::digest(blob)) != digest {
+    if !padding_ok || blake3_256(blob) != digest {
         return (Outcome::Mismatch, written);
     }
     (Outcome::Ok, written)
 }
 
 /// Checks a ciphertext the library made against the protocol text: its
-/// length, that its digest is the SHA-256 of the whole of it, and that its
+/// length, that its digest is the BLAKE3 of the whole of it, and that its
 /// chunks open under the key with the right nonces into the padded
 /// plaintext.
 fn check_blob(sent: &Attachment, plaintext: &[u8], blob: &[u8], what: &str) {
     assert_eq!(sent.plaintext_len(), plaintext.len() as u64, "{what}");
     assert_eq!(blob.len() as u64, attachment::ciphertext_len(plaintext.len() as u64), "{what}");
-    assert_eq!(sent.digest(), <[u8; 32]>::from(Sha256::digest(blob)), "{what}: the digest is not SHA-256(ciphertext)");
+    assert_eq!(sent.digest(), blake3_256(blob), "{what}: the digest is not BLAKE3(ciphertext)");
     assert!(blob == seal_reference(key_of(sent), &padded(plaintext)), "{what}: not the protocol's ciphertext");
 }
 
@@ -529,7 +533,7 @@ fn position(rng: &mut Rng, unit: usize, total: usize) -> usize {
 
 /// Encrypting at every size, with short, interrupted and slow readers and
 /// writers: the bytes are the protocol's (checked by an implementation
-/// written here) and the digest is the SHA-256 of the whole ciphertext,
+/// written here) and the digest is the BLAKE3 of the whole ciphertext,
 /// whatever the interleaving of the two threads; then it decrypts.
 #[test]
 fn held_digest_and_bytes_match_an_independent_implementation_in_any_interleaving() {
@@ -577,7 +581,7 @@ fn held_every_tamper_class_is_refused_in_file_order_with_nothing_unauthenticated
             let chunks = blob.len().div_ceil(SEALED);
             let mut altered: Vec<(String, Vec<u8>, [u8; 32])> = Vec::new();
             let digest = sent.digest();
-            let same = |b: &Vec<u8>| <[u8; 32]>::from(Sha256::digest(b));
+            let same = |b: &Vec<u8>| blake3_256(b);
             for c in 0..chunks {
                 let start = c * SEALED;
                 let end = (start + SEALED).min(blob.len());
@@ -723,7 +727,7 @@ fn held_io_failures_and_tampering_in_many_interleavings_error_in_file_order() {
                 0 | 1 => {
                     let at = position(&mut rng, SEALED, b.len()).min(b.len() - 1);
                     b[at] ^= 0x80;
-                    d = Sha256::digest(&b).into();
+                    d = blake3_256(&b);
                 }
                 // Cut, or extended.
                 2 => b.truncate(position(&mut rng, SEALED, b.len()).min(b.len() - 1)),
@@ -894,7 +898,7 @@ fn held_buffers_are_wiped_on_success_and_on_every_error_path() {
                 if round % 4 == 3 {
                     let last = b.len() - 1;
                     b[last] ^= 1;
-                    d = Sha256::digest(&b).into();
+                    d = blake3_256(&b);
                 }
                 let received = description(key, d, len as u64);
                 let mut reader = Reader::new(&b);

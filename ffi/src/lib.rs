@@ -115,6 +115,14 @@ mod store;
 mod users;
 mod values;
 
+/// The README's Rust examples, run as doc tests of this crate: it is never
+/// published, so the README above it is always there (the `samizdat` crate,
+/// packaged alone, has no `../README.md`, and its unpacked doc tests would
+/// not build).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 pub use attachment::{
     Attachment, AttachmentDecryptor, AttachmentEncryptor, SealedTail, decrypt_attachment_file, encrypt_attachment_file,
     read_attachment_range,
